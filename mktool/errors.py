@@ -1,0 +1,91 @@
+"""One family of errors, each carrying where the problem is.
+
+The CLI turns any ``MktoolError`` into ``Error: <message>`` on stderr and the error's
+``exit_code``; anything else is a bug and exits with ``EXIT_INTERNAL`` (traceback only with
+``--verbose``). Messages start with the location (file, table, rule, column) so that a user
+can go straight to the offending line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1  # bad data, bad rule file, missing prerequisite step
+EXIT_USAGE = 2  # bad command-line usage (Click's own code)
+EXIT_LOCKED = 3  # another mktool run holds the database
+EXIT_INTERNAL = 4  # a bug or an unexpected engine failure
+EXIT_CHECK_FAILED = 5  # `mktool test` / `snapshot --check` found differences
+
+
+def _shorten(value: Any, width: int = 300) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class MktoolError(Exception):
+    """Base class of every error a user can fix without reading the code."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        table: str | None = None,
+        column: str | None = None,
+        row: dict[str, Any] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.table = table
+        self.column = column
+        self.row = row
+        self.hint = hint
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.table:
+            where.append(f"table {self.table}")
+        if self.column:
+            where.append(f"column {self.column}")
+        text = (": ".join(where) + ": " if where else "") + self.message
+        if self.row is not None:
+            shown = ", ".join(f"{k}={_shorten(v, 60)}" for k, v in self.row.items())
+            text += f"\n  example row: {_shorten(shown)}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class InputError(MktoolError):
+    """An input extract breaks the data contract (SPEC §2)."""
+
+
+class ConfigError(MktoolError):
+    """A YAML rule/model/config file is malformed or inconsistent."""
+
+
+class RuleError(ConfigError):
+    """A rule's SQL expression is invalid (parse error, unknown column, forbidden construct)."""
+
+
+class StateError(MktoolError):
+    """A prerequisite step has not run (e.g. `matrix` before `score`)."""
+
+
+class LockedError(MktoolError):
+    """Another mktool process holds the database."""
+
+    exit_code = EXIT_LOCKED
+
+
+class CheckFailed(MktoolError):
+    """A check found differences (rule tests, snapshot regressions, strict warnings)."""
+
+    exit_code = EXIT_CHECK_FAILED
