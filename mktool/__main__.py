@@ -1,0 +1,3 @@
+from mktool.cli import main
+
+main()

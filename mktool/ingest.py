@@ -1,0 +1,360 @@
+"""`mktool ingest`: Parquet extracts → the DuckDB file, under the data contract (SPEC §2).
+
+Every file is validated with set-based SQL straight over ``read_parquet`` (one aggregate scan
+for all type and format checks, one grouped scan for key uniqueness) before anything is
+written; then all files of one call load inside one transaction, so a refusal or a kill
+leaves the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from mktool.console import QUIET, Reporter
+from mktool.contract import MONTH_RE, TABLES, TableContract, table_for_file
+from mktool.database import Database, table_columns, table_exists
+from mktool.errors import InputError
+
+INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
+FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
+TEXT_TYPES = {"VARCHAR"}
+
+
+def _base_type(type_: str) -> str:
+    """DECIMAL(18,2) → DECIMAL, TIMESTAMP WITH TIME ZONE stays as is."""
+    return type_.split("(")[0].strip().upper()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class SourceFile:
+    path: Path
+    table: str
+    sha256: str = ""
+    rows: int = 0
+    months: list[str] = field(default_factory=list)
+    schema: dict[str, str] = field(default_factory=dict)  # column → DuckDB type as read
+
+    @property
+    def contract(self) -> TableContract:
+        return TABLES[self.table]
+
+    @property
+    def sql_path(self) -> str:
+        return str(self.path).replace("'", "''")
+
+    @property
+    def scan(self) -> str:
+        return f"read_parquet('{self.sql_path}')"
+
+
+@dataclass
+class IngestResult:
+    files: list[SourceFile]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+
+# -- discovery ------------------------------------------------------------------------------
+def discover(paths: list[Path], table: str | None = None) -> list[SourceFile]:
+    """Files and folders → the Parquet files to load, each with its table. Sorted for determinism."""
+    if table is not None and table not in TABLES:
+        raise InputError(f"unknown table '{table}' (known tables: {', '.join(TABLES)})")
+    found: list[SourceFile] = []
+    for path in paths:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+            if not files:
+                raise InputError("folder holds no .parquet files", file=str(path))
+        elif path.exists():
+            files = [path]
+        else:
+            raise InputError("no such file or folder", file=str(path))
+        for f in files:
+            name = table or table_for_file(f.stem)
+            if name is None:
+                raise InputError(
+                    "cannot tell which table this file is for",
+                    file=str(f),
+                    hint=f"name it after its table (e.g. usage_2026-10.parquet) or pass --table; "
+                    f"known tables: {', '.join(TABLES)}",
+                )
+            found.append(SourceFile(path=f, table=name))
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- validation -----------------------------------------------------------------------------
+def _lossy_condition(col: str, source: str, target: str) -> str | None:
+    """SQL that is true for a value that cannot be cast to ``target`` without loss; None if always safe.
+
+    Raises InputError (via the caller) for type pairs that can never be cast, by returning "!".
+    """
+    c = _q(col)
+    src = _base_type(source)
+    if src == target:
+        return None
+    if target == "VARCHAR":
+        return None  # any value has a text form
+    if target == "DOUBLE":
+        if src in INTEGER_TYPES | FLOAT_TYPES | {"DECIMAL"}:
+            return None
+        if src in TEXT_TYPES:
+            return f"{c} IS NOT NULL AND TRY_CAST({c} AS DOUBLE) IS NULL"
+        return "!"
+    if target == "BIGINT":
+        if src in INTEGER_TYPES:
+            return None
+        if src in FLOAT_TYPES | {"DECIMAL"} | TEXT_TYPES:
+            d = f"TRY_CAST({c} AS DOUBLE)"
+            return f"{c} IS NOT NULL AND ({d} IS NULL OR NOT isfinite({d}) OR {d} <> round({d}))"
+        return "!"
+    if target == "DATE":
+        if src.startswith("TIMESTAMP"):
+            return f"{c} IS NOT NULL AND CAST({c} AS TIMESTAMP) <> CAST(CAST({c} AS DATE) AS TIMESTAMP)"
+        if src in TEXT_TYPES:
+            return f"{c} IS NOT NULL AND TRY_CAST({c} AS DATE) IS NULL"
+        return "!"
+    if target == "TIMESTAMP":
+        if src.startswith("TIMESTAMP") or src == "DATE":
+            return None
+        if src in TEXT_TYPES:
+            return f"{c} IS NOT NULL AND TRY_CAST({c} AS TIMESTAMP) IS NULL"
+        return "!"
+    if target == "BOOLEAN":
+        if src in INTEGER_TYPES:
+            return f"{c} IS NOT NULL AND {c} NOT IN (0, 1)"
+        if src in TEXT_TYPES:
+            return f"{c} IS NOT NULL AND TRY_CAST({c} AS BOOLEAN) IS NULL"
+        return "!"
+    return "!"
+
+
+def _cast_expr(col: str, source: str | None, target: str) -> str:
+    """The lossless cast used when loading (validated beforehand)."""
+    if source is None:
+        return f"CAST(NULL AS {target}) AS {_q(col)}"
+    src = _base_type(source)
+    if src == target:
+        return _q(col)
+    if target == "BIGINT" and src not in INTEGER_TYPES:
+        return f"CAST(CAST({_q(col)} AS DOUBLE) AS BIGINT) AS {_q(col)}"
+    return f"CAST({_q(col)} AS {target}) AS {_q(col)}"
+
+
+def _example_row(con: duckdb.DuckDBPyConnection, src: SourceFile, condition: str) -> dict[str, Any] | None:
+    cur = con.execute(f"SELECT * FROM {src.scan} WHERE {condition} LIMIT 1")
+    row = cur.fetchone()
+    if row is None:
+        return None
+    names = [d[0] for d in cur.description]
+    return dict(zip(names, row))
+
+
+def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
+    """Fill ``src.schema`` and ``src.rows``; refuse empty or unreadable files."""
+    if src.path.stat().st_size == 0:
+        raise InputError("empty file (0 bytes): not a Parquet file", file=str(src.path), table=src.table)
+    try:
+        src.schema = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src.scan}").fetchall()}
+        src.rows = int(con.execute(f"SELECT count(*) FROM {src.scan}").fetchone()[0])  # type: ignore[index]
+    except duckdb.Error as exc:
+        reason = str(exc).splitlines()[0]
+        reason = reason.split("Error: ", 1)[-1]
+        raise InputError(f"not a readable Parquet file ({reason})", file=str(src.path), table=src.table) from None
+    if src.rows == 0:
+        raise InputError("file has no rows", file=str(src.path), table=src.table,
+                         hint="an empty extract would wipe the months it should carry; check the export job")
+
+
+def validate(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
+    """Check one file against its contract; raise InputError naming file, column and an example row."""
+    contract = src.contract
+    missing = [c.name for c in contract.columns if c.name not in src.schema and not c.nullable]
+    if missing:
+        raise InputError(
+            f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+            file=str(src.path), table=src.table,
+            hint=f"columns found: {', '.join(src.schema)}",
+        )
+    checks: list[tuple[str, str, str]] = []  # (column, problem, SQL condition for a bad row)
+    for col in contract.columns:
+        if col.name not in src.schema:
+            continue
+        source = src.schema[col.name]
+        if col.name == "msisdn" and _base_type(source) not in TEXT_TYPES:
+            raise InputError(
+                f"msisdn must be a string column, got {source}: numbers lose leading digits and formatting",
+                file=str(src.path), table=src.table, column="msisdn",
+                hint="export msisdn as VARCHAR / string in the warehouse extract",
+            )
+        lossy = _lossy_condition(col.name, source, col.type)
+        if lossy == "!":
+            raise InputError(
+                f"type {source} cannot be read as {col.type}",
+                file=str(src.path), table=src.table, column=col.name,
+            )
+        if lossy:
+            checks.append((col.name, f"value cannot be read as {col.type} without loss", lossy))
+        if col.name in contract.key or col.name == "month":
+            checks.append((col.name, "key column is NULL or empty", f"{_q(col.name)} IS NULL OR trim(CAST({_q(col.name)} AS VARCHAR)) = ''"))
+    if contract.monthly:
+        checks.append(("month", "month is not in YYYY-MM form",
+                       r"NOT regexp_full_match(CAST(month AS VARCHAR), '\d{4}-(0[1-9]|1[0-2])')"))
+    if checks:
+        aggregates = ", ".join(f"count_if({cond})" for _, _, cond in checks)
+        counts = con.execute(f"SELECT {aggregates} FROM {src.scan}").fetchone()
+        assert counts is not None
+        for (column, problem, cond), bad in zip(checks, counts):
+            if bad:
+                row = _example_row(con, src, cond)
+                value = row.get(column) if row else None
+                raise InputError(
+                    f"{problem} ({bad} row{'s' if bad > 1 else ''}; e.g. {value!r})",
+                    file=str(src.path), table=src.table, column=column, row=row,
+                )
+    if contract.key:
+        key = ", ".join(_q(k) for k in contract.key)
+        dup = con.execute(
+            f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
+        ).fetchone()
+        if dup is not None:
+            where = " AND ".join(f"{_q(k)} = ?" for k in contract.key)
+            cur = con.execute(f"SELECT * FROM {src.scan} WHERE {where} LIMIT 1", list(dup[:-1]))
+            row = dict(zip([d[0] for d in cur.description], cur.fetchone() or ()))
+            raise InputError(
+                f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) appears {dup[-1]} times",
+                file=str(src.path), table=src.table, column=", ".join(contract.key), row=row,
+            )
+    if contract.monthly:
+        src.months = [r[0] for r in con.execute(f"SELECT DISTINCT CAST(month AS VARCHAR) FROM {src.scan} ORDER BY 1").fetchall()]
+        assert all(MONTH_RE.match(m) for m in src.months)
+
+
+# -- loading --------------------------------------------------------------------------------
+def _select_for(src: SourceFile) -> str:
+    """The typed SELECT that loads one file: contract columns cast losslessly, extra columns kept."""
+    contract = src.contract
+    parts = [_cast_expr(c.name, src.schema.get(c.name), c.type) for c in contract.columns]
+    parts += [_q(name) for name in src.schema if name not in contract.column_names]
+    return f"SELECT {', '.join(parts)} FROM {src.scan}"
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
+    """Create the contract table, or add this file's extra columns to it."""
+    contract = src.contract
+    if not table_exists(con, src.table):
+        con.execute(f"CREATE TABLE {_q(src.table)} AS {_select_for(src)} LIMIT 0")
+        return
+    have = set(table_columns(con, src.table))
+    for name, type_ in src.schema.items():
+        if name not in have and name not in contract.column_names:
+            con.execute(f"ALTER TABLE {_q(src.table)} ADD COLUMN {_q(name)} {type_}")
+
+
+def _load_table(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile]) -> None:
+    """Replace what these files carry (months, whole table, or keys) and insert them."""
+    contract = TABLES[table]
+    t = _q(table)
+    for src in files:
+        _ensure_table(con, src)
+    if contract.reload == "snapshot":
+        con.execute(f"DELETE FROM {t}")
+    elif contract.reload == "month":
+        months = sorted({m for f in files for m in f.months})
+        con.execute(f"DELETE FROM {t} WHERE month IN (SELECT unnest(?))", [months])
+    for src in files:
+        if contract.reload == "upsert":
+            match = " AND ".join(f"{t}.{_q(k)} = s.{_q(k)}" for k in contract.key)
+            con.execute(f"DELETE FROM {t} USING ({_select_for(src)}) AS s WHERE {match}")
+        try:
+            con.execute(f"INSERT INTO {t} BY NAME {_select_for(src)}")
+        except duckdb.Error as exc:
+            raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=str(src.path), table=table) from None
+    if len(files) > 1 and contract.key:
+        # Keys are unique within each file (validated); check across the files of this call.
+        key = ", ".join(_q(k) for k in contract.key)
+        scope = ""
+        if contract.reload == "month":
+            scope = "WHERE month IN (SELECT unnest(?))"
+        params = [sorted({m for f in files for m in f.months})] if scope else []
+        dup = con.execute(
+            f"SELECT {key}, count(*) FROM {t} {scope} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1", params
+        ).fetchone()
+        if dup is not None:
+            names = ", ".join(str(f.path) for f in files)
+            raise InputError(
+                f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) "
+                f"appears in more than one of the files loaded together: {names}",
+                table=table, column=", ".join(contract.key),
+            )
+
+
+def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporter: Reporter = QUIET) -> IngestResult:
+    """Validate every file, then load them all in one transaction (all or nothing)."""
+    files = discover(paths, table)
+    con = db.c
+    with reporter.progress("validating", len(files)) as bar:
+        for src in files:
+            read_schema(con, src)
+            validate(con, src)
+            src.sha256 = _sha256(src.path)
+            bar.advance(src.path.name)
+    by_table: dict[str, list[SourceFile]] = {}
+    for src in files:
+        by_table.setdefault(src.table, []).append(src)
+    load_id = uuid.uuid4().hex[:12]
+    now = dt.datetime.now().replace(microsecond=0)
+    with reporter.step(f"loading {len(files)} file(s)"), db.transaction():
+        for table_name, group in by_table.items():
+            _load_table(con, table_name, group)
+        con.executemany(
+            "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now) for f in files],
+        )
+    return IngestResult(files)
+
+
+def status(db: Database) -> list[dict[str, Any]]:
+    """What is loaded: rows per table and month, with the last file that loaded it."""
+    con = db.c
+    out: list[dict[str, Any]] = []
+    for name, contract in TABLES.items():
+        if not table_exists(con, name):
+            out.append({"table": name, "month": None, "rows": 0, "file": None, "sha256": None,
+                        "loaded_at": None, "required": contract.required})
+            continue
+        month_expr = "month" if contract.monthly else "NULL"
+        rows = con.execute(
+            f"""WITH counts AS (SELECT {month_expr} AS month, count(*) AS rows FROM {_q(name)} GROUP BY ALL),
+                loads AS (SELECT unnest(CASE WHEN len(months) = 0 THEN [NULL] ELSE months END) AS month,
+                                 file, sha256, loaded_at
+                          FROM ingest_log WHERE table_name = ?
+                          QUALIFY row_number() OVER (PARTITION BY month ORDER BY loaded_at DESC, file DESC) = 1)
+                SELECT c.month, c.rows, l.file, l.sha256, l.loaded_at FROM counts c
+                LEFT JOIN loads l ON l.month IS NOT DISTINCT FROM c.month ORDER BY c.month""",
+            [name],
+        ).fetchall()
+        for month, n, file, sha, at in rows:
+            out.append({"table": name, "month": month, "rows": n, "file": file, "sha256": sha,
+                        "loaded_at": at, "required": contract.required})
+    return out
