@@ -25,6 +25,7 @@ from mktool.config import Settings
 from mktool.console import Reporter
 from mktool.database import Database
 from mktool.errors import EXIT_INTERNAL, MktoolError
+from mktool.output import write_query
 
 app = typer.Typer(
     name="mktool",
@@ -218,6 +219,63 @@ def status_cmd(
           Path(r["file"]).name if r["file"] else "-", (r["sha256"] or "")[:12], r["loaded_at"]) for r in rows],
         to_stdout=True,
     )
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``--param name=value`` pairs; numbers become numbers, true/false booleans."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise MktoolError(f"--param expects name=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    pass
+        out[key.strip()] = value
+    return out
+
+
+@command("score")
+def score_cmd(
+    run: Run,
+    month: MonthOpt,
+    out: OutOpt = None,
+    fmt: FormatOpt = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Override a scores.yaml parameter, name=value (repeatable)")] = None,
+) -> None:
+    """Build the scored customer view (customer_view) for a month.
+
+    One row per subscriber of the month, with the 3-month-window base columns, value /
+    stickiness / churn scores, needs and segment as defined in scores.yaml.
+
+    \b
+    Examples:
+      mktool score --month 2026-10
+      mktool score --month 2026-10 --out view.parquet
+      mktool score --month 2026-10 --param churn_flag_at=40 --out - | head
+    """
+    from mktool.view import VIEW_TABLE, score
+
+    check_month(month)
+    with run.db(write=True) as db:
+        result = score(db, month, matrices_dir=run.settings.matrices_dir, reporter=run.reporter, params=parse_params(param))
+        if out:
+            write_query(db.c, f"SELECT * FROM {VIEW_TABLE} WHERE month = ? ORDER BY msisdn", out, fmt, [month])
+    run.reporter.info(f"customer_view {month}: {result.rows:,} customers")
+    weights = result.model.indicator_weights()
+    render_table(run.reporter, f"Value score weights (AHP, CR = {result.model.ahp.consistency_ratio:.3f})",
+                 ["criterion", "indicator", "weight"], [(c, i, f"{w:.4f}") for c, i, w in weights])
+    if result.tiers:
+        render_table(run.reporter, "Distribution", ["column", "value", "customers"],
+                     [(c, v, f"{n:,}") for c, v, n in result.tiers])
 
 
 def main() -> None:

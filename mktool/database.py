@@ -186,25 +186,28 @@ def table_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
 
 
 def replace_month(con: duckdb.DuckDBPyConnection, table: str, month: str, select_sql: str,
-                  params: Sequence[Any] = ()) -> int:
+                  params: Sequence[Any] | dict[str, Any] = ()) -> int:
     """Replace ``table``'s rows for ``month`` with the rows of ``select_sql``; returns rows written.
 
     Other months stay. When the new rows' columns differ from the table's (a rule file added a
     score), the table is rebuilt by column name so that older months keep their values.
     Call inside a transaction.
     """
-    new_cols = [r[0] for r in con.execute(f"DESCRIBE {select_sql}", list(params)).fetchall()]
+    args: Any = dict(params) if isinstance(params, dict) else list(params)
+    new_cols = [r[0] for r in con.execute(f"DESCRIBE {select_sql}", args).fetchall()]
     if not table_exists(con, table):
-        con.execute(f'CREATE TABLE "{table}" AS {select_sql}', list(params))
-        return int(con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])  # type: ignore[index]
-    if table_columns(con, table) == new_cols:
+        con.execute(f'CREATE TABLE "{table}" AS {select_sql}', args)
+    elif table_columns(con, table) == new_cols:
         con.execute(f'DELETE FROM "{table}" WHERE month = ?', [month])
-        return int(con.execute(f'INSERT INTO "{table}" {select_sql}', list(params)).fetchone()[0])  # type: ignore[index]
-    con.execute(
-        f'CREATE OR REPLACE TABLE "{table}" AS '
-        f'SELECT * FROM ({select_sql}) UNION ALL BY NAME SELECT * FROM "{table}" WHERE month <> ?',
-        [*params, month],
-    )
+        con.execute(f'INSERT INTO "{table}" {select_sql}', args)
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _mk_new AS {select_sql}", args)
+        con.execute(
+            f'CREATE OR REPLACE TABLE "{table}" AS '
+            f'SELECT * FROM _mk_new UNION ALL BY NAME SELECT * FROM "{table}" WHERE month <> ?',
+            [month],
+        )
+        con.execute("DROP TABLE _mk_new")
     return int(con.execute(f'SELECT count(*) FROM "{table}" WHERE month = ?', [month]).fetchone()[0])  # type: ignore[index]
 
 

@@ -1,0 +1,312 @@
+"""`mktool score`: the unified customer view (用户统一客户视图) with its scores (SPEC §3).
+
+The base and feature columns come from one fixed query (``sql/customer_view_base.sql``);
+the scores come from ``scores.yaml`` in the matrices folder, where analysts can read and
+change them: the AHP-weighted value score and its tiers, then an ordered list of scalar SQL
+columns (stickiness, churn, needs, cohort, segment) each of which may use the ones before.
+Everything runs as one DuckDB statement; nothing is pulled into Python.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from mktool.ahp import MAX_CONSISTENCY_RATIO, AhpResult, ahp_weights, check_matrix
+from mktool.console import QUIET, Reporter
+from mktool.contract import MONTH_RE
+from mktool.database import Database, replace_month, table_exists
+from mktool.errors import ConfigError, MktoolError, StateError
+from mktool.sqlcheck import check_expression
+from mktool.yamlio import field as yfield
+from mktool.yamlio import load_yaml, number, unknown_keys
+
+SQL_DIR = Path(__file__).parent / "sql"
+SCORES_FILE = "scores.yaml"
+VIEW_TABLE = "customer_view"
+
+# Columns the base query provides, in order (SPEC §3 base columns first, then features).
+BASE_COLUMNS = (
+    "msisdn", "month", "city", "plan_id", "status", "payment", "handset_gen", "vnet", "group_id", "balance",
+    "bundle_type", "bundle_end", "contract_end", "join_date", "tenure_months", "arpu", "arpu_3m", "rental_3m",
+    "voice_overage_3m", "data_overage_3m", "addon_3m", "current_total_3m", "return_rate", "voice_min_3m",
+    "data_mb_3m", "months_in_window",
+)
+FEATURE_COLUMNS = (
+    "billing_months", "arpu_prev", "ld_fee", "voice_out_min", "voice_local_min", "voice_ld_out_min",
+    "voice_ld_in_min", "voice_roam_min", "ld_top_province", "sms_count", "data_mb", "contacts", "contacts_in_net",
+    "voice_min_prev", "data_mb_prev", "contacts_prev", "in_net_share", "voice_total_min", "ld_unit_price",
+    "plan_name", "plan_rental", "product_status", "vas_active", "has_newspaper", "has_crbt", "has_ring_change",
+    "has_mobile_internet", "month_end", "contract_ends_3m", "bundle_ends_3m",
+)
+VALUE_COLUMNS = ("value_score", "value_tier")
+VAS_SERVICES = ("newspaper", "crbt", "ring_change", "mobile_internet")
+PARAM_RE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+
+
+# -- months ---------------------------------------------------------------------------------
+def month_index(month: str) -> int:
+    return int(month[:4]) * 12 + int(month[5:7])
+
+
+def month_from_index(index: int) -> str:
+    y, m = divmod(index - 1, 12)
+    return f"{y:04d}-{m + 1:02d}"
+
+
+def window(month: str) -> tuple[str, str, str]:
+    """M and the two calendar months before it."""
+    i = month_index(month)
+    return month, month_from_index(i - 1), month_from_index(i - 2)
+
+
+def last_day(month: str) -> str:
+    import calendar
+
+    y, m = int(month[:4]), int(month[5:7])
+    return f"{month}-{calendar.monthrange(y, m)[1]:02d}"
+
+
+# -- the score model (scores.yaml) --------------------------------------------------------------
+@dataclass
+class Indicator:
+    name: str
+    sql: str  # validated scalar expression over the base/feature columns
+
+
+@dataclass
+class Criterion:
+    name: str
+    indicators: list[Indicator]
+    ahp: AhpResult
+
+
+@dataclass
+class ScoreColumn:
+    name: str
+    sql: str
+
+
+@dataclass
+class ScoreModel:
+    path: Path
+    criteria: list[Criterion]
+    ahp: AhpResult
+    tiers: list[tuple[str, Fraction]]  # tier name, share of customers, best first
+    columns: list[ScoreColumn]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def indicator_weights(self) -> list[tuple[str, str, float]]:
+        """(criterion, indicator, global weight) — what the value score is made of."""
+        return [
+            (c.name, ind.name, cw * iw)
+            for c, cw in zip(self.criteria, self.ahp.weights)
+            for ind, iw in zip(c.indicators, c.ahp.weights)
+        ]
+
+    @property
+    def output_columns(self) -> list[str]:
+        return [*BASE_COLUMNS, *FEATURE_COLUMNS, *VALUE_COLUMNS, *(c.name for c in self.columns)]
+
+
+def _substitute(sql: str, params: dict[str, Any], *, file: Path, at: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in params:
+            raise ConfigError(f"{at}: unknown parameter ${{{name}}} (params: {', '.join(params) or 'none'})", file=str(file))
+        value = params[name]
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        return "'" + str(value).replace("'", "''") + "'"
+
+    return PARAM_RE.sub(repl, sql)
+
+
+def _comparison_matrix(raw: Any, size: int, *, file: Path, at: str) -> AhpResult:
+    if raw is None:
+        return ahp_weights([[1.0] * size for _ in range(size)])
+    if not isinstance(raw, list) or not all(isinstance(r, list) for r in raw):
+        raise ConfigError(f"{at}: expected a list of rows", file=str(file))
+    matrix = [[number(v, file=file, at=f"{at}[{i + 1}][{j + 1}]") for j, v in enumerate(row)] for i, row in enumerate(raw)]
+    if len(matrix) != size:
+        raise ConfigError(f"{at}: has {len(matrix)} rows but there are {size} items to compare", file=str(file))
+    problem = check_matrix(matrix)
+    if problem:
+        raise ConfigError(f"{at}: {problem}", file=str(file))
+    result = ahp_weights(matrix)
+    if not result.consistent:
+        raise ConfigError(
+            f"{at}: consistency ratio {result.consistency_ratio:.3f} is ≥ {MAX_CONSISTENCY_RATIO:.2f}: "
+            "the pairwise judgements contradict each other (λmax "
+            f"{result.lambda_max:.3f} for n = {size})",
+            file=str(file),
+            hint="revise the comparisons so that if A > B and B > C then A > C by roughly the product",
+        )
+    return result
+
+
+def load_score_model(matrices_dir: Path, overrides: dict[str, Any] | None = None) -> ScoreModel:
+    """Read and validate scores.yaml: shapes, AHP consistency, every SQL expression."""
+    path = matrices_dir / SCORES_FILE
+    if not path.exists():
+        raise ConfigError(f"missing {SCORES_FILE} in the matrices folder {matrices_dir}", file=str(path))
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise ConfigError("expected a mapping with keys params, value, columns", file=str(path))
+    unknown_keys(doc, {"params", "value", "columns"}, file=path, at="")
+    params = dict(yfield(doc, "params", dict, file=path, at="", required=False, default={}))
+    for key, value in (overrides or {}).items():
+        if key not in params:
+            raise ConfigError(f"params: unknown parameter '{key}' (known: {', '.join(params)})", file=str(path))
+        params[key] = value
+    known: list[str] = [*BASE_COLUMNS, *FEATURE_COLUMNS]
+
+    value = yfield(doc, "value", dict, file=path, at="")
+    unknown_keys(value, {"criteria", "pairwise", "tiers"}, file=path, at="value")
+    raw_criteria = yfield(value, "criteria", list, file=path, at="value")
+    criteria: list[Criterion] = []
+    for i, rc in enumerate(raw_criteria):
+        at = f"value.criteria[{i}]"
+        unknown_keys(rc if isinstance(rc, dict) else {}, {"name", "indicators", "pairwise"}, file=path, at=at)
+        cname = yfield(rc, "name", str, file=path, at=at)
+        inds = []
+        for j, ri in enumerate(yfield(rc, "indicators", list, file=path, at=at)):
+            iat = f"{at}.indicators[{j}]"
+            iname = yfield(ri, "name", str, file=path, at=iat)
+            expr = _substitute(str(yfield(ri, "expr", (str, int, float), file=path, at=iat)), params, file=path, at=iat)
+            checked = check_expression(expr, location=f"{path}: {iat}.expr", columns=known, kind="scalar")
+            inds.append(Indicator(iname, checked.duckdb_sql))
+        if not inds:
+            raise ConfigError(f"{at}.indicators: needs at least one indicator", file=str(path))
+        criteria.append(Criterion(cname, inds, _comparison_matrix(rc.get("pairwise"), len(inds), file=path, at=f"{at}.pairwise")))
+    if not criteria:
+        raise ConfigError("value.criteria: needs at least one criterion", file=str(path))
+    ahp = _comparison_matrix(value.get("pairwise"), len(criteria), file=path, at="value.pairwise")
+
+    tiers: list[tuple[str, Fraction]] = []
+    for i, rt in enumerate(yfield(value, "tiers", list, file=path, at="value")):
+        at = f"value.tiers[{i}]"
+        tiers.append((yfield(rt, "tier", str, file=path, at=at),
+                      Fraction(str(number(yfield(rt, "share", (int, float, str), file=path, at=at), file=path, at=at)))))
+    if sum(share for _, share in tiers) != 1:
+        raise ConfigError(f"value.tiers: shares add up to {float(sum(s for _, s in tiers)):g}, not 1", file=str(path))
+    known += list(VALUE_COLUMNS)
+
+    columns: list[ScoreColumn] = []
+    for i, rcol in enumerate(yfield(doc, "columns", list, file=path, at="")):
+        at = f"columns[{i}]"
+        unknown_keys(rcol if isinstance(rcol, dict) else {}, {"name", "expr", "doc"}, file=path, at=at)
+        name = yfield(rcol, "name", str, file=path, at=at)
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ConfigError(f"{at}.name: '{name}' must be a lower-case SQL identifier", file=str(path))
+        if name in known:
+            raise ConfigError(f"{at}.name: column '{name}' already exists in the view", file=str(path))
+        expr = _substitute(str(yfield(rcol, "expr", (str, int, float, bool), file=path, at=at)), params, file=path, at=at)
+        checked = check_expression(expr, location=f"{path}: {at} ({name}).expr", columns=known, kind="scalar")
+        columns.append(ScoreColumn(name, checked.duckdb_sql))
+        known.append(name)
+    return ScoreModel(path, criteria, ahp, tiers, columns, params)
+
+
+# -- SQL --------------------------------------------------------------------------------------
+def _vas_sql(has_vas: bool) -> str:
+    if not has_vas:
+        flags = ", ".join(f"false AS has_{s}" for s in VAS_SERVICES)
+        return f"SELECT CAST(NULL AS VARCHAR) AS msisdn, 0 AS vas_active, {flags} WHERE false"
+    flags = ", ".join(f"bool_or(active AND service = '{s}') AS has_{s}" for s in VAS_SERVICES)
+    return f"SELECT msisdn, count(*) FILTER (WHERE active) AS vas_active, {flags} FROM vas WHERE month = $month GROUP BY msisdn"
+
+
+def view_sql(model: ScoreModel, *, has_vas: bool) -> str:
+    """The whole customer-view query for one month (named parameters: see ``view_params``)."""
+    base = (SQL_DIR / "customer_view_base.sql").read_text(encoding="utf-8").replace("$vas_sql", _vas_sql(has_vas))
+    pct = []
+    terms = []
+    for k, (crit, cw) in enumerate(zip(model.criteria, model.ahp.weights)):
+        for m, (ind, iw) in enumerate(zip(crit.indicators, crit.ahp.weights)):
+            alias = f"_pct_{k}_{m}"
+            pct.append(f"percent_rank() OVER (ORDER BY coalesce(({ind.sql}), 0)) AS {alias}")
+            terms.append(f"{cw * iw!r} * {alias}")
+    value_score = f"round(100 * ({' + '.join(terms)}), 4)"
+    # Tiers by rank of the score: exact integer arithmetic on cumulative shares.
+    cases = []
+    cumulative = Fraction(0)
+    for name, share in model.tiers[:-1]:
+        cumulative += share
+        cases.append(f"WHEN _rank * {cumulative.denominator} <= _n * {cumulative.numerator} THEN '{name}'")
+    tier_sql = f"CASE {' '.join(cases)} ELSE '{model.tiers[-1][0]}' END"
+    layers = [
+        f"base AS ({base})",
+        f"pct AS (SELECT *, {', '.join(pct)} FROM base)",
+        f"scored AS (SELECT * EXCLUDE ({', '.join(a.split(' AS ')[1] for a in pct)}), {value_score} AS value_score FROM pct)",
+        "ranked AS (SELECT *, row_number() OVER (ORDER BY value_score DESC, msisdn) AS _rank, count(*) OVER () AS _n FROM scored)",
+        f"tiered AS (SELECT * EXCLUDE (_rank, _n), {tier_sql} AS value_tier FROM ranked)",
+    ]
+    prev = "tiered"
+    for i, col in enumerate(model.columns):
+        layers.append(f"c{i} AS (SELECT *, ({col.sql}) AS {col.name} FROM {prev})")
+        prev = f"c{i}"
+    select = ", ".join(model.output_columns)
+    return "WITH " + ",\n".join(layers) + f"\nSELECT {select} FROM {prev} ORDER BY msisdn"
+
+
+def view_params(month: str) -> dict[str, Any]:
+    m, prev, prev2 = window(month)
+    horizon = month_from_index(month_index(month) + 3)
+    return {
+        "month": m, "prev": prev, "prev2": prev2, "month_index": month_index(month),
+        "month_end": last_day(month), "horizon_3m": last_day(horizon),
+    }
+
+
+# -- the step ---------------------------------------------------------------------------------
+@dataclass
+class ScoreResult:
+    month: str
+    rows: int
+    model: ScoreModel
+    tiers: list[tuple[str, str, int]]  # (column, value, customers)
+
+
+REQUIRED_FOR_SCORE = ("subscribers", "usage", "billing", "plans")
+
+
+def check_month_arg(month: str) -> None:
+    if not MONTH_RE.match(month):
+        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
+
+
+def score(db: Database, month: str, *, matrices_dir: Path, reporter: Reporter = QUIET,
+          params: dict[str, Any] | None = None) -> ScoreResult:
+    """Build customer_view for ``month`` and store it (replacing that month's rows)."""
+    check_month_arg(month)
+    model = load_score_model(matrices_dir, params)
+    con = db.c
+    missing = [t for t in REQUIRED_FOR_SCORE if not table_exists(con, t)]
+    if missing:
+        raise StateError(f"required table{'s' if len(missing) > 1 else ''} not loaded: {', '.join(missing)}",
+                         hint="run `mktool ingest` with those extracts first")
+    if not con.execute("SELECT 1 FROM subscribers WHERE month = ? LIMIT 1", [month]).fetchone():
+        have = [r[0] for r in con.execute("SELECT DISTINCT month FROM subscribers ORDER BY 1").fetchall()]
+        raise StateError(f"subscribers has no rows for month {month} (months loaded: {', '.join(have) or 'none'})",
+                         hint=f"ingest subscribers_{month}.parquet first")
+    has_vas = table_exists(con, "vas")
+    if not has_vas:
+        reporter.warn("table vas is not loaded: value-added-service columns (vas_active, has_*) are 0/false")
+    sql = view_sql(model, has_vas=has_vas)
+    with reporter.step(f"scoring {month}"), db.transaction():
+        rows = replace_month(con, VIEW_TABLE, month, sql, view_params(month))
+    tiers = con.execute(
+        f"""SELECT 'value_tier', value_tier, count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
+            UNION ALL SELECT 'stickiness_tier', CAST(stickiness_tier AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
+            UNION ALL SELECT 'churn_flag', CAST(churn_flag AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
+            UNION ALL SELECT 'segment', CAST(segment AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
+            ORDER BY 1, 2""",
+        [month] * 4,
+    ).fetchall() if {"stickiness_tier", "churn_flag", "segment"} <= set(model.output_columns) else []
+    return ScoreResult(month, rows, model, [(a, str(b), int(c)) for a, b, c in tiers])
