@@ -346,9 +346,10 @@ def status(db: Database) -> list[dict[str, Any]]:
         month_expr = "month" if contract.monthly else "NULL"
         rows = con.execute(
             f"""WITH counts AS (SELECT {month_expr} AS month, count(*) AS rows FROM {_q(name)} GROUP BY ALL),
-                loads AS (SELECT unnest(CASE WHEN len(months) = 0 THEN [NULL] ELSE months END) AS month,
-                                 file, sha256, loaded_at
-                          FROM ingest_log WHERE table_name = ?
+                all_loads AS (SELECT unnest(CASE WHEN len(months) = 0 THEN [NULL] ELSE months END) AS month,
+                                     file, sha256, loaded_at
+                              FROM ingest_log WHERE table_name = ?),
+                loads AS (SELECT * FROM all_loads
                           QUALIFY row_number() OVER (PARTITION BY month ORDER BY loaded_at DESC, file DESC) = 1)
                 SELECT c.month, c.rows, l.file, l.sha256, l.loaded_at FROM counts c
                 LEFT JOIN loads l ON l.month IS NOT DISTINCT FROM c.month ORDER BY c.month""",

@@ -1,0 +1,190 @@
+"""Ingest: the data contract, refusals that name file/table/column/row, and all-or-nothing loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from conftest import write_table
+
+M = "2026-10"
+
+
+def good_extracts(folder: Path) -> Path:
+    write_table(folder / f"subscribers_{M}.parquet", "subscribers",
+                [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000002", "month": M, "status": "suspended"}])
+    write_table(folder / f"usage_{M}.parquet", "usage",
+                [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000002", "month": M}])
+    write_table(folder / f"billing_{M}.parquet", "billing",
+                [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000002", "month": M}])
+    write_table(folder / "plans.parquet", "plans", [{"plan_id": "ZX128"}, {"plan_id": "ZX158", "monthly_rental": 158.0}])
+    return folder
+
+
+def snapshot(db: Path) -> list[tuple]:
+    """Everything a refusal must leave untouched: every table's row count and the load log."""
+    if not db.exists():
+        return []
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()]
+        return [(t, con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in tables]
+    finally:
+        con.close()
+
+
+def test_ingest_loads_and_status_reports(cli, tmp_path):
+    result = cli("ingest", str(good_extracts(tmp_path / "x")))
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert con.execute("SELECT count(*) FROM subscribers").fetchone() == (2,)
+    assert con.execute("SELECT typeof(msisdn), typeof(join_date), typeof(vnet) FROM subscribers LIMIT 1").fetchone() == (
+        "VARCHAR", "DATE", "BOOLEAN")
+    assert con.execute("SELECT count(*), count(DISTINCT sha256), min(rows) FROM ingest_log").fetchone() == (4, 4, 2)
+    con.close()
+    status = cli("status", "--format", "json")
+    assert status.exit_code == 0
+    assert '"table": "subscribers"' in status.stdout and '"month": "2026-10"' in status.stdout
+
+
+def test_reloading_a_month_replaces_it(cli, tmp_path):
+    folder = good_extracts(tmp_path / "x")
+    assert cli("ingest", str(folder)).exit_code == 0
+    write_table(folder / f"subscribers_{M}.parquet", "subscribers", [{"msisdn": "13800000009", "month": M}])
+    write_table(tmp_path / "y" / "subscribers_2026-09.parquet", "subscribers", [{"msisdn": "13800000001", "month": "2026-09"}])
+    assert cli("ingest", str(folder / f"subscribers_{M}.parquet"), str(tmp_path / "y")).exit_code == 0
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert con.execute("SELECT month, list(msisdn ORDER BY msisdn) FROM subscribers GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("2026-09", ["13800000001"]), ("2026-10", ["13800000009"])]
+    assert con.execute("SELECT count(*) FROM ingest_log WHERE table_name = 'subscribers'").fetchone() == (3,)
+
+
+def test_extra_columns_are_kept_and_lossless_casts_accepted(cli, tmp_path):
+    path = write_table(tmp_path / "billing.parquet", "billing",
+                       [{"msisdn": "13800000001", "month": M, "total_fee": "12.5", "region_code": "ZJ"}],
+                       types={"total_fee": pa.string()})
+    write_table(tmp_path / "usage.parquet", "usage", [{"msisdn": "13800000001", "month": M, "sms_count": 3.0}],
+                types={"sms_count": pa.float64()})
+    assert cli("ingest", str(path), str(tmp_path / "usage.parquet")).exit_code == 0
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert con.execute("SELECT total_fee, region_code FROM billing").fetchone() == (12.5, "ZJ")
+    assert con.execute("SELECT sms_count, typeof(sms_count) FROM usage").fetchone() == (3, "BIGINT")
+
+
+@pytest.mark.parametrize(
+    "case, make, expected",
+    [
+        ("missing column",
+         lambda d: write_table(d / "billing.parquet", "billing", [{"msisdn": "13800000001", "month": M}], drop=("total_fee",)),
+         ["billing.parquet: table billing: missing required column total_fee"]),
+        ("duplicate key",
+         lambda d: write_table(d / "usage_2026-10.parquet", "usage",
+                               [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000001", "month": M}]),
+         ["usage_2026-10.parquet: table usage: column msisdn, month: duplicate key (msisdn, month) = (13800000001, 2026-10) appears 2 times",
+          "example row: msisdn=13800000001, month=2026-10"]),
+        ("bad month",
+         lambda d: write_table(d / "usage.parquet", "usage", [{"msisdn": "13800000001", "month": "2026/10"}]),
+         ["usage.parquet: table usage: column month: month is not in YYYY-MM form (1 row; e.g. '2026/10')",
+          "example row: msisdn=13800000001, month=2026/10"]),
+        ("non-numeric",
+         lambda d: write_table(d / "billing.parquet", "billing",
+                               [{"msisdn": "13800000001", "month": M, "total_fee": "12.5"},
+                                {"msisdn": "13800000002", "month": M, "total_fee": "abc"}],
+                               types={"total_fee": pa.string()}),
+         ["billing.parquet: table billing: column total_fee: value cannot be read as DOUBLE without loss (1 row; e.g. 'abc')",
+          "example row: msisdn=13800000002"]),
+        ("fractional count",
+         lambda d: write_table(d / "usage.parquet", "usage", [{"msisdn": "13800000001", "month": M, "sms_count": 3.5}],
+                               types={"sms_count": pa.float64()}),
+         ["column sms_count: value cannot be read as BIGINT without loss (1 row; e.g. 3.5)"]),
+        ("integer msisdn",
+         lambda d: write_table(d / "dnd.parquet", "dnd", [{"msisdn": 13800000001, "channel": "*"}], types={"msisdn": pa.int64()}),
+         ["dnd.parquet: table dnd: column msisdn: msisdn must be a string column, got BIGINT"]),
+        ("corrupt file",
+         lambda d: (d / "plans.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1"),
+         ["plans.parquet: table plans: not a readable Parquet file"]),
+        ("truncated file",
+         lambda d: (d / "plans.parquet").write_bytes(
+             write_table(d / "p0" / "plans.parquet", "plans", [{"plan_id": "A"}]).read_bytes()[:-20]),
+         ["plans.parquet: table plans: not a readable Parquet file"]),
+        ("zero bytes",
+         lambda d: (d / "plans.parquet").write_bytes(b""),
+         ["plans.parquet: table plans: empty file (0 bytes)"]),
+        ("no rows",
+         lambda d: write_table(d / "plans.parquet", "plans", []),
+         ["plans.parquet: table plans: file has no rows"]),
+        ("unknown file name",
+         lambda d: write_table(d / "customers_2026-10.parquet", "subscribers", [{"msisdn": "13800000001", "month": M}]),
+         ["customers_2026-10.parquet: cannot tell which table this file is for", "known tables: subscribers, usage"]),
+        ("null key",
+         lambda d: write_table(d / "usage.parquet", "usage", [{"msisdn": None, "month": M}]),
+         ["column msisdn: key column is NULL or empty"]),
+    ],
+)
+def test_bad_input_is_refused_clearly_and_changes_nothing(cli, tmp_path, case, make, expected):
+    assert cli("ingest", str(good_extracts(tmp_path / "good"))).exit_code == 0
+    before = snapshot(cli.db)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    make(bad)
+    target = [p for p in sorted(bad.glob("*.parquet"))]
+    # A good file loaded together with the bad one must not land either (all or nothing).
+    good_too = write_table(tmp_path / "more" / "subscribers_2026-11.parquet", "subscribers",
+                           [{"msisdn": "13800000001", "month": "2026-11"}])
+    result = cli("ingest", str(good_too), *map(str, target))
+    assert result.exit_code == 1, result.output
+    err = result.stderr
+    assert err.startswith("Error: ")
+    for text in expected:
+        assert text in err, (case, err)
+    assert "Traceback" not in err
+    assert snapshot(cli.db) == before
+
+
+def test_verbose_shows_the_traceback(cli, tmp_path):
+    (tmp_path / "plans.parquet").write_bytes(b"")
+    result = cli("ingest", str(tmp_path / "plans.parquet"), "--verbose")
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr
+
+
+def test_duplicate_across_files_of_one_call_is_refused(cli, tmp_path):
+    a = write_table(tmp_path / "usage_a.parquet", "usage", [{"msisdn": "13800000001", "month": M}])
+    b = write_table(tmp_path / "usage_b.parquet", "usage", [{"msisdn": "13800000001", "month": M}])
+    result = cli("ingest", str(a), str(b))
+    assert result.exit_code == 1
+    assert "appears in more than one of the files loaded together" in result.stderr
+    assert not duckdb.connect(str(cli.db), read_only=True).execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'usage'").fetchone()[0]
+
+
+def test_contact_history_reload_updates_by_key(cli, tmp_path):
+    row = {"msisdn": "13800000001", "contact_date": __import__("datetime").date(2026, 10, 3), "channel": "sms",
+           "policy_id": "P1"}
+    assert cli("ingest", str(write_table(tmp_path / "a" / "contact_history.parquet", "contact_history", [row]))).exit_code == 0
+    assert cli("ingest", str(write_table(tmp_path / "b" / "contact_history.parquet", "contact_history",
+                                         [{**row, "outcome": "rejected"}]))).exit_code == 0
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert con.execute("SELECT outcome FROM contact_history").fetchall() == [("rejected",)]
+
+
+def test_real_subprocess_run(tmp_path):
+    folder = good_extracts(tmp_path / "x")
+    env = {**os.environ, "MKTOOL_DB": str(tmp_path / "sub.duckdb"), "NO_COLOR": "1"}
+    ok = subprocess.run([sys.executable, "-m", "mktool", "ingest", str(folder), "--quiet"], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "" and ok.stderr == ""
+    bad = subprocess.run([sys.executable, "-m", "mktool", "ingest", str(tmp_path / "nope")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("Error: ") and "no such file or folder" in bad.stderr
+    assert "\x1b[" not in bad.stderr  # NO_COLOR
+    version = subprocess.run([sys.executable, "-m", "mktool", "--version"], capture_output=True, text=True, timeout=60)
+    assert version.stdout.startswith("mktool ")
