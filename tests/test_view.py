@@ -1,0 +1,195 @@
+"""The customer view's SPEC §3 base columns against values computed by hand, and the score model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import write_table
+from mktool.ahp import ahp_weights
+from mktool.config import shipped_matrices_dir
+
+M, P1, P2, P3 = "2026-10", "2026-09", "2026-08", "2026-07"
+A, B, C, D = "13800000001", "13800000002", "13800000003", "13800000004"
+
+
+def build(folder: Path) -> Path:
+    """Four customers; A full history, B only month M (short history), C misses M-1, D left before M."""
+    subs = [
+        {"msisdn": A, "month": m, "join_date": dt.date(2025, 11, 15)} for m in (P3, P2, P1, M)
+    ] + [
+        {"msisdn": B, "month": M, "join_date": dt.date(2026, 10, 2), "status": "suspended"},
+        {"msisdn": C, "month": M, "join_date": dt.date(2010, 1, 31)},
+        {"msisdn": C, "month": P2, "join_date": dt.date(2010, 1, 31)},
+        {"msisdn": D, "month": P1},
+    ]
+    billing = [
+        # A: M-3 is outside the window and must not count.
+        {"msisdn": A, "month": P3, "total_fee": 999.0, "rental_fee": 999.0, "discount_fee": 999.0},
+        {"msisdn": A, "month": P2, "total_fee": 100.0, "rental_fee": 58.0, "voice_overage_fee": 2.0,
+         "data_overage_fee": 30.0, "addon_fee": 10.0, "discount_fee": 10.0},
+        {"msisdn": A, "month": P1, "total_fee": 120.0, "rental_fee": 58.0, "voice_overage_fee": 4.0,
+         "data_overage_fee": 38.0, "addon_fee": 20.0, "discount_fee": 0.0},
+        {"msisdn": A, "month": M, "total_fee": 110.0, "rental_fee": 88.0, "voice_overage_fee": 0.0,
+         "data_overage_fee": 2.0, "addon_fee": 20.0, "discount_fee": 20.0},
+        {"msisdn": B, "month": M, "total_fee": 40.0, "rental_fee": 38.0, "voice_overage_fee": 1.0,
+         "data_overage_fee": 0.0, "addon_fee": 1.0, "discount_fee": 4.0},
+        {"msisdn": C, "month": P2, "total_fee": 60.0, "rental_fee": 0.0, "voice_overage_fee": 0.0,
+         "data_overage_fee": 0.0, "addon_fee": 0.0, "discount_fee": 0.0},
+        {"msisdn": C, "month": M, "total_fee": 0.0, "rental_fee": 0.0, "voice_overage_fee": 0.0,
+         "data_overage_fee": 0.0, "addon_fee": 0.0, "discount_fee": 0.0},
+        {"msisdn": D, "month": P1, "total_fee": 10.0},
+    ]
+    usage = [
+        {"msisdn": A, "month": P3, "voice_out_min": 9999.0, "data_mb": 9999.0},
+        {"msisdn": A, "month": P2, "voice_out_min": 300.0, "data_mb": 5.93},
+        {"msisdn": A, "month": P1, "voice_out_min": 200.0, "data_mb": 5.54},
+        {"msisdn": A, "month": M, "voice_out_min": 100.0, "data_mb": 3.53, "contacts": 50, "contacts_in_net": 20},
+        {"msisdn": B, "month": M, "voice_out_min": 12.5, "data_mb": 100.0},
+        {"msisdn": C, "month": P2, "voice_out_min": 30.0, "data_mb": 1.0},
+        {"msisdn": D, "month": P1},
+    ]
+    write_table(folder / "subscribers.parquet", "subscribers", subs)
+    write_table(folder / "billing.parquet", "billing", billing)
+    write_table(folder / "usage.parquet", "usage", usage)
+    write_table(folder / "plans.parquet", "plans", [{"plan_id": "ZX128"}])
+    return folder
+
+
+@pytest.fixture
+def view(cli, tmp_path):
+    assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
+    result = cli("score", "--month", M)
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(cli.db), read_only=True)
+    cur = con.execute("SELECT * FROM customer_view ORDER BY msisdn")
+    names = [d[0] for d in cur.description]
+    rows = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
+    con.close()
+    return rows
+
+
+def test_one_row_per_subscriber_of_the_month(view):
+    assert sorted(view) == [A, B, C]  # D is not a subscriber in M
+
+
+def test_full_history_customer(view):
+    a = view[A]
+    assert a["tenure_months"] == 11  # (2026*12+10) - (2025*12+11)
+    assert a["arpu"] == 110.0
+    assert a["arpu_3m"] == pytest.approx((100 + 120 + 110) / 3)
+    assert a["rental_3m"] == pytest.approx((58 + 58 + 88) / 3)
+    assert a["voice_overage_3m"] == pytest.approx(2.0)
+    assert a["data_overage_3m"] == pytest.approx((30 + 38 + 2) / 3)
+    assert a["addon_3m"] == pytest.approx(50 / 3)
+    assert a["current_total_3m"] == pytest.approx((100 + 120 + 110) / 3)  # 100, 120, 110 are the three-item sums here
+    assert a["return_rate"] == pytest.approx(100 * (330 - 30) / 330)  # 90.909…
+    assert a["voice_min_3m"] == pytest.approx(200.0)
+    assert round(a["data_mb_3m"], 6) == 5.0  # SPEC §5: 5.93, 5.54, 3.53 average to 5 MB
+    assert a["months_in_window"] == 3
+    assert a["in_net_share"] == pytest.approx(0.4)
+
+
+def test_short_history_customer(view):
+    b = view[B]
+    assert b["tenure_months"] == 0
+    assert b["status"] == "suspended"
+    assert (b["arpu"], b["arpu_3m"], b["rental_3m"]) == (40.0, 40.0, 38.0)
+    assert b["current_total_3m"] == pytest.approx(40.0)  # 38 + 1 + 0 + 1
+    assert b["return_rate"] == pytest.approx(90.0)
+    assert b["months_in_window"] == 1
+    assert b["voice_min_3m"] == 12.5
+
+
+def test_gap_in_window_and_zero_bill(view):
+    c = view[C]
+    assert c["tenure_months"] == (2026 * 12 + 10) - (2010 * 12 + 1)
+    assert c["arpu"] == 0.0
+    assert c["arpu_3m"] == pytest.approx(30.0)  # two billing months present: 60 and 0
+    assert c["return_rate"] == pytest.approx(100.0)
+    assert c["months_in_window"] == 1  # usage only in M-2
+    assert c["data_mb_3m"] == 1.0
+
+
+def test_value_tiers_split_10_20_60_10(cli, tmp_path):
+    subs = [{"msisdn": f"1380000{i:04d}", "month": M} for i in range(20)]
+    bills = [{"msisdn": f"1380000{i:04d}", "month": M, "total_fee": float(10 * i)} for i in range(20)]
+    folder = tmp_path / "t"
+    write_table(folder / "subscribers.parquet", "subscribers", subs)
+    write_table(folder / "billing.parquet", "billing", bills)
+    write_table(folder / "usage.parquet", "usage", [{"msisdn": s["msisdn"], "month": M} for s in subs])
+    write_table(folder / "plans.parquet", "plans", [{"plan_id": "ZX128"}])
+    assert cli("ingest", str(folder)).exit_code == 0
+    assert cli("score", "--month", M).exit_code == 0
+    con = duckdb.connect(str(cli.db), read_only=True)
+    tiers = dict(con.execute("SELECT value_tier, count(*) FROM customer_view GROUP BY 1").fetchall())
+    assert tiers == {"high": 2, "mid_high": 4, "mid": 12, "low": 2}
+    # Only arpu differs, so the highest bills are the high tier.
+    assert con.execute("SELECT list(total_fee ORDER BY total_fee) FROM customer_view v JOIN billing b USING (msisdn, month) "
+                       "WHERE value_tier = 'high'").fetchone()[0] == [180.0, 190.0]
+    scores = con.execute("SELECT min(value_score), max(value_score) FROM customer_view").fetchone()
+    assert 0 <= scores[0] <= scores[1] <= 100
+
+
+def test_ahp_principal_eigenvector_and_consistency():
+    r = ahp_weights([[1, 2, 3], [1 / 2, 1, 2], [1 / 3, 1 / 2, 1]])
+    assert [round(w, 4) for w in r.weights] == [0.5396, 0.297, 0.1634]
+    assert round(r.lambda_max, 4) == 3.0092
+    assert round(r.consistency_ratio, 4) == 0.0079
+    bad = ahp_weights([[1, 3, 1 / 3], [1 / 3, 1, 3], [3, 1 / 3, 1]])
+    assert bad.consistency_ratio >= 0.10
+
+
+def _matrices_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "matrices"
+    shutil.copytree(shipped_matrices_dir(), target)
+    return target
+
+
+def test_inconsistent_pairwise_matrix_is_refused(cli, tmp_path):
+    mdir = _matrices_copy(tmp_path)
+    text = (mdir / "scores.yaml").read_text(encoding="utf-8")
+    text = text.replace("    - [1,   2,   4]\n    - [1/2, 1,   2]\n    - [1/4, 1/2, 1]",
+                        "    - [1,   9,   1/9]\n    - [1/9, 1,   9]\n    - [9, 1/9, 1]")
+    (mdir / "scores.yaml").write_text(text, encoding="utf-8")
+    assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
+    result = cli("score", "--month", M, "--matrices", str(mdir))
+    assert result.exit_code == 1
+    assert "scores.yaml: value.pairwise: consistency ratio" in result.stderr
+    assert "is ≥ 0.10" in result.stderr
+
+
+def test_unknown_column_in_score_expression(cli, tmp_path):
+    mdir = _matrices_copy(tmp_path)
+    text = (mdir / "scores.yaml").read_text(encoding="utf-8").replace("churn_score >= ${churn_flag_at}", "churn_scor >= 1")
+    (mdir / "scores.yaml").write_text(text, encoding="utf-8")
+    assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
+    result = cli("score", "--month", M, "--matrices", str(mdir))
+    assert result.exit_code == 1
+    assert "scores.yaml: columns[" in result.stderr and "(churn_flag).expr" in result.stderr
+    assert "unknown column 'churn_scor'" in result.stderr
+
+
+def test_score_needs_the_month_loaded(cli, tmp_path):
+    assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
+    result = cli("score", "--month", "2027-01")
+    assert result.exit_code == 1
+    assert "subscribers has no rows for month 2027-01" in result.stderr
+    assert cli("score", "--month", "2026-13").exit_code == 1
+
+
+def test_score_out_to_stdout_and_params(cli, tmp_path):
+    assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
+    result = cli("score", "--month", M, "--out", "-", "--format", "csv", "--param", "churn_flag_at=0", "--quiet")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("msisdn,month,city,plan_id,status,payment")
+    assert len(lines) == 4 and lines[1].startswith(A)
+    assert ",true," in lines[1]  # churn_flag true for everyone at threshold 0
+    # --quiet keeps warnings (vas is not loaded here) but no info lines or tables.
+    assert result.stderr.splitlines() == [
+        "Warning: table vas is not loaded: value-added-service columns (vas_active, has_*) are 0/false"]
