@@ -278,6 +278,242 @@ def score_cmd(
                      [(c, v, f"{n:,}") for c, v, n in result.tiers])
 
 
+@command("plan")
+def plan_cmd(
+    run: Run,
+    month: MonthOpt,
+    total_change: Annotated[Optional[str], typer.Option(
+        "--total-change", metavar="LO:HI",
+        help="Keep plans whose total-fee change (new total / current total) is in LO:HI, inclusive "
+             "[default: plan.yaml's, 0.6:1.5]")] = None,
+    rental_change: Annotated[Optional[str], typer.Option(
+        "--rental-change", metavar="LO:HI",
+        help="Keep plans whose rental change (new rental / current rental) is in LO:HI, inclusive "
+             "[default: plan.yaml's, 1.0:2.0]")] = None,
+    top: Annotated[Optional[int], typer.Option(
+        "--top", "-k", metavar="K", help="Plans kept per customer, best first [default: plan.yaml's, 1]")] = None,
+    min_data: Annotated[Optional[float], typer.Option(
+        "--min-data", metavar="MB",
+        help="Minimum 3-month average data use of a candidate [default: plan.yaml's, 5]")] = None,
+    out: OutOpt = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", "-f",
+        help="csv | parquet | jsonl for --out [default: from --out's extension, else csv]; "
+             "with --sweep: table | csv | json [default: table]")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Compute and show the funnel and counts; write nothing")] = False,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Print the targeted-customer count for a grid of windows on stdout; write nothing")] = False,
+    sweep_total: Annotated[Optional[list[str]], typer.Option(
+        "--sweep-total", metavar="LO:HI",
+        help="A total-change window of the --sweep grid (repeatable) [default: plan.yaml's sweep grid]")] = None,
+    sweep_rental: Annotated[Optional[list[str]], typer.Option(
+        "--sweep-rental", metavar="LO:HI",
+        help="A rental-change window of the --sweep grid (repeatable) [default: plan.yaml's sweep grid]")] = None,
+) -> None:
+    """Recommend plans: every candidate × every target plan, kept by rate windows (SPEC §5).
+
+    Candidates are active customers of the month with at least 5 MB of data a month on a
+    mass-market plan with a bill and a rental; each is paired with every target plan, priced
+    at their 3-month average usage, kept when both change rates are inside their windows,
+    and ranked by how close the new bill is to today's. Stores plan_recommendations and the
+    `plan` funnel; the windows, top-k and minimum data come from plan.yaml.
+
+    \b
+    Examples:
+      mktool plan --month 2026-10
+      mktool plan --month 2026-10 --total-change 0.7:1.3 --top 3 --out plans.csv
+      mktool plan --month 2026-10 --dry-run
+      mktool plan --month 2026-10 --sweep
+      mktool plan --month 2026-10 --sweep --sweep-total 0.9:1.1 --sweep-rental 1.0:1.2 --format csv
+    """
+    from mktool.output import infer_format
+    from mktool.plan import EXPORT_SQL, load_plan_config, parse_window
+    from mktool.plan import plan as plan_step
+    from mktool.plan import sweep as plan_sweep
+
+    check_month(month)
+    config = load_plan_config(run.settings.matrices_dir).with_overrides(
+        total_change=total_change, rental_change=rental_change, top=top, min_data_mb=min_data)
+    if (sweep_total or sweep_rental) and not sweep:
+        raise MktoolError("--sweep-total / --sweep-rental only apply with --sweep")
+    if sweep:
+        if out:
+            raise MktoolError("--sweep prints to stdout; it does not take --out (redirect stdout instead)")
+        sweep_fmt = fmt or "table"
+        if sweep_fmt not in ("table", "csv", "json"):
+            raise MktoolError(f"--sweep prints as table, csv or json, not '{sweep_fmt}'")
+        for given, name, instead in ((total_change, "--total-change", "--sweep-total"),
+                                     (rental_change, "--rental-change", "--sweep-rental"), (top, "--top", None)):
+            if given is not None:
+                run.reporter.warn(f"{name} is not used by --sweep" + (f" (give the grid with {instead})" if instead else ""))
+        totals = [parse_window(w, where="--sweep-total") for w in sweep_total or []]
+        rentals = [parse_window(w, where="--sweep-rental") for w in sweep_rental or []]
+        with run.db(write=False) as db:
+            cells = plan_sweep(db, month, config, totals or None, rentals or None)
+        _print_sweep(run, month, config, cells, sweep_fmt)
+        return
+    if dry_run and out:
+        raise MktoolError("--dry-run writes nothing; drop --out, or run without --dry-run")
+    if out:
+        infer_format(out, fmt)  # refuse a bad --format before the work, not after
+    with run.db(write=not dry_run) as db:
+        result = plan_step(db, month, config, reporter=run.reporter, dry_run=dry_run)
+        if out:
+            write_query(db.c, EXPORT_SQL, out, fmt, [month])
+    counts = dict(result.stages)
+    previous: int | None = None
+    rows = []
+    for stage, n in result.stages:
+        rows.append((stage, f"{n:,}", "" if previous is None else f"{previous - n:,}"))
+        previous = n
+    render_table(run.reporter, f"Plan funnel {month}" + (" (dry run)" if dry_run else ""),
+                 ["stage", "customers", "dropped"], rows)
+    settings = (f"total change {config.total_change}, rental change {config.rental_change}, "
+                f"top {config.top}, min data {config.min_data_mb:g} MB")
+    if dry_run:
+        run.reporter.info(f"dry run, nothing written: plan_recommendations {month} would have {result.rows:,} rows "
+                          f"for {counts['in_rate_window']:,} of {counts['base']:,} customers ({settings})")
+    else:
+        run.reporter.info(f"plan_recommendations {month}: {result.rows:,} rows for {counts['in_rate_window']:,} "
+                          f"of {counts['base']:,} customers ({settings})")
+
+
+def _print_sweep(run: Run, month: str, config: Any, cells: list[Any], fmt: str) -> None:
+    """The sweep grid on stdout: a table for people (rows: total window, columns: rental window), csv or json."""
+    if fmt in ("csv", "json"):
+        records = [{"total_change_lo": c.total_change.lo, "total_change_hi": c.total_change.hi,
+                    "rental_change_lo": c.rental_change.lo, "rental_change_hi": c.rental_change.hi,
+                    "customers": c.customers} for c in cells]
+        if fmt == "json":
+            typer.echo(json.dumps(records, indent=2))
+        else:
+            import csv
+            import io
+
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["customers"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+            typer.echo(buf.getvalue(), nl=False)
+        return
+    totals = list(dict.fromkeys(c.total_change for c in cells))
+    rentals = list(dict.fromkeys(c.rental_change for c in cells))
+    count = {(c.total_change, c.rental_change): c.customers for c in cells}
+    render_table(run.reporter,
+                 f"Customers targeted, {month} (rows: total-change window; columns: rental-change window; "
+                 f"min data {config.min_data_mb:g} MB)",
+                 ["total \\ rental", *(str(r) for r in rentals)],
+                 [(str(t), *(f"{count[(t, r)]:,}" for r in rentals)) for t in totals], to_stdout=True)
+
+
+def parse_date(value: str | None) -> "dt.date":
+    import datetime as dt
+
+    if value is None:
+        return dt.date.today()
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise MktoolError(f"--date must be YYYY-MM-DD, got '{value}'") from None
+
+
+def render_channel_funnels(run: Run, result: Any, *, title: str) -> None:
+    from mktool.export import STAGES
+
+    rows = [(stage, *[f"{dict(ch.stages)[stage]:,}" for ch in result.channels]) for stage in STAGES]
+    render_table(run.reporter, title, ["stage", *[ch.channel for ch in result.channels]], rows)
+
+
+@command("export")
+def export_cmd(
+    run: Run,
+    month: MonthOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
+    fmt: FormatOpt = None,
+    channel: Annotated[Optional[str], typer.Option("--channel", "-c", help="Export only this channel (required with --out -)")] = None,
+    date: Annotated[Optional[str], typer.Option("--date", help="The cycle's date, YYYY-MM-DD [default: today]")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
+) -> None:
+    """Write per-channel target lists under the contact policy, with funnel.json and manifest.json.
+
+    Suppression, in order, each a funnel stage: do-not-disturb, unsubscribed, rejection
+    cool-down, contact caps, mutually exclusive policies, cross-channel dedupe, channel
+    capacity, hold-out control group. Exported rows are recorded in contact_history.
+
+    \b
+    Examples:
+      mktool export --month 2026-10 --date 2026-11-01
+      mktool export --month 2026-10 --format parquet --out /data/lists
+      mktool export --month 2026-10 --channel sms --out - | gateway-upload
+    """
+    from mktool.export import run_export
+
+    check_month(month)
+    to_stdout = out == "-"
+    if to_stdout and not channel:
+        raise_usage("--out - streams one list: add --channel NAME")
+    with run.db(write=not dry_run) as db:
+        result = run_export(
+            db, month, matrices_dir=run.settings.matrices_dir, out_dir=None if to_stdout else Path(out),
+            cycle_date=parse_date(date), only_channel=channel, fmt=fmt, dry_run=dry_run, stdout=to_stdout,
+            reporter=run.reporter,
+        )
+    render_channel_funnels(run, result, title=f"Channel funnels {month} (cycle {result.cycle_date})"
+                           + (" — dry run, nothing written" if dry_run else ""))
+    if not dry_run and not to_stdout:
+        written = [ch for ch in result.channels if ch.path is not None]
+        run.reporter.info(f"wrote {len(written)} list(s) to {Path(out) / month}: "
+                          + ", ".join(f"{ch.path.name} ({ch.rows:,})" for ch in written if ch.path))
+
+
+def raise_usage(message: str) -> None:
+    raise typer.BadParameter(message)
+
+
+@command("funnel")
+def funnel_cmd(
+    run: Run,
+    month: MonthOpt,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | csv")] = "table",
+) -> None:
+    """Print the funnels recorded for a month (plan, each matrix, each channel).
+
+    --format json prints exactly the funnel.json document that export writes.
+
+    \b
+    Examples:
+      mktool funnel --month 2026-10
+      mktool funnel --month 2026-10 --format json | jq '.funnels.plan'
+    """
+    from mktool.export import funnel_document
+
+    check_month(month)
+    with run.db(write=False) as db:
+        if not db.table_exists("funnel_counts"):
+            raise MktoolError(f"no funnels recorded for {month}", hint=f"run `mktool plan/matrix --month {month}` first")
+        doc = funnel_document(db.c, month)
+    if not doc["funnels"]:
+        raise MktoolError(f"no funnels recorded for {month}", hint=f"run `mktool plan/matrix/export --month {month}` first")
+    if fmt == "json":
+        typer.echo(json.dumps(doc, ensure_ascii=False, indent=2))
+    elif fmt == "csv":
+        typer.echo("month,funnel,stage_no,stage,count")
+        for name, stages in doc["funnels"].items():
+            for i, s in enumerate(stages, 1):
+                typer.echo(f"{month},{name},{i},{s['stage']},{s['count']}")
+    elif fmt == "table":
+        rows = []
+        for name, stages in doc["funnels"].items():
+            first = stages[0]["count"] if stages else 0
+            for s in stages:
+                share = f"{100 * s['count'] / first:.1f}%" if first else "-"
+                rows.append((name, s["stage"], f"{s['count']:,}", share))
+        render_table(run.reporter, f"Funnels {month}", ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
+    else:
+        raise MktoolError(f"--format must be table, json or csv, got '{fmt}'")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

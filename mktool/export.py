@@ -1,0 +1,639 @@
+"""`mktool export`: per-channel target lists under the contact policy (SPEC §6).
+
+Offers (the month's ranked recommendations and plan recommendations) become one row per
+customer × policy × candidate channel, then pass, in this order, each a stage of the
+channel's funnel (distinct customers):
+
+    candidates → dnd → unsubscribed → cooldown → contact_cap → exclusion
+               → dedupe → capacity → holdout → exported
+
+Every stage is one set-based DuckDB statement over the previous stage's table. Dedupe and
+capacity are one allocation: offers are placed in rounds, round r proposing each still
+unplaced offer to its r-th surviving channel (rule order); a channel takes the proposals it
+has room for, best first (rank, then value_score, then a hash tie-break). An offer therefore
+goes to the first of its channels that still has room, and to one channel only.
+
+Exported rows are written back to ``contact_history`` (outcome ``sent``) so the next cycle's
+caps and cool-downs see them; re-running a cycle replaces its own records and files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from mktool import __version__
+from mktool.console import QUIET, Reporter
+from mktool.database import Database, record_funnel, table_exists
+from mktool.errors import ConfigError, MktoolError
+from mktool.output import COPY_OPTIONS, FORMATS
+from mktool.yamlio import load_yaml
+
+STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
+          "holdout", "exported")
+TARGET_COLUMNS = (
+    "msisdn", "month", "channel", "rank", "matrix", "rule_id", "policy_id", "policy_name", "script",
+    "current_plan_id", "plan_id", "new_rental", "new_voice_overage", "new_data_overage", "new_total",
+    "current_total", "total_fee_change", "rental_change",
+)
+MONEY = {"new_rental", "new_voice_overage", "new_data_overage", "new_total", "current_total"}
+RATES = {"total_fee_change", "rental_change"}
+MASKS = ("none", "mask", "hash")
+DEFAULT_COOLDOWN_DAYS = 30
+RECORDED_BY = "mktool"
+
+
+# -- configuration ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    cycle: str = "monthly"  # daily | monthly
+    capacity: int | None = None  # offers per cycle; None = unlimited
+    format: str = "csv"
+    columns: tuple[str, ...] = TARGET_COLUMNS
+    mask: str = "none"  # none | mask (138****9019) | hash (salted sha256)
+    salt_env: str = "MKTOOL_HASH_SALT"
+    contact_cap: int | None = None  # offers per customer per month on this channel
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    id: str
+    name: str
+    family: str
+    channels: tuple[str, ...] = ()
+    exclusive_group: str | None = None
+    cooldown_days: int | None = None
+    holdout: float = 0.0
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
+
+
+@dataclass
+class ExportConfig:
+    channels: dict[str, ChannelConfig]
+    policies: dict[str, PolicyConfig]
+    cooldown_days: int = DEFAULT_COOLDOWN_DAYS
+    monthly_cap: int | None = None  # offers per customer per month across channels
+    files: list[Path] = field(default_factory=list)
+
+
+def _opt_int(value: Any, *, file: Path, at: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{at}: expected a whole number >= 0, got {value!r}", file=str(file))
+    return value
+
+
+def _date(value: Any, *, file: Path, at: str) -> dt.date | None:
+    if value is None or isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"{at}: expected a date YYYY-MM-DD, got {value!r}", file=str(file)) from None
+
+
+def load_export_config(matrices_dir: Path) -> ExportConfig:
+    """channels.yaml (channels, contact policy) and policies.yaml, as export needs them."""
+    cpath = matrices_dir / "channels.yaml"
+    ppath = matrices_dir / "policies.yaml"
+    cdoc = load_yaml(cpath) if cpath.exists() else None
+    if not isinstance(cdoc, dict) or not isinstance(cdoc.get("channels"), dict):
+        raise ConfigError("expected a top-level `channels:` mapping of channel name to settings", file=str(cpath))
+    channels: dict[str, ChannelConfig] = {}
+    for name, raw in cdoc["channels"].items():
+        at = f"channels.{name}"
+        raw = raw or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{at}: expected a mapping", file=str(cpath))
+        cycle = raw.get("cycle", "monthly")
+        if cycle not in ("daily", "monthly"):
+            raise ConfigError(f"{at}.cycle: expected daily or monthly, got {cycle!r}", file=str(cpath))
+        fmt = raw.get("format", "csv")
+        if fmt not in FORMATS:
+            raise ConfigError(f"{at}.format: expected one of {', '.join(FORMATS)}, got {fmt!r}", file=str(cpath))
+        mask = raw.get("mask", "none") or "none"
+        if mask not in MASKS:
+            raise ConfigError(f"{at}.mask: expected one of {', '.join(MASKS)}, got {mask!r}", file=str(cpath))
+        columns = tuple(raw.get("columns") or TARGET_COLUMNS)
+        bad = [c for c in columns if c not in TARGET_COLUMNS]
+        if bad:
+            raise ConfigError(f"{at}.columns: unknown column {bad[0]!r} (target-list columns: {', '.join(TARGET_COLUMNS)})",
+                              file=str(cpath))
+        channels[str(name)] = ChannelConfig(
+            name=str(name), cycle=cycle, capacity=_opt_int(raw.get("capacity"), file=cpath, at=f"{at}.capacity"),
+            format=fmt, columns=columns, mask=mask, salt_env=str(raw.get("salt_env", "MKTOOL_HASH_SALT")),
+            contact_cap=_opt_int(raw.get("contact_cap"), file=cpath, at=f"{at}.contact_cap"),
+        )
+    contact = cdoc.get("contact_policy") or {}
+    pdoc = load_yaml(ppath) if ppath.exists() else None
+    if not isinstance(pdoc, dict) or not isinstance(pdoc.get("policies"), list):
+        raise ConfigError("expected a top-level `policies:` list", file=str(ppath))
+    policies: dict[str, PolicyConfig] = {}
+    for i, raw in enumerate(pdoc["policies"]):
+        at = f"policies[{i}]"
+        if not isinstance(raw, dict) or "id" not in raw:
+            raise ConfigError(f"{at}: expected a mapping with an id", file=str(ppath))
+        holdout = raw.get("holdout", 0) or 0
+        if not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+            raise ConfigError(f"{at}.holdout: expected a share between 0 and 1, got {holdout!r}", file=str(ppath))
+        policies[str(raw["id"])] = PolicyConfig(
+            id=str(raw["id"]), name=str(raw.get("name", raw["id"])), family=str(raw.get("family", "")),
+            channels=tuple(raw.get("channels") or ()), exclusive_group=raw.get("exclusive_group"),
+            cooldown_days=_opt_int(raw.get("cooldown_days"), file=ppath, at=f"{at}.cooldown_days"),
+            holdout=float(holdout),
+            valid_from=_date(raw.get("valid_from"), file=ppath, at=f"{at}.valid_from"),
+            valid_to=_date(raw.get("valid_to"), file=ppath, at=f"{at}.valid_to"),
+        )
+    return ExportConfig(
+        channels=channels, policies=policies,
+        cooldown_days=_opt_int(contact.get("cooldown_days"), file=cpath, at="contact_policy.cooldown_days")
+        or DEFAULT_COOLDOWN_DAYS,
+        monthly_cap=_opt_int(contact.get("monthly_cap"), file=cpath, at="contact_policy.monthly_cap"),
+        files=[cpath, ppath],
+    )
+
+
+# -- SQL: one named statement per stage -------------------------------------------------------
+def draw_sql(*parts: str) -> str:
+    """A deterministic uniform draw in [0, 1) from a hash of the parts (md5: same on every engine).
+
+    Spark: ``conv(substr(md5(x), 1, 8), 16, 10) / 4294967296``.
+    """
+    key = " || '|' || ".join(parts)
+    return f"(CAST(('0x' || substr(md5({key}), 1, 8)) AS BIGINT) / 4294967296.0)"
+
+
+OFFERS_SQL = """
+-- Matrix recommendations and plan recommendations as offers with their candidate channels.
+CREATE OR REPLACE TEMP TABLE _x_offers AS
+WITH rec AS (
+    SELECT r.msisdn, r.month, r.rank, r.matrix, r.rule_id, r.policy_id, r.policy_name, r.script,
+           CAST(NULL AS VARCHAR) AS current_plan_id, CAST(NULL AS VARCHAR) AS plan_id,
+           CAST(NULL AS DOUBLE) AS new_rental, CAST(NULL AS DOUBLE) AS new_voice_overage,
+           CAST(NULL AS DOUBLE) AS new_data_overage, CAST(NULL AS DOUBLE) AS new_total,
+           CAST(NULL AS DOUBLE) AS current_total, CAST(NULL AS DOUBLE) AS total_fee_change,
+           CAST(NULL AS DOUBLE) AS rental_change, r.channels
+    FROM {recommendations} r WHERE r.month = $month
+),
+last_rank AS (SELECT msisdn, max(rank) AS max_rank FROM rec GROUP BY msisdn),
+plan AS (
+    SELECT p.msisdn, p.month, CAST(coalesce(l.max_rank, 0) + p.rank AS INTEGER) AS rank,
+           'plan' AS matrix, 'plan_rank_' || CAST(p.rank AS VARCHAR) AS rule_id,
+           $plan_policy AS policy_id, $plan_policy_name AS policy_name,
+           replace(replace(replace($plan_script, '{{plan_name}}', coalesce(p.plan_name, p.plan_id)),
+                   '{{new_rental}}', CAST(CAST(round(p.new_rental, 2) AS DECIMAL(18, 2)) AS VARCHAR)),
+                   '{{new_total}}', CAST(CAST(round(p.new_total, 2) AS DECIMAL(18, 2)) AS VARCHAR)) AS script,
+           p.current_plan_id, p.plan_id, p.new_rental, p.new_voice_overage, p.new_data_overage, p.new_total,
+           p.current_total, p.total_fee_change, p.rental_change, CAST($plan_channels AS VARCHAR[]) AS channels
+    FROM {plan_recommendations} p LEFT JOIN last_rank l USING (msisdn)
+    WHERE p.month = $month
+)
+SELECT o.*, coalesce(v.value_score, 0) AS value_score
+FROM (SELECT * FROM rec UNION ALL SELECT * FROM plan) o
+LEFT JOIN (SELECT msisdn, value_score FROM customer_view WHERE month = $month) v USING (msisdn)
+"""
+
+CANDIDATES_SQL = """
+-- One row per offer × candidate channel, with the channel's place in the rule's order.
+-- Daily channels skip offers already sent on that channel earlier in the cycle month.
+CREATE OR REPLACE TEMP TABLE _x_candidates AS
+WITH exploded AS (
+    SELECT o.*, unnest(o.channels) AS channel, generate_subscripts(o.channels, 1) AS channel_pref
+    FROM _x_offers o
+)
+SELECT e.* EXCLUDE (channels)
+FROM exploded e
+JOIN _x_channels c ON c.channel = e.channel
+LEFT JOIN _x_policies p ON p.policy_id = e.policy_id
+WHERE (p.allowed IS NULL OR len(p.allowed) = 0 OR list_contains(p.allowed, e.channel))
+  AND (c.cycle = 'monthly' OR NOT EXISTS (
+        SELECT 1 FROM _x_history h
+        WHERE h.msisdn = e.msisdn AND h.channel = e.channel AND h.policy_id = e.policy_id
+          AND h.contact_date >= $cycle_month_start AND h.contact_date < $cycle_date))
+"""
+
+DND_SQL = """
+CREATE OR REPLACE TEMP TABLE _x_dnd AS
+SELECT c.* FROM _x_candidates c
+WHERE NOT EXISTS (SELECT 1 FROM _x_dndlist d WHERE d.msisdn = c.msisdn AND (d.channel = c.channel OR d.channel = '*'))
+"""
+
+UNSUBSCRIBED_SQL = """
+-- An `unsubscribed` outcome makes that channel do-not-disturb for the customer from then on.
+CREATE OR REPLACE TEMP TABLE _x_unsubscribed AS
+SELECT c.* FROM _x_dnd c
+WHERE NOT EXISTS (SELECT 1 FROM _x_history h
+                  WHERE h.msisdn = c.msisdn AND h.channel = c.channel AND h.outcome = 'unsubscribed'
+                    AND h.contact_date <= $cycle_date)
+"""
+
+COOLDOWN_SQL = """
+-- No re-offer of a policy the customer rejected (on any channel) within its cool-down.
+CREATE OR REPLACE TEMP TABLE _x_cooldown AS
+SELECT c.* FROM _x_unsubscribed c
+LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
+WHERE NOT EXISTS (SELECT 1 FROM _x_history h
+                  WHERE h.msisdn = c.msisdn AND h.policy_id = c.policy_id AND h.outcome = 'rejected'
+                    AND h.contact_date <= $cycle_date
+                    AND h.contact_date > $cycle_date - CAST(coalesce(p.cooldown_days, $cooldown_days) AS INTEGER))
+"""
+
+CAPS_SQL = """
+-- Per-customer contact caps for the cycle month: per channel, then across channels
+-- (counting distinct policies), after the contacts already made this month.
+CREATE OR REPLACE TEMP TABLE _x_contact_cap AS
+WITH prior AS (
+    SELECT msisdn, channel, count(*) AS n FROM _x_history
+    WHERE contact_date >= $cycle_month_start AND contact_date <= $cycle_date GROUP BY ALL
+),
+prior_total AS (SELECT msisdn, sum(n) AS n FROM prior GROUP BY msisdn),
+per_channel AS (
+    SELECT c.*, row_number() OVER (PARTITION BY c.msisdn, c.channel ORDER BY c.rank, c.policy_id)
+                + coalesce(pr.n, 0) AS channel_count, ch.contact_cap
+    FROM _x_cooldown c
+    JOIN _x_channels ch ON ch.channel = c.channel
+    LEFT JOIN prior pr ON pr.msisdn = c.msisdn AND pr.channel = c.channel
+),
+within_channel AS (SELECT * FROM per_channel WHERE contact_cap IS NULL OR channel_count <= contact_cap),
+across AS (
+    SELECT w.*, dense_rank() OVER (PARTITION BY w.msisdn ORDER BY w.rank, w.policy_id) + coalesce(pt.n, 0) AS total_count
+    FROM within_channel w LEFT JOIN prior_total pt ON pt.msisdn = w.msisdn
+)
+SELECT * EXCLUDE (channel_count, contact_cap, total_count) FROM across
+WHERE CAST($monthly_cap AS BIGINT) IS NULL OR total_count <= CAST($monthly_cap AS BIGINT)
+"""
+
+EXCLUSION_SQL = """
+-- Mutually exclusive policies (same exclusive_group): keep the customer's better-ranked one.
+CREATE OR REPLACE TEMP TABLE _x_exclusion AS
+WITH g AS (
+    SELECT c.*, p.exclusive_group FROM _x_contact_cap c LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
+),
+best AS (
+    SELECT msisdn, exclusive_group, min(rank) AS best_rank FROM g WHERE exclusive_group IS NOT NULL GROUP BY ALL
+)
+SELECT g.* EXCLUDE (exclusive_group) FROM g
+LEFT JOIN best b ON b.msisdn = g.msisdn AND b.exclusive_group = g.exclusive_group
+WHERE g.exclusive_group IS NULL OR g.rank = b.best_rank
+"""
+
+ALLOCATION_SETUP_SQL = """
+-- Each offer's surviving channels numbered 1..k in rule order: round r proposes choice r.
+CREATE OR REPLACE TEMP TABLE _x_choices AS
+SELECT e.*, row_number() OVER (PARTITION BY e.msisdn, e.policy_id ORDER BY e.channel_pref) AS choice,
+       {tiebreak} AS tiebreak
+FROM _x_exclusion e;
+CREATE OR REPLACE TEMP TABLE _x_proposed (msisdn VARCHAR, policy_id VARCHAR, channel VARCHAR);
+CREATE OR REPLACE TEMP TABLE _x_placed AS SELECT * FROM _x_choices WHERE false;
+"""
+
+ALLOCATION_ROUND_SQL = """
+-- Round $round: unplaced offers propose their next channel; channels take what fits, best first.
+INSERT INTO _x_proposed
+SELECT msisdn, policy_id, channel FROM _x_choices c
+WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.msisdn = c.msisdn AND p.policy_id = c.policy_id);
+INSERT INTO _x_placed
+WITH proposals AS (
+    SELECT c.* FROM _x_choices c
+    WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.msisdn = c.msisdn AND p.policy_id = c.policy_id)
+),
+room AS (
+    SELECT ch.channel, ch.capacity - coalesce((SELECT count(*) FROM _x_placed p WHERE p.channel = ch.channel), 0) AS room
+    FROM _x_channels ch
+),
+ordered AS (
+    SELECT pr.*, row_number() OVER (PARTITION BY pr.channel ORDER BY pr.rank, pr.value_score DESC, pr.tiebreak, pr.msisdn, pr.policy_id) AS pos,
+           r.room
+    FROM proposals pr JOIN room r ON r.channel = pr.channel
+)
+SELECT * EXCLUDE (pos, room) FROM ordered WHERE room IS NULL OR pos <= room
+"""
+
+HOLDOUT_SQL = """
+-- Hold-out control groups: a deterministic draw per customer × policy × cycle.
+CREATE OR REPLACE TEMP TABLE _x_drawn AS
+SELECT p.*, {draw} < coalesce(pol.holdout, 0) AS held_out
+FROM _x_placed p
+JOIN _x_cycle cy ON cy.channel = p.channel
+LEFT JOIN _x_policies pol ON pol.policy_id = p.policy_id
+"""
+
+
+def _target_select(channel: ChannelConfig, salt: str | None) -> str:
+    """The target list's columns for one channel: money 2 decimals, rates 4, msisdn masked as configured."""
+    parts = []
+    for col in channel.columns:
+        if col == "msisdn" and channel.mask == "mask":
+            parts.append("substr(msisdn, 1, 3) || '****' || substr(msisdn, length(msisdn) - 3, 4) AS msisdn")
+        elif col == "msisdn" and channel.mask == "hash":
+            literal = (salt or "").replace("'", "''")
+            parts.append(f"sha256('{literal}' || msisdn) AS msisdn")
+        elif col in MONEY:
+            parts.append(f"CAST(round({col}, 2) AS DECIMAL(18, 2)) AS {col}")
+        elif col in RATES:
+            parts.append(f"CAST(round({col}, 4) AS DECIMAL(18, 4)) AS {col}")
+        else:
+            parts.append(col)
+    return ", ".join(parts)
+
+
+# -- the step ---------------------------------------------------------------------------------
+@dataclass
+class ChannelResult:
+    channel: str
+    stages: list[tuple[str, int]]
+    rows: int = 0
+    held_out: int = 0
+    path: Path | None = None
+
+
+@dataclass
+class ExportResult:
+    month: str
+    cycle_date: dt.date
+    channels: list[ChannelResult]
+    out_dir: Path | None
+    run_id: str = ""
+
+
+def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig) -> None:
+    """Channel and policy settings as small temp tables the stage SQL joins to."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, cycle VARCHAR, capacity BIGINT, contact_cap BIGINT)")
+    if config.channels:
+        con.executemany("INSERT INTO _x_channels VALUES (?, ?, ?, ?)",
+                        [(c.name, c.cycle, c.capacity, c.contact_cap) for c in config.channels.values()])
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_policies (policy_id VARCHAR, allowed VARCHAR[], exclusive_group VARCHAR, "
+                "cooldown_days INTEGER, holdout DOUBLE)")
+    if config.policies:
+        con.executemany("INSERT INTO _x_policies VALUES (?, ?, ?, ?, ?)",
+                        [(p.id, list(p.channels), p.exclusive_group, p.cooldown_days, p.holdout)
+                         for p in config.policies.values()])
+    if table_exists(con, "dnd"):
+        con.execute("CREATE OR REPLACE TEMP VIEW _x_dndlist AS SELECT msisdn, channel FROM dnd")
+    else:
+        con.execute("CREATE OR REPLACE TEMP VIEW _x_dndlist AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
+                    "CAST(NULL AS VARCHAR) AS channel WHERE false")
+
+
+def _history_view(con: duckdb.DuckDBPyConnection, cycle_ids: list[str]) -> None:
+    """Contact history as the contact policy sees it: everything except this cycle's own records."""
+    if not table_exists(con, "contact_history"):
+        con.execute("CREATE OR REPLACE TEMP VIEW _x_history AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
+                    "CAST(NULL AS DATE) AS contact_date, CAST(NULL AS VARCHAR) AS channel, "
+                    "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS VARCHAR) AS outcome WHERE false")
+        return
+    _ensure_history_columns(con)
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW _x_history AS SELECT msisdn, contact_date, channel, policy_id, outcome "
+        "FROM contact_history WHERE NOT (coalesce(recorded_by, '') = ? AND outcome = 'sent' AND list_contains(?, cycle))",
+        [RECORDED_BY, cycle_ids],
+    )
+
+
+def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """contact_history keeps, beside the contract's columns, which cycle and tool wrote a row."""
+    if not table_exists(con, "contact_history"):
+        con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, policy_id VARCHAR, "
+                    "outcome VARCHAR)")
+    cols = {r[0] for r in con.execute("DESCRIBE contact_history").fetchall()}
+    for name in ("cycle", "recorded_by"):
+        if name not in cols:
+            con.execute(f"ALTER TABLE contact_history ADD COLUMN {name} VARCHAR")
+
+
+def cycle_id(channel: ChannelConfig, month: str, cycle_date: dt.date) -> str:
+    return cycle_date.isoformat() if channel.cycle == "daily" else month
+
+
+def _plan_settings(matrices_dir: Path, config: ExportConfig) -> dict[str, Any]:
+    from mktool.plan import load_plan_config
+
+    plan = load_plan_config(matrices_dir)
+    policy = config.policies.get(plan.policy)
+    return {
+        "plan_policy": plan.policy,
+        "plan_policy_name": policy.name if policy else plan.policy,
+        "plan_script": plan.script,
+        "plan_channels": list(plan.channels),
+    }
+
+
+def run_export(
+    db: Database,
+    month: str,
+    *,
+    matrices_dir: Path,
+    out_dir: Path | None,
+    cycle_date: dt.date,
+    only_channel: str | None = None,
+    fmt: str | None = None,
+    dry_run: bool = False,
+    stdout: bool = False,
+    reporter: Reporter = QUIET,
+) -> ExportResult:
+    """Run the contact policy for one cycle and write (or, dry, only count) the target lists."""
+    config = load_export_config(matrices_dir)
+    if only_channel is not None and only_channel not in config.channels:
+        raise MktoolError(f"unknown channel '{only_channel}' (channels.yaml has: {', '.join(config.channels)})")
+    con = db.c
+    db.require_month("customer_view", month, "score")
+    db.require_month("recommendations", month, "matrix")
+    has_plan = table_exists(con, "plan_recommendations") and bool(
+        con.execute("SELECT 1 FROM plan_recommendations WHERE month = ? LIMIT 1", [month]).fetchone())
+    if not has_plan:
+        reporter.warn(f"no plan recommendations for {month}: run `mktool plan --month {month}` to include plan changes")
+    plan = _plan_settings(matrices_dir, config)
+    cycles = {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}
+    params: dict[str, Any] = {
+        "month": month, "cycle_date": cycle_date, "cycle_month_start": cycle_date.replace(day=1),
+        "cooldown_days": config.cooldown_days, "monthly_cap": config.monthly_cap, **plan,
+    }
+    plan_table = "plan_recommendations" if has_plan else (
+        "(SELECT CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS VARCHAR) AS month, 0 AS rank, "
+        "CAST(NULL AS VARCHAR) AS current_plan_id, CAST(NULL AS VARCHAR) AS plan_id, CAST(NULL AS VARCHAR) AS plan_name, "
+        "0.0 AS new_rental, 0.0 AS new_voice_overage, 0.0 AS new_data_overage, 0.0 AS new_total, 0.0 AS current_total, "
+        "0.0 AS total_fee_change, 0.0 AS rental_change WHERE false)")
+
+    def run(sql: str, keys: tuple[str, ...]) -> None:
+        con.execute(sql, {k: params[k] for k in keys})
+
+    with reporter.step(f"contact policy for {month} (cycle {cycle_date})"):
+        _register(con, config)
+        _history_view(con, sorted(set(cycles.values())))
+        run(OFFERS_SQL.format(recommendations="recommendations", plan_recommendations=plan_table),
+            ("month", "plan_policy", "plan_policy_name", "plan_script", "plan_channels"))
+        run(CANDIDATES_SQL, ("cycle_month_start", "cycle_date"))
+        con.execute(DND_SQL)
+        run(UNSUBSCRIBED_SQL, ("cycle_date",))
+        run(COOLDOWN_SQL, ("cycle_date", "cooldown_days"))
+        run(CAPS_SQL, ("cycle_month_start", "cycle_date", "monthly_cap"))
+        con.execute(EXCLUSION_SQL)
+        con.execute(ALLOCATION_SETUP_SQL.format(tiebreak=draw_sql("msisdn", "policy_id", "'tiebreak'")))
+        rounds = con.execute("SELECT coalesce(max(choice), 0) FROM _x_choices").fetchone()[0]  # type: ignore[index]
+        for r in range(1, int(rounds) + 1):
+            con.execute(ALLOCATION_ROUND_SQL.replace("$round", str(r)))
+        con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR)")
+        con.executemany("INSERT INTO _x_cycle VALUES (?, ?)", list(cycles.items()))
+        con.execute(HOLDOUT_SQL.format(draw=draw_sql("p.msisdn", "p.policy_id", "cy.cycle")))
+        counts = _stage_counts(con)
+
+    results: list[ChannelResult] = []
+    for name in config.channels:
+        stages = [(stage, counts.get((name, stage), 0)) for stage in STAGES]
+        results.append(ChannelResult(name, stages))
+    result = ExportResult(month, cycle_date, results, out_dir, run_id=uuid.uuid4().hex[:12])
+    if dry_run:
+        return result
+    selected = [r for r in results if only_channel is None or r.channel == only_channel]
+    if stdout:
+        assert only_channel is not None
+        _write_stdout(con, config.channels[only_channel], fmt)
+    else:
+        assert out_dir is not None
+        _write_all(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, reporter)
+    return result
+
+
+def _stage_counts(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], int]:
+    """Distinct customers per channel after each stage."""
+    sql = """
+        SELECT channel, 'candidates', count(DISTINCT msisdn) FROM _x_candidates GROUP BY ALL
+        UNION ALL SELECT channel, 'dnd', count(DISTINCT msisdn) FROM _x_dnd GROUP BY ALL
+        UNION ALL SELECT channel, 'unsubscribed', count(DISTINCT msisdn) FROM _x_unsubscribed GROUP BY ALL
+        UNION ALL SELECT channel, 'cooldown', count(DISTINCT msisdn) FROM _x_cooldown GROUP BY ALL
+        UNION ALL SELECT channel, 'contact_cap', count(DISTINCT msisdn) FROM _x_contact_cap GROUP BY ALL
+        UNION ALL SELECT channel, 'exclusion', count(DISTINCT msisdn) FROM _x_exclusion GROUP BY ALL
+        UNION ALL SELECT channel, 'dedupe', count(DISTINCT msisdn) FROM _x_proposed GROUP BY ALL
+        UNION ALL SELECT channel, 'capacity', count(DISTINCT msisdn) FROM _x_placed GROUP BY ALL
+        UNION ALL SELECT channel, 'holdout', count(DISTINCT msisdn) FILTER (WHERE NOT held_out) FROM _x_drawn GROUP BY ALL
+        UNION ALL SELECT channel, 'exported', count(DISTINCT msisdn) FILTER (WHERE NOT held_out) FROM _x_drawn GROUP BY ALL
+    """
+    return {(ch, stage): int(n) for ch, stage, n in con.execute(sql).fetchall()}
+
+
+def _channel_query(channel: ChannelConfig) -> str:
+    salt = os.environ.get(channel.salt_env) if channel.mask == "hash" else None
+    if channel.mask == "hash" and not salt:
+        raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable {channel.salt_env}",
+                          hint=f"export {channel.salt_env}=<secret shared with the channel's vendor>")
+    return (f"SELECT {_target_select(channel, salt)} FROM _x_drawn "
+            f"WHERE channel = '{channel.name}' AND NOT held_out ORDER BY msisdn, rank, policy_id")
+
+
+def _write_stdout(con: duckdb.DuckDBPyConnection, channel: ChannelConfig, fmt: str | None) -> None:
+    from mktool.output import copy_to_stdout
+
+    copy_to_stdout(con, _channel_query(channel), fmt or channel.format)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult], config: ExportConfig, month: str,
+               cycle_date: dt.date, cycles: dict[str, str], fmt: str | None, matrices_dir: Path,
+               reporter: Reporter) -> None:
+    """Stage every file in a hidden folder, record contacts in one transaction, then rename into place."""
+    con = db.c
+    assert result.out_dir is not None
+    final_dir = result.out_dir / month
+    final_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".mktool-staging-", dir=final_dir))
+    try:
+        for ch in selected:
+            channel = config.channels[ch.channel]
+            ext = fmt or channel.format
+            target = staging / f"{ch.channel}.{ext}"
+            sql_path = str(target).replace("'", "''")
+            ch.rows = int(con.execute(f"COPY ({_channel_query(channel)}) TO '{sql_path}' ({COPY_OPTIONS[ext]})").fetchone()[0])  # type: ignore[index]
+            ch.held_out = int(con.execute("SELECT count(*) FROM _x_drawn WHERE channel = ? AND held_out", [ch.channel]).fetchone()[0])  # type: ignore[index]
+            ch.path = final_dir / target.name
+        names = [ch.channel for ch in selected]
+        with db.transaction():
+            for ch in result.channels:
+                record_funnel(con, month, f"channel:{ch.channel}", ch.stages)
+            _record_contacts(con, names, cycles, cycle_date, month)
+        funnel_doc = funnel_document(con, month)
+        (staging / "funnel.json").write_text(json.dumps(funnel_doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        manifest = _manifest(con, result, selected, staging, matrices_dir, config, funnel_doc)
+        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str) + "\n",
+                                               encoding="utf-8")
+        for item in sorted(staging.iterdir()):
+            os.replace(item, final_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _record_contacts(con: duckdb.DuckDBPyConnection, channels: list[str], cycles: dict[str, str], cycle_date: dt.date,
+                     month: str) -> None:
+    """Write back this cycle's exported rows as `sent` contacts, replacing the cycle's earlier records."""
+    _ensure_history_columns(con)
+    for name in channels:
+        con.execute("DELETE FROM contact_history WHERE recorded_by = ? AND cycle = ? AND channel = ? AND outcome = 'sent'",
+                    [RECORDED_BY, cycles[name], name])
+        con.execute(
+            """INSERT INTO contact_history BY NAME
+               SELECT d.msisdn, CAST(? AS DATE) AS contact_date, d.channel, d.policy_id, 'sent' AS outcome,
+                      ? AS cycle, ? AS recorded_by
+               FROM _x_drawn d
+               WHERE d.channel = ? AND NOT d.held_out
+                 AND NOT EXISTS (SELECT 1 FROM contact_history h WHERE h.msisdn = d.msisdn AND h.channel = d.channel
+                                 AND h.policy_id = d.policy_id AND h.contact_date = CAST(? AS DATE))""",
+            [cycle_date, cycles[name], RECORDED_BY, name, cycle_date],
+        )
+    con.execute("""CREATE TABLE IF NOT EXISTS holdouts (month VARCHAR, cycle VARCHAR, channel VARCHAR, msisdn VARCHAR,
+                   policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR)""")
+    for name in channels:
+        con.execute("DELETE FROM holdouts WHERE cycle = ? AND channel = ?", [cycles[name], name])
+        con.execute("""INSERT INTO holdouts SELECT ?, ?, channel, msisdn, policy_id, rank, matrix, rule_id
+                       FROM _x_drawn WHERE channel = ? AND held_out""", [month, cycles[name], name])
+
+
+def funnel_document(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, Any]:
+    """``{"month": M, "funnels": {name: [{"stage", "count"}, ...]}}``: plan first, then matrices, then channels."""
+    rows = con.execute(
+        """SELECT funnel, stage, count FROM funnel_counts WHERE month = ?
+           ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2 ELSE 1 END, funnel, stage_no""",
+        [month],
+    ).fetchall()
+    funnels: dict[str, list[dict[str, Any]]] = {}
+    for funnel, stage, count in rows:
+        funnels.setdefault(funnel, []).append({"stage": stage, "count": int(count)})
+    return {"month": month, "funnels": funnels}
+
+
+def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: list[ChannelResult], staging: Path,
+              matrices_dir: Path, config: ExportConfig, funnel_doc: dict[str, Any]) -> dict[str, Any]:
+    loads = con.execute(
+        """SELECT table_name, file, sha256, rows, months FROM ingest_log
+           QUALIFY row_number() OVER (PARTITION BY file ORDER BY loaded_at DESC) = 1 ORDER BY table_name, file"""
+    ).fetchall()
+    rule_files = sorted(p for p in matrices_dir.rglob("*.yaml") if p.is_file())
+    return {
+        "run_id": result.run_id,
+        "month": result.month,
+        "cycle_date": result.cycle_date.isoformat(),
+        "mktool_version": __version__,
+        "created_at": dt.datetime.now().replace(microsecond=0).isoformat(),
+        "loads": [{"table": t, "file": f, "sha256": s, "rows": r, "months": m} for t, f, s, r, m in loads],
+        "rule_files": {str(p.relative_to(matrices_dir)): _sha256(p) for p in rule_files},
+        "outputs": {
+            ch.path.name: {"channel": ch.channel, "rows": ch.rows, "held_out": ch.held_out,
+                           "sha256": _sha256(staging / ch.path.name)}
+            for ch in selected if ch.path is not None
+        },
+        "funnels": funnel_doc["funnels"],
+    }
