@@ -514,6 +514,133 @@ def funnel_cmd(
         raise MktoolError(f"--format must be table, json or csv, got '{fmt}'")
 
 
+@command("matrix")
+def matrix_cmd(
+    run: Run,
+    month: MonthOpt,
+    only: Annotated[Optional[str], typer.Option(
+        "--only", metavar="A,B", help="Re-evaluate only these matrices (comma-separated); the priority matrix always "
+                                      "runs, other matrices' stored rows are kept and re-ranked")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and print the rule hit counts; write nothing")] = False,
+    out: OutOpt = None,
+    fmt: FormatOpt = None,
+    show_sql: Annotated[Optional[str], typer.Option(
+        "--show-sql", metavar="DIALECT", help="Print the generated queries (duckdb or spark) on stdout and exit")] = None,
+) -> None:
+    """Evaluate the marketing matrices (营销矩阵) into ranked recommendations.
+
+    Every customer gets one order of the offer families from the priority matrix, and one
+    row per recommended policy from the retention / new-service / traffic / … matrices,
+    ranked 1..n by that order, then matrix name, then rule order. Stores recommendations,
+    customer_priority, per-rule hit counts (rule_hits) and one funnel per matrix. Rule hit
+    counts are printed on stderr.
+
+    \b
+    Examples:
+      mktool matrix --month 2026-10
+      mktool matrix --month 2026-10 --dry-run --only retention,traffic
+      mktool matrix --month 2026-10 --out - --format jsonl | head
+      mktool matrix --month 2026-10 --show-sql spark > matrices_spark.sql
+    """
+    from mktool.matrices import RECOMMENDATIONS_TABLE, evaluate, generated_sql
+    from mktool.output import infer_format
+    from mktool.rules import load_rules
+
+    check_month(month)
+    rules = load_rules(run.settings.matrices_dir)
+    names = [n for n in (only or "").split(",") if n.strip()] or None
+    if show_sql is not None:
+        for name, sql in generated_sql(rules, month, only=names, dialect=show_sql).items():
+            typer.echo(f"-- {name}\n{sql};\n")
+        return
+    if dry_run and out:
+        raise MktoolError("--dry-run writes nothing; drop --out, or run without --dry-run")
+    if out:
+        infer_format(out, fmt)  # refuse a bad --format before the work, not after
+    from rich.markup import escape
+
+    for warning in rules.warnings:
+        run.reporter.warn(escape(str(warning)))
+    with run.db(write=not dry_run) as db:
+        result = evaluate(db, month, rules, only=names, dry_run=dry_run, reporter=run.reporter)
+        if out:
+            write_query(db.c, f"SELECT * FROM {RECOMMENDATIONS_TABLE} WHERE month = ? ORDER BY msisdn, rank", out, fmt, [month])
+    render_table(
+        run.reporter, f"Rule hits {month}" + (" (dry run)" if dry_run else ""),
+        ["matrix", "rule", "policy / order", "matches alone", "hits"],
+        [(s.matrix, s.rule_id, s.policy_id or ", ".join(rules.matrix(s.matrix).rules[s.rule_no - 1].order),
+          "-" if s.skipped else f"{s.alone:,}", f"skipped: {s.skipped}" if s.skipped else f"{s.hits:,}")
+         for s in result.rules],
+    )
+    render_table(run.reporter, f"Matrix funnels {month}", ["matrix", "customers", "where", "matched", "recommended"],
+                 [(m.matrix, f"{m.customers:,}", f"{m.passed:,}", f"{m.matched:,}", f"{m.recommended:,}")
+                  for m in result.matrices])
+    verb = "would have" if dry_run else "has"
+    run.reporter.info(f"recommendations {month} {verb} {result.rows:,} rows for {result.customers:,} customers"
+                      + (" (dry run, nothing written)" if dry_run else ""))
+
+
+@command("check")
+def check_cmd(
+    run: Run,
+    month: Annotated[Optional[str], typer.Option(
+        "--month", "-m", help="Also evaluate the rules on this month's customer_view: warn about rules that never "
+                              "fire or are shadowed by earlier rules")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as failures (exit 5)")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text | json (json: the problems on stdout)")] = "text",
+) -> None:
+    """Validate every rule and model file of the matrices folder, reporting all problems.
+
+    scores.yaml, plan.yaml, policies.yaml, channels.yaml and every matrix: YAML syntax,
+    unknown keys, SQL (columns, types, forbidden constructs), policy and channel references,
+    duplicates. Exit 1 on errors; warnings exit 0 unless --strict (exit 5).
+
+    \b
+    Examples:
+      mktool check
+      mktool check --month 2026-10 --strict
+      mktool check --format json | jq '.errors'
+    """
+    from mktool.errors import CheckFailed, ConfigError
+    from mktool.rules import validate_all
+
+    if fmt not in ("text", "json"):
+        raise MktoolError(f"--format must be text or json, got '{fmt}'")
+    if month is not None:
+        check_month(month)
+    report = validate_all(run.settings.matrices_dir)
+    problems = list(report.problems)
+    if month is not None and report.rules is not None:
+        from mktool.matrices import diagnose
+
+        with run.db(write=False) as db:
+            problems += diagnose(db, month, report.rules, reporter=run.reporter)
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity == "warning"]
+    if fmt == "json":
+        typer.echo(json.dumps({"matrices_dir": str(run.settings.matrices_dir), "month": month,
+                               "files": report.files, "errors": [p.text for p in errors],
+                               "warnings": [p.text for p in warnings]}, ensure_ascii=False, indent=2))
+    else:
+        from rich.markup import escape
+
+        for p in errors:
+            run.reporter.console.print(f"[bold red]error:[/bold red] {escape(p.text)}", markup=True, highlight=False)
+        for p in warnings:
+            run.reporter.warn(escape(p.text))
+    if errors:
+        raise ConfigError(f"check found {len(errors)} error{'s' if len(errors) != 1 else ''}"
+                          f" and {len(warnings)} warning{'s' if len(warnings) != 1 else ''} in {run.settings.matrices_dir}")
+    if report.rules is not None:
+        n_rules = sum(len(m.rules) for m in report.rules.matrices)
+        run.reporter.info(f"{run.settings.matrices_dir}: {len(report.files)} files OK: {len(report.rules.matrices)} matrices, "
+                          f"{n_rules} rules, {len(report.rules.policies)} policies, "
+                          f"{len(report.rules.channels.channels)} channels"
+                          + (f"; {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""))
+    if warnings and strict:
+        raise CheckFailed(f"check found {len(warnings)} warning{'s' if len(warnings) != 1 else ''} (--strict)")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,516 @@
+"""`mktool matrix`: evaluate the marketing matrices (营销矩阵, SPEC §4) over customer_view.
+
+Set-based from start to end: one query per matrix over the month's customer_view (a single
+``CASE`` over the rules in order for ``hit: first``, one ``SELECT`` per rule joined with
+``UNION ALL`` for ``hit: collect``), then one ranking query that puts every customer's
+offers in the order of the family list the priority matrix gave them. No Python loop ever
+touches a customer. The SQL is built by the ``*_sql`` functions below, apart from running it,
+in portable SQL that sqlglot transpiles to Spark (:func:`spark_sql`).
+
+Semantics
+  * A customer is in a matrix when ``where`` is true; a rule matches when ``when`` is true
+    (NULL counts as false, as in SQL).
+  * ``hit: first``: the first matching rule in file order; ``hit: collect``: every one.
+  * The priority matrix gives each customer one order of families. Customers outside its
+    ``where`` get no recommendations; a customer inside it that no rule matches is an error.
+  * One row per customer × policy: a policy reached by two rules keeps the better-ranked
+    row, and so does a policy group marked ``exclusive_group`` in policies.yaml (互斥).
+  * rank 1..n per customer: the customer's family order (families it does not name come
+    last), then matrix name, then rule order.
+  * Rules whose policy is not valid in the month (valid_from / valid_to) are skipped, with a
+    warning; in a first-hit matrix their customers fall through to the next rules.
+
+Tables written (month M replaced, inside one transaction)
+  recommendations(msisdn, month, rank, matrix, family, rule_no, rule_id, policy_id,
+                  policy_name, "group", script, channels VARCHAR[])
+  customer_priority(msisdn, month, priority_rule_id, family_order VARCHAR[])
+  rule_hits(month, matrix, rule_no, rule_id, policy_id, hits)   -- per rule, per matrix run
+  funnel_counts: one funnel per matrix: customers → where → matched → recommended
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import sqlglot
+from sqlglot.errors import ErrorLevel
+
+from mktool.console import QUIET, Reporter
+from mktool.contract import MONTH_RE
+from mktool.database import Database, record_funnel, replace_month, table_exists
+from mktool.errors import ConfigError, MktoolError, RuleError
+from mktool.rules import Matrix, Problem, Rule, RuleSet
+
+__all__ = [
+    "CUSTOMER_PRIORITY_TABLE",
+    "MatrixResult",
+    "MatrixStat",
+    "PREVIEW_TABLE",
+    "RECOMMENDATIONS_TABLE",
+    "RuleStat",
+    "collect_sql",
+    "diagnose",
+    "evaluate",
+    "first_hit_sql",
+    "generated_sql",
+    "ranking_sql",
+    "spark_sql",
+    "stats_sql",
+]
+
+VIEW = "customer_view"
+RECOMMENDATIONS_TABLE = "recommendations"
+CUSTOMER_PRIORITY_TABLE = "customer_priority"
+PREVIEW_TABLE = "_mk_matrix_recs"  # the month's would-be recommendations (kept after a dry run)
+
+# Session-scoped work tables (temp: they vanish with the connection, never reach the file).
+_CAT = "_mk_matrix_cat"  # offer rules: matrix, rule_no, family, rule_id, policy_id, policy_name, grp, script, channels
+_POL = "_mk_matrix_pol"  # policy_id, excl_key (exclusive_group, else the policy itself)
+_PCAT = "_mk_matrix_pcat"  # priority rules: rule_no, rule_id, family_order
+_ORDER = "_mk_matrix_order"  # priority rule_no, family, pos
+_PRIO = "_mk_matrix_prio"  # msisdn, rule_no (NULL: in the priority matrix's where but no rule matched)
+_RAW = "_mk_matrix_raw"  # matrix, rule_no, msisdn: every hit of the evaluated offer matrices
+_WORK_TABLES = (_CAT, _POL, _PCAT, _ORDER, _PRIO, _RAW)
+LAST = 1_000_000  # family position of families a customer's order does not name
+
+
+# -- results ------------------------------------------------------------------------------------
+@dataclass
+class RuleStat:
+    """One rule's count for the month."""
+
+    matrix: str
+    family: str
+    hit: str
+    rule_no: int
+    rule_id: str
+    policy_id: str | None
+    hits: int  # customers the rule gave (first: after earlier rules took theirs)
+    alone: int  # customers matching the rule on its own (in the matrix's where)
+    skipped: str | None = None  # why the rule was not evaluated (policy not valid this month)
+
+
+@dataclass
+class MatrixStat:
+    """One matrix's funnel for the month."""
+
+    matrix: str
+    family: str
+    file: str
+    customers: int  # in customer_view for the month
+    passed: int  # ... and in the matrix's where
+    matched: int  # ... and matched by at least one rule
+    recommended: int  # ... and with a row in recommendations from this matrix (priority: any row)
+
+
+@dataclass
+class MatrixResult:
+    month: str
+    rules: list[RuleStat]
+    matrices: list[MatrixStat]
+    rows: int  # recommendation rows for the month
+    customers: int  # customers with at least one recommendation
+    uncovered: int  # customers the priority matrix's where admits but no rule matches
+    dry_run: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+# -- SQL generation (strings only; nothing runs here) ------------------------------------------------
+def _month_literal(month: str) -> str:
+    if not MONTH_RE.match(month):
+        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
+    return f"'{month}'"
+
+
+def _scope(matrix: Matrix, month: str) -> str:
+    """The WHERE clause that puts a customer in a matrix for the month."""
+    cond = f"month = {_month_literal(month)}"
+    if matrix.where is not None:
+        cond += f" AND ({matrix.where.duckdb_sql})"
+    return cond
+
+
+def first_hit_sql(matrix: Matrix, rules: Sequence[Rule], month: str, *, keep_unmatched: bool = False) -> str:
+    """(msisdn, rule_no) of the first matching rule per customer: one CASE, one scan.
+
+    ``keep_unmatched`` keeps customers no rule matches, with rule_no NULL (the priority
+    matrix needs them to report uncovered customers).
+    """
+    if not rules:
+        return "SELECT CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS INTEGER) AS rule_no WHERE 1 = 0"
+    whens = "\n".join(f"    WHEN ({r.when.duckdb_sql}) THEN {r.no}" for r in rules)
+    inner = (f"SELECT msisdn, CAST(CASE\n{whens}\n  END AS INTEGER) AS rule_no\n"
+             f"FROM {VIEW}\nWHERE {_scope(matrix, month)}")
+    if keep_unmatched:
+        return inner
+    return f"SELECT msisdn, rule_no FROM (\n{inner}\n) AS m\nWHERE rule_no IS NOT NULL"
+
+
+def collect_sql(matrix: Matrix, rules: Sequence[Rule], month: str) -> str:
+    """(msisdn, rule_no) for every matching rule: one SELECT per rule, UNION ALL."""
+    if not rules:
+        return "SELECT CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS INTEGER) AS rule_no WHERE 1 = 0"
+    scope = _scope(matrix, month)
+    return "\nUNION ALL\n".join(
+        f"SELECT msisdn, CAST({r.no} AS INTEGER) AS rule_no FROM {VIEW} WHERE {scope} AND ({r.when.duckdb_sql})"
+        for r in rules
+    )
+
+
+def hits_sql(matrix: Matrix, rules: Sequence[Rule], month: str) -> str:
+    """The matrix's hits, by its hit mode."""
+    if matrix.hit == "first":
+        return first_hit_sql(matrix, rules, month)
+    return collect_sql(matrix, rules, month)
+
+
+def stats_sql(matrix: Matrix, rules: Sequence[Rule], month: str) -> str:
+    """One scan: customers of the month, those in the matrix's where, and each rule's matches alone."""
+    where = f"({matrix.where.duckdb_sql})" if matrix.where is not None else "1 = 1"
+    cols = [
+        "count(*) AS customers",
+        f"coalesce(sum(CASE WHEN {where} THEN 1 ELSE 0 END), 0) AS passed",
+        *(f"coalesce(sum(CASE WHEN {where} AND ({r.when.duckdb_sql}) THEN 1 ELSE 0 END), 0) AS alone_{r.no}"
+          for r in rules),
+    ]
+    return f"SELECT\n  " + ",\n  ".join(cols) + f"\nFROM {VIEW}\nWHERE month = {_month_literal(month)}"
+
+
+def takers_sql(matrix: Matrix, rules: Sequence[Rule], shadowed: Rule, month: str) -> str:
+    """For a first-hit rule that never wins: which earlier rules take its customers, and how many."""
+    whens = "\n".join(f"    WHEN ({r.when.duckdb_sql}) THEN {r.no}" for r in rules)
+    return (f"SELECT taken_by, count(*) AS customers FROM (\n"
+            f"  SELECT CASE\n{whens}\n  END AS taken_by\n  FROM {VIEW}\n"
+            f"  WHERE {_scope(matrix, month)} AND ({shadowed.when.duckdb_sql})\n) AS t\n"
+            f"GROUP BY taken_by ORDER BY customers DESC, taken_by")
+
+
+def ranking_sql(month: str, kept_matrices: Sequence[str] = ()) -> str:
+    """Rank every customer's offers; one row per customer × policy (and × exclusive group).
+
+    Candidates are the hits of the evaluated matrices joined to their rules, plus, for
+    ``--only`` runs, the stored rows of the matrices that were not re-evaluated.
+    """
+    m = _month_literal(month)
+    candidates = [
+        f"SELECT h.msisdn, c.matrix, c.family, c.rule_no, c.rule_id, c.policy_id, c.policy_name, c.grp, c.script, c.channels\n"
+        f"  FROM {_RAW} AS h JOIN {_CAT} AS c ON c.matrix = h.matrix AND c.rule_no = h.rule_no"
+    ]
+    if kept_matrices:
+        names = ", ".join("'" + name.replace("'", "''") + "'" for name in kept_matrices)
+        candidates.append(
+            f'SELECT msisdn, matrix, family, rule_no, rule_id, policy_id, policy_name, "group" AS grp, script, channels\n'
+            f"  FROM {RECOMMENDATIONS_TABLE} WHERE month = {m} AND matrix IN ({names})"
+        )
+    union = "\n  UNION ALL\n  ".join(candidates)
+    return f"""SELECT msisdn, {m} AS month,
+  CAST(row_number() OVER (PARTITION BY msisdn ORDER BY family_pos, matrix, rule_no) AS INTEGER) AS rank,
+  matrix, family, rule_no, rule_id, policy_id, policy_name, grp AS "group", script, channels
+FROM (
+  SELECT o.*, coalesce(f.pos, {LAST}) AS family_pos,
+    row_number() OVER (PARTITION BY o.msisdn, coalesce(x.excl_key, o.policy_id)
+                       ORDER BY coalesce(f.pos, {LAST}), o.matrix, o.rule_no) AS keep
+  FROM (
+  {union}
+  ) AS o
+  JOIN {_PRIO} AS p ON p.msisdn = o.msisdn AND p.rule_no IS NOT NULL
+  LEFT JOIN {_ORDER} AS f ON f.rule_no = p.rule_no AND f.family = o.family
+  LEFT JOIN {_POL} AS x ON x.policy_id = o.policy_id
+) AS r
+WHERE keep = 1"""
+
+
+def priority_rows_sql(month: str) -> str:
+    """customer_priority rows: each customer's priority rule and family order."""
+    return (f"SELECT p.msisdn, {_month_literal(month)} AS month, c.rule_id AS priority_rule_id, c.family_order\n"
+            f"FROM {_PRIO} AS p JOIN {_PCAT} AS c ON c.rule_no = p.rule_no")
+
+
+def spark_sql(sql: str) -> str:
+    """The same query in Spark SQL (raises if sqlglot cannot translate a construct)."""
+    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=ErrorLevel.RAISE,
+                                        pretty=True))
+
+
+def generated_sql(rules: RuleSet, month: str, *, only: Iterable[str] | None = None,
+                  dialect: str = "duckdb") -> dict[str, str]:
+    """Every query `matrix` would run for ``month``, by name (for --show-sql and the tests)."""
+    out: dict[str, str] = {}
+    for m in _selected(rules, only):
+        active, _ = _active_rules(m, rules, month)
+        if m.is_priority:
+            out[m.name] = first_hit_sql(m, active, month, keep_unmatched=True)
+        else:
+            out[m.name] = hits_sql(m, active, month)
+        out[f"{m.name}:stats"] = stats_sql(m, active, month)
+    out["ranking"] = ranking_sql(month)
+    out["customer_priority"] = priority_rows_sql(month)
+    if dialect == "spark":
+        return {k: spark_sql(v) for k, v in out.items()}
+    if dialect != "duckdb":
+        raise MktoolError(f"unknown SQL dialect '{dialect}' (duckdb or spark)")
+    return out
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def _selected(rules: RuleSet, only: Iterable[str] | None) -> list[Matrix]:
+    """The priority matrix (always: ranks depend on it) and the chosen offer matrices."""
+    ordered = [rules.priority, *rules.offers]
+    if not only:
+        return ordered
+    names = [n.strip() for n in only if n.strip()]
+    chosen = {rules.matrix(n).name for n in names}  # refuses unknown names with a suggestion
+    return [m for m in ordered if m.is_priority or m.name in chosen]
+
+
+def _active_rules(matrix: Matrix, rules: RuleSet, month: str) -> tuple[list[Rule], dict[int, str]]:
+    """The rules to evaluate this month, and why the others are skipped (by rule_no)."""
+    active: list[Rule] = []
+    skipped: dict[int, str] = {}
+    for r in matrix.rules:
+        policy = rules.policies.get(r.policy) if r.policy else None
+        if policy is not None and not policy.valid_in(month):
+            skipped[r.no] = f"policy {policy.id} not valid in {month} ({policy.validity})"
+        else:
+            active.append(r)
+    return active, skipped
+
+
+@dataclass
+class _Run:
+    """What one evaluation computed in the session's work tables."""
+
+    month: str
+    selected: list[Matrix]
+    active: dict[str, list[Rule]]
+    skipped: dict[str, dict[int, str]]
+    stats: dict[str, tuple[int, int, dict[int, int]]]  # matrix -> (customers, passed, alone by rule_no)
+    hits: dict[tuple[str, int], int]
+    uncovered: int
+    warnings: list[str]
+
+
+def _create_work_tables(con: duckdb.DuckDBPyConnection, rules: RuleSet, selected: list[Matrix],
+                        active: dict[str, list[Rule]]) -> None:
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_CAT} (matrix VARCHAR, rule_no INTEGER, family VARCHAR, "
+                "rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR, grp VARCHAR, script VARCHAR, channels VARCHAR[])")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_POL} (policy_id VARCHAR, excl_key VARCHAR)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_PCAT} (rule_no INTEGER, rule_id VARCHAR, family_order VARCHAR[])")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_ORDER} (rule_no INTEGER, family VARCHAR, pos INTEGER)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_PRIO} (msisdn VARCHAR, rule_no INTEGER)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_RAW} (matrix VARCHAR, rule_no INTEGER, msisdn VARCHAR)")
+    cat = [(m.name, r.no, m.family, r.id, r.policy, rules.policies[r.policy].name if r.policy else None,
+            r.group, r.script, list(r.channels))
+           for m in selected if not m.is_priority for r in active[m.name]]
+    if cat:
+        con.executemany(f"INSERT INTO {_CAT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", cat)
+    pol = [(p.id, f"group:{p.exclusive_group}" if p.exclusive_group else f"policy:{p.id}")
+           for p in rules.policies.values()]
+    if pol:
+        con.executemany(f"INSERT INTO {_POL} VALUES (?, ?)", pol)
+    prio = rules.priority
+    con.executemany(f"INSERT INTO {_PCAT} VALUES (?, ?, ?)", [(r.no, r.id, list(r.order)) for r in prio.rules])
+    order = [(r.no, fam, pos) for r in prio.rules for pos, fam in enumerate(r.order, 1)]
+    if order:
+        con.executemany(f"INSERT INTO {_ORDER} VALUES (?, ?, ?)", order)
+
+
+def _drop_work_tables(con: duckdb.DuckDBPyConnection, *, keep_preview: bool) -> None:
+    for t in _WORK_TABLES + (() if keep_preview else (PREVIEW_TABLE,)):
+        con.execute(f"DROP TABLE IF EXISTS temp.{t}")
+
+
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, matrix: Matrix, rules: Sequence[Rule], month: str) -> Any:
+    """Run one matrix query; a DuckDB error is pinned on the rule that causes it."""
+    try:
+        return con.execute(sql)
+    except duckdb.Error as exc:
+        culprit = _find_failing_rule(con, matrix, rules, month)
+        where = f"rule {culprit.id}: when" if culprit else "where" if matrix.where is not None else "matrix"
+        raise RuleError(f"{matrix.file}: {where}: DuckDB: {_first_line(exc)}") from None
+
+
+def _find_failing_rule(con: duckdb.DuckDBPyConnection, matrix: Matrix, rules: Sequence[Rule], month: str) -> Rule | None:
+    for r in rules:
+        try:
+            con.execute(f"SELECT count(*) FROM {VIEW} WHERE {_scope(matrix, month)} AND ({r.when.duckdb_sql})").fetchall()
+        except duckdb.Error:
+            return r
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | None, reporter: Reporter) -> _Run:
+    """Evaluate the selected matrices into the work tables; nothing persistent is touched."""
+    _month_literal(month)
+    db.require_month(VIEW, month, "score")
+    con = db.c
+    used = {c for m in rules.matrices for r in m.rules for c in r.when.columns}
+    used |= {c for m in rules.matrices if m.where is not None for c in m.where.columns}
+    missing = sorted(used - {c.lower() for c in db.columns(VIEW)})
+    if missing:
+        raise ConfigError(f"customer_view for {month} lacks column{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(missing)} that the rules use",
+                          hint=f"re-run `mktool score --month {month}` with the current scores.yaml")
+    selected = _selected(rules, only)
+    active: dict[str, list[Rule]] = {}
+    skipped: dict[str, dict[int, str]] = {}
+    warnings: list[str] = []
+    for m in selected:
+        active[m.name], skipped[m.name] = _active_rules(m, rules, month)
+        for no, why in skipped[m.name].items():
+            rule = next(r for r in m.rules if r.no == no)
+            warnings.append(f"{m.file}: rule {rule.id}: skipped: {why}")
+    _create_work_tables(con, rules, selected, active)
+
+    stats: dict[str, tuple[int, int, dict[int, int]]] = {}
+    hits: dict[tuple[str, int], int] = {}
+    with reporter.progress("evaluating matrices", len(selected)) as progress:
+        for m in selected:
+            rs = active[m.name]
+            row = _execute(con, stats_sql(m, rs, month), m, rs, month).fetchone()
+            stats[m.name] = (int(row[0]), int(row[1]), {r.no: int(v) for r, v in zip(rs, row[2:])})
+            if m.is_priority:
+                _execute(con, f"INSERT INTO {_PRIO} {first_hit_sql(m, rs, month, keep_unmatched=True)}", m, rs, month)
+                counted = con.execute(f"SELECT rule_no, count(*) FROM {_PRIO} WHERE rule_no IS NOT NULL GROUP BY rule_no").fetchall()
+            else:
+                _execute(con, f"INSERT INTO {_RAW} SELECT '{m.name}' AS matrix, rule_no, msisdn FROM ({hits_sql(m, rs, month)}) AS h",
+                         m, rs, month)
+                counted = con.execute(f"SELECT rule_no, count(*) FROM {_RAW} WHERE matrix = ? GROUP BY rule_no", [m.name]).fetchall()
+            got = {int(no): int(n) for no, n in counted}
+            for r in rs:
+                hits[(m.name, r.no)] = got.get(r.no, 0)
+            progress.advance(m.name)
+    uncovered = int(con.execute(f"SELECT count(*) FROM {_PRIO} WHERE rule_no IS NULL").fetchone()[0])  # type: ignore[index]
+    return _Run(month, selected, active, skipped, stats, hits, uncovered, warnings)
+
+
+def _uncovered_error(con: duckdb.DuckDBPyConnection, rules: RuleSet, run: _Run) -> RuleError:
+    prio = rules.priority
+    cols = sorted({c for r in prio.rules for c in r.when.columns})
+    example = None
+    if cols:
+        select = ", ".join(["v.msisdn", *(f"v.{c}" for c in cols)])
+        cur = con.execute(f"SELECT {select} FROM {VIEW} AS v JOIN {_PRIO} AS p ON p.msisdn = v.msisdn "
+                          f"WHERE v.month = ? AND p.rule_no IS NULL ORDER BY v.msisdn LIMIT 1", [run.month])
+        names = [d[0] for d in cur.description]
+        found = cur.fetchone()
+        example = dict(zip(names, found)) if found else None
+    n = run.uncovered
+    return RuleError(
+        f"{prio.file}: {n:,} customer{'s' if n != 1 else ''} of {run.month} "
+        f"{'match' if n != 1 else 'matches'} no priority rule, so their offers cannot be ordered",
+        row=example,
+        hint="end the priority matrix with a catch-all rule (`when: true`) or widen a rule",
+    )
+
+
+def _rule_stats(rules: RuleSet, run: _Run) -> list[RuleStat]:
+    out = []
+    for m in run.selected:
+        alone = run.stats[m.name][2]
+        for r in m.rules:
+            out.append(RuleStat(
+                matrix=m.name, family=m.family, hit=m.hit, rule_no=r.no, rule_id=r.id, policy_id=r.policy,
+                hits=run.hits.get((m.name, r.no), 0), alone=alone.get(r.no, 0),
+                skipped=run.skipped[m.name].get(r.no),
+            ))
+    return out
+
+
+def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | None = None, dry_run: bool = False,
+             reporter: Reporter = QUIET) -> MatrixResult:
+    """Evaluate the matrices for ``month`` and store recommendations (unless ``dry_run``).
+
+    ``only`` re-evaluates just the named matrices (the priority matrix always runs): their
+    rows are replaced, and the stored rows of the other matrices are kept and re-ranked. A
+    dry run writes nothing; the would-be rows stay in the session's temp table
+    :data:`PREVIEW_TABLE` until the connection closes.
+    """
+    con = db.c
+    try:
+        run = _compute(db, month, rules, only, reporter)
+        for w in run.warnings:
+            reporter.warn(w)
+        if run.uncovered:
+            raise _uncovered_error(con, rules, run)
+        evaluated = {m.name for m in run.selected}
+        kept = []
+        if only and table_exists(con, RECOMMENDATIONS_TABLE):
+            kept = [m.name for m in rules.offers if m.name not in evaluated]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {PREVIEW_TABLE} AS {ranking_sql(month, kept)}")
+        rows, customers = con.execute(f"SELECT count(*), count(DISTINCT msisdn) FROM {PREVIEW_TABLE}").fetchone()  # type: ignore[misc]
+        recommended = dict(con.execute(f"SELECT matrix, count(DISTINCT msisdn) FROM {PREVIEW_TABLE} GROUP BY matrix").fetchall())
+        matched = dict(con.execute(f"SELECT matrix, count(DISTINCT msisdn) FROM {_RAW} GROUP BY matrix").fetchall())
+        matched_prio = int(con.execute(f"SELECT count(*) FROM {_PRIO} WHERE rule_no IS NOT NULL").fetchone()[0])  # type: ignore[index]
+        mstats = []
+        for m in run.selected:
+            customers_m, passed, _ = run.stats[m.name]
+            mstats.append(MatrixStat(
+                matrix=m.name, family=m.family, file=m.file, customers=customers_m, passed=passed,
+                matched=matched_prio if m.is_priority else int(matched.get(m.name, 0)),
+                recommended=int(customers) if m.is_priority else int(recommended.get(m.name, 0)),
+            ))
+        stats = _rule_stats(rules, run)
+        if not dry_run:
+            with reporter.step(f"writing recommendations for {month}"), db.transaction():
+                replace_month(con, RECOMMENDATIONS_TABLE, month,
+                              f"SELECT * FROM {PREVIEW_TABLE} ORDER BY msisdn, rank")
+                replace_month(con, CUSTOMER_PRIORITY_TABLE, month, priority_rows_sql(month) + " ORDER BY p.msisdn")
+                names = sorted(evaluated)
+                con.execute(f"DELETE FROM rule_hits WHERE month = ? AND matrix IN ({', '.join('?' * len(names))})",
+                            [month, *names])
+                hit_rows = [(month, s.matrix, s.rule_no, s.rule_id, s.policy_id, s.hits) for s in stats if s.skipped is None]
+                if hit_rows:
+                    con.executemany("INSERT INTO rule_hits VALUES (?, ?, ?, ?, ?, ?)", hit_rows)
+                for ms in mstats:
+                    record_funnel(con, month, ms.matrix, [("customers", ms.customers), ("where", ms.passed),
+                                                          ("matched", ms.matched), ("recommended", ms.recommended)])
+        return MatrixResult(month=month, rules=stats, matrices=mstats, rows=int(rows), customers=int(customers),
+                            uncovered=run.uncovered, dry_run=dry_run, warnings=run.warnings)
+    finally:
+        _drop_work_tables(con, keep_preview=dry_run)
+
+
+def diagnose(db: Database, month: str, rules: RuleSet, *, reporter: Reporter = QUIET) -> list[Problem]:
+    """`check --month`: rules that never fire, first-hit rules shadowed by earlier ones, uncovered customers.
+
+    Evaluates every matrix on the month's customer_view without writing anything.
+    """
+    con = db.c
+    problems: list[Problem] = []
+    try:
+        run = _compute(db, month, rules, None, reporter)
+        problems += [Problem("warning", w) for w in run.warnings]
+        if run.uncovered:
+            problems.append(Problem("error", _uncovered_error(con, rules, run).render()))
+        for m in run.selected:
+            customers, passed, alone = run.stats[m.name]
+            rs = run.active[m.name]
+            by_no = {r.no: r for r in m.rules}
+            for r in rs:
+                hits = run.hits[(m.name, r.no)]
+                if hits:
+                    continue
+                if alone.get(r.no, 0) == 0:
+                    scope = f"{passed:,} customers in the matrix's where" if m.where is not None else f"{customers:,} customers"
+                    problems.append(Problem("warning", f"{m.file}: rule {r.id}: never fires in {month} "
+                                                       f"(matches none of {scope})"))
+                    continue
+                earlier = [x for x in rs if x.no < r.no]
+                if not earlier:  # pragma: no cover - the first rule's hits are its matches
+                    continue
+                takers = con.execute(takers_sql(m, earlier, r, month)).fetchall()
+                shown = ", ".join(f"{by_no[int(no)].id}: {int(n):,}" for no, n in takers if no is not None)
+                problems.append(Problem("warning", f"{m.file}: rule {r.id}: shadowed: all {alone[r.no]:,} customers "
+                                                   f"it matches in {month} are taken by earlier rules ({shown})"))
+    finally:
+        _drop_work_tables(con, keep_preview=False)
+    return problems
