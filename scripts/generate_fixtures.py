@@ -1,0 +1,601 @@
+#!/usr/bin/env python3
+"""Deterministic synthetic data-warehouse extracts for mktool (SPEC section 2).
+
+    python scripts/generate_fixtures.py --subscribers 2000 \
+        --months 2026-08,2026-09,2026-10 --out fixtures/extracts [--seed 7]
+
+or, from Python::
+
+    from generate_fixtures import generate
+    rows = generate(Path("out"), 2000, ["2026-08", "2026-09", "2026-10"], seed=7)
+
+Every value is produced by set-based DuckDB SQL over ``range(N)``: pseudo-random
+numbers come from ``hash(key, tag, seed)`` (never ``random()``, never a Python loop
+over rows), and every file is written with ``COPY (... ORDER BY msisdn ...) TO ...
+(FORMAT parquet)``, so the same arguments always give byte-identical files (with the
+same DuckDB version).
+
+Files are first written into a staging directory inside ``--out`` and renamed into
+place one by one once all of them have been written.
+
+The data carry the patterns the downstream rules need (see fixtures/README.md):
+short-history customers, missing usage months, tenure from 0 to ~15 years, churn
+drops in the last month, low prepaid balances, contracts / bundles ending soon,
+migrant-worker long-distance callers, Anhui long-distance callers, and customers
+whose usage outgrows their plan so that a better-fitting 4G plan exists.
+"""
+from __future__ import annotations
+
+import argparse
+import calendar
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANS_4G_SEED = ROOT / "fixtures" / "reference" / "plans_4g_seed.csv"
+
+MSISDN_OFFSET = 800_000_000          # msisdn = '13' || lpad(i + offset, 9, '0')
+MAX_SUBSCRIBERS = 999_999_999 - MSISDN_OFFSET
+MEMORY_LIMIT = "8GB"
+MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+CHANNELS = ["frontdesk", "outbound", "inbound", "sms", "app", "manager"]
+POLICIES = ["PREPAY_300_600", "PREPAY_100_150", "CRBT_TRIAL", "NEWSPAPER_TRIAL",
+            "MI_PACK_10", "LD_PACK_AH", "PLAN_CHANGE"]
+
+# Plans besides the 18 real 4G plans of the seed CSV.  Columns:
+# plan_id, plan_name, family, monthly_rental, included_data_mb, included_voice_min,
+# data_overage_per_mb, voice_overage_per_min, product_status, in_plans (written to
+# plans.parquet?), cat, weight (customers per mille), prepaid_p, data_typ, voice_typ
+# (typical monthly usage of its customers), ld_out_rate, ld_in_rate (yuan/min).
+EXTRA_PLANS = """
+('SZX_0',      '神州行畅听卡',         'legacy',  0.0,   0,  0, 0.50, 0.19, 1, true,  'legacy',   30, 0.95,  40, 120, 0.60, 0.30),
+('SZX_18',     '神州行轻松卡18元',     'legacy', 18.0,  30, 60, 0.50, 0.25, 1, true,  'legacy',  110, 0.90,  60, 120, 0.60, 0.30),
+('DGDD_28',    '动感地带28元',         'legacy', 28.0, 150, 50, 0.50, 0.25, 1, true,  'legacy',   95, 0.85, 250,  80, 0.60, 0.30),
+('GT58',       '全球通58元',           'legacy', 58.0,  50,150, 0.50, 0.25, 1, true,  'legacy',  100, 0.15, 120, 220, 0.60, 0.30),
+('GT88',       '全球通88元',           'legacy', 88.0, 100,300, 0.50, 0.19, 1, true,  'legacy',   80, 0.10, 200, 350, 0.60, 0.30),
+('GT128',      '全球通128元',          'legacy',128.0, 150,450, 0.50, 0.19, 1, true,  'legacy',   60, 0.10, 300, 500, 0.60, 0.30),
+('STU_18',     '校园套餐18元',         'special', 18.0, 500,100, 0.29, 0.19, 2, true,  'special',  15, 0.90, 400,  80, 0.30, 0.15),
+('CHILD_10',   '亲子卡10元',           'special', 10.0,  50, 50, 0.50, 0.19, 3, true,  'special',   8, 0.50,  30,  40, 0.30, 0.15),
+('HOME_38',    '家庭共享38元',         'special', 38.0, 300,300, 0.29, 0.19, 2, true,  'special',  10, 0.20, 300, 250, 0.30, 0.15),
+('IP_17951',   'IP长途卡15元',         'special', 15.0,   0,100, 0.50, 0.15, 3, true,  'special',   7, 0.60,  20, 150, 0.10, 0.00),
+('GT_OLD99',   '全球通99元(已下线)',   'legacy', 99.0, 100,350, 0.50, 0.19, 1, false, 'unknown',   3, 0.10, 200, 380, 0.60, 0.30),
+('DGDD_OLD16', '动感地带16元(已下线)', 'legacy', 16.0,  50, 30, 0.50, 0.25, 1, false, 'unknown',   2, 0.90, 100,  40, 0.60, 0.30)
+"""
+
+# Customers per mille on each of the 18 real 4G plans (sums to 480).
+WEIGHTS_4G = """
+('FX38', 40), ('FX48', 40), ('FX58', 60), ('FX88', 60), ('FX138', 30), ('FX158', 30),
+('FX238', 15), ('FX268', 10), ('FX338', 7), ('FX588', 3),
+('ZX58', 40), ('ZX88', 50), ('ZX128', 40), ('ZX158', 25), ('ZX188', 15), ('ZX298', 10),
+('ZX418', 3), ('ZX608', 2)
+"""
+
+
+def _lit(path: Path) -> str:
+    """A path as a SQL string literal."""
+    return "'" + path.as_posix().replace("'", "''") + "'"
+
+
+def _sql_list(values: list[str]) -> str:
+    return "[" + ", ".join("'" + v + "'" for v in values) + "]"
+
+
+def _parse_months(months: list[str]) -> list[str]:
+    out = sorted({m.strip() for m in months if m.strip()})
+    if not out:
+        raise ValueError("at least one month is required")
+    for m in out:
+        if not MONTH_RE.match(m):
+            raise ValueError(f"month {m!r} is not YYYY-MM")
+    return out
+
+
+def _setup(con: duckdb.DuckDBPyConnection, seed: int, months: list[str],
+           tmp_dir: Path) -> None:
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = {_lit(tmp_dir)}")
+    con.execute("SET preserve_insertion_order = true")
+    # uniform [0,1) and standard normal pseudo-random numbers, keyed by
+    # (key, tag) or (key, month index, tag), all salted with the seed
+    con.execute(f"""
+        CREATE TEMP MACRO u1(k, tag) AS
+            (hash(k, tag, {seed}) % 1000003)::DOUBLE / 1000003.0;
+        CREATE TEMP MACRO u2(k, m, tag) AS
+            (hash(k, m, tag, {seed}) % 1000003)::DOUBLE / 1000003.0;
+        CREATE TEMP MACRO n1(k, tag) AS
+            sqrt(-2.0 * ln(((hash(k, tag, 'r', {seed}) % 1000003) + 1)::DOUBLE / 1000004.0))
+            * cos(2.0 * pi() * u1(k, tag));
+        CREATE TEMP MACRO msisdn(i) AS
+            '13' || lpad((i + {MSISDN_OFFSET})::VARCHAR, 9, '0');
+        CREATE TEMP MACRO n2(k, m, tag) AS
+            sqrt(-2.0 * ln(((hash(k, m, tag, 'r', {seed}) % 1000003) + 1)::DOUBLE / 1000004.0))
+            * cos(2.0 * pi() * u2(k, m, tag));
+    """)
+    rows = []
+    for idx, m in enumerate(months):
+        y, mo = int(m[:4]), int(m[5:])
+        last_day = calendar.monthrange(y, mo)[1]
+        rows.append(f"({idx}, '{m}', DATE '{m}-01', DATE '{m}-{last_day:02d}')")
+    con.execute("CREATE TEMP TABLE months(m INTEGER, month VARCHAR, mstart DATE, mend DATE)")
+    con.execute("INSERT INTO months VALUES " + ", ".join(rows))
+
+
+def _build_plans(con: duckdb.DuckDBPyConnection, plans_csv: Path) -> None:
+    con.execute(f"""
+        CREATE TEMP TABLE plan_params AS
+        WITH seed AS (
+            SELECT * FROM read_csv({_lit(plans_csv)}, header = true, columns = {{
+                'plan_id': 'VARCHAR', 'plan_name': 'VARCHAR', 'family': 'VARCHAR',
+                'monthly_rental': 'DOUBLE', 'included_data_mb': 'DOUBLE',
+                'included_voice_min': 'DOUBLE', 'data_overage_per_mb': 'DOUBLE',
+                'voice_overage_per_min': 'DOUBLE'}})
+        ), w(plan_id, weight) AS (VALUES {WEIGHTS_4G}),
+        g4 AS (
+            SELECT s.plan_id, s.plan_name, s.family, s.monthly_rental, s.included_data_mb,
+                   s.included_voice_min, s.data_overage_per_mb, s.voice_overage_per_min,
+                   1 AS product_status, true AS is_target, true AS in_plans, 'g4' AS cat,
+                   coalesce(w.weight, 0) AS weight, 0.45 AS prepaid_p,
+                   s.included_data_mb AS data_typ, s.included_voice_min AS voice_typ,
+                   0.0 AS ld_out_rate, 0.0 AS ld_in_rate, 0 AS grp,
+                   row_number() OVER () AS ord
+            FROM seed s LEFT JOIN w USING (plan_id)
+        ), extra(plan_id, plan_name, family, monthly_rental, included_data_mb,
+                 included_voice_min, data_overage_per_mb, voice_overage_per_min,
+                 product_status, in_plans, cat, weight, prepaid_p, data_typ, voice_typ,
+                 ld_out_rate, ld_in_rate) AS (VALUES {EXTRA_PLANS}),
+        allp AS (
+            SELECT plan_id, plan_name, family, monthly_rental, included_data_mb,
+                   included_voice_min, data_overage_per_mb, voice_overage_per_min,
+                   product_status, is_target, in_plans, cat, weight, prepaid_p,
+                   data_typ, voice_typ, ld_out_rate, ld_in_rate, grp, ord
+            FROM g4
+            UNION ALL
+            SELECT plan_id, plan_name, family, monthly_rental::DOUBLE,
+                   included_data_mb::DOUBLE, included_voice_min::DOUBLE,
+                   data_overage_per_mb::DOUBLE, voice_overage_per_min::DOUBLE,
+                   product_status, false, in_plans, cat, weight, prepaid_p,
+                   data_typ::DOUBLE, voice_typ::DOUBLE, ld_out_rate::DOUBLE,
+                   ld_in_rate::DOUBLE, 1, row_number() OVER ()
+            FROM extra
+        )
+        SELECT *,
+               sum(weight) OVER (ORDER BY grp, ord ROWS UNBOUNDED PRECEDING) - weight AS lo,
+               sum(weight) OVER (ORDER BY grp, ord ROWS UNBOUNDED PRECEDING) AS hi
+        FROM allp
+    """)
+    total = con.execute("SELECT sum(weight) FROM plan_params").fetchone()[0]
+    if total != 1000:
+        raise RuntimeError(f"plan weights sum to {total}, expected 1000 "
+                           f"(does {plans_csv} hold the 18 seed plans?)")
+    # 1000 slots -> plan, so customers pick a plan with an equi-join
+    con.execute("""
+        CREATE TEMP TABLE plan_slots AS
+        SELECT r.range::INTEGER AS slot, p.*
+        FROM range(1000) r JOIN plan_params p ON r.range >= p.lo AND r.range < p.hi
+    """)
+
+
+def _build_customers(con: duckdb.DuckDBPyConnection, n: int, k: int) -> None:
+    """One row per subscriber: everything that does not change month to month.
+
+    Kept narrow (no msisdn, no plan parameters): msisdn is derived from i when a
+    file is written and plan parameters are joined from plan_params per month.
+    """
+    starts = con.execute("SELECT list(mstart ORDER BY m) FROM months").fetchone()[0]
+    starts_sql = "[" + ", ".join(f"DATE '{d.isoformat()}'" for d in starts) + "]"
+    first_start = f"DATE '{starts[0].isoformat()}'"
+    last_start = f"DATE '{starts[-1].isoformat()}'"
+    con.execute(f"""
+        CREATE TEMP TABLE cust AS
+        WITH b AS (
+            -- draw each uniform once (CASE chains would otherwise re-hash per branch)
+            SELECT range AS i,
+                   floor(u1(range, 'plan') * 1000)::INTEGER AS slot,
+                   u1(range, 'hist') AS u_hist, u1(range, 'status') AS u_status,
+                   u1(range, 'city') AS u_city, u1(range, 'gen') AS u_gen,
+                   u1(range, 'gen2') AS u_gen2, u1(range, 'prov') AS u_prov,
+                   u1(range, 'ld') AS u_ld, u1(range, 'vnet') AS u_vnet,
+                   u1(range, 'bundle') AS u_bundle, u1(range, 'drop') AS u_drop
+            FROM range({n})
+        ), c AS (
+            SELECT b.*,
+                   CASE WHEN {k} >= 2 AND u_hist < 0.03 THEN {k - 1}
+                        WHEN {k} >= 3 AND u_hist < 0.06 THEN {k - 2}
+                        ELSE 0 END AS first_m,
+                   p.plan_id, p.cat, p.data_typ, p.voice_typ,
+                   CASE WHEN u1(i, 'pay') < p.prepaid_p THEN 'prepaid' ELSE 'postpaid' END
+                       AS payment,
+                   CASE WHEN u_gen < 0.03 THEN NULL
+                        WHEN p.cat IN ('legacy', 'unknown') THEN
+                           CASE WHEN u_gen2 < 0.35 THEN '2G' WHEN u_gen2 < 0.70 THEN '3G'
+                                WHEN u_gen2 < 0.98 THEN '4G' ELSE '5G' END
+                        WHEN p.cat = 'g4' THEN
+                           CASE WHEN u_gen2 < 0.02 THEN '2G' WHEN u_gen2 < 0.10 THEN '3G'
+                                WHEN u_gen2 < 0.80 THEN '4G' ELSE '5G' END
+                        ELSE
+                           CASE WHEN u_gen2 < 0.20 THEN '3G' WHEN u_gen2 < 0.90 THEN '4G'
+                                ELSE '5G' END
+                   END AS handset_gen,
+                   -- migrant workers: legacy prepaid tariffs, long distance dominated
+                   (p.plan_id IN ('SZX_0', 'SZX_18', 'DGDD_28') AND u1(i, 'migrant') < 0.09)
+                       AS migrant
+            FROM b JOIN plan_slots p USING (slot)
+        ), d AS (
+            SELECT c.*,
+                CASE WHEN first_m = 0 THEN
+                         {first_start} - (1 + floor(pow(u1(i, 'tenure'), 1.4) * 5479))::INTEGER
+                     ELSE {starts_sql}[first_m + 1] + floor(u1(i, 'jday') * 20)::INTEGER
+                END AS join_date,
+                -- status in the last month; earlier months derive from it
+                CASE WHEN first_m = {k - 1} AND {k} > 1 THEN 'active'
+                     WHEN u_status < 0.93 THEN 'active'
+                     WHEN u_status < 0.98 THEN 'suspended'
+                     ELSE 'closed' END AS status_final,
+                -- churn-signal customers: usage / bill / circle fall 40%+ in the last month
+                (first_m = 0 AND {k} >= 2 AND u_status < 0.93 AND u_drop < 0.04) AS dropper
+            FROM c
+        )
+        SELECT i, first_m, plan_id, payment, handset_gen, migrant, join_date,
+            status_final, dropper,
+            CASE WHEN u_city < 0.30 THEN '杭州' WHEN u_city < 0.48 THEN '宁波'
+                 WHEN u_city < 0.62 THEN '温州' WHEN u_city < 0.71 THEN '绍兴'
+                 WHEN u_city < 0.79 THEN '嘉兴' WHEN u_city < 0.86 THEN '金华'
+                 WHEN u_city < 0.92 THEN '台州' WHEN u_city < 0.96 THEN '湖州'
+                 WHEN u_city < 0.98 THEN '衢州' ELSE '丽水' END AS city,
+            -- ~2% of full-history customers miss the usage row of one month
+            CASE WHEN {k} >= 2 AND first_m = 0 AND NOT dropper AND u1(i, 'miss') < 0.02
+                 THEN floor(u1(i, 'missm') * {k})::INTEGER ELSE -1 END AS miss_m,
+            CASE WHEN u1(i, 'contract') < CASE WHEN payment = 'postpaid' THEN 0.45 ELSE 0.10 END
+                 THEN greatest({last_start} + (floor(u1(i, 'cend') * 1095) - 180)::INTEGER,
+                               join_date + 30)
+            END AS contract_end,
+            CASE WHEN u_bundle < 0.14 THEN 'family'
+                 WHEN u_bundle < 0.26 THEN 'broadband'
+                 WHEN u_bundle < 0.35 THEN 'handset' END AS bundle_type,
+            CASE WHEN u_bundle < 0.35 AND u1(i, 'bnull') >= 0.2
+                 THEN greatest({last_start} + (floor(u1(i, 'bend') * 730) - 60)::INTEGER,
+                               join_date + 30)
+            END AS bundle_end,
+            (u_vnet < CASE WHEN u_bundle < 0.14 THEN 0.75 ELSE 0.25 END) AS vnet,
+            CASE WHEN u1(i, 'group') < 0.12
+                 THEN 'G' || lpad((hash(i, 'gid', 0) % 3000)::VARCHAR, 5, '0') END AS group_id,
+            CASE WHEN payment = 'prepaid' THEN exp(ln(60) + 1.0 * n1(i, 'bal')) ELSE 0 END
+                AS bal_base,
+            -- usage levels relative to what the plan was bought for
+            CASE WHEN handset_gen = '2G'
+                      OR u1(i, 'lowdata') < CASE WHEN cat = 'g4' THEN 0.05 ELSE 0.15 END
+                     THEN u1(i, 'lowmb') * 6.0
+                 ELSE greatest(data_typ, 80) * exp(0.75 * n1(i, 'data') - 0.1)
+                      * CASE WHEN u1(i, 'heavy') < 0.03 THEN 3 + 10 * u1(i, 'heavyx') ELSE 1 END
+            END AS data_base,
+            greatest(voice_typ, 60) * exp(0.6 * n1(i, 'voice') - 0.1)
+                * CASE WHEN migrant THEN 1.2 ELSE 1 END AS voice_base,
+            CASE WHEN migrant THEN 0.0
+                 WHEN u1(i, 'roam') < 0.3 THEN 0.10 * u1(i, 'roamsh') ELSE 0.0 END AS roam_sh,
+            CASE WHEN migrant THEN 0.05 + 0.15 * u1(i, 'locsh')
+                 WHEN u_ld < 0.55 THEN 0.65 + 0.30 * u1(i, 'locsh')
+                 ELSE 1.0 END AS local_sh0,
+            CASE WHEN migrant THEN 1.0 + 1.5 * u1(i, 'ldin')
+                 WHEN u_ld < 0.55 THEN 0.05 + 0.25 * u1(i, 'ldin')
+                 ELSE 0.0 END AS ld_in_ratio,
+            CASE WHEN migrant THEN
+                    CASE WHEN u_prov < 0.35 THEN '安徽' WHEN u_prov < 0.55 THEN '河南'
+                         WHEN u_prov < 0.70 THEN '四川' WHEN u_prov < 0.82 THEN '江西'
+                         WHEN u_prov < 0.92 THEN '贵州' ELSE '湖南' END
+                 WHEN u_ld < 0.55 THEN
+                    CASE WHEN u_prov < 0.10 THEN '安徽' WHEN u_prov < 0.28 THEN '江苏'
+                         WHEN u_prov < 0.43 THEN '上海' WHEN u_prov < 0.51 THEN '江西'
+                         WHEN u_prov < 0.58 THEN '河南' WHEN u_prov < 0.64 THEN '四川'
+                         WHEN u_prov < 0.70 THEN '湖南' WHEN u_prov < 0.75 THEN '湖北'
+                         WHEN u_prov < 0.83 THEN '福建' WHEN u_prov < 0.92 THEN '广东'
+                         WHEN u_prov < 0.97 THEN '山东' ELSE '贵州' END
+            END AS ld_top_province,
+            exp(ln(30) + 1.0 * n1(i, 'sms')) AS sms_base,
+            exp(ln(35) + 0.6 * n1(i, 'contacts')) AS contacts_base,
+            CASE WHEN u_vnet < 0.3 THEN 0.6 + 0.35 * u1(i, 'innet')
+                 ELSE 0.3 + 0.5 * u1(i, 'innet') END AS innet_sh,
+            CASE WHEN u1(i, 'addon') < CASE WHEN cat = 'g4' THEN 0.20 ELSE 0.10 END
+                 THEN 10 * (1 + floor(u1(i, 'addonv') * 3)) ELSE 0 END AS addon_base,
+            CASE WHEN u1(i, 'disc') < 0.55 THEN 0.0 ELSE 0.18 * u1(i, 'discsh') END AS disc_sh
+        FROM d
+    """)
+
+
+def _status_sql(m: int, last: bool) -> str:
+    """The customer's status in month index m (an expression over cust)."""
+    if last:
+        return "status_final"
+    return f"""(CASE
+        WHEN status_final = 'closed' THEN
+            CASE WHEN u2(i, {m}, 'st') < 0.5 THEN 'suspended' ELSE 'active' END
+        WHEN status_final = 'suspended' THEN
+            CASE WHEN u2(i, {m}, 'st') < 0.3 THEN 'suspended' ELSE 'active' END
+        WHEN u2(i, {m}, 'st') < 0.01 THEN 'suspended'
+        ELSE 'active' END)"""
+
+
+def _balance_sql(m: int, last: bool) -> str:
+    """The prepaid balance in month index m (0 for postpaid)."""
+    low = (f"WHEN payment = 'prepaid' AND (dropper OR u2(i, {m}, 'lowbal') < 0.05) "
+           f"THEN round(9.99 * u2(i, {m}, 'lowbv'), 2)") if last else ""
+    return f"""(CASE {low}
+        WHEN payment = 'prepaid' THEN round(bal_base * exp(0.4 * n2(i, {m}, 'bal')), 2)
+        ELSE 0.0 END)"""
+
+
+def _build_month(con: duckdb.DuckDBPyConnection, m: int, k: int) -> None:
+    """Usage and bill of every subscriber present in month index m (table cm)."""
+    last = m == k - 1
+    lastb = str(last).lower()
+    con.execute("DROP TABLE IF EXISTS cm")
+    con.execute(f"""
+        CREATE TEMP TABLE cm AS
+        WITH s AS (
+            SELECT c.i, c.migrant, c.dropper, c.payment, c.miss_m, c.disc_sh,
+                   c.ld_top_province, c.local_sh0, c.roam_sh, c.innet_sh,
+                   p.monthly_rental, p.included_data_mb, p.included_voice_min,
+                   p.data_overage_per_mb, p.voice_overage_per_min, p.ld_out_rate, p.ld_in_rate,
+                   {_status_sql(m, last)} AS status,
+                   {_balance_sql(m, last)} AS balance,
+                   c.voice_base, c.data_base, c.ld_in_ratio, c.sms_base, c.contacts_base,
+                   c.addon_base
+            FROM cust c JOIN plan_params p USING (plan_id)
+            WHERE c.first_m <= {m}
+        ), f AS (
+            SELECT s.*,
+                CASE status WHEN 'closed' THEN 0.03 WHEN 'suspended' THEN 0.35 ELSE 1.0 END
+                * CASE WHEN dropper THEN
+                       CASE WHEN {lastb} THEN 0.25 + 0.3 * u2(i, {m}, 'dropf') ELSE 1.3 END
+                       ELSE 1.0 END AS act_f
+            FROM s
+        ), v AS (
+            SELECT f.*,
+                round(voice_base * act_f * exp(0.15 * n2(i, {m}, 'v')), 1) AS voice_out_min,
+                round(data_base * act_f * exp(0.2 * n2(i, {m}, 'd')), 2) AS data_mb,
+                CASE WHEN ld_top_province IS NULL THEN 0.0
+                     ELSE round(voice_base * act_f * ld_in_ratio * exp(0.1 * n2(i, {m}, 'li')), 1)
+                END AS voice_ld_in_min
+            FROM f
+        ), w AS (
+            SELECT v.*,
+                round(voice_out_min * local_sh0 * (1 - roam_sh), 1) AS voice_local_min,
+                round(voice_out_min * roam_sh, 1) AS voice_roam_min
+            FROM v
+        ), x AS (
+            SELECT w.*,
+                greatest(0.0, round(voice_out_min - voice_local_min - voice_roam_min, 1))
+                    AS voice_ld_out_min,
+                floor(sms_base * act_f * exp(0.3 * n2(i, {m}, 'sms')))::BIGINT AS sms_count,
+                greatest(0, round(contacts_base
+                    * CASE status WHEN 'closed' THEN 0.1 WHEN 'suspended' THEN 0.5 ELSE 1.0 END
+                    * CASE WHEN dropper AND {lastb} THEN 0.35 + 0.2 * u2(i, {m}, 'dropc')
+                           ELSE 1.0 END
+                    * exp(0.1 * n2(i, {m}, 'c'))))::BIGINT AS contacts,
+                monthly_rental AS rental_fee,
+                round(greatest(0.0, voice_out_min - included_voice_min) * voice_overage_per_min, 2)
+                    AS voice_overage_fee,
+                round(greatest(0.0, data_mb - included_data_mb) * data_overage_per_mb, 2)
+                    AS data_overage_fee,
+                CASE WHEN addon_base = 0 THEN 0.0
+                     WHEN dropper THEN CASE WHEN {lastb} THEN 0.0 ELSE addon_base END
+                     WHEN u2(i, {m}, 'addon') < 0.9 THEN addon_base ELSE 0.0 END::DOUBLE
+                    AS addon_fee
+            FROM w
+        ), y AS (
+            SELECT x.*,
+                least(contacts, floor(contacts * innet_sh)::BIGINT) AS contacts_in_net,
+                round(voice_ld_out_min * ld_out_rate + voice_ld_in_min * ld_in_rate, 2) AS ld_fee
+            FROM x
+        ), z AS (
+            SELECT y.*,
+                round(rental_fee + voice_overage_fee + data_overage_fee + addon_fee + ld_fee, 2)
+                    AS total_fee
+            FROM y
+        )
+        SELECT i, miss_m, payment, balance, included_data_mb,
+               voice_out_min, voice_local_min, voice_ld_out_min, voice_ld_in_min,
+               voice_roam_min,
+               CASE WHEN voice_ld_out_min + voice_ld_in_min > 0 THEN ld_top_province
+               END AS ld_top_province,
+               sms_count, data_mb, contacts, contacts_in_net,
+               total_fee, rental_fee, voice_overage_fee, data_overage_fee, addon_fee, ld_fee,
+               round(total_fee * disc_sh * (0.9 + 0.2 * u2(i, {m}, 'disc')), 2) AS discount_fee
+        FROM z
+    """)
+
+
+def _copy(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path) -> int:
+    row = con.execute(
+        f"COPY ({select_sql}) TO {_lit(path)} (FORMAT parquet, COMPRESSION zstd)"
+    ).fetchone()
+    return int(row[0])
+
+
+def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
+             plans_csv: Path = PLANS_4G_SEED) -> dict[str, int]:
+    """Write the synthetic extracts into out_dir; return {file name: rows written}."""
+    out_dir = Path(out_dir)
+    months = _parse_months(list(months))
+    if not (1 <= subscribers <= MAX_SUBSCRIBERS):
+        raise ValueError(f"subscribers must be between 1 and {MAX_SUBSCRIBERS}")
+    seed = int(seed)
+    k = len(months)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".generate_fixtures.", dir=out_dir))
+    rows: dict[str, int] = {}
+    con = duckdb.connect(":memory:")
+    try:
+        (staging / "duckdb_tmp").mkdir()
+        _setup(con, seed, months, staging / "duckdb_tmp")
+        _build_plans(con, Path(plans_csv))
+        _build_customers(con, subscribers, k)
+
+        rows["plans.parquet"] = _copy(con, """
+            SELECT plan_id, plan_name, monthly_rental, included_data_mb, included_voice_min,
+                   data_overage_per_mb, voice_overage_per_min,
+                   product_status::INTEGER AS product_status, is_target, family
+            FROM plan_params WHERE in_plans ORDER BY grp, ord
+        """, staging / "plans.parquet")
+
+        for m, month in enumerate(months):
+            last = m == k - 1
+            _build_month(con, m, k)
+            rows[f"subscribers_{month}.parquet"] = _copy(con, f"""
+                SELECT msisdn(i) AS msisdn, '{month}' AS month, city, plan_id, join_date,
+                       {_status_sql(m, last)} AS status, payment, handset_gen,
+                       contract_end, bundle_type, bundle_end, vnet, group_id,
+                       {_balance_sql(m, last)} AS balance
+                FROM cust WHERE first_m <= {m} ORDER BY i
+            """, staging / f"subscribers_{month}.parquet")
+            rows[f"usage_{month}.parquet"] = _copy(con, f"""
+                SELECT msisdn(i) AS msisdn, '{month}' AS month, voice_out_min,
+                       voice_local_min, voice_ld_out_min, voice_ld_in_min, voice_roam_min,
+                       ld_top_province, sms_count, data_mb, contacts, contacts_in_net
+                FROM cm WHERE miss_m <> {m} ORDER BY i
+            """, staging / f"usage_{month}.parquet")
+            rows[f"billing_{month}.parquet"] = _copy(con, f"""
+                SELECT msisdn(i) AS msisdn, '{month}' AS month, total_fee, rental_fee,
+                       voice_overage_fee, data_overage_fee, addon_fee, ld_fee, discount_fee
+                FROM cm ORDER BY i
+            """, staging / f"billing_{month}.parquet")
+            rows[f"vas_{month}.parquet"] = _copy(con, f"""
+                WITH f AS (
+                    SELECT i, u1(i, 'vas_crbt') < 0.35 AS has_crbt,
+                           u1(i, 'vas_news') < 0.20 AS has_news,
+                           u1(i, 'vas_mi') < CASE WHEN data_base >= 5 THEN 0.35 ELSE 0.05 END
+                               AS has_mi,
+                           u1(i, 'vas_ring') < 0.35 AS ring
+                    FROM cust WHERE first_m <= {m}
+                ), s AS (
+                    SELECT f.i, svc.service FROM f,
+                        (VALUES ('crbt'), ('mobile_internet'), ('newspaper'), ('ring_change'))
+                            svc(service)
+                    WHERE CASE svc.service
+                        WHEN 'newspaper' THEN has_news
+                        WHEN 'crbt' THEN has_crbt
+                        -- ring change needs CRBT; never all four services
+                        WHEN 'ring_change' THEN has_crbt AND ring AND NOT (has_news AND has_mi)
+                        ELSE has_mi END
+                ), a AS (
+                    SELECT i, service, u2(i, {m}, service || 'act') < 0.85 AS active FROM s
+                )
+                SELECT msisdn(i) AS msisdn, '{month}' AS month, service, active,
+                       CASE WHEN active
+                            THEN floor(exp(ln(8) + 0.9 * n2(i, {m}, service || 'uses')))::BIGINT
+                            ELSE 0 END AS uses
+                FROM a ORDER BY i, service
+            """, staging / f"vas_{month}.parquet")
+            if last:
+                mstart, mend = con.execute(
+                    f"SELECT mstart, mend FROM months WHERE m = {m}").fetchone()
+                rows["events.parquet"] = _copy(con, f"""
+                    WITH e AS (
+                        SELECT i, 'balance_low' AS event_type, balance AS value
+                        FROM cm WHERE payment = 'prepaid' AND balance < 10
+                                  AND u1(i, 'ev_bal') < 0.3
+                        UNION ALL
+                        SELECT i, 'data_90pct', round(100.0 * data_mb / included_data_mb, 1)
+                        FROM cm WHERE included_data_mb > 0 AND data_mb >= 0.9 * included_data_mb
+                                  AND u1(i, 'ev_d90') < 0.04
+                        UNION ALL
+                        SELECT i, 'data_100pct', round(100.0 * data_mb / included_data_mb, 1)
+                        FROM cm WHERE included_data_mb > 0 AND data_mb >= included_data_mb
+                                  AND u1(i, 'ev_d100') < 0.04
+                        UNION ALL
+                        SELECT i, 'roaming_start', voice_roam_min
+                        FROM cm WHERE voice_roam_min > 0 AND u1(i, 'ev_roam') < 0.05
+                    ), t AS (
+                        SELECT i, event_type, value,
+                               TIMESTAMP '{mstart.isoformat()} 00:00:00' + to_seconds(floor(
+                                   u1(i, event_type || 't') * {(mend - mstart).days + 1} * 86400
+                               )::BIGINT) AS event_time
+                        FROM e
+                    )
+                    SELECT msisdn(i) AS msisdn, event_time, event_type, value::DOUBLE AS value
+                    FROM t ORDER BY i, event_time, event_type
+                """, staging / "events.parquet")
+        con.execute("DROP TABLE IF EXISTS cm")
+
+        rows["contact_history.parquet"] = _copy(con, f"""
+            WITH c AS (
+                SELECT i, 1 + floor(u1(i, 'chn') * 3)::INTEGER AS n_contacts,
+                       greatest(join_date, (SELECT min(mstart) FROM months)) AS d0,
+                       (SELECT max(mend) FROM months) AS d1
+                FROM cust WHERE u1(i, 'ch') < 0.20
+            ), x AS (
+                -- contact j falls in the j-th third of the customer's span: dates unique
+                SELECT c.*, j.range AS j,
+                       d0 + floor((j.range + u2(i, j.range, 'chd')) * (d1 - d0 + 1) / 3.0)::INTEGER
+                           AS contact_date,
+                       u2(i, j.range, 'chc') AS uc, u2(i, j.range, 'chp') AS up,
+                       u2(i, j.range, 'cho') AS uo
+                FROM c, range(3) j WHERE j.range < n_contacts
+            )
+            SELECT msisdn(i) AS msisdn, contact_date,
+                CASE WHEN uc < 0.25 THEN 'frontdesk' WHEN uc < 0.55 THEN 'outbound'
+                     WHEN uc < 0.65 THEN 'inbound' WHEN uc < 0.90 THEN 'sms'
+                     WHEN uc < 0.97 THEN 'app' ELSE 'manager' END AS channel,
+                {_sql_list(POLICIES)}[1 + floor(up * {len(POLICIES)})::INTEGER] AS policy_id,
+                CASE WHEN uo < 0.35 THEN 'sent' WHEN uo < 0.47 THEN 'accepted'
+                     WHEN uo < 0.72 THEN 'rejected' WHEN uo < 0.92 THEN 'no_answer'
+                     ELSE 'unsubscribed' END AS outcome
+            FROM x ORDER BY i, contact_date, channel, policy_id
+        """, staging / "contact_history.parquet")
+
+        rows["dnd.parquet"] = _copy(con, f"""
+            SELECT msisdn(i) AS msisdn,
+                CASE WHEN u1(i, 'dndc') < 0.30 THEN '*'
+                     WHEN u1(i, 'dndc') < 0.60 THEN 'sms'
+                     WHEN u1(i, 'dndc') < 0.90 THEN 'outbound'
+                     ELSE {_sql_list(CHANNELS)}[1 + floor(u1(i, 'dndc2') * {len(CHANNELS)})::INTEGER]
+                END AS channel
+            FROM cust WHERE u1(i, 'dnd') < 0.03 ORDER BY i
+        """, staging / "dnd.parquet")
+        con.close()
+
+        for name in rows:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        try:
+            con.close()
+        except Exception:
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subscribers", type=int, required=True,
+                    help="number of subscribers (msisdn 13800000000 upwards)")
+    ap.add_argument("--months", required=True,
+                    help="comma-separated YYYY-MM months, e.g. 2026-08,2026-09,2026-10")
+    ap.add_argument("--out", type=Path, required=True, help="output directory")
+    ap.add_argument("--seed", type=int, default=7, help="seed (default 7)")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        rows = generate(args.out, args.subscribers, args.months.split(","), args.seed)
+    except ValueError as exc:
+        print(f"generate_fixtures: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(n) for n in rows)
+    for name, n in rows.items():
+        print(f"{name:<{width}}  {n:>12,}")
+    print(f"wrote {len(rows)} files to {args.out} in {time.monotonic() - t0:.1f}s",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

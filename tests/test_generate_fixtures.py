@@ -1,0 +1,244 @@
+"""Quick checks of scripts/generate_fixtures.py (the synthetic extract generator)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import duckdb
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MONTHS = ["2026-08", "2026-09", "2026-10"]
+N = 300
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location(
+        "generate_fixtures", ROOT / "scripts" / "generate_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+gf = _load_module()
+
+EXPECTED_TYPES = {
+    "subscribers": {
+        "msisdn": "VARCHAR", "month": "VARCHAR", "city": "VARCHAR", "plan_id": "VARCHAR",
+        "join_date": "DATE", "status": "VARCHAR", "payment": "VARCHAR",
+        "handset_gen": "VARCHAR", "contract_end": "DATE", "bundle_type": "VARCHAR",
+        "bundle_end": "DATE", "vnet": "BOOLEAN", "group_id": "VARCHAR", "balance": "DOUBLE"},
+    "usage": {
+        "msisdn": "VARCHAR", "month": "VARCHAR", "voice_out_min": "DOUBLE",
+        "voice_local_min": "DOUBLE", "voice_ld_out_min": "DOUBLE",
+        "voice_ld_in_min": "DOUBLE", "voice_roam_min": "DOUBLE",
+        "ld_top_province": "VARCHAR", "sms_count": "BIGINT", "data_mb": "DOUBLE",
+        "contacts": "BIGINT", "contacts_in_net": "BIGINT"},
+    "billing": {
+        "msisdn": "VARCHAR", "month": "VARCHAR", "total_fee": "DOUBLE",
+        "rental_fee": "DOUBLE", "voice_overage_fee": "DOUBLE", "data_overage_fee": "DOUBLE",
+        "addon_fee": "DOUBLE", "ld_fee": "DOUBLE", "discount_fee": "DOUBLE"},
+    "plans": {
+        "plan_id": "VARCHAR", "plan_name": "VARCHAR", "monthly_rental": "DOUBLE",
+        "included_data_mb": "DOUBLE", "included_voice_min": "DOUBLE",
+        "data_overage_per_mb": "DOUBLE", "voice_overage_per_min": "DOUBLE",
+        "product_status": "INTEGER", "is_target": "BOOLEAN", "family": "VARCHAR"},
+    "vas": {"msisdn": "VARCHAR", "month": "VARCHAR", "service": "VARCHAR",
+            "active": "BOOLEAN", "uses": "BIGINT"},
+    "contact_history": {"msisdn": "VARCHAR", "contact_date": "DATE", "channel": "VARCHAR",
+                        "policy_id": "VARCHAR", "outcome": "VARCHAR"},
+    "dnd": {"msisdn": "VARCHAR", "channel": "VARCHAR"},
+    "events": {"msisdn": "VARCHAR", "event_time": "TIMESTAMP", "event_type": "VARCHAR",
+               "value": "DOUBLE"},
+}
+KEYS = {
+    "subscribers": "msisdn, month", "usage": "msisdn, month", "billing": "msisdn, month",
+    "plans": "plan_id", "vas": "msisdn, month, service", "dnd": "msisdn, channel",
+    "contact_history": "msisdn, contact_date, channel, policy_id",
+}
+MONTHLY = {"subscribers", "usage", "billing", "vas"}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("extracts")
+    rows = gf.generate(out, N, MONTHS, seed=7)
+    return out, rows
+
+
+@pytest.fixture(scope="module")
+def con(generated):
+    out, _ = generated
+    c = duckdb.connect()
+    for table in EXPECTED_TYPES:
+        pattern = f"{table}_*.parquet" if table in MONTHLY else f"{table}.parquet"
+        c.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{(out / pattern).as_posix()}')")
+    yield c
+    c.close()
+
+
+def test_files_written_and_counted(generated):
+    out, rows = generated
+    expected = {f"{t}_{m}.parquet" for t in MONTHLY for m in MONTHS}
+    expected |= {f"{t}.parquet" for t in EXPECTED_TYPES if t not in MONTHLY}
+    assert set(rows) == expected
+    assert {p.name for p in out.iterdir()} == expected      # no staging left behind
+    assert rows[f"subscribers_{MONTHS[-1]}.parquet"] == N
+    assert all(n > 0 for n in rows.values())
+
+
+def test_deterministic_bytes(generated, tmp_path):
+    out, rows = generated
+    rows2 = gf.generate(tmp_path, N, MONTHS, seed=7)
+    assert rows2 == rows
+    for name in rows:
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_seed_changes_data(generated, tmp_path):
+    out, _ = generated
+    gf.generate(tmp_path, N, MONTHS, seed=8)
+    name = f"usage_{MONTHS[-1]}.parquet"
+    assert (tmp_path / name).read_bytes() != (out / name).read_bytes()
+
+
+@pytest.mark.parametrize("table", sorted(EXPECTED_TYPES))
+def test_types_per_contract(con, table):
+    got = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {table}").fetchall()}
+    assert got == EXPECTED_TYPES[table]
+
+
+@pytest.mark.parametrize("table", sorted(KEYS))
+def test_keys_unique(con, table):
+    dupes = con.execute(
+        f"SELECT count(*) FROM (SELECT {KEYS[table]} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
+    ).fetchone()[0]
+    assert dupes == 0
+
+
+def test_files_sorted_by_msisdn(generated):
+    out, _ = generated
+    for name in (f"subscribers_{MONTHS[0]}.parquet", "contact_history.parquet", "events.parquet"):
+        ms = [r[0] for r in duckdb.execute(
+            f"SELECT msisdn FROM read_parquet('{(out / name).as_posix()}')").fetchall()]
+        assert ms == sorted(ms), name
+
+
+def test_msisdn_are_11_digit_strings(con):
+    for table in EXPECTED_TYPES:
+        if table == "plans":
+            continue
+        bad = con.execute(
+            f"SELECT count(*) FROM {table} WHERE NOT regexp_full_match(msisdn, '[0-9]{{11}}')"
+        ).fetchone()[0]
+        assert bad == 0, table
+
+
+def test_billing_consistent_with_plan(con):
+    bad = con.execute("""
+        SELECT count(*) FROM billing b
+        JOIN subscribers s USING (msisdn, month) JOIN plans p USING (plan_id)
+        WHERE b.rental_fee <> p.monthly_rental
+    """).fetchone()[0]
+    assert bad == 0
+    bad = con.execute("""
+        SELECT count(*) FROM billing
+        WHERE abs(total_fee - (rental_fee + voice_overage_fee + data_overage_fee
+                               + addon_fee + ld_fee)) > 0.005
+           OR discount_fee < 0 OR discount_fee > 0.2 * total_fee + 0.005
+           OR addon_fee NOT IN (0, 10, 20, 30)
+    """).fetchone()[0]
+    assert bad == 0
+    # data overage follows the plan's allowance and price
+    bad = con.execute("""
+        SELECT count(*) FROM billing b JOIN usage u USING (msisdn, month)
+        JOIN subscribers s USING (msisdn, month) JOIN plans p USING (plan_id)
+        WHERE abs(b.data_overage_fee - greatest(0, u.data_mb - p.included_data_mb)
+                  * p.data_overage_per_mb) > 0.01
+    """).fetchone()[0]
+    assert bad == 0
+
+
+def test_contract_values(con):
+    assert con.execute("""
+        SELECT count(*) FROM subscribers
+        WHERE status NOT IN ('active', 'suspended', 'closed')
+           OR payment NOT IN ('prepaid', 'postpaid')
+           OR (handset_gen IS NOT NULL AND handset_gen NOT IN ('2G', '3G', '4G', '5G'))
+           OR NOT regexp_full_match(month, '[0-9]{4}-[0-9]{2}')
+    """).fetchone()[0] == 0
+    assert con.execute(
+        "SELECT count(*) FROM usage WHERE contacts_in_net > contacts OR data_mb < 0"
+    ).fetchone()[0] == 0
+    assert con.execute("""
+        SELECT count(*) FROM contact_history
+        WHERE outcome NOT IN ('sent', 'accepted', 'rejected', 'no_answer', 'unsubscribed')
+    """).fetchone()[0] == 0
+    targets = con.execute("SELECT count(*) FROM plans WHERE is_target").fetchone()[0]
+    assert targets == 18
+
+
+def test_realism_patterns(con):
+    last = MONTHS[-1]
+    only_last = con.execute(
+        "SELECT count(*) FROM (SELECT msisdn FROM subscribers GROUP BY 1 HAVING count(*) = 1)"
+    ).fetchone()[0]
+    assert only_last > 0
+    missing_usage = con.execute(
+        "SELECT count(*) FROM subscribers s ANTI JOIN usage u USING (msisdn, month)"
+    ).fetchone()[0]
+    assert missing_usage > 0
+    assert con.execute(f"""
+        SELECT count(*) FROM subscribers
+        WHERE month = '{last}' AND payment = 'prepaid' AND balance < 10
+    """).fetchone()[0] > 0
+    assert con.execute(f"""
+        SELECT count(*) FROM subscribers s JOIN plans p USING (plan_id)
+        WHERE s.month = '{last}' AND p.product_status <> 1
+    """).fetchone()[0] > 0
+
+
+def test_plan_window_share(con):
+    """SPEC section 5 funnel: >= 10% of active customers have a target plan in the window."""
+    last = MONTHS[-1]
+    active, in_window = con.execute(f"""
+        WITH cv AS (
+            SELECT s.msisdn, s.status, s.plan_id, u.voice_min_3m, u.data_mb_3m,
+                   b.rental_3m, b.addon_3m, b.current_total_3m
+            FROM subscribers s
+            LEFT JOIN (SELECT msisdn, avg(voice_out_min) voice_min_3m, avg(data_mb) data_mb_3m
+                       FROM usage GROUP BY 1) u USING (msisdn)
+            LEFT JOIN (SELECT msisdn, avg(rental_fee) rental_3m, avg(addon_fee) addon_3m,
+                              avg(rental_fee + voice_overage_fee + data_overage_fee + addon_fee)
+                                  current_total_3m
+                       FROM billing GROUP BY 1) b USING (msisdn)
+            WHERE s.month = '{last}'
+        ), cand AS (
+            SELECT * FROM cv
+            WHERE status = 'active' AND round(data_mb_3m, 6) >= 5
+              AND plan_id IN (SELECT plan_id FROM plans WHERE product_status = 1)
+              AND current_total_3m > 0 AND rental_3m > 0
+        ), pairs AS (
+            SELECT c.msisdn,
+                   (p.monthly_rental
+                    + greatest(0, c.voice_min_3m - p.included_voice_min) * p.voice_overage_per_min
+                    + greatest(0, c.data_mb_3m - p.included_data_mb) * p.data_overage_per_mb
+                    + c.addon_3m) / c.current_total_3m AS tfc,
+                   p.monthly_rental / c.rental_3m AS rc
+            FROM cand c JOIN plans p ON p.is_target AND p.plan_id <> c.plan_id
+        )
+        SELECT (SELECT count(*) FROM cv WHERE status = 'active'),
+               (SELECT count(DISTINCT msisdn) FROM pairs
+                WHERE round(tfc, 6) BETWEEN 0.6 AND 1.5 AND round(rc, 6) BETWEEN 1.0 AND 2.0)
+    """).fetchone()
+    assert in_window >= 0.10 * active
+
+
+def test_cli(tmp_path, capsys):
+    assert gf.main(["--subscribers", "20", "--months", "2026-10,2026-09",
+                    "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "subscribers_2026-09.parquet").exists()
+    assert "subscribers_2026-10.parquet" in capsys.readouterr().out
+    assert gf.main(["--subscribers", "20", "--months", "2026-13",
+                    "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
