@@ -391,13 +391,13 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig) -> None:
 def _history_view(con: duckdb.DuckDBPyConnection, cycle_ids: list[str]) -> None:
     """Contact history as the contact policy sees it: everything except this cycle's own records."""
     if not table_exists(con, "contact_history"):
-        con.execute("CREATE OR REPLACE TEMP VIEW _x_history AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
+        con.execute("CREATE OR REPLACE TEMP TABLE _x_history AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
                     "CAST(NULL AS DATE) AS contact_date, CAST(NULL AS VARCHAR) AS channel, "
                     "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS VARCHAR) AS outcome WHERE false")
         return
     _ensure_history_columns(con)
     con.execute(
-        "CREATE OR REPLACE TEMP VIEW _x_history AS SELECT msisdn, contact_date, channel, policy_id, outcome "
+        "CREATE OR REPLACE TEMP TABLE _x_history AS SELECT msisdn, contact_date, channel, policy_id, outcome "
         "FROM contact_history WHERE NOT (coalesce(recorded_by, '') = ? AND outcome = 'sent' AND list_contains(?, cycle))",
         [RECORDED_BY, cycle_ids],
     )
