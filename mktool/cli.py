@@ -313,11 +313,13 @@ def plan_cmd(
 ) -> None:
     """Recommend plans: every candidate × every target plan, kept by rate windows (SPEC §5).
 
-    Candidates are active customers of the month with at least 5 MB of data a month on a
-    mass-market plan with a bill and a rental; each is paired with every target plan, priced
-    at their 3-month average usage, kept when both change rates are inside their windows,
-    and ranked by how close the new bill is to today's. Stores plan_recommendations and the
-    `plan` funnel; the windows, top-k and minimum data come from plan.yaml.
+    Candidates are the month's active customers using at least --min-data MB a month (5 by
+    default) on a mass-market plan, with a bill and a rental. Each is paired with every
+    target plan, priced at their 3-month average usage, kept when both change rates are
+    inside their windows, and ranked by how close the new bill is to today's. Stores
+    plan_recommendations and the `plan` funnel (a rerun replaces the month); the windows,
+    top-k and minimum data come from plan.yaml. --sweep shows how the number of targeted
+    customers moves with the windows, before anything is written.
 
     \b
     Examples:
@@ -400,10 +402,8 @@ def _print_sweep(run: Run, month: str, config: Any, cells: list[Any], fmt: str) 
     totals = list(dict.fromkeys(c.total_change for c in cells))
     rentals = list(dict.fromkeys(c.rental_change for c in cells))
     count = {(c.total_change, c.rental_change): c.customers for c in cells}
-    render_table(run.reporter,
-                 f"Customers targeted, {month} (rows: total-change window; columns: rental-change window; "
-                 f"min data {config.min_data_mb:g} MB)",
-                 ["total \\ rental", *(str(r) for r in rentals)],
+    render_table(run.reporter, f"Customers targeted {month} (min data {config.min_data_mb:g} MB)",
+                 ["total \\ rental change", *(str(r) for r in rentals)],
                  [(str(t), *(f"{count[(t, r)]:,}" for r in rentals)) for t in totals], to_stdout=True)
 
 

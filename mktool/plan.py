@@ -1,0 +1,575 @@
+"""`mktool plan`: plan recommendation (套餐推荐) by users × plans Cartesian product (SPEC §5).
+
+Every candidate customer of the month is paired with every target plan other than their
+own, in one set-based DuckDB query; each pair is priced at the customer's 3-month average
+usage, the pairs whose total-fee change rate (总费变化率) and rental change rate (月租变化率)
+fall inside the windows are kept, and a customer's kept plans are ranked.
+
+Why every comparison rounds to 6 decimals first: the averages come out of floating-point
+sums whose last bit depends on summation order (5.93, 5.54 and 3.53 MB average to
+4.999999999999999), and a customer must not flip in or out of the target list because
+DuckDB added three numbers in another order.
+
+The SQL lives in the ``*_SQL`` constants below and is put together by the ``*_query``
+functions, apart from execution; every query transpiles to Spark SQL with sqlglot
+(tests/test_plan.py checks it). Parameters come from ``matrices/plan.yaml`` and can be
+overridden per run (:meth:`PlanConfig.with_overrides`).
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mktool.console import QUIET, Reporter
+from mktool.contract import MONTH_RE
+from mktool.database import Database, record_funnel, replace_month
+from mktool.errors import ConfigError, MktoolError, StateError
+from mktool.yamlio import load_yaml, unknown_keys
+
+PLAN_FILE = "plan.yaml"
+PLAN_TABLE = "plan_recommendations"
+VIEW_TABLE = "customer_view"
+FUNNEL = "plan"
+
+#: Funnel stages, in order; each counts distinct subscribers that pass it and all before it.
+STAGES = ("base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
+
+#: Columns of ``plan_recommendations``, in order (full DOUBLE precision).
+TABLE_COLUMNS = (
+    "msisdn", "month", "rank", "current_plan_id", "plan_id", "plan_name", "new_rental", "new_voice_overage",
+    "new_data_overage", "new_total", "current_total", "total_fee_change", "rental_change",
+)
+MONEY_COLUMNS = ("new_rental", "new_voice_overage", "new_data_overage", "new_total", "current_total")
+RATE_COLUMNS = ("total_fee_change", "rental_change")
+#: Columns of ``--out`` (SPEC §6 plan columns): no plan_name; money to 2 decimals, rates to 4.
+EXPORT_COLUMNS = tuple(c for c in TABLE_COLUMNS if c != "plan_name")
+
+#: Channels of SPEC §6 a plan recommendation may be sent to.
+KNOWN_CHANNELS = ("frontdesk", "outbound", "inbound", "sms", "app", "manager")
+#: Placeholders the recommendation phrase may use.
+SCRIPT_FIELDS = ("plan_name", "new_rental", "new_total")
+
+
+# -- windows ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Window:
+    """An inclusive range [lo, hi] of a change rate."""
+
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{_fmt(self.lo)}:{_fmt(self.hi)}"
+
+
+def _fmt(x: float) -> str:
+    text = f"{x:g}"
+    return text if any(ch in text for ch in ".e") else text + ".0"
+
+
+def _fail(message: str, file: Path | None) -> MktoolError:
+    return ConfigError(message, file=str(file)) if file is not None else MktoolError(message)
+
+
+def _positive_number(value: Any, *, where: str, file: Path | None) -> float:
+    if isinstance(value, bool):
+        raise _fail(f"{where}: expected a number, got {value!r}", file)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _fail(f"{where}: expected a number, got {value!r}", file) from None
+    if not math.isfinite(number) or number <= 0:
+        raise _fail(f"{where}: must be a positive number, got {value!r}", file)
+    return number
+
+
+def parse_window(value: Any, *, where: str, file: Path | None = None) -> Window:
+    """``"LO:HI"`` (command line and YAML) or ``[LO, HI]`` (YAML) → :class:`Window`.
+
+    Both ends must be positive numbers and LO <= HI. Errors start with ``where`` (an option
+    such as ``--total-change`` or a dotted key of plan.yaml) and are ConfigErrors naming
+    ``file`` when one is given.
+    """
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 2 or not all(p.strip() for p in parts):
+            raise _fail(f"{where}: expected LO:HI such as 0.6:1.5, got '{value}'", file)
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        parts = list(value)
+    else:
+        hint = " (quote it: YAML reads an unquoted 1:2 as the number 62)" if isinstance(value, int) else ""
+        raise _fail(f"{where}: expected \"LO:HI\" such as \"0.6:1.5\", got {value!r}{hint}", file)
+    lo = _positive_number(parts[0].strip() if isinstance(parts[0], str) else parts[0], where=f"{where}: LO", file=file)
+    hi = _positive_number(parts[1].strip() if isinstance(parts[1], str) else parts[1], where=f"{where}: HI", file=file)
+    if lo > hi:
+        raise _fail(f"{where}: LO ({_fmt(lo)}) is greater than HI ({_fmt(hi)}); write the window as LO:HI, "
+                    f"e.g. {_fmt(hi)}:{_fmt(lo)}", file)
+    return Window(lo, hi)
+
+
+def _top(value: Any, *, where: str, file: Path | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(f"{where}: must be a whole number >= 1, got {value!r}", file)
+    return value
+
+
+def _min_data(value: Any, *, where: str, file: Path | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise _fail(f"{where}: must be a number of MB >= 0, got {value!r}", file)
+    return float(value)
+
+
+# -- configuration (plan.yaml) ---------------------------------------------------------------------
+DEFAULT_SCRIPT = "推荐您改用{plan_name}，月租{new_rental}元，按您现在的用量每月约{new_total}元。"
+DEFAULT_SWEEP_TOTAL = (Window(0.5, 1.3), Window(0.6, 1.3), Window(0.6, 1.5), Window(0.7, 1.5), Window(0.8, 1.2))
+DEFAULT_SWEEP_RENTAL = (Window(1.0, 1.5), Window(1.0, 2.0), Window(1.0, 2.5))
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """What plan.yaml says, after validation (defaults are SPEC §5's)."""
+
+    total_change: Window = Window(0.6, 1.5)
+    rental_change: Window = Window(1.0, 2.0)
+    top: int = 1
+    min_data_mb: float = 5.0
+    policy: str = "PLAN_CHANGE"
+    channels: tuple[str, ...] = ("outbound", "sms")
+    script: str = DEFAULT_SCRIPT
+    sweep_total: tuple[Window, ...] = DEFAULT_SWEEP_TOTAL
+    sweep_rental: tuple[Window, ...] = DEFAULT_SWEEP_RENTAL
+    path: Path | None = field(default=None, compare=False)
+
+    def with_overrides(self, *, total_change: str | Window | None = None, rental_change: str | Window | None = None,
+                       top: int | None = None, min_data_mb: float | None = None) -> "PlanConfig":
+        """This configuration with the command-line options that were given (errors name the option)."""
+        changes: dict[str, Any] = {}
+        if total_change is not None:
+            changes["total_change"] = (total_change if isinstance(total_change, Window)
+                                       else parse_window(total_change, where="--total-change"))
+        if rental_change is not None:
+            changes["rental_change"] = (rental_change if isinstance(rental_change, Window)
+                                        else parse_window(rental_change, where="--rental-change"))
+        if top is not None:
+            changes["top"] = _top(top, where="--top", file=None)
+        if min_data_mb is not None:
+            changes["min_data_mb"] = _min_data(min_data_mb, where="--min-data", file=None)
+        return replace(self, **changes)
+
+
+def check_script(template: Any, *, where: str, file: Path | None) -> str:
+    """The phrase template: a string whose only placeholders are {plan_name}, {new_rental}, {new_total}."""
+    if not isinstance(template, str) or not template.strip():
+        raise _fail(f"{where}: expected a non-empty phrase, got {template!r}", file)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise _fail(f"{where}: {exc} (write a literal brace as {{{{ or }}}})", file) from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in SCRIPT_FIELDS:
+            raise _fail(f"{where}: unknown placeholder {{{name}}} (allowed: "
+                        f"{', '.join('{' + f + '}' for f in SCRIPT_FIELDS)})", file)
+        if spec or conversion:
+            raise _fail(f"{where}: placeholder {{{name}}} takes no format (money is always shown with 2 decimals)", file)
+    return template
+
+
+def _windows(value: Any, *, where: str, file: Path) -> tuple[Window, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of \"LO:HI\" windows, got {value!r}", file=str(file))
+    return tuple(parse_window(v, where=f"{where}[{i}]", file=file) for i, v in enumerate(value))
+
+
+def load_plan_config(matrices_dir: Path) -> PlanConfig:
+    """Read and validate ``plan.yaml``; every error names the file and the dotted key."""
+    path = Path(matrices_dir) / PLAN_FILE
+    if not path.exists():
+        raise ConfigError(f"missing {PLAN_FILE} in the matrices folder {matrices_dir}", file=str(path),
+                          hint="copy the shipped matrices/plan.yaml into it")
+    doc = load_yaml(path)
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"expected a mapping of settings, got {type(doc).__name__}", file=str(path))
+    unknown_keys(doc, {"total_change", "rental_change", "top", "min_data_mb", "policy", "channels", "script", "sweep"},
+                 file=path, at="")
+    defaults = PlanConfig()
+    values: dict[str, Any] = {"path": path}
+    for key in ("total_change", "rental_change"):
+        if doc.get(key) is not None:
+            values[key] = parse_window(doc[key], where=key, file=path)
+    if doc.get("top") is not None:
+        values["top"] = _top(doc["top"], where="top", file=path)
+    if doc.get("min_data_mb") is not None:
+        values["min_data_mb"] = _min_data(doc["min_data_mb"], where="min_data_mb", file=path)
+    if doc.get("policy") is not None:
+        policy = doc["policy"]
+        if not isinstance(policy, str) or not policy.strip() or any(ch.isspace() for ch in policy):
+            raise ConfigError(f"policy: expected a policy id such as PLAN_CHANGE, got {policy!r}", file=str(path))
+        values["policy"] = policy
+    if doc.get("channels") is not None:
+        channels = doc["channels"]
+        if not isinstance(channels, list) or not channels:
+            raise ConfigError(f"channels: expected a non-empty list such as [outbound, sms], got {channels!r}",
+                              file=str(path))
+        for i, ch in enumerate(channels):
+            if ch not in KNOWN_CHANNELS:
+                raise ConfigError(f"channels[{i}]: unknown channel {ch!r} (known: {', '.join(KNOWN_CHANNELS)})",
+                                  file=str(path))
+        if len(set(channels)) != len(channels):
+            raise ConfigError(f"channels: lists a channel twice: {channels!r}", file=str(path))
+        values["channels"] = tuple(channels)
+    if doc.get("script") is not None:
+        values["script"] = check_script(doc["script"], where="script", file=path)
+    sweep_doc = doc.get("sweep")
+    if sweep_doc is not None:
+        if not isinstance(sweep_doc, dict):
+            raise ConfigError(f"sweep: expected a mapping with total_change and rental_change, got {sweep_doc!r}",
+                              file=str(path))
+        unknown_keys(sweep_doc, {"total_change", "rental_change"}, file=path, at="sweep")
+        if sweep_doc.get("total_change") is not None:
+            values["sweep_total"] = _windows(sweep_doc["total_change"], where="sweep.total_change", file=path)
+        if sweep_doc.get("rental_change") is not None:
+            values["sweep_rental"] = _windows(sweep_doc["rental_change"], where="sweep.rental_change", file=path)
+    return replace(defaults, **values)
+
+
+# -- SQL ------------------------------------------------------------------------------------------
+# Named parameters: $month, $min_data (candidates); $total_lo, $total_hi, $rental_lo,
+# $rental_hi, $top (recommendations). DuckDB dialect, written in forms sqlglot transpiles
+# to Spark SQL (no QUALIFY, no FILTER, no IN-subquery in a select list).
+
+#: Candidate customers of the month, with one flag per funnel stage (SPEC §5 step 1).
+CANDIDATES_SQL = """
+view_m AS (
+    SELECT
+        msisdn, month, status, plan_id,
+        CAST(data_mb_3m AS DOUBLE)       AS data_mb_3m,
+        CAST(voice_min_3m AS DOUBLE)     AS voice_min_3m,
+        CAST(rental_3m AS DOUBLE)        AS rental_3m,
+        CAST(current_total_3m AS DOUBLE) AS current_total_3m,
+        CAST(addon_3m AS DOUBLE)         AS addon_3m
+    FROM customer_view
+    WHERE month = $month
+),
+eligible_plans AS (
+    SELECT DISTINCT plan_id FROM plans WHERE product_status = 1
+),
+staged AS (
+    SELECT
+        v.*,
+        coalesce(v.status = 'active', false)                        AS is_active,
+        coalesce(round(v.data_mb_3m, 6) >= $min_data, false)        AS has_min_data,
+        e.plan_id IS NOT NULL                                       AS on_eligible_plan,
+        coalesce(v.current_total_3m > 0 AND v.rental_3m > 0, false) AS is_billable
+    FROM view_m AS v
+    LEFT JOIN eligible_plans AS e ON e.plan_id = v.plan_id
+),
+candidates AS (
+    SELECT * FROM staged WHERE is_active AND has_min_data AND on_eligible_plan AND is_billable
+)"""
+
+#: Every candidate × every target plan but their own, priced and rated (SPEC §5 step 2).
+#: Missing voice minutes or add-on fees count as 0; a target plan with a missing tariff
+#: figure is never offered (greatest() would otherwise ignore the NULL and price it free).
+PAIRS_SQL = """
+target_plans AS (
+    SELECT
+        plan_id, plan_name,
+        CAST(monthly_rental AS DOUBLE)        AS monthly_rental,
+        CAST(included_data_mb AS DOUBLE)      AS included_data_mb,
+        CAST(included_voice_min AS DOUBLE)    AS included_voice_min,
+        CAST(data_overage_per_mb AS DOUBLE)   AS data_overage_per_mb,
+        CAST(voice_overage_per_min AS DOUBLE) AS voice_overage_per_min
+    FROM plans
+    WHERE is_target
+      AND monthly_rental IS NOT NULL AND included_data_mb IS NOT NULL AND included_voice_min IS NOT NULL
+      AND data_overage_per_mb IS NOT NULL AND voice_overage_per_min IS NOT NULL
+),
+pairs AS (
+    SELECT
+        c.msisdn, c.month, c.plan_id AS current_plan_id, t.plan_id, t.plan_name,
+        t.monthly_rental AS new_rental,
+        greatest(0.0, coalesce(c.voice_min_3m, 0.0) - t.included_voice_min) * t.voice_overage_per_min
+            AS new_voice_overage,
+        greatest(0.0, c.data_mb_3m - t.included_data_mb) * t.data_overage_per_mb AS new_data_overage,
+        coalesce(c.addon_3m, 0.0) AS addon_3m,
+        c.current_total_3m AS current_total,
+        c.rental_3m
+    FROM candidates AS c
+    CROSS JOIN target_plans AS t
+    WHERE t.plan_id <> c.plan_id
+),
+priced AS (
+    SELECT *, new_rental + new_voice_overage + new_data_overage + addon_3m AS new_total
+    FROM pairs
+),
+rated AS (
+    SELECT *, new_total / current_total AS total_fee_change, new_rental / rental_3m AS rental_change
+    FROM priced
+)"""
+
+#: The rates rounded to 6 decimals, for the pairs that can be inside [$lo, $hi] of both
+#: windows. round() is the expensive part of the whole query, so pairs that are out by more
+#: than 0.000001 (rounding moves a value by at most 0.0000005) are dropped before it: an
+#: exact shortcut, the rounded comparisons still decide. {lo}/{hi} name the parameters.
+ROUNDED_SQL = """
+rated6 AS (
+    SELECT *, round(total_fee_change, 6) AS total_fee_change_6, round(rental_change, 6) AS rental_change_6
+    FROM rated
+    WHERE total_fee_change BETWEEN ${total_lo} - 0.000001 AND ${total_hi} + 0.000001
+      AND rental_change BETWEEN ${rental_lo} - 0.000001 AND ${rental_hi} + 0.000001
+)"""
+
+#: Pairs inside both windows, ranked per customer (SPEC §5 steps 3-5).
+RANKED_SQL = """
+kept AS (
+    SELECT * FROM rated6
+    WHERE total_fee_change_6 BETWEEN $total_lo AND $total_hi
+      AND rental_change_6 BETWEEN $rental_lo AND $rental_hi
+),
+ranked AS (
+    SELECT
+        *,
+        row_number() OVER (
+            PARTITION BY msisdn
+            ORDER BY round(abs(total_fee_change_6 - 1), 6), new_rental DESC, plan_id
+        ) AS plan_rank
+    FROM kept
+)"""
+
+#: The rows of ``plan_recommendations`` for the month.
+RECOMMEND_SELECT_SQL = """
+SELECT
+    msisdn, month, CAST(plan_rank AS INTEGER) AS rank, current_plan_id, plan_id, plan_name,
+    new_rental, new_voice_overage, new_data_overage, new_total, current_total, total_fee_change, rental_change
+FROM ranked
+WHERE plan_rank <= $top"""
+
+#: Funnel stages base … billable (in_rate_window comes from the recommendations): each
+#: subscriber's furthest stage once (one GROUP BY instead of five DISTINCT counts).
+FUNNEL_SELECT_SQL = """,
+reached AS (
+    SELECT
+        msisdn,
+        max(CASE WHEN NOT is_active THEN 1
+                 WHEN NOT has_min_data THEN 2
+                 WHEN NOT on_eligible_plan THEN 3
+                 WHEN NOT is_billable THEN 4
+                 ELSE 5 END) AS stage_reached
+    FROM staged
+    WHERE msisdn IS NOT NULL
+    GROUP BY msisdn
+)
+SELECT
+    count(*)                                                AS base,
+    coalesce(sum(CASE WHEN stage_reached >= 2 THEN 1 ELSE 0 END), 0) AS active,
+    coalesce(sum(CASE WHEN stage_reached >= 3 THEN 1 ELSE 0 END), 0) AS data_ge_min,
+    coalesce(sum(CASE WHEN stage_reached >= 4 THEN 1 ELSE 0 END), 0) AS eligible_plan,
+    coalesce(sum(CASE WHEN stage_reached >= 5 THEN 1 ELSE 0 END), 0) AS billable
+FROM reached"""
+
+#: Targeted customers per (total window × rental window) cell, pairs computed once. Each
+#: customer's pairs are folded into one flag per cell (one GROUP BY msisdn), the flags are
+#: summed, and the sums are laid out as rows along a VALUES grid of the cells. (Joining the
+#: pairs to the grid and counting DISTINCT msisdn per cell gives the same numbers but
+#: multiplies the pairs by the cells they fall in: several times slower on millions.)
+#: Filled in by :func:`sweep_query`: {flags}, {sums}, {cells}, {pick}.
+SWEEP_SQL = """
+cell_flags AS (
+    SELECT msisdn,
+        {flags}
+    FROM rated6
+    GROUP BY msisdn
+),
+cell_counts AS (
+    SELECT
+        {sums}
+    FROM cell_flags
+),
+cells AS (
+    SELECT * FROM (VALUES {cells}) AS g(cell_no, total_no, rental_no, total_lo, total_hi, rental_lo, rental_hi)
+)
+SELECT cells.total_no, cells.rental_no, CASE cells.cell_no {pick} END AS customers
+FROM cells CROSS JOIN cell_counts
+ORDER BY cells.total_no, cells.rental_no"""
+
+#: ``--out``: the stored rows as SPEC §6 lists them (no plan_name), money cast to 2 decimals and
+#: rates to 4 so that csv shows 228.00 and 1.0364; positional parameter: the month.
+EXPORT_SQL = f"""
+SELECT
+    msisdn, month, rank, current_plan_id, plan_id,
+    CAST(new_rental AS DECIMAL(18,2))        AS new_rental,
+    CAST(new_voice_overage AS DECIMAL(18,2)) AS new_voice_overage,
+    CAST(new_data_overage AS DECIMAL(18,2))  AS new_data_overage,
+    CAST(new_total AS DECIMAL(18,2))         AS new_total,
+    CAST(current_total AS DECIMAL(18,2))     AS current_total,
+    CAST(total_fee_change AS DECIMAL(18,4))  AS total_fee_change,
+    CAST(rental_change AS DECIMAL(18,4))     AS rental_change
+FROM {PLAN_TABLE}
+WHERE month = ?
+ORDER BY msisdn, rank"""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One statement and exactly the named parameters it uses (DuckDB refuses extra ones)."""
+
+    sql: str
+    params: dict[str, Any]
+
+
+def _candidate_params(month: str, config: PlanConfig) -> dict[str, Any]:
+    return {"month": month, "min_data": float(config.min_data_mb)}
+
+
+def _window_params(config: PlanConfig) -> dict[str, Any]:
+    return {"total_lo": config.total_change.lo, "total_hi": config.total_change.hi,
+            "rental_lo": config.rental_change.lo, "rental_hi": config.rental_change.hi}
+
+
+def funnel_query(month: str, config: PlanConfig) -> Query:
+    """Counts of the stages base … billable."""
+    return Query(f"WITH {CANDIDATES_SQL}{FUNNEL_SELECT_SQL}", _candidate_params(month, config))
+
+
+def recommend_query(month: str, config: PlanConfig, *, ordered: bool = True) -> Query:
+    """The month's plan_recommendations rows (TABLE_COLUMNS), ordered by msisdn, rank."""
+    rounded = ROUNDED_SQL.format(total_lo="total_lo", total_hi="total_hi", rental_lo="rental_lo",
+                                 rental_hi="rental_hi")
+    sql = f"WITH {CANDIDATES_SQL},{PAIRS_SQL},{rounded},{RANKED_SQL}{RECOMMEND_SELECT_SQL}"
+    if ordered:
+        sql += "\nORDER BY msisdn, rank"
+    return Query(sql, {**_candidate_params(month, config), **_window_params(config), "top": int(config.top)})
+
+
+def _num(x: float) -> str:
+    return f"CAST({x!r} AS DOUBLE)"
+
+
+def sweep_query(month: str, config: PlanConfig, total_windows: Sequence[Window],
+                rental_windows: Sequence[Window]) -> Query:
+    """Targeted customers for every total × rental window (rows: total_no, rental_no, customers).
+
+    The window bounds are validated floats written into the SQL as literals (the grid is
+    part of the query's shape); the month and minimum data stay parameters.
+    """
+    if not total_windows or not rental_windows:
+        raise MktoolError("the sweep needs at least one total-change and one rental-change window")
+    cells = [(k, i, j, t, r) for k, (i, j, t, r) in enumerate(
+        (i, j, t, r) for i, t in enumerate(total_windows) for j, r in enumerate(rental_windows))]
+    flags = ",\n        ".join(
+        f"max(CASE WHEN total_fee_change_6 BETWEEN {_num(t.lo)} AND {_num(t.hi)} "
+        f"AND rental_change_6 BETWEEN {_num(r.lo)} AND {_num(r.hi)} THEN 1 ELSE 0 END) AS cell_{k}"
+        for k, _, _, t, r in cells)
+    sums = ",\n        ".join(f"coalesce(sum(cell_{k}), 0) AS cell_{k}" for k, *_ in cells)
+    values = ", ".join(f"({k}, {i}, {j}, {_num(t.lo)}, {_num(t.hi)}, {_num(r.lo)}, {_num(r.hi)})"
+                       for k, i, j, t, r in cells)
+    pick = " ".join(f"WHEN {k} THEN cell_counts.cell_{k}" for k, *_ in cells)
+    grid = SWEEP_SQL.format(flags=flags, sums=sums, cells=values, pick=pick)
+    params = {
+        **_candidate_params(month, config),
+        "box_total_lo": min(w.lo for w in total_windows), "box_total_hi": max(w.hi for w in total_windows),
+        "box_rental_lo": min(w.lo for w in rental_windows), "box_rental_hi": max(w.hi for w in rental_windows),
+    }
+    rounded = ROUNDED_SQL.format(total_lo="box_total_lo", total_hi="box_total_hi", rental_lo="box_rental_lo",
+                                 rental_hi="box_rental_hi")
+    return Query(f"WITH {CANDIDATES_SQL},{PAIRS_SQL},{rounded},{grid}", params)
+
+
+def script_sql(template: str) -> str:
+    """The recommendation phrase as one SQL expression over plan_recommendations columns.
+
+    For ``mktool export``: {plan_name} is the plan's name, {new_rental} and {new_total} are
+    yuan with 2 decimals (``228.00``). The template must have passed :func:`check_script`.
+    """
+    parts: list[str] = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        if literal:
+            parts.append("'" + literal.replace("'", "''") + "'")
+        if name == "plan_name":
+            parts.append("coalesce(plan_name, plan_id)")
+        elif name in ("new_rental", "new_total"):
+            parts.append(f"CAST(CAST({name} AS DECIMAL(18,2)) AS VARCHAR)")
+    if not parts:
+        return "''"
+    return parts[0] if len(parts) == 1 else "concat(" + ", ".join(parts) + ")"
+
+
+# -- the step -------------------------------------------------------------------------------------
+@dataclass
+class PlanResult:
+    month: str
+    config: PlanConfig
+    stages: list[tuple[str, int]]  # STAGES, in order, with distinct-subscriber counts
+    rows: int  # recommendation rows written (or, with dry_run, that would be written)
+    customers: int  # distinct customers with at least one recommendation (= in_rate_window)
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    total_change: Window
+    rental_change: Window
+    customers: int
+
+
+def _check_inputs(db: Database, month: str) -> None:
+    if not MONTH_RE.match(month):
+        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
+    db.require_month(VIEW_TABLE, month, "score")
+    if not db.table_exists("plans"):
+        raise StateError("table plans is not loaded", hint="run `mktool ingest plans.parquet` first")
+
+
+def _stages(counts: Any, customers: int) -> list[tuple[str, int]]:
+    return list(zip(STAGES, [*(int(c) for c in counts), int(customers)]))
+
+
+def plan(db: Database, month: str, config: PlanConfig, *, reporter: Reporter = QUIET,
+         dry_run: bool = False) -> PlanResult:
+    """Build ``plan_recommendations`` and the ``plan`` funnel for ``month`` (replacing that month's).
+
+    With ``dry_run`` everything is computed and counted but nothing is written, so it also
+    works on a read-only connection.
+    """
+    _check_inputs(db, month)
+    funnel_q = funnel_query(month, config)
+    rec_q = recommend_query(month, config)
+    con = db.c
+    if dry_run:
+        inner = recommend_query(month, config, ordered=False)
+        with reporter.step(f"planning {month} (dry run)"):
+            counts = con.execute(funnel_q.sql, funnel_q.params).fetchone()
+            rows, customers = con.execute(  # type: ignore[misc]
+                f"SELECT count(*), count(DISTINCT msisdn) FROM ({inner.sql}) AS r", inner.params).fetchone()
+            stages = _stages(counts, customers)
+    else:
+        with reporter.step(f"planning {month}"), db.transaction():
+            counts = con.execute(funnel_q.sql, funnel_q.params).fetchone()
+            rows = replace_month(con, PLAN_TABLE, month, rec_q.sql, rec_q.params)
+            customers = con.execute(f"SELECT count(DISTINCT msisdn) FROM {PLAN_TABLE} WHERE month = ?",
+                                    [month]).fetchone()[0]  # type: ignore[index]
+            stages = _stages(counts, customers)
+            record_funnel(con, month, FUNNEL, stages)
+    return PlanResult(month, config, stages, int(rows), int(customers), dry_run)
+
+
+def sweep(db: Database, month: str, config: PlanConfig, total_windows: Sequence[Window] | None = None,
+          rental_windows: Sequence[Window] | None = None) -> list[SweepCell]:
+    """How many customers each total × rental window pair would target (nothing is written).
+
+    Windows default to plan.yaml's ``sweep`` grid; duplicates are dropped, order is kept.
+    """
+    _check_inputs(db, month)
+    totals = list(dict.fromkeys(total_windows or config.sweep_total))
+    rentals = list(dict.fromkeys(rental_windows or config.sweep_rental))
+    q = sweep_query(month, config, totals, rentals)
+    return [SweepCell(totals[i], rentals[j], int(n)) for i, j, n in db.c.execute(q.sql, q.params).fetchall()]
