@@ -243,8 +243,9 @@ def load_plan_config(matrices_dir: Path) -> PlanConfig:
 
 # -- SQL ------------------------------------------------------------------------------------------
 # Named parameters: $month, $min_data (candidates); $total_lo, $total_hi, $rental_lo,
-# $rental_hi, $top (recommendations). DuckDB dialect, written in forms sqlglot transpiles
-# to Spark SQL (no QUALIFY, no FILTER, no IN-subquery in a select list).
+# $rental_hi, $top (recommendations); $box_* (the sweep: the smallest window holding every
+# window of the grid). DuckDB dialect, written in forms sqlglot transpiles to Spark SQL
+# (no QUALIFY, no FILTER, no IN-subquery in a select list, no DuckDB-only aggregates).
 
 #: Candidate customers of the month, with one flag per funnel stage (SPEC §5 step 1).
 CANDIDATES_SQL = """
@@ -319,7 +320,8 @@ rated AS (
 #: The rates rounded to 6 decimals, for the pairs that can be inside [$lo, $hi] of both
 #: windows. round() is the expensive part of the whole query, so pairs that are out by more
 #: than 0.000001 (rounding moves a value by at most 0.0000005) are dropped before it: an
-#: exact shortcut, the rounded comparisons still decide. {lo}/{hi} name the parameters.
+#: exact shortcut, the rounded comparisons still decide. The {total_lo} … {rental_hi}
+#: placeholders are filled with the names of the parameters that bound the windows.
 ROUNDED_SQL = """
 rated6 AS (
     SELECT *, round(total_fee_change, 6) AS total_fee_change_6, round(rental_change, 6) AS rental_change_6
