@@ -641,6 +641,42 @@ def check_cmd(
         raise CheckFailed(f"check found {len(warnings)} warning{'s' if len(warnings) != 1 else ''} (--strict)")
 
 
+@command("run")
+def run_cmd(
+    run: Run,
+    month: MonthOpt,
+    ingest_dir: Annotated[Optional[list[Path]], typer.Option("--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the target lists")] = Path("out"),
+    fmt: FormatOpt = None,
+    date: Annotated[Optional[str], typer.Option("--date", help="The export cycle's date, YYYY-MM-DD [default: today]")] = None,
+) -> None:
+    """Run the whole month: [ingest] → score → matrix → plan → export, then print the funnels.
+
+    Every rule file is validated before anything is written; the database stays locked for
+    the whole run, so a second run waits (--wait) or refuses.
+
+    \b
+    Examples:
+      mktool run --month 2026-10 --ingest fixtures/extracts --date 2026-11-01
+      MKTOOL_DB=/data/mk.duckdb mktool run --month 2026-10 --quiet   # cron
+    """
+    from mktool.pipeline import run_pipeline
+
+    check_month(month)
+    with run.db(write=True) as db:
+        result = run_pipeline(db, month, matrices_dir=run.settings.matrices_dir, ingest_paths=ingest_dir,
+                              cycle_date=parse_date(date), out_dir=out, fmt=fmt, reporter=run.reporter)
+    rows = []
+    for name, stages in result.funnels.items():
+        rows.append((name, " → ".join(f"{s['stage']} {s['count']:,}" for s in stages)))
+    render_table(run.reporter, f"Funnels {month}", ["funnel", "stages (customers)"], rows)
+    run.reporter.info(
+        f"done: {result.customers:,} customers scored, {result.recommendations:,} offers, "
+        f"{result.plan_customers:,} plan changes; lists in {result.out_dir}: "
+        + ", ".join(f"{ch} {n:,}" for ch, n in result.exported.items())
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
