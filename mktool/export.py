@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,9 @@ from mktool import __version__
 from mktool.console import QUIET, Reporter
 from mktool.database import Database, record_funnel, table_exists
 from mktool.errors import ConfigError, MktoolError
-from mktool.output import COPY_OPTIONS, FORMATS
-from mktool.yamlio import load_yaml
+from mktool.output import COPY_OPTIONS
+from mktool.plan import PlanConfig, load_plan_config, script_sql
+from mktool.rules import Channel, Policy, load_channels, load_policies
 
 STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
           "holdout", "exported")
@@ -48,122 +49,35 @@ TARGET_COLUMNS = (
 )
 MONEY = {"new_rental", "new_voice_overage", "new_data_overage", "new_total", "current_total"}
 RATES = {"total_fee_change", "rental_change"}
-MASKS = ("none", "mask", "hash")
 DEFAULT_COOLDOWN_DAYS = 30
 RECORDED_BY = "mktool"
 
 
 # -- configuration ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChannelConfig:
-    name: str
-    cycle: str = "monthly"  # daily | monthly
-    capacity: int | None = None  # offers per cycle; None = unlimited
-    format: str = "csv"
-    columns: tuple[str, ...] = TARGET_COLUMNS
-    mask: str = "none"  # none | mask (138****9019) | hash (salted sha256)
-    salt_env: str = "MKTOOL_HASH_SALT"
-    contact_cap: int | None = None  # offers per customer per month on this channel
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    id: str
-    name: str
-    family: str
-    channels: tuple[str, ...] = ()
-    exclusive_group: str | None = None
-    cooldown_days: int | None = None
-    holdout: float = 0.0
-    valid_from: dt.date | None = None
-    valid_to: dt.date | None = None
-
-
 @dataclass
 class ExportConfig:
-    channels: dict[str, ChannelConfig]
-    policies: dict[str, PolicyConfig]
-    cooldown_days: int = DEFAULT_COOLDOWN_DAYS
-    monthly_cap: int | None = None  # offers per customer per month across channels
-    files: list[Path] = field(default_factory=list)
+    """What export needs from the rule folder, already validated by mktool.rules / mktool.plan."""
 
+    channels: dict[str, Channel]
+    policies: dict[str, Policy]
+    cooldown_days: int
+    monthly_cap: int | None
+    plan: PlanConfig
 
-def _opt_int(value: Any, *, file: Path, at: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{at}: expected a whole number >= 0, got {value!r}", file=str(file))
-    return value
-
-
-def _date(value: Any, *, file: Path, at: str) -> dt.date | None:
-    if value is None or isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise ConfigError(f"{at}: expected a date YYYY-MM-DD, got {value!r}", file=str(file)) from None
-
-
-def load_export_config(matrices_dir: Path) -> ExportConfig:
-    """channels.yaml (channels, contact policy) and policies.yaml, as export needs them."""
-    cpath = matrices_dir / "channels.yaml"
-    ppath = matrices_dir / "policies.yaml"
-    cdoc = load_yaml(cpath) if cpath.exists() else None
-    if not isinstance(cdoc, dict) or not isinstance(cdoc.get("channels"), dict):
-        raise ConfigError("expected a top-level `channels:` mapping of channel name to settings", file=str(cpath))
-    channels: dict[str, ChannelConfig] = {}
-    for name, raw in cdoc["channels"].items():
-        at = f"channels.{name}"
-        raw = raw or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{at}: expected a mapping", file=str(cpath))
-        cycle = raw.get("cycle", "monthly")
-        if cycle not in ("daily", "monthly"):
-            raise ConfigError(f"{at}.cycle: expected daily or monthly, got {cycle!r}", file=str(cpath))
-        fmt = raw.get("format", "csv")
-        if fmt not in FORMATS:
-            raise ConfigError(f"{at}.format: expected one of {', '.join(FORMATS)}, got {fmt!r}", file=str(cpath))
-        mask = raw.get("mask", "none") or "none"
-        if mask not in MASKS:
-            raise ConfigError(f"{at}.mask: expected one of {', '.join(MASKS)}, got {mask!r}", file=str(cpath))
-        columns = tuple(raw.get("columns") or TARGET_COLUMNS)
-        bad = [c for c in columns if c not in TARGET_COLUMNS]
-        if bad:
-            raise ConfigError(f"{at}.columns: unknown column {bad[0]!r} (target-list columns: {', '.join(TARGET_COLUMNS)})",
-                              file=str(cpath))
-        channels[str(name)] = ChannelConfig(
-            name=str(name), cycle=cycle, capacity=_opt_int(raw.get("capacity"), file=cpath, at=f"{at}.capacity"),
-            format=fmt, columns=columns, mask=mask, salt_env=str(raw.get("salt_env", "MKTOOL_HASH_SALT")),
-            contact_cap=_opt_int(raw.get("contact_cap"), file=cpath, at=f"{at}.contact_cap"),
+    @classmethod
+    def load(cls, matrices_dir: Path) -> "ExportConfig":
+        channel_config = load_channels(matrices_dir)
+        contact = channel_config.contact_policy
+        return cls(
+            channels=channel_config.channels,
+            policies=load_policies(matrices_dir),
+            cooldown_days=contact.cooldown_days if contact.cooldown_days is not None else DEFAULT_COOLDOWN_DAYS,
+            monthly_cap=contact.monthly_cap,
+            plan=load_plan_config(matrices_dir),
         )
-    contact = cdoc.get("contact_policy") or {}
-    pdoc = load_yaml(ppath) if ppath.exists() else None
-    if not isinstance(pdoc, dict) or not isinstance(pdoc.get("policies"), list):
-        raise ConfigError("expected a top-level `policies:` list", file=str(ppath))
-    policies: dict[str, PolicyConfig] = {}
-    for i, raw in enumerate(pdoc["policies"]):
-        at = f"policies[{i}]"
-        if not isinstance(raw, dict) or "id" not in raw:
-            raise ConfigError(f"{at}: expected a mapping with an id", file=str(ppath))
-        holdout = raw.get("holdout", 0) or 0
-        if not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
-            raise ConfigError(f"{at}.holdout: expected a share between 0 and 1, got {holdout!r}", file=str(ppath))
-        policies[str(raw["id"])] = PolicyConfig(
-            id=str(raw["id"]), name=str(raw.get("name", raw["id"])), family=str(raw.get("family", "")),
-            channels=tuple(raw.get("channels") or ()), exclusive_group=raw.get("exclusive_group"),
-            cooldown_days=_opt_int(raw.get("cooldown_days"), file=ppath, at=f"{at}.cooldown_days"),
-            holdout=float(holdout),
-            valid_from=_date(raw.get("valid_from"), file=ppath, at=f"{at}.valid_from"),
-            valid_to=_date(raw.get("valid_to"), file=ppath, at=f"{at}.valid_to"),
-        )
-    return ExportConfig(
-        channels=channels, policies=policies,
-        cooldown_days=_opt_int(contact.get("cooldown_days"), file=cpath, at="contact_policy.cooldown_days")
-        or DEFAULT_COOLDOWN_DAYS,
-        monthly_cap=_opt_int(contact.get("monthly_cap"), file=cpath, at="contact_policy.monthly_cap"),
-        files=[cpath, ppath],
-    )
+
+    def columns(self, channel: Channel) -> tuple[str, ...]:
+        return tuple(channel.columns) if channel.columns else TARGET_COLUMNS
 
 
 # -- SQL: one named statement per stage -------------------------------------------------------
@@ -193,9 +107,7 @@ plan AS (
     SELECT p.msisdn, p.month, CAST(coalesce(l.max_rank, 0) + p.rank AS INTEGER) AS rank,
            'plan' AS matrix, 'plan_rank_' || CAST(p.rank AS VARCHAR) AS rule_id,
            $plan_policy AS policy_id, $plan_policy_name AS policy_name,
-           replace(replace(replace($plan_script, '{{plan_name}}', coalesce(p.plan_name, p.plan_id)),
-                   '{{new_rental}}', CAST(CAST(round(p.new_rental, 2) AS DECIMAL(18, 2)) AS VARCHAR)),
-                   '{{new_total}}', CAST(CAST(round(p.new_total, 2) AS DECIMAL(18, 2)) AS VARCHAR)) AS script,
+           {plan_script} AS script,
            p.current_plan_id, p.plan_id, p.new_rental, p.new_voice_overage, p.new_data_overage, p.new_total,
            p.current_total, p.total_fee_change, p.rental_change, CAST($plan_channels AS VARCHAR[]) AS channels
     FROM {plan_recommendations} p LEFT JOIN last_rank l USING (msisdn)
@@ -332,10 +244,10 @@ LEFT JOIN _x_policies pol ON pol.policy_id = p.policy_id
 """
 
 
-def _target_select(channel: ChannelConfig, salt: str | None) -> str:
+def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None) -> str:
     """The target list's columns for one channel: money 2 decimals, rates 4, msisdn masked as configured."""
     parts = []
-    for col in channel.columns:
+    for col in columns:
         if col == "msisdn" and channel.mask == "mask":
             parts.append("substr(msisdn, 1, 3) || '****' || substr(msisdn, length(msisdn) - 3, 4) AS msisdn")
         elif col == "msisdn" and channel.mask == "hash":
@@ -414,21 +326,8 @@ def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"ALTER TABLE contact_history ADD COLUMN {name} VARCHAR")
 
 
-def cycle_id(channel: ChannelConfig, month: str, cycle_date: dt.date) -> str:
+def cycle_id(channel: Channel, month: str, cycle_date: dt.date) -> str:
     return cycle_date.isoformat() if channel.cycle == "daily" else month
-
-
-def _plan_settings(matrices_dir: Path, config: ExportConfig) -> dict[str, Any]:
-    from mktool.plan import load_plan_config
-
-    plan = load_plan_config(matrices_dir)
-    policy = config.policies.get(plan.policy)
-    return {
-        "plan_policy": plan.policy,
-        "plan_policy_name": policy.name if policy else plan.policy,
-        "plan_script": plan.script,
-        "plan_channels": list(plan.channels),
-    }
 
 
 def run_export(
@@ -445,7 +344,7 @@ def run_export(
     reporter: Reporter = QUIET,
 ) -> ExportResult:
     """Run the contact policy for one cycle and write (or, dry, only count) the target lists."""
-    config = load_export_config(matrices_dir)
+    config = ExportConfig.load(matrices_dir)
     if only_channel is not None and only_channel not in config.channels:
         raise MktoolError(f"unknown channel '{only_channel}' (channels.yaml has: {', '.join(config.channels)})")
     con = db.c
@@ -455,7 +354,12 @@ def run_export(
         con.execute("SELECT 1 FROM plan_recommendations WHERE month = ? LIMIT 1", [month]).fetchone())
     if not has_plan:
         reporter.warn(f"no plan recommendations for {month}: run `mktool plan --month {month}` to include plan changes")
-    plan = _plan_settings(matrices_dir, config)
+    policy = config.policies.get(config.plan.policy)
+    plan = {
+        "plan_policy": config.plan.policy,
+        "plan_policy_name": policy.name if policy else config.plan.policy,
+        "plan_channels": list(config.plan.channels),
+    }
     cycles = {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}
     params: dict[str, Any] = {
         "month": month, "cycle_date": cycle_date, "cycle_month_start": cycle_date.replace(day=1),
@@ -473,8 +377,9 @@ def run_export(
     with reporter.step(f"contact policy for {month} (cycle {cycle_date})"):
         _register(con, config)
         _history_view(con, sorted(set(cycles.values())))
-        run(OFFERS_SQL.format(recommendations="recommendations", plan_recommendations=plan_table),
-            ("month", "plan_policy", "plan_policy_name", "plan_script", "plan_channels"))
+        run(OFFERS_SQL.format(recommendations="recommendations", plan_recommendations=plan_table,
+                              plan_script=script_sql(config.plan.script)),
+            ("month", "plan_policy", "plan_policy_name", "plan_channels"))
         run(CANDIDATES_SQL, ("cycle_month_start", "cycle_date"))
         con.execute(DND_SQL)
         run(UNSUBSCRIBED_SQL, ("cycle_date",))
@@ -500,7 +405,8 @@ def run_export(
     selected = [r for r in results if only_channel is None or r.channel == only_channel]
     if stdout:
         assert only_channel is not None
-        _write_stdout(con, config.channels[only_channel], fmt)
+        channel = config.channels[only_channel]
+        _write_stdout(con, channel, config.columns(channel), fmt)
     else:
         assert out_dir is not None
         _write_all(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, reporter)
@@ -524,19 +430,19 @@ def _stage_counts(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], int]:
     return {(ch, stage): int(n) for ch, stage, n in con.execute(sql).fetchall()}
 
 
-def _channel_query(channel: ChannelConfig) -> str:
+def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
     salt = os.environ.get(channel.salt_env) if channel.mask == "hash" else None
     if channel.mask == "hash" and not salt:
         raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable {channel.salt_env}",
                           hint=f"export {channel.salt_env}=<secret shared with the channel's vendor>")
-    return (f"SELECT {_target_select(channel, salt)} FROM _x_drawn "
+    return (f"SELECT {_target_select(channel, columns, salt)} FROM _x_drawn "
             f"WHERE channel = '{channel.name}' AND NOT held_out ORDER BY msisdn, rank, policy_id")
 
 
-def _write_stdout(con: duckdb.DuckDBPyConnection, channel: ChannelConfig, fmt: str | None) -> None:
+def _write_stdout(con: duckdb.DuckDBPyConnection, channel: Channel, columns: tuple[str, ...], fmt: str | None) -> None:
     from mktool.output import copy_to_stdout
 
-    copy_to_stdout(con, _channel_query(channel), fmt or channel.format)
+    copy_to_stdout(con, _channel_query(channel, columns), fmt or channel.format)
 
 
 def _sha256(path: Path) -> str:
@@ -558,7 +464,7 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
             ext = fmt or channel.format
             target = staging / f"{ch.channel}.{ext}"
             sql_path = str(target).replace("'", "''")
-            ch.rows = int(con.execute(f"COPY ({_channel_query(channel)}) TO '{sql_path}' ({COPY_OPTIONS[ext]})").fetchone()[0])  # type: ignore[index]
+            ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel))}) TO '{sql_path}' ({COPY_OPTIONS[ext]})").fetchone()[0])  # type: ignore[index]
             ch.held_out = int(con.execute("SELECT count(*) FROM _x_drawn WHERE channel = ? AND held_out", [ch.channel]).fetchone()[0])  # type: ignore[index]
             ch.path = final_dir / target.name
         names = [ch.channel for ch in selected]

@@ -184,6 +184,7 @@ class Channel:
     columns: tuple[str, ...] | None = None  # target-list columns; None = export's default
     mask: str = "none"  # msisdn masking: none | mask | hash
     contact_cap: int | None = None  # contacts per customer per cycle on this channel
+    salt_env: str = "MKTOOL_HASH_SALT"  # mask: hash reads its salt from this environment variable
 
 
 @dataclass(frozen=True)
@@ -497,9 +498,9 @@ def _read_channel(name: str, raw: Any, file: str) -> Channel:
             if col not in target_columns:
                 raise _fail(file, f"{at}: columns: unknown target-list column '{col}'{_suggest(col, target_columns)}; "
                                   f"columns: {', '.join(target_columns)}")
-    _text(raw, "salt_env", file=file, at=at)
+    salt_env = _text(raw, "salt_env", file=file, at=at) or "MKTOOL_HASH_SALT"
     return Channel(
-        name=name, cycle=cycle, format=fmt,
+        name=name, cycle=cycle, format=fmt, salt_env=salt_env,
         capacity=_int(raw, "capacity", file=file, at=at, minimum=1),
         columns=columns,
         mask=_choice(raw, "mask", MASKS, file=file, at=at, default="none") or "none",
