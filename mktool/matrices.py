@@ -56,6 +56,7 @@ __all__ = [
     "evaluate",
     "first_hit_sql",
     "generated_sql",
+    "kept_rows_sql",
     "ranking_sql",
     "spark_sql",
     "stats_sql",
@@ -188,39 +189,47 @@ def takers_sql(matrix: Matrix, rules: Sequence[Rule], shadowed: Rule, month: str
             f"GROUP BY taken_by ORDER BY customers DESC, taken_by")
 
 
-def ranking_sql(month: str, kept_matrices: Sequence[str] = ()) -> str:
+def ranking_sql(month: str) -> str:
     """Rank every customer's offers; one row per customer × policy (and × exclusive group).
 
-    Candidates are the hits of the evaluated matrices joined to their rules, plus, for
-    ``--only`` runs, the stored rows of the matrices that were not re-evaluated.
+    Ranks are computed on narrow rows (customer, rule, sort keys); the rules' texts and
+    channels are joined on at the end, so the sorts never carry them.
     """
     m = _month_literal(month)
-    candidates = [
-        f"SELECT h.msisdn, c.matrix, c.family, c.rule_no, c.rule_id, c.policy_id, c.policy_name, c.grp, c.script, c.channels\n"
-        f"  FROM {_RAW} AS h JOIN {_CAT} AS c ON c.matrix = h.matrix AND c.rule_no = h.rule_no"
-    ]
-    if kept_matrices:
-        names = ", ".join("'" + name.replace("'", "''") + "'" for name in kept_matrices)
-        candidates.append(
-            f'SELECT msisdn, matrix, family, rule_no, rule_id, policy_id, policy_name, "group" AS grp, script, channels\n'
-            f"  FROM {RECOMMENDATIONS_TABLE} WHERE month = {m} AND matrix IN ({names})"
-        )
-    union = "\n  UNION ALL\n  ".join(candidates)
-    return f"""SELECT msisdn, {m} AS month,
-  CAST(row_number() OVER (PARTITION BY msisdn ORDER BY family_pos, matrix, rule_no) AS INTEGER) AS rank,
-  matrix, family, rule_no, rule_id, policy_id, policy_name, grp AS "group", script, channels
-FROM (
-  SELECT o.*, coalesce(f.pos, {LAST}) AS family_pos,
-    row_number() OVER (PARTITION BY o.msisdn, coalesce(x.excl_key, o.policy_id)
-                       ORDER BY coalesce(f.pos, {LAST}), o.matrix, o.rule_no) AS keep
-  FROM (
-  {union}
-  ) AS o
-  JOIN {_PRIO} AS p ON p.msisdn = o.msisdn AND p.rule_no IS NOT NULL
-  LEFT JOIN {_ORDER} AS f ON f.rule_no = p.rule_no AND f.family = o.family
-  LEFT JOIN {_POL} AS x ON x.policy_id = o.policy_id
-) AS r
-WHERE keep = 1"""
+    return f"""WITH candidates AS (
+  SELECT h.msisdn, h.matrix, h.rule_no, c.matrix_ord, c.excl_key, coalesce(f.pos, {LAST}) AS family_pos
+  FROM {_RAW} AS h
+  JOIN {_CAT} AS c ON c.matrix = h.matrix AND c.rule_no = h.rule_no
+  JOIN {_PRIO} AS p ON p.msisdn = h.msisdn AND p.rule_no IS NOT NULL
+  LEFT JOIN {_ORDER} AS f ON f.rule_no = p.rule_no AND f.family = c.family
+), deduped AS (
+  SELECT msisdn, matrix, rule_no, matrix_ord, family_pos,
+    row_number() OVER (PARTITION BY msisdn, excl_key ORDER BY family_pos, matrix_ord, rule_no) AS keep
+  FROM candidates
+), ranked AS (
+  SELECT msisdn, matrix, rule_no,
+    row_number() OVER (PARTITION BY msisdn ORDER BY family_pos, matrix_ord, rule_no) AS rank
+  FROM deduped
+  WHERE keep = 1
+)
+SELECT r.msisdn, {m} AS month, CAST(r.rank AS INTEGER) AS rank, c.matrix, c.family, c.rule_no, c.rule_id,
+  c.policy_id, c.policy_name, c.grp AS "group", c.script, c.channels
+FROM ranked AS r
+JOIN {_CAT} AS c ON c.matrix = r.matrix AND c.rule_no = r.rule_no"""
+
+
+def kept_rows_sql(month: str, kept_matrices: Sequence[str]) -> tuple[str, str]:
+    """For ``--only``: the stored rows of the matrices not re-evaluated, as (rule catalogue, hits) queries."""
+    m = _month_literal(month)
+    names = ", ".join("'" + name.replace("'", "''") + "'" for name in kept_matrices)
+    scope = f"FROM {RECOMMENDATIONS_TABLE} WHERE month = {m} AND matrix IN ({names})"
+    catalogue = (f"SELECT r.matrix, r.rule_no, any_value(r.family), any_value(r.rule_id), any_value(r.policy_id), "
+                 f"any_value(r.policy_name), any_value(r.\"group\"), any_value(r.script), any_value(r.channels), "
+                 f"any_value(coalesce(x.excl_key, 'policy:' || r.policy_id)), 0\n"
+                 f"FROM (SELECT * {scope}) AS r LEFT JOIN {_POL} AS x ON x.policy_id = r.policy_id\n"
+                 f"GROUP BY r.matrix, r.rule_no")
+    hits = f"SELECT matrix, rule_no, msisdn {scope}"
+    return catalogue, hits
 
 
 def priority_rows_sql(month: str) -> str:
@@ -296,21 +305,21 @@ class _Run:
 def _create_work_tables(con: duckdb.DuckDBPyConnection, rules: RuleSet, selected: list[Matrix],
                         active: dict[str, list[Rule]]) -> None:
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_CAT} (matrix VARCHAR, rule_no INTEGER, family VARCHAR, "
-                "rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR, grp VARCHAR, script VARCHAR, channels VARCHAR[])")
+                "rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR, grp VARCHAR, script VARCHAR, channels VARCHAR[], "
+                "excl_key VARCHAR, matrix_ord INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_POL} (policy_id VARCHAR, excl_key VARCHAR)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_PCAT} (rule_no INTEGER, rule_id VARCHAR, family_order VARCHAR[])")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_ORDER} (rule_no INTEGER, family VARCHAR, pos INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_PRIO} (msisdn VARCHAR, rule_no INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_RAW} (matrix VARCHAR, rule_no INTEGER, msisdn VARCHAR)")
+    pol = {p.id: f"group:{p.exclusive_group}" if p.exclusive_group else f"policy:{p.id}" for p in rules.policies.values()}
     cat = [(m.name, r.no, m.family, r.id, r.policy, rules.policies[r.policy].name if r.policy else None,
-            r.group, r.script, list(r.channels))
+            r.group, r.script, list(r.channels), pol.get(r.policy or "", f"policy:{r.policy}"), 0)
            for m in selected if not m.is_priority for r in active[m.name]]
     if cat:
-        con.executemany(f"INSERT INTO {_CAT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", cat)
-    pol = [(p.id, f"group:{p.exclusive_group}" if p.exclusive_group else f"policy:{p.id}")
-           for p in rules.policies.values()]
+        con.executemany(f"INSERT INTO {_CAT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", cat)
     if pol:
-        con.executemany(f"INSERT INTO {_POL} VALUES (?, ?)", pol)
+        con.executemany(f"INSERT INTO {_POL} VALUES (?, ?)", list(pol.items()))
     prio = rules.priority
     con.executemany(f"INSERT INTO {_PCAT} VALUES (?, ?, ?)", [(r.no, r.id, list(r.order)) for r in prio.rules])
     order = [(r.no, fam, pos) for r in prio.rules for pos, fam in enumerate(r.order, 1)]
@@ -442,13 +451,21 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
         if run.uncovered:
             raise _uncovered_error(con, rules, run)
         evaluated = {m.name for m in run.selected}
+        matched = dict(con.execute(f"SELECT matrix, count(DISTINCT msisdn) FROM {_RAW} GROUP BY matrix").fetchall())
         kept = []
         if only and table_exists(con, RECOMMENDATIONS_TABLE):
             kept = [m.name for m in rules.offers if m.name not in evaluated]
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {PREVIEW_TABLE} AS {ranking_sql(month, kept)}")
+        if kept:
+            catalogue, kept_hits = kept_rows_sql(month, kept)
+            con.execute(f"INSERT INTO {_CAT} {catalogue}")
+            con.execute(f"INSERT INTO {_RAW} {kept_hits}")
+        # Matrix name order as an integer sort key.
+        con.execute(f"UPDATE {_CAT} SET matrix_ord = o.ord FROM (SELECT matrix, CAST(dense_rank() OVER "
+                    f"(ORDER BY matrix) AS INTEGER) AS ord FROM (SELECT DISTINCT matrix FROM {_CAT}) AS d) AS o "
+                    f"WHERE {_CAT}.matrix = o.matrix")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {PREVIEW_TABLE} AS {ranking_sql(month)}")
         rows, customers = con.execute(f"SELECT count(*), count(DISTINCT msisdn) FROM {PREVIEW_TABLE}").fetchone()  # type: ignore[misc]
         recommended = dict(con.execute(f"SELECT matrix, count(DISTINCT msisdn) FROM {PREVIEW_TABLE} GROUP BY matrix").fetchall())
-        matched = dict(con.execute(f"SELECT matrix, count(DISTINCT msisdn) FROM {_RAW} GROUP BY matrix").fetchall())
         matched_prio = int(con.execute(f"SELECT count(*) FROM {_PRIO} WHERE rule_no IS NOT NULL").fetchone()[0])  # type: ignore[index]
         mstats = []
         for m in run.selected:
@@ -461,9 +478,8 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
         stats = _rule_stats(rules, run)
         if not dry_run:
             with reporter.step(f"writing recommendations for {month}"), db.transaction():
-                replace_month(con, RECOMMENDATIONS_TABLE, month,
-                              f"SELECT * FROM {PREVIEW_TABLE} ORDER BY msisdn, rank")
-                replace_month(con, CUSTOMER_PRIORITY_TABLE, month, priority_rows_sql(month) + " ORDER BY p.msisdn")
+                replace_month(con, RECOMMENDATIONS_TABLE, month, f"SELECT * FROM {PREVIEW_TABLE}")
+                replace_month(con, CUSTOMER_PRIORITY_TABLE, month, priority_rows_sql(month))
                 names = sorted(evaluated)
                 con.execute(f"DELETE FROM rule_hits WHERE month = ? AND matrix IN ({', '.join('?' * len(names))})",
                             [month, *names])

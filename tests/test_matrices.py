@@ -22,7 +22,8 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import ConfigError, RuleError, StateError
 from mktool.matrices import (
-    PREVIEW_TABLE, collect_sql, evaluate, first_hit_sql, generated_sql, ranking_sql, spark_sql, stats_sql,
+    PREVIEW_TABLE, collect_sql, evaluate, first_hit_sql, generated_sql, kept_rows_sql, ranking_sql, spark_sql,
+    stats_sql,
 )
 from mktool.rules import load_rules
 
@@ -496,7 +497,10 @@ def test_shipped_matrices_transpile_to_spark() -> None:
     rules = load_rules(ROOT / "matrices")
     for name, sql in generated_sql(rules, M, dialect="spark").items():
         assert sql.strip(), name
-    assert spark_sql(ranking_sql(M, ["traffic"])).count("UNION ALL") == 1
+    ranking = spark_sql(ranking_sql(M))
+    assert ranking.count("ROW_NUMBER() OVER") == 2 and "`group`" in ranking
+    for sql in kept_rows_sql(M, ["traffic", "o'dd"]):
+        assert "'o''dd'" in sql and spark_sql(sql)
 
 
 def test_sql_builders_shapes(project: tuple[Path, Path]) -> None:
