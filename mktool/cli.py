@@ -677,6 +677,70 @@ def run_cmd(
     )
 
 
+@command("explain")
+def explain_cmd(
+    run: Run,
+    msisdn: Annotated[str, typer.Argument(help="The customer's number (11 digits)")],
+    month: MonthOpt,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+) -> None:
+    """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported.
+
+    \b
+    Examples:
+      mktool explain 13800000042 --month 2026-10
+      mktool explain 13800000042 --month 2026-10 --format json | jq '.plan_pairs[0]'
+    """
+    from rich.console import Console
+
+    from mktool.explain import explain
+
+    check_month(month)
+    with run.db(write=False) as db:
+        ex = explain(db, msisdn, month, matrices_dir=run.settings.matrices_dir)
+    if fmt == "json":
+        typer.echo(json.dumps(ex.to_dict(), default=str, ensure_ascii=False, indent=2))
+        return
+    if fmt != "table":
+        raise MktoolError(f"--format must be table or json, got '{fmt}'")
+    out = Console(highlight=False)
+    v = ex.view
+    out.print(f"[bold]{ex.msisdn}[/bold] · {ex.month} · {v.get('city')} · plan {v.get('plan_id')} ({v.get('plan_name')}) · "
+              f"{v.get('status')} · {v.get('payment')} · tenure {v.get('tenure_months')} months")
+    keys = ["arpu", "arpu_3m", "return_rate", "rental_3m", "current_total_3m", "addon_3m", "voice_min_3m", "data_mb_3m",
+            "months_in_window", "value_score", "value_tier", "stickiness_score", "stickiness_tier", "churn_score",
+            "churn_flag", "traffic_group", "tenure_cohort", "segment"]
+    render_table(run.reporter, "Customer view", ["column", "value"],
+                 [(k, f"{v[k]:.2f}" if isinstance(v.get(k), float) else v.get(k)) for k in keys if k in v], to_stdout=True)
+    rows = []
+    for r in ex.rules:
+        state = "FIRED" if r.fired else ("matched, shadowed" if r.matched else "no")
+        if ex.where.get(r.matrix) is False:
+            state = "no (where)"
+        target = " → ".join(r.order) if r.order else (r.policy_id or "")
+        rows.append((r.matrix, r.rule_id, state, target, r.when))
+    render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when"], rows, to_stdout=True)
+    render_table(run.reporter, "Recommendations (stored)", ["rank", "matrix", "rule", "policy", "channels"],
+                 [(r["rank"], r["matrix"], r["rule_id"], r["policy_id"], ", ".join(r.get("channels") or []))
+                  for r in ex.recommendations], to_stdout=True)
+    failed = next((s for s, ok in ex.plan_stages.items() if not ok), None)
+    out.print("Plan candidate: " + ("yes" if failed is None else f"no — dropped at stage {failed}"))
+    if failed is None:
+        render_table(run.reporter, "Plan pairs (3-month averages priced on each target plan)",
+                     ["plan", "name", "rental", "voice ovg", "data ovg", "new total", "current", "total Δ", "rental Δ",
+                      "verdict", "rank"],
+                     [(p["plan_id"], p["plan_name"], f"{p['new_rental']:.2f}", f"{p['new_voice_overage']:.2f}",
+                       f"{p['new_data_overage']:.2f}", f"{p['new_total']:.2f}", f"{p['current_total']:.2f}",
+                       f"{p['total_fee_change']:.4f}", f"{p['rental_change']:.4f}", p["verdict"],
+                       p.get("recommended_rank") or "") for p in ex.plan_pairs], to_stdout=True)
+    render_table(run.reporter, "Contacts (latest first)", ["date", "channel", "policy", "outcome", "cycle"],
+                 [(c["contact_date"], c["channel"], c["policy_id"], c["outcome"], c.get("cycle")) for c in ex.contacts],
+                 to_stdout=True)
+    if ex.holdouts:
+        render_table(run.reporter, "Held out (control group)", ["cycle", "channel", "policy"],
+                     [(h["cycle"], h["channel"], h["policy_id"]) for h in ex.holdouts], to_stdout=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,140 @@
+"""`mktool explain MSISDN`: why one customer got what they got.
+
+Re-evaluates, for that one customer, exactly the SQL production runs — every matrix's
+`where` and every rule's `when`, the plan step's candidate stages and every target plan's
+bill and change rates — and puts it beside what was stored and exported. This is what a
+front-desk agent or an analyst reads before trusting a recommendation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from mktool.database import Database, table_exists
+from mktool.errors import MktoolError
+
+
+@dataclass
+class RuleOutcome:
+    matrix: str
+    family: str
+    hit: str
+    rule_no: int
+    rule_id: str
+    policy_id: str | None
+    order: list[str]
+    matched: bool
+    fired: bool  # matched and, for hit: first, no earlier rule matched
+    when: str
+
+
+@dataclass
+class Explanation:
+    msisdn: str
+    month: str
+    view: dict[str, Any]
+    rules: list[RuleOutcome]
+    where: dict[str, bool | None]  # matrix → passed its pre-filter
+    recommendations: list[dict[str, Any]]
+    plan_stages: dict[str, bool]
+    plan_pairs: list[dict[str, Any]]
+    contacts: list[dict[str, Any]]
+    holdouts: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+# The plan step's own SQL, evaluated for one customer and every target plan, with the
+# window each pair falls outside of (rounded to 6 decimals as in SPEC §5).
+def _plan_sql() -> str:
+    from mktool.plan import CANDIDATES_SQL, PAIRS_SQL
+
+    pairs_for_everyone = PAIRS_SQL.replace("FROM candidates AS c", "FROM staged AS c")
+    return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone}
+        SELECT plan_id, plan_name, new_rental, new_voice_overage, new_data_overage, new_total, current_total,
+               total_fee_change, rental_change,
+               CASE WHEN round(total_fee_change, 6) NOT BETWEEN $total_lo AND $total_hi
+                         THEN 'total_fee_change outside ' || $total_window
+                    WHEN round(rental_change, 6) NOT BETWEEN $rental_lo AND $rental_hi
+                         THEN 'rental_change outside ' || $rental_window
+                    ELSE 'in both windows' END AS verdict
+        FROM rated WHERE msisdn = $msisdn
+        ORDER BY round(abs(round(total_fee_change, 6) - 1), 6), new_rental DESC, plan_id"""
+
+
+def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Explanation:
+    from mktool.plan import CANDIDATES_SQL, load_plan_config
+    from mktool.rules import load_rules
+
+    con = db.c
+    db.require_month("customer_view", month, "score")
+    cur = con.execute("SELECT * FROM customer_view WHERE month = ? AND msisdn = ?", [month, msisdn])
+    found = _rows(cur)
+    if not found:
+        raise MktoolError(f"no customer {msisdn} in customer_view for {month}",
+                          hint="check the number (11 digits, as a string) and the month")
+    view = found[0]
+
+    rules = load_rules(matrices_dir)
+    outcomes: list[RuleOutcome] = []
+    where: dict[str, bool | None] = {}
+    for matrix in rules.matrices:
+        exprs = [f"({matrix.where.duckdb_sql})" if matrix.where else "true"]
+        exprs += [f"coalesce(({r.when.duckdb_sql}), false)" for r in matrix.rules]
+        row = con.execute(
+            f"SELECT {', '.join(exprs)} FROM customer_view WHERE month = ? AND msisdn = ?", [month, msisdn]
+        ).fetchone()
+        assert row is not None
+        passed = bool(row[0])
+        where[matrix.name] = passed
+        fired_one = False
+        for rule, matched in zip(matrix.rules, row[1:]):
+            matched = bool(matched) and passed
+            fired = matched and (matrix.hit == "collect" or not fired_one)
+            fired_one = fired_one or matched
+            outcomes.append(RuleOutcome(matrix.name, matrix.family, matrix.hit, rule.no, rule.id, rule.policy,
+                                        list(rule.order), matched, fired, rule.when.source))
+
+    recs = (_rows(con.execute("SELECT * FROM recommendations WHERE month = ? AND msisdn = ? ORDER BY rank",
+                              [month, msisdn])) if table_exists(con, "recommendations") else [])
+
+    plan = load_plan_config(matrices_dir)
+    stage_row = _rows(con.execute(
+        "WITH " + CANDIDATES_SQL + " SELECT true AS base, is_active AS active, is_active AND has_min_data AS data_ge_min, "
+          "is_active AND has_min_data AND on_eligible_plan AS eligible_plan, "
+          "is_active AND has_min_data AND on_eligible_plan AND is_billable AS billable FROM staged WHERE msisdn = $msisdn",
+        {"month": month, "min_data": float(plan.min_data_mb), "msisdn": msisdn}))
+    stages = {k: bool(v) for k, v in stage_row[0].items()} if stage_row else {}
+    pairs = _rows(con.execute(_plan_sql(), {
+        "month": month, "min_data": float(plan.min_data_mb), "msisdn": msisdn,
+        "total_lo": plan.total_change.lo, "total_hi": plan.total_change.hi,
+        "rental_lo": plan.rental_change.lo, "rental_hi": plan.rental_change.hi,
+        "total_window": f"[{plan.total_change.lo:g}, {plan.total_change.hi:g}]",
+        "rental_window": f"[{plan.rental_change.lo:g}, {plan.rental_change.hi:g}]",
+    }))
+    if table_exists(con, "plan_recommendations"):
+        ranks = dict(con.execute("SELECT plan_id, rank FROM plan_recommendations WHERE month = ? AND msisdn = ?",
+                                 [month, msisdn]).fetchall())
+        for p in pairs:
+            p["recommended_rank"] = ranks.get(p["plan_id"])
+
+    contacts: list[dict[str, Any]] = []
+    if table_exists(con, "contact_history"):
+        contacts = _rows(con.execute(
+            "SELECT * FROM contact_history WHERE msisdn = ? ORDER BY contact_date DESC, channel, policy_id LIMIT 50",
+            [msisdn]))
+    holdouts = (_rows(con.execute("SELECT * FROM holdouts WHERE month = ? AND msisdn = ? ORDER BY cycle, channel",
+                                  [month, msisdn])) if table_exists(con, "holdouts") else [])
+    return Explanation(msisdn, month, view, outcomes, where, recs, stages, pairs, contacts, holdouts)
