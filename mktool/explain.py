@@ -71,7 +71,7 @@ def _plan_sql() -> str:
                          THEN 'rental_change outside ' || $rental_window
                     ELSE 'in both windows' END AS verdict
         FROM rated WHERE msisdn = $msisdn
-        ORDER BY round(abs(round(total_fee_change, 6) - 1), 6), new_rental DESC, plan_id"""
+        ORDER BY verdict <> 'in both windows', round(abs(round(total_fee_change, 6) - 1), 6), new_rental DESC, plan_id"""
 
 
 def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Explanation:

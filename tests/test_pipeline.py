@@ -1,0 +1,118 @@
+"""The whole month on the bundled fixtures through the CLI, `explain`, and meta-tests that keep the CLI honest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from mktool.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "extracts"
+M = "2026-10"
+
+
+@pytest.fixture(scope="module")
+def month_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    db = work / "mk.duckdb"
+    result = CliRunner().invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
+                                      "--out", str(work / "out"), "--db", str(db), "--matrices", str(ROOT / "matrices")])
+    assert result.exit_code == 0, result.output
+    return work, db, result
+
+
+def test_run_writes_every_channel_and_the_funnels(month_run):
+    work, db, result = month_run
+    folder = work / "out" / M
+    names = sorted(p.name for p in folder.iterdir())
+    assert "funnel.json" in names and "manifest.json" in names
+    assert not [n for n in names if n.startswith(".")], names  # no staging leftovers
+    doc = json.loads((folder / "funnel.json").read_text(encoding="utf-8"))
+    assert doc["month"] == M
+    plan = [s["stage"] for s in doc["funnels"]["plan"]]
+    assert plan == ["base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window"]
+    for name, stages in doc["funnels"].items():
+        counts = [s["count"] for s in stages]
+        assert counts == sorted(counts, reverse=True), (name, counts)
+    con = duckdb.connect(str(db), read_only=True)
+    in_window = con.execute("SELECT count(DISTINCT msisdn) FROM plan_recommendations WHERE month = ?", [M]).fetchone()[0]
+    assert doc["funnels"]["plan"][-1]["count"] == in_window > 0
+    assert doc["funnels"]["plan"][0]["count"] == con.execute(
+        "SELECT count(*) FROM subscribers WHERE month = ?", [M]).fetchone()[0]
+    assert "done: 2,000 customers scored" in result.stderr
+
+
+def test_explain_agrees_with_what_was_stored(month_run):
+    work, db, _ = month_run
+    con = duckdb.connect(str(db), read_only=True)
+    msisdn, plan_id = con.execute(
+        "SELECT msisdn, plan_id FROM plan_recommendations WHERE month = ? AND rank = 1 ORDER BY msisdn LIMIT 1", [M]
+    ).fetchone()
+    stored_rules = {(m, r) for m, r in con.execute(
+        "SELECT matrix, rule_id FROM recommendations WHERE month = ? AND msisdn = ?", [M, msisdn]).fetchall()}
+    con.close()
+    result = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--format", "json", "--db", str(db),
+                                      "--matrices", str(ROOT / "matrices")])
+    assert result.exit_code == 0, result.output
+    ex = json.loads(result.stdout)
+    assert ex["msisdn"] == msisdn and ex["view"]["msisdn"] == msisdn
+    assert all(ex["plan_stages"].values())
+    best = ex["plan_pairs"][0]
+    assert (best["plan_id"], best["recommended_rank"], best["verdict"]) == (plan_id, 1, "in both windows")
+    fired = {(r["matrix"], r["rule_id"]) for r in ex["rules"] if r["fired"] and r["matrix"] != "priority"}
+    assert stored_rules <= fired
+    for matrix in {r["matrix"] for r in ex["rules"] if r["hit"] == "first"}:
+        assert sum(1 for r in ex["rules"] if r["matrix"] == matrix and r["fired"]) <= 1
+    table = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--db", str(db), "--matrices", str(ROOT / "matrices")])
+    assert table.exit_code == 0 and "Plan pairs" in table.stdout
+
+
+def test_explain_unknown_customer(month_run):
+    _, db, _ = month_run
+    result = CliRunner().invoke(app, ["explain", "19999999999", "--month", M, "--db", str(db)])
+    assert result.exit_code == 1
+    assert "no customer 19999999999 in customer_view for 2026-10" in result.stderr
+
+
+def test_funnel_json_is_the_export_document(month_run):
+    work, db, _ = month_run
+    result = CliRunner().invoke(app, ["funnel", "--month", M, "--format", "json", "--db", str(db)])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == json.loads((work / "out" / M / "funnel.json").read_text(encoding="utf-8"))
+
+
+def test_commands_refuse_a_missing_step(tmp_path):
+    runner = CliRunner()
+    db = str(tmp_path / "empty.duckdb")
+    assert runner.invoke(app, ["ingest", str(FIXTURES / "plans.parquet"), "--db", db]).exit_code == 0
+    result = runner.invoke(app, ["plan", "--month", M, "--db", db])
+    assert result.exit_code == 1
+    assert "run `mktool score --month 2026-10` first" in result.stderr
+
+
+def _commands() -> dict:
+    group = get_command(app)
+    return dict(group.commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_command_has_help_with_an_example(name):
+    result = CliRunner().invoke(app, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.stdout, f"`mktool {name} --help` shows no example"
+    command = _commands()[name]
+    for param in command.params:
+        if param.param_type_name == "option":
+            assert param.help, f"mktool {name} {param.opts[0]} has no help text"
+
+
+def test_readme_lists_every_command():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in _commands() if f"mktool {name}" not in readme]
+    assert not missing, f"README does not mention: {missing}"
