@@ -373,6 +373,7 @@ def test_catalogue_loaders(in_tmp: Path) -> None:
     channels = load_channels(folder)
     assert channels.names == ["frontdesk", "outbound", "sms", "app"]
     assert channels.channels["outbound"].capacity == 100 and channels.channels["sms"].mask == "none"
+    assert channels.channels["sms"].salt_env == "MKTOOL_HASH_SALT"
 
 
 def test_shipped_catalogues() -> None:
