@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import duckdb
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mktool import __version__
@@ -107,12 +108,12 @@ def command(name: str | None = None) -> Callable[[F], F]:
             except MktoolError as exc:
                 if run.verbose:
                     traceback.print_exc(file=sys.stderr)
-                reporter.console.print(f"[bold red]Error:[/bold red] {exc.render()}", markup=True, highlight=False)
+                reporter.console.print(f"[bold red]Error:[/bold red] {escape(exc.render())}", highlight=False)
                 raise typer.Exit(exc.exit_code) from None
             except duckdb.Error as exc:
                 if run.verbose:
                     traceback.print_exc(file=sys.stderr)
-                reporter.console.print(f"[bold red]Error:[/bold red] DuckDB: {str(exc).splitlines()[0]}")
+                reporter.console.print(f"[bold red]Error:[/bold red] DuckDB: {escape(str(exc).splitlines()[0])}", highlight=False)
                 raise typer.Exit(EXIT_INTERNAL) from None
             except KeyboardInterrupt:
                 reporter.console.print("Interrupted; nothing was committed.")

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 
@@ -32,7 +33,7 @@ class Reporter:
             self.console.print(f"[dim]{message}[/dim]")
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]Warning:[/yellow] {message}")
+        self.console.print(f"[yellow]Warning:[/yellow] {escape(message)}")
 
     @contextlib.contextmanager
     def step(self, description: str) -> Iterator[None]:
