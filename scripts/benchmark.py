@@ -41,7 +41,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -547,8 +546,8 @@ def explain_plan(db: Path, out: Path) -> str | None:
     import duckdb
 
     try:
-        from mktool.plan import load_plan_config, recommend_query
         from mktool.config import resolve_matrices_dir
+        from mktool.plan import load_plan_config, recommend_query
     except Exception as exc:  # noqa: BLE001
         return f"cannot import mktool.plan: {exc}"
     config = load_plan_config(resolve_matrices_dir(None))
@@ -646,7 +645,7 @@ def print_report(facts: dict[str, Any], n: int, data: dict[str, Any], rows: list
         value = "-" if ratio["value"] is None else (
             f"{ratio['value']:.2f}×" if ratio["unit"] == "x" else
             f"{ratio['value']:,.2f} s" if ratio["unit"] == "s" else f"{ratio['value']:,.0f} MB")
-        print(f"    {ratio["name"]:<62} {value:>12}   target {ratio['target']:<24} {verdict(ratio['ok'])}")
+        print(f"    {ratio['name']:<62} {value:>12}   target {ratio['target']:<24} {verdict(ratio['ok'])}")
     if any(v is not None for v in counts.values()):
         print()
         print("  targeted customers (plan, top 1): " + ", ".join(
