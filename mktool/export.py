@@ -34,9 +34,9 @@ import duckdb
 
 from mktool import __version__
 from mktool.console import QUIET, Reporter
-from mktool.database import Database, record_funnel, table_exists
+from mktool.database import Database, record_funnel, table_columns, table_exists
 from mktool.errors import ConfigError, MktoolError
-from mktool.output import COPY_OPTIONS
+from mktool.output import COPY_OPTIONS, check_format
 from mktool.plan import PlanConfig, load_plan_config, script_sql
 from mktool.rules import Channel, Policy, load_channels, load_policies
 
@@ -120,7 +120,10 @@ LEFT JOIN (SELECT msisdn, value_score FROM customer_view WHERE month = $month) v
 
 CANDIDATES_SQL = """
 -- One row per offer × candidate channel, with the channel's place in the rule's order.
--- Daily channels skip offers already sent on that channel earlier in the cycle month.
+-- An offer (customer × policy) already made earlier in the cycle month by another cycle, on
+-- any channel, or held out of a daily cycle earlier in the month, is not made again: a daily
+-- run neither repeats yesterday's offers nor moves them (or a control-group customer's
+-- offer) to another channel.
 CREATE OR REPLACE TEMP TABLE _x_candidates AS
 WITH exploded AS (
     SELECT o.*, unnest(o.channels) AS channel, generate_subscripts(o.channels, 1) AS channel_pref
@@ -131,10 +134,14 @@ FROM exploded e
 JOIN _x_channels c ON c.channel = e.channel
 LEFT JOIN _x_policies p ON p.policy_id = e.policy_id
 WHERE (p.allowed IS NULL OR len(p.allowed) = 0 OR list_contains(p.allowed, e.channel))
-  AND (c.cycle = 'monthly' OR NOT EXISTS (
+  AND NOT EXISTS (
         SELECT 1 FROM _x_history h
-        WHERE h.msisdn = e.msisdn AND h.channel = e.channel AND h.policy_id = e.policy_id
-          AND h.contact_date >= $cycle_month_start AND h.contact_date < $cycle_date))
+        WHERE h.msisdn = e.msisdn AND h.policy_id = e.policy_id
+          AND h.contact_date >= $cycle_month_start AND h.contact_date < $cycle_date)
+  AND NOT EXISTS (
+        SELECT 1 FROM _x_held_before h
+        WHERE h.msisdn = e.msisdn AND h.policy_id = e.policy_id
+          AND h.cycle_date >= $cycle_month_start AND h.cycle_date < $cycle_date)
 """
 
 DND_SQL = """
@@ -153,14 +160,15 @@ WHERE NOT EXISTS (SELECT 1 FROM _x_history h
 """
 
 COOLDOWN_SQL = """
--- No re-offer of a policy the customer rejected (on any channel) within its cool-down.
+-- No re-offer of a policy the customer rejected (on any channel) within its cool-down:
+-- with 30 days, a rejection 30 days before the cycle date still blocks, 31 days before does not.
 CREATE OR REPLACE TEMP TABLE _x_cooldown AS
 SELECT c.* FROM _x_unsubscribed c
 LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
 WHERE NOT EXISTS (SELECT 1 FROM _x_history h
                   WHERE h.msisdn = c.msisdn AND h.policy_id = c.policy_id AND h.outcome = 'rejected'
                     AND h.contact_date <= $cycle_date
-                    AND h.contact_date > $cycle_date - CAST(coalesce(p.cooldown_days, $cooldown_days) AS INTEGER))
+                    AND h.contact_date >= $cycle_date - CAST(coalesce(p.cooldown_days, $cooldown_days) AS INTEGER))
 """
 
 CAPS_SQL = """
@@ -301,18 +309,36 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig) -> None:
 
 
 def _history_view(con: duckdb.DuckDBPyConnection, cycle_ids: list[str]) -> None:
-    """Contact history as the contact policy sees it: everything except this cycle's own records."""
+    """Contact history as the contact policy sees it: everything except this cycle's own records.
+
+    Read only (a dry run opens the database read-only, and nothing may change outside the
+    write transaction): the bookkeeping columns are added later, inside it, when missing.
+    Also the earlier daily cycles' hold-outs (``_x_held_before``), which stay held out for the month.
+    """
     if not table_exists(con, "contact_history"):
         con.execute("CREATE OR REPLACE TEMP TABLE _x_history AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
                     "CAST(NULL AS DATE) AS contact_date, CAST(NULL AS VARCHAR) AS channel, "
                     "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS VARCHAR) AS outcome WHERE false")
-        return
-    _ensure_history_columns(con)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _x_history AS SELECT msisdn, contact_date, channel, policy_id, outcome "
-        "FROM contact_history WHERE NOT (coalesce(recorded_by, '') = ? AND outcome = 'sent' AND list_contains(?, cycle))",
-        [RECORDED_BY, cycle_ids],
-    )
+    elif {"cycle", "recorded_by"} <= set(table_columns(con, "contact_history")):
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _x_history AS SELECT msisdn, contact_date, channel, policy_id, outcome "
+            "FROM contact_history "
+            "WHERE NOT (coalesce(recorded_by, '') = ? AND outcome = 'sent' AND list_contains(?, cycle))",
+            [RECORDED_BY, cycle_ids],
+        )
+    else:  # only ingested history so far: nothing of ours to leave out
+        con.execute("CREATE OR REPLACE TEMP TABLE _x_history AS "
+                    "SELECT msisdn, contact_date, channel, policy_id, outcome FROM contact_history")
+    if table_exists(con, "holdouts"):
+        # Daily cycles are named by their date; a monthly cycle (YYYY-MM) re-draws the same hold-outs.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT msisdn, policy_id, TRY_CAST(cycle AS DATE) AS cycle_date "
+            "FROM holdouts WHERE TRY_CAST(cycle AS DATE) IS NOT NULL AND NOT list_contains(?, cycle)",
+            [cycle_ids],
+        )
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
+                    "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS DATE) AS cycle_date WHERE false")
 
 
 def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
@@ -347,6 +373,12 @@ def run_export(
     config = ExportConfig.load(matrices_dir)
     if only_channel is not None and only_channel not in config.channels:
         raise MktoolError(f"unknown channel '{only_channel}' (channels.yaml has: {', '.join(config.channels)})")
+    if fmt is not None:
+        check_format(fmt)
+    if not dry_run:  # a missing hash salt is refused before any work, not after the lists are computed
+        for name, ch in config.channels.items():
+            if only_channel in (None, name):
+                _salt(ch)
     con = db.c
     db.require_month("customer_view", month, "score")
     db.require_month("recommendations", month, "matrix")
@@ -405,8 +437,7 @@ def run_export(
     selected = [r for r in results if only_channel is None or r.channel == only_channel]
     if stdout:
         assert only_channel is not None
-        channel = config.channels[only_channel]
-        _write_stdout(con, channel, config.columns(channel), fmt)
+        _write_stdout(db, selected[0], config, month, cycle_date, cycles, fmt)
     else:
         assert out_dir is not None
         _write_all(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, reporter)
@@ -430,19 +461,64 @@ def _stage_counts(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], int]:
     return {(ch, stage): int(n) for ch, stage, n in con.execute(sql).fetchall()}
 
 
-def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
-    salt = os.environ.get(channel.salt_env) if channel.mask == "hash" else None
-    if channel.mask == "hash" and not salt:
+def _salt(channel: Channel) -> str | None:
+    """The salt of a ``mask: hash`` channel, from its environment variable (refused when unset)."""
+    if channel.mask != "hash":
+        return None
+    salt = os.environ.get(channel.salt_env)
+    if not salt:
         raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable {channel.salt_env}",
                           hint=f"export {channel.salt_env}=<secret shared with the channel's vendor>")
-    return (f"SELECT {_target_select(channel, columns, salt)} FROM _x_drawn "
+    return salt
+
+
+def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
+    return (f"SELECT {_target_select(channel, columns, _salt(channel))} FROM _x_drawn "
             f"WHERE channel = '{channel.name}' AND NOT held_out ORDER BY msisdn, rank, policy_id")
 
 
-def _write_stdout(con: duckdb.DuckDBPyConnection, channel: Channel, columns: tuple[str, ...], fmt: str | None) -> None:
-    from mktool.output import copy_to_stdout
+def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: str, cycle_date: dt.date,
+                  cycles: dict[str, str], fmt: str | None) -> None:
+    """One list to standard output: complete in a temporary file, recorded as sent, then streamed.
 
-    copy_to_stdout(con, _channel_query(channel, columns), fmt or channel.format)
+    A list piped to a gateway is contacts made like any other: its rows are written back to
+    contact_history (and its funnel recorded) before the first byte goes out, so that a failed
+    pipe errs towards not contacting the customer again, and a re-run of the cycle replaces them.
+    """
+    from mktool.output import copy_to_file, stream_file
+
+    con = db.c
+    channel = config.channels[ch.channel]
+    ext = fmt or channel.format
+    with tempfile.TemporaryDirectory(prefix="mktool-out-") as tmpdir:
+        path = Path(tmpdir) / f"{ch.channel}.{ext}"
+        ch.rows = copy_to_file(con, _channel_query(channel, config.columns(channel)), path, ext)
+        ch.held_out = _held_out(con, ch.channel)
+        with db.transaction():
+            record_funnel(con, month, f"channel:{ch.channel}", ch.stages)
+            _record_contacts(con, [ch.channel], cycles, cycle_date, month)
+        stream_file(path)
+
+
+def _held_out(con: duckdb.DuckDBPyConnection, channel: str) -> int:
+    return int(con.execute("SELECT count(*) FROM _x_drawn WHERE channel = ? AND held_out", [channel]).fetchone()[0])  # type: ignore[index]
+
+
+STAGING_PREFIX = ".mktool-staging-"
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Staging folders left by a killed export (their process is gone) are removed; a live one is left alone."""
+    for path in folder.glob(STAGING_PREFIX + "*"):
+        pid_text = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not path.is_dir() or not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # pragma: no cover - alive, another user's
+            pass
 
 
 def _sha256(path: Path) -> str:
@@ -457,7 +533,8 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
     assert result.out_dir is not None
     final_dir = result.out_dir / month
     final_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".mktool-staging-", dir=final_dir))
+    _remove_stale_staging(final_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=final_dir))
     try:
         for ch in selected:
             channel = config.channels[ch.channel]
@@ -465,11 +542,11 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
             target = staging / f"{ch.channel}.{ext}"
             sql_path = str(target).replace("'", "''")
             ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel))}) TO '{sql_path}' ({COPY_OPTIONS[ext]})").fetchone()[0])  # type: ignore[index]
-            ch.held_out = int(con.execute("SELECT count(*) FROM _x_drawn WHERE channel = ? AND held_out", [ch.channel]).fetchone()[0])  # type: ignore[index]
+            ch.held_out = _held_out(con, ch.channel)
             ch.path = final_dir / target.name
         names = [ch.channel for ch in selected]
         with db.transaction():
-            for ch in result.channels:
+            for ch in selected:  # only the lists written now: funnel.json must match the files beside it
                 record_funnel(con, month, f"channel:{ch.channel}", ch.stages)
             _record_contacts(con, names, cycles, cycle_date, month)
         funnel_doc = funnel_document(con, month)
@@ -478,6 +555,8 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str) + "\n",
                                                encoding="utf-8")
         for item in sorted(staging.iterdir()):
+            with open(item, "rb+") as fh:  # on disk before its final name points at it
+                os.fsync(fh.fileno())
             os.replace(item, final_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -64,18 +64,23 @@ def copy_to_file(con: duckdb.DuckDBPyConnection, query: str, target: Path, fmt: 
     return rows
 
 
+def stream_file(path: Path) -> None:
+    """Copy a finished file to standard output."""
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    with open(path, "rb") as fh:
+        if out is not None:
+            shutil.copyfileobj(fh, out, 1 << 20)
+            out.flush()
+        else:  # pragma: no cover - text-only stdout (some test harnesses)
+            sys.stdout.write(fh.read().decode("utf-8"))
+
+
 def copy_to_stdout(con: duckdb.DuckDBPyConnection, query: str, fmt: str, params: Sequence[Any] = ()) -> int:
     """Stream ``query`` to standard output (through a temporary file, so DuckDB can still spill)."""
     with tempfile.TemporaryDirectory(prefix="mktool-out-") as tmpdir:
         path = Path(tmpdir) / f"out.{fmt}"
         rows = copy_to_file(con, query, path, fmt, params)
-        out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-        with open(path, "rb") as fh:
-            if out is not None:
-                shutil.copyfileobj(fh, out, 1 << 20)
-                out.flush()
-            else:  # pragma: no cover - text-only stdout (some test harnesses)
-                sys.stdout.write(fh.read().decode("utf-8"))
+        stream_file(path)
     return rows
 
 
