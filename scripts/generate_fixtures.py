@@ -548,7 +548,10 @@ def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
                 CASE WHEN uo < 0.35 THEN 'sent' WHEN uo < 0.47 THEN 'accepted'
                      WHEN uo < 0.72 THEN 'rejected' WHEN uo < 0.92 THEN 'no_answer'
                      ELSE 'unsubscribed' END AS outcome
-            FROM x ORDER BY i, contact_date, channel, policy_id
+            FROM x
+            -- a customer with a span of a few days can draw the same day twice: keep the key unique
+            QUALIFY row_number() OVER (PARTITION BY i, contact_date, channel, policy_id ORDER BY j) = 1
+            ORDER BY i, contact_date, channel, policy_id
         """, staging / "contact_history.parquet")
 
         rows["dnd.parquet"] = _copy(con, f"""
