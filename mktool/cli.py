@@ -742,6 +742,242 @@ def explain_cmd(
                      [(h["cycle"], h["channel"], h["policy_id"]) for h in ex.holdouts], to_stdout=True)
 
 
+# -- analyst workflow: rule tests, fixture regression, run-to-run diff ------------------------
+@command("test")
+def test_cmd(
+    run: Run,
+    pattern: Annotated[Optional[str], typer.Argument(
+        help="Run only the cases whose file, name, matrix or rule contains PATTERN (or matches it as a glob)")] = None,
+    month: Annotated[Optional[str], typer.Option(
+        "--month", "-m", help="Evaluation month of test files that do not pin one [default: the current month]")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Also fail when a rule has no passing case where it fires and one where it does not")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json (json: every case on stdout)")] = "table",
+    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Also write a JUnit XML report (CI)")] = None,
+    defaults: Annotated[bool, typer.Option(
+        "--defaults", help="Print the default test customer (every customer_view column) and exit")] = False,
+) -> None:
+    """Run the rule unit tests in <matrices>/tests/*.yaml, in memory: no extracts, no database.
+
+    Each case is a partial customer (the customer_view columns that matter; the rest from the
+    default customer, scores computed by scores.yaml) and the offers the matrices must give it
+    in rank order, or `no offer`; plan cases expect the recommended plan with its bill and
+    rates. Exit 0 when every case passes, 5 when any fails (each failure names the test file,
+    case, matrix file and rule, with expected and actual rows side by side).
+
+    \b
+    Examples:
+      mktool test
+      mktool test retention          # one file, matrix or rule
+      mktool test 'R6*' --month 2026-10
+      mktool test --strict --junit rule-tests.xml
+      mktool test --defaults
+    """
+    from rich.markup import escape
+
+    from mktool.errors import CheckFailed
+    from mktool.ruletest import (
+        coverage_problems, default_customer_rows, junit_xml, render_report, result_document, run_tests,
+    )
+
+    if month is not None:
+        check_month(month)
+    if fmt not in ("table", "json"):
+        raise MktoolError(f"--format must be table or json, got '{fmt}'")
+    if defaults:
+        render_table(run.reporter, "The default test customer (cases override any column; derived and scores.yaml "
+                     "columns are computed from the others unless given)", ["column", "type", "value", "source"],
+                     default_customer_rows(run.settings.matrices_dir, month), to_stdout=True)
+        return
+    result = run_tests(run.settings.matrices_dir, pattern=pattern, month=month, reporter=run.reporter)
+    if not result.results:
+        if pattern:
+            raise MktoolError(f"no test case matches '{pattern}' in {run.settings.matrices_dir / 'tests'}")
+        run.reporter.warn(f"no rule tests in {run.settings.matrices_dir / 'tests'} (see docs/analyst-workflow.md)")
+        return
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(junit_xml(result), encoding="utf-8")
+    if fmt == "json":
+        typer.echo(json.dumps(result_document(result), ensure_ascii=False, indent=2, default=str))
+        quiet = run.reporter.quiet
+        run.reporter.quiet = True  # the table is the json; failures still go to stderr
+        render_report(result, run.reporter)
+        run.reporter.quiet = quiet
+    else:
+        render_report(result, run.reporter)
+    uncovered = coverage_problems(result)
+    for text in uncovered:
+        if strict:
+            run.reporter.console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False)
+        else:
+            run.reporter.warn(escape(text))
+    failed = result.failed
+    passed = len(result.results) - len(failed)
+    summary = (f"{passed} of {len(result.results)} rule test{'s' if len(result.results) != 1 else ''} passed "
+               f"({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
+    if failed:
+        n_err = sum(r.status == "error" for r in failed)
+        raise CheckFailed(f"{summary}: {len(failed) - n_err} failed" + (f", {n_err} could not run" if n_err else "")
+                          + f"; first: {failed[0].case.label}")
+    if uncovered and strict:
+        raise CheckFailed(f"{summary}, but {len(uncovered)} rule{'s' if len(uncovered) != 1 else ''} lack a case "
+                          "where they fire or one where they do not (--strict)")
+    run.reporter.info(f"{summary}" + ("" if pattern else f"; every rule has a case where it fires and one where it "
+                                                         f"does not" if not uncovered else ""))
+
+
+@command("snapshot")
+def snapshot_cmd(
+    run: Run,
+    month: Annotated[Optional[str], typer.Option(
+        "--month", "-m", help="Month to record (with --check: check only this month) [--check default: every "
+                              "month in the file]")] = None,
+    write: Annotated[bool, typer.Option("--write", help="Record the snapshot into --file (add or replace the month)")] = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Recompute every month of --file and fail (exit 5) with a table of what moved")] = False,
+    file: Annotated[Path, typer.Option("--file", help="The committed snapshot")] = Path("fixtures/snapshot.json"),
+    fixtures: Annotated[Optional[Path], typer.Option(
+        "--fixtures", help="Fixture extracts [default: fixtures/extracts, with --check the folder the file names]")] = None,
+    date: Annotated[Optional[str], typer.Option(
+        "--date", help="The export cycle's date, YYYY-MM-DD [default: the 1st of the next month; --check: the "
+                       "recorded one]")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json (--check's changes, or the snapshot)")] = "table",
+) -> None:
+    """Fixture regression: funnels, rule hits and target-list hashes of the bundled fixtures.
+
+    Builds the fixture extracts through the whole month (ingest, score, matrix, plan, export)
+    in a temporary database and folder with a fixed cycle date (never --db), and records each
+    funnel's stage counts, each rule's hits and each target list's rows, customers and content
+    hash. --check recomputes and, when anything moved, prints what, before, after and delta
+    and exits 5. Run it from the project root.
+
+    \b
+    Examples:
+      mktool snapshot --month 2026-10            # show what would be recorded
+      mktool snapshot --month 2026-10 --write    # record it in fixtures/snapshot.json
+      mktool snapshot --check                    # CI: fail when the rules moved the fixtures
+    """
+    from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, print_table, raise_if_moved, record
+    from mktool.snapshot import check as snapshot_check
+    from mktool.snapshot import write as snapshot_write
+
+    if fmt not in ("table", "json"):
+        raise MktoolError(f"--format must be table or json, got '{fmt}'")
+    if write and check:
+        raise MktoolError("--write records and --check compares: give one of them")
+    if month is not None:
+        check_month(month)
+    cycle = parse_date(date) if date else None
+    if check:
+        before, after, changes = snapshot_check(file, run.settings.matrices_dir, months=[month] if month else None,
+                                                fixtures=fixtures, settings=run.settings, reporter=run.reporter)
+        months = sorted(after["months"])
+        if fmt == "json":
+            typer.echo(json.dumps([c.as_dict() for c in changes], ensure_ascii=False, indent=2))
+        elif changes:
+            print_table(f"Snapshot check: what moved against {file} ({', '.join(months)}, rules "
+                        f"{run.settings.matrices_dir})", ["month", "what", "before", "after", "delta"],
+                        change_rows(changes), numeric=("before", "after", "delta"))
+        raise_if_moved(changes, file, months)
+        n = sum(len(stages) for m in after["months"].values() for stages in m["funnels"].values())
+        run.reporter.info(f"snapshot check passed: {', '.join(months)} match {file} ({n} funnel stages, "
+                          f"{sum(len(r) for m in after['months'].values() for r in m['rule_hits'].values())} rules, "
+                          f"{sum(len(m['lists']) for m in after['months'].values())} target lists)")
+        return
+    if month is None:
+        raise MktoolError("give --month YYYY-MM to record (or --check to compare with the committed snapshot)")
+    doc = record([month], run.settings.matrices_dir, fixtures or DEFAULT_FIXTURES, cycle_date=cycle,
+                 settings=run.settings, reporter=run.reporter)
+    if write:
+        snapshot_write(file, doc)
+        run.reporter.info(f"recorded {month} in {file}: commit it with the rule change")
+        return
+    if fmt == "json":
+        typer.echo(dumps(doc), nl=False)
+    else:
+        m = doc["months"][month]
+        rows = [(f"funnel {name}", " → ".join(f"{s} {n:,}" for s, n in stages.items())) for name, stages in m["funnels"].items()]
+        rows += [(f"rules {matrix}", ", ".join(f"{r} {n:,}" for r, n in hits.items())) for matrix, hits in m["rule_hits"].items()]
+        rows += [(f"list {ch}", f"{info['rows']:,} rows, {info['customers'] if info['customers'] is not None else '-'} "
+                                f"customers, sha256 {info['sha256'][:12]}") for ch, info in m["lists"].items()]
+        print_table(f"Snapshot of {month} (cycle {m['cycle_date']}; not written: add --write)", ["what", "values"], rows)
+
+
+@command("diff")
+def diff_cmd(
+    run: Run,
+    folders: Annotated[Optional[list[Path]], typer.Argument(
+        help="Two export folders <out>/<month>: before, then after", show_default=False)] = None,
+    month: Annotated[Optional[str], typer.Option("--month", "-m", help="With --against-matrices: the month to run")] = None,
+    against: Annotated[Optional[Path], typer.Option(
+        "--against-matrices", metavar="DIR",
+        help="Compare the current --matrices (after) with the rules in DIR (before) on the same data")] = None,
+    fixtures: Annotated[Optional[Path], typer.Option(
+        "--fixtures", metavar="DIR", help="With --against-matrices: build from these extracts instead of copying --db")] = None,
+    date: Annotated[Optional[str], typer.Option(
+        "--date", help="With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | csv | markdown")] = "table",
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 5 when there are differences")] = False,
+) -> None:
+    """Compare two runs: customers gained and lost per channel and policy, rank changes, funnels.
+
+    Either two export folders, or the current rules (--matrices) against another matrices
+    folder (e.g. a git worktree of main) run on the same data in temporary databases: built
+    from --fixtures, or copied from --db (which is only read). json is stable (sorted keys
+    and rows) and markdown is ready for a pull-request comment.
+
+    \b
+    Examples:
+      mktool diff out_main/2026-10 out_pr/2026-10
+      mktool diff --month 2026-10 --against-matrices ../main/matrices --fixtures fixtures/extracts
+      mktool diff --month 2026-10 --against-matrices ../main/matrices --format markdown > diff.md
+    """
+    from mktool.diff import check_format, compare_folders, compare_rules, headline, render_csv, render_json
+    from mktool.diff import render_markdown, sections
+    from mktool.errors import CheckFailed
+
+    check_format(fmt)
+    folders = folders or []
+    if against is not None:
+        if folders:
+            raise MktoolError("give two export folders, or --against-matrices DIR with --month, not both")
+        if month is None:
+            raise MktoolError("--against-matrices needs --month YYYY-MM (the month both rule sets run)")
+        check_month(month)
+        result = compare_rules(month, run.settings.matrices_dir, against, fixtures=fixtures,
+                               db=None if fixtures is not None else run.settings.db_path,
+                               cycle_date=parse_date(date) if date else None, settings=run.settings,
+                               reporter=run.reporter)
+    else:
+        if len(folders) != 2:
+            raise MktoolError("give two export folders (before, after), e.g. `mktool diff out_a/2026-10 out_b/2026-10`, "
+                              "or --month M --against-matrices DIR")
+        for given, name in ((month, "--month"), (fixtures, "--fixtures"), (date, "--date")):
+            if given is not None:
+                raise MktoolError(f"{name} only applies with --against-matrices")
+        result = compare_folders(folders[0], folders[1])
+    if fmt == "json":
+        typer.echo(render_json(result), nl=False)
+    elif fmt == "csv":
+        typer.echo(render_csv(result), nl=False)
+    elif fmt == "markdown":
+        typer.echo(render_markdown(result), nl=False)
+    else:
+        from mktool.snapshot import print_table
+
+        typer.echo(headline(result))
+        if not result.identical:
+            for title, cols, rows in sections(result):
+                if rows:
+                    print_table(title, cols, rows, numeric=tuple(c for c in cols if c not in (
+                        "channel", "policy", "funnel", "stage", "matrix", "rule")))
+        for note in result.notes:
+            run.reporter.info(note)
+    if exit_code and not result.identical:
+        raise CheckFailed("the two runs differ (--exit-code)")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
