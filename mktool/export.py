@@ -600,12 +600,44 @@ def funnel_document(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, Any
     return {"month": month, "funnels": funnels}
 
 
+def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    """The loads the database's rows still come from: (table, file, sha256, rows, months).
+
+    A later load replaces earlier ones by the table's reload rule (SPEC §2): for a monthly
+    table the latest load of each month, for a snapshot table (plans, dnd) its latest load;
+    upserted tables (contact_history, events) keep every load's rows, so every load is listed.
+    A file loaded again is listed once, as last loaded.
+    """
+    from mktool.contract import TABLES
+
+    rows = con.execute("SELECT load_id, table_name, file, sha256, rows, months FROM ingest_log "
+                       "ORDER BY loaded_at, rowid").fetchall()
+    latest_load: dict[tuple[str, str | None], str] = {}  # (table, month or None) → the load that last replaced it
+    for load_id, table, _, _, _, months in rows:
+        reload = TABLES[table].reload if table in TABLES else "upsert"
+        if reload == "month":
+            for m in months or []:
+                latest_load[(table, m)] = load_id
+        elif reload == "snapshot":
+            latest_load[(table, None)] = load_id
+    last_of_file = {row[2]: row for row in rows}  # a file loaded again: its last load
+    live = []
+    for load_id, table, file, sha, n, months in last_of_file.values():
+        reload = TABLES[table].reload if table in TABLES else "upsert"
+        if reload == "month":
+            keep = any(latest_load.get((table, m)) == load_id for m in months or [])
+        elif reload == "snapshot":
+            keep = latest_load.get((table, None)) == load_id
+        else:
+            keep = True
+        if keep:
+            live.append((table, file, sha, n, months))
+    return sorted(live, key=lambda r: (r[0], r[1]))
+
+
 def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: list[ChannelResult], staging: Path,
               matrices_dir: Path, config: ExportConfig, funnel_doc: dict[str, Any]) -> dict[str, Any]:
-    loads = con.execute(
-        """SELECT table_name, file, sha256, rows, months FROM ingest_log
-           QUALIFY row_number() OVER (PARTITION BY file ORDER BY loaded_at DESC) = 1 ORDER BY table_name, file"""
-    ).fetchall()
+    loads = _live_loads(con)
     rule_files = sorted(p for p in matrices_dir.rglob("*.yaml") if p.is_file())
     return {
         "run_id": result.run_id,

@@ -429,6 +429,31 @@ def test_dry_run_writes_nothing_even_on_ingested_history(tmp_path, cli):
     assert w.query("SELECT count(*) FROM contact_history") == [(1,)]
 
 
+def test_manifest_lists_the_loads_the_data_comes_from(tmp_path, cli):
+    w = make_world(tmp_path, [rec(c(1), 1, "T1", ["sms"])])
+    ex = tmp_path / "ex"
+    first = write_table(ex / "a" / f"subscribers_{M}.parquet", "subscribers", [{"msisdn": c(1), "month": M}])
+    sept = write_table(ex / "a" / "subscribers_2026-09.parquet", "subscribers", [{"msisdn": c(1), "month": "2026-09"}])
+    fixed = write_table(ex / "b" / f"subscribers_{M}_fixed.parquet", "subscribers", [{"msisdn": c(2), "month": M}])
+    dnd_old = write_table(ex / "a" / "dnd.parquet", "dnd", [{"msisdn": c(5), "channel": "*"}])
+    dnd_new = write_table(ex / "b" / "dnd.parquet", "dnd", [{"msisdn": c(6), "channel": "*"}])
+    resp1 = write_table(ex / "a" / "contact_history.parquet", "contact_history",
+                        [{"msisdn": c(7), "contact_date": dt.date(2026, 9, 1), "channel": "sms", "policy_id": "T2"}])
+    resp2 = write_table(ex / "b" / "contact_history.parquet", "contact_history",
+                        [{"msisdn": c(8), "contact_date": dt.date(2026, 9, 1), "channel": "sms", "policy_id": "T2"}])
+    for group in ([first, sept, dnd_old, resp1], [fixed, dnd_new, resp2]):
+        result = cli("ingest", *map(str, group), db_path=w.db)
+        assert result.exit_code == 0, result.output
+    w.export()
+    manifest = json.loads((w.out / M / "manifest.json").read_text(encoding="utf-8"))
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    # subscribers 2026-10 now comes from the fixed file, 2026-09 still from the first call; the dnd list is
+    # the second one; both contact_history loads added rows.
+    assert sorted((x["table"], x["file"], x["sha256"]) for x in manifest["loads"]) == sorted(
+        (t, str(p.resolve()), sha(p)) for t, p in [("subscribers", sept), ("subscribers", fixed), ("dnd", dnd_new),
+                                                    ("contact_history", resp1), ("contact_history", resp2)])
+
+
 # == masking =========================================================================================
 def test_masking_mask_and_salted_hash(tmp_path, monkeypatch):
     people = ["13912349019", "13800000001"]
