@@ -62,7 +62,11 @@ class RunLock:
                         hint="wait for it to finish, or pass --wait SECONDS (env MKTOOL_LOCK_WAIT) to queue behind it",
                     ) from None
                 time.sleep(0.2)
-        if self.exclusive:
+        # The file names the holder for the "locked by … (pid N)" message: a writer replaces it,
+        # a reader writes its pid when no other reader did; whoever it names clears it on release,
+        # so that a waiting run never names a process that has finished.
+        fh.seek(0)
+        if self.exclusive or not fh.read().strip():
             fh.seek(0)
             fh.truncate()
             fh.write(str(os.getpid()))
@@ -72,6 +76,11 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:
+            self._fh.seek(0)
+            if self._fh.read().strip() == str(os.getpid()):
+                self._fh.seek(0)
+                self._fh.truncate()
+                self._fh.flush()
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None

@@ -181,6 +181,19 @@ def test_a_second_writer_refuses_with_the_holder_s_pid_and_exit_3(world, tmp_pat
     assert after.returncode == 0, after.stderr
 
 
+def test_a_writer_blocked_by_a_reader_names_the_reader_not_an_earlier_run(world, tmp_path):
+    db, out = world
+    assert mktool(*export_args(db, out)).returncode == 0  # an earlier writer, long gone
+    reader, _ = start_hooked(tmp_path, "mktool.export.funnel_document", "funnel", "--month", M, "--db", str(db))
+    try:
+        second = mktool(*export_args(db, out))
+        assert second.returncode == 3
+        assert f"database is locked by another mktool run (pid {reader.pid})" in second.stderr
+        assert mktool("funnel", "--month", M, "--format", "json", "--db", str(db)).returncode == 0  # readers share
+    finally:
+        kill9(reader)
+
+
 def test_with_wait_a_second_run_queues_and_then_succeeds(world, tmp_path):
     db, out = world
     holder, _ = start_hooked(tmp_path, "mktool.export._record_contacts", *export_args(db, out), pause=3)
