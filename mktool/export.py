@@ -13,8 +13,16 @@ unplaced offer to its r-th surviving channel (rule order); a channel takes the p
 has room for, best first (rank, then value_score, then a hash tie-break). An offer therefore
 goes to the first of its channels that still has room, and to one channel only.
 
-Exported rows are written back to ``contact_history`` (outcome ``sent``) so the next cycle's
-caps and cool-downs see them; re-running a cycle replaces its own records and files.
+Candidates leave out an offer (customer × policy) already made, or held out of a daily cycle,
+earlier in the cycle month: a daily run neither repeats yesterday's offers nor moves them to
+another channel. The cool-down is inclusive (30 days: a rejection 30 days before the cycle
+date still blocks); caps count contacts per calendar month of the cycle date; capacity counts
+offers (rows) per cycle.
+
+Exported rows (also a list streamed with ``--out -``) are written back to ``contact_history``
+(outcome ``sent``) so the next cycle's caps and cool-downs see them; re-running a cycle
+replaces its own records and files. Lists are staged in a hidden folder beside their final
+place, contacts are committed in one transaction, then the files are renamed into place.
 """
 
 from __future__ import annotations
