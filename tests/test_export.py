@@ -581,13 +581,17 @@ def test_worked_example_parquet_and_jsonl(worked, cli, tmp_path, fmt):
         assert '"msisdn":"13800009019"' in path.read_text(encoding="utf-8")
 
 
-def test_out_dash_streams_exactly_one_list_and_records_it(worked, tmp_path):
+def test_out_dash_streams_exactly_one_list_and_records_it(worked, tmp_path, cli):
     out = tmp_path / "out"
     db = tmp_path / "test.duckdb"
     env = {**os.environ, "NO_COLOR": "1"}
     base = [sys.executable, "-m", "mktool", "export", "--month", M, "--date", str(D), "--matrices", str(worked),
             "--db", str(db)]
-    plan_channel = load_plan_config(worked).channels[0]
+    plan_channel = "sms"  # the plan offer's other channels are do-not-disturb: it goes out by SMS
+    assert plan_channel in load_plan_config(worked).channels
+    dnd = write_table(tmp_path / "dnd.parquet", "dnd", [{"msisdn": "13800009019", "channel": ch}
+                                                        for ch in load_plan_config(worked).channels if ch != "sms"])
+    assert cli("ingest", str(dnd)).exit_code == 0
 
     def history() -> list[tuple[Any, ...]]:
         con = duckdb.connect(str(db), read_only=True)
@@ -601,7 +605,9 @@ def test_out_dash_streams_exactly_one_list_and_records_it(worked, tmp_path):
     assert piped.returncode == 0, piped.stderr.decode()
     assert b"13800009019" not in piped.stderr and b"Traceback" not in piped.stderr
     lines = piped.stdout.decode().splitlines()
-    assert lines[0] == ",".join(SPEC_COLUMNS) and "13800009019" in piped.stdout.decode()
+    assert lines[0] == ",".join(SPEC_COLUMNS)
+    assert [line for line in lines if ",plan,plan_rank_1," in line][0].endswith(
+        ",ZX128,ZX158,158.00,0.00,40.00,228.00,220.00,1.0364,1.2344")
     # the piped list is a list sent like any other: recorded in contact_history, funnel recorded
     sent = history()
     assert sent and {r[2] for r in sent} == {plan_channel} and {r[4] for r in sent} == {"sent"}
