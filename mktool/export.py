@@ -121,23 +121,27 @@ plan AS (
     FROM {plan_recommendations} p LEFT JOIN last_rank l USING (msisdn)
     WHERE p.month = $month
 )
-SELECT o.*, coalesce(v.value_score, 0) AS value_score
+SELECT o.*, coalesce(v.value_score, 0) AS value_score,
+       row_number() OVER (ORDER BY o.msisdn, o.rank, o.policy_id) AS offer_id
 FROM (SELECT * FROM rec UNION ALL SELECT * FROM plan) o
 LEFT JOIN (SELECT msisdn, value_score FROM customer_view WHERE month = $month) v USING (msisdn)
 """
 
 CANDIDATES_SQL = """
--- One row per offer × candidate channel, with the channel's place in the rule's order.
+-- One row per offer × candidate channel, with the channel's place in the rule's order. The
+-- stages carry only these narrow rows (offer_id, keys and sort keys); the texts stay in
+-- _x_offers and are joined on when the lists are written.
 -- An offer (customer × policy) already made earlier in the cycle month by another cycle, on
 -- any channel, or held out of a daily cycle earlier in the month, is not made again: a daily
 -- run neither repeats yesterday's offers nor moves them (or a control-group customer's
 -- offer) to another channel.
 CREATE OR REPLACE TEMP TABLE _x_candidates AS
 WITH exploded AS (
-    SELECT o.*, unnest(o.channels) AS channel, generate_subscripts(o.channels, 1) AS channel_pref
+    SELECT o.offer_id, o.msisdn, o.policy_id, o.rank, o.value_score,
+           unnest(o.channels) AS channel, generate_subscripts(o.channels, 1) AS channel_pref
     FROM _x_offers o
 )
-SELECT e.* EXCLUDE (channels)
+SELECT e.*
 FROM exploded e
 JOIN _x_channels c ON c.channel = e.channel
 LEFT JOIN _x_policies p ON p.policy_id = e.policy_id
@@ -221,22 +225,22 @@ WHERE g.exclusive_group IS NULL OR g.rank = b.best_rank
 ALLOCATION_SETUP_SQL = """
 -- Each offer's surviving channels numbered 1..k in rule order: round r proposes choice r.
 CREATE OR REPLACE TEMP TABLE _x_choices AS
-SELECT e.*, row_number() OVER (PARTITION BY e.msisdn, e.policy_id ORDER BY e.channel_pref) AS choice,
+SELECT e.*, row_number() OVER (PARTITION BY e.offer_id ORDER BY e.channel_pref) AS choice,
        {tiebreak} AS tiebreak
 FROM _x_exclusion e;
-CREATE OR REPLACE TEMP TABLE _x_proposed (msisdn VARCHAR, policy_id VARCHAR, channel VARCHAR);
+CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, msisdn VARCHAR, channel VARCHAR);
 CREATE OR REPLACE TEMP TABLE _x_placed AS SELECT * FROM _x_choices WHERE false;
 """
 
 ALLOCATION_ROUND_SQL = """
 -- Round $round: unplaced offers propose their next channel; channels take what fits, best first.
 INSERT INTO _x_proposed
-SELECT msisdn, policy_id, channel FROM _x_choices c
-WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.msisdn = c.msisdn AND p.policy_id = c.policy_id);
+SELECT offer_id, msisdn, channel FROM _x_choices c
+WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id);
 INSERT INTO _x_placed
 WITH proposals AS (
     SELECT c.* FROM _x_choices c
-    WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.msisdn = c.msisdn AND p.policy_id = c.policy_id)
+    WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id)
 ),
 room AS (
     SELECT ch.channel, ch.capacity - coalesce((SELECT count(*) FROM _x_placed p WHERE p.channel = ch.channel), 0) AS room
@@ -420,20 +424,37 @@ def run_export(
         run(OFFERS_SQL.format(recommendations="recommendations", plan_recommendations=plan_table,
                               plan_script=script_sql(config.plan.script)),
             ("month", "plan_policy", "plan_policy_name", "plan_channels"))
-        run(CANDIDATES_SQL, ("cycle_month_start", "cycle_date"))
-        con.execute(DND_SQL)
-        run(UNSUBSCRIBED_SQL, ("cycle_date",))
-        run(COOLDOWN_SQL, ("cycle_date", "cooldown_days"))
-        run(CAPS_SQL, ("cycle_month_start", "cycle_date", "monthly_cap"))
-        con.execute(EXCLUSION_SQL)
+        counts: dict[tuple[str, str], int] = {}
+        previous: str | None = None
+        # Each filtering stage: build it from the previous one, count it, drop the previous one.
+        for stage, table, sql, keys in (
+            ("candidates", "_x_candidates", CANDIDATES_SQL, ("cycle_month_start", "cycle_date")),
+            ("dnd", "_x_dnd", DND_SQL, ()),
+            ("unsubscribed", "_x_unsubscribed", UNSUBSCRIBED_SQL, ("cycle_date",)),
+            ("cooldown", "_x_cooldown", COOLDOWN_SQL, ("cycle_date", "cooldown_days")),
+            ("contact_cap", "_x_contact_cap", CAPS_SQL, ("cycle_month_start", "cycle_date", "monthly_cap")),
+            ("exclusion", "_x_exclusion", EXCLUSION_SQL, ()),
+        ):
+            run(sql, keys)
+            counts.update(_count_stage(con, stage, table))
+            if previous:
+                con.execute(f"DROP TABLE {previous}")
+            previous = table
         con.execute(ALLOCATION_SETUP_SQL.format(tiebreak=draw_sql("msisdn", "policy_id", "'tiebreak'")))
+        con.execute("DROP TABLE _x_exclusion")
         rounds = con.execute("SELECT coalesce(max(choice), 0) FROM _x_choices").fetchone()[0]  # type: ignore[index]
         for r in range(1, int(rounds) + 1):
             con.execute(ALLOCATION_ROUND_SQL.replace("$round", str(r)))
+        counts.update(_count_stage(con, "dedupe", "_x_proposed"))
+        counts.update(_count_stage(con, "capacity", "_x_placed"))
+        con.execute("DROP TABLE _x_choices")
+        con.execute("DROP TABLE _x_proposed")
         con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR)")
         con.executemany("INSERT INTO _x_cycle VALUES (?, ?)", list(cycles.items()))
         con.execute(HOLDOUT_SQL.format(draw=draw_sql("p.msisdn", "p.policy_id", "cy.cycle")))
-        counts = _stage_counts(con)
+        con.execute("DROP TABLE _x_placed")
+        counts.update(_count_stage(con, "holdout", "_x_drawn", "NOT held_out"))
+        counts.update(_count_stage(con, "exported", "_x_drawn", "NOT held_out"))
 
     results: list[ChannelResult] = []
     for name in config.channels:
@@ -452,21 +473,10 @@ def run_export(
     return result
 
 
-def _stage_counts(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], int]:
-    """Distinct customers per channel after each stage."""
-    sql = """
-        SELECT channel, 'candidates', count(DISTINCT msisdn) FROM _x_candidates GROUP BY ALL
-        UNION ALL SELECT channel, 'dnd', count(DISTINCT msisdn) FROM _x_dnd GROUP BY ALL
-        UNION ALL SELECT channel, 'unsubscribed', count(DISTINCT msisdn) FROM _x_unsubscribed GROUP BY ALL
-        UNION ALL SELECT channel, 'cooldown', count(DISTINCT msisdn) FROM _x_cooldown GROUP BY ALL
-        UNION ALL SELECT channel, 'contact_cap', count(DISTINCT msisdn) FROM _x_contact_cap GROUP BY ALL
-        UNION ALL SELECT channel, 'exclusion', count(DISTINCT msisdn) FROM _x_exclusion GROUP BY ALL
-        UNION ALL SELECT channel, 'dedupe', count(DISTINCT msisdn) FROM _x_proposed GROUP BY ALL
-        UNION ALL SELECT channel, 'capacity', count(DISTINCT msisdn) FROM _x_placed GROUP BY ALL
-        UNION ALL SELECT channel, 'holdout', count(DISTINCT msisdn) FILTER (WHERE NOT held_out) FROM _x_drawn GROUP BY ALL
-        UNION ALL SELECT channel, 'exported', count(DISTINCT msisdn) FILTER (WHERE NOT held_out) FROM _x_drawn GROUP BY ALL
-    """
-    return {(ch, stage): int(n) for ch, stage, n in con.execute(sql).fetchall()}
+def _count_stage(con: duckdb.DuckDBPyConnection, stage: str, table: str, where: str = "true") -> dict[tuple[str, str], int]:
+    """Distinct customers per channel in one stage's table."""
+    rows = con.execute(f"SELECT channel, count(DISTINCT msisdn) FROM {table} WHERE {where} GROUP BY channel").fetchall()
+    return {(channel, stage): int(n) for channel, n in rows}
 
 
 def _salt(channel: Channel) -> str | None:
@@ -481,8 +491,10 @@ def _salt(channel: Channel) -> str | None:
 
 
 def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
-    return (f"SELECT {_target_select(channel, columns, _salt(channel))} FROM _x_drawn "
-            f"WHERE channel = '{channel.name}' AND NOT held_out ORDER BY msisdn, rank, policy_id")
+    name = channel.name.replace("'", "''")
+    rows = (f"SELECT o.* EXCLUDE (channels), d.channel FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id "
+            f"WHERE d.channel = '{name}' AND NOT d.held_out")
+    return f"SELECT {_target_select(channel, columns, _salt(channel))} FROM ({rows}) ORDER BY msisdn, rank, policy_id"
 
 
 def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: str, cycle_date: dt.date,
@@ -591,8 +603,9 @@ def _record_contacts(con: duckdb.DuckDBPyConnection, channels: list[str], cycles
                    policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR)""")
     for name in channels:
         con.execute("DELETE FROM holdouts WHERE cycle = ? AND channel = ?", [cycles[name], name])
-        con.execute("""INSERT INTO holdouts SELECT ?, ?, channel, msisdn, policy_id, rank, matrix, rule_id
-                       FROM _x_drawn WHERE channel = ? AND held_out""", [month, cycles[name], name])
+        con.execute("""INSERT INTO holdouts SELECT ?, ?, d.channel, d.msisdn, d.policy_id, o.rank, o.matrix, o.rule_id
+                       FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id
+                       WHERE d.channel = ? AND d.held_out""", [month, cycles[name], name])
 
 
 def funnel_document(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, Any]:

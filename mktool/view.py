@@ -223,15 +223,20 @@ def _vas_sql(has_vas: bool) -> str:
 
 
 def view_sql(model: ScoreModel, *, has_vas: bool) -> str:
-    """The whole customer-view query for one month (named parameters: see ``view_params``)."""
+    """The whole customer-view query for one month (named parameters: see ``view_params``).
+
+    The percentile and tier windows run on narrow rows (msisdn and the indicators) and are
+    joined back: window sorts that carry the view's ~60 columns cost 10× the time and memory.
+    """
     base = (SQL_DIR / "customer_view_base.sql").read_text(encoding="utf-8").replace("$vas_sql", _vas_sql(has_vas))
+    indicators = []
     pct = []
     terms = []
     for k, (crit, cw) in enumerate(zip(model.criteria, model.ahp.weights)):
         for m, (ind, iw) in enumerate(zip(crit.indicators, crit.ahp.weights)):
-            alias = f"_pct_{k}_{m}"
-            pct.append(f"percent_rank() OVER (ORDER BY coalesce(({ind.sql}), 0)) AS {alias}")
-            terms.append(f"{cw * iw!r} * {alias}")
+            indicators.append(f"coalesce(({ind.sql}), 0) AS _x_{k}_{m}")
+            pct.append(f"percent_rank() OVER (ORDER BY _x_{k}_{m}) AS _p_{k}_{m}")
+            terms.append(f"{cw * iw!r} * _p_{k}_{m}")
     value_score = f"round(100 * ({' + '.join(terms)}), 4)"
     # Tiers by rank of the score: exact integer arithmetic on cumulative shares.
     cases = []
@@ -242,17 +247,20 @@ def view_sql(model: ScoreModel, *, has_vas: bool) -> str:
     tier_sql = f"CASE {' '.join(cases)} ELSE '{model.tiers[-1][0]}' END"
     layers = [
         f"base AS ({base})",
-        f"pct AS (SELECT *, {', '.join(pct)} FROM base)",
-        f"scored AS (SELECT * EXCLUDE ({', '.join(a.split(' AS ')[1] for a in pct)}), {value_score} AS value_score FROM pct)",
-        "ranked AS (SELECT *, row_number() OVER (ORDER BY value_score DESC, msisdn) AS _rank, count(*) OVER () AS _n FROM scored)",
-        f"tiered AS (SELECT * EXCLUDE (_rank, _n), {tier_sql} AS value_tier FROM ranked)",
+        f"indicators AS (SELECT msisdn, {', '.join(indicators)} FROM base)",
+        f"percentiles AS (SELECT msisdn, {', '.join(pct)} FROM indicators)",
+        f"scores AS (SELECT msisdn, {value_score} AS value_score FROM percentiles)",
+        "ranked AS (SELECT msisdn, value_score, row_number() OVER (ORDER BY value_score DESC, msisdn) AS _rank, "
+        "count(*) OVER () AS _n FROM scores)",
+        f"tiers AS (SELECT msisdn, value_score, {tier_sql} AS value_tier FROM ranked)",
+        "tiered AS (SELECT base.*, tiers.value_score, tiers.value_tier FROM base JOIN tiers USING (msisdn))",
     ]
     prev = "tiered"
     for i, col in enumerate(model.columns):
         layers.append(f"c{i} AS (SELECT *, ({col.sql}) AS {col.name} FROM {prev})")
         prev = f"c{i}"
     select = ", ".join(model.output_columns)
-    return "WITH " + ",\n".join(layers) + f"\nSELECT {select} FROM {prev} ORDER BY msisdn"
+    return "WITH " + ",\n".join(layers) + f"\nSELECT {select} FROM {prev}"
 
 
 def view_params(month: str) -> dict[str, Any]:
