@@ -65,7 +65,7 @@ CHANNEL_FORMATS = ("csv", "parquet", "jsonl")
 MASKS = ("none", "mask", "hash")
 
 DOC_KEYS = {"doc", "description"}
-MATRIX_KEYS = {"matrix", "family", "hit", "where", "rules"} | DOC_KEYS
+MATRIX_KEYS = {"matrix", "family", "hit", "where", "rules", "tests"} | DOC_KEYS  # tests: cases for `mktool test`
 RULE_KEYS = {"id", "when", "policy", "group", "script", "channels"} | DOC_KEYS
 PRIORITY_RULE_KEYS = {"id", "when", "order"} | DOC_KEYS
 POLICY_KEYS = {"id", "name", "family", "valid_from", "valid_to", "channels", "exclusive_group",
