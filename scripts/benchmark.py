@@ -210,6 +210,12 @@ def machine_facts(threads: int, memory_limit: str) -> dict[str, Any]:
                                 text=True, check=False).stdout.strip()
     except OSError:
         commit = ""
+    try:  # the editable install runs the working tree: say when it differs from the commit
+        dirty = [line[3:] for line in subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "mktool", "matrices"], capture_output=True,
+            text=True, check=False).stdout.splitlines() if line.strip()]
+    except OSError:
+        dirty = []
     try:
         mk_version = subprocess.run(["mktool", "--version"], capture_output=True, text=True,
                                     check=False).stdout.strip()
@@ -226,6 +232,7 @@ def machine_facts(threads: int, memory_limit: str) -> dict[str, Any]:
         "duckdb": duckdb.__version__,
         "mktool": mk_version,
         "git_commit": commit,
+        "git_uncommitted": dirty,
         "threads": threads,
         "memory_limit": memory_limit,
     }
@@ -620,7 +627,9 @@ def print_report(facts: dict[str, Any], n: int, data: dict[str, Any], rows: list
     print(f"  machine: {facts['cpu'] or platform.machine()}; {facts['logical_cores']} logical cores "
           f"({facts['physical_cores']} physical), {facts['ram_gb']} GB RAM")
     print(f"  software: Python {facts['python']}, duckdb {facts['duckdb']}, {facts['mktool']} "
-          f"(git {facts['git_commit'] or '?'})")
+          f"(git {facts['git_commit'] or '?'}"
+          + (f" + uncommitted changes in {', '.join(facts['git_uncommitted'])}" if facts["git_uncommitted"] else "")
+          + ")")
     print(f"  DuckDB threads {facts['threads']}, memory_limit {facts['memory_limit']} (mktool and baselines alike)")
     print(f"  extracts: {data.get('bytes', 0) / MB:,.0f} MB of Parquet; subscribers {data.get('subscribers_rows', 0):,} "
           f"rows, usage {data.get('usage_rows', 0):,}, billing {data.get('billing_rows', 0):,}, "
@@ -741,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         elif missing:
             steps[step] = Measured(step, cmd, status=f"skipped: needs {', '.join(missing)}")
         else:
-            print(f"running {' '.join(cmd)}", file=sys.stderr, flush=True)
+            shown = cmd if len(cmd) < 12 else [*cmd[:3], f"… ({len(cmd) - 3} more arguments)"]
+            print(f"running {' '.join(shown)}", file=sys.stderr, flush=True)
             reps = args.repeat if step == "plan" else 1
             steps[step] = best_of([measure(f"mktool_{step}", cmd, log_dir=log_dir, env=env) for _ in range(reps)])
             steps[step].name = step
