@@ -433,6 +433,7 @@ def export_cmd(
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
     channel: Annotated[Optional[str], typer.Option("--channel", "-c", help="Export only this channel (required with --out -)")] = None,
+    cycle: Annotated[Optional[str], typer.Option("--cycle", help="Export only the channels of this push cycle: daily | monthly")] = None,
     date: Annotated[Optional[str], typer.Option("--date", help="The cycle's date, YYYY-MM-DD [default: today]")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
 ) -> None:
@@ -445,6 +446,7 @@ def export_cmd(
     \b
     Examples:
       mktool export --month 2026-10 --date 2026-11-01
+      mktool export --month 2026-10 --cycle daily --date 2026-11-02   # the day's slice
       mktool export --month 2026-10 --format parquet --out /data/lists
       mktool export --month 2026-10 --channel sms --out - | gateway-upload
     """
@@ -457,7 +459,7 @@ def export_cmd(
     with run.db(write=not dry_run) as db:
         result = run_export(
             db, month, matrices_dir=run.settings.matrices_dir, out_dir=None if to_stdout else Path(out),
-            cycle_date=parse_date(date), only_channel=channel, fmt=fmt, dry_run=dry_run, stdout=to_stdout,
+            cycle_date=parse_date(date), only_channel=channel, only_cycle=cycle, fmt=fmt, dry_run=dry_run, stdout=to_stdout,
             reporter=run.reporter,
         )
     render_channel_funnels(run, result, title=f"Channel funnels {month} (cycle {result.cycle_date})"

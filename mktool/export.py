@@ -376,6 +376,7 @@ def run_export(
     out_dir: Path | None,
     cycle_date: dt.date,
     only_channel: str | None = None,
+    only_cycle: str | None = None,
     fmt: str | None = None,
     dry_run: bool = False,
     stdout: bool = False,
@@ -383,13 +384,15 @@ def run_export(
 ) -> ExportResult:
     """Run the contact policy for one cycle and write (or, dry, only count) the target lists."""
     config = ExportConfig.load(matrices_dir)
+    if only_cycle is not None and only_cycle not in ("daily", "monthly"):
+        raise MktoolError(f"--cycle must be daily or monthly, got '{only_cycle}'")
     if only_channel is not None and only_channel not in config.channels:
         raise MktoolError(f"unknown channel '{only_channel}' (channels.yaml has: {', '.join(config.channels)})")
     if fmt is not None:
         check_format(fmt)
     if not dry_run:  # a missing hash salt is refused before any work, not after the lists are computed
         for name, ch in config.channels.items():
-            if only_channel in (None, name):
+            if only_channel in (None, name) and only_cycle in (None, ch.cycle):
                 _salt(ch)
     con = db.c
     db.require_month("customer_view", month, "score")
@@ -463,7 +466,10 @@ def run_export(
     result = ExportResult(month, cycle_date, results, out_dir, run_id=uuid.uuid4().hex[:12])
     if dry_run:
         return result
-    selected = [r for r in results if only_channel is None or r.channel == only_channel]
+    selected = [r for r in results if only_channel in (None, r.channel)
+                and only_cycle in (None, config.channels[r.channel].cycle)]
+    if not selected:
+        raise MktoolError(f"channel {only_channel} is not a {only_cycle} channel (see channels.yaml)")
     if stdout:
         assert only_channel is not None
         _write_stdout(db, selected[0], config, month, cycle_date, cycles, fmt)

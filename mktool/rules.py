@@ -183,7 +183,7 @@ class Channel:
     capacity: int | None = None  # targets per cycle; None = unlimited
     columns: tuple[str, ...] | None = None  # target-list columns; None = export's default
     mask: str = "none"  # msisdn masking: none | mask | hash
-    contact_cap: int | None = None  # contacts per customer per cycle on this channel
+    contact_cap: int | None = None  # contacts per customer per calendar month on this channel
     salt_env: str = "MKTOOL_HASH_SALT"  # mask: hash reads its salt from this environment variable
 
 

@@ -116,3 +116,27 @@ def test_readme_lists_every_command():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [name for name in _commands() if f"mktool {name}" not in readme]
     assert not missing, f"README does not mention: {missing}"
+
+
+def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(tmp_path):
+    runner = CliRunner()
+    common = ["--db", str(tmp_path / "d.duckdb"), "--matrices", str(ROOT / "matrices")]
+    first = runner.invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
+                                "--out", str(tmp_path / "out"), *common])
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / M).iterdir()}
+    result = runner.invoke(app, ["export", "--month", M, "--cycle", "daily", "--date", "2026-11-02",
+                                 "--out", str(tmp_path / "out"), *common])
+    assert result.exit_code == 0, result.output
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / M).iterdir()}
+    changed = {name for name in after if after[name] != before.get(name)}
+    assert {"outbound.csv", "sms.csv", "app.jsonl"} <= changed  # the daily channels of the shipped channels.yaml
+    assert not changed & {"frontdesk.csv", "inbound.csv", "manager.csv"}
+    con = duckdb.connect(str(tmp_path / "d.duckdb"), read_only=True)
+    # No offer (customer × policy) is made twice in the month, whichever day or channel.
+    assert con.execute("""SELECT count(*) FROM (SELECT msisdn, policy_id FROM contact_history
+                          WHERE recorded_by = 'mktool' GROUP BY ALL HAVING count(*) > 1)""").fetchone()[0] == 0
+    assert con.execute("SELECT count(DISTINCT contact_date) FROM contact_history WHERE recorded_by = 'mktool'").fetchone()[0] == 2
+    con.close()
+    bad = runner.invoke(app, ["export", "--month", M, "--cycle", "weekly", "--out", str(tmp_path / "o2"), *common])
+    assert bad.exit_code == 1 and "--cycle must be daily or monthly" in bad.stderr
