@@ -121,10 +121,12 @@ plan AS (
     FROM {plan_recommendations} p LEFT JOIN last_rank l USING (msisdn)
     WHERE p.month = $month
 )
-SELECT o.*, coalesce(v.value_score, 0) AS value_score,
-       row_number() OVER (ORDER BY o.msisdn, o.rank, o.policy_id) AS offer_id
+-- offer_id and cust_id are internal integer keys (cust_id: msisdn's integer twin, cheaper to
+-- partition and count); no output depends on their values, so they are numbered without a sort.
+SELECT o.*, v.value_score, v.cust_id, row_number() OVER () AS offer_id
 FROM (SELECT * FROM rec UNION ALL SELECT * FROM plan) o
-LEFT JOIN (SELECT msisdn, value_score FROM customer_view WHERE month = $month) v USING (msisdn)
+JOIN (SELECT msisdn, coalesce(value_score, 0) AS value_score, row_number() OVER () AS cust_id
+      FROM customer_view WHERE month = $month) v USING (msisdn)
 """
 
 CANDIDATES_SQL = """
@@ -137,7 +139,7 @@ CANDIDATES_SQL = """
 -- offer) to another channel.
 CREATE OR REPLACE TEMP TABLE _x_candidates AS
 WITH exploded AS (
-    SELECT o.offer_id, o.msisdn, o.policy_id, o.rank, o.value_score,
+    SELECT o.offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score,
            unnest(o.channels) AS channel, generate_subscripts(o.channels, 1) AS channel_pref
     FROM _x_offers o
 )
@@ -193,7 +195,7 @@ WITH prior AS (
 ),
 prior_total AS (SELECT msisdn, sum(n) AS n FROM prior GROUP BY msisdn),
 per_channel AS (
-    SELECT c.*, row_number() OVER (PARTITION BY c.msisdn, c.channel ORDER BY c.rank, c.policy_id)
+    SELECT c.*, row_number() OVER (PARTITION BY c.cust_id, c.channel ORDER BY c.rank, c.policy_id)
                 + coalesce(pr.n, 0) AS channel_count, ch.contact_cap
     FROM _x_cooldown c
     JOIN _x_channels ch ON ch.channel = c.channel
@@ -201,7 +203,7 @@ per_channel AS (
 ),
 within_channel AS (SELECT * FROM per_channel WHERE contact_cap IS NULL OR channel_count <= contact_cap),
 across AS (
-    SELECT w.*, dense_rank() OVER (PARTITION BY w.msisdn ORDER BY w.rank, w.policy_id) + coalesce(pt.n, 0) AS total_count
+    SELECT w.*, dense_rank() OVER (PARTITION BY w.cust_id ORDER BY w.rank, w.policy_id) + coalesce(pt.n, 0) AS total_count
     FROM within_channel w LEFT JOIN prior_total pt ON pt.msisdn = w.msisdn
 )
 SELECT * EXCLUDE (channel_count, contact_cap, total_count) FROM across
@@ -215,10 +217,10 @@ WITH g AS (
     SELECT c.*, p.exclusive_group FROM _x_contact_cap c LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
 ),
 best AS (
-    SELECT msisdn, exclusive_group, min(rank) AS best_rank FROM g WHERE exclusive_group IS NOT NULL GROUP BY ALL
+    SELECT cust_id, exclusive_group, min(rank) AS best_rank FROM g WHERE exclusive_group IS NOT NULL GROUP BY ALL
 )
 SELECT g.* EXCLUDE (exclusive_group) FROM g
-LEFT JOIN best b ON b.msisdn = g.msisdn AND b.exclusive_group = g.exclusive_group
+LEFT JOIN best b ON b.cust_id = g.cust_id AND b.exclusive_group = g.exclusive_group
 WHERE g.exclusive_group IS NULL OR g.rank = b.best_rank
 """
 
@@ -228,14 +230,14 @@ CREATE OR REPLACE TEMP TABLE _x_choices AS
 SELECT e.*, row_number() OVER (PARTITION BY e.offer_id ORDER BY e.channel_pref) AS choice,
        {tiebreak} AS tiebreak
 FROM _x_exclusion e;
-CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, msisdn VARCHAR, channel VARCHAR);
+CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, cust_id BIGINT, channel VARCHAR);
 CREATE OR REPLACE TEMP TABLE _x_placed AS SELECT * FROM _x_choices WHERE false;
 """
 
 ALLOCATION_ROUND_SQL = """
 -- Round $round: unplaced offers propose their next channel; channels take what fits, best first.
 INSERT INTO _x_proposed
-SELECT offer_id, msisdn, channel FROM _x_choices c
+SELECT offer_id, cust_id, channel FROM _x_choices c
 WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id);
 INSERT INTO _x_placed
 WITH proposals AS (
@@ -481,7 +483,7 @@ def run_export(
 
 def _count_stage(con: duckdb.DuckDBPyConnection, stage: str, table: str, where: str = "true") -> dict[tuple[str, str], int]:
     """Distinct customers per channel in one stage's table."""
-    rows = con.execute(f"SELECT channel, count(DISTINCT msisdn) FROM {table} WHERE {where} GROUP BY channel").fetchall()
+    rows = con.execute(f"SELECT channel, count(DISTINCT cust_id) FROM {table} WHERE {where} GROUP BY channel").fetchall()
     return {(channel, stage): int(n) for channel, n in rows}
 
 
