@@ -158,31 +158,51 @@ WHERE (p.allowed IS NULL OR len(p.allowed) = 0 OR list_contains(p.allowed, e.cha
           AND h.cycle_date >= $cycle_month_start AND h.cycle_date < $cycle_date)
 """
 
-DND_SQL = """
-CREATE OR REPLACE TEMP TABLE _x_dnd AS
-SELECT c.* FROM _x_candidates c
-WHERE NOT EXISTS (SELECT 1 FROM _x_dndlist d WHERE d.msisdn = c.msisdn AND (d.channel = c.channel OR d.channel = '*'))
+SCREEN_SQL = """
+-- Do-not-disturb, unsubscribed and cool-down in one pass, a flag per stage (cumulative: a row
+-- passes a stage only if it passed the ones before):
+--   dnd           the `dnd` list for this channel or for every channel (`*`);
+--   unsubscribed  an `unsubscribed` outcome on this channel makes it do-not-disturb from then on;
+--   cooldown      no re-offer of a policy the customer rejected (on any channel) within its
+--                 cool-down: with 30 days, a rejection 30 days before the cycle date still
+--                 blocks, 31 days before does not.
+CREATE OR REPLACE TEMP TABLE _x_screened AS
+WITH dnd_rows AS (SELECT DISTINCT msisdn, channel FROM _x_dndlist),
+unsubscribed AS (
+    SELECT DISTINCT msisdn, channel FROM _x_history
+    WHERE outcome = 'unsubscribed' AND contact_date <= $cycle_date
+),
+rejected AS (
+    SELECT msisdn, policy_id, max(contact_date) AS last_rejected FROM _x_history
+    WHERE outcome = 'rejected' AND contact_date <= $cycle_date GROUP BY ALL
+),
+flagged AS (
+    SELECT c.*,
+           d1.msisdn IS NULL AND d2.msisdn IS NULL AS ok_dnd,
+           u.msisdn IS NULL AS ok_unsubscribed,
+           r.last_rejected IS NULL
+             OR r.last_rejected < $cycle_date - CAST(coalesce(p.cooldown_days, $cooldown_days) AS INTEGER) AS ok_cooldown
+    FROM _x_candidates c
+    LEFT JOIN dnd_rows d1 ON d1.msisdn = c.msisdn AND d1.channel = c.channel
+    LEFT JOIN dnd_rows d2 ON d2.msisdn = c.msisdn AND d2.channel = '*'
+    LEFT JOIN unsubscribed u ON u.msisdn = c.msisdn AND u.channel = c.channel
+    LEFT JOIN rejected r ON r.msisdn = c.msisdn AND r.policy_id = c.policy_id
+    LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
+)
+SELECT * EXCLUDE (ok_dnd, ok_unsubscribed, ok_cooldown),
+       ok_dnd AS pass_dnd,
+       ok_dnd AND ok_unsubscribed AS pass_unsubscribed,
+       ok_dnd AND ok_unsubscribed AND ok_cooldown AS pass_cooldown
+FROM flagged
 """
 
-UNSUBSCRIBED_SQL = """
--- An `unsubscribed` outcome makes that channel do-not-disturb for the customer from then on.
-CREATE OR REPLACE TEMP TABLE _x_unsubscribed AS
-SELECT c.* FROM _x_dnd c
-WHERE NOT EXISTS (SELECT 1 FROM _x_history h
-                  WHERE h.msisdn = c.msisdn AND h.channel = c.channel AND h.outcome = 'unsubscribed'
-                    AND h.contact_date <= $cycle_date)
-"""
-
-COOLDOWN_SQL = """
--- No re-offer of a policy the customer rejected (on any channel) within its cool-down:
--- with 30 days, a rejection 30 days before the cycle date still blocks, 31 days before does not.
-CREATE OR REPLACE TEMP TABLE _x_cooldown AS
-SELECT c.* FROM _x_unsubscribed c
-LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
-WHERE NOT EXISTS (SELECT 1 FROM _x_history h
-                  WHERE h.msisdn = c.msisdn AND h.policy_id = c.policy_id AND h.outcome = 'rejected'
-                    AND h.contact_date <= $cycle_date
-                    AND h.contact_date >= $cycle_date - CAST(coalesce(p.cooldown_days, $cooldown_days) AS INTEGER))
+SCREEN_COUNTS_SQL = """
+SELECT channel,
+       count(DISTINCT cust_id)                                  AS candidates,
+       count(DISTINCT cust_id) FILTER (WHERE pass_dnd)          AS dnd,
+       count(DISTINCT cust_id) FILTER (WHERE pass_unsubscribed) AS unsubscribed,
+       count(DISTINCT cust_id) FILTER (WHERE pass_cooldown)     AS cooldown
+FROM _x_screened GROUP BY channel
 """
 
 CAPS_SQL = """
@@ -430,20 +450,24 @@ def run_export(
                               plan_script=script_sql(config.plan.script)),
             ("month", "plan_policy", "plan_policy_name", "plan_channels"))
         counts: dict[tuple[str, str], int] = {}
-        previous: str | None = None
-        # Each filtering stage: build it from the previous one, count it, drop the previous one.
+        run(CANDIDATES_SQL, ("cycle_month_start", "cycle_date"))
+        run(SCREEN_SQL, ("cycle_date", "cooldown_days"))
+        con.execute("DROP TABLE _x_candidates")
+        for channel, *stage_counts in con.execute(SCREEN_COUNTS_SQL).fetchall():
+            for stage, n in zip(("candidates", "dnd", "unsubscribed", "cooldown"), stage_counts):
+                counts[(channel, stage)] = int(n)
+        con.execute("CREATE OR REPLACE TEMP TABLE _x_cooldown AS SELECT * EXCLUDE (pass_dnd, pass_unsubscribed, "
+                    "pass_cooldown) FROM _x_screened WHERE pass_cooldown")
+        con.execute("DROP TABLE _x_screened")
+        # Each later filtering stage: build it from the previous one, count it, drop the previous one.
+        previous = "_x_cooldown"
         for stage, table, sql, keys in (
-            ("candidates", "_x_candidates", CANDIDATES_SQL, ("cycle_month_start", "cycle_date")),
-            ("dnd", "_x_dnd", DND_SQL, ()),
-            ("unsubscribed", "_x_unsubscribed", UNSUBSCRIBED_SQL, ("cycle_date",)),
-            ("cooldown", "_x_cooldown", COOLDOWN_SQL, ("cycle_date", "cooldown_days")),
             ("contact_cap", "_x_contact_cap", CAPS_SQL, ("cycle_month_start", "cycle_date", "monthly_cap")),
             ("exclusion", "_x_exclusion", EXCLUSION_SQL, ()),
         ):
             run(sql, keys)
             counts.update(_count_stage(con, stage, table))
-            if previous:
-                con.execute(f"DROP TABLE {previous}")
+            con.execute(f"DROP TABLE {previous}")
             previous = table
         con.execute(ALLOCATION_SETUP_SQL.format(tiebreak=draw_sql("msisdn", "policy_id", "'tiebreak'")))
         con.execute("DROP TABLE _x_exclusion")
