@@ -61,6 +61,13 @@ ALL_STEPS = (*PIPELINE, "run")
 #: step -> the steps whose output it needs (a skipped or failed prerequisite skips it).
 NEEDS = {"ingest": (), "score": ("ingest",), "matrix": ("score",), "plan": ("score",),
          "export": ("matrix",), "run": ()}
+#: How mktool is started: this checkout's code (``python -m mktool`` with the checkout first on
+#: PYTHONPATH), not whatever ``mktool`` on PATH was last installed from (--mktool overrides).
+MKTOOL: list[str] = [sys.executable, "-m", "mktool"]
+MKTOOL_ENV: dict[str, str] = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+}
 POLL_SECONDS = 0.02
 MB = 1024 * 1024
 
@@ -217,10 +224,11 @@ def machine_facts(threads: int, memory_limit: str) -> dict[str, Any]:
     except OSError:
         dirty = []
     try:
-        mk_version = subprocess.run(["mktool", "--version"], capture_output=True, text=True,
-                                    check=False).stdout.strip()
+        mk_version = subprocess.run([*MKTOOL, "--version"], capture_output=True, text=True,
+                                    check=False, env=MKTOOL_ENV).stdout.strip()
+        mk_code = mktool_code()
     except OSError:
-        mk_version = "mktool not on PATH"
+        mk_version, mk_code = "mktool cannot be started", ""
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -231,11 +239,21 @@ def machine_facts(threads: int, memory_limit: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "duckdb": duckdb.__version__,
         "mktool": mk_version,
+        "mktool_code": mk_code,
+        "mktool_command": " ".join(MKTOOL),
         "git_commit": commit,
         "git_uncommitted": dirty,
         "threads": threads,
         "memory_limit": memory_limit,
     }
+
+
+def mktool_code() -> str:
+    """Where the mktool package that the steps run comes from."""
+    if MKTOOL[1:3] != ["-m", "mktool"]:
+        return shutil.which(MKTOOL[0]) or MKTOOL[0]
+    return subprocess.run([MKTOOL[0], "-c", "import mktool, os; print(os.path.dirname(mktool.__file__))"],
+                          capture_output=True, text=True, check=False, env=MKTOOL_ENV).stdout.strip()
 
 
 def default_memory_limit() -> str:
@@ -251,7 +269,8 @@ def default_memory_limit() -> str:
 def available_commands() -> set[str]:
     """Subcommands listed by ``mktool --help`` (a step whose command is missing is skipped)."""
     try:
-        text = subprocess.run(["mktool", "--help"], capture_output=True, text=True, check=False).stdout
+        text = subprocess.run([*MKTOOL, "--help"], capture_output=True, text=True, check=False,
+                              env=MKTOOL_ENV).stdout
     except OSError:
         return set()
     commands: set[str] = set()
@@ -271,7 +290,8 @@ def available_commands() -> set[str]:
 
 def command_options(name: str) -> str:
     try:
-        return subprocess.run(["mktool", name, "--help"], capture_output=True, text=True, check=False).stdout
+        return subprocess.run([*MKTOOL, name, "--help"], capture_output=True, text=True, check=False,
+                              env=MKTOOL_ENV).stdout
     except OSError:
         return ""
 
@@ -501,13 +521,13 @@ def step_command(step: str, *, db: Path, extracts: Path, out_dir: Path, run_help
                  exclude: list[str]) -> list[str]:
     common = ["--db", str(db), "--quiet"]
     if step == "ingest":
-        return ["mktool", "ingest", *ingest_paths(extracts, exclude), *common]
+        return [*MKTOOL, "ingest", *ingest_paths(extracts, exclude), *common]
     if step in ("score", "matrix", "plan"):
-        return ["mktool", step, "--month", MONTH, *common]
+        return [*MKTOOL, step, "--month", MONTH, *common]
     if step == "export":
-        return ["mktool", "export", "--month", MONTH, "--date", EXPORT_DATE, "--out", str(out_dir), *common]
+        return [*MKTOOL, "export", "--month", MONTH, "--date", EXPORT_DATE, "--out", str(out_dir), *common]
     if step == "run":
-        cmd = ["mktool", "run", "--month", MONTH]
+        cmd = [*MKTOOL, "run", "--month", MONTH]
         for path in ingest_paths(extracts, exclude):
             cmd += ["--ingest", path]
         cmd += common
@@ -626,6 +646,7 @@ def print_report(facts: dict[str, Any], n: int, data: dict[str, Any], rows: list
     print(f"mktool benchmark — {n:,} subscribers, month {MONTH} (window {', '.join(MONTHS)})")
     print(f"  machine: {facts['cpu'] or platform.machine()}; {facts['logical_cores']} logical cores "
           f"({facts['physical_cores']} physical), {facts['ram_gb']} GB RAM")
+    print(f"  mktool: {facts['mktool_command']} → {facts['mktool_code']}; rules {facts.get('matrices', '?')}")
     print(f"  software: Python {facts['python']}, duckdb {facts['duckdb']}, {facts['mktool']} "
           f"(git {facts['git_commit'] or '?'}"
           + (f" + uncommitted changes in {', '.join(facts['git_uncommitted'])}" if facts["git_uncommitted"] else "")
@@ -693,6 +714,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
                    help="before each measurement wait up to SECONDS for other processes to use < 0.3 cores "
                         "(for shared machines) [0: do not wait]")
+    p.add_argument("--mktool", default=None, metavar="CMD",
+                   help="how to start mktool, e.g. 'mktool' for the one on PATH [this checkout: "
+                        "python -m mktool with it first on PYTHONPATH]")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     args = p.parse_args(argv)
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -708,18 +732,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global QUIET_WAIT
+    global QUIET_WAIT, MKTOOL
     args = parse_args(argv)
     QUIET_WAIT = args.quiet_wait
+    if args.mktool:
+        MKTOOL = args.mktool.split()
     n = args.subscribers
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log_dir = work / "logs"
     threads = args.threads or os.cpu_count() or 1
     memory_limit = args.memory_limit or default_memory_limit()
-    env = {**os.environ, "MKTOOL_THREADS": str(threads), "MKTOOL_MEMORY_LIMIT": memory_limit}
+    env = {**MKTOOL_ENV, "MKTOOL_THREADS": str(threads), "MKTOOL_MEMORY_LIMIT": memory_limit}
+    env.setdefault("MKTOOL_MATRICES", str(ROOT / "matrices"))
     env.pop("MKTOOL_DB", None)
     facts = machine_facts(threads, memory_limit)
+    facts["matrices"] = os.environ.get("MKTOOL_MATRICES") or str(ROOT / "matrices")
 
     extracts, gen_seconds = ensure_extracts(work, n)
     data = extract_facts(extracts)
@@ -750,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
         elif missing:
             steps[step] = Measured(step, cmd, status=f"skipped: needs {', '.join(missing)}")
         else:
-            shown = cmd if len(cmd) < 12 else [*cmd[:3], f"… ({len(cmd) - 3} more arguments)"]
+            shown = ["mktool", *cmd[len(MKTOOL):]]
+            if len(shown) > 16:
+                shown = [*shown[:3], f"… ({len(shown) - 3} more arguments)"]
             print(f"running {' '.join(shown)}", file=sys.stderr, flush=True)
             reps = args.repeat if step == "plan" else 1
             steps[step] = best_of([measure(f"mktool_{step}", cmd, log_dir=log_dir, env=env) for _ in range(reps)])
