@@ -6,6 +6,7 @@ once in ``COMMON_OPTIONS`` and added to each command by the ``command`` decorato
 turns known errors into ``Error: …`` on stderr with a documented exit code.
 """
 
+import datetime as dt
 import functools
 import inspect
 import json
@@ -24,6 +25,7 @@ from rich.table import Table
 from mktool import __version__
 from mktool.config import Settings
 from mktool.console import Reporter
+from mktool.contract import check_month
 from mktool.database import Database
 from mktool.errors import EXIT_INTERNAL, MktoolError
 from mktool.output import write_query
@@ -166,12 +168,7 @@ def render_table(reporter: Reporter, title: str | None, columns: list[str], rows
         reporter.console.print(table)
 
 
-def check_month(month: str) -> str:
-    from mktool.contract import MONTH_RE
 
-    if not MONTH_RE.match(month):
-        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
-    return month
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -408,8 +405,7 @@ def _print_sweep(run: Run, month: str, config: Any, cells: list[Any], fmt: str) 
                  [(str(t), *(f"{count[(t, r)]:,}" for r in rentals)) for t in totals], to_stdout=True)
 
 
-def parse_date(value: str | None) -> "dt.date":
-    import datetime as dt
+def parse_date(value: str | None) -> dt.date:
 
     if value is None:
         return dt.date.today()
@@ -825,8 +821,8 @@ def test_cmd(
     if uncovered and strict:
         raise CheckFailed(f"{summary}, but {len(uncovered)} rule{'s' if len(uncovered) != 1 else ''} lack a case "
                           "where they fire or one where they do not (--strict)")
-    run.reporter.info(f"{summary}" + ("" if pattern else f"; every rule has a case where it fires and one where it "
-                                                         f"does not" if not uncovered else ""))
+    run.reporter.info(f"{summary}" + ("" if pattern else "; every rule has a case where it fires and one where it "
+                                                         "does not" if not uncovered else ""))
 
 
 @command("snapshot")

@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
+def check_month(month: str) -> str:
+    """``--month`` values: YYYY-MM, or a located error."""
+    if not MONTH_RE.match(month):
+        from mktool.errors import MktoolError
+
+        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
+    return month
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

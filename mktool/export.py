@@ -28,7 +28,6 @@ place, contacts are committed in one transaction, then the files are renamed int
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -44,7 +43,7 @@ from mktool import __version__
 from mktool.console import QUIET, Reporter
 from mktool.database import Database, record_funnel, table_columns, table_exists
 from mktool.errors import ConfigError, MktoolError
-from mktool.output import COPY_OPTIONS, check_format
+from mktool.output import COPY_OPTIONS, check_format, file_sha256
 from mktool.plan import PlanConfig, load_plan_config, script_sql
 from mktool.rules import Channel, Policy, load_channels, load_policies
 
@@ -573,9 +572,6 @@ def _remove_stale_staging(folder: Path) -> None:
             pass
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult], config: ExportConfig, month: str,
                cycle_date: dt.date, cycles: dict[str, str], fmt: str | None, matrices_dir: Path,
@@ -699,10 +695,10 @@ def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: li
         "mktool_version": __version__,
         "created_at": dt.datetime.now().replace(microsecond=0).isoformat(),
         "loads": [{"table": t, "file": f, "sha256": s, "rows": r, "months": m} for t, f, s, r, m in loads],
-        "rule_files": {str(p.relative_to(matrices_dir)): _sha256(p) for p in rule_files},
+        "rule_files": {str(p.relative_to(matrices_dir)): file_sha256(p) for p in rule_files},
         "outputs": {
             ch.path.name: {"channel": ch.channel, "rows": ch.rows, "held_out": ch.held_out,
-                           "sha256": _sha256(staging / ch.path.name)}
+                           "sha256": file_sha256(staging / ch.path.name)}
             for ch in selected if ch.path is not None
         },
         "funnels": funnel_doc["funnels"],

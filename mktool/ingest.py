@@ -9,7 +9,6 @@ leaves the database exactly as it was.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from mktool.console import QUIET, Reporter
 from mktool.contract import MONTH_RE, TABLES, TableContract, table_for_file
 from mktool.database import Database, table_columns, table_exists
 from mktool.errors import InputError
+from mktool.output import file_sha256
 
 INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
 FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
@@ -94,13 +94,6 @@ def discover(paths: list[Path], table: str | None = None) -> list[SourceFile]:
             found.append(SourceFile(path=f, table=name))
     return found
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -317,7 +310,7 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
         for src in files:
             read_schema(con, src)
             validate(con, src)
-            src.sha256 = _sha256(src.path)
+            src.sha256 = file_sha256(src.path)
             bar.advance(src.path.name)
     by_table: dict[str, list[SourceFile]] = {}
     for src in files:

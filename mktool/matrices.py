@@ -177,7 +177,7 @@ def stats_sql(matrix: Matrix, rules: Sequence[Rule], month: str) -> str:
         *(f"coalesce(sum(CASE WHEN {where} AND ({r.when.duckdb_sql}) THEN 1 ELSE 0 END), 0) AS alone_{r.no}"
           for r in rules),
     ]
-    return f"SELECT\n  " + ",\n  ".join(cols) + f"\nFROM {VIEW}\nWHERE month = {_month_literal(month)}"
+    return "SELECT\n  " + ",\n  ".join(cols) + f"\nFROM {VIEW}\nWHERE month = {_month_literal(month)}"
 
 
 def takers_sql(matrix: Matrix, rules: Sequence[Rule], shadowed: Rule, month: str) -> str:

@@ -517,6 +517,19 @@ def _export_target_columns() -> tuple[str, ...]:
     return tuple(TARGET_COLUMNS)
 
 
+def matrix_files_by_name(matrices_dir: Path) -> dict[str, str]:
+    """matrix name → file, read straight from the YAML (also when the rule set does not load)."""
+    out: dict[str, str] = {}
+    for path in matrix_files(Path(matrices_dir)):
+        try:
+            doc = load_yaml(path)
+        except ConfigError:
+            continue
+        if isinstance(doc, dict) and doc.get("matrix") is not None:
+            out.setdefault(str(doc["matrix"]), str(path))
+    return out
+
+
 def load_channels(matrices_dir: Path) -> ChannelConfig:
     """channels.yaml: the push channels and the contact policy (raises the first problem)."""
     problems = Problems()

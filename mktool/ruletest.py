@@ -63,6 +63,7 @@ from mktool.console import QUIET, Reporter
 from mktool.contract import MONTH_RE, TABLES
 from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.errors import ConfigError, MktoolError
+from mktool.rules import matrix_files_by_name
 from mktool.view import (
     ScoreModel,
     load_score_model,
@@ -659,20 +660,6 @@ def _error(case: Case, message: str) -> CaseResult:
     return CaseResult(case, "error", message)
 
 
-def _matrix_files_by_name(matrices_dir: Path) -> dict[str, str]:
-    """matrix name -> file, read straight from the YAML (also when the rule set does not load)."""
-    from mktool.rules import matrix_files
-
-    out: dict[str, str] = {}
-    for path in matrix_files(Path(matrices_dir)):
-        try:
-            doc = load_yaml(path)
-        except ConfigError:
-            continue
-        if isinstance(doc, dict) and doc.get("matrix") is not None:
-            out.setdefault(str(doc["matrix"]), str(path))
-    return out
-
 
 def _check_matrix_case(case: Case, rules: Any) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """Validate a matrix case against the rule set: (matrix or None, expect, includes, excludes)."""
@@ -1062,7 +1049,7 @@ def run_tests(matrices_dir: Path, *, pattern: str | None = None, month: str | No
     rules = report.rules
     warnings = [p.text for p in report.warnings]
     matrix_file = ({m.name: m.file for m in rules.matrices} if rules is not None
-                   else _matrix_files_by_name(matrices_dir))
+                   else matrix_files_by_name(matrices_dir))
     model = None
     builder = None
     model_error = None

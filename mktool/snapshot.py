@@ -34,8 +34,10 @@ import duckdb
 
 from mktool.config import Settings
 from mktool.console import QUIET, Reporter
-from mktool.contract import MONTH_RE
+from mktool.contract import check_month
 from mktool.database import Database
+from mktool.output import file_sha256
+from mktool.rules import matrix_files_by_name
 from mktool.errors import CheckFailed, ConfigError, MktoolError, StateError
 
 __all__ = [
@@ -66,19 +68,6 @@ def default_cycle_date(month: str) -> dt.date:
     y, m = int(month[:4]), int(month[5:7])
     return dt.date(y + (m == 12), m % 12 + 1, 1)
 
-
-def _check_month(month: str) -> str:
-    if not MONTH_RE.match(month):
-        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
-    return month
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fixture_files(fixtures: Path) -> list[Path]:
@@ -145,7 +134,7 @@ def temporary_run(month: str, matrices_dir: Path, *, fixtures: Path | None = Non
     """
     from mktool.pipeline import run_pipeline
 
-    _check_month(month)
+    check_month(month)
     if (fixtures is None) == (source_db is None):
         raise MktoolError("give either fixture extracts or a database to copy")
     cycle_date = cycle_date or default_cycle_date(month)
@@ -330,21 +319,6 @@ def compare(before: dict[str, Any], after: dict[str, Any], *, rule_files: dict[s
     return changes
 
 
-def rule_files_by_matrix(matrices_dir: Path) -> dict[str, str]:
-    from mktool.rules import matrix_files
-    from mktool.yamlio import load_yaml
-
-    out: dict[str, str] = {}
-    for path in matrix_files(Path(matrices_dir)):
-        try:
-            doc = load_yaml(path)
-        except ConfigError:
-            continue
-        if isinstance(doc, dict) and doc.get("matrix") is not None:
-            out.setdefault(str(doc["matrix"]), str(path))
-    return out
-
-
 def check(path: Path, matrices_dir: Path, *, months: list[str] | None = None, fixtures: Path | None = None,
           settings: Settings | None = None, reporter: Reporter = QUIET) -> tuple[dict[str, Any], dict[str, Any], list[Change]]:
     """Recompute the snapshot's months (or ``months``) and compare; returns (before, after, changes)."""
@@ -368,7 +342,7 @@ def check(path: Path, matrices_dir: Path, *, months: list[str] | None = None, fi
         with reporter.step(f"building the fixtures for {month}"):
             after["months"][month] = build_month(month, matrices_dir, fixtures, cycle_date=date, settings=settings)
     scoped = {**before, "months": {m: before["months"][m] for m in chosen}}
-    return before, after, compare(scoped, after, rule_files=rule_files_by_matrix(matrices_dir))
+    return before, after, compare(scoped, after, rule_files=matrix_files_by_name(matrices_dir))
 
 
 def raise_if_moved(changes: list[Change], path: Path, months: list[str]) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 
 from mktool.ahp import MAX_CONSISTENCY_RATIO, AhpResult, ahp_weights, check_matrix
 from mktool.console import QUIET, Reporter
-from mktool.contract import MONTH_RE
+from mktool.contract import check_month
 from mktool.database import Database, replace_month, table_exists
-from mktool.errors import ConfigError, MktoolError, StateError
+from mktool.errors import ConfigError, StateError
 from mktool.sqlcheck import check_expression
 from mktool.yamlio import field as yfield
 from mktool.yamlio import load_yaml, number, unknown_keys
@@ -284,15 +284,11 @@ class ScoreResult:
 REQUIRED_FOR_SCORE = ("subscribers", "usage", "billing", "plans")
 
 
-def check_month_arg(month: str) -> None:
-    if not MONTH_RE.match(month):
-        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
-
 
 def score(db: Database, month: str, *, matrices_dir: Path, reporter: Reporter = QUIET,
           params: dict[str, Any] | None = None) -> ScoreResult:
     """Build customer_view for ``month`` and store it (replacing that month's rows)."""
-    check_month_arg(month)
+    check_month(month)
     model = load_score_model(matrices_dir, params)
     con = db.c
     missing = [t for t in REQUIRED_FOR_SCORE if not table_exists(con, t)]
