@@ -149,7 +149,14 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All or nothing: on any error the database is exactly as before."""
+        """All or nothing: on any error the database is exactly as before.
+
+        The CHECKPOINT after COMMIT works around a DuckDB 2.0.0 bug: after a table is created
+        and filled with more than one row group (~122k rows) inside a transaction, grouped and
+        filtered reads on the same connection return no rows until the next checkpoint (so
+        `mktool run` found no subscribers right after ingesting 1M). It also moves the step's
+        write-ahead log into the database file, so each finished step is durable on its own.
+        """
         con = self.c
         con.execute("BEGIN TRANSACTION")
         try:
@@ -158,6 +165,7 @@ class Database:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
+        con.execute("CHECKPOINT")
 
     def table_exists(self, name: str) -> bool:
         return table_exists(self.c, name)

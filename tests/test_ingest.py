@@ -188,3 +188,20 @@ def test_real_subprocess_run(tmp_path):
     assert "\x1b[" not in bad.stderr  # NO_COLOR
     version = subprocess.run([sys.executable, "-m", "mktool", "--version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.startswith("mktool ")
+
+
+def test_a_large_load_is_readable_on_the_same_connection(tmp_path):
+    """Regression: DuckDB 2.0.0 hid rows of a table created and filled (> 1 row group) in one
+    transaction from grouped reads on the same connection, so `mktool run` saw no subscribers."""
+    from mktool.config import Settings
+    from mktool.database import Database
+    from mktool.ingest import ingest
+
+    path = tmp_path / "subscribers_2026-10.parquet"
+    duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '2026-10' AS month,
+        'HZ' AS city, 'ZX128' AS plan_id, DATE '2020-01-01' AS join_date, 'active' AS status, 'postpaid' AS payment,
+        false AS vnet, 0.0 AS balance FROM range(200000) t(i)) TO '{path}' (FORMAT parquet)""")
+    with Database(Settings.from_options(db=tmp_path / "big.duckdb"), write=True) as db:
+        ingest(db, [path])
+        assert db.months("subscribers") == ["2026-10"]
+        assert db.c.execute("SELECT month, count(*) FROM subscribers GROUP BY 1").fetchall() == [("2026-10", 200000)]
