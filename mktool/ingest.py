@@ -225,22 +225,27 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
                     f"{problem} ({bad} row{'s' if bad > 1 else ''}; e.g. {value!r})",
                     file=str(src.path), table=src.table, column=column, row=row,
                 )
-    if contract.key:
-        key = ", ".join(_q(k) for k in contract.key)
-        dup = con.execute(
-            f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
-        ).fetchone()
-        if dup is not None:
-            where = " AND ".join(f"{_q(k)} = ?" for k in contract.key)
-            cur = con.execute(f"SELECT * FROM {src.scan} WHERE {where} LIMIT 1", list(dup[:-1]))
-            row = dict(zip([d[0] for d in cur.description], cur.fetchone() or ()))
-            raise InputError(
-                f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) appears {dup[-1]} times",
-                file=str(src.path), table=src.table, column=", ".join(contract.key), row=row,
-            )
     if contract.monthly:
         src.months = [r[0] for r in con.execute(f"SELECT DISTINCT CAST(month AS VARCHAR) FROM {src.scan} ORDER BY 1").fetchall()]
         assert all(MONTH_RE.match(m) for m in src.months)
+
+
+def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputError | None:
+    """The first duplicate key inside one file, as the error to raise (None when its keys are unique)."""
+    contract = src.contract
+    key = ", ".join(_q(k) for k in contract.key)
+    dup = con.execute(
+        f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
+    ).fetchone()
+    if dup is None:
+        return None
+    where = " AND ".join(f"{_q(k)} = ?" for k in contract.key)
+    cur = con.execute(f"SELECT * FROM {src.scan} WHERE {where} LIMIT 1", list(dup[:-1]))
+    row = dict(zip([d[0] for d in cur.description], cur.fetchone() or ()))
+    return InputError(
+        f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) appears {dup[-1]} times",
+        file=str(src.path), table=src.table, column=", ".join(contract.key), row=row,
+    )
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -283,8 +288,9 @@ def _load_table(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFi
             con.execute(f"INSERT INTO {t} BY NAME {_select_for(src)}")
         except duckdb.Error as exc:
             raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=str(src.path), table=table) from None
-    if len(files) > 1 and contract.key:
-        # Keys are unique within each file (validated); check across the files of this call.
+    if contract.key:
+        # One key check over what this call loaded (cheaper than one per file); when it fails,
+        # the files are checked one by one to name the culprit and an example row.
         key = ", ".join(_q(k) for k in contract.key)
         scope = ""
         if contract.reload == "month":
@@ -294,6 +300,10 @@ def _load_table(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFi
             f"SELECT {key}, count(*) FROM {t} {scope} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1", params
         ).fetchone()
         if dup is not None:
+            for src in files:
+                problem = duplicate_in_file(con, src)
+                if problem is not None:
+                    raise problem
             names = ", ".join(str(f.path) for f in files)
             raise InputError(
                 f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) "
