@@ -264,7 +264,8 @@ def score_cmd(
 
     check_month(month)
     with run.db(write=True) as db:
-        result = score(db, month, matrices_dir=run.settings.matrices_dir, reporter=run.reporter, params=parse_params(param))
+        result = score(db, month, matrices_dir=run.settings.matrices_dir, reporter=run.reporter,
+                       params=parse_params(param), summary=not run.reporter.quiet)
         if out:
             write_query(db.c, f"SELECT * FROM {VIEW_TABLE} WHERE month = ? ORDER BY msisdn", out, fmt, [month])
     run.reporter.info(f"customer_view {month}: {result.rows:,} customers")

@@ -52,7 +52,7 @@ def run_pipeline(
     if ingest_paths:
         files = len(ingest(db, ingest_paths, reporter=reporter).files)
         reporter.info(f"ingest: {files} file(s)")
-    scored = score(db, month, matrices_dir=matrices_dir, reporter=reporter)
+    scored = score(db, month, matrices_dir=matrices_dir, reporter=reporter, summary=False)
     reporter.info(f"score: {scored.rows:,} customers")
     matrix = evaluate(db, month, rules, reporter=reporter)
     reporter.info(f"matrix: {matrix.rows:,} recommendations for {matrix.customers:,} customers")

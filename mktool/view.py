@@ -286,8 +286,12 @@ REQUIRED_FOR_SCORE = ("subscribers", "usage", "billing", "plans")
 
 
 def score(db: Database, month: str, *, matrices_dir: Path, reporter: Reporter = QUIET,
-          params: dict[str, Any] | None = None) -> ScoreResult:
-    """Build customer_view for ``month`` and store it (replacing that month's rows)."""
+          params: dict[str, Any] | None = None, summary: bool = True) -> ScoreResult:
+    """Build customer_view for ``month`` and store it (replacing that month's rows).
+
+    ``summary`` adds the tier / flag / segment distribution (a second pass over the view,
+    skipped when nobody will see it, e.g. under --quiet).
+    """
     check_month(month)
     model = load_score_model(matrices_dir, params)
     con = db.c
@@ -312,5 +316,5 @@ def score(db: Database, month: str, *, matrices_dir: Path, reporter: Reporter = 
             UNION ALL SELECT 'segment', CAST(segment AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
             ORDER BY 1, 2""",
         [month] * 4,
-    ).fetchall() if {"stickiness_tier", "churn_flag", "segment"} <= set(model.output_columns) else []
+    ).fetchall() if summary and {"stickiness_tier", "churn_flag", "segment"} <= set(model.output_columns) else []
     return ScoreResult(month, rows, model, [(a, str(b), int(c)) for a, b, c in tiers])
