@@ -142,7 +142,6 @@ TABLES: dict[str, TableContract] = {
     )
 }
 
-REQUIRED_TABLES = tuple(name for name, t in TABLES.items() if t.required)
 
 
 def table_for_file(stem: str) -> str | None:

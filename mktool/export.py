@@ -44,7 +44,7 @@ from mktool.console import QUIET, Reporter
 from mktool.database import Database, record_funnel, table_columns, table_exists
 from mktool.errors import ConfigError, MktoolError
 from mktool.output import COPY_OPTIONS, check_format, file_sha256
-from mktool.plan import PlanConfig, load_plan_config, script_sql
+from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS, PlanConfig, load_plan_config, script_sql
 from mktool.rules import Channel, Policy, load_channels, load_policies
 
 STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
@@ -54,8 +54,6 @@ TARGET_COLUMNS = (
     "current_plan_id", "plan_id", "new_rental", "new_voice_overage", "new_data_overage", "new_total",
     "current_total", "total_fee_change", "rental_change",
 )
-MONEY = {"new_rental", "new_voice_overage", "new_data_overage", "new_total", "current_total"}
-RATES = {"total_fee_change", "rental_change"}
 DEFAULT_COOLDOWN_DAYS = 30
 RECORDED_BY = "mktool"
 
@@ -294,9 +292,9 @@ def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None)
         elif col == "msisdn" and channel.mask == "hash":
             literal = (salt or "").replace("'", "''")
             parts.append(f"sha256('{literal}' || msisdn) AS msisdn")
-        elif col in MONEY:
+        elif col in MONEY_COLUMNS:
             parts.append(f"CAST(round({col}, 2) AS DECIMAL(18, 2)) AS {col}")
-        elif col in RATES:
+        elif col in RATE_COLUMNS:
             parts.append(f"CAST(round({col}, 4) AS DECIMAL(18, 4)) AS {col}")
         else:
             parts.append(col)

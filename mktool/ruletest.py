@@ -64,6 +64,7 @@ from mktool.contract import MONTH_RE, TABLES
 from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.errors import ConfigError, MktoolError
 from mktool.rules import matrix_files_by_name
+from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS
 from mktool.view import (
     ScoreModel,
     load_score_model,
@@ -104,8 +105,7 @@ PLAN_CASE_KEYS = {"case", "customer", "config", "expect", "stage", "doc", "descr
 OFFER_KEYS = {"policy", "rule", "rank", "group", "matrix", "script"}
 PRIORITY_KEYS = {"rule", "order"}
 PLAN_CONFIG_KEYS = {"total_change", "rental_change", "top", "min_data_mb"}
-MONEY = ("new_rental", "new_voice_overage", "new_data_overage", "new_total", "current_total")
-RATES = ("total_fee_change", "rental_change")
+MONEY, RATES = MONEY_COLUMNS, RATE_COLUMNS  # money to 2 decimals, rates to 4 (as in the lists)
 PLAN_KEYS = {"rank", "plan_id", "plan_name", "current_plan_id", *MONEY, *RATES}
 PLAN_STAGES = ("active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
 

@@ -60,7 +60,6 @@ FORMAT = 1
 DEFAULT_FILE = Path("fixtures/snapshot.json")
 DEFAULT_FIXTURES = Path("fixtures/extracts")
 LIST_SUFFIXES = (".csv", ".parquet", ".jsonl")
-SIDE_FILES = ("funnel.json", "manifest.json")
 
 
 def default_cycle_date(month: str) -> dt.date:
