@@ -107,6 +107,8 @@ class Database:
         self.path = settings.db_path
         self._lock = RunLock(self.path, exclusive=write, wait=settings.lock_wait)
         self.con: duckdb.DuckDBPyConnection | None = None
+        self._created = False  # this command made the database file …
+        self._committed = False  # … and has not committed anything to it yet
 
     def __enter__(self) -> "Database":
         if not self.write and not self.path.exists():
@@ -116,6 +118,7 @@ class Database:
             )
         self._lock.__enter__()
         try:
+            self._created = self.write and not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.con = duckdb.connect(str(self.path), read_only=not self.write)
             configure(self.con, self.settings)
@@ -135,10 +138,17 @@ class Database:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.con is not None:
             self.con.close()
             self.con = None
+        if exc_type is not None and self._created and not self._committed:
+            # A command refused before anything was committed: leave no half-made database
+            # behind (the folder is as it was, and the next command starts clean).
+            for leftover in (self.path, self.path.with_name(self.path.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.settings.spill_dir.rmdir()  # only when empty
         self._lock.__exit__()
 
     # -- small helpers -----------------------------------------------------------------
@@ -165,6 +175,7 @@ class Database:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
+        self._committed = True
         con.execute("CHECKPOINT")
 
     def table_exists(self, name: str) -> bool:

@@ -160,8 +160,7 @@ def test_duplicate_across_files_of_one_call_is_refused(cli, tmp_path):
     result = cli("ingest", str(a), str(b))
     assert result.exit_code == 1
     assert "appears in more than one of the files loaded together" in result.stderr
-    assert not duckdb.connect(str(cli.db), read_only=True).execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'usage'").fetchone()[0]
+    assert not cli.db.exists()  # a refused first ingest leaves no database behind
 
 
 def test_contact_history_reload_updates_by_key(cli, tmp_path):
@@ -205,3 +204,41 @@ def test_a_large_load_is_readable_on_the_same_connection(tmp_path):
         ingest(db, [path])
         assert db.months("subscribers") == ["2026-10"]
         assert db.c.execute("SELECT month, count(*) FROM subscribers GROUP BY 1").fetchall() == [("2026-10", 200000)]
+
+
+def _big_usage(path: Path, month: str, first: int, rows: int, *, repeat_first_at_end: bool = False) -> Path:
+    """A usage extract of ``rows`` customers (several DuckDB row groups), optionally with the
+    first key repeated as the last row."""
+    extra = f"UNION ALL SELECT '138' || lpad(CAST({first} AS VARCHAR), 8, '0'), '{month}', 1.0, 1.0, 0.0, 0.0, 0.0, " \
+            "NULL, 0, 1.0, 1, 1" if repeat_first_at_end else ""
+    duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '{month}' AS month,
+        1.0 AS voice_out_min, 1.0 AS voice_local_min, 0.0 AS voice_ld_out_min, 0.0 AS voice_ld_in_min,
+        0.0 AS voice_roam_min, CAST(NULL AS VARCHAR) AS ld_top_province, 0 AS sms_count, 1.0 AS data_mb,
+        1 AS contacts, 1 AS contacts_in_net FROM range({first}, {first + rows}) t(i) {extra})
+        TO '{path}' (FORMAT parquet)""")
+    return path
+
+
+def test_a_duplicate_deep_in_a_large_file_is_refused(cli, tmp_path):
+    """Regression: the key check used to read the table inside the load transaction, where
+    DuckDB 2.0.0 returned no rows once a file spanned several row groups: duplicates passed."""
+    big = _big_usage(tmp_path / f"usage_{M}.parquet", M, 0, 300_000, repeat_first_at_end=True)
+    before = snapshot(cli.db)
+    result = cli("ingest", str(big))
+    assert result.exit_code == 1, result.stderr
+    assert "duplicate key (msisdn, month) = (13800000000, 2026-10) appears 2 times" in result.stderr
+    assert f"usage_{M}.parquet" in result.stderr
+    assert snapshot(cli.db) == before
+
+
+def test_a_duplicate_across_large_files_is_refused(cli, tmp_path):
+    a = _big_usage(tmp_path / "usage_a.parquet", M, 0, 200_000)
+    b = _big_usage(tmp_path / "usage_b.parquet", M, 199_999, 200_000)  # shares one customer with a
+    prior = _big_usage(tmp_path / "usage_2026-09.parquet", "2026-09", 0, 200_000)
+    assert cli("ingest", str(prior)).exit_code == 0
+    result = cli("ingest", str(a), str(b))
+    assert result.exit_code == 1, result.stderr
+    assert "duplicate key (msisdn, month) = (13800199999, 2026-10)" in result.stderr
+    assert "appears in more than one of the files loaded together" in result.stderr
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert con.execute("SELECT month, count(*) FROM usage GROUP BY 1").fetchall() == [("2026-09", 200_000)]

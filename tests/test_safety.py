@@ -283,3 +283,21 @@ def test_kill_9_mid_ingest_leaves_the_database_as_before(world, tmp_path):
     assert con.execute("SELECT list(msisdn ORDER BY msisdn) FROM subscribers WHERE month = ?", [M]).fetchone() == (
         people,)
     con.close()
+
+
+def test_a_failure_after_a_commit_keeps_the_new_database(tmp_path):
+    """A new database is removed on failure only while nothing was committed to it."""
+    from mktool.config import Settings
+    from mktool.database import Database
+
+    path = tmp_path / "new.duckdb"
+    with pytest.raises(RuntimeError):
+        with Database(Settings.from_options(db=path), write=True) as db:
+            raise RuntimeError("refused before any write")
+    assert not path.exists()
+    with pytest.raises(RuntimeError):
+        with Database(Settings.from_options(db=path), write=True) as db:
+            with db.transaction() as con:
+                con.execute("CREATE TABLE kept AS SELECT 1 AS x")
+            raise RuntimeError("a later step failed")
+    assert duckdb.connect(str(path), read_only=True).execute("SELECT x FROM kept").fetchall() == [(1,)]
