@@ -1,73 +1,101 @@
 -- The customer view's base and feature columns for month $month (SPEC §3).
--- The window is $month and the two calendar months before it ($prev, $prev2); averages are
--- over the months a customer actually has rows for. Scores are added on top of this by
+-- The window is $month and the two calendar months before it ($prev2, $prev); averages are
+-- over the months a customer actually has values for. Scores are added on top of this by
 -- mktool/view.py from matrices/scores.yaml.
+--
+-- Each window month is joined on as its own row set (b2, b1, b0 / u2, u1, u0: oldest first)
+-- instead of GROUP BY + avg(): a parallel aggregate adds a customer's three values in whatever
+-- order its threads meet them, so averages (and return_rate, and every percentile built on
+-- them) would differ in the last bit from run to run, and a customer with no discount would
+-- get a return_rate of 99.99999999999999 or 100.00000000000001 instead of 100. Here every
+-- sum is taken in month order, oldest first, exactly like a sequential implementation, so
+-- the same extracts give the same view, bit for bit. (The key guarantees one row per
+-- customer and month, so each join finds at most one row.)
 WITH
-sub AS (
-    SELECT * FROM subscribers WHERE month = $month
-),
-bill AS (
-    SELECT
-        msisdn,
-        max(total_fee) FILTER (WHERE month = $month)                        AS arpu,
-        avg(total_fee)                                                      AS arpu_3m,
-        avg(rental_fee)                                                     AS rental_3m,
-        avg(voice_overage_fee)                                              AS voice_overage_3m,
-        avg(data_overage_fee)                                               AS data_overage_3m,
-        avg(addon_fee)                                                      AS addon_3m,
-        avg(rental_fee + voice_overage_fee + data_overage_fee + addon_fee)  AS current_total_3m,
-        100 * (sum(total_fee) - sum(discount_fee)) / nullif(sum(total_fee), 0) AS return_rate,
-        max(total_fee) FILTER (WHERE month = $prev)                         AS arpu_prev,
-        max(ld_fee) FILTER (WHERE month = $month)                           AS ld_fee,
-        count(*)                                                            AS billing_months
-    FROM billing
-    WHERE month IN ($month, $prev, $prev2)
-    GROUP BY msisdn
-),
-use AS (
-    SELECT
-        msisdn,
-        avg(voice_out_min)                                       AS voice_min_3m,
-        avg(data_mb)                                             AS data_mb_3m,
-        count(*)                                                 AS months_in_window,
-        max(voice_out_min)    FILTER (WHERE month = $month)      AS voice_out_min,
-        max(voice_local_min)  FILTER (WHERE month = $month)      AS voice_local_min,
-        max(voice_ld_out_min) FILTER (WHERE month = $month)      AS voice_ld_out_min,
-        max(voice_ld_in_min)  FILTER (WHERE month = $month)      AS voice_ld_in_min,
-        max(voice_roam_min)   FILTER (WHERE month = $month)      AS voice_roam_min,
-        max(ld_top_province)  FILTER (WHERE month = $month)      AS ld_top_province,
-        max(sms_count)        FILTER (WHERE month = $month)      AS sms_count,
-        max(data_mb)          FILTER (WHERE month = $month)      AS data_mb,
-        max(contacts)         FILTER (WHERE month = $month)      AS contacts,
-        max(contacts_in_net)  FILTER (WHERE month = $month)      AS contacts_in_net,
-        max(voice_out_min)    FILTER (WHERE month = $prev)       AS voice_min_prev,
-        max(data_mb)          FILTER (WHERE month = $prev)       AS data_mb_prev,
-        max(contacts)         FILTER (WHERE month = $prev)       AS contacts_prev
-    FROM usage
-    WHERE month IN ($month, $prev, $prev2)
-    GROUP BY msisdn
-),
+sub AS (SELECT * FROM subscribers WHERE month = $month),
+b0 AS (SELECT * FROM billing WHERE month = $month),
+b1 AS (SELECT * FROM billing WHERE month = $prev),
+b2 AS (SELECT * FROM billing WHERE month = $prev2),
+u0 AS (SELECT * FROM usage WHERE month = $month),
+u1 AS (SELECT * FROM usage WHERE month = $prev),
+u2 AS (SELECT * FROM usage WHERE month = $prev2),
 vas_m AS (
     $vas_sql
+),
+-- Per customer: each averaged quantity's sum over the window (month order) and how many
+-- months have a value for it (NULLs are skipped, as avg() does).
+win AS (
+    SELECT
+        sub.msisdn,
+        CAST(b2.total_fee IS NOT NULL AS INTEGER) + CAST(b1.total_fee IS NOT NULL AS INTEGER)
+            + CAST(b0.total_fee IS NOT NULL AS INTEGER) AS total_fee_n,
+        coalesce(b2.total_fee, 0) + coalesce(b1.total_fee, 0) + coalesce(b0.total_fee, 0) AS total_fee_sum,
+        CAST(b2.rental_fee IS NOT NULL AS INTEGER) + CAST(b1.rental_fee IS NOT NULL AS INTEGER)
+            + CAST(b0.rental_fee IS NOT NULL AS INTEGER) AS rental_fee_n,
+        coalesce(b2.rental_fee, 0) + coalesce(b1.rental_fee, 0) + coalesce(b0.rental_fee, 0) AS rental_fee_sum,
+        CAST(b2.voice_overage_fee IS NOT NULL AS INTEGER) + CAST(b1.voice_overage_fee IS NOT NULL AS INTEGER)
+            + CAST(b0.voice_overage_fee IS NOT NULL AS INTEGER) AS voice_overage_fee_n,
+        coalesce(b2.voice_overage_fee, 0) + coalesce(b1.voice_overage_fee, 0) + coalesce(b0.voice_overage_fee, 0) AS voice_overage_fee_sum,
+        CAST(b2.data_overage_fee IS NOT NULL AS INTEGER) + CAST(b1.data_overage_fee IS NOT NULL AS INTEGER)
+            + CAST(b0.data_overage_fee IS NOT NULL AS INTEGER) AS data_overage_fee_n,
+        coalesce(b2.data_overage_fee, 0) + coalesce(b1.data_overage_fee, 0) + coalesce(b0.data_overage_fee, 0) AS data_overage_fee_sum,
+        CAST(b2.addon_fee IS NOT NULL AS INTEGER) + CAST(b1.addon_fee IS NOT NULL AS INTEGER)
+            + CAST(b0.addon_fee IS NOT NULL AS INTEGER) AS addon_fee_n,
+        coalesce(b2.addon_fee, 0) + coalesce(b1.addon_fee, 0) + coalesce(b0.addon_fee, 0) AS addon_fee_sum,
+        CAST(b2.discount_fee IS NOT NULL AS INTEGER) + CAST(b1.discount_fee IS NOT NULL AS INTEGER)
+            + CAST(b0.discount_fee IS NOT NULL AS INTEGER) AS discount_fee_n,
+        coalesce(b2.discount_fee, 0) + coalesce(b1.discount_fee, 0) + coalesce(b0.discount_fee, 0) AS discount_fee_sum,
+        CAST((b2.rental_fee + b2.voice_overage_fee + b2.data_overage_fee + b2.addon_fee) IS NOT NULL AS INTEGER) + CAST((b1.rental_fee + b1.voice_overage_fee + b1.data_overage_fee + b1.addon_fee) IS NOT NULL AS INTEGER)
+            + CAST((b0.rental_fee + b0.voice_overage_fee + b0.data_overage_fee + b0.addon_fee) IS NOT NULL AS INTEGER) AS three_item_n,
+        coalesce((b2.rental_fee + b2.voice_overage_fee + b2.data_overage_fee + b2.addon_fee), 0) + coalesce((b1.rental_fee + b1.voice_overage_fee + b1.data_overage_fee + b1.addon_fee), 0) + coalesce((b0.rental_fee + b0.voice_overage_fee + b0.data_overage_fee + b0.addon_fee), 0) AS three_item_sum,
+        CAST(u2.voice_out_min IS NOT NULL AS INTEGER) + CAST(u1.voice_out_min IS NOT NULL AS INTEGER)
+            + CAST(u0.voice_out_min IS NOT NULL AS INTEGER) AS voice_out_min_n,
+        coalesce(u2.voice_out_min, 0) + coalesce(u1.voice_out_min, 0) + coalesce(u0.voice_out_min, 0) AS voice_out_min_sum,
+        CAST(u2.data_mb IS NOT NULL AS INTEGER) + CAST(u1.data_mb IS NOT NULL AS INTEGER)
+            + CAST(u0.data_mb IS NOT NULL AS INTEGER) AS data_mb_n,
+        coalesce(u2.data_mb, 0) + coalesce(u1.data_mb, 0) + coalesce(u0.data_mb, 0) AS data_mb_sum,
+        CAST(b2.msisdn IS NOT NULL AS INTEGER) + CAST(b1.msisdn IS NOT NULL AS INTEGER)
+            + CAST(b0.msisdn IS NOT NULL AS INTEGER) AS billing_months,
+        CAST(u2.msisdn IS NOT NULL AS INTEGER) + CAST(u1.msisdn IS NOT NULL AS INTEGER)
+            + CAST(u0.msisdn IS NOT NULL AS INTEGER) AS months_in_window,
+        b0.total_fee AS arpu, b1.total_fee AS arpu_prev, b0.ld_fee,
+        u0.voice_out_min, u0.voice_local_min, u0.voice_ld_out_min, u0.voice_ld_in_min, u0.voice_roam_min,
+        u0.ld_top_province, u0.sms_count, u0.data_mb, u0.contacts, u0.contacts_in_net,
+        u1.voice_out_min AS voice_min_prev, u1.data_mb AS data_mb_prev, u1.contacts AS contacts_prev
+    FROM sub
+    LEFT JOIN b2 ON b2.msisdn = sub.msisdn
+    LEFT JOIN b1 ON b1.msisdn = sub.msisdn
+    LEFT JOIN b0 ON b0.msisdn = sub.msisdn
+    LEFT JOIN u2 ON u2.msisdn = sub.msisdn
+    LEFT JOIN u1 ON u1.msisdn = sub.msisdn
+    LEFT JOIN u0 ON u0.msisdn = sub.msisdn
 )
 SELECT
     sub.msisdn, sub.month, sub.city, sub.plan_id, sub.status, sub.payment, sub.handset_gen,
     sub.vnet, sub.group_id, sub.balance, sub.bundle_type, sub.bundle_end, sub.contract_end,
     sub.join_date,
     CAST($month_index - (year(sub.join_date) * 12 + month(sub.join_date)) AS INTEGER) AS tenure_months,
-    bill.arpu, bill.arpu_3m, bill.rental_3m, bill.voice_overage_3m, bill.data_overage_3m, bill.addon_3m,
-    bill.current_total_3m, bill.return_rate,
-    use.voice_min_3m, use.data_mb_3m,
-    coalesce(use.months_in_window, 0) AS months_in_window,
+    w.arpu,
+    w.total_fee_sum / nullif(w.total_fee_n, 0)                 AS arpu_3m,
+    w.rental_fee_sum / nullif(w.rental_fee_n, 0)               AS rental_3m,
+    w.voice_overage_fee_sum / nullif(w.voice_overage_fee_n, 0) AS voice_overage_3m,
+    w.data_overage_fee_sum / nullif(w.data_overage_fee_n, 0)   AS data_overage_3m,
+    w.addon_fee_sum / nullif(w.addon_fee_n, 0)                 AS addon_3m,
+    w.three_item_sum / nullif(w.three_item_n, 0)               AS current_total_3m,
+    CASE WHEN w.total_fee_n > 0 AND w.discount_fee_n > 0
+         THEN 100 * (w.total_fee_sum - w.discount_fee_sum) / nullif(w.total_fee_sum, 0) END AS return_rate,
+    w.voice_out_min_sum / nullif(w.voice_out_min_n, 0)         AS voice_min_3m,
+    w.data_mb_sum / nullif(w.data_mb_n, 0)                     AS data_mb_3m,
+    w.months_in_window,
     -- features of month M and M-1 that the score and rule files build on
-    coalesce(bill.billing_months, 0) AS billing_months,
-    bill.arpu_prev, bill.ld_fee,
-    use.voice_out_min, use.voice_local_min, use.voice_ld_out_min, use.voice_ld_in_min, use.voice_roam_min,
-    use.ld_top_province, use.sms_count, use.data_mb, use.contacts, use.contacts_in_net,
-    use.voice_min_prev, use.data_mb_prev, use.contacts_prev,
-    use.contacts_in_net / nullif(use.contacts, 0) AS in_net_share,
-    use.voice_local_min + use.voice_ld_out_min + use.voice_ld_in_min + use.voice_roam_min AS voice_total_min,
-    bill.ld_fee / nullif(use.voice_ld_out_min, 0) AS ld_unit_price,
+    w.billing_months,
+    w.arpu_prev, w.ld_fee,
+    w.voice_out_min, w.voice_local_min, w.voice_ld_out_min, w.voice_ld_in_min, w.voice_roam_min,
+    w.ld_top_province, w.sms_count, w.data_mb, w.contacts, w.contacts_in_net,
+    w.voice_min_prev, w.data_mb_prev, w.contacts_prev,
+    w.contacts_in_net / nullif(w.contacts, 0) AS in_net_share,
+    w.voice_local_min + w.voice_ld_out_min + w.voice_ld_in_min + w.voice_roam_min AS voice_total_min,
+    w.ld_fee / nullif(w.voice_ld_out_min, 0) AS ld_unit_price,
     plans.plan_name, plans.monthly_rental AS plan_rental, plans.product_status,
     coalesce(vas_m.vas_active, 0) AS vas_active,
     coalesce(vas_m.has_newspaper, false) AS has_newspaper,
@@ -78,7 +106,6 @@ SELECT
     sub.contract_end IS NOT NULL AND sub.contract_end <= CAST($horizon_3m AS DATE) AS contract_ends_3m,
     sub.bundle_end IS NOT NULL AND sub.bundle_end <= CAST($horizon_3m AS DATE) AS bundle_ends_3m
 FROM sub
-LEFT JOIN bill USING (msisdn)
-LEFT JOIN use USING (msisdn)
+JOIN win w ON w.msisdn = sub.msisdn
 LEFT JOIN plans ON plans.plan_id = sub.plan_id
-LEFT JOIN vas_m USING (msisdn)
+LEFT JOIN vas_m ON vas_m.msisdn = sub.msisdn
