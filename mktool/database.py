@@ -161,11 +161,14 @@ class Database:
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """All or nothing: on any error the database is exactly as before.
 
-        The CHECKPOINT after COMMIT works around a DuckDB 2.0.0 bug: after a table is created
-        and filled with more than one row group (~122k rows) inside a transaction, grouped and
-        filtered reads on the same connection return no rows until the next checkpoint (so
-        `mktool run` found no subscribers right after ingesting 1M). It also moves the step's
-        write-ahead log into the database file, so each finished step is durable on its own.
+        Beware a DuckDB 2.0.0 bug: a table (or temp table) created in a transaction and then
+        filled by more than one append (or > 1 row group) may return no rows to filtered and
+        grouped reads until the transaction ends and a checkpoint runs. Inside a transaction,
+        mktool therefore only writes: checks read the input files beforehand (ingest) and
+        staging runs outside it (export). The CHECKPOINT after COMMIT makes the next step's
+        reads on the same connection see the data (`mktool run` found no subscribers right
+        after ingesting 1M without it), and moves the write-ahead log into the database file,
+        so each finished step is durable on its own.
         """
         con = self.c
         con.execute("BEGIN TRANSACTION")
