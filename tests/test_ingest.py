@@ -242,3 +242,17 @@ def test_a_duplicate_across_large_files_is_refused(cli, tmp_path):
     assert "appears in more than one of the files loaded together" in result.stderr
     con = duckdb.connect(str(cli.db), read_only=True)
     assert con.execute("SELECT month, count(*) FROM usage GROUP BY 1").fetchall() == [("2026-09", 200_000)]
+
+
+def test_the_cheap_blank_key_check_matches_trim_exactly():
+    """The blank-key condition's prefilter must never skip a value that trim() empties."""
+    from mktool.ingest import _blank_condition
+
+    fast = _blank_condition("k", "VARCHAR")
+    diff = duckdb.execute(f"""
+        WITH chars AS (SELECT chr(CAST(i AS INTEGER)) AS ch FROM range(1, 196608) t(i)
+                       WHERE i NOT BETWEEN 55296 AND 57343),
+        vals AS (SELECT ch AS k FROM chars UNION ALL SELECT ch || ch FROM chars UNION ALL SELECT ' ' || ch FROM chars
+                 UNION ALL SELECT ch || ' ' FROM chars UNION ALL SELECT '' UNION ALL SELECT NULL)
+        SELECT count(*), count(*) FILTER (WHERE ({fast}) IS DISTINCT FROM (k IS NULL OR trim(k) = '')) FROM vals""").fetchone()
+    assert diff[0] > 700_000 and diff[1] == 0

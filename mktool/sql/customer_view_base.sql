@@ -22,11 +22,11 @@ u2 AS (SELECT * FROM usage WHERE month = $prev2),
 vas_m AS (
     $vas_sql
 ),
--- Per customer: each averaged quantity's sum over the window (month order) and how many
+-- Per customer of month M: the subscriber row, each averaged quantity's sum over the window (month order) and how many
 -- months have a value for it (NULLs are skipped, as avg() does).
 win AS (
     SELECT
-        sub.msisdn,
+        sub.*,
         CAST(b2.total_fee IS NOT NULL AS INTEGER) + CAST(b1.total_fee IS NOT NULL AS INTEGER)
             + CAST(b0.total_fee IS NOT NULL AS INTEGER) AS total_fee_n,
         coalesce(b2.total_fee, 0) + coalesce(b1.total_fee, 0) + coalesce(b0.total_fee, 0) AS total_fee_sum,
@@ -71,10 +71,10 @@ win AS (
     LEFT JOIN u0 ON u0.msisdn = sub.msisdn
 )
 SELECT
-    sub.msisdn, sub.month, sub.city, sub.plan_id, sub.status, sub.payment, sub.handset_gen,
-    sub.vnet, sub.group_id, sub.balance, sub.bundle_type, sub.bundle_end, sub.contract_end,
-    sub.join_date,
-    CAST($month_index - (year(sub.join_date) * 12 + month(sub.join_date)) AS INTEGER) AS tenure_months,
+    w.msisdn, w.month, w.city, w.plan_id, w.status, w.payment, w.handset_gen,
+    w.vnet, w.group_id, w.balance, w.bundle_type, w.bundle_end, w.contract_end,
+    w.join_date,
+    CAST($month_index - (year(w.join_date) * 12 + month(w.join_date)) AS INTEGER) AS tenure_months,
     w.arpu,
     w.total_fee_sum / nullif(w.total_fee_n, 0)                 AS arpu_3m,
     w.rental_fee_sum / nullif(w.rental_fee_n, 0)               AS rental_3m,
@@ -103,9 +103,8 @@ SELECT
     coalesce(vas_m.has_ring_change, false) AS has_ring_change,
     coalesce(vas_m.has_mobile_internet, false) AS has_mobile_internet,
     CAST($month_end AS DATE) AS month_end,
-    sub.contract_end IS NOT NULL AND sub.contract_end <= CAST($horizon_3m AS DATE) AS contract_ends_3m,
-    sub.bundle_end IS NOT NULL AND sub.bundle_end <= CAST($horizon_3m AS DATE) AS bundle_ends_3m
-FROM sub
-JOIN win w ON w.msisdn = sub.msisdn
-LEFT JOIN plans ON plans.plan_id = sub.plan_id
-LEFT JOIN vas_m ON vas_m.msisdn = sub.msisdn
+    w.contract_end IS NOT NULL AND w.contract_end <= CAST($horizon_3m AS DATE) AS contract_ends_3m,
+    w.bundle_end IS NOT NULL AND w.bundle_end <= CAST($horizon_3m AS DATE) AS bundle_ends_3m
+FROM win w
+LEFT JOIN plans ON plans.plan_id = w.plan_id
+LEFT JOIN vas_m ON vas_m.msisdn = w.msisdn
