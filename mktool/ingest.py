@@ -8,8 +8,10 @@ leaves the database exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,6 +305,15 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
     )
 
 
+def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[SourceFile]]) -> None:
+    """check_keys for every table, on a cursor of its own (it runs beside the load)."""
+    try:
+        for table_name, group in by_table.items():
+            check_keys(cursor, table_name, group)
+    finally:
+        cursor.close()
+
+
 def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputError | None:
     """The first duplicate key inside one file, as the error to raise (None when its keys are unique)."""
     contract = src.contract
@@ -367,27 +378,39 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
     """Validate every file, then load them all in one transaction (all or nothing)."""
     files = discover(paths, table)
     con = db.c
-    with reporter.progress("validating", len(files)) as bar:
-        for src in files:
-            read_schema(con, src)
-            validate(con, src)
-            src.sha256 = file_sha256(src.path)
-            bar.advance(src.path.name)
     by_table: dict[str, list[SourceFile]] = {}
     for src in files:
         by_table.setdefault(src.table, []).append(src)
-    with reporter.step("checking keys"):
-        for table_name, group in by_table.items():
-            check_keys(con, table_name, group)
-    load_id = uuid.uuid4().hex[:12]
-    now = dt.datetime.now().replace(microsecond=0)
-    with reporter.step(f"loading {len(files)} file(s)"), db.transaction():
-        for table_name, group in by_table.items():
-            _load_table(con, table_name, group)
-        con.executemany(
-            "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now) for f in files],
-        )
+    # Three things overlap, because no one of them keeps both cores busy: the checksums
+    # (hashlib releases the GIL), the key checks (on their own cursor: they read only the
+    # files) and the load. The load transaction commits only after every key check passed;
+    # a refusal rolls it back, so the database is exactly as it was.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        checksums = pool.map(file_sha256, [src.path for src in files])
+        with reporter.progress("validating", len(files)) as bar:
+            for src in files:
+                read_schema(con, src)
+                validate(con, src)
+                bar.advance(src.path.name)
+        keys = pool.submit(_check_all_keys, con.cursor(), by_table)
+        try:
+            load_id = uuid.uuid4().hex[:12]
+            now = dt.datetime.now().replace(microsecond=0)
+            with reporter.step(f"loading {len(files)} file(s)"), db.transaction():
+                for table_name, group in by_table.items():
+                    if keys.done():
+                        keys.result()  # a refusal stops the load early
+                    _load_table(con, table_name, group)
+                keys.result()
+                for src, sha in zip(files, checksums):
+                    src.sha256 = sha
+                con.executemany(
+                    "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now) for f in files],
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                keys.result()  # the cursor is closed by _check_all_keys before the pool shuts down
     return IngestResult(files)
 
 
