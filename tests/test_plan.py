@@ -8,7 +8,6 @@ that the 3-month averages (short history, 5.93/5.54/3.53 MB) come from the real 
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
