@@ -118,11 +118,12 @@ plan AS (
     FROM {plan_recommendations} p LEFT JOIN last_rank l USING (msisdn)
     WHERE p.month = $month
 )
--- offer_id and cust_id are internal integer keys (cust_id: msisdn's integer twin, cheaper to
--- partition and count); no output depends on their values, so they are numbered without a sort.
-SELECT o.*, v.value_score, v.cust_id, row_number() OVER () AS offer_id
+-- cust_id is msisdn's integer twin (cheaper to partition and count): the view row's rowid.
+-- offer_id (an integer key per offer) is this table's own rowid. No output depends on their
+-- values; rowids cost nothing, where row_number() OVER () numbered rows on a single thread.
+SELECT o.*, v.value_score, v.cust_id
 FROM (SELECT * FROM rec UNION ALL SELECT * FROM plan) o
-JOIN (SELECT msisdn, coalesce(value_score, 0) AS value_score, row_number() OVER () AS cust_id
+JOIN (SELECT msisdn, coalesce(value_score, 0) AS value_score, rowid AS cust_id
       FROM customer_view WHERE month = $month) v USING (msisdn)
 """
 
@@ -136,7 +137,7 @@ CANDIDATES_SQL = """
 -- offer) to another channel.
 CREATE OR REPLACE TEMP TABLE _x_candidates AS
 WITH exploded AS (
-    SELECT o.offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score,
+    SELECT o.rowid AS offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score,
            unnest(o.channels) AS channel, generate_subscripts(o.channels, 1) AS channel_pref
     FROM _x_offers o
 )
@@ -194,12 +195,19 @@ FROM flagged
 """
 
 SCREEN_COUNTS_SQL = """
+-- Customers per channel at each screening stage, in one grouping: the pass flags are
+-- cumulative, so a customer reached stage k on a channel iff the best of their rows there did.
+WITH reached AS (
+    SELECT channel, cust_id,
+           max(CASE WHEN pass_cooldown THEN 3 WHEN pass_unsubscribed THEN 2 WHEN pass_dnd THEN 1 ELSE 0 END) AS stage
+    FROM _x_screened GROUP BY channel, cust_id
+)
 SELECT channel,
-       count(DISTINCT cust_id)                                  AS candidates,
-       count(DISTINCT cust_id) FILTER (WHERE pass_dnd)          AS dnd,
-       count(DISTINCT cust_id) FILTER (WHERE pass_unsubscribed) AS unsubscribed,
-       count(DISTINCT cust_id) FILTER (WHERE pass_cooldown)     AS cooldown
-FROM _x_screened GROUP BY channel
+       count(*)               AS candidates,
+       count_if(stage >= 1)   AS dnd,
+       count_if(stage >= 2)   AS unsubscribed,
+       count_if(stage >= 3)   AS cooldown
+FROM reached GROUP BY channel
 """
 
 CAPS_SQL = """
@@ -521,7 +529,7 @@ def _salt(channel: Channel) -> str | None:
 
 def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
     name = channel.name.replace("'", "''")
-    rows = (f"SELECT o.* EXCLUDE (channels), d.channel FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id "
+    rows = (f"SELECT o.* EXCLUDE (channels), d.channel FROM _x_drawn d JOIN _x_offers o ON o.rowid = d.offer_id "
             f"WHERE d.channel = '{name}' AND NOT d.held_out")
     return f"SELECT {_target_select(channel, columns, _salt(channel))} FROM ({rows}) ORDER BY msisdn, rank, policy_id"
 
@@ -630,7 +638,7 @@ def _record_contacts(con: duckdb.DuckDBPyConnection, channels: list[str], cycles
     for name in channels:
         con.execute("DELETE FROM holdouts WHERE cycle = ? AND channel = ?", [cycles[name], name])
         con.execute("""INSERT INTO holdouts SELECT ?, ?, d.channel, d.msisdn, d.policy_id, o.rank, o.matrix, o.rule_id
-                       FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id
+                       FROM _x_drawn d JOIN _x_offers o ON o.rowid = d.offer_id
                        WHERE d.channel = ? AND d.held_out""", [month, cycles[name], name])
 
 
