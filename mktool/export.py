@@ -213,26 +213,42 @@ FROM reached GROUP BY channel
 CAPS_SQL = """
 -- Per-customer contact caps for the cycle month: per channel, then across channels
 -- (counting distinct policies), after the contacts already made this month.
+-- Both numberings run on narrow rows (the per-channel one only on channels that have a
+-- contact_cap, the cross-channel one on the distinct offers) and come back as keys to drop
+-- or keep: window sorts that carry every column of every row cost twice as much.
 CREATE OR REPLACE TEMP TABLE _x_contact_cap AS
 WITH prior AS (
     SELECT msisdn, channel, count(*) AS n FROM _x_history
     WHERE contact_date >= $cycle_month_start AND contact_date <= $cycle_date GROUP BY ALL
 ),
 prior_total AS (SELECT msisdn, sum(n) AS n FROM prior GROUP BY msisdn),
-per_channel AS (
-    SELECT c.*, row_number() OVER (PARTITION BY c.cust_id, c.channel ORDER BY c.rank, c.policy_id)
-                + coalesce(pr.n, 0) AS channel_count, ch.contact_cap
-    FROM _x_cooldown c
-    JOIN _x_channels ch ON ch.channel = c.channel
-    LEFT JOIN prior pr ON pr.msisdn = c.msisdn AND pr.channel = c.channel
+over_cap AS (
+    SELECT offer_id, channel FROM (
+        SELECT c.offer_id, c.channel, ch.contact_cap,
+               row_number() OVER (PARTITION BY c.cust_id, c.channel ORDER BY c.rank, c.policy_id)
+               + coalesce(pr.n, 0) AS channel_count
+        FROM _x_cooldown c
+        JOIN _x_channels ch ON ch.channel = c.channel AND ch.contact_cap IS NOT NULL
+        LEFT JOIN prior pr ON pr.msisdn = c.msisdn AND pr.channel = c.channel
+    ) AS numbered_in_channel
+    WHERE channel_count > contact_cap
 ),
-within_channel AS (SELECT * FROM per_channel WHERE contact_cap IS NULL OR channel_count <= contact_cap),
-across AS (
-    SELECT w.*, dense_rank() OVER (PARTITION BY w.cust_id ORDER BY w.rank, w.policy_id) + coalesce(pt.n, 0) AS total_count
-    FROM within_channel w LEFT JOIN prior_total pt ON pt.msisdn = w.msisdn
+within_channel AS (
+    SELECT c.* FROM _x_cooldown c
+    WHERE NOT EXISTS (SELECT 1 FROM over_cap x WHERE x.offer_id = c.offer_id AND x.channel = c.channel)
+),
+offers AS (
+    SELECT offer_id, any_value(cust_id) AS cust_id, any_value(msisdn) AS msisdn, any_value(rank) AS rank,
+           any_value(policy_id) AS policy_id
+    FROM within_channel GROUP BY offer_id
+),
+numbered AS (
+    SELECT o.offer_id, dense_rank() OVER (PARTITION BY o.cust_id ORDER BY o.rank, o.policy_id) + coalesce(pt.n, 0) AS total_count
+    FROM offers o LEFT JOIN prior_total pt ON pt.msisdn = o.msisdn
 )
-SELECT * EXCLUDE (channel_count, contact_cap, total_count) FROM across
-WHERE CAST($monthly_cap AS BIGINT) IS NULL OR total_count <= CAST($monthly_cap AS BIGINT)
+SELECT w.* FROM within_channel w
+WHERE CAST($monthly_cap AS BIGINT) IS NULL
+   OR w.offer_id IN (SELECT offer_id FROM numbered WHERE total_count <= CAST($monthly_cap AS BIGINT))
 """
 
 EXCLUSION_SQL = """
