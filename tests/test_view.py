@@ -193,3 +193,50 @@ def test_score_out_to_stdout_and_params(cli, tmp_path):
     # --quiet keeps warnings (vas is not loaded here) but no info lines or tables.
     assert result.stderr.splitlines() == [
         "Warning: table vas is not loaded: value-added-service columns (vas_active, has_*) are 0/false"]
+
+
+def test_window_sums_are_taken_in_month_order_at_scale(cli, tmp_path):
+    """Regression: avg() in a parallel GROUP BY added a customer's months in thread order, so
+    arpu_3m and return_rate differed in the last bit between runs (and broke percentile ties).
+    With 150k customers per month (several row groups, two threads) every average must equal
+    the sequential sum oldest month first, and two runs must give the same view."""
+    folder = tmp_path / "x"
+    folder.mkdir()
+    n = 150_000
+    for k, month in enumerate((P2, P1, M)):
+        fee = f"(hash(i, {k}) % 40000) / 100.0 + 0.01"
+        duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '{month}' AS month,
+            {fee} AS total_fee, {fee} * 0.5 AS rental_fee, 0.1 AS voice_overage_fee, 0.2 AS data_overage_fee,
+            0.3 AS addon_fee, 0.0 AS ld_fee, CASE WHEN i % 2 = 0 THEN 0.0 ELSE 1.11 END AS discount_fee
+            FROM range({n}) t(i)) TO '{folder}/billing_{month}.parquet' (FORMAT parquet)""")
+        duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '{month}' AS month,
+            (hash(i, {k}, 1) % 100000) / 100.0 AS voice_out_min, 1.0 AS voice_local_min, 0.0 AS voice_ld_out_min,
+            0.0 AS voice_ld_in_min, 0.0 AS voice_roam_min, CAST(NULL AS VARCHAR) AS ld_top_province, 0 AS sms_count,
+            (hash(i, {k}, 2) % 100000) / 100.0 AS data_mb, 1 AS contacts, 1 AS contacts_in_net
+            FROM range({n}) t(i)) TO '{folder}/usage_{month}.parquet' (FORMAT parquet)""")
+    duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '{M}' AS month, 'HZ' AS city,
+        'ZX128' AS plan_id, DATE '2020-01-01' AS join_date, 'active' AS status, 'postpaid' AS payment,
+        false AS vnet, 0.0 AS balance FROM range({n}) t(i)) TO '{folder}/subscribers_{M}.parquet' (FORMAT parquet)""")
+    write_table(folder / "plans.parquet", "plans", [{"plan_id": "ZX128"}])
+    assert cli("ingest", str(folder)).exit_code == 0
+    digests = []
+    for _ in range(2):
+        assert cli("score", "--month", M, "--quiet").exit_code == 0
+        con = duckdb.connect(str(cli.db), read_only=True)
+        digests.append(con.execute("SELECT sum(hash(columns(*))) FROM customer_view").fetchone())
+        view = dict(((r[0]), r[1:]) for r in con.execute(
+            "SELECT msisdn, arpu_3m, return_rate, current_total_3m, data_mb_3m FROM customer_view").fetchall())
+        bills = con.execute("SELECT msisdn, list(total_fee ORDER BY month), list(discount_fee ORDER BY month), "
+                            "list(rental_fee + voice_overage_fee + data_overage_fee + addon_fee ORDER BY month) "
+                            "FROM billing GROUP BY msisdn").fetchall()
+        data = dict(con.execute("SELECT msisdn, list(data_mb ORDER BY month) FROM usage GROUP BY msisdn").fetchall())
+        con.close()
+        wrong = 0
+        for msisdn, totals, discounts, three_item in bills:
+            s = d = c = m = 0.0
+            for t, x, y, z in zip(totals, discounts, three_item, data[msisdn]):
+                s, d, c, m = s + t, d + x, c + y, m + z
+            expected = (s / 3, 100 * (s - d) / s, c / 3, m / 3)
+            wrong += view[msisdn] != expected
+        assert wrong == 0
+    assert digests[0] == digests[1]
