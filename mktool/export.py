@@ -268,8 +268,7 @@ WHERE g.exclusive_group IS NULL OR g.rank = b.best_rank
 ALLOCATION_SETUP_SQL = """
 -- Each offer's surviving channels numbered 1..k in rule order: round r proposes choice r.
 CREATE OR REPLACE TEMP TABLE _x_choices AS
-SELECT e.*, row_number() OVER (PARTITION BY e.offer_id ORDER BY e.channel_pref) AS choice,
-       {tiebreak} AS tiebreak
+SELECT e.*, row_number() OVER (PARTITION BY e.offer_id ORDER BY e.channel_pref) AS choice
 FROM _x_exclusion e;
 CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, cust_id BIGINT, channel VARCHAR);
 CREATE OR REPLACE TEMP TABLE _x_placed AS SELECT * FROM _x_choices WHERE false;
@@ -289,12 +288,18 @@ room AS (
     SELECT ch.channel, ch.capacity - coalesce((SELECT count(*) FROM _x_placed p WHERE p.channel = ch.channel), 0) AS room
     FROM _x_channels ch
 ),
-ordered AS (
-    SELECT pr.*, row_number() OVER (PARTITION BY pr.channel ORDER BY pr.rank, pr.value_score DESC, pr.tiebreak, pr.msisdn, pr.policy_id) AS pos,
-           r.room
+-- Only channels with a capacity need the order (and the tie-break draw); the others take
+-- every proposal as it comes.
+limited AS (
+    SELECT pr.*, r.room,
+           row_number() OVER (PARTITION BY pr.channel
+                              ORDER BY pr.rank, pr.value_score DESC, {tiebreak}, pr.msisdn, pr.policy_id) AS pos
     FROM proposals pr JOIN room r ON r.channel = pr.channel
+    WHERE r.room IS NOT NULL
 )
-SELECT * EXCLUDE (pos, room) FROM ordered WHERE room IS NULL OR pos <= room
+SELECT * EXCLUDE (room, pos) FROM limited WHERE pos <= room
+UNION ALL
+SELECT pr.* FROM proposals pr JOIN room r ON r.channel = pr.channel WHERE r.room IS NULL
 """
 
 HOLDOUT_SQL = """
@@ -490,11 +495,12 @@ def run_export(
             counts.update(_count_stage(con, stage, table))
             con.execute(f"DROP TABLE {previous}")
             previous = table
-        con.execute(ALLOCATION_SETUP_SQL.format(tiebreak=draw_sql("msisdn", "policy_id", "'tiebreak'")))
+        con.execute(ALLOCATION_SETUP_SQL)
         con.execute("DROP TABLE _x_exclusion")
         rounds = con.execute("SELECT coalesce(max(choice), 0) FROM _x_choices").fetchone()[0]  # type: ignore[index]
         for r in range(1, int(rounds) + 1):
-            con.execute(ALLOCATION_ROUND_SQL.replace("$round", str(r)))
+            con.execute(ALLOCATION_ROUND_SQL.replace("$round", str(r)).replace(
+                "{tiebreak}", draw_sql("pr.msisdn", "pr.policy_id", "'tiebreak'")))
         counts.update(_count_stage(con, "dedupe", "_x_proposed"))
         counts.update(_count_stage(con, "capacity", "_x_placed"))
         con.execute("DROP TABLE _x_choices")
