@@ -240,3 +240,15 @@ def test_window_sums_are_taken_in_month_order_at_scale(cli, tmp_path):
             wrong += view[msisdn] != expected
         assert wrong == 0
     assert digests[0] == digests[1]
+
+
+def test_extra_subscriber_columns_do_not_shadow_computed_ones(cli, tmp_path):
+    """An extract's extra columns are kept; one named like a computed column (arpu, contacts)
+    must not replace it in the view."""
+    folder = build(tmp_path / "x")
+    subs = [{"msisdn": A, "month": M, "join_date": dt.date(2025, 11, 15), "arpu": 5.0, "contacts": 999}]
+    write_table(folder / "subscribers.parquet", "subscribers", subs)
+    assert cli("ingest", str(folder)).exit_code == 0
+    assert cli("score", "--month", M).exit_code == 0
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert con.execute("SELECT arpu, contacts FROM customer_view WHERE msisdn = ?", [A]).fetchone() == (110.0, 50)

@@ -26,7 +26,11 @@ vas_m AS (
 -- months have a value for it (NULLs are skipped, as avg() does).
 win AS (
     SELECT
-        sub.*,
+        -- the contract's columns by name: an extract's extra columns (kept by ingest) must not
+        -- shadow the names computed below (an extra `arpu` would be picked instead of billing's)
+        sub.msisdn, sub.month, sub.city, sub.plan_id, sub.status, sub.payment, sub.handset_gen,
+        sub.vnet, sub.group_id, sub.balance, sub.bundle_type, sub.bundle_end, sub.contract_end,
+        sub.join_date,
         CAST(b2.total_fee IS NOT NULL AS INTEGER) + CAST(b1.total_fee IS NOT NULL AS INTEGER)
             + CAST(b0.total_fee IS NOT NULL AS INTEGER) AS total_fee_n,
         coalesce(b2.total_fee, 0) + coalesce(b1.total_fee, 0) + coalesce(b0.total_fee, 0) AS total_fee_sum,
