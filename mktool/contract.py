@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+# ASCII digits only, and \Z: `$` would also accept a trailing newline ("2026-10\n").
+MONTH_RE = re.compile(r"\A[0-9]{4}-(0[1-9]|1[0-2])\Z")
 
 
 def check_month(month: str) -> str:

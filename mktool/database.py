@@ -168,8 +168,10 @@ class Database:
         Beware a DuckDB 2.0.0 bug: a table (or temp table) created in a transaction and then
         filled by more than one append (or > 1 row group) may return no rows to filtered and
         grouped reads until the transaction ends and a checkpoint runs. Inside a transaction,
-        mktool therefore only writes: checks read the input files beforehand (ingest) and
-        staging runs outside it (export). The CHECKPOINT after COMMIT makes the next step's
+        mktool therefore reads only what was committed before it or written by one statement
+        (a CREATE TABLE AS): checks read the input files (ingest), each upsert is one DELETE +
+        one INSERT, and staging runs outside it (export; the write-back's NOT EXISTS looks for
+        this channel's rows, which earlier appends of other channels cannot hold). The CHECKPOINT after COMMIT makes the next step's
         reads on the same connection see the data (`mktool run` found no subscribers right
         after ingesting 1M without it), and moves the write-ahead log into the database file,
         so each finished step is durable on its own.

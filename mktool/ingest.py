@@ -243,24 +243,29 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
             checks.append((col.name, "key column is NULL or empty", _blank_condition(col.name, source)))
         # NULL or blank keys: checked by check_keys in the same scan as uniqueness.
     if contract.monthly:
-        # A file carries one or a few months: check the distinct values, not every row.
-        src.months = [r[0] for r in con.execute(f"SELECT DISTINCT CAST(month AS VARCHAR) FROM {src.scan} ORDER BY 1").fetchall()]
-        if any(m is None or not m.strip() for m in src.months):
+        # A file carries one or a few months: check the distinct values, not every row, with
+        # the same SQL (trim, regexp) that names the rows when one is bad.
+        distinct = con.execute(
+            f"SELECT m, m IS NULL OR trim(m) = '', regexp_full_match(m, '[0-9]{{4}}-(0[1-9]|1[0-2])') "
+            f"FROM (SELECT DISTINCT CAST(month AS VARCHAR) AS m FROM {src.scan}) AS months ORDER BY m"
+        ).fetchall()
+        src.months = [m for m, _, _ in distinct]
+        if any(blank for _, blank, _ in distinct):
             checks.append(("month", "key column is NULL or empty", _blank_condition("month", src.schema["month"])))
-        elif not all(MONTH_RE.match(m) for m in src.months):
+        if any(not blank and not ok for _, blank, ok in distinct):
             checks.append(("month", "month is not in YYYY-MM form",
-                           r"NOT regexp_full_match(CAST(month AS VARCHAR), '\d{4}-(0[1-9]|1[0-2])')"))
+                           "month IS NOT NULL AND trim(CAST(month AS VARCHAR)) <> '' AND "
+                           "NOT regexp_full_match(CAST(month AS VARCHAR), '[0-9]{4}-(0[1-9]|1[0-2])')"))
     _refuse_bad_rows(con, src, checks)
-    if contract.monthly:
-        assert all(MONTH_RE.match(m) for m in src.months)
+    assert all(MONTH_RE.match(m) for m in src.months)  # every refusal above has been raised
 
 
 def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile]) -> None:
     """Refuse duplicate keys among the rows these files would load into ``table``.
 
     The check reads the files, not the table: a reload replaces exactly the months (snapshot:
-    the table, upsert: the keys) the files carry, so the loaded rows are unique iff the files'
-    rows are. It also runs before the load transaction, because DuckDB 2.0.0 may return no
+    the table) the files carry, so the loaded rows are unique iff the files' rows are. Upsert
+    tables are checked file by file: across the files of one call the later file wins. It also runs before the load transaction, because DuckDB 2.0.0 may return no
     rows for a filtered or grouped read of a table created and filled inside the current
     transaction (so a check after the insert passed silently at scale).
     The same scan refuses NULL or blank keys (reading the key columns once instead of twice).
@@ -271,6 +276,10 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
     """
     contract = TABLES[table]
     if not contract.key:
+        return
+    if contract.reload == "upsert" and len(files) > 1:
+        for src in files:  # across files the later one wins (see _upsert); within one, refuse
+            check_keys(con, table, [src])
         return
     key = ", ".join(_q(k) for k in contract.key)
     union = " UNION ALL ".join(
@@ -364,14 +373,37 @@ def _load_table(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFi
     elif contract.reload == "month":
         months = sorted({m for f in files for m in f.months})
         con.execute(f"DELETE FROM {t} WHERE month IN (SELECT unnest(?))", [months])
+    if contract.reload == "upsert":
+        _upsert(con, table, files)
+        return
     for src in files:
-        if contract.reload == "upsert":
-            match = " AND ".join(f"{t}.{_q(k)} = s.{_q(k)}" for k in contract.key)
-            con.execute(f"DELETE FROM {t} USING ({_select_for(src)}) AS s WHERE {match}")
         try:
             con.execute(f"INSERT INTO {t} BY NAME {_select_for(src)}")
         except duckdb.Error as exc:
             raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=str(src.path), table=table) from None
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile]) -> None:
+    """Replace rows by key. Among the files of one call, a key's row from the later file (in
+    name order) wins: a folder of sent contacts plus their responses loads as the responses.
+
+    One DELETE and one INSERT over the union of the files, so the DELETE reads only what was
+    committed before (never rows appended earlier in this transaction: see Database.transaction).
+    """
+    contract = TABLES[table]
+    t = _q(table)
+    key = ", ".join(_q(k) for k in contract.key)
+    union = " UNION ALL BY NAME ".join(
+        f"SELECT *, {i} AS _mk_file_no FROM ({_select_for(src)}) AS f{i}" for i, src in enumerate(files))
+    latest = (f"SELECT * EXCLUDE (_mk_file_no) FROM ({union}) AS loaded "
+              f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _mk_file_no DESC) = 1")
+    match = " AND ".join(f"{t}.{_q(k)} = s.{_q(k)}" for k in contract.key)
+    try:
+        con.execute(f"DELETE FROM {t} USING ({latest}) AS s WHERE {match}")
+        con.execute(f"INSERT INTO {t} BY NAME {latest}")
+    except duckdb.Error as exc:
+        names = ", ".join(str(f.path) for f in files)
+        raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=names, table=table) from None
 
 
 def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporter: Reporter = QUIET) -> IngestResult:
@@ -385,14 +417,16 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
     # (hashlib releases the GIL), the key checks (on their own cursor: they read only the
     # files) and the load. The load transaction commits only after every key check passed;
     # a refusal rolls it back, so the database is exactly as it was.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        checksums = pool.map(file_sha256, [src.path for src in files])
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        checksums = [pool.submit(file_sha256, src.path) for src in files]
         with reporter.progress("validating", len(files)) as bar:
             for src in files:
                 read_schema(con, src)
                 validate(con, src)
                 bar.advance(src.path.name)
-        keys = pool.submit(_check_all_keys, con.cursor(), by_table)
+        cursor = con.cursor()
+        keys = pool.submit(_check_all_keys, cursor, by_table)
         try:
             load_id = uuid.uuid4().hex[:12]
             now = dt.datetime.now().replace(microsecond=0)
@@ -403,14 +437,21 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
                     _load_table(con, table_name, group)
                 keys.result()
                 for src, sha in zip(files, checksums):
-                    src.sha256 = sha
+                    src.sha256 = sha.result()
                 con.executemany(
                     "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now) for f in files],
                 )
-        finally:
+        except BaseException:
+            # A failed load or Ctrl-C must not wait for the key scan to finish on its own.
             with contextlib.suppress(Exception):
-                keys.result()  # the cursor is closed by _check_all_keys before the pool shuts down
+                cursor.interrupt()
+            raise
+        finally:
+            with contextlib.suppress(BaseException):
+                keys.result()  # _check_all_keys closes the cursor before the database closes
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # checksums not yet started are dropped
     return IngestResult(files)
 
 

@@ -256,3 +256,46 @@ def test_the_cheap_blank_key_check_matches_trim_exactly():
                  UNION ALL SELECT ch || ' ' FROM chars UNION ALL SELECT '' UNION ALL SELECT NULL)
         SELECT count(*), count(*) FILTER (WHERE ({fast}) IS DISTINCT FROM (k IS NULL OR trim(k) = '')) FROM vals""").fetchone()
     assert diff[0] > 700_000 and diff[1] == 0
+
+
+@pytest.mark.parametrize(("month", "problem"), [
+    ("2026-10\n", "month is not in YYYY-MM form"),
+    ("\u0662\u0660\u0662\u0666-10", "month is not in YYYY-MM form"),  # Arabic-Indic digits
+    ("\t", "month is not in YYYY-MM form"),  # trim() keeps tabs: not blank, not a month
+    ("  ", "key column is NULL or empty"),
+])
+def test_months_must_be_ascii_yyyy_mm_exactly(cli, tmp_path, month, problem):
+    path = write_table(tmp_path / "usage.parquet", "usage",
+                       [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000002", "month": month}])
+    result = cli("ingest", str(path))
+    assert result.exit_code == 1, result.stderr
+    assert f"column month: {problem}" in result.stderr
+    assert "13800000002" in result.stderr  # the example row
+    assert not cli.db.exists()
+
+
+def test_month_option_is_ascii_yyyy_mm_exactly(cli):
+    assert cli("score", "--month", "2026-10\n").exit_code != 0
+
+
+def test_responses_in_a_later_file_of_the_same_call_update_the_contacts(cli, tmp_path):
+    row = {"msisdn": "13800000001", "contact_date": __import__("datetime").date(2026, 10, 3), "channel": "sms",
+           "policy_id": "P1", "outcome": "sent"}
+    a = write_table(tmp_path / "x" / "contact_history_a_sent.parquet", "contact_history", [row])
+    b = write_table(tmp_path / "x" / "contact_history_b_responses.parquet", "contact_history",
+                    [{**row, "outcome": "accepted"}])
+    result = cli("ingest", str(tmp_path / "x"))
+    assert result.exit_code == 0, result.stderr
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert con.execute("SELECT outcome FROM contact_history").fetchall() == [("accepted",)]
+    assert a.exists() and b.exists()
+
+
+def test_a_duplicate_inside_one_upsert_file_is_refused(cli, tmp_path):
+    row = {"msisdn": "13800000001", "contact_date": __import__("datetime").date(2026, 10, 3), "channel": "sms",
+           "policy_id": "P1", "outcome": "sent"}
+    a = write_table(tmp_path / "contact_history_a.parquet", "contact_history", [row, {**row, "outcome": "accepted"}])
+    b = write_table(tmp_path / "contact_history_b.parquet", "contact_history", [{**row, "channel": "app"}])
+    result = cli("ingest", str(a), str(b))
+    assert result.exit_code == 1
+    assert "contact_history_a.parquet" in result.stderr and "appears 2 times" in result.stderr
