@@ -112,14 +112,19 @@ def command(name: str | None = None) -> Callable[[F], F]:
                     traceback.print_exc(file=sys.stderr)
                 reporter.console.print(f"[bold red]Error:[/bold red] {escape(exc.render())}", highlight=False)
                 raise typer.Exit(exc.exit_code) from None
+            except (duckdb.InterruptException, KeyboardInterrupt):
+                reporter.console.print("Interrupted; nothing was committed.")
+                raise typer.Exit(130) from None
+            except RuntimeError as exc:  # DuckDB reports a Ctrl-C during a query this way
+                if "interrupted" not in str(exc).lower():
+                    raise
+                reporter.console.print("Interrupted; nothing was committed.")
+                raise typer.Exit(130) from None
             except duckdb.Error as exc:
                 if run.verbose:
                     traceback.print_exc(file=sys.stderr)
                 reporter.console.print(f"[bold red]Error:[/bold red] DuckDB: {escape(str(exc).splitlines()[0])}", highlight=False)
                 raise typer.Exit(EXIT_INTERNAL) from None
-            except KeyboardInterrupt:
-                reporter.console.print("Interrupted; nothing was committed.")
-                raise typer.Exit(130) from None
 
         wrapper.__signature__ = sig.replace(parameters=own + COMMON_OPTIONS)  # type: ignore[attr-defined]
         app.command(name)(wrapper)

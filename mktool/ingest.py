@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -314,10 +315,14 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
     )
 
 
-def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[SourceFile]]) -> None:
-    """check_keys for every table, on a cursor of its own (it runs beside the load)."""
+def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[SourceFile]],
+                    stop: threading.Event) -> None:
+    """check_keys for every table, on a cursor of its own (it runs beside the load); ``stop``
+    ends it between tables (a running query is ended with cursor.interrupt())."""
     try:
         for table_name, group in by_table.items():
+            if stop.is_set():
+                return
             check_keys(cursor, table_name, group)
     finally:
         cursor.close()
@@ -393,10 +398,17 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
     contract = TABLES[table]
     t = _q(table)
     key = ", ".join(_q(k) for k in contract.key)
-    union = " UNION ALL BY NAME ".join(
-        f"SELECT *, {i} AS _mk_file_no FROM ({_select_for(src)}) AS f{i}" for i, src in enumerate(files))
-    latest = (f"SELECT * EXCLUDE (_mk_file_no) FROM ({union}) AS loaded "
-              f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _mk_file_no DESC) = 1")
+    if len(files) == 1:
+        latest = _select_for(files[0])
+    else:
+        files = sorted(files, key=lambda f: (f.path.name, str(f.path)))
+        file_no = "_mk_file_no"  # a helper column no extract carries
+        while any(file_no in f.schema for f in files):
+            file_no += "_"
+        union = " UNION ALL BY NAME ".join(
+            f"SELECT *, {i} AS {file_no} FROM ({_select_for(src)}) AS f{i}" for i, src in enumerate(files))
+        latest = (f"SELECT * EXCLUDE ({file_no}) FROM ({union}) AS loaded "
+                  f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {file_no} DESC) = 1")
     match = " AND ".join(f"{t}.{_q(k)} = s.{_q(k)}" for k in contract.key)
     try:
         con.execute(f"DELETE FROM {t} USING ({latest}) AS s WHERE {match}")
@@ -417,16 +429,18 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
     # (hashlib releases the GIL), the key checks (on their own cursor: they read only the
     # files) and the load. The load transaction commits only after every key check passed;
     # a refusal rolls it back, so the database is exactly as it was.
-    pool = ThreadPoolExecutor(max_workers=2)
+    hashing = ThreadPoolExecutor(max_workers=1)
+    checking = ThreadPoolExecutor(max_workers=1)
+    stop = threading.Event()
     try:
-        checksums = [pool.submit(file_sha256, src.path) for src in files]
+        checksums = [hashing.submit(file_sha256, src.path) for src in files]
         with reporter.progress("validating", len(files)) as bar:
             for src in files:
                 read_schema(con, src)
                 validate(con, src)
                 bar.advance(src.path.name)
         cursor = con.cursor()
-        keys = pool.submit(_check_all_keys, cursor, by_table)
+        keys = checking.submit(_check_all_keys, cursor, by_table, stop)
         try:
             load_id = uuid.uuid4().hex[:12]
             now = dt.datetime.now().replace(microsecond=0)
@@ -444,6 +458,7 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
                 )
         except BaseException:
             # A failed load or Ctrl-C must not wait for the key scan to finish on its own.
+            stop.set()
             with contextlib.suppress(Exception):
                 cursor.interrupt()
             raise
@@ -451,7 +466,9 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
             with contextlib.suppress(BaseException):
                 keys.result()  # _check_all_keys closes the cursor before the database closes
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # checksums not yet started are dropped
+        stop.set()
+        hashing.shutdown(wait=True, cancel_futures=True)  # checksums not yet started are dropped
+        checking.shutdown(wait=True, cancel_futures=True)
     return IngestResult(files)
 
 

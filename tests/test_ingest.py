@@ -299,3 +299,14 @@ def test_a_duplicate_inside_one_upsert_file_is_refused(cli, tmp_path):
     result = cli("ingest", str(a), str(b))
     assert result.exit_code == 1
     assert "contact_history_a.parquet" in result.stderr and "appears 2 times" in result.stderr
+
+
+def test_upsert_order_is_by_file_name_and_a_helper_column_name_is_free(cli, tmp_path):
+    row = {"msisdn": "13800000001", "contact_date": __import__("datetime").date(2026, 10, 3), "channel": "sms",
+           "policy_id": "P1", "outcome": "sent", "_mk_file_no": 7}
+    b = write_table(tmp_path / "contact_history_b.parquet", "contact_history", [{**row, "outcome": "accepted"}])
+    a = write_table(tmp_path / "contact_history_a.parquet", "contact_history", [row])
+    result = cli("ingest", str(b), str(a))  # given in reverse: b still wins, being later by name
+    assert result.exit_code == 0, result.stderr
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert con.execute("SELECT outcome, _mk_file_no FROM contact_history").fetchall() == [("accepted", 7)]
