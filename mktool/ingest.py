@@ -157,16 +157,22 @@ def _blank_condition(col: str, source: str) -> str:
     return f"{c} IS NULL OR trim(CAST({c} AS VARCHAR)) = ''"
 
 
-def _cast_expr(col: str, source: str | None, target: str) -> str:
-    """The lossless cast used when loading (validated beforehand)."""
+def _stored_value(col: str, source: str | None, target: str) -> str:
+    """The column's value as it will be stored: the lossless cast (validated beforehand)."""
     if source is None:
-        return f"CAST(NULL AS {target}) AS {_q(col)}"
+        return f"CAST(NULL AS {target})"
     src = _base_type(source)
     if src == target:
         return _q(col)
     if target == "BIGINT" and src not in INTEGER_TYPES:
-        return f"CAST(CAST({_q(col)} AS DOUBLE) AS BIGINT) AS {_q(col)}"
-    return f"CAST({_q(col)} AS {target}) AS {_q(col)}"
+        return f"CAST(CAST({_q(col)} AS DOUBLE) AS BIGINT)"
+    return f"CAST({_q(col)} AS {target})"
+
+
+def _cast_expr(col: str, source: str | None, target: str) -> str:
+    """The select item that loads a column: its stored value under its own name."""
+    value = _stored_value(col, source, target)
+    return value if value == _q(col) else f"{value} AS {_q(col)}"
 
 
 def _example_row(con: duckdb.DuckDBPyConnection, src: SourceFile, condition: str) -> dict[str, Any] | None:
@@ -331,13 +337,16 @@ def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[
 def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputError | None:
     """The first duplicate key inside one file, as the error to raise (None when its keys are unique)."""
     contract = src.contract
-    key = ", ".join(_q(k) for k in contract.key)
+    # Keys as they will be stored (after the lossless cast): '2026-10-3' and '2026-10-03' are
+    # one contact_date.
+    stored = {k: _stored_value(k, src.schema.get(k), contract.column(k).type) for k in contract.key}
+    key = ", ".join(f"{expr} AS {_q(k)}" for k, expr in stored.items())
     dup = con.execute(
         f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
     ).fetchone()
     if dup is None:
         return None
-    where = " AND ".join(f"{_q(k)} = ?" for k in contract.key)
+    where = " AND ".join(f"{expr} = ?" for expr in stored.values())
     cur = con.execute(f"SELECT * FROM {src.scan} WHERE {where} LIMIT 1", list(dup[:-1]))
     row = dict(zip([d[0] for d in cur.description], cur.fetchone() or ()))
     return InputError(

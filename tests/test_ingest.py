@@ -310,3 +310,13 @@ def test_upsert_order_is_by_file_name_and_a_helper_column_name_is_free(cli, tmp_
     assert result.exit_code == 0, result.stderr
     con = duckdb.connect(str(cli.db), read_only=True)
     assert con.execute("SELECT outcome, _mk_file_no FROM contact_history").fetchall() == [("accepted", 7)]
+
+
+def test_keys_equal_after_the_lossless_cast_are_named_as_a_duplicate_of_the_file(cli, tmp_path):
+    rows = [{"msisdn": "13800000001", "contact_date": "2026-10-03", "channel": "sms", "policy_id": "P1", "outcome": "sent"},
+            {"msisdn": "13800000001", "contact_date": "2026-10-3", "channel": "sms", "policy_id": "P1", "outcome": "sent"}]
+    path = write_table(tmp_path / "contact_history.parquet", "contact_history", rows, types={"contact_date": pa.string()})
+    result = cli("ingest", str(path))
+    assert result.exit_code == 1
+    assert "contact_history.parquet" in result.stderr and "appears 2 times" in result.stderr
+    assert "more than one of the files" not in result.stderr
