@@ -112,11 +112,9 @@ def command(name: str | None = None) -> Callable[[F], F]:
                     traceback.print_exc(file=sys.stderr)
                 reporter.console.print(f"[bold red]Error:[/bold red] {escape(exc.render())}", highlight=False)
                 raise typer.Exit(exc.exit_code) from None
-            except (duckdb.InterruptException, KeyboardInterrupt):
-                reporter.console.print("Interrupted; nothing was committed.")
-                raise typer.Exit(130) from None
-            except RuntimeError as exc:  # DuckDB reports a Ctrl-C during a query this way
-                if "interrupted" not in str(exc).lower():
+            except (duckdb.InterruptException, KeyboardInterrupt, RuntimeError) as exc:
+                # DuckDB may report a Ctrl-C during a query as RuntimeError('Query interrupted').
+                if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
                     raise
                 reporter.console.print("Interrupted; nothing was committed.")
                 raise typer.Exit(130) from None

@@ -498,9 +498,9 @@ def run_export(
         con.execute(ALLOCATION_SETUP_SQL)
         con.execute("DROP TABLE _x_exclusion")
         rounds = con.execute("SELECT coalesce(max(choice), 0) FROM _x_choices").fetchone()[0]  # type: ignore[index]
+        round_sql = ALLOCATION_ROUND_SQL.replace("{tiebreak}", draw_sql("pr.msisdn", "pr.policy_id", "'tiebreak'"))
         for r in range(1, int(rounds) + 1):
-            con.execute(ALLOCATION_ROUND_SQL.replace("$round", str(r)).replace(
-                "{tiebreak}", draw_sql("pr.msisdn", "pr.policy_id", "'tiebreak'")))
+            con.execute(round_sql.replace("$round", str(r)))
         counts.update(_count_stage(con, "dedupe", "_x_proposed"))
         counts.update(_count_stage(con, "capacity", "_x_placed"))
         con.execute("DROP TABLE _x_choices")

@@ -28,6 +28,8 @@ from mktool.output import file_sha256
 INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
 FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
 TEXT_TYPES = {"VARCHAR"}
+#: YYYY-MM in SQL (regexp_full_match), the twin of contract.MONTH_RE: ASCII digits only.
+MONTH_PATTERN = "[0-9]{4}-(0[1-9]|1[0-2])"
 
 
 def _base_type(type_: str) -> str:
@@ -246,14 +248,12 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
             )
         if lossy:
             checks.append((col.name, f"value cannot be read as {col.type} without loss", lossy))
-        if col.name == "month" and not contract.monthly:
-            checks.append((col.name, "key column is NULL or empty", _blank_condition(col.name, source)))
         # NULL or blank keys: checked by check_keys in the same scan as uniqueness.
     if contract.monthly:
         # A file carries one or a few months: check the distinct values, not every row, with
         # the same SQL (trim, regexp) that names the rows when one is bad.
         distinct = con.execute(
-            f"SELECT m, m IS NULL OR trim(m) = '', regexp_full_match(m, '[0-9]{{4}}-(0[1-9]|1[0-2])') "
+            f"SELECT m, m IS NULL OR trim(m) = '', regexp_full_match(m, '{MONTH_PATTERN}') "
             f"FROM (SELECT DISTINCT CAST(month AS VARCHAR) AS m FROM {src.scan}) AS months ORDER BY m"
         ).fetchall()
         src.months = [m for m, _, _ in distinct]
@@ -262,7 +262,7 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
         if any(not blank and not ok for _, blank, ok in distinct):
             checks.append(("month", "month is not in YYYY-MM form",
                            "month IS NOT NULL AND trim(CAST(month AS VARCHAR)) <> '' AND "
-                           "NOT regexp_full_match(CAST(month AS VARCHAR), '[0-9]{4}-(0[1-9]|1[0-2])')"))
+                           f"NOT regexp_full_match(CAST(month AS VARCHAR), '{MONTH_PATTERN}')"))
     _refuse_bad_rows(con, src, checks)
     assert all(MONTH_RE.match(m) for m in src.months)  # every refusal above has been raised
 
@@ -272,9 +272,10 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
 
     The check reads the files, not the table: a reload replaces exactly the months (snapshot:
     the table) the files carry, so the loaded rows are unique iff the files' rows are. Upsert
-    tables are checked file by file: across the files of one call the later file wins. It also runs before the load transaction, because DuckDB 2.0.0 may return no
-    rows for a filtered or grouped read of a table created and filled inside the current
-    transaction (so a check after the insert passed silently at scale).
+    tables are checked file by file: across the files of one call the later file wins.
+    It never reads the table inside the load transaction, because DuckDB 2.0.0 may return no
+    rows for a filtered or grouped read of a table created and filled in that transaction
+    (a check after the insert passed silently at scale).
     The same scan refuses NULL or blank keys (reading the key columns once instead of twice).
     The fast pass sorts one 64-bit hash per row and looks for equal neighbours (about 3× cheaper
     than grouping the string keys); distinct hashes prove distinct keys. Only when two hashes
