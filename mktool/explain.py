@@ -16,6 +16,7 @@ import duckdb
 
 from mktool.database import Database, table_exists
 from mktool.errors import MktoolError
+from mktool.freshness import require_fresh_view
 
 
 @dataclass
@@ -80,6 +81,7 @@ def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Exp
 
     con = db.c
     db.require_month("customer_view", month, "score")
+    require_fresh_view(con, month)
     cur = con.execute("SELECT * FROM customer_view WHERE month = ? AND msisdn = ?", [month, msisdn])
     found = _rows(cur)
     if not found:

@@ -43,6 +43,7 @@ from mktool import __version__
 from mktool.console import QUIET, Reporter
 from mktool.database import Database, record_funnel, table_columns, table_exists
 from mktool.errors import ConfigError, MktoolError
+from mktool.freshness import require_built_on_view, require_fresh_view
 from mktool.output import COPY_OPTIONS, check_format, file_sha256
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS, PlanConfig, load_plan_config, script_sql
 from mktool.rules import Channel, Policy, load_channels, load_policies
@@ -445,8 +446,12 @@ def run_export(
     con = db.c
     db.require_month("customer_view", month, "score")
     db.require_month("recommendations", month, "matrix")
+    view_build = require_fresh_view(con, month)  # never lists from a view older than its inputs
+    require_built_on_view(con, "matrix", "recommendations", month, view_build)
     has_plan = table_exists(con, "plan_recommendations") and bool(
         con.execute("SELECT 1 FROM plan_recommendations WHERE month = ? LIMIT 1", [month]).fetchone())
+    if has_plan:
+        require_built_on_view(con, "plan", "plan_recommendations", month, view_build)
     if not has_plan:
         reporter.warn(f"no plan recommendations for {month}: run `mktool plan --month {month}` to include plan changes")
     policy = config.policies.get(config.plan.policy)

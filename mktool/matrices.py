@@ -41,7 +41,8 @@ from sqlglot.errors import ErrorLevel
 from mktool.console import QUIET, Reporter
 from mktool.contract import MONTH_RE
 from mktool.database import Database, record_funnel, replace_month, table_exists
-from mktool.errors import ConfigError, MktoolError, RuleError
+from mktool.errors import ConfigError, MktoolError, RuleError, StateError
+from mktool.freshness import record_step, require_built_on_view, require_fresh_view, view_build_id
 from mktool.rules import Matrix, Problem, Rule, RuleSet
 
 __all__ = [
@@ -361,6 +362,13 @@ def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | Non
     _month_literal(month)
     db.require_month(VIEW, month, "score")
     con = db.c
+    view_build = require_fresh_view(con, month)
+    if only and view_build is not None and table_exists(con, RECOMMENDATIONS_TABLE):
+        try:  # the other matrices' stored rows are kept: they must come from this same view
+            require_built_on_view(con, "matrix", RECOMMENDATIONS_TABLE, month, view_build)
+        except StateError as exc:
+            raise StateError(f"{exc.message}: --only would keep the other matrices' rows from it",
+                             hint=f"re-run all matrices: `mktool matrix --month {month}`") from None
     used = {c for m in rules.matrices for r in m.rules for c in r.when.columns}
     used |= {c for m in rules.matrices if m.where is not None for c in m.where.columns}
     missing = sorted(used - {c.lower() for c in db.columns(VIEW)})
@@ -480,6 +488,7 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
             with reporter.step(f"writing recommendations for {month}"), db.transaction():
                 replace_month(con, RECOMMENDATIONS_TABLE, month, f"SELECT * FROM {PREVIEW_TABLE}")
                 replace_month(con, CUSTOMER_PRIORITY_TABLE, month, priority_rows_sql(month))
+                record_step(con, "matrix", month, view_build_id(con, month) or "")
                 names = sorted(evaluated)
                 con.execute(f"DELETE FROM rule_hits WHERE month = ? AND matrix IN ({', '.join('?' * len(names))})",
                             [month, *names])

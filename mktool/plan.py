@@ -29,6 +29,7 @@ from mktool.console import QUIET, Reporter
 from mktool.contract import MONTH_RE
 from mktool.database import Database, record_funnel, replace_month
 from mktool.errors import ConfigError, MktoolError, StateError
+from mktool.freshness import record_step, require_fresh_view, view_build_id
 from mktool.yamlio import load_yaml, unknown_keys
 
 PLAN_FILE = "plan.yaml"
@@ -529,6 +530,7 @@ def _check_inputs(db: Database, month: str) -> None:
     db.require_month(VIEW_TABLE, month, "score")
     if not db.table_exists("plans"):
         raise StateError("table plans is not loaded", hint="run `mktool ingest plans.parquet` first")
+    require_fresh_view(db.c, month)
 
 
 def _stages(counts: Any, customers: int) -> list[tuple[str, int]]:
@@ -561,6 +563,7 @@ def plan(db: Database, month: str, config: PlanConfig, *, reporter: Reporter = Q
                                     [month]).fetchone()[0]  # type: ignore[index]
             stages = _stages(counts, customers)
             record_funnel(con, month, FUNNEL, stages)
+            record_step(con, "plan", month, view_build_id(con, month) or "")
     return PlanResult(month, config, stages, int(rows), int(customers), dry_run)
 
 

@@ -20,6 +20,7 @@ from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
 from mktool.database import Database, replace_month, table_exists
 from mktool.errors import ConfigError, StateError
+from mktool.freshness import record_step, view_inputs
 from mktool.sqlcheck import check_expression
 from mktool.yamlio import field as yfield
 from mktool.yamlio import load_yaml, number, unknown_keys
@@ -309,6 +310,7 @@ def score(db: Database, month: str, *, matrices_dir: Path, reporter: Reporter = 
     sql = view_sql(model, has_vas=has_vas)
     with reporter.step(f"scoring {month}"), db.transaction():
         rows = replace_month(con, VIEW_TABLE, month, sql, view_params(month))
+        record_step(con, "score", month, view_inputs(con, month))
     tiers = con.execute(
         f"""SELECT 'value_tier', value_tier, count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
             UNION ALL SELECT 'stickiness_tier', CAST(stickiness_tier AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
