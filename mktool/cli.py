@@ -881,7 +881,8 @@ def snapshot_cmd(
             print_table(f"Snapshot check: what moved against {file} ({', '.join(months)}, rules "
                         f"{run.settings.matrices_dir})", ["month", "what", "before", "after", "delta"],
                         change_rows(changes), numeric=("before", "after", "delta"))
-        raise_if_moved(changes, file, months)
+        raise_if_moved(changes, file, months, recorded_engines=before.get("engines"),
+                       current_engines=after.get("engines"))
         n = sum(len(stages) for m in after["months"].values() for stages in m["funnels"].values())
         run.reporter.info(f"snapshot check passed: {', '.join(months)} match {file} ({n} funnel stages, "
                           f"{sum(len(r) for m in after['months'].values() for r in m['rule_hits'].values())} rules, "

@@ -39,6 +39,7 @@ from mktool.database import Database
 from mktool.output import file_sha256
 from mktool.rules import matrix_files_by_name
 from mktool.errors import CheckFailed, ConfigError, MktoolError, StateError
+from mktool.versions import engine_versions, version_changes
 
 __all__ = [
     "DEFAULT_FILE",
@@ -207,6 +208,8 @@ def record(months: list[str], matrices_dir: Path, fixtures: Path, *, cycle_date:
     doc: dict[str, Any] = {
         "mktool_snapshot": FORMAT,
         "fixtures": fixtures.as_posix(),
+        # the releases it was recorded with: a check that moves under other releases says so
+        "engines": engine_versions(),
         "inputs": {p.name: file_sha256(p) for p in fixture_files(fixtures)},
         "months": {},
     }
@@ -331,7 +334,8 @@ def check(path: Path, matrices_dir: Path, *, months: list[str] | None = None, fi
         raise StateError(f"{path} records no month", hint="record one with `mktool snapshot --month YYYY-MM --write`")
     fixtures = Path(fixtures) if fixtures is not None else Path(before.get("fixtures") or DEFAULT_FIXTURES)
     cycle = {m: before["months"][m].get("cycle_date") for m in chosen}
-    after: dict[str, Any] = {"mktool_snapshot": FORMAT, "fixtures": fixtures.as_posix(), "months": {}}
+    after: dict[str, Any] = {"mktool_snapshot": FORMAT, "fixtures": fixtures.as_posix(),
+                             "engines": engine_versions(), "months": {}}
     if not fixtures.is_dir() or not fixture_files(fixtures):
         raise StateError(f"no fixture extracts in {fixtures}",
                          hint="run `mktool snapshot --check` from the project root, or give --fixtures DIR")
@@ -344,15 +348,31 @@ def check(path: Path, matrices_dir: Path, *, months: list[str] | None = None, fi
     return before, after, compare(scoped, after, rule_files=matrix_files_by_name(matrices_dir))
 
 
-def raise_if_moved(changes: list[Change], path: Path, months: list[str]) -> None:
-    if changes:
-        n = len(changes)
+def raise_if_moved(changes: list[Change], path: Path, months: list[str], *,
+                   recorded_engines: dict[str, str] | None = None,
+                   current_engines: dict[str, str] | None = None) -> None:
+    """CheckFailed when anything moved; when the engine releases differ too, the message says which.
+
+    A move under another DuckDB / sqlglot / pyarrow release than the snapshot's is an engine
+    drift to fix (or to bound in pyproject.toml), not something to re-record away.
+    """
+    if not changes:
+        return
+    n = len(changes)
+    engines = version_changes(recorded_engines, current_engines or engine_versions())
+    if engines:
         raise CheckFailed(
-            f"snapshot check: {n} value{'s' if n != 1 else ''} moved against {path} "
-            f"({', '.join(months)})",
-            hint=f"if the change is intended, re-record with `mktool snapshot --month {months[0]} --write` "
-                 f"and commit {path} with the rule change",
+            f"snapshot check: {n} value{'s' if n != 1 else ''} moved against {path} ({', '.join(months)}), "
+            f"and the engines differ from the ones it was recorded with: {', '.join(engines)}",
+            hint="if the rules did not change, an engine release changed the results: do not re-record to "
+                 "hide it; make mktool give the same results on both releases, or bound the range in "
+                 "pyproject.toml below the one that moved them (docs/dependencies.md)",
         )
+    raise CheckFailed(
+        f"snapshot check: {n} value{'s' if n != 1 else ''} moved against {path} ({', '.join(months)})",
+        hint=f"if the change is intended, re-record with `mktool snapshot --month {months[0]} --write` "
+             f"and commit {path} with the rule change",
+    )
 
 
 # -- printing ---------------------------------------------------------------------------------------------

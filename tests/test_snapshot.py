@@ -244,3 +244,79 @@ def test_export_dry_run_writes_nothing(runner, scored_db: Path, tmp_path: Path) 
         assert "holdouts" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     finally:
         con.close()
+
+
+# -- engine releases (issue 10 §2) ---------------------------------------------------------------------------
+def test_a_snapshot_records_the_engine_releases(recorded) -> None:
+    doc, _ = recorded
+    import duckdb as engine
+    import sqlglot
+
+    assert doc["engines"]["duckdb"] == engine.__version__
+    assert doc["engines"]["sqlglot"] == sqlglot.__version__
+    assert {"mktool", "python", "pyarrow"} <= set(doc["engines"])
+
+
+def test_a_move_under_other_engine_releases_names_them_instead_of_advising_a_re_record(runner, recorded,
+                                                                                      tmp_path: Path) -> None:
+    doc, _ = recorded
+    moved = json.loads(json.dumps(doc))
+    moved["engines"] = {**doc["engines"], "duckdb": "1.9.9", "sqlglot": "30.0.0"}
+    moved["months"][M]["funnels"]["plan"]["in_rate_window"] += 1
+    path = tmp_path / "snap.json"
+    snapshot.write(path, moved, merge=False)
+    result = runner.invoke(app, ["snapshot", "--check", "--file", str(path), "--fixtures", str(FIXTURES),
+                                 "--matrices", str(MATRICES), "--db", str(tmp_path / "u.duckdb")])
+    assert result.exit_code == 5, result.output
+    err = flat(result.stderr)
+    assert flat(f"the engines differ from the ones it was recorded with: duckdb 1.9.9 → {doc['engines']['duckdb']}, "
+                f"sqlglot 30.0.0 → {doc['engines']['sqlglot']}") in err
+    assert "re-record with" not in result.stderr and "do not re-record" in result.stderr
+    # the same move under the same releases: the usual advice
+    moved["engines"] = doc["engines"]
+    snapshot.write(path, moved, merge=False)
+    same = runner.invoke(app, ["snapshot", "--check", "--file", str(path), "--fixtures", str(FIXTURES),
+                               "--matrices", str(MATRICES), "--db", str(tmp_path / "u.duckdb")])
+    assert same.exit_code == 5 and "re-record with `mktool snapshot --month 2026-10 --write`" in same.stderr
+    assert "engines differ" not in same.stderr
+
+
+def test_version_changes_lists_only_the_engines_that_moved() -> None:
+    from mktool.versions import version_changes
+
+    recorded = {"mktool": "0.1.0", "python": "3.11.7", "duckdb": "2.0.0", "sqlglot": "30.30.0", "pyarrow": "26.0.1"}
+    assert version_changes(recorded, dict(recorded)) == []
+    assert version_changes(recorded, {**recorded, "duckdb": "2.0.1", "mktool": "0.2.0"}) == ["duckdb 2.0.0 → 2.0.1"]
+    assert version_changes(None, recorded) == []
+
+
+def test_check_newest_reads_pins_and_normalises_names() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_newest", ROOT / "scripts" / "check_newest.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    pins = module.read_pins("# comment\nduckdb==2.0.1\ntyping_extensions==4.16.0  # why\n-e file:///x\nPyYAML==6.0.4\n")
+    assert pins == {"duckdb": "2.0.1", "typing-extensions": "4.16.0", "pyyaml": "6.0.4"}
+    locked = module.read_pins((ROOT / "constraints.txt").read_text())
+    assert {"duckdb", "sqlglot", "pyarrow", "typer", "rich", "pyyaml", "polars", "pytest"} <= set(locked)
+
+
+def test_the_lock_satisfies_the_ranges_and_every_range_is_bounded() -> None:
+    """constraints.txt and pyproject.toml cannot drift apart; no dependency is open-ended."""
+    import importlib.util
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    spec = importlib.util.spec_from_file_location("check_newest", ROOT / "scripts" / "check_newest.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    locked = module.read_pins((ROOT / "constraints.txt").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        req = Requirement(text)
+        name = req.name.lower().replace("_", "-")
+        assert any(s.operator in ("<", "<=", "~=", "==") for s in req.specifier), f"{text}: no upper bound"
+        assert name in locked, f"{name} is not in constraints.txt"
+        assert req.specifier.contains(locked[name]), f"constraints.txt pins {name}=={locked[name]} outside {text}"
