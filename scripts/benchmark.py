@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark mktool end to end on synthetic extracts, against two hand-written baselines.
+"""Benchmark mktool end to end on synthetic extracts, against three hand-written baselines.
 
     python scripts/benchmark.py --subscribers 1000000 [--work /tmp/mkbench] [--steps ...]
                                 [--repeat 3] [--skip-pandas] [--json results.json]
@@ -18,11 +18,11 @@ What it does (docs/benchmark.md explains every figure):
    between polls); the figure shown is the larger of the two. A step whose command is not
    in ``mktool --help`` yet is skipped and said so; a step whose prerequisite was skipped
    or failed is skipped too.
-3. Measures two baselines of the plan step on the same extracts, each in a subprocess
-   with the same DuckDB thread count and memory limit as mktool: one hand-written DuckDB
-   query doing SPEC §5 end to end from the raw Parquet files (``COPY ... TO`` Parquet), and
-   a straightforward pandas script. The three outputs must agree on the number of
-   targeted customers.
+3. Measures three baselines of the plan step on the same extracts, each in a subprocess
+   (the DuckDB one with the same thread count and memory limit as mktool): one hand-written
+   DuckDB query doing SPEC §5 end to end from the raw Parquet files (``COPY ... TO``
+   Parquet), a straightforward pandas script and a polars lazy query. All outputs must agree
+   on the number of targeted customers.
 4. Prints the table (step, seconds, peak RSS MB) and the target ratios, and with
    ``--json`` writes all the figures.
 
@@ -483,6 +483,61 @@ print(json.dumps({"query_seconds": time.perf_counter() - start, "rows": len(res)
                   "customers": int(res["msisdn"].nunique())}))
 '''
 
+POLARS_RUNNER = '''\
+"""SPEC section 5 plan recommendation, written the straightforward polars way (lazy, one collect)."""
+import glob, json, sys, time
+import polars as pl
+
+extracts, month, months, out = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
+start = time.perf_counter()
+
+def scan(table):
+    return pl.scan_parquet(sorted(glob.glob(f"{extracts}/{table}*.parquet")))
+
+subs = scan("subscribers").filter(pl.col("month") == month).select("msisdn", "plan_id", "status")
+use = (scan("usage").filter(pl.col("month").is_in(months)).group_by("msisdn")
+       .agg(voice_min_3m=pl.col("voice_out_min").mean(), data_mb_3m=pl.col("data_mb").mean()))
+bill = (scan("billing").filter(pl.col("month").is_in(months))
+        .with_columns(cur=pl.col("rental_fee") + pl.col("voice_overage_fee") + pl.col("data_overage_fee")
+                      + pl.col("addon_fee"))
+        .group_by("msisdn")
+        .agg(rental_3m=pl.col("rental_fee").mean(), addon_3m=pl.col("addon_fee").mean(),
+             current_total_3m=pl.col("cur").mean()))
+plans = pl.scan_parquet(f"{extracts}/plans.parquet")
+eligible = plans.filter(pl.col("product_status") == 1).select("plan_id")
+c = (subs.join(use, on="msisdn").join(bill, on="msisdn")
+     .filter((pl.col("status") == "active") & (pl.col("data_mb_3m").round(6) >= 5)
+             & (pl.col("current_total_3m") > 0) & (pl.col("rental_3m") > 0))
+     .join(eligible, on="plan_id", how="semi")
+     .drop("status").rename({"plan_id": "current_plan_id"})
+     .with_columns(pl.col("voice_min_3m").fill_null(0.0), pl.col("addon_3m").fill_null(0.0)))
+targets = plans.filter(pl.col("is_target")).select(
+    "plan_id", "monthly_rental", "included_data_mb", "included_voice_min", "data_overage_per_mb",
+    "voice_overage_per_min")
+x = (c.join(targets, how="cross").filter(pl.col("plan_id") != pl.col("current_plan_id"))
+     .with_columns(
+         new_voice_overage=(pl.col("voice_min_3m") - pl.col("included_voice_min")).clip(lower_bound=0)
+         * pl.col("voice_overage_per_min"),
+         new_data_overage=(pl.col("data_mb_3m") - pl.col("included_data_mb")).clip(lower_bound=0)
+         * pl.col("data_overage_per_mb"))
+     .with_columns(new_total=pl.col("monthly_rental") + pl.col("new_voice_overage") + pl.col("new_data_overage")
+                   + pl.col("addon_3m"))
+     .with_columns(total_fee_change=pl.col("new_total") / pl.col("current_total_3m"),
+                   rental_change=pl.col("monthly_rental") / pl.col("rental_3m"))
+     .filter(pl.col("total_fee_change").round(6).is_between(0.6, 1.5)
+             & pl.col("rental_change").round(6).is_between(1.0, 2.0))
+     .with_columns(dist=(pl.col("total_fee_change").round(6) - 1).abs().round(6))
+     .sort(["msisdn", "dist", "monthly_rental", "plan_id"], descending=[False, False, True, False])
+     .group_by("msisdn", maintain_order=True).head(1)
+     .rename({"monthly_rental": "new_rental", "current_total_3m": "current_total"})
+     .select("msisdn", "current_plan_id", "plan_id", "new_rental", "new_voice_overage", "new_data_overage",
+             "new_total", "current_total", "total_fee_change", "rental_change"))
+res = x.collect()
+res.write_parquet(out)
+print(json.dumps({"query_seconds": time.perf_counter() - start, "rows": res.height,
+                  "customers": res["msisdn"].n_unique()}))
+'''
+
 
 def run_baseline(name: str, runner: str, args: list[str], *, work: Path, log_dir: Path) -> Measured:
     script = work / f"{name}.py"
@@ -602,7 +657,8 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("ok" if ok else "MISS")
 
 
-def compute_ratios(steps: dict[str, Measured], sql: Measured | None, pandas: Measured | None) -> list[dict[str, Any]]:
+def compute_ratios(steps: dict[str, Measured], sql: Measured | None, pandas: Measured | None,
+                   polars: Measured | None = None) -> list[dict[str, Any]]:
     ratios: list[dict[str, Any]] = []
     plan = steps.get("plan")
     if plan and plan.ok and sql and sql.ok:
@@ -625,6 +681,13 @@ def compute_ratios(steps: dict[str, Measured], sql: Measured | None, pandas: Mea
     else:
         ratios.append({"name": f"{label} / pandas plan only", "value": None, "unit": "x", "target": "< 1",
                        "ok": None})
+    plan = steps.get("plan")
+    if plan and plan.ok and polars and polars.ok:
+        ratios.append({"name": "mktool plan / polars plan only", "value": plan.seconds / polars.seconds,
+                       "unit": "x", "target": "(for comparison)", "ok": None})
+    if total is not None and polars and polars.ok:
+        ratios.append({"name": f"{label} / polars plan only", "value": total / polars.seconds, "unit": "x",
+                       "target": "(for comparison)", "ok": None})
     if all(s in steps and steps[s].ok for s in ("ingest", "score")):
         secs = steps["ingest"].seconds + steps["score"].seconds
         rss = max(steps["ingest"].peak_rss_mb, steps["score"].peak_rss_mb)
@@ -703,6 +766,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-limit", default=None,
                    help="DuckDB memory limit for mktool (MKTOOL_MEMORY_LIMIT) and the baselines [75%% of RAM]")
     p.add_argument("--skip-pandas", action="store_true", help="skip the pandas baseline (use at 10M)")
+    p.add_argument("--skip-polars", action="store_true", help="skip the polars baseline")
     p.add_argument("--skip-sql", action="store_true", help="skip the hand-written DuckDB baseline")
     p.add_argument("--pandas-chunk", type=int, default=250_000,
                    help="customers per chunk of the pandas Cartesian product [250000]")
@@ -796,6 +860,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sql_m: Measured | None = None
     pandas_m: Measured | None = None
+    polars_m: Measured | None = None
     if not args.skip_sql:
         out = work / "baseline_duckdb_plan.parquet"
         sql_file = work / "baseline_plan.sql"
@@ -814,7 +879,14 @@ def main(argv: list[str] | None = None) -> int:
                                           str(args.pandas_chunk)], work=work, log_dir=log_dir)
                             for _ in range(args.repeat)])
         pandas_m.name = "baseline: pandas (plan)"
-    for m in (sql_m, pandas_m):
+    if not args.skip_polars:
+        out = work / "baseline_polars_plan.parquet"
+        print("running the polars baseline", file=sys.stderr, flush=True)
+        polars_m = best_of([run_baseline("baseline_polars", POLARS_RUNNER,
+                                         [str(extracts), MONTH, ",".join(window_months(MONTH)), str(out)],
+                                         work=work, log_dir=log_dir) for _ in range(args.repeat)])
+        polars_m.name = "baseline: polars (plan)"
+    for m in (sql_m, pandas_m, polars_m):
         if m is not None and not m.ok:
             print(f"  {m.name}: {m.status}", file=sys.stderr)
             for line in m.extra.get("stderr_tail", []):
@@ -827,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
         counts["duckdb_sql"] = sql_m.extra.get("customers") if sql_m.ok else None
     if pandas_m is not None:
         counts["pandas"] = pandas_m.extra.get("customers") if pandas_m.ok else None
+    if polars_m is not None:
+        counts["polars"] = polars_m.extra.get("customers") if polars_m.ok else None
     known = {k: v for k, v in counts.items() if v is not None}
     agree = len(set(known.values())) <= 1
     if len(known) >= 2 and not agree:
@@ -835,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         print(warning, file=sys.stderr)
         notes.append(warning)
 
-    busy = [m.name for m in [*steps.values(), sql_m, pandas_m]
+    busy = [m.name for m in [*steps.values(), sql_m, pandas_m, polars_m]
             if m is not None and m.ok and (m.other_load_cores or 0) > 0.25]
     if busy:
         notes.append("WARNING: other processes used > 0.25 cores during " + ", ".join(busy)
@@ -847,15 +921,15 @@ def main(argv: list[str] | None = None) -> int:
                          peak_rss_mb=max(steps[s].peak_rss_mb for s in PIPELINE),
                          cpu_seconds=sum(steps[s].cpu_seconds for s in PIPELINE))
         rows.append(total)
-    rows += [m for m in (sql_m, pandas_m) if m is not None]
-    ratios = compute_ratios(steps, sql_m, pandas_m)
+    rows += [m for m in (sql_m, pandas_m, polars_m) if m is not None]
+    ratios = compute_ratios(steps, sql_m, pandas_m, polars_m)
     print_report(facts, n, data, rows, ratios, counts, notes)
 
     if args.json:
         doc = {
             "subscribers": n, "month": MONTH, "months": list(MONTHS), "machine": facts, "extracts": data,
             "steps": [asdict(m) for m in steps.values()],
-            "baselines": [asdict(m) for m in (sql_m, pandas_m) if m is not None],
+            "baselines": [asdict(m) for m in (sql_m, pandas_m, polars_m) if m is not None],
             "pipeline_seconds": total.seconds if total else None,
             "ratios": ratios, "targeted_customers": counts, "counts_agree": agree, "database": after,
             "notes": notes,
