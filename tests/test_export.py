@@ -38,6 +38,7 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import ConfigError
 from mktool.export import STAGES, ExportResult, run_export
+from mktool.freshness import record_step, view_inputs
 from mktool.plan import load_plan_config
 from mktool.rules import load_channels
 
@@ -444,6 +445,12 @@ def test_manifest_lists_the_loads_the_data_comes_from(tmp_path, cli):
     for group in ([first, sept, dnd_old, resp1], [fixed, dnd_new, resp2]):
         result = cli("ingest", *map(str, group), db_path=w.db)
         assert result.exit_code == 0, result.output
+    # the hand-made view and recommendations stand for a score and matrix run after these loads
+    # (otherwise export rightly refuses a view older than the subscribers it reads)
+    con = duckdb.connect(str(w.db))
+    view_build = record_step(con, "score", M, view_inputs(con, M))
+    record_step(con, "matrix", M, view_build)
+    con.close()
     w.export()
     manifest = json.loads((w.out / M / "manifest.json").read_text(encoding="utf-8"))
     sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
