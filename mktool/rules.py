@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import difflib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Literal
 
 from mktool.errors import ConfigError
 from mktool.sqlcheck import CheckedExpression, check_expression
+from mktool.sqlquote import is_id, is_name
 from mktool.yamlio import load_yaml, unknown_keys
 
 __all__ = [
@@ -73,8 +73,6 @@ POLICY_KEYS = {"id", "name", "family", "valid_from", "valid_to", "channels", "ex
 CHANNEL_KEYS = {"cycle", "capacity", "format", "columns", "mask", "salt_env", "contact_cap"} | DOC_KEYS
 CONTACT_POLICY_KEYS = {"cooldown_days", "monthly_cap"}
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # matrix, family and channel names
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # rule and policy ids
 
 
 # -- problems -----------------------------------------------------------------------------------
@@ -412,13 +410,13 @@ def _read_policy(raw: Any, i: int, file: str) -> Policy:
     pid = _text(raw, "id", file=file, at=f"policies[{i}]", required=True)
     assert pid is not None
     at = f"policy {pid}"
-    if not ID_RE.match(pid):
+    if not is_id(pid):
         raise _fail(file, f"{at}: id: use letters, digits, '_', '.' or '-'")
     unknown_keys(raw, POLICY_KEYS, file=Path(file), at=at)
     name = _text(raw, "name", file=file, at=at, required=True)
     family = _text(raw, "family", file=file, at=at, required=True)
     assert name is not None and family is not None
-    if not NAME_RE.match(family):
+    if not is_name(family):
         raise _fail(file, f"{at}: family: '{family}' must be a lower-case name such as retention")
     valid_from = _date(raw, "valid_from", file=file, at=at)
     valid_to = _date(raw, "valid_to", file=file, at=at)
@@ -483,7 +481,7 @@ def _read_channels(matrices_dir: Path, problems: Problems) -> ChannelConfig | No
 
 def _read_channel(name: str, raw: Any, file: str) -> Channel:
     at = f"channel {name}"
-    if not NAME_RE.match(name):
+    if not is_name(name):
         raise _fail(file, f"{at}: channel names are lower-case names such as {', '.join(CHANNEL_NAMES)}")
     if not isinstance(raw, dict):
         raise _fail(file, f"{at}: expected a mapping with cycle, capacity, format, got {raw!r}")
@@ -591,9 +589,9 @@ def _read_matrix(path: Path, ctx: _Context, problems: Problems, failed_families:
         name = _text(doc, "matrix", file=file, at="", required=True)
         family = _text(doc, "family", file=file, at="", required=True)
         assert name is not None and family is not None
-        if not NAME_RE.match(name):
+        if not is_name(name):
             raise _fail(file, f"matrix: '{name}' must be a lower-case name (letters, digits, _)")
-        if not NAME_RE.match(family):
+        if not is_name(family):
             raise _fail(file, f"family: '{family}' must be a lower-case name such as retention")
         is_priority = family == PRIORITY_FAMILY
         hit = _choice(doc, "hit", HIT_MODES, file=file, at="", required=not is_priority,
@@ -646,7 +644,7 @@ def _read_rule(raw: Any, i: int, *, file: str, matrix: str, family: str, is_prio
     with problems.catch():
         rid = _text(raw, "id", file=file, at=f"rules[{i}]", required=True)
         assert rid is not None
-        if not ID_RE.match(rid):
+        if not is_id(rid):
             raise _fail(file, f"rule {rid}: id: use letters, digits, '_', '.' or '-'")
         if rid in seen:
             raise _fail(file, f"rule {rid}: duplicate rule id (rules[{seen[rid]}] and rules[{i}] are both '{rid}')")
