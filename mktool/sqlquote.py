@@ -147,12 +147,11 @@ def check_label(value: Any, *, file: str | PurePath | None, at: str, what: str =
         problem = "must not be empty"
     elif value != value.strip():
         problem = "has leading or trailing spaces"
+    elif _LABEL_FORBIDDEN.search(value):
+        bad = _LABEL_FORBIDDEN.search(value).group()  # type: ignore[union-attr]
+        problem = f"contains {bad!r}: quotes, backslashes and control characters are not allowed"
     elif len(value) > MAX_NAME_LENGTH:
         problem = f"is longer than {MAX_NAME_LENGTH} characters"
-    else:
-        bad = _LABEL_FORBIDDEN.search(value)
-        if bad:
-            problem = f"contains {bad.group()!r}: quotes, backslashes and control characters are not allowed"
     if problem:
         raise ConfigError(f"{_where(at)}{_shown(value)} is not a valid {what}: {problem} (for example {example})",
                           file=str(file) if file is not None else None)
