@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import duckdb
 
+from mktool.ahp import ahp_weights
 from mktool.contract import TABLES
 from mktool.errors import ConfigError
 from mktool.sqlcheck import CheckedExpression, check_expression
@@ -846,17 +847,26 @@ def _typed_view(model: Any, problems: Problems) -> duckdb.DuckDBPyConnection | N
 
 
 def _culprit(con: duckdb.DuckDBPyConnection, model: Any, exc: duckdb.Error) -> str:
-    """The score expression that stops customer_view from binding: the first prefix of the
-    score columns that fails names it (indicators fail with none of them)."""
-    for k in range(len(model.columns) + 1):
-        prefix = dataclasses.replace(model, columns=model.columns[:k])
+    """The score expression that stops customer_view from binding: each value indicator alone
+    (as the only indicator of the model), then the first prefix of the score columns that fails."""
+    def binds(candidate: Any) -> str | None:
         try:
-            con.execute(f"DESCRIBE {view_sql(prefix, has_vas=True)}", view_params("2000-01"))
+            con.execute(f"DESCRIBE {view_sql(candidate, has_vas=True)}", view_params("2000-01"))
         except duckdb.Error as err:
-            if k == 0:
-                return f"{model.path}: value.criteria: an indicator expression does not bind: DuckDB: {_first_line(err)}"
-            col = model.columns[k - 1]
-            return f"{model.path}: columns[{k - 1}] ({col.name}).expr: DuckDB: {_first_line(err)}"
+            return _first_line(err)
+        return None
+
+    alone = ahp_weights([[1.0]])
+    for i, crit in enumerate(model.criteria):
+        for j, ind in enumerate(crit.indicators):
+            one = dataclasses.replace(crit, indicators=[ind], ahp=alone)
+            problem = binds(dataclasses.replace(model, criteria=[one], ahp=alone, columns=[]))
+            if problem:
+                return f"{model.path}: value.criteria[{i}].indicators[{j}].expr: DuckDB: {problem}"
+    for k, col in enumerate(model.columns):
+        problem = binds(dataclasses.replace(model, columns=model.columns[:k + 1]))
+        if problem:
+            return f"{model.path}: columns[{k}] ({col.name}).expr: DuckDB: {problem}"
     return f"{model.path}: customer_view does not bind: DuckDB: {_first_line(exc)}"  # pragma: no cover
 
 

@@ -365,7 +365,7 @@ def test_a_type_error_in_a_score_expression_is_located(cli, in_tmp):
     assert err.startswith("matrices/scores.yaml: columns[") and "(churn_score).expr: 'many' is used as a BIGINT here" in err
 
 
-def test_a_score_expression_that_does_not_bind_is_named_and_does_not_hide_the_rules(cli, in_tmp):
+def test_a_score_expression_that_does_not_bind_is_named(cli, in_tmp):
     from test_matrices import write_matrices
 
     mdir = write_matrices(Path("matrices"))
@@ -376,3 +376,15 @@ def test_a_score_expression_that_does_not_bind_is_named_and_does_not_hide_the_ru
     assert err.startswith("matrices/scores.yaml: columns[")
     assert err.endswith("(churn_score).expr: DuckDB: Binder Error: No function matches the given name and argument "
                         "types 'upper(BIGINT)'. You might need to add explicit type casts.")
+
+
+def test_an_indicator_that_does_not_bind_is_located(cli, in_tmp):
+    from test_matrices import write_matrices
+
+    mdir = write_matrices(Path("matrices"))
+    edit(mdir / "scores.yaml", "{name: contacts, expr: contacts}", "{name: contacts, expr: upper(contacts)}")
+    result = cli("check", "--matrices", "matrices")
+    assert result.exit_code == 1
+    assert errors_of(result) == [
+        "matrices/scores.yaml: value.criteria[2].indicators[0].expr: DuckDB: Binder Error: No function matches the "
+        "given name and argument types 'upper(BIGINT)'. You might need to add explicit type casts."]
