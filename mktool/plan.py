@@ -456,7 +456,7 @@ def recommend_query(month: str, config: PlanConfig, *, ordered: bool = True) -> 
 
 
 def _num(x: float) -> str:
-    return f"CAST({x!r} AS DOUBLE)"
+    return f"CAST({quote_literal(float(x))} AS DOUBLE)"
 
 
 def sweep_query(month: str, config: PlanConfig, total_windows: Sequence[Window],
