@@ -301,7 +301,7 @@ ALLOWED_CAST_TYPES: frozenset[str] = frozenset(
     """
     BOOLEAN BOOL TINYINT SMALLINT INTEGER INT BIGINT HUGEINT UTINYINT USMALLINT UINTEGER UBIGINT
     INT1 INT2 INT4 INT8 SHORT LONG SIGNED FLOAT FLOAT4 REAL DOUBLE FLOAT8 DECIMAL NUMERIC
-    VARCHAR TEXT STRING CHAR BPCHAR DATE TIMESTAMP DATETIME INTERVAL
+    VARCHAR TEXT STRING CHAR BPCHAR DATE TIME TIMESTAMP DATETIME INTERVAL
     """.split()
 )
 # Node kinds of DuckDB's parse tree a row-level expression may hold (besides FUNCTION and
@@ -809,7 +809,7 @@ def _check_cast_type(type_expr: object, location: str) -> None:
         child.get("class") != "CONSTANT" for child in _engine_children(type_expr.get("children"))
     ):
         _fail(location, f"a cast to {shown} is not allowed: rules cast to scalar types only "
-                        "(BOOLEAN, integers, DOUBLE, DECIMAL, VARCHAR, DATE, TIMESTAMP, INTERVAL)")
+                        "(BOOLEAN, integers, DOUBLE, DECIMAL, VARCHAR, DATE, TIME, TIMESTAMP, INTERVAL)")
 
 
 def _list_comparison(node: dict, location: str) -> list[dict]:
