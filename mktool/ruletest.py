@@ -64,8 +64,8 @@ from mktool.contract import MONTH_RE, TABLES
 from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.errors import ConfigError, MktoolError
 from mktool.rules import matrix_files_by_name
-from mktool.sqlquote import quote_literal
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS
+from mktool.sqlquote import quote_literal
 from mktool.view import (
     ScoreModel,
     load_score_model,
