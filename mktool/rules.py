@@ -796,7 +796,8 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
             if problem:
                 problems.error(f"{at}: {problem}")
         for m in matrices:
-            items = [("where", None, m.where)] if m.where is not None else []
+            items: list[tuple[str, Rule | None, CheckedExpression | None]] = (
+                [("where", None, m.where)] if m.where is not None else [])
             items += [("when", r, r.when) for r in m.rules]
             for what, rule, expr in items:
                 if expr is None:

@@ -286,7 +286,7 @@ def test_matrix_name_injection_is_refused(cli, in_tmp, name):
 
 
 def test_kept_matrix_names_are_quoted():
-    catalogue, hits = kept_rows_sql("2026-10", ["a'b", "retention"])
+    _catalogue, hits = kept_rows_sql("2026-10", ["a'b", "retention"])
     tree = sqlglot.parse_one(hits, read="duckdb")
     (in_list,) = list(tree.find_all(exp.In))
     assert [e.this for e in in_list.expressions] == ["a'b", "retention"]

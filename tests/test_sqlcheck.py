@@ -11,8 +11,8 @@ import dataclasses
 import re
 
 import duckdb
-import sqlglot
 import pytest
+import sqlglot
 
 from mktool.errors import RuleError
 from mktool.sqlcheck import (
