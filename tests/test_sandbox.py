@@ -250,7 +250,7 @@ def test_a_salt_in_export_sql_is_quoted():
     assert not [f for f in tree.find_all(exp.Anonymous) if f.name.lower() == "getenv"]
 
 
-def test_channel_query_compares_the_channel_as_one_literal(monkeypatch):
+def test_channel_query_compares_the_channel_as_one_literal():
     evil = "sms' OR '1'='1"
     channel = Channel(name=evil, cycle="daily", format="csv", salt_env="S")
     tree = sqlglot.parse_one(_channel_query(channel, ("msisdn",)), read="duckdb")
