@@ -47,6 +47,7 @@ from mktool.freshness import require_built_on_view, require_fresh_view
 from mktool.output import COPY_OPTIONS, check_format, file_sha256
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS, PlanConfig, load_plan_config, script_sql
 from mktool.rules import Channel, Policy, load_channels, load_policies
+from mktool.sqlquote import quote_literal
 
 STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
           "holdout", "exported")
@@ -320,8 +321,7 @@ def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None)
         if col == "msisdn" and channel.mask == "mask":
             parts.append("substr(msisdn, 1, 3) || '****' || substr(msisdn, length(msisdn) - 3, 4) AS msisdn")
         elif col == "msisdn" and channel.mask == "hash":
-            literal = (salt or "").replace("'", "''")
-            parts.append(f"sha256('{literal}' || msisdn) AS msisdn")
+            parts.append(f"sha256({quote_literal(salt or '')} || msisdn) AS msisdn")
         elif col in MONEY_COLUMNS:
             parts.append(f"CAST(round({col}, 2) AS DECIMAL(18, 2)) AS {col}")
         elif col in RATE_COLUMNS:
@@ -555,9 +555,8 @@ def _salt(channel: Channel) -> str | None:
 
 
 def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
-    name = channel.name.replace("'", "''")
     rows = (f"SELECT o.* EXCLUDE (channels), d.channel FROM _x_drawn d JOIN _x_offers o ON o.rowid = d.offer_id "
-            f"WHERE d.channel = '{name}' AND NOT d.held_out")
+            f"WHERE d.channel = {quote_literal(channel.name)} AND NOT d.held_out")
     return f"SELECT {_target_select(channel, columns, _salt(channel))} FROM ({rows}) ORDER BY msisdn, rank, policy_id"
 
 
@@ -621,8 +620,7 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
             channel = config.channels[ch.channel]
             ext = fmt or channel.format
             target = staging / f"{ch.channel}.{ext}"
-            sql_path = str(target).replace("'", "''")
-            ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel))}) TO '{sql_path}' ({COPY_OPTIONS[ext]})").fetchone()[0])  # type: ignore[index]
+            ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel))}) TO {quote_literal(str(target))} ({COPY_OPTIONS[ext]})").fetchone()[0])  # type: ignore[index]
             ch.held_out = _held_out(con, ch.channel)
             ch.path = final_dir / target.name
         names = [ch.channel for ch in selected]

@@ -44,6 +44,7 @@ from mktool.database import Database, record_funnel, replace_month, table_exists
 from mktool.errors import ConfigError, MktoolError, RuleError, StateError
 from mktool.freshness import record_step, require_built_on_view, require_fresh_view, view_build_id
 from mktool.rules import Matrix, Problem, Rule, RuleSet
+from mktool.sqlquote import quote_literal
 
 __all__ = [
     "CUSTOMER_PRIORITY_TABLE",
@@ -122,9 +123,9 @@ class MatrixResult:
 
 # -- SQL generation (strings only; nothing runs here) ------------------------------------------------
 def _month_literal(month: str) -> str:
-    if not MONTH_RE.match(month):
+    if not MONTH_RE.fullmatch(month):
         raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
-    return f"'{month}'"
+    return quote_literal(month)
 
 
 def _scope(matrix: Matrix, month: str) -> str:
@@ -222,7 +223,7 @@ JOIN {_CAT} AS c ON c.matrix = r.matrix AND c.rule_no = r.rule_no"""
 def kept_rows_sql(month: str, kept_matrices: Sequence[str]) -> tuple[str, str]:
     """For ``--only``: the stored rows of the matrices not re-evaluated, as (rule catalogue, hits) queries."""
     m = _month_literal(month)
-    names = ", ".join("'" + name.replace("'", "''") + "'" for name in kept_matrices)
+    names = ", ".join(quote_literal(name) for name in kept_matrices)
     scope = f"FROM {RECOMMENDATIONS_TABLE} WHERE month = {m} AND matrix IN ({names})"
     catalogue = (f"SELECT r.matrix, r.rule_no, any_value(r.family), any_value(r.rule_id), any_value(r.policy_id), "
                  f"any_value(r.policy_name), any_value(r.\"group\"), any_value(r.script), any_value(r.channels), "
@@ -398,7 +399,7 @@ def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | Non
                 _execute(con, f"INSERT INTO {_PRIO} {first_hit_sql(m, rs, month, keep_unmatched=True)}", m, rs, month)
                 counted = con.execute(f"SELECT rule_no, count(*) FROM {_PRIO} WHERE rule_no IS NOT NULL GROUP BY rule_no").fetchall()
             else:
-                _execute(con, f"INSERT INTO {_RAW} SELECT '{m.name}' AS matrix, rule_no, msisdn FROM ({hits_sql(m, rs, month)}) AS h",
+                _execute(con, f"INSERT INTO {_RAW} SELECT {quote_literal(m.name)} AS matrix, rule_no, msisdn FROM ({hits_sql(m, rs, month)}) AS h",
                          m, rs, month)
                 counted = con.execute(f"SELECT rule_no, count(*) FROM {_RAW} WHERE matrix = ? GROUP BY rule_no", [m.name]).fetchall()
             got = {int(no): int(n) for no, n in counted}

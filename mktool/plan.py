@@ -30,6 +30,7 @@ from mktool.contract import MONTH_RE
 from mktool.database import Database, record_funnel, replace_month
 from mktool.errors import ConfigError, MktoolError, StateError
 from mktool.freshness import record_step, require_fresh_view, view_build_id
+from mktool.sqlquote import is_id, quote_literal
 from mktool.yamlio import load_yaml, unknown_keys
 
 PLAN_FILE = "plan.yaml"
@@ -167,6 +168,8 @@ def check_script(template: Any, *, where: str, file: Path | None) -> str:
     """The phrase template: a string whose only placeholders are {plan_name}, {new_rental}, {new_total}."""
     if not isinstance(template, str) or not template.strip():
         raise _fail(f"{where}: expected a non-empty phrase, got {template!r}", file)
+    if "\x00" in template:
+        raise _fail(f"{where}: the phrase contains a NUL character", file)
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
@@ -212,7 +215,7 @@ def load_plan_config(matrices_dir: Path) -> PlanConfig:
         values["min_data_mb"] = _min_data(doc["min_data_mb"], where="min_data_mb", file=path)
     if doc.get("policy") is not None:
         policy = doc["policy"]
-        if not isinstance(policy, str) or not policy.strip() or any(ch.isspace() for ch in policy):
+        if not is_id(policy):
             raise ConfigError(f"policy: expected a policy id such as PLAN_CHANGE, got {policy!r}", file=str(path))
         values["policy"] = policy
     if doc.get("channels") is not None:
@@ -454,7 +457,7 @@ def recommend_query(month: str, config: PlanConfig, *, ordered: bool = True) -> 
 
 
 def _num(x: float) -> str:
-    return f"CAST({x!r} AS DOUBLE)"
+    return f"CAST({quote_literal(float(x))} AS DOUBLE)"
 
 
 def sweep_query(month: str, config: PlanConfig, total_windows: Sequence[Window],
@@ -496,7 +499,7 @@ def script_sql(template: str) -> str:
     parts: list[str] = []
     for literal, name, _, _ in string.Formatter().parse(template):
         if literal:
-            parts.append("'" + literal.replace("'", "''") + "'")
+            parts.append(quote_literal(literal))
         if name == "plan_name":
             parts.append("coalesce(plan_name, plan_id)")
         elif name in ("new_rental", "new_total"):

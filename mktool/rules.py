@@ -13,24 +13,32 @@ Everything here happens before any SQL touches the database. Each problem is col
 Which files are matrices: every ``*.yaml`` / ``*.yml`` under the folder whose top level has a
 ``matrix:`` key, except the catalogue/model files (:data:`NOT_MATRICES`) and anything under a
 ``tests/`` sub-folder (rule fixtures). Rule SQL goes through :func:`mktool.sqlcheck.check_expression`
-against the customer_view columns, then is bound (types only, no data) against an empty
-customer_view built in memory from the input contract and scores.yaml, which catches
-non-boolean conditions and unknown functions that only DuckDB can see.
+against the customer_view columns, then is bound against the real column types of a
+customer_view built in memory from the input contract and scores.yaml (one row of NULLs, no
+data): non-boolean conditions, impossible operand types, and text literals that are not
+valid for the column they meet (``contacts >= 'x'``) are errors at check time, not at `matrix`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import difflib
-import re
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
+
+from mktool.ahp import ahp_weights
+from mktool.contract import TABLES
 from mktool.errors import ConfigError
 from mktool.sqlcheck import CheckedExpression, check_expression
+from mktool.sqlquote import is_id, is_name, quote_identifier
+from mktool.view import SCORES_FILE, load_score_model, view_params, view_sql
 from mktool.yamlio import load_yaml, unknown_keys
 
 __all__ = [
@@ -73,8 +81,6 @@ POLICY_KEYS = {"id", "name", "family", "valid_from", "valid_to", "channels", "ex
 CHANNEL_KEYS = {"cycle", "capacity", "format", "columns", "mask", "salt_env", "contact_cap"} | DOC_KEYS
 CONTACT_POLICY_KEYS = {"cooldown_days", "monthly_cap"}
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # matrix, family and channel names
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # rule and policy ids
 
 
 # -- problems -----------------------------------------------------------------------------------
@@ -412,13 +418,13 @@ def _read_policy(raw: Any, i: int, file: str) -> Policy:
     pid = _text(raw, "id", file=file, at=f"policies[{i}]", required=True)
     assert pid is not None
     at = f"policy {pid}"
-    if not ID_RE.match(pid):
+    if not is_id(pid):
         raise _fail(file, f"{at}: id: use letters, digits, '_', '.' or '-'")
     unknown_keys(raw, POLICY_KEYS, file=Path(file), at=at)
     name = _text(raw, "name", file=file, at=at, required=True)
     family = _text(raw, "family", file=file, at=at, required=True)
     assert name is not None and family is not None
-    if not NAME_RE.match(family):
+    if not is_name(family):
         raise _fail(file, f"{at}: family: '{family}' must be a lower-case name such as retention")
     valid_from = _date(raw, "valid_from", file=file, at=at)
     valid_to = _date(raw, "valid_to", file=file, at=at)
@@ -483,7 +489,7 @@ def _read_channels(matrices_dir: Path, problems: Problems) -> ChannelConfig | No
 
 def _read_channel(name: str, raw: Any, file: str) -> Channel:
     at = f"channel {name}"
-    if not NAME_RE.match(name):
+    if not is_name(name):
         raise _fail(file, f"{at}: channel names are lower-case names such as {', '.join(CHANNEL_NAMES)}")
     if not isinstance(raw, dict):
         raise _fail(file, f"{at}: expected a mapping with cycle, capacity, format, got {raw!r}")
@@ -591,9 +597,9 @@ def _read_matrix(path: Path, ctx: _Context, problems: Problems, failed_families:
         name = _text(doc, "matrix", file=file, at="", required=True)
         family = _text(doc, "family", file=file, at="", required=True)
         assert name is not None and family is not None
-        if not NAME_RE.match(name):
+        if not is_name(name):
             raise _fail(file, f"matrix: '{name}' must be a lower-case name (letters, digits, _)")
-        if not NAME_RE.match(family):
+        if not is_name(family):
             raise _fail(file, f"family: '{family}' must be a lower-case name such as retention")
         is_priority = family == PRIORITY_FAMILY
         hit = _choice(doc, "hit", HIT_MODES, file=file, at="", required=not is_priority,
@@ -646,7 +652,7 @@ def _read_rule(raw: Any, i: int, *, file: str, matrix: str, family: str, is_prio
     with problems.catch():
         rid = _text(raw, "id", file=file, at=f"rules[{i}]", required=True)
         assert rid is not None
-        if not ID_RE.match(rid):
+        if not is_id(rid):
             raise _fail(file, f"rule {rid}: id: use letters, digits, '_', '.' or '-'")
         if rid in seen:
             raise _fail(file, f"rule {rid}: duplicate rule id (rules[{seen[rid]}] and rules[{i}] are both '{rid}')")
@@ -771,53 +777,173 @@ def _check_policy_channels(policies: dict[str, Policy] | None, channels: Channel
                                f"{_suggest(ch, channels.names)}; {CHANNELS_FILE} defines {', '.join(channels.names)}")
 
 
-# -- binding against an empty, typed customer_view --------------------------------------------------
+# -- binding against a typed customer_view with one row of NULLs ------------------------------------
 def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
-    """Bind every expression against an empty customer_view: only DuckDB knows the types.
+    """Bind every expression against the real column types of customer_view: only DuckDB knows them.
 
-    Catches conditions that are not boolean (``when: city``, ``when: arpu_3m``), unknown
-    functions and impossible operand types, with no data and no database file. If the empty
-    view cannot be built (a model the contract cannot feed), the check is skipped: the real run
-    reports such errors anyway.
+    The view is built in memory from the input contract and scores.yaml, with one row in which
+    every column is NULL (no data, no database file). Each expression — the value indicators
+    and columns of scores.yaml, each matrix's ``where`` and every rule's ``when`` — is then
+    checked by :func:`_bind_problem`. If the view cannot be built, the score expression that
+    breaks it is named (and the matrix checks are skipped: they need the view).
     """
-    con = _empty_view(model)
+    con = _typed_view(model, problems)
     if con is None:
         return
     try:
+        for at, sql in _score_expressions(model):
+            problem = _bind_problem(con, sql)
+            if problem:
+                problems.error(f"{at}: {problem}")
         for m in matrices:
-            items = [("where", None, m.where)] if m.where is not None else []
+            items: list[tuple[str, Rule | None, CheckedExpression | None]] = (
+                [("where", None, m.where)] if m.where is not None else [])
             items += [("when", r, r.when) for r in m.rules]
             for what, rule, expr in items:
                 if expr is None:
                     continue
                 at = f"{m.file}: rule {rule.id}: {what}" if rule else f"{m.file}: {what}"
-                try:
-                    kind = con.execute(f"DESCRIBE SELECT ({expr.duckdb_sql}) AS x FROM customer_view").fetchall()[0][1]
-                except Exception as exc:  # duckdb.Error: binder / catalog errors
-                    problems.error(f"{at}: DuckDB: {_first_line(exc)}")
+                problem = _bind_problem(con, expr.duckdb_sql)
+                if problem:
+                    problems.error(f"{at}: {problem}")
                     continue
+                kind = con.execute(f"DESCRIBE SELECT ({expr.duckdb_sql}) AS x FROM customer_view").fetchall()[0][1]
                 if kind not in ("BOOLEAN", '"NULL"', "NULL"):
                     problems.error(f"{at}: expected a boolean condition, but '{_short(expr.source)}' is {kind}")
     finally:
         con.close()
 
 
-def _empty_view(model: Any) -> Any:
-    import duckdb
+def _score_expressions(model: Any) -> list[tuple[str, str]]:
+    """(location, SQL) of every expression of scores.yaml, located as ``load_score_model`` does."""
+    out = []
+    for i, crit in enumerate(model.criteria):
+        for j, ind in enumerate(crit.indicators):
+            out.append((f"{model.path}: value.criteria[{i}].indicators[{j}].expr", ind.sql))
+    for i, col in enumerate(model.columns):
+        out.append((f"{model.path}: columns[{i}] ({col.name}).expr", col.sql))
+    return out
 
-    from mktool.contract import TABLES
-    from mktool.view import view_params, view_sql
 
-    con = duckdb.connect(":memory:")
+def _typed_view(model: Any, problems: Problems) -> duckdb.DuckDBPyConnection | None:
+    """An in-memory connection with the contract's tables (empty) and customer_view (one row of
+    NULLs), the optimizer off so that constants are evaluated rather than folded away."""
+    con = duckdb.connect(":memory:", config={"enable_external_access": False})
     try:
         for t in TABLES.values():
-            cols = ", ".join(f'"{c.name}" {c.type}' for c in t.columns)
-            con.execute(f'CREATE TABLE "{t.name}" ({cols})')
-        con.execute(f"CREATE TABLE customer_view AS {view_sql(model, has_vas=True)}", view_params("2000-01"))
-    except Exception:  # pragma: no cover - depends on the view module, reported by `score` itself
+            cols = ", ".join(f"{quote_identifier(c.name)} {c.type}" for c in t.columns)
+            con.execute(f"CREATE TABLE {quote_identifier(t.name)} ({cols})")
+        try:
+            con.execute(f"CREATE TABLE customer_view AS {view_sql(model, has_vas=True)}", view_params("2000-01"))
+        except duckdb.Error as exc:
+            problems.error(_culprit(con, model, exc))
+            con.close()
+            return None
+        con.execute("INSERT INTO customer_view DEFAULT VALUES")
+        con.execute("PRAGMA disable_optimizer")
+    except BaseException:
         con.close()
-        return None
+        raise
     return con
+
+
+def _culprit(con: duckdb.DuckDBPyConnection, model: Any, exc: duckdb.Error) -> str:
+    """The score expression that stops customer_view from binding: each value indicator alone
+    (as the only indicator of the model), then the first prefix of the score columns that fails."""
+    def binds(candidate: Any) -> str | None:
+        try:
+            con.execute(f"DESCRIBE {view_sql(candidate, has_vas=True)}", view_params("2000-01"))
+        except duckdb.Error as err:
+            return _first_line(err)
+        return None
+
+    alone = ahp_weights([[1.0]])
+    for i, crit in enumerate(model.criteria):
+        for j, ind in enumerate(crit.indicators):
+            one = dataclasses.replace(crit, indicators=[ind], ahp=alone)
+            problem = binds(dataclasses.replace(model, criteria=[one], ahp=alone, columns=[]))
+            if problem:
+                return f"{model.path}: value.criteria[{i}].indicators[{j}].expr: DuckDB: {problem}"
+    for k, col in enumerate(model.columns):
+        problem = binds(dataclasses.replace(model, columns=model.columns[:k + 1]))
+        if problem:
+            return f"{model.path}: columns[{k}] ({col.name}).expr: DuckDB: {problem}"
+    return f"{model.path}: customer_view does not bind: DuckDB: {_first_line(exc)}"  # pragma: no cover
+
+
+def _bind_problem(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
+    """What is wrong with ``sql`` over customer_view's types, or None.
+
+    Three steps, all without data: (1) DuckDB binds it (unknown function, impossible operand
+    types: ``city > 5``, ``upper(contacts)``); (2) every text literal that DuckDB implicitly
+    casts to a column's type is cast on its own, in whatever branch it sits (``contacts >=
+    'x'``, ``join_date > '2026-13-01'``, ``CASE ... ELSE 'x'``): on zero rows DuckDB never
+    evaluates such a cast and the error would wait for `matrix`; (3) the expression runs on
+    the row of NULLs with the optimizer off, which evaluates its constant arguments
+    (``date_trunc('mnth', ...)``, a bad regular expression, ``make_date(2026, 13, 1)``).
+    """
+    query = f"SELECT ({sql}) AS x FROM customer_view"
+    try:
+        con.execute(f"DESCRIBE {query}")
+    except duckdb.Error as exc:
+        return f"DuckDB: {_first_line(exc)}"
+    row = con.execute("SELECT json_serialize_plan(?, optimize := false)", [query]).fetchone()
+    plan = json.loads(row[0]) if row else {}
+    for value, target in _literal_casts(plan):
+        try:
+            con.execute(f"SELECT CAST(CAST(? AS VARCHAR) AS {target})", [value]).fetchall()
+        except duckdb.Error as exc:
+            return (f"'{_short(value, 40)}' is used as a {target} here but is not a valid {target} "
+                    f"(DuckDB: {_first_line(exc)})")
+    try:
+        con.execute(query).fetchall()
+    except duckdb.Error as exc:
+        return f"DuckDB: {_first_line(exc)}"
+    return None
+
+
+def _literal_casts(plan: Any) -> Iterator[tuple[str, str]]:
+    """(text, SQL type) of every text constant the bound plan casts to another type."""
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("expression_class") == "BOUND_FUNCTION" and node.get("type") == "OPERATOR_CAST":
+            children = node.get("children") or []
+            child = children[0] if len(children) == 1 else None
+            value = (child or {}).get("value") or {}
+            target = _sql_type(node.get("return_type"))
+            if (isinstance(child, dict) and child.get("expression_class") == "BOUND_CONSTANT"
+                    and (value.get("type") or {}).get("id") == "VARCHAR" and not value.get("is_null")
+                    and isinstance(value.get("value"), str) and target is not None
+                    and not (node.get("function_data") or {}).get("try_cast")):
+                yield value["value"], target
+        stack.extend(node.values())
+
+
+_SIMPLE_TYPES = frozenset(
+    "BOOLEAN TINYINT SMALLINT INTEGER BIGINT HUGEINT UTINYINT USMALLINT UINTEGER UBIGINT UHUGEINT "
+    "FLOAT DOUBLE DATE TIME TIMESTAMP INTERVAL UUID".split()
+)
+
+
+def _sql_type(t: Any) -> str | None:
+    """A bound type of the plan's JSON as SQL (None for types this check does not cast to)."""
+    if not isinstance(t, dict):
+        return None
+    tid, info = t.get("id"), t.get("type_info") or {}
+    if tid in _SIMPLE_TYPES:
+        return str(tid)
+    if tid == "DECIMAL" and isinstance(info.get("width"), int) and isinstance(info.get("scale"), int):
+        return f"DECIMAL({info['width']}, {info['scale']})"
+    if tid == "LIST":
+        child = _sql_type(info.get("child_type"))
+        return f"{child}[]" if child else None
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -832,8 +958,6 @@ def _short(text: str, width: int = 60) -> str:
 
 # -- entry points -------------------------------------------------------------------------------
 def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> tuple[RuleSet | None, list[str]]:
-    from mktool.view import SCORES_FILE, load_score_model
-
     matrices_dir = Path(matrices_dir)
     files: list[str] = []
     if not matrices_dir.is_dir():

@@ -65,6 +65,7 @@ from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.errors import ConfigError, MktoolError
 from mktool.rules import matrix_files_by_name
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS
+from mktool.sqlquote import quote_literal
 from mktool.view import (
     ScoreModel,
     load_score_model,
@@ -897,14 +898,14 @@ def _create_plans(con: duckdb.DuckDBPyConnection, cf: CaseFile) -> None:
     cols = ", ".join(f'"{c.name}" {c.type}' for c in contract.columns)
     con.execute(f"CREATE OR REPLACE TABLE plans ({cols})")
     if cf.plans_file is not None:
-        path = str(cf.plans_file).replace("'", "''")
+        path = quote_literal(str(cf.plans_file))
         reader = "read_parquet" if cf.plans_file.suffix.lower() == ".parquet" else "read_csv_auto"
-        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}('{path}')").fetchall()}
+        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}({path})").fetchall()}
         literal = {"product_status": "1", "is_target": "true"}
         select = ", ".join(
             f'CAST("{c.name}" AS {c.type})' if c.name in have
             else f"CAST({literal.get(c.name, 'NULL')} AS {c.type})" for c in contract.columns)
-        con.execute(f"INSERT INTO plans SELECT {select} FROM {reader}('{path}')")
+        con.execute(f"INSERT INTO plans SELECT {select} FROM {reader}({path})")
     rows = []
     for i, raw in enumerate(cf.plans or []):
         where = f"plans[{i}]"

@@ -40,6 +40,7 @@ from mktool.output import file_sha256
 from mktool.rules import matrix_files_by_name
 from mktool.errors import CheckFailed, ConfigError, MktoolError, StateError
 from mktool.versions import engine_versions, version_changes
+from mktool.sqlquote import quote_literal
 
 __all__ = [
     "DEFAULT_FILE",
@@ -76,13 +77,13 @@ def fixture_files(fixtures: Path) -> list[Path]:
 
 # -- reading target lists back ----------------------------------------------------------------------
 def list_reader(path: Path) -> str:
-    quoted = str(path).replace("'", "''")
+    quoted = quote_literal(str(path))
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return f"read_csv('{quoted}', header = true, all_varchar = true)"
+        return f"read_csv({quoted}, header = true, all_varchar = true)"
     if suffix == ".parquet":
-        return f"read_parquet('{quoted}')"
-    return f"read_json('{quoted}', format = 'newline_delimited')"
+        return f"read_parquet({quoted})"
+    return f"read_json({quoted}, format = 'newline_delimited')"
 
 
 def read_list(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], list[tuple[str | None, ...]]]:
@@ -163,10 +164,8 @@ def copy_database(source: Path, target: Path, settings: Settings) -> None:
     with Database(reader, write=False):  # holds the shared lock: no mktool writer meanwhile
         con = duckdb.connect(":memory:")
         try:
-            src = str(source).replace("'", "''")
-            dst = str(target).replace("'", "''")
-            con.execute(f"ATTACH '{src}' AS mk_src (READ_ONLY)")
-            con.execute(f"ATTACH '{dst}' AS mk_dst")
+            con.execute(f"ATTACH {quote_literal(str(source))} AS mk_src (READ_ONLY)")
+            con.execute(f"ATTACH {quote_literal(str(target))} AS mk_dst")
             con.execute("COPY FROM DATABASE mk_src TO mk_dst")
         finally:
             con.close()

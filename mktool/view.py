@@ -22,6 +22,7 @@ from mktool.database import Database, replace_month, table_exists
 from mktool.errors import ConfigError, StateError
 from mktool.freshness import record_step, view_inputs
 from mktool.sqlcheck import check_expression
+from mktool.sqlquote import check_label, quote_identifier, quote_literal
 from mktool.yamlio import field as yfield
 from mktool.yamlio import load_yaml, number, unknown_keys
 
@@ -119,11 +120,10 @@ def _substitute(sql: str, params: dict[str, Any], *, file: Path, at: str) -> str
         if name not in params:
             raise ConfigError(f"{at}: unknown parameter ${{{name}}} (params: {', '.join(params) or 'none'})", file=str(file))
         value = params[name]
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, (int, float)):
-            return repr(value)
-        return "'" + str(value).replace("'", "''") + "'"
+        try:
+            return quote_literal(value if isinstance(value, (bool, int, float)) else str(value))
+        except ValueError as exc:
+            raise ConfigError(f"{at}: parameter ${{{name}}}: {exc}", file=str(file)) from None
 
     return PARAM_RE.sub(repl, sql)
 
@@ -192,7 +192,8 @@ def load_score_model(matrices_dir: Path, overrides: dict[str, Any] | None = None
     tiers: list[tuple[str, Fraction]] = []
     for i, rt in enumerate(yfield(value, "tiers", list, file=path, at="value")):
         at = f"value.tiers[{i}]"
-        tiers.append((yfield(rt, "tier", str, file=path, at=at),
+        tiers.append((check_label(yfield(rt, "tier", str, file=path, at=at), file=path, at=f"{at}.tier",
+                                  what="value tier name"),
                       Fraction(str(number(yfield(rt, "share", (int, float, str), file=path, at=at), file=path, at=at)))))
     if sum(share for _, share in tiers) != 1:
         raise ConfigError(f"value.tiers: shares add up to {float(sum(s for _, s in tiers)):g}, not 1", file=str(path))
@@ -244,8 +245,8 @@ def view_sql(model: ScoreModel, *, has_vas: bool) -> str:
     cumulative = Fraction(0)
     for name, share in model.tiers[:-1]:
         cumulative += share
-        cases.append(f"WHEN _rank * {cumulative.denominator} <= _n * {cumulative.numerator} THEN '{name}'")
-    tier_sql = f"CASE {' '.join(cases)} ELSE '{model.tiers[-1][0]}' END"
+        cases.append(f"WHEN _rank * {cumulative.denominator} <= _n * {cumulative.numerator} THEN {quote_literal(name)}")
+    tier_sql = f"CASE {' '.join(cases)} ELSE {quote_literal(model.tiers[-1][0])} END"
     layers = [
         f"base AS ({base})",
         f"indicators AS (SELECT msisdn, {', '.join(indicators)} FROM base)",
@@ -258,9 +259,9 @@ def view_sql(model: ScoreModel, *, has_vas: bool) -> str:
     ]
     prev = "tiered"
     for i, col in enumerate(model.columns):
-        layers.append(f"c{i} AS (SELECT *, ({col.sql}) AS {col.name} FROM {prev})")
+        layers.append(f"c{i} AS (SELECT *, ({col.sql}) AS {quote_identifier(col.name)} FROM {prev})")
         prev = f"c{i}"
-    select = ", ".join(model.output_columns)
+    select = ", ".join(quote_identifier(c) for c in model.output_columns)
     return "WITH " + ",\n".join(layers) + f"\nSELECT {select} FROM {prev}"
 
 
