@@ -213,7 +213,7 @@ class Run:
     def usage_error(self, options: str | list[str], message: str) -> typer.BadParameter:
         """A combination or value only the command can judge (e.g. a channel of channels.yaml): exit 2."""
         hints = [options] if isinstance(options, str) else options
-        return typer.BadParameter(message, ctx=self.ctx, param_hint=[f"'{o}'" for o in hints])
+        return typer.BadParameter(message, ctx=self.ctx, param_hint=hints)
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -231,6 +231,8 @@ def _duckdb_error_code(exc: duckdb.Error) -> int:
     if isinstance(exc, (duckdb.IOException, duckdb.OutOfMemoryException)) or "no space left" in text:
         return EXIT_BAD_INPUT
     if text.startswith("corrupt database file"):
+        return EXIT_BAD_INPUT
+    if ".parquet" in text or "parquet file" in text:  # a damaged extract (page, encoding, footer): it is named
         return EXIT_BAD_INPUT
     return EXIT_INTERNAL
 

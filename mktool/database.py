@@ -163,6 +163,10 @@ class Database:
                 "database is locked by another process (not an mktool run, or one from an older version)",
                 file=str(self.path),
             )
+        lowered = text.lower()
+        if any(os_level in lowered for os_level in ("no space left", "permission denied", "read-only file system")):
+            return InputError(f"cannot open the database ({text})", file=str(self.path),
+                              hint="free some space, or point --db at another disk" if "space" in lowered else None)
         return InputError(f"cannot open the database ({text})", file=str(self.path),
                           hint="is it a DuckDB file written by mktool, complete and not truncated? "
                                "Restore it from a backup, or point --db at another file")
@@ -214,7 +218,16 @@ class Database:
             raise
         con.execute("COMMIT")
         self._committed = True
-        con.execute("CHECKPOINT")
+        try:
+            con.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            # The step is durable in the write-ahead log; only folding it into the file failed
+            # (no space left, most often). Say so instead of implying that nothing happened.
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"the step was committed to the write-ahead log {self.path.name}.wal, but DuckDB could not "
+                f"write it into the database file ({text})", file=str(self.path),
+                hint="free some space: the next mktool command on this database finishes the checkpoint") from None
 
     def table_exists(self, name: str) -> bool:
         return table_exists(self.c, name)
