@@ -22,7 +22,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -206,9 +206,19 @@ class Run:
     reporter: Reporter
     verbose: bool
     ctx: typer.Context | None = None
+    opened: list[Database] = field(default_factory=list)  # to tell an interrupt what was committed
 
     def db(self, *, write: bool) -> Database:
-        return Database(self.settings, write=write)
+        database = Database(self.settings, write=write)
+        self.opened.append(database)
+        return database
+
+    def interrupted(self) -> str:
+        """The Ctrl-C line: true about what earlier steps of this command committed."""
+        if any(d.committed for d in self.opened):
+            return ("Interrupted; the steps that finished before it stay committed, the one running was rolled "
+                    "back: run the command again to finish")
+        return "Interrupted; nothing was committed."
 
     def usage_error(self, options: str | list[str], message: str) -> typer.BadParameter:
         """A combination or value only the command can judge (e.g. a channel of channels.yaml): exit 2."""
@@ -258,19 +268,25 @@ def command(name: str | None = None) -> Callable[[F], F]:
                     reporter.console.print(f"  hint: {escape(hint)}", highlight=False)
                 return typer.Exit(code)
 
+            run: Run | None = None
+
+            def interrupted() -> typer.Exit:
+                reporter.console.print(escape(run.interrupted() if run else "Interrupted; nothing was committed."))
+                return typer.Exit(EXIT_INTERRUPTED)
+
             try:
                 settings = Settings.from_options(
                     db=common["db"], matrices=common["matrices"], memory_limit=common["memory_limit"],
                     threads=common["threads"], temp_dir=common["temp_dir"], lock_wait=common["wait"],
                 )
-                return fn(Run(settings, reporter, verbose, common["ctx"]), **kwargs)
+                run = Run(settings, reporter, verbose, common["ctx"])
+                return fn(run, **kwargs)
             except (typer.Exit, typer.Abort, typer.TyperException):
                 raise  # typer's own: usage errors (exit 2) and explicit exits
             except MktoolError as exc:
                 raise fail(exc.render(), exc.exit_code) from None
             except (duckdb.InterruptException, KeyboardInterrupt):
-                reporter.console.print("Interrupted; nothing was committed.")
-                raise typer.Exit(EXIT_INTERRUPTED) from None
+                raise interrupted() from None
             except OSError as exc:
                 if exc.errno == errno.EPIPE:
                     raise  # the reader of stdout went away: typer exits 1 quietly
@@ -278,8 +294,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
             except duckdb.Error as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if "interrupted" in first.lower():
-                    reporter.console.print("Interrupted; nothing was committed.")
-                    raise typer.Exit(EXIT_INTERRUPTED) from None
+                    raise interrupted() from None
                 code = _duckdb_error_code(exc)
                 raise fail(f"DuckDB: {first}" if code != EXIT_INTERNAL else f"internal error: DuckDB: {first}", code,
                            hint=None if code != EXIT_INTERNAL or verbose else
@@ -287,8 +302,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
             except Exception as exc:
                 if isinstance(exc, RuntimeError) and "interrupted" in str(exc).lower():
                     # DuckDB may report a Ctrl-C during a query as RuntimeError('Query interrupted').
-                    reporter.console.print("Interrupted; nothing was committed.")
-                    raise typer.Exit(EXIT_INTERRUPTED) from None
+                    raise interrupted() from None
                 raise fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL,
                            hint=None if verbose else
                            "this is a bug in mktool: run again with --verbose for the traceback and report it") from None

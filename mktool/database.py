@@ -190,6 +190,11 @@ class Database:
 
     # -- small helpers -----------------------------------------------------------------
     @property
+    def committed(self) -> bool:
+        """Whether a transaction of this connection committed (what an interrupt message may claim)."""
+        return self._committed
+
+    @property
     def c(self) -> duckdb.DuckDBPyConnection:
         assert self.con is not None, "Database used outside its `with` block"
         return self.con

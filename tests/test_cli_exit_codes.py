@@ -547,3 +547,48 @@ def test_ctrl_c_while_waiting_for_the_lock_exits_130(cli, tmp_path: Path) -> Non
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+INTERRUPT_SCORE = ("import mktool.view\n"
+                   "def interrupted(*args, **kwargs):\n    raise KeyboardInterrupt\n"
+                   "mktool.view.score = interrupted")
+
+
+def test_ctrl_c_in_run_after_ingest_says_what_stays_committed(tmp_path: Path) -> None:
+    """`run` commits step by step: a Ctrl-C during score must not claim that nothing was committed."""
+    db = tmp_path / "mk.duckdb"
+    proc = _mktool(["run", "--month", M, "--ingest", str(extracts(tmp_path / "x")), "--out", str(tmp_path / "out"),
+                    "--date", "2026-11-01", "--matrices", str(MATRICES), "--db", str(db)], patch=INTERRUPT_SCORE)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "stay committed" in err and "nothing was committed" not in err
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM subscribers").fetchone() == (3,)  # the ingest step is kept
+    con.close()
+
+
+def test_ctrl_c_before_any_commit_says_nothing_was_committed(cli, tmp_path: Path) -> None:
+    assert cli("ingest", str(extracts(tmp_path / "x"))).exit_code == 0
+    proc = _mktool(["score", "--month", M, "--db", str(cli.db), "--matrices", str(MATRICES)], patch=INTERRUPT_SCORE)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Interrupted; nothing was committed." in err
+
+
+def test_no_space_left_for_an_out_file_leaves_no_part_of_it(cli, tmp_path: Path) -> None:
+    """A full disk under --out: exit 1 naming the path, and no partial file under any name."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tiny tmpfs")
+    folder = tmp_path / "x"
+    many = [f"1390000{i:04d}" for i in range(400)]
+    write_table(folder / f"subscribers_{M}.parquet", "subscribers", [{"msisdn": m, "month": M} for m in many])
+    write_table(folder / f"usage_{M}.parquet", "usage", [{"msisdn": m, "month": M} for m in many])
+    write_table(folder / f"billing_{M}.parquet", "billing", [{"msisdn": m, "month": M} for m in many])
+    write_table(folder / "plans.parquet", "plans", [{"plan_id": "ZX128"}])
+    assert cli("ingest", str(folder)).exit_code == 0
+    with mounted_tmpfs(tmp_path / "full", "size=16k") as full:
+        result = cli("score", "--month", M, "--out", str(full / "view.csv"), "--matrices", str(MATRICES))
+        assert result.exit_code == 1, result.output
+        [line] = error_lines(result.stderr)
+        assert "No space left on device" in line and str(full) in line
+        no_traceback(result)
+        assert list(full.iterdir()) == []
