@@ -299,7 +299,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 raise fail(f"DuckDB: {first}" if code != EXIT_INTERNAL else f"internal error: DuckDB: {first}", code,
                            hint=None if code != EXIT_INTERNAL or verbose else
                            "this is a bug in mktool: run again with --verbose for the traceback and report it") from None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 4
                 if isinstance(exc, RuntimeError) and "interrupted" in str(exc).lower():
                     # DuckDB may report a Ctrl-C during a query as RuntimeError('Query interrupted').
                     raise interrupted() from None

@@ -30,7 +30,7 @@ def short_repr(value: Any, width: int = 300) -> str:
     must not grow to gigabytes (or take minutes) just to be cut to one line."""
     try:
         text = _REPR.repr(value)
-    except Exception:  # e.g. an int beyond Python's 4,300-digit repr limit
+    except Exception:  # noqa: BLE001 - e.g. an int beyond Python's 4,300-digit repr limit
         text = f"<{type(value).__name__}>"
     return text if len(text) <= width else text[: width - 1] + "…"
 

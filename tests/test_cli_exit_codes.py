@@ -70,13 +70,13 @@ def usage_refused(result, option: str) -> None:
 def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
     """A real read-only or tiny file system (root can write through chmod, not through these)."""
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
     try:
         yield folder
     finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -496,7 +496,7 @@ BUG = "import mktool.ingest\nmktool.ingest.status = lambda db: {}['no such key']
 def test_unexpected_error_exits_4_without_traceback(cli, tmp_path: Path) -> None:
     assert cli("ingest", str(extracts(tmp_path / "x"))).exit_code == 0
     proc = _mktool(["status", "--db", str(cli.db)], patch=BUG)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 4, err
     assert error_lines(err) == ["Error: internal error: KeyError: 'no such key'"]
     assert "Traceback" not in err and "--verbose" in err
@@ -505,7 +505,7 @@ def test_unexpected_error_exits_4_without_traceback(cli, tmp_path: Path) -> None
 def test_unexpected_error_shows_the_traceback_with_verbose(cli, tmp_path: Path) -> None:
     assert cli("ingest", str(extracts(tmp_path / "x"))).exit_code == 0
     proc = _mktool(["status", "--db", str(cli.db), "--verbose"], patch=BUG)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 4
     assert "Traceback (most recent call last)" in err and "KeyError" in err
     assert "Error: internal error: KeyError" in err
@@ -513,7 +513,7 @@ def test_unexpected_error_shows_the_traceback_with_verbose(cli, tmp_path: Path) 
 
 def test_a_usage_error_in_a_real_process_exits_2(tmp_path: Path) -> None:
     proc = _mktool(["status", "--format", "xyz", "--db", str(tmp_path / "x.duckdb")])
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Invalid value for '--format'" in err and "Traceback" not in err
 
 
@@ -523,7 +523,7 @@ def test_interrupt_exits_130(cli, tmp_path: Path) -> None:
                    patch="import mktool.ingest\n"
                          "def interrupted(db):\n    raise KeyboardInterrupt\n"
                          "mktool.ingest.status = interrupted")
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
 
@@ -544,7 +544,7 @@ def test_ctrl_c_while_waiting_for_the_lock_exits_130(cli, tmp_path: Path) -> Non
             time.sleep(0.05)
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
 
@@ -559,7 +559,7 @@ def test_ctrl_c_in_run_after_ingest_says_what_stays_committed(tmp_path: Path) ->
     db = tmp_path / "mk.duckdb"
     proc = _mktool(["run", "--month", M, "--ingest", str(extracts(tmp_path / "x")), "--out", str(tmp_path / "out"),
                     "--date", "2026-11-01", "--matrices", str(MATRICES), "--db", str(db)], patch=INTERRUPT_SCORE)
-    out, err = proc.communicate(timeout=180)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     assert "stay committed" in err and "nothing was committed" not in err
     con = duckdb.connect(str(db), read_only=True)
@@ -570,7 +570,7 @@ def test_ctrl_c_in_run_after_ingest_says_what_stays_committed(tmp_path: Path) ->
 def test_ctrl_c_before_any_commit_says_nothing_was_committed(cli, tmp_path: Path) -> None:
     assert cli("ingest", str(extracts(tmp_path / "x"))).exit_code == 0
     proc = _mktool(["score", "--month", M, "--db", str(cli.db), "--matrices", str(MATRICES)], patch=INTERRUPT_SCORE)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Interrupted; nothing was committed." in err
 
 

@@ -76,7 +76,7 @@ def test_every_rule_file_read_goes_through_yamlio() -> None:
             continue
         text = source.read_text(encoding="utf-8")
         assert not re.search(r"\byaml\.(safe_load|load|full_load|unsafe_load|load_all|safe_load_all)\b", text), source
-        assert not re.search(r"^\s*import yaml|^\s*from yaml", text, re.M), source
+        assert not re.search(r"^\s*import yaml|^\s*from yaml", text, re.MULTILINE), source
 
 
 # -- duplicate keys ---------------------------------------------------------------------------------
