@@ -147,6 +147,16 @@ def parse_window(value: str) -> str:
     return value
 
 
+MSISDN_RE = re.compile(r"\A[0-9]{11}\Z")  # the data contract's msisdn: 11 ASCII digits
+
+
+def parse_msisdn(value: str) -> str:
+    """``explain``'s number: 11 digits, as the data contract stores it."""
+    if not MSISDN_RE.match(value):
+        raise _bad(f"expected a mobile number of 11 digits such as 13800000042, got {value!r}")
+    return value
+
+
 def parse_param(value: str) -> str:
     """``--param name=value``: the pair as given; its value is typed by ``parse_params``."""
     name, sep, _ = value.partition("=")
@@ -926,7 +936,7 @@ def run_cmd(
 @command("explain")
 def explain_cmd(
     run: Run,
-    msisdn: Annotated[str, typer.Argument(help="The customer's number (11 digits)")],
+    msisdn: Annotated[str, typer.Argument(parser=parse_msisdn, metavar="MSISDN", help="The customer's number (11 digits)")],
     month: MonthOpt,
     fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json")] = "table",
 ) -> None:

@@ -98,7 +98,8 @@ def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     spill.mkdir(parents=True, exist_ok=True)
     if not os.access(spill, os.W_OK | os.X_OK):
         # DuckDB would only fail when it first spills, deep into a long step.
-        raise PermissionError(errno.EACCES, "spill folder is not writable", str(spill))
+        code = errno.EROFS if os.statvfs(spill).f_flag & os.ST_RDONLY else errno.EACCES
+        raise PermissionError(code, f"the spill folder (--temp-dir) is not writable: {os.strerror(code)}", str(spill))
     con.execute("SET memory_limit = ?", [check_memory_limit(settings.memory_limit)])
     con.execute("SET threads = ?", [check_threads(settings.threads)])
     con.execute("SET temp_directory = ?", [str(spill)])
