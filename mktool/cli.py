@@ -11,6 +11,7 @@ usual usage message naming the option, before any work starts; the library keeps
 checks as a second line of defence for other callers.
 """
 
+import contextlib
 import datetime as dt
 import errno
 import functools
@@ -21,7 +22,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -36,7 +37,7 @@ from mktool.config import Settings, check_lock_wait, check_memory_limit, check_t
 from mktool.console import Reporter
 from mktool.contract import MONTH_RE, TABLES
 from mktool.database import Database
-from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, MktoolError
+from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InputError, MktoolError
 from mktool.output import write_query
 
 app = typer.Typer(
@@ -252,7 +253,7 @@ def _duckdb_error_code(exc: duckdb.Error) -> int:
         return EXIT_BAD_INPUT
     if text.startswith("corrupt database file"):
         return EXIT_BAD_INPUT
-    if ".parquet" in text or "parquet file" in text:  # a damaged extract (page, encoding, footer): it is named
+    if isinstance(exc, duckdb.InvalidInputException) and "parquet" in text:  # a damaged extract DuckDB names
         return EXIT_BAD_INPUT
     return EXIT_INTERNAL
 
@@ -404,6 +405,34 @@ def _read_only_mount(path: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def named_damaged_extract(paths: list[Path], settings: Settings) -> Iterator[None]:
+    """Name the damaged Parquet file behind a DuckDB failure that does not name one.
+
+    A corrupt page header fails deep in a scan over several files ("don't know what type")
+    with no file in the message, which would read as a bug (exit 4). Only on that failure
+    path, each given extract is read in full, alone; the first one DuckDB cannot read is bad
+    input (exit 1) and named. When every file reads, the original error stands.
+    """
+    try:
+        yield
+    except duckdb.Error as exc:
+        if isinstance(exc, duckdb.InterruptException) or _duckdb_error_code(exc) != EXIT_INTERNAL or not paths:
+            raise
+        files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*.parquet")) if f.is_file()})
+        with contextlib.closing(duckdb.connect()) as probe:
+            probe.execute("SET threads = ?", [settings.threads])
+            probe.execute("SET memory_limit = ?", [settings.memory_limit])
+            for file in files:
+                try:
+                    probe.execute("SELECT max(hash(COLUMNS(*))) FROM read_parquet(?)", [str(file)]).fetchall()
+                except duckdb.Error as unreadable:
+                    reason = str(unreadable).splitlines()[0] if str(unreadable) else type(unreadable).__name__
+                    raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})",
+                                     file=str(file), hint="export the extract again") from None
+        raise
+
+
 def render_table(reporter: Reporter, title: str | None, columns: list[str], rows: list[tuple[Any, ...]],
                  *, to_stdout: bool = False) -> None:
     """A rich table for people (on stderr unless it *is* the requested output).
@@ -443,7 +472,7 @@ def ingest_cmd(
     """
     from mktool.ingest import ingest
 
-    with run.db(write=True) as db:
+    with named_damaged_extract(paths, run.settings), run.db(write=True) as db:
         result = ingest(db, paths, table=table, reporter=run.reporter)
     rows = [(f.table, ", ".join(f.months) or "-", f.rows, f.path.name) for f in result.files]
     render_table(run.reporter, f"Loaded {len(result.files)} file(s), {result.rows:,} rows", ["table", "months", "rows", "file"], rows)
@@ -919,7 +948,7 @@ def run_cmd(
     from mktool.pipeline import run_pipeline
 
     check_out_folder(out)
-    with run.db(write=True) as db:
+    with named_damaged_extract(ingest_dir or [], run.settings), run.db(write=True) as db:
         result = run_pipeline(db, month, matrices_dir=run.settings.matrices_dir, ingest_paths=ingest_dir,
                               cycle_date=cycle_date_or_today(date), out_dir=out, fmt=fmt, reporter=run.reporter)
     rows = []

@@ -412,28 +412,36 @@ def test_db_that_is_damaged(cli, tmp_path: Path, damage: str) -> None:
     assert db.read_bytes() == before
 
 
-def test_corrupt_parquet_page_is_bad_input(cli, tmp_path: Path) -> None:
-    import pyarrow as pa
+@pytest.mark.parametrize("damage", ["page data", "page header", "truncated"])
+def test_a_damaged_parquet_extract_is_bad_input(cli, tmp_path: Path, damage: str) -> None:
+    """Exit 1 naming the file, whether DuckDB names it (bad UTF-8 in a page) or not (a page
+    header it cannot decode: "don't know what type"), and no database is left behind."""
     import pyarrow.parquet as pq
 
     folder = extracts(tmp_path / "x")
     usage = folder / f"usage_{M}.parquet"
-    n = 5000
-    table = pa.table({"msisdn": [f"138{i:08d}" for i in range(n)], "month": [M] * n,
-                      "voice_out_min": [float(i) for i in range(n)]})
-    full = pq.read_table(usage)
-    columns = {name: [full.column(name)[0].as_py()] * n for name in full.column_names}
-    columns.update({name: table.column(name).to_pylist() for name in table.column_names})
-    pq.write_table(pa.table(columns, schema=full.schema), usage, compression="none")
+    many = [f"138{i:08d}" for i in range(5000)]
+    write_table(usage, "usage", [{"msisdn": m, "month": M} for m in many])
+    pq.write_table(pq.read_table(usage), usage, compression="none")  # page bytes as they are on disk
     raw = bytearray(usage.read_bytes())
-    middle = len(raw) // 2
-    raw[middle:middle + 2000] = os.urandom(2000)
+    if damage == "page data":
+        middle = len(raw) // 2
+        raw[middle:middle + 2000] = b"\xff" * 2000
+    elif damage == "page header":
+        raw[4:40] = b"\xff" * 36  # just after the PAR1 magic: the first page header
+    else:
+        raw = raw[: len(raw) * 2 // 3]
     usage.write_bytes(bytes(raw))
     result = cli("ingest", str(folder))
     assert result.exit_code == 1, result.output
-    assert usage.name in result.stderr
+    [line] = error_lines(result.stderr)
+    assert str(usage) in line, line
     no_traceback(result)
     assert not cli.db.exists()
+    run = cli("run", "--month", M, "--ingest", str(folder), "--out", str(tmp_path / "out"), "--date", "2026-11-01",
+              "--matrices", str(MATRICES))
+    assert run.exit_code == 1 and str(usage) in run.stderr
+    assert not cli.db.exists() and not (tmp_path / "out").exists()
 
 
 # -- rich output shows values as written ------------------------------------------------------------
