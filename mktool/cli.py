@@ -185,7 +185,7 @@ COMMON_OPTIONS = [
         "--db", envvar="MKTOOL_DB", metavar="PATH",
         help="DuckDB database file [default: ./mktool.duckdb]", rich_help_panel="Common options")]),
     _opt("matrices", Annotated[Optional[Path], typer.Option(
-        "--matrices", envvar="MKTOOL_MATRICES",
+        "--matrices", envvar="MKTOOL_MATRICES", metavar="DIR",
         help="Folder of rule/model YAML files [default: ./matrices if present, else the shipped defaults]",
         rich_help_panel="Common options")]),
     _opt("memory_limit", Annotated[Optional[str], typer.Option(

@@ -444,6 +444,22 @@ def test_a_damaged_parquet_extract_is_bad_input(cli, tmp_path: Path, damage: str
     assert not cli.db.exists() and not (tmp_path / "out").exists()
 
 
+def test_environment_twins_of_paths_are_checked_like_the_options(runner, monkeypatch, tmp_path: Path) -> None:
+    folder = tmp_path / "db-folder"
+    folder.mkdir()
+    monkeypatch.setenv("MKTOOL_DB", str(folder))
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 1 and str(folder) in result.stderr and "is a folder" in result.stderr
+    no_traceback(result)
+    spill = tmp_path / "spill-file"
+    spill.write_text("x")
+    monkeypatch.setenv("MKTOOL_DB", str(tmp_path / "mk.duckdb"))
+    monkeypatch.setenv("MKTOOL_TEMP_DIR", str(spill))
+    result = runner.invoke(app, ["ingest", str(extracts(tmp_path / "x"))])
+    assert result.exit_code == 1 and str(spill) in result.stderr and "is a file" in result.stderr
+    assert not (tmp_path / "mk.duckdb").exists()
+
+
 # -- rich output shows values as written ------------------------------------------------------------
 def _recording() -> tuple[Reporter, io.StringIO]:
     buf = io.StringIO()
