@@ -101,7 +101,7 @@ class RuleFileLoader(yaml.SafeLoader):
             return
         self._paths[id(node)] = path
         if isinstance(node, MappingNode):
-            seen: dict[tuple[str, str], Node] = {}
+            seen: dict[Any, Node] = {}  # keyed by the keys' Python values: what the dict would merge
             for key_node, value_node in node.value:
                 if key_node.tag == MERGE_TAG:
                     self._walk(value_node, path)
@@ -109,7 +109,8 @@ class RuleFileLoader(yaml.SafeLoader):
                 name = _key_text(key_node)
                 child = f"{path}.{name}" if path else name
                 if isinstance(key_node, ScalarNode):
-                    ident = (key_node.tag, key_node.value)
+                    # `yes:` and `true:`, or `1:` and `1.0:`, are one key once built.
+                    ident = self.construct_object(key_node)
                     if ident in seen:
                         first = seen[ident].start_mark.line + 1
                         raise self.located(key_node.start_mark, child,

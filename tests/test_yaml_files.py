@@ -104,6 +104,13 @@ def test_duplicates_in_flow_style_and_deeper_mappings(tmp_path: Path) -> None:
     assert "duplicate key 'when' (first at line 1, again at line 2)" in quoted
 
 
+@pytest.mark.parametrize("body", ["yes: a\ntrue: b\n", "1: a\n1.0: b\n", "~: a\nnull: b\n", "0x1F: a\n31: b\n"])
+def test_keys_spelled_differently_that_are_one_key(tmp_path: Path, body: str) -> None:
+    """YAML 1.1 reads yes and true as the same boolean: the dict would keep only the second."""
+    text = refused(write(tmp_path / "m.yaml", body))
+    assert "line 2, column 1:" in text and "(first at line 1, again at line 2)" in text
+
+
 def test_keys_that_only_look_alike_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     doc = load_yaml(write(tmp_path / "ok.yaml", "1: int\n'1': text\nWhen: a\nwhen: b\n"
                                                 "base: &b {cap: 1, cycle: daily}\nsms:\n  <<: *b\n  cap: 5\n"))
@@ -283,6 +290,17 @@ def test_a_number_too_long_to_read(tmp_path: Path) -> None:
     text = refused(write(tmp_path / "m.yaml", "params:\n  cap: " + "9" * 5000 + "\n"))
     assert "line 2, column 8: params.cap: cannot read '999" in text and "4300 digits" in text
     assert len(text) < 400  # the message stays one short line
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ("x: !!python/object/apply:os.system ['echo hi']\n", "line 1, column 4: invalid YAML (could not determine a constructor"),
+    ("x: !include other.yaml\n", "line 1, column 4: invalid YAML (could not determine a constructor"),
+    ("? [a, b]\n: 1\n", "invalid YAML (found unhashable key)"),
+    ("a: 1\n---\nb: 2\n", "line 2, column 1: invalid YAML (but found another document)"),
+    ("rules:\n\t- id: R1\n", "line 2, column 1: invalid YAML (found character '\\t' that cannot start any token)"),
+])
+def test_other_malformed_yaml_is_located(tmp_path: Path, body: str, says: str) -> None:
+    assert says in refused(write(tmp_path / "m.yaml", body))
 
 
 def test_a_folder_or_a_huge_file_named_yaml(tmp_path: Path) -> None:
