@@ -45,7 +45,12 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as exc:
+            if exc.errno == errno.EROFS and not self.exclusive:
+                return self  # a read-only file system: no writer can exist, a reader needs no lock
+            raise
         mode = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         deadline = time.monotonic() + self.wait
         while True:
@@ -87,19 +92,34 @@ class RunLock:
             self._fh = None
 
 
-def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _check_spill_folder(spill: Path) -> None:
+    """Made and writable now: DuckDB would only fail when it first spills, deep into a long step."""
+    spill.mkdir(parents=True, exist_ok=True)
+    if not os.access(spill, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only_fs(spill) else errno.EACCES
+        raise PermissionError(code, f"the spill folder (--temp-dir) is not writable: {os.strerror(code)}", str(spill))
+
+
+def configure(con: duckdb.DuckDBPyConnection, settings: Settings, *, write: bool = True) -> None:
     """Bound DuckDB's memory and give it a place to spill, so big inputs slow down instead of dying.
 
     Every value is checked again and bound as a parameter, never spliced into the SQL text.
+    A reader of a database on a read-only file system gets the default spill folder beside it
+    unchecked (DuckDB makes it only if it must spill); a given --temp-dir is always checked.
     """
     spill = settings.spill_dir
     if spill.exists() and not spill.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "the spill folder (--temp-dir) is a file", str(spill))
-    spill.mkdir(parents=True, exist_ok=True)
-    if not os.access(spill, os.W_OK | os.X_OK):
-        # DuckDB would only fail when it first spills, deep into a long step.
-        code = errno.EROFS if os.statvfs(spill).f_flag & os.ST_RDONLY else errno.EACCES
-        raise PermissionError(code, f"the spill folder (--temp-dir) is not writable: {os.strerror(code)}", str(spill))
+    lenient = not write and settings.temp_dir is None and _read_only_fs(settings.db_path.parent)
+    if not lenient:
+        _check_spill_folder(spill)
     con.execute("SET memory_limit = ?", [check_memory_limit(settings.memory_limit)])
     con.execute("SET threads = ?", [check_threads(settings.threads)])
     con.execute("SET temp_directory = ?", [str(spill)])
@@ -142,7 +162,7 @@ class Database:
                 self.con = duckdb.connect(str(self.path), read_only=not self.write)
             except duckdb.Error as exc:
                 raise self._unreadable(exc) from None
-            configure(self.con, self.settings)
+            configure(self.con, self.settings, write=self.write)
             if self.write:
                 for ddl in BOOKKEEPING_DDL:
                     self.con.execute(ddl)

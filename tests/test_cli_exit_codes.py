@@ -316,6 +316,26 @@ def test_db_in_a_read_only_folder(cli, tmp_path: Path, read_only_dir: Path) -> N
     no_traceback(result)
 
 
+def test_a_database_on_a_read_only_disk_can_be_read_not_written(cli, tmp_path: Path) -> None:
+    """Readers need no lock and no spill folder there (no writer can exist); writers get one line."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    with mounted_tmpfs(tmp_path / "disk", "size=8m") as disk:
+        db = disk / "mk.duckdb"
+        assert cli("ingest", str(extracts(tmp_path / "x")), db_path=db).exit_code == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        status = cli("status", "--format", "json", db_path=db)
+        assert status.exit_code == 0, status.output
+        assert {r["table"] for r in json.loads(status.stdout) if r["rows"]} >= {"subscribers", "usage"}
+        result = cli("ingest", str(tmp_path / "x"), db_path=db)
+        assert result.exit_code == 1, result.output
+        [line] = error_lines(result.stderr)
+        assert str(disk) in line and "Read-only file system" in line
+        no_traceback(result)
+        explicit = cli("status", "--temp-dir", str(disk / "spill"), db_path=db)
+        assert explicit.exit_code == 1 and "Read-only file system" in explicit.stderr
+
+
 def test_temp_dir_read_only_leaves_no_database(cli, tmp_path: Path, read_only_dir: Path) -> None:
     result = cli("ingest", str(extracts(tmp_path / "x")), "--temp-dir", str(read_only_dir))
     assert result.exit_code == 1, result.output
