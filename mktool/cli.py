@@ -546,12 +546,19 @@ def score_cmd(
       mktool score --month 2026-10 --out view.parquet
       mktool score --month 2026-10 --param churn_flag_at=40 --out - | head
     """
-    from mktool.view import VIEW_TABLE, score
+    from mktool.view import VIEW_TABLE, load_score_model, score
 
+    overrides = parse_params(param)
+    if overrides:  # a name scores.yaml does not have is a usage error, like an unknown --channel
+        known = load_score_model(run.settings.matrices_dir).params
+        unknown = [name for name in overrides if name not in known]
+        if unknown:
+            raise run.usage_error("--param", f"scores.yaml of {run.settings.matrices_dir} has no parameter "
+                                             f"{', '.join(map(repr, unknown))} (it has: {', '.join(known) or 'none'})")
     check_out_file(out)
     with run.db(write=True) as db:
         result = score(db, month, matrices_dir=run.settings.matrices_dir, reporter=run.reporter,
-                       params=parse_params(param), summary=not run.reporter.quiet)
+                       params=overrides, summary=not run.reporter.quiet)
         if out:
             write_query(db.c, f"SELECT * FROM {VIEW_TABLE} WHERE month = ? ORDER BY msisdn", out, fmt, [month])
     run.reporter.info(f"customer_view {month}: {result.rows:,} customers")

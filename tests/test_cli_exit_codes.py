@@ -153,6 +153,8 @@ def test_unknown_format_is_a_usage_error_on_every_command(cli, command: list[str
     (["matrix", "--month", M, "--only", "retension"], "--only", "retension"),
     (["ingest", "x.parquet", "--table", "bills"], "--table", "'bills' is not one of"),
     (["score", "--month", M, "--param", "churn_flag_at"], "--param", "expected name=value"),
+    (["score", "--month", M, "--param", "=3"], "--param", "expected name=value"),
+    (["score", "--month", M, "--param", "churn_flag_att=3"], "--param", "has no parameter 'churn_flag_att'"),
     (["explain", "1380000004", "--month", M], "MSISDN", "11 digits"),
     (["explain", "1380000004x", "--month", M], "MSISDN", "11 digits"),
     (["status", "--threads", "-1"], "--threads", "at least 1"),
