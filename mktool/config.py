@@ -60,9 +60,14 @@ def default_memory_limit() -> str:
 # DuckDB's memory size syntax: a decimal number and a unit (1000- or 1024-based), or a share of RAM.
 MEMORY_LIMIT_RE = re.compile(
     r"\A\s*(?P<number>[0-9]+(?:\.[0-9]+)?)\s*"
-    r"(?P<unit>%|b|bytes?|kb|kilobytes?|mb|megabytes?|gb|gigabytes?|tb|terabytes?|kib|mib|gib|tib)\s*\Z",
+    r"(?P<unit>%|b|bytes?|k|kb|kilobytes?|m|mb|megabytes?|g|gb|gigabytes?|t|tb|terabytes?|kib|mib|gib|tib)\s*\Z",
     re.IGNORECASE,
 )
+MEMORY_UNITS = {"b": 1, "byte": 1, "bytes": 1, "k": 10**3, "kb": 10**3, "kilobyte": 10**3, "kilobytes": 10**3,
+                "m": 10**6, "mb": 10**6, "megabyte": 10**6, "megabytes": 10**6, "g": 10**9, "gb": 10**9,
+                "gigabyte": 10**9, "gigabytes": 10**9, "t": 10**12, "tb": 10**12, "terabyte": 10**12,
+                "terabytes": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+MIN_MEMORY_LIMIT = 16 * 2**20  # below this DuckDB cannot even set the limit ("Out of Memory Error")
 MEMORY_LIMIT_HELP = "a size such as 8GB, 512MB, 1.5GiB or 75%"
 
 
@@ -71,10 +76,12 @@ def check_memory_limit(value: str, *, where: str = "memory limit") -> str:
     match = MEMORY_LIMIT_RE.match(value) if isinstance(value, str) else None
     if match is None:
         raise UsageError(f"{where} must be {MEMORY_LIMIT_HELP}, got {value!r}")
-    number = float(match["number"])
-    if number <= 0 or (match["unit"] == "%" and number > 100):
-        raise UsageError(f"{where} must be more than 0" + (" and at most 100%" if match["unit"] == "%" else "")
-                         + f", got {value!r}")
+    number, unit = float(match["number"]), match["unit"].lower()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise UsageError(f"{where} must be more than 0 and at most 100%, got {value!r}")
+    elif number * MEMORY_UNITS[unit] < MIN_MEMORY_LIMIT:
+        raise UsageError(f"{where} must be at least 16MiB (more than 0, and DuckDB needs room to work), got {value!r}")
     return value.strip()
 
 

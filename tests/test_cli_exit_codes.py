@@ -165,7 +165,9 @@ def test_unknown_format_is_a_usage_error_on_every_command(cli, command: list[str
     (["status", "--wait", "-1"], "--wait", "0 or more"),
     (["status", "--memory-limit", "1GB'; CREATE TABLE x(i INT); --"], "--memory-limit", "a size such as 8GB"),
     (["status", "--memory-limit", "lots"], "--memory-limit", "a size such as 8GB"),
-    (["status", "--memory-limit", "0GB"], "--memory-limit", "more than 0"),
+    (["status", "--memory-limit", "0GB"], "--memory-limit", "at least 16MiB"),
+    (["status", "--memory-limit", "10KB"], "--memory-limit", "at least 16MiB"),
+    (["status", "--memory-limit", "0%"], "--memory-limit", "more than 0"),
     (["status", "--memory-limit", "150%"], "--memory-limit", "at most 100%"),
 ])
 def test_bad_option_value_is_a_usage_error(cli, args: list[str], option: str, says: str) -> None:
@@ -204,7 +206,7 @@ def test_options_that_do_not_go_together_are_usage_errors(cli, args: list[str], 
 def test_good_values_still_pass(cli, tmp_path: Path) -> None:
     assert cli("ingest", str(extracts(tmp_path / "x")), "--memory-limit", "512MB", "--threads", "1",
                "--wait", "0.5").exit_code == 0
-    for limit in ("1.5GiB", "50%", "2 GB", "800mb"):
+    for limit in ("1.5GiB", "50%", "2 GB", "800mb", "1G", "512M", "16MiB", "1gigabyte"):
         result = cli("status", "--format", "json", "--memory-limit", limit)
         assert result.exit_code == 0, result.output
 
