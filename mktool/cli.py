@@ -4,16 +4,26 @@ Each command parses its options, calls one library function and renders the resu
 options every command shares (--db, --matrices, resources, --quiet, --verbose) are declared
 once in ``COMMON_OPTIONS`` and added to each command by the ``command`` decorator, which also
 turns known errors into ``Error: …`` on stderr with a documented exit code.
+
+Why the option types below: cron reads the exit code. A value that cannot be right (a month
+``2026-7``, a ``--format`` nobody supports, ``--wait nan``) is a usage error, exit 2 with the
+usual usage message naming the option, before any work starts; the library keeps its own
+checks as a second line of defence for other callers.
 """
 
+import contextlib
 import datetime as dt
+import errno
 import functools
 import inspect
 import json
+import math
+import os
+import re
 import sys
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -23,11 +33,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from mktool import __version__
-from mktool.config import Settings
+from mktool.config import Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
-from mktool.contract import check_month
+from mktool.contract import MONTH_RE, TABLES
 from mktool.database import Database
-from mktool.errors import EXIT_INTERNAL, MktoolError
+from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InputError, MktoolError
 from mktool.output import write_query
 
 app = typer.Typer(
@@ -44,6 +54,127 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# -- option value types: each refuses a bad value as a usage error (exit 2) naming the option ---
+def _bad(message: str) -> typer.BadParameter:
+    """Raised from a parser, typer adds the option's name and the usage line."""
+    return typer.BadParameter(message)
+
+
+def parse_month(value: str) -> str:
+    """``--month``: YYYY-MM with a real month (2026-10, not 2026-7 or 2026/10)."""
+    if not MONTH_RE.match(value):
+        raise _bad(f"expected a month YYYY-MM such as 2026-10, got {value!r}")
+    return value
+
+
+DATE_RE = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def parse_cycle_date(value: str | dt.date) -> dt.date:
+    """``--date``: YYYY-MM-DD of a real day (2026-11-01, not 2026-11-1 or 2026-02-30)."""
+    if isinstance(value, dt.date):
+        return value
+    if not DATE_RE.match(value):
+        raise _bad(f"expected a date YYYY-MM-DD such as 2026-11-01, got {value!r}")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise _bad(f"{value!r} is not a day of the calendar ({exc})") from None
+
+
+def choice(*names: str) -> Callable[[str], str]:
+    """A fixed vocabulary, exact spelling (as the library compares it)."""
+
+    def parse(value: str) -> str:
+        if value not in names:
+            raise _bad(f"{value!r} is not one of {', '.join(names)}")
+        return value
+
+    return parse
+
+
+def metavar(*names: str) -> str:
+    return "[" + "|".join(names) + "]"
+
+
+def finite_number(*, minimum: float = 0.0) -> Callable[[str], float]:
+    """A finite number of at least ``minimum`` (click's FLOAT takes nan and inf)."""
+
+    def parse(value: str | float) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise _bad(f"expected a number, got {value!r}") from None
+        if not math.isfinite(number) or number < minimum:
+            raise _bad(f"expected a finite number of at least {minimum:g}, got {value!r}")
+        return number
+
+    return parse
+
+
+def whole_number(*, minimum: int = 1) -> Callable[[str], int]:
+    def parse(value: str | int) -> int:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise _bad(f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise _bad(f"expected a whole number of at least {minimum}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _setting(check: Callable[..., Any]) -> Callable[[str], Any]:
+    """The library's own settings check (config.py), raised as a usage error of the option."""
+
+    def parse(value: str) -> Any:
+        try:
+            return check(value, where="value")
+        except MktoolError as exc:
+            raise _bad(exc.message) from None
+
+    return parse
+
+
+def parse_window(value: str) -> str:
+    """``--total-change`` & co.: LO:HI of positive numbers, LO <= HI (the plan module's own rule)."""
+    from mktool.plan import parse_window as plan_window  # plan pulls in sqlglot: only when used
+
+    try:
+        plan_window(value, where="window")
+    except MktoolError as exc:
+        raise _bad(exc.message.removeprefix("window: ")) from None
+    return value
+
+
+MSISDN_RE = re.compile(r"\A[0-9]{11}\Z")  # the data contract's msisdn: 11 ASCII digits
+
+
+def parse_msisdn(value: str) -> str:
+    """``explain``'s number: 11 digits, as the data contract stores it."""
+    if not MSISDN_RE.match(value):
+        raise _bad(f"expected a mobile number of 11 digits such as 13800000042, got {value!r}")
+    return value
+
+
+def parse_param(value: str) -> str:
+    """``--param name=value``: the pair as given; its value is typed by ``parse_params``."""
+    name, sep, _ = value.partition("=")
+    if not sep or not name.strip():
+        raise _bad(f"expected name=value, got {value!r}")
+    return value
+
+
+MONTHS_HELP = "YYYY-MM"
+OUTPUT_FORMATS = ("csv", "parquet", "jsonl")  # the formats of --out files (mktool.output.FORMATS)
+TABLE_JSON = ("table", "json")
+SWEEP_FORMATS = ("table", "csv", "json")  # plan --sweep prints its grid
+PLAN_FORMATS = (*OUTPUT_FORMATS, "table", "json")
+CYCLES = ("daily", "monthly")  # channels.yaml's push cycles
+SQL_DIALECTS = ("duckdb", "spark")  # matrix --show-sql
+
+
 # -- options shared by every command ---------------------------------------------------------
 def _opt(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -51,28 +182,29 @@ def _opt(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
 
 COMMON_OPTIONS = [
     _opt("db", Annotated[Optional[Path], typer.Option(
-        "--db", envvar="MKTOOL_DB", help="DuckDB database file [default: ./mktool.duckdb]",
-        rich_help_panel="Common options")]),
+        "--db", envvar="MKTOOL_DB", metavar="PATH",
+        help="DuckDB database file [default: ./mktool.duckdb]", rich_help_panel="Common options")]),
     _opt("matrices", Annotated[Optional[Path], typer.Option(
-        "--matrices", envvar="MKTOOL_MATRICES",
+        "--matrices", envvar="MKTOOL_MATRICES", metavar="DIR",
         help="Folder of rule/model YAML files [default: ./matrices if present, else the shipped defaults]",
         rich_help_panel="Common options")]),
     _opt("memory_limit", Annotated[Optional[str], typer.Option(
-        "--memory-limit", envvar="MKTOOL_MEMORY_LIMIT", help="DuckDB memory limit, e.g. 8GB [default: 75% of RAM]",
-        rich_help_panel="Common options")]),
+        "--memory-limit", envvar="MKTOOL_MEMORY_LIMIT", parser=_setting(check_memory_limit), metavar="SIZE",
+        help="DuckDB memory limit, e.g. 8GB, 512MiB or 50% [default: 75% of RAM]", rich_help_panel="Common options")]),
     _opt("threads", Annotated[Optional[int], typer.Option(
-        "--threads", envvar="MKTOOL_THREADS", help="DuckDB worker threads [default: all cores]",
-        rich_help_panel="Common options")]),
+        "--threads", envvar="MKTOOL_THREADS", parser=_setting(check_threads), metavar="N",
+        help="DuckDB worker threads, at least 1 [default: all cores]", rich_help_panel="Common options")]),
     _opt("temp_dir", Annotated[Optional[Path], typer.Option(
-        "--temp-dir", envvar="MKTOOL_TEMP_DIR", help="Where DuckDB spills to disk [default: <db>.tmp beside the database]",
-        rich_help_panel="Common options")]),
+        "--temp-dir", envvar="MKTOOL_TEMP_DIR", metavar="DIR",
+        help="Where DuckDB spills to disk [default: <db>.tmp beside the database]", rich_help_panel="Common options")]),
     _opt("wait", Annotated[Optional[float], typer.Option(
-        "--wait", envvar="MKTOOL_LOCK_WAIT", help="Seconds to wait for another run's lock before refusing [default: 0]",
-        rich_help_panel="Common options")]),
+        "--wait", envvar="MKTOOL_LOCK_WAIT", parser=_setting(check_lock_wait), metavar="SECONDS",
+        help="Seconds to wait for another run's lock before refusing [default: 0]", rich_help_panel="Common options")]),
     _opt("quiet", Annotated[bool, typer.Option(
         "--quiet", "-q", help="Only warnings and errors on stderr (for cron)", rich_help_panel="Common options")], False),
     _opt("verbose", Annotated[bool, typer.Option(
         "--verbose", "-v", help="More detail; full traceback on errors", rich_help_panel="Common options")], False),
+    _opt("ctx", typer.Context),
 ]
 COMMON_NAMES = [p.name for p in COMMON_OPTIONS]
 
@@ -84,9 +216,46 @@ class Run:
     settings: Settings
     reporter: Reporter
     verbose: bool
+    ctx: typer.Context | None = None
+    opened: list[Database] = field(default_factory=list)  # to tell an interrupt what was committed
 
     def db(self, *, write: bool) -> Database:
-        return Database(self.settings, write=write)
+        database = Database(self.settings, write=write)
+        self.opened.append(database)
+        return database
+
+    def interrupted(self) -> str:
+        """The Ctrl-C line: true about what earlier steps of this command committed."""
+        if any(d.committed for d in self.opened):
+            return ("Interrupted; the steps that finished before it stay committed, the one running was rolled "
+                    "back: run the command again to finish")
+        return "Interrupted; nothing was committed."
+
+    def usage_error(self, options: str | list[str], message: str) -> typer.BadParameter:
+        """A combination or value only the command can judge (e.g. a channel of channels.yaml): exit 2."""
+        hints = [options] if isinstance(options, str) else options
+        return typer.BadParameter(message, ctx=self.ctx, param_hint=hints)
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``<path>: <reason>``: the one line an OS error gets (no space left, read-only, not a folder …)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        reason += " (free some space, or point --temp-dir / --out at a larger disk)"
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+def _duckdb_error_code(exc: duckdb.Error) -> int:
+    """What a DuckDB failure means for cron: the machine or a file (1), else a bug of ours (4)."""
+    text = str(exc).lower()
+    if isinstance(exc, (duckdb.IOException, duckdb.OutOfMemoryException)) or "no space left" in text:
+        return EXIT_BAD_INPUT
+    if text.startswith("corrupt database file"):
+        return EXIT_BAD_INPUT
+    if isinstance(exc, duckdb.InvalidInputException) and "parquet" in text:  # a damaged extract DuckDB names
+        return EXIT_BAD_INPUT
+    return EXIT_INTERNAL
 
 
 def command(name: str | None = None) -> Callable[[F], F]:
@@ -99,30 +268,55 @@ def command(name: str | None = None) -> Callable[[F], F]:
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
             common = {k: kwargs.pop(k) for k in COMMON_NAMES}
-            settings = Settings.from_options(
-                db=common["db"], matrices=common["matrices"], memory_limit=common["memory_limit"],
-                threads=common["threads"], temp_dir=common["temp_dir"], lock_wait=common["wait"],
-            )
             reporter = Reporter(quiet=common["quiet"], verbose=common["verbose"])
-            run = Run(settings, reporter, common["verbose"])
+            verbose = bool(common["verbose"])
+
+            def fail(text: str, code: int, *, hint: str | None = None) -> typer.Exit:
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
+                reporter.error(text)
+                if hint:
+                    reporter.console.print(f"  hint: {escape(hint)}", highlight=False)
+                return typer.Exit(code)
+
+            run: Run | None = None
+
+            def interrupted() -> typer.Exit:
+                reporter.console.print(escape(run.interrupted() if run else "Interrupted; nothing was committed."))
+                return typer.Exit(EXIT_INTERRUPTED)
+
             try:
+                settings = Settings.from_options(
+                    db=common["db"], matrices=common["matrices"], memory_limit=common["memory_limit"],
+                    threads=common["threads"], temp_dir=common["temp_dir"], lock_wait=common["wait"],
+                )
+                run = Run(settings, reporter, verbose, common["ctx"])
                 return fn(run, **kwargs)
+            except (typer.Exit, typer.Abort, typer.TyperException):
+                raise  # typer's own: usage errors (exit 2) and explicit exits
             except MktoolError as exc:
-                if run.verbose:
-                    traceback.print_exc(file=sys.stderr)
-                reporter.console.print(f"[bold red]Error:[/bold red] {escape(exc.render())}", highlight=False)
-                raise typer.Exit(exc.exit_code) from None
-            except (duckdb.InterruptException, KeyboardInterrupt, RuntimeError) as exc:
-                # DuckDB may report a Ctrl-C during a query as RuntimeError('Query interrupted').
-                if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
-                    raise
-                reporter.console.print("Interrupted; nothing was committed.")
-                raise typer.Exit(130) from None
+                raise fail(exc.render(), exc.exit_code) from None
+            except (duckdb.InterruptException, KeyboardInterrupt):
+                raise interrupted() from None
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    raise  # the reader of stdout went away: typer exits 1 quietly
+                raise fail(_os_error_text(exc), EXIT_BAD_INPUT) from None
             except duckdb.Error as exc:
-                if run.verbose:
-                    traceback.print_exc(file=sys.stderr)
-                reporter.console.print(f"[bold red]Error:[/bold red] DuckDB: {escape(str(exc).splitlines()[0])}", highlight=False)
-                raise typer.Exit(EXIT_INTERNAL) from None
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if "interrupted" in first.lower():
+                    raise interrupted() from None
+                code = _duckdb_error_code(exc)
+                raise fail(f"DuckDB: {first}" if code != EXIT_INTERNAL else f"internal error: DuckDB: {first}", code,
+                           hint=None if code != EXIT_INTERNAL or verbose else
+                           "this is a bug in mktool: run again with --verbose for the traceback and report it") from None
+            except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 4
+                if isinstance(exc, RuntimeError) and "interrupted" in str(exc).lower():
+                    # DuckDB may report a Ctrl-C during a query as RuntimeError('Query interrupted').
+                    raise interrupted() from None
+                raise fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL,
+                           hint=None if verbose else
+                           "this is a bug in mktool: run again with --verbose for the traceback and report it") from None
 
         wrapper.__signature__ = sig.replace(parameters=own + COMMON_OPTIONS)  # type: ignore[attr-defined]
         app.command(name)(wrapper)
@@ -144,25 +338,113 @@ def main_callback(
 ) -> None:
     """Batch engine for telecom stock-customer precision marketing.
 
-    Exit codes: 0 ok · 1 bad input, rule or missing step · 2 bad usage · 3 database locked ·
-    4 internal error · 5 a check found differences.
+    Exit codes: 0 ok · 1 bad input, rule, missing step or an OS error (path named) · 2 bad usage ·
+    3 database locked · 4 internal error · 5 a check found differences · 130 interrupted (Ctrl-C).
     """
 
 
 # -- small rendering helpers ----------------------------------------------------------------
-MonthOpt = Annotated[str, typer.Option("--month", "-m", help="Month to work on, YYYY-MM")]
+MonthOpt = Annotated[str, typer.Option("--month", "-m", parser=parse_month, metavar=MONTHS_HELP,
+                                       help="Month to work on, YYYY-MM")]
+DateOpt = Annotated[Optional[dt.date], typer.Option(
+    "--date", parser=parse_cycle_date, metavar="YYYY-MM-DD", help="The cycle's date, YYYY-MM-DD [default: today]")]
 OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Write the result to FILE, or - for stdout")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="csv | parquet | jsonl [default: from --out's extension, else csv]")]
+FormatOpt = Annotated[Optional[str], typer.Option(
+    "--format", "-f", parser=choice(*OUTPUT_FORMATS), metavar=metavar(*OUTPUT_FORMATS),
+    help="csv | parquet | jsonl [default: from --out's extension, else csv]")]
+
+
+def format_option(*names: str, help: str) -> Any:
+    """``--format`` of a command that prints: its own fixed vocabulary."""
+    return typer.Option("--format", "-f", parser=choice(*names), metavar=metavar(*names), help=help)
+
+
+def optional_month(help: str) -> Any:
+    return typer.Option("--month", "-m", parser=parse_month, metavar=MONTHS_HELP, help=help)
+
+
+def date_option(help: str) -> Any:
+    return typer.Option("--date", parser=parse_cycle_date, metavar="YYYY-MM-DD", help=help)
+
+
+def check_out_file(out: str | None) -> None:
+    """``--out FILE``: refuse before the work what cannot be written (a folder, an unwritable place)."""
+    if out is None or out == "-":
+        return
+    target = Path(out)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; --out wants a file name (or - for stdout)", out)
+    _check_creatable(target.parent)
+
+
+def check_out_folder(out: Path) -> None:
+    """``--out DIR``: an existing file, or a place where the folder cannot be made, is refused up front."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file; --out wants a folder", str(out))
+    _check_creatable(out)
+
+
+def _check_creatable(folder: Path) -> None:
+    """The nearest existing ancestor must be a writable folder (read-only disks fail here, not at the end)."""
+    probe = folder if str(folder) else Path(".")
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(probe))
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only_mount(probe) else errno.EACCES
+        raise PermissionError(code, os.strerror(code), str(probe))
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:  # pragma: no cover - statvfs is POSIX
+        return False
+
+
+@contextlib.contextmanager
+def named_damaged_extract(paths: list[Path], settings: Settings) -> Iterator[None]:
+    """Name the damaged Parquet file behind a DuckDB failure that does not name one.
+
+    A corrupt page header fails deep in a scan over several files ("don't know what type")
+    with no file in the message, which would read as a bug (exit 4). Only on that failure
+    path, each given extract is read in full, alone; the first one DuckDB cannot read is bad
+    input (exit 1) and named. When every file reads, the original error stands.
+    """
+    try:
+        yield
+    except duckdb.Error as exc:
+        if isinstance(exc, duckdb.InterruptException) or _duckdb_error_code(exc) != EXIT_INTERNAL or not paths:
+            raise
+        files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*.parquet")) if f.is_file()})
+        with contextlib.closing(duckdb.connect()) as probe:
+            probe.execute("SET threads = ?", [settings.threads])
+            probe.execute("SET memory_limit = ?", [settings.memory_limit])
+            for file in files:
+                try:
+                    probe.execute("SELECT max(hash(COLUMNS(*))) FROM read_parquet(?)", [str(file)]).fetchall()
+                except duckdb.Error as unreadable:
+                    reason = str(unreadable).splitlines()[0] if str(unreadable) else type(unreadable).__name__
+                    raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})",
+                                     file=str(file), hint="export the extract again") from None
+        raise
 
 
 def render_table(reporter: Reporter, title: str | None, columns: list[str], rows: list[tuple[Any, ...]],
                  *, to_stdout: bool = False) -> None:
-    """A rich table for people (on stderr unless it *is* the requested output)."""
-    table = Table(title=title, show_lines=False, header_style="bold")
+    """A rich table for people (on stderr unless it *is* the requested output).
+
+    Titles, headers and cells carry file names and data values: each is escaped here, once,
+    so that ``[/]`` in a value prints as written instead of crashing rich's markup parser.
+    """
+    table = Table(title=escape(title) if title else None, show_lines=False, header_style="bold")
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(escape(col), overflow="fold")
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        table.add_row(*[escape("" if v is None else str(v)) for v in row])
     if to_stdout:
         from rich.console import Console
 
@@ -171,15 +453,14 @@ def render_table(reporter: Reporter, title: str | None, columns: list[str], rows
         reporter.console.print(table)
 
 
-
-
-
 # -- commands -------------------------------------------------------------------------------
 @command("ingest")
 def ingest_cmd(
     run: Run,
     paths: Annotated[list[Path], typer.Argument(help="Parquet files or folders of them")],
-    table: Annotated[Optional[str], typer.Option("--table", "-t", help="Load every file into this table (default: from each file name)")] = None,
+    table: Annotated[Optional[str], typer.Option(
+        "--table", "-t", parser=choice(*TABLES), metavar="TABLE",
+        help=f"Load every file into this table: {', '.join(TABLES)} (default: from each file name)")] = None,
 ) -> None:
     """Load Parquet extracts into the database under the data contract.
 
@@ -191,7 +472,7 @@ def ingest_cmd(
     """
     from mktool.ingest import ingest
 
-    with run.db(write=True) as db:
+    with named_damaged_extract(paths, run.settings), run.db(write=True) as db:
         result = ingest(db, paths, table=table, reporter=run.reporter)
     rows = [(f.table, ", ".join(f.months) or "-", f.rows, f.path.name) for f in result.files]
     render_table(run.reporter, f"Loaded {len(result.files)} file(s), {result.rows:,} rows", ["table", "months", "rows", "file"], rows)
@@ -200,7 +481,7 @@ def ingest_cmd(
 @command("status")
 def status_cmd(
     run: Run,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json")] = "table",
 ) -> None:
     """Show what is loaded: rows per table and month, and the file each came from.
 
@@ -226,7 +507,7 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     """``--param name=value`` pairs; numbers become numbers, true/false booleans."""
     out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
+        if "=" not in item:  # the CLI's parse_param refuses it first (exit 2)
             raise MktoolError(f"--param expects name=value, got '{item}'")
         key, raw = item.split("=", 1)
         value: Any = raw
@@ -250,7 +531,9 @@ def score_cmd(
     month: MonthOpt,
     out: OutOpt = None,
     fmt: FormatOpt = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Override a scores.yaml parameter, name=value (repeatable)")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(
+        "--param", "-p", parser=parse_param, metavar="NAME=VALUE",
+        help="Override a scores.yaml parameter, name=value (repeatable)")] = None,
 ) -> None:
     """Build the scored customer view (customer_view) for a month.
 
@@ -263,12 +546,19 @@ def score_cmd(
       mktool score --month 2026-10 --out view.parquet
       mktool score --month 2026-10 --param churn_flag_at=40 --out - | head
     """
-    from mktool.view import VIEW_TABLE, score
+    from mktool.view import VIEW_TABLE, load_score_model, score
 
-    check_month(month)
+    overrides = parse_params(param)
+    if overrides:  # a name scores.yaml does not have is a usage error, like an unknown --channel
+        known = load_score_model(run.settings.matrices_dir).params
+        unknown = [name for name in overrides if name not in known]
+        if unknown:
+            raise run.usage_error("--param", f"scores.yaml of {run.settings.matrices_dir} has no parameter "
+                                             f"{', '.join(map(repr, unknown))} (it has: {', '.join(known) or 'none'})")
+    check_out_file(out)
     with run.db(write=True) as db:
         result = score(db, month, matrices_dir=run.settings.matrices_dir, reporter=run.reporter,
-                       params=parse_params(param), summary=not run.reporter.quiet)
+                       params=overrides, summary=not run.reporter.quiet)
         if out:
             write_query(db.c, f"SELECT * FROM {VIEW_TABLE} WHERE month = ? ORDER BY msisdn", out, fmt, [month])
     run.reporter.info(f"customer_view {month}: {result.rows:,} customers")
@@ -285,21 +575,22 @@ def plan_cmd(
     run: Run,
     month: MonthOpt,
     total_change: Annotated[Optional[str], typer.Option(
-        "--total-change", metavar="LO:HI",
+        "--total-change", metavar="LO:HI", parser=parse_window,
         help="Keep plans whose total-fee change (new total / current total) is in LO:HI, inclusive "
              "[default: plan.yaml's, 0.6:1.5]")] = None,
     rental_change: Annotated[Optional[str], typer.Option(
-        "--rental-change", metavar="LO:HI",
+        "--rental-change", metavar="LO:HI", parser=parse_window,
         help="Keep plans whose rental change (new rental / current rental) is in LO:HI, inclusive "
              "[default: plan.yaml's, 1.0:2.0]")] = None,
     top: Annotated[Optional[int], typer.Option(
-        "--top", "-k", metavar="K", help="Plans kept per customer, best first [default: plan.yaml's, 1]")] = None,
+        "--top", "-k", metavar="K", parser=whole_number(minimum=1), help="Plans kept per customer, best first [default: plan.yaml's, 1]")] = None,
     min_data: Annotated[Optional[float], typer.Option(
-        "--min-data", metavar="MB",
+        "--min-data", metavar="MB", parser=finite_number(minimum=0),
         help="Minimum 3-month average data use of a candidate [default: plan.yaml's, 5]")] = None,
     out: OutOpt = None,
     fmt: Annotated[Optional[str], typer.Option(
-        "--format", "-f",
+        "--format", "-f", parser=choice(*PLAN_FORMATS),
+        metavar=metavar(*PLAN_FORMATS),
         help="csv | parquet | jsonl for --out [default: from --out's extension, else csv]; "
              "with --sweep: table | csv | json [default: table]")] = None,
     dry_run: Annotated[bool, typer.Option(
@@ -307,10 +598,10 @@ def plan_cmd(
     sweep: Annotated[bool, typer.Option(
         "--sweep", help="Print the targeted-customer count for a grid of windows on stdout; write nothing")] = False,
     sweep_total: Annotated[Optional[list[str]], typer.Option(
-        "--sweep-total", metavar="LO:HI",
+        "--sweep-total", metavar="LO:HI", parser=parse_window,
         help="A total-change window of the --sweep grid (repeatable) [default: plan.yaml's sweep grid]")] = None,
     sweep_rental: Annotated[Optional[list[str]], typer.Option(
-        "--sweep-rental", metavar="LO:HI",
+        "--sweep-rental", metavar="LO:HI", parser=parse_window,
         help="A rental-change window of the --sweep grid (repeatable) [default: plan.yaml's sweep grid]")] = None,
 ) -> None:
     """Recommend plans: every candidate × every target plan, kept by rate windows (SPEC §5).
@@ -336,17 +627,22 @@ def plan_cmd(
     from mktool.plan import plan as plan_step
     from mktool.plan import sweep as plan_sweep
 
-    check_month(month)
-    config = load_plan_config(run.settings.matrices_dir).with_overrides(
-        total_change=total_change, rental_change=rental_change, top=top, min_data_mb=min_data)
     if (sweep_total or sweep_rental) and not sweep:
-        raise MktoolError("--sweep-total / --sweep-rental only apply with --sweep")
+        raise run.usage_error(["--sweep-total", "--sweep-rental"], "they only apply with --sweep")
     if sweep:
         if out:
-            raise MktoolError("--sweep prints to stdout; it does not take --out (redirect stdout instead)")
+            raise run.usage_error("--out", "--sweep prints to stdout; it does not take --out (redirect stdout instead)")
         sweep_fmt = fmt or "table"
-        if sweep_fmt not in ("table", "csv", "json"):
-            raise MktoolError(f"--sweep prints as table, csv or json, not '{sweep_fmt}'")
+        if sweep_fmt not in SWEEP_FORMATS:
+            raise run.usage_error("--format", f"--sweep prints as {', '.join(SWEEP_FORMATS)}, not {sweep_fmt!r}")
+    elif fmt is not None and fmt not in OUTPUT_FORMATS:
+        raise run.usage_error("--format", f"{fmt!r} is only for --sweep; --out writes {', '.join(OUTPUT_FORMATS)}")
+    if dry_run and out:
+        raise run.usage_error(["--dry-run", "--out"], "--dry-run writes nothing; drop --out, or run without --dry-run")
+    check_out_file(out)
+    config = load_plan_config(run.settings.matrices_dir).with_overrides(
+        total_change=total_change, rental_change=rental_change, top=top, min_data_mb=min_data)
+    if sweep:
         for given, name, instead in ((total_change, "--total-change", "--sweep-total"),
                                      (rental_change, "--rental-change", "--sweep-rental"), (top, "--top", None)):
             if given is not None:
@@ -357,8 +653,6 @@ def plan_cmd(
             cells = plan_sweep(db, month, config, totals or None, rentals or None)
         _print_sweep(run, month, config, cells, sweep_fmt)
         return
-    if dry_run and out:
-        raise MktoolError("--dry-run writes nothing; drop --out, or run without --dry-run")
     if out:
         infer_format(out, fmt)  # refuse a bad --format before the work, not after
     with run.db(write=not dry_run) as db:
@@ -409,14 +703,9 @@ def _print_sweep(run: Run, month: str, config: Any, cells: list[Any], fmt: str) 
                  [(str(t), *(f"{count[(t, r)]:,}" for r in rentals)) for t in totals], to_stdout=True)
 
 
-def parse_date(value: str | None) -> dt.date:
-
-    if value is None:
-        return dt.date.today()
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise MktoolError(f"--date must be YYYY-MM-DD, got '{value}'") from None
+def cycle_date_or_today(value: dt.date | None) -> dt.date:
+    """``--date`` (already a checked date) or, when not given, today."""
+    return value if value is not None else dt.date.today()
 
 
 def render_channel_funnels(run: Run, result: Any, *, title: str) -> None:
@@ -432,9 +721,12 @@ def export_cmd(
     month: MonthOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
-    channel: Annotated[Optional[str], typer.Option("--channel", "-c", help="Export only this channel (required with --out -)")] = None,
-    cycle: Annotated[Optional[str], typer.Option("--cycle", help="Export only the channels of this push cycle: daily | monthly")] = None,
-    date: Annotated[Optional[str], typer.Option("--date", help="The cycle's date, YYYY-MM-DD [default: today]")] = None,
+    channel: Annotated[Optional[str], typer.Option(
+        "--channel", "-c", metavar="NAME", help="Export only this channel of channels.yaml (required with --out -)")] = None,
+    cycle: Annotated[Optional[str], typer.Option(
+        "--cycle", parser=choice(*CYCLES), metavar=metavar(*CYCLES),
+        help="Export only the channels of this push cycle: daily | monthly")] = None,
+    date: DateOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
 ) -> None:
     """Write per-channel target lists under the contact policy, with funnel.json and manifest.json.
@@ -451,15 +743,22 @@ def export_cmd(
       mktool export --month 2026-10 --channel sms --out - | gateway-upload
     """
     from mktool.export import run_export
+    from mktool.rules import load_channels
 
-    check_month(month)
     to_stdout = out == "-"
     if to_stdout and not channel:
-        raise_usage("--out - streams one list: add --channel NAME")
+        raise run.usage_error(["--out", "--channel"], "--out - streams one list: add --channel NAME")
+    if channel is not None:
+        known = load_channels(run.settings.matrices_dir).names
+        if channel not in known:
+            raise run.usage_error("--channel", f"unknown channel {channel!r}; channels.yaml of "
+                                              f"{run.settings.matrices_dir} has: {', '.join(known)}")
+    if not to_stdout and not dry_run:
+        check_out_folder(Path(out))
     with run.db(write=not dry_run) as db:
         result = run_export(
             db, month, matrices_dir=run.settings.matrices_dir, out_dir=None if to_stdout else Path(out),
-            cycle_date=parse_date(date), only_channel=channel, only_cycle=cycle, fmt=fmt, dry_run=dry_run, stdout=to_stdout,
+            cycle_date=cycle_date_or_today(date), only_channel=channel, only_cycle=cycle, fmt=fmt, dry_run=dry_run, stdout=to_stdout,
             reporter=run.reporter,
         )
     render_channel_funnels(run, result, title=f"Channel funnels {month} (cycle {result.cycle_date})"
@@ -470,15 +769,11 @@ def export_cmd(
                           + ", ".join(f"{ch.path.name} ({ch.rows:,})" for ch in written if ch.path))
 
 
-def raise_usage(message: str) -> None:
-    raise typer.BadParameter(message)
-
-
 @command("funnel")
 def funnel_cmd(
     run: Run,
     month: MonthOpt,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | csv")] = "table",
+    fmt: Annotated[str, format_option("table", "json", "csv", help="table | json | csv")] = "table",
 ) -> None:
     """Print the funnels recorded for a month (plan, each matrix, each channel).
 
@@ -491,7 +786,6 @@ def funnel_cmd(
     """
     from mktool.export import funnel_document
 
-    check_month(month)
     with run.db(write=False) as db:
         if not db.table_exists("funnel_counts"):
             raise MktoolError(f"no funnels recorded for {month}", hint=f"run `mktool plan/matrix --month {month}` first")
@@ -505,7 +799,7 @@ def funnel_cmd(
         for name, stages in doc["funnels"].items():
             for i, s in enumerate(stages, 1):
                 typer.echo(f"{month},{name},{i},{s['stage']},{s['count']}")
-    elif fmt == "table":
+    else:
         rows = []
         for name, stages in doc["funnels"].items():
             first = stages[0]["count"] if stages else 0
@@ -513,8 +807,6 @@ def funnel_cmd(
                 share = f"{100 * s['count'] / first:.1f}%" if first else "-"
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
         render_table(run.reporter, f"Funnels {month}", ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
-    else:
-        raise MktoolError(f"--format must be table, json or csv, got '{fmt}'")
 
 
 @command("matrix")
@@ -528,7 +820,7 @@ def matrix_cmd(
     out: OutOpt = None,
     fmt: FormatOpt = None,
     show_sql: Annotated[Optional[str], typer.Option(
-        "--show-sql", metavar="DIALECT", help="Print the generated queries (duckdb or spark) on stdout and exit")] = None,
+        "--show-sql", metavar="DIALECT", parser=choice(*SQL_DIALECTS), help="Print the generated queries (duckdb or spark) on stdout and exit")] = None,
 ) -> None:
     """Evaluate the marketing matrices (营销矩阵) into ranked recommendations.
 
@@ -549,21 +841,24 @@ def matrix_cmd(
     from mktool.output import infer_format
     from mktool.rules import load_rules
 
-    check_month(month)
+    if dry_run and out:
+        raise run.usage_error(["--dry-run", "--out"], "--dry-run writes nothing; drop --out, or run without --dry-run")
+    check_out_file(out)
     rules = load_rules(run.settings.matrices_dir)
-    names = [n for n in (only or "").split(",") if n.strip()] or None
+    names = [n.strip() for n in (only or "").split(",") if n.strip()] or None
+    for name in names or []:
+        try:
+            rules.matrix(name)  # the rule set's own lookup, with its did-you-mean
+        except MktoolError as exc:
+            raise run.usage_error("--only", exc.message) from None
     if show_sql is not None:
         for name, sql in generated_sql(rules, month, only=names, dialect=show_sql).items():
             typer.echo(f"-- {name}\n{sql};\n")
         return
-    if dry_run and out:
-        raise MktoolError("--dry-run writes nothing; drop --out, or run without --dry-run")
     if out:
         infer_format(out, fmt)  # refuse a bad --format before the work, not after
-    from rich.markup import escape
-
     for warning in rules.warnings:
-        run.reporter.warn(escape(str(warning)))
+        run.reporter.warn(str(warning))
     with run.db(write=not dry_run) as db:
         result = evaluate(db, month, rules, only=names, dry_run=dry_run, reporter=run.reporter)
         if out:
@@ -586,11 +881,11 @@ def matrix_cmd(
 @command("check")
 def check_cmd(
     run: Run,
-    month: Annotated[Optional[str], typer.Option(
-        "--month", "-m", help="Also evaluate the rules on this month's customer_view: warn about rules that never "
-                              "fire or are shadowed by earlier rules")] = None,
+    month: Annotated[Optional[str], optional_month(
+        "Also evaluate the rules on this month's customer_view: warn about rules that never "
+        "fire or are shadowed by earlier rules")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as failures (exit 5)")] = False,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="text | json (json: the problems on stdout)")] = "text",
+    fmt: Annotated[str, format_option("text", "json", help="text | json (json: the problems on stdout)")] = "text",
 ) -> None:
     """Validate every rule and model file of the matrices folder, reporting all problems.
 
@@ -607,10 +902,6 @@ def check_cmd(
     from mktool.errors import CheckFailed, ConfigError
     from mktool.rules import validate_all
 
-    if fmt not in ("text", "json"):
-        raise MktoolError(f"--format must be text or json, got '{fmt}'")
-    if month is not None:
-        check_month(month)
     report = validate_all(run.settings.matrices_dir)
     problems = list(report.problems)
     if month is not None and report.rules is not None:
@@ -625,12 +916,10 @@ def check_cmd(
                                "files": report.files, "errors": [p.text for p in errors],
                                "warnings": [p.text for p in warnings]}, ensure_ascii=False, indent=2))
     else:
-        from rich.markup import escape
-
         for p in errors:
-            run.reporter.console.print(f"[bold red]error:[/bold red] {escape(p.text)}", markup=True, highlight=False)
+            run.reporter.error(p.text, label="error:")
         for p in warnings:
-            run.reporter.warn(escape(p.text))
+            run.reporter.warn(p.text)
     if errors:
         raise ConfigError(f"check found {len(errors)} error{'s' if len(errors) != 1 else ''}"
                           f" and {len(warnings)} warning{'s' if len(warnings) != 1 else ''} in {run.settings.matrices_dir}")
@@ -651,7 +940,7 @@ def run_cmd(
     ingest_dir: Annotated[Optional[list[Path]], typer.Option("--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the target lists")] = Path("out"),
     fmt: FormatOpt = None,
-    date: Annotated[Optional[str], typer.Option("--date", help="The export cycle's date, YYYY-MM-DD [default: today]")] = None,
+    date: Annotated[Optional[dt.date], date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
 ) -> None:
     """Run the whole month: [ingest] → score → matrix → plan → export, then print the funnels.
 
@@ -665,10 +954,10 @@ def run_cmd(
     """
     from mktool.pipeline import run_pipeline
 
-    check_month(month)
-    with run.db(write=True) as db:
+    check_out_folder(out)
+    with named_damaged_extract(ingest_dir or [], run.settings), run.db(write=True) as db:
         result = run_pipeline(db, month, matrices_dir=run.settings.matrices_dir, ingest_paths=ingest_dir,
-                              cycle_date=parse_date(date), out_dir=out, fmt=fmt, reporter=run.reporter)
+                              cycle_date=cycle_date_or_today(date), out_dir=out, fmt=fmt, reporter=run.reporter)
     rows = []
     for name, stages in result.funnels.items():
         rows.append((name, " → ".join(f"{s['stage']} {s['count']:,}" for s in stages)))
@@ -683,9 +972,9 @@ def run_cmd(
 @command("explain")
 def explain_cmd(
     run: Run,
-    msisdn: Annotated[str, typer.Argument(help="The customer's number (11 digits)")],
+    msisdn: Annotated[str, typer.Argument(parser=parse_msisdn, metavar="MSISDN", help="The customer's number (11 digits)")],
     month: MonthOpt,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json")] = "table",
 ) -> None:
     """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported.
 
@@ -698,18 +987,16 @@ def explain_cmd(
 
     from mktool.explain import explain
 
-    check_month(month)
     with run.db(write=False) as db:
         ex = explain(db, msisdn, month, matrices_dir=run.settings.matrices_dir)
     if fmt == "json":
         typer.echo(json.dumps(ex.to_dict(), default=str, ensure_ascii=False, indent=2))
         return
-    if fmt != "table":
-        raise MktoolError(f"--format must be table or json, got '{fmt}'")
     out = Console(highlight=False)
     v = ex.view
-    out.print(f"[bold]{ex.msisdn}[/bold] · {ex.month} · {v.get('city')} · plan {v.get('plan_id')} ({v.get('plan_name')}) · "
-              f"{v.get('status')} · {v.get('payment')} · tenure {v.get('tenure_months')} months")
+    out.print(f"[bold]{escape(str(ex.msisdn))}[/bold] " + escape(
+        f"· {ex.month} · {v.get('city')} · plan {v.get('plan_id')} ({v.get('plan_name')}) · "
+        f"{v.get('status')} · {v.get('payment')} · tenure {v.get('tenure_months')} months"))
     keys = ["arpu", "arpu_3m", "return_rate", "rental_3m", "current_total_3m", "addon_3m", "voice_min_3m", "data_mb_3m",
             "months_in_window", "value_score", "value_tier", "stickiness_score", "stickiness_tier", "churn_score",
             "churn_flag", "traffic_group", "tenure_cohort", "segment"]
@@ -727,7 +1014,7 @@ def explain_cmd(
                  [(r["rank"], r["matrix"], r["rule_id"], r["policy_id"], ", ".join(r.get("channels") or []))
                   for r in ex.recommendations], to_stdout=True)
     failed = next((s for s, ok in ex.plan_stages.items() if not ok), None)
-    out.print("Plan candidate: " + ("yes" if failed is None else f"no — dropped at stage {failed}"))
+    out.print(escape("Plan candidate: " + ("yes" if failed is None else f"no — dropped at stage {failed}")))
     if failed is None:
         render_table(run.reporter, "Plan pairs (3-month averages priced on each target plan)",
                      ["plan", "name", "rental", "voice ovg", "data ovg", "new total", "current", "total Δ", "rental Δ",
@@ -750,11 +1037,11 @@ def test_cmd(
     run: Run,
     pattern: Annotated[Optional[str], typer.Argument(
         help="Run only the cases whose file, name, matrix or rule contains PATTERN (or matches it as a glob)")] = None,
-    month: Annotated[Optional[str], typer.Option(
-        "--month", "-m", help="Evaluation month of test files that do not pin one [default: the current month]")] = None,
+    month: Annotated[Optional[str], optional_month(
+        "Evaluation month of test files that do not pin one [default: the current month]")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Also fail when a rule has no passing case where it fires and one where it does not")] = False,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json (json: every case on stdout)")] = "table",
+    fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json (json: every case on stdout)")] = "table",
     junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Also write a JUnit XML report (CI)")] = None,
     defaults: Annotated[bool, typer.Option(
         "--defaults", help="Print the default test customer (every customer_view column) and exit")] = False,
@@ -775,17 +1062,13 @@ def test_cmd(
       mktool test --strict --junit rule-tests.xml
       mktool test --defaults
     """
-    from rich.markup import escape
-
     from mktool.errors import CheckFailed
     from mktool.ruletest import (
         coverage_problems, default_customer_rows, junit_xml, render_report, result_document, run_tests,
     )
 
-    if month is not None:
-        check_month(month)
-    if fmt not in ("table", "json"):
-        raise MktoolError(f"--format must be table or json, got '{fmt}'")
+    if junit is not None:
+        check_out_file(str(junit))
     if defaults:
         render_table(run.reporter, "The default test customer (cases override any column; derived and scores.yaml "
                      "columns are computed from the others unless given)", ["column", "type", "value", "source"],
@@ -811,9 +1094,9 @@ def test_cmd(
     uncovered = coverage_problems(result)
     for text in uncovered:
         if strict:
-            run.reporter.console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False)
+            run.reporter.error(text, label="error:")
         else:
-            run.reporter.warn(escape(text))
+            run.reporter.warn(text)
     failed = result.failed
     passed = len(result.results) - len(failed)
     summary = (f"{passed} of {len(result.results)} rule test{'s' if len(result.results) != 1 else ''} passed "
@@ -832,19 +1115,18 @@ def test_cmd(
 @command("snapshot")
 def snapshot_cmd(
     run: Run,
-    month: Annotated[Optional[str], typer.Option(
-        "--month", "-m", help="Month to record (with --check: check only this month) [--check default: every "
-                              "month in the file]")] = None,
+    month: Annotated[Optional[str], optional_month(
+        "Month to record (with --check: check only this month) [--check default: every month in the file]")] = None,
     write: Annotated[bool, typer.Option("--write", help="Record the snapshot into --file (add or replace the month)")] = False,
     check: Annotated[bool, typer.Option(
         "--check", help="Recompute every month of --file and fail (exit 5) with a table of what moved")] = False,
     file: Annotated[Path, typer.Option("--file", help="The committed snapshot")] = Path("fixtures/snapshot.json"),
     fixtures: Annotated[Optional[Path], typer.Option(
         "--fixtures", help="Fixture extracts [default: fixtures/extracts, with --check the folder the file names]")] = None,
-    date: Annotated[Optional[str], typer.Option(
-        "--date", help="The export cycle's date, YYYY-MM-DD [default: the 1st of the next month; --check: the "
-                       "recorded one]")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json (--check's changes, or the snapshot)")] = "table",
+    date: Annotated[Optional[dt.date], date_option(
+        "The export cycle's date, YYYY-MM-DD [default: the 1st of the next month; --check: the "
+        "recorded one]")] = None,
+    fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json (--check's changes, or the snapshot)")] = "table",
 ) -> None:
     """Fixture regression: funnels, rule hits and target-list hashes of the bundled fixtures.
 
@@ -864,13 +1146,11 @@ def snapshot_cmd(
     from mktool.snapshot import check as snapshot_check
     from mktool.snapshot import write as snapshot_write
 
-    if fmt not in ("table", "json"):
-        raise MktoolError(f"--format must be table or json, got '{fmt}'")
     if write and check:
-        raise MktoolError("--write records and --check compares: give one of them")
-    if month is not None:
-        check_month(month)
-    cycle = parse_date(date) if date else None
+        raise run.usage_error(["--write", "--check"], "--write records and --check compares: give one of them")
+    cycle = date
+    if write:
+        check_out_file(str(file))
     if check:
         before, after, changes = snapshot_check(file, run.settings.matrices_dir, months=[month] if month else None,
                                                 fixtures=fixtures, settings=run.settings, reporter=run.reporter)
@@ -889,7 +1169,7 @@ def snapshot_cmd(
                           f"{sum(len(m['lists']) for m in after['months'].values())} target lists)")
         return
     if month is None:
-        raise MktoolError("give --month YYYY-MM to record (or --check to compare with the committed snapshot)")
+        raise run.usage_error("--month", "give --month YYYY-MM to record (or --check to compare with the committed snapshot)")
     doc = record([month], run.settings.matrices_dir, fixtures or DEFAULT_FIXTURES, cycle_date=cycle,
                  settings=run.settings, reporter=run.reporter)
     if write:
@@ -912,15 +1192,15 @@ def diff_cmd(
     run: Run,
     folders: Annotated[Optional[list[Path]], typer.Argument(
         help="Two export folders <out>/<month>: before, then after", show_default=False)] = None,
-    month: Annotated[Optional[str], typer.Option("--month", "-m", help="With --against-matrices: the month to run")] = None,
+    month: Annotated[Optional[str], optional_month("With --against-matrices: the month to run")] = None,
     against: Annotated[Optional[Path], typer.Option(
         "--against-matrices", metavar="DIR",
         help="Compare the current --matrices (after) with the rules in DIR (before) on the same data")] = None,
     fixtures: Annotated[Optional[Path], typer.Option(
         "--fixtures", metavar="DIR", help="With --against-matrices: build from these extracts instead of copying --db")] = None,
-    date: Annotated[Optional[str], typer.Option(
-        "--date", help="With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | csv | markdown")] = "table",
+    date: Annotated[Optional[dt.date], date_option(
+        "With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
+    fmt: Annotated[str, format_option("table", "json", "csv", "markdown", help="table | json | csv | markdown")] = "table",
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 5 when there are differences")] = False,
 ) -> None:
     """Compare two runs: customers gained and lost per channel and policy, rank changes, funnels.
@@ -936,29 +1216,28 @@ def diff_cmd(
       mktool diff --month 2026-10 --against-matrices ../main/matrices --fixtures fixtures/extracts
       mktool diff --month 2026-10 --against-matrices ../main/matrices --format markdown > diff.md
     """
-    from mktool.diff import check_format, compare_folders, compare_rules, headline, render_csv, render_json
+    from mktool.diff import compare_folders, compare_rules, headline, render_csv, render_json
     from mktool.diff import render_markdown, sections
     from mktool.errors import CheckFailed
 
-    check_format(fmt)
     folders = folders or []
     if against is not None:
         if folders:
-            raise MktoolError("give two export folders, or --against-matrices DIR with --month, not both")
+            raise run.usage_error("--against-matrices", "give two export folders, or --against-matrices DIR with "
+                                                        "--month, not both")
         if month is None:
-            raise MktoolError("--against-matrices needs --month YYYY-MM (the month both rule sets run)")
-        check_month(month)
+            raise run.usage_error("--month", "--against-matrices needs --month YYYY-MM (the month both rule sets run)")
         result = compare_rules(month, run.settings.matrices_dir, against, fixtures=fixtures,
                                db=None if fixtures is not None else run.settings.db_path,
-                               cycle_date=parse_date(date) if date else None, settings=run.settings,
+                               cycle_date=date, settings=run.settings,
                                reporter=run.reporter)
     else:
         if len(folders) != 2:
-            raise MktoolError("give two export folders (before, after), e.g. `mktool diff out_a/2026-10 out_b/2026-10`, "
-                              "or --month M --against-matrices DIR")
+            raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff out_a/2026-10 "
+                                             "out_b/2026-10`, or --month M --against-matrices DIR")
         for given, name in ((month, "--month"), (fixtures, "--fixtures"), (date, "--date")):
             if given is not None:
-                raise MktoolError(f"{name} only applies with --against-matrices")
+                raise run.usage_error(name, f"{name} only applies with --against-matrices")
         result = compare_folders(folders[0], folders[1])
     if fmt == "json":
         typer.echo(render_json(result), nl=False)

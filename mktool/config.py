@@ -3,13 +3,21 @@
 Every setting has a command-line option and an environment twin (``MKTOOL_DB``,
 ``MKTOOL_MATRICES``, ``MKTOOL_MEMORY_LIMIT``, ``MKTOOL_THREADS``, ``MKTOOL_TEMP_DIR``,
 ``MKTOOL_LOCK_WAIT``) so that cron jobs and CI can set them once.
+
+The values reach DuckDB ``SET`` statements, so each is validated here, whatever its source
+(option, environment, a library caller): the command line refuses a bad value first (exit 2),
+and these checks are the second line of defence for every other way in.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mktool.errors import UsageError
 
 DEFAULT_DB = Path("mktool.duckdb")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -49,6 +57,58 @@ def default_memory_limit() -> str:
     return f"{max(1, int(total * 0.75 / 2**30))}GB"
 
 
+# DuckDB's memory size syntax: a decimal number and a unit (1000- or 1024-based), or a share of RAM.
+MEMORY_LIMIT_RE = re.compile(
+    r"\A\s*(?P<number>[0-9]+(?:\.[0-9]+)?)\s*"
+    r"(?P<unit>%|b|bytes?|k|kb|kilobytes?|m|mb|megabytes?|g|gb|gigabytes?|t|tb|terabytes?|kib|mib|gib|tib)\s*\Z",
+    re.IGNORECASE,
+)
+MEMORY_UNITS = {"b": 1, "byte": 1, "bytes": 1, "k": 10**3, "kb": 10**3, "kilobyte": 10**3, "kilobytes": 10**3,
+                "m": 10**6, "mb": 10**6, "megabyte": 10**6, "megabytes": 10**6, "g": 10**9, "gb": 10**9,
+                "gigabyte": 10**9, "gigabytes": 10**9, "t": 10**12, "tb": 10**12, "terabyte": 10**12,
+                "terabytes": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+MIN_MEMORY_LIMIT = 16 * 2**20  # below this DuckDB cannot even set the limit ("Out of Memory Error")
+MEMORY_LIMIT_HELP = "a size such as 8GB, 512MB, 1.5GiB or 75%"
+
+
+def check_memory_limit(value: str, *, where: str = "memory limit") -> str:
+    """``8GB``, ``512 MiB``, ``75%``: a positive size in DuckDB's syntax, never free text for SQL."""
+    match = MEMORY_LIMIT_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise UsageError(f"{where} must be {MEMORY_LIMIT_HELP}, got {value!r}")
+    number, unit = float(match["number"]), match["unit"].lower()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise UsageError(f"{where} must be more than 0 and at most 100%, got {value!r}")
+    elif number * MEMORY_UNITS[unit] < MIN_MEMORY_LIMIT:
+        raise UsageError(f"{where} must be at least 16MiB (more than 0, and DuckDB needs room to work), got {value!r}")
+    return value.strip()
+
+
+def check_threads(value: object, *, where: str = "threads") -> int:
+    """A whole number of worker threads, at least 1 (DuckDB refuses 0 and below)."""
+    if isinstance(value, bool):
+        raise UsageError(f"{where} must be a whole number of at least 1, got {value!r}")
+    try:
+        number = int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise UsageError(f"{where} must be a whole number of at least 1, got {value!r}") from None
+    if number < 1 or (isinstance(value, float) and value != number):
+        raise UsageError(f"{where} must be a whole number of at least 1, got {value!r}")
+    return number
+
+
+def check_lock_wait(value: object, *, where: str = "lock wait") -> float:
+    """Seconds to wait for the lock: finite and not negative (``nan`` would wait forever)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UsageError(f"{where} must be a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise UsageError(f"{where} must be a finite number of seconds, 0 or more, got {value!r}")
+    return number
+
+
 @dataclass
 class Settings:
     """Everything a library call needs to know about its environment."""
@@ -59,6 +119,11 @@ class Settings:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     temp_dir: Path | None = None  # None: "<db>.tmp" beside the database
     lock_wait: float = 0.0  # seconds to wait for another run's lock before refusing
+
+    def __post_init__(self) -> None:
+        self.memory_limit = check_memory_limit(self.memory_limit)
+        self.threads = check_threads(self.threads)
+        self.lock_wait = check_lock_wait(self.lock_wait)
 
     @property
     def spill_dir(self) -> Path:
@@ -74,13 +139,20 @@ class Settings:
         temp_dir: Path | None = None,
         lock_wait: float | None = None,
     ) -> "Settings":
-        """Options win over environment variables, which win over defaults."""
+        """Options win over environment variables, which win over defaults; errors name the source."""
         env = os.environ
+        if memory_limit is None and env.get("MKTOOL_MEMORY_LIMIT"):
+            memory_limit = check_memory_limit(env["MKTOOL_MEMORY_LIMIT"], where="MKTOOL_MEMORY_LIMIT")
+        if threads is None and env.get("MKTOOL_THREADS"):
+            threads = check_threads(env["MKTOOL_THREADS"], where="MKTOOL_THREADS")
+        if lock_wait is None and env.get("MKTOOL_LOCK_WAIT"):
+            lock_wait = check_lock_wait(env["MKTOOL_LOCK_WAIT"], where="MKTOOL_LOCK_WAIT")
         return cls(
             db_path=db or Path(env.get("MKTOOL_DB") or DEFAULT_DB),
             matrices_dir=resolve_matrices_dir(matrices),
-            memory_limit=memory_limit or env.get("MKTOOL_MEMORY_LIMIT") or default_memory_limit(),
-            threads=threads or int(env.get("MKTOOL_THREADS") or 0) or (os.cpu_count() or 1),
+            memory_limit=check_memory_limit(memory_limit, where="--memory-limit") if memory_limit is not None
+            else default_memory_limit(),
+            threads=check_threads(threads, where="--threads") if threads is not None else (os.cpu_count() or 1),
             temp_dir=temp_dir or (Path(env["MKTOOL_TEMP_DIR"]) if env.get("MKTOOL_TEMP_DIR") else None),
-            lock_wait=lock_wait if lock_wait is not None else float(env.get("MKTOOL_LOCK_WAIT") or 0),
+            lock_wait=check_lock_wait(lock_wait, where="--wait") if lock_wait is not None else 0.0,
         )

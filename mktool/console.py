@@ -2,6 +2,10 @@
 
 Rich honours NO_COLOR and drops animation when stderr is not a terminal; ``--quiet``
 silences progress and info lines for cron (warnings and errors still show).
+
+Messages are plain text: they carry file names, rule ids and data values, so every method
+escapes its message exactly once (a value such as ``[/]`` or ``[bold]`` prints as written
+instead of crashing or restyling the output). Callers never escape what they pass in.
 """
 
 from __future__ import annotations
@@ -25,15 +29,19 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message)
+            self.console.print(escape(message))
 
     def debug(self, message: str) -> None:
         """Detail for --verbose only (may name individual subscribers)."""
         if self.verbose and not self.quiet:
-            self.console.print(f"[dim]{message}[/dim]")
+            self.console.print(f"[dim]{escape(message)}[/dim]")
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]Warning:[/yellow] {escape(message)}")
+
+    def error(self, message: str, *, label: str = "Error:") -> None:
+        """One error line (``Error: …``, or ``error: …`` for each problem of a report)."""
+        self.console.print(f"[bold red]{escape(label)}[/bold red] {escape(message)}")
 
     @contextlib.contextmanager
     def step(self, description: str) -> Iterator[None]:
@@ -46,7 +54,7 @@ class Reporter:
                 SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=None),
                 TimeElapsedColumn(), console=self.console, transient=True,
             ) as progress:
-                progress.add_task(description, total=None)
+                progress.add_task(escape(description), total=None)
                 yield
         self.debug(f"{description}: {time.perf_counter() - start:.2f}s")
 
@@ -71,13 +79,13 @@ class StepProgress:
                 TimeElapsedColumn(), console=self.reporter.console, transient=True,
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task(self.description, total=self.total)
+            self._task = self._progress.add_task(escape(self.description), total=self.total)
         return self
 
     def advance(self, label: str | None = None) -> None:
         if self._progress is not None and self._task is not None:
             if label:
-                self._progress.update(self._task, description=f"{self.description} {label}")
+                self._progress.update(self._task, description=escape(f"{self.description} {label}"))
             self._progress.advance(self._task)
 
     def __exit__(self, *exc: object) -> None:

@@ -9,6 +9,7 @@ vanish on the next open, so a killed command leaves the database as it was befor
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -18,8 +19,8 @@ from typing import Any
 
 import duckdb
 
-from mktool.config import Settings
-from mktool.errors import LockedError, StateError
+from mktool.config import Settings, check_memory_limit, check_threads
+from mktool.errors import InputError, LockedError, StateError
 
 # Bookkeeping tables, created on first write. Names say what they hold.
 BOOKKEEPING_DDL = (
@@ -44,7 +45,12 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as exc:
+            if exc.errno == errno.EROFS and not self.exclusive:
+                return self  # a read-only file system: no writer can exist, a reader needs no lock
+            raise
         mode = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         deadline = time.monotonic() + self.wait
         while True:
@@ -86,12 +92,37 @@ class RunLock:
             self._fh = None
 
 
-def configure(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """Bound DuckDB's memory and give it a place to spill, so big inputs slow down instead of dying."""
-    settings.spill_dir.mkdir(parents=True, exist_ok=True)
-    con.execute(f"SET memory_limit = '{settings.memory_limit}'")
-    con.execute(f"SET threads = {int(settings.threads)}")
-    con.execute("SET temp_directory = ?", [str(settings.spill_dir)])
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _check_spill_folder(spill: Path) -> None:
+    """Made and writable now: DuckDB would only fail when it first spills, deep into a long step."""
+    spill.mkdir(parents=True, exist_ok=True)
+    if not os.access(spill, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only_fs(spill) else errno.EACCES
+        raise PermissionError(code, f"the spill folder (--temp-dir) is not writable: {os.strerror(code)}", str(spill))
+
+
+def configure(con: duckdb.DuckDBPyConnection, settings: Settings, *, write: bool = True) -> None:
+    """Bound DuckDB's memory and give it a place to spill, so big inputs slow down instead of dying.
+
+    Every value is checked again and bound as a parameter, never spliced into the SQL text.
+    A reader of a database on a read-only file system gets the default spill folder beside it
+    unchecked (DuckDB makes it only if it must spill); a given --temp-dir is always checked.
+    """
+    spill = settings.spill_dir
+    if spill.exists() and not spill.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the spill folder (--temp-dir) is a file", str(spill))
+    lenient = not write and settings.temp_dir is None and _read_only_fs(settings.db_path.parent)
+    if not lenient:
+        _check_spill_folder(spill)
+    con.execute("SET memory_limit = ?", [check_memory_limit(settings.memory_limit)])
+    con.execute("SET threads = ?", [check_threads(settings.threads)])
+    con.execute("SET temp_directory = ?", [str(spill)])
     con.execute("SET enable_progress_bar = false")
     # Bulk writes flush each row group as it fills instead of buffering five: the score step's
     # 70-column view peaked ~330 MB lower at 1M subscribers, at no measurable cost in time.
@@ -115,6 +146,9 @@ class Database:
         self._committed = False  # … and has not committed anything to it yet
 
     def __enter__(self) -> "Database":
+        if self.path.is_dir():
+            raise InputError("is a folder, not a DuckDB database file", file=str(self.path),
+                             hint="point --db / MKTOOL_DB at a file such as mktool.duckdb")
         if not self.write and not self.path.exists():
             raise StateError(
                 f"no database at {self.path}",
@@ -124,23 +158,39 @@ class Database:
         try:
             self._created = self.write and not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.con = duckdb.connect(str(self.path), read_only=not self.write)
-            configure(self.con, self.settings)
+            try:
+                self.con = duckdb.connect(str(self.path), read_only=not self.write)
+            except duckdb.Error as exc:
+                raise self._unreadable(exc) from None
+            configure(self.con, self.settings, write=self.write)
             if self.write:
                 for ddl in BOOKKEEPING_DDL:
                     self.con.execute(ddl)
-        except duckdb.IOException as exc:
-            self._lock.__exit__()
-            if "lock" in str(exc).lower():
-                raise LockedError(
-                    "database is locked by another process (not an mktool run, or one from an older version)",
-                    file=str(self.path),
-                ) from None
-            raise
         except BaseException:
+            if self.con is not None:
+                self.con.close()
+                self.con = None
+            if self._created:  # e.g. an unwritable spill folder: leave no empty database behind
+                self._remove_created()
             self._lock.__exit__()
             raise
         return self
+
+    def _unreadable(self, exc: duckdb.Error) -> Exception:
+        """A database file DuckDB cannot open: held by a foreign process, truncated, corrupt, not ours."""
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, duckdb.IOException) and "lock" in text.lower():
+            return LockedError(
+                "database is locked by another process (not an mktool run, or one from an older version)",
+                file=str(self.path),
+            )
+        lowered = text.lower()
+        if any(os_level in lowered for os_level in ("no space left", "permission denied", "read-only file system")):
+            return InputError(f"cannot open the database ({text})", file=str(self.path),
+                              hint="free some space, or point --db at another disk" if "space" in lowered else None)
+        return InputError(f"cannot open the database ({text})", file=str(self.path),
+                          hint="is it a DuckDB file written by mktool, complete and not truncated? "
+                               "Restore it from a backup, or point --db at another file")
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.con is not None:
@@ -149,13 +199,22 @@ class Database:
         if exc_type is not None and self._created and not self._committed:
             # A command refused before anything was committed: leave no half-made database
             # behind (the folder is as it was, and the next command starts clean).
-            for leftover in (self.path, self.path.with_name(self.path.name + ".wal")):
-                leftover.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self.settings.spill_dir.rmdir()  # only when empty
+            self._remove_created()
         self._lock.__exit__()
 
+    def _remove_created(self) -> None:
+        for leftover in (self.path, self.path.with_name(self.path.name + ".wal")):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.settings.spill_dir.rmdir()  # only when empty
+
     # -- small helpers -----------------------------------------------------------------
+    @property
+    def committed(self) -> bool:
+        """Whether a transaction of this connection committed (what an interrupt message may claim)."""
+        return self._committed
+
     @property
     def c(self) -> duckdb.DuckDBPyConnection:
         assert self.con is not None, "Database used outside its `with` block"
@@ -185,7 +244,16 @@ class Database:
             raise
         con.execute("COMMIT")
         self._committed = True
-        con.execute("CHECKPOINT")
+        try:
+            con.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            # The step is durable in the write-ahead log; only folding it into the file failed
+            # (no space left, most often). Say so instead of implying that nothing happened.
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"the step was committed to the write-ahead log {self.path.name}.wal, but DuckDB could not "
+                f"write it into the database file ({text})", file=str(self.path),
+                hint="free some space: the next mktool command on this database finishes the checkpoint") from None
 
     def table_exists(self, name: str) -> bool:
         return table_exists(self.c, name)

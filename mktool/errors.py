@@ -8,6 +8,7 @@ can go straight to the offending line.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 EXIT_OK = 0
@@ -16,11 +17,28 @@ EXIT_USAGE = 2  # bad command-line usage (Click's own code)
 EXIT_LOCKED = 3  # another mktool run holds the database
 EXIT_INTERNAL = 4  # a bug or an unexpected engine failure
 EXIT_CHECK_FAILED = 5  # `mktool test` / `snapshot --check` found differences
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, what shells report)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 8, 8, 8, 8
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 300, 300, 100
+
+
+def short_repr(value: Any, width: int = 300) -> str:
+    """``repr`` for a message, bounded while it is built: a YAML alias bomb or a 10 MB string
+    must not grow to gigabytes (or take minutes) just to be cut to one line."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int beyond Python's 4,300-digit repr limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _shorten(value: Any, width: int = 300) -> str:
-    text = repr(value) if not isinstance(value, str) else value
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if isinstance(value, str):
+        return value if len(value) <= width else value[: width - 1] + "…"
+    return short_repr(value, width)
 
 
 class MktoolError(Exception):
@@ -73,6 +91,12 @@ class ConfigError(MktoolError):
 
 class RuleError(ConfigError):
     """A rule's SQL expression is invalid (parse error, unknown column, forbidden construct)."""
+
+
+class UsageError(MktoolError):
+    """A setting or option value is malformed (the library's second line behind the CLI's parsers)."""
+
+    exit_code = EXIT_USAGE
 
 
 class StateError(MktoolError):

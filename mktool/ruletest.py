@@ -1193,7 +1193,7 @@ def render_report(run: TestRun, reporter: Reporter) -> None:
         for line in r.details:
             console.print(escape(line), highlight=False, soft_wrap=True)
     for w in run.warnings:
-        reporter.warn(escape(w))
+        reporter.warn(w)  # warn escapes once
 
 
 def coverage_problems(run: TestRun) -> list[str]:

@@ -115,17 +115,17 @@ def test_identical_folders(runner, folders: tuple[Path, Path]) -> None:
 def test_diff_usage_errors(runner, folders: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = folders
     one = runner.invoke(app, ["diff", str(a)])
-    assert one.exit_code == 1 and "give two export folders" in one.stderr
+    assert one.exit_code == 2 and "give two export folders" in one.stderr  # usage errors exit 2, like click's
     parent = runner.invoke(app, ["diff", str(a.parent), str(b)])
     assert parent.exit_code == 1 and "give one of them" in parent.stderr and "2026-10" in parent.stderr
     nothing = runner.invoke(app, ["diff", str(tmp_path / "nope"), str(b)])
     assert nothing.exit_code == 1 and "no export folder at" in nothing.stderr
     month = runner.invoke(app, ["diff", str(a), str(b), "--month", M])
-    assert month.exit_code == 1 and "--month only applies with --against-matrices" in month.stderr
+    assert month.exit_code == 2 and "--month only applies with --against-matrices" in month.stderr
     no_month = runner.invoke(app, ["diff", "--against-matrices", str(MATRICES)])
-    assert no_month.exit_code == 1 and "needs --month" in no_month.stderr
+    assert no_month.exit_code == 2 and "needs --month" in no_month.stderr
     fmt = runner.invoke(app, ["diff", str(a), str(b), "--format", "xml"])
-    assert fmt.exit_code == 1 and "table, json, csv, markdown" in fmt.stderr
+    assert fmt.exit_code == 2 and "table, json, csv, markdown" in fmt.stderr
 
 
 # -- the current rules against another matrices folder ------------------------------------------------------

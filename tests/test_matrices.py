@@ -545,7 +545,7 @@ def test_matrix_command_dry_run(cli, project: tuple[Path, Path]) -> None:
     assert "would have 9 rows for 3 customers (dry run, nothing written)" in result.stderr
     assert {r[0] for r in fetch(db, "SELECT table_name FROM information_schema.tables")} == {"customer_view"}
     refused = cli("matrix", "--month", M, "--matrices", str(matrices), "--dry-run", "--out", "x.csv", db_path=db)
-    assert refused.exit_code == 1 and "--dry-run writes nothing" in refused.stderr
+    assert refused.exit_code == 2 and "--dry-run writes nothing" in refused.stderr  # a usage error
 
 
 def test_matrix_command_uncovered_exit_1(cli, tmp_path: Path) -> None:

@@ -139,4 +139,4 @@ def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(t
     assert con.execute("SELECT count(DISTINCT contact_date) FROM contact_history WHERE recorded_by = 'mktool'").fetchone()[0] == 2
     con.close()
     bad = runner.invoke(app, ["export", "--month", M, "--cycle", "weekly", "--out", str(tmp_path / "o2"), *common])
-    assert bad.exit_code == 1 and "--cycle must be daily or monthly" in bad.stderr
+    assert bad.exit_code == 2 and "'weekly' is not one of daily, monthly" in bad.stderr  # a usage error

@@ -301,7 +301,7 @@ def test_dry_run_writes_nothing(cli, db_path):
     assert out.stdout == ""
     tables = {r[0] for r in query(cli.db, "SELECT table_name FROM information_schema.tables")}
     assert "plan_recommendations" not in tables
-    assert cli("plan", "--month", M, "--dry-run", "--out", "-", "--matrices", str(MATRICES)).exit_code == 1
+    assert cli("plan", "--month", M, "--dry-run", "--out", "-", "--matrices", str(MATRICES)).exit_code == 2  # usage
 
 
 def test_missing_customer_view_is_a_state_error(cli, db_path):
@@ -369,25 +369,26 @@ def test_sweep_cli_table_csv_json(cli):
             r["customers"] for r in records} == SWEEP_EXPECTED
     assert "plan_recommendations" not in {r[0] for r in query(cli.db, "SHOW TABLES")}
     bad = cli("plan", "--month", M, "--sweep", "--sweep-rental", "2:1", "--matrices", str(MATRICES))
-    assert bad.exit_code == 1 and "--sweep-rental: LO (2.0) is greater than HI (1.0)" in bad.stderr
+    assert bad.exit_code == 2 and "'--sweep-rental': LO (2.0) is greater than HI (1.0)" in bad.stderr
 
 
 # -- options and plan.yaml ----------------------------------------------------------------------------
-def test_bad_total_change_option_exits_1(cli):
+def test_bad_total_change_option_exits_2(cli):
+    """A malformed option value is a usage error (exit 2, like click's), refused before any work."""
     make_db(cli.db, [cust("13800000001")], [ZX128, ZX158])
     result = cli("plan", "--month", M, "--total-change", "1.5:0.6", "--matrices", str(MATRICES))
-    assert result.exit_code == 1
-    assert "Error: --total-change: LO (1.5) is greater than HI (0.6)" in result.stderr
+    assert result.exit_code == 2
+    assert "Invalid value for '--total-change': LO (1.5) is greater than HI (0.6)" in result.stderr
     for args, message in [
-        (["--total-change", "0.6-1.5"], "--total-change: expected LO:HI such as 0.6:1.5, got '0.6-1.5'"),
-        (["--rental-change", "0:2"], "--rental-change: LO: must be a positive number"),
-        (["--rental-change", "a:2"], "--rental-change: LO: expected a number, got 'a'"),
-        (["--top", "0"], "--top: must be a whole number >= 1, got 0"),
-        (["--min-data", "-1"], "--min-data: must be a number of MB >= 0"),
-        (["--format", "xml", "--out", "x.xml"], "unknown format 'xml'"),
+        (["--total-change", "0.6-1.5"], "'--total-change': expected LO:HI such as 0.6:1.5, got '0.6-1.5'"),
+        (["--rental-change", "0:2"], "'--rental-change': LO: must be a positive number"),
+        (["--rental-change", "a:2"], "'--rental-change': LO: expected a number, got 'a'"),
+        (["--top", "0"], "'--top' / '-k': expected a whole number of at least 1, got '0'"),
+        (["--min-data", "-1"], "'--min-data': expected a finite number of at least 0, got '-1'"),
+        (["--format", "xml", "--out", "x.xml"], "'--format' / '-f': 'xml' is not one of csv, parquet, jsonl"),
     ]:
         bad = cli("plan", "--month", M, *args, "--matrices", str(MATRICES))
-        assert bad.exit_code == 1, (args, bad.output)
+        assert bad.exit_code == 2, (args, bad.output)
         assert message in bad.stderr, (args, bad.stderr)
     assert "plan_recommendations" not in {r[0] for r in query(cli.db, "SHOW TABLES")}
 

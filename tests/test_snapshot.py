@@ -131,7 +131,7 @@ def test_check_errors_name_what_to_do(runner, tmp_path: Path, recorded) -> None:
     other = runner.invoke(app, ["snapshot", "--check", "--month", "2026-09", "--file", str(path)])
     assert other.exit_code == 1 and "has no snapshot for 2026-09 (it has: 2026-10)" in other.stderr
     both = runner.invoke(app, ["snapshot", "--check", "--write", "--month", M])
-    assert both.exit_code == 1 and "give one of them" in both.stderr
+    assert both.exit_code == 2 and "give one of them" in both.stderr  # a usage error, like click's
 
 
 # -- pieces -------------------------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def test_score_needs_the_month_loaded(cli, tmp_path):
     result = cli("score", "--month", "2027-01")
     assert result.exit_code == 1
     assert "subscribers has no rows for month 2027-01" in result.stderr
-    assert cli("score", "--month", "2026-13").exit_code == 1
+    assert cli("score", "--month", "2026-13").exit_code == 2  # a usage error, refused by the option's type
 
 
 def test_score_out_to_stdout_and_params(cli, tmp_path):
