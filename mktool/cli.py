@@ -116,7 +116,9 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 # DuckDB may report a Ctrl-C during a query as RuntimeError('Query interrupted').
                 if isinstance(exc, RuntimeError) and "interrupted" not in str(exc).lower():
                     raise
-                reporter.console.print("Interrupted; nothing was committed.")
+                # A step that had committed says so (mktool.errors.Interrupted); otherwise nothing was.
+                reporter.console.print(escape(getattr(exc, "note", None) or "Interrupted; nothing was committed."),
+                                       highlight=False)
                 raise typer.Exit(130) from None
             except duckdb.Error as exc:
                 if run.verbose:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ import duckdb
 
 from mktool.config import Settings
 from mktool.errors import LockedError, StateError
+from mktool.publish import finish_pending
 
 # Bookkeeping tables, created on first write. Names say what they hold.
 BOOKKEEPING_DDL = (
@@ -129,6 +132,9 @@ class Database:
             if self.write:
                 for ddl in BOOKKEEPING_DDL:
                     self.con.execute(ddl)
+            # An export interrupted after its commit: its lists go into place before anything else
+            # reads or writes (readers too, so `mktool status` finishes it); see mktool.publish.
+            finish_pending(self.con, writable=self.write)
         except duckdb.IOException as exc:
             self._lock.__exit__()
             if "lock" in str(exc).lower():
@@ -246,6 +252,37 @@ def replace_month(con: duckdb.DuckDBPyConnection, table: str, month: str, select
         )
         con.execute("DROP TABLE _mk_new")
     return int(con.execute(f'SELECT count(*) FROM "{table}" WHERE month = ?', [month]).fetchone()[0])  # type: ignore[index]
+
+
+STEP_LOG_DDL = """CREATE TABLE IF NOT EXISTS step_log (
+    month VARCHAR, step VARCHAR, settings VARCHAR, overrides VARCHAR, command_line VARCHAR, recorded_at TIMESTAMP)"""
+
+
+def command_line() -> list[str]:
+    """This process's command line as the user typed it (``mktool …``), for provenance."""
+    return ["mktool" if sys.argv[:1] and sys.argv[0].endswith(("__main__.py", "mktool")) else sys.argv[0], *sys.argv[1:]]
+
+
+def record_step(con: duckdb.DuckDBPyConnection, month: str, step: str, settings: dict[str, Any],
+                overrides: dict[str, Any]) -> None:
+    """What a step ran with, kept with its month (inside the step's transaction) so that the
+    export's manifest.json can name every override that shaped the lists (--param, plan windows, top k)."""
+    con.execute(STEP_LOG_DDL)
+    con.execute("DELETE FROM step_log WHERE month = ? AND step = ?", [month, step])
+    con.execute("INSERT INTO step_log VALUES (?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [month, step, json.dumps(settings, ensure_ascii=False, default=str),
+                 json.dumps(overrides, ensure_ascii=False, default=str), json.dumps(command_line(), ensure_ascii=False)])
+
+
+def step_settings(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, dict[str, Any]]:
+    """The recorded settings of each step of ``month``: {step: {settings, overrides, command_line, recorded_at}}."""
+    if not table_exists(con, "step_log"):
+        return {}
+    rows = con.execute("SELECT step, settings, overrides, command_line, recorded_at FROM step_log WHERE month = ? "
+                       "ORDER BY step", [month]).fetchall()
+    return {step: {"settings": json.loads(settings), "overrides": json.loads(overrides),
+                   "command_line": json.loads(argv), "recorded_at": at.isoformat() if at else None}
+            for step, settings, overrides, argv, at in rows}
 
 
 def record_funnel(con: duckdb.DuckDBPyConnection, month: str, funnel: str, stages: Sequence[tuple[str, int]]) -> None:

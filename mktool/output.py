@@ -75,14 +75,36 @@ def copy_to_file(con: duckdb.DuckDBPyConnection, query: str, target: Path, fmt: 
 
 
 def stream_file(path: Path) -> None:
-    """Copy a finished file to standard output."""
+    """Copy a finished file to standard output and flush it: returns only when every byte was taken.
+
+    A consumer that closed the pipe (``| head``, a gateway that died) is an ``Error:``, not a
+    success: the caller must not treat the list as delivered. Standard output is then pointed at
+    /dev/null so that Python's flush at exit does not fail a second time.
+    """
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-    with open(path, "rb") as fh:
-        if out is not None:
-            shutil.copyfileobj(fh, out, 1 << 20)
-            out.flush()
-        else:  # pragma: no cover - text-only stdout (some test harnesses)
-            sys.stdout.write(fh.read().decode("utf-8"))
+    try:
+        with open(path, "rb") as fh:
+            if out is not None:
+                shutil.copyfileobj(fh, out, 1 << 20)
+                out.flush()
+            else:  # pragma: no cover - text-only stdout (some test harnesses)
+                sys.stdout.write(fh.read().decode("utf-8"))
+                sys.stdout.flush()
+    except BrokenPipeError:
+        _detach_stdout()
+        raise MktoolError("standard output: the consumer closed the pipe before the whole list was written") from None
+    except OSError as exc:
+        _detach_stdout()
+        raise MktoolError(f"standard output: cannot write the list ({exc.strerror or exc})") from None
+
+
+def _detach_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file descriptor (a test harness)
+        pass
 
 
 def copy_to_stdout(con: duckdb.DuckDBPyConnection, query: str, fmt: str, params: Sequence[Any] = ()) -> int:
