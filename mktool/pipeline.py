@@ -102,7 +102,7 @@ def _interrupted_note(committed: list[str], current: str, current_note: str | No
         parts.append(f"Committed before it: {', '.join(committed)} (their results are in the database).")
     else:
         parts.append("Nothing was committed before it.")
-    parts.append(current_note or f"{current} was rolled back.")
+    parts.append(current_note or f"{current} was interrupted before it finished (a step commits all or nothing).")
     if later:
         parts.append(f"Not run: {', '.join(later)}. Re-run `mktool run` to finish.")
     return " ".join(parts)
