@@ -21,8 +21,13 @@ offers (rows) per cycle.
 
 Exported rows (also a list streamed with ``--out -``) are written back to ``contact_history``
 (outcome ``sent``) so the next cycle's caps and cool-downs see them; re-running a cycle
-replaces its own records and files. Lists are staged in a hidden folder beside their final
-place, contacts are committed in one transaction, then the files are renamed into place.
+replaces its own records and files. Contacts are recorded if and only if their lists were
+delivered: the lists, funnel.json and manifest.json are published with the write-back as one
+unit (staged, journaled, committed, renamed: mktool.publish), and a list streamed with
+``--out -`` is recorded only once all of it was written. manifest.json lists every file of the
+folder after the publish (a list of a channel not exported now keeps its entry; an old file no
+longer part of the folder is removed in the same publish) and everything the lists were made
+from: engine versions, the command line, the steps' overrides, the rules folder and its commit.
 """
 
 from __future__ import annotations
@@ -613,15 +618,12 @@ def _folder_changes(folder: Path, selected: list[ChannelResult], config: ExportC
     with it (re-running a cycle replaces its own files and records).
     """
     try:
-        previous = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("outputs") or {}
-        if not isinstance(previous, dict):
-            previous = {}
-    except (OSError, ValueError):  # first publish here, or a folder from before manifests
-        previous = {}
-    old_run = None
-    if previous:
-        with contextlib.suppress(OSError, ValueError):
-            old_run = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("run_id")
+        old_manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # first publish here, or an unreadable manifest: only the files tell
+        old_manifest = {}
+    previous = old_manifest.get("outputs") if isinstance(old_manifest, dict) else None
+    previous = previous if isinstance(previous, dict) else {}
+    old_run = old_manifest.get("run_id") if isinstance(old_manifest, dict) else None
     exported = {ch.channel: f"{ch.channel}.{fmt or config.channels[ch.channel].format}" for ch in selected}
     new_names = set(exported.values())
     carried: dict[str, dict[str, Any]] = {}

@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,13 +58,14 @@ LOG_DDL = f"""CREATE TABLE IF NOT EXISTS {LOG_TABLE} (
 FAULT_ENV = "MKTOOL_FAULT"
 FAULT_POINTS = ("write_list", "write_funnel", "write_manifest", "fsync", "journal", "before_commit",
                 "after_commit", "between_renames")
-FAULT_KINDS = ("kill", "interrupt", "enospc", "eio")
+FAULT_KINDS = ("kill", "interrupt", "sigint", "enospc", "eio")
 
 
 def fault(point: str) -> None:
     """Simulate a crash at a named publish point when ``MKTOOL_FAULT=point[:kind]`` says so (tests only).
 
-    kind: ``kill`` (SIGKILL, the default), ``interrupt`` (Ctrl-C), ``enospc`` or ``eio`` (an OSError).
+    kind: ``kill`` (SIGKILL, the default), ``interrupt`` (KeyboardInterrupt raised right there),
+    ``sigint`` (a real SIGINT to this process, as Ctrl-C sends it), ``enospc`` or ``eio`` (an OSError).
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -76,6 +78,10 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "interrupt":
         raise KeyboardInterrupt
+    if kind == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # let the handler run here, as it would for a real Ctrl-C
+        return
     code = {"enospc": errno.ENOSPC, "eio": errno.EIO}.get(kind)
     if code is None:
         raise ValueError(f"{FAULT_ENV}: unknown kind '{kind}' (one of {', '.join(FAULT_KINDS)})")

@@ -186,6 +186,27 @@ def test_an_interrupted_publish_is_finished_or_undone_and_a_rerun_converges(base
     assert assert_delivered_iff_recorded(db, folder)["pending"] == (0,)
 
 
+@pytest.mark.parametrize("point", ["journal", "before_commit", "after_commit"])
+def test_a_real_ctrl_c_once_the_publish_is_committing_is_held_until_it_is_done(base, reference, tmp_path, point):
+    """A SIGINT (what Ctrl-C sends) from the journal on waits for the renames: published, and said so."""
+    db, out = copy_world(base, tmp_path)
+    done = mktool(*export_args(db, out), fault=f"{point}:sigint")
+    assert done.returncode == 130, done.stderr
+    assert "had committed" in done.stderr and "lists are in place" in done.stderr
+    assert leftovers(out / M) == []  # nothing left for the next command to do
+    assert assert_delivered_iff_recorded(db, out / M)["pending"] == (0,)
+    assert without_manifest(files_state(out)) == without_manifest(reference["after"][1])
+    assert db_state(db) == reference["after"][0]
+
+
+def test_a_real_ctrl_c_while_the_lists_are_written_commits_nothing(base, reference, tmp_path):
+    db, out = copy_world(base, tmp_path)
+    done = mktool(*export_args(db, out), fault="write_list:sigint")
+    assert done.returncode == 130 and "Interrupted; nothing was committed." in done.stderr
+    assert leftovers(out / M) == []
+    assert files_state(out) == reference["before"][1] and db_state(db) == reference["before"][0]
+
+
 def test_the_next_export_rolls_back_an_uncommitted_publish_and_a_writer_finishes_a_committed_one(base, tmp_path):
     db, out = copy_world(base, tmp_path)
     folder = out / M
