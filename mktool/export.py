@@ -52,9 +52,16 @@ from mktool.console import QUIET, Reporter
 from mktool.database import Database, command_line, record_funnel, step_settings, table_columns, table_exists
 from mktool.errors import ConfigError, Interrupted, MktoolError
 from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, file_sha256, stream_file
-from mktool.publish import (Publication, deferred_interrupt, fault, is_committed, os_error_text, record_commit,
-                            recover_folder)
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS, PlanConfig, load_plan_config, script_sql
+from mktool.publish import (
+    Publication,
+    deferred_interrupt,
+    fault,
+    is_committed,
+    os_error_text,
+    record_commit,
+    recover_folder,
+)
 from mktool.rules import Channel, Policy, load_channels, load_policies
 
 STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
@@ -839,7 +846,7 @@ def engine_versions() -> dict[str, str | None]:
 
 def _git(folder: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30, check=False,
                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
     except (OSError, subprocess.SubprocessError):  # no git on this machine
         return None

@@ -34,7 +34,6 @@ import pyarrow
 import pytest
 import sqlglot
 import yaml
-
 from test_safety import db_state, files_state, without_manifest
 
 from mktool.publish import FAULT_POINTS, JOURNAL_PREFIX, STAGING_PREFIX
