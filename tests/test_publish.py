@@ -391,6 +391,20 @@ def test_ctrl_c_in_run_after_the_export_committed_says_so(tmp_path):
     assert "Interrupted during export." in stopped.stderr and "export was interrupted before" in stopped.stderr
 
 
+def test_the_interrupted_note_names_what_committed_wherever_the_ctrl_c_lands():
+    from mktool.pipeline import _interrupted_note
+
+    assert _interrupted_note([], ["score"], None) == (
+        "Interrupted during score. Nothing was committed. score was interrupted before it finished (a step commits "
+        "all or nothing). Not run: matrix, plan, export. Re-run `mktool run` to finish.")
+    between = _interrupted_note(["ingest", "score"], [], None)  # after score's commit, before matrix began
+    assert between == ("Interrupted after score. Committed before it: ingest, score (their results are in the "
+                       "database). Not run: matrix, plan, export. Re-run `mktool run` to finish.")
+    assert _interrupted_note(["score", "matrix", "plan"], ["export"], "Export note.") == (
+        "Interrupted during export. Committed before it: score, matrix, plan (their results are in the database). "
+        "Export note.")
+
+
 # == provenance ====================================================================================
 def git(folder: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
