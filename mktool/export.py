@@ -736,9 +736,10 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
             committed = None  # the connection is gone: the next command decides from the journal
         if committed is False:
             pub.abandon()
-            if isinstance(exc, OSError):
-                raise MktoolError(f"cannot write the lists: {os_error_text(exc)}; nothing was recorded (contacts, "
-                                  "funnels) and no list changed", file=str(final_dir)) from None
+            if isinstance(exc, (OSError, duckdb.IOException)):  # a full disk while DuckDB writes a list, too
+                detail = os_error_text(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
+                raise MktoolError(f"cannot write the lists: {detail}; nothing was recorded (contacts, funnels) and "
+                                  "no list changed", file=str(final_dir)) from None
             raise
         if committed is None:
             raise
@@ -746,14 +747,15 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
             raise Interrupted(f"Interrupted after the export had committed the contacts of run {result.run_id}; "
                               f"its lists are put in place in {final_dir} by the next mktool command on this "
                               "database (e.g. `mktool status`).") from None
-        if isinstance(exc, OSError):
+        if isinstance(exc, (OSError, duckdb.Error)):  # a rename, or the CHECKPOINT after the COMMIT
             raise _unfinished_error(result.run_id, final_dir, exc) from None
         raise
 
 
-def _unfinished_error(run_id: str, folder: Path, exc: OSError) -> MktoolError:
+def _unfinished_error(run_id: str, folder: Path, exc: BaseException) -> MktoolError:
+    detail = os_error_text(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
     return MktoolError(f"the contacts of run {run_id} were committed but its lists could not all be put in place "
-                       f"({os_error_text(exc)})", file=str(folder),
+                       f"({detail})", file=str(folder),
                        hint="fix the folder (space, permissions), then run any mktool command on this database "
                             "(e.g. `mktool status`): it puts them in place")
 
