@@ -614,8 +614,8 @@ class FolderChanges:
     forgotten: list[tuple[str, str]]  # (channel, cycle) whose records go with their removed list
 
 
-def _folder_changes(folder: Path, selected: list[ChannelResult], config: ExportConfig, fmt: str | None,
-                    cycles: dict[str, str]) -> FolderChanges:
+def _folder_changes(con: duckdb.DuckDBPyConnection, folder: Path, selected: list[ChannelResult], config: ExportConfig,
+                    fmt: str | None, cycles: dict[str, str]) -> FolderChanges:
     """The folder after this publish holds exactly what its new manifest.json names.
 
     A list of a channel exported now replaces the old one (and its old file in another format
@@ -656,8 +656,19 @@ def _folder_changes(folder: Path, selected: list[ChannelResult], config: ExportC
             if channel in exported:
                 stale.add(name)
             else:
-                carried[name] = {"channel": channel, "sha256": file_sha256(folder / name)}
+                carried[name] = {"channel": channel, "rows": _count_rows(con, folder / name),
+                                 "sha256": file_sha256(folder / name)}
     return FolderChanges(carried, sorted(stale), sorted(forgotten))
+
+
+def _count_rows(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
+    """Rows of a list no manifest describes (None when DuckDB cannot read it as its format)."""
+    reader = {".csv": "read_csv(?, header = true, all_varchar = true)", ".jsonl": "read_json(?, format = 'newline_delimited')",
+              ".parquet": "read_parquet(?)"}[path.suffix]
+    try:
+        return int(con.execute(f"SELECT count(*) FROM {reader}", [str(path)]).fetchone()[0])  # type: ignore[index]
+    except duckdb.Error:
+        return None
 
 
 def _forget_contacts(con: duckdb.DuckDBPyConnection, forgotten: list[tuple[str, str]], month: str) -> None:
@@ -709,7 +720,7 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
                 ch.path = final_dir / name
                 pub.add(name)
                 fault("write_list")
-            changes = _folder_changes(final_dir, selected, config, fmt, cycles)
+            changes = _folder_changes(con, final_dir, selected, config, fmt, cycles)
             pub.remove = changes.stale
             with db.transaction():
                 for ch in selected:  # only the lists written now: funnel.json must match the files beside it

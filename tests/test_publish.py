@@ -119,7 +119,7 @@ def assert_delivered_iff_recorded(db: Path, folder: Path) -> dict[str, Any]:
             assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], name
             pairs = read_pairs(path)
             assert len(pairs) == entry["rows"], name
-            if entry["run_id"] != manifest["run_id"]:
+            if entry.get("run_id") != manifest["run_id"]:
                 continue
             sent = con.execute("SELECT msisdn, policy_id FROM contact_history WHERE outcome = 'sent' AND channel = ? "
                                "AND cycle = ?", [entry["channel"], entry["cycle"]]).fetchall()
@@ -311,6 +311,21 @@ def test_a_one_channel_export_keeps_the_other_lists_and_their_manifest_entries(b
     assert outputs["sms.csv"]["cycle"] == NEXT_DAY
     for name in ("frontdesk.csv", "outbound.csv", "app.jsonl"):  # not re-exported: as they were, said so
         assert outputs[name] == first["outputs"][name] and outputs[name]["run_id"] == first["run_id"]
+
+
+def test_a_folder_without_a_manifest_keeps_the_lists_it_does_not_replace_and_names_them(base, tmp_path):
+    db, out = copy_world(base, tmp_path)
+    folder = out / M
+    (folder / "manifest.json").unlink()  # e.g. a folder written before manifests listed every file
+    (folder / "sms.jsonl").write_text('{"msisdn": "13800000001", "policy_id": "X"}\n', encoding="utf-8")
+    frontdesk = hashlib.sha256((folder / "frontdesk.csv").read_bytes()).hexdigest()
+    done = mktool(*export_args(db, out, "--channel", "sms"))
+    assert done.returncode == 0, done.stderr
+    outputs = assert_delivered_iff_recorded(db, folder)["manifest"]["outputs"]
+    assert not (folder / "sms.jsonl").exists()  # sms in another format: replaced by sms.csv
+    rows = len(read_pairs(folder / "frontdesk.csv"))
+    assert outputs["frontdesk.csv"] == {"channel": "frontdesk", "rows": rows, "sha256": frontdesk}  # kept, as it is
+    assert set(outputs) == {"app.jsonl", "frontdesk.csv", "inbound.csv", "manager.csv", "outbound.csv", "sms.csv"}
 
 
 def test_a_channel_removed_from_the_rules_loses_its_list_and_that_cycle_s_records(base, tmp_path):
