@@ -281,8 +281,12 @@ def command(name: str | None = None) -> Callable[[F], F]:
 
             run: Run | None = None
 
-            def interrupted() -> typer.Exit:
-                reporter.console.print(escape(run.interrupted() if run else "Interrupted; nothing was committed."))
+            def interrupted(exc: BaseException | None = None) -> typer.Exit:
+                # A step that knows what it committed says so (mktool.errors.Interrupted: run, export's
+                # publish); otherwise the command's own account of the databases it wrote.
+                note = getattr(exc, "note", None)
+                reporter.console.print(escape(note or (run.interrupted() if run else "Interrupted; nothing was committed.")),
+                                       highlight=False)
                 return typer.Exit(EXIT_INTERRUPTED)
 
             try:
@@ -296,8 +300,8 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 raise  # typer's own: usage errors (exit 2) and explicit exits
             except MktoolError as exc:
                 raise fail(exc.render(), exc.exit_code) from None
-            except (duckdb.InterruptException, KeyboardInterrupt):
-                raise interrupted() from None
+            except (duckdb.InterruptException, KeyboardInterrupt) as exc:
+                raise interrupted(exc) from None
             except OSError as exc:
                 if exc.errno == errno.EPIPE:
                     raise  # the reader of stdout went away: typer exits 1 quietly

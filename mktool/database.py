@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
+import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import duckdb
 
 from mktool.config import Settings, check_memory_limit, check_threads
 from mktool.errors import InputError, LockedError, StateError
+from mktool.publish import finish_pending
 
 # Bookkeeping tables, created on first write. Names say what they hold.
 BOOKKEEPING_DDL = (
@@ -166,6 +170,9 @@ class Database:
             if self.write:
                 for ddl in BOOKKEEPING_DDL:
                     self.con.execute(ddl)
+            # An export interrupted after its commit: its lists go into place before anything else
+            # reads or writes (readers too, so `mktool status` finishes it); see mktool.publish.
+            finish_pending(self.con, writable=self.write)
         except BaseException:
             if self.con is not None:
                 self.con.close()
@@ -314,6 +321,46 @@ def replace_month(con: duckdb.DuckDBPyConnection, table: str, month: str, select
         )
         con.execute("DROP TABLE _mk_new")
     return int(con.execute(f'SELECT count(*) FROM "{table}" WHERE month = ?', [month]).fetchone()[0])  # type: ignore[index]
+
+
+STEP_LOG_DDL = """CREATE TABLE IF NOT EXISTS step_log (
+    month VARCHAR, step VARCHAR, build_id VARCHAR, inputs VARCHAR, settings VARCHAR, overrides VARCHAR,
+    command_line VARCHAR, recorded_at TIMESTAMP)"""
+
+
+def command_line() -> list[str]:
+    """This process's command line as the user typed it (``mktool …``), for provenance."""
+    return ["mktool" if sys.argv[:1] and sys.argv[0].endswith(("__main__.py", "mktool")) else sys.argv[0], *sys.argv[1:]]
+
+
+def record_step(con: duckdb.DuckDBPyConnection, month: str, step: str, *, inputs: str = "",
+                settings: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> str:
+    """Record one derived step's run for ``month`` (inside the step's transaction); returns its build id.
+
+    ``inputs`` is what it was computed from (see mktool.freshness: the view's files, or the
+    view's build id), so no later step runs on a stale table; ``settings`` and ``overrides``
+    are what it ran with, so export's manifest.json can name every override that shaped the
+    lists (--param, plan windows, top k).
+    """
+    con.execute(STEP_LOG_DDL)
+    build_id = uuid.uuid4().hex[:16]
+    con.execute("DELETE FROM step_log WHERE month = ? AND step = ?", [month, step])
+    con.execute("INSERT INTO step_log VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [month, step, build_id, inputs, json.dumps(settings or {}, ensure_ascii=False, default=str),
+                 json.dumps(overrides or {}, ensure_ascii=False, default=str),
+                 json.dumps(command_line(), ensure_ascii=False)])
+    return build_id
+
+
+def step_settings(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, dict[str, Any]]:
+    """The recorded settings of each step of ``month``: {step: {settings, overrides, command_line, recorded_at}}."""
+    if not table_exists(con, "step_log"):
+        return {}
+    rows = con.execute("SELECT step, settings, overrides, command_line, recorded_at FROM step_log WHERE month = ? "
+                       "ORDER BY step", [month]).fetchall()
+    return {step: {"settings": json.loads(settings), "overrides": json.loads(overrides),
+                   "command_line": json.loads(argv), "recorded_at": at.isoformat() if at else None}
+            for step, settings, overrides, argv, at in rows}
 
 
 def record_funnel(con: duckdb.DuckDBPyConnection, month: str, funnel: str, stages: Sequence[tuple[str, int]]) -> None:

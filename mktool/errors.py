@@ -109,6 +109,14 @@ class LockedError(MktoolError):
     exit_code = EXIT_LOCKED
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what had already been committed when it came (the CLI prints ``note``, exit 130)."""
+
+    def __init__(self, note: str) -> None:
+        self.note = note
+        super().__init__(note)
+
+
 class CheckFailed(MktoolError):
     """A check found differences (rule tests, snapshot regressions, strict warnings)."""
 

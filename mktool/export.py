@@ -21,16 +21,22 @@ offers (rows) per cycle.
 
 Exported rows (also a list streamed with ``--out -``) are written back to ``contact_history``
 (outcome ``sent``) so the next cycle's caps and cool-downs see them; re-running a cycle
-replaces its own records and files. Lists are staged in a hidden folder beside their final
-place, contacts are committed in one transaction, then the files are renamed into place.
+replaces its own records and files. Contacts are recorded if and only if their lists were
+delivered: the lists, funnel.json and manifest.json are published with the write-back as one
+unit (staged, journaled, committed, renamed: mktool.publish), and a list streamed with
+``--out -`` is recorded only once all of it was written. manifest.json lists every file of the
+folder after the publish (a list of a channel not exported now keeps its entry; an old file no
+longer part of the folder is removed in the same publish) and everything the lists were made
+from: engine versions, the command line, the steps' overrides, the rules folder and its commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
-import shutil
+import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -41,13 +47,23 @@ import duckdb
 
 from mktool import __version__
 from mktool.console import QUIET, Reporter
-from mktool.database import Database, record_funnel, table_columns, table_exists
-from mktool.errors import ConfigError, MktoolError
+from mktool.database import Database, command_line, record_funnel, step_settings, table_columns, table_exists
+from mktool.errors import ConfigError, Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
-from mktool.output import COPY_OPTIONS, check_format, file_sha256
+from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, file_sha256, stream_file
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS, PlanConfig, load_plan_config, script_sql
+from mktool.publish import (
+    Publication,
+    deferred_interrupt,
+    fault,
+    is_committed,
+    os_error_text,
+    record_commit,
+    recover_folder,
+)
 from mktool.rules import Channel, Policy, load_channels, load_policies
 from mktool.sqlquote import quote_literal
+from mktool.versions import engine_versions
 
 STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
           "holdout", "exported")
@@ -533,7 +549,9 @@ def run_export(
         _write_stdout(db, selected[0], config, month, cycle_date, cycles, fmt)
     else:
         assert out_dir is not None
-        _write_all(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, reporter)
+        options = {"channel": only_channel, "cycle": only_cycle, "format": fmt, "date": cycle_date.isoformat(),
+                   "out": str(out_dir.resolve())}
+        _write_all(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, reporter, options)
     return result
 
 
@@ -562,14 +580,13 @@ def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
 
 def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: str, cycle_date: dt.date,
                   cycles: dict[str, str], fmt: str | None) -> None:
-    """One list to standard output: complete in a temporary file, recorded as sent, then streamed.
+    """One list to standard output: complete in a temporary file, streamed whole, then recorded as sent.
 
-    A list piped to a gateway is contacts made like any other: its rows are written back to
-    contact_history (and its funnel recorded) before the first byte goes out, so that a failed
-    pipe errs towards not contacting the customer again, and a re-run of the cycle replaces them.
+    A list piped to a gateway is contacts made like any other, so its rows are written back to
+    contact_history (and its funnel recorded) too, but only once every byte has been written and
+    flushed: a consumer that stops reading (``| head``, a gateway that dies) makes the write fail
+    with a broken pipe, and then nothing is recorded and the command exits 1.
     """
-    from mktool.output import copy_to_file, stream_file
-
     con = db.c
     channel = config.channels[ch.channel]
     ext = fmt or channel.format
@@ -577,68 +594,184 @@ def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: 
         path = Path(tmpdir) / f"{ch.channel}.{ext}"
         ch.rows = copy_to_file(con, _channel_query(channel, config.columns(channel)), path, ext)
         ch.held_out = _held_out(con, ch.channel)
+        try:
+            stream_file(path)
+        except MktoolError as exc:
+            raise MktoolError(f"{exc.message}; nothing was recorded as sent (contact_history and the funnel are as "
+                              "before)", hint="re-run the export when the consumer is ready") from None
         with db.transaction():
             record_funnel(con, month, f"channel:{ch.channel}", ch.stages)
             _record_contacts(con, [ch.channel], cycles, cycle_date, month)
-        stream_file(path)
 
 
 def _held_out(con: duckdb.DuckDBPyConnection, channel: str) -> int:
     return int(con.execute("SELECT count(*) FROM _x_drawn WHERE channel = ? AND held_out", [channel]).fetchone()[0])  # type: ignore[index]
 
 
-STAGING_PREFIX = ".mktool-staging-"
+@dataclass
+class FolderChanges:
+    """How one publish changes ``<out>/<month>`` beyond the lists it writes (see :func:`_folder_changes`)."""
+
+    carried: dict[str, dict[str, Any]]  # lists of channels not exported now: kept, with their manifest entries
+    stale: list[str]  # files that are no longer part of the folder: removed in the same publish
+    forgotten: list[tuple[str, str]]  # (channel, cycle) whose records go with their removed list
 
 
-def _remove_stale_staging(folder: Path) -> None:
-    """Staging folders left by a killed export (their process is gone) are removed; a live one is left alone."""
-    for path in folder.glob(STAGING_PREFIX + "*"):
-        pid_text = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if not path.is_dir() or not pid_text.isdigit():
+def _folder_changes(con: duckdb.DuckDBPyConnection, folder: Path, selected: list[ChannelResult], config: ExportConfig,
+                    fmt: str | None, cycles: dict[str, str]) -> FolderChanges:
+    """The folder after this publish holds exactly what its new manifest.json names.
+
+    A list of a channel exported now replaces the old one (and its old file in another format
+    goes); a list of a configured channel not exported now (``--channel``, ``--cycle``) stays as
+    it was, with its entry from the previous manifest; a list of a channel that is no longer
+    configured goes, and when it belonged to a cycle this run re-runs, its contact records go
+    with it (re-running a cycle replaces its own files and records).
+    """
+    try:
+        old_manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # first publish here, or an unreadable manifest: only the files tell
+        old_manifest = {}
+    previous = old_manifest.get("outputs") if isinstance(old_manifest, dict) else None
+    previous = previous if isinstance(previous, dict) else {}
+    old_run = old_manifest.get("run_id") if isinstance(old_manifest, dict) else None
+    exported = {ch.channel: f"{ch.channel}.{fmt or config.channels[ch.channel].format}" for ch in selected}
+    new_names = set(exported.values())
+    carried: dict[str, dict[str, Any]] = {}
+    stale: set[str] = set()
+    forgotten: set[tuple[str, str]] = set()
+    this_run_cycles = set(cycles.values())
+    for name, entry in previous.items():
+        if not isinstance(entry, dict) or name in new_names or not (folder / name).is_file():
             continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:  # pragma: no cover - alive, another user's
-            pass
+        channel = str(entry.get("channel") or name.split(".")[0])
+        if channel in config.channels and channel not in exported:
+            carried[name] = {**entry, "run_id": entry.get("run_id", old_run)}
+        else:
+            stale.add(name)
+            if channel not in config.channels and entry.get("cycle") in this_run_cycles:
+                forgotten.add((channel, str(entry["cycle"])))
+    # Lists no manifest names (a folder written before manifests listed every file).
+    for channel in config.channels:
+        for ext in FORMATS:
+            name = f"{channel}.{ext}"
+            if name in new_names or name in carried or name in stale or not (folder / name).is_file():
+                continue
+            if channel in exported:
+                stale.add(name)
+            else:
+                carried[name] = {"channel": channel, "rows": _count_rows(con, folder / name),
+                                 "sha256": file_sha256(folder / name)}
+    return FolderChanges(carried, sorted(stale), sorted(forgotten))
 
+
+def _count_rows(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
+    """Rows of a list no manifest describes (None when DuckDB cannot read it as its format)."""
+    reader = {".csv": "read_csv(?, header = true, all_varchar = true)", ".jsonl": "read_json(?, format = 'newline_delimited')",
+              ".parquet": "read_parquet(?)"}[path.suffix]
+    try:
+        return int(con.execute(f"SELECT count(*) FROM {reader}", [str(path)]).fetchone()[0])  # type: ignore[index]
+    except duckdb.Error:
+        return None
+
+
+def _forget_contacts(con: duckdb.DuckDBPyConnection, forgotten: list[tuple[str, str]], month: str) -> None:
+    """The records of a list this publish removes for good (its channel left channels.yaml)."""
+    if not forgotten:
+        return
+    _ensure_history_columns(con)
+    for channel, cycle in forgotten:
+        con.execute("DELETE FROM contact_history WHERE recorded_by = ? AND cycle = ? AND channel = ? AND outcome = 'sent'",
+                    [RECORDED_BY, cycle, channel])
+        if table_exists(con, "holdouts"):
+            con.execute("DELETE FROM holdouts WHERE cycle = ? AND channel = ?", [cycle, channel])
+        con.execute("DELETE FROM funnel_counts WHERE month = ? AND funnel = ?", [month, f"channel:{channel}"])
+
+
+MANIFEST = "manifest.json"
+FUNNEL_FILE = "funnel.json"
 
 
 def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult], config: ExportConfig, month: str,
                cycle_date: dt.date, cycles: dict[str, str], fmt: str | None, matrices_dir: Path,
-               reporter: Reporter) -> None:
-    """Stage every file in a hidden folder, record contacts in one transaction, then rename into place."""
+               reporter: Reporter, options: dict[str, Any]) -> None:
+    """Publish the lists, funnel.json and manifest.json with their contacts as one unit (mktool.publish).
+
+    Staged and fsynced under hidden names, journaled, committed with the write-back, then
+    renamed into place; an interruption anywhere is finished or undone by the next command.
+    """
     con = db.c
     assert result.out_dir is not None
     final_dir = result.out_dir / month
-    final_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(final_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=final_dir))
     try:
-        for ch in selected:
-            channel = config.channels[ch.channel]
-            ext = fmt or channel.format
-            target = staging / f"{ch.channel}.{ext}"
-            ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel))}) TO {quote_literal(str(target))} ({COPY_OPTIONS[ext]})").fetchone()[0])  # type: ignore[index]
-            ch.held_out = _held_out(con, ch.channel)
-            ch.path = final_dir / target.name
-        names = [ch.channel for ch in selected]
-        with db.transaction():
-            for ch in selected:  # only the lists written now: funnel.json must match the files beside it
-                record_funnel(con, month, f"channel:{ch.channel}", ch.stages)
-            _record_contacts(con, names, cycles, cycle_date, month)
-        funnel_doc = funnel_document(con, month)
-        (staging / "funnel.json").write_text(json.dumps(funnel_doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        manifest = _manifest(con, result, selected, staging, matrices_dir, config, funnel_doc)
-        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str) + "\n",
-                                               encoding="utf-8")
-        for item in sorted(staging.iterdir()):
-            with open(item, "rb+") as fh:  # on disk before its final name points at it
-                os.fsync(fh.fileno())
-            os.replace(item, final_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        final_dir.mkdir(parents=True, exist_ok=True)
+        recover_folder(con, final_dir, db.path)
+        pub = Publication(final_dir, db.path, result.run_id, {ch.channel: cycles[ch.channel] for ch in selected})
+    except OSError as exc:
+        raise MktoolError(f"cannot write the lists: {os_error_text(exc)}", file=str(final_dir)) from None
+    names = [ch.channel for ch in selected]
+    published = (f"Interrupted after the export had committed: the contacts of run {result.run_id} are recorded and "
+                 f"its lists are in place in {final_dir}.")
+    try:
+        with contextlib.ExitStack() as critical:
+            for ch in selected:
+                channel = config.channels[ch.channel]
+                name = f"{ch.channel}.{fmt or channel.format}"
+                ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel))}) TO "
+                                          f"{quote_literal(str(pub.path(name)))} "
+                                          f"({COPY_OPTIONS[fmt or channel.format]})").fetchone()[0])  # type: ignore[index]
+                ch.held_out = _held_out(con, ch.channel)
+                ch.path = final_dir / name
+                pub.add(name)
+                fault("write_list")
+            changes = _folder_changes(con, final_dir, selected, config, fmt, cycles)
+            pub.remove = changes.stale
+            with db.transaction():
+                for ch in selected:  # only the lists written now: funnel.json must match the files beside it
+                    record_funnel(con, month, f"channel:{ch.channel}", ch.stages)
+                _record_contacts(con, names, cycles, cycle_date, month)
+                _forget_contacts(con, changes.forgotten, month)
+                funnel_doc = funnel_document(con, month)
+                pub.write_text(FUNNEL_FILE, json.dumps(funnel_doc, ensure_ascii=False, indent=2) + "\n")
+                fault("write_funnel")
+                manifest = _manifest(con, result, selected, pub, matrices_dir, funnel_doc, changes.carried, cycles,
+                                     options)
+                pub.write_text(MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=2, default=str) + "\n")
+                fault("write_manifest")
+                critical.enter_context(deferred_interrupt(published))  # from here the publish finishes
+                record_commit(con, pub.prepare())
+                fault("before_commit")
+            pub.complete(con)
+    except Interrupted:
+        raise
+    except BaseException as exc:
+        try:
+            committed: bool | None = is_committed(con, result.run_id)
+        except duckdb.Error:
+            committed = None  # the connection is gone: the next command decides from the journal
+        if committed is False:
+            pub.abandon()
+            if isinstance(exc, (OSError, duckdb.IOException)):  # a full disk while DuckDB writes a list, too
+                detail = os_error_text(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
+                raise MktoolError(f"cannot write the lists: {detail}; nothing was recorded (contacts, funnels) and "
+                                  "no list changed", file=str(final_dir)) from None
+            raise
+        if committed is None:
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"Interrupted after the export had committed the contacts of run {result.run_id}; "
+                              f"its lists are put in place in {final_dir} by the next mktool command on this "
+                              "database (e.g. `mktool status`).") from None
+        if isinstance(exc, (OSError, duckdb.Error)):  # a rename, or the CHECKPOINT after the COMMIT
+            raise _unfinished_error(result.run_id, final_dir, exc) from None
+        raise
+
+
+def _unfinished_error(run_id: str, folder: Path, exc: BaseException) -> MktoolError:
+    detail = os_error_text(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
+    return MktoolError(f"the contacts of run {run_id} were committed but its lists could not all be put in place "
+                       f"({detail})", file=str(folder),
+                       hint="fix the folder (space, permissions), then run any mktool command on this database "
+                            "(e.g. `mktool status`): it puts them in place")
 
 
 def _record_contacts(con: duckdb.DuckDBPyConnection, channels: list[str], cycles: dict[str, str], cycle_date: dt.date,
@@ -715,22 +848,60 @@ def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     return sorted(live, key=lambda r: (r[0], r[1]))
 
 
-def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: list[ChannelResult], staging: Path,
-              matrices_dir: Path, config: ExportConfig, funnel_doc: dict[str, Any]) -> dict[str, Any]:
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30, check=False,
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
+    except (OSError, subprocess.SubprocessError):  # no git on this machine
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def rules_provenance(matrices_dir: Path) -> dict[str, Any]:
+    """The rules folder, and when it is in a git repository its commit and whether it has uncommitted changes.
+
+    ``dirty`` looks at the rules folder only (untracked rule files count): the lists were made
+    from the files as they are on disk, which the commit alone describes only when clean.
+    """
+    folder = Path(matrices_dir).resolve()
+    doc: dict[str, Any] = {"folder": str(folder), "git": None}
+    root = _git(folder, "rev-parse", "--show-toplevel")
+    if root is None:
+        return doc
+    commit = _git(folder, "rev-parse", "--verify", "--quiet", "HEAD")
+    status = _git(folder, "status", "--porcelain", "--untracked-files=all", "--", ".")
+    doc["git"] = {"repository": root.strip(), "commit": commit.strip() if commit else None,
+                  "dirty": None if status is None else bool(status.strip())}
+    return doc
+
+
+def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: list[ChannelResult], pub: Publication,
+              matrices_dir: Path, funnel_doc: dict[str, Any], carried: dict[str, dict[str, Any]],
+              cycles: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
+    """What the folder holds and everything it was made from (SPEC §6, issue 10 "provenance that is true")."""
     loads = _live_loads(con)
     rule_files = sorted(p for p in matrices_dir.rglob("*.yaml") if p.is_file())
+    steps = step_settings(con, result.month)
+    outputs = {
+        ch.path.name: {"channel": ch.channel, "cycle": cycles[ch.channel], "run_id": result.run_id, "rows": ch.rows,
+                       "held_out": ch.held_out, "sha256": pub.files[ch.path.name]}
+        for ch in selected if ch.path is not None
+    }
+    outputs.update(carried)
     return {
         "run_id": result.run_id,
         "month": result.month,
         "cycle_date": result.cycle_date.isoformat(),
         "mktool_version": __version__,
         "created_at": dt.datetime.now().replace(microsecond=0).isoformat(),
+        "engines": engine_versions(),
+        "command_line": command_line(),
+        "export": options,
+        "overrides": {step: info["overrides"] for step, info in steps.items() if info["overrides"]},
+        "steps": steps,
+        "rules": rules_provenance(matrices_dir),
         "loads": [{"table": t, "file": f, "sha256": s, "rows": r, "months": m} for t, f, s, r, m in loads],
         "rule_files": {str(p.relative_to(matrices_dir)): file_sha256(p) for p in rule_files},
-        "outputs": {
-            ch.path.name: {"channel": ch.channel, "rows": ch.rows, "held_out": ch.held_out,
-                           "sha256": file_sha256(staging / ch.path.name)}
-            for ch in selected if ch.path is not None
-        },
+        "outputs": dict(sorted(outputs.items())),
         "funnels": funnel_doc["funnels"],
     }

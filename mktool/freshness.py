@@ -2,7 +2,8 @@
 
 A customer view built before the latest ingest of a month in its window would silently feed
 last week's bills into this month's lists. Every derived step therefore records, in the
-bookkeeping table ``step_log``, *what* it was computed from — not when: clocks and the
+bookkeeping table ``step_log`` (:func:`mktool.database.record_step`), *what* it was computed
+from — not when: clocks and the
 second-resolution ``ingest_log.loaded_at`` cannot order an ingest and a score run within the
 same second, but the files themselves (table, month and sha256 of each) can, and re-ingesting
 the very same file then leaves the view valid.
@@ -22,17 +23,13 @@ loaded its inputs: what it was built from cannot be known.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import duckdb
 
 from mktool.database import table_exists
 from mktool.errors import StateError
 
-__all__ = ["STEP_LOG_DDL", "record_step", "require_built_on_view", "require_fresh_view", "view_inputs"]
-
-STEP_LOG_DDL = """CREATE TABLE IF NOT EXISTS step_log (
-    step VARCHAR, month VARCHAR, build_id VARCHAR, inputs VARCHAR, finished_at TIMESTAMP)"""
+__all__ = ["require_built_on_view", "require_fresh_view", "view_build_id", "view_inputs"]
 
 #: The monthly tables the customer view reads over its 3-month window.
 VIEW_MONTHLY_INPUTS = ("subscribers", "usage", "billing", "vas")
@@ -82,19 +79,6 @@ def _loads(con: duckdb.DuckDBPyConnection, month: str) -> list[tuple[str, str, s
 def view_inputs(con: duckdb.DuckDBPyConnection, month: str) -> str:
     """The files the view of ``month`` would be built from now, as a stable text (sorted identities)."""
     return ",".join(sorted({identity for identity, *_ in _loads(con, month)}))
-
-
-def record_step(con: duckdb.DuckDBPyConnection, step: str, month: str, inputs: str) -> str:
-    """Record that ``step`` built ``month`` from ``inputs``; returns the new build id.
-
-    Called inside the step's transaction, so the record commits (or vanishes) with the data.
-    """
-    con.execute(STEP_LOG_DDL)
-    build_id = uuid.uuid4().hex[:16]
-    con.execute("DELETE FROM step_log WHERE step = ? AND month = ?", [step, month])
-    con.execute("INSERT INTO step_log VALUES (?, ?, ?, ?, ?)",
-                [step, month, build_id, inputs, dt.datetime.now().replace(microsecond=0)])
-    return build_id
 
 
 def _record(con: duckdb.DuckDBPyConnection, step: str, month: str) -> tuple[str, str] | None:

@@ -40,9 +40,9 @@ from sqlglot.errors import ErrorLevel
 
 from mktool.console import QUIET, Reporter
 from mktool.contract import MONTH_RE
-from mktool.database import Database, record_funnel, replace_month, table_exists
+from mktool.database import Database, record_funnel, record_step, replace_month, table_exists
 from mktool.errors import ConfigError, MktoolError, RuleError, StateError
-from mktool.freshness import record_step, require_built_on_view, require_fresh_view, view_build_id
+from mktool.freshness import require_built_on_view, require_fresh_view, view_build_id
 from mktool.rules import Matrix, Problem, Rule, RuleSet
 from mktool.sqlquote import quote_literal
 
@@ -489,7 +489,7 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
             with reporter.step(f"writing recommendations for {month}"), db.transaction():
                 replace_month(con, RECOMMENDATIONS_TABLE, month, f"SELECT * FROM {PREVIEW_TABLE}")
                 replace_month(con, CUSTOMER_PRIORITY_TABLE, month, priority_rows_sql(month))
-                record_step(con, "matrix", month, view_build_id(con, month) or "")
+                record_step(con, month, "matrix", inputs=view_build_id(con, month) or "")
                 names = sorted(evaluated)
                 con.execute(f"DELETE FROM rule_hits WHERE month = ? AND matrix IN ({', '.join('?' * len(names))})",
                             [month, *names])

@@ -7,6 +7,7 @@ name. The query must carry its own ORDER BY: same inputs give byte-identical fil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -74,23 +75,67 @@ def copy_to_file(con: duckdb.DuckDBPyConnection, query: str, target: Path, fmt: 
     return rows
 
 
+class PipeClosed(MktoolError):
+    """The reader of standard output went away before the whole file was written."""
+
+
 def stream_file(path: Path) -> None:
-    """Copy a finished file to standard output."""
-    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-    with open(path, "rb") as fh:
-        if out is not None:
-            shutil.copyfileobj(fh, out, 1 << 20)
-            out.flush()
-        else:  # pragma: no cover - text-only stdout (some test harnesses)
-            sys.stdout.write(fh.read().decode("utf-8"))
+    """Copy a finished file to standard output and flush it: returns only when every byte was taken.
+
+    A consumer that closed the pipe (``| head``, a gateway that died) is an ``Error:``, not a
+    success: the caller must not treat the list as delivered. Standard output is then pointed at
+    /dev/null so that Python's flush at exit does not fail a second time.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file descriptor (a test harness)
+        fd = None
+    try:
+        sys.stdout.flush()
+        with open(path, "rb") as fh:
+            if fd is not None:
+                # os.write on the descriptor, every partial write followed up: a write that a closing
+                # reader cut short is reported by the next one (EPIPE), where BufferedWriter can
+                # report the whole list as written.
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fd, view):]
+            elif hasattr(sys.stdout, "buffer"):
+                shutil.copyfileobj(fh, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+            else:  # pragma: no cover - text-only stdout
+                sys.stdout.write(fh.read().decode("utf-8"))
+                sys.stdout.flush()
+    except BrokenPipeError:
+        _detach_stdout()
+        raise PipeClosed("standard output: the consumer closed the pipe before the whole list was written") from None
+    except OSError as exc:
+        _detach_stdout()
+        raise MktoolError(f"standard output: cannot write the list ({exc.strerror or exc})") from None
+
+
+def _detach_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file descriptor (a test harness)
+        pass
 
 
 def copy_to_stdout(con: duckdb.DuckDBPyConnection, query: str, fmt: str, params: Sequence[Any] = ()) -> int:
-    """Stream ``query`` to standard output (through a temporary file, so DuckDB can still spill)."""
+    """Stream ``query`` to standard output (through a temporary file, so DuckDB can still spill).
+
+    A reader that stops early (``| head``) ends the stream quietly: these tables are stored in the
+    database already, nothing depends on the copy being whole. (An export's list does: see
+    mktool.export, which treats a closed pipe as not delivered.)
+    """
     with tempfile.TemporaryDirectory(prefix="mktool-out-") as tmpdir:
         path = Path(tmpdir) / f"out.{fmt}"
         rows = copy_to_file(con, query, path, fmt, params)
-        stream_file(path)
+        with contextlib.suppress(PipeClosed):  # `mktool score --out - | head`: a preview, the table is stored
+            stream_file(path)
     return rows
 
 

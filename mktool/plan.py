@@ -27,9 +27,9 @@ from typing import Any
 
 from mktool.console import QUIET, Reporter
 from mktool.contract import MONTH_RE
-from mktool.database import Database, record_funnel, replace_month
+from mktool.database import Database, record_funnel, record_step, replace_month
 from mktool.errors import ConfigError, MktoolError, StateError
-from mktool.freshness import record_step, require_fresh_view, view_build_id
+from mktool.freshness import require_fresh_view, view_build_id
 from mktool.sqlquote import is_id, quote_literal
 from mktool.yamlio import load_yaml, unknown_keys
 
@@ -146,6 +146,12 @@ class PlanConfig:
     sweep_total: tuple[Window, ...] = DEFAULT_SWEEP_TOTAL
     sweep_rental: tuple[Window, ...] = DEFAULT_SWEEP_RENTAL
     path: Path | None = field(default=None, compare=False)
+    overrides: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # the command-line options given
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that shape plan_recommendations, as text (recorded for manifest.json)."""
+        return {"total_change": str(self.total_change), "rental_change": str(self.rental_change), "top": self.top,
+                "min_data_mb": self.min_data_mb, "policy": self.policy, "channels": list(self.channels)}
 
     def with_overrides(self, *, total_change: str | Window | None = None, rental_change: str | Window | None = None,
                        top: int | None = None, min_data_mb: float | None = None) -> "PlanConfig":
@@ -161,7 +167,10 @@ class PlanConfig:
             changes["top"] = _top(top, where="--top", file=None)
         if min_data_mb is not None:
             changes["min_data_mb"] = _min_data(min_data_mb, where="--min-data", file=None)
-        return replace(self, **changes)
+        given = {"total_change": "--total-change", "rental_change": "--rental-change", "top": "--top",
+                 "min_data_mb": "--min-data"}
+        overrides = tuple((given[k], str(v)) for k, v in changes.items())
+        return replace(self, **changes, overrides=self.overrides + overrides)
 
 
 def check_script(template: Any, *, where: str, file: Path | None) -> str:
@@ -566,7 +575,8 @@ def plan(db: Database, month: str, config: PlanConfig, *, reporter: Reporter = Q
                                     [month]).fetchone()[0]  # type: ignore[index]
             stages = _stages(counts, customers)
             record_funnel(con, month, FUNNEL, stages)
-            record_step(con, "plan", month, view_build_id(con, month) or "")
+            record_step(con, month, "plan", inputs=view_build_id(con, month) or "", settings=config.settings(),
+                        overrides=dict(config.overrides))
     return PlanResult(month, config, stages, int(rows), int(customers), dry_run)
 
 

@@ -18,9 +18,9 @@ from typing import Any
 from mktool.ahp import MAX_CONSISTENCY_RATIO, AhpResult, ahp_weights, check_matrix
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
-from mktool.database import Database, replace_month, table_exists
+from mktool.database import Database, record_step, replace_month, table_exists
 from mktool.errors import ConfigError, StateError
-from mktool.freshness import record_step, view_inputs
+from mktool.freshness import view_inputs
 from mktool.sqlcheck import check_expression
 from mktool.sqlquote import check_label, quote_identifier, quote_literal
 from mktool.yamlio import field as yfield
@@ -311,7 +311,8 @@ def score(db: Database, month: str, *, matrices_dir: Path, reporter: Reporter = 
     sql = view_sql(model, has_vas=has_vas)
     with reporter.step(f"scoring {month}"), db.transaction():
         rows = replace_month(con, VIEW_TABLE, month, sql, view_params(month))
-        record_step(con, "score", month, view_inputs(con, month))
+        record_step(con, month, "score", inputs=view_inputs(con, month), settings={"params": model.params},
+                    overrides={"--param": dict(params)} if params else {})
     tiers = con.execute(
         f"""SELECT 'value_tier', value_tier, count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
             UNION ALL SELECT 'stickiness_tier', CAST(stickiness_tier AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL

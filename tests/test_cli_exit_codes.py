@@ -611,7 +611,7 @@ def test_ctrl_c_in_run_after_ingest_says_what_stays_committed(tmp_path: Path) ->
                     "--date", "2026-11-01", "--matrices", str(MATRICES), "--db", str(db)], patch=INTERRUPT_SCORE)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
-    assert "stay committed" in err and "nothing was committed" not in err
+    assert "Committed before it: ingest" in err and "nothing was committed" not in err
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM subscribers").fetchone() == (3,)  # the ingest step is kept
     con.close()

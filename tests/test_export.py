@@ -38,7 +38,8 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import ConfigError
 from mktool.export import STAGES, ExportResult, run_export
-from mktool.freshness import record_step, view_inputs
+from mktool.database import record_step
+from mktool.freshness import view_inputs
 from mktool.plan import load_plan_config
 from mktool.rules import load_channels
 
@@ -448,8 +449,8 @@ def test_manifest_lists_the_loads_the_data_comes_from(tmp_path, cli):
     # the hand-made view and recommendations stand for a score and matrix run after these loads
     # (otherwise export rightly refuses a view older than the subscribers it reads)
     con = duckdb.connect(str(w.db))
-    view_build = record_step(con, "score", M, view_inputs(con, M))
-    record_step(con, "matrix", M, view_build)
+    view_build = record_step(con, M, "score", inputs=view_inputs(con, M))
+    record_step(con, M, "matrix", inputs=view_build)
     con.close()
     w.export()
     manifest = json.loads((w.out / M / "manifest.json").read_text(encoding="utf-8"))

@@ -1,0 +1,387 @@
+"""Publishing an export folder and its database transaction as one unit (SPEC §6).
+
+Contacts are written back to contact_history if and only if their lists were delivered, so a
+publish has exactly one commit point, the database COMMIT, and everything around it can be
+finished or undone from a journal:
+
+1. every file (the lists, funnel.json, manifest.json) is staged in a hidden folder
+   ``.mktool-staging-<pid>-<run>`` beside its final place, and fsynced;
+2. a journal ``.mktool-publish-<run>.json`` (the run, its database, the staged → final names
+   with their sha256, the old files this publish removes, the contact rows' cycle ids) is
+   written under a temporary name, fsynced and renamed into the folder;
+3. the database transaction (write-back, hold-outs, funnels) also inserts the journal into
+   ``publish_log``: its COMMIT is the publish's;
+4. the staged files are renamed into place (manifest.json last: it describes the folder), the
+   files that are no longer part of the folder are removed, then the journal and the staging
+   folder; ``publish_log`` marks the run published.
+
+Recovery, by whichever command comes next: a ``publish_log`` row not marked published whose
+journal is still in its folder is rolled forward (every database open does this, readers too:
+``mktool status`` or ``funnel`` finish a publish a kill interrupted); an export into a folder
+also rolls back a journal its database never committed (the staged files are removed). So after
+an interruption at any point, contacts recorded ⇔ the lists under their final names, all from
+the same run, and a re-run replaces them as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from mktool.errors import Interrupted, MktoolError
+
+STAGING_PREFIX = ".mktool-staging-"
+JOURNAL_PREFIX = ".mktool-publish-"
+JOURNAL_SUFFIX = ".json"
+PARTIAL_SUFFIX = ".partial"
+LOG_TABLE = "publish_log"
+SEAL = "manifest.json"  # renamed last: a reader who sees the new manifest sees every file it names
+
+LOG_DDL = f"""CREATE TABLE IF NOT EXISTS {LOG_TABLE} (
+    run_id VARCHAR, folder VARCHAR, journal VARCHAR, committed_at TIMESTAMP, published_at TIMESTAMP)"""
+
+# -- test-only fault injection --------------------------------------------------------------------
+FAULT_ENV = "MKTOOL_FAULT"
+FAULT_POINTS = ("write_list", "write_funnel", "write_manifest", "fsync", "journal", "before_commit",
+                "after_commit", "between_renames")
+FAULT_KINDS = ("kill", "interrupt", "sigint", "enospc", "eio")
+
+
+def fault(point: str) -> None:
+    """Simulate a crash at a named publish point when ``MKTOOL_FAULT=point[:kind]`` says so (tests only).
+
+    kind: ``kill`` (SIGKILL, the default), ``interrupt`` (KeyboardInterrupt raised right there),
+    ``sigint`` (a real SIGINT to this process, as Ctrl-C sends it), ``enospc`` or ``eio`` (an OSError).
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, kind = spec.partition(":")
+    if name != point:
+        return
+    kind = kind or "kill"
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    if kind == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # let the handler run here, as it would for a real Ctrl-C
+        return
+    code = {"enospc": errno.ENOSPC, "eio": errno.EIO}.get(kind)
+    if code is None:
+        raise ValueError(f"{FAULT_ENV}: unknown kind '{kind}' (one of {', '.join(FAULT_KINDS)})")
+    raise OSError(code, os.strerror(code), f"<{point}>")
+
+
+# -- durable small writes -------------------------------------------------------------------------
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk before a name points at it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MB blocks (lists can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- the journal ----------------------------------------------------------------------------------
+@dataclass
+class Journal:
+    """What one publish will do to its folder, enough to finish or undo it without the process."""
+
+    run_id: str
+    database: str  # the resolved database path: only its own database may roll a journal back
+    folder: str  # the resolved output folder
+    staging: str  # the staging folder's name inside ``folder``
+    files: dict[str, str]  # final name → sha256 of the staged file, in rename order (the seal last)
+    remove: list[str] = field(default_factory=list)  # final names that are no longer part of the folder
+    cycles: dict[str, str] = field(default_factory=dict)  # channel → cycle id of the contact rows
+    created_at: str = ""
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder) / f"{JOURNAL_PREFIX}{self.run_id}{JOURNAL_SUFFIX}"
+
+    @property
+    def staging_dir(self) -> Path:
+        return Path(self.folder) / self.staging
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n"
+
+    @classmethod
+    def loads(cls, text: str, *, where: str) -> "Journal":
+        try:
+            doc = json.loads(text)
+            return cls(run_id=str(doc["run_id"]), database=str(doc["database"]), folder=str(doc["folder"]),
+                       staging=str(doc["staging"]), files=dict(doc["files"]), remove=list(doc.get("remove", [])),
+                       cycles=dict(doc.get("cycles", {})), created_at=str(doc.get("created_at", "")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MktoolError(f"unreadable publish journal ({exc})", file=where,
+                              hint="it was not written by mktool; move it away if no publish is pending") from None
+
+
+# -- the database side ----------------------------------------------------------------------------
+def _log_exists(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
+                            [LOG_TABLE]).fetchone())
+
+
+def record_commit(con: duckdb.DuckDBPyConnection, journal: Journal) -> None:
+    """Inside the contacts' transaction: this run's publish commits with them."""
+    con.execute(LOG_DDL)
+    con.execute(f"INSERT INTO {LOG_TABLE} VALUES (?, ?, ?, now()::TIMESTAMP, NULL)",
+                [journal.run_id, journal.folder, journal.dumps()])
+
+
+def is_committed(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    return _log_exists(con) and bool(
+        con.execute(f"SELECT 1 FROM {LOG_TABLE} WHERE run_id = ?", [run_id]).fetchone())
+
+
+def mark_published(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    con.execute(f"UPDATE {LOG_TABLE} SET published_at = now()::TIMESTAMP WHERE run_id = ? AND published_at IS NULL",
+                [run_id])
+
+
+# -- rolling forward and back ---------------------------------------------------------------------
+def roll_forward(journal: Journal) -> None:
+    """Put a committed publish's files in place; safe to repeat after an interruption at any point."""
+    folder = Path(journal.folder)
+    staging = journal.staging_dir
+    first = True
+    for name, digest in journal.files.items():
+        if name == SEAL:
+            for old in journal.remove:  # before the seal: the new manifest never names a file that is gone
+                (folder / old).unlink(missing_ok=True)
+        source, target = staging / name, folder / name
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            # Renamed by an earlier, interrupted roll-forward; anything else is a lost staged file.
+            if not target.exists() or file_sha256(target) != digest:
+                raise MktoolError(f"the staged file {source} of committed run {journal.run_id} is missing",
+                                  file=str(journal.path),
+                                  hint="its contacts are recorded but its list is not in place: re-run the export "
+                                       "of that cycle") from None
+        if first:
+            fault("between_renames")
+            first = False
+    if SEAL not in journal.files:
+        for old in journal.remove:
+            (folder / old).unlink(missing_ok=True)
+    fsync_path(folder)
+    journal.path.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    fsync_path(folder)
+
+
+def roll_back(journal: Journal) -> None:
+    """Undo a publish its database never committed: only hidden names were written."""
+    shutil.rmtree(journal.staging_dir, ignore_errors=True)
+    journal.path.unlink(missing_ok=True)
+
+
+def finish_pending(con: duckdb.DuckDBPyConnection, *, writable: bool, strict: bool = False) -> list[str]:
+    """Roll forward every committed publish of this database whose files are not all in place yet.
+
+    Returns the runs finished. ``strict`` raises when a folder cannot be finished (export and run
+    must not write over it); otherwise the publish stays pending for the next command.
+    """
+    if not _log_exists(con):
+        return []
+    finished = []
+    for run_id, text in con.execute(f"SELECT run_id, journal FROM {LOG_TABLE} WHERE published_at IS NULL "
+                                    "ORDER BY committed_at, run_id").fetchall():
+        try:
+            journal = Journal.loads(text, where=f"{LOG_TABLE} run {run_id}")
+            if journal.path.exists():
+                roll_forward(journal)
+                finished.append(run_id)
+        except MktoolError:
+            if strict:
+                raise
+            continue
+        except OSError as exc:
+            if strict:
+                raise _unfinished(journal, exc) from None
+            continue
+        if writable:
+            mark_published(con, run_id)
+    return finished
+
+
+def _unfinished(journal: Journal, exc: BaseException) -> MktoolError:
+    detail = exc.render() if isinstance(exc, MktoolError) else os_error_text(exc)
+    return MktoolError(f"the lists of committed run {journal.run_id} could not be put in place: {detail}",
+                       file=journal.folder, hint="fix the folder (space, permissions) and run any mktool command "
+                                                 "on this database: it finishes the publish")
+
+
+def os_error_text(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return str(exc)
+
+
+def recover_folder(con: duckdb.DuckDBPyConnection, folder: Path, database: Path) -> None:
+    """Before a publish into ``folder``: finish or undo whatever an interrupted one left there."""
+    if not folder.is_dir():
+        return
+    own_db = str(Path(database).resolve())
+    journals = {}
+    for path in sorted(folder.glob(f"{JOURNAL_PREFIX}*{JOURNAL_SUFFIX}")):
+        journal = Journal.loads(path.read_text(encoding="utf-8"), where=str(path))
+        journals[journal.run_id] = journal
+        try:
+            if is_committed(con, journal.run_id):
+                roll_forward(journal)
+                mark_published(con, journal.run_id)
+            elif journal.database == own_db:
+                roll_back(journal)
+            else:
+                raise MktoolError(
+                    f"an unfinished publish of run {journal.run_id} from another database ({journal.database}) is "
+                    "in this folder", file=str(folder),
+                    hint=f"run any mktool command with --db {journal.database} to finish it, or remove {path.name} "
+                         "and its staging folder if that database is gone")
+        except OSError as exc:
+            raise _unfinished(journal, exc) from None
+    # Staging folders (and half-written journals) of runs killed before their journal existed:
+    # uncommitted by construction. A live process's (another database's export) is left alone.
+    for path in folder.glob(f"{STAGING_PREFIX}*"):
+        pid_text, _, run_id = path.name[len(STAGING_PREFIX):].partition("-")
+        if run_id in journals or not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        (folder / f"{JOURNAL_PREFIX}{run_id}{JOURNAL_SUFFIX}{PARTIAL_SUFFIX}").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own earlier attempt, abandoned
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - alive, another user's
+        return True
+    return True
+
+
+# -- one publish ----------------------------------------------------------------------------------
+class Publication:
+    """The staged files of one run and the steps that publish them (see the module docstring)."""
+
+    def __init__(self, folder: Path, database: Path, run_id: str, cycles: dict[str, str]) -> None:
+        self.folder = Path(folder).resolve()
+        self.database = Path(database).resolve()
+        self.run_id = run_id
+        self.cycles = dict(cycles)
+        self.files: dict[str, str] = {}
+        self.remove: list[str] = []
+        self.journal: Journal | None = None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.staging = self.folder / f"{STAGING_PREFIX}{os.getpid()}-{run_id}"
+        self.staging.mkdir()
+
+    def path(self, name: str) -> Path:
+        """Where to stage the file that will be published as ``name``."""
+        return self.staging / name
+
+    def add(self, name: str, digest: str | None = None) -> None:
+        """A staged file is complete (its sha256, when the caller already has it)."""
+        self.files[name] = digest or file_sha256(self.path(name))
+
+    def write_text(self, name: str, text: str) -> str:
+        data = text.encode("utf-8")
+        with open(self.path(name), "wb") as fh:
+            fh.write(data)
+        digest = sha256_bytes(data)
+        self.add(name, digest)
+        return digest
+
+    def prepare(self) -> Journal:
+        """Everything on disk, then the journal: after this the COMMIT may happen."""
+        for name in self.files:
+            fsync_path(self.path(name))
+            fault("fsync")
+        fsync_path(self.staging)
+        order = sorted(n for n in self.files if n != SEAL) + ([SEAL] if SEAL in self.files else [])
+        journal = Journal(run_id=self.run_id, database=str(self.database), folder=str(self.folder),
+                          staging=self.staging.name, files={n: self.files[n] for n in order},
+                          remove=sorted(set(self.remove) - set(self.files)), cycles=self.cycles,
+                          created_at=dt.datetime.now().replace(microsecond=0).isoformat())
+        partial = journal.path.with_name(journal.path.name + PARTIAL_SUFFIX)
+        with open(partial, "w", encoding="utf-8") as fh:
+            fh.write(journal.dumps())
+            fault("journal")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, journal.path)
+        fsync_path(self.folder)
+        self.journal = journal
+        return journal
+
+    def abandon(self) -> None:
+        """Before the COMMIT: remove every trace (only hidden names were written)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if self.journal is not None:
+            self.journal.path.unlink(missing_ok=True)
+        (self.folder / f"{JOURNAL_PREFIX}{self.run_id}{JOURNAL_SUFFIX}{PARTIAL_SUFFIX}").unlink(missing_ok=True)
+
+    def complete(self, con: duckdb.DuckDBPyConnection) -> None:
+        """After the COMMIT: the files into place, then the log says so."""
+        assert self.journal is not None
+        fault("after_commit")
+        roll_forward(self.journal)
+        mark_published(con, self.run_id)
+
+
+@contextlib.contextmanager
+def deferred_interrupt(note: str) -> Iterator[None]:
+    """Hold a Ctrl-C that arrives while a publish commits and renames until it has finished.
+
+    The window is short (COMMIT, CHECKPOINT, a few renames); stopping inside it would leave the
+    lists for the next command to put in place. The Ctrl-C is then raised as ``Interrupted``
+    with ``note``, which says that the publish did complete. Outside the main thread (where no
+    signal handler can be set) nothing is deferred.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise Interrupted(note)
