@@ -7,6 +7,7 @@ column names it guarantees.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # ASCII digits only, and \Z: `$` would also accept a trailing newline ("2026-10\n").
@@ -22,12 +23,75 @@ def check_month(month: str) -> str:
     return month
 
 
+#: What "trimmed" removes from both ends of every text value: ASCII whitespace (space, tab,
+#: CR, LF, VT, FF), the Unicode spaces (NBSP U+00A0, the full-width 全角 space U+3000, the
+#: typographic spaces U+2000-U+200A, …) and the invisible U+200B / U+FEFF that copy-paste and
+#: BOM-writing exports leave behind. Every one of them is below '!' or non-ASCII, which the
+#: cheap prefilters in ingest rely on.
+WHITESPACE = (" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+              "\u2006\u2007\u2008\u2009\u200a\u200b\u2028\u2029\u202f\u205f\u3000\ufeff")
+assert all(ch < "!" or ch >= "\x80" for ch in WHITESPACE)
+
+#: Money in yuan, exact to the fen (分); unit prices (yuan per MB / per minute) to 6 places.
+MONEY = "DECIMAL(18,2)"
+UNIT_PRICE = "DECIMAL(18,6)"
+
+
 @dataclass(frozen=True)
 class Column:
+    """One contract column: how it is stored, what it may hold, and how values are normalised.
+
+    Every text column is trimmed (``WHITESPACE``) and a value that trims to nothing is NULL
+    (so a blank never passes for a bundle or a city); a vocabulary column is also case-folded
+    (``case``) and refused unless the result is in its vocabulary; a ``pattern`` column must
+    match it in full after trimming. Numbers must be finite. A column not ``nullable`` holds
+    no NULL and must be present.
+    """
+
     name: str
     type: str  # DuckDB type the column is stored as
     nullable: bool = False  # may hold NULLs and may be absent from an extract (filled with NULL)
     doc: str = ""
+    vocabulary: tuple[str, ...] = ()  # allowed values after normalisation; () = free text
+    channels: bool = False  # the vocabulary also holds every channel name of channels.yaml
+    case: str = ""  # "lower" | "upper": how a vocabulary value is case-folded before the check
+    pattern: str = ""  # a regular expression the trimmed value must match in full
+
+    @property
+    def is_text(self) -> bool:
+        return self.type == "VARCHAR"
+
+    @property
+    def is_vocabulary(self) -> bool:
+        return bool(self.vocabulary) or self.channels
+
+    @property
+    def scale(self) -> int | None:
+        """Decimal places of a DECIMAL column (2 for money), None for other types."""
+        m = re.fullmatch(r"DECIMAL\(\d+,(\d+)\)", self.type)
+        return int(m.group(1)) if m else None
+
+    def allowed(self, channel_names: Sequence[str] = ()) -> tuple[str, ...]:
+        """The vocabulary with the channel names of channels.yaml where the column takes them."""
+        return (*channel_names, *self.vocabulary) if self.channels else self.vocabulary
+
+    def rules(self) -> str:
+        """The column's value rules in words, for docs/contract.md."""
+        out = []
+        if self.is_vocabulary:
+            values = " / ".join(f"`{v}`" for v in self.vocabulary)
+            if self.channels:
+                values = "a channel name of channels.yaml" + (f" or {values}" if values else "")
+            out.append(f"one of {values} ({self.case}-cased after trimming)")
+        elif self.pattern:
+            out.append(f"matches `{self.pattern}` after trimming")
+        elif self.is_text:
+            out.append("trimmed; blank = NULL")
+        if self.type in ("DOUBLE", "BIGINT") or self.scale is not None:
+            out.append("finite")
+        if self.scale is not None:
+            out.append(f"exact to {self.scale} decimal places")
+        return "; ".join(out)
 
 
 @dataclass(frozen=True)
@@ -55,8 +119,18 @@ def _c(name: str, type_: str, doc: str = "", nullable: bool = False) -> Column:
     return Column(name, type_, nullable, doc)
 
 
-MSISDN = _c("msisdn", S, "11-digit subscriber number, a string (never an integer)")
-MONTH = _c("month", S, "YYYY-MM")
+def _vocab(name: str, values: tuple[str, ...], doc: str = "", *, nullable: bool = False, case: str = "lower",
+           channels: bool = False) -> Column:
+    return Column(name, S, nullable, doc, vocabulary=values, channels=channels, case=case)
+
+
+MSISDN = Column("msisdn", S, doc="11-digit subscriber number, a string (never an integer)", pattern="[0-9]{11}")
+MONTH = Column("month", S, doc="YYYY-MM", pattern="[0-9]{4}-(0[1-9]|1[0-2])")
+STATUSES = ("active", "suspended", "closed")
+PAYMENTS = ("prepaid", "postpaid")
+OUTCOMES = ("sent", "accepted", "rejected", "no_answer", "unsubscribed")
+HANDSET_GENS = ("2G", "3G", "4G", "5G")
+ALL_CHANNELS = "*"  # a dnd row for every channel
 
 TABLES: dict[str, TableContract] = {
     t.name: t
@@ -66,15 +140,15 @@ TABLES: dict[str, TableContract] = {
             (
                 MSISDN, MONTH,
                 _c("city", S), _c("plan_id", S), _c("join_date", D),
-                _c("status", S, "active / suspended / closed"),
-                _c("payment", S, "prepaid / postpaid"),
-                _c("handset_gen", S, "2G/3G/4G/5G", nullable=True),
+                _vocab("status", STATUSES),
+                _vocab("payment", PAYMENTS),
+                _vocab("handset_gen", HANDSET_GENS, "handset generation", nullable=True, case="upper"),
                 _c("contract_end", D, nullable=True),
                 _c("bundle_type", S, "the customer's 0/1-class bundle", nullable=True),
                 _c("bundle_end", D, nullable=True),
                 _c("vnet", B, "virtual / family network member"),
                 _c("group_id", S, "enterprise group", nullable=True),
-                _c("balance", F, "prepaid balance, yuan"),
+                _c("balance", MONEY, "prepaid balance, yuan"),
             ),
             key=("msisdn", "month"), monthly=True, required=True,
             doc="One row per subscriber per month.",
@@ -97,18 +171,19 @@ TABLES: dict[str, TableContract] = {
             "billing",
             (
                 MSISDN, MONTH,
-                _c("total_fee", F, "the month's bill (ARPU)"), _c("rental_fee", F),
-                _c("voice_overage_fee", F), _c("data_overage_fee", F),
-                _c("addon_fee", F, "auto-upgrade / add-on packs"), _c("ld_fee", F), _c("discount_fee", F),
+                _c("total_fee", MONEY, "the month's bill (ARPU), yuan"), _c("rental_fee", MONEY),
+                _c("voice_overage_fee", MONEY), _c("data_overage_fee", MONEY),
+                _c("addon_fee", MONEY, "auto-upgrade / add-on packs"), _c("ld_fee", MONEY), _c("discount_fee", MONEY),
             ),
             key=("msisdn", "month"), monthly=True, required=True,
         ),
         TableContract(
             "plans",
             (
-                _c("plan_id", S), _c("plan_name", S), _c("monthly_rental", F),
+                _c("plan_id", S), _c("plan_name", S), _c("monthly_rental", MONEY, "yuan"),
                 _c("included_data_mb", F), _c("included_voice_min", F),
-                _c("data_overage_per_mb", F), _c("voice_overage_per_min", F),
+                _c("data_overage_per_mb", UNIT_PRICE, "yuan per MB"),
+                _c("voice_overage_per_min", UNIT_PRICE, "yuan per minute"),
                 _c("product_status", I, "1 = mass-market plan; anything else = special tariff"),
                 _c("is_target", B, "may be recommended"),
             ),
@@ -123,15 +198,15 @@ TABLES: dict[str, TableContract] = {
         TableContract(
             "contact_history",
             (
-                MSISDN, _c("contact_date", D), _c("channel", S), _c("policy_id", S),
-                _c("outcome", S, "sent / accepted / rejected / no_answer / unsubscribed"),
+                MSISDN, _c("contact_date", D), _vocab("channel", (), channels=True), _c("policy_id", S),
+                _vocab("outcome", OUTCOMES),
             ),
             key=("msisdn", "contact_date", "channel", "policy_id"), monthly=False, required=False,
             reload="upsert", doc="Responses update earlier records with the same key.",
         ),
         TableContract(
             "dnd",
-            (MSISDN, _c("channel", S, "channel name, or * for every channel")),
+            (MSISDN, _vocab("channel", (ALL_CHANNELS,), "* means every channel", channels=True)),
             key=("msisdn", "channel"), monthly=False, required=False, reload="snapshot",
             doc="The do-not-disturb list; a load replaces the whole list.",
         ),
