@@ -81,16 +81,24 @@ class Column:
         if self.is_vocabulary:
             values = " / ".join(f"`{v}`" for v in self.vocabulary)
             if self.channels:
-                values = "a channel name of channels.yaml" + (f" or {values}" if values else "")
+                values = "the channel names of channels.yaml" + (f", or {values}" if values else "")
             out.append(f"one of {values} ({self.case}-cased after trimming)")
         elif self.pattern:
-            out.append(f"matches `{self.pattern}` after trimming")
+            out.append(f"trimmed, then matches `{self.pattern}`")
         elif self.is_text:
             out.append("trimmed; blank = NULL")
-        if self.type in ("DOUBLE", "BIGINT") or self.scale is not None:
+        if self.type == "BIGINT":
+            out.append("whole number")
+        if self.type == "DATE":
+            out.append("finite date; a time of day is refused, not dropped")
+        if self.type == "TIMESTAMP":
+            out.append("finite")
+        if self.type == "BOOLEAN":
+            out.append("true / false (or 0 / 1)")
+        if self.type == "DOUBLE" or self.scale is not None:
             out.append("finite")
         if self.scale is not None:
-            out.append(f"exact to {self.scale} decimal places")
+            out.append("exact to the fen" if self.scale == 2 else f"exact to {self.scale} decimal places")
         return "; ".join(out)
 
 
@@ -233,3 +241,58 @@ def table_for_file(stem: str) -> str | None:
             if best is None or len(name) > len(best):
                 best = name
     return best
+
+
+RELOAD_DOC = {
+    "month": "loading a month replaces that month's rows",
+    "snapshot": "a load replaces the whole table",
+    "upsert": "rows with the same key are replaced",
+}
+
+CONTRACT_INTRO = """\
+# Input contract (SPEC §2)
+
+<!-- Generated from mktool/contract.py by `python -m mktool.contract > docs/contract.md`; edit the contract, not this file. -->
+
+Every extract is a Parquet file named after its table (`usage.parquet`, `usage_2026-10.parquet`, `usage-part1.parquet`; the `.parquet` suffix in any case) or loaded with `--table`. Monthly tables carry `month` as a `YYYY-MM` string; `msisdn` is always a string of 11 ASCII digits. Extra columns are kept. Every refusal names the file, table, column and an example row, exits 1, and leaves the database exactly as it was: all files of one call load or none do.
+
+Reload rules: **month** — loading a month replaces that month's rows; **snapshot** — a load replaces the whole table; **upsert** — rows with the same key are replaced (responses update earlier contacts); among the files of one `ingest` call the later file in name order wins, and a key repeated inside one file is refused.
+
+## How values are normalised, and what is refused
+
+Every value is either normalised to the one form the later steps compare against, or refused — never stored in a form that silently fails to match (an opt-out not applied, a customer dropped from every matrix).
+
+- **Text is trimmed.** Both ends of every text value (keys such as `msisdn`, `plan_id`, `policy_id`, `service`, and free text such as `city`) lose whitespace: ASCII space, tab, CR, LF, VT, FF, the Unicode spaces (NBSP U+00A0, the full-width space U+3000, U+2000–U+200A, …) and the invisible U+200B / U+FEFF. Inner characters stay (`飞享 128`). A value that trims to nothing is NULL. So `'13800000007'` and `'13800000007 '` are one key, and a duplicate when both appear.
+- **Vocabulary columns** (`status`, `payment`, `outcome`, `handset_gen`, and `channel`, whose vocabulary is the channel names of the rules folder's `channels.yaml`, plus `*` in `dnd`) are trimmed, case-folded (lower case; `handset_gen` upper case) and refused unless the result is in the vocabulary. Letters that only look alike (full-width `ＳＭＳ`) are refused, not guessed.
+- **Patterns**: `msisdn` must be exactly 11 ASCII digits after trimming, `month` exactly `YYYY-MM`.
+- **Text columns must arrive as text** (a string, or BINARY without the UTF8 annotation as Hive and Impala write it, which is decoded as UTF-8; bytes that are not UTF-8 are refused with the column named). A number, date or boolean in a text column is refused: it has no single text form (`58`, `58.0` and `058` are one plan to a person and three to the engine).
+- **Numbers are finite**: NaN and ±infinity are refused in every numeric column (also written as text: `'nan'`, `'-Infinity'`); dates and times must be finite too.
+- **Money is exact to the fen**: fees, balance and monthly rental are stored as DECIMAL(18,2), unit prices (per MB, per minute) as DECIMAL(18,6). A value that is not a whole fen (`191.515`) is refused; binary floating-point noise within 1e-6 of a fen (`0.1 + 0.2` = 0.30000000000000004) is that fen.
+- **Casts must be lossless**: text `'12.5'` → 12.5, `' 3.0 '` → 3, `0/1` → boolean are accepted; `'3.5'` as an integer, an integer that a DOUBLE cannot hold exactly (above 2^53), a text integer beyond BIGINT, and a timestamp whose time a DATE would drop (`'2026-10-04 12:30:00'`) are refused. Text integers are read straight as integers, never via DOUBLE, so `'9007199254740993'` keeps its last digit.
+- **NULLs**: a column not marked nullable holds no NULL (nor blank text) and must be present; a nullable column may be absent and is then filled with NULL. A column whose Parquet type is NULL (every value NULL, as pandas writes an all-`None` column) counts as all NULL.
+- **Column names** are matched trimmed and case-insensitively (`TOTAL_FEE` is `total_fee`); a name that appears twice in one file (`total_fee` twice, or `TOTAL_FEE` beside `total_fee`) is refused.
+- **File names are read literally**: glob characters (`billing_*.parquet`, `billing_2026-10 [1].parquet`) match only that file, and folder names such as `month=2026-09` add no column (no Hive partitioning), so the loaded rows are the ones whose checksum is logged.
+- **Folders** are walked fully or refused: a sub-folder that cannot be read, a symbolic link to a folder (its files would load from elsewhere, or twice) and a link that leads nowhere (dangling, or a loop) are refused, not skipped. A symbolic link to a file is followed; the log records the target's path and checksum. Files not ending in `.parquet` are ignored.
+"""
+
+
+def markdown() -> str:
+    """docs/contract.md, generated so that the document cannot drift from what ingest enforces."""
+    out = [CONTRACT_INTRO]
+    for t in TABLES.values():
+        key = ", ".join(t.key) if t.key else "none"
+        out.append(f"## `{t.name}` — {'required' if t.required else 'optional'}; key ({key}); reload: {t.reload}\n")
+        if t.doc:
+            out.append(t.doc + "\n")
+        out.append("| column | type | nullable | values | meaning |")
+        out.append("|---|---|---|---|---|")
+        for c in t.columns:
+            nullable = "yes (may be absent)" if c.nullable else "no"
+            cells = [f"`{c.name}`", c.type, nullable, c.rules(), c.doc]
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # python -m mktool.contract > docs/contract.md
+    print(markdown(), end="")
