@@ -375,7 +375,9 @@ def test_a_column_name_in_another_case_is_the_contract_column(cli, tmp_path):
 @pytest.mark.parametrize("name", ["billing_*.parquet", "billing_2026-10 [1].parquet", "billing_?.parquet",
                                   "billing_[!x]*.parquet", "billing_**.parquet"])
 def test_a_file_name_with_glob_characters_reads_exactly_that_file(cli, tmp_path, name):
-    folder = tmp_path / "in"
+    write_table(tmp_path / "in1" / name.replace("*", "x").replace("?", "y").replace("[", "("), "billing",
+                [{"msisdn": "13800000009", "month": M}])  # what "in[1]" would match as a pattern
+    folder = tmp_path / "in[1]"
     for other, msisdn in [("billing_2026-10 1.parquet", "13800000002"), ("billing_a.parquet", "13800000003"),
                           ("billing_x.parquet", "13800000004")]:
         write_table(folder / other, "billing", [{"msisdn": msisdn, "month": M}])
@@ -457,6 +459,20 @@ def test_a_link_to_a_file_is_followed(cli, tmp_path):
         ("usage", str(target.resolve())),
         ("vas", str((folder / f"VAS_{M}.PARQUET").resolve())),  # the suffix in any case
     ]
+
+
+def test_a_database_made_under_the_old_contract_gets_decimal_money(cli, tmp_path):
+    """Money columns created as DOUBLE by an earlier release follow the contract on the next load."""
+    con = duckdb.connect(str(cli.db))
+    con.execute("CREATE TABLE billing AS SELECT '13800000001' AS msisdn, '2026-09' AS month, 191.52::DOUBLE AS total_fee, "
+                "0.0::DOUBLE AS rental_fee, 0.0::DOUBLE AS voice_overage_fee, 0.0::DOUBLE AS data_overage_fee, "
+                "0.0::DOUBLE AS addon_fee, 0.0::DOUBLE AS ld_fee, 0.0::DOUBLE AS discount_fee")
+    con.close()
+    path = write_table(tmp_path / f"billing_{M}.parquet", "billing", [{"msisdn": "13800000001", "month": M}])
+    result = cli("ingest", str(path))
+    assert result.exit_code == 0, result.stderr
+    assert query(cli.db, "SELECT month, total_fee, typeof(total_fee) FROM billing ORDER BY month") == [
+        ("2026-09", decimal.Decimal("191.52"), "DECIMAL(18,2)"), (M, decimal.Decimal("150.00"), "DECIMAL(18,2)")]
 
 
 # -- BINARY text (Hive / Impala) ------------------------------------------------------------------
