@@ -86,7 +86,7 @@ class Column:
         elif self.pattern:
             out.append(f"trimmed, then matches `{self.pattern}`")
         elif self.is_text:
-            out.append("trimmed; blank = NULL")
+            out.append("trimmed; blank = NULL" + (f"; {self.case}-cased" if self.case else ""))
         if self.type == "BIGINT":
             out.append("whole number")
         if self.type == "DATE":
@@ -200,7 +200,9 @@ TABLES: dict[str, TableContract] = {
         ),
         TableContract(
             "vas",
-            (MSISDN, MONTH, _c("service", S), _c("active", B), _c("uses", I)),
+            (MSISDN, MONTH,
+             Column("service", S, doc="newspaper, crbt, ring_change, mobile_internet, … (an open list)", case="lower"),
+             _c("active", B), _c("uses", I)),
             key=("msisdn", "month", "service"), monthly=True, required=False,
         ),
         TableContract(
@@ -263,7 +265,7 @@ Reload rules: **month** — loading a month replaces that month's rows; **snapsh
 Every value is either normalised to the one form the later steps compare against, or refused — never stored in a form that silently fails to match (an opt-out not applied, a customer dropped from every matrix).
 
 - **Text is trimmed.** Both ends of every text value (keys such as `msisdn`, `plan_id`, `policy_id`, `service`, and free text such as `city`) lose whitespace: ASCII space, tab, CR, LF, VT, FF, the Unicode spaces (NBSP U+00A0, the full-width space U+3000, U+2000–U+200A, …) and the invisible U+200B / U+FEFF. Inner characters stay (`飞享 128`). A value that trims to nothing is NULL. So `'13800000007'` and `'13800000007 '` are one key, and a duplicate when both appear.
-- **Vocabulary columns** (`status`, `payment`, `outcome`, `handset_gen`, and `channel`, whose vocabulary is the channel names of the rules folder's `channels.yaml`, plus `*` in `dnd`) are trimmed, case-folded (lower case; `handset_gen` upper case) and refused unless the result is in the vocabulary. Letters that only look alike (full-width `ＳＭＳ`) are refused, not guessed.
+- **Vocabulary columns** (`status`, `payment`, `outcome`, `handset_gen`, and `channel`, whose vocabulary is the channel names of the rules folder's `channels.yaml`, plus `*` in `dnd`) are trimmed, case-folded (lower case; `handset_gen` upper case) and refused unless the result is in the vocabulary. Letters that only look alike (full-width `ＳＭＳ`) are refused, not guessed. `vas.service` is an open list (`newspaper`, `crbt`, …) but is lower-cased too, because the customer view looks its codes up in lower case.
 - **Patterns**: `msisdn` must be exactly 11 ASCII digits after trimming, `month` exactly `YYYY-MM`.
 - **Text columns must arrive as text** (a string, or BINARY without the UTF8 annotation as Hive and Impala write it, which is decoded as UTF-8; bytes that are not UTF-8 are refused with the column named). A number, date or boolean in a text column is refused: it has no single text form (`58`, `58.0` and `058` are one plan to a person and three to the engine).
 - **Numbers are finite**: NaN and ±infinity are refused in every numeric column (also written as text: `'nan'`, `'-Infinity'`); dates and times must be finite too.

@@ -70,12 +70,7 @@ def _scan_path(path: Path) -> str:
     one-character set (``[*]``), which matches only itself. Absolute, so that no prefix such
     as ``~`` or ``s3:`` is interpreted either.
     """
-    text = os.path.abspath(path)
-    for ch in GLOB_CHARACTERS:
-        text = text.replace(ch, "\0" + ch)
-    for ch in GLOB_CHARACTERS:
-        text = text.replace("\0" + ch, f"[{ch}]")
-    return text
+    return "".join(f"[{ch}]" if ch in GLOB_CHARACTERS else ch for ch in os.path.abspath(path))
 
 
 @dataclass
@@ -375,7 +370,8 @@ def _needs_normalising(read: ColumnRead) -> str | None:
         return None  # validate() counts the values not already in the vocabulary or pattern
     # c[-1] (the last character) is ~8x cheaper than right(c, 1) on dictionary-encoded columns
     edge = f"{c} < '!' OR {c} >= chr(128) OR {c}[-1] < '!' OR {c}[-1] >= chr(128)"
-    return f"CASE WHEN {edge} THEN trim({c}, {WS}) <> {c} ELSE {c} = '' END"
+    flag = f"CASE WHEN {edge} THEN trim({c}, {WS}) <> {c} ELSE {c} = '' END"
+    return f"{flag} OR {col.case}({c}) <> {c}" if col.case else flag
 
 
 def _describe_problem(col: Column, channel_names: Sequence[str]) -> tuple[str, str]:

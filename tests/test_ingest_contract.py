@@ -88,6 +88,8 @@ def loaded(cli, tmp_path):
     ("dnd", {"msisdn": "13800000001", "channel": " *"}, "channel", "*"),
     ("dnd", {"msisdn": "13800000001", "channel": "SMS"}, "channel", "sms"),
     ("dnd", {"msisdn": "13800000001", "channel": "App\r\n"}, "channel", "app"),
+    ("vas", {"service": " CRBT"}, "service", "crbt"),  # an open list, but compared in lower case
+    ("vas", {"service": "Mobile_Internet"}, "service", "mobile_internet"),
 ])
 def test_vocabulary_values_are_trimmed_and_case_folded(cli, tmp_path, table, row, column, stored):
     base = {"msisdn": "13800000001", "month": M} if TABLES[table].monthly else {}
