@@ -269,8 +269,9 @@ def _type_checks(read: ColumnRead) -> list[tuple[str, str]]:
         if src in TEXT_TYPES:
             d = f"TRY_CAST({text} AS DOUBLE)"
             wide = f"TRY_CAST({text} AS HUGEINT)"
-            return [(lossy, f"{text} IS NOT NULL AND ({d} IS NULL OR (isfinite({d}) AND abs({d}) >= 9007199254740992 "
-                            f"AND {wide} IS NOT NULL AND TRY_CAST({d} AS HUGEINT) IS DISTINCT FROM {wide}))"),
+            above_2_53 = (f"isfinite({d}) AND abs({d}) >= 9007199254740992 AND {wide} IS NOT NULL "
+                          f"AND TRY_CAST({d} AS HUGEINT) IS DISTINCT FROM {wide}")
+            return [(lossy, f"{text} IS NOT NULL AND ({d} IS NULL OR ({above_2_53}))"),
                     (not_finite[0], f"NOT isfinite({d})")]
         if src in FLOAT_TYPES:
             return [(not_finite[0], f"NOT isfinite({c})")]
@@ -293,8 +294,8 @@ def _type_checks(read: ColumnRead) -> list[tuple[str, str]]:
             # DECIMAL readings only catch a fraction ('3.5' would round to 4).
             v, d, exact = (f"TRY_CAST({text} AS BIGINT)", f"TRY_CAST({text} AS DOUBLE)",
                            f"TRY_CAST({text} AS DECIMAL(38,9))")
-            return [(lossy, f"{text} IS NOT NULL AND ({v} IS NULL OR {d} IS NULL OR NOT isfinite({d}) "
-                            f"OR {d} <> CAST({v} AS DOUBLE) OR coalesce({exact} <> {v}, false))")]
+            fraction = f"{d} <> CAST({v} AS DOUBLE) OR coalesce({exact} <> {v}, false)"
+            return [(lossy, f"{text} IS NOT NULL AND ({v} IS NULL OR {d} IS NULL OR NOT isfinite({d}) OR {fraction})")]
         return [("!", "")]
     if col.scale is not None:  # DECIMAL(18, scale): money and unit prices
         scale, dec = col.scale, f"TRY_CAST({{v}} AS {target})"

@@ -249,7 +249,7 @@ def test_the_double_to_decimal_cast_rounds_every_whole_fen_to_itself():
     from mktool.ingest import ColumnRead, _type_checks
 
     read = ColumnRead(Column("x", "DECIMAL(18,2)"), "x", "DOUBLE")
-    checks = dict((p, c) for p, c in _type_checks(read))
+    checks = dict(_type_checks(read))
     places = next(c for p, c in checks.items() if "decimal places" in p)
     bad = duckdb.execute(f"""
         WITH fen AS (SELECT i FROM range(-100000, 10000000) t(i)),
