@@ -307,9 +307,15 @@ def _type_checks(read: ColumnRead) -> list[tuple[str, str]]:
         if src in FLOAT_TYPES | TEXT_TYPES:
             d = c if src in FLOAT_TYPES else f"TRY_CAST({text} AS DOUBLE)"
             checks = [(lossy, f"{text} IS NOT NULL AND {d} IS NULL")] if src in TEXT_TYPES else []
+            if src in {"FLOAT", "REAL"}:
+                # float32 holds ~7 digits: it is a whole fen when it is the float nearest to one
+                units = 10 ** scale
+                whole = f"CAST(round(CAST({c} AS DOUBLE) * {units}) / {units} AS FLOAT) = {c}"
+            else:
+                whole = _whole_units(d, scale)
             return checks + [(not_finite[0], f"NOT isfinite({d})"),
                              (lossy, f"isfinite({d}) AND {dec.format(v=d)} IS NULL"),
-                             (places, f"isfinite({d}) AND NOT ({_whole_units(d, scale)})")]
+                             (places, f"isfinite({d}) AND NOT ({whole})")]
         return [("!", "")]
     if target == "DATE":
         if src.startswith("TIMESTAMP"):

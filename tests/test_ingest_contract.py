@@ -234,6 +234,19 @@ def test_money_that_is_not_a_whole_fen_is_refused(loaded, tmp_path, column, valu
     assert "not a whole fen" in err or "cannot be read as DECIMAL(18,2) without loss" in err
 
 
+def test_float32_money_is_read_as_the_fen_it_stands_for(loaded, tmp_path):
+    """float32 191.51 is 191.50999450683594: the nearest float to a whole fen is that fen."""
+    rows = [{"msisdn": "13800000001", "month": M, "total_fee": 191.51, "rental_fee": 0.07, "ld_fee": 99999.99}]
+    types = {"total_fee": pa.float32(), "rental_fee": pa.float32(), "ld_fee": pa.float32()}
+    ok = write_table(tmp_path / "a" / f"billing_{M}.parquet", "billing", rows, types=types)
+    assert loaded("ingest", str(ok)).exit_code == 0
+    D = decimal.Decimal
+    assert query(loaded.db, "SELECT total_fee, rental_fee, ld_fee FROM billing") == [(D("191.51"), D("0.07"), D("99999.99"))]
+    bad = write_table(tmp_path / "b" / f"billing_{M}.parquet", "billing", [{**rows[0], "total_fee": 191.515}],
+                      types=types)
+    refused(loaded, bad, expected=["column total_fee: value has more than 2 decimal places (not a whole fen)"])
+
+
 def test_unit_prices_keep_six_places_and_refuse_a_seventh(loaded, tmp_path):
     ok = write_table(tmp_path / "a" / "plans.parquet", "plans", [{"plan_id": "A", "data_overage_per_mb": 0.000123}])
     assert loaded("ingest", str(ok)).exit_code == 0
