@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import stat
 import threading
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +23,26 @@ from typing import Any
 import duckdb
 
 from mktool.console import QUIET, Reporter
-from mktool.contract import MONTH_RE, TABLES, TableContract, table_for_file
-from mktool.database import Database, table_columns, table_exists
+from mktool.contract import MONTH_RE, TABLES, WHITESPACE, Column, TableContract, table_for_file
+from mktool.database import Database, table_exists
 from mktool.errors import InputError
 from mktool.output import file_sha256
+from mktool.rules import load_channels
 
 INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
+#: Integer types wider than a DOUBLE's 53-bit mantissa: a value above 2^53 may lose its last digits.
+WIDE_INTEGER_TYPES = {"BIGINT", "HUGEINT", "UBIGINT", "UHUGEINT"}
 FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
 TEXT_TYPES = {"VARCHAR"}
-#: YYYY-MM in SQL (regexp_full_match), the twin of contract.MONTH_RE: ASCII digits only.
-MONTH_PATTERN = "[0-9]{4}-(0[1-9]|1[0-2])"
+#: BYTE_ARRAY columns without the UTF8 annotation (Hive, Impala): text once decoded as UTF-8.
+BINARY_TYPES = {"BLOB"}
+#: A column Parquet stores as the NULL type (every value NULL, e.g. an all-None pandas column).
+NULL_TYPE = '"NULL"'
+#: DuckDB reads these characters of a path as a glob pattern (`*`, `?`, `[set]`, `**`).
+GLOB_CHARACTERS = "*?["
+#: A binary float within this many units of the last decimal place (plus a relative 1e-12)
+#: of a whole fen is that fen: 0.1 + 0.2 = 0.30000000000000004 is 0.30, 191.515 is not a fen.
+DECIMAL_TOLERANCE = 1e-6
 
 
 def _base_type(type_: str) -> str:
@@ -41,6 +54,73 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _lit(value: str) -> str:
+    """A SQL string literal (values from the contract and from the validated channel names)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+WS = _lit(WHITESPACE)
+
+
+def _scan_path(path: Path) -> str:
+    """The path as read_parquet must see it to read exactly this one file.
+
+    DuckDB expands glob characters in a path, so ``billing_*.parquet`` would read every billing
+    file while the log records this one's checksum; each glob character is wrapped in a
+    one-character set (``[*]``), which matches only itself. Absolute, so that no prefix such
+    as ``~`` or ``s3:`` is interpreted either.
+    """
+    return "".join(f"[{ch}]" if ch in GLOB_CHARACTERS else ch for ch in os.path.abspath(path))
+
+
+@dataclass
+class ColumnRead:
+    """How one contract column is read from one file: which source column, and how it is stored."""
+
+    column: Column
+    source: str | None  # the file's column name (matched trimmed and case-insensitively); None = absent
+    source_type: str | None
+    normalise: bool = True  # trim / case-fold on load; the validation scan clears it when no value needs it
+
+    @property
+    def ref(self) -> str:
+        assert self.source is not None
+        return _q(self.source)
+
+    @property
+    def text(self) -> str:
+        """The source value as text (BLOB decoded as UTF-8; NULL where the bytes are not UTF-8)."""
+        return f"try(decode({self.ref}))" if _base_type(self.source_type or "") in BINARY_TYPES else self.ref
+
+    @property
+    def is_text_source(self) -> bool:
+        return _base_type(self.source_type or "") in TEXT_TYPES | BINARY_TYPES
+
+    def trimmed(self) -> str:
+        """The value trimmed, a blank as NULL, case-folded for a vocabulary column."""
+        value = f"NULLIF(trim({self.text}, {WS}), '')"
+        if self.column.case:
+            value = f"{self.column.case}({value})"
+        return value
+
+    def stored(self) -> str:
+        """The value as it will be stored (every refusal has been raised before this is loaded)."""
+        col, src = self.column, _base_type(self.source_type or "")
+        target = col.type
+        if self.source is None or src == NULL_TYPE:
+            return f"CAST(NULL AS {target})"
+        if col.is_text:
+            if not self.normalise:
+                return self.ref if src in TEXT_TYPES else f"decode({self.ref})"
+            return self.trimmed()
+        value = self.trimmed() if self.is_text_source else self.ref
+        if col.scale is not None and self.is_text_source:
+            value = f"CAST({value} AS DOUBLE)"  # text money is read as a number, then rounded to the fen
+        if src == _base_type(target) and target == self.source_type:
+            return value
+        return f"CAST({value} AS {target})"
+
+
 @dataclass
 class SourceFile:
     path: Path
@@ -49,6 +129,7 @@ class SourceFile:
     rows: int = 0
     months: list[str] = field(default_factory=list)
     schema: dict[str, str] = field(default_factory=dict)  # column → DuckDB type as read
+    reads: dict[str, ColumnRead] = field(default_factory=dict)  # contract column → how it is read
 
     @property
     def contract(self) -> TableContract:
@@ -56,11 +137,24 @@ class SourceFile:
 
     @property
     def sql_path(self) -> str:
-        return str(self.path).replace("'", "''")
+        return _scan_path(self.path).replace("'", "''")
 
     @property
     def scan(self) -> str:
-        return f"read_parquet('{self.sql_path}')"
+        # No hive partitioning: a folder named month=2026-10 must not add or override a column.
+        return f"read_parquet('{self.sql_path}', hive_partitioning = false)"
+
+    @property
+    def extra_columns(self) -> list[str]:
+        mapped = {r.source for r in self.reads.values()}
+        return [name for name in self.schema if name not in mapped]
+
+    def stored(self, name: str) -> str:
+        """A contract column's stored value (a NULL of its type when the file lacks it)."""
+        read = self.reads.get(name)
+        if read is None:
+            return f"CAST(NULL AS {self.contract.column(name).type})"
+        return read.stored()
 
 
 @dataclass
@@ -73,6 +167,47 @@ class IngestResult:
 
 
 # -- discovery ------------------------------------------------------------------------------
+def _parquet_files(folder: Path) -> list[Path]:
+    """Every ``*.parquet`` file under ``folder`` (suffix in any case), refusing what cannot be walked.
+
+    A sub-folder that cannot be read, a symbolic link to a folder, or a link that leads nowhere
+    (dangling, or a loop) is refused rather than skipped: skipping would load the rest and
+    break "all files of one call load or none do". A symbolic link to a file is followed (the
+    file it names is loaded; the log records the target's path and checksum).
+    """
+    found: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(f"cannot read folder ({exc.strerror or exc})", file=str(current),
+                             hint="fix its permissions, or move it out of the folder being loaded") from None
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_symlink():
+                    try:
+                        target = path.stat()  # follows the link
+                    except OSError as exc:
+                        raise InputError(f"symbolic link leads nowhere ({exc.strerror or exc})", file=str(path),
+                                         hint="remove the link or restore its target") from None
+                    if stat.S_ISDIR(target.st_mode):
+                        raise InputError("folder is a symbolic link: its files would be loaded from elsewhere, "
+                                         "or twice", file=str(path), hint="pass the target folder itself")
+                    if stat.S_ISREG(target.st_mode) and path.suffix.lower() == ".parquet":
+                        found.append(path)
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                elif entry.is_file(follow_symlinks=False) and path.suffix.lower() == ".parquet":
+                    found.append(path)
+            except PermissionError as exc:
+                raise InputError(f"cannot read ({exc.strerror or exc})", file=str(path)) from None
+    return sorted(found)
+
+
 def discover(paths: list[Path], table: str | None = None) -> list[SourceFile]:
     """Files and folders → the Parquet files to load, each with its table. Sorted for determinism."""
     if table is not None and table not in TABLES:
@@ -80,11 +215,13 @@ def discover(paths: list[Path], table: str | None = None) -> list[SourceFile]:
     found: list[SourceFile] = []
     for path in paths:
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+            files = _parquet_files(path)
             if not files:
                 raise InputError("folder holds no .parquet files", file=str(path))
         elif path.exists():
             files = [path]
+        elif path.is_symlink():
+            raise InputError("symbolic link leads nowhere", file=str(path))
         else:
             raise InputError("no such file or folder", file=str(path))
         for f in files:
@@ -100,81 +237,159 @@ def discover(paths: list[Path], table: str | None = None) -> list[SourceFile]:
     return found
 
 
-
 # -- validation -----------------------------------------------------------------------------
-def _lossy_condition(col: str, source: str, target: str) -> str | None:
-    """SQL that is true for a value that cannot be cast to ``target`` without loss; None if always safe.
+def _whole_units(value: str, scale: int) -> str:
+    """SQL true when a finite DOUBLE is a whole number of 10^-scale units (a whole fen at scale 2)."""
+    f = f"({value}) * {10 ** scale}"
+    return f"abs({f} - round({f})) <= {DECIMAL_TOLERANCE} + abs({f}) * 1e-12"
 
-    Raises InputError (via the caller) for type pairs that can never be cast, by returning "!".
+
+def _type_checks(read: ColumnRead) -> list[tuple[str, str]]:
+    """(problem, SQL true for a bad row) of reading the column as its contract type.
+
+    Raises InputError for a type that can never be read as the contract's type.
     """
-    c = _q(col)
-    src = _base_type(source)
-    if src == target:
-        return None
-    if target == "VARCHAR":
-        return None  # any value has a text form
-    if target == "DOUBLE":
-        if src in INTEGER_TYPES | FLOAT_TYPES | {"DECIMAL"}:
-            return None
+    col, source = read.column, read.source_type or ""
+    src, target = _base_type(source), col.type
+    c = read.ref
+    if src == NULL_TYPE:
+        return []  # every value is NULL: the NULL check decides
+    if col.is_text:
         if src in TEXT_TYPES:
-            return f"{c} IS NOT NULL AND TRY_CAST({c} AS DOUBLE) IS NULL"
-        return "!"
+            return []
+        if src in BINARY_TYPES:
+            return [("value is not valid UTF-8 text", f"{c} IS NOT NULL AND try(decode({c})) IS NULL")]
+        return [("!", "")]
+    if src in BINARY_TYPES:
+        return [("!", "")]
+    text = read.trimmed() if src in TEXT_TYPES else None
+    lossy = f"value cannot be read as {target} without loss"
+    not_finite = ("value is not a finite number (NaN or infinity)", "")
+    if target == "DOUBLE":
+        if src in TEXT_TYPES:
+            d = f"TRY_CAST({text} AS DOUBLE)"
+            wide = f"TRY_CAST({text} AS HUGEINT)"
+            above_2_53 = (f"isfinite({d}) AND abs({d}) >= 9007199254740992 AND {wide} IS NOT NULL "
+                          f"AND TRY_CAST({d} AS HUGEINT) IS DISTINCT FROM {wide}")
+            return [(lossy, f"{text} IS NOT NULL AND ({d} IS NULL OR ({above_2_53}))"),
+                    (not_finite[0], f"NOT isfinite({d})")]
+        if src in FLOAT_TYPES:
+            return [(not_finite[0], f"NOT isfinite({c})")]
+        if src in WIDE_INTEGER_TYPES:
+            return [(lossy, f"abs({c}) > 9007199254740992 AND TRY_CAST(CAST({c} AS DOUBLE) AS HUGEINT) IS DISTINCT FROM {c}")]
+        if src in INTEGER_TYPES or src == "DECIMAL":
+            return []
+        return [("!", "")]
     if target == "BIGINT":
         if src in INTEGER_TYPES:
-            return None
-        if src in FLOAT_TYPES | {"DECIMAL"} | TEXT_TYPES:
-            d = f"TRY_CAST({c} AS DOUBLE)"
-            return f"{c} IS NOT NULL AND ({d} IS NULL OR NOT isfinite({d}) OR {d} <> round({d}))"
-        return "!"
+            return [] if src in {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"} else \
+                [(lossy, f"{c} IS NOT NULL AND TRY_CAST({c} AS BIGINT) IS NULL")]
+        if src in FLOAT_TYPES:
+            return [(not_finite[0], f"NOT isfinite({c})"),
+                    (lossy, f"isfinite({c}) AND ({c} <> round({c}) OR TRY_CAST({c} AS BIGINT) IS NULL)")]
+        if src == "DECIMAL":
+            return [(lossy, f"{c} IS NOT NULL AND ({c} <> round({c}) OR TRY_CAST({c} AS BIGINT) IS NULL)")]
+        if src in TEXT_TYPES:
+            # Straight to BIGINT (never via DOUBLE, which loses digits above 2^53); the DOUBLE and
+            # DECIMAL readings only catch a fraction ('3.5' would round to 4).
+            v, d, exact = (f"TRY_CAST({text} AS BIGINT)", f"TRY_CAST({text} AS DOUBLE)",
+                           f"TRY_CAST({text} AS DECIMAL(38,9))")
+            fraction = f"{d} <> CAST({v} AS DOUBLE) OR coalesce({exact} <> {v}, false)"
+            return [(lossy, f"{text} IS NOT NULL AND ({v} IS NULL OR {d} IS NULL OR NOT isfinite({d}) OR {fraction})")]
+        return [("!", "")]
+    if col.scale is not None:  # DECIMAL(18, scale): money and unit prices
+        scale, dec = col.scale, f"TRY_CAST({{v}} AS {target})"
+        places = f"value has more than {scale} decimal places ({'not a whole fen' if scale == 2 else 'would be rounded'})"
+        if src in INTEGER_TYPES:
+            return [(lossy, f"{c} IS NOT NULL AND {dec.format(v=c)} IS NULL")]
+        if src == "DECIMAL":
+            return [(lossy, f"{c} IS NOT NULL AND ({dec.format(v=c)} IS NULL OR {dec.format(v=c)} <> {c})")]
+        if src in FLOAT_TYPES | TEXT_TYPES:
+            d = c if src in FLOAT_TYPES else f"TRY_CAST({text} AS DOUBLE)"
+            checks = [(lossy, f"{text} IS NOT NULL AND {d} IS NULL")] if src in TEXT_TYPES else []
+            if src in {"FLOAT", "REAL"}:
+                # float32 holds ~7 digits: it is a whole fen when it is the float nearest to one
+                units = 10 ** scale
+                whole = f"CAST(round(CAST({c} AS DOUBLE) * {units}) / {units} AS FLOAT) = {c}"
+            else:
+                whole = _whole_units(d, scale)
+            return checks + [(not_finite[0], f"NOT isfinite({d})"),
+                             (lossy, f"isfinite({d}) AND {dec.format(v=d)} IS NULL"),
+                             (places, f"isfinite({d}) AND NOT ({whole})")]
+        return [("!", "")]
     if target == "DATE":
         if src.startswith("TIMESTAMP"):
-            return f"{c} IS NOT NULL AND CAST({c} AS TIMESTAMP) <> CAST(CAST({c} AS DATE) AS TIMESTAMP)"
+            return [("value is a time, not a date: reading it as a date would drop the time",
+                     f"{c} IS NOT NULL AND TRY_CAST({c} AS TIMESTAMP) <> TRY_CAST(TRY_CAST({c} AS DATE) AS TIMESTAMP)")]
+        if src == "DATE":
+            return [("value is not a finite date", f"NOT isfinite({c})")]
         if src in TEXT_TYPES:
-            return f"{c} IS NOT NULL AND TRY_CAST({c} AS DATE) IS NULL"
-        return "!"
+            d, ts = f"TRY_CAST({text} AS DATE)", f"TRY_CAST({text} AS TIMESTAMP)"
+            return [(lossy, f"{text} IS NOT NULL AND ({d} IS NULL OR NOT isfinite({d}))"),
+                    ("value is a time, not a date: reading it as a date would drop the time",
+                     f"{ts} IS NOT NULL AND isfinite({d}) AND {ts} <> TRY_CAST({d} AS TIMESTAMP)")]
+        return [("!", "")]
     if target == "TIMESTAMP":
         if src.startswith("TIMESTAMP") or src == "DATE":
-            return None
+            return [("value is not a finite time", f"NOT isfinite({c})")]
         if src in TEXT_TYPES:
-            return f"{c} IS NOT NULL AND TRY_CAST({c} AS TIMESTAMP) IS NULL"
-        return "!"
+            ts = f"TRY_CAST({text} AS TIMESTAMP)"
+            return [(lossy, f"{text} IS NOT NULL AND ({ts} IS NULL OR NOT isfinite({ts}))")]
+        return [("!", "")]
     if target == "BOOLEAN":
+        if src == "BOOLEAN":
+            return []
         if src in INTEGER_TYPES:
-            return f"{c} IS NOT NULL AND {c} NOT IN (0, 1)"
+            return [(lossy, f"{c} IS NOT NULL AND {c} NOT IN (0, 1)")]
         if src in TEXT_TYPES:
-            return f"{c} IS NOT NULL AND TRY_CAST({c} AS BOOLEAN) IS NULL"
-        return "!"
-    return "!"
+            return [(lossy, f"{text} IS NOT NULL AND TRY_CAST({text} AS BOOLEAN) IS NULL")]
+        return [("!", "")]
+    return [("!", "")]
+
+
+def _null_condition(read: ColumnRead) -> str:
+    """SQL true for a NULL value, or a text value that trims to nothing (blank = NULL).
+
+    A value that trims to nothing starts with a WHITESPACE character, each of which is below
+    '!' or non-ASCII, so a cheap comparison runs first and trim() only on what it lets through.
+    """
+    if not read.is_text_source:
+        return f"{read.ref} IS NULL"
+    t = read.text  # for BLOB: NULL where the bytes are not UTF-8, which its own check refuses
+    return f"{read.ref} IS NULL OR CASE WHEN {t} < '!' OR {t} >= chr(128) THEN trim({t}, {WS}) = '' ELSE false END"
 
 
 def _blank_condition(col: str, source: str) -> str:
-    """SQL true for a NULL or blank key value (what trim() empties: spaces, and Unicode spaces).
-
-    Such a value starts with a byte below '!' or a non-ASCII character, so a cheap comparison
-    runs first and trim() only on the few values it lets through (3.5x cheaper per row).
-    """
+    """SQL true for a NULL or blank text value (kept for callers that have a column name only)."""
     c = _q(col)
     if _base_type(source) in TEXT_TYPES:
-        return f"{c} IS NULL OR (({c} < '!' OR {c} >= chr(128)) AND trim({c}) = '')"
-    return f"{c} IS NULL OR trim(CAST({c} AS VARCHAR)) = ''"
+        return f"{c} IS NULL OR (({c} < '!' OR {c} >= chr(128)) AND trim({c}, {WS}) = '')"
+    return f"{c} IS NULL"
 
 
-def _stored_value(col: str, source: str | None, target: str) -> str:
-    """The column's value as it will be stored: the lossless cast (validated beforehand)."""
-    if source is None:
-        return f"CAST(NULL AS {target})"
-    src = _base_type(source)
-    if src == target:
-        return _q(col)
-    if target == "BIGINT" and src not in INTEGER_TYPES:
-        return f"CAST(CAST({_q(col)} AS DOUBLE) AS BIGINT)"
-    return f"CAST({_q(col)} AS {target})"
+def _needs_normalising(read: ColumnRead) -> str | None:
+    """SQL true for a text value that trimming or case-folding would change (None: not text)."""
+    col = read.column
+    if not col.is_text or _base_type(read.source_type or "") != "VARCHAR":
+        return None  # BLOB is always decoded and trimmed; other sources are refused
+    c = read.ref
+    if col.is_vocabulary or col.pattern:
+        return None  # validate() counts the values not already in the vocabulary or pattern
+    # c[-1] (the last character) is ~8x cheaper than right(c, 1) on dictionary-encoded columns
+    edge = f"{c} < '!' OR {c} >= chr(128) OR {c}[-1] < '!' OR {c}[-1] >= chr(128)"
+    flag = f"CASE WHEN {edge} THEN trim({c}, {WS}) <> {c} ELSE {c} = '' END"
+    return f"{flag} OR {col.case}({c}) <> {c}" if col.case else flag
 
 
-def _cast_expr(col: str, source: str | None, target: str) -> str:
-    """The select item that loads a column: its stored value under its own name."""
-    value = _stored_value(col, source, target)
-    return value if value == _q(col) else f"{value} AS {_q(col)}"
+def _describe_problem(col: Column, channel_names: Sequence[str]) -> tuple[str, str]:
+    """The refusal text and the SQL list of allowed values of a vocabulary column."""
+    allowed = col.allowed(channel_names)
+    if not allowed:  # an empty IN list would accept every value
+        raise InputError(f"no vocabulary for column {col.name}: no channel names were given (channels.yaml)")
+    where = " (from channels.yaml)" if col.channels else ""
+    problem = (f"value is not one of {', '.join(allowed)}{where}; values are trimmed and compared "
+               f"case-insensitively")
+    return problem, ", ".join(_lit(v) for v in allowed)
 
 
 def _example_row(con: duckdb.DuckDBPyConnection, src: SourceFile, condition: str) -> dict[str, Any] | None:
@@ -186,43 +401,94 @@ def _example_row(con: duckdb.DuckDBPyConnection, src: SourceFile, condition: str
     return dict(zip(names, row))
 
 
+def _top_level_names(con: duckdb.DuckDBPyConnection, src: SourceFile) -> list[str]:
+    """The file's column names exactly as written (DESCRIBE renames a repeated name to name_1)."""
+    rows = con.execute(f"SELECT name, num_children FROM parquet_schema('{src.sql_path}')").fetchall()
+    names: list[str] = []
+
+    def skip(i: int) -> int:  # index after the subtree that starts at i
+        j = i + 1
+        for _ in range(int(rows[i][1] or 0)):
+            j = skip(j)
+        return j
+
+    i = 1  # row 0 is the root
+    while i < len(rows):
+        names.append(str(rows[i][0]))
+        i = skip(i)
+    return names
+
+
 def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
-    """Fill ``src.schema`` and ``src.rows``; refuse empty or unreadable files."""
+    """Fill ``src.schema`` and ``src.rows``; refuse empty or unreadable files and repeated column names."""
     if src.path.stat().st_size == 0:
         raise InputError("empty file (0 bytes): not a Parquet file", file=str(src.path), table=src.table)
     try:
+        matched = [r[0] for r in con.execute("SELECT file FROM glob(?)", [_scan_path(src.path)]).fetchall()]
+        if len(matched) != 1:  # the escaping must leave exactly this file
+            raise InputError(f"the file name reads as a pattern matching {len(matched)} files",
+                             file=str(src.path), table=src.table, hint="rename the file without * ? [ ]")
+        names = _top_level_names(con, src)
         src.schema = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src.scan}").fetchall()}
         src.rows = int(con.execute(f"SELECT count(*) FROM {src.scan}").fetchone()[0])  # type: ignore[index]
     except duckdb.Error as exc:
         reason = str(exc).splitlines()[0]
         reason = reason.split("Error: ", 1)[-1]
         raise InputError(f"not a readable Parquet file ({reason})", file=str(src.path), table=src.table) from None
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.strip(WHITESPACE).lower()
+        if key in seen:
+            raise InputError(
+                f"column name {seen[key]!r} appears twice (as {seen[key]!r} and {name!r}; names are compared "
+                "trimmed and case-insensitively): which one is meant cannot be told",
+                file=str(src.path), table=src.table, column=key,
+                hint="drop or rename one of them in the extract")
+        seen[key] = name
+    if list(src.schema) != names:  # cannot happen once names are unique; never read a renamed column
+        raise InputError(f"column names read back differently ({', '.join(src.schema)})", file=str(src.path),
+                         table=src.table)
+    by_key = {name.strip(WHITESPACE).lower(): name for name in names}
+    src.reads = {c.name: ColumnRead(c, by_key[c.name], src.schema[by_key[c.name]])
+                 for c in src.contract.columns if c.name in by_key}
     if src.rows == 0:
         raise InputError("file has no rows", file=str(src.path), table=src.table,
                          hint="an empty extract would wipe the months it should carry; check the export job")
 
 
-def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: list[tuple[str, str, str]]) -> None:
-    """Count every (column, problem, condition) in one scan of the file; refuse the first that matches."""
-    if not checks:
-        return
+def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: list[tuple[str, str, str]],
+                     flags: list[tuple[str, str]] = ()) -> list[int]:  # type: ignore[assignment]
+    """Count every (column, problem, condition) in one scan of the file; refuse the first that matches.
+
+    ``flags`` (column, condition) are counted in the same scan; their counts are returned.
+    """
+    if not checks and not flags:
+        return []
     aggregates = ", ".join(f"count_if({cond})" for _, _, cond in checks)
+    aggregates = ", ".join(a for a in (aggregates, ", ".join(f"count_if({cond})" for _, cond in flags)) if a)
     counts = con.execute(f"SELECT {aggregates} FROM {src.scan}").fetchone()
     assert counts is not None
     for (column, problem, cond), bad in zip(checks, counts):
         if bad:
             row = _example_row(con, src, cond)
-            value = row.get(column) if row else None
+            read = src.reads.get(column)
+            value = row.get(read.source if read and read.source else column) if row else None
             raise InputError(
                 f"{problem} ({bad} row{'s' if bad > 1 else ''}; e.g. {value!r})",
                 file=str(src.path), table=src.table, column=column, row=row,
             )
+    return list(counts[len(checks):])
 
 
-def validate(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
-    """Check one file against its contract; raise InputError naming file, column and an example row."""
+def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Sequence[str] = ()) -> None:
+    """Check one file against its contract in one aggregate scan; raise InputError naming file,
+    table, column and an example row.
+
+    The same scan counts, per text column, the values that trimming or case-folding would
+    change: a file with none loads the column as it is (normalising costs a trim per row).
+    """
     contract = src.contract
-    missing = [c.name for c in contract.columns if c.name not in src.schema and not c.nullable]
+    missing = [c.name for c in contract.columns if c.name not in src.reads and not c.nullable]
     if missing:
         raise InputError(
             f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
@@ -230,40 +496,77 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
             hint=f"columns found: {', '.join(src.schema)}",
         )
     checks: list[tuple[str, str, str]] = []  # (column, problem, SQL condition for a bad row)
-    for col in contract.columns:
-        if col.name not in src.schema:
-            continue
-        source = src.schema[col.name]
-        if col.name == "msisdn" and _base_type(source) not in TEXT_TYPES:
+    flags: list[tuple[str, str]] = []  # (column, SQL true for a value that normalising changes)
+    recheck: dict[str, list[tuple[str, str, str]]] = {}  # column → its full checks, run when its flag counted any
+    # A file carries one or a few months: when its distinct months are all exact YYYY-MM (the
+    # usual case), the per-row month checks are skipped (a regexp per row is a tenth of the scan).
+    months_clean = False
+    month = src.reads.get("month")
+    if contract.monthly and month is not None and _base_type(month.source_type or "") in TEXT_TYPES:
+        distinct = [m for (m,) in con.execute(f"SELECT DISTINCT {month.ref} FROM {src.scan}").fetchall()]
+        months_clean = all(isinstance(m, str) and MONTH_RE.match(m) for m in distinct)
+        if months_clean:
+            src.months = sorted(distinct)
+            month.normalise = False
+    for read in src.reads.values():
+        col = read.column
+        source = read.source_type or ""
+        if col.name == "msisdn" and _base_type(source) not in TEXT_TYPES | BINARY_TYPES | {NULL_TYPE}:
             raise InputError(
                 f"msisdn must be a string column, got {source}: numbers lose leading digits and formatting",
                 file=str(src.path), table=src.table, column="msisdn",
                 hint="export msisdn as VARCHAR / string in the warehouse extract",
             )
-        lossy = _lossy_condition(col.name, source, col.type)
-        if lossy == "!":
-            raise InputError(
-                f"type {source} cannot be read as {col.type}",
-                file=str(src.path), table=src.table, column=col.name,
-            )
-        if lossy:
-            checks.append((col.name, f"value cannot be read as {col.type} without loss", lossy))
-        # NULL or blank keys: checked by check_keys in the same scan as uniqueness.
-    if contract.monthly:
-        # A file carries one or a few months: check the distinct values, not every row, with
-        # the same SQL (trim, regexp) that names the rows when one is bad.
-        distinct = con.execute(
-            f"SELECT m, m IS NULL OR trim(m) = '', regexp_full_match(m, '{MONTH_PATTERN}') "
-            f"FROM (SELECT DISTINCT CAST(month AS VARCHAR) AS m FROM {src.scan}) AS months ORDER BY m"
-        ).fetchall()
-        src.months = [m for m, _, _ in distinct]
-        if any(blank for _, blank, _ in distinct):
-            checks.append(("month", "key column is NULL or empty", _blank_condition("month", src.schema["month"])))
-        if any(not blank and not ok for _, blank, ok in distinct):
-            checks.append(("month", "month is not in YYYY-MM form",
-                           "month IS NOT NULL AND trim(CAST(month AS VARCHAR)) <> '' AND "
-                           f"NOT regexp_full_match(CAST(month AS VARCHAR), '{MONTH_PATTERN}')"))
-    _refuse_bad_rows(con, src, checks)
+        if col.name == "month" and months_clean:
+            continue  # every distinct month is already exact YYYY-MM: nothing to check per row
+        null_check: tuple[str, str, str] | None = None
+        if not col.nullable:
+            problem = "key column is NULL or empty" if col.name in contract.key else \
+                "value is missing (NULL or blank) in a column that is not nullable"
+            null_check = (col.name, problem, _null_condition(read))
+        type_checks = _type_checks(read)
+        if any(problem == "!" for problem, _ in type_checks):
+            hint = None
+            if col.is_text:
+                hint = ("export it as a string: a number has no single text form (58, 58.0 and 058 are one "
+                        "plan to a person and three to the engine)")
+            raise InputError(f"type {source} cannot be read as {col.type}", file=str(src.path), table=src.table,
+                             column=col.name, hint=hint)
+        checks += [(col.name, problem, cond) for problem, cond in type_checks]
+        # Vocabulary and pattern columns: the scan counts the values that are not already in
+        # their final form (one IN or regexp per row). Only a file that has some, which
+        # trimming or case-folding may fix, is scanned again for the values that stay wrong.
+        full: tuple[str, str] | None = None
+        if col.is_vocabulary:
+            problem, allowed = _describe_problem(col, channel_names)
+            value = read.trimmed()
+            full = (problem, f"{value} IS NOT NULL AND {value} NOT IN ({allowed})")
+            raw = f"{read.ref} NOT IN ({allowed})"
+        elif col.pattern:
+            value = read.trimmed()
+            problem = "month is not in YYYY-MM form" if col.name == "month" else \
+                f"{col.name} is not an 11-digit string" if col.name == "msisdn" else \
+                f"value does not match {col.pattern}"
+            full = (problem, f"{value} IS NOT NULL AND NOT regexp_full_match({value}, {_lit(col.pattern)})")
+            raw = f"NOT regexp_full_match({read.ref}, {_lit(col.pattern)})"
+        if full is not None and _base_type(source) in TEXT_TYPES:
+            # A value already in its final form is not NULL either: one condition per row
+            # covers both, and the NULL check runs only in the second scan.
+            flags.append((col.name, f"{read.ref} IS NULL OR {raw}" if null_check else raw))
+            recheck[col.name] = [c for c in (null_check, (col.name, *full)) if c is not None]
+        else:  # free text, other types, BLOB (decoded) or all-NULL: checked in full in the one scan
+            checks += [c for c in (null_check, (col.name, *full) if full else None) if c is not None]
+        flag = _needs_normalising(read)
+        if flag is not None:
+            flags.append((col.name, flag))
+    counts = _refuse_bad_rows(con, src, checks, flags)
+    for (name, _), n in zip(flags, counts):
+        src.reads[name].normalise = bool(n)
+    _refuse_bad_rows(con, src, [c for (name, _), n in zip(flags, counts) if n and name in recheck
+                                for c in recheck[name]])
+    if contract.monthly and not months_clean:
+        src.months = [m for (m,) in con.execute(
+            f"SELECT DISTINCT {src.stored('month')} AS m FROM {src.scan} ORDER BY m").fetchall()]
     assert all(MONTH_RE.match(m) for m in src.months)  # every refusal above has been raised
 
 
@@ -276,7 +579,8 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
     It never reads the table inside the load transaction, because DuckDB 2.0.0 may return no
     rows for a filtered or grouped read of a table created and filled in that transaction
     (a check after the insert passed silently at scale).
-    The same scan refuses NULL or blank keys (reading the key columns once instead of twice).
+    Keys are compared as stored (trimmed, case-folded, cast): '13800000007' and '13800000007 '
+    are one key. NULL or blank keys were refused by validate().
     The fast pass sorts one 64-bit hash per row and looks for equal neighbours (about 3× cheaper
     than grouping the string keys); distinct hashes prove distinct keys. Only when two hashes
     are equal does the exact grouped check run, which names the key (a hash collision without
@@ -291,18 +595,12 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
         return
     key = ", ".join(_q(k) for k in contract.key)
     union = " UNION ALL ".join(
-        f"SELECT {', '.join(_cast_expr(k, src.schema.get(k), contract.column(k).type) for k in contract.key)} FROM {src.scan}"
-        for src in files
+        f"SELECT {', '.join(f'{src.stored(k)} AS {_q(k)}' for k in contract.key)} FROM {src.scan}" for src in files
     )
-    blank = " OR ".join(f"({_blank_condition(k, contract.column(k).type)})" for k in contract.key)
-    equal_hashes, blanks = con.execute(
-        f"SELECT count_if(h = prev), count_if(blank) FROM (SELECT h, blank, lag(h) OVER (ORDER BY h) AS prev "
-        f"FROM (SELECT hash({key}) AS h, {blank} AS blank FROM ({union}) AS loaded) AS hashed) AS pairs"
+    (equal_hashes,) = con.execute(
+        f"SELECT count_if(h = prev) FROM (SELECT h, lag(h) OVER (ORDER BY h) AS prev "
+        f"FROM (SELECT hash({key}) AS h FROM ({union}) AS loaded) AS hashed) AS pairs"
     ).fetchone()  # type: ignore[misc]
-    if blanks:
-        for src in files:
-            _refuse_bad_rows(con, src, [(k, "key column is NULL or empty", _blank_condition(k, src.schema.get(k, "VARCHAR")))
-                                        for k in contract.key if k in src.schema])
     if not equal_hashes:
         return
     dup = con.execute(
@@ -338,9 +636,9 @@ def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[
 def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputError | None:
     """The first duplicate key inside one file, as the error to raise (None when its keys are unique)."""
     contract = src.contract
-    # Keys as they will be stored (after the lossless cast): '2026-10-3' and '2026-10-03' are
-    # one contact_date.
-    stored = {k: _stored_value(k, src.schema.get(k), contract.column(k).type) for k in contract.key}
+    # Keys as they will be stored (trimmed, after the lossless cast): '2026-10-3' and
+    # '2026-10-03' are one contact_date, 'sms' and ' SMS' one channel.
+    stored = {k: src.stored(k) for k in contract.key}
     key = ", ".join(f"{expr} AS {_q(k)}" for k, expr in stored.items())
     dup = con.execute(
         f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
@@ -359,9 +657,8 @@ def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputE
 # -- loading --------------------------------------------------------------------------------
 def _select_for(src: SourceFile) -> str:
     """The typed SELECT that loads one file: contract columns cast losslessly, extra columns kept."""
-    contract = src.contract
-    parts = [_cast_expr(c.name, src.schema.get(c.name), c.type) for c in contract.columns]
-    parts += [_q(name) for name in src.schema if name not in contract.column_names]
+    parts = [f"{src.stored(c.name)} AS {_q(c.name)}" for c in src.contract.columns]
+    parts += [_q(name) for name in src.extra_columns]
     return f"SELECT {', '.join(parts)} FROM {src.scan}"
 
 
@@ -371,10 +668,14 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
     if not table_exists(con, src.table):
         con.execute(f"CREATE TABLE {_q(src.table)} AS {_select_for(src)} LIMIT 0")
         return
-    have = set(table_columns(con, src.table))
-    for name, type_ in src.schema.items():
-        if name not in have and name not in contract.column_names:
-            con.execute(f"ALTER TABLE {_q(src.table)} ADD COLUMN {_q(name)} {type_}")
+    types = {r[0]: r[1] for r in con.execute(f"DESCRIBE {_q(src.table)}").fetchall()}
+    for col in contract.columns:  # a table made under an older contract (money as DOUBLE) follows it
+        if col.name in types and types[col.name] != col.type:
+            con.execute(f"ALTER TABLE {_q(src.table)} ALTER COLUMN {_q(col.name)} SET DATA TYPE {col.type}")
+    have = {name.lower() for name in types}
+    for name in src.extra_columns:
+        if name.lower() not in have:
+            con.execute(f"ALTER TABLE {_q(src.table)} ADD COLUMN {_q(name)} {src.schema[name]}")
 
 
 def _load_table(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile]) -> None:
@@ -428,10 +729,17 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
         raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=names, table=table) from None
 
 
-def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporter: Reporter = QUIET) -> IngestResult:
-    """Validate every file, then load them all in one transaction (all or nothing)."""
+def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporter: Reporter = QUIET,
+           channel_names: Sequence[str] | None = None) -> IngestResult:
+    """Validate every file, then load them all in one transaction (all or nothing).
+
+    ``channel_names`` are the vocabulary of the channel columns (contact_history, dnd); by
+    default the channels of the rules folder's channels.yaml, read only when such a file is loaded.
+    """
     files = discover(paths, table)
     con = db.c
+    if channel_names is None and any(c.channels for f in files for c in f.contract.columns):
+        channel_names = load_channels(db.settings.matrices_dir).names
     by_table: dict[str, list[SourceFile]] = {}
     for src in files:
         by_table.setdefault(src.table, []).append(src)
@@ -447,7 +755,7 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
         with reporter.progress("validating", len(files)) as bar:
             for src in files:
                 read_schema(con, src)
-                validate(con, src)
+                validate(con, src, channel_names or ())
                 bar.advance(src.path.name)
         cursor = con.cursor()
         keys = checking.submit(_check_all_keys, cursor, by_table, stop)

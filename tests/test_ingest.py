@@ -97,7 +97,7 @@ def test_extra_columns_are_kept_and_lossless_casts_accepted(cli, tmp_path):
                                [{"msisdn": "13800000001", "month": M, "total_fee": "12.5"},
                                 {"msisdn": "13800000002", "month": M, "total_fee": "abc"}],
                                types={"total_fee": pa.string()}),
-         ["billing.parquet: table billing: column total_fee: value cannot be read as DOUBLE without loss (1 row; e.g. 'abc')",
+         ["billing.parquet: table billing: column total_fee: value cannot be read as DECIMAL(18,2) without loss (1 row; e.g. 'abc')",
           "example row: msisdn=13800000002"]),
         ("fractional count",
          lambda d: write_table(d / "usage.parquet", "usage", [{"msisdn": "13800000001", "month": M, "sms_count": 3.5}],
@@ -246,25 +246,35 @@ def test_a_duplicate_across_large_files_is_refused(cli, tmp_path):
 
 def test_the_cheap_blank_key_check_matches_trim_exactly():
     """The blank-key condition's prefilter must never skip a value that trim() empties."""
-    from mktool.ingest import _blank_condition
+    from mktool.contract import WHITESPACE
+    from mktool.ingest import WS, _blank_condition
 
     fast = _blank_condition("k", "VARCHAR")
     diff = duckdb.execute(f"""
         WITH chars AS (SELECT chr(CAST(i AS INTEGER)) AS ch FROM range(1, 196608) t(i)
                        WHERE i NOT BETWEEN 55296 AND 57343),
         vals AS (SELECT ch AS k FROM chars UNION ALL SELECT ch || ch FROM chars UNION ALL SELECT ' ' || ch FROM chars
-                 UNION ALL SELECT ch || ' ' FROM chars UNION ALL SELECT '' UNION ALL SELECT NULL)
-        SELECT count(*), count(*) FILTER (WHERE ({fast}) IS DISTINCT FROM (k IS NULL OR trim(k) = '')) FROM vals""").fetchone()
+                 UNION ALL SELECT ch || ' ' FROM chars UNION ALL SELECT '' UNION ALL SELECT NULL
+                 UNION ALL SELECT ? UNION ALL SELECT ? || '1')
+        SELECT count(*), count(*) FILTER (WHERE ({fast}) IS DISTINCT FROM (k IS NULL OR trim(k, {WS}) = '')),
+               count(*) FILTER (WHERE k IS NOT NULL AND trim(k, {WS}) = '') FROM vals""",
+                          [WHITESPACE, WHITESPACE]).fetchone()
     assert diff[0] > 700_000 and diff[1] == 0
+    # every whitespace character of the contract, alone and all together, is blank; '1' is not
+    blank = duckdb.execute(f"SELECT list({fast}) FROM (SELECT unnest(?) AS k)",
+                           [[*WHITESPACE, WHITESPACE, WHITESPACE + "1", "\u3000a\u3000"]]).fetchone()[0]
+    assert blank == [True] * (len(WHITESPACE) + 1) + [False, False]
 
 
 @pytest.mark.parametrize(("month", "problem"), [
-    ("2026-10\n", "month is not in YYYY-MM form"),
+    ("2026-10\n1", "month is not in YYYY-MM form"),
     ("\u0662\u0660\u0662\u0666-10", "month is not in YYYY-MM form"),  # Arabic-Indic digits
-    ("\t", "month is not in YYYY-MM form"),  # trim() keeps tabs: not blank, not a month
+    ("2026-1O", "month is not in YYYY-MM form"),  # letter O
+    ("\t", "key column is NULL or empty"),  # trimmed: tabs are whitespace
     ("  ", "key column is NULL or empty"),
 ])
 def test_months_must_be_ascii_yyyy_mm_exactly(cli, tmp_path, month, problem):
+    """Months are trimmed ('2026-10\\n' is 2026-10, see test_ingest_contract), then must be YYYY-MM."""
     path = write_table(tmp_path / "usage.parquet", "usage",
                        [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000002", "month": month}])
     result = cli("ingest", str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -206,7 +207,7 @@ def test_window_sums_are_taken_in_month_order_at_scale(cli, tmp_path):
     for k, month in enumerate((P2, P1, M)):
         fee = f"(hash(i, {k}) % 40000) / 100.0 + 0.01"
         duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '{month}' AS month,
-            {fee} AS total_fee, {fee} * 0.5 AS rental_fee, 0.1 AS voice_overage_fee, 0.2 AS data_overage_fee,
+            {fee} AS total_fee, floor(({fee}) * 50) / 100 AS rental_fee, 0.1 AS voice_overage_fee, 0.2 AS data_overage_fee,
             0.3 AS addon_fee, 0.0 AS ld_fee, CASE WHEN i % 2 = 0 THEN 0.0 ELSE 1.11 END AS discount_fee
             FROM range({n}) t(i)) TO '{folder}/billing_{month}.parquet' (FORMAT parquet)""")
         duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '{month}' AS month,
@@ -233,10 +234,11 @@ def test_window_sums_are_taken_in_month_order_at_scale(cli, tmp_path):
         con.close()
         wrong = 0
         for msisdn, totals, discounts, three_item in bills:
-            s = d = c = m = 0.0
+            s = d = c = Decimal(0)  # money is DECIMAL (exact sums); data_mb is DOUBLE, summed in month order
+            m = 0.0
             for t, x, y, z in zip(totals, discounts, three_item, data[msisdn]):
                 s, d, c, m = s + t, d + x, c + y, m + z
-            expected = (s / 3, 100 * (s - d) / s, c / 3, m / 3)
+            expected = (float(s) / 3, float(100 * (s - d)) / float(s), float(c) / 3, m / 3)
             wrong += view[msisdn] != expected
         assert wrong == 0
     assert digests[0] == digests[1]
