@@ -42,6 +42,7 @@ import duckdb
 from mktool import __version__
 from mktool.console import QUIET, Reporter
 from mktool.database import Database, record_funnel, table_columns, table_exists
+from mktool.dialect import money, round_half_away
 from mktool.errors import ConfigError, MktoolError
 from mktool.output import COPY_OPTIONS, check_format, file_sha256
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS, PlanConfig, load_plan_config, script_sql
@@ -321,10 +322,10 @@ def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None)
         elif col == "msisdn" and channel.mask == "hash":
             literal = (salt or "").replace("'", "''")
             parts.append(f"sha256('{literal}' || msisdn) AS msisdn")
-        elif col in MONEY_COLUMNS:
-            parts.append(f"CAST(round({col}, 2) AS DECIMAL(18, 2)) AS {col}")
+        elif col in MONEY_COLUMNS:  # the fen, half away from zero (docs/money.md), never round() on a DOUBLE
+            parts.append(f"{money(col)} AS {col}")
         elif col in RATE_COLUMNS:
-            parts.append(f"CAST(round({col}, 4) AS DECIMAL(18, 4)) AS {col}")
+            parts.append(f"{round_half_away(col, 4)} AS {col}")
         else:
             parts.append(col)
     return ", ".join(parts)
