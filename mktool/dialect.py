@@ -31,8 +31,10 @@ UNIT_PRICE_TYPE = "DECIMAL(18,6)"
 #: 38 digits wide so that a rule multiplying two of them cannot overflow.
 AVERAGE_SCALE = 6
 AVERAGE_TYPE = f"DECIMAL(38,{AVERAGE_SCALE})"
-#: Rates (total_fee_change, rental_change) as stored: rounded once, to the 6 decimals that are compared.
-RATE_TYPE = "DECIMAL(18,6)"
+#: Rates (total_fee_change, rental_change) as stored: the exact quotient truncated to 12 decimals,
+#: so that rounding it to the 6 decimals compared or the 4 shown gives the exact quotient's rounding.
+RATE_SCALE = 12
+RATE_TYPE = f"DECIMAL(38,{RATE_SCALE})"
 #: The most decimals :func:`round_half_away` reads from an expression of unknown scale.
 SOURCE_SCALE = 12
 
@@ -102,6 +104,18 @@ def double_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
     return f"(CASE WHEN {x} < 0 THEN -{magnitude} ELSE {magnitude} END)"
 
 
+def _quotient(top: str, bottom: str, dialect: Dialect) -> str:
+    """⌊top / bottom⌋ of two non-negative exact integers."""
+    if dialect == DUCKDB:
+        return f"({top} // {bottom})"
+    # (a − a mod b) / b is an exact integer: Spark's decimal division keeps it exactly
+    return f"CAST(({top} - {top} % {bottom}) / {bottom} AS DECIMAL(38,0))"
+
+
+def _signed(quotient: str, n: str, d: str) -> str:
+    return f"(CASE WHEN ({n} < 0) <> ({d} < 0) THEN -{quotient} ELSE {quotient} END)"
+
+
 def div_half_away(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
     """numerator / denominator (exact integers) rounded half away from zero to an integer.
 
@@ -111,12 +125,20 @@ def div_half_away(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -
     """
     _check(dialect)
     n, d = integer(numerator, dialect), integer(f"nullif({denominator}, 0)", dialect)
-    top, bottom = f"(2 * abs({n}) + abs({d}))", f"(2 * abs({d}))"
-    if dialect == DUCKDB:
-        quotient = f"({top} // {bottom})"
-    else:  # (a − a mod b) / b is an exact integer: Spark's decimal division keeps it exactly
-        quotient = f"CAST(({top} - {top} % {bottom}) / {bottom} AS DECIMAL(38,0))"
-    return f"(CASE WHEN ({n} < 0) <> ({d} < 0) THEN -{quotient} ELSE {quotient} END)"
+    return _signed(_quotient(f"(2 * abs({n}) + abs({d}))", f"(2 * abs({d}))", dialect), n, d)
+
+
+def div_toward_zero(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
+    """numerator / denominator (exact integers) truncated toward zero; NULL when the denominator is 0.
+
+    Why truncation has a use: a quotient truncated to 12 decimals still rounds half away from
+    zero to 6 or 4 decimals exactly as the exact quotient does (a half point of a coarser
+    scale is a whole number of 10⁻¹² units, and truncation never crosses one), where a value
+    already rounded to 6 decimals does not (1.16194962… → 1.161950 → 1.1620, not 1.1619).
+    """
+    _check(dialect)
+    n, d = integer(numerator, dialect), integer(f"nullif({denominator}, 0)", dialect)
+    return _signed(_quotient(f"abs({n})", f"abs({d})", dialect), n, d)
 
 
 def units_decimal(units: str, scale: int, dialect: Dialect = DUCKDB, *, precision: int = 38) -> str:

@@ -60,20 +60,19 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 # near a window), with the window each pair falls outside of: the same exact bills (fen) and
 # rates (6 decimals, as compared in SPEC §5) as plan_recommendations.
 def _plan_sql() -> str:
-    from mktool.plan import CANDIDATES_SQL, EXACT_COLUMNS_SQL, PAIRS_SQL
+    from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, exact_sql
 
     pairs_for_everyone = PAIRS_SQL.replace("FROM candidates AS c", "FROM staged AS c")
-    return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone},
-        exact AS (SELECT msisdn, plan_id, plan_name, {EXACT_COLUMNS_SQL} FROM rated WHERE msisdn = $msisdn)
+    return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql("WHERE msisdn = $msisdn")}
         SELECT plan_id, plan_name, new_rental, new_voice_overage, new_data_overage, new_total, current_total,
                total_fee_change, rental_change,
-               CASE WHEN total_fee_change NOT BETWEEN $total_lo AND $total_hi
+               CASE WHEN total_fee_change_6 NOT BETWEEN $total_lo AND $total_hi
                          THEN 'total_fee_change outside ' || $total_window
-                    WHEN rental_change NOT BETWEEN $rental_lo AND $rental_hi
+                    WHEN rental_change_6 NOT BETWEEN $rental_lo AND $rental_hi
                          THEN 'rental_change outside ' || $rental_window
                     ELSE 'in both windows' END AS verdict
-        FROM exact
-        ORDER BY verdict <> 'in both windows', abs(total_fee_change - 1), new_rental DESC, plan_id"""
+        FROM rated6
+        ORDER BY verdict <> 'in both windows', abs(total_fee_change_6 - 1), new_rental DESC, plan_id"""
 
 
 def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Explanation:

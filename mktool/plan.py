@@ -45,7 +45,8 @@ FUNNEL = "plan"
 STAGES = ("base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
 
 #: Columns of ``plan_recommendations``, in order: money DECIMAL(18,2) (the bill rounded to the
-#: fen), rates DECIMAL(18,6) (the exact rate rounded to the 6 decimals that were compared).
+#: fen), rates DECIMAL(38,12) (the exact rate truncated to 12 decimals: rounded to 6 it is the
+#: value that was compared, rounded to 4 the value the lists show, both as from the exact rate).
 TABLE_COLUMNS = (
     "msisdn", "month", "rank", "current_plan_id", "plan_id", "plan_name", "new_rental", "new_voice_overage",
     "new_data_overage", "new_total", "current_total", "total_fee_change", "rental_change",
@@ -259,7 +260,8 @@ def load_plan_config(matrices_dir: Path) -> PlanConfig:
 # rounded half away from zero to 6 decimals (micro-MB, micro-minutes) — the SPEC §5 rule —
 # so an overage (micro-units × micro-yuan) is an exact count of pico-yuan (10⁻¹²) and so is
 # new_total. The rates are the exact quotients rounded half away from zero to 6 decimals:
-# those are the values compared with the windows and ranked on. The bills are stored and
+# those are the values compared with the windows and ranked on (stored: truncated to 12
+# decimals, from which both the 6 and the 4 shown round exactly). The bills are stored and
 # shown rounded half away from zero to the fen. Every formula comes from mktool/dialect.py.
 _MICRO = 6  # decimals of the averages, usage, unit prices and rates
 _PICO = 12  # decimals of an overage or a bill: micro-units × micro-yuan
@@ -339,18 +341,47 @@ rated AS (
     FROM priced
 )"""
 
-#: The exact columns of a priced pair: the bills rounded to the fen, the rates to 6 decimals.
-EXACT_COLUMNS_SQL = f"""
+def exact_sql(where: str = "") -> str:
+    """The exact columns of the priced pairs (``rated``) that pass ``where``, as CTE ``rated6``:
+    the bills rounded half away from zero to the fen; each rate as the exact quotient truncated
+    to 12 decimals (stored: rounding it to 6 or 4 decimals gives the exact quotient's rounding,
+    see dialect.div_toward_zero) and rounded half away from zero to 6 decimals (``*_6``: what
+    the windows compare and the ranking orders)."""
+    fen = {name: dialect.units_decimal(dialect.round_units(name, scale, 2), 2, precision=18)
+           for name, scale in (("voice_overage_p", _PICO), ("data_overage_p", _PICO), ("new_total_p", _PICO),
+                               ("current_total_u", _MICRO))}
+    total_t = dialect.div_toward_zero(f"{dialect.integer('new_total_p')} * {10 ** (dialect.RATE_SCALE - _MICRO)}",
+                                      "current_total_u")
+    rental_t = dialect.div_toward_zero(
+        f"{dialect.integer('rental_fen')} * {10 ** (dialect.RATE_SCALE + _MICRO - 2)}", "rental_u")
+
+    def rate(units: str) -> str:
+        return dialect.units_decimal(units, dialect.RATE_SCALE)
+
+    def rate6(units: str) -> str:
+        return dialect.units_decimal(dialect.round_units(units, dialect.RATE_SCALE, _MICRO), _MICRO, precision=18)
+
+    return f"""
+rates_t AS (
+    SELECT msisdn, month, current_plan_id, plan_id, plan_name, rental_fen, voice_overage_p, data_overage_p,
+        new_total_p, current_total_u, {total_t} AS total_fee_change_t, {rental_t} AS rental_change_t
+    FROM rated
+    {where}
+),
+rated6 AS (
+    SELECT msisdn, month, current_plan_id, plan_id, plan_name,
         {dialect.units_decimal("rental_fen", 2, precision=18)} AS new_rental,
-        {dialect.units_decimal(dialect.round_units("voice_overage_p", _PICO, 2), 2, precision=18)} AS new_voice_overage,
-        {dialect.units_decimal(dialect.round_units("data_overage_p", _PICO, 2), 2, precision=18)} AS new_data_overage,
-        {dialect.units_decimal(dialect.round_units("new_total_p", _PICO, 2), 2, precision=18)} AS new_total,
-        {dialect.units_decimal(dialect.round_units("current_total_u", _MICRO, 2), 2, precision=18)} AS current_total,
-        {dialect.units_decimal(dialect.div_half_away("new_total_p", "current_total_u"), _MICRO, precision=18)}
-            AS total_fee_change,
-        {dialect.units_decimal(dialect.div_half_away(f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}",
-                                                     "rental_u"), _MICRO, precision=18)}
-            AS rental_change"""
+        {fen["voice_overage_p"]} AS new_voice_overage,
+        {fen["data_overage_p"]} AS new_data_overage,
+        {fen["new_total_p"]} AS new_total,
+        {fen["current_total_u"]} AS current_total,
+        {rate("total_fee_change_t")} AS total_fee_change,
+        {rate("rental_change_t")} AS rental_change,
+        {rate6("total_fee_change_t")} AS total_fee_change_6,
+        {rate6("rental_change_t")} AS rental_change_6
+    FROM rates_t
+)"""
+
 
 #: The exact columns for the pairs that can be inside [$lo, $hi] of both windows. The exact
 #: division is the expensive part of the whole query, so pairs whose DOUBLE rates are out by
@@ -358,27 +389,23 @@ EXACT_COLUMNS_SQL = f"""
 #: 10⁻¹⁴ of the exact rates, and rounding to 6 decimals moves a value by at most 0.0000005);
 #: the exact rates still decide. The {total_lo} … {rental_hi} placeholders are filled with the
 #: names of the parameters that bound the windows.
-ROUNDED_SQL = f"""
-rated6 AS (
-    SELECT msisdn, month, current_plan_id, plan_id, plan_name, {EXACT_COLUMNS_SQL}
-    FROM rated
-    WHERE total_fee_change_approx BETWEEN ${{total_lo}} - 0.000001 AND ${{total_hi}} + 0.000001
-      AND rental_change_approx BETWEEN ${{rental_lo}} - 0.000001 AND ${{rental_hi}} + 0.000001
-)"""
+ROUNDED_SQL = exact_sql(
+    "WHERE total_fee_change_approx BETWEEN ${total_lo} - 0.000001 AND ${total_hi} + 0.000001\n"
+    "      AND rental_change_approx BETWEEN ${rental_lo} - 0.000001 AND ${rental_hi} + 0.000001")
 
 #: Pairs inside both windows, ranked per customer (SPEC §5 steps 3-5); all exact decimals.
 RANKED_SQL = """
 kept AS (
     SELECT * FROM rated6
-    WHERE total_fee_change BETWEEN $total_lo AND $total_hi
-      AND rental_change BETWEEN $rental_lo AND $rental_hi
+    WHERE total_fee_change_6 BETWEEN $total_lo AND $total_hi
+      AND rental_change_6 BETWEEN $rental_lo AND $rental_hi
 ),
 ranked AS (
     SELECT
         *,
         row_number() OVER (
             PARTITION BY msisdn
-            ORDER BY abs(total_fee_change - 1), new_rental DESC, plan_id
+            ORDER BY abs(total_fee_change_6 - 1), new_rental DESC, plan_id
         ) AS plan_rank
     FROM kept
 )"""
@@ -508,8 +535,8 @@ def sweep_query(month: str, config: PlanConfig, total_windows: Sequence[Window],
     cells = [(k, i, j, t, r) for k, (i, j, t, r) in enumerate(
         (i, j, t, r) for i, t in enumerate(total_windows) for j, r in enumerate(rental_windows))]
     flags = ",\n        ".join(
-        f"max(CASE WHEN total_fee_change BETWEEN {_num(t.lo)} AND {_num(t.hi)} "
-        f"AND rental_change BETWEEN {_num(r.lo)} AND {_num(r.hi)} THEN 1 ELSE 0 END) AS cell_{k}"
+        f"max(CASE WHEN total_fee_change_6 BETWEEN {_num(t.lo)} AND {_num(t.hi)} "
+        f"AND rental_change_6 BETWEEN {_num(r.lo)} AND {_num(r.hi)} THEN 1 ELSE 0 END) AS cell_{k}"
         for k, _, _, t, r in cells)
     sums = ",\n        ".join(f"coalesce(sum(cell_{k}), 0) AS cell_{k}" for k, *_ in cells)
     values = ", ".join(f"({k}, {i}, {j}, {_num(t.lo)}, {_num(t.hi)}, {_num(r.lo)}, {_num(r.hi)})"

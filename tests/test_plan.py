@@ -105,7 +105,7 @@ def test_worked_example_exact_in_table(db_path):
     described = query(db_path, "DESCRIBE plan_recommendations")
     assert [r[0] for r in described] == list(TABLE_COLUMNS)
     types = {r[0]: r[1] for r in described}
-    assert {types[c] for c in MONEY_COLUMNS} == {"DECIMAL(18,2)"} and {types[c] for c in RATE_COLUMNS} == {"DECIMAL(18,6)"}
+    assert {types[c] for c in MONEY_COLUMNS} == {"DECIMAL(18,2)"} and {types[c] for c in RATE_COLUMNS} == {"DECIMAL(38,12)"}
     got = dict(zip(TABLE_COLUMNS, row))
     assert (got["msisdn"], got["month"], got["rank"], got["current_plan_id"], got["plan_id"], got["plan_name"]) == (
         "13800000001", M, 1, "ZX128", "ZX158", "自选组合158")
@@ -114,9 +114,10 @@ def test_worked_example_exact_in_table(db_path):
     assert got["new_voice_overage"] == Decimal("0.00")
     assert got["new_total"] == Decimal("228.00")
     assert got["current_total"] == Decimal("220.00")
-    # the rates come from the exact bill (227.9997 / 220 = 1.03636227…), rounded once to 6 decimals
-    assert got["total_fee_change"] == Decimal("1.036362")
-    assert got["rental_change"] == Decimal("1.234375")  # 158 / 128 exactly, not 1.2344
+    # the rates come from the exact bill: 227.9997 / 220 = 1.036362272727… stored truncated to 12
+    # decimals (compared as 1.036362, shown as 1.0364); 158 / 128 = 1.234375 exactly, not 1.2344
+    assert str(got["total_fee_change"]) == "1.036362272727"
+    assert got["rental_change"] == Decimal("1.234375")
 
 
 def test_worked_example_csv_on_stdout(cli, db_path):
@@ -127,6 +128,19 @@ def test_worked_example_csv_on_stdout(cli, db_path):
     assert lines == [CSV_HEADER, "13800000001,2026-10,1,ZX128,ZX158,158.00,0.00,40.00,228.00,220.00,1.0364,1.2344"]
     assert "Plan funnel" in result.stderr and "in_rate_window" in result.stderr
     assert "plan_recommendations 2026-10: 1 rows for 1 of 1 customers" in result.stderr
+
+
+def test_shown_rate_rounds_the_exact_rate_not_the_6_decimal_one(cli):
+    """Double rounding: 116.194996 / 100 = 1.16194996 is 1.161950 at 6 decimals (compared) but
+    1.1619 at 4 (shown); rounding the 6-decimal value again would show 1.1620. The bills too:
+    0.194996 of data overage is 0.19, the bill 116.194996 is 116.19."""
+    make_db(cli.db, [cust("13800000001", "CUR", data=10.194996, voice=0, rental=100, total=100, addon=0)],
+            [tariff("CUR", 100), tariff("P", 116, data_mb=10, data_rate=1.0)])
+    result = cli("plan", "--month", M, "--out", "-", "--matrices", str(MATRICES))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == "13800000001,2026-10,1,CUR,P,116.00,0.00,0.19,116.19,100.00,1.1619,1.1600"
+    stored = query(cli.db, "SELECT total_fee_change FROM plan_recommendations")[0][0]
+    assert stored == Decimal("1.16194996")
 
 
 def test_export_columns_and_formats(cli, tmp_path):
@@ -229,7 +243,7 @@ def test_total_fee_change_just_above_one_is_on_the_edge_inside(db_path):
     assert result.stages[-1] == ("in_rate_window", 1)
     assert query(db_path, "SELECT plan_id, new_data_overage, new_total, total_fee_change, rental_change "
                           "FROM plan_recommendations") == [
-        ("T04", Decimal("0.00"), Decimal("100.00"), Decimal("1.000000"), Decimal("1.000000"))]
+        ("T04", Decimal("0.00"), Decimal("100.00"), Decimal("1.0000004"), Decimal("1"))]  # compared as 1.000000
 
 
 def test_current_plan_and_non_targets_are_never_offered(db_path):
