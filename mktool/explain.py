@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 
 from mktool.database import Database, table_exists
+from mktool.dialect import round_half_away
 from mktool.errors import MktoolError
 
 
@@ -57,21 +58,25 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 
 # The plan step's own SQL, evaluated for one customer and every target plan (not only those
-# near a window), with the window each pair falls outside of: the same exact bills (fen) and
-# rates (6 decimals, as compared in SPEC §5) as plan_recommendations.
+# near a window), with the window each pair falls outside of: the same exact bills and rates as
+# plan_recommendations. Money as the lists show it (the fen); each rate as the lists show it
+# (4 decimals, half away from zero) and as the windows compared it (``*_6``, 6 decimals).
 def _plan_sql() -> str:
-    from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, exact_sql
+    from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, SHOWN_COLUMNS_SQL, exact_sql
 
     pairs_for_everyone = PAIRS_SQL.replace("FROM candidates AS c", "FROM staged AS c")
-    return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql("WHERE msisdn = $msisdn")}
+    return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql("WHERE msisdn = $msisdn")},
+        shown AS (SELECT plan_id, plan_name, total_fee_change_6, rental_change_6, {SHOWN_COLUMNS_SQL} FROM rated6)
         SELECT plan_id, plan_name, new_rental, new_voice_overage, new_data_overage, new_total, current_total,
-               total_fee_change, rental_change,
+               {round_half_away("total_fee_change", 4)} AS total_fee_change,
+               {round_half_away("rental_change", 4)} AS rental_change,
+               total_fee_change_6, rental_change_6,
                CASE WHEN total_fee_change_6 NOT BETWEEN $total_lo AND $total_hi
                          THEN 'total_fee_change outside ' || $total_window
                     WHEN rental_change_6 NOT BETWEEN $rental_lo AND $rental_hi
                          THEN 'rental_change outside ' || $rental_window
                     ELSE 'in both windows' END AS verdict
-        FROM rated6
+        FROM shown
         ORDER BY verdict <> 'in both windows', abs(total_fee_change_6 - 1), new_rental DESC, plan_id"""
 
 

@@ -279,6 +279,13 @@ view_m AS (
     FROM customer_view
     WHERE month = $month
 ),
+view_d AS (
+    SELECT *,
+        CAST(data_mb_u AS DOUBLE) / 1e6 AS data_mb_d, CAST(voice_min_u AS DOUBLE) / 1e6 AS voice_min_d,
+        CAST(rental_u AS DOUBLE) / 1e6 AS rental_d, CAST(current_total_u AS DOUBLE) / 1e6 AS current_total_d,
+        CAST(addon_u AS DOUBLE) / 1e6 AS addon_d
+    FROM view_m
+),
 eligible_plans AS (
     SELECT DISTINCT plan_id FROM plans WHERE product_status = 1
 ),
@@ -289,16 +296,18 @@ staged AS (
         coalesce(v.data_mb_u >= $min_data * {10 ** _MICRO}, false)          AS has_min_data,
         e.plan_id IS NOT NULL                                               AS on_eligible_plan,
         coalesce(v.current_total_u > 0 AND v.rental_u > 0, false)           AS is_billable
-    FROM view_m AS v
+    FROM view_d AS v
     LEFT JOIN eligible_plans AS e ON e.plan_id = v.plan_id
 ),
 candidates AS (
     SELECT * FROM staged WHERE is_active AND has_min_data AND on_eligible_plan AND is_billable
 )"""
 
-#: Every candidate × every target plan but their own, priced in exact integers (SPEC §5 step 2),
-#: with DOUBLE approximations of the two rates (``*_approx``) that only serve to skip, before
-#: the exact division, pairs that are far outside a window (see ROUNDED_SQL).
+#: Every candidate × every target plan but their own (SPEC §5 step 2), with the exact integer
+#: units the bill is made of and DOUBLE approximations of the two rates (``*_approx``). The
+#: approximations only serve to skip, before the exact arithmetic (see ROUNDED_SQL), pairs
+#: that are far outside a window: HUGEINT products and divisions on every pair would cost
+#: twice the time of the whole step.
 #: Missing voice minutes or add-on fees count as 0; a target plan with a missing tariff
 #: figure is never offered (greatest() would otherwise ignore the NULL and price it free).
 PAIRS_SQL = f"""
@@ -315,72 +324,82 @@ target_plans AS (
       AND monthly_rental IS NOT NULL AND included_data_mb IS NOT NULL AND included_voice_min IS NOT NULL
       AND data_overage_per_mb IS NOT NULL AND voice_overage_per_min IS NOT NULL
 ),
-pairs AS (
+target_d AS (
+    SELECT *,
+        CAST(rental_fen AS DOUBLE) / 100 AS rental_d,
+        CAST(included_data_u AS DOUBLE) / 1e6 AS included_data_d, CAST(included_voice_u AS DOUBLE) / 1e6 AS included_voice_d,
+        CAST(data_price_u AS DOUBLE) / 1e6 AS data_price_d, CAST(voice_price_u AS DOUBLE) / 1e6 AS voice_price_d
+    FROM target_plans
+),
+rated AS (
     SELECT
         c.msisdn, c.month, c.plan_id AS current_plan_id, t.plan_id, t.plan_name, t.rental_fen,
-        greatest(0, coalesce(c.voice_min_u, 0) - t.included_voice_u) * t.voice_price_u AS voice_overage_p,
-        greatest(0, c.data_mb_u - t.included_data_u) * t.data_price_u                  AS data_overage_p,
-        coalesce(c.addon_u, 0) AS addon_u,
-        c.current_total_u,
-        c.rental_u
+        coalesce(c.voice_min_u, 0) AS voice_min_u, c.data_mb_u, t.included_voice_u, t.included_data_u,
+        t.voice_price_u, t.data_price_u, coalesce(c.addon_u, 0) AS addon_u, c.current_total_u, c.rental_u,
+        (t.rental_d + greatest(0.0, coalesce(c.voice_min_d, 0.0) - t.included_voice_d) * t.voice_price_d
+            + greatest(0.0, c.data_mb_d - t.included_data_d) * t.data_price_d + coalesce(c.addon_d, 0.0))
+            / c.current_total_d AS total_fee_change_approx,
+        t.rental_d / c.rental_d AS rental_change_approx
     FROM candidates AS c
-    CROSS JOIN target_plans AS t
+    CROSS JOIN target_d AS t
     WHERE t.plan_id <> c.plan_id
+)"""
+
+
+def exact_sql(where: str = "") -> str:
+    """The pairs (``rated``) that pass ``where`` priced exactly, as CTE ``rated6``: the bill's
+    parts as integers (pico-yuan, fen, micro-yuan), new_rental, and the two rates rounded half
+    away from zero to 6 decimals (``*_6``: what the windows compare and the ranking orders).
+    :data:`SHOWN_COLUMNS_SQL` turns a row into the stored bill and rates."""
+    return f"""
+near AS (
+    SELECT msisdn, month, current_plan_id, plan_id, plan_name, rental_fen, addon_u, current_total_u, rental_u,
+        greatest(0, voice_min_u - included_voice_u) * voice_price_u AS voice_overage_p,
+        greatest(0, data_mb_u - included_data_u) * data_price_u AS data_overage_p
+    FROM rated
+    {where}
 ),
 priced AS (
     SELECT *,
         {dialect.integer("rental_fen")} * {10 ** (_PICO - 2)} + voice_overage_p + data_overage_p
             + addon_u * {10 ** (_PICO - _MICRO)} AS new_total_p
-    FROM pairs
+    FROM near
 ),
-rated AS (
+rated6 AS (
     SELECT *,
-        CAST(new_total_p AS DOUBLE) / (CAST(current_total_u AS DOUBLE) * {10 ** (_PICO - _MICRO)}.0)
-            AS total_fee_change_approx,
-        CAST(rental_fen AS DOUBLE) * {10 ** (_MICRO - 2)}.0 / CAST(rental_u AS DOUBLE) AS rental_change_approx
+        {dialect.units_decimal("rental_fen", 2, precision=18)} AS new_rental,
+        {dialect.units_decimal(dialect.div_half_away("new_total_p", "current_total_u"), _MICRO, precision=18)}
+            AS total_fee_change_6,
+        {dialect.units_decimal(dialect.div_half_away(f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}",
+                                                     "rental_u"), _MICRO, precision=18)}
+            AS rental_change_6
     FROM priced
 )"""
 
-def exact_sql(where: str = "") -> str:
-    """The exact columns of the priced pairs (``rated``) that pass ``where``, as CTE ``rated6``:
-    the bills rounded half away from zero to the fen; each rate as the exact quotient truncated
-    to 12 decimals (stored: rounding it to 6 or 4 decimals gives the exact quotient's rounding,
-    see dialect.div_toward_zero) and rounded half away from zero to 6 decimals (``*_6``: what
-    the windows compare and the ranking orders)."""
-    fen = {name: dialect.units_decimal(dialect.round_units(name, scale, 2), 2, precision=18)
-           for name, scale in (("voice_overage_p", _PICO), ("data_overage_p", _PICO), ("new_total_p", _PICO),
-                               ("current_total_u", _MICRO))}
-    total_t = dialect.div_toward_zero(f"{dialect.integer('new_total_p')} * {10 ** (dialect.RATE_SCALE - _MICRO)}",
-                                      "current_total_u")
-    rental_t = dialect.div_toward_zero(
-        f"{dialect.integer('rental_fen')} * {10 ** (dialect.RATE_SCALE + _MICRO - 2)}", "rental_u")
 
-    def rate(units: str) -> str:
-        return dialect.units_decimal(units, dialect.RATE_SCALE)
+def _fen(units: str, scale: int) -> str:
+    return dialect.units_decimal(dialect.round_units(units, scale, 2), 2, precision=18)
 
-    def rate6(units: str) -> str:
-        return dialect.units_decimal(dialect.round_units(units, dialect.RATE_SCALE, _MICRO), _MICRO, precision=18)
 
-    return f"""
-rates_t AS (
-    SELECT msisdn, month, current_plan_id, plan_id, plan_name, rental_fen, voice_overage_p, data_overage_p,
-        new_total_p, current_total_u, {total_t} AS total_fee_change_t, {rental_t} AS rental_change_t
-    FROM rated
-    {where}
-),
-rated6 AS (
-    SELECT msisdn, month, current_plan_id, plan_id, plan_name,
-        {dialect.units_decimal("rental_fen", 2, precision=18)} AS new_rental,
-        {fen["voice_overage_p"]} AS new_voice_overage,
-        {fen["data_overage_p"]} AS new_data_overage,
-        {fen["new_total_p"]} AS new_total,
-        {fen["current_total_u"]} AS current_total,
-        {rate("total_fee_change_t")} AS total_fee_change,
-        {rate("rental_change_t")} AS rental_change,
-        {rate6("total_fee_change_t")} AS total_fee_change_6,
-        {rate6("rental_change_t")} AS rental_change_6
-    FROM rates_t
-)"""
+def _rate12(numerator: str, denominator: str) -> str:
+    return dialect.units_decimal(dialect.div_toward_zero(numerator, denominator), dialect.RATE_SCALE)
+
+
+#: A priced pair (a row of ``rated6``) as stored: the bills rounded half away from zero to the
+#: fen; each rate as the exact quotient truncated to 12 decimals, from which rounding half away
+#: from zero to the 6 decimals compared or the 4 shown gives the exact quotient's rounding (see
+#: dialect.div_toward_zero). Computed after the ranking, for the rows kept only: the divisions
+#: are the expensive part of the step.
+SHOWN_COLUMNS_SQL = f"""
+    new_rental,
+    {_fen("voice_overage_p", _PICO)} AS new_voice_overage,
+    {_fen("data_overage_p", _PICO)} AS new_data_overage,
+    {_fen("new_total_p", _PICO)} AS new_total,
+    {_fen("current_total_u", _MICRO)} AS current_total,
+    {_rate12(f"{dialect.integer('new_total_p')} * {10 ** (dialect.RATE_SCALE - _MICRO)}", "current_total_u")}
+        AS total_fee_change,
+    {_rate12(f"{dialect.integer('rental_fen')} * {10 ** (dialect.RATE_SCALE + _MICRO - 2)}", "rental_u")}
+        AS rental_change"""
 
 
 #: The exact columns for the pairs that can be inside [$lo, $hi] of both windows. The exact
@@ -411,10 +430,9 @@ ranked AS (
 )"""
 
 #: The rows of ``plan_recommendations`` for the month.
-RECOMMEND_SELECT_SQL = """
+RECOMMEND_SELECT_SQL = f"""
 SELECT
-    msisdn, month, CAST(plan_rank AS INTEGER) AS rank, current_plan_id, plan_id, plan_name,
-    new_rental, new_voice_overage, new_data_overage, new_total, current_total, total_fee_change, rental_change
+    msisdn, month, CAST(plan_rank AS INTEGER) AS rank, current_plan_id, plan_id, plan_name,{SHOWN_COLUMNS_SQL}
 FROM ranked
 WHERE plan_rank <= $top"""
 
