@@ -90,9 +90,25 @@ def decimal_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
     return integer(f"CAST({expr} AS DECIMAL(38,{scale})) * {10 ** scale}", dialect)
 
 
+def small_decimal_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
+    """:func:`decimal_units` as a BIGINT, for values that fit DECIMAL(17, scale) (an average or a
+    unit price below 10¹¹ yuan: larger values are refused by the cast, never wrapped).
+
+    Why not decimal_units: 128-bit arithmetic costs DuckDB ten times more (0.3 s per million
+    rows and three columns). Every operand here is 64-bit: x = whole part + fraction, both at
+    the same scale (a subtraction of two scales would widen to 128 bits), the whole part cast
+    to an integer and the fraction (|f| < 1) scaled — exact whether the engine's cast to
+    DECIMAL(17,0) rounds (DuckDB) or truncates.
+    """
+    _check(dialect)
+    x = f"CAST({expr} AS DECIMAL(17,{scale}))"
+    whole = f"CAST(CAST({x} AS DECIMAL(17,0)) AS DECIMAL(17,{scale}))"
+    return f"(CAST({whole} AS BIGINT) * {10 ** scale} + CAST(({x} - {whole}) * {10 ** scale} AS BIGINT))"
+
+
 def double_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
     """A measured quantity (DOUBLE minutes or MB) rounded half away from zero to ``scale``
-    decimals, as an integer count of 10⁻ˢᶜᵃˡᵉ units.
+    decimals, as a BIGINT count of 10⁻ˢᶜᵃˡᵉ units (beyond 9·10¹⁸ units the cast refuses it).
 
     Written as IEEE double operations (|x|·10ˢ + 0.5, floor) that every engine performs
     bit-identically, not as the engine's round(): a 3-month average of 5.93, 5.54 and 3.53 MB
@@ -100,7 +116,7 @@ def double_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
     """
     _check(dialect)
     x = f"CAST({expr} AS DOUBLE)"
-    magnitude = integer(f"floor(abs({x}) * CAST({10 ** scale} AS DOUBLE) + CAST(0.5 AS DOUBLE))", dialect)
+    magnitude = f"CAST(floor(abs({x}) * CAST({10 ** scale} AS DOUBLE) + CAST(0.5 AS DOUBLE)) AS BIGINT)"
     return f"(CASE WHEN {x} < 0 THEN -{magnitude} ELSE {magnitude} END)"
 
 
@@ -142,12 +158,16 @@ def div_toward_zero(numerator: str, denominator: str, dialect: Dialect = DUCKDB)
 
 
 def units_decimal(units: str, scale: int, dialect: Dialect = DUCKDB, *, precision: int = 38) -> str:
-    """An integer count of 10⁻ˢᶜᵃˡᵉ units as DECIMAL(precision, scale), exactly (no division)."""
+    """An integer count of 10⁻ˢᶜᵃˡᵉ units as DECIMAL(precision, scale), exactly (no division).
+
+    With precision ≤ 18 the arithmetic stays 64-bit (the units must then fit DECIMAL(18,0)).
+    """
     _check(dialect)
     if scale == 0:
         return f"CAST({units} AS DECIMAL({precision},0))"
     step = f"0.{'0' * (scale - 1)}1"
-    return f"CAST(CAST({units} AS DECIMAL(38,0)) * {step} AS DECIMAL({precision},{scale}))"
+    width = 18 if precision <= 18 else 38
+    return f"CAST(CAST({units} AS DECIMAL({width},0)) * {step} AS DECIMAL({precision},{scale}))"
 
 
 def round_units(units: str, from_scale: int, to_scale: int, dialect: Dialect = DUCKDB) -> str:

@@ -273,17 +273,17 @@ view_m AS (
         msisdn, month, status, plan_id,
         {dialect.double_units("data_mb_3m", _MICRO)} AS data_mb_u,
         {dialect.double_units("voice_min_3m", _MICRO)} AS voice_min_u,
-        {dialect.decimal_units("rental_3m", _MICRO)} AS rental_u,
-        {dialect.decimal_units("current_total_3m", _MICRO)} AS current_total_u,
-        {dialect.decimal_units("addon_3m", _MICRO)} AS addon_u
+        {dialect.small_decimal_units("rental_3m", _MICRO)} AS rental_u,
+        {dialect.small_decimal_units("current_total_3m", _MICRO)} AS current_total_u,
+        {dialect.small_decimal_units("addon_3m", _MICRO)} AS addon_u
     FROM customer_view
     WHERE month = $month
 ),
 view_d AS (
     SELECT *,
-        CAST(data_mb_u AS DOUBLE) / 1e6 AS data_mb_d, CAST(voice_min_u AS DOUBLE) / 1e6 AS voice_min_d,
-        CAST(rental_u AS DOUBLE) / 1e6 AS rental_d, CAST(current_total_u AS DOUBLE) / 1e6 AS current_total_d,
-        CAST(addon_u AS DOUBLE) / 1e6 AS addon_d
+        CAST(data_mb_u AS DOUBLE) AS data_mb_d, CAST(coalesce(voice_min_u, 0) AS DOUBLE) AS voice_min_d,
+        CAST(rental_u AS DOUBLE) AS rental_d, CAST(current_total_u AS DOUBLE) AS current_total_d,
+        CAST(coalesce(addon_u, 0) AS DOUBLE) AS addon_d
     FROM view_m
 ),
 eligible_plans AS (
@@ -317,8 +317,8 @@ target_plans AS (
         {dialect.fen("monthly_rental")} AS rental_fen,
         {dialect.double_units("included_data_mb", _MICRO)} AS included_data_u,
         {dialect.double_units("included_voice_min", _MICRO)} AS included_voice_u,
-        {dialect.decimal_units(dialect.read_unit_price("data_overage_per_mb"), _MICRO)} AS data_price_u,
-        {dialect.decimal_units(dialect.read_unit_price("voice_overage_per_min"), _MICRO)} AS voice_price_u
+        {dialect.small_decimal_units(dialect.read_unit_price("data_overage_per_mb"), _MICRO)} AS data_price_u,
+        {dialect.small_decimal_units(dialect.read_unit_price("voice_overage_per_min"), _MICRO)} AS voice_price_u
     FROM plans
     WHERE is_target
       AND monthly_rental IS NOT NULL AND included_data_mb IS NOT NULL AND included_voice_min IS NOT NULL
@@ -326,9 +326,9 @@ target_plans AS (
 ),
 target_d AS (
     SELECT *,
-        CAST(rental_fen AS DOUBLE) / 100 AS rental_d,
-        CAST(included_data_u AS DOUBLE) / 1e6 AS included_data_d, CAST(included_voice_u AS DOUBLE) / 1e6 AS included_voice_d,
-        CAST(data_price_u AS DOUBLE) / 1e6 AS data_price_d, CAST(voice_price_u AS DOUBLE) / 1e6 AS voice_price_d
+        CAST(rental_fen AS DOUBLE) AS rental_fen_d,
+        CAST(included_data_u AS DOUBLE) AS included_data_d, CAST(included_voice_u AS DOUBLE) AS included_voice_d,
+        CAST(data_price_u AS DOUBLE) AS data_price_d, CAST(voice_price_u AS DOUBLE) AS voice_price_d
     FROM target_plans
 ),
 rated AS (
@@ -336,10 +336,15 @@ rated AS (
         c.msisdn, c.month, c.plan_id AS current_plan_id, t.plan_id, t.plan_name, t.rental_fen,
         coalesce(c.voice_min_u, 0) AS voice_min_u, c.data_mb_u, t.included_voice_u, t.included_data_u,
         t.voice_price_u, t.data_price_u, coalesce(c.addon_u, 0) AS addon_u, c.current_total_u, c.rental_u,
-        (t.rental_d + greatest(0.0, coalesce(c.voice_min_d, 0.0) - t.included_voice_d) * t.voice_price_d
-            + greatest(0.0, c.data_mb_d - t.included_data_d) * t.data_price_d + coalesce(c.addon_d, 0.0))
-            / c.current_total_d AS total_fee_change_approx,
-        t.rental_d / c.rental_d AS rental_change_approx
+        (t.rental_fen_d * {10.0 ** (_PICO - 2)!r}
+            + greatest(0.0, c.voice_min_d - t.included_voice_d) * t.voice_price_d
+            + greatest(0.0, c.data_mb_d - t.included_data_d) * t.data_price_d
+            + c.addon_d * {10.0 ** (_PICO - _MICRO)!r})
+            / (c.current_total_d * {10.0 ** (_PICO - _MICRO)!r}) AS total_fee_change_approx,
+        t.rental_fen_d * {10.0 ** (_MICRO - 2)!r} / c.rental_d AS rental_change_approx,
+        greatest(c.voice_min_d, c.data_mb_d, c.current_total_d, c.rental_d, c.addon_d, t.rental_fen_d,
+                 t.included_voice_d, t.included_data_d, t.voice_price_d, t.data_price_d) < {2.0 ** 53!r}
+            AS approx_is_close
     FROM candidates AS c
     CROSS JOIN target_d AS t
     WHERE t.plan_id <> c.plan_id
@@ -354,27 +359,45 @@ def exact_sql(where: str = "") -> str:
     return f"""
 near AS (
     SELECT msisdn, month, current_plan_id, plan_id, plan_name, rental_fen, addon_u, current_total_u, rental_u,
-        greatest(0, voice_min_u - included_voice_u) * voice_price_u AS voice_overage_p,
-        greatest(0, data_mb_u - included_data_u) * data_price_u AS data_overage_p
+        total_fee_change_approx, rental_change_approx, approx_is_close,
+        {dialect.integer("greatest(0, voice_min_u - included_voice_u)")} * voice_price_u AS voice_overage_p,
+        {dialect.integer("greatest(0, data_mb_u - included_data_u)")} * data_price_u AS data_overage_p
     FROM rated
     {where}
 ),
 priced AS (
     SELECT *,
         {dialect.integer("rental_fen")} * {10 ** (_PICO - 2)} + voice_overage_p + data_overage_p
-            + addon_u * {10 ** (_PICO - _MICRO)} AS new_total_p
+            + {dialect.integer("addon_u")} * {10 ** (_PICO - _MICRO)} AS new_total_p
     FROM near
 ),
 rated6 AS (
     SELECT *,
         {dialect.units_decimal("rental_fen", 2, precision=18)} AS new_rental,
-        {dialect.units_decimal(dialect.div_half_away("new_total_p", "current_total_u"), _MICRO, precision=18)}
+        {dialect.units_decimal(_rate6("total_fee_change_approx", "new_total_p", "current_total_u"), _MICRO, precision=18)}
             AS total_fee_change_6,
-        {dialect.units_decimal(dialect.div_half_away(f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}",
-                                                     "rental_u"), _MICRO, precision=18)}
+        {dialect.units_decimal(_rate6("rental_change_approx", f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}",
+                                      "rental_u"), _MICRO, precision=18)}
             AS rental_change_6
     FROM priced
 )"""
+
+
+def _rate6(approx: str, numerator: str, denominator: str) -> str:
+    """numerator / denominator in 10⁻⁶ units, rounded half away from zero — taken from the DOUBLE
+    approximation where that cannot be wrong, from the exact 128-bit division elsewhere.
+
+    The approximation is built from exact integers below 2⁵³ (``approx_is_close``) by additions
+    of non-negative terms, products and one division: within 10 ulps (2.2·10⁻¹⁵, relative) of
+    the exact rate. Below 1000 that is less than 2.2·10⁻⁶ of a 10⁻⁶ unit, so when the scaled
+    approximation is more than 10⁻³ of a unit from a half unit both round the same way. The
+    other 0.2 % of the pairs, and every pair whose approximation is not close, take the exact
+    division (tests/test_money.py checks the two paths agree)."""
+    scaled = f"({approx} * 1e6)"
+    fast = (f"approx_is_close AND {approx} >= 0 AND {approx} < 1000 "
+            f"AND abs({scaled} - floor({scaled}) - 0.5) > 0.001")
+    return (f"(CASE WHEN {fast} THEN CAST(floor({scaled} + 0.5) AS BIGINT) "
+            f"ELSE CAST({dialect.div_half_away(numerator, denominator)} AS BIGINT) END)")
 
 
 def _fen(units: str, scale: int) -> str:
