@@ -24,7 +24,7 @@ from mktool import dialect
 from mktool.config import shipped_matrices_dir
 from mktool.contract import TABLES
 from mktool.database import replace_month
-from mktool.plan import PlanConfig, recommend_query
+from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, PlanConfig, exact_sql, recommend_query
 from mktool.view import base_sql, view_params
 
 M, P1, P2 = "2026-10", "2026-09", "2026-08"
@@ -355,3 +355,60 @@ def test_an_older_double_month_is_converted_when_a_month_is_rebuilt():
         ("2026-09", Decimal("191.515000")), ("2026-10", Decimal("191.515000"))]
     assert replace_month(con, "t", "2026-10", new) == 1  # same types now: the fast path
     assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+
+
+# -- the plan step's two ways to a 6-decimal rate ---------------------------------------------------
+def plan_tables(con: duckdb.DuckDBPyConnection, customers: list[tuple[Any, ...]], plans: list[tuple[Any, ...]]) -> None:
+    con.execute(f"""CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR, status VARCHAR, plan_id VARCHAR,
+        data_mb_3m DOUBLE, voice_min_3m DOUBLE, rental_3m {dialect.AVERAGE_TYPE}, current_total_3m {dialect.AVERAGE_TYPE},
+        addon_3m {dialect.AVERAGE_TYPE})""")
+    con.execute(f"""CREATE TABLE plans (plan_id VARCHAR, plan_name VARCHAR, monthly_rental {dialect.MONEY_TYPE},
+        included_data_mb DOUBLE, included_voice_min DOUBLE, data_overage_per_mb {dialect.UNIT_PRICE_TYPE},
+        voice_overage_per_min {dialect.UNIT_PRICE_TYPE}, product_status BIGINT, is_target BOOLEAN)""")
+    con.executemany("INSERT INTO customer_view VALUES (?, ?, 'active', 'CUR', ?, ?, ?, ?, ?)", customers)
+    con.executemany("INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?, ?, 1, true)", plans)
+
+
+def test_fast_and_exact_6_decimal_rates_agree():
+    """Every pair's compared rates equal the exact 128-bit quotient rounded half away from zero,
+    whether taken from the DOUBLE approximation or from the exact division — on random bills and
+    on rates that sit exactly on a half unit (1.5000005) or next to one."""
+    rng = random.Random(7)
+    d6 = lambda lo, hi: Decimal(rng.randint(lo * 10**6, hi * 10**6)).scaleb(-6)  # noqa: E731
+    customers = [(f"1390000{i:04d}", M, rng.randint(0, 3000 * 10**6) / 10**6, rng.randint(0, 2000 * 10**3) / 10**3,
+                  d6(1, 300), d6(1, 500), d6(0, 50)) for i in range(3000)]
+    # on and next to a half unit: bill 2, plan 2.00 + (data − 10 MB) × 0.000001:
+    # 1 MB over → 2.000001 / 2 = 1.0000005 exactly; 1.000001 over → 1.0000005000005; 0.999999 →
+    # 1.0000004999995; 5 MB over → 1.0000025, whose DOUBLE is just below it and would round down
+    customers += [("13911110001", M, 11.0, 0.0, Decimal(2), Decimal(2), Decimal(0)),
+                  ("13911110002", M, 11.000001, 0.0, Decimal(2), Decimal(2), Decimal(0)),
+                  ("13911110003", M, 10.999999, 0.0, Decimal(2), Decimal(2), Decimal(0)),
+                  ("13911110004", M, 15.0, 0.0, Decimal(2), Decimal(2), Decimal(0))]
+    plans = [(f"P{j}", f"P{j}", Decimal(rng.randint(500, 60000)).scaleb(-2), float(rng.randint(0, 3000)),
+              float(rng.randint(0, 2000)), d6(0, 1), d6(0, 1)) for j in range(12)]
+    plans += [("HALF", "HALF", Decimal("2.00"), 10.0, 0.0, Decimal("0.000001"), Decimal(0)),
+              ("CUR", "CUR", Decimal("2.00"), 0.0, 0.0, Decimal(0), Decimal(0))]
+    con = duckdb.connect()
+    plan_tables(con, customers, plans)
+    exact_total = dialect.units_decimal(dialect.div_half_away("new_total_p", "current_total_u"), 6, precision=18)
+    exact_rental = dialect.units_decimal(dialect.div_half_away(f"{dialect.integer('rental_fen')} * 10000000000",
+                                                               "rental_u"), 6, precision=18)
+    pairs_for_everyone = PAIRS_SQL.replace("FROM candidates AS c", "FROM staged AS c")
+    rows = con.execute(
+        f"WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql('WHERE current_total_u > 0 AND rental_u > 0')} "
+        f"SELECT count(*), count(*) FILTER (WHERE total_fee_change_6 <> {exact_total}), "
+        f"count(*) FILTER (WHERE rental_change_6 <> {exact_rental}), "
+        f"count(*) FILTER (WHERE abs(total_fee_change_approx * 1e6 - floor(total_fee_change_approx * 1e6) - 0.5) <= 0.001) "
+        "FROM rated6", {"month": M, "min_data": Decimal(0)}).fetchone()
+    total, wrong_total, wrong_rental, exact_path = rows
+    assert total > 30_000 and wrong_total == 0 and wrong_rental == 0
+    assert exact_path >= 4  # the half-unit pairs (and a few random ones) took the exact division
+    on_the_half = exact_sql("WHERE plan_id = 'HALF' AND msisdn LIKE '1391111%'")
+    half = con.execute(
+        f"WITH {CANDIDATES_SQL}, {PAIRS_SQL}, {on_the_half} "
+        "SELECT msisdn, total_fee_change_6, rental_change_6 FROM rated6 ORDER BY msisdn",
+        {"month": M, "min_data": Decimal(0)}).fetchall()
+    # half away from zero: 1.0000005 → 1.000001, 1.0000005000005 → 1.000001, 1.0000004999995 → 1.000000,
+    # 1.0000025 → 1.000003
+    assert half == [("13911110001", Decimal("1.000001"), Decimal(1)), ("13911110002", Decimal("1.000001"), Decimal(1)),
+                    ("13911110003", Decimal(1), Decimal(1)), ("13911110004", Decimal("1.000003"), Decimal(1))]
