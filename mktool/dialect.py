@@ -157,6 +157,25 @@ def div_toward_zero(numerator: str, denominator: str, dialect: Dialect = DUCKDB)
     return _signed(_quotient(f"abs({n})", f"abs({d})", dialect), n, d)
 
 
+def div_half_away_64(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
+    """:func:`div_half_away` in 64-bit integers, for 0 ≤ numerator < 4·10¹⁸ and 0 < denominator
+    < 4·10¹⁸ (the caller guards the range): ⌊(2n + d) / 2d⌋, ten times cheaper than 128 bits."""
+    _check(dialect)
+    n, d = f"CAST({numerator} AS BIGINT)", f"CAST({denominator} AS BIGINT)"
+    op = "//" if dialect == DUCKDB else "div"
+    return f"((2 * {n} + {d}) {op} (2 * {d}))"
+
+
+def scaled_quotient_64(numerator: str, denominator: str, shift: int, dialect: Dialect = DUCKDB) -> str:
+    """⌊numerator · 10ˢʰⁱᶠᵗ / denominator⌋ in 64-bit integers by long division, for
+    0 ≤ numerator < 9·10¹⁸ and 0 < denominator · 10ˢʰⁱᶠᵗ < 9·10¹⁸ with a quotient below 9·10¹⁸
+    (the caller guards the range); the same value as :func:`div_toward_zero` of the product."""
+    _check(dialect)
+    n, d = f"CAST({numerator} AS BIGINT)", f"CAST({denominator} AS BIGINT)"
+    op = "//" if dialect == DUCKDB else "div"
+    return f"(({n} {op} {d}) * {10 ** shift} + (({n} % {d}) * {10 ** shift}) {op} {d})"
+
+
 def units_decimal(units: str, scale: int, dialect: Dialect = DUCKDB, *, precision: int = 38) -> str:
     """An integer count of 10⁻ˢᶜᵃˡᵉ units as DECIMAL(precision, scale), exactly (no division).
 

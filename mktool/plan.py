@@ -400,12 +400,25 @@ def _rate6(approx: str, numerator: str, denominator: str) -> str:
             f"ELSE CAST({dialect.div_half_away(numerator, denominator)} AS BIGINT) END)")
 
 
+_SMALL = 4_000_000_000_000_000_000  # below this a count fits the 64-bit formulas (2n + d < 2⁶³)
+
+
 def _fen(units: str, scale: int) -> str:
-    return dialect.units_decimal(dialect.round_units(units, scale, 2), 2, precision=18)
+    """A count of 10⁻ˢᶜᵃˡᵉ yuan rounded half away from zero to the fen (64-bit when it fits)."""
+    fast = dialect.div_half_away_64(units, str(10 ** (scale - 2)))
+    exact = f"CAST({dialect.round_units(units, scale, 2)} AS BIGINT)"
+    return dialect.units_decimal(f"(CASE WHEN {units} BETWEEN 0 AND {_SMALL} THEN {fast} ELSE {exact} END)", 2,
+                                 precision=18)
 
 
-def _rate12(numerator: str, denominator: str) -> str:
-    return dialect.units_decimal(dialect.div_toward_zero(numerator, denominator), dialect.RATE_SCALE)
+def _rate12(numerator: str, denominator: str, shift: int) -> str:
+    """⌊numerator · 10ˢʰⁱᶠᵗ / denominator⌋ (a rate truncated to 12 decimals), 64-bit when it fits."""
+    fast = dialect.scaled_quotient_64(numerator, denominator, shift)
+    fits = (f"{numerator} BETWEEN 0 AND {_SMALL} AND {denominator} BETWEEN 1 AND {9 * 10 ** (18 - shift)} "
+            f"AND CAST({numerator} AS DOUBLE) < CAST({denominator} AS DOUBLE) * {8e18 / 10 ** shift!r}")
+    exact = dialect.div_toward_zero(f"{dialect.integer(numerator)} * {10 ** shift}", denominator)
+    return dialect.units_decimal(f"(CASE WHEN {fits} THEN {dialect.integer(fast)} ELSE {exact} END)",
+                                 dialect.RATE_SCALE)
 
 
 #: A priced pair (a row of ``rated6``) as stored: the bills rounded half away from zero to the
@@ -419,9 +432,8 @@ SHOWN_COLUMNS_SQL = f"""
     {_fen("data_overage_p", _PICO)} AS new_data_overage,
     {_fen("new_total_p", _PICO)} AS new_total,
     {_fen("current_total_u", _MICRO)} AS current_total,
-    {_rate12(f"{dialect.integer('new_total_p')} * {10 ** (dialect.RATE_SCALE - _MICRO)}", "current_total_u")}
-        AS total_fee_change,
-    {_rate12(f"{dialect.integer('rental_fen')} * {10 ** (dialect.RATE_SCALE + _MICRO - 2)}", "rental_u")}
+    {_rate12("new_total_p", "current_total_u", dialect.RATE_SCALE - _MICRO)} AS total_fee_change,
+    {_rate12(f"{dialect.integer('rental_fen')} * {10 ** (_PICO - 2)}", "rental_u", dialect.RATE_SCALE + _MICRO - _PICO)}
         AS rental_change"""
 
 
