@@ -220,22 +220,34 @@ def money_text(expr: str, dialect: Dialect = DUCKDB) -> str:
     return f"CAST({money(expr, dialect)} AS {text_type(dialect)})"
 
 
+def _exact6(units: str, factor: int, count: str, fits: str, dialect: Dialect) -> str:
+    """units · factor / count rounded half away from zero, as DECIMAL(38,6): 64-bit where
+    ``fits`` (every realistic value: 128-bit arithmetic costs ten times more), 128-bit
+    otherwise; NULL when count is 0."""
+    fast = units_decimal(div_half_away_64(f"CAST({units} AS BIGINT) * {factor}", count, dialect), AVERAGE_SCALE,
+                         dialect, precision=18)
+    exact = units_decimal(div_half_away(f"{integer(units, dialect)} * {factor}", count, dialect), AVERAGE_SCALE, dialect)
+    return f"(CASE WHEN {fits} THEN CAST({fast} AS {AVERAGE_TYPE}) ELSE {exact} END)"
+
+
 def average(sum_units: str, count: str, from_scale: int, dialect: Dialect = DUCKDB) -> str:
     """sum / count of a window (an integer sum of 10⁻ᶠʳᵒᵐ units) as an exact 6-decimal
     average, DECIMAL(38,6); NULL when count is 0."""
-    top = f"{integer(sum_units, dialect)} * {10 ** (AVERAGE_SCALE - from_scale)}"
-    return units_decimal(div_half_away(top, count, dialect), AVERAGE_SCALE, dialect)
+    factor = 10 ** (AVERAGE_SCALE - from_scale)
+    fits = f"{sum_units} BETWEEN 0 AND {4 * 10 ** 18 // factor} AND {count} BETWEEN 1 AND 1000"
+    return _exact6(sum_units, factor, count, fits, dialect)
 
 
 def percent(part_units: str, whole_units: str, dialect: Dialect = DUCKDB) -> str:
     """100 × part / whole (integer sums in one unit) as an exact 6-decimal percentage,
     DECIMAL(38,6); NULL when whole is 0. No discount gives exactly 100.000000."""
-    top = f"{integer(part_units, dialect)} * {100 * 10 ** AVERAGE_SCALE}"
-    return units_decimal(div_half_away(top, whole_units, dialect), AVERAGE_SCALE, dialect)
+    factor = 100 * 10 ** AVERAGE_SCALE
+    fits = f"{part_units} BETWEEN 0 AND {4 * 10 ** 18 // factor} AND {whole_units} BETWEEN 1 AND {4 * 10 ** 18}"
+    return _exact6(part_units, factor, whole_units, fits, dialect)
 
 
 # -- the same rules in Python (parameters, tests, messages) ------------------------------------
-def exact_decimal(value: Decimal | float | int | str) -> Decimal:
+def exact_decimal(value: Decimal | float | str) -> Decimal:
     """A parameter as the decimal that was written: a float is read as its shortest repr
     (0.6 → Decimal('0.6'), not 0.59999999999999997779…), so a bound compares exactly."""
     if isinstance(value, Decimal):
@@ -245,11 +257,11 @@ def exact_decimal(value: Decimal | float | int | str) -> Decimal:
     return Decimal(repr(value) if isinstance(value, float) else str(value))
 
 
-def py_round_half_away(value: Decimal | float | int | str, scale: int) -> Decimal:
+def py_round_half_away(value: Decimal | float | str, scale: int) -> Decimal:
     """Python's twin of :func:`round_half_away` (a float is read as its shortest repr, 0.6 → 0.6)."""
     return exact_decimal(value).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)  # HALF_UP is away from zero
 
 
-def py_units(value: Decimal | float | int | str, scale: int) -> int:
+def py_units(value: Decimal | float | str, scale: int) -> int:
     """``value`` rounded half away from zero to ``scale`` decimals, as an integer count of units."""
     return int(py_round_half_away(value, scale).scaleb(scale))

@@ -87,6 +87,11 @@ def test_averages_are_exact_decimals():
     assert sql_value(con, dialect.average("38303", "2", 2)) == Decimal("191.515000")
     assert sql_value(con, dialect.average("-1", "2", 2)) == Decimal("-0.005000")
     assert sql_value(con, dialect.average("5", "0", 2)) is None
+    # beyond the 64-bit fast path (negative, or above 4·10¹⁴ fen) the 128-bit formula gives the same rule
+    assert sql_value(con, dialect.average("CAST(500000000000000000 AS BIGINT)", "3", 2)) == Decimal(
+        "1666666666666666.666667")
+    assert sql_value(con, dialect.average("-30002", "3", 2)) == Decimal("-100.006667")
+    assert sql_value(con, dialect.percent("-3", "-4")) == Decimal("75.000000")
     assert sql_value(con, dialect.percent("29000", "33000")) == Decimal("87.878788")  # 100 × 290 / 330
     assert sql_value(con, dialect.percent("33000", "33000")) == Decimal("100.000000")
     assert con.execute(f"SELECT typeof({dialect.average('1', '3', 2)})").fetchone()[0] == "DECIMAL(38,6)"
@@ -159,6 +164,8 @@ SPARK_VECTORS = [
     (dialect.money("CAST(-0.005 AS DECIMAL(18,3))"), dialect.money("CAST(-0.005 AS DECIMAL(18,3))", "spark"),
      Decimal("-0.01")),
     (dialect.average("30002", "3", 2), dialect.average("30002", "3", 2, "spark"), Decimal("100.006667")),
+    (dialect.average("-30002", "3", 2), dialect.average("-30002", "3", 2, "spark"), Decimal("-100.006667")),
+    (dialect.percent("29000", "33000"), dialect.percent("29000", "33000", "spark"), Decimal("87.878788")),
     (dialect.double_units("CAST(4.9999996 AS DOUBLE)", 6), dialect.double_units("CAST(4.9999996 AS DOUBLE)", 6, "spark"),
      5_000_000),
     (dialect.money_text("CAST(228 AS DECIMAL(38,12))"), dialect.money_text("CAST(228 AS DECIMAL(38,12))", "spark"),
@@ -179,7 +186,7 @@ def test_spark_rendering_gives_the_same_results_on_spark():
 # -- from the extracts to the lists ---------------------------------------------------------------
 def three_item(rental: float, data_overage: float, addon: float, total: float | None = None,
                discount: float = 0.0) -> dict[str, Any]:
-    fees = dict(rental_fee=rental, voice_overage_fee=0.0, data_overage_fee=data_overage, addon_fee=addon)
+    fees = {"rental_fee": rental, "voice_overage_fee": 0.0, "data_overage_fee": data_overage, "addon_fee": addon}
     return {**fees, "total_fee": total if total is not None else rental + data_overage + addon,
             "discount_fee": discount, "ld_fee": 0.0}
 
@@ -374,7 +381,8 @@ def test_fast_and_exact_6_decimal_rates_agree():
     whether taken from the DOUBLE approximation or from the exact division — on random bills and
     on rates that sit exactly on a half unit (1.5000005) or next to one."""
     rng = random.Random(7)
-    d6 = lambda lo, hi: Decimal(rng.randint(lo * 10**6, hi * 10**6)).scaleb(-6)  # noqa: E731
+    def d6(lo: int, hi: int) -> Decimal:
+        return Decimal(rng.randint(lo * 10**6, hi * 10**6)).scaleb(-6)
     customers = [(f"1390000{i:04d}", M, rng.randint(0, 3000 * 10**6) / 10**6, rng.randint(0, 2000 * 10**3) / 10**3,
                   d6(1, 300), d6(1, 500), d6(0, 50)) for i in range(3000)]
     # on and next to a half unit: bill 2, plan 2.00 + (data − 10 MB) × 0.000001:
