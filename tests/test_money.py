@@ -24,7 +24,13 @@ from mktool import dialect
 from mktool.config import shipped_matrices_dir
 from mktool.contract import TABLES
 from mktool.database import replace_month
-from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, PlanConfig, exact_sql, recommend_query
+from mktool.plan import (
+    CANDIDATES_SQL,
+    PAIRS_SQL,
+    PlanConfig,
+    exact_sql,
+    recommend_query,
+)
 from mktool.view import base_sql, view_params
 
 M, P1, P2 = "2026-10", "2026-09", "2026-08"
