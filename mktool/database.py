@@ -302,24 +302,37 @@ def replace_month(con: duckdb.DuckDBPyConnection, table: str, month: str, select
     """Replace ``table``'s rows for ``month`` with the rows of ``select_sql``; returns rows written.
 
     Other months stay. When the new rows' columns differ from the table's (a rule file added a
-    score), the table is rebuilt by column name so that older months keep their values.
-    Call inside a transaction.
+    score) or their types do (money became DECIMAL), the table is rebuilt by column name so
+    that older months keep their values; an older month's numeric column is cast to the new
+    type (a union would otherwise widen DECIMAL money back to DOUBLE). Call inside a transaction.
     """
     args: Any = dict(params) if isinstance(params, dict) else list(params)
-    new_cols = [r[0] for r in con.execute(f"DESCRIBE {select_sql}", args).fetchall()]
+    new_described = [(r[0], r[1]) for r in con.execute(f"DESCRIBE {select_sql}", args).fetchall()]
     if not table_exists(con, table):
         con.execute(f'CREATE TABLE "{table}" AS {select_sql}', args)
-    elif table_columns(con, table) == new_cols:
+        return _month_rows(con, table, month)
+    old_described = [(r[0], r[1]) for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
+    if old_described == new_described:
         con.execute(f'DELETE FROM "{table}" WHERE month = ?', [month])
         con.execute(f'INSERT INTO "{table}" {select_sql}', args)
     else:
+        new_types = dict(new_described)
+        old_select = ", ".join(
+            f'CAST("{name}" AS {new_types[name]}) AS "{name}"'
+            if name in new_types and new_types[name] != type_ and _numeric(type_) and _numeric(new_types[name])
+            else f'"{name}"'
+            for name, type_ in old_described)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _mk_new AS {select_sql}", args)
         con.execute(
             f'CREATE OR REPLACE TABLE "{table}" AS '
-            f'SELECT * FROM _mk_new UNION ALL BY NAME SELECT * FROM "{table}" WHERE month <> ?',
+            f'SELECT * FROM _mk_new UNION ALL BY NAME SELECT {old_select} FROM "{table}" WHERE month <> ?',
             [month],
         )
         con.execute("DROP TABLE _mk_new")
+    return _month_rows(con, table, month)
+
+
+def _month_rows(con: duckdb.DuckDBPyConnection, table: str, month: str) -> int:
     return int(con.execute(f'SELECT count(*) FROM "{table}" WHERE month = ?', [month]).fetchone()[0])  # type: ignore[index]
 
 
@@ -361,6 +374,13 @@ def step_settings(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, dict[
     return {step: {"settings": json.loads(settings), "overrides": json.loads(overrides),
                    "command_line": json.loads(argv), "recorded_at": at.isoformat() if at else None}
             for step, settings, overrides, argv, at in rows}
+
+
+_NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+
+
+def _numeric(type_: str) -> bool:
+    return type_.upper().startswith(_NUMERIC_TYPES)
 
 
 def record_funnel(con: duckdb.DuckDBPyConnection, month: str, funnel: str, stages: Sequence[tuple[str, int]]) -> None:

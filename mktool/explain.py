@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 
 from mktool.database import Database, table_exists
+from mktool.dialect import round_half_away
 from mktool.errors import MktoolError
 from mktool.freshness import require_fresh_view
 
@@ -57,26 +58,31 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
-# The plan step's own SQL, evaluated for one customer and every target plan, with the
-# window each pair falls outside of (rounded to 6 decimals as in SPEC §5).
+# The plan step's own SQL, evaluated for one customer and every target plan (not only those
+# near a window), with the window each pair falls outside of: the same exact bills and rates as
+# plan_recommendations. Money as the lists show it (the fen); each rate as the lists show it
+# (4 decimals, half away from zero) and as the windows compared it (``*_6``, 6 decimals).
 def _plan_sql() -> str:
-    from mktool.plan import CANDIDATES_SQL, PAIRS_SQL
+    from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, SHOWN_COLUMNS_SQL, exact_sql
 
     pairs_for_everyone = PAIRS_SQL.replace("FROM candidates AS c", "FROM staged AS c")
-    return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone}
+    return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql("WHERE msisdn = $msisdn")},
+        shown AS (SELECT plan_id, plan_name, total_fee_change_6, rental_change_6, {SHOWN_COLUMNS_SQL} FROM rated6)
         SELECT plan_id, plan_name, new_rental, new_voice_overage, new_data_overage, new_total, current_total,
-               total_fee_change, rental_change,
-               CASE WHEN round(total_fee_change, 6) NOT BETWEEN $total_lo AND $total_hi
+               {round_half_away("total_fee_change", 4)} AS total_fee_change,
+               {round_half_away("rental_change", 4)} AS rental_change,
+               total_fee_change_6, rental_change_6,
+               CASE WHEN total_fee_change_6 NOT BETWEEN $total_lo AND $total_hi
                          THEN 'total_fee_change outside ' || $total_window
-                    WHEN round(rental_change, 6) NOT BETWEEN $rental_lo AND $rental_hi
+                    WHEN rental_change_6 NOT BETWEEN $rental_lo AND $rental_hi
                          THEN 'rental_change outside ' || $rental_window
                     ELSE 'in both windows' END AS verdict
-        FROM rated WHERE msisdn = $msisdn
-        ORDER BY verdict <> 'in both windows', round(abs(round(total_fee_change, 6) - 1), 6), new_rental DESC, plan_id"""
+        FROM shown
+        ORDER BY verdict <> 'in both windows', abs(total_fee_change_6 - 1), new_rental DESC, plan_id"""
 
 
 def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Explanation:
-    from mktool.plan import CANDIDATES_SQL, load_plan_config
+    from mktool.plan import CANDIDATES_SQL, candidate_params, load_plan_config, window_params
     from mktool.rules import load_rules
 
     con = db.c
@@ -117,12 +123,10 @@ def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Exp
         "WITH " + CANDIDATES_SQL + " SELECT true AS base, is_active AS active, is_active AND has_min_data AS data_ge_min, "
           "is_active AND has_min_data AND on_eligible_plan AS eligible_plan, "
           "is_active AND has_min_data AND on_eligible_plan AND is_billable AS billable FROM staged WHERE msisdn = $msisdn",
-        {"month": month, "min_data": float(plan.min_data_mb), "msisdn": msisdn}))
+        {**candidate_params(month, plan), "msisdn": msisdn}))
     stages = {k: bool(v) for k, v in stage_row[0].items()} if stage_row else {}
     pairs = _rows(con.execute(_plan_sql(), {
-        "month": month, "min_data": float(plan.min_data_mb), "msisdn": msisdn,
-        "total_lo": plan.total_change.lo, "total_hi": plan.total_change.hi,
-        "rental_lo": plan.rental_change.lo, "rental_hi": plan.rental_change.hi,
+        **candidate_params(month, plan), **window_params(plan), "msisdn": msisdn,
         "total_window": f"[{plan.total_change.lo:g}, {plan.total_change.hi:g}]",
         "rental_window": f"[{plan.rental_change.lo:g}, {plan.rental_change.hi:g}]",
     }))

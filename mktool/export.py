@@ -48,6 +48,7 @@ import duckdb
 from mktool import __version__
 from mktool.console import QUIET, Reporter
 from mktool.database import Database, command_line, record_funnel, step_settings, table_columns, table_exists
+from mktool.dialect import money, round_half_away
 from mktool.errors import ConfigError, Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
 from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, file_sha256, stream_file
@@ -338,10 +339,10 @@ def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None)
             parts.append("substr(msisdn, 1, 3) || '****' || substr(msisdn, length(msisdn) - 3, 4) AS msisdn")
         elif col == "msisdn" and channel.mask == "hash":
             parts.append(f"sha256({quote_literal(salt or '')} || msisdn) AS msisdn")
-        elif col in MONEY_COLUMNS:
-            parts.append(f"CAST(round({col}, 2) AS DECIMAL(18, 2)) AS {col}")
+        elif col in MONEY_COLUMNS:  # the fen, half away from zero (docs/money.md), never round() on a DOUBLE
+            parts.append(f"{money(col)} AS {col}")
         elif col in RATE_COLUMNS:
-            parts.append(f"CAST(round({col}, 4) AS DECIMAL(18, 4)) AS {col}")
+            parts.append(f"{round_half_away(col, 4)} AS {col}")
         else:
             parts.append(col)
     return ", ".join(parts)

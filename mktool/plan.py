@@ -5,10 +5,13 @@ own, in one set-based DuckDB query; each pair is priced at the customer's 3-mont
 usage, the pairs whose total-fee change rate (总费变化率) and rental change rate (月租变化率)
 fall inside the windows are kept, and a customer's kept plans are ranked.
 
-Why every comparison rounds to 6 decimals first: the averages come out of floating-point
-sums whose last bit depends on summation order (5.93, 5.54 and 3.53 MB average to
-4.999999999999999), and a customer must not flip in or out of the target list because
-DuckDB added three numbers in another order.
+Money is exact (docs/money.md): bills are integer counts of pico-yuan computed from the
+view's exact averages, stored and shown rounded half away from zero to the fen; the rates
+are the exact quotients rounded half away from zero to 6 decimals, and those are what the
+windows compare and the ranking orders. Usage averages (DOUBLE minutes and MB) are rounded
+to 6 decimals before pricing, so that a customer does not flip in or out of the target list
+because DuckDB added three numbers in another order (5.93, 5.54 and 3.53 MB average to
+4.999999999999999, which is 5 MB).
 
 The SQL lives in the ``*_SQL`` constants below and is put together by the ``*_query``
 functions, apart from execution; every query transpiles to Spark SQL with sqlglot
@@ -25,9 +28,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mktool import dialect
 from mktool.console import QUIET, Reporter
 from mktool.contract import MONTH_RE
 from mktool.database import Database, record_funnel, record_step, replace_month
+from mktool.dialect import exact_decimal
 from mktool.errors import ConfigError, MktoolError, StateError
 from mktool.freshness import require_fresh_view, view_build_id
 from mktool.sqlquote import is_id, quote_literal
@@ -41,7 +46,9 @@ FUNNEL = "plan"
 #: Funnel stages, in order; each counts distinct subscribers that pass it and all before it.
 STAGES = ("base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
 
-#: Columns of ``plan_recommendations``, in order (full DOUBLE precision).
+#: Columns of ``plan_recommendations``, in order: money DECIMAL(18,2) (the bill rounded to the
+#: fen), rates DECIMAL(38,12) (the exact rate truncated to 12 decimals: rounded to 6 it is the
+#: value that was compared, rounded to 4 the value the lists show, both as from the exact rate).
 TABLE_COLUMNS = (
     "msisdn", "month", "rank", "current_plan_id", "plan_id", "plan_name", "new_rental", "new_voice_overage",
     "new_data_overage", "new_total", "current_total", "total_fee_change", "rental_change",
@@ -257,21 +264,40 @@ def load_plan_config(matrices_dir: Path) -> PlanConfig:
 # -- SQL ------------------------------------------------------------------------------------------
 # Named parameters: $month, $min_data (candidates); $total_lo, $total_hi, $rental_lo,
 # $rental_hi, $top (recommendations); $box_* (the sweep: the smallest window holding every
-# window of the grid). DuckDB dialect, written in forms sqlglot transpiles to Spark SQL
-# (no QUALIFY, no FILTER, no IN-subquery in a select list, no DuckDB-only aggregates).
+# window of the grid). Bounds and the minimum are passed as exact decimals (Decimal).
+# DuckDB dialect, written in forms sqlglot transpiles to Spark SQL (no QUALIFY, no FILTER, no
+# IN-subquery in a select list, no DuckDB-only aggregates).
+#
+# Money is exact (docs/money.md): the customer's averages are read as integer micro-yuan, the
+# plan's rental as fen and its unit prices as micro-yuan per unit, the usage averages are
+# rounded half away from zero to 6 decimals (micro-MB, micro-minutes) — the SPEC §5 rule —
+# so an overage (micro-units × micro-yuan) is an exact count of pico-yuan (10⁻¹²) and so is
+# new_total. The rates are the exact quotients rounded half away from zero to 6 decimals:
+# those are the values compared with the windows and ranked on (stored: truncated to 12
+# decimals, from which both the 6 and the 4 shown round exactly). The bills are stored and
+# shown rounded half away from zero to the fen. Every formula comes from mktool/dialect.py.
+_MICRO = 6  # decimals of the averages, usage, unit prices and rates
+_PICO = 12  # decimals of an overage or a bill: micro-units × micro-yuan
 
 #: Candidate customers of the month, with one flag per funnel stage (SPEC §5 step 1).
-CANDIDATES_SQL = """
+CANDIDATES_SQL = f"""
 view_m AS (
     SELECT
         msisdn, month, status, plan_id,
-        CAST(data_mb_3m AS DOUBLE)       AS data_mb_3m,
-        CAST(voice_min_3m AS DOUBLE)     AS voice_min_3m,
-        CAST(rental_3m AS DOUBLE)        AS rental_3m,
-        CAST(current_total_3m AS DOUBLE) AS current_total_3m,
-        CAST(addon_3m AS DOUBLE)         AS addon_3m
+        {dialect.double_units("data_mb_3m", _MICRO)} AS data_mb_u,
+        {dialect.double_units("voice_min_3m", _MICRO)} AS voice_min_u,
+        {dialect.small_decimal_units("rental_3m", _MICRO)} AS rental_u,
+        {dialect.small_decimal_units("current_total_3m", _MICRO)} AS current_total_u,
+        {dialect.small_decimal_units("addon_3m", _MICRO)} AS addon_u
     FROM customer_view
     WHERE month = $month
+),
+view_d AS (
+    SELECT *,
+        CAST(data_mb_u AS DOUBLE) AS data_mb_d, CAST(coalesce(voice_min_u, 0) AS DOUBLE) AS voice_min_d,
+        CAST(rental_u AS DOUBLE) AS rental_d, CAST(current_total_u AS DOUBLE) AS current_total_d,
+        CAST(coalesce(addon_u, 0) AS DOUBLE) AS addon_d
+    FROM view_m
 ),
 eligible_plans AS (
     SELECT DISTINCT plan_id FROM plans WHERE product_status = 1
@@ -279,71 +305,162 @@ eligible_plans AS (
 staged AS (
     SELECT
         v.*,
-        coalesce(v.status = 'active', false)                        AS is_active,
-        coalesce(round(v.data_mb_3m, 6) >= $min_data, false)        AS has_min_data,
-        e.plan_id IS NOT NULL                                       AS on_eligible_plan,
-        coalesce(v.current_total_3m > 0 AND v.rental_3m > 0, false) AS is_billable
-    FROM view_m AS v
+        coalesce(v.status = 'active', false)                                AS is_active,
+        coalesce(v.data_mb_u >= $min_data * {10 ** _MICRO}, false)          AS has_min_data,
+        e.plan_id IS NOT NULL                                               AS on_eligible_plan,
+        coalesce(v.current_total_u > 0 AND v.rental_u > 0, false)           AS is_billable
+    FROM view_d AS v
     LEFT JOIN eligible_plans AS e ON e.plan_id = v.plan_id
 ),
 candidates AS (
     SELECT * FROM staged WHERE is_active AND has_min_data AND on_eligible_plan AND is_billable
 )"""
 
-#: Every candidate × every target plan but their own, priced and rated (SPEC §5 step 2).
+#: Every candidate × every target plan but their own (SPEC §5 step 2), with the exact integer
+#: units the bill is made of and DOUBLE approximations of the two rates (``*_approx``). The
+#: approximations only serve to skip, before the exact arithmetic (see ROUNDED_SQL), pairs
+#: that are far outside a window: HUGEINT products and divisions on every pair would cost
+#: twice the time of the whole step.
 #: Missing voice minutes or add-on fees count as 0; a target plan with a missing tariff
 #: figure is never offered (greatest() would otherwise ignore the NULL and price it free).
-PAIRS_SQL = """
+PAIRS_SQL = f"""
 target_plans AS (
     SELECT
         plan_id, plan_name,
-        CAST(monthly_rental AS DOUBLE)        AS monthly_rental,
-        CAST(included_data_mb AS DOUBLE)      AS included_data_mb,
-        CAST(included_voice_min AS DOUBLE)    AS included_voice_min,
-        CAST(data_overage_per_mb AS DOUBLE)   AS data_overage_per_mb,
-        CAST(voice_overage_per_min AS DOUBLE) AS voice_overage_per_min
+        {dialect.fen("monthly_rental")} AS rental_fen,
+        {dialect.double_units("included_data_mb", _MICRO)} AS included_data_u,
+        {dialect.double_units("included_voice_min", _MICRO)} AS included_voice_u,
+        {dialect.small_decimal_units(dialect.read_unit_price("data_overage_per_mb"), _MICRO)} AS data_price_u,
+        {dialect.small_decimal_units(dialect.read_unit_price("voice_overage_per_min"), _MICRO)} AS voice_price_u
     FROM plans
     WHERE is_target
       AND monthly_rental IS NOT NULL AND included_data_mb IS NOT NULL AND included_voice_min IS NOT NULL
       AND data_overage_per_mb IS NOT NULL AND voice_overage_per_min IS NOT NULL
 ),
-pairs AS (
-    SELECT
-        c.msisdn, c.month, c.plan_id AS current_plan_id, t.plan_id, t.plan_name,
-        t.monthly_rental AS new_rental,
-        greatest(0.0, coalesce(c.voice_min_3m, 0.0) - t.included_voice_min) * t.voice_overage_per_min
-            AS new_voice_overage,
-        greatest(0.0, c.data_mb_3m - t.included_data_mb) * t.data_overage_per_mb AS new_data_overage,
-        coalesce(c.addon_3m, 0.0) AS addon_3m,
-        c.current_total_3m AS current_total,
-        c.rental_3m
-    FROM candidates AS c
-    CROSS JOIN target_plans AS t
-    WHERE t.plan_id <> c.plan_id
-),
-priced AS (
-    SELECT *, new_rental + new_voice_overage + new_data_overage + addon_3m AS new_total
-    FROM pairs
+target_d AS (
+    SELECT *,
+        CAST(rental_fen AS DOUBLE) AS rental_fen_d,
+        CAST(included_data_u AS DOUBLE) AS included_data_d, CAST(included_voice_u AS DOUBLE) AS included_voice_d,
+        CAST(data_price_u AS DOUBLE) AS data_price_d, CAST(voice_price_u AS DOUBLE) AS voice_price_d
+    FROM target_plans
 ),
 rated AS (
-    SELECT *, new_total / current_total AS total_fee_change, new_rental / rental_3m AS rental_change
+    SELECT
+        c.msisdn, c.month, c.plan_id AS current_plan_id, t.plan_id, t.plan_name, t.rental_fen,
+        coalesce(c.voice_min_u, 0) AS voice_min_u, c.data_mb_u, t.included_voice_u, t.included_data_u,
+        t.voice_price_u, t.data_price_u, coalesce(c.addon_u, 0) AS addon_u, c.current_total_u, c.rental_u,
+        (t.rental_fen_d * {10.0 ** (_PICO - 2)!r}
+            + greatest(0.0, c.voice_min_d - t.included_voice_d) * t.voice_price_d
+            + greatest(0.0, c.data_mb_d - t.included_data_d) * t.data_price_d
+            + c.addon_d * {10.0 ** (_PICO - _MICRO)!r})
+            / (c.current_total_d * {10.0 ** (_PICO - _MICRO)!r}) AS total_fee_change_approx,
+        t.rental_fen_d * {10.0 ** (_MICRO - 2)!r} / c.rental_d AS rental_change_approx,
+        greatest(c.voice_min_d, c.data_mb_d, c.current_total_d, c.rental_d, c.addon_d, t.rental_fen_d,
+                 t.included_voice_d, t.included_data_d, t.voice_price_d, t.data_price_d) < {2.0 ** 53!r}
+            AS approx_is_close
+    FROM candidates AS c
+    CROSS JOIN target_d AS t
+    WHERE t.plan_id <> c.plan_id
+)"""
+
+
+def exact_sql(where: str = "") -> str:
+    """The pairs (``rated``) that pass ``where`` priced exactly, as CTE ``rated6``: the bill's
+    parts as integers (pico-yuan, fen, micro-yuan), new_rental, and the two rates rounded half
+    away from zero to 6 decimals (``*_6``: what the windows compare and the ranking orders).
+    :data:`SHOWN_COLUMNS_SQL` turns a row into the stored bill and rates."""
+    return f"""
+near AS (
+    SELECT msisdn, month, current_plan_id, plan_id, plan_name, rental_fen, addon_u, current_total_u, rental_u,
+        total_fee_change_approx, rental_change_approx, approx_is_close,
+        {dialect.integer("greatest(0, voice_min_u - included_voice_u)")} * voice_price_u AS voice_overage_p,
+        {dialect.integer("greatest(0, data_mb_u - included_data_u)")} * data_price_u AS data_overage_p
+    FROM rated
+    {where}
+),
+priced AS (
+    SELECT *,
+        {dialect.integer("rental_fen")} * {10 ** (_PICO - 2)} + voice_overage_p + data_overage_p
+            + {dialect.integer("addon_u")} * {10 ** (_PICO - _MICRO)} AS new_total_p
+    FROM near
+),
+rated6 AS (
+    SELECT *,
+        {dialect.units_decimal("rental_fen", 2, precision=18)} AS new_rental,
+        {dialect.units_decimal(_rate6("total_fee_change_approx", "new_total_p", "current_total_u"), _MICRO, precision=18)}
+            AS total_fee_change_6,
+        {dialect.units_decimal(_rate6("rental_change_approx", f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}",
+                                      "rental_u"), _MICRO, precision=18)}
+            AS rental_change_6
     FROM priced
 )"""
 
-#: The rates rounded to 6 decimals, for the pairs that can be inside [$lo, $hi] of both
-#: windows. round() is the expensive part of the whole query, so pairs that are out by more
-#: than 0.000001 (rounding moves a value by at most 0.0000005) are dropped before it: an
-#: exact shortcut, the rounded comparisons still decide. The {total_lo} … {rental_hi}
-#: placeholders are filled with the names of the parameters that bound the windows.
-ROUNDED_SQL = """
-rated6 AS (
-    SELECT *, round(total_fee_change, 6) AS total_fee_change_6, round(rental_change, 6) AS rental_change_6
-    FROM rated
-    WHERE total_fee_change BETWEEN ${total_lo} - 0.000001 AND ${total_hi} + 0.000001
-      AND rental_change BETWEEN ${rental_lo} - 0.000001 AND ${rental_hi} + 0.000001
-)"""
 
-#: Pairs inside both windows, ranked per customer (SPEC §5 steps 3-5).
+def _rate6(approx: str, numerator: str, denominator: str) -> str:
+    """numerator / denominator in 10⁻⁶ units, rounded half away from zero — taken from the DOUBLE
+    approximation where that cannot be wrong, from the exact 128-bit division elsewhere.
+
+    The approximation is built from exact integers below 2⁵³ (``approx_is_close``) by additions
+    of non-negative terms, products and one division: within 10 ulps (2.2·10⁻¹⁵, relative) of
+    the exact rate. Below 1000 that is less than 2.2·10⁻⁶ of a 10⁻⁶ unit, so when the scaled
+    approximation is more than 10⁻³ of a unit from a half unit both round the same way. The
+    other 0.2 % of the pairs, and every pair whose approximation is not close, take the exact
+    division (tests/test_money.py checks the two paths agree)."""
+    scaled = f"({approx} * 1e6)"
+    fast = (f"approx_is_close AND {approx} >= 0 AND {approx} < 1000 "
+            f"AND abs({scaled} - floor({scaled}) - 0.5) > 0.001")
+    return (f"(CASE WHEN {fast} THEN CAST(floor({scaled} + 0.5) AS BIGINT) "
+            f"ELSE CAST({dialect.div_half_away(numerator, denominator)} AS BIGINT) END)")
+
+
+_SMALL = 4_000_000_000_000_000_000  # below this a count fits the 64-bit formulas (2n + d < 2⁶³)
+
+
+def _fen(units: str, scale: int) -> str:
+    """A count of 10⁻ˢᶜᵃˡᵉ yuan rounded half away from zero to the fen (64-bit when it fits)."""
+    fast = dialect.div_half_away_64(units, str(10 ** (scale - 2)))
+    exact = f"CAST({dialect.round_units(units, scale, 2)} AS BIGINT)"
+    return dialect.units_decimal(f"(CASE WHEN {units} BETWEEN 0 AND {_SMALL} THEN {fast} ELSE {exact} END)", 2,
+                                 precision=18)
+
+
+def _rate12(numerator: str, denominator: str, shift: int) -> str:
+    """⌊numerator · 10ˢʰⁱᶠᵗ / denominator⌋ (a rate truncated to 12 decimals), 64-bit when it fits."""
+    fast = dialect.scaled_quotient_64(numerator, denominator, shift)
+    fits = (f"{numerator} BETWEEN 0 AND {_SMALL} AND {denominator} BETWEEN 1 AND {9 * 10 ** (18 - shift)} "
+            f"AND CAST({numerator} AS DOUBLE) < CAST({denominator} AS DOUBLE) * {8e18 / 10 ** shift!r}")
+    exact = dialect.div_toward_zero(f"{dialect.integer(numerator)} * {10 ** shift}", denominator)
+    return dialect.units_decimal(f"(CASE WHEN {fits} THEN {dialect.integer(fast)} ELSE {exact} END)",
+                                 dialect.RATE_SCALE)
+
+
+#: A priced pair (a row of ``rated6``) as stored: the bills rounded half away from zero to the
+#: fen; each rate as the exact quotient truncated to 12 decimals, from which rounding half away
+#: from zero to the 6 decimals compared or the 4 shown gives the exact quotient's rounding (see
+#: dialect.div_toward_zero). Computed after the ranking, for the rows kept only: the divisions
+#: are the expensive part of the step.
+SHOWN_COLUMNS_SQL = f"""
+    new_rental,
+    {_fen("voice_overage_p", _PICO)} AS new_voice_overage,
+    {_fen("data_overage_p", _PICO)} AS new_data_overage,
+    {_fen("new_total_p", _PICO)} AS new_total,
+    {_fen("current_total_u", _MICRO)} AS current_total,
+    {_rate12("new_total_p", "current_total_u", dialect.RATE_SCALE - _MICRO)} AS total_fee_change,
+    {_rate12(f"{dialect.integer('rental_fen')} * {10 ** (_PICO - 2)}", "rental_u", dialect.RATE_SCALE + _MICRO - _PICO)}
+        AS rental_change"""
+
+
+#: The exact columns for the pairs that can be inside [$lo, $hi] of both windows. The exact
+#: division is the expensive part of the whole query, so pairs whose DOUBLE rates are out by
+#: more than 0.000001 are dropped before it: an exact shortcut (the approximations are within
+#: 10⁻¹⁴ of the exact rates, and rounding to 6 decimals moves a value by at most 0.0000005);
+#: the exact rates still decide. The {total_lo} … {rental_hi} placeholders are filled with the
+#: names of the parameters that bound the windows.
+ROUNDED_SQL = exact_sql(
+    "WHERE total_fee_change_approx BETWEEN ${total_lo} - 0.000001 AND ${total_hi} + 0.000001\n"
+    "      AND rental_change_approx BETWEEN ${rental_lo} - 0.000001 AND ${rental_hi} + 0.000001")
+
+#: Pairs inside both windows, ranked per customer (SPEC §5 steps 3-5); all exact decimals.
 RANKED_SQL = """
 kept AS (
     SELECT * FROM rated6
@@ -355,16 +472,15 @@ ranked AS (
         *,
         row_number() OVER (
             PARTITION BY msisdn
-            ORDER BY round(abs(total_fee_change_6 - 1), 6), new_rental DESC, plan_id
+            ORDER BY abs(total_fee_change_6 - 1), new_rental DESC, plan_id
         ) AS plan_rank
     FROM kept
 )"""
 
 #: The rows of ``plan_recommendations`` for the month.
-RECOMMEND_SELECT_SQL = """
+RECOMMEND_SELECT_SQL = f"""
 SELECT
-    msisdn, month, CAST(plan_rank AS INTEGER) AS rank, current_plan_id, plan_id, plan_name,
-    new_rental, new_voice_overage, new_data_overage, new_total, current_total, total_fee_change, rental_change
+    msisdn, month, CAST(plan_rank AS INTEGER) AS rank, current_plan_id, plan_id, plan_name,{SHOWN_COLUMNS_SQL}
 FROM ranked
 WHERE plan_rank <= $top"""
 
@@ -416,18 +532,19 @@ SELECT cells.total_no, cells.rental_no, CASE cells.cell_no {pick} END AS custome
 FROM cells CROSS JOIN cell_counts
 ORDER BY cells.total_no, cells.rental_no"""
 
-#: ``--out``: the stored rows as SPEC §6 lists them (no plan_name), money cast to 2 decimals and
-#: rates to 4 so that csv shows 228.00 and 1.0364; positional parameter: the month.
+#: ``--out``: the stored rows as SPEC §6 lists them (no plan_name), money to 2 decimals and
+#: rates to 4 (rounded half away from zero) so that csv shows 228.00 and 1.0364; positional
+#: parameter: the month.
 EXPORT_SQL = f"""
 SELECT
     msisdn, month, rank, current_plan_id, plan_id,
-    CAST(new_rental AS DECIMAL(18,2))        AS new_rental,
-    CAST(new_voice_overage AS DECIMAL(18,2)) AS new_voice_overage,
-    CAST(new_data_overage AS DECIMAL(18,2))  AS new_data_overage,
-    CAST(new_total AS DECIMAL(18,2))         AS new_total,
-    CAST(current_total AS DECIMAL(18,2))     AS current_total,
-    CAST(total_fee_change AS DECIMAL(18,4))  AS total_fee_change,
-    CAST(rental_change AS DECIMAL(18,4))     AS rental_change
+    {dialect.money("new_rental")}        AS new_rental,
+    {dialect.money("new_voice_overage")} AS new_voice_overage,
+    {dialect.money("new_data_overage")}  AS new_data_overage,
+    {dialect.money("new_total")}         AS new_total,
+    {dialect.money("current_total")}     AS current_total,
+    {dialect.round_half_away("total_fee_change", 4)} AS total_fee_change,
+    {dialect.round_half_away("rental_change", 4)}    AS rental_change
 FROM {PLAN_TABLE}
 WHERE month = ?
 ORDER BY msisdn, rank"""
@@ -441,18 +558,20 @@ class Query:
     params: dict[str, Any]
 
 
-def _candidate_params(month: str, config: PlanConfig) -> dict[str, Any]:
-    return {"month": month, "min_data": float(config.min_data_mb)}
+def candidate_params(month: str, config: PlanConfig) -> dict[str, Any]:
+    """The candidates' parameters: the month and the minimum data as the exact decimal written."""
+    return {"month": month, "min_data": exact_decimal(config.min_data_mb)}
 
 
-def _window_params(config: PlanConfig) -> dict[str, Any]:
-    return {"total_lo": config.total_change.lo, "total_hi": config.total_change.hi,
-            "rental_lo": config.rental_change.lo, "rental_hi": config.rental_change.hi}
+def window_params(config: PlanConfig) -> dict[str, Any]:
+    """The windows' bounds as the exact decimals written (0.6 is 0.6, not 0.59999…)."""
+    return {"total_lo": exact_decimal(config.total_change.lo), "total_hi": exact_decimal(config.total_change.hi),
+            "rental_lo": exact_decimal(config.rental_change.lo), "rental_hi": exact_decimal(config.rental_change.hi)}
 
 
 def funnel_query(month: str, config: PlanConfig) -> Query:
     """Counts of the stages base … billable."""
-    return Query(f"WITH {CANDIDATES_SQL}{FUNNEL_SELECT_SQL}", _candidate_params(month, config))
+    return Query(f"WITH {CANDIDATES_SQL}{FUNNEL_SELECT_SQL}", candidate_params(month, config))
 
 
 def recommend_query(month: str, config: PlanConfig, *, ordered: bool = True) -> Query:
@@ -462,11 +581,12 @@ def recommend_query(month: str, config: PlanConfig, *, ordered: bool = True) -> 
     sql = f"WITH {CANDIDATES_SQL},{PAIRS_SQL},{rounded},{RANKED_SQL}{RECOMMEND_SELECT_SQL}"
     if ordered:
         sql += "\nORDER BY msisdn, rank"
-    return Query(sql, {**_candidate_params(month, config), **_window_params(config), "top": int(config.top)})
+    return Query(sql, {**candidate_params(month, config), **window_params(config), "top": int(config.top)})
 
 
 def _num(x: float) -> str:
-    return f"CAST({quote_literal(float(x))} AS DOUBLE)"
+    """A window bound as an exact decimal literal (0.6, 1.5, 10)."""
+    return f"{exact_decimal(x):f}"
 
 
 def sweep_query(month: str, config: PlanConfig, total_windows: Sequence[Window],
@@ -490,9 +610,11 @@ def sweep_query(month: str, config: PlanConfig, total_windows: Sequence[Window],
     pick = " ".join(f"WHEN {k} THEN cell_counts.cell_{k}" for k, *_ in cells)
     grid = SWEEP_SQL.format(flags=flags, sums=sums, cells=values, pick=pick)
     params = {
-        **_candidate_params(month, config),
-        "box_total_lo": min(w.lo for w in total_windows), "box_total_hi": max(w.hi for w in total_windows),
-        "box_rental_lo": min(w.lo for w in rental_windows), "box_rental_hi": max(w.hi for w in rental_windows),
+        **candidate_params(month, config),
+        "box_total_lo": exact_decimal(min(w.lo for w in total_windows)),
+        "box_total_hi": exact_decimal(max(w.hi for w in total_windows)),
+        "box_rental_lo": exact_decimal(min(w.lo for w in rental_windows)),
+        "box_rental_hi": exact_decimal(max(w.hi for w in rental_windows)),
     }
     rounded = ROUNDED_SQL.format(total_lo="box_total_lo", total_hi="box_total_hi", rental_lo="box_rental_lo",
                                  rental_hi="box_rental_hi")
@@ -512,7 +634,7 @@ def script_sql(template: str) -> str:
         if name == "plan_name":
             parts.append("coalesce(plan_name, plan_id)")
         elif name in ("new_rental", "new_total"):
-            parts.append(f"CAST(CAST({name} AS DECIMAL(18,2)) AS VARCHAR)")
+            parts.append(dialect.money_text(name))
     if not parts:
         return "''"
     return parts[0] if len(parts) == 1 else "concat(" + ", ".join(parts) + ")"

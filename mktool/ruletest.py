@@ -51,9 +51,10 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import fnmatch
-import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ import duckdb
 from mktool.console import QUIET, Reporter
 from mktool.contract import MONTH_RE, TABLES
 from mktool.database import BOOKKEEPING_DDL, Database
+from mktool.dialect import exact_decimal, py_round_half_away
 from mktool.errors import ConfigError, MktoolError
 from mktool.rules import matrix_files_by_name
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS
@@ -413,6 +415,18 @@ def _join_date(month: str, tenure: Any) -> dt.date | None:
     return dt.date(int(first[:4]), int(first[5:7]), 1)
 
 
+_DECIMAL_RE = re.compile(r"DECIMAL\(\d+,\s*(\d+)\)")
+
+
+def _decimal(value: Any, type_: str) -> Any:
+    """A number for a DECIMAL(p,s) column (money): the decimal written (100.01 is 100.01, not
+    the float 100.0100000000000051…), rounded half away from zero to s decimals like the view."""
+    m = _DECIMAL_RE.fullmatch(type_.upper().replace(" ", ""))
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or m is None:
+        return value
+    return py_round_half_away(value, int(m.group(1)))
+
+
 def _convert(value: Any, type_: str, where: str, file: str) -> Any:
     """A YAML value for a column of DuckDB type ``type_`` (None stays NULL)."""
     if value is None:
@@ -424,7 +438,7 @@ def _convert(value: Any, type_: str, where: str, file: str) -> Any:
         raise ConfigError(f"{where}: expected true or false, got {value!r}", file=file)
     if t in ("DOUBLE", "FLOAT", "REAL") or t.startswith("DECIMAL"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _decimal(value, t) if t.startswith("DECIMAL") else float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}", file=file)
     if t in ("INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER"):
         if isinstance(value, int) and not isinstance(value, bool):
@@ -477,6 +491,7 @@ class CustomerBuilder:
     def row(self, month: str, msisdn: str, given: dict[str, Any]) -> list[Any]:
         """One row of the raw table: values, then a given-flag per derived / score column."""
         values = {**DEFAULT_CUSTOMER, **given, "msisdn": msisdn, "month": month}
+        values = {c: _decimal(v, self.types[c]) if c in self.types else v for c, v in values.items()}
         flags = {c: c in given for c in self.flagged}
         if "join_date" not in given:
             values["join_date"] = _join_date(month, values.get("tenure_months"))
@@ -608,20 +623,23 @@ def _diff_rows(expected: list[dict[str, Any]], actual: list[dict[str, Any]], *, 
 
 
 def _number_matches(actual: Any, expected: Any, decimals: int) -> bool:
-    """``expected`` is ``actual`` rounded to ``decimals`` (money 2, rates 4), or a percentage "104%"."""
+    """``expected`` is ``actual`` rounded half away from zero to ``decimals`` (money 2, rates 4,
+    as the lists show them), or a percentage "104%" to the places written; exact decimals."""
     if actual is None:
         return expected is None
     if isinstance(expected, str) and expected.strip().endswith("%"):
         text = expected.strip()[:-1].strip()
         try:
-            pct = float(text)
-        except ValueError:
+            pct = exact_decimal(text)
+        except ArithmeticError:
             return False
-        places = len(text.split(".")[1]) if "." in text else 0
-        return math.isclose(round(float(actual) * 100, places), pct, abs_tol=1e-9)
+        if not pct.is_finite():
+            return False
+        places = max(0, -int(pct.as_tuple().exponent))
+        return py_round_half_away(exact_decimal(actual) * 100, places) == pct
     if isinstance(expected, bool) or not isinstance(expected, (int, float)):
         return False
-    return abs(float(actual) - float(expected)) <= 0.5 * 10 ** -decimals + 1e-9
+    return py_round_half_away(actual, decimals) == exact_decimal(expected)
 
 
 def _plan_matches(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
@@ -648,10 +666,10 @@ def _plan_text(row: dict[str, Any], keys: Sequence[str]) -> str:
         if k not in row:
             continue
         v = row.get(k)
-        if k in MONEY and isinstance(v, float):
-            v = f"{v:.2f}"
-        elif k in RATES and isinstance(v, float):
-            v = f"{v:.4f} ({v * 100:.0f}%)"
+        if k in MONEY and isinstance(v, (float, Decimal)):
+            v = f"{py_round_half_away(v, 2)}"
+        elif k in RATES and isinstance(v, (float, Decimal)):
+            v = f"{py_round_half_away(v, 4)} ({py_round_half_away(exact_decimal(v) * 100, 0)}%)"
         out.append(f"{k}={v}")
     return ", ".join(out)
 
@@ -1132,6 +1150,11 @@ def junit_xml(run: TestRun) -> str:
     return ET.tostring(suites, encoding="unicode")
 
 
+def _json_value(value: Any) -> Any:
+    """A plan's exact money and rates stay JSON numbers (228.0, 1.036362: the same digits)."""
+    return float(value) if isinstance(value, Decimal) else value
+
+
 def result_document(run: TestRun) -> dict[str, Any]:
     """The run as JSON-able data (``mktool test --format json``)."""
     return {
@@ -1143,7 +1166,7 @@ def result_document(run: TestRun) -> dict[str, Any]:
         "rule_errors": run.rule_errors,
         "cases": [{"file": r.case.file, "case": r.case.name, "scope": r.case.scope, "rule": r.case.rule,
                    "status": r.status, "message": r.message, "expected": r.expected,
-                   "actual": [{k: v for k, v in a.items() if k != "msisdn"} for a in r.actual]}
+                   "actual": [{k: _json_value(v) for k, v in a.items() if k != "msisdn"} for a in r.actual]}
                   for r in run.results],
         "coverage": [{"file": f, "matrix": m, "rule": rid, "fires": a, "does_not_fire": b}
                      for f, m, rid, a, b in run.coverage],

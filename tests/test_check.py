@@ -156,7 +156,7 @@ def test_missing_channels_without_policy_channels(cli, in_tmp: Path) -> None:
     ("arpu_3m + 1", "rule R2: when: expected a boolean condition, got arithmetic 'arpu_3m + 1'"),
     ("'yes'", "rule R2: when: expected a boolean condition, got a string literal ''yes''"),
     ("value_tier", "rule R2: when: expected a boolean condition, but 'value_tier' is VARCHAR"),
-    ("coalesce(arpu_3m, 0)", "rule R2: when: expected a boolean condition, but 'coalesce(arpu_3m, 0)' is DOUBLE"),
+    ("coalesce(arpu_3m, 0)", "rule R2: when: expected a boolean condition, but 'coalesce(arpu_3m, 0)' is DECIMAL(38,6)"),
     # A function DuckDB does not have is now refused by the allow-list, before DuckDB binds it.
     ("lenght(city) > 2", "rule R2: when: function 'lenght' is not allowed: it is not on the reviewed allow-list "
                          "of rule functions (ALLOWED_FUNCTIONS in mktool/sqlcheck.py); did you mean 'length'?"),

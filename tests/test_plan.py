@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import ConfigError, MktoolError, StateError
 from mktool.plan import (
-    EXPORT_COLUMNS, EXPORT_SQL, STAGES, TABLE_COLUMNS, PlanConfig, Window, funnel_query, load_plan_config, plan,
+    EXPORT_COLUMNS, EXPORT_SQL, MONEY_COLUMNS, RATE_COLUMNS, STAGES, TABLE_COLUMNS, PlanConfig, Window, funnel_query, load_plan_config, plan,
     recommend_query, script_sql, sweep, sweep_query,
 )
 
@@ -96,22 +97,27 @@ def db_path(tmp_path: Path) -> Path:
 
 
 # -- SPEC §5 worked example -------------------------------------------------------------------------
-def test_worked_example_full_precision_in_table(db_path):
+def test_worked_example_exact_in_table(db_path):
     make_db(db_path, [cust("13800000001")], [ZX128, ZX158])
     result = run_plan(db_path)
     assert result.rows == 1 and result.customers == 1
     row = query(db_path, "SELECT * FROM plan_recommendations")[0]
-    assert [r[0] for r in query(db_path, "DESCRIBE plan_recommendations")] == list(TABLE_COLUMNS)
+    described = query(db_path, "DESCRIBE plan_recommendations")
+    assert [r[0] for r in described] == list(TABLE_COLUMNS)
+    types = {r[0]: r[1] for r in described}
+    assert {types[c] for c in MONEY_COLUMNS} == {"DECIMAL(18,2)"} and {types[c] for c in RATE_COLUMNS} == {"DECIMAL(38,12)"}
     got = dict(zip(TABLE_COLUMNS, row))
     assert (got["msisdn"], got["month"], got["rank"], got["current_plan_id"], got["plan_id"], got["plan_name"]) == (
         "13800000001", M, 1, "ZX128", "ZX158", "自选组合158")
-    # 137.93 MB over × 0.29 = 39.9997 (shown as 40.00); 300 of 900 minutes: no voice overage.
-    assert got["new_data_overage"] == pytest.approx(39.9997, abs=1e-9)
-    assert got["new_voice_overage"] == 0
-    assert got["new_total"] == pytest.approx(227.9997, abs=1e-9)
-    assert got["current_total"] == 220
-    assert got["total_fee_change"] == pytest.approx(227.9997 / 220, abs=1e-12)
-    assert got["rental_change"] == 158 / 128 == 1.234375  # full precision, not 1.2344
+    # 137.93 MB over × 0.29 = 39.9997 exactly, stored as the bill: 40.00; 300 of 900 minutes: no voice overage.
+    assert got["new_data_overage"] == Decimal("40.00")
+    assert got["new_voice_overage"] == Decimal("0.00")
+    assert got["new_total"] == Decimal("228.00")
+    assert got["current_total"] == Decimal("220.00")
+    # the rates come from the exact bill: 227.9997 / 220 = 1.036362272727… stored truncated to 12
+    # decimals (compared as 1.036362, shown as 1.0364); 158 / 128 = 1.234375 exactly, not 1.2344
+    assert str(got["total_fee_change"]) == "1.036362272727"
+    assert got["rental_change"] == Decimal("1.234375")
 
 
 def test_worked_example_csv_on_stdout(cli, db_path):
@@ -122,6 +128,19 @@ def test_worked_example_csv_on_stdout(cli, db_path):
     assert lines == [CSV_HEADER, "13800000001,2026-10,1,ZX128,ZX158,158.00,0.00,40.00,228.00,220.00,1.0364,1.2344"]
     assert "Plan funnel" in result.stderr and "in_rate_window" in result.stderr
     assert "plan_recommendations 2026-10: 1 rows for 1 of 1 customers" in result.stderr
+
+
+def test_shown_rate_rounds_the_exact_rate_not_the_6_decimal_one(cli):
+    """Double rounding: 116.194996 / 100 = 1.16194996 is 1.161950 at 6 decimals (compared) but
+    1.1619 at 4 (shown); rounding the 6-decimal value again would show 1.1620. The bills too:
+    0.194996 of data overage is 0.19, the bill 116.194996 is 116.19."""
+    make_db(cli.db, [cust("13800000001", "CUR", data=10.194996, voice=0, rental=100, total=100, addon=0)],
+            [tariff("CUR", 100), tariff("P", 116, data_mb=10, data_rate=1.0)])
+    result = cli("plan", "--month", M, "--out", "-", "--matrices", str(MATRICES))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == "13800000001,2026-10,1,CUR,P,116.00,0.00,0.19,116.19,100.00,1.1619,1.1600"
+    stored = query(cli.db, "SELECT total_fee_change FROM plan_recommendations")[0][0]
+    assert stored == Decimal("1.16194996")
 
 
 def test_export_columns_and_formats(cli, tmp_path):
@@ -187,27 +206,44 @@ def test_five_mb_minimum_uses_rounded_average(db_path):
 
 # -- rate windows at their edges ---------------------------------------------------------------------
 def test_rental_change_exactly_two_is_kept_just_above_is_dropped(db_path):
-    # rental_3m 100, bill 250, no add-on, no overage: total_fee_change = rental / 250 (0.8), all inside.
-    make_db(db_path, [cust("13800000001", "CUR", data=10, voice=0, rental=100, total=250, addon=0)], [
+    # no overage, no add-on: total_fee_change = rental / 250 (0.8), always inside.
+    make_db(db_path, [
+        cust("13800000001", "CUR", data=10, voice=0, rental=100, total=250, addon=0),
+        cust("13800000002", "CUR", data=10, voice=0, rental=99.99998, total=250, addon=0),
+        cust("13800000003", "CUR", data=10, voice=0, rental=99.99997, total=250, addon=0),
+    ], [
         tariff("CUR", 100),
-        tariff("R200", 200),              # 2.0 exactly: kept
-        tariff("R200_00001", 200.00001),  # 2.0000001 → 2.000000 at 6 decimals: kept (SPEC §5 rule 5)
-        tariff("R200_0001", 200.0001),    # 2.000001: just above, dropped
-        tariff("R250", 250),              # 2.5: dropped
+        tariff("R200", 200),        # 200 / 100 = 2.0 exactly: kept; 200 / 99.99998 = 2.0000004 → 2.000000: kept
+        tariff("R200_01", 200.01),  # 200.01 / 100 = 2.0001: dropped; and for the others
+        tariff("R250", 250),        # 2.5: dropped
     ])
     run_plan(db_path, PlanConfig(top=10))
-    assert sorted(p for _, _, p in recs(db_path)) == ["R200", "R200_00001"]
+    # 200 / 99.99997 = 2.0000006 → 2.000001 at 6 decimals: just above, dropped (SPEC §5 rule 5)
+    assert recs(db_path) == [("13800000001", 1, "R200"), ("13800000002", 1, "R200")]
+
+
+@pytest.mark.parametrize("rental, kept", [(300, True), (300.01, False), (120, True), (119.99, False)])
+def test_total_fee_change_on_the_window_edges_in_fen(db_path, rental, kept):
+    # bill 200, rental 100: 300 / 200 = 1.5 and 120 / 200 = 0.6 exactly are inside [0.60, 1.50];
+    # one fen more (1.50005) or less (0.59995) is outside — exact money, no float near-miss.
+    make_db(db_path, [cust("13800000001", "CUR", data=10, voice=0, rental=100, total=200, addon=0)],
+            [tariff("CUR", 100), tariff("P", rental)])
+    run_plan(db_path, PlanConfig(rental_change=Window(1.0, 3.0)))
+    assert [p for _, _, p in recs(db_path)] == (["P"] if kept else [])
 
 
 def test_total_fee_change_just_above_one_is_on_the_edge_inside(db_path):
-    # new_total = 0.1 + 0 + 0 + 0.2 = 0.30000000000000004; / 0.3 = 1.0000000000000002
-    assert (0.1 + 0 + 0 + 0.2) / 0.3 == 1.0000000000000002
-    make_db(db_path, [cust("13800000001", "CUR", data=10, voice=0, rental=0.1, total=0.3, addon=0.2)],
-            [tariff("CUR", 1.0), tariff("T01", 0.1)])
-    result = run_plan(db_path, PlanConfig(total_change=Window(0.6, 1.0)))
+    # Bill 100, each plan's rental 100, 10 MB used at 1 yuan per MB over the allowance:
+    # T04 includes 9.99996 MB → 0.00004 over → new_total 100.00004 → 1.0000004 → 1.000000: inside;
+    # T06 includes 9.99994 MB → 100.00006 → 1.0000006 → 1.000001: outside the window 0.6-1.0.
+    make_db(db_path, [cust("13800000001", "CUR", data=10, voice=0, rental=100, total=100, addon=0)],
+            [tariff("CUR", 1.0), tariff("T04", 100, data_mb=9.99996, data_rate=1.0),
+             tariff("T06", 100, data_mb=9.99994, data_rate=1.0)])
+    result = run_plan(db_path, PlanConfig(total_change=Window(0.6, 1.0), top=10))
     assert result.stages[-1] == ("in_rate_window", 1)
-    assert query(db_path, "SELECT plan_id, total_fee_change, rental_change FROM plan_recommendations") == [
-        ("T01", 1.0000000000000002, 1.0)]
+    assert query(db_path, "SELECT plan_id, new_data_overage, new_total, total_fee_change, rental_change "
+                          "FROM plan_recommendations") == [
+        ("T04", Decimal("0.00"), Decimal("100.00"), Decimal("1.0000004"), Decimal("1"))]  # compared as 1.000000
 
 
 def test_current_plan_and_non_targets_are_never_offered(db_path):
@@ -224,7 +260,8 @@ def test_overage_and_add_on_pricing(db_path):
             [tariff("A", 100), tariff("B", 150, data_mb=1024, voice_min=400, data_rate=0.5, voice_rate=0.25)])
     run_plan(db_path)
     assert query(db_path, "SELECT new_voice_overage, new_data_overage, new_total, total_fee_change, rental_change "
-                          "FROM plan_recommendations") == [(150.0, 512.0, 822.0, 822 / 800, 1.5)]
+                          "FROM plan_recommendations") == [
+        (Decimal("150.00"), Decimal("512.00"), Decimal("822.00"), Decimal("1.027500"), Decimal("1.500000"))]
 
 
 # -- ranking and top-k ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import duckdb
@@ -81,14 +82,15 @@ def test_one_row_per_subscriber_of_the_month(view):
 def test_full_history_customer(view):
     a = view[A]
     assert a["tenure_months"] == 11  # (2026*12+10) - (2025*12+11)
-    assert a["arpu"] == 110.0
-    assert a["arpu_3m"] == pytest.approx((100 + 120 + 110) / 3)
-    assert a["rental_3m"] == pytest.approx((58 + 58 + 88) / 3)
-    assert a["voice_overage_3m"] == pytest.approx(2.0)
-    assert a["data_overage_3m"] == pytest.approx((30 + 38 + 2) / 3)
-    assert a["addon_3m"] == pytest.approx(50 / 3)
-    assert a["current_total_3m"] == pytest.approx((100 + 120 + 110) / 3)  # 100, 120, 110 are the three-item sums here
-    assert a["return_rate"] == pytest.approx(100 * (330 - 30) / 330)  # 90.909…
+    # money is exact: amounts DECIMAL(18,2), averages DECIMAL(38,6) rounded half away from zero
+    assert a["arpu"] == Decimal("110.00")
+    assert a["arpu_3m"] == Decimal("110.000000")  # (100 + 120 + 110) / 3
+    assert a["rental_3m"] == Decimal("68.000000")  # (58 + 58 + 88) / 3
+    assert a["voice_overage_3m"] == Decimal("2.000000")
+    assert a["data_overage_3m"] == Decimal("23.333333")  # 70 / 3
+    assert a["addon_3m"] == Decimal("16.666667")  # 50 / 3
+    assert a["current_total_3m"] == Decimal("110.000000")  # 100, 120, 110 are the three-item sums here
+    assert a["return_rate"] == Decimal("90.909091")  # 100 × 300 / 330 = 90.9090…
     assert a["voice_min_3m"] == pytest.approx(200.0)
     assert round(a["data_mb_3m"], 6) == 5.0  # SPEC §5: 5.93, 5.54, 3.53 average to 5 MB
     assert a["months_in_window"] == 3
@@ -99,9 +101,9 @@ def test_short_history_customer(view):
     b = view[B]
     assert b["tenure_months"] == 0
     assert b["status"] == "suspended"
-    assert (b["arpu"], b["arpu_3m"], b["rental_3m"]) == (40.0, 40.0, 38.0)
-    assert b["current_total_3m"] == pytest.approx(40.0)  # 38 + 1 + 0 + 1
-    assert b["return_rate"] == pytest.approx(90.0)
+    assert (b["arpu"], b["arpu_3m"], b["rental_3m"]) == (Decimal("40.00"), Decimal("40.000000"), Decimal("38.000000"))
+    assert b["current_total_3m"] == Decimal("40.000000")  # 38 + 1 + 0 + 1
+    assert b["return_rate"] == Decimal("90.000000")
     assert b["months_in_window"] == 1
     assert b["voice_min_3m"] == 12.5
 
@@ -109,9 +111,9 @@ def test_short_history_customer(view):
 def test_gap_in_window_and_zero_bill(view):
     c = view[C]
     assert c["tenure_months"] == (2026 * 12 + 10) - (2010 * 12 + 1)
-    assert c["arpu"] == 0.0
-    assert c["arpu_3m"] == pytest.approx(30.0)  # two billing months present: 60 and 0
-    assert c["return_rate"] == pytest.approx(100.0)
+    assert c["arpu"] == Decimal("0.00")
+    assert c["arpu_3m"] == Decimal("30.000000")  # two billing months present: 60 and 0
+    assert c["return_rate"] == Decimal("100.000000")  # no discount: exactly 100
     assert c["months_in_window"] == 1  # usage only in M-2
     assert c["data_mb_3m"] == 1.0
 
@@ -196,6 +198,12 @@ def test_score_out_to_stdout_and_params(cli, tmp_path):
         "Warning: table vas is not loaded: value-added-service columns (vas_active, has_*) are 0/false"]
 
 
+def exact6(x: Fraction) -> Decimal:
+    """x rounded half away from zero to 6 decimals, computed exactly."""
+    units = (2 * abs(x.numerator) * 10**6 + x.denominator) // (2 * x.denominator)
+    return Decimal(units if x >= 0 else -units).scaleb(-6)
+
+
 def test_window_sums_are_taken_in_month_order_at_scale(cli, tmp_path):
     """Regression: avg() in a parallel GROUP BY added a customer's months in thread order, so
     arpu_3m and return_rate differed in the last bit between runs (and broke percentile ties).
@@ -206,8 +214,9 @@ def test_window_sums_are_taken_in_month_order_at_scale(cli, tmp_path):
     n = 150_000
     for k, month in enumerate((P2, P1, M)):
         fee = f"(hash(i, {k}) % 40000) / 100.0 + 0.01"
+        half_fee = f"(hash(i, {k}) % 40000 // 2) / 100.0"  # whole fen, like every amount of the contract
         duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '{month}' AS month,
-            {fee} AS total_fee, floor(({fee}) * 50) / 100 AS rental_fee, 0.1 AS voice_overage_fee, 0.2 AS data_overage_fee,
+            {fee} AS total_fee, {half_fee} AS rental_fee, 0.1 AS voice_overage_fee, 0.2 AS data_overage_fee,
             0.3 AS addon_fee, 0.0 AS ld_fee, CASE WHEN i % 2 = 0 THEN 0.0 ELSE 1.11 END AS discount_fee
             FROM range({n}) t(i)) TO '{folder}/billing_{month}.parquet' (FORMAT parquet)""")
         duckdb.execute(f"""COPY (SELECT '138' || lpad(CAST(i AS VARCHAR), 8, '0') AS msisdn, '{month}' AS month,
@@ -228,17 +237,20 @@ def test_window_sums_are_taken_in_month_order_at_scale(cli, tmp_path):
         view = dict(((r[0]), r[1:]) for r in con.execute(
             "SELECT msisdn, arpu_3m, return_rate, current_total_3m, data_mb_3m FROM customer_view").fetchall())
         bills = con.execute("SELECT msisdn, list(total_fee ORDER BY month), list(discount_fee ORDER BY month), "
-                            "list(rental_fee + voice_overage_fee + data_overage_fee + addon_fee ORDER BY month) "
+                            "list([rental_fee, voice_overage_fee, data_overage_fee, addon_fee] ORDER BY month) "
                             "FROM billing GROUP BY msisdn").fetchall()
         data = dict(con.execute("SELECT msisdn, list(data_mb ORDER BY month) FROM usage GROUP BY msisdn").fetchall())
         con.close()
         wrong = 0
         for msisdn, totals, discounts, three_item in bills:
-            s = d = c = Decimal(0)  # money is DECIMAL (exact sums); data_mb is DOUBLE, summed in month order
+            # money: exact fen sums, averages rounded half away from zero to 6 decimals;
+            # usage: the sequential double sum, oldest month first
+            s, d = (sum(Fraction(round(v * 100), 100) for v in vs) for vs in (totals, discounts))  # whole fen
+            c = sum(Fraction(round(v * 100), 100) for fees in three_item for v in fees)
             m = 0.0
-            for t, x, y, z in zip(totals, discounts, three_item, data[msisdn]):
-                s, d, c, m = s + t, d + x, c + y, m + z
-            expected = (float(s) / 3, float(100 * (s - d)) / float(s), float(c) / 3, m / 3)
+            for z in data[msisdn]:
+                m += z
+            expected = (exact6(s / 3), exact6(100 * (s - d) / s), exact6(c / 3), m / 3)
             wrong += view[msisdn] != expected
         assert wrong == 0
     assert digests[0] == digests[1]

@@ -5,12 +5,22 @@
 --
 -- Each window month is joined on as its own row set (b2, b1, b0 / u2, u1, u0: oldest first)
 -- instead of GROUP BY + avg(): a parallel aggregate adds a customer's three values in whatever
--- order its threads meet them, so averages (and return_rate, and every percentile built on
--- them) would differ in the last bit from run to run, and a customer with no discount would
--- get a return_rate of 99.99999999999999 or 100.00000000000001 instead of 100. Here every
--- sum is taken in month order, oldest first, exactly like a sequential implementation, so
--- the same extracts give the same view, bit for bit. (The key guarantees one row per
--- customer and month, so each join finds at most one row.)
+-- order its threads meet them, so the usage averages (and every percentile built on them)
+-- would differ in the last bit from run to run. Here every sum is taken in month order,
+-- oldest first, exactly like a sequential implementation, so the same extracts give the same
+-- view, bit for bit. (The key guarantees one row per customer and month, so each join finds
+-- at most one row.)
+--
+-- Money is exact (docs/money.md): every amount is read as DECIMAL(18,2) and summed as an
+-- integer count of fen; an average is that sum over the months present, rounded half away
+-- from zero to 6 decimals (DECIMAL(38,6)), and return_rate is 100 × (fees − discounts) / fees
+-- to 6 decimals the same way, so a customer with no discount has exactly 100. The @name(...)
+-- markers are filled in by mktool/view.py from mktool/dialect.py, where each formula is
+-- written once (and rendered for Spark as well):
+--   @money(x)        a stored amount as DECIMAL(18,2)
+--   @fen(x)          a stored amount as an integer count of fen
+--   @average(s, n)   a fen sum s over n months, DECIMAL(38,6), half away from zero; NULL if n = 0
+--   @percent(a, b)   100 × a / b of two fen sums, DECIMAL(38,6), half away from zero; NULL if b = 0
 WITH
 sub AS (SELECT * FROM subscribers WHERE month = $month),
 b0 AS (SELECT * FROM billing WHERE month = $month),
@@ -29,29 +39,31 @@ win AS (
         -- the contract's columns by name: an extract's extra columns (kept by ingest) must not
         -- shadow the names computed below (an extra `arpu` would be picked instead of billing's)
         sub.msisdn, sub.month, sub.city, sub.plan_id, sub.status, sub.payment, sub.handset_gen,
-        sub.vnet, sub.group_id, sub.balance, sub.bundle_type, sub.bundle_end, sub.contract_end,
+        sub.vnet, sub.group_id, @money(sub.balance) AS balance, sub.bundle_type, sub.bundle_end, sub.contract_end,
         sub.join_date,
         CAST(b2.total_fee IS NOT NULL AS INTEGER) + CAST(b1.total_fee IS NOT NULL AS INTEGER)
             + CAST(b0.total_fee IS NOT NULL AS INTEGER) AS total_fee_n,
-        coalesce(b2.total_fee, 0) + coalesce(b1.total_fee, 0) + coalesce(b0.total_fee, 0) AS total_fee_sum,
+        coalesce(@fen(b2.total_fee), 0) + coalesce(@fen(b1.total_fee), 0) + coalesce(@fen(b0.total_fee), 0) AS total_fee_sum,
         CAST(b2.rental_fee IS NOT NULL AS INTEGER) + CAST(b1.rental_fee IS NOT NULL AS INTEGER)
             + CAST(b0.rental_fee IS NOT NULL AS INTEGER) AS rental_fee_n,
-        coalesce(b2.rental_fee, 0) + coalesce(b1.rental_fee, 0) + coalesce(b0.rental_fee, 0) AS rental_fee_sum,
+        coalesce(@fen(b2.rental_fee), 0) + coalesce(@fen(b1.rental_fee), 0) + coalesce(@fen(b0.rental_fee), 0) AS rental_fee_sum,
         CAST(b2.voice_overage_fee IS NOT NULL AS INTEGER) + CAST(b1.voice_overage_fee IS NOT NULL AS INTEGER)
             + CAST(b0.voice_overage_fee IS NOT NULL AS INTEGER) AS voice_overage_fee_n,
-        coalesce(b2.voice_overage_fee, 0) + coalesce(b1.voice_overage_fee, 0) + coalesce(b0.voice_overage_fee, 0) AS voice_overage_fee_sum,
+        coalesce(@fen(b2.voice_overage_fee), 0) + coalesce(@fen(b1.voice_overage_fee), 0) + coalesce(@fen(b0.voice_overage_fee), 0) AS voice_overage_fee_sum,
         CAST(b2.data_overage_fee IS NOT NULL AS INTEGER) + CAST(b1.data_overage_fee IS NOT NULL AS INTEGER)
             + CAST(b0.data_overage_fee IS NOT NULL AS INTEGER) AS data_overage_fee_n,
-        coalesce(b2.data_overage_fee, 0) + coalesce(b1.data_overage_fee, 0) + coalesce(b0.data_overage_fee, 0) AS data_overage_fee_sum,
+        coalesce(@fen(b2.data_overage_fee), 0) + coalesce(@fen(b1.data_overage_fee), 0) + coalesce(@fen(b0.data_overage_fee), 0) AS data_overage_fee_sum,
         CAST(b2.addon_fee IS NOT NULL AS INTEGER) + CAST(b1.addon_fee IS NOT NULL AS INTEGER)
             + CAST(b0.addon_fee IS NOT NULL AS INTEGER) AS addon_fee_n,
-        coalesce(b2.addon_fee, 0) + coalesce(b1.addon_fee, 0) + coalesce(b0.addon_fee, 0) AS addon_fee_sum,
+        coalesce(@fen(b2.addon_fee), 0) + coalesce(@fen(b1.addon_fee), 0) + coalesce(@fen(b0.addon_fee), 0) AS addon_fee_sum,
         CAST(b2.discount_fee IS NOT NULL AS INTEGER) + CAST(b1.discount_fee IS NOT NULL AS INTEGER)
             + CAST(b0.discount_fee IS NOT NULL AS INTEGER) AS discount_fee_n,
-        coalesce(b2.discount_fee, 0) + coalesce(b1.discount_fee, 0) + coalesce(b0.discount_fee, 0) AS discount_fee_sum,
+        coalesce(@fen(b2.discount_fee), 0) + coalesce(@fen(b1.discount_fee), 0) + coalesce(@fen(b0.discount_fee), 0) AS discount_fee_sum,
         CAST((b2.rental_fee + b2.voice_overage_fee + b2.data_overage_fee + b2.addon_fee) IS NOT NULL AS INTEGER) + CAST((b1.rental_fee + b1.voice_overage_fee + b1.data_overage_fee + b1.addon_fee) IS NOT NULL AS INTEGER)
             + CAST((b0.rental_fee + b0.voice_overage_fee + b0.data_overage_fee + b0.addon_fee) IS NOT NULL AS INTEGER) AS three_item_n,
-        coalesce((b2.rental_fee + b2.voice_overage_fee + b2.data_overage_fee + b2.addon_fee), 0) + coalesce((b1.rental_fee + b1.voice_overage_fee + b1.data_overage_fee + b1.addon_fee), 0) + coalesce((b0.rental_fee + b0.voice_overage_fee + b0.data_overage_fee + b0.addon_fee), 0) AS three_item_sum,
+        coalesce((@fen(b2.rental_fee) + @fen(b2.voice_overage_fee) + @fen(b2.data_overage_fee) + @fen(b2.addon_fee)), 0)
+            + coalesce((@fen(b1.rental_fee) + @fen(b1.voice_overage_fee) + @fen(b1.data_overage_fee) + @fen(b1.addon_fee)), 0)
+            + coalesce((@fen(b0.rental_fee) + @fen(b0.voice_overage_fee) + @fen(b0.data_overage_fee) + @fen(b0.addon_fee)), 0) AS three_item_sum,
         CAST(u2.voice_out_min IS NOT NULL AS INTEGER) + CAST(u1.voice_out_min IS NOT NULL AS INTEGER)
             + CAST(u0.voice_out_min IS NOT NULL AS INTEGER) AS voice_out_min_n,
         coalesce(u2.voice_out_min, 0) + coalesce(u1.voice_out_min, 0) + coalesce(u0.voice_out_min, 0) AS voice_out_min_sum,
@@ -62,7 +74,7 @@ win AS (
             + CAST(b0.msisdn IS NOT NULL AS INTEGER) AS billing_months,
         CAST(u2.msisdn IS NOT NULL AS INTEGER) + CAST(u1.msisdn IS NOT NULL AS INTEGER)
             + CAST(u0.msisdn IS NOT NULL AS INTEGER) AS months_in_window,
-        b0.total_fee AS arpu, b1.total_fee AS arpu_prev, b0.ld_fee,
+        @money(b0.total_fee) AS arpu, @money(b1.total_fee) AS arpu_prev, @money(b0.ld_fee) AS ld_fee,
         u0.voice_out_min, u0.voice_local_min, u0.voice_ld_out_min, u0.voice_ld_in_min, u0.voice_roam_min,
         u0.ld_top_province, u0.sms_count, u0.data_mb, u0.contacts, u0.contacts_in_net,
         u1.voice_out_min AS voice_min_prev, u1.data_mb AS data_mb_prev, u1.contacts AS contacts_prev
@@ -80,14 +92,14 @@ SELECT
     w.join_date,
     CAST($month_index - (year(w.join_date) * 12 + month(w.join_date)) AS INTEGER) AS tenure_months,
     w.arpu,
-    w.total_fee_sum / nullif(w.total_fee_n, 0)                 AS arpu_3m,
-    w.rental_fee_sum / nullif(w.rental_fee_n, 0)               AS rental_3m,
-    w.voice_overage_fee_sum / nullif(w.voice_overage_fee_n, 0) AS voice_overage_3m,
-    w.data_overage_fee_sum / nullif(w.data_overage_fee_n, 0)   AS data_overage_3m,
-    w.addon_fee_sum / nullif(w.addon_fee_n, 0)                 AS addon_3m,
-    w.three_item_sum / nullif(w.three_item_n, 0)               AS current_total_3m,
+    @average(w.total_fee_sum, w.total_fee_n)                 AS arpu_3m,
+    @average(w.rental_fee_sum, w.rental_fee_n)               AS rental_3m,
+    @average(w.voice_overage_fee_sum, w.voice_overage_fee_n) AS voice_overage_3m,
+    @average(w.data_overage_fee_sum, w.data_overage_fee_n)   AS data_overage_3m,
+    @average(w.addon_fee_sum, w.addon_fee_n)                 AS addon_3m,
+    @average(w.three_item_sum, w.three_item_n)               AS current_total_3m,
     CASE WHEN w.total_fee_n > 0 AND w.discount_fee_n > 0
-         THEN 100 * (w.total_fee_sum - w.discount_fee_sum) / nullif(w.total_fee_sum, 0) END AS return_rate,
+         THEN @percent(w.total_fee_sum - w.discount_fee_sum, w.total_fee_sum) END AS return_rate,
     w.voice_out_min_sum / nullif(w.voice_out_min_n, 0)         AS voice_min_3m,
     w.data_mb_sum / nullif(w.data_mb_n, 0)                     AS data_mb_3m,
     w.months_in_window,
@@ -100,7 +112,7 @@ SELECT
     w.contacts_in_net / nullif(w.contacts, 0) AS in_net_share,
     w.voice_local_min + w.voice_ld_out_min + w.voice_ld_in_min + w.voice_roam_min AS voice_total_min,
     w.ld_fee / nullif(w.voice_ld_out_min, 0) AS ld_unit_price,
-    plans.plan_name, plans.monthly_rental AS plan_rental, plans.product_status,
+    plans.plan_name, @money(plans.monthly_rental) AS plan_rental, plans.product_status,
     coalesce(vas_m.vas_active, 0) AS vas_active,
     coalesce(vas_m.has_newspaper, false) AS has_newspaper,
     coalesce(vas_m.has_crbt, false) AS has_crbt,

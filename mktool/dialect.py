@@ -1,0 +1,267 @@
+"""Exact money in SQL: the few engine-sensitive SQL pieces, for DuckDB and for Spark SQL.
+
+Why this module exists: an engine's own rounding is not a contract. DuckDB 2.0.1 rounds
+``round(191.515::DOUBLE, 2)`` to 191.51 where 2.0.0 gave 191.52, DuckDB's DECIMAL / DECIMAL
+returns a DOUBLE, its DECIMAL(18,x) × DECIMAL(18,y) stays 18 digits wide and overflows, and a
+DECIMAL → BIGINT cast rounds in DuckDB but truncates in Spark. So money is carried as
+**integer counts of a fixed unit** (fen = 10⁻² yuan, micro = 10⁻⁶, pico = 10⁻¹²) and every
+division and every rounding is written out here as integer arithmetic, rounding half away
+from zero (四舍五入). Sums and products of integers are exact on every engine; the only
+division is :func:`div_half_away`. Every function returns SQL text; ``dialect="spark"``
+gives a Spark SQL rendering with the same results (docs/money.md says where each is used).
+
+Exact integers are HUGEINT in DuckDB and DECIMAL(38,0) in Spark (Spark's BIGINT wraps
+silently on overflow). Range: a quotient must stay below 10³² units (Spark's exact decimal
+quotient keeps 32 integer digits), i.e. 10²⁶ yuan counted in micro-yuan, 10²⁰ in pico-yuan.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
+
+Dialect = Literal["duckdb", "spark"]
+DUCKDB: Dialect = "duckdb"
+SPARK: Dialect = "spark"
+
+#: Agreed storage types (the contract's money columns and unit prices).
+MONEY_TYPE = "DECIMAL(18,2)"
+UNIT_PRICE_TYPE = "DECIMAL(18,6)"
+#: The customer view's averages and rates: exact to 6 decimals (the SPEC §5 comparison precision),
+#: 38 digits wide so that a rule multiplying two of them cannot overflow.
+AVERAGE_SCALE = 6
+AVERAGE_TYPE = f"DECIMAL(38,{AVERAGE_SCALE})"
+#: Rates (total_fee_change, rental_change) as stored: the exact quotient truncated to 12 decimals,
+#: so that rounding it to the 6 decimals compared or the 4 shown gives the exact quotient's rounding.
+RATE_SCALE = 12
+RATE_TYPE = f"DECIMAL(38,{RATE_SCALE})"
+#: The most decimals :func:`round_half_away` reads from an expression of unknown scale.
+SOURCE_SCALE = 12
+
+
+def _check(dialect: str) -> None:
+    if dialect not in (DUCKDB, SPARK):
+        raise ValueError(f"unknown SQL dialect {dialect!r} (duckdb or spark)")
+
+
+def integer_type(dialect: Dialect = DUCKDB) -> str:
+    """The exact integer type: HUGEINT (DuckDB) or DECIMAL(38,0) (Spark)."""
+    _check(dialect)
+    return "HUGEINT" if dialect == DUCKDB else "DECIMAL(38,0)"
+
+
+def text_type(dialect: Dialect = DUCKDB) -> str:
+    _check(dialect)
+    return "VARCHAR" if dialect == DUCKDB else "STRING"
+
+
+def integer(expr: str, dialect: Dialect = DUCKDB) -> str:
+    """``expr`` (an integer-valued expression) as an exact integer."""
+    return f"CAST({expr} AS {integer_type(dialect)})"
+
+
+def read_money(column: str, dialect: Dialect = DUCKDB) -> str:
+    """A stored money amount as DECIMAL(18,2), whether it is stored as DECIMAL or (still) DOUBLE.
+
+    A DOUBLE holding a whole fen (191.51 is 191.50999…) casts to exactly that fen on both
+    engines: they round to the nearest, and the nearest is never in doubt for such values.
+    """
+    _check(dialect)
+    return f"CAST({column} AS {MONEY_TYPE})"
+
+
+def read_unit_price(column: str, dialect: Dialect = DUCKDB) -> str:
+    """A stored unit price (yuan per MB or per minute) as DECIMAL(18,6)."""
+    _check(dialect)
+    return f"CAST({column} AS {UNIT_PRICE_TYPE})"
+
+
+def fen(column: str, dialect: Dialect = DUCKDB) -> str:
+    """A stored money amount as a BIGINT count of fen (exact: the amount has 2 decimals).
+
+    BIGINT is enough: DECIMAL(18,2) holds at most 10¹⁸ fen, three of them sum below 2⁶³.
+    """
+    return f"CAST({read_money(column, dialect)} * 100 AS BIGINT)"
+
+
+def decimal_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
+    """The exact integer count of 10⁻ˢᶜᵃˡᵉ units in a DECIMAL with at most ``scale`` decimals."""
+    _check(dialect)
+    return integer(f"CAST({expr} AS DECIMAL(38,{scale})) * {10 ** scale}", dialect)
+
+
+def small_decimal_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
+    """:func:`decimal_units` as a BIGINT, for values that fit DECIMAL(17, scale) (an average or a
+    unit price below 10¹¹ yuan: larger values are refused by the cast, never wrapped).
+
+    Why not decimal_units: 128-bit arithmetic costs DuckDB ten times more (0.3 s per million
+    rows and three columns). Every operand here is 64-bit: x = whole part + fraction, both at
+    the same scale (a subtraction of two scales would widen to 128 bits), the whole part cast
+    to an integer and the fraction (|f| < 1) scaled — exact whether the engine's cast to
+    DECIMAL(17,0) rounds (DuckDB) or truncates.
+    """
+    _check(dialect)
+    x = f"CAST({expr} AS DECIMAL(17,{scale}))"
+    whole = f"CAST(CAST({x} AS DECIMAL(17,0)) AS DECIMAL(17,{scale}))"
+    return f"(CAST({whole} AS BIGINT) * {10 ** scale} + CAST(({x} - {whole}) * {10 ** scale} AS BIGINT))"
+
+
+def double_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
+    """A measured quantity (DOUBLE minutes or MB) rounded half away from zero to ``scale``
+    decimals, as a BIGINT count of 10⁻ˢᶜᵃˡᵉ units (beyond 9·10¹⁸ units the cast refuses it).
+
+    Written as IEEE double operations (|x|·10ˢ + 0.5, floor) that every engine performs
+    bit-identically, not as the engine's round(): a 3-month average of 5.93, 5.54 and 3.53 MB
+    (4.999999999999999) is 5.000000 MB on DuckDB 2.0.0, 2.0.1 and Spark alike.
+    """
+    _check(dialect)
+    x = f"CAST({expr} AS DOUBLE)"
+    magnitude = f"CAST(floor(abs({x}) * CAST({10 ** scale} AS DOUBLE) + CAST(0.5 AS DOUBLE)) AS BIGINT)"
+    return f"(CASE WHEN {x} < 0 THEN -{magnitude} ELSE {magnitude} END)"
+
+
+def _quotient(top: str, bottom: str, dialect: Dialect) -> str:
+    """⌊top / bottom⌋ of two non-negative exact integers."""
+    if dialect == DUCKDB:
+        return f"({top} // {bottom})"
+    # (a − a mod b) / b is an exact integer: Spark's decimal division keeps it exactly
+    return f"CAST(({top} - {top} % {bottom}) / {bottom} AS DECIMAL(38,0))"
+
+
+def _signed(quotient: str, n: str, d: str) -> str:
+    return f"(CASE WHEN ({n} < 0) <> ({d} < 0) THEN -{quotient} ELSE {quotient} END)"
+
+
+def div_half_away(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
+    """numerator / denominator (exact integers) rounded half away from zero to an integer.
+
+    ⌊(2|n| + |d|) / 2|d|⌋ with the sign of n·d: integer division of non-negative numbers only,
+    so DuckDB's ``//`` (truncating) and Spark's exact decimal quotient agree. NULL when the
+    denominator is 0 or NULL.
+    """
+    _check(dialect)
+    n, d = integer(numerator, dialect), integer(f"nullif({denominator}, 0)", dialect)
+    return _signed(_quotient(f"(2 * abs({n}) + abs({d}))", f"(2 * abs({d}))", dialect), n, d)
+
+
+def div_toward_zero(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
+    """numerator / denominator (exact integers) truncated toward zero; NULL when the denominator is 0.
+
+    Why truncation has a use: a quotient truncated to 12 decimals still rounds half away from
+    zero to 6 or 4 decimals exactly as the exact quotient does (a half point of a coarser
+    scale is a whole number of 10⁻¹² units, and truncation never crosses one), where a value
+    already rounded to 6 decimals does not (1.16194962… → 1.161950 → 1.1620, not 1.1619).
+    """
+    _check(dialect)
+    n, d = integer(numerator, dialect), integer(f"nullif({denominator}, 0)", dialect)
+    return _signed(_quotient(f"abs({n})", f"abs({d})", dialect), n, d)
+
+
+def div_half_away_64(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
+    """:func:`div_half_away` in 64-bit integers, for 0 ≤ numerator < 4·10¹⁸ and 0 < denominator
+    < 4·10¹⁸ (the caller guards the range): ⌊(2n + d) / 2d⌋, ten times cheaper than 128 bits."""
+    _check(dialect)
+    n, d = f"CAST({numerator} AS BIGINT)", f"CAST({denominator} AS BIGINT)"
+    op = "//" if dialect == DUCKDB else "div"
+    return f"((2 * {n} + {d}) {op} (2 * {d}))"
+
+
+def scaled_quotient_64(numerator: str, denominator: str, shift: int, dialect: Dialect = DUCKDB) -> str:
+    """⌊numerator · 10ˢʰⁱᶠᵗ / denominator⌋ in 64-bit integers by long division, for
+    0 ≤ numerator < 9·10¹⁸ and 0 < denominator · 10ˢʰⁱᶠᵗ < 9·10¹⁸ with a quotient below 9·10¹⁸
+    (the caller guards the range); the same value as :func:`div_toward_zero` of the product."""
+    _check(dialect)
+    n, d = f"CAST({numerator} AS BIGINT)", f"CAST({denominator} AS BIGINT)"
+    op = "//" if dialect == DUCKDB else "div"
+    return f"(({n} {op} {d}) * {10 ** shift} + (({n} % {d}) * {10 ** shift}) {op} {d})"
+
+
+def units_decimal(units: str, scale: int, dialect: Dialect = DUCKDB, *, precision: int = 38) -> str:
+    """An integer count of 10⁻ˢᶜᵃˡᵉ units as DECIMAL(precision, scale), exactly (no division).
+
+    With precision ≤ 18 the arithmetic stays 64-bit (the units must then fit DECIMAL(18,0)).
+    """
+    _check(dialect)
+    if scale == 0:
+        return f"CAST({units} AS DECIMAL({precision},0))"
+    step = f"0.{'0' * (scale - 1)}1"
+    width = 18 if precision <= 18 else 38
+    return f"CAST(CAST({units} AS DECIMAL({width},0)) * {step} AS DECIMAL({precision},{scale}))"
+
+
+def round_units(units: str, from_scale: int, to_scale: int, dialect: Dialect = DUCKDB) -> str:
+    """An integer count of 10⁻ᶠʳᵒᵐ units rounded half away from zero to 10⁻ᵗᵒ units."""
+    if to_scale > from_scale:
+        raise ValueError("round_units only drops decimals")
+    if to_scale == from_scale:
+        return integer(units, dialect)
+    return div_half_away(units, str(10 ** (from_scale - to_scale)), dialect)
+
+
+def round_half_away(expr: str, scale: int, dialect: Dialect = DUCKDB, *, precision: int = 18) -> str:
+    """THE rounding helper: ``expr`` rounded half away from zero to ``scale`` decimals, as
+    DECIMAL(precision, scale). -0.005 → -0.01, 191.515 → 191.52, on every engine.
+
+    ``expr`` may be any number: a DECIMAL with up to 12 decimals is read exactly; a DOUBLE
+    that holds such a decimal (a stored value passed through a DOUBLE column) is first cast to
+    its nearest 12-decimal value.
+    """
+    units = decimal_units(expr, SOURCE_SCALE, dialect)
+    return units_decimal(round_units(units, SOURCE_SCALE, scale, dialect), scale, dialect, precision=precision)
+
+
+def money(expr: str, dialect: Dialect = DUCKDB) -> str:
+    """An amount as shown and compared: rounded half away from zero to the fen, DECIMAL(18,2)."""
+    return round_half_away(expr, 2, dialect)
+
+
+def money_text(expr: str, dialect: Dialect = DUCKDB) -> str:
+    """An amount as text with exactly two decimals (``228.00``), for phrases and lists."""
+    return f"CAST({money(expr, dialect)} AS {text_type(dialect)})"
+
+
+def _exact6(units: str, factor: int, count: str, fits: str, dialect: Dialect) -> str:
+    """units · factor / count rounded half away from zero, as DECIMAL(38,6): 64-bit where
+    ``fits`` (every realistic value: 128-bit arithmetic costs ten times more), 128-bit
+    otherwise; NULL when count is 0."""
+    fast = units_decimal(div_half_away_64(f"CAST({units} AS BIGINT) * {factor}", count, dialect), AVERAGE_SCALE,
+                         dialect, precision=18)
+    exact = units_decimal(div_half_away(f"{integer(units, dialect)} * {factor}", count, dialect), AVERAGE_SCALE, dialect)
+    return f"(CASE WHEN {fits} THEN CAST({fast} AS {AVERAGE_TYPE}) ELSE {exact} END)"
+
+
+def average(sum_units: str, count: str, from_scale: int, dialect: Dialect = DUCKDB) -> str:
+    """sum / count of a window (an integer sum of 10⁻ᶠʳᵒᵐ units) as an exact 6-decimal
+    average, DECIMAL(38,6); NULL when count is 0."""
+    factor = 10 ** (AVERAGE_SCALE - from_scale)
+    fits = f"{sum_units} BETWEEN 0 AND {4 * 10 ** 18 // factor} AND {count} BETWEEN 1 AND 1000"
+    return _exact6(sum_units, factor, count, fits, dialect)
+
+
+def percent(part_units: str, whole_units: str, dialect: Dialect = DUCKDB) -> str:
+    """100 × part / whole (integer sums in one unit) as an exact 6-decimal percentage,
+    DECIMAL(38,6); NULL when whole is 0. No discount gives exactly 100.000000."""
+    factor = 100 * 10 ** AVERAGE_SCALE
+    fits = f"{part_units} BETWEEN 0 AND {4 * 10 ** 18 // factor} AND {whole_units} BETWEEN 1 AND {4 * 10 ** 18}"
+    return _exact6(part_units, factor, whole_units, fits, dialect)
+
+
+# -- the same rules in Python (parameters, tests, messages) ------------------------------------
+def exact_decimal(value: Decimal | float | str) -> Decimal:
+    """A parameter as the decimal that was written: a float is read as its shortest repr
+    (0.6 → Decimal('0.6'), not 0.59999999999999997779…), so a bound compares exactly."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    return Decimal(repr(value) if isinstance(value, float) else str(value))
+
+
+def py_round_half_away(value: Decimal | float | str, scale: int) -> Decimal:
+    """Python's twin of :func:`round_half_away` (a float is read as its shortest repr, 0.6 → 0.6)."""
+    return exact_decimal(value).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)  # HALF_UP is away from zero
+
+
+def py_units(value: Decimal | float | str, scale: int) -> int:
+    """``value`` rounded half away from zero to ``scale`` decimals, as an integer count of units."""
+    return int(py_round_half_away(value, scale).scaleb(scale))
