@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_table
+from mktool.errors import ConfigError
+from mktool.sqlquote import check_label
 from test_ingest_contract import CONTACT, M, loaded, query, refused  # noqa: F401 (loaded is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +121,13 @@ def test_a_time_zone_aware_time_of_day_is_still_refused_as_a_date(loaded, tmp_pa
         [dt.datetime(2026, 10, 1, 9, 15, tzinfo=BEIJING)], pa.timestamp("us", tz="Asia/Shanghai")),
         "channel": ["sms"], "policy_id": ["P1"], "outcome": ["sent"]}), path)
     refused(loaded, path, expected=["column contact_date:", "would drop the time"])
+
+
+# -- labels from YAML: invisible characters ----------------------------------------------------
+@pytest.mark.parametrize("label", ["high\u200b", "\ufeffhigh", "mid\u00adhigh", "high\u202e", "lo\u2060w", "高\u200d价值"])
+def test_a_label_with_an_invisible_character_is_refused(label):
+    """A tier named 'high\\u200b' prints as high but never equals the 'high' the rules compare."""
+    with pytest.raises(ConfigError) as err:
+        check_label(label, file="s.yaml", at="value.tiers[0].tier", what="value tier name")
+    assert "s.yaml: value.tiers[0].tier: " in err.value.render()
+    assert "is not a valid value tier name: contains" in err.value.render()
