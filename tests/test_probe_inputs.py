@@ -8,6 +8,7 @@ later steps would silently fail to match must be normalised or refused at ingest
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from conftest import write_table
 from mktool.errors import ConfigError
 from mktool.sqlquote import check_label
+from test_sandbox import RETENTION, check_files, in_tmp, one_error  # noqa: F401 (in_tmp is a fixture)
 from test_ingest_contract import CONTACT, M, loaded, query, refused  # noqa: F401 (loaded is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,3 +133,39 @@ def test_a_label_with_an_invisible_character_is_refused(label):
         check_label(label, file="s.yaml", at="value.tiers[0].tier", what="value tier name")
     assert "s.yaml: value.tiers[0].tier: " in err.value.render()
     assert "is not a valid value tier name: contains" in err.value.render()
+
+
+# -- rules comparing a vocabulary column with a value it never holds ----------------------------
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("when: arpu_3m >= 50,", "when: \"status = 'Active'\",",
+     "rule R2: when: 'Active' is never a value of status (its values: active, closed, suspended"),
+    ("when: arpu_3m >= 50,", "when: \"handset_gen IN ('4G', '5g')\",",
+     "rule R2: when: '5g' is never a value of handset_gen (its values: 2G, 3G, 4G, 5G"),
+    ("when: arpu_3m >= 50,", "when: \"payment <> 'Prepaid '\",",
+     "rule R2: when: 'Prepaid ' is never a value of payment (its values: postpaid, prepaid"),
+    ("when: arpu_3m >= 50,", "when: \"value_tier IN ('high', 'Low')\",",
+     "rule R2: when: 'Low' is never a value of value_tier (its values: high, low, mid, mid_high"),
+    ("where: status = 'active'", "where: \"'ACTIVE' = status\"",
+     "where: 'ACTIVE' is never a value of status"),
+])
+def test_a_comparison_with_a_value_the_column_never_holds_is_a_check_error(cli, in_tmp, old, new, message):
+    """Ingest stores status lower-case and handset_gen upper-case, tiers are the names of
+    scores.yaml: `status = 'Active'` binds, runs and silently never matches anyone."""
+    assert old in RETENTION
+    err = one_error(cli, {"retention.yaml": RETENTION.replace(old, new)})
+    assert err.startswith(f"matrices/retention.yaml: {message}"), err
+    assert err.endswith("the comparison can never match")
+
+
+def test_a_label_column_made_by_a_case_of_literals_is_a_vocabulary_too(cli, in_tmp):
+    bad = RETENTION.replace("when: arpu_3m >= 50,", "when: \"segment = 'Gold'\",")
+    err = one_error(cli, {"retention.yaml": bad})
+    assert "'Gold' is never a value of segment (its values: gold, high_end_volatile" in err, err
+
+
+@pytest.mark.parametrize("when", ["status = 'active' AND handset_gen IN ('4G', '5G')", "segment <> 'tidal'",
+                                  "city = 'Active'", "lower(status) = 'active'", "status IS NOT NULL"])
+def test_comparisons_with_values_the_column_holds_pass(cli, in_tmp, when):
+    result = check_files(cli, files={"retention.yaml": RETENTION.replace("when: arpu_3m >= 50,",
+                                                                          f"when: {json.dumps(when)},")})
+    assert result.exit_code == 0, result.output
