@@ -32,6 +32,19 @@ WHITESPACE = (" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u
               "\u2006\u2007\u2008\u2009\u200a\u200b\u2028\u2029\u202f\u205f\u3000\ufeff")
 assert all(ch < "!" or ch >= "\x80" for ch in WHITESPACE)
 
+#: Characters an identifier (plan_id, policy_id, service, event_type) may not hold inside
+#: once trimmed: C0/C1 control characters and the invisible format characters (soft hyphen,
+#: zero-width space / joiners, direction marks and overrides, word joiner, BOM). ``PLAN\u200bCHANGE``
+#: looks like a policy id of the rules and never equals one, so a cool-down would silently not apply.
+INVISIBLE = ("\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+             "\ufeff\ufff9-\ufffb")
+
+#: A time-zone-aware timestamp (an instant, as Spark writes TIMESTAMP) is read as the wall-clock
+#: time of China Standard Time, the operator's one time zone (no daylight saving): reading it in
+#: the machine's local zone made the same file load as a September contact on a UTC machine and
+#: an October one in Shanghai.
+TIME_ZONE = "Asia/Shanghai"
+
 #: Money in yuan, exact to the fen (分); unit prices (yuan per MB / per minute) to 6 places.
 MONEY = "DECIMAL(18,2)"
 UNIT_PRICE = "DECIMAL(18,6)"
@@ -56,6 +69,7 @@ class Column:
     channels: bool = False  # the vocabulary also holds every channel name of channels.yaml
     case: str = ""  # "lower" | "upper": how a vocabulary value is case-folded before the check
     pattern: str = ""  # a regular expression the trimmed value must match in full
+    identifier: bool = False  # compared as a key or join key: no INVISIBLE character inside
 
     @property
     def is_text(self) -> bool:
@@ -87,12 +101,14 @@ class Column:
             out.append(f"trimmed, then matches `{self.pattern}`")
         elif self.is_text:
             out.append("trimmed; blank = NULL" + (f"; {self.case}-cased" if self.case else ""))
+        if self.identifier:
+            out.append("no control or invisible character inside")
         if self.type == "BIGINT":
             out.append("whole number")
         if self.type == "DATE":
             out.append("finite date; a time of day is refused, not dropped")
         if self.type == "TIMESTAMP":
-            out.append("finite")
+            out.append(f"finite; a time-zone-aware value is read in {TIME_ZONE} time")
         if self.type == "BOOLEAN":
             out.append("true / false (or 0 / 1)")
         if self.type == "DOUBLE" or self.scale is not None:
@@ -127,6 +143,11 @@ def _c(name: str, type_: str, doc: str = "", nullable: bool = False) -> Column:
     return Column(name, type_, nullable, doc)
 
 
+def _id(name: str, doc: str = "", *, case: str = "") -> Column:
+    """A text column compared as a key or join key (plan_id, policy_id, service, event_type)."""
+    return Column(name, S, doc=doc, case=case, identifier=True)
+
+
 def _vocab(name: str, values: tuple[str, ...], doc: str = "", *, nullable: bool = False, case: str = "lower",
            channels: bool = False) -> Column:
     return Column(name, S, nullable, doc, vocabulary=values, channels=channels, case=case)
@@ -147,7 +168,7 @@ TABLES: dict[str, TableContract] = {
             "subscribers",
             (
                 MSISDN, MONTH,
-                _c("city", S), _c("plan_id", S), _c("join_date", D),
+                _c("city", S), _id("plan_id"), _c("join_date", D),
                 _vocab("status", STATUSES),
                 _vocab("payment", PAYMENTS),
                 _vocab("handset_gen", HANDSET_GENS, "handset generation", nullable=True, case="upper"),
@@ -188,7 +209,7 @@ TABLES: dict[str, TableContract] = {
         TableContract(
             "plans",
             (
-                _c("plan_id", S), _c("plan_name", S), _c("monthly_rental", MONEY, "yuan"),
+                _id("plan_id"), _c("plan_name", S), _c("monthly_rental", MONEY, "yuan"),
                 _c("included_data_mb", F), _c("included_voice_min", F),
                 _c("data_overage_per_mb", UNIT_PRICE, "yuan per MB"),
                 _c("voice_overage_per_min", UNIT_PRICE, "yuan per minute"),
@@ -201,14 +222,14 @@ TABLES: dict[str, TableContract] = {
         TableContract(
             "vas",
             (MSISDN, MONTH,
-             Column("service", S, doc="newspaper, crbt, ring_change, mobile_internet, … (an open list)", case="lower"),
+             _id("service", "newspaper, crbt, ring_change, mobile_internet, … (an open list)", case="lower"),
              _c("active", B), _c("uses", I)),
             key=("msisdn", "month", "service"), monthly=True, required=False,
         ),
         TableContract(
             "contact_history",
             (
-                MSISDN, _c("contact_date", D), _vocab("channel", (), channels=True), _c("policy_id", S),
+                MSISDN, _c("contact_date", D), _vocab("channel", (), channels=True), _id("policy_id"),
                 _vocab("outcome", OUTCOMES),
             ),
             key=("msisdn", "contact_date", "channel", "policy_id"), monthly=False, required=False,
@@ -222,7 +243,7 @@ TABLES: dict[str, TableContract] = {
         ),
         TableContract(
             "events",
-            (MSISDN, _c("event_time", T), _c("event_type", S), _c("value", F)),
+            (MSISDN, _c("event_time", T), _id("event_type"), _c("value", F)),
             key=("msisdn", "event_time", "event_type"), monthly=False, required=False, reload="upsert",
         ),
     )
@@ -267,7 +288,9 @@ Every value is either normalised to the one form the later steps compare against
 - **Text is trimmed.** Both ends of every text value (keys such as `msisdn`, `plan_id`, `policy_id`, `service`, and free text such as `city`) lose whitespace: ASCII space, tab, CR, LF, VT, FF, the Unicode spaces (NBSP U+00A0, the full-width space U+3000, U+2000–U+200A, …) and the invisible U+200B / U+FEFF. Inner characters stay (`飞享 128`). A value that trims to nothing is NULL. So `'13800000007'` and `'13800000007 '` are one key, and a duplicate when both appear.
 - **Vocabulary columns** (`status`, `payment`, `outcome`, `handset_gen`, and `channel`, whose vocabulary is the channel names of the rules folder's `channels.yaml`, plus `*` in `dnd`) are trimmed, case-folded (lower case; `handset_gen` upper case) and refused unless the result is in the vocabulary. Letters that only look alike (full-width `ＳＭＳ`) are refused, not guessed. `vas.service` is an open list (`newspaper`, `crbt`, …) but is lower-cased too, because the customer view looks its codes up in lower case.
 - **Patterns**: `msisdn` must be exactly 11 ASCII digits after trimming, `month` exactly `YYYY-MM`.
-- **Text columns must arrive as text** (a string, or BINARY without the UTF8 annotation as Hive and Impala write it, which is decoded as UTF-8; bytes that are not UTF-8 are refused with the column named). A number, date or boolean in a text column is refused: it has no single text form (`58`, `58.0` and `058` are one plan to a person and three to the engine).
+- **Identifiers** (`plan_id`, `policy_id`, `service`, `event_type`: compared as keys or join keys) may not hold a control or invisible character inside once trimmed (a zero-width space, BOM, soft hyphen, direction mark, tab, NUL): `PLAN\u200bCHANGE` looks like a policy id of the rules and never equals one.
+- **Text columns must arrive as text** (a string, or BINARY without the UTF8 annotation as Hive and Impala write it, which is decoded as UTF-8; bytes that are not UTF-8 are refused with the column named; BINARY in a number, date or boolean column is decoded and then read exactly like text). A number, date or boolean in a text column is refused: it has no single text form (`58`, `58.0` and `058` are one plan to a person and three to the engine).
+- **Time zones**: a timestamp that carries a zone (an instant, as Spark writes `TIMESTAMP`) is read as the wall-clock time of China Standard Time (`Asia/Shanghai`), never of the machine's zone, so a file loads the same everywhere; a date column still refuses one with a time of day.
 - **Numbers are finite**: NaN and ±infinity are refused in every numeric column (also written as text: `'nan'`, `'-Infinity'`); dates and times must be finite too.
 - **Money is exact to the fen**: fees, balance and monthly rental are stored as DECIMAL(18,2), unit prices (per MB, per minute) as DECIMAL(18,6). A value that is not a whole fen (`191.515`) is refused; binary floating-point noise within 1e-6 of a fen (`0.1 + 0.2` = 0.30000000000000004) is that fen, and a 32-bit float is read as the fen it is the nearest float to (float32 `191.51` is 191.5099945…). Text money (`'58.00'`) is read as a number first.
 - **Casts must be lossless**: text `'12.5'` → 12.5, `' 3.0 '` → 3, `0/1` → boolean are accepted; `'3.5'` as an integer, an integer that a DOUBLE cannot hold exactly (above 2^53), a text integer beyond BIGINT, and a timestamp whose time a DATE would drop (`'2026-10-04 12:30:00'`) are refused. Text integers are read straight as integers, never via DOUBLE, so `'9007199254740993'` keeps its last digit.

@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 
 from mktool.console import QUIET, Reporter
-from mktool.contract import MONTH_RE, TABLES, WHITESPACE, Column, TableContract, table_for_file
+from mktool.contract import INVISIBLE, MONTH_RE, TABLES, TIME_ZONE, WHITESPACE, Column, TableContract, table_for_file
 from mktool.database import Database, table_exists
 from mktool.errors import InputError
 from mktool.output import file_sha256
@@ -60,6 +60,10 @@ def _lit(value: str) -> str:
 
 
 WS = _lit(WHITESPACE)
+#: INVISIBLE as an RE2 character class (\x{...} escapes: a NUL cannot be written in an SQL string).
+INVISIBLE_CLASS = _lit("[" + "".join(ch if ch == "-" else f"\\x{{{ord(ch):x}}}" for ch in INVISIBLE) + "]")
+#: Parquet timestamps that carry a zone (instants): read as the wall-clock time of TIME_ZONE.
+ZONED_TIMESTAMP = "TIMESTAMP WITH TIME ZONE"
 
 
 def _scan_path(path: Path) -> str:
@@ -88,6 +92,14 @@ class ColumnRead:
         return _q(self.source)
 
     @property
+    def value(self) -> str:
+        """The source value in its own type, a zoned timestamp as TIME_ZONE's wall-clock time
+        (DuckDB would otherwise use the machine's zone: the same file, other dates)."""
+        if (self.source_type or "").upper() == ZONED_TIMESTAMP:
+            return f"timezone({_lit(TIME_ZONE)}, {self.ref})"
+        return self.ref
+
+    @property
     def text(self) -> str:
         """The source value as text (BLOB decoded as UTF-8; NULL where the bytes are not UTF-8)."""
         return f"try(decode({self.ref}))" if _base_type(self.source_type or "") in BINARY_TYPES else self.ref
@@ -113,7 +125,7 @@ class ColumnRead:
             if not self.normalise:
                 return self.ref if src in TEXT_TYPES else f"decode({self.ref})"
             return self.trimmed()
-        value = self.trimmed() if self.is_text_source else self.ref
+        value = self.trimmed() if self.is_text_source else self.value
         if col.scale is not None and self.is_text_source:
             value = f"CAST({value} AS DOUBLE)"  # text money is read as a number, then rounded to the fen
         if src == _base_type(target) and target == self.source_type:
@@ -244,25 +256,33 @@ def _whole_units(value: str, scale: int) -> str:
     return f"abs({f} - round({f})) <= {DECIMAL_TOLERANCE} + abs({f}) * 1e-12"
 
 
-def _type_checks(read: ColumnRead) -> list[tuple[str, str]]:
+def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, str]]:
     """(problem, SQL true for a bad row) of reading the column as its contract type.
 
-    Raises InputError for a type that can never be read as the contract's type.
+    ``text`` is the trimmed text of a text source (given for a BLOB: its decoded text).
+    A ``("!", "")`` entry means the type can never be read as the contract's type.
     """
     col, source = read.column, read.source_type or ""
     src, target = _base_type(source), col.type
-    c = read.ref
+    c = read.value
     if src == NULL_TYPE:
         return []  # every value is NULL: the NULL check decides
+    if src in BINARY_TYPES:
+        # BYTE_ARRAY without the UTF8 annotation is how Hive writes every string column, a
+        # number or a date kept as a string too: decoded, it is checked exactly like text.
+        utf8 = ("value is not valid UTF-8 text", f"{c} IS NOT NULL AND try(decode({c})) IS NULL")
+        if col.is_text:
+            return [utf8]
+        as_text = _type_checks(ColumnRead(col, read.source, "VARCHAR", read.normalise), text=read.trimmed())
+        return [utf8, *as_text]
     if col.is_text:
         if src in TEXT_TYPES:
             return []
-        if src in BINARY_TYPES:
-            return [("value is not valid UTF-8 text", f"{c} IS NOT NULL AND try(decode({c})) IS NULL")]
         return [("!", "")]
-    if src in BINARY_TYPES:
-        return [("!", "")]
-    text = read.trimmed() if src in TEXT_TYPES else None
+    if src == ZONED_TIMESTAMP:
+        src = "TIMESTAMP"  # read.value is its wall-clock time in TIME_ZONE
+    if text is None and src in TEXT_TYPES:
+        text = read.trimmed()
     lossy = f"value cannot be read as {target} without loss"
     not_finite = ("value is not a finite number (NaN or infinity)", "")
     if target == "DOUBLE":
@@ -365,6 +385,16 @@ def _blank_condition(col: str, source: str) -> str:
     if _base_type(source) in TEXT_TYPES:
         return f"{c} IS NULL OR (({c} < '!' OR {c} >= chr(128)) AND trim({c}, {WS}) = '')"
     return f"{c} IS NULL"
+
+
+def _invisible_inside(read: ColumnRead) -> str:
+    """SQL true for a value that still holds an INVISIBLE character once trimmed.
+
+    The regexp over the raw value (one character class, rarely matching) runs first; only the
+    few values it lets through are trimmed and tested again (edges may be trimmed away).
+    """
+    return (f"regexp_matches({read.text}, {INVISIBLE_CLASS}) "
+            f"AND regexp_matches(coalesce({read.trimmed()}, ''), {INVISIBLE_CLASS})")
 
 
 def _needs_normalising(read: ColumnRead) -> str | None:
@@ -556,6 +586,10 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Seq
             recheck[col.name] = [c for c in (null_check, (col.name, *full)) if c is not None]
         else:  # free text, other types, BLOB (decoded) or all-NULL: checked in full in the one scan
             checks += [c for c in (null_check, (col.name, *full) if full else None) if c is not None]
+        if col.identifier and read.is_text_source:
+            checks.append((col.name, "value has an invisible or control character inside (a zero-width space, BOM, "
+                           "soft hyphen, tab …): it would look like an id of the rules and never equal one",
+                           _invisible_inside(read)))
         flag = _needs_normalising(read)
         if flag is not None:
             flags.append((col.name, flag))

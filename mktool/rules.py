@@ -36,7 +36,7 @@ import duckdb
 from mktool.ahp import ahp_weights
 from mktool.contract import TABLES
 from mktool.errors import ConfigError
-from mktool.sqlcheck import CheckedExpression, check_expression
+from mktool.sqlcheck import CheckedExpression, check_expression, text_results, vocabulary_mismatches
 from mktool.sqlquote import is_id, is_name, quote_identifier
 from mktool.view import SCORES_FILE, load_score_model, view_params, view_sql
 from mktool.yamlio import load_yaml, unknown_keys
@@ -790,9 +790,10 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
     con = _typed_view(model, problems)
     if con is None:
         return
+    vocabularies = _vocabularies(model)
     try:
         for at, sql in _score_expressions(model):
-            problem = _bind_problem(con, sql)
+            problem = _bind_problem(con, sql) or _vocabulary_problem(sql, vocabularies)
             if problem:
                 problems.error(f"{at}: {problem}")
         for m in matrices:
@@ -803,7 +804,7 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
                 if expr is None:
                     continue
                 at = f"{m.file}: rule {rule.id}: {what}" if rule else f"{m.file}: {what}"
-                problem = _bind_problem(con, expr.duckdb_sql)
+                problem = _bind_problem(con, expr.duckdb_sql) or _vocabulary_problem(expr.duckdb_sql, vocabularies)
                 if problem:
                     problems.error(f"{at}: {problem}")
                     continue
@@ -812,6 +813,29 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
                     problems.error(f"{at}: expected a boolean condition, but '{_short(expr.source)}' is {kind}")
     finally:
         con.close()
+
+
+def _vocabularies(model: Any) -> dict[str, frozenset[str]]:
+    """customer_view's label columns and the values they can hold: the contract's vocabulary
+    columns (stored normalised by ingest), value_tier (the tier names of scores.yaml) and every
+    score column that is a CASE of text literals (``segment``, ``stickiness_tier``)."""
+    out = {c.name: frozenset(c.allowed()) for c in TABLES["subscribers"].columns
+           if c.is_vocabulary and not c.channels}
+    out["value_tier"] = frozenset(name for name, _ in model.tiers)
+    for col in model.columns:
+        values = text_results(col.sql)
+        if values is not None:
+            out[col.name] = values
+    return out
+
+
+def _vocabulary_problem(sql: str, vocabularies: dict[str, frozenset[str]]) -> str | None:
+    """A comparison with a value its column never holds (``status = 'Active'``), or None."""
+    for column, value in vocabulary_mismatches(sql, vocabularies):
+        values = ", ".join(sorted(vocabularies[column]))
+        return (f"{value[:40]!r} is never a value of {column} (its values: {values}; compared exactly, "
+                "case included): the comparison can never match")
+    return None
 
 
 def _score_expressions(model: Any) -> list[tuple[str, str]]:

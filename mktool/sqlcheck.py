@@ -860,3 +860,63 @@ def _first_line(err: Exception) -> str:
 
 def _fail(location: str, reason: str) -> NoReturn:
     raise RuleError(f"{location}: {reason}")
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+
+def text_results(sql: str) -> frozenset[str] | None:
+    """The text values a checked scalar expression can take when it is a CASE whose every
+    branch is a text literal (or NULL): the vocabulary of a label column such as ``segment``.
+    None for any other expression."""
+    with _quiet_sqlglot():
+        tree = sqlglot.parse_one(sql, read=DIALECT)
+    while isinstance(tree, exp.Paren):
+        tree = tree.this
+    if not isinstance(tree, exp.Case):
+        return None
+    branches = [i.args.get("true") for i in tree.args.get("ifs") or []] + [tree.args.get("default")]
+    values: set[str] = set()
+    for b in branches:
+        if b is None or isinstance(b, exp.Null):
+            continue
+        if not (isinstance(b, exp.Literal) and b.is_string):
+            return None
+        values.add(b.this)
+    return frozenset(values) if values else None
+
+
+def vocabulary_mismatches(sql: str, vocabularies: dict[str, frozenset[str]]) -> list[tuple[str, str]]:
+    """(column, literal) for every ``column = 'x'``, ``<>``, ``IN (...)`` in a checked expression
+    whose text literal is not a value the vocabulary column can hold.
+
+    Ingest stores vocabulary values normalised (``status`` lower-case, ``handset_gen`` upper
+    case) and value tiers are the names in scores.yaml, so ``status = 'Active'`` or
+    ``value_tier = 'High'`` is valid SQL that never matches: the rule silently never fires.
+    """
+    with _quiet_sqlglot():
+        tree = sqlglot.parse_one(sql, read=DIALECT)
+    out: list[tuple[str, str]] = []
+
+    def column_of(node: exp.Expr) -> str | None:
+        while isinstance(node, exp.Paren):
+            node = node.this
+        return node.name.lower() if isinstance(node, exp.Column) and node.name.lower() in vocabularies else None
+
+    def literals(nodes: list[exp.Expr]) -> list[str]:
+        return [n.this for n in nodes if isinstance(n, exp.Literal) and n.is_string]
+
+    for node in tree.walk():
+        pairs: list[tuple[str, list[str]]] = []
+        if isinstance(node, (exp.EQ, exp.NEQ, exp.NullSafeEQ, exp.NullSafeNEQ)):
+            for a, b in ((node.left, node.right), (node.right, node.left)):
+                col = column_of(a)
+                if col:
+                    pairs.append((col, literals([b])))
+        elif isinstance(node, exp.In) and not node.args.get("query"):
+            col = column_of(node.this)
+            if col:
+                pairs.append((col, literals(list(node.expressions))))
+        for col, values in pairs:
+            out += [(col, v) for v in values if v not in vocabularies[col]]
+    return out

@@ -46,7 +46,10 @@ ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # rule and policy ids
 MAX_NAME_LENGTH = 64
 # Characters a label may not hold: quotes (a label is compared in rules as 'high', and a quote
 # in it is either a mistake or an attack) and control characters (invisible in reports).
-_LABEL_FORBIDDEN = re.compile(r"['\"`\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Invisible format characters too (zero-width space, BOM, soft hyphen, direction marks): a
+# tier named 'high\u200b' prints as high and never equals the 'high' a rule compares it to.
+_LABEL_FORBIDDEN = re.compile(r"['\"`\\\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                              r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]")
 
 
 def quote_literal(value: Any) -> str:
