@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -282,6 +283,8 @@ def command(name: str | None = None) -> Callable[[F], F]:
             run: Run | None = None
 
             def interrupted(exc: BaseException | None = None) -> typer.Exit:
+                global INTERRUPT_REPORTED
+                INTERRUPT_REPORTED = True
                 # A step that knows what it committed says so (mktool.errors.Interrupted: run, export's
                 # publish); otherwise the command's own account of the databases it wrote.
                 note = getattr(exc, "note", None)
@@ -1264,9 +1267,35 @@ def diff_cmd(
         raise CheckFailed("the two runs differ (--exit-code)")
 
 
+INTERRUPT_REPORTED = False  # a command already printed its Ctrl-C line (and chose exit 130)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a Ctrl-C anywhere exits 130 with one line, never a traceback.
+
+    A command reports its own Ctrl-C (what was committed). One that lands outside it, as typer
+    parses the options or as the command returns (or a second SIGINT behind one DuckDB already
+    turned into an interrupt), would otherwise kill Python by signal after a traceback. It is
+    reported here without a claim about commits, which this level cannot know. Once the command
+    is over, a Ctrl-C has nothing left to stop and is ignored while Python exits.
+    """
+    late = "Interrupted (while mktool was starting or finishing a command).\n"
+    try:
+        app()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not INTERRUPT_REPORTED:
+            sys.stderr.write(late)
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        # typer turns a Ctrl-C during option parsing into a silent exit 130: say what happened.
+        if exc.code == EXIT_INTERRUPTED and not INTERRUPT_REPORTED:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            sys.stderr.write(late)
+        raise
+    finally:
+        with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover
