@@ -38,7 +38,7 @@ from mktool.config import Settings, check_lock_wait, check_memory_limit, check_t
 from mktool.console import Reporter
 from mktool.contract import MONTH_RE, TABLES
 from mktool.database import Database
-from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InputError, MktoolError
+from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, InputError, MktoolError
 from mktool.output import write_query
 
 app = typer.Typer(
@@ -438,6 +438,15 @@ def named_damaged_extract(paths: list[Path], settings: Settings) -> Iterator[Non
                     raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})",
                                      file=str(file), hint="export the extract again") from None
         raise
+
+
+def require_rules_folder(folder: Path, option: str) -> None:
+    """A rules folder that is not there is bad input (exit 1), not "no rule tests" and a green CI."""
+    if not folder.exists():
+        raise ConfigError("the matrices folder does not exist", file=str(folder),
+                          hint=f"check {option} (or MKTOOL_MATRICES)")
+    if not folder.is_dir():
+        raise ConfigError("is a file, not a matrices folder", file=str(folder), hint=f"check {option} (or MKTOOL_MATRICES)")
 
 
 def render_table(reporter: Reporter, title: str | None, columns: list[str], rows: list[tuple[Any, ...]],
@@ -1074,6 +1083,7 @@ def test_cmd(
         coverage_problems, default_customer_rows, junit_xml, render_report, result_document, run_tests,
     )
 
+    require_rules_folder(run.settings.matrices_dir, "--matrices")
     if junit is not None:
         check_out_file(str(junit))
     if defaults:
