@@ -34,7 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mktool import __version__
-from mktool.config import Settings, check_lock_wait, check_memory_limit, check_threads
+from mktool.config import DECIMAL_RE, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
 from mktool.contract import MONTH_RE, TABLES
 from mktool.database import Database
@@ -102,6 +102,8 @@ def finite_number(*, minimum: float = 0.0) -> Callable[[str], float]:
     """A finite number of at least ``minimum`` (click's FLOAT takes nan and inf)."""
 
     def parse(value: str | float) -> float:
+        if isinstance(value, str) and not DECIMAL_RE.match(value):
+            raise _bad(f"expected a number, got {value!r}")
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -115,6 +117,8 @@ def finite_number(*, minimum: float = 0.0) -> Callable[[str], float]:
 
 def whole_number(*, minimum: int = 1) -> Callable[[str], int]:
     def parse(value: str | int) -> int:
+        if isinstance(value, str) and not WHOLE_RE.match(value):
+            raise _bad(f"expected a whole number, got {value!r}")
         try:
             number = int(str(value).strip())
         except ValueError:
@@ -142,6 +146,8 @@ def parse_window(value: str) -> str:
     """``--total-change`` & co.: LO:HI of positive numbers, LO <= HI (the plan module's own rule)."""
     from mktool.plan import parse_window as plan_window  # plan pulls in sqlglot: only when used
 
+    if not all(DECIMAL_RE.match(part) for part in value.split(":")):
+        raise _bad(f"expected LO:HI of two numbers such as 0.6:1.5, got {value!r}")
     try:
         plan_window(value, where="window")
     except MktoolError as exc:
