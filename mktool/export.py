@@ -875,6 +875,22 @@ def rules_provenance(matrices_dir: Path) -> dict[str, Any]:
     return doc
 
 
+def _rules_doc(matrices_dir: Path, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The rules folder of this export, and whether the matrix step read the same files.
+
+    export itself reads channels.yaml, policies.yaml and plan.yaml now; the recommendations were
+    computed by ``matrix`` earlier, maybe from another folder or from files edited since. Then
+    ``matrix_step_same_rules`` is false and ``steps.matrix.settings.rules`` names what it read.
+    """
+    doc = rules_provenance(matrices_dir)
+    used = steps.get("matrix", {}).get("settings", {}).get("rules")
+    if isinstance(used, dict):
+        folder = Path(matrices_dir).resolve()
+        now = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*.yaml")) if p.is_file()}
+        doc["matrix_step_same_rules"] = used.get("folder") == str(folder) and used.get("files") == now
+    return doc
+
+
 def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: list[ChannelResult], pub: Publication,
               matrices_dir: Path, funnel_doc: dict[str, Any], carried: dict[str, dict[str, Any]],
               cycles: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
@@ -899,7 +915,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: li
         "export": options,
         "overrides": {step: info["overrides"] for step, info in steps.items() if info["overrides"]},
         "steps": steps,
-        "rules": rules_provenance(matrices_dir),
+        "rules": _rules_doc(matrices_dir, steps),
         "loads": [{"table": t, "file": f, "sha256": s, "rows": r, "months": m} for t, f, s, r, m in loads],
         "rule_files": {str(p.relative_to(matrices_dir)): file_sha256(p) for p in rule_files},
         "outputs": dict(sorted(outputs.items())),

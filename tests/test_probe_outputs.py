@@ -167,3 +167,39 @@ def test_typers_silent_130_gets_its_interrupted_line(monkeypatch, capsys) -> Non
         cli.main()
     assert exc.value.code == EXIT_INTERRUPTED
     assert "Interrupted" in capsys.readouterr().err
+
+
+# -- provenance: the rules the recommendations were computed from --------------------------------
+def test_manifest_names_the_rules_the_matrix_step_read_when_export_reads_others(tmp_path: Path) -> None:
+    """matrix ran on folder A; export ran with --matrices B (a copy with one rule file edited). The
+    manifest named only B and its commit: untrue for the recommendations in the lists."""
+    import json
+    import shutil
+
+    a, b = tmp_path / "rules_a", tmp_path / "rules_b"
+    shutil.copytree(ROOT / "matrices", a)
+    shutil.copytree(ROOT / "matrices", b)
+    edited = sorted(p for p in b.glob("*.yaml") if p.name not in ("channels.yaml", "policies.yaml", "plan.yaml",
+                                                                  "scores.yaml"))[0]
+    edited.write_text(edited.read_text(encoding="utf-8") + "\n# edited after the matrix step\n", encoding="utf-8")
+    db, out = tmp_path / "mk.duckdb", tmp_path / "out"
+    common = ["--db", str(db), "-q"]
+    run = subprocess.run([sys.executable, "-m", "mktool", "run", "--month", "2026-10", "--ingest",
+                          str(ROOT / "fixtures" / "extracts"), "--date", "2026-11-01", "--out", str(out),
+                          "--matrices", str(a), *common], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    same = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
+    assert same["rules"]["matrix_step_same_rules"] is True
+    export = subprocess.run([sys.executable, "-m", "mktool", "export", "--month", "2026-10", "--date", "2026-11-01",
+                             "--out", str(out), "--matrices", str(b), *common], cwd=tmp_path, env=ENV,
+                            capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr
+    manifest = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["rules"]["folder"] == str(b.resolve())
+    assert manifest["rules"]["matrix_step_same_rules"] is False
+    used = manifest["steps"]["matrix"]["settings"]["rules"]
+    assert used["folder"] == str(a.resolve())
+    import hashlib
+
+    assert used["files"][edited.name] == hashlib.sha256((a / edited.name).read_bytes()).hexdigest()
+    assert manifest["rule_files"][edited.name] == hashlib.sha256(edited.read_bytes()).hexdigest()
