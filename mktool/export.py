@@ -56,6 +56,7 @@ from mktool.publish import (
     Publication,
     deferred_interrupt,
     fault,
+    folder_lock,
     is_committed,
     os_error_text,
     record_commit,
@@ -699,11 +700,23 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
     Staged and fsynced under hidden names, journaled, committed with the write-back, then
     renamed into place; an interruption anywhere is finished or undone by the next command.
     """
-    con = db.c
     assert result.out_dir is not None
     final_dir = result.out_dir / month
+    with contextlib.ExitStack() as folder_held:
+        try:
+            final_dir.mkdir(parents=True, exist_ok=True)
+            folder_held.enter_context(folder_lock(final_dir))
+        except OSError as exc:
+            raise MktoolError(f"cannot write the lists: {os_error_text(exc)}", file=str(final_dir)) from None
+        _publish(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, options, final_dir)
+
+
+def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], config: ExportConfig, month: str,
+             cycle_date: dt.date, cycles: dict[str, str], fmt: str | None, matrices_dir: Path,
+             options: dict[str, Any], final_dir: Path) -> None:
+    """The publish itself, with the folder lock held (see :func:`_write_all`)."""
+    con = db.c
     try:
-        final_dir.mkdir(parents=True, exist_ok=True)
         recover_folder(con, final_dir, db.path)
         pub = Publication(final_dir, db.path, result.run_id, {ch.channel: cycles[ch.channel] for ch in selected})
     except OSError as exc:

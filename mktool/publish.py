@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -294,6 +295,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # pragma: no cover - alive, another user's
         return True
     return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One publish at a time into ``folder``, whichever database it comes from.
+
+    The run lock is per database: two databases exporting into one folder would otherwise rename
+    their files in turn, and the folder could hold one run's sms.csv beside the other's manifest.
+    The lock is an flock on the folder itself (no extra file in it); a publish holds it for
+    seconds, so the second one waits.
+    """
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 # -- one publish ----------------------------------------------------------------------------------

@@ -203,3 +203,31 @@ def test_manifest_names_the_rules_the_matrix_step_read_when_export_reads_others(
 
     assert used["files"][edited.name] == hashlib.sha256((a / edited.name).read_bytes()).hexdigest()
     assert manifest["rule_files"][edited.name] == hashlib.sha256(edited.read_bytes()).hexdigest()
+
+
+# -- two databases, one folder ------------------------------------------------------------------
+def test_a_publish_waits_for_another_databases_publish_into_the_same_folder(tmp_path: Path) -> None:
+    """The run lock is per database: two databases exporting into one folder renamed their files in
+    turn, so the folder could hold one run's list beside the other run's manifest. A publish now
+    holds the folder (an flock on it) from its recovery to its last rename."""
+    import fcntl
+    import json
+
+    db = _built(tmp_path)
+    folder = tmp_path / "shared" / "2026-10"
+    folder.mkdir(parents=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as another database's publish would hold it
+    try:
+        proc = mktool("export", "--month", "2026-10", "--date", "2026-11-01", "--out", str(tmp_path / "shared"),
+                      "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q", cwd=tmp_path)
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate()
+        assert not (folder / "manifest.json").exists()
+        assert not any(p.suffix in (".csv", ".jsonl") for p in folder.iterdir())
+    finally:
+        os.close(fd)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert {o["run_id"] for o in manifest["outputs"].values()} == {manifest["run_id"]}
