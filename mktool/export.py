@@ -764,7 +764,7 @@ def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], 
         if committed is False:
             pub.abandon()
             if isinstance(exc, (OSError, duckdb.IOException)):  # a full disk while DuckDB writes a list, too
-                detail = os_error_text(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
+                detail = os_error_text(exc)
                 raise MktoolError(f"cannot write the lists: {detail}; nothing was recorded (contacts, funnels) and "
                                   "no list changed", file=str(final_dir)) from None
             raise
@@ -780,7 +780,7 @@ def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], 
 
 
 def _unfinished_error(run_id: str, folder: Path, exc: BaseException) -> MktoolError:
-    detail = os_error_text(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
+    detail = os_error_text(exc)
     return MktoolError(f"the contacts of run {run_id} were committed but its lists could not all be put in place "
                        f"({detail})", file=str(folder),
                        hint="fix the folder (space, permissions), then run any mktool command on this database "

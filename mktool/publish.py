@@ -246,10 +246,23 @@ def _unfinished(journal: Journal, exc: BaseException) -> MktoolError:
 
 
 def os_error_text(exc: BaseException) -> str:
+    """One plain line for an OS error, or for DuckDB's report of one.
+
+    DuckDB reports a failed write of COPY as ``IO Error: Async write failed …: {"exception_type":
+    "IO","exception_message":"Could not write file \\"…\\": No space left on device",…}``: the
+    message inside is what a person needs.
+    """
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
-    return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    start = text.find("{")
+    if start >= 0:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            inner = json.loads(text[start:]).get("exception_message")
+            if inner:
+                return f"{text[:start].split(':')[0].strip()}: {inner}"
+    return text
 
 
 def recover_folder(con: duckdb.DuckDBPyConnection, folder: Path, database: Path) -> None:

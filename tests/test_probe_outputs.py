@@ -231,3 +231,23 @@ def test_a_publish_waits_for_another_databases_publish_into_the_same_folder(tmp_
     assert proc.returncode == 0, err
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     assert {o["run_id"] for o in manifest["outputs"].values()} == {manifest["run_id"]}
+
+
+# -- a full disk under --out ----------------------------------------------------------------------
+def test_export_into_a_full_disk_says_it_in_one_plain_line(tmp_path: Path) -> None:
+    """DuckDB's COPY failure came through as its JSON ({"exception_type":"IO",…,"errno":"28"})."""
+    from test_cli_exit_codes import mounted_tmpfs
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tiny tmpfs")
+    db = _built(tmp_path)
+    with mounted_tmpfs(tmp_path / "full", "size=64k") as full:
+        done = subprocess.run([sys.executable, "-m", "mktool", "export", "--month", "2026-10", "--date", "2026-11-01",
+                               "--out", str(full / "out"), "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q"],
+                              cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr
+        first = done.stderr.splitlines()[0]
+        assert first.startswith("Error: ") and "No space left on device" in first and str(full) in first
+        assert "exception_type" not in done.stderr and "{" not in first
+        assert "nothing was recorded" in first
+        assert not [p for p in (full / "out" / "2026-10").iterdir()]
