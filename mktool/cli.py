@@ -146,12 +146,12 @@ def parse_window(value: str) -> str:
     """``--total-change`` & co.: LO:HI of positive numbers, LO <= HI (the plan module's own rule)."""
     from mktool.plan import parse_window as plan_window  # plan pulls in sqlglot: only when used
 
-    if not all(DECIMAL_RE.match(part) for part in value.split(":")):
-        raise _bad(f"expected LO:HI of two numbers such as 0.6:1.5, got {value!r}")
     try:
         plan_window(value, where="window")
     except MktoolError as exc:
         raise _bad(exc.message.removeprefix("window: ")) from None
+    if not all(DECIMAL_RE.match(part) for part in value.split(":")):  # what float() takes beyond decimals
+        raise _bad(f"expected LO:HI of two decimal numbers such as 0.6:1.5, got {value!r}")
     return value
 
 
