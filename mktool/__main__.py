@@ -1,3 +1,23 @@
-from mktool.cli import main
+"""``python -m mktool``: the CLI, with a Ctrl-C during its imports reported like any other.
 
-main()
+Importing the CLI (typer, rich, DuckDB) takes a noticeable part of a second; a Ctrl-C then
+would otherwise print a KeyboardInterrupt traceback and kill Python by signal. Nothing can have
+been committed before the CLI was even imported.
+"""
+
+import sys
+
+from mktool.errors import EXIT_INTERRUPTED
+
+
+def main() -> None:
+    try:
+        from mktool.cli import main as cli_main
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted; nothing was committed.\n")
+        sys.exit(EXIT_INTERRUPTED)
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -33,11 +34,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from mktool import __version__
-from mktool.config import Settings, check_lock_wait, check_memory_limit, check_threads
+from mktool.config import DECIMAL_RE, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
 from mktool.contract import MONTH_RE, TABLES
 from mktool.database import Database
-from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InputError, MktoolError
+from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, InputError, MktoolError
 from mktool.output import write_query
 
 app = typer.Typer(
@@ -101,6 +102,8 @@ def finite_number(*, minimum: float = 0.0) -> Callable[[str], float]:
     """A finite number of at least ``minimum`` (click's FLOAT takes nan and inf)."""
 
     def parse(value: str | float) -> float:
+        if isinstance(value, str) and not DECIMAL_RE.match(value):
+            raise _bad(f"expected a number, got {value!r}")
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -114,6 +117,8 @@ def finite_number(*, minimum: float = 0.0) -> Callable[[str], float]:
 
 def whole_number(*, minimum: int = 1) -> Callable[[str], int]:
     def parse(value: str | int) -> int:
+        if isinstance(value, str) and not WHOLE_RE.match(value):
+            raise _bad(f"expected a whole number, got {value!r}")
         try:
             number = int(str(value).strip())
         except ValueError:
@@ -145,6 +150,8 @@ def parse_window(value: str) -> str:
         plan_window(value, where="window")
     except MktoolError as exc:
         raise _bad(exc.message.removeprefix("window: ")) from None
+    if not all(DECIMAL_RE.match(part) for part in value.split(":")):  # what float() takes beyond decimals
+        raise _bad(f"expected LO:HI of two decimal numbers such as 0.6:1.5, got {value!r}")
     return value
 
 
@@ -282,6 +289,8 @@ def command(name: str | None = None) -> Callable[[F], F]:
             run: Run | None = None
 
             def interrupted(exc: BaseException | None = None) -> typer.Exit:
+                global INTERRUPT_REPORTED
+                INTERRUPT_REPORTED = True
                 # A step that knows what it committed says so (mktool.errors.Interrupted: run, export's
                 # publish); otherwise the command's own account of the databases it wrote.
                 note = getattr(exc, "note", None)
@@ -435,6 +444,15 @@ def named_damaged_extract(paths: list[Path], settings: Settings) -> Iterator[Non
                     raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})",
                                      file=str(file), hint="export the extract again") from None
         raise
+
+
+def require_rules_folder(folder: Path, option: str) -> None:
+    """A rules folder that is not there is bad input (exit 1), not "no rule tests" and a green CI."""
+    if not folder.exists():
+        raise ConfigError("the matrices folder does not exist", file=str(folder),
+                          hint=f"check {option} (or MKTOOL_MATRICES)")
+    if not folder.is_dir():
+        raise ConfigError("is a file, not a matrices folder", file=str(folder), hint=f"check {option} (or MKTOOL_MATRICES)")
 
 
 def render_table(reporter: Reporter, title: str | None, columns: list[str], rows: list[tuple[Any, ...]],
@@ -1071,6 +1089,7 @@ def test_cmd(
         coverage_problems, default_customer_rows, junit_xml, render_report, result_document, run_tests,
     )
 
+    require_rules_folder(run.settings.matrices_dir, "--matrices")
     if junit is not None:
         check_out_file(str(junit))
     if defaults:
@@ -1264,9 +1283,35 @@ def diff_cmd(
         raise CheckFailed("the two runs differ (--exit-code)")
 
 
+INTERRUPT_REPORTED = False  # a command already printed its Ctrl-C line (and chose exit 130)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a Ctrl-C anywhere exits 130 with one line, never a traceback.
+
+    A command reports its own Ctrl-C (what was committed). One that lands outside it, as typer
+    parses the options or as the command returns (or a second SIGINT behind one DuckDB already
+    turned into an interrupt), would otherwise kill Python by signal after a traceback. It is
+    reported here without a claim about commits, which this level cannot know. Once the command
+    is over, a Ctrl-C has nothing left to stop and is ignored while Python exits.
+    """
+    late = "Interrupted (while mktool was starting or finishing a command).\n"
+    try:
+        app()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not INTERRUPT_REPORTED:
+            sys.stderr.write(late)
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        # typer turns a Ctrl-C during option parsing into a silent exit 130: say what happened.
+        if exc.code == EXIT_INTERRUPTED and not INTERRUPT_REPORTED:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            sys.stderr.write(late)
+        raise
+    finally:
+        with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

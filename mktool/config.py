@@ -85,9 +85,17 @@ def check_memory_limit(value: str, *, where: str = "memory limit") -> str:
     return value.strip()
 
 
+# Numbers as a person or a cron line writes them: ASCII digits, a point, an exponent. Python's own
+# int()/float() also take "1_000", "٣" (Arabic-Indic three) and other digits nobody means here.
+# nan and inf pass the spelling, to be refused by the finiteness check with its own message.
+DECIMAL_RE = re.compile(r"\A\s*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)\s*\Z",
+                        re.IGNORECASE)
+WHOLE_RE = re.compile(r"\A\s*\+?[0-9]+\s*\Z")
+
+
 def check_threads(value: object, *, where: str = "threads") -> int:
     """A whole number of worker threads, at least 1 (DuckDB refuses 0 and below)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, str) and not WHOLE_RE.match(value)):
         raise UsageError(f"{where} must be a whole number of at least 1, got {value!r}")
     try:
         number = int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
@@ -100,6 +108,8 @@ def check_threads(value: object, *, where: str = "threads") -> int:
 
 def check_lock_wait(value: object, *, where: str = "lock wait") -> float:
     """Seconds to wait for the lock: finite and not negative (``nan`` would wait forever)."""
+    if isinstance(value, str) and not DECIMAL_RE.match(value):
+        raise UsageError(f"{where} must be a number of seconds, got {value!r}")
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -57,6 +57,7 @@ from mktool.publish import (
     Publication,
     deferred_interrupt,
     fault,
+    folder_lock,
     is_committed,
     os_error_text,
     record_commit,
@@ -700,11 +701,23 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
     Staged and fsynced under hidden names, journaled, committed with the write-back, then
     renamed into place; an interruption anywhere is finished or undone by the next command.
     """
-    con = db.c
     assert result.out_dir is not None
     final_dir = result.out_dir / month
+    with contextlib.ExitStack() as folder_held:
+        try:
+            final_dir.mkdir(parents=True, exist_ok=True)
+            folder_held.enter_context(folder_lock(final_dir))
+        except OSError as exc:
+            raise MktoolError(f"cannot write the lists: {os_error_text(exc)}", file=str(final_dir)) from None
+        _publish(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, options, final_dir)
+
+
+def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], config: ExportConfig, month: str,
+             cycle_date: dt.date, cycles: dict[str, str], fmt: str | None, matrices_dir: Path,
+             options: dict[str, Any], final_dir: Path) -> None:
+    """The publish itself, with the folder lock held (see :func:`_write_all`)."""
+    con = db.c
     try:
-        final_dir.mkdir(parents=True, exist_ok=True)
         recover_folder(con, final_dir, db.path)
         pub = Publication(final_dir, db.path, result.run_id, {ch.channel: cycles[ch.channel] for ch in selected})
     except OSError as exc:
@@ -752,7 +765,7 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
         if committed is False:
             pub.abandon()
             if isinstance(exc, (OSError, duckdb.IOException)):  # a full disk while DuckDB writes a list, too
-                detail = os_error_text(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
+                detail = os_error_text(exc)
                 raise MktoolError(f"cannot write the lists: {detail}; nothing was recorded (contacts, funnels) and "
                                   "no list changed", file=str(final_dir)) from None
             raise
@@ -768,7 +781,7 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
 
 
 def _unfinished_error(run_id: str, folder: Path, exc: BaseException) -> MktoolError:
-    detail = os_error_text(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
+    detail = os_error_text(exc)
     return MktoolError(f"the contacts of run {run_id} were committed but its lists could not all be put in place "
                        f"({detail})", file=str(folder),
                        hint="fix the folder (space, permissions), then run any mktool command on this database "
@@ -876,6 +889,22 @@ def rules_provenance(matrices_dir: Path) -> dict[str, Any]:
     return doc
 
 
+def _rules_doc(matrices_dir: Path, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The rules folder of this export, and whether the matrix step read the same files.
+
+    export itself reads channels.yaml, policies.yaml and plan.yaml now; the recommendations were
+    computed by ``matrix`` earlier, maybe from another folder or from files edited since. Then
+    ``matrix_step_same_rules`` is false and ``steps.matrix.settings.rules`` names what it read.
+    """
+    doc = rules_provenance(matrices_dir)
+    used = steps.get("matrix", {}).get("settings", {}).get("rules")
+    if isinstance(used, dict):
+        folder = Path(matrices_dir).resolve()
+        now = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*.yaml")) if p.is_file()}
+        doc["matrix_step_same_rules"] = used.get("folder") == str(folder) and used.get("files") == now
+    return doc
+
+
 def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: list[ChannelResult], pub: Publication,
               matrices_dir: Path, funnel_doc: dict[str, Any], carried: dict[str, dict[str, Any]],
               cycles: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
@@ -900,7 +929,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: li
         "export": options,
         "overrides": {step: info["overrides"] for step, info in steps.items() if info["overrides"]},
         "steps": steps,
-        "rules": rules_provenance(matrices_dir),
+        "rules": _rules_doc(matrices_dir, steps),
         "loads": [{"table": t, "file": f, "sha256": s, "rows": r, "months": m} for t, f, s, r, m in loads],
         "rule_files": {str(p.relative_to(matrices_dir)): file_sha256(p) for p in rule_files},
         "outputs": dict(sorted(outputs.items())),

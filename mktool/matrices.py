@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -43,6 +44,7 @@ from mktool.contract import MONTH_RE
 from mktool.database import Database, record_funnel, record_step, replace_month, table_exists
 from mktool.errors import ConfigError, MktoolError, RuleError, StateError
 from mktool.freshness import require_built_on_view, require_fresh_view, view_build_id
+from mktool.output import file_sha256
 from mktool.rules import Matrix, Problem, Rule, RuleSet
 from mktool.sqlquote import quote_literal
 
@@ -443,6 +445,18 @@ def _rule_stats(rules: RuleSet, run: _Run) -> list[RuleStat]:
     return out
 
 
+def rules_used(rules: RuleSet) -> dict[str, Any]:
+    """The rules folder and the sha256 of each of its YAML files, as this matrix run read them.
+
+    export's manifest.json names the rules folder as it is at export time; when the matrices were
+    evaluated from another folder, or the files changed since, this record is what the lists'
+    recommendations were really computed from.
+    """
+    folder = Path(rules.matrices_dir).resolve()
+    return {"folder": str(folder),
+            "files": {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*.yaml")) if p.is_file()}}
+
+
 def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | None = None, dry_run: bool = False,
              reporter: Reporter = QUIET) -> MatrixResult:
     """Evaluate the matrices for ``month`` and store recommendations (unless ``dry_run``).
@@ -489,7 +503,8 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
             with reporter.step(f"writing recommendations for {month}"), db.transaction():
                 replace_month(con, RECOMMENDATIONS_TABLE, month, f"SELECT * FROM {PREVIEW_TABLE}")
                 replace_month(con, CUSTOMER_PRIORITY_TABLE, month, priority_rows_sql(month))
-                record_step(con, month, "matrix", inputs=view_build_id(con, month) or "")
+                record_step(con, month, "matrix", inputs=view_build_id(con, month) or "",
+                            settings={"rules": rules_used(rules)})
                 names = sorted(evaluated)
                 con.execute(f"DELETE FROM rule_hits WHERE month = ? AND matrix IN ({', '.join('?' * len(names))})",
                             [month, *names])

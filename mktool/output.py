@@ -86,6 +86,8 @@ def stream_file(path: Path) -> None:
     success: the caller must not treat the list as delivered. Standard output is then pointed at
     /dev/null so that Python's flush at exit does not fail a second time.
     """
+    if sys.stdout is None:  # started with descriptor 1 closed (`>&-`): Python has no stdout at all
+        raise MktoolError("standard output: it is closed, so the list cannot be written")
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):  # not a real file descriptor (a test harness)

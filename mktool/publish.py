@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -245,10 +246,23 @@ def _unfinished(journal: Journal, exc: BaseException) -> MktoolError:
 
 
 def os_error_text(exc: BaseException) -> str:
+    """One plain line for an OS error, or for DuckDB's report of one.
+
+    DuckDB reports a failed write of COPY as ``IO Error: Async write failed …: {"exception_type":
+    "IO","exception_message":"Could not write file \\"…\\": No space left on device",…}``: the
+    message inside is what a person needs.
+    """
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
-    return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    start = text.find("{")
+    if start >= 0:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            inner = json.loads(text[start:]).get("exception_message")
+            if inner:
+                return f"{text[:start].split(':')[0].strip()}: {inner}"
+    return text
 
 
 def recover_folder(con: duckdb.DuckDBPyConnection, folder: Path, database: Path) -> None:
@@ -294,6 +308,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # pragma: no cover - alive, another user's
         return True
     return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One publish at a time into ``folder``, whichever database it comes from.
+
+    The run lock is per database: two databases exporting into one folder would otherwise rename
+    their files in turn, and the folder could hold one run's sms.csv beside the other's manifest.
+    The lock is an flock on the folder itself (no extra file in it); a publish holds it for
+    seconds, so the second one waits.
+    """
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 # -- one publish ----------------------------------------------------------------------------------

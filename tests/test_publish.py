@@ -455,13 +455,15 @@ def test_the_manifest_names_engines_command_line_overrides_and_the_rules_commit(
     assert manifest["steps"]["plan"]["command_line"][:2] == ["mktool", "plan"]
     assert manifest["export"]["channel"] == "sms" and manifest["export"]["date"] == D
     assert manifest["rules"] == {"folder": str(rules.resolve()), "git": {
-        "repository": str((tmp_path / "repo").resolve()), "commit": commit, "dirty": False}}
+        "repository": str((tmp_path / "repo").resolve()), "commit": commit, "dirty": False},
+        "matrix_step_same_rules": True}
 
     (rules / "scores.yaml").write_text((rules / "scores.yaml").read_text(encoding="utf-8") + "# edited\n",
                                        encoding="utf-8")
     assert mktool(*export).returncode == 0
     manifest = json.loads((out / M / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["rules"]["git"]["commit"] == commit and manifest["rules"]["git"]["dirty"] is True
+    assert manifest["rules"]["matrix_step_same_rules"] is False  # the matrices were evaluated before the edit
     git(tmp_path / "repo", "commit", "-q", "-am", "edit")
     (rules / "notes.txt").write_text("a file not committed yet\n", encoding="utf-8")
     assert mktool(*export).returncode == 0
@@ -485,4 +487,4 @@ def test_rules_outside_a_git_repository_have_no_commit(tmp_path):
     done = mktool(*args)
     assert done.returncode == 0, done.stderr
     manifest = json.loads((tmp_path / "out" / M / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["rules"] == {"folder": str(rules.resolve()), "git": None}
+    assert manifest["rules"] == {"folder": str(rules.resolve()), "git": None, "matrix_step_same_rules": True}

@@ -1,0 +1,253 @@
+"""Adversarial probes of the output promises (issue 10 items 5-7) that the other tests did not cover.
+
+Each test is a case found by probing the real command: a Ctrl-C that lands while mktool starts
+or exits, standard output closed under ``--out -``, a ``--matrices`` folder that is not there
+for ``mktool test``, and numbers Python accepts but no user means (``1_000``, ``+3``, ``٣``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import mktool.cli as cli
+from mktool.errors import EXIT_INTERRUPTED
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def mktool(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mktool", *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+# -- Ctrl-C outside a command's own handling ----------------------------------------------------
+@pytest.mark.parametrize("delay", [0.02, 0.08, 0.15, 0.25, 0.35])
+def test_ctrl_c_while_mktool_starts_exits_130_without_a_traceback(tmp_path: Path, delay: float) -> None:
+    """A Ctrl-C during the imports (before any command runs) was a KeyboardInterrupt traceback and
+    death by signal (-2): cron saw no `Interrupted` line, and a traceback without --verbose."""
+    proc = mktool("status", "--db", str(tmp_path / "none.duckdb"), cwd=tmp_path)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err
+    # 1: it got far enough to say "no database"; 130: interrupted, and said so. (-SIGINT is what a
+    # shell also reports as 130; a narrow window of it remains, see the report of this probe.)
+    assert proc.returncode in (1, EXIT_INTERRUPTED, -signal.SIGINT), (proc.returncode, err)
+    if proc.returncode != 1:
+        assert "Interrupted" in err
+
+
+@pytest.fixture(autouse=True)
+def _sigint_restored():
+    """cli.main ignores SIGINT once its command is over: give this test process its handler back."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_after_the_command_returned_is_130_not_death_by_signal(monkeypatch, capsys) -> None:
+    """KeyboardInterrupt outside typer's handling (as the command returns, or a second SIGINT that
+    DuckDB had already turned into an interrupt) propagated and Python died of SIGINT."""
+
+    def app() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "Interrupted" in err and "nothing was committed" not in err  # it cannot know what had committed
+
+
+def test_ctrl_c_already_reported_is_not_reported_twice(monkeypatch, capsys) -> None:
+    def app() -> None:
+        cli.INTERRUPT_REPORTED = True
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli, "INTERRUPT_REPORTED", False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == ""
+
+
+# -- standard output closed ---------------------------------------------------------------------
+def _built(tmp_path: Path) -> Path:
+    db = tmp_path / "mk.duckdb"
+    done = subprocess.run([sys.executable, "-m", "mktool", "run", "--month", "2026-10", "--ingest",
+                           str(ROOT / "fixtures" / "extracts"), "--date", "2026-11-01", "--out", str(tmp_path / "out"),
+                           "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return db
+
+
+def _sent(db: Path) -> int:
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        return int(con.execute("SELECT count(*) FROM contact_history WHERE outcome = 'sent' AND recorded_by = 'mktool'"
+                               " AND channel = 'manager'").fetchone()[0])
+
+
+def test_export_to_a_closed_stdout_is_bad_input_and_records_nothing(tmp_path: Path) -> None:
+    """`mktool export --channel manager --out - >&-` was exit 4 'internal error: AttributeError'."""
+    db = _built(tmp_path)
+    before = _sent(db)
+    # Start the child with descriptor 1 closed, as `>&-` does.
+    done = subprocess.run(
+        [sys.executable, "-c", "import os, subprocess, sys; os.close(1); "
+         "sys.exit(subprocess.call([sys.executable, '-m', 'mktool', 'export', '--month', '2026-10', '--date', "
+         f"'2026-11-02', '--channel', 'manager', '--out', '-', '--db', {str(db)!r}, '--matrices', "
+         f"{str(ROOT / 'matrices')!r}], stdout=None))"],
+        cwd=tmp_path, env=ENV, capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert "standard output" in done.stderr and "nothing was recorded" in done.stderr
+    assert _sent(db) == before
+
+
+# -- the rules folder must exist ----------------------------------------------------------------
+@pytest.mark.parametrize("where", ["missing", "file"])
+def test_rule_tests_in_a_matrices_folder_that_is_not_there_is_bad_input(tmp_path: Path, where: str) -> None:
+    """`mktool test --matrices /nonexistent` warned "no rule tests" and exited 0: CI passed on a typo."""
+    folder = tmp_path / "nope"
+    if where == "file":
+        folder.write_text("x", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "mktool", "test", "--matrices", str(folder)], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert str(folder) in done.stderr and "Traceback" not in done.stderr
+
+
+# -- numbers as a person writes them ------------------------------------------------------------
+@pytest.mark.parametrize("option,value", [
+    ("--top", "1_000"), ("--top", "٣"), ("--top", "0x10"),
+    ("--min-data", "1_0"), ("--min-data", "٣"), ("--min-data", "0x10"),
+    ("--total-change", "0.6:1_5"), ("--rental-change", "١:2"),
+])
+def test_plan_numbers_python_would_accept_are_usage_errors(option: str, value: str) -> None:
+    """int('1_000') and float('٣') are numbers to Python, not to a marketer or a cron line."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli.app, ["plan", "--month", "2026-10", "--dry-run", option, value])
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+
+
+@pytest.mark.parametrize("option,value", [("--threads", "1_000"), ("--threads", "٣"), ("--wait", "1_0"),
+                                          ("--wait", "٣")])
+def test_setting_numbers_python_would_accept_are_usage_errors(option: str, value: str) -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli.app, ["status", option, value])
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+
+
+def test_typers_silent_130_gets_its_interrupted_line(monkeypatch, capsys) -> None:
+    """typer turns a Ctrl-C while it parses the options into a bare exit 130 with nothing on stderr."""
+
+    def app() -> None:
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli, "INTERRUPT_REPORTED", False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == EXIT_INTERRUPTED
+    assert "Interrupted" in capsys.readouterr().err
+
+
+# -- provenance: the rules the recommendations were computed from --------------------------------
+def test_manifest_names_the_rules_the_matrix_step_read_when_export_reads_others(tmp_path: Path) -> None:
+    """matrix ran on folder A; export ran with --matrices B (a copy with one rule file edited). The
+    manifest named only B and its commit: untrue for the recommendations in the lists."""
+    import json
+    import shutil
+
+    a, b = tmp_path / "rules_a", tmp_path / "rules_b"
+    shutil.copytree(ROOT / "matrices", a)
+    shutil.copytree(ROOT / "matrices", b)
+    edited = sorted(p for p in b.glob("*.yaml") if p.name not in ("channels.yaml", "policies.yaml", "plan.yaml",
+                                                                  "scores.yaml"))[0]
+    edited.write_text(edited.read_text(encoding="utf-8") + "\n# edited after the matrix step\n", encoding="utf-8")
+    db, out = tmp_path / "mk.duckdb", tmp_path / "out"
+    common = ["--db", str(db), "-q"]
+    run = subprocess.run([sys.executable, "-m", "mktool", "run", "--month", "2026-10", "--ingest",
+                          str(ROOT / "fixtures" / "extracts"), "--date", "2026-11-01", "--out", str(out),
+                          "--matrices", str(a), *common], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    same = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
+    assert same["rules"]["matrix_step_same_rules"] is True
+    export = subprocess.run([sys.executable, "-m", "mktool", "export", "--month", "2026-10", "--date", "2026-11-01",
+                             "--out", str(out), "--matrices", str(b), *common], cwd=tmp_path, env=ENV,
+                            capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr
+    manifest = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["rules"]["folder"] == str(b.resolve())
+    assert manifest["rules"]["matrix_step_same_rules"] is False
+    used = manifest["steps"]["matrix"]["settings"]["rules"]
+    assert used["folder"] == str(a.resolve())
+    import hashlib
+
+    assert used["files"][edited.name] == hashlib.sha256((a / edited.name).read_bytes()).hexdigest()
+    assert manifest["rule_files"][edited.name] == hashlib.sha256(edited.read_bytes()).hexdigest()
+
+
+# -- two databases, one folder ------------------------------------------------------------------
+def test_a_publish_waits_for_another_databases_publish_into_the_same_folder(tmp_path: Path) -> None:
+    """The run lock is per database: two databases exporting into one folder renamed their files in
+    turn, so the folder could hold one run's list beside the other run's manifest. A publish now
+    holds the folder (an flock on it) from its recovery to its last rename."""
+    import fcntl
+    import json
+
+    db = _built(tmp_path)
+    folder = tmp_path / "shared" / "2026-10"
+    folder.mkdir(parents=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as another database's publish would hold it
+    try:
+        proc = mktool("export", "--month", "2026-10", "--date", "2026-11-01", "--out", str(tmp_path / "shared"),
+                      "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q", cwd=tmp_path)
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate()
+        assert not (folder / "manifest.json").exists()
+        assert not any(p.suffix in (".csv", ".jsonl") for p in folder.iterdir())
+    finally:
+        os.close(fd)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert {o["run_id"] for o in manifest["outputs"].values()} == {manifest["run_id"]}
+
+
+# -- a full disk under --out ----------------------------------------------------------------------
+def test_export_into_a_full_disk_says_it_in_one_plain_line(tmp_path: Path) -> None:
+    """DuckDB's COPY failure came through as its JSON ({"exception_type":"IO",…,"errno":"28"})."""
+    from test_cli_exit_codes import mounted_tmpfs
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tiny tmpfs")
+    db = _built(tmp_path)
+    with mounted_tmpfs(tmp_path / "full", "size=64k") as full:
+        done = subprocess.run([sys.executable, "-m", "mktool", "export", "--month", "2026-10", "--date", "2026-11-01",
+                               "--out", str(full / "out"), "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q"],
+                              cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr
+        first = done.stderr.splitlines()[0]
+        assert first.startswith("Error: ") and "No space left on device" in first and str(full) in first
+        assert "exception_type" not in done.stderr and "{" not in first
+        assert "nothing was recorded" in first
+        assert not [p for p in (full / "out" / "2026-10").iterdir()]
