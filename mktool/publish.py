@@ -43,6 +43,7 @@ from pathlib import Path
 import duckdb
 
 from mktool.errors import Interrupted, MktoolError
+from mktool.output import file_sha256
 
 STAGING_PREFIX = ".mktool-staging-"
 JOURNAL_PREFIX = ".mktool-publish-"
@@ -100,15 +101,6 @@ def fsync_path(path: Path) -> None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MB blocks (lists can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- the journal ----------------------------------------------------------------------------------
