@@ -423,7 +423,13 @@ def _describe_problem(col: Column, channel_names: Sequence[str]) -> tuple[str, s
 
 
 def _example_row(con: duckdb.DuckDBPyConnection, src: SourceFile, condition: str) -> dict[str, Any] | None:
-    cur = con.execute(f"SELECT * FROM {src.scan} WHERE {condition} LIMIT 1")
+    # Zoned times are shown as text: turning them into Python objects needs pytz on some DuckDB
+    # releases (2.0.0), and an example row must never turn a refusal into an internal error.
+    types = {r[0]: str(r[1]) for r in con.execute(f"DESCRIBE SELECT * FROM {src.scan}").fetchall()}
+    zoned = [name for name, type_ in types.items() if "WITH TIME ZONE" in type_.upper()]
+    select = "*" if not zoned else "* REPLACE (" + ", ".join(
+        f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}" for name in zoned) + ")"
+    cur = con.execute(f"SELECT {select} FROM {src.scan} WHERE {condition} LIMIT 1")
     row = cur.fetchone()
     if row is None:
         return None
