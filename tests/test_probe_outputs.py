@@ -256,3 +256,10 @@ def test_export_into_a_full_disk_says_it_in_one_plain_line(tmp_path: Path) -> No
         assert "exception_type" not in done.stderr and "{" not in first
         assert "nothing was recorded" in first
         assert not [p for p in (full / "out" / "2026-10").iterdir()]
+
+
+def test_the_start_up_exit_code_is_the_documented_one() -> None:
+    import mktool.__main__ as entry
+    from mktool import errors
+
+    assert entry.EXIT_INTERRUPTED == errors.EXIT_INTERRUPTED == 130
