@@ -50,6 +50,22 @@ MONEY = "DECIMAL(18,2)"
 UNIT_PRICE = "DECIMAL(18,6)"
 
 
+# -- month arithmetic (the customer view's 3-month window) -------------------------------------
+def month_index(month: str) -> int:
+    return int(month[:4]) * 12 + int(month[5:7])
+
+
+def month_from_index(index: int) -> str:
+    y, m = divmod(index - 1, 12)
+    return f"{y:04d}-{m + 1:02d}"
+
+
+def window(month: str) -> tuple[str, str, str]:
+    """M and the two calendar months before it."""
+    i = month_index(month)
+    return month, month_from_index(i - 1), month_from_index(i - 2)
+
+
 @dataclass(frozen=True)
 class Column:
     """One contract column: how it is stored, what it may hold, and how values are normalised.

@@ -26,6 +26,7 @@ import datetime as dt
 
 import duckdb
 
+from mktool.contract import window
 from mktool.database import table_exists
 from mktool.errors import StateError
 
@@ -35,12 +36,6 @@ __all__ = ["require_built_on_view", "require_fresh_view", "view_build_id", "view
 VIEW_MONTHLY_INPUTS = ("subscribers", "usage", "billing", "vas")
 #: The snapshot tables it reads whatever the month (the plan catalogue: plan_rental, product_status).
 VIEW_SNAPSHOT_INPUTS = ("plans",)
-
-
-def _window(month: str) -> list[str]:
-    y, m = int(month[:4]), int(month[5:7])
-    index = y * 12 + m - 1
-    return [f"{i // 12:04d}-{i % 12 + 1:02d}" for i in (index - 2, index - 1, index)]
 
 
 def _loads(con: duckdb.DuckDBPyConnection, month: str) -> list[tuple[str, str, str, dt.datetime]]:
@@ -71,7 +66,7 @@ def _loads(con: duckdb.DuckDBPyConnection, month: str) -> list[tuple[str, str, s
         FROM ingest_log g JOIN latest_snapshot l USING (table_name, load_id)
         ORDER BY 1, 2, 3
         """,
-        [list(VIEW_MONTHLY_INPUTS), _window(month), list(VIEW_SNAPSHOT_INPUTS)],
+        [list(VIEW_MONTHLY_INPUTS), list(window(month)), list(VIEW_SNAPSHOT_INPUTS)],
     ).fetchall()
     return [(f"{t}/{m}/{sha}", f"{t} {m}".strip(), file, at) for t, m, file, sha, at in rows]
 

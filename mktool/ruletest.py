@@ -61,21 +61,14 @@ from typing import Any
 import duckdb
 
 from mktool.console import QUIET, Reporter
-from mktool.contract import MONTH_RE, TABLES
+from mktool.contract import MONTH_RE, TABLES, month_from_index, month_index
 from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.dialect import exact_decimal, py_round_half_away
 from mktool.errors import ConfigError, MktoolError
 from mktool.rules import matrix_files_by_name
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS
 from mktool.sqlquote import quote_literal
-from mktool.view import (
-    ScoreModel,
-    load_score_model,
-    month_from_index,
-    month_index,
-    view_params,
-    view_sql,
-)
+from mktool.view import ScoreModel, load_score_model, view_params, view_sql
 from mktool.yamlio import load_yaml, unknown_keys
 
 __all__ = [

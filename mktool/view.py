@@ -19,7 +19,7 @@ from typing import Any
 from mktool import dialect
 from mktool.ahp import MAX_CONSISTENCY_RATIO, AhpResult, ahp_weights, check_matrix
 from mktool.console import QUIET, Reporter
-from mktool.contract import check_month
+from mktool.contract import check_month, month_from_index, month_index, window
 from mktool.database import Database, record_step, replace_month, table_exists
 from mktool.errors import ConfigError, StateError
 from mktool.freshness import view_inputs
@@ -61,21 +61,6 @@ MONEY_MARKERS: dict[str, Callable[..., str]] = {
 
 
 # -- months ---------------------------------------------------------------------------------
-def month_index(month: str) -> int:
-    return int(month[:4]) * 12 + int(month[5:7])
-
-
-def month_from_index(index: int) -> str:
-    y, m = divmod(index - 1, 12)
-    return f"{y:04d}-{m + 1:02d}"
-
-
-def window(month: str) -> tuple[str, str, str]:
-    """M and the two calendar months before it."""
-    i = month_index(month)
-    return month, month_from_index(i - 1), month_from_index(i - 2)
-
-
 def last_day(month: str) -> str:
     import calendar
 
