@@ -23,7 +23,7 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -38,7 +38,7 @@ from mktool.config import DECIMAL_RE, WHOLE_RE, Settings, check_lock_wait, check
 from mktool.console import Reporter
 from mktool.contract import MONTH_RE, TABLES
 from mktool.database import Database
-from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, InputError, MktoolError
+from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, MktoolError
 from mktool.output import write_query
 
 app = typer.Typer(
@@ -418,34 +418,6 @@ def _read_only_mount(path: Path) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def named_damaged_extract(paths: list[Path], settings: Settings) -> Iterator[None]:
-    """Name the damaged Parquet file behind a DuckDB failure that does not name one.
-
-    A corrupt page header fails deep in a scan over several files ("don't know what type")
-    with no file in the message, which would read as a bug (exit 4). Only on that failure
-    path, each given extract is read in full, alone; the first one DuckDB cannot read is bad
-    input (exit 1) and named. When every file reads, the original error stands.
-    """
-    try:
-        yield
-    except duckdb.Error as exc:
-        if isinstance(exc, duckdb.InterruptException) or _duckdb_error_code(exc) != EXIT_INTERNAL or not paths:
-            raise
-        files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*.parquet")) if f.is_file()})
-        with contextlib.closing(duckdb.connect()) as probe:
-            probe.execute("SET threads = ?", [settings.threads])
-            probe.execute("SET memory_limit = ?", [settings.memory_limit])
-            for file in files:
-                try:
-                    probe.execute("SELECT max(hash(COLUMNS(*))) FROM read_parquet(?)", [str(file)]).fetchall()
-                except duckdb.Error as unreadable:
-                    reason = str(unreadable).splitlines()[0] if str(unreadable) else type(unreadable).__name__
-                    raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})",
-                                     file=str(file), hint="export the extract again") from None
-        raise
-
-
 def require_rules_folder(folder: Path, option: str) -> None:
     """A rules folder that is not there is bad input (exit 1), not "no rule tests" and a green CI."""
     if not folder.exists():
@@ -494,7 +466,7 @@ def ingest_cmd(
     """
     from mktool.ingest import ingest
 
-    with named_damaged_extract(paths, run.settings), run.db(write=True) as db:
+    with run.db(write=True) as db:
         result = ingest(db, paths, table=table, reporter=run.reporter)
     rows = [(f.table, ", ".join(f.months) or "-", f.rows, f.path.name) for f in result.files]
     render_table(run.reporter, f"Loaded {len(result.files)} file(s), {result.rows:,} rows", ["table", "months", "rows", "file"], rows)
@@ -977,7 +949,7 @@ def run_cmd(
     from mktool.pipeline import run_pipeline
 
     check_out_folder(out)
-    with named_damaged_extract(ingest_dir or [], run.settings), run.db(write=True) as db:
+    with run.db(write=True) as db:
         result = run_pipeline(db, month, matrices_dir=run.settings.matrices_dir, ingest_paths=ingest_dir,
                               cycle_date=cycle_date_or_today(date), out_dir=out, fmt=fmt, reporter=run.reporter)
     rows = []

@@ -777,6 +777,36 @@ def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporte
     default the channels of the rules folder's channels.yaml, read only when such a file is loaded.
     """
     files = discover(paths, table)
+    try:
+        return _ingest_files(db, files, reporter=reporter, channel_names=channel_names)
+    except duckdb.Error as exc:
+        if not isinstance(exc, (duckdb.InterruptException, duckdb.IOException, duckdb.OutOfMemoryException)):
+            _name_damaged_file(files, db.settings.threads, db.settings.memory_limit)
+        raise
+
+
+def _name_damaged_file(files: list[SourceFile], threads: int, memory_limit: str) -> None:
+    """Name the damaged Parquet file behind a DuckDB failure that does not name one.
+
+    A corrupt page header fails deep in a scan over several files ("don't know what type")
+    with no file in the message, which would read as a bug (exit 4). Only on that failure
+    path, each extract is read in full, alone; the first one DuckDB cannot read is bad input
+    (exit 1) and named. When every file reads, the caller re-raises the original error.
+    """
+    with contextlib.closing(duckdb.connect()) as probe:
+        probe.execute("SET threads = ?", [threads])
+        probe.execute("SET memory_limit = ?", [memory_limit])
+        for src in files:
+            try:
+                probe.execute(f"SELECT max(hash(COLUMNS(*))) FROM {src.scan}").fetchall()  # the path as stored, globs literal
+            except duckdb.Error as unreadable:
+                reason = str(unreadable).splitlines()[0] if str(unreadable) else type(unreadable).__name__
+                raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})",
+                                 file=str(src.path), hint="export the extract again") from None
+
+
+def _ingest_files(db: Database, files: list[SourceFile], *, reporter: Reporter,
+                  channel_names: Sequence[str] | None) -> IngestResult:
     con = db.c
     if channel_names is None and any(c.channels for f in files for c in f.contract.columns):
         channel_names = load_channels(db.settings.matrices_dir).names
