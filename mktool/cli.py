@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import duckdb
 import typer
@@ -188,23 +188,23 @@ def _opt(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
 
 
 COMMON_OPTIONS = [
-    _opt("db", Annotated[Optional[Path], typer.Option(
+    _opt("db", Annotated[Path | None, typer.Option(
         "--db", envvar="MKTOOL_DB", metavar="PATH",
         help="DuckDB database file [default: ./mktool.duckdb]", rich_help_panel="Common options")]),
-    _opt("matrices", Annotated[Optional[Path], typer.Option(
+    _opt("matrices", Annotated[Path | None, typer.Option(
         "--matrices", envvar="MKTOOL_MATRICES", metavar="DIR",
         help="Folder of rule/model YAML files [default: ./matrices if present, else the shipped defaults]",
         rich_help_panel="Common options")]),
-    _opt("memory_limit", Annotated[Optional[str], typer.Option(
+    _opt("memory_limit", Annotated[str | None, typer.Option(
         "--memory-limit", envvar="MKTOOL_MEMORY_LIMIT", parser=_setting(check_memory_limit), metavar="SIZE",
         help="DuckDB memory limit, e.g. 8GB, 512MiB or 50% [default: 75% of RAM]", rich_help_panel="Common options")]),
-    _opt("threads", Annotated[Optional[int], typer.Option(
+    _opt("threads", Annotated[int | None, typer.Option(
         "--threads", envvar="MKTOOL_THREADS", parser=_setting(check_threads), metavar="N",
         help="DuckDB worker threads, at least 1 [default: all cores]", rich_help_panel="Common options")]),
-    _opt("temp_dir", Annotated[Optional[Path], typer.Option(
+    _opt("temp_dir", Annotated[Path | None, typer.Option(
         "--temp-dir", envvar="MKTOOL_TEMP_DIR", metavar="DIR",
         help="Where DuckDB spills to disk [default: <db>.tmp beside the database]", rich_help_panel="Common options")]),
-    _opt("wait", Annotated[Optional[float], typer.Option(
+    _opt("wait", Annotated[float | None, typer.Option(
         "--wait", envvar="MKTOOL_LOCK_WAIT", parser=_setting(check_lock_wait), metavar="SECONDS",
         help="Seconds to wait for another run's lock before refusing [default: 0]", rich_help_panel="Common options")]),
     _opt("quiet", Annotated[bool, typer.Option(
@@ -359,10 +359,10 @@ def main_callback(
 # -- small rendering helpers ----------------------------------------------------------------
 MonthOpt = Annotated[str, typer.Option("--month", "-m", parser=parse_month, metavar=MONTHS_HELP,
                                        help="Month to work on, YYYY-MM")]
-DateOpt = Annotated[Optional[dt.date], typer.Option(
+DateOpt = Annotated[dt.date | None, typer.Option(
     "--date", parser=parse_cycle_date, metavar="YYYY-MM-DD", help="The cycle's date, YYYY-MM-DD [default: today]")]
-OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Write the result to FILE, or - for stdout")]
-FormatOpt = Annotated[Optional[str], typer.Option(
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Write the result to FILE, or - for stdout")]
+FormatOpt = Annotated[str | None, typer.Option(
     "--format", "-f", parser=choice(*OUTPUT_FORMATS), metavar=metavar(*OUTPUT_FORMATS),
     help="csv | parquet | jsonl [default: from --out's extension, else csv]")]
 
@@ -452,7 +452,7 @@ def render_table(reporter: Reporter, title: str | None, columns: list[str], rows
 def ingest_cmd(
     run: Run,
     paths: Annotated[list[Path], typer.Argument(help="Parquet files or folders of them")],
-    table: Annotated[Optional[str], typer.Option(
+    table: Annotated[str | None, typer.Option(
         "--table", "-t", parser=choice(*TABLES), metavar="TABLE",
         help=f"Load every file into this table: {', '.join(TABLES)} (default: from each file name)")] = None,
 ) -> None:
@@ -525,7 +525,7 @@ def score_cmd(
     month: MonthOpt,
     out: OutOpt = None,
     fmt: FormatOpt = None,
-    param: Annotated[Optional[list[str]], typer.Option(
+    param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", parser=parse_param, metavar="NAME=VALUE",
         help="Override a scores.yaml parameter, name=value (repeatable)")] = None,
 ) -> None:
@@ -568,21 +568,21 @@ def score_cmd(
 def plan_cmd(
     run: Run,
     month: MonthOpt,
-    total_change: Annotated[Optional[str], typer.Option(
+    total_change: Annotated[str | None, typer.Option(
         "--total-change", metavar="LO:HI", parser=parse_window,
         help="Keep plans whose total-fee change (new total / current total) is in LO:HI, inclusive "
              "[default: plan.yaml's, 0.6:1.5]")] = None,
-    rental_change: Annotated[Optional[str], typer.Option(
+    rental_change: Annotated[str | None, typer.Option(
         "--rental-change", metavar="LO:HI", parser=parse_window,
         help="Keep plans whose rental change (new rental / current rental) is in LO:HI, inclusive "
              "[default: plan.yaml's, 1.0:2.0]")] = None,
-    top: Annotated[Optional[int], typer.Option(
+    top: Annotated[int | None, typer.Option(
         "--top", "-k", metavar="K", parser=whole_number(minimum=1), help="Plans kept per customer, best first [default: plan.yaml's, 1]")] = None,
-    min_data: Annotated[Optional[float], typer.Option(
+    min_data: Annotated[float | None, typer.Option(
         "--min-data", metavar="MB", parser=finite_number(minimum=0),
         help="Minimum 3-month average data use of a candidate [default: plan.yaml's, 5]")] = None,
     out: OutOpt = None,
-    fmt: Annotated[Optional[str], typer.Option(
+    fmt: Annotated[str | None, typer.Option(
         "--format", "-f", parser=choice(*PLAN_FORMATS),
         metavar=metavar(*PLAN_FORMATS),
         help="csv | parquet | jsonl for --out [default: from --out's extension, else csv]; "
@@ -591,10 +591,10 @@ def plan_cmd(
         "--dry-run", help="Compute and show the funnel and counts; write nothing")] = False,
     sweep: Annotated[bool, typer.Option(
         "--sweep", help="Print the targeted-customer count for a grid of windows on stdout; write nothing")] = False,
-    sweep_total: Annotated[Optional[list[str]], typer.Option(
+    sweep_total: Annotated[list[str] | None, typer.Option(
         "--sweep-total", metavar="LO:HI", parser=parse_window,
         help="A total-change window of the --sweep grid (repeatable) [default: plan.yaml's sweep grid]")] = None,
-    sweep_rental: Annotated[Optional[list[str]], typer.Option(
+    sweep_rental: Annotated[list[str] | None, typer.Option(
         "--sweep-rental", metavar="LO:HI", parser=parse_window,
         help="A rental-change window of the --sweep grid (repeatable) [default: plan.yaml's sweep grid]")] = None,
 ) -> None:
@@ -715,9 +715,9 @@ def export_cmd(
     month: MonthOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
-    channel: Annotated[Optional[str], typer.Option(
+    channel: Annotated[str | None, typer.Option(
         "--channel", "-c", metavar="NAME", help="Export only this channel of channels.yaml (required with --out -)")] = None,
-    cycle: Annotated[Optional[str], typer.Option(
+    cycle: Annotated[str | None, typer.Option(
         "--cycle", parser=choice(*CYCLES), metavar=metavar(*CYCLES),
         help="Export only the channels of this push cycle: daily | monthly")] = None,
     date: DateOpt = None,
@@ -807,13 +807,13 @@ def funnel_cmd(
 def matrix_cmd(
     run: Run,
     month: MonthOpt,
-    only: Annotated[Optional[str], typer.Option(
+    only: Annotated[str | None, typer.Option(
         "--only", metavar="A,B", help="Re-evaluate only these matrices (comma-separated); the priority matrix always "
                                       "runs, other matrices' stored rows are kept and re-ranked")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and print the rule hit counts; write nothing")] = False,
     out: OutOpt = None,
     fmt: FormatOpt = None,
-    show_sql: Annotated[Optional[str], typer.Option(
+    show_sql: Annotated[str | None, typer.Option(
         "--show-sql", metavar="DIALECT", parser=choice(*SQL_DIALECTS), help="Print the generated queries (duckdb or spark) on stdout and exit")] = None,
 ) -> None:
     """Evaluate the marketing matrices (营销矩阵) into ranked recommendations.
@@ -875,7 +875,7 @@ def matrix_cmd(
 @command("check")
 def check_cmd(
     run: Run,
-    month: Annotated[Optional[str], optional_month(
+    month: Annotated[str | None, optional_month(
         "Also evaluate the rules on this month's customer_view: warn about rules that never "
         "fire or are shadowed by earlier rules")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as failures (exit 5)")] = False,
@@ -931,10 +931,10 @@ def check_cmd(
 def run_cmd(
     run: Run,
     month: MonthOpt,
-    ingest_dir: Annotated[Optional[list[Path]], typer.Option("--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
+    ingest_dir: Annotated[list[Path] | None, typer.Option("--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the target lists")] = Path("out"),
     fmt: FormatOpt = None,
-    date: Annotated[Optional[dt.date], date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
+    date: Annotated[dt.date | None, date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
 ) -> None:
     """Run the whole month: [ingest] → score → matrix → plan → export, then print the funnels.
 
@@ -1029,14 +1029,14 @@ def explain_cmd(
 @command("test")
 def test_cmd(
     run: Run,
-    pattern: Annotated[Optional[str], typer.Argument(
+    pattern: Annotated[str | None, typer.Argument(
         help="Run only the cases whose file, name, matrix or rule contains PATTERN (or matches it as a glob)")] = None,
-    month: Annotated[Optional[str], optional_month(
+    month: Annotated[str | None, optional_month(
         "Evaluation month of test files that do not pin one [default: the current month]")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Also fail when a rule has no passing case where it fires and one where it does not")] = False,
     fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json (json: every case on stdout)")] = "table",
-    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Also write a JUnit XML report (CI)")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", metavar="FILE", help="Also write a JUnit XML report (CI)")] = None,
     defaults: Annotated[bool, typer.Option(
         "--defaults", help="Print the default test customer (every customer_view column) and exit")] = False,
 ) -> None:
@@ -1058,7 +1058,12 @@ def test_cmd(
     """
     from mktool.errors import CheckFailed
     from mktool.ruletest import (
-        coverage_problems, default_customer_rows, junit_xml, render_report, result_document, run_tests,
+        coverage_problems,
+        default_customer_rows,
+        junit_xml,
+        render_report,
+        result_document,
+        run_tests,
     )
 
     require_rules_folder(run.settings.matrices_dir, "--matrices")
@@ -1110,15 +1115,15 @@ def test_cmd(
 @command("snapshot")
 def snapshot_cmd(
     run: Run,
-    month: Annotated[Optional[str], optional_month(
+    month: Annotated[str | None, optional_month(
         "Month to record (with --check: check only this month) [--check default: every month in the file]")] = None,
     write: Annotated[bool, typer.Option("--write", help="Record the snapshot into --file (add or replace the month)")] = False,
     check: Annotated[bool, typer.Option(
         "--check", help="Recompute every month of --file and fail (exit 5) with a table of what moved")] = False,
     file: Annotated[Path, typer.Option("--file", help="The committed snapshot")] = Path("fixtures/snapshot.json"),
-    fixtures: Annotated[Optional[Path], typer.Option(
+    fixtures: Annotated[Path | None, typer.Option(
         "--fixtures", help="Fixture extracts [default: fixtures/extracts, with --check the folder the file names]")] = None,
-    date: Annotated[Optional[dt.date], date_option(
+    date: Annotated[dt.date | None, date_option(
         "The export cycle's date, YYYY-MM-DD [default: the 1st of the next month; --check: the "
         "recorded one]")] = None,
     fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json (--check's changes, or the snapshot)")] = "table",
@@ -1185,15 +1190,15 @@ def snapshot_cmd(
 @command("diff")
 def diff_cmd(
     run: Run,
-    folders: Annotated[Optional[list[Path]], typer.Argument(
+    folders: Annotated[list[Path] | None, typer.Argument(
         help="Two export folders <out>/<month>: before, then after", show_default=False)] = None,
-    month: Annotated[Optional[str], optional_month("With --against-matrices: the month to run")] = None,
-    against: Annotated[Optional[Path], typer.Option(
+    month: Annotated[str | None, optional_month("With --against-matrices: the month to run")] = None,
+    against: Annotated[Path | None, typer.Option(
         "--against-matrices", metavar="DIR",
         help="Compare the current --matrices (after) with the rules in DIR (before) on the same data")] = None,
-    fixtures: Annotated[Optional[Path], typer.Option(
+    fixtures: Annotated[Path | None, typer.Option(
         "--fixtures", metavar="DIR", help="With --against-matrices: build from these extracts instead of copying --db")] = None,
-    date: Annotated[Optional[dt.date], date_option(
+    date: Annotated[dt.date | None, date_option(
         "With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
     fmt: Annotated[str, format_option("table", "json", "csv", "markdown", help="table | json | csv | markdown")] = "table",
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 5 when there are differences")] = False,
@@ -1211,8 +1216,7 @@ def diff_cmd(
       mktool diff --month 2026-10 --against-matrices ../main/matrices --fixtures fixtures/extracts
       mktool diff --month 2026-10 --against-matrices ../main/matrices --format markdown > diff.md
     """
-    from mktool.diff import compare_folders, compare_rules, headline, render_csv, render_json
-    from mktool.diff import render_markdown, sections
+    from mktool.diff import compare_folders, compare_rules, headline, render_csv, render_json, render_markdown, sections
     from mktool.errors import CheckFailed
 
     folders = folders or []

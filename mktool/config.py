@@ -148,7 +148,7 @@ class Settings:
         threads: int | None = None,
         temp_dir: Path | None = None,
         lock_wait: float | None = None,
-    ) -> "Settings":
+    ) -> Settings:
         """Options win over environment variables, which win over defaults; errors name the source."""
         env = os.environ
         if memory_limit is None and env.get("MKTOOL_MEMORY_LIMIT"):

@@ -58,7 +58,7 @@ class Reporter:
                 yield
         self.debug(f"{description}: {time.perf_counter() - start:.2f}s")
 
-    def progress(self, description: str, total: int) -> "StepProgress":
+    def progress(self, description: str, total: int) -> StepProgress:
         return StepProgress(self, description, total)
 
 
@@ -72,7 +72,7 @@ class StepProgress:
         self._progress: Progress | None = None
         self._task: int | None = None
 
-    def __enter__(self) -> "StepProgress":
+    def __enter__(self) -> StepProgress:
         if not self.reporter.quiet and self.reporter.console.is_terminal:
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

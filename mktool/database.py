@@ -47,7 +47,7 @@ class RunLock:
         self.wait = wait
         self._fh: Any = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fh = open(self.path, "a+")
@@ -149,7 +149,7 @@ class Database:
         self._created = False  # this command made the database file …
         self._committed = False  # … and has not committed anything to it yet
 
-    def __enter__(self) -> "Database":
+    def __enter__(self) -> Database:
         if self.path.is_dir():
             raise InputError("is a folder, not a DuckDB database file", file=str(self.path),
                              hint="point --db / MKTOOL_DB at a file such as mktool.duckdb")

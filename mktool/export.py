@@ -90,7 +90,7 @@ class ExportConfig:
     plan: PlanConfig
 
     @classmethod
-    def load(cls, matrices_dir: Path) -> "ExportConfig":
+    def load(cls, matrices_dir: Path) -> ExportConfig:
         channel_config = load_channels(matrices_dir)
         contact = channel_config.contact_policy
         return cls(

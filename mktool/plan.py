@@ -161,7 +161,7 @@ class PlanConfig:
                 "min_data_mb": self.min_data_mb, "policy": self.policy, "channels": list(self.channels)}
 
     def with_overrides(self, *, total_change: str | Window | None = None, rental_change: str | Window | None = None,
-                       top: int | None = None, min_data_mb: float | None = None) -> "PlanConfig":
+                       top: int | None = None, min_data_mb: float | None = None) -> PlanConfig:
         """This configuration with the command-line options that were given (errors name the option)."""
         changes: dict[str, Any] = {}
         if total_change is not None:

@@ -129,7 +129,7 @@ class Journal:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n"
 
     @classmethod
-    def loads(cls, text: str, *, where: str) -> "Journal":
+    def loads(cls, text: str, *, where: str) -> Journal:
         try:
             doc = json.loads(text)
             return cls(run_id=str(doc["run_id"]), database=str(doc["database"]), folder=str(doc["folder"]),

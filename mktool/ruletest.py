@@ -65,8 +65,8 @@ from mktool.contract import MONTH_RE, TABLES, month_from_index, month_index
 from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.dialect import exact_decimal, py_round_half_away
 from mktool.errors import ConfigError, MktoolError
-from mktool.rules import matrix_files_by_name
 from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS
+from mktool.rules import matrix_files_by_name
 from mktool.sqlquote import quote_literal
 from mktool.view import ScoreModel, load_score_model, view_params, view_sql
 from mktool.yamlio import load_yaml, unknown_keys

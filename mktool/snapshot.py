@@ -36,11 +36,11 @@ from mktool.config import Settings
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
 from mktool.database import Database
+from mktool.errors import CheckFailed, ConfigError, MktoolError, StateError
 from mktool.output import file_sha256
 from mktool.rules import matrix_files_by_name
-from mktool.errors import CheckFailed, ConfigError, MktoolError, StateError
-from mktool.versions import engine_versions, version_changes
 from mktool.sqlquote import quote_literal
+from mktool.versions import engine_versions, version_changes
 
 __all__ = [
     "DEFAULT_FILE",

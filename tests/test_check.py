@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_matrices import CUSTOMERS, NEW_SERVICE, POLICIES, PRIORITY, RETENTION, make_view, view_row, write_matrices
 
 from mktool.errors import ConfigError
 from mktool.rules import load_channels, load_policies, load_rules, matrix_files, validate_all
-from test_matrices import CUSTOMERS, NEW_SERVICE, POLICIES, PRIORITY, RETENTION, make_view, view_row, write_matrices
 
 ROOT = Path(__file__).resolve().parents[1]
 M = "2026-10"

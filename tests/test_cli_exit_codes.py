@@ -23,9 +23,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import write_table
 from rich.console import Console
 
-from conftest import write_table
 from mktool.cli import app, render_table
 from mktool.config import Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter

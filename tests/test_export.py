@@ -29,16 +29,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import month_rows, write_table
 from typer.testing import CliRunner
 
-from conftest import month_rows, write_table
 from mktool import __version__
 from mktool.cli import app
 from mktool.config import Settings
-from mktool.database import Database
+from mktool.database import Database, record_step
 from mktool.errors import ConfigError
 from mktool.export import STAGES, ExportResult, run_export
-from mktool.database import record_step
 from mktool.freshness import view_inputs
 from mktool.plan import load_plan_config
 from mktool.rules import load_channels

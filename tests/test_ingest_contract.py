@@ -19,8 +19,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_table
+
 from mktool.config import shipped_matrices_dir
 from mktool.contract import TABLES, WHITESPACE, markdown
 from mktool.output import file_sha256

@@ -22,7 +22,14 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import ConfigError, RuleError, StateError
 from mktool.matrices import (
-    PREVIEW_TABLE, collect_sql, evaluate, first_hit_sql, generated_sql, kept_rows_sql, ranking_sql, spark_sql,
+    PREVIEW_TABLE,
+    collect_sql,
+    evaluate,
+    first_hit_sql,
+    generated_sql,
+    kept_rows_sql,
+    ranking_sql,
+    spark_sql,
     stats_sql,
 )
 from mktool.rules import load_rules

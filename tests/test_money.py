@@ -18,8 +18,8 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
-
 from conftest import month_rows, write_table
+
 from mktool import dialect
 from mktool.config import shipped_matrices_dir
 from mktool.contract import TABLES

@@ -16,14 +16,27 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
-
 from conftest import month_rows, write_table
+
 from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import ConfigError, MktoolError, StateError
 from mktool.plan import (
-    EXPORT_COLUMNS, EXPORT_SQL, MONEY_COLUMNS, RATE_COLUMNS, STAGES, TABLE_COLUMNS, PlanConfig, Window, funnel_query, load_plan_config, plan,
-    recommend_query, script_sql, sweep, sweep_query,
+    EXPORT_COLUMNS,
+    EXPORT_SQL,
+    MONEY_COLUMNS,
+    RATE_COLUMNS,
+    STAGES,
+    TABLE_COLUMNS,
+    PlanConfig,
+    Window,
+    funnel_query,
+    load_plan_config,
+    plan,
+    recommend_query,
+    script_sql,
+    sweep,
+    sweep_query,
 )
 
 M = "2026-10"

@@ -17,12 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_table
+from test_ingest_contract import CONTACT, M, loaded, query, refused  # noqa: F401 (loaded is a fixture)
+from test_sandbox import RETENTION, check_files, in_tmp, one_error  # noqa: F401 (in_tmp is a fixture)
+
 from mktool.errors import ConfigError
 from mktool.sqlquote import check_label
-from test_sandbox import RETENTION, check_files, in_tmp, one_error  # noqa: F401 (in_tmp is a fixture)
-from test_ingest_contract import CONTACT, M, loaded, query, refused  # noqa: F401 (loaded is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 BEIJING = dt.timezone(dt.timedelta(hours=8))

@@ -26,7 +26,6 @@ from typing import Any
 
 import duckdb
 import pytest
-
 from conftest import month_rows, write_table
 
 M = "2026-10"

@@ -19,6 +19,10 @@ import duckdb
 import pytest
 import sqlglot
 from sqlglot import exp
+from test_check import check as check_files
+from test_check import errors_of, one_error
+from test_matrices import POLICIES, RETENTION
+from test_view import M, build
 
 from mktool.config import shipped_matrices_dir
 from mktool.errors import ConfigError
@@ -28,10 +32,6 @@ from mktool.plan import script_sql
 from mktool.rules import Channel
 from mktool.sqlquote import check_id, check_label, check_name, quote_identifier, quote_literal
 from mktool.view import load_score_model, view_params, view_sql
-from test_check import check as check_files
-from test_check import errors_of, one_error
-from test_matrices import POLICIES, RETENTION
-from test_view import M, build
 
 CANARY = "CANARY-7f3a9c"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest import write_table
+
 from mktool.ahp import ahp_weights
 from mktool.config import shipped_matrices_dir
 
