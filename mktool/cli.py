@@ -40,6 +40,7 @@ from mktool.contract import MONTH_RE, TABLES
 from mktool.database import Database
 from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, MktoolError
 from mktool.output import write_query
+from mktool.schema import CYCLES, EXPORT_STAGES, FUNNEL_TABLE, LIST_FORMATS
 
 app = typer.Typer(
     name="mktool",
@@ -174,11 +175,10 @@ def parse_param(value: str) -> str:
 
 
 MONTHS_HELP = "YYYY-MM"
-OUTPUT_FORMATS = ("csv", "parquet", "jsonl")  # the formats of --out files (mktool.output.FORMATS)
+OUTPUT_FORMATS = LIST_FORMATS  # the formats of --out files
 TABLE_JSON = ("table", "json")
 SWEEP_FORMATS = ("table", "csv", "json")  # plan --sweep prints its grid
 PLAN_FORMATS = (*OUTPUT_FORMATS, "table", "json")
-CYCLES = ("daily", "monthly")  # channels.yaml's push cycles
 SQL_DIALECTS = ("duckdb", "spark")  # matrix --show-sql
 
 
@@ -703,9 +703,7 @@ def cycle_date_or_today(value: dt.date | None) -> dt.date:
 
 
 def render_channel_funnels(run: Run, result: Any, *, title: str) -> None:
-    from mktool.export import STAGES
-
-    rows = [(stage, *[f"{dict(ch.stages)[stage]:,}" for ch in result.channels]) for stage in STAGES]
+    rows = [(stage, *[f"{dict(ch.stages)[stage]:,}" for ch in result.channels]) for stage in EXPORT_STAGES]
     render_table(run.reporter, title, ["stage", *[ch.channel for ch in result.channels]], rows)
 
 
@@ -781,7 +779,7 @@ def funnel_cmd(
     from mktool.export import funnel_document
 
     with run.db(write=False) as db:
-        if not db.table_exists("funnel_counts"):
+        if not db.table_exists(FUNNEL_TABLE):
             raise MktoolError(f"no funnels recorded for {month}", hint=f"run `mktool plan/matrix --month {month}` first")
         doc = funnel_document(db.c, month)
     if not doc["funnels"]:

@@ -52,7 +52,7 @@ from mktool.dialect import money, round_half_away
 from mktool.errors import ConfigError, Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
 from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, file_sha256, stream_file
-from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS, PlanConfig, load_plan_config, script_sql
+from mktool.plan import PlanConfig, load_plan_config, script_sql
 from mktool.publish import (
     Publication,
     deferred_interrupt,
@@ -64,16 +64,11 @@ from mktool.publish import (
     recover_folder,
 )
 from mktool.rules import Channel, Policy, load_channels, load_policies
+from mktool.schema import EXPORT_STAGES, MONEY_COLUMNS, RATE_COLUMNS, TARGET_COLUMNS
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
 
-STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
-          "holdout", "exported")
-TARGET_COLUMNS = (
-    "msisdn", "month", "channel", "rank", "matrix", "rule_id", "policy_id", "policy_name", "script",
-    "current_plan_id", "plan_id", "new_rental", "new_voice_overage", "new_data_overage", "new_total",
-    "current_total", "total_fee_change", "rental_change",
-)
+STAGES = EXPORT_STAGES
 DEFAULT_COOLDOWN_DAYS = 30
 RECORDED_BY = "mktool"
 

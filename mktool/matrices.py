@@ -46,6 +46,7 @@ from mktool.errors import ConfigError, MktoolError, RuleError, StateError
 from mktool.freshness import require_built_on_view, require_fresh_view, view_build_id
 from mktool.output import file_sha256
 from mktool.rules import Matrix, Problem, Rule, RuleSet
+from mktool.schema import CUSTOMER_PRIORITY_TABLE, RECOMMENDATIONS_TABLE, VIEW_TABLE
 from mktool.sqlquote import quote_literal
 
 __all__ = [
@@ -66,9 +67,7 @@ __all__ = [
     "stats_sql",
 ]
 
-VIEW = "customer_view"
-RECOMMENDATIONS_TABLE = "recommendations"
-CUSTOMER_PRIORITY_TABLE = "customer_priority"
+VIEW = VIEW_TABLE
 PREVIEW_TABLE = "_mk_matrix_recs"  # the month's would-be recommendations (kept after a dry run)
 
 # Session-scoped work tables (temp: they vanish with the connection, never reach the file).

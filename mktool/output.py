@@ -20,8 +20,9 @@ from typing import Any
 import duckdb
 
 from mktool.errors import MktoolError
+from mktool.schema import LIST_FORMATS
 
-FORMATS = ("csv", "parquet", "jsonl")
+FORMATS = LIST_FORMATS
 COPY_OPTIONS = {
     "csv": "FORMAT csv, HEADER true",
     "parquet": "FORMAT parquet, COMPRESSION zstd",

@@ -35,31 +35,29 @@ from mktool.database import Database, record_funnel, record_step, replace_month
 from mktool.dialect import exact_decimal
 from mktool.errors import ConfigError, MktoolError, StateError
 from mktool.freshness import require_fresh_view, view_build_id
+from mktool.schema import (
+    CHANNEL_NAMES,
+    PLAN_FUNNEL,
+    PLAN_STAGES,
+    PLAN_TABLE,
+    PLAN_TABLE_COLUMNS,
+    VIEW_TABLE,
+)
 from mktool.sqlquote import is_id, quote_literal
 from mktool.yamlio import load_yaml, unknown_keys
 
 PLAN_FILE = "plan.yaml"
-PLAN_TABLE = "plan_recommendations"
-VIEW_TABLE = "customer_view"
-FUNNEL = "plan"
-
+FUNNEL = PLAN_FUNNEL
 #: Funnel stages, in order; each counts distinct subscribers that pass it and all before it.
-STAGES = ("base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
+STAGES = PLAN_STAGES
 
 #: Columns of ``plan_recommendations``, in order: money DECIMAL(18,2) (the bill rounded to the
 #: fen), rates DECIMAL(38,12) (the exact rate truncated to 12 decimals: rounded to 6 it is the
 #: value that was compared, rounded to 4 the value the lists show, both as from the exact rate).
-TABLE_COLUMNS = (
-    "msisdn", "month", "rank", "current_plan_id", "plan_id", "plan_name", "new_rental", "new_voice_overage",
-    "new_data_overage", "new_total", "current_total", "total_fee_change", "rental_change",
-)
-MONEY_COLUMNS = ("new_rental", "new_voice_overage", "new_data_overage", "new_total", "current_total")
-RATE_COLUMNS = ("total_fee_change", "rental_change")
+TABLE_COLUMNS = PLAN_TABLE_COLUMNS
 #: Columns of ``--out`` (SPEC §6 plan columns): no plan_name; money to 2 decimals, rates to 4.
 EXPORT_COLUMNS = tuple(c for c in TABLE_COLUMNS if c != "plan_name")
 
-#: Channels of SPEC §6 a plan recommendation may be sent to.
-KNOWN_CHANNELS = ("frontdesk", "outbound", "inbound", "sms", "app", "manager")
 #: Placeholders the recommendation phrase may use.
 SCRIPT_FIELDS = ("plan_name", "new_rental", "new_total")
 
@@ -240,8 +238,8 @@ def load_plan_config(matrices_dir: Path) -> PlanConfig:
             raise ConfigError(f"channels: expected a non-empty list such as [outbound, sms], got {channels!r}",
                               file=str(path))
         for i, ch in enumerate(channels):
-            if ch not in KNOWN_CHANNELS:
-                raise ConfigError(f"channels[{i}]: unknown channel {ch!r} (known: {', '.join(KNOWN_CHANNELS)})",
+            if ch not in CHANNEL_NAMES:
+                raise ConfigError(f"channels[{i}]: unknown channel {ch!r} (known: {', '.join(CHANNEL_NAMES)})",
                                   file=str(path))
         if len(set(channels)) != len(channels):
             raise ConfigError(f"channels: lists a channel twice: {channels!r}", file=str(path))

@@ -36,6 +36,7 @@ import duckdb
 from mktool.ahp import ahp_weights
 from mktool.contract import TABLES
 from mktool.errors import ConfigError
+from mktool.schema import CHANNEL_NAMES, CYCLES, LIST_FORMATS, MASKS, TARGET_COLUMNS
 from mktool.sqlcheck import CheckedExpression, check_expression, text_results, vocabulary_mismatches
 from mktool.sqlquote import is_id, is_name, quote_identifier
 from mktool.view import SCORES_FILE, load_score_model, view_params, view_sql
@@ -67,10 +68,7 @@ TESTS_DIR = "tests"
 
 PRIORITY_FAMILY = "priority"
 HIT_MODES = ("first", "collect")
-CHANNEL_NAMES = ("frontdesk", "outbound", "inbound", "sms", "app", "manager")  # SPEC §6
-CYCLES = ("daily", "monthly")
-CHANNEL_FORMATS = ("csv", "parquet", "jsonl")
-MASKS = ("none", "mask", "hash")
+CHANNEL_FORMATS = LIST_FORMATS
 
 DOC_KEYS = {"doc", "description"}
 MATRIX_KEYS = {"matrix", "family", "hit", "where", "rules", "tests"} | DOC_KEYS  # tests: cases for `mktool test`
@@ -498,12 +496,10 @@ def _read_channel(name: str, raw: Any, file: str) -> Channel:
     fmt = _choice(raw, "format", CHANNEL_FORMATS, file=file, at=at, required=True)
     assert cycle is not None and fmt is not None
     columns = _names(raw, "columns", file=file, at=at)
-    target_columns = _export_target_columns()
-    if columns and target_columns:
-        for col in columns:
-            if col not in target_columns:
-                raise _fail(file, f"{at}: columns: unknown target-list column '{col}'{_suggest(col, target_columns)}; "
-                                  f"columns: {', '.join(target_columns)}")
+    for col in columns or ():
+        if col not in TARGET_COLUMNS:
+            raise _fail(file, f"{at}: columns: unknown target-list column '{col}'{_suggest(col, TARGET_COLUMNS)}; "
+                              f"columns: {', '.join(TARGET_COLUMNS)}")
     salt_env = _text(raw, "salt_env", file=file, at=at) or "MKTOOL_HASH_SALT"
     return Channel(
         name=name, cycle=cycle, format=fmt, salt_env=salt_env,
@@ -512,15 +508,6 @@ def _read_channel(name: str, raw: Any, file: str) -> Channel:
         mask=_choice(raw, "mask", MASKS, file=file, at=at, default="none") or "none",
         contact_cap=_int(raw, "contact_cap", file=file, at=at, minimum=1),
     )
-
-
-def _export_target_columns() -> tuple[str, ...]:
-    """The target-list columns export can write (empty when the export module is absent)."""
-    try:
-        from mktool.export import TARGET_COLUMNS  # noqa: PLC0415 - optional, written separately
-    except ImportError:
-        return ()
-    return tuple(TARGET_COLUMNS)
 
 
 def matrix_files_by_name(matrices_dir: Path) -> dict[str, str]:

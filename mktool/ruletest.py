@@ -65,8 +65,8 @@ from mktool.contract import MONTH_RE, TABLES, month_from_index, month_index
 from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.dialect import exact_decimal, py_round_half_away
 from mktool.errors import ConfigError, MktoolError
-from mktool.plan import MONEY_COLUMNS, RATE_COLUMNS
 from mktool.rules import matrix_files_by_name
+from mktool.schema import MONEY_COLUMNS, PLAN_STAGES, RATE_COLUMNS
 from mktool.sqlquote import quote_literal
 from mktool.view import ScoreModel, load_score_model, view_params, view_sql
 from mktool.yamlio import load_yaml, unknown_keys
@@ -103,7 +103,7 @@ PRIORITY_KEYS = {"rule", "order"}
 PLAN_CONFIG_KEYS = {"total_change", "rental_change", "top", "min_data_mb"}
 MONEY, RATES = MONEY_COLUMNS, RATE_COLUMNS  # money to 2 decimals, rates to 4 (as in the lists)
 PLAN_KEYS = {"rank", "plan_id", "plan_name", "current_plan_id", *MONEY, *RATES}
-PLAN_STAGES = ("active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
+CASE_STAGES = PLAN_STAGES[1:]  # a plan case names the stage a customer stops at; "base" has everyone
 
 #: The default customer: an active postpaid 4G customer of two years on 自选组合128, paying
 #: 128 yuan a month with no overage or add-on, 300 minutes and 600 MB a month, 20 contacts
@@ -304,9 +304,9 @@ def _read_plan_cases(raw: Any, *, file: str, start: int) -> list[Case]:
         config = _mapping(rc.get("config"), f"{at}: config", file)
         unknown_keys(config, PLAN_CONFIG_KEYS, file=Path(file), at=f"{at}: config")
         stage = rc.get("stage")
-        if stage is not None and stage not in PLAN_STAGES:
-            raise ConfigError(f"{at}: stage: '{stage}' is not a plan funnel stage{_suggest(stage, PLAN_STAGES)}; "
-                              f"stages: {', '.join(PLAN_STAGES)}", file=file)
+        if stage is not None and stage not in CASE_STAGES:
+            raise ConfigError(f"{at}: stage: '{stage}' is not a plan funnel stage{_suggest(stage, CASE_STAGES)}; "
+                              f"stages: {', '.join(CASE_STAGES)}", file=file)
         cases.append(Case(file=file, no=start + len(cases) + 1, name=rc["case"].strip(), kind="plan",
                           customer=_mapping(rc.get("customer"), f"{at}: customer", file),
                           expect=rc["expect"], config=config, stage=stage))

@@ -23,6 +23,7 @@ from mktool.contract import check_month, month_from_index, month_index, window
 from mktool.database import Database, record_step, replace_month, table_exists
 from mktool.errors import ConfigError, StateError
 from mktool.freshness import view_inputs
+from mktool.schema import VIEW_TABLE
 from mktool.sqlcheck import check_expression
 from mktool.sqlquote import check_label, quote_identifier, quote_literal
 from mktool.yamlio import field as yfield
@@ -30,7 +31,6 @@ from mktool.yamlio import load_yaml, number, unknown_keys
 
 SQL_DIR = Path(__file__).parent / "sql"
 SCORES_FILE = "scores.yaml"
-VIEW_TABLE = "customer_view"
 
 # Columns the base query provides, in order (SPEC §3 base columns first, then features).
 BASE_COLUMNS = (

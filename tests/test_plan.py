@@ -24,8 +24,6 @@ from mktool.errors import ConfigError, MktoolError, StateError
 from mktool.plan import (
     EXPORT_COLUMNS,
     EXPORT_SQL,
-    MONEY_COLUMNS,
-    RATE_COLUMNS,
     STAGES,
     TABLE_COLUMNS,
     PlanConfig,
@@ -38,6 +36,7 @@ from mktool.plan import (
     sweep,
     sweep_query,
 )
+from mktool.schema import MONEY_COLUMNS, RATE_COLUMNS
 
 M = "2026-10"
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,45 @@
+"""The names the steps share, defined once: tables, target-list columns, money and rate
+columns, the channel vocabulary, cycles, formats and funnel stages.
+
+A step never imports another step for a constant; it imports this module, which imports
+nothing. The input tables' columns and rules are the data contract (:mod:`mktool.contract`);
+this module names what mktool itself builds from them.
+"""
+
+from __future__ import annotations
+
+# -- tables mktool writes (SPEC §3-§6) -----------------------------------------------------------
+VIEW_TABLE = "customer_view"  # one row per subscriber and month: the scored customer view
+RECOMMENDATIONS_TABLE = "recommendations"  # ranked offers per subscriber and month
+CUSTOMER_PRIORITY_TABLE = "customer_priority"  # the priority matrix's family order per subscriber
+PLAN_TABLE = "plan_recommendations"  # ranked plan changes per subscriber and month
+CONTACT_HISTORY_TABLE = "contact_history"  # input extract and the contacts mktool recorded
+HOLDOUTS_TABLE = "holdouts"  # customer x policy kept back as a control group
+FUNNEL_TABLE = "funnel_counts"  # every step's funnel stages per month
+
+# -- channels (SPEC §6) --------------------------------------------------------------------------
+CHANNEL_NAMES = ("frontdesk", "outbound", "inbound", "sms", "app", "manager")
+CYCLES = ("daily", "monthly")  # how often a channel's list is cut
+MASKS = ("none", "mask", "hash")  # how a channel's list shows the msisdn
+LIST_FORMATS = ("csv", "parquet", "jsonl")  # formats of a written list (and of --out files)
+
+# -- target lists (SPEC §6) ----------------------------------------------------------------------
+#: Money columns: DECIMAL(18,2), the fen rounded half away from zero (docs/money.md).
+MONEY_COLUMNS = ("new_rental", "new_voice_overage", "new_data_overage", "new_total", "current_total")
+#: Change rates: exact quotients, shown to 4 decimals.
+RATE_COLUMNS = ("total_fee_change", "rental_change")
+#: Every column a channel's list may carry (channels.yaml ``columns:`` picks from these), in order.
+TARGET_COLUMNS = (
+    "msisdn", "month", "channel", "rank", "matrix", "rule_id", "policy_id", "policy_name", "script",
+    "current_plan_id", "plan_id", *MONEY_COLUMNS, *RATE_COLUMNS,
+)
+#: Columns of plan_recommendations, in order.
+PLAN_TABLE_COLUMNS = (
+    "msisdn", "month", "rank", "current_plan_id", "plan_id", "plan_name", *MONEY_COLUMNS, *RATE_COLUMNS,
+)
+
+# -- funnels: each stage counts the subscribers that passed it and every stage before -----------
+PLAN_FUNNEL = "plan"
+PLAN_STAGES = ("base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
+EXPORT_STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
+                 "holdout", "exported")
