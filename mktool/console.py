@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 
 class Reporter:
@@ -70,7 +70,7 @@ class StepProgress:
         self.description = description
         self.total = total
         self._progress: Progress | None = None
-        self._task: int | None = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> StepProgress:
         if not self.reporter.quiet and self.reporter.console.is_terminal:

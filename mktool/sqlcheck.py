@@ -421,12 +421,12 @@ def _parse(sql: str, location: str) -> tuple[exp.Expr, str]:
         _fail(location, f"syntax error: {_describe_parse_error(err)}")
     except TokenError as err:  # pragma: no cover - tokenised fine above
         _fail(location, f"syntax error: {_first_line(err)}")
-    trees = [t for t in trees if t is not None]
-    if not trees:  # pragma: no cover - caught by the token check
+    found: list[exp.Expr] = [t for t in trees if t is not None]
+    if not found:  # pragma: no cover - caught by the token check
         _fail(location, "empty expression")
-    if len(trees) > 1:  # pragma: no cover - needs a ';', refused above
-        _fail(location, f"expected a single expression, found {len(trees)} statements")
-    return trees[0], tokens[0].text.upper()
+    if len(found) > 1:  # pragma: no cover - needs a ';', refused above
+        _fail(location, f"expected a single expression, found {len(found)} statements")
+    return found[0], tokens[0].text.upper()
 
 
 @contextmanager
