@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mktool import snapshot
+from mktool import runs, snapshot
 from mktool.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,8 +179,8 @@ def test_list_content_ignores_row_order_and_file_bytes(tmp_path: Path) -> None:
 
 
 def test_default_cycle_date() -> None:
-    assert snapshot.default_cycle_date("2026-10") == dt.date(2026, 11, 1)
-    assert snapshot.default_cycle_date("2026-12") == dt.date(2027, 1, 1)
+    assert runs.default_cycle_date("2026-10") == dt.date(2026, 11, 1)
+    assert runs.default_cycle_date("2026-12") == dt.date(2027, 1, 1)
 
 
 # -- dry runs write nothing and print counts ---------------------------------------------------------------------
