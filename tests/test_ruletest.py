@@ -515,3 +515,12 @@ def test_the_memory_database_is_a_wrapped_connection(tmp_path: Path) -> None:
         assert not path.with_name(path.name + ".lock").exists()  # no run lock taken
     finally:
         own.close()
+
+
+def test_the_report_title_shows_a_matrices_folder_with_brackets(runner, tmp_path: Path) -> None:
+    """The table's title names the folder as written: `m[red]` was read as a colour tag and shown as `m`."""
+    folder = tmp_path / "m[red]"
+    shutil.copytree(MATRICES, folder)
+    result = run(runner, "--matrices", str(folder), "vnet")
+    assert result.exit_code == 0, result.output
+    assert f"Rule tests ({folder})" in result.stderr
