@@ -31,7 +31,6 @@ from typing import Annotated, Any, TypeVar
 import duckdb
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from mktool import __version__
 from mktool.config import DECIMAL_RE, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
@@ -40,6 +39,7 @@ from mktool.contract import MONTH_RE, TABLES
 from mktool.database import Database
 from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, MktoolError
 from mktool.output import write_query
+from mktool.render import print_table, render_table, render_test_report
 from mktool.schema import CYCLES, EXPORT_STAGES, FUNNEL_TABLE, LIST_FORMATS
 
 app = typer.Typer(
@@ -425,26 +425,6 @@ def require_rules_folder(folder: Path, option: str) -> None:
                           hint=f"check {option} (or MKTOOL_MATRICES)")
     if not folder.is_dir():
         raise ConfigError("is a file, not a matrices folder", file=str(folder), hint=f"check {option} (or MKTOOL_MATRICES)")
-
-
-def render_table(reporter: Reporter, title: str | None, columns: list[str], rows: list[tuple[Any, ...]],
-                 *, to_stdout: bool = False) -> None:
-    """A rich table for people (on stderr unless it *is* the requested output).
-
-    Titles, headers and cells carry file names and data values: each is escaped here, once,
-    so that ``[/]`` in a value prints as written instead of crashing rich's markup parser.
-    """
-    table = Table(title=escape(title) if title else None, show_lines=False, header_style="bold")
-    for col in columns:
-        table.add_column(escape(col), overflow="fold")
-    for row in rows:
-        table.add_row(*[escape("" if v is None else str(v)) for v in row])
-    if to_stdout:
-        from rich.console import Console
-
-        Console(highlight=False).print(table)
-    elif not reporter.quiet:
-        reporter.console.print(table)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -1055,14 +1035,7 @@ def test_cmd(
       mktool test --defaults
     """
     from mktool.errors import CheckFailed
-    from mktool.ruletest import (
-        coverage_problems,
-        default_customer_rows,
-        junit_xml,
-        render_report,
-        result_document,
-        run_tests,
-    )
+    from mktool.ruletest import coverage_problems, default_customer_rows, junit_xml, result_document, run_tests
 
     require_rules_folder(run.settings.matrices_dir, "--matrices")
     if junit is not None:
@@ -1085,10 +1058,10 @@ def test_cmd(
         typer.echo(json.dumps(result_document(result), ensure_ascii=False, indent=2, default=str))
         quiet = run.reporter.quiet
         run.reporter.quiet = True  # the table is the json; failures still go to stderr
-        render_report(result, run.reporter)
+        render_test_report(result, run.reporter)
         run.reporter.quiet = quiet
     else:
-        render_report(result, run.reporter)
+        render_test_report(result, run.reporter)
     uncovered = coverage_problems(result)
     for text in uncovered:
         if strict:
@@ -1140,7 +1113,7 @@ def snapshot_cmd(
       mktool snapshot --month 2026-10 --write    # record it in fixtures/snapshot.json
       mktool snapshot --check                    # CI: fail when the rules moved the fixtures
     """
-    from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, print_table, raise_if_moved, record
+    from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, raise_if_moved, record
     from mktool.snapshot import check as snapshot_check
     from mktool.snapshot import write as snapshot_write
 
@@ -1243,8 +1216,6 @@ def diff_cmd(
     elif fmt == "markdown":
         typer.echo(render_markdown(result), nl=False)
     else:
-        from mktool.snapshot import print_table
-
         typer.echo(headline(result))
         if not result.identical:
             for title, cols, rows in sections(result):

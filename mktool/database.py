@@ -148,8 +148,24 @@ class Database:
         self.con: duckdb.DuckDBPyConnection | None = None
         self._created = False  # this command made the database file …
         self._committed = False  # … and has not committed anything to it yet
+        self._wrapped = False  # the connection is the caller's: no lock, no open, no close
+
+    @classmethod
+    def wrap(cls, con: duckdb.DuckDBPyConnection, settings: Settings, *, write: bool = True) -> Database:
+        """A Database over a connection someone else opened and will close (``mktool test``'s in-memory one).
+
+        The steps take a :class:`Database`; this gives them one without a file, a lock or the
+        settings' memory and spill configuration (the owner configured its connection).
+        ``with`` on it is allowed and leaves the connection open.
+        """
+        db = cls(settings, write=write)
+        db.con = con
+        db._wrapped = True
+        return db
 
     def __enter__(self) -> Database:
+        if self._wrapped:
+            return self
         if self.path.is_dir():
             raise InputError("is a folder, not a DuckDB database file", file=str(self.path),
                              hint="point --db / MKTOOL_DB at a file such as mktool.duckdb")
@@ -200,6 +216,8 @@ class Database:
                                "Restore it from a backup, or point --db at another file")
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._wrapped:
+            return
         if self.con is not None:
             self.con.close()
             self.con = None
@@ -237,9 +255,9 @@ class Database:
         mktool therefore reads only what was committed before it or written by one statement
         (a CREATE TABLE AS): checks read the input files (ingest), each upsert is one DELETE +
         one INSERT, and staging runs outside it (export; the write-back's NOT EXISTS looks for
-        this channel's rows, which earlier appends of other channels cannot hold). The CHECKPOINT after COMMIT makes the next step's
-        reads on the same connection see the data (`mktool run` found no subscribers right
-        after ingesting 1M without it), and moves the write-ahead log into the database file,
+        this channel's rows, which earlier appends of other channels cannot hold). The CHECKPOINT
+        after COMMIT makes the next step's reads on the same connection see the data (`mktool run`
+        found no subscribers right after ingesting 1M without it), and moves the write-ahead log into the database file,
         so each finished step is durable on its own.
         """
         con = self.c
@@ -343,7 +361,8 @@ STEP_LOG_DDL = """CREATE TABLE IF NOT EXISTS step_log (
 
 def command_line() -> list[str]:
     """This process's command line as the user typed it (``mktool …``), for provenance."""
-    return ["mktool" if sys.argv[:1] and sys.argv[0].endswith(("__main__.py", "mktool")) else sys.argv[0], *sys.argv[1:]]
+    program = "mktool" if sys.argv[:1] and sys.argv[0].endswith(("__main__.py", "mktool")) else sys.argv[0]
+    return [program, *sys.argv[1:]]
 
 
 def record_step(con: duckdb.DuckDBPyConnection, month: str, step: str, *, inputs: str = "",

@@ -32,6 +32,8 @@ import duckdb
 from mktool.config import Settings
 from mktool.console import QUIET, Reporter
 from mktool.errors import MktoolError, StateError
+from mktool.rules import load_rules
+from mktool.runs import list_reader, target_lists, temporary_run
 
 __all__ = ["DiffResult", "compare_folders", "compare_rules", "render_csv", "render_json", "render_markdown"]
 
@@ -67,9 +69,8 @@ class DiffResult:
 # -- loading one side ---------------------------------------------------------------------------------------
 def _load_lists(con: duckdb.DuckDBPyConnection, folder: Path, side: str) -> list[str]:
     """Every target list of ``folder`` into table ``side`` (channel, msisdn, policy_id, rank); notes."""
-    from mktool.snapshot import list_reader, target_lists
-
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {side} (channel VARCHAR, msisdn VARCHAR, policy_id VARCHAR, rank INTEGER)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {side} "
+                "(channel VARCHAR, msisdn VARCHAR, policy_id VARCHAR, rank INTEGER)")
     con.execute("CREATE TEMP TABLE IF NOT EXISTS list_names (channel VARCHAR)")
     notes = []
     for path in target_lists(folder):
@@ -97,8 +98,6 @@ def _load_funnels(folder: Path) -> dict[str, list[tuple[str, int]]]:
 
 
 def _check_folder(folder: Path) -> Path:
-    from mktool.snapshot import target_lists
-
     folder = Path(folder)
     if not folder.is_dir():
         raise StateError(f"no export folder at {folder}", hint="give <out>/<month>, e.g. out/2026-10")
@@ -171,7 +170,8 @@ def _compare_funnels(a: dict[str, list[tuple[str, int]]], b: dict[str, list[tupl
         for i, stage in enumerate(stages, 1):
             before, after = da.get(stage), db_.get(stage)
             delta = (after or 0) - (before or 0)
-            out.append({"funnel": name, "stage_no": i, "stage": stage, "before": before, "after": after, "delta": delta})
+            out.append({"funnel": name, "stage_no": i, "stage": stage, "before": before, "after": after,
+                        "delta": delta})
     return out
 
 
@@ -204,9 +204,6 @@ def compare_rules(month: str, current: Path, against: Path, *, fixtures: Path | 
                   cycle_date: dt.date | None = None, settings: Settings | None = None,
                   reporter: Reporter = QUIET) -> DiffResult:
     """Run the month with the ``against`` rules (before) and the ``current`` rules (after) and compare."""
-    from mktool.rules import load_rules
-    from mktool.snapshot import temporary_run
-
     for folder in (against, current):
         if not Path(folder).is_dir():
             raise StateError(f"no matrices folder at {folder}")
@@ -222,14 +219,19 @@ def compare_rules(month: str, current: Path, against: Path, *, fixtures: Path | 
         result = compare_folders(run_a.out_dir, run_b.out_dir, labels=(f"rules in {against}", f"rules in {current}"))
         hits_a, hits_b = _rule_hits(run_a.db_path, month), _rule_hits(run_b.db_path, month)
     rows = []
-    for key in sorted(set(hits_a) | set(hits_b), key=lambda k: (k[0], (hits_b.get(k) or hits_a.get(k))[0], k[1])):
+
+    def order(key: tuple[str, str]) -> tuple[str, int, str]:  # matrix, then the rule's place in it (after's first)
+        return key[0], (hits_b.get(key) or hits_a[key])[0], key[1]
+
+    for key in sorted(set(hits_a) | set(hits_b), key=order):
         a, b = hits_a.get(key), hits_b.get(key)
         rows.append({"matrix": key[0], "rule_id": key[1], "policy_id": (b or a)[1],  # type: ignore[index]
                      "before": a[2] if a else None, "after": b[2] if b else None,
                      "delta": (b[2] if b else 0) - (a[2] if a else 0)})
     result.rule_hits = rows
     result.month = month
-    result.notes.append(f"cycle date {run_b.cycle_date}; data: " + (f"fixtures {fixtures}" if fixtures else f"a copy of {db}"))
+    data = f"fixtures {fixtures}" if fixtures else f"a copy of {db}"
+    result.notes.append(f"cycle date {run_b.cycle_date}; data: {data}")
     return result
 
 

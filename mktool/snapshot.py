@@ -14,18 +14,15 @@ file (``fixtures/snapshot.json``):
 
 ``snapshot --check`` recomputes every month in the file and lists what moved (what, before,
 after, delta); a reviewer sees that a threshold change moved rule R6 from 140 to 152 hits and
-the outbound list by 12 customers before merging. The building blocks (:func:`build_month`,
-:func:`temporary_run`) are shared with ``mktool diff``.
+the outbound list by 12 customers before merging. The temporary run and the list readers are
+:mod:`mktool.runs`, shared with ``mktool diff``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,41 +31,32 @@ import duckdb
 
 from mktool.config import Settings
 from mktool.console import QUIET, Reporter
-from mktool.contract import check_month
-from mktool.database import Database
 from mktool.errors import CheckFailed, ConfigError, MktoolError, StateError
+from mktool.export import funnel_document
 from mktool.output import file_sha256
 from mktool.rules import matrix_files_by_name
-from mktool.sqlquote import quote_literal
+from mktool.runs import list_reader, target_lists, temporary_run
 from mktool.versions import engine_versions, version_changes
 
 __all__ = [
     "DEFAULT_FILE",
     "DEFAULT_FIXTURES",
     "Change",
-    "MonthRun",
     "build_month",
+    "change_rows",
     "check",
     "compare",
-    "default_cycle_date",
+    "dumps",
     "list_content",
     "load",
+    "raise_if_moved",
     "record",
-    "temporary_run",
     "write",
 ]
 
 FORMAT = 1
 DEFAULT_FILE = Path("fixtures/snapshot.json")
 DEFAULT_FIXTURES = Path("fixtures/extracts")
-LIST_SUFFIXES = (".csv", ".parquet", ".jsonl")
-
-
-def default_cycle_date(month: str) -> dt.date:
-    """The first day of the month after ``month``: the usual month-end export date."""
-    y, m = int(month[:4]), int(month[5:7])
-    return dt.date(y + (m == 12), m % 12 + 1, 1)
-
 
 
 def fixture_files(fixtures: Path) -> list[Path]:
@@ -76,16 +64,6 @@ def fixture_files(fixtures: Path) -> list[Path]:
 
 
 # -- reading target lists back ----------------------------------------------------------------------
-def list_reader(path: Path) -> str:
-    quoted = quote_literal(str(path))
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return f"read_csv({quoted}, header = true, all_varchar = true)"
-    if suffix == ".parquet":
-        return f"read_parquet({quoted})"
-    return f"read_json({quoted}, format = 'newline_delimited')"
-
-
 def read_list(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], list[tuple[str | None, ...]]]:
     """A target list's columns and rows, every value as text, rows sorted (order-independent)."""
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {list_reader(path)}").fetchall()]
@@ -106,76 +84,9 @@ def list_content(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, Any]:
     return {"rows": len(rows), "customers": customers, "sha256": h.hexdigest()}
 
 
-def target_lists(folder: Path) -> list[Path]:
-    """The target lists of one export folder (<out>/<month>): every csv / parquet / jsonl file."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and p.suffix.lower() in LIST_SUFFIXES and not p.name.startswith("."))
-
-
-# -- one month through the whole pipeline, in a temporary place ----------------------------------------
-@dataclass
-class MonthRun:
-    """What one temporary run left behind (valid inside :func:`temporary_run`)."""
-
-    month: str
-    cycle_date: dt.date
-    db_path: Path
-    out_dir: Path  # <out>/<month>: the lists, funnel.json, manifest.json
-    matrices_dir: Path
-
-
-@contextlib.contextmanager
-def temporary_run(month: str, matrices_dir: Path, *, fixtures: Path | None = None, source_db: Path | None = None,
-                  cycle_date: dt.date | None = None, settings: Settings | None = None, reporter: Reporter = QUIET,
-                  label: str = "run") -> Iterator[MonthRun]:
-    """Run ingest (from ``fixtures``) or copy ``source_db``, then score → matrix → plan → export.
-
-    Everything lives in a temporary folder that is removed on exit; the user's database is
-    only ever read (under the shared lock, via DuckDB's COPY FROM DATABASE).
-    """
-    from mktool.pipeline import run_pipeline
-
-    check_month(month)
-    if (fixtures is None) == (source_db is None):
-        raise MktoolError("give either fixture extracts or a database to copy")
-    cycle_date = cycle_date or default_cycle_date(month)
-    base = settings or Settings()
-    with tempfile.TemporaryDirectory(prefix=f"mktool-{label}-") as tmp:
-        tmpdir = Path(tmp)
-        db_path = tmpdir / f"{label}.duckdb"
-        run_settings = Settings(db_path=db_path, matrices_dir=Path(matrices_dir), memory_limit=base.memory_limit,
-                                threads=base.threads, temp_dir=tmpdir / "spill", lock_wait=0)
-        if source_db is not None:
-            copy_database(source_db, db_path, base)
-        with Database(run_settings, write=True) as db:
-            run_pipeline(db, month, matrices_dir=Path(matrices_dir),
-                         ingest_paths=[Path(fixtures)] if fixtures is not None else None,
-                         cycle_date=cycle_date, out_dir=tmpdir / "out", reporter=reporter)
-        yield MonthRun(month, cycle_date, db_path, tmpdir / "out" / month, Path(matrices_dir))
-
-
-def copy_database(source: Path, target: Path, settings: Settings) -> None:
-    """A consistent copy of the user's database (read-only, under mktool's shared lock)."""
-    if not Path(source).exists():
-        raise StateError(f"no database at {source}",
-                         hint="run `mktool ingest` first, or give --fixtures DIR to build from extracts")
-    reader = Settings(db_path=Path(source), matrices_dir=settings.matrices_dir, memory_limit=settings.memory_limit,
-                      threads=settings.threads, temp_dir=target.parent / "spill-copy", lock_wait=settings.lock_wait)
-    with Database(reader, write=False):  # holds the shared lock: no mktool writer meanwhile
-        con = duckdb.connect(":memory:")
-        try:
-            con.execute(f"ATTACH {quote_literal(str(source))} AS mk_src (READ_ONLY)")
-            con.execute(f"ATTACH {quote_literal(str(target))} AS mk_dst")
-            con.execute("COPY FROM DATABASE mk_src TO mk_dst")
-        finally:
-            con.close()
-
-
 def build_month(month: str, matrices_dir: Path, fixtures: Path, *, cycle_date: dt.date | None = None,
                 settings: Settings | None = None, reporter: Reporter = QUIET) -> dict[str, Any]:
     """The snapshot of one month: funnels, rule hits and target lists of the fixture run."""
-    from mktool.export import funnel_document
-
     with temporary_run(month, matrices_dir, fixtures=fixtures, cycle_date=cycle_date, settings=settings,
                        reporter=reporter, label="snapshot") as run:
         con = duckdb.connect(str(run.db_path), read_only=True)
@@ -321,13 +232,15 @@ def compare(before: dict[str, Any], after: dict[str, Any], *, rule_files: dict[s
 
 
 def check(path: Path, matrices_dir: Path, *, months: list[str] | None = None, fixtures: Path | None = None,
-          settings: Settings | None = None, reporter: Reporter = QUIET) -> tuple[dict[str, Any], dict[str, Any], list[Change]]:
+          settings: Settings | None = None,
+          reporter: Reporter = QUIET) -> tuple[dict[str, Any], dict[str, Any], list[Change]]:
     """Recompute the snapshot's months (or ``months``) and compare; returns (before, after, changes)."""
     before = load(path)
     chosen = sorted(months) if months else sorted(before["months"])
     missing = [m for m in chosen if m not in before["months"]]
     if missing:
-        raise StateError(f"{path} has no snapshot for {', '.join(missing)} (it has: {', '.join(before['months']) or 'none'})",
+        raise StateError(f"{path} has no snapshot for {', '.join(missing)} "
+                         f"(it has: {', '.join(before['months']) or 'none'})",
                          hint=f"record it with `mktool snapshot --month {missing[0]} --write`")
     if not chosen:
         raise StateError(f"{path} records no month", hint="record one with `mktool snapshot --month YYYY-MM --write`")
@@ -374,26 +287,8 @@ def raise_if_moved(changes: list[Change], path: Path, months: list[str], *,
     )
 
 
-# -- printing ---------------------------------------------------------------------------------------------
-def print_table(title: str | None, columns: list[str], rows: list[list[Any]] | list[tuple[Any, ...]], *,
-                numeric: tuple[str, ...] = ()) -> None:
-    """A rich table on stdout; 140 columns wide when stdout is not a terminal (CI logs, PR comments)."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    if not console.is_terminal and console.width < 140:
-        console = Console(highlight=False, width=140)
-    table = Table(title=escape(title) if title else None, header_style="bold")
-    for col in columns:
-        table.add_column(col, overflow="fold", justify="right" if col in numeric else "left")
-    for row in rows:
-        table.add_row(*[escape("" if v is None else str(v)) for v in row])
-    console.print(table)
-
-
 def change_rows(changes: list[Change]) -> list[tuple[str, str, str, str, str]]:
+    """(month, what, before, after, delta) per change, numbers with thousands separators: the --check table."""
     def show(v: Any) -> str:
         return "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
 

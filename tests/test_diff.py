@@ -88,7 +88,8 @@ def test_folder_diff_formats(runner, folders: tuple[Path, Path]) -> None:
     table = runner.invoke(app, ["diff", str(a), str(b)])
     assert table.exit_code == 0, table.output
     assert "customers +1 / -1 on the channel lists" in table.stdout and "1 rank changes" in table.stdout
-    assert "Customers gained and lost by channel and policy" in table.stdout and "Funnel stages that moved" in table.stdout
+    assert "Customers gained and lost by channel and policy" in table.stdout
+    assert "Funnel stages that moved" in table.stdout
 
     js = runner.invoke(app, ["diff", str(a), str(b), "--format", "json"])
     doc = json.loads(js.stdout)
@@ -189,3 +190,34 @@ def test_against_a_broken_rule_set_names_the_rule(runner, tmp_path: Path) -> Non
                                  "--fixtures", str(FIXTURES)])
     assert result.exit_code == 1
     assert f"{retention}: rule R6: when: unknown column 'arpu3m'" in result.stderr
+
+
+# -- layering: diff and snapshot share mktool.runs, neither imports the other ---------------------------------
+def test_diff_does_not_depend_on_snapshot() -> None:
+    """diff reads lists and runs months through mktool.runs; importing it loads no snapshot code."""
+    import ast
+    import subprocess
+    import sys
+
+    code = "import sys, mktool.diff; print('mktool.snapshot' in sys.modules, 'mktool.runs' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["False", "True"]
+    for name in ("diff", "snapshot", "runs"):
+        tree = ast.parse((ROOT / "mktool" / f"{name}.py").read_text(encoding="utf-8"))
+        inner = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in tree.body]
+        assert inner == [], f"mktool/{name}.py: imports inside functions at lines {inner}"
+
+
+def test_print_table_shows_brackets_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """A title, header or cell quoting `[arpu]` (a folder, a policy id) is printed verbatim, numbers right-aligned."""
+    from mktool.render import print_table
+
+    print_table("What moved in out[1]", ["what [x]", "before"], [("policy [arpu]", "1,234"), ("[/]", None)],
+                numeric=("before",))
+    out = capsys.readouterr().out
+    assert "What moved in out[1]" in out and "what [x]" in out and "policy [arpu]" in out and "[/]" in out
+    assert "\\[" not in out
+    row = next(line for line in out.splitlines() if "policy [arpu]" in line)
+    header = next(line for line in out.splitlines() if "what [x]" in line)
+    assert row.index("1,234") + len("1,234") == header.index("before") + len("before")  # right-aligned

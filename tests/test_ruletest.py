@@ -96,7 +96,8 @@ def test_every_shipped_rule_has_a_firing_and_a_non_firing_case(shipped) -> None:
 def test_the_seed_examples_are_among_the_cases(shipped) -> None:
     by_name = {c["case"]: c for c in shipped[1]["cases"]}
     r6 = by_name["R6 fires at the lower edge of every band (tenure 13, return rate 87, arpu_3m 100)"]
-    assert r6["status"] == "pass" and r6["actual"][0]["policy_id"] == "PREPAY_300_600" and r6["actual"][0]["group"] == "6"
+    assert r6["status"] == "pass"
+    assert r6["actual"][0]["policy_id"] == "PREPAY_300_600" and r6["actual"][0]["group"] == "6"
     spec = by_name["SPEC §5 - with the rental window at 1.0-1.3, 自选组合158 at 228.00, 104% / 123%"]
     assert spec["status"] == "pass"
     row = spec["actual"][0]
@@ -329,7 +330,8 @@ def test_includes_excludes_and_rank(matrices: Path) -> None:
     assert status["includes at a rank"].ok and status["excludes a rule and a policy"].ok
     assert status["wrong rank"].status == "fail"
     assert "expected among the offers: CRBT_TRIAL" in status["wrong rank"].message
-    assert "expected no NEWSPAPER_TRIAL, got NEWSPAPER_TRIAL (rule N1) at rank 1" in status["excluded but present"].message
+    assert ("expected no NEWSPAPER_TRIAL, got NEWSPAPER_TRIAL (rule N1) at rank 1"
+            in status["excluded but present"].message)
     assert any("actual:" in d for d in status["wrong rank"].details)
 
 
@@ -419,3 +421,106 @@ def test_the_cli_runs_without_a_database(runner, tmp_path: Path, monkeypatch: py
     result = runner.invoke(app, ["test", "--matrices", str(MATRICES), "vnet", "--db", str(tmp_path / "none.duckdb")])
     assert result.exit_code == 0, result.output
     assert list(tmp_path.iterdir()) == []  # no database, lock or spill folder
+
+
+# -- rendering: every message escaped once -----------------------------------------------------------
+def test_a_warning_and_a_failure_quoting_brackets_print_as_written(runner, matrices: Path) -> None:
+    """`[arpu]` in a rule file reaches `check`'s warning and `test`'s warning, table and failure verbatim.
+
+    rich markup would swallow an unescaped ``[arpu]``; one escape too many shows ``\\[arpu]``.
+    """
+    edit(matrices / "priority.yaml", "order: [retention, vnet, new_service, traffic]",
+         'order: [retention, vnet, new_service, traffic, "[arpu]"]')
+    tests = matrices / "tests" / "priority.yaml"
+    edit(tests, "case: P1 fires for a high-value customer with a churn signal",
+         "case: P1 [arpu] fires for a high-value customer with a churn signal")
+    edit(tests, "expect: {rule: P1, order: [retention, vnet, new_service, traffic]}",
+         'expect: {rule: P1, order: [retention, vnet, new_service, traffic, "[arpu]"]}')  # passes
+    edit(tests, "expect: {rule: P5, order: [retention, traffic, new_service]}",
+         'expect: {rule: P5, order: [retention, "[arpu]"]}')  # fails: P5's order has no [arpu]
+    warning = (f"Warning: {matrices / 'priority.yaml'}: rule P1: order: no matrix has family '[arpu]' "
+               "(families: new_service, retention, traffic, vnet)")
+
+    checked = runner.invoke(app, ["check", "--matrices", str(matrices)])
+    assert checked.exit_code == 0, checked.output
+    assert warning in checked.stderr
+    assert "\\[" not in checked.stderr
+
+    result = run(runner, "--matrices", str(matrices), "priority.yaml")
+    assert result.exit_code == 5, result.output
+    err = result.stderr
+    assert warning in err
+    assert "P1 [arpu] fires for a high-value customer" in err  # the table's case column
+    assert (f"matrix priority ({matrices / 'priority.yaml'}), rule P1: expected rule P5, order [retention, [arpu]], "
+            "got rule P5, order [retention, traffic, new_service]") in err
+    assert "\\[" not in err
+
+
+def test_failure_diffs_align_by_terminal_cells() -> None:
+    """The expected/actual columns of a failure diff line up with CJK scripts (two cells a character)."""
+    from rich.cells import cell_len
+
+    from mktool.ruletest.judging import cell_width
+
+    for text in ("PREPAY_300_600 (rule R6, group 6)", "自选组合128", "ＡＢ", "e\u0301te\u0301", "한국어", "ｶﾀｶﾅ",
+                 "\x07", "😀 ok", ""):
+        assert cell_width(text) == cell_len(text), text
+
+
+# -- the package: layered by role, one in-memory Database ---------------------------------------------
+def test_ruletest_modules_import_in_one_direction_at_the_top_and_never_rich() -> None:
+    """cases <- customers <- judging <- reports; no import inside a function; terminal rendering is mktool.render."""
+    import ast
+
+    order = ["cases", "customers", "judging", "reports"]
+    package = ROOT / "mktool" / "ruletest"
+    assert sorted(p.stem for p in package.glob("*.py")) == sorted(["__init__", *order])
+    for i, name in enumerate(order):
+        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
+        top = set(tree.body)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert node in top, f"{name}.py:{node.lineno}: import inside a function"
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for module in modules:
+                    assert not module.startswith("rich"), f"{name}.py imports {module}"
+                    if module.startswith("mktool.ruletest"):
+                        assert module.split(".")[2] in order[:i], f"{name}.py imports {module}"
+
+
+def test_the_memory_database_is_a_wrapped_connection(tmp_path: Path) -> None:
+    """MemoryDatabase hands the steps a real Database (Database.wrap) whose `with` leaves the connection open."""
+    from mktool.config import Settings
+    from mktool.database import Database
+
+    with MemoryDatabase() as db:
+        assert type(db) is Database and db.settings.threads == 2 and str(db.path) == ":memory:"
+        assert db.table_exists("rule_hits") and db.table_exists("funnel_counts")
+        with db as again:  # a step's own `with` neither locks nor closes
+            assert again is db
+        with db.transaction() as con:
+            con.execute("CREATE TABLE t AS SELECT 1 AS x")
+        assert db.c.execute("SELECT x FROM t").fetchall() == [(1,)]
+        con = db.c
+    with pytest.raises(duckdb.ConnectionException):
+        con.execute("SELECT 1")  # closed with the MemoryDatabase
+
+    path = tmp_path / "own.duckdb"
+    own = duckdb.connect(str(path))
+    try:
+        wrapped = Database.wrap(own, Settings(db_path=path, matrices_dir=MATRICES), write=True)
+        with wrapped:
+            assert wrapped.c is own
+        assert own.execute("SELECT 42").fetchone() == (42,)  # still the caller's, still open
+        assert not path.with_name(path.name + ".lock").exists()  # no run lock taken
+    finally:
+        own.close()
+
+
+def test_the_report_title_shows_a_matrices_folder_with_brackets(runner, tmp_path: Path) -> None:
+    """The table's title names the folder as written: `m[red]` was read as a colour tag and shown as `m`."""
+    folder = tmp_path / "m[red]"
+    shutil.copytree(MATRICES, folder)
+    result = run(runner, "--matrices", str(folder), "vnet")
+    assert result.exit_code == 0, result.output
+    assert f"Rule tests ({folder})" in result.stderr

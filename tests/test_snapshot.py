@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mktool import snapshot
+from mktool import runs, snapshot
 from mktool.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,8 @@ def test_check_errors_name_what_to_do(runner, tmp_path: Path, recorded) -> None:
 def test_compare_lists_what_moved_with_deltas() -> None:
     before = {"inputs": {"a.parquet": "1" * 64}, "months": {M: {
         "cycle_date": "2026-11-01", "funnels": {"plan": {"base": 100, "active": 90}},
-        "rule_hits": {"retention": {"R6": 10, "R7": 5}}, "lists": {"sms": {"rows": 3, "customers": 3, "sha256": "a" * 64}}}}}
+        "rule_hits": {"retention": {"R6": 10, "R7": 5}},
+        "lists": {"sms": {"rows": 3, "customers": 3, "sha256": "a" * 64}}}}}
     after = json.loads(json.dumps(before))
     after["inputs"]["a.parquet"] = "2" * 64
     after["months"][M]["funnels"]["plan"]["active"] = 80
@@ -179,8 +180,8 @@ def test_list_content_ignores_row_order_and_file_bytes(tmp_path: Path) -> None:
 
 
 def test_default_cycle_date() -> None:
-    assert snapshot.default_cycle_date("2026-10") == dt.date(2026, 11, 1)
-    assert snapshot.default_cycle_date("2026-12") == dt.date(2027, 1, 1)
+    assert runs.default_cycle_date("2026-10") == dt.date(2026, 11, 1)
+    assert runs.default_cycle_date("2026-12") == dt.date(2027, 1, 1)
 
 
 # -- dry runs write nothing and print counts ---------------------------------------------------------------------
@@ -208,17 +209,20 @@ def state(db: Path) -> tuple[str, list[str]]:
 
 def test_matrix_dry_run_writes_nothing(runner, scored_db: Path) -> None:
     before = state(scored_db)
-    result = runner.invoke(app, ["matrix", "--month", M, "--dry-run", "--db", str(scored_db), "--matrices", str(MATRICES)])
+    result = runner.invoke(app, ["matrix", "--month", M, "--dry-run", "--db", str(scored_db),
+                                 "--matrices", str(MATRICES)])
     assert result.exit_code == 0, result.output
     assert state(scored_db) == before
-    assert "Rule hits 2026-10 (dry run)" in result.stderr and "R6" in result.stderr and "PREPAY_300_600" in result.stderr
+    assert "Rule hits 2026-10 (dry run)" in result.stderr
+    assert "R6" in result.stderr and "PREPAY_300_600" in result.stderr
     assert "Matrix funnels 2026-10" in result.stderr
     assert "(dry run, nothing written)" in result.stderr and "would have" in result.stderr
 
 
 def test_plan_dry_run_writes_nothing(runner, scored_db: Path) -> None:
     before = state(scored_db)
-    result = runner.invoke(app, ["plan", "--month", M, "--dry-run", "--db", str(scored_db), "--matrices", str(MATRICES)])
+    result = runner.invoke(app, ["plan", "--month", M, "--dry-run", "--db", str(scored_db),
+                                 "--matrices", str(MATRICES)])
     assert result.exit_code == 0, result.output
     assert state(scored_db) == before
     assert "Plan funnel 2026-10 (dry run)" in result.stderr and "in_rate_window" in result.stderr
