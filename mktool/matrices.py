@@ -330,14 +330,15 @@ class _Run:
 def _create_work_tables(con: duckdb.DuckDBPyConnection, rules: RuleSet, selected: list[Matrix],
                         active: dict[str, list[Rule]]) -> None:
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_CAT} (matrix VARCHAR, rule_no INTEGER, family VARCHAR, "
-                "rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR, grp VARCHAR, script VARCHAR, channels VARCHAR[], "
-                "excl_key VARCHAR, matrix_ord INTEGER)")
+                "rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR, grp VARCHAR, script VARCHAR, "
+                "channels VARCHAR[], excl_key VARCHAR, matrix_ord INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_POL} (policy_id VARCHAR, excl_key VARCHAR)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_PCAT} (rule_no INTEGER, rule_id VARCHAR, family_order VARCHAR[])")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_ORDER} (rule_no INTEGER, family VARCHAR, pos INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_PRIO} (msisdn VARCHAR, rule_no INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_RAW} (matrix VARCHAR, rule_no INTEGER, msisdn VARCHAR)")
-    pol = {p.id: f"group:{p.exclusive_group}" if p.exclusive_group else f"policy:{p.id}" for p in rules.policies.values()}
+    pol = {p.id: f"group:{p.exclusive_group}" if p.exclusive_group else f"policy:{p.id}"
+           for p in rules.policies.values()}
     cat = [(m.name, r.no, m.family, r.id, r.policy, rules.policies[r.policy].name if r.policy else None,
             r.group, r.script, list(r.channels), pol.get(r.policy or "", f"policy:{r.policy}"), 0)
            for m in selected if not m.is_priority for r in active[m.name]]
@@ -368,10 +369,12 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, matrix: Matrix, rules: Se
         raise RuleError(f"{matrix.file}: {where}: DuckDB: {_first_line(exc)}") from None
 
 
-def _find_failing_rule(con: duckdb.DuckDBPyConnection, matrix: Matrix, rules: Sequence[Rule], month: str) -> Rule | None:
+def _find_failing_rule(con: duckdb.DuckDBPyConnection, matrix: Matrix, rules: Sequence[Rule],
+                       month: str) -> Rule | None:
     for r in rules:
         try:
-            con.execute(f"SELECT count(*) FROM {VIEW} WHERE {_scope(matrix, month)} AND ({r.when.duckdb_sql})").fetchall()
+            con.execute(
+                f"SELECT count(*) FROM {VIEW} WHERE {_scope(matrix, month)} AND ({r.when.duckdb_sql})").fetchall()
         except duckdb.Error:
             return r
     return None
@@ -486,7 +489,8 @@ def rules_used(rules: RuleSet) -> dict[str, Any]:
     """
     folder = Path(rules.matrices_dir).resolve()
     return {"folder": str(folder),
-            "files": {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*.yaml")) if p.is_file()}}
+            "files": {str(p.relative_to(folder)): file_sha256(p)
+                      for p in sorted(folder.rglob("*.yaml")) if p.is_file()}}
 
 
 def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | None = None, dry_run: bool = False,
@@ -517,7 +521,8 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
         con.execute(matrix_order_sql())
         con.execute(f"CREATE OR REPLACE TEMP TABLE {PREVIEW_TABLE} AS {ranking_sql(month)}")
         rows, customers = con.execute(f"SELECT count(*), count(DISTINCT msisdn) FROM {PREVIEW_TABLE}").fetchone()  # type: ignore[misc]
-        recommended = dict(con.execute(f"SELECT matrix, count(DISTINCT msisdn) FROM {PREVIEW_TABLE} GROUP BY matrix").fetchall())
+        recommended = dict(con.execute(
+            f"SELECT matrix, count(DISTINCT msisdn) FROM {PREVIEW_TABLE} GROUP BY matrix").fetchall())
         matched_prio = int(con.execute(f"SELECT count(*) FROM {_PRIO} WHERE rule_no IS NOT NULL").fetchone()[0])  # type: ignore[index]
         mstats = []
         for m in run.selected:
@@ -537,7 +542,8 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
                 names = sorted(evaluated)
                 con.execute(f"DELETE FROM rule_hits WHERE month = ? AND matrix IN ({', '.join('?' * len(names))})",
                             [month, *names])
-                hit_rows = [(month, s.matrix, s.rule_no, s.rule_id, s.policy_id, s.hits) for s in stats if s.skipped is None]
+                hit_rows = [(month, s.matrix, s.rule_no, s.rule_id, s.policy_id, s.hits)
+                            for s in stats if s.skipped is None]
                 if hit_rows:
                     con.executemany("INSERT INTO rule_hits VALUES (?, ?, ?, ?, ?, ?)", hit_rows)
                 for ms in mstats:
@@ -613,7 +619,8 @@ def diagnose(db: Database, month: str, rules: RuleSet, *, reporter: Reporter = Q
                 if hits:
                     continue
                 if alone.get(r.no, 0) == 0:
-                    scope = f"{passed:,} customers in the matrix's where" if m.where is not None else f"{customers:,} customers"
+                    scope = (f"{passed:,} customers in the matrix's where" if m.where is not None
+                             else f"{customers:,} customers")
                     problems.append(Problem("warning", f"{m.file}: rule {r.id}: never fires in {month} "
                                                        f"(matches none of {scope})"))
                     continue

@@ -195,7 +195,8 @@ def check_script(template: Any, *, where: str, file: Path | None) -> str:
             raise _fail(f"{where}: unknown placeholder {{{name}}} (allowed: "
                         f"{', '.join('{' + f + '}' for f in SCRIPT_FIELDS)})", file)
         if spec or conversion:
-            raise _fail(f"{where}: placeholder {{{name}}} takes no format (money is always shown with 2 decimals)", file)
+            raise _fail(f"{where}: placeholder {{{name}}} takes no format (money is always shown with 2 decimals)",
+                        file)
     return template
 
 
@@ -411,10 +412,12 @@ priced AS (
 rated6 AS (
     SELECT *,
         {dialect.units_decimal("rental_fen", 2, precision=18)} AS new_rental,
-        {dialect.units_decimal(_rate6("total_fee_change_approx", "new_total_p", "current_total_u"), _MICRO, precision=18)}
+        {dialect.units_decimal(_rate6("total_fee_change_approx", "new_total_p", "current_total_u"), _MICRO,
+                               precision=18)}
             AS total_fee_change_6,
-        {dialect.units_decimal(_rate6("rental_change_approx", f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}",
-                                      "rental_u"), _MICRO, precision=18)}
+        {dialect.units_decimal(_rate6("rental_change_approx",
+                                      f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}", "rental_u"),
+                               _MICRO, precision=18)}
             AS rental_change_6
     FROM priced
 )"""
