@@ -219,10 +219,12 @@ def _plan_config(matrices_dir: Path, steps: dict[str, Any]) -> tuple[PlanConfig,
     given = (steps.get("plan") or {}).get("overrides") or {}
     if not given:
         return config, []
+    # Recorded as the options were named (--total-change, --min-data) or as the settings are (min_data_mb).
+    values = {str(k).lstrip("-").replace("-", "_").removesuffix("_mb"): v for k, v in given.items()}
     config = config.with_overrides(
-        total_change=given.get("--total-change"), rental_change=given.get("--rental-change"),
-        top=int(given["--top"]) if "--top" in given else None,
-        min_data_mb=float(given["--min-data"]) if "--min-data" in given else None)
+        total_change=values.get("total_change"), rental_change=values.get("rental_change"),
+        top=int(values["top"]) if "top" in values else None,
+        min_data_mb=float(values["min_data"]) if "min_data" in values else None)
     shown = ", ".join(f"{k} {v}" for k, v in given.items())
     return config, [f"plan is evaluated with the overrides its stored run was given: {shown}"]
 

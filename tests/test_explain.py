@@ -284,7 +284,8 @@ def test_explain_agrees_with_plan_recommendations_for_a_sample_of_customers(samp
     assert two
     ex = explain(open_db(db), two[0][0], M, matrices_dir=matrices)
     assert sorted(p["rank"] for p in ex.plan_pairs if p["rank"] is not None) == [1, 2]
-    assert any("--total-change 0.5:1.3" in n and "--top 2" in n for n in ex.notes), ex.notes
+    assert any(n.startswith("plan is evaluated with the overrides its stored run was given") and "0.5:1.3" in n
+               for n in ex.notes), ex.notes
     assert any(p["verdict"] == "total_fee_change outside [0.5, 1.3]" for p in ex.plan_pairs), ex.plan_pairs
 
 
@@ -341,3 +342,20 @@ def test_money_is_shown_as_digits_not_as_a_python_repr(shipped) -> None:
     assert table.exit_code == 0, table.output
     assert "Decimal(" not in table.stdout
     assert "│ arpu_3m          │ 117.32 " in table.stdout and "│ arpu             │ 97.92 " in table.stdout
+
+
+def test_before_matrix_and_plan_have_run_explain_shows_what_they_would_give(tmp_path: Path, open_db) -> None:
+    db = tmp_path / "mk.duckdb"
+    for args in (["ingest", str(FIXTURES)], ["score", "--month", M]):
+        result = CliRunner().invoke(app, [*args, "--db", str(db), "--matrices", str(SHIPPED)])
+        assert result.exit_code == 0, result.output
+    ex = explain(open_db(db), C0, M, matrices_dir=SHIPPED)
+    assert (rule(ex, "retention", "R6").outcome, rule(ex, "retention", "R6").rank) == (FIRED, 1)
+    assert ex.recommendations == []
+    assert ex.notes == [f"matrix has not stored recommendations for {M}: the ranks shown are what it would give"]
+    # C0's best plan under the shipped windows (0.6:1.5, 1.0:2.0) is FX88: 89.03 / 117.32 = 0.7589, 88 / 58 = 1.5172.
+    best = ex.plan_pairs[0]
+    assert (best["plan_id"], best["rank"], best["recommended_rank"], best["verdict"]) == ("FX88", 1, None,
+                                                                                       IN_BOTH_WINDOWS)
+    assert (best["new_total"], best["total_fee_change"], best["rental_change"]) == (
+        Decimal("89.03"), Decimal("0.7589"), Decimal("1.5172"))
