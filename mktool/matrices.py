@@ -5,7 +5,9 @@ Set-based from start to end: one query per matrix over the month's customer_view
 ``UNION ALL`` for ``hit: collect``), then one ranking query that puts every customer's
 offers in the order of the family list the priority matrix gave them. No Python loop ever
 touches a customer. The SQL is built by the ``*_sql`` functions below, apart from running it,
-in portable SQL that sqlglot transpiles to Spark (:func:`spark_sql`).
+in portable SQL that sqlglot transpiles to Spark (:func:`spark_sql`). With ``one_customer``
+the same builders read one customer, bound as ``$msisdn``: :func:`evaluate_customer` runs
+the whole evaluation that way for `explain`, so explain cannot disagree with this module.
 
 Semantics
   * A customer is in a matrix when ``where`` is true; a rule matches when ``when`` is true

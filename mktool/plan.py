@@ -15,8 +15,10 @@ because DuckDB added three numbers in another order (5.93, 5.54 and 3.53 MB aver
 
 The SQL lives in the ``*_SQL`` constants below and is put together by the ``*_query``
 functions, apart from execution; every query transpiles to Spark SQL with sqlglot
-(tests/test_plan.py checks it). Parameters come from ``matrices/plan.yaml`` and can be
-overridden per run (:meth:`PlanConfig.with_overrides`).
+(tests/test_plan.py checks it). ``explain`` runs the same queries for one customer
+(``msisdn=``: bound as ``$msisdn``, read from customer_view before anything else).
+Parameters come from ``matrices/plan.yaml`` and can be overridden per run
+(:meth:`PlanConfig.with_overrides`).
 """
 
 from __future__ import annotations
