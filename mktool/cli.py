@@ -957,7 +957,7 @@ def explain_cmd(
     """
     from rich.console import Console
 
-    from mktool.explain import explain
+    from mktool.explain import display, explain, outcome_label
 
     with run.db(write=False) as db:
         ex = explain(db, msisdn, month, matrices_dir=run.settings.matrices_dir)
@@ -973,28 +973,27 @@ def explain_cmd(
             "months_in_window", "value_score", "value_tier", "stickiness_score", "stickiness_tier", "churn_score",
             "churn_flag", "traffic_group", "tenure_cohort", "segment"]
     render_table(run.reporter, "Customer view", ["column", "value"],
-                 [(k, f"{v[k]:.2f}" if isinstance(v.get(k), float) else v.get(k)) for k in keys if k in v], to_stdout=True)
+                 [(k, display(v.get(k))) for k in keys if k in v], to_stdout=True)
     rows = []
     for r in ex.rules:
-        state = "FIRED" if r.fired else ("matched, shadowed" if r.matched else "no")
-        if ex.where.get(r.matrix) is False:
-            state = "no (where)"
         target = " → ".join(r.order) if r.order else (r.policy_id or "")
-        rows.append((r.matrix, r.rule_id, state, target, r.when))
+        rows.append((r.matrix, r.rule_id, outcome_label(r), target, r.when))
     render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when"], rows, to_stdout=True)
     render_table(run.reporter, "Recommendations (stored)", ["rank", "matrix", "rule", "policy", "channels"],
                  [(r["rank"], r["matrix"], r["rule_id"], r["policy_id"], ", ".join(r.get("channels") or []))
                   for r in ex.recommendations], to_stdout=True)
+    for note in ex.notes:
+        out.print(escape(f"Note: {note}"))
     failed = next((s for s, ok in ex.plan_stages.items() if not ok), None)
     out.print(escape("Plan candidate: " + ("yes" if failed is None else f"no — dropped at stage {failed}")))
     if failed is None:
         render_table(run.reporter, "Plan pairs (3-month averages priced on each target plan)",
                      ["plan", "name", "rental", "voice ovg", "data ovg", "new total", "current", "total Δ", "rental Δ",
                       "verdict", "rank"],
-                     [(p["plan_id"], p["plan_name"], f"{p['new_rental']:.2f}", f"{p['new_voice_overage']:.2f}",
-                       f"{p['new_data_overage']:.2f}", f"{p['new_total']:.2f}", f"{p['current_total']:.2f}",
-                       f"{p['total_fee_change']:.4f}", f"{p['rental_change']:.4f}", p["verdict"],
-                       p.get("recommended_rank") or "") for p in ex.plan_pairs], to_stdout=True)
+                     [(p["plan_id"], p["plan_name"], display(p["new_rental"]), display(p["new_voice_overage"]),
+                       display(p["new_data_overage"]), display(p["new_total"]), display(p["current_total"]),
+                       display(p["total_fee_change"], 4), display(p["rental_change"], 4), p["verdict"],
+                       p.get("rank") or "") for p in ex.plan_pairs], to_stdout=True)
     render_table(run.reporter, "Contacts (latest first)", ["date", "channel", "policy", "outcome", "cycle"],
                  [(c["contact_date"], c["channel"], c["policy_id"], c["outcome"], c.get("cycle")) for c in ex.contacts],
                  to_stdout=True)

@@ -1,23 +1,66 @@
 """`mktool explain MSISDN`: why one customer got what they got.
 
-Re-evaluates, for that one customer, exactly the SQL production runs — every matrix's
-`where` and every rule's `when`, the plan step's candidate stages and every target plan's
-bill and change rates — and puts it beside what was stored and exported. This is what a
-front-desk agent or an analyst reads before trusting a recommendation.
+Runs, for that one customer, the very queries `matrix` and `plan` run for the whole month —
+built by the same builders, restricted to the customer through a bound parameter: policy
+validity, every matrix's `where` and every rule's `when`, first-hit and collect, the priority
+order, dedupe and ranks; the plan step's candidate stages, every target plan's bill and change
+rates and the plan ranking — and puts it beside what was stored and exported. What it shows is
+what the whole-month run gives that customer, by construction, not a second reading of the rules.
+This is what a front-desk agent or an analyst reads before trusting a recommendation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from mktool.database import Database, table_exists
+from mktool.database import Database, step_settings, table_exists
 from mktool.dialect import round_half_away
 from mktool.errors import MktoolError
 from mktool.freshness import require_fresh_view
+from mktool.matrices import CustomerRun, evaluate_customer
+from mktool.plan import (
+    IN_RENTAL_WINDOW_SQL,
+    IN_TOTAL_WINDOW_SQL,
+    SHOWN_COLUMNS_SQL,
+    PlanConfig,
+    Query,
+    candidate_params,
+    candidates_sql,
+    customer_params,
+    exact_sql,
+    funnel_query,
+    load_plan_config,
+    pairs_sql,
+    recommend_query,
+    window_params,
+)
+from mktool.rules import Matrix, Rule, RuleSet, load_rules
+from mktool.schema import (
+    CONTACT_HISTORY_TABLE,
+    CUSTOMER_PRIORITY_TABLE,
+    HOLDOUTS_TABLE,
+    PLAN_STAGES,
+    PLAN_TABLE,
+    RECOMMENDATIONS_TABLE,
+    VIEW_TABLE,
+)
+
+# A rule's outcome for the customer (RuleOutcome.outcome), in the order they are decided.
+SKIPPED = "skipped"  # its policy is not valid in the month: `matrix` does not evaluate it
+OUTSIDE_WHERE = "outside_where"  # the customer is not in the matrix's where
+FIRED = "fired"  # the matrix gave the customer this rule (hit: first: the first match)
+SHADOWED = "shadowed"  # matches, but an earlier rule of a hit: first matrix took the customer
+NOT_MATCHED = "not_matched"  # its when is false (or NULL) for the customer
+OUTCOMES = (SKIPPED, OUTSIDE_WHERE, FIRED, SHADOWED, NOT_MATCHED)
+
+#: The plan pairs' verdict on a pair inside both windows.
+IN_BOTH_WINDOWS = "in both windows"
 
 
 @dataclass
@@ -29,9 +72,12 @@ class RuleOutcome:
     rule_id: str
     policy_id: str | None
     order: list[str]
-    matched: bool
-    fired: bool  # matched and, for hit: first, no earlier rule matched
+    matched: bool  # in the matrix's where and its when holds (fired or shadowed)
+    fired: bool  # the matrix gave the customer this rule
     when: str
+    outcome: str = NOT_MATCHED  # one of OUTCOMES
+    detail: str = ""  # why: the skip reason with the validity dates, the rule that shadows it, the dedupe …
+    rank: int | None = None  # the recommendation's rank this evaluation gives (None: no recommendation)
 
 
 @dataclass
@@ -40,17 +86,49 @@ class Explanation:
     month: str
     view: dict[str, Any]
     rules: list[RuleOutcome]
-    where: dict[str, bool | None]  # matrix → passed its pre-filter
-    recommendations: list[dict[str, Any]]
+    where: dict[str, bool | None]  # matrix → the customer is in its where
+    recommendations: list[dict[str, Any]]  # as stored by `matrix`
     plan_stages: dict[str, bool]
-    plan_pairs: list[dict[str, Any]]
+    plan_pairs: list[dict[str, Any]]  # every target plan priced; rank: this evaluation's, recommended_rank: stored
     contacts: list[dict[str, Any]]
     holdouts: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)  # where the stored rows differ from this evaluation, and why
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
+        return dataclasses.asdict(self)
 
-        return asdict(self)
+
+def display(value: Any, places: int | None = None) -> str:
+    """A value as explain's tables show it: money as 191.52, not Decimal('191.52') or 191.520000.
+
+    Exact decimals keep every significant digit and at least two decimals (the fen); floats get
+    two; ``places`` fixes the decimals instead (the rates: 4, as the lists show them).
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return str(value)
+        if places is None:
+            exponent = value.normalize().as_tuple().exponent
+            places = max(2, -exponent if isinstance(exponent, int) else 0)
+        return f"{value:.{places}f}"
+    if isinstance(value, float):
+        return f"{value:.{2 if places is None else places}f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(display(v, places) for v in value)
+    return str(value)
+
+
+def outcome_label(rule: RuleOutcome) -> str:
+    """The Rules table's outcome cell: FIRED / matched, shadowed / no / no (where) / SKIPPED, with why."""
+    label = {FIRED: "FIRED", SHADOWED: "matched, shadowed", NOT_MATCHED: "no", OUTSIDE_WHERE: "no (where)",
+             SKIPPED: "SKIPPED"}[rule.outcome]
+    if not rule.detail:
+        return label
+    return f"{label} {rule.detail}" if rule.outcome == SHADOWED else f"{label}: {rule.detail}"
 
 
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -58,89 +136,183 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
-# The plan step's own SQL, evaluated for one customer and every target plan (not only those
-# near a window), with the window each pair falls outside of: the same exact bills and rates as
-# plan_recommendations. Money as the lists show it (the fen); each rate as the lists show it
-# (4 decimals, half away from zero) and as the windows compared it (``*_6``, 6 decimals).
-def _plan_sql() -> str:
-    from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, SHOWN_COLUMNS_SQL, exact_sql
+# -- matrices --------------------------------------------------------------------------------------
+def _rule(rules: RuleSet, matrix: str, no: int) -> Rule:
+    return next(r for r in rules.matrix(matrix).rules if r.no == no)
 
-    pairs_for_everyone = PAIRS_SQL.replace("FROM candidates AS c", "FROM staged AS c")
-    return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql("WHERE msisdn = $msisdn")},
+
+def _not_ranked(rules: RuleSet, run: CustomerRun, matrix: Matrix, rule: Rule) -> str:
+    """Why a rule the matrix gave the customer has no recommendation row."""
+    prio = rules.priority
+    if not run.in_scope.get(prio.name):
+        return "not recommended: outside the priority matrix's where"
+    if not run.hits.get(prio.name):
+        return "not recommended: no priority rule matches (matrix refuses the month)"
+    key = run.dedupe_keys.get((matrix.name, rule.no), "")
+    kind, _, name = key.partition(":")
+    for m_name, no, rank in run.ranked:
+        if run.dedupe_keys.get((m_name, no)) == key:
+            winner = _rule(rules, m_name, no)
+            what = f"exclusive group {name}" if kind == "group" else f"policy {name}"
+            return f"not recommended: {what} kept by {m_name} {winner.id} (rank {rank})"
+    return "not recommended"  # pragma: no cover - a hit is ranked or deduped
+
+
+def _rule_outcomes(rules: RuleSet, run: CustomerRun) -> list[RuleOutcome]:
+    ranks = {(m, no): rank for m, no, rank in run.ranked}
+    out: list[RuleOutcome] = []
+    for m in rules.matrices:
+        hits = run.hits.get(m.name, [])
+        first_hit = next((r for r in m.rules if r.no in hits), None) if m.hit == "first" else None
+        for r in m.rules:
+            rank = ranks.get((m.name, r.no))
+            if r.no in run.skipped.get(m.name, {}):
+                outcome, detail = SKIPPED, run.skipped[m.name][r.no]
+            elif not run.in_scope.get(m.name):
+                outcome = OUTSIDE_WHERE
+                detail = m.where.source if m.where is not None else ""
+            elif r.no in hits:
+                outcome = FIRED
+                if m.is_priority:
+                    detail = ""
+                elif rank is not None:
+                    detail = f"rank {rank}"
+                else:
+                    detail = _not_ranked(rules, run, m, r)
+            elif r.no in run.matches.get(m.name, set()):
+                outcome = SHADOWED
+                detail = f"by {first_hit.id}" if first_hit is not None else ""
+            else:
+                outcome, detail = NOT_MATCHED, ""
+            out.append(RuleOutcome(
+                m.name, m.family, m.hit, r.no, r.id, r.policy, list(r.order), matched=outcome in (FIRED, SHADOWED),
+                fired=outcome == FIRED, when=r.when.source, outcome=outcome, detail=detail, rank=rank))
+    return out
+
+
+def _matrix_notes(con: duckdb.DuckDBPyConnection, rules: RuleSet, run: CustomerRun, month: str,
+                  stored: list[dict[str, Any]], steps: dict[str, Any]) -> list[str]:
+    """Where the stored recommendations are not what the rules give now."""
+    if "matrix" not in steps:
+        return [f"matrix has not stored recommendations for {month}: the ranks shown are what it would give"]
+    given = [(m, _rule(rules, m, no).id, rank) for m, no, rank in run.ranked]
+    kept = [(r["matrix"], r["rule_id"], r["rank"]) for r in stored]
+    notes = []
+    if given != kept:
+        notes.append(f"the stored recommendations differ from what the rules in {rules.matrices_dir} give now "
+                     f"(stored {kept}, now {given}): the rules changed since matrix ran for {month}")
+    if table_exists(con, CUSTOMER_PRIORITY_TABLE):
+        row = con.execute(f"SELECT priority_rule_id FROM {CUSTOMER_PRIORITY_TABLE} WHERE month = ? AND msisdn = ?",
+                          [month, run.msisdn]).fetchone()
+        prio = rules.priority
+        now = [_rule(rules, prio.name, no).id for no in run.hits.get(prio.name, [])]
+        if row is not None and [row[0]] != now:
+            notes.append(f"the stored priority rule {row[0]} differs from what the rules give now "
+                         f"({', '.join(now) or 'none'})")
+    return notes
+
+
+# -- plan --------------------------------------------------------------------------------------------
+def _plan_config(matrices_dir: Path, steps: dict[str, Any]) -> tuple[PlanConfig, list[str]]:
+    """plan.yaml with the overrides the stored plan run was given (so the verdicts are the ones it made)."""
+    config = load_plan_config(matrices_dir)
+    given = (steps.get("plan") or {}).get("overrides") or {}
+    if not given:
+        return config, []
+    # Recorded as the options were named (--total-change, --min-data) or as the settings are (min_data_mb).
+    values = {str(k).lstrip("-").replace("-", "_").removesuffix("_mb"): v for k, v in given.items()}
+    config = config.with_overrides(
+        total_change=values.get("total_change"), rental_change=values.get("rental_change"),
+        top=int(values["top"]) if "top" in values else None,
+        min_data_mb=float(values["min_data"]) if "min_data" in values else None)
+    shown = ", ".join(f"{k} {v}" for k, v in given.items())
+    return config, [f"plan is evaluated with the overrides its stored run was given: {shown}"]
+
+
+def pairs_query(month: str, config: PlanConfig, msisdn: str) -> Query:
+    """Every target plan priced for one customer, with the window each pair falls outside of.
+
+    The plan step's own builders: its candidates (with their stage flags: a customer the
+    funnel dropped is priced too), its pairs, its exact bills and rates, its windows. Money as
+    the lists show it (the fen); each rate as the lists show it (4 decimals, half away from
+    zero) and as the windows compared it (``*_6``, 6 decimals).
+    """
+    w_total = f"[{config.total_change.lo:g}, {config.total_change.hi:g}]"
+    w_rental = f"[{config.rental_change.lo:g}, {config.rental_change.hi:g}]"
+    sql = f"""WITH {candidates_sql(one_customer=True)}, {pairs_sql("staged")}, {exact_sql()},
         shown AS (SELECT plan_id, plan_name, total_fee_change_6, rental_change_6, {SHOWN_COLUMNS_SQL} FROM rated6)
         SELECT plan_id, plan_name, new_rental, new_voice_overage, new_data_overage, new_total, current_total,
                {round_half_away("total_fee_change", 4)} AS total_fee_change,
                {round_half_away("rental_change", 4)} AS rental_change,
                total_fee_change_6, rental_change_6,
-               CASE WHEN total_fee_change_6 NOT BETWEEN $total_lo AND $total_hi
-                         THEN 'total_fee_change outside ' || $total_window
-                    WHEN rental_change_6 NOT BETWEEN $rental_lo AND $rental_hi
-                         THEN 'rental_change outside ' || $rental_window
-                    ELSE 'in both windows' END AS verdict
+               CASE WHEN total_fee_change_6 IS NULL OR rental_change_6 IS NULL
+                         THEN 'not priced: a usage or bill figure is missing'
+                    WHEN NOT ({IN_TOTAL_WINDOW_SQL}) THEN 'total_fee_change outside ' || $total_window
+                    WHEN NOT ({IN_RENTAL_WINDOW_SQL}) THEN 'rental_change outside ' || $rental_window
+                    ELSE '{IN_BOTH_WINDOWS}' END AS verdict
         FROM shown
-        ORDER BY verdict <> 'in both windows', abs(total_fee_change_6 - 1), new_rental DESC, plan_id"""
+        ORDER BY verdict <> '{IN_BOTH_WINDOWS}', abs(total_fee_change_6 - 1), new_rental DESC, plan_id"""
+    return Query(sql, {**candidate_params(month, config), **window_params(config), **customer_params(msisdn),
+                       "total_window": w_total, "rental_window": w_rental})
 
 
+def _plan(con: duckdb.DuckDBPyConnection, month: str, config: PlanConfig,
+          msisdn: str) -> tuple[dict[str, bool], list[dict[str, Any]], list[str]]:
+    """The customer's plan funnel stages, every pair, and where the stored rows differ."""
+    fq = funnel_query(month, config, msisdn=msisdn)
+    counts = con.execute(fq.sql, fq.params).fetchone()
+    stages = {s: bool(n) for s, n in zip(PLAN_STAGES, counts or ())}
+    pq = pairs_query(month, config, msisdn)
+    pairs = _rows(con.execute(pq.sql, pq.params))
+    rq = recommend_query(month, config, msisdn=msisdn)
+    ranks = {row[0]: int(row[1]) for row in con.execute(f"SELECT plan_id, rank FROM ({rq.sql}) AS r",
+                                                          rq.params).fetchall()}
+    stored: dict[str, int] | None = None
+    if table_exists(con, PLAN_TABLE):
+        stored = {p: int(r) for p, r in con.execute(
+            f"SELECT plan_id, rank FROM {PLAN_TABLE} WHERE month = ? AND msisdn = ?", [month, msisdn]).fetchall()}
+    for p in pairs:
+        p["rank"] = ranks.get(p["plan_id"])
+        p["recommended_rank"] = (stored or {}).get(p["plan_id"])
+    notes = []
+    if stored is not None and stored != ranks:
+        notes.append(f"the stored plan recommendations {sorted(stored.items(), key=lambda x: x[1])} differ from "
+                     f"what plan gives now {sorted(ranks.items(), key=lambda x: x[1])}: plan.yaml or the plans "
+                     f"changed since plan ran for {month}")
+    return stages, pairs, notes
+
+
+# -- the step ---------------------------------------------------------------------------------------
 def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Explanation:
-    from mktool.plan import CANDIDATES_SQL, candidate_params, load_plan_config, window_params
-    from mktool.rules import load_rules
-
+    """One customer through matrix and plan, beside what was stored, contacted and held out."""
     con = db.c
-    db.require_month("customer_view", month, "score")
+    db.require_month(VIEW_TABLE, month, "score")
     require_fresh_view(con, month)
-    cur = con.execute("SELECT * FROM customer_view WHERE month = ? AND msisdn = ?", [month, msisdn])
-    found = _rows(cur)
+    found = _rows(con.execute(f"SELECT * FROM {VIEW_TABLE} WHERE month = ? AND msisdn = ?", [month, msisdn]))
     if not found:
         raise MktoolError(f"no customer {msisdn} in customer_view for {month}",
                           hint="check the number (11 digits, as a string) and the month")
     view = found[0]
+    steps = step_settings(con, month)
 
     rules = load_rules(matrices_dir)
-    outcomes: list[RuleOutcome] = []
-    where: dict[str, bool | None] = {}
-    for matrix in rules.matrices:
-        exprs = [f"({matrix.where.duckdb_sql})" if matrix.where else "true"]
-        exprs += [f"coalesce(({r.when.duckdb_sql}), false)" for r in matrix.rules]
-        row = con.execute(
-            f"SELECT {', '.join(exprs)} FROM customer_view WHERE month = ? AND msisdn = ?", [month, msisdn]
-        ).fetchone()
-        assert row is not None
-        passed = bool(row[0])
-        where[matrix.name] = passed
-        fired_one = False
-        for rule, matched in zip(matrix.rules, row[1:]):
-            matched = bool(matched) and passed
-            fired = matched and (matrix.hit == "collect" or not fired_one)
-            fired_one = fired_one or matched
-            outcomes.append(RuleOutcome(matrix.name, matrix.family, matrix.hit, rule.no, rule.id, rule.policy,
-                                        list(rule.order), matched, fired, rule.when.source))
+    run = evaluate_customer(db, month, rules, msisdn)
+    outcomes = _rule_outcomes(rules, run)
+    where: dict[str, bool | None] = {m.name: run.in_scope.get(m.name) for m in rules.matrices}
+    recs = (_rows(con.execute(f"SELECT * FROM {RECOMMENDATIONS_TABLE} WHERE month = ? AND msisdn = ? ORDER BY rank",
+                              [month, msisdn])) if table_exists(con, RECOMMENDATIONS_TABLE) else [])
+    notes = _matrix_notes(con, rules, run, month, recs, steps)
 
-    recs = (_rows(con.execute("SELECT * FROM recommendations WHERE month = ? AND msisdn = ? ORDER BY rank",
-                              [month, msisdn])) if table_exists(con, "recommendations") else [])
-
-    plan = load_plan_config(matrices_dir)
-    stage_row = _rows(con.execute(
-        "WITH " + CANDIDATES_SQL + " SELECT true AS base, is_active AS active, is_active AND has_min_data AS data_ge_min, "
-          "is_active AND has_min_data AND on_eligible_plan AS eligible_plan, "
-          "is_active AND has_min_data AND on_eligible_plan AND is_billable AS billable FROM staged WHERE msisdn = $msisdn",
-        {**candidate_params(month, plan), "msisdn": msisdn}))
-    stages = {k: bool(v) for k, v in stage_row[0].items()} if stage_row else {}
-    pairs = _rows(con.execute(_plan_sql(), {
-        **candidate_params(month, plan), **window_params(plan), "msisdn": msisdn,
-        "total_window": f"[{plan.total_change.lo:g}, {plan.total_change.hi:g}]",
-        "rental_window": f"[{plan.rental_change.lo:g}, {plan.rental_change.hi:g}]",
-    }))
-    if table_exists(con, "plan_recommendations"):
-        ranks = dict(con.execute("SELECT plan_id, rank FROM plan_recommendations WHERE month = ? AND msisdn = ?",
-                                 [month, msisdn]).fetchall())
-        for p in pairs:
-            p["recommended_rank"] = ranks.get(p["plan_id"])
+    config, config_notes = _plan_config(matrices_dir, steps)
+    stages, pairs, plan_notes = _plan(con, month, config, msisdn)
+    notes += config_notes + plan_notes
 
     contacts: list[dict[str, Any]] = []
-    if table_exists(con, "contact_history"):
+    if table_exists(con, CONTACT_HISTORY_TABLE):
         contacts = _rows(con.execute(
-            "SELECT * FROM contact_history WHERE msisdn = ? ORDER BY contact_date DESC, channel, policy_id LIMIT 50",
-            [msisdn]))
-    holdouts = (_rows(con.execute("SELECT * FROM holdouts WHERE month = ? AND msisdn = ? ORDER BY cycle, channel",
-                                  [month, msisdn])) if table_exists(con, "holdouts") else [])
-    return Explanation(msisdn, month, view, outcomes, where, recs, stages, pairs, contacts, holdouts)
+            f"SELECT * FROM {CONTACT_HISTORY_TABLE} WHERE msisdn = ? "
+            "ORDER BY contact_date DESC, channel, policy_id LIMIT 50", [msisdn]))
+    holdouts = (_rows(con.execute(f"SELECT * FROM {HOLDOUTS_TABLE} WHERE month = ? AND msisdn = ? "
+                                  "ORDER BY cycle, channel", [month, msisdn]))
+                if table_exists(con, HOLDOUTS_TABLE) else [])
+    return Explanation(msisdn, month, view, outcomes, where, recs, stages, pairs, contacts, holdouts, notes)

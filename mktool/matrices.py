@@ -5,7 +5,9 @@ Set-based from start to end: one query per matrix over the month's customer_view
 ``UNION ALL`` for ``hit: collect``), then one ranking query that puts every customer's
 offers in the order of the family list the priority matrix gave them. No Python loop ever
 touches a customer. The SQL is built by the ``*_sql`` functions below, apart from running it,
-in portable SQL that sqlglot transpiles to Spark (:func:`spark_sql`).
+in portable SQL that sqlglot transpiles to Spark (:func:`spark_sql`). With ``one_customer``
+the same builders read one customer, bound as ``$msisdn``: :func:`evaluate_customer` runs
+the whole evaluation that way for `explain`, so explain cannot disagree with this module.
 
 Semantics
   * A customer is in a matrix when ``where`` is true; a rule matches when ``when`` is true
@@ -50,18 +52,22 @@ from mktool.schema import CUSTOMER_PRIORITY_TABLE, RECOMMENDATIONS_TABLE, VIEW_T
 from mktool.sqlquote import quote_literal
 
 __all__ = [
+    "CUSTOMER_PARAM",
     "CUSTOMER_PRIORITY_TABLE",
     "MatrixResult",
     "MatrixStat",
     "PREVIEW_TABLE",
     "RECOMMENDATIONS_TABLE",
+    "CustomerRun",
     "RuleStat",
     "collect_sql",
     "diagnose",
     "evaluate",
+    "evaluate_customer",
     "first_hit_sql",
     "generated_sql",
     "kept_rows_sql",
+    "matrix_order_sql",
     "ranking_sql",
     "spark_sql",
     "stats_sql",
@@ -79,6 +85,7 @@ _PRIO = "_mk_matrix_prio"  # msisdn, rule_no (NULL: in the priority matrix's whe
 _RAW = "_mk_matrix_raw"  # matrix, rule_no, msisdn: every hit of the evaluated offer matrices
 _WORK_TABLES = (_CAT, _POL, _PCAT, _ORDER, _PRIO, _RAW)
 LAST = 1_000_000  # family position of families a customer's order does not name
+CUSTOMER_PARAM = "msisdn"  # the named parameter of a query built for one customer (one_customer=True)
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -129,49 +136,59 @@ def _month_literal(month: str) -> str:
     return quote_literal(month)
 
 
-def _scope(matrix: Matrix, month: str) -> str:
-    """The WHERE clause that puts a customer in a matrix for the month."""
+def _month_rows(month: str, one_customer: bool) -> str:
+    """The customer_view rows a query reads: the month's, or one customer's of it (``$msisdn``)."""
     cond = f"month = {_month_literal(month)}"
+    if one_customer:
+        cond += f" AND msisdn = ${CUSTOMER_PARAM}"
+    return cond
+
+
+def _scope(matrix: Matrix, month: str, one_customer: bool = False) -> str:
+    """The WHERE clause that puts a customer in a matrix for the month."""
+    cond = _month_rows(month, one_customer)
     if matrix.where is not None:
         cond += f" AND ({matrix.where.duckdb_sql})"
     return cond
 
 
-def first_hit_sql(matrix: Matrix, rules: Sequence[Rule], month: str, *, keep_unmatched: bool = False) -> str:
+def first_hit_sql(matrix: Matrix, rules: Sequence[Rule], month: str, *, keep_unmatched: bool = False,
+                  one_customer: bool = False) -> str:
     """(msisdn, rule_no) of the first matching rule per customer: one CASE, one scan.
 
     ``keep_unmatched`` keeps customers no rule matches, with rule_no NULL (the priority
-    matrix needs them to report uncovered customers).
+    matrix needs them to report uncovered customers). ``one_customer`` (as for every query
+    builder here) reads only the customer bound to the parameter ``$msisdn``: `explain`.
     """
     if not rules:
         return "SELECT CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS INTEGER) AS rule_no WHERE 1 = 0"
     whens = "\n".join(f"    WHEN ({r.when.duckdb_sql}) THEN {r.no}" for r in rules)
     inner = (f"SELECT msisdn, CAST(CASE\n{whens}\n  END AS INTEGER) AS rule_no\n"
-             f"FROM {VIEW}\nWHERE {_scope(matrix, month)}")
+             f"FROM {VIEW}\nWHERE {_scope(matrix, month, one_customer)}")
     if keep_unmatched:
         return inner
     return f"SELECT msisdn, rule_no FROM (\n{inner}\n) AS m\nWHERE rule_no IS NOT NULL"
 
 
-def collect_sql(matrix: Matrix, rules: Sequence[Rule], month: str) -> str:
+def collect_sql(matrix: Matrix, rules: Sequence[Rule], month: str, *, one_customer: bool = False) -> str:
     """(msisdn, rule_no) for every matching rule: one SELECT per rule, UNION ALL."""
     if not rules:
         return "SELECT CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS INTEGER) AS rule_no WHERE 1 = 0"
-    scope = _scope(matrix, month)
+    scope = _scope(matrix, month, one_customer)
     return "\nUNION ALL\n".join(
         f"SELECT msisdn, CAST({r.no} AS INTEGER) AS rule_no FROM {VIEW} WHERE {scope} AND ({r.when.duckdb_sql})"
         for r in rules
     )
 
 
-def hits_sql(matrix: Matrix, rules: Sequence[Rule], month: str) -> str:
+def hits_sql(matrix: Matrix, rules: Sequence[Rule], month: str, *, one_customer: bool = False) -> str:
     """The matrix's hits, by its hit mode."""
     if matrix.hit == "first":
-        return first_hit_sql(matrix, rules, month)
-    return collect_sql(matrix, rules, month)
+        return first_hit_sql(matrix, rules, month, one_customer=one_customer)
+    return collect_sql(matrix, rules, month, one_customer=one_customer)
 
 
-def stats_sql(matrix: Matrix, rules: Sequence[Rule], month: str) -> str:
+def stats_sql(matrix: Matrix, rules: Sequence[Rule], month: str, *, one_customer: bool = False) -> str:
     """One scan: customers of the month, those in the matrix's where, and each rule's matches alone."""
     where = f"({matrix.where.duckdb_sql})" if matrix.where is not None else "1 = 1"
     cols = [
@@ -180,7 +197,7 @@ def stats_sql(matrix: Matrix, rules: Sequence[Rule], month: str) -> str:
         *(f"coalesce(sum(CASE WHEN {where} AND ({r.when.duckdb_sql}) THEN 1 ELSE 0 END), 0) AS alone_{r.no}"
           for r in rules),
     ]
-    return "SELECT\n  " + ",\n  ".join(cols) + f"\nFROM {VIEW}\nWHERE month = {_month_literal(month)}"
+    return "SELECT\n  " + ",\n  ".join(cols) + f"\nFROM {VIEW}\nWHERE {_month_rows(month, one_customer)}"
 
 
 def takers_sql(matrix: Matrix, rules: Sequence[Rule], shadowed: Rule, month: str) -> str:
@@ -219,6 +236,13 @@ SELECT r.msisdn, {m} AS month, CAST(r.rank AS INTEGER) AS rank, c.matrix, c.fami
   c.policy_id, c.policy_name, c.grp AS "group", c.script, c.channels
 FROM ranked AS r
 JOIN {_CAT} AS c ON c.matrix = r.matrix AND c.rule_no = r.rule_no"""
+
+
+def matrix_order_sql() -> str:
+    """Number the rule catalogue's matrices in name order: the integer sort key ranking_sql uses."""
+    return (f"UPDATE {_CAT} SET matrix_ord = o.ord FROM (SELECT matrix, CAST(dense_rank() OVER "
+            f"(ORDER BY matrix) AS INTEGER) AS ord FROM (SELECT DISTINCT matrix FROM {_CAT}) AS d) AS o "
+            f"WHERE {_CAT}.matrix = o.matrix")
 
 
 def kept_rows_sql(month: str, kept_matrices: Sequence[str]) -> tuple[str, str]:
@@ -308,14 +332,15 @@ class _Run:
 def _create_work_tables(con: duckdb.DuckDBPyConnection, rules: RuleSet, selected: list[Matrix],
                         active: dict[str, list[Rule]]) -> None:
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_CAT} (matrix VARCHAR, rule_no INTEGER, family VARCHAR, "
-                "rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR, grp VARCHAR, script VARCHAR, channels VARCHAR[], "
-                "excl_key VARCHAR, matrix_ord INTEGER)")
+                "rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR, grp VARCHAR, script VARCHAR, "
+                "channels VARCHAR[], excl_key VARCHAR, matrix_ord INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_POL} (policy_id VARCHAR, excl_key VARCHAR)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_PCAT} (rule_no INTEGER, rule_id VARCHAR, family_order VARCHAR[])")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_ORDER} (rule_no INTEGER, family VARCHAR, pos INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_PRIO} (msisdn VARCHAR, rule_no INTEGER)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_RAW} (matrix VARCHAR, rule_no INTEGER, msisdn VARCHAR)")
-    pol = {p.id: f"group:{p.exclusive_group}" if p.exclusive_group else f"policy:{p.id}" for p in rules.policies.values()}
+    pol = {p.id: f"group:{p.exclusive_group}" if p.exclusive_group else f"policy:{p.id}"
+           for p in rules.policies.values()}
     cat = [(m.name, r.no, m.family, r.id, r.policy, rules.policies[r.policy].name if r.policy else None,
             r.group, r.script, list(r.channels), pol.get(r.policy or "", f"policy:{r.policy}"), 0)
            for m in selected if not m.is_priority for r in active[m.name]]
@@ -335,20 +360,23 @@ def _drop_work_tables(con: duckdb.DuckDBPyConnection, *, keep_preview: bool) -> 
         con.execute(f"DROP TABLE IF EXISTS temp.{t}")
 
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str, matrix: Matrix, rules: Sequence[Rule], month: str) -> Any:
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, matrix: Matrix, rules: Sequence[Rule], month: str,
+             params: dict[str, Any] | None = None) -> Any:
     """Run one matrix query; a DuckDB error is pinned on the rule that causes it."""
     try:
-        return con.execute(sql)
+        return con.execute(sql, params) if params else con.execute(sql)
     except duckdb.Error as exc:
         culprit = _find_failing_rule(con, matrix, rules, month)
         where = f"rule {culprit.id}: when" if culprit else "where" if matrix.where is not None else "matrix"
         raise RuleError(f"{matrix.file}: {where}: DuckDB: {_first_line(exc)}") from None
 
 
-def _find_failing_rule(con: duckdb.DuckDBPyConnection, matrix: Matrix, rules: Sequence[Rule], month: str) -> Rule | None:
+def _find_failing_rule(con: duckdb.DuckDBPyConnection, matrix: Matrix, rules: Sequence[Rule],
+                       month: str) -> Rule | None:
     for r in rules:
         try:
-            con.execute(f"SELECT count(*) FROM {VIEW} WHERE {_scope(matrix, month)} AND ({r.when.duckdb_sql})").fetchall()
+            con.execute(
+                f"SELECT count(*) FROM {VIEW} WHERE {_scope(matrix, month)} AND ({r.when.duckdb_sql})").fetchall()
         except duckdb.Error:
             return r
     return None
@@ -359,8 +387,15 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | None, reporter: Reporter) -> _Run:
-    """Evaluate the selected matrices into the work tables; nothing persistent is touched."""
+def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | None, reporter: Reporter,
+             msisdn: str | None = None) -> _Run:
+    """Evaluate the selected matrices into the work tables; nothing persistent is touched.
+
+    With ``msisdn``, every query reads that one customer only (bound as a parameter), so the
+    work tables hold exactly that customer's rows of a whole-month run: `explain`.
+    """
+    one = msisdn is not None
+    params = {CUSTOMER_PARAM: msisdn} if one else None
     _month_literal(month)
     db.require_month(VIEW, month, "score")
     con = db.c
@@ -394,15 +429,18 @@ def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | Non
     with reporter.progress("evaluating matrices", len(selected)) as progress:
         for m in selected:
             rs = active[m.name]
-            row = _execute(con, stats_sql(m, rs, month), m, rs, month).fetchone()
+            row = _execute(con, stats_sql(m, rs, month, one_customer=one), m, rs, month, params).fetchone()
             stats[m.name] = (int(row[0]), int(row[1]), {r.no: int(v) for r, v in zip(rs, row[2:])})
             if m.is_priority:
-                _execute(con, f"INSERT INTO {_PRIO} {first_hit_sql(m, rs, month, keep_unmatched=True)}", m, rs, month)
-                counted = con.execute(f"SELECT rule_no, count(*) FROM {_PRIO} WHERE rule_no IS NOT NULL GROUP BY rule_no").fetchall()
+                hits_q = first_hit_sql(m, rs, month, keep_unmatched=True, one_customer=one)
+                _execute(con, f"INSERT INTO {_PRIO} {hits_q}", m, rs, month, params)
+                counted = con.execute(
+                    f"SELECT rule_no, count(*) FROM {_PRIO} WHERE rule_no IS NOT NULL GROUP BY rule_no").fetchall()
             else:
-                _execute(con, f"INSERT INTO {_RAW} SELECT {quote_literal(m.name)} AS matrix, rule_no, msisdn FROM ({hits_sql(m, rs, month)}) AS h",
-                         m, rs, month)
-                counted = con.execute(f"SELECT rule_no, count(*) FROM {_RAW} WHERE matrix = ? GROUP BY rule_no", [m.name]).fetchall()
+                _execute(con, f"INSERT INTO {_RAW} SELECT {quote_literal(m.name)} AS matrix, rule_no, msisdn "
+                              f"FROM ({hits_sql(m, rs, month, one_customer=one)}) AS h", m, rs, month, params)
+                counted = con.execute(f"SELECT rule_no, count(*) FROM {_RAW} WHERE matrix = ? GROUP BY rule_no",
+                                      [m.name]).fetchall()
             got = {int(no): int(n) for no, n in counted}
             for r in rs:
                 hits[(m.name, r.no)] = got.get(r.no, 0)
@@ -453,7 +491,8 @@ def rules_used(rules: RuleSet) -> dict[str, Any]:
     """
     folder = Path(rules.matrices_dir).resolve()
     return {"folder": str(folder),
-            "files": {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*.yaml")) if p.is_file()}}
+            "files": {str(p.relative_to(folder)): file_sha256(p)
+                      for p in sorted(folder.rglob("*.yaml")) if p.is_file()}}
 
 
 def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | None = None, dry_run: bool = False,
@@ -481,13 +520,11 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
             catalogue, kept_hits = kept_rows_sql(month, kept)
             con.execute(f"INSERT INTO {_CAT} {catalogue}")
             con.execute(f"INSERT INTO {_RAW} {kept_hits}")
-        # Matrix name order as an integer sort key.
-        con.execute(f"UPDATE {_CAT} SET matrix_ord = o.ord FROM (SELECT matrix, CAST(dense_rank() OVER "
-                    f"(ORDER BY matrix) AS INTEGER) AS ord FROM (SELECT DISTINCT matrix FROM {_CAT}) AS d) AS o "
-                    f"WHERE {_CAT}.matrix = o.matrix")
+        con.execute(matrix_order_sql())
         con.execute(f"CREATE OR REPLACE TEMP TABLE {PREVIEW_TABLE} AS {ranking_sql(month)}")
         rows, customers = con.execute(f"SELECT count(*), count(DISTINCT msisdn) FROM {PREVIEW_TABLE}").fetchone()  # type: ignore[misc]
-        recommended = dict(con.execute(f"SELECT matrix, count(DISTINCT msisdn) FROM {PREVIEW_TABLE} GROUP BY matrix").fetchall())
+        recommended = dict(con.execute(
+            f"SELECT matrix, count(DISTINCT msisdn) FROM {PREVIEW_TABLE} GROUP BY matrix").fetchall())
         matched_prio = int(con.execute(f"SELECT count(*) FROM {_PRIO} WHERE rule_no IS NOT NULL").fetchone()[0])  # type: ignore[index]
         mstats = []
         for m in run.selected:
@@ -507,7 +544,8 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
                 names = sorted(evaluated)
                 con.execute(f"DELETE FROM rule_hits WHERE month = ? AND matrix IN ({', '.join('?' * len(names))})",
                             [month, *names])
-                hit_rows = [(month, s.matrix, s.rule_no, s.rule_id, s.policy_id, s.hits) for s in stats if s.skipped is None]
+                hit_rows = [(month, s.matrix, s.rule_no, s.rule_id, s.policy_id, s.hits)
+                            for s in stats if s.skipped is None]
                 if hit_rows:
                     con.executemany("INSERT INTO rule_hits VALUES (?, ?, ?, ?, ?, ?)", hit_rows)
                 for ms in mstats:
@@ -517,6 +555,49 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
                             uncovered=run.uncovered, dry_run=dry_run, warnings=run.warnings)
     finally:
         _drop_work_tables(con, keep_preview=dry_run)
+
+
+@dataclass
+class CustomerRun:
+    """One customer through exactly the queries `matrix` runs for the month (what `explain` shows)."""
+
+    msisdn: str
+    month: str
+    skipped: dict[str, dict[int, str]]  # matrix -> rule_no -> why the rule is not evaluated this month
+    in_scope: dict[str, bool]  # matrix -> the customer is in its where
+    matches: dict[str, set[int]]  # matrix -> rule_nos whose when holds on its own (inside the where)
+    hits: dict[str, list[int]]  # matrix -> rule_nos the matrix gives the customer (first: at most one)
+    dedupe_keys: dict[tuple[str, int], str]  # offer rule -> its exclusive key (group:G, else policy:P)
+    ranked: list[tuple[str, int, int]]  # (matrix, rule_no, rank): the recommendations, in rank order
+
+
+def evaluate_customer(db: Database, month: str, rules: RuleSet, msisdn: str) -> CustomerRun:
+    """Run every matrix and the ranking for one customer; nothing is written.
+
+    The same evaluation as :func:`evaluate` (policy validity, where, hit mode, priority order,
+    dedupe, ranks), every query restricted to ``msisdn`` through a bound parameter, so its
+    rows are that customer's rows of the whole-month run.
+    """
+    con = db.c
+    try:
+        run = _compute(db, month, rules, None, QUIET, msisdn=msisdn)
+        con.execute(matrix_order_sql())
+        hits: dict[str, list[int]] = {m.name: [] for m in run.selected}
+        for name, no in con.execute(f"SELECT matrix, rule_no FROM {_RAW} ORDER BY matrix, rule_no").fetchall():
+            hits[name].append(int(no))
+        hits[rules.priority.name] = [int(no) for (no,) in con.execute(
+            f"SELECT rule_no FROM {_PRIO} WHERE rule_no IS NOT NULL").fetchall()]
+        keys = {(m, int(no)): key
+                for m, no, key in con.execute(f"SELECT matrix, rule_no, excl_key FROM {_CAT}").fetchall()}
+        ranked = [(m, int(no), int(rank)) for m, no, rank in con.execute(
+            f"SELECT matrix, rule_no, rank FROM ({ranking_sql(month)}) AS r ORDER BY rank").fetchall()]
+    finally:
+        _drop_work_tables(con, keep_preview=True)
+    return CustomerRun(
+        msisdn=msisdn, month=month, skipped=run.skipped,
+        in_scope={m.name: run.stats[m.name][1] > 0 for m in run.selected},
+        matches={m.name: {no for no, n in run.stats[m.name][2].items() if n} for m in run.selected},
+        hits=hits, dedupe_keys=keys, ranked=ranked)
 
 
 def diagnose(db: Database, month: str, rules: RuleSet, *, reporter: Reporter = QUIET) -> list[Problem]:
@@ -540,7 +621,8 @@ def diagnose(db: Database, month: str, rules: RuleSet, *, reporter: Reporter = Q
                 if hits:
                     continue
                 if alone.get(r.no, 0) == 0:
-                    scope = f"{passed:,} customers in the matrix's where" if m.where is not None else f"{customers:,} customers"
+                    scope = (f"{passed:,} customers in the matrix's where" if m.where is not None
+                             else f"{customers:,} customers")
                     problems.append(Problem("warning", f"{m.file}: rule {r.id}: never fires in {month} "
                                                        f"(matches none of {scope})"))
                     continue

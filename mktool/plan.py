@@ -15,8 +15,10 @@ because DuckDB added three numbers in another order (5.93, 5.54 and 3.53 MB aver
 
 The SQL lives in the ``*_SQL`` constants below and is put together by the ``*_query``
 functions, apart from execution; every query transpiles to Spark SQL with sqlglot
-(tests/test_plan.py checks it). Parameters come from ``matrices/plan.yaml`` and can be
-overridden per run (:meth:`PlanConfig.with_overrides`).
+(tests/test_plan.py checks it). ``explain`` runs the same queries for one customer
+(``msisdn=``: bound as ``$msisdn``, read from customer_view before anything else).
+Parameters come from ``matrices/plan.yaml`` and can be overridden per run
+(:meth:`PlanConfig.with_overrides`).
 """
 
 from __future__ import annotations
@@ -195,7 +197,8 @@ def check_script(template: Any, *, where: str, file: Path | None) -> str:
             raise _fail(f"{where}: unknown placeholder {{{name}}} (allowed: "
                         f"{', '.join('{' + f + '}' for f in SCRIPT_FIELDS)})", file)
         if spec or conversion:
-            raise _fail(f"{where}: placeholder {{{name}}} takes no format (money is always shown with 2 decimals)", file)
+            raise _fail(f"{where}: placeholder {{{name}}} takes no format (money is always shown with 2 decimals)",
+                        file)
     return template
 
 
@@ -277,8 +280,18 @@ def load_plan_config(matrices_dir: Path) -> PlanConfig:
 _MICRO = 6  # decimals of the averages, usage, unit prices and rates
 _PICO = 12  # decimals of an overage or a bill: micro-units × micro-yuan
 
-#: Candidate customers of the month, with one flag per funnel stage (SPEC §5 step 1).
-CANDIDATES_SQL = f"""
+#: The named parameter of a query built for one customer (``explain``).
+CUSTOMER_PARAM = "msisdn"
+
+
+def candidates_sql(*, one_customer: bool = False) -> str:
+    """Candidate customers of the month, with one flag per funnel stage (SPEC §5 step 1).
+
+    ``one_customer`` reads only the customer bound to ``$msisdn`` (``explain``): the same
+    rows the whole month gives that customer, from one row of customer_view.
+    """
+    rows = f"month = $month AND msisdn = ${CUSTOMER_PARAM}" if one_customer else "month = $month"
+    return f"""
 view_m AS (
     SELECT
         msisdn, month, status, plan_id,
@@ -288,7 +301,7 @@ view_m AS (
         {dialect.small_decimal_units("current_total_3m", _MICRO)} AS current_total_u,
         {dialect.small_decimal_units("addon_3m", _MICRO)} AS addon_u
     FROM customer_view
-    WHERE month = $month
+    WHERE {rows}
 ),
 view_d AS (
     SELECT *,
@@ -314,14 +327,27 @@ candidates AS (
     SELECT * FROM staged WHERE is_active AND has_min_data AND on_eligible_plan AND is_billable
 )"""
 
-#: Every candidate × every target plan but their own (SPEC §5 step 2), with the exact integer
-#: units the bill is made of and DOUBLE approximations of the two rates (``*_approx``). The
-#: approximations only serve to skip, before the exact arithmetic (see ROUNDED_SQL), pairs
-#: that are far outside a window: HUGEINT products and divisions on every pair would cost
-#: twice the time of the whole step.
-#: Missing voice minutes or add-on fees count as 0; a target plan with a missing tariff
-#: figure is never offered (greatest() would otherwise ignore the NULL and price it free).
-PAIRS_SQL = f"""
+
+CANDIDATES_SQL = candidates_sql()
+
+#: The CTEs of candidates_sql a pairing can start from: the candidates, or every customer
+#: with its stage flags (``explain`` prices the plans for a customer the funnel dropped too).
+PAIRED_CUSTOMERS = ("candidates", "staged")
+
+def pairs_sql(customers: str = "candidates") -> str:
+    """Every candidate × every target plan but their own (SPEC §5 step 2), with the exact integer
+    units the bill is made of and DOUBLE approximations of the two rates (``*_approx``).
+
+    The approximations only serve to skip, before the exact arithmetic (see ROUNDED_SQL), pairs
+    that are far outside a window: HUGEINT products and divisions on every pair would cost
+    twice the time of the whole step. Missing voice minutes or add-on fees count as 0; a target
+    plan with a missing tariff figure is never offered (greatest() would otherwise ignore the
+    NULL and price it free). ``customers`` names the CTE the customers come from
+    (:data:`PAIRED_CUSTOMERS`).
+    """
+    if customers not in PAIRED_CUSTOMERS:
+        raise MktoolError(f"plan pairs start from one of {', '.join(PAIRED_CUSTOMERS)}, not {customers!r}")
+    return f"""
 target_plans AS (
     SELECT
         plan_id, plan_name,
@@ -356,10 +382,13 @@ rated AS (
         greatest(c.voice_min_d, c.data_mb_d, c.current_total_d, c.rental_d, c.addon_d, t.rental_fen_d,
                  t.included_voice_d, t.included_data_d, t.voice_price_d, t.data_price_d) < {2.0 ** 53!r}
             AS approx_is_close
-    FROM candidates AS c
+    FROM {customers} AS c
     CROSS JOIN target_d AS t
     WHERE t.plan_id <> c.plan_id
 )"""
+
+
+PAIRS_SQL = pairs_sql()
 
 
 def exact_sql(where: str = "") -> str:
@@ -385,10 +414,12 @@ priced AS (
 rated6 AS (
     SELECT *,
         {dialect.units_decimal("rental_fen", 2, precision=18)} AS new_rental,
-        {dialect.units_decimal(_rate6("total_fee_change_approx", "new_total_p", "current_total_u"), _MICRO, precision=18)}
+        {dialect.units_decimal(_rate6("total_fee_change_approx", "new_total_p", "current_total_u"), _MICRO,
+                               precision=18)}
             AS total_fee_change_6,
-        {dialect.units_decimal(_rate6("rental_change_approx", f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}",
-                                      "rental_u"), _MICRO, precision=18)}
+        {dialect.units_decimal(_rate6("rental_change_approx",
+                                      f"{dialect.integer('rental_fen')} * {10 ** (2 * _MICRO - 2)}", "rental_u"),
+                               _MICRO, precision=18)}
             AS rental_change_6
     FROM priced
 )"""
@@ -458,12 +489,17 @@ ROUNDED_SQL = exact_sql(
     "WHERE total_fee_change_approx BETWEEN ${total_lo} - 0.000001 AND ${total_hi} + 0.000001\n"
     "      AND rental_change_approx BETWEEN ${rental_lo} - 0.000001 AND ${rental_hi} + 0.000001")
 
+#: A priced pair (a row of ``rated6``) inside the total-fee-change window, and inside the
+#: rental-change window: exact decimals, rounded to 6 decimals, against the bounds as written.
+IN_TOTAL_WINDOW_SQL = "total_fee_change_6 BETWEEN $total_lo AND $total_hi"
+IN_RENTAL_WINDOW_SQL = "rental_change_6 BETWEEN $rental_lo AND $rental_hi"
+
 #: Pairs inside both windows, ranked per customer (SPEC §5 steps 3-5); all exact decimals.
-RANKED_SQL = """
+RANKED_SQL = f"""
 kept AS (
     SELECT * FROM rated6
-    WHERE total_fee_change_6 BETWEEN $total_lo AND $total_hi
-      AND rental_change_6 BETWEEN $rental_lo AND $rental_hi
+    WHERE {IN_TOTAL_WINDOW_SQL}
+      AND {IN_RENTAL_WINDOW_SQL}
 ),
 ranked AS (
     SELECT
@@ -567,19 +603,27 @@ def window_params(config: PlanConfig) -> dict[str, Any]:
             "rental_lo": exact_decimal(config.rental_change.lo), "rental_hi": exact_decimal(config.rental_change.hi)}
 
 
-def funnel_query(month: str, config: PlanConfig) -> Query:
-    """Counts of the stages base … billable."""
-    return Query(f"WITH {CANDIDATES_SQL}{FUNNEL_SELECT_SQL}", candidate_params(month, config))
+def customer_params(msisdn: str | None) -> dict[str, Any]:
+    """The one customer a query is built for (``msisdn``), bound as a parameter; none for the month."""
+    return {} if msisdn is None else {CUSTOMER_PARAM: msisdn}
 
 
-def recommend_query(month: str, config: PlanConfig, *, ordered: bool = True) -> Query:
-    """The month's plan_recommendations rows (TABLE_COLUMNS), ordered by msisdn, rank."""
+def funnel_query(month: str, config: PlanConfig, *, msisdn: str | None = None) -> Query:
+    """Counts of the stages base … billable (for ``msisdn`` only: 1 for each stage the customer reaches)."""
+    return Query(f"WITH {candidates_sql(one_customer=msisdn is not None)}{FUNNEL_SELECT_SQL}",
+                 {**candidate_params(month, config), **customer_params(msisdn)})
+
+
+def recommend_query(month: str, config: PlanConfig, *, ordered: bool = True, msisdn: str | None = None) -> Query:
+    """The month's plan_recommendations rows (TABLE_COLUMNS), ordered by msisdn, rank (``msisdn``: its rows)."""
     rounded = ROUNDED_SQL.format(total_lo="total_lo", total_hi="total_hi", rental_lo="rental_lo",
                                  rental_hi="rental_hi")
-    sql = f"WITH {CANDIDATES_SQL},{PAIRS_SQL},{rounded},{RANKED_SQL}{RECOMMEND_SELECT_SQL}"
+    candidates = candidates_sql(one_customer=msisdn is not None)
+    sql = f"WITH {candidates},{PAIRS_SQL},{rounded},{RANKED_SQL}{RECOMMEND_SELECT_SQL}"
     if ordered:
         sql += "\nORDER BY msisdn, rank"
-    return Query(sql, {**candidate_params(month, config), **window_params(config), "top": int(config.top)})
+    return Query(sql, {**candidate_params(month, config), **window_params(config), "top": int(config.top),
+                       **customer_params(msisdn)})
 
 
 def _num(x: float) -> str:
