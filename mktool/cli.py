@@ -215,7 +215,8 @@ COMMON_OPTIONS = [
         "--wait", envvar=ENV["lock_wait"], parser=_setting(check_lock_wait), metavar="SECONDS",
         help="Seconds to wait for another run's lock before refusing [default: 0]", rich_help_panel="Common options")]),
     _opt("quiet", Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Only warnings and errors on stderr (for cron)", rich_help_panel="Common options")], False),
+        "--quiet", "-q", help="Only warnings and errors on stderr (for cron)",
+        rich_help_panel="Common options")], False),
     _opt("verbose", Annotated[bool, typer.Option(
         "--verbose", "-v", help="More detail; full traceback on errors", rich_help_panel="Common options")], False),
     _opt("ctx", typer.Context),
@@ -583,7 +584,8 @@ def plan_cmd(
         help="Keep plans whose rental change (new rental / current rental) is in LO:HI, inclusive "
              "[default: plan.yaml's, 1.0:2.0]")] = None,
     top: Annotated[int | None, typer.Option(
-        "--top", "-k", metavar="K", parser=whole_number(minimum=1), help="Plans kept per customer, best first [default: plan.yaml's, 1]")] = None,
+        "--top", "-k", metavar="K", parser=whole_number(minimum=1),
+        help="Plans kept per customer, best first [default: plan.yaml's, 1]")] = None,
     min_data: Annotated[float | None, typer.Option(
         "--min-data", metavar="MB", parser=finite_number(minimum=0),
         help="Minimum 3-month average data use of a candidate [default: plan.yaml's, 5]")] = None,
@@ -715,15 +717,18 @@ def render_channel_funnels(run: Run, result: Any, *, title: str) -> None:
 def export_cmd(
     run: Run,
     month: MonthOpt,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
     channel: Annotated[str | None, typer.Option(
-        "--channel", "-c", metavar="NAME", help="Export only this channel of channels.yaml (required with --out -)")] = None,
+        "--channel", "-c", metavar="NAME",
+        help="Export only this channel of channels.yaml (required with --out -)")] = None,
     cycle: Annotated[str | None, typer.Option(
         "--cycle", parser=choice(*CYCLES), metavar=metavar(*CYCLES),
         help="Export only the channels of this push cycle: daily | monthly")] = None,
     date: DateOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
 ) -> None:
     """Write per-channel target lists under the contact policy, with funnel.json and manifest.json.
 
@@ -812,11 +817,13 @@ def matrix_cmd(
     only: Annotated[str | None, typer.Option(
         "--only", metavar="A,B", help="Re-evaluate only these matrices (comma-separated); the priority matrix always "
                                       "runs, other matrices' stored rows are kept and re-ranked")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and print the rule hit counts; write nothing")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Evaluate and print the rule hit counts; write nothing")] = False,
     out: OutOpt = None,
     fmt: FormatOpt = None,
     show_sql: Annotated[str | None, typer.Option(
-        "--show-sql", metavar="DIALECT", parser=choice(*SQL_DIALECTS), help="Print the generated queries (duckdb or spark) on stdout and exit")] = None,
+        "--show-sql", metavar="DIALECT", parser=choice(*SQL_DIALECTS),
+        help="Print the generated queries (duckdb or spark) on stdout and exit")] = None,
 ) -> None:
     """Evaluate the marketing matrices (营销矩阵) into ranked recommendations.
 
@@ -933,7 +940,8 @@ def check_cmd(
 def run_cmd(
     run: Run,
     month: MonthOpt,
-    ingest_dir: Annotated[list[Path] | None, typer.Option("--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
+    ingest_dir: Annotated[list[Path] | None, typer.Option(
+        "--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the target lists")] = Path("out"),
     fmt: FormatOpt = None,
     date: Annotated[dt.date | None, date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
@@ -968,7 +976,8 @@ def run_cmd(
 @command("explain")
 def explain_cmd(
     run: Run,
-    msisdn: Annotated[str, typer.Argument(parser=parse_msisdn, metavar="MSISDN", help="The customer's number (11 digits)")],
+    msisdn: Annotated[str, typer.Argument(
+        parser=parse_msisdn, metavar="MSISDN", help="The customer's number (11 digits)")],
     month: MonthOpt,
     fmt: Annotated[str, format_option(TABLE_JSON)] = "table",
 ) -> None:
@@ -1038,7 +1047,8 @@ def test_cmd(
     strict: Annotated[bool, typer.Option(
         "--strict", help="Also fail when a rule has no passing case where it fires and one where it does not")] = False,
     fmt: Annotated[str, format_option(TABLE_JSON, "(json: every case on stdout)")] = "table",
-    junit: Annotated[Path | None, typer.Option("--junit", metavar="FILE", help="Also write a JUnit XML report (CI)")] = None,
+    junit: Annotated[Path | None, typer.Option(
+        "--junit", metavar="FILE", help="Also write a JUnit XML report (CI)")] = None,
     defaults: Annotated[bool, typer.Option(
         "--defaults", help="Print the default test customer (every customer_view column) and exit")] = False,
 ) -> None:
@@ -1119,12 +1129,14 @@ def snapshot_cmd(
     run: Run,
     month: Annotated[str | None, optional_month(
         "Month to record (with --check: check only this month) [--check default: every month in the file]")] = None,
-    write: Annotated[bool, typer.Option("--write", help="Record the snapshot into --file (add or replace the month)")] = False,
+    write: Annotated[bool, typer.Option(
+        "--write", help="Record the snapshot into --file (add or replace the month)")] = False,
     check: Annotated[bool, typer.Option(
         "--check", help="Recompute every month of --file and fail (exit 5) with a table of what moved")] = False,
     file: Annotated[Path, typer.Option("--file", help="The committed snapshot")] = Path("fixtures/snapshot.json"),
     fixtures: Annotated[Path | None, typer.Option(
-        "--fixtures", help="Fixture extracts [default: fixtures/extracts, with --check the folder the file names]")] = None,
+        "--fixtures",
+        help="Fixture extracts [default: fixtures/extracts, with --check the folder the file names]")] = None,
     date: Annotated[dt.date | None, date_option(
         "The export cycle's date, YYYY-MM-DD [default: the 1st of the next month; --check: the "
         "recorded one]")] = None,
@@ -1199,7 +1211,8 @@ def diff_cmd(
         "--against-matrices", metavar="DIR",
         help="Compare the current --matrices (after) with the rules in DIR (before) on the same data")] = None,
     fixtures: Annotated[Path | None, typer.Option(
-        "--fixtures", metavar="DIR", help="With --against-matrices: build from these extracts instead of copying --db")] = None,
+        "--fixtures", metavar="DIR",
+        help="With --against-matrices: build from these extracts instead of copying --db")] = None,
     date: Annotated[dt.date | None, date_option(
         "With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
     fmt: Annotated[str, format_option(DIFF_FORMATS)] = "table",
