@@ -33,9 +33,9 @@ import typer
 from rich.markup import escape
 
 from mktool import __version__
-from mktool.config import DECIMAL_RE, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
+from mktool.config import DECIMAL_RE, ENV, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
-from mktool.contract import MONTH_RE, TABLES
+from mktool.contract import TABLES, check_month
 from mktool.database import Database
 from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, MktoolError
 from mktool.output import write_query
@@ -63,10 +63,11 @@ def _bad(message: str) -> typer.BadParameter:
 
 
 def parse_month(value: str) -> str:
-    """``--month``: YYYY-MM with a real month (2026-10, not 2026-7 or 2026/10)."""
-    if not MONTH_RE.match(value):
-        raise _bad(f"expected a month YYYY-MM such as 2026-10, got {value!r}")
-    return value
+    """``--month`` of every command: the data contract's month (``contract.check_month``, the one definition)."""
+    try:
+        return check_month(value)
+    except MktoolError as exc:
+        raise _bad(exc.message) from None
 
 
 DATE_RE = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
@@ -175,10 +176,16 @@ def parse_param(value: str) -> str:
 
 
 MONTHS_HELP = "YYYY-MM"
-OUTPUT_FORMATS = LIST_FORMATS  # the formats of --out files
-TABLE_JSON = ("table", "json")
+# --format: one vocabulary per family of output, each a tuple declared here once. A command's
+# --format takes its family's through ``format_option`` (parser, metavar and the values its
+# --help lists all come from the same tuple); the library checks list formats again (output.py).
+OUTPUT_FORMATS = LIST_FORMATS  # files written with --out: score, matrix, export, run (FormatOpt)
+TABLE_JSON = ("table", "json")  # a report for people, or the same on stdout as JSON: status, explain, test, snapshot
+FUNNEL_FORMATS = ("table", "json", "csv")  # funnel
+CHECK_FORMATS = ("text", "json")  # check: the problems as lines on stderr, or as JSON on stdout
+DIFF_FORMATS = ("table", "json", "csv", "markdown")  # diff (markdown: a pull-request comment)
 SWEEP_FORMATS = ("table", "csv", "json")  # plan --sweep prints its grid
-PLAN_FORMATS = (*OUTPUT_FORMATS, "table", "json")
+PLAN_FORMATS = tuple(dict.fromkeys((*OUTPUT_FORMATS, *SWEEP_FORMATS)))  # plan: --out's lists, or --sweep's grid
 SQL_DIALECTS = ("duckdb", "spark")  # matrix --show-sql
 
 
@@ -189,26 +196,27 @@ def _opt(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
 
 COMMON_OPTIONS = [
     _opt("db", Annotated[Path | None, typer.Option(
-        "--db", envvar="MKTOOL_DB", metavar="PATH",
+        "--db", envvar=ENV["db_path"], metavar="PATH",
         help="DuckDB database file [default: ./mktool.duckdb]", rich_help_panel="Common options")]),
     _opt("matrices", Annotated[Path | None, typer.Option(
-        "--matrices", envvar="MKTOOL_MATRICES", metavar="DIR",
+        "--matrices", envvar=ENV["matrices_dir"], metavar="DIR",
         help="Folder of rule/model YAML files [default: ./matrices if present, else the shipped defaults]",
         rich_help_panel="Common options")]),
     _opt("memory_limit", Annotated[str | None, typer.Option(
-        "--memory-limit", envvar="MKTOOL_MEMORY_LIMIT", parser=_setting(check_memory_limit), metavar="SIZE",
+        "--memory-limit", envvar=ENV["memory_limit"], parser=_setting(check_memory_limit), metavar="SIZE",
         help="DuckDB memory limit, e.g. 8GB, 512MiB or 50% [default: 75% of RAM]", rich_help_panel="Common options")]),
     _opt("threads", Annotated[int | None, typer.Option(
-        "--threads", envvar="MKTOOL_THREADS", parser=_setting(check_threads), metavar="N",
+        "--threads", envvar=ENV["threads"], parser=_setting(check_threads), metavar="N",
         help="DuckDB worker threads, at least 1 [default: all cores]", rich_help_panel="Common options")]),
     _opt("temp_dir", Annotated[Path | None, typer.Option(
-        "--temp-dir", envvar="MKTOOL_TEMP_DIR", metavar="DIR",
+        "--temp-dir", envvar=ENV["temp_dir"], metavar="DIR",
         help="Where DuckDB spills to disk [default: <db>.tmp beside the database]", rich_help_panel="Common options")]),
     _opt("wait", Annotated[float | None, typer.Option(
-        "--wait", envvar="MKTOOL_LOCK_WAIT", parser=_setting(check_lock_wait), metavar="SECONDS",
+        "--wait", envvar=ENV["lock_wait"], parser=_setting(check_lock_wait), metavar="SECONDS",
         help="Seconds to wait for another run's lock before refusing [default: 0]", rich_help_panel="Common options")]),
     _opt("quiet", Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Only warnings and errors on stderr (for cron)", rich_help_panel="Common options")], False),
+        "--quiet", "-q", help="Only warnings and errors on stderr (for cron)",
+        rich_help_panel="Common options")], False),
     _opt("verbose", Annotated[bool, typer.Option(
         "--verbose", "-v", help="More detail; full traceback on errors", rich_help_panel="Common options")], False),
     _opt("ctx", typer.Context),
@@ -357,23 +365,22 @@ def main_callback(
 
 
 # -- small rendering helpers ----------------------------------------------------------------
-MonthOpt = Annotated[str, typer.Option("--month", "-m", parser=parse_month, metavar=MONTHS_HELP,
-                                       help="Month to work on, YYYY-MM")]
+def optional_month(help: str) -> Any:
+    """``--month`` of every command that takes one: the one month type (``parse_month``)."""
+    return typer.Option("--month", "-m", parser=parse_month, metavar=MONTHS_HELP, help=help)
+
+
+def format_option(names: tuple[str, ...], note: str = "", *, help: str | None = None) -> Any:
+    """``--format`` of one family of output (the tuples above): refuses any other value, lists them in --help."""
+    text = help if help is not None else " | ".join(names) + (f" {note}" if note else "")
+    return typer.Option("--format", "-f", parser=choice(*names), metavar=metavar(*names), help=text)
+
+
+MonthOpt = Annotated[str, optional_month("Month to work on, YYYY-MM")]
 DateOpt = Annotated[dt.date | None, typer.Option(
     "--date", parser=parse_cycle_date, metavar="YYYY-MM-DD", help="The cycle's date, YYYY-MM-DD [default: today]")]
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Write the result to FILE, or - for stdout")]
-FormatOpt = Annotated[str | None, typer.Option(
-    "--format", "-f", parser=choice(*OUTPUT_FORMATS), metavar=metavar(*OUTPUT_FORMATS),
-    help="csv | parquet | jsonl [default: from --out's extension, else csv]")]
-
-
-def format_option(*names: str, help: str) -> Any:
-    """``--format`` of a command that prints: its own fixed vocabulary."""
-    return typer.Option("--format", "-f", parser=choice(*names), metavar=metavar(*names), help=help)
-
-
-def optional_month(help: str) -> Any:
-    return typer.Option("--month", "-m", parser=parse_month, metavar=MONTHS_HELP, help=help)
+FormatOpt = Annotated[str | None, format_option(OUTPUT_FORMATS, "[default: from --out's extension, else csv]")]
 
 
 def date_option(help: str) -> Any:
@@ -455,7 +462,7 @@ def ingest_cmd(
 @command("status")
 def status_cmd(
     run: Run,
-    fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json")] = "table",
+    fmt: Annotated[str, format_option(TABLE_JSON)] = "table",
 ) -> None:
     """Show what is loaded: rows per table and month, and the file each came from.
 
@@ -557,16 +564,15 @@ def plan_cmd(
         help="Keep plans whose rental change (new rental / current rental) is in LO:HI, inclusive "
              "[default: plan.yaml's, 1.0:2.0]")] = None,
     top: Annotated[int | None, typer.Option(
-        "--top", "-k", metavar="K", parser=whole_number(minimum=1), help="Plans kept per customer, best first [default: plan.yaml's, 1]")] = None,
+        "--top", "-k", metavar="K", parser=whole_number(minimum=1),
+        help="Plans kept per customer, best first [default: plan.yaml's, 1]")] = None,
     min_data: Annotated[float | None, typer.Option(
         "--min-data", metavar="MB", parser=finite_number(minimum=0),
         help="Minimum 3-month average data use of a candidate [default: plan.yaml's, 5]")] = None,
     out: OutOpt = None,
-    fmt: Annotated[str | None, typer.Option(
-        "--format", "-f", parser=choice(*PLAN_FORMATS),
-        metavar=metavar(*PLAN_FORMATS),
-        help="csv | parquet | jsonl for --out [default: from --out's extension, else csv]; "
-             "with --sweep: table | csv | json [default: table]")] = None,
+    fmt: Annotated[str | None, format_option(
+        PLAN_FORMATS, help=f"{' | '.join(OUTPUT_FORMATS)} for --out [default: from --out's extension, else csv]; "
+                           f"with --sweep: {' | '.join(SWEEP_FORMATS)} [default: table]")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Compute and show the funnel and counts; write nothing")] = False,
     sweep: Annotated[bool, typer.Option(
@@ -691,15 +697,18 @@ def render_channel_funnels(run: Run, result: Any, *, title: str) -> None:
 def export_cmd(
     run: Run,
     month: MonthOpt,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
     channel: Annotated[str | None, typer.Option(
-        "--channel", "-c", metavar="NAME", help="Export only this channel of channels.yaml (required with --out -)")] = None,
+        "--channel", "-c", metavar="NAME",
+        help="Export only this channel of channels.yaml (required with --out -)")] = None,
     cycle: Annotated[str | None, typer.Option(
         "--cycle", parser=choice(*CYCLES), metavar=metavar(*CYCLES),
         help="Export only the channels of this push cycle: daily | monthly")] = None,
     date: DateOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
 ) -> None:
     """Write per-channel target lists under the contact policy, with funnel.json and manifest.json.
 
@@ -745,7 +754,7 @@ def export_cmd(
 def funnel_cmd(
     run: Run,
     month: MonthOpt,
-    fmt: Annotated[str, format_option("table", "json", "csv", help="table | json | csv")] = "table",
+    fmt: Annotated[str, format_option(FUNNEL_FORMATS)] = "table",
 ) -> None:
     """Print the funnels recorded for a month (plan, each matrix, each channel).
 
@@ -788,11 +797,13 @@ def matrix_cmd(
     only: Annotated[str | None, typer.Option(
         "--only", metavar="A,B", help="Re-evaluate only these matrices (comma-separated); the priority matrix always "
                                       "runs, other matrices' stored rows are kept and re-ranked")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and print the rule hit counts; write nothing")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Evaluate and print the rule hit counts; write nothing")] = False,
     out: OutOpt = None,
     fmt: FormatOpt = None,
     show_sql: Annotated[str | None, typer.Option(
-        "--show-sql", metavar="DIALECT", parser=choice(*SQL_DIALECTS), help="Print the generated queries (duckdb or spark) on stdout and exit")] = None,
+        "--show-sql", metavar="DIALECT", parser=choice(*SQL_DIALECTS),
+        help="Print the generated queries (duckdb or spark) on stdout and exit")] = None,
 ) -> None:
     """Evaluate the marketing matrices (营销矩阵) into ranked recommendations.
 
@@ -857,7 +868,7 @@ def check_cmd(
         "Also evaluate the rules on this month's customer_view: warn about rules that never "
         "fire or are shadowed by earlier rules")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as failures (exit 5)")] = False,
-    fmt: Annotated[str, format_option("text", "json", help="text | json (json: the problems on stdout)")] = "text",
+    fmt: Annotated[str, format_option(CHECK_FORMATS, "(json: the problems on stdout)")] = "text",
 ) -> None:
     """Validate every rule and model file of the matrices folder, reporting all problems.
 
@@ -909,7 +920,8 @@ def check_cmd(
 def run_cmd(
     run: Run,
     month: MonthOpt,
-    ingest_dir: Annotated[list[Path] | None, typer.Option("--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
+    ingest_dir: Annotated[list[Path] | None, typer.Option(
+        "--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the target lists")] = Path("out"),
     fmt: FormatOpt = None,
     date: Annotated[dt.date | None, date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
@@ -944,9 +956,10 @@ def run_cmd(
 @command("explain")
 def explain_cmd(
     run: Run,
-    msisdn: Annotated[str, typer.Argument(parser=parse_msisdn, metavar="MSISDN", help="The customer's number (11 digits)")],
+    msisdn: Annotated[str, typer.Argument(
+        parser=parse_msisdn, metavar="MSISDN", help="The customer's number (11 digits)")],
     month: MonthOpt,
-    fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json")] = "table",
+    fmt: Annotated[str, format_option(TABLE_JSON)] = "table",
 ) -> None:
     """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported.
 
@@ -1012,8 +1025,9 @@ def test_cmd(
         "Evaluation month of test files that do not pin one [default: the current month]")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Also fail when a rule has no passing case where it fires and one where it does not")] = False,
-    fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json (json: every case on stdout)")] = "table",
-    junit: Annotated[Path | None, typer.Option("--junit", metavar="FILE", help="Also write a JUnit XML report (CI)")] = None,
+    fmt: Annotated[str, format_option(TABLE_JSON, "(json: every case on stdout)")] = "table",
+    junit: Annotated[Path | None, typer.Option(
+        "--junit", metavar="FILE", help="Also write a JUnit XML report (CI)")] = None,
     defaults: Annotated[bool, typer.Option(
         "--defaults", help="Print the default test customer (every customer_view column) and exit")] = False,
 ) -> None:
@@ -1087,16 +1101,18 @@ def snapshot_cmd(
     run: Run,
     month: Annotated[str | None, optional_month(
         "Month to record (with --check: check only this month) [--check default: every month in the file]")] = None,
-    write: Annotated[bool, typer.Option("--write", help="Record the snapshot into --file (add or replace the month)")] = False,
+    write: Annotated[bool, typer.Option(
+        "--write", help="Record the snapshot into --file (add or replace the month)")] = False,
     check: Annotated[bool, typer.Option(
         "--check", help="Recompute every month of --file and fail (exit 5) with a table of what moved")] = False,
     file: Annotated[Path, typer.Option("--file", help="The committed snapshot")] = Path("fixtures/snapshot.json"),
     fixtures: Annotated[Path | None, typer.Option(
-        "--fixtures", help="Fixture extracts [default: fixtures/extracts, with --check the folder the file names]")] = None,
+        "--fixtures",
+        help="Fixture extracts [default: fixtures/extracts, with --check the folder the file names]")] = None,
     date: Annotated[dt.date | None, date_option(
         "The export cycle's date, YYYY-MM-DD [default: the 1st of the next month; --check: the "
         "recorded one]")] = None,
-    fmt: Annotated[str, format_option(*TABLE_JSON, help="table | json (--check's changes, or the snapshot)")] = "table",
+    fmt: Annotated[str, format_option(TABLE_JSON, "(--check's changes, or the snapshot)")] = "table",
 ) -> None:
     """Fixture regression: funnels, rule hits and target-list hashes of the bundled fixtures.
 
@@ -1167,10 +1183,11 @@ def diff_cmd(
         "--against-matrices", metavar="DIR",
         help="Compare the current --matrices (after) with the rules in DIR (before) on the same data")] = None,
     fixtures: Annotated[Path | None, typer.Option(
-        "--fixtures", metavar="DIR", help="With --against-matrices: build from these extracts instead of copying --db")] = None,
+        "--fixtures", metavar="DIR",
+        help="With --against-matrices: build from these extracts instead of copying --db")] = None,
     date: Annotated[dt.date | None, date_option(
         "With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
-    fmt: Annotated[str, format_option("table", "json", "csv", "markdown", help="table | json | csv | markdown")] = "table",
+    fmt: Annotated[str, format_option(DIFF_FORMATS)] = "table",
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 5 when there are differences")] = False,
 ) -> None:
     """Compare two runs: customers gained and lost per channel and policy, rank changes, funnels.

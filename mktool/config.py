@@ -2,11 +2,16 @@
 
 Every setting has a command-line option and an environment twin (``MKTOOL_DB``,
 ``MKTOOL_MATRICES``, ``MKTOOL_MEMORY_LIMIT``, ``MKTOOL_THREADS``, ``MKTOOL_TEMP_DIR``,
-``MKTOOL_LOCK_WAIT``) so that cron jobs and CI can set them once.
+``MKTOOL_LOCK_WAIT``) so that cron jobs and CI can set them once. The twins are named here
+(``ENV``) and read in one place, the command line (click's ``envvar``: option, else
+environment, else default; a bad value is a usage error naming the option and the
+variable). This module takes values: ``Settings.from_options`` fills what was not given
+with the defaults and never looks at the environment itself.
 
 The values reach DuckDB ``SET`` statements, so each is validated here, whatever its source
 (option, environment, a library caller): the command line refuses a bad value first (exit 2),
-and these checks are the second line of defence for every other way in.
+and these checks are the second line of defence for every other way in. Their messages
+speak of the setting ("threads must be …"); the caller adds the option or variable.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mktool.errors import UsageError
 
@@ -35,13 +42,21 @@ def shipped_matrices_dir() -> Path:
     return PACKAGE_DIR.parent / "matrices"
 
 
-def resolve_matrices_dir(option: Path | None) -> Path:
-    """``--matrices`` / ``MKTOOL_MATRICES``, else ``./matrices`` when present, else the shipped defaults."""
-    if option is not None:
-        return option
-    env = os.environ.get("MKTOOL_MATRICES")
-    if env:
-        return Path(env)
+#: The environment twin of each setting (a ``Settings`` field), read by the command line only.
+ENV: Mapping[str, str] = {
+    "db_path": "MKTOOL_DB",
+    "matrices_dir": "MKTOOL_MATRICES",
+    "memory_limit": "MKTOOL_MEMORY_LIMIT",
+    "threads": "MKTOOL_THREADS",
+    "temp_dir": "MKTOOL_TEMP_DIR",
+    "lock_wait": "MKTOOL_LOCK_WAIT",
+}
+
+
+def resolve_matrices_dir(given: Path | None) -> Path:
+    """The folder given (an option or its environment twin), else ``./matrices`` when present, else the shipped ones."""
+    if given is not None:
+        return given
     local = Path("matrices")
     if local.is_dir():
         return local
@@ -149,20 +164,12 @@ class Settings:
         temp_dir: Path | None = None,
         lock_wait: float | None = None,
     ) -> Settings:
-        """Options win over environment variables, which win over defaults; errors name the source."""
-        env = os.environ
-        if memory_limit is None and env.get("MKTOOL_MEMORY_LIMIT"):
-            memory_limit = check_memory_limit(env["MKTOOL_MEMORY_LIMIT"], where="MKTOOL_MEMORY_LIMIT")
-        if threads is None and env.get("MKTOOL_THREADS"):
-            threads = check_threads(env["MKTOOL_THREADS"], where="MKTOOL_THREADS")
-        if lock_wait is None and env.get("MKTOOL_LOCK_WAIT"):
-            lock_wait = check_lock_wait(env["MKTOOL_LOCK_WAIT"], where="MKTOOL_LOCK_WAIT")
-        return cls(
-            db_path=db or Path(env.get("MKTOOL_DB") or DEFAULT_DB),
-            matrices_dir=resolve_matrices_dir(matrices),
-            memory_limit=check_memory_limit(memory_limit, where="--memory-limit") if memory_limit is not None
-            else default_memory_limit(),
-            threads=check_threads(threads, where="--threads") if threads is not None else (os.cpu_count() or 1),
-            temp_dir=temp_dir or (Path(env["MKTOOL_TEMP_DIR"]) if env.get("MKTOOL_TEMP_DIR") else None),
-            lock_wait=check_lock_wait(lock_wait, where="--wait") if lock_wait is not None else 0.0,
-        )
+        """The values given (on the command line: an option or its environment twin), defaults for the rest.
+
+        None means "not given". The environment is not read here: the command line has read it
+        once already, and a second reading could disagree with the first (an option given as
+        well, or a value the first reading refused naming the option).
+        """
+        given: dict[str, Any] = {"db_path": db, "matrices_dir": matrices, "memory_limit": memory_limit,
+                                 "threads": threads, "temp_dir": temp_dir, "lock_wait": lock_wait}
+        return cls(**{name: value for name, value in given.items() if value is not None})

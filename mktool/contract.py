@@ -10,16 +10,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mktool.errors import MktoolError
+
 # ASCII digits only, and \Z: `$` would also accept a trailing newline ("2026-10\n").
 MONTH_RE = re.compile(r"\A[0-9]{4}-(0[1-9]|1[0-2])\Z")
 
 
 def check_month(month: str) -> str:
-    """``--month`` values: YYYY-MM, or a located error."""
-    if not MONTH_RE.match(month):
-        from mktool.errors import MktoolError
+    """A month as every table stores it: YYYY-MM with a real month (2026-10, not 2026-7 or 2026/10).
 
-        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
+    The one definition behind the command line's ``--month`` type and the steps' own checks;
+    the message speaks of the value, the caller adds where it came from (an option, a file).
+    """
+    if not isinstance(month, str) or not MONTH_RE.match(month):
+        raise MktoolError(f"month {month!r} is not YYYY-MM (a year and a month 01-12, such as 2026-10)")
     return month
 
 

@@ -108,7 +108,7 @@ def _check_spill_folder(spill: Path) -> None:
     spill.mkdir(parents=True, exist_ok=True)
     if not os.access(spill, os.W_OK | os.X_OK):
         code = errno.EROFS if _read_only_fs(spill) else errno.EACCES
-        raise PermissionError(code, f"the spill folder (--temp-dir) is not writable: {os.strerror(code)}", str(spill))
+        raise PermissionError(code, f"the spill folder is not writable: {os.strerror(code)}", str(spill))
 
 
 def configure(con: duckdb.DuckDBPyConnection, settings: Settings, *, write: bool = True) -> None:
@@ -120,7 +120,7 @@ def configure(con: duckdb.DuckDBPyConnection, settings: Settings, *, write: bool
     """
     spill = settings.spill_dir
     if spill.exists() and not spill.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "the spill folder (--temp-dir) is a file", str(spill))
+        raise NotADirectoryError(errno.ENOTDIR, "the spill folder is a file", str(spill))
     lenient = not write and settings.temp_dir is None and _read_only_fs(settings.db_path.parent)
     if not lenient:
         _check_spill_folder(spill)

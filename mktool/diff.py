@@ -331,5 +331,5 @@ def render_markdown(result: DiffResult) -> str:
 
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise MktoolError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+        raise MktoolError(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     return fmt

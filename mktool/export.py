@@ -447,7 +447,7 @@ def run_export(
     """Run the contact policy for one cycle and write (or, dry, only count) the target lists."""
     config = ExportConfig.load(matrices_dir)
     if only_cycle is not None and only_cycle not in ("daily", "monthly"):
-        raise MktoolError(f"--cycle must be daily or monthly, got '{only_cycle}'")
+        raise MktoolError(f"cycle must be daily or monthly, got '{only_cycle}'")
     if only_channel is not None and only_channel not in config.channels:
         raise MktoolError(f"unknown channel '{only_channel}' (channels.yaml has: {', '.join(config.channels)})")
     if fmt is not None:

@@ -42,7 +42,7 @@ import sqlglot
 from sqlglot.errors import ErrorLevel
 
 from mktool.console import QUIET, Reporter
-from mktool.contract import MONTH_RE
+from mktool.contract import check_month
 from mktool.database import Database, record_funnel, record_step, replace_month, table_exists
 from mktool.errors import ConfigError, MktoolError, RuleError, StateError
 from mktool.freshness import require_built_on_view, require_fresh_view, view_build_id
@@ -131,9 +131,7 @@ class MatrixResult:
 
 # -- SQL generation (strings only; nothing runs here) ------------------------------------------------
 def _month_literal(month: str) -> str:
-    if not MONTH_RE.fullmatch(month):
-        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
-    return quote_literal(month)
+    return quote_literal(check_month(month))
 
 
 def _month_rows(month: str, one_customer: bool) -> str:
@@ -404,7 +402,8 @@ def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | Non
         try:  # the other matrices' stored rows are kept: they must come from this same view
             require_built_on_view(con, "matrix", RECOMMENDATIONS_TABLE, month, view_build)
         except StateError as exc:
-            raise StateError(f"{exc.message}: --only would keep the other matrices' rows from it",
+            raise StateError(f"{exc.message}: evaluating only some matrices would keep the other matrices' rows "
+                             "from it",
                              hint=f"re-run all matrices: `mktool matrix --month {month}`") from None
     used = {c for m in rules.matrices for r in m.rules for c in r.when.columns}
     used |= {c for m in rules.matrices if m.where is not None for c in m.where.columns}

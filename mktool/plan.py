@@ -32,7 +32,7 @@ from typing import Any
 
 from mktool import dialect
 from mktool.console import QUIET, Reporter
-from mktool.contract import MONTH_RE
+from mktool.contract import check_month
 from mktool.database import Database, record_funnel, record_step, replace_month
 from mktool.dialect import exact_decimal
 from mktool.errors import ConfigError, MktoolError, StateError
@@ -100,8 +100,8 @@ def _positive_number(value: Any, *, where: str, file: Path | None) -> float:
 def parse_window(value: Any, *, where: str, file: Path | None = None) -> Window:
     """``"LO:HI"`` (command line and YAML) or ``[LO, HI]`` (YAML) → :class:`Window`.
 
-    Both ends must be positive numbers and LO <= HI. Errors start with ``where`` (an option
-    such as ``--total-change`` or a dotted key of plan.yaml) and are ConfigErrors naming
+    Both ends must be positive numbers and LO <= HI. Errors start with ``where`` (the setting,
+    such as ``total_change``, or a dotted key of plan.yaml) and are ConfigErrors naming
     ``file`` when one is given.
     """
     if isinstance(value, str):
@@ -162,18 +162,18 @@ class PlanConfig:
 
     def with_overrides(self, *, total_change: str | Window | None = None, rental_change: str | Window | None = None,
                        top: int | None = None, min_data_mb: float | None = None) -> PlanConfig:
-        """This configuration with the command-line options that were given (errors name the option)."""
+        """This configuration with the overrides that were given (errors name the setting; the CLI names its option)."""
         changes: dict[str, Any] = {}
         if total_change is not None:
             changes["total_change"] = (total_change if isinstance(total_change, Window)
-                                       else parse_window(total_change, where="--total-change"))
+                                       else parse_window(total_change, where="total_change"))
         if rental_change is not None:
             changes["rental_change"] = (rental_change if isinstance(rental_change, Window)
-                                        else parse_window(rental_change, where="--rental-change"))
+                                        else parse_window(rental_change, where="rental_change"))
         if top is not None:
-            changes["top"] = _top(top, where="--top", file=None)
+            changes["top"] = _top(top, where="top", file=None)
         if min_data_mb is not None:
-            changes["min_data_mb"] = _min_data(min_data_mb, where="--min-data", file=None)
+            changes["min_data_mb"] = _min_data(min_data_mb, where="min_data_mb", file=None)
         given = {"total_change": "--total-change", "rental_change": "--rental-change", "top": "--top",
                  "min_data_mb": "--min-data"}
         overrides = tuple((given[k], str(v)) for k, v in changes.items())
@@ -701,8 +701,7 @@ class SweepCell:
 
 
 def _check_inputs(db: Database, month: str) -> None:
-    if not MONTH_RE.match(month):
-        raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
+    check_month(month)
     db.require_month(VIEW_TABLE, month, "score")
     if not db.table_exists("plans"):
         raise StateError("table plans is not loaded", hint="run `mktool ingest plans.parquet` first")

@@ -520,7 +520,7 @@ def test_sql_builders_shapes(project: tuple[Path, Path]) -> None:
     assert collect_sql(ns, ns.rules, M).count("SELECT msisdn") == 3
     assert "alone_3" in stats_sql(ns, ns.rules, M)
     assert first_hit_sql(ret, [], M).endswith("WHERE 1 = 0")
-    with pytest.raises(Exception, match="--month must be YYYY-MM"):
+    with pytest.raises(Exception, match="is not YYYY-MM"):
         first_hit_sql(ret, ret.rules, "2026-10'; DROP TABLE x; --")
 
 

@@ -489,7 +489,7 @@ def test_plan_yaml_missing_and_partial(tmp_path):
     (tmp_path / "plan.yaml").write_text("top: 3\ntotal_change: [0.7, 1.3]\n", encoding="utf-8")
     config = load_plan_config(tmp_path)
     assert (config.top, config.total_change, config.rental_change) == (3, Window(0.7, 1.3), Window(1.0, 2.0))
-    with pytest.raises(MktoolError, match="--total-change: LO"):
+    with pytest.raises(MktoolError, match="^total_change: LO"):
         config.with_overrides(total_change="x:1")
 
 
