@@ -47,6 +47,7 @@ import duckdb
 
 from mktool import __version__
 from mktool.console import QUIET, Reporter
+from mktool.contract import TABLES
 from mktool.database import Database, command_line, record_funnel, step_settings, table_columns, table_exists
 from mktool.dialect import Query, days_before, draw, money, round_half_away, sha256_hex
 from mktool.errors import ConfigError, Interrupted, MktoolError
@@ -344,7 +345,8 @@ offers AS (
     FROM within_channel GROUP BY offer_id
 ),
 numbered AS (
-    SELECT o.offer_id, dense_rank() OVER (PARTITION BY o.cust_id ORDER BY o.rank, o.policy_id) + coalesce(pt.n, 0) AS total_count
+    SELECT o.offer_id,
+           dense_rank() OVER (PARTITION BY o.cust_id ORDER BY o.rank, o.policy_id) + coalesce(pt.n, 0) AS total_count
     FROM offers o LEFT JOIN prior_total pt ON pt.msisdn = o.msisdn
 )
 SELECT {within_columns} FROM within_channel w
@@ -393,7 +395,8 @@ def allocation_setup_queries() -> list[Query]:
     """The allocation's tables: the numbered choices, and the (empty) proposals and placements."""
     return [
         Query("choices", CHOICES_SQL.format(columns=_cols(CANDIDATE_COLUMNS, "e"))),
-        Query("proposed", "CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, cust_id BIGINT, channel VARCHAR)"),
+        Query("proposed", "CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, cust_id BIGINT, "
+                          "channel VARCHAR)"),
         Query("placed", f"CREATE OR REPLACE TEMP TABLE _x_placed AS SELECT {_cols(CHOICE_COLUMNS)} FROM _x_choices "
                         "WHERE false"),
     ]
@@ -419,7 +422,8 @@ WITH proposals AS (
     WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id)
 ),
 room AS (
-    SELECT ch.channel, ch.capacity - coalesce((SELECT count(*) FROM _x_placed p WHERE p.channel = ch.channel), 0) AS room
+    SELECT ch.channel,
+           ch.capacity - coalesce((SELECT count(*) FROM _x_placed p WHERE p.channel = ch.channel), 0) AS room
     FROM _x_channels ch
 ),
 -- Only channels with a capacity need the order (and the tie-break draw); the others take
@@ -501,7 +505,8 @@ def held_before_query(*, has_holdouts: bool) -> Query:
                                     "WHERE false")
     return Query("held_before", "CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT msisdn, policy_id, "
                                 "TRY_CAST(cycle AS DATE) AS cycle_date FROM holdouts "
-                                "WHERE TRY_CAST(cycle AS DATE) IS NOT NULL AND cycle NOT IN (SELECT cycle FROM _x_cycle)")
+                                "WHERE TRY_CAST(cycle AS DATE) IS NOT NULL "
+                                "AND cycle NOT IN (SELECT cycle FROM _x_cycle)")
 
 
 def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None) -> str:
@@ -549,7 +554,8 @@ def record_contact_queries(channel: str, cycle: str, cycle_date: dt.date, month:
               {**keys, "cycle_date": cycle_date}),
         Query("forget_holdouts", "DELETE FROM holdouts WHERE cycle = $cycle AND channel = $channel",
               {"cycle": cycle, "channel": channel}),
-        Query("record_holdouts", """INSERT INTO holdouts (month, cycle, channel, msisdn, policy_id, rank, matrix, rule_id)
+        Query("record_holdouts", """INSERT INTO holdouts (month, cycle, channel, msisdn, policy_id, rank, matrix,
+                                                 rule_id)
                SELECT $month, $cycle, d.channel, d.msisdn, d.policy_id, o.rank, o.matrix, o.rule_id
                FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id
                WHERE d.channel = $channel AND d.held_out""", {"month": month, "cycle": cycle, "channel": channel}),
@@ -616,7 +622,8 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
     A policy's allowed channels are rows of _x_policy_channels (none: every channel), not a
     list column: the stages then need no list functions beyond reading an offer's own channels.
     """
-    con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, cycle VARCHAR, capacity BIGINT, contact_cap BIGINT)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, cycle VARCHAR, capacity BIGINT, "
+                "contact_cap BIGINT)")
     if config.channels:
         con.executemany("INSERT INTO _x_channels VALUES (?, ?, ?, ?)",
                         [(c.name, c.cycle, c.capacity, c.contact_cap) for c in config.channels.values()])
@@ -660,8 +667,8 @@ def _history_view(con: duckdb.DuckDBPyConnection) -> None:
 def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
     """contact_history keeps, beside the contract's columns, which cycle and tool wrote a row."""
     if not table_exists(con, "contact_history"):
-        con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, policy_id VARCHAR, "
-                    "outcome VARCHAR)")
+        con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, "
+                    "policy_id VARCHAR, outcome VARCHAR)")
     cols = {r[0] for r in con.execute("DESCRIBE contact_history").fetchall()}
     for name in ("cycle", "recorded_by"):
         if name not in cols:
@@ -791,7 +798,8 @@ def _salt(channel: Channel) -> str | None:
         return None
     salt = os.environ.get(channel.salt_env)
     if not salt:
-        raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable {channel.salt_env}",
+        raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable "
+                          f"{channel.salt_env}",
                           hint=f"export {channel.salt_env}=<secret shared with the channel's vendor>")
     return salt
 
@@ -888,8 +896,8 @@ def _folder_changes(con: duckdb.DuckDBPyConnection, folder: Path, selected: list
 
 def _count_rows(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
     """Rows of a list no manifest describes (None when DuckDB cannot read it as its format)."""
-    reader = {".csv": "read_csv(?, header = true, all_varchar = true)", ".jsonl": "read_json(?, format = 'newline_delimited')",
-              ".parquet": "read_parquet(?)"}[path.suffix]
+    reader = {".csv": "read_csv(?, header = true, all_varchar = true)",
+              ".jsonl": "read_json(?, format = 'newline_delimited')", ".parquet": "read_parquet(?)"}[path.suffix]
     try:
         return int(con.execute(f"SELECT count(*) FROM {reader}", [str(path)]).fetchone()[0])  # type: ignore[index]
     except duckdb.Error:
@@ -902,8 +910,8 @@ def _forget_contacts(con: duckdb.DuckDBPyConnection, forgotten: list[tuple[str, 
         return
     _ensure_history_columns(con)
     for channel, cycle in forgotten:
-        con.execute("DELETE FROM contact_history WHERE recorded_by = ? AND cycle = ? AND channel = ? AND outcome = 'sent'",
-                    [RECORDED_BY, cycle, channel])
+        con.execute("DELETE FROM contact_history WHERE recorded_by = ? AND cycle = ? AND channel = ? "
+                    "AND outcome = 'sent'", [RECORDED_BY, cycle, channel])
         if table_exists(con, "holdouts"):
             con.execute("DELETE FROM holdouts WHERE cycle = ? AND channel = ?", [cycle, channel])
         con.execute("DELETE FROM funnel_counts WHERE month = ? AND funnel = ?", [month, f"channel:{channel}"])
@@ -1026,7 +1034,8 @@ def funnel_document(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, Any
     """``{"month": M, "funnels": {name: [{"stage", "count"}, ...]}}``: plan first, then matrices, then channels."""
     rows = con.execute(
         """SELECT funnel, stage, count FROM funnel_counts WHERE month = ?
-           ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2 ELSE 1 END, funnel, stage_no""",
+           ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2 ELSE 1 END,
+                    funnel, stage_no""",
         [month],
     ).fetchall()
     funnels: dict[str, list[dict[str, Any]]] = {}
@@ -1043,8 +1052,6 @@ def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     upserted tables (contact_history, events) keep every load's rows, so every load is listed.
     A file loaded again is listed once, as last loaded.
     """
-    from mktool.contract import TABLES
-
     rows = con.execute("SELECT load_id, table_name, file, sha256, rows, months FROM ingest_log "
                        "ORDER BY loaded_at, rowid").fetchall()
     latest_load: dict[tuple[str, str | None], str] = {}  # (table, month or None) → the load that last replaced it
@@ -1072,8 +1079,8 @@ def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
 
 def _git(folder: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30, check=False,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
+                              check=False, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
     except (OSError, subprocess.SubprocessError):  # no git on this machine
         return None
     return done.stdout if done.returncode == 0 else None
