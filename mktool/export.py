@@ -126,11 +126,6 @@ def _cols(columns: tuple[str, ...], alias: str = "") -> str:
     return ", ".join(f"{prefix}{c}" for c in columns)
 
 
-def draw_sql(*parts: str) -> str:
-    """A deterministic uniform draw in [0, 1) from the md5 of the parts (:func:`mktool.dialect.draw`)."""
-    return draw(parts)
-
-
 @dataclass(frozen=True)
 class ExportParams:
     """What export's queries bind or are shaped by, from the rules folder and the command line."""
@@ -527,6 +522,12 @@ def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None)
     return ", ".join(parts)
 
 
+def held_out_query(channel: str) -> Query:
+    """How many of one channel's placed rows the draw held out (the manifest's ``held_out``)."""
+    return Query("held_out", "SELECT count(*) FROM _x_drawn WHERE channel = $channel AND held_out",
+                 {"channel": channel})
+
+
 def list_query(channel: Channel, columns: tuple[str, ...], salt: str | None) -> Query:
     """One channel's target list: its exported rows (not held out) with their offers' texts, in list order."""
     offer = ", ".join("d.channel" if c == "channel" else f"o.{c}" for c in TARGET_COLUMNS)
@@ -579,6 +580,8 @@ def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: 
                           rounds_query(), *round_queries(1), holdout_query(),
                           *(stage_count_query(t) for t in COUNTED_TABLES),
                           stage_count_query("_x_drawn", exported_only=True)]
+    if config.channels:
+        found.append(held_out_query(next(iter(config.channels))))
     for channel in config.channels.values():
         found.append(list_query(channel, config.columns(channel), salt if channel.mask == "hash" else None))
     if config.channels:
@@ -835,7 +838,7 @@ def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: 
 
 
 def _held_out(con: duckdb.DuckDBPyConnection, channel: str) -> int:
-    return int(con.execute("SELECT count(*) FROM _x_drawn WHERE channel = ? AND held_out", [channel]).fetchone()[0])  # type: ignore[index]
+    return int(_run(con, held_out_query(channel)).fetchone()[0])  # type: ignore[index]
 
 
 @dataclass
