@@ -1,6 +1,13 @@
-"""Exact money in SQL: the few engine-sensitive SQL pieces, for DuckDB and for Spark SQL.
+"""The few engine-sensitive SQL pieces, for DuckDB and for Spark SQL: exact money, the
+deterministic draw, string hashing, date arithmetic, integer division, and :class:`Query` (a
+named DuckDB-dialect statement with its parameters, rendered per engine when executed).
 
-Why this module exists: an engine's own rounding is not a contract. DuckDB 2.0.1 rounds
+The steps write DuckDB-dialect text and sqlglot renders it for Spark; a piece lives here when
+sqlglot's rendering of the obvious DuckDB text would mean something else on Spark (a '0x' cast
+is NULL there, INT wraps, a DATE − INTERVAL is a TIMESTAMP). Each has a Spark rendering of its
+own and a DuckDB rendering whose sqlglot translation keeps its meaning (tests/test_dialect.py).
+
+Money first: an engine's own rounding is not a contract. DuckDB 2.0.1 rounds
 ``round(191.515::DOUBLE, 2)`` to 191.51 where 2.0.0 gave 191.52, DuckDB's DECIMAL / DECIMAL
 returns a DOUBLE, its DECIMAL(18,x) × DECIMAL(18,y) stays 18 digits wide and overflows, and a
 DECIMAL → BIGINT cast rounds in DuckDB but truncates in Spark. So money is carried as
