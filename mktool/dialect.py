@@ -1,6 +1,13 @@
-"""Exact money in SQL: the few engine-sensitive SQL pieces, for DuckDB and for Spark SQL.
+"""The few engine-sensitive SQL pieces, for DuckDB and for Spark SQL: exact money, the
+deterministic draw, string hashing, date arithmetic, integer division, and :class:`Query` (a
+named DuckDB-dialect statement with its parameters, rendered per engine when executed).
 
-Why this module exists: an engine's own rounding is not a contract. DuckDB 2.0.1 rounds
+The steps write DuckDB-dialect text and sqlglot renders it for Spark; a piece lives here when
+sqlglot's rendering of the obvious DuckDB text would mean something else on Spark (a '0x' cast
+is NULL there, INT wraps, a DATE − INTERVAL is a TIMESTAMP). Each has a Spark rendering of its
+own and a DuckDB rendering whose sqlglot translation keeps its meaning (tests/test_dialect.py).
+
+Money first: an engine's own rounding is not a contract. DuckDB 2.0.1 rounds
 ``round(191.515::DOUBLE, 2)`` to 191.51 where 2.0.0 gave 191.52, DuckDB's DECIMAL / DECIMAL
 returns a DOUBLE, its DECIMAL(18,x) × DECIMAL(18,y) stays 18 digits wide and overflows, and a
 DECIMAL → BIGINT cast rounds in DuckDB but truncates in Spark. So money is carried as
@@ -17,8 +24,13 @@ quotient keeps 32 integer digits), i.e. 10²⁶ yuan counted in micro-yuan, 10²
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Literal
+from typing import Any, Literal
+
+import sqlglot
+from sqlglot.errors import ErrorLevel
 
 Dialect = Literal["duckdb", "spark"]
 DUCKDB: Dialect = "duckdb"
@@ -120,6 +132,17 @@ def double_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
     return f"(CASE WHEN {x} < 0 THEN -{magnitude} ELSE {magnitude} END)"
 
 
+def int_div(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
+    """⌊numerator / denominator⌋ of two non-negative 64-bit integers: DuckDB's ``//``, Spark's ``div``.
+
+    Why not ``/``: both engines' ``/`` of two integers is a fractional division (a DOUBLE in
+    DuckDB, a DOUBLE or DECIMAL in Spark). Only for non-negative operands: the engines round a
+    negative quotient differently.
+    """
+    _check(dialect)
+    return f"({numerator} {'//' if dialect == DUCKDB else 'div'} {denominator})"
+
+
 def _quotient(top: str, bottom: str, dialect: Dialect) -> str:
     """⌊top / bottom⌋ of two non-negative exact integers."""
     if dialect == DUCKDB:
@@ -162,8 +185,7 @@ def div_half_away_64(numerator: str, denominator: str, dialect: Dialect = DUCKDB
     < 4·10¹⁸ (the caller guards the range): ⌊(2n + d) / 2d⌋, ten times cheaper than 128 bits."""
     _check(dialect)
     n, d = f"CAST({numerator} AS BIGINT)", f"CAST({denominator} AS BIGINT)"
-    op = "//" if dialect == DUCKDB else "div"
-    return f"((2 * {n} + {d}) {op} (2 * {d}))"
+    return int_div(f"(2 * {n} + {d})", f"(2 * {d})", dialect)
 
 
 def scaled_quotient_64(numerator: str, denominator: str, shift: int, dialect: Dialect = DUCKDB) -> str:
@@ -172,8 +194,7 @@ def scaled_quotient_64(numerator: str, denominator: str, shift: int, dialect: Di
     (the caller guards the range); the same value as :func:`div_toward_zero` of the product."""
     _check(dialect)
     n, d = f"CAST({numerator} AS BIGINT)", f"CAST({denominator} AS BIGINT)"
-    op = "//" if dialect == DUCKDB else "div"
-    return f"(({n} {op} {d}) * {10 ** shift} + (({n} % {d}) * {10 ** shift}) {op} {d})"
+    return f"({int_div(n, d, dialect)} * {10 ** shift} + {int_div(f'(({n} % {d}) * {10 ** shift})', d, dialect)})"
 
 
 def units_decimal(units: str, scale: int, dialect: Dialect = DUCKDB, *, precision: int = 38) -> str:
@@ -226,7 +247,8 @@ def _exact6(units: str, factor: int, count: str, fits: str, dialect: Dialect) ->
     otherwise; NULL when count is 0."""
     fast = units_decimal(div_half_away_64(f"CAST({units} AS BIGINT) * {factor}", count, dialect), AVERAGE_SCALE,
                          dialect, precision=18)
-    exact = units_decimal(div_half_away(f"{integer(units, dialect)} * {factor}", count, dialect), AVERAGE_SCALE, dialect)
+    exact = units_decimal(div_half_away(f"{integer(units, dialect)} * {factor}", count, dialect), AVERAGE_SCALE,
+                          dialect)
     return f"(CASE WHEN {fits} THEN CAST({fast} AS {AVERAGE_TYPE}) ELSE {exact} END)"
 
 
@@ -244,6 +266,81 @@ def percent(part_units: str, whole_units: str, dialect: Dialect = DUCKDB) -> str
     factor = 100 * 10 ** AVERAGE_SCALE
     fits = f"{part_units} BETWEEN 0 AND {4 * 10 ** 18 // factor} AND {whole_units} BETWEEN 1 AND {4 * 10 ** 18}"
     return _exact6(part_units, factor, whole_units, fits, dialect)
+
+
+# -- hashing, draws and dates: the same value on every engine -----------------------------------
+#: The draw reads this many leading hex digits of the md5 (32 bits: exact in a DOUBLE, and in BIGINT).
+DRAW_HEX_DIGITS = 8
+_HEX_DIGITS = "0123456789abcdef"
+
+
+def hash_key(parts: Sequence[str]) -> str:
+    """The text a draw hashes: the parts joined by ``|`` (NULL when a part is NULL, on every engine)."""
+    if not parts:
+        raise ValueError("a draw needs at least one part")
+    return " || '|' || ".join(parts)
+
+
+def draw(parts: Sequence[str], dialect: Dialect = DUCKDB) -> str:
+    """A deterministic uniform draw in [0, 1): n / 2³², n the first 8 hex digits of md5(parts joined by '|').
+
+    Why md5 and these forms: md5 is the one hash both engines compute the same (lowercase hex
+    of the UTF-8 bytes), and n < 2³² is exact in a DOUBLE, so n / 2³² (a power of two) is the
+    same DOUBLE everywhere. DuckDB's ``CAST('0x…' AS BIGINT)`` has no Spark meaning (NULL
+    there), so DuckDB reads the hex digits one by one with ``strpos`` (sqlglot renders it as
+    Spark's ``locate``, giving the same integer); Spark's own rendering is ``conv(…, 16, 10)``.
+    Both are cast to BIGINT before any product (Spark's INT wraps silently past 2³¹).
+    """
+    _check(dialect)
+    digest = f"md5({hash_key(parts)})"
+    if dialect == DUCKDB:
+        terms = [f"CAST(strpos('{_HEX_DIGITS}', substr({digest}, {i + 1}, 1)) - 1 AS BIGINT) "
+                 f"* {16 ** (DRAW_HEX_DIGITS - 1 - i)}" for i in range(DRAW_HEX_DIGITS)]
+        integer_value = "(" + " + ".join(terms) + ")"
+    else:
+        integer_value = f"CAST(conv(substr({digest}, 1, {DRAW_HEX_DIGITS}), 16, 10) AS BIGINT)"
+    return f"(CAST({integer_value} AS DOUBLE) / CAST({16 ** DRAW_HEX_DIGITS} AS DOUBLE))"
+
+
+def sha256_hex(expr: str, dialect: Dialect = DUCKDB) -> str:
+    """The SHA-256 of a text as 64 lowercase hex digits: DuckDB's ``sha256``, Spark's ``sha2(…, 256)``."""
+    _check(dialect)
+    return f"sha256({expr})" if dialect == DUCKDB else f"sha2({expr}, 256)"
+
+
+def days_before(date: str, days: str, dialect: Dialect = DUCKDB) -> str:
+    """The DATE ``days`` days before ``date``: DuckDB's DATE − INTEGER, Spark's ``date_sub``.
+
+    Why a helper: DuckDB's ``date - interval`` is a TIMESTAMP, and Spark's arithmetic on dates
+    depends on its ANSI mode; DATE − INTEGER is a DATE in DuckDB, and Spark resolves the same
+    text (what sqlglot renders) to ``date_sub``.
+    """
+    _check(dialect)
+    if dialect == DUCKDB:
+        return f"(CAST({date} AS DATE) - CAST({days} AS INTEGER))"
+    return f"date_sub(CAST({date} AS DATE), CAST({days} AS INT))"
+
+
+# -- queries as data: DuckDB text, rendered for an engine when executed ------------------------
+@dataclass(frozen=True)
+class Query:
+    """One named statement in DuckDB's dialect and exactly the named parameters it binds
+    (``$name``; DuckDB refuses unused ones). Built apart from execution, rendered per engine."""
+
+    name: str
+    sql: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def render(self, dialect: Dialect = DUCKDB) -> str:
+        return render(self.sql, dialect)
+
+
+def render(sql: str, dialect: Dialect = DUCKDB) -> str:
+    """DuckDB-dialect SQL as ``dialect`` runs it; raises when sqlglot has no rendering for a construct."""
+    _check(dialect)
+    if dialect == DUCKDB:
+        return sql
+    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=ErrorLevel.RAISE))
 
 
 # -- the same rules in Python (parameters, tests, messages) ------------------------------------

@@ -47,8 +47,9 @@ import duckdb
 
 from mktool import __version__
 from mktool.console import QUIET, Reporter
+from mktool.contract import TABLES
 from mktool.database import Database, command_line, record_funnel, step_settings, table_columns, table_exists
-from mktool.dialect import money, round_half_away
+from mktool.dialect import Query, days_before, draw, money, round_half_away, sha256_hex
 from mktool.errors import ConfigError, Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
 from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, file_sha256, stream_file
@@ -100,15 +101,64 @@ class ExportConfig:
         return tuple(channel.columns) if channel.columns else TARGET_COLUMNS
 
 
-# -- SQL: one named statement per stage -------------------------------------------------------
-def draw_sql(*parts: str) -> str:
-    """A deterministic uniform draw in [0, 1) from a hash of the parts (md5: same on every engine).
+# -- SQL: named queries, built apart from execution -------------------------------------------
+# Every statement below is built by a function returning a dialect.Query: DuckDB-dialect text
+# plus exactly the parameters it binds; :func:`_run` executes one. Nothing is put into a text
+# while the step runs (the allocation rounds are a bound $round, not a text replacement), so
+# every query renders for Spark with sqlglot (tests/test_spark_render.py renders them all).
+# Keys are explicit columns (no rowid), column lists are written out (no `* EXCLUDE`), lists
+# are read with ARRAY_CONTAINS / ARRAY_POSITION (no UNNEST + GENERATE_SUBSCRIPTS), and the few
+# engine-differing pieces (the draw, string hashing, date arithmetic) come from mktool.dialect.
 
-    Spark: ``conv(substr(md5(x), 1, 8), 16, 10) / 4294967296``.
-    """
-    key = " || '|' || ".join(parts)
-    return f"(CAST(('0x' || substr(md5({key}), 1, 8)) AS BIGINT) / 4294967296.0)"
+#: An offer's columns in _x_offers (beside its offer_id, value_score and cust_id): every
+#: target-list column but channel, then the offer's candidate channels in rule order.
+OFFER_COLUMNS = (*(c for c in TARGET_COLUMNS if c != "channel"), "channels")
+#: The narrow rows every stage carries (the texts stay in _x_offers until the lists are written).
+CANDIDATE_COLUMNS = ("offer_id", "cust_id", "msisdn", "policy_id", "rank", "value_score", "channel", "channel_pref")
+#: Allocation rows: a candidate row with its place among the offer's surviving channels.
+CHOICE_COLUMNS = (*CANDIDATE_COLUMNS, "choice")
+#: The stage tables whose customers are counted per channel (:func:`stage_count_query`).
+COUNTED_TABLES = ("_x_contact_cap", "_x_exclusion", "_x_proposed", "_x_placed", "_x_drawn")
 
+
+def _cols(columns: tuple[str, ...], alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{c}" for c in columns)
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """What export's queries bind or are shaped by, from the rules folder and the command line."""
+
+    month: str
+    cycle_date: dt.date
+    cooldown_days: int
+    monthly_cap: int | None
+    plan_policy: str
+    plan_policy_name: str
+    plan_channels: tuple[str, ...]
+    plan_script: str  # an SQL expression (mktool.plan.script_sql of a checked template)
+    has_plan: bool  # plan_recommendations has rows for the month
+
+    @classmethod
+    def of(cls, config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: bool) -> ExportParams:
+        policy = config.policies.get(config.plan.policy)
+        return cls(month=month, cycle_date=cycle_date, cooldown_days=config.cooldown_days,
+                   monthly_cap=config.monthly_cap, plan_policy=config.plan.policy,
+                   plan_policy_name=policy.name if policy else config.plan.policy,
+                   plan_channels=tuple(config.plan.channels), plan_script=script_sql(config.plan.script),
+                   has_plan=has_plan)
+
+    @property
+    def cycle_month_start(self) -> dt.date:
+        return self.cycle_date.replace(day=1)
+
+
+_NO_PLAN_ROWS = (
+    "(SELECT CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS VARCHAR) AS month, 0 AS rank, "
+    "CAST(NULL AS VARCHAR) AS current_plan_id, CAST(NULL AS VARCHAR) AS plan_id, CAST(NULL AS VARCHAR) AS plan_name, "
+    "0.0 AS new_rental, 0.0 AS new_voice_overage, 0.0 AS new_data_overage, 0.0 AS new_total, 0.0 AS current_total, "
+    "0.0 AS total_fee_change, 0.0 AS rental_change WHERE false)")
 
 OFFERS_SQL = """
 -- Matrix recommendations and plan recommendations as offers with their candidate channels.
@@ -120,7 +170,7 @@ WITH rec AS (
            CAST(NULL AS DOUBLE) AS new_data_overage, CAST(NULL AS DOUBLE) AS new_total,
            CAST(NULL AS DOUBLE) AS current_total, CAST(NULL AS DOUBLE) AS total_fee_change,
            CAST(NULL AS DOUBLE) AS rental_change, r.channels
-    FROM {recommendations} r WHERE r.month = $month
+    FROM recommendations r WHERE r.month = $month
 ),
 last_rank AS (SELECT msisdn, max(rank) AS max_rank FROM rec GROUP BY msisdn),
 plan AS (
@@ -130,46 +180,61 @@ plan AS (
            {plan_script} AS script,
            p.current_plan_id, p.plan_id, p.new_rental, p.new_voice_overage, p.new_data_overage, p.new_total,
            p.current_total, p.total_fee_change, p.rental_change, CAST($plan_channels AS VARCHAR[]) AS channels
-    FROM {plan_recommendations} p LEFT JOIN last_rank l USING (msisdn)
+    FROM {plan_rows} p LEFT JOIN last_rank l ON l.msisdn = p.msisdn
     WHERE p.month = $month
-)
--- cust_id is msisdn's integer twin (cheaper to partition and count): the view row's rowid.
--- offer_id (an integer key per offer) is this table's own rowid. No output depends on their
--- values; rowids cost nothing, where row_number() OVER () numbered rows on a single thread.
-SELECT o.*, v.value_score, v.cust_id
-FROM (SELECT * FROM rec UNION ALL SELECT * FROM plan) o
-JOIN (SELECT msisdn, coalesce(value_score, 0) AS value_score, rowid AS cust_id
-      FROM customer_view WHERE month = $month) v USING (msisdn)
+),
+offers AS (SELECT * FROM rec UNION ALL SELECT * FROM plan)
+-- offer_id, the offer's integer key, numbers the offers in a deterministic order (a customer's
+-- offers have distinct ranks). cust_id is msisdn's integer twin (cheaper to partition and count
+-- by): msisdn is 11 ASCII digits (the data contract), so the cast is exact and one-to-one.
+SELECT row_number() OVER (ORDER BY o.msisdn, o.rank, o.matrix, o.rule_id, o.policy_id) AS offer_id,
+       {offer_columns}, v.value_score, v.cust_id
+FROM offers o
+JOIN (SELECT msisdn, coalesce(value_score, 0) AS value_score, CAST(msisdn AS BIGINT) AS cust_id
+      FROM customer_view WHERE month = $month) v ON v.msisdn = o.msisdn
 """
 
+
+def offers_query(p: ExportParams) -> Query:
+    """_x_offers: the month's recommendations and plan recommendations, with their keys."""
+    sql = OFFERS_SQL.format(plan_rows="plan_recommendations" if p.has_plan else _NO_PLAN_ROWS,
+                            plan_script=p.plan_script, offer_columns=_cols(OFFER_COLUMNS, "o"))
+    return Query("offers", sql, {"month": p.month, "plan_policy": p.plan_policy,
+                                 "plan_policy_name": p.plan_policy_name, "plan_channels": list(p.plan_channels)})
+
+
 CANDIDATES_SQL = """
--- One row per offer × candidate channel, with the channel's place in the rule's order. The
--- stages carry only these narrow rows (offer_id, keys and sort keys); the texts stay in
--- _x_offers and are joined on when the lists are written.
+-- One row per offer × candidate channel, with the channel's place in the rule's order (its
+-- position in the offer's list: a rule names a channel once). The stages carry only these
+-- narrow rows (offer_id, keys and sort keys); the texts stay in _x_offers and are joined on
+-- when the lists are written. A policy with allowed channels (policies.yaml) keeps only those.
 -- An offer (customer × policy) already made earlier in the cycle month by another cycle, on
 -- any channel, or held out of a daily cycle earlier in the month, is not made again: a daily
 -- run neither repeats yesterday's offers nor moves them (or a control-group customer's
 -- offer) to another channel.
 CREATE OR REPLACE TEMP TABLE _x_candidates AS
-WITH exploded AS (
-    SELECT o.rowid AS offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score,
-           unnest(o.channels) AS channel, generate_subscripts(o.channels, 1) AS channel_pref
-    FROM _x_offers o
-)
-SELECT e.*
-FROM exploded e
-JOIN _x_channels c ON c.channel = e.channel
-LEFT JOIN _x_policies p ON p.policy_id = e.policy_id
-WHERE (p.allowed IS NULL OR len(p.allowed) = 0 OR list_contains(p.allowed, e.channel))
+WITH restricted AS (SELECT DISTINCT policy_id FROM _x_policy_channels)
+SELECT o.offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score, c.channel,
+       array_position(o.channels, c.channel) AS channel_pref
+FROM _x_offers o
+JOIN _x_channels c ON array_contains(o.channels, c.channel)
+LEFT JOIN restricted r ON r.policy_id = o.policy_id
+LEFT JOIN _x_policy_channels a ON a.policy_id = o.policy_id AND a.channel = c.channel
+WHERE (r.policy_id IS NULL OR a.policy_id IS NOT NULL)
   AND NOT EXISTS (
         SELECT 1 FROM _x_history h
-        WHERE h.msisdn = e.msisdn AND h.policy_id = e.policy_id
+        WHERE h.msisdn = o.msisdn AND h.policy_id = o.policy_id
           AND h.contact_date >= $cycle_month_start AND h.contact_date < $cycle_date)
   AND NOT EXISTS (
         SELECT 1 FROM _x_held_before h
-        WHERE h.msisdn = e.msisdn AND h.policy_id = e.policy_id
+        WHERE h.msisdn = o.msisdn AND h.policy_id = o.policy_id
           AND h.cycle_date >= $cycle_month_start AND h.cycle_date < $cycle_date)
 """
+
+
+def candidates_query(p: ExportParams) -> Query:
+    return Query("candidates", CANDIDATES_SQL, {"cycle_month_start": p.cycle_month_start, "cycle_date": p.cycle_date})
+
 
 SCREEN_SQL = """
 -- Do-not-disturb, unsubscribed and cool-down in one pass, a flag per stage (cumulative: a row
@@ -187,14 +252,13 @@ unsubscribed AS (
 ),
 rejected AS (
     SELECT msisdn, policy_id, max(contact_date) AS last_rejected FROM _x_history
-    WHERE outcome = 'rejected' AND contact_date <= $cycle_date GROUP BY ALL
+    WHERE outcome = 'rejected' AND contact_date <= $cycle_date GROUP BY msisdn, policy_id
 ),
 flagged AS (
-    SELECT c.*,
+    SELECT {candidate_columns},
            d1.msisdn IS NULL AND d2.msisdn IS NULL AS ok_dnd,
            u.msisdn IS NULL AS ok_unsubscribed,
-           r.last_rejected IS NULL
-             OR r.last_rejected < $cycle_date - CAST(coalesce(p.cooldown_days, $cooldown_days) AS INTEGER) AS ok_cooldown
+           r.last_rejected IS NULL OR r.last_rejected < {cooldown_start} AS ok_cooldown
     FROM _x_candidates c
     LEFT JOIN dnd_rows d1 ON d1.msisdn = c.msisdn AND d1.channel = c.channel
     LEFT JOIN dnd_rows d2 ON d2.msisdn = c.msisdn AND d2.channel = '*'
@@ -202,12 +266,19 @@ flagged AS (
     LEFT JOIN rejected r ON r.msisdn = c.msisdn AND r.policy_id = c.policy_id
     LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
 )
-SELECT * EXCLUDE (ok_dnd, ok_unsubscribed, ok_cooldown),
+SELECT {columns},
        ok_dnd AS pass_dnd,
        ok_dnd AND ok_unsubscribed AS pass_unsubscribed,
        ok_dnd AND ok_unsubscribed AND ok_cooldown AS pass_cooldown
 FROM flagged
 """
+
+
+def screen_query(p: ExportParams) -> Query:
+    sql = SCREEN_SQL.format(candidate_columns=_cols(CANDIDATE_COLUMNS, "c"), columns=_cols(CANDIDATE_COLUMNS),
+                            cooldown_start=days_before("$cycle_date", "coalesce(p.cooldown_days, $cooldown_days)"))
+    return Query("screen", sql, {"cycle_date": p.cycle_date, "cooldown_days": p.cooldown_days})
+
 
 SCREEN_COUNTS_SQL = """
 -- Customers per channel at each screening stage, in one grouping: the pass flags are
@@ -225,6 +296,17 @@ SELECT channel,
 FROM reached GROUP BY channel
 """
 
+
+def screen_counts_query() -> Query:
+    return Query("screen_counts", SCREEN_COUNTS_SQL)
+
+
+def cooldown_query() -> Query:
+    """_x_cooldown: the rows that passed the screening, without its flags."""
+    return Query("cooldown", f"CREATE OR REPLACE TEMP TABLE _x_cooldown AS SELECT {_cols(CANDIDATE_COLUMNS)} "
+                             "FROM _x_screened WHERE pass_cooldown")
+
+
 CAPS_SQL = """
 -- Per-customer contact caps for the cycle month: per channel, then across channels
 -- (counting distinct policies), after the contacts already made this month.
@@ -234,7 +316,7 @@ CAPS_SQL = """
 CREATE OR REPLACE TEMP TABLE _x_contact_cap AS
 WITH prior AS (
     SELECT msisdn, channel, count(*) AS n FROM _x_history
-    WHERE contact_date >= $cycle_month_start AND contact_date <= $cycle_date GROUP BY ALL
+    WHERE contact_date >= $cycle_month_start AND contact_date <= $cycle_date GROUP BY msisdn, channel
 ),
 prior_total AS (SELECT msisdn, sum(n) AS n FROM prior GROUP BY msisdn),
 over_cap AS (
@@ -249,7 +331,7 @@ over_cap AS (
     WHERE channel_count > contact_cap
 ),
 within_channel AS (
-    SELECT c.* FROM _x_cooldown c
+    SELECT {candidate_columns} FROM _x_cooldown c
     WHERE NOT EXISTS (SELECT 1 FROM over_cap x WHERE x.offer_id = c.offer_id AND x.channel = c.channel)
 ),
 offers AS (
@@ -258,73 +340,168 @@ offers AS (
     FROM within_channel GROUP BY offer_id
 ),
 numbered AS (
-    SELECT o.offer_id, dense_rank() OVER (PARTITION BY o.cust_id ORDER BY o.rank, o.policy_id) + coalesce(pt.n, 0) AS total_count
+    SELECT o.offer_id,
+           dense_rank() OVER (PARTITION BY o.cust_id ORDER BY o.rank, o.policy_id) + coalesce(pt.n, 0) AS total_count
     FROM offers o LEFT JOIN prior_total pt ON pt.msisdn = o.msisdn
 )
-SELECT w.* FROM within_channel w
+SELECT {within_columns} FROM within_channel w
 WHERE CAST($monthly_cap AS BIGINT) IS NULL
    OR w.offer_id IN (SELECT offer_id FROM numbered WHERE total_count <= CAST($monthly_cap AS BIGINT))
 """
+
+
+def caps_query(p: ExportParams) -> Query:
+    sql = CAPS_SQL.format(candidate_columns=_cols(CANDIDATE_COLUMNS, "c"), within_columns=_cols(CANDIDATE_COLUMNS, "w"))
+    return Query("contact_cap", sql, {"cycle_month_start": p.cycle_month_start, "cycle_date": p.cycle_date,
+                                      "monthly_cap": p.monthly_cap})
+
 
 EXCLUSION_SQL = """
 -- Mutually exclusive policies (same exclusive_group): keep the customer's better-ranked one.
 CREATE OR REPLACE TEMP TABLE _x_exclusion AS
 WITH g AS (
-    SELECT c.*, p.exclusive_group FROM _x_contact_cap c LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
+    SELECT {candidate_columns}, p.exclusive_group
+    FROM _x_contact_cap c LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
 ),
 best AS (
-    SELECT cust_id, exclusive_group, min(rank) AS best_rank FROM g WHERE exclusive_group IS NOT NULL GROUP BY ALL
+    SELECT cust_id, exclusive_group, min(rank) AS best_rank FROM g
+    WHERE exclusive_group IS NOT NULL GROUP BY cust_id, exclusive_group
 )
-SELECT g.* EXCLUDE (exclusive_group) FROM g
+SELECT {columns} FROM g
 LEFT JOIN best b ON b.cust_id = g.cust_id AND b.exclusive_group = g.exclusive_group
 WHERE g.exclusive_group IS NULL OR g.rank = b.best_rank
 """
 
-ALLOCATION_SETUP_SQL = """
+
+def exclusion_query() -> Query:
+    return Query("exclusion", EXCLUSION_SQL.format(candidate_columns=_cols(CANDIDATE_COLUMNS, "c"),
+                                                   columns=_cols(CANDIDATE_COLUMNS, "g")))
+
+
+CHOICES_SQL = """
 -- Each offer's surviving channels numbered 1..k in rule order: round r proposes choice r.
 CREATE OR REPLACE TEMP TABLE _x_choices AS
-SELECT e.*, row_number() OVER (PARTITION BY e.offer_id ORDER BY e.channel_pref) AS choice
-FROM _x_exclusion e;
-CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, cust_id BIGINT, channel VARCHAR);
-CREATE OR REPLACE TEMP TABLE _x_placed AS SELECT * FROM _x_choices WHERE false;
+SELECT {columns}, row_number() OVER (PARTITION BY e.offer_id ORDER BY e.channel_pref) AS choice
+FROM _x_exclusion e
 """
 
-ALLOCATION_ROUND_SQL = """
--- Round $round: unplaced offers propose their next channel; channels take what fits, best first.
+
+def allocation_setup_queries() -> list[Query]:
+    """The allocation's tables: the numbered choices, and the (empty) proposals and placements."""
+    return [
+        Query("choices", CHOICES_SQL.format(columns=_cols(CANDIDATE_COLUMNS, "e"))),
+        Query("proposed", "CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, cust_id BIGINT, "
+                          "channel VARCHAR)"),
+        Query("placed", f"CREATE OR REPLACE TEMP TABLE _x_placed AS SELECT {_cols(CHOICE_COLUMNS)} FROM _x_choices "
+                        "WHERE false"),
+    ]
+
+
+def rounds_query() -> Query:
+    """How many allocation rounds: the most surviving channels of one offer."""
+    return Query("rounds", "SELECT coalesce(max(choice), 0) FROM _x_choices")
+
+
+PROPOSE_SQL = """
+-- Round $round: unplaced offers propose their next channel (counted as the dedupe stage).
 INSERT INTO _x_proposed
 SELECT offer_id, cust_id, channel FROM _x_choices c
-WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id);
+WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id)
+"""
+
+PLACE_SQL = """
+-- Round $round: channels take the proposals that fit, best first.
 INSERT INTO _x_placed
 WITH proposals AS (
-    SELECT c.* FROM _x_choices c
+    SELECT {choice_columns} FROM _x_choices c
     WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id)
 ),
 room AS (
-    SELECT ch.channel, ch.capacity - coalesce((SELECT count(*) FROM _x_placed p WHERE p.channel = ch.channel), 0) AS room
+    SELECT ch.channel,
+           ch.capacity - coalesce((SELECT count(*) FROM _x_placed p WHERE p.channel = ch.channel), 0) AS room
     FROM _x_channels ch
 ),
 -- Only channels with a capacity need the order (and the tie-break draw); the others take
 -- every proposal as it comes.
 limited AS (
-    SELECT pr.*, r.room,
+    SELECT {proposal_columns}, r.room,
            row_number() OVER (PARTITION BY pr.channel
                               ORDER BY pr.rank, pr.value_score DESC, {tiebreak}, pr.msisdn, pr.policy_id) AS pos
     FROM proposals pr JOIN room r ON r.channel = pr.channel
     WHERE r.room IS NOT NULL
 )
-SELECT * EXCLUDE (room, pos) FROM limited WHERE pos <= room
+SELECT {columns} FROM limited WHERE pos <= room
 UNION ALL
-SELECT pr.* FROM proposals pr JOIN room r ON r.channel = pr.channel WHERE r.room IS NULL
+SELECT {proposal_columns} FROM proposals pr JOIN room r ON r.channel = pr.channel WHERE r.room IS NULL
 """
+
+
+def round_queries(round_no: int) -> list[Query]:
+    """One allocation round: the same two statements every round, with the round bound as $round."""
+    place = PLACE_SQL.format(choice_columns=_cols(CHOICE_COLUMNS, "c"), proposal_columns=_cols(CHOICE_COLUMNS, "pr"),
+                             columns=_cols(CHOICE_COLUMNS),
+                             tiebreak=draw(("pr.msisdn", "pr.policy_id", "'tiebreak'")))
+    return [Query("propose", PROPOSE_SQL, {"round": round_no}), Query("place", place, {"round": round_no})]
+
 
 HOLDOUT_SQL = """
 -- Hold-out control groups: a deterministic draw per customer × policy × cycle.
 CREATE OR REPLACE TEMP TABLE _x_drawn AS
-SELECT p.*, {draw} < coalesce(pol.holdout, 0) AS held_out
+SELECT {columns}, {draw} < coalesce(pol.holdout, 0) AS held_out
 FROM _x_placed p
 JOIN _x_cycle cy ON cy.channel = p.channel
 LEFT JOIN _x_policies pol ON pol.policy_id = p.policy_id
 """
+
+
+def holdout_query() -> Query:
+    return Query("holdout", HOLDOUT_SQL.format(columns=_cols(CHOICE_COLUMNS, "p"),
+                                               draw=draw(("p.msisdn", "p.policy_id", "cy.cycle"))))
+
+
+def stage_count_query(table: str, *, exported_only: bool = False) -> Query:
+    """Distinct customers per channel in one stage's table (the exported ones only: not held out)."""
+    if table not in COUNTED_TABLES:
+        raise ValueError(f"not a stage table: {table}")
+    where = " WHERE NOT held_out" if exported_only else ""
+    return Query(f"count:{table}", f"SELECT channel, count(DISTINCT cust_id) FROM {table}{where} GROUP BY channel")
+
+
+def history_query(kind: str) -> Query:
+    """_x_history: contact history as the contact policy sees it (see :func:`_history_view`).
+
+    ``kind``: ``none`` (no contact_history yet), ``ours`` (with the cycle and recorded_by
+    columns: this cycle's own records are left out), ``ingested`` (only ingested history).
+    """
+    columns = "msisdn, contact_date, channel, policy_id, outcome"
+    if kind == "none":
+        sql = ("CREATE OR REPLACE TEMP TABLE _x_history AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
+               "CAST(NULL AS DATE) AS contact_date, CAST(NULL AS VARCHAR) AS channel, "
+               "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS VARCHAR) AS outcome WHERE false")
+        return Query("history", sql)
+    if kind == "ours":
+        sql = (f"CREATE OR REPLACE TEMP TABLE _x_history AS SELECT {columns} FROM contact_history "
+               "WHERE NOT (coalesce(recorded_by, '') = $recorded_by AND outcome = 'sent' "
+               "AND cycle IN (SELECT cycle FROM _x_cycle))")
+        return Query("history", sql, {"recorded_by": RECORDED_BY})
+    if kind == "ingested":
+        return Query("history", f"CREATE OR REPLACE TEMP TABLE _x_history AS SELECT {columns} FROM contact_history")
+    raise ValueError(f"unknown history kind {kind!r}")
+
+
+def held_before_query(*, has_holdouts: bool) -> Query:
+    """_x_held_before: the earlier daily cycles' hold-outs, which stay held out for the month.
+
+    Daily cycles are named by their date; a monthly cycle (YYYY-MM) re-draws the same hold-outs.
+    """
+    if not has_holdouts:
+        return Query("held_before", "CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT CAST(NULL AS VARCHAR) AS "
+                                    "msisdn, CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS DATE) AS cycle_date "
+                                    "WHERE false")
+    return Query("held_before", "CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT msisdn, policy_id, "
+                                "TRY_CAST(cycle AS DATE) AS cycle_date FROM holdouts "
+                                "WHERE TRY_CAST(cycle AS DATE) IS NOT NULL "
+                                "AND cycle NOT IN (SELECT cycle FROM _x_cycle)")
 
 
 def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None) -> str:
@@ -334,7 +511,8 @@ def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None)
         if col == "msisdn" and channel.mask == "mask":
             parts.append("substr(msisdn, 1, 3) || '****' || substr(msisdn, length(msisdn) - 3, 4) AS msisdn")
         elif col == "msisdn" and channel.mask == "hash":
-            parts.append(f"sha256({quote_literal(salt or '')} || msisdn) AS msisdn")
+            salted = f"{quote_literal(salt or '')} || msisdn"
+            parts.append(f"{sha256_hex(salted)} AS msisdn")
         elif col in MONEY_COLUMNS:  # the fen, half away from zero (docs/money.md), never round() on a DOUBLE
             parts.append(f"{money(col)} AS {col}")
         elif col in RATE_COLUMNS:
@@ -342,6 +520,84 @@ def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None)
         else:
             parts.append(col)
     return ", ".join(parts)
+
+
+def held_out_query(channel: str) -> Query:
+    """How many of one channel's placed rows the draw held out (the manifest's ``held_out``)."""
+    return Query("held_out", "SELECT count(*) FROM _x_drawn WHERE channel = $channel AND held_out",
+                 {"channel": channel})
+
+
+def list_query(channel: Channel, columns: tuple[str, ...], salt: str | None) -> Query:
+    """One channel's target list: its exported rows (not held out) with their offers' texts, in list order."""
+    offer = ", ".join("d.channel" if c == "channel" else f"o.{c}" for c in TARGET_COLUMNS)
+    rows = (f"SELECT {offer} FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id "
+            f"WHERE d.channel = {quote_literal(channel.name)} AND NOT d.held_out")
+    return Query(f"list:{channel.name}", f"SELECT {_target_select(channel, columns, salt)} FROM ({rows}) AS r "
+                                         "ORDER BY msisdn, rank, policy_id")
+
+
+def record_contact_queries(channel: str, cycle: str, cycle_date: dt.date, month: str) -> list[Query]:
+    """Write back one channel's exported rows as `sent` contacts (replacing the cycle's earlier
+    records) and its hold-outs (replacing the cycle's earlier ones)."""
+    keys = {"recorded_by": RECORDED_BY, "cycle": cycle, "channel": channel}
+    return [
+        Query("forget_sent", "DELETE FROM contact_history WHERE recorded_by = $recorded_by AND cycle = $cycle "
+                             "AND channel = $channel AND outcome = 'sent'", keys),
+        Query("record_sent", """INSERT INTO contact_history (msisdn, contact_date, channel, policy_id, outcome, cycle,
+                                                      recorded_by)
+               SELECT d.msisdn, CAST($cycle_date AS DATE) AS contact_date, d.channel, d.policy_id, 'sent' AS outcome,
+                      $cycle AS cycle, $recorded_by AS recorded_by
+               FROM _x_drawn d
+               WHERE d.channel = $channel AND NOT d.held_out
+                 AND NOT EXISTS (SELECT 1 FROM contact_history h WHERE h.msisdn = d.msisdn AND h.channel = d.channel
+                                 AND h.policy_id = d.policy_id AND h.contact_date = CAST($cycle_date AS DATE))""",
+              {**keys, "cycle_date": cycle_date}),
+        Query("forget_holdouts", "DELETE FROM holdouts WHERE cycle = $cycle AND channel = $channel",
+              {"cycle": cycle, "channel": channel}),
+        Query("record_holdouts", """INSERT INTO holdouts (month, cycle, channel, msisdn, policy_id, rank, matrix,
+                                                 rule_id)
+               SELECT $month, $cycle, d.channel, d.msisdn, d.policy_id, o.rank, o.matrix, o.rule_id
+               FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id
+               WHERE d.channel = $channel AND d.held_out""", {"month": month, "cycle": cycle, "channel": channel}),
+    ]
+
+
+HOLDOUTS_DDL = """CREATE TABLE IF NOT EXISTS holdouts (month VARCHAR, cycle VARCHAR, channel VARCHAR, msisdn VARCHAR,
+                   policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR)"""
+
+
+def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: bool = True,
+            salt: str = "salt") -> dict[str, Query]:
+    """Every query export runs for this rules folder, month and cycle date, by name (for rendering
+    and review: tests/test_spark_render.py renders each for Spark). ``salt`` stands for a
+    ``mask: hash`` channel's secret, which is never read here."""
+    p = ExportParams.of(config, month, cycle_date, has_plan=has_plan)
+    found: list[Query] = [history_query("none"), history_query("ours"), history_query("ingested"),
+                          held_before_query(has_holdouts=False), held_before_query(has_holdouts=True),
+                          offers_query(p), candidates_query(p), screen_query(p), screen_counts_query(),
+                          cooldown_query(), caps_query(p), exclusion_query(), *allocation_setup_queries(),
+                          rounds_query(), *round_queries(1), holdout_query(),
+                          *(stage_count_query(t) for t in COUNTED_TABLES),
+                          stage_count_query("_x_drawn", exported_only=True)]
+    if config.channels:
+        found.append(held_out_query(next(iter(config.channels))))
+    for channel in config.channels.values():
+        found.append(list_query(channel, config.columns(channel), salt if channel.mask == "hash" else None))
+    if config.channels:
+        first = next(iter(config.channels.values()))
+        found += [Query("holdouts_table", HOLDOUTS_DDL),
+                  *record_contact_queries(first.name, cycle_id(first, month, cycle_date), cycle_date, month)]
+    by_name: dict[str, Query] = {}
+    for q in found:
+        name = q.name if q.name not in by_name else f"{q.name}:{len(by_name)}"
+        by_name[name] = q
+    return by_name
+
+
+def _run(con: duckdb.DuckDBPyConnection, q: Query) -> duckdb.DuckDBPyConnection:
+    """Execute one named query on DuckDB (its text is DuckDB's dialect: no rendering needed)."""
+    return con.execute(q.sql, q.params) if q.params else con.execute(q.sql)
 
 
 # -- the step ---------------------------------------------------------------------------------
@@ -363,18 +619,29 @@ class ExportResult:
     run_id: str = ""
 
 
-def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig) -> None:
-    """Channel and policy settings as small temp tables the stage SQL joins to."""
-    con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, cycle VARCHAR, capacity BIGINT, contact_cap BIGINT)")
+def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str]) -> None:
+    """Channel, policy and cycle settings as small temp tables the stage SQL joins to.
+
+    A policy's allowed channels are rows of _x_policy_channels (none: every channel), not a
+    list column: the stages then need no list functions beyond reading an offer's own channels.
+    """
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, cycle VARCHAR, capacity BIGINT, "
+                "contact_cap BIGINT)")
     if config.channels:
         con.executemany("INSERT INTO _x_channels VALUES (?, ?, ?, ?)",
                         [(c.name, c.cycle, c.capacity, c.contact_cap) for c in config.channels.values()])
-    con.execute("CREATE OR REPLACE TEMP TABLE _x_policies (policy_id VARCHAR, allowed VARCHAR[], exclusive_group VARCHAR, "
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_policies (policy_id VARCHAR, exclusive_group VARCHAR, "
                 "cooldown_days INTEGER, holdout DOUBLE)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_policy_channels (policy_id VARCHAR, channel VARCHAR)")
     if config.policies:
-        con.executemany("INSERT INTO _x_policies VALUES (?, ?, ?, ?, ?)",
-                        [(p.id, list(p.channels), p.exclusive_group, p.cooldown_days, p.holdout)
-                         for p in config.policies.values()])
+        con.executemany("INSERT INTO _x_policies VALUES (?, ?, ?, ?)",
+                        [(p.id, p.exclusive_group, p.cooldown_days, p.holdout) for p in config.policies.values()])
+        allowed = [(p.id, channel) for p in config.policies.values() for channel in dict.fromkeys(p.channels)]
+        if allowed:
+            con.executemany("INSERT INTO _x_policy_channels VALUES (?, ?)", allowed)
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR)")
+    if cycles:
+        con.executemany("INSERT INTO _x_cycle VALUES (?, ?)", list(cycles.items()))
     if table_exists(con, "dnd"):
         con.execute("CREATE OR REPLACE TEMP VIEW _x_dndlist AS SELECT msisdn, channel FROM dnd")
     else:
@@ -382,44 +649,29 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig) -> None:
                     "CAST(NULL AS VARCHAR) AS channel WHERE false")
 
 
-def _history_view(con: duckdb.DuckDBPyConnection, cycle_ids: list[str]) -> None:
-    """Contact history as the contact policy sees it: everything except this cycle's own records.
+def _history_view(con: duckdb.DuckDBPyConnection) -> None:
+    """Contact history as the contact policy sees it: everything except this cycle's own records
+    (the cycles of _x_cycle).
 
     Read only (a dry run opens the database read-only, and nothing may change outside the
     write transaction): the bookkeeping columns are added later, inside it, when missing.
     Also the earlier daily cycles' hold-outs (``_x_held_before``), which stay held out for the month.
     """
     if not table_exists(con, "contact_history"):
-        con.execute("CREATE OR REPLACE TEMP TABLE _x_history AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
-                    "CAST(NULL AS DATE) AS contact_date, CAST(NULL AS VARCHAR) AS channel, "
-                    "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS VARCHAR) AS outcome WHERE false")
+        kind = "none"
     elif {"cycle", "recorded_by"} <= set(table_columns(con, "contact_history")):
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _x_history AS SELECT msisdn, contact_date, channel, policy_id, outcome "
-            "FROM contact_history "
-            "WHERE NOT (coalesce(recorded_by, '') = ? AND outcome = 'sent' AND list_contains(?, cycle))",
-            [RECORDED_BY, cycle_ids],
-        )
+        kind = "ours"
     else:  # only ingested history so far: nothing of ours to leave out
-        con.execute("CREATE OR REPLACE TEMP TABLE _x_history AS "
-                    "SELECT msisdn, contact_date, channel, policy_id, outcome FROM contact_history")
-    if table_exists(con, "holdouts"):
-        # Daily cycles are named by their date; a monthly cycle (YYYY-MM) re-draws the same hold-outs.
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT msisdn, policy_id, TRY_CAST(cycle AS DATE) AS cycle_date "
-            "FROM holdouts WHERE TRY_CAST(cycle AS DATE) IS NOT NULL AND NOT list_contains(?, cycle)",
-            [cycle_ids],
-        )
-    else:
-        con.execute("CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
-                    "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS DATE) AS cycle_date WHERE false")
+        kind = "ingested"
+    _run(con, history_query(kind))
+    _run(con, held_before_query(has_holdouts=table_exists(con, "holdouts")))
 
 
 def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
     """contact_history keeps, beside the contract's columns, which cycle and tool wrote a row."""
     if not table_exists(con, "contact_history"):
-        con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, policy_id VARCHAR, "
-                    "outcome VARCHAR)")
+        con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, "
+                    "policy_id VARCHAR, outcome VARCHAR)")
     cols = {r[0] for r in con.execute("DESCRIBE contact_history").fetchall()}
     for name in ("cycle", "recorded_by"):
         if name not in cols:
@@ -467,68 +719,9 @@ def run_export(
         require_built_on_view(con, "plan", "plan_recommendations", month, view_build)
     if not has_plan:
         reporter.warn(f"no plan recommendations for {month}: run `mktool plan --month {month}` to include plan changes")
-    policy = config.policies.get(config.plan.policy)
-    plan = {
-        "plan_policy": config.plan.policy,
-        "plan_policy_name": policy.name if policy else config.plan.policy,
-        "plan_channels": list(config.plan.channels),
-    }
     cycles = {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}
-    params: dict[str, Any] = {
-        "month": month, "cycle_date": cycle_date, "cycle_month_start": cycle_date.replace(day=1),
-        "cooldown_days": config.cooldown_days, "monthly_cap": config.monthly_cap, **plan,
-    }
-    plan_table = "plan_recommendations" if has_plan else (
-        "(SELECT CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS VARCHAR) AS month, 0 AS rank, "
-        "CAST(NULL AS VARCHAR) AS current_plan_id, CAST(NULL AS VARCHAR) AS plan_id, CAST(NULL AS VARCHAR) AS plan_name, "
-        "0.0 AS new_rental, 0.0 AS new_voice_overage, 0.0 AS new_data_overage, 0.0 AS new_total, 0.0 AS current_total, "
-        "0.0 AS total_fee_change, 0.0 AS rental_change WHERE false)")
-
-    def run(sql: str, keys: tuple[str, ...]) -> None:
-        con.execute(sql, {k: params[k] for k in keys})
-
     with reporter.step(f"contact policy for {month} (cycle {cycle_date})"):
-        _register(con, config)
-        _history_view(con, sorted(set(cycles.values())))
-        run(OFFERS_SQL.format(recommendations="recommendations", plan_recommendations=plan_table,
-                              plan_script=script_sql(config.plan.script)),
-            ("month", "plan_policy", "plan_policy_name", "plan_channels"))
-        counts: dict[tuple[str, str], int] = {}
-        run(CANDIDATES_SQL, ("cycle_month_start", "cycle_date"))
-        run(SCREEN_SQL, ("cycle_date", "cooldown_days"))
-        con.execute("DROP TABLE _x_candidates")
-        for channel, *stage_counts in con.execute(SCREEN_COUNTS_SQL).fetchall():
-            for stage, n in zip(("candidates", "dnd", "unsubscribed", "cooldown"), stage_counts):
-                counts[(channel, stage)] = int(n)
-        con.execute("CREATE OR REPLACE TEMP TABLE _x_cooldown AS SELECT * EXCLUDE (pass_dnd, pass_unsubscribed, "
-                    "pass_cooldown) FROM _x_screened WHERE pass_cooldown")
-        con.execute("DROP TABLE _x_screened")
-        # Each later filtering stage: build it from the previous one, count it, drop the previous one.
-        previous = "_x_cooldown"
-        for stage, table, sql, keys in (
-            ("contact_cap", "_x_contact_cap", CAPS_SQL, ("cycle_month_start", "cycle_date", "monthly_cap")),
-            ("exclusion", "_x_exclusion", EXCLUSION_SQL, ()),
-        ):
-            run(sql, keys)
-            counts.update(_count_stage(con, stage, table))
-            con.execute(f"DROP TABLE {previous}")
-            previous = table
-        con.execute(ALLOCATION_SETUP_SQL)
-        con.execute("DROP TABLE _x_exclusion")
-        rounds = con.execute("SELECT coalesce(max(choice), 0) FROM _x_choices").fetchone()[0]  # type: ignore[index]
-        round_sql = ALLOCATION_ROUND_SQL.replace("{tiebreak}", draw_sql("pr.msisdn", "pr.policy_id", "'tiebreak'"))
-        for r in range(1, int(rounds) + 1):
-            con.execute(round_sql.replace("$round", str(r)))
-        counts.update(_count_stage(con, "dedupe", "_x_proposed"))
-        counts.update(_count_stage(con, "capacity", "_x_placed"))
-        con.execute("DROP TABLE _x_choices")
-        con.execute("DROP TABLE _x_proposed")
-        con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR)")
-        con.executemany("INSERT INTO _x_cycle VALUES (?, ?)", list(cycles.items()))
-        con.execute(HOLDOUT_SQL.format(draw=draw_sql("p.msisdn", "p.policy_id", "cy.cycle")))
-        con.execute("DROP TABLE _x_placed")
-        counts.update(_count_stage(con, "holdout", "_x_drawn", "NOT held_out"))
-        counts.update(_count_stage(con, "exported", "_x_drawn", "NOT held_out"))
+        counts = _contact_policy(con, config, ExportParams.of(config, month, cycle_date, has_plan=has_plan), cycles)
 
     results: list[ChannelResult] = []
     for name in config.channels:
@@ -552,10 +745,54 @@ def run_export(
     return result
 
 
-def _count_stage(con: duckdb.DuckDBPyConnection, stage: str, table: str, where: str = "true") -> dict[tuple[str, str], int]:
-    """Distinct customers per channel in one stage's table."""
-    rows = con.execute(f"SELECT channel, count(DISTINCT cust_id) FROM {table} WHERE {where} GROUP BY channel").fetchall()
-    return {(channel, stage): int(n) for channel, n in rows}
+def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: ExportParams,
+                    cycles: dict[str, str]) -> dict[tuple[str, str], int]:
+    """Run the stages candidates … exported into the temp tables; distinct customers per (channel, stage).
+
+    Each filtering stage is built from the previous one's table, counted, and the previous one
+    dropped. The allocation re-executes the same two round statements with the round bound.
+    """
+    _register(con, config, cycles)
+    _history_view(con)
+    _run(con, offers_query(p))
+    counts: dict[tuple[str, str], int] = {}
+    _run(con, candidates_query(p))
+    _run(con, screen_query(p))
+    con.execute("DROP TABLE _x_candidates")
+    for channel, *stage_counts in _run(con, screen_counts_query()).fetchall():
+        for stage, n in zip(("candidates", "dnd", "unsubscribed", "cooldown"), stage_counts):
+            counts[(channel, stage)] = int(n)
+    _run(con, cooldown_query())
+    con.execute("DROP TABLE _x_screened")
+    previous = "_x_cooldown"
+    for stage, table, query in (("contact_cap", "_x_contact_cap", caps_query(p)),
+                                ("exclusion", "_x_exclusion", exclusion_query())):
+        _run(con, query)
+        counts.update(_count_stage(con, stage, stage_count_query(table)))
+        con.execute(f"DROP TABLE {previous}")
+        previous = table
+    for query in allocation_setup_queries():
+        _run(con, query)
+    con.execute("DROP TABLE _x_exclusion")
+    rounds = _run(con, rounds_query()).fetchone()[0]  # type: ignore[index]
+    for round_no in range(1, int(rounds) + 1):
+        for query in round_queries(round_no):
+            _run(con, query)
+    counts.update(_count_stage(con, "dedupe", stage_count_query("_x_proposed")))
+    counts.update(_count_stage(con, "capacity", stage_count_query("_x_placed")))
+    con.execute("DROP TABLE _x_choices")
+    con.execute("DROP TABLE _x_proposed")
+    _run(con, holdout_query())
+    con.execute("DROP TABLE _x_placed")
+    exported = stage_count_query("_x_drawn", exported_only=True)
+    counts.update(_count_stage(con, "holdout", exported))
+    counts.update(_count_stage(con, "exported", exported))
+    return counts
+
+
+def _count_stage(con: duckdb.DuckDBPyConnection, stage: str, query: Query) -> dict[tuple[str, str], int]:
+    """Distinct customers per channel in one stage's table (:func:`stage_count_query`)."""
+    return {(channel, stage): int(n) for channel, n in _run(con, query).fetchall()}
 
 
 def _salt(channel: Channel) -> str | None:
@@ -564,15 +801,14 @@ def _salt(channel: Channel) -> str | None:
         return None
     salt = os.environ.get(channel.salt_env)
     if not salt:
-        raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable {channel.salt_env}",
+        raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable "
+                          f"{channel.salt_env}",
                           hint=f"export {channel.salt_env}=<secret shared with the channel's vendor>")
     return salt
 
 
 def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
-    rows = (f"SELECT o.* EXCLUDE (channels), d.channel FROM _x_drawn d JOIN _x_offers o ON o.rowid = d.offer_id "
-            f"WHERE d.channel = {quote_literal(channel.name)} AND NOT d.held_out")
-    return f"SELECT {_target_select(channel, columns, _salt(channel))} FROM ({rows}) ORDER BY msisdn, rank, policy_id"
+    return list_query(channel, columns, _salt(channel)).sql
 
 
 def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: str, cycle_date: dt.date,
@@ -602,7 +838,7 @@ def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: 
 
 
 def _held_out(con: duckdb.DuckDBPyConnection, channel: str) -> int:
-    return int(con.execute("SELECT count(*) FROM _x_drawn WHERE channel = ? AND held_out", [channel]).fetchone()[0])  # type: ignore[index]
+    return int(_run(con, held_out_query(channel)).fetchone()[0])  # type: ignore[index]
 
 
 @dataclass
@@ -663,8 +899,8 @@ def _folder_changes(con: duckdb.DuckDBPyConnection, folder: Path, selected: list
 
 def _count_rows(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
     """Rows of a list no manifest describes (None when DuckDB cannot read it as its format)."""
-    reader = {".csv": "read_csv(?, header = true, all_varchar = true)", ".jsonl": "read_json(?, format = 'newline_delimited')",
-              ".parquet": "read_parquet(?)"}[path.suffix]
+    reader = {".csv": "read_csv(?, header = true, all_varchar = true)",
+              ".jsonl": "read_json(?, format = 'newline_delimited')", ".parquet": "read_parquet(?)"}[path.suffix]
     try:
         return int(con.execute(f"SELECT count(*) FROM {reader}", [str(path)]).fetchone()[0])  # type: ignore[index]
     except duckdb.Error:
@@ -677,8 +913,8 @@ def _forget_contacts(con: duckdb.DuckDBPyConnection, forgotten: list[tuple[str, 
         return
     _ensure_history_columns(con)
     for channel, cycle in forgotten:
-        con.execute("DELETE FROM contact_history WHERE recorded_by = ? AND cycle = ? AND channel = ? AND outcome = 'sent'",
-                    [RECORDED_BY, cycle, channel])
+        con.execute("DELETE FROM contact_history WHERE recorded_by = ? AND cycle = ? AND channel = ? "
+                    "AND outcome = 'sent'", [RECORDED_BY, cycle, channel])
         if table_exists(con, "holdouts"):
             con.execute("DELETE FROM holdouts WHERE cycle = ? AND channel = ?", [cycle, channel])
         con.execute("DELETE FROM funnel_counts WHERE month = ? AND funnel = ?", [month, f"channel:{channel}"])
@@ -787,33 +1023,22 @@ def _record_contacts(con: duckdb.DuckDBPyConnection, channels: list[str], cycles
                      month: str) -> None:
     """Write back this cycle's exported rows as `sent` contacts, replacing the cycle's earlier records."""
     _ensure_history_columns(con)
-    for name in channels:
-        con.execute("DELETE FROM contact_history WHERE recorded_by = ? AND cycle = ? AND channel = ? AND outcome = 'sent'",
-                    [RECORDED_BY, cycles[name], name])
-        con.execute(
-            """INSERT INTO contact_history BY NAME
-               SELECT d.msisdn, CAST(? AS DATE) AS contact_date, d.channel, d.policy_id, 'sent' AS outcome,
-                      ? AS cycle, ? AS recorded_by
-               FROM _x_drawn d
-               WHERE d.channel = ? AND NOT d.held_out
-                 AND NOT EXISTS (SELECT 1 FROM contact_history h WHERE h.msisdn = d.msisdn AND h.channel = d.channel
-                                 AND h.policy_id = d.policy_id AND h.contact_date = CAST(? AS DATE))""",
-            [cycle_date, cycles[name], RECORDED_BY, name, cycle_date],
-        )
-    con.execute("""CREATE TABLE IF NOT EXISTS holdouts (month VARCHAR, cycle VARCHAR, channel VARCHAR, msisdn VARCHAR,
-                   policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR)""")
-    for name in channels:
-        con.execute("DELETE FROM holdouts WHERE cycle = ? AND channel = ?", [cycles[name], name])
-        con.execute("""INSERT INTO holdouts SELECT ?, ?, d.channel, d.msisdn, d.policy_id, o.rank, o.matrix, o.rule_id
-                       FROM _x_drawn d JOIN _x_offers o ON o.rowid = d.offer_id
-                       WHERE d.channel = ? AND d.held_out""", [month, cycles[name], name])
+    written = [record_contact_queries(name, cycles[name], cycle_date, month) for name in channels]
+    for forget_sent, record_sent, _, _ in written:
+        _run(con, forget_sent)
+        _run(con, record_sent)
+    _run(con, Query("holdouts_table", HOLDOUTS_DDL))
+    for _, _, forget_holdouts, record_holdouts in written:
+        _run(con, forget_holdouts)
+        _run(con, record_holdouts)
 
 
 def funnel_document(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, Any]:
     """``{"month": M, "funnels": {name: [{"stage", "count"}, ...]}}``: plan first, then matrices, then channels."""
     rows = con.execute(
         """SELECT funnel, stage, count FROM funnel_counts WHERE month = ?
-           ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2 ELSE 1 END, funnel, stage_no""",
+           ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2 ELSE 1 END,
+                    funnel, stage_no""",
         [month],
     ).fetchall()
     funnels: dict[str, list[dict[str, Any]]] = {}
@@ -830,8 +1055,6 @@ def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     upserted tables (contact_history, events) keep every load's rows, so every load is listed.
     A file loaded again is listed once, as last loaded.
     """
-    from mktool.contract import TABLES
-
     rows = con.execute("SELECT load_id, table_name, file, sha256, rows, months FROM ingest_log "
                        "ORDER BY loaded_at, rowid").fetchall()
     latest_load: dict[tuple[str, str | None], str] = {}  # (table, month or None) → the load that last replaced it
@@ -859,8 +1082,8 @@ def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
 
 def _git(folder: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30, check=False,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
+                              check=False, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
     except (OSError, subprocess.SubprocessError):  # no git on this machine
         return None
     return done.stdout if done.returncode == 0 else None

@@ -754,3 +754,16 @@ def sweep(db: Database, month: str, config: PlanConfig, total_windows: Sequence[
     rentals = list(dict.fromkeys(rental_windows or config.sweep_rental))
     q = sweep_query(month, config, totals, rentals)
     return [SweepCell(totals[i], rentals[j], int(n)) for i, j, n in db.c.execute(q.sql, q.params).fetchall()]
+
+
+def queries(month: str, config: PlanConfig) -> dict[str, Query]:
+    """Every query plan runs (and ``--out`` writes) for this month and configuration, by name:
+    for rendering and review (tests/test_spark_render.py renders each for Spark)."""
+    return {
+        "funnel": funnel_query(month, config),
+        "recommend": recommend_query(month, config),
+        "recommend_unordered": recommend_query(month, config, ordered=False),
+        "sweep": sweep_query(month, config, config.sweep_total, config.sweep_rental),
+        "export": Query(EXPORT_SQL, {}),
+        "script": Query(f"SELECT {script_sql(config.script)} AS script FROM {PLAN_TABLE}", {}),
+    }

@@ -75,6 +75,7 @@ TEST_POLICIES: list[dict[str, Any]] = [
     {"id": "X2", "name": "exclusive 2", "family": "test", "exclusive_group": "g"},
     {"id": "Y", "name": "no group", "family": "test"},
     {"id": "H", "name": "half held out", "family": "test", "holdout": 0.5},
+    {"id": "SMS_APP", "name": "sms or app only", "family": "test", "channels": ["app", "sms"]},
 ]
 
 
@@ -97,7 +98,8 @@ def make_matrices(folder: Path, *, channels: dict[str, dict[str, Any]] | None = 
     (folder / "channels.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
     policies = yaml.safe_load((SHIPPED / "policies.yaml").read_text(encoding="utf-8"))
     policies["policies"] += TEST_POLICIES
-    (folder / "policies.yaml").write_text(yaml.safe_dump(policies, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    (folder / "policies.yaml").write_text(yaml.safe_dump(policies, allow_unicode=True, sort_keys=False),
+                                          encoding="utf-8")
     return folder
 
 
@@ -149,7 +151,8 @@ class World:
 
 def make_world(tmp_path: Path, recs: list[tuple[Any, ...]], *, values: dict[str, float] | None = None,
                dnd: list[tuple[str, str]] = (), history: list[tuple[Any, ...]] = (),
-               channels: dict[str, dict[str, Any]] | None = None, contact_policy: dict[str, Any] | None = None) -> World:
+               channels: dict[str, dict[str, Any]] | None = None,
+               contact_policy: dict[str, Any] | None = None) -> World:
     world = World(tmp_path, make_matrices(tmp_path / "matrices", channels=channels, contact_policy=contact_policy))
     con = duckdb.connect(str(world.db))
     con.execute("CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR, value_score DOUBLE)")
@@ -255,7 +258,8 @@ def test_monthly_cap_across_channels_counts_this_month_s_earlier_contacts(tmp_pa
     assert w.offers("sms") == {(c(1), "T1")}
     assert w.offers("app") == {(c(1), "T2")}
     assert w.offers("frontdesk") == {(c(2), "T1"), (c(3), "T1"), (c(3), "T2")}  # c1's third offer is over the cap
-    assert [funnel(result, "frontdesk")[s] for s in ("candidates", "cooldown", "contact_cap", "exported")] == [4, 4, 2, 2]
+    stages = ("candidates", "cooldown", "contact_cap", "exported")
+    assert [funnel(result, "frontdesk")[s] for s in stages] == [4, 4, 2, 2]
 
 
 def test_mutual_exclusion_keeps_the_better_ranked_surviving_policy(tmp_path):
@@ -270,6 +274,25 @@ def test_mutual_exclusion_keeps_the_better_ranked_surviving_policy(tmp_path):
     assert w.offers("sms") == {(c(1), "X2"), (c(2), "X1"), (c(3), "X1"), (c(3), "Y"), (c(4), "X1")}
     assert w.offers("app") == {(c(5), "X1")}
     assert [funnel(result, "sms")[s] for s in ("candidates", "contact_cap", "exclusion", "exported")] == [5, 5, 4, 4]
+
+
+def test_a_policy_s_allowed_channels_filter_its_offers_in_the_rule_s_order(tmp_path):
+    """A policy's channels (policies.yaml) keep only those of an offer's channels, in the offer's own
+    order (not the policy's); a policy without channels keeps them all. (Rules are checked against
+    their policy's channels; a plan offer, or a stored recommendation from older rules, is not.)"""
+    w = make_world(tmp_path, [
+        rec(c(1), 1, "SMS_APP", ["outbound", "sms", "app"]),  # outbound is not allowed: sms comes first
+        rec(c(2), 1, "SMS_APP", ["outbound", "frontdesk"]),   # no allowed channel: not a candidate anywhere
+        rec(c(3), 1, "T1", ["outbound", "sms"]),               # T1 allows every channel
+    ])
+    result = w.export()
+    assert w.offers("sms") == {(c(1), "SMS_APP")}
+    assert w.offers("outbound") == {(c(3), "T1")}
+    assert w.offers("app") == w.offers("frontdesk") == set()
+    assert [funnel(result, "sms")[s] for s in ("candidates", "dedupe", "exported")] == [2, 1, 1]
+    assert [funnel(result, "app")[s] for s in ("candidates", "dedupe")] == [1, 0]
+    assert [funnel(result, "outbound")[s] for s in ("candidates", "exported")] == [1, 1]
+    assert funnel(result, "frontdesk")["candidates"] == 0
 
 
 def test_dedupe_sends_an_offer_to_its_first_channel_with_room(tmp_path):
@@ -315,7 +338,8 @@ def test_holdout_is_recorded_never_exported_and_drawn_the_same_on_a_rerun(tmp_pa
     assert w.offers("app") == set()  # a held-out offer does not move to the next channel
     holdouts = w.query("SELECT month, cycle, channel, msisdn, policy_id FROM holdouts ORDER BY msisdn")
     assert holdouts == [(M, D.isoformat(), "sms", m, "H") for m in sorted(held)]
-    assert [funnel(result, "sms")[s] for s in ("capacity", "holdout", "exported")] == [40, 40 - len(held), 40 - len(held)]
+    assert [funnel(result, "sms")[s] for s in ("capacity", "holdout", "exported")] == [
+        40, 40 - len(held), 40 - len(held)]
     assert {r[0] for r in w.query("SELECT msisdn FROM contact_history WHERE outcome = 'sent'")} == exported
     first = (w.out / M / "sms.csv").read_bytes()
 
@@ -374,7 +398,8 @@ def test_a_new_daily_cycle_sees_the_earlier_cycle_s_contacts(tmp_path):
     result = w.export(date=dt.date(2026, 11, 3))  # a new cycle: T1 was made yesterday, c1's cap is used up
     assert w.offers("sms") == set()
     assert [funnel(result, "sms")[s] for s in ("candidates", "contact_cap", "exported")] == [1, 0, 0]
-    assert w.query("SELECT contact_date, msisdn, policy_id FROM contact_history WHERE outcome = 'sent' ORDER BY ALL") == [
+    assert w.query("SELECT contact_date, msisdn, policy_id FROM contact_history WHERE outcome = 'sent' "
+                   "ORDER BY ALL") == [
         (dt.date(2026, 11, 2), c(1), "T1"), (dt.date(2026, 11, 2), c(2), "T1")]
     w.export(date=dt.date(2026, 12, 1))  # a new month: caps start again
     assert w.offers("sms") == {(c(1), "T1"), (c(2), "T1")}
@@ -570,7 +595,8 @@ def test_worked_example_target_list_columns_csv(worked, cli, tmp_path):
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_worked_example_parquet_and_jsonl(worked, cli, tmp_path, fmt):
     out = tmp_path / "out"
-    result = cli("export", "--month", M, "--date", str(D), "--out", str(out), "--format", fmt, "--matrices", str(worked))
+    result = cli("export", "--month", M, "--date", str(D), "--out", str(out), "--format", fmt, "--matrices",
+                 str(worked))
     assert result.exit_code == 0, result.output
     assert not list((out / M).glob("*.csv"))
     [row] = plan_rows(out, fmt)
@@ -620,7 +646,8 @@ def test_out_dash_streams_exactly_one_list_and_records_it(worked, tmp_path, cli)
     assert sent and {r[2] for r in sent} == {plan_channel} and {r[4] for r in sent} == {"sent"}
     assert sorted({r[0] for r in sent}) == sorted({line.split(",")[0] for line in lines[1:]})
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT count(*) FROM funnel_counts WHERE funnel = ?", [f"channel:{plan_channel}"]).fetchone() == (
+    assert con.execute("SELECT count(*) FROM funnel_counts WHERE funnel = ?",
+                       [f"channel:{plan_channel}"]).fetchone() == (
         len(SPEC_STAGES),)
     con.close()
     # writing the same cycle to files gives the very same bytes and replaces, not adds, the contacts

@@ -1,0 +1,180 @@
+"""Every query of every step renders for Spark SQL, and means there what it means on DuckDB.
+
+The steps' SQL is DuckDB-dialect text, rendered for Spark with sqlglot when executing there.
+sqlglot raises (``unsupported_level=RAISE``) for what it knows it cannot translate, but passes
+some DuckDB-only constructs through unchanged into SQL that fails or returns NULLs on Spark:
+``rowid``, ``GENERATE_SUBSCRIPTS``, ``* EXCLUDE`` (rendered ``* EXCEPT``), ``CAST('0x…' AS
+BIGINT)``, ``list_…`` functions, ``len()`` of a list (rendered ``LENGTH``), a list subscript
+with a computed index (DuckDB counts from 1, Spark from 0), ``INSERT … BY NAME``. So each
+query is transpiled with RAISE and then checked against that list, in its DuckDB syntax tree
+and in the rendered Spark text; the negative cases show each check firing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from mktool import export, plan
+from mktool.dialect import Query
+from mktool.export import ExportConfig
+from mktool.matrices import generated_sql
+from mktool.rules import load_rules
+from mktool.view import base_sql, load_score_model, view_sql
+
+ROOT = Path(__file__).resolve().parents[1]
+MATRICES = ROOT / "matrices"
+M = "2026-10"
+CYCLE_DATE = dt.date(2026, 11, 1)
+
+#: Functions of DuckDB that sqlglot passes through by name although Spark has no such function
+#: (or one with another meaning): upper-case names as they appear in the Spark rendering.
+NO_SPARK_TWIN = ("GENERATE_SUBSCRIPTS", "LIST_POSITION", "LIST_EXTRACT", "LIST_SLICE", "LIST_ZIP", "LIST_VALUE",
+                 "LIST_TRANSFORM", "LIST_FILTER", "LIST_SORT", "LIST_DISTINCT", "LIST_AGGREGATE", "LIST_CONCAT",
+                 "ARRAY_EXTRACT", "ARRAY_SLICE", "STRING_SPLIT", "REGEXP_FULL_MATCH", "EPOCH_MS",
+                 "STRFTIME", "STRPTIME", "HASH", "MD5_NUMBER", "TRY_STRPTIME")
+
+#: Patterns of the rendered Spark text (comments dropped) that mean a silent mistranslation.
+SPARK_TEXT_REFUSED = (
+    (re.compile(r"\browid\b", re.I), "rowid: DuckDB's physical row number has no Spark meaning; use an explicit key"),
+    (re.compile(r"\*\s*EXCEPT\s*\(", re.I), "* EXCEPT (DuckDB's * EXCLUDE): not Spark SQL; list the columns"),
+    (re.compile(r"'0x", re.I), "a '0x…' hex cast: NULL on Spark; use mktool.dialect.draw (md5 digits)"),
+    (re.compile(r"\bLIST_\w+\s*\(", re.I), "a list_… function: not a Spark function"),
+    (re.compile(r"\bBY\s+NAME\b", re.I), "INSERT … BY NAME: not Spark SQL; name the columns"),
+    (re.compile(r"::"), "a :: cast left in the Spark text"),
+    (re.compile(r"\bQUALIFY\b", re.I), "QUALIFY: not Spark SQL; filter a subquery"),
+    (re.compile(r"\bGROUP\s+BY\s+ALL\b", re.I), "GROUP BY ALL: Spark 3.4+ only; name the columns"),
+)
+
+
+def spark_problems(sql: str) -> list[str]:
+    """Why ``sql`` (DuckDB dialect) has no faithful Spark rendering; [] when it has one."""
+    try:
+        spark = sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=sqlglot.ErrorLevel.RAISE,
+                                  comments=False)
+    except sqlglot.errors.SqlglotError as exc:
+        return [f"sqlglot cannot render it for Spark: {str(exc).splitlines()[0]}"]
+    problems = []
+    for tree in sqlglot.parse(sql, read="duckdb"):
+        if tree is None:
+            continue
+        for node in tree.walk():
+            if isinstance(node, exp.Star) and (node.args.get("except") or node.args.get("exclude")):
+                problems.append("* EXCLUDE: not Spark SQL; list the columns")
+            if isinstance(node, exp.Bracket) and not all(isinstance(e, exp.Literal) for e in node.expressions):
+                problems.append("a list subscript with a computed index: DuckDB counts from 1, Spark from 0")
+            elif isinstance(node, (exp.Anonymous, exp.Func)) and not isinstance(node, exp.Cast):
+                name = node.name.upper() if isinstance(node, exp.Anonymous) else node.sql_name().upper()
+                if name in NO_SPARK_TWIN:
+                    problems.append(f"{name}(): a DuckDB function with no Spark twin")
+    tokens = sqlglot.tokenize(sql, read="duckdb")
+    if any(t.text.lower() == "len" and n.token_type == sqlglot.TokenType.L_PAREN for t, n in zip(tokens, tokens[1:])):
+        problems.append("len(): DuckDB's len of a list is rendered LENGTH (a string's length) for Spark; "
+                        "use length() for text or array_length() for a list")
+    text = ";\n".join(spark)
+    for tree in sqlglot.parse(text, read="spark"):  # what we produced for Spark parses as Spark
+        if tree is None:
+            continue
+        for node in tree.walk():
+            if isinstance(node, exp.Anonymous) and node.name.upper() in NO_SPARK_TWIN:
+                problems.append(f"{node.name.upper()}(): a DuckDB function with no Spark twin")
+    problems += [why for pattern, why in SPARK_TEXT_REFUSED if pattern.search(text)]
+    return sorted(set(problems))
+
+
+# -- every query of every step ----------------------------------------------------------------------
+def step_queries() -> dict[str, str]:
+    """Every step's named queries for the shipped rules folder and month, as DuckDB text."""
+    out: dict[str, str] = {}
+    config = ExportConfig.load(MATRICES)
+    for has_plan in (True, False):
+        for name, q in export.queries(config, M, CYCLE_DATE, has_plan=has_plan).items():
+            out[f"export:{name}:{'plan' if has_plan else 'no_plan'}"] = q.sql
+    model = load_score_model(MATRICES)
+    for has_vas in (True, False):
+        out[f"score:base:{has_vas}"] = base_sql(has_vas=has_vas)
+        out[f"score:view:{has_vas}"] = view_sql(model, has_vas=has_vas)
+    for name, sql in generated_sql(load_rules(MATRICES), M).items():
+        out[f"matrix:{name}"] = sql
+    for name, pq in plan.queries(M, plan.load_plan_config(MATRICES)).items():
+        out[f"plan:{name}"] = pq.sql
+    return out
+
+
+QUERIES = step_queries()
+
+
+def test_every_step_is_listed() -> None:
+    steps = {name.split(":")[0] for name in QUERIES}
+    assert steps == {"export", "score", "matrix", "plan"}
+    exported = {name.split(":", 1)[1].rsplit(":", 1)[0] for name in QUERIES if name.startswith("export:")}
+    # every stage of the contact policy, the allocation round, the draw and the lists are among them
+    assert {"offers", "candidates", "screen", "contact_cap", "exclusion", "choices", "propose", "place", "holdout",
+            "record_sent", "record_holdouts"} <= exported
+    assert {f"list:{c}" for c in ExportConfig.load(MATRICES).channels} <= exported
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+def test_query_renders_for_spark(name: str) -> None:
+    assert spark_problems(QUERIES[name]) == []
+
+
+def test_export_queries_bind_parameters_not_text() -> None:
+    """The allocation round is a bound parameter: every round runs the same text."""
+    first, second = export.round_queries(1), export.round_queries(2)
+    assert [q.sql for q in first] == [q.sql for q in second]
+    assert [q.params for q in second] == [{"round": 2}, {"round": 2}]
+    assert all("$round" in q.sql for q in first)
+
+
+def test_spark_rendering_of_the_draw_reads_md5_digits() -> None:
+    """The holdout and tie-break draws render to Spark's locate over md5 digits, not a '0x' cast."""
+    holdout = export.holdout_query().render("spark")
+    assert "MD5(" in holdout and "LOCATE(" in holdout and "'0x" not in holdout
+    place = export.round_queries(1)[1].render("spark")
+    assert "MD5(" in place and ":round" in place
+
+
+def test_hashed_list_renders_sha2_for_spark() -> None:
+    config = ExportConfig.load(MATRICES)
+    channel = next(iter(config.channels.values()))
+    hashed = export.list_query(type(channel)(**{**vars(channel), "mask": "hash"}), ("msisdn", "rank"), "s'alt")
+    spark = Query("list", hashed.sql).render("spark")
+    assert "SHA2('s\\'alt' || msisdn, 256) AS msisdn" in spark  # Spark escapes a quote with a backslash
+
+
+# -- the check itself fails on what it must refuse --------------------------------------------------
+BAD_QUERIES = {
+    "rowid": "SELECT rowid AS offer_id FROM t",
+    "generate_subscripts": "SELECT unnest(l) AS c, generate_subscripts(l, 1) AS i FROM t",
+    "exclude": "SELECT * EXCLUDE (a) FROM t",
+    "qualified_exclude": "SELECT t.* EXCLUDE (a) FROM t",
+    "hex_cast": "SELECT CAST(('0x' || substr(md5(a), 1, 8)) AS BIGINT) AS n FROM t",
+    "list_position": "SELECT list_position(l, 'sms') AS p FROM t",
+    "list_len": "SELECT a FROM t WHERE len(l) = 0",
+    "computed_subscript": "SELECT l[i] AS c FROM t",
+    "insert_by_name": "INSERT INTO h BY NAME SELECT 1 AS a",
+    "group_by_all": "SELECT a, count(*) AS n FROM t GROUP BY ALL",
+    "len_of_a_column": "SELECT len(a) AS n FROM t",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_QUERIES))
+def test_check_refuses_a_duckdb_only_construct(name: str) -> None:
+    assert spark_problems(BAD_QUERIES[name]), f"{name} passed the Spark check"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT array_position(l, 'sms') AS p FROM t WHERE array_contains(l, 'sms')",
+    "SELECT CAST(a AS BIGINT) AS n, a::VARCHAR AS s, l[1] AS first FROM t",
+    "SELECT length(a) AS n, sha256(a) AS h FROM t GROUP BY a",
+    "SELECT a FROM t QUALIFY row_number() OVER (PARTITION BY a ORDER BY b) = 1",  # sqlglot writes a subquery
+    "SELECT a FROM t -- len(l) in a comment is no call\nWHERE a = 'len(x)'",
+])
+def test_check_accepts_constructs_with_a_spark_twin(sql: str) -> None:
+    assert spark_problems(sql) == []
