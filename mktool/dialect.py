@@ -226,7 +226,8 @@ def _exact6(units: str, factor: int, count: str, fits: str, dialect: Dialect) ->
     otherwise; NULL when count is 0."""
     fast = units_decimal(div_half_away_64(f"CAST({units} AS BIGINT) * {factor}", count, dialect), AVERAGE_SCALE,
                          dialect, precision=18)
-    exact = units_decimal(div_half_away(f"{integer(units, dialect)} * {factor}", count, dialect), AVERAGE_SCALE, dialect)
+    exact = units_decimal(div_half_away(f"{integer(units, dialect)} * {factor}", count, dialect), AVERAGE_SCALE,
+                          dialect)
     return f"(CASE WHEN {fits} THEN CAST({fast} AS {AVERAGE_TYPE}) ELSE {exact} END)"
 
 
