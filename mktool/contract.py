@@ -145,7 +145,8 @@ class TableContract:
     key: tuple[str, ...]  # unique within a load; () = no key
     monthly: bool  # has a `month` column; a reload replaces the months it carries
     required: bool  # a run needs it
-    reload: str = "month"  # month: replace the months loaded | snapshot: replace the table | upsert: replace rows by key
+    # month: replace the months loaded | snapshot: replace the table | upsert: replace rows by key
+    reload: str = "month"
     doc: str = ""
     column_names: tuple[str, ...] = field(init=False)
 
@@ -156,7 +157,8 @@ class TableContract:
         return next(c for c in self.columns if c.name == name)
 
 
-S, D, F, I, B, T = "VARCHAR", "DATE", "DOUBLE", "BIGINT", "BOOLEAN", "TIMESTAMP"
+# The DuckDB types by initial, so the table contracts below read as a schema.
+S, D, F, I, B, T = "VARCHAR", "DATE", "DOUBLE", "BIGINT", "BOOLEAN", "TIMESTAMP"  # noqa: E741 - type initials
 
 
 def _c(name: str, type_: str, doc: str = "", nullable: bool = False) -> Column:
@@ -292,33 +294,71 @@ RELOAD_DOC = {
     "upsert": "rows with the same key are replaced",
 }
 
-CONTRACT_INTRO = """\
-# Input contract (SPEC §2)
-
-<!-- Generated from mktool/contract.py by `python -m mktool.contract > docs/contract.md`; edit the contract, not this file. -->
-
-Every extract is a Parquet file named after its table (`usage.parquet`, `usage_2026-10.parquet`, `usage-part1.parquet`; the `.parquet` suffix in any case) or loaded with `--table`. Monthly tables carry `month` as a `YYYY-MM` string; `msisdn` is always a string of 11 ASCII digits. Extra columns are kept. Every refusal names the file, table, column and an example row, exits 1, and leaves the database exactly as it was: all files of one call load or none do.
-
-Reload rules: **month** — loading a month replaces that month's rows; **snapshot** — a load replaces the whole table; **upsert** — rows with the same key are replaced (responses update earlier contacts); among the files of one `ingest` call the later file in name order wins, and a key repeated inside one file is refused.
-
-## How values are normalised, and what is refused
-
-Every value is either normalised to the one form the later steps compare against, or refused — never stored in a form that silently fails to match (an opt-out not applied, a customer dropped from every matrix).
-
-- **Text is trimmed.** Both ends of every text value (keys such as `msisdn`, `plan_id`, `policy_id`, `service`, and free text such as `city`) lose whitespace: ASCII space, tab, CR, LF, VT, FF, the Unicode spaces (NBSP U+00A0, the full-width space U+3000, U+2000–U+200A, …) and the invisible U+200B / U+FEFF. Inner characters stay (`飞享 128`). A value that trims to nothing is NULL. So `'13800000007'` and `'13800000007 '` are one key, and a duplicate when both appear.
-- **Vocabulary columns** (`status`, `payment`, `outcome`, `handset_gen`, and `channel`, whose vocabulary is the channel names of the rules folder's `channels.yaml`, plus `*` in `dnd`) are trimmed, case-folded (lower case; `handset_gen` upper case) and refused unless the result is in the vocabulary. Letters that only look alike (full-width `ＳＭＳ`) are refused, not guessed. `vas.service` is an open list (`newspaper`, `crbt`, …) but is lower-cased too, because the customer view looks its codes up in lower case.
-- **Patterns**: `msisdn` must be exactly 11 ASCII digits after trimming, `month` exactly `YYYY-MM`.
-- **Identifiers** (`plan_id`, `policy_id`, `service`, `event_type`: compared as keys or join keys) may not hold a control or invisible character inside once trimmed (a zero-width space, BOM, soft hyphen, direction mark, tab, NUL): `PLAN\u200bCHANGE` looks like a policy id of the rules and never equals one.
-- **Text columns must arrive as text** (a string, or BINARY without the UTF8 annotation as Hive and Impala write it, which is decoded as UTF-8; bytes that are not UTF-8 are refused with the column named; BINARY in a number, date or boolean column is decoded and then read exactly like text). A number, date or boolean in a text column is refused: it has no single text form (`58`, `58.0` and `058` are one plan to a person and three to the engine).
-- **Time zones**: a timestamp that carries a zone (an instant, as Spark writes `TIMESTAMP`) is read as the wall-clock time of China Standard Time (`Asia/Shanghai`), never of the machine's zone, so a file loads the same everywhere; a date column still refuses one with a time of day.
-- **Numbers are finite**: NaN and ±infinity are refused in every numeric column (also written as text: `'nan'`, `'-Infinity'`); dates and times must be finite too.
-- **Money is exact to the fen**: fees, balance and monthly rental are stored as DECIMAL(18,2), unit prices (per MB, per minute) as DECIMAL(18,6). A value that is not a whole fen (`191.515`) is refused; binary floating-point noise within 1e-6 of a fen (`0.1 + 0.2` = 0.30000000000000004) is that fen, and a 32-bit float is read as the fen it is the nearest float to (float32 `191.51` is 191.5099945…). Text money (`'58.00'`) is read as a number first.
-- **Casts must be lossless**: text `'12.5'` → 12.5, `' 3.0 '` → 3, `0/1` → boolean are accepted; `'3.5'` as an integer, an integer that a DOUBLE cannot hold exactly (above 2^53), a text integer beyond BIGINT, and a timestamp whose time a DATE would drop (`'2026-10-04 12:30:00'`) are refused. Text integers are read straight as integers, never via DOUBLE, so `'9007199254740993'` keeps its last digit.
-- **NULLs**: a column not marked nullable holds no NULL (nor blank text) and must be present; a nullable column may be absent and is then filled with NULL. A column whose Parquet type is NULL (every value NULL, as pandas writes an all-`None` column) counts as all NULL.
-- **Column names** are matched trimmed and case-insensitively (`TOTAL_FEE` is `total_fee`); a name that appears twice in one file (`total_fee` twice, or `TOTAL_FEE` beside `total_fee`) is refused.
-- **File names are read literally**: glob characters (`billing_*.parquet`, `billing_2026-10 [1].parquet`) match only that file, and folder names such as `month=2026-09` add no column (no Hive partitioning), so the loaded rows are the ones whose checksum is logged.
-- **Folders** are walked fully or refused: a sub-folder that cannot be read, a symbolic link to a folder (its files would load from elsewhere, or twice) and a link that leads nowhere (dangling, or a loop) are refused, not skipped. A symbolic link to a file is followed; the log records the target's path and checksum. Files not ending in `.parquet` are ignored.
-"""
+CONTRACT_INTRO = (
+    "# Input contract (SPEC §2)\n"
+    "\n"
+    "<!-- Generated from mktool/contract.py by `python -m mktool.contract > docs/contract.md`; edit the contract, not "
+    "this file. -->\n"
+    "\n"
+    "Every extract is a Parquet file named after its table (`usage.parquet`, `usage_2026-10.parquet`, "
+    "`usage-part1.parquet`; the `.parquet` suffix in any case) or loaded with `--table`. Monthly tables carry `month` "
+    "as a `YYYY-MM` string; `msisdn` is always a string of 11 ASCII digits. Extra columns are kept. Every refusal "
+    "names the file, table, column and an example row, exits 1, and leaves the database exactly as it was: all files "
+    "of one call load or none do.\n"
+    "\n"
+    "Reload rules: **month** — loading a month replaces that month's rows; **snapshot** — a load replaces the whole "
+    "table; **upsert** — rows with the same key are replaced (responses update earlier contacts); among the files of "
+    "one `ingest` call the later file in name order wins, and a key repeated inside one file is refused.\n"
+    "\n"
+    "## How values are normalised, and what is refused\n"
+    "\n"
+    "Every value is either normalised to the one form the later steps compare against, or refused — never stored in a "
+    "form that silently fails to match (an opt-out not applied, a customer dropped from every matrix).\n"
+    "\n"
+    "- **Text is trimmed.** Both ends of every text value (keys such as `msisdn`, `plan_id`, `policy_id`, `service`, "
+    "and free text such as `city`) lose whitespace: ASCII space, tab, CR, LF, VT, FF, the Unicode spaces (NBSP U+00A0, "
+    "the full-width space U+3000, U+2000–U+200A, …) and the invisible U+200B / U+FEFF. Inner characters stay (`飞享 "
+    "128`). A value that trims to nothing is NULL. So `'13800000007'` and `'13800000007 '` are one key, and a "
+    "duplicate when both appear.\n"
+    "- **Vocabulary columns** (`status`, `payment`, `outcome`, `handset_gen`, and `channel`, whose vocabulary is the "
+    "channel names of the rules folder's `channels.yaml`, plus `*` in `dnd`) are trimmed, case-folded (lower case; "
+    "`handset_gen` upper case) and refused unless the result is in the vocabulary. Letters that only look alike "
+    "(full-width `ＳＭＳ`) are refused, not guessed. `vas.service` is an open list (`newspaper`, `crbt`, …) but is "
+    "lower-cased too, because the customer view looks its codes up in lower case.\n"
+    "- **Patterns**: `msisdn` must be exactly 11 ASCII digits after trimming, `month` exactly `YYYY-MM`.\n"
+    "- **Identifiers** (`plan_id`, `policy_id`, `service`, `event_type`: compared as keys or join keys) may not hold a "
+    "control or invisible character inside once trimmed (a zero-width space, BOM, soft hyphen, direction mark, tab, "
+    "NUL): `PLAN\u200bCHANGE` looks like a policy id of the rules and never equals one.\n"
+    "- **Text columns must arrive as text** (a string, or BINARY without the UTF8 annotation as Hive and Impala write "
+    "it, which is decoded as UTF-8; bytes that are not UTF-8 are refused with the column named; BINARY in a number, "
+    "date or boolean column is decoded and then read exactly like text). A number, date or boolean in a text column is "
+    "refused: it has no single text form (`58`, `58.0` and `058` are one plan to a person and three to the engine).\n"
+    "- **Time zones**: a timestamp that carries a zone (an instant, as Spark writes `TIMESTAMP`) is read as the "
+    "wall-clock time of China Standard Time (`Asia/Shanghai`), never of the machine's zone, so a file loads the same "
+    "everywhere; a date column still refuses one with a time of day.\n"
+    "- **Numbers are finite**: NaN and ±infinity are refused in every numeric column (also written as text: `'nan'`, "
+    "`'-Infinity'`); dates and times must be finite too.\n"
+    "- **Money is exact to the fen**: fees, balance and monthly rental are stored as DECIMAL(18,2), unit prices (per "
+    "MB, per minute) as DECIMAL(18,6). A value that is not a whole fen (`191.515`) is refused; binary floating-point "
+    "noise within 1e-6 of a fen (`0.1 + 0.2` = 0.30000000000000004) is that fen, and a 32-bit float is read as the fen "
+    "it is the nearest float to (float32 `191.51` is 191.5099945…). Text money (`'58.00'`) is read as a number first.\n"
+    "- **Casts must be lossless**: text `'12.5'` → 12.5, `' 3.0 '` → 3, `0/1` → boolean are accepted; `'3.5'` as an "
+    "integer, an integer that a DOUBLE cannot hold exactly (above 2^53), a text integer beyond BIGINT, and a timestamp "
+    "whose time a DATE would drop (`'2026-10-04 12:30:00'`) are refused. Text integers are read straight as integers, "
+    "never via DOUBLE, so `'9007199254740993'` keeps its last digit.\n"
+    "- **NULLs**: a column not marked nullable holds no NULL (nor blank text) and must be present; a nullable column "
+    "may be absent and is then filled with NULL. A column whose Parquet type is NULL (every value NULL, as pandas "
+    "writes an all-`None` column) counts as all NULL.\n"
+    "- **Column names** are matched trimmed and case-insensitively (`TOTAL_FEE` is `total_fee`); a name that appears "
+    "twice in one file (`total_fee` twice, or `TOTAL_FEE` beside `total_fee`) is refused.\n"
+    "- **File names are read literally**: glob characters (`billing_*.parquet`, `billing_2026-10 [1].parquet`) match "
+    "only that file, and folder names such as `month=2026-09` add no column (no Hive partitioning), so the loaded rows "
+    "are the ones whose checksum is logged.\n"
+    "- **Folders** are walked fully or refused: a sub-folder that cannot be read, a symbolic link to a folder (its "
+    "files would load from elsewhere, or twice) and a link that leads nowhere (dangling, or a loop) are refused, not "
+    "skipped. A symbolic link to a file is followed; the log records the target's path and checksum. Files not ending "
+    "in `.parquet` are ignored.\n"
+)
 
 
 def markdown() -> str:

@@ -29,7 +29,8 @@ from mktool.errors import InputError
 from mktool.output import file_sha256
 from mktool.rules import load_channels
 
-INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
+INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+                 "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
 #: Integer types wider than a DOUBLE's 53-bit mantissa: a value above 2^53 may lose its last digits.
 WIDE_INTEGER_TYPES = {"BIGINT", "HUGEINT", "UBIGINT", "UHUGEINT"}
 FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
@@ -296,7 +297,8 @@ def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, s
         if src in FLOAT_TYPES:
             return [(not_finite[0], f"NOT isfinite({c})")]
         if src in WIDE_INTEGER_TYPES:
-            return [(lossy, f"abs({c}) > 9007199254740992 AND TRY_CAST(CAST({c} AS DOUBLE) AS HUGEINT) IS DISTINCT FROM {c}")]
+            return [(lossy, f"abs({c}) > 9007199254740992 "
+                            f"AND TRY_CAST(CAST({c} AS DOUBLE) AS HUGEINT) IS DISTINCT FROM {c}")]
         if src in INTEGER_TYPES or src == "DECIMAL":
             return []
         return [("!", "")]
@@ -319,7 +321,8 @@ def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, s
         return [("!", "")]
     if col.scale is not None:  # DECIMAL(18, scale): money and unit prices
         scale, dec = col.scale, f"TRY_CAST({{v}} AS {target})"
-        places = f"value has more than {scale} decimal places ({'not a whole fen' if scale == 2 else 'would be rounded'})"
+        places = (f"value has more than {scale} decimal places "
+                  f"({'not a whole fen' if scale == 2 else 'would be rounded'})")
         if src in INTEGER_TYPES:
             return [(lossy, f"{c} IS NOT NULL AND {dec.format(v=c)} IS NULL")]
         if src == "DECIMAL":
@@ -798,7 +801,8 @@ def _name_damaged_file(files: list[SourceFile], threads: int, memory_limit: str)
         probe.execute("SET memory_limit = ?", [memory_limit])
         for src in files:
             try:
-                probe.execute(f"SELECT max(hash(COLUMNS(*))) FROM {src.scan}").fetchall()  # the path as stored, globs literal
+                # the path as stored, globs literal
+                probe.execute(f"SELECT max(hash(COLUMNS(*))) FROM {src.scan}").fetchall()
             except duckdb.Error as unreadable:
                 reason = str(unreadable).splitlines()[0] if str(unreadable) else type(unreadable).__name__
                 raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})",

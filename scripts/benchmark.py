@@ -444,7 +444,8 @@ billing = billing[billing["month"].isin(months)]
 plans = pd.read_parquet(f"{extracts}/plans.parquet")
 
 use = usage.groupby("msisdn").agg(voice_min_3m=("voice_out_min", "mean"), data_mb_3m=("data_mb", "mean"))
-billing["cur"] = billing["rental_fee"] + billing["voice_overage_fee"] + billing["data_overage_fee"] + billing["addon_fee"]
+billing["cur"] = billing["rental_fee"] + billing["voice_overage_fee"] + billing["data_overage_fee"] \
++ billing["addon_fee"]
 bill = billing.groupby("msisdn").agg(rental_3m=("rental_fee", "mean"), addon_3m=("addon_fee", "mean"),
                                      current_total_3m=("cur", "mean"))
 del usage, billing
@@ -715,7 +716,8 @@ def print_report(facts: dict[str, Any], n: int, data: dict[str, Any], rows: list
           + (f" + uncommitted changes in {', '.join(facts['git_uncommitted'])}" if facts["git_uncommitted"] else "")
           + ")")
     print(f"  DuckDB threads {facts['threads']}, memory_limit {facts['memory_limit']} (mktool and baselines alike)")
-    print(f"  extracts: {data.get('bytes', 0) / MB:,.0f} MB of Parquet; subscribers {data.get('subscribers_rows', 0):,} "
+    print(f"  extracts: {data.get('bytes', 0) / MB:,.0f} MB of Parquet; "
+          f"subscribers {data.get('subscribers_rows', 0):,} "
           f"rows, usage {data.get('usage_rows', 0):,}, billing {data.get('billing_rows', 0):,}, "
           f"target plans {data.get('target_plans', '?')}")
     print()

@@ -22,7 +22,8 @@ def good_extracts(folder: Path) -> Path:
                 [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000002", "month": M}])
     write_table(folder / f"billing_{M}.parquet", "billing",
                 [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000002", "month": M}])
-    write_table(folder / "plans.parquet", "plans", [{"plan_id": "ZX128"}, {"plan_id": "ZX158", "monthly_rental": 158.0}])
+    write_table(folder / "plans.parquet", "plans",
+                [{"plan_id": "ZX128"}, {"plan_id": "ZX158", "monthly_rental": 158.0}])
     return folder
 
 
@@ -43,8 +44,8 @@ def test_ingest_loads_and_status_reports(cli, tmp_path):
     assert result.exit_code == 0, result.output
     con = duckdb.connect(str(cli.db), read_only=True)
     assert con.execute("SELECT count(*) FROM subscribers").fetchone() == (2,)
-    assert con.execute("SELECT typeof(msisdn), typeof(join_date), typeof(vnet) FROM subscribers LIMIT 1").fetchone() == (
-        "VARCHAR", "DATE", "BOOLEAN")
+    assert con.execute("SELECT typeof(msisdn), typeof(join_date), typeof(vnet) FROM subscribers LIMIT 1"
+                       ).fetchone() == ("VARCHAR", "DATE", "BOOLEAN")
     assert con.execute("SELECT count(*), count(DISTINCT sha256), min(rows) FROM ingest_log").fetchone() == (4, 4, 2)
     con.close()
     status = cli("status", "--format", "json")
@@ -56,11 +57,12 @@ def test_reloading_a_month_replaces_it(cli, tmp_path):
     folder = good_extracts(tmp_path / "x")
     assert cli("ingest", str(folder)).exit_code == 0
     write_table(folder / f"subscribers_{M}.parquet", "subscribers", [{"msisdn": "13800000009", "month": M}])
-    write_table(tmp_path / "y" / "subscribers_2026-09.parquet", "subscribers", [{"msisdn": "13800000001", "month": "2026-09"}])
+    write_table(tmp_path / "y" / "subscribers_2026-09.parquet", "subscribers",
+                [{"msisdn": "13800000001", "month": "2026-09"}])
     assert cli("ingest", str(folder / f"subscribers_{M}.parquet"), str(tmp_path / "y")).exit_code == 0
     con = duckdb.connect(str(cli.db), read_only=True)
-    assert con.execute("SELECT month, list(msisdn ORDER BY msisdn) FROM subscribers GROUP BY 1 ORDER BY 1").fetchall() == [
-        ("2026-09", ["13800000001"]), ("2026-10", ["13800000009"])]
+    assert con.execute("SELECT month, list(msisdn ORDER BY msisdn) FROM subscribers GROUP BY 1 ORDER BY 1"
+                       ).fetchall() == [("2026-09", ["13800000001"]), ("2026-10", ["13800000009"])]
     assert con.execute("SELECT count(*) FROM ingest_log WHERE table_name = 'subscribers'").fetchone() == (3,)
 
 
@@ -80,12 +82,14 @@ def test_extra_columns_are_kept_and_lossless_casts_accepted(cli, tmp_path):
     "case, make, expected",
     [
         ("missing column",
-         lambda d: write_table(d / "billing.parquet", "billing", [{"msisdn": "13800000001", "month": M}], drop=("total_fee",)),
+         lambda d: write_table(d / "billing.parquet", "billing", [{"msisdn": "13800000001", "month": M}],
+                               drop=("total_fee",)),
          ["billing.parquet: table billing: missing required column total_fee"]),
         ("duplicate key",
          lambda d: write_table(d / "usage_2026-10.parquet", "usage",
                                [{"msisdn": "13800000001", "month": M}, {"msisdn": "13800000001", "month": M}]),
-         ["usage_2026-10.parquet: table usage: column msisdn, month: duplicate key (msisdn, month) = (13800000001, 2026-10) appears 2 times",
+         ["usage_2026-10.parquet: table usage: column msisdn, month: duplicate key (msisdn, month) = "
+          "(13800000001, 2026-10) appears 2 times",
           "example row: msisdn=13800000001, month=2026-10"]),
         ("bad month",
          lambda d: write_table(d / "usage.parquet", "usage", [{"msisdn": "13800000001", "month": "2026/10"}]),
@@ -96,14 +100,16 @@ def test_extra_columns_are_kept_and_lossless_casts_accepted(cli, tmp_path):
                                [{"msisdn": "13800000001", "month": M, "total_fee": "12.5"},
                                 {"msisdn": "13800000002", "month": M, "total_fee": "abc"}],
                                types={"total_fee": pa.string()}),
-         ["billing.parquet: table billing: column total_fee: value cannot be read as DECIMAL(18,2) without loss (1 row; e.g. 'abc')",
+         ["billing.parquet: table billing: column total_fee: value cannot be read as DECIMAL(18,2) without loss "
+          "(1 row; e.g. 'abc')",
           "example row: msisdn=13800000002"]),
         ("fractional count",
          lambda d: write_table(d / "usage.parquet", "usage", [{"msisdn": "13800000001", "month": M, "sms_count": 3.5}],
                                types={"sms_count": pa.float64()}),
          ["column sms_count: value cannot be read as BIGINT without loss (1 row; e.g. 3.5)"]),
         ("integer msisdn",
-         lambda d: write_table(d / "dnd.parquet", "dnd", [{"msisdn": 13800000001, "channel": "*"}], types={"msisdn": pa.int64()}),
+         lambda d: write_table(d / "dnd.parquet", "dnd", [{"msisdn": 13800000001, "channel": "*"}],
+                               types={"msisdn": pa.int64()}),
          ["dnd.parquet: table dnd: column msisdn: msisdn must be a string column, got BIGINT"]),
         ("corrupt file",
          lambda d: (d / "plans.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1"),
@@ -165,7 +171,8 @@ def test_duplicate_across_files_of_one_call_is_refused(cli, tmp_path):
 def test_contact_history_reload_updates_by_key(cli, tmp_path):
     row = {"msisdn": "13800000001", "contact_date": __import__("datetime").date(2026, 10, 3), "channel": "sms",
            "policy_id": "P1"}
-    assert cli("ingest", str(write_table(tmp_path / "a" / "contact_history.parquet", "contact_history", [row]))).exit_code == 0
+    assert cli("ingest", str(write_table(tmp_path / "a" / "contact_history.parquet", "contact_history",
+                                         [row]))).exit_code == 0
     assert cli("ingest", str(write_table(tmp_path / "b" / "contact_history.parquet", "contact_history",
                                          [{**row, "outcome": "rejected"}]))).exit_code == 0
     con = duckdb.connect(str(cli.db), read_only=True)
@@ -322,9 +329,12 @@ def test_upsert_order_is_by_file_name_and_a_helper_column_name_is_free(cli, tmp_
 
 
 def test_keys_equal_after_the_lossless_cast_are_named_as_a_duplicate_of_the_file(cli, tmp_path):
-    rows = [{"msisdn": "13800000001", "contact_date": "2026-10-03", "channel": "sms", "policy_id": "P1", "outcome": "sent"},
-            {"msisdn": "13800000001", "contact_date": "2026-10-3", "channel": "sms", "policy_id": "P1", "outcome": "sent"}]
-    path = write_table(tmp_path / "contact_history.parquet", "contact_history", rows, types={"contact_date": pa.string()})
+    rows = [{"msisdn": "13800000001", "contact_date": "2026-10-03", "channel": "sms", "policy_id": "P1",
+             "outcome": "sent"},
+            {"msisdn": "13800000001", "contact_date": "2026-10-3", "channel": "sms", "policy_id": "P1",
+             "outcome": "sent"}]
+    path = write_table(tmp_path / "contact_history.parquet", "contact_history", rows,
+                       types={"contact_date": pa.string()})
     result = cli("ingest", str(path))
     assert result.exit_code == 1
     assert "contact_history.parquet" in result.stderr and "appears 2 times" in result.stderr

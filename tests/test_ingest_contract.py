@@ -209,8 +209,9 @@ def test_money_is_decimal_and_exact_to_the_fen(cli, tmp_path):
     fees = dict(total_fee=0.1 + 0.2, rental_fee=191.51, voice_overage_fee=191.52, data_overage_fee=1e-17,
                 addon_fee=-0.0, ld_fee=12345678.9, discount_fee=0.29999999999999998)
     path = write_table(tmp_path / f"billing_{M}.parquet", "billing", [{"msisdn": "13800000001", "month": M, **fees}])
-    plans = write_table(tmp_path / "plans.parquet", "plans", [{"plan_id": "A", "monthly_rental": "58.00 ",
-                                                               "data_overage_per_mb": 0.29, "voice_overage_per_min": 0.19}],
+    plans = write_table(tmp_path / "plans.parquet", "plans",
+                        [{"plan_id": "A", "monthly_rental": "58.00 ",
+                          "data_overage_per_mb": 0.29, "voice_overage_per_min": 0.19}],
                         types={"monthly_rental": pa.string()})
     result = cli("ingest", str(path), str(plans))
     assert result.exit_code == 0, result.stderr
@@ -228,7 +229,8 @@ def test_money_is_decimal_and_exact_to_the_fen(cli, tmp_path):
     ("total_fee", 1e17, None),  # beyond DECIMAL(18,2)
 ])
 def test_money_that_is_not_a_whole_fen_is_refused(loaded, tmp_path, column, value, arrow_type):
-    path = write_table(tmp_path / f"billing_{M}.parquet", "billing", [{"msisdn": "13800000001", "month": M, column: value}],
+    path = write_table(tmp_path / f"billing_{M}.parquet", "billing",
+                       [{"msisdn": "13800000001", "month": M, column: value}],
                        types={column: arrow_type} if arrow_type else None)
     err = refused(loaded, path, expected=[f"table billing: column {column}:"])
     assert "not a whole fen" in err or "cannot be read as DECIMAL(18,2) without loss" in err
@@ -241,7 +243,8 @@ def test_float32_money_is_read_as_the_fen_it_stands_for(loaded, tmp_path):
     ok = write_table(tmp_path / "a" / f"billing_{M}.parquet", "billing", rows, types=types)
     assert loaded("ingest", str(ok)).exit_code == 0
     D = decimal.Decimal
-    assert query(loaded.db, "SELECT total_fee, rental_fee, ld_fee FROM billing") == [(D("191.51"), D("0.07"), D("99999.99"))]
+    assert query(loaded.db, "SELECT total_fee, rental_fee, ld_fee FROM billing") == [
+        (D("191.51"), D("0.07"), D("99999.99"))]
     bad = write_table(tmp_path / "b" / f"billing_{M}.parquet", "billing", [{**rows[0], "total_fee": 191.515}],
                       types=types)
     refused(loaded, bad, expected=["column total_fee: value has more than 2 decimal places (not a whole fen)"])
@@ -304,7 +307,8 @@ def test_integers_that_would_lose_digits_are_refused(loaded, tmp_path, table, co
 def test_a_timestamp_string_read_as_a_date_must_not_lose_its_time(loaded, tmp_path):
     rows = [{**CONTACT, "contact_date": "2026-10-03 00:00:00"}, {**CONTACT, "contact_date": "2026-10-04 12:30:00",
                                                                   "policy_id": "P2"}]
-    path = write_table(tmp_path / "contact_history.parquet", "contact_history", rows, types={"contact_date": pa.string()})
+    path = write_table(tmp_path / "contact_history.parquet", "contact_history", rows,
+                       types={"contact_date": pa.string()})
     refused(loaded, path, expected=["column contact_date: value is a time, not a date", "'2026-10-04 12:30:00'"])
     ok = write_table(tmp_path / "ok" / "contact_history.parquet", "contact_history", rows[:1],
                      types={"contact_date": pa.string()})
@@ -350,13 +354,13 @@ def test_an_all_null_column_of_the_null_type(loaded, tmp_path):
 
 
 def test_a_missing_nullable_column_is_filled_with_null_and_a_required_one_is_refused(loaded, tmp_path):
-    ok = write_table(tmp_path / "a" / f"subscribers_{M}.parquet", "subscribers", [{"msisdn": "13800000001", "month": M}],
-                     drop=("handset_gen", "group_id", "bundle_end"))
+    ok = write_table(tmp_path / "a" / f"subscribers_{M}.parquet", "subscribers",
+                     [{"msisdn": "13800000001", "month": M}], drop=("handset_gen", "group_id", "bundle_end"))
     assert loaded("ingest", str(ok)).exit_code == 0
     assert query(loaded.db, f"SELECT handset_gen, group_id, bundle_end FROM subscribers WHERE month = '{M}'") == [
         (None, None, None)]
-    bad = write_table(tmp_path / "b" / f"subscribers_{M}.parquet", "subscribers", [{"msisdn": "13800000001", "month": M}],
-                      drop=("city",))
+    bad = write_table(tmp_path / "b" / f"subscribers_{M}.parquet", "subscribers",
+                      [{"msisdn": "13800000001", "month": M}], drop=("city",))
     refused(loaded, bad, expected=["missing required column city"])
 
 
@@ -449,7 +453,8 @@ def test_an_unreadable_sub_folder_is_refused_for_real(loaded, tmp_path):
 @pytest.mark.parametrize(("make", "expected"), [
     (lambda f, t: (f / "linked").symlink_to(t / "elsewhere", target_is_directory=True),
      "linked: folder is a symbolic link"),
-    (lambda f, t: (f / "usage_2026-10.parquet").symlink_to(t / "gone.parquet"), "usage_2026-10.parquet: symbolic link leads nowhere"),
+    (lambda f, t: (f / "usage_2026-10.parquet").symlink_to(t / "gone.parquet"),
+     "usage_2026-10.parquet: symbolic link leads nowhere"),
     (lambda f, t: (f / "loop").symlink_to(f / "loop"), "loop: symbolic link leads nowhere"),
     (lambda f, t: (f / "more" / "up").symlink_to(f, target_is_directory=True), "up: folder is a symbolic link"),
 ])
@@ -479,7 +484,8 @@ def test_a_link_to_a_file_is_followed(cli, tmp_path):
 def test_a_database_made_under_the_old_contract_gets_decimal_money(cli, tmp_path):
     """Money columns created as DOUBLE by an earlier release follow the contract on the next load."""
     con = duckdb.connect(str(cli.db))
-    con.execute("CREATE TABLE billing AS SELECT '13800000001' AS msisdn, '2026-09' AS month, 191.52::DOUBLE AS total_fee, "
+    con.execute("CREATE TABLE billing AS SELECT '13800000001' AS msisdn, '2026-09' AS month, "
+                "191.52::DOUBLE AS total_fee, "
                 "0.0::DOUBLE AS rental_fee, 0.0::DOUBLE AS voice_overage_fee, 0.0::DOUBLE AS data_overage_fee, "
                 "0.0::DOUBLE AS addon_fee, 0.0::DOUBLE AS ld_fee, 0.0::DOUBLE AS discount_fee")
     con.close()

@@ -61,7 +61,8 @@ def test_round_half_away_from_zero(literal, scale, expected):
     con = duckdb.connect()
     got = sql_value(con, dialect.round_half_away(literal, scale))
     assert got == Decimal(expected) and str(got) == expected
-    assert dialect.py_round_half_away(Decimal(sql_value(con, f"CAST({literal} AS VARCHAR)")), scale) == Decimal(expected)
+    assert dialect.py_round_half_away(Decimal(sql_value(con, f"CAST({literal} AS VARCHAR)")),
+                                      scale) == Decimal(expected)
 
 
 def test_rounding_agrees_with_exact_decimals_on_random_values():
@@ -172,8 +173,8 @@ SPARK_VECTORS = [
     (dialect.average("30002", "3", 2), dialect.average("30002", "3", 2, "spark"), Decimal("100.006667")),
     (dialect.average("-30002", "3", 2), dialect.average("-30002", "3", 2, "spark"), Decimal("-100.006667")),
     (dialect.percent("29000", "33000"), dialect.percent("29000", "33000", "spark"), Decimal("87.878788")),
-    (dialect.double_units("CAST(4.9999996 AS DOUBLE)", 6), dialect.double_units("CAST(4.9999996 AS DOUBLE)", 6, "spark"),
-     5_000_000),
+    (dialect.double_units("CAST(4.9999996 AS DOUBLE)", 6),
+     dialect.double_units("CAST(4.9999996 AS DOUBLE)", 6, "spark"), 5_000_000),
     (dialect.money_text("CAST(228 AS DECIMAL(38,12))"), dialect.money_text("CAST(228 AS DECIMAL(38,12))", "spark"),
      "228.00"),
 ]
@@ -280,7 +281,8 @@ def test_half_fen_average_is_191_52_in_the_lists(month_lists):
 
 def test_spec_worked_example_in_the_lists(month_lists):
     view, plan_rows = month_lists
-    assert view[SPEC]["current_total_3m"] == Decimal("220.000000") and view[SPEC]["return_rate"] == Decimal("100.000000")
+    assert (view[SPEC]["current_total_3m"] == Decimal("220.000000")
+            and view[SPEC]["return_rate"] == Decimal("100.000000"))
     row = plan_rows[SPEC]
     # 737.93 − 600 = 137.93 MB × 0.29 = 39.9997 → 40.00; new total 227.9997 → 228.00;
     # 227.9997 / 220 = 1.0363623 → 1.0364; 158 / 128 = 1.234375 → 1.2344
@@ -325,7 +327,8 @@ PRICE_STORAGE = ("data_overage_per_mb", "voice_overage_per_min")
 
 
 def load(con: duckdb.DuckDBPyConnection, folder: Path, *, decimal: bool) -> None:
-    """The contract's tables from ``folder``, money stored as DOUBLE (an older database) or as the contract's DECIMALs."""
+    """The contract's tables from ``folder``, money stored as DOUBLE (an older database) or as the contract's
+    DECIMALs."""
     for t in ("subscribers", "usage", "billing", "plans"):
         cols = []
         for c in TABLES[t].columns:
@@ -373,7 +376,8 @@ def test_an_older_double_month_is_converted_when_a_month_is_rebuilt():
 # -- the plan step's two ways to a 6-decimal rate ---------------------------------------------------
 def plan_tables(con: duckdb.DuckDBPyConnection, customers: list[tuple[Any, ...]], plans: list[tuple[Any, ...]]) -> None:
     con.execute(f"""CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR, status VARCHAR, plan_id VARCHAR,
-        data_mb_3m DOUBLE, voice_min_3m DOUBLE, rental_3m {dialect.AVERAGE_TYPE}, current_total_3m {dialect.AVERAGE_TYPE},
+        data_mb_3m DOUBLE, voice_min_3m DOUBLE, rental_3m {dialect.AVERAGE_TYPE}, \
+current_total_3m {dialect.AVERAGE_TYPE},
         addon_3m {dialect.AVERAGE_TYPE})""")
     con.execute(f"""CREATE TABLE plans (plan_id VARCHAR, plan_name VARCHAR, monthly_rental {dialect.MONEY_TYPE},
         included_data_mb DOUBLE, included_voice_min DOUBLE, data_overage_per_mb {dialect.UNIT_PRICE_TYPE},
@@ -412,7 +416,8 @@ def test_fast_and_exact_6_decimal_rates_agree():
         f"WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql('WHERE current_total_u > 0 AND rental_u > 0')} "
         f"SELECT count(*), count(*) FILTER (WHERE total_fee_change_6 <> {exact_total}), "
         f"count(*) FILTER (WHERE rental_change_6 <> {exact_rental}), "
-        f"count(*) FILTER (WHERE abs(total_fee_change_approx * 1e6 - floor(total_fee_change_approx * 1e6) - 0.5) <= 0.001) "
+        f"count(*) FILTER (WHERE abs(total_fee_change_approx * 1e6 - floor(total_fee_change_approx * 1e6) - 0.5) "
+        f"<= 0.001) "
         "FROM rated6", {"month": M, "min_data": Decimal(0)}).fetchone()
     total, wrong_total, wrong_rental, exact_path = rows
     assert total > 30_000 and wrong_total == 0 and wrong_rental == 0

@@ -17,15 +17,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import test_ingest_contract
+import test_sandbox
 from conftest import write_table
-from test_ingest_contract import CONTACT, M, loaded, query, refused  # noqa: F401 (loaded is a fixture)
-from test_sandbox import RETENTION, check_files, in_tmp, one_error  # noqa: F401 (in_tmp is a fixture)
+from test_ingest_contract import CONTACT, M, query, refused
+from test_sandbox import RETENTION, check_files, one_error
 
 from mktool.errors import ConfigError
 from mktool.sqlquote import check_label
 
 ROOT = Path(__file__).resolve().parent.parent
 BEIJING = dt.timezone(dt.timedelta(hours=8))
+# Fixtures of those modules, bound here so that pytest offers them to this module's tests (a
+# `from ... import` of them would read as an unused import redefined by each test's parameter).
+loaded = test_ingest_contract.loaded
+in_tmp = test_sandbox.in_tmp
 
 
 # -- invisible characters inside identifier columns --------------------------------------------
@@ -126,7 +132,8 @@ def test_a_time_zone_aware_time_of_day_is_still_refused_as_a_date(loaded, tmp_pa
 
 
 # -- labels from YAML: invisible characters ----------------------------------------------------
-@pytest.mark.parametrize("label", ["high\u200b", "\ufeffhigh", "mid\u00adhigh", "high\u202e", "lo\u2060w", "高\u200d价值"])
+@pytest.mark.parametrize("label", ["high\u200b", "\ufeffhigh", "mid\u00adhigh", "high\u202e", "lo\u2060w",
+                                   "高\u200d价值"])
 def test_a_label_with_an_invisible_character_is_refused(label):
     """A tier named 'high\\u200b' prints as high but never equals the 'high' the rules compare."""
     with pytest.raises(ConfigError) as err:

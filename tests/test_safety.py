@@ -67,7 +67,8 @@ def start_hooked(tmp_path: Path, target: str, *args: str, pause: float = 120) ->
     """Start ``mktool args`` with ``target`` wrapped; returns once the process is paused after it."""
     marker = tmp_path / f"paused-{target}"
     marker.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOOK, *args], env={**ENV, "MKTOOL_TEST_HOOK": f"{target}|{marker}|{pause}"},
+    proc = subprocess.Popen([sys.executable, "-c", HOOK, *args],
+                            env={**ENV, "MKTOOL_TEST_HOOK": f"{target}|{marker}|{pause}"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists():
@@ -99,7 +100,8 @@ def db_state(db: Path) -> dict[str, Any]:
                                     "AND table_name <> 'publish_log' ORDER BY 1").fetchall():
             columns = [r[:2] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
             count, digest = con.execute(
-                f'SELECT count(*), md5(coalesce(string_agg(CAST(t AS VARCHAR), chr(10) ORDER BY CAST(t AS VARCHAR)), \'\')) '
+                f'SELECT count(*), md5(coalesce(string_agg(CAST(t AS VARCHAR), chr(10) '
+                f'ORDER BY CAST(t AS VARCHAR)), \'\')) '
                 f'FROM "{table}" t').fetchone()
             state[table] = (columns, count, digest)
         return state

@@ -326,10 +326,13 @@ def test_getenv():
         ("getvariable('x') = 1", "getvariable", "it reads the environment or session state"),
         ("version() = 'x'", "version", "it reads the environment or session state"),
         ("query('select 1') IS NULL", "query", "it reads data from outside the row (files, tables or the catalog)"),
-        ("read_csv_auto('x.csv') IS NULL", "read_csv_auto", "it reads data from outside the row (files, tables or the catalog)"),
+        ("read_csv_auto('x.csv') IS NULL", "read_csv_auto",
+         "it reads data from outside the row (files, tables or the catalog)"),
         ("glob('*') IS NULL", "glob", "it reads data from outside the row (files, tables or the catalog)"),
-        ("duckdb_tables() IS NULL", "duckdb_tables", "it reads data from outside the row (files, tables or the catalog)"),
-        ("pragma_version() IS NULL", "pragma_version", "it reads data from outside the row (files, tables or the catalog)"),
+        ("duckdb_tables() IS NULL", "duckdb_tables",
+         "it reads data from outside the row (files, tables or the catalog)"),
+        ("pragma_version() IS NULL", "pragma_version",
+         "it reads data from outside the row (files, tables or the catalog)"),
         ("sleep_ms(10) IS NULL", "sleep_ms", "it has side effects or aborts the run"),
         ("unnest(channels) = 'sms'", "unnest", "it returns several rows per row"),
         ("COLUMNS('arpu.*') > 1", "columns", "it picks columns by pattern, which bypasses the column check"),
@@ -411,9 +414,13 @@ def test_qualified_column():
         ("$1 > 1", "parameters are not allowed (found '$1')"),
         ("(arpu, city)", "expected a single expression, got a list of 2"),
         ("hit := 1", "':=' only names a function argument (found 'hit := 1')"),
-        ("main.abs(arpu) > 1", "qualified or method-style function calls are not allowed (found 'main.abs(arpu)'): write f(x, ...)"),
-        ("'HOME'.getenv() = 'x'", "qualified or method-style function calls are not allowed (found ''HOME'.getenv()'): write f(x, ...)"),
-        ("f(arpu) FILTER (WHERE arpu > 1) > 1", "aggregate FILTER clauses are not allowed (found 'F(arpu) FILTER(WHERE arpu > 1)'): rules are evaluated one row at a time"),
+        ("main.abs(arpu) > 1",
+         "qualified or method-style function calls are not allowed (found 'main.abs(arpu)'): write f(x, ...)"),
+        ("'HOME'.getenv() = 'x'",
+         "qualified or method-style function calls are not allowed (found ''HOME'.getenv()'): write f(x, ...)"),
+        ("f(arpu) FILTER (WHERE arpu > 1) > 1",
+         "aggregate FILTER clauses are not allowed (found 'F(arpu) FILTER(WHERE arpu > 1)'): "
+         "rules are evaluated one row at a time"),
     ],
 )
 def test_other_refusals(sql, reason):
@@ -768,7 +775,8 @@ def test_casts_only_to_scalar_types(sql, reason):
     "sql",
     ["arpu::int > 1", "arpu::bigint > 1", "tenure_months::tinyint > 1", "arpu::ubigint > 1", "arpu::double > 1",
      "arpu::float > 1", "arpu::numeric(10, 2) > 1", "CAST(arpu AS DECIMAL(18, 2)) > 1", "tenure_months::varchar = '1'",
-     "city::text = 'a'", "flag::bool", "CAST('2026-10-01' AS DATE) > join_date", "TIMESTAMP '2026-10-01 08:00:00' > join_date",
+     "city::text = 'a'", "flag::bool", "CAST('2026-10-01' AS DATE) > join_date",
+     "TIMESTAMP '2026-10-01 08:00:00' > join_date",
      "CAST('08:00' AS TIME) IS NULL", "TRY_CAST(city AS INTEGER) > 1", "INTERVAL '1' MONTH IS NULL"],
 )
 def test_casts_to_scalar_types_are_accepted(con, sql):

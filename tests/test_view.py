@@ -132,7 +132,8 @@ def test_value_tiers_split_10_20_60_10(cli, tmp_path):
     tiers = dict(con.execute("SELECT value_tier, count(*) FROM customer_view GROUP BY 1").fetchall())
     assert tiers == {"high": 2, "mid_high": 4, "mid": 12, "low": 2}
     # Only arpu differs, so the highest bills are the high tier.
-    assert con.execute("SELECT list(total_fee ORDER BY total_fee) FROM customer_view v JOIN billing b USING (msisdn, month) "
+    assert con.execute("SELECT list(total_fee ORDER BY total_fee) FROM customer_view v "
+                       "JOIN billing b USING (msisdn, month) "
                        "WHERE value_tier = 'high'").fetchone()[0] == [180.0, 190.0]
     scores = con.execute("SELECT min(value_score), max(value_score) FROM customer_view").fetchone()
     assert 0 <= scores[0] <= scores[1] <= 100
@@ -168,7 +169,8 @@ def test_inconsistent_pairwise_matrix_is_refused(cli, tmp_path):
 
 def test_unknown_column_in_score_expression(cli, tmp_path):
     mdir = _matrices_copy(tmp_path)
-    text = (mdir / "scores.yaml").read_text(encoding="utf-8").replace("churn_score >= ${churn_flag_at}", "churn_scor >= 1")
+    text = (mdir / "scores.yaml").read_text(encoding="utf-8").replace("churn_score >= ${churn_flag_at}",
+                                                                      "churn_scor >= 1")
     (mdir / "scores.yaml").write_text(text, encoding="utf-8")
     assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
     result = cli("score", "--month", M, "--matrices", str(mdir))
