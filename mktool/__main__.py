@@ -14,7 +14,7 @@ EXIT_INTERRUPTED = 130
 
 def main() -> None:
     try:
-        from mktool.cli import main as cli_main
+        from mktool.cli import main as cli_main  # noqa: PLC0415 - a Ctrl-C while importing is caught here
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted; nothing was committed.\n")
         sys.exit(EXIT_INTERRUPTED)

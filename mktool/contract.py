@@ -10,6 +10,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mktool.errors import MktoolError
+
 # ASCII digits only, and \Z: `$` would also accept a trailing newline ("2026-10\n").
 MONTH_RE = re.compile(r"\A[0-9]{4}-(0[1-9]|1[0-2])\Z")
 
@@ -17,8 +19,6 @@ MONTH_RE = re.compile(r"\A[0-9]{4}-(0[1-9]|1[0-2])\Z")
 def check_month(month: str) -> str:
     """``--month`` values: YYYY-MM, or a located error."""
     if not MONTH_RE.match(month):
-        from mktool.errors import MktoolError
-
         raise MktoolError(f"--month must be YYYY-MM, got '{month}'")
     return month
 

@@ -32,6 +32,8 @@ import duckdb
 from mktool.config import Settings
 from mktool.console import QUIET, Reporter
 from mktool.errors import MktoolError, StateError
+from mktool.project import load_project
+from mktool.snapshot import list_reader, target_lists, temporary_run
 
 __all__ = ["DiffResult", "compare_folders", "compare_rules", "render_csv", "render_json", "render_markdown"]
 
@@ -67,8 +69,6 @@ class DiffResult:
 # -- loading one side ---------------------------------------------------------------------------------------
 def _load_lists(con: duckdb.DuckDBPyConnection, folder: Path, side: str) -> list[str]:
     """Every target list of ``folder`` into table ``side`` (channel, msisdn, policy_id, rank); notes."""
-    from mktool.snapshot import list_reader, target_lists
-
     con.execute(f"CREATE OR REPLACE TEMP TABLE {side} (channel VARCHAR, msisdn VARCHAR, policy_id VARCHAR, rank INTEGER)")
     con.execute("CREATE TEMP TABLE IF NOT EXISTS list_names (channel VARCHAR)")
     notes = []
@@ -97,8 +97,6 @@ def _load_funnels(folder: Path) -> dict[str, list[tuple[str, int]]]:
 
 
 def _check_folder(folder: Path) -> Path:
-    from mktool.snapshot import target_lists
-
     folder = Path(folder)
     if not folder.is_dir():
         raise StateError(f"no export folder at {folder}", hint="give <out>/<month>, e.g. out/2026-10")
@@ -204,15 +202,12 @@ def compare_rules(month: str, current: Path, against: Path, *, fixtures: Path | 
                   cycle_date: dt.date | None = None, settings: Settings | None = None,
                   reporter: Reporter = QUIET) -> DiffResult:
     """Run the month with the ``against`` rules (before) and the ``current`` rules (after) and compare."""
-    from mktool.rules import load_rules
-    from mktool.snapshot import temporary_run
-
     for folder in (against, current):
         if not Path(folder).is_dir():
             raise StateError(f"no matrices folder at {folder}")
     # Refuse a broken rule set before building anything (errors name the file and rule).
-    load_rules(Path(against))
-    load_rules(Path(current))
+    load_project(Path(against))
+    load_project(Path(current))
     source = {"fixtures": fixtures} if fixtures is not None else {"source_db": db}
     with (reporter.step(f"running {month} with the rules in {against} and in {current}"),
           temporary_run(month, Path(against), cycle_date=cycle_date, settings=settings, label="before",

@@ -8,8 +8,7 @@ front-desk agent or an analyst reads before trusting a recommendation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import duckdb
@@ -18,6 +17,8 @@ from mktool.database import Database, table_exists
 from mktool.dialect import round_half_away
 from mktool.errors import MktoolError
 from mktool.freshness import require_fresh_view
+from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, SHOWN_COLUMNS_SQL, candidate_params, exact_sql, window_params
+from mktool.project import Project
 
 
 @dataclass
@@ -48,8 +49,6 @@ class Explanation:
     holdouts: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -63,8 +62,6 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 # plan_recommendations. Money as the lists show it (the fen); each rate as the lists show it
 # (4 decimals, half away from zero) and as the windows compared it (``*_6``, 6 decimals).
 def _plan_sql() -> str:
-    from mktool.plan import CANDIDATES_SQL, PAIRS_SQL, SHOWN_COLUMNS_SQL, exact_sql
-
     pairs_for_everyone = PAIRS_SQL.replace("FROM candidates AS c", "FROM staged AS c")
     return f"""WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql("WHERE msisdn = $msisdn")},
         shown AS (SELECT plan_id, plan_name, total_fee_change_6, rental_change_6, {SHOWN_COLUMNS_SQL} FROM rated6)
@@ -81,10 +78,7 @@ def _plan_sql() -> str:
         ORDER BY verdict <> 'in both windows', abs(total_fee_change_6 - 1), new_rental DESC, plan_id"""
 
 
-def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Explanation:
-    from mktool.plan import CANDIDATES_SQL, candidate_params, load_plan_config, window_params
-    from mktool.rules import load_rules
-
+def explain(db: Database, project: Project, month: str, msisdn: str) -> Explanation:
     con = db.c
     db.require_month("customer_view", month, "score")
     require_fresh_view(con, month)
@@ -95,7 +89,7 @@ def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Exp
                           hint="check the number (11 digits, as a string) and the month")
     view = found[0]
 
-    rules = load_rules(matrices_dir)
+    rules = project.rules
     outcomes: list[RuleOutcome] = []
     where: dict[str, bool | None] = {}
     for matrix in rules.matrices:
@@ -118,7 +112,7 @@ def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Exp
     recs = (_rows(con.execute("SELECT * FROM recommendations WHERE month = ? AND msisdn = ? ORDER BY rank",
                               [month, msisdn])) if table_exists(con, "recommendations") else [])
 
-    plan = load_plan_config(matrices_dir)
+    plan = project.plan
     stage_row = _rows(con.execute(
         "WITH " + CANDIDATES_SQL + " SELECT true AS base, is_active AS active, is_active AND has_min_data AS data_ge_min, "
           "is_active AND has_min_data AND on_eligible_plan AS eligible_plan, "

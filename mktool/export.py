@@ -47,12 +47,14 @@ import duckdb
 
 from mktool import __version__
 from mktool.console import QUIET, Reporter
+from mktool.contract import TABLES
 from mktool.database import Database, command_line, record_funnel, step_settings, table_columns, table_exists
 from mktool.dialect import money, round_half_away
-from mktool.errors import ConfigError, Interrupted, MktoolError
+from mktool.errors import Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
 from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, file_sha256, stream_file
-from mktool.plan import PlanConfig, load_plan_config, script_sql
+from mktool.planconfig import PlanConfig, script_sql
+from mktool.project import Project
 from mktool.publish import (
     Publication,
     deferred_interrupt,
@@ -63,7 +65,7 @@ from mktool.publish import (
     record_commit,
     recover_folder,
 )
-from mktool.rules import Channel, Policy, load_channels, load_policies
+from mktool.rules import Channel, Policy
 from mktool.schema import EXPORT_STAGES, MONEY_COLUMNS, RATE_COLUMNS, TARGET_COLUMNS
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
@@ -76,25 +78,30 @@ RECORDED_BY = "mktool"
 # -- configuration ----------------------------------------------------------------------------
 @dataclass
 class ExportConfig:
-    """What export needs from the rule folder, already validated by mktool.rules / mktool.plan."""
+    """What export needs from the project (the rules folder, validated once, and its salts)."""
 
     channels: dict[str, Channel]
     policies: dict[str, Policy]
     cooldown_days: int
     monthly_cap: int | None
     plan: PlanConfig
+    project: Project
 
     @classmethod
-    def load(cls, matrices_dir: Path) -> ExportConfig:
-        channel_config = load_channels(matrices_dir)
-        contact = channel_config.contact_policy
+    def of(cls, project: Project) -> ExportConfig:
+        contact = project.channels.contact_policy
         return cls(
-            channels=channel_config.channels,
-            policies=load_policies(matrices_dir),
+            channels=project.channels.channels,
+            policies=project.policies,
             cooldown_days=contact.cooldown_days if contact.cooldown_days is not None else DEFAULT_COOLDOWN_DAYS,
             monthly_cap=contact.monthly_cap,
-            plan=load_plan_config(matrices_dir),
+            plan=project.plan,
+            project=project,
         )
+
+    def salt(self, channel: Channel) -> str | None:
+        """The salt of a ``mask: hash`` channel, read from the environment when the project loaded."""
+        return self.project.salt(channel)
 
     def columns(self, channel: Channel) -> tuple[str, ...]:
         return tuple(channel.columns) if channel.columns else TARGET_COLUMNS
@@ -432,9 +439,9 @@ def cycle_id(channel: Channel, month: str, cycle_date: dt.date) -> str:
 
 def run_export(
     db: Database,
+    project: Project,
     month: str,
     *,
-    matrices_dir: Path,
     out_dir: Path | None,
     cycle_date: dt.date,
     only_channel: str | None = None,
@@ -445,7 +452,8 @@ def run_export(
     reporter: Reporter = QUIET,
 ) -> ExportResult:
     """Run the contact policy for one cycle and write (or, dry, only count) the target lists."""
-    config = ExportConfig.load(matrices_dir)
+    config = ExportConfig.of(project)
+    matrices_dir = project.root
     if only_cycle is not None and only_cycle not in ("daily", "monthly"):
         raise MktoolError(f"--cycle must be daily or monthly, got '{only_cycle}'")
     if only_channel is not None and only_channel not in config.channels:
@@ -455,7 +463,7 @@ def run_export(
     if not dry_run:  # a missing hash salt is refused before any work, not after the lists are computed
         for name, ch in config.channels.items():
             if only_channel in (None, name) and only_cycle in (None, ch.cycle):
-                _salt(ch)
+                config.salt(ch)
     con = db.c
     db.require_month("customer_view", month, "score")
     db.require_month("recommendations", month, "matrix")
@@ -558,21 +566,10 @@ def _count_stage(con: duckdb.DuckDBPyConnection, stage: str, table: str, where: 
     return {(channel, stage): int(n) for channel, n in rows}
 
 
-def _salt(channel: Channel) -> str | None:
-    """The salt of a ``mask: hash`` channel, from its environment variable (refused when unset)."""
-    if channel.mask != "hash":
-        return None
-    salt = os.environ.get(channel.salt_env)
-    if not salt:
-        raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable {channel.salt_env}",
-                          hint=f"export {channel.salt_env}=<secret shared with the channel's vendor>")
-    return salt
-
-
-def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
+def _channel_query(channel: Channel, columns: tuple[str, ...], salt: str | None) -> str:
     rows = (f"SELECT o.* EXCLUDE (channels), d.channel FROM _x_drawn d JOIN _x_offers o ON o.rowid = d.offer_id "
             f"WHERE d.channel = {quote_literal(channel.name)} AND NOT d.held_out")
-    return f"SELECT {_target_select(channel, columns, _salt(channel))} FROM ({rows}) ORDER BY msisdn, rank, policy_id"
+    return f"SELECT {_target_select(channel, columns, salt)} FROM ({rows}) ORDER BY msisdn, rank, policy_id"
 
 
 def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: str, cycle_date: dt.date,
@@ -589,7 +586,7 @@ def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: 
     ext = fmt or channel.format
     with tempfile.TemporaryDirectory(prefix="mktool-out-") as tmpdir:
         path = Path(tmpdir) / f"{ch.channel}.{ext}"
-        ch.rows = copy_to_file(con, _channel_query(channel, config.columns(channel)), path, ext)
+        ch.rows = copy_to_file(con, _channel_query(channel, config.columns(channel), config.salt(channel)), path, ext)
         ch.held_out = _held_out(con, ch.channel)
         try:
             stream_file(path)
@@ -725,7 +722,7 @@ def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], 
             for ch in selected:
                 channel = config.channels[ch.channel]
                 name = f"{ch.channel}.{fmt or channel.format}"
-                ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel))}) TO "
+                ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel), config.salt(channel))}) TO "
                                           f"{quote_literal(str(pub.path(name)))} "
                                           f"({COPY_OPTIONS[fmt or channel.format]})").fetchone()[0])  # type: ignore[index]
                 ch.held_out = _held_out(con, ch.channel)
@@ -830,8 +827,6 @@ def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     upserted tables (contact_history, events) keep every load's rows, so every load is listed.
     A file loaded again is listed once, as last loaded.
     """
-    from mktool.contract import TABLES
-
     rows = con.execute("SELECT load_id, table_name, file, sha256, rows, months FROM ingest_log "
                        "ORDER BY loaded_at, rowid").fetchall()
     latest_load: dict[tuple[str, str | None], str] = {}  # (table, month or None) → the load that last replaced it

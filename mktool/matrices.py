@@ -45,6 +45,7 @@ from mktool.database import Database, record_funnel, record_step, replace_month,
 from mktool.errors import ConfigError, MktoolError, RuleError, StateError
 from mktool.freshness import require_built_on_view, require_fresh_view, view_build_id
 from mktool.output import file_sha256
+from mktool.project import Project
 from mktool.rules import Matrix, Problem, Rule, RuleSet
 from mktool.schema import CUSTOMER_PRIORITY_TABLE, RECOMMENDATIONS_TABLE, VIEW_TABLE
 from mktool.sqlquote import quote_literal
@@ -456,8 +457,8 @@ def rules_used(rules: RuleSet) -> dict[str, Any]:
             "files": {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*.yaml")) if p.is_file()}}
 
 
-def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | None = None, dry_run: bool = False,
-             reporter: Reporter = QUIET) -> MatrixResult:
+def evaluate(db: Database, project: Project, month: str, *, only: Iterable[str] | None = None,
+             dry_run: bool = False, reporter: Reporter = QUIET) -> MatrixResult:
     """Evaluate the matrices for ``month`` and store recommendations (unless ``dry_run``).
 
     ``only`` re-evaluates just the named matrices (the priority matrix always runs): their
@@ -465,6 +466,7 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
     dry run writes nothing; the would-be rows stay in the session's temp table
     :data:`PREVIEW_TABLE` until the connection closes.
     """
+    rules = project.rules
     con = db.c
     try:
         run = _compute(db, month, rules, only, reporter)
@@ -519,11 +521,12 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
         _drop_work_tables(con, keep_preview=dry_run)
 
 
-def diagnose(db: Database, month: str, rules: RuleSet, *, reporter: Reporter = QUIET) -> list[Problem]:
+def diagnose(db: Database, project: Project, month: str, *, reporter: Reporter = QUIET) -> list[Problem]:
     """`check --month`: rules that never fire, first-hit rules shadowed by earlier ones, uncovered customers.
 
     Evaluates every matrix on the month's customer_view without writing anything.
     """
+    rules = project.rules
     con = db.c
     problems: list[Problem] = []
     try:

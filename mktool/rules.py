@@ -36,10 +36,11 @@ import duckdb
 from mktool.ahp import ahp_weights
 from mktool.contract import TABLES
 from mktool.errors import ConfigError
+from mktool.planconfig import PLAN_FILE, PlanConfig, load_plan_config
 from mktool.schema import CHANNEL_NAMES, CYCLES, LIST_FORMATS, MASKS, TARGET_COLUMNS
+from mktool.scoremodel import SCORES_FILE, ScoreModel, load_score_model, view_params, view_sql
 from mktool.sqlcheck import CheckedExpression, check_expression, text_results, vocabulary_mismatches
 from mktool.sqlquote import is_id, is_name, quote_identifier
-from mktool.view import SCORES_FILE, load_score_model, view_params, view_sql
 from mktool.yamlio import load_yaml, unknown_keys
 
 __all__ = [
@@ -279,6 +280,8 @@ class CheckReport:
     problems: list[Problem]
     rules: RuleSet | None
     files: list[str]
+    scores: ScoreModel | None = None  # scores.yaml, when it loaded
+    plan: PlanConfig | None = None  # plan.yaml, when it loaded
 
     @property
     def errors(self) -> list[Problem]:
@@ -968,12 +971,20 @@ def _short(text: str, width: int = 60) -> str:
 
 
 # -- entry points -------------------------------------------------------------------------------
-def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> tuple[RuleSet | None, list[str]]:
+@dataclass
+class _Loaded:
+    rules: RuleSet | None
+    files: list[str]
+    scores: ScoreModel | None = None
+    plan: PlanConfig | None = None
+
+
+def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> _Loaded:
     matrices_dir = Path(matrices_dir)
     files: list[str] = []
     if not matrices_dir.is_dir():
         problems.error(f"{matrices_dir}: the matrices folder does not exist")
-        return None, files
+        return _Loaded(None, files)
     model = None
     columns: list[str] | None = None
     files.append(str(matrices_dir / SCORES_FILE))
@@ -984,8 +995,7 @@ def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> tuple[R
     policies = _read_policies(matrices_dir, problems)
     channels = _read_channels(matrices_dir, problems)
     _check_policy_channels(policies, channels, problems)
-    if with_plan:
-        _check_plan(matrices_dir, problems, files, policies, channels)
+    plan = _check_plan(matrices_dir, problems, files, policies, channels) if with_plan else None
     ctx = _Context(columns, policies, channels)
     loaded: list[Matrix] = []
     failed_families: set[str] = set()
@@ -999,45 +1009,39 @@ def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> tuple[R
     if model is not None:
         _type_check(matrices, model, problems)
     if problems.error_count or policies is None or channels is None or columns is None:
-        return None, files
-    return RuleSet(matrices_dir, matrices, policies, channels, columns, problems.warnings), files
+        return _Loaded(None, files, model, plan)
+    return _Loaded(RuleSet(matrices_dir, matrices, policies, channels, columns, problems.warnings), files, model, plan)
 
 
 def _check_plan(matrices_dir: Path, problems: Problems, files: list[str],
-                policies: dict[str, Policy] | None, channels: ChannelConfig | None) -> None:
-    """plan.yaml through the plan module (when this installation has it), and its policy and channels."""
-    try:
-        from mktool import plan as plan_module  # noqa: PLC0415 - optional, written separately
-    except ImportError:
-        return
-    loader = getattr(plan_module, "load_plan_config", None)
-    if loader is None:
-        return
-    path = matrices_dir / "plan.yaml"
+                policies: dict[str, Policy] | None, channels: ChannelConfig | None) -> PlanConfig | None:
+    """plan.yaml, and the policy and channels it names (None when it does not load)."""
+    path = matrices_dir / PLAN_FILE
     files.append(str(path))
     config = None
     with problems.catch():
-        config = loader(matrices_dir)
+        config = load_plan_config(matrices_dir)
     if config is None:
-        return
-    policy_id = getattr(config, "policy", None)
-    if policies is not None and isinstance(policy_id, str):
+        return None
+    policy_id = config.policy
+    if policies is not None:
         policy = policies.get(policy_id)
         if policy is None:
             problems.error(f"{path}: policy: unknown policy '{policy_id}'{_suggest(policy_id, policies)}: "
                            f"add it to {POLICIES_FILE}")
     if channels is not None:
-        for ch in getattr(config, "channels", ()) or ():
+        for ch in config.channels:
             if ch not in channels.channels:
                 problems.error(f"{path}: channels: unknown channel '{ch}'{_suggest(ch, channels.names)}; "
                                f"{CHANNELS_FILE} defines {', '.join(channels.names)}")
+    return config
 
 
 def validate_all(matrices_dir: Path) -> CheckReport:
     """Check every YAML of the matrices folder; collect every problem rather than stop at one."""
     problems = Problems()
-    rules, files = _load(Path(matrices_dir), problems, with_plan=True)
-    return CheckReport(Path(matrices_dir), problems.items, rules, files)
+    loaded = _load(Path(matrices_dir), problems, with_plan=True)
+    return CheckReport(Path(matrices_dir), problems.items, loaded.rules, loaded.files, loaded.scores, loaded.plan)
 
 
 def load_rules(matrices_dir: Path) -> RuleSet:
@@ -1046,7 +1050,7 @@ def load_rules(matrices_dir: Path) -> RuleSet:
     Warnings (e.g. a priority order naming a family no matrix has) are in ``.warnings``.
     """
     problems = Problems()
-    rules, _files = _load(Path(matrices_dir), problems, with_plan=False)
+    rules = _load(Path(matrices_dir), problems, with_plan=False).rules
     raise_first(problems.errors)
     assert rules is not None
     return rules

@@ -65,10 +65,14 @@ from mktool.contract import MONTH_RE, TABLES, month_from_index, month_index
 from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.dialect import exact_decimal, py_round_half_away
 from mktool.errors import ConfigError, MktoolError
-from mktool.rules import matrix_files_by_name
+from mktool.matrices import PREVIEW_TABLE, evaluate
+from mktool.plan import CANDIDATES_SQL, STAGES, funnel_query, recommend_query
+from mktool.planconfig import load_plan_config
+from mktool.project import Project, project_from_report
+from mktool.rules import matrix_files, matrix_files_by_name, validate_all
 from mktool.schema import MONEY_COLUMNS, PLAN_STAGES, RATE_COLUMNS
+from mktool.scoremodel import ScoreModel, load_score_model, view_params, view_sql
 from mktool.sqlquote import quote_literal
-from mktool.view import ScoreModel, load_score_model, view_params, view_sql
 from mktool.yamlio import load_yaml, unknown_keys
 
 __all__ = [
@@ -367,8 +371,6 @@ def test_files(matrices_dir: Path) -> list[Path]:
 
 def discover(matrices_dir: Path) -> tuple[list[CaseFile], list[str]]:
     """Every test file of the folder and every matrix file's ``tests:`` section; (files, problems)."""
-    from mktool.rules import matrix_files
-
     files: list[CaseFile] = []
     problems: list[str] = []
     for path in test_files(matrices_dir):
@@ -822,9 +824,9 @@ def _judge_priority(case: Case, matrix: Any, actual: dict[str, Any] | None, matr
     return result
 
 
-def _run_matrix_file(cf: CaseFile, cases: list[Case], month: str, rules: Any, builder: CustomerBuilder,
+def _run_matrix_file(cf: CaseFile, cases: list[Case], month: str, project: Project, builder: CustomerBuilder,
                      matrix_file: dict[str, str], warnings: list[str]) -> list[CaseResult]:
-    from mktool.matrices import PREVIEW_TABLE, evaluate
+    rules = project.rules
 
     results: dict[int, CaseResult] = {}
     checked: dict[int, tuple[Any, Any, Any, Any]] = {}
@@ -844,7 +846,7 @@ def _run_matrix_file(cf: CaseFile, cases: list[Case], month: str, rules: Any, bu
         try:
             builder.create(con, month, customers)
             # The full run (priority orders and the whole ranking) only when a case looks at it.
-            full = evaluate(db, month, rules) if needs_full else None
+            full = evaluate(db, project, month) if needs_full else None
         except MktoolError as exc:
             for c in runnable:
                 results[c.no] = _error(c, f"{c.scope}: {exc.render()}")
@@ -876,7 +878,7 @@ def _run_matrix_file(cf: CaseFile, cases: list[Case], month: str, rules: Any, bu
         for name in sorted({checked[c.no][0].name for c in runnable
                             if checked[c.no][0] is not None and not checked[c.no][0].is_priority}):
             try:
-                result = evaluate(db, month, rules, only=[name], dry_run=True)
+                result = evaluate(db, project, month, only=[name], dry_run=True)
                 warnings.extend(w for w in result.warnings if w not in warnings)
                 per_matrix[name] = offers(PREVIEW_TABLE, "WHERE matrix = ?", [name])
             except MktoolError as exc:
@@ -948,14 +950,6 @@ def _plan_expect(case: Case) -> list[dict[str, Any]]:
 
 def _run_plan_file(cf: CaseFile, cases: list[Case], month: str, matrices_dir: Path,
                    builder: CustomerBuilder) -> list[CaseResult]:
-    from mktool.plan import (
-        CANDIDATES_SQL,
-        STAGES,
-        funnel_query,
-        load_plan_config,
-        recommend_query,
-    )
-
     results: dict[int, CaseResult] = {}
     customers = []
     configs = {}
@@ -1046,8 +1040,6 @@ def current_month() -> str:
 def run_tests(matrices_dir: Path, *, pattern: str | None = None, month: str | None = None,
               reporter: Reporter = QUIET) -> TestRun:
     """Run every selected case of the folder's test files; never raises for a failing case."""
-    from mktool.rules import validate_all
-
     matrices_dir = Path(matrices_dir)
     files, problems = discover(matrices_dir)
     if problems:
@@ -1082,7 +1074,8 @@ def run_tests(matrices_dir: Path, *, pattern: str | None = None, month: str | No
                 elif rules is None:
                     results += [_error(c, _rule_error_for(c, rule_errors, matrix_file)) for c in matrix_cases]
                 else:
-                    results += _run_matrix_file(cf, matrix_cases, m, rules, builder, matrix_file, warnings)
+                    results += _run_matrix_file(cf, matrix_cases, m, project_from_report(report), builder, matrix_file,
+                                                warnings)
             if plan_cases:
                 if builder is None:
                     results += [_error(c, f"plan: cannot build the customer: {model_error}") for c in plan_cases]

@@ -37,7 +37,10 @@ from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
 from mktool.database import Database
 from mktool.errors import CheckFailed, ConfigError, MktoolError, StateError
+from mktool.export import funnel_document
 from mktool.output import file_sha256
+from mktool.pipeline import check_before_run, run_pipeline
+from mktool.project import load_project
 from mktool.rules import matrix_files_by_name
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions, version_changes
@@ -133,8 +136,6 @@ def temporary_run(month: str, matrices_dir: Path, *, fixtures: Path | None = Non
     Everything lives in a temporary folder that is removed on exit; the user's database is
     only ever read (under the shared lock, via DuckDB's COPY FROM DATABASE).
     """
-    from mktool.pipeline import run_pipeline
-
     check_month(month)
     if (fixtures is None) == (source_db is None):
         raise MktoolError("give either fixture extracts or a database to copy")
@@ -145,10 +146,12 @@ def temporary_run(month: str, matrices_dir: Path, *, fixtures: Path | None = Non
         db_path = tmpdir / f"{label}.duckdb"
         run_settings = Settings(db_path=db_path, matrices_dir=Path(matrices_dir), memory_limit=base.memory_limit,
                                 threads=base.threads, temp_dir=tmpdir / "spill", lock_wait=0)
+        project = load_project(Path(matrices_dir))
+        check_before_run(project)
         if source_db is not None:
             copy_database(source_db, db_path, base)
         with Database(run_settings, write=True) as db:
-            run_pipeline(db, month, matrices_dir=Path(matrices_dir),
+            run_pipeline(db, project, month,
                          ingest_paths=[Path(fixtures)] if fixtures is not None else None,
                          cycle_date=cycle_date, out_dir=tmpdir / "out", reporter=reporter)
         yield MonthRun(month, cycle_date, db_path, tmpdir / "out" / month, Path(matrices_dir))
@@ -174,8 +177,6 @@ def copy_database(source: Path, target: Path, settings: Settings) -> None:
 def build_month(month: str, matrices_dir: Path, fixtures: Path, *, cycle_date: dt.date | None = None,
                 settings: Settings | None = None, reporter: Reporter = QUIET) -> dict[str, Any]:
     """The snapshot of one month: funnels, rule hits and target lists of the fixture run."""
-    from mktool.export import funnel_document
-
     with temporary_run(month, matrices_dir, fixtures=fixtures, cycle_date=cycle_date, settings=settings,
                        reporter=reporter, label="snapshot") as run:
         con = duckdb.connect(str(run.db_path), read_only=True)

@@ -32,6 +32,7 @@ from mktool.matrices import (
     spark_sql,
     stats_sql,
 )
+from mktool.project import load_project
 from mktool.rules import load_rules
 
 M = "2026-10"
@@ -185,9 +186,9 @@ def settings(db: Path) -> Settings:
 
 
 def run_matrix(matrices: Path, db: Path, **kwargs: Any):
-    rules = load_rules(matrices)
+    proj = load_project(matrices)
     with Database(settings(db), write=not kwargs.get("dry_run", False)) as database:
-        return evaluate(database, M, rules, **kwargs)
+        return evaluate(database, proj, M, **kwargs)
 
 
 def fetch(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
@@ -391,9 +392,9 @@ def test_dry_run_writes_nothing(project: tuple[Path, Path]) -> None:
 
 def test_dry_run_keeps_the_preview_in_the_session(project: tuple[Path, Path]) -> None:
     matrices, db = project
-    rules = load_rules(matrices)
+    proj = load_project(matrices)
     with Database(settings(db), write=False) as database:
-        evaluate(database, M, rules, dry_run=True)
+        evaluate(database, proj, M, dry_run=True)
         rows = database.c.execute(f"SELECT msisdn, rank, matrix, family, rule_no, rule_id, policy_id, \"group\", "
                                   f"channels FROM {PREVIEW_TABLE} ORDER BY msisdn, rank").fetchall()
     assert rows == EXPECTED
@@ -405,11 +406,11 @@ def test_rerun_replaces_the_month_and_keeps_other_months(project: tuple[Path, Pa
     con.executemany("INSERT INTO customer_view VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [view_row("13800000009", arpu=150, month="2026-09")])
     con.close()
-    rules = load_rules(matrices)
+    proj = load_project(matrices)
     with Database(settings(db), write=True) as database:
-        evaluate(database, "2026-09", rules)
-        evaluate(database, M, rules)
-        evaluate(database, M, rules)
+        evaluate(database, proj, "2026-09")
+        evaluate(database, proj, M)
+        evaluate(database, proj, M)
     assert fetch(db, "SELECT month, count(*) FROM recommendations GROUP BY month ORDER BY month") == [
         ("2026-09", 1), (M, 9)]
     assert fetch(db, "SELECT count(*) FROM rule_hits WHERE month = ?", [M]) == [(11,)]
@@ -454,9 +455,9 @@ def test_only_refuses_an_unknown_matrix(project: tuple[Path, Path]) -> None:
 
 def test_needs_customer_view_for_the_month(project: tuple[Path, Path]) -> None:
     matrices, db = project
-    rules = load_rules(matrices)
+    proj = load_project(matrices)
     with Database(settings(db), write=True) as database, pytest.raises(StateError) as err:
-        evaluate(database, "2026-11", rules)
+        evaluate(database, proj, "2026-11")
     assert "customer_view has no rows for month 2026-11 (months present: 2026-10)" in err.value.render()
     assert "run `mktool score --month 2026-11` first" in err.value.render()
 

@@ -8,7 +8,9 @@ that the 3-month averages (short history, 5.93/5.54/3.53 MB) come from the real 
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import shutil
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,16 +28,14 @@ from mktool.plan import (
     EXPORT_SQL,
     STAGES,
     TABLE_COLUMNS,
-    PlanConfig,
-    Window,
     funnel_query,
-    load_plan_config,
     plan,
     recommend_query,
-    script_sql,
     sweep,
     sweep_query,
 )
+from mktool.planconfig import PlanConfig, Window, load_plan_config, script_sql
+from mktool.project import Project, load_project
 from mktool.schema import MONEY_COLUMNS, RATE_COLUMNS
 
 M = "2026-10"
@@ -85,9 +85,14 @@ def settings(path: Path) -> Settings:
     return Settings(db_path=path, matrices_dir=MATRICES, memory_limit="1GB", threads=2)
 
 
+@functools.cache
+def shipped_project() -> Project:
+    return load_project(MATRICES)
+
+
 def run_plan(path: Path, config: PlanConfig | None = None, *, dry_run: bool = False, month: str = M):
     with Database(settings(path), write=not dry_run) as db:
-        return plan(db, month, config or PlanConfig(), dry_run=dry_run)
+        return plan(db, shipped_project(), month, config=config or PlanConfig(), dry_run=dry_run)
 
 
 def query(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
@@ -388,7 +393,7 @@ def test_sweep_grid_hand_counted_and_equal_to_plan_runs(db_path):
     make_db(db_path, SWEEP_CUSTOMERS, SWEEP_PLANS)
     config = load_plan_config(MATRICES)
     with Database(settings(db_path), write=False) as db:
-        cells = sweep(db, M, config)
+        cells = sweep(db, shipped_project(), M, config=config)
     assert {(str(c.total_change), str(c.rental_change)): c.customers for c in cells} == SWEEP_EXPECTED
     assert [(str(c.total_change), str(c.rental_change)) for c in cells] == list(SWEEP_EXPECTED)  # grid order
     for cell in cells:  # the sweep counts exactly what `plan` would target with those windows
@@ -495,7 +500,7 @@ def test_plan_yaml_missing_and_partial(tmp_path):
 
 def test_bad_plan_yaml_through_cli(cli, tmp_path):
     make_db(cli.db, [cust("13800000001")], [ZX128, ZX158])
-    (tmp_path / "m").mkdir()
+    shutil.copytree(MATRICES, tmp_path / "m")  # the command loads (and validates) the whole rules folder
     (tmp_path / "m" / "plan.yaml").write_text("top: 0\n", encoding="utf-8")
     result = cli("plan", "--month", M, "--matrices", str(tmp_path / "m"))
     assert result.exit_code == 1

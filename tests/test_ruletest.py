@@ -31,7 +31,7 @@ from mktool.ruletest import (
     discover,
     run_tests,
 )
-from mktool.view import load_score_model, view_params, view_sql
+from mktool.scoremodel import load_score_model, view_params, view_sql
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRICES = ROOT / "matrices"
