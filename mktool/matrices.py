@@ -342,8 +342,9 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, matrix: Matrix, rules: Se
         return con.execute(sql)
     except duckdb.Error as exc:
         culprit = _find_failing_rule(con, matrix, rules, month)
-        where = f"rule {culprit.id}: when" if culprit else "where" if matrix.where is not None else "matrix"
-        raise RuleError(f"{matrix.file}: {where}: DuckDB: {_first_line(exc)}") from None
+        where = (culprit.at("when") if culprit else matrix.at("where") if matrix.where is not None
+                 else matrix.at("matrix"))
+        raise RuleError(f"{where}: DuckDB: {_first_line(exc)}") from None
 
 
 def _find_failing_rule(con: duckdb.DuckDBPyConnection, matrix: Matrix, rules: Sequence[Rule], month: str) -> Rule | None:
@@ -387,7 +388,7 @@ def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | Non
         active[m.name], skipped[m.name] = _active_rules(m, rules, month)
         for no, why in skipped[m.name].items():
             rule = next(r for r in m.rules if r.no == no)
-            warnings.append(f"{m.file}: rule {rule.id}: skipped: {why}")
+            warnings.append(f"{rule.at('policy')}: skipped: {why}")
     _create_work_tables(con, rules, selected, active)
 
     stats: dict[str, tuple[int, int, dict[int, int]]] = {}
@@ -425,7 +426,7 @@ def _uncovered_error(con: duckdb.DuckDBPyConnection, rules: RuleSet, run: _Run) 
         example = dict(zip(names, found)) if found else None
     n = run.uncovered
     return RuleError(
-        f"{prio.file}: {n:,} customer{'s' if n != 1 else ''} of {run.month} "
+        f"{prio.at('rules')}: {n:,} customer{'s' if n != 1 else ''} of {run.month} "
         f"{'match' if n != 1 else 'matches'} no priority rule, so their offers cannot be ordered",
         row=example,
         hint="end the priority matrix with a catch-all rule (`when: true`) or widen a rule",
@@ -544,7 +545,7 @@ def diagnose(db: Database, project: Project, month: str, *, reporter: Reporter =
                     continue
                 if alone.get(r.no, 0) == 0:
                     scope = f"{passed:,} customers in the matrix's where" if m.where is not None else f"{customers:,} customers"
-                    problems.append(Problem("warning", f"{m.file}: rule {r.id}: never fires in {month} "
+                    problems.append(Problem("warning", f"{r.at()}: never fires in {month} "
                                                        f"(matches none of {scope})"))
                     continue
                 earlier = [x for x in rs if x.no < r.no]
@@ -552,7 +553,7 @@ def diagnose(db: Database, project: Project, month: str, *, reporter: Reporter =
                     continue
                 takers = con.execute(takers_sql(m, earlier, r, month)).fetchall()
                 shown = ", ".join(f"{by_no[int(no)].id}: {int(n):,}" for no, n in takers if no is not None)
-                problems.append(Problem("warning", f"{m.file}: rule {r.id}: shadowed: all {alone[r.no]:,} customers "
+                problems.append(Problem("warning", f"{r.at()}: shadowed: all {alone[r.no]:,} customers "
                                                    f"it matches in {month} are taken by earlier rules ({shown})"))
     finally:
         _drop_work_tables(con, keep_preview=False)

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mktool import dialect
 from mktool.errors import ConfigError, MktoolError
 from mktool.schema import CHANNEL_NAMES
 from mktool.sqlquote import is_id, quote_literal
-from mktool.yamlio import load_yaml, unknown_keys
+from mktool.yamlio import Located, read_yaml
 
 PLAN_FILE = "plan.yaml"
+T = TypeVar("T")
 #: Placeholders the recommendation phrase may use.
 SCRIPT_FIELDS = ("plan_name", "new_rental", "new_total")
 
@@ -41,56 +43,76 @@ def _fmt(x: float) -> str:
     return text if any(ch in text for ch in ".e") else text + ".0"
 
 
-def _fail(message: str, file: Path | None) -> MktoolError:
-    return ConfigError(message, file=str(file)) if file is not None else MktoolError(message)
+class Invalid(ValueError):
+    """A value that breaks its rule; the caller says where it was written (an option, a key of plan.yaml)."""
 
 
-def _positive_number(value: Any, *, where: str, file: Path | None) -> float:
+def _positive_number(value: Any, *, part: str) -> float:
     if isinstance(value, bool):
-        raise _fail(f"{where}: expected a number, got {value!r}", file)
+        raise Invalid(f"{part}expected a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise _fail(f"{where}: expected a number, got {value!r}", file) from None
+        raise Invalid(f"{part}expected a number, got {value!r}") from None
     if not math.isfinite(number) or number <= 0:
-        raise _fail(f"{where}: must be a positive number, got {value!r}", file)
+        raise Invalid(f"{part}must be a positive number, got {value!r}")
     return number
 
 
-def parse_window(value: Any, *, where: str, file: Path | None = None) -> Window:
-    """``"LO:HI"`` (command line and YAML) or ``[LO, HI]`` (YAML) → :class:`Window`.
+def window(value: Any) -> Window:
+    """``"LO:HI"`` (command line and YAML) or ``[LO, HI]`` (YAML) → :class:`Window`; raises :class:`Invalid`.
 
-    Both ends must be positive numbers and LO <= HI. Errors start with ``where`` (an option
-    such as ``--total-change`` or a dotted key of plan.yaml) and are ConfigErrors naming
-    ``file`` when one is given.
+    Both ends must be positive numbers and LO <= HI.
     """
     if isinstance(value, str):
         parts = value.split(":")
         if len(parts) != 2 or not all(p.strip() for p in parts):
-            raise _fail(f"{where}: expected LO:HI such as 0.6:1.5, got '{value}'", file)
+            raise Invalid(f"expected LO:HI such as 0.6:1.5, got '{value}'")
     elif isinstance(value, (list, tuple)) and len(value) == 2:
         parts = list(value)
     else:
         hint = " (quote it: YAML reads an unquoted 1:2 as the number 62)" if isinstance(value, int) else ""
-        raise _fail(f"{where}: expected \"LO:HI\" such as \"0.6:1.5\", got {value!r}{hint}", file)
-    lo = _positive_number(parts[0].strip() if isinstance(parts[0], str) else parts[0], where=f"{where}: LO", file=file)
-    hi = _positive_number(parts[1].strip() if isinstance(parts[1], str) else parts[1], where=f"{where}: HI", file=file)
+        raise Invalid(f"expected \"LO:HI\" such as \"0.6:1.5\", got {value!r}{hint}")
+    lo = _positive_number(parts[0].strip() if isinstance(parts[0], str) else parts[0], part="LO: ")
+    hi = _positive_number(parts[1].strip() if isinstance(parts[1], str) else parts[1], part="HI: ")
     if lo > hi:
-        raise _fail(f"{where}: LO ({_fmt(lo)}) is greater than HI ({_fmt(hi)}); write the window as LO:HI, "
-                    f"e.g. {_fmt(hi)}:{_fmt(lo)}", file)
+        raise Invalid(f"LO ({_fmt(lo)}) is greater than HI ({_fmt(hi)}); write the window as LO:HI, "
+                      f"e.g. {_fmt(hi)}:{_fmt(lo)}")
     return Window(lo, hi)
 
 
-def _top(value: Any, *, where: str, file: Path | None) -> int:
+def parse_window(value: Any, *, where: str) -> Window:
+    """A window given as a command-line value; errors start with ``where`` (the option)."""
+    try:
+        return window(value)
+    except Invalid as exc:
+        raise MktoolError(f"{where}: {exc}") from None
+
+
+def top_value(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _fail(f"{where}: must be a whole number >= 1, got {value!r}", file)
+        raise Invalid(f"must be a whole number >= 1, got {value!r}")
     return value
 
 
-def _min_data(value: Any, *, where: str, file: Path | None) -> float:
+def min_data_value(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise _fail(f"{where}: must be a number of MB >= 0, got {value!r}", file)
+        raise Invalid(f"must be a number of MB >= 0, got {value!r}")
     return float(value)
+
+
+def _option(check: Callable[[Any], T], value: Any, option: str) -> T:
+    try:
+        return check(value)
+    except Invalid as exc:
+        raise MktoolError(f"{option}: {exc}") from None
+
+
+def _key(check: Callable[[Any], T], node: Located) -> T:
+    try:
+        return check(node.value)
+    except Invalid as exc:
+        raise node.error(str(exc)) from None
 
 
 # -- configuration (plan.yaml) ---------------------------------------------------------------------
@@ -113,6 +135,7 @@ class PlanConfig:
     sweep_total: tuple[Window, ...] = DEFAULT_SWEEP_TOTAL
     sweep_rental: tuple[Window, ...] = DEFAULT_SWEEP_RENTAL
     path: Path | None = field(default=None, compare=False)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # plan.yaml's key lines
     overrides: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # the command-line options given
 
     def settings(self) -> dict[str, Any]:
@@ -126,99 +149,97 @@ class PlanConfig:
         changes: dict[str, Any] = {}
         if total_change is not None:
             changes["total_change"] = (total_change if isinstance(total_change, Window)
-                                       else parse_window(total_change, where="--total-change"))
+                                       else _option(window, total_change, "--total-change"))
         if rental_change is not None:
             changes["rental_change"] = (rental_change if isinstance(rental_change, Window)
-                                        else parse_window(rental_change, where="--rental-change"))
+                                        else _option(window, rental_change, "--rental-change"))
         if top is not None:
-            changes["top"] = _top(top, where="--top", file=None)
+            changes["top"] = _option(top_value, top, "--top")
         if min_data_mb is not None:
-            changes["min_data_mb"] = _min_data(min_data_mb, where="--min-data", file=None)
+            changes["min_data_mb"] = _option(min_data_value, min_data_mb, "--min-data")
         given = {"total_change": "--total-change", "rental_change": "--rental-change", "top": "--top",
                  "min_data_mb": "--min-data"}
         overrides = tuple((given[k], str(v)) for k, v in changes.items())
         return replace(self, **changes, overrides=self.overrides + overrides)
 
 
-def check_script(template: Any, *, where: str, file: Path | None) -> str:
+def check_script(template: Any) -> str:
     """The phrase template: a string whose only placeholders are {plan_name}, {new_rental}, {new_total}."""
     if not isinstance(template, str) or not template.strip():
-        raise _fail(f"{where}: expected a non-empty phrase, got {template!r}", file)
+        raise Invalid(f"expected a non-empty phrase, got {template!r}")
     if "\x00" in template:
-        raise _fail(f"{where}: the phrase contains a NUL character", file)
+        raise Invalid("the phrase contains a NUL character")
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise _fail(f"{where}: {exc} (write a literal brace as {{{{ or }}}})", file) from None
+        raise Invalid(f"{exc} (write a literal brace as {{{{ or }}}})") from None
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if name not in SCRIPT_FIELDS:
-            raise _fail(f"{where}: unknown placeholder {{{name}}} (allowed: "
-                        f"{', '.join('{' + f + '}' for f in SCRIPT_FIELDS)})", file)
+            raise Invalid(f"unknown placeholder {{{name}}} (allowed: "
+                          f"{', '.join('{' + f + '}' for f in SCRIPT_FIELDS)})")
         if spec or conversion:
-            raise _fail(f"{where}: placeholder {{{name}}} takes no format (money is always shown with 2 decimals)", file)
+            raise Invalid(f"placeholder {{{name}}} takes no format (money is always shown with 2 decimals)")
     return template
 
 
-def _windows(value: Any, *, where: str, file: Path) -> tuple[Window, ...]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: expected a non-empty list of \"LO:HI\" windows, got {value!r}", file=str(file))
-    return tuple(parse_window(v, where=f"{where}[{i}]", file=file) for i, v in enumerate(value))
+def _windows(node: Located) -> tuple[Window, ...]:
+    if not isinstance(node.value, list) or not node.value:
+        raise node.error(f"expected a non-empty list of \"LO:HI\" windows, got {node.value!r}")
+    return tuple(_key(window, item) for item in node.items())
+
+
+PLAN_KEYS = {"total_change", "rental_change", "top", "min_data_mb", "policy", "channels", "script", "sweep"}
 
 
 def load_plan_config(matrices_dir: Path) -> PlanConfig:
-    """Read and validate ``plan.yaml``; every error names the file and the dotted key."""
+    """Read and validate ``plan.yaml``; every error names the file, line and dotted key."""
     path = Path(matrices_dir) / PLAN_FILE
     if not path.exists():
         raise ConfigError(f"missing {PLAN_FILE} in the matrices folder {matrices_dir}", file=str(path),
                           hint="copy the shipped matrices/plan.yaml into it")
-    doc = load_yaml(path)
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"expected a mapping of settings, got {type(doc).__name__}", file=str(path))
-    unknown_keys(doc, {"total_change", "rental_change", "top", "min_data_mb", "policy", "channels", "script", "sweep"},
-                 file=path, at="")
-    defaults = PlanConfig()
+    doc = read_yaml(path).root
+    if doc.value is None:
+        doc = Located(doc.doc, "", {})
+    if not isinstance(doc.value, dict):
+        raise doc.error(f"expected a mapping of settings, got {type(doc.value).__name__}")
+    doc.check_keys(PLAN_KEYS)
     values: dict[str, Any] = {"path": path}
     for key in ("total_change", "rental_change"):
-        if doc.get(key) is not None:
-            values[key] = parse_window(doc[key], where=key, file=path)
-    if doc.get("top") is not None:
-        values["top"] = _top(doc["top"], where="top", file=path)
-    if doc.get("min_data_mb") is not None:
-        values["min_data_mb"] = _min_data(doc["min_data_mb"], where="min_data_mb", file=path)
-    if doc.get("policy") is not None:
-        policy = doc["policy"]
-        if not is_id(policy):
-            raise ConfigError(f"policy: expected a policy id such as PLAN_CHANGE, got {policy!r}", file=str(path))
-        values["policy"] = policy
-    if doc.get("channels") is not None:
-        channels = doc["channels"]
-        if not isinstance(channels, list) or not channels:
-            raise ConfigError(f"channels: expected a non-empty list such as [outbound, sms], got {channels!r}",
-                              file=str(path))
-        for i, ch in enumerate(channels):
-            if ch not in CHANNEL_NAMES:
-                raise ConfigError(f"channels[{i}]: unknown channel {ch!r} (known: {', '.join(CHANNEL_NAMES)})",
-                                  file=str(path))
-        if len(set(channels)) != len(channels):
-            raise ConfigError(f"channels: lists a channel twice: {channels!r}", file=str(path))
-        values["channels"] = tuple(channels)
-    if doc.get("script") is not None:
-        values["script"] = check_script(doc["script"], where="script", file=path)
-    sweep_doc = doc.get("sweep")
-    if sweep_doc is not None:
-        if not isinstance(sweep_doc, dict):
-            raise ConfigError(f"sweep: expected a mapping with total_change and rental_change, got {sweep_doc!r}",
-                              file=str(path))
-        unknown_keys(sweep_doc, {"total_change", "rental_change"}, file=path, at="sweep")
-        if sweep_doc.get("total_change") is not None:
-            values["sweep_total"] = _windows(sweep_doc["total_change"], where="sweep.total_change", file=path)
-        if sweep_doc.get("rental_change") is not None:
-            values["sweep_rental"] = _windows(sweep_doc["rental_change"], where="sweep.rental_change", file=path)
-    return replace(defaults, **values)
+        if doc.child(key).value is not None:
+            values[key] = _key(window, doc.child(key))
+    if doc.child("top").value is not None:
+        values["top"] = _key(top_value, doc.child("top"))
+    if doc.child("min_data_mb").value is not None:
+        values["min_data_mb"] = _key(min_data_value, doc.child("min_data_mb"))
+    policy = doc.child("policy")
+    if policy.value is not None:
+        if not is_id(policy.value):
+            raise policy.error(f"expected a policy id such as PLAN_CHANGE, got {policy.value!r}")
+        values["policy"] = policy.value
+    channels = doc.child("channels")
+    if channels.value is not None:
+        if not isinstance(channels.value, list) or not channels.value:
+            raise channels.error(f"expected a non-empty list such as [outbound, sms], got {channels.value!r}")
+        for item in channels.items():
+            if item.value not in CHANNEL_NAMES:
+                raise item.error(f"unknown channel {item.value!r} (known: {', '.join(CHANNEL_NAMES)})")
+        if len(set(channels.value)) != len(channels.value):
+            raise channels.error(f"lists a channel twice: {channels.value!r}")
+        values["channels"] = tuple(channels.value)
+    if doc.child("script").value is not None:
+        values["script"] = _key(check_script, doc.child("script"))
+    sweep = doc.child("sweep")
+    if sweep.value is not None:
+        if not isinstance(sweep.value, dict):
+            raise sweep.error(f"expected a mapping with total_change and rental_change, got {sweep.value!r}")
+        sweep.check_keys({"total_change", "rental_change"})
+        if sweep.child("total_change").value is not None:
+            values["sweep_total"] = _windows(sweep.child("total_change"))
+        if sweep.child("rental_change").value is not None:
+            values["sweep_rental"] = _windows(sweep.child("rental_change"))
+    return replace(PlanConfig(lines=doc.doc.lines), **values)
 
 
 def script_sql(template: str) -> str:

@@ -22,8 +22,7 @@ from mktool.contract import month_from_index, month_index, window
 from mktool.errors import ConfigError
 from mktool.sqlcheck import check_expression
 from mktool.sqlquote import check_label, quote_identifier, quote_literal
-from mktool.yamlio import field as yfield
-from mktool.yamlio import load_yaml, number, unknown_keys
+from mktool.yamlio import Located, YamlFile, read_yaml
 
 SQL_DIR = Path(__file__).parent / "sql"
 SCORES_FILE = "scores.yaml"
@@ -90,6 +89,11 @@ class ScoreModel:
     tiers: list[tuple[str, Fraction]]  # tier name, share of customers, best first
     columns: list[ScoreColumn]
     params: dict[str, Any] = field(default_factory=dict)
+    source: YamlFile | None = field(default=None, compare=False, repr=False)  # scores.yaml, to locate problems
+
+    def where(self, path: str, label: str | None = None) -> str:
+        """The location of a key of scores.yaml (``scores.yaml:111 @ columns[10].expr (segment)``)."""
+        return (self.source or YamlFile(str(self.path), None)).where(path, label)
 
     def indicator_weights(self) -> list[tuple[str, str, float]]:
         """(criterion, indicator, global weight) — what the value score is made of."""
@@ -104,41 +108,47 @@ class ScoreModel:
         return [*BASE_COLUMNS, *FEATURE_COLUMNS, *VALUE_COLUMNS, *(c.name for c in self.columns)]
 
 
-def _substitute(sql: str, params: dict[str, Any], *, file: Path, at: str) -> str:
+def _substitute(sql: str, params: dict[str, Any], node: Located) -> str:
     def repl(m: re.Match[str]) -> str:
         name = m.group(1)
         if name not in params:
-            raise ConfigError(f"{at}: unknown parameter ${{{name}}} (params: {', '.join(params) or 'none'})", file=str(file))
+            raise node.error(f"unknown parameter ${{{name}}} (params: {', '.join(params) or 'none'})")
         value = params[name]
         try:
             return quote_literal(value if isinstance(value, (bool, int, float)) else str(value))
         except ValueError as exc:
-            raise ConfigError(f"{at}: parameter ${{{name}}}: {exc}", file=str(file)) from None
+            raise node.error(f"parameter ${{{name}}}: {exc}") from None
 
     return PARAM_RE.sub(repl, sql)
 
 
-def _comparison_matrix(raw: Any, size: int, *, file: Path, at: str) -> AhpResult:
-    if raw is None:
+def _comparison_matrix(node: Located, size: int) -> AhpResult:
+    if node.value is None:
         return ahp_weights([[1.0] * size for _ in range(size)])
-    if not isinstance(raw, list) or not all(isinstance(r, list) for r in raw):
-        raise ConfigError(f"{at}: expected a list of rows", file=str(file))
-    matrix = [[number(v, file=file, at=f"{at}[{i + 1}][{j + 1}]") for j, v in enumerate(row)] for i, row in enumerate(raw)]
+    if not isinstance(node.value, list) or not all(isinstance(r, list) for r in node.value):
+        raise node.error("expected a list of rows")
+    matrix = [[cell.number() for cell in row.items()] for row in node.items()]
     if len(matrix) != size:
-        raise ConfigError(f"{at}: has {len(matrix)} rows but there are {size} items to compare", file=str(file))
+        raise node.error(f"has {len(matrix)} rows but there are {size} items to compare")
     problem = check_matrix(matrix)
     if problem:
-        raise ConfigError(f"{at}: {problem}", file=str(file))
+        raise node.error(problem)
     result = ahp_weights(matrix)
     if not result.consistent:
-        raise ConfigError(
-            f"{at}: consistency ratio {result.consistency_ratio:.3f} is ≥ {MAX_CONSISTENCY_RATIO:.2f}: "
+        raise node.error(
+            f"consistency ratio {result.consistency_ratio:.3f} is ≥ {MAX_CONSISTENCY_RATIO:.2f}: "
             "the pairwise judgements contradict each other (λmax "
             f"{result.lambda_max:.3f} for n = {size})",
-            file=str(file),
             hint="revise the comparisons so that if A > B and B > C then A > C by roughly the product",
         )
     return result
+
+
+def _label(node: Located, what: str) -> str:
+    try:
+        return check_label(node.value, file=None, at="", what=what)
+    except ConfigError as exc:
+        raise node.error(exc.message) from None
 
 
 def load_score_model(matrices_dir: Path, overrides: dict[str, Any] | None = None) -> ScoreModel:
@@ -146,63 +156,66 @@ def load_score_model(matrices_dir: Path, overrides: dict[str, Any] | None = None
     path = matrices_dir / SCORES_FILE
     if not path.exists():
         raise ConfigError(f"missing {SCORES_FILE} in the matrices folder {matrices_dir}", file=str(path))
-    doc = load_yaml(path)
-    if not isinstance(doc, dict):
-        raise ConfigError("expected a mapping with keys params, value, columns", file=str(path))
-    unknown_keys(doc, {"params", "value", "columns"}, file=path, at="")
-    params = dict(yfield(doc, "params", dict, file=path, at="", required=False, default={}))
+    source = read_yaml(path)
+    doc = source.root
+    if not isinstance(doc.value, dict):
+        raise doc.error("expected a mapping with keys params, value, columns")
+    doc.check_keys({"params", "value", "columns"})
+    params = dict(doc.get("params", dict) or {})
     for key, value in (overrides or {}).items():
         if key not in params:
-            raise ConfigError(f"params: unknown parameter '{key}' (known: {', '.join(params)})", file=str(path))
+            raise doc.child("params").error(f"unknown parameter '{key}' (known: {', '.join(params)})")
         params[key] = value
     known: list[str] = [*BASE_COLUMNS, *FEATURE_COLUMNS]
 
-    value = yfield(doc, "value", dict, file=path, at="")
-    unknown_keys(value, {"criteria", "pairwise", "tiers"}, file=path, at="value")
-    raw_criteria = yfield(value, "criteria", list, file=path, at="value")
+    doc.get("value", dict, required=True)
+    value = doc.child("value")
+    value.check_keys({"criteria", "pairwise", "tiers"})
+    value.get("criteria", list, required=True)
     criteria: list[Criterion] = []
-    for i, rc in enumerate(raw_criteria):
-        at = f"value.criteria[{i}]"
-        unknown_keys(rc if isinstance(rc, dict) else {}, {"name", "indicators", "pairwise"}, file=path, at=at)
-        cname = yfield(rc, "name", str, file=path, at=at)
+    for rc in value.child("criteria").items():
+        rc.check_keys({"name", "indicators", "pairwise"})
+        cname = rc.get("name", str, required=True)
         inds = []
-        for j, ri in enumerate(yfield(rc, "indicators", list, file=path, at=at)):
-            iat = f"{at}.indicators[{j}]"
-            iname = yfield(ri, "name", str, file=path, at=iat)
-            expr = _substitute(str(yfield(ri, "expr", (str, int, float), file=path, at=iat)), params, file=path, at=iat)
-            checked = check_expression(expr, location=f"{path}: {iat}.expr", columns=known, kind="scalar")
+        rc.get("indicators", list, required=True)
+        for ri in rc.child("indicators").items():
+            iname = ri.get("name", str, required=True)
+            expr_node = ri.child("expr")
+            expr = _substitute(str(ri.get("expr", (str, int, float), required=True)), params, expr_node)
+            checked = check_expression(expr, location=expr_node.where(), columns=known, kind="scalar")
             inds.append(Indicator(iname, checked.duckdb_sql))
         if not inds:
-            raise ConfigError(f"{at}.indicators: needs at least one indicator", file=str(path))
-        criteria.append(Criterion(cname, inds, _comparison_matrix(rc.get("pairwise"), len(inds), file=path, at=f"{at}.pairwise")))
+            raise rc.child("indicators").error("needs at least one indicator")
+        criteria.append(Criterion(cname, inds, _comparison_matrix(rc.child("pairwise"), len(inds))))
     if not criteria:
-        raise ConfigError("value.criteria: needs at least one criterion", file=str(path))
-    ahp = _comparison_matrix(value.get("pairwise"), len(criteria), file=path, at="value.pairwise")
+        raise value.child("criteria").error("needs at least one criterion")
+    ahp = _comparison_matrix(value.child("pairwise"), len(criteria))
 
     tiers: list[tuple[str, Fraction]] = []
-    for i, rt in enumerate(yfield(value, "tiers", list, file=path, at="value")):
-        at = f"value.tiers[{i}]"
-        tiers.append((check_label(yfield(rt, "tier", str, file=path, at=at), file=path, at=f"{at}.tier",
-                                  what="value tier name"),
-                      Fraction(str(number(yfield(rt, "share", (int, float, str), file=path, at=at), file=path, at=at)))))
+    value.get("tiers", list, required=True)
+    for rt in value.child("tiers").items():
+        rt.get("tier", str, required=True)
+        rt.get("share", (int, float, str), required=True)
+        tiers.append((_label(rt.child("tier"), "value tier name"), Fraction(str(rt.child("share").number()))))
     if sum(share for _, share in tiers) != 1:
-        raise ConfigError(f"value.tiers: shares add up to {float(sum(s for _, s in tiers)):g}, not 1", file=str(path))
+        raise value.child("tiers").error(f"shares add up to {float(sum(s for _, s in tiers)):g}, not 1")
     known += list(VALUE_COLUMNS)
 
     columns: list[ScoreColumn] = []
-    for i, rcol in enumerate(yfield(doc, "columns", list, file=path, at="")):
-        at = f"columns[{i}]"
-        unknown_keys(rcol if isinstance(rcol, dict) else {}, {"name", "expr", "doc"}, file=path, at=at)
-        name = yfield(rcol, "name", str, file=path, at=at)
+    doc.get("columns", list, required=True)
+    for rcol in doc.child("columns").items():
+        rcol.check_keys({"name", "expr", "doc"})
+        name = rcol.get("name", str, required=True)
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-            raise ConfigError(f"{at}.name: '{name}' must be a lower-case SQL identifier", file=str(path))
+            raise rcol.child("name").error(f"'{name}' must be a lower-case SQL identifier")
         if name in known:
-            raise ConfigError(f"{at}.name: column '{name}' already exists in the view", file=str(path))
-        expr = _substitute(str(yfield(rcol, "expr", (str, int, float, bool), file=path, at=at)), params, file=path, at=at)
-        checked = check_expression(expr, location=f"{path}: {at} ({name}).expr", columns=known, kind="scalar")
+            raise rcol.child("name").error(f"column '{name}' already exists in the view")
+        expr_node = rcol.child("expr").labelled(name)
+        expr = _substitute(str(rcol.get("expr", (str, int, float, bool), required=True)), params, expr_node)
+        checked = check_expression(expr, location=expr_node.where(), columns=known, kind="scalar")
         columns.append(ScoreColumn(name, checked.duckdb_sql))
         known.append(name)
-    return ScoreModel(path, criteria, ahp, tiers, columns, params)
+    return ScoreModel(path, criteria, ahp, tiers, columns, params, source)
 
 
 # -- SQL --------------------------------------------------------------------------------------
@@ -211,7 +224,8 @@ def _vas_sql(has_vas: bool) -> str:
         flags = ", ".join(f"false AS has_{s}" for s in VAS_SERVICES)
         return f"SELECT CAST(NULL AS VARCHAR) AS msisdn, 0 AS vas_active, {flags} WHERE false"
     flags = ", ".join(f"bool_or(active AND service = '{s}') AS has_{s}" for s in VAS_SERVICES)
-    return f"SELECT msisdn, count(*) FILTER (WHERE active) AS vas_active, {flags} FROM vas WHERE month = $month GROUP BY msisdn"
+    return (f"SELECT msisdn, count(*) FILTER (WHERE active) AS vas_active, {flags} FROM vas WHERE month = $month "
+            "GROUP BY msisdn")
 
 
 def render_money_markers(sql: str) -> str:

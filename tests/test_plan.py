@@ -466,20 +466,22 @@ def test_shipped_plan_yaml_is_spec_defaults():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("total_change: '1.5:0.6'\n", "plan.yaml: total_change: LO (1.5) is greater than HI (0.6)"),
-    ("rental_change: 1:2\n", "plan.yaml: rental_change: expected \"LO:HI\" such as \"0.6:1.5\", got 62 (quote it"),
-    ("rental_change: [1, -2]\n", "plan.yaml: rental_change: HI: must be a positive number, got -2"),
-    ("top: 0\n", "plan.yaml: top: must be a whole number >= 1, got 0"),
-    ("top: 1.5\n", "plan.yaml: top: must be a whole number >= 1, got 1.5"),
-    ("min_data_mb: -5\n", "plan.yaml: min_data_mb: must be a number of MB >= 0, got -5"),
-    ("channels: [outbound, fax]\n", "plan.yaml: channels[1]: unknown channel 'fax'"),
-    ("policy: ''\n", "plan.yaml: policy: expected a policy id"),
-    ("script: '改用{plan}'\n", "plan.yaml: script: unknown placeholder {plan} (allowed: {plan_name}, {new_rental}, {new_total})"),
-    ("script: '月租{new_rental:.0f}'\n", "plan.yaml: script: placeholder {new_rental} takes no format"),
-    ("sweep:\n  total_change: ['0.6:1.5', '2:1']\n", "plan.yaml: sweep.total_change[1]: LO (2.0) is greater than HI (1.0)"),
-    ("sweep:\n  rental: []\n", "plan.yaml: sweep: unknown key 'rental' (did you mean 'rental_change'?)"),
-    ("totl_change: '0.6:1.5'\n", "plan.yaml: top level: unknown key 'totl_change' (did you mean 'total_change'?)"),
-    ("top: [1\n", "plan.yaml: line 2, column 1: invalid YAML"),
+    ("total_change: '1.5:0.6'\n", "plan.yaml:1 @ total_change: LO (1.5) is greater than HI (0.6)"),
+    ("rental_change: 1:2\n", "plan.yaml:1 @ rental_change: expected \"LO:HI\" such as \"0.6:1.5\", got 62 (quote it"),
+    ("rental_change: [1, -2]\n", "plan.yaml:1 @ rental_change: HI: must be a positive number, got -2"),
+    ("top: 0\n", "plan.yaml:1 @ top: must be a whole number >= 1, got 0"),
+    ("top: 1.5\n", "plan.yaml:1 @ top: must be a whole number >= 1, got 1.5"),
+    ("min_data_mb: -5\n", "plan.yaml:1 @ min_data_mb: must be a number of MB >= 0, got -5"),
+    ("channels: [outbound, fax]\n", "plan.yaml:1 @ channels[1]: unknown channel 'fax'"),
+    ("top: 1\n\n# the plan's channels\nchannels:\n  - outbound\n  - fax\n", "plan.yaml:6 @ channels[1]: unknown channel 'fax'"),
+    ("policy: ''\n", "plan.yaml:1 @ policy: expected a policy id"),
+    ("script: '改用{plan}'\n", "plan.yaml:1 @ script: unknown placeholder {plan} (allowed: {plan_name}, {new_rental}, "
+                             "{new_total})"),
+    ("script: '月租{new_rental:.0f}'\n", "plan.yaml:1 @ script: placeholder {new_rental} takes no format"),
+    ("sweep:\n  total_change: ['0.6:1.5', '2:1']\n", "plan.yaml:2 @ sweep.total_change[1]: LO (2.0) is greater than HI (1.0)"),
+    ("sweep:\n  rental: []\n", "plan.yaml:2 @ sweep: unknown key 'rental' (did you mean 'rental_change'?)"),
+    ("top: 1\ntotl_change: '0.6:1.5'\n", "plan.yaml:2: unknown key 'totl_change' (did you mean 'total_change'?)"),
+    ("top: [1\n", "plan.yaml:2:1: invalid YAML"),
 ])
 def test_plan_yaml_errors_are_located(tmp_path, text, message):
     (tmp_path / "plan.yaml").write_text(text, encoding="utf-8")
@@ -504,7 +506,7 @@ def test_bad_plan_yaml_through_cli(cli, tmp_path):
     (tmp_path / "m" / "plan.yaml").write_text("top: 0\n", encoding="utf-8")
     result = cli("plan", "--month", M, "--matrices", str(tmp_path / "m"))
     assert result.exit_code == 1
-    assert f"Error: {tmp_path / 'm' / 'plan.yaml'}: top: must be a whole number >= 1, got 0" in result.stderr
+    assert f"Error: {tmp_path / 'm' / 'plan.yaml'}:1 @ top: must be a whole number >= 1, got 0" in result.stderr
 
 
 # -- the SQL ------------------------------------------------------------------------------------------
