@@ -1,14 +1,16 @@
 """Loading and validating the marketing rule files (SPEC §4, §6): matrices, policies, channels.
 
 Everything here happens before any SQL touches the database. Each problem is collected
-(rather than stopping at the first) with a message that starts with the file and the rule:
-``matrices/retention.yaml: rule R6: when: unknown column 'arpu3m' (did you mean 'arpu_3m'?)``.
+(rather than stopping at the first) with a message that starts with its location — file,
+line, key path and rule (:func:`mktool.errors.location`):
+``matrices/retention.yaml:47 @ rules[5].when (rule R6): unknown column 'arpu3m' (did you mean 'arpu_3m'?)``.
 
-* ``validate_all(matrices_dir)`` checks every YAML of the folder (scores.yaml, plan.yaml when
-  the plan module exists, policies.yaml, channels.yaml, every matrix) and returns a
-  :class:`CheckReport`; ``report.raise_for_errors()`` raises the first error.
-* ``load_rules(matrices_dir)`` is what ``matrix`` / ``export`` / ``run`` call: the same
-  checks for the files they need, raising the first error, returning a :class:`RuleSet`.
+* ``validate_all(matrices_dir)`` checks every YAML of the folder (scores.yaml, plan.yaml,
+  policies.yaml, channels.yaml, every matrix) and returns a :class:`CheckReport` (with the
+  score model and plan config that loaded); :func:`mktool.project.load_project` turns it into
+  the :class:`~mktool.project.Project` every step takes, raising the first error.
+* ``load_rules(matrices_dir)``: the matrices with their catalogues only (no plan.yaml), for
+  callers that inspect rules; the steps take a project.
 
 Which files are matrices: every ``*.yaml`` / ``*.yml`` under the folder whose top level has a
 ``matrix:`` key, except the catalogue/model files (:data:`NOT_MATRICES`) and anything under a
