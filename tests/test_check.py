@@ -65,7 +65,8 @@ def test_clean_project_passes(cli, in_tmp: Path) -> None:
 # -- one error per kind of mistake ------------------------------------------------------------------------
 def test_bad_yaml_syntax(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("hit: first", "hit: first\n  oops: [")
-    assert one_error(cli, {"retention.yaml": bad}).startswith("matrices/retention.yaml:4:7: invalid YAML (mapping values are not allowed here)")
+    assert one_error(cli, {"retention.yaml": bad}).startswith(
+        "matrices/retention.yaml:4:7: invalid YAML (mapping values are not allowed here)")
 
 
 def test_unknown_key_with_suggestion(cli, in_tmp: Path) -> None:
@@ -109,7 +110,8 @@ def test_missing_policy_with_suggestion(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("policy: PREPAY_SMALL, group: 5, channels: [sms]}\n  - {id: R3",
                             "policy: PREPAY_SMAL, group: 5, channels: [sms]}\n  - {id: R3")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml:7 @ rules[1].policy (rule R2): unknown policy 'PREPAY_SMAL' (did you mean 'PREPAY_SMALL'?): "
+        "matrices/retention.yaml:7 @ rules[1].policy (rule R2): unknown policy 'PREPAY_SMAL' (did you mean "
+        "'PREPAY_SMALL'?): "
         "add it to policies.yaml")
 
 
@@ -150,7 +152,8 @@ def test_channels_default_to_the_policys(in_tmp: Path) -> None:
 def test_missing_channels_without_policy_channels(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("group: 5, channels: [sms]}\n  - {id: R3", "group: 5}\n  - {id: R3")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml:7 @ rules[1].channels (rule R2): missing, and policy PREPAY_SMALL names no channels either")
+        "matrices/retention.yaml:7 @ rules[1].channels (rule R2): missing, and policy PREPAY_SMALL names no "
+        "channels either")
 
 
 @pytest.mark.parametrize(("when", "message"), [
@@ -182,13 +185,15 @@ def test_bad_hit_mode(cli, in_tmp: Path) -> None:
 def test_priority_rule_with_policy(cli, in_tmp: Path) -> None:
     bad = PRIORITY.replace("{id: P3, when: true, order: [retention]}", "{id: P3, when: true, policy: PREPAY_BIG}")
     assert one_error(cli, {"priority.yaml": bad}) == (
-        "matrices/priority.yaml:7 @ rules[2].policy (rule P3): a priority-matrix rule gives an 'order' (a list of families), not a policy")
+        "matrices/priority.yaml:7 @ rules[2].policy (rule P3): a priority-matrix rule gives an 'order' (a list "
+        "of families), not a policy")
 
 
 def test_offer_rule_with_order(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("{id: R3, when: tenure_months > 12,", "{id: R3, when: tenure_months > 12, order: [x],")
     assert one_error(cli, {"retention.yaml": bad}).startswith(
-        "matrices/retention.yaml:8 @ rules[2].order (rule R3): 'order' belongs in the priority matrix (family: priority)")
+        "matrices/retention.yaml:8 @ rules[2].order (rule R3): 'order' belongs in the priority matrix (family: "
+        "priority)")
 
 
 def test_priority_collect_refused(cli, in_tmp: Path) -> None:
@@ -216,7 +221,8 @@ def test_two_priority_matrices(cli, in_tmp: Path) -> None:
 def test_duplicate_policy_id(cli, in_tmp: Path) -> None:
     bad = POLICIES + "  - {id: LD_AH, name: again, family: traffic}\n"
     assert one_error(cli, {"policies.yaml": bad}) == (
-        "matrices/policies.yaml:11 @ policies[9].id (policy LD_AH): duplicate policy id (policies[9] repeats an earlier entry)")
+        "matrices/policies.yaml:11 @ policies[9].id (policy LD_AH): duplicate policy id (policies[9] repeats an "
+        "earlier entry)")
 
 
 def test_policy_unknown_key_and_bad_dates(cli, in_tmp: Path) -> None:
@@ -227,14 +233,16 @@ def test_policy_unknown_key_and_bad_dates(cli, in_tmp: Path) -> None:
     bad = POLICIES.replace("{id: LD_AH, name: 安徽长途通, family: traffic}",
                            "{id: LD_AH, name: 安徽长途通, family: traffic, valid_from: 2026-12-01, valid_to: 2026-01-01}")
     assert one_error(cli, {"policies.yaml": bad}) == (
-        "matrices/policies.yaml:9 @ policies[7].valid_from (policy LD_AH): valid_from 2026-12-01 is after valid_to 2026-01-01")
+        "matrices/policies.yaml:9 @ policies[7].valid_from (policy LD_AH): valid_from 2026-12-01 is after "
+        "valid_to 2026-01-01")
 
 
 def test_policy_channel_not_in_channels_yaml(cli, in_tmp: Path) -> None:
     bad = POLICIES.replace("channels: [frontdesk, outbound]}", "channels: [frontdesk, outbond]}")
     result = check(cli, files={"policies.yaml": bad})
     assert result.exit_code == 1
-    assert ("matrices/policies.yaml:2 @ policies[0].channels (policy PREPAY_BIG): unknown channel 'outbond' (did you mean "
+    assert ("matrices/policies.yaml:2 @ policies[0].channels (policy PREPAY_BIG): unknown channel 'outbond' "
+            "(did you mean "
             "'outbound'?); channels.yaml defines frontdesk, outbound, sms, app") in errors_of(result)
 
 
@@ -259,7 +267,8 @@ def test_missing_catalogues(cli, in_tmp: Path) -> None:
 def test_typo_in_matrix_key_is_not_silently_ignored(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("matrix: retention", "matirx: retention")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml:1 @ matirx: has 'rules:' but no top-level 'matrix:' key (found 'matirx': did you mean 'matrix'?)")
+        "matrices/retention.yaml:1 @ matirx: has 'rules:' but no top-level 'matrix:' key (found 'matirx': did "
+        "you mean 'matrix'?)")
 
 
 def test_broken_scores_yaml_is_reported(cli, in_tmp: Path) -> None:
@@ -289,7 +298,8 @@ def test_json_format(cli, in_tmp: Path) -> None:
     result = check(cli, "--format", "json", files={"retention.yaml": bad})
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
-    assert doc["errors"] == ["matrices/retention.yaml:7 @ rules[1].when (rule R2): unknown column 'arpu3m' (did you mean 'arpu_3m'?)"]
+    assert doc["errors"] == [
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): unknown column 'arpu3m' (did you mean 'arpu_3m'?)"]
     assert doc["warnings"] == [] and "matrices/retention.yaml" in doc["files"]
 
 
@@ -299,7 +309,8 @@ def test_order_naming_an_unknown_family_is_a_warning(cli, in_tmp: Path) -> None:
     result = check(cli, files={"priority.yaml": prio})
     assert result.exit_code == 0, result.output
     assert warnings_of(result) == [
-        "matrices/priority.yaml:5 @ rules[0].order (rule P1): no matrix has family 'new_servise' (did you mean 'new_service'?) "
+        "matrices/priority.yaml:5 @ rules[0].order (rule P1): no matrix has family 'new_servise' (did you mean "
+        "'new_service'?) "
         "(families: new_service, retention, traffic)"]
     strict = cli("check", "--matrices", "matrices", "--strict")
     assert strict.exit_code == 5
@@ -312,8 +323,10 @@ def test_month_warnings_never_fires_and_shadowed(cli, in_tmp: Path) -> None:
     result = check(cli, "--month", M, files={"new_service.yaml": ns}, db=db)
     assert result.exit_code == 0, result.output
     assert warnings_of(result) == [
-        "matrices/new_service.yaml:8 @ rules[2] (rule N3): never fires in 2026-10 (matches none of 4 customers in the matrix's where)",
-        "matrices/retention.yaml:8 @ rules[2] (rule R3): shadowed: all 2 customers it matches in 2026-10 are taken by earlier "
+        "matrices/new_service.yaml:8 @ rules[2] (rule N3): never fires in 2026-10 (matches none of 4 customers "
+        "in the matrix's where)",
+        "matrices/retention.yaml:8 @ rules[2] (rule R3): shadowed: all 2 customers it matches in 2026-10 are "
+        "taken by earlier "
         "rules (R1: 2)",
     ]
     strict = cli("check", "--matrices", "matrices", "--month", M, "--strict", db_path=db)
@@ -335,7 +348,8 @@ def test_month_shadowing_names_every_taker(cli, in_tmp: Path) -> None:
                                           view_row("13800000003", arpu=150)])
     result = check(cli, "--month", M, files={"retention.yaml": ret}, db=db)
     assert result.exit_code == 0, result.output
-    assert ("matrices/retention.yaml:7 @ rules[2] (rule R3): shadowed: all 3 customers it matches in 2026-10 are taken by "
+    assert ("matrices/retention.yaml:7 @ rules[2] (rule R3): shadowed: all 3 customers it matches in 2026-10 "
+            "are taken by "
             "earlier rules (R1: 2, R2: 1)") in warnings_of(result)  # this file has no where: R3 is on line 7
 
 
@@ -344,7 +358,8 @@ def test_month_uncovered_customers_are_an_error(cli, in_tmp: Path) -> None:
     db = make_view(in_tmp / "db.duckdb", CUSTOMERS)
     result = check(cli, "--month", M, files={"priority.yaml": prio}, db=db)
     assert result.exit_code == 1
-    assert errors_of(result)[0].startswith("matrices/priority.yaml:4 @ rules: 3 customers of 2026-10 match no priority rule")
+    assert errors_of(result)[0].startswith(
+        "matrices/priority.yaml:4 @ rules: 3 customers of 2026-10 match no priority rule")
 
 
 def test_month_needs_the_view(cli, in_tmp: Path) -> None:

@@ -30,8 +30,8 @@ from mktool.export import _channel_query, _target_select
 from mktool.matrices import kept_rows_sql
 from mktool.planconfig import script_sql
 from mktool.rules import Channel
-from mktool.sqlquote import check_id, check_label, check_name, quote_identifier, quote_literal
 from mktool.scoremodel import load_score_model, view_params, view_sql
+from mktool.sqlquote import check_id, check_label, check_name, quote_identifier, quote_literal
 
 CANARY = "CANARY-7f3a9c"
 
