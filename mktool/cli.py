@@ -12,10 +12,12 @@ checks as a second line of defence for other callers.
 """
 
 import contextlib
+import csv
 import datetime as dt
 import errno
 import functools
 import inspect
+import io
 import json
 import math
 import os
@@ -30,17 +32,32 @@ from typing import Annotated, Any, TypeVar
 
 import duckdb
 import typer
+from rich.console import Console
 from rich.markup import escape
 
-from mktool import __version__
+from mktool import __version__, explain, export, ingest, matrices, pipeline, plan, view
 from mktool.config import DECIMAL_RE, ENV, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
 from mktool.contract import TABLES, check_month
 from mktool.database import Database
-from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, MktoolError
-from mktool.output import write_query
+from mktool.diff import compare_folders, compare_rules, headline, render_csv, render_json, render_markdown, sections
+from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CheckFailed, ConfigError, MktoolError
+from mktool.output import infer_format, write_query
+from mktool.planconfig import parse_window as plan_window
+from mktool.project import Project, load_project, project_from_report
 from mktool.render import print_table, render_table, render_test_report
-from mktool.schema import CYCLES, EXPORT_STAGES, FUNNEL_TABLE, LIST_FORMATS
+from mktool.rules import validate_all
+from mktool.ruletest import (
+    coverage_problems,
+    default_customer_rows,
+    junit_xml,
+    result_document,
+    run_tests,
+)
+from mktool.schema import CYCLES, EXPORT_STAGES, FUNNEL_TABLE, LIST_FORMATS, RECOMMENDATIONS_TABLE, VIEW_TABLE
+from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, raise_if_moved, record
+from mktool.snapshot import check as snapshot_check
+from mktool.snapshot import write as snapshot_write
 
 app = typer.Typer(
     name="mktool",
@@ -146,8 +163,6 @@ def _setting(check: Callable[..., Any]) -> Callable[[str], Any]:
 
 def parse_window(value: str) -> str:
     """``--total-change`` & co.: LO:HI of positive numbers, LO <= HI (the plan module's own rule)."""
-    from mktool.plan import parse_window as plan_window  # plan pulls in sqlglot: only when used
-
     try:
         plan_window(value, where="window")
     except MktoolError as exc:
@@ -233,6 +248,7 @@ class Run:
     verbose: bool
     ctx: typer.Context | None = None
     opened: list[Database] = field(default_factory=list)  # to tell an interrupt what was committed
+    loaded: Project | None = None  # the project, once a command has asked for it
 
     def db(self, *, write: bool) -> Database:
         database = Database(self.settings, write=write)
@@ -245,6 +261,12 @@ class Run:
             return ("Interrupted; the steps that finished before it stay committed, the one running was rolled "
                     "back: run the command again to finish")
         return "Interrupted; nothing was committed."
+
+    def project(self) -> Project:
+        """The matrices folder, loaded and validated once for this command."""
+        if self.loaded is None:
+            self.loaded = load_project(self.settings.matrices_dir)
+        return self.loaded
 
     def usage_error(self, options: str | list[str], message: str) -> typer.BadParameter:
         """A combination or value only the command can judge (e.g. a channel of channels.yaml): exit 2."""
@@ -451,10 +473,8 @@ def ingest_cmd(
 
     Example:  mktool ingest fixtures/extracts/    ·    mktool ingest --table usage /data/u_oct.parquet
     """
-    from mktool.ingest import ingest
-
     with run.db(write=True) as db:
-        result = ingest(db, paths, table=table, reporter=run.reporter)
+        result = ingest.ingest(db, paths, table=table, reporter=run.reporter)
     rows = [(f.table, ", ".join(f.months) or "-", f.rows, f.path.name) for f in result.files]
     render_table(run.reporter, f"Loaded {len(result.files)} file(s), {result.rows:,} rows", ["table", "months", "rows", "file"], rows)
 
@@ -468,10 +488,8 @@ def status_cmd(
 
     Example:  mktool status    ·    mktool status --format json | jq .
     """
-    from mktool.ingest import status
-
     with run.db(write=False) as db:
-        rows = status(db)
+        rows = ingest.status(db)
     if fmt == "json":
         typer.echo(json.dumps(rows, default=str, indent=2, ensure_ascii=False))
         return
@@ -527,19 +545,18 @@ def score_cmd(
       mktool score --month 2026-10 --out view.parquet
       mktool score --month 2026-10 --param churn_flag_at=40 --out - | head
     """
-    from mktool.view import VIEW_TABLE, load_score_model, score
-
     overrides = parse_params(param)
+    project = run.project()
     if overrides:  # a name scores.yaml does not have is a usage error, like an unknown --channel
-        known = load_score_model(run.settings.matrices_dir).params
+        known = project.scores.params
         unknown = [name for name in overrides if name not in known]
         if unknown:
             raise run.usage_error("--param", f"scores.yaml of {run.settings.matrices_dir} has no parameter "
                                              f"{', '.join(map(repr, unknown))} (it has: {', '.join(known) or 'none'})")
     check_out_file(out)
     with run.db(write=True) as db:
-        result = score(db, month, matrices_dir=run.settings.matrices_dir, reporter=run.reporter,
-                       params=overrides, summary=not run.reporter.quiet)
+        result = view.score(db, project, month, reporter=run.reporter, params=overrides,
+                            summary=not run.reporter.quiet)
         if out:
             write_query(db.c, f"SELECT * FROM {VIEW_TABLE} WHERE month = ? ORDER BY msisdn", out, fmt, [month])
     run.reporter.info(f"customer_view {month}: {result.rows:,} customers")
@@ -602,11 +619,6 @@ def plan_cmd(
       mktool plan --month 2026-10 --sweep
       mktool plan --month 2026-10 --sweep --sweep-total 0.9:1.1 --sweep-rental 1.0:1.2 --format csv
     """
-    from mktool.output import infer_format
-    from mktool.plan import EXPORT_SQL, load_plan_config, parse_window
-    from mktool.plan import plan as plan_step
-    from mktool.plan import sweep as plan_sweep
-
     if (sweep_total or sweep_rental) and not sweep:
         raise run.usage_error(["--sweep-total", "--sweep-rental"], "they only apply with --sweep")
     if sweep:
@@ -620,25 +632,26 @@ def plan_cmd(
     if dry_run and out:
         raise run.usage_error(["--dry-run", "--out"], "--dry-run writes nothing; drop --out, or run without --dry-run")
     check_out_file(out)
-    config = load_plan_config(run.settings.matrices_dir).with_overrides(
+    project = run.project()
+    config = project.plan.with_overrides(
         total_change=total_change, rental_change=rental_change, top=top, min_data_mb=min_data)
     if sweep:
         for given, name, instead in ((total_change, "--total-change", "--sweep-total"),
                                      (rental_change, "--rental-change", "--sweep-rental"), (top, "--top", None)):
             if given is not None:
                 run.reporter.warn(f"{name} is not used by --sweep" + (f" (give the grid with {instead})" if instead else ""))
-        totals = [parse_window(w, where="--sweep-total") for w in sweep_total or []]
-        rentals = [parse_window(w, where="--sweep-rental") for w in sweep_rental or []]
+        totals = [plan_window(w, where="--sweep-total") for w in sweep_total or []]
+        rentals = [plan_window(w, where="--sweep-rental") for w in sweep_rental or []]
         with run.db(write=False) as db:
-            cells = plan_sweep(db, month, config, totals or None, rentals or None)
+            cells = plan.sweep(db, project, month, totals or None, rentals or None, config=config)
         _print_sweep(run, month, config, cells, sweep_fmt)
         return
     if out:
         infer_format(out, fmt)  # refuse a bad --format before the work, not after
     with run.db(write=not dry_run) as db:
-        result = plan_step(db, month, config, reporter=run.reporter, dry_run=dry_run)
+        result = plan.plan(db, project, month, config=config, reporter=run.reporter, dry_run=dry_run)
         if out:
-            write_query(db.c, EXPORT_SQL, out, fmt, [month])
+            write_query(db.c, plan.EXPORT_SQL, out, fmt, [month])
     counts = dict(result.stages)
     previous: int | None = None
     rows = []
@@ -666,9 +679,6 @@ def _print_sweep(run: Run, month: str, config: Any, cells: list[Any], fmt: str) 
         if fmt == "json":
             typer.echo(json.dumps(records, indent=2))
         else:
-            import csv
-            import io
-
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["customers"], lineterminator="\n")
             writer.writeheader()
@@ -723,22 +733,20 @@ def export_cmd(
       mktool export --month 2026-10 --format parquet --out /data/lists
       mktool export --month 2026-10 --channel sms --out - | gateway-upload
     """
-    from mktool.export import run_export
-    from mktool.rules import load_channels
-
     to_stdout = out == "-"
     if to_stdout and not channel:
         raise run.usage_error(["--out", "--channel"], "--out - streams one list: add --channel NAME")
+    project = run.project()
     if channel is not None:
-        known = load_channels(run.settings.matrices_dir).names
+        known = project.channels.names
         if channel not in known:
             raise run.usage_error("--channel", f"unknown channel {channel!r}; channels.yaml of "
                                               f"{run.settings.matrices_dir} has: {', '.join(known)}")
     if not to_stdout and not dry_run:
         check_out_folder(Path(out))
     with run.db(write=not dry_run) as db:
-        result = run_export(
-            db, month, matrices_dir=run.settings.matrices_dir, out_dir=None if to_stdout else Path(out),
+        result = export.run_export(
+            db, project, month, out_dir=None if to_stdout else Path(out),
             cycle_date=cycle_date_or_today(date), only_channel=channel, only_cycle=cycle, fmt=fmt, dry_run=dry_run, stdout=to_stdout,
             reporter=run.reporter,
         )
@@ -765,12 +773,10 @@ def funnel_cmd(
       mktool funnel --month 2026-10
       mktool funnel --month 2026-10 --format json | jq '.funnels.plan'
     """
-    from mktool.export import funnel_document
-
     with run.db(write=False) as db:
         if not db.table_exists(FUNNEL_TABLE):
             raise MktoolError(f"no funnels recorded for {month}", hint=f"run `mktool plan/matrix --month {month}` first")
-        doc = funnel_document(db.c, month)
+        doc = export.funnel_document(db.c, month)
     if not doc["funnels"]:
         raise MktoolError(f"no funnels recorded for {month}", hint=f"run `mktool plan/matrix/export --month {month}` first")
     if fmt == "json":
@@ -820,14 +826,11 @@ def matrix_cmd(
       mktool matrix --month 2026-10 --out - --format jsonl | head
       mktool matrix --month 2026-10 --show-sql spark > matrices_spark.sql
     """
-    from mktool.matrices import RECOMMENDATIONS_TABLE, evaluate, generated_sql
-    from mktool.output import infer_format
-    from mktool.rules import load_rules
-
     if dry_run and out:
         raise run.usage_error(["--dry-run", "--out"], "--dry-run writes nothing; drop --out, or run without --dry-run")
     check_out_file(out)
-    rules = load_rules(run.settings.matrices_dir)
+    project = run.project()
+    rules = project.rules
     names = [n.strip() for n in (only or "").split(",") if n.strip()] or None
     for name in names or []:
         try:
@@ -835,7 +838,7 @@ def matrix_cmd(
         except MktoolError as exc:
             raise run.usage_error("--only", exc.message) from None
     if show_sql is not None:
-        for name, sql in generated_sql(rules, month, only=names, dialect=show_sql).items():
+        for name, sql in matrices.generated_sql(rules, month, only=names, dialect=show_sql).items():
             typer.echo(f"-- {name}\n{sql};\n")
         return
     if out:
@@ -843,7 +846,7 @@ def matrix_cmd(
     for warning in rules.warnings:
         run.reporter.warn(str(warning))
     with run.db(write=not dry_run) as db:
-        result = evaluate(db, month, rules, only=names, dry_run=dry_run, reporter=run.reporter)
+        result = matrices.evaluate(db, project, month, only=names, dry_run=dry_run, reporter=run.reporter)
         if out:
             write_query(db.c, f"SELECT * FROM {RECOMMENDATIONS_TABLE} WHERE month = ? ORDER BY msisdn, rank", out, fmt, [month])
     render_table(
@@ -882,16 +885,11 @@ def check_cmd(
       mktool check --month 2026-10 --strict
       mktool check --format json | jq '.errors'
     """
-    from mktool.errors import CheckFailed, ConfigError
-    from mktool.rules import validate_all
-
     report = validate_all(run.settings.matrices_dir)
     problems = list(report.problems)
     if month is not None and report.rules is not None:
-        from mktool.matrices import diagnose
-
         with run.db(write=False) as db:
-            problems += diagnose(db, month, report.rules, reporter=run.reporter)
+            problems += matrices.diagnose(db, project_from_report(report), month, reporter=run.reporter)
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity == "warning"]
     if fmt == "json":
@@ -936,11 +934,11 @@ def run_cmd(
       mktool run --month 2026-10 --ingest fixtures/extracts --date 2026-11-01
       MKTOOL_DB=/data/mk.duckdb mktool run --month 2026-10 --quiet   # cron
     """
-    from mktool.pipeline import run_pipeline
-
     check_out_folder(out)
+    project = run.project()  # every rule file, validated before the database is opened
+    pipeline.check_before_run(project)  # and the salt of every hash-masked channel
     with run.db(write=True) as db:
-        result = run_pipeline(db, month, matrices_dir=run.settings.matrices_dir, ingest_paths=ingest_dir,
+        result = pipeline.run_pipeline(db, project, month, ingest_paths=ingest_dir,
                               cycle_date=cycle_date_or_today(date), out_dir=out, fmt=fmt, reporter=run.reporter)
     rows = []
     for name, stages in result.funnels.items():
@@ -968,12 +966,9 @@ def explain_cmd(
       mktool explain 13800000042 --month 2026-10
       mktool explain 13800000042 --month 2026-10 --format json | jq '.plan_pairs[0]'
     """
-    from rich.console import Console
-
-    from mktool.explain import display, explain, outcome_label
-
+    project = run.project()
     with run.db(write=False) as db:
-        ex = explain(db, msisdn, month, matrices_dir=run.settings.matrices_dir)
+        ex = explain.explain(db, project, month, msisdn)
     if fmt == "json":
         typer.echo(json.dumps(ex.to_dict(), default=str, ensure_ascii=False, indent=2))
         return
@@ -986,11 +981,11 @@ def explain_cmd(
             "months_in_window", "value_score", "value_tier", "stickiness_score", "stickiness_tier", "churn_score",
             "churn_flag", "traffic_group", "tenure_cohort", "segment"]
     render_table(run.reporter, "Customer view", ["column", "value"],
-                 [(k, display(v.get(k))) for k in keys if k in v], to_stdout=True)
+                 [(k, explain.display(v.get(k))) for k in keys if k in v], to_stdout=True)
     rows = []
     for r in ex.rules:
         target = " → ".join(r.order) if r.order else (r.policy_id or "")
-        rows.append((r.matrix, r.rule_id, outcome_label(r), target, r.when))
+        rows.append((r.matrix, r.rule_id, explain.outcome_label(r), target, r.when))
     render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when"], rows, to_stdout=True)
     render_table(run.reporter, "Recommendations (stored)", ["rank", "matrix", "rule", "policy", "channels"],
                  [(r["rank"], r["matrix"], r["rule_id"], r["policy_id"], ", ".join(r.get("channels") or []))
@@ -1003,9 +998,9 @@ def explain_cmd(
         render_table(run.reporter, "Plan pairs (3-month averages priced on each target plan)",
                      ["plan", "name", "rental", "voice ovg", "data ovg", "new total", "current", "total Δ", "rental Δ",
                       "verdict", "rank"],
-                     [(p["plan_id"], p["plan_name"], display(p["new_rental"]), display(p["new_voice_overage"]),
-                       display(p["new_data_overage"]), display(p["new_total"]), display(p["current_total"]),
-                       display(p["total_fee_change"], 4), display(p["rental_change"], 4), p["verdict"],
+                     [(p["plan_id"], p["plan_name"], explain.display(p["new_rental"]), explain.display(p["new_voice_overage"]),
+                       explain.display(p["new_data_overage"]), explain.display(p["new_total"]), explain.display(p["current_total"]),
+                       explain.display(p["total_fee_change"], 4), explain.display(p["rental_change"], 4), p["verdict"],
                        p.get("rank") or "") for p in ex.plan_pairs], to_stdout=True)
     render_table(run.reporter, "Contacts (latest first)", ["date", "channel", "policy", "outcome", "cycle"],
                  [(c["contact_date"], c["channel"], c["policy_id"], c["outcome"], c.get("cycle")) for c in ex.contacts],
@@ -1047,9 +1042,6 @@ def test_cmd(
       mktool test --strict --junit rule-tests.xml
       mktool test --defaults
     """
-    from mktool.errors import CheckFailed
-    from mktool.ruletest import coverage_problems, default_customer_rows, junit_xml, result_document, run_tests
-
     require_rules_folder(run.settings.matrices_dir, "--matrices")
     if junit is not None:
         check_out_file(str(junit))
@@ -1128,10 +1120,6 @@ def snapshot_cmd(
       mktool snapshot --month 2026-10 --write    # record it in fixtures/snapshot.json
       mktool snapshot --check                    # CI: fail when the rules moved the fixtures
     """
-    from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, raise_if_moved, record
-    from mktool.snapshot import check as snapshot_check
-    from mktool.snapshot import write as snapshot_write
-
     if write and check:
         raise run.usage_error(["--write", "--check"], "--write records and --check compares: give one of them")
     cycle = date
@@ -1203,9 +1191,6 @@ def diff_cmd(
       mktool diff --month 2026-10 --against-matrices ../main/matrices --fixtures fixtures/extracts
       mktool diff --month 2026-10 --against-matrices ../main/matrices --format markdown > diff.md
     """
-    from mktool.diff import compare_folders, compare_rules, headline, render_csv, render_json, render_markdown, sections
-    from mktool.errors import CheckFailed
-
     folders = folders or []
     if against is not None:
         if folders:

@@ -32,7 +32,7 @@ import duckdb
 from mktool.config import Settings
 from mktool.console import QUIET, Reporter
 from mktool.errors import MktoolError, StateError
-from mktool.rules import load_rules
+from mktool.project import load_project
 from mktool.runs import list_reader, target_lists, temporary_run
 
 __all__ = ["DiffResult", "compare_folders", "compare_rules", "render_csv", "render_json", "render_markdown"]
@@ -208,8 +208,8 @@ def compare_rules(month: str, current: Path, against: Path, *, fixtures: Path | 
         if not Path(folder).is_dir():
             raise StateError(f"no matrices folder at {folder}")
     # Refuse a broken rule set before building anything (errors name the file and rule).
-    load_rules(Path(against))
-    load_rules(Path(current))
+    load_project(Path(against))
+    load_project(Path(current))
     source = {"fixtures": fixtures} if fixtures is not None else {"source_db": db}
     with (reporter.step(f"running {month} with the rules in {against} and in {current}"),
           temporary_run(month, Path(against), cycle_date=cycle_date, settings=settings, label="before",

@@ -55,9 +55,15 @@ class MktoolError(Exception):
         column: str | None = None,
         row: dict[str, Any] | None = None,
         hint: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        line_column: int | None = None,
     ) -> None:
         self.message = message
         self.file = file
+        self.line = line  # in ``file``: "<file>:<line> @ <key>: <message>" (see location())
+        self.key = key  # the dotted key path in the YAML file, e.g. channels.sms.mask
+        self.line_column = line_column  # 1-based column in that line, when the YAML parser knows it
         self.table = table
         self.column = column
         self.row = row
@@ -67,7 +73,7 @@ class MktoolError(Exception):
     def render(self) -> str:
         where = []
         if self.file:
-            where.append(self.file)
+            where.append(location(self.file, self.line, self.key, self.line_column))
         if self.table:
             where.append(f"table {self.table}")
         if self.column:
@@ -79,6 +85,16 @@ class MktoolError(Exception):
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
+
+
+def location(file: str, line: int | None = None, key: str | None = None, line_column: int | None = None) -> str:
+    """Where a problem of a rule file is, one format everywhere: ``<file>:<line>[:<column>] @ <key path>``.
+
+    ``matrices/channels.yaml:14 @ channels.sms.mask``; the line (1-based) or the key path may be
+    unknown (a missing file has neither; a syntax error has a line and a column, and no key).
+    """
+    at = f":{line}{f':{line_column}' if line_column else ''}" if line else ""
+    return f"{file}{at}{f' @ {key}' if key else ''}"
 
 
 class InputError(MktoolError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -28,19 +27,19 @@ from mktool.plan import (
     IN_RENTAL_WINDOW_SQL,
     IN_TOTAL_WINDOW_SQL,
     SHOWN_COLUMNS_SQL,
-    PlanConfig,
     Query,
     candidate_params,
     candidates_sql,
     customer_params,
     exact_sql,
     funnel_query,
-    load_plan_config,
     pairs_sql,
     recommend_query,
     window_params,
 )
-from mktool.rules import Matrix, Rule, RuleSet, load_rules
+from mktool.planconfig import PlanConfig
+from mktool.project import Project
+from mktool.rules import Matrix, Rule, RuleSet
 from mktool.schema import (
     CONTACT_HISTORY_TABLE,
     CUSTOMER_PRIORITY_TABLE,
@@ -213,9 +212,8 @@ def _matrix_notes(con: duckdb.DuckDBPyConnection, rules: RuleSet, run: CustomerR
 
 
 # -- plan --------------------------------------------------------------------------------------------
-def _plan_config(matrices_dir: Path, steps: dict[str, Any]) -> tuple[PlanConfig, list[str]]:
+def _plan_config(config: PlanConfig, steps: dict[str, Any]) -> tuple[PlanConfig, list[str]]:
     """plan.yaml with the overrides the stored plan run was given (so the verdicts are the ones it made)."""
-    config = load_plan_config(matrices_dir)
     given = (steps.get("plan") or {}).get("overrides") or {}
     if not given:
         return config, []
@@ -283,7 +281,7 @@ def _plan(con: duckdb.DuckDBPyConnection, month: str, config: PlanConfig,
 
 
 # -- the step ---------------------------------------------------------------------------------------
-def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Explanation:
+def explain(db: Database, project: Project, month: str, msisdn: str) -> Explanation:
     """One customer through matrix and plan, beside what was stored, contacted and held out."""
     con = db.c
     db.require_month(VIEW_TABLE, month, "score")
@@ -295,15 +293,15 @@ def explain(db: Database, msisdn: str, month: str, *, matrices_dir: Path) -> Exp
     view = found[0]
     steps = step_settings(con, month)
 
-    rules = load_rules(matrices_dir)
-    run = evaluate_customer(db, month, rules, msisdn)
+    rules = project.rules
+    run = evaluate_customer(db, project, month, msisdn)
     outcomes = _rule_outcomes(rules, run)
     where: dict[str, bool | None] = {m.name: run.in_scope.get(m.name) for m in rules.matrices}
     recs = (_rows(con.execute(f"SELECT * FROM {RECOMMENDATIONS_TABLE} WHERE month = ? AND msisdn = ? ORDER BY rank",
                               [month, msisdn])) if table_exists(con, RECOMMENDATIONS_TABLE) else [])
     notes = _matrix_notes(con, rules, run, month, recs, steps)
 
-    config, config_notes = _plan_config(matrices_dir, steps)
+    config, config_notes = _plan_config(project.plan, steps)
     stages, pairs, plan_notes = _plan(con, month, config, msisdn)
     notes += config_notes + plan_notes
 

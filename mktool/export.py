@@ -50,10 +50,11 @@ from mktool.console import QUIET, Reporter
 from mktool.contract import TABLES
 from mktool.database import Database, command_line, record_funnel, step_settings, table_columns, table_exists
 from mktool.dialect import Query, days_before, draw, money, round_half_away, sha256_hex
-from mktool.errors import ConfigError, Interrupted, MktoolError
+from mktool.errors import Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
 from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, file_sha256, stream_file
-from mktool.plan import PlanConfig, load_plan_config, script_sql
+from mktool.planconfig import PlanConfig, script_sql
+from mktool.project import Project
 from mktool.publish import (
     Publication,
     deferred_interrupt,
@@ -64,7 +65,7 @@ from mktool.publish import (
     record_commit,
     recover_folder,
 )
-from mktool.rules import Channel, Policy, load_channels, load_policies
+from mktool.rules import Channel, Policy
 from mktool.schema import EXPORT_STAGES, MONEY_COLUMNS, RATE_COLUMNS, TARGET_COLUMNS
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
@@ -77,25 +78,30 @@ RECORDED_BY = "mktool"
 # -- configuration ----------------------------------------------------------------------------
 @dataclass
 class ExportConfig:
-    """What export needs from the rule folder, already validated by mktool.rules / mktool.plan."""
+    """What export needs from the project (the rules folder, validated once, and its salts)."""
 
     channels: dict[str, Channel]
     policies: dict[str, Policy]
     cooldown_days: int
     monthly_cap: int | None
     plan: PlanConfig
+    project: Project
 
     @classmethod
-    def load(cls, matrices_dir: Path) -> ExportConfig:
-        channel_config = load_channels(matrices_dir)
-        contact = channel_config.contact_policy
+    def of(cls, project: Project) -> ExportConfig:
+        contact = project.channels.contact_policy
         return cls(
-            channels=channel_config.channels,
-            policies=load_policies(matrices_dir),
+            channels=project.channels.channels,
+            policies=project.policies,
             cooldown_days=contact.cooldown_days if contact.cooldown_days is not None else DEFAULT_COOLDOWN_DAYS,
             monthly_cap=contact.monthly_cap,
-            plan=load_plan_config(matrices_dir),
+            plan=project.plan,
+            project=project,
         )
+
+    def salt(self, channel: Channel) -> str | None:
+        """The salt of a ``mask: hash`` channel, read from the environment when the project loaded."""
+        return self.project.salt(channel)
 
     def columns(self, channel: Channel) -> tuple[str, ...]:
         return tuple(channel.columns) if channel.columns else TARGET_COLUMNS
@@ -684,9 +690,9 @@ def cycle_id(channel: Channel, month: str, cycle_date: dt.date) -> str:
 
 def run_export(
     db: Database,
+    project: Project,
     month: str,
     *,
-    matrices_dir: Path,
     out_dir: Path | None,
     cycle_date: dt.date,
     only_channel: str | None = None,
@@ -697,7 +703,8 @@ def run_export(
     reporter: Reporter = QUIET,
 ) -> ExportResult:
     """Run the contact policy for one cycle and write (or, dry, only count) the target lists."""
-    config = ExportConfig.load(matrices_dir)
+    config = ExportConfig.of(project)
+    matrices_dir = project.root
     if only_cycle is not None and only_cycle not in ("daily", "monthly"):
         raise MktoolError(f"cycle must be daily or monthly, got '{only_cycle}'")
     if only_channel is not None and only_channel not in config.channels:
@@ -707,7 +714,7 @@ def run_export(
     if not dry_run:  # a missing hash salt is refused before any work, not after the lists are computed
         for name, ch in config.channels.items():
             if only_channel in (None, name) and only_cycle in (None, ch.cycle):
-                _salt(ch)
+                config.salt(ch)
     con = db.c
     db.require_month("customer_view", month, "score")
     db.require_month("recommendations", month, "matrix")
@@ -795,20 +802,8 @@ def _count_stage(con: duckdb.DuckDBPyConnection, stage: str, query: Query) -> di
     return {(channel, stage): int(n) for channel, n in _run(con, query).fetchall()}
 
 
-def _salt(channel: Channel) -> str | None:
-    """The salt of a ``mask: hash`` channel, from its environment variable (refused when unset)."""
-    if channel.mask != "hash":
-        return None
-    salt = os.environ.get(channel.salt_env)
-    if not salt:
-        raise ConfigError(f"channels.{channel.name}.mask: hash needs a salt in the environment variable "
-                          f"{channel.salt_env}",
-                          hint=f"export {channel.salt_env}=<secret shared with the channel's vendor>")
-    return salt
-
-
-def _channel_query(channel: Channel, columns: tuple[str, ...]) -> str:
-    return list_query(channel, columns, _salt(channel)).sql
+def _channel_query(channel: Channel, columns: tuple[str, ...], salt: str | None) -> str:
+    return list_query(channel, columns, salt).sql
 
 
 def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: str, cycle_date: dt.date,
@@ -825,7 +820,7 @@ def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: 
     ext = fmt or channel.format
     with tempfile.TemporaryDirectory(prefix="mktool-out-") as tmpdir:
         path = Path(tmpdir) / f"{ch.channel}.{ext}"
-        ch.rows = copy_to_file(con, _channel_query(channel, config.columns(channel)), path, ext)
+        ch.rows = copy_to_file(con, _channel_query(channel, config.columns(channel), config.salt(channel)), path, ext)
         ch.held_out = _held_out(con, ch.channel)
         try:
             stream_file(path)
@@ -961,8 +956,8 @@ def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], 
             for ch in selected:
                 channel = config.channels[ch.channel]
                 name = f"{ch.channel}.{fmt or channel.format}"
-                ch.rows = int(con.execute(f"COPY ({_channel_query(channel, config.columns(channel))}) TO "
-                                          f"{quote_literal(str(pub.path(name)))} "
+                rows_sql = _channel_query(channel, config.columns(channel), config.salt(channel))
+                ch.rows = int(con.execute(f"COPY ({rows_sql}) TO {quote_literal(str(pub.path(name)))} "
                                           f"({COPY_OPTIONS[fmt or channel.format]})").fetchone()[0])  # type: ignore[index]
                 ch.held_out = _held_out(con, ch.channel)
                 ch.path = final_dir / name

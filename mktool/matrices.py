@@ -47,6 +47,7 @@ from mktool.database import Database, record_funnel, record_step, replace_month,
 from mktool.errors import ConfigError, MktoolError, RuleError, StateError
 from mktool.freshness import require_built_on_view, require_fresh_view, view_build_id
 from mktool.output import file_sha256
+from mktool.project import Project
 from mktool.rules import Matrix, Problem, Rule, RuleSet
 from mktool.schema import CUSTOMER_PRIORITY_TABLE, RECOMMENDATIONS_TABLE, VIEW_TABLE
 from mktool.sqlquote import quote_literal
@@ -365,8 +366,9 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, matrix: Matrix, rules: Se
         return con.execute(sql, params) if params else con.execute(sql)
     except duckdb.Error as exc:
         culprit = _find_failing_rule(con, matrix, rules, month)
-        where = f"rule {culprit.id}: when" if culprit else "where" if matrix.where is not None else "matrix"
-        raise RuleError(f"{matrix.file}: {where}: DuckDB: {_first_line(exc)}") from None
+        where = (culprit.at("when") if culprit else matrix.at("where") if matrix.where is not None
+                 else matrix.at("matrix"))
+        raise RuleError(f"{where}: DuckDB: {_first_line(exc)}") from None
 
 
 def _find_failing_rule(con: duckdb.DuckDBPyConnection, matrix: Matrix, rules: Sequence[Rule],
@@ -420,7 +422,7 @@ def _compute(db: Database, month: str, rules: RuleSet, only: Iterable[str] | Non
         active[m.name], skipped[m.name] = _active_rules(m, rules, month)
         for no, why in skipped[m.name].items():
             rule = next(r for r in m.rules if r.no == no)
-            warnings.append(f"{m.file}: rule {rule.id}: skipped: {why}")
+            warnings.append(f"{rule.at('policy')}: skipped: {why}")
     _create_work_tables(con, rules, selected, active)
 
     stats: dict[str, tuple[int, int, dict[int, int]]] = {}
@@ -461,7 +463,7 @@ def _uncovered_error(con: duckdb.DuckDBPyConnection, rules: RuleSet, run: _Run) 
         example = dict(zip(names, found)) if found else None
     n = run.uncovered
     return RuleError(
-        f"{prio.file}: {n:,} customer{'s' if n != 1 else ''} of {run.month} "
+        f"{prio.at('rules')}: {n:,} customer{'s' if n != 1 else ''} of {run.month} "
         f"{'match' if n != 1 else 'matches'} no priority rule, so their offers cannot be ordered",
         row=example,
         hint="end the priority matrix with a catch-all rule (`when: true`) or widen a rule",
@@ -494,8 +496,8 @@ def rules_used(rules: RuleSet) -> dict[str, Any]:
                       for p in sorted(folder.rglob("*.yaml")) if p.is_file()}}
 
 
-def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | None = None, dry_run: bool = False,
-             reporter: Reporter = QUIET) -> MatrixResult:
+def evaluate(db: Database, project: Project, month: str, *, only: Iterable[str] | None = None,
+             dry_run: bool = False, reporter: Reporter = QUIET) -> MatrixResult:
     """Evaluate the matrices for ``month`` and store recommendations (unless ``dry_run``).
 
     ``only`` re-evaluates just the named matrices (the priority matrix always runs): their
@@ -503,6 +505,7 @@ def evaluate(db: Database, month: str, rules: RuleSet, *, only: Iterable[str] | 
     dry run writes nothing; the would-be rows stay in the session's temp table
     :data:`PREVIEW_TABLE` until the connection closes.
     """
+    rules = project.rules
     con = db.c
     try:
         run = _compute(db, month, rules, only, reporter)
@@ -570,7 +573,7 @@ class CustomerRun:
     ranked: list[tuple[str, int, int]]  # (matrix, rule_no, rank): the recommendations, in rank order
 
 
-def evaluate_customer(db: Database, month: str, rules: RuleSet, msisdn: str) -> CustomerRun:
+def evaluate_customer(db: Database, project: Project, month: str, msisdn: str) -> CustomerRun:
     """Run every matrix and the ranking for one customer; nothing is written.
 
     The same evaluation as :func:`evaluate` (policy validity, where, hit mode, priority order,
@@ -578,6 +581,7 @@ def evaluate_customer(db: Database, month: str, rules: RuleSet, msisdn: str) -> 
     rows are that customer's rows of the whole-month run.
     """
     con = db.c
+    rules = project.rules
     try:
         run = _compute(db, month, rules, None, QUIET, msisdn=msisdn)
         con.execute(matrix_order_sql())
@@ -599,11 +603,12 @@ def evaluate_customer(db: Database, month: str, rules: RuleSet, msisdn: str) -> 
         hits=hits, dedupe_keys=keys, ranked=ranked)
 
 
-def diagnose(db: Database, month: str, rules: RuleSet, *, reporter: Reporter = QUIET) -> list[Problem]:
+def diagnose(db: Database, project: Project, month: str, *, reporter: Reporter = QUIET) -> list[Problem]:
     """`check --month`: rules that never fire, first-hit rules shadowed by earlier ones, uncovered customers.
 
     Evaluates every matrix on the month's customer_view without writing anything.
     """
+    rules = project.rules
     con = db.c
     problems: list[Problem] = []
     try:
@@ -622,7 +627,7 @@ def diagnose(db: Database, month: str, rules: RuleSet, *, reporter: Reporter = Q
                 if alone.get(r.no, 0) == 0:
                     scope = (f"{passed:,} customers in the matrix's where" if m.where is not None
                              else f"{customers:,} customers")
-                    problems.append(Problem("warning", f"{m.file}: rule {r.id}: never fires in {month} "
+                    problems.append(Problem("warning", f"{r.at()}: never fires in {month} "
                                                        f"(matches none of {scope})"))
                     continue
                 earlier = [x for x in rs if x.no < r.no]
@@ -630,7 +635,7 @@ def diagnose(db: Database, month: str, rules: RuleSet, *, reporter: Reporter = Q
                     continue
                 takers = con.execute(takers_sql(m, earlier, r, month)).fetchall()
                 shown = ", ".join(f"{by_no[int(no)].id}: {int(n):,}" for no, n in takers if no is not None)
-                problems.append(Problem("warning", f"{m.file}: rule {r.id}: shadowed: all {alone[r.no]:,} customers "
+                problems.append(Problem("warning", f"{r.at()}: shadowed: all {alone[r.no]:,} customers "
                                                    f"it matches in {month} are taken by earlier rules ({shown})"))
     finally:
         _drop_work_tables(con, keep_preview=False)

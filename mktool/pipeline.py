@@ -1,6 +1,7 @@
 """`mktool run`: the whole month in one cron-safe command.
 
-Validates every rule file first (nothing is touched if one is broken), then holds the
+Takes the project validated once (every rule file, and the hash salt of every channel it
+will export: nothing is touched if one is broken or missing), then holds the
 database lock for the whole run while ingest → score → matrix → plan → export each commit
 their own step; a failure stops the run with the earlier steps' results intact and the
 failing step rolled back, so re-running after a fix picks up cleanly. A Ctrl-C says which
@@ -17,9 +18,11 @@ from typing import TypeVar
 
 import duckdb
 
+from mktool import export, ingest, matrices, plan, view
 from mktool.console import QUIET, Reporter
 from mktool.database import Database
 from mktool.errors import Interrupted
+from mktool.project import Project
 
 STEPS = ("ingest", "score", "matrix", "plan", "export")
 T = TypeVar("T")
@@ -39,24 +42,21 @@ class PipelineResult:
 
 def run_pipeline(
     db: Database,
+    project: Project,
     month: str,
     *,
-    matrices_dir: Path,
     ingest_paths: list[Path] | None,
     cycle_date: dt.date,
     out_dir: Path,
     fmt: str | None = None,
     reporter: Reporter = QUIET,
 ) -> PipelineResult:
-    from mktool.export import funnel_document, run_export
-    from mktool.ingest import ingest
-    from mktool.matrices import evaluate
-    from mktool.plan import load_plan_config, plan
-    from mktool.rules import load_rules
-    from mktool.view import score
+    """ingest → score → matrix → plan → export for ``month``, each step committing on its own.
 
-    rules = load_rules(matrices_dir)  # validates every YAML before anything is written
-    plan_config = load_plan_config(matrices_dir)
+    The project was validated as a whole when it loaded; the salts of the channels this run
+    exports are checked here, before the first write (see also :func:`check_before_run`).
+    """
+    check_before_run(project)
     committed: list[str] = []
     running: list[str] = []  # the step in progress, if any
 
@@ -72,17 +72,17 @@ def run_pipeline(
         files = 0
         if ingest_paths:
             paths = ingest_paths
-            files = len(step("ingest", lambda: ingest(db, paths, reporter=reporter)).files)
+            files = len(step("ingest", lambda: ingest.ingest(db, paths, reporter=reporter)).files)
             reporter.info(f"ingest: {files} file(s)")
-        scored = step("score", lambda: score(db, month, matrices_dir=matrices_dir, reporter=reporter, summary=False))
+        scored = step("score", lambda: view.score(db, project, month, reporter=reporter, summary=False))
         reporter.info(f"score: {scored.rows:,} customers")
-        matrix = step("matrix", lambda: evaluate(db, month, rules, reporter=reporter))
+        matrix = step("matrix", lambda: matrices.evaluate(db, project, month, reporter=reporter))
         reporter.info(f"matrix: {matrix.rows:,} recommendations for {matrix.customers:,} customers")
-        planned = step("plan", lambda: plan(db, month, plan_config, reporter=reporter))
+        planned = step("plan", lambda: plan.plan(db, project, month, reporter=reporter))
         reporter.info(f"plan: {planned.rows:,} plan recommendations for {planned.customers:,} customers")
-        exported = step("export", lambda: run_export(db, month, matrices_dir=matrices_dir, out_dir=out_dir,
-                                                     cycle_date=cycle_date, fmt=fmt, reporter=reporter))
-        doc = funnel_document(db.c, month)
+        exported = step("export", lambda: export.run_export(db, project, month, out_dir=out_dir,
+                                                            cycle_date=cycle_date, fmt=fmt, reporter=reporter))
+        doc = export.funnel_document(db.c, month)
     except Interrupted as exc:  # export had committed: keep its note, add the steps before it
         raise Interrupted(_interrupted_note(committed, running, exc.note)) from None
     except (KeyboardInterrupt, duckdb.InterruptException) as exc:
@@ -96,6 +96,14 @@ def run_pipeline(
         plan_customers=planned.customers, exported={ch.channel: ch.rows for ch in exported.channels},
         out_dir=out_dir / month, funnels=doc["funnels"],
     )
+
+
+def check_before_run(project: Project) -> None:
+    """What `run` refuses before opening the database: a channel it exports without its hash salt.
+
+    (Every rule file was validated when the project loaded.) ``run`` exports every channel.
+    """
+    project.require_salts()
 
 
 def _interrupted_note(committed: list[str], running: list[str], running_note: str | None) -> str:

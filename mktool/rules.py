@@ -1,14 +1,16 @@
 """Loading and validating the marketing rule files (SPEC §4, §6): matrices, policies, channels.
 
 Everything here happens before any SQL touches the database. Each problem is collected
-(rather than stopping at the first) with a message that starts with the file and the rule:
-``matrices/retention.yaml: rule R6: when: unknown column 'arpu3m' (did you mean 'arpu_3m'?)``.
+(rather than stopping at the first) with a message that starts with its location — file,
+line, key path and rule (:func:`mktool.errors.location`):
+``matrices/retention.yaml:47 @ rules[5].when (rule R6): unknown column 'arpu3m' (did you mean 'arpu_3m'?)``.
 
-* ``validate_all(matrices_dir)`` checks every YAML of the folder (scores.yaml, plan.yaml when
-  the plan module exists, policies.yaml, channels.yaml, every matrix) and returns a
-  :class:`CheckReport`; ``report.raise_for_errors()`` raises the first error.
-* ``load_rules(matrices_dir)`` is what ``matrix`` / ``export`` / ``run`` call: the same
-  checks for the files they need, raising the first error, returning a :class:`RuleSet`.
+* ``validate_all(matrices_dir)`` checks every YAML of the folder (scores.yaml, plan.yaml,
+  policies.yaml, channels.yaml, every matrix) and returns a :class:`CheckReport` (with the
+  score model and plan config that loaded); :func:`mktool.project.load_project` turns it into
+  the :class:`~mktool.project.Project` every step takes, raising the first error.
+* ``load_rules(matrices_dir)``: the matrices with their catalogues only (no plan.yaml), for
+  callers that inspect rules; the steps take a project.
 
 Which files are matrices: every ``*.yaml`` / ``*.yml`` under the folder whose top level has a
 ``matrix:`` key, except the catalogue/model files (:data:`NOT_MATRICES`) and anything under a
@@ -35,12 +37,13 @@ import duckdb
 
 from mktool.ahp import ahp_weights
 from mktool.contract import TABLES
-from mktool.errors import ConfigError
+from mktool.errors import ConfigError, short_repr
+from mktool.planconfig import PLAN_FILE, PlanConfig, load_plan_config
 from mktool.schema import CHANNEL_NAMES, CYCLES, LIST_FORMATS, MASKS, TARGET_COLUMNS
+from mktool.scoremodel import SCORES_FILE, ScoreModel, load_score_model, view_params, view_sql
 from mktool.sqlcheck import CheckedExpression, check_expression, text_results, vocabulary_mismatches
 from mktool.sqlquote import is_id, is_name, quote_identifier
-from mktool.view import SCORES_FILE, load_score_model, view_params, view_sql
-from mktool.yamlio import load_yaml, unknown_keys
+from mktool.yamlio import Located, YamlFile, load_yaml, read_yaml, suggest
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -137,13 +140,13 @@ class _Reported(ConfigError):
         super().__init__("already reported")
 
 
-def _fail(file: str, message: str, hint: str | None = None) -> ConfigError:
-    return ConfigError(message, file=file, hint=hint)
+def _suggest(name: str, known: list[str] | tuple[str, ...] | set[str] | dict[str, Any]) -> str:
+    return suggest(name, known)
 
 
-def _suggest(name: str, known: list[str] | tuple[str, ...] | set[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def _where(source: YamlFile | None, file: str, path: str, label: str | None = None) -> str:
+    """``<file>:<line> @ <path> (<label>)`` from a file's line table (file and path alone without one)."""
+    return (source or YamlFile(file, None)).where(path, label)
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -161,6 +164,12 @@ class Policy:
     cooldown_days: int | None = None  # no re-offer within this many days after a rejection
     holdout: float | None = None  # share of targets kept back as a control group
     file: str = ""
+    path: str = ""  # key path in policies.yaml: policies[3]
+    source: YamlFile | None = field(default=None, compare=False, repr=False)
+
+    def at(self, key: str = "") -> str:
+        """The location of one of this policy's keys (``policies.yaml:12 @ policies[3].channels (policy X)``)."""
+        return _where(self.source, self.file, f"{self.path}.{key}" if key else self.path, f"policy {self.id}")
 
     def valid_in(self, month: str) -> bool:
         """True when the validity dates overlap calendar month ``month`` (YYYY-MM)."""
@@ -202,6 +211,7 @@ class ChannelConfig:
     channels: dict[str, Channel]
     contact_policy: ContactPolicy
     file: str = ""
+    source: YamlFile | None = field(default=None, compare=False, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -222,6 +232,12 @@ class Rule:
     channels: tuple[str, ...] = ()
     order: tuple[str, ...] = ()  # priority matrix: the customer's family order
     doc: str | None = None
+    source: YamlFile | None = field(default=None, compare=False, repr=False)  # the matrix file
+
+    def at(self, key: str = "") -> str:
+        """The location of one of this rule's keys (``retention.yaml:31 @ rules[5].when (rule R6)``)."""
+        path = f"rules[{self.no - 1}]" + (f".{key}" if key else "")
+        return _where(self.source, self.source.file if self.source else self.matrix, path, f"rule {self.id}")
 
 
 @dataclass(frozen=True)
@@ -233,6 +249,11 @@ class Matrix:
     rules: tuple[Rule, ...]
     file: str
     doc: str | None = None
+    source: YamlFile | None = field(default=None, compare=False, repr=False)
+
+    def at(self, key: str = "") -> str:
+        """The location of a top-level key of this matrix file (``retention.yaml:3 @ where``)."""
+        return _where(self.source, self.file, key)
 
     @property
     def is_priority(self) -> bool:
@@ -279,6 +300,8 @@ class CheckReport:
     problems: list[Problem]
     rules: RuleSet | None
     files: list[str]
+    scores: ScoreModel | None = None  # scores.yaml, when it loaded
+    plan: PlanConfig | None = None  # plan.yaml, when it loaded
 
     @property
     def errors(self) -> list[Problem]:
@@ -300,88 +323,10 @@ def raise_first(errors: list[Problem]) -> None:
         raise ConfigError(errors[0].text, hint=hint)
 
 
-# -- small typed readers (messages "<file>: <at>: <key>: ...") ------------------------------------
-def _where(at: str, key: str) -> str:
-    return f"{at}: {key}" if at else key
-
-
-def _get(raw: dict[str, Any], key: str, types: type | tuple[type, ...], *, file: str, at: str,
-         required: bool = False) -> Any:
-    value = raw.get(key)
-    where = _where(at, key)
-    if value is None:
-        if required:
-            raise _fail(file, f"{where}: missing required key")
-        return None
-    tuple_types = types if isinstance(types, tuple) else (types,)
-    if not isinstance(value, tuple_types) or (isinstance(value, bool) and bool not in tuple_types):
-        names = " or ".join("text" if t is str else "list" if t is list else "mapping" if t is dict
-                            else t.__name__ for t in tuple_types)
-        raise _fail(file, f"{where}: expected {names}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _text(raw: dict[str, Any], key: str, *, file: str, at: str, required: bool = False) -> str | None:
-    """A short text; YAML numbers (``group: 6``) are accepted and kept as their text."""
-    value = _get(raw, key, (str, int, float), file=file, at=at, required=required)
-    if value is None:
-        return None
-    text = str(value).strip()
-    if required and not text:
-        raise _fail(file, f"{_where(at, key)}: must not be empty")
-    return text or None
-
-
-def _int(raw: dict[str, Any], key: str, *, file: str, at: str, minimum: int = 0) -> int | None:
-    value = _get(raw, key, int, file=file, at=at)
-    if value is not None and value < minimum:
-        raise _fail(file, f"{_where(at, key)}: must be ≥ {minimum}, got {value}")
-    return value
-
-
-def _choice(raw: dict[str, Any], key: str, choices: tuple[str, ...], *, file: str, at: str,
-            required: bool = False, default: str | None = None) -> str | None:
-    value = _text(raw, key, file=file, at=at, required=required)
-    if value is None:
-        return default
-    if value not in choices:
-        raise _fail(file, f"{_where(at, key)}: '{value}' is not one of {', '.join(choices)}{_suggest(value, choices)}")
-    return value
-
-
-def _names(raw: dict[str, Any], key: str, *, file: str, at: str) -> tuple[str, ...] | None:
-    """A list of names (channels, columns, families); duplicates refused."""
-    value = _get(raw, key, list, file=file, at=at)
-    if value is None:
-        return None
-    out: list[str] = []
-    for item in value:
-        if not isinstance(item, str) or not item.strip():
-            raise _fail(file, f"{_where(at, key)}: expected a list of names, found {item!r}")
-        if item in out:
-            raise _fail(file, f"{_where(at, key)}: '{item}' is listed twice")
-        out.append(item.strip())
-    return tuple(out)
-
-
-def _date(raw: dict[str, Any], key: str, *, file: str, at: str) -> dt.date | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return dt.date.fromisoformat(value.strip())
-    raise _fail(file, f"{_where(at, key)}: expected a date YYYY-MM-DD, got {value!r}")
-
-
-def _mapping_doc(path: Path, file: str, top_key: str) -> dict[str, Any]:
-    doc = load_yaml(path)
-    if not isinstance(doc, dict) or top_key not in doc:
-        raise _fail(file, f"expected a mapping with a top-level '{top_key}:' key")
+def _mapping_doc(path: Path, top_key: str) -> Located:
+    doc = read_yaml(path).root
+    if not isinstance(doc.value, dict) or top_key not in doc.value:
+        raise doc.error(f"expected a mapping with a top-level '{top_key}:' key")
     return doc
 
 
@@ -393,51 +338,53 @@ def _read_policies(matrices_dir: Path, problems: Problems) -> dict[str, Policy] 
         problems.error(f"{file}: missing: the policy catalogue is required (a top-level 'policies:' list)")
         return None
     try:
-        doc = _mapping_doc(path, file, "policies")
-        unknown_keys(doc, {"policies"} | DOC_KEYS, file=path, at="")
-        raw_list = _get(doc, "policies", list, file=file, at="", required=True)
+        doc = _mapping_doc(path, "policies")
+        doc.check_keys({"policies"} | DOC_KEYS)
+        doc.get("policies", list, required=True)
     except ConfigError as exc:
         problems.error(exc.render())
         return None
     policies: dict[str, Policy] = {}
     before = problems.error_count
-    for i, raw in enumerate(raw_list):
+    for i, node in enumerate(doc.child("policies").items()):
         with problems.catch():
-            policy = _read_policy(raw, i, file)
+            policy = _read_policy(node)
             if policy.id in policies:
-                raise _fail(file, f"policy {policy.id}: duplicate policy id (policies[{i}] repeats an earlier entry)")
+                raise node.child("id").labelled(f"policy {policy.id}").error(
+                    f"duplicate policy id (policies[{i}] repeats an earlier entry)")
             policies[policy.id] = policy
     return policies if problems.error_count == before else None
 
 
-def _read_policy(raw: Any, i: int, file: str) -> Policy:
+def _read_policy(node: Located) -> Policy:
+    raw = node.value
     if not isinstance(raw, dict):
-        raise _fail(file, f"policies[{i}]: expected a mapping with id, name, family, got {raw!r}")
-    pid = _text(raw, "id", file=file, at=f"policies[{i}]", required=True)
+        raise node.error(f"expected a mapping with id, name, family, got {short_repr(raw)}")
+    pid = node.text("id", required=True)
     assert pid is not None
-    at = f"policy {pid}"
+    node = node.labelled(f"policy {pid}")
     if not is_id(pid):
-        raise _fail(file, f"{at}: id: use letters, digits, '_', '.' or '-'")
-    unknown_keys(raw, POLICY_KEYS, file=Path(file), at=at)
-    name = _text(raw, "name", file=file, at=at, required=True)
-    family = _text(raw, "family", file=file, at=at, required=True)
+        raise node.child("id").error("use letters, digits, '_', '.' or '-'")
+    node.check_keys(POLICY_KEYS)
+    name = node.text("name", required=True)
+    family = node.text("family", required=True)
     assert name is not None and family is not None
     if not is_name(family):
-        raise _fail(file, f"{at}: family: '{family}' must be a lower-case name such as retention")
-    valid_from = _date(raw, "valid_from", file=file, at=at)
-    valid_to = _date(raw, "valid_to", file=file, at=at)
+        raise node.child("family").error(f"'{family}' must be a lower-case name such as retention")
+    valid_from = node.date("valid_from")
+    valid_to = node.date("valid_to")
     if valid_from and valid_to and valid_from > valid_to:
-        raise _fail(file, f"{at}: valid_from {valid_from} is after valid_to {valid_to}")
-    holdout = _get(raw, "holdout", (int, float), file=file, at=at)
+        raise node.child("valid_from").error(f"valid_from {valid_from} is after valid_to {valid_to}")
+    holdout = node.get("holdout", (int, float))
     if holdout is not None and not 0 <= holdout < 1:
-        raise _fail(file, f"{at}: holdout: a share of customers, 0 ≤ holdout < 1, got {holdout}")
+        raise node.child("holdout").error(f"a share of customers, 0 ≤ holdout < 1, got {holdout}")
     return Policy(
         id=pid, name=name, family=family, valid_from=valid_from, valid_to=valid_to,
-        channels=_names(raw, "channels", file=file, at=at) or (),
-        exclusive_group=_text(raw, "exclusive_group", file=file, at=at),
-        cooldown_days=_int(raw, "cooldown_days", file=file, at=at),
+        channels=node.names("channels") or (),
+        exclusive_group=node.text("exclusive_group"),
+        cooldown_days=node.integer("cooldown_days"),
         holdout=float(holdout) if holdout is not None else None,
-        file=file,
+        file=node.doc.file, path=node.path, source=node.doc,
     )
 
 
@@ -458,55 +405,54 @@ def _read_channels(matrices_dir: Path, problems: Problems) -> ChannelConfig | No
         problems.error(f"{file}: missing: the channel list is required (a top-level 'channels:' mapping)")
         return None
     try:
-        doc = _mapping_doc(path, file, "channels")
-        unknown_keys(doc, {"channels", "contact_policy"} | DOC_KEYS, file=path, at="")
-        raw_channels = _get(doc, "channels", dict, file=file, at="", required=True)
+        doc = _mapping_doc(path, "channels")
+        doc.check_keys({"channels", "contact_policy"} | DOC_KEYS)
+        raw_channels = doc.get("channels", dict, required=True)
     except ConfigError as exc:
         problems.error(exc.render())
         return None
     before = problems.error_count
     channels: dict[str, Channel] = {}
-    for name, raw in raw_channels.items():
+    for name, node in doc.child("channels").entries():
         with problems.catch():
-            channels[str(name)] = _read_channel(str(name), raw, file)
+            channels[str(name)] = _read_channel(str(name), node)
     if not raw_channels:
-        problems.error(f"{file}: channels: define at least one channel ({', '.join(CHANNEL_NAMES)})")
+        problems.error(doc.child("channels").error(f"define at least one channel ({', '.join(CHANNEL_NAMES)})")
+                       .render())
     contact = ContactPolicy()
     with problems.catch():
-        raw_cp = _get(doc, "contact_policy", dict, file=file, at="")
-        if raw_cp is not None:
-            unknown_keys(raw_cp, CONTACT_POLICY_KEYS, file=path, at="contact_policy")
-            contact = ContactPolicy(
-                cooldown_days=_int(raw_cp, "cooldown_days", file=file, at="contact_policy"),
-                monthly_cap=_int(raw_cp, "monthly_cap", file=file, at="contact_policy", minimum=1),
-            )
+        if doc.get("contact_policy", dict) is not None:
+            cp = doc.child("contact_policy")
+            cp.check_keys(CONTACT_POLICY_KEYS)
+            contact = ContactPolicy(cooldown_days=cp.integer("cooldown_days"),
+                                    monthly_cap=cp.integer("monthly_cap", minimum=1))
     if problems.error_count != before:
         return None
-    return ChannelConfig(channels, contact, file)
+    return ChannelConfig(channels, contact, file, doc.doc)
 
 
-def _read_channel(name: str, raw: Any, file: str) -> Channel:
-    at = f"channel {name}"
+def _read_channel(name: str, node: Located) -> Channel:
     if not is_name(name):
-        raise _fail(file, f"{at}: channel names are lower-case names such as {', '.join(CHANNEL_NAMES)}")
-    if not isinstance(raw, dict):
-        raise _fail(file, f"{at}: expected a mapping with cycle, capacity, format, got {raw!r}")
-    unknown_keys(raw, CHANNEL_KEYS, file=Path(file), at=at)
-    cycle = _choice(raw, "cycle", CYCLES, file=file, at=at, required=True)
-    fmt = _choice(raw, "format", CHANNEL_FORMATS, file=file, at=at, required=True)
+        raise node.error(f"channel names are lower-case names such as {', '.join(CHANNEL_NAMES)}")
+    if not isinstance(node.value, dict):
+        raise node.error(f"expected a mapping with cycle, capacity, format, got {short_repr(node.value)}")
+    node.check_keys(CHANNEL_KEYS)
+    cycle = node.choice("cycle", CYCLES, required=True)
+    fmt = node.choice("format", CHANNEL_FORMATS, required=True)
     assert cycle is not None and fmt is not None
-    columns = _names(raw, "columns", file=file, at=at)
-    for col in columns or ():
+    columns = node.names("columns")
+    for k, col in enumerate(columns or ()):
         if col not in TARGET_COLUMNS:
-            raise _fail(file, f"{at}: columns: unknown target-list column '{col}'{_suggest(col, TARGET_COLUMNS)}; "
-                              f"columns: {', '.join(TARGET_COLUMNS)}")
-    salt_env = _text(raw, "salt_env", file=file, at=at) or "MKTOOL_HASH_SALT"
+            raise node.child("columns").child(k).error(
+                f"unknown target-list column '{col}'{_suggest(col, TARGET_COLUMNS)}; "
+                f"columns: {', '.join(TARGET_COLUMNS)}")
+    salt_env = node.text("salt_env") or "MKTOOL_HASH_SALT"
     return Channel(
         name=name, cycle=cycle, format=fmt, salt_env=salt_env,
-        capacity=_int(raw, "capacity", file=file, at=at, minimum=1),
+        capacity=node.integer("capacity", minimum=1),
         columns=columns,
-        mask=_choice(raw, "mask", MASKS, file=file, at=at, default="none") or "none",
-        contact_cap=_int(raw, "contact_cap", file=file, at=at, minimum=1),
+        mask=node.choice("mask", MASKS, default="none") or "none",
+        contact_cap=node.integer("contact_cap", minimum=1),
     )
 
 
@@ -565,58 +511,62 @@ def _read_matrix(path: Path, ctx: _Context, problems: Problems, failed_families:
     """
     file = str(path)
     try:
-        doc = load_yaml(path)
+        source = read_yaml(path)
     except ConfigError as exc:
         problems.error(exc.render())
         return None
-    if not isinstance(doc, dict):
+    doc = source.root
+    raw = doc.value
+    if not isinstance(raw, dict):
         return None  # not a matrix (an empty or list-shaped YAML file)
-    if "matrix" not in doc:
-        if "rules" in doc:  # looks like a matrix with a typo in its name key
-            key = next((k for k in doc if difflib.get_close_matches(str(k), ["matrix"], n=1, cutoff=0.6)), None)
+    if "matrix" not in raw:
+        if "rules" in raw:  # looks like a matrix with a typo in its name key
+            key = next((k for k in raw if difflib.get_close_matches(str(k), ["matrix"], n=1, cutoff=0.6)), None)
             hint = f" (found '{key}': did you mean 'matrix'?)" if key else ""
-            problems.error(f"{file}: has 'rules:' but no top-level 'matrix:' key{hint}")
+            problems.error(source.error(str(key) if key else "",
+                                        f"has 'rules:' but no top-level 'matrix:' key{hint}").render())
         return None
     before = problems.error_count
-    failed_families.add(str(doc.get("family")))  # until the matrix has loaded
+    failed_families.add(str(raw.get("family")))  # until the matrix has loaded
     try:
-        unknown_keys(doc, MATRIX_KEYS, file=path, at="")
-        name = _text(doc, "matrix", file=file, at="", required=True)
-        family = _text(doc, "family", file=file, at="", required=True)
+        doc.check_keys(MATRIX_KEYS)
+        name = doc.text("matrix", required=True)
+        family = doc.text("family", required=True)
         assert name is not None and family is not None
         if not is_name(name):
-            raise _fail(file, f"matrix: '{name}' must be a lower-case name (letters, digits, _)")
+            raise doc.child("matrix").error(f"'{name}' must be a lower-case name (letters, digits, _)")
         if not is_name(family):
-            raise _fail(file, f"family: '{family}' must be a lower-case name such as retention")
+            raise doc.child("family").error(f"'{family}' must be a lower-case name such as retention")
         is_priority = family == PRIORITY_FAMILY
-        hit = _choice(doc, "hit", HIT_MODES, file=file, at="", required=not is_priority,
-                      default="first" if is_priority else None)
+        hit = doc.choice("hit", HIT_MODES, required=not is_priority, default="first" if is_priority else None)
         assert hit is not None
         if is_priority and hit != "first":
-            raise _fail(file, "hit: the priority matrix gives each customer exactly one order: use hit: first")
-        raw_rules = _get(doc, "rules", list, file=file, at="", required=True)
-        doc_text = _text(doc, "doc", file=file, at="") or _text(doc, "description", file=file, at="")
+            raise doc.child("hit").error("the priority matrix gives each customer exactly one order: use hit: first")
+        raw_rules = doc.get("rules", list, required=True)
+        doc_text = doc.text("doc") or doc.text("description")
     except ConfigError as exc:
         problems.error(exc.render())
         return None
     where: CheckedExpression | None = None
     with problems.catch():
-        raw_where = doc.get("where")
+        raw_where = raw.get("where")
         if raw_where is not None:
-            where = check_expression(_sql_text(raw_where), location=f"{file}: where", columns=ctx.columns, kind="boolean")
+            where = check_expression(_sql_text(raw_where), location=doc.child("where").where(), columns=ctx.columns,
+                                     kind="boolean")
     if not raw_rules:
-        problems.error(f"{file}: rules: the matrix has no rules")
+        problems.error(doc.child("rules").error("the matrix has no rules").render())
     rules: list[Rule] = []
     seen: dict[str, int] = {}
-    for i, raw in enumerate(raw_rules):
-        rule = _read_rule(raw, i, file=file, matrix=name, family=family, is_priority=is_priority, ctx=ctx,
+    for i, node in enumerate(doc.child("rules").items()):
+        rule = _read_rule(node, i, matrix=name, family=family, is_priority=is_priority, ctx=ctx,
                           problems=problems, seen=seen)
         if rule is not None:
             rules.append(rule)
     if problems.error_count != before:
         return None
     failed_families.discard(family)
-    return Matrix(name=name, family=family, hit=hit, where=where, rules=tuple(rules), file=file, doc=doc_text)
+    return Matrix(name=name, family=family, hit=hit, where=where, rules=tuple(rules), file=file, doc=doc_text,
+                  source=source)
 
 
 def _sql_text(value: Any) -> str:
@@ -628,98 +578,102 @@ def _sql_text(value: Any) -> str:
     return value  # str, or anything else for sqlcheck to refuse with its type
 
 
-def _read_rule(raw: Any, i: int, *, file: str, matrix: str, family: str, is_priority: bool, ctx: _Context,
+def _read_rule(node: Located, i: int, *, matrix: str, family: str, is_priority: bool, ctx: _Context,
                problems: Problems, seen: dict[str, int]) -> Rule | None:
+    raw = node.value
     if not isinstance(raw, dict):
-        problems.error(f"{file}: rules[{i}]: expected a mapping with id, when, "
-                       f"{'order' if is_priority else 'policy'}, got {raw!r}")
+        problems.error(node.error(f"expected a mapping with id, when, {'order' if is_priority else 'policy'}, "
+                                  f"got {short_repr(raw)}").render())
         return None
     before = problems.error_count
     rid: str | None = None
     with problems.catch():
-        rid = _text(raw, "id", file=file, at=f"rules[{i}]", required=True)
+        rid = node.text("id", required=True)
         assert rid is not None
         if not is_id(rid):
-            raise _fail(file, f"rule {rid}: id: use letters, digits, '_', '.' or '-'")
+            raise node.child("id", label=f"rule {rid}").error("use letters, digits, '_', '.' or '-'")
         if rid in seen:
-            raise _fail(file, f"rule {rid}: duplicate rule id (rules[{seen[rid]}] and rules[{i}] are both '{rid}')")
+            raise node.child("id", label=f"rule {rid}").error(
+                f"duplicate rule id (rules[{seen[rid]}] and rules[{i}] are both '{rid}')")
         seen[rid] = i
-    at = f"rule {rid}" if rid else f"rules[{i}]"
+    node = node.labelled(f"rule {rid}" if rid else None)
     allowed = PRIORITY_RULE_KEYS if is_priority else RULE_KEYS
     # A key that is missing because it was misspelt is reported once, as the unknown key.
     typos = {close for k in set(raw) - allowed for close in difflib.get_close_matches(str(k), sorted(allowed), n=1)}
     with problems.catch():
         if is_priority and "policy" in raw:
-            raise _fail(file, f"{at}: a priority-matrix rule gives an 'order' (a list of families), not a policy")
+            raise node.child("policy").error("a priority-matrix rule gives an 'order' (a list of families), "
+                                             "not a policy")
         if not is_priority and "order" in raw:
-            raise _fail(file, f"{at}: 'order' belongs in the priority matrix (family: priority); "
-                              "this matrix's rules give a 'policy'")
-        unknown_keys(raw, allowed, file=Path(file), at=at)
+            raise node.child("order").error("'order' belongs in the priority matrix (family: priority); "
+                                            "this matrix's rules give a 'policy'")
+        node.check_keys(allowed)
 
     when: CheckedExpression | None = None
     with problems.catch():
         if raw.get("when") is None:
             if "when" in typos:
                 raise _Reported()
-            raise _fail(file, f"{at}: when: missing required key (use `when: true` for a catch-all)")
-        when = check_expression(_sql_text(raw["when"]), location=f"{file}: {at}: when", columns=ctx.columns,
+            raise node.child("when").error("missing required key (use `when: true` for a catch-all)")
+        when = check_expression(_sql_text(raw["when"]), location=node.child("when").where(), columns=ctx.columns,
                                 kind="boolean")
     doc_text = None
     with problems.catch():
-        doc_text = _text(raw, "doc", file=file, at=at) or _text(raw, "description", file=file, at=at)
+        doc_text = node.text("doc") or node.text("description")
 
     policy_id = group = script = None
     channels: tuple[str, ...] = ()
     order: tuple[str, ...] = ()
     if is_priority:
         with problems.catch():
-            order = _names(raw, "order", file=file, at=at) or ()
+            order = node.names("order") or ()
             if not order and ("order" in typos or "policy" in raw):
                 raise _Reported()
             if not order:
-                raise _fail(file, f"{at}: order: missing: the list of families to offer, in order "
-                                  "(for example retention, traffic, new_service)")
+                raise node.child("order").error("missing: the list of families to offer, in order "
+                                                "(for example retention, traffic, new_service)")
             if PRIORITY_FAMILY in order:
-                raise _fail(file, f"{at}: order: '{PRIORITY_FAMILY}' is not an offer family")
+                raise node.child("order").error(f"'{PRIORITY_FAMILY}' is not an offer family")
     else:
         policy: Policy | None = None
         with problems.catch():
             if raw.get("policy") is None and "policy" in typos:
                 raise _Reported()
-            policy_id = _text(raw, "policy", file=file, at=at, required=True)
+            policy_id = node.text("policy", required=True)
             assert policy_id is not None
             if ctx.policies is not None:
                 policy = ctx.policies.get(policy_id)
                 if policy is None:
-                    raise _fail(file, f"{at}: policy: unknown policy '{policy_id}'{_suggest(policy_id, ctx.policies)}: "
-                                      f"add it to {POLICIES_FILE}")
+                    raise node.child("policy").error(f"unknown policy '{policy_id}'"
+                                                     f"{_suggest(policy_id, ctx.policies)}: add it to {POLICIES_FILE}")
                 if policy.family != family:
-                    raise _fail(file, f"{at}: policy: '{policy_id}' is a {policy.family} policy in {POLICIES_FILE}, "
-                                      f"but matrix '{matrix}' is family {family}")
+                    raise node.child("policy").error(f"'{policy_id}' is a {policy.family} policy in {POLICIES_FILE}, "
+                                                     f"but matrix '{matrix}' is family {family}")
         with problems.catch():
-            group = _text(raw, "group", file=file, at=at)
+            group = node.text("group")
         with problems.catch():
-            script = _text(raw, "script", file=file, at=at)
+            script = node.text("script")
         with problems.catch():
-            channels = _names(raw, "channels", file=file, at=at) or ()
+            channels = node.names("channels") or ()
             if not channels and policy is not None:
                 channels = policy.channels
             if not channels and policy is not None:
-                raise _fail(file, f"{at}: channels: missing, and policy {policy_id} names no channels either")
+                raise node.child("channels").error(f"missing, and policy {policy_id} names no channels either")
             if ctx.channels is not None:
                 for ch in channels:
                     if ch not in ctx.channels.channels:
-                        raise _fail(file, f"{at}: channels: unknown channel '{ch}'{_suggest(ch, ctx.channels.names)}; "
-                                          f"{CHANNELS_FILE} defines {', '.join(ctx.channels.names)}")
+                        raise node.child("channels").error(
+                            f"unknown channel '{ch}'{_suggest(ch, ctx.channels.names)}; "
+                            f"{CHANNELS_FILE} defines {', '.join(ctx.channels.names)}")
             if policy is not None and policy.channels:
                 bad = [ch for ch in channels if ch not in policy.channels]
                 if bad:
-                    raise _fail(file, f"{at}: channels: policy {policy.id} may not be offered on "
-                                      f"{', '.join(bad)} (its channels: {', '.join(policy.channels)})")
+                    raise node.child("channels").error(f"policy {policy.id} may not be offered on "
+                                                       f"{', '.join(bad)} (its channels: {', '.join(policy.channels)})")
     if problems.error_count != before or rid is None or when is None:
         return None
     return Rule(matrix=matrix, no=i + 1, id=rid, when=when, policy=policy_id, group=group, script=script,
-                channels=channels, order=order, doc=doc_text)
+                channels=channels, order=order, doc=doc_text, source=node.doc)
 
 
 def _cross_check(matrices: list[Matrix], matrices_dir: Path, problems: Problems, *,
@@ -728,7 +682,7 @@ def _cross_check(matrices: list[Matrix], matrices_dir: Path, problems: Problems,
     by_name: dict[str, Matrix] = {}
     for m in matrices:
         if m.name in by_name:
-            problems.error(f"{m.file}: matrix '{m.name}' is already defined in {by_name[m.name].file}")
+            problems.error(f"{m.at('matrix')}: matrix '{m.name}' is already defined in {by_name[m.name].file}")
         else:
             by_name[m.name] = m
     unique = sorted(by_name.values(), key=lambda m: m.name)
@@ -737,19 +691,21 @@ def _cross_check(matrices: list[Matrix], matrices_dir: Path, problems: Problems,
         problems.error(f"{matrices_dir}: no priority matrix: one matrix must have `family: priority` and give "
                        "each customer an `order:` of families (end it with a catch-all rule `when: true`)")
     elif len(priority) > 1:
-        problems.error(f"{priority[1].file}: a second priority matrix ('{priority[1].name}'; the first is "
+        problems.error(f"{priority[1].at('family')}: a second priority matrix ('{priority[1].name}'; the first is "
                        f"'{priority[0].name}' in {priority[0].file}): exactly one matrix may have family: priority")
     families = sorted({m.family for m in unique if not m.is_priority})
     if priority:
         p = priority[0]
-        unknown: dict[str, list[str]] = {}
+        unknown: dict[str, list[Rule]] = {}
         for rule in p.rules:
             for fam in rule.order:
                 if fam not in families and fam not in failed_families:
-                    unknown.setdefault(fam, []).append(rule.id)
-        for fam, ids in unknown.items():
-            problems.warn(f"{p.file}: rule{'s' if len(ids) > 1 else ''} {', '.join(ids)}: order: no matrix has "
-                          f"family '{fam}'{_suggest(fam, families)} (families: {', '.join(families) or 'none'})")
+                    unknown.setdefault(fam, []).append(rule)
+        for fam, rules in unknown.items():
+            others = [r.id for r in rules[1:]]
+            also = f"; also rule{'s' if len(others) > 1 else ''} {', '.join(others)}" if others else ""
+            problems.warn(f"{rules[0].at('order')}: no matrix has family '{fam}'{_suggest(fam, families)} "
+                          f"(families: {', '.join(families) or 'none'}){also}")
     return unique
 
 
@@ -760,7 +716,7 @@ def _check_policy_channels(policies: dict[str, Policy] | None, channels: Channel
     for p in policies.values():
         for ch in p.channels:
             if ch not in channels.channels:
-                problems.error(f"{p.file}: policy {p.id}: channels: unknown channel '{ch}'"
+                problems.error(f"{p.at('channels')}: unknown channel '{ch}'"
                                f"{_suggest(ch, channels.names)}; {CHANNELS_FILE} defines {', '.join(channels.names)}")
 
 
@@ -790,7 +746,7 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
             for what, rule, expr in items:
                 if expr is None:
                     continue
-                at = f"{m.file}: rule {rule.id}: {what}" if rule else f"{m.file}: {what}"
+                at = rule.at(what) if rule else m.at(what)
                 problem = _bind_problem(con, expr.duckdb_sql) or _vocabulary_problem(expr.duckdb_sql, vocabularies)
                 if problem:
                     problems.error(f"{at}: {problem}")
@@ -830,9 +786,9 @@ def _score_expressions(model: Any) -> list[tuple[str, str]]:
     out = []
     for i, crit in enumerate(model.criteria):
         for j, ind in enumerate(crit.indicators):
-            out.append((f"{model.path}: value.criteria[{i}].indicators[{j}].expr", ind.sql))
+            out.append((model.where(f"value.criteria[{i}].indicators[{j}].expr"), ind.sql))
     for i, col in enumerate(model.columns):
-        out.append((f"{model.path}: columns[{i}] ({col.name}).expr", col.sql))
+        out.append((model.where(f"columns[{i}].expr", col.name), col.sql))
     return out
 
 
@@ -874,11 +830,11 @@ def _culprit(con: duckdb.DuckDBPyConnection, model: Any, exc: duckdb.Error) -> s
             one = dataclasses.replace(crit, indicators=[ind], ahp=alone)
             problem = binds(dataclasses.replace(model, criteria=[one], ahp=alone, columns=[]))
             if problem:
-                return f"{model.path}: value.criteria[{i}].indicators[{j}].expr: DuckDB: {problem}"
+                return f"{model.where(f'value.criteria[{i}].indicators[{j}].expr')}: DuckDB: {problem}"
     for k, col in enumerate(model.columns):
         problem = binds(dataclasses.replace(model, columns=model.columns[:k + 1]))
         if problem:
-            return f"{model.path}: columns[{k}] ({col.name}).expr: DuckDB: {problem}"
+            return f"{model.where(f'columns[{k}].expr', col.name)}: DuckDB: {problem}"
     return f"{model.path}: customer_view does not bind: DuckDB: {_first_line(exc)}"  # pragma: no cover
 
 
@@ -968,12 +924,20 @@ def _short(text: str, width: int = 60) -> str:
 
 
 # -- entry points -------------------------------------------------------------------------------
-def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> tuple[RuleSet | None, list[str]]:
+@dataclass
+class _Loaded:
+    rules: RuleSet | None
+    files: list[str]
+    scores: ScoreModel | None = None
+    plan: PlanConfig | None = None
+
+
+def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> _Loaded:
     matrices_dir = Path(matrices_dir)
     files: list[str] = []
     if not matrices_dir.is_dir():
         problems.error(f"{matrices_dir}: the matrices folder does not exist")
-        return None, files
+        return _Loaded(None, files)
     model = None
     columns: list[str] | None = None
     files.append(str(matrices_dir / SCORES_FILE))
@@ -984,8 +948,7 @@ def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> tuple[R
     policies = _read_policies(matrices_dir, problems)
     channels = _read_channels(matrices_dir, problems)
     _check_policy_channels(policies, channels, problems)
-    if with_plan:
-        _check_plan(matrices_dir, problems, files, policies, channels)
+    plan = _check_plan(matrices_dir, problems, files, policies, channels) if with_plan else None
     ctx = _Context(columns, policies, channels)
     loaded: list[Matrix] = []
     failed_families: set[str] = set()
@@ -999,45 +962,40 @@ def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> tuple[R
     if model is not None:
         _type_check(matrices, model, problems)
     if problems.error_count or policies is None or channels is None or columns is None:
-        return None, files
-    return RuleSet(matrices_dir, matrices, policies, channels, columns, problems.warnings), files
+        return _Loaded(None, files, model, plan)
+    return _Loaded(RuleSet(matrices_dir, matrices, policies, channels, columns, problems.warnings), files, model, plan)
 
 
 def _check_plan(matrices_dir: Path, problems: Problems, files: list[str],
-                policies: dict[str, Policy] | None, channels: ChannelConfig | None) -> None:
-    """plan.yaml through the plan module (when this installation has it), and its policy and channels."""
-    try:
-        from mktool import plan as plan_module  # noqa: PLC0415 - optional, written separately
-    except ImportError:
-        return
-    loader = getattr(plan_module, "load_plan_config", None)
-    if loader is None:
-        return
-    path = matrices_dir / "plan.yaml"
+                policies: dict[str, Policy] | None, channels: ChannelConfig | None) -> PlanConfig | None:
+    """plan.yaml, and the policy and channels it names (None when it does not load)."""
+    path = matrices_dir / PLAN_FILE
     files.append(str(path))
     config = None
     with problems.catch():
-        config = loader(matrices_dir)
+        config = load_plan_config(matrices_dir)
     if config is None:
-        return
-    policy_id = getattr(config, "policy", None)
-    if policies is not None and isinstance(policy_id, str):
+        return None
+    source = YamlFile(str(path), None, config.lines)
+    policy_id = config.policy
+    if policies is not None:
         policy = policies.get(policy_id)
         if policy is None:
-            problems.error(f"{path}: policy: unknown policy '{policy_id}'{_suggest(policy_id, policies)}: "
+            problems.error(f"{source.where('policy')}: unknown policy '{policy_id}'{_suggest(policy_id, policies)}: "
                            f"add it to {POLICIES_FILE}")
     if channels is not None:
-        for ch in getattr(config, "channels", ()) or ():
+        for k, ch in enumerate(config.channels):
             if ch not in channels.channels:
-                problems.error(f"{path}: channels: unknown channel '{ch}'{_suggest(ch, channels.names)}; "
-                               f"{CHANNELS_FILE} defines {', '.join(channels.names)}")
+                problems.error(f"{source.where(f'channels[{k}]')}: unknown channel '{ch}'"
+                               f"{_suggest(ch, channels.names)}; {CHANNELS_FILE} defines {', '.join(channels.names)}")
+    return config
 
 
 def validate_all(matrices_dir: Path) -> CheckReport:
     """Check every YAML of the matrices folder; collect every problem rather than stop at one."""
     problems = Problems()
-    rules, files = _load(Path(matrices_dir), problems, with_plan=True)
-    return CheckReport(Path(matrices_dir), problems.items, rules, files)
+    loaded = _load(Path(matrices_dir), problems, with_plan=True)
+    return CheckReport(Path(matrices_dir), problems.items, loaded.rules, loaded.files, loaded.scores, loaded.plan)
 
 
 def load_rules(matrices_dir: Path) -> RuleSet:
@@ -1046,7 +1004,7 @@ def load_rules(matrices_dir: Path) -> RuleSet:
     Warnings (e.g. a priority order naming a family no matrix has) are in ``.warnings``.
     """
     problems = Problems()
-    rules, _files = _load(Path(matrices_dir), problems, with_plan=False)
+    rules = _load(Path(matrices_dir), problems, with_plan=False).rules
     raise_first(problems.errors)
     assert rules is not None
     return rules

@@ -22,7 +22,8 @@ from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
 from mktool.database import Database
 from mktool.errors import MktoolError, StateError
-from mktool.pipeline import run_pipeline
+from mktool.pipeline import check_before_run, run_pipeline
+from mktool.project import load_project
 from mktool.sqlquote import quote_literal
 
 __all__ = [
@@ -93,10 +94,12 @@ def temporary_run(month: str, matrices_dir: Path, *, fixtures: Path | None = Non
         db_path = tmpdir / f"{label}.duckdb"
         run_settings = Settings(db_path=db_path, matrices_dir=Path(matrices_dir), memory_limit=base.memory_limit,
                                 threads=base.threads, temp_dir=tmpdir / "spill", lock_wait=0)
+        project = load_project(Path(matrices_dir))
+        check_before_run(project)
         if source_db is not None:
             copy_database(source_db, db_path, base)
         with Database(run_settings, write=True) as db:
-            run_pipeline(db, month, matrices_dir=Path(matrices_dir),
+            run_pipeline(db, project, month,
                          ingest_paths=[Path(fixtures)] if fixtures is not None else None,
                          cycle_date=cycle_date, out_dir=tmpdir / "out", reporter=reporter)
         yield MonthRun(month, cycle_date, db_path, tmpdir / "out" / month, Path(matrices_dir))

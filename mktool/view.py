@@ -9,285 +9,17 @@ Everything runs as one DuckDB statement; nothing is pulled into Python.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from fractions import Fraction
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from mktool import dialect
-from mktool.ahp import MAX_CONSISTENCY_RATIO, AhpResult, ahp_weights, check_matrix
 from mktool.console import QUIET, Reporter
-from mktool.contract import check_month, month_from_index, month_index, window
+from mktool.contract import check_month
 from mktool.database import Database, record_step, replace_month, table_exists
-from mktool.errors import ConfigError, StateError
+from mktool.errors import StateError
 from mktool.freshness import view_inputs
+from mktool.project import Project
 from mktool.schema import VIEW_TABLE
-from mktool.sqlcheck import check_expression
-from mktool.sqlquote import check_label, quote_identifier, quote_literal
-from mktool.yamlio import field as yfield
-from mktool.yamlio import load_yaml, number, unknown_keys
-
-SQL_DIR = Path(__file__).parent / "sql"
-SCORES_FILE = "scores.yaml"
-
-# Columns the base query provides, in order (SPEC §3 base columns first, then features).
-BASE_COLUMNS = (
-    "msisdn", "month", "city", "plan_id", "status", "payment", "handset_gen", "vnet", "group_id", "balance",
-    "bundle_type", "bundle_end", "contract_end", "join_date", "tenure_months", "arpu", "arpu_3m", "rental_3m",
-    "voice_overage_3m", "data_overage_3m", "addon_3m", "current_total_3m", "return_rate", "voice_min_3m",
-    "data_mb_3m", "months_in_window",
-)
-FEATURE_COLUMNS = (
-    "billing_months", "arpu_prev", "ld_fee", "voice_out_min", "voice_local_min", "voice_ld_out_min",
-    "voice_ld_in_min", "voice_roam_min", "ld_top_province", "sms_count", "data_mb", "contacts", "contacts_in_net",
-    "voice_min_prev", "data_mb_prev", "contacts_prev", "in_net_share", "voice_total_min", "ld_unit_price",
-    "plan_name", "plan_rental", "product_status", "vas_active", "has_newspaper", "has_crbt", "has_ring_change",
-    "has_mobile_internet", "month_end", "contract_ends_3m", "bundle_ends_3m",
-)
-VALUE_COLUMNS = ("value_score", "value_tier")
-VAS_SERVICES = ("newspaper", "crbt", "ring_change", "mobile_internet")
-PARAM_RE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
-#: The money markers of sql/customer_view_base.sql (``@fen(b0.total_fee)``): each is one
-#: formula of mktool/dialect.py, so that money is computed the same way everywhere.
-MONEY_MARKER_RE = re.compile(r"@([a-z_]+)\(([^()]*)\)")
-MONEY_MARKERS: dict[str, Callable[..., str]] = {
-    "money": lambda x: dialect.read_money(x),
-    "fen": lambda x: dialect.fen(x),
-    "average": lambda s, n: dialect.average(s, n, 2),
-    "percent": lambda a, b: dialect.percent(a, b),
-}
-
-
-# -- months ---------------------------------------------------------------------------------
-def last_day(month: str) -> str:
-    import calendar
-
-    y, m = int(month[:4]), int(month[5:7])
-    return f"{month}-{calendar.monthrange(y, m)[1]:02d}"
-
-
-# -- the score model (scores.yaml) --------------------------------------------------------------
-@dataclass
-class Indicator:
-    name: str
-    sql: str  # validated scalar expression over the base/feature columns
-
-
-@dataclass
-class Criterion:
-    name: str
-    indicators: list[Indicator]
-    ahp: AhpResult
-
-
-@dataclass
-class ScoreColumn:
-    name: str
-    sql: str
-
-
-@dataclass
-class ScoreModel:
-    path: Path
-    criteria: list[Criterion]
-    ahp: AhpResult
-    tiers: list[tuple[str, Fraction]]  # tier name, share of customers, best first
-    columns: list[ScoreColumn]
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def indicator_weights(self) -> list[tuple[str, str, float]]:
-        """(criterion, indicator, global weight) — what the value score is made of."""
-        return [
-            (c.name, ind.name, cw * iw)
-            for c, cw in zip(self.criteria, self.ahp.weights)
-            for ind, iw in zip(c.indicators, c.ahp.weights)
-        ]
-
-    @property
-    def output_columns(self) -> list[str]:
-        return [*BASE_COLUMNS, *FEATURE_COLUMNS, *VALUE_COLUMNS, *(c.name for c in self.columns)]
-
-
-def _substitute(sql: str, params: dict[str, Any], *, file: Path, at: str) -> str:
-    def repl(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in params:
-            raise ConfigError(f"{at}: unknown parameter ${{{name}}} (params: {', '.join(params) or 'none'})", file=str(file))
-        value = params[name]
-        try:
-            return quote_literal(value if isinstance(value, (bool, int, float)) else str(value))
-        except ValueError as exc:
-            raise ConfigError(f"{at}: parameter ${{{name}}}: {exc}", file=str(file)) from None
-
-    return PARAM_RE.sub(repl, sql)
-
-
-def _comparison_matrix(raw: Any, size: int, *, file: Path, at: str) -> AhpResult:
-    if raw is None:
-        return ahp_weights([[1.0] * size for _ in range(size)])
-    if not isinstance(raw, list) or not all(isinstance(r, list) for r in raw):
-        raise ConfigError(f"{at}: expected a list of rows", file=str(file))
-    matrix = [[number(v, file=file, at=f"{at}[{i + 1}][{j + 1}]") for j, v in enumerate(row)] for i, row in enumerate(raw)]
-    if len(matrix) != size:
-        raise ConfigError(f"{at}: has {len(matrix)} rows but there are {size} items to compare", file=str(file))
-    problem = check_matrix(matrix)
-    if problem:
-        raise ConfigError(f"{at}: {problem}", file=str(file))
-    result = ahp_weights(matrix)
-    if not result.consistent:
-        raise ConfigError(
-            f"{at}: consistency ratio {result.consistency_ratio:.3f} is ≥ {MAX_CONSISTENCY_RATIO:.2f}: "
-            "the pairwise judgements contradict each other (λmax "
-            f"{result.lambda_max:.3f} for n = {size})",
-            file=str(file),
-            hint="revise the comparisons so that if A > B and B > C then A > C by roughly the product",
-        )
-    return result
-
-
-def load_score_model(matrices_dir: Path, overrides: dict[str, Any] | None = None) -> ScoreModel:
-    """Read and validate scores.yaml: shapes, AHP consistency, every SQL expression."""
-    path = matrices_dir / SCORES_FILE
-    if not path.exists():
-        raise ConfigError(f"missing {SCORES_FILE} in the matrices folder {matrices_dir}", file=str(path))
-    doc = load_yaml(path)
-    if not isinstance(doc, dict):
-        raise ConfigError("expected a mapping with keys params, value, columns", file=str(path))
-    unknown_keys(doc, {"params", "value", "columns"}, file=path, at="")
-    params = dict(yfield(doc, "params", dict, file=path, at="", required=False, default={}))
-    for key, value in (overrides or {}).items():
-        if key not in params:
-            raise ConfigError(f"params: unknown parameter '{key}' (known: {', '.join(params)})", file=str(path))
-        params[key] = value
-    known: list[str] = [*BASE_COLUMNS, *FEATURE_COLUMNS]
-
-    value = yfield(doc, "value", dict, file=path, at="")
-    unknown_keys(value, {"criteria", "pairwise", "tiers"}, file=path, at="value")
-    raw_criteria = yfield(value, "criteria", list, file=path, at="value")
-    criteria: list[Criterion] = []
-    for i, rc in enumerate(raw_criteria):
-        at = f"value.criteria[{i}]"
-        unknown_keys(rc if isinstance(rc, dict) else {}, {"name", "indicators", "pairwise"}, file=path, at=at)
-        cname = yfield(rc, "name", str, file=path, at=at)
-        inds = []
-        for j, ri in enumerate(yfield(rc, "indicators", list, file=path, at=at)):
-            iat = f"{at}.indicators[{j}]"
-            iname = yfield(ri, "name", str, file=path, at=iat)
-            expr = _substitute(str(yfield(ri, "expr", (str, int, float), file=path, at=iat)), params, file=path, at=iat)
-            checked = check_expression(expr, location=f"{path}: {iat}.expr", columns=known, kind="scalar")
-            inds.append(Indicator(iname, checked.duckdb_sql))
-        if not inds:
-            raise ConfigError(f"{at}.indicators: needs at least one indicator", file=str(path))
-        criteria.append(Criterion(cname, inds, _comparison_matrix(rc.get("pairwise"), len(inds), file=path, at=f"{at}.pairwise")))
-    if not criteria:
-        raise ConfigError("value.criteria: needs at least one criterion", file=str(path))
-    ahp = _comparison_matrix(value.get("pairwise"), len(criteria), file=path, at="value.pairwise")
-
-    tiers: list[tuple[str, Fraction]] = []
-    for i, rt in enumerate(yfield(value, "tiers", list, file=path, at="value")):
-        at = f"value.tiers[{i}]"
-        tiers.append((check_label(yfield(rt, "tier", str, file=path, at=at), file=path, at=f"{at}.tier",
-                                  what="value tier name"),
-                      Fraction(str(number(yfield(rt, "share", (int, float, str), file=path, at=at), file=path, at=at)))))
-    if sum(share for _, share in tiers) != 1:
-        raise ConfigError(f"value.tiers: shares add up to {float(sum(s for _, s in tiers)):g}, not 1", file=str(path))
-    known += list(VALUE_COLUMNS)
-
-    columns: list[ScoreColumn] = []
-    for i, rcol in enumerate(yfield(doc, "columns", list, file=path, at="")):
-        at = f"columns[{i}]"
-        unknown_keys(rcol if isinstance(rcol, dict) else {}, {"name", "expr", "doc"}, file=path, at=at)
-        name = yfield(rcol, "name", str, file=path, at=at)
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-            raise ConfigError(f"{at}.name: '{name}' must be a lower-case SQL identifier", file=str(path))
-        if name in known:
-            raise ConfigError(f"{at}.name: column '{name}' already exists in the view", file=str(path))
-        expr = _substitute(str(yfield(rcol, "expr", (str, int, float, bool), file=path, at=at)), params, file=path, at=at)
-        checked = check_expression(expr, location=f"{path}: {at} ({name}).expr", columns=known, kind="scalar")
-        columns.append(ScoreColumn(name, checked.duckdb_sql))
-        known.append(name)
-    return ScoreModel(path, criteria, ahp, tiers, columns, params)
-
-
-# -- SQL --------------------------------------------------------------------------------------
-def _vas_sql(has_vas: bool) -> str:
-    if not has_vas:
-        flags = ", ".join(f"false AS has_{s}" for s in VAS_SERVICES)
-        return f"SELECT CAST(NULL AS VARCHAR) AS msisdn, 0 AS vas_active, {flags} WHERE false"
-    flags = ", ".join(f"bool_or(active AND service = '{s}') AS has_{s}" for s in VAS_SERVICES)
-    return f"SELECT msisdn, count(*) FILTER (WHERE active) AS vas_active, {flags} FROM vas WHERE month = $month GROUP BY msisdn"
-
-
-def render_money_markers(sql: str) -> str:
-    """Replace the base query's ``@name(args)`` markers (outside ``--`` comments) by their SQL."""
-    def repl(m: re.Match[str]) -> str:
-        name, args = m.group(1), [a.strip() for a in m.group(2).split(",")]
-        if name not in MONEY_MARKERS:
-            raise ValueError(f"customer_view_base.sql: unknown marker @{name}")
-        return MONEY_MARKERS[name](*args)
-
-    return "\n".join(line if line.lstrip().startswith("--") else MONEY_MARKER_RE.sub(repl, line)
-                     for line in sql.splitlines())
-
-
-def base_sql(*, has_vas: bool) -> str:
-    """The base and feature columns' query (named parameters: see ``view_params``)."""
-    text = (SQL_DIR / "customer_view_base.sql").read_text(encoding="utf-8")
-    return render_money_markers(text).replace("$vas_sql", _vas_sql(has_vas))
-
-
-def view_sql(model: ScoreModel, *, has_vas: bool) -> str:
-    """The whole customer-view query for one month (named parameters: see ``view_params``).
-
-    The percentile and tier windows run on narrow rows (msisdn and the indicators) and are
-    joined back: window sorts that carry the view's ~60 columns cost 10× the time and memory.
-    """
-    base = base_sql(has_vas=has_vas)
-    indicators = []
-    pct = []
-    terms = []
-    for k, (crit, cw) in enumerate(zip(model.criteria, model.ahp.weights)):
-        for m, (ind, iw) in enumerate(zip(crit.indicators, crit.ahp.weights)):
-            # ranked as DOUBLE: the same order and ties as the exact DECIMAL money (exact below
-            # 9·10⁹ yuan), at half the cost of sorting 128-bit decimals
-            indicators.append(f"CAST(coalesce(({ind.sql}), 0) AS DOUBLE) AS _x_{k}_{m}")
-            pct.append(f"percent_rank() OVER (ORDER BY _x_{k}_{m}) AS _p_{k}_{m}")
-            terms.append(f"{cw * iw!r} * _p_{k}_{m}")
-    value_score = f"round(100 * ({' + '.join(terms)}), 4)"
-    # Tiers by rank of the score: exact integer arithmetic on cumulative shares.
-    cases = []
-    cumulative = Fraction(0)
-    for name, share in model.tiers[:-1]:
-        cumulative += share
-        cases.append(f"WHEN _rank * {cumulative.denominator} <= _n * {cumulative.numerator} THEN {quote_literal(name)}")
-    tier_sql = f"CASE {' '.join(cases)} ELSE {quote_literal(model.tiers[-1][0])} END"
-    layers = [
-        f"base AS ({base})",
-        f"indicators AS (SELECT msisdn, {', '.join(indicators)} FROM base)",
-        f"percentiles AS (SELECT msisdn, {', '.join(pct)} FROM indicators)",
-        f"scores AS (SELECT msisdn, {value_score} AS value_score FROM percentiles)",
-        "ranked AS (SELECT msisdn, value_score, row_number() OVER (ORDER BY value_score DESC, msisdn) AS _rank, "
-        "count(*) OVER () AS _n FROM scores)",
-        f"tiers AS (SELECT msisdn, value_score, {tier_sql} AS value_tier FROM ranked)",
-        "tiered AS (SELECT base.*, tiers.value_score, tiers.value_tier FROM base JOIN tiers USING (msisdn))",
-    ]
-    prev = "tiered"
-    for i, col in enumerate(model.columns):
-        layers.append(f"c{i} AS (SELECT *, ({col.sql}) AS {quote_identifier(col.name)} FROM {prev})")
-        prev = f"c{i}"
-    select = ", ".join(quote_identifier(c) for c in model.output_columns)
-    return "WITH " + ",\n".join(layers) + f"\nSELECT {select} FROM {prev}"
-
-
-def view_params(month: str) -> dict[str, Any]:
-    m, prev, prev2 = window(month)
-    horizon = month_from_index(month_index(month) + 3)
-    return {
-        "month": m, "prev": prev, "prev2": prev2, "month_index": month_index(month),
-        "month_end": last_day(month), "horizon_3m": last_day(horizon),
-    }
+from mktool.scoremodel import ScoreModel, view_params, view_sql
 
 
 # -- the step ---------------------------------------------------------------------------------
@@ -303,7 +35,7 @@ REQUIRED_FOR_SCORE = ("subscribers", "usage", "billing", "plans")
 
 
 
-def score(db: Database, month: str, *, matrices_dir: Path, reporter: Reporter = QUIET,
+def score(db: Database, project: Project, month: str, *, reporter: Reporter = QUIET,
           params: dict[str, Any] | None = None, summary: bool = True) -> ScoreResult:
     """Build customer_view for ``month`` and store it (replacing that month's rows).
 
@@ -311,7 +43,7 @@ def score(db: Database, month: str, *, matrices_dir: Path, reporter: Reporter = 
     skipped when nobody will see it, e.g. under --quiet).
     """
     check_month(month)
-    model = load_score_model(matrices_dir, params)
+    model = project.score_model(params)
     con = db.c
     missing = [t for t in REQUIRED_FOR_SCORE if not table_exists(con, t)]
     if missing:

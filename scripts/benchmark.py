@@ -630,7 +630,8 @@ def explain_plan(db: Path, out: Path) -> str | None:
 
     try:
         from mktool.config import resolve_matrices_dir
-        from mktool.plan import load_plan_config, recommend_query
+        from mktool.plan import recommend_query
+        from mktool.planconfig import load_plan_config
     except Exception as exc:  # noqa: BLE001
         return f"cannot import mktool.plan: {exc}"
     config = load_plan_config(resolve_matrices_dir(None))

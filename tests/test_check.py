@@ -1,7 +1,8 @@
 """`mktool check`: every kind of bad rule file is caught with a precise, located message.
 
 Tests run in tmp_path with ``--matrices matrices`` so that messages read exactly as a user
-sees them: ``matrices/retention.yaml: rule R2: when: unknown column 'arpu3m' (did you mean 'arpu_3m'?)``.
+sees them: ``matrices/retention.yaml:7 @ rules[1].when (rule R2): unknown column 'arpu3m' (did you mean
+'arpu_3m'?)``: file, line, key path (and the rule), then the problem.
 """
 
 from __future__ import annotations
@@ -64,51 +65,53 @@ def test_clean_project_passes(cli, in_tmp: Path) -> None:
 # -- one error per kind of mistake ------------------------------------------------------------------------
 def test_bad_yaml_syntax(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("hit: first", "hit: first\n  oops: [")
-    assert one_error(cli, {"retention.yaml": bad}).startswith("matrices/retention.yaml: line 4, column 7: invalid YAML (mapping values are not allowed here)")
+    assert one_error(cli, {"retention.yaml": bad}).startswith(
+        "matrices/retention.yaml:4:7: invalid YAML (mapping values are not allowed here)")
 
 
 def test_unknown_key_with_suggestion(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("{id: R2, when:", "{id: R2, wen:")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R2: unknown key 'wen' (did you mean 'when'?); "
+        "matrices/retention.yaml:7 @ rules[1] (rule R2): unknown key 'wen' (did you mean 'when'?); "
         "allowed: channels, description, doc, group, id, policy, script, when")
 
 
 def test_unknown_matrix_key(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("hit: first", "hits: first")
     assert one_error(cli, {"retention.yaml": bad}).startswith(
-        "matrices/retention.yaml: top level: unknown key 'hits' (did you mean 'hit'?)")
+        "matrices/retention.yaml:3: unknown key 'hits' (did you mean 'hit'?)")
 
 
 def test_unknown_column_with_suggestion(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("arpu_3m >= 50", "arpu3m >= 50")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R2: when: unknown column 'arpu3m' (did you mean 'arpu_3m'?)")
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): unknown column 'arpu3m' (did you mean 'arpu_3m'?)")
 
 
 def test_unknown_column_in_where(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("where: status = 'active'", "where: stauts = 'active'")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: where: unknown column 'stauts' (did you mean 'status'?)")
+        "matrices/retention.yaml:4 @ where: unknown column 'stauts' (did you mean 'status'?)")
 
 
 def test_semicolon_refused(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("when: arpu_3m >= 50,", 'when: "arpu_3m >= 50; DROP TABLE customer_view",')
     assert one_error(cli, {"retention.yaml": bad}).startswith(
-        "matrices/retention.yaml: rule R2: when: ';' is not allowed (line 1, column 14)")
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): ';' is not allowed (line 1, column 14)")
 
 
 def test_subquery_refused(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("when: arpu_3m >= 50,", 'when: "msisdn IN (SELECT msisdn FROM dnd)",')
     assert one_error(cli, {"retention.yaml": bad}).startswith(
-        "matrices/retention.yaml: rule R2: when: subqueries are not allowed")
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): subqueries are not allowed")
 
 
 def test_missing_policy_with_suggestion(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("policy: PREPAY_SMALL, group: 5, channels: [sms]}\n  - {id: R3",
                             "policy: PREPAY_SMAL, group: 5, channels: [sms]}\n  - {id: R3")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R2: policy: unknown policy 'PREPAY_SMAL' (did you mean 'PREPAY_SMALL'?): "
+        "matrices/retention.yaml:7 @ rules[1].policy (rule R2): unknown policy 'PREPAY_SMAL' (did you mean "
+        "'PREPAY_SMALL'?): "
         "add it to policies.yaml")
 
 
@@ -116,27 +119,27 @@ def test_policy_of_another_family(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("policy: PREPAY_SMALL, group: 5, channels: [sms]}\n  - {id: R3",
                             "policy: LD_AH, group: 5, channels: [sms]}\n  - {id: R3")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R2: policy: 'LD_AH' is a traffic policy in policies.yaml, "
+        "matrices/retention.yaml:7 @ rules[1].policy (rule R2): 'LD_AH' is a traffic policy in policies.yaml, "
         "but matrix 'retention' is family retention")
 
 
 def test_duplicate_rule_id(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("{id: R3,", "{id: R1,")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R1: duplicate rule id (rules[0] and rules[2] are both 'R1')")
+        "matrices/retention.yaml:8 @ rules[2].id (rule R1): duplicate rule id (rules[0] and rules[2] are both 'R1')")
 
 
 def test_unknown_channel(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("group: 5, channels: [sms]}\n  - {id: R3", "group: 5, channels: [smss]}\n  - {id: R3")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R2: channels: unknown channel 'smss' (did you mean 'sms'?); "
+        "matrices/retention.yaml:7 @ rules[1].channels (rule R2): unknown channel 'smss' (did you mean 'sms'?); "
         "channels.yaml defines frontdesk, outbound, sms, app")
 
 
 def test_channel_the_policy_does_not_allow(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("channels: [frontdesk, outbound]}", "channels: [frontdesk, sms]}")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R1: channels: policy PREPAY_BIG may not be offered on sms "
+        "matrices/retention.yaml:6 @ rules[0].channels (rule R1): policy PREPAY_BIG may not be offered on sms "
         "(its channels: frontdesk, outbound)")
 
 
@@ -149,56 +152,59 @@ def test_channels_default_to_the_policys(in_tmp: Path) -> None:
 def test_missing_channels_without_policy_channels(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("group: 5, channels: [sms]}\n  - {id: R3", "group: 5}\n  - {id: R3")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R2: channels: missing, and policy PREPAY_SMALL names no channels either")
+        "matrices/retention.yaml:7 @ rules[1].channels (rule R2): missing, and policy PREPAY_SMALL names no "
+        "channels either")
 
 
 @pytest.mark.parametrize(("when", "message"), [
-    ("arpu_3m + 1", "rule R2: when: expected a boolean condition, got arithmetic 'arpu_3m + 1'"),
-    ("'yes'", "rule R2: when: expected a boolean condition, got a string literal ''yes''"),
-    ("value_tier", "rule R2: when: expected a boolean condition, but 'value_tier' is VARCHAR"),
-    ("coalesce(arpu_3m, 0)", "rule R2: when: expected a boolean condition, but 'coalesce(arpu_3m, 0)' is DECIMAL(38,6)"),
+    ("arpu_3m + 1", "expected a boolean condition, got arithmetic 'arpu_3m + 1'"),
+    ("'yes'", "expected a boolean condition, got a string literal ''yes''"),
+    ("value_tier", "expected a boolean condition, but 'value_tier' is VARCHAR"),
+    ("coalesce(arpu_3m, 0)", "expected a boolean condition, but 'coalesce(arpu_3m, 0)' is DECIMAL(38,6)"),
     # A function DuckDB does not have is now refused by the allow-list, before DuckDB binds it.
-    ("lenght(city) > 2", "rule R2: when: function 'lenght' is not allowed: it is not on the reviewed allow-list "
+    ("lenght(city) > 2", "function 'lenght' is not allowed: it is not on the reviewed allow-list "
                          "of rule functions (ALLOWED_FUNCTIONS in mktool/sqlcheck.py); did you mean 'length'?"),
 ])
 def test_non_boolean_when(cli, in_tmp: Path, when: str, message: str) -> None:
     bad = RETENTION.replace("when: arpu_3m >= 50,", f'when: "{when}",')
-    assert one_error(cli, {"retention.yaml": bad}) == f"matrices/retention.yaml: {message}"
+    assert one_error(cli, {"retention.yaml": bad}) == f"matrices/retention.yaml:7 @ rules[1].when (rule R2): {message}"
 
 
 def test_missing_when(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("{id: R2, when: arpu_3m >= 50,", "{id: R2,")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: rule R2: when: missing required key (use `when: true` for a catch-all)")
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): missing required key (use `when: true` for a catch-all)")
 
 
 def test_bad_hit_mode(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("hit: first", "hit: frist")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: hit: 'frist' is not one of first, collect (did you mean 'first'?)")
+        "matrices/retention.yaml:3 @ hit: 'frist' is not one of first, collect (did you mean 'first'?)")
 
 
 def test_priority_rule_with_policy(cli, in_tmp: Path) -> None:
     bad = PRIORITY.replace("{id: P3, when: true, order: [retention]}", "{id: P3, when: true, policy: PREPAY_BIG}")
     assert one_error(cli, {"priority.yaml": bad}) == (
-        "matrices/priority.yaml: rule P3: a priority-matrix rule gives an 'order' (a list of families), not a policy")
+        "matrices/priority.yaml:7 @ rules[2].policy (rule P3): a priority-matrix rule gives an 'order' (a list "
+        "of families), not a policy")
 
 
 def test_offer_rule_with_order(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("{id: R3, when: tenure_months > 12,", "{id: R3, when: tenure_months > 12, order: [x],")
     assert one_error(cli, {"retention.yaml": bad}).startswith(
-        "matrices/retention.yaml: rule R3: 'order' belongs in the priority matrix (family: priority)")
+        "matrices/retention.yaml:8 @ rules[2].order (rule R3): 'order' belongs in the priority matrix (family: "
+        "priority)")
 
 
 def test_priority_collect_refused(cli, in_tmp: Path) -> None:
     bad = PRIORITY.replace("hit: first", "hit: collect")
     assert one_error(cli, {"priority.yaml": bad}) == (
-        "matrices/priority.yaml: hit: the priority matrix gives each customer exactly one order: use hit: first")
+        "matrices/priority.yaml:3 @ hit: the priority matrix gives each customer exactly one order: use hit: first")
 
 
 def test_duplicate_matrix_name_across_files(cli, in_tmp: Path) -> None:
     assert one_error(cli, {"retention_copy.yaml": RETENTION}) == (
-        "matrices/retention_copy.yaml: matrix 'retention' is already defined in matrices/retention.yaml")
+        "matrices/retention_copy.yaml:1 @ matrix: matrix 'retention' is already defined in matrices/retention.yaml")
 
 
 def test_no_priority_matrix(cli, in_tmp: Path) -> None:
@@ -208,32 +214,35 @@ def test_no_priority_matrix(cli, in_tmp: Path) -> None:
 
 def test_two_priority_matrices(cli, in_tmp: Path) -> None:
     assert one_error(cli, {"priority2.yaml": PRIORITY.replace("matrix: priority", "matrix: priority2")}) == (
-        "matrices/priority2.yaml: a second priority matrix ('priority2'; the first is 'priority' in "
+        "matrices/priority2.yaml:2 @ family: a second priority matrix ('priority2'; the first is 'priority' in "
         "matrices/priority.yaml): exactly one matrix may have family: priority")
 
 
 def test_duplicate_policy_id(cli, in_tmp: Path) -> None:
     bad = POLICIES + "  - {id: LD_AH, name: again, family: traffic}\n"
     assert one_error(cli, {"policies.yaml": bad}) == (
-        "matrices/policies.yaml: policy LD_AH: duplicate policy id (policies[9] repeats an earlier entry)")
+        "matrices/policies.yaml:11 @ policies[9].id (policy LD_AH): duplicate policy id (policies[9] repeats an "
+        "earlier entry)")
 
 
 def test_policy_unknown_key_and_bad_dates(cli, in_tmp: Path) -> None:
     bad = POLICIES.replace("{id: LD_AH, name: 安徽长途通, family: traffic}",
                            "{id: LD_AH, name: 安徽长途通, family: traffic, valid_form: 2026-01-01}")
     assert one_error(cli, {"policies.yaml": bad}).startswith(
-        "matrices/policies.yaml: policy LD_AH: unknown key 'valid_form' (did you mean 'valid_from'?)")
+        "matrices/policies.yaml:9 @ policies[7] (policy LD_AH): unknown key 'valid_form' (did you mean 'valid_from'?)")
     bad = POLICIES.replace("{id: LD_AH, name: 安徽长途通, family: traffic}",
                            "{id: LD_AH, name: 安徽长途通, family: traffic, valid_from: 2026-12-01, valid_to: 2026-01-01}")
     assert one_error(cli, {"policies.yaml": bad}) == (
-        "matrices/policies.yaml: policy LD_AH: valid_from 2026-12-01 is after valid_to 2026-01-01")
+        "matrices/policies.yaml:9 @ policies[7].valid_from (policy LD_AH): valid_from 2026-12-01 is after "
+        "valid_to 2026-01-01")
 
 
 def test_policy_channel_not_in_channels_yaml(cli, in_tmp: Path) -> None:
     bad = POLICIES.replace("channels: [frontdesk, outbound]}", "channels: [frontdesk, outbond]}")
     result = check(cli, files={"policies.yaml": bad})
     assert result.exit_code == 1
-    assert ("matrices/policies.yaml: policy PREPAY_BIG: channels: unknown channel 'outbond' (did you mean "
+    assert ("matrices/policies.yaml:2 @ policies[0].channels (policy PREPAY_BIG): unknown channel 'outbond' "
+            "(did you mean "
             "'outbound'?); channels.yaml defines frontdesk, outbound, sms, app") in errors_of(result)
 
 
@@ -243,9 +252,9 @@ def test_channels_yaml_shape(cli, in_tmp: Path) -> None:
     result = check(cli, files={"channels.yaml": bad})
     assert result.exit_code == 1
     errs = errors_of(result)
-    assert "matrices/channels.yaml: channel sms: cycle: 'weekly' is not one of daily, monthly" in errs
-    assert "matrices/channels.yaml: channel app: capacity: must be ≥ 1, got -1" in errs
-    assert any(e.startswith("matrices/channels.yaml: contact_policy: unknown key 'extra'") for e in errs)
+    assert "matrices/channels.yaml:2 @ channels.sms.cycle: 'weekly' is not one of daily, monthly" in errs
+    assert "matrices/channels.yaml:3 @ channels.app.capacity: must be ≥ 1, got -1" in errs
+    assert any(e.startswith("matrices/channels.yaml:4 @ contact_policy: unknown key 'extra'") for e in errs)
 
 
 def test_missing_catalogues(cli, in_tmp: Path) -> None:
@@ -258,7 +267,8 @@ def test_missing_catalogues(cli, in_tmp: Path) -> None:
 def test_typo_in_matrix_key_is_not_silently_ignored(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("matrix: retention", "matirx: retention")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: has 'rules:' but no top-level 'matrix:' key (found 'matirx': did you mean 'matrix'?)")
+        "matrices/retention.yaml:1 @ matirx: has 'rules:' but no top-level 'matrix:' key (found 'matirx': did "
+        "you mean 'matrix'?)")
 
 
 def test_broken_scores_yaml_is_reported(cli, in_tmp: Path) -> None:
@@ -266,7 +276,7 @@ def test_broken_scores_yaml_is_reported(cli, in_tmp: Path) -> None:
     (folder / "scores.yaml").write_text("params: {}\nvalue: [\n", encoding="utf-8")
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
-    assert errors_of(result)[0].startswith("matrices/scores.yaml: line 3, column 1: invalid YAML")
+    assert errors_of(result)[0].startswith("matrices/scores.yaml:3:1: invalid YAML")
 
 
 def test_all_problems_are_reported_together(cli, in_tmp: Path) -> None:
@@ -275,10 +285,10 @@ def test_all_problems_are_reported_together(cli, in_tmp: Path) -> None:
     result = check(cli, files={"retention.yaml": ret, "new_service.yaml": ns})
     assert result.exit_code == 1
     assert errors_of(result) == [
-        "matrices/new_service.yaml: rule N2: policy: unknown policy 'CRBT_X' (did you mean 'CRBT'?): "
+        "matrices/new_service.yaml:7 @ rules[1].policy (rule N2): unknown policy 'CRBT_X' (did you mean 'CRBT'?): "
         "add it to policies.yaml",
-        "matrices/retention.yaml: rule R2: when: unknown column 'arpu3m' (did you mean 'arpu_3m'?)",
-        "matrices/retention.yaml: rule R1: duplicate rule id (rules[0] and rules[2] are both 'R1')",
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): unknown column 'arpu3m' (did you mean 'arpu_3m'?)",
+        "matrices/retention.yaml:8 @ rules[2].id (rule R1): duplicate rule id (rules[0] and rules[2] are both 'R1')",
     ]
     assert "Error: check found 3 errors and 0 warnings in matrices" in result.stderr
 
@@ -288,7 +298,8 @@ def test_json_format(cli, in_tmp: Path) -> None:
     result = check(cli, "--format", "json", files={"retention.yaml": bad})
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
-    assert doc["errors"] == ["matrices/retention.yaml: rule R2: when: unknown column 'arpu3m' (did you mean 'arpu_3m'?)"]
+    assert doc["errors"] == [
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): unknown column 'arpu3m' (did you mean 'arpu_3m'?)"]
     assert doc["warnings"] == [] and "matrices/retention.yaml" in doc["files"]
 
 
@@ -298,7 +309,8 @@ def test_order_naming_an_unknown_family_is_a_warning(cli, in_tmp: Path) -> None:
     result = check(cli, files={"priority.yaml": prio})
     assert result.exit_code == 0, result.output
     assert warnings_of(result) == [
-        "matrices/priority.yaml: rule P1: order: no matrix has family 'new_servise' (did you mean 'new_service'?) "
+        "matrices/priority.yaml:5 @ rules[0].order (rule P1): no matrix has family 'new_servise' (did you mean "
+        "'new_service'?) "
         "(families: new_service, retention, traffic)"]
     strict = cli("check", "--matrices", "matrices", "--strict")
     assert strict.exit_code == 5
@@ -311,8 +323,10 @@ def test_month_warnings_never_fires_and_shadowed(cli, in_tmp: Path) -> None:
     result = check(cli, "--month", M, files={"new_service.yaml": ns}, db=db)
     assert result.exit_code == 0, result.output
     assert warnings_of(result) == [
-        "matrices/new_service.yaml: rule N3: never fires in 2026-10 (matches none of 4 customers in the matrix's where)",
-        "matrices/retention.yaml: rule R3: shadowed: all 2 customers it matches in 2026-10 are taken by earlier "
+        "matrices/new_service.yaml:8 @ rules[2] (rule N3): never fires in 2026-10 (matches none of 4 customers "
+        "in the matrix's where)",
+        "matrices/retention.yaml:8 @ rules[2] (rule R3): shadowed: all 2 customers it matches in 2026-10 are "
+        "taken by earlier "
         "rules (R1: 2)",
     ]
     strict = cli("check", "--matrices", "matrices", "--month", M, "--strict", db_path=db)
@@ -334,8 +348,9 @@ def test_month_shadowing_names_every_taker(cli, in_tmp: Path) -> None:
                                           view_row("13800000003", arpu=150)])
     result = check(cli, "--month", M, files={"retention.yaml": ret}, db=db)
     assert result.exit_code == 0, result.output
-    assert ("matrices/retention.yaml: rule R3: shadowed: all 3 customers it matches in 2026-10 are taken by earlier "
-            "rules (R1: 2, R2: 1)") in warnings_of(result)
+    assert ("matrices/retention.yaml:7 @ rules[2] (rule R3): shadowed: all 3 customers it matches in 2026-10 "
+            "are taken by "
+            "earlier rules (R1: 2, R2: 1)") in warnings_of(result)  # this file has no where: R3 is on line 7
 
 
 def test_month_uncovered_customers_are_an_error(cli, in_tmp: Path) -> None:
@@ -343,7 +358,8 @@ def test_month_uncovered_customers_are_an_error(cli, in_tmp: Path) -> None:
     db = make_view(in_tmp / "db.duckdb", CUSTOMERS)
     result = check(cli, "--month", M, files={"priority.yaml": prio}, db=db)
     assert result.exit_code == 1
-    assert errors_of(result)[0].startswith("matrices/priority.yaml: 3 customers of 2026-10 match no priority rule")
+    assert errors_of(result)[0].startswith(
+        "matrices/priority.yaml:4 @ rules: 3 customers of 2026-10 match no priority rule")
 
 
 def test_month_needs_the_view(cli, in_tmp: Path) -> None:
@@ -362,7 +378,7 @@ def test_validate_all_collects_and_load_rules_raises_the_first(in_tmp: Path) -> 
     with pytest.raises(ConfigError) as err:
         report.raise_for_errors()
     assert err.value.render() == (
-        "matrices/retention.yaml: rule R2: when: unknown column 'arpu3m' (did you mean 'arpu_3m'?)\n"
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): unknown column 'arpu3m' (did you mean 'arpu_3m'?)\n"
         "  hint: 1 more problem: run `mktool check` to list them all")
     with pytest.raises(ConfigError, match="unknown column 'arpu3m'"):
         load_rules(folder)

@@ -189,7 +189,7 @@ def test_against_a_broken_rule_set_names_the_rule(runner, tmp_path: Path) -> Non
     result = runner.invoke(app, ["diff", "--month", M, "--against-matrices", str(MATRICES), "--matrices", str(broken),
                                  "--fixtures", str(FIXTURES)])
     assert result.exit_code == 1
-    assert f"{retention}: rule R6: when: unknown column 'arpu3m'" in result.stderr
+    assert f"{retention}:47 @ rules[5].when (rule R6): unknown column 'arpu3m'" in result.stderr
 
 
 # -- layering: diff and snapshot share mktool.runs, neither imports the other ---------------------------------

@@ -39,7 +39,8 @@ from mktool.database import Database, record_step
 from mktool.errors import ConfigError
 from mktool.export import STAGES, ExportResult, run_export
 from mktool.freshness import view_inputs
-from mktool.plan import load_plan_config
+from mktool.planconfig import load_plan_config
+from mktool.project import load_project
 from mktool.rules import load_channels
 
 M = "2026-10"
@@ -131,7 +132,7 @@ class World:
 
     def export(self, date: dt.date = D, month: str = M, **kwargs: Any) -> ExportResult:
         with Database(self.settings(), write=not kwargs.get("dry_run", False)) as db:
-            return run_export(db, month, matrices_dir=self.matrices, out_dir=self.out, cycle_date=date, **kwargs)
+            return run_export(db, load_project(self.matrices), month, out_dir=self.out, cycle_date=date, **kwargs)
 
     def rows(self, channel: str, month: str = M) -> list[dict[str, str]]:
         text = (self.out / month / f"{channel}.csv").read_text(encoding="utf-8")

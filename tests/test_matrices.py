@@ -32,6 +32,7 @@ from mktool.matrices import (
     spark_sql,
     stats_sql,
 )
+from mktool.project import load_project
 from mktool.rules import load_rules
 
 M = "2026-10"
@@ -185,9 +186,9 @@ def settings(db: Path) -> Settings:
 
 
 def run_matrix(matrices: Path, db: Path, **kwargs: Any):
-    rules = load_rules(matrices)
+    proj = load_project(matrices)
     with Database(settings(db), write=not kwargs.get("dry_run", False)) as database:
-        return evaluate(database, M, rules, **kwargs)
+        return evaluate(database, proj, M, **kwargs)
 
 
 def fetch(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
@@ -342,7 +343,7 @@ def test_uncovered_customer_is_an_error_with_a_count(tmp_path: Path) -> None:
     with pytest.raises(RuleError) as err:
         run_matrix(matrices, db)
     text = err.value.render()
-    assert text.startswith(f"{matrices / 'priority.yaml'}: 3 customers of 2026-10 match no priority rule")
+    assert text.startswith(f"{matrices / 'priority.yaml'}:3 @ rules: 3 customers of 2026-10 match no priority rule")
     assert "example row: msisdn=13800000003, churn_flag=False, value_tier=high" in text
     assert "catch-all rule (`when: true`)" in text
     assert fetch(db, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'recommendations'") == [(0,)]
@@ -367,7 +368,7 @@ def test_policy_outside_its_validity_is_skipped_and_first_hit_falls_through(tmp_
     # R1 is skipped: C1 (arpu 120) and C5 (arpu 100) fall through to R2 PREPAY_SMALL.
     assert fetch(db, "SELECT msisdn, rule_id FROM recommendations WHERE matrix = 'retention' ORDER BY msisdn") == [
         ("13800000001", "R2"), ("13800000002", "R2"), ("13800000005", "R2")]
-    assert result.warnings == [f"{matrices / 'retention.yaml'}: rule R1: skipped: policy PREPAY_BIG not valid in "
+    assert result.warnings == [f"{matrices / 'retention.yaml'}:6 @ rules[0].policy (rule R1): skipped: policy PREPAY_BIG not valid in "
                                "2026-10 (2026-01-01 to 2026-09-30)"]
     assert fetch(db, "SELECT rule_id FROM rule_hits WHERE matrix = 'retention' ORDER BY rule_no") == [("R2",), ("R3",)]
 
@@ -391,9 +392,9 @@ def test_dry_run_writes_nothing(project: tuple[Path, Path]) -> None:
 
 def test_dry_run_keeps_the_preview_in_the_session(project: tuple[Path, Path]) -> None:
     matrices, db = project
-    rules = load_rules(matrices)
+    proj = load_project(matrices)
     with Database(settings(db), write=False) as database:
-        evaluate(database, M, rules, dry_run=True)
+        evaluate(database, proj, M, dry_run=True)
         rows = database.c.execute(f"SELECT msisdn, rank, matrix, family, rule_no, rule_id, policy_id, \"group\", "
                                   f"channels FROM {PREVIEW_TABLE} ORDER BY msisdn, rank").fetchall()
     assert rows == EXPECTED
@@ -405,11 +406,11 @@ def test_rerun_replaces_the_month_and_keeps_other_months(project: tuple[Path, Pa
     con.executemany("INSERT INTO customer_view VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [view_row("13800000009", arpu=150, month="2026-09")])
     con.close()
-    rules = load_rules(matrices)
+    proj = load_project(matrices)
     with Database(settings(db), write=True) as database:
-        evaluate(database, "2026-09", rules)
-        evaluate(database, M, rules)
-        evaluate(database, M, rules)
+        evaluate(database, proj, "2026-09")
+        evaluate(database, proj, M)
+        evaluate(database, proj, M)
     assert fetch(db, "SELECT month, count(*) FROM recommendations GROUP BY month ORDER BY month") == [
         ("2026-09", 1), (M, 9)]
     assert fetch(db, "SELECT count(*) FROM rule_hits WHERE month = ?", [M]) == [(11,)]
@@ -454,9 +455,9 @@ def test_only_refuses_an_unknown_matrix(project: tuple[Path, Path]) -> None:
 
 def test_needs_customer_view_for_the_month(project: tuple[Path, Path]) -> None:
     matrices, db = project
-    rules = load_rules(matrices)
+    proj = load_project(matrices)
     with Database(settings(db), write=True) as database, pytest.raises(StateError) as err:
-        evaluate(database, "2026-11", rules)
+        evaluate(database, proj, "2026-11")
     assert "customer_view has no rows for month 2026-11 (months present: 2026-10)" in err.value.render()
     assert "run `mktool score --month 2026-11` first" in err.value.render()
 
@@ -482,7 +483,7 @@ def test_runtime_sql_error_names_the_rule(tmp_path: Path) -> None:
     db = make_view(tmp_path / "db.duckdb", CUSTOMERS)
     with pytest.raises(RuleError) as err:
         run_matrix(matrices, db)
-    assert err.value.render().startswith(f"{matrices / 'new_service.yaml'}: rule N2: when: DuckDB: Conversion Error")
+    assert err.value.render().startswith(f"{matrices / 'new_service.yaml'}:6 @ rules[1].when (rule N2): DuckDB: Conversion Error")
 
 
 # -- generated SQL ----------------------------------------------------------------------------------
@@ -561,7 +562,7 @@ def test_matrix_command_uncovered_exit_1(cli, tmp_path: Path) -> None:
     db = make_view(tmp_path / "db.duckdb", CUSTOMERS)
     result = cli("matrix", "--month", M, "--matrices", str(matrices), db_path=db)
     assert result.exit_code == 1
-    assert "Error: " + str(matrices / "priority.yaml") + ": 4 customers of 2026-10 match no priority rule" in result.stderr
+    assert "Error: " + str(matrices / "priority.yaml") + ":3 @ rules: 4 customers of 2026-10 match no priority rule" in result.stderr
 
 
 def test_matrix_command_refuses_bad_rules_before_touching_the_db(cli, tmp_path: Path) -> None:
@@ -570,7 +571,7 @@ def test_matrix_command_refuses_bad_rules_before_touching_the_db(cli, tmp_path: 
     db = make_view(tmp_path / "db.duckdb", CUSTOMERS)
     result = cli("matrix", "--month", M, "--matrices", str(matrices), db_path=db)
     assert result.exit_code == 1
-    assert (f"Error: {matrices / 'retention.yaml'}: rule R2: when: unknown column 'arpu3m' "
+    assert (f"Error: {matrices / 'retention.yaml'}:7 @ rules[1].when (rule R2): unknown column 'arpu3m' "
             "(did you mean 'arpu_3m'?)") in result.stderr
 
 

@@ -27,11 +27,11 @@ from mktool.database import replace_month
 from mktool.plan import (
     CANDIDATES_SQL,
     PAIRS_SQL,
-    PlanConfig,
     exact_sql,
     recommend_query,
 )
-from mktool.view import base_sql, view_params
+from mktool.planconfig import PlanConfig
+from mktool.scoremodel import base_sql, view_params
 
 M, P1, P2 = "2026-10", "2026-09", "2026-08"
 HALF_FEN = "13800000001"  # three-item sums 191.51 and 191.52: current total 191.515

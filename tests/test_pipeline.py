@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -140,3 +142,62 @@ def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(t
     con.close()
     bad = runner.invoke(app, ["export", "--month", M, "--cycle", "weekly", "--out", str(tmp_path / "o2"), *common])
     assert bad.exit_code == 2 and "'weekly' is not one of daily, monthly" in bad.stderr  # a usage error
+
+
+# == `run` validates the whole project, salts included, before its first write =======================
+def _rules_with_hashed_channels(folder: Path) -> Path:
+    """The shipped rules with sms hashed under SMS_SALT_T and app under APP_SALT_T."""
+    shutil.copytree(ROOT / "matrices", folder)
+    text = (folder / "channels.yaml").read_text(encoding="utf-8")
+    text = text.replace("    columns: [msisdn, policy_id, script]\n",
+                        "    columns: [msisdn, policy_id, script]\n    mask: hash\n    salt_env: SMS_SALT_T\n", 1)
+    text = text.replace("  app:", "  app:\n    mask: hash\n    salt_env: APP_SALT_T", 1)
+    (folder / "channels.yaml").write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_run_with_a_missing_salt_fails_before_ingest_writes_anything(tmp_path, monkeypatch):
+    rules = _rules_with_hashed_channels(tmp_path / "rules")
+    monkeypatch.delenv("SMS_SALT_T", raising=False)
+    monkeypatch.delenv("APP_SALT_T", raising=False)
+    db = tmp_path / "mk.duckdb"
+    args = ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01", "--out", str(tmp_path / "out"),
+            "--db", str(db), "--matrices", str(rules)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert ("Error: channels.sms.mask: hash needs a salt in the environment variable SMS_SALT_T"
+            in result.stderr), result.stderr
+    assert "also missing: app (APP_SALT_T)" in result.stderr  # every missing salt named at once
+    assert "Traceback" not in result.stderr
+    assert not db.exists()  # nothing was ingested: the database file was not even created
+    assert not (tmp_path / "out").exists()
+
+    # An existing database is left byte for byte as it was, with one salt given and one missing.
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE marker AS SELECT 1 AS x")
+    con.close()
+    before = db.read_bytes()
+    monkeypatch.setenv("SMS_SALT_T", "s3cret")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "channels.app.mask: hash needs a salt in the environment variable APP_SALT_T" in result.stderr
+    assert "also missing" not in result.stderr
+    assert db.read_bytes() == before
+
+
+def test_run_reads_the_salts_once_when_the_project_loads(tmp_path, monkeypatch):
+    """With both salts set the run goes through, and the hashed lists carry sha256(salt || msisdn)."""
+    rules = _rules_with_hashed_channels(tmp_path / "rules")
+    monkeypatch.setenv("SMS_SALT_T", "s1")
+    monkeypatch.setenv("APP_SALT_T", "a2")
+    db = tmp_path / "mk.duckdb"
+    result = CliRunner().invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
+                                      "--out", str(tmp_path / "out"), "--db", str(db), "--matrices", str(rules),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db), read_only=True)
+    sent = {r[0] for r in con.execute("SELECT msisdn FROM contact_history WHERE channel = 'sms'").fetchall()}
+    con.close()
+    sms = (tmp_path / "out" / M / "sms.csv").read_text(encoding="utf-8").splitlines()[1:]
+    assert sms and {line.split(",")[0] for line in sms} <= {hashlib.sha256(f"s1{m}".encode()).hexdigest()
+                                                               for m in sent}

@@ -8,7 +8,9 @@ that the 3-month averages (short history, 5.93/5.54/3.53 MB) come from the real 
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import shutil
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,16 +28,14 @@ from mktool.plan import (
     EXPORT_SQL,
     STAGES,
     TABLE_COLUMNS,
-    PlanConfig,
-    Window,
     funnel_query,
-    load_plan_config,
     plan,
     recommend_query,
-    script_sql,
     sweep,
     sweep_query,
 )
+from mktool.planconfig import PlanConfig, Window, load_plan_config, script_sql
+from mktool.project import Project, load_project
 from mktool.schema import MONEY_COLUMNS, RATE_COLUMNS
 
 M = "2026-10"
@@ -85,9 +85,14 @@ def settings(path: Path) -> Settings:
     return Settings(db_path=path, matrices_dir=MATRICES, memory_limit="1GB", threads=2)
 
 
+@functools.cache
+def shipped_project() -> Project:
+    return load_project(MATRICES)
+
+
 def run_plan(path: Path, config: PlanConfig | None = None, *, dry_run: bool = False, month: str = M):
     with Database(settings(path), write=not dry_run) as db:
-        return plan(db, month, config or PlanConfig(), dry_run=dry_run)
+        return plan(db, shipped_project(), month, config=config or PlanConfig(), dry_run=dry_run)
 
 
 def query(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
@@ -388,7 +393,7 @@ def test_sweep_grid_hand_counted_and_equal_to_plan_runs(db_path):
     make_db(db_path, SWEEP_CUSTOMERS, SWEEP_PLANS)
     config = load_plan_config(MATRICES)
     with Database(settings(db_path), write=False) as db:
-        cells = sweep(db, M, config)
+        cells = sweep(db, shipped_project(), M, config=config)
     assert {(str(c.total_change), str(c.rental_change)): c.customers for c in cells} == SWEEP_EXPECTED
     assert [(str(c.total_change), str(c.rental_change)) for c in cells] == list(SWEEP_EXPECTED)  # grid order
     for cell in cells:  # the sweep counts exactly what `plan` would target with those windows
@@ -461,20 +466,22 @@ def test_shipped_plan_yaml_is_spec_defaults():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("total_change: '1.5:0.6'\n", "plan.yaml: total_change: LO (1.5) is greater than HI (0.6)"),
-    ("rental_change: 1:2\n", "plan.yaml: rental_change: expected \"LO:HI\" such as \"0.6:1.5\", got 62 (quote it"),
-    ("rental_change: [1, -2]\n", "plan.yaml: rental_change: HI: must be a positive number, got -2"),
-    ("top: 0\n", "plan.yaml: top: must be a whole number >= 1, got 0"),
-    ("top: 1.5\n", "plan.yaml: top: must be a whole number >= 1, got 1.5"),
-    ("min_data_mb: -5\n", "plan.yaml: min_data_mb: must be a number of MB >= 0, got -5"),
-    ("channels: [outbound, fax]\n", "plan.yaml: channels[1]: unknown channel 'fax'"),
-    ("policy: ''\n", "plan.yaml: policy: expected a policy id"),
-    ("script: '改用{plan}'\n", "plan.yaml: script: unknown placeholder {plan} (allowed: {plan_name}, {new_rental}, {new_total})"),
-    ("script: '月租{new_rental:.0f}'\n", "plan.yaml: script: placeholder {new_rental} takes no format"),
-    ("sweep:\n  total_change: ['0.6:1.5', '2:1']\n", "plan.yaml: sweep.total_change[1]: LO (2.0) is greater than HI (1.0)"),
-    ("sweep:\n  rental: []\n", "plan.yaml: sweep: unknown key 'rental' (did you mean 'rental_change'?)"),
-    ("totl_change: '0.6:1.5'\n", "plan.yaml: top level: unknown key 'totl_change' (did you mean 'total_change'?)"),
-    ("top: [1\n", "plan.yaml: line 2, column 1: invalid YAML"),
+    ("total_change: '1.5:0.6'\n", "plan.yaml:1 @ total_change: LO (1.5) is greater than HI (0.6)"),
+    ("rental_change: 1:2\n", "plan.yaml:1 @ rental_change: expected \"LO:HI\" such as \"0.6:1.5\", got 62 (quote it"),
+    ("rental_change: [1, -2]\n", "plan.yaml:1 @ rental_change: HI: must be a positive number, got -2"),
+    ("top: 0\n", "plan.yaml:1 @ top: must be a whole number >= 1, got 0"),
+    ("top: 1.5\n", "plan.yaml:1 @ top: must be a whole number >= 1, got 1.5"),
+    ("min_data_mb: -5\n", "plan.yaml:1 @ min_data_mb: must be a number of MB >= 0, got -5"),
+    ("channels: [outbound, fax]\n", "plan.yaml:1 @ channels[1]: unknown channel 'fax'"),
+    ("top: 1\n\n# the plan's channels\nchannels:\n  - outbound\n  - fax\n", "plan.yaml:6 @ channels[1]: unknown channel 'fax'"),
+    ("policy: ''\n", "plan.yaml:1 @ policy: expected a policy id"),
+    ("script: '改用{plan}'\n", "plan.yaml:1 @ script: unknown placeholder {plan} (allowed: {plan_name}, {new_rental}, "
+                             "{new_total})"),
+    ("script: '月租{new_rental:.0f}'\n", "plan.yaml:1 @ script: placeholder {new_rental} takes no format"),
+    ("sweep:\n  total_change: ['0.6:1.5', '2:1']\n", "plan.yaml:2 @ sweep.total_change[1]: LO (2.0) is greater than HI (1.0)"),
+    ("sweep:\n  rental: []\n", "plan.yaml:2 @ sweep: unknown key 'rental' (did you mean 'rental_change'?)"),
+    ("top: 1\ntotl_change: '0.6:1.5'\n", "plan.yaml:2: unknown key 'totl_change' (did you mean 'total_change'?)"),
+    ("top: [1\n", "plan.yaml:2:1: invalid YAML"),
 ])
 def test_plan_yaml_errors_are_located(tmp_path, text, message):
     (tmp_path / "plan.yaml").write_text(text, encoding="utf-8")
@@ -495,11 +502,11 @@ def test_plan_yaml_missing_and_partial(tmp_path):
 
 def test_bad_plan_yaml_through_cli(cli, tmp_path):
     make_db(cli.db, [cust("13800000001")], [ZX128, ZX158])
-    (tmp_path / "m").mkdir()
+    shutil.copytree(MATRICES, tmp_path / "m")  # the command loads (and validates) the whole rules folder
     (tmp_path / "m" / "plan.yaml").write_text("top: 0\n", encoding="utf-8")
     result = cli("plan", "--month", M, "--matrices", str(tmp_path / "m"))
     assert result.exit_code == 1
-    assert f"Error: {tmp_path / 'm' / 'plan.yaml'}: top: must be a whole number >= 1, got 0" in result.stderr
+    assert f"Error: {tmp_path / 'm' / 'plan.yaml'}:1 @ top: must be a whole number >= 1, got 0" in result.stderr
 
 
 # -- the SQL ------------------------------------------------------------------------------------------

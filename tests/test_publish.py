@@ -335,6 +335,10 @@ def test_a_channel_removed_from_the_rules_loses_its_list_and_that_cycle_s_record
     doc = yaml.safe_load((rules / "channels.yaml").read_text(encoding="utf-8"))
     del doc["channels"]["manager"]  # a monthly channel with a list in the base run
     (rules / "channels.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    for name in ("policies.yaml", "retention.yaml", "vnet.yaml"):  # and from what names it: the folder must check
+        path = rules / name
+        path.write_text(path.read_text(encoding="utf-8").replace(", manager]", "]").replace("[manager, ", "["),
+                        encoding="utf-8")
     args = export_args(db, out, date=D)
     args[args.index(str(MATRICES))] = str(rules)
     assert {c for _, _, c in sent_rows(db, "manager")} == {M} and len(read_pairs(out / M / "manager.csv")) > 10

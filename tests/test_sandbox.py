@@ -28,10 +28,10 @@ from mktool.config import shipped_matrices_dir
 from mktool.errors import ConfigError
 from mktool.export import _channel_query, _target_select
 from mktool.matrices import kept_rows_sql
-from mktool.plan import script_sql
+from mktool.planconfig import script_sql
 from mktool.rules import Channel
+from mktool.scoremodel import load_score_model, view_params, view_sql
 from mktool.sqlquote import check_id, check_label, check_name, quote_identifier, quote_literal
-from mktool.view import load_score_model, view_params, view_sql
 
 CANARY = "CANARY-7f3a9c"
 
@@ -159,7 +159,7 @@ def test_tier_name_injection_is_refused_by_check_and_never_runs_in_score(cli, tm
     result = cli("check", "--matrices", str(mdir))
     assert result.exit_code == 1
     (err,) = errors_of(result)
-    assert err.startswith(f"{mdir / 'scores.yaml'}: value.tiers[3].tier: 'low' || (SELECT string_agg(content")
+    assert err.startswith(f"{mdir / 'scores.yaml'}:46 @ value.tiers[3].tier: 'low' || (SELECT string_agg(content")
     assert err.endswith(" is not a valid value tier name: contains \"'\": quotes, backslashes and control "
                         "characters are not allowed (for example high)")
 
@@ -198,7 +198,8 @@ def test_chinese_tier_names_work_end_to_end(cli, tmp_path):
         for old, new in [("'mid_high'", "'中高'"), ("'high'", "'高'"), ("'mid'", "'中'"), ("'low'", "'低'")]:
             text = text.replace(f"value_tier = {old}", f"value_tier = {new}").replace(
                 f"value_tier IN ({old}", f"value_tier IN ({new}")
-        path.write_text(text, encoding="utf-8")
+        # and the second tier of an IN list (scores.yaml's segment): the project loads only when it all checks
+        path.write_text(text.replace("IN ('高', 'mid_high')", "IN ('高', '中高')"), encoding="utf-8")
     assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
     result = cli("score", "--month", M, "--matrices", str(mdir))
     assert result.exit_code == 0, result.output
@@ -238,7 +239,7 @@ def test_channel_name_injection_is_refused(cli, in_tmp):
 
     bad = CHANNELS.replace("  sms:", "  \"sms' OR '1'='1\":", 1)
     errs = errors_of(check_files(cli, files={"channels.yaml": bad}))
-    assert "matrices/channels.yaml: channel sms' OR '1'='1: channel names are lower-case names such as " \
+    assert "matrices/channels.yaml:4 @ channels.sms' OR '1'='1: channel names are lower-case names such as " \
            "frontdesk, outbound, inbound, sms, app, manager" in errs
 
 
@@ -253,7 +254,7 @@ def test_a_salt_in_export_sql_is_quoted():
 def test_channel_query_compares_the_channel_as_one_literal():
     evil = "sms' OR '1'='1"
     channel = Channel(name=evil, cycle="daily", format="csv", salt_env="S")
-    tree = sqlglot.parse_one(_channel_query(channel, ("msisdn",)), read="duckdb")
+    tree = sqlglot.parse_one(_channel_query(channel, ("msisdn",), None), read="duckdb")
     eqs = [e for e in tree.find_all(exp.EQ) if e.this.sql() == "d.channel"]
     assert len(eqs) == 1 and isinstance(eqs[0].expression, exp.Literal) and eqs[0].expression.this == evil
     assert not list(tree.find_all(exp.Or))
@@ -265,11 +266,12 @@ def test_policy_id_injection_is_refused(cli, in_tmp, bad_id):
     bad = POLICIES.replace("id: PREPAY_BIG", f"id: {json.dumps(bad_id)}", 1)
     result = check_files(cli, files={"policies.yaml": bad})
     assert result.exit_code == 1
-    assert f"error: matrices/policies.yaml: policy {bad_id}: id: use letters, digits, '_', '.' or '-'" in result.stderr
+    assert (f"error: matrices/policies.yaml:2 @ policies[0].id (policy {bad_id}): use letters, digits, '_', '.' or '-'"
+            in result.stderr)
 
 
 def test_plan_policy_must_be_a_policy_id(tmp_path):
-    from mktool.plan import load_plan_config
+    from mktool.planconfig import load_plan_config
 
     mdir = matrices_copy(tmp_path)
     edit(mdir / "plan.yaml", "policy: PLAN_CHANGE", "policy: \"PLAN'||getenv('HOME')||'\"")
@@ -282,7 +284,8 @@ def test_matrix_name_injection_is_refused(cli, in_tmp, name):
     bad = RETENTION.replace("matrix: retention", f"matrix: {json.dumps(name)}", 1)
     result = check_files(cli, files={"retention.yaml": bad})
     assert result.exit_code == 1
-    assert f"error: matrices/retention.yaml: matrix: '{name}' must be a lower-case name (letters, digits, _)" in result.stderr
+    assert (f"error: matrices/retention.yaml:1 @ matrix: '{name}' must be a lower-case name (letters, digits, _)"
+            in result.stderr)
 
 
 def test_kept_matrix_names_are_quoted():
@@ -334,13 +337,13 @@ def test_script_text_with_quotes_and_chinese_is_a_literal():
 )
 def test_type_errors_in_a_rule_are_check_errors(cli, in_tmp, when, message):
     bad = RETENTION.replace("when: arpu_3m >= 50,", f"when: {json.dumps(when)},")
-    assert one_error(cli, {"retention.yaml": bad}) == f"matrices/retention.yaml: rule R2: when: {message}"
+    assert one_error(cli, {"retention.yaml": bad}) == f"matrices/retention.yaml:7 @ rules[1].when (rule R2): {message}"
 
 
 def test_a_type_error_in_where_is_a_check_error(cli, in_tmp):
     bad = RETENTION.replace("where: status = 'active'", "where: tenure_months > '1 year'")
     assert one_error(cli, {"retention.yaml": bad}) == (
-        "matrices/retention.yaml: where: '1 year' is used as a INTEGER here but is not a valid INTEGER "
+        "matrices/retention.yaml:4 @ where: '1 year' is used as a INTEGER here but is not a valid INTEGER "
         "(DuckDB: Conversion Error: Could not convert string '1 year' to INT32)")
 
 
@@ -362,7 +365,7 @@ def test_a_type_error_in_a_score_expression_is_located(cli, in_tmp):
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
     (err,) = errors_of(result)
-    assert err.startswith("matrices/scores.yaml: columns[") and "(churn_score).expr: 'many' is used as a BIGINT here" in err
+    assert err.startswith("matrices/scores.yaml:72 @ columns[3].expr (churn_score): 'many' is used as a BIGINT here")
 
 
 def test_a_score_expression_that_does_not_bind_is_named(cli, in_tmp):
@@ -373,8 +376,8 @@ def test_a_score_expression_that_does_not_bind_is_named(cli, in_tmp):
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
     (err,) = errors_of(result)
-    assert err.startswith("matrices/scores.yaml: columns[")
-    assert err.endswith("(churn_score).expr: DuckDB: Binder Error: No function matches the given name and argument "
+    assert err.startswith("matrices/scores.yaml:72 @ columns[3].expr (churn_score): DuckDB: Binder Error:")
+    assert err.endswith(": DuckDB: Binder Error: No function matches the given name and argument "
                         "types 'upper(BIGINT)'. You might need to add explicit type casts.")
 
 
@@ -386,5 +389,5 @@ def test_an_indicator_that_does_not_bind_is_located(cli, in_tmp):
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
     assert errors_of(result) == [
-        "matrices/scores.yaml: value.criteria[2].indicators[0].expr: DuckDB: Binder Error: No function matches the "
+        "matrices/scores.yaml:36 @ value.criteria[2].indicators[0].expr: DuckDB: Binder Error: No function matches the "
         "given name and argument types 'upper(BIGINT)'. You might need to add explicit type casts."]

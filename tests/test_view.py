@@ -163,7 +163,7 @@ def test_inconsistent_pairwise_matrix_is_refused(cli, tmp_path):
     assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
     result = cli("score", "--month", M, "--matrices", str(mdir))
     assert result.exit_code == 1
-    assert "scores.yaml: value.pairwise: consistency ratio" in result.stderr
+    assert "scores.yaml:38 @ value.pairwise: consistency ratio" in result.stderr
     assert "is ≥ 0.10" in result.stderr
 
 
@@ -175,7 +175,7 @@ def test_unknown_column_in_score_expression(cli, tmp_path):
     assert cli("ingest", str(build(tmp_path / "x"))).exit_code == 0
     result = cli("score", "--month", M, "--matrices", str(mdir))
     assert result.exit_code == 1
-    assert "scores.yaml: columns[" in result.stderr and "(churn_flag).expr" in result.stderr
+    assert "scores.yaml:82 @ columns[4].expr (churn_flag): unknown column" in result.stderr
     assert "unknown column 'churn_scor'" in result.stderr
 
 

@@ -22,7 +22,7 @@ from mktool.database import BOOKKEEPING_DDL, Database
 from mktool.dialect import py_round_half_away
 from mktool.errors import ConfigError
 from mktool.ruletest.cases import Case, current_month, suggest
-from mktool.view import ScoreModel, load_score_model, view_params, view_sql
+from mktool.scoremodel import ScoreModel, load_score_model, view_params, view_sql
 
 #: The default customer: an active postpaid 4G customer of two years on 自选组合128, paying
 #: 128 yuan a month with no overage or add-on, 300 minutes and 600 MB a month, 20 contacts

@@ -25,7 +25,9 @@ from mktool.contract import TABLES
 from mktool.dialect import exact_decimal, py_round_half_away
 from mktool.errors import ConfigError, MktoolError
 from mktool.matrices import PREVIEW_TABLE, evaluate
-from mktool.plan import CANDIDATES_SQL, STAGES, funnel_query, load_plan_config, recommend_query
+from mktool.plan import CANDIDATES_SQL, STAGES, funnel_query, recommend_query
+from mktool.planconfig import load_plan_config
+from mktool.project import Project, project_from_report
 from mktool.rules import matrix_files_by_name, validate_all
 from mktool.ruletest.cases import (
     ALL,
@@ -43,8 +45,8 @@ from mktool.ruletest.cases import (
     suggest,
 )
 from mktool.ruletest.customers import CustomerBuilder, MemoryDatabase, convert_value
+from mktool.scoremodel import load_score_model
 from mktool.sqlquote import quote_literal
-from mktool.view import load_score_model
 from mktool.yamlio import unknown_keys
 
 
@@ -377,8 +379,9 @@ def _judge_priority(case: Case, matrix: Any, actual: dict[str, Any] | None, matr
     return result
 
 
-def _run_matrix_file(cf: CaseFile, cases: list[Case], month: str, rules: Any, builder: CustomerBuilder,
+def _run_matrix_file(cf: CaseFile, cases: list[Case], month: str, project: Project, builder: CustomerBuilder,
                      matrix_file: dict[str, str], warnings: list[str]) -> list[CaseResult]:
+    rules = project.rules
     results: dict[int, CaseResult] = {}
     checked: dict[int, tuple[Any, Any, Any, Any]] = {}
     customers = []
@@ -397,7 +400,7 @@ def _run_matrix_file(cf: CaseFile, cases: list[Case], month: str, rules: Any, bu
         try:
             builder.create(con, month, customers)
             # The full run (priority orders and the whole ranking) only when a case looks at it.
-            full = evaluate(db, month, rules) if needs_full else None
+            full = evaluate(db, project, month) if needs_full else None
         except MktoolError as exc:
             for c in runnable:
                 results[c.no] = _error(c, f"{c.scope}: {exc.render()}")
@@ -429,7 +432,7 @@ def _run_matrix_file(cf: CaseFile, cases: list[Case], month: str, rules: Any, bu
         for name in sorted({checked[c.no][0].name for c in runnable
                             if checked[c.no][0] is not None and not checked[c.no][0].is_priority}):
             try:
-                result = evaluate(db, month, rules, only=[name], dry_run=True)
+                result = evaluate(db, project, month, only=[name], dry_run=True)
                 warnings.extend(w for w in result.warnings if w not in warnings)
                 per_matrix[name] = offers(PREVIEW_TABLE, "WHERE matrix = ?", [name])
             except MktoolError as exc:
@@ -622,7 +625,8 @@ def run_tests(matrices_dir: Path, *, pattern: str | None = None, month: str | No
                 elif rules is None:
                     results += [_error(c, _rule_error_for(c, rule_errors, matrix_file)) for c in matrix_cases]
                 else:
-                    results += _run_matrix_file(cf, matrix_cases, m, rules, builder, matrix_file, warnings)
+                    results += _run_matrix_file(cf, matrix_cases, m, project_from_report(report), builder, matrix_file,
+                                                warnings)
             if plan_cases:
                 if builder is None:
                     results += [_error(c, f"plan: cannot build the customer: {model_error}") for c in plan_cases]
