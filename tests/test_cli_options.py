@@ -31,7 +31,8 @@ from mktool.contract import check_month
 from mktool.errors import MktoolError, UsageError
 from mktool.export import run_export
 from mktool.matrices import generated_sql
-from mktool.plan import PlanConfig
+from mktool.planconfig import PlanConfig
+from mktool.project import load_project
 from mktool.rules import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,7 +329,7 @@ def test_library_setting_messages_name_the_setting(tmp_path: Path) -> None:
     with pytest.raises(MktoolError, match=r"^total_change: expected LO:HI"):
         PlanConfig().with_overrides(total_change="abc")
     with pytest.raises(MktoolError, match=r"^cycle must be daily or monthly, got 'weekly'$"):
-        run_export(None, M, matrices_dir=MATRICES, out_dir=None, cycle_date=dt.date(2026, 11, 1),  # type: ignore[arg-type]
+        run_export(None, load_project(MATRICES), M, out_dir=None, cycle_date=dt.date(2026, 11, 1),  # type: ignore[arg-type]
                    only_cycle="weekly")
 
 

@@ -38,7 +38,9 @@ from mktool.explain import (
     outcome_label,
 )
 from mktool.matrices import evaluate_customer, first_hit_sql, hits_sql, stats_sql
-from mktool.plan import PlanConfig, candidates_sql, funnel_query, pairs_sql, recommend_query
+from mktool.plan import candidates_sql, funnel_query, pairs_sql, recommend_query
+from mktool.planconfig import PlanConfig
+from mktool.project import load_project
 from mktool.rules import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +119,7 @@ def test_rule_of_an_expired_policy_is_skipped_with_its_dates_not_fired(changed, 
     # or bundle ending. R6's policy expired on 2026-09-30: matrix skips R6, so C0 gets no retention offer.
     assert fetch(db, "SELECT tenure_months, return_rate, arpu_3m, contract_ends_3m, bundle_ends_3m FROM customer_view "
                      "WHERE msisdn = ?", [C0]) == [(16, Decimal("91.760427"), Decimal("117.320000"), False, False)]
-    ex = explain(open_db(db), C0, M, matrices_dir=matrices)
+    ex = explain(open_db(db), load_project(matrices), M, C0)
     r6 = rule(ex, "retention", "R6")
     assert (r6.outcome, r6.fired, r6.matched, r6.rank) == (SKIPPED, False, False, None)
     assert r6.detail == "policy PREPAY_300_600 not valid in 2026-10 (… to 2026-09-30)"
@@ -135,7 +137,7 @@ def test_rule_of_an_expired_policy_is_skipped_with_its_dates_not_fired(changed, 
 def test_the_same_customer_fires_that_rule_under_the_shipped_rules(shipped, open_db) -> None:
     # Priority P6 (mid value, no stickiness) gives C0 the order vnet → retention → …; vnet's where
     # (NOT vnet) leaves C0 (vnet = true) out, so R6 is C0's first offer. P7 and P_ALL also match: shadowed.
-    ex = explain(open_db(shipped), C0, M, matrices_dir=SHIPPED)
+    ex = explain(open_db(shipped), load_project(SHIPPED), M, C0)
     r6 = rule(ex, "retention", "R6")
     assert (r6.outcome, r6.rank, outcome_label(r6)) == (FIRED, 1, "FIRED: rank 1")
     assert [(r.rule_id, r.outcome) for r in ex.rules if r.matrix == "priority" and r.outcome != NOT_MATCHED] == [
@@ -154,7 +156,7 @@ def test_an_offer_deduped_by_its_exclusive_group_says_which_rule_kept_the_group(
                           "AND data_mb_3m >= 300 ORDER BY msisdn LIMIT 3")
     assert rows
     for (msisdn,) in rows:
-        ex = explain(open_db(shipped), msisdn, M, matrices_dir=SHIPPED)
+        ex = explain(open_db(shipped), load_project(SHIPPED), M, msisdn)
         n4, n5 = rule(ex, "new_service", "N4"), rule(ex, "new_service", "N5")
         assert n4.outcome == n5.outcome == FIRED and n4.rank is not None and n5.rank is None
         assert n5.detail == f"not recommended: exclusive group mi_pack kept by new_service N4 (rank {n4.rank})"
@@ -171,7 +173,7 @@ def test_offers_of_a_customer_outside_the_priority_where_fire_but_are_not_recomm
                      "AND traffic_group = 'silent' AND tenure_months >= 6 ORDER BY msisdn LIMIT 2")
     assert rows
     for (msisdn,) in rows:
-        ex = explain(open_db(db), msisdn, M, matrices_dir=matrices)
+        ex = explain(open_db(db), load_project(matrices), M, msisdn)
         t7 = rule(ex, "traffic", "T7")
         assert (t7.outcome, t7.rank) == (FIRED, None)
         assert t7.detail == "not recommended: outside the priority matrix's where"
@@ -182,7 +184,7 @@ def test_offers_of_a_customer_outside_the_priority_where_fire_but_are_not_recomm
 
 def test_explain_says_when_the_stored_rows_are_not_what_the_rules_give_now(shipped, changed, open_db) -> None:
     _, matrices = changed
-    ex = explain(open_db(shipped), C0, M, matrices_dir=matrices)  # stored by the shipped rules, read with the changed
+    ex = explain(open_db(shipped), load_project(matrices), M, C0)  # stored by the shipped rules, read with the changed
     assert rule(ex, "retention", "R6").outcome == SKIPPED
     assert ex.recommendations[0]["rule_id"] == "R6"
     assert any("the stored recommendations differ from what the rules" in n for n in ex.notes), ex.notes
@@ -219,8 +221,9 @@ def sampled(shipped: Path, changed: tuple[Path, Path]) -> list[tuple[Path, str, 
     for db, matrices in ((shipped, SHIPPED), changed):
         sample = _sample(db)
         assert len(sample) == 20
+        project = load_project(matrices)
         with Database(Settings(db_path=db, memory_limit="1GB", threads=2), write=False) as database:
-            out += [(db, m, explain(database, m, M, matrices_dir=matrices)) for m in sample]
+            out += [(db, m, explain(database, project, M, m)) for m in sample]
     return out
 
 
@@ -282,7 +285,7 @@ def test_explain_agrees_with_plan_recommendations_for_a_sample_of_customers(samp
     db, matrices = changed
     two = fetch(db, "SELECT msisdn FROM plan_recommendations WHERE rank = 2 ORDER BY msisdn LIMIT 1")
     assert two
-    ex = explain(open_db(db), two[0][0], M, matrices_dir=matrices)
+    ex = explain(open_db(db), load_project(matrices), M, two[0][0])
     assert sorted(p["rank"] for p in ex.plan_pairs if p["rank"] is not None) == [1, 2]
     assert any(n.startswith("plan is evaluated with the overrides its stored run was given") and "0.5:1.3" in n
                for n in ex.notes), ex.notes
@@ -295,9 +298,9 @@ def test_a_dropped_customer_is_dropped_at_the_stage_the_funnel_drops_it(shipped,
     light = fetch(shipped, "SELECT msisdn FROM customer_view WHERE status = 'active' AND data_mb_3m < 5 "
                            "ORDER BY msisdn LIMIT 1")[0][0]
     database = open_db(shipped)
-    assert explain(database, inactive, M, matrices_dir=SHIPPED).plan_stages == {
+    assert explain(database, load_project(SHIPPED), M, inactive).plan_stages == {
         "base": True, "active": False, "data_ge_min": False, "eligible_plan": False, "billable": False}
-    assert explain(database, light, M, matrices_dir=SHIPPED).plan_stages == {
+    assert explain(database, load_project(SHIPPED), M, light).plan_stages == {
         "base": True, "active": True, "data_ge_min": False, "eligible_plan": False, "billable": False}
 
 
@@ -320,10 +323,10 @@ def test_the_one_customer_builders_bind_the_msisdn_as_a_parameter(shipped, open_
     database = open_db(shipped)
     q = recommend_query(M, config, msisdn=HOSTILE)
     assert database.c.execute(q.sql, q.params).fetchall() == []  # harmless: no customer has that number
-    run = evaluate_customer(database, M, rules, HOSTILE)
+    run = evaluate_customer(database, load_project(SHIPPED), M, HOSTILE)
     assert run.ranked == [] and not any(run.hits.values()) and not any(run.in_scope.values())
     with pytest.raises(MktoolError, match="no customer"):
-        explain(database, HOSTILE, M, matrices_dir=SHIPPED)
+        explain(database, load_project(SHIPPED), M, HOSTILE)
     with pytest.raises(MktoolError, match="plan pairs start from one of candidates, staged"):
         pairs_sql("candidates AS c; DROP TABLE plans; --")
 
@@ -349,7 +352,7 @@ def test_before_matrix_and_plan_have_run_explain_shows_what_they_would_give(tmp_
     for args in (["ingest", str(FIXTURES)], ["score", "--month", M]):
         result = CliRunner().invoke(app, [*args, "--db", str(db), "--matrices", str(SHIPPED)])
         assert result.exit_code == 0, result.output
-    ex = explain(open_db(db), C0, M, matrices_dir=SHIPPED)
+    ex = explain(open_db(db), load_project(SHIPPED), M, C0)
     assert (rule(ex, "retention", "R6").outcome, rule(ex, "retention", "R6").rank) == (FIRED, 1)
     assert ex.recommendations == []
     assert ex.notes == [f"matrix has not stored recommendations for {M}: the ranks shown are what it would give"]

@@ -24,8 +24,8 @@ from mktool import export, plan
 from mktool.dialect import Query
 from mktool.export import ExportConfig
 from mktool.matrices import generated_sql
-from mktool.rules import load_rules
-from mktool.view import base_sql, load_score_model, view_sql
+from mktool.project import load_project
+from mktool.scoremodel import base_sql, view_sql
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRICES = ROOT / "matrices"
@@ -50,6 +50,9 @@ SPARK_TEXT_REFUSED = (
     (re.compile(r"\bQUALIFY\b", re.I), "QUALIFY: not Spark SQL; filter a subquery"),
     (re.compile(r"\bGROUP\s+BY\s+ALL\b", re.I), "GROUP BY ALL: Spark 3.4+ only; name the columns"),
 )
+
+
+PROJECT = load_project(MATRICES)
 
 
 def spark_problems(sql: str) -> list[str]:
@@ -91,17 +94,17 @@ def spark_problems(sql: str) -> list[str]:
 def step_queries() -> dict[str, str]:
     """Every step's named queries for the shipped rules folder and month, as DuckDB text."""
     out: dict[str, str] = {}
-    config = ExportConfig.load(MATRICES)
+    config = ExportConfig.of(PROJECT)
     for has_plan in (True, False):
         for name, q in export.queries(config, M, CYCLE_DATE, has_plan=has_plan).items():
             out[f"export:{name}:{'plan' if has_plan else 'no_plan'}"] = q.sql
-    model = load_score_model(MATRICES)
+    model = PROJECT.scores
     for has_vas in (True, False):
         out[f"score:base:{has_vas}"] = base_sql(has_vas=has_vas)
         out[f"score:view:{has_vas}"] = view_sql(model, has_vas=has_vas)
-    for name, sql in generated_sql(load_rules(MATRICES), M).items():
+    for name, sql in generated_sql(PROJECT.rules, M).items():
         out[f"matrix:{name}"] = sql
-    for name, pq in plan.queries(M, plan.load_plan_config(MATRICES)).items():
+    for name, pq in plan.queries(M, PROJECT.plan).items():
         out[f"plan:{name}"] = pq.sql
     return out
 
@@ -116,7 +119,7 @@ def test_every_step_is_listed() -> None:
     # every stage of the contact policy, the allocation round, the draw and the lists are among them
     assert {"offers", "candidates", "screen", "contact_cap", "exclusion", "choices", "propose", "place", "holdout",
             "record_sent", "record_holdouts"} <= exported
-    assert {f"list:{c}" for c in ExportConfig.load(MATRICES).channels} <= exported
+    assert {f"list:{c}" for c in ExportConfig.of(PROJECT).channels} <= exported
 
 
 @pytest.mark.parametrize("name", sorted(QUERIES))
@@ -141,7 +144,7 @@ def test_spark_rendering_of_the_draw_reads_md5_digits() -> None:
 
 
 def test_hashed_list_renders_sha2_for_spark() -> None:
-    config = ExportConfig.load(MATRICES)
+    config = ExportConfig.of(PROJECT)
     channel = next(iter(config.channels.values()))
     hashed = export.list_query(type(channel)(**{**vars(channel), "mask": "hash"}), ("msisdn", "rank"), "s'alt")
     spark = Query("list", hashed.sql).render("spark")
