@@ -44,16 +44,11 @@ from mktool.diff import compare_folders, compare_rules, headline, render_csv, re
 from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CheckFailed, ConfigError, MktoolError
 from mktool.output import infer_format, write_query
 from mktool.planconfig import parse_window as plan_window
-from mktool.project import Project, load_project, project_from_report
+from mktool.project import Project, load_project, project_from_report, validate_all
 from mktool.render import print_table, render_table, render_test_report
-from mktool.rules import validate_all
-from mktool.ruletest import (
-    coverage_problems,
-    default_customer_rows,
-    junit_xml,
-    result_document,
-    run_tests,
-)
+from mktool.ruletest.customers import default_customer_rows
+from mktool.ruletest.judging import run_tests
+from mktool.ruletest.reports import coverage_problems, junit_xml, result_document
 from mktool.schema import CYCLES, EXPORT_STAGES, FUNNEL_TABLE, LIST_FORMATS, RECOMMENDATIONS_TABLE, VIEW_TABLE
 from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, raise_if_moved, record
 from mktool.snapshot import check as snapshot_check
@@ -71,6 +66,8 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: The hint of an internal error (exit 4).
+BUG_HINT = "this is a bug in mktool: run again with --verbose for the traceback and report it"
 
 
 # -- option value types: each refuses a bad value as a usage error (exit 2) naming the option ---
@@ -324,8 +321,8 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 # A step that knows what it committed says so (mktool.errors.Interrupted: run, export's
                 # publish); otherwise the command's own account of the databases it wrote.
                 note = getattr(exc, "note", None)
-                reporter.console.print(escape(note or (run.interrupted() if run else "Interrupted; nothing was committed.")),
-                                       highlight=False)
+                note = note or (run.interrupted() if run else "Interrupted; nothing was committed.")
+                reporter.console.print(escape(note), highlight=False)
                 return typer.Exit(EXIT_INTERRUPTED)
 
             try:
@@ -351,15 +348,13 @@ def command(name: str | None = None) -> Callable[[F], F]:
                     raise interrupted() from None
                 code = _duckdb_error_code(exc)
                 raise fail(f"DuckDB: {first}" if code != EXIT_INTERNAL else f"internal error: DuckDB: {first}", code,
-                           hint=None if code != EXIT_INTERNAL or verbose else
-                           "this is a bug in mktool: run again with --verbose for the traceback and report it") from None
+                           hint=None if code != EXIT_INTERNAL or verbose else BUG_HINT) from None
             except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 4
                 if isinstance(exc, RuntimeError) and "interrupted" in str(exc).lower():
                     # DuckDB may report a Ctrl-C during a query as RuntimeError('Query interrupted').
                     raise interrupted() from None
                 raise fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL,
-                           hint=None if verbose else
-                           "this is a bug in mktool: run again with --verbose for the traceback and report it") from None
+                           hint=None if verbose else BUG_HINT) from None
 
         wrapper.__signature__ = sig.replace(parameters=own + COMMON_OPTIONS)  # type: ignore[attr-defined]
         app.command(name)(wrapper)
@@ -453,7 +448,8 @@ def require_rules_folder(folder: Path, option: str) -> None:
         raise ConfigError("the matrices folder does not exist", file=str(folder),
                           hint=f"check {option} (or MKTOOL_MATRICES)")
     if not folder.is_dir():
-        raise ConfigError("is a file, not a matrices folder", file=str(folder), hint=f"check {option} (or MKTOOL_MATRICES)")
+        raise ConfigError("is a file, not a matrices folder", file=str(folder),
+                          hint=f"check {option} (or MKTOOL_MATRICES)")
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -476,7 +472,8 @@ def ingest_cmd(
     with run.db(write=True) as db:
         result = ingest.ingest(db, paths, table=table, reporter=run.reporter)
     rows = [(f.table, ", ".join(f.months) or "-", f.rows, f.path.name) for f in result.files]
-    render_table(run.reporter, f"Loaded {len(result.files)} file(s), {result.rows:,} rows", ["table", "months", "rows", "file"], rows)
+    render_table(run.reporter, f"Loaded {len(result.files)} file(s), {result.rows:,} rows",
+                 ["table", "months", "rows", "file"], rows)
 
 
 @command("status")
@@ -639,7 +636,8 @@ def plan_cmd(
         for given, name, instead in ((total_change, "--total-change", "--sweep-total"),
                                      (rental_change, "--rental-change", "--sweep-rental"), (top, "--top", None)):
             if given is not None:
-                run.reporter.warn(f"{name} is not used by --sweep" + (f" (give the grid with {instead})" if instead else ""))
+                run.reporter.warn(f"{name} is not used by --sweep"
+                                  + (f" (give the grid with {instead})" if instead else ""))
         totals = [plan_window(w, where="--sweep-total") for w in sweep_total or []]
         rentals = [plan_window(w, where="--sweep-rental") for w in sweep_rental or []]
         with run.db(write=False) as db:
@@ -747,7 +745,8 @@ def export_cmd(
     with run.db(write=not dry_run) as db:
         result = export.run_export(
             db, project, month, out_dir=None if to_stdout else Path(out),
-            cycle_date=cycle_date_or_today(date), only_channel=channel, only_cycle=cycle, fmt=fmt, dry_run=dry_run, stdout=to_stdout,
+            cycle_date=cycle_date_or_today(date), only_channel=channel, only_cycle=cycle, fmt=fmt, dry_run=dry_run,
+            stdout=to_stdout,
             reporter=run.reporter,
         )
     render_channel_funnels(run, result, title=f"Channel funnels {month} (cycle {result.cycle_date})"
@@ -775,10 +774,12 @@ def funnel_cmd(
     """
     with run.db(write=False) as db:
         if not db.table_exists(FUNNEL_TABLE):
-            raise MktoolError(f"no funnels recorded for {month}", hint=f"run `mktool plan/matrix --month {month}` first")
+            raise MktoolError(f"no funnels recorded for {month}",
+                              hint=f"run `mktool plan/matrix --month {month}` first")
         doc = export.funnel_document(db.c, month)
     if not doc["funnels"]:
-        raise MktoolError(f"no funnels recorded for {month}", hint=f"run `mktool plan/matrix/export --month {month}` first")
+        raise MktoolError(f"no funnels recorded for {month}",
+                          hint=f"run `mktool plan/matrix/export --month {month}` first")
     if fmt == "json":
         typer.echo(json.dumps(doc, ensure_ascii=False, indent=2))
     elif fmt == "csv":
@@ -793,7 +794,8 @@ def funnel_cmd(
             for s in stages:
                 share = f"{100 * s['count'] / first:.1f}%" if first else "-"
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
-        render_table(run.reporter, f"Funnels {month}", ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
+        render_table(run.reporter, f"Funnels {month}", ["funnel", "stage", "customers", "of first"], rows,
+                     to_stdout=True)
 
 
 @command("matrix")
@@ -848,7 +850,8 @@ def matrix_cmd(
     with run.db(write=not dry_run) as db:
         result = matrices.evaluate(db, project, month, only=names, dry_run=dry_run, reporter=run.reporter)
         if out:
-            write_query(db.c, f"SELECT * FROM {RECOMMENDATIONS_TABLE} WHERE month = ? ORDER BY msisdn, rank", out, fmt, [month])
+            write_query(db.c, f"SELECT * FROM {RECOMMENDATIONS_TABLE} WHERE month = ? ORDER BY msisdn, rank", out, fmt,
+                        [month])
     render_table(
         run.reporter, f"Rule hits {month}" + (" (dry run)" if dry_run else ""),
         ["matrix", "rule", "policy / order", "matches alone", "hits"],
@@ -903,10 +906,12 @@ def check_cmd(
             run.reporter.warn(p.text)
     if errors:
         raise ConfigError(f"check found {len(errors)} error{'s' if len(errors) != 1 else ''}"
-                          f" and {len(warnings)} warning{'s' if len(warnings) != 1 else ''} in {run.settings.matrices_dir}")
+                          f" and {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
+                          f" in {run.settings.matrices_dir}")
     if report.rules is not None:
         n_rules = sum(len(m.rules) for m in report.rules.matrices)
-        run.reporter.info(f"{run.settings.matrices_dir}: {len(report.files)} files OK: {len(report.rules.matrices)} matrices, "
+        run.reporter.info(f"{run.settings.matrices_dir}: {len(report.files)} files OK: "
+                          f"{len(report.rules.matrices)} matrices, "
                           f"{n_rules} rules, {len(report.rules.policies)} policies, "
                           f"{len(report.rules.channels.channels)} channels"
                           + (f"; {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""))
@@ -998,8 +1003,9 @@ def explain_cmd(
         render_table(run.reporter, "Plan pairs (3-month averages priced on each target plan)",
                      ["plan", "name", "rental", "voice ovg", "data ovg", "new total", "current", "total Δ", "rental Δ",
                       "verdict", "rank"],
-                     [(p["plan_id"], p["plan_name"], explain.display(p["new_rental"]), explain.display(p["new_voice_overage"]),
-                       explain.display(p["new_data_overage"]), explain.display(p["new_total"]), explain.display(p["current_total"]),
+                     [(p["plan_id"], p["plan_name"], explain.display(p["new_rental"]),
+                       explain.display(p["new_voice_overage"]), explain.display(p["new_data_overage"]),
+                       explain.display(p["new_total"]), explain.display(p["current_total"]),
                        explain.display(p["total_fee_change"], 4), explain.display(p["rental_change"], 4), p["verdict"],
                        p.get("rank") or "") for p in ex.plan_pairs], to_stdout=True)
     render_table(run.reporter, "Contacts (latest first)", ["date", "channel", "policy", "outcome", "cycle"],
@@ -1143,7 +1149,8 @@ def snapshot_cmd(
                           f"{sum(len(m['lists']) for m in after['months'].values())} target lists)")
         return
     if month is None:
-        raise run.usage_error("--month", "give --month YYYY-MM to record (or --check to compare with the committed snapshot)")
+        raise run.usage_error("--month",
+                              "give --month YYYY-MM to record (or --check to compare with the committed snapshot)")
     doc = record([month], run.settings.matrices_dir, fixtures or DEFAULT_FIXTURES, cycle_date=cycle,
                  settings=run.settings, reporter=run.reporter)
     if write:
@@ -1154,11 +1161,14 @@ def snapshot_cmd(
         typer.echo(dumps(doc), nl=False)
     else:
         m = doc["months"][month]
-        rows = [(f"funnel {name}", " → ".join(f"{s} {n:,}" for s, n in stages.items())) for name, stages in m["funnels"].items()]
-        rows += [(f"rules {matrix}", ", ".join(f"{r} {n:,}" for r, n in hits.items())) for matrix, hits in m["rule_hits"].items()]
+        rows = [(f"funnel {name}", " → ".join(f"{s} {n:,}" for s, n in stages.items()))
+                for name, stages in m["funnels"].items()]
+        rows += [(f"rules {matrix}", ", ".join(f"{r} {n:,}" for r, n in hits.items()))
+                 for matrix, hits in m["rule_hits"].items()]
         rows += [(f"list {ch}", f"{info['rows']:,} rows, {info['customers'] if info['customers'] is not None else '-'} "
                                 f"customers, sha256 {info['sha256'][:12]}") for ch, info in m["lists"].items()]
-        print_table(f"Snapshot of {month} (cycle {m['cycle_date']}; not written: add --write)", ["what", "values"], rows)
+        print_table(f"Snapshot of {month} (cycle {m['cycle_date']}; not written: add --write)", ["what", "values"],
+                    rows)
 
 
 @command("diff")

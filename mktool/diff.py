@@ -32,8 +32,8 @@ import duckdb
 from mktool.config import Settings
 from mktool.console import QUIET, Reporter
 from mktool.errors import MktoolError, StateError
+from mktool.pipeline import list_reader, target_lists, temporary_run
 from mktool.project import load_project
-from mktool.runs import list_reader, target_lists, temporary_run
 
 __all__ = ["DiffResult", "compare_folders", "compare_rules", "render_csv", "render_json", "render_markdown"]
 

@@ -52,13 +52,14 @@ from mktool.database import Database, command_line, record_funnel, step_settings
 from mktool.dialect import Query, days_before, draw, money, round_half_away, sha256_hex
 from mktool.errors import Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
-from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, file_sha256, stream_file
+from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, stream_file
 from mktool.planconfig import PlanConfig, script_sql
 from mktool.project import Project
 from mktool.publish import (
     Publication,
     deferred_interrupt,
     fault,
+    file_sha256,
     folder_lock,
     is_committed,
     os_error_text,

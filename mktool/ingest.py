@@ -26,7 +26,7 @@ from mktool.console import QUIET, Reporter
 from mktool.contract import INVISIBLE, MONTH_RE, TABLES, TIME_ZONE, WHITESPACE, Column, TableContract, table_for_file
 from mktool.database import Database, table_exists
 from mktool.errors import InputError
-from mktool.output import file_sha256
+from mktool.publish import file_sha256
 from mktool.rules import load_channels
 
 INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",

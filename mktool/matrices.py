@@ -46,8 +46,8 @@ from mktool.contract import check_month
 from mktool.database import Database, record_funnel, record_step, replace_month, table_exists
 from mktool.errors import ConfigError, MktoolError, RuleError, StateError
 from mktool.freshness import require_built_on_view, require_fresh_view, view_build_id
-from mktool.output import file_sha256
 from mktool.project import Project
+from mktool.publish import file_sha256
 from mktool.rules import Matrix, Problem, Rule, RuleSet
 from mktool.schema import CUSTOMER_PRIORITY_TABLE, RECOMMENDATIONS_TABLE, VIEW_TABLE
 from mktool.sqlquote import quote_literal

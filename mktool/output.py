@@ -8,7 +8,6 @@ name. The query must carry its own ORDER BY: same inputs give byte-identical fil
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import sys
@@ -28,15 +27,6 @@ COPY_OPTIONS = {
     "parquet": "FORMAT parquet, COMPRESSION zstd",
     "jsonl": "FORMAT json",
 }
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MB blocks (extracts can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_format(fmt: str) -> str:

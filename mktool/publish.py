@@ -43,7 +43,6 @@ from pathlib import Path
 import duckdb
 
 from mktool.errors import Interrupted, MktoolError
-from mktool.output import file_sha256
 
 STAGING_PREFIX = ".mktool-staging-"
 JOURNAL_PREFIX = ".mktool-publish-"
@@ -97,6 +96,15 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MB blocks (extracts can be large): the provenance of what was read and delivered."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mktool.console import Reporter
-
-if TYPE_CHECKING:  # types only: importing the test engine would load DuckDB steps at CLI start
-    from mktool.ruletest import Case, TestRun
+from mktool.ruletest.cases import Case
+from mktool.ruletest.judging import TestRun
 
 __all__ = ["WIDE", "print_table", "render_table", "render_test_report", "table"]
 

@@ -24,32 +24,23 @@ valid for the column they meet (``contacts >= 'x'``) are errors at check time, n
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import difflib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import duckdb
-
-from mktool.ahp import ahp_weights
-from mktool.contract import TABLES
 from mktool.errors import ConfigError, short_repr
-from mktool.planconfig import PLAN_FILE, PlanConfig, load_plan_config
 from mktool.schema import CHANNEL_NAMES, CYCLES, LIST_FORMATS, MASKS, TARGET_COLUMNS
-from mktool.scoremodel import SCORES_FILE, ScoreModel, load_score_model, view_params, view_sql
-from mktool.sqlcheck import CheckedExpression, check_expression, text_results, vocabulary_mismatches
-from mktool.sqlquote import is_id, is_name, quote_identifier
+from mktool.sqlcheck import CheckedExpression, check_expression
+from mktool.sqlquote import is_id, is_name
 from mktool.yamlio import Located, YamlFile, load_yaml, read_yaml, suggest
 
 __all__ = [
     "CHANNEL_NAMES",
     "Channel",
     "ChannelConfig",
-    "CheckReport",
     "ContactPolicy",
     "Matrix",
     "Policy",
@@ -58,9 +49,8 @@ __all__ = [
     "RuleSet",
     "load_channels",
     "load_policies",
-    "load_rules",
     "matrix_files",
-    "validate_all",
+    "read_rule_files",
 ]
 
 POLICIES_FILE = "policies.yaml"
@@ -290,30 +280,6 @@ class RuleSet:
     @property
     def families(self) -> list[str]:
         return sorted({m.family for m in self.offers})
-
-
-@dataclass
-class CheckReport:
-    """What ``validate_all`` found: every problem, and the rule set when there were no errors."""
-
-    matrices_dir: Path
-    problems: list[Problem]
-    rules: RuleSet | None
-    files: list[str]
-    scores: ScoreModel | None = None  # scores.yaml, when it loaded
-    plan: PlanConfig | None = None  # plan.yaml, when it loaded
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
-    def raise_for_errors(self) -> None:
-        """Raise the first error as a ``ConfigError`` (with a count of the others)."""
-        raise_first(self.errors)
 
 
 def raise_first(errors: list[Problem]) -> None:
@@ -720,235 +686,27 @@ def _check_policy_channels(policies: dict[str, Policy] | None, channels: Channel
                                f"{_suggest(ch, channels.names)}; {CHANNELS_FILE} defines {', '.join(channels.names)}")
 
 
-# -- binding against a typed customer_view with one row of NULLs ------------------------------------
-def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
-    """Bind every expression against the real column types of customer_view: only DuckDB knows them.
-
-    The view is built in memory from the input contract and scores.yaml, with one row in which
-    every column is NULL (no data, no database file). Each expression — the value indicators
-    and columns of scores.yaml, each matrix's ``where`` and every rule's ``when`` — is then
-    checked by :func:`_bind_problem`. If the view cannot be built, the score expression that
-    breaks it is named (and the matrix checks are skipped: they need the view).
-    """
-    con = _typed_view(model, problems)
-    if con is None:
-        return
-    vocabularies = _vocabularies(model)
-    try:
-        for at, sql in _score_expressions(model):
-            problem = _bind_problem(con, sql) or _vocabulary_problem(sql, vocabularies)
-            if problem:
-                problems.error(f"{at}: {problem}")
-        for m in matrices:
-            items: list[tuple[str, Rule | None, CheckedExpression | None]] = (
-                [("where", None, m.where)] if m.where is not None else [])
-            items += [("when", r, r.when) for r in m.rules]
-            for what, rule, expr in items:
-                if expr is None:
-                    continue
-                at = rule.at(what) if rule else m.at(what)
-                problem = _bind_problem(con, expr.duckdb_sql) or _vocabulary_problem(expr.duckdb_sql, vocabularies)
-                if problem:
-                    problems.error(f"{at}: {problem}")
-                    continue
-                kind = con.execute(f"DESCRIBE SELECT ({expr.duckdb_sql}) AS x FROM customer_view").fetchall()[0][1]
-                if kind not in ("BOOLEAN", '"NULL"', "NULL"):
-                    problems.error(f"{at}: expected a boolean condition, but '{_short(expr.source)}' is {kind}")
-    finally:
-        con.close()
-
-
-def _vocabularies(model: Any) -> dict[str, frozenset[str]]:
-    """customer_view's label columns and the values they can hold: the contract's vocabulary
-    columns (stored normalised by ingest), value_tier (the tier names of scores.yaml) and every
-    score column that is a CASE of text literals (``segment``, ``stickiness_tier``)."""
-    out = {c.name: frozenset(c.allowed()) for c in TABLES["subscribers"].columns
-           if c.is_vocabulary and not c.channels}
-    out["value_tier"] = frozenset(name for name, _ in model.tiers)
-    for col in model.columns:
-        values = text_results(col.sql)
-        if values is not None:
-            out[col.name] = values
-    return out
-
-
-def _vocabulary_problem(sql: str, vocabularies: dict[str, frozenset[str]]) -> str | None:
-    """A comparison with a value its column never holds (``status = 'Active'``), or None."""
-    for column, value in vocabulary_mismatches(sql, vocabularies):
-        values = ", ".join(sorted(vocabularies[column]))
-        return (f"{value[:40]!r} is never a value of {column} (its values: {values}; compared exactly, "
-                "case included): the comparison can never match")
-    return None
-
-
-def _score_expressions(model: Any) -> list[tuple[str, str]]:
-    """(location, SQL) of every expression of scores.yaml, located as ``load_score_model`` does."""
-    out = []
-    for i, crit in enumerate(model.criteria):
-        for j, ind in enumerate(crit.indicators):
-            out.append((model.where(f"value.criteria[{i}].indicators[{j}].expr"), ind.sql))
-    for i, col in enumerate(model.columns):
-        out.append((model.where(f"columns[{i}].expr", col.name), col.sql))
-    return out
-
-
-def _typed_view(model: Any, problems: Problems) -> duckdb.DuckDBPyConnection | None:
-    """An in-memory connection with the contract's tables (empty) and customer_view (one row of
-    NULLs), the optimizer off so that constants are evaluated rather than folded away."""
-    con = duckdb.connect(":memory:", config={"enable_external_access": False})
-    try:
-        for t in TABLES.values():
-            cols = ", ".join(f"{quote_identifier(c.name)} {c.type}" for c in t.columns)
-            con.execute(f"CREATE TABLE {quote_identifier(t.name)} ({cols})")
-        try:
-            con.execute(f"CREATE TABLE customer_view AS {view_sql(model, has_vas=True)}", view_params("2000-01"))
-        except duckdb.Error as exc:
-            problems.error(_culprit(con, model, exc))
-            con.close()
-            return None
-        con.execute("INSERT INTO customer_view DEFAULT VALUES")
-        con.execute("PRAGMA disable_optimizer")
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def _culprit(con: duckdb.DuckDBPyConnection, model: Any, exc: duckdb.Error) -> str:
-    """The score expression that stops customer_view from binding: each value indicator alone
-    (as the only indicator of the model), then the first prefix of the score columns that fails."""
-    def binds(candidate: Any) -> str | None:
-        try:
-            con.execute(f"DESCRIBE {view_sql(candidate, has_vas=True)}", view_params("2000-01"))
-        except duckdb.Error as err:
-            return _first_line(err)
-        return None
-
-    alone = ahp_weights([[1.0]])
-    for i, crit in enumerate(model.criteria):
-        for j, ind in enumerate(crit.indicators):
-            one = dataclasses.replace(crit, indicators=[ind], ahp=alone)
-            problem = binds(dataclasses.replace(model, criteria=[one], ahp=alone, columns=[]))
-            if problem:
-                return f"{model.where(f'value.criteria[{i}].indicators[{j}].expr')}: DuckDB: {problem}"
-    for k, col in enumerate(model.columns):
-        problem = binds(dataclasses.replace(model, columns=model.columns[:k + 1]))
-        if problem:
-            return f"{model.where(f'columns[{k}].expr', col.name)}: DuckDB: {problem}"
-    return f"{model.path}: customer_view does not bind: DuckDB: {_first_line(exc)}"  # pragma: no cover
-
-
-def _bind_problem(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
-    """What is wrong with ``sql`` over customer_view's types, or None.
-
-    Three steps, all without data: (1) DuckDB binds it (unknown function, impossible operand
-    types: ``city > 5``, ``upper(contacts)``); (2) every text literal that DuckDB implicitly
-    casts to a column's type is cast on its own, in whatever branch it sits (``contacts >=
-    'x'``, ``join_date > '2026-13-01'``, ``CASE ... ELSE 'x'``): on zero rows DuckDB never
-    evaluates such a cast and the error would wait for `matrix`; (3) the expression runs on
-    the row of NULLs with the optimizer off, which evaluates its constant arguments
-    (``date_trunc('mnth', ...)``, a bad regular expression, ``make_date(2026, 13, 1)``).
-    """
-    query = f"SELECT ({sql}) AS x FROM customer_view"
-    try:
-        con.execute(f"DESCRIBE {query}")
-    except duckdb.Error as exc:
-        return f"DuckDB: {_first_line(exc)}"
-    row = con.execute("SELECT json_serialize_plan(?, optimize := false)", [query]).fetchone()
-    plan = json.loads(row[0]) if row else {}
-    for value, target in _literal_casts(plan):
-        try:
-            con.execute(f"SELECT CAST(CAST(? AS VARCHAR) AS {target})", [value]).fetchall()
-        except duckdb.Error as exc:
-            return (f"'{_short(value, 40)}' is used as a {target} here but is not a valid {target} "
-                    f"(DuckDB: {_first_line(exc)})")
-    try:
-        con.execute(query).fetchall()
-    except duckdb.Error as exc:
-        return f"DuckDB: {_first_line(exc)}"
-    return None
-
-
-def _literal_casts(plan: Any) -> Iterator[tuple[str, str]]:
-    """(text, SQL type) of every text constant the bound plan casts to another type."""
-    stack = [plan]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        if node.get("expression_class") == "BOUND_FUNCTION" and node.get("type") == "OPERATOR_CAST":
-            children = node.get("children") or []
-            child = children[0] if len(children) == 1 else None
-            value = (child or {}).get("value") or {}
-            target = _sql_type(node.get("return_type"))
-            if (isinstance(child, dict) and child.get("expression_class") == "BOUND_CONSTANT"
-                    and (value.get("type") or {}).get("id") == "VARCHAR" and not value.get("is_null")
-                    and isinstance(value.get("value"), str) and target is not None
-                    and not (node.get("function_data") or {}).get("try_cast")):
-                yield value["value"], target
-        stack.extend(node.values())
-
-
-_SIMPLE_TYPES = frozenset(
-    "BOOLEAN TINYINT SMALLINT INTEGER BIGINT HUGEINT UTINYINT USMALLINT UINTEGER UBIGINT UHUGEINT "
-    "FLOAT DOUBLE DATE TIME TIMESTAMP INTERVAL UUID".split()
-)
-
-
-def _sql_type(t: Any) -> str | None:
-    """A bound type of the plan's JSON as SQL (None for types this check does not cast to)."""
-    if not isinstance(t, dict):
-        return None
-    tid, info = t.get("id"), t.get("type_info") or {}
-    if tid in _SIMPLE_TYPES:
-        return str(tid)
-    if tid == "DECIMAL" and isinstance(info.get("width"), int) and isinstance(info.get("scale"), int):
-        return f"DECIMAL({info['width']}, {info['scale']})"
-    if tid == "LIST":
-        child = _sql_type(info.get("child_type"))
-        return f"{child}[]" if child else None
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def _short(text: str, width: int = 60) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-# -- entry points -------------------------------------------------------------------------------
+# -- the rule files together ------------------------------------------------------------------------
 @dataclass
-class _Loaded:
-    rules: RuleSet | None
-    files: list[str]
-    scores: ScoreModel | None = None
-    plan: PlanConfig | None = None
+class RuleFiles:
+    """What the policy catalogue, channels.yaml and the matrix files hold (None: did not load)."""
+
+    policies: dict[str, Policy] | None
+    channels: ChannelConfig | None
+    matrices: list[Matrix]
 
 
-def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> _Loaded:
-    matrices_dir = Path(matrices_dir)
-    files: list[str] = []
-    if not matrices_dir.is_dir():
-        problems.error(f"{matrices_dir}: the matrices folder does not exist")
-        return _Loaded(None, files)
-    model = None
-    columns: list[str] | None = None
-    files.append(str(matrices_dir / SCORES_FILE))
-    with problems.catch():
-        model = load_score_model(matrices_dir)
-        columns = list(model.output_columns)
+def read_rule_files(matrices_dir: Path, problems: Problems, *, columns: list[str] | None,
+                    files: list[str]) -> RuleFiles:
+    """Read and check policies.yaml, channels.yaml and every matrix, collecting every problem.
+
+    ``columns`` are the customer_view columns rule SQL may use (None when scores.yaml did not
+    load: the expressions are then only parsed); each file read is appended to ``files``.
+    """
     files += [str(matrices_dir / POLICIES_FILE), str(matrices_dir / CHANNELS_FILE)]
     policies = _read_policies(matrices_dir, problems)
     channels = _read_channels(matrices_dir, problems)
     _check_policy_channels(policies, channels, problems)
-    plan = _check_plan(matrices_dir, problems, files, policies, channels) if with_plan else None
     ctx = _Context(columns, policies, channels)
     loaded: list[Matrix] = []
     failed_families: set[str] = set()
@@ -959,52 +717,4 @@ def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> _Loaded
             loaded.append(m)
     failed_families -= {m.family for m in loaded}
     matrices = _cross_check(loaded, matrices_dir, problems, failed_families=failed_families)
-    if model is not None:
-        _type_check(matrices, model, problems)
-    if problems.error_count or policies is None or channels is None or columns is None:
-        return _Loaded(None, files, model, plan)
-    return _Loaded(RuleSet(matrices_dir, matrices, policies, channels, columns, problems.warnings), files, model, plan)
-
-
-def _check_plan(matrices_dir: Path, problems: Problems, files: list[str],
-                policies: dict[str, Policy] | None, channels: ChannelConfig | None) -> PlanConfig | None:
-    """plan.yaml, and the policy and channels it names (None when it does not load)."""
-    path = matrices_dir / PLAN_FILE
-    files.append(str(path))
-    config = None
-    with problems.catch():
-        config = load_plan_config(matrices_dir)
-    if config is None:
-        return None
-    source = YamlFile(str(path), None, config.lines)
-    policy_id = config.policy
-    if policies is not None:
-        policy = policies.get(policy_id)
-        if policy is None:
-            problems.error(f"{source.where('policy')}: unknown policy '{policy_id}'{_suggest(policy_id, policies)}: "
-                           f"add it to {POLICIES_FILE}")
-    if channels is not None:
-        for k, ch in enumerate(config.channels):
-            if ch not in channels.channels:
-                problems.error(f"{source.where(f'channels[{k}]')}: unknown channel '{ch}'"
-                               f"{_suggest(ch, channels.names)}; {CHANNELS_FILE} defines {', '.join(channels.names)}")
-    return config
-
-
-def validate_all(matrices_dir: Path) -> CheckReport:
-    """Check every YAML of the matrices folder; collect every problem rather than stop at one."""
-    problems = Problems()
-    loaded = _load(Path(matrices_dir), problems, with_plan=True)
-    return CheckReport(Path(matrices_dir), problems.items, loaded.rules, loaded.files, loaded.scores, loaded.plan)
-
-
-def load_rules(matrices_dir: Path) -> RuleSet:
-    """The validated rule set for `matrix` / `export` / `run`; raises the first error found.
-
-    Warnings (e.g. a priority order naming a family no matrix has) are in ``.warnings``.
-    """
-    problems = Problems()
-    rules = _load(Path(matrices_dir), problems, with_plan=False).rules
-    raise_first(problems.errors)
-    assert rules is not None
-    return rules
+    return RuleFiles(policies, channels, matrices)

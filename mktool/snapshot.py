@@ -15,7 +15,7 @@ file (``fixtures/snapshot.json``):
 ``snapshot --check`` recomputes every month in the file and lists what moved (what, before,
 after, delta); a reviewer sees that a threshold change moved rule R6 from 140 to 152 hits and
 the outbound list by 12 customers before merging. The temporary run and the list readers are
-:mod:`mktool.runs`, shared with ``mktool diff``.
+:mod:`mktool.pipeline`, shared with ``mktool diff``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from mktool.config import Settings
 from mktool.console import QUIET, Reporter
 from mktool.errors import CheckFailed, ConfigError, MktoolError, StateError
 from mktool.export import funnel_document
-from mktool.output import file_sha256
+from mktool.pipeline import list_reader, target_lists, temporary_run
+from mktool.publish import file_sha256
 from mktool.rules import matrix_files_by_name
-from mktool.runs import list_reader, target_lists, temporary_run
 from mktool.versions import engine_versions, version_changes
 
 __all__ = [

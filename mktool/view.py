@@ -35,6 +35,12 @@ REQUIRED_FOR_SCORE = ("subscribers", "usage", "billing", "plans")
 
 
 
+#: The month's customers per value tier, stickiness tier, churn flag and segment (score's summary).
+TIER_COUNTS_SQL = " UNION ALL ".join(
+    f"SELECT '{column}', CAST({column} AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY {column}"
+    for column in ("value_tier", "stickiness_tier", "churn_flag", "segment")) + " ORDER BY 1, 2"
+
+
 def score(db: Database, project: Project, month: str, *, reporter: Reporter = QUIET,
           params: dict[str, Any] | None = None, summary: bool = True) -> ScoreResult:
     """Build customer_view for ``month`` and store it (replacing that month's rows).
@@ -61,12 +67,6 @@ def score(db: Database, project: Project, month: str, *, reporter: Reporter = QU
         rows = replace_month(con, VIEW_TABLE, month, sql, view_params(month))
         record_step(con, month, "score", inputs=view_inputs(con, month), settings={"params": model.params},
                     overrides={"--param": dict(params)} if params else {})
-    tiers = con.execute(
-        f"""SELECT 'value_tier', value_tier, count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
-            UNION ALL SELECT 'stickiness_tier', CAST(stickiness_tier AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
-            UNION ALL SELECT 'churn_flag', CAST(churn_flag AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
-            UNION ALL SELECT 'segment', CAST(segment AS VARCHAR), count(*) FROM {VIEW_TABLE} WHERE month = ? GROUP BY ALL
-            ORDER BY 1, 2""",
-        [month] * 4,
-    ).fetchall() if summary and {"stickiness_tier", "churn_flag", "segment"} <= set(model.output_columns) else []
+    summarised = summary and {"stickiness_tier", "churn_flag", "segment"} <= set(model.output_columns)
+    tiers = con.execute(TIER_COUNTS_SQL, [month] * 4).fetchall() if summarised else []
     return ScoreResult(month, rows, model, [(a, str(b), int(c)) for a, b, c in tiers])

@@ -60,13 +60,13 @@ class RuleFileLoader(yaml.SafeLoader):
                                                     "a rule file needs only a few")
         super().fetch_flow_collection_start(TokenClass)
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise self.located(self.peek_event().start_mark, "",
                                    f"nested deeper than {MAX_DEPTH} levels; a rule file needs only a few")
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
@@ -142,7 +142,7 @@ class RuleFileLoader(yaml.SafeLoader):
             raise self.located(node.start_mark, self._paths.get(id(node), ""),
                                f"cannot read {short_repr(getattr(node, 'value', ''), 60)} ({reason})") from None
 
-    def construct_yaml_timestamp(self, node: ScalarNode) -> Any:  # type: ignore[override]
+    def construct_yaml_timestamp(self, node: ScalarNode) -> Any:
         try:
             return super().construct_yaml_timestamp(node)
         except ValueError as exc:

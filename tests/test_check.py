@@ -15,7 +15,8 @@ import pytest
 from test_matrices import CUSTOMERS, NEW_SERVICE, POLICIES, PRIORITY, RETENTION, make_view, view_row, write_matrices
 
 from mktool.errors import ConfigError
-from mktool.rules import load_channels, load_policies, load_rules, matrix_files, validate_all
+from mktool.project import load_rules, validate_all
+from mktool.rules import load_channels, load_policies, matrix_files
 
 ROOT = Path(__file__).resolve().parents[1]
 M = "2026-10"

@@ -32,8 +32,7 @@ from mktool.errors import MktoolError, UsageError
 from mktool.export import run_export
 from mktool.matrices import generated_sql
 from mktool.planconfig import PlanConfig
-from mktool.project import load_project
-from mktool.rules import load_rules
+from mktool.project import load_project, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRICES = ROOT / "matrices"

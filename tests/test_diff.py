@@ -192,18 +192,18 @@ def test_against_a_broken_rule_set_names_the_rule(runner, tmp_path: Path) -> Non
     assert f"{retention}:47 @ rules[5].when (rule R6): unknown column 'arpu3m'" in result.stderr
 
 
-# -- layering: diff and snapshot share mktool.runs, neither imports the other ---------------------------------
+# -- layering: diff and snapshot share mktool.pipeline, neither imports the other ---------------------------------
 def test_diff_does_not_depend_on_snapshot() -> None:
-    """diff reads lists and runs months through mktool.runs; importing it loads no snapshot code."""
+    """diff reads lists and runs months through mktool.pipeline; importing it loads no snapshot code."""
     import ast
     import subprocess
     import sys
 
-    code = "import sys, mktool.diff; print('mktool.snapshot' in sys.modules, 'mktool.runs' in sys.modules)"
+    code = "import sys, mktool.diff; print('mktool.snapshot' in sys.modules, 'mktool.pipeline' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["False", "True"]
-    for name in ("diff", "snapshot", "runs"):
+    for name in ("diff", "snapshot", "pipeline"):
         tree = ast.parse((ROOT / "mktool" / f"{name}.py").read_text(encoding="utf-8"))
         inner = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in tree.body]
         assert inner == [], f"mktool/{name}.py: imports inside functions at lines {inner}"

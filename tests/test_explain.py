@@ -40,8 +40,7 @@ from mktool.explain import (
 from mktool.matrices import evaluate_customer, first_hit_sql, hits_sql, stats_sql
 from mktool.plan import candidates_sql, funnel_query, pairs_sql, recommend_query
 from mktool.planconfig import PlanConfig
-from mktool.project import load_project
-from mktool.rules import load_rules
+from mktool.project import load_project, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "extracts"

@@ -23,7 +23,7 @@ from conftest import write_table
 
 from mktool.config import shipped_matrices_dir
 from mktool.contract import TABLES, WHITESPACE, markdown
-from mktool.output import file_sha256
+from mktool.publish import file_sha256
 
 M = "2026-10"
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,8 +32,7 @@ from mktool.matrices import (
     spark_sql,
     stats_sql,
 )
-from mktool.project import load_project
-from mktool.rules import load_rules
+from mktool.project import load_project, load_rules
 
 M = "2026-10"
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from mktool.errors import ConfigError, location
-from mktool.project import load_project, read_salts
-from mktool.rules import validate_all
+from mktool.project import load_project, read_salts, validate_all
 from mktool.yamlio import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

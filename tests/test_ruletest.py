@@ -85,7 +85,7 @@ def test_shipped_cases_pass_with_full_coverage(shipped) -> None:
 
 def test_every_shipped_rule_has_a_firing_and_a_non_firing_case(shipped) -> None:
     _, doc, _ = shipped
-    from mktool.rules import load_rules
+    from mktool.project import load_rules
 
     rules = load_rules(MATRICES)
     assert {(c["matrix"], c["rule"]) for c in doc["coverage"]} == {(m.name, r.id) for m in rules.matrices

@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mktool import runs, snapshot
+from mktool import pipeline, snapshot
 from mktool.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_what_a_snapshot_records(recorded) -> None:
     assert list(month["funnels"]["plan"].items()) == [
         ("base", 2000), ("active", 1871), ("data_ge_min", 1493), ("eligible_plan", 1413), ("billable", 1381),
         ("in_rate_window", 1156)]
-    from mktool.rules import load_rules
+    from mktool.project import load_rules
 
     rules = load_rules(MATRICES)
     assert {(m, r) for m, hits in month["rule_hits"].items() for r in hits} == {
@@ -180,8 +180,8 @@ def test_list_content_ignores_row_order_and_file_bytes(tmp_path: Path) -> None:
 
 
 def test_default_cycle_date() -> None:
-    assert runs.default_cycle_date("2026-10") == dt.date(2026, 11, 1)
-    assert runs.default_cycle_date("2026-12") == dt.date(2027, 1, 1)
+    assert pipeline.default_cycle_date("2026-10") == dt.date(2026, 11, 1)
+    assert pipeline.default_cycle_date("2026-12") == dt.date(2027, 1, 1)
 
 
 # -- dry runs write nothing and print counts ---------------------------------------------------------------------

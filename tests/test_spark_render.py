@@ -20,7 +20,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from mktool import export, plan
+from mktool import export, plan, view
 from mktool.dialect import Query
 from mktool.export import ExportConfig
 from mktool.matrices import generated_sql
@@ -102,6 +102,7 @@ def step_queries() -> dict[str, str]:
     for has_vas in (True, False):
         out[f"score:base:{has_vas}"] = base_sql(has_vas=has_vas)
         out[f"score:view:{has_vas}"] = view_sql(model, has_vas=has_vas)
+    out["score:tier_counts"] = view.TIER_COUNTS_SQL
     for name, sql in generated_sql(PROJECT.rules, M).items():
         out[f"matrix:{name}"] = sql
     for name, pq in plan.queries(M, PROJECT.plan).items():

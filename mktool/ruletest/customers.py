@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow as pa
 
 from mktool.config import Settings
 from mktool.contract import TABLES, month_from_index, month_index

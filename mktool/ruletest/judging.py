@@ -27,8 +27,8 @@ from mktool.errors import ConfigError, MktoolError
 from mktool.matrices import PREVIEW_TABLE, evaluate
 from mktool.plan import CANDIDATES_SQL, STAGES, funnel_query, recommend_query
 from mktool.planconfig import load_plan_config
-from mktool.project import Project, project_from_report
-from mktool.rules import matrix_files_by_name, validate_all
+from mktool.project import Project, project_from_report, validate_all
+from mktool.rules import matrix_files_by_name
 from mktool.ruletest.cases import (
     ALL,
     MONEY,
