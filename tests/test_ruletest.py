@@ -438,7 +438,7 @@ def test_a_warning_and_a_failure_quoting_brackets_print_as_written(runner, matri
          'expect: {rule: P1, order: [retention, vnet, new_service, traffic, "[arpu]"]}')  # passes
     edit(tests, "expect: {rule: P5, order: [retention, traffic, new_service]}",
          'expect: {rule: P5, order: [retention, "[arpu]"]}')  # fails: P5's order has no [arpu]
-    warning = (f"Warning: {matrices / 'priority.yaml'}: rule P1: order: no matrix has family '[arpu]' "
+    warning = (f"Warning: {matrices / 'priority.yaml'}:20 @ rules[0].order (rule P1): no matrix has family '[arpu]' "
                "(families: new_service, retention, traffic, vnet)")
 
     checked = runner.invoke(app, ["check", "--matrices", str(matrices)])
