@@ -7,11 +7,11 @@ a result (DuckDB 2.0.1 rounded a DOUBLE differently from 2.0.0) every new machin
 while CI stays green. This script is the second check that finds such a drift first:
 
 1. a fresh virtual environment in a temporary folder, ``pip install --upgrade`` of this
-   checkout with its ``test`` extra and no constraints (what a new user gets);
+   checkout with its ``test`` and ``lint`` extras and no constraints (what a new user gets);
 2. the releases that differ from constraints.txt are listed (library: locked → newest);
    when none differ, the locked run of CI already covered them and the script stops here;
-3. otherwise the test suite, ``mktool test --strict`` and ``mktool snapshot --check`` run in
-   that environment; a failure names the step and every library that moved.
+3. otherwise the test suite, ``mktool test --strict``, ``mktool snapshot --check``, ``ruff check``
+   and ``mypy`` run in that environment; a failure names the step and every library that moved.
 
 ``--write-constraints`` records the new set in constraints.txt after the checks pass (the way to
 take a tested upgrade). ``.ci/run`` calls this script after the locked run.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
-HEADER = ("# The exact releases CI installs (.ci/run: pip install -c constraints.txt -e \".[test]\").\n"
+HEADER = ("# The exact releases CI installs (.ci/run: pip install -c constraints.txt -e \".[test,lint]\").\n"
           "# Regenerate after a tested upgrade: python scripts/check_newest.py --write-constraints\n")
 
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet = ["--quiet", "--disable-pip-version-check"]
         run([py, "-m", "pip", "install", *quiet, "--upgrade", "pip"], env=env, what="upgrading pip")
         # Not editable: the way a user installs it, so packaging (the shipped matrices) is checked too.
-        run([py, "-m", "pip", "install", *quiet, "--upgrade", "--upgrade-strategy", "eager", f"{ROOT}[test]"],
+        run([py, "-m", "pip", "install", *quiet, "--upgrade", "--upgrade-strategy", "eager", f"{ROOT}[test,lint]"],
             env=env, what="installing the newest releases the ranges allow")
         frozen = subprocess.run([py, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True,
                                 check=True, env=env).stdout
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             run([py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"], env=env, what="the test suite")
             run([str(venv / "bin" / "mktool"), "test", "--strict", "--quiet"], env=env, what="mktool test --strict")
             run([str(venv / "bin" / "mktool"), "snapshot", "--check"], env=env, what="mktool snapshot --check")
+            run([str(venv / "bin" / "ruff"), "check", "--quiet", "."], env=env, what="ruff check")
+            run([str(venv / "bin" / "mypy")], env=env, what="mypy")
         except StepFailed as exc:
             print(f"Error: with the newest releases pyproject.toml allows, {exc.what} fails.\n"
                   f"  newer than constraints.txt: {'; '.join(moved) or 'nothing'}\n"

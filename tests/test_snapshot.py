@@ -318,7 +318,8 @@ def test_the_lock_satisfies_the_ranges_and_every_range_is_bounded() -> None:
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     locked = module.read_pins((ROOT / "constraints.txt").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+    extras = project["optional-dependencies"]
+    for text in [*project["dependencies"], *extras["test"], *extras["lint"]]:
         req = Requirement(text)
         name = req.name.lower().replace("_", "-")
         assert any(s.operator in ("<", "<=", "~=", "==") for s in req.specifier), f"{text}: no upper bound"
