@@ -480,8 +480,9 @@ def test_ruletest_modules_import_in_one_direction_at_the_top_and_never_rich() ->
         top = set(tree.body)
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                assert node in top, f"{name}.py:{node.lineno}: import inside a function"
                 modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                # pyarrow (with numpy, 80 ms at every CLI start) is imported where the test customers are built
+                assert node in top or modules == ["pyarrow"], f"{name}.py:{node.lineno}: import inside a function"
                 for module in modules:
                     assert not module.startswith("rich"), f"{name}.py imports {module}"
                     if module.startswith("mktool.ruletest"):

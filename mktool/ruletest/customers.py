@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from mktool.config import Settings
 from mktool.contract import TABLES, month_from_index, month_index
@@ -222,6 +221,8 @@ class CustomerBuilder:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _mk_case_raw ({', '.join(cols)})")
         rows = [self.row(month, msisdn, given) for msisdn, given in customers]
         if rows:  # through Arrow: binding thousands of parameters is slow in DuckDB
+            import pyarrow as pa  # noqa: PLC0415 - heavy (numpy with it, 80 ms): only `mktool test` needs it
+
             names = [*self.columns, *(f"_g_{c}" for c in self.flagged)]
             arrow = pa.table({f"c{i}": pa.array([row[i] for row in rows]) for i in range(len(names))})
             con.register("_mk_case_rows", arrow)
