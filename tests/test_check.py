@@ -12,19 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT, M
 from test_matrices import CUSTOMERS, NEW_SERVICE, POLICIES, PRIORITY, RETENTION, make_view, view_row, write_matrices
 
 from mktool.errors import ConfigError
 from mktool.rules import load_channels, load_policies, load_rules, matrix_files, validate_all
-
-ROOT = Path(__file__).resolve().parents[1]
-M = "2026-10"
-
-
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def check(cli, *args: str, files: dict[str, str | None] | None = None, db: Path | None = None):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import write_table
+from conftest import MATRICES, ROOT, M, write_table
 from rich.console import Console
 
 from mktool.cli import app, render_table
@@ -32,9 +32,6 @@ from mktool.console import Reporter
 from mktool.database import Database, RunLock
 from mktool.errors import UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
-MATRICES = ROOT / "matrices"
-M = "2026-10"
 MSISDNS = ["13800000001", "13800000002", "13800000003"]
 
 

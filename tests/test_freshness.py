@@ -15,12 +15,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import FIXTURES, ROOT, M
 
 from mktool.cli import app
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "extracts"
-M = "2026-10"
 
 
 @pytest.fixture

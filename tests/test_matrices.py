@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
+from conftest import MATRICES, ROOT, M, fetch
 
 from mktool.config import Settings
 from mktool.database import Database
@@ -35,10 +36,8 @@ from mktool.matrices import (
 from mktool.project import load_project
 from mktool.rules import load_rules
 
-M = "2026-10"
-ROOT = Path(__file__).resolve().parents[1]
-SCORES = ROOT / "matrices" / "scores.yaml"
-PLAN = ROOT / "matrices" / "plan.yaml"
+SCORES = MATRICES / "scores.yaml"
+PLAN = MATRICES / "plan.yaml"
 
 CHANNELS = """\
 channels:
@@ -189,14 +188,6 @@ def run_matrix(matrices: Path, db: Path, **kwargs: Any):
     proj = load_project(matrices)
     with Database(settings(db), write=not kwargs.get("dry_run", False)) as database:
         return evaluate(database, proj, M, **kwargs)
-
-
-def fetch(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 REC_SQL = ("SELECT msisdn, rank, matrix, family, rule_no, rule_id, policy_id, \"group\", channels "

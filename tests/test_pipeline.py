@@ -9,14 +9,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import FIXTURES, ROOT, M
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from mktool.cli import app
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures" / "extracts"
-M = "2026-10"
 
 
 @pytest.fixture(scope="module")

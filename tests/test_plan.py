@@ -18,7 +18,8 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
-from conftest import month_rows, write_table
+from conftest import MATRICES, ROOT, M, month_rows, write_table
+from conftest import fetch as query
 
 from mktool.config import Settings
 from mktool.database import Database
@@ -38,9 +39,6 @@ from mktool.planconfig import PlanConfig, Window, load_plan_config, script_sql
 from mktool.project import Project, load_project
 from mktool.schema import MONEY_COLUMNS, RATE_COLUMNS
 
-M = "2026-10"
-ROOT = Path(__file__).resolve().parents[1]
-MATRICES = ROOT / "matrices"
 SEED_PLANS = ROOT / "fixtures" / "reference" / "plans_4g_seed.csv"
 
 CSV_HEADER = ("msisdn,month,rank,current_plan_id,plan_id,new_rental,new_voice_overage,new_data_overage,"
@@ -93,14 +91,6 @@ def shipped_project() -> Project:
 def run_plan(path: Path, config: PlanConfig | None = None, *, dry_run: bool = False, month: str = M):
     with Database(settings(path), write=not dry_run) as db:
         return plan(db, shipped_project(), month, config=config or PlanConfig(), dry_run=dry_run)
-
-
-def query(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def recs(path: Path, month: str = M) -> list[tuple[str, int, str]]:
