@@ -223,7 +223,8 @@ def test_policy_unknown_key_and_bad_dates(cli, in_tmp: Path) -> None:
     assert one_error(cli, {"policies.yaml": bad}).startswith(
         "matrices/policies.yaml:9 @ policies[7] (policy LD_AH): unknown key 'valid_form' (did you mean 'valid_from'?)")
     bad = POLICIES.replace("{id: LD_AH, name: 安徽长途通, family: traffic}",
-                           "{id: LD_AH, name: 安徽长途通, family: traffic, valid_from: 2026-12-01, valid_to: 2026-01-01}")
+                           "{id: LD_AH, name: 安徽长途通, family: traffic, valid_from: 2026-12-01, "
+                           "valid_to: 2026-01-01}")
     assert one_error(cli, {"policies.yaml": bad}) == (
         "matrices/policies.yaml:9 @ policies[7].valid_from (policy LD_AH): valid_from 2026-12-01 is after "
         "valid_to 2026-01-01")
@@ -336,7 +337,8 @@ def test_month_shadowing_names_every_taker(cli, in_tmp: Path) -> None:
       - {id: R2, when: churn_flag, policy: PREPAY_SMALL, channels: [sms]}
       - {id: R3, when: arpu_3m >= 50, policy: PREPAY_SMALL, channels: [sms]}
     """
-    db = make_view(in_tmp / "db.duckdb", [view_row("13800000001", arpu=120), view_row("13800000002", arpu=60, churn=True),
+    db = make_view(in_tmp / "db.duckdb", [view_row("13800000001", arpu=120),
+                                          view_row("13800000002", arpu=60, churn=True),
                                           view_row("13800000003", arpu=150)])
     result = check(cli, "--month", M, files={"retention.yaml": ret}, db=db)
     assert result.exit_code == 0, result.output

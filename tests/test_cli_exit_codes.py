@@ -67,7 +67,8 @@ def usage_refused(result, option: str) -> None:
 def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
     """A real read-only or tiny file system (root can write through chmod, not through these)."""
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, check=False)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                          check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
     try:

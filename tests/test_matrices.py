@@ -79,7 +79,7 @@ rules:
   - {id: R1, when: arpu_3m >= 100, policy: PREPAY_BIG, group: 6, script: 预存300元送600元话费, channels: [frontdesk, outbound]}
   - {id: R2, when: arpu_3m >= 50, policy: PREPAY_SMALL, group: 5, channels: [sms]}
   - {id: R3, when: tenure_months > 12, policy: PREPAY_SMALL, group: 5, channels: [sms]}
-"""
+"""  # noqa: E501 (a rule file as users write it: one flow mapping a rule)
 
 NEW_SERVICE = """\
 matrix: new_service
@@ -251,7 +251,8 @@ def test_rule_hits_and_funnels(project: tuple[Path, Path]) -> None:
 def test_same_policy_from_two_rules_keeps_the_better_ranked_row(project: tuple[Path, Path]) -> None:
     matrices, db = project
     run_matrix(matrices, db)
-    rows = fetch(db, "SELECT rule_id, rank FROM recommendations WHERE msisdn = '13800000001' AND policy_id = 'NEWSPAPER'")
+    rows = fetch(db, "SELECT rule_id, rank FROM recommendations WHERE msisdn = '13800000001' "
+                     "AND policy_id = 'NEWSPAPER'")
     assert rows == [("N1", 3)]  # N3 gives NEWSPAPER too (arpu 120 > 80): dropped, and ranks stay 1..n
 
 
@@ -359,14 +360,16 @@ def test_policy_outside_its_validity_is_skipped_and_first_hit_falls_through(tmp_
     # R1 is skipped: C1 (arpu 120) and C5 (arpu 100) fall through to R2 PREPAY_SMALL.
     assert fetch(db, "SELECT msisdn, rule_id FROM recommendations WHERE matrix = 'retention' ORDER BY msisdn") == [
         ("13800000001", "R2"), ("13800000002", "R2"), ("13800000005", "R2")]
-    assert result.warnings == [f"{matrices / 'retention.yaml'}:6 @ rules[0].policy (rule R1): skipped: policy PREPAY_BIG not valid in "
+    assert result.warnings == [f"{matrices / 'retention.yaml'}:6 @ rules[0].policy (rule R1): "
+                               "skipped: policy PREPAY_BIG not valid in "
                                "2026-10 (2026-01-01 to 2026-09-30)"]
     assert fetch(db, "SELECT rule_id FROM rule_hits WHERE matrix = 'retention' ORDER BY rule_no") == [("R2",), ("R3",)]
 
 
 def test_policy_valid_part_of_the_month_is_kept(tmp_path: Path) -> None:
     policies = POLICIES.replace("{id: PREPAY_SMALL, name: 预缴100元得260元话费, family: retention}",
-                                "{id: PREPAY_SMALL, name: 预缴100元得260元话费, family: retention, valid_to: 2026-10-01}")
+                                "{id: PREPAY_SMALL, name: 预缴100元得260元话费, family: retention, "
+                                "valid_to: 2026-10-01}")
     matrices = write_matrices(tmp_path / "m", {"policies.yaml": policies})
     rules = load_rules(matrices)
     assert rules.policies["PREPAY_SMALL"].valid_in("2026-10")
@@ -474,7 +477,8 @@ def test_runtime_sql_error_names_the_rule(tmp_path: Path) -> None:
     db = make_view(tmp_path / "db.duckdb", CUSTOMERS)
     with pytest.raises(RuleError) as err:
         run_matrix(matrices, db)
-    assert err.value.render().startswith(f"{matrices / 'new_service.yaml'}:6 @ rules[1].when (rule N2): DuckDB: Conversion Error")
+    assert err.value.render().startswith(f"{matrices / 'new_service.yaml'}:6 @ rules[1].when (rule N2): "
+                                         "DuckDB: Conversion Error")
 
 
 # -- generated SQL ----------------------------------------------------------------------------------
@@ -553,7 +557,8 @@ def test_matrix_command_uncovered_exit_1(cli, tmp_path: Path) -> None:
     db = make_view(tmp_path / "db.duckdb", CUSTOMERS)
     result = cli("matrix", "--month", M, "--matrices", str(matrices), db_path=db)
     assert result.exit_code == 1
-    assert "Error: " + str(matrices / "priority.yaml") + ":3 @ rules: 4 customers of 2026-10 match no priority rule" in result.stderr
+    assert ("Error: " + str(matrices / "priority.yaml") + ":3 @ rules: 4 customers of 2026-10 match no priority rule"
+            in result.stderr)
 
 
 def test_matrix_command_refuses_bad_rules_before_touching_the_db(cli, tmp_path: Path) -> None:
@@ -571,7 +576,8 @@ def test_matrix_command_show_sql(cli, project: tuple[Path, Path]) -> None:
     result = cli("matrix", "--month", M, "--matrices", str(matrices), "--show-sql", "spark", "--only", "traffic",
                  db_path=db)
     assert result.exit_code == 0, result.output
-    assert "-- priority\n" in result.stdout and "-- traffic\n" in result.stdout and "-- retention\n" not in result.stdout
+    assert "-- priority\n" in result.stdout and "-- traffic\n" in result.stdout
+    assert "-- retention\n" not in result.stdout
     assert "`group`" in result.stdout  # Spark quoting of the reserved word
 
 

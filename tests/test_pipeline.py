@@ -21,7 +21,8 @@ def month_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
     db = work / "mk.duckdb"
     result = CliRunner().invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
-                                      "--out", str(work / "out"), "--db", str(db), "--matrices", str(ROOT / "matrices")])
+                                      "--out", str(work / "out"), "--db", str(db),
+                                      "--matrices", str(ROOT / "matrices")])
     assert result.exit_code == 0, result.output
     return work, db, result
 
@@ -40,7 +41,8 @@ def test_run_writes_every_channel_and_the_funnels(month_run):
         counts = [s["count"] for s in stages]
         assert counts == sorted(counts, reverse=True), (name, counts)
     con = duckdb.connect(str(db), read_only=True)
-    in_window = con.execute("SELECT count(DISTINCT msisdn) FROM plan_recommendations WHERE month = ?", [M]).fetchone()[0]
+    in_window = con.execute("SELECT count(DISTINCT msisdn) FROM plan_recommendations WHERE month = ?",
+                            [M]).fetchone()[0]
     assert doc["funnels"]["plan"][-1]["count"] == in_window > 0
     assert doc["funnels"]["plan"][0]["count"] == con.execute(
         "SELECT count(*) FROM subscribers WHERE month = ?", [M]).fetchone()[0]
@@ -68,7 +70,8 @@ def test_explain_agrees_with_what_was_stored(month_run):
     assert stored_rules <= fired
     for matrix in {r["matrix"] for r in ex["rules"] if r["hit"] == "first"}:
         assert sum(1 for r in ex["rules"] if r["matrix"] == matrix and r["fired"]) <= 1
-    table = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--db", str(db), "--matrices", str(ROOT / "matrices")])
+    table = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--db", str(db),
+                                     "--matrices", str(ROOT / "matrices")])
     assert table.exit_code == 0 and "Plan pairs" in table.stdout
 
 
@@ -135,7 +138,8 @@ def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(t
     # No offer (customer × policy) is made twice in the month, whichever day or channel.
     assert con.execute("""SELECT count(*) FROM (SELECT msisdn, policy_id FROM contact_history
                           WHERE recorded_by = 'mktool' GROUP BY ALL HAVING count(*) > 1)""").fetchone()[0] == 0
-    assert con.execute("SELECT count(DISTINCT contact_date) FROM contact_history WHERE recorded_by = 'mktool'").fetchone()[0] == 2
+    assert con.execute("SELECT count(DISTINCT contact_date) FROM contact_history "
+                       "WHERE recorded_by = 'mktool'").fetchone()[0] == 2
     con.close()
     bad = runner.invoke(app, ["export", "--month", M, "--cycle", "weekly", "--out", str(tmp_path / "o2"), *common])
     assert bad.exit_code == 2 and "'weekly' is not one of daily, monthly" in bad.stderr  # a usage error

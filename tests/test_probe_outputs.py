@@ -129,8 +129,8 @@ def test_rule_tests_in_a_matrices_folder_that_is_not_there_is_bad_input(tmp_path
     folder = tmp_path / "nope"
     if where == "file":
         folder.write_text("x", encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "mktool", "test", "--matrices", str(folder)], cwd=tmp_path, env=PLAIN_ENV,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "mktool", "test", "--matrices", str(folder)], cwd=tmp_path,
+                          env=PLAIN_ENV, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
     assert str(folder) in done.stderr and "Traceback" not in done.stderr
 
@@ -225,7 +225,7 @@ def test_a_publish_waits_for_another_databases_publish_into_the_same_folder(tmp_
     fcntl.flock(fd, fcntl.LOCK_EX)  # as another database's publish would hold it
     try:
         proc = start_mktool("export", "--month", "2026-10", "--date", "2026-11-01", "--out", str(tmp_path / "shared"),
-                      "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q", cwd=tmp_path)
+                            "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q", cwd=tmp_path)
         time.sleep(4)
         assert proc.poll() is None, proc.communicate()
         assert not (folder / "manifest.json").exists()

@@ -231,8 +231,8 @@ def test_a_journal_of_another_database_is_neither_finished_nor_deleted(base, tmp
 def sent_rows(db: Path, channel: str) -> list[tuple[Any, ...]]:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return con.execute("SELECT msisdn, policy_id, cycle FROM contact_history WHERE outcome = 'sent' AND channel = ? "
-                           "AND recorded_by = 'mktool' ORDER BY ALL", [channel]).fetchall()
+        return con.execute("SELECT msisdn, policy_id, cycle FROM contact_history WHERE outcome = 'sent' "
+                           "AND channel = ? AND recorded_by = 'mktool' ORDER BY ALL", [channel]).fetchall()
     finally:
         con.close()
 
@@ -281,7 +281,8 @@ def test_a_reexport_in_another_format_removes_the_old_lists_in_the_same_publish(
     # Killed between its renames, a jsonl re-export is finished by the next command: all jsonl, no parquet left.
     assert mktool(*export_args(db, out, "--format", "jsonl", date=D), fault="between_renames:kill").returncode == -9
     assert mktool("status", "--db", str(db)).returncode == 0
-    assert sorted(p.suffix for p in folder.iterdir() if p.name not in ("funnel.json", "manifest.json")) == [".jsonl"] * 6
+    assert sorted(p.suffix for p in folder.iterdir()
+                  if p.name not in ("funnel.json", "manifest.json")) == [".jsonl"] * 6
     assert_delivered_iff_recorded(db, folder)
 
 

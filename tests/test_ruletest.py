@@ -149,7 +149,8 @@ def test_a_wrong_column_fails_every_case_of_its_matrix(runner, matrices: Path) -
     result = run(runner, "--matrices", str(matrices))
     assert result.exit_code == 5, result.output
     err = result.stderr
-    assert f"{matrices / 'retention.yaml'}:47 @ rules[5].when (rule R6): unknown column 'arpu3m' (did you mean 'arpu_3m'?)" in err
+    assert (f"{matrices / 'retention.yaml'}:47 @ rules[5].when (rule R6): "
+            "unknown column 'arpu3m' (did you mean 'arpu_3m'?)") in err
     assert f'ERROR {matrices / "tests" / "retention.yaml"}: case "R6 fires at the lower edge' in err
     assert "matrix retention: the rules do not load" in err
     assert "could not run" in err

@@ -350,7 +350,8 @@ def test_a_type_error_in_a_score_expression_is_located(cli, in_tmp):
     from test_matrices import write_matrices
 
     mdir = write_matrices(Path("matrices"))
-    edit(mdir / "scores.yaml", "CASE WHEN status = 'suspended' THEN 20", "CASE WHEN status = 'suspended' AND contacts > 'many' THEN 20", count=-1)
+    edit(mdir / "scores.yaml", "CASE WHEN status = 'suspended' THEN 20",
+         "CASE WHEN status = 'suspended' AND contacts > 'many' THEN 20", count=-1)
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
     (err,) = errors_of(result)
@@ -361,7 +362,8 @@ def test_a_score_expression_that_does_not_bind_is_named(cli, in_tmp):
     from test_matrices import write_matrices
 
     mdir = write_matrices(Path("matrices"))
-    edit(mdir / "scores.yaml", "CASE WHEN status = 'suspended' THEN 20", "CASE WHEN upper(contacts) = 'X' THEN 20", count=-1)
+    edit(mdir / "scores.yaml", "CASE WHEN status = 'suspended' THEN 20", "CASE WHEN upper(contacts) = 'X' THEN 20",
+         count=-1)
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
     (err,) = errors_of(result)
