@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, M
+from conftest import MATRICES, M
 from test_matrices import CUSTOMERS, NEW_SERVICE, POLICIES, PRIORITY, RETENTION, make_view, view_row, write_matrices
 
 from mktool.errors import ConfigError
@@ -42,7 +42,7 @@ def one_error(cli, files: dict[str, str | None]) -> str:
 
 # -- the shipped defaults and a clean project ----------------------------------------------------------
 def test_shipped_defaults_pass(cli) -> None:
-    result = cli("check", "--matrices", str(ROOT / "matrices"))
+    result = cli("check", "--matrices", str(MATRICES))
     assert result.exit_code == 0, result.output
     assert errors_of(result) == [] and warnings_of(result) == []
     assert "files OK: 5 matrices" in result.stderr
@@ -389,7 +389,7 @@ def test_catalogue_loaders(in_tmp: Path) -> None:
 
 
 def test_shipped_catalogues() -> None:
-    folder = ROOT / "matrices"
+    folder = MATRICES
     channels = load_channels(folder)
     assert channels.names == ["frontdesk", "outbound", "inbound", "sms", "app", "manager"]
     assert (channels.contact_policy.cooldown_days, channels.contact_policy.monthly_cap) == (30, 4)

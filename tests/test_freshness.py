@@ -15,14 +15,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, ROOT, M
+from conftest import FIXTURES, MATRICES, M
 
 from mktool.cli import app
 
 
 @pytest.fixture
 def month_run(runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MKTOOL_MATRICES", str(ROOT / "matrices"))
+    monkeypatch.setenv("MKTOOL_MATRICES", str(MATRICES))
     db = tmp_path / "mk.duckdb"
     out = tmp_path / "out"
 

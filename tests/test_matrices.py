@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
-from conftest import MATRICES, ROOT, M, fetch
+from conftest import MATRICES, M, fetch
 
 from mktool.config import Settings
 from mktool.database import Database
@@ -497,7 +497,7 @@ def test_generated_sql_is_portable_to_spark(project: tuple[Path, Path]) -> None:
 
 
 def test_shipped_matrices_transpile_to_spark() -> None:
-    rules = load_rules(ROOT / "matrices")
+    rules = load_rules(MATRICES)
     for name, sql in generated_sql(rules, M, dialect="spark").items():
         assert sql.strip(), name
     ranking = spark_sql(ranking_sql(M))
@@ -600,7 +600,7 @@ def test_shipped_defaults_end_to_end(cli, tmp_path: Path) -> None:
     write_table(ext / "plans.parquet", "plans", [{"plan_id": "ZX128"}])
     assert cli("ingest", str(ext)).exit_code == 0
     assert cli("score", "--month", M).exit_code == 0
-    result = cli("matrix", "--month", M, "--matrices", str(ROOT / "matrices"))
+    result = cli("matrix", "--month", M, "--matrices", str(MATRICES))
     assert result.exit_code == 0, result.output
     db = cli.db
     got = fetch(db, "SELECT msisdn, matrix, rule_id, policy_id, \"group\" FROM recommendations "

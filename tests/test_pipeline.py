@@ -9,7 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import FIXTURES, ROOT, M
+from conftest import FIXTURES, MATRICES, ROOT, M
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -21,8 +21,7 @@ def month_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
     db = work / "mk.duckdb"
     result = CliRunner().invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
-                                      "--out", str(work / "out"), "--db", str(db),
-                                      "--matrices", str(ROOT / "matrices")])
+                                      "--out", str(work / "out"), "--db", str(db), "--matrices", str(MATRICES)])
     assert result.exit_code == 0, result.output
     return work, db, result
 
@@ -59,7 +58,7 @@ def test_explain_agrees_with_what_was_stored(month_run):
         "SELECT matrix, rule_id FROM recommendations WHERE month = ? AND msisdn = ?", [M, msisdn]).fetchall()}
     con.close()
     result = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--format", "json", "--db", str(db),
-                                      "--matrices", str(ROOT / "matrices")])
+                                      "--matrices", str(MATRICES)])
     assert result.exit_code == 0, result.output
     ex = json.loads(result.stdout)
     assert ex["msisdn"] == msisdn and ex["view"]["msisdn"] == msisdn
@@ -70,8 +69,7 @@ def test_explain_agrees_with_what_was_stored(month_run):
     assert stored_rules <= fired
     for matrix in {r["matrix"] for r in ex["rules"] if r["hit"] == "first"}:
         assert sum(1 for r in ex["rules"] if r["matrix"] == matrix and r["fired"]) <= 1
-    table = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--db", str(db),
-                                     "--matrices", str(ROOT / "matrices")])
+    table = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--db", str(db), "--matrices", str(MATRICES)])
     assert table.exit_code == 0 and "Plan pairs" in table.stdout
 
 
@@ -122,7 +120,7 @@ def test_readme_lists_every_command():
 
 def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(tmp_path):
     runner = CliRunner()
-    common = ["--db", str(tmp_path / "d.duckdb"), "--matrices", str(ROOT / "matrices")]
+    common = ["--db", str(tmp_path / "d.duckdb"), "--matrices", str(MATRICES)]
     first = runner.invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
                                 "--out", str(tmp_path / "out"), *common])
     assert first.exit_code == 0, first.output
@@ -148,7 +146,7 @@ def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(t
 # == `run` validates the whole project, salts included, before its first write =======================
 def _rules_with_hashed_channels(folder: Path) -> Path:
     """The shipped rules with sms hashed under SMS_SALT_T and app under APP_SALT_T."""
-    shutil.copytree(ROOT / "matrices", folder)
+    shutil.copytree(MATRICES, folder)
     text = (folder / "channels.yaml").read_text(encoding="utf-8")
     text = text.replace("    columns: [msisdn, policy_id, script]\n",
                         "    columns: [msisdn, policy_id, script]\n    mask: hash\n    salt_env: SMS_SALT_T\n", 1)

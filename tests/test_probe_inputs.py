@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import test_ingest_contract
-from conftest import ROOT, M, write_table
+from conftest import MATRICES, ROOT, M, write_table
 from conftest import fetch as query
 from test_ingest_contract import CONTACT, refused
 from test_sandbox import RETENTION, check_files, one_error
@@ -97,7 +97,7 @@ def _ingest_in_zone(tmp_path: Path, zone: str, *paths: Path) -> subprocess.Compl
     env = {**os.environ, "TZ": zone, "PYTHONPATH": str(ROOT)}
     db = tmp_path / f"tz-{zone.replace('/', '_')}.duckdb"
     return subprocess.run([sys.executable, "-m", "mktool", "ingest", *map(str, paths), "--db", str(db),
-                           "--matrices", str(ROOT / "matrices")],
+                           "--matrices", str(MATRICES)],
                           env=env, capture_output=True, text=True, timeout=120), db
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import FIXTURES, MATRICES, ROOT
 
 import mktool.cli as cli
 from mktool.errors import EXIT_INTERRUPTED
@@ -90,8 +90,8 @@ def test_ctrl_c_already_reported_is_not_reported_twice(monkeypatch, capsys) -> N
 def _built(tmp_path: Path) -> Path:
     db = tmp_path / "mk.duckdb"
     done = subprocess.run([sys.executable, "-m", "mktool", "run", "--month", "2026-10", "--ingest",
-                           str(ROOT / "fixtures" / "extracts"), "--date", "2026-11-01", "--out", str(tmp_path / "out"),
-                           "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q"],
+                           str(FIXTURES), "--date", "2026-11-01", "--out", str(tmp_path / "out"),
+                           "--db", str(db), "--matrices", str(MATRICES), "-q"],
                           cwd=tmp_path, env=PLAIN_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return db
@@ -182,15 +182,15 @@ def test_manifest_names_the_rules_the_matrix_step_read_when_export_reads_others(
     import shutil
 
     a, b = tmp_path / "rules_a", tmp_path / "rules_b"
-    shutil.copytree(ROOT / "matrices", a)
-    shutil.copytree(ROOT / "matrices", b)
+    shutil.copytree(MATRICES, a)
+    shutil.copytree(MATRICES, b)
     edited = sorted(p for p in b.glob("*.yaml") if p.name not in ("channels.yaml", "policies.yaml", "plan.yaml",
                                                                   "scores.yaml"))[0]
     edited.write_text(edited.read_text(encoding="utf-8") + "\n# edited after the matrix step\n", encoding="utf-8")
     db, out = tmp_path / "mk.duckdb", tmp_path / "out"
     common = ["--db", str(db), "-q"]
     run = subprocess.run([sys.executable, "-m", "mktool", "run", "--month", "2026-10", "--ingest",
-                          str(ROOT / "fixtures" / "extracts"), "--date", "2026-11-01", "--out", str(out),
+                          str(FIXTURES), "--date", "2026-11-01", "--out", str(out),
                           "--matrices", str(a), *common], cwd=tmp_path, env=PLAIN_ENV, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     same = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
@@ -225,7 +225,7 @@ def test_a_publish_waits_for_another_databases_publish_into_the_same_folder(tmp_
     fcntl.flock(fd, fcntl.LOCK_EX)  # as another database's publish would hold it
     try:
         proc = start_mktool("export", "--month", "2026-10", "--date", "2026-11-01", "--out", str(tmp_path / "shared"),
-                            "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q", cwd=tmp_path)
+                            "--db", str(db), "--matrices", str(MATRICES), "-q", cwd=tmp_path)
         time.sleep(4)
         assert proc.poll() is None, proc.communicate()
         assert not (folder / "manifest.json").exists()
@@ -248,7 +248,7 @@ def test_export_into_a_full_disk_says_it_in_one_plain_line(tmp_path: Path) -> No
     db = _built(tmp_path)
     with mounted_tmpfs(tmp_path / "full", "size=64k") as full:
         done = subprocess.run([sys.executable, "-m", "mktool", "export", "--month", "2026-10", "--date", "2026-11-01",
-                               "--out", str(full / "out"), "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q"],
+                               "--out", str(full / "out"), "--db", str(db), "--matrices", str(MATRICES), "-q"],
                               cwd=tmp_path, env=PLAIN_ENV, capture_output=True, text=True, timeout=120)
         assert done.returncode == 1, done.stderr
         first = done.stderr.splitlines()[0]
