@@ -7,9 +7,14 @@ plain default so that the files always satisfy the contract unless a test breaks
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +22,21 @@ from typer.testing import CliRunner
 
 from mktool.cli import app
 from mktool.contract import TABLES
+
+# -- the shipped project and the month the tests run -------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+MATRICES = ROOT / "matrices"
+FIXTURES = ROOT / "fixtures" / "extracts"
+M = "2026-10"
+D = "2026-11-01"  # the cycle date of most exports
+CYCLE_DATE = dt.date.fromisoformat(D)
+NEXT_DAY = "2026-11-02"  # a new cycle of the daily channels: different lists, new contacts
+
+#: The environment of a real mktool process: plain output, small engine settings, this checkout
+#: first on the path, and no fault planted unless a test asks for one.
+ENV = {**os.environ, "NO_COLOR": "1", "MKTOOL_THREADS": "2", "MKTOOL_MEMORY_LIMIT": "1GB",
+       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+ENV.pop("MKTOOL_FAULT", None)
 
 #: Contract type → the Arrow type test extracts are written in. Money (DECIMAL in the
 #: contract) is written as DOUBLE, as warehouses send it: ingest rounds it to the fen.
@@ -88,3 +108,42 @@ def cli(runner: CliRunner, tmp_path: Path):
 
 def month_rows(msisdn: str, months: list[str], **values: Any) -> list[dict[str, Any]]:
     return [{"msisdn": msisdn, "month": m, **values} for m in months]
+
+
+def mktool(*args: str, fault: str | None = None, timeout: float = 180,
+           **popen: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mktool args`` to its end in ENV; ``fault`` plants MKTOOL_FAULT."""
+    env = {**ENV, **({"MKTOOL_FAULT": fault} if fault else {})}
+    return subprocess.run([sys.executable, "-m", "mktool", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, **popen)
+
+
+def edit(path: Path, old: str, new: str, *, count: int = 1) -> None:
+    """Replace ``old`` (which must be there) by ``new`` in a text file; ``count=-1`` replaces every one."""
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, count), encoding="utf-8")
+
+
+def fetch(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Rows of one query on a database file opened read-only (so that the test changes nothing)."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the working folder, so that relative paths in messages read as a user sees them."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def matrices(tmp_path: Path) -> Path:
+    """A private copy of the shipped matrices folder (rules and their tests), free to edit."""
+    target = tmp_path / "matrices"
+    shutil.copytree(MATRICES, target)
+    return target

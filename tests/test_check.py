@@ -12,20 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MATRICES, M
 from test_matrices import CUSTOMERS, NEW_SERVICE, POLICIES, PRIORITY, RETENTION, make_view, view_row, write_matrices
 
 from mktool.errors import ConfigError
 from mktool.project import load_rules, validate_all
 from mktool.rules import load_channels, load_policies, matrix_files
-
-ROOT = Path(__file__).resolve().parents[1]
-M = "2026-10"
-
-
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def check(cli, *args: str, files: dict[str, str | None] | None = None, db: Path | None = None):
@@ -51,7 +43,7 @@ def one_error(cli, files: dict[str, str | None]) -> str:
 
 # -- the shipped defaults and a clean project ----------------------------------------------------------
 def test_shipped_defaults_pass(cli) -> None:
-    result = cli("check", "--matrices", str(ROOT / "matrices"))
+    result = cli("check", "--matrices", str(MATRICES))
     assert result.exit_code == 0, result.output
     assert errors_of(result) == [] and warnings_of(result) == []
     assert "files OK: 5 matrices" in result.stderr
@@ -232,7 +224,8 @@ def test_policy_unknown_key_and_bad_dates(cli, in_tmp: Path) -> None:
     assert one_error(cli, {"policies.yaml": bad}).startswith(
         "matrices/policies.yaml:9 @ policies[7] (policy LD_AH): unknown key 'valid_form' (did you mean 'valid_from'?)")
     bad = POLICIES.replace("{id: LD_AH, name: 安徽长途通, family: traffic}",
-                           "{id: LD_AH, name: 安徽长途通, family: traffic, valid_from: 2026-12-01, valid_to: 2026-01-01}")
+                           "{id: LD_AH, name: 安徽长途通, family: traffic, valid_from: 2026-12-01, "
+                           "valid_to: 2026-01-01}")
     assert one_error(cli, {"policies.yaml": bad}) == (
         "matrices/policies.yaml:9 @ policies[7].valid_from (policy LD_AH): valid_from 2026-12-01 is after "
         "valid_to 2026-01-01")
@@ -345,7 +338,8 @@ def test_month_shadowing_names_every_taker(cli, in_tmp: Path) -> None:
       - {id: R2, when: churn_flag, policy: PREPAY_SMALL, channels: [sms]}
       - {id: R3, when: arpu_3m >= 50, policy: PREPAY_SMALL, channels: [sms]}
     """
-    db = make_view(in_tmp / "db.duckdb", [view_row("13800000001", arpu=120), view_row("13800000002", arpu=60, churn=True),
+    db = make_view(in_tmp / "db.duckdb", [view_row("13800000001", arpu=120),
+                                          view_row("13800000002", arpu=60, churn=True),
                                           view_row("13800000003", arpu=150)])
     result = check(cli, "--month", M, files={"retention.yaml": ret}, db=db)
     assert result.exit_code == 0, result.output
@@ -396,7 +390,7 @@ def test_catalogue_loaders(in_tmp: Path) -> None:
 
 
 def test_shipped_catalogues() -> None:
-    folder = ROOT / "matrices"
+    folder = MATRICES
     channels = load_channels(folder)
     assert channels.names == ["frontdesk", "outbound", "inbound", "sms", "app", "manager"]
     assert (channels.contact_policy.cooldown_days, channels.contact_policy.monthly_cap) == (30, 4)

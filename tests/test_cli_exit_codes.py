@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import write_table
+from conftest import MATRICES, ROOT, M, write_table
 from rich.console import Console
 
 from mktool.cli import app, render_table
@@ -32,9 +32,6 @@ from mktool.console import Reporter
 from mktool.database import Database, RunLock
 from mktool.errors import UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
-MATRICES = ROOT / "matrices"
-M = "2026-10"
 MSISDNS = ["13800000001", "13800000002", "13800000003"]
 
 
@@ -70,7 +67,8 @@ def usage_refused(result, option: str) -> None:
 def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
     """A real read-only or tiny file system (root can write through chmod, not through these)."""
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, check=False)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                          check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
     try:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import typer.main
+from conftest import MATRICES, ROOT, M
 
 from mktool import cli as cli_module
 from mktool.config import ENV, Settings, default_memory_limit, resolve_matrices_dir
@@ -33,10 +34,6 @@ from mktool.export import run_export
 from mktool.matrices import generated_sql
 from mktool.planconfig import PlanConfig
 from mktool.project import load_project, load_rules
-
-ROOT = Path(__file__).resolve().parent.parent
-MATRICES = ROOT / "matrices"
-M = "2026-10"
 
 GROUP = typer.main.get_command(cli_module.app)
 COMMANDS: dict[str, Any] = GROUP.commands  # type: ignore[attr-defined]

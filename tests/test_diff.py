@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES, MATRICES, ROOT, M
 
 from mktool.cli import app
 from mktool.diff import (
@@ -25,10 +26,6 @@ from mktool.diff import (
     render_markdown,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-MATRICES = ROOT / "matrices"
-FIXTURES = ROOT / "fixtures" / "extracts"
-M = "2026-10"
 R6_WHEN = "when: tenure_months > 12 and return_rate > 86 and arpu_3m >= 100 and arpu_3m < 150"
 
 

@@ -16,8 +16,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
+from conftest import FIXTURES, MATRICES, M, fetch
 from typer.testing import CliRunner
 
 from mktool.cli import app
@@ -42,10 +42,6 @@ from mktool.plan import candidates_sql, funnel_query, pairs_sql, recommend_query
 from mktool.planconfig import PlanConfig
 from mktool.project import load_project, load_rules
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures" / "extracts"
-SHIPPED = ROOT / "matrices"
-M = "2026-10"
 C0 = "13800000000"  # active, tenure 16, return_rate 91.76, arpu_3m 117.32, value mid, stickiness none
 
 
@@ -59,7 +55,7 @@ def _run(work: Path, matrices: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _run(tmp_path_factory.mktemp("shipped"), SHIPPED)
+    return _run(tmp_path_factory.mktemp("shipped"), MATRICES)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +63,7 @@ def changed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Rules changed on purpose (see the module doc); plan re-run with --total-change 0.50:1.30 --top 2."""
     work = tmp_path_factory.mktemp("changed")
     matrices = work / "matrices"
-    shutil.copytree(SHIPPED, matrices)
+    shutil.copytree(MATRICES, matrices)
     policies = (matrices / "policies.yaml").read_text(encoding="utf-8")
     old = "channels: [frontdesk, outbound], exclusive_group: prepay, holdout: 0.05}"
     assert policies.count(old) == 1
@@ -96,14 +92,6 @@ def open_db() -> Iterator[Any]:
     yield _open
     for database in opened:
         database.__exit__(None, None, None)
-
-
-def fetch(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def rule(ex: Explanation, matrix: str, rule_id: str) -> RuleOutcome:
@@ -136,7 +124,7 @@ def test_rule_of_an_expired_policy_is_skipped_with_its_dates_not_fired(changed, 
 def test_the_same_customer_fires_that_rule_under_the_shipped_rules(shipped, open_db) -> None:
     # Priority P6 (mid value, no stickiness) gives C0 the order vnet → retention → …; vnet's where
     # (NOT vnet) leaves C0 (vnet = true) out, so R6 is C0's first offer. P7 and P_ALL also match: shadowed.
-    ex = explain(open_db(shipped), load_project(SHIPPED), M, C0)
+    ex = explain(open_db(shipped), load_project(MATRICES), M, C0)
     r6 = rule(ex, "retention", "R6")
     assert (r6.outcome, r6.rank, outcome_label(r6)) == (FIRED, 1, "FIRED: rank 1")
     assert [(r.rule_id, r.outcome) for r in ex.rules if r.matrix == "priority" and r.outcome != NOT_MATCHED] == [
@@ -155,7 +143,7 @@ def test_an_offer_deduped_by_its_exclusive_group_says_which_rule_kept_the_group(
                           "AND data_mb_3m >= 300 ORDER BY msisdn LIMIT 3")
     assert rows
     for (msisdn,) in rows:
-        ex = explain(open_db(shipped), load_project(SHIPPED), M, msisdn)
+        ex = explain(open_db(shipped), load_project(MATRICES), M, msisdn)
         n4, n5 = rule(ex, "new_service", "N4"), rule(ex, "new_service", "N5")
         assert n4.outcome == n5.outcome == FIRED and n4.rank is not None and n5.rank is None
         assert n5.detail == f"not recommended: exclusive group mi_pack kept by new_service N4 (rank {n4.rank})"
@@ -217,7 +205,7 @@ def _sample(db: Path) -> list[str]:
 def sampled(shipped: Path, changed: tuple[Path, Path]) -> list[tuple[Path, str, Explanation]]:
     """(database, msisdn, explanation) for the 20 sampled customers of each run."""
     out = []
-    for db, matrices in ((shipped, SHIPPED), changed):
+    for db, matrices in ((shipped, MATRICES), changed):
         sample = _sample(db)
         assert len(sample) == 20
         project = load_project(matrices)
@@ -297,9 +285,9 @@ def test_a_dropped_customer_is_dropped_at_the_stage_the_funnel_drops_it(shipped,
     light = fetch(shipped, "SELECT msisdn FROM customer_view WHERE status = 'active' AND data_mb_3m < 5 "
                            "ORDER BY msisdn LIMIT 1")[0][0]
     database = open_db(shipped)
-    assert explain(database, load_project(SHIPPED), M, inactive).plan_stages == {
+    assert explain(database, load_project(MATRICES), M, inactive).plan_stages == {
         "base": True, "active": False, "data_ge_min": False, "eligible_plan": False, "billable": False}
-    assert explain(database, load_project(SHIPPED), M, light).plan_stages == {
+    assert explain(database, load_project(MATRICES), M, light).plan_stages == {
         "base": True, "active": True, "data_ge_min": False, "eligible_plan": False, "billable": False}
 
 
@@ -308,7 +296,7 @@ HOSTILE = "13800000000' OR '1' = '1"
 
 
 def test_the_one_customer_builders_bind_the_msisdn_as_a_parameter(shipped, open_db) -> None:
-    rules = load_rules(SHIPPED)
+    rules = load_rules(MATRICES)
     for m in rules.matrices:
         for sql in (hits_sql(m, m.rules, M, one_customer=True), stats_sql(m, m.rules, M, one_customer=True),
                     first_hit_sql(m, m.rules, M, keep_unmatched=True, one_customer=True)):
@@ -322,10 +310,10 @@ def test_the_one_customer_builders_bind_the_msisdn_as_a_parameter(shipped, open_
     database = open_db(shipped)
     q = recommend_query(M, config, msisdn=HOSTILE)
     assert database.c.execute(q.sql, q.params).fetchall() == []  # harmless: no customer has that number
-    run = evaluate_customer(database, load_project(SHIPPED), M, HOSTILE)
+    run = evaluate_customer(database, load_project(MATRICES), M, HOSTILE)
     assert run.ranked == [] and not any(run.hits.values()) and not any(run.in_scope.values())
     with pytest.raises(MktoolError, match="no customer"):
-        explain(database, load_project(SHIPPED), M, HOSTILE)
+        explain(database, load_project(MATRICES), M, HOSTILE)
     with pytest.raises(MktoolError, match="plan pairs start from one of candidates, staged"):
         pairs_sql("candidates AS c; DROP TABLE plans; --")
 
@@ -339,7 +327,7 @@ def test_money_is_shown_as_digits_not_as_a_python_repr(shipped) -> None:
     assert display(Decimal("1.000000000000"), 4) == "1.0000"
     assert display(90.46666666666665) == "90.47"
     assert display(None) == "" and display(True) == "True" and display([Decimal("1.50"), "x"]) == "1.50, x"
-    table = CliRunner().invoke(app, ["explain", C0, "--month", M, "--db", str(shipped), "--matrices", str(SHIPPED)],
+    table = CliRunner().invoke(app, ["explain", C0, "--month", M, "--db", str(shipped), "--matrices", str(MATRICES)],
                                env={"COLUMNS": "250"})
     assert table.exit_code == 0, table.output
     assert "Decimal(" not in table.stdout
@@ -349,9 +337,9 @@ def test_money_is_shown_as_digits_not_as_a_python_repr(shipped) -> None:
 def test_before_matrix_and_plan_have_run_explain_shows_what_they_would_give(tmp_path: Path, open_db) -> None:
     db = tmp_path / "mk.duckdb"
     for args in (["ingest", str(FIXTURES)], ["score", "--month", M]):
-        result = CliRunner().invoke(app, [*args, "--db", str(db), "--matrices", str(SHIPPED)])
+        result = CliRunner().invoke(app, [*args, "--db", str(db), "--matrices", str(MATRICES)])
         assert result.exit_code == 0, result.output
-    ex = explain(open_db(db), load_project(SHIPPED), M, C0)
+    ex = explain(open_db(db), load_project(MATRICES), M, C0)
     assert (rule(ex, "retention", "R6").outcome, rule(ex, "retention", "R6").rank) == (FIRED, 1)
     assert ex.recommendations == []
     assert ex.notes == [f"matrix has not stored recommendations for {M}: the ranks shown are what it would give"]

@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import month_rows, write_table
+from conftest import CYCLE_DATE as D
+from conftest import FIXTURES, MATRICES, M, month_rows, write_table
 from typer.testing import CliRunner
 
 from mktool import __version__
@@ -42,12 +43,6 @@ from mktool.freshness import view_inputs
 from mktool.planconfig import load_plan_config
 from mktool.project import load_project
 from mktool.rules import load_channels
-
-M = "2026-10"
-D = dt.date(2026, 11, 1)  # the cycle date of most tests
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "matrices"
-FIXTURES = ROOT / "fixtures" / "extracts"
 
 # SPEC §6, in this order.
 SPEC_COLUMNS = ["msisdn", "month", "channel", "rank", "matrix", "rule_id", "policy_id", "policy_name", "script",
@@ -93,11 +88,11 @@ def draw(*parts: str) -> float:
 def make_matrices(folder: Path, *, channels: dict[str, dict[str, Any]] | None = None,
                   contact_policy: dict[str, Any] | None = None) -> Path:
     """The shipped rule files with channels.yaml rewritten and the test policies added to policies.yaml."""
-    shutil.copytree(SHIPPED, folder)
+    shutil.copytree(MATRICES, folder)
     chans = {name: {**cfg, **(channels or {}).get(name, {})} for name, cfg in BASE_CHANNELS.items()}
     doc: dict[str, Any] = {"channels": chans, "contact_policy": contact_policy or {"cooldown_days": 30}}
     (folder / "channels.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    policies = yaml.safe_load((SHIPPED / "policies.yaml").read_text(encoding="utf-8"))
+    policies = yaml.safe_load((MATRICES / "policies.yaml").read_text(encoding="utf-8"))
     policies["policies"] += TEST_POLICIES
     (folder / "policies.yaml").write_text(yaml.safe_dump(policies, allow_unicode=True, sort_keys=False),
                                           encoding="utf-8")
@@ -523,9 +518,9 @@ def test_hash_without_salt_is_a_clear_error_and_writes_nothing(tmp_path, cli, mo
 
 
 def test_shipped_channels_mask_nothing_and_document_the_options():
-    config = load_channels(SHIPPED)
+    config = load_channels(MATRICES)
     assert {name: ch.mask for name, ch in config.channels.items()} == {name: "none" for name in config.channels}
-    text = (SHIPPED / "channels.yaml").read_text(encoding="utf-8")
+    text = (MATRICES / "channels.yaml").read_text(encoding="utf-8")
     assert "mask: mask" in text and "mask: hash" in text
 
 

@@ -15,17 +15,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import FIXTURES, MATRICES, M
 
 from mktool.cli import app
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "extracts"
-M = "2026-10"
 
 
 @pytest.fixture
 def month_run(runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MKTOOL_MATRICES", str(ROOT / "matrices"))
+    monkeypatch.setenv("MKTOOL_MATRICES", str(MATRICES))
     db = tmp_path / "mk.duckdb"
     out = tmp_path / "out"
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MONTHS = ["2026-08", "2026-09", "2026-10"]
 N = 300
 

@@ -10,9 +10,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-from conftest import write_table
-
-M = "2026-10"
+from conftest import M, write_table
 
 
 def good_extracts(folder: Path) -> Path:

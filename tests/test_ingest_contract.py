@@ -19,14 +19,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_table
+from conftest import ROOT, M, write_table
+from conftest import fetch as query
 
 from mktool.config import shipped_matrices_dir
 from mktool.contract import TABLES, WHITESPACE, markdown
 from mktool.publish import file_sha256
 
-M = "2026-10"
-ROOT = Path(__file__).resolve().parent.parent
 CONTACT = {"msisdn": "13800000001", "contact_date": dt.date(2026, 10, 3), "channel": "sms", "policy_id": "P1",
            "outcome": "sent"}
 
@@ -39,14 +38,6 @@ def state(db: Path) -> list[tuple]:
     try:
         tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()]
         return [(t, sorted(map(repr, con.execute(f'SELECT * FROM "{t}"').fetchall()))) for t in tables]
-    finally:
-        con.close()
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
     finally:
         con.close()
 

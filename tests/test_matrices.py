@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
+from conftest import MATRICES, M, fetch
 
 from mktool.config import Settings
 from mktool.database import Database
@@ -34,10 +35,8 @@ from mktool.matrices import (
 )
 from mktool.project import load_project, load_rules
 
-M = "2026-10"
-ROOT = Path(__file__).resolve().parents[1]
-SCORES = ROOT / "matrices" / "scores.yaml"
-PLAN = ROOT / "matrices" / "plan.yaml"
+SCORES = MATRICES / "scores.yaml"
+PLAN = MATRICES / "plan.yaml"
 
 CHANNELS = """\
 channels:
@@ -79,7 +78,7 @@ rules:
   - {id: R1, when: arpu_3m >= 100, policy: PREPAY_BIG, group: 6, script: 预存300元送600元话费, channels: [frontdesk, outbound]}
   - {id: R2, when: arpu_3m >= 50, policy: PREPAY_SMALL, group: 5, channels: [sms]}
   - {id: R3, when: tenure_months > 12, policy: PREPAY_SMALL, group: 5, channels: [sms]}
-"""
+"""  # noqa: E501 (a rule file as users write it: one flow mapping a rule)
 
 NEW_SERVICE = """\
 matrix: new_service
@@ -190,14 +189,6 @@ def run_matrix(matrices: Path, db: Path, **kwargs: Any):
         return evaluate(database, proj, M, **kwargs)
 
 
-def fetch(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
-
-
 REC_SQL = ("SELECT msisdn, rank, matrix, family, rule_no, rule_id, policy_id, \"group\", channels "
            "FROM recommendations WHERE month = ? ORDER BY msisdn, rank")
 
@@ -259,7 +250,8 @@ def test_rule_hits_and_funnels(project: tuple[Path, Path]) -> None:
 def test_same_policy_from_two_rules_keeps_the_better_ranked_row(project: tuple[Path, Path]) -> None:
     matrices, db = project
     run_matrix(matrices, db)
-    rows = fetch(db, "SELECT rule_id, rank FROM recommendations WHERE msisdn = '13800000001' AND policy_id = 'NEWSPAPER'")
+    rows = fetch(db, "SELECT rule_id, rank FROM recommendations WHERE msisdn = '13800000001' "
+                     "AND policy_id = 'NEWSPAPER'")
     assert rows == [("N1", 3)]  # N3 gives NEWSPAPER too (arpu 120 > 80): dropped, and ranks stay 1..n
 
 
@@ -367,14 +359,16 @@ def test_policy_outside_its_validity_is_skipped_and_first_hit_falls_through(tmp_
     # R1 is skipped: C1 (arpu 120) and C5 (arpu 100) fall through to R2 PREPAY_SMALL.
     assert fetch(db, "SELECT msisdn, rule_id FROM recommendations WHERE matrix = 'retention' ORDER BY msisdn") == [
         ("13800000001", "R2"), ("13800000002", "R2"), ("13800000005", "R2")]
-    assert result.warnings == [f"{matrices / 'retention.yaml'}:6 @ rules[0].policy (rule R1): skipped: policy PREPAY_BIG not valid in "
+    assert result.warnings == [f"{matrices / 'retention.yaml'}:6 @ rules[0].policy (rule R1): "
+                               "skipped: policy PREPAY_BIG not valid in "
                                "2026-10 (2026-01-01 to 2026-09-30)"]
     assert fetch(db, "SELECT rule_id FROM rule_hits WHERE matrix = 'retention' ORDER BY rule_no") == [("R2",), ("R3",)]
 
 
 def test_policy_valid_part_of_the_month_is_kept(tmp_path: Path) -> None:
     policies = POLICIES.replace("{id: PREPAY_SMALL, name: 预缴100元得260元话费, family: retention}",
-                                "{id: PREPAY_SMALL, name: 预缴100元得260元话费, family: retention, valid_to: 2026-10-01}")
+                                "{id: PREPAY_SMALL, name: 预缴100元得260元话费, family: retention, "
+                                "valid_to: 2026-10-01}")
     matrices = write_matrices(tmp_path / "m", {"policies.yaml": policies})
     rules = load_rules(matrices)
     assert rules.policies["PREPAY_SMALL"].valid_in("2026-10")
@@ -482,7 +476,8 @@ def test_runtime_sql_error_names_the_rule(tmp_path: Path) -> None:
     db = make_view(tmp_path / "db.duckdb", CUSTOMERS)
     with pytest.raises(RuleError) as err:
         run_matrix(matrices, db)
-    assert err.value.render().startswith(f"{matrices / 'new_service.yaml'}:6 @ rules[1].when (rule N2): DuckDB: Conversion Error")
+    assert err.value.render().startswith(f"{matrices / 'new_service.yaml'}:6 @ rules[1].when (rule N2): "
+                                         "DuckDB: Conversion Error")
 
 
 # -- generated SQL ----------------------------------------------------------------------------------
@@ -501,7 +496,7 @@ def test_generated_sql_is_portable_to_spark(project: tuple[Path, Path]) -> None:
 
 
 def test_shipped_matrices_transpile_to_spark() -> None:
-    rules = load_rules(ROOT / "matrices")
+    rules = load_rules(MATRICES)
     for name, sql in generated_sql(rules, M, dialect="spark").items():
         assert sql.strip(), name
     ranking = spark_sql(ranking_sql(M))
@@ -561,7 +556,8 @@ def test_matrix_command_uncovered_exit_1(cli, tmp_path: Path) -> None:
     db = make_view(tmp_path / "db.duckdb", CUSTOMERS)
     result = cli("matrix", "--month", M, "--matrices", str(matrices), db_path=db)
     assert result.exit_code == 1
-    assert "Error: " + str(matrices / "priority.yaml") + ":3 @ rules: 4 customers of 2026-10 match no priority rule" in result.stderr
+    assert ("Error: " + str(matrices / "priority.yaml") + ":3 @ rules: 4 customers of 2026-10 match no priority rule"
+            in result.stderr)
 
 
 def test_matrix_command_refuses_bad_rules_before_touching_the_db(cli, tmp_path: Path) -> None:
@@ -579,7 +575,8 @@ def test_matrix_command_show_sql(cli, project: tuple[Path, Path]) -> None:
     result = cli("matrix", "--month", M, "--matrices", str(matrices), "--show-sql", "spark", "--only", "traffic",
                  db_path=db)
     assert result.exit_code == 0, result.output
-    assert "-- priority\n" in result.stdout and "-- traffic\n" in result.stdout and "-- retention\n" not in result.stdout
+    assert "-- priority\n" in result.stdout and "-- traffic\n" in result.stdout
+    assert "-- retention\n" not in result.stdout
     assert "`group`" in result.stdout  # Spark quoting of the reserved word
 
 
@@ -602,7 +599,7 @@ def test_shipped_defaults_end_to_end(cli, tmp_path: Path) -> None:
     write_table(ext / "plans.parquet", "plans", [{"plan_id": "ZX128"}])
     assert cli("ingest", str(ext)).exit_code == 0
     assert cli("score", "--month", M).exit_code == 0
-    result = cli("matrix", "--month", M, "--matrices", str(ROOT / "matrices"))
+    result = cli("matrix", "--month", M, "--matrices", str(MATRICES))
     assert result.exit_code == 0, result.output
     db = cli.db
     got = fetch(db, "SELECT msisdn, matrix, rule_id, policy_id, \"group\" FROM recommendations "

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import FIXTURES, MATRICES, ROOT, M
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from mktool.cli import app
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures" / "extracts"
-M = "2026-10"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +21,7 @@ def month_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
     db = work / "mk.duckdb"
     result = CliRunner().invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
-                                      "--out", str(work / "out"), "--db", str(db), "--matrices", str(ROOT / "matrices")])
+                                      "--out", str(work / "out"), "--db", str(db), "--matrices", str(MATRICES)])
     assert result.exit_code == 0, result.output
     return work, db, result
 
@@ -43,7 +40,8 @@ def test_run_writes_every_channel_and_the_funnels(month_run):
         counts = [s["count"] for s in stages]
         assert counts == sorted(counts, reverse=True), (name, counts)
     con = duckdb.connect(str(db), read_only=True)
-    in_window = con.execute("SELECT count(DISTINCT msisdn) FROM plan_recommendations WHERE month = ?", [M]).fetchone()[0]
+    in_window = con.execute("SELECT count(DISTINCT msisdn) FROM plan_recommendations WHERE month = ?",
+                            [M]).fetchone()[0]
     assert doc["funnels"]["plan"][-1]["count"] == in_window > 0
     assert doc["funnels"]["plan"][0]["count"] == con.execute(
         "SELECT count(*) FROM subscribers WHERE month = ?", [M]).fetchone()[0]
@@ -60,7 +58,7 @@ def test_explain_agrees_with_what_was_stored(month_run):
         "SELECT matrix, rule_id FROM recommendations WHERE month = ? AND msisdn = ?", [M, msisdn]).fetchall()}
     con.close()
     result = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--format", "json", "--db", str(db),
-                                      "--matrices", str(ROOT / "matrices")])
+                                      "--matrices", str(MATRICES)])
     assert result.exit_code == 0, result.output
     ex = json.loads(result.stdout)
     assert ex["msisdn"] == msisdn and ex["view"]["msisdn"] == msisdn
@@ -71,7 +69,7 @@ def test_explain_agrees_with_what_was_stored(month_run):
     assert stored_rules <= fired
     for matrix in {r["matrix"] for r in ex["rules"] if r["hit"] == "first"}:
         assert sum(1 for r in ex["rules"] if r["matrix"] == matrix and r["fired"]) <= 1
-    table = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--db", str(db), "--matrices", str(ROOT / "matrices")])
+    table = CliRunner().invoke(app, ["explain", msisdn, "--month", M, "--db", str(db), "--matrices", str(MATRICES)])
     assert table.exit_code == 0 and "Plan pairs" in table.stdout
 
 
@@ -122,7 +120,7 @@ def test_readme_lists_every_command():
 
 def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(tmp_path):
     runner = CliRunner()
-    common = ["--db", str(tmp_path / "d.duckdb"), "--matrices", str(ROOT / "matrices")]
+    common = ["--db", str(tmp_path / "d.duckdb"), "--matrices", str(MATRICES)]
     first = runner.invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
                                 "--out", str(tmp_path / "out"), *common])
     assert first.exit_code == 0, first.output
@@ -138,7 +136,8 @@ def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(t
     # No offer (customer × policy) is made twice in the month, whichever day or channel.
     assert con.execute("""SELECT count(*) FROM (SELECT msisdn, policy_id FROM contact_history
                           WHERE recorded_by = 'mktool' GROUP BY ALL HAVING count(*) > 1)""").fetchone()[0] == 0
-    assert con.execute("SELECT count(DISTINCT contact_date) FROM contact_history WHERE recorded_by = 'mktool'").fetchone()[0] == 2
+    assert con.execute("SELECT count(DISTINCT contact_date) FROM contact_history "
+                       "WHERE recorded_by = 'mktool'").fetchone()[0] == 2
     con.close()
     bad = runner.invoke(app, ["export", "--month", M, "--cycle", "weekly", "--out", str(tmp_path / "o2"), *common])
     assert bad.exit_code == 2 and "'weekly' is not one of daily, monthly" in bad.stderr  # a usage error
@@ -147,7 +146,7 @@ def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(t
 # == `run` validates the whole project, salts included, before its first write =======================
 def _rules_with_hashed_channels(folder: Path) -> Path:
     """The shipped rules with sms hashed under SMS_SALT_T and app under APP_SALT_T."""
-    shutil.copytree(ROOT / "matrices", folder)
+    shutil.copytree(MATRICES, folder)
     text = (folder / "channels.yaml").read_text(encoding="utf-8")
     text = text.replace("    columns: [msisdn, policy_id, script]\n",
                         "    columns: [msisdn, policy_id, script]\n    mask: hash\n    salt_env: SMS_SALT_T\n", 1)

@@ -18,7 +18,8 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
-from conftest import month_rows, write_table
+from conftest import MATRICES, ROOT, M, month_rows, write_table
+from conftest import fetch as query
 
 from mktool.config import Settings
 from mktool.database import Database
@@ -38,9 +39,6 @@ from mktool.planconfig import PlanConfig, Window, load_plan_config, script_sql
 from mktool.project import Project, load_project
 from mktool.schema import MONEY_COLUMNS, RATE_COLUMNS
 
-M = "2026-10"
-ROOT = Path(__file__).resolve().parents[1]
-MATRICES = ROOT / "matrices"
 SEED_PLANS = ROOT / "fixtures" / "reference" / "plans_4g_seed.csv"
 
 CSV_HEADER = ("msisdn,month,rank,current_plan_id,plan_id,new_rental,new_voice_overage,new_data_overage,"
@@ -69,7 +67,8 @@ ZX158 = tariff("ZX158", 158, 600, 900, name="自选组合158")
 def make_db(path: Path, customers: list[tuple[Any, ...]], plans: list[tuple[Any, ...]]) -> Path:
     con = duckdb.connect(str(path))
     con.execute("""CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR, status VARCHAR, plan_id VARCHAR,
-                   data_mb_3m DOUBLE, voice_min_3m DOUBLE, rental_3m DOUBLE, current_total_3m DOUBLE, addon_3m DOUBLE)""")
+                   data_mb_3m DOUBLE, voice_min_3m DOUBLE, rental_3m DOUBLE, current_total_3m DOUBLE, """
+                "addon_3m DOUBLE)")
     con.execute("""CREATE TABLE plans (plan_id VARCHAR, plan_name VARCHAR, monthly_rental DOUBLE,
                    included_data_mb DOUBLE, included_voice_min DOUBLE, data_overage_per_mb DOUBLE,
                    voice_overage_per_min DOUBLE, product_status BIGINT, is_target BOOLEAN)""")
@@ -95,14 +94,6 @@ def run_plan(path: Path, config: PlanConfig | None = None, *, dry_run: bool = Fa
         return plan(db, shipped_project(), month, config=config or PlanConfig(), dry_run=dry_run)
 
 
-def query(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
-
-
 def recs(path: Path, month: str = M) -> list[tuple[str, int, str]]:
     """(msisdn, rank, plan_id) of the stored recommendations."""
     return query(path, "SELECT msisdn, rank, plan_id FROM plan_recommendations WHERE month = ? ORDER BY 1, 2", [month])
@@ -122,7 +113,8 @@ def test_worked_example_exact_in_table(db_path):
     described = query(db_path, "DESCRIBE plan_recommendations")
     assert [r[0] for r in described] == list(TABLE_COLUMNS)
     types = {r[0]: r[1] for r in described}
-    assert {types[c] for c in MONEY_COLUMNS} == {"DECIMAL(18,2)"} and {types[c] for c in RATE_COLUMNS} == {"DECIMAL(38,12)"}
+    assert {types[c] for c in MONEY_COLUMNS} == {"DECIMAL(18,2)"}
+    assert {types[c] for c in RATE_COLUMNS} == {"DECIMAL(38,12)"}
     got = dict(zip(TABLE_COLUMNS, row))
     assert (got["msisdn"], got["month"], got["rank"], got["current_plan_id"], got["plan_id"], got["plan_name"]) == (
         "13800000001", M, 1, "ZX128", "ZX158", "自选组合158")
@@ -201,8 +193,8 @@ def test_funnel_stages_hand_counted(db_path):
                 ("in_rate_window", 2)]
     assert result.stages == expected
     assert [s for s, _ in result.stages] == list(STAGES)
-    assert query(db_path, "SELECT stage, count FROM funnel_counts WHERE month = ? AND funnel = 'plan' ORDER BY stage_no",
-                 [M]) == expected
+    assert query(db_path, "SELECT stage, count FROM funnel_counts WHERE month = ? AND funnel = 'plan' "
+                 "ORDER BY stage_no", [M]) == expected
     counts = [n for _, n in result.stages]
     assert counts == sorted(counts, reverse=True)  # non-increasing
     assert query(db_path, "SELECT count(DISTINCT msisdn) FROM plan_recommendations")[0][0] == result.customers == 2
@@ -473,12 +465,14 @@ def test_shipped_plan_yaml_is_spec_defaults():
     ("top: 1.5\n", "plan.yaml:1 @ top: must be a whole number >= 1, got 1.5"),
     ("min_data_mb: -5\n", "plan.yaml:1 @ min_data_mb: must be a number of MB >= 0, got -5"),
     ("channels: [outbound, fax]\n", "plan.yaml:1 @ channels[1]: unknown channel 'fax'"),
-    ("top: 1\n\n# the plan's channels\nchannels:\n  - outbound\n  - fax\n", "plan.yaml:6 @ channels[1]: unknown channel 'fax'"),
+    ("top: 1\n\n# the plan's channels\nchannels:\n  - outbound\n  - fax\n",
+     "plan.yaml:6 @ channels[1]: unknown channel 'fax'"),
     ("policy: ''\n", "plan.yaml:1 @ policy: expected a policy id"),
     ("script: '改用{plan}'\n", "plan.yaml:1 @ script: unknown placeholder {plan} (allowed: {plan_name}, {new_rental}, "
                              "{new_total})"),
     ("script: '月租{new_rental:.0f}'\n", "plan.yaml:1 @ script: placeholder {new_rental} takes no format"),
-    ("sweep:\n  total_change: ['0.6:1.5', '2:1']\n", "plan.yaml:2 @ sweep.total_change[1]: LO (2.0) is greater than HI (1.0)"),
+    ("sweep:\n  total_change: ['0.6:1.5', '2:1']\n",
+     "plan.yaml:2 @ sweep.total_change[1]: LO (2.0) is greater than HI (1.0)"),
     ("sweep:\n  rental: []\n", "plan.yaml:2 @ sweep: unknown key 'rental' (did you mean 'rental_change'?)"),
     ("top: 1\ntotl_change: '0.6:1.5'\n", "plan.yaml:2: unknown key 'totl_change' (did you mean 'total_change'?)"),
     ("top: [1\n", "plan.yaml:2:1: invalid YAML"),
@@ -576,7 +570,7 @@ def test_end_to_end_short_history_and_rounded_average(cli, tmp_path):
         "13800000002,2026-10,4,ZX128,FX238,238.00,0.00,0.00,268.00,220.00,1.2182,1.8594",
         "13800000002,2026-10,5,ZX128,FX138,138.00,0.00,0.00,168.00,220.00,0.7636,1.0781",
     ]
-    funnel = query(cli.db, "SELECT stage, count FROM funnel_counts WHERE month = ? AND funnel = 'plan' ORDER BY stage_no",
-                   [M])
+    funnel = query(cli.db, "SELECT stage, count FROM funnel_counts WHERE month = ? AND funnel = 'plan' "
+                   "ORDER BY stage_no", [M])
     assert funnel == [("base", 4), ("active", 3), ("data_ge_min", 3), ("eligible_plan", 2), ("billable", 2),
                       ("in_rate_window", 2)]

@@ -18,20 +18,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import test_ingest_contract
-import test_sandbox
-from conftest import write_table
-from test_ingest_contract import CONTACT, M, query, refused
+from conftest import MATRICES, ROOT, M, write_table
+from conftest import fetch as query
+from test_ingest_contract import CONTACT, refused
 from test_sandbox import RETENTION, check_files, one_error
 
 from mktool.errors import ConfigError
 from mktool.sqlquote import check_label
 
-ROOT = Path(__file__).resolve().parent.parent
 BEIJING = dt.timezone(dt.timedelta(hours=8))
-# Fixtures of those modules, bound here so that pytest offers them to this module's tests (a
-# `from ... import` of them would read as an unused import redefined by each test's parameter).
+# A fixture of that module, bound here so that pytest offers it to this module's tests (a
+# `from ... import` of it would read as an unused import redefined by each test's parameter).
 loaded = test_ingest_contract.loaded
-in_tmp = test_sandbox.in_tmp
 
 
 # -- invisible characters inside identifier columns --------------------------------------------
@@ -99,7 +97,7 @@ def _ingest_in_zone(tmp_path: Path, zone: str, *paths: Path) -> subprocess.Compl
     env = {**os.environ, "TZ": zone, "PYTHONPATH": str(ROOT)}
     db = tmp_path / f"tz-{zone.replace('/', '_')}.duckdb"
     return subprocess.run([sys.executable, "-m", "mktool", "ingest", *map(str, paths), "--db", str(db),
-                           "--matrices", str(ROOT / "matrices")],
+                           "--matrices", str(MATRICES)],
                           env=env, capture_output=True, text=True, timeout=120), db
 
 

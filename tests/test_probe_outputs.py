@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES, MATRICES, ROOT
 
 import mktool.cli as cli
 from mktool.errors import EXIT_INTERRUPTED
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+PLAIN_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def mktool(*args: str, cwd: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mktool", *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+def start_mktool(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mktool", *args], cwd=cwd, env=PLAIN_ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -33,7 +33,7 @@ def mktool(*args: str, cwd: Path, **kw) -> subprocess.Popen:
 def test_ctrl_c_while_mktool_starts_exits_130_without_a_traceback(tmp_path: Path, delay: float) -> None:
     """A Ctrl-C during the imports (before any command runs) was a KeyboardInterrupt traceback and
     death by signal (-2): cron saw no `Interrupted` line, and a traceback without --verbose."""
-    proc = mktool("status", "--db", str(tmp_path / "none.duckdb"), cwd=tmp_path)
+    proc = start_mktool("status", "--db", str(tmp_path / "none.duckdb"), cwd=tmp_path)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -90,9 +90,9 @@ def test_ctrl_c_already_reported_is_not_reported_twice(monkeypatch, capsys) -> N
 def _built(tmp_path: Path) -> Path:
     db = tmp_path / "mk.duckdb"
     done = subprocess.run([sys.executable, "-m", "mktool", "run", "--month", "2026-10", "--ingest",
-                           str(ROOT / "fixtures" / "extracts"), "--date", "2026-11-01", "--out", str(tmp_path / "out"),
-                           "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q"],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+                           str(FIXTURES), "--date", "2026-11-01", "--out", str(tmp_path / "out"),
+                           "--db", str(db), "--matrices", str(MATRICES), "-q"],
+                          cwd=tmp_path, env=PLAIN_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return db
 
@@ -115,7 +115,7 @@ def test_export_to_a_closed_stdout_is_bad_input_and_records_nothing(tmp_path: Pa
          "sys.exit(subprocess.call([sys.executable, '-m', 'mktool', 'export', '--month', '2026-10', '--date', "
          f"'2026-11-02', '--channel', 'manager', '--out', '-', '--db', {str(db)!r}, '--matrices', "
          f"{str(ROOT / 'matrices')!r}], stdout=None))"],
-        cwd=tmp_path, env=ENV, capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
+        cwd=tmp_path, env=PLAIN_ENV, capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
     assert "standard output" in done.stderr and "nothing was recorded" in done.stderr
@@ -129,8 +129,8 @@ def test_rule_tests_in_a_matrices_folder_that_is_not_there_is_bad_input(tmp_path
     folder = tmp_path / "nope"
     if where == "file":
         folder.write_text("x", encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "mktool", "test", "--matrices", str(folder)], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "mktool", "test", "--matrices", str(folder)], cwd=tmp_path,
+                          env=PLAIN_ENV, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
     assert str(folder) in done.stderr and "Traceback" not in done.stderr
 
@@ -182,21 +182,21 @@ def test_manifest_names_the_rules_the_matrix_step_read_when_export_reads_others(
     import shutil
 
     a, b = tmp_path / "rules_a", tmp_path / "rules_b"
-    shutil.copytree(ROOT / "matrices", a)
-    shutil.copytree(ROOT / "matrices", b)
+    shutil.copytree(MATRICES, a)
+    shutil.copytree(MATRICES, b)
     edited = sorted(p for p in b.glob("*.yaml") if p.name not in ("channels.yaml", "policies.yaml", "plan.yaml",
                                                                   "scores.yaml"))[0]
     edited.write_text(edited.read_text(encoding="utf-8") + "\n# edited after the matrix step\n", encoding="utf-8")
     db, out = tmp_path / "mk.duckdb", tmp_path / "out"
     common = ["--db", str(db), "-q"]
     run = subprocess.run([sys.executable, "-m", "mktool", "run", "--month", "2026-10", "--ingest",
-                          str(ROOT / "fixtures" / "extracts"), "--date", "2026-11-01", "--out", str(out),
-                          "--matrices", str(a), *common], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+                          str(FIXTURES), "--date", "2026-11-01", "--out", str(out),
+                          "--matrices", str(a), *common], cwd=tmp_path, env=PLAIN_ENV, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     same = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
     assert same["rules"]["matrix_step_same_rules"] is True
     export = subprocess.run([sys.executable, "-m", "mktool", "export", "--month", "2026-10", "--date", "2026-11-01",
-                             "--out", str(out), "--matrices", str(b), *common], cwd=tmp_path, env=ENV,
+                             "--out", str(out), "--matrices", str(b), *common], cwd=tmp_path, env=PLAIN_ENV,
                             capture_output=True, text=True)
     assert export.returncode == 0, export.stderr
     manifest = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
@@ -224,8 +224,8 @@ def test_a_publish_waits_for_another_databases_publish_into_the_same_folder(tmp_
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # as another database's publish would hold it
     try:
-        proc = mktool("export", "--month", "2026-10", "--date", "2026-11-01", "--out", str(tmp_path / "shared"),
-                      "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q", cwd=tmp_path)
+        proc = start_mktool("export", "--month", "2026-10", "--date", "2026-11-01", "--out", str(tmp_path / "shared"),
+                            "--db", str(db), "--matrices", str(MATRICES), "-q", cwd=tmp_path)
         time.sleep(4)
         assert proc.poll() is None, proc.communicate()
         assert not (folder / "manifest.json").exists()
@@ -248,8 +248,8 @@ def test_export_into_a_full_disk_says_it_in_one_plain_line(tmp_path: Path) -> No
     db = _built(tmp_path)
     with mounted_tmpfs(tmp_path / "full", "size=64k") as full:
         done = subprocess.run([sys.executable, "-m", "mktool", "export", "--month", "2026-10", "--date", "2026-11-01",
-                               "--out", str(full / "out"), "--db", str(db), "--matrices", str(ROOT / "matrices"), "-q"],
-                              cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+                               "--out", str(full / "out"), "--db", str(db), "--matrices", str(MATRICES), "-q"],
+                              cwd=tmp_path, env=PLAIN_ENV, capture_output=True, text=True, timeout=120)
         assert done.returncode == 1, done.stderr
         first = done.stderr.splitlines()[0]
         assert first.startswith("Error: ") and "No space left on device" in first and str(full) in first

@@ -6,25 +6,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import MATRICES, edit
 
 from mktool.errors import ConfigError, location
 from mktool.project import load_project, read_salts, validate_all
 from mktool.yamlio import read_yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-MATRICES = ROOT / "matrices"
 
 
 def rules_copy(tmp_path: Path) -> Path:
     folder = tmp_path / "rules"
     shutil.copytree(MATRICES, folder)
     return folder
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 def line_of(path: Path, text: str) -> int:

@@ -34,26 +34,12 @@ import pyarrow
 import pytest
 import sqlglot
 import yaml
+from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, mktool
 from test_safety import db_state, files_state, without_manifest
 
 from mktool.publish import FAULT_POINTS, JOURNAL_PREFIX, STAGING_PREFIX
 
-M = "2026-10"
-D = "2026-11-01"
-NEXT_DAY = "2026-11-02"
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "extracts"
-MATRICES = ROOT / "matrices"
-ENV = {**os.environ, "NO_COLOR": "1", "MKTOOL_THREADS": "2", "MKTOOL_MEMORY_LIMIT": "1GB",
-       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-ENV.pop("MKTOOL_FAULT", None)
 COMMITTED_AT = FAULT_POINTS.index("after_commit")  # points from here on come after the commit
-
-
-def mktool(*args: str, fault: str | None = None, timeout: float = 180, **popen: Any) -> subprocess.CompletedProcess[str]:
-    env = {**ENV, **({"MKTOOL_FAULT": fault} if fault else {})}
-    return subprocess.run([sys.executable, "-m", "mktool", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, **popen)
 
 
 def export_args(db: Path, out: Path, *extra: str, date: str = NEXT_DAY) -> list[str]:
@@ -245,8 +231,8 @@ def test_a_journal_of_another_database_is_neither_finished_nor_deleted(base, tmp
 def sent_rows(db: Path, channel: str) -> list[tuple[Any, ...]]:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return con.execute("SELECT msisdn, policy_id, cycle FROM contact_history WHERE outcome = 'sent' AND channel = ? "
-                           "AND recorded_by = 'mktool' ORDER BY ALL", [channel]).fetchall()
+        return con.execute("SELECT msisdn, policy_id, cycle FROM contact_history WHERE outcome = 'sent' "
+                           "AND channel = ? AND recorded_by = 'mktool' ORDER BY ALL", [channel]).fetchall()
     finally:
         con.close()
 
@@ -295,7 +281,8 @@ def test_a_reexport_in_another_format_removes_the_old_lists_in_the_same_publish(
     # Killed between its renames, a jsonl re-export is finished by the next command: all jsonl, no parquet left.
     assert mktool(*export_args(db, out, "--format", "jsonl", date=D), fault="between_renames:kill").returncode == -9
     assert mktool("status", "--db", str(db)).returncode == 0
-    assert sorted(p.suffix for p in folder.iterdir() if p.name not in ("funnel.json", "manifest.json")) == [".jsonl"] * 6
+    assert sorted(p.suffix for p in folder.iterdir()
+                  if p.name not in ("funnel.json", "manifest.json")) == [".jsonl"] * 6
     assert_delivered_iff_recorded(db, folder)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import FIXTURES, MATRICES, ROOT, M, edit
 
 from mktool.cli import app
 from mktool.contract import TABLES
@@ -32,25 +33,6 @@ from mktool.ruletest import (
     run_tests,
 )
 from mktool.scoremodel import load_score_model, view_params, view_sql
-
-ROOT = Path(__file__).resolve().parents[1]
-MATRICES = ROOT / "matrices"
-FIXTURES = ROOT / "fixtures" / "extracts"
-M = "2026-10"
-
-
-@pytest.fixture
-def matrices(tmp_path: Path) -> Path:
-    """A private copy of the shipped matrices folder (rules and their tests)."""
-    target = tmp_path / "matrices"
-    shutil.copytree(MATRICES, target)
-    return target
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 def run(runner, *args: str):
@@ -167,7 +149,8 @@ def test_a_wrong_column_fails_every_case_of_its_matrix(runner, matrices: Path) -
     result = run(runner, "--matrices", str(matrices))
     assert result.exit_code == 5, result.output
     err = result.stderr
-    assert f"{matrices / 'retention.yaml'}:47 @ rules[5].when (rule R6): unknown column 'arpu3m' (did you mean 'arpu_3m'?)" in err
+    assert (f"{matrices / 'retention.yaml'}:47 @ rules[5].when (rule R6): "
+            "unknown column 'arpu3m' (did you mean 'arpu_3m'?)") in err
     assert f'ERROR {matrices / "tests" / "retention.yaml"}: case "R6 fires at the lower edge' in err
     assert "matrix retention: the rules do not load" in err
     assert "could not run" in err

@@ -26,15 +26,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import month_rows, write_table
-
-M = "2026-10"
-D = "2026-11-01"
-NEXT_DAY = "2026-11-02"  # a new cycle of the daily channels: different lists, new contacts
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "extracts"
-MATRICES = ROOT / "matrices"
-ENV = {**os.environ, "NO_COLOR": "1", "MKTOOL_THREADS": "2", "MKTOOL_MEMORY_LIMIT": "1GB"}
+from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, mktool, month_rows, write_table
 
 HOOK = r"""
 import importlib, os, sys, time
@@ -56,11 +48,6 @@ sys.argv = ["mktool", *sys.argv[1:]]
 from mktool.cli import main
 main()
 """
-
-
-def mktool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mktool", *args], env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def start_hooked(tmp_path: Path, target: str, *args: str, pause: float = 120) -> tuple[subprocess.Popen[str], Path]:

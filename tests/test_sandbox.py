@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import sqlglot
+from conftest import edit
 from sqlglot import exp
 from test_check import check as check_files
 from test_check import errors_of, one_error
@@ -37,12 +38,6 @@ CANARY = "CANARY-7f3a9c"
 
 
 @pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture
 def canary(tmp_path: Path) -> Path:
     path = tmp_path / "secret.txt"
     path.write_text(CANARY, encoding="utf-8")
@@ -58,12 +53,6 @@ def matrices_copy(tmp_path: Path) -> Path:
     if not target.exists():
         shutil.copytree(shipped_matrices_dir(), target)
     return target
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert old in text, old
-    path.write_text(text.replace(old, new), encoding="utf-8")
 
 
 def db_dump(db: Path) -> list[tuple]:
@@ -155,7 +144,7 @@ def test_bad_labels_are_located(label, problem):
 # -- value tiers -----------------------------------------------------------------------------------------
 def test_tier_name_injection_is_refused_by_check_and_never_runs_in_score(cli, tmp_path, canary):
     mdir = matrices_copy(tmp_path)
-    edit(mdir / "scores.yaml", "{tier: low, share: 0.10}", f'{{tier: "{injection(canary)}", share: 0.10}}')
+    edit(mdir / "scores.yaml", "{tier: low, share: 0.10}", f'{{tier: "{injection(canary)}", share: 0.10}}', count=-1)
     result = cli("check", "--matrices", str(mdir))
     assert result.exit_code == 1
     (err,) = errors_of(result)
@@ -192,7 +181,7 @@ def test_chinese_tier_names_work_end_to_end(cli, tmp_path):
     mdir = matrices_copy(tmp_path)
     for old, new in [("tier: high,", "tier: 高,"), ("tier: mid_high,", "tier: 中高,"), ("tier: mid,", "tier: 中,"),
                      ("tier: low,", "tier: 低,")]:
-        edit(mdir / "scores.yaml", old, new)
+        edit(mdir / "scores.yaml", old, new, count=-1)
     for path in mdir.glob("*.yaml"):  # the shipped rules compare value_tier with the English names
         text = path.read_text(encoding="utf-8")
         for old, new in [("'mid_high'", "'中高'"), ("'high'", "'高'"), ("'mid'", "'中'"), ("'low'", "'低'")]:
@@ -212,7 +201,7 @@ def test_chinese_tier_names_work_end_to_end(cli, tmp_path):
 # -- params ----------------------------------------------------------------------------------------------
 def test_a_text_param_is_a_literal_not_sql(tmp_path, canary):
     mdir = matrices_copy(tmp_path)
-    edit(mdir / "scores.yaml", "  low_balance: 10 ", f'  tag: "{injection(canary)}"\n  low_balance: 10 ')
+    edit(mdir / "scores.yaml", "  low_balance: 10 ", f'  tag: "{injection(canary)}"\n  low_balance: 10 ', count=-1)
     text = (mdir / "scores.yaml").read_text(encoding="utf-8")
     (mdir / "scores.yaml").write_text(text + "  - name: tagged\n    expr: ${tag}\n", encoding="utf-8")
     model = load_score_model(mdir)
@@ -226,7 +215,7 @@ def test_a_text_param_is_a_literal_not_sql(tmp_path, canary):
 
 def test_a_param_that_is_not_finite_is_a_located_error(tmp_path):
     mdir = matrices_copy(tmp_path)
-    edit(mdir / "scores.yaml", "  low_balance: 10 ", "  low_balance: .nan ")
+    edit(mdir / "scores.yaml", "  low_balance: 10 ", "  low_balance: .nan ", count=-1)
     with pytest.raises(ConfigError) as err:
         load_score_model(mdir)
     assert "parameter ${low_balance}: nan has no SQL literal: use a finite number" in err.value.render()
@@ -274,7 +263,7 @@ def test_plan_policy_must_be_a_policy_id(tmp_path):
     from mktool.planconfig import load_plan_config
 
     mdir = matrices_copy(tmp_path)
-    edit(mdir / "plan.yaml", "policy: PLAN_CHANGE", "policy: \"PLAN'||getenv('HOME')||'\"")
+    edit(mdir / "plan.yaml", "policy: PLAN_CHANGE", "policy: \"PLAN'||getenv('HOME')||'\"", count=-1)
     with pytest.raises(ConfigError, match="policy: expected a policy id such as PLAN_CHANGE"):
         load_plan_config(mdir)
 
@@ -361,7 +350,8 @@ def test_a_type_error_in_a_score_expression_is_located(cli, in_tmp):
     from test_matrices import write_matrices
 
     mdir = write_matrices(Path("matrices"))
-    edit(mdir / "scores.yaml", "CASE WHEN status = 'suspended' THEN 20", "CASE WHEN status = 'suspended' AND contacts > 'many' THEN 20")
+    edit(mdir / "scores.yaml", "CASE WHEN status = 'suspended' THEN 20",
+         "CASE WHEN status = 'suspended' AND contacts > 'many' THEN 20", count=-1)
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
     (err,) = errors_of(result)
@@ -372,7 +362,8 @@ def test_a_score_expression_that_does_not_bind_is_named(cli, in_tmp):
     from test_matrices import write_matrices
 
     mdir = write_matrices(Path("matrices"))
-    edit(mdir / "scores.yaml", "CASE WHEN status = 'suspended' THEN 20", "CASE WHEN upper(contacts) = 'X' THEN 20")
+    edit(mdir / "scores.yaml", "CASE WHEN status = 'suspended' THEN 20", "CASE WHEN upper(contacts) = 'X' THEN 20",
+         count=-1)
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
     (err,) = errors_of(result)
@@ -385,7 +376,7 @@ def test_an_indicator_that_does_not_bind_is_located(cli, in_tmp):
     from test_matrices import write_matrices
 
     mdir = write_matrices(Path("matrices"))
-    edit(mdir / "scores.yaml", "{name: contacts, expr: contacts}", "{name: contacts, expr: upper(contacts)}")
+    edit(mdir / "scores.yaml", "{name: contacts, expr: contacts}", "{name: contacts, expr: upper(contacts)}", count=-1)
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 1
     assert errors_of(result) == [

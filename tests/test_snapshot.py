@@ -18,15 +18,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import FIXTURES, MATRICES, ROOT, M
 
 from mktool import pipeline, snapshot
 from mktool.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
-MATRICES = ROOT / "matrices"
-FIXTURES = ROOT / "fixtures" / "extracts"
 COMMITTED = ROOT / "fixtures" / "snapshot.json"
-M = "2026-10"
 R6_WHEN = "when: tenure_months > 12 and return_rate > 86 and arpu_3m >= 100 and arpu_3m < 150"
 
 

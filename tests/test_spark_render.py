@@ -12,12 +12,11 @@ and in the rendered Spark text; the negative cases show each check firing.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-from pathlib import Path
 
 import pytest
 import sqlglot
+from conftest import CYCLE_DATE, MATRICES, M
 from sqlglot import exp
 
 from mktool import export, plan, view
@@ -26,11 +25,6 @@ from mktool.export import ExportConfig
 from mktool.matrices import generated_sql
 from mktool.project import load_project
 from mktool.scoremodel import base_sql, view_sql
-
-ROOT = Path(__file__).resolve().parents[1]
-MATRICES = ROOT / "matrices"
-M = "2026-10"
-CYCLE_DATE = dt.date(2026, 11, 1)
 
 #: Functions of DuckDB that sqlglot passes through by name although Spark has no such function
 #: (or one with another meaning): upper-case names as they appear in the Spark rendering.

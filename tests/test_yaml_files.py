@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import MATRICES, ROOT, edit
 
 from mktool.cli import app
 from mktool.errors import ConfigError
 from mktool.yamlio import MAX_DEPTH, MAX_NODES, load_yaml, read_yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-MATRICES = ROOT / "matrices"
 
 
 def write(path: Path, body: str | bytes) -> Path:
@@ -40,25 +37,12 @@ def refused(path: Path) -> str:
     return text
 
 
-@pytest.fixture
-def matrices(tmp_path: Path) -> Path:
-    folder = tmp_path / "matrices"
-    shutil.copytree(MATRICES, folder)
-    return folder
-
-
 def run_cli(runner, tmp_path: Path, *args: str):
     result = runner.invoke(app, [*args, "--db", str(tmp_path / "never.duckdb")])
     assert "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert not (tmp_path / "never.duckdb").exists()
     return result
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 # -- the shipped files: nothing changes for a good file ------------------------------------------------
