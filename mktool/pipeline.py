@@ -83,7 +83,8 @@ def run_pipeline(
         files = 0
         if ingest_paths:
             paths = ingest_paths
-            files = len(step("ingest", lambda: ingest.ingest(db, paths, reporter=reporter)).files)
+            files = len(step("ingest", lambda: ingest.ingest(db, paths, reporter=reporter,
+                                                              channel_names=project.channels.names)).files)
             reporter.info(f"ingest: {files} file(s)")
         scored = step("score", lambda: view.score(db, project, month, reporter=reporter, summary=False))
         reporter.info(f"score: {scored.rows:,} customers")
