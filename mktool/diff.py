@@ -208,14 +208,13 @@ def compare_rules(month: str, current: Path, against: Path, *, fixtures: Path | 
         if not Path(folder).is_dir():
             raise StateError(f"no matrices folder at {folder}")
     # Refuse a broken rule set before building anything (errors name the file and rule).
-    load_project(Path(against))
-    load_project(Path(current))
+    before, after = load_project(Path(against)), load_project(Path(current))
     source = {"fixtures": fixtures} if fixtures is not None else {"source_db": db}
     with (reporter.step(f"running {month} with the rules in {against} and in {current}"),
           temporary_run(month, Path(against), cycle_date=cycle_date, settings=settings, label="before",
-                        **source) as run_a,
+                        project=before, **source) as run_a,
           temporary_run(month, Path(current), cycle_date=cycle_date, settings=settings, label="after",
-                        **source) as run_b):
+                        project=after, **source) as run_b):
         result = compare_folders(run_a.out_dir, run_b.out_dir, labels=(f"rules in {against}", f"rules in {current}"))
         hits_a, hits_b = _rule_hits(run_a.db_path, month), _rule_hits(run_b.db_path, month)
     rows = []

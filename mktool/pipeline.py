@@ -180,8 +180,10 @@ class MonthRun:
 @contextlib.contextmanager
 def temporary_run(month: str, matrices_dir: Path, *, fixtures: Path | None = None, source_db: Path | None = None,
                   cycle_date: dt.date | None = None, settings: Settings | None = None, reporter: Reporter = QUIET,
-                  label: str = "run") -> Iterator[MonthRun]:
+                  label: str = "run", project: Project | None = None) -> Iterator[MonthRun]:
     """Run ingest (from ``fixtures``) or copy ``source_db``, then score → matrix → plan → export.
+
+    ``project`` is the folder's project when the caller has loaded it already (else it is loaded here).
 
     Everything lives in a temporary folder that is removed on exit; the user's database is
     only ever read (under the shared lock, via DuckDB's COPY FROM DATABASE).
@@ -196,7 +198,7 @@ def temporary_run(month: str, matrices_dir: Path, *, fixtures: Path | None = Non
         db_path = tmpdir / f"{label}.duckdb"
         run_settings = Settings(db_path=db_path, matrices_dir=Path(matrices_dir), memory_limit=base.memory_limit,
                                 threads=base.threads, temp_dir=tmpdir / "spill", lock_wait=0)
-        project = load_project(Path(matrices_dir))
+        project = project or load_project(Path(matrices_dir))
         check_before_run(project)
         if source_db is not None:
             copy_database(source_db, db_path, base)

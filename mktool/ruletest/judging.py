@@ -26,7 +26,7 @@ from mktool.dialect import exact_decimal, py_round_half_away
 from mktool.errors import ConfigError, MktoolError
 from mktool.matrices import PREVIEW_TABLE, evaluate
 from mktool.plan import CANDIDATES_SQL, STAGES, funnel_query, recommend_query
-from mktool.planconfig import load_plan_config
+from mktool.planconfig import PlanConfig, load_plan_config
 from mktool.project import Project, project_from_report, validate_all
 from mktool.rules import matrix_files_by_name
 from mktool.ruletest.cases import (
@@ -504,13 +504,13 @@ def _plan_expect(case: Case) -> list[dict[str, Any]]:
 
 
 def _run_plan_file(cf: CaseFile, cases: list[Case], month: str, matrices_dir: Path,
-                   builder: CustomerBuilder) -> list[CaseResult]:
+                   builder: CustomerBuilder, plan_config: PlanConfig | None) -> list[CaseResult]:
     results: dict[int, CaseResult] = {}
     customers = []
     configs = {}
     expects = {}
-    try:
-        base_config = load_plan_config(matrices_dir)
+    try:  # plan.yaml as validate_all loaded it; read again only for the error text when it did not load
+        base_config = plan_config or load_plan_config(matrices_dir)
     except ConfigError as exc:
         return [_error(c, exc.render()) for c in cases]
     for case in cases:
@@ -605,14 +605,13 @@ def run_tests(matrices_dir: Path, *, pattern: str | None = None, month: str | No
     warnings = [p.text for p in report.warnings]
     matrix_file = ({m.name: m.file for m in rules.matrices} if rules is not None
                    else matrix_files_by_name(matrices_dir))
-    model = None
     builder = None
     model_error = None
-    try:
-        model = load_score_model(matrices_dir)
-        builder = CustomerBuilder(model)
+    try:  # the model validate_all loaded; read again only for the error text when it did not load
+        builder = CustomerBuilder(report.scores or load_score_model(matrices_dir))
     except ConfigError as exc:
         model_error = exc.render()
+    project = project_from_report(report) if rules is not None else None  # rules: set only without errors
     results: list[CaseResult] = []
     for cf, cases in selected:
         m = cf.month or month or current_month()  # a file that pins its month keeps it
@@ -622,16 +621,15 @@ def run_tests(matrices_dir: Path, *, pattern: str | None = None, month: str | No
             if matrix_cases:
                 if builder is None:
                     results += [_error(c, f"{c.scope}: cannot build the customer: {model_error}") for c in matrix_cases]
-                elif rules is None:
+                elif project is None:
                     results += [_error(c, _rule_error_for(c, rule_errors, matrix_file)) for c in matrix_cases]
                 else:
-                    results += _run_matrix_file(cf, matrix_cases, m, project_from_report(report), builder, matrix_file,
-                                                warnings)
+                    results += _run_matrix_file(cf, matrix_cases, m, project, builder, matrix_file, warnings)
             if plan_cases:
                 if builder is None:
                     results += [_error(c, f"plan: cannot build the customer: {model_error}") for c in plan_cases]
                 else:
-                    results += _run_plan_file(cf, plan_cases, m, matrices_dir, builder)
+                    results += _run_plan_file(cf, plan_cases, m, matrices_dir, builder, report.plan)
     coverage = _coverage(rules, results) if rules is not None and not pattern else []
     return TestRun(matrices_dir, [cf.path for cf, _ in selected], results, rule_errors, warnings, coverage,
                    {str(cf.path): cf for cf, _ in selected})
