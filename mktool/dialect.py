@@ -335,12 +335,13 @@ class Query:
         return render(self.sql, dialect)
 
 
-def render(sql: str, dialect: Dialect = DUCKDB) -> str:
+def render(sql: str, dialect: Dialect = DUCKDB, *, pretty: bool = False) -> str:
     """DuckDB-dialect SQL as ``dialect`` runs it; raises when sqlglot has no rendering for a construct."""
     _check(dialect)
     if dialect == DUCKDB:
         return sql
-    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=ErrorLevel.RAISE))
+    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=ErrorLevel.RAISE,
+                                        pretty=pretty))
 
 
 # -- the same rules in Python (parameters, tests, messages) ------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 
 from mktool.database import Database, step_settings, table_exists
-from mktool.dialect import round_half_away
+from mktool.dialect import Query, round_half_away
 from mktool.errors import MktoolError
 from mktool.freshness import require_fresh_view
 from mktool.matrices import CustomerRun, evaluate_customer
@@ -27,7 +27,6 @@ from mktool.plan import (
     IN_RENTAL_WINDOW_SQL,
     IN_TOTAL_WINDOW_SQL,
     SHOWN_COLUMNS_SQL,
-    Query,
     candidate_params,
     candidates_sql,
     customer_params,
@@ -250,7 +249,8 @@ def pairs_query(month: str, config: PlanConfig, msisdn: str) -> Query:
                     ELSE '{IN_BOTH_WINDOWS}' END AS verdict
         FROM shown
         ORDER BY verdict <> '{IN_BOTH_WINDOWS}', abs(total_fee_change_6 - 1), new_rental DESC, plan_id"""
-    return Query(sql, {**candidate_params(month, config), **window_params(config), **customer_params(msisdn),
+    return Query("explain:pairs", sql, {**candidate_params(month, config), **window_params(config),
+                                        **customer_params(msisdn),
                        "total_window": w_total, "rental_window": w_rental})
 
 

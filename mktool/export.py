@@ -67,7 +67,7 @@ from mktool.publish import (
     recover_folder,
 )
 from mktool.rules import Channel, Policy
-from mktool.schema import EXPORT_STAGES, MONEY_COLUMNS, RATE_COLUMNS, TARGET_COLUMNS
+from mktool.schema import CONTACT_HISTORY_TABLE, EXPORT_STAGES, MONEY_COLUMNS, RATE_COLUMNS, TARGET_COLUMNS
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
 
@@ -679,7 +679,7 @@ def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
     if not table_exists(con, "contact_history"):
         con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, "
                     "policy_id VARCHAR, outcome VARCHAR)")
-    cols = {r[0] for r in con.execute("DESCRIBE contact_history").fetchall()}
+    cols = set(table_columns(con, CONTACT_HISTORY_TABLE))
     for name in ("cycle", "recorded_by"):
         if name not in cols:
             con.execute(f"ALTER TABLE contact_history ADD COLUMN {name} VARCHAR")
@@ -793,8 +793,9 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
     _run(con, holdout_query())
     con.execute("DROP TABLE _x_placed")
     exported = stage_count_query("_x_drawn", exported_only=True)
-    counts.update(_count_stage(con, "holdout", exported))
-    counts.update(_count_stage(con, "exported", exported))
+    after_holdout = _count_stage(con, "holdout", exported)  # what the holdout leaves is what is exported
+    counts.update(after_holdout)
+    counts.update({(channel, "exported"): n for (channel, _), n in after_holdout.items()})
     return counts
 
 

@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import sqlglot
-from sqlglot.errors import ErrorLevel
 
+from mktool import dialect
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
 from mktool.database import Database, record_funnel, record_step, replace_month, table_exists
@@ -49,7 +48,7 @@ from mktool.freshness import require_built_on_view, require_fresh_view, view_bui
 from mktool.project import Project
 from mktool.publish import file_sha256
 from mktool.rules import Matrix, Problem, Rule, RuleSet
-from mktool.schema import CUSTOMER_PRIORITY_TABLE, RECOMMENDATIONS_TABLE, VIEW_TABLE
+from mktool.schema import CUSTOMER_PARAM, CUSTOMER_PRIORITY_TABLE, RECOMMENDATIONS_TABLE, VIEW_TABLE
 from mktool.sqlquote import quote_literal
 
 __all__ = [
@@ -86,7 +85,6 @@ _PRIO = "_mk_matrix_prio"  # msisdn, rule_no (NULL: in the priority matrix's whe
 _RAW = "_mk_matrix_raw"  # matrix, rule_no, msisdn: every hit of the evaluated offer matrices
 _WORK_TABLES = (_CAT, _POL, _PCAT, _ORDER, _PRIO, _RAW)
 LAST = 1_000_000  # family position of families a customer's order does not name
-CUSTOMER_PARAM = "msisdn"  # the named parameter of a query built for one customer (one_customer=True)
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -266,8 +264,7 @@ def priority_rows_sql(month: str) -> str:
 
 def spark_sql(sql: str) -> str:
     """The same query in Spark SQL (raises if sqlglot cannot translate a construct)."""
-    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=ErrorLevel.RAISE,
-                                        pretty=True))
+    return dialect.render(sql, dialect.SPARK, pretty=True)
 
 
 def generated_sql(rules: RuleSet, month: str, *, only: Iterable[str] | None = None,

@@ -31,12 +31,13 @@ from mktool import dialect
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
 from mktool.database import Database, record_funnel, record_step, replace_month
-from mktool.dialect import exact_decimal
+from mktool.dialect import Query, exact_decimal
 from mktool.errors import MktoolError, StateError
 from mktool.freshness import require_fresh_view, view_build_id
 from mktool.planconfig import PlanConfig, Window, script_sql
 from mktool.project import Project
 from mktool.schema import (
+    CUSTOMER_PARAM,
     PLAN_FUNNEL,
     PLAN_STAGES,
     PLAN_TABLE,
@@ -74,7 +75,6 @@ _MICRO = 6  # decimals of the averages, usage, unit prices and rates
 _PICO = 12  # decimals of an overage or a bill: micro-units × micro-yuan
 
 #: The named parameter of a query built for one customer (``explain``).
-CUSTOMER_PARAM = "msisdn"
 
 
 def candidates_sql(*, one_customer: bool = False) -> str:
@@ -377,14 +377,6 @@ WHERE month = ?
 ORDER BY msisdn, rank"""
 
 
-@dataclass(frozen=True)
-class Query:
-    """One statement and exactly the named parameters it uses (DuckDB refuses extra ones)."""
-
-    sql: str
-    params: dict[str, Any]
-
-
 def candidate_params(month: str, config: PlanConfig) -> dict[str, Any]:
     """The candidates' parameters: the month and the minimum data as the exact decimal written."""
     return {"month": month, "min_data": exact_decimal(config.min_data_mb)}
@@ -403,7 +395,7 @@ def customer_params(msisdn: str | None) -> dict[str, Any]:
 
 def funnel_query(month: str, config: PlanConfig, *, msisdn: str | None = None) -> Query:
     """Counts of the stages base … billable (for ``msisdn`` only: 1 for each stage the customer reaches)."""
-    return Query(f"WITH {candidates_sql(one_customer=msisdn is not None)}{FUNNEL_SELECT_SQL}",
+    return Query("plan:funnel", f"WITH {candidates_sql(one_customer=msisdn is not None)}{FUNNEL_SELECT_SQL}",
                  {**candidate_params(month, config), **customer_params(msisdn)})
 
 
@@ -415,7 +407,8 @@ def recommend_query(month: str, config: PlanConfig, *, ordered: bool = True, msi
     sql = f"WITH {candidates},{PAIRS_SQL},{rounded},{RANKED_SQL}{RECOMMEND_SELECT_SQL}"
     if ordered:
         sql += "\nORDER BY msisdn, rank"
-    return Query(sql, {**candidate_params(month, config), **window_params(config), "top": int(config.top),
+    return Query("plan:recommend", sql, {**candidate_params(month, config), **window_params(config),
+                                         "top": int(config.top),
                        **customer_params(msisdn)})
 
 
@@ -453,7 +446,7 @@ def sweep_query(month: str, config: PlanConfig, total_windows: Sequence[Window],
     }
     rounded = ROUNDED_SQL.format(total_lo="box_total_lo", total_hi="box_total_hi", rental_lo="box_rental_lo",
                                  rental_hi="box_rental_hi")
-    return Query(f"WITH {CANDIDATES_SQL},{PAIRS_SQL},{rounded},{grid}", params)
+    return Query("plan:sweep", f"WITH {CANDIDATES_SQL},{PAIRS_SQL},{rounded},{grid}", params)
 
 
 # -- the step -------------------------------------------------------------------------------------
@@ -541,6 +534,6 @@ def queries(month: str, config: PlanConfig) -> dict[str, Query]:
         "recommend": recommend_query(month, config),
         "recommend_unordered": recommend_query(month, config, ordered=False),
         "sweep": sweep_query(month, config, config.sweep_total, config.sweep_rental),
-        "export": Query(EXPORT_SQL, {}),
-        "script": Query(f"SELECT {script_sql(config.script)} AS script FROM {PLAN_TABLE}", {}),
+        "export": Query("plan:export", EXPORT_SQL),
+        "script": Query("plan:script", f"SELECT {script_sql(config.script)} AS script FROM {PLAN_TABLE}"),
     }

@@ -130,10 +130,6 @@ class _Reported(ConfigError):
         super().__init__("already reported")
 
 
-def _suggest(name: str, known: list[str] | tuple[str, ...] | set[str] | dict[str, Any]) -> str:
-    return suggest(name, known)
-
-
 def _where(source: YamlFile | None, file: str, path: str, label: str | None = None) -> str:
     """``<file>:<line> @ <path> (<label>)`` from a file's line table (file and path alone without one)."""
     return (source or YamlFile(file, None)).where(path, label)
@@ -274,7 +270,7 @@ class RuleSet:
         for m in self.matrices:
             if m.name == name:
                 return m
-        raise ConfigError(f"unknown matrix '{name}'{_suggest(name, [m.name for m in self.matrices])}; "
+        raise ConfigError(f"unknown matrix '{name}'{suggest(name, [m.name for m in self.matrices])}; "
                           f"matrices: {', '.join(m.name for m in self.matrices)}")
 
     @property
@@ -410,7 +406,7 @@ def _read_channel(name: str, node: Located) -> Channel:
     for k, col in enumerate(columns or ()):
         if col not in TARGET_COLUMNS:
             raise node.child("columns").child(k).error(
-                f"unknown target-list column '{col}'{_suggest(col, TARGET_COLUMNS)}; "
+                f"unknown target-list column '{col}'{suggest(col, TARGET_COLUMNS)}; "
                 f"columns: {', '.join(TARGET_COLUMNS)}")
     salt_env = node.text("salt_env") or "MKTOOL_HASH_SALT"
     return Channel(
@@ -611,7 +607,7 @@ def _read_rule(node: Located, i: int, *, matrix: str, family: str, is_priority: 
                 policy = ctx.policies.get(policy_id)
                 if policy is None:
                     raise node.child("policy").error(f"unknown policy '{policy_id}'"
-                                                     f"{_suggest(policy_id, ctx.policies)}: add it to {POLICIES_FILE}")
+                                                     f"{suggest(policy_id, ctx.policies)}: add it to {POLICIES_FILE}")
                 if policy.family != family:
                     raise node.child("policy").error(f"'{policy_id}' is a {policy.family} policy in {POLICIES_FILE}, "
                                                      f"but matrix '{matrix}' is family {family}")
@@ -629,7 +625,7 @@ def _read_rule(node: Located, i: int, *, matrix: str, family: str, is_priority: 
                 for ch in channels:
                     if ch not in ctx.channels.channels:
                         raise node.child("channels").error(
-                            f"unknown channel '{ch}'{_suggest(ch, ctx.channels.names)}; "
+                            f"unknown channel '{ch}'{suggest(ch, ctx.channels.names)}; "
                             f"{CHANNELS_FILE} defines {', '.join(ctx.channels.names)}")
             if policy is not None and policy.channels:
                 bad = [ch for ch in channels if ch not in policy.channels]
@@ -670,7 +666,7 @@ def _cross_check(matrices: list[Matrix], matrices_dir: Path, problems: Problems,
         for fam, rules in unknown.items():
             others = [r.id for r in rules[1:]]
             also = f"; also rule{'s' if len(others) > 1 else ''} {', '.join(others)}" if others else ""
-            problems.warn(f"{rules[0].at('order')}: no matrix has family '{fam}'{_suggest(fam, families)} "
+            problems.warn(f"{rules[0].at('order')}: no matrix has family '{fam}'{suggest(fam, families)} "
                           f"(families: {', '.join(families) or 'none'}){also}")
     return unique
 
@@ -683,7 +679,7 @@ def _check_policy_channels(policies: dict[str, Policy] | None, channels: Channel
         for ch in p.channels:
             if ch not in channels.channels:
                 problems.error(f"{p.at('channels')}: unknown channel '{ch}'"
-                               f"{_suggest(ch, channels.names)}; {CHANNELS_FILE} defines {', '.join(channels.names)}")
+                               f"{suggest(ch, channels.names)}; {CHANNELS_FILE} defines {', '.join(channels.names)}")
 
 
 # -- the rule files together ------------------------------------------------------------------------

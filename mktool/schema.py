@@ -17,6 +17,9 @@ CONTACT_HISTORY_TABLE = "contact_history"  # input extract and the contacts mkto
 HOLDOUTS_TABLE = "holdouts"  # customer x policy kept back as a control group
 FUNNEL_TABLE = "funnel_counts"  # every step's funnel stages per month
 
+#: The named parameter of a query built for one customer (explain: ``one_customer=True``).
+CUSTOMER_PARAM = "msisdn"
+
 # -- channels (SPEC §6) --------------------------------------------------------------------------
 CHANNEL_NAMES = ("frontdesk", "outbound", "inbound", "sms", "app", "manager")
 CYCLES = ("daily", "monthly")  # how often a channel's list is cut

@@ -28,6 +28,7 @@ from mktool.plan import (
     CANDIDATES_SQL,
     PAIRS_SQL,
     exact_sql,
+    pairs_sql,
     recommend_query,
 )
 from mktool.planconfig import PlanConfig
@@ -411,7 +412,7 @@ def test_fast_and_exact_6_decimal_rates_agree():
     exact_total = dialect.units_decimal(dialect.div_half_away("new_total_p", "current_total_u"), 6, precision=18)
     exact_rental = dialect.units_decimal(dialect.div_half_away(f"{dialect.integer('rental_fen')} * 10000000000",
                                                                "rental_u"), 6, precision=18)
-    pairs_for_everyone = PAIRS_SQL.replace("FROM candidates AS c", "FROM staged AS c")
+    pairs_for_everyone = pairs_sql("staged")
     rows = con.execute(
         f"WITH {CANDIDATES_SQL}, {pairs_for_everyone}, {exact_sql('WHERE current_total_u > 0 AND rental_u > 0')} "
         f"SELECT count(*), count(*) FILTER (WHERE total_fee_change_6 <> {exact_total}), "
