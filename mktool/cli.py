@@ -1187,21 +1187,31 @@ def diff_cmd(
         "With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
     fmt: Annotated[str, format_option(DIFF_FORMATS)] = "table",
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 5 when there are differences")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", metavar="FILE",
+        help="Write every row gained, lost or changed (msisdn, channel, policy, kind, before/after values) to FILE: "
+             "csv, or JSON Lines when FILE ends in .jsonl")] = None,
 ) -> None:
-    """Compare two runs: customers gained and lost per channel and policy, rank changes, funnels.
+    """Compare two runs: customers gained and lost, rows changed (script, money, plan ...) per channel and policy.
 
     Either two export folders, or the current rules (--matrices) against another matrices
     folder (e.g. a git worktree of main) run on the same data in temporary databases: built
     from --fixtures, or copied from --db (which is only read). json is stable (sorted keys
-    and rows) and markdown is ready for a pull-request comment.
+    and rows) and markdown is ready for a pull-request comment. "No differences" means every
+    list is the same bytes on both sides. --out FILE lists the rows themselves: it holds msisdns.
 
     \b
     Examples:
       mktool diff out_main/2026-10 out_pr/2026-10
+      mktool diff out_main/2026-10 out_pr/2026-10 --out changed.csv
       mktool diff --month 2026-10 --against-matrices ../main/matrices --fixtures fixtures/extracts
       mktool diff --month 2026-10 --against-matrices ../main/matrices --format markdown > diff.md
     """
     folders = folders or []
+    if out is not None:
+        if str(out) == "-":
+            raise run.usage_error("--out", "--out wants a file name (the rows hold msisdns), not -")
+        check_out_file(str(out))
     if against is not None:
         if folders:
             raise run.usage_error("--against-matrices", "give two export folders, or --against-matrices DIR with "
@@ -1211,7 +1221,7 @@ def diff_cmd(
         result = compare_rules(month, run.settings.matrices_dir, against, fixtures=fixtures,
                                db=None if fixtures is not None else run.settings.db_path,
                                cycle_date=date, settings=run.settings,
-                               reporter=run.reporter)
+                               reporter=run.reporter, detail=out)
     else:
         if len(folders) != 2:
             raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff out_a/2026-10 "
@@ -1219,7 +1229,7 @@ def diff_cmd(
         for given, name in ((month, "--month"), (fixtures, "--fixtures"), (date, "--date")):
             if given is not None:
                 raise run.usage_error(name, f"{name} only applies with --against-matrices")
-        result = compare_folders(folders[0], folders[1])
+        result = compare_folders(folders[0], folders[1], detail=out)
     if fmt == "json":
         typer.echo(render_json(result), nl=False)
     elif fmt == "csv":
