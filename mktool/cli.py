@@ -1242,7 +1242,7 @@ def diff_cmd(
             for title, cols, rows in sections(result):
                 if rows:
                     print_table(title, cols, rows, numeric=tuple(c for c in cols if c not in (
-                        "channel", "policy", "funnel", "stage", "matrix", "rule")))
+                        "channel", "policy", "funnel", "stage", "matrix", "rule", "same bytes", "changed columns")))
         for note in result.notes:
             run.reporter.info(note)
     if exit_code and not result.identical:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, MATRICES, ROOT, M
+from conftest import FIXTURES, MATRICES, ROOT, D, M, edit, mktool
 
 from mktool.cli import app
 from mktool.diff import (
@@ -269,6 +269,69 @@ def test_a_list_on_one_side_only_is_gained_or_lost_whole(tmp_path: Path) -> None
     assert (inbound["gained"], inbound["lost"], inbound["rows_before"], inbound["rows_after"],
             inbound["same_bytes"]) == (2, 0, 0, 2, False)
     assert not result.identical
+
+
+# -- the issue's case on the fixtures, as a user runs it ---------------------------------------------------------
+R6_SCRIPT = "script: 预存300元送600元话费"
+
+
+@pytest.fixture(scope="module")
+def script_change(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """`mktool run` with the shipped rules and with R6's script 600元 → 6000元: the two export folders."""
+    work = tmp_path_factory.mktemp("script")
+    changed = work / "matrices"
+    shutil.copytree(MATRICES, changed)
+    edit(changed / "retention.yaml", R6_SCRIPT, R6_SCRIPT.replace("600元", "6000元"))
+    folders = []
+    for name, matrices in (("before", MATRICES), ("after", changed)):
+        done = mktool("run", "--month", M, "--ingest", str(FIXTURES), "--date", D, "--out", str(work / name),
+                      "--db", str(work / f"{name}.duckdb"), "--matrices", str(matrices))
+        assert done.returncode == 0, done.stderr
+        folders.append(next((work / name).rglob("frontdesk.csv")).parent)  # <out>/<month>[/<cycle-date>]
+    return folders[0], folders[1], work
+
+
+def _r6_rows(folder: Path) -> set[tuple[str, str, str]]:
+    """(channel, msisdn, script) of every R6 row of every csv list, read with the csv module."""
+    found = set()
+    for path in folder.glob("*.csv"):
+        with path.open(encoding="utf-8", newline="") as fh:
+            found |= {(path.stem, r["msisdn"], r["script"]) for r in csv.DictReader(fh) if r.get("rule_id") == "R6"}
+    return found
+
+
+def test_mktool_diff_reports_r6s_script_change_on_the_fixtures(script_change) -> None:
+    before, after, work = script_change
+    old = _r6_rows(before)
+    assert old and {s for _, _, s in old} == {"预存300元送600元话费"}
+    assert _r6_rows(after) == {(c, m, "预存300元送6000元话费") for c, m, _ in old}
+    per_channel: dict[str, int] = {}
+    for channel, _, _ in old:
+        per_channel[channel] = per_channel.get(channel, 0) + 1
+
+    rows_file = work / "changed.csv"
+    done = mktool("diff", str(before), str(after), "--format", "json", "--exit-code", "--out", str(rows_file))
+    assert done.returncode == 5, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["identical"] is False
+    moved = {(p["channel"], p["policy_id"]): p for p in doc["policies"] if p["changed"]}
+    assert {k: (p["changed"], p["changed_columns"]) for k, p in moved.items()} == {
+        (c, "PREPAY_300_600"): (n, {"script": n}) for c, n in per_channel.items()}
+    assert all(p["gained"] == p["lost"] == p["rank_changed"] == 0 for p in doc["policies"])
+    assert {c["channel"] for c in doc["channels"] if not c["same_bytes"]} == set(per_channel)
+
+    with rows_file.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["channel"], r["msisdn"], r["script_before"], r["script_after"]) for r in rows} == {
+        (c, m, s, "预存300元送6000元话费") for c, m, s in old}
+    assert {(r["kind"], r["policy_id"], r["changed_columns"]) for r in rows} == {
+        ("changed", "PREPAY_300_600", "script")}
+
+    table = mktool("diff", str(before), str(after))
+    assert table.returncode == 0 and "No differences" not in table.stdout
+    assert f"{len(old):,} rows changed (script {len(old):,})" in table.stdout
+    same = mktool("diff", str(before), str(before), "--exit-code")
+    assert same.returncode == 0 and "No differences" in same.stdout
 
 
 # -- the current rules against another matrices folder ------------------------------------------------------
