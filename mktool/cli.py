@@ -982,16 +982,17 @@ def explain_cmd(
     out.print(f"[bold]{escape(str(ex.msisdn))}[/bold] " + escape(
         f"· {ex.month} · {v.get('city')} · plan {v.get('plan_id')} ({v.get('plan_name')}) · "
         f"{v.get('status')} · {v.get('payment')} · tenure {v.get('tenure_months')} months"))
-    keys = ["arpu", "arpu_3m", "return_rate", "rental_3m", "current_total_3m", "addon_3m", "voice_min_3m", "data_mb_3m",
-            "months_in_window", "value_score", "value_tier", "stickiness_score", "stickiness_tier", "churn_score",
-            "churn_flag", "traffic_group", "tenure_cohort", "segment"]
-    render_table(run.reporter, "Customer view", ["column", "value"],
-                 [(k, explain.display(v.get(k))) for k in keys if k in v], to_stdout=True)
+    render_table(run.reporter, "Customer view (the key columns and every column the rules read; "
+                               "--format json: all)", ["column", "value"],
+                 [(k, explain.masked(str(v[k])) if k == "msisdn" else explain.display(v[k]))
+                  for k in explain.view_columns(ex)], to_stdout=True)
     rows = []
     for r in ex.rules:
         target = " → ".join(r.order) if r.order else (r.policy_id or "")
-        rows.append((r.matrix, r.rule_id, explain.outcome_label(r), target, r.when))
-    render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when"], rows, to_stdout=True)
+        why = "\n".join(t for t in (explain.failure_label(r), explain.columns_label(r)) if t)
+        rows.append((r.matrix, r.rule_id, explain.outcome_label(r), target, r.when, why))
+    render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when",
+                                         "first failed condition; the customer's values"], rows, to_stdout=True)
     render_table(run.reporter, "Recommendations (stored)", ["rank", "matrix", "rule", "policy", "channels"],
                  [(r["rank"], r["matrix"], r["rule_id"], r["policy_id"], ", ".join(r.get("channels") or []))
                   for r in ex.recommendations], to_stdout=True)
