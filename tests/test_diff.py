@@ -345,8 +345,11 @@ def threshold_diff(tmp_path_factory):
     retention = changed / "retention.yaml"
     retention.write_text(retention.read_text(encoding="utf-8").replace(
         R6_WHEN, R6_WHEN.replace("return_rate > 86", "return_rate > 80")), encoding="utf-8")
+    moved = changed.parent / "moved.jsonl"
     result = CliRunner().invoke(app, ["diff", "--month", M, "--against-matrices", str(MATRICES), "--matrices",
-                                      str(changed), "--fixtures", str(FIXTURES), "--format", "json", "--exit-code"])
+                                      str(changed), "--fixtures", str(FIXTURES), "--format", "json", "--exit-code",
+                                      "--out", str(moved)])
+    result.moved = moved  # type: ignore[attr-defined]
     return result
 
 
@@ -362,6 +365,14 @@ def test_against_matrices_shows_the_moved_customers_and_rule_hits(threshold_diff
     assert front["PREPAY_300_600"]["gained"] > 0 and front["PREPAY_300_600"]["lost"] == 0
     assert front["PREPAY_200_300"]["lost"] > 0 and front["PREPAY_200_300"]["gained"] == 0
     assert any(n.startswith("cycle date 2026-11-01; data: fixtures") for n in doc["notes"])
+    # --out with --against-matrices: the rows of the temporary runs, written before they are removed.
+    rows = [json.loads(line) for line in threshold_diff.moved.read_text(encoding="utf-8").splitlines()]
+    for policy, kind in (("PREPAY_300_600", "gained"), ("PREPAY_200_300", "lost")):
+        assert sum(r["channel"] == "frontdesk" and r["policy_id"] == policy and r["kind"] == kind
+                   for r in rows) == front[policy][kind]
+    assert all(len(r["msisdn"]) == 11 for r in rows) and len(rows) == sum(
+        p["gained"] + p["lost"] + p["changed"] + p["rank_changed"] for p in doc["policies"]) - sum(
+        1 for r in rows if r["kind"] == "changed" and r["rank_before"] != r["rank_after"])
 
 
 def test_rule_diff_renders_for_a_pull_request(threshold_diff) -> None:
