@@ -271,6 +271,29 @@ def test_a_list_on_one_side_only_is_gained_or_lost_whole(tmp_path: Path) -> None
     assert not result.identical
 
 
+def test_rows_with_the_same_key_are_paired_in_order(tmp_path: Path) -> None:
+    """A masked msisdn (138****0001) can repeat: rows of one key are paired by rank, then content."""
+    a, b = tmp_path / "a" / M, tmp_path / "b" / M
+    write_list(a, "sms", [["138****0001", M, "sms", "1", "P1", "x", "", ""],
+                          ["138****0001", M, "sms", "1", "P1", "y", "", ""]])
+    write_list(b, "sms", [["138****0001", M, "sms", "1", "P1", "z", "", ""],
+                          ["138****0001", M, "sms", "1", "P1", "x", "", ""]])
+    sms = compare_folders(a, b).channels[0]  # x-x the same, y-z changed
+    assert (sms["gained"], sms["lost"], sms["changed"], sms["changed_columns"]) == (0, 0, 1, {"script": 1})
+
+
+def test_an_empty_json_lines_list_is_a_list_without_rows(tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / M, tmp_path / "b" / M
+    a.mkdir(parents=True)
+    (a / "app.jsonl").write_text("", encoding="utf-8")
+    b.mkdir(parents=True)
+    (b / "app.jsonl").write_text(json.dumps({"msisdn": "13800000001", "rank": 1, "policy_id": "P1"}) + "\n",
+                                 encoding="utf-8")
+    app_list = compare_folders(a, b).channels[0]
+    assert (app_list["gained"], app_list["rows_before"], app_list["rows_after"]) == (1, 0, 1)
+    assert compare_folders(a, a).identical
+
+
 # -- the issue's case on the fixtures, as a user runs it ---------------------------------------------------------
 R6_SCRIPT = "script: 预存300元送600元话费"
 
