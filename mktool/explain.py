@@ -6,6 +6,10 @@ validity, every matrix's `where` and every rule's `when`, first-hit and collect,
 order, dedupe and ranks; the plan step's candidate stages, every target plan's bill and change
 rates and the plan ranking — and puts it beside what was stored and exported. What it shows is
 what the whole-month run gives that customer, by construction, not a second reading of the rules.
+For a rule that did not match it names the first top-level AND condition of its ``when`` (or of
+the matrix's ``where``) that is false or NULL — the parts sqlcheck split off the checked
+expression, evaluated for the customer in one bound-parameter query per matrix — and every rule
+carries the customer's values of the columns it reads.
 This is what a front-desk agent or an analyst reads before trusting a recommendation.
 """
 
