@@ -1212,6 +1212,8 @@ def diff_cmd(
     if out is not None:
         if str(out) == "-":
             raise run.usage_error("--out", "--out wants a file name (the rows hold msisdns), not -")
+        if out.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder; --out wants a file name", str(out))
         check_out_file(str(out))
     if against is not None:
         if folders:

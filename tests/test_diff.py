@@ -125,6 +125,10 @@ def test_diff_usage_errors(runner, folders: tuple[Path, Path], tmp_path: Path) -
     assert no_month.exit_code == 2 and "needs --month" in no_month.stderr
     fmt = runner.invoke(app, ["diff", str(a), str(b), "--format", "xml"])
     assert fmt.exit_code == 2 and "table, json, csv, markdown" in fmt.stderr
+    dash = runner.invoke(app, ["diff", str(a), str(b), "--out", "-"])
+    assert dash.exit_code == 2 and "--out wants a file name (the rows hold msisdns), not -" in dash.stderr
+    folder = runner.invoke(app, ["diff", str(a), str(b), "--out", str(tmp_path)])
+    assert folder.exit_code == 1 and f"{tmp_path}: is a folder; --out wants a file name" in folder.stderr
 
 
 # -- content: rows matched by key and compared column by column --------------------------------------------
