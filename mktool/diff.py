@@ -303,7 +303,8 @@ def _write_detail(con: duckdb.DuckDBPyConnection, target: Path) -> int:
     pairs = ", ".join(
         f"list_extract(list_filter(changes, lambda x: x.\"column\" = {quote_literal(c)}), 1).{side} "
         f"AS {quote_identifier(f'{c}_{side}')}" for c in changed for side in ("before", "after"))
-    select = (f"SELECT {base}, array_to_string(list_transform(changes, lambda x: x.\"column\"), ';') AS changed_columns"
+    names = "NULLIF(array_to_string(list_transform(changes, lambda x: x.\"column\"), ';'), '')"
+    select = (f"SELECT {base}, {names} AS changed_columns"
               + (f", {pairs}" if pairs else "") + f" FROM {DETAIL} {where} {order}")
     return copy_to_file(con, select, target, "csv")
 
