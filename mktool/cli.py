@@ -982,16 +982,17 @@ def explain_cmd(
     out.print(f"[bold]{escape(str(ex.msisdn))}[/bold] " + escape(
         f"· {ex.month} · {v.get('city')} · plan {v.get('plan_id')} ({v.get('plan_name')}) · "
         f"{v.get('status')} · {v.get('payment')} · tenure {v.get('tenure_months')} months"))
-    keys = ["arpu", "arpu_3m", "return_rate", "rental_3m", "current_total_3m", "addon_3m", "voice_min_3m", "data_mb_3m",
-            "months_in_window", "value_score", "value_tier", "stickiness_score", "stickiness_tier", "churn_score",
-            "churn_flag", "traffic_group", "tenure_cohort", "segment"]
-    render_table(run.reporter, "Customer view", ["column", "value"],
-                 [(k, explain.display(v.get(k))) for k in keys if k in v], to_stdout=True)
+    render_table(run.reporter, "Customer view (the key columns and every column the rules read; "
+                               "--format json: all)", ["column", "value"],
+                 [(k, explain.masked(str(v[k])) if k == "msisdn" else explain.display(v[k]))
+                  for k in explain.view_columns(ex)], to_stdout=True)
     rows = []
     for r in ex.rules:
         target = " → ".join(r.order) if r.order else (r.policy_id or "")
-        rows.append((r.matrix, r.rule_id, explain.outcome_label(r), target, r.when))
-    render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when"], rows, to_stdout=True)
+        why = "\n".join(t for t in (explain.failure_label(r), explain.columns_label(r)) if t)
+        rows.append((r.matrix, r.rule_id, explain.outcome_label(r), target, r.when, why))
+    render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when",
+                                         "first failed condition; the customer's values"], rows, to_stdout=True)
     render_table(run.reporter, "Recommendations (stored)", ["rank", "matrix", "rule", "policy", "channels"],
                  [(r["rank"], r["matrix"], r["rule_id"], r["policy_id"], ", ".join(r.get("channels") or []))
                   for r in ex.recommendations], to_stdout=True)
@@ -1187,21 +1188,33 @@ def diff_cmd(
         "With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
     fmt: Annotated[str, format_option(DIFF_FORMATS)] = "table",
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 5 when there are differences")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", metavar="FILE",
+        help="Write every row gained, lost or changed (msisdn, channel, policy, kind, before/after values) to FILE: "
+             "csv, or JSON Lines when FILE ends in .jsonl")] = None,
 ) -> None:
-    """Compare two runs: customers gained and lost per channel and policy, rank changes, funnels.
+    """Compare two runs: customers gained and lost, rows changed (script, money, plan ...) per channel and policy.
 
     Either two export folders, or the current rules (--matrices) against another matrices
     folder (e.g. a git worktree of main) run on the same data in temporary databases: built
     from --fixtures, or copied from --db (which is only read). json is stable (sorted keys
-    and rows) and markdown is ready for a pull-request comment.
+    and rows) and markdown is ready for a pull-request comment. "No differences" means every
+    list is the same bytes on both sides. --out FILE lists the rows themselves: it holds msisdns.
 
     \b
     Examples:
       mktool diff out_main/2026-10 out_pr/2026-10
+      mktool diff out_main/2026-10 out_pr/2026-10 --out changed.csv
       mktool diff --month 2026-10 --against-matrices ../main/matrices --fixtures fixtures/extracts
       mktool diff --month 2026-10 --against-matrices ../main/matrices --format markdown > diff.md
     """
     folders = folders or []
+    if out is not None:
+        if str(out) == "-":
+            raise run.usage_error("--out", "--out wants a file name (the rows hold msisdns), not -")
+        if out.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder; --out wants a file name", str(out))
+        check_out_file(str(out))
     if against is not None:
         if folders:
             raise run.usage_error("--against-matrices", "give two export folders, or --against-matrices DIR with "
@@ -1211,7 +1224,7 @@ def diff_cmd(
         result = compare_rules(month, run.settings.matrices_dir, against, fixtures=fixtures,
                                db=None if fixtures is not None else run.settings.db_path,
                                cycle_date=date, settings=run.settings,
-                               reporter=run.reporter)
+                               reporter=run.reporter, detail=out)
     else:
         if len(folders) != 2:
             raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff out_a/2026-10 "
@@ -1219,7 +1232,7 @@ def diff_cmd(
         for given, name in ((month, "--month"), (fixtures, "--fixtures"), (date, "--date")):
             if given is not None:
                 raise run.usage_error(name, f"{name} only applies with --against-matrices")
-        result = compare_folders(folders[0], folders[1])
+        result = compare_folders(folders[0], folders[1], detail=out)
     if fmt == "json":
         typer.echo(render_json(result), nl=False)
     elif fmt == "csv":
@@ -1232,7 +1245,7 @@ def diff_cmd(
             for title, cols, rows in sections(result):
                 if rows:
                     print_table(title, cols, rows, numeric=tuple(c for c in cols if c not in (
-                        "channel", "policy", "funnel", "stage", "matrix", "rule")))
+                        "channel", "policy", "funnel", "stage", "matrix", "rule", "same bytes", "changed columns")))
         for note in result.notes:
             run.reporter.info(note)
     if exit_code and not result.identical:
