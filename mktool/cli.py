@@ -706,7 +706,8 @@ def export_cmd(
     run: Run,
     month: MonthOpt,
     out: Annotated[str, typer.Option(
-        "--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
+        "--out", "-o",
+        help="Output folder (lists go to <out>/<month>/<cycle-date>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
     channel: Annotated[str | None, typer.Option(
         "--channel", "-c", metavar="NAME",
@@ -753,7 +754,7 @@ def export_cmd(
                            + (" — dry run, nothing written" if dry_run else ""))
     if not dry_run and not to_stdout:
         written = [ch for ch in result.channels if ch.path is not None]
-        run.reporter.info(f"wrote {len(written)} list(s) to {Path(out) / month}: "
+        run.reporter.info(f"wrote {len(written)} list(s) to {result.folder}: "
                           + ", ".join(f"{ch.path.name} ({ch.rows:,})" for ch in written if ch.path))
 
 
@@ -761,25 +762,35 @@ def export_cmd(
 def funnel_cmd(
     run: Run,
     month: MonthOpt,
+    date: Annotated[dt.date | None, date_option(
+        "Only this export cycle's channel funnels, YYYY-MM-DD [default: every cycle of the month]")] = None,
     fmt: Annotated[str, format_option(FUNNEL_FORMATS)] = "table",
 ) -> None:
-    """Print the funnels recorded for a month (plan, each matrix, each channel).
+    """Print the funnels recorded for a month (plan, each matrix, each export cycle's channels).
 
-    --format json prints exactly the funnel.json document that export writes.
+    With --date, the channel funnels of that cycle only; --format json then prints exactly the
+    funnel.json document that export wrote into <out>/<month>/<date>/. Without --date, every
+    cycle's channel funnels, each named channel:<name>@<cycle-date>.
 
     \b
     Examples:
       mktool funnel --month 2026-10
-      mktool funnel --month 2026-10 --format json | jq '.funnels.plan'
+      mktool funnel --month 2026-10 --date 2026-11-02
+      mktool funnel --month 2026-10 --date 2026-11-01 --format json | jq '.funnels.plan'
     """
     with run.db(write=False) as db:
         if not db.table_exists(FUNNEL_TABLE):
             raise MktoolError(f"no funnels recorded for {month}",
                               hint=f"run `mktool plan/matrix --month {month}` first")
-        doc = export.funnel_document(db.c, month)
+        doc = export.funnel_document(db.c, month, date)
+        cycles = export.funnel_cycles(db.c, month) if date is not None else []
     if not doc["funnels"]:
         raise MktoolError(f"no funnels recorded for {month}",
                           hint=f"run `mktool plan/matrix/export --month {month}` first")
+    if date is not None and date.isoformat() not in cycles:
+        raise MktoolError(f"no export cycle on {date} for {month}",
+                          hint=f"cycles of {month}: {', '.join(cycles)}" if cycles
+                          else f"run `mktool export --month {month} --date {date}` first")
     if fmt == "json":
         typer.echo(json.dumps(doc, ensure_ascii=False, indent=2))
     elif fmt == "csv":
@@ -794,8 +805,8 @@ def funnel_cmd(
             for s in stages:
                 share = f"{100 * s['count'] / first:.1f}%" if first else "-"
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
-        render_table(run.reporter, f"Funnels {month}", ["funnel", "stage", "customers", "of first"], rows,
-                     to_stdout=True)
+        title = f"Funnels {month}" + (f" (cycle {date})" if date is not None else "")
+        render_table(run.reporter, title, ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
 
 
 @command("matrix")
@@ -925,7 +936,8 @@ def run_cmd(
     month: MonthOpt,
     ingest_dir: Annotated[list[Path] | None, typer.Option(
         "--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the target lists")] = Path("out"),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder: the lists go to <out>/<month>/<cycle-date>/")] = Path("out"),
     fmt: FormatOpt = None,
     date: Annotated[dt.date | None, date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
 ) -> None:
@@ -1214,8 +1226,9 @@ def diff_cmd(
                                reporter=run.reporter)
     else:
         if len(folders) != 2:
-            raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff out_a/2026-10 "
-                                             "out_b/2026-10`, or --month M --against-matrices DIR")
+            raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff "
+                                             "out_a/2026-10/latest out_b/2026-10/latest`, or --month M "
+                                             "--against-matrices DIR")
         for given, name in ((month, "--month"), (fixtures, "--fixtures"), (date, "--date")):
             if given is not None:
                 raise run.usage_error(name, f"{name} only applies with --against-matrices")
