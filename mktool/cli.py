@@ -721,6 +721,9 @@ def export_cmd(
 ) -> None:
     """Write per-channel target lists under the contact policy, with funnel.json and manifest.json.
 
+    Each cycle (--date) has its own folder <out>/<month>/<cycle-date>/; <out>/<month>/latest and
+    <out>/latest point at the newest one.
+
     Suppression, in order, each a funnel stage: do-not-disturb, unsubscribed, rejection
     cool-down, contact caps, mutually exclusive policies, cross-channel dedupe, channel
     capacity, hold-out control group. Exported rows are recorded in contact_history.
@@ -784,13 +787,13 @@ def funnel_cmd(
                               hint=f"run `mktool plan/matrix --month {month}` first")
         doc = export.funnel_document(db.c, month, date)
         cycles = export.funnel_cycles(db.c, month) if date is not None else []
-    if not doc["funnels"]:
-        raise MktoolError(f"no funnels recorded for {month}",
-                          hint=f"run `mktool plan/matrix/export --month {month}` first")
-    if date is not None and date.isoformat() not in cycles:
+    if date is not None and date.isoformat() not in cycles and (cycles or doc["funnels"]):
         raise MktoolError(f"no export cycle on {date} for {month}",
                           hint=f"cycles of {month}: {', '.join(cycles)}" if cycles
                           else f"run `mktool export --month {month} --date {date}` first")
+    if not doc["funnels"]:
+        raise MktoolError(f"no funnels recorded for {month}",
+                          hint=f"run `mktool plan/matrix/export --month {month}` first")
     if fmt == "json":
         typer.echo(json.dumps(doc, ensure_ascii=False, indent=2))
     elif fmt == "csv":
@@ -1187,7 +1190,7 @@ def snapshot_cmd(
 def diff_cmd(
     run: Run,
     folders: Annotated[list[Path] | None, typer.Argument(
-        help="Two export folders <out>/<month>: before, then after", show_default=False)] = None,
+        help="Two export cycle folders <out>/<month>/<cycle-date>: before, then after", show_default=False)] = None,
     month: Annotated[str | None, optional_month("With --against-matrices: the month to run")] = None,
     against: Annotated[Path | None, typer.Option(
         "--against-matrices", metavar="DIR",

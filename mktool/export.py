@@ -19,15 +19,27 @@ another channel. The cool-down is inclusive (30 days: a rejection 30 days before
 date still blocks); caps count contacts per calendar month of the cycle date; capacity counts
 offers (rows) per cycle.
 
+Every cycle — the monthly run and each daily run — is identified by its cycle date (``--date``):
+that ISO date is the cycle id of its records (contact_history.cycle, holdouts.cycle, the
+manifest), for monthly and daily channels alike, and names its folder
+``<out>/<month>/<cycle-date>/``, which holds that cycle's lists, funnel.json and manifest.json
+and nothing of another cycle's. ``<out>/<month>/latest`` and ``<out>/latest`` are relative
+symlinks to the newest cycle folder (by cycle date: a re-run of an older date does not move
+them back), replaced atomically once a publish is complete (mktool.publish.point_latest).
+
 Exported rows (also a list streamed with ``--out -``) are written back to ``contact_history``
-(outcome ``sent``) so the next cycle's caps and cool-downs see them; re-running a cycle
-replaces its own records and files. Contacts are recorded if and only if their lists were
-delivered: the lists, funnel.json and manifest.json are published with the write-back as one
-unit (staged, journaled, committed, renamed: mktool.publish), and a list streamed with
-``--out -`` is recorded only once all of it was written. manifest.json lists every file of the
-folder after the publish (a list of a channel not exported now keeps its entry; an old file no
-longer part of the folder is removed in the same publish) and everything the lists were made
-from: engine versions, the command line, the steps' overrides, the rules folder and its commit.
+(outcome ``sent``) so the next cycle's caps and cool-downs see them; re-running a cycle date
+replaces its own records and files, and a cycle on another date never touches them. Contacts
+are recorded if and only if their lists were delivered: the cycle folder's lists, funnel.json
+and manifest.json are published with the write-back as one unit (staged, journaled, committed,
+renamed: mktool.publish; the folder lock and the recovery are the cycle folder's), and a list
+streamed with ``--out -`` is recorded only once all of it was written. funnel.json names the
+month and the cycle date and holds the month's step funnels and the funnels of the channels
+whose lists are in the folder (funnel_counts keeps a cycle per channel funnel). manifest.json
+lists every list of the cycle folder after the publish (a re-run of the same cycle with
+``--channel`` keeps the cycle's other lists with their entries; an old file no longer part of
+the folder is removed in the same publish) and everything the lists were made from: engine
+versions, the command line, the steps' overrides, the rules folder and its commit.
 """
 
 from __future__ import annotations
@@ -965,13 +977,20 @@ def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult]
     """
     assert result.out_dir is not None
     final_dir = cycle_folder(result.out_dir, month, cycle_date)
+    made = [p for p in (final_dir.parent, final_dir) if not p.exists()]  # folders this publish creates
     with contextlib.ExitStack() as folder_held:
         try:
             final_dir.mkdir(parents=True, exist_ok=True)
             folder_held.enter_context(folder_lock(final_dir))
         except OSError as exc:
             raise MktoolError(f"cannot write the lists: {os_error_text(exc)}", file=str(final_dir)) from None
-        _publish(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, options, final_dir)
+        try:
+            _publish(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, options, final_dir)
+        except BaseException:
+            for folder in reversed(made):  # undone before its commit: no empty cycle folder left behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty (a committed publish's staged files keep it)
+            raise
     result.folder = final_dir
     try:
         point_latest(final_dir)
