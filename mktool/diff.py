@@ -104,8 +104,8 @@ def _check_folder(folder: Path) -> Path:
                                                                        "e.g. out/2026-10/latest")
     if not target_lists(folder) and not (folder / "funnel.json").exists():
         subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        hint = (f"it holds folders ({', '.join(subdirs[:4])}): give a cycle folder (<out>/<month>/<cycle-date> "
-                "or <out>/<month>/latest)") if subdirs else None
+        hint = (f"it holds folders ({', '.join(subdirs[:4])}): give one of them, or for a month folder one of its "
+                "cycle folders (<out>/<month>/<cycle-date> or <out>/<month>/latest)") if subdirs else None
         raise StateError(f"{folder} holds no target lists and no funnel.json", hint=hint)
     return folder
 
