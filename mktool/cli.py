@@ -45,6 +45,7 @@ from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Check
 from mktool.output import infer_format, write_query
 from mktool.planconfig import parse_window as plan_window
 from mktool.project import Project, load_project, project_from_report, validate_all
+from mktool.publish import newest_list
 from mktool.render import print_table, render_table, render_test_report
 from mktool.ruletest.customers import default_customer_rows
 from mktool.ruletest.judging import run_tests
@@ -810,6 +811,33 @@ def funnel_cmd(
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
         title = f"Funnels {month}" + (f" (cycle {date})" if date is not None else "")
         render_table(run.reporter, title, ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
+
+
+@command("latest")
+def latest_cmd(
+    run: Run,
+    channel: Annotated[str, typer.Option(
+        "--channel", "-c", metavar="NAME", help="The channel whose newest list to find")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The output folder export writes into")] = Path("out"),
+    month: Annotated[str | None, optional_month("Only this month's cycles [default: every month]")] = None,
+) -> None:
+    """Print the path of a channel's newest target list (for outbound tooling).
+
+    The newest cycle folder <out>/<month>/<cycle-date>/ whose manifest names a list of the
+    channel: a daily cycle's folder has only the daily channels, so <out>/latest/ may not hold
+    a monthly channel's list. The path names the cycle folder, not the latest link.
+
+    \b
+    Examples:
+      mktool latest --channel outbound --out /data/lists
+      upload-to-crm "$(mktool latest --channel manager --out /data/lists)"
+    """
+    found = newest_list(out, channel, month)
+    if found is None:
+        raise MktoolError(f"no published list of channel {channel!r} under {out}"
+                         + (f" for {month}" if month else ""),
+                         hint="run `mktool export` (or `mktool run`) with this --out first")
+    typer.echo(str(found))
 
 
 @command("matrix")

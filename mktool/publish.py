@@ -404,6 +404,33 @@ def point_latest(cycle_folder: Path) -> None:
             _replace_link(out_dir / LATEST, f"{month}/{date}")
 
 
+def newest_list(out_dir: Path, channel: str, month: str | None = None) -> Path | None:
+    """The newest published list of ``channel`` under ``out_dir``: in the newest cycle folder (by cycle
+    date, then month; of ``month`` only, when given) whose manifest.json names a list of that channel.
+
+    A daily cycle's folder has only the daily channels, so ``<out>/latest`` may not hold a monthly
+    channel's list: this finds it wherever it is. The path goes through the cycle folder itself,
+    not a ``latest`` link, so it stays the same file when a newer cycle moves the links.
+    """
+    out_dir = Path(out_dir)
+    try:
+        months = [m for m in out_dir.iterdir() if _MONTH_NAME.fullmatch(m.name) and m.is_dir() and not m.is_symlink()
+                  and month in (None, m.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    cycles = [(c.name, m.name, c) for m in months for c in m.iterdir()
+              if _is_date(c.name) and c.is_dir() and not c.is_symlink() and (c / SEAL).is_file()]
+    for _, _, folder in sorted(cycles, reverse=True):
+        try:
+            outputs = json.loads((folder / SEAL).read_text(encoding="utf-8")).get("outputs", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for name, entry in sorted(outputs.items()) if isinstance(outputs, dict) else []:
+            if isinstance(entry, dict) and entry.get("channel") == channel and (folder / name).is_file():
+                return folder / name
+    return None
+
+
 # -- one publish ----------------------------------------------------------------------------------
 class Publication:
     """The staged files of one run and the steps that publish them (see the module docstring)."""

@@ -159,6 +159,27 @@ def test_a_new_cycle_of_one_channel_holds_that_list_only_and_a_rerun_keeps_the_c
     assert pairs(cycle_dir(w.out, M, DAY2) / "sms.csv") == {(c(1), "T1")}
 
 
+def test_latest_command_finds_a_channel_s_newest_list_in_whichever_cycle_has_it(tmp_path):
+    w = crafted(tmp_path)
+    three_cycles(w)
+    w.export(month="2026-09", date=dt.date(2026, 11, 5), only_channel="sms")  # a later date, an older data month
+    runner = CliRunner()
+
+    def latest(*args: str) -> Any:
+        return runner.invoke(app, ["latest", "--out", str(w.out), *args])
+
+    manager = latest("--channel", "manager")  # monthly: only the 1st's folder has it
+    assert manager.exit_code == 0, manager.output
+    assert manager.stdout == f"{cycle_dir(w.out, M, DAY1) / 'manager.csv'}\n"
+    assert latest("--channel", "sms").stdout == f"{cycle_dir(w.out, '2026-09', dt.date(2026, 11, 5)) / 'sms.csv'}\n"
+    assert latest("--channel", "sms", "--month", M).stdout == f"{cycle_dir(w.out, M, DAY3) / 'sms.csv'}\n"
+    assert latest("--channel", "outbound").stdout == f"{cycle_dir(w.out, M, DAY3) / 'outbound.csv'}\n"
+    none = latest("--channel", "manager", "--month", "2026-09")
+    assert none.exit_code == 1 and "no published list of channel 'manager'" in none.stderr and none.stdout == ""
+    (cycle_dir(w.out, M, DAY1) / "manifest.json").unlink()  # a folder without its manifest is not published
+    assert latest("--channel", "manager").exit_code == 1
+
+
 # == funnel.json and `mktool funnel` per cycle ==========================================================
 def test_a_daily_cycle_s_funnel_json_holds_only_its_channels_with_its_date(tmp_path):
     w = crafted(tmp_path)
@@ -279,6 +300,8 @@ def test_the_readme_cron_recipe_for_three_days_leaves_three_intact_days_of_lists
             assert folder_bytes(cycle_dir(out, M, earlier)) == files, (day, earlier)
         kept[day] = folder_bytes(cycle_dir(out, M, day))
     assert sorted(p.name for p in (out / M).iterdir()) == [*days, "latest"]
+    newest_manager = mktool("latest", "--channel", "manager", "--out", str(out))  # what outbound tooling calls
+    assert newest_manager.returncode == 0 and newest_manager.stdout == f"{cycle_dir(out, M, days[0]) / 'manager.csv'}\n"
     channels = {name: cfg["cycle"] for name, cfg in _shipped_channels().items()}
     for day in days:
         manifest = assert_intact(cycle_dir(out, M, day), day)
