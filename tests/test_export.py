@@ -591,7 +591,8 @@ def test_worked_example_target_list_columns_csv(worked, cli, tmp_path):
         "new_rental": "158.00", "new_voice_overage": "0.00", "new_data_overage": "40.00", "new_total": "228.00",
         "current_total": "220.00", "total_fee_change": "1.0364", "rental_change": "1.2344"}
     assert "自选组合158" in row["script"] and "158.00" in row["script"]
-    others = [r for p in (cycle_dir(out)).glob("*.csv") for r in csv.DictReader(io.StringIO(p.read_text(encoding="utf-8")))
+    others = [r for p in cycle_dir(out).glob("*.csv")
+              for r in csv.DictReader(io.StringIO(p.read_text(encoding="utf-8")))
               if r["matrix"] != "plan"]
     assert others and all(r["plan_id"] == "" and r["new_total"] == "" for r in others)
 
@@ -657,7 +658,8 @@ def test_out_dash_streams_exactly_one_list_and_records_it(worked, tmp_path, cli)
     # writing the same cycle to files gives the very same bytes and replaces, not adds, the contacts
     done = subprocess.run([*base, "--out", str(out)], env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
-    assert piped.stdout == (cycle_dir(out) / f"{plan_channel}.csv").read_bytes()  # the list, the whole list, nothing else
+    # the list, the whole list, nothing else
+    assert piped.stdout == (cycle_dir(out) / f"{plan_channel}.csv").read_bytes()
     assert [r for r in history() if r[2] == plan_channel] == sent
     no_channel = subprocess.run([*base, "--out", "-"], env=env, capture_output=True, timeout=120)
     assert no_channel.returncode == 2 and no_channel.stdout == b""

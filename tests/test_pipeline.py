@@ -85,7 +85,8 @@ def test_funnel_json_is_the_export_document(month_run):
     result = CliRunner().invoke(app, ["funnel", "--month", M, "--date", "2026-11-01", "--format", "json",
                                       "--db", str(db)])
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == json.loads((cycle_dir(work / "out") / "funnel.json").read_text(encoding="utf-8"))
+    written = (cycle_dir(work / "out") / "funnel.json").read_text(encoding="utf-8")
+    assert json.loads(result.stdout) == json.loads(written)
 
 
 def test_commands_refuse_a_missing_step(tmp_path):

@@ -230,7 +230,8 @@ def test_kill_9_mid_export_leaves_files_and_database_as_before(world, tmp_path, 
     assert db_state(db) == before_db         # and the database holds exactly what it held before
     done = mktool(*killed_export_args(db, out))  # the next run works, and does what the killed one would have
     assert done.returncode == 0, done.stderr
-    assert not list(cycle_dir(out, M, NEXT_DAY).glob(".mktool-staging-*"))  # the dead run's staging folder is cleaned up
+    # the dead run's staging folder is cleaned up
+    assert not list(cycle_dir(out, M, NEXT_DAY).glob(".mktool-staging-*"))
     after = files_state(out)
     assert without_manifest(after) == without_manifest(ref_files)
     assert db_state(db) == ref_db
@@ -247,7 +248,8 @@ def test_kill_9_as_soon_as_an_unhooked_export_starts_writing(world, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mktool", *killed_export_args(db, out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(cycle_dir(out, M, NEXT_DAY).glob(".mktool-staging-*/*")) and proc.poll() is None and time.monotonic() < deadline:
+    staging = cycle_dir(out, M, NEXT_DAY)
+    while not list(staging.glob(".mktool-staging-*/*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
