@@ -45,6 +45,7 @@ from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Check
 from mktool.output import infer_format, write_query
 from mktool.planconfig import parse_window as plan_window
 from mktool.project import Project, load_project, project_from_report, validate_all
+from mktool.publish import newest_list
 from mktool.render import print_table, render_table, render_test_report
 from mktool.ruletest.customers import default_customer_rows
 from mktool.ruletest.judging import run_tests
@@ -706,7 +707,8 @@ def export_cmd(
     run: Run,
     month: MonthOpt,
     out: Annotated[str, typer.Option(
-        "--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
+        "--out", "-o",
+        help="Output folder (lists go to <out>/<month>/<cycle-date>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
     channel: Annotated[str | None, typer.Option(
         "--channel", "-c", metavar="NAME",
@@ -719,6 +721,9 @@ def export_cmd(
         "--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
 ) -> None:
     """Write per-channel target lists under the contact policy, with funnel.json and manifest.json.
+
+    Each cycle (--date) has its own folder <out>/<month>/<cycle-date>/; <out>/<month>/latest and
+    <out>/latest point at the newest one.
 
     Suppression, in order, each a funnel stage: do-not-disturb, unsubscribed, rejection
     cool-down, contact caps, mutually exclusive policies, cross-channel dedupe, channel
@@ -753,7 +758,7 @@ def export_cmd(
                            + (" — dry run, nothing written" if dry_run else ""))
     if not dry_run and not to_stdout:
         written = [ch for ch in result.channels if ch.path is not None]
-        run.reporter.info(f"wrote {len(written)} list(s) to {Path(out) / month}: "
+        run.reporter.info(f"wrote {len(written)} list(s) to {result.folder}: "
                           + ", ".join(f"{ch.path.name} ({ch.rows:,})" for ch in written if ch.path))
 
 
@@ -761,22 +766,32 @@ def export_cmd(
 def funnel_cmd(
     run: Run,
     month: MonthOpt,
+    date: Annotated[dt.date | None, date_option(
+        "Only this export cycle's channel funnels, YYYY-MM-DD [default: every cycle of the month]")] = None,
     fmt: Annotated[str, format_option(FUNNEL_FORMATS)] = "table",
 ) -> None:
-    """Print the funnels recorded for a month (plan, each matrix, each channel).
+    """Print the funnels recorded for a month (plan, each matrix, each export cycle's channels).
 
-    --format json prints exactly the funnel.json document that export writes.
+    With --date, the channel funnels of that cycle only; --format json then prints exactly the
+    funnel.json document that export wrote into <out>/<month>/<date>/. Without --date, every
+    cycle's channel funnels, each named channel:<name>@<cycle-date>.
 
     \b
     Examples:
       mktool funnel --month 2026-10
-      mktool funnel --month 2026-10 --format json | jq '.funnels.plan'
+      mktool funnel --month 2026-10 --date 2026-11-02
+      mktool funnel --month 2026-10 --date 2026-11-01 --format json | jq '.funnels.plan'
     """
     with run.db(write=False) as db:
         if not db.table_exists(FUNNEL_TABLE):
             raise MktoolError(f"no funnels recorded for {month}",
                               hint=f"run `mktool plan/matrix --month {month}` first")
-        doc = export.funnel_document(db.c, month)
+        doc = export.funnel_document(db.c, month, date)
+        cycles = export.funnel_cycles(db.c, month) if date is not None else []
+    if date is not None and date.isoformat() not in cycles and (cycles or doc["funnels"]):
+        raise MktoolError(f"no export cycle on {date} for {month}",
+                          hint=f"cycles of {month}: {', '.join(cycles)}" if cycles
+                          else f"run `mktool export --month {month} --date {date}` first")
     if not doc["funnels"]:
         raise MktoolError(f"no funnels recorded for {month}",
                           hint=f"run `mktool plan/matrix/export --month {month}` first")
@@ -794,8 +809,35 @@ def funnel_cmd(
             for s in stages:
                 share = f"{100 * s['count'] / first:.1f}%" if first else "-"
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
-        render_table(run.reporter, f"Funnels {month}", ["funnel", "stage", "customers", "of first"], rows,
-                     to_stdout=True)
+        title = f"Funnels {month}" + (f" (cycle {date})" if date is not None else "")
+        render_table(run.reporter, title, ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
+
+
+@command("latest")
+def latest_cmd(
+    run: Run,
+    channel: Annotated[str, typer.Option(
+        "--channel", "-c", metavar="NAME", help="The channel whose newest list to find")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The output folder export writes into")] = Path("out"),
+    month: Annotated[str | None, optional_month("Only this month's cycles [default: every month]")] = None,
+) -> None:
+    """Print the path of a channel's newest target list (for outbound tooling).
+
+    The newest cycle folder <out>/<month>/<cycle-date>/ whose manifest names a list of the
+    channel: a daily cycle's folder has only the daily channels, so <out>/latest/ may not hold
+    a monthly channel's list. The path names the cycle folder, not the latest link.
+
+    \b
+    Examples:
+      mktool latest --channel outbound --out /data/lists
+      upload-to-crm "$(mktool latest --channel manager --out /data/lists)"
+    """
+    found = newest_list(out, channel, month)
+    if found is None:
+        raise MktoolError(f"no published list of channel {channel!r} under {out}"
+                         + (f" for {month}" if month else ""),
+                         hint="run `mktool export` (or `mktool run`) with this --out first")
+    typer.echo(str(found))
 
 
 @command("matrix")
@@ -925,7 +967,8 @@ def run_cmd(
     month: MonthOpt,
     ingest_dir: Annotated[list[Path] | None, typer.Option(
         "--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the target lists")] = Path("out"),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder: the lists go to <out>/<month>/<cycle-date>/")] = Path("out"),
     fmt: FormatOpt = None,
     date: Annotated[dt.date | None, date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
 ) -> None:
@@ -1176,7 +1219,7 @@ def snapshot_cmd(
 def diff_cmd(
     run: Run,
     folders: Annotated[list[Path] | None, typer.Argument(
-        help="Two export folders <out>/<month>: before, then after", show_default=False)] = None,
+        help="Two export cycle folders <out>/<month>/<cycle-date>: before, then after", show_default=False)] = None,
     month: Annotated[str | None, optional_month("With --against-matrices: the month to run")] = None,
     against: Annotated[Path | None, typer.Option(
         "--against-matrices", metavar="DIR",
@@ -1227,8 +1270,9 @@ def diff_cmd(
                                reporter=run.reporter, detail=out)
     else:
         if len(folders) != 2:
-            raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff out_a/2026-10 "
-                                             "out_b/2026-10`, or --month M --against-matrices DIR")
+            raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff "
+                                             "out_a/2026-10/latest out_b/2026-10/latest`, or --month M "
+                                             "--against-matrices DIR")
         for given, name in ((month, "--month"), (fixtures, "--fixtures"), (date, "--date")):
             if given is not None:
                 raise run.usage_error(name, f"{name} only applies with --against-matrices")

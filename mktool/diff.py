@@ -2,8 +2,8 @@
 
 Two ways to get the two sides:
 
-* two export folders (``mktool diff OUT_A/2026-10 OUT_B/2026-10``): the lists and funnel.json
-  that ``mktool export`` / ``mktool run`` wrote;
+* two export cycle folders (``mktool diff OUT_A/2026-10/latest OUT_B/2026-10/2026-11-01``): the
+  lists and funnel.json that ``mktool export`` / ``mktool run`` wrote;
 * the current rules against another matrices folder on the same data (``mktool diff --month M
   --against-matrices ../main/matrices``): both rule sets run the whole month (score, matrix,
   plan, export, fixed cycle date) in temporary databases, built from ``--fixtures DIR`` or
@@ -320,10 +320,12 @@ def _load_funnels(folder: Path) -> dict[str, list[tuple[str, int]]]:
 def _check_folder(folder: Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
-        raise StateError(f"no export folder at {folder}", hint="give <out>/<month>, e.g. out/2026-10")
+        raise StateError(f"no export folder at {folder}", hint="give a cycle folder <out>/<month>/<cycle-date>, "
+                                                                       "e.g. out/2026-10/latest")
     if not target_lists(folder) and not (folder / "funnel.json").exists():
         subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        hint = f"it holds month folders ({', '.join(subdirs[:4])}): give one of them" if subdirs else None
+        hint = (f"it holds folders ({', '.join(subdirs[:4])}): give one of them, or for a month folder one of its "
+                "cycle folders (<out>/<month>/<cycle-date> or <out>/<month>/latest)") if subdirs else None
         raise StateError(f"{folder} holds no target lists and no funnel.json", hint=hint)
     return folder
 
@@ -343,7 +345,7 @@ def _compare_funnels(a: dict[str, list[tuple[str, int]]], b: dict[str, list[tupl
 
 def compare_folders(before: Path, after: Path, *, labels: tuple[str, str] | None = None,
                     detail: Path | None = None) -> DiffResult:
-    """Compare two export folders (<out>/<month>); ``detail``: write the per-row changes there (``--out``)."""
+    """Compare two export cycle folders (<out>/<month>/<cycle-date>); ``detail``: write the per-row changes there (``--out``)."""
     before, after = _check_folder(before), _check_folder(after)
     con = duckdb.connect(":memory:")
     try:

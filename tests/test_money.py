@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
-from conftest import month_rows, write_table
+from conftest import cycle_dir, month_rows, write_table
 
 from mktool import dialect
 from mktool.config import shipped_matrices_dir
@@ -265,7 +265,7 @@ def month_lists(cli, tmp_path):
     names = [d[0] for d in cur.description]
     view = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
     con.close()
-    with next(out.rglob("inbound.csv")).open(encoding="utf-8", newline="") as f:
+    with (cycle_dir(out, M, "2026-11-01") / "inbound.csv").open(encoding="utf-8", newline="") as f:
         plan_rows = {r["msisdn"]: r for r in csv.DictReader(f) if r["matrix"] == "plan"}
     return view, plan_rows
 
