@@ -751,10 +751,9 @@ def _read_rule(node: Located, i: int, *, matrix: str, family: str, is_priority: 
             if group is not None and ctx.groups is not None:
                 declared = ctx.groups.get(group)
                 if declared is None:
-                    known = f"{POLICIES_FILE} declares {', '.join(ctx.groups)}" if ctx.groups else \
-                        f"{POLICIES_FILE} declares no groups"
+                    known = f"declared: {', '.join(ctx.groups)}" if ctx.groups else "it declares none"
                     raise node.child("group").error(f"undeclared policy group '{group}'{suggest(group, ctx.groups)}: "
-                                                    f"add it to {POLICIES_FILE} groups: ({known})")
+                                                    f"declare it under groups: in {POLICIES_FILE} ({known})")
                 if declared.family and declared.family != family:
                     raise node.child("group").error(f"group '{group}' holds {declared.family} policies "
                                                     f"({declared.at()}), but matrix '{matrix}' is family {family}")
