@@ -20,14 +20,17 @@ import pytest
 import sqlglot
 import yaml
 from conftest import CYCLE_DATE as D
-from conftest import MATRICES, M
+from conftest import FIXTURES, MATRICES, M
 from test_export import World, c, make_world
+from typer.testing import CliRunner
 
 from mktool import dialect, export
+from mktool.cli import app
 from mktool.errors import ConfigError
 from mktool.export import ExportConfig
 from mktool.project import load_project, validate_all
 from mktool.rules import Problems, read_rule_files
+from mktool.schema import GROUP_COLUMNS
 
 
 def grec(msisdn: str, rank: int, policy: str, channels: list[str], group: str | None) -> tuple[Any, ...]:
@@ -312,3 +315,73 @@ def test_ordered_text_agg_per_dialect() -> None:
     assert "ARRAY_JOIN(TRANSFORM(ARRAY_SORT(COLLECT_LIST(STRUCT(k AS k, x AS v))), e -> e.v), '|')" in spark
     assert dialect.ordered_text_agg("x", "k", "'|'", "spark") == \
         "array_join(transform(array_sort(collect_list(struct(k AS k, x AS v))), e -> e.v), '|')"
+
+
+# == the shipped rules on the fixtures, against an independent computation =================================
+@pytest.fixture(scope="module")
+def fixture_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("groups_run")
+    db = work / "mk.duckdb"
+    result = CliRunner().invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", D.isoformat(),
+                                      "--out", str(work / "out"), "--db", str(db), "--matrices", str(MATRICES)])
+    assert result.exit_code == 0, result.output
+    return work / "out", db
+
+
+def list_rows(out: Path, channel: str) -> list[dict[str, str]]:
+    path = next(out.rglob(f"{channel}.csv"))
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def test_fixture_lists_carry_the_rules_groups(fixture_run):
+    out, _ = fixture_run
+    project = load_project(MATRICES)
+    rules = {(m.name, r.id): r for m in project.rules.offers for r in m.rules}
+    seen = 0
+    config = ExportConfig.of(project)
+    for name, channel in config.channels.items():
+        if channel.format != "csv" or not {"matrix", "rule_id", "policy_id", *GROUP_COLUMNS} <= set(
+                config.columns(channel)):
+            continue  # a channel that lists only some columns (sms), or not as csv (app)
+        for row in list_rows(out, name):
+            rule = rules.get((row["matrix"], row["rule_id"]))
+            group = project.groups.get(rule.group) if rule is not None and rule.group else None
+            if group is None:
+                assert (row["group_id"], row["group_name"], row["group_alternatives"]) == ("", "", "")
+                continue
+            others = [pid for pid in group.policies if pid != row["policy_id"]]
+            assert (row["group_id"], row["group_name"]) == (group.id, group.name)
+            assert row["group_alternatives"] == "|".join(others)
+            assert row["group_alternative_names"] == "|".join(project.policies[pid].name for pid in others)
+            seen += 1
+    assert seen > 0  # the retention rules' rows carry their groups
+
+
+def test_fixture_frontdesk_screen_matches_the_view_and_the_history(fixture_run):
+    out, db = fixture_run
+    front = list_rows(out, "frontdesk")
+    assert front
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        view = {r[0]: r[1:] for r in con.execute(
+            "SELECT msisdn, value_tier, stickiness_tier, churn_flag, bundle_end, contract_end FROM customer_view "
+            "WHERE month = ?", [M]).fetchall()}
+        history = con.execute("SELECT msisdn, contact_date, channel, policy_id, outcome FROM contact_history "
+                              "WHERE contact_date >= DATE '2026-08-01' AND contact_date < DATE '2026-11-01'").fetchall()
+    finally:
+        con.close()
+    contacts: dict[str, list[tuple[Any, ...]]] = {}
+    for msisdn, day, channel, policy, outcome in history:
+        contacts.setdefault(msisdn, []).append((-day.toordinal(), channel, policy, outcome, day))
+    shown = 0
+    for row in front:
+        value_tier, stickiness, churn, bundle_end, contract_end = view[row["msisdn"]]
+        assert (row["value_tier"], row["stickiness_tier"], row["churn_flag"]) == (
+            value_tier or "", stickiness or "", "" if churn is None else str(churn).lower())
+        assert (row["bundle_end"], row["contract_end"]) == (bundle_end.isoformat() if bundle_end else "",
+                                                            contract_end.isoformat() if contract_end else "")
+        entries = [f"{e[4].isoformat()} {e[1]} {e[2]} {e[3]}" for e in sorted(contacts.get(row["msisdn"], []))]
+        want = "; ".join(entries[:10] + ([f"…+{len(entries) - 10}"] if len(entries) > 10 else []))
+        assert row["recent_contacts"] == want, row["msisdn"]
+        shown += bool(want)
+    assert shown > 0
