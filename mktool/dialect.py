@@ -321,6 +321,40 @@ def days_before(date: str, days: str, dialect: Dialect = DUCKDB) -> str:
     return f"date_sub(CAST({date} AS DATE), CAST({days} AS INT))"
 
 
+def months_before(date: str, months: int, dialect: Dialect = DUCKDB) -> str:
+    """The DATE ``months`` calendar months before ``date``, clamped to the month's last day
+    (2026-05-31 → 2026-02-28): DuckDB's DATE − INTERVAL cast back to DATE, Spark's ``add_months``.
+
+    Why the cast: DuckDB's DATE − INTERVAL is a TIMESTAMP; sqlglot renders the same text for
+    Spark as DATE − INTERVAL 'n' MONTH, which Spark computes as add_months (the same clamp).
+    """
+    _check(dialect)
+    if not isinstance(months, int) or isinstance(months, bool) or months < 0:
+        raise ValueError(f"months must be a non-negative integer, got {months!r}")
+    if dialect == DUCKDB:
+        return f"CAST(CAST({date} AS DATE) - INTERVAL {months} MONTH AS DATE)"
+    return f"add_months(CAST({date} AS DATE), -{months})"
+
+
+def ordered_text_agg(value: str, order_key: str, separator: str, dialect: Dialect = DUCKDB) -> str:
+    """An aggregate: the group's ``value`` texts joined by ``separator`` (an SQL text literal) in
+    ascending ``order_key`` order (a key unique within the group, e.g. a row_number); NULL values
+    are left out, and a group of none gives NULL on DuckDB, '' on Spark (callers keep at least one row).
+
+    Why not DuckDB's ``string_agg(value, sep ORDER BY key)``: sqlglot renders it as LISTAGG …
+    WITHIN GROUP, which only Spark 4 has, and ``list(value ORDER BY key)`` as COLLECT_LIST, which
+    drops the order. A sorted list of (key, value) structs means the same on both engines: DuckDB's
+    list_sort / list_transform, rendered by sqlglot as Spark's ARRAY_SORT / TRANSFORM (the Spark
+    rendering below), and array_to_string as ARRAY_JOIN.
+    """
+    _check(dialect)
+    if dialect == DUCKDB:
+        return (f"array_to_string(list_transform(list_sort(list(struct_pack(k := {order_key}, v := {value}))), "
+                f"lambda e: e.v), {separator})")
+    return f"array_join(transform(array_sort(collect_list(struct({order_key} AS k, {value} AS v))), e -> e.v), " \
+           f"{separator})"
+
+
 # -- queries as data: DuckDB text, rendered for an engine when executed ------------------------
 @dataclass(frozen=True)
 class Query:

@@ -71,7 +71,16 @@ from mktool.database import (
     table_columns,
     table_exists,
 )
-from mktool.dialect import Query, days_before, draw, money, round_half_away, sha256_hex
+from mktool.dialect import (
+    Query,
+    days_before,
+    draw,
+    money,
+    months_before,
+    ordered_text_agg,
+    round_half_away,
+    sha256_hex,
+)
 from mktool.errors import Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
 from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, stream_file
@@ -90,8 +99,19 @@ from mktool.publish import (
     record_commit,
     recover_folder,
 )
-from mktool.rules import Channel, Policy
-from mktool.schema import CONTACT_HISTORY_TABLE, EXPORT_STAGES, MONEY_COLUMNS, RATE_COLUMNS, TARGET_COLUMNS
+from mktool.rules import Channel, Policy, PolicyGroup, default_columns
+from mktool.schema import (
+    CONTACT_HISTORY_TABLE,
+    EXPORT_STAGES,
+    GROUP_COLUMNS,
+    MONEY_COLUMNS,
+    RATE_COLUMNS,
+    RECENT_CONTACTS_COLUMN,
+    RECENT_CONTACTS_MAX,
+    RECENT_CONTACTS_MONTHS,
+    SUMMARY_COLUMNS,
+    TARGET_COLUMNS,
+)
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
 
@@ -107,6 +127,7 @@ class ExportConfig:
 
     channels: dict[str, Channel]
     policies: dict[str, Policy]
+    groups: dict[str, PolicyGroup]
     cooldown_days: int
     monthly_cap: int | None
     plan: PlanConfig
@@ -118,6 +139,7 @@ class ExportConfig:
         return cls(
             channels=project.channels.channels,
             policies=project.policies,
+            groups=project.groups,
             cooldown_days=contact.cooldown_days if contact.cooldown_days is not None else DEFAULT_COOLDOWN_DAYS,
             monthly_cap=contact.monthly_cap,
             plan=project.plan,
@@ -129,7 +151,8 @@ class ExportConfig:
         return self.project.salt(channel)
 
     def columns(self, channel: Channel) -> tuple[str, ...]:
-        return tuple(channel.columns) if channel.columns else TARGET_COLUMNS
+        """The channel's list columns (channels.yaml ``columns:``, else its default: rules.default_columns)."""
+        return default_columns(channel, self.project.rules.columns)
 
 
 # -- SQL: named queries, built apart from execution -------------------------------------------
@@ -142,8 +165,13 @@ class ExportConfig:
 # engine-differing pieces (the draw, string hashing, date arithmetic) come from mktool.dialect.
 
 #: An offer's columns in _x_offers (beside its offer_id, value_score and cust_id): every
-#: target-list column but channel, then the offer's candidate channels in rule order.
-OFFER_COLUMNS = (*(c for c in TARGET_COLUMNS if c != "channel"), "channels")
+#: target-list column but channel and the group's texts (only its group_id: the texts are joined
+#: from the small _x_group_alternatives when a list asks for them), then the offer's candidate
+#: channels in rule order.
+OFFER_COLUMNS = (*(c for c in TARGET_COLUMNS if c != "channel" and (c == "group_id" or c not in GROUP_COLUMNS)),
+                 "channels")
+#: The group texts a list joins from _x_group_alternatives.
+GROUP_TEXT_COLUMNS = tuple(c for c in GROUP_COLUMNS if c != "group_id")
 #: The narrow rows every stage carries (the texts stay in _x_offers until the lists are written).
 CANDIDATE_COLUMNS = ("offer_id", "cust_id", "msisdn", "policy_id", "rank", "value_score", "channel", "channel_pref")
 #: Allocation rows: a candidate row with its place among the offer's surviving channels.
@@ -196,7 +224,7 @@ OFFERS_SQL = """
 CREATE OR REPLACE TEMP TABLE _x_offers AS
 WITH rec AS (
     SELECT r.msisdn, r.month, r.rank, r.matrix, r.rule_id, r.policy_id, r.policy_name, r.script,
-           CAST(NULL AS VARCHAR) AS current_plan_id, CAST(NULL AS VARCHAR) AS plan_id,
+           r."group" AS group_id, CAST(NULL AS VARCHAR) AS current_plan_id, CAST(NULL AS VARCHAR) AS plan_id,
            CAST(NULL AS DOUBLE) AS new_rental, CAST(NULL AS DOUBLE) AS new_voice_overage,
            CAST(NULL AS DOUBLE) AS new_data_overage, CAST(NULL AS DOUBLE) AS new_total,
            CAST(NULL AS DOUBLE) AS current_total, CAST(NULL AS DOUBLE) AS total_fee_change,
@@ -208,7 +236,7 @@ plan AS (
     SELECT p.msisdn, p.month, CAST(coalesce(l.max_rank, 0) + p.rank AS INTEGER) AS rank,
            'plan' AS matrix, 'plan_rank_' || CAST(p.rank AS VARCHAR) AS rule_id,
            $plan_policy AS policy_id, $plan_policy_name AS policy_name,
-           {plan_script} AS script,
+           {plan_script} AS script, CAST(NULL AS VARCHAR) AS group_id,
            p.current_plan_id, p.plan_id, p.new_rental, p.new_voice_overage, p.new_data_overage, p.new_total,
            p.current_total, p.total_fee_change, p.rental_change, CAST($plan_channels AS VARCHAR[]) AS channels
     FROM {plan_rows} p LEFT JOIN last_rank l ON l.msisdn = p.msisdn
@@ -562,11 +590,82 @@ def held_out_query(channel: str) -> Query:
                  {"channel": channel})
 
 
+GROUP_ALTERNATIVES_SQL = """
+-- Per policy group and policy: the group's name and its other policies (ids and names joined
+-- with '|', in the group's order) — what a list row whose rule names the group shows beside its
+-- main policy. Every group × catalogue policy: a few hundred rows, joined to the lists by key.
+CREATE OR REPLACE TEMP TABLE _x_group_alternatives AS
+SELECT g.group_id, p.policy_id, g.group_name,
+       nullif({ids}, '') AS group_alternatives,
+       nullif({names}, '') AS group_alternative_names
+FROM _x_groups g
+CROSS JOIN _x_policies p
+LEFT JOIN _x_group_members m ON m.group_id = g.group_id AND m.policy_id <> p.policy_id
+GROUP BY g.group_id, g.group_name, p.policy_id
+"""
+
+
+def group_alternatives_query() -> Query:
+    """_x_group_alternatives: each group's alternatives to each policy (see GROUP_ALTERNATIVES_SQL)."""
+    bar = quote_literal("|")
+    return Query("group_alternatives", GROUP_ALTERNATIVES_SQL.format(
+        ids=ordered_text_agg("m.policy_id", "m.pos", bar), names=ordered_text_agg("m.policy_name", "m.pos", bar)))
+
+
+def list_window_query(cycle_date: dt.date) -> Query:
+    """_x_list_window: the cycle date and the first day of the recent contacts a list shows
+    (RECENT_CONTACTS_MONTHS calendar months before it)."""
+    start = months_before("$cycle_date", RECENT_CONTACTS_MONTHS)
+    return Query("list_window", "CREATE OR REPLACE TEMP TABLE _x_list_window AS SELECT CAST($cycle_date AS DATE) "
+                                f"AS cycle_date, {start} AS contacts_from", {"cycle_date": cycle_date})
+
+
+RECENT_CONTACTS_SQL = """(
+    -- The listed customers' contacts in [cycle date − {months} months, cycle date), every channel,
+    -- newest first: 'YYYY-MM-DD channel policy outcome' entries joined with '; ', at most {most}
+    -- (then '…+N', N the entries left out).
+    SELECT e.msisdn,
+           {entries} || CASE WHEN max(e.entries) > {most}
+                             THEN '; …+' || CAST(max(e.entries) - {most} AS VARCHAR) ELSE '' END AS recent_contacts
+    FROM (
+        SELECT h.msisdn,
+               CAST(h.contact_date AS VARCHAR) || ' ' || h.channel || ' ' || h.policy_id || ' ' || h.outcome AS entry,
+               row_number() OVER (PARTITION BY h.msisdn
+                                  ORDER BY h.contact_date DESC, h.channel, h.policy_id, h.outcome) AS pos,
+               count(*) OVER (PARTITION BY h.msisdn) AS entries
+        FROM _x_history h
+        JOIN _x_list_window w ON h.contact_date >= w.contacts_from AND h.contact_date < w.cycle_date
+        WHERE h.msisdn IN (SELECT msisdn FROM _x_drawn WHERE channel = {channel} AND NOT held_out)
+    ) AS e
+    WHERE e.pos <= {most}
+    GROUP BY e.msisdn
+)"""
+
+
 def list_query(channel: Channel, columns: tuple[str, ...], salt: str | None) -> Query:
-    """One channel's target list: its exported rows (not held out) with their offers' texts, in list order."""
-    offer = ", ".join("d.channel" if c == "channel" else f"o.{c}" for c in TARGET_COLUMNS)
-    rows = (f"SELECT {offer} FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id "
-            f"WHERE d.channel = {quote_literal(channel.name)} AND NOT d.held_out")
+    """One channel's target list: its exported rows (not held out) with their offers' texts, in list order.
+
+    The group texts, the customer summary (customer_view) and the recent contacts are joined only
+    when the channel's columns ask for them: a list without them reads neither.
+    """
+    name = quote_literal(channel.name)
+    offer = ["d.channel" if c == "channel" else f"o.{c}" for c in TARGET_COLUMNS if c not in GROUP_TEXT_COLUMNS]
+    joins = ""
+    if any(c in GROUP_TEXT_COLUMNS for c in columns):
+        offer += [f"g.{c}" for c in GROUP_TEXT_COLUMNS]
+        joins += " LEFT JOIN _x_group_alternatives g ON g.group_id = o.group_id AND g.policy_id = o.policy_id"
+    summary = [c for c in SUMMARY_COLUMNS if c in columns]
+    if summary:
+        offer += [f"v.{c}" for c in summary]
+        joins += (" LEFT JOIN (SELECT msisdn, month, " + ", ".join(summary) + " FROM customer_view) v "
+                  "ON v.msisdn = o.msisdn AND v.month = o.month")
+    if RECENT_CONTACTS_COLUMN in columns:
+        offer.append(f"rc.{RECENT_CONTACTS_COLUMN}")
+        recent = RECENT_CONTACTS_SQL.format(months=RECENT_CONTACTS_MONTHS, most=RECENT_CONTACTS_MAX, channel=name,
+                                            entries=ordered_text_agg("e.entry", "e.pos", quote_literal("; ")))
+        joins += f" LEFT JOIN {recent} AS rc ON rc.msisdn = o.msisdn"
+    rows = (f"SELECT {', '.join(offer)} FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id{joins} "
+            f"WHERE d.channel = {name} AND NOT d.held_out")
     return Query(f"list:{channel.name}", f"SELECT {_target_select(channel, columns, salt)} FROM ({rows}) AS r "
                                          "ORDER BY msisdn, rank, policy_id")
 
@@ -609,6 +708,7 @@ def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: 
     p = ExportParams.of(config, month, cycle_date, has_plan=has_plan)
     found: list[Query] = [history_query("none"), history_query("ours"), history_query("ingested"),
                           held_before_query(has_holdouts=False), held_before_query(has_holdouts=True),
+                          group_alternatives_query(), list_window_query(cycle_date),
                           offers_query(p), candidates_query(p), screen_query(p), screen_counts_query(),
                           cooldown_query(), caps_query(p), exclusion_query(), *allocation_setup_queries(),
                           rounds_query(), *round_queries(1), holdout_query(),
@@ -654,11 +754,14 @@ class ExportResult:
     folder: Path | None = None  # the cycle folder the lists were published in (None: dry run, stdout)
 
 
-def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str]) -> None:
-    """Channel, policy and cycle settings as small temp tables the stage SQL joins to.
+def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str],
+              cycle_date: dt.date) -> None:
+    """Channel, policy, policy-group and cycle settings as small temp tables the stage SQL joins to.
 
     A policy's allowed channels are rows of _x_policy_channels (none: every channel), not a
     list column: the stages then need no list functions beyond reading an offer's own channels.
+    So are a policy group's members (_x_group_members, with their place in the group), from which
+    _x_group_alternatives is built once for the lists.
     """
     con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, cycle VARCHAR, capacity BIGINT, "
                 "contact_cap BIGINT)")
@@ -674,6 +777,16 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
         allowed = [(p.id, channel) for p in config.policies.values() for channel in dict.fromkeys(p.channels)]
         if allowed:
             con.executemany("INSERT INTO _x_policy_channels VALUES (?, ?)", allowed)
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_groups (group_id VARCHAR, group_name VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_group_members (group_id VARCHAR, pos INTEGER, policy_id VARCHAR, "
+                "policy_name VARCHAR)")
+    if config.groups:
+        con.executemany("INSERT INTO _x_groups VALUES (?, ?)", [(g.id, g.name) for g in config.groups.values()])
+        con.executemany("INSERT INTO _x_group_members VALUES (?, ?, ?, ?)",
+                        [(g.id, pos, pid, config.policies[pid].name if pid in config.policies else pid)
+                         for g in config.groups.values() for pos, pid in enumerate(g.policies, 1)])
+    _run(con, group_alternatives_query())
+    _run(con, list_window_query(cycle_date))
     con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR)")
     if cycles:
         con.executemany("INSERT INTO _x_cycle VALUES (?, ?)", list(cycles.items()))
@@ -799,7 +912,7 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
     Each filtering stage is built from the previous one's table, counted, and the previous one
     dropped. The allocation re-executes the same two round statements with the round bound.
     """
-    _register(con, config, cycles)
+    _register(con, config, cycles, p.cycle_date)
     _history_view(con)
     _run(con, offers_query(p))
     counts: dict[tuple[str, str], int] = {}

@@ -24,7 +24,8 @@ Semantics
 
 Tables written (month M replaced, inside one transaction)
   recommendations(msisdn, month, rank, matrix, family, rule_no, rule_id, policy_id,
-                  policy_name, "group", script, channels VARCHAR[])
+                  policy_name, "group", script, channels VARCHAR[])   -- "group": the rule's policy group id
+                  (policies.yaml groups:; export joins its name and alternatives to the lists)
   customer_priority(msisdn, month, priority_rule_id, family_order VARCHAR[])
   rule_hits(month, matrix, rule_no, rule_id, policy_id, hits)   -- per rule, per matrix run
   funnel_counts: one funnel per matrix: customers → where → matched → recommended

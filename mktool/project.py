@@ -34,6 +34,7 @@ from mktool.rules import (
     ChannelConfig,
     Matrix,
     Policy,
+    PolicyGroup,
     Problem,
     Problems,
     Rule,
@@ -303,10 +304,10 @@ def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> _Loaded
     plan = _check_plan(matrices_dir, problems, files, policies, channels) if with_plan else None
     if model is not None:
         _type_check(read.matrices, model, problems)
-    if problems.error_count or policies is None or channels is None or columns is None:
+    if problems.error_count or policies is None or channels is None or columns is None or read.groups is None:
         return _Loaded(None, files, model, plan)
-    return _Loaded(RuleSet(matrices_dir, read.matrices, policies, channels, columns, problems.warnings), files,
-                   model, plan)
+    return _Loaded(RuleSet(matrices_dir, read.matrices, policies, channels, columns, problems.warnings,
+                           groups=read.groups), files, model, plan)
 
 
 def _check_plan(matrices_dir: Path, problems: Problems, files: list[str],
@@ -373,6 +374,10 @@ class Project:
     @property
     def channels(self) -> ChannelConfig:
         return self.rules.channels
+
+    @property
+    def groups(self) -> dict[str, PolicyGroup]:
+        return self.rules.groups
 
     @property
     def warnings(self) -> list[Problem]:

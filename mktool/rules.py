@@ -26,13 +26,23 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import difflib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mktool.errors import ConfigError, short_repr
-from mktool.schema import CHANNEL_NAMES, CYCLES, LIST_FORMATS, MASKS, TARGET_COLUMNS
+from mktool.schema import (
+    CHANNEL_NAMES,
+    CYCLES,
+    LIST_COLUMNS,
+    LIST_FORMATS,
+    MASKS,
+    POPUP_CHANNEL_NAMES,
+    SCREEN_COLUMNS,
+    SUMMARY_COLUMNS,
+    TARGET_COLUMNS,
+)
 from mktool.sqlcheck import CheckedExpression, check_expression
 from mktool.sqlquote import is_id, is_name
 from mktool.yamlio import Located, YamlFile, load_yaml, read_yaml, suggest
@@ -44,10 +54,13 @@ __all__ = [
     "ContactPolicy",
     "Matrix",
     "Policy",
+    "PolicyGroup",
     "Problem",
     "Rule",
     "RuleSet",
     "load_channels",
+    "default_columns",
+    "is_popup",
     "load_policies",
     "matrix_files",
     "read_rule_files",
@@ -69,6 +82,7 @@ RULE_KEYS = {"id", "when", "policy", "group", "script", "channels"} | DOC_KEYS
 PRIORITY_RULE_KEYS = {"id", "when", "order"} | DOC_KEYS
 POLICY_KEYS = {"id", "name", "family", "valid_from", "valid_to", "channels", "exclusive_group",
                "cooldown_days", "holdout"} | DOC_KEYS
+GROUP_KEYS = {"id", "name", "policies"} | DOC_KEYS
 CHANNEL_KEYS = {"cycle", "capacity", "format", "columns", "mask", "salt_env", "contact_cap"} | DOC_KEYS
 CONTACT_POLICY_KEYS = {"cooldown_days", "monthly_cap"}
 
@@ -173,6 +187,24 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class PolicyGroup:
+    """A policy group (政策群, seed 001) of policies.yaml ``groups:``: the offers of one family the
+    agent may choose instead of a rule's main policy, best first."""
+
+    id: str
+    name: str
+    policies: tuple[str, ...]  # member policy ids, in the group's order
+    family: str = ""  # the members' family (one family per group)
+    file: str = ""
+    path: str = ""  # key path in policies.yaml: groups[2]
+    source: YamlFile | None = field(default=None, compare=False, repr=False)
+
+    def at(self, key: str = "") -> str:
+        """The location of one of this group's keys (``policies.yaml:80 @ groups[2].policies (group 6)``)."""
+        return _where(self.source, self.file, f"{self.path}.{key}" if key else self.path, f"group {self.id}")
+
+
+@dataclass(frozen=True)
 class Channel:
     """One push channel of channels.yaml."""
 
@@ -256,6 +288,7 @@ class RuleSet:
     channels: ChannelConfig
     columns: list[str]  # customer_view columns the rules may use
     warnings: list[Problem] = field(default_factory=list)
+    groups: dict[str, PolicyGroup] = field(default_factory=dict)  # policies.yaml groups: by id
 
     @property
     def priority(self) -> Matrix:
@@ -294,18 +327,29 @@ def _mapping_doc(path: Path, top_key: str) -> Located:
 
 # -- policies.yaml ------------------------------------------------------------------------------
 def _read_policies(matrices_dir: Path, problems: Problems) -> dict[str, Policy] | None:
+    return _read_catalogue(matrices_dir, problems)[0]
+
+
+def _read_catalogue(matrices_dir: Path, problems: Problems
+                    ) -> tuple[dict[str, Policy] | None, dict[str, PolicyGroup] | None]:
+    """policies.yaml: the policies by id and the policy groups by id (None: that part has errors)."""
     path = matrices_dir / POLICIES_FILE
     file = str(path)
     if not path.exists():
         problems.error(f"{file}: missing: the policy catalogue is required (a top-level 'policies:' list)")
-        return None
+        return None, None
     try:
         doc = _mapping_doc(path, "policies")
-        doc.check_keys({"policies"} | DOC_KEYS)
+        doc.check_keys({"policies", "groups"} | DOC_KEYS)
         doc.get("policies", list, required=True)
     except ConfigError as exc:
         problems.error(exc.render())
-        return None
+        return None, None
+    policies = _read_policy_list(doc, problems)
+    return policies, _read_groups(doc, policies, problems)
+
+
+def _read_policy_list(doc: Located, problems: Problems) -> dict[str, Policy] | None:
     policies: dict[str, Policy] = {}
     before = problems.error_count
     for i, node in enumerate(doc.child("policies").items()):
@@ -316,6 +360,60 @@ def _read_policies(matrices_dir: Path, problems: Problems) -> dict[str, Policy] 
                     f"duplicate policy id (policies[{i}] repeats an earlier entry)")
             policies[policy.id] = policy
     return policies if problems.error_count == before else None
+
+
+def _read_groups(doc: Located, policies: dict[str, Policy] | None,
+                 problems: Problems) -> dict[str, PolicyGroup] | None:
+    """policies.yaml ``groups:``: each names known policies of one family, and its id once."""
+    try:
+        if doc.get("groups", list) is None:
+            return {}
+    except ConfigError as exc:
+        problems.error(exc.render())
+        return None
+    groups: dict[str, PolicyGroup] = {}
+    first: dict[str, int] = {}
+    before = problems.error_count
+    for i, node in enumerate(doc.child("groups").items()):
+        with problems.catch():
+            group = _read_group(node, policies)
+            if group.id in groups:
+                raise node.child("id").labelled(f"group {group.id}").error(
+                    f"duplicate group id (groups[{first[group.id]}] and groups[{i}] are both '{group.id}')")
+            groups[group.id] = group
+            first[group.id] = i
+    return groups if problems.error_count == before else None
+
+
+def _read_group(node: Located, policies: dict[str, Policy] | None) -> PolicyGroup:
+    if not isinstance(node.value, dict):
+        raise node.error(f"expected a mapping with id, name, policies, got {short_repr(node.value)}")
+    gid = node.text("id", required=True)
+    assert gid is not None
+    node = node.labelled(f"group {gid}")
+    if not is_id(gid):
+        raise node.child("id").error("use letters, digits, '_', '.' or '-'")
+    node.check_keys(GROUP_KEYS)
+    name = node.text("name", required=True)
+    assert name is not None
+    members = node.names("policies")
+    if not members:
+        raise node.child("policies").error("missing: the group's policies, best first")
+    family = ""
+    if policies is not None:
+        families: dict[str, str] = {}
+        for k, pid in enumerate(members):
+            policy = policies.get(pid)
+            if policy is None:
+                raise node.child("policies").child(k).error(
+                    f"unknown policy '{pid}'{suggest(pid, policies)}: a group lists policies of this file")
+            families.setdefault(policy.family, pid)
+        if len(families) > 1:
+            mixed = ", ".join(f"{pid} is {fam}" for fam, pid in families.items())
+            raise node.child("policies").error(f"a group's policies are of one family, but {mixed}")
+        family = next(iter(families))
+    return PolicyGroup(id=gid, name=name, policies=members, family=family, file=node.doc.file, path=node.path,
+                       source=node.doc)
 
 
 def _read_policy(node: Located) -> Policy:
@@ -404,10 +502,10 @@ def _read_channel(name: str, node: Located) -> Channel:
     assert cycle is not None and fmt is not None
     columns = node.names("columns")
     for k, col in enumerate(columns or ()):
-        if col not in TARGET_COLUMNS:
+        if col not in LIST_COLUMNS:
             raise node.child("columns").child(k).error(
-                f"unknown target-list column '{col}'{suggest(col, TARGET_COLUMNS)}; "
-                f"columns: {', '.join(TARGET_COLUMNS)}")
+                f"unknown target-list column '{col}'{suggest(col, LIST_COLUMNS)}; "
+                f"columns: {', '.join(LIST_COLUMNS)}")
     salt_env = node.text("salt_env") or "MKTOOL_HASH_SALT"
     return Channel(
         name=name, cycle=cycle, format=fmt, salt_env=salt_env,
@@ -416,6 +514,42 @@ def _read_channel(name: str, node: Located) -> Channel:
         mask=node.choice("mask", MASKS, default="none") or "none",
         contact_cap=node.integer("contact_cap", minimum=1),
     )
+
+
+def is_popup(channel: Channel) -> bool:
+    """A pop-up channel (the agent's screen when the customer walks in or calls: SPEC §6) rather
+    than a push list: channels.yaml's ``kind:`` when the channel has one, else the names
+    frontdesk and inbound. The one place that decides it."""
+    kind = getattr(channel, "kind", None)
+    if kind:
+        return bool(kind == "popup")
+    return channel.name in POPUP_CHANNEL_NAMES
+
+
+def default_columns(channel: Channel, view_columns: Collection[str] | None = None) -> tuple[str, ...]:
+    """A channel's target-list columns: its ``columns:``, else the standard ones (SPEC §6), and on a
+    pop-up channel also the agent's screen: the customer summary columns customer_view has
+    (``view_columns``; stickiness_tier and churn_flag are scores.yaml's) and the recent contacts."""
+    if channel.columns:
+        return tuple(channel.columns)
+    if not is_popup(channel):
+        return TARGET_COLUMNS
+    screen = [c for c in SCREEN_COLUMNS
+              if c not in SUMMARY_COLUMNS or view_columns is None or c in view_columns]
+    return (*TARGET_COLUMNS, *screen)
+
+
+def _check_channel_columns(channels: ChannelConfig | None, view_columns: list[str] | None,
+                           problems: Problems) -> None:
+    """A channel asking for a customer-summary column that customer_view does not have (scores.yaml
+    defines stickiness_tier and churn_flag) would fail at export: refuse it now."""
+    if channels is None or view_columns is None or channels.source is None:
+        return
+    for name, channel in channels.channels.items():
+        for k, col in enumerate(channel.columns or ()):
+            if col in SUMMARY_COLUMNS and col not in view_columns:
+                problems.error(f"{channels.source.where(f'channels.{name}.columns[{k}]')}: customer_view has no "
+                               f"column '{col}' (scores.yaml defines the score columns): the list cannot show it")
 
 
 def matrix_files_by_name(matrices_dir: Path) -> dict[str, str]:
@@ -463,6 +597,7 @@ class _Context:
     columns: list[str] | None
     policies: dict[str, Policy] | None
     channels: ChannelConfig | None
+    groups: dict[str, PolicyGroup] | None = None
 
 
 def _read_matrix(path: Path, ctx: _Context, problems: Problems, failed_families: set[str]) -> Matrix | None:
@@ -613,6 +748,15 @@ def _read_rule(node: Located, i: int, *, matrix: str, family: str, is_priority: 
                                                      f"but matrix '{matrix}' is family {family}")
         with problems.catch():
             group = node.text("group")
+            if group is not None and ctx.groups is not None:
+                declared = ctx.groups.get(group)
+                if declared is None:
+                    known = f"declared: {', '.join(ctx.groups)}" if ctx.groups else "it declares none"
+                    raise node.child("group").error(f"undeclared policy group '{group}'{suggest(group, ctx.groups)}: "
+                                                    f"declare it under groups: in {POLICIES_FILE} ({known})")
+                if declared.family and declared.family != family:
+                    raise node.child("group").error(f"group '{group}' holds {declared.family} policies "
+                                                    f"({declared.at()}), but matrix '{matrix}' is family {family}")
         with problems.catch():
             script = node.text("script")
         with problems.catch():
@@ -690,6 +834,7 @@ class RuleFiles:
     policies: dict[str, Policy] | None
     channels: ChannelConfig | None
     matrices: list[Matrix]
+    groups: dict[str, PolicyGroup] | None = None
 
 
 def read_rule_files(matrices_dir: Path, problems: Problems, *, columns: list[str] | None,
@@ -700,10 +845,11 @@ def read_rule_files(matrices_dir: Path, problems: Problems, *, columns: list[str
     load: the expressions are then only parsed); each file read is appended to ``files``.
     """
     files += [str(matrices_dir / POLICIES_FILE), str(matrices_dir / CHANNELS_FILE)]
-    policies = _read_policies(matrices_dir, problems)
+    policies, groups = _read_catalogue(matrices_dir, problems)
     channels = _read_channels(matrices_dir, problems)
     _check_policy_channels(policies, channels, problems)
-    ctx = _Context(columns, policies, channels)
+    _check_channel_columns(channels, columns, problems)
+    ctx = _Context(columns, policies, channels, groups)
     loaded: list[Matrix] = []
     failed_families: set[str] = set()
     for path in matrix_files(matrices_dir):
@@ -713,4 +859,4 @@ def read_rule_files(matrices_dir: Path, problems: Problems, *, columns: list[str
             loaded.append(m)
     failed_families -= {m.family for m in loaded}
     matrices = _cross_check(loaded, matrices_dir, problems, failed_families=failed_families)
-    return RuleFiles(policies, channels, matrices)
+    return RuleFiles(policies, channels, matrices, groups)

@@ -31,11 +31,27 @@ LIST_FORMATS = ("csv", "parquet", "jsonl")  # formats of a written list (and of 
 MONEY_COLUMNS = ("new_rental", "new_voice_overage", "new_data_overage", "new_total", "current_total")
 #: Change rates: exact quotients, shown to 4 decimals.
 RATE_COLUMNS = ("total_fee_change", "rental_change")
-#: Every column a channel's list may carry (channels.yaml ``columns:`` picks from these), in order.
+#: The policy group (政策群, seed 001) of a row's rule: its id and name, and the group's other
+#: policies in the group's order (ids and names, each joined with '|'); NULL without a group.
+GROUP_COLUMNS = ("group_id", "group_name", "group_alternatives", "group_alternative_names")
+#: The standard target-list columns (SPEC §6), in order: every channel's default.
 TARGET_COLUMNS = (
     "msisdn", "month", "channel", "rank", "matrix", "rule_id", "policy_id", "policy_name", "script",
-    "current_plan_id", "plan_id", *MONEY_COLUMNS, *RATE_COLUMNS,
+    *GROUP_COLUMNS, "current_plan_id", "plan_id", *MONEY_COLUMNS, *RATE_COLUMNS,
 )
+#: The front-desk screen's customer summary (seed 001's 客户保有基本信息), from customer_view.
+SUMMARY_COLUMNS = ("value_tier", "stickiness_tier", "churn_flag", "bundle_end", "contract_end")
+#: The customer's contacts of the last RECENT_CONTACTS_MONTHS months before the cycle date, compact.
+RECENT_CONTACTS_COLUMN = "recent_contacts"
+RECENT_CONTACTS_MONTHS = 3  # seed 001: 客户近三个月短信和外呼接触记录
+RECENT_CONTACTS_MAX = 10  # entries shown; more end with a '…+N' entry
+#: What the agent's screen shows beside the offers: any channel may list them, pop-ups do by default.
+SCREEN_COLUMNS = (*SUMMARY_COLUMNS, RECENT_CONTACTS_COLUMN)
+#: Every column a channel's list may carry (channels.yaml ``columns:`` picks from these), in order.
+LIST_COLUMNS = (*TARGET_COLUMNS, *SCREEN_COLUMNS)
+#: The pop-up channels (the agent's screen when the customer walks in or calls) while channels.yaml
+#: has no ``kind:``; see mktool.rules.is_popup.
+POPUP_CHANNEL_NAMES = ("frontdesk", "inbound")
 #: Columns of plan_recommendations, in order.
 PLAN_TABLE_COLUMNS = (
     "msisdn", "month", "rank", "current_plan_id", "plan_id", "plan_name", *MONEY_COLUMNS, *RATE_COLUMNS,

@@ -212,7 +212,7 @@ def test_two_priority_matrices(cli, in_tmp: Path) -> None:
 
 
 def test_duplicate_policy_id(cli, in_tmp: Path) -> None:
-    bad = POLICIES + "  - {id: LD_AH, name: again, family: traffic}\n"
+    bad = POLICIES.replace("groups:", "  - {id: LD_AH, name: again, family: traffic}\ngroups:")
     assert one_error(cli, {"policies.yaml": bad}) == (
         "matrices/policies.yaml:11 @ policies[9].id (policy LD_AH): duplicate policy id (policies[9] repeats an "
         "earlier entry)")

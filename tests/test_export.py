@@ -46,8 +46,17 @@ from mktool.rules import load_channels
 
 # SPEC §6, in this order.
 SPEC_COLUMNS = ["msisdn", "month", "channel", "rank", "matrix", "rule_id", "policy_id", "policy_name", "script",
+                "group_id", "group_name", "group_alternatives", "group_alternative_names",
                 "current_plan_id", "plan_id", "new_rental", "new_voice_overage", "new_data_overage", "new_total",
                 "current_total", "total_fee_change", "rental_change"]
+# The agent's screen (seed 001), also in a pop-up channel's default columns.
+SCREEN_COLUMNS = ["value_tier", "stickiness_tier", "churn_flag", "bundle_end", "contract_end", "recent_contacts"]
+
+
+def default_columns(channel: str) -> list[str]:
+    return SPEC_COLUMNS + (SCREEN_COLUMNS if channel in ("frontdesk", "inbound") else [])
+
+
 SPEC_STAGES = ["candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
                "holdout", "exported"]
 
@@ -159,9 +168,11 @@ def make_world(tmp_path: Path, recs: list[tuple[Any, ...]], *, values: dict[str,
                contact_policy: dict[str, Any] | None = None) -> World:
     world = World(tmp_path, make_matrices(tmp_path / "matrices", channels=channels, contact_policy=contact_policy))
     con = duckdb.connect(str(world.db))
-    con.execute("CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR, value_score DOUBLE)")
+    # the customer summary columns a pop-up list shows (NULL unless a test sets them)
+    con.execute("CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR, value_score DOUBLE, value_tier VARCHAR, "
+                "stickiness_tier VARCHAR, churn_flag BOOLEAN, bundle_end DATE, contract_end DATE)")
     customers = sorted({(r[0], r[1]) for r in recs})
-    con.executemany("INSERT INTO customer_view VALUES (?, ?, ?)",
+    con.executemany("INSERT INTO customer_view (msisdn, month, value_score) VALUES (?, ?, ?)",
                     [(m, month, (values or {}).get(m, 50.0)) for m, month in customers])
     con.execute("""CREATE TABLE recommendations (msisdn VARCHAR, month VARCHAR, rank INTEGER, matrix VARCHAR,
                    family VARCHAR, rule_no INTEGER, rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR,
@@ -584,10 +595,11 @@ def test_worked_example_target_list_columns_csv(worked, cli, tmp_path):
     [row] = plan_rows(out, "csv")
     assert row["channel"] in plan_channels
     header = (cycle_dir(out) / f"{row['channel']}.csv").read_text(encoding="utf-8").splitlines()[0]
-    assert header.split(",") == SPEC_COLUMNS
+    assert header.split(",") == default_columns(row["channel"])
     assert {k: row[k] for k in SPEC_COLUMNS if k not in ("rank", "script", "policy_name")} == {
         "msisdn": "13800009019", "month": M, "channel": row["channel"], "matrix": "plan", "rule_id": "plan_rank_1",
-        "policy_id": load_plan_config(worked).policy, "current_plan_id": "ZX128", "plan_id": "ZX158",
+        "policy_id": load_plan_config(worked).policy, "group_id": "", "group_name": "", "group_alternatives": "",
+        "group_alternative_names": "", "current_plan_id": "ZX128", "plan_id": "ZX158",
         "new_rental": "158.00", "new_voice_overage": "0.00", "new_data_overage": "40.00", "new_total": "228.00",
         "current_total": "220.00", "total_fee_change": "1.0364", "rental_change": "1.2344"}
     assert "自选组合158" in row["script"] and "158.00" in row["script"]
@@ -605,7 +617,7 @@ def test_worked_example_parquet_and_jsonl(worked, cli, tmp_path, fmt):
     assert result.exit_code == 0, result.output
     assert not list((cycle_dir(out)).glob("*.csv"))
     [row] = plan_rows(out, fmt)
-    assert list(row) == SPEC_COLUMNS
+    assert list(row) == default_columns(row["channel"])
     assert (row["new_total"], row["new_data_overage"], row["total_fee_change"], row["rental_change"]) == (
         Decimal("228.00"), Decimal("40.00"), Decimal("1.0364"), Decimal("1.2344"))
     path = cycle_dir(out) / f"{row['channel']}.{fmt}"

@@ -58,6 +58,9 @@ policies:
   - {id: MI_10, name: 10元上网包, family: new_service, exclusive_group: mi}
   - {id: LD_AH, name: 安徽长途通, family: traffic}
   - {id: PLAN_CHANGE, name: 套餐推荐, family: plan, channels: [inbound, outbound, sms]}
+groups:  # the policy groups (政策群) the retention rules name
+  - {id: 6, name: 预存政策群, policies: [PREPAY_BIG, PREPAY_SMALL]}
+  - {id: 5, name: 小额预存政策群, policies: [PREPAY_SMALL]}
 """
 
 PRIORITY = """\
