@@ -345,7 +345,10 @@ def _compare_funnels(a: dict[str, list[tuple[str, int]]], b: dict[str, list[tupl
 
 def compare_folders(before: Path, after: Path, *, labels: tuple[str, str] | None = None,
                     detail: Path | None = None) -> DiffResult:
-    """Compare two export cycle folders (<out>/<month>/<cycle-date>); ``detail``: write the per-row changes there (``--out``)."""
+    """Compare two export cycle folders (<out>/<month>/<cycle-date>).
+
+    ``detail``: write the per-row changes there (``--out``).
+    """
     before, after = _check_folder(before), _check_folder(after)
     con = duckdb.connect(":memory:")
     try:
