@@ -697,7 +697,11 @@ def cycle_date_or_today(value: dt.date | None) -> dt.date:
 
 
 def render_channel_funnels(run: Run, result: Any, *, title: str) -> None:
-    rows = [(stage, *[f"{dict(ch.stages)[stage]:,}" for ch in result.channels]) for stage in EXPORT_STAGES]
+    """Stages as rows (the push funnel's, in order), channels as columns; "-" where a channel's
+    kind has no such stage (a pop-up has no no_answer, contact_cap, dedupe or capacity)."""
+    def cell(stages: dict[str, int], stage: str) -> str:
+        return f"{stages[stage]:,}" if stage in stages else "-"
+    rows = [(stage, *[cell(dict(ch.stages), stage) for ch in result.channels]) for stage in EXPORT_STAGES]
     render_table(run.reporter, title, ["stage", *[ch.channel for ch in result.channels]], rows)
 
 
