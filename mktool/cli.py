@@ -13,6 +13,7 @@ checks as a second line of defence for other callers.
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import errno
 import functools
@@ -724,9 +725,11 @@ def export_cmd(
 ) -> None:
     """Write per-channel target lists under the contact policy, with funnel.json and manifest.json.
 
-    Suppression, in order, each a funnel stage: do-not-disturb, unsubscribed, rejection
-    cool-down, contact caps, mutually exclusive policies, cross-channel dedupe, channel
-    capacity, hold-out control group. Exported rows are recorded in contact_history.
+    Suppression, in order, each a funnel stage: do-not-disturb, unsubscribed, withdrawn after an
+    acceptance, rejection cool-down, no_answer retry wait, contact caps, mutually exclusive
+    policies, dedupe and capacity among push channels, hold-out control group. A pop-up
+    (frontdesk, inbound) shows every current offer: no caps, dedupe or capacity. Exported push
+    rows are recorded in contact_history; a pop-up's rows are not (a showing is not a contact).
 
     \b
     Examples:
@@ -967,19 +970,27 @@ def explain_cmd(
         parser=parse_msisdn, metavar="MSISDN", help="The customer's number (11 digits)")],
     month: MonthOpt,
     fmt: Annotated[str, format_option(TABLE_JSON)] = "table",
+    date: Annotated[dt.date | None, date_option(
+        "The cycle whose channel stages to explain, YYYY-MM-DD [default: today, as export's]")] = None,
 ) -> None:
-    """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported.
+    """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported,
+    and for each offer × channel the contact-policy stage that kept or removed it.
 
     \b
     Examples:
       mktool explain 13800000042 --month 2026-10
+      mktool explain 13800000042 --month 2026-10 --date 2026-11-01
       mktool explain 13800000042 --month 2026-10 --format json | jq '.plan_pairs[0]'
     """
     project = run.project()
+    cycle_date = cycle_date_or_today(date)
     with run.db(write=False) as db:
         ex = explain.explain(db, project, month, msisdn)
+        verdicts = export.channel_verdicts(db.c, project, month, cycle_date, msisdn)
     if fmt == "json":
-        typer.echo(json.dumps(ex.to_dict(), default=str, ensure_ascii=False, indent=2))
+        doc = {**ex.to_dict(), "cycle_date": cycle_date.isoformat(),
+               "channel_stages": [dataclasses.asdict(v) for v in verdicts]}
+        typer.echo(json.dumps(doc, default=str, ensure_ascii=False, indent=2))
         return
     out = Console(highlight=False)
     v = ex.view
@@ -1018,6 +1029,14 @@ def explain_cmd(
     if ex.holdouts:
         render_table(run.reporter, "Held out (control group)", ["cycle", "channel", "policy"],
                      [(h["cycle"], h["channel"], h["policy_id"]) for h in ex.holdouts], to_stdout=True)
+    render_channel_verdicts(run, verdicts, cycle_date)
+
+
+def render_channel_verdicts(run: Run, verdicts: list[export.ChannelVerdict], cycle_date: dt.date) -> None:
+    """explain's "why (not) on this channel": each offer × candidate channel and the stage that decided."""
+    render_table(run.reporter, f"Channels (cycle {cycle_date}): the contact-policy stage of each offer",
+                 ["rank", "policy", "channel", "kind", "stage", "why"],
+                 [(v.rank, v.policy_id, v.channel, v.kind, v.stage, v.detail) for v in verdicts], to_stdout=True)
 
 
 # -- analyst workflow: rule tests, fixture regression, run-to-run diff ------------------------

@@ -750,6 +750,14 @@ def cycle_records_queries(msisdn: str) -> list[Query]:
     ]
 
 
+def customer_responses_query(msisdn: str, cycle_date: dt.date) -> Query:
+    """The customer's responses the screening read (for explain's texts: which acceptance, when)."""
+    return Query("customer_responses", f"""SELECT contact_date, channel, policy_id, outcome FROM _x_history
+               WHERE msisdn = ${CUSTOMER_PARAM} AND outcome IN ('accepted', 'rejected', 'no_answer', 'unsubscribed')
+                 AND contact_date <= $cycle_date
+               ORDER BY contact_date DESC, channel, policy_id""", {CUSTOMER_PARAM: msisdn, "cycle_date": cycle_date})
+
+
 @dataclass(frozen=True)
 class ChannelVerdict:
     """One offer × candidate channel of a customer: the contact-policy stage that removed it, or
@@ -785,6 +793,8 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
     it is read from what the cycle recorded (its `sent` rows and hold-outs). A pop-up has no
     allocation: the month's draw decides holdout or exported.
     """
+    if not table_exists(con, "recommendations"):  # `matrix` has not run: no offers to place yet
+        return []
     config = ExportConfig.of(project)
     has_plan = table_exists(con, "plan_recommendations") and bool(
         con.execute("SELECT 1 FROM plan_recommendations WHERE month = ? AND msisdn = ? LIMIT 1",
@@ -796,6 +806,7 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
               exclusion_query()):
         _run(con, q)
     rows = _run(con, customer_stages_query(p, msisdn)).fetchall()
+    responses = _run(con, customer_responses_query(msisdn, cycle_date)).fetchall()
     recorded: set[str] = set()
     sent: set[tuple[str, str]] = set()
     held: set[tuple[str, str]] = set()
@@ -816,7 +827,7 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
     verdicts = []
     for policy_id, rank, channel, kind, _, removed_at, held_out in rows:
         if removed_at is not None:
-            stage, detail = removed_at, _removed_detail(config, policy_id, channel, removed_at)
+            stage, detail = removed_at, _removed_detail(config, policy_id, channel, removed_at, responses)
         elif kind == POPUP:
             stage, detail = (("holdout", "held out this month (control group): on no channel") if held_out
                              else ("exported", "on the pop-up list"))
@@ -826,10 +837,37 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
     return verdicts
 
 
-def _removed_detail(config: ExportConfig, policy_id: str, channel: str, stage: str) -> str:
+def _removed_detail(config: ExportConfig, policy_id: str, channel: str, stage: str,
+                    responses: list[tuple[Any, ...]]) -> str:
+    """Why a per-customer stage removed the offer, naming the response it read (latest first)."""
+    policy = config.policies.get(policy_id)
+    group = policy.exclusive_group if policy else None
+
+    def latest(outcome: str, *, same_channel: bool = False, in_group: bool = False) -> tuple[Any, ...] | None:
+        for row in responses:
+            day, ch, pid, out = row
+            other = config.policies.get(pid)
+            if out != outcome or (same_channel and ch != channel):
+                continue
+            if pid == policy_id or (in_group and group is not None and other is not None
+                                    and other.exclusive_group == group):
+                return row
+        return None
+
+    found = None
+    if stage == "withdrawn":
+        found = latest("accepted", in_group=True)
+    elif stage == "cooldown":
+        found = latest("rejected")
+    elif stage == "no_answer":
+        found = latest("no_answer", same_channel=True)
+    elif stage == "unsubscribed":
+        found = next((r for r in responses if r[3] == "unsubscribed" and r[1] == channel), None)
+    if found is not None:
+        day, ch, pid, out = found
+        return f"{STAGE_TEXT[stage]} ({out} {pid} on {ch}, {day})"
     if stage != "candidates":
         return STAGE_TEXT[stage]
-    policy = config.policies.get(policy_id)
     if policy is not None and policy.channels and channel not in policy.channels:
         return f"policy {policy_id} may be offered only on {', '.join(policy.channels)}"
     return "already offered on a push channel earlier in the cycle month"
@@ -868,6 +906,7 @@ def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: 
                           screen_counts_query(), screened_query(), caps_query(p), exclusion_query(),
                           *allocation_setup_queries(), rounds_query(), *round_queries(1), holdout_query(p),
                           customer_stages_query(p, "13800000000"), *cycle_records_queries("13800000000"),
+                          customer_responses_query("13800000000", cycle_date),
                           *(stage_count_query(t) for t in COUNTED_TABLES),
                           stage_count_query("_x_drawn", exported_only=True)]
     if config.channels:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from pathlib import Path
+import json
 from typing import Any
 
+import duckdb
 import pytest
 import yaml
 from conftest import CYCLE_DATE as D
-from conftest import M
+from conftest import FIXTURES, MATRICES, M
 from test_export import World, c, draw, funnel, hist, make_world, rec
 
 from mktool.database import Database
@@ -101,7 +102,7 @@ def test_kind_defaults_by_name_and_a_popup_refuses_capacity_contact_cap_and_retr
     channels = load_channels(w.matrices).channels
     assert {n: ch.kind for n, ch in channels.items()} == {
         "frontdesk": "popup", "outbound": "push", "inbound": "popup", "sms": "push", "app": "push", "manager": "push"}
-    shipped = load_channels(Path(__file__).parent.parent / "matrices").channels
+    shipped = load_channels(MATRICES).channels
     assert {n for n, ch in shipped.items() if ch.kind == "popup"} == {"frontdesk", "inbound"}
     for name, extra in (("frontdesk", {"capacity": 5}), ("sms", {"kind": "popup", "contact_cap": 1}),
                         ("inbound", {"retry_days": 3})):
@@ -248,3 +249,49 @@ def test_explain_names_the_stage_of_each_offer_on_each_channel(tmp_path):
     five = verdicts(w, c(5))
     assert five[("SMS_APP", "frontdesk")][0] == "candidates" and "app, sms" in five[("SMS_APP", "frontdesk")][1]
     assert five[("SMS_APP", "sms")][0] == "exported"
+
+
+def test_explain_command_shows_the_channel_stage_of_a_dnd_and_of_an_accepted_customer(tmp_path, cli):
+    out = tmp_path / "out"
+    done = cli("run", "--month", M, "--ingest", str(FIXTURES), "--date", D.isoformat(), "--out", str(out),
+               "--matrices", str(MATRICES))
+    assert done.exit_code == 0, done.output
+    project = load_project(MATRICES)
+    con = duckdb.connect(str(cli.db), read_only=True)
+    try:
+        offered = con.execute("SELECT msisdn, policy_id FROM recommendations WHERE month = ?", [M]).fetchall()
+        dnd_all = {m for (m,) in con.execute("SELECT msisdn FROM dnd WHERE channel = '*'").fetchall()}
+        accepted = con.execute("SELECT msisdn, policy_id, contact_date FROM contact_history "
+                               "WHERE outcome = 'accepted' AND contact_date BETWEEN ? AND ?",
+                               [days(30), D]).fetchall()
+    finally:
+        con.close()
+    dnd_customer = sorted(m for m, _ in offered if m in dnd_all)[0]
+    # a customer who accepted P in the last 30 days (within every withdraw default: the shipped policies
+    # have no withdraw_days) and is recommended P or a policy of P's exclusive group
+    def group(pid: str) -> str | None:
+        return project.policies[pid].exclusive_group if pid in project.policies else None
+
+    def still_valid(pid: str) -> bool:
+        valid_to = project.policies[pid].valid_to if pid in project.policies else None
+        return valid_to is None or valid_to >= D
+
+    withdrawn = sorted((m, q) for m, p, _ in accepted if still_valid(p) for m2, q in offered
+                       if m2 == m and (q == p or (group(p) is not None and group(q) == group(p))))
+    assert withdrawn, "the fixtures have a recent acceptance of an offered policy"
+    for msisdn, expect in ((dnd_customer, None), (withdrawn[0][0], withdrawn[0][1])):
+        shown = cli("explain", msisdn, "--month", M, "--date", D.isoformat(), "--format", "json",
+                    "--matrices", str(MATRICES))
+        assert shown.exit_code == 0, shown.output
+        doc = json.loads(shown.stdout)
+        assert doc["cycle_date"] == D.isoformat()
+        stages = {(v["policy_id"], v["channel"]): v["stage"] for v in doc["channel_stages"]}
+        assert stages
+        if expect is None:
+            assert set(stages.values()) <= {"dnd", "candidates"} and "dnd" in stages.values()
+        else:
+            mine = {k: v for k, v in stages.items() if k[0] == expect}
+            assert mine and set(mine.values()) <= {"withdrawn", "dnd", "unsubscribed", "candidates"}
+            assert "withdrawn" in mine.values()
+    table = cli("explain", dnd_customer, "--month", M, "--date", D.isoformat(), "--matrices", str(MATRICES))
+    assert table.exit_code == 0 and "Channels (cycle" in table.stdout and "dnd" in table.stdout

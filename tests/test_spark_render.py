@@ -114,7 +114,7 @@ def test_every_step_is_listed() -> None:
     # every stage of the contact policy, the allocation round, the draw and the lists are among them
     assert {"offers", "candidates", "screen", "contact_cap", "exclusion", "choices", "propose", "place", "holdout",
             "record_sent", "record_holdouts", "screened", "offers:customer", "customer_stages", "cycle_recorded",
-            "cycle_held_recorded", "cycle_sent", "cycle_held"} <= exported
+            "cycle_held_recorded", "cycle_sent", "cycle_held", "customer_responses"} <= exported
     assert {f"list:{c}" for c in ExportConfig.of(PROJECT).channels} <= exported
 
 
