@@ -39,7 +39,9 @@ Responses are contact_history outcomes dated up to the cycle date, read on every
 Candidates leave out, on push channels, an offer (customer × policy) already made on a push
 channel earlier in the cycle month: a daily run neither repeats yesterday's offers nor moves
 them to another push channel; the one exception is X's retry: X's latest contact of the pair
-is a no_answer (no later ``sent`` on X), whose wait the no_answer stage then checks. Caps
+is a no_answer (no later ``sent`` on X, and no later push contact of the pair on another
+channel: a retry never follows a push on another channel), whose wait the no_answer stage
+then checks. Caps
 count push contacts per calendar month of the cycle date; capacity counts offers (rows) per
 cycle.
 
@@ -287,24 +289,30 @@ CANDIDATES_SQL = """
 -- On a push channel, an offer (customer × policy) already made on a push channel earlier in
 -- the cycle month is not made again: a daily run neither repeats yesterday's offers nor moves
 -- them to another push channel. Except a retry: push channel X whose latest contact of the
--- pair is a no_answer (no later `sent` on X) may offer it again; the no_answer stage checks
--- X's retry_days. A pop-up shows what is current, whatever was made before.
+-- pair is a no_answer (no later `sent` on X, and no later push contact of the pair on another
+-- channel) may offer it again; the no_answer stage checks X's retry_days. A pop-up shows what
+-- is current, whatever was made before.
 CREATE OR REPLACE TEMP TABLE _x_candidates AS
 WITH restricted AS (SELECT DISTINCT policy_id FROM _x_policy_channels),
 made AS (
     SELECT DISTINCT msisdn, policy_id FROM _x_history
     WHERE push AND contact_date >= $cycle_month_start AND contact_date < $cycle_date
 ),
+per_channel AS (
+    SELECT h.msisdn, h.policy_id, h.channel,
+           max(CASE WHEN h.outcome = 'no_answer' THEN h.contact_date END) AS last_no_answer,
+           max(CASE WHEN h.outcome = 'sent' THEN h.contact_date END) AS last_sent,
+           max(h.contact_date) AS last_contact
+    FROM _x_history h JOIN made m ON m.msisdn = h.msisdn AND m.policy_id = h.policy_id
+    WHERE h.push AND h.contact_date <= $cycle_date
+    GROUP BY h.msisdn, h.policy_id, h.channel
+),
 retry AS (
-    SELECT msisdn, policy_id, channel FROM (
-        SELECT msisdn, policy_id, channel,
-               max(CASE WHEN outcome = 'no_answer' THEN contact_date END) AS last_no_answer,
-               max(CASE WHEN outcome = 'sent' THEN contact_date END) AS last_sent
-        FROM _x_history
-        WHERE push AND outcome IN ('no_answer', 'sent') AND contact_date <= $cycle_date
-        GROUP BY msisdn, policy_id, channel
-    ) AS latest
-    WHERE last_no_answer IS NOT NULL AND (last_sent IS NULL OR last_sent <= last_no_answer)
+    SELECT x.msisdn, x.policy_id, x.channel FROM per_channel x
+    WHERE x.last_no_answer IS NOT NULL AND (x.last_sent IS NULL OR x.last_sent <= x.last_no_answer)
+      AND NOT EXISTS (SELECT 1 FROM per_channel y
+                      WHERE y.msisdn = x.msisdn AND y.policy_id = x.policy_id AND y.channel <> x.channel
+                        AND y.last_contact > x.last_no_answer)
 )
 SELECT o.offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score, c.channel, c.kind = 'push' AS push,
        array_position(o.channels, c.channel) AS channel_pref
@@ -626,7 +634,7 @@ def history_query(kind: str) -> Query:
     if kind == "ingested":
         return Query("history", sql)
     sql += (" WHERE NOT (coalesce(h.recorded_by, '') = $recorded_by AND h.outcome = 'sent' "
-            "AND h.cycle IN (SELECT cycle FROM _x_cycle))")
+            "AND h.cycle IN (SELECT cycle FROM _x_cycle WHERE replaced))")
     return Query("history", sql, {"recorded_by": RECORDED_BY})
 
 
@@ -948,7 +956,8 @@ class ExportResult:
     run_id: str = ""
 
 
-def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str]) -> None:
+def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str],
+              replaced: set[str] | None = None) -> None:
     """Channel, policy and cycle settings as small temp tables the stage SQL joins to.
 
     A policy's allowed channels are rows of _x_policy_channels (none: every channel), not a
@@ -970,9 +979,12 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
         allowed = [(p.id, channel) for p in config.policies.values() for channel in dict.fromkeys(p.channels)]
         if allowed:
             con.executemany("INSERT INTO _x_policy_channels VALUES (?, ?)", allowed)
-    con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR)")
+    # replaced: the channel's list is written by this run, so its cycle's earlier records are
+    # replaced, not history (a daily run sees the monthly channels' records as history).
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR, replaced BOOLEAN)")
     if cycles:
-        con.executemany("INSERT INTO _x_cycle VALUES (?, ?)", list(cycles.items()))
+        con.executemany("INSERT INTO _x_cycle VALUES (?, ?, ?)",
+                        [(name, cycle, replaced is None or name in replaced) for name, cycle in cycles.items()])
     if table_exists(con, "dnd"):
         con.execute("CREATE OR REPLACE TEMP VIEW _x_dndlist AS SELECT msisdn, channel FROM dnd")
     else:
@@ -982,7 +994,7 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
 
 def _history_view(con: duckdb.DuckDBPyConnection) -> None:
     """Contact history as the contact policy sees it: everything except this cycle's own records
-    (the cycles of _x_cycle).
+    (the cycles of the channels of _x_cycle this run writes).
 
     Read only (a dry run opens the database read-only, and nothing may change outside the
     write transaction): the bookkeeping columns are added later, inside it, when missing.
@@ -1051,8 +1063,11 @@ def run_export(
     if not has_plan:
         reporter.warn(f"no plan recommendations for {month}: run `mktool plan --month {month}` to include plan changes")
     cycles = {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}
+    written = {name for name, ch in config.channels.items()
+               if only_channel in (None, name) and only_cycle in (None, ch.cycle)}
     with reporter.step(f"contact policy for {month} (cycle {cycle_date})"):
-        counts = _contact_policy(con, config, ExportParams.of(config, month, cycle_date, has_plan=has_plan), cycles)
+        counts = _contact_policy(con, config, ExportParams.of(config, month, cycle_date, has_plan=has_plan), cycles,
+                                 written)
 
     results: list[ChannelResult] = []
     for name, channel in config.channels.items():
@@ -1077,14 +1092,14 @@ def run_export(
 
 
 def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: ExportParams,
-                    cycles: dict[str, str]) -> dict[tuple[str, str], int]:
+                    cycles: dict[str, str], written: set[str]) -> dict[tuple[str, str], int]:
     """Run the stages candidates … exported into the temp tables; distinct customers per (channel, stage)
     (a pop-up's allocation stages are never counted: its funnel has none).
 
     Each filtering stage is built from the previous one's table, counted, and the previous one
     dropped. The allocation re-executes the same two round statements with the round bound.
     """
-    _register(con, config, cycles)
+    _register(con, config, cycles, written)
     _history_view(con)
     _run(con, offers_query(p))
     counts: dict[tuple[str, str], int] = {}

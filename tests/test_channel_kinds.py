@@ -171,7 +171,7 @@ def test_rejection_cools_down_on_every_channel_and_unsubscribed_only_its_own(tmp
 
 def test_no_answer_retries_on_the_same_push_channel_after_retry_days_only(tmp_path):
     everywhere = ["outbound", "sms", "frontdesk"]
-    w = make_world(tmp_path, [rec(c(n), 1, "T1", everywhere) for n in (1, 2, 3, 4)], history=[
+    w = make_world(tmp_path, [rec(c(n), 1, "T1", everywhere) for n in (1, 2, 3, 4, 5)], history=[
         hist(c(1), dt.date(2026, 11, 5), "outbound", "T1", "sent"),
         hist(c(1), dt.date(2026, 11, 6), "outbound", "T1", "no_answer"),   # outbound retries from 11-09 (3 days)
         hist(c(2), dt.date(2026, 11, 7), "outbound", "T1", "sent"),
@@ -181,12 +181,14 @@ def test_no_answer_retries_on_the_same_push_channel_after_retry_days_only(tmp_pa
         hist(c(4), dt.date(2026, 11, 3), "outbound", "T1", "sent"),
         hist(c(4), dt.date(2026, 11, 4), "outbound", "T1", "no_answer"),
         hist(c(4), dt.date(2026, 11, 6), "outbound", "T1", "sent"),        # retried since: not answered yet
+        hist(c(5), dt.date(2026, 10, 20), "sms", "T1", "no_answer"),       # sms's wait is over, but outbound
+        hist(c(5), dt.date(2026, 11, 5), "outbound", "T1", "sent"),        # pushed it since: no retry anywhere
     ], channels={"outbound": {"retry_days": 3}}, contact_policy={"cooldown_days": 30, "retry_days": 7})
     day = dt.date(2026, 11, 9)
     result = w.export(date=day)
     assert listed(w, "outbound", day) == {(c(1), "T1")}  # the retry day itself: n + retry_days
     assert listed(w, "sms", day) == set()  # another push channel never takes the retry over
-    assert listed(w, "frontdesk", day) == {(c(n), "T1") for n in (1, 2, 3, 4)}  # a pop-up shows what is current
+    assert listed(w, "frontdesk", day) == {(c(n), "T1") for n in (1, 2, 3, 4, 5)}  # a pop-up shows what is current
     assert [funnel(result, "outbound")[s] for s in ("candidates", "cooldown", "no_answer", "exported")] == [2, 2, 1, 1]
     assert [funnel(result, "sms")[s] for s in ("candidates", "cooldown", "no_answer")] == [1, 1, 0]
     later = dt.date(2026, 11, 12)
@@ -194,6 +196,19 @@ def test_no_answer_retries_on_the_same_push_channel_after_retry_days_only(tmp_pa
     # c1 was retried on 11-09 (a later `sent`): no more; c2's and c3's waits are over, each on its own channel.
     assert listed(w, "outbound", later) == {(c(2), "T1")}
     assert listed(w, "sms", later) == {(c(3), "T1")}
+
+
+def test_a_daily_cycle_sees_the_monthly_channels_contacts_of_the_month(tmp_path):
+    # Day 1 (every channel): outbound's one seat goes to c2 (higher value), c1's offer to the manager.
+    w = make_world(tmp_path, [rec(c(1), 1, "T1", ["outbound", "manager"]), rec(c(2), 1, "T1", ["outbound", "manager"])],
+                   values={c(1): 10, c(2): 90}, channels={"outbound": {"capacity": 1}})
+    w.export()
+    assert listed(w, "outbound") == {(c(2), "T1")} and listed(w, "manager") == {(c(1), "T1")}
+    # Day 2, daily channels only: the manager's contact is history, not a record this run replaces,
+    # so c1's offer is not moved to outbound's free seat.
+    nxt = D + dt.timedelta(days=1)
+    result = w.export(date=nxt, only_cycle="daily")
+    assert listed(w, "outbound", nxt) == set() and funnel(result, "outbound")["candidates"] == 0
 
 
 # == hold-outs =======================================================================================
