@@ -613,7 +613,7 @@ def stage_count_query(table: str, *, exported_only: bool = False) -> Query:
     return Query(f"count:{table}", f"SELECT channel, count(DISTINCT cust_id) FROM {table}{where} GROUP BY channel")
 
 
-def history_query(kind: str) -> Query:
+def history_query(kind: str, cycle_date: dt.date) -> Query:
     """_x_history: contact history as the contact policy sees it (see :func:`_history_view`),
     each row with ``push``: false when its channel is a pop-up of channels.yaml.
 
@@ -633,9 +633,13 @@ def history_query(kind: str) -> Query:
            "LEFT JOIN _x_channels ch ON ch.channel = h.channel")
     if kind == "ingested":
         return Query("history", sql)
+    # This run's own records: of the cycles it writes, and of the other channels' cycles made on
+    # this cycle date (the same joint allocation, e.g. the monthly lists when only outbound is
+    # re-run); a daily run still sees the monthly channels' contacts of earlier days.
     sql += (" WHERE NOT (coalesce(h.recorded_by, '') = $recorded_by AND h.outcome = 'sent' "
-            "AND h.cycle IN (SELECT cycle FROM _x_cycle WHERE replaced))")
-    return Query("history", sql, {"recorded_by": RECORDED_BY})
+            "AND (h.cycle IN (SELECT cycle FROM _x_cycle WHERE replaced) "
+            "OR (h.cycle IN (SELECT cycle FROM _x_cycle) AND h.contact_date = CAST($cycle_date AS DATE))))")
+    return Query("history", sql, {"recorded_by": RECORDED_BY, "cycle_date": cycle_date})
 
 
 def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None) -> str:
@@ -809,7 +813,7 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
                     [month, msisdn]).fetchone())
     p = ExportParams.of(config, month, cycle_date, has_plan=has_plan)
     _register(con, config, {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()})
-    _history_view(con)
+    _history_view(con, p.cycle_date)
     for q in (offers_query(p, msisdn), candidates_query(p), screen_query(p), screened_query(), caps_query(p),
               exclusion_query()):
         _run(con, q)
@@ -909,7 +913,8 @@ def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: 
     and review: tests/test_spark_render.py renders each for Spark). ``salt`` stands for a
     ``mask: hash`` channel's secret, which is never read here."""
     p = ExportParams.of(config, month, cycle_date, has_plan=has_plan)
-    found: list[Query] = [history_query("none"), history_query("ours"), history_query("ingested"),
+    found: list[Query] = [history_query("none", cycle_date), history_query("ours", cycle_date),
+                          history_query("ingested", cycle_date),
                           offers_query(p), offers_query(p, "13800000000"), candidates_query(p), screen_query(p),
                           screen_counts_query(), screened_query(), caps_query(p), exclusion_query(),
                           *allocation_setup_queries(), rounds_query(), *round_queries(1), holdout_query(p),
@@ -992,7 +997,7 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
                     "CAST(NULL AS VARCHAR) AS channel WHERE false")
 
 
-def _history_view(con: duckdb.DuckDBPyConnection) -> None:
+def _history_view(con: duckdb.DuckDBPyConnection, cycle_date: dt.date) -> None:
     """Contact history as the contact policy sees it: everything except this cycle's own records
     (the cycles of the channels of _x_cycle this run writes).
 
@@ -1006,7 +1011,7 @@ def _history_view(con: duckdb.DuckDBPyConnection) -> None:
         kind = "ours"
     else:  # only ingested history so far: nothing of ours to leave out
         kind = "ingested"
-    _run(con, history_query(kind))
+    _run(con, history_query(kind, cycle_date))
 
 
 def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
@@ -1100,7 +1105,7 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
     dropped. The allocation re-executes the same two round statements with the round bound.
     """
     _register(con, config, cycles, written)
-    _history_view(con)
+    _history_view(con, p.cycle_date)
     _run(con, offers_query(p))
     counts: dict[tuple[str, str], int] = {}
     _run(con, candidates_query(p))
