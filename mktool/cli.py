@@ -46,6 +46,7 @@ from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Check
 from mktool.output import infer_format, write_query
 from mktool.planconfig import parse_window as plan_window
 from mktool.project import Project, load_project, project_from_report, validate_all
+from mktool.publish import newest_list
 from mktool.render import print_table, render_table, render_test_report
 from mktool.ruletest.customers import default_customer_rows
 from mktool.ruletest.judging import run_tests
@@ -711,7 +712,8 @@ def export_cmd(
     run: Run,
     month: MonthOpt,
     out: Annotated[str, typer.Option(
-        "--out", "-o", help="Output folder (lists go to <out>/<month>/), or - for stdout with --channel")] = "out",
+        "--out", "-o",
+        help="Output folder (lists go to <out>/<month>/<cycle-date>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
     channel: Annotated[str | None, typer.Option(
         "--channel", "-c", metavar="NAME",
@@ -724,6 +726,9 @@ def export_cmd(
         "--dry-run", help="Print what would be exported per channel and stage; write nothing")] = False,
 ) -> None:
     """Write per-channel target lists under the contact policy, with funnel.json and manifest.json.
+
+    Each cycle (--date) has its own folder <out>/<month>/<cycle-date>/; <out>/<month>/latest and
+    <out>/latest point at the newest one.
 
     Suppression, in order, each a funnel stage: do-not-disturb, unsubscribed, withdrawn after an
     acceptance, rejection cool-down, no_answer retry wait, contact caps, mutually exclusive
@@ -760,7 +765,7 @@ def export_cmd(
                            + (" — dry run, nothing written" if dry_run else ""))
     if not dry_run and not to_stdout:
         written = [ch for ch in result.channels if ch.path is not None]
-        run.reporter.info(f"wrote {len(written)} list(s) to {Path(out) / month}: "
+        run.reporter.info(f"wrote {len(written)} list(s) to {result.folder}: "
                           + ", ".join(f"{ch.path.name} ({ch.rows:,})" for ch in written if ch.path))
 
 
@@ -768,22 +773,32 @@ def export_cmd(
 def funnel_cmd(
     run: Run,
     month: MonthOpt,
+    date: Annotated[dt.date | None, date_option(
+        "Only this export cycle's channel funnels, YYYY-MM-DD [default: every cycle of the month]")] = None,
     fmt: Annotated[str, format_option(FUNNEL_FORMATS)] = "table",
 ) -> None:
-    """Print the funnels recorded for a month (plan, each matrix, each channel).
+    """Print the funnels recorded for a month (plan, each matrix, each export cycle's channels).
 
-    --format json prints exactly the funnel.json document that export writes.
+    With --date, the channel funnels of that cycle only; --format json then prints exactly the
+    funnel.json document that export wrote into <out>/<month>/<date>/. Without --date, every
+    cycle's channel funnels, each named channel:<name>@<cycle-date>.
 
     \b
     Examples:
       mktool funnel --month 2026-10
-      mktool funnel --month 2026-10 --format json | jq '.funnels.plan'
+      mktool funnel --month 2026-10 --date 2026-11-02
+      mktool funnel --month 2026-10 --date 2026-11-01 --format json | jq '.funnels.plan'
     """
     with run.db(write=False) as db:
         if not db.table_exists(FUNNEL_TABLE):
             raise MktoolError(f"no funnels recorded for {month}",
                               hint=f"run `mktool plan/matrix --month {month}` first")
-        doc = export.funnel_document(db.c, month)
+        doc = export.funnel_document(db.c, month, date)
+        cycles = export.funnel_cycles(db.c, month) if date is not None else []
+    if date is not None and date.isoformat() not in cycles and (cycles or doc["funnels"]):
+        raise MktoolError(f"no export cycle on {date} for {month}",
+                          hint=f"cycles of {month}: {', '.join(cycles)}" if cycles
+                          else f"run `mktool export --month {month} --date {date}` first")
     if not doc["funnels"]:
         raise MktoolError(f"no funnels recorded for {month}",
                           hint=f"run `mktool plan/matrix/export --month {month}` first")
@@ -801,8 +816,35 @@ def funnel_cmd(
             for s in stages:
                 share = f"{100 * s['count'] / first:.1f}%" if first else "-"
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
-        render_table(run.reporter, f"Funnels {month}", ["funnel", "stage", "customers", "of first"], rows,
-                     to_stdout=True)
+        title = f"Funnels {month}" + (f" (cycle {date})" if date is not None else "")
+        render_table(run.reporter, title, ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
+
+
+@command("latest")
+def latest_cmd(
+    run: Run,
+    channel: Annotated[str, typer.Option(
+        "--channel", "-c", metavar="NAME", help="The channel whose newest list to find")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The output folder export writes into")] = Path("out"),
+    month: Annotated[str | None, optional_month("Only this month's cycles [default: every month]")] = None,
+) -> None:
+    """Print the path of a channel's newest target list (for outbound tooling).
+
+    The newest cycle folder <out>/<month>/<cycle-date>/ whose manifest names a list of the
+    channel: a daily cycle's folder has only the daily channels, so <out>/latest/ may not hold
+    a monthly channel's list. The path names the cycle folder, not the latest link.
+
+    \b
+    Examples:
+      mktool latest --channel outbound --out /data/lists
+      upload-to-crm "$(mktool latest --channel manager --out /data/lists)"
+    """
+    found = newest_list(out, channel, month)
+    if found is None:
+        raise MktoolError(f"no published list of channel {channel!r} under {out}"
+                         + (f" for {month}" if month else ""),
+                         hint="run `mktool export` (or `mktool run`) with this --out first")
+    typer.echo(str(found))
 
 
 @command("matrix")
@@ -932,7 +974,8 @@ def run_cmd(
     month: MonthOpt,
     ingest_dir: Annotated[list[Path] | None, typer.Option(
         "--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the target lists")] = Path("out"),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder: the lists go to <out>/<month>/<cycle-date>/")] = Path("out"),
     fmt: FormatOpt = None,
     date: Annotated[dt.date | None, date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
 ) -> None:
@@ -997,16 +1040,17 @@ def explain_cmd(
     out.print(f"[bold]{escape(str(ex.msisdn))}[/bold] " + escape(
         f"· {ex.month} · {v.get('city')} · plan {v.get('plan_id')} ({v.get('plan_name')}) · "
         f"{v.get('status')} · {v.get('payment')} · tenure {v.get('tenure_months')} months"))
-    keys = ["arpu", "arpu_3m", "return_rate", "rental_3m", "current_total_3m", "addon_3m", "voice_min_3m", "data_mb_3m",
-            "months_in_window", "value_score", "value_tier", "stickiness_score", "stickiness_tier", "churn_score",
-            "churn_flag", "traffic_group", "tenure_cohort", "segment"]
-    render_table(run.reporter, "Customer view", ["column", "value"],
-                 [(k, explain.display(v.get(k))) for k in keys if k in v], to_stdout=True)
+    render_table(run.reporter, "Customer view (the key columns and every column the rules read; "
+                               "--format json: all)", ["column", "value"],
+                 [(k, explain.masked(str(v[k])) if k == "msisdn" else explain.display(v[k]))
+                  for k in explain.view_columns(ex)], to_stdout=True)
     rows = []
     for r in ex.rules:
         target = " → ".join(r.order) if r.order else (r.policy_id or "")
-        rows.append((r.matrix, r.rule_id, explain.outcome_label(r), target, r.when))
-    render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when"], rows, to_stdout=True)
+        why = "\n".join(t for t in (explain.failure_label(r), explain.columns_label(r)) if t)
+        rows.append((r.matrix, r.rule_id, explain.outcome_label(r), target, r.when, why))
+    render_table(run.reporter, "Rules", ["matrix", "rule", "outcome", "policy / order", "when",
+                                         "first failed condition; the customer's values"], rows, to_stdout=True)
     render_table(run.reporter, "Recommendations (stored)", ["rank", "matrix", "rule", "policy", "channels"],
                  [(r["rank"], r["matrix"], r["rule_id"], r["policy_id"], ", ".join(r.get("channels") or []))
                   for r in ex.recommendations], to_stdout=True)
@@ -1198,7 +1242,7 @@ def snapshot_cmd(
 def diff_cmd(
     run: Run,
     folders: Annotated[list[Path] | None, typer.Argument(
-        help="Two export folders <out>/<month>: before, then after", show_default=False)] = None,
+        help="Two export cycle folders <out>/<month>/<cycle-date>: before, then after", show_default=False)] = None,
     month: Annotated[str | None, optional_month("With --against-matrices: the month to run")] = None,
     against: Annotated[Path | None, typer.Option(
         "--against-matrices", metavar="DIR",
@@ -1210,21 +1254,33 @@ def diff_cmd(
         "With --against-matrices: the export cycle's date [default: the 1st of the next month]")] = None,
     fmt: Annotated[str, format_option(DIFF_FORMATS)] = "table",
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 5 when there are differences")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", metavar="FILE",
+        help="Write every row gained, lost or changed (msisdn, channel, policy, kind, before/after values) to FILE: "
+             "csv, or JSON Lines when FILE ends in .jsonl")] = None,
 ) -> None:
-    """Compare two runs: customers gained and lost per channel and policy, rank changes, funnels.
+    """Compare two runs: customers gained and lost, rows changed (script, money, plan ...) per channel and policy.
 
     Either two export folders, or the current rules (--matrices) against another matrices
     folder (e.g. a git worktree of main) run on the same data in temporary databases: built
     from --fixtures, or copied from --db (which is only read). json is stable (sorted keys
-    and rows) and markdown is ready for a pull-request comment.
+    and rows) and markdown is ready for a pull-request comment. "No differences" means every
+    list is the same bytes on both sides. --out FILE lists the rows themselves: it holds msisdns.
 
     \b
     Examples:
       mktool diff out_main/2026-10 out_pr/2026-10
+      mktool diff out_main/2026-10 out_pr/2026-10 --out changed.csv
       mktool diff --month 2026-10 --against-matrices ../main/matrices --fixtures fixtures/extracts
       mktool diff --month 2026-10 --against-matrices ../main/matrices --format markdown > diff.md
     """
     folders = folders or []
+    if out is not None:
+        if str(out) == "-":
+            raise run.usage_error("--out", "--out wants a file name (the rows hold msisdns), not -")
+        if out.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder; --out wants a file name", str(out))
+        check_out_file(str(out))
     if against is not None:
         if folders:
             raise run.usage_error("--against-matrices", "give two export folders, or --against-matrices DIR with "
@@ -1234,15 +1290,16 @@ def diff_cmd(
         result = compare_rules(month, run.settings.matrices_dir, against, fixtures=fixtures,
                                db=None if fixtures is not None else run.settings.db_path,
                                cycle_date=date, settings=run.settings,
-                               reporter=run.reporter)
+                               reporter=run.reporter, detail=out)
     else:
         if len(folders) != 2:
-            raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff out_a/2026-10 "
-                                             "out_b/2026-10`, or --month M --against-matrices DIR")
+            raise run.usage_error("FOLDERS", "give two export folders (before, after), e.g. `mktool diff "
+                                             "out_a/2026-10/latest out_b/2026-10/latest`, or --month M "
+                                             "--against-matrices DIR")
         for given, name in ((month, "--month"), (fixtures, "--fixtures"), (date, "--date")):
             if given is not None:
                 raise run.usage_error(name, f"{name} only applies with --against-matrices")
-        result = compare_folders(folders[0], folders[1])
+        result = compare_folders(folders[0], folders[1], detail=out)
     if fmt == "json":
         typer.echo(render_json(result), nl=False)
     elif fmt == "csv":
@@ -1255,7 +1312,7 @@ def diff_cmd(
             for title, cols, rows in sections(result):
                 if rows:
                     print_table(title, cols, rows, numeric=tuple(c for c in cols if c not in (
-                        "channel", "policy", "funnel", "stage", "matrix", "rule")))
+                        "channel", "policy", "funnel", "stage", "matrix", "rule", "same bytes", "changed columns")))
         for note in result.notes:
             run.reporter.info(note)
     if exit_code and not result.identical:

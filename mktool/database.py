@@ -32,7 +32,7 @@ BOOKKEEPING_DDL = (
         load_id VARCHAR, table_name VARCHAR, file VARCHAR, sha256 VARCHAR,
         rows BIGINT, months VARCHAR[], loaded_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS funnel_counts (
-        month VARCHAR, funnel VARCHAR, stage_no INTEGER, stage VARCHAR, count BIGINT)""",
+        month VARCHAR, funnel VARCHAR, stage_no INTEGER, stage VARCHAR, count BIGINT, cycle VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS rule_hits (
         month VARCHAR, matrix VARCHAR, rule_no INTEGER, rule_id VARCHAR, policy_id VARCHAR, hits BIGINT)""",
 )
@@ -402,11 +402,32 @@ def _numeric(type_: str) -> bool:
     return type_.upper().startswith(_NUMERIC_TYPES)
 
 
-def record_funnel(con: duckdb.DuckDBPyConnection, month: str, funnel: str, stages: Sequence[tuple[str, int]]) -> None:
-    """Store one funnel's ordered stage counts for ``month`` (replacing the previous ones)."""
-    con.execute("DELETE FROM funnel_counts WHERE month = ? AND funnel = ?", [month, funnel])
+def record_funnel(con: duckdb.DuckDBPyConnection, month: str, funnel: str, stages: Sequence[tuple[str, int]],
+                  cycle: str | None = None) -> None:
+    """Store one funnel's ordered stage counts for ``month`` (replacing the previous ones).
+
+    ``cycle`` is the cycle date of a channel funnel (each export cycle has its own); the step
+    funnels (plan, each matrix) are the month's and have none (NULL). Call inside the write
+    transaction: a funnel_counts table from before cycles gains its column there.
+    """
+    ensure_funnel_cycle(con)
+    con.execute("DELETE FROM funnel_counts WHERE month = ? AND funnel = ? AND cycle IS NOT DISTINCT FROM ?",
+                [month, funnel, cycle])
     if stages:
         con.executemany(
-            "INSERT INTO funnel_counts VALUES (?, ?, ?, ?, ?)",
-            [(month, funnel, i, stage, int(count)) for i, (stage, count) in enumerate(stages, 1)],
+            "INSERT INTO funnel_counts (month, funnel, stage_no, stage, count, cycle) VALUES (?, ?, ?, ?, ?, ?)",
+            [(month, funnel, i, stage, int(count), cycle) for i, (stage, count) in enumerate(stages, 1)],
         )
+
+
+def ensure_funnel_cycle(con: duckdb.DuckDBPyConnection) -> None:
+    """A funnel_counts table written before cycles had their own funnels gains the (NULL) cycle column."""
+    if not table_exists(con, "funnel_counts"):
+        con.execute(BOOKKEEPING_DDL[1])
+    elif "cycle" not in table_columns(con, "funnel_counts"):
+        con.execute("ALTER TABLE funnel_counts ADD COLUMN cycle VARCHAR")
+
+
+def funnel_has_cycle(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether funnel_counts records cycles (a database from before them, opened read-only, does not)."""
+    return table_exists(con, "funnel_counts") and "cycle" in table_columns(con, "funnel_counts")

@@ -6,6 +6,10 @@ validity, every matrix's `where` and every rule's `when`, first-hit and collect,
 order, dedupe and ranks; the plan step's candidate stages, every target plan's bill and change
 rates and the plan ranking — and puts it beside what was stored and exported. What it shows is
 what the whole-month run gives that customer, by construction, not a second reading of the rules.
+For a rule that did not match it names the first top-level AND condition of its ``when`` (or of
+the matrix's ``where``) that is false or NULL — the parts sqlcheck split off the checked
+expression, evaluated for the customer in one bound-parameter query per matrix — and every rule
+carries the customer's values of the columns it reads.
 This is what a front-desk agent or an analyst reads before trusting a recommendation.
 """
 
@@ -20,7 +24,7 @@ import duckdb
 
 from mktool.database import Database, step_settings, table_exists
 from mktool.dialect import Query, round_half_away
-from mktool.errors import MktoolError
+from mktool.errors import MktoolError, RuleError
 from mktool.freshness import require_fresh_view
 from mktool.matrices import CustomerRun, evaluate_customer
 from mktool.plan import (
@@ -41,6 +45,7 @@ from mktool.project import Project
 from mktool.rules import Matrix, Rule, RuleSet
 from mktool.schema import (
     CONTACT_HISTORY_TABLE,
+    CUSTOMER_PARAM,
     CUSTOMER_PRIORITY_TABLE,
     HOLDOUTS_TABLE,
     PLAN_STAGES,
@@ -48,6 +53,7 @@ from mktool.schema import (
     RECOMMENDATIONS_TABLE,
     VIEW_TABLE,
 )
+from mktool.sqlcheck import CheckedExpression, conjuncts
 
 # A rule's outcome for the customer (RuleOutcome.outcome), in the order they are decided.
 SKIPPED = "skipped"  # its policy is not valid in the month: `matrix` does not evaluate it
@@ -59,6 +65,11 @@ OUTCOMES = (SKIPPED, OUTSIDE_WHERE, FIRED, SHADOWED, NOT_MATCHED)
 
 #: The plan pairs' verdict on a pair inside both windows.
 IN_BOTH_WINDOWS = "in both windows"
+
+#: A failed condition's verdict (RuleOutcome.failed_because): false, or NULL because a value it reads is missing.
+FALSE, NULL = "false", "null"
+#: The customer_view columns the text view always shows, whatever the rules read (msisdn masked).
+KEY_VIEW_COLUMNS = ("msisdn", "month", "value_tier", "stickiness_tier", "churn_flag", "segment")
 
 
 @dataclass
@@ -76,6 +87,15 @@ class RuleOutcome:
     outcome: str = NOT_MATCHED  # one of OUTCOMES
     detail: str = ""  # why: the skip reason with the validity dates, the rule that shadows it, the dedupe …
     rank: int | None = None  # the recommendation's rank this evaluation gives (None: no recommendation)
+    # Why a rule did not match (not_matched: its when; outside_where: the matrix's where): the first top-level
+    # AND condition that is not true for the customer, its place, and whether it was false or NULL (a value is
+    # missing). None for a rule that matched or was skipped.
+    failed_condition: str | None = None
+    failed_because: str | None = None  # FALSE | NULL
+    failed_in: str | None = None  # "when" | "where"
+    failed_index: int | None = None  # 1-based place of the condition among the conditions of failed_in
+    conditions: int | None = None  # how many top-level conditions failed_in has
+    columns: dict[str, Any] = field(default_factory=dict)  # the customer's value of every column when / where read
 
 
 @dataclass
@@ -127,6 +147,31 @@ def outcome_label(rule: RuleOutcome) -> str:
     if not rule.detail:
         return label
     return f"{label} {rule.detail}" if rule.outcome == SHADOWED else f"{label}: {rule.detail}"
+
+
+def failure_label(rule: RuleOutcome) -> str:
+    """The Rules table's "first failed condition" cell: ``when 2/3: return_rate > 86 is false``."""
+    if rule.failed_condition is None:
+        return ""
+    verdict = "NULL (a value it reads is missing)" if rule.failed_because == NULL else "false"
+    return f"{rule.failed_in} {rule.failed_index}/{rule.conditions}: {rule.failed_condition} is {verdict}"
+
+
+def columns_label(rule: RuleOutcome) -> str:
+    """The customer's values of the columns a rule reads: ``arpu_3m=117.32, tenure_months=16``; NULL as NULL."""
+    return ", ".join(f"{k}={'NULL' if v is None else display(v)}" for k, v in rule.columns.items())
+
+
+def masked(msisdn: str) -> str:
+    """138****0042: the number as a ``mask: mask`` list shows it (export's masking), for the table view."""
+    return f"{msisdn[:3]}****{msisdn[-4:]}" if len(msisdn) >= 8 else "****"
+
+
+def view_columns(ex: Explanation) -> list[str]:
+    """The view columns the text view shows: the key ones, then every column a rule or where reads (view order)."""
+    read = {c for r in ex.rules for c in r.columns}
+    return [c for c in ex.view if c in KEY_VIEW_COLUMNS] + [c for c in ex.view
+                                                           if c in read and c not in KEY_VIEW_COLUMNS]
 
 
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -186,6 +231,70 @@ def _rule_outcomes(rules: RuleSet, run: CustomerRun) -> list[RuleOutcome]:
                 m.name, m.family, m.hit, r.no, r.id, r.policy, list(r.order), matched=outcome in (FIRED, SHADOWED),
                 fired=outcome == FIRED, when=r.when.source, outcome=outcome, detail=detail, rank=rank))
     return out
+
+
+def _first_failure_sql(parts: tuple[CheckedExpression, ...]) -> str:
+    """The place of the first condition not true: -i when it is NULL, i when false, 0 when all hold.
+
+    A CASE in order, so a condition is evaluated only when those before it held (as AND reads).
+    """
+    whens = " ".join(f"WHEN ({p.duckdb_sql}) IS NULL THEN {-i} WHEN NOT ({p.duckdb_sql}) THEN {i}"
+                     for i, p in enumerate(parts, 1))
+    return f"CASE {whens} ELSE 0 END"
+
+
+def conditions_query(matrix: Matrix, where: tuple[CheckedExpression, ...] | None,
+                     whens: dict[int, tuple[CheckedExpression, ...]], month: str, msisdn: str) -> Query:
+    """One query per matrix: for the customer, the first failing condition of its where and of each rule's when."""
+    cols = ([f"{_first_failure_sql(where)} AS where_failed"] if where else []) + [
+        f"{_first_failure_sql(parts)} AS rule_{no}" for no, parts in whens.items()]
+    sql = (f"SELECT {', '.join(cols)} FROM {VIEW_TABLE} "
+           f"WHERE month = $month AND msisdn = ${CUSTOMER_PARAM}")
+    return Query(f"explain:conditions:{matrix.name}", sql, {"month": month, CUSTOMER_PARAM: msisdn})
+
+
+def _read_columns(view: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """The customer's value of each named column (lower-cased, as sqlcheck gives them), in the view's order."""
+    return {k: v for k, v in view.items() if k.lower() in names}
+
+
+def _explain_failures(con: duckdb.DuckDBPyConnection, rules: RuleSet, outcomes: list[RuleOutcome], month: str,
+                      msisdn: str, view: dict[str, Any]) -> None:
+    """Fill in, for every rule not matched, the first failing condition; and every rule's column values."""
+    by_rule = {(o.matrix, o.rule_no): o for o in outcomes}
+    for m in rules.matrices:
+        where_reads = set(m.where.columns) if m.where is not None else set()
+        mine = [by_rule[(m.name, r.no)] for r in m.rules]
+        for r, o in zip(m.rules, mine):
+            o.columns = _read_columns(view, set(r.when.columns) | where_reads)
+        outside = m.where is not None and any(o.outcome == OUTSIDE_WHERE for o in mine)
+        where = conjuncts(m.where, location=m.at("where")) if outside and m.where is not None else None
+        whens = {r.no: conjuncts(r.when, location=r.at("when"))
+                 for r, o in zip(m.rules, mine) if o.outcome == NOT_MATCHED}
+        if where is None and not whens:
+            continue
+        q = conditions_query(m, where, whens, month, msisdn)
+        try:
+            row = con.execute(q.sql, q.params).fetchone()
+        except duckdb.Error as exc:
+            raise RuleError(f"{m.at('matrix')}: DuckDB, evaluating the conditions of its rules for one customer: "
+                            f"{str(exc).strip().splitlines()[0]}") from None
+        if row is None:  # pragma: no cover - explain found the customer in the view
+            continue
+        values = list(row)
+        where_failed = int(values.pop(0)) if where is not None else 0
+        failed = {no: int(v) for no, v in zip(whens, values)}
+        for r, o in zip(m.rules, mine):
+            if o.outcome == OUTSIDE_WHERE and where is not None and where_failed:
+                _set_failure(o, "where", where, where_failed)
+            elif o.outcome == NOT_MATCHED and failed.get(r.no):
+                _set_failure(o, "when", whens[r.no], failed[r.no])
+
+
+def _set_failure(o: RuleOutcome, part: str, parts: tuple[CheckedExpression, ...], code: int) -> None:
+    o.failed_in, o.failed_index, o.conditions = part, abs(code), len(parts)
+    o.failed_condition = parts[abs(code) - 1].source
+    o.failed_because = NULL if code < 0 else FALSE
 
 
 def _matrix_notes(con: duckdb.DuckDBPyConnection, rules: RuleSet, run: CustomerRun, month: str,
@@ -296,6 +405,7 @@ def explain(db: Database, project: Project, month: str, msisdn: str) -> Explanat
     rules = project.rules
     run = evaluate_customer(db, project, month, msisdn)
     outcomes = _rule_outcomes(rules, run)
+    _explain_failures(con, rules, outcomes, month, msisdn, view)
     where: dict[str, bool | None] = {m.name: run.in_scope.get(m.name) for m in rules.matrices}
     recs = (_rows(con.execute(f"SELECT * FROM {RECOMMENDATIONS_TABLE} WHERE month = ? AND msisdn = ? ORDER BY rank",
                               [month, msisdn])) if table_exists(con, RECOMMENDATIONS_TABLE) else [])

@@ -41,27 +41,38 @@ channel earlier in the cycle month: a daily run neither repeats yesterday's offe
 them to another push channel; the one exception is X's retry: X's latest contact of the pair
 is a no_answer (no later ``sent`` on X, and no later push contact of the pair on another
 channel: a retry never follows a push on another channel), whose wait the no_answer stage
-then checks. Caps
-count push contacts per calendar month of the cycle date; capacity counts offers (rows) per
-cycle.
+then checks. Caps count push contacts per calendar month of the cycle date; capacity counts
+offers (rows) per cycle.
 
 Hold-outs are drawn per customer × policy × month (the export month, not the cycle), so a
 held-out pair is held out of every channel, pop-ups too, in every cycle of the month; they are
 recorded in ``holdouts`` per channel where they were placed (for a pop-up, the pop-up).
 
+Every cycle — the monthly run and each daily run — is identified by its cycle date (``--date``):
+that ISO date is the cycle id of its records (contact_history.cycle, holdouts.cycle, the
+manifest), for monthly and daily channels alike, and names its folder
+``<out>/<month>/<cycle-date>/``, which holds that cycle's lists, funnel.json and manifest.json
+and nothing of another cycle's. ``<out>/<month>/latest`` and ``<out>/latest`` are relative
+symlinks to the newest cycle folder (by cycle date: a re-run of an older date does not move
+them back), replaced atomically once a publish is complete (mktool.publish.point_latest).
+
 Exported push rows (also a list streamed with ``--out -``) are written back to
 ``contact_history`` (outcome ``sent``) so the next cycle's caps and cool-downs see them;
-re-running a cycle replaces its own records and files.
+re-running a cycle date replaces its own records and files, and a cycle on another date never touches them. Contacts
+are recorded if and only if their lists were delivered: the cycle folder's lists, funnel.json
+and manifest.json are published with the write-back as one unit (staged, journaled, committed,
+renamed: mktool.publish; the folder lock and the recovery are the cycle folder's), and a list
+streamed with ``--out -`` is recorded only once all of it was written. funnel.json names the
+month and the cycle date and holds the month's step funnels and the funnels of the channels
+whose lists are in the folder (funnel_counts keeps a cycle per channel funnel). manifest.json
+lists every list of the cycle folder after the publish (a re-run of the same cycle with
+``--channel`` keeps the cycle's other lists with their entries; an old file no longer part of
+the folder is removed in the same publish) and everything the lists were made from: engine
+versions, the command line, the steps' overrides, the rules folder and its commit.
 
 :func:`channel_verdicts` (``mktool explain``'s channel part) runs the same per-customer stages
 for one customer, bound as a parameter, and takes the allocation (dedupe, capacity) from what
-the cycle recorded. Contacts are recorded if and only if their lists were
-delivered: the lists, funnel.json and manifest.json are published with the write-back as one
-unit (staged, journaled, committed, renamed: mktool.publish), and a list streamed with
-``--out -`` is recorded only once all of it was written. manifest.json lists every file of the
-folder after the publish (a list of a channel not exported now keeps its entry; an old file no
-longer part of the folder is removed in the same publish) and everything the lists were made
-from: engine versions, the command line, the steps' overrides, the rules folder and its commit.
+the cycle recorded.
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ import os
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +94,16 @@ import duckdb
 from mktool import __version__
 from mktool.console import QUIET, Reporter
 from mktool.contract import TABLES
-from mktool.database import Database, command_line, record_funnel, step_settings, table_columns, table_exists
+from mktool.database import (
+    Database,
+    command_line,
+    ensure_funnel_cycle,
+    funnel_has_cycle,
+    record_funnel,
+    step_settings,
+    table_columns,
+    table_exists,
+)
 from mktool.dialect import Query, days_before, draw, money, round_half_away, sha256_hex
 from mktool.errors import Interrupted, MktoolError
 from mktool.freshness import require_built_on_view, require_fresh_view
@@ -90,6 +111,7 @@ from mktool.output import COPY_OPTIONS, FORMATS, check_format, copy_to_file, str
 from mktool.planconfig import PlanConfig, script_sql
 from mktool.project import Project
 from mktool.publish import (
+    LATEST,
     Publication,
     deferred_interrupt,
     fault,
@@ -97,6 +119,7 @@ from mktool.publish import (
     folder_lock,
     is_committed,
     os_error_text,
+    point_latest,
     record_commit,
     recover_folder,
 )
@@ -959,6 +982,7 @@ class ExportResult:
     channels: list[ChannelResult]
     out_dir: Path | None
     run_id: str = ""
+    folder: Path | None = None  # the cycle folder the lists were published in (None: dry run, stdout)
 
 
 def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str],
@@ -1026,7 +1050,18 @@ def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def cycle_id(channel: Channel, month: str, cycle_date: dt.date) -> str:
-    return cycle_date.isoformat() if channel.cycle == "daily" else month
+    """The id of a cycle's records (contact_history.cycle, holdouts.cycle, the manifest): its ISO date.
+
+    The same for every channel, daily or monthly: a cycle is the export on one date, and its
+    folder ``<out>/<month>/<cycle-date>/`` is named by it. (Databases from before cycles were
+    kept carry 'YYYY-MM' for monthly records: another, earlier cycle, never replaced by a new one.)
+    """
+    return cycle_date.isoformat()
+
+
+def cycle_folder(out_dir: Path, month: str, cycle_date: dt.date) -> Path:
+    """Where one cycle's lists, funnel.json and manifest.json live: ``<out>/<month>/<cycle-date>/``."""
+    return Path(out_dir) / month / cycle_date.isoformat()
 
 
 def run_export(
@@ -1174,7 +1209,7 @@ def _write_stdout(db: Database, ch: ChannelResult, config: ExportConfig, month: 
             raise MktoolError(f"{exc.message}; nothing was recorded as sent (contact_history and the funnel are as "
                               "before)", hint="re-run the export when the consumer is ready") from None
         with db.transaction():
-            record_funnel(con, month, f"channel:{ch.channel}", ch.stages)
+            record_funnel(con, month, f"channel:{ch.channel}", ch.stages, cycles[ch.channel])
             _record_contacts(con, [ch.channel], cycles, cycle_date, month)
 
 
@@ -1184,7 +1219,7 @@ def _held_out(con: duckdb.DuckDBPyConnection, channel: str) -> int:
 
 @dataclass
 class FolderChanges:
-    """How one publish changes ``<out>/<month>`` beyond the lists it writes (see :func:`_folder_changes`)."""
+    """How one publish changes its cycle folder beyond the lists it writes (see :func:`_folder_changes`)."""
 
     carried: dict[str, dict[str, Any]]  # lists of channels not exported now: kept, with their manifest entries
     stale: list[str]  # files that are no longer part of the folder: removed in the same publish
@@ -1193,8 +1228,10 @@ class FolderChanges:
 
 def _folder_changes(con: duckdb.DuckDBPyConnection, folder: Path, selected: list[ChannelResult], config: ExportConfig,
                     fmt: str | None, cycles: dict[str, str]) -> FolderChanges:
-    """The folder after this publish holds exactly what its new manifest.json names.
+    """The cycle folder after this publish holds exactly what its new manifest.json names.
 
+    Only this cycle's folder (``<out>/<month>/<cycle-date>/``) is looked at: a re-run of the same
+    cycle date with ``--channel X`` keeps that cycle's other lists; other cycles are other folders.
     A list of a channel exported now replaces the old one (and its old file in another format
     goes); a list of a configured channel not exported now (``--channel``, ``--cycle``) stays as
     it was, with its entry from the previous manifest; a list of a channel that is no longer
@@ -1253,12 +1290,14 @@ def _forget_contacts(con: duckdb.DuckDBPyConnection, forgotten: list[tuple[str, 
     if not forgotten:
         return
     _ensure_history_columns(con)
+    ensure_funnel_cycle(con)
     for channel, cycle in forgotten:
         con.execute("DELETE FROM contact_history WHERE recorded_by = ? AND cycle = ? AND channel = ? "
                     "AND outcome = 'sent'", [RECORDED_BY, cycle, channel])
         if table_exists(con, "holdouts"):
             con.execute("DELETE FROM holdouts WHERE cycle = ? AND channel = ?", [cycle, channel])
-        con.execute("DELETE FROM funnel_counts WHERE month = ? AND funnel = ?", [month, f"channel:{channel}"])
+        con.execute("DELETE FROM funnel_counts WHERE month = ? AND funnel = ? AND cycle = ?",
+                    [month, f"channel:{channel}", cycle])
 
 
 MANIFEST = "manifest.json"
@@ -1268,20 +1307,38 @@ FUNNEL_FILE = "funnel.json"
 def _write_all(db: Database, result: ExportResult, selected: list[ChannelResult], config: ExportConfig, month: str,
                cycle_date: dt.date, cycles: dict[str, str], fmt: str | None, matrices_dir: Path,
                reporter: Reporter, options: dict[str, Any]) -> None:
-    """Publish the lists, funnel.json and manifest.json with their contacts as one unit (mktool.publish).
+    """Publish the cycle's lists, funnel.json and manifest.json with their contacts as one unit (mktool.publish).
 
-    Staged and fsynced under hidden names, journaled, committed with the write-back, then
-    renamed into place; an interruption anywhere is finished or undone by the next command.
+    The unit is the cycle folder ``<out>/<month>/<cycle-date>/``: staged and fsynced under hidden
+    names, journaled, committed with the write-back, then renamed into place; an interruption
+    anywhere is finished or undone by the next command. The lock and the recovery are the cycle
+    folder's: another cycle's folder is never read or written. Then the ``latest`` pointers move
+    to the newest cycle (:func:`mktool.publish.point_latest`).
     """
     assert result.out_dir is not None
-    final_dir = result.out_dir / month
+    final_dir = cycle_folder(result.out_dir, month, cycle_date)
+    made = [p for p in (final_dir.parent, final_dir) if not p.exists()]  # folders this publish creates
     with contextlib.ExitStack() as folder_held:
         try:
             final_dir.mkdir(parents=True, exist_ok=True)
             folder_held.enter_context(folder_lock(final_dir))
         except OSError as exc:
             raise MktoolError(f"cannot write the lists: {os_error_text(exc)}", file=str(final_dir)) from None
-        _publish(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, options, final_dir)
+        try:
+            _publish(db, result, selected, config, month, cycle_date, cycles, fmt, matrices_dir, options, final_dir)
+        except BaseException:
+            for folder in reversed(made):  # undone before its commit: no empty cycle folder left behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty (a committed publish's staged files keep it)
+            raise
+    result.folder = final_dir
+    try:
+        point_latest(final_dir)
+    except OSError as exc:
+        raise MktoolError(f"the lists of run {result.run_id} are published in {final_dir}, but the latest pointer "
+                          f"could not be updated: {os_error_text(exc)}", file=str(final_dir.parent / LATEST),
+                          hint="fix the folder (a file or folder named latest, permissions); the next export "
+                               "points it at the newest cycle") from None
 
 
 def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], config: ExportConfig, month: str,
@@ -1313,10 +1370,12 @@ def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], 
             pub.remove = changes.stale
             with db.transaction():
                 for ch in selected:  # only the lists written now: funnel.json must match the files beside it
-                    record_funnel(con, month, f"channel:{ch.channel}", ch.stages)
+                    record_funnel(con, month, f"channel:{ch.channel}", ch.stages, cycles[ch.channel])
                 _record_contacts(con, names, cycles, cycle_date, month)
                 _forget_contacts(con, changes.forgotten, month)
-                funnel_doc = funnel_document(con, month)
+                # this cycle's channels: the lists written now and the ones of the same cycle kept beside them
+                folder_channels = {*names, *(str(e["channel"]) for e in changes.carried.values() if e.get("channel"))}
+                funnel_doc = funnel_document(con, month, cycle_date, channels=folder_channels)
                 pub.write_text(FUNNEL_FILE, json.dumps(funnel_doc, ensure_ascii=False, indent=2) + "\n")
                 fault("write_funnel")
                 manifest = _manifest(con, result, selected, pub, matrices_dir, funnel_doc, changes.carried, cycles,
@@ -1374,18 +1433,45 @@ def _record_contacts(con: duckdb.DuckDBPyConnection, channels: list[str], cycles
         _run(con, record_holdouts)
 
 
-def funnel_document(con: duckdb.DuckDBPyConnection, month: str) -> dict[str, Any]:
-    """``{"month": M, "funnels": {name: [{"stage", "count"}, ...]}}``: plan first, then matrices, then channels."""
+def funnel_document(con: duckdb.DuckDBPyConnection, month: str, cycle_date: dt.date | None = None, *,
+                    channels: Collection[str] | None = None) -> dict[str, Any]:
+    """The funnels of a month: plan first, then the matrices, then the channels.
+
+    With ``cycle_date``: funnel.json of that cycle, ``{"month": M, "cycle_date": D, "funnels":
+    {name: [{"stage", "count"}, ...]}}``, the month's step funnels and the channel funnels of that
+    cycle only (of ``channels`` only, when given: the lists in the cycle's folder). Without: the
+    step funnels and every cycle's channel funnels, each named ``channel:<name>@<cycle-date>``
+    (``cycle_date`` null); a channel funnel recorded before cycles had their own keeps its bare name.
+    """
+    has_cycle = funnel_has_cycle(con)
+    cycle_col = "cycle" if has_cycle else "CAST(NULL AS VARCHAR)"
+    params: list[Any] = [month]
+    where = "month = ?"
+    if cycle_date is not None:
+        where += f" AND (funnel NOT LIKE 'channel:%' OR {cycle_col} = ?)"
+        params.append(cycle_date.isoformat())
     rows = con.execute(
-        """SELECT funnel, stage, count FROM funnel_counts WHERE month = ?
-           ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2 ELSE 1 END,
-                    funnel, stage_no""",
-        [month],
+        f"""SELECT funnel, stage, count, {cycle_col} AS cycle FROM funnel_counts WHERE {where}
+            ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2 ELSE 1 END,
+                     cycle NULLS FIRST, funnel, stage_no""",
+        params,
     ).fetchall()
     funnels: dict[str, list[dict[str, Any]]] = {}
-    for funnel, stage, count in rows:
-        funnels.setdefault(funnel, []).append({"stage": stage, "count": int(count)})
-    return {"month": month, "funnels": funnels}
+    for funnel, stage, count, cycle in rows:
+        is_channel = funnel.startswith("channel:")
+        if is_channel and channels is not None and funnel[len("channel:"):] not in channels:
+            continue
+        name = f"{funnel}@{cycle}" if is_channel and cycle and cycle_date is None else funnel
+        funnels.setdefault(name, []).append({"stage": stage, "count": int(count)})
+    return {"month": month, "cycle_date": cycle_date.isoformat() if cycle_date else None, "funnels": funnels}
+
+
+def funnel_cycles(con: duckdb.DuckDBPyConnection, month: str) -> list[str]:
+    """The cycle dates of the month whose channel funnels are recorded, oldest first."""
+    if not funnel_has_cycle(con):
+        return []
+    return [r[0] for r in con.execute("SELECT DISTINCT cycle FROM funnel_counts WHERE month = ? AND cycle IS NOT NULL "
+                                      "AND funnel LIKE 'channel:%' ORDER BY cycle", [month]).fetchall()]
 
 
 def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:

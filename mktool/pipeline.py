@@ -94,7 +94,8 @@ def run_pipeline(
         reporter.info(f"plan: {planned.rows:,} plan recommendations for {planned.customers:,} customers")
         exported = step("export", lambda: export.run_export(db, project, month, out_dir=out_dir,
                                                             cycle_date=cycle_date, fmt=fmt, reporter=reporter))
-        doc = export.funnel_document(db.c, month)
+        doc = export.funnel_document(db.c, month, cycle_date,
+                                     channels=[ch.channel for ch in exported.channels if ch.path is not None])
     except Interrupted as exc:  # export had committed: keep its note, add the steps before it
         raise Interrupted(_interrupted_note(committed, running, exc.note)) from None
     except (KeyboardInterrupt, duckdb.InterruptException) as exc:
@@ -106,7 +107,7 @@ def run_pipeline(
     return PipelineResult(
         month=month, ingested_files=files, customers=scored.rows, recommendations=matrix.rows,
         plan_customers=planned.customers, exported={ch.channel: ch.rows for ch in exported.channels},
-        out_dir=out_dir / month, funnels=doc["funnels"],
+        out_dir=exported.folder, funnels=doc["funnels"],
     )
 
 
@@ -160,7 +161,7 @@ def list_reader(path: Path) -> str:
 
 
 def target_lists(folder: Path) -> list[Path]:
-    """The target lists of one export folder (<out>/<month>): every csv / parquet / jsonl file."""
+    """The target lists of one cycle folder (<out>/<month>/<cycle-date>/): every csv / parquet / jsonl file."""
     return sorted(p for p in Path(folder).iterdir()
                   if p.is_file() and p.suffix.lower() in LIST_SUFFIXES and not p.name.startswith("."))
 
@@ -173,7 +174,7 @@ class MonthRun:
     month: str
     cycle_date: dt.date
     db_path: Path
-    out_dir: Path  # <out>/<month>: the lists, funnel.json, manifest.json
+    out_dir: Path  # the cycle folder <out>/<month>/<cycle-date>/: the lists, funnel.json, manifest.json
     matrices_dir: Path
 
 
@@ -206,7 +207,8 @@ def temporary_run(month: str, matrices_dir: Path, *, fixtures: Path | None = Non
             run_pipeline(db, project, month,
                          ingest_paths=[Path(fixtures)] if fixtures is not None else None,
                          cycle_date=cycle_date, out_dir=tmpdir / "out", reporter=reporter)
-        yield MonthRun(month, cycle_date, db_path, tmpdir / "out" / month, Path(matrices_dir))
+        yield MonthRun(month, cycle_date, db_path, export.cycle_folder(tmpdir / "out", month, cycle_date),
+                       Path(matrices_dir))
 
 
 def copy_database(source: Path, target: Path, settings: Settings) -> None:

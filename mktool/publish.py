@@ -21,6 +21,11 @@ journal is still in its folder is rolled forward (every database open does this,
 also rolls back a journal its database never committed (the staged files are removed). So after
 an interruption at any point, contacts recorded ⇔ the lists under their final names, all from
 the same run, and a re-run replaces them as if nothing had happened.
+
+The folder is one export cycle's, ``<out>/<month>/<cycle-date>/``: the unit, its lock and its
+recovery are per cycle folder, so a publish never reads or writes another cycle's files. Once a
+publish is complete, :func:`point_latest` moves the stable pointers ``<out>/<month>/latest`` and
+``<out>/latest`` (relative symlinks, each replaced atomically) to the newest cycle by date.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -50,6 +56,9 @@ JOURNAL_SUFFIX = ".json"
 PARTIAL_SUFFIX = ".partial"
 LOG_TABLE = "publish_log"
 SEAL = "manifest.json"  # renamed last: a reader who sees the new manifest sees every file it names
+LATEST = "latest"  # <out>/<month>/latest and <out>/latest: symlinks to the newest cycle folder
+_MONTH_NAME = re.compile(r"\d{4}-\d{2}")
+_DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 LOG_DDL = f"""CREATE TABLE IF NOT EXISTS {LOG_TABLE} (
     run_id VARCHAR, folder VARCHAR, journal VARCHAR, committed_at TIMESTAMP, published_at TIMESTAMP)"""
@@ -225,6 +234,8 @@ def finish_pending(con: duckdb.DuckDBPyConnection, *, writable: bool, strict: bo
             if journal.path.exists():
                 roll_forward(journal)
                 finished.append(run_id)
+                with contextlib.suppress(OSError):  # a pointer is re-made by every publish; never blocks a reader
+                    point_latest(Path(journal.folder))
         except MktoolError:
             if strict:
                 raise
@@ -278,6 +289,8 @@ def recover_folder(con: duckdb.DuckDBPyConnection, folder: Path, database: Path)
             if is_committed(con, journal.run_id):
                 roll_forward(journal)
                 mark_published(con, journal.run_id)
+                with contextlib.suppress(OSError):  # the export that recovers it points them again anyway
+                    point_latest(folder)
             elif journal.database == own_db:
                 roll_back(journal)
             else:
@@ -325,6 +338,97 @@ def folder_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+# -- the latest pointers --------------------------------------------------------------------------
+def _is_date(name: str) -> bool:
+    if not _DATE_NAME.fullmatch(name):
+        return False
+    try:
+        dt.date.fromisoformat(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _newest_cycle(month_dir: Path) -> str | None:
+    """The newest published cycle folder of a month: the latest date-named folder holding a manifest."""
+    try:
+        entries = list(month_dir.iterdir())
+    except FileNotFoundError:
+        return None
+    dates = [p.name for p in entries if _is_date(p.name) and not p.is_symlink() and (p / SEAL).is_file()]
+    return max(dates) if dates else None
+
+
+def _replace_link(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` (relative): a symlink made under a temporary name, then renamed over it."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    tmp = link.with_name(f".{link.name}-{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(link.parent)
+
+
+def point_latest(cycle_folder: Path) -> None:
+    """After a publish into ``<out>/<month>/<cycle-date>/``: ``<out>/<month>/latest`` → the month's newest
+    cycle folder, ``<out>/latest`` → ``<month>/<cycle-date>`` of the newest cycle overall (by cycle date,
+    then month).
+
+    Newest by date, not by time of writing: a re-run of an older cycle never moves a pointer back.
+    Each update holds its folder's lock, so two publishes of the same month cannot leave the older
+    one's pointer last. A folder not shaped like a cycle folder (a publish from before cycles) is
+    left alone.
+    """
+    cycle_folder = Path(cycle_folder)
+    month_dir = cycle_folder.parent
+    out_dir = month_dir.parent
+    if not (_is_date(cycle_folder.name) and _MONTH_NAME.fullmatch(month_dir.name)):
+        return
+    with folder_lock(month_dir):
+        newest = _newest_cycle(month_dir)
+        if newest is not None:
+            _replace_link(month_dir / LATEST, newest)
+    with folder_lock(out_dir):
+        overall = [(date, m.name) for m in out_dir.iterdir()
+                   if _MONTH_NAME.fullmatch(m.name) and m.is_dir() and not m.is_symlink()
+                   and (date := _newest_cycle(m)) is not None]
+        if overall:
+            date, month = max(overall)
+            _replace_link(out_dir / LATEST, f"{month}/{date}")
+
+
+def newest_list(out_dir: Path, channel: str, month: str | None = None) -> Path | None:
+    """The newest published list of ``channel`` under ``out_dir``: in the newest cycle folder (by cycle
+    date, then month; of ``month`` only, when given) whose manifest.json names a list of that channel.
+
+    A daily cycle's folder has only the daily channels, so ``<out>/latest`` may not hold a monthly
+    channel's list: this finds it wherever it is. The path goes through the cycle folder itself,
+    not a ``latest`` link, so it stays the same file when a newer cycle moves the links.
+    """
+    out_dir = Path(out_dir)
+    try:
+        months = [m for m in out_dir.iterdir() if _MONTH_NAME.fullmatch(m.name) and m.is_dir() and not m.is_symlink()
+                  and month in (None, m.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    cycles = [(c.name, m.name, c) for m in months for c in m.iterdir()
+              if _is_date(c.name) and c.is_dir() and not c.is_symlink() and (c / SEAL).is_file()]
+    for _, _, folder in sorted(cycles, reverse=True):
+        try:
+            outputs = json.loads((folder / SEAL).read_text(encoding="utf-8")).get("outputs", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for name, entry in sorted(outputs.items()) if isinstance(outputs, dict) else []:
+            if isinstance(entry, dict) and entry.get("channel") == channel and (folder / name).is_file():
+                return folder / name
+    return None
 
 
 # -- one publish ----------------------------------------------------------------------------------

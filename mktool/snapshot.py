@@ -91,7 +91,7 @@ def build_month(month: str, matrices_dir: Path, fixtures: Path, *, cycle_date: d
                        reporter=reporter, label="snapshot") as run:
         con = duckdb.connect(str(run.db_path), read_only=True)
         try:
-            funnels = funnel_document(con, month)["funnels"]
+            funnels = funnel_document(con, month, run.cycle_date)["funnels"]
             hits = con.execute("SELECT matrix, rule_id, hits FROM rule_hits WHERE month = ? ORDER BY matrix, rule_no",
                                [month]).fetchall()
             lists = {p.stem: list_content(con, p) for p in target_lists(run.out_dir)}

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -47,8 +48,34 @@ MEMORY_LIMIT = "8GB"
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 CHANNELS = ["frontdesk", "outbound", "inbound", "sms", "app", "manager"]
-POLICIES = ["PREPAY_300_600", "PREPAY_100_150", "CRBT_TRIAL", "NEWSPAPER_TRIAL",
-            "MI_PACK_10", "LD_PACK_AH", "PLAN_CHANGE"]
+# Past offers in contact_history: each policy only on the channels its catalogue entry
+# (matrices/policies.yaml) allows, and the long-distance / roaming packs only to customers who
+# call that province / roam, so a past response can meet one of this month's offers.
+POLICY_CHANNELS = {
+    "REBUNDLE_HIGH": ["frontdesk", "outbound", "manager"],
+    "PREPAY_300_600": ["frontdesk", "outbound"],
+    "PREPAY_100_150": ["frontdesk", "sms"],
+    "CRBT_TRIAL": ["sms", "outbound", "frontdesk", "inbound"],
+    "NEWSPAPER_TRIAL": ["sms", "frontdesk", "inbound"],
+    "MI_PACK_10": ["sms", "app", "frontdesk", "inbound"],
+    "LD_PACK_AH": ["sms", "outbound", "frontdesk"],
+    "ROAM_PACK": ["sms", "app", "frontdesk"],
+    "VNET_GROUP_JOIN": ["manager", "frontdesk", "outbound"],
+    "PLAN_CHANGE": ["inbound", "outbound", "sms"],
+}
+# Outcome shares (per mille, in the order sent, accepted, rejected, no_answer, unsubscribed) by
+# how the channel reaches the customer: a call can go unanswered; a message is mostly just sent
+# and is where opt-outs happen (seed 004: 5-10% unsubscribe on batch SMS); a pop-up row exists
+# only when the showing turned into a conversation, so it is mostly a yes or a no.
+OUTCOMES = ["sent", "accepted", "rejected", "no_answer", "unsubscribed"]
+OUTCOME_SHARES = {
+    "outbound": [80, 150, 300, 420, 50],
+    "manager": [100, 250, 300, 330, 20],
+    "sms": [760, 80, 90, 0, 70],
+    "app": [800, 70, 80, 0, 50],
+    "frontdesk": [80, 350, 540, 0, 30],
+    "inbound": [60, 330, 570, 0, 40],
+}
 
 # Plans besides the 18 real 4G plans of the seed CSV.  Columns:
 # plan_id, plan_name, family, monthly_rental, included_data_mb, included_voice_min,
@@ -95,6 +122,14 @@ WEIGHTS_4G = """
 def _lit(path: Path) -> str:
     """A path as a SQL string literal."""
     return "'" + path.as_posix().replace("'", "''") + "'"
+
+
+def _one_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
+    """The single row a query returns (an aggregate, a COPY's row count)."""
+    row = con.execute(sql).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from: {sql.strip()[:80]}")
+    return row
 
 
 def _sql_list(values: list[str]) -> str:
@@ -184,7 +219,7 @@ def _build_plans(con: duckdb.DuckDBPyConnection, plans_csv: Path) -> None:
                sum(weight) OVER (ORDER BY grp, ord ROWS UNBOUNDED PRECEDING) AS hi
         FROM allp
     """)
-    total = con.execute("SELECT sum(weight) FROM plan_params").fetchone()[0]
+    total = _one_row(con, "SELECT sum(weight) FROM plan_params")[0]
     if total != 1000:
         raise RuntimeError(f"plan weights sum to {total}, expected 1000 "
                            f"(does {plans_csv} hold the 18 seed plans?)")
@@ -202,7 +237,7 @@ def _build_customers(con: duckdb.DuckDBPyConnection, n: int, k: int) -> None:
     Kept narrow (no msisdn, no plan parameters): msisdn is derived from i when a
     file is written and plan parameters are joined from plan_params per month.
     """
-    starts = con.execute("SELECT list(mstart ORDER BY m) FROM months").fetchone()[0]
+    starts = _one_row(con, "SELECT list(mstart ORDER BY m) FROM months")[0]
     starts_sql = "[" + ", ".join(f"DATE '{d.isoformat()}'" for d in starts) + "]"
     first_start = f"DATE '{starts[0].isoformat()}'"
     last_start = f"DATE '{starts[-1].isoformat()}'"
@@ -253,8 +288,16 @@ def _build_customers(con: duckdb.DuckDBPyConnection, n: int, k: int) -> None:
                      WHEN u_status < 0.98 THEN 'suspended'
                      ELSE 'closed' END AS status_final,
                 -- churn-signal customers: usage / bill / circle fall 40%+ in the last month
-                (first_m = 0 AND {k} >= 2 AND u_status < 0.93 AND u_drop < 0.04) AS dropper
+                (first_m = 0 AND {k} >= 2 AND u_status < 0.93 AND u_drop < 0.04) AS dropper,
+                -- anchored customers (~18%): 3+ years on the network, and most of them bundled,
+                -- in a virtual network and an enterprise group: the stickiness factors cluster,
+                -- so stickiness `high` is a real minority (~9%), not the product of independent draws
+                (first_m = 0 AND u1(i, 'tenure') >= 0.35 AND u1(i, 'loyal') < 0.36) AS loyal
             FROM c
+        ), e AS (
+            -- an anchored customer's bundle draw is squeezed towards a bundle (family first)
+            SELECT d.*, CASE WHEN loyal THEN 0.40 * u_bundle ELSE u_bundle END AS ub
+            FROM d
         )
         SELECT i, first_m, plan_id, payment, handset_gen, migrant, join_date,
             status_final, dropper,
@@ -270,15 +313,18 @@ def _build_customers(con: duckdb.DuckDBPyConnection, n: int, k: int) -> None:
                  THEN greatest({last_start} + (floor(u1(i, 'cend') * 1095) - 180)::INTEGER,
                                join_date + 30)
             END AS contract_end,
-            CASE WHEN u_bundle < 0.14 THEN 'family'
-                 WHEN u_bundle < 0.26 THEN 'broadband'
-                 WHEN u_bundle < 0.35 THEN 'handset' END AS bundle_type,
-            CASE WHEN u_bundle < 0.35 AND u1(i, 'bnull') >= 0.2
-                 THEN greatest({last_start} + (floor(u1(i, 'bend') * 730) - 60)::INTEGER,
+            CASE WHEN ub < 0.14 THEN 'family'
+                 WHEN ub < 0.26 THEN 'broadband'
+                 WHEN ub < 0.35 THEN 'handset' END AS bundle_type,
+            -- bundles run 2 years; an anchored customer re-bundles every year (续捆绑), so a
+            -- quarter of their bundles end within 3 months of the last month
+            CASE WHEN ub < 0.35 AND u1(i, 'bnull') >= 0.2
+                 THEN greatest({last_start} + (floor(u1(i, 'bend') * CASE WHEN loyal THEN 365 ELSE 730 END)
+                                               - CASE WHEN loyal THEN 30 ELSE 60 END)::INTEGER,
                                join_date + 30)
             END AS bundle_end,
-            (u_vnet < CASE WHEN u_bundle < 0.14 THEN 0.75 ELSE 0.25 END) AS vnet,
-            CASE WHEN u1(i, 'group') < 0.12
+            (u_vnet < CASE WHEN loyal THEN 0.85 WHEN ub < 0.14 THEN 0.75 ELSE 0.25 END) AS vnet,
+            CASE WHEN u1(i, 'group') < CASE WHEN loyal THEN 0.70 ELSE 0.12 END
                  THEN 'G' || lpad((hash(i, 'gid', 0) % 3000)::VARCHAR, 5, '0') END AS group_id,
             CASE WHEN payment = 'prepaid' THEN exp(ln(60) + 1.0 * n1(i, 'bal')) ELSE 0 END
                 AS bal_base,
@@ -291,7 +337,9 @@ def _build_customers(con: duckdb.DuckDBPyConnection, n: int, k: int) -> None:
             END AS data_base,
             greatest(voice_typ, 60) * exp(0.6 * n1(i, 'voice') - 0.1)
                 * CASE WHEN migrant THEN 1.2 ELSE 1 END AS voice_base,
+            -- travellers (~3%): 40-75% of their calls made while roaming (话务量分组 roaming)
             CASE WHEN migrant THEN 0.0
+                 WHEN u1(i, 'travel') < 0.03 THEN 0.40 + 0.35 * u1(i, 'roamsh')
                  WHEN u1(i, 'roam') < 0.3 THEN 0.10 * u1(i, 'roamsh') ELSE 0.0 END AS roam_sh,
             CASE WHEN migrant THEN 0.05 + 0.15 * u1(i, 'locsh')
                  WHEN u_ld < 0.55 THEN 0.65 + 0.30 * u1(i, 'locsh')
@@ -315,10 +363,10 @@ def _build_customers(con: duckdb.DuckDBPyConnection, n: int, k: int) -> None:
             exp(ln(35) + 0.6 * n1(i, 'contacts')) AS contacts_base,
             CASE WHEN u_vnet < 0.3 THEN 0.6 + 0.35 * u1(i, 'innet')
                  ELSE 0.3 + 0.5 * u1(i, 'innet') END AS innet_sh,
-            CASE WHEN u1(i, 'addon') < CASE WHEN cat = 'g4' THEN 0.20 ELSE 0.10 END
+            CASE WHEN u1(i, 'addon') < CASE WHEN loyal THEN 0.40 WHEN cat = 'g4' THEN 0.20 ELSE 0.10 END
                  THEN 10 * (1 + floor(u1(i, 'addonv') * 3)) ELSE 0 END AS addon_base,
             CASE WHEN u1(i, 'disc') < 0.55 THEN 0.0 ELSE 0.18 * u1(i, 'discsh') END AS disc_sh
-        FROM d
+        FROM e
     """)
 
 
@@ -426,10 +474,7 @@ def _build_month(con: duckdb.DuckDBPyConnection, m: int, k: int) -> None:
 
 
 def _copy(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path) -> int:
-    row = con.execute(
-        f"COPY ({select_sql}) TO {_lit(path)} (FORMAT parquet, COMPRESSION zstd)"
-    ).fetchone()
-    return int(row[0])
+    return int(_one_row(con, f"COPY ({select_sql}) TO {_lit(path)} (FORMAT parquet, COMPRESSION zstd)")[0])
 
 
 def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
@@ -507,8 +552,7 @@ def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
                 FROM a ORDER BY i, service
             """, staging / f"vas_{month}.parquet")
             if last:
-                mstart, mend = con.execute(
-                    f"SELECT mstart, mend FROM months WHERE m = {m}").fetchone()
+                mstart, mend = _one_row(con, f"SELECT mstart, mend FROM months WHERE m = {m}")
                 rows["events.parquet"] = _copy(con, f"""
                     WITH e AS (
                         SELECT i, 'balance_low' AS event_type, balance AS value
@@ -537,9 +581,17 @@ def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
                 """, staging / "events.parquet")
         con.execute("DROP TABLE IF EXISTS cm")
 
+        policy_channels = ", ".join(f"('{pol}', '{ch}', {n})" for n, (pol, chans) in
+                                    enumerate(POLICY_CHANNELS.items()) for ch in chans)
+        outcome_bounds = ", ".join(
+            f"('{ch}', '{o}', {sum(shares[:n])}, {sum(shares[:n + 1])})"
+            for ch, shares in OUTCOME_SHARES.items() for n, o in enumerate(OUTCOMES) if shares[n])
         rows["contact_history.parquet"] = _copy(con, f"""
-            WITH c AS (
+            WITH pc(policy_id, channel, ord) AS (VALUES {policy_channels}),
+            ob(channel, outcome, lo, hi) AS (VALUES {outcome_bounds}),
+            c AS (
                 SELECT i, 1 + floor(u1(i, 'chn') * 3)::INTEGER AS n_contacts,
+                       coalesce(ld_top_province = '安徽', false) AS calls_anhui, roam_sh >= 0.40 AS traveller,
                        greatest(join_date, (SELECT min(mstart) FROM months)) AS d0,
                        (SELECT max(mend) FROM months) AS d1
                 FROM cust WHERE u1(i, 'ch') < 0.20
@@ -548,22 +600,30 @@ def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
                 SELECT c.*, j.range AS j,
                        d0 + floor((j.range + u2(i, j.range, 'chd')) * (d1 - d0 + 1) / 3.0)::INTEGER
                            AS contact_date,
-                       u2(i, j.range, 'chc') AS uc, u2(i, j.range, 'chp') AS up,
-                       u2(i, j.range, 'cho') AS uo
+                       CASE WHEN u2(i, j.range, 'chc') < 0.25 THEN 'frontdesk'
+                            WHEN u2(i, j.range, 'chc') < 0.55 THEN 'outbound'
+                            WHEN u2(i, j.range, 'chc') < 0.65 THEN 'inbound'
+                            WHEN u2(i, j.range, 'chc') < 0.90 THEN 'sms'
+                            WHEN u2(i, j.range, 'chc') < 0.97 THEN 'app' ELSE 'manager' END AS channel,
+                       u2(i, j.range, 'chp') AS up,
+                       floor(u2(i, j.range, 'cho') * 1000)::INTEGER AS uo
                 FROM c, range(3) j WHERE j.range < n_contacts
+            ), p AS (
+                -- the policies this channel may carry and this customer may be offered
+                SELECT x.*, pc.policy_id,
+                       row_number() OVER (PARTITION BY x.i, x.j ORDER BY pc.ord) AS r,
+                       count(*) OVER (PARTITION BY x.i, x.j) AS n_pol
+                FROM x JOIN pc USING (channel)
+                WHERE (pc.policy_id <> 'LD_PACK_AH' OR x.calls_anhui)
+                  AND (pc.policy_id <> 'ROAM_PACK' OR x.traveller)
             )
-            SELECT msisdn(i) AS msisdn, contact_date,
-                CASE WHEN uc < 0.25 THEN 'frontdesk' WHEN uc < 0.55 THEN 'outbound'
-                     WHEN uc < 0.65 THEN 'inbound' WHEN uc < 0.90 THEN 'sms'
-                     WHEN uc < 0.97 THEN 'app' ELSE 'manager' END AS channel,
-                {_sql_list(POLICIES)}[1 + floor(up * {len(POLICIES)})::INTEGER] AS policy_id,
-                CASE WHEN uo < 0.35 THEN 'sent' WHEN uo < 0.47 THEN 'accepted'
-                     WHEN uo < 0.72 THEN 'rejected' WHEN uo < 0.92 THEN 'no_answer'
-                     ELSE 'unsubscribed' END AS outcome
-            FROM x
+            SELECT msisdn(p.i) AS msisdn, p.contact_date, p.channel, p.policy_id, ob.outcome
+            FROM p JOIN ob ON ob.channel = p.channel AND p.uo >= ob.lo AND p.uo < ob.hi
+            WHERE p.r = 1 + floor(p.up * p.n_pol)::INTEGER
             -- a customer with a span of a few days can draw the same day twice: keep the key unique
-            QUALIFY row_number() OVER (PARTITION BY i, contact_date, channel, policy_id ORDER BY j) = 1
-            ORDER BY i, contact_date, channel, policy_id
+            QUALIFY row_number() OVER (PARTITION BY p.i, p.contact_date, p.channel, p.policy_id
+                                       ORDER BY p.j) = 1
+            ORDER BY p.i, p.contact_date, p.channel, p.policy_id
         """, staging / "contact_history.parquet")
 
         rows["dnd.parquet"] = _copy(con, f"""

@@ -32,6 +32,11 @@ D = "2026-11-01"  # the cycle date of most exports
 CYCLE_DATE = dt.date.fromisoformat(D)
 NEXT_DAY = "2026-11-02"  # a new cycle of the daily channels: different lists, new contacts
 
+
+def cycle_dir(out: Path, month: str = M, date: str | dt.date = D) -> Path:
+    """One export cycle's folder, ``<out>/<month>/<cycle-date>/``: its lists, funnel.json and manifest.json."""
+    return Path(out) / month / (date.isoformat() if isinstance(date, dt.date) else date)
+
 #: The environment of a real mktool process: plain output, small engine settings, this checkout
 #: first on the path, and no fault planted unless a test asks for one.
 ENV = {**os.environ, "NO_COLOR": "1", "MKTOOL_THREADS": "2", "MKTOOL_MEMORY_LIMIT": "1GB",

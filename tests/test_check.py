@@ -52,7 +52,7 @@ def test_shipped_defaults_pass(cli) -> None:
 def test_clean_project_passes(cli, in_tmp: Path) -> None:
     result = check(cli)
     assert result.exit_code == 0, result.output
-    assert "matrices: 9 files OK: 5 matrices, 11 rules, 9 policies, 4 channels" in result.stderr
+    assert "matrices: 9 files OK: 5 matrices, 11 rules, 9 policies, 5 channels" in result.stderr
 
 
 # -- one error per kind of mistake ------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def test_unknown_channel(cli, in_tmp: Path) -> None:
     bad = RETENTION.replace("group: 5, channels: [sms]}\n  - {id: R3", "group: 5, channels: [smss]}\n  - {id: R3")
     assert one_error(cli, {"retention.yaml": bad}) == (
         "matrices/retention.yaml:7 @ rules[1].channels (rule R2): unknown channel 'smss' (did you mean 'sms'?); "
-        "channels.yaml defines frontdesk, outbound, sms, app")
+        "channels.yaml defines frontdesk, outbound, inbound, sms, app")
 
 
 def test_channel_the_policy_does_not_allow(cli, in_tmp: Path) -> None:
@@ -237,7 +237,7 @@ def test_policy_channel_not_in_channels_yaml(cli, in_tmp: Path) -> None:
     assert result.exit_code == 1
     assert ("matrices/policies.yaml:2 @ policies[0].channels (policy PREPAY_BIG): unknown channel 'outbond' "
             "(did you mean "
-            "'outbound'?); channels.yaml defines frontdesk, outbound, sms, app") in errors_of(result)
+            "'outbound'?); channels.yaml defines frontdesk, outbound, inbound, sms, app") in errors_of(result)
 
 
 def test_channels_yaml_shape(cli, in_tmp: Path) -> None:
@@ -384,7 +384,7 @@ def test_catalogue_loaders(in_tmp: Path) -> None:
     policies = load_policies(folder)
     assert policies["PREPAY_BIG"].channels == ("frontdesk", "outbound") and policies["MI_20"].exclusive_group == "mi"
     channels = load_channels(folder)
-    assert channels.names == ["frontdesk", "outbound", "sms", "app"]
+    assert channels.names == ["frontdesk", "outbound", "inbound", "sms", "app"]
     assert channels.channels["outbound"].capacity == 100 and channels.channels["sms"].mask == "none"
     assert channels.channels["sms"].salt_env == "MKTOOL_HASH_SALT"
 
@@ -395,7 +395,8 @@ def test_shipped_catalogues() -> None:
     assert channels.names == ["frontdesk", "outbound", "inbound", "sms", "app", "manager"]
     assert (channels.contact_policy.cooldown_days, channels.contact_policy.monthly_cap) == (30, 4)
     policies = load_policies(folder)
-    assert policies["PLAN_CHANGE"].family == "plan" and policies["PLAN_CHANGE"].channels == ("outbound", "sms")
+    assert policies["PLAN_CHANGE"].family == "plan"
+    assert policies["PLAN_CHANGE"].channels == ("inbound", "outbound", "sms")
     r6 = load_rules(folder).matrix("retention").rules[5]
     assert (r6.id, r6.policy, r6.group) == ("R6", "PREPAY_300_600", "6")
     assert r6.when.source == "tenure_months > 12 and return_rate > 86 and arpu_3m >= 100 and arpu_3m < 150"

@@ -10,13 +10,17 @@ from the rules' text and the customer's view row.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
+import yaml
 from conftest import FIXTURES, MATRICES, M, fetch
 from typer.testing import CliRunner
 
@@ -25,22 +29,28 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import MktoolError
 from mktool.explain import (
+    FALSE,
     FIRED,
     IN_BOTH_WINDOWS,
     NOT_MATCHED,
+    NULL,
     OUTSIDE_WHERE,
     SHADOWED,
     SKIPPED,
     Explanation,
     RuleOutcome,
+    columns_label,
+    conditions_query,
     display,
     explain,
+    failure_label,
     outcome_label,
 )
 from mktool.matrices import evaluate_customer, first_hit_sql, hits_sql, stats_sql
 from mktool.plan import candidates_sql, funnel_query, pairs_sql, recommend_query
 from mktool.planconfig import PlanConfig
 from mktool.project import load_project, load_rules
+from mktool.sqlcheck import conjuncts
 
 C0 = "13800000000"  # active, tenure 16, return_rate 91.76, arpu_3m 117.32, value mid, stickiness none
 
@@ -115,7 +125,7 @@ def test_rule_of_an_expired_policy_is_skipped_with_its_dates_not_fired(changed, 
     assert {r.outcome for r in ex.rules if r.matrix == "retention" and r.rule_id != "R6"} == {NOT_MATCHED}
     assert fetch(db, "SELECT count(*) FROM recommendations WHERE msisdn = ? AND matrix = 'retention'", [C0]) == [(0,)]
     table = CliRunner().invoke(app, ["explain", C0, "--month", M, "--db", str(db), "--matrices", str(matrices)],
-                               env={"COLUMNS": "250"})
+                               env={"COLUMNS": "320"})
     assert table.exit_code == 0, table.output
     assert "SKIPPED: policy PREPAY_300_600 not valid in 2026-10 (… to 2026-09-30)" in table.stdout
     assert "FIRED: rank" not in table.stdout.split("Recommendations (stored)")[0].split("retention")[-1]
@@ -291,6 +301,119 @@ def test_a_dropped_customer_is_dropped_at_the_stage_the_funnel_drops_it(shipped,
         "base": True, "active": True, "data_ge_min": False, "eligible_plan": False, "billable": False}
 
 
+# -- the first failing condition and the values each rule reads (a crafted customer) -----------------------
+PROBE = """\
+matrix: probe
+family: probe
+hit: collect
+where: status = 'active'
+rules:
+  - id: X1
+    when: tenure_months > 12 AND return_rate > 86 AND arpu_3m >= 100
+    policy: PROBE_A
+  - id: X2
+    when: tenure_months > 12 AND (ld_top_province = '山东' AND arpu_3m > 0)
+    policy: PROBE_A
+  - id: X3
+    when: return_rate > 86 OR arpu_3m >= 1000
+    policy: PROBE_A
+  - id: X4
+    when: tenure_months > 12
+    policy: PROBE_A
+"""
+PROBE_SCOPE = """\
+matrix: probe_scope
+family: probe
+hit: first
+where: status = 'active' AND tenure_months < 12 AND arpu_3m > 0
+rules:
+  - id: Y1
+    when: "true"
+    policy: PROBE_A
+"""
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The fixtures scored with two probe matrices; C0's view row set by hand: tenure 20, return rate 50,
+    arpu_3m 120, ld_top_province NULL (a missing value)."""
+    work = tmp_path_factory.mktemp("crafted")
+    matrices = work / "matrices"
+    shutil.copytree(MATRICES, matrices)
+    (matrices / "probe.yaml").write_text(PROBE, encoding="utf-8")
+    (matrices / "probe_scope.yaml").write_text(PROBE_SCOPE, encoding="utf-8")
+    policies = yaml.safe_load((matrices / "policies.yaml").read_text(encoding="utf-8"))
+    policies["policies"].append({"id": "PROBE_A", "name": "probe", "family": "probe", "channels": ["sms"]})
+    (matrices / "policies.yaml").write_text(yaml.safe_dump(policies, allow_unicode=True), encoding="utf-8")
+    db = work / "mk.duckdb"
+    for args in (["ingest", str(FIXTURES)], ["score", "--month", M]):
+        result = CliRunner().invoke(app, [*args, "--db", str(db), "--matrices", str(matrices)])
+        assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE customer_view SET status = 'active', tenure_months = 20, return_rate = 50, arpu_3m = 120, "
+                "ld_top_province = NULL WHERE month = ? AND msisdn = ?", [M, C0])
+    con.close()
+    return db, matrices
+
+
+def test_a_rule_not_matched_names_its_first_failing_condition_and_the_values_it_read(crafted, open_db) -> None:
+    db, matrices = crafted
+    ex = explain(open_db(db), load_project(matrices), M, C0)
+    x1 = rule(ex, "probe", "X1")  # tenure 20 > 12 holds; return rate 50 > 86 does not: the 2nd of 3
+    assert (x1.outcome, x1.failed_in, x1.failed_index, x1.conditions, x1.failed_condition, x1.failed_because) == (
+        NOT_MATCHED, "when", 2, 3, "return_rate > 86", FALSE)
+    assert x1.columns == {"status": "active", "tenure_months": 20, "arpu_3m": Decimal("120"),
+                          "return_rate": Decimal("50")} and list(x1.columns) == [
+        c for c in ex.view if c in ("status", "tenure_months", "arpu_3m", "return_rate")]  # the view's order
+    assert failure_label(x1) == "when 2/3: return_rate > 86 is false"
+    assert "return_rate=50.00" in columns_label(x1) and "tenure_months=20" in columns_label(x1)
+    # A nested AND is flattened; ld_top_province is NULL: the condition is NULL, not false.
+    x2 = rule(ex, "probe", "X2")
+    assert (x2.failed_index, x2.conditions, x2.failed_condition, x2.failed_because) == (
+        2, 3, "ld_top_province = '山东'", NULL)
+    assert x2.columns["ld_top_province"] is None and "ld_top_province=NULL" in columns_label(x2)
+    assert failure_label(x2) == "when 2/3: ld_top_province = '山东' is NULL (a value it reads is missing)"
+    # An OR at the top is one condition.
+    x3 = rule(ex, "probe", "X3")
+    assert (x3.failed_index, x3.conditions, x3.failed_condition, x3.failed_because) == (
+        1, 1, "return_rate > 86 OR arpu_3m >= 1000", FALSE)
+    x4 = rule(ex, "probe", "X4")  # matched: nothing failed, the values are still shown
+    assert (x4.outcome, x4.failed_condition, x4.failed_because, x4.columns) == (
+        FIRED, None, None, {"status": "active", "tenure_months": 20})
+
+
+def test_outside_where_names_the_wheres_failing_condition(crafted, open_db) -> None:
+    db, matrices = crafted
+    ex = explain(open_db(db), load_project(matrices), M, C0)
+    y1 = rule(ex, "probe_scope", "Y1")  # status active holds, tenure 20 < 12 does not: the where's 2nd of 3
+    assert (y1.outcome, y1.failed_in, y1.failed_index, y1.conditions, y1.failed_condition, y1.failed_because) == (
+        OUTSIDE_WHERE, "where", 2, 3, "tenure_months < 12", FALSE)
+    assert y1.columns == {"status": "active", "tenure_months": 20, "arpu_3m": Decimal("120")}
+
+
+def test_explain_json_and_the_table_view_show_the_failures_and_the_columns_read(crafted) -> None:
+    db, matrices = crafted
+    base = ["explain", C0, "--month", M, "--db", str(db), "--matrices", str(matrices)]
+    doc = json.loads(CliRunner().invoke(app, [*base, "--format", "json"]).stdout)
+    x2 = next(r for r in doc["rules"] if r["rule_id"] == "X2")
+    assert (x2["failed_condition"], x2["failed_because"], x2["failed_in"], x2["failed_index"]) == (
+        "ld_top_province = '山东'", "null", "when", 2)
+    assert x2["columns"]["ld_top_province"] is None and x2["columns"]["tenure_months"] == 20
+    assert doc["view"]["msisdn"] == C0 and len(doc["view"]) > 60  # json: every column, as before
+
+    table = CliRunner().invoke(app, base, env={"COLUMNS": "300"})
+    assert table.exit_code == 0, table.output
+    view = table.stdout.split("Rules")[0].split("Customer view")[1]
+    shown = {line.split("│")[1].strip() for line in view.splitlines() if line.startswith("│")}
+    rules = load_project(matrices).rules
+    read = {c for m in rules.matrices for r in m.rules for c in r.when.columns}
+    read |= {c for m in rules.matrices if m.where is not None for c in m.where.columns}
+    assert shown == read | {"msisdn", "month", "value_tier", "stickiness_tier", "churn_flag", "segment"}
+    assert "ld_top_province" in shown and "138****0000" in view and C0 not in view  # the number masked
+    assert "when 2/3: return_rate > 86 is false" in table.stdout
+    assert "where 2/3: tenure_months < 12 is false" in table.stdout
+
+
 # -- the filter is a bound parameter ------------------------------------------------------------------------
 HOSTILE = "13800000000' OR '1' = '1"
 
@@ -303,6 +426,10 @@ def test_the_one_customer_builders_bind_the_msisdn_as_a_parameter(shipped, open_
             assert "msisdn = $msisdn" in sql
         assert "$msisdn" not in hits_sql(m, m.rules, M) + stats_sql(m, m.rules, M)
     assert "msisdn = $msisdn" in candidates_sql(one_customer=True) and "$msisdn" not in candidates_sql()
+    retention = rules.matrix("retention")
+    q = conditions_query(retention, conjuncts(retention.where, location="where"),  # type: ignore[arg-type]
+                         {r.no: conjuncts(r.when, location="when") for r in retention.rules}, M, HOSTILE)
+    assert "msisdn = $msisdn" in q.sql and HOSTILE not in q.sql and q.params == {"month": M, "msisdn": HOSTILE}
     config = PlanConfig()
     for q in (recommend_query(M, config, msisdn=HOSTILE), funnel_query(M, config, msisdn=HOSTILE)):
         assert HOSTILE not in q.sql and q.params["msisdn"] == HOSTILE
@@ -331,7 +458,10 @@ def test_money_is_shown_as_digits_not_as_a_python_repr(shipped) -> None:
                                env={"COLUMNS": "250"})
     assert table.exit_code == 0, table.output
     assert "Decimal(" not in table.stdout
-    assert "│ arpu_3m          │ 117.32 " in table.stdout and "│ arpu             │ 97.92 " in table.stdout
+    # The view section shows the columns the rules read (arpu_3m, return_rate), as the lists show money.
+    assert re.search(r"│ arpu_3m +│ 117\.32 ", table.stdout)
+    assert re.search(r"│ return_rate +│ 91\.760427 ", table.stdout)
+    assert "arpu_3m=117.32" in table.stdout
 
 
 def test_before_matrix_and_plan_have_run_explain_shows_what_they_would_give(tmp_path: Path, open_db) -> None:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import CYCLE_DATE as D
-from conftest import FIXTURES, MATRICES, M, month_rows, write_table
+from conftest import FIXTURES, MATRICES, M, cycle_dir, month_rows, write_table
 from typer.testing import CliRunner
 
 from mktool import __version__
@@ -118,20 +118,28 @@ class World:
     matrices: Path
     db: Path = field(init=False)
     out: Path = field(init=False)
+    folders: dict[str, Path] = field(init=False, default_factory=dict)  # month → its last export's cycle folder
 
     def __post_init__(self) -> None:
         self.db = self.root / "mk.duckdb"
         self.out = self.root / "out"
+
+    def folder(self, month: str = M) -> Path:
+        """The cycle folder of the month's last export (of the cycle date D before any)."""
+        return self.folders.get(month, cycle_dir(self.out, month, D))
 
     def settings(self) -> Settings:
         return Settings(db_path=self.db, matrices_dir=self.matrices, memory_limit="1GB", threads=2)
 
     def export(self, date: dt.date = D, month: str = M, **kwargs: Any) -> ExportResult:
         with Database(self.settings(), write=not kwargs.get("dry_run", False)) as db:
-            return run_export(db, load_project(self.matrices), month, out_dir=self.out, cycle_date=date, **kwargs)
+            result = run_export(db, load_project(self.matrices), month, out_dir=self.out, cycle_date=date, **kwargs)
+        if result.folder is not None:
+            self.folders[month] = result.folder
+        return result
 
     def rows(self, channel: str, month: str = M) -> list[dict[str, str]]:
-        text = (self.out / month / f"{channel}.csv").read_text(encoding="utf-8")
+        text = (self.folder(month) / f"{channel}.csv").read_text(encoding="utf-8")
         return list(csv.DictReader(io.StringIO(text)))
 
     def offers(self, channel: str, month: str = M) -> set[tuple[str, str]]:
@@ -338,10 +346,10 @@ def test_holdout_is_recorded_never_exported_and_drawn_the_same_on_a_rerun(tmp_pa
     assert [funnel(result, "sms")[s] for s in ("capacity", "holdout", "exported")] == [
         40, 40 - len(held), 40 - len(held)]
     assert {r[0] for r in w.query("SELECT msisdn FROM contact_history WHERE outcome = 'sent'")} == exported
-    first = (w.out / M / "sms.csv").read_bytes()
+    first = (w.folder() / "sms.csv").read_bytes()
 
     w.export()  # re-run of the same cycle: the same draw, nothing recorded twice
-    assert (w.out / M / "sms.csv").read_bytes() == first
+    assert (w.folder() / "sms.csv").read_bytes() == first
     assert w.query("SELECT month, cycle, channel, msisdn, policy_id FROM holdouts ORDER BY msisdn") == holdouts
     assert w.query("SELECT count(*) FROM contact_history WHERE outcome = 'sent'") == [(len(exported),)]
 
@@ -366,7 +374,7 @@ def test_every_channel_funnel_has_the_stages_in_order_and_never_grows(tmp_path):
                                              else SPEC_STAGES)
         counts = [n for _, n in ch.stages]
         assert counts == sorted(counts, reverse=True), ch
-        if (w.out / M / f"{ch.channel}.csv").exists():
+        if (w.folder() / f"{ch.channel}.csv").exists():
             assert dict(ch.stages)["exported"] == len({r["msisdn"] for r in w.rows(ch.channel)})
     assert dict(next(ch for ch in result.channels if ch.channel == "sms").stages)["exported"] == 3
 
@@ -379,11 +387,11 @@ def test_rerun_of_a_cycle_replaces_its_files_and_contacts(tmp_path):
                    channels={"sms": {"contact_cap": 1}}, contact_policy={"cooldown_days": 30, "monthly_cap": 1})
     w.export()
     before = w.query("SELECT * FROM contact_history ORDER BY ALL")
-    files = {p.name: p.read_bytes() for p in (w.out / M).iterdir()}
+    files = {p.name: p.read_bytes() for p in (w.folder()).iterdir()}
     assert w.query("SELECT count(*) FROM contact_history WHERE outcome = 'sent'") == [(4,)]
     w.export()
     assert w.query("SELECT * FROM contact_history ORDER BY ALL") == before  # replaced, not added
-    after = {p.name: p.read_bytes() for p in (w.out / M).iterdir()}
+    after = {p.name: p.read_bytes() for p in (w.folder()).iterdir()}
     assert {k: v for k, v in after.items() if k != "manifest.json"} == {k: v for k, v in files.items()
                                                                         if k != "manifest.json"}
     assert sorted(after) == ["app.csv", "frontdesk.csv", "funnel.json", "inbound.csv", "manager.csv", "manifest.json",
@@ -428,7 +436,7 @@ def test_responses_ingested_later_update_the_sent_record_and_the_next_cycle_sees
 def test_export_only_one_channel_leaves_the_others_files_and_funnels(tmp_path):
     w = make_world(tmp_path, [rec(c(n), 1, "T1", ["manager"]) for n in (1, 2)] + [rec(c(3), 1, "T2", ["sms"])])
     w.export()
-    manager = (w.out / M / "manager.csv").read_bytes()
+    manager = (w.folder() / "manager.csv").read_bytes()
     stored = w.query("SELECT * FROM funnel_counts WHERE funnel = 'channel:manager' ORDER BY stage_no")
     con = duckdb.connect(str(w.db))
     con.execute("INSERT INTO dnd VALUES (?, '*'), (?, '*')", [c(1), c(3)])
@@ -436,9 +444,9 @@ def test_export_only_one_channel_leaves_the_others_files_and_funnels(tmp_path):
     result = w.export(only_channel="sms")
     assert [ch.channel for ch in result.channels if ch.path is not None] == ["sms"]
     assert w.offers("sms") == set()
-    assert (w.out / M / "manager.csv").read_bytes() == manager  # not re-exported: untouched
+    assert (w.folder() / "manager.csv").read_bytes() == manager  # not re-exported: untouched
     assert w.query("SELECT * FROM funnel_counts WHERE funnel = 'channel:manager' ORDER BY stage_no") == stored
-    doc = json.loads((w.out / M / "funnel.json").read_text(encoding="utf-8"))
+    doc = json.loads((w.folder() / "funnel.json").read_text(encoding="utf-8"))
     assert doc["funnels"]["channel:manager"][-1] == {"stage": "exported", "count": 2}  # matches manager.csv
     assert doc["funnels"]["channel:sms"][-1] == {"stage": "exported", "count": 0}
     assert w.query("SELECT channel, count(*) FROM contact_history WHERE outcome = 'sent' GROUP BY ALL") == [
@@ -479,7 +487,7 @@ def test_manifest_lists_the_loads_the_data_comes_from(tmp_path, cli):
     record_step(con, M, "matrix", inputs=view_build)
     con.close()
     w.export()
-    manifest = json.loads((w.out / M / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((w.folder() / "manifest.json").read_text(encoding="utf-8"))
     sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     # subscribers 2026-10 now comes from the fixed file, 2026-09 still from the first call; the dnd list is
     # the second one; both contact_history loads added rows.
@@ -503,7 +511,7 @@ def test_masking_mask_and_salted_hash(tmp_path, monkeypatch):
         hashlib.sha256(("s3cret" + m).encode()).hexdigest() for m in people)
     assert sorted(r["msisdn"] for r in w.rows("frontdesk")) == sorted(
         hashlib.sha256(("other" + m).encode()).hexdigest() for m in people)
-    assert all(m not in (w.out / M / f).read_text(encoding="utf-8") for m in people
+    assert all(m not in (w.folder() / f).read_text(encoding="utf-8") for m in people
                for f in ("sms.csv", "app.csv", "frontdesk.csv"))
     # contacts are recorded under the real number, so that responses and caps find them
     assert w.query("SELECT DISTINCT msisdn FROM contact_history ORDER BY 1") == [(m,) for m in sorted(people)]
@@ -564,7 +572,7 @@ def worked(tmp_path, cli):
 
 def plan_rows(out: Path, ext: str) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted((out / M).glob(f"*.{ext}")):
+    for path in sorted((cycle_dir(out)).glob(f"*.{ext}")):
         if ext == "csv":
             rows += list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
         elif ext == "jsonl":
@@ -574,22 +582,30 @@ def plan_rows(out: Path, ext: str) -> list[dict[str, Any]]:
     return [r for r in rows if r["matrix"] == "plan"]
 
 
+def plan_list_channels(matrices: Path) -> list[str]:
+    """Where the one plan offer goes: every pop-up of plan.yaml's channels, and the first push one."""
+    kinds = {name: ch.kind for name, ch in load_channels(matrices).channels.items()}
+    channels = load_plan_config(matrices).channels
+    return sorted([c for c in channels if kinds[c] == "popup"] + [next(c for c in channels if kinds[c] == "push")])
+
+
 def test_worked_example_target_list_columns_csv(worked, cli, tmp_path):
     out = tmp_path / "out"
     result = cli("export", "--month", M, "--date", str(D), "--out", str(out), "--matrices", str(worked))
     assert result.exit_code == 0, result.output
-    plan_channels = load_plan_config(worked).channels
-    [row] = plan_rows(out, "csv")
-    assert row["channel"] in plan_channels
-    header = (out / M / f"{row['channel']}.csv").read_text(encoding="utf-8").splitlines()[0]
-    assert header.split(",") == SPEC_COLUMNS
-    assert {k: row[k] for k in SPEC_COLUMNS if k not in ("rank", "script", "policy_name")} == {
-        "msisdn": "13800009019", "month": M, "channel": row["channel"], "matrix": "plan", "rule_id": "plan_rank_1",
-        "policy_id": load_plan_config(worked).policy, "current_plan_id": "ZX128", "plan_id": "ZX158",
-        "new_rental": "158.00", "new_voice_overage": "0.00", "new_data_overage": "40.00", "new_total": "228.00",
-        "current_total": "220.00", "total_fee_change": "1.0364", "rental_change": "1.2344"}
-    assert "自选组合158" in row["script"] and "158.00" in row["script"]
-    others = [r for p in (out / M).glob("*.csv") for r in csv.DictReader(io.StringIO(p.read_text(encoding="utf-8")))
+    rows = plan_rows(out, "csv")
+    assert sorted(r["channel"] for r in rows) == plan_list_channels(worked)  # a pop-up beside one push list
+    for row in rows:
+        header = (cycle_dir(out) / f"{row['channel']}.csv").read_text(encoding="utf-8").splitlines()[0]
+        assert header.split(",") == SPEC_COLUMNS
+        assert {k: row[k] for k in SPEC_COLUMNS if k not in ("rank", "script", "policy_name")} == {
+            "msisdn": "13800009019", "month": M, "channel": row["channel"], "matrix": "plan",
+            "rule_id": "plan_rank_1", "policy_id": load_plan_config(worked).policy, "current_plan_id": "ZX128",
+            "plan_id": "ZX158", "new_rental": "158.00", "new_voice_overage": "0.00", "new_data_overage": "40.00",
+            "new_total": "228.00", "current_total": "220.00", "total_fee_change": "1.0364", "rental_change": "1.2344"}
+        assert "自选组合158" in row["script"] and "158.00" in row["script"]
+    others = [r for p in cycle_dir(out).glob("*.csv")
+              for r in csv.DictReader(io.StringIO(p.read_text(encoding="utf-8")))
               if r["matrix"] != "plan"]
     assert others and all(r["plan_id"] == "" and r["new_total"] == "" for r in others)
 
@@ -600,12 +616,14 @@ def test_worked_example_parquet_and_jsonl(worked, cli, tmp_path, fmt):
     result = cli("export", "--month", M, "--date", str(D), "--out", str(out), "--format", fmt, "--matrices",
                  str(worked))
     assert result.exit_code == 0, result.output
-    assert not list((out / M).glob("*.csv"))
-    [row] = plan_rows(out, fmt)
+    assert not list((cycle_dir(out)).glob("*.csv"))
+    rows = plan_rows(out, fmt)
+    assert sorted(r["channel"] for r in rows) == plan_list_channels(worked)
+    row = rows[0]
     assert list(row) == SPEC_COLUMNS
     assert (row["new_total"], row["new_data_overage"], row["total_fee_change"], row["rental_change"]) == (
         Decimal("228.00"), Decimal("40.00"), Decimal("1.0364"), Decimal("1.2344"))
-    path = out / M / f"{row['channel']}.{fmt}"
+    path = cycle_dir(out) / f"{row['channel']}.{fmt}"
     if fmt == "parquet":
         schema = pq.read_schema(path)
         assert schema.field("new_total").type == pa.decimal128(18, 2)
@@ -655,7 +673,8 @@ def test_out_dash_streams_exactly_one_list_and_records_it(worked, tmp_path, cli)
     # writing the same cycle to files gives the very same bytes and replaces, not adds, the contacts
     done = subprocess.run([*base, "--out", str(out)], env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
-    assert piped.stdout == (out / M / f"{plan_channel}.csv").read_bytes()  # the list, the whole list, nothing else
+    # the list, the whole list, nothing else
+    assert piped.stdout == (cycle_dir(out) / f"{plan_channel}.csv").read_bytes()
     assert [r for r in history() if r[2] == plan_channel] == sent
     no_channel = subprocess.run([*base, "--out", "-"], env=env, capture_output=True, timeout=120)
     assert no_channel.returncode == 2 and no_channel.stdout == b""
@@ -682,7 +701,7 @@ class FixtureRun:
 
     @property
     def folder(self) -> Path:
-        return self.out / M
+        return cycle_dir(self.out)
 
     def customers(self, channel: str, fmt: str) -> set[str]:
         path = self.folder / f"{channel}.{fmt}"
@@ -725,7 +744,7 @@ def _formats(run: FixtureRun) -> dict[str, str]:
 def test_funnel_json_document(fixture_runs):
     run = fixture_runs[0]
     doc = json.loads((run.folder / "funnel.json").read_text(encoding="utf-8"))
-    assert set(doc) == {"month", "funnels"} and doc["month"] == M
+    assert set(doc) == {"month", "cycle_date", "funnels"} and doc["month"] == M and doc["cycle_date"] == D.isoformat()
     names = list(doc["funnels"])
     matrices = sorted(r[0] for r in duckdb.connect(str(run.db), read_only=True).execute(
         "SELECT DISTINCT matrix FROM rule_hits WHERE month = ?", [M]).fetchall())
@@ -750,11 +769,12 @@ def test_funnel_json_document(fixture_runs):
 def test_funnel_command_prints_the_document_as_json_csv_and_table(fixture_runs):
     run = fixture_runs[0]
     runner = CliRunner()
-    as_json = runner.invoke(app, ["funnel", "--month", M, "--format", "json", "--db", str(run.db)])
+    cycle = ["--date", D.isoformat()]  # the cycle's funnel.json (without --date: every cycle, labelled)
+    as_json = runner.invoke(app, ["funnel", "--month", M, *cycle, "--format", "json", "--db", str(run.db)])
     assert as_json.exit_code == 0, as_json.output
     assert as_json.stdout == (run.folder / "funnel.json").read_text(encoding="utf-8")
     doc = json.loads(as_json.stdout)
-    as_csv = runner.invoke(app, ["funnel", "--month", M, "--format", "csv", "--db", str(run.db)])
+    as_csv = runner.invoke(app, ["funnel", "--month", M, *cycle, "--format", "csv", "--db", str(run.db)])
     assert as_csv.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert list(rows[0]) == ["month", "funnel", "stage_no", "stage", "count"]
@@ -763,7 +783,7 @@ def test_funnel_command_prints_the_document_as_json_csv_and_table(fixture_runs):
     table = runner.invoke(app, ["funnel", "--month", M, "--db", str(run.db)])
     assert table.exit_code == 0
     sms_exported = doc["funnels"]["channel:sms"][-1]["count"]
-    assert "channel:sms" in table.stdout and "exported" in table.stdout and f"{sms_exported:,}" in table.stdout
+    assert f"channel:sms@{D}" in table.stdout and "exported" in table.stdout and f"{sms_exported:,}" in table.stdout
     missing = runner.invoke(app, ["funnel", "--month", "2020-01", "--db", str(run.db)])
     assert missing.exit_code == 1 and "no funnels recorded for 2020-01" in missing.stderr
 

@@ -5,6 +5,7 @@ import importlib.util
 
 import duckdb
 import pytest
+import yaml
 from conftest import ROOT
 
 MONTHS = ["2026-08", "2026-09", "2026-10"]
@@ -241,3 +242,46 @@ def test_cli(tmp_path, capsys):
     assert gf.main(["--subscribers", "20", "--months", "2026-13",
                     "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_contact_history_policies_on_their_catalogue_channels(con):
+    """A past offer only on a channel its policies.yaml entry allows; LD / roaming packs only to who needs them."""
+    catalogue = {p["id"]: set(p.get("channels", []))
+                 for p in yaml.safe_load((ROOT / "matrices" / "policies.yaml").read_text(encoding="utf-8"))["policies"]}
+    for policy, channels in gf.POLICY_CHANNELS.items():
+        assert set(channels) <= catalogue[policy], policy
+    pairs = con.execute("SELECT DISTINCT policy_id, channel FROM contact_history").fetchall()
+    assert pairs and all(ch in gf.POLICY_CHANNELS[pol] for pol, ch in pairs), pairs
+    assert con.execute("""
+        SELECT count(*) FROM contact_history h
+        WHERE h.policy_id = 'LD_PACK_AH'
+          AND NOT EXISTS (SELECT 1 FROM usage u WHERE u.msisdn = h.msisdn AND u.ld_top_province = '安徽')
+    """).fetchone()[0] == 0
+    assert con.execute("""
+        SELECT count(*) FROM contact_history h
+        WHERE h.policy_id = 'ROAM_PACK'
+          AND NOT EXISTS (SELECT 1 FROM usage u WHERE u.msisdn = h.msisdn AND u.voice_roam_min > 0)
+    """).fetchone()[0] == 0
+
+
+def test_contact_history_outcomes_fit_the_channel(con):
+    """no_answer only where someone calls; every channel's outcomes are among its OUTCOME_SHARES."""
+    rows = con.execute("SELECT channel, outcome FROM contact_history GROUP BY ALL").fetchall()
+    assert {ch for ch, o in rows if o == "no_answer"} <= {"outbound", "manager"}
+    for ch, outcome in rows:
+        assert gf.OUTCOME_SHARES[ch][gf.OUTCOMES.index(outcome)] > 0, (ch, outcome)
+    assert all(sum(shares) == 1000 for shares in gf.OUTCOME_SHARES.values())
+
+
+def test_committed_fixture_exercises_every_response():
+    """fixtures/extracts: accepted, rejected, no_answer and unsubscribed each on 2+ channels in the 3 months
+    before the 2026-11-01 run, so withdrawal, cool-down, retry and opt-out all meet real data."""
+    path = (ROOT / "fixtures" / "extracts" / "contact_history.parquet").as_posix()
+    rows = duckdb.connect().execute(f"""
+        SELECT outcome, count(DISTINCT channel), count(*) FROM read_parquet('{path}')
+        WHERE contact_date >= DATE '2026-08-01' AND contact_date < DATE '2026-11-01' GROUP BY 1
+    """).fetchall()
+    by_outcome = {o: (channels, n) for o, channels, n in rows}
+    for outcome in ("accepted", "rejected", "no_answer", "unsubscribed"):
+        channels, n = by_outcome[outcome]
+        assert channels >= 2 and n >= 20, (outcome, channels, n)

@@ -42,6 +42,7 @@ CHANNELS = """\
 channels:
   frontdesk: {cycle: monthly, capacity: null, format: parquet}
   outbound: {cycle: daily, capacity: 100, format: csv}
+  inbound: {cycle: monthly, capacity: null, format: csv}
   sms: {cycle: daily, capacity: null, format: csv}
   app: {cycle: daily, capacity: null, format: jsonl}
 """
@@ -56,7 +57,7 @@ policies:
   - {id: MI_20, name: 20元上网包, family: new_service, exclusive_group: mi}
   - {id: MI_10, name: 10元上网包, family: new_service, exclusive_group: mi}
   - {id: LD_AH, name: 安徽长途通, family: traffic}
-  - {id: PLAN_CHANGE, name: 套餐推荐, family: plan, channels: [outbound, sms]}
+  - {id: PLAN_CHANGE, name: 套餐推荐, family: plan, channels: [inbound, outbound, sms]}
 """
 
 PRIORITY = """\

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
-from conftest import month_rows, write_table
+from conftest import cycle_dir, month_rows, write_table
 
 from mktool import dialect
 from mktool.config import shipped_matrices_dir
@@ -238,7 +238,7 @@ def extracts(folder: Path) -> Path:
 
 
 def uncapped_matrices(tmp_path: Path) -> Path:
-    """The shipped rules without contact caps, so that every plan offer reaches the outbound list."""
+    """The shipped rules without contact caps, so that no cap stands between a plan offer and its list."""
     target = tmp_path / "matrices"
     shutil.copytree(shipped_matrices_dir(), target)
     channels = target / "channels.yaml"
@@ -251,7 +251,9 @@ def uncapped_matrices(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def month_lists(cli, tmp_path):
-    """ingest → score → matrix → plan → export of the four customers; (view rows, outbound plan rows)."""
+    """ingest → score → matrix → plan → export of the four customers; (view rows, inbound plan rows).
+
+    Plan recommendations go to the inbound pop-up first (plan.yaml, seed 003), with every standard column."""
     assert cli("ingest", str(extracts(tmp_path / "x"))).exit_code == 0
     out, rules = tmp_path / "out", str(uncapped_matrices(tmp_path))
     for step in (("score", "--month", M), ("matrix", "--month", M), ("plan", "--month", M),
@@ -263,7 +265,7 @@ def month_lists(cli, tmp_path):
     names = [d[0] for d in cur.description]
     view = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
     con.close()
-    with (out / M / "outbound.csv").open(encoding="utf-8", newline="") as f:
+    with (cycle_dir(out, M, "2026-11-01") / "inbound.csv").open(encoding="utf-8", newline="") as f:
         plan_rows = {r["msisdn"]: r for r in csv.DictReader(f) if r["matrix"] == "plan"}
     return view, plan_rows
 

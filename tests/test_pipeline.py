@@ -9,7 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import FIXTURES, MATRICES, ROOT, M
+from conftest import FIXTURES, MATRICES, ROOT, M, cycle_dir
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -28,7 +28,7 @@ def month_run(tmp_path_factory):
 
 def test_run_writes_every_channel_and_the_funnels(month_run):
     work, db, result = month_run
-    folder = work / "out" / M
+    folder = cycle_dir(work / "out")
     names = sorted(p.name for p in folder.iterdir())
     assert "funnel.json" in names and "manifest.json" in names
     assert not [n for n in names if n.startswith(".")], names  # no staging leftovers
@@ -82,9 +82,11 @@ def test_explain_unknown_customer(month_run):
 
 def test_funnel_json_is_the_export_document(month_run):
     work, db, _ = month_run
-    result = CliRunner().invoke(app, ["funnel", "--month", M, "--format", "json", "--db", str(db)])
+    result = CliRunner().invoke(app, ["funnel", "--month", M, "--date", "2026-11-01", "--format", "json",
+                                      "--db", str(db)])
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == json.loads((work / "out" / M / "funnel.json").read_text(encoding="utf-8"))
+    written = (cycle_dir(work / "out") / "funnel.json").read_text(encoding="utf-8")
+    assert json.loads(result.stdout) == json.loads(written)
 
 
 def test_commands_refuse_a_missing_step(tmp_path):
@@ -124,14 +126,15 @@ def test_daily_cycle_exports_only_daily_channels_and_skips_offers_already_made(t
     first = runner.invoke(app, ["run", "--month", M, "--ingest", str(FIXTURES), "--date", "2026-11-01",
                                 "--out", str(tmp_path / "out"), *common])
     assert first.exit_code == 0, first.output
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / M).iterdir()}
+    monthly = cycle_dir(tmp_path / "out")
+    before = {p.name: p.stat().st_mtime_ns for p in monthly.iterdir()}
     result = runner.invoke(app, ["export", "--month", M, "--cycle", "daily", "--date", "2026-11-02",
                                  "--out", str(tmp_path / "out"), *common])
     assert result.exit_code == 0, result.output
-    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / M).iterdir()}
-    changed = {name for name in after if after[name] != before.get(name)}
-    assert {"outbound.csv", "sms.csv", "app.jsonl"} <= changed  # the daily channels of the shipped channels.yaml
-    assert not changed & {"frontdesk.csv", "inbound.csv", "manager.csv"}
+    assert {p.name: p.stat().st_mtime_ns for p in monthly.iterdir()} == before  # the first cycle's folder is kept
+    daily = sorted(p.name for p in cycle_dir(tmp_path / "out", M, "2026-11-02").iterdir())
+    # the daily channels of the shipped channels.yaml, and only those
+    assert daily == ["app.jsonl", "funnel.json", "manifest.json", "outbound.csv", "sms.csv"]
     con = duckdb.connect(str(tmp_path / "d.duckdb"), read_only=True)
     # No offer (customer × policy) is made twice in the month, whichever day or channel.
     assert con.execute("""SELECT count(*) FROM (SELECT msisdn, policy_id FROM contact_history
@@ -197,6 +200,6 @@ def test_run_reads_the_salts_once_when_the_project_loads(tmp_path, monkeypatch):
     con = duckdb.connect(str(db), read_only=True)
     sent = {r[0] for r in con.execute("SELECT msisdn FROM contact_history WHERE channel = 'sms'").fetchall()}
     con.close()
-    sms = (tmp_path / "out" / M / "sms.csv").read_text(encoding="utf-8").splitlines()[1:]
+    sms = (cycle_dir(tmp_path / "out") / "sms.csv").read_text(encoding="utf-8").splitlines()[1:]
     assert sms and {line.split(",")[0] for line in sms} <= {hashlib.sha256(f"s1{m}".encode()).hexdigest()
                                                                for m in sent}

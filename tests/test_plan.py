@@ -451,7 +451,7 @@ def test_shipped_plan_yaml_is_spec_defaults():
     config = load_plan_config(MATRICES)
     assert (config.total_change, config.rental_change, config.top, config.min_data_mb) == (
         Window(0.6, 1.5), Window(1.0, 2.0), 1, 5.0)
-    assert config.policy == "PLAN_CHANGE" and config.channels == ("outbound", "sms")
+    assert config.policy == "PLAN_CHANGE" and config.channels == ("inbound", "outbound", "sms")
     assert all(f in config.script for f in ("{plan_name}", "{new_rental}", "{new_total}"))
     assert [str(w) for w in config.sweep_total] == ["0.5:1.3", "0.6:1.3", "0.6:1.5", "0.7:1.5", "0.8:1.2"]
     assert [str(w) for w in config.sweep_rental] == ["1.0:1.5", "1.0:2.0", "1.0:2.5"]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, MATRICES, ROOT
+from conftest import FIXTURES, MATRICES, ROOT, cycle_dir
 
 import mktool.cli as cli
 from mktool.errors import EXIT_INTERRUPTED
@@ -193,13 +193,13 @@ def test_manifest_names_the_rules_the_matrix_step_read_when_export_reads_others(
                           str(FIXTURES), "--date", "2026-11-01", "--out", str(out),
                           "--matrices", str(a), *common], cwd=tmp_path, env=PLAIN_ENV, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    same = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
+    same = json.loads((cycle_dir(out, "2026-10", "2026-11-01") / "manifest.json").read_text(encoding="utf-8"))
     assert same["rules"]["matrix_step_same_rules"] is True
     export = subprocess.run([sys.executable, "-m", "mktool", "export", "--month", "2026-10", "--date", "2026-11-01",
                              "--out", str(out), "--matrices", str(b), *common], cwd=tmp_path, env=PLAIN_ENV,
                             capture_output=True, text=True)
     assert export.returncode == 0, export.stderr
-    manifest = json.loads((out / "2026-10" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((cycle_dir(out, "2026-10", "2026-11-01") / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["rules"]["folder"] == str(b.resolve())
     assert manifest["rules"]["matrix_step_same_rules"] is False
     used = manifest["steps"]["matrix"]["settings"]["rules"]
@@ -219,7 +219,7 @@ def test_a_publish_waits_for_another_databases_publish_into_the_same_folder(tmp_
     import json
 
     db = _built(tmp_path)
-    folder = tmp_path / "shared" / "2026-10"
+    folder = cycle_dir(tmp_path / "shared", "2026-10", "2026-11-01")  # the cycle folder, held as another publish would
     folder.mkdir(parents=True)
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # as another database's publish would hold it
@@ -255,7 +255,7 @@ def test_export_into_a_full_disk_says_it_in_one_plain_line(tmp_path: Path) -> No
         assert first.startswith("Error: ") and "No space left on device" in first and str(full) in first
         assert "exception_type" not in done.stderr and "{" not in first
         assert "nothing was recorded" in first
-        assert not [p for p in (full / "out" / "2026-10").iterdir()]
+        assert not list((full / "out").rglob("*"))  # the output folder as before: not even an empty cycle folder
 
 
 def test_the_start_up_exit_code_is_the_documented_one() -> None:

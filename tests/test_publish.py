@@ -34,7 +34,7 @@ import pyarrow
 import pytest
 import sqlglot
 import yaml
-from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, mktool
+from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, cycle_dir, mktool
 from test_safety import db_state, files_state, without_manifest
 
 from mktool.publish import FAULT_POINTS, JOURNAL_PREFIX, STAGING_PREFIX
@@ -61,7 +61,7 @@ def base(tmp_path_factory) -> Path:
 def copy_world(base: Path, to: Path) -> tuple[Path, Path]:
     to.mkdir(parents=True, exist_ok=True)
     shutil.copy(base / "mk.duckdb", to / "mk.duckdb")
-    shutil.copytree(base / "out", to / "out")
+    shutil.copytree(base / "out", to / "out", symlinks=True)  # the latest pointers stay links
     return to / "mk.duckdb", to / "out"
 
 
@@ -135,7 +135,7 @@ CASES = [(point, kind) for point in FAULT_POINTS for kind in KINDS] + [("fsync",
 @pytest.mark.parametrize(("point", "kind"), CASES, ids=[f"{p}-{k}" for p, k in CASES])
 def test_an_interrupted_publish_is_finished_or_undone_and_a_rerun_converges(base, reference, tmp_path, point, kind):
     db, out = copy_world(base, tmp_path)
-    folder = out / M
+    folder = cycle_dir(out, M, NEXT_DAY)
     interrupted = mktool(*export_args(db, out), fault=f"{point}:{kind}")
     committed = FAULT_POINTS.index(point) >= COMMITTED_AT
     if kind == "kill":
@@ -161,7 +161,8 @@ def test_an_interrupted_publish_is_finished_or_undone_and_a_rerun_converges(base
 
     status = mktool("status", "--db", str(db))  # the next command, a reader, finishes a committed publish
     assert status.returncode == 0, status.stderr
-    state = assert_delivered_iff_recorded(db, folder)
+    assert_delivered_iff_recorded(db, cycle_dir(out, M, D))  # the other cycle's folder is never touched
+    state = assert_delivered_iff_recorded(db, folder) if committed else {}
     if committed:
         assert without_manifest(files_state(out)) == without_manifest(reference["after"][1])
         assert db_state(db) == reference["after"][0]
@@ -185,8 +186,8 @@ def test_a_real_ctrl_c_once_the_publish_is_committing_is_held_until_it_is_done(b
     done = mktool(*export_args(db, out), fault=f"{point}:sigint")
     assert done.returncode == 130, done.stderr
     assert "had committed" in done.stderr and "lists are in place" in done.stderr
-    assert leftovers(out / M) == []  # nothing left for the next command to do
-    assert assert_delivered_iff_recorded(db, out / M)["pending"] == (0,)
+    assert leftovers(cycle_dir(out, M, NEXT_DAY)) == []  # nothing left for the next command to do
+    assert assert_delivered_iff_recorded(db, cycle_dir(out, M, NEXT_DAY))["pending"] == (0,)
     assert without_manifest(files_state(out)) == without_manifest(reference["after"][1])
     assert db_state(db) == reference["after"][0]
 
@@ -195,13 +196,13 @@ def test_a_real_ctrl_c_while_the_lists_are_written_commits_nothing(base, referen
     db, out = copy_world(base, tmp_path)
     done = mktool(*export_args(db, out), fault="write_list:sigint")
     assert done.returncode == 130 and "Interrupted; nothing was committed." in done.stderr
-    assert leftovers(out / M) == []
+    assert not cycle_dir(out, M, NEXT_DAY).exists()  # undone: not even an empty cycle folder is left
     assert files_state(out) == reference["before"][1] and db_state(db) == reference["before"][0]
 
 
 def test_the_next_export_rolls_back_an_uncommitted_publish_and_a_writer_finishes_a_committed_one(base, tmp_path):
     db, out = copy_world(base, tmp_path)
-    folder = out / M
+    folder = cycle_dir(out, M, NEXT_DAY)
     assert mktool(*export_args(db, out), fault="before_commit:kill").returncode == -signal.SIGKILL
     left = leftovers(folder)
     assert [n for n in left if n.startswith(JOURNAL_PREFIX)] and [n for n in left if n.startswith(STAGING_PREFIX)]
@@ -225,13 +226,14 @@ def test_a_journal_of_another_database_is_neither_finished_nor_deleted(base, tmp
     other_db = tmp_path / "b.duckdb"
     shutil.copy(db, other_db)
     assert mktool(*export_args(db, out), fault="after_commit:kill").returncode == -signal.SIGKILL
-    left = leftovers(out / M)
+    folder = cycle_dir(out, M, NEXT_DAY)
+    left = leftovers(folder)
     refused = mktool(*export_args(other_db, out))
     assert refused.returncode == 1 and "another database" in refused.stderr and str(db) in refused.stderr
-    assert leftovers(out / M) == left
+    assert leftovers(folder) == left
     assert mktool("funnel", "--month", M, "--db", str(db)).returncode == 0  # its own database finishes it
-    assert leftovers(out / M) == []
-    assert_delivered_iff_recorded(db, out / M)
+    assert leftovers(folder) == []
+    assert_delivered_iff_recorded(db, folder)
 
 
 # == a consumer of --out - that stops reading =====================================================
@@ -249,7 +251,7 @@ def test_a_pipe_closed_by_head_records_nothing_and_exits_1(base, tmp_path):
     con = duckdb.connect(str(db))  # as if outbound had never been exported
     con.execute("DELETE FROM contact_history WHERE channel = 'outbound' AND outcome = 'sent'")
     con.close()
-    assert (out / M / "outbound.csv").stat().st_size > 2 * 65536  # more than a pipe holds
+    assert (cycle_dir(out) / "outbound.csv").stat().st_size > 2 * 65536  # more than a pipe holds
     before = db_state(db)
     args = [sys.executable, "-m", "mktool", "export", "--month", M, "--date", D, "--out", "-", "--channel", "outbound",
             "--matrices", str(MATRICES), "--db", str(db), "--quiet"]
@@ -269,7 +271,7 @@ def test_a_pipe_closed_by_head_records_nothing_and_exits_1(base, tmp_path):
     with open(whole, "wb") as fh:  # a consumer that reads it all: delivered, so recorded
         done = subprocess.run(args, env=ENV, stdout=fh, stderr=subprocess.PIPE, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert whole.read_bytes() == (out / M / "outbound.csv").read_bytes()
+    assert whole.read_bytes() == (cycle_dir(out) / "outbound.csv").read_bytes()
     assert sorted((m, p) for m, p, _ in sent_rows(db, "outbound")) == sorted(read_pairs(whole))
     assert {c for _, _, c in sent_rows(db, "outbound")} == {D}  # a daily channel: its cycle is the date
 
@@ -277,7 +279,7 @@ def test_a_pipe_closed_by_head_records_nothing_and_exits_1(base, tmp_path):
 # == a re-export over older lists: no mix ===========================================================
 def test_a_reexport_in_another_format_removes_the_old_lists_in_the_same_publish(base, tmp_path):
     db, out = copy_world(base, tmp_path)
-    folder = out / M
+    folder = cycle_dir(out)
     assert (folder / "sms.csv").exists()
     done = mktool(*export_args(db, out, "--format", "parquet", date=D))
     assert done.returncode == 0, done.stderr
@@ -295,25 +297,25 @@ def test_a_reexport_in_another_format_removes_the_old_lists_in_the_same_publish(
 
 def test_a_one_channel_export_keeps_the_other_lists_and_their_manifest_entries(base, tmp_path):
     db, out = copy_world(base, tmp_path)
-    folder = out / M
+    folder = cycle_dir(out)
     first = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    done = mktool(*export_args(db, out, "--channel", "sms"))
+    done = mktool(*export_args(db, out, "--channel", "sms", date=D))  # a re-run of the same cycle, one channel
     assert done.returncode == 0, done.stderr
     state = assert_delivered_iff_recorded(db, folder)
     outputs = state["manifest"]["outputs"]
     assert outputs["sms.csv"]["run_id"] == state["manifest"]["run_id"] != first["run_id"]
-    assert outputs["sms.csv"]["cycle"] == NEXT_DAY
+    assert outputs["sms.csv"]["cycle"] == D
     for name in ("frontdesk.csv", "outbound.csv", "app.jsonl"):  # not re-exported: as they were, said so
         assert outputs[name] == first["outputs"][name] and outputs[name]["run_id"] == first["run_id"]
 
 
 def test_a_folder_without_a_manifest_keeps_the_lists_it_does_not_replace_and_names_them(base, tmp_path):
     db, out = copy_world(base, tmp_path)
-    folder = out / M
+    folder = cycle_dir(out)
     (folder / "manifest.json").unlink()  # e.g. a folder written before manifests listed every file
     (folder / "sms.jsonl").write_text('{"msisdn": "13800000001", "policy_id": "X"}\n', encoding="utf-8")
     frontdesk = hashlib.sha256((folder / "frontdesk.csv").read_bytes()).hexdigest()
-    done = mktool(*export_args(db, out, "--channel", "sms"))
+    done = mktool(*export_args(db, out, "--channel", "sms", date=D))
     assert done.returncode == 0, done.stderr
     outputs = assert_delivered_iff_recorded(db, folder)["manifest"]["outputs"]
     assert not (folder / "sms.jsonl").exists()  # sms in another format: replaced by sms.csv
@@ -335,14 +337,15 @@ def test_a_channel_removed_from_the_rules_loses_its_list_and_that_cycle_s_record
                         encoding="utf-8")
     args = export_args(db, out, date=D)
     args[args.index(str(MATRICES))] = str(rules)
-    assert {c for _, _, c in sent_rows(db, "manager")} == {M} and len(read_pairs(out / M / "manager.csv")) > 10
+    folder = cycle_dir(out)
+    assert {c for _, _, c in sent_rows(db, "manager")} == {D} and len(read_pairs(folder / "manager.csv")) > 10
     done = mktool(*args)
     assert done.returncode == 0, done.stderr
-    assert not (out / M / "manager.csv").exists()
-    assert sent_rows(db, "manager") == []  # re-running cycle 2026-10 replaced its records, with none
-    assert "channel:manager" not in json.loads((out / M / "funnel.json").read_text(encoding="utf-8"))["funnels"]
-    assert "manager.csv" not in json.loads((out / M / "manifest.json").read_text(encoding="utf-8"))["outputs"]
-    assert_delivered_iff_recorded(db, out / M)
+    assert not (folder / "manager.csv").exists()
+    assert sent_rows(db, "manager") == []  # re-running cycle 2026-11-01 replaced its records, with none
+    assert "channel:manager" not in json.loads((folder / "funnel.json").read_text(encoding="utf-8"))["funnels"]
+    assert "manager.csv" not in json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["outputs"]
+    assert_delivered_iff_recorded(db, folder)
 
 
 # == Ctrl-C during `mktool run` ===================================================================
@@ -398,7 +401,7 @@ def test_ctrl_c_in_run_after_the_export_committed_says_so(tmp_path):
     assert "Committed before it: ingest, score, matrix, plan" in done.stderr
     assert "had committed the contacts" in done.stderr and "nothing was committed" not in done.stderr
     assert mktool("status", "--db", str(tmp_path / "mk.duckdb")).returncode == 0
-    assert_delivered_iff_recorded(tmp_path / "mk.duckdb", tmp_path / "out" / M)
+    assert_delivered_iff_recorded(tmp_path / "mk.duckdb", cycle_dir(tmp_path / "out"))
     stopped = mktool(*run_args(tmp_path / "again"), fault="write_list:interrupt")
     assert stopped.returncode == 130
     assert "Interrupted during export." in stopped.stderr and "export was interrupted before" in stopped.stderr
@@ -440,7 +443,7 @@ def test_the_manifest_names_engines_command_line_overrides_and_the_rules_commit(
     export = ["export", "--month", M, "--date", D, "--out", str(out), "--channel", "sms", *common]
     done = mktool(*export)
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((out / M / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((cycle_dir(out) / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["engines"] == {"mktool": manifest["mktool_version"], "python": platform.python_version(),
                                    "duckdb": duckdb.__version__, "sqlglot": sqlglot.__version__,
                                    "pyarrow": pyarrow.__version__}
@@ -459,19 +462,19 @@ def test_the_manifest_names_engines_command_line_overrides_and_the_rules_commit(
     (rules / "scores.yaml").write_text((rules / "scores.yaml").read_text(encoding="utf-8") + "# edited\n",
                                        encoding="utf-8")
     assert mktool(*export).returncode == 0
-    manifest = json.loads((out / M / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((cycle_dir(out) / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["rules"]["git"]["commit"] == commit and manifest["rules"]["git"]["dirty"] is True
     assert manifest["rules"]["matrix_step_same_rules"] is False  # the matrices were evaluated before the edit
     git(tmp_path / "repo", "commit", "-q", "-am", "edit")
     (rules / "notes.txt").write_text("a file not committed yet\n", encoding="utf-8")
     assert mktool(*export).returncode == 0
-    manifest = json.loads((out / M / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((cycle_dir(out) / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["rules"]["git"]["dirty"] is True  # untracked files in the rules folder count
     assert manifest["rules"]["git"]["commit"] == git(tmp_path / "repo", "rev-parse", "HEAD") != commit
 
     done = mktool(*run_args(tmp_path / "plain"))  # no overrides: none named; the plan's settings still are
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((tmp_path / "plain" / "out" / M / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((cycle_dir(tmp_path / "plain" / "out") / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["overrides"] == {} and manifest["steps"]["plan"]["settings"]["top"] == 1
 
 
@@ -484,5 +487,5 @@ def test_rules_outside_a_git_repository_have_no_commit(tmp_path):
     args[args.index(str(MATRICES))] = str(rules)
     done = mktool(*args)
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((tmp_path / "out" / M / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((cycle_dir(tmp_path / "out") / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["rules"] == {"folder": str(rules.resolve()), "git": None, "matrix_step_same_rules": True}

@@ -26,7 +26,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, mktool, month_rows, write_table
+from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, cycle_dir, mktool, month_rows, write_table
 
 HOOK = r"""
 import importlib, os, sys, time
@@ -135,7 +135,7 @@ def base(tmp_path_factory) -> Path:
 def world(base, tmp_path) -> tuple[Path, Path]:
     """A private copy of the base database and output folder: (db, out)."""
     shutil.copy(base / "mk.duckdb", tmp_path / "mk.duckdb")
-    shutil.copytree(base / "out", tmp_path / "out")
+    shutil.copytree(base / "out", tmp_path / "out", symlinks=True)  # the latest pointers stay links
     return tmp_path / "mk.duckdb", tmp_path / "out"
 
 
@@ -144,7 +144,7 @@ def reference_after(tmp_path: Path, db: Path, out: Path, args_for: Any) -> tuple
     ref = tmp_path / "reference"
     ref.mkdir()
     shutil.copy(db, ref / "mk.duckdb")
-    shutil.copytree(out, ref / "out")
+    shutil.copytree(out, ref / "out", symlinks=True)
     done = mktool(*args_for(ref / "mk.duckdb", ref / "out"))
     assert done.returncode == 0, done.stderr
     return db_state(ref / "mk.duckdb"), files_state(ref / "out")
@@ -206,7 +206,7 @@ def test_with_wait_a_second_run_queues_and_then_succeeds(world, tmp_path):
     cycles = {r[0] for r in con.execute("SELECT DISTINCT cycle FROM contact_history WHERE outcome = 'sent'").fetchall()}
     con.close()
     assert NEXT_DAY in cycles  # the holder committed …
-    manifest = (tmp_path / "second" / M / "manifest.json").read_text(encoding="utf-8")
+    manifest = (cycle_dir(tmp_path / "second", M, "2026-11-03") / "manifest.json").read_text(encoding="utf-8")
     assert '"cycle_date": "2026-11-03"' in manifest  # … and so did the run that queued behind it
 
 
@@ -222,7 +222,7 @@ def test_kill_9_mid_export_leaves_files_and_database_as_before(world, tmp_path, 
     assert ref_db != before_db and set(ref_files) - set(before_files)  # the export would change both …
 
     proc, _ = start_hooked(tmp_path, target, *killed_export_args(db, out))
-    staging = list((out / M).glob(".mktool-staging-*"))
+    staging = list(cycle_dir(out, M, NEXT_DAY).glob(".mktool-staging-*"))
     assert staging  # the lists were being staged beside their final place
     kill9(proc)
 
@@ -230,7 +230,8 @@ def test_kill_9_mid_export_leaves_files_and_database_as_before(world, tmp_path, 
     assert db_state(db) == before_db         # and the database holds exactly what it held before
     done = mktool(*killed_export_args(db, out))  # the next run works, and does what the killed one would have
     assert done.returncode == 0, done.stderr
-    assert not list((out / M).glob(".mktool-staging-*"))  # the dead run's staging folder is cleaned up
+    # the dead run's staging folder is cleaned up
+    assert not list(cycle_dir(out, M, NEXT_DAY).glob(".mktool-staging-*"))
     after = files_state(out)
     assert without_manifest(after) == without_manifest(ref_files)
     assert db_state(db) == ref_db
@@ -247,7 +248,8 @@ def test_kill_9_as_soon_as_an_unhooked_export_starts_writing(world, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mktool", *killed_export_args(db, out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list((out / M).glob(".mktool-staging-*/*")) and proc.poll() is None and time.monotonic() < deadline:
+    staging = cycle_dir(out, M, NEXT_DAY)
+    while not list(staging.glob(".mktool-staging-*/*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)

@@ -228,7 +228,7 @@ def test_channel_name_injection_is_refused(cli, in_tmp):
 
     bad = CHANNELS.replace("  sms:", "  \"sms' OR '1'='1\":", 1)
     errs = errors_of(check_files(cli, files={"channels.yaml": bad}))
-    assert "matrices/channels.yaml:4 @ channels.sms' OR '1'='1: channel names are lower-case names such as " \
+    assert "matrices/channels.yaml:5 @ channels.sms' OR '1'='1: channel names are lower-case names such as " \
            "frontdesk, outbound, inbound, sms, app, manager" in errs
 
 

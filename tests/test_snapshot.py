@@ -70,7 +70,7 @@ def test_what_a_snapshot_records(recorded) -> None:
     # fixtures/README.md's plan funnel, stage by stage, in order
     assert list(month["funnels"]["plan"].items()) == [
         ("base", 2000), ("active", 1871), ("data_ge_min", 1493), ("eligible_plan", 1413), ("billable", 1381),
-        ("in_rate_window", 1156)]
+        ("in_rate_window", 1158)]
     from mktool.project import load_rules
 
     rules = load_rules(MATRICES)
@@ -223,7 +223,7 @@ def test_plan_dry_run_writes_nothing(runner, scored_db: Path) -> None:
     assert result.exit_code == 0, result.output
     assert state(scored_db) == before
     assert "Plan funnel 2026-10 (dry run)" in result.stderr and "in_rate_window" in result.stderr
-    assert "dry run, nothing written: plan_recommendations 2026-10 would have 1,156 rows" in result.stderr
+    assert "dry run, nothing written: plan_recommendations 2026-10 would have 1,158 rows" in result.stderr
 
 
 def test_export_dry_run_writes_nothing(runner, scored_db: Path, tmp_path: Path) -> None:

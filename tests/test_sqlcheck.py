@@ -22,6 +22,7 @@ from mktool.sqlcheck import (
     FORBIDDEN_FUNCTIONS,
     CheckedExpression,
     check_expression,
+    conjuncts,
     referenced_columns,
 )
 
@@ -166,6 +167,20 @@ def test_referenced_columns():
     assert referenced_columns("1 + 1") == frozenset()
     with refused("subqueries are not allowed (found '(SELECT 1)')", location="expression"):
         referenced_columns("(select 1)")
+
+
+def test_conjuncts_are_the_top_level_and_conditions_each_checked_again():
+    parts = conjuncts(check("tenure_months > 12 AND (return_rate > 86 AND (arpu_3m >= 100)) AND (flag OR arpu < 1)"),
+                      location=LOC)
+    assert [p.source for p in parts] == ["tenure_months > 12", "return_rate > 86", "arpu_3m >= 100", "flag OR arpu < 1"]
+    assert [sorted(p.columns) for p in parts] == [["tenure_months"], ["return_rate"], ["arpu_3m"], ["arpu", "flag"]]
+    assert all(isinstance(p, CheckedExpression) and p.duckdb_sql for p in parts)
+    # Not an AND at the top: one condition, the expression itself (the text as written).
+    for sql in ("return_rate > 86 OR arpu_3m >= 300", "NOT (flag AND arpu > 1)", "flag"):
+        whole = check(sql)
+        assert conjuncts(whole, location=LOC) == (whole,)
+    long = conjuncts(check(" AND ".join(f"arpu > {i}" for i in range(300))), location=LOC)
+    assert [p.source for p in long] == [f"arpu > {i}" for i in range(300)]
 
 
 # --------------------------------------------------------------------------- Spark
