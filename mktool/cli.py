@@ -13,6 +13,7 @@ checks as a second line of defence for other callers.
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import errno
 import functools
@@ -698,7 +699,11 @@ def cycle_date_or_today(value: dt.date | None) -> dt.date:
 
 
 def render_channel_funnels(run: Run, result: Any, *, title: str) -> None:
-    rows = [(stage, *[f"{dict(ch.stages)[stage]:,}" for ch in result.channels]) for stage in EXPORT_STAGES]
+    """Stages as rows (the push funnel's, in order), channels as columns; "-" where a channel's
+    kind has no such stage (a pop-up has no no_answer, contact_cap, dedupe or capacity)."""
+    def cell(stages: dict[str, int], stage: str) -> str:
+        return f"{stages[stage]:,}" if stage in stages else "-"
+    rows = [(stage, *[cell(dict(ch.stages), stage) for ch in result.channels]) for stage in EXPORT_STAGES]
     render_table(run.reporter, title, ["stage", *[ch.channel for ch in result.channels]], rows)
 
 
@@ -725,9 +730,11 @@ def export_cmd(
     Each cycle (--date) has its own folder <out>/<month>/<cycle-date>/; <out>/<month>/latest and
     <out>/latest point at the newest one.
 
-    Suppression, in order, each a funnel stage: do-not-disturb, unsubscribed, rejection
-    cool-down, contact caps, mutually exclusive policies, cross-channel dedupe, channel
-    capacity, hold-out control group. Exported rows are recorded in contact_history.
+    Suppression, in order, each a funnel stage: do-not-disturb, unsubscribed, withdrawn after an
+    acceptance, rejection cool-down, no_answer retry wait, contact caps, mutually exclusive
+    policies, dedupe and capacity among push channels, hold-out control group. A pop-up
+    (frontdesk, inbound) shows every current offer: no caps, dedupe or capacity. Exported push
+    rows are recorded in contact_history; a pop-up's rows are not (a showing is not a contact).
 
     \b
     Examples:
@@ -1006,19 +1013,27 @@ def explain_cmd(
         parser=parse_msisdn, metavar="MSISDN", help="The customer's number (11 digits)")],
     month: MonthOpt,
     fmt: Annotated[str, format_option(TABLE_JSON)] = "table",
+    date: Annotated[dt.date | None, date_option(
+        "The cycle whose channel stages to explain, YYYY-MM-DD [default: today, as export's]")] = None,
 ) -> None:
-    """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported.
+    """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported,
+    and for each offer × channel the contact-policy stage that kept or removed it.
 
     \b
     Examples:
       mktool explain 13800000042 --month 2026-10
+      mktool explain 13800000042 --month 2026-10 --date 2026-11-01
       mktool explain 13800000042 --month 2026-10 --format json | jq '.plan_pairs[0]'
     """
     project = run.project()
+    cycle_date = cycle_date_or_today(date)
     with run.db(write=False) as db:
         ex = explain.explain(db, project, month, msisdn)
+        verdicts = export.channel_verdicts(db.c, project, month, cycle_date, msisdn)
     if fmt == "json":
-        typer.echo(json.dumps(ex.to_dict(), default=str, ensure_ascii=False, indent=2))
+        doc = {**ex.to_dict(), "cycle_date": cycle_date.isoformat(),
+               "channel_stages": [dataclasses.asdict(v) for v in verdicts]}
+        typer.echo(json.dumps(doc, default=str, ensure_ascii=False, indent=2))
         return
     out = Console(highlight=False)
     v = ex.view
@@ -1058,6 +1073,14 @@ def explain_cmd(
     if ex.holdouts:
         render_table(run.reporter, "Held out (control group)", ["cycle", "channel", "policy"],
                      [(h["cycle"], h["channel"], h["policy_id"]) for h in ex.holdouts], to_stdout=True)
+    render_channel_verdicts(run, verdicts, cycle_date)
+
+
+def render_channel_verdicts(run: Run, verdicts: list[export.ChannelVerdict], cycle_date: dt.date) -> None:
+    """explain's "why (not) on this channel": each offer × candidate channel and the stage that decided."""
+    render_table(run.reporter, f"Channels (cycle {cycle_date}): the contact-policy stage of each offer",
+                 ["rank", "policy", "channel", "kind", "stage", "why"],
+                 [(v.rank, v.policy_id, v.channel, v.kind, v.stage, v.detail) for v in verdicts], to_stdout=True)
 
 
 # -- analyst workflow: rule tests, fixture regression, run-to-run diff ------------------------

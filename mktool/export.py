@@ -2,22 +2,51 @@
 
 Offers (the month's ranked recommendations and plan recommendations) become one row per
 customer × policy × candidate channel, then pass, in this order, each a stage of the
-channel's funnel (distinct customers):
+channel's funnel (distinct customers). A channel is a pop-up or a push (channels.yaml
+``kind``; default: frontdesk and inbound pop-ups, every other channel push):
 
-    candidates → dnd → unsubscribed → cooldown → contact_cap → exclusion
-               → dedupe → capacity → holdout → exported
+    push:   candidates → dnd → unsubscribed → withdrawn → cooldown → no_answer → contact_cap
+            → exclusion → dedupe → capacity → holdout → exported
+    pop-up: candidates → dnd → unsubscribed → withdrawn → cooldown → exclusion → holdout → exported
+
+A pop-up (the agent's screen when the customer walks in or calls) shows every current offer
+of every eligible customer, ranked: no contact cap, no dedupe, no capacity, and an offer made
+earlier in the cycle month is shown again. Its rows are not written back as ``sent`` (a
+showing is a contact only when the channel's ingested responses say so) and never count
+toward a push channel's caps, dedupe or capacity. So one offer may be on the front-desk
+pop-up and in the outbound list of the same cycle, but never in two push lists.
 
 Every stage is one set-based DuckDB statement over the previous stage's table. Dedupe and
-capacity are one allocation: offers are placed in rounds, round r proposing each still
-unplaced offer to its r-th surviving channel (rule order); a channel takes the proposals it
-has room for, best first (rank, then value_score, then a hash tie-break). An offer therefore
-goes to the first of its channels that still has room, and to one channel only.
+capacity are one allocation among the push channels: offers are placed in rounds, round r
+proposing each still unplaced offer to its r-th surviving push channel (rule order); a channel
+takes the proposals it has room for, best first (rank, then value_score, then a hash
+tie-break). An offer therefore goes to the first of its push channels that still has room, and
+to one push channel only.
 
-Candidates leave out an offer (customer × policy) already made, or held out of a daily cycle,
-earlier in the cycle month: a daily run neither repeats yesterday's offers nor moves them to
-another channel. The cool-down is inclusive (30 days: a rejection 30 days before the cycle
-date still blocks); caps count contacts per calendar month of the cycle date; capacity counts
+Responses are contact_history outcomes dated up to the cycle date, read on every channel:
+
+- ``accepted`` of policy P at date a withdraws P and every policy of P's exclusive_group from
+  every channel (pop-up and push) while cycle date ≤ a + withdraw_days(P), inclusive (stage
+  ``withdrawn``). withdraw_days(P) is the policy's ``withdraw_days``; without it, P is
+  withdrawn until its ``valid_to`` (inclusive) when it has one, else for 180 days.
+- ``rejected`` cools the policy down on every channel for its cooldown_days (the policy's, else
+  contact_policy's), inclusive: 30 days: a rejection 30 days before the cycle date still blocks.
+- ``no_answer`` of P on push channel X at date n: X offers P again once cycle date ≥ n +
+  retry_days(X) (the channel's ``retry_days``, else contact_policy's, default 7); before that
+  the offer is removed on X (stage ``no_answer``). Other push channels do not take it over.
+- ``unsubscribed`` on a channel makes that channel do-not-disturb for the customer.
+
+Candidates leave out, on push channels, an offer (customer × policy) already made on a push
+channel earlier in the cycle month: a daily run neither repeats yesterday's offers nor moves
+them to another push channel; the one exception is X's retry: X's latest contact of the pair
+is a no_answer (no later ``sent`` on X, and no later push contact of the pair on another
+channel: a retry never follows a push on another channel), whose wait the no_answer stage
+then checks. Caps count push contacts per calendar month of the cycle date; capacity counts
 offers (rows) per cycle.
+
+Hold-outs are drawn per customer × policy × month (the export month, not the cycle), so a
+held-out pair is held out of every channel, pop-ups too, in every cycle of the month; they are
+recorded in ``holdouts`` per channel where they were placed (for a pop-up, the pop-up).
 
 Every cycle — the monthly run and each daily run — is identified by its cycle date (``--date``):
 that ISO date is the cycle id of its records (contact_history.cycle, holdouts.cycle, the
@@ -27,9 +56,9 @@ and nothing of another cycle's. ``<out>/<month>/latest`` and ``<out>/latest`` ar
 symlinks to the newest cycle folder (by cycle date: a re-run of an older date does not move
 them back), replaced atomically once a publish is complete (mktool.publish.point_latest).
 
-Exported rows (also a list streamed with ``--out -``) are written back to ``contact_history``
-(outcome ``sent``) so the next cycle's caps and cool-downs see them; re-running a cycle date
-replaces its own records and files, and a cycle on another date never touches them. Contacts
+Exported push rows (also a list streamed with ``--out -``) are written back to
+``contact_history`` (outcome ``sent``) so the next cycle's caps and cool-downs see them;
+re-running a cycle date replaces its own records and files, and a cycle on another date never touches them. Contacts
 are recorded if and only if their lists were delivered: the cycle folder's lists, funnel.json
 and manifest.json are published with the write-back as one unit (staged, journaled, committed,
 renamed: mktool.publish; the folder lock and the recovery are the cycle folder's), and a list
@@ -40,6 +69,10 @@ lists every list of the cycle folder after the publish (a re-run of the same cyc
 ``--channel`` keeps the cycle's other lists with their entries; an old file no longer part of
 the folder is removed in the same publish) and everything the lists were made from: engine
 versions, the command line, the steps' overrides, the rules folder and its commit.
+
+:func:`channel_verdicts` (``mktool explain``'s channel part) runs the same per-customer stages
+for one customer, bound as a parameter, and takes the allocation (dedupe, capacity) from what
+the cycle recorded.
 """
 
 from __future__ import annotations
@@ -101,10 +134,15 @@ from mktool.publish import (
 )
 from mktool.rules import Channel, Policy, PolicyGroup, default_columns
 from mktool.schema import (
+    CHANNEL_STAGES,
     CONTACT_HISTORY_TABLE,
+    CUSTOMER_PARAM,
     EXPORT_STAGES,
     GROUP_COLUMNS,
+    HOLDOUTS_TABLE,
     MONEY_COLUMNS,
+    POPUP,
+    PUSH,
     RATE_COLUMNS,
     RECENT_CONTACTS_COLUMN,
     RECENT_CONTACTS_MAX,
@@ -115,8 +153,10 @@ from mktool.schema import (
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
 
-STAGES = EXPORT_STAGES
+STAGES = EXPORT_STAGES  # a push channel's stages; a pop-up's are schema.POPUP_STAGES
 DEFAULT_COOLDOWN_DAYS = 30
+DEFAULT_RETRY_DAYS = 7  # a push channel's wait after a no_answer
+DEFAULT_WITHDRAW_DAYS = 180  # an accepted policy without withdraw_days or valid_to
 RECORDED_BY = "mktool"
 
 
@@ -132,6 +172,7 @@ class ExportConfig:
     monthly_cap: int | None
     plan: PlanConfig
     project: Project
+    retry_days: int = DEFAULT_RETRY_DAYS
 
     @classmethod
     def of(cls, project: Project) -> ExportConfig:
@@ -144,7 +185,14 @@ class ExportConfig:
             monthly_cap=contact.monthly_cap,
             plan=project.plan,
             project=project,
+            retry_days=contact.retry_days if contact.retry_days is not None else DEFAULT_RETRY_DAYS,
         )
+
+    def channel_retry_days(self, channel: Channel) -> int | None:
+        """A push channel's wait after a no_answer (its own, else contact_policy's); None for a pop-up."""
+        if channel.popup:
+            return None
+        return channel.retry_days if channel.retry_days is not None else self.retry_days
 
     def salt(self, channel: Channel) -> str | None:
         """The salt of a ``mask: hash`` channel, read from the environment when the project loaded."""
@@ -172,12 +220,16 @@ OFFER_COLUMNS = (*(c for c in TARGET_COLUMNS if c != "channel" and (c == "group_
                  "channels")
 #: The group texts a list joins from _x_group_alternatives.
 GROUP_TEXT_COLUMNS = tuple(c for c in GROUP_COLUMNS if c != "group_id")
-#: The narrow rows every stage carries (the texts stay in _x_offers until the lists are written).
-CANDIDATE_COLUMNS = ("offer_id", "cust_id", "msisdn", "policy_id", "rank", "value_score", "channel", "channel_pref")
+#: The narrow rows every stage carries (the texts stay in _x_offers until the lists are written);
+#: ``push`` is the channel's kind (false: a pop-up).
+CANDIDATE_COLUMNS = ("offer_id", "cust_id", "msisdn", "policy_id", "rank", "value_score", "channel", "push",
+                     "channel_pref")
 #: Allocation rows: a candidate row with its place among the offer's surviving channels.
 CHOICE_COLUMNS = (*CANDIDATE_COLUMNS, "choice")
 #: The stage tables whose customers are counted per channel (:func:`stage_count_query`).
 COUNTED_TABLES = ("_x_contact_cap", "_x_exclusion", "_x_proposed", "_x_placed", "_x_drawn")
+#: The screening stages, in order, each a cumulative pass flag of _x_screened (pass_<stage>).
+SCREEN_STAGES = ("dnd", "unsubscribed", "withdrawn", "cooldown", "no_answer")
 
 
 def _cols(columns: tuple[str, ...], alias: str = "") -> str:
@@ -193,6 +245,7 @@ class ExportParams:
     cycle_date: dt.date
     cooldown_days: int
     monthly_cap: int | None
+    withdraw_days: int  # an accepted policy without withdraw_days or valid_to
     plan_policy: str
     plan_policy_name: str
     plan_channels: tuple[str, ...]
@@ -203,7 +256,7 @@ class ExportParams:
     def of(cls, config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: bool) -> ExportParams:
         policy = config.policies.get(config.plan.policy)
         return cls(month=month, cycle_date=cycle_date, cooldown_days=config.cooldown_days,
-                   monthly_cap=config.monthly_cap, plan_policy=config.plan.policy,
+                   monthly_cap=config.monthly_cap, withdraw_days=DEFAULT_WITHDRAW_DAYS, plan_policy=config.plan.policy,
                    plan_policy_name=policy.name if policy else config.plan.policy,
                    plan_channels=tuple(config.plan.channels), plan_script=script_sql(config.plan.script),
                    has_plan=has_plan)
@@ -229,7 +282,7 @@ WITH rec AS (
            CAST(NULL AS DOUBLE) AS new_data_overage, CAST(NULL AS DOUBLE) AS new_total,
            CAST(NULL AS DOUBLE) AS current_total, CAST(NULL AS DOUBLE) AS total_fee_change,
            CAST(NULL AS DOUBLE) AS rental_change, r.channels
-    FROM recommendations r WHERE r.month = $month
+    FROM recommendations r WHERE r.month = $month{customer}
 ),
 last_rank AS (SELECT msisdn, max(rank) AS max_rank FROM rec GROUP BY msisdn),
 plan AS (
@@ -240,7 +293,7 @@ plan AS (
            p.current_plan_id, p.plan_id, p.new_rental, p.new_voice_overage, p.new_data_overage, p.new_total,
            p.current_total, p.total_fee_change, p.rental_change, CAST($plan_channels AS VARCHAR[]) AS channels
     FROM {plan_rows} p LEFT JOIN last_rank l ON l.msisdn = p.msisdn
-    WHERE p.month = $month
+    WHERE p.month = $month{plan_customer}
 ),
 offers AS (SELECT * FROM rec UNION ALL SELECT * FROM plan)
 -- offer_id, the offer's integer key, numbers the offers in a deterministic order (a customer's
@@ -254,40 +307,68 @@ JOIN (SELECT msisdn, coalesce(value_score, 0) AS value_score, CAST(msisdn AS BIG
 """
 
 
-def offers_query(p: ExportParams) -> Query:
-    """_x_offers: the month's recommendations and plan recommendations, with their keys."""
+def offers_query(p: ExportParams, msisdn: str | None = None) -> Query:
+    """_x_offers: the month's recommendations and plan recommendations, with their keys.
+
+    With ``msisdn`` (explain) only that customer's offers, the number bound as a parameter: a
+    customer's offers and ranks depend on their own rows only.
+    """
+    one = msisdn is not None
     sql = OFFERS_SQL.format(plan_rows="plan_recommendations" if p.has_plan else _NO_PLAN_ROWS,
-                            plan_script=p.plan_script, offer_columns=_cols(OFFER_COLUMNS, "o"))
-    return Query("offers", sql, {"month": p.month, "plan_policy": p.plan_policy,
-                                 "plan_policy_name": p.plan_policy_name, "plan_channels": list(p.plan_channels)})
+                            plan_script=p.plan_script, offer_columns=_cols(OFFER_COLUMNS, "o"),
+                            customer=f" AND r.msisdn = ${CUSTOMER_PARAM}" if one else "",
+                            plan_customer=f" AND p.msisdn = ${CUSTOMER_PARAM}" if one else "")
+    params: dict[str, Any] = {"month": p.month, "plan_policy": p.plan_policy, "plan_policy_name": p.plan_policy_name,
+                              "plan_channels": list(p.plan_channels)}
+    if one:
+        params[CUSTOMER_PARAM] = msisdn
+    return Query("offers:customer" if one else "offers", sql, params)
 
 
 CANDIDATES_SQL = """
--- One row per offer × candidate channel, with the channel's place in the rule's order (its
--- position in the offer's list: a rule names a channel once). The stages carry only these
--- narrow rows (offer_id, keys and sort keys); the texts stay in _x_offers and are joined on
--- when the lists are written. A policy with allowed channels (policies.yaml) keeps only those.
--- An offer (customer × policy) already made earlier in the cycle month by another cycle, on
--- any channel, or held out of a daily cycle earlier in the month, is not made again: a daily
--- run neither repeats yesterday's offers nor moves them (or a control-group customer's
--- offer) to another channel.
+-- One row per offer × candidate channel, with the channel's kind (push) and its place in the
+-- rule's order (its position in the offer's list: a rule names a channel once). The stages
+-- carry only these narrow rows (offer_id, keys and sort keys); the texts stay in _x_offers and
+-- are joined on when the lists are written. A policy with allowed channels (policies.yaml)
+-- keeps only those.
+-- On a push channel, an offer (customer × policy) already made on a push channel earlier in
+-- the cycle month is not made again: a daily run neither repeats yesterday's offers nor moves
+-- them to another push channel. Except a retry: push channel X whose latest contact of the
+-- pair is a no_answer (no later `sent` on X, and no later push contact of the pair on another
+-- channel) may offer it again; the no_answer stage checks X's retry_days. A pop-up shows what
+-- is current, whatever was made before.
 CREATE OR REPLACE TEMP TABLE _x_candidates AS
-WITH restricted AS (SELECT DISTINCT policy_id FROM _x_policy_channels)
-SELECT o.offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score, c.channel,
+WITH restricted AS (SELECT DISTINCT policy_id FROM _x_policy_channels),
+made AS (
+    SELECT DISTINCT msisdn, policy_id FROM _x_history
+    WHERE push AND contact_date >= $cycle_month_start AND contact_date < $cycle_date
+),
+per_channel AS (
+    SELECT h.msisdn, h.policy_id, h.channel,
+           max(CASE WHEN h.outcome = 'no_answer' THEN h.contact_date END) AS last_no_answer,
+           max(CASE WHEN h.outcome = 'sent' THEN h.contact_date END) AS last_sent,
+           max(h.contact_date) AS last_contact
+    FROM _x_history h JOIN made m ON m.msisdn = h.msisdn AND m.policy_id = h.policy_id
+    WHERE h.push AND h.contact_date <= $cycle_date
+    GROUP BY h.msisdn, h.policy_id, h.channel
+),
+retry AS (
+    SELECT x.msisdn, x.policy_id, x.channel FROM per_channel x
+    WHERE x.last_no_answer IS NOT NULL AND (x.last_sent IS NULL OR x.last_sent <= x.last_no_answer)
+      AND NOT EXISTS (SELECT 1 FROM per_channel y
+                      WHERE y.msisdn = x.msisdn AND y.policy_id = x.policy_id AND y.channel <> x.channel
+                        AND y.last_contact > x.last_no_answer)
+)
+SELECT o.offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score, c.channel, c.kind = 'push' AS push,
        array_position(o.channels, c.channel) AS channel_pref
 FROM _x_offers o
 JOIN _x_channels c ON array_contains(o.channels, c.channel)
 LEFT JOIN restricted r ON r.policy_id = o.policy_id
 LEFT JOIN _x_policy_channels a ON a.policy_id = o.policy_id AND a.channel = c.channel
+LEFT JOIN made m ON m.msisdn = o.msisdn AND m.policy_id = o.policy_id
+LEFT JOIN retry t ON t.msisdn = o.msisdn AND t.policy_id = o.policy_id AND t.channel = c.channel
 WHERE (r.policy_id IS NULL OR a.policy_id IS NOT NULL)
-  AND NOT EXISTS (
-        SELECT 1 FROM _x_history h
-        WHERE h.msisdn = o.msisdn AND h.policy_id = o.policy_id
-          AND h.contact_date >= $cycle_month_start AND h.contact_date < $cycle_date)
-  AND NOT EXISTS (
-        SELECT 1 FROM _x_held_before h
-        WHERE h.msisdn = o.msisdn AND h.policy_id = o.policy_id
-          AND h.cycle_date >= $cycle_month_start AND h.cycle_date < $cycle_date)
+  AND (c.kind = 'popup' OR m.msisdn IS NULL OR t.msisdn IS NOT NULL)
 """
 
 
@@ -296,62 +377,98 @@ def candidates_query(p: ExportParams) -> Query:
 
 
 SCREEN_SQL = """
--- Do-not-disturb, unsubscribed and cool-down in one pass, a flag per stage (cumulative: a row
--- passes a stage only if it passed the ones before):
+-- Do-not-disturb, unsubscribed, withdrawn, cool-down and no_answer in one pass, a flag per
+-- stage (cumulative: a row passes a stage only if it passed the ones before). Responses are
+-- contact_history outcomes up to the cycle date, on any channel unless said otherwise:
 --   dnd           the `dnd` list for this channel or for every channel (`*`);
 --   unsubscribed  an `unsubscribed` outcome on this channel makes it do-not-disturb from then on;
---   cooldown      no re-offer of a policy the customer rejected (on any channel) within its
---                 cool-down: with 30 days, a rejection 30 days before the cycle date still
---                 blocks, 31 days before does not.
+--   withdrawn     an `accepted` policy P, and every policy of P's exclusive_group, is withdrawn
+--                 from every channel while cycle date <= acceptance + P's withdraw_days
+--                 (inclusive); without withdraw_days until P's valid_to (inclusive), else
+--                 $withdraw_days days;
+--   cooldown      no re-offer of a policy the customer rejected within its cool-down: with 30
+--                 days, a rejection 30 days before the cycle date still blocks, 31 days not;
+--   no_answer     push only: after a `no_answer` of the policy on this channel at date n, the
+--                 channel offers it again once cycle date >= n + the channel's retry_days.
 CREATE OR REPLACE TEMP TABLE _x_screened AS
 WITH dnd_rows AS (SELECT DISTINCT msisdn, channel FROM _x_dndlist),
 unsubscribed AS (
     SELECT DISTINCT msisdn, channel FROM _x_history
     WHERE outcome = 'unsubscribed' AND contact_date <= $cycle_date
 ),
+accepted AS (
+    SELECT h.msisdn, h.policy_id, ap.exclusive_group FROM _x_history h
+    LEFT JOIN _x_policies ap ON ap.policy_id = h.policy_id
+    WHERE h.outcome = 'accepted' AND h.contact_date <= $cycle_date
+      AND CASE WHEN ap.withdraw_days IS NOT NULL THEN h.contact_date >= {withdraw_start}
+               WHEN ap.valid_to IS NOT NULL THEN CAST($cycle_date AS DATE) <= ap.valid_to
+               ELSE h.contact_date >= {default_withdraw_start} END
+),
+withdrawn_policy AS (SELECT DISTINCT msisdn, policy_id FROM accepted),
+withdrawn_group AS (SELECT DISTINCT msisdn, exclusive_group FROM accepted WHERE exclusive_group IS NOT NULL),
 rejected AS (
     SELECT msisdn, policy_id, max(contact_date) AS last_rejected FROM _x_history
     WHERE outcome = 'rejected' AND contact_date <= $cycle_date GROUP BY msisdn, policy_id
+),
+no_answer AS (
+    SELECT msisdn, channel, policy_id, max(contact_date) AS last_no_answer FROM _x_history
+    WHERE outcome = 'no_answer' AND contact_date <= $cycle_date GROUP BY msisdn, channel, policy_id
 ),
 flagged AS (
     SELECT {candidate_columns},
            d1.msisdn IS NULL AND d2.msisdn IS NULL AS ok_dnd,
            u.msisdn IS NULL AS ok_unsubscribed,
-           r.last_rejected IS NULL OR r.last_rejected < {cooldown_start} AS ok_cooldown
+           wp.msisdn IS NULL AND wg.msisdn IS NULL AS ok_withdrawn,
+           r.last_rejected IS NULL OR r.last_rejected < {cooldown_start} AS ok_cooldown,
+           NOT c.push OR n.last_no_answer IS NULL OR n.last_no_answer <= {retry_start} AS ok_no_answer
     FROM _x_candidates c
+    JOIN _x_channels ch ON ch.channel = c.channel
     LEFT JOIN dnd_rows d1 ON d1.msisdn = c.msisdn AND d1.channel = c.channel
     LEFT JOIN dnd_rows d2 ON d2.msisdn = c.msisdn AND d2.channel = '*'
     LEFT JOIN unsubscribed u ON u.msisdn = c.msisdn AND u.channel = c.channel
-    LEFT JOIN rejected r ON r.msisdn = c.msisdn AND r.policy_id = c.policy_id
     LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
+    LEFT JOIN withdrawn_policy wp ON wp.msisdn = c.msisdn AND wp.policy_id = c.policy_id
+    LEFT JOIN withdrawn_group wg ON wg.msisdn = c.msisdn AND wg.exclusive_group = p.exclusive_group
+    LEFT JOIN rejected r ON r.msisdn = c.msisdn AND r.policy_id = c.policy_id
+    LEFT JOIN no_answer n ON n.msisdn = c.msisdn AND n.channel = c.channel AND n.policy_id = c.policy_id
 )
 SELECT {columns},
        ok_dnd AS pass_dnd,
        ok_dnd AND ok_unsubscribed AS pass_unsubscribed,
-       ok_dnd AND ok_unsubscribed AND ok_cooldown AS pass_cooldown
+       ok_dnd AND ok_unsubscribed AND ok_withdrawn AS pass_withdrawn,
+       ok_dnd AND ok_unsubscribed AND ok_withdrawn AND ok_cooldown AS pass_cooldown,
+       ok_dnd AND ok_unsubscribed AND ok_withdrawn AND ok_cooldown AND ok_no_answer AS pass_no_answer
 FROM flagged
 """
 
 
 def screen_query(p: ExportParams) -> Query:
     sql = SCREEN_SQL.format(candidate_columns=_cols(CANDIDATE_COLUMNS, "c"), columns=_cols(CANDIDATE_COLUMNS),
-                            cooldown_start=days_before("$cycle_date", "coalesce(p.cooldown_days, $cooldown_days)"))
-    return Query("screen", sql, {"cycle_date": p.cycle_date, "cooldown_days": p.cooldown_days})
+                            cooldown_start=days_before("$cycle_date", "coalesce(p.cooldown_days, $cooldown_days)"),
+                            withdraw_start=days_before("$cycle_date", "ap.withdraw_days"),
+                            default_withdraw_start=days_before("$cycle_date", "$withdraw_days"),
+                            retry_start=days_before("$cycle_date", "ch.retry_days"))
+    return Query("screen", sql, {"cycle_date": p.cycle_date, "cooldown_days": p.cooldown_days,
+                                 "withdraw_days": p.withdraw_days})
 
 
 SCREEN_COUNTS_SQL = """
 -- Customers per channel at each screening stage, in one grouping: the pass flags are
 -- cumulative, so a customer reached stage k on a channel iff the best of their rows there did.
+-- (A pop-up has no no_answer stage: its flag is its cool-down's, and its funnel leaves it out.)
 WITH reached AS (
     SELECT channel, cust_id,
-           max(CASE WHEN pass_cooldown THEN 3 WHEN pass_unsubscribed THEN 2 WHEN pass_dnd THEN 1 ELSE 0 END) AS stage
+           max(CASE WHEN pass_no_answer THEN 5 WHEN pass_cooldown THEN 4 WHEN pass_withdrawn THEN 3
+                    WHEN pass_unsubscribed THEN 2 WHEN pass_dnd THEN 1 ELSE 0 END) AS stage
     FROM _x_screened GROUP BY channel, cust_id
 )
 SELECT channel,
        count(*)               AS candidates,
        count_if(stage >= 1)   AS dnd,
        count_if(stage >= 2)   AS unsubscribed,
-       count_if(stage >= 3)   AS cooldown
+       count_if(stage >= 3)   AS withdrawn,
+       count_if(stage >= 4)   AS cooldown,
+       count_if(stage >= 5)   AS no_answer
 FROM reached GROUP BY channel
 """
 
@@ -360,22 +477,23 @@ def screen_counts_query() -> Query:
     return Query("screen_counts", SCREEN_COUNTS_SQL)
 
 
-def cooldown_query() -> Query:
-    """_x_cooldown: the rows that passed the screening, without its flags."""
-    return Query("cooldown", f"CREATE OR REPLACE TEMP TABLE _x_cooldown AS SELECT {_cols(CANDIDATE_COLUMNS)} "
-                             "FROM _x_screened WHERE pass_cooldown")
+def screened_query() -> Query:
+    """_x_no_answer: the rows that passed the screening (every stage to no_answer), without its flags."""
+    return Query("screened", f"CREATE OR REPLACE TEMP TABLE _x_no_answer AS SELECT {_cols(CANDIDATE_COLUMNS)} "
+                             "FROM _x_screened WHERE pass_no_answer")
 
 
 CAPS_SQL = """
--- Per-customer contact caps for the cycle month: per channel, then across channels
--- (counting distinct policies), after the contacts already made this month.
+-- Per-customer contact caps for the cycle month, push channels only: per channel, then across
+-- push channels (counting distinct policies), after the push contacts already made this month.
+-- A pop-up's rows pass untouched (a showing is no contact).
 -- Both numberings run on narrow rows (the per-channel one only on channels that have a
 -- contact_cap, the cross-channel one on the distinct offers) and come back as keys to drop
 -- or keep: window sorts that carry every column of every row cost twice as much.
 CREATE OR REPLACE TEMP TABLE _x_contact_cap AS
 WITH prior AS (
     SELECT msisdn, channel, count(*) AS n FROM _x_history
-    WHERE contact_date >= $cycle_month_start AND contact_date <= $cycle_date GROUP BY msisdn, channel
+    WHERE push AND contact_date >= $cycle_month_start AND contact_date <= $cycle_date GROUP BY msisdn, channel
 ),
 prior_total AS (SELECT msisdn, sum(n) AS n FROM prior GROUP BY msisdn),
 over_cap AS (
@@ -383,20 +501,20 @@ over_cap AS (
         SELECT c.offer_id, c.channel, ch.contact_cap,
                row_number() OVER (PARTITION BY c.cust_id, c.channel ORDER BY c.rank, c.policy_id)
                + coalesce(pr.n, 0) AS channel_count
-        FROM _x_cooldown c
+        FROM _x_no_answer c
         JOIN _x_channels ch ON ch.channel = c.channel AND ch.contact_cap IS NOT NULL
         LEFT JOIN prior pr ON pr.msisdn = c.msisdn AND pr.channel = c.channel
     ) AS numbered_in_channel
     WHERE channel_count > contact_cap
 ),
 within_channel AS (
-    SELECT {candidate_columns} FROM _x_cooldown c
+    SELECT {candidate_columns} FROM _x_no_answer c
     WHERE NOT EXISTS (SELECT 1 FROM over_cap x WHERE x.offer_id = c.offer_id AND x.channel = c.channel)
 ),
 offers AS (
     SELECT offer_id, any_value(cust_id) AS cust_id, any_value(msisdn) AS msisdn, any_value(rank) AS rank,
            any_value(policy_id) AS policy_id
-    FROM within_channel GROUP BY offer_id
+    FROM within_channel WHERE push GROUP BY offer_id
 ),
 numbered AS (
     SELECT o.offer_id,
@@ -404,7 +522,7 @@ numbered AS (
     FROM offers o LEFT JOIN prior_total pt ON pt.msisdn = o.msisdn
 )
 SELECT {within_columns} FROM within_channel w
-WHERE CAST($monthly_cap AS BIGINT) IS NULL
+WHERE NOT w.push OR CAST($monthly_cap AS BIGINT) IS NULL
    OR w.offer_id IN (SELECT offer_id FROM numbered WHERE total_count <= CAST($monthly_cap AS BIGINT))
 """
 
@@ -438,10 +556,11 @@ def exclusion_query() -> Query:
 
 
 CHOICES_SQL = """
--- Each offer's surviving channels numbered 1..k in rule order: round r proposes choice r.
+-- Each offer's surviving push channels numbered 1..k in rule order: round r proposes choice r.
+-- Pop-ups take no part: they use no capacity and an offer may be on a pop-up and one push list.
 CREATE OR REPLACE TEMP TABLE _x_choices AS
 SELECT {columns}, row_number() OVER (PARTITION BY e.offer_id ORDER BY e.channel_pref) AS choice
-FROM _x_exclusion e
+FROM _x_exclusion e WHERE e.push
 """
 
 
@@ -504,18 +623,31 @@ def round_queries(round_no: int) -> list[Query]:
 
 
 HOLDOUT_SQL = """
--- Hold-out control groups: a deterministic draw per customer × policy × cycle.
+-- Hold-out control groups: the push rows placed and every pop-up row, each held out by a
+-- deterministic draw per customer × policy × month (the export month, not the cycle): a
+-- held-out pair is held out of every channel, pop-ups too, in every cycle of the month.
 CREATE OR REPLACE TEMP TABLE _x_drawn AS
-SELECT {columns}, {draw} < coalesce(pol.holdout, 0) AS held_out
-FROM _x_placed p
-JOIN _x_cycle cy ON cy.channel = p.channel
+WITH shown AS (
+    SELECT {choice_columns} FROM _x_placed
+    UNION ALL
+    SELECT {candidate_columns}, 0 AS choice FROM _x_exclusion WHERE NOT push
+)
+SELECT {columns}, {held_out} AS held_out
+FROM shown p
 LEFT JOIN _x_policies pol ON pol.policy_id = p.policy_id
 """
 
 
-def holdout_query() -> Query:
-    return Query("holdout", HOLDOUT_SQL.format(columns=_cols(CHOICE_COLUMNS, "p"),
-                                               draw=draw(("p.msisdn", "p.policy_id", "cy.cycle"))))
+def held_out_sql(alias: str) -> str:
+    """Whether the draw holds the pair (``alias``.msisdn, ``alias``.policy_id) out this month
+    (``pol``: its _x_policies row); explain evaluates the very same expression."""
+    return f"{draw((f'{alias}.msisdn', f'{alias}.policy_id', '$month'))} < coalesce(pol.holdout, 0)"
+
+
+def holdout_query(p: ExportParams) -> Query:
+    sql = HOLDOUT_SQL.format(choice_columns=_cols(CHOICE_COLUMNS), candidate_columns=_cols(CANDIDATE_COLUMNS),
+                             columns=_cols(CHOICE_COLUMNS, "p"), held_out=held_out_sql("p"))
+    return Query("holdout", sql, {"month": p.month})
 
 
 def stage_count_query(table: str, *, exported_only: bool = False) -> Query:
@@ -526,44 +658,33 @@ def stage_count_query(table: str, *, exported_only: bool = False) -> Query:
     return Query(f"count:{table}", f"SELECT channel, count(DISTINCT cust_id) FROM {table}{where} GROUP BY channel")
 
 
-def history_query(kind: str) -> Query:
-    """_x_history: contact history as the contact policy sees it (see :func:`_history_view`).
+def history_query(kind: str, cycle_date: dt.date) -> Query:
+    """_x_history: contact history as the contact policy sees it (see :func:`_history_view`),
+    each row with ``push``: false when its channel is a pop-up of channels.yaml.
 
     ``kind``: ``none`` (no contact_history yet), ``ours`` (with the cycle and recorded_by
     columns: this cycle's own records are left out), ``ingested`` (only ingested history).
     """
-    columns = "msisdn, contact_date, channel, policy_id, outcome"
     if kind == "none":
         sql = ("CREATE OR REPLACE TEMP TABLE _x_history AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
                "CAST(NULL AS DATE) AS contact_date, CAST(NULL AS VARCHAR) AS channel, "
-               "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS VARCHAR) AS outcome WHERE false")
+               "CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS VARCHAR) AS outcome, CAST(NULL AS BOOLEAN) AS push "
+               "WHERE false")
         return Query("history", sql)
-    if kind == "ours":
-        sql = (f"CREATE OR REPLACE TEMP TABLE _x_history AS SELECT {columns} FROM contact_history "
-               "WHERE NOT (coalesce(recorded_by, '') = $recorded_by AND outcome = 'sent' "
-               "AND cycle IN (SELECT cycle FROM _x_cycle))")
-        return Query("history", sql, {"recorded_by": RECORDED_BY})
+    if kind not in ("ours", "ingested"):
+        raise ValueError(f"unknown history kind {kind!r}")
+    sql = ("CREATE OR REPLACE TEMP TABLE _x_history AS SELECT h.msisdn, h.contact_date, h.channel, h.policy_id, "
+           "h.outcome, coalesce(ch.kind, 'push') = 'push' AS push FROM contact_history h "
+           "LEFT JOIN _x_channels ch ON ch.channel = h.channel")
     if kind == "ingested":
-        return Query("history", f"CREATE OR REPLACE TEMP TABLE _x_history AS SELECT {columns} FROM contact_history")
-    raise ValueError(f"unknown history kind {kind!r}")
-
-
-def held_before_query(*, has_holdouts: bool) -> Query:
-    """_x_held_before: the earlier cycles' hold-outs, which stay held out for the month.
-
-    Every cycle id is the cycle's ISO date (:func:`cycle_id`), so "earlier" is by date (the
-    candidates keep those of this calendar month before the cycle date); this cycle's own are left
-    out (a re-run re-draws them). A monthly id 'YYYY-MM' of a database from before is no date and
-    is not read.
-    """
-    if not has_holdouts:
-        return Query("held_before", "CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT CAST(NULL AS VARCHAR) AS "
-                                    "msisdn, CAST(NULL AS VARCHAR) AS policy_id, CAST(NULL AS DATE) AS cycle_date "
-                                    "WHERE false")
-    return Query("held_before", "CREATE OR REPLACE TEMP TABLE _x_held_before AS SELECT msisdn, policy_id, "
-                                "TRY_CAST(cycle AS DATE) AS cycle_date FROM holdouts "
-                                "WHERE TRY_CAST(cycle AS DATE) IS NOT NULL "
-                                "AND cycle NOT IN (SELECT cycle FROM _x_cycle)")
+        return Query("history", sql)
+    # This run's own records: of the cycles it writes, and of the other channels' cycles made on
+    # this cycle date (the same joint allocation, e.g. the monthly lists when only outbound is
+    # re-run); a daily run still sees the monthly channels' contacts of earlier days.
+    sql += (" WHERE NOT (coalesce(h.recorded_by, '') = $recorded_by AND h.outcome = 'sent' "
+            "AND (h.cycle IN (SELECT cycle FROM _x_cycle WHERE replaced) "
+            "OR (h.cycle IN (SELECT cycle FROM _x_cycle) AND h.contact_date = CAST($cycle_date AS DATE))))")
+    return Query("history", sql, {"recorded_by": RECORDED_BY, "cycle_date": cycle_date})
 
 
 def _target_select(channel: Channel, columns: tuple[str, ...], salt: str | None) -> str:
@@ -672,7 +793,8 @@ def list_query(channel: Channel, columns: tuple[str, ...], salt: str | None) -> 
 
 def record_contact_queries(channel: str, cycle: str, cycle_date: dt.date, month: str) -> list[Query]:
     """Write back one channel's exported rows as `sent` contacts (replacing the cycle's earlier
-    records) and its hold-outs (replacing the cycle's earlier ones)."""
+    records) and its hold-outs (replacing the cycle's earlier ones). A pop-up's rows are not
+    contacts: only its hold-outs are recorded (and its records of an earlier build forgotten)."""
     keys = {"recorded_by": RECORDED_BY, "cycle": cycle, "channel": channel}
     return [
         Query("forget_sent", "DELETE FROM contact_history WHERE recorded_by = $recorded_by AND cycle = $cycle "
@@ -682,7 +804,7 @@ def record_contact_queries(channel: str, cycle: str, cycle_date: dt.date, month:
                SELECT d.msisdn, CAST($cycle_date AS DATE) AS contact_date, d.channel, d.policy_id, 'sent' AS outcome,
                       $cycle AS cycle, $recorded_by AS recorded_by
                FROM _x_drawn d
-               WHERE d.channel = $channel AND NOT d.held_out
+               WHERE d.channel = $channel AND d.push AND NOT d.held_out
                  AND NOT EXISTS (SELECT 1 FROM contact_history h WHERE h.msisdn = d.msisdn AND h.channel = d.channel
                                  AND h.policy_id = d.policy_id AND h.contact_date = CAST($cycle_date AS DATE))""",
               {**keys, "cycle_date": cycle_date}),
@@ -700,18 +822,221 @@ HOLDOUTS_DDL = """CREATE TABLE IF NOT EXISTS holdouts (month VARCHAR, cycle VARC
                    policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR)"""
 
 
+# -- explain: one customer's offers through the channel stages ---------------------------------
+CUSTOMER_STAGES_SQL = """
+-- One customer's offers × candidate channels (the stage tables hold that customer only) and
+-- the per-customer stage that removed each (NULL: it passed exclusion), with the month's draw.
+WITH offered AS (
+    SELECT o.offer_id, o.msisdn, o.policy_id, o.rank, c.channel, c.kind,
+           array_position(o.channels, c.channel) AS channel_pref
+    FROM _x_offers o JOIN _x_channels c ON array_contains(o.channels, c.channel)
+    WHERE o.msisdn = ${customer}
+)
+SELECT f.policy_id, f.rank, f.channel, f.kind, f.channel_pref,
+       CASE WHEN s.offer_id IS NULL THEN 'candidates'
+            WHEN NOT s.pass_dnd THEN 'dnd'
+            WHEN NOT s.pass_unsubscribed THEN 'unsubscribed'
+            WHEN NOT s.pass_withdrawn THEN 'withdrawn'
+            WHEN NOT s.pass_cooldown THEN 'cooldown'
+            WHEN NOT s.pass_no_answer THEN 'no_answer'
+            WHEN k.offer_id IS NULL THEN 'contact_cap'
+            WHEN e.offer_id IS NULL THEN 'exclusion'
+       END AS removed_at,
+       {held_out} AS held_out
+FROM offered f
+LEFT JOIN _x_screened s ON s.offer_id = f.offer_id AND s.channel = f.channel
+LEFT JOIN _x_contact_cap k ON k.offer_id = f.offer_id AND k.channel = f.channel
+LEFT JOIN _x_exclusion e ON e.offer_id = f.offer_id AND e.channel = f.channel
+LEFT JOIN _x_policies pol ON pol.policy_id = f.policy_id
+ORDER BY f.rank, f.channel_pref
+"""
+
+
+def customer_stages_query(p: ExportParams, msisdn: str) -> Query:
+    """The per-customer stages of one customer's offer × channel rows (see :func:`channel_verdicts`)."""
+    sql = CUSTOMER_STAGES_SQL.format(customer=CUSTOMER_PARAM, held_out=held_out_sql("f"))
+    return Query("customer_stages", sql, {CUSTOMER_PARAM: msisdn, "month": p.month})
+
+
+def cycle_records_queries(msisdn: str) -> list[Query]:
+    """What this cycle recorded: the cycles (of _x_cycle) with any record, and the customer's
+    `sent` rows and hold-outs in them (the allocation's outcome, which depends on other customers)."""
+    mine = {CUSTOMER_PARAM: msisdn, "recorded_by": RECORDED_BY}
+    return [
+        Query("cycle_recorded", f"""SELECT DISTINCT cy.channel FROM _x_cycle cy
+               WHERE EXISTS (SELECT 1 FROM {CONTACT_HISTORY_TABLE} h WHERE h.cycle = cy.cycle
+                             AND h.recorded_by = $recorded_by AND h.outcome = 'sent')""",
+              {"recorded_by": RECORDED_BY}),
+        Query("cycle_held_recorded", f"""SELECT DISTINCT cy.channel FROM _x_cycle cy
+               WHERE EXISTS (SELECT 1 FROM {HOLDOUTS_TABLE} h WHERE h.cycle = cy.cycle)"""),
+        Query("cycle_sent", f"""SELECT h.channel, h.policy_id FROM {CONTACT_HISTORY_TABLE} h
+               JOIN _x_cycle cy ON cy.channel = h.channel AND cy.cycle = h.cycle
+               WHERE h.msisdn = ${CUSTOMER_PARAM} AND h.recorded_by = $recorded_by AND h.outcome = 'sent'""", mine),
+        Query("cycle_held", f"""SELECT h.channel, h.policy_id FROM {HOLDOUTS_TABLE} h
+               JOIN _x_cycle cy ON cy.channel = h.channel AND cy.cycle = h.cycle
+               WHERE h.msisdn = ${CUSTOMER_PARAM}""", {CUSTOMER_PARAM: msisdn}),
+    ]
+
+
+def customer_responses_query(msisdn: str, cycle_date: dt.date) -> Query:
+    """The customer's responses the screening read (for explain's texts: which acceptance, when)."""
+    return Query("customer_responses", f"""SELECT contact_date, channel, policy_id, outcome FROM _x_history
+               WHERE msisdn = ${CUSTOMER_PARAM} AND outcome IN ('accepted', 'rejected', 'no_answer', 'unsubscribed')
+                 AND contact_date <= $cycle_date
+               ORDER BY contact_date DESC, channel, policy_id""", {CUSTOMER_PARAM: msisdn, "cycle_date": cycle_date})
+
+
+@dataclass(frozen=True)
+class ChannelVerdict:
+    """One offer × candidate channel of a customer: the contact-policy stage that removed it, or
+    ``exported`` / ``holdout``; ``not_exported`` when the cycle was not exported yet and the
+    offer passes every per-customer stage of a push channel."""
+
+    policy_id: str
+    rank: int
+    channel: str
+    kind: str
+    stage: str
+    detail: str
+
+
+NOT_EXPORTED = "not_exported"
+STAGE_TEXT = {
+    "dnd": "on the do-not-disturb list (this channel or every channel)",
+    "unsubscribed": "the customer unsubscribed from this channel",
+    "withdrawn": "withdrawn everywhere: the customer accepted this policy or one of its exclusive group",
+    "cooldown": "cooling down everywhere: the customer rejected this policy",
+    "no_answer": "no answer on this channel: it retries after its retry_days",
+    "contact_cap": "the customer's push contacts this month reached a contact cap",
+    "exclusion": "a better-ranked policy of the same exclusive group stays",
+}
+
+
+def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: str, cycle_date: dt.date,
+                     msisdn: str) -> list[ChannelVerdict]:
+    """Why each of one customer's offers is, or is not, on each candidate channel in a cycle.
+
+    The per-customer stages (candidates … exclusion) run export's own queries with the customer
+    bound as a parameter; the allocation (dedupe, capacity) depends on every other customer, so
+    it is read from what the cycle recorded (its `sent` rows and hold-outs). A pop-up has no
+    allocation: the month's draw decides holdout or exported.
+    """
+    if not table_exists(con, "recommendations"):  # `matrix` has not run: no offers to place yet
+        return []
+    config = ExportConfig.of(project)
+    has_plan = table_exists(con, "plan_recommendations") and bool(
+        con.execute("SELECT 1 FROM plan_recommendations WHERE month = ? AND msisdn = ? LIMIT 1",
+                    [month, msisdn]).fetchone())
+    p = ExportParams.of(config, month, cycle_date, has_plan=has_plan)
+    _register(con, config, {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}, cycle_date)
+    _history_view(con, p.cycle_date)
+    for q in (offers_query(p, msisdn), candidates_query(p), screen_query(p), screened_query(), caps_query(p),
+              exclusion_query()):
+        _run(con, q)
+    rows = _run(con, customer_stages_query(p, msisdn)).fetchall()
+    responses = _run(con, customer_responses_query(msisdn, cycle_date)).fetchall()
+    recorded: set[str] = set()
+    sent: set[tuple[str, str]] = set()
+    held: set[tuple[str, str]] = set()
+    recorded_q, held_recorded_q, sent_q, held_q = cycle_records_queries(msisdn)
+    if table_exists(con, CONTACT_HISTORY_TABLE) and {"cycle", "recorded_by"} <= set(
+            table_columns(con, CONTACT_HISTORY_TABLE)):
+        recorded |= {r[0] for r in _run(con, recorded_q).fetchall()}
+        sent = {(r[0], r[1]) for r in _run(con, sent_q).fetchall()}
+    if table_exists(con, HOLDOUTS_TABLE):
+        recorded |= {r[0] for r in _run(con, held_recorded_q).fetchall()}
+        held = {(r[0], r[1]) for r in _run(con, held_q).fetchall()}
+    for table in ("_x_offers", "_x_candidates", "_x_screened", "_x_no_answer", "_x_contact_cap", "_x_exclusion"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    surviving: dict[str, list[str]] = {}  # policy → its push channels that pass every per-customer stage, in order
+    for policy_id, _, channel, kind, _, removed_at, _ in rows:
+        if removed_at is None and kind == PUSH:
+            surviving.setdefault(policy_id, []).append(channel)
+    verdicts = []
+    for policy_id, rank, channel, kind, _, removed_at, held_out in rows:
+        if removed_at is not None:
+            stage, detail = removed_at, _removed_detail(config, policy_id, channel, removed_at, responses)
+        elif kind == POPUP:
+            stage, detail = (("holdout", "held out this month (control group): on no channel") if held_out
+                             else ("exported", "on the pop-up list"))
+        else:
+            stage, detail = _allocation_verdict(policy_id, channel, surviving[policy_id], recorded, sent, held)
+        verdicts.append(ChannelVerdict(policy_id, int(rank), channel, kind, stage, detail))
+    return verdicts
+
+
+def _removed_detail(config: ExportConfig, policy_id: str, channel: str, stage: str,
+                    responses: list[tuple[Any, ...]]) -> str:
+    """Why a per-customer stage removed the offer, naming the response it read (latest first)."""
+    policy = config.policies.get(policy_id)
+    group = policy.exclusive_group if policy else None
+
+    def latest(outcome: str, *, same_channel: bool = False, in_group: bool = False) -> tuple[Any, ...] | None:
+        for row in responses:
+            day, ch, pid, out = row
+            other = config.policies.get(pid)
+            if out != outcome or (same_channel and ch != channel):
+                continue
+            if pid == policy_id or (in_group and group is not None and other is not None
+                                    and other.exclusive_group == group):
+                return row
+        return None
+
+    found = None
+    if stage == "withdrawn":
+        found = latest("accepted", in_group=True)
+    elif stage == "cooldown":
+        found = latest("rejected")
+    elif stage == "no_answer":
+        found = latest("no_answer", same_channel=True)
+    elif stage == "unsubscribed":
+        found = next((r for r in responses if r[3] == "unsubscribed" and r[1] == channel), None)
+    if found is not None:
+        day, ch, pid, out = found
+        return f"{STAGE_TEXT[stage]} ({out} {pid} on {ch}, {day})"
+    if stage != "candidates":
+        return STAGE_TEXT[stage]
+    if policy is not None and policy.channels and channel not in policy.channels:
+        return f"policy {policy_id} may be offered only on {', '.join(policy.channels)}"
+    return "already offered on a push channel earlier in the cycle month"
+
+
+def _allocation_verdict(policy_id: str, channel: str, channels: list[str], recorded: set[str],
+                        sent: set[tuple[str, str]], held: set[tuple[str, str]]) -> tuple[str, str]:
+    """A push offer past every per-customer stage: where the cycle's allocation placed it.
+
+    The allocation proposes the offer to its surviving push channels in rule order; the one
+    that took it (a `sent` or hold-out record of the cycle) is ``exported`` / ``holdout``, the
+    channels before it were full (``capacity``), the ones after it lost it to dedupe.
+    """
+    if not any(ch in recorded for ch in channels):
+        return NOT_EXPORTED, "not exported yet: passes every per-customer stage"
+    placed = next((ch for ch in channels if (ch, policy_id) in sent or (ch, policy_id) in held), None)
+    if placed is None:
+        return "capacity", "no room on any of its push channels in this cycle"
+    if channel == placed:
+        if (channel, policy_id) in held:
+            return "holdout", "held out this month (control group): on no channel"
+        return "exported", "on this push list"
+    if channels.index(channel) < channels.index(placed):
+        return "capacity", f"this channel was full; placed on push channel {placed}"
+    return "dedupe", f"placed on push channel {placed}"
+
+
 def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: bool = True,
             salt: str = "salt") -> dict[str, Query]:
     """Every query export runs for this rules folder, month and cycle date, by name (for rendering
     and review: tests/test_spark_render.py renders each for Spark). ``salt`` stands for a
     ``mask: hash`` channel's secret, which is never read here."""
     p = ExportParams.of(config, month, cycle_date, has_plan=has_plan)
-    found: list[Query] = [history_query("none"), history_query("ours"), history_query("ingested"),
-                          held_before_query(has_holdouts=False), held_before_query(has_holdouts=True),
+    found: list[Query] = [history_query("none", cycle_date), history_query("ours", cycle_date),
+                          history_query("ingested", cycle_date),
                           group_alternatives_query(), list_window_query(cycle_date),
-                          offers_query(p), candidates_query(p), screen_query(p), screen_counts_query(),
-                          cooldown_query(), caps_query(p), exclusion_query(), *allocation_setup_queries(),
-                          rounds_query(), *round_queries(1), holdout_query(),
+                          offers_query(p), offers_query(p, "13800000000"), candidates_query(p), screen_query(p),
+                          screen_counts_query(), screened_query(), caps_query(p), exclusion_query(),
+                          *allocation_setup_queries(), rounds_query(), *round_queries(1), holdout_query(p),
+                          customer_stages_query(p, "13800000000"), *cycle_records_queries("13800000000"),
+                          customer_responses_query("13800000000", cycle_date),
                           *(stage_count_query(t) for t in COUNTED_TABLES),
                           stage_count_query("_x_drawn", exported_only=True)]
     if config.channels:
@@ -755,7 +1080,7 @@ class ExportResult:
 
 
 def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str],
-              cycle_date: dt.date) -> None:
+              cycle_date: dt.date, replaced: set[str] | None = None) -> None:
     """Channel, policy, policy-group and cycle settings as small temp tables the stage SQL joins to.
 
     A policy's allowed channels are rows of _x_policy_channels (none: every channel), not a
@@ -763,17 +1088,19 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
     So are a policy group's members (_x_group_members, with their place in the group), from which
     _x_group_alternatives is built once for the lists.
     """
-    con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, cycle VARCHAR, capacity BIGINT, "
-                "contact_cap BIGINT)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, kind VARCHAR, cycle VARCHAR, "
+                "capacity BIGINT, contact_cap BIGINT, retry_days INTEGER)")
     if config.channels:
-        con.executemany("INSERT INTO _x_channels VALUES (?, ?, ?, ?)",
-                        [(c.name, c.cycle, c.capacity, c.contact_cap) for c in config.channels.values()])
+        con.executemany("INSERT INTO _x_channels VALUES (?, ?, ?, ?, ?, ?)",
+                        [(c.name, c.kind, c.cycle, c.capacity, c.contact_cap, config.channel_retry_days(c))
+                         for c in config.channels.values()])
     con.execute("CREATE OR REPLACE TEMP TABLE _x_policies (policy_id VARCHAR, exclusive_group VARCHAR, "
-                "cooldown_days INTEGER, holdout DOUBLE)")
+                "cooldown_days INTEGER, withdraw_days INTEGER, valid_to DATE, holdout DOUBLE)")
     con.execute("CREATE OR REPLACE TEMP TABLE _x_policy_channels (policy_id VARCHAR, channel VARCHAR)")
     if config.policies:
-        con.executemany("INSERT INTO _x_policies VALUES (?, ?, ?, ?)",
-                        [(p.id, p.exclusive_group, p.cooldown_days, p.holdout) for p in config.policies.values()])
+        con.executemany("INSERT INTO _x_policies VALUES (?, ?, ?, ?, ?, ?)",
+                        [(p.id, p.exclusive_group, p.cooldown_days, p.withdraw_days, p.valid_to, p.holdout)
+                         for p in config.policies.values()])
         allowed = [(p.id, channel) for p in config.policies.values() for channel in dict.fromkeys(p.channels)]
         if allowed:
             con.executemany("INSERT INTO _x_policy_channels VALUES (?, ?)", allowed)
@@ -787,9 +1114,12 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
                          for g in config.groups.values() for pos, pid in enumerate(g.policies, 1)])
     _run(con, group_alternatives_query())
     _run(con, list_window_query(cycle_date))
-    con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR)")
+    # replaced: the channel's list is written by this run, so its cycle's earlier records are
+    # replaced, not history (a daily run sees the monthly channels' records as history).
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR, replaced BOOLEAN)")
     if cycles:
-        con.executemany("INSERT INTO _x_cycle VALUES (?, ?)", list(cycles.items()))
+        con.executemany("INSERT INTO _x_cycle VALUES (?, ?, ?)",
+                        [(name, cycle, replaced is None or name in replaced) for name, cycle in cycles.items()])
     if table_exists(con, "dnd"):
         con.execute("CREATE OR REPLACE TEMP VIEW _x_dndlist AS SELECT msisdn, channel FROM dnd")
     else:
@@ -797,13 +1127,13 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
                     "CAST(NULL AS VARCHAR) AS channel WHERE false")
 
 
-def _history_view(con: duckdb.DuckDBPyConnection) -> None:
+def _history_view(con: duckdb.DuckDBPyConnection, cycle_date: dt.date) -> None:
     """Contact history as the contact policy sees it: everything except this cycle's own records
-    (the cycles of _x_cycle).
+    (the cycles of the channels of _x_cycle this run writes).
 
     Read only (a dry run opens the database read-only, and nothing may change outside the
     write transaction): the bookkeeping columns are added later, inside it, when missing.
-    Also the earlier daily cycles' hold-outs (``_x_held_before``), which stay held out for the month.
+    (Earlier cycles' hold-outs need no reading: the month's draw holds the same pairs out again.)
     """
     if not table_exists(con, "contact_history"):
         kind = "none"
@@ -811,8 +1141,7 @@ def _history_view(con: duckdb.DuckDBPyConnection) -> None:
         kind = "ours"
     else:  # only ingested history so far: nothing of ours to leave out
         kind = "ingested"
-    _run(con, history_query(kind))
-    _run(con, held_before_query(has_holdouts=table_exists(con, "holdouts")))
+    _run(con, history_query(kind, cycle_date))
 
 
 def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
@@ -880,12 +1209,15 @@ def run_export(
     if not has_plan:
         reporter.warn(f"no plan recommendations for {month}: run `mktool plan --month {month}` to include plan changes")
     cycles = {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}
+    written = {name for name, ch in config.channels.items()
+               if only_channel in (None, name) and only_cycle in (None, ch.cycle)}
     with reporter.step(f"contact policy for {month} (cycle {cycle_date})"):
-        counts = _contact_policy(con, config, ExportParams.of(config, month, cycle_date, has_plan=has_plan), cycles)
+        counts = _contact_policy(con, config, ExportParams.of(config, month, cycle_date, has_plan=has_plan), cycles,
+                                 written)
 
     results: list[ChannelResult] = []
-    for name in config.channels:
-        stages = [(stage, counts.get((name, stage), 0)) for stage in STAGES]
+    for name, channel in config.channels.items():
+        stages = [(stage, counts.get((name, stage), 0)) for stage in CHANNEL_STAGES[channel.kind]]
         results.append(ChannelResult(name, stages))
     result = ExportResult(month, cycle_date, results, out_dir, run_id=uuid.uuid4().hex[:12])
     if dry_run:
@@ -906,25 +1238,26 @@ def run_export(
 
 
 def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: ExportParams,
-                    cycles: dict[str, str]) -> dict[tuple[str, str], int]:
-    """Run the stages candidates … exported into the temp tables; distinct customers per (channel, stage).
+                    cycles: dict[str, str], written: set[str]) -> dict[tuple[str, str], int]:
+    """Run the stages candidates … exported into the temp tables; distinct customers per (channel, stage)
+    (a pop-up's allocation stages are never counted: its funnel has none).
 
     Each filtering stage is built from the previous one's table, counted, and the previous one
     dropped. The allocation re-executes the same two round statements with the round bound.
     """
-    _register(con, config, cycles, p.cycle_date)
-    _history_view(con)
+    _register(con, config, cycles, p.cycle_date, written)
+    _history_view(con, p.cycle_date)
     _run(con, offers_query(p))
     counts: dict[tuple[str, str], int] = {}
     _run(con, candidates_query(p))
     _run(con, screen_query(p))
     con.execute("DROP TABLE _x_candidates")
     for channel, *stage_counts in _run(con, screen_counts_query()).fetchall():
-        for stage, n in zip(("candidates", "dnd", "unsubscribed", "cooldown"), stage_counts):
+        for stage, n in zip(("candidates", *SCREEN_STAGES), stage_counts):
             counts[(channel, stage)] = int(n)
-    _run(con, cooldown_query())
+    _run(con, screened_query())
     con.execute("DROP TABLE _x_screened")
-    previous = "_x_cooldown"
+    previous = "_x_no_answer"
     for stage, table, query in (("contact_cap", "_x_contact_cap", caps_query(p)),
                                 ("exclusion", "_x_exclusion", exclusion_query())):
         _run(con, query)
@@ -933,7 +1266,6 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
         previous = table
     for query in allocation_setup_queries():
         _run(con, query)
-    con.execute("DROP TABLE _x_exclusion")
     rounds = _run(con, rounds_query()).fetchone()[0]  # type: ignore[index]
     for round_no in range(1, int(rounds) + 1):
         for query in round_queries(round_no):
@@ -942,8 +1274,9 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
     counts.update(_count_stage(con, "capacity", stage_count_query("_x_placed")))
     con.execute("DROP TABLE _x_choices")
     con.execute("DROP TABLE _x_proposed")
-    _run(con, holdout_query())
+    _run(con, holdout_query(p))
     con.execute("DROP TABLE _x_placed")
+    con.execute("DROP TABLE _x_exclusion")
     exported = stage_count_query("_x_drawn", exported_only=True)
     after_holdout = _count_stage(con, "holdout", exported)  # what the holdout leaves is what is exported
     counts.update(after_holdout)

@@ -33,12 +33,15 @@ from typing import Any, Literal
 
 from mktool.errors import ConfigError, short_repr
 from mktool.schema import (
+    CHANNEL_KINDS,
     CHANNEL_NAMES,
     CYCLES,
     LIST_COLUMNS,
     LIST_FORMATS,
     MASKS,
-    POPUP_CHANNEL_NAMES,
+    POPUP,
+    POPUP_CHANNELS,
+    PUSH,
     SCREEN_COLUMNS,
     SUMMARY_COLUMNS,
     TARGET_COLUMNS,
@@ -81,10 +84,13 @@ MATRIX_KEYS = {"matrix", "family", "hit", "where", "rules", "tests"} | DOC_KEYS 
 RULE_KEYS = {"id", "when", "policy", "group", "script", "channels"} | DOC_KEYS
 PRIORITY_RULE_KEYS = {"id", "when", "order"} | DOC_KEYS
 POLICY_KEYS = {"id", "name", "family", "valid_from", "valid_to", "channels", "exclusive_group",
-               "cooldown_days", "holdout"} | DOC_KEYS
+               "cooldown_days", "withdraw_days", "holdout"} | DOC_KEYS
 GROUP_KEYS = {"id", "name", "policies"} | DOC_KEYS
-CHANNEL_KEYS = {"cycle", "capacity", "format", "columns", "mask", "salt_env", "contact_cap"} | DOC_KEYS
-CONTACT_POLICY_KEYS = {"cooldown_days", "monthly_cap"}
+CHANNEL_KEYS = {"kind", "cycle", "capacity", "format", "columns", "mask", "salt_env", "contact_cap",
+                "retry_days"} | DOC_KEYS
+CONTACT_POLICY_KEYS = {"cooldown_days", "monthly_cap", "retry_days"}
+#: What a pop-up refuses: it uses no capacity, counts no contacts and has no retry wait (SPEC §6).
+PUSH_ONLY_KEYS = ("capacity", "contact_cap", "retry_days")
 
 
 
@@ -162,6 +168,7 @@ class Policy:
     channels: tuple[str, ...] = ()  # allowed channels; () = any
     exclusive_group: str | None = None  # a customer gets at most one policy of a group
     cooldown_days: int | None = None  # no re-offer within this many days after a rejection
+    withdraw_days: int | None = None  # withdrawn everywhere this many days after an acceptance (None: export's default)
     holdout: float | None = None  # share of targets kept back as a control group
     file: str = ""
     path: str = ""  # key path in policies.yaml: policies[3]
@@ -206,22 +213,29 @@ class PolicyGroup:
 
 @dataclass(frozen=True)
 class Channel:
-    """One push channel of channels.yaml."""
+    """One channel of channels.yaml: a pop-up (the agent's screen) or a push list."""
 
     name: str
     cycle: str  # daily | monthly
     format: str  # csv | parquet | jsonl
+    kind: str = PUSH  # popup | push (default by name: frontdesk and inbound are pop-ups)
     capacity: int | None = None  # targets per cycle; None = unlimited
     columns: tuple[str, ...] | None = None  # target-list columns; None = export's default
     mask: str = "none"  # msisdn masking: none | mask | hash
     contact_cap: int | None = None  # contacts per customer per calendar month on this channel
     salt_env: str = "MKTOOL_HASH_SALT"  # mask: hash reads its salt from this environment variable
+    retry_days: int | None = None  # push: days after a no_answer before this channel retries (None: contact_policy's)
+
+    @property
+    def popup(self) -> bool:
+        return self.kind == POPUP
 
 
 @dataclass(frozen=True)
 class ContactPolicy:
     cooldown_days: int | None = None
     monthly_cap: int | None = None
+    retry_days: int | None = None  # a push channel's wait after a no_answer (a channel's own value wins)
 
 
 @dataclass(frozen=True)
@@ -443,6 +457,7 @@ def _read_policy(node: Located) -> Policy:
         channels=node.names("channels") or (),
         exclusive_group=node.text("exclusive_group"),
         cooldown_days=node.integer("cooldown_days"),
+        withdraw_days=node.integer("withdraw_days"),
         holdout=float(holdout) if holdout is not None else None,
         file=node.doc.file, path=node.path, source=node.doc,
     )
@@ -485,7 +500,8 @@ def _read_channels(matrices_dir: Path, problems: Problems) -> ChannelConfig | No
             cp = doc.child("contact_policy")
             cp.check_keys(CONTACT_POLICY_KEYS)
             contact = ContactPolicy(cooldown_days=cp.integer("cooldown_days"),
-                                    monthly_cap=cp.integer("monthly_cap", minimum=1))
+                                    monthly_cap=cp.integer("monthly_cap", minimum=1),
+                                    retry_days=cp.integer("retry_days"))
     if problems.error_count != before:
         return None
     return ChannelConfig(channels, contact, file, doc.doc)
@@ -507,23 +523,28 @@ def _read_channel(name: str, node: Located) -> Channel:
                 f"unknown target-list column '{col}'{suggest(col, LIST_COLUMNS)}; "
                 f"columns: {', '.join(LIST_COLUMNS)}")
     salt_env = node.text("salt_env") or "MKTOOL_HASH_SALT"
+    kind = node.choice("kind", CHANNEL_KINDS, default=POPUP if name in POPUP_CHANNELS else PUSH) or PUSH
+    if kind == POPUP:
+        for key in PUSH_ONLY_KEYS:
+            if node.child(key).value is not None:
+                raise node.child(key).error(
+                    f"a pop-up channel has no {key}: it shows every current offer of the customer in front of the "
+                    "agent, uses no capacity and counts no contacts",
+                    hint=f"remove {key}, or make the channel `kind: push`")
     return Channel(
-        name=name, cycle=cycle, format=fmt, salt_env=salt_env,
+        name=name, cycle=cycle, format=fmt, kind=kind, salt_env=salt_env,
         capacity=node.integer("capacity", minimum=1),
         columns=columns,
         mask=node.choice("mask", MASKS, default="none") or "none",
         contact_cap=node.integer("contact_cap", minimum=1),
+        retry_days=node.integer("retry_days"),
     )
 
 
 def is_popup(channel: Channel) -> bool:
     """A pop-up channel (the agent's screen when the customer walks in or calls: SPEC §6) rather
-    than a push list: channels.yaml's ``kind:`` when the channel has one, else the names
-    frontdesk and inbound. The one place that decides it."""
-    kind = getattr(channel, "kind", None)
-    if kind:
-        return bool(kind == "popup")
-    return channel.name in POPUP_CHANNEL_NAMES
+    than a push list: its ``kind`` (channels.yaml's, defaulted from schema.POPUP_CHANNELS)."""
+    return channel.kind == POPUP
 
 
 def default_columns(channel: Channel, view_columns: Collection[str] | None = None) -> tuple[str, ...]:

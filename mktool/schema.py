@@ -22,6 +22,12 @@ CUSTOMER_PARAM = "msisdn"
 
 # -- channels (SPEC §6) --------------------------------------------------------------------------
 CHANNEL_NAMES = ("frontdesk", "outbound", "inbound", "sms", "app", "manager")
+#: A channel's kind: a pop-up (the agent's screen when the customer walks in or calls: every
+#: current offer, no capacity, not a contact by itself) or a push (a list someone works through).
+POPUP, PUSH = "popup", "push"
+CHANNEL_KINDS = (POPUP, PUSH)
+#: The kind of a channel whose channels.yaml entry has no ``kind:``.
+POPUP_CHANNELS = ("frontdesk", "inbound")
 CYCLES = ("daily", "monthly")  # how often a channel's list is cut
 MASKS = ("none", "mask", "hash")  # how a channel's list shows the msisdn
 LIST_FORMATS = ("csv", "parquet", "jsonl")  # formats of a written list (and of --out files)
@@ -49,9 +55,6 @@ RECENT_CONTACTS_MAX = 10  # entries shown; more end with a '…+N' entry
 SCREEN_COLUMNS = (*SUMMARY_COLUMNS, RECENT_CONTACTS_COLUMN)
 #: Every column a channel's list may carry (channels.yaml ``columns:`` picks from these), in order.
 LIST_COLUMNS = (*TARGET_COLUMNS, *SCREEN_COLUMNS)
-#: The pop-up channels (the agent's screen when the customer walks in or calls) while channels.yaml
-#: has no ``kind:``; see mktool.rules.is_popup.
-POPUP_CHANNEL_NAMES = ("frontdesk", "inbound")
 #: Columns of plan_recommendations, in order.
 PLAN_TABLE_COLUMNS = (
     "msisdn", "month", "rank", "current_plan_id", "plan_id", "plan_name", *MONEY_COLUMNS, *RATE_COLUMNS,
@@ -60,5 +63,12 @@ PLAN_TABLE_COLUMNS = (
 # -- funnels: each stage counts the subscribers that passed it and every stage before -----------
 PLAN_FUNNEL = "plan"
 PLAN_STAGES = ("base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
-EXPORT_STAGES = ("candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
-                 "holdout", "exported")
+#: A push channel's funnel: the whole contact policy (SPEC §6).
+PUSH_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "no_answer", "contact_cap", "exclusion",
+               "dedupe", "capacity", "holdout", "exported")
+#: A pop-up's funnel: no retry wait, contact cap, dedupe or capacity (a pop-up shows what is current).
+POPUP_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "exclusion", "holdout", "exported")
+#: Every channel stage in order (a pop-up's stages are a subsequence): the push funnel.
+EXPORT_STAGES = PUSH_STAGES
+#: The funnel stages of a channel of each kind.
+CHANNEL_STAGES = {PUSH: PUSH_STAGES, POPUP: POPUP_STAGES}

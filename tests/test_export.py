@@ -57,8 +57,9 @@ def default_columns(channel: str) -> list[str]:
     return SPEC_COLUMNS + (SCREEN_COLUMNS if channel in ("frontdesk", "inbound") else [])
 
 
-SPEC_STAGES = ["candidates", "dnd", "unsubscribed", "cooldown", "contact_cap", "exclusion", "dedupe", "capacity",
-               "holdout", "exported"]
+SPEC_STAGES = ["candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "no_answer", "contact_cap", "exclusion",
+               "dedupe", "capacity", "holdout", "exported"]  # a push channel's
+POPUP_SPEC_STAGES = ["candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "exclusion", "holdout", "exported"]
 
 # Every channel of the shipped rules, unlimited, uncapped, csv with the standard columns.
 BASE_CHANNELS: dict[str, dict[str, Any]] = {
@@ -233,7 +234,7 @@ def test_cooldown_after_rejection_global_and_per_policy(tmp_path):
         hist(c(5), days(45), "sms", "T_LONG", "rejected"),    # policy's own 60 days beats the global 30 → removed
         hist(c(6), days(20), "sms", "T_SHORT", "rejected"),   # policy's own 10 days beats the global 30 → kept
         hist(c(7), days(10), "sms", "T_SHORT", "rejected"),   # the 10th day is still within → removed
-        hist(c(8), days(5), "sms", "T1", "no_answer"),        # only a rejection starts a cool-down → kept
+        hist(c(8), days(8), "sms", "T1", "no_answer"),        # only a rejection starts a cool-down (8 > retry 7) → kept
     ], contact_policy={"cooldown_days": 30})
     result = w.export()
     assert w.offers("sms") == {(c(2), "T1"), (c(3), "T1"), (c(6), "T_SHORT"), (c(8), "T1")}
@@ -258,10 +259,10 @@ def test_contact_cap_per_channel_counts_this_month_s_earlier_contacts(tmp_path):
 def test_monthly_cap_across_channels_counts_this_month_s_earlier_contacts(tmp_path):
     day = dt.date(2026, 11, 3)
     w = make_world(tmp_path, [
-        rec(c(1), 1, "T1", ["sms"]), rec(c(1), 2, "T2", ["app"]), rec(c(1), 3, "T3", ["frontdesk"]),
-        rec(c(2), 1, "T1", ["frontdesk"]), rec(c(2), 2, "T2", ["frontdesk"]),
-        rec(c(3), 1, "T1", ["frontdesk"]), rec(c(3), 2, "T2", ["frontdesk"]),
-        rec(c(4), 1, "T1", ["frontdesk"]),
+        rec(c(1), 1, "T1", ["sms"]), rec(c(1), 2, "T2", ["app"]), rec(c(1), 3, "T3", ["manager"]),
+        rec(c(2), 1, "T1", ["manager"]), rec(c(2), 2, "T2", ["manager"]),
+        rec(c(3), 1, "T1", ["manager"]), rec(c(3), 2, "T2", ["manager"]),
+        rec(c(4), 1, "T1", ["manager"]),
     ], history=[
         hist(c(2), dt.date(2026, 11, 2), "outbound", "OTHER", "sent"),   # 1 this month: room for 1 more
         hist(c(3), dt.date(2026, 10, 20), "sms", "OTHER", "sent"),       # last month's contacts do not count
@@ -272,9 +273,9 @@ def test_monthly_cap_across_channels_counts_this_month_s_earlier_contacts(tmp_pa
     result = w.export(date=day)
     assert w.offers("sms") == {(c(1), "T1")}
     assert w.offers("app") == {(c(1), "T2")}
-    assert w.offers("frontdesk") == {(c(2), "T1"), (c(3), "T1"), (c(3), "T2")}  # c1's third offer is over the cap
+    assert w.offers("manager") == {(c(2), "T1"), (c(3), "T1"), (c(3), "T2")}  # c1's third offer is over the cap
     stages = ("candidates", "cooldown", "contact_cap", "exported")
-    assert [funnel(result, "frontdesk")[s] for s in stages] == [4, 4, 2, 2]
+    assert [funnel(result, "manager")[s] for s in stages] == [4, 4, 2, 2]
 
 
 def test_mutual_exclusion_keeps_the_better_ranked_surviving_policy(tmp_path):
@@ -312,18 +313,18 @@ def test_a_policy_s_allowed_channels_filter_its_offers_in_the_rule_s_order(tmp_p
 
 def test_dedupe_sends_an_offer_to_its_first_channel_with_room(tmp_path):
     w = make_world(tmp_path, [
-        rec(c(1), 1, "T1", ["frontdesk", "outbound"]), rec(c(2), 1, "T1", ["frontdesk", "outbound"]),
-        rec(c(3), 1, "T1", ["frontdesk", "outbound"]), rec(c(4), 1, "T1", ["outbound", "frontdesk"]),
-    ], values={c(1): 90, c(2): 80, c(3): 70, c(4): 60}, channels={"frontdesk": {"capacity": 2}})
+        rec(c(1), 1, "T1", ["manager", "outbound"]), rec(c(2), 1, "T1", ["manager", "outbound"]),
+        rec(c(3), 1, "T1", ["manager", "outbound"]), rec(c(4), 1, "T1", ["outbound", "manager"]),
+    ], values={c(1): 90, c(2): 80, c(3): 70, c(4): 60}, channels={"manager": {"capacity": 2}})
     result = w.export()
-    # c1, c2: frontdesk first; c3: frontdesk is full (lowest value) → outbound; c4: its rule says outbound first.
-    assert w.offers("frontdesk") == {(c(1), "T1"), (c(2), "T1")}
+    # c1, c2: manager first; c3: manager is full (lowest value) → outbound; c4: its rule says outbound first.
+    assert w.offers("manager") == {(c(1), "T1"), (c(2), "T1")}
     assert w.offers("outbound") == {(c(3), "T1"), (c(4), "T1")}
-    assert [funnel(result, "frontdesk")[s] for s in ("exclusion", "dedupe", "capacity", "exported")] == [4, 3, 2, 2]
+    assert [funnel(result, "manager")[s] for s in ("exclusion", "dedupe", "capacity", "exported")] == [4, 3, 2, 2]
     assert [funnel(result, "outbound")[s] for s in ("exclusion", "dedupe", "capacity", "exported")] == [4, 2, 2, 2]
     # one contact per customer × policy, on the channel that got it
     assert w.query("SELECT msisdn, channel FROM contact_history WHERE outcome = 'sent' ORDER BY 1") == [
-        (c(1), "frontdesk"), (c(2), "frontdesk"), (c(3), "outbound"), (c(4), "outbound")]
+        (c(1), "manager"), (c(2), "manager"), (c(3), "outbound"), (c(4), "outbound")]
 
 
 @pytest.mark.parametrize("capacity, expected", [
@@ -345,7 +346,7 @@ def test_capacity_fill_order_rank_value_then_tiebreak(tmp_path, capacity, expect
 def test_holdout_is_recorded_never_exported_and_drawn_the_same_on_a_rerun(tmp_path):
     customers = [c(n) for n in range(1, 41)]
     w = make_world(tmp_path, [rec(m, 1, "H", ["sms", "app"]) for m in customers])
-    held = {m for m in customers if draw(m, "H", D.isoformat()) < 0.5}  # sms is daily: the cycle is the date
+    held = {m for m in customers if draw(m, "H", M) < 0.5}  # drawn per customer × policy × month
     assert 10 < len(held) < 30
     result = w.export()
     exported = {m for m, _ in w.offers("sms")}
@@ -363,10 +364,14 @@ def test_holdout_is_recorded_never_exported_and_drawn_the_same_on_a_rerun(tmp_pa
     assert w.query("SELECT month, cycle, channel, msisdn, policy_id FROM holdouts ORDER BY msisdn") == holdouts
     assert w.query("SELECT count(*) FROM contact_history WHERE outcome = 'sent'") == [(len(exported),)]
 
-    # The next day's cycle: the sent offers are not repeated, and the control group stays out of every channel.
-    result = w.export(date=D + dt.timedelta(days=1))
+    # The next day's cycle: the sent offers are not repeated, and the month's draw holds the control group
+    # out of every channel again (recorded for that cycle too).
+    nxt = D + dt.timedelta(days=1)
+    result = w.export(date=nxt)
     assert w.offers("sms") == set() and w.offers("app") == set()
-    assert funnel(result, "sms")["candidates"] == 0
+    assert [funnel(result, "sms")[s] for s in ("candidates", "capacity", "exported")] == [len(held), len(held), 0]
+    assert w.query("SELECT msisdn FROM holdouts WHERE cycle = ? ORDER BY 1", [nxt.isoformat()]) == [
+        (m,) for m in sorted(held)]
 
 
 def test_every_channel_funnel_has_the_stages_in_order_and_never_grows(tmp_path):
@@ -376,7 +381,8 @@ def test_every_channel_funnel_has_the_stages_in_order_and_never_grows(tmp_path):
     result = w.export()
     assert list(STAGES) == SPEC_STAGES
     for ch in result.channels:
-        assert [s for s, _ in ch.stages] == SPEC_STAGES
+        assert [s for s, _ in ch.stages] == (POPUP_SPEC_STAGES if ch.channel in ("frontdesk", "inbound")
+                                             else SPEC_STAGES)
         counts = [n for _, n in ch.stages]
         assert counts == sorted(counts, reverse=True), ch
         if (w.folder() / f"{ch.channel}.csv").exists():
@@ -387,7 +393,7 @@ def test_every_channel_funnel_has_the_stages_in_order_and_never_grows(tmp_path):
 # == contact write-back, re-runs and cycles ==========================================================
 def test_rerun_of_a_cycle_replaces_its_files_and_contacts(tmp_path):
     # With a cap of 1 on sms and 1 a month, a re-run that counted its own first run's contacts would send nothing.
-    w = make_world(tmp_path, [rec(c(n), 1, "T1", ["sms"]) for n in (1, 2, 3)] + [rec(c(4), 1, "T2", ["frontdesk"])],
+    w = make_world(tmp_path, [rec(c(n), 1, "T1", ["sms"]) for n in (1, 2, 3)] + [rec(c(4), 1, "T2", ["manager"])],
                    history=[hist(c(9), dt.date(2026, 10, 1), "sms", "T1", "accepted")],
                    channels={"sms": {"contact_cap": 1}}, contact_policy={"cooldown_days": 30, "monthly_cap": 1})
     w.export()
@@ -402,7 +408,7 @@ def test_rerun_of_a_cycle_replaces_its_files_and_contacts(tmp_path):
     assert sorted(after) == ["app.csv", "frontdesk.csv", "funnel.json", "inbound.csv", "manager.csv", "manifest.json",
                              "outbound.csv", "sms.csv"]  # nothing left behind: no staging folder, no temp file
     assert w.query("SELECT contact_date, channel, count(*) FROM contact_history WHERE outcome = 'sent' GROUP BY ALL "
-                   "ORDER BY ALL") == [(D, "frontdesk", 1), (D, "sms", 3)]
+                   "ORDER BY ALL") == [(D, "manager", 1), (D, "sms", 3)]
 
 
 def test_a_new_daily_cycle_sees_the_earlier_cycle_s_contacts(tmp_path):
@@ -422,40 +428,40 @@ def test_a_new_daily_cycle_sees_the_earlier_cycle_s_contacts(tmp_path):
 
 
 def test_responses_ingested_later_update_the_sent_record_and_the_next_cycle_sees_them(tmp_path, cli):
-    recs = [rec(m, 1, "T1", ["frontdesk"], month=month) for m in (c(1), c(2)) for month in (M, "2026-11")]
+    recs = [rec(m, 1, "T1", ["manager"], month=month) for m in (c(1), c(2)) for month in (M, "2026-11")]
     w = make_world(tmp_path, recs, contact_policy={"cooldown_days": 45})
     w.export()
-    assert w.offers("frontdesk") == {(c(1), "T1"), (c(2), "T1")}
+    assert w.offers("manager") == {(c(1), "T1"), (c(2), "T1")}
     response = write_table(tmp_path / "responses" / "contact_history.parquet", "contact_history", [
-        {"msisdn": c(1), "contact_date": D, "channel": "frontdesk", "policy_id": "T1", "outcome": "rejected"}])
+        {"msisdn": c(1), "contact_date": D, "channel": "manager", "policy_id": "T1", "outcome": "rejected"}])
     result = cli("ingest", str(response), db_path=w.db)
     assert result.exit_code == 0, result.output
     assert w.query("SELECT msisdn, outcome FROM contact_history ORDER BY 1") == [(c(1), "rejected"), (c(2), "sent")]
     w.export()  # a re-run of the first cycle does not bring the answered contact back as `sent`
     assert w.query("SELECT msisdn, outcome FROM contact_history ORDER BY 1") == [(c(1), "rejected"), (c(2), "sent")]
     result = w.export(month="2026-11", date=dt.date(2026, 12, 1))  # 30 days later, inside the 45-day cool-down
-    assert w.offers("frontdesk", "2026-11") == {(c(2), "T1")}
-    assert [funnel(result, "frontdesk")[s] for s in ("candidates", "cooldown", "exported")] == [2, 1, 1]
+    assert w.offers("manager", "2026-11") == {(c(2), "T1")}
+    assert [funnel(result, "manager")[s] for s in ("candidates", "cooldown", "exported")] == [2, 1, 1]
 
 
 def test_export_only_one_channel_leaves_the_others_files_and_funnels(tmp_path):
-    w = make_world(tmp_path, [rec(c(n), 1, "T1", ["frontdesk"]) for n in (1, 2)] + [rec(c(3), 1, "T2", ["sms"])])
+    w = make_world(tmp_path, [rec(c(n), 1, "T1", ["manager"]) for n in (1, 2)] + [rec(c(3), 1, "T2", ["sms"])])
     w.export()
-    frontdesk = (w.folder() / "frontdesk.csv").read_bytes()
-    stored = w.query("SELECT * FROM funnel_counts WHERE funnel = 'channel:frontdesk' ORDER BY stage_no")
+    manager = (w.folder() / "manager.csv").read_bytes()
+    stored = w.query("SELECT * FROM funnel_counts WHERE funnel = 'channel:manager' ORDER BY stage_no")
     con = duckdb.connect(str(w.db))
     con.execute("INSERT INTO dnd VALUES (?, '*'), (?, '*')", [c(1), c(3)])
     con.close()
     result = w.export(only_channel="sms")
     assert [ch.channel for ch in result.channels if ch.path is not None] == ["sms"]
     assert w.offers("sms") == set()
-    assert (w.folder() / "frontdesk.csv").read_bytes() == frontdesk  # not re-exported: untouched
-    assert w.query("SELECT * FROM funnel_counts WHERE funnel = 'channel:frontdesk' ORDER BY stage_no") == stored
+    assert (w.folder() / "manager.csv").read_bytes() == manager  # not re-exported: untouched
+    assert w.query("SELECT * FROM funnel_counts WHERE funnel = 'channel:manager' ORDER BY stage_no") == stored
     doc = json.loads((w.folder() / "funnel.json").read_text(encoding="utf-8"))
-    assert doc["funnels"]["channel:frontdesk"][-1] == {"stage": "exported", "count": 2}  # matches frontdesk.csv
+    assert doc["funnels"]["channel:manager"][-1] == {"stage": "exported", "count": 2}  # matches manager.csv
     assert doc["funnels"]["channel:sms"][-1] == {"stage": "exported", "count": 0}
     assert w.query("SELECT channel, count(*) FROM contact_history WHERE outcome = 'sent' GROUP BY ALL") == [
-        ("frontdesk", 2)]
+        ("manager", 2)]
 
 
 def test_dry_run_writes_nothing_even_on_ingested_history(tmp_path, cli):
@@ -587,22 +593,29 @@ def plan_rows(out: Path, ext: str) -> list[dict[str, Any]]:
     return [r for r in rows if r["matrix"] == "plan"]
 
 
+def plan_list_channels(matrices: Path) -> list[str]:
+    """Where the one plan offer goes: every pop-up of plan.yaml's channels, and the first push one."""
+    kinds = {name: ch.kind for name, ch in load_channels(matrices).channels.items()}
+    channels = load_plan_config(matrices).channels
+    return sorted([c for c in channels if kinds[c] == "popup"] + [next(c for c in channels if kinds[c] == "push")])
+
+
 def test_worked_example_target_list_columns_csv(worked, cli, tmp_path):
     out = tmp_path / "out"
     result = cli("export", "--month", M, "--date", str(D), "--out", str(out), "--matrices", str(worked))
     assert result.exit_code == 0, result.output
-    plan_channels = load_plan_config(worked).channels
-    [row] = plan_rows(out, "csv")
-    assert row["channel"] in plan_channels
-    header = (cycle_dir(out) / f"{row['channel']}.csv").read_text(encoding="utf-8").splitlines()[0]
-    assert header.split(",") == default_columns(row["channel"])
-    assert {k: row[k] for k in SPEC_COLUMNS if k not in ("rank", "script", "policy_name")} == {
-        "msisdn": "13800009019", "month": M, "channel": row["channel"], "matrix": "plan", "rule_id": "plan_rank_1",
-        "policy_id": load_plan_config(worked).policy, "group_id": "", "group_name": "", "group_alternatives": "",
-        "group_alternative_names": "", "current_plan_id": "ZX128", "plan_id": "ZX158",
-        "new_rental": "158.00", "new_voice_overage": "0.00", "new_data_overage": "40.00", "new_total": "228.00",
-        "current_total": "220.00", "total_fee_change": "1.0364", "rental_change": "1.2344"}
-    assert "自选组合158" in row["script"] and "158.00" in row["script"]
+    rows = plan_rows(out, "csv")
+    assert sorted(r["channel"] for r in rows) == plan_list_channels(worked)  # a pop-up beside one push list
+    for row in rows:
+        header = (cycle_dir(out) / f"{row['channel']}.csv").read_text(encoding="utf-8").splitlines()[0]
+        assert header.split(",") == default_columns(row["channel"])
+        assert {k: row[k] for k in SPEC_COLUMNS if k not in ("rank", "script", "policy_name")} == {
+            "msisdn": "13800009019", "month": M, "channel": row["channel"], "matrix": "plan",
+            "rule_id": "plan_rank_1", "policy_id": load_plan_config(worked).policy, "group_id": "", "group_name": "",
+            "group_alternatives": "", "group_alternative_names": "", "current_plan_id": "ZX128",
+            "plan_id": "ZX158", "new_rental": "158.00", "new_voice_overage": "0.00", "new_data_overage": "40.00",
+            "new_total": "228.00", "current_total": "220.00", "total_fee_change": "1.0364", "rental_change": "1.2344"}
+        assert "自选组合158" in row["script"] and "158.00" in row["script"]
     others = [r for p in cycle_dir(out).glob("*.csv")
               for r in csv.DictReader(io.StringIO(p.read_text(encoding="utf-8")))
               if r["matrix"] != "plan"]
@@ -616,7 +629,9 @@ def test_worked_example_parquet_and_jsonl(worked, cli, tmp_path, fmt):
                  str(worked))
     assert result.exit_code == 0, result.output
     assert not list((cycle_dir(out)).glob("*.csv"))
-    [row] = plan_rows(out, fmt)
+    rows = plan_rows(out, fmt)
+    assert sorted(r["channel"] for r in rows) == plan_list_channels(worked)
+    row = rows[0]
     assert list(row) == default_columns(row["channel"])
     assert (row["new_total"], row["new_data_overage"], row["total_fee_change"], row["rental_change"]) == (
         Decimal("228.00"), Decimal("40.00"), Decimal("1.0364"), Decimal("1.2344"))
@@ -755,7 +770,8 @@ def test_funnel_json_document(fixture_runs):
         assert counts == sorted(counts, reverse=True), name
     for channel, fmt in _formats(run).items():
         stages = doc["funnels"][f"channel:{channel}"]
-        assert [s["stage"] for s in stages] == SPEC_STAGES
+        assert [s["stage"] for s in stages] == (POPUP_SPEC_STAGES if channel in ("frontdesk", "inbound")
+                                                else SPEC_STAGES)
         assert stages[-1]["count"] == len(run.customers(channel, fmt)), channel
     assert doc["funnels"]["channel:frontdesk"][-1]["count"] > 1000  # the fixture gives every stage real work
     sms = [s["count"] for s in doc["funnels"]["channel:sms"]]

@@ -38,6 +38,7 @@ from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, cycle_dir, mktool
 from test_safety import db_state, files_state, without_manifest
 
 from mktool.publish import FAULT_POINTS, JOURNAL_PREFIX, STAGING_PREFIX
+from mktool.rules import load_channels
 
 COMMITTED_AT = FAULT_POINTS.index("after_commit")  # points from here on come after the commit
 
@@ -90,6 +91,9 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     finally:
         con.close()
 
+#: The pop-up channels of the shipped rules (their lists are never recorded as sent).
+POPUPS = {name for name, ch in load_channels(MATRICES).channels.items() if ch.popup}
+
 
 def assert_delivered_iff_recorded(db: Path, folder: Path) -> dict[str, Any]:
     """The folder is what its manifest says, and the manifest's run's lists are exactly its `sent` records."""
@@ -109,6 +113,9 @@ def assert_delivered_iff_recorded(db: Path, folder: Path) -> dict[str, Any]:
                 continue
             sent = con.execute("SELECT msisdn, policy_id FROM contact_history WHERE outcome = 'sent' AND channel = ? "
                                "AND cycle = ?", [entry["channel"], entry["cycle"]]).fetchall()
+            if entry["channel"] in POPUPS:  # a pop-up's showing is not a contact: nothing is recorded
+                assert sent == [], f"{name}: a pop-up list recorded as sent"
+                continue
             assert sorted(sent) == sorted(pairs), f"{name}: the contacts recorded are not the list delivered"
         pending = con.execute("SELECT count(*) FROM publish_log WHERE published_at IS NULL").fetchone()
     finally:
@@ -241,13 +248,13 @@ def sent_rows(db: Path, channel: str) -> list[tuple[Any, ...]]:
 
 def test_a_pipe_closed_by_head_records_nothing_and_exits_1(base, tmp_path):
     db, out = copy_world(base, tmp_path)
-    con = duckdb.connect(str(db))  # as if frontdesk had never been exported (the ingested history stays)
-    con.execute("DELETE FROM contact_history WHERE channel = 'frontdesk' AND outcome = 'sent' "
+    con = duckdb.connect(str(db))  # as if outbound had never been exported
+    con.execute("DELETE FROM contact_history WHERE channel = 'outbound' AND outcome = 'sent' "
                 "AND recorded_by = 'mktool'")
     con.close()
-    assert (cycle_dir(out) / "frontdesk.csv").stat().st_size > 2 * 65536  # more than a pipe holds
+    assert (cycle_dir(out) / "outbound.csv").stat().st_size > 2 * 65536  # more than a pipe holds
     before = db_state(db)
-    args = [sys.executable, "-m", "mktool", "export", "--month", M, "--date", D, "--out", "-", "--channel", "frontdesk",
+    args = [sys.executable, "-m", "mktool", "export", "--month", M, "--date", D, "--out", "-", "--channel", "outbound",
             "--matrices", str(MATRICES), "--db", str(db), "--quiet"]
     producer = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     head = subprocess.Popen(["head", "-c", "100"], stdin=producer.stdout, stdout=subprocess.PIPE)
@@ -259,15 +266,15 @@ def test_a_pipe_closed_by_head_records_nothing_and_exits_1(base, tmp_path):
     assert producer.returncode == 1, stderr
     assert stderr.startswith("Error: ") and "closed the pipe" in stderr and "nothing was recorded" in stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
-    assert db_state(db) == before and sent_rows(db, "frontdesk") == []
+    assert db_state(db) == before and sent_rows(db, "outbound") == []
 
     whole = tmp_path / "whole.csv"
     with open(whole, "wb") as fh:  # a consumer that reads it all: delivered, so recorded
         done = subprocess.run(args, env=ENV, stdout=fh, stderr=subprocess.PIPE, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert whole.read_bytes() == (cycle_dir(out) / "frontdesk.csv").read_bytes()
-    assert sorted((m, p) for m, p, _ in sent_rows(db, "frontdesk")) == sorted(read_pairs(whole))
-    assert {c for _, _, c in sent_rows(db, "frontdesk")} == {D}  # a monthly channel's cycle is its date too
+    assert whole.read_bytes() == (cycle_dir(out) / "outbound.csv").read_bytes()
+    assert sorted((m, p) for m, p, _ in sent_rows(db, "outbound")) == sorted(read_pairs(whole))
+    assert {c for _, _, c in sent_rows(db, "outbound")} == {D}  # a daily channel: its cycle is the date
 
 
 # == a re-export over older lists: no mix ===========================================================

@@ -113,7 +113,8 @@ def test_every_step_is_listed() -> None:
     exported = {name.split(":", 1)[1].rsplit(":", 1)[0] for name in QUERIES if name.startswith("export:")}
     # every stage of the contact policy, the allocation round, the draw and the lists are among them
     assert {"offers", "candidates", "screen", "contact_cap", "exclusion", "choices", "propose", "place", "holdout",
-            "record_sent", "record_holdouts"} <= exported
+            "record_sent", "record_holdouts", "screened", "offers:customer", "customer_stages", "cycle_recorded",
+            "cycle_held_recorded", "cycle_sent", "cycle_held", "customer_responses"} <= exported
     assert {f"list:{c}" for c in ExportConfig.of(PROJECT).channels} <= exported
 
 
@@ -132,8 +133,14 @@ def test_export_queries_bind_parameters_not_text() -> None:
 
 def test_spark_rendering_of_the_draw_reads_md5_digits() -> None:
     """The holdout and tie-break draws render to Spark's locate over md5 digits, not a '0x' cast."""
-    holdout = export.holdout_query().render("spark")
+    params = export.ExportParams.of(ExportConfig.of(PROJECT), M, CYCLE_DATE, has_plan=True)
+    holdout = export.holdout_query(params).render("spark")
     assert "MD5(" in holdout and "LOCATE(" in holdout and "'0x" not in holdout
+    code = "\n".join(line for line in export.holdout_query(params).sql.splitlines() if not line.startswith("--"))
+    assert "$month" in code and "cycle" not in code  # drawn per customer × policy × month, not per cycle
+    one = export.customer_stages_query(params, "13800000042")
+    assert one.params == {"msisdn": "13800000042", "month": M} and "$msisdn" in one.sql
+    assert "MD5(" in one.render("spark")  # explain evaluates the very draw of the holdout stage
     place = export.round_queries(1)[1].render("spark")
     assert "MD5(" in place and ":round" in place
 
