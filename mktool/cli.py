@@ -712,7 +712,7 @@ def export_cmd(
     run: Run,
     month: MonthOpt,
     out: Annotated[str, typer.Option(
-        "--out", "-o",
+        "--out", "-o", envvar=ENV["out_dir"],
         help="Output folder (lists go to <out>/<month>/<cycle-date>/), or - for stdout with --channel")] = "out",
     fmt: FormatOpt = None,
     channel: Annotated[str | None, typer.Option(
@@ -825,7 +825,8 @@ def latest_cmd(
     run: Run,
     channel: Annotated[str, typer.Option(
         "--channel", "-c", metavar="NAME", help="The channel whose newest list to find")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The output folder export writes into")] = Path("out"),
+    out: Annotated[Path, typer.Option("--out", "-o", envvar=ENV["out_dir"],
+                                      help="The output folder export writes into")] = Path("out"),
     month: Annotated[str | None, optional_month("Only this month's cycles [default: every month]")] = None,
 ) -> None:
     """Print the path of a channel's newest target list (for outbound tooling).
@@ -975,7 +976,8 @@ def run_cmd(
     ingest_dir: Annotated[list[Path] | None, typer.Option(
         "--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Output folder: the lists go to <out>/<month>/<cycle-date>/")] = Path("out"),
+        "--out", "-o", envvar=ENV["out_dir"],
+        help="Output folder: the lists go to <out>/<month>/<cycle-date>/")] = Path("out"),
     fmt: FormatOpt = None,
     date: Annotated[dt.date | None, date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
 ) -> None:

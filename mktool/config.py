@@ -50,6 +50,7 @@ ENV: Mapping[str, str] = {
     "threads": "MKTOOL_THREADS",
     "temp_dir": "MKTOOL_TEMP_DIR",
     "lock_wait": "MKTOOL_LOCK_WAIT",
+    "out_dir": "MKTOOL_OUT",
 }
 
 

@@ -296,10 +296,22 @@ def test_every_environment_twin_is_declared_on_the_common_options() -> None:
     """The variable names live in config.ENV; every command's option reads exactly that one."""
     options = {"db_path": "--db", "matrices_dir": "--matrices", "memory_limit": "--memory-limit",
                "threads": "--threads", "temp_dir": "--temp-dir", "lock_wait": "--wait"}
-    assert set(options) == set(ENV)
+    assert set(options) | {"out_dir"} == set(ENV)
     for name, command in COMMANDS.items():
         for field, flag in options.items():
             assert _option(command, flag).envvar == ENV[field], (name, flag)
+    # The output folder of the commands that publish lists (diff's and plan's --out is a file: no twin).
+    for name in ("export", "run", "latest"):
+        assert _option(COMMANDS[name], "--out").envvar == ENV["out_dir"], name
+
+
+def test_out_folder_flag_beats_environment_beats_default(monkeypatch) -> None:
+    monkeypatch.delenv("MKTOOL_OUT", raising=False)
+    assert str(_parse("export", "--month", M)["out"]) == "out"
+    monkeypatch.setenv("MKTOOL_OUT", "/data/lists")
+    for name in ("export", "run", "latest"):
+        assert str(_parse(*_base_args(name), "--month", M)["out"]) == "/data/lists", name
+    assert str(_parse("export", "--month", M, "--out", "elsewhere")["out"]) == "elsewhere"
 
 
 # -- library messages speak of values ---------------------------------------------------------------------
