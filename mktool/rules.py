@@ -399,17 +399,24 @@ def _read_groups(doc: Located, policies: dict[str, Policy] | None,
     return groups if problems.error_count == before else None
 
 
-def _read_group(node: Located, policies: dict[str, Policy] | None) -> PolicyGroup:
+def _catalogue_entry(node: Located, what: str, keys: set[str], fields: str) -> tuple[str, str, Located]:
+    """An entry of policies.yaml (a policy, a group): its id and name, and the node labelled with
+    it so that every later error names the entry (``(policy X)``, ``(group 6)``)."""
     if not isinstance(node.value, dict):
-        raise node.error(f"expected a mapping with id, name, policies, got {short_repr(node.value)}")
-    gid = node.text("id", required=True)
-    assert gid is not None
-    node = node.labelled(f"group {gid}")
-    if not is_id(gid):
+        raise node.error(f"expected a mapping with {fields}, got {short_repr(node.value)}")
+    entry_id = node.text("id", required=True)
+    assert entry_id is not None
+    node = node.labelled(f"{what} {entry_id}")
+    if not is_id(entry_id):
         raise node.child("id").error("use letters, digits, '_', '.' or '-'")
-    node.check_keys(GROUP_KEYS)
+    node.check_keys(keys)
     name = node.text("name", required=True)
     assert name is not None
+    return entry_id, name, node
+
+
+def _read_group(node: Located, policies: dict[str, Policy] | None) -> PolicyGroup:
+    gid, name, node = _catalogue_entry(node, "group", GROUP_KEYS, "id, name, policies")
     members = node.names("policies")
     if not members:
         raise node.child("policies").error("missing: the group's policies, best first")
@@ -431,18 +438,9 @@ def _read_group(node: Located, policies: dict[str, Policy] | None) -> PolicyGrou
 
 
 def _read_policy(node: Located) -> Policy:
-    raw = node.value
-    if not isinstance(raw, dict):
-        raise node.error(f"expected a mapping with id, name, family, got {short_repr(raw)}")
-    pid = node.text("id", required=True)
-    assert pid is not None
-    node = node.labelled(f"policy {pid}")
-    if not is_id(pid):
-        raise node.child("id").error("use letters, digits, '_', '.' or '-'")
-    node.check_keys(POLICY_KEYS)
-    name = node.text("name", required=True)
+    pid, name, node = _catalogue_entry(node, "policy", POLICY_KEYS, "id, name, family")
     family = node.text("family", required=True)
-    assert name is not None and family is not None
+    assert family is not None
     if not is_name(family):
         raise node.child("family").error(f"'{family}' must be a lower-case name such as retention")
     valid_from = node.date("valid_from")
