@@ -5,8 +5,8 @@ customer × policy × candidate channel, then pass, in this order, each a stage 
 channel's funnel (distinct customers). A channel is a pop-up or a push (channels.yaml
 ``kind``; default: frontdesk and inbound pop-ups, every other channel push):
 
-    push:   candidates → dnd → unsubscribed → withdrawn → cooldown → no_answer → contact_cap
-            → exclusion → dedupe → capacity → holdout → exported
+    push:   candidates → dnd → unsubscribed → withdrawn → cooldown → no_answer → exclusion
+            → dedupe → contact_cap → capacity → holdout → exported
     pop-up: candidates → dnd → unsubscribed → withdrawn → cooldown → exclusion → holdout → exported
 
 A pop-up (the agent's screen when the customer walks in or calls) shows every current offer
@@ -16,12 +16,16 @@ showing is a contact only when the channel's ingested responses say so) and neve
 toward a push channel's caps, dedupe or capacity. So one offer may be on the front-desk
 pop-up and in the outbound list of the same cycle, but never in two push lists.
 
-Every stage is one set-based DuckDB statement over the previous stage's table. Dedupe and
-capacity are one allocation among the push channels: offers are placed in rounds, round r
-proposing each still unplaced offer to its r-th surviving push channel (rule order); a channel
-takes the proposals it has room for, best first (rank, then value_score, then a hash
-tie-break). An offer therefore goes to the first of its push channels that still has room, and
-to one push channel only.
+Every stage is one set-based DuckDB statement over the previous stage's table. Dedupe, the
+contact caps and capacity are one allocation among the push channels: offers are placed in
+rounds, round r proposing each still unplaced offer to its r-th surviving push channel (rule
+order). A proposal first has to fit the customer's caps, counted on what is actually contacted:
+the month's earlier push contacts, the offers placed in earlier rounds and the customer's
+better-ranked proposals of the round (a channel's ``contact_cap``, then contact_policy's
+``monthly_cap`` across push channels); then a channel takes the proposals it has room for, best
+first (rank, then value_score, then a hash tie-break). An offer therefore goes to the first of
+its push channels that still has room for it and for the customer, and to one push channel
+only; a candidate row of an offer placed elsewhere uses no cap.
 
 Responses are contact_history outcomes dated up to the cycle date, read on every channel:
 
@@ -227,7 +231,7 @@ CANDIDATE_COLUMNS = ("offer_id", "cust_id", "msisdn", "policy_id", "rank", "valu
 #: Allocation rows: a candidate row with its place among the offer's surviving channels.
 CHOICE_COLUMNS = (*CANDIDATE_COLUMNS, "choice")
 #: The stage tables whose customers are counted per channel (:func:`stage_count_query`).
-COUNTED_TABLES = ("_x_contact_cap", "_x_exclusion", "_x_proposed", "_x_placed", "_x_drawn")
+COUNTED_TABLES = ("_x_exclusion", "_x_proposed", "_x_capped", "_x_placed", "_x_drawn")
 #: The screening stages, in order, each a cumulative pass flag of _x_screened (pass_<stage>).
 SCREEN_STAGES = ("dnd", "unsubscribed", "withdrawn", "cooldown", "no_answer")
 
@@ -388,8 +392,10 @@ SCREEN_SQL = """
 --                 $withdraw_days days;
 --   cooldown      no re-offer of a policy the customer rejected within its cool-down: with 30
 --                 days, a rejection 30 days before the cycle date still blocks, 31 days not;
---   no_answer     push only: after a `no_answer` of the policy on this channel at date n, the
---                 channel offers it again once cycle date >= n + the channel's retry_days.
+--   no_answer     push only: after a `no_answer` of the policy on push channel X at date n, no
+--                 push channel offers it before n + X's retry_days (X's wait); then X may retry
+--                 (the candidates' "already made" rule keeps the other push channels off it
+--                 within the month).
 CREATE OR REPLACE TEMP TABLE _x_screened AS
 WITH dnd_rows AS (SELECT DISTINCT msisdn, channel FROM _x_dndlist),
 unsubscribed AS (
@@ -410,9 +416,10 @@ rejected AS (
     SELECT msisdn, policy_id, max(contact_date) AS last_rejected FROM _x_history
     WHERE outcome = 'rejected' AND contact_date <= $cycle_date GROUP BY msisdn, policy_id
 ),
-no_answer AS (
-    SELECT msisdn, channel, policy_id, max(contact_date) AS last_no_answer FROM _x_history
-    WHERE outcome = 'no_answer' AND contact_date <= $cycle_date GROUP BY msisdn, channel, policy_id
+no_answer_wait AS (
+    SELECT DISTINCT n.msisdn, n.policy_id FROM _x_history n
+    JOIN _x_channels nch ON nch.channel = n.channel
+    WHERE n.outcome = 'no_answer' AND n.push AND n.contact_date <= $cycle_date AND n.contact_date > {retry_start}
 ),
 flagged AS (
     SELECT {candidate_columns},
@@ -420,9 +427,8 @@ flagged AS (
            u.msisdn IS NULL AS ok_unsubscribed,
            wp.msisdn IS NULL AND wg.msisdn IS NULL AS ok_withdrawn,
            r.last_rejected IS NULL OR r.last_rejected < {cooldown_start} AS ok_cooldown,
-           NOT c.push OR n.last_no_answer IS NULL OR n.last_no_answer <= {retry_start} AS ok_no_answer
+           NOT c.push OR w.msisdn IS NULL AS ok_no_answer
     FROM _x_candidates c
-    JOIN _x_channels ch ON ch.channel = c.channel
     LEFT JOIN dnd_rows d1 ON d1.msisdn = c.msisdn AND d1.channel = c.channel
     LEFT JOIN dnd_rows d2 ON d2.msisdn = c.msisdn AND d2.channel = '*'
     LEFT JOIN unsubscribed u ON u.msisdn = c.msisdn AND u.channel = c.channel
@@ -430,7 +436,7 @@ flagged AS (
     LEFT JOIN withdrawn_policy wp ON wp.msisdn = c.msisdn AND wp.policy_id = c.policy_id
     LEFT JOIN withdrawn_group wg ON wg.msisdn = c.msisdn AND wg.exclusive_group = p.exclusive_group
     LEFT JOIN rejected r ON r.msisdn = c.msisdn AND r.policy_id = c.policy_id
-    LEFT JOIN no_answer n ON n.msisdn = c.msisdn AND n.channel = c.channel AND n.policy_id = c.policy_id
+    LEFT JOIN no_answer_wait w ON w.msisdn = c.msisdn AND w.policy_id = c.policy_id
 )
 SELECT {columns},
        ok_dnd AS pass_dnd,
@@ -447,7 +453,7 @@ def screen_query(p: ExportParams) -> Query:
                             cooldown_start=days_before("$cycle_date", "coalesce(p.cooldown_days, $cooldown_days)"),
                             withdraw_start=days_before("$cycle_date", "ap.withdraw_days"),
                             default_withdraw_start=days_before("$cycle_date", "$withdraw_days"),
-                            retry_start=days_before("$cycle_date", "ch.retry_days"))
+                            retry_start=days_before("$cycle_date", "nch.retry_days"))
     return Query("screen", sql, {"cycle_date": p.cycle_date, "cooldown_days": p.cooldown_days,
                                  "withdraw_days": p.withdraw_days})
 
@@ -483,54 +489,64 @@ def screened_query() -> Query:
                              "FROM _x_screened WHERE pass_no_answer")
 
 
-CAPS_SQL = """
--- Per-customer contact caps for the cycle month, push channels only: per channel, then across
--- push channels (counting distinct policies), after the push contacts already made this month.
--- A pop-up's rows pass untouched (a showing is no contact).
--- Both numberings run on narrow rows (the per-channel one only on channels that have a
--- contact_cap, the cross-channel one on the distinct offers) and come back as keys to drop
--- or keep: window sorts that carry every column of every row cost twice as much.
-CREATE OR REPLACE TEMP TABLE _x_contact_cap AS
-WITH prior AS (
-    SELECT msisdn, channel, count(*) AS n FROM _x_history
-    WHERE push AND contact_date >= $cycle_month_start AND contact_date <= $cycle_date GROUP BY msisdn, channel
-),
-prior_total AS (SELECT msisdn, sum(n) AS n FROM prior GROUP BY msisdn),
-over_cap AS (
-    SELECT offer_id, channel FROM (
-        SELECT c.offer_id, c.channel, ch.contact_cap,
-               row_number() OVER (PARTITION BY c.cust_id, c.channel ORDER BY c.rank, c.policy_id)
-               + coalesce(pr.n, 0) AS channel_count
-        FROM _x_no_answer c
-        JOIN _x_channels ch ON ch.channel = c.channel AND ch.contact_cap IS NOT NULL
-        LEFT JOIN prior pr ON pr.msisdn = c.msisdn AND pr.channel = c.channel
-    ) AS numbered_in_channel
-    WHERE channel_count > contact_cap
-),
-within_channel AS (
-    SELECT {candidate_columns} FROM _x_no_answer c
-    WHERE NOT EXISTS (SELECT 1 FROM over_cap x WHERE x.offer_id = c.offer_id AND x.channel = c.channel)
-),
-offers AS (
-    SELECT offer_id, any_value(cust_id) AS cust_id, any_value(msisdn) AS msisdn, any_value(rank) AS rank,
-           any_value(policy_id) AS policy_id
-    FROM within_channel WHERE push GROUP BY offer_id
-),
-numbered AS (
-    SELECT o.offer_id,
-           dense_rank() OVER (PARTITION BY o.cust_id ORDER BY o.rank, o.policy_id) + coalesce(pt.n, 0) AS total_count
-    FROM offers o LEFT JOIN prior_total pt ON pt.msisdn = o.msisdn
-)
-SELECT {within_columns} FROM within_channel w
-WHERE NOT w.push OR CAST($monthly_cap AS BIGINT) IS NULL
-   OR w.offer_id IN (SELECT offer_id FROM numbered WHERE total_count <= CAST($monthly_cap AS BIGINT))
+PRIOR_SQL = """
+-- The push contacts already made this cycle month, per customer and channel: what the contact
+-- caps count before this cycle's placements (a pop-up showing is no contact).
+CREATE OR REPLACE TEMP TABLE _x_prior AS
+SELECT msisdn, channel, count(*) AS n FROM _x_history
+WHERE push AND contact_date >= $cycle_month_start AND contact_date <= $cycle_date
+GROUP BY msisdn, channel
 """
 
 
-def caps_query(p: ExportParams) -> Query:
-    sql = CAPS_SQL.format(candidate_columns=_cols(CANDIDATE_COLUMNS, "c"), within_columns=_cols(CANDIDATE_COLUMNS, "w"))
-    return Query("contact_cap", sql, {"cycle_month_start": p.cycle_month_start, "cycle_date": p.cycle_date,
-                                      "monthly_cap": p.monthly_cap})
+def prior_query(p: ExportParams) -> Query:
+    """_x_prior: this month's earlier push contacts per customer and channel (the caps' start)."""
+    return Query("prior", PRIOR_SQL, {"cycle_month_start": p.cycle_month_start, "cycle_date": p.cycle_date})
+
+
+CAP_SQL = """
+-- Round $round: the proposals within the customer's contact caps, counted on what is actually
+-- contacted: the month's earlier push contacts, the offers placed in earlier rounds and, within
+-- the round, the customer's better-ranked proposals. Per channel (contact_cap), then across push
+-- channels (monthly_cap). An offer a cap stops here proposes its next channel in the next round,
+-- and a candidate row that is never proposed (its offer went to another channel) uses no cap.
+INSERT INTO _x_capped
+WITH proposals AS (
+    SELECT {choice_columns} FROM _x_choices c
+    WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id)
+),
+placed_channel AS (SELECT cust_id, channel, count(*) AS n FROM _x_placed GROUP BY cust_id, channel),
+placed_total AS (SELECT cust_id, count(*) AS n FROM _x_placed GROUP BY cust_id),
+prior_total AS (SELECT msisdn, sum(n) AS n FROM _x_prior GROUP BY msisdn),
+per_channel AS (
+    SELECT {proposal_columns}, ch.contact_cap,
+           row_number() OVER (PARTITION BY pr.cust_id, pr.channel ORDER BY pr.rank, pr.policy_id)
+           + coalesce(pc.n, 0) + coalesce(pp.n, 0) AS channel_count
+    FROM proposals pr
+    JOIN _x_channels ch ON ch.channel = pr.channel
+    LEFT JOIN placed_channel pc ON pc.cust_id = pr.cust_id AND pc.channel = pr.channel
+    LEFT JOIN _x_prior pp ON pp.msisdn = pr.msisdn AND pp.channel = pr.channel
+),
+within_channel AS (
+    SELECT {columns} FROM per_channel WHERE contact_cap IS NULL OR channel_count <= contact_cap
+),
+numbered AS (
+    SELECT {within_columns},
+           row_number() OVER (PARTITION BY w.cust_id ORDER BY w.rank, w.policy_id)
+           + coalesce(pt.n, 0) + coalesce(ppt.n, 0) AS total_count
+    FROM within_channel w
+    LEFT JOIN placed_total pt ON pt.cust_id = w.cust_id
+    LEFT JOIN prior_total ppt ON ppt.msisdn = w.msisdn
+)
+SELECT {columns} FROM numbered
+WHERE CAST($monthly_cap AS BIGINT) IS NULL OR total_count <= CAST($monthly_cap AS BIGINT)
+"""
+
+
+def cap_query(p: ExportParams, round_no: int) -> Query:
+    sql = CAP_SQL.format(choice_columns=_cols(CHOICE_COLUMNS, "c"), proposal_columns=_cols(CHOICE_COLUMNS, "pr"),
+                         columns=_cols(CHOICE_COLUMNS), within_columns=_cols(CHOICE_COLUMNS, "w"))
+    return Query("contact_cap", sql, {"round": round_no, "monthly_cap": p.monthly_cap})
 
 
 EXCLUSION_SQL = """
@@ -538,7 +554,7 @@ EXCLUSION_SQL = """
 CREATE OR REPLACE TEMP TABLE _x_exclusion AS
 WITH g AS (
     SELECT {candidate_columns}, p.exclusive_group
-    FROM _x_contact_cap c LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
+    FROM _x_no_answer c LEFT JOIN _x_policies p ON p.policy_id = c.policy_id
 ),
 best AS (
     SELECT cust_id, exclusive_group, min(rank) AS best_rank FROM g
@@ -570,6 +586,8 @@ def allocation_setup_queries() -> list[Query]:
         Query("choices", CHOICES_SQL.format(columns=_cols(CANDIDATE_COLUMNS, "e"))),
         Query("proposed", "CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, cust_id BIGINT, "
                           "channel VARCHAR)"),
+        Query("capped", f"CREATE OR REPLACE TEMP TABLE _x_capped AS SELECT {_cols(CHOICE_COLUMNS)} FROM _x_choices "
+                        "WHERE false"),
         Query("placed", f"CREATE OR REPLACE TEMP TABLE _x_placed AS SELECT {_cols(CHOICE_COLUMNS)} FROM _x_choices "
                         "WHERE false"),
     ]
@@ -588,11 +606,10 @@ WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_
 """
 
 PLACE_SQL = """
--- Round $round: channels take the proposals that fit, best first.
+-- Round $round: channels take the proposals within the caps that fit, best first.
 INSERT INTO _x_placed
 WITH proposals AS (
-    SELECT {choice_columns} FROM _x_choices c
-    WHERE c.choice = $round AND NOT EXISTS (SELECT 1 FROM _x_placed p WHERE p.offer_id = c.offer_id)
+    SELECT {choice_columns} FROM _x_capped c WHERE c.choice = $round
 ),
 room AS (
     SELECT ch.channel,
@@ -614,12 +631,13 @@ SELECT {proposal_columns} FROM proposals pr JOIN room r ON r.channel = pr.channe
 """
 
 
-def round_queries(round_no: int) -> list[Query]:
-    """One allocation round: the same two statements every round, with the round bound as $round."""
+def round_queries(p: ExportParams, round_no: int) -> list[Query]:
+    """One allocation round: the same three statements every round, with the round bound as $round."""
     place = PLACE_SQL.format(choice_columns=_cols(CHOICE_COLUMNS, "c"), proposal_columns=_cols(CHOICE_COLUMNS, "pr"),
                              columns=_cols(CHOICE_COLUMNS),
                              tiebreak=draw(("pr.msisdn", "pr.policy_id", "'tiebreak'")))
-    return [Query("propose", PROPOSE_SQL, {"round": round_no}), Query("place", place, {"round": round_no})]
+    return [Query("propose", PROPOSE_SQL, {"round": round_no}), cap_query(p, round_no),
+            Query("place", place, {"round": round_no})]
 
 
 HOLDOUT_SQL = """
@@ -839,13 +857,11 @@ SELECT f.policy_id, f.rank, f.channel, f.kind, f.channel_pref,
             WHEN NOT s.pass_withdrawn THEN 'withdrawn'
             WHEN NOT s.pass_cooldown THEN 'cooldown'
             WHEN NOT s.pass_no_answer THEN 'no_answer'
-            WHEN k.offer_id IS NULL THEN 'contact_cap'
             WHEN e.offer_id IS NULL THEN 'exclusion'
        END AS removed_at,
        {held_out} AS held_out
 FROM offered f
 LEFT JOIN _x_screened s ON s.offer_id = f.offer_id AND s.channel = f.channel
-LEFT JOIN _x_contact_cap k ON k.offer_id = f.offer_id AND k.channel = f.channel
 LEFT JOIN _x_exclusion e ON e.offer_id = f.offer_id AND e.channel = f.channel
 LEFT JOIN _x_policies pol ON pol.policy_id = f.policy_id
 ORDER BY f.rank, f.channel_pref
@@ -876,6 +892,12 @@ def cycle_records_queries(msisdn: str) -> list[Query]:
                JOIN _x_cycle cy ON cy.channel = h.channel AND cy.cycle = h.cycle
                WHERE h.msisdn = ${CUSTOMER_PARAM}""", {CUSTOMER_PARAM: msisdn}),
     ]
+
+
+def customer_prior_query(msisdn: str) -> Query:
+    """The customer's push contacts earlier in the cycle month per channel (from _x_prior)."""
+    return Query("customer_prior", f"SELECT channel, n FROM _x_prior WHERE msisdn = ${CUSTOMER_PARAM}",
+                 {CUSTOMER_PARAM: msisdn})
 
 
 def customer_responses_query(msisdn: str, cycle_date: dt.date) -> Query:
@@ -930,8 +952,8 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
     p = ExportParams.of(config, month, cycle_date, has_plan=has_plan)
     _register(con, config, {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}, cycle_date)
     _history_view(con, p.cycle_date)
-    for q in (offers_query(p, msisdn), candidates_query(p), screen_query(p), screened_query(), caps_query(p),
-              exclusion_query()):
+    for q in (offers_query(p, msisdn), candidates_query(p), screen_query(p), screened_query(), exclusion_query(),
+              prior_query(p)):
         _run(con, q)
     rows = _run(con, customer_stages_query(p, msisdn)).fetchall()
     responses = _run(con, customer_responses_query(msisdn, cycle_date)).fetchall()
@@ -946,7 +968,8 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
     if table_exists(con, HOLDOUTS_TABLE):
         recorded |= {r[0] for r in _run(con, held_recorded_q).fetchall()}
         held = {(r[0], r[1]) for r in _run(con, held_q).fetchall()}
-    for table in ("_x_offers", "_x_candidates", "_x_screened", "_x_no_answer", "_x_contact_cap", "_x_exclusion"):
+    contacts = {str(r[0]): int(r[1]) for r in _run(con, customer_prior_query(msisdn)).fetchall()}
+    for table in ("_x_offers", "_x_candidates", "_x_screened", "_x_no_answer", "_x_exclusion", "_x_prior"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     surviving: dict[str, list[str]] = {}  # policy → its push channels that pass every per-customer stage, in order
     for policy_id, _, channel, kind, _, removed_at, _ in rows:
@@ -960,7 +983,8 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
             stage, detail = (("holdout", "held out this month (control group): on no channel") if held_out
                              else ("exported", "on the pop-up list"))
         else:
-            stage, detail = _allocation_verdict(policy_id, channel, surviving[policy_id], recorded, sent, held)
+            stage, detail = _allocation_verdict(policy_id, channel, surviving[policy_id], recorded, sent, held,
+                                                _caps_reached(config, contacts, sent | held))
         verdicts.append(ChannelVerdict(policy_id, int(rank), channel, kind, stage, detail))
     return verdicts
 
@@ -1001,26 +1025,51 @@ def _removed_detail(config: ExportConfig, policy_id: str, channel: str, stage: s
     return "already offered on a push channel earlier in the cycle month"
 
 
+def _caps_reached(config: ExportConfig, prior: dict[str, int], placed: set[tuple[str, str]]) -> dict[str, str]:
+    """The push channels on which the customer's contact caps were reached once the cycle was
+    placed (the month's earlier push contacts ``prior`` per channel, plus the cycle's placements),
+    each with the cap: the channel's contact_cap, or the monthly_cap across push channels."""
+    placed_on: dict[str, int] = {}
+    for channel, _ in placed:
+        placed_on[channel] = placed_on.get(channel, 0) + 1
+    total = sum(prior.values()) + len(placed)
+    reached = {}
+    for name, ch in config.channels.items():
+        if ch.kind != PUSH:
+            continue
+        if ch.contact_cap is not None and prior.get(name, 0) + placed_on.get(name, 0) >= ch.contact_cap:
+            reached[name] = f"contact_cap {ch.contact_cap} of this channel"
+        elif config.monthly_cap is not None and total >= config.monthly_cap:
+            reached[name] = f"monthly_cap {config.monthly_cap} across push channels"
+    return reached
+
+
 def _allocation_verdict(policy_id: str, channel: str, channels: list[str], recorded: set[str],
-                        sent: set[tuple[str, str]], held: set[tuple[str, str]]) -> tuple[str, str]:
+                        sent: set[tuple[str, str]], held: set[tuple[str, str]],
+                        caps: dict[str, str]) -> tuple[str, str]:
     """A push offer past every per-customer stage: where the cycle's allocation placed it.
 
     The allocation proposes the offer to its surviving push channels in rule order; the one
-    that took it (a `sent` or hold-out record of the cycle) is ``exported`` / ``holdout``, the
-    channels before it were full (``capacity``), the ones after it lost it to dedupe.
+    that took it (a `sent` or hold-out record of the cycle) is ``exported`` / ``holdout``; a
+    channel before it was at the customer's contact cap (``contact_cap``, reached with the
+    month's contacts and the cycle's placements: ``caps``) or full (``capacity``); the ones
+    after it lost it to dedupe.
     """
     if not any(ch in recorded for ch in channels):
         return NOT_EXPORTED, "not exported yet: passes every per-customer stage"
     placed = next((ch for ch in channels if (ch, policy_id) in sent or (ch, policy_id) in held), None)
-    if placed is None:
-        return "capacity", "no room on any of its push channels in this cycle"
-    if channel == placed:
+    if placed is not None and channel == placed:
         if (channel, policy_id) in held:
             return "holdout", "held out this month (control group): on no channel"
         return "exported", "on this push list"
-    if channels.index(channel) < channels.index(placed):
-        return "capacity", f"this channel was full; placed on push channel {placed}"
-    return "dedupe", f"placed on push channel {placed}"
+    if placed is not None and channels.index(channel) > channels.index(placed):
+        return "dedupe", f"placed on push channel {placed}"
+    where = f"; placed on push channel {placed}" if placed is not None else ""
+    if channel in caps:
+        return "contact_cap", f"{STAGE_TEXT['contact_cap']} ({caps[channel]}){where}"
+    if placed is None:
+        return "capacity", "no room on any of its push channels in this cycle"
+    return "capacity", f"this channel was full; placed on push channel {placed}"
 
 
 def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: bool = True,
@@ -1033,10 +1082,10 @@ def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: 
                           history_query("ingested", cycle_date),
                           group_alternatives_query(), list_window_query(cycle_date),
                           offers_query(p), offers_query(p, "13800000000"), candidates_query(p), screen_query(p),
-                          screen_counts_query(), screened_query(), caps_query(p), exclusion_query(),
-                          *allocation_setup_queries(), rounds_query(), *round_queries(1), holdout_query(p),
+                          screen_counts_query(), screened_query(), exclusion_query(), prior_query(p),
+                          *allocation_setup_queries(), rounds_query(), *round_queries(p, 1), holdout_query(p),
                           customer_stages_query(p, "13800000000"), *cycle_records_queries("13800000000"),
-                          customer_responses_query("13800000000", cycle_date),
+                          customer_responses_query("13800000000", cycle_date), customer_prior_query("13800000000"),
                           *(stage_count_query(t) for t in COUNTED_TABLES),
                           stage_count_query("_x_drawn", exported_only=True)]
     if config.channels:
@@ -1257,23 +1306,21 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
             counts[(channel, stage)] = int(n)
     _run(con, screened_query())
     con.execute("DROP TABLE _x_screened")
-    previous = "_x_no_answer"
-    for stage, table, query in (("contact_cap", "_x_contact_cap", caps_query(p)),
-                                ("exclusion", "_x_exclusion", exclusion_query())):
-        _run(con, query)
-        counts.update(_count_stage(con, stage, stage_count_query(table)))
-        con.execute(f"DROP TABLE {previous}")
-        previous = table
+    _run(con, exclusion_query())
+    counts.update(_count_stage(con, "exclusion", stage_count_query("_x_exclusion")))
+    con.execute("DROP TABLE _x_no_answer")
+    _run(con, prior_query(p))
     for query in allocation_setup_queries():
         _run(con, query)
     rounds = _run(con, rounds_query()).fetchone()[0]  # type: ignore[index]
     for round_no in range(1, int(rounds) + 1):
-        for query in round_queries(round_no):
+        for query in round_queries(p, round_no):
             _run(con, query)
     counts.update(_count_stage(con, "dedupe", stage_count_query("_x_proposed")))
+    counts.update(_count_stage(con, "contact_cap", stage_count_query("_x_capped")))
     counts.update(_count_stage(con, "capacity", stage_count_query("_x_placed")))
-    con.execute("DROP TABLE _x_choices")
-    con.execute("DROP TABLE _x_proposed")
+    for table in ("_x_choices", "_x_proposed", "_x_capped", "_x_prior"):
+        con.execute(f"DROP TABLE {table}")
     _run(con, holdout_query(p))
     con.execute("DROP TABLE _x_placed")
     con.execute("DROP TABLE _x_exclusion")

@@ -64,8 +64,8 @@ PLAN_TABLE_COLUMNS = (
 PLAN_FUNNEL = "plan"
 PLAN_STAGES = ("base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
 #: A push channel's funnel: the whole contact policy (SPEC §6).
-PUSH_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "no_answer", "contact_cap", "exclusion",
-               "dedupe", "capacity", "holdout", "exported")
+PUSH_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "no_answer", "exclusion", "dedupe",
+               "contact_cap", "capacity", "holdout", "exported")
 #: A pop-up's funnel: no retry wait, contact cap, dedupe or capacity (a pop-up shows what is current).
 POPUP_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "exclusion", "holdout", "exported")
 #: Every channel stage in order (a pop-up's stages are a subsequence): the push funnel.

@@ -198,6 +198,42 @@ def test_no_answer_retries_on_the_same_push_channel_after_retry_days_only(tmp_pa
     assert listed(w, "sms", later) == {(c(3), "T1")}
 
 
+def test_a_no_answers_wait_holds_the_offer_on_every_push_channel_across_the_month_boundary(tmp_path):
+    # Found by an independent check: a no_answer on outbound three days before the cycle (in the
+    # previous month, so "already made this month" does not reach it) put the offer on sms.
+    w = make_world(tmp_path, [rec(c(n), 1, "T1", ["outbound", "sms", "frontdesk"]) for n in (1, 2, 3)], history=[
+        hist(c(1), days(3), "outbound", "T1", "no_answer"),   # 10-29: outbound's 7-day wait runs to 11-05
+        hist(c(2), days(7), "outbound", "T1", "no_answer"),   # 10-25: the wait is over on the cycle date
+        hist(c(3), D, "sms", "T1", "no_answer"),              # on the cycle date itself (a re-run after responses)
+    ], contact_policy={"cooldown_days": 30, "retry_days": 7})
+    result = w.export()
+    assert listed(w, "outbound") == {(c(2), "T1")}
+    assert listed(w, "sms") == set()  # neither c1's nor c3's offer moves to another push channel while it waits
+    assert listed(w, "frontdesk") == {(c(n), "T1") for n in (1, 2, 3)}  # the pop-up has no wait
+    assert [funnel(result, "sms")[s] for s in ("candidates", "cooldown", "no_answer")] == [3, 3, 1]
+
+
+def test_contact_caps_count_what_is_contacted_not_candidate_rows(tmp_path):
+    # Found by an independent check: the caps were charged before the allocation, so c1's T1,
+    # which goes to outbound, used up sms's cap of 1 and T2 (sms only) was dropped.
+    w = make_world(tmp_path, [
+        rec(c(1), 1, "T1", ["outbound", "sms"]), rec(c(1), 2, "T2", ["sms"]),
+        rec(c(2), 1, "T1", ["sms", "outbound"]), rec(c(2), 2, "T2", ["sms", "outbound"]),  # sms full for c2
+        rec(c(3), 1, "T1", ["sms"]), rec(c(3), 2, "T2", ["outbound"]), rec(c(3), 3, "T3", ["app"]),
+    ], history=[
+        hist(c(2), dt.date(2026, 11, 1), "sms", "OLD", "sent"),  # an sms contact already this month
+    ], contact_policy={"cooldown_days": 30, "monthly_cap": 2}, channels={"sms": {"contact_cap": 1}})
+    day = dt.date(2026, 11, 2)
+    result = w.export(date=day)
+    assert listed(w, "outbound", day) == {(c(1), "T1"), (c(2), "T1"), (c(3), "T2")}
+    # c1: T2 takes sms's one contact; c2: its sms cap was reached by the 11-01 contact, T1 moves on to
+    # outbound, T2 would be its 3rd contact of the month (monthly_cap 2); c3: T3 is its 3rd.
+    assert listed(w, "sms", day) == {(c(1), "T2"), (c(3), "T1")}
+    assert listed(w, "app", day) == set()
+    assert [funnel(result, "sms")[s] for s in ("exclusion", "dedupe", "contact_cap", "capacity")] == [3, 3, 2, 2]
+    assert [funnel(result, "app")[s] for s in ("exclusion", "dedupe", "contact_cap", "exported")] == [1, 1, 0, 0]
+
+
 def test_a_daily_cycle_sees_the_monthly_channels_contacts_of_the_month(tmp_path):
     # Day 1 (every channel): outbound's one seat goes to c2 (higher value), c1's offer to the manager.
     w = make_world(tmp_path, [rec(c(1), 1, "T1", ["outbound", "manager"]), rec(c(2), 1, "T1", ["outbound", "manager"])],

@@ -114,7 +114,8 @@ def test_every_step_is_listed() -> None:
     # every stage of the contact policy, the allocation round, the draw and the lists are among them
     assert {"offers", "candidates", "screen", "contact_cap", "exclusion", "choices", "propose", "place", "holdout",
             "record_sent", "record_holdouts", "screened", "offers:customer", "customer_stages", "cycle_recorded",
-            "cycle_held_recorded", "cycle_sent", "cycle_held", "customer_responses"} <= exported
+            "cycle_held_recorded", "cycle_sent", "cycle_held", "customer_responses", "prior", "customer_prior",
+            "capped"} <= exported
     assert {f"list:{c}" for c in ExportConfig.of(PROJECT).channels} <= exported
 
 
@@ -125,9 +126,10 @@ def test_query_renders_for_spark(name: str) -> None:
 
 def test_export_queries_bind_parameters_not_text() -> None:
     """The allocation round is a bound parameter: every round runs the same text."""
-    first, second = export.round_queries(1), export.round_queries(2)
+    params = export.ExportParams.of(ExportConfig.of(PROJECT), M, CYCLE_DATE, has_plan=True)
+    first, second = export.round_queries(params, 1), export.round_queries(params, 2)
     assert [q.sql for q in first] == [q.sql for q in second]
-    assert [q.params for q in second] == [{"round": 2}, {"round": 2}]
+    assert [q.params for q in second] == [{"round": 2}, {"round": 2, "monthly_cap": params.monthly_cap}, {"round": 2}]
     assert all("$round" in q.sql for q in first)
 
 
@@ -141,7 +143,7 @@ def test_spark_rendering_of_the_draw_reads_md5_digits() -> None:
     one = export.customer_stages_query(params, "13800000042")
     assert one.params == {"msisdn": "13800000042", "month": M} and "$msisdn" in one.sql
     assert "MD5(" in one.render("spark")  # explain evaluates the very draw of the holdout stage
-    place = export.round_queries(1)[1].render("spark")
+    place = export.round_queries(params, 1)[-1].render("spark")
     assert "MD5(" in place and ":round" in place
 
 
