@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import write_table
 from conftest import fetch as query
+from conftest import write_table
 from test_ingest_contract import refused, state
 
 from mktool.contract import TABLES
@@ -136,7 +136,7 @@ def test_an_order_time_given_as_text_is_cast_losslessly_or_refused(cli, tmp_path
 
 def test_a_zoned_order_time_is_read_in_china_standard_time(cli, tmp_path):
     """06:30 UTC is 14:30 in Shanghai: the order is on the day the customer placed it, on every machine."""
-    utc = dt.datetime(2026, 10, 5, 6, 30, tzinfo=dt.timezone.utc)
+    utc = dt.datetime(2026, 10, 5, 6, 30, tzinfo=dt.UTC)
     path = _orders(tmp_path / "orders.parquet", [{**ORDER, "order_time": utc}],
                    types={"order_time": pa.timestamp("us", tz="UTC")})
     result = cli("ingest", str(path))
