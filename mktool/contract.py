@@ -181,6 +181,7 @@ STATUSES = ("active", "suspended", "closed")
 PAYMENTS = ("prepaid", "postpaid")
 OUTCOMES = ("sent", "accepted", "rejected", "no_answer", "unsubscribed")
 HANDSET_GENS = ("2G", "3G", "4G", "5G")
+ORDER_ACTIONS = ("order", "cancel")  # orders.action: a product ordered, or an order of it cancelled (退订)
 ALL_CHANNELS = "*"  # a dnd row for every channel
 
 TABLES: dict[str, TableContract] = {
@@ -268,6 +269,21 @@ TABLES: dict[str, TableContract] = {
             (MSISDN, _c("event_time", T), _id("event_type"), _c("value", F)),
             key=("msisdn", "event_time", "event_type"), monthly=False, required=False, reload="upsert",
         ),
+        TableContract(
+            "orders",
+            (
+                MSISDN, _c("order_time", T),
+                # as in contact_history, an id that is not in policies.yaml (a retired or
+                # not-yet-catalogued offer) is kept: the billing system's records are facts
+                # that the evaluation counts per policy, not offers to validate
+                _id("policy_id", "the offer ordered or cancelled; also an id not in policies.yaml (kept)"),
+                _vocab("action", ORDER_ACTIONS, "order = the product was ordered; cancel = an order of it cancelled"),
+                _vocab("channel", (), "where the order was taken", nullable=True, channels=True),
+            ),
+            key=("msisdn", "order_time", "policy_id", "action"), monthly=False, required=False, reload="upsert",
+            doc="Product orders and cancellations from the billing system (订购 / 退订); the evaluation's take-up "
+                "and 7-day cancellations. A reload replaces the rows with the same key.",
+        ),
     )
 }
 
@@ -320,9 +336,10 @@ CONTRACT_INTRO = (
     "the full-width space U+3000, U+2000–U+200A, …) and the invisible U+200B / U+FEFF. Inner characters stay (`飞享 "
     "128`). A value that trims to nothing is NULL. So `'13800000007'` and `'13800000007 '` are one key, and a "
     "duplicate when both appear.\n"
-    "- **Vocabulary columns** (`status`, `payment`, `outcome`, `handset_gen`, and `channel`, whose vocabulary is the "
-    "channel names of the rules folder's `channels.yaml`, plus `*` in `dnd`) are trimmed, case-folded (lower case; "
-    "`handset_gen` upper case) and refused unless the result is in the vocabulary. Letters that only look alike "
+    "- **Vocabulary columns** (`status`, `payment`, `outcome`, `action`, `handset_gen`, and `channel`, whose "
+    "vocabulary is the channel names of the rules folder's `channels.yaml`, plus `*` in `dnd`) are trimmed, "
+    "case-folded (lower case; `handset_gen` upper case) and refused unless the result is in the vocabulary. Letters "
+    "that only look alike "
     "(full-width `ＳＭＳ`) are refused, not guessed. `vas.service` is an open list (`newspaper`, `crbt`, …) but is "
     "lower-cased too, because the customer view looks its codes up in lower case.\n"
     "- **Patterns**: `msisdn` must be exactly 11 ASCII digits after trimming, `month` exactly `YYYY-MM`.\n"

@@ -477,9 +477,135 @@ def _copy(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path) -> int:
     return int(_one_row(con, f"COPY ({select_sql}) TO {_lit(path)} (FORMAT parquet, COMPRESSION zstd)")[0])
 
 
+def _month_after(month: str) -> str:
+    y, m = int(month[:4]), int(month[5:7])
+    return f"{y + m // 12:04d}-{m % 12 + 1:02d}"
+
+
+def _build_next_month(con: duckdb.DuckDBPyConnection, k: int) -> None:
+    """Who is still a customer in the month after the last one (table nxt: i, present, status, p_churn).
+
+    The churn label of `mktool evaluate churn` (issue 13 item 4): a customer of the last month who
+    is not closed there churns when absent from the next month or closed in it. The chance follows
+    the signals the churn score reads (a 40%+ fall of minutes, data, circle and bill, suspension,
+    a prepaid balance under 10, a contract or bundle ending within 3 months) on a base of 1.5%, so
+    flagged customers leave far more often than the others. Of those who churn, 70% are gone from
+    the next month's extract and 30% are still listed as closed; last month's closed customers
+    are gone.
+    """
+    last = k - 1
+    last_start = _one_row(con, f"SELECT mstart FROM months WHERE m = {last}")[0]
+    horizon = f"DATE '{last_start.isoformat()}' + INTERVAL 4 MONTH - INTERVAL 1 DAY"
+    con.execute(f"""
+        CREATE TEMP TABLE nxt AS
+        WITH o AS (
+            SELECT i, status_final, dropper, payment, contract_end, bundle_end,
+                   {_balance_sql(last, True)} AS balance
+            FROM cust WHERE first_m <= {last}
+        ), p AS (
+            SELECT i, status_final,
+                least(0.9, 0.015
+                    + CASE WHEN dropper THEN 0.30 ELSE 0 END
+                    + CASE WHEN status_final = 'suspended' THEN 0.25 ELSE 0 END
+                    + CASE WHEN payment = 'prepaid' AND balance < 10 THEN 0.08 ELSE 0 END
+                    + CASE WHEN contract_end <= {horizon} OR bundle_end <= {horizon} THEN 0.04 ELSE 0 END)
+                    AS p_churn,
+                u1(i, 'churn') AS u, u1(i, 'churnhow') AS uh, u1(i, 'resume') AS ur, u2(i, {k}, 'st') AS us
+            FROM o
+        )
+        SELECT i, p_churn, status_final <> 'closed' AND u < p_churn AS churned,
+               status_final <> 'closed' AND NOT (u < p_churn AND uh < 0.7) AS present,
+               CASE WHEN u < p_churn THEN 'closed'
+                    WHEN status_final = 'suspended' THEN CASE WHEN ur < 0.5 THEN 'active' ELSE 'suspended' END
+                    WHEN us < 0.01 THEN 'suspended' ELSE 'active' END AS status
+        FROM p
+    """)
+
+
+def _orders_sql(policy_channels: str, next_month: str) -> str:
+    """orders.parquet: product orders and cancellations from the last month's start to the next month's end.
+
+    * contact-led: 80% of `accepted` contacts order within 0-7 days (a pop-up acceptance mostly
+      on the spot, the same day), 4% of plain `sent` messages and 2% of unanswered calls within
+      2 weeks; the order carries the contact's channel (or none, as the billing system often
+      records it); 20% of acceptances are never ordered;
+    * organic: 2.5% of the customers a month order an offer they may be offered (the Anhui and
+      roaming packs only for who calls Anhui or roams), with no contact at all, the next month only
+      for those still there;
+    * cancellations (退订): 6% of orders are cancelled 1-6 days later (within 7 days), 4% after
+      8-21 days; a cancellation past the extract's end is not in it.
+    """
+    return f"""
+        WITH pc(policy_id, channel, ord) AS (VALUES {policy_channels}),
+        lim AS (
+            SELECT (SELECT max(mstart) FROM months)::TIMESTAMP AS t0,
+                   (DATE '{next_month}-01' + INTERVAL 1 MONTH)::TIMESTAMP AS t1,
+                   DATE '{next_month}-01' AS n0
+        ), led AS (
+            SELECT i, policy_id,
+                   CASE WHEN outcome = 'accepted' OR u2(i, contact_date, policy_id || 'och') < 0.6
+                        THEN channel END AS channel,
+                   contact_date + CASE
+                       WHEN outcome = 'accepted' AND channel IN ('frontdesk', 'inbound')
+                            AND u2(i, contact_date, policy_id || 'spot') < 0.7 THEN 0
+                       WHEN outcome = 'accepted' THEN floor(pow(u2(i, contact_date, policy_id || 'lag'), 2) * 8)
+                       ELSE 1 + floor(u2(i, contact_date, policy_id || 'lag') * 14) END::INTEGER AS d
+            FROM ch
+            WHERE u2(i, contact_date, policy_id || 'ord') < CASE outcome WHEN 'accepted' THEN 0.80
+                      WHEN 'sent' THEN 0.04 WHEN 'no_answer' THEN 0.02 ELSE 0 END
+        ), cand AS (
+            SELECT c.i, mo.k AS mk,
+                   coalesce(c.ld_top_province = '安徽', false) AS calls_anhui, c.roam_sh >= 0.40 AS traveller,
+                   CASE WHEN mo.k = 0 THEN (SELECT max(mstart) FROM months) ELSE (SELECT n0 FROM lim) END AS m0
+            FROM cust c LEFT JOIN nxt n USING (i), (VALUES (0), (1)) mo(k)
+            WHERE c.first_m <= (SELECT max(m) FROM months) AND u2(c.i, mo.k, 'org') < 0.025
+              AND (mo.k = 0 OR coalesce(n.present AND n.status <> 'closed', false))
+        ), organic AS (
+            SELECT cand.i, pc.policy_id, pc.channel, cand.m0, cand.mk,
+                   row_number() OVER (PARTITION BY cand.i, cand.mk ORDER BY pc.ord, pc.channel) AS r,
+                   count(*) OVER (PARTITION BY cand.i, cand.mk) AS n_opt
+            FROM cand JOIN pc ON (pc.policy_id <> 'LD_PACK_AH' OR cand.calls_anhui)
+                             AND (pc.policy_id <> 'ROAM_PACK' OR cand.traveller)
+        ), placed AS (
+            SELECT i, policy_id, channel, d::TIMESTAMP
+                       + to_seconds(8 * 3600 + floor(u2(i, d, policy_id || 'ot') * 14 * 3600)::BIGINT) AS t
+            FROM led
+            UNION ALL
+            SELECT i, policy_id, CASE WHEN u2(i, mk, 'orgch') < 0.7 THEN channel END,
+                   (m0 + floor(u2(i, mk, 'orgd') * 28)::INTEGER)::TIMESTAMP
+                       + to_seconds(8 * 3600 + floor(u2(i, mk, 'orgt') * 14 * 3600)::BIGINT)
+            FROM organic WHERE r = 1 + floor(u2(i, mk, 'orgp') * n_opt)::INTEGER
+        ), o AS (
+            SELECT i, t AS order_time, policy_id, 'order' AS action, channel FROM placed
+            WHERE t >= (SELECT t0 FROM lim) AND t < (SELECT t1 FROM lim)
+            QUALIFY row_number() OVER (PARTITION BY i, t, policy_id ORDER BY channel NULLS LAST) = 1
+        ), x AS (
+            SELECT o.*, u2(i, order_time, policy_id || 'cxl') AS uc,
+                   u2(i, order_time, policy_id || 'cxd') AS ud
+            FROM o
+        ), cancels AS (
+            SELECT i, order_time + to_days(CASE WHEN uc < 0.06 THEN 1 + floor(ud * 6)
+                                                ELSE 8 + floor(ud * 14) END::INTEGER)
+                       + to_seconds(floor(u2(i, order_time, policy_id || 'cxt') * 12 * 3600)::BIGINT)
+                       AS order_time,
+                   policy_id, 'cancel' AS action,
+                   CASE WHEN u2(i, order_time, policy_id || 'cxc') < 0.5 THEN channel END AS channel
+            FROM x WHERE uc < 0.10
+        )
+        SELECT msisdn(i) AS msisdn, order_time, policy_id, action, channel
+        FROM (SELECT * FROM o UNION ALL SELECT * FROM cancels WHERE order_time < (SELECT t1 FROM lim))
+        QUALIFY row_number() OVER (PARTITION BY i, order_time, policy_id, action ORDER BY channel NULLS LAST) = 1
+        ORDER BY i, order_time, policy_id, action
+    """
+
+
 def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
-             plans_csv: Path = PLANS_4G_SEED) -> dict[str, int]:
-    """Write the synthetic extracts into out_dir; return {file name: rows written}."""
+             plans_csv: Path = PLANS_4G_SEED, label_month: bool = False) -> dict[str, int]:
+    """Write the synthetic extracts into out_dir; return {file name: rows written}.
+
+    ``label_month`` also writes the subscribers of the month after the last one (no usage or
+    bills): the churn label of `mktool evaluate churn` for the last month.
+    """
     out_dir = Path(out_dir)
     months = _parse_months(list(months))
     if not (1 <= subscribers <= MAX_SUBSCRIBERS):
@@ -586,7 +712,7 @@ def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
         outcome_bounds = ", ".join(
             f"('{ch}', '{o}', {sum(shares[:n])}, {sum(shares[:n + 1])})"
             for ch, shares in OUTCOME_SHARES.items() for n, o in enumerate(OUTCOMES) if shares[n])
-        rows["contact_history.parquet"] = _copy(con, f"""
+        contacts = f"""
             WITH pc(policy_id, channel, ord) AS (VALUES {policy_channels}),
             ob(channel, outcome, lo, hi) AS (VALUES {outcome_bounds}),
             c AS (
@@ -617,14 +743,31 @@ def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
                 WHERE (pc.policy_id <> 'LD_PACK_AH' OR x.calls_anhui)
                   AND (pc.policy_id <> 'ROAM_PACK' OR x.traveller)
             )
-            SELECT msisdn(p.i) AS msisdn, p.contact_date, p.channel, p.policy_id, ob.outcome
+            SELECT {{who}}, p.contact_date, p.channel, p.policy_id, ob.outcome
             FROM p JOIN ob ON ob.channel = p.channel AND p.uo >= ob.lo AND p.uo < ob.hi
             WHERE p.r = 1 + floor(p.up * p.n_pol)::INTEGER
             -- a customer with a span of a few days can draw the same day twice: keep the key unique
             QUALIFY row_number() OVER (PARTITION BY p.i, p.contact_date, p.channel, p.policy_id
                                        ORDER BY p.j) = 1
-            ORDER BY p.i, p.contact_date, p.channel, p.policy_id
-        """, staging / "contact_history.parquet")
+        """
+        # written straight from the query (the bytes of the file stay those of earlier versions),
+        # and kept with the customer's index for the orders that follow the contacts
+        rows["contact_history.parquet"] = _copy(con, contacts.format(who="msisdn(p.i) AS msisdn")
+                                                + " ORDER BY p.i, p.contact_date, p.channel, p.policy_id",
+                                                staging / "contact_history.parquet")
+        con.execute("CREATE TEMP TABLE ch AS " + contacts.format(who="p.i"))
+
+        next_month = _month_after(months[-1])
+        _build_next_month(con, k)
+        if label_month:
+            rows[f"subscribers_{next_month}.parquet"] = _copy(con, f"""
+                SELECT msisdn(c.i) AS msisdn, '{next_month}' AS month, c.city, c.plan_id, c.join_date,
+                       n.status, c.payment, c.handset_gen, c.contract_end, c.bundle_type, c.bundle_end,
+                       c.vnet, c.group_id, {_balance_sql(k, False)} AS balance
+                FROM cust c JOIN nxt n USING (i) WHERE n.present ORDER BY c.i
+            """, staging / f"subscribers_{next_month}.parquet")
+        rows["orders.parquet"] = _copy(con, _orders_sql(policy_channels, next_month),
+                                       staging / "orders.parquet")
 
         rows["dnd.parquet"] = _copy(con, f"""
             SELECT msisdn(i) AS msisdn,
@@ -657,10 +800,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated YYYY-MM months, e.g. 2026-08,2026-09,2026-10")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--seed", type=int, default=7, help="seed (default 7)")
+    ap.add_argument("--label-month", action="store_true",
+                    help="also write the subscribers of the month after the last (the churn label)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     try:
-        rows = generate(args.out, args.subscribers, args.months.split(","), args.seed)
+        rows = generate(args.out, args.subscribers, args.months.split(","), args.seed,
+                        label_month=args.label_month)
     except ValueError as exc:
         print(f"generate_fixtures: {exc}", file=sys.stderr)
         return 2

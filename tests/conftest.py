@@ -66,6 +66,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "contact_history": dict(outcome="sent"),
     "dnd": dict(),
     "events": dict(value=1.0),
+    "orders": dict(policy_id="MI_PACK_10", action="order", channel=None),
 }
 
 

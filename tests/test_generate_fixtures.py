@@ -1,6 +1,7 @@
 """Quick checks of scripts/generate_fixtures.py (the synthetic extract generator)."""
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 
 import duckdb
@@ -50,11 +51,14 @@ EXPECTED_TYPES = {
     "dnd": {"msisdn": "VARCHAR", "channel": "VARCHAR"},
     "events": {"msisdn": "VARCHAR", "event_time": "TIMESTAMP", "event_type": "VARCHAR",
                "value": "DOUBLE"},
+    "orders": {"msisdn": "VARCHAR", "order_time": "TIMESTAMP", "policy_id": "VARCHAR",
+               "action": "VARCHAR", "channel": "VARCHAR"},
 }
 KEYS = {
     "subscribers": "msisdn, month", "usage": "msisdn, month", "billing": "msisdn, month",
     "plans": "plan_id", "vas": "msisdn, month, service", "dnd": "msisdn, channel",
     "contact_history": "msisdn, contact_date, channel, policy_id",
+    "orders": "msisdn, order_time, policy_id, action",
 }
 MONTHLY = {"subscribers", "usage", "billing", "vas"}
 
@@ -118,7 +122,7 @@ def test_keys_unique(con, table):
 
 def test_files_sorted_by_msisdn(generated):
     out, _ = generated
-    for name in (f"subscribers_{MONTHS[0]}.parquet", "contact_history.parquet", "events.parquet"):
+    for name in (f"subscribers_{MONTHS[0]}.parquet", "contact_history.parquet", "events.parquet", "orders.parquet"):
         ms = [r[0] for r in duckdb.execute(
             f"SELECT msisdn FROM read_parquet('{(out / name).as_posix()}')").fetchall()]
         assert ms == sorted(ms), name
@@ -285,3 +289,146 @@ def test_committed_fixture_exercises_every_response():
     for outcome in ("accepted", "rejected", "no_answer", "unsubscribed"):
         channels, n = by_outcome[outcome]
         assert channels >= 2 and n >= 20, (outcome, channels, n)
+
+
+# -- orders and the churn label month (issue 13) -------------------------------------------------------------
+LABEL_N = 2000  # enough customers for the churn shares to be stable
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """The fixture's shape: three months plus the next month's subscribers (the churn label)."""
+    out = tmp_path_factory.mktemp("labelled")
+    rows = gf.generate(out, LABEL_N, MONTHS, seed=7, label_month=True)
+    c = duckdb.connect()
+    for table, pattern in (("subscribers", "subscribers_*.parquet"), ("orders", "orders.parquet"),
+                           ("contact_history", "contact_history.parquet"), ("usage", "usage_*.parquet")):
+        c.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{(out / pattern).as_posix()}')")
+    yield out, rows, c
+    c.close()
+
+
+def test_label_month_writes_only_the_next_months_subscribers(generated, labelled):
+    _, plain = generated
+    out, rows, _ = labelled
+    assert set(rows) - set(plain) == {"subscribers_2026-11.parquet"}
+    assert not (out / "usage_2026-11.parquet").exists() and not (out / "billing_2026-11.parquet").exists()
+    assert "subscribers_2026-11.parquet" not in plain
+
+
+def test_label_month_is_deterministic_and_leaves_the_other_files_alone(labelled, tmp_path):
+    """Same bytes twice; and the label month changes no other file (the committed fixture's lists stay)."""
+    out, rows, _ = labelled
+    plain = gf.generate(tmp_path / "plain", LABEL_N, MONTHS, seed=7)
+    again = gf.generate(tmp_path / "again", LABEL_N, MONTHS, seed=7, label_month=True)
+    assert again == rows
+    for name in rows:
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+    for name in plain:
+        assert (tmp_path / "plain" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_next_month_subscribers_are_last_months_customers_less_the_churned(labelled):
+    _, _, c = labelled
+    gone_closed, new, kept_closed, bad_status = c.execute("""
+        WITH o AS (SELECT * FROM subscribers WHERE month = '2026-10'),
+             n AS (SELECT * FROM subscribers WHERE month = '2026-11')
+        SELECT (SELECT count(*) FROM o SEMI JOIN n USING (msisdn) WHERE o.status = 'closed'),
+               (SELECT count(*) FROM n ANTI JOIN o USING (msisdn)),
+               (SELECT count(*) FROM n WHERE status = 'closed'),
+               (SELECT count(*) FROM n WHERE status NOT IN ('active', 'suspended', 'closed'))
+    """).fetchone()
+    assert gone_closed == 0 and new == 0 and bad_status == 0   # last month's closed are gone; nobody joins
+    assert kept_closed > 0                                       # some churners are still listed, closed
+    base, churned = c.execute("""
+        SELECT count(*), count(*) FILTER (WHERE n.msisdn IS NULL OR n.status = 'closed')
+        FROM subscribers o LEFT JOIN (SELECT * FROM subscribers WHERE month = '2026-11') n USING (msisdn)
+        WHERE o.month = '2026-10' AND o.status <> 'closed'
+    """).fetchone()
+    assert 0.02 <= churned / base <= 0.09, (churned, base)      # a few percent a month
+
+
+def test_churn_follows_the_signals_the_churn_score_reads(labelled):
+    """Customers whose usage fell 40%+ or who are suspended leave far more often than the rest."""
+    _, _, c = labelled
+    rows = dict(c.execute("""
+        WITH o AS (SELECT s.msisdn, s.status, u.voice_out_min AS v, p.voice_out_min AS v_prev
+                   FROM subscribers s
+                   LEFT JOIN usage u ON u.msisdn = s.msisdn AND u.month = s.month
+                   LEFT JOIN usage p ON p.msisdn = s.msisdn AND p.month = '2026-09'
+                   WHERE s.month = '2026-10' AND s.status <> 'closed'),
+             l AS (SELECT o.*, (n.msisdn IS NULL OR n.status = 'closed') AS churned
+                   FROM o LEFT JOIN (SELECT * FROM subscribers WHERE month = '2026-11') n USING (msisdn))
+        SELECT status = 'suspended' OR coalesce(v < 0.6 * v_prev, false) AS signal, avg(churned::INTEGER)
+        FROM l GROUP BY 1
+    """).fetchall())
+    assert rows[True] > 3 * rows[False], rows
+
+
+def test_orders_follow_the_contacts(labelled):
+    """Accepted contacts mostly order within days; some never do; some orders have no contact at all."""
+    _, _, c = labelled
+    accepted, ordered_7d = c.execute("""
+        SELECT count(*), count(*) FILTER (WHERE EXISTS (
+            SELECT 1 FROM orders o WHERE o.msisdn = h.msisdn AND o.policy_id = h.policy_id AND o.action = 'order'
+              AND o.order_time >= h.contact_date AND o.order_time < h.contact_date + 8))
+        FROM contact_history h WHERE h.outcome = 'accepted' AND h.contact_date >= DATE '2026-10-01'
+    """).fetchone()
+    assert accepted > 0 and 0.6 * accepted <= ordered_7d < accepted, (accepted, ordered_7d)
+    uncontacted = c.execute("""
+        SELECT count(*) FROM orders o WHERE action = 'order' AND NOT EXISTS (
+            SELECT 1 FROM contact_history h WHERE h.msisdn = o.msisdn AND h.policy_id = o.policy_id)
+    """).fetchone()[0]
+    assert uncontacted > 0
+    lo, hi, bad_channel, bad_action = c.execute(f"""
+        SELECT min(order_time), max(order_time),
+               count(*) FILTER (WHERE channel IS NOT NULL AND channel NOT IN {tuple(gf.CHANNELS)}),
+               count(*) FILTER (WHERE action NOT IN ('order', 'cancel'))
+        FROM orders
+    """).fetchone()
+    assert lo >= dt.datetime(2026, 10, 1) and hi < dt.datetime(2026, 12, 1)
+    assert bad_channel == 0 and bad_action == 0
+    catalogue = {p["id"] for p in yaml.safe_load((ROOT / "matrices" / "policies.yaml").read_text(
+        encoding="utf-8"))["policies"]}
+    assert {r[0] for r in c.execute("SELECT DISTINCT policy_id FROM orders").fetchall()} <= catalogue
+
+
+def test_cancellations_follow_an_order_within_7_days_and_after(labelled):
+    _, _, c = labelled
+    orphan, within, after = c.execute("""
+        WITH x AS (SELECT x.*, (SELECT max(o.order_time) FROM orders o
+                                 WHERE o.msisdn = x.msisdn AND o.policy_id = x.policy_id AND o.action = 'order'
+                                   AND o.order_time < x.order_time) AS ordered
+                   FROM orders x WHERE x.action = 'cancel')
+        SELECT count(*) FILTER (WHERE ordered IS NULL),
+               count(*) FILTER (WHERE order_time < ordered + INTERVAL 7 DAY),
+               count(*) FILTER (WHERE order_time >= ordered + INTERVAL 7 DAY)
+        FROM x
+    """).fetchone()
+    assert orphan == 0 and within > 0 and after > 0, (orphan, within, after)
+
+
+def test_committed_fixture_churn_label_against_the_churn_flag(cli):
+    """fixtures/extracts: the Nov subscribers make `evaluate churn` meaningful on the Quick start's month:
+    churn-flagged customers of 2026-10 leave more often than the others, and the base rate is a few percent."""
+    assert cli("ingest", str(ROOT / "fixtures" / "extracts")).exit_code == 0
+    result = cli("score", "--month", "2026-10")
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(cli.db), read_only=True)
+    try:
+        rates = dict(con.execute("""
+            SELECT v.churn_flag, avg((n.msisdn IS NULL OR n.status = 'closed')::INTEGER)
+            FROM customer_view v
+            LEFT JOIN (SELECT * FROM subscribers WHERE month = '2026-11') n USING (msisdn)
+            WHERE v.month = '2026-10' AND v.status <> 'closed' GROUP BY 1
+        """).fetchall())
+        overall = con.execute("""
+            SELECT avg((n.msisdn IS NULL OR n.status = 'closed')::INTEGER)
+            FROM customer_view v
+            LEFT JOIN (SELECT * FROM subscribers WHERE month = '2026-11') n USING (msisdn)
+            WHERE v.month = '2026-10' AND v.status <> 'closed'
+        """).fetchone()[0]
+    finally:
+        con.close()
+    assert rates[True] > 3 * rates[False], rates
+    assert 0.02 <= overall <= 0.09, overall
