@@ -1271,8 +1271,8 @@ def diff_cmd(
 
     \b
     Examples:
-      mktool diff out_main/2026-10 out_pr/2026-10
-      mktool diff out_main/2026-10 out_pr/2026-10 --out changed.csv
+      mktool diff out_main/2026-10/latest out_pr/2026-10/latest
+      mktool diff out_main/2026-10/2026-11-01 out_pr/2026-10/2026-11-01 --out changed.csv
       mktool diff --month 2026-10 --against-matrices ../main/matrices --fixtures fixtures/extracts
       mktool diff --month 2026-10 --against-matrices ../main/matrices --format markdown > diff.md
     """

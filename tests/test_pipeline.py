@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -112,6 +113,19 @@ def test_every_command_has_help_with_an_example(name):
     for param in command.params:
         if param.param_type_name == "option":
             assert param.help, f"mktool {name} {param.opts[0]} has no help text"
+
+
+def test_diff_help_examples_give_cycle_folders_not_month_folders():
+    """diff refuses a month folder (it holds cycle folders, not lists): its own examples must not show one."""
+    result = CliRunner().invoke(app, ["diff", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    folder_examples = [line.split()[2:4] for line in result.stdout.splitlines()
+                       if line.strip().startswith("mktool diff ") and "--against-matrices" not in line]
+    assert folder_examples, "diff --help shows no example comparing two export folders"
+    for before, after in folder_examples:
+        for folder in (before, after):
+            assert re.fullmatch(r".+/\d{4}-\d{2}/(latest|\d{4}-\d{2}-\d{2})", folder), \
+                f"diff --help example names {folder!r}, not a cycle folder <out>/<month>/<cycle-date>"
 
 
 def test_readme_lists_every_command():
