@@ -89,7 +89,7 @@ def figures_query(month: str, by: str | None = None) -> Query:
     """
     check_month(month)
     if by is not None and by not in CHURN_BY:
-        raise MktoolError(f"evaluate churn --by {by!r}: not one of {', '.join(CHURN_BY)}")
+        raise MktoolError(f"the churn evaluation cannot be split by {by!r}: not one of {', '.join(CHURN_BY)}")
     grp = f"CAST(v.{quote_identifier(by)} AS VARCHAR)" if by else "CAST(NULL AS VARCHAR)"
     scoped = "SELECT TRUE AS whole, '' AS grp, msisdn, churn_score, flagged, churned FROM base"
     if by:
@@ -227,14 +227,14 @@ def _require_inputs(db: Database, month: str, by: str | None) -> str:
     missing = [c for c in (*VIEW_COLUMNS_NEEDED, *([by] if by else [])) if c not in have]
     if missing:
         raise StateError(f"{VIEW_TABLE} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} that "
-                         "evaluate churn reads", table=VIEW_TABLE,
+                         "the churn evaluation reads", table=VIEW_TABLE,
                          hint="scores.yaml must define them (churn_score, churn_flag, tenure_cohort); "
                               f"rebuild with `mktool score --month {month}`")
     if not table_exists(con, "subscribers") or not con.execute(
             "SELECT 1 FROM subscribers WHERE month = ? LIMIT 1", [after]).fetchone():
         loaded = db.months("subscribers")
         raise StateError(
-            f"evaluate churn --month {month} needs month {after}'s subscribers (who left by {after}), and "
+            f"the churn evaluation of {month} needs month {after}'s subscribers (who left by {after}), and "
             f"subscribers has no rows for {after} (months loaded: {', '.join(loaded) or 'none'})",
             table="subscribers", hint=f"ingest subscribers_{after}.parquet first, e.g. `mktool ingest "
                                       f"subscribers_{after}.parquet`")

@@ -46,7 +46,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import fetch
+from conftest import fetch, write_table
 
 from mktool.config import Settings
 from mktool.database import Database
@@ -300,3 +300,52 @@ def test_queries_bind_the_months() -> None:
     assert q.params == {"month": M, "next_month": N}
     assert "$month" in q.sql and "$next_month" in q.sql and M not in q.sql.split("\n", 1)[1]
     assert set(queries(M)) == {"churn", "churn:by:tenure_cohort", "churn_store"}
+
+
+def test_view_without_the_by_column_is_refused(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "old.duckdb")
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE customer_view DROP COLUMN tenure_cohort")
+    con.close()
+    with Database(settings(db), write=True) as database, pytest.raises(StateError) as err:
+        evaluate_churn(database, M, by="tenure_cohort")
+    assert "customer_view lacks column tenure_cohort" in err.value.render()
+
+
+def test_a_base_of_closed_customers_only_is_refused(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "closed.duckdb",
+                 [(1, "closed", 50, True, "over_12m", None), (2, "closed", 9, False, "over_12m", "closed")])
+    with Database(settings(db), write=True) as database, pytest.raises(StateError, match="no customer whose status"):
+        evaluate_churn(database, M)
+
+
+def test_end_to_end_on_a_scored_view_with_next_month_ingested_afterwards(cli, tmp_path: Path) -> None:
+    """ingest M → score M → ingest M+1's subscribers alone → evaluate: the real view's columns, and the later
+    load of M+1 does not make M's view stale. A suspended prepaid customer with a low balance scores
+    20 + 15 = 35 (flagged) and leaves; the two others score 0 and one of them is closed in M+1."""
+    a, b, s = "13900000001", "13900000002", "13900000003"
+    months = ["2026-08", "2026-09", M]
+    subs = [{"msisdn": x, "month": m} for x in (a, b) for m in months]
+    subs += [{"msisdn": s, "month": m, "payment": "prepaid", "balance": 5.0,
+              "status": "suspended" if m == M else "active"} for m in months]
+    extracts = tmp_path / "extracts"
+    write_table(extracts / "subscribers.parquet", "subscribers", subs)
+    write_table(extracts / "usage.parquet", "usage", [{"msisdn": x, "month": m} for x in (a, b, s) for m in months])
+    write_table(extracts / "billing.parquet", "billing", [{"msisdn": x, "month": m} for x in (a, b, s) for m in months])
+    write_table(extracts / "plans.parquet", "plans", [{"plan_id": "ZX128"}])
+    assert cli("ingest", str(extracts)).exit_code == 0
+    assert cli("score", "--month", M).exit_code == 0
+    refused = cli("evaluate", "churn", "--month", M)
+    assert refused.exit_code == 1 and "needs month 2026-11's subscribers" in refused.output
+    nxt = write_table(tmp_path / "next" / "subscribers_2026-11.parquet", "subscribers",
+                      [{"msisdn": a, "month": N}, {"msisdn": b, "month": N, "status": "closed"}])
+    assert cli("ingest", str(nxt)).exit_code == 0
+    result = cli("evaluate", "churn", "--month", M, "--format", "json", "--quiet")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    # order: s (35), a (0), b (0); churned s (absent) and b (closed): 2 of 3
+    assert (doc["base"], doc["churned"], doc["base_rate"]) == (3, 2, 0.666667)
+    assert doc["flag"] == flag(1, 1, 1.0, 0.5, 1.5)
+    assert doc["top"] == [top(0.05, 0, 0, None, 0.0, None), top(0.1, 0, 0, None, 0.0, None)]
+    assert [(g["customers"], g["cumulative_churned"]) for g in doc["gains"]] == [
+        (0, 0), (0, 0), (0, 0), (1, 1), (0, 1), (0, 1), (1, 1), (0, 1), (0, 1), (1, 2)]  # ⌈10p/3⌉ = 4, 7, 10
