@@ -36,22 +36,31 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mktool import __version__, explain, export, ingest, matrices, pipeline, plan, view
+from mktool import __version__, evaluate, explain, export, ingest, matrices, pipeline, plan, view
 from mktool.config import DECIMAL_RE, ENV, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
 from mktool.contract import TABLES, check_month
 from mktool.database import Database
 from mktool.diff import compare_folders, compare_rules, headline, render_csv, render_json, render_markdown, sections
 from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CheckFailed, ConfigError, MktoolError
-from mktool.output import infer_format, write_query
+from mktool.output import infer_format, write_query, write_text_file
 from mktool.planconfig import parse_window as plan_window
 from mktool.project import Project, load_project, project_from_report, validate_all
 from mktool.publish import newest_list
-from mktool.render import print_table, render_table, render_test_report
+from mktool.render import print_table, render_table, render_test_report, tables_text
 from mktool.ruletest.customers import default_customer_rows
 from mktool.ruletest.judging import run_tests
 from mktool.ruletest.reports import coverage_problems, junit_xml, result_document
-from mktool.schema import CYCLES, EXPORT_STAGES, FUNNEL_TABLE, LIST_FORMATS, RECOMMENDATIONS_TABLE, VIEW_TABLE
+from mktool.schema import (
+    CHURN_BY,
+    CYCLES,
+    EVALUATION_KINDS,
+    EXPORT_STAGES,
+    FUNNEL_TABLE,
+    LIST_FORMATS,
+    RECOMMENDATIONS_TABLE,
+    VIEW_TABLE,
+)
 from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, raise_if_moved, record
 from mktool.snapshot import check as snapshot_check
 from mktool.snapshot import write as snapshot_write
@@ -196,6 +205,7 @@ MONTHS_HELP = "YYYY-MM"
 OUTPUT_FORMATS = LIST_FORMATS  # files written with --out: score, matrix, export, run (FormatOpt)
 TABLE_JSON = ("table", "json")  # a report for people, or the same on stdout as JSON: status, explain, test, snapshot
 FUNNEL_FORMATS = ("table", "json", "csv")  # funnel
+EVALUATE_FORMATS = ("table", "json", "csv")  # evaluate: a report for people, the document, or its figure lines
 CHECK_FORMATS = ("text", "json")  # check: the problems as lines on stderr, or as JSON on stdout
 DIFF_FORMATS = ("table", "json", "csv", "markdown")  # diff (markdown: a pull-request comment)
 SWEEP_FORMATS = ("table", "csv", "json")  # plan --sweep prints its grid
@@ -818,6 +828,52 @@ def funnel_cmd(
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
         title = f"Funnels {month}" + (f" (cycle {date})" if date is not None else "")
         render_table(run.reporter, title, ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
+
+
+@command("evaluate")
+def evaluate_cmd(
+    run: Run,
+    kind: Annotated[str, typer.Argument(
+        parser=choice(*EVALUATION_KINDS), metavar="KIND", show_default=False,
+        help="What to evaluate: churn (churn_score and churn_flag of --month against who left by the next month)")],
+    month: MonthOpt,
+    by: Annotated[str | None, typer.Option(
+        "--by", parser=choice(*CHURN_BY), metavar=metavar(*CHURN_BY),
+        help="Also the same figures per group of this customer_view column")] = None,
+    fmt: Annotated[str, format_option(EVALUATE_FORMATS)] = "table",
+    out: OutOpt = None,
+) -> None:
+    """The churn model's quality: base rate, the flag's and the top 5% / 10%'s precision, recall, lift, gains.
+
+    The base is --month's customer_view without closed customers; a customer churned when the
+    next month's subscribers do not have them or have them closed (ingest that month first).
+    Rates are exact quotients rounded half away from zero to 6 decimals (docs/evaluation.md).
+    Each run is stored in the table churn_evaluation under a new run id.
+
+    \b
+    Examples:
+      mktool evaluate churn --month 2026-10
+      mktool evaluate churn --month 2026-10 --by tenure_cohort --format json | jq '.by'
+      mktool evaluate churn --month 2026-10 --format csv --out churn-2026-10.csv
+    """
+    check_out_file(out)
+    with run.db(write=True) as db:
+        result = evaluate.evaluate_churn(db, month, by=by, reporter=run.reporter)
+    doc = result.document
+    if fmt == "json":
+        text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+    elif fmt == "csv":
+        text = evaluate.churn_csv(doc, by)
+    else:
+        text = tables_text(evaluate.churn_tables(doc), numeric=(
+            "base", "churned", "base_rate", "customers", "precision", "recall", "lift", "decile",
+            "cumulative_churned", "cumulative_recall"))
+    if out is None or out == "-":
+        typer.echo(text, nl=False)
+    else:
+        write_text_file(Path(out), text)
+    run.reporter.info(f"churn evaluation of {month} stored as run {result.run_id} in churn_evaluation"
+                      + (f"; written to {out}" if out not in (None, "-") else ""))
 
 
 @command("latest")

@@ -66,6 +66,23 @@ def copy_to_file(con: duckdb.DuckDBPyConnection, query: str, target: Path, fmt: 
     return rows
 
 
+def write_text_file(target: Path, text: str) -> None:
+    """A report (json, csv, a rendered table) written whole or not at all: a temporary name
+    beside ``target``, fsync, then ``os.replace``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class PipeClosed(MktoolError):
     """The reader of standard output went away before the whole file was written."""
 

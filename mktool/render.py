@@ -13,6 +13,7 @@ rich's 80, so wide tables do not fold.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from mktool.console import Reporter
 from mktool.ruletest.cases import Case
 from mktool.ruletest.judging import TestRun
 
-__all__ = ["WIDE", "print_table", "render_table", "render_test_report", "table"]
+__all__ = ["WIDE", "print_table", "render_table", "render_test_report", "table", "tables_text"]
 
 WIDE = 140  # columns for output that is not a terminal
 
@@ -52,6 +53,14 @@ def print_table(title: str | None, columns: Sequence[str], rows: Rows, *, numeri
     if not console.is_terminal and console.width < WIDE:
         console = Console(highlight=False, width=WIDE)
     console.print(table(title, columns, rows, numeric=numeric))
+
+
+def tables_text(tables: Sequence[tuple[str, Sequence[str], Rows]], *, numeric: Sequence[str] = ()) -> str:
+    """Tables as plain text, 140 columns and no colour: a report for stdout or a file (``--out``)."""
+    console = Console(file=io.StringIO(), width=WIDE, no_color=True, highlight=False, color_system=None)
+    for title, columns, rows in tables:
+        console.print(table(title, columns, rows, numeric=numeric))
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def render_table(reporter: Reporter, title: str | None, columns: Sequence[str], rows: Rows,

@@ -16,6 +16,7 @@ PLAN_TABLE = "plan_recommendations"  # ranked plan changes per subscriber and mo
 CONTACT_HISTORY_TABLE = "contact_history"  # input extract and the contacts mktool recorded
 HOLDOUTS_TABLE = "holdouts"  # customer x policy kept back as a control group
 FUNNEL_TABLE = "funnel_counts"  # every step's funnel stages per month
+CHURN_EVALUATION_TABLE = "churn_evaluation"  # every `evaluate churn` run: (month, run_id) → its document
 
 #: The named parameter of a query built for one customer (explain: ``one_customer=True``).
 CUSTOMER_PARAM = "msisdn"
@@ -72,3 +73,15 @@ POPUP_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "e
 EXPORT_STAGES = PUSH_STAGES
 #: The funnel stages of a channel of each kind.
 CHANNEL_STAGES = {PUSH: PUSH_STAGES, POPUP: POPUP_STAGES}
+
+# -- evaluation (SPEC §7) ------------------------------------------------------------------------
+#: What ``mktool evaluate KIND`` evaluates.
+EVALUATION_KINDS = ("churn",)
+#: The top shares of churn_score evaluated, as (share, numerator, denominator): exact fractions.
+CHURN_TOP_SHARES = (("0.05", 1, 20), ("0.1", 1, 10))
+#: Cumulative gains: the base in this many position bands (deciles).
+CHURN_DECILES = 10
+#: The customer_view columns ``evaluate churn --by`` splits the base by.
+CHURN_BY = ("tenure_cohort",)
+#: Decimals of every evaluation rate (exact quotients rounded half away from zero).
+EVALUATION_RATE_SCALE = 6

@@ -39,7 +39,8 @@ GROUP = typer.main.get_command(cli_module.app)
 COMMANDS: dict[str, Any] = GROUP.commands  # type: ignore[attr-defined]
 
 #: What each command needs besides the option under test to get past parsing.
-REQUIRED: dict[str, list[str]] = {"ingest": ["x.parquet"], "explain": ["13800000001"], "latest": ["--channel", "sms"]}
+REQUIRED: dict[str, list[str]] = {"ingest": ["x.parquet"], "explain": ["13800000001"], "latest": ["--channel", "sms"],
+                                  "evaluate": ["churn"]}
 
 
 def _option(command: Any, flag: str) -> Any | None:
@@ -78,8 +79,8 @@ def _usage_error(result: Any, option: str) -> None:
 
 def test_the_commands_are_found() -> None:
     """The introspection below sees the commands it is meant to cover."""
-    assert set(MONTH_TAKERS) == {"check", "diff", "explain", "export", "funnel", "latest", "matrix", "plan", "run",
-                                 "score", "snapshot", "test"}
+    assert set(MONTH_TAKERS) == {"check", "diff", "evaluate", "explain", "export", "funnel", "latest", "matrix", "plan",
+                                 "run", "score", "snapshot", "test"}
     assert set(FORMAT_TAKERS) == set(MONTH_TAKERS) - {"latest"} | {"status"}  # latest prints one path
 
 

@@ -19,7 +19,7 @@ import sqlglot
 from conftest import CYCLE_DATE, MATRICES, M
 from sqlglot import exp
 
-from mktool import export, plan, view
+from mktool import evaluate, export, plan, view
 from mktool.dialect import Query
 from mktool.export import ExportConfig
 from mktool.matrices import generated_sql
@@ -101,6 +101,8 @@ def step_queries() -> dict[str, str]:
         out[f"matrix:{name}"] = sql
     for name, pq in plan.queries(M, PROJECT.plan).items():
         out[f"plan:{name}"] = pq.sql
+    for name, eq in evaluate.queries(M).items():
+        out[f"evaluate:{name}"] = eq.sql
     return out
 
 
@@ -109,7 +111,7 @@ QUERIES = step_queries()
 
 def test_every_step_is_listed() -> None:
     steps = {name.split(":")[0] for name in QUERIES}
-    assert steps == {"export", "score", "matrix", "plan"}
+    assert steps == {"export", "score", "matrix", "plan", "evaluate"}
     exported = {name.split(":", 1)[1].rsplit(":", 1)[0] for name in QUERIES if name.startswith("export:")}
     # every stage of the contact policy, the allocation round, the draw and the lists are among them
     assert {"offers", "candidates", "screen", "contact_cap", "exclusion", "choices", "propose", "place", "holdout",
@@ -185,3 +187,12 @@ def test_check_refuses_a_duckdb_only_construct(name: str) -> None:
 ])
 def test_check_accepts_constructs_with_a_spark_twin(sql: str) -> None:
     assert spark_problems(sql) == []
+
+
+def test_churn_evaluation_renders_integer_division_and_bound_months_for_spark() -> None:
+    """The decile and top-share positions are integer divisions (Spark's DIV, not a fractional /) and
+    the months are bound parameters, so every month runs the same text."""
+    query = evaluate.figures_query(M, "tenure_cohort")
+    spark = query.render("spark")
+    assert " DIV " in spark.upper() and ":month" in spark and ":next_month" in spark
+    assert evaluate.figures_query("2027-01").sql == evaluate.figures_query(M).sql
