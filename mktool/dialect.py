@@ -139,8 +139,8 @@ def int_div(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
     DuckDB, a DOUBLE or DECIMAL in Spark). Only for non-negative operands: the engines round a
     negative quotient differently.
     """
-    _check(dialect)
-    return f"({numerator} {'//' if dialect == DUCKDB else 'div'} {denominator})"
+    _check(dialect)  # the operands are wrapped: int_div("10 * p + n - 1", "n") must not read "... - 1 // n"
+    return f"(({numerator}) {'//' if dialect == DUCKDB else 'div'} ({denominator}))"
 
 
 def _quotient(top: str, bottom: str, dialect: Dialect) -> str:

@@ -118,9 +118,15 @@ def test_days_before_binds_a_date_parameter() -> None:
                                                ("4000000000", "3", 1333333333)])
 def test_int_div_per_dialect(a: str, b: str, want: int) -> None:
     assert duck(dialect.int_div(a, b)) == want
-    assert dialect.int_div(a, b, "spark") == f"({a} div {b})"
+    assert dialect.int_div(a, b, "spark") == f"(({a}) div ({b}))"
     sqlglot.parse_one(f"SELECT {dialect.int_div(a, b, 'spark')}", read="spark")
     assert " DIV " in dialect.render(f"SELECT {dialect.int_div(a, b)}", "spark")
+
+
+def test_int_div_binds_its_operands_whole() -> None:
+    """⌊(10·3 + 4 − 1) / 4⌋ = 8: unwrapped, the text read 10 * 3 + 4 - 1 // 4 = 34."""
+    assert duck(dialect.int_div("10 * 3 + 4 - 1", "4")) == 8
+    assert duck(dialect.int_div("7", "1 + 1")) == 3
 
 
 # -- a named query ------------------------------------------------------------------------------
