@@ -55,9 +55,9 @@ from mktool.schema import (
     CHURN_BY,
     CYCLES,
     EVALUATION_KINDS,
-    EXPORT_STAGES,
     FUNNEL_TABLE,
     LIST_FORMATS,
+    PUSH_STAGES,
     RECOMMENDATIONS_TABLE,
     VIEW_TABLE,
 )
@@ -713,7 +713,7 @@ def render_channel_funnels(run: Run, result: Any, *, title: str) -> None:
     kind has no such stage (a pop-up has no no_answer, contact_cap, dedupe or capacity)."""
     def cell(stages: dict[str, int], stage: str) -> str:
         return f"{stages[stage]:,}" if stage in stages else "-"
-    rows = [(stage, *[cell(dict(ch.stages), stage) for ch in result.channels]) for stage in EXPORT_STAGES]
+    rows = [(stage, *[cell(dict(ch.stages), stage) for ch in result.channels]) for stage in PUSH_STAGES]
     render_table(run.reporter, title, ["stage", *[ch.channel for ch in result.channels]], rows)
 
 

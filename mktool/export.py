@@ -141,7 +141,6 @@ from mktool.schema import (
     CHANNEL_STAGES,
     CONTACT_HISTORY_TABLE,
     CUSTOMER_PARAM,
-    EXPORT_STAGES,
     GROUP_COLUMNS,
     HOLDOUTS_TABLE,
     MONEY_COLUMNS,
@@ -157,7 +156,6 @@ from mktool.schema import (
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
 
-STAGES = EXPORT_STAGES  # a push channel's stages; a pop-up's are schema.POPUP_STAGES
 DEFAULT_COOLDOWN_DAYS = 30
 DEFAULT_RETRY_DAYS = 7  # a push channel's wait after a no_answer
 DEFAULT_WITHDRAW_DAYS = 180  # an accepted policy without withdraw_days or valid_to
@@ -950,7 +948,7 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
         con.execute("SELECT 1 FROM plan_recommendations WHERE month = ? AND msisdn = ? LIMIT 1",
                     [month, msisdn]).fetchone())
     p = ExportParams.of(config, month, cycle_date, has_plan=has_plan)
-    _register(con, config, {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}, cycle_date)
+    _register(con, config, cycle_ids(config, month, cycle_date))
     _history_view(con, p.cycle_date)
     for q in (offers_query(p, msisdn), candidates_query(p), screen_query(p), screened_query(), exclusion_query(),
               prior_query(p)):
@@ -1129,13 +1127,11 @@ class ExportResult:
 
 
 def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str],
-              cycle_date: dt.date, replaced: set[str] | None = None) -> None:
-    """Channel, policy, policy-group and cycle settings as small temp tables the stage SQL joins to.
+              replaced: set[str] | None = None) -> None:
+    """Channel, policy and cycle settings as small temp tables the stage SQL joins to.
 
     A policy's allowed channels are rows of _x_policy_channels (none: every channel), not a
     list column: the stages then need no list functions beyond reading an offer's own channels.
-    So are a policy group's members (_x_group_members, with their place in the group), from which
-    _x_group_alternatives is built once for the lists.
     """
     con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, kind VARCHAR, cycle VARCHAR, "
                 "capacity BIGINT, contact_cap BIGINT, retry_days INTEGER)")
@@ -1153,16 +1149,6 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
         allowed = [(p.id, channel) for p in config.policies.values() for channel in dict.fromkeys(p.channels)]
         if allowed:
             con.executemany("INSERT INTO _x_policy_channels VALUES (?, ?)", allowed)
-    con.execute("CREATE OR REPLACE TEMP TABLE _x_groups (group_id VARCHAR, group_name VARCHAR)")
-    con.execute("CREATE OR REPLACE TEMP TABLE _x_group_members (group_id VARCHAR, pos INTEGER, policy_id VARCHAR, "
-                "policy_name VARCHAR)")
-    if config.groups:
-        con.executemany("INSERT INTO _x_groups VALUES (?, ?)", [(g.id, g.name) for g in config.groups.values()])
-        con.executemany("INSERT INTO _x_group_members VALUES (?, ?, ?, ?)",
-                        [(g.id, pos, pid, config.policies[pid].name if pid in config.policies else pid)
-                         for g in config.groups.values() for pos, pid in enumerate(g.policies, 1)])
-    _run(con, group_alternatives_query())
-    _run(con, list_window_query(cycle_date))
     # replaced: the channel's list is written by this run, so its cycle's earlier records are
     # replaced, not history (a daily run sees the monthly channels' records as history).
     con.execute("CREATE OR REPLACE TEMP TABLE _x_cycle (channel VARCHAR, cycle VARCHAR, replaced BOOLEAN)")
@@ -1174,6 +1160,22 @@ def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict
     else:
         con.execute("CREATE OR REPLACE TEMP VIEW _x_dndlist AS SELECT CAST(NULL AS VARCHAR) AS msisdn, "
                     "CAST(NULL AS VARCHAR) AS channel WHERE false")
+
+
+def _register_list_tables(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycle_date: dt.date) -> None:
+    """What only the lists read (not explain's stages): the policy groups' members
+    (_x_group_members, with their place in the group), from which _x_group_alternatives is built
+    once, and the recent-contacts window of the cycle (_x_list_window)."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_groups (group_id VARCHAR, group_name VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _x_group_members (group_id VARCHAR, pos INTEGER, policy_id VARCHAR, "
+                "policy_name VARCHAR)")
+    if config.groups:
+        con.executemany("INSERT INTO _x_groups VALUES (?, ?)", [(g.id, g.name) for g in config.groups.values()])
+        con.executemany("INSERT INTO _x_group_members VALUES (?, ?, ?, ?)",
+                        [(g.id, pos, pid, config.policies[pid].name if pid in config.policies else pid)
+                         for g in config.groups.values() for pos, pid in enumerate(g.policies, 1)])
+    _run(con, group_alternatives_query())
+    _run(con, list_window_query(cycle_date))
 
 
 def _history_view(con: duckdb.DuckDBPyConnection, cycle_date: dt.date) -> None:
@@ -1212,6 +1214,11 @@ def cycle_id(channel: Channel, month: str, cycle_date: dt.date) -> str:
     kept carry 'YYYY-MM' for monthly records: another, earlier cycle, never replaced by a new one.)
     """
     return cycle_date.isoformat()
+
+
+def cycle_ids(config: ExportConfig, month: str, cycle_date: dt.date) -> dict[str, str]:
+    """Every configured channel's cycle id for this cycle (run_export and explain alike)."""
+    return {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}
 
 
 def cycle_folder(out_dir: Path, month: str, cycle_date: dt.date) -> Path:
@@ -1257,7 +1264,7 @@ def run_export(
         require_built_on_view(con, "plan", "plan_recommendations", month, view_build)
     if not has_plan:
         reporter.warn(f"no plan recommendations for {month}: run `mktool plan --month {month}` to include plan changes")
-    cycles = {name: cycle_id(ch, month, cycle_date) for name, ch in config.channels.items()}
+    cycles = cycle_ids(config, month, cycle_date)
     written = {name for name, ch in config.channels.items()
                if only_channel in (None, name) and only_cycle in (None, ch.cycle)}
     with reporter.step(f"contact policy for {month} (cycle {cycle_date})"):
@@ -1294,7 +1301,8 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
     Each filtering stage is built from the previous one's table, counted, and the previous one
     dropped. The allocation re-executes the same two round statements with the round bound.
     """
-    _register(con, config, cycles, p.cycle_date, written)
+    _register(con, config, cycles, written)
+    _register_list_tables(con, config, p.cycle_date)
     _history_view(con, p.cycle_date)
     _run(con, offers_query(p))
     counts: dict[tuple[str, str], int] = {}

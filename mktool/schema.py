@@ -64,13 +64,11 @@ PLAN_TABLE_COLUMNS = (
 # -- funnels: each stage counts the subscribers that passed it and every stage before -----------
 PLAN_FUNNEL = "plan"
 PLAN_STAGES = ("base", "active", "data_ge_min", "eligible_plan", "billable", "in_rate_window")
-#: A push channel's funnel: the whole contact policy (SPEC §6).
+#: A push channel's funnel: the whole contact policy (SPEC §6); a pop-up's stages are a subsequence.
 PUSH_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "no_answer", "exclusion", "dedupe",
                "contact_cap", "capacity", "holdout", "exported")
 #: A pop-up's funnel: no retry wait, contact cap, dedupe or capacity (a pop-up shows what is current).
 POPUP_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "exclusion", "holdout", "exported")
-#: Every channel stage in order (a pop-up's stages are a subsequence): the push funnel.
-EXPORT_STAGES = PUSH_STAGES
 #: The funnel stages of a channel of each kind.
 CHANNEL_STAGES = {PUSH: PUSH_STAGES, POPUP: POPUP_STAGES}
 

@@ -38,11 +38,12 @@ from mktool.cli import app
 from mktool.config import Settings
 from mktool.database import Database, record_step
 from mktool.errors import ConfigError
-from mktool.export import STAGES, ExportResult, run_export
+from mktool.export import ExportResult, run_export
 from mktool.freshness import view_inputs
 from mktool.planconfig import load_plan_config
 from mktool.project import load_project
 from mktool.rules import load_channels
+from mktool.schema import PUSH_STAGES
 
 # SPEC §6, in this order.
 SPEC_COLUMNS = ["msisdn", "month", "channel", "rank", "matrix", "rule_id", "policy_id", "policy_name", "script",
@@ -379,7 +380,7 @@ def test_every_channel_funnel_has_the_stages_in_order_and_never_grows(tmp_path):
                    + [rec(c(n), 2, "X1", ["frontdesk"]) for n in range(1, 9)], dnd=[(c(1), "*"), (c(2), "sms")],
                    channels={"sms": {"capacity": 3}})
     result = w.export()
-    assert list(STAGES) == SPEC_STAGES
+    assert list(PUSH_STAGES) == SPEC_STAGES
     for ch in result.channels:
         assert [s for s, _ in ch.stages] == (POPUP_SPEC_STAGES if ch.channel in ("frontdesk", "inbound")
                                              else SPEC_STAGES)
