@@ -48,9 +48,15 @@ channel: a retry never follows a push on another channel), whose wait the no_ans
 then checks. Caps count push contacts per calendar month of the cycle date; capacity counts
 offers (rows) per cycle.
 
-Hold-outs are drawn per customer × policy × month (the export month, not the cycle), so a
-held-out pair is held out of every channel, pop-ups too, in every cycle of the month; they are
-recorded in ``holdouts`` per channel where they were placed (for a pop-up, the pop-up).
+Hold-outs are two nested control groups, drawn after the allocation (a held-out offer went
+through every stage a contacted one did: the control groups are the same selection). First the
+universal control group (contact_policy ``universal_holdout``, 0: off): a draw of the msisdn and
+``universal_salt`` alone, the same customers every month, every offer of theirs held out of every
+channel, pop-ups too, in every cycle: contacted by no campaign. Then, for the other customers, a
+policy's ``holdout``: a draw per customer × policy × month (the export month, not the cycle), so
+a held-out pair is held out of every channel, pop-ups too, in every cycle of the month. Both are
+recorded in ``holdouts`` per cycle and channel where they were placed (for a pop-up, the pop-up),
+with their ``kind`` ('universal' | 'policy') and cycle date.
 
 Every cycle — the monthly run and each daily run — is identified by its cycle date (``--date``):
 that ISO date is the cycle id of its records (contact_history.cycle, holdouts.cycle, the

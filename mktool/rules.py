@@ -517,9 +517,13 @@ def _read_channels(matrices_dir: Path, problems: Problems) -> ChannelConfig | No
 
 def _universal_holdout(cp: Located) -> float:
     """contact_policy's ``universal_holdout``: a share 0 ≤ x ≤ 0.5 of the base (absent: 0, off)."""
-    share = cp.get("universal_holdout", (int, float))
+    share = cp.child("universal_holdout").value
     if share is None:
         return 0.0
+    if isinstance(share, bool) or not isinstance(share, (int, float)):
+        raise cp.child("universal_holdout").error(
+            f"expected a number (a share of the customer base such as 0.02), got {type(share).__name__} "
+            f"{short_repr(share)}")
     if not 0 <= share <= MAX_UNIVERSAL_HOLDOUT:
         raise cp.child("universal_holdout").error(
             f"a share of the customer base, 0 ≤ universal_holdout ≤ {MAX_UNIVERSAL_HOLDOUT}, got {share}",
