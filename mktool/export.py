@@ -676,6 +676,7 @@ drawn AS (
 SELECT {drawn_columns}, held_kind, held_kind IS NOT NULL AS held_out FROM drawn
 """
 
+
 def universal_sql(alias: str, p: ExportParams) -> str | None:
     """Whether the customer ``alias``.msisdn is in the universal control group: the draw of the
     msisdn and the salt (no month: the same customers month after month) below
