@@ -1129,8 +1129,10 @@ def explain_cmd(
                  [(c["contact_date"], c["channel"], c["policy_id"], c["outcome"], c.get("cycle")) for c in ex.contacts],
                  to_stdout=True)
     if ex.holdouts:
-        render_table(run.reporter, "Held out (control group)", ["cycle", "channel", "policy"],
-                     [(h["cycle"], h["channel"], h["policy_id"]) for h in ex.holdouts], to_stdout=True)
+        render_table(run.reporter, "Held out (control group: universal, or the policy's)",
+                     ["cycle", "channel", "policy", "kind"],
+                     [(h["cycle"], h["channel"], h["policy_id"], h.get("kind") or "policy") for h in ex.holdouts],
+                     to_stdout=True)
     render_channel_verdicts(run, verdicts, cycle_date)
 
 

@@ -256,7 +256,8 @@ TABLES: dict[str, TableContract] = {
                 _vocab("outcome", OUTCOMES),
             ),
             key=("msisdn", "contact_date", "channel", "policy_id"), monthly=False, required=False,
-            reload="upsert", doc="Responses update earlier records with the same key.",
+            reload="upsert", doc="Responses update earlier records with the same key; a contact mktool recorded "
+                "keeps its cycle and recorded_by (it stays that cycle's contact).",
         ),
         TableContract(
             "dnd",

@@ -48,9 +48,15 @@ channel: a retry never follows a push on another channel), whose wait the no_ans
 then checks. Caps count push contacts per calendar month of the cycle date; capacity counts
 offers (rows) per cycle.
 
-Hold-outs are drawn per customer × policy × month (the export month, not the cycle), so a
-held-out pair is held out of every channel, pop-ups too, in every cycle of the month; they are
-recorded in ``holdouts`` per channel where they were placed (for a pop-up, the pop-up).
+Hold-outs are two nested control groups, drawn after the allocation (a held-out offer went
+through every stage a contacted one did: the control groups are the same selection). First the
+universal control group (contact_policy ``universal_holdout``, 0: off): a draw of the msisdn and
+``universal_salt`` alone, the same customers every month, every offer of theirs held out of every
+channel, pop-ups too, in every cycle: contacted by no campaign. Then, for the other customers, a
+policy's ``holdout``: a draw per customer × policy × month (the export month, not the cycle), so
+a held-out pair is held out of every channel, pop-ups too, in every cycle of the month. Both are
+recorded in ``holdouts`` per cycle and channel where they were placed (for a pop-up, the pop-up),
+with their ``kind`` ('universal' | 'policy') and cycle date.
 
 Every cycle — the monthly run and each daily run — is identified by its cycle date (``--date``):
 that ISO date is the cycle id of its records (contact_history.cycle, holdouts.cycle, the
@@ -136,7 +142,7 @@ from mktool.publish import (
     record_commit,
     recover_folder,
 )
-from mktool.rules import Channel, Policy, PolicyGroup, default_columns
+from mktool.rules import DEFAULT_UNIVERSAL_SALT, Channel, Policy, PolicyGroup, default_columns
 from mktool.schema import (
     CHANNEL_STAGES,
     CONTACT_HISTORY_TABLE,
@@ -144,6 +150,7 @@ from mktool.schema import (
     GROUP_COLUMNS,
     HOLDOUTS_TABLE,
     MONEY_COLUMNS,
+    POLICY_HOLDOUT,
     POPUP,
     PUSH,
     RATE_COLUMNS,
@@ -152,6 +159,7 @@ from mktool.schema import (
     RECENT_CONTACTS_MONTHS,
     SUMMARY_COLUMNS,
     TARGET_COLUMNS,
+    UNIVERSAL_HOLDOUT,
 )
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
@@ -175,6 +183,8 @@ class ExportConfig:
     plan: PlanConfig
     project: Project
     retry_days: int = DEFAULT_RETRY_DAYS
+    universal_holdout: float = 0.0  # the universal control group's share of the base (0: off)
+    universal_salt: str = DEFAULT_UNIVERSAL_SALT
 
     @classmethod
     def of(cls, project: Project) -> ExportConfig:
@@ -188,6 +198,8 @@ class ExportConfig:
             plan=project.plan,
             project=project,
             retry_days=contact.retry_days if contact.retry_days is not None else DEFAULT_RETRY_DAYS,
+            universal_holdout=contact.universal_holdout,
+            universal_salt=contact.universal_salt,
         )
 
     def channel_retry_days(self, channel: Channel) -> int | None:
@@ -253,6 +265,8 @@ class ExportParams:
     plan_channels: tuple[str, ...]
     plan_script: str  # an SQL expression (mktool.plan.script_sql of a checked template)
     has_plan: bool  # plan_recommendations has rows for the month
+    universal_holdout: float = 0.0  # contact_policy's universal control group (0: off)
+    universal_salt: str = DEFAULT_UNIVERSAL_SALT
 
     @classmethod
     def of(cls, config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: bool) -> ExportParams:
@@ -261,7 +275,8 @@ class ExportParams:
                    monthly_cap=config.monthly_cap, withdraw_days=DEFAULT_WITHDRAW_DAYS, plan_policy=config.plan.policy,
                    plan_policy_name=policy.name if policy else config.plan.policy,
                    plan_channels=tuple(config.plan.channels), plan_script=script_sql(config.plan.script),
-                   has_plan=has_plan)
+                   has_plan=has_plan, universal_holdout=config.universal_holdout,
+                   universal_salt=config.universal_salt)
 
     @property
     def cycle_month_start(self) -> dt.date:
@@ -640,29 +655,53 @@ def round_queries(p: ExportParams, round_no: int) -> list[Query]:
 
 HOLDOUT_SQL = """
 -- Hold-out control groups: the push rows placed and every pop-up row, each held out by a
--- deterministic draw per customer × policy × month (the export month, not the cycle): a
--- held-out pair is held out of every channel, pop-ups too, in every cycle of the month.
+-- deterministic draw, nested so a customer is in at most one group (held_kind):
+--   universal  the customer is in the universal control group: a draw of the msisdn and the
+--              salt alone, the same customers every month; every offer of theirs on every
+--              channel, pop-ups too, in every cycle, is held out (contacted by no campaign);
+--   policy     else the pair's per customer × policy × month draw (the export month, not the
+--              cycle) is below the policy's holdout: held out of every channel, pop-ups too, in
+--              every cycle of the month.
 CREATE OR REPLACE TEMP TABLE _x_drawn AS
 WITH shown AS (
     SELECT {choice_columns} FROM _x_placed
     UNION ALL
     SELECT {candidate_columns}, 0 AS choice FROM _x_exclusion WHERE NOT push
+),
+drawn AS (
+    SELECT {columns}, {held_kind} AS held_kind
+    FROM shown p
+    LEFT JOIN _x_policies pol ON pol.policy_id = p.policy_id
 )
-SELECT {columns}, {held_out} AS held_out
-FROM shown p
-LEFT JOIN _x_policies pol ON pol.policy_id = p.policy_id
+SELECT {drawn_columns}, held_kind, held_kind IS NOT NULL AS held_out FROM drawn
 """
 
 
-def held_out_sql(alias: str) -> str:
-    """Whether the draw holds the pair (``alias``.msisdn, ``alias``.policy_id) out this month
-    (``pol``: its _x_policies row); explain evaluates the very same expression."""
-    return f"{draw((f'{alias}.msisdn', f'{alias}.policy_id', '$month'))} < coalesce(pol.holdout, 0)"
+def universal_sql(alias: str, p: ExportParams) -> str | None:
+    """Whether the customer ``alias``.msisdn is in the universal control group: the draw of the
+    msisdn and the salt (no month: the same customers month after month) below
+    ``universal_holdout``; None when the group is off (0: no draw at all). The salt and the share
+    reach SQL as literals of sqlquote.quote_literal."""
+    if p.universal_holdout <= 0:
+        return None
+    return f"{draw((f'{alias}.msisdn', quote_literal(p.universal_salt)))} < {quote_literal(p.universal_holdout)}"
+
+
+def held_kind_sql(alias: str, p: ExportParams) -> str:
+    """Which hold-out keeps the pair (``alias``.msisdn, ``alias``.policy_id) back this month
+    (``pol``: its _x_policies row): 'universal', else 'policy', else NULL. Nested: a universal
+    customer is never in a policy hold-out. The policy draw is computed only for a policy with a
+    hold-out, the universal one only when the group is on. Explain evaluates the very same expression."""
+    policy = (f"pol.holdout > 0 AND {draw((f'{alias}.msisdn', f'{alias}.policy_id', '$month'))} < pol.holdout")
+    universal = universal_sql(alias, p)
+    first = f"WHEN {universal} THEN {quote_literal(UNIVERSAL_HOLDOUT)} " if universal else ""
+    return f"CASE {first}WHEN {policy} THEN {quote_literal(POLICY_HOLDOUT)} END"
 
 
 def holdout_query(p: ExportParams) -> Query:
     sql = HOLDOUT_SQL.format(choice_columns=_cols(CHOICE_COLUMNS), candidate_columns=_cols(CANDIDATE_COLUMNS),
-                             columns=_cols(CHOICE_COLUMNS, "p"), held_out=held_out_sql("p"))
+                             columns=_cols(CHOICE_COLUMNS, "p"), drawn_columns=_cols(CHOICE_COLUMNS),
+                             held_kind=held_kind_sql("p", p))
     return Query("holdout", sql, {"month": p.month})
 
 
@@ -826,22 +865,47 @@ def record_contact_queries(channel: str, cycle: str, cycle_date: dt.date, month:
               {**keys, "cycle_date": cycle_date}),
         Query("forget_holdouts", "DELETE FROM holdouts WHERE cycle = $cycle AND channel = $channel",
               {"cycle": cycle, "channel": channel}),
-        Query("record_holdouts", """INSERT INTO holdouts (month, cycle, channel, msisdn, policy_id, rank, matrix,
-                                                 rule_id)
-               SELECT $month, $cycle, d.channel, d.msisdn, d.policy_id, o.rank, o.matrix, o.rule_id
+        Query("record_holdouts", """INSERT INTO holdouts (month, cycle, cycle_date, channel, msisdn, policy_id, rank,
+                                                 matrix, rule_id, kind)
+               SELECT $month, $cycle, CAST($cycle_date AS DATE), d.channel, d.msisdn, d.policy_id, o.rank, o.matrix,
+                      o.rule_id, d.held_kind
                FROM _x_drawn d JOIN _x_offers o ON o.offer_id = d.offer_id
-               WHERE d.channel = $channel AND d.held_out""", {"month": month, "cycle": cycle, "channel": channel}),
+               WHERE d.channel = $channel AND d.held_out""",
+              {"month": month, "cycle": cycle, "cycle_date": cycle_date, "channel": channel}),
     ]
 
 
-HOLDOUTS_DDL = """CREATE TABLE IF NOT EXISTS holdouts (month VARCHAR, cycle VARCHAR, channel VARCHAR, msisdn VARCHAR,
-                   policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR)"""
+#: holdouts: every held-out customer × policy per cycle and channel where it applies; ``kind`` is
+#: 'policy' (the policy's hold-out) or 'universal' (the universal control group). A table of an
+#: older build gains cycle_date and kind at its end (:func:`ensure_holdouts_columns`).
+HOLDOUTS_DDL = """CREATE TABLE IF NOT EXISTS holdouts (month VARCHAR, cycle VARCHAR, cycle_date DATE, channel VARCHAR,
+                   msisdn VARCHAR, policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR, kind VARCHAR)"""
+
+#: An old row's cycle date: its cycle id as a date ('YYYY-MM-DD'), or the 1st of a 'YYYY-MM' cycle.
+_OLD_CYCLE_DATE = ("CASE WHEN length(cycle) = 10 THEN TRY_CAST(cycle AS DATE) "
+                   "WHEN length(cycle) = 7 THEN TRY_CAST(cycle || '-01' AS DATE) END")
+
+
+def ensure_holdouts_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring a holdouts table of an older build (no cycle_date, no kind) to today's columns, in
+    place, inside the caller's write transaction: its rows were all policy hold-outs, and their
+    cycle date follows from their cycle id. (The columns are added at the end: evaluate selects by name.)"""
+    if not table_exists(con, HOLDOUTS_TABLE):
+        return
+    cols = set(table_columns(con, HOLDOUTS_TABLE))
+    if "cycle_date" not in cols:
+        con.execute(f"ALTER TABLE {HOLDOUTS_TABLE} ADD COLUMN cycle_date DATE")
+        con.execute(f"UPDATE {HOLDOUTS_TABLE} SET cycle_date = {_OLD_CYCLE_DATE}")
+    if "kind" not in cols:
+        con.execute(f"ALTER TABLE {HOLDOUTS_TABLE} ADD COLUMN kind VARCHAR")
+        con.execute(f"UPDATE {HOLDOUTS_TABLE} SET kind = {quote_literal(POLICY_HOLDOUT)}")
 
 
 # -- explain: one customer's offers through the channel stages ---------------------------------
 CUSTOMER_STAGES_SQL = """
 -- One customer's offers × candidate channels (the stage tables hold that customer only) and
--- the per-customer stage that removed each (NULL: it passed exclusion), with the month's draw.
+-- the per-customer stage that removed each (NULL: it passed exclusion), with the month's draw
+-- (held_kind: universal / policy / NULL, as the hold-out stage computes it).
 WITH offered AS (
     SELECT o.offer_id, o.msisdn, o.policy_id, o.rank, c.channel, c.kind,
            array_position(o.channels, c.channel) AS channel_pref
@@ -857,7 +921,7 @@ SELECT f.policy_id, f.rank, f.channel, f.kind, f.channel_pref,
             WHEN NOT s.pass_no_answer THEN 'no_answer'
             WHEN e.offer_id IS NULL THEN 'exclusion'
        END AS removed_at,
-       {held_out} AS held_out
+       {held_kind} AS held_kind
 FROM offered f
 LEFT JOIN _x_screened s ON s.offer_id = f.offer_id AND s.channel = f.channel
 LEFT JOIN _x_exclusion e ON e.offer_id = f.offer_id AND e.channel = f.channel
@@ -868,14 +932,17 @@ ORDER BY f.rank, f.channel_pref
 
 def customer_stages_query(p: ExportParams, msisdn: str) -> Query:
     """The per-customer stages of one customer's offer × channel rows (see :func:`channel_verdicts`)."""
-    sql = CUSTOMER_STAGES_SQL.format(customer=CUSTOMER_PARAM, held_out=held_out_sql("f"))
+    sql = CUSTOMER_STAGES_SQL.format(customer=CUSTOMER_PARAM, held_kind=held_kind_sql("f", p))
     return Query("customer_stages", sql, {CUSTOMER_PARAM: msisdn, "month": p.month})
 
 
-def cycle_records_queries(msisdn: str) -> list[Query]:
+def cycle_records_queries(msisdn: str, *, holdout_kinds: bool = True) -> list[Query]:
     """What this cycle recorded: the cycles (of _x_cycle) with any record, and the customer's
-    `sent` rows and hold-outs in them (the allocation's outcome, which depends on other customers)."""
+    `sent` rows and hold-outs (with their kind) in them (the allocation's outcome, which depends on
+    other customers). ``holdout_kinds``: the holdouts table has its kind column (an older build's
+    has none: all its rows are policy hold-outs; explain reads, it never migrates)."""
     mine = {CUSTOMER_PARAM: msisdn, "recorded_by": RECORDED_BY}
+    kind = "coalesce(h.kind, 'policy')" if holdout_kinds else quote_literal(POLICY_HOLDOUT)
     return [
         Query("cycle_recorded", f"""SELECT DISTINCT cy.channel FROM _x_cycle cy
                WHERE EXISTS (SELECT 1 FROM {CONTACT_HISTORY_TABLE} h WHERE h.cycle = cy.cycle
@@ -886,7 +953,7 @@ def cycle_records_queries(msisdn: str) -> list[Query]:
         Query("cycle_sent", f"""SELECT h.channel, h.policy_id FROM {CONTACT_HISTORY_TABLE} h
                JOIN _x_cycle cy ON cy.channel = h.channel AND cy.cycle = h.cycle
                WHERE h.msisdn = ${CUSTOMER_PARAM} AND h.recorded_by = $recorded_by AND h.outcome = 'sent'""", mine),
-        Query("cycle_held", f"""SELECT h.channel, h.policy_id FROM {HOLDOUTS_TABLE} h
+        Query("cycle_held", f"""SELECT h.channel, h.policy_id, {kind} AS kind FROM {HOLDOUTS_TABLE} h
                JOIN _x_cycle cy ON cy.channel = h.channel AND cy.cycle = h.cycle
                WHERE h.msisdn = ${CUSTOMER_PARAM}""", {CUSTOMER_PARAM: msisdn}),
     ]
@@ -921,6 +988,11 @@ class ChannelVerdict:
 
 
 NOT_EXPORTED = "not_exported"
+#: explain's text of a held-out offer, by the hold-out's kind (holdouts.kind, _x_drawn.held_kind).
+HOLDOUT_TEXT = {
+    POLICY_HOLDOUT: "held out this month (control group): on no channel",
+    UNIVERSAL_HOLDOUT: "universal control group: never contacted by any campaign",
+}
 STAGE_TEXT = {
     "dnd": "on the do-not-disturb list (this channel or every channel)",
     "unsubscribed": "the customer unsubscribed from this channel",
@@ -938,8 +1010,9 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
 
     The per-customer stages (candidates … exclusion) run export's own queries with the customer
     bound as a parameter; the allocation (dedupe, capacity) depends on every other customer, so
-    it is read from what the cycle recorded (its `sent` rows and hold-outs). A pop-up has no
-    allocation: the month's draw decides holdout or exported.
+    it is read from what the cycle recorded (its `sent` rows and hold-outs, with their kind). A
+    pop-up has no allocation: the draws decide holdout (universal control group, else the policy's
+    hold-out) or exported.
     """
     if not table_exists(con, "recommendations"):  # `matrix` has not run: no offers to place yet
         return []
@@ -957,15 +1030,17 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
     responses = _run(con, customer_responses_query(msisdn, cycle_date)).fetchall()
     recorded: set[str] = set()
     sent: set[tuple[str, str]] = set()
-    held: set[tuple[str, str]] = set()
-    recorded_q, held_recorded_q, sent_q, held_q = cycle_records_queries(msisdn)
+    held: dict[tuple[str, str], str] = {}  # (channel, policy) → the hold-out's kind
+    has_holdouts = table_exists(con, HOLDOUTS_TABLE)
+    recorded_q, held_recorded_q, sent_q, held_q = cycle_records_queries(
+        msisdn, holdout_kinds=has_holdouts and "kind" in table_columns(con, HOLDOUTS_TABLE))
     if table_exists(con, CONTACT_HISTORY_TABLE) and {"cycle", "recorded_by"} <= set(
             table_columns(con, CONTACT_HISTORY_TABLE)):
         recorded |= {r[0] for r in _run(con, recorded_q).fetchall()}
         sent = {(r[0], r[1]) for r in _run(con, sent_q).fetchall()}
-    if table_exists(con, HOLDOUTS_TABLE):
+    if has_holdouts:
         recorded |= {r[0] for r in _run(con, held_recorded_q).fetchall()}
-        held = {(r[0], r[1]) for r in _run(con, held_q).fetchall()}
+        held = {(r[0], r[1]): str(r[2]) for r in _run(con, held_q).fetchall()}
     contacts = {str(r[0]): int(r[1]) for r in _run(con, customer_prior_query(msisdn)).fetchall()}
     for table in ("_x_offers", "_x_candidates", "_x_screened", "_x_no_answer", "_x_exclusion", "_x_prior"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
@@ -974,15 +1049,17 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
         if removed_at is None and kind == PUSH:
             surviving.setdefault(policy_id, []).append(channel)
     verdicts = []
-    for policy_id, rank, channel, kind, _, removed_at, held_out in rows:
+    for policy_id, rank, channel, kind, _, removed_at, held_kind in rows:
         if removed_at is not None:
             stage, detail = removed_at, _removed_detail(config, policy_id, channel, removed_at, responses)
         elif kind == POPUP:
-            stage, detail = (("holdout", "held out this month (control group): on no channel") if held_out
+            stage, detail = (("holdout", HOLDOUT_TEXT[held_kind]) if held_kind is not None
                              else ("exported", "on the pop-up list"))
         else:
             stage, detail = _allocation_verdict(policy_id, channel, surviving[policy_id], recorded, sent, held,
-                                                _caps_reached(config, contacts, sent | held))
+                                                _caps_reached(config, contacts, sent | set(held)))
+            if stage == NOT_EXPORTED and held_kind == UNIVERSAL_HOLDOUT:
+                detail += f"; {HOLDOUT_TEXT[UNIVERSAL_HOLDOUT]}: held out wherever it is placed"
         verdicts.append(ChannelVerdict(policy_id, int(rank), channel, kind, stage, detail))
     return verdicts
 
@@ -1043,7 +1120,7 @@ def _caps_reached(config: ExportConfig, prior: dict[str, int], placed: set[tuple
 
 
 def _allocation_verdict(policy_id: str, channel: str, channels: list[str], recorded: set[str],
-                        sent: set[tuple[str, str]], held: set[tuple[str, str]],
+                        sent: set[tuple[str, str]], held: dict[tuple[str, str], str],
                         caps: dict[str, str]) -> tuple[str, str]:
     """A push offer past every per-customer stage: where the cycle's allocation placed it.
 
@@ -1058,7 +1135,7 @@ def _allocation_verdict(policy_id: str, channel: str, channels: list[str], recor
     placed = next((ch for ch in channels if (ch, policy_id) in sent or (ch, policy_id) in held), None)
     if placed is not None and channel == placed:
         if (channel, policy_id) in held:
-            return "holdout", "held out this month (control group): on no channel"
+            return "holdout", HOLDOUT_TEXT[held[(channel, policy_id)]]
         return "exported", "on this push list"
     if placed is not None and channels.index(channel) > channels.index(placed):
         return "dedupe", f"placed on push channel {placed}"
@@ -1588,6 +1665,7 @@ def _record_contacts(con: duckdb.DuckDBPyConnection, channels: list[str], cycles
     for forget_sent, record_sent, _, _ in written:
         _run(con, forget_sent)
         _run(con, record_sent)
+    ensure_holdouts_columns(con)
     _run(con, Query("holdouts_table", HOLDOUTS_DDL))
     for _, _, forget_holdouts, record_holdouts in written:
         _run(con, forget_holdouts)

@@ -24,10 +24,11 @@ import duckdb
 
 from mktool.console import QUIET, Reporter
 from mktool.contract import INVISIBLE, MONTH_RE, TABLES, TIME_ZONE, WHITESPACE, Column, TableContract, table_for_file
-from mktool.database import Database, table_exists
+from mktool.database import Database, table_columns, table_exists
 from mktool.errors import InputError
 from mktool.publish import file_sha256
 from mktool.rules import load_channels
+from mktool.schema import CONTACT_HISTORY_TABLE
 
 INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
                  "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
@@ -742,12 +743,22 @@ def _load_table(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFi
             raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=str(src.path), table=table) from None
 
 
+#: contact_history's bookkeeping columns (export adds them): which cycle and tool wrote a row.
+#: No extract is expected to carry them, so an upsert keeps the replaced row's values.
+BOOKKEEPING_COLUMNS = ("cycle", "recorded_by")
+
+
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile]) -> None:
     """Replace rows by key. Among the files of one call, a key's row from the later file (in
     name order) wins: a folder of sent contacts plus their responses loads as the responses.
 
     One DELETE and one INSERT over the union of the files, so the DELETE reads only what was
     committed before (never rows appended earlier in this transaction: see Database.transaction).
+
+    contact_history keeps the replaced row's bookkeeping (:data:`BOOKKEEPING_COLUMNS`): a response
+    to a contact mktool recorded as `sent` updates its outcome and stays that cycle's contact
+    (the campaign evaluation counts it); the rest of the row comes from the file, and a file that
+    carries a bookkeeping column itself wins where its value is not NULL.
     """
     contract = TABLES[table]
     t = _q(table)
@@ -764,12 +775,56 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
         latest = (f"SELECT * EXCLUDE ({file_no}) FROM ({union}) AS loaded "
                   f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {file_no} DESC) = 1")
     match = " AND ".join(f"{t}.{_q(k)} = s.{_q(k)}" for k in contract.key)
+    kept = _kept_bookkeeping(con, table, files)
     try:
+        if kept:
+            _save_bookkeeping(con, table, latest, match, kept)
         con.execute(f"DELETE FROM {t} USING ({latest}) AS s WHERE {match}")
-        con.execute(f"INSERT INTO {t} BY NAME {latest}")
+        if kept:
+            con.execute(f"INSERT INTO {t} BY NAME {_with_bookkeeping(table, files, latest, kept)}")
+            con.execute(f"DROP TABLE {KEPT_TABLE}")
+        else:
+            con.execute(f"INSERT INTO {t} BY NAME {latest}")
     except duckdb.Error as exc:
         names = ", ".join(str(f.path) for f in files)
         raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=names, table=table) from None
+
+
+#: The replaced rows' bookkeeping, saved between the upsert's DELETE and INSERT.
+KEPT_TABLE = "_mk_upsert_kept"
+
+
+def _kept_bookkeeping(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile]) -> list[str]:
+    """The bookkeeping columns an upsert of ``table`` keeps: contact_history's that the table has."""
+    if table != CONTACT_HISTORY_TABLE or not table_exists(con, table):
+        return []
+    have = {c.lower() for c in table_columns(con, table)}
+    return [c for c in BOOKKEEPING_COLUMNS if c in have]
+
+
+def _save_bookkeeping(con: duckdb.DuckDBPyConnection, table: str, latest: str, match: str, kept: list[str]) -> None:
+    """The bookkeeping of the rows the upsert replaces, one row per key (a mktool row first,
+    should the table hold a key twice)."""
+    contract = TABLES[table]
+    t = _q(table)
+    keys = ", ".join(f"{t}.{_q(k)}" for k in contract.key)
+    cols = ", ".join(f"{t}.{_q(c)}" for c in kept)
+    some = " OR ".join(f"{t}.{_q(c)} IS NOT NULL" for c in kept)
+    order = ", ".join(f"{t}.{_q(c)} IS NULL, {t}.{_q(c)} DESC" for c in reversed(kept))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {KEPT_TABLE} AS SELECT {keys}, {cols} FROM {t} "
+                f"JOIN ({latest}) AS s ON {match} WHERE {some} "
+                f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1")
+
+
+def _with_bookkeeping(table: str, files: list[SourceFile], latest: str, kept: list[str]) -> str:
+    """The loaded rows with the replaced rows' bookkeeping (the file's own value first, when it has the column)."""
+    contract = TABLES[table]
+    carried = {name.lower() for f in files for name in f.extra_columns}
+    own = [c for c in kept if c in carried]
+    rows = f"s.* EXCLUDE ({', '.join(_q(c) for c in own)})" if own else "s.*"
+    values = [f"coalesce(s.{_q(c)}, k.{_q(c)}) AS {_q(c)}" if c in own else f"k.{_q(c)} AS {_q(c)}" for c in kept]
+    match = " AND ".join(f"k.{_q(k)} = s.{_q(k)}" for k in contract.key)
+    return f"SELECT {rows}, {', '.join(values)} FROM ({latest}) AS s LEFT JOIN {KEPT_TABLE} k ON {match}"
 
 
 def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporter: Reporter = QUIET,

@@ -88,7 +88,11 @@ POLICY_KEYS = {"id", "name", "family", "valid_from", "valid_to", "channels", "ex
 GROUP_KEYS = {"id", "name", "policies"} | DOC_KEYS
 CHANNEL_KEYS = {"kind", "cycle", "capacity", "format", "columns", "mask", "salt_env", "contact_cap",
                 "retry_days"} | DOC_KEYS
-CONTACT_POLICY_KEYS = {"cooldown_days", "monthly_cap", "retry_days"}
+CONTACT_POLICY_KEYS = {"cooldown_days", "monthly_cap", "retry_days", "universal_holdout", "universal_salt"}
+#: The universal control group's largest share of the base: beyond half, the "control" is the campaign's majority.
+MAX_UNIVERSAL_HOLDOUT = 0.5
+#: The salt of the universal draw when channels.yaml names none (a new salt draws a new group).
+DEFAULT_UNIVERSAL_SALT = "mktool-universal"
 #: What a pop-up refuses: it uses no capacity, counts no contacts and has no retry wait (SPEC §6).
 PUSH_ONLY_KEYS = ("capacity", "contact_cap", "retry_days")
 
@@ -236,6 +240,10 @@ class ContactPolicy:
     cooldown_days: int | None = None
     monthly_cap: int | None = None
     retry_days: int | None = None  # a push channel's wait after a no_answer (a channel's own value wins)
+    # The universal control group (issue 13): this share of the whole base, drawn from the msisdn
+    # and the salt alone (the same customers every month), is contacted by no campaign. 0: off.
+    universal_holdout: float = 0.0
+    universal_salt: str = DEFAULT_UNIVERSAL_SALT
 
 
 @dataclass(frozen=True)
@@ -499,10 +507,41 @@ def _read_channels(matrices_dir: Path, problems: Problems) -> ChannelConfig | No
             cp.check_keys(CONTACT_POLICY_KEYS)
             contact = ContactPolicy(cooldown_days=cp.integer("cooldown_days"),
                                     monthly_cap=cp.integer("monthly_cap", minimum=1),
-                                    retry_days=cp.integer("retry_days"))
+                                    retry_days=cp.integer("retry_days"),
+                                    universal_holdout=_universal_holdout(cp),
+                                    universal_salt=_universal_salt(cp))
     if problems.error_count != before:
         return None
     return ChannelConfig(channels, contact, file, doc.doc)
+
+
+def _universal_holdout(cp: Located) -> float:
+    """contact_policy's ``universal_holdout``: a share 0 ≤ x ≤ 0.5 of the base (absent: 0, off)."""
+    share = cp.child("universal_holdout").value
+    if share is None:
+        return 0.0
+    if isinstance(share, bool) or not isinstance(share, (int, float)):
+        raise cp.child("universal_holdout").error(
+            f"expected a number (a share of the customer base such as 0.02), got {type(share).__name__} "
+            f"{short_repr(share)}")
+    if not 0 <= share <= MAX_UNIVERSAL_HOLDOUT:
+        raise cp.child("universal_holdout").error(
+            f"a share of the customer base, 0 ≤ universal_holdout ≤ {MAX_UNIVERSAL_HOLDOUT}, got {share}",
+            hint="e.g. 0.02: 2% of the customers are contacted by no campaign; 0 turns the control group off")
+    return float(share)
+
+
+def _universal_salt(cp: Located) -> str:
+    """contact_policy's ``universal_salt``: any text without control characters (it becomes an SQL
+    literal through sqlquote.quote_literal only); a new salt draws a new universal group."""
+    salt = cp.text("universal_salt")
+    if salt is None:
+        if "universal_salt" in cp:
+            raise cp.child("universal_salt").error("must not be empty (leave the key out for the default salt)")
+        return DEFAULT_UNIVERSAL_SALT
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in salt):
+        raise cp.child("universal_salt").error(f"a salt is printable text, got {short_repr(salt)}")
+    return salt
 
 
 def _read_channel(name: str, node: Located) -> Channel:

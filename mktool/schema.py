@@ -15,6 +15,11 @@ CUSTOMER_PRIORITY_TABLE = "customer_priority"  # the priority matrix's family or
 PLAN_TABLE = "plan_recommendations"  # ranked plan changes per subscriber and month
 CONTACT_HISTORY_TABLE = "contact_history"  # input extract and the contacts mktool recorded
 HOLDOUTS_TABLE = "holdouts"  # customer x policy kept back as a control group
+#: holdouts.kind: the policy's own hold-out (per customer × policy × month), or the universal
+#: control group (per customer, the same every month; contacted by no campaign).
+POLICY_HOLDOUT = "policy"
+UNIVERSAL_HOLDOUT = "universal"
+HOLDOUT_KINDS = (POLICY_HOLDOUT, UNIVERSAL_HOLDOUT)
 FUNNEL_TABLE = "funnel_counts"  # every step's funnel stages per month
 CHURN_EVALUATION_TABLE = "churn_evaluation"  # every `evaluate churn` run: (month, run_id) → its document
 
