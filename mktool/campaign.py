@@ -220,8 +220,10 @@ def _within(date: str, start: str) -> str:
 
 
 def pairs_query(month: str, window: int, period: tuple[dt.date, dt.date] | None) -> Query:
-    """_c_pairs: one row per contacted pair (side 'contacted'), held-out pair ('held_out') and pair × channel
-    of the contacts ('channel': the response funnels' rows), with its group columns and per-pair flags."""
+    """_c_pairs: one row per pair × channel of the contacts (side 'contacted' for the pair's first channel,
+    whose date is the pair's contact date, 'channel' for its other channels) and per held-out pair
+    ('held_out'), with the group columns and the per-pair flags. The customer view has one row per
+    customer and month, recommendations one per customer, policy and month (their steps' keys)."""
     check_month(month)
     outcome_flags = ",\n           ".join(
         f"max(CASE WHEN h.outcome = '{outcome}' THEN 1 ELSE 0 END) AS {name}" for name, outcome in OUTCOMES.items())
@@ -240,15 +242,11 @@ WITH contacts AS (
     FROM _c_history h JOIN _c_channels k ON k.channel = h.channel AND k.kind = '{POPUP}'
     WHERE h.contact_date BETWEEN CAST($showing_from AS DATE) AND CAST($showing_to AS DATE)),
 on_channel AS (
-    SELECT msisdn, policy_id, channel, max(push) AS push, min(contact_date) AS d, sum(push) AS push_contacts
-    FROM contacts GROUP BY msisdn, policy_id, channel),
-contacted AS (
-    SELECT msisdn, policy_id, channel, push, d, push_contacts FROM (
-        SELECT msisdn, policy_id, channel, push, d,
-               sum(push_contacts) OVER (PARTITION BY msisdn, policy_id) AS push_contacts,
-               row_number() OVER (PARTITION BY msisdn, policy_id ORDER BY d NULLS LAST, push DESC, channel) AS pos
-        FROM on_channel) AS t
-    WHERE pos = 1),
+    SELECT msisdn, policy_id, channel, push, d,
+           sum(contacts) OVER (PARTITION BY msisdn, policy_id) AS push_contacts,
+           row_number() OVER (PARTITION BY msisdn, policy_id ORDER BY d NULLS LAST, push DESC, channel) AS pos
+    FROM (SELECT msisdn, policy_id, channel, max(push) AS push, min(contact_date) AS d, sum(push) AS contacts
+          FROM contacts GROUP BY msisdn, policy_id, channel) AS g),
 held AS (
     SELECT msisdn, policy_id, channel, d, kind, matrix, rule_id FROM (
         SELECT msisdn, policy_id, channel, cycle_date AS d, kind, matrix, rule_id,
@@ -257,17 +255,16 @@ held AS (
         FROM _c_holdouts WHERE month = $month) AS t
     WHERE pos = 1),
 scoped AS (
-    SELECT 'contacted' AS side, msisdn, policy_id, channel, coalesce(channel, '') AS ch, push, d, push_contacts,
-           CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS matrix, CAST(NULL AS VARCHAR) AS rule_id
-    FROM contacted
+    -- a pair's first channel is its 'contacted' row, its other channels 'channel' rows: the figures read the
+    -- former, the response funnels both (a pair's date on its first channel is its contact date)
+    SELECT CASE WHEN pos = 1 THEN 'contacted' ELSE 'channel' END AS side, msisdn, policy_id, channel,
+           coalesce(channel, '') AS ch, push, d, push_contacts, CAST(NULL AS VARCHAR) AS kind,
+           CAST(NULL AS VARCHAR) AS matrix, CAST(NULL AS VARCHAR) AS rule_id
+    FROM on_channel
     UNION ALL
     SELECT 'held_out' AS side, msisdn, policy_id, channel, coalesce(channel, '') AS ch, 0 AS push, d,
            0 AS push_contacts, kind, matrix, rule_id
-    FROM held
-    UNION ALL
-    SELECT 'channel' AS side, msisdn, policy_id, channel, coalesce(channel, '') AS ch, push, d, push_contacts,
-           CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS matrix, CAST(NULL AS VARCHAR) AS rule_id
-    FROM on_channel),
+    FROM held),
 window_orders AS (
     SELECT s.side, s.msisdn, s.policy_id, s.ch, o.order_time
     FROM scoped s JOIN _c_orders o ON o.msisdn = s.msisdn AND o.policy_id = s.policy_id
@@ -287,17 +284,8 @@ responses AS (
     FROM scoped s JOIN _c_history h ON h.msisdn = s.msisdn AND h.policy_id = s.policy_id
     WHERE s.side <> 'held_out' AND h.outcome IN ({outcomes}) AND {_within('h.contact_date', 's.d')}
     GROUP BY s.side, s.msisdn, s.policy_id, s.ch),
-recs AS (
-    SELECT msisdn, policy_id, matrix, rule_id FROM (
-        SELECT msisdn, policy_id, matrix, rule_id,
-               row_number() OVER (PARTITION BY msisdn, policy_id ORDER BY rank NULLS LAST, matrix, rule_id) AS pos
-        FROM _c_recs WHERE month = $month) AS t
-    WHERE pos = 1),
-viewed AS (
-    SELECT msisdn, segment, value_tier, arpu_3m FROM (
-        SELECT msisdn, segment, value_tier, arpu_3m, row_number() OVER (PARTITION BY msisdn ORDER BY segment) AS pos
-        FROM _c_view WHERE month = $month) AS t
-    WHERE pos = 1)
+recs AS (SELECT msisdn, policy_id, matrix, rule_id FROM _c_recs WHERE month = $month),
+viewed AS (SELECT msisdn, segment, value_tier, arpu_3m FROM _c_view WHERE month = $month)
 SELECT s.side, s.msisdn, s.policy_id, s.channel, s.push, s.d, s.push_contacts, s.kind,
        CASE WHEN s.side = 'held_out' THEN s.matrix ELSE r.matrix END AS matrix,
        CASE WHEN s.side = 'held_out' THEN s.rule_id ELSE r.rule_id END AS rule_id,
@@ -368,7 +356,7 @@ def funnel_query() -> Query:
 SELECT channel, count(*) AS sent, sum(reached) AS reached, sum(reached * accepted_here) AS accepted,
        sum(reached * accepted_here * ordered) AS ordered,
        sum(reached * accepted_here * ordered * (1 - cancelled_7d)) AS kept_7d
-FROM _c_pairs WHERE side = 'channel' GROUP BY channel ORDER BY channel"""
+FROM _c_pairs WHERE side IN ('contacted', 'channel') GROUP BY channel ORDER BY channel"""
     return Query("campaign:funnel", sql)
 
 
