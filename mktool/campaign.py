@@ -611,7 +611,7 @@ def _money(value: float | None) -> str:
 def campaign_tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[tuple[Any, ...]]]]:
     """(title, columns, rows) for people: take-up against the hold-outs, responses, and the balance check."""
     by = doc["by"]
-    lines = [(tuple("" if r[b] is None else r[b] for b in by), r) for r in doc["rows"]]
+    lines = [(tuple(NO_VALUE if r[b] is None else r[b] for b in by), r) for r in doc["rows"]]
     lines.append((tuple("total" if i == 0 else "" for i in range(len(by))) or ("total",), doc["total"]))
     heads = list(by) or ["group"]
     take_up = [(*key, f["contacted"], f["ordered"], _shown(f["take_up"]), f["held_out"], f["held_out_ordered"],
