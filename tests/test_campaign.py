@@ -545,3 +545,26 @@ def test_queries_bind_their_values() -> None:
     pairs = qs["campaign:pairs"]
     assert pairs.params["month"] == M and pairs.params["window"] == 30
     assert M not in pairs.sql.split("\n", 1)[1]
+
+
+def test_history_without_bookkeeping_columns_counts_showings_only(tmp_path: Path) -> None:
+    """contact_history as ingested by an older build (no cycle, recorded_by): no push contact is mktool's,
+    the pop-up rows in the showing period still count; the cycle comes from the hold-outs alone, and
+    there is no funnel_counts table at all."""
+    db = tmp_path / "ingested.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, policy_id VARCHAR, "
+                "outcome VARCHAR)")
+    con.executemany("INSERT INTO contact_history VALUES (?, ?, ?, 'P1', ?)", [
+        (c(1), "2026-11-03", "outbound", "accepted"),  # push, not mktool's: a response only
+        (c(2), "2026-11-03", "inbound", "sent"), (c(2), "2026-11-04", "outbound", "accepted")])
+    con.execute("CREATE TABLE holdouts (month VARCHAR, cycle VARCHAR, channel VARCHAR, msisdn VARCHAR, "
+                "policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR)")
+    con.execute("INSERT INTO holdouts VALUES (?, '2026-11-01', 'outbound', ?, 'P1', 1, 'retention', 'R1')", [M, c(3)])
+    con.close()
+    result = run(db)
+    t = result.document["total"]
+    assert (t["contacted"], t["accepted"], t["held_out"], t["contacts_per_customer"]) == (1, 1, 1, 0.0)
+    assert result.funnels == {"response:inbound": [("sent", 1), ("reached", 1), ("accepted", 0), ("ordered", 0),
+                                                   ("kept_7d", 0)]}
+    assert fetch(db, "SELECT count(*) FROM funnel_counts WHERE funnel = 'response:inbound'") == [(5,)]
