@@ -860,7 +860,7 @@ def evaluate_cmd(
     run: Run,
     month: MonthOpt,
     kind: Annotated[str, typer.Argument(
-        parser=choice(*EVALUATION_KINDS), metavar="[KIND]", show_default=False,
+        parser=choice(*EVALUATION_KINDS), metavar="KIND", show_default=False,
         help="What to evaluate: campaign (the default: export month --month's contacts against its hold-outs) "
              "or churn (churn_score and churn_flag of --month against who left by the next month)")] = "campaign",
     by: Annotated[str | None, typer.Option(
