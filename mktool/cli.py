@@ -36,7 +36,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mktool import __version__, evaluate, explain, export, ingest, matrices, pipeline, plan, view
+from mktool import __version__, campaign, evaluate, explain, export, ingest, matrices, pipeline, plan, view
 from mktool.config import DECIMAL_RE, ENV, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
 from mktool.contract import TABLES, check_month
@@ -52,13 +52,18 @@ from mktool.ruletest.customers import default_customer_rows
 from mktool.ruletest.judging import run_tests
 from mktool.ruletest.reports import coverage_problems, junit_xml, result_document
 from mktool.schema import (
+    CAMPAIGN_BY,
+    CAMPAIGN_EVALUATION_TABLE,
     CHURN_BY,
+    CHURN_EVALUATION_TABLE,
     CYCLES,
+    DEFAULT_WINDOW_DAYS,
     EVALUATION_KINDS,
     FUNNEL_TABLE,
     LIST_FORMATS,
     PUSH_STAGES,
     RECOMMENDATIONS_TABLE,
+    RESPONSE_FUNNEL_PREFIX,
     VIEW_TABLE,
 )
 from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, raise_if_moved, record
@@ -827,52 +832,109 @@ def funnel_cmd(
                 share = f"{100 * s['count'] / first:.1f}%" if first else "-"
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
         title = f"Funnels {month}" + (f" (cycle {date})" if date is not None else "")
+        if any(name.startswith(RESPONSE_FUNNEL_PREFIX) for name in doc["funnels"]):
+            title += f" ({RESPONSE_FUNNEL_PREFIX}* funnels count offers: customer × policy pairs, not customers)"
         render_table(run.reporter, title, ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
+
+
+def parse_evaluate_by(run: Run, kind: str, by: str | None) -> tuple[str, ...]:
+    """``--by COL[,COL…]``: names of the kind's group columns, each once (churn: one column)."""
+    choices = CAMPAIGN_BY if kind == "campaign" else CHURN_BY
+    if by is None:
+        return ("policy_id",) if kind == "campaign" else ()
+    names = tuple(name.strip() for name in by.split(","))
+    bad = [name for name in names if name not in choices]
+    if bad or not names:
+        shown = ", ".join(repr(name) for name in bad) or repr(by)
+        raise run.usage_error("--by", f"{shown} is not a column evaluate {kind} can split by; choose from "
+                                      f"{', '.join(choices)}")
+    if len(set(names)) != len(names):
+        raise run.usage_error("--by", f"{by!r} names a column twice")
+    if kind == "churn" and len(names) > 1:
+        raise run.usage_error("--by", "evaluate churn splits by one column")
+    return names
 
 
 @command("evaluate")
 def evaluate_cmd(
     run: Run,
+    month: MonthOpt,
     kind: Annotated[str, typer.Argument(
         parser=choice(*EVALUATION_KINDS), metavar="KIND", show_default=False,
-        help="What to evaluate: churn (churn_score and churn_flag of --month against who left by the next month)")],
-    month: MonthOpt,
+        help="What to evaluate: campaign (the default: export month --month's contacts against its hold-outs) "
+             "or churn (churn_score and churn_flag of --month against who left by the next month)")] = "campaign",
     by: Annotated[str | None, typer.Option(
-        "--by", parser=choice(*CHURN_BY), metavar=metavar(*CHURN_BY),
-        help="Also the same figures per group of this customer_view column")] = None,
+        "--by", metavar="COL[,COL…]",
+        help=f"campaign: group the pairs by these columns ({', '.join(CAMPAIGN_BY)}) [default: policy_id]; "
+             f"churn: also the same figures per group of {', '.join(CHURN_BY)}")] = None,
+    window: Annotated[int | None, typer.Option(
+        "--window", min=1, metavar="DAYS",
+        help=f"campaign: days after the contact (or hold-out) date an order or response counts "
+             f"[default: {DEFAULT_WINDOW_DAYS}]")] = None,
     fmt: Annotated[str, format_option(EVALUATE_FORMATS)] = "table",
     out: OutOpt = None,
 ) -> None:
-    """The churn model's quality: base rate, the flag's and the top 5% / 10%'s precision, recall, lift, gains.
+    """Evaluate a month: the campaigns' take-up against their hold-outs, or the churn model's quality.
 
-    The base is --month's customer_view without closed customers; a customer churned when the
-    next month's subscribers do not have them or have them closed (ingest that month first).
+    campaign (the default): the customer × policy pairs contacted in the cycles that exported
+    --month's lists (push lists and pop-up showings) against the held-out pairs: responses,
+    orders within --window days, take-up, uplift with its 95% interval (Newcombe), 7-day
+    cancellations, push contacts per customer, and a balance check of treated against held-out
+    customers. Each run is stored in campaign_evaluation and refreshes the month's response
+    funnels (`mktool funnel`).
+
+    churn: the base is --month's customer_view without closed customers; a customer churned
+    when the next month's subscribers do not have them or have them closed (ingest that month
+    first). Each run is stored in churn_evaluation.
+
     Rates are exact quotients rounded half away from zero to 6 decimals (docs/evaluation.md).
-    Each run is stored in the table churn_evaluation under a new run id.
 
     \b
     Examples:
+      mktool evaluate --month 2026-10
+      mktool evaluate campaign --month 2026-10 --by policy_id,channel --window 14
+      mktool evaluate --month 2026-10 --format json | jq '.total.uplift_ci'
+      mktool evaluate --month 2026-10 --by segment --format csv --out campaign-2026-10.csv
       mktool evaluate churn --month 2026-10
       mktool evaluate churn --month 2026-10 --by tenure_cohort --format json | jq '.by'
       mktool evaluate churn --month 2026-10 --format csv --out churn-2026-10.csv
     """
+    names = parse_evaluate_by(run, kind, by)
+    if kind == "churn" and window is not None:
+        raise run.usage_error("--window", "--window applies to evaluate campaign only")
     check_out_file(out)
-    with run.db(write=True) as db:
-        result = evaluate.evaluate_churn(db, month, by=by, reporter=run.reporter)
-    doc = result.document
-    if fmt == "json":
-        text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
-    elif fmt == "csv":
-        text = evaluate.churn_csv(doc, by)
+    if kind == "campaign":
+        project = run.project()
+        with run.db(write=True) as db:
+            result = campaign.evaluate_campaign(db, project, month, by=names, reporter=run.reporter,
+                                                window=DEFAULT_WINDOW_DAYS if window is None else window)
+        doc, run_id, table = result.document, result.run_id, CAMPAIGN_EVALUATION_TABLE
+        if fmt == "json":
+            text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        elif fmt == "csv":
+            text = campaign.campaign_csv(doc)
+        else:
+            text = tables_text(campaign.campaign_tables(doc), numeric=(
+                "contacted", "ordered", "take_up", "held_out", "held_out_ordered", "take_up_control", "uplift",
+                "accepted", "rejected", "no_answer", "opted_out", "success_rate", "cancelled_7d", "cancel_7d_rate",
+                "contacts_per_customer", "customers", "arpu_3m mean", "p25", "median", "p75"))
     else:
-        text = tables_text(evaluate.churn_tables(doc), numeric=(
-            "base", "churned", "base_rate", "customers", "precision", "recall", "lift", "decile",
-            "cumulative_churned", "cumulative_recall"))
+        with run.db(write=True) as db:
+            churned = evaluate.evaluate_churn(db, month, by=names[0] if names else None, reporter=run.reporter)
+        doc, run_id, table = churned.document, churned.run_id, CHURN_EVALUATION_TABLE
+        if fmt == "json":
+            text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        elif fmt == "csv":
+            text = evaluate.churn_csv(doc, names[0] if names else None)
+        else:
+            text = tables_text(evaluate.churn_tables(doc), numeric=(
+                "base", "churned", "base_rate", "customers", "precision", "recall", "lift", "decile",
+                "cumulative_churned", "cumulative_recall"))
     if out is None or out == "-":
         typer.echo(text, nl=False)
     else:
         write_text_file(Path(out), text)
-    run.reporter.info(f"churn evaluation of {month} stored as run {result.run_id} in churn_evaluation"
+    run.reporter.info(f"{kind} evaluation of {month} stored as run {run_id} in {table}"
                       + (f"; written to {out}" if out not in (None, "-") else ""))
 
 

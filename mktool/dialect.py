@@ -210,6 +210,13 @@ def units_decimal(units: str, scale: int, dialect: Dialect = DUCKDB, *, precisio
     return f"CAST(CAST({units} AS DECIMAL({width},0)) * {step} AS DECIMAL({precision},{scale}))"
 
 
+def exact_rate(numerator: str, denominator: str, scale: int, dialect: Dialect = DUCKDB) -> str:
+    """numerator / denominator (integer-valued expressions, either sign) rounded half away from zero to
+    ``scale`` decimals, as DECIMAL(38, scale); NULL when the denominator is 0 (the evaluations' rates)."""
+    units = div_half_away(f"{integer(numerator, dialect)} * {10 ** scale}", denominator, dialect)
+    return units_decimal(units, scale, dialect)
+
+
 def round_units(units: str, from_scale: int, to_scale: int, dialect: Dialect = DUCKDB) -> str:
     """An integer count of 10⁻ᶠʳᵒᵐ units rounded half away from zero to 10⁻ᵗᵒ units."""
     if to_scale > from_scale:
@@ -319,6 +326,14 @@ def days_before(date: str, days: str, dialect: Dialect = DUCKDB) -> str:
     if dialect == DUCKDB:
         return f"(CAST({date} AS DATE) - CAST({days} AS INTEGER))"
     return f"date_sub(CAST({date} AS DATE), CAST({days} AS INT))"
+
+
+def days_after(date: str, days: str, dialect: Dialect = DUCKDB) -> str:
+    """The DATE ``days`` days after ``date``: DuckDB's DATE + INTEGER, Spark's ``date_add`` (as :func:`days_before`)."""
+    _check(dialect)
+    if dialect == DUCKDB:
+        return f"(CAST({date} AS DATE) + CAST({days} AS INTEGER))"
+    return f"date_add(CAST({date} AS DATE), CAST({days} AS INT))"
 
 
 def months_before(date: str, months: int, dialect: Dialect = DUCKDB) -> str:

@@ -45,7 +45,7 @@ from typing import Any
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month, month_from_index, month_index
 from mktool.database import Database, command_line, table_columns, table_exists
-from mktool.dialect import Query, div_half_away, int_div, integer, units_decimal
+from mktool.dialect import Query, div_half_away, exact_rate, int_div, integer, units_decimal
 from mktool.errors import MktoolError, StateError
 from mktool.freshness import require_fresh_view
 from mktool.schema import (
@@ -70,8 +70,7 @@ VIEW_COLUMNS_NEEDED = ("msisdn", "month", "status", "churn_score", "churn_flag")
 # -- SQL: the exact rates -----------------------------------------------------------------------
 def _rate(numerator: str, denominator: str) -> str:
     """numerator / denominator (integer counts) rounded half away from zero to 6 decimals; NULL for / 0."""
-    units = div_half_away(f"{integer(numerator)} * {10 ** EVALUATION_RATE_SCALE}", denominator)
-    return units_decimal(units, EVALUATION_RATE_SCALE)
+    return exact_rate(numerator, denominator, EVALUATION_RATE_SCALE)
 
 
 def _lift(hits: str, base: str, selected: str, churned: str) -> str:

@@ -157,6 +157,7 @@ from mktool.schema import (
     RECENT_CONTACTS_COLUMN,
     RECENT_CONTACTS_MAX,
     RECENT_CONTACTS_MONTHS,
+    RESPONSE_FUNNEL_PREFIX,
     SUMMARY_COLUMNS,
     TARGET_COLUMNS,
     UNIVERSAL_HOLDOUT,
@@ -1674,24 +1675,29 @@ def _record_contacts(con: duckdb.DuckDBPyConnection, channels: list[str], cycles
 
 def funnel_document(con: duckdb.DuckDBPyConnection, month: str, cycle_date: dt.date | None = None, *,
                     channels: Collection[str] | None = None) -> dict[str, Any]:
-    """The funnels of a month: plan first, then the matrices, then the channels.
+    """The funnels of a month: plan first, then the matrices, then the channels, then (without a
+    date) the response funnels ``mktool evaluate`` recorded (``response:<channel>``: pairs, not customers).
 
     With ``cycle_date``: funnel.json of that cycle, ``{"month": M, "cycle_date": D, "funnels":
     {name: [{"stage", "count"}, ...]}}``, the month's step funnels and the channel funnels of that
-    cycle only (of ``channels`` only, when given: the lists in the cycle's folder). Without: the
+    cycle only (of ``channels`` only, when given: the lists in the cycle's folder); never the
+    response funnels (they are the month's, evaluated after its cycles). Without: the
     step funnels and every cycle's channel funnels, each named ``channel:<name>@<cycle-date>``
-    (``cycle_date`` null); a channel funnel recorded before cycles had their own keeps its bare name.
+    (``cycle_date`` null), and the response funnels; a channel funnel recorded before cycles had
+    their own keeps its bare name.
     """
     has_cycle = funnel_has_cycle(con)
     cycle_col = "cycle" if has_cycle else "CAST(NULL AS VARCHAR)"
     params: list[Any] = [month]
     where = "month = ?"
     if cycle_date is not None:
-        where += f" AND (funnel NOT LIKE 'channel:%' OR {cycle_col} = ?)"
+        where += (f" AND funnel NOT LIKE '{RESPONSE_FUNNEL_PREFIX}%'"
+                  f" AND (funnel NOT LIKE 'channel:%' OR {cycle_col} = ?)")
         params.append(cycle_date.isoformat())
     rows = con.execute(
         f"""SELECT funnel, stage, count, {cycle_col} AS cycle FROM funnel_counts WHERE {where}
-            ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2 ELSE 1 END,
+            ORDER BY CASE WHEN funnel = 'plan' THEN 0 WHEN funnel LIKE 'channel:%' THEN 2
+                          WHEN funnel LIKE '{RESPONSE_FUNNEL_PREFIX}%' THEN 3 ELSE 1 END,
                      cycle NULLS FIRST, funnel, stage_no""",
         params,
     ).fetchall()

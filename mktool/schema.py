@@ -22,6 +22,8 @@ UNIVERSAL_HOLDOUT = "universal"
 HOLDOUT_KINDS = (POLICY_HOLDOUT, UNIVERSAL_HOLDOUT)
 FUNNEL_TABLE = "funnel_counts"  # every step's funnel stages per month
 CHURN_EVALUATION_TABLE = "churn_evaluation"  # every `evaluate churn` run: (month, run_id) → its document
+CAMPAIGN_EVALUATION_TABLE = "campaign_evaluation"  # every `evaluate campaign` run: (month, run_id) → its document
+ORDERS_TABLE = "orders"  # input extract: product orders and cancellations (optional)
 
 #: The named parameter of a query built for one customer (explain: ``one_customer=True``).
 CUSTOMER_PARAM = "msisdn"
@@ -78,8 +80,18 @@ POPUP_STAGES = ("candidates", "dnd", "unsubscribed", "withdrawn", "cooldown", "e
 CHANNEL_STAGES = {PUSH: PUSH_STAGES, POPUP: POPUP_STAGES}
 
 # -- evaluation (SPEC §7) ------------------------------------------------------------------------
-#: What ``mktool evaluate KIND`` evaluates.
-EVALUATION_KINDS = ("churn",)
+#: What ``mktool evaluate KIND`` evaluates (the first is the default).
+EVALUATION_KINDS = ("campaign", "churn")
+#: The group columns ``evaluate campaign --by`` splits the pairs (customer x policy) by.
+CAMPAIGN_BY = ("policy_id", "matrix", "rule_id", "channel", "segment", "value_tier")
+#: Days after the contact (or hold-out) date within which an order or a response counts.
+DEFAULT_WINDOW_DAYS = 30
+#: Days after an order within which a cancellation makes it a 7-day cancel (seed 004's 退订率).
+CANCEL_DAYS = 7
+#: The response funnel of a channel (funnel_counts ``response:<channel>``, cycle NULL): nested
+#: stages over offers (customer x policy pairs), not customers.
+RESPONSE_FUNNEL_PREFIX = "response:"
+RESPONSE_STAGES = ("sent", "reached", "accepted", "ordered", "kept_7d")
 #: The top shares of churn_score evaluated, as (share, numerator, denominator): exact fractions.
 CHURN_TOP_SHARES = (("0.05", 1, 20), ("0.1", 1, 10))
 #: Cumulative gains: the base in this many position bands (deciles).

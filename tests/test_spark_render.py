@@ -19,7 +19,7 @@ import sqlglot
 from conftest import CYCLE_DATE, MATRICES, M
 from sqlglot import exp
 
-from mktool import evaluate, export, plan, view
+from mktool import campaign, evaluate, export, plan, view
 from mktool.dialect import Query
 from mktool.export import ExportConfig
 from mktool.matrices import generated_sql
@@ -103,6 +103,8 @@ def step_queries() -> dict[str, str]:
         out[f"plan:{name}"] = pq.sql
     for name, eq in evaluate.queries(M).items():
         out[f"evaluate:{name}"] = eq.sql
+    for name, cq in campaign.queries(M).items():
+        out[f"evaluate:{name}"] = cq.sql
     return out
 
 
