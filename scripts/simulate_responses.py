@@ -58,6 +58,8 @@ QUICK_START_DATE = "2026-11-01"
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 CYCLE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DEFAULT_SEED = 7
+#: What --fixtures writes (the month of the Quick start's cycle), left out of the run it simulates from.
+SIMULATED_FIXTURES = ("contact_history_2026-11.parquet", "orders_2026-11.parquet")
 
 #: Responses come in on days 1 … RESPONSE_DAYS after the contact (the cycle date).
 RESPONSE_DAYS = 24
@@ -385,7 +387,7 @@ def fixture_inputs(work: Path) -> Path:
     target = work / "extracts"
     target.mkdir(parents=True)
     for path in sorted(FIXTURES.glob("*.parquet")):
-        if not (path.name.startswith("contact_history_") or path.name.startswith("orders_")):
+        if path.name not in SIMULATED_FIXTURES:
             shutil.copy2(path, target / path.name)
     return target
 
@@ -409,7 +411,10 @@ def regenerate_fixtures(out_dir: Path = FIXTURES) -> dict[str, int]:
     with tempfile.TemporaryDirectory(prefix="simulate_responses.") as tmp:
         work = Path(tmp)
         db, lists = run_quick_start(fixture_inputs(work), work)
-        return simulate(db, lists, QUICK_START_MONTH, out_dir)
+        rows = simulate(db, lists, QUICK_START_MONTH, out_dir)
+    if sorted(rows) != sorted(SIMULATED_FIXTURES):  # the next run must leave these out again
+        raise SimulationError(f"wrote {sorted(rows)}, expected {sorted(SIMULATED_FIXTURES)}: update SIMULATED_FIXTURES")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
