@@ -132,8 +132,10 @@ def crafted() -> Data:
             Order(e, t("2026-11-01 09:00:00"), "P1", "order"),
             Order(c, t("2026-12-03 08:00:00"), "P1", "order"),  # held 2026-11-02: day 31
         ],
-        recommendations=[Recommendation(a, M, 1, "retention", "r1", "P1"), Recommendation(b, M, 1, "retention", "r2", "P1"),
-                         Recommendation(dd, M, 1, "traffic", "t1", "P2"), Recommendation(a, "2026-09", 1, "x", "x", "P1")],
+        recommendations=[Recommendation(a, M, 1, "retention", "r1", "P1"),
+                         Recommendation(b, M, 1, "retention", "r2", "P1"),
+                         Recommendation(dd, M, 1, "traffic", "t1", "P2"),
+                         Recommendation(a, "2026-09", 1, "x", "x", "P1")],
         view=[ViewRow(a, M, "X", "high", Decimal("100.01")), ViewRow(b, M, "Y", "low", Decimal("50.50")),
               ViewRow(dd, M, "X", None, None), ViewRow(c, M, "Y", "mid", Decimal("80.00")),
               ViewRow(e, "2026-09", "Z", "high", Decimal("1.00"))],
@@ -215,3 +217,324 @@ def test_reference_response_funnels_of_the_crafted_month() -> None:
 def stages(channel: str, *counts: int) -> list[tuple[str, int, str, int]]:
     names = ("sent", "reached", "accepted", "ordered", "kept_7d")
     return [(f"response:{channel}", i, s, n) for i, (s, n) in enumerate(zip(names, counts), 1)]
+
+
+# -- (b) random small databases ------------------------------------------------------------------------
+POLICIES = ("REBUNDLE_HIGH", "REBUNDLE_BASIC", "PREPAY_300_600", "PREPAY_50_100", "NEW_BIND_12M")
+PUSH_CHANNELS = ("sms", "outbound", "app", "manager")
+POPUP_CHANNELS = ("frontdesk", "inbound")
+UNKNOWN_CHANNEL = "wechat"  # not in channels.yaml: a push channel
+RESPONSES = ("accepted", "rejected", "no_answer", "unsubscribed")
+SEGMENTS = ("A_family", "B_youth", "C_business")
+TIER_VALUES = ("high", "mid_high", "mid", "low")
+TIMES = (dt.time(0, 0, 0), dt.time(9, 30, 0), dt.time(23, 59, 59))
+
+
+def month_start(month: str) -> dt.date:
+    return dt.date.fromisoformat(month + "-01")
+
+
+def add_months(day: dt.date, n: int) -> dt.date:
+    i = day.year * 12 + day.month - 1 + n
+    return dt.date(i // 12, i % 12 + 1, 1)
+
+
+def month_of(day: dt.date) -> str:
+    return day.isoformat()[:7]
+
+
+class History:
+    """contact_history as the database keeps it: one row per (msisdn, contact_date, channel, policy_id).
+
+    A response with the key of a mktool row replaces its outcome and keeps its cycle and
+    recorded_by (the upsert of the universal helper's ingest); another row is added.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, dt.date, str, str], Contact] = {}
+
+    def add(self, c: Contact) -> None:
+        key = (c.msisdn, c.contact_date, c.channel, c.policy_id)
+        old = self.rows.get(key)
+        if old is not None and c.recorded_by is None:
+            self.rows[key] = Contact(*key, c.outcome, old.cycle, old.recorded_by)
+        elif old is None:
+            self.rows[key] = c
+
+
+def random_data(seed: int) -> tuple[Data, str, list[int]]:
+    """A random small month of exports, showings, responses, hold-outs and orders (see the module doc)."""
+    rng = random.Random(seed)
+    month = rng.choice(["2026-10", "2026-10", "2026-11", "2026-12"])  # December: its cycles lie in January
+    first = add_months(month_start(month), 1)
+    last = add_months(first, 1) - DAY
+    windows = [30, rng.choice([1, 7, 14, rng.randint(2, 40)])]
+    customers = sorted({f"139{rng.randrange(10 ** 8):08d}" for _ in range(rng.randint(5, 30))})
+    policies = rng.sample(POLICIES, rng.randint(2, 4))
+    dates = sorted({first + rng.choice([0, 0, 1, 3]) * DAY} | {first + rng.randint(0, 27) * DAY
+                                                                for _ in range(rng.randint(0, 2))})
+    cycles = [x.isoformat() for x in dates]
+    if rng.random() < 0.2:
+        cycles.append(month_of(first))  # an older build's monthly cycle id
+    in_funnels = [c for c in cycles if c == cycles[0] or rng.random() < 0.6]
+    legacy = rng.random() < 0.25
+    data = Data(kinds=dict(KINDS), legacy_holdouts=legacy)
+    funnels = [FunnelRow(month, f"channel:{rng.choice(PUSH_CHANNELS)}", 1, "candidates", 5, c) for c in in_funnels]
+    funnels += [FunnelRow(month, "plan", 1, "base", 5, None),
+                FunnelRow(month, "matrix:retention", 1, "base", 5, (last + 20 * DAY).isoformat()),
+                FunnelRow(month_of(first - DAY) if month != "2026-10" else "2026-09", "channel:sms", 1, "candidates",
+                          5, (first - 10 * DAY).isoformat()),
+                FunnelRow(month, "response:sms", 1, "sent", 999, None)]  # an earlier run's response funnel
+    data.funnels = funnels
+
+    def cycle_day(c: str) -> dt.date:
+        return dt.date.fromisoformat(c) if len(c) == 10 else first + rng.randint(0, 5) * DAY
+
+    holdout_cycles = [c for c in cycles if c not in in_funnels] + rng.sample(cycles, rng.randint(0, len(cycles)))
+    universal = {m for m in customers if rng.random() < 0.12}
+    history = History()
+    holdouts: list[Holdout] = []
+    recs: list[Recommendation] = []
+    period_start, period_end = dates[0], add_months(dates[-1], 1) - DAY
+    popup_days = [period_start - DAY, period_start, period_start + rng.randint(0, 20) * DAY, period_end,
+                  period_end + DAY]
+
+    def holdout(m: str, p: str, cycle: str, matrix: str | None, rule: str | None) -> None:
+        kind = "universal" if m in universal else "policy"
+        channel = rng.choice(PUSH_CHANNELS + POPUP_CHANNELS)
+        if any((h.msisdn, h.policy_id, h.cycle, h.channel) == (m, p, cycle, channel) for h in holdouts):
+            return
+        holdouts.append(Holdout(month, cycle, channel, m, p, rng.randint(1, 3), matrix, rule,
+                                None if legacy else cycle_day(cycle), None if legacy else kind))
+
+    for m in customers:
+        for p in policies:
+            if rng.random() < 0.3:
+                continue
+            matrix = rng.choice(["retention", "traffic", None])
+            rule = None if matrix is None else f"{matrix[0]}{rng.randint(1, 3)}"
+            if rng.random() < 0.8:
+                recs.append(Recommendation(m, month, rng.randint(1, 3), matrix, rule, p))
+            role = "held" if m in universal else rng.choice(["push", "push", "push", "held", "popup"])
+            if role == "held":
+                for c in rng.sample(holdout_cycles or cycles, rng.randint(1, min(2, len(holdout_cycles or cycles)))):
+                    if c in holdout_cycles or c not in in_funnels:
+                        holdout(m, p, c, matrix, rule)
+                    else:
+                        holdout_cycles.append(c)
+                        holdout(m, p, c, matrix, rule)
+            if role == "push":
+                for c in rng.sample(cycles, rng.randint(1, min(2, len(cycles)))):
+                    channel = UNKNOWN_CHANNEL if rng.random() < 0.05 else rng.choice(PUSH_CHANNELS)
+                    outcome = "sent" if rng.random() < 0.6 else rng.choice(RESPONSES)
+                    history.add(Contact(m, cycle_day(c), channel, p, outcome, c, "mktool"))
+            if role == "popup" or (role == "held" and rng.random() < 0.3) or rng.random() < 0.15:
+                for _ in range(rng.randint(1, 2)):
+                    history.add(Contact(m, rng.choice(popup_days), rng.choice(POPUP_CHANNELS), p,
+                                        rng.choice(("sent", *RESPONSES)), None, None))
+            if rng.random() < 0.1:  # a mktool row of another month's cycle: not a contact of M
+                history.add(Contact(m, first - 5 * DAY, rng.choice(PUSH_CHANNELS), p, "sent",
+                                    (first - 5 * DAY).isoformat(), "mktool"))
+            if rng.random() < 0.05:  # a mktool row on a pop-up channel: a showing when in the period
+                history.add(Contact(m, rng.choice(popup_days), rng.choice(POPUP_CHANNELS), p, "sent",
+                                    rng.choice(cycles), "mktool"))
+    if customers:  # another month's hold-outs and recommendations do not count
+        holdouts.append(Holdout(month_of(first - DAY), (first - 3 * DAY).isoformat(), "sms", customers[0],
+                                policies[0], 1, "retention", "r9", None if legacy else first - 3 * DAY,
+                                None if legacy else "policy"))
+        recs.append(Recommendation(customers[-1], month_of(first - DAY), 1, "other", "o1", policies[-1]))
+    data.holdouts = holdouts
+    data.recommendations = recs
+    data.contacts = list(history.rows.values())
+
+    # responses and orders around each pair's date d (the reference's d: responses on push channels
+    # with recorded_by NULL and orders do not move it)
+    offsets = sorted({0, -1, 1, rng.randint(2, 25)} | {o for w in windows for o in (w - 1, w, w + 1)})
+    contacted = contacted_pairs(data, month, 30)
+    held = held_out_pairs(data, month, 30)
+    for (m, p), facts in contacted.items():
+        for _ in range(rng.randint(0, 3)):
+            channel = facts.channel if rng.random() < 0.5 else rng.choice(PUSH_CHANNELS)
+            history.add(Contact(m, facts.date + rng.choice(offsets) * DAY, channel, p, rng.choice(RESPONSES)))
+    data.contacts = list(history.rows.values())
+    orders: dict[tuple[str, dt.datetime, str, str], Order] = {}
+
+    def order(m: str, p: str, at: dt.datetime, action: str) -> None:
+        orders.setdefault((m, at, p, action), Order(m, at, p, action, rng.choice([None, "sms", "frontdesk"])))
+
+    for (m, p), facts in [*contacted.items(), *held.items()]:
+        for _ in range(rng.choice([0, 0, 1, 1, 2])):
+            at = dt.datetime.combine(facts.date + rng.choice(offsets) * DAY, rng.choice(TIMES))
+            order(m, p, at, "order")
+            if rng.random() < 0.6:
+                days, time = rng.choice([(0, dt.time(0, 0, 0)), (0, dt.time(23, 59, 59)), (7, dt.time(23, 59, 59)),
+                                         (8, dt.time(0, 0, 0)), (3, dt.time(12, 0, 0)), (-1, dt.time(12, 0, 0))])
+                order(m, p, dt.datetime.combine(at.date() + days * DAY, time), "cancel")
+    if customers:
+        order(customers[0], policies[-1], dt.datetime.combine(first, TIMES[1]), "order")
+    data.orders = list(orders.values())
+    view = []
+    for m in customers:
+        if rng.random() < 0.85:
+            arpu = None if rng.random() < 0.1 else Decimal(rng.randint(0, 40000)) / 100
+            view.append(ViewRow(m, month, rng.choice((*SEGMENTS, None)), rng.choice((*TIER_VALUES, None)), arpu))
+        elif rng.random() < 0.5:
+            view.append(ViewRow(m, month_of(first - DAY) if month != "2026-10" else "2026-09", "Z_other", "high",
+                                Decimal("1.00")))
+    data.view = view
+    return data, month, windows
+
+
+def write_db(path: Path, data: Data) -> Path:
+    """The tables mktool would have (export's contact_history and holdouts, funnel_counts, orders, the view)."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, "
+                    "policy_id VARCHAR NOT NULL, outcome VARCHAR, cycle VARCHAR, recorded_by VARCHAR)")
+        con.executemany("INSERT INTO contact_history VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(c.msisdn, c.contact_date, c.channel, c.policy_id, c.outcome, c.cycle, c.recorded_by)
+                         for c in data.contacts] or [("0", None, "x", "x", None, None, None)])
+        con.execute("DELETE FROM contact_history WHERE msisdn = '0'")
+        if data.legacy_holdouts:
+            con.execute("CREATE TABLE holdouts (month VARCHAR, cycle VARCHAR, channel VARCHAR, msisdn VARCHAR, "
+                        "policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR)")
+            rows: list[tuple[Any, ...]] = [(h.month, h.cycle, h.channel, h.msisdn, h.policy_id, h.rank, h.matrix,
+                                            h.rule_id) for h in data.holdouts]
+        else:
+            con.execute("CREATE TABLE holdouts (month VARCHAR, cycle VARCHAR, cycle_date DATE, channel VARCHAR, "
+                        "msisdn VARCHAR, policy_id VARCHAR, rank INTEGER, matrix VARCHAR, rule_id VARCHAR, "
+                        "kind VARCHAR)")
+            rows = [(h.month, h.cycle, h.cycle_date, h.channel, h.msisdn, h.policy_id, h.rank, h.matrix, h.rule_id,
+                     h.kind) for h in data.holdouts]
+        if rows:
+            con.executemany(f"INSERT INTO holdouts VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        con.execute("CREATE TABLE funnel_counts (month VARCHAR, funnel VARCHAR, stage_no INTEGER, stage VARCHAR, "
+                    "count BIGINT, cycle VARCHAR)")
+        con.executemany("INSERT INTO funnel_counts VALUES (?, ?, ?, ?, ?, ?)",
+                        [(f.month, f.funnel, f.stage_no, f.stage, f.count, f.cycle) for f in data.funnels])
+        con.execute("CREATE TABLE orders (msisdn VARCHAR, order_time TIMESTAMP, policy_id VARCHAR, action VARCHAR, "
+                    "channel VARCHAR)")
+        if data.orders:
+            con.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?)",
+                            [(o.msisdn, o.order_time, o.policy_id, o.action, o.channel) for o in data.orders])
+        con.execute("CREATE TABLE recommendations (msisdn VARCHAR, month VARCHAR, rank INTEGER, matrix VARCHAR, "
+                    "rule_id VARCHAR, policy_id VARCHAR, policy_name VARCHAR)")
+        if data.recommendations:
+            con.executemany("INSERT INTO recommendations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(r.msisdn, r.month, r.rank, r.matrix, r.rule_id, r.policy_id, r.policy_id)
+                             for r in data.recommendations])
+        con.execute("CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR, status VARCHAR, segment VARCHAR, "
+                    "value_tier VARCHAR, arpu_3m DECIMAL(18,2))")
+        if data.view:
+            con.executemany("INSERT INTO customer_view VALUES (?, ?, 'active', ?, ?, ?)",
+                            [(v.msisdn, v.month, v.segment, v.value_tier, v.arpu_3m) for v in data.view])
+    finally:
+        con.close()
+    return path
+
+
+# -- comparing mktool with the reference -----------------------------------------------------------------
+def _borderline_ci(figures: dict[str, Any], i: int) -> bool:
+    """Whether the interval's unrounded bound lies within float noise of a rounding half (6 decimals)."""
+    try:
+        raw = newcombe_raw(figures["ordered"], figures["contacted"], figures["held_out_ordered"], figures["held_out"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        return False
+    scaled = abs(raw[i]) * 10 ** 6
+    return abs(scaled - int(scaled) - 0.5) < 1e-6
+
+
+def differences(want: Any, got: Any, path: str = "$", owner: dict[str, Any] | None = None) -> list[str]:
+    """Every place where mktool's document differs from the reference's (keys, their order, values)."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return [f"{path}: expected an object {want!r}, got {got!r}"]
+        out = [] if list(want) == list(got) else [f"{path}: keys {list(want)} != mktool's {list(got)}"]
+        for key, value in want.items():
+            if key in got:
+                out += differences(value, got[key], f"{path}.{key}", want)
+        return out
+    if isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            return [f"{path}: expected {want!r}, got {got!r}"]
+        out = []
+        for i, (w, g) in enumerate(zip(want, got)):
+            if path.endswith(".uplift_ci") and owner is not None and isinstance(g, float) and isinstance(w, float) \
+                    and abs(w - g) <= 1.000001e-6 and _borderline_ci(owner, i):
+                continue  # the floats of another (equally exact) order of operations round the other way
+            out += differences(w, g, f"{path}[{i}]", owner)
+        return out
+    if type(want) is not type(got) and not (isinstance(want, float) and isinstance(got, int) and want == got):
+        return [f"{path}: expected {want!r} ({type(want).__name__}), got {got!r} ({type(got).__name__})"]
+    return [] if want == got else [f"{path}: expected {want!r}, got {got!r}"]
+
+
+def campaign_kind_available() -> bool:
+    proc = subprocess.run([sys.executable, "-m", "mktool", "evaluate", "--help"], env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    return "campaign" in proc.stdout
+
+
+def run_cli(db: Path, month: str, by: tuple[str, ...] | None, window: int | None) -> dict[str, Any]:
+    args = [sys.executable, "-m", "mktool", "evaluate", "--month", month, "--format", "json", "--db", str(db),
+            "--matrices", str(MATRICES)]
+    args += ["--by", ",".join(by)] if by else []
+    args += ["--window", str(window)] if window is not None else []
+    proc = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"{' '.join(args[2:])} exited {proc.returncode}: {proc.stderr}"
+    document: dict[str, Any] = json.loads(proc.stdout)
+    return document
+
+
+def stored(db: Path, month: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(the month's response funnel rows, its stored runs) as the database holds them after a run."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        funnels = con.execute("SELECT funnel, stage_no, stage, count, cycle FROM funnel_counts WHERE month = ? AND "
+                              "funnel LIKE 'response:%' ORDER BY funnel, stage_no", [month]).fetchall()
+        runs = con.execute("SELECT contacted, held_out, window_days, document FROM campaign_evaluation "
+                           "WHERE month = ? ORDER BY created_at", [month]).fetchall()
+    finally:
+        con.close()
+    return funnels, runs
+
+
+BY_SETS: list[tuple[str, ...]] = [("channel",), ("matrix", "rule_id"), ("segment", "value_tier"),
+                                  ("policy_id", "channel", "segment"), ("value_tier",), ("rule_id", "policy_id")]
+
+
+@pytest.fixture(scope="module")
+def campaign_cli() -> None:
+    if not campaign_kind_available():
+        pytest.skip("`mktool evaluate --help` shows no campaign kind yet: nothing to compare the reference with")
+
+
+def check_database(db: Path, data: Data, month: str, runs: list[tuple[tuple[str, ...] | None, int | None]],
+                   label: str) -> list[str]:
+    """Run mktool's campaign evaluation for each (by, window) of ``runs``; every difference from the reference."""
+    problems: list[str] = []
+    for n, (by, window) in enumerate(runs, 1):
+        got = run_cli(db, month, by, window)
+        want = evaluate(data, month, window=window or 30, by=by or ("policy_id",))
+        at = f"{label} --by {','.join(by) if by else '(default)'} --window {window or '(default)'}"
+        problems += [f"{at}: {p}" for p in differences(want, got)]
+        funnels, stored_runs = stored(db, month)
+        want_funnels = [(*row, None) for row in response_funnels(data, month, window=window or 30)]
+        if funnels != want_funnels:
+            problems.append(f"{at}: response funnels {funnels} != reference {want_funnels}")
+        if len(stored_runs) != n:
+            problems.append(f"{at}: campaign_evaluation holds {len(stored_runs)} runs of {month}, expected {n}")
+        elif (stored_runs[-1][0], stored_runs[-1][1], stored_runs[-1][2]) != (
+                want["total"]["contacted"], want["total"]["held_out"], window or 30) \
+                or json.loads(stored_runs[-1][3]) != got:
+            problems.append(f"{at}: the stored run {stored_runs[-1][:3]} does not hold the printed document")
+    return problems
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_random_databases_agree_with_the_reference(seed: int, tmp_path: Path, campaign_cli: None) -> None:
+    data, month, windows = random_data(seed)
+    db = write_db(tmp_path / "mktool.duckdb", data)
+    runs: list[tuple[tuple[str, ...] | None, int | None]] = [(None, None), (BY_SETS[seed % len(BY_SETS)], windows[1])]
+    problems = check_database(db, data, month, runs, f"seed {seed} (month {month})")
+    assert not problems, "\n".join(problems[:20])
