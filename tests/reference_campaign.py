@@ -311,26 +311,26 @@ def nearest_rank(ascending: Sequence[Decimal], q: Fraction) -> float:
     return fen(Fraction(ascending[math.ceil(q * len(ascending)) - 1]))
 
 
-def balance_group(msisdns: set[str], view: dict[str, ViewRow]) -> dict[str, Any]:
+def balance_group(msisdns: set[str], view: dict[str, ViewRow], segment_names: Sequence[str]) -> dict[str, Any]:
+    """One balance group. The definitions leave two things open; the reference takes mktool's reading
+    (docs/evaluation.md): ``segment`` has the same keys in every group — the segments of all the
+    balance's customers in name order, then (none) always, like value_tier's fixed keys, so that the
+    groups line up side by side — and ``arpu_3m`` is null when no customer of the group has one."""
     n = len(msisdns)
     if n == 0:
         return {"customers": 0, "value_tier": None, "segment": None, "arpu_3m": None}
     rows = [view.get(m) for m in msisdns]
     tiers = [r.value_tier if r is not None and r.value_tier is not None else NONE for r in rows]
     segments = [r.segment if r is not None and r.segment is not None else NONE for r in rows]
-    seg_names = sorted({s for s in segments if s != NONE}) + ([NONE] if NONE in segments else [])
     arpus = sorted(r.arpu_3m for r in rows if r is not None and r.arpu_3m is not None)
-    arpu: dict[str, float | None]
-    if arpus:
-        arpu = {"mean": fen(sum((Fraction(a) for a in arpus), Fraction(0)) / len(arpus)),
-                "p25": nearest_rank(arpus, Fraction(1, 4)), "median": nearest_rank(arpus, Fraction(1, 2)),
-                "p75": nearest_rank(arpus, Fraction(3, 4))}
-    else:
-        arpu = {"mean": None, "p25": None, "median": None, "p75": None}
+    arpu = None if not arpus else {
+        "mean": fen(sum((Fraction(a) for a in arpus), Fraction(0)) / len(arpus)),
+        "p25": nearest_rank(arpus, Fraction(1, 4)), "median": nearest_rank(arpus, Fraction(1, 2)),
+        "p75": nearest_rank(arpus, Fraction(3, 4))}
     return {
         "customers": n,
         "value_tier": {t: rate(tiers.count(t), n) for t in (*TIERS, NONE)},
-        "segment": {s: rate(segments.count(s), n) for s in seg_names},
+        "segment": {s: rate(segments.count(s), n) for s in (*segment_names, NONE)},
         "arpu_3m": arpu,
     }
 
@@ -347,11 +347,14 @@ def evaluate(data: Data, month: str, *, window: int = 30, by: Sequence[str] = ("
             groups.setdefault(key, ([], []))[side].append(facts)
     rows = [{**dict(zip(by, key)), **figures(*groups[key])} for key in sorted(groups, key=_sort_key)]
     held_list = list(held.values())
+    treated = {p.msisdn for p in contacted.values()}
+    held_customers = {p.msisdn for p in held_list}
+    names = sorted({s for m in treated | held_customers if (r := view.get(m)) is not None and (s := r.segment)})
     balance = {
-        "treated": balance_group({p.msisdn for p in contacted.values()}, view),
-        "held_out": balance_group({p.msisdn for p in held_list}, view),
-        "held_out_policy": balance_group({p.msisdn for p in held_list if p.kind == "policy"}, view),
-        "held_out_universal": balance_group({p.msisdn for p in held_list if p.kind == "universal"}, view),
+        "treated": balance_group(treated, view, names),
+        "held_out": balance_group(held_customers, view, names),
+        "held_out_policy": balance_group({p.msisdn for p in held_list if p.kind == "policy"}, view, names),
+        "held_out_universal": balance_group({p.msisdn for p in held_list if p.kind == "universal"}, view, names),
     }
     return {"month": month, "window_days": window, "by": list(by), "rows": rows,
             "total": figures(list(contacted.values()), held_list), "balance": balance}
