@@ -350,7 +350,8 @@ def evaluate(data: Data, month: str, *, window: int = 30, by: Sequence[str] = ("
     treated = {p.msisdn for p in contacted.values()}
     held_customers = {p.msisdn for p in held_list}
     names = sorted({s for m in treated | held_customers if (r := view.get(m)) is not None and (s := r.segment)})
-    balance = {
+    # Not in the definitions; mktool's choice (with a warning): no customer_view rows of M, no balance.
+    balance = {} if not view else {
         "treated": balance_group(treated, view, names),
         "held_out": balance_group(held_customers, view, names),
         "held_out_policy": balance_group({p.msisdn for p in held_list if p.kind == "policy"}, view, names),

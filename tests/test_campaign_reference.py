@@ -219,6 +219,12 @@ def test_reference_balance_without_arpu_and_nearest_ranks() -> None:
                                                                    "p75": 10.0}
 
 
+def test_reference_has_no_balance_without_a_view_of_the_month() -> None:
+    data = crafted()
+    data.view = [v for v in data.view if v.month != M]
+    assert evaluate(data, M)["balance"] == {}
+
+
 def test_reference_groups_by_channel_and_null_last() -> None:
     doc = evaluate(crafted(), M, by=("channel", "value_tier"))
     keys = [(r["channel"], r["value_tier"], r["contacted"], r["held_out"]) for r in doc["rows"]]
@@ -301,6 +307,8 @@ def random_data(seed: int) -> tuple[Data, str, list[int]]:
     cycles = [x.isoformat() for x in dates]
     if rng.random() < 0.2:
         cycles.append(month_of(first))  # an older build's monthly cycle id
+        if rng.random() < 0.25:
+            cycles = cycles[-1:]  # only that: no showing period, no showings
     in_funnels = [c for c in cycles if c == cycles[0] or rng.random() < 0.6]
     legacy = rng.random() < 0.25
     data = Data(kinds=dict(KINDS), legacy_holdouts=legacy)
@@ -308,7 +316,8 @@ def random_data(seed: int) -> tuple[Data, str, list[int]]:
     funnels += [FunnelRow(month, "plan", 1, "base", 5, None),
                 FunnelRow(month, "matrix:retention", 1, "base", 5, (last + 20 * DAY).isoformat()),
                 FunnelRow(before, "channel:sms", 1, "candidates", 5, (first - 10 * DAY).isoformat()),
-                FunnelRow(month, "response:sms", 1, "sent", 999, None)]  # an earlier run's response funnel
+                FunnelRow(month, "response:sms", 1, "sent", 999, None),  # an earlier run's response funnel
+                FunnelRow(before, "response:app", 1, "sent", 7, None)]  # the month before's: kept
     data.funnels = funnels
 
     def cycle_day(c: str) -> dt.date:
@@ -560,6 +569,7 @@ def stored(db: Path, month: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any,
     try:
         funnels = con.execute("SELECT funnel, stage_no, stage, count, cycle FROM funnel_counts WHERE month = ? AND "
                               "funnel LIKE 'response:%' ORDER BY funnel, stage_no", [month]).fetchall()
+        funnels += con.execute("SELECT * FROM funnel_counts WHERE month <> ? ORDER BY ALL", [month]).fetchall()
         runs = con.execute("SELECT contacted, held_out, window_days, document FROM campaign_evaluation "
                            "WHERE month = ? ORDER BY created_at", [month]).fetchall()
     finally:
@@ -607,7 +617,10 @@ def check_database(db: Path, data: Data, month: str, runs: list[tuple[tuple[str,
         at = f"{label} --by {','.join(by) if by else '(default)'} --window {window or '(default)'}"
         problems += [f"{at}: {p}" for p in differences(want, got)]
         funnels, stored_runs = stored(db, month)
-        want_funnels = [(*row, None) for row in response_funnels(data, month, window=window or 30)]
+        want_funnels: list[tuple[Any, ...]] = [(*row, None) for row in response_funnels(data, month,
+                                                                                     window=window or 30)]
+        want_funnels += sorted((f.month, f.funnel, f.stage_no, f.stage, f.count, f.cycle) for f in data.funnels
+                               if f.month != month)  # other months' funnels untouched
         if funnels != want_funnels:
             problems.append(f"{at}: response funnels {funnels} != reference {want_funnels}")
         if len(stored_runs) != n:
@@ -634,3 +647,28 @@ def test_random_databases_agree_with_the_reference(seed: int, tmp_path: Path, ca
         runs.append((BY_SETS[(seed + 3) % len(BY_SETS)], 30))
     problems = check_database(db, data, month, runs, f"seed {seed} (month {month})", cli=cli)
     assert not problems, "\n".join(problems[:20])
+
+
+def test_half_way_rates_round_away_from_zero(tmp_path: Path, campaign_cli: None) -> None:
+    """128 contacted and 128 held-out pairs: every rate is an exact half at the 7th decimal (k/128).
+
+    1 accepted of 128 → 0.0078125 → 0.007813; 1 held-out order of 128 → 0.007813; uplift
+    (0·128 − 1·128) / (128·128) = −0.0078125 → −0.007813 (half away from zero, not −0.007812);
+    129 push contacts of 128 customers → 1.0078125 → 1.007813.
+    """
+    people = [f"1390000{i:04d}" for i in range(256)]
+    mk = {"cycle": "2026-11-01", "recorded_by": "mktool"}
+    data = Data(
+        kinds=dict(KINDS), funnels=[FunnelRow(M, "channel:sms", 1, "candidates", 128, "2026-11-01")],
+        contacts=[Contact(m, d("2026-11-01"), "sms", "P1", "accepted" if i == 0 else "sent", **mk)
+                  for i, m in enumerate(people[:128])]
+        + [Contact(people[0], d("2026-11-01"), "outbound", "P1", "sent", **mk)],
+        holdouts=[Holdout(M, "2026-11-01", "sms", m, "P1", cycle_date=d("2026-11-01"), kind="policy")
+                  for m in people[128:]],
+        orders=[Order(people[200], t("2026-11-03 10:00:00"), "P1", "order")],
+        view=[ViewRow(m, M, "S", "mid", Decimal(i)) for i, m in enumerate(people[::3])])
+    want = evaluate(data, M)
+    assert {k: want["total"][k] for k in ("success_rate", "take_up_control", "uplift", "contacts_per_customer")} == {
+        "success_rate": 0.007813, "take_up_control": 0.007813, "uplift": -0.007813, "contacts_per_customer": 1.007813}
+    db = write_db(tmp_path / "mktool.duckdb", data)
+    assert differences(want, run_json(db, M, None, None)) == []
