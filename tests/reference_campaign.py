@@ -48,7 +48,7 @@ class Contact:
 class Holdout:
     month: str
     cycle: str
-    channel: str
+    channel: str | None
     msisdn: str
     policy_id: str
     rank: int = 1
@@ -108,6 +108,8 @@ class Data:
     funnels: list[FunnelRow] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=dict)  # channel → popup | push
     legacy_holdouts: bool = False  # holdouts without kind / cycle_date columns
+    legacy_history: bool = False  # contact_history without cycle / recorded_by (every row then has None)
+    orders_table: bool = True  # False: no orders table (nothing ordered)
 
     def kind(self, channel: str) -> str:
         return self.kinds.get(channel, "push")  # a channel not in channels.yaml: push
@@ -179,6 +181,8 @@ def showing_period(data: Data, month: str) -> tuple[dt.date, dt.date] | None:
 
 
 def push_contacts(data: Data, month: str) -> list[Contact]:
+    if data.legacy_history:  # no recorded_by: nothing is known to be mktool's
+        return []
     cycles = cycles_of(data, month)
     return [c for c in data.contacts
             if c.recorded_by == "mktool" and c.cycle in cycles and data.kind(c.channel) == "push"]
@@ -201,7 +205,7 @@ class PairFacts:
     msisdn: str
     policy_id: str
     date: dt.date
-    channel: str
+    channel: str | None
     matrix: str | None
     rule_id: str | None
     kind: str | None = None  # held-out pairs: policy | universal
@@ -213,7 +217,7 @@ class PairFacts:
 
 def _window_orders(data: Data, pair: Pair, day: dt.date, window: int) -> list[Order]:
     end = day + dt.timedelta(days=window)
-    return [o for o in data.orders if (o.msisdn, o.policy_id) == pair and o.action == "order"
+    return [o for o in data.orders if data.orders_table and (o.msisdn, o.policy_id) == pair and o.action == "order"
             and day <= o.order_time.date() <= end]
 
 
@@ -255,16 +259,18 @@ def holdout_date(h: Holdout, legacy: bool) -> dt.date:
 
 
 def held_out_pairs(data: Data, month: str, window: int) -> dict[Pair, PairFacts]:
-    first: dict[Pair, tuple[dt.date, str, Holdout]] = {}
+    first: dict[Pair, tuple[tuple[dt.date, bool, str], Holdout]] = {}
     for h in data.holdouts:
         if h.month != month:
             continue
         pair = (h.msisdn, h.policy_id)
         day = holdout_date(h, data.legacy_holdouts)
-        if pair not in first or (day, h.channel) < first[pair][:2]:
-            first[pair] = (day, h.channel, h)
+        key = (day, h.channel is None, h.channel or "")  # same date: channel name ascending, no channel last
+        if pair not in first or key < first[pair][0]:
+            first[pair] = (key, h)
     out: dict[Pair, PairFacts] = {}
-    for pair, (day, channel, h) in first.items():
+    for pair, ((day, _, _), h) in first.items():
+        channel = h.channel
         kind = "policy" if data.legacy_holdouts or h.kind is None else h.kind
         facts = PairFacts(pair[0], pair[1], day, channel, h.matrix, h.rule_id, kind)
         facts.ordered = bool(_window_orders(data, pair, day, window))
@@ -311,16 +317,20 @@ def nearest_rank(ascending: Sequence[Decimal], q: Fraction) -> float:
     return fen(Fraction(ascending[math.ceil(q * len(ascending)) - 1]))
 
 
-def balance_group(msisdns: set[str], view: dict[str, ViewRow], segment_names: Sequence[str]) -> dict[str, Any]:
+def balance_group(msisdns: set[str], view: dict[str, ViewRow], segment_names: Sequence[str],
+                  other_tiers: Sequence[str] = ()) -> dict[str, Any]:
     """One balance group. The definitions leave two things open; the reference takes mktool's reading
     (docs/evaluation.md): ``segment`` has the same keys in every group — the segments of all the
     balance's customers in name order, then (none) always, like value_tier's fixed keys, so that the
-    groups line up side by side — and ``arpu_3m`` is null when no customer of the group has one."""
+    groups line up side by side — and ``arpu_3m`` is null when no customer of the group has one.
+    value_tier: high, mid_high, mid, low, then ``other_tiers`` (tier names beyond the four, of any
+    group, in name order), then (none)."""
     n = len(msisdns)
     if n == 0:
         return {"customers": 0, "value_tier": None, "segment": None, "arpu_3m": None}
     rows = [view.get(m) for m in msisdns]
     tiers = [r.value_tier if r is not None and r.value_tier is not None else NONE for r in rows]
+    tier_names = (*TIERS, *other_tiers)
     segments = [r.segment if r is not None and r.segment is not None else NONE for r in rows]
     arpus = sorted(r.arpu_3m for r in rows if r is not None and r.arpu_3m is not None)
     arpu = None if not arpus else {
@@ -329,7 +339,7 @@ def balance_group(msisdns: set[str], view: dict[str, ViewRow], segment_names: Se
         "p75": nearest_rank(arpus, Fraction(3, 4))}
     return {
         "customers": n,
-        "value_tier": {t: rate(tiers.count(t), n) for t in (*TIERS, NONE)},
+        "value_tier": {t: rate(tiers.count(t), n) for t in (*tier_names, NONE)},
         "segment": {s: rate(segments.count(s), n) for s in (*segment_names, NONE)},
         "arpu_3m": arpu,
     }
@@ -349,13 +359,16 @@ def evaluate(data: Data, month: str, *, window: int = 30, by: Sequence[str] = ("
     held_list = list(held.values())
     treated = {p.msisdn for p in contacted.values()}
     held_customers = {p.msisdn for p in held_list}
-    names = sorted({s for m in treated | held_customers if (r := view.get(m)) is not None and (s := r.segment)})
+    everyone = [r for m in treated | held_customers if (r := view.get(m)) is not None]
+    names = sorted({r.segment for r in everyone if r.segment is not None})
+    others = sorted({r.value_tier for r in everyone if r.value_tier is not None and r.value_tier not in TIERS})
     # Not in the definitions; mktool's choice (with a warning): no customer_view rows of M, no balance.
     balance = {} if not view else {
-        "treated": balance_group(treated, view, names),
-        "held_out": balance_group(held_customers, view, names),
-        "held_out_policy": balance_group({p.msisdn for p in held_list if p.kind == "policy"}, view, names),
-        "held_out_universal": balance_group({p.msisdn for p in held_list if p.kind == "universal"}, view, names),
+        "treated": balance_group(treated, view, names, others),
+        "held_out": balance_group(held_customers, view, names, others),
+        "held_out_policy": balance_group({p.msisdn for p in held_list if p.kind == "policy"}, view, names, others),
+        "held_out_universal": balance_group({p.msisdn for p in held_list if p.kind == "universal"}, view, names,
+                                            others),
     }
     return {"month": month, "window_days": window, "by": list(by), "rows": rows,
             "total": figures(list(contacted.values()), held_list), "balance": balance}

@@ -280,11 +280,14 @@ class History:
     recorded_by (the upsert of the universal helper's ingest); another row is added.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, bookkeeping: bool = True) -> None:
         self.rows: dict[tuple[str, dt.date, str, str], Contact] = {}
+        self.bookkeeping = bookkeeping  # False: an older build's table, without cycle and recorded_by
 
     def add(self, c: Contact) -> None:
         key = (c.msisdn, c.contact_date, c.channel, c.policy_id)
+        if not self.bookkeeping:
+            c = Contact(*key, c.outcome)
         old = self.rows.get(key)
         if old is not None and c.recorded_by is None:
             self.rows[key] = Contact(*key, c.outcome, old.cycle, old.recorded_by)
@@ -311,7 +314,9 @@ def random_data(seed: int) -> tuple[Data, str, list[int]]:
             cycles = cycles[-1:]  # only that: no showing period, no showings
     in_funnels = [c for c in cycles if c == cycles[0] or rng.random() < 0.6]
     legacy = rng.random() < 0.25
-    data = Data(kinds=dict(KINDS), legacy_holdouts=legacy)
+    data = Data(kinds=dict(KINDS), legacy_holdouts=legacy, legacy_history=rng.random() < 0.08,
+                orders_table=rng.random() > 0.05)
+    other_tier = rng.random() < 0.3  # a tier name beyond the four of the shipped scores.yaml
     funnels = [FunnelRow(month, f"channel:{rng.choice(PUSH_CHANNELS)}", 1, "candidates", 5, c) for c in in_funnels]
     funnels += [FunnelRow(month, "plan", 1, "base", 5, None),
                 FunnelRow(month, "matrix:retention", 1, "base", 5, (last + 20 * DAY).isoformat()),
@@ -325,7 +330,7 @@ def random_data(seed: int) -> tuple[Data, str, list[int]]:
 
     holdout_cycles = [c for c in cycles if c not in in_funnels] + rng.sample(cycles, rng.randint(0, len(cycles)))
     universal = {m for m in customers if rng.random() < 0.12}
-    history = History()
+    history = History(not data.legacy_history)
     holdouts: list[Holdout] = []
     recs: list[Recommendation] = []
     period_start, period_end = dates[0], add_months(dates[-1], 1) - DAY
@@ -333,12 +338,17 @@ def random_data(seed: int) -> tuple[Data, str, list[int]]:
                   period_end + DAY]
 
     def holdout(m: str, p: str, cycle: str, matrix: str | None, rule: str | None) -> None:
-        kind = "universal" if m in universal else "policy"
-        channel = rng.choice(PUSH_CHANNELS + POPUP_CHANNELS)
+        kind: str | None = "universal" if m in universal else "policy"
+        channel = None if rng.random() < 0.05 else rng.choice(PUSH_CHANNELS + POPUP_CHANNELS)
+        day: dt.date | None = cycle_day(cycle)
+        if rng.random() < 0.05:
+            day = None  # NULL cycle_date: dated by the cycle
+        if rng.random() < 0.05 and kind == "policy":
+            kind = None  # NULL kind: a policy hold-out
         if any((h.msisdn, h.policy_id, h.cycle, h.channel) == (m, p, cycle, channel) for h in holdouts):
             return
         holdouts.append(Holdout(month, cycle, channel, m, p, rng.randint(1, 3), matrix, rule,
-                                None if legacy else cycle_day(cycle), None if legacy else kind))
+                                None if legacy else day, None if legacy else kind))
 
     for m in customers:
         for p in policies:
@@ -389,7 +399,7 @@ def random_data(seed: int) -> tuple[Data, str, list[int]]:
     held = held_out_pairs(data, month, 30)
     for (m, p), facts in contacted.items():
         for _ in range(rng.randint(0, 3)):
-            channel = facts.channel if rng.random() < 0.5 else rng.choice(PUSH_CHANNELS)
+            channel = facts.channel if facts.channel and rng.random() < 0.5 else rng.choice(PUSH_CHANNELS)
             history.add(Contact(m, facts.date + rng.choice(offsets) * DAY, channel, p, rng.choice(RESPONSES)))
     data.contacts = list(history.rows.values())
     orders: dict[tuple[str, dt.datetime, str, str], Order] = {}
@@ -408,12 +418,13 @@ def random_data(seed: int) -> tuple[Data, str, list[int]]:
                 order(m, p, dt.datetime.combine(at.date() + days * DAY, time), "cancel")
     if customers:
         order(customers[0], policies[-1], dt.datetime.combine(first, TIMES[1]), "order")
-    data.orders = list(orders.values())
+    data.orders = list(orders.values()) if data.orders_table else []
     view = []
     for m in customers:
         if rng.random() < 0.85:
             arpu = None if rng.random() < 0.1 else Decimal(rng.randint(0, 40000)) / 100
-            view.append(ViewRow(m, month, rng.choice((*SEGMENTS, None)), rng.choice((*TIER_VALUES, None)), arpu))
+            tier = rng.choice((*TIER_VALUES, None, *(["vip"] if other_tier else [])))
+            view.append(ViewRow(m, month, rng.choice((*SEGMENTS, None)), tier, arpu))
         elif rng.random() < 0.5:
             view.append(ViewRow(m, before, "Z_other", "high", Decimal("1.00")))
     data.view = view
@@ -437,11 +448,14 @@ def write_db(path: Path, data: Data) -> Path:
     """The tables mktool would have (export's contact_history and holdouts, funnel_counts, orders, the view)."""
     con = duckdb.connect(str(path))
     try:
+        history: tuple[str, ...] = ("msisdn", "contact_date", "channel", "policy_id", "outcome", "cycle",
+                                    "recorded_by")
+        history = history[:5] if data.legacy_history else history  # an older build: no bookkeeping columns
         con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, "
-                    "policy_id VARCHAR NOT NULL, outcome VARCHAR, cycle VARCHAR, recorded_by VARCHAR)")
-        _insert(con, "contact_history", ("msisdn", "contact_date", "channel", "policy_id", "outcome", "cycle",
-                                         "recorded_by"),
-                [(c.msisdn, c.contact_date, c.channel, c.policy_id, c.outcome, c.cycle, c.recorded_by)
+                    "policy_id VARCHAR NOT NULL, outcome VARCHAR"
+                    + ("" if data.legacy_history else ", cycle VARCHAR, recorded_by VARCHAR") + ")")
+        _insert(con, "contact_history", history,
+                [(c.msisdn, c.contact_date, c.channel, c.policy_id, c.outcome, c.cycle, c.recorded_by)[:len(history)]
                  for c in data.contacts])
         if data.legacy_holdouts:  # an older build's holdouts: no kind, no cycle_date
             con.execute("CREATE TABLE holdouts (month VARCHAR, cycle VARCHAR, channel VARCHAR, msisdn VARCHAR, "
@@ -461,8 +475,9 @@ def write_db(path: Path, data: Data) -> Path:
                     "count BIGINT, cycle VARCHAR)")
         _insert(con, "funnel_counts", ("month", "funnel", "stage_no", "stage", "count", "cycle"),
                 [(f.month, f.funnel, f.stage_no, f.stage, f.count, f.cycle) for f in data.funnels])
-        con.execute("CREATE TABLE orders (msisdn VARCHAR, order_time TIMESTAMP, policy_id VARCHAR, action VARCHAR, "
-                    "channel VARCHAR)")
+        if data.orders_table:
+            con.execute("CREATE TABLE orders (msisdn VARCHAR, order_time TIMESTAMP, policy_id VARCHAR, "
+                        "action VARCHAR, channel VARCHAR)")
         _insert(con, "orders", ("msisdn", "order_time", "policy_id", "action", "channel"),
                 [(o.msisdn, o.order_time, o.policy_id, o.action, o.channel) for o in data.orders])
         con.execute("CREATE TABLE recommendations (msisdn VARCHAR, month VARCHAR, rank INTEGER, matrix VARCHAR, "
