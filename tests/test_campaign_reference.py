@@ -21,6 +21,7 @@ import importlib.util
 import io
 import json
 import random
+import shutil
 import subprocess
 import sys
 from decimal import Decimal
@@ -536,9 +537,10 @@ def campaign_kind_available() -> bool:
     return "campaign" in proc.stdout
 
 
-def run_cli(db: Path, month: str, by: tuple[str, ...] | None, window: int | None, fmt: str = "json") -> str:
+def run_cli(db: Path, month: str, by: tuple[str, ...] | None, window: int | None, fmt: str = "json",
+            matrices: Path = MATRICES) -> str:
     args = [sys.executable, "-m", "mktool", "evaluate", "--month", month, "--format", fmt, "--db", str(db),
-            "--matrices", str(MATRICES)]
+            "--matrices", str(matrices)]
     args += ["--by", ",".join(by)] if by else []
     args += ["--window", str(window)] if window is not None else []
     proc = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=180)
@@ -546,8 +548,9 @@ def run_cli(db: Path, month: str, by: tuple[str, ...] | None, window: int | None
     return proc.stdout
 
 
-def run_json(db: Path, month: str, by: tuple[str, ...] | None, window: int | None) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(run_cli(db, month, by, window))
+def run_json(db: Path, month: str, by: tuple[str, ...] | None, window: int | None,
+             matrices: Path = MATRICES) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(run_cli(db, month, by, window, matrices=matrices))
     return document
 
 
@@ -596,23 +599,39 @@ BY_SETS: list[tuple[str, ...]] = [("channel",), ("matrix", "rule_id"), ("segment
                                   ("policy_id", "channel", "segment"), ("value_tier",), ("rule_id", "policy_id")]
 
 
-def run_library(db: Path, month: str, by: tuple[str, ...] | None, window: int | None) -> dict[str, Any]:
+def run_library(db: Path, month: str, by: tuple[str, ...] | None, window: int | None,
+                matrices: Path = MATRICES) -> dict[str, Any]:
     """The same through mktool.campaign.evaluate_campaign in this process (no interpreter start per run)."""
     campaign = importlib.import_module("mktool.campaign")
     with Database(Settings(db_path=db, memory_limit="1GB", threads=2), write=True) as database:
-        result = campaign.evaluate_campaign(database, rules(), month, by=by or ("policy_id",), window=window or 30)
+        result = campaign.evaluate_campaign(database, rules(matrices), month, by=by or ("policy_id",),
+                                            window=window or 30)
     document: dict[str, Any] = json.loads(json.dumps(result.document))
     return document
 
 
-_RULES: list[Project] = []
+_RULES: dict[Path, Project] = {}
 
 
-def rules() -> Project:
-    """The shipped rules folder, loaded once (channels.yaml gives the channels' kinds)."""
-    if not _RULES:
-        _RULES.append(load_project(MATRICES))
-    return _RULES[0]
+def rules(matrices: Path = MATRICES) -> Project:
+    """A rules folder, loaded once (channels.yaml gives the channels' kinds)."""
+    if matrices not in _RULES:
+        _RULES[matrices] = load_project(matrices)
+    return _RULES[matrices]
+
+
+@pytest.fixture(scope="module")
+def app_popup_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped rules with channel app made a pop-up: the kinds must come from channels.yaml, not names."""
+    folder = tmp_path_factory.mktemp("rules") / "matrices"
+    shutil.copytree(MATRICES, folder)
+    path = folder / "channels.yaml"
+    text = path.read_text(encoding="utf-8")
+    old = "  app:              # app push / in-app banner\n    kind: push\n    cycle: daily\n    capacity: null\n"
+    assert old in text, "channels.yaml's app entry changed: adapt this fixture"
+    path.write_text(text.replace(old, "  app:\n    kind: popup\n    cycle: daily\n"), encoding="utf-8")
+    assert shipped_kinds(folder) == {**KINDS, "app": "popup"}
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -623,11 +642,11 @@ def campaign_cli() -> None:
 
 
 def check_database(db: Path, data: Data, month: str, runs: list[tuple[tuple[str, ...] | None, int | None]],
-                   label: str, *, cli: bool = True) -> list[str]:
+                   label: str, *, cli: bool = True, matrices: Path = MATRICES) -> list[str]:
     """Run mktool's campaign evaluation for each (by, window) of ``runs``; every difference from the reference."""
     problems: list[str] = []
     for n, (by, window) in enumerate(runs, 1):
-        got = (run_json if cli else run_library)(db, month, by, window)
+        got = (run_json if cli else run_library)(db, month, by, window, matrices)
         want = evaluate(data, month, window=window or 30, by=by or ("policy_id",))
         at = f"{label} --by {','.join(by) if by else '(default)'} --window {window or '(default)'}"
         problems += [f"{at}: {p}" for p in differences(want, got)]
@@ -647,20 +666,23 @@ def check_database(db: Path, data: Data, month: str, runs: list[tuple[tuple[str,
     if cli and runs:  # the last run's figures once more as csv
         by, window = runs[-1]
         want = evaluate(data, month, window=window or 30, by=by or ("policy_id",))
-        problems += csv_differences(want, run_cli(db, month, by, window, "csv"))
+        problems += csv_differences(want, run_cli(db, month, by, window, "csv", matrices))
     return problems
 
 
 @pytest.mark.parametrize("seed", range(50))
-def test_random_databases_agree_with_the_reference(seed: int, tmp_path: Path, campaign_cli: None) -> None:
+def test_random_databases_agree_with_the_reference(seed: int, tmp_path: Path, campaign_cli: None,
+                                                   app_popup_rules: Path) -> None:
     data, month, windows = random_data(seed)
+    matrices = app_popup_rules if seed % 5 == 2 else MATRICES  # every 5th: app is a pop-up there
+    data.kinds = shipped_kinds(matrices)
     db = write_db(tmp_path / "mktool.duckdb", data)
     runs: list[tuple[tuple[str, ...] | None, int | None]] = [(None, None), (BY_SETS[seed % len(BY_SETS)], windows[1])]
     # every 10th database through the command line (defaults, --by, --window, json and csv), the rest in-process
     cli = seed % 10 == 0 or importlib.util.find_spec("mktool.campaign") is None
     if cli:
         runs.append((BY_SETS[(seed + 3) % len(BY_SETS)], 30))
-    problems = check_database(db, data, month, runs, f"seed {seed} (month {month})", cli=cli)
+    problems = check_database(db, data, month, runs, f"seed {seed} (month {month})", cli=cli, matrices=matrices)
     assert not problems, "\n".join(problems[:20])
 
 
