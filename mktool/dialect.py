@@ -132,6 +132,40 @@ def double_units(expr: str, scale: int, dialect: Dialect = DUCKDB) -> str:
     return f"(CASE WHEN {x} < 0 THEN -{magnitude} ELSE {magnitude} END)"
 
 
+#: Decimals :func:`quantity_ratio` reads each quantity to (micro-minutes, micro-MB: as the plan step prices them).
+QUANTITY_SCALE = 6
+
+
+def quantity_ratio(numerator: str, denominator: str, scale: int, dialect: Dialect = DUCKDB) -> str:
+    """numerator / denominator of two measured quantities (DOUBLE minutes or MB: use ÷ allowance),
+    rounded half away from zero to ``scale`` decimals, DECIMAL(38, scale). NULL when either is
+    NULL or the denominator, read to 6 decimals, is not positive (no allowance to measure against).
+
+    Each quantity is read to 6 decimals the way :func:`double_units` reads it (the plan step's
+    reading: an average of 5.93, 5.54 and 3.53 MB is 5 MB), and the quotient of those exact
+    values is rounded by integer arithmetic, never by the engine's round(): 450.45 ÷ 1000 is
+    0.4505, 0.5 ÷ 3 is 0.1667, on every engine. 64-bit for a numerator in [0, 10^(12−scale)) and
+    a denominator below 10¹² (every real use and allowance); otherwise (a negative or an
+    astronomical quantity) the IEEE quotient of the two, read to 12 decimals by
+    :func:`round_half_away`, and NULL from 10²⁰ on (no DECIMAL a rule compares with is that large).
+    """
+    _check(dialect)
+    if not 0 <= scale <= 12:  # the numerator's units · 10^scale must stay below 10¹⁸
+        raise ValueError(f"quantity_ratio keeps 0 to 12 decimals, not {scale}")
+    n, d = f"CAST({numerator} AS DOUBLE)", f"CAST({denominator} AS DOUBLE)"
+    unit = f"CAST({10 ** QUANTITY_SCALE} AS DOUBLE)"
+    no_denominator = f"floor({d} * {unit} + CAST(0.5 AS DOUBLE)) < 1"  # double_units(d) = 0, without its cast
+    n_units, d_units = double_units(n, QUANTITY_SCALE, dialect), double_units(d, QUANTITY_SCALE, dialect)
+    fast = units_decimal(div_half_away_64(f"{n_units} * {10 ** scale}", f"nullif({d_units}, 0)", dialect), scale,
+                         dialect, precision=18)
+    ratio_type = f"DECIMAL(38,{scale})"
+    slow = round_half_away(f"({n} / {d})", scale, dialect, precision=38)
+    return (f"(CASE WHEN {n} IS NULL OR {d} IS NULL OR {no_denominator} THEN CAST(NULL AS {ratio_type})"
+            f" WHEN {n} >= 0 AND {n} < {float(10 ** (12 - scale))!r} AND {d} < {1e12!r}"
+            f" THEN CAST({fast} AS {ratio_type})"
+            f" WHEN abs({n} / {d}) < {1e20!r} THEN {slow} END)")
+
+
 def int_div(numerator: str, denominator: str, dialect: Dialect = DUCKDB) -> str:
     """⌊numerator / denominator⌋ of two non-negative 64-bit integers: DuckDB's ``//``, Spark's ``div``.
 

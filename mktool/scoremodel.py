@@ -38,12 +38,15 @@ FEATURE_COLUMNS = (
     "billing_months", "arpu_prev", "ld_fee", "voice_out_min", "voice_local_min", "voice_ld_out_min",
     "voice_ld_in_min", "voice_roam_min", "ld_top_province", "sms_count", "data_mb", "contacts", "contacts_in_net",
     "voice_min_prev", "data_mb_prev", "contacts_prev", "in_net_share", "voice_total_min", "ld_unit_price",
-    "plan_name", "plan_rental", "product_status", "vas_active", "has_newspaper", "has_crbt", "has_ring_change",
+    "plan_name", "plan_rental", "product_status", "included_data_mb", "included_voice_min", "data_saturation",
+    "voice_saturation", "vas_active", "has_newspaper", "has_crbt", "has_ring_change",
     "has_mobile_internet", "month_end", "contract_ends_3m", "bundle_ends_3m",
 )
 VALUE_COLUMNS = ("value_score", "value_tier")
 VAS_SERVICES = ("newspaper", "crbt", "ring_change", "mobile_internet")
 PARAM_RE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+#: Decimals of data_saturation and voice_saturation (use ÷ allowance: 0.9 is 90%), rounded half away from zero.
+SATURATION_SCALE = 4
 #: The money markers of sql/customer_view_base.sql (``@fen(b0.total_fee)``): each is one
 #: formula of mktool/dialect.py, so that money is computed the same way everywhere.
 MONEY_MARKER_RE = re.compile(r"@([a-z_]+)\(([^()]*)\)")
@@ -52,6 +55,7 @@ MONEY_MARKERS: dict[str, Callable[..., str]] = {
     "fen": lambda x: dialect.fen(x),
     "average": lambda s, n: dialect.average(s, n, 2),
     "percent": lambda a, b: dialect.percent(a, b),
+    "ratio": lambda a, b: dialect.quantity_ratio(a, b, SATURATION_SCALE),
 }
 
 

@@ -14,7 +14,7 @@ How a case customer is completed (see :data:`DEFAULT_CUSTOMER` and docs/analyst-
 2. a few base columns are computed from their parts unless given, with the same formulas as
    sql/customer_view_base.sql (:data:`DERIVED`): tenure_months from join_date (or join_date
    from tenure_months), current_total_3m, in_net_share, voice_total_min, ld_unit_price,
-   month_end, contract_ends_3m, bundle_ends_3m;
+   data_saturation, voice_saturation, month_end, contract_ends_3m, bundle_ends_3m;
 3. value_score / value_tier (percentile ranks over the whole month, meaningless for one
    customer) are given or default to 50 / ``mid``;
 4. every score column of scores.yaml (has_bundle, stickiness_*, churn_*, *_potential,

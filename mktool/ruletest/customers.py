@@ -18,14 +18,15 @@ import duckdb
 from mktool.config import Settings
 from mktool.contract import TABLES, month_from_index, month_index
 from mktool.database import BOOKKEEPING_DDL, Database
-from mktool.dialect import py_round_half_away
+from mktool.dialect import py_round_half_away, quantity_ratio
 from mktool.errors import ConfigError
 from mktool.ruletest.cases import Case, current_month, suggest
-from mktool.scoremodel import ScoreModel, load_score_model, view_params, view_sql
+from mktool.scoremodel import SATURATION_SCALE, ScoreModel, load_score_model, view_params, view_sql
 
 #: The default customer: an active postpaid 4G customer of two years on 自选组合128, paying
-#: 128 yuan a month with no overage or add-on, 300 minutes and 600 MB a month, 20 contacts
-#: (10 on our network), no bundle, contract, group or virtual network, no value-added service.
+#: 128 yuan a month with no overage or add-on, 300 minutes and 600 MB a month (the plan's 650
+#: minutes and 600 MB: saturations 0.4615 and 1.0000), 20 contacts (10 on our network), no
+#: bundle, contract, group or virtual network, no value-added service.
 #: With the shipped scores.yaml that is stickiness none, no churn signal, no new-service
 #: potential, traffic group local, segment potential. Columns of :data:`DERIVED` are computed.
 DEFAULT_CUSTOMER: dict[str, Any] = {
@@ -38,7 +39,8 @@ DEFAULT_CUSTOMER: dict[str, Any] = {
     "voice_out_min": 300.0, "voice_local_min": 300.0, "voice_ld_out_min": 0.0, "voice_ld_in_min": 0.0,
     "voice_roam_min": 0.0, "ld_top_province": None, "sms_count": 10, "data_mb": 600.0, "contacts": 20,
     "contacts_in_net": 10, "voice_min_prev": 300.0, "data_mb_prev": 600.0, "contacts_prev": 20,
-    "plan_name": "自选组合128", "plan_rental": 128.0, "product_status": 1,
+    "plan_name": "自选组合128", "plan_rental": 128.0, "product_status": 1, "included_data_mb": 600.0,
+    "included_voice_min": 650.0,
     "vas_active": 0, "has_newspaper": False, "has_crbt": False, "has_ring_change": False, "has_mobile_internet": False,
     "value_score": 50.0, "value_tier": "mid",
 }
@@ -52,6 +54,8 @@ DERIVED: dict[str, str] = {
     "in_net_share": "contacts_in_net / nullif(contacts, 0)",
     "voice_total_min": "voice_local_min + voice_ld_out_min + voice_ld_in_min + voice_roam_min",
     "ld_unit_price": "ld_fee / nullif(voice_ld_out_min, 0)",
+    "data_saturation": quantity_ratio("data_mb_3m", "included_data_mb", SATURATION_SCALE),
+    "voice_saturation": quantity_ratio("voice_min_3m", "included_voice_min", SATURATION_SCALE),
     "month_end": "CAST('{month_end}' AS DATE)",
     "contract_ends_3m": "contract_end IS NOT NULL AND contract_end <= CAST('{horizon_3m}' AS DATE)",
     "bundle_ends_3m": "bundle_end IS NOT NULL AND bundle_end <= CAST('{horizon_3m}' AS DATE)",

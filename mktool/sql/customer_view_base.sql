@@ -21,6 +21,8 @@
 --   @fen(x)          a stored amount as an integer count of fen
 --   @average(s, n)   a fen sum s over n months, DECIMAL(38,6), half away from zero; NULL if n = 0
 --   @percent(a, b)   100 × a / b of two fen sums, DECIMAL(38,6), half away from zero; NULL if b = 0
+--   @ratio(a, b)     a / b of two quantities (minutes, MB) read to 6 decimals, DECIMAL(38,4), half away
+--                    from zero; NULL if either is NULL or b is not positive (the saturations)
 WITH
 sub AS (SELECT * FROM subscribers WHERE month = $month),
 b0 AS (SELECT * FROM billing WHERE month = $month),
@@ -85,7 +87,9 @@ win AS (
     LEFT JOIN u2 ON u2.msisdn = sub.msisdn
     LEFT JOIN u1 ON u1.msisdn = sub.msisdn
     LEFT JOIN u0 ON u0.msisdn = sub.msisdn
-)
+),
+-- The month's row of every customer; the saturations below read its averages and its plan's allowances.
+row_m AS (
 SELECT
     w.msisdn, w.month, w.city, w.plan_id, w.status, w.payment, w.handset_gen,
     w.vnet, w.group_id, w.balance, w.bundle_type, w.bundle_end, w.contract_end,
@@ -113,6 +117,7 @@ SELECT
     w.voice_local_min + w.voice_ld_out_min + w.voice_ld_in_min + w.voice_roam_min AS voice_total_min,
     w.ld_fee / nullif(w.voice_ld_out_min, 0) AS ld_unit_price,
     plans.plan_name, @money(plans.monthly_rental) AS plan_rental, plans.product_status,
+    plans.included_data_mb, plans.included_voice_min,
     coalesce(vas_m.vas_active, 0) AS vas_active,
     coalesce(vas_m.has_newspaper, false) AS has_newspaper,
     coalesce(vas_m.has_crbt, false) AS has_crbt,
@@ -124,3 +129,12 @@ SELECT
 FROM win w
 LEFT JOIN plans ON plans.plan_id = w.plan_id
 LEFT JOIN vas_m ON vas_m.msisdn = w.msisdn
+)
+-- 流量饱和度 / 语音饱和度 (seed 000): the 3-month average use over the current plan's allowance
+-- (data_mb_3m and voice_min_3m: the months with a value, as every average here); NULL for an
+-- unknown plan, an allowance of 0 (a plan without that allowance) or a customer without usage.
+SELECT
+    row_m.*,
+    @ratio(row_m.data_mb_3m, row_m.included_data_mb)    AS data_saturation,
+    @ratio(row_m.voice_min_3m, row_m.included_voice_min) AS voice_saturation
+FROM row_m
