@@ -249,10 +249,15 @@ on_channel AS (
           FROM contacts GROUP BY msisdn, policy_id, channel) AS g),
 held AS (
     SELECT msisdn, policy_id, channel, d, kind, matrix, rule_id FROM (
-        SELECT msisdn, policy_id, channel, cycle_date AS d, kind, matrix, rule_id,
-               row_number() OVER (PARTITION BY msisdn, policy_id
-                                  ORDER BY cycle_date NULLS LAST, channel NULLS LAST, kind, matrix, rule_id) AS pos
-        FROM _c_holdouts WHERE month = $month) AS t
+        -- the pair's first hold-out, a push channel before a pop-up (as a contacted pair's first channel):
+        -- the control of a channel is what that channel would have contacted
+        SELECT t.msisdn, t.policy_id, t.channel, t.cycle_date AS d, t.kind, t.matrix, t.rule_id,
+               row_number() OVER (PARTITION BY t.msisdn, t.policy_id
+                                  ORDER BY t.cycle_date NULLS LAST,
+                                           CASE WHEN coalesce(k.kind, '{PUSH}') = '{PUSH}' THEN 0 ELSE 1 END,
+                                           t.channel NULLS LAST, t.kind, t.matrix, t.rule_id) AS pos
+        FROM _c_holdouts t LEFT JOIN _c_channels k ON k.channel = t.channel
+        WHERE t.month = $month) AS t
     WHERE pos = 1),
 scoped AS (
     -- a pair's first channel is its 'contacted' row, its other channels 'channel' rows: the figures read the

@@ -259,17 +259,19 @@ def holdout_date(h: Holdout, legacy: bool) -> dt.date:
 
 
 def held_out_pairs(data: Data, month: str, window: int) -> dict[Pair, PairFacts]:
-    first: dict[Pair, tuple[tuple[dt.date, bool, str], Holdout]] = {}
+    first: dict[Pair, tuple[tuple[dt.date, bool, bool, str], Holdout]] = {}
     for h in data.holdouts:
         if h.month != month:
             continue
         pair = (h.msisdn, h.policy_id)
         day = holdout_date(h, data.legacy_holdouts)
-        key = (day, h.channel is None, h.channel or "")  # same date: channel name ascending, no channel last
+        # same date: a push channel before a pop-up, then channel name ascending, no channel last
+        popup = h.channel is not None and data.kind(h.channel) == "popup"
+        key = (day, popup, h.channel is None, h.channel or "")
         if pair not in first or key < first[pair][0]:
             first[pair] = (key, h)
     out: dict[Pair, PairFacts] = {}
-    for pair, ((day, _, _), h) in first.items():
+    for pair, ((day, _, _, _), h) in first.items():
         channel = h.channel
         kind = "policy" if data.legacy_holdouts or h.kind is None else h.kind
         facts = PairFacts(pair[0], pair[1], day, channel, h.matrix, h.rule_id, kind)

@@ -223,14 +223,14 @@ EXPECTED = {"month": M, "window_days": 30, "by": ["policy_id"],
 
 # -- by channel: the pair's channel (contacted: its first contact's; held out: its earliest hold-out row's)
 BY_CHANNEL = [
-    # 05 P1; held 07 (frontdesk by name among its two rows of 11-01). uplift (1·1 − 0·1) / 1.
-    {"channel": "frontdesk", **fig(1, 1, 0, 0, 0, 1, 1, 1, 0, (1.0, 1.0, 0.0, 1.0, 1.0, 0.0))},
+    # 05 P1; no hold-out: 07's two rows of 11-01 (sms, frontdesk) make it sms's (a push channel first).
+    {"channel": "frontdesk", **fig(1, 1, 0, 0, 0, 1, 1, 0, 0, (1.0, 1.0, None, None, 1.0, 0.0))},
     {"channel": "inbound", **fig(1, 1, 0, 0, 0, 1, 0, 0, 0, (1.0, 1.0, None, None, 0.0, 0.0))},  # 12 P2
     {"channel": "kiosk", **fig(1, 0, 0, 0, 1, 0, 0, 0, 0, (0.0, 0.0, None, None, None, 1.0))},  # 13 P3
     # 01P1 03P1 04P1 11P2; held 06 08 (both ordered): uplift (1·2 − 2·4) / (4·2) = −0.75; push 1+1+1+3 over 4.
     {"channel": "outbound", **fig(4, 2, 0, 1, 0, 1, 1, 2, 2, (0.5, 0.25, 1.0, -0.75, 1.0, 1.5))},
-    # 02P1 01P2 (01 P2's inbound showing is the same day: push first); held 10.
-    {"channel": "sms", **fig(2, 0, 1, 0, 0, 1, 0, 1, 0, (0.0, 0.5, 0.0, 0.5, 0.0, 1.0))},
+    # 02P1 01P2 (01 P2's inbound showing is the same day: push first); held 07 (push before pop-up) and 10.
+    {"channel": "sms", **fig(2, 0, 1, 0, 0, 1, 0, 2, 0, (0.0, 0.5, 0.0, 0.5, 0.0, 1.0))},
     # 09: a universal hold-out without a channel; nobody contacted: the contacted rates are null.
     {"channel": None, **fig(0, 0, 0, 0, 0, 0, 0, 1, 0, (None, None, 0.0, None, None, None))},
 ]
@@ -296,7 +296,7 @@ def test_by_two_columns(db: Path) -> None:
     doc = run(db, by=("policy_id", "channel")).document
     keys = [(r["policy_id"], r["channel"], r["contacted"], r["held_out"], r["ordered"], r["held_out_ordered"])
             for r in doc["rows"]]
-    assert keys == [("P1", "frontdesk", 1, 1, 1, 0), ("P1", "outbound", 3, 2, 1, 2), ("P1", "sms", 1, 0, 1, 0),
+    assert keys == [("P1", "frontdesk", 1, 0, 1, 0), ("P1", "outbound", 3, 2, 1, 2), ("P1", "sms", 1, 1, 1, 0),
                     ("P1", None, 0, 1, 0, 0), ("P2", "inbound", 1, 0, 1, 0), ("P2", "outbound", 1, 0, 0, 0),
                     ("P2", "sms", 1, 1, 0, 0), ("P3", "kiosk", 1, 0, 0, 0)]
     outbound = doc["rows"][1]  # 01 03 04: accepted 01 04; held 06 08 both ordered: (1·2 − 2·3) / (3·2)
