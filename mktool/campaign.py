@@ -75,7 +75,7 @@ from mktool.schema import (
 )
 
 __all__ = ["CampaignEvaluation", "campaign_csv", "campaign_tables", "evaluate_campaign", "newcombe_interval",
-           "queries"]
+           "queries", "responses_exist"]
 
 #: Who wrote a contact_history row of an exported list (export.RECORDED_BY).
 RECORDED_BY = "mktool"
@@ -211,6 +211,26 @@ def showing_period(cycles: list[str]) -> tuple[dt.date, dt.date] | None:
     last = max(dates)
     following = dt.date(last.year + last.month // 12, last.month % 12 + 1, 1)
     return min(dates), following - dt.timedelta(days=1)
+
+
+def responses_exist(db: Database, month: str) -> bool:
+    """Whether anything has answered export month M's lists yet: a response (any outcome but ``sent``)
+    in contact_history or an order, dated on or after M's first cycle date. `mktool run` evaluates
+    the campaigns only then: a month's first cycle has nothing to measure."""
+    con = db.c
+    shape = Shape.of(con)
+    cq = cycles_query(shape, month)
+    cycles = [r[0] for r in (con.execute(cq.sql, cq.params) if cq.params else con.execute(cq.sql)).fetchall()
+              if r[0] is not None]
+    period = showing_period(cycles)
+    if period is None:
+        return False
+    start = period[0]
+    if shape.history and con.execute(f"SELECT 1 FROM {CONTACT_HISTORY_TABLE} WHERE outcome <> 'sent' "
+                                     "AND contact_date >= ? LIMIT 1", [start]).fetchone():
+        return True
+    return shape.orders and con.execute(f"SELECT 1 FROM {ORDERS_TABLE} WHERE CAST(order_time AS DATE) >= ? "
+                                        "LIMIT 1", [start]).fetchone() is not None
 
 
 # -- SQL: the pairs, once ----------------------------------------------------------------------

@@ -1119,11 +1119,45 @@ def run_cmd(
     for name, stages in result.funnels.items():
         rows.append((name, " → ".join(f"{s['stage']} {s['count']:,}" for s in stages)))
     render_table(run.reporter, f"Funnels {month}", ["funnel", "stages (customers)"], rows)
+    if result.evaluation is not None and (result.evaluation.campaign or result.evaluation.churn):
+        render_table(run.reporter, f"Evaluation {month} (stored; `mktool evaluate` for the details)",
+                     ["figure", "value"], evaluation_rows(result.evaluation))
     run.reporter.info(
         f"done: {result.customers:,} customers scored, {result.recommendations:,} offers, "
         f"{result.plan_customers:,} plan changes; lists in {result.out_dir}: "
         + ", ".join(f"{ch} {n:,}" for ch, n in result.exported.items())
     )
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.2f}%"
+
+
+def evaluation_rows(evaluation: pipeline.MonthEvaluation) -> list[tuple[str, str]]:
+    """run's summary of what it measured: the campaigns' totals and the churn flag's quality."""
+    rows: list[tuple[str, str]] = []
+    if evaluation.campaign is not None:
+        doc = evaluation.campaign.document
+        t = doc["total"]
+        ci = t["uplift_ci"]
+        uplift = "-" if t["uplift"] is None else f"{100 * t['uplift']:+.2f} pts" + (
+            f" (95% CI {100 * ci[0]:+.2f} to {100 * ci[1]:+.2f})" if ci else "")
+        rows += [("contacted offers", f"{t['contacted']:,} ({t['accepted']:,} accepted: "
+                                      f"{_percent(t['success_rate'])})"),
+                 (f"ordered within {doc['window_days']} days", f"{t['ordered']:,} ({_percent(t['take_up'])})"),
+                 ("held-out offers ordered", f"{t['held_out_ordered']:,} of {t['held_out']:,} "
+                                             f"({_percent(t['take_up_control'])})"),
+                 ("uplift", uplift),
+                 ("cancelled within 7 days", f"{t['cancelled_7d']:,} ({_percent(t['cancel_7d_rate'])})"),
+                 ("push contacts per customer", "-" if t["contacts_per_customer"] is None
+                  else f"{t['contacts_per_customer']:.2f}")]
+    if evaluation.churn is not None:
+        doc = evaluation.churn.document
+        flag = doc["flag"]
+        rows += [("churned by the next month", f"{doc['churned']:,} of {doc['base']:,} ({_percent(doc['base_rate'])})"),
+                 ("churn_flag precision / recall", f"{_percent(flag['precision'])} / {_percent(flag['recall'])}"
+                                                   + ("" if flag["lift"] is None else f", lift {flag['lift']:.2f}"))]
+    return rows
 
 
 @command("explain")

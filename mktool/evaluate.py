@@ -58,7 +58,7 @@ from mktool.schema import (
 )
 from mktool.sqlquote import quote_identifier
 
-__all__ = ["ChurnEvaluation", "churn_csv", "churn_tables", "evaluate_churn", "queries"]
+__all__ = ["ChurnEvaluation", "churn_csv", "churn_tables", "evaluate_churn", "next_month_loaded", "queries"]
 
 #: The group name of customers whose --by column is NULL.
 NO_GROUP = "(none)"
@@ -216,6 +216,13 @@ def _group_document(rows: list[dict[str, Any]]) -> dict[str, Any]:
                    "cumulative_churned": int(r["cumulative_churned"]), "cumulative_recall": _number(r["recall"]),
                    "lift": _number(r["lift"])} for r in by_section["decile"]],
     }
+
+
+def next_month_loaded(db: Database, month: str) -> bool:
+    """Whether M+1's subscribers are loaded, so that the churn model of M can be judged (`mktool run`
+    evaluates it only then; `mktool evaluate churn` refuses without them)."""
+    return table_exists(db.c, "subscribers") and db.c.execute(
+        "SELECT 1 FROM subscribers WHERE month = ? LIMIT 1", [next_month(month)]).fetchone() is not None
 
 
 def _require_inputs(db: Database, month: str, by: str | None) -> str:

@@ -2,8 +2,8 @@
 
 Takes the project validated once (every rule file, and the hash salt of every channel it
 will export: nothing is touched if one is broken or missing), then holds the
-database lock for the whole run while ingest → score → matrix → plan → export each commit
-their own step; a failure stops the run with the earlier steps' results intact and the
+database lock for the whole run while ingest → score → matrix → plan → export → evaluate each
+commit their own step; a failure stops the run with the earlier steps' results intact and the
 failing step rolled back, so re-running after a fix picks up cleanly. A Ctrl-C says which
 steps had committed before it came (never "nothing was committed" after ingest or score did).
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,16 +27,18 @@ from typing import TypeVar
 
 import duckdb
 
-from mktool import export, ingest, matrices, plan, view
+from mktool import campaign, evaluate, export, ingest, matrices, plan, view
 from mktool.config import Settings
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
 from mktool.database import Database
 from mktool.errors import Interrupted, MktoolError, StateError
+from mktool.output import write_text_file
 from mktool.project import Project, load_project
+from mktool.publish import folder_lock
 from mktool.sqlquote import quote_literal
 
-STEPS = ("ingest", "score", "matrix", "plan", "export")
+STEPS = ("ingest", "score", "matrix", "plan", "export", "evaluate")
 T = TypeVar("T")
 
 
@@ -49,6 +52,46 @@ class PipelineResult:
     exported: dict[str, int]
     out_dir: Path | None
     funnels: dict[str, list[dict[str, int | str]]]
+    evaluation: MonthEvaluation | None = None
+
+
+@dataclass(frozen=True)
+class MonthEvaluation:
+    """What `run` measured after exporting: the campaigns (when something answered the month's
+    lists) and the churn model (when M+1's subscribers are loaded); None where it could not."""
+
+    campaign: campaign.CampaignEvaluation | None = None
+    churn: evaluate.ChurnEvaluation | None = None
+
+    def manifest_entry(self) -> dict[str, object]:
+        """The figures manifest.json carries: each evaluation's stored run id and its document."""
+        entry: dict[str, object] = {}
+        if self.campaign is not None:
+            entry["campaign"] = {"run_id": self.campaign.run_id, **self.campaign.document}
+        if self.churn is not None:
+            entry["churn"] = {"run_id": self.churn.run_id, **self.churn.document}
+        return entry
+
+
+def evaluate_month(db: Database, project: Project, month: str, *, reporter: Reporter = QUIET) -> MonthEvaluation:
+    """The evaluations `run` can make of ``month`` now, each stored as `mktool evaluate` stores it."""
+    judged = campaign.evaluate_campaign(db, project, month, reporter=reporter) \
+        if campaign.responses_exist(db, month) else None
+    churn = evaluate.evaluate_churn(db, month, reporter=reporter) if evaluate.next_month_loaded(db, month) else None
+    return MonthEvaluation(judged, churn)
+
+
+def record_evaluation(folder: Path, evaluation: MonthEvaluation) -> None:
+    """Add the evaluation's figures to the cycle's manifest.json (rewritten whole, under the folder's
+    publish lock): the lists were published before the evaluation could see their contacts."""
+    entry = evaluation.manifest_entry()
+    path = folder / export.MANIFEST
+    if not entry or not path.is_file():
+        return
+    with folder_lock(folder):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["evaluation"] = entry
+        write_text_file(path, json.dumps(manifest, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
 def run_pipeline(
@@ -62,7 +105,9 @@ def run_pipeline(
     fmt: str | None = None,
     reporter: Reporter = QUIET,
 ) -> PipelineResult:
-    """ingest → score → matrix → plan → export for ``month``, each step committing on its own.
+    """ingest → score → matrix → plan → export → evaluate for ``month``, each step committing on its own
+    (evaluate: the campaigns once something answered the month's lists, the churn model once M+1's
+    subscribers are loaded; their figures go into the cycle's manifest.json).
 
     The project was validated as a whole when it loaded; the salts of the channels this run
     exports are checked here, before the first write (see also :func:`check_before_run`).
@@ -96,6 +141,9 @@ def run_pipeline(
                                                             cycle_date=cycle_date, fmt=fmt, reporter=reporter))
         doc = export.funnel_document(db.c, month, cycle_date,
                                      channels=[ch.channel for ch in exported.channels if ch.path is not None])
+        evaluation = step("evaluate", lambda: evaluate_month(db, project, month, reporter=reporter))
+        if exported.folder is not None:
+            record_evaluation(exported.folder, evaluation)
     except Interrupted as exc:  # export had committed: keep its note, add the steps before it
         raise Interrupted(_interrupted_note(committed, running, exc.note)) from None
     except (KeyboardInterrupt, duckdb.InterruptException) as exc:
@@ -107,7 +155,7 @@ def run_pipeline(
     return PipelineResult(
         month=month, ingested_files=files, customers=scored.rows, recommendations=matrix.rows,
         plan_customers=planned.customers, exported={ch.channel: ch.rows for ch in exported.channels},
-        out_dir=exported.folder, funnels=doc["funnels"],
+        out_dir=exported.folder, funnels=doc["funnels"], evaluation=evaluation,
     )
 
 

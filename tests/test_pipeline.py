@@ -49,6 +49,42 @@ def test_run_writes_every_channel_and_the_funnels(month_run):
     assert "done: 2,000 customers scored" in result.stderr
 
 
+def test_run_evaluates_the_month_and_its_manifest_carries_the_stored_figures(month_run):
+    """The fixtures hold November's responses and orders and subscribers: run evaluates the campaigns
+    and the churn model after the export, stores both runs, and adds them to the cycle's manifest."""
+    work, db, result = month_run
+    manifest = json.loads((cycle_dir(work / "out") / "manifest.json").read_text(encoding="utf-8"))
+    con = duckdb.connect(str(db), read_only=True)
+    stored = {kind: con.execute(f"SELECT run_id, document FROM {kind}_evaluation WHERE month = ?", [M]).fetchall()
+              for kind in ("campaign", "churn")}
+    assert [len(rows) for rows in stored.values()] == [1, 1]
+    for kind, [(run_id, document)] in stored.items():
+        assert manifest["evaluation"][kind] == {"run_id": run_id, **json.loads(document)}
+    total = manifest["evaluation"]["campaign"]["total"]
+    assert total["contacted"] > 0 and total["held_out"] > 0 and total["ordered"] > 0
+    assert total["take_up"] > total["take_up_control"]  # the simulated responses follow the lists
+    response_funnels = con.execute("SELECT DISTINCT funnel FROM funnel_counts WHERE month = ? AND funnel LIKE "
+                                   "'response:%'", [M]).fetchall()
+    assert response_funnels and not [f for f in manifest["funnels"] if f.startswith("response:")]
+    assert f"Evaluation {M}" in result.stderr and "uplift" in result.stderr
+
+
+def test_run_without_answers_or_the_next_month_evaluates_nothing(tmp_path):
+    """A first cycle has nothing to measure: no response, no order, no M+1 subscribers → no evaluation."""
+    extracts = tmp_path / "extracts"
+    shutil.copytree(FIXTURES, extracts, ignore=shutil.ignore_patterns(
+        "contact_history_2026-11.parquet", "orders*.parquet", "subscribers_2026-11.parquet"))
+    db = tmp_path / "mk.duckdb"
+    result = CliRunner().invoke(app, ["run", "--month", M, "--ingest", str(extracts), "--date", "2026-11-01",
+                                      "--out", str(tmp_path / "out"), "--db", str(db), "--matrices", str(MATRICES)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((cycle_dir(tmp_path / "out") / "manifest.json").read_text(encoding="utf-8"))
+    assert "evaluation" not in manifest and f"Evaluation {M}" not in result.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert not {"campaign_evaluation", "churn_evaluation"} & tables
+
+
 def test_explain_agrees_with_what_was_stored(month_run):
     work, db, _ = month_run
     con = duckdb.connect(str(db), read_only=True)
