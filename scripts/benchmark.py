@@ -57,10 +57,13 @@ MONTHS = ("2026-08", "2026-09", "2026-10")
 EXPORT_DATE = "2026-11-01"
 SEED = 7
 PIPELINE = ("ingest", "score", "matrix", "plan", "export")
-ALL_STEPS = (*PIPELINE, "run")
+#: The steps measured by default: the pipeline (its total is what builds are compared by), then the
+#: campaign evaluation of the exported month (not in the total: an older build has none).
+DEFAULT_STEPS = (*PIPELINE, "evaluate")
+ALL_STEPS = (*DEFAULT_STEPS, "run")
 #: step -> the steps whose output it needs (a skipped or failed prerequisite skips it).
 NEEDS = {"ingest": (), "score": ("ingest",), "matrix": ("score",), "plan": ("score",),
-         "export": ("matrix",), "run": ()}
+         "export": ("matrix",), "evaluate": ("export",), "run": ()}
 #: How mktool is started: this checkout's code (``python -m mktool`` with the checkout first on
 #: PYTHONPATH), not whatever ``mktool`` on PATH was last installed from (--mktool overrides).
 MKTOOL: list[str] = [sys.executable, "-m", "mktool"]
@@ -582,6 +585,9 @@ def step_command(step: str, *, db: Path, extracts: Path, out_dir: Path, run_help
         return [*MKTOOL, step, "--month", MONTH, *common]
     if step == "export":
         return [*MKTOOL, "export", "--month", MONTH, "--date", EXPORT_DATE, "--out", str(out_dir), *common]
+    if step == "evaluate":
+        return [*MKTOOL, "evaluate", "--month", MONTH, "--format", "json", "--out", str(out_dir / "evaluation.json"),
+                *common]
     if step == "run":
         cmd = [*MKTOOL, "run", "--month", MONTH]
         for path in ingest_paths(extracts, exclude):
@@ -759,8 +765,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--subscribers", "-n", type=int, default=1_000_000, help="subscribers to generate [1000000]")
     p.add_argument("--work", type=Path, default=Path("/tmp/mkbench"),
                    help="work folder: extracts (cached by N), database, outputs, logs [/tmp/mkbench]")
-    p.add_argument("--steps", default=",".join(PIPELINE),
-                   help=f"comma-separated steps from {', '.join(ALL_STEPS)} [{','.join(PIPELINE)}]; "
+    p.add_argument("--steps", default=",".join(DEFAULT_STEPS),
+                   help=f"comma-separated steps from {', '.join(ALL_STEPS)} [{','.join(DEFAULT_STEPS)}]; "
                         "'run' is `mktool run` end to end")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the plan step and the two baselines this many times; report the fastest [1]")

@@ -413,13 +413,13 @@ def test_the_interrupted_note_names_what_committed_wherever_the_ctrl_c_lands():
 
     assert _interrupted_note([], ["score"], None) == (
         "Interrupted during score. Nothing was committed. score was interrupted before it finished (a step commits "
-        "all or nothing). Not run: matrix, plan, export. Re-run `mktool run` to finish.")
+        "all or nothing). Not run: matrix, plan, export, evaluate. Re-run `mktool run` to finish.")
     between = _interrupted_note(["ingest", "score"], [], None)  # after score's commit, before matrix began
     assert between == ("Interrupted after score. Committed before it: ingest, score (their results are in the "
-                       "database). Not run: matrix, plan, export. Re-run `mktool run` to finish.")
+                       "database). Not run: matrix, plan, export, evaluate. Re-run `mktool run` to finish.")
     assert _interrupted_note(["score", "matrix", "plan"], ["export"], "Export note.") == (
         "Interrupted during export. Committed before it: score, matrix, plan (their results are in the database). "
-        "Export note.")
+        "Export note. Not run: evaluate. Re-run `mktool run` to finish.")
 
 
 # == provenance ====================================================================================
