@@ -654,12 +654,32 @@ def round_queries(p: ExportParams, round_no: int) -> list[Query]:
             Query("place", place, {"round": round_no})]
 
 
+UNIVERSAL_SQL = """
+-- The universal control group among the customers with offers: the draw of the msisdn and the
+-- salt alone (no month: the same customers month after month) below universal_holdout. One draw
+-- per customer, not per offer × channel row: the hold-out stage joins this small table by cust_id.
+CREATE OR REPLACE TEMP TABLE _x_universal AS
+SELECT c.cust_id FROM (SELECT DISTINCT cust_id, msisdn FROM _x_offers) c
+WHERE {drawn} < {share}
+"""
+
+
+def universal_query(p: ExportParams) -> Query | None:
+    """_x_universal: the customers of _x_offers in the universal control group; None when the group
+    is off (universal_holdout 0: no draw at all). The salt and the share reach SQL as literals of
+    sqlquote.quote_literal."""
+    if p.universal_holdout <= 0:
+        return None
+    return Query("universal", UNIVERSAL_SQL.format(drawn=draw(("c.msisdn", quote_literal(p.universal_salt))),
+                                                   share=quote_literal(p.universal_holdout)))
+
+
 HOLDOUT_SQL = """
 -- Hold-out control groups: the push rows placed and every pop-up row, each held out by a
 -- deterministic draw, nested so a customer is in at most one group (held_kind):
---   universal  the customer is in the universal control group: a draw of the msisdn and the
---              salt alone, the same customers every month; every offer of theirs on every
---              channel, pop-ups too, in every cycle, is held out (contacted by no campaign);
+--   universal  the customer is in the universal control group (_x_universal): every offer of
+--              theirs on every channel, pop-ups too, in every cycle, is held out (contacted by
+--              no campaign);
 --   policy     else the pair's per customer × policy × month draw (the export month, not the
 --              cycle) is below the policy's holdout: held out of every channel, pop-ups too, in
 --              every cycle of the month.
@@ -672,37 +692,31 @@ WITH shown AS (
 drawn AS (
     SELECT {columns}, {held_kind} AS held_kind
     FROM shown p
-    LEFT JOIN _x_policies pol ON pol.policy_id = p.policy_id
+    LEFT JOIN _x_policies pol ON pol.policy_id = p.policy_id{universal_join}
 )
 SELECT {drawn_columns}, held_kind, held_kind IS NOT NULL AS held_out FROM drawn
 """
 
 
-def universal_sql(alias: str, p: ExportParams) -> str | None:
-    """Whether the customer ``alias``.msisdn is in the universal control group: the draw of the
-    msisdn and the salt (no month: the same customers month after month) below
-    ``universal_holdout``; None when the group is off (0: no draw at all). The salt and the share
-    reach SQL as literals of sqlquote.quote_literal."""
-    if p.universal_holdout <= 0:
-        return None
-    return f"{draw((f'{alias}.msisdn', quote_literal(p.universal_salt)))} < {quote_literal(p.universal_holdout)}"
+def universal_join(alias: str, p: ExportParams) -> str:
+    """The join of the universal control group (``u``) to the rows ``alias``; none when it is off."""
+    return f"\n    LEFT JOIN _x_universal u ON u.cust_id = {alias}.cust_id" if p.universal_holdout > 0 else ""
 
 
 def held_kind_sql(alias: str, p: ExportParams) -> str:
     """Which hold-out keeps the pair (``alias``.msisdn, ``alias``.policy_id) back this month
-    (``pol``: its _x_policies row): 'universal', else 'policy', else NULL. Nested: a universal
-    customer is never in a policy hold-out. The policy draw is computed only for a policy with a
-    hold-out, the universal one only when the group is on. Explain evaluates the very same expression."""
+    (``pol``: its _x_policies row, ``u``: its _x_universal row): 'universal', else 'policy', else
+    NULL. Nested: a universal customer is never in a policy hold-out. The policy draw is computed
+    only for a policy with a hold-out. Explain evaluates the very same expression."""
     policy = (f"pol.holdout > 0 AND {draw((f'{alias}.msisdn', f'{alias}.policy_id', '$month'))} < pol.holdout")
-    universal = universal_sql(alias, p)
-    first = f"WHEN {universal} THEN {quote_literal(UNIVERSAL_HOLDOUT)} " if universal else ""
+    first = f"WHEN u.cust_id IS NOT NULL THEN {quote_literal(UNIVERSAL_HOLDOUT)} " if p.universal_holdout > 0 else ""
     return f"CASE {first}WHEN {policy} THEN {quote_literal(POLICY_HOLDOUT)} END"
 
 
 def holdout_query(p: ExportParams) -> Query:
     sql = HOLDOUT_SQL.format(choice_columns=_cols(CHOICE_COLUMNS), candidate_columns=_cols(CANDIDATE_COLUMNS),
                              columns=_cols(CHOICE_COLUMNS, "p"), drawn_columns=_cols(CHOICE_COLUMNS),
-                             held_kind=held_kind_sql("p", p))
+                             held_kind=held_kind_sql("p", p), universal_join=universal_join("p", p))
     return Query("holdout", sql, {"month": p.month})
 
 
@@ -908,7 +922,7 @@ CUSTOMER_STAGES_SQL = """
 -- the per-customer stage that removed each (NULL: it passed exclusion), with the month's draw
 -- (held_kind: universal / policy / NULL, as the hold-out stage computes it).
 WITH offered AS (
-    SELECT o.offer_id, o.msisdn, o.policy_id, o.rank, c.channel, c.kind,
+    SELECT o.offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, c.channel, c.kind,
            array_position(o.channels, c.channel) AS channel_pref
     FROM _x_offers o JOIN _x_channels c ON array_contains(o.channels, c.channel)
     WHERE o.msisdn = ${customer}
@@ -926,14 +940,15 @@ SELECT f.policy_id, f.rank, f.channel, f.kind, f.channel_pref,
 FROM offered f
 LEFT JOIN _x_screened s ON s.offer_id = f.offer_id AND s.channel = f.channel
 LEFT JOIN _x_exclusion e ON e.offer_id = f.offer_id AND e.channel = f.channel
-LEFT JOIN _x_policies pol ON pol.policy_id = f.policy_id
+LEFT JOIN _x_policies pol ON pol.policy_id = f.policy_id{universal_join}
 ORDER BY f.rank, f.channel_pref
 """
 
 
 def customer_stages_query(p: ExportParams, msisdn: str) -> Query:
     """The per-customer stages of one customer's offer × channel rows (see :func:`channel_verdicts`)."""
-    sql = CUSTOMER_STAGES_SQL.format(customer=CUSTOMER_PARAM, held_kind=held_kind_sql("f", p))
+    sql = CUSTOMER_STAGES_SQL.format(customer=CUSTOMER_PARAM, held_kind=held_kind_sql("f", p),
+                                     universal_join=universal_join("f", p))
     return Query("customer_stages", sql, {CUSTOMER_PARAM: msisdn, "month": p.month})
 
 
@@ -1025,8 +1040,9 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
     _register(con, config, cycle_ids(config, month, cycle_date))
     _history_view(con, p.cycle_date)
     for q in (offers_query(p, msisdn), candidates_query(p), screen_query(p), screened_query(), exclusion_query(),
-              prior_query(p)):
-        _run(con, q)
+              prior_query(p), universal_query(p)):
+        if q is not None:
+            _run(con, q)
     rows = _run(con, customer_stages_query(p, msisdn)).fetchall()
     responses = _run(con, customer_responses_query(msisdn, cycle_date)).fetchall()
     recorded: set[str] = set()
@@ -1043,7 +1059,8 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
         recorded |= {r[0] for r in _run(con, held_recorded_q).fetchall()}
         held = {(r[0], r[1]): str(r[2]) for r in _run(con, held_q).fetchall()}
     contacts = {str(r[0]): int(r[1]) for r in _run(con, customer_prior_query(msisdn)).fetchall()}
-    for table in ("_x_offers", "_x_candidates", "_x_screened", "_x_no_answer", "_x_exclusion", "_x_prior"):
+    for table in ("_x_offers", "_x_candidates", "_x_screened", "_x_no_answer", "_x_exclusion", "_x_prior",
+                  "_x_universal"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     surviving: dict[str, list[str]] = {}  # policy → its push channels that pass every per-customer stage, in order
     for policy_id, _, channel, kind, _, removed_at, _ in rows:
@@ -1159,7 +1176,8 @@ def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: 
                           group_alternatives_query(), list_window_query(cycle_date),
                           offers_query(p), offers_query(p, "13800000000"), candidates_query(p), screen_query(p),
                           screen_counts_query(), screened_query(), exclusion_query(), prior_query(p),
-                          *allocation_setup_queries(), rounds_query(), *round_queries(p, 1), holdout_query(p),
+                          *allocation_setup_queries(), rounds_query(), *round_queries(p, 1),
+                          *(q for q in (universal_query(p),) if q is not None), holdout_query(p),
                           customer_stages_query(p, "13800000000"), *cycle_records_queries("13800000000"),
                           customer_responses_query("13800000000", cycle_date), customer_prior_query("13800000000"),
                           *(stage_count_query(t) for t in COUNTED_TABLES),
@@ -1407,7 +1425,11 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
     counts.update(_count_stage(con, "capacity", stage_count_query("_x_placed")))
     for table in ("_x_choices", "_x_proposed", "_x_capped", "_x_prior"):
         con.execute(f"DROP TABLE {table}")
+    universal = universal_query(p)
+    if universal is not None:
+        _run(con, universal)
     _run(con, holdout_query(p))
+    con.execute("DROP TABLE IF EXISTS _x_universal")
     con.execute("DROP TABLE _x_placed")
     con.execute("DROP TABLE _x_exclusion")
     exported = stage_count_query("_x_drawn", exported_only=True)

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from mktool.cli import app
 from mktool.database import Database
 from mktool.errors import ConfigError
-from mktool.export import ExportConfig, ExportParams, channel_verdicts, holdout_query, run_export
+from mktool.export import ExportConfig, ExportParams, channel_verdicts, holdout_query, run_export, universal_query
 from mktool.ingest import ingest
 from mktool.project import load_project
 from mktool.rules import load_channels
@@ -100,9 +100,11 @@ def test_the_universal_group_is_the_same_customers_every_month_and_a_new_salt_dr
 def test_the_universal_draw_reads_no_month_and_quotes_its_salt(tmp_path):
     w = make_world(tmp_path, [rec(c(1), 1, "T1", ["sms"])], contact_policy=policy(0.02, salt="it's 2027"))
     p = ExportParams.of(ExportConfig.of(load_project(w.matrices)), M, D, has_plan=False)
-    sql = holdout_query(p).sql
-    assert "p.msisdn || '|' || 'it''s 2027'" in sql  # through quote_literal: the quote doubled
-    assert "< 0.02 THEN 'universal'" in sql
+    universal = universal_query(p)
+    assert universal is not None  # one draw per customer with offers, joined to the rows by cust_id
+    assert "c.msisdn || '|' || 'it''s 2027'" in universal.sql  # through quote_literal: the quote doubled
+    assert "$month" not in universal.sql and not universal.params and universal.sql.rstrip().endswith("< 0.02")
+    assert "_x_universal u ON u.cust_id = p.cust_id" in holdout_query(p).sql
     w.export()  # and it runs: c1's draw with that salt decides
     held = draw(c(1), "it's 2027") < 0.02
     assert w.query("SELECT count(*) FROM holdouts") == [(1 if held else 0,)]
@@ -153,7 +155,7 @@ def test_universal_customers_are_on_no_list_of_any_channel_in_every_cycle_and_re
 def test_zero_or_absent_turns_the_universal_group_off(tmp_path, cp):
     w = make_world(tmp_path, [rec(m, 1, "T1", ["sms", "frontdesk"]) for m in CUSTOMERS], contact_policy=cp)
     p = ExportParams.of(ExportConfig.of(load_project(w.matrices)), M, D, has_plan=False)
-    assert SALT not in holdout_query(p).sql  # no draw computed at all
+    assert universal_query(p) is None and "JOIN _x_universal" not in holdout_query(p).sql  # no draw at all
     w.export()
     assert {m for m, _ in listed(w, "sms")} == set(CUSTOMERS)
     assert {m for m, _ in listed(w, "frontdesk")} == set(CUSTOMERS)
