@@ -38,10 +38,11 @@ Rows = Sequence[Sequence[Any]]
 
 
 def table(title: str | None, columns: Sequence[str], rows: Rows, *, numeric: Sequence[str] = ()) -> Table:
-    """A rich table of plain values (escaped once); ``numeric`` columns right-aligned; None shows empty."""
+    """A rich table of plain values (escaped once); ``numeric`` columns right-aligned; None shows empty.
+    The first column (the row's key: a policy, a funnel, a rule) never wraps; the others fold when narrow."""
     out = Table(title=escape(title) if title else None, header_style="bold")
-    for col in columns:
-        out.add_column(escape(col), overflow="fold", justify="right" if col in numeric else "left")
+    for i, col in enumerate(columns):
+        out.add_column(escape(col), overflow="fold", no_wrap=i == 0, justify="right" if col in numeric else "left")
     for row in rows:
         out.add_row(*[escape("" if v is None else str(v)) for v in row])
     return out
