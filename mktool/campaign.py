@@ -690,12 +690,3 @@ def campaign_csv(doc: dict[str, Any]) -> str:
         writer.writerow(line("group", [r[b] for b in by], r))
     writer.writerow(line("total", [None] * len(by), doc["total"]))
     return buffer.getvalue()
-
-
-def stored_runs(db: Database, month: str) -> list[tuple[str, dt.datetime]]:
-    """(run_id, created_at) of the month's stored runs, oldest first."""
-    if not db.table_exists(CAMPAIGN_EVALUATION_TABLE):
-        return []
-    return [(r[0], r[1]) for r in db.c.execute(
-        f"SELECT run_id, created_at FROM {CAMPAIGN_EVALUATION_TABLE} WHERE month = ? ORDER BY created_at, run_id",
-        [month]).fetchall()]

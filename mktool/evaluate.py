@@ -33,7 +33,6 @@ run id, beside the earlier runs of the month.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import functools
 import io
 import json
@@ -341,12 +340,3 @@ def churn_csv(doc: dict[str, Any], by: str | None = None) -> str:
                                 cumulative_churned=d["cumulative_churned"], cumulative_recall=d["cumulative_recall"],
                                 lift=d["lift"]))
     return buffer.getvalue()
-
-
-def stored_runs(db: Database, month: str) -> list[tuple[str, dt.datetime]]:
-    """(run_id, created_at) of the month's stored runs, oldest first."""
-    if not db.table_exists(CHURN_EVALUATION_TABLE):
-        return []
-    return [(r[0], r[1]) for r in db.c.execute(
-        f"SELECT run_id, created_at FROM {CHURN_EVALUATION_TABLE} WHERE month = ? ORDER BY created_at, run_id",
-        [month]).fetchall()]
