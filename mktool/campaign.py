@@ -66,6 +66,7 @@ from mktool.schema import (
     FUNNEL_TABLE,
     HOLDOUTS_TABLE,
     ORDERS_TABLE,
+    PLAN_TABLE,
     POPUP,
     PUSH,
     RECOMMENDATIONS_TABLE,
@@ -115,6 +116,7 @@ class Shape:
     holdout_cycle_date: bool = False  # holdouts.cycle_date
     orders: bool = False
     recommendations: bool = False
+    plan: bool = False  # plan_recommendations exists
     view: bool = False  # customer_view exists
     view_columns: tuple[str, ...] = ()  # of segment, value_tier, arpu_3m: those customer_view has
     funnel_cycle: bool = False  # funnel_counts.cycle
@@ -129,6 +131,7 @@ class Shape:
             history=bool(history), history_bookkeeping={"cycle", "recorded_by"} <= history,
             holdouts=bool(holdouts), holdout_kind="kind" in holdouts, holdout_cycle_date="cycle_date" in holdouts,
             orders=table_exists(con, ORDERS_TABLE), recommendations=table_exists(con, RECOMMENDATIONS_TABLE),
+            plan=table_exists(con, PLAN_TABLE),
             view=bool(view), view_columns=tuple(c for c in ("segment", "value_tier", "arpu_3m") if c in view),
             funnel_cycle=funnel_has_cycle(con))
 
@@ -170,6 +173,11 @@ def source_queries(shape: Shape) -> list[Query]:
                    "CAST(NULL AS VARCHAR) AS matrix, CAST(NULL AS VARCHAR) AS rule_id, CAST(NULL AS VARCHAR) AS "
                    "policy_id"))
 
+    # a plan change's offer: each customer's best plan rank of the month (export lists it as
+    # matrix 'plan', rule 'plan_rank_<rank>'; recommendations has no row for it)
+    plan = (f"SELECT msisdn, month, min(rank) AS rank FROM {PLAN_TABLE} GROUP BY msisdn, month" if shape.plan else
+            _empty("CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS VARCHAR) AS month, CAST(NULL AS INTEGER) AS rank"))
+
     def view_col(name: str, type_: str) -> str:
         source = name if name in shape.view_columns else "NULL"
         return f"CAST({source} AS {type_}) AS {name}"
@@ -180,7 +188,7 @@ def source_queries(shape: Shape) -> list[Query]:
             _empty(f"CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS VARCHAR) AS month, {view_cols}"))
     return [Query(f"campaign:source:{name}", f"CREATE OR REPLACE TEMP VIEW _c_{name} AS {sql}")
             for name, sql in (("history", history), ("holdouts", holdouts), ("orders", orders), ("recs", recs),
-                              ("view", view))]
+                              ("plan", plan), ("view", view))]
 
 
 def cycles_query(shape: Shape, month: str) -> Query:
@@ -239,7 +247,8 @@ def _within(date: str, start: str) -> str:
     return f"{date} BETWEEN {start} AND {days_after(start, '$window')}"
 
 
-def pairs_query(month: str, window: int, period: tuple[dt.date, dt.date] | None) -> Query:
+def pairs_query(month: str, window: int, period: tuple[dt.date, dt.date] | None,
+                plan_policy: str | None = None) -> Query:
     """_c_pairs: one row per pair × channel of the contacts (side 'contacted' for the pair's first channel,
     whose date is the pair's contact date, 'channel' for its other channels) and per held-out pair
     ('held_out'), with the group columns and the per-pair flags. The customer view has one row per
@@ -309,7 +318,17 @@ responses AS (
     FROM scoped s JOIN _c_history h ON h.msisdn = s.msisdn AND h.policy_id = s.policy_id
     WHERE s.side <> 'held_out' AND h.outcome IN ({outcomes}) AND {_within('h.contact_date', 's.d')}
     GROUP BY s.side, s.msisdn, s.policy_id, s.ch),
-recs AS (SELECT msisdn, policy_id, matrix, rule_id FROM _c_recs WHERE month = $month),
+recs AS (
+    SELECT msisdn, policy_id, matrix, rule_id FROM _c_recs WHERE month = $month
+    UNION ALL
+    -- a contacted plan change takes the matrix and rule its list row had ('plan', 'plan_rank_<best rank>'),
+    -- as its held-out twin does from holdouts
+    SELECT p.msisdn, CAST($plan_policy AS VARCHAR) AS policy_id, 'plan' AS matrix,
+           'plan_rank_' || CAST(p.rank AS VARCHAR) AS rule_id
+    FROM _c_plan p
+    WHERE p.month = $month AND $plan_policy IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM _c_recs r WHERE r.month = $month AND r.msisdn = p.msisdn
+                                                AND r.policy_id = $plan_policy)),
 viewed AS (SELECT msisdn, segment, value_tier, arpu_3m FROM _c_view WHERE month = $month)
 SELECT s.side, s.msisdn, s.policy_id, s.channel, s.push, s.d, s.push_contacts, s.kind,
        CASE WHEN s.side = 'held_out' THEN s.matrix ELSE r.matrix END AS matrix,
@@ -325,7 +344,7 @@ LEFT JOIN viewed v ON v.msisdn = s.msisdn
 LEFT JOIN sales o ON o.side = s.side AND o.msisdn = s.msisdn AND o.policy_id = s.policy_id AND o.ch = s.ch
 LEFT JOIN responses x ON x.side = s.side AND x.msisdn = s.msisdn AND x.policy_id = s.policy_id AND x.ch = s.ch"""
     return Query("campaign:pairs", sql, {
-        "month": month, "window": window,
+        "month": month, "window": window, "plan_policy": plan_policy,
         "showing_from": period[0] if period else None, "showing_to": period[1] if period else None})
 
 
@@ -448,9 +467,9 @@ def forget_funnels_query(month: str) -> Query:
 
 def queries(month: str) -> dict[str, Query]:
     """Every query the campaign evaluation runs, by name (tests/test_spark_render.py renders each for Spark)."""
-    full = Shape(True, True, True, True, True, True, True, True, ("segment", "value_tier", "arpu_3m"), True)
+    full = Shape(True, True, True, True, True, True, True, True, True, ("segment", "value_tier", "arpu_3m"), True)
     found = [*source_queries(full), cycles_query(full, month),
-             pairs_query(month, DEFAULT_WINDOW_DAYS, (dt.date(2026, 11, 1), dt.date(2026, 11, 30))),
+             pairs_query(month, DEFAULT_WINDOW_DAYS, (dt.date(2026, 11, 1), dt.date(2026, 11, 30)), "PLAN_CHANGE"),
              figures_query(("policy_id",)), figures_query(("channel", "segment")), funnel_query(), balance_query(),
              store_query(month, "0" * 16, ("policy_id",), DEFAULT_WINDOW_DAYS, None, 0, 0, "{}"),
              forget_funnels_query(month)]
@@ -584,7 +603,7 @@ def evaluate_campaign(db: Database, project: Project, month: str, *, by: tuple[s
         con.execute(q.sql)
     period = showing_period(cycles)
     with reporter.step(f"evaluating the campaigns of {month}"):
-        pairs = pairs_query(month, window, period)
+        pairs = pairs_query(month, window, period, project.plan.policy)
         con.execute(pairs.sql, pairs.params)
         rows = _fetch(con, figures)
         funnel_rows = _fetch(con, funnel_query())

@@ -264,8 +264,8 @@ class Run:
     opened: list[Database] = field(default_factory=list)  # to tell an interrupt what was committed
     loaded: Project | None = None  # the project, once a command has asked for it
 
-    def db(self, *, write: bool) -> Database:
-        database = Database(self.settings, write=write)
+    def db(self, *, write: bool, must_exist: bool = False) -> Database:
+        database = Database(self.settings, write=write, must_exist=must_exist)
         self.opened.append(database)
         return database
 
@@ -810,6 +810,14 @@ def funnel_cmd(
                               hint=f"run `mktool plan/matrix --month {month}` first")
         doc = export.funnel_document(db.c, month, date)
         cycles = export.funnel_cycles(db.c, month) if date is not None else []
+        responses = None  # which evaluate run wrote the response funnels (the month's newest: every run rewrites them)
+        if any(name.startswith(RESPONSE_FUNNEL_PREFIX) for name in doc["funnels"]) and db.table_exists(
+                CAMPAIGN_EVALUATION_TABLE):
+            newest = db.c.execute(f"SELECT run_id, window_days FROM {CAMPAIGN_EVALUATION_TABLE} WHERE month = ? "
+                                  "ORDER BY created_at DESC, run_id LIMIT 1", [month]).fetchone()
+            if newest is not None:
+                responses = {"run_id": newest[0], "window_days": int(newest[1])}
+                doc["responses"] = responses
     if date is not None and date.isoformat() not in cycles and (cycles or doc["funnels"]):
         raise MktoolError(f"no export cycle on {date} for {month}",
                           hint=f"cycles of {month}: {', '.join(cycles)}" if cycles
@@ -833,8 +841,11 @@ def funnel_cmd(
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
         title = f"Funnels {month}" + (f" (cycle {date})" if date is not None else "")
         if any(name.startswith(RESPONSE_FUNNEL_PREFIX) for name in doc["funnels"]):
-            title += f" ({RESPONSE_FUNNEL_PREFIX}* funnels count offers: customer × policy pairs, not customers)"
-        render_table(run.reporter, title, ["funnel", "stage", "customers", "of first"], rows, to_stdout=True)
+            title += f" ({RESPONSE_FUNNEL_PREFIX}* funnels count offers: customer × policy pairs, not customers"
+            title += (f"; from evaluate run {responses['run_id']}, window {responses['window_days']} days)"
+                      if responses else ")")
+        render_table(run.reporter, title, ["funnel", "stage", "customers / offers", "of first"], rows,
+                     to_stdout=True)
 
 
 def parse_evaluate_by(run: Run, kind: str, by: str | None) -> tuple[str, ...]:
@@ -905,7 +916,7 @@ def evaluate_cmd(
     check_out_file(out)
     if kind == "campaign":
         project = run.project()
-        with run.db(write=True) as db:
+        with run.db(write=True, must_exist=True) as db:
             result = campaign.evaluate_campaign(db, project, month, by=names, reporter=run.reporter,
                                                 window=DEFAULT_WINDOW_DAYS if window is None else window)
         doc, run_id, table = result.document, result.run_id, CAMPAIGN_EVALUATION_TABLE
@@ -919,7 +930,7 @@ def evaluate_cmd(
                 "accepted", "rejected", "no_answer", "opted_out", "success_rate", "cancelled_7d", "cancel_7d_rate",
                 "contacts_per_customer", "customers", "arpu_3m mean", "p25", "median", "p75"))
     else:
-        with run.db(write=True) as db:
+        with run.db(write=True, must_exist=True) as db:
             churned = evaluate.evaluate_churn(db, month, by=names[0] if names else None, reporter=run.reporter)
         doc, run_id, table = churned.document, churned.run_id, CHURN_EVALUATION_TABLE
         if fmt == "json":

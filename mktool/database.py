@@ -140,9 +140,10 @@ class Database:
     Use as a context manager: ``with Database(settings, write=True) as db: ...``.
     """
 
-    def __init__(self, settings: Settings, *, write: bool) -> None:
+    def __init__(self, settings: Settings, *, write: bool, must_exist: bool = False) -> None:
         self.settings = settings
         self.write = write
+        self.must_exist = must_exist or not write  # a reader, or a writer of results about existing data
         self.path = settings.db_path
         self._lock = RunLock(self.path, exclusive=write, wait=settings.lock_wait)
         self.con: duckdb.DuckDBPyConnection | None = None
@@ -169,7 +170,7 @@ class Database:
         if self.path.is_dir():
             raise InputError("is a folder, not a DuckDB database file", file=str(self.path),
                              hint="point --db / MKTOOL_DB at a file such as mktool.duckdb")
-        if not self.write and not self.path.exists():
+        if self.must_exist and not self.path.exists():
             raise StateError(
                 f"no database at {self.path}",
                 hint="run `mktool ingest PATH...` first, or point --db / MKTOOL_DB at an existing database",

@@ -66,6 +66,13 @@ def copy_to_file(con: duckdb.DuckDBPyConnection, query: str, target: Path, fmt: 
     return rows
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_file(target: Path, text: str) -> None:
     """A report (json, csv, a rendered table) written whole or not at all: a temporary name
     beside ``target``, fsync, then ``os.replace``."""
@@ -77,6 +84,7 @@ def write_text_file(target: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; a report is as readable as any file
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

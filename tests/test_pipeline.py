@@ -67,6 +67,23 @@ def test_run_evaluates_the_month_and_its_manifest_carries_the_stored_figures(mon
                                    "'response:%'", [M]).fetchall()
     assert response_funnels and not [f for f in manifest["funnels"] if f.startswith("response:")]
     assert f"Evaluation {M}" in result.stderr and "uplift" in result.stderr
+    lists = [p for p in cycle_dir(work / "out").iterdir() if p.suffix == ".csv"]
+    manifest_path = cycle_dir(work / "out") / "manifest.json"
+    assert {p.stat().st_mode & 0o777 for p in lists} == {manifest_path.stat().st_mode & 0o777}  # rewritten, as readable
+
+
+def test_evaluate_by_matrix_gives_plan_changes_their_plan_rule_on_both_sides(month_run):
+    """A contacted plan change has no recommendations row: it takes 'plan' / 'plan_rank_<r>' as its list row did,
+    so the plan matrix has its treated and its control in one group (not a control-only 'plan' row)."""
+    work, db, _ = month_run
+    shutil.copy(db, work / "by-matrix.duckdb")
+    result = CliRunner().invoke(app, ["evaluate", "--month", M, "--by", "matrix,rule_id", "--format", "json",
+                                      "--db", str(work / "by-matrix.duckdb"), "--matrices", str(MATRICES)])
+    assert result.exit_code == 0, result.output
+    rows = {(r["matrix"], r["rule_id"]): r for r in json.loads(result.stdout)["rows"]}
+    plan = rows[("plan", "plan_rank_1")]
+    assert plan["contacted"] > 0 and plan["held_out"] > 0 and plan["uplift"] is not None
+    assert not [k for k, r in rows.items() if k[0] is None and r["contacted"]]  # every contacted pair has its rule
 
 
 def test_run_without_answers_or_the_next_month_evaluates_nothing(tmp_path):
