@@ -510,6 +510,7 @@ class CampaignEvaluation:
     document: dict[str, Any]
     funnels: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    orders_loaded: bool = True  # False: no orders table, so nothing could count as ordered
 
 
 def _number(value: Decimal | None) -> float | None:
@@ -632,7 +633,7 @@ def evaluate_campaign(db: Database, project: Project, month: str, *, by: tuple[s
         if stages:
             con.executemany(f"INSERT INTO {FUNNEL_TABLE} (month, funnel, stage_no, stage, count, cycle) "
                             "VALUES (?, ?, ?, ?, ?, NULL)", stages)
-    return CampaignEvaluation(month, run_id, doc, funnels, tuple(warnings))
+    return CampaignEvaluation(month, run_id, doc, funnels, tuple(warnings), orders_loaded=shape.orders)
 
 
 # -- the document as tables and csv (the CLI prints these) ---------------------------------------

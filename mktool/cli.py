@@ -1153,15 +1153,19 @@ def evaluation_rows(evaluation: pipeline.MonthEvaluation) -> list[tuple[str, str
         ci = t["uplift_ci"]
         uplift = "-" if t["uplift"] is None else f"{100 * t['uplift']:+.2f} pts" + (
             f" (95% CI {100 * ci[0]:+.2f} to {100 * ci[1]:+.2f})" if ci else "")
-        rows += [("contacted offers", f"{t['contacted']:,} ({t['accepted']:,} accepted: "
-                                      f"{_percent(t['success_rate'])})"),
-                 (f"ordered within {doc['window_days']} days", f"{t['ordered']:,} ({_percent(t['take_up'])})"),
-                 ("held-out offers ordered", f"{t['held_out_ordered']:,} of {t['held_out']:,} "
-                                             f"({_percent(t['take_up_control'])})"),
-                 ("uplift", uplift),
-                 ("cancelled within 7 days", f"{t['cancelled_7d']:,} ({_percent(t['cancel_7d_rate'])})"),
-                 ("push contacts per customer", "-" if t["contacts_per_customer"] is None
-                  else f"{t['contacts_per_customer']:.2f}")]
+        rows.append(("contacted offers", f"{t['contacted']:,} ({t['accepted']:,} accepted: "
+                                         f"{_percent(t['success_rate'])})"))
+        if not evaluation.campaign.orders_loaded:
+            rows.append(("orders", "not loaded: no take-up or uplift (`mktool ingest orders.parquet`)"))
+        else:
+            rows += [
+                (f"ordered within {doc['window_days']} days", f"{t['ordered']:,} ({_percent(t['take_up'])})"),
+                ("held-out offers ordered", f"{t['held_out_ordered']:,} of {t['held_out']:,} "
+                                            f"({_percent(t['take_up_control'])})"),
+                ("uplift", uplift),
+                ("cancelled within 7 days", f"{t['cancelled_7d']:,} ({_percent(t['cancel_7d_rate'])})")]
+        rows.append(("push contacts per customer", "-" if t["contacts_per_customer"] is None
+                     else f"{t['contacts_per_customer']:.2f}"))
     if evaluation.churn is not None:
         doc = evaluation.churn.document
         flag = doc["flag"]

@@ -72,6 +72,16 @@ def test_run_evaluates_the_month_and_its_manifest_carries_the_stored_figures(mon
     assert {p.stat().st_mode & 0o777 for p in lists} == {manifest_path.stat().st_mode & 0o777}  # rewritten, as readable
 
 
+def test_run_with_responses_but_no_orders_says_so_instead_of_an_uplift(tmp_path):
+    extracts = tmp_path / "extracts"
+    shutil.copytree(FIXTURES, extracts, ignore=shutil.ignore_patterns("orders*.parquet"))
+    result = CliRunner().invoke(app, ["run", "--month", M, "--ingest", str(extracts), "--date", "2026-11-01",
+                                      "--out", str(tmp_path / "out"), "--db", str(tmp_path / "mk.duckdb"),
+                                      "--matrices", str(MATRICES)])
+    assert result.exit_code == 0, result.output
+    assert "not loaded: no take-up or uplift" in result.stderr and "pts" not in result.stderr
+
+
 def test_evaluate_by_matrix_gives_plan_changes_their_plan_rule_on_both_sides(month_run):
     """A contacted plan change has no recommendations row: it takes 'plan' / 'plan_rank_<r>' as its list row did,
     so the plan matrix has its treated and its control in one group (not a control-only 'plan' row)."""
