@@ -231,16 +231,48 @@ def scaled_quotient_64(numerator: str, denominator: str, shift: int, dialect: Di
     return f"({int_div(n, d, dialect)} * {10 ** shift} + {int_div(f'(({n} % {d}) * {10 ** shift})', d, dialect)})"
 
 
+#: Spark keeps at least this many decimals of a DECIMAL product wider than 38 digits (its
+#: ``MINIMUM_ADJUSTED_SCALE``, with the default ``spark.sql.decimalOperations.allowPrecisionLoss=true``).
+SPARK_KEPT_SCALE = 6
+
+
+def spark_units_width(scale: int, precision: int = 38) -> int:
+    """The digits of the integer units :func:`units_decimal`'s Spark rendering multiplies by 10⁻ˢᶜᵃˡᵉ.
+
+    Spark types DECIMAL(w,0) × DECIMAL(s+1,s) as DECIMAL(w+s+2, s); beyond 38 digits it cuts the
+    scale to max(38 − integer digits, 6), so DECIMAL(38,0) × 10⁻¹² kept 6 decimals (0.758860381861
+    became 0.758860000000). Up to 6 decimals the cut keeps them all, so the units stay 38 digits
+    wide; beyond, they are cast to 36 − s digits (DECIMAL(24,0) for 12 decimals), a product of
+    exactly 38 digits that no setting cuts: exact for |units| < 10³⁶⁻ˢ, and a larger count is
+    refused by the cast (an error under Spark's default ANSI mode), never rounded.
+    """
+    if not 0 <= scale <= precision <= 38:
+        raise ValueError(f"DECIMAL({precision},{scale}) is not a decimal type (0 ≤ scale ≤ precision ≤ 38)")
+    width = 18 if precision <= 18 else 38
+    if scale > SPARK_KEPT_SCALE and width + scale + 2 > 38:
+        width = 36 - scale
+        if width < 1:
+            raise ValueError(f"Spark has no exact product for {scale} decimals (at most 35)")
+    return width
+
+
 def units_decimal(units: str, scale: int, dialect: Dialect = DUCKDB, *, precision: int = 38) -> str:
     """An integer count of 10⁻ˢᶜᵃˡᵉ units as DECIMAL(precision, scale), exactly (no division).
 
     With precision ≤ 18 the arithmetic stays 64-bit (the units must then fit DECIMAL(18,0)).
+    On Spark the units are read into :func:`spark_units_width` digits (exact for |units| < 10²⁴
+    at 12 decimals, the rates' scale; up to 6 decimals for every count the result type holds).
     """
     _check(dialect)
+    if not 0 <= scale <= precision <= 38:
+        raise ValueError(f"DECIMAL({precision},{scale}) is not a decimal type (0 ≤ scale ≤ precision ≤ 38)")
     if scale == 0:
         return f"CAST({units} AS DECIMAL({precision},0))"
     step = f"0.{'0' * (scale - 1)}1"
-    width = 18 if precision <= 18 else 38
+    if dialect == DUCKDB:
+        width = 18 if precision <= 18 else 38
+    else:
+        width = spark_units_width(scale, precision)
     return f"CAST(CAST({units} AS DECIMAL({width},0)) * {step} AS DECIMAL({precision},{scale}))"
 
 
