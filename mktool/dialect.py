@@ -30,6 +30,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 import sqlglot
+from sqlglot import exp
 from sqlglot.errors import ErrorLevel
 
 Dialect = Literal["duckdb", "spark"]
@@ -450,13 +451,48 @@ class Query:
         return render(self.sql, dialect)
 
 
+def _unit_step_scale(node: exp.Expr) -> int | None:
+    """s when ``node`` is the literal 10⁻ˢ as :func:`units_decimal` writes it (0.0…01), else None."""
+    if not isinstance(node, exp.Literal) or node.is_string:
+        return None
+    text = str(node.this)
+    if not text.startswith("0.") or text[2:] != "0" * (len(text) - 3) + "1":
+        return None
+    return len(text) - 2
+
+
+def _spark_exact_units(node: exp.Expression) -> exp.Expression:
+    """:func:`units_decimal`'s DuckDB text, CAST(u AS DECIMAL(38,0)) × 10⁻ˢ, with the units read as
+    :func:`spark_units_width` digits: as written, Spark keeps 6 of the 12 decimals of the product."""
+    if not isinstance(node, exp.Mul) or not isinstance(node.left, exp.Cast):
+        return node
+    scale = _unit_step_scale(node.right)
+    to = node.left.to
+    if scale is None or not to.is_type(exp.DataType.Type.DECIMAL):
+        return node
+    params = [p.this.this if isinstance(p.this, exp.Literal) else None for p in to.expressions]
+    if params != [38, 0] and params != ["38", "0"]:
+        return node
+    width = spark_units_width(scale)
+    if width == 38:
+        return node
+    cast = node.left.copy()
+    cast.set("to", exp.DataType.build(f"DECIMAL({width},0)"))
+    return exp.Mul(this=cast, expression=node.right.copy())
+
+
 def render(sql: str, dialect: Dialect = DUCKDB, *, pretty: bool = False) -> str:
-    """DuckDB-dialect SQL as ``dialect`` runs it; raises when sqlglot has no rendering for a construct."""
+    """DuckDB-dialect SQL as ``dialect`` runs it; raises when sqlglot has no rendering for a construct.
+
+    For Spark, :func:`units_decimal`'s DuckDB text is given the Spark rendering's width (the plan's
+    12-decimal rates are built in DuckDB's dialect and rendered here)."""
     _check(dialect)
     if dialect == DUCKDB:
         return sql
-    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=ErrorLevel.RAISE,
-                                        pretty=pretty))
+    trees = [tree.transform(_spark_exact_units) if tree is not None else None
+             for tree in sqlglot.parse(sql, read="duckdb")]
+    return ";\n".join(tree.sql(dialect="spark", unsupported_level=ErrorLevel.RAISE, pretty=pretty)
+                       for tree in trees if tree is not None)
 
 
 # -- the same rules in Python (parameters, tests, messages) ------------------------------------

@@ -201,6 +201,23 @@ def test_units_decimal_refuses_what_it_cannot_render_exactly():
     assert dialect.units_decimal("u", 36)  # DuckDB's DECIMAL(38,0) × 10⁻³⁶ is exact: its text stays
 
 
+def test_duckdb_units_text_rendered_for_spark_keeps_every_decimal():
+    """The steps build units_decimal in DuckDB's dialect (the plan's 12-decimal rates): render() gives
+    its product the Spark rendering's width, and leaves every other product as sqlglot renders it."""
+    for precision in (18, 38):
+        for scale in range(1, 13):
+            duck = dialect.units_decimal("u", scale, precision=precision)
+            rendered = dialect.render(f"SELECT {duck} FROM t", "spark")
+            native = dialect.units_decimal("u", scale, "spark", precision=precision)
+            assert rendered.replace(" ", "") == f"SELECT{native}FROMt".replace(" ", ""), (precision, scale)
+    for other in ("CAST(u AS DECIMAL(38,0)) * 0.5", "CAST(u AS DECIMAL(38,2)) * 0.000000000001",
+                  "u * 0.000000000001", "CAST(u AS DECIMAL(38,0)) * 0.000000000002",
+                  "CAST(u AS DECIMAL(38,0)) * 1.000000000001"):
+        assert dialect.render(f"SELECT {other}", "spark") == sqlglot.transpile(f"SELECT {other}", read="duckdb",
+                                                                               write="spark")[0]
+    assert dialect.render("SELECT 1; SELECT 2", "spark") == "SELECT 1;\nSELECT 2"
+
+
 def test_spark_integer_division_is_exact():
     spark = dialect.div_half_away("a", "b", "spark")
     assert "DECIMAL(38,0)" in spark and " % " in spark  # (a − a mod b) / b: an exact integer in Spark's decimals
@@ -286,6 +303,20 @@ def test_spark_rendering_gives_the_same_results_on_spark():
     session = spark_session()
     got = [session.sql(f"SELECT {spark}").collect()[0][0] for _, spark, _ in SPARK_VECTORS]
     assert got == [want for _, _, want in SPARK_VECTORS]
+
+
+def test_duckdb_units_text_rendered_for_spark_gives_the_same_results_on_spark():
+    """What a Spark run of the plan step executes: units_decimal's DuckDB text through render()."""
+    vectors = [(dialect.units_decimal("758860381861", 12), Decimal("0.758860381861")),
+               (dialect.units_decimal("-333333333333", 12), Decimal("-0.333333333333")),
+               (dialect.units_decimal("999999999999999999999999", 12), Decimal("999999999999.999999999999")),
+               (dialect.units_decimal("CAST(758860381861 AS BIGINT)", 12, precision=18), Decimal("0.758860381861")),
+               (dialect.units_decimal(f"-{N38}", 6), Decimal("-" + N38[:-6] + "." + N38[-6:]))]
+    con = duckdb.connect()
+    assert [sql_value(con, duck) for duck, _ in vectors] == [want for _, want in vectors]
+    session = spark_session()
+    got = [session.sql(dialect.render(f"SELECT {duck}", "spark")).collect()[0][0] for duck, _ in vectors]
+    assert got == [want for _, want in vectors]
 
 
 def test_spark_refuses_a_count_beyond_its_exact_range():
