@@ -20,6 +20,10 @@ gives a Spark SQL rendering with the same results (docs/money.md says where each
 Exact integers are HUGEINT in DuckDB and DECIMAL(38,0) in Spark (Spark's BIGINT wraps
 silently on overflow). Range: a quotient must stay below 10³² units (Spark's exact decimal
 quotient keeps 32 integer digits), i.e. 10²⁶ yuan counted in micro-yuan, 10²⁰ in pico-yuan.
+Spark keeps only 6 decimals of a DECIMAL product wider than 38 digits, so a count of more
+than 10⁻⁶ units is read into 36 − scale digits before it is scaled (:func:`spark_units_width`:
+below 10²⁴ units at 12 decimals). Beyond a range both engines refuse (an overflow error under
+Spark's default ANSI mode), never round; the ranges measured are in docs/money.md.
 """
 
 from __future__ import annotations
