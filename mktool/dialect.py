@@ -485,15 +485,39 @@ def _spark_exact_units(node: exp.Expression) -> exp.Expression:
     return exp.Mul(this=cast, expression=node.right.copy())
 
 
+def _has_exact_integer(node: exp.Expr) -> bool:
+    return any(t.is_type(exp.DataType.Type.INT128) for t in node.find_all(exp.DataType))
+
+
+def _spark_exact_integers(tree: exp.Expr) -> exp.Expr:
+    """The exact integers of the DuckDB text as Spark's: HUGEINT (sqlglot's INT128, which Spark
+    refuses) as DECIMAL(38,0), and ``a // b`` over HUGEINT as :func:`_quotient`'s exact
+    ``(a − a % b) / b``: sqlglot renders it DIV, which Spark computes as a BIGINT and wraps silently
+    past 2⁶³ even in ANSI mode (10²² DIV 3 = −5527344008095509163). Only for the non-negative
+    operands the helpers divide (both engines then truncate alike)."""
+    for node in reversed(list(tree.find_all(exp.IntDiv, bfs=False))):  # the innermost first
+        if not _has_exact_integer(node):
+            continue
+        top, bottom = exp.paren(node.this.copy()), exp.paren(node.expression.copy())
+        exact = exp.Div(this=exp.paren(exp.Sub(this=top, expression=exp.Mod(this=top.copy(), expression=bottom))),
+                        expression=bottom.copy())
+        node.replace(exp.Cast(this=exact, to=exp.DataType.build("DECIMAL(38,0)")))
+    for data_type in list(tree.find_all(exp.DataType)):
+        if data_type.is_type(exp.DataType.Type.INT128):
+            data_type.replace(exp.DataType.build("DECIMAL(38,0)"))
+    return tree
+
+
 def render(sql: str, dialect: Dialect = DUCKDB, *, pretty: bool = False) -> str:
     """DuckDB-dialect SQL as ``dialect`` runs it; raises when sqlglot has no rendering for a construct.
 
-    For Spark, :func:`units_decimal`'s DuckDB text is given the Spark rendering's width (the plan's
-    12-decimal rates are built in DuckDB's dialect and rendered here)."""
+    For Spark, the helpers' DuckDB text keeps its exact meaning (the steps build their SQL in
+    DuckDB's dialect): :func:`units_decimal`'s product gets the Spark rendering's width, HUGEINT
+    becomes DECIMAL(38,0) and its ``//`` the exact quotient (:func:`_spark_exact_integers`)."""
     _check(dialect)
     if dialect == DUCKDB:
         return sql
-    trees = [tree.transform(_spark_exact_units) if tree is not None else None
+    trees = [_spark_exact_integers(tree.transform(_spark_exact_units)) if tree is not None else None
              for tree in sqlglot.parse(sql, read="duckdb")]
     return ";\n".join(tree.sql(dialect="spark", unsupported_level=ErrorLevel.RAISE, pretty=pretty)
                        for tree in trees if tree is not None)

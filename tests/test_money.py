@@ -218,6 +218,27 @@ def test_duckdb_units_text_rendered_for_spark_keeps_every_decimal():
     assert dialect.render("SELECT 1; SELECT 2", "spark") == "SELECT 1;\nSELECT 2"
 
 
+@pytest.mark.parametrize("name", sorted(renderings("duckdb")))
+def test_duckdb_rendering_put_through_render_keeps_exact_integers_for_spark(name):
+    """What a Spark run executes is the DuckDB text through render(): no INT128 (Spark refuses it)
+    and no DIV over exact integers (Spark's DIV is a BIGINT and wraps silently past 2⁶³)."""
+    spark_sql = dialect.render(f"SELECT {renderings('duckdb')[name]} AS v FROM t", "spark").upper()
+    assert "INT128" not in spark_sql and "HUGEINT" not in spark_sql
+    if name in ("average", "percent"):  # a 64-bit fast path (DIV of BIGINTs) beside the exact quotient
+        assert " DIV " in spark_sql and " % " in spark_sql
+    else:
+        assert " DIV " not in spark_sql
+    sqlglot.parse_one(spark_sql, read="spark")
+
+
+def test_render_leaves_64_bit_integer_division_as_div():
+    """int_div of BIGINTs stays Spark's DIV (exact below 2⁶³, and cheap); only HUGEINT's // changes."""
+    assert " DIV " in dialect.render(f"SELECT {dialect.int_div('a', 'b')}", "spark")
+    assert " DIV " in dialect.render(f"SELECT {dialect.div_half_away_64('a', 'b')}", "spark")
+    exact = dialect.render(f"SELECT {dialect.div_toward_zero('a', 'b')}", "spark")
+    assert " DIV " not in exact and " % " in exact and "DECIMAL(38, 0)" in exact
+
+
 def test_spark_integer_division_is_exact():
     spark = dialect.div_half_away("a", "b", "spark")
     assert "DECIMAL(38,0)" in spark and " % " in spark  # (a − a mod b) / b: an exact integer in Spark's decimals
@@ -317,6 +338,14 @@ def test_duckdb_units_text_rendered_for_spark_gives_the_same_results_on_spark():
     session = spark_session()
     got = [session.sql(dialect.render(f"SELECT {duck}", "spark")).collect()[0][0] for duck, _ in vectors]
     assert got == [want for _, want in vectors]
+
+
+def test_duckdb_rendering_through_render_gives_the_same_results_on_spark():
+    """Every vector's DuckDB text, rendered by render() as a Spark run of a step renders it, gives the
+    expected value on Spark too (10³¹ and 10³²−1 quotients: DIV would have wrapped them)."""
+    session = spark_session()
+    got = [session.sql(dialect.render(f"SELECT {duck}", "spark")).collect()[0][0] for duck, _, _ in SPARK_VECTORS]
+    assert got == [want for _, _, want in SPARK_VECTORS]
 
 
 def test_spark_refuses_a_count_beyond_its_exact_range():
