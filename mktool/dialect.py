@@ -20,6 +20,10 @@ gives a Spark SQL rendering with the same results (docs/money.md says where each
 Exact integers are HUGEINT in DuckDB and DECIMAL(38,0) in Spark (Spark's BIGINT wraps
 silently on overflow). Range: a quotient must stay below 10³² units (Spark's exact decimal
 quotient keeps 32 integer digits), i.e. 10²⁶ yuan counted in micro-yuan, 10²⁰ in pico-yuan.
+Spark keeps only 6 decimals of a DECIMAL product wider than 38 digits, so a count of more
+than 10⁻⁶ units is read into 36 − scale digits before it is scaled (:func:`spark_units_width`:
+below 10²⁴ units at 12 decimals). Beyond a range both engines refuse (an overflow error under
+Spark's default ANSI mode), never round; the ranges measured are in docs/money.md.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 import sqlglot
+from sqlglot import exp
 from sqlglot.errors import ErrorLevel
 
 Dialect = Literal["duckdb", "spark"]
@@ -231,16 +236,48 @@ def scaled_quotient_64(numerator: str, denominator: str, shift: int, dialect: Di
     return f"({int_div(n, d, dialect)} * {10 ** shift} + {int_div(f'(({n} % {d}) * {10 ** shift})', d, dialect)})"
 
 
+#: Spark keeps at least this many decimals of a DECIMAL product wider than 38 digits (its
+#: ``MINIMUM_ADJUSTED_SCALE``, with the default ``spark.sql.decimalOperations.allowPrecisionLoss=true``).
+SPARK_KEPT_SCALE = 6
+
+
+def spark_units_width(scale: int, precision: int = 38) -> int:
+    """The digits of the integer units :func:`units_decimal`'s Spark rendering multiplies by 10⁻ˢᶜᵃˡᵉ.
+
+    Spark types DECIMAL(w,0) × DECIMAL(s+1,s) as DECIMAL(w+s+2, s); beyond 38 digits it cuts the
+    scale to max(38 − integer digits, 6), so DECIMAL(38,0) × 10⁻¹² kept 6 decimals (0.758860381861
+    became 0.758860000000). Up to 6 decimals the cut keeps them all, so the units stay 38 digits
+    wide; beyond, they are cast to 36 − s digits (DECIMAL(24,0) for 12 decimals), a product of
+    exactly 38 digits that no setting cuts: exact for |units| < 10³⁶⁻ˢ, and a larger count is
+    refused by the cast (an error under Spark's default ANSI mode), never rounded.
+    """
+    if not 0 <= scale <= precision <= 38:
+        raise ValueError(f"DECIMAL({precision},{scale}) is not a decimal type (0 ≤ scale ≤ precision ≤ 38)")
+    width = 18 if precision <= 18 else 38
+    if scale > SPARK_KEPT_SCALE and width + scale + 2 > 38:
+        width = 36 - scale
+        if width < 1:
+            raise ValueError(f"Spark has no exact product for {scale} decimals (at most 35)")
+    return width
+
+
 def units_decimal(units: str, scale: int, dialect: Dialect = DUCKDB, *, precision: int = 38) -> str:
     """An integer count of 10⁻ˢᶜᵃˡᵉ units as DECIMAL(precision, scale), exactly (no division).
 
     With precision ≤ 18 the arithmetic stays 64-bit (the units must then fit DECIMAL(18,0)).
+    On Spark the units are read into :func:`spark_units_width` digits (exact for |units| < 10²⁴
+    at 12 decimals, the rates' scale; up to 6 decimals for every count the result type holds).
     """
     _check(dialect)
+    if not 0 <= scale <= precision <= 38:
+        raise ValueError(f"DECIMAL({precision},{scale}) is not a decimal type (0 ≤ scale ≤ precision ≤ 38)")
     if scale == 0:
         return f"CAST({units} AS DECIMAL({precision},0))"
     step = f"0.{'0' * (scale - 1)}1"
-    width = 18 if precision <= 18 else 38
+    if dialect == DUCKDB:
+        width = 18 if precision <= 18 else 38
+    else:
+        width = spark_units_width(scale, precision)
     return f"CAST(CAST({units} AS DECIMAL({width},0)) * {step} AS DECIMAL({precision},{scale}))"
 
 
@@ -418,13 +455,72 @@ class Query:
         return render(self.sql, dialect)
 
 
+def _unit_step_scale(node: exp.Expr) -> int | None:
+    """s when ``node`` is the literal 10⁻ˢ as :func:`units_decimal` writes it (0.0…01), else None."""
+    if not isinstance(node, exp.Literal) or node.is_string:
+        return None
+    text = str(node.this)
+    if not text.startswith("0.") or text[2:] != "0" * (len(text) - 3) + "1":
+        return None
+    return len(text) - 2
+
+
+def _spark_exact_units(node: exp.Expression) -> exp.Expression:
+    """:func:`units_decimal`'s DuckDB text, CAST(u AS DECIMAL(38,0)) × 10⁻ˢ, with the units read as
+    :func:`spark_units_width` digits: as written, Spark keeps 6 of the 12 decimals of the product."""
+    if not isinstance(node, exp.Mul) or not isinstance(node.left, exp.Cast):
+        return node
+    scale = _unit_step_scale(node.right)
+    to = node.left.to
+    if scale is None or not to.is_type(exp.DataType.Type.DECIMAL):
+        return node
+    params = [p.this.this if isinstance(p.this, exp.Literal) else None for p in to.expressions]
+    if params != [38, 0] and params != ["38", "0"]:
+        return node
+    width = spark_units_width(scale)
+    if width == 38:
+        return node
+    cast = node.left.copy()
+    cast.set("to", exp.DataType.build(f"DECIMAL({width},0)"))
+    return exp.Mul(this=cast, expression=node.right.copy())
+
+
+def _has_exact_integer(node: exp.Expr) -> bool:
+    return any(t.is_type(exp.DataType.Type.INT128) for t in node.find_all(exp.DataType))
+
+
+def _spark_exact_integers(tree: exp.Expr) -> exp.Expr:
+    """The exact integers of the DuckDB text as Spark's: HUGEINT (sqlglot's INT128, which Spark
+    refuses) as DECIMAL(38,0), and ``a // b`` over HUGEINT as :func:`_quotient`'s exact
+    ``(a − a % b) / b``: sqlglot renders it DIV, which Spark computes as a BIGINT and wraps silently
+    past 2⁶³ even in ANSI mode (10²² DIV 3 = −5527344008095509163). Only for the non-negative
+    operands the helpers divide (both engines then truncate alike)."""
+    for node in reversed(list(tree.find_all(exp.IntDiv, bfs=False))):  # the innermost first
+        if not _has_exact_integer(node):
+            continue
+        top, bottom = exp.paren(node.this.copy()), exp.paren(node.expression.copy())
+        exact = exp.Div(this=exp.paren(exp.Sub(this=top, expression=exp.Mod(this=top.copy(), expression=bottom))),
+                        expression=bottom.copy())
+        node.replace(exp.Cast(this=exact, to=exp.DataType.build("DECIMAL(38,0)")))
+    for data_type in list(tree.find_all(exp.DataType)):
+        if data_type.is_type(exp.DataType.Type.INT128):
+            data_type.replace(exp.DataType.build("DECIMAL(38,0)"))
+    return tree
+
+
 def render(sql: str, dialect: Dialect = DUCKDB, *, pretty: bool = False) -> str:
-    """DuckDB-dialect SQL as ``dialect`` runs it; raises when sqlglot has no rendering for a construct."""
+    """DuckDB-dialect SQL as ``dialect`` runs it; raises when sqlglot has no rendering for a construct.
+
+    For Spark, the helpers' DuckDB text keeps its exact meaning (the steps build their SQL in
+    DuckDB's dialect): :func:`units_decimal`'s product gets the Spark rendering's width, HUGEINT
+    becomes DECIMAL(38,0) and its ``//`` the exact quotient (:func:`_spark_exact_integers`)."""
     _check(dialect)
     if dialect == DUCKDB:
         return sql
-    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=ErrorLevel.RAISE,
-                                        pretty=pretty))
+    trees = [_spark_exact_integers(tree.transform(_spark_exact_units)) if tree is not None else None
+             for tree in sqlglot.parse(sql, read="duckdb")]
+    return ";\n".join(tree.sql(dialect="spark", unsupported_level=ErrorLevel.RAISE, pretty=pretty)
+                       for tree in trees if tree is not None)
 
 
 # -- the same rules in Python (parameters, tests, messages) ------------------------------------

@@ -39,6 +39,7 @@ HALF_FEN = "13800000001"  # three-item sums 191.51 and 191.52: current total 191
 SPEC = "13800000002"  # SPEC §5 worked example
 REPEATING = "13800000003"  # 100.01, 100.01, 100.00: 100.006666…
 NEGATIVE = "13800000004"  # -0.01 and 0.00: -0.005
+N38 = "9" * 38  # the widest exact integer on both engines
 
 
 def sql_value(con: duckdb.DuckDBPyConnection, expr: str) -> Any:
@@ -156,6 +157,88 @@ def test_every_rendering_parses_in_its_dialect(name):
     assert "VARCHAR" not in spark_sql  # Spark's text type is STRING
 
 
+def spark_product_scale(width: int, scale: int) -> int:
+    """The scale Spark gives DECIMAL(width,0) × 10⁻ˢᶜᵃˡᵉ (a literal of at most scale + 1 digits) with
+    spark.sql.decimalOperations.allowPrecisionLoss=true, its default: DecimalPrecision's product
+    type DECIMAL(p1 + p2 + 1, s1 + s2), cut to 38 digits by keeping the integer digits and at least
+    min(scale, 6) decimals."""
+    precision = width + (scale + 1) + 1
+    if precision <= 38:
+        return scale
+    return max(38 - (precision - scale), min(scale, 6))
+
+
+def test_units_decimal_duckdb_text_is_unchanged():
+    """DuckDB's text (and so its results and the snapshot) is not touched by the Spark fix."""
+    assert dialect.units_decimal("u", 12) == "CAST(CAST(u AS DECIMAL(38,0)) * 0.000000000001 AS DECIMAL(38,12))"
+    assert dialect.units_decimal("u", 6, precision=18) == "CAST(CAST(u AS DECIMAL(18,0)) * 0.000001 AS DECIMAL(18,6))"
+    assert dialect.units_decimal("u", 2) == "CAST(CAST(u AS DECIMAL(38,0)) * 0.01 AS DECIMAL(38,2))"
+    assert dialect.units_decimal("u", 0) == "CAST(u AS DECIMAL(38,0))"
+
+
+def test_spark_units_keep_every_decimal_of_the_product():
+    """The class: for every scale and both widths, the Spark rendering's product keeps the scale asked
+    for (the old DECIMAL(38,0) × 10⁻¹² kept 6), and it reads the units as wide as that allows."""
+    assert dialect.units_decimal("u", 12, "spark") == (
+        "CAST(CAST(u AS DECIMAL(24,0)) * 0.000000000001 AS DECIMAL(38,12))")
+    assert spark_product_scale(38, 12) == 6  # the bug, as Spark's rule computes it
+    for precision in (18, 38):
+        for scale in range(1, min(precision, 35) + 1):
+            text = dialect.units_decimal("u", scale, "spark", precision=precision)
+            width = int(text.split("AS DECIMAL(", 1)[1].split(",", 1)[0])
+            assert spark_product_scale(width, scale) == scale, (precision, scale, text)
+            assert width == (18 if precision <= 18 else 38 if scale <= 6 else 36 - scale), (precision, scale)
+            assert text.endswith(f"AS DECIMAL({precision},{scale}))")
+            sqlglot.parse_one(f"SELECT {text}", read="spark")
+
+
+def test_units_decimal_refuses_what_it_cannot_render_exactly():
+    with pytest.raises(ValueError, match="at most 35"):
+        dialect.units_decimal("u", 36, "spark")
+    for scale, precision in ((3, 2), (-1, 38), (2, 39)):
+        with pytest.raises(ValueError, match="not a decimal type"):
+            dialect.units_decimal("u", scale, precision=precision)
+    assert dialect.units_decimal("u", 36)  # DuckDB's DECIMAL(38,0) × 10⁻³⁶ is exact: its text stays
+
+
+def test_duckdb_units_text_rendered_for_spark_keeps_every_decimal():
+    """The steps build units_decimal in DuckDB's dialect (the plan's 12-decimal rates): render() gives
+    its product the Spark rendering's width, and leaves every other product as sqlglot renders it."""
+    for precision in (18, 38):
+        for scale in range(1, 13):
+            duck = dialect.units_decimal("u", scale, precision=precision)
+            rendered = dialect.render(f"SELECT {duck} FROM t", "spark")
+            native = dialect.units_decimal("u", scale, "spark", precision=precision)
+            assert rendered.replace(" ", "") == f"SELECT{native}FROMt".replace(" ", ""), (precision, scale)
+    for other in ("CAST(u AS DECIMAL(38,0)) * 0.5", "CAST(u AS DECIMAL(38,2)) * 0.000000000001",
+                  "u * 0.000000000001", "CAST(u AS DECIMAL(38,0)) * 0.000000000002",
+                  "CAST(u AS DECIMAL(38,0)) * 1.000000000001"):
+        assert dialect.render(f"SELECT {other}", "spark") == sqlglot.transpile(f"SELECT {other}", read="duckdb",
+                                                                               write="spark")[0]
+    assert dialect.render("SELECT 1; SELECT 2", "spark") == "SELECT 1;\nSELECT 2"
+
+
+@pytest.mark.parametrize("name", sorted(renderings("duckdb")))
+def test_duckdb_rendering_put_through_render_keeps_exact_integers_for_spark(name):
+    """What a Spark run executes is the DuckDB text through render(): no INT128 (Spark refuses it)
+    and no DIV over exact integers (Spark's DIV is a BIGINT and wraps silently past 2⁶³)."""
+    spark_sql = dialect.render(f"SELECT {renderings('duckdb')[name]} AS v FROM t", "spark").upper()
+    assert "INT128" not in spark_sql and "HUGEINT" not in spark_sql
+    if name in ("average", "percent"):  # a 64-bit fast path (DIV of BIGINTs) beside the exact quotient
+        assert " DIV " in spark_sql and " % " in spark_sql
+    else:
+        assert " DIV " not in spark_sql
+    sqlglot.parse_one(spark_sql, read="spark")
+
+
+def test_render_leaves_64_bit_integer_division_as_div():
+    """int_div of BIGINTs stays Spark's DIV (exact below 2⁶³, and cheap); only HUGEINT's // changes."""
+    assert " DIV " in dialect.render(f"SELECT {dialect.int_div('a', 'b')}", "spark")
+    assert " DIV " in dialect.render(f"SELECT {dialect.div_half_away_64('a', 'b')}", "spark")
+    exact = dialect.render(f"SELECT {dialect.div_toward_zero('a', 'b')}", "spark")
+    assert " DIV " not in exact and " % " in exact and "DECIMAL(38, 0)" in exact
+
+
 def test_spark_integer_division_is_exact():
     spark = dialect.div_half_away("a", "b", "spark")
     assert "DECIMAL(38,0)" in spark and " % " in spark  # (a − a mod b) / b: an exact integer in Spark's decimals
@@ -178,17 +261,100 @@ SPARK_VECTORS = [
      dialect.double_units("CAST(4.9999996 AS DOUBLE)", 6, "spark"), 5_000_000),
     (dialect.money_text("CAST(228 AS DECIMAL(38,12))"), dialect.money_text("CAST(228 AS DECIMAL(38,12))", "spark"),
      "228.00"),
+    *[(f("duckdb"), f("spark"), want) for f, want in [
+        # 12 decimals (the plan's rates): DECIMAL(38,0) × 10⁻¹² kept 6 on Spark (0.758860000000)
+        (lambda d: dialect.units_decimal("758860381861", 12, d), Decimal("0.758860381861")),
+        (lambda d: dialect.units_decimal("-758860381861", 12, d), Decimal("-0.758860381861")),
+        (lambda d: dialect.units_decimal(dialect.div_toward_zero("1000000000000", "3", d), 12, d),
+         Decimal("0.333333333333")),
+        (lambda d: dialect.units_decimal("999999999999999999999999", 12, d),  # the top of Spark's exact range
+         Decimal("999999999999.999999999999")),
+        (lambda d: dialect.units_decimal("758860381861", 12, d, precision=18), Decimal("0.758860381861")),
+        (lambda d: dialect.exact_rate("2", "3", 12, d), Decimal("0.666666666667")),
+        (lambda d: dialect.exact_rate("-2", "3", 12, d), Decimal("-0.666666666667")),
+        (lambda d: dialect.round_half_away("CAST(0.758860381861 AS DECIMAL(38,12))", 12, d, precision=38),
+         Decimal("0.758860381861")),
+        (lambda d: dialect.round_half_away("CAST(0.0000000000005 AS DECIMAL(38,13))", 12, d, precision=38),
+         Decimal("0.000000000001")),
+        (lambda d: dialect.quantity_ratio("CAST(1 AS DOUBLE)", "CAST(3 AS DOUBLE)", 12, d),
+         Decimal("0.333333333333")),
+        (lambda d: dialect.quantity_ratio("CAST(0.5 AS DOUBLE)", "CAST(3 AS DOUBLE)", 12, d),
+         Decimal("0.166666666667")),
+        # 38-digit counts at 0, 2, 4 and 6 decimals: every digit kept
+        (lambda d: dialect.units_decimal(N38, 0, d), Decimal(N38)),
+        (lambda d: dialect.units_decimal(N38, 2, d), Decimal(N38[:-2] + "." + N38[-2:])),
+        (lambda d: dialect.units_decimal(f"-{N38}", 2, d), Decimal("-" + N38[:-2] + "." + N38[-2:])),
+        (lambda d: dialect.units_decimal(N38, 4, d), Decimal(N38[:-4] + "." + N38[-4:])),
+        (lambda d: dialect.units_decimal(f"-{N38}", 6, d), Decimal("-" + N38[:-6] + "." + N38[-6:])),
+        # 38-digit operands of the exact division; a 32-digit quotient (Spark's exact range)
+        (lambda d: dialect.div_half_away("10000000000000000000000000000000000000", "1000000", d), 10 ** 31),
+        (lambda d: dialect.div_half_away("99999999999999999999999999999999", "1", d), 10 ** 32 - 1),
+        (lambda d: dialect.div_half_away("-5", "2", d), -3),
+        (lambda d: dialect.div_half_away("5", "-2", d), -3),
+        # half-way cases at 2, 4 and 6 decimals, both signs
+        (lambda d: dialect.exact_rate("1", "8", 2, d), Decimal("0.13")),
+        (lambda d: dialect.exact_rate("-1", "8", 2, d), Decimal("-0.13")),
+        (lambda d: dialect.exact_rate("1", "2000000", 6, d), Decimal("0.000001")),
+        (lambda d: dialect.exact_rate("-1", "2000000", 6, d), Decimal("-0.000001")),
+        (lambda d: dialect.round_half_away("CAST(-1.23445 AS DECIMAL(38,12))", 4, d), Decimal("-1.2345")),
+        (lambda d: dialect.round_half_away("CAST(0.0000005 AS DECIMAL(38,12))", 6, d), Decimal("0.000001")),
+        (lambda d: dialect.round_half_away("CAST(-0.0000005 AS DECIMAL(38,12))", 6, d), Decimal("-0.000001")),
+        (lambda d: dialect.quantity_ratio("CAST(450.45 AS DOUBLE)", "CAST(1000 AS DOUBLE)", 4, d),
+         Decimal("0.4505")),
+        # the 128-bit paths of the averages and percentages
+        (lambda d: dialect.average("CAST(500000000000000000 AS BIGINT)", "3", 2, d),
+         Decimal("1666666666666666.666667")),
+        (lambda d: dialect.average("12345678901234567890123456789", "7", 2, d),  # 7 × …938.27 = …567.89
+         Decimal("17636684144620811271604938.270000")),
+        (lambda d: dialect.percent("2", "3", d), Decimal("66.666667")),
+    ]],
 ]
+
+
+def spark_session() -> Any:
+    """The test session's SparkSession (one per process: getOrCreate); skips without pyspark."""
+    pyspark_sql = pytest.importorskip("pyspark.sql")
+    return pyspark_sql.SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
 
 
 def test_spark_rendering_gives_the_same_results_on_spark():
     """Runs where pyspark (and Java) are installed; the DuckDB half always runs."""
     con = duckdb.connect()
     assert [sql_value(con, duck) for duck, _, _ in SPARK_VECTORS] == [want for _, _, want in SPARK_VECTORS]
-    pyspark_sql = pytest.importorskip("pyspark.sql")
-    session = pyspark_sql.SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+    session = spark_session()
     got = [session.sql(f"SELECT {spark}").collect()[0][0] for _, spark, _ in SPARK_VECTORS]
     assert got == [want for _, _, want in SPARK_VECTORS]
+
+
+def test_duckdb_units_text_rendered_for_spark_gives_the_same_results_on_spark():
+    """What a Spark run of the plan step executes: units_decimal's DuckDB text through render()."""
+    vectors = [(dialect.units_decimal("758860381861", 12), Decimal("0.758860381861")),
+               (dialect.units_decimal("-333333333333", 12), Decimal("-0.333333333333")),
+               (dialect.units_decimal("999999999999999999999999", 12), Decimal("999999999999.999999999999")),
+               (dialect.units_decimal("CAST(758860381861 AS BIGINT)", 12, precision=18), Decimal("0.758860381861")),
+               (dialect.units_decimal(f"-{N38}", 6), Decimal("-" + N38[:-6] + "." + N38[-6:]))]
+    con = duckdb.connect()
+    assert [sql_value(con, duck) for duck, _ in vectors] == [want for _, want in vectors]
+    session = spark_session()
+    got = [session.sql(dialect.render(f"SELECT {duck}", "spark")).collect()[0][0] for duck, _ in vectors]
+    assert got == [want for _, want in vectors]
+
+
+def test_duckdb_rendering_through_render_gives_the_same_results_on_spark():
+    """Every vector's DuckDB text, rendered by render() as a Spark run of a step renders it, gives the
+    expected value on Spark too (10³¹ and 10³²−1 quotients: DIV would have wrapped them)."""
+    session = spark_session()
+    got = [session.sql(dialect.render(f"SELECT {duck}", "spark")).collect()[0][0] for duck, _, _ in SPARK_VECTORS]
+    assert got == [want for _, _, want in SPARK_VECTORS]
+
+
+def test_spark_refuses_a_count_beyond_its_exact_range():
+    """10²⁴ pico units (10¹² at 12 decimals) do not fit the DECIMAL(24,0) Spark reads them into: an
+    error (Spark's default ANSI mode), never a rounded value."""
+    session = spark_session()
+    assert session.conf.get("spark.sql.ansi.enabled") == "true"
+    with pytest.raises(Exception, match="NUMERIC_VALUE_OUT_OF_RANGE"):
+        session.sql(f"SELECT {dialect.units_decimal('1' + '0' * 24, 12, 'spark')}").collect()
 
 
 # -- from the extracts to the lists ---------------------------------------------------------------
