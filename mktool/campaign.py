@@ -64,12 +64,14 @@ from mktool.schema import (
     DEFAULT_WINDOW_DAYS,
     EVALUATION_RATE_SCALE,
     FUNNEL_TABLE,
+    HOLDOUT_KINDS,
     HOLDOUTS_TABLE,
     ORDERS_TABLE,
     PLAN_TABLE,
     POPUP,
     PUSH,
     RECOMMENDATIONS_TABLE,
+    RECORDED_BY,
     RESPONSE_FUNNEL_PREFIX,
     RESPONSE_STAGES,
     VIEW_TABLE,
@@ -78,8 +80,6 @@ from mktool.schema import (
 __all__ = ["CampaignEvaluation", "campaign_csv", "campaign_tables", "evaluate_campaign", "newcombe_interval",
            "queries", "responses_exist"]
 
-#: Who wrote a contact_history row of an exported list (export.RECORDED_BY).
-RECORDED_BY = "mktool"
 #: The document's figures of a group, in order (``uplift_ci`` is [lo, hi] or null).
 COUNT_FIELDS = ("contacted", "accepted", "rejected", "no_answer", "opted_out", "ordered", "held_out",
                 "held_out_ordered", "cancelled_7d")
@@ -92,7 +92,6 @@ OUTCOMES = {"accepted": "accepted", "rejected": "rejected", "no_answer": "no_ans
 REACHED_OUTCOMES = ("accepted", "rejected", "unsubscribed")
 #: The balance check's groups of customers, in the document's order.
 BALANCE_GROUPS = ("treated", "held_out", "held_out_policy", "held_out_universal")
-HOLDOUT_KINDS = ("policy", "universal")
 #: The value tiers the balance always lists (scores.yaml's), in this order; other labels follow by name.
 VALUE_TIERS = ("high", "mid_high", "mid", "low")
 NO_VALUE = "(none)"
@@ -205,6 +204,11 @@ def cycles_query(shape: Shape, month: str) -> Query:
                  {"month": check_month(month)})
 
 
+def month_cycles(con: duckdb.DuckDBPyConnection, shape: Shape, month: str) -> list[str]:
+    """The cycle ids of export month M, oldest first (:func:`cycles_query`)."""
+    return [row["cycle"] for row in _fetch(con, cycles_query(shape, month)) if row["cycle"] is not None]
+
+
 def showing_period(cycles: list[str]) -> tuple[dt.date, dt.date] | None:
     """From the earliest cycle date through the last day of the latest's calendar month (ISO-date ids only)."""
     dates = []
@@ -227,10 +231,7 @@ def responses_exist(db: Database, month: str) -> bool:
     the campaigns only then: a month's first cycle has nothing to measure."""
     con = db.c
     shape = Shape.of(con)
-    cq = cycles_query(shape, month)
-    cycles = [r[0] for r in (con.execute(cq.sql, cq.params) if cq.params else con.execute(cq.sql)).fetchall()
-              if r[0] is not None]
-    period = showing_period(cycles)
+    period = showing_period(month_cycles(con, shape, month))
     if period is None:
         return False
     start = period[0]
@@ -580,9 +581,7 @@ def evaluate_campaign(db: Database, project: Project, month: str, *, by: tuple[s
     figures = figures_query(tuple(by))  # refuses a bad --by before any work
     con = db.c
     shape = Shape.of(con)
-    cq = cycles_query(shape, month)
-    cycles = [r[0] for r in (con.execute(cq.sql, cq.params) if cq.params else con.execute(cq.sql)).fetchall()
-              if r[0] is not None]
+    cycles = month_cycles(con, shape, month)
     if not cycles:
         raise StateError(f"nothing was exported for month {month}: no export cycle of {month} is recorded "
                          f"(no channel funnel in {FUNNEL_TABLE}, no hold-out in {HOLDOUTS_TABLE})",

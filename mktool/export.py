@@ -157,6 +157,7 @@ from mktool.schema import (
     RECENT_CONTACTS_COLUMN,
     RECENT_CONTACTS_MAX,
     RECENT_CONTACTS_MONTHS,
+    RECORDED_BY,
     RESPONSE_FUNNEL_PREFIX,
     SUMMARY_COLUMNS,
     TARGET_COLUMNS,
@@ -168,7 +169,6 @@ from mktool.versions import engine_versions
 DEFAULT_COOLDOWN_DAYS = 30
 DEFAULT_RETRY_DAYS = 7  # a push channel's wait after a no_answer
 DEFAULT_WITHDRAW_DAYS = 180  # an accepted policy without withdraw_days or valid_to
-RECORDED_BY = "mktool"
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ RECOMMENDATIONS_TABLE = "recommendations"  # ranked offers per subscriber and mo
 CUSTOMER_PRIORITY_TABLE = "customer_priority"  # the priority matrix's family order per subscriber
 PLAN_TABLE = "plan_recommendations"  # ranked plan changes per subscriber and month
 CONTACT_HISTORY_TABLE = "contact_history"  # input extract and the contacts mktool recorded
+#: contact_history.recorded_by of the rows an exported list wrote (ingested rows have NULL there).
+RECORDED_BY = "mktool"
 HOLDOUTS_TABLE = "holdouts"  # customer x policy kept back as a control group
 #: holdouts.kind: the policy's own hold-out (per customer × policy × month), or the universal
 #: control group (per customer, the same every month; contacted by no campaign).
