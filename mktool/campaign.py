@@ -78,7 +78,7 @@ from mktool.schema import (
 )
 
 __all__ = ["CampaignEvaluation", "campaign_csv", "campaign_tables", "evaluate_campaign", "newcombe_interval",
-           "queries", "responses_exist"]
+           "newest_run", "queries", "responses_exist"]
 
 #: The document's figures of a group, in order (``uplift_ci`` is [lo, hi] or null).
 COUNT_FIELDS = ("contacted", "accepted", "rejected", "no_answer", "opted_out", "ordered", "held_out",
@@ -633,6 +633,16 @@ def evaluate_campaign(db: Database, project: Project, month: str, *, by: tuple[s
             con.executemany(f"INSERT INTO {FUNNEL_TABLE} (month, funnel, stage_no, stage, count, cycle) "
                             "VALUES (?, ?, ?, ?, ?, NULL)", stages)
     return CampaignEvaluation(month, run_id, doc, funnels, tuple(warnings), orders_loaded=shape.orders)
+
+
+def newest_run(db: Database, month: str) -> dict[str, Any] | None:
+    """The month's newest stored run as {run_id, window_days}: the run whose response funnels
+    funnel_counts holds (every run rewrites them); None before the first."""
+    if not db.table_exists(CAMPAIGN_EVALUATION_TABLE):
+        return None
+    row = db.c.execute(f"SELECT run_id, window_days FROM {CAMPAIGN_EVALUATION_TABLE} WHERE month = ? "
+                       "ORDER BY created_at DESC, run_id LIMIT 1", [month]).fetchone()
+    return None if row is None else {"run_id": row[0], "window_days": int(row[1])}
 
 
 # -- the document as tables and csv (the CLI prints these) ---------------------------------------

@@ -810,14 +810,10 @@ def funnel_cmd(
                               hint=f"run `mktool plan/matrix --month {month}` first")
         doc = export.funnel_document(db.c, month, date)
         cycles = export.funnel_cycles(db.c, month) if date is not None else []
-        responses = None  # which evaluate run wrote the response funnels (the month's newest: every run rewrites them)
-        if any(name.startswith(RESPONSE_FUNNEL_PREFIX) for name in doc["funnels"]) and db.table_exists(
-                CAMPAIGN_EVALUATION_TABLE):
-            newest = db.c.execute(f"SELECT run_id, window_days FROM {CAMPAIGN_EVALUATION_TABLE} WHERE month = ? "
-                                  "ORDER BY created_at DESC, run_id LIMIT 1", [month]).fetchone()
-            if newest is not None:
-                responses = {"run_id": newest[0], "window_days": int(newest[1])}
-                doc["responses"] = responses
+        has_responses = any(name.startswith(RESPONSE_FUNNEL_PREFIX) for name in doc["funnels"])
+        responses = campaign.newest_run(db, month) if has_responses else None
+        if responses is not None:
+            doc["responses"] = responses
     if date is not None and date.isoformat() not in cycles and (cycles or doc["funnels"]):
         raise MktoolError(f"no export cycle on {date} for {month}",
                           hint=f"cycles of {month}: {', '.join(cycles)}" if cycles
@@ -840,7 +836,7 @@ def funnel_cmd(
                 share = f"{100 * s['count'] / first:.1f}%" if first else "-"
                 rows.append((name, s["stage"], f"{s['count']:,}", share))
         title = f"Funnels {month}" + (f" (cycle {date})" if date is not None else "")
-        if any(name.startswith(RESPONSE_FUNNEL_PREFIX) for name in doc["funnels"]):
+        if has_responses:
             title += f" ({RESPONSE_FUNNEL_PREFIX}* funnels count offers: customer × policy pairs, not customers"
             title += (f"; from evaluate run {responses['run_id']}, window {responses['window_days']} days)"
                       if responses else ")")
