@@ -64,6 +64,7 @@ from mktool.schema import (
     DEFAULT_WINDOW_DAYS,
     EVALUATION_RATE_SCALE,
     FUNNEL_TABLE,
+    HISTORY_BOOKKEEPING,
     HOLDOUT_KINDS,
     HOLDOUTS_TABLE,
     ORDERS_TABLE,
@@ -127,7 +128,7 @@ class Shape:
 
         history, holdouts, view = cols(CONTACT_HISTORY_TABLE), cols(HOLDOUTS_TABLE), cols(VIEW_TABLE)
         return cls(
-            history=bool(history), history_bookkeeping={"cycle", "recorded_by"} <= history,
+            history=bool(history), history_bookkeeping=set(HISTORY_BOOKKEEPING) <= history,
             holdouts=bool(holdouts), holdout_kind="kind" in holdouts, holdout_cycle_date="cycle_date" in holdouts,
             orders=table_exists(con, ORDERS_TABLE), recommendations=table_exists(con, RECOMMENDATIONS_TABLE),
             plan=table_exists(con, PLAN_TABLE),

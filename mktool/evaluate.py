@@ -44,7 +44,7 @@ from typing import Any
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month, month_from_index, month_index
 from mktool.database import Database, command_line, table_columns, table_exists
-from mktool.dialect import Query, div_half_away, exact_rate, int_div, integer, units_decimal
+from mktool.dialect import Query, exact_rate, int_div, integer
 from mktool.errors import MktoolError, StateError
 from mktool.freshness import require_fresh_view
 from mktool.schema import (
@@ -74,9 +74,8 @@ def _rate(numerator: str, denominator: str) -> str:
 
 def _lift(hits: str, base: str, selected: str, churned: str) -> str:
     """(hits / selected) / (churned / base) = hits · base / (selected · churned), exactly, to 6 decimals."""
-    units = div_half_away(f"{integer(hits)} * {integer(base)} * {10 ** EVALUATION_RATE_SCALE}",
-                          f"{integer(selected)} * {integer(churned)}")
-    return units_decimal(units, EVALUATION_RATE_SCALE)
+    return exact_rate(f"{integer(hits)} * {integer(base)}", f"{integer(selected)} * {integer(churned)}",
+                      EVALUATION_RATE_SCALE)
 
 
 def figures_query(month: str, by: str | None = None) -> Query:
@@ -235,8 +234,7 @@ def _require_inputs(db: Database, month: str, by: str | None) -> str:
                          "the churn evaluation reads", table=VIEW_TABLE,
                          hint="scores.yaml must define them (churn_score, churn_flag, tenure_cohort); "
                               f"rebuild with `mktool score --month {month}`")
-    if not table_exists(con, "subscribers") or not con.execute(
-            "SELECT 1 FROM subscribers WHERE month = ? LIMIT 1", [after]).fetchone():
+    if not next_month_loaded(db, month):
         loaded = db.months("subscribers")
         raise StateError(
             f"the churn evaluation of {month} needs month {after}'s subscribers (who left by {after}), and "

@@ -148,6 +148,7 @@ from mktool.schema import (
     CONTACT_HISTORY_TABLE,
     CUSTOMER_PARAM,
     GROUP_COLUMNS,
+    HISTORY_BOOKKEEPING,
     HOLDOUTS_TABLE,
     MONEY_COLUMNS,
     POLICY_HOLDOUT,
@@ -1051,7 +1052,7 @@ def channel_verdicts(con: duckdb.DuckDBPyConnection, project: Project, month: st
     has_holdouts = table_exists(con, HOLDOUTS_TABLE)
     recorded_q, held_recorded_q, sent_q, held_q = cycle_records_queries(
         msisdn, holdout_kinds=has_holdouts and "kind" in table_columns(con, HOLDOUTS_TABLE))
-    if table_exists(con, CONTACT_HISTORY_TABLE) and {"cycle", "recorded_by"} <= set(
+    if table_exists(con, CONTACT_HISTORY_TABLE) and set(HISTORY_BOOKKEEPING) <= set(
             table_columns(con, CONTACT_HISTORY_TABLE)):
         recorded |= {r[0] for r in _run(con, recorded_q).fetchall()}
         sent = {(r[0], r[1]) for r in _run(con, sent_q).fetchall()}
@@ -1284,7 +1285,7 @@ def _history_view(con: duckdb.DuckDBPyConnection, cycle_date: dt.date) -> None:
     """
     if not table_exists(con, "contact_history"):
         kind = "none"
-    elif {"cycle", "recorded_by"} <= set(table_columns(con, "contact_history")):
+    elif set(HISTORY_BOOKKEEPING) <= set(table_columns(con, CONTACT_HISTORY_TABLE)):
         kind = "ours"
     else:  # only ingested history so far: nothing of ours to leave out
         kind = "ingested"
@@ -1297,7 +1298,7 @@ def _ensure_history_columns(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("CREATE TABLE contact_history (msisdn VARCHAR, contact_date DATE, channel VARCHAR, "
                     "policy_id VARCHAR, outcome VARCHAR)")
     cols = set(table_columns(con, CONTACT_HISTORY_TABLE))
-    for name in ("cycle", "recorded_by"):
+    for name in HISTORY_BOOKKEEPING:
         if name not in cols:
             con.execute(f"ALTER TABLE contact_history ADD COLUMN {name} VARCHAR")
 

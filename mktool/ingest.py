@@ -28,7 +28,7 @@ from mktool.database import Database, table_columns, table_exists
 from mktool.errors import InputError
 from mktool.publish import file_sha256
 from mktool.rules import load_channels
-from mktool.schema import CONTACT_HISTORY_TABLE
+from mktool.schema import CONTACT_HISTORY_TABLE, HISTORY_BOOKKEEPING
 
 INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
                  "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
@@ -745,7 +745,6 @@ def _load_table(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFi
 
 #: contact_history's bookkeeping columns (export adds them): which cycle and tool wrote a row.
 #: No extract is expected to carry them, so an upsert keeps the replaced row's values.
-BOOKKEEPING_COLUMNS = ("cycle", "recorded_by")
 
 
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile]) -> None:
@@ -755,7 +754,7 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
     One DELETE and one INSERT over the union of the files, so the DELETE reads only what was
     committed before (never rows appended earlier in this transaction: see Database.transaction).
 
-    contact_history keeps the replaced row's bookkeeping (:data:`BOOKKEEPING_COLUMNS`): a response
+    contact_history keeps the replaced row's bookkeeping (:data:`mktool.schema.HISTORY_BOOKKEEPING`): a response
     to a contact mktool recorded as `sent` updates its outcome and stays that cycle's contact
     (the campaign evaluation counts it); the rest of the row comes from the file, and a file that
     carries a bookkeeping column itself wins where its value is not NULL.
@@ -775,7 +774,7 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
         latest = (f"SELECT * EXCLUDE ({file_no}) FROM ({union}) AS loaded "
                   f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {file_no} DESC) = 1")
     match = " AND ".join(f"{t}.{_q(k)} = s.{_q(k)}" for k in contract.key)
-    kept = _kept_bookkeeping(con, table, files)
+    kept = _kept_bookkeeping(con, table)
     try:
         if kept:
             _save_bookkeeping(con, table, latest, match, kept)
@@ -794,12 +793,12 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
 KEPT_TABLE = "_mk_upsert_kept"
 
 
-def _kept_bookkeeping(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile]) -> list[str]:
+def _kept_bookkeeping(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     """The bookkeeping columns an upsert of ``table`` keeps: contact_history's that the table has."""
     if table != CONTACT_HISTORY_TABLE or not table_exists(con, table):
         return []
     have = {c.lower() for c in table_columns(con, table)}
-    return [c for c in BOOKKEEPING_COLUMNS if c in have]
+    return [c for c in HISTORY_BOOKKEEPING if c in have]
 
 
 def _save_bookkeeping(con: duckdb.DuckDBPyConnection, table: str, latest: str, match: str, kept: list[str]) -> None:

@@ -16,6 +16,8 @@ PLAN_TABLE = "plan_recommendations"  # ranked plan changes per subscriber and mo
 CONTACT_HISTORY_TABLE = "contact_history"  # input extract and the contacts mktool recorded
 #: contact_history.recorded_by of the rows an exported list wrote (ingested rows have NULL there).
 RECORDED_BY = "mktool"
+#: The bookkeeping columns contact_history carries beside the contract's: which cycle and tool wrote a row.
+HISTORY_BOOKKEEPING = ("cycle", "recorded_by")
 HOLDOUTS_TABLE = "holdouts"  # customer x policy kept back as a control group
 #: holdouts.kind: the policy's own hold-out (per customer × policy × month), or the universal
 #: control group (per customer, the same every month; contacted by no campaign).
