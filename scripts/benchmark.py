@@ -54,6 +54,7 @@ GENERATOR = ROOT / "scripts" / "generate_fixtures.py"
 
 MONTH = "2026-10"
 MONTHS = ("2026-08", "2026-09", "2026-10")
+NEXT_MONTH = "2026-11"  # the churn label of MONTH (`mktool factors`)
 EXPORT_DATE = "2026-11-01"
 SEED = 7
 PIPELINE = ("ingest", "score", "matrix", "plan", "export")
@@ -329,6 +330,47 @@ def ensure_extracts(work: Path, n: int) -> tuple[Path, float | None]:
     files = sorted(p.name for p in folder.glob("*.parquet"))
     marker.write_text(json.dumps({**wanted, "files": files, "seconds": round(seconds, 1)}, indent=2))
     return folder, seconds
+
+
+def ensure_label_month(work: Path, n: int) -> tuple[Path, float | None]:
+    """``<work>/label-<N>/subscribers_<M+1>.parquet``: the churn label ``mktool factors`` needs, generated
+    once beside the cached extracts (which stay as they are) and reused; returns (file, seconds or None).
+
+    The generator is deterministic, so its ``--label-month`` run over the same subscribers, months and
+    seed writes the same extracts plus the next month's subscribers: only that file is kept.
+    """
+    import hashlib
+
+    folder = work / f"label-{n}"
+    target = folder / f"subscribers_{NEXT_MONTH}.parquet"
+    marker = work / f"label-{n}.json"
+    generator_sha = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]
+    wanted = {"subscribers": n, "months": list(MONTHS), "seed": SEED, "generator_sha256": generator_sha}
+    if marker.exists() and target.exists():
+        try:
+            done = json.loads(marker.read_text())
+        except ValueError:
+            done = {}
+        if {k: done.get(k) for k in wanted} == wanted:
+            return target, None
+    if folder.exists():
+        shutil.rmtree(folder)
+    marker.unlink(missing_ok=True)
+    staging = work / f"label-{n}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    print(f"generating the churn label ({NEXT_MONTH}'s subscribers) for {n:,} subscribers into {folder} …",
+          file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(GENERATOR), "--subscribers", str(n), "--months", ",".join(MONTHS),
+                    "--seed", str(SEED), "--label-month", "--out", str(staging)], check=True,
+                   stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    folder.mkdir(parents=True)
+    (staging / target.name).rename(target)
+    shutil.rmtree(staging)
+    marker.write_text(json.dumps({**wanted, "file": target.name, "seconds": round(seconds, 1)}, indent=2))
+    return target, seconds
 
 
 def extract_facts(folder: Path) -> dict[str, Any]:
