@@ -160,7 +160,7 @@ def factors_query(month: str, factors: Sequence[Factor], bins: int) -> Query:
     parts = [_groups_sql(i, f, bins) for i, f in enumerate(factors)]
     ctes = ",\n".join(cte for cte, _ in parts)
     selects = "\n    UNION ALL ".join(f"({select})" for _, select in parts)
-    sql = f"""-- factors: groups per cohort of {', '.join(f.name for f in factors)}
+    sql = f"""-- factors: the groups per cohort of {len(factors)} factors (f0 …: a name could end the comment)
 WITH base AS MATERIALIZED (
     {churn_base_sql(*columns)}),
 {ctes},
@@ -374,9 +374,8 @@ def factors_tables(ranking: FactorRanking) -> list[tuple[str, list[str], list[tu
     columns = ["rank", "factor", "kind", "information gain", "groups", "highest churn", "its churn rate"]
     tables = []
     for c in ranking.cohorts:
-        title = (f"Churn factors {ranking.month} (churned by {ranking.next_month}), cohort {c.cohort}: "
-                 f"{c.customers:,} customers, {c.churned:,} churned ({_shown(c.churn_rate)}), "
-                 f"entropy {c.entropy:.6f} bits")
+        title = (f"Churn factors {ranking.month}, cohort {c.cohort}: {c.customers:,} customers, {c.churned:,} "
+                 f"churned by {ranking.next_month} ({_shown(c.churn_rate)}), entropy {c.entropy:.6f} bits")
         rows = []
         for f in c.factors:
             best = f.highest()

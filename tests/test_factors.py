@@ -41,12 +41,13 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import MATRICES
+from conftest import FIXTURES, MATRICES
 
 from mktool.config import Settings
 from mktool.database import Database
-from mktool.errors import StateError
-from mktool.factors import factors_csv, information_gain, rank_factors
+from mktool.errors import StateError, UsageError
+from mktool.evaluate import evaluate_churn
+from mktool.factors import Factor, cohorts_query, factors_csv, factors_query, information_gain, rank_factors
 from mktool.project import load_project
 
 M, N = "2026-10", "2026-11"
@@ -96,9 +97,10 @@ def make_db(path: Path, columns: dict[str, str], customers: Sequence[tuple[Any, 
     con.execute("CREATE TABLE subscribers (msisdn VARCHAR, month VARCHAR, status VARCHAR)")
     con.executemany("INSERT INTO subscribers VALUES (?, ?, ?)",
                     [(c(no), M, status or "active") for no, _, status, *_ in customers])
+    stayed = [(c(no), N, after) for no, *_, after in customers if after is not None]
+    if with_next and stayed:
+        con.executemany("INSERT INTO subscribers VALUES (?, ?, ?)", stayed)
     if with_next:
-        con.executemany("INSERT INTO subscribers VALUES (?, ?, ?)",
-                        [(c(no), N, after) for no, *_, after in customers if after is not None])
         con.execute("INSERT INTO subscribers VALUES (?, ?, 'active')", [c(99_999), N])  # a new joiner in M+1
     con.close()
     return path
@@ -242,3 +244,203 @@ def test_csv_has_a_row_per_cohort_factor_and_group(example_db: Path, project: An
     assert rows[5] == {"cohort": "under_6m", "rank": "3", "factor": "usage", "kind": "numeric",
                        "information_gain": "0.311278", "bin": "1", "label": "1 – 2", "low": "1", "high": "2",
                        "customers": "3", "churned": "2", "churn_rate": "0.666667"}
+
+
+def test_top_keeps_the_best_of_each_cohort(example_db: Path, project: Any) -> None:
+    one = ranked(example_db, project, bins=2, top=1)
+    assert one["top"] == 1
+    assert [[f["factor"] for f in c["factors"]] for c in one["cohorts"]] == [["payment"], ["usage"]]
+    assert one["cohorts"][1]["factors"][0] == EXPECTED["cohorts"][1]["factors"][0]
+    assert ranked(example_db, project, bins=2, top=0) == EXPECTED  # 0: every factor, shown as no limit
+    default = ranked(example_db, project, bins=2)
+    assert default["top"] == 10 and default["cohorts"] == EXPECTED["cohorts"]  # 3 factors < 10
+
+
+def test_ties_share_a_bin_and_an_empty_bin_is_not_listed(tmp_path: Path, project: Any) -> None:
+    """--bins 4 over 8 customers: six 5s (r = 1 → bin 1), 7 (r = 7 → ⌊6·4/8⌋ + 1 = 4), 8 (r = 8 → ⌊7·4/8⌋ + 1 = 4).
+    Positions 2–6 would fill bins 1–3 without ties: bins 2 and 3 are empty and not listed.
+    --bins 10 over three distinct values: r = 1, 2, 3 → bins ⌊0⌋ + 1 = 1, ⌊10/3⌋ + 1 = 4, ⌊20/3⌋ + 1 = 7."""
+    values = [5, 5, 5, 5, 5, 5, 7, 8]
+    customers = [(i, "over_12m", "active", v, None if i in (1, 7) else "active") for i, v in enumerate(values, 1)]
+    db = make_db(tmp_path / "ties.duckdb", {"x": "BIGINT"}, customers)
+    x = next(f for f in ranked(db, project, bins=4)["cohorts"][0]["factors"] if f["factor"] == "x")
+    assert x["groups"] == 2
+    assert x["bins"] == [group("1", "5 – 5", 5, 5, 6, 1, 0.166667), group("4", "7 – 8", 7, 8, 2, 1, 0.5)]
+    # H(2/8) − (6/8)·H(1/6) − (2/8)·H(1/2)
+    assert x["information_gain"] == round(h(2 / 8) - 6 / 8 * h(1 / 6) - 2 / 8 * h(1 / 2), 6)
+
+    small = [(i, "over_12m", "active", v, "active") for i, v in enumerate([3, 1, 2], 1)]
+    db = make_db(tmp_path / "small.duckdb", {"x": "SMALLINT"}, small)
+    x = next(f for f in ranked(db, project, bins=10)["cohorts"][0]["factors"] if f["factor"] == "x")
+    assert [(g["bin"], g["low"], g["customers"]) for g in x["bins"]] == [("1", 1, 1), ("4", 2, 1), ("7", 3, 1)]
+    assert x["information_gain"] == 0.0  # nobody churned
+
+
+TYPED_COLUMNS = {"amount": "DECIMAL(18,2)", "ratio": "DOUBLE", "share": "REAL", "flag": "BOOLEAN",
+                 "tags": "INTEGER[]", "seen": "TIME", "stamp": "TIMESTAMP", "stamp_tz": "TIMESTAMPTZ",
+                 "joined": "DATE"}
+# (no, cohort, status, amount, ratio, share, flag, M+1); the other columns NULL
+TYPED = [
+    (1, "over_12m", "active", "12.50", 0.1, 0.1, True, None),
+    (2, "over_12m", "active", "30.00", 2.5, 0.5, False, "active"),
+    (3, "over_12m", "active", "7.05", None, 0.1, None, "active"),
+    (4, "over_12m", "active", None, 0.1, 2.0, True, "closed"),
+]
+
+
+def test_values_of_every_type_and_what_is_skipped(tmp_path: Path, project: Any) -> None:
+    """One cohort of 4, 2 churned (1, 4): entropy 1. --bins 2.
+    amount (DECIMAL): 7.05 r 1 → 1, 12.50 r 2 → ⌊2/3⌋ + 1 = 1, 30.00 r 3 → ⌊4/3⌋ + 1 = 2, (null) {4}:
+        {3, 1}: 1 of 2 → IG = 1 − ½ = 0.5; low and high exact (12.5, never 12.4999…), labels to the scale.
+    ratio (DOUBLE): 0.1 ×2 r 1 → 1, 2.5 r 3 → 2, (null) {3}: every group pure → IG = 1.
+    share (REAL): 0.1 ×2 → 1, 0.5 r 3 → ⌊4/4⌋ + 1 = 2, 2.0 r 4 → 2: {1, 3} and {2, 4} 1 of 2 each → IG = 0;
+        its 0.1 is the float 0.1 its text reads as, not the single-precision 0.100000001490116.
+    flag (BOOLEAN): false {2}, true {1, 4}, (null) {3}: pure → IG = 1. status: one value → 0.
+    Ties at 1 (flag, ratio) and at 0 (share, status) go by name. tags (a list) and seen (TIME) are
+    skipped and said so; stamp, stamp_tz and joined (TIMESTAMP/DATE) are not factors."""
+    db = make_db(tmp_path / "typed.duckdb", TYPED_COLUMNS, TYPED)
+    doc = ranked(db, project, bins=2)
+    (cohort,) = doc["cohorts"]
+    assert (cohort["customers"], cohort["churned"], cohort["entropy"]) == (4, 2, 1.0)
+    by_name = {f["factor"]: f for f in cohort["factors"]}
+    assert [(f["rank"], f["factor"], f["information_gain"]) for f in cohort["factors"]] == [
+        (1, "flag", 1.0), (2, "ratio", 1.0), (3, "amount", 0.5), (4, "share", 0.0), (5, "status", 0.0)]
+    assert by_name["amount"]["bins"] == [
+        group("1", "7.05 – 12.50", 7.05, 12.5, 2, 1, 0.5), group("2", "30.00 – 30.00", 30.0, 30.0, 1, 0, 0.0),
+        group("(null)", "(null)", None, None, 1, 1, 1.0)]
+    assert by_name["ratio"]["bins"] == [
+        group("1", "0.1 – 0.1", 0.1, 0.1, 2, 2, 1.0), group("2", "2.5 – 2.5", 2.5, 2.5, 1, 0, 0.0),
+        group("(null)", "(null)", None, None, 1, 0, 0.0)]
+    assert by_name["share"]["bins"] == [group("1", "0.1 – 0.1", 0.1, 0.1, 2, 1, 0.5),
+                                        group("2", "0.5 – 2.0", 0.5, 2.0, 2, 1, 0.5)]
+    assert by_name["flag"]["bins"] == [cat("false", 1, 0, 0.0), cat("true", 2, 2, 1.0), cat("(null)", 1, 0, 0.0)]
+    assert [s["factor"] for s in doc["skipped"]] == ["tags", "seen"]
+    assert "INTEGER[]" in doc["skipped"][0]["reason"] and "TIME" in doc["skipped"][1]["reason"]
+
+
+def test_cohorts_in_their_order_and_an_all_closed_cohort_is_not_listed(tmp_path: Path, project: Any) -> None:
+    names = ["zeta", "over_12m", None, "alpha", "6_12m", "under_6m"]
+    customers = [(i, name, "active", i, "active") for i, name in enumerate(names, 1)]
+    customers.append((7, "gone", "closed", 7, None))
+    db = make_db(tmp_path / "cohorts.duckdb", {"x": "INTEGER"}, customers)
+    doc = ranked(db, project)
+    assert [c["cohort"] for c in doc["cohorts"]] == ["under_6m", "6_12m", "over_12m", "alpha", "zeta", "(none)"]
+    assert all(c["customers"] == 1 and c["churn_rate"] == 0.0 and c["entropy"] == 0.0 for c in doc["cohorts"])
+
+
+def test_column_names_are_quoted_and_cannot_clash(tmp_path: Path, project: Any) -> None:
+    """Columns named like the query's own (cohort, churned, v) or with a quote, a space and a newline."""
+    columns = {"cohort": "INTEGER", "churned": "VARCHAR", 'odd "name"\n--x': "INTEGER", "v": "INTEGER"}
+    customers = [(1, "over_12m", "active", 1, "a", 1, 1, None), (2, "over_12m", "active", 2, "b", 1, 1, "active")]
+    db = make_db(tmp_path / "names.duckdb", columns, customers)
+    cohort = ranked(db, project, bins=2)["cohorts"][0]
+    gains = {f["factor"]: f["information_gain"] for f in cohort["factors"]}
+    assert gains == {"cohort": 1.0, "churned": 1.0, 'odd "name"\n--x': 0.0, "v": 0.0, "status": 0.0}
+    assert [f["factor"] for f in cohort["factors"]][:2] == ["churned", "cohort"]
+
+
+def test_a_view_without_tenure_cohort_is_refused(cli, tmp_path: Path) -> None:
+    db = make_db(tmp_path / "old.duckdb", EXAMPLE_COLUMNS, EXAMPLE)
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE customer_view DROP COLUMN tenure_cohort")
+    con.close()
+    result = cli("factors", "--month", M, db_path=db)
+    assert result.exit_code == 1, result.output
+    assert "customer_view has no column tenure_cohort" in result.output and "Traceback" not in result.output
+
+
+def test_a_base_of_closed_customers_only_is_refused(tmp_path: Path, project: Any) -> None:
+    db = make_db(tmp_path / "closed.duckdb", {"x": "INTEGER"}, [(1, "over_12m", "closed", 1, None)])
+    with Database(settings(db), write=False) as database, pytest.raises(StateError, match="no customer whose status"):
+        rank_factors(database, project, M)
+
+
+def test_missing_view_month_is_refused(example_db: Path, project: Any) -> None:
+    with Database(settings(example_db), write=False) as database, pytest.raises(
+            StateError, match="customer_view has no rows for month 2026-08"):
+        rank_factors(database, project, "2026-08")
+
+
+@pytest.mark.parametrize("args", [["--bins", "1"], ["--bins", "101"], ["--bins", "ten"], ["--top", "-1"],
+                                  ["--format", "xml"]])
+def test_usage_errors_exit_2(cli, example_db: Path, args: list[str]) -> None:
+    result = cli("factors", "--month", M, *args, db_path=example_db)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for" in result.stderr and "Traceback" not in result.output
+
+
+def test_library_refuses_bins_outside_2_to_100(example_db: Path, project: Any) -> None:
+    with Database(settings(example_db), write=False) as database:
+        for bad in (1, 101):
+            with pytest.raises(UsageError, match="bins must be a whole number from 2 to 100"):
+                rank_factors(database, project, M, bins=bad)
+        with pytest.raises(UsageError, match="top"):
+            rank_factors(database, project, M, top=-1)
+
+
+def test_cli_csv_to_a_file_and_table_on_stdout(cli, example_db: Path, tmp_path: Path) -> None:
+    target = tmp_path / "reports" / "factors.csv"
+    result = cli("factors", "--month", M, "--bins", "2", "--format", "csv", "--out", str(target), db_path=example_db)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and f"written to {target}" in result.stderr
+    rows = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    assert list(rows[0]) == ["cohort", "rank", "factor", "kind", "information_gain", "bin", "label", "low", "high",
+                             "customers", "churned", "churn_rate"]
+    assert [(r["cohort"], r["factor"], r["bin"]) for r in rows if r["cohort"] == "over_12m"] == [
+        ("over_12m", "usage", "1"), ("over_12m", "usage", "2"), ("over_12m", "usage", "(null)"),
+        ("over_12m", "payment", "postpaid"), ("over_12m", "payment", "prepaid"), ("over_12m", "status", "active")]
+    assert not list(target.parent.glob(".*partial"))
+
+    table = cli("factors", "--month", M, "--bins", "2", db_path=example_db)
+    assert table.exit_code == 0, table.output
+    out = table.stdout
+    titles = " ".join(out.split())  # a title may wrap
+    assert "Churn factors 2026-10, cohort under_6m: 4 customers, 2 churned by 2026-11 (0.500000)" in titles
+    assert "cohort over_12m: 7 customers, 3 churned by 2026-11 (0.428571), entropy 0.985228 bits" in titles
+    # payment's riskiest group in under_6m is prepaid (1 of 1); usage's in over_12m is (null) (1 of 1)
+    line = next(x for x in out.splitlines() if " payment " in x)
+    assert "0.500000" in line and "prepaid" in line and "1.000000" in line
+    assert "0.235926" in out and "(null)" in out
+
+
+def test_queries_bind_the_months(project: Any) -> None:
+    q = factors_query(M, [Factor("usage", "numeric", "integer"), Factor("payment", "categorical", "text")], 10)
+    assert q.params == {"month": M, "next_month": N} == cohorts_query(M).params
+    assert M not in q.sql and N not in q.sql and "$next_month" in q.sql
+
+
+def test_on_the_scored_fixture_view_against_evaluate_churn(cli, project: Any) -> None:
+    """The shipped fixtures ingested and scored: every column of the real view is a factor or excluded
+    (none skipped), each factor's groups hold the whole cohort, and the cohorts' base and churned are
+    those of `evaluate churn --by tenure_cohort` (the same label, computed by evaluate's own query)."""
+    assert cli("ingest", str(FIXTURES), "--quiet").exit_code == 0
+    assert cli("score", "--month", M, "--quiet").exit_code == 0
+    result = cli("factors", "--month", M, "--top", "0", "--format", "json", "--quiet")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    with Database(settings(cli.db), write=True) as database:
+        described = dict(database.c.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                            "WHERE table_name = 'customer_view'").fetchall())
+        churn = evaluate_churn(database, M, by="tenure_cohort").document
+    expected = sorted(name for name, type_ in described.items()
+                      if name not in ("msisdn", "month", "month_end", "tenure_cohort") and type_ != "DATE")
+    assert doc["skipped"] == [] and len(expected) > 60
+    assert [c["cohort"] for c in doc["cohorts"]] == ["under_6m", "6_12m", "over_12m"]
+    for cohort in doc["cohorts"]:
+        assert sorted(f["factor"] for f in cohort["factors"]) == expected
+        assert (cohort["customers"], cohort["churned"], cohort["churn_rate"]) == (
+            churn["by"][cohort["cohort"]]["base"], churn["by"][cohort["cohort"]]["churned"],
+            churn["by"][cohort["cohort"]]["base_rate"])
+        assert [f["rank"] for f in cohort["factors"]] == list(range(1, len(expected) + 1))
+        gains = [(-f["information_gain"], f["factor"]) for f in cohort["factors"]]
+        assert gains == sorted(gains)
+        for f in cohort["factors"]:
+            assert sum(g["customers"] for g in f["bins"]) == cohort["customers"], f["factor"]
+            assert sum(g["churned"] for g in f["bins"]) == cohort["churned"], f["factor"]
+            assert 0.0 <= f["information_gain"] <= cohort["entropy"] + 1e-6
+            if f["kind"] == "numeric":
+                numbered = [g for g in f["bins"] if g["bin"] != "(null)"]
+                assert all(1 <= int(g["bin"]) <= 10 for g in numbered)
+                assert all(a["high"] < b["low"] for a, b in zip(numbered, numbered[1:]))  # ties never split
+    tenure = next(f for f in doc["cohorts"][2]["factors"] if f["factor"] == "tenure_months")
+    assert tenure["kind"] == "numeric" and tenure["bins"][0]["low"] >= 12  # over_12m: 12 months and more
