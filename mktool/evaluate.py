@@ -65,6 +65,14 @@ NO_GROUP = "(none)"
 SECTIONS = ("base", "flag", "top", "decile")
 VIEW_COLUMNS_NEEDED = ("msisdn", "month", "status", "churn_score", "churn_flag")
 
+# -- SQL: the churn label (the module docstring; `mktool profile` reads the same pieces) -------------
+#: M's view rows ``v`` joined to M+1's subscribers ``n`` (bind ``$next_month``).
+NEXT_MONTH_JOIN = "LEFT JOIN subscribers n ON n.msisdn = v.msisdn AND n.month = $next_month"
+#: True for a customer of the base: not closed in M (a NULL status is not closed).
+IN_BASE = "(v.status IS NULL OR v.status <> 'closed')"
+#: 1 for a base customer who churned (no subscribers row in M+1, or closed there), else 0.
+CHURNED = "CASE WHEN n.msisdn IS NULL OR n.status = 'closed' THEN 1 ELSE 0 END"
+
 
 # -- SQL: the exact rates -----------------------------------------------------------------------
 def _rate(numerator: str, denominator: str) -> str:
@@ -107,10 +115,10 @@ def figures_query(month: str, by: str | None = None) -> Query:
 WITH base AS (
     SELECT v.msisdn, {grp} AS grp, v.churn_score,
            CASE WHEN v.churn_flag THEN 1 ELSE 0 END AS flagged,
-           CASE WHEN n.msisdn IS NULL OR n.status = 'closed' THEN 1 ELSE 0 END AS churned
+           {CHURNED} AS churned
     FROM {VIEW_TABLE} v
-    LEFT JOIN subscribers n ON n.msisdn = v.msisdn AND n.month = $next_month
-    WHERE v.month = $month AND (v.status IS NULL OR v.status <> 'closed')),
+    {NEXT_MONTH_JOIN}
+    WHERE v.month = $month AND {IN_BASE}),
 scoped AS ({scoped}),
 ranked AS (
     SELECT whole, grp, flagged, churned,
