@@ -58,12 +58,12 @@ EXPORT_DATE = "2026-11-01"
 SEED = 7
 PIPELINE = ("ingest", "score", "matrix", "plan", "export")
 #: The steps measured by default: the pipeline (its total is what builds are compared by), then the
-#: campaign evaluation of the exported month (not in the total: an older build has none).
-DEFAULT_STEPS = (*PIPELINE, "evaluate")
+#: campaign evaluation of the exported month and the segment profile (not in the total: an older build has none).
+DEFAULT_STEPS = (*PIPELINE, "evaluate", "profile")
 ALL_STEPS = (*DEFAULT_STEPS, "run")
 #: step -> the steps whose output it needs (a skipped or failed prerequisite skips it).
 NEEDS = {"ingest": (), "score": ("ingest",), "matrix": ("score",), "plan": ("score",),
-         "export": ("matrix",), "evaluate": ("export",), "run": ()}
+         "export": ("matrix",), "evaluate": ("export",), "profile": ("score",), "run": ()}
 #: How mktool is started: this checkout's code (``python -m mktool`` with the checkout first on
 #: PYTHONPATH), not whatever ``mktool`` on PATH was last installed from (--mktool overrides).
 MKTOOL: list[str] = [sys.executable, "-m", "mktool"]
@@ -587,6 +587,9 @@ def step_command(step: str, *, db: Path, extracts: Path, out_dir: Path, run_help
         return [*MKTOOL, "export", "--month", MONTH, "--date", EXPORT_DATE, "--out", str(out_dir), *common]
     if step == "evaluate":
         return [*MKTOOL, "evaluate", "--month", MONTH, "--format", "json", "--out", str(out_dir / "evaluation.json"),
+                *common]
+    if step == "profile":
+        return [*MKTOOL, "profile", "--month", MONTH, "--format", "json", "--out", str(out_dir / "profile.json"),
                 *common]
     if step == "run":
         cmd = [*MKTOOL, "run", "--month", MONTH]
