@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -35,7 +36,7 @@ from fractions import Fraction
 from typing import Any
 
 from mktool.contract import HANDSET_GENS, check_month, month_from_index, month_index
-from mktool.database import Database, table_exists
+from mktool.database import Database
 from mktool.dialect import Query, decimal_units, div_half_away, exact_rate, fen, integer, units_decimal
 from mktool.errors import StateError, UsageError
 from mktool.evaluate import CHURNED, IN_BASE, NEXT_MONTH_JOIN, next_month, next_month_loaded
@@ -273,7 +274,7 @@ def profile_month(db: Database, project: Project, month: str, *, by: str = DEFAU
                          "the profile reads", table=VIEW_TABLE,
                          hint=f"rebuild it with `mktool score --month {month}`")
     require_fresh_view(db.c, month)
-    loaded = table_exists(db.c, "subscribers") and next_month_loaded(db, month)
+    loaded = next_month_loaded(db, month)
     query = profile_query(month, by, with_churn=loaded)
     cur = db.c.execute(query.sql, query.params)
     names = [d[0] for d in cur.description]
@@ -312,10 +313,8 @@ def _percent(part: Any, whole: Any, places: int = 1) -> str:
     from the counts themselves (not from the 6-decimal share: no double rounding); empty for / 0."""
     if part is None or whole is None or int(whole) == 0:
         return ""
-    exact = Fraction(100 * int(part), int(whole))
-    step = Decimal(1).scaleb(-places)
-    units = (2 * abs(exact.numerator) * 10 ** places + exact.denominator) // (2 * exact.denominator)
-    return f"{(Decimal(units if exact >= 0 else -units) * step).quantize(step)}%"
+    units = math.floor(Fraction(100 * 10 ** places * int(part), int(whole)) + Fraction(1, 2))  # counts are ≥ 0
+    return f"{Decimal(units).scaleb(-places)}%"
 
 
 def _ratio_percent(value: Decimal | None) -> str:

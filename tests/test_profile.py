@@ -12,7 +12,7 @@ M = 2026-10: month_end 2026-10-31, the last day of M+3 is 2027-01-31.
      5 tidal     suspended   0.00  10.005000   2  NULL   NULL   2026-10-30   broadband 2027-02-01 3G  false suspended
      6 tidal     active     NULL   NULL        3  NULL   NULL   NULL         NULL      NULL       4G  NULL  active
      7 NULL      active    100.00 100.000000  24  0.9000 0.9000 2026-11-01   fusion    2026-11-01 4G  false active
-     8 potential closed     50.00  50.000000   5  NULL   NULL   NULL         NULL      NULL       5G  true  closed
+     8 potential closed     50.00  50.000000   6  NULL   NULL   NULL         NULL      NULL       5G  true  closed
 
 gold: arpu (19151 + 19152 fen) / 2 = 19151.5 fen → 191.52 (half away; DuckDB 2.0.1's round() of
 the DOUBLE 191.515 gives 191.51, banker's rounding too); arpu_3m 574.545 / 3 = 191.515 → 191.52;
@@ -30,7 +30,7 @@ after M+3: running, not ending) → 1/3, 4 has an end but no bundle type: neithe
 potential: only a closed customer: churn base 0, churn_rate null.
 (none): 7, everything running; its bundle ends 2026-11-01, within 3 months.
 Total: arpu 53302 fen / 6 = 8883.67 → 88.84; arpu_3m 744.554999 / 7 = 106.3649998… → 106.36;
-tenure 60 / 8 = 7.50; data saturation 3.5705 / 4 = 0.892625 → 0.8926; voice 1.65 / 3 = 0.5500;
+tenure 61 / 8 = 7.625 → 7.63; data saturation 3.5705 / 4 = 0.892625 → 0.8926; voice 1.65 / 3 = 0.5500;
 contract 1 4 7 → 3/8; bundle 1 3 5 7 → 1/2; ending 3 7 → 1/4; churn base 6, churned 2 and 4 → 1/3.
 """
 
@@ -77,7 +77,7 @@ CUSTOMERS: list[tuple[Any, ...]] = [
     (6, "tidal", "active", None, None, 3, None, None, None, None, None, "4G", None, "active"),
     (7, None, "active", "100.00", "100.000000", 24, "0.9000", "0.9000", D("2026-11-01"), "fusion", D("2026-11-01"),
      "4G", False, "active"),
-    (8, "potential", "closed", "50.00", "50.000000", 5, None, None, None, None, None, "5G", True, "closed"),
+    (8, "potential", "closed", "50.00", "50.000000", 6, None, None, None, None, None, "5G", True, "closed"),
 ]
 
 VIEW_DDL = ("CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR, segment VARCHAR, status VARCHAR, "
@@ -134,12 +134,12 @@ def figures(customers: int, share: float, arpu: float | None, arpu_3m: float | N
 THIRD, TWO_THIRDS = 0.333333, 0.666667
 GOLD = figures(3, 0.375, 191.52, 191.52, 8.33, 0.2463, 2, 0.375, 2, THIRD, TWO_THIRDS, THIRD,
                hs(0.0, 0.0, THIRD, THIRD, THIRD), 2, 1, 0.5)
-POTENTIAL = figures(1, 0.125, 50.0, 50.0, 5.0, None, 0, None, 0, 0.0, 0.0, 0.0, hs(0.0, 0.0, 0.0, 1.0, 0.0), 0, 0,
+POTENTIAL = figures(1, 0.125, 50.0, 50.0, 6.0, None, 0, None, 0, 0.0, 0.0, 0.0, hs(0.0, 0.0, 0.0, 1.0, 0.0), 0, 0,
                     None)
 TIDAL = figures(3, 0.375, -0.01, 10.0, 2.0, 2.178, 1, None, 0, THIRD, THIRD, 0.0, hs(THIRD, THIRD, THIRD, 0.0, 0.0),
                 3, 1, THIRD)
 NONE = figures(1, 0.125, 100.0, 100.0, 24.0, 0.9, 1, 0.9, 1, 1.0, 1.0, 1.0, hs(0.0, 0.0, 1.0, 0.0, 0.0), 1, 0, 0.0)
-TOTAL = figures(8, 1.0, 88.84, 106.36, 7.5, 0.8926, 4, 0.55, 3, 0.375, 0.5, 0.25, hs(0.125, 0.125, 0.375, 0.25, 0.125),
+TOTAL = figures(8, 1.0, 88.84, 106.36, 7.63, 0.8926, 4, 0.55, 3, 0.375, 0.5, 0.25, hs(0.125, 0.125, 0.375, 0.25, 0.125),
                 6, 2, THIRD)
 EXPECTED = {
     "month": M, "by": "segment", "next_month": N, "next_month_loaded": True,
