@@ -44,7 +44,7 @@ from mktool.freshness import require_fresh_view
 from mktool.project import Project
 from mktool.schema import EVALUATION_RATE_SCALE, VIEW_TABLE
 from mktool.scoremodel import last_day
-from mktool.sqlquote import quote_identifier
+from mktool.sqlquote import quote_identifier, quote_literal
 
 __all__ = ["Profile", "profile_csv", "profile_month", "profile_query", "profile_tables", "queries"]
 
@@ -71,7 +71,6 @@ ARPU_3M_SCALE = 6
 FIELDS = ("customers", "share", "arpu_mean", "arpu_3m_mean", "tenure_months_mean", "data_saturation_mean",
           "data_saturation_customers", "voice_saturation_mean", "voice_saturation_customers", "contract_share",
           "bundle_share", "bundle_ending_3m_share", "handset_gen", "churn_base", "churned", "churn_rate")
-CHURN_FIELDS = ("churn_base", "churned", "churn_rate")
 
 
 def _handset_key(gen: str | None) -> str:
@@ -92,8 +91,8 @@ def _share(part: str, whole: str = "customers") -> str:
 
 
 def _mean(sum_units: str, count: str, units_scale: int, scale: int) -> str:
-    """Σ units (10⁻ᵘⁿⁱᵗˢ_ˢᶜᵃˡᵉ each) / count rounded half away from zero to ``scale`` decimals, DECIMAL(38, scale);
-    NULL when count is 0."""
+    """Σ units / count as a mean rounded half away from zero to ``scale`` decimals, DECIMAL(38, scale): the
+    units are 10^-units_scale each (fen: 2; arpu_3m's micro-yuan: 6); NULL when count is 0."""
     if units_scale < scale:
         raise ValueError("a mean keeps at most the decimals of its units")
     denominator = count if units_scale == scale else f"{integer(count)} * {10 ** (units_scale - scale)}"
@@ -106,14 +105,14 @@ def profile_query(month: str, by: str = DEFAULT_BY, *, with_churn: bool = True) 
     check_month(month)
     cls = f"v.{quote_identifier(by)}"
     gens = ", ".join(
-        f"CASE WHEN v.handset_gen {'IS NULL' if gen is None else '= ' + repr(gen)} THEN 1 ELSE 0 END "
+        f"CASE WHEN v.handset_gen {'IS NULL' if gen is None else '= ' + quote_literal(gen)} THEN 1 ELSE 0 END "
         f"AS {_handset_column(gen)}" for gen in HANDSET_KEYS)
     gen_sums = ", ".join(f"sum({_handset_column(gen)}) AS {_handset_column(gen)}" for gen in HANDSET_KEYS)
     gen_shares = ", ".join(f"{_share(_handset_column(gen))} AS {_handset_column(gen)}" for gen in HANDSET_KEYS)
-    modern = " + ".join(_handset_column(gen) for gen in MODERN_HANDSET_GENS)
+    modern = " + ".join(f"sum({_handset_column(gen)})" for gen in MODERN_HANDSET_GENS)
     if with_churn:
-        label = f"CASE WHEN {IN_BASE} THEN 1 ELSE 0 END AS in_base, CASE WHEN {IN_BASE} THEN {CHURNED} ELSE 0 END " \
-                "AS churned"
+        label = (f"CASE WHEN {IN_BASE} THEN 1 ELSE 0 END AS in_base, "
+                 f"CASE WHEN {IN_BASE} THEN {CHURNED} ELSE 0 END AS churned")
         join = NEXT_MONTH_JOIN
         churn = f"churn_base, churned, {_share('churned', 'churn_base')} AS churn_rate"
     else:
@@ -143,7 +142,7 @@ classes AS (
            sum(data_saturation) AS data_saturation_sum, count(data_saturation) AS data_saturation_customers,
            sum(voice_saturation) AS voice_saturation_sum, count(voice_saturation) AS voice_saturation_customers,
            sum(contract) AS contract, sum(bundle) AS bundle, sum(bundle_ending_3m) AS bundle_ending_3m,
-           {gen_sums}, sum(in_base) AS churn_base, sum(churned) AS churned
+           {gen_sums}, {modern} AS handset_modern_customers, sum(in_base) AS churn_base, sum(churned) AS churned
     FROM m GROUP BY GROUPING SETS ((cls), ())),
 counted AS (
     SELECT *, max(CASE WHEN whole THEN customers END) OVER () AS all_customers FROM classes)
@@ -161,7 +160,7 @@ SELECT whole, CAST(cls AS VARCHAR) AS label, customers, {_share('customers', 'al
        {_share('bundle_ending_3m')} AS bundle_ending_3m_share,
        {gen_shares}, {churn},
        contract AS contract_customers, bundle AS bundle_customers, bundle_ending_3m AS bundle_ending_3m_customers,
-       {modern} AS handset_modern_customers
+       handset_modern_customers
 FROM counted
 ORDER BY whole, cls NULLS LAST"""
     params = {"month": month, "month_end": last_day(month),
