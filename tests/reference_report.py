@@ -221,6 +221,11 @@ class Group:
                 "churned": self.churned, "churn_rate": rate(self.churned, self.customers)}
 
 
+def bin_number(r: int, n: int, bins: int) -> int:
+    """The bin of rank r (1 + how many of the n values are smaller): ⌊(r − 1) · B / n⌋ + 1."""
+    return (r - 1) * bins // n + 1
+
+
 def numeric_groups(rows: Sequence[tuple[Any, bool]], bins: int) -> list[Group]:
     """(value, churned) rows of one cohort → the listed bins (ties together) and the (null) group last."""
     values = sorted(v for v, _ in rows if v is not None)
@@ -231,7 +236,7 @@ def numeric_groups(rows: Sequence[tuple[Any, bool]], bins: int) -> list[Group]:
     members: dict[int, list[tuple[Any, bool]]] = {}
     for v, churned in rows:
         if v is not None:
-            members.setdefault(below[v] * bins // n + 1, []).append((v, churned))
+            members.setdefault(bin_number(below[v] + 1, n, bins), []).append((v, churned))
     out = []
     for number in sorted(members):
         inside = members[number]
@@ -344,11 +349,24 @@ def class_key(value: Any) -> tuple[int, Any]:
     return (1, "") if value is None else (0, value)
 
 
+def contract_running(r: dict[str, Any]) -> bool:
+    """A contract still running at M's end."""
+    return r["contract_end"] is not None and r["contract_end"] > r["month_end"]
+
+
+def bundle_running(r: dict[str, Any]) -> bool:
+    return r["bundle_type"] is not None and (r["bundle_end"] is None or r["bundle_end"] > r["month_end"])
+
+
+def bundle_ending(r: dict[str, Any], horizon: dt.date) -> bool:
+    """A running bundle ending within the next 3 months (by ``horizon``, the last day of M+3)."""
+    return r["bundle_type"] is not None and r["bundle_end"] is not None and r["month_end"] < r["bundle_end"] <= horizon
+
+
 def profile_figures(data: Data, rows: Sequence[dict[str, Any]], everyone: int,
                     tally: Callable[[str, Fraction, int], None] | None = None) -> dict[str, Any]:
     """The figures of one class (or the total) over ``rows`` (closed customers included)."""
     n = len(rows)
-    end = last_day(data.month)
     horizon = last_day(add_months(data.month, 3))
 
     def mean_of(column: str, places: int) -> float | None:
@@ -357,15 +375,11 @@ def profile_figures(data: Data, rows: Sequence[dict[str, Any]], everyone: int,
             tally(column, sum((Fraction(v) for v in values), Fraction(0)) / len(values), places)
         return mean(values, places)
 
-    def count(test: Callable[[dict[str, Any]], bool]) -> float | None:
+    def share(test: Callable[[dict[str, Any]], bool]) -> float | None:
         return rate(sum(1 for r in rows if test(r)), n)
-
-    def running(r: dict[str, Any]) -> bool:
-        return r["bundle_type"] is not None and (r["bundle_end"] is None or r["bundle_end"] > r["month_end"])
 
     base = [r for r in rows if in_base(r)]
     churned = sum(1 for r in base if data.churned(r))
-    assert all(r["month_end"] == end for r in rows), "the crafted view's month_end is M's last day"
     return {
         "customers": n,
         "share": rate(n, everyone),
@@ -376,12 +390,11 @@ def profile_figures(data: Data, rows: Sequence[dict[str, Any]], everyone: int,
         "data_saturation_customers": sum(1 for r in rows if r["data_saturation"] is not None),
         "voice_saturation_mean": mean_of("voice_saturation", 4),
         "voice_saturation_customers": sum(1 for r in rows if r["voice_saturation"] is not None),
-        "contract_share": count(lambda r: r["contract_end"] is not None and r["contract_end"] > r["month_end"]),
-        "bundle_share": count(running),
-        "bundle_ending_3m_share": count(lambda r: r["bundle_type"] is not None and r["bundle_end"] is not None
-                                        and r["month_end"] < r["bundle_end"] <= horizon),
-        "handset_gen": {g: rate(sum(1 for r in rows if r["handset_gen"] == g), n) for g in HANDSET_GENS}
-        | {NONE: rate(sum(1 for r in rows if r["handset_gen"] is None), n)},
+        "contract_share": share(contract_running),
+        "bundle_share": share(bundle_running),
+        "bundle_ending_3m_share": share(lambda r: bundle_ending(r, horizon)),
+        "handset_gen": {NONE if g is None else g: rate(sum(1 for r in rows if r["handset_gen"] == g), n)
+                        for g in (*HANDSET_GENS, None)},
         "churn_base": len(base) if data.next_loaded else None,
         "churned": churned if data.next_loaded else None,
         "churn_rate": rate(churned, len(base)) if data.next_loaded else None,

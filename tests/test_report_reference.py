@@ -26,13 +26,14 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+import reference_report as rr
 from conftest import ENV, MATRICES
 from reference_report import (
     HANDSET_GENS,
@@ -548,3 +549,92 @@ def test_the_generator_hits_the_edges(tmp_path: Path) -> None:
               "tiny cohort", "tie across an edge", "half arpu", "half tenure_months", "half data_saturation",
               "bundle ends on M+3's last day", "bundle ends on month_end", "closed"]
     assert [w for w in wanted if not seen[w]] == [], dict(seen)
+
+
+# -- (c) the comparison catches planted mistakes ------------------------------------------------------------
+def _split_ties(rows: Any, bins: int) -> list[rr.Group]:
+    """Bins by position (row_number) instead of rank: equal values split across an edge."""
+    values = sorted(v for v, _ in rows if v is not None)
+    n = len(values)
+    taken: Counter[Any] = Counter()
+    members: dict[int, list[tuple[Any, bool]]] = {}
+    for v, churned in sorted(((v, c) for v, c in rows if v is not None), key=lambda p: p[0]):
+        position = values.index(v) + taken[v]
+        taken[v] += 1
+        members.setdefault(position * bins // n + 1, []).append((v, churned))
+    out = []
+    for k, g in sorted(members.items()):
+        low, high = min(v for v, _ in g), max(v for v, _ in g)
+        out.append(rr.Group(str(k), rr.number_text(low) + rr.DASH + rr.number_text(high), rr.json_number(low),
+                            rr.json_number(high), len(g), sum(c for _, c in g)))
+    nulls = [c for v, c in rows if v is None]
+    return out + ([rr.Group("(null)", "(null)", None, None, len(nulls), sum(nulls))] if nulls else [])
+
+
+def _with(name: str, wrap: Callable[[Any], Any]) -> Callable[[pytest.MonkeyPatch], None]:
+    def plant(mp: pytest.MonkeyPatch) -> None:
+        mp.setattr(rr, name, wrap(getattr(rr, name)))
+    return plant
+
+
+def _half_even(q: Fraction, places: int) -> Decimal:
+    return Decimal(q.numerator / Decimal(q.denominator)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN)
+
+
+MUTANTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "equal values split across a bin edge": _with("numeric_groups", lambda _: _split_ties),
+    "bins as ⌈r·B/n⌉": _with("bin_number", lambda _: lambda r, n, b: -(-r * b // n)),
+    "closed customers in the base": _with("in_base", lambda _: lambda r: True),
+    "a NULL status counted as closed": _with("in_base", lambda _: lambda r: r.get("status") not in ("closed", None)),
+    "closed in M+1 not churned": lambda mp: mp.setattr(rr.Data, "churned",
+                                                       lambda self, r: r["msisdn"] not in self.next_status),
+    "means rounded half to even": _with("half_away", lambda _: _half_even),
+    "entropy in nats": _with("entropy", lambda f: lambda c, n: f(c, n) * math.log(2)),
+    "cohorts in name order": _with("cohort_key", lambda _: lambda c: (c is None, c or "")),
+    "the (null) group first": _with("categorical_groups", lambda f: lambda rows: sorted(
+        f(rows), key=lambda g: g.bin != "(null)")),
+    "NULL values in no group": _with("numeric_groups", lambda f: lambda rows, b: [
+        g for g in f(rows, b) if g.bin != "(null)"]),
+    "a bundle ending on month_end still running": _with("bundle_running", lambda _: lambda r: r[
+        "bundle_type"] is not None and (r["bundle_end"] is None or r["bundle_end"] >= r["month_end"])),
+    "bundles ending by M+2's last day": _with("bundle_ending", lambda f: lambda r, h: f(
+        r, h.replace(day=1) - dt.timedelta(days=1))),
+    "a contract ending on month_end still running": _with("contract_running", lambda _: lambda r: r[
+        "contract_end"] is not None and r["contract_end"] >= r["month_end"]),
+    "the profile without closed customers": _with("profile_figures", lambda f: lambda data, rows, everyone, tally=None:
+                                                  f(data, [r for r in rows if rr.in_base(r)], everyone, tally)),
+}
+
+
+def documents(crafted: Crafted, data: Data) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    try:
+        want_f: dict[str, Any] | None = rr.factors(data, bins=crafted.bins, top=crafted.top)
+    except Refused:
+        want_f = None
+    return want_f, rr.profile(data, crafted.by or "segment")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Crafted, Data, tuple[Any, Any]]]:
+    folder = tmp_path_factory.mktemp("crafted")
+    out = []
+    for seed in range(30):
+        crafted = random_data(seed)
+        data = load(write_db(folder / f"{seed}.duckdb", crafted), crafted.month)
+        out.append((crafted, data, documents(crafted, data)))
+    return out
+
+
+@pytest.mark.parametrize("mutant", MUTANTS)
+def test_the_comparison_catches_a_planted_mistake(mutant: str, sample: list[tuple[Crafted, Data, tuple[Any, Any]]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference with one mistake planted differs from the reference on one of the crafted databases."""
+    MUTANTS[mutant](monkeypatch)
+    for crafted, data, (want_f, want_p) in sample:
+        got_f, got_p = documents(crafted, data)
+        found = differences(want_p, got_p)
+        if want_f is not None and got_f is not None:
+            found += factors_differences(want_f, got_f, set())
+        if found or (want_f is None) != (got_f is None):
+            return
+    pytest.fail(f"no crafted database tells the mistake {mutant!r} apart")
