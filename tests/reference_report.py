@@ -328,7 +328,8 @@ def factors(data: Data, *, bins: int = 10, top: int | None = 10) -> dict[str, An
             "factors": [{"rank": i, "factor": f.factor, "kind": f.kind, "information_gain": round6(f.gain),
                          "groups": len(f.groups), "bins": [g.document() for g in f.groups]}
                         for i, f in enumerate(kept, 1)]})
-    return {"month": data.month, "next_month": data.next_month, "bins": bins, "top": top, "cohorts": cohorts,
+    # "top": null for all (--top 0 or None) — the definitions are silent; mktool's reading, taken here
+    return {"month": data.month, "next_month": data.next_month, "bins": bins, "top": top or None, "cohorts": cohorts,
             "skipped": factor_rows(data)[1]}
 
 

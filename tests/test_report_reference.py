@@ -270,6 +270,11 @@ def columns_for(rng: random.Random) -> list[Column]:
         Column("churn_flag_again", "BOOLEAN", lambda rng, ctx: ctx["churn_flag"], 2),  # the same gain as churn_flag
         Column("tags", "VARCHAR[]", pick(["a"], [], None)),
         Column("raw", "BLOB", pick(b"x", None)),
+        Column("group_id", "VARCHAR", lambda rng, ctx: None if rng.random() < 0.3 else ctx["msisdn"][-4:]),  # unique
+        Column("channel_pref", "ENUM('app', 'sms')", pick("app", "sms", None)),  # not VARCHAR: skipped
+        Column("call_time", "TIME", pick(dt.time(9, 30), None)),  # not a DATE / TIMESTAMP: skipped
+        Column("flags_small", "TINYINT", pick(-128, 0, 127, None)),
+        Column("octets", "UBIGINT", pick(2 ** 64 - 1, 2 ** 64 - 2, 0, None)),
     ]
     chosen = [c for c in optional if rng.random() < 0.5]
     for c in chosen:  # anywhere among the columns after month
@@ -398,15 +403,24 @@ def project() -> Project:
     return _PROJECT[0]
 
 
-def library_documents(db: Path, month: str, bins: int, top: int,
-                      by: str | None) -> tuple[dict[str, Any] | MktoolError, dict[str, Any] | MktoolError]:
-    """mktool's factors and profile documents of ``db`` in this process (or the error each raised)."""
-    factors_mod = importlib.import_module("mktool.factors")
-    profile_mod = importlib.import_module("mktool.profile")
-    out: list[dict[str, Any] | MktoolError] = []
+Outcome = dict[str, Any] | MktoolError
+
+
+def library_documents(db: Path, month: str, bins: int, top: int, by: str | None) -> tuple[Outcome | None,
+                                                                                          Outcome | None]:
+    """mktool's factors and profile documents of ``db`` in this process (the error each raised; None: no module)."""
+    have = [importlib.util.find_spec(f"mktool.{m}") is not None for m in ("factors", "profile")]
+    out: list[Outcome | None] = []
     with Database(Settings(db_path=db, memory_limit="1GB", threads=2), write=False) as database:
-        for call in (lambda: factors_mod.rank_factors(database, project(), month, bins=bins, top=top),
-                     lambda: profile_mod.profile_month(database, project(), month, **({"by": by} if by else {}))):
+        calls: list[Callable[[], Any]] = [
+            lambda: importlib.import_module("mktool.factors").rank_factors(database, project(), month, bins=bins,
+                                                                           top=top),
+            lambda: importlib.import_module("mktool.profile").profile_month(database, project(), month,
+                                                                            **({"by": by} if by else {}))]
+        for available, call in zip(have, calls):
+            if not available:
+                out.append(None)
+                continue
             try:
                 out.append(json.loads(json.dumps(call().document())))
             except MktoolError as exc:
@@ -438,21 +452,29 @@ def tally(column: str, exact: Fraction, places: int) -> None:
 def check_database(db: Path, crafted: Crafted, label: str, *, cli: bool) -> list[str]:
     """mktool's documents of one crafted database against the reference's; every difference, readably."""
     data = load(db, crafted.month)
-    problems: list[str] = []
     got_factors, got_profile = library_documents(db, crafted.month, crafted.bins, crafted.top, crafted.by)
+    problems = [] if got_factors is None else check_factors(db, crafted, data, got_factors, label, cli=cli)
+    return problems + ([] if got_profile is None else check_profile(db, crafted, data, got_profile, label, cli=cli))
+
+
+def check_factors(db: Path, crafted: Crafted, data: Data, got: Outcome, label: str, *, cli: bool) -> list[str]:
+    problems: list[str] = []
+    at = f"{label} factors --bins {crafted.bins} --top {crafted.top}"
     try:
-        want_f: dict[str, Any] | None = factors(data, bins=crafted.bins, top=crafted.top)
+        want: dict[str, Any] | None = factors(data, bins=crafted.bins, top=crafted.top)
     except Refused as exc:
-        want_f = None
-        if not (isinstance(got_factors, MktoolError) and got_factors.exit_code == 1):
-            problems.append(f"{label} factors: the reference refuses ({exc}), mktool gave {got_factors!r}")
-    if want_f is not None:
-        if isinstance(got_factors, MktoolError):
-            problems.append(f"{label} factors: mktool refused: {got_factors}")
+        want = None
+        if not (isinstance(got, MktoolError) and got.exit_code == 1):
+            problems.append(f"{at}: the reference refuses ({exc}), mktool gave {got!r}")
+        elif not data.next_loaded and f"subscribers_{data.next_month}.parquet" not in str(got):
+            problems.append(f"{at}: the refusal does not say which file to ingest: {got}")
+    if want is not None:
+        borderline = borderline_gains(data, crafted.bins)
+        if isinstance(got, MktoolError):
+            problems.append(f"{at}: mktool refused: {got}")
         else:
-            problems += [f"{label} factors --bins {crafted.bins} --top {crafted.top}: {p}"
-                         for p in factors_differences(want_f, got_factors, borderline_gains(data, crafted.bins))]
-        for c in want_f["cohorts"]:
+            problems += [f"{at}: {p}" for p in factors_differences(want, got, borderline)]
+        for c in want["cohorts"]:
             HITS["cohort"] += 1
             HITS["cohort, none churned" if c["churned"] == 0 else
                  "cohort, all churned" if c["churned"] == c["customers"] else "cohort, some churned"] += 1
@@ -460,29 +482,35 @@ def check_database(db: Path, crafted: Crafted, label: str, *, cli: bool) -> list
             for f in c["factors"]:
                 HITS[f"{f['kind']} factor"] += 1
                 HITS["factor with a (null) group"] += f["bins"][-1]["bin"] == "(null)"
-                if f["kind"] == "numeric" and len(f["bins"]) > 1:
-                    HITS["numeric factor with a tie pulled across a bin edge"] += _tie_across_edge(f["bins"],
-                                                                                                 c, crafted.bins)
-    want_p = profile(data, crafted.by or "segment", tally)
-    if isinstance(got_profile, MktoolError):
-        problems.append(f"{label} profile: mktool refused: {got_profile}")
-    else:
-        problems += [f"{label} profile --by {crafted.by or '(default)'}: {p}" for p in differences(want_p, got_profile)]
-    HITS["profile, M+1 loaded" if data.next_loaded else "profile, M+1 not loaded"] += 1
+                HITS["numeric factor with a tie pulled across a bin edge"] += f["kind"] == "numeric" and \
+                    _tie_across_edge(f["bins"], c, crafted.bins)
+        HITS["borderline gain"] += len(borderline)
     if cli:
         options = ["--bins", str(crafted.bins), "--top", str(crafted.top)]
-        got = cli_document("factors", db, crafted.month, options)
-        if want_f is None:
-            if got != 1:
-                problems.append(f"{label} `mktool factors` should exit 1, got {got!r}")
-        elif isinstance(got, int):
-            problems.append(f"{label} `mktool factors {' '.join(options)}` exited {got}")
+        shown = cli_document("factors", db, crafted.month, options)
+        if want is None:
+            if shown != 1:
+                problems.append(f"{label} `mktool factors` should exit 1, got {shown!r}")
+        elif isinstance(shown, int):
+            problems.append(f"{label} `mktool factors {' '.join(options)}` exited {shown}")
         else:
-            problems += [f"{label} (cli) factors: {p}"
-                         for p in factors_differences(want_f, got, borderline_gains(data, crafted.bins))]
-        got = cli_document("profile", db, crafted.month, ["--by", crafted.by] if crafted.by else [])
-        problems += [f"{label} `mktool profile` exited {got}"] if isinstance(got, int) else [
-            f"{label} (cli) profile: {p}" for p in differences(want_p, got)]
+            problems += [f"{at} (cli): {p}"
+                         for p in factors_differences(want, shown, borderline_gains(data, crafted.bins))]
+    return problems
+
+
+def check_profile(db: Path, crafted: Crafted, data: Data, got: Outcome, label: str, *, cli: bool) -> list[str]:
+    at = f"{label} profile --by {crafted.by or '(default)'}"
+    want = profile(data, crafted.by or "segment", tally)
+    HITS["profile, M+1 loaded" if data.next_loaded else "profile, M+1 not loaded"] += 1
+    if isinstance(got, MktoolError):
+        problems = [f"{at}: mktool refused: {got}"]
+    else:
+        problems = [f"{at}: {p}" for p in differences(want, got)]
+    if cli:
+        shown = cli_document("profile", db, crafted.month, ["--by", crafted.by] if crafted.by else [])
+        problems += [f"{at}: `mktool profile` exited {shown}"] if isinstance(shown, int) else [
+            f"{at} (cli): {p}" for p in differences(want, shown)]
     return problems
 
 
@@ -498,7 +526,7 @@ def _note_half(into: list[str], column: str, exact: Fraction, places: int) -> No
 
 
 def modules_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("mktool.factors", "mktool.profile"))
+    return any(importlib.util.find_spec(m) is not None for m in ("mktool.factors", "mktool.profile"))
 
 
 @pytest.fixture(scope="module")
@@ -518,6 +546,29 @@ def test_random_databases_agree_with_the_reference(seed: int, tmp_path: Path, re
     label = f"seed {seed} (month {crafted.month}{', ' + ', '.join(crafted.notes) if crafted.notes else ''})"
     problems = check_database(db, crafted, label, cli=seed % 10 == 0)
     assert not problems, "\n".join(problems[:20])
+
+
+def test_refusals_agree_with_the_reference(tmp_path: Path, report_modules: None) -> None:
+    """No tenure_cohort column: factors refuse (exit 1); --by a number or no such column: profile refuses (exit 2)."""
+    crafted = random_data(1)
+    crafted.columns = [c for c in crafted.columns if c.name != "tenure_cohort"]
+    db = write_db(tmp_path / "mktool.duckdb", crafted)
+    data = load(db, crafted.month)
+    with pytest.raises(Refused):
+        factors(data)
+    for by in ("arpu", "tenure_months", "no_such_column"):
+        with pytest.raises(Refused):
+            profile(data, by)
+    with Database(Settings(db_path=db, memory_limit="1GB", threads=2), write=False) as database:
+        if importlib.util.find_spec("mktool.factors") is not None:
+            with pytest.raises(MktoolError) as refused:
+                importlib.import_module("mktool.factors").rank_factors(database, project(), crafted.month)
+            assert refused.value.exit_code == 1 and "tenure_cohort" in str(refused.value)
+        if importlib.util.find_spec("mktool.profile") is not None:
+            for by in ("arpu", "tenure_months", "no_such_column"):
+                with pytest.raises(MktoolError) as refused:
+                    importlib.import_module("mktool.profile").profile_month(database, project(), crafted.month, by=by)
+                assert refused.value.exit_code == 2 and by in str(refused.value), by
 
 
 def test_the_generator_hits_the_edges(tmp_path: Path) -> None:
