@@ -412,7 +412,10 @@ def profile(data: Data, by: str = "segment",
     for r in data.rows:
         classes.setdefault(r[by], []).append(r)
     everyone = len(data.rows)
-    rows = [{by: class_text(value), **profile_figures(data, classes[value], everyone, tally)}
+    # A --by column named like a field (handset_gen) would lose its class to the field: the definitions are
+    # silent; mktool's reading, taken here, names the class "class" then.
+    key = "class" if by in PROFILE_FIELDS else by
+    rows = [{key: class_text(value), **profile_figures(data, classes[value], everyone, tally)}
             for value in sorted(classes, key=class_key)]
     return {"month": data.month, "by": by, "next_month": data.next_month, "next_month_loaded": data.next_loaded,
             "rows": rows, "total": profile_figures(data, data.rows, everyone, tally)}

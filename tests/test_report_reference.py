@@ -358,7 +358,9 @@ def differences(want: Any, got: Any, path: str = "$", tolerate: Callable[[str], 
     if isinstance(want, dict):
         if not isinstance(got, dict):
             return [f"{path}: expected an object {want!r}, got {got!r}"]
-        out = [] if list(want) == list(got) else [f"{path}: keys {list(want)} != mktool's {list(got)}"]
+        missing, extra = [k for k in want if k not in got], [k for k in got if k not in want]
+        out = [f"{path}: keys {missing} missing, {extra} not expected"] if missing or extra else [] \
+            if list(want) == list(got) else [f"{path}: keys in the order {list(got)}, expected {list(want)}"]
         for key, value in want.items():
             if key in got:
                 out += differences(value, got[key], f"{path}.{key}", tolerate)
