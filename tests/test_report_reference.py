@@ -203,7 +203,8 @@ MONTHS = ("2026-10", "2026-12", "2027-11", "2026-11", "2027-01")  # 2026-12: M+1
 # on 2028-02-29
 BINS = (2, 3, 4, 5, 10, 10, 10, 100)
 TOPS = (10, 10, 3, 1, 0)
-BY = (None, "value_tier", "churn_flag", "city", "tenure_cohort", "handset_gen", "vnet")
+BY = (None, "value_tier", "churn_flag", "city", "tenure_cohort", "handset_gen", "vnet", "status", "Plan Group")
+ALIAS_NAMES = ("churned", "cohort", "grp", "n", "value", "bin", "customers", "rank", "v", "factor", "kind", "low")
 
 
 @dataclass
@@ -219,7 +220,7 @@ def pick(*values: Any) -> Callable[[random.Random, dict[str, Any]], Any]:
 
 
 def _dates_around(rng: random.Random, ctx: dict[str, Any]) -> dt.date | None:
-    end, horizon = ctx["end"], ctx["horizon"]
+    end, horizon = ctx["_end"], ctx["_horizon"]
     one = dt.timedelta(days=1)
     return rng.choice((None, end, end - one, end + one, horizon, horizon + one, horizon - one, end - 40 * one,
                        horizon + 400 * one))
@@ -250,13 +251,13 @@ def columns_for(rng: random.Random) -> list[Column]:
         Column("data_saturation", "DECIMAL(38,4)", pick(D("0.0001"), D("0.0002"), D("0.5000"), D("1.2345"),
                                                         D("0.0000"), D("2.0001"), None)),
         Column("voice_saturation", "DECIMAL(38,4)", pick(D("0.0001"), D("0.0004"), D("0.9999"), None, None)),
-        Column("month_end", "DATE", lambda rng, ctx: ctx["end"]),
+        Column("month_end", "DATE", lambda rng, ctx: ctx["_end"]),
         Column("value_score", "DOUBLE", lambda rng, ctx: None if rng.random() < 0.1 else rng.random() * 100),
         Column("value_tier", "VARCHAR", pick(*TIERS)),
         Column("churn_score", "INTEGER", pick(0, 15, 20, 30, 35, 50, 100, None)),
         Column("churn_flag", "BOOLEAN", lambda rng, ctx: None if ctx["churn_score"] is None
                else ctx["churn_score"] >= 30, 1),
-        Column("tenure_cohort", "VARCHAR", lambda rng, ctx: ctx["cohort"]),
+        Column("tenure_cohort", "VARCHAR", lambda rng, ctx: ctx["_cohort"]),
         Column("segment", "VARCHAR", pick(*SEGMENTS)),
         Column("last_seen", "TIMESTAMP", pick(dt.datetime(2026, 10, 3, 12, 0), None)),
     ]
@@ -277,6 +278,18 @@ def columns_for(rng: random.Random) -> list[Column]:
         Column("octets", "UBIGINT", pick(2 ** 64 - 1, 2 ** 64 - 2, 0, None)),
     ]
     chosen = [c for c in optional if rng.random() < 0.5]
+    if rng.random() < 0.3:  # names an engine's own aliases might use: a factor must not be shadowed by them
+        values = {"INTEGER": pick(0, 1, 1, 2, None), "VARCHAR": pick("x", "y", None),
+                  "BOOLEAN": pick(True, False, None)}
+        for name in ALIAS_NAMES:
+            type_ = rng.choice(tuple(values))
+            chosen.append(Column(name, type_, values[type_]))
+    if rng.random() < 0.2:  # more factors than one batch of a query holds
+        chosen += [Column(f"f_{i:02d}", ("INTEGER", "DOUBLE", "VARCHAR")[i % 3],
+                          (pick(0, 1, 2, 3, None), pick(0.5, 1.25, -3.0, None), pick("a", "b", "c", None))[i % 3])
+                   for i in range(70)]
+    if rng.random() < 0.3:
+        chosen.append(Column("Plan Group", "VARCHAR", pick("大", "small", None)))  # --by a name to be quoted
     for c in chosen:  # anywhere among the columns after month
         cols.insert(rng.randrange(2, len(cols) + 1), c)
     return cols
@@ -307,15 +320,15 @@ def random_data(seed: int) -> Crafted:
     view, subscribers = [], []
     for i in range(n):
         for m in (month, add_months(month, -1)) if i % 4 == 0 else (month,):  # other months' rows: not read
-            ctx: dict[str, Any] = {"msisdn": f"139{seed % 1000:03d}{i:05d}", "month": m, "end": last_day(m),
-                                   "horizon": last_day(add_months(m, 3)),
-                                   "cohort": rng.choices(COHORTS, weights)[0]}
+            ctx: dict[str, Any] = {"msisdn": f"139{seed % 1000:03d}{i:05d}", "month": m, "_end": last_day(m),
+                                   "_horizon": last_day(add_months(m, 3)),
+                                   "_cohort": rng.choices(COHORTS, weights)[0]}
             for c in sorted(cols, key=lambda c: c.late):
                 ctx[c.name] = c.value(rng, ctx)
             view.append({c.name: ctx[c.name] for c in cols})
             if m == month:
                 subscribers.append((ctx["msisdn"], month, ctx["status"]))
-                p = churn_p[ctx["cohort"]] + (ctx["churn_score"] or 0) / 400
+                p = churn_p[ctx["_cohort"]] + (ctx["churn_score"] or 0) / 400
                 if rng.random() < p:
                     if rng.random() < 0.5:
                         subscribers.append((ctx["msisdn"], nxt, "closed"))
@@ -332,7 +345,10 @@ def random_data(seed: int) -> Crafted:
         if rng.random() < 0.25:
             table = None
         notes.append("M+1 not loaded" + (" (no subscribers table)" if table is None else ""))
-    return Crafted(month, cols, view, table, rng.choice(BINS), rng.choice(TOPS), BY[seed % len(BY)], notes)
+    by = BY[seed % len(BY)]
+    if by is not None and by not in {c.name for c in cols}:
+        by = "segment"
+    return Crafted(month, cols, view, table, rng.choice(BINS), rng.choice(TOPS), by, notes)
 
 
 def write_db(path: Path, data: Crafted) -> Path:
