@@ -396,8 +396,8 @@ def differences(want: Any, got: Any, path: str = "$", tolerate: Callable[[str], 
         return []  # the float gain lies within noise of a rounding half: either rounding is right
     if type(want) is not type(got) and not (isinstance(want, float) and isinstance(got, int) and want == got):
         return [f"{path}: expected {want!r} ({type(want).__name__}), got {got!r} ({type(got).__name__})"]
-    if isinstance(want, float) and want == 0 and math.copysign(1, got) < 0:
-        return [f"{path}: expected {want!r}, got -0.0"]
+    if isinstance(want, float) and want == got == 0 and math.copysign(1, want) != math.copysign(1, got):
+        return [f"{path}: expected {want!r}, got {got!r} (JSON shows the sign)"]
     return [] if want == got else [f"{path}: expected {want!r}, got {got!r}"]
 
 
@@ -499,7 +499,7 @@ def check_factors(db: Path, crafted: Crafted, data: Data, got: Outcome, label: s
             HITS["cohort of 1 or 2"] += c["customers"] <= 2
             for f in c["factors"]:
                 HITS[f"{f['kind']} factor"] += 1
-                HITS["factor with a (null) group"] += f["bins"][-1]["bin"] == "(null)"
+                HITS["factor with a (null) group"] += bool(f["bins"]) and f["bins"][-1]["bin"] == "(null)"
                 HITS["numeric factor with a tie pulled across a bin edge"] += f["kind"] == "numeric" and \
                     _tie_across_edge(f["bins"], c, crafted.bins)
         HITS["borderline gain"] += len(borderline)
