@@ -662,12 +662,29 @@ def test_refusals_agree_with_the_reference(tmp_path: Path, report_modules: None)
                 assert refused.value.exit_code == 2 and by in str(refused.value), by
 
 
-def test_the_generator_hits_the_edges(tmp_path: Path) -> None:
-    """Over the first 40 crafted databases every edge the definitions name occurs (else the sweep proves little)."""
-    seen: Counter[str] = Counter()
-    for seed in range(40):
+def documents(crafted: Crafted, data: Data) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    try:
+        want_f: dict[str, Any] | None = rr.factors(data, bins=crafted.bins, top=crafted.top)
+    except Refused:
+        want_f = None
+    return want_f, rr.profile(data, crafted.by or "segment")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Crafted, Data, tuple[Any, Any]]]:
+    folder = tmp_path_factory.mktemp("crafted")
+    out = []
+    for seed in range(30):
         crafted = random_data(seed)
-        data = load(write_db(tmp_path / f"{seed}.duckdb", crafted), crafted.month)
+        data = load(write_db(folder / f"{seed}.duckdb", crafted), crafted.month)
+        out.append((crafted, data, documents(crafted, data)))
+    return out
+
+
+def test_the_generator_hits_the_edges(sample: list[tuple[Crafted, Data, tuple[Any, Any]]]) -> None:
+    """Over the first 30 crafted databases every edge the definitions name occurs (else the sweep proves little)."""
+    seen: Counter[str] = Counter()
+    for crafted, data, _ in sample:
         seen["M+1 not loaded"] += not data.next_loaded
         if not data.next_loaded:
             continue
@@ -746,25 +763,6 @@ MUTANTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "the profile without closed customers": _with("profile_figures", lambda f: lambda data, rows, everyone, tally=None:
                                                   f(data, [r for r in rows if rr.in_base(r)], everyone, tally)),
 }
-
-
-def documents(crafted: Crafted, data: Data) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    try:
-        want_f: dict[str, Any] | None = rr.factors(data, bins=crafted.bins, top=crafted.top)
-    except Refused:
-        want_f = None
-    return want_f, rr.profile(data, crafted.by or "segment")
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Crafted, Data, tuple[Any, Any]]]:
-    folder = tmp_path_factory.mktemp("crafted")
-    out = []
-    for seed in range(30):
-        crafted = random_data(seed)
-        data = load(write_db(folder / f"{seed}.duckdb", crafted), crafted.month)
-        out.append((crafted, data, documents(crafted, data)))
-    return out
 
 
 @pytest.mark.parametrize("mutant", MUTANTS)
