@@ -670,13 +670,27 @@ def documents(crafted: Crafted, data: Data) -> tuple[dict[str, Any] | None, dict
     return want_f, rr.profile(data, crafted.by or "segment")
 
 
+def as_data(crafted: Crafted) -> Data:
+    """What :func:`reference_report.load` reads from the crafted database, without writing one."""
+    nxt = add_months(crafted.month, 1)
+    status = {m: st for m, month, st in crafted.subscribers or [] if month == nxt}
+    return Data(crafted.month, [(c.name, c.type) for c in crafted.columns],
+                [dict(r) for r in crafted.view if r["month"] == crafted.month], status, bool(status))
+
+
+def test_as_data_reads_what_load_reads(tmp_path: Path) -> None:
+    for seed in (0, 5, 7):  # 5: M+1 not loaded
+        crafted = random_data(seed)
+        assert as_data(crafted) == load(write_db(tmp_path / f"{seed}.duckdb", crafted), crafted.month)
+
+
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Crafted, Data, tuple[Any, Any]]]:
-    folder = tmp_path_factory.mktemp("crafted")
+def sample() -> list[tuple[Crafted, Data, tuple[Any, Any]]]:
+    """The first 30 crafted databases as the reference reads them, with its documents."""
     out = []
     for seed in range(30):
         crafted = random_data(seed)
-        data = load(write_db(folder / f"{seed}.duckdb", crafted), crafted.month)
+        data = as_data(crafted)
         out.append((crafted, data, documents(crafted, data)))
     return out
 
