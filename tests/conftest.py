@@ -18,7 +18,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from mktool.cli import app
 from mktool.contract import TABLES
@@ -122,6 +122,13 @@ def mktool(*args: str, fault: str | None = None, timeout: float = 180,
     env = {**ENV, **({"MKTOOL_FAULT": fault} if fault else {})}
     return subprocess.run([sys.executable, "-m", "mktool", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, **popen)
+
+
+def mktool_here(*args: str) -> Result:
+    """Run ``mktool args`` in this process (Typer's runner): for the command that follows a killed or
+    failed one, where what it finds on disk is the subject, not the process. It saves starting
+    Python and importing mktool's libraries (~0.5 s of CPU a command) over :func:`mktool`."""
+    return CliRunner().invoke(app, list(args))
 
 
 def edit(path: Path, old: str, new: str, *, count: int = 1) -> None:

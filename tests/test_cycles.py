@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from conftest import FIXTURES, MATRICES, M, cycle_dir, mktool
+from conftest import FIXTURES, MATRICES, M, cycle_dir, mktool, mktool_here
 from test_export import World, c, make_world, rec
 from test_safety import db_state, files_state
 from typer.testing import CliRunner
@@ -267,14 +267,14 @@ def test_an_interrupted_publish_leaves_the_other_cycle_folders_untouched(tmp_pat
     if not committed:
         assert (db_state(w.db), files_state(w.out)) == before
         assert os.readlink(w.out / M / "latest") == "2026-11-03"
-    assert mktool("status", "--db", str(w.db), "--matrices", str(w.matrices)).returncode == 0  # finishes it
+    assert mktool_here("status", "--db", str(w.db), "--matrices", str(w.matrices)).exit_code == 0  # finishes it
     for day, files in others.items():
         assert folder_bytes(cycle_dir(w.out, M, day)) == files, day
     if committed:
         assert_intact(cycle_dir(w.out, M, dt.date(2026, 11, 4)), "2026-11-04")
         assert os.readlink(w.out / M / "latest") == "2026-11-04"  # the recovery points at the finished cycle
-    again = mktool(*args)
-    assert again.returncode == 0, again.stderr
+    again = mktool_here(*args)
+    assert again.exit_code == 0, again.output
     assert_intact(cycle_dir(w.out, M, dt.date(2026, 11, 4)), "2026-11-04")
     assert os.readlink(w.out / M / "latest") == "2026-11-04" and os.readlink(w.out / "latest") == "2026-10/2026-11-04"
     for day, files in others.items():

@@ -59,7 +59,13 @@ def with_responses(tmp_path_factory):
 
 
 def _rows(path: Path, order_by: str) -> list[tuple]:
-    return duckdb.sql(f"SELECT * FROM read_parquet('{path.as_posix()}') ORDER BY {order_by}").fetchall()
+    # A connection of its own, not duckdb's process-wide default one: a COPY another test module ran
+    # through duckdb.execute() leaves an unfinished result there (it did under pytest-xdist's order).
+    con = duckdb.connect()
+    try:
+        return con.sql(f"SELECT * FROM read_parquet('{path.as_posix()}') ORDER BY {order_by}").fetchall()
+    finally:
+        con.close()
 
 
 # -- the committed files ------------------------------------------------------------------------------------------

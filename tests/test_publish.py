@@ -34,7 +34,7 @@ import pyarrow
 import pytest
 import sqlglot
 import yaml
-from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, cycle_dir, mktool
+from conftest import ENV, FIXTURES, MATRICES, NEXT_DAY, D, M, cycle_dir, mktool, mktool_here
 from test_safety import db_state, files_state, without_manifest
 
 from mktool.publish import FAULT_POINTS, JOURNAL_PREFIX, STAGING_PREFIX
@@ -159,8 +159,8 @@ def test_an_interrupted_publish_is_finished_or_undone_and_a_rerun_converges(base
         assert files_state(out) == reference["before"][1]
         assert db_state(db) == reference["before"][0]
 
-    status = mktool("status", "--db", str(db))  # the next command, a reader, finishes a committed publish
-    assert status.returncode == 0, status.stderr
+    status = mktool_here("status", "--db", str(db))  # the next command, a reader, finishes a committed publish
+    assert status.exit_code == 0, status.output
     assert_delivered_iff_recorded(db, cycle_dir(out, M, D))  # the other cycle's folder is never touched
     state = assert_delivered_iff_recorded(db, folder) if committed else {}
     if committed:
@@ -171,8 +171,8 @@ def test_an_interrupted_publish_is_finished_or_undone_and_a_rerun_converges(base
     else:
         assert files_state(out) == reference["before"][1] and db_state(db) == reference["before"][0]
 
-    again = mktool(*export_args(db, out))  # re-run: the state of an uninterrupted run, nothing left behind
-    assert again.returncode == 0, again.stderr
+    again = mktool_here(*export_args(db, out))  # re-run: the state of an uninterrupted run, nothing left behind
+    assert again.exit_code == 0, again.output
     assert leftovers(folder) == []
     assert without_manifest(files_state(out)) == without_manifest(reference["after"][1])
     assert db_state(db) == reference["after"][0]
