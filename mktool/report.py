@@ -166,16 +166,18 @@ class Charts:
     def __init__(self) -> None:
         self.n = 0
 
-    def figure(self, name: str, spec: dict[str, Any], caption: str | None = None) -> str:
-        """``<figure class="chart" data-chart=name>`` holding the spec drawn as inline SVG."""
+    def figure(self, name: str, spec: dict[str, Any], caption: str | None = None, title: str | None = None) -> str:
+        """``<figure class="chart" data-chart=name>`` holding the spec drawn as inline SVG (``title`` above it,
+        ``caption`` below)."""
         self.n += 1
         svg = vl_convert.vegalite_to_svg({**spec, "config": CHART_CONFIG}, allowed_base_urls=[])
         svg = _own_ids(svg, f"c{self.n}")
         for ns in _NAMESPACES:  # inline SVG in HTML needs no namespace declaration (nor any URL in the page)
             svg = svg.replace(ns, "", 1)
-        svg = svg.replace("<svg ", f'<svg role="img" aria-label="{esc(caption or name)}" ', 1)
+        svg = svg.replace("<svg ", f'<svg role="img" aria-label="{esc(title or caption or name)}" ', 1)
+        head = f'<div class="chart-title">{esc(title)}</div>' if title else ""
         cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-        return f'<figure class="chart" data-chart="{esc(name)}">{svg}{cap}</figure>'
+        return f'<figure class="chart" data-chart="{esc(name)}">{head}{svg}{cap}</figure>'
 
 
 def _own_ids(svg: str, prefix: str) -> str:
@@ -436,9 +438,9 @@ def funnel_figure(page: Page, name: str, stages: list[dict[str, Any]], unit: str
     first = stages[0]["count"] if stages else 0
     rows = [{"stage": s["stage"], "count": s["count"], "label": count(s["count"])} for s in stages]
     last = stages[-1]["count"] if stages else 0
-    share = f" ({percent(last / first, 1)} of the first stage)" if first else ""
+    share = f" ({percent(last / first, 1)})" if first else ""
     return page.charts.figure(f"funnel:{name}", bars_spec(rows, category="stage", label_width=110, width=250),
-                              caption=f"{name}: {count(last)} {unit}{share}")
+                              title=name, caption=f"{count(last)} of {count(first)} {unit} at the last stage{share}")
 
 
 def funnels_section(page: Page) -> str:
@@ -528,7 +530,7 @@ def distributions_section(page: Page) -> str:
                 for v, n in values]
         figures.append(page.charts.figure(f"distribution:{c}", bars_spec(rows, category="value", width=220,
                                                                          label_width=130),
-                                          caption=f"{c}: customers of {month}"))
+                                          title=c, caption=f"customers of {month} (count · share)"))
     return _grid(figures)
 
 
@@ -671,13 +673,13 @@ def evaluation_section(page: Page) -> str:
              for key, f in lines if f.get("uplift") is not None]
     if chart:
         spec = {
-            "data": {"values": chart}, "width": 420, "height": {"step": 24},
+            "data": {"values": chart}, "width": 520, "height": {"step": 22},
             "encoding": {"y": {"field": "group", "type": "nominal", "sort": None, "title": None,
                                "axis": {"labelLimit": 160}}},
             "layer": [
                 {"mark": {"type": "rule", "color": GREY, "strokeDash": [3, 3]}, "encoding": {"x": {"datum": 0}}},
                 {"mark": {"type": "rule", "strokeWidth": 2, "color": BLUE},
-                 "encoding": {"x": {"field": "lo", "type": "quantitative",
+                 "encoding": {"x": {"field": "lo", "type": "quantitative", "axis": {"tickCount": 8},
                                     "title": "uplift, percentage points (bar: 95% interval)"},
                               "x2": {"field": "hi"}}},
                 {"mark": {"type": "point", "filled": True, "size": 60},
@@ -797,6 +799,7 @@ tr.total td { font-weight: 650; border-top: 1.5px solid var(--ink); }
 figure.chart { margin: 4px 0 10px; break-inside: avoid; page-break-inside: avoid; }
 figure.chart svg { display: block; max-width: 100%; height: auto; overflow: visible; }
 figcaption { font-size: 12px; color: var(--muted); margin-top: 2px; }
+.chart-title { font-weight: 600; font-size: 13px; margin-bottom: 4px; }
 p.missing { border-left: 4px solid #e0a800; background: #fff8e1; padding: 8px 12px; margin: 8px 0; }
 p.note { color: var(--muted); margin: 4px 0 8px; }
 @page { size: A4; margin: 14mm 12mm; }
