@@ -43,6 +43,7 @@ from mktool.contract import TABLES, check_month
 from mktool.database import Database
 from mktool.diff import compare_folders, compare_rules, headline, render_csv, render_json, render_markdown, sections
 from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CheckFailed, ConfigError, MktoolError
+from mktool.factors import DEFAULT_BINS, DEFAULT_TOP, MAX_BINS, MIN_BINS, factors_csv, factors_tables, rank_factors
 from mktool.output import infer_format, write_query, write_text_file
 from mktool.planconfig import parse_window as plan_window
 from mktool.project import Project, load_project, project_from_report, validate_all
@@ -943,6 +944,55 @@ def evaluate_cmd(
         write_text_file(Path(out), text)
     run.reporter.info(f"{kind} evaluation of {month} stored as run {run_id} in {table}"
                       + (f"; written to {out}" if out not in (None, "-") else ""))
+
+
+@command("factors")
+def factors_cmd(
+    run: Run,
+    month: MonthOpt,
+    bins: Annotated[int, typer.Option(
+        "--bins", min=MIN_BINS, max=MAX_BINS, metavar="B",
+        help=f"Quantile bins of each numeric factor per cohort, {MIN_BINS} to {MAX_BINS} (equal values share a bin)",
+    )] = DEFAULT_BINS,
+    top: Annotated[int, typer.Option(
+        "--top", min=0, metavar="N", help="Keep the N best factors of each cohort; 0 keeps every factor",
+    )] = DEFAULT_TOP,
+    fmt: Annotated[str, format_option(EVALUATE_FORMATS)] = "table",
+    out: OutOpt = None,
+) -> None:
+    """Rank the customer view's columns by how much they tell next month's churners apart, per tenure cohort.
+
+    The churn label is that of `mktool evaluate churn`: the base is --month's customer_view
+    without closed customers; a customer churned when the next month's subscribers do not have
+    them or have them closed (ingest that month first). Per tenure cohort every numeric column
+    is cut into --bins quantile bins (equal values share a bin; NULL is a group of its own) and
+    every text or true/false column is grouped by value; each is ranked by its information
+    gain about churn (bits: the cohort's churn entropy minus the groups' weighted entropy).
+    json and csv carry every group's churn rate; the table shows each factor's riskiest group.
+    Nothing is stored (docs/evaluation.md).
+
+    \b
+    Examples:
+      mktool factors --month 2026-10
+      mktool factors --month 2026-10 --bins 5 --top 20
+      mktool factors --month 2026-10 --format json | jq '.cohorts[0].factors[0]'
+      mktool factors --month 2026-10 --top 0 --format csv --out factors-2026-10.csv
+    """
+    check_out_file(out)
+    project = run.project()
+    with run.db(write=False) as db:
+        ranking = rank_factors(db, project, month, bins=bins, top=top)
+    if fmt == "json":
+        text = json.dumps(ranking.document(), ensure_ascii=False, indent=2) + "\n"
+    elif fmt == "csv":
+        text = factors_csv(ranking)
+    else:
+        text = tables_text(factors_tables(ranking), numeric=("rank", "information gain", "groups", "its churn rate"))
+    if out is None or out == "-":
+        typer.echo(text, nl=False)
+    else:
+        write_text_file(Path(out), text)
+        run.reporter.info(f"churn factors of {month} written to {out}")
 
 
 @command("latest")

@@ -53,14 +53,14 @@ from mktool.schema import (
     CHURN_EVALUATION_TABLE,
     CHURN_TOP_SHARES,
     EVALUATION_RATE_SCALE,
+    NO_GROUP,
     VIEW_TABLE,
 )
 from mktool.sqlquote import quote_identifier
 
-__all__ = ["ChurnEvaluation", "churn_csv", "churn_tables", "evaluate_churn", "next_month_loaded", "queries"]
+__all__ = ["ChurnEvaluation", "churn_base_sql", "churn_csv", "churn_tables", "evaluate_churn", "label_params",
+           "next_month", "next_month_loaded", "queries"]
 
-#: The group name of customers whose --by column is NULL.
-NO_GROUP = "(none)"
 #: Sections of the figures query, in the document's order.
 SECTIONS = ("base", "flag", "top", "decile")
 VIEW_COLUMNS_NEEDED = ("msisdn", "month", "status", "churn_score", "churn_flag")
@@ -76,6 +76,25 @@ def _lift(hits: str, base: str, selected: str, churned: str) -> str:
     """(hits / selected) / (churned / base) = hits · base / (selected · churned), exactly, to 6 decimals."""
     return exact_rate(f"{integer(hits)} * {integer(base)}", f"{integer(selected)} * {integer(churned)}",
                       EVALUATION_RATE_SCALE)
+
+
+def churn_base_sql(*columns: str) -> str:
+    """The churn label as one SELECT (the base of M and whether each left), shared with `mktool factors`.
+
+    Rows: M's customer_view rows ``v`` whose status is not closed (NULL is not closed), with the
+    ``columns`` (SQL over ``v``) and ``churned``: 1 when M+1's subscribers lack the customer or have
+    them closed, else 0. Binds ``$month`` and ``$next_month`` (:func:`label_params`).
+    """
+    picked = "".join(f"{column}, " for column in columns)
+    return (f"SELECT {picked}CASE WHEN n.msisdn IS NULL OR n.status = 'closed' THEN 1 ELSE 0 END AS churned\n"
+            f"    FROM {VIEW_TABLE} v\n"
+            "    LEFT JOIN subscribers n ON n.msisdn = v.msisdn AND n.month = $next_month\n"
+            "    WHERE v.month = $month AND (v.status IS NULL OR v.status <> 'closed')")
+
+
+def label_params(month: str) -> dict[str, str]:
+    """The parameters :func:`churn_base_sql` binds."""
+    return {"month": month, "next_month": next_month(month)}
 
 
 def figures_query(month: str, by: str | None = None) -> Query:
@@ -103,14 +122,11 @@ def figures_query(month: str, by: str | None = None) -> Query:
         f"top_{i}_customers, top_{i}_churned FROM totals" for i, _, _ in tops)
     deciles = ", ".join(f"({d})" for d in range(1, CHURN_DECILES + 1))
     order = " ".join(f"WHEN '{s}' THEN {n}" for n, s in enumerate(SECTIONS))
+    base = churn_base_sql("v.msisdn", f"{grp} AS grp", "v.churn_score",
+                          "CASE WHEN v.churn_flag THEN 1 ELSE 0 END AS flagged")
     sql = f"""-- evaluate churn: the base of {VIEW_TABLE} M (not closed) against M+1's subscribers
 WITH base AS (
-    SELECT v.msisdn, {grp} AS grp, v.churn_score,
-           CASE WHEN v.churn_flag THEN 1 ELSE 0 END AS flagged,
-           CASE WHEN n.msisdn IS NULL OR n.status = 'closed' THEN 1 ELSE 0 END AS churned
-    FROM {VIEW_TABLE} v
-    LEFT JOIN subscribers n ON n.msisdn = v.msisdn AND n.month = $next_month
-    WHERE v.month = $month AND (v.status IS NULL OR v.status <> 'closed')),
+    {base}),
 scoped AS ({scoped}),
 ranked AS (
     SELECT whole, grp, flagged, churned,
@@ -151,7 +167,7 @@ SELECT f.whole, f.grp, f.section, f.item, f.customers, f.churned, f.sel_churned 
        {_lift('f.sel_churned', 't.base', 'f.sel_customers', 't.churned')} AS lift
 FROM figures f JOIN totals t ON t.whole = f.whole AND t.grp = f.grp
 ORDER BY f.whole DESC, f.grp, CASE f.section {order} END, f.item"""
-    return Query("evaluate:churn", sql, {"month": month, "next_month": next_month(month)})
+    return Query("evaluate:churn", sql, label_params(month))
 
 
 def store_query(month: str, run_id: str, by: str | None, view_build: str | None, base: int, churned: int,

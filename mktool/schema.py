@@ -104,3 +104,5 @@ CHURN_DECILES = 10
 CHURN_BY = ("tenure_cohort",)
 #: Decimals of every evaluation rate (exact quotients rounded half away from zero).
 EVALUATION_RATE_SCALE = 6
+#: The class of a NULL value in the evaluations' and reports' groups (a NULL tenure_cohort, segment…).
+NO_GROUP = "(none)"

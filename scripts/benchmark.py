@@ -54,16 +54,18 @@ GENERATOR = ROOT / "scripts" / "generate_fixtures.py"
 
 MONTH = "2026-10"
 MONTHS = ("2026-08", "2026-09", "2026-10")
+NEXT_MONTH = "2026-11"  # the churn label of MONTH (`mktool factors`)
 EXPORT_DATE = "2026-11-01"
 SEED = 7
 PIPELINE = ("ingest", "score", "matrix", "plan", "export")
 #: The steps measured by default: the pipeline (its total is what builds are compared by), then the
-#: campaign evaluation of the exported month (not in the total: an older build has none).
-DEFAULT_STEPS = (*PIPELINE, "evaluate")
+#: campaign evaluation of the exported month and the churn factor ranking of the scored month (not in
+#: the total: an older build has neither).
+DEFAULT_STEPS = (*PIPELINE, "evaluate", "factors")
 ALL_STEPS = (*DEFAULT_STEPS, "run")
 #: step -> the steps whose output it needs (a skipped or failed prerequisite skips it).
 NEEDS = {"ingest": (), "score": ("ingest",), "matrix": ("score",), "plan": ("score",),
-         "export": ("matrix",), "evaluate": ("export",), "run": ()}
+         "export": ("matrix",), "evaluate": ("export",), "factors": ("score",), "run": ()}
 #: How mktool is started: this checkout's code (``python -m mktool`` with the checkout first on
 #: PYTHONPATH), not whatever ``mktool`` on PATH was last installed from (--mktool overrides).
 MKTOOL: list[str] = [sys.executable, "-m", "mktool"]
@@ -331,6 +333,61 @@ def ensure_extracts(work: Path, n: int) -> tuple[Path, float | None]:
     return folder, seconds
 
 
+def ensure_label_month(work: Path, n: int) -> tuple[Path, float | None]:
+    """``<work>/label-<N>/subscribers_<M+1>.parquet``: the churn label ``mktool factors`` needs, generated
+    once beside the cached extracts (which stay as they are) and reused; returns (file, seconds or None).
+
+    The generator is deterministic, so its ``--label-month`` run over the same subscribers, months and
+    seed writes the same extracts plus the next month's subscribers: only that file is kept.
+    """
+    import hashlib
+
+    folder = work / f"label-{n}"
+    target = folder / f"subscribers_{NEXT_MONTH}.parquet"
+    marker = work / f"label-{n}.json"
+    generator_sha = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]
+    wanted = {"subscribers": n, "months": list(MONTHS), "seed": SEED, "generator_sha256": generator_sha}
+    if marker.exists() and target.exists():
+        try:
+            done = json.loads(marker.read_text())
+        except ValueError:
+            done = {}
+        if {k: done.get(k) for k in wanted} == wanted:
+            return target, None
+    if folder.exists():
+        shutil.rmtree(folder)
+    marker.unlink(missing_ok=True)
+    staging = work / f"label-{n}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    print(f"generating the churn label ({NEXT_MONTH}'s subscribers) for {n:,} subscribers into {folder} …",
+          file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(GENERATOR), "--subscribers", str(n), "--months", ",".join(MONTHS),
+                    "--seed", str(SEED), "--label-month", "--out", str(staging)], check=True,
+                   stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    folder.mkdir(parents=True)
+    (staging / target.name).rename(target)
+    shutil.rmtree(staging)
+    marker.write_text(json.dumps({**wanted, "file": target.name, "seconds": round(seconds, 1)}, indent=2))
+    return target, seconds
+
+
+def ingest_label_month(work: Path, n: int, db: Path, env: dict[str, str], log_dir: Path,
+                       notes: list[str]) -> str | None:
+    """Before the factors step (untimed): ingest the churn label, M+1's subscribers; a failure's status or None."""
+    label, seconds = ensure_label_month(work, n)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    notes.append(f"churn label for factors: {label} ({'reused' if seconds is None else f'generated in {seconds:.1f} s'}"
+                 "), ingested before the factors step, outside its time")
+    print(f"ingesting the churn label {label.name} (not timed)", file=sys.stderr, flush=True)
+    done = subprocess.run([*MKTOOL, "ingest", str(label), "--db", str(db), "--quiet"], env=env, capture_output=True,
+                          text=True, check=False)
+    (log_dir / "mktool_ingest_label.stderr").write_text(done.stderr, encoding="utf-8")
+    return None if done.returncode == 0 else f"failed: ingest of the churn label exited {done.returncode}"
+
+
 def extract_facts(folder: Path) -> dict[str, Any]:
     import duckdb
 
@@ -585,6 +642,9 @@ def step_command(step: str, *, db: Path, extracts: Path, out_dir: Path, run_help
         return [*MKTOOL, step, "--month", MONTH, *common]
     if step == "export":
         return [*MKTOOL, "export", "--month", MONTH, "--date", EXPORT_DATE, "--out", str(out_dir), *common]
+    if step == "factors":
+        return [*MKTOOL, "factors", "--month", MONTH, "--top", "0", "--format", "json", "--out",
+                str(out_dir / "factors.json"), *common]
     if step == "evaluate":
         return [*MKTOOL, "evaluate", "--month", MONTH, "--format", "json", "--out", str(out_dir / "evaluation.json"),
                 *common]
@@ -850,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
             steps[step] = Measured(step, cmd, status=f"skipped: `mktool {step}` not available yet")
         elif missing:
             steps[step] = Measured(step, cmd, status=f"skipped: needs {', '.join(missing)}")
+        elif step == "factors" and (problem := ingest_label_month(work, n, db, env, log_dir, notes)):
+            steps[step] = Measured(step, cmd, status=problem)
         else:
             shown = ["mktool", *cmd[len(MKTOOL):]]
             if len(shown) > 16:

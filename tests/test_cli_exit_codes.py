@@ -94,6 +94,7 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
 MONTH_COMMANDS = [
     ["score"], ["matrix"], ["plan"], ["export"], ["funnel"], ["run"], ["explain", "13800000001"],
     ["check"], ["test"], ["snapshot"], ["diff", "--against-matrices", str(MATRICES)], ["evaluate", "churn"],
+    ["factors"],
 ]
 
 
@@ -125,7 +126,7 @@ FORMAT_COMMANDS = [
     (["funnel", "--month", M], "table, json, csv"), (["check"], "text, json"),
     (["explain", "13800000001", "--month", M], "table, json"), (["test"], "table, json"),
     (["snapshot", "--month", M], "table, json"), (["diff", "a", "b"], "table, json, csv, markdown"),
-    (["evaluate", "churn", "--month", M], "table, json, csv"),
+    (["evaluate", "churn", "--month", M], "table, json, csv"), (["factors", "--month", M], "table, json, csv"),
 ]
 
 

@@ -79,8 +79,8 @@ def _usage_error(result: Any, option: str) -> None:
 
 def test_the_commands_are_found() -> None:
     """The introspection below sees the commands it is meant to cover."""
-    assert set(MONTH_TAKERS) == {"check", "diff", "evaluate", "explain", "export", "funnel", "latest", "matrix", "plan",
-                                 "run", "score", "snapshot", "test"}
+    assert set(MONTH_TAKERS) == {"check", "diff", "evaluate", "explain", "export", "factors", "funnel", "latest",
+                                 "matrix", "plan", "run", "score", "snapshot", "test"}
     assert set(FORMAT_TAKERS) == set(MONTH_TAKERS) - {"latest"} | {"status"}  # latest prints one path
 
 
