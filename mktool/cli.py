@@ -46,6 +46,9 @@ from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Check
 from mktool.factors import DEFAULT_BINS, DEFAULT_TOP, MAX_BINS, MIN_BINS, factors_csv, factors_tables, rank_factors
 from mktool.output import infer_format, write_query, write_text_file
 from mktool.planconfig import parse_window as plan_window
+from mktool.profile import DEFAULT_BY as DEFAULT_PROFILE_BY
+from mktool.profile import TABLE_NUMERIC as PROFILE_TABLE_NUMERIC
+from mktool.profile import profile_csv, profile_month, profile_tables
 from mktool.project import Project, load_project, project_from_report, validate_all
 from mktool.publish import newest_list
 from mktool.render import print_table, render_table, render_test_report, tables_text
@@ -993,6 +996,58 @@ def factors_cmd(
     else:
         write_text_file(Path(out), text)
         run.reporter.info(f"churn factors of {month} written to {out}")
+
+
+PROFILE_FORMATS = ("table", "json", "csv")  # profile: a table for people, the document, or a csv row per class
+
+
+@command("profile")
+def profile_cmd(
+    run: Run,
+    month: MonthOpt,
+    by: Annotated[str, typer.Option(
+        "--by", metavar="COLUMN",
+        help="The VARCHAR or BOOLEAN column of customer_view whose values are the classes, e.g. value_tier, "
+             "stickiness_tier, tenure_cohort, payment, vnet")] = DEFAULT_PROFILE_BY,
+    fmt: Annotated[str, format_option(PROFILE_FORMATS)] = "table",
+    out: OutOpt = None,
+) -> None:
+    """Profile each class of customers of a month: size, ARPU, tenure, saturation, contracts, bundles,
+    handsets and next month's churn.
+
+    Per class of --by (NULL is "(none)") and in total, over every customer_view row of --month:
+    customers and share, the mean ARPU, arpu_3m and tenure_months (2 decimals), the mean data and
+    voice saturation (4 decimals, over the customers with one), the share with a contract running
+    at the month's end, with a running bundle, with a bundle ending within 3 months, the handset
+    generation mix, and the churn rate of the class's not-closed customers by the next month (as
+    `mktool evaluate churn` counts it; empty until that month's subscribers are ingested).
+    Means and shares are exact, rounded half away from zero (docs/profile.md). Nothing is stored.
+
+    \b
+    Examples:
+      mktool profile --month 2026-10
+      mktool profile --month 2026-10 --by value_tier
+      mktool profile --month 2026-10 --format json | jq '.rows[] | {segment, churn_rate}'
+      mktool profile --month 2026-10 --by tenure_cohort --format csv --out profile-2026-10.csv
+    """
+    check_out_file(out)
+    project = run.project()
+    with run.db(write=False) as db:
+        result = profile_month(db, project, month, by=by)  # a --by it cannot split by: UsageError, exit 2
+    if fmt == "json":
+        text = json.dumps(result.document(), ensure_ascii=False, indent=2) + "\n"
+    elif fmt == "csv":
+        text = profile_csv(result)
+    else:
+        text = tables_text(profile_tables(result), numeric=PROFILE_TABLE_NUMERIC)
+    if out is None or out == "-":
+        typer.echo(text, nl=False)
+    else:
+        write_text_file(Path(out), text)
+    if result.churn_note:
+        run.reporter.warn(result.churn_note)
+    run.reporter.info(f"profile of {month} by {by}: {len(result.classes)} class(es)"
+                      + (f"; written to {out}" if out not in (None, "-") else ""))
 
 
 @command("latest")

@@ -59,13 +59,13 @@ EXPORT_DATE = "2026-11-01"
 SEED = 7
 PIPELINE = ("ingest", "score", "matrix", "plan", "export")
 #: The steps measured by default: the pipeline (its total is what builds are compared by), then the
-#: campaign evaluation of the exported month and the churn factor ranking of the scored month (not in
-#: the total: an older build has neither).
-DEFAULT_STEPS = (*PIPELINE, "evaluate", "factors")
+#: campaign evaluation of the exported month, the churn factor ranking and the segment profile of the scored
+#: month (not in the total: an older build has none of them).
+DEFAULT_STEPS = (*PIPELINE, "evaluate", "factors", "profile")
 ALL_STEPS = (*DEFAULT_STEPS, "run")
 #: step -> the steps whose output it needs (a skipped or failed prerequisite skips it).
 NEEDS = {"ingest": (), "score": ("ingest",), "matrix": ("score",), "plan": ("score",),
-         "export": ("matrix",), "evaluate": ("export",), "factors": ("score",), "run": ()}
+         "export": ("matrix",), "evaluate": ("export",), "factors": ("score",), "profile": ("score",), "run": ()}
 #: How mktool is started: this checkout's code (``python -m mktool`` with the checkout first on
 #: PYTHONPATH), not whatever ``mktool`` on PATH was last installed from (--mktool overrides).
 MKTOOL: list[str] = [sys.executable, "-m", "mktool"]
@@ -647,6 +647,9 @@ def step_command(step: str, *, db: Path, extracts: Path, out_dir: Path, run_help
                 str(out_dir / "factors.json"), *common]
     if step == "evaluate":
         return [*MKTOOL, "evaluate", "--month", MONTH, "--format", "json", "--out", str(out_dir / "evaluation.json"),
+                *common]
+    if step == "profile":
+        return [*MKTOOL, "profile", "--month", MONTH, "--format", "json", "--out", str(out_dir / "profile.json"),
                 *common]
     if step == "run":
         cmd = [*MKTOOL, "run", "--month", MONTH]
