@@ -35,7 +35,7 @@ import re
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,10 @@ from mktool import campaign, evaluate, export, plan
 from mktool.contract import check_month
 from mktool.database import Database
 from mktool.errors import MktoolError
+from mktool.factors import rank_factors
 from mktool.output import write_text_file
 from mktool.planconfig import Window
+from mktool.profile import profile_month, profile_tables
 from mktool.project import Project
 from mktool.publish import SEAL, folder_lock, newest_cycle
 from mktool.schema import (
@@ -80,6 +82,8 @@ SECTIONS = (
 DISTRIBUTION_COLUMNS = ("value_tier", "stickiness_tier", "segment")
 NO_VALUE = "(none)"
 FACTORS_TOP = 10
+#: The class column of the profile section.
+PROFILE_BY = "segment"
 
 # -- formatting: every value the page shows passes through here ------------------------------------
 
@@ -94,23 +98,29 @@ def count(n: int | None) -> str:
     return "–" if n is None else f"{int(n):,}"
 
 
+def fixed(value: Decimal, places: int) -> Decimal:
+    """``value`` to ``places`` decimals, half away from zero (the project's rounding, not Python's half-even)."""
+    rounded = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return rounded.copy_abs() if rounded == 0 else rounded  # never "-0.00"
+
+
 def percent(rate: float | None, digits: int = 2) -> str:
     """A 6-decimal rate as a percentage (the exact figure is in the stored document)."""
-    return "–" if rate is None else f"{Decimal(repr(rate)) * 100:.{digits}f}%"
+    return "–" if rate is None else f"{fixed(Decimal(repr(rate)) * 100, digits)}%"
 
 
 def points(rate: float | None) -> str:
     """An uplift (a difference of rates) in percentage points, signed."""
-    return "–" if rate is None else f"{Decimal(repr(rate)) * 100:+.2f} pts"
+    return "–" if rate is None else f"{signed(rate)} pts"
 
 
 def signed(rate: float | None) -> str:
     """An uplift in percentage points, signed, without the unit (a table column names it)."""
-    return "–" if rate is None else f"{Decimal(repr(rate)) * 100:+.2f}"
+    return "–" if rate is None else f"{fixed(Decimal(repr(rate)) * 100, 2):+}"
 
 
 def decimal(value: float | None, places: int) -> str:
-    return "–" if value is None else f"{Decimal(repr(value)):.{places}f}"
+    return "–" if value is None else str(fixed(Decimal(repr(value)), places))
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[str] = (),
@@ -534,9 +544,39 @@ def distributions_section(page: Page) -> str:
     return _grid(figures)
 
 
-# -- profile (filled in when mktool.profile is merged) ---------------------------------------------------
+# -- profile ---------------------------------------------------------------------------------------------
 def profile_section(page: Page) -> str:
-    return missing("The segment profile is not part of this build of mktool.")
+    """`mktool profile --by segment`: its table (the command's own exact figures, counts with separators)
+    and two charts from its document: mean ARPU and next month's churn rate per segment."""
+    try:
+        result = profile_month(page.db, page.project, page.month, by=PROFILE_BY)
+    except MktoolError as exc:
+        return missing(f"The profile of {page.month} cannot be computed: {problem(exc)}.")
+    _, columns, rows = profile_tables(result)[0]
+    shown = [(label, count(int(n)), *rest) for label, n, *rest in rows]
+    out = []
+    if result.churn_note:
+        out.append(missing(result.churn_note[0].upper() + result.churn_note[1:] + "."))
+    out.append(table([PROFILE_BY, *columns[1:]], shown, numeric=columns[1:],
+                     classes=["" for _ in rows[:-1]] + ["total"],
+                     caption="ARPU in yuan a month (means over the customers with a value), tenure in months; "
+                             "saturation: use over the plan's allowance; contract, bundle: running at the month's end"))
+    doc = result.document()
+    key = result.class_key
+    arpu = [{"class": r[key], "count": r["arpu_mean"], "label": decimal(r["arpu_mean"], 2)}
+            for r in doc["rows"] if r["arpu_mean"] is not None]
+    figures = [page.charts.figure("profile:arpu", bars_spec(arpu, category="class", width=220, label_width=140),
+                                  title="Mean ARPU (yuan)", caption=f"per {PROFILE_BY}, {page.month}")] if arpu else []
+    if result.next_month_loaded:
+        churn = [{"class": r[key], "count": r["churn_rate"], "label": percent(r["churn_rate"])}
+                 for r in doc["rows"] if r["churn_rate"] is not None]
+        if churn:
+            figures.append(page.charts.figure(
+                "profile:churn", bars_spec(churn, category="class", width=220, label_width=140),
+                title=f"Churn by {result.next_month}",
+                caption=f"of the customers not closed in {page.month}, left or closed by {result.next_month}"))
+    out.append(_grid(figures))
+    return "\n".join(out)
 
 
 # -- rule hits -------------------------------------------------------------------------------------------
@@ -755,9 +795,44 @@ def churn_section(page: Page) -> str:
     return "\n".join(out)
 
 
-# -- churn factors (filled in when mktool.factors is merged) ----------------------------------------------
+# -- churn factors -----------------------------------------------------------------------------------------
 def factors_section(page: Page) -> str:
-    return missing("The churn-factor ranking is not part of this build of mktool.")
+    """`mktool factors --top 10`: per tenure cohort, the factors by information gain and each one's riskiest group."""
+    month = page.month
+    after = evaluate.next_month(month)
+    if not evaluate.next_month_loaded(page.db, month):
+        return missing(f"{after}'s subscribers are not loaded, so there is no churn label to rank factors by: ingest "
+                       f"them (`mktool ingest subscribers_{after}.parquet`), then write the report again.")
+    try:
+        ranking = rank_factors(page.db, page.project, month, top=FACTORS_TOP)
+    except MktoolError as exc:
+        return missing(f"The churn factors of {month} cannot be ranked: {problem(exc)}.")
+    out = [note(f"Per tenure cohort, the {FACTORS_TOP} columns of the customer view that best tell apart who left by "
+                f"{after}: information gain in bits (the cohort's churn entropy minus what is left once the "
+                f"customers are grouped by the column; numeric columns in {ranking.bins} quantile bins).")]
+    for c in ranking.cohorts:
+        chart = [{"factor": f.factor.name, "count": f.information_gain, "label": f"{f.information_gain:.4f}"}
+                 for f in c.factors]
+        rows = []
+        for f in c.factors:
+            worst = f.highest()
+            rows.append((f.rank, f.factor.name, f.factor.kind, f"{f.information_gain:.6f}", len(f.groups),
+                         worst.label if worst else "–", count(worst.customers) if worst else "–",
+                         percent(float(worst.churn_rate)) if worst and worst.churn_rate is not None else "–"))
+        figure = page.charts.figure(f"factors:{c.cohort}", bars_spec(chart, category="factor", width=200,
+                                                                      label_width=150),
+                                    caption="information gain (bits)")
+        out.append(f"<h3>{esc(c.cohort)}: {count(c.customers)} customers, {count(c.churned)} churned "
+                   f"({percent(float(c.churn_rate)) if c.churn_rate is not None else '–'}), entropy "
+                   f"{c.entropy:.4f} bits</h3>")
+        out.append('<div class="side">' + figure + table(
+            ["#", "factor", "kind", "information gain", "groups", "riskiest group", "its customers", "its churn rate"],
+            rows, numeric=("#", "information gain", "groups", "its customers", "its churn rate")) + "</div>")
+    if not ranking.cohorts:
+        out.append(missing(f"No customer of {month} is in the churn base (every one is closed)."))
+    if ranking.skipped:
+        out.append(note("Not ranked: " + ", ".join(f"{s['factor']} ({s['reason']})" for s in ranking.skipped) + "."))
+    return "\n".join(out)
 
 
 # -- the style sheet ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -154,9 +155,10 @@ def test_every_section_is_there_in_order_with_its_charts(full: Built) -> None:
     expected = {f"funnel:{f}" for f in funnels} | {"distribution:value_tier", "distribution:stickiness_tier",
                                                    "distribution:segment", "plan-sweep", "uplift", "churn-gains"}
     expected |= {f"rules:{m}" for m in ("priority", "retention", "new_service", "traffic", "vnet")}
+    expected |= {"profile:arpu", "profile:churn"} | {f"factors:{c}" for c in ("under_6m", "6_12m", "over_12m")}
     assert expected <= set(charts)
     assert all("<svg" in body for body in charts.values())
-    for sid in ("provenance", "funnels", "distributions", "rules", "plan-sweep", "evaluation", "churn"):
+    for sid in SECTION_IDS:
         assert 'class="missing"' not in _section(page, sid), sid
 
 
@@ -298,10 +300,16 @@ def test_missing_data_keeps_every_section_and_says_what_to_load(bare: Built) -> 
     assert "mktool ingest subscribers_2026-11.parquet" in churn
     assert "No responses for 2026-10" in _section(page, "funnels")  # the response funnels
     factors = _section(page, "factors")
-    assert 'class="missing"' in factors and "2026-11" in factors
+    assert ('<p class="missing">2026-11&#x27;s subscribers are not loaded, so there is no churn label to rank '
+            "factors by: ingest them (`mktool ingest subscribers_2026-11.parquet`)") in factors
+    profile = _section(page, "profile")  # the profile is there, its churn column empty and why
+    assert '<p class="missing">2026-11&#x27;s subscribers are not loaded, so the churn fields are empty' in profile
+    assert "<td>potential</td>" in profile
     for sid in ("provenance", "distributions", "rules", "plan-sweep"):
         assert 'class="missing"' not in _section(page, sid), sid
-    assert "uplift" not in _charts(page) and "churn-gains" not in _charts(page)
+    charts = _charts(page)
+    assert {"uplift", "churn-gains", "profile:churn"}.isdisjoint(charts) and "profile:arpu" in charts
+    assert not any(name.startswith("factors:") for name in charts)
 
 
 def test_without_a_published_cycle_the_report_goes_here_and_says_so(bare: Built, tmp_path: Path,
@@ -328,3 +336,32 @@ def test_report_help_has_examples() -> None:
     assert "mktool report --month 2026-10 --out - > report.html" in out
     code, out, _ = _invoke("run", "--help")
     assert "--no-report" in out
+
+
+def test_profile_and_factors_sections_show_the_commands_figures(full: Built) -> None:
+    """The sections are `mktool profile --by segment` and `mktool factors --top 10`, read back from their json."""
+    page = _page(full)
+    common = ["--month", M, "--db", str(full.db), "--matrices", str(MATRICES), "--format", "json"]
+    code, out, err = _invoke("profile", *common)
+    assert code == 0, err
+    profile = json.loads(out)
+    section = _section(page, "profile")
+    for row in profile["rows"]:
+        cells = re.search(rf"<tr[^>]*><td>{re.escape(row['segment'])}</td>(.*?)</tr>", section)
+        assert cells is not None, row["segment"]
+        values = re.findall(r"<td class=num>([^<]*)</td>", cells.group(1))
+        assert values[0] == f"{row['customers']:,}"
+        assert values[2] == f"{row['arpu_mean']:.2f}"
+        assert values[-1] == f"{Decimal(str(row['churn_rate'])) * 100:.2f}%"
+    code, out, err = _invoke("factors", *common, "--top", "10")
+    assert code == 0, err
+    ranking = json.loads(out)
+    section = _section(page, "factors")
+    charts = _charts(page)
+    for cohort in ranking["cohorts"]:
+        names = [f["factor"] for f in cohort["factors"]]
+        shown = [t for t in _texts(charts[f"factors:{cohort['cohort']}"]) if not t.replace(".", "").isdigit()]
+        assert shown == names
+        for f in cohort["factors"]:
+            gain = f"{f['information_gain']:.6f}"
+            assert f"<td>{f['factor']}</td><td>{f['kind']}</td><td class=num>{gain}</td>" in section
