@@ -433,13 +433,17 @@ def provenance_section(page: Page) -> str:
                 for name, e in sorted(outputs.items()) if isinstance(e, dict)]
         out.append("<h3>Lists in the cycle folder</h3>"
                    + table(["list", "channel", "rows", "held out", "cycle"], rows, numeric=("rows", "held out")))
-    loads = m.get("loads") if isinstance(m.get("loads"), list) else []
-    if loads:
-        rows = [(e.get("table"), Path(str(e.get("file"))).name, count(e.get("rows")),
-                 ", ".join(e.get("months") or []), str(e.get("sha256") or "")[:12])
-                for e in loads if isinstance(e, dict)]
-        out.append(f"<h3>Extracts the database holds ({len(rows)} files)</h3>"
-                   + table(["table", "file", "rows", "months", "sha256"], rows, numeric=("rows",)))
+    listed = m.get("loads")
+    loads = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+    if loads:  # per table: the files (their sha256 are in manifest.json), months and rows
+        tables: dict[str, list[dict[str, Any]]] = {}
+        for e in loads:
+            tables.setdefault(str(e.get("table")), []).append(e)
+        loaded = [(name, ", ".join(Path(str(e.get("file"))).name for e in files),
+                 ", ".join(sorted({str(mo) for e in files for mo in (e.get("months") or [])})),
+                 count(sum(int(e.get("rows") or 0) for e in files))) for name, files in tables.items()]
+        out.append(f"<h3>Extracts the database holds ({len(loads)} files; their sha256 in manifest.json)</h3>"
+                   + table(["table", "files", "months", "rows"], loaded, numeric=("rows",)))
     return "\n".join(out)
 
 
@@ -615,6 +619,9 @@ def rules_section(page: Page) -> str:
                      + table(["#", "rule", "offer", "policy name", "hits", "flag"], rows, numeric=("#", "hits"),
                              classes=classes) + "</div>")
     stray = sorted(k for k in hits if k not in known)
+    rules = sum(len(m.rules) for m in page.project.rules.matrices)
+    page.summary.append(("Rules without a hit", count(zero), f"of {count(rules)} rules in "
+                                                            f"{len(page.project.rules.matrices)} matrices"))
     out.append(note(f"{zero} rule{'s' if zero != 1 else ''} had no hit in {month} (flagged red)." if zero else
                     f"Every rule had at least one hit in {month}."))
     out += pairs
@@ -852,7 +859,7 @@ nav a { color: var(--accent); text-decoration: none; }
 h2 { font-size: 19px; margin: 30px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
 h3 { font-size: 14px; margin: 18px 0 6px; color: var(--muted); font-weight: 600; }
 .summary h2 { margin-top: 8px; }
-.tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 10px; }
+.tiles { display: grid; grid-template-columns: repeat(4, 1fr); gap: 10px; }
 .tile { border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; background: var(--band); }
 .tile .label { font-size: 11px; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); }
 .tile .value { font-size: 22px; font-weight: 650; font-variant-numeric: tabular-nums; margin: 2px 0; }
