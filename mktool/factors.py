@@ -19,8 +19,9 @@ Definitions (/work/report-definitions.md §1):
   too), from the integer counts with ``math.log2`` and one ``math.fsum``, rounded to 6 decimals;
 * **ranking** per cohort: information gain descending, then factor name; ``top`` keeps the first N.
 
-The counts and churn rates are set-based SQL: one query per batch of factors over the base
-(materialised once per query), each factor grouped by (cohort, value) first, so the rank of a
+The counts and churn rates are set-based SQL: one query per batch of factors over the base (a
+CTE every factor reads, which DuckDB materialises once per query; no MATERIALIZED keyword, which
+Spark SQL lacks), each factor grouped by (cohort, value) first, so the rank of a
 value is a running sum over the distinct values — the same r as ``rank()`` over the customers,
 without sorting a million rows per column. Python only turns those few rows into entropies.
 """
@@ -46,7 +47,7 @@ from mktool.schema import EVALUATION_RATE_SCALE, NO_GROUP, VIEW_TABLE
 from mktool.sqlquote import quote_identifier
 
 __all__ = ["FactorRanking", "factor_columns", "factors_csv", "factors_query", "factors_tables", "information_gain",
-           "rank_factors"]
+           "queries", "rank_factors"]
 
 #: The column whose values are the cohorts.
 COHORT_COLUMN = "tenure_cohort"
@@ -161,7 +162,7 @@ def factors_query(month: str, factors: Sequence[Factor], bins: int) -> Query:
     ctes = ",\n".join(cte for cte, _ in parts)
     selects = "\n    UNION ALL ".join(f"({select})" for _, select in parts)
     sql = f"""-- factors: the groups per cohort of {len(factors)} factors (f0 …: a name could end the comment)
-WITH base AS MATERIALIZED (
+WITH base AS (
     {churn_base_sql(*columns)}),
 {ctes},
 grouped AS (
@@ -169,6 +170,14 @@ grouped AS (
 SELECT factor, cohort, missing, pos, low, high, customers, churned, {_rate('churned', 'customers')} AS churn_rate
 FROM grouped ORDER BY factor, cohort, missing, pos"""
     return Query("factors:groups", sql, label_params(month))
+
+
+def queries(month: str) -> dict[str, Query]:
+    """Every query factors runs, by name, with one factor of each kind and value type
+    (tests/test_spark_render.py renders each for Spark)."""
+    sample = [Factor("n_integer", NUMERIC, "integer"), Factor("n_decimal", NUMERIC, "decimal"),
+              Factor("n_float", NUMERIC, "float"), Factor("c_text", CATEGORICAL, "text")]
+    return {"cohorts": cohorts_query(month), "groups": factors_query(month, sample, DEFAULT_BINS)}
 
 
 # -- information gain ---------------------------------------------------------------------------------

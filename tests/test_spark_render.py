@@ -19,7 +19,7 @@ import sqlglot
 from conftest import CYCLE_DATE, MATRICES, M
 from sqlglot import exp
 
-from mktool import campaign, evaluate, export, plan, view
+from mktool import campaign, evaluate, export, factors, plan, view
 from mktool.dialect import Query
 from mktool.export import ExportConfig
 from mktool.matrices import generated_sql
@@ -43,6 +43,8 @@ SPARK_TEXT_REFUSED = (
     (re.compile(r"::"), "a :: cast left in the Spark text"),
     (re.compile(r"\bQUALIFY\b", re.I), "QUALIFY: not Spark SQL; filter a subquery"),
     (re.compile(r"\bGROUP\s+BY\s+ALL\b", re.I), "GROUP BY ALL: Spark 3.4+ only; name the columns"),
+    (re.compile(r"\bAS\s+(NOT\s+)?MATERIALIZED\b", re.I), "a MATERIALIZED CTE: not Spark SQL; DuckDB materialises "
+                                                          "a CTE read twice by itself"),
 )
 
 
@@ -105,6 +107,8 @@ def step_queries() -> dict[str, str]:
         out[f"evaluate:{name}"] = eq.sql
     for name, cq in campaign.queries(M).items():
         out[f"evaluate:{name}"] = cq.sql
+    for name, fq in factors.queries(M).items():
+        out[f"factors:{name}"] = fq.sql
     return out
 
 
@@ -113,7 +117,7 @@ QUERIES = step_queries()
 
 def test_every_step_is_listed() -> None:
     steps = {name.split(":")[0] for name in QUERIES}
-    assert steps == {"export", "score", "matrix", "plan", "evaluate"}
+    assert steps == {"export", "score", "matrix", "plan", "evaluate", "factors"}
     exported = {name.split(":", 1)[1].rsplit(":", 1)[0] for name in QUERIES if name.startswith("export:")}
     # every stage of the contact policy, the allocation round, the draw and the lists are among them
     assert {"offers", "candidates", "screen", "contact_cap", "exclusion", "choices", "propose", "place", "holdout",
@@ -172,6 +176,7 @@ BAD_QUERIES = {
     "insert_by_name": "INSERT INTO h BY NAME SELECT 1 AS a",
     "group_by_all": "SELECT a, count(*) AS n FROM t GROUP BY ALL",
     "len_of_a_column": "SELECT len(a) AS n FROM t",
+    "materialized_cte": "WITH b AS MATERIALIZED (SELECT 1 AS a) SELECT a FROM b UNION ALL SELECT a FROM b",
 }
 
 
