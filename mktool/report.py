@@ -640,9 +640,9 @@ def sweep_section(page: Page) -> str:
         cells = plan.sweep(page.db, page.project, month, totals, rentals)
     except MktoolError as exc:
         return missing(f"The plan sweep cannot be computed for {month}: {problem(exc)}.")
-    top = max((c.customers for c in cells), default=0) or 1
+    low, high = min((c.customers for c in cells), default=0), max((c.customers for c in cells), default=0)
     rows = [{"total": str(c.total_change), "rental": str(c.rental_change), "customers": c.customers,
-             "label": count(c.customers), "dark": c.customers > 0.55 * top,
+             "label": count(c.customers), "dark": high > low and c.customers - low > 0.5 * (high - low),
              "chosen": c.total_change == config.total_change and c.rental_change == config.rental_change}
             for c in cells]
     spec = {
@@ -877,7 +877,9 @@ tr.total td { font-weight: 650; border-top: 1.5px solid var(--ink); }
 #provenance td { word-break: break-word; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 8px 18px;
   align-items: start; }
-.side { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.side { display: flex; gap: 18px; align-items: flex-start; }
+.side > figure { flex: none; }
+@media (max-width: 900px) { .side { flex-wrap: wrap; } }
 figure.chart { margin: 4px 0 10px; break-inside: avoid; page-break-inside: avoid; }
 figure.chart svg { display: block; max-width: 100%; height: auto; overflow: visible; }
 figcaption { font-size: 12px; color: var(--muted); margin-top: 2px; }
