@@ -365,3 +365,21 @@ def test_profile_and_factors_sections_show_the_commands_figures(full: Built) -> 
         for f in cohort["factors"]:
             gain = f"{f['information_gain']:.6f}"
             assert f"<td>{f['factor']}</td><td>{f['kind']}</td><td class=num>{gain}</td>" in section
+
+
+def test_an_empty_database_still_has_every_section_each_saying_what_to_run(tmp_path: Path) -> None:
+    db = tmp_path / "empty.duckdb"
+    duckdb.connect(str(db)).close()
+    code, page, err = _invoke("report", "--month", M, "--db", str(db), "--matrices", str(MATRICES),
+                              "--lists", str(tmp_path / "out"), "--out", "-")
+    assert code == 0, err
+    assert re.findall(r'<section id="([^"]*)">', page) == SECTION_IDS
+    expected = {"provenance": "mktool run --month 2026-10", "funnels": "No funnels recorded for 2026-10",
+                "distributions": "mktool score --month 2026-10", "profile": "mktool score --month 2026-10",
+                "rules": "mktool matrix --month 2026-10", "plan-sweep": "mktool score --month 2026-10",
+                "evaluation": "mktool evaluate --month 2026-10", "churn": "subscribers_2026-11.parquet",
+                "factors": "subscribers_2026-11.parquet"}
+    for sid, text in expected.items():
+        messages = re.findall(r'<p class="missing">([^<]*)</p>', _section(page, sid))
+        assert any(text in m for m in messages), (sid, messages)
+    assert _charts(page) == {}
