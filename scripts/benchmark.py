@@ -12,7 +12,9 @@ What it does (docs/benchmark.md explains every figure):
    small ``extracts-<N>.json`` beside the folder marks a complete generation.
 2. Runs each mktool step as its own subprocess (``--quiet``) against a fresh database
    ``<work>/bench-<N>.duckdb``: ingest, score, matrix, plan, export (month 2026-10, export
-   cycle date 2026-11-01) — or ``mktool run`` end to end with ``--steps run``. For every
+   cycle date 2026-11-01), then evaluate and factors (not in the pipeline total; factors first
+   ingests, untimed, the churn label ``<work>/label-<N>/subscribers_2026-11.parquet``, generated
+   once) — or ``mktool run`` end to end with ``--steps run``. For every
    process it records wall time and peak RSS: the process tree's summed RSS polled every
    20 ms with psutil, and the kernel's high-water mark from wait4() (which catches spikes
    between polls); the figure shown is the larger of the two. A step whose command is not
