@@ -998,6 +998,34 @@ def factors_cmd(
         run.reporter.info(f"churn factors of {month} written to {out}")
 
 
+@command("latest")
+def latest_cmd(
+    run: Run,
+    channel: Annotated[str, typer.Option(
+        "--channel", "-c", metavar="NAME", help="The channel whose newest list to find")],
+    out: Annotated[Path, typer.Option("--out", "-o", envvar=ENV["out_dir"],
+                                      help="The output folder export writes into")] = Path("out"),
+    month: Annotated[str | None, optional_month("Only this month's cycles [default: every month]")] = None,
+) -> None:
+    """Print the path of a channel's newest target list (for outbound tooling).
+
+    The newest cycle folder <out>/<month>/<cycle-date>/ whose manifest names a list of the
+    channel: a daily cycle's folder has only the daily channels, so <out>/latest/ may not hold
+    a monthly channel's list. The path names the cycle folder, not the latest link.
+
+    \b
+    Examples:
+      mktool latest --channel outbound --out /data/lists
+      upload-to-crm "$(mktool latest --channel manager --out /data/lists)"
+    """
+    found = newest_list(out, channel, month)
+    if found is None:
+        raise MktoolError(f"no published list of channel {channel!r} under {out}"
+                         + (f" for {month}" if month else ""),
+                         hint="run `mktool export` (or `mktool run`) with this --out first")
+    typer.echo(str(found))
+
+
 PROFILE_FORMATS = ("table", "json", "csv")  # profile: a table for people, the document, or a csv row per class
 
 
@@ -1048,34 +1076,6 @@ def profile_cmd(
         run.reporter.warn(result.churn_note)
     run.reporter.info(f"profile of {month} by {by}: {len(result.classes)} class(es)"
                       + (f"; written to {out}" if out not in (None, "-") else ""))
-
-
-@command("latest")
-def latest_cmd(
-    run: Run,
-    channel: Annotated[str, typer.Option(
-        "--channel", "-c", metavar="NAME", help="The channel whose newest list to find")],
-    out: Annotated[Path, typer.Option("--out", "-o", envvar=ENV["out_dir"],
-                                      help="The output folder export writes into")] = Path("out"),
-    month: Annotated[str | None, optional_month("Only this month's cycles [default: every month]")] = None,
-) -> None:
-    """Print the path of a channel's newest target list (for outbound tooling).
-
-    The newest cycle folder <out>/<month>/<cycle-date>/ whose manifest names a list of the
-    channel: a daily cycle's folder has only the daily channels, so <out>/latest/ may not hold
-    a monthly channel's list. The path names the cycle folder, not the latest link.
-
-    \b
-    Examples:
-      mktool latest --channel outbound --out /data/lists
-      upload-to-crm "$(mktool latest --channel manager --out /data/lists)"
-    """
-    found = newest_list(out, channel, month)
-    if found is None:
-        raise MktoolError(f"no published list of channel {channel!r} under {out}"
-                         + (f" for {month}" if month else ""),
-                         hint="run `mktool export` (or `mktool run`) with this --out first")
-    typer.echo(str(found))
 
 
 @command("matrix")

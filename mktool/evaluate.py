@@ -65,14 +65,6 @@ __all__ = ["ChurnEvaluation", "churn_base_sql", "churn_csv", "churn_tables", "ev
 SECTIONS = ("base", "flag", "top", "decile")
 VIEW_COLUMNS_NEEDED = ("msisdn", "month", "status", "churn_score", "churn_flag")
 
-# -- SQL: the churn label (the module docstring; `mktool profile` reads the same pieces) -------------
-#: M's view rows ``v`` joined to M+1's subscribers ``n`` (bind ``$next_month``).
-NEXT_MONTH_JOIN = "LEFT JOIN subscribers n ON n.msisdn = v.msisdn AND n.month = $next_month"
-#: True for a customer of the base: not closed in M (a NULL status is not closed).
-IN_BASE = "(v.status IS NULL OR v.status <> 'closed')"
-#: 1 for a base customer who churned (no subscribers row in M+1, or closed there), else 0.
-CHURNED = "CASE WHEN n.msisdn IS NULL OR n.status = 'closed' THEN 1 ELSE 0 END"
-
 
 # -- SQL: the exact rates -----------------------------------------------------------------------
 def _rate(numerator: str, denominator: str) -> str:
@@ -94,10 +86,10 @@ def churn_base_sql(*columns: str) -> str:
     them closed, else 0. Binds ``$month`` and ``$next_month`` (:func:`label_params`).
     """
     picked = "".join(f"{column}, " for column in columns)
-    return (f"SELECT {picked}{CHURNED} AS churned\n"
+    return (f"SELECT {picked}CASE WHEN n.msisdn IS NULL OR n.status = 'closed' THEN 1 ELSE 0 END AS churned\n"
             f"    FROM {VIEW_TABLE} v\n"
-            f"    {NEXT_MONTH_JOIN}\n"
-            f"    WHERE v.month = $month AND {IN_BASE}")
+            "    LEFT JOIN subscribers n ON n.msisdn = v.msisdn AND n.month = $next_month\n"
+            "    WHERE v.month = $month AND (v.status IS NULL OR v.status <> 'closed')")
 
 
 def label_params(month: str) -> dict[str, str]:

@@ -20,8 +20,9 @@ VARCHAR or BOOLEAN column of M's customer_view (docs/profile.md says the same fo
   churn_rate = churned / churn_base; all three NULL when M+1's subscribers are not loaded.
 
 Shares and rates are exact quotients rounded half away from zero to 6 decimals. One set-based
-query (one scan of M's view, joined to M+1's subscribers when loaded) gives every class and the
-total (GROUPING SETS); Python only arranges those few rows.
+query gives every class and the total (GROUPING SETS over M's view rows); when M+1 is loaded
+they are joined to evaluate's own churn label (``evaluate.churn_base_sql``: the base rows with
+churned), so the two commands cannot count churn differently. Python only arranges the few rows.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from mktool.contract import HANDSET_GENS, check_month, month_from_index, month_i
 from mktool.database import Database
 from mktool.dialect import Query, decimal_units, div_half_away, exact_rate, fen, integer, units_decimal
 from mktool.errors import StateError, UsageError
-from mktool.evaluate import CHURNED, IN_BASE, NEXT_MONTH_JOIN, next_month, next_month_loaded
+from mktool.evaluate import churn_base_sql, label_params, next_month, next_month_loaded
 from mktool.freshness import require_fresh_view
 from mktool.project import Project
-from mktool.schema import EVALUATION_RATE_SCALE, VIEW_TABLE
+from mktool.schema import EVALUATION_RATE_SCALE, NO_GROUP, VIEW_TABLE
 from mktool.scoremodel import last_day
 from mktool.sqlquote import quote_identifier, quote_literal
 
@@ -50,7 +51,7 @@ __all__ = ["Profile", "profile_csv", "profile_month", "profile_query", "profile_
 
 DEFAULT_BY = "segment"
 #: The class of customers whose --by column is NULL (as in evaluate churn).
-NO_CLASS = "(none)"
+NO_CLASS = NO_GROUP
 #: The handset_gen key of a NULL handset generation.
 NO_HANDSET = "(none)"
 #: The column types a class can be read from (BOOLEAN classes are ``true`` / ``false``).
@@ -110,18 +111,19 @@ def profile_query(month: str, by: str = DEFAULT_BY, *, with_churn: bool = True) 
     gen_sums = ", ".join(f"sum({_handset_column(gen)}) AS {_handset_column(gen)}" for gen in HANDSET_KEYS)
     gen_shares = ", ".join(f"{_share(_handset_column(gen))} AS {_handset_column(gen)}" for gen in HANDSET_KEYS)
     modern = " + ".join(f"sum({_handset_column(gen)})" for gen in MODERN_HANDSET_GENS)
-    if with_churn:
-        label = (f"CASE WHEN {IN_BASE} THEN 1 ELSE 0 END AS in_base, "
-                 f"CASE WHEN {IN_BASE} THEN {CHURNED} ELSE 0 END AS churned")
-        join = NEXT_MONTH_JOIN
+    if with_churn:  # evaluate churn's label: its base (not closed) rows, each with churned 1 or 0
+        labelled = f"label AS (\n    {churn_base_sql('v.msisdn')}),\n"
+        label = "CASE WHEN l.msisdn IS NULL THEN 0 ELSE 1 END AS in_base, coalesce(l.churned, 0) AS churned"
+        join = "LEFT JOIN label l ON l.msisdn = v.msisdn"
         churn = f"churn_base, churned, {_share('churned', 'churn_base')} AS churn_rate"
     else:
+        labelled = ""
         label = "0 AS in_base, 0 AS churned"
         join = ""
         churn = (f"CAST(NULL AS BIGINT) AS churn_base, CAST(NULL AS BIGINT) AS churned, "
                  f"CAST(NULL AS DECIMAL(38,{EVALUATION_RATE_SCALE})) AS churn_rate")
     sql = f"""-- profile: {VIEW_TABLE} M by one column, every row of M (closed too); churn of the base against M+1
-WITH m AS (
+WITH {labelled}m AS (
     SELECT {cls} AS cls, {fen('v.arpu')} AS arpu_fen, CAST(v.arpu_3m AS DECIMAL(38,{ARPU_3M_SCALE})) AS arpu_3m,
            CAST(v.tenure_months AS BIGINT) AS tenure_months,
            CAST(v.data_saturation AS DECIMAL(38,{SATURATION_SCALE})) AS data_saturation,
@@ -163,10 +165,8 @@ SELECT whole, CAST(cls AS VARCHAR) AS label, customers, {_share('customers', 'al
        handset_modern_customers
 FROM counted
 ORDER BY whole, cls NULLS LAST"""
-    params = {"month": month, "month_end": last_day(month),
+    params = {**(label_params(month) if with_churn else {"month": month}), "month_end": last_day(month),
               "horizon_3m": last_day(month_from_index(month_index(month) + 3))}
-    if with_churn:
-        params["next_month"] = next_month(month)
     return Query("profile", sql, params)
 
 
