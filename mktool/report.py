@@ -719,18 +719,18 @@ def evaluation_section(page: Page) -> str:
               "label": points(f["uplift"]), "kind": "total" if key == "total" and f is total else "group"}
              for key, f in lines if f.get("uplift") is not None]
     if chart:
+        group_axis = {"field": "group", "type": "nominal", "sort": None, "title": None, "axis": {"labelLimit": 160}}
         spec = {
             "data": {"values": chart}, "width": 520, "height": {"step": 22},
-            "encoding": {"y": {"field": "group", "type": "nominal", "sort": None, "title": None,
-                               "axis": {"labelLimit": 160}}},
-            "layer": [
+            "layer": [  # y per layer, not shared: the zero line spans the whole height
                 {"mark": {"type": "rule", "color": GREY, "strokeDash": [3, 3]}, "encoding": {"x": {"datum": 0}}},
                 {"mark": {"type": "rule", "strokeWidth": 2, "color": BLUE},
-                 "encoding": {"x": {"field": "lo", "type": "quantitative", "axis": {"tickCount": 8},
+                 "encoding": {"y": group_axis,
+                              "x": {"field": "lo", "type": "quantitative", "axis": {"tickCount": 8},
                                     "title": "uplift, percentage points (bar: 95% interval)"},
                               "x2": {"field": "hi"}}},
                 {"mark": {"type": "point", "filled": True, "size": 60},
-                 "encoding": {"x": {"field": "uplift", "type": "quantitative"},
+                 "encoding": {"y": group_axis, "x": {"field": "uplift", "type": "quantitative"},
                               "color": {"field": "kind", "type": "nominal", "legend": None,
                                         "scale": {"domain": ["group", "total"], "range": [BLUE, "#d35400"]}}}},
             ],
