@@ -273,7 +273,7 @@ def _cycle_names(month_dir: Path) -> list[str]:
         return []
 
 
-def default_target(lists_dir: Path, month: str, cycle: Cycle) -> Path:
+def default_target(month: str, cycle: Cycle) -> Path:
     """Where the report goes without --out: beside the lists it describes, else report-<M>.html here."""
     return cycle.folder / REPORT_FILE if cycle.folder is not None else Path(f"report-{month}.html")
 
@@ -344,7 +344,7 @@ def write_report(db: Database, project: Project, month: str, *, lists_dir: Path,
     A report in a cycle folder is written under the folder's publish lock (an export may be publishing there)."""
     found = find_cycle(lists_dir, month, cycle)
     text = build_report(db, project, month, lists_dir=lists_dir, found=found)
-    target = out if out is not None else default_target(lists_dir, month, found)
+    target = out if out is not None else default_target(month, found)
     if found.folder is not None and target.parent.resolve() == found.folder.resolve():
         with folder_lock(found.folder):
             write_text_file(target, text)
