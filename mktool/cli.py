@@ -36,7 +36,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mktool import __version__, campaign, evaluate, explain, export, ingest, matrices, pipeline, plan, view
+from mktool import __version__, campaign, evaluate, explain, export, ingest, matrices, pipeline, plan, report, view
 from mktool.config import DECIMAL_RE, ENV, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
 from mktool.contract import TABLES, check_month
@@ -1210,16 +1210,21 @@ def run_cmd(
         help="Output folder: the lists go to <out>/<month>/<cycle-date>/")] = Path("out"),
     fmt: FormatOpt = None,
     date: Annotated[dt.date | None, date_option("The export cycle's date, YYYY-MM-DD [default: today]")] = None,
+    no_report: Annotated[bool, typer.Option(
+        "--no-report", help=f"Do not write {report.REPORT_FILE} into the cycle's folder")] = False,
 ) -> None:
-    """Run the whole month: [ingest] → score → matrix → plan → export, then print the funnels.
+    """Run the whole month: [ingest] → score → matrix → plan → export → evaluate, then print the funnels.
 
     Every rule file is validated before anything is written; the database stays locked for
-    the whole run, so a second run waits (--wait) or refuses.
+    the whole run, so a second run waits (--wait) or refuses. Last, the month's report
+    (`mktool report`) is written as report.html beside the lists, unless --no-report; a report
+    that cannot be written is a warning: the lists are delivered by then.
 
     \b
     Examples:
       mktool run --month 2026-10 --ingest fixtures/extracts --date 2026-11-01
       MKTOOL_DB=/data/mk.duckdb mktool run --month 2026-10 --quiet   # cron
+      mktool run --month 2026-10 --no-report
     """
     check_out_folder(out)
     project = run.project()  # every rule file, validated before the database is opened
@@ -1227,6 +1232,7 @@ def run_cmd(
     with run.db(write=True) as db:
         result = pipeline.run_pipeline(db, project, month, ingest_paths=ingest_dir,
                               cycle_date=cycle_date_or_today(date), out_dir=out, fmt=fmt, reporter=run.reporter)
+        written = None if no_report or result.out_dir is None else write_run_report(run, db, project, month, result)
     rows = []
     for name, stages in result.funnels.items():
         rows.append((name, " → ".join(f"{s['stage']} {s['count']:,}" for s in stages)))
@@ -1238,7 +1244,39 @@ def run_cmd(
         f"done: {result.customers:,} customers scored, {result.recommendations:,} offers, "
         f"{result.plan_customers:,} plan changes; lists in {result.out_dir}: "
         + ", ".join(f"{ch} {n:,}" for ch, n in result.exported.items())
+        + (f"; report {written}" if written else "")
     )
+
+
+def write_run_report(run: Run, db: Database, project: Project, month: str,
+                     result: pipeline.PipelineResult) -> Path | None:
+    """report.html in the cycle's folder, after everything else committed and was published.
+
+    A failure here loses nothing (the lists, contact records and evaluations are in place): it is a
+    warning naming the command that writes the report later, and `run` still succeeds. Ctrl-C
+    still interrupts (exit 130).
+    """
+    assert result.out_dir is not None
+    lists_dir = result.out_dir.parent.parent
+    cycle = dt.date.fromisoformat(result.out_dir.name)
+    again = f"`mktool report --month {month} --lists {lists_dir} --cycle {cycle}`"
+    try:
+        return report.write_report(db, project, month, lists_dir=lists_dir, cycle=cycle)
+    except MktoolError as exc:
+        reason = exc.message
+    except OSError as exc:
+        reason = _os_error_text(exc)
+    except (duckdb.InterruptException, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug in the report must not fail a run whose lists are out
+        if isinstance(exc, RuntimeError) and "interrupted" in str(exc).lower():
+            raise
+        if run.verbose:
+            traceback.print_exc(file=sys.stderr)
+        reason = f"internal error: {type(exc).__name__}: {exc} ({BUG_HINT})"
+    run.reporter.warn(f"{report.REPORT_FILE} was not written: {reason}. The lists are delivered; write the report "
+                      f"with {again}")
+    return None
 
 
 def _percent(rate: float | None) -> str:
@@ -1274,6 +1312,52 @@ def evaluation_rows(evaluation: pipeline.MonthEvaluation) -> list[tuple[str, str
                  ("churn_flag precision / recall", f"{_percent(flag['precision'])} / {_percent(flag['recall'])}"
                                                    + ("" if flag["lift"] is None else f", lift {flag['lift']:.2f}"))]
     return rows
+
+
+@command("report")
+def report_cmd(
+    run: Run,
+    month: MonthOpt,
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", metavar="FILE",
+        help=f"Write the page to FILE, or - for stdout [default: {report.REPORT_FILE} in the cycle's folder "
+             "<lists>/<month>/<cycle>/, else report-<month>.html here]")] = None,
+    lists: Annotated[Path, typer.Option(
+        "--lists", envvar=ENV["out_dir"], metavar="DIR",
+        help="The output folder export and run write the lists into (its <month>/<cycle>/manifest.json is the "
+             "provenance)")] = Path("out"),
+    cycle: Annotated[dt.date | None, typer.Option(
+        "--cycle", parser=parse_cycle_date, metavar="YYYY-MM-DD",
+        help="The export cycle to describe [default: the month's newest published cycle]")] = None,
+) -> None:
+    """Write the month's report: one self-contained HTML page to read, forward and print.
+
+    Provenance (manifest.json), every funnel as a chart, value-tier, stickiness and segment
+    distributions, the segment profile, rule hits (0-hit rules flagged), the plan threshold
+    sweep as a heatmap, the campaign evaluation with uplift and its 95% interval, the churn
+    model's cumulative gains and the churn factors per tenure cohort. A section whose data is
+    missing says what to load or run. The page has no script and makes no request: it opens
+    offline and prints on A4. Only aggregates: no msisdn. The database is only read.
+
+    \b
+    Examples:
+      mktool report --month 2026-10
+      mktool report --month 2026-10 --lists /data/lists --cycle 2026-11-01 --out october.html
+      mktool report --month 2026-10 --out - > report.html
+    """
+    check_out_file(out)
+    project = run.project()
+    with run.db(write=False) as db:
+        if out == "-":
+            text = report.build_report(db, project, month, lists_dir=lists, cycle=cycle)
+        else:
+            target = report.write_report(db, project, month, lists_dir=lists, cycle=cycle,
+                                         out=Path(out) if out else None)
+    if out == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    run.reporter.info(f"report of {month} written to {target}")
 
 
 @command("explain")

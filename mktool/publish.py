@@ -351,7 +351,7 @@ def _is_date(name: str) -> bool:
     return True
 
 
-def _newest_cycle(month_dir: Path) -> str | None:
+def newest_cycle(month_dir: Path) -> str | None:
     """The newest published cycle folder of a month: the latest date-named folder holding a manifest."""
     try:
         entries = list(month_dir.iterdir())
@@ -392,13 +392,13 @@ def point_latest(cycle_folder: Path) -> None:
     if not (_is_date(cycle_folder.name) and _MONTH_NAME.fullmatch(month_dir.name)):
         return
     with folder_lock(month_dir):
-        newest = _newest_cycle(month_dir)
+        newest = newest_cycle(month_dir)
         if newest is not None:
             _replace_link(month_dir / LATEST, newest)
     with folder_lock(out_dir):
         overall = [(date, m.name) for m in out_dir.iterdir()
                    if _MONTH_NAME.fullmatch(m.name) and m.is_dir() and not m.is_symlink()
-                   and (date := _newest_cycle(m)) is not None]
+                   and (date := newest_cycle(m)) is not None]
         if overall:
             date, month = max(overall)
             _replace_link(out_dir / LATEST, f"{month}/{date}")

@@ -80,8 +80,9 @@ def _usage_error(result: Any, option: str) -> None:
 def test_the_commands_are_found() -> None:
     """The introspection below sees the commands it is meant to cover."""
     assert set(MONTH_TAKERS) == {"check", "diff", "evaluate", "explain", "export", "factors", "funnel", "latest",
-                                 "matrix", "plan", "profile", "run", "score", "snapshot", "test"}
-    assert set(FORMAT_TAKERS) == set(MONTH_TAKERS) - {"latest"} | {"status"}  # latest prints one path
+                                 "matrix", "plan", "profile", "report", "run", "score", "snapshot", "test"}
+    # latest prints one path, report writes one HTML page
+    assert set(FORMAT_TAKERS) == set(MONTH_TAKERS) - {"latest", "report"} | {"status"}
 
 
 # -- --format: one vocabulary per family, refused outside it, listed in --help -------------------------

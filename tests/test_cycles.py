@@ -54,10 +54,12 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 def assert_intact(folder: Path, cycle_date: str) -> dict[str, Any]:
     """A cycle folder is complete and is what its manifest says: exactly its lists, each hash and row count
-    matching the file on disk, all of this cycle, and funnel.json naming the cycle beside them."""
+    matching the file on disk, all of this cycle, and funnel.json naming the cycle beside them (and report.html
+    where `mktool run` wrote one: not a list, not in the manifest)."""
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     lists = sorted(p.name for p in folder.iterdir() if p.suffix in LIST_SUFFIXES)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*lists, "funnel.json", "manifest.json"])
+    report = ["report.html"] if (folder / "report.html").is_file() else []
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*lists, "funnel.json", "manifest.json", *report])
     assert sorted(manifest["outputs"]) == lists
     assert manifest["cycle_date"] == cycle_date
     for name, entry in manifest["outputs"].items():

@@ -50,10 +50,11 @@ def export_args(db: Path, out: Path, *extra: str, date: str = NEXT_DAY) -> list[
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    """The fixture through `mktool run` (cycle D): a database with contacts and a folder of lists."""
+    """The fixture through `mktool run` (cycle D): a database with contacts and a folder of lists (only:
+    --no-report, these tests list the folder's files)."""
     root = tmp_path_factory.mktemp("publish_base")
     done = mktool("run", "--month", M, "--ingest", str(FIXTURES), "--date", D, "--out", str(root / "out"),
-                  "--matrices", str(MATRICES), "--db", str(root / "mk.duckdb"), "--quiet")
+                  "--matrices", str(MATRICES), "--db", str(root / "mk.duckdb"), "--quiet", "--no-report")
     assert done.returncode == 0, done.stderr
     return root
 
