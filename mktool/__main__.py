@@ -12,10 +12,24 @@ import sys
 EXIT_INTERRUPTED = 130
 
 
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a Ctrl-C, or an error raised because of one: Python 3.11 turns a
+    KeyboardInterrupt inside a class body's ``__set_name__`` (a dataclass being defined while a
+    module imports) into ``RuntimeError: Error calling __set_name__ …`` caused by it."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def main() -> None:
     try:
         from mktool.cli import main as cli_main  # noqa: PLC0415 - the Ctrl-C guard must cover importing the CLI
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
         sys.stderr.write("Interrupted; nothing was committed.\n")
         sys.exit(EXIT_INTERRUPTED)
     cli_main()

@@ -270,3 +270,49 @@ def test_the_start_up_exit_code_is_the_documented_one() -> None:
     from mktool import errors
 
     assert entry.EXIT_INTERRUPTED == errors.EXIT_INTERRUPTED == 130
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_ctrl_c_that_python_wraps_while_importing_is_still_an_interrupt(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], wrapped: bool) -> None:
+    """Python 3.11 reports a KeyboardInterrupt inside a dataclass's ``__set_name__`` as a RuntimeError
+    caused by it (seen under load: a traceback ending in "... in 'MonthEvaluation'"); the start-up
+    guard treats both as a Ctrl-C, and any other import error still propagates."""
+    import builtins
+
+    import mktool.__main__ as entry
+
+    real_import = builtins.__import__
+
+    def interrupted_import(name: str, *args: object, **kw: object) -> object:
+        if name == "mktool.cli":
+            if not wrapped:
+                raise KeyboardInterrupt
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as cause:
+                raise RuntimeError("Error calling __set_name__ on '_HAS_DEFAULT_FACTORY_CLASS' instance") from cause
+        return real_import(name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    with pytest.raises(SystemExit) as exc:
+        entry.main()
+    assert exc.value.code == entry.EXIT_INTERRUPTED
+    assert "Interrupted; nothing was committed." in capsys.readouterr().err
+
+
+def test_an_import_error_at_start_up_is_not_taken_for_a_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    import mktool.__main__ as entry
+
+    real_import = builtins.__import__
+
+    def broken_import(name: str, *args: object, **kw: object) -> object:
+        if name == "mktool.cli":
+            raise RuntimeError("a real bug")
+        return real_import(name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", broken_import)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        entry.main()
