@@ -34,7 +34,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from mktool.database import Database
@@ -216,6 +216,30 @@ class Group:
     churned: int
     churn_rate: Decimal | None
 
+    @property
+    def shown(self) -> str:
+        """The group as a person reads it (the table, the report): a bin's bounds shortened
+        (38.000000 → 38, 1711.4233333333332 → 1711.42, 0.48451 → 0.4845); the documents keep ``label``."""
+        if self.low is None or self.high is None:
+            return self.label
+        return f"{shown_bound(self.low)} – {shown_bound(self.high)}"
+
+
+def shown_bound(text: str) -> str:
+    """A bin bound for display: whole numbers without decimals, 2 decimals from 1 up (half away from
+    zero), 4 significant digits below 1; text that is not a finite number as it is."""
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        return text
+    if not value.is_finite():
+        return text
+    if value == value.to_integral_value():
+        return str(int(value))
+    if abs(value) >= 1:
+        return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+    return f"{value:.4g}"
+
 
 @dataclass(frozen=True)
 class RankedFactor:
@@ -389,7 +413,7 @@ def factors_tables(ranking: FactorRanking) -> list[tuple[str, list[str], list[tu
         for f in c.factors:
             best = f.highest()
             rows.append((f.rank, f.factor.name, f.factor.kind, f"{f.information_gain:.6f}", len(f.groups),
-                         best.label if best else "", _shown(best.churn_rate) if best else ""))
+                         best.shown if best else "", _shown(best.churn_rate) if best else ""))
         tables.append((title, columns, rows))
     return tables
 

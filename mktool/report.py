@@ -816,7 +816,9 @@ def factors_section(page: Page) -> str:
         return missing(f"The churn factors of {month} cannot be ranked: {problem(exc)}.")
     out = [note(f"Per tenure cohort, the {FACTORS_TOP} columns of the customer view that best tell apart who left by "
                 f"{after}: information gain in bits (the cohort's churn entropy minus what is left once the "
-                f"customers are grouped by the column; numeric columns in {ranking.bins} quantile bins).")]
+                f"customers are grouped by the column; numeric columns in {ranking.bins} quantile bins). A column "
+                f"with many groups (an id such as group_id) gains just by splitting the customers finely: "
+                f"weigh the gain against the groups column.")]
     for c in ranking.cohorts:
         chart = [{"factor": f.factor.name, "count": f.information_gain, "label": f"{f.information_gain:.4f}"}
                  for f in c.factors]
@@ -824,7 +826,7 @@ def factors_section(page: Page) -> str:
         for f in c.factors:
             worst = f.highest()
             rows.append((f.rank, f.factor.name, f.factor.kind, f"{f.information_gain:.6f}", len(f.groups),
-                         worst.label if worst else "–", count(worst.customers) if worst else "–",
+                         worst.shown if worst else "–", count(worst.customers) if worst else "–",
                          percent(float(worst.churn_rate)) if worst and worst.churn_rate is not None else "–"))
         figure = page.charts.figure(f"factors:{c.cohort}", bars_spec(chart, category="factor", width=200,
                                                                       label_width=150),

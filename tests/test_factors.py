@@ -47,7 +47,8 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import StateError, UsageError
 from mktool.evaluate import evaluate_churn
-from mktool.factors import Factor, cohorts_query, factors_csv, factors_query, information_gain, rank_factors
+from mktool.factors import (Factor, Group, cohorts_query, factors_csv, factors_query, information_gain, rank_factors,
+                            shown_bound)
 from mktool.project import load_project
 
 M, N = "2026-10", "2026-11"
@@ -444,3 +445,15 @@ def test_on_the_scored_fixture_view_against_evaluate_churn(cli, project: Any) ->
                 assert all(a["high"] < b["low"] for a, b in zip(numbered, numbered[1:]))  # ties never split
     tenure = next(f for f in doc["cohorts"][2]["factors"] if f["factor"] == "tenure_months")
     assert tenure["kind"] == "numeric" and tenure["bins"][0]["low"] >= 12  # over_12m: 12 months and more
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("38.000000", "38"), ("1024.0", "1024"), ("1711.4233333333332", "1711.42"), ("12.505", "12.51"),
+    ("-12.505", "-12.51"), ("0.48451", "0.4845"), ("0.5", "0.5"), ("-0.25", "-0.25"), ("7", "7"),
+    ("nan", "nan"), ("inf", "inf"), ("abc", "abc")])
+def test_a_bin_bound_is_shortened_for_people_only(text: str, shown: str) -> None:
+    """The table and the report show 38 and 1711.42; the documents keep the exact label and bounds."""
+    assert shown_bound(text) == shown
+    group = Group("1", f"{text} – {text}", text, text, 3, 1, None)
+    assert group.shown == f"{shown} – {shown}" and group.label == f"{text} – {text}"
+    assert Group("(null)", "(null)", None, None, 1, 0, None).shown == "(null)"
