@@ -47,8 +47,16 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import StateError, UsageError
 from mktool.evaluate import evaluate_churn
-from mktool.factors import (Factor, Group, cohorts_query, factors_csv, factors_query, information_gain, rank_factors,
-                            shown_bound)
+from mktool.factors import (
+    Factor,
+    Group,
+    cohorts_query,
+    factors_csv,
+    factors_query,
+    information_gain,
+    rank_factors,
+    shown_bound,
+)
 from mktool.project import load_project
 
 M, N = "2026-10", "2026-11"
