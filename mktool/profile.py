@@ -325,8 +325,9 @@ def _plain(value: Decimal | None) -> str:
     return "" if value is None else str(value)
 
 
-TABLE_COLUMNS = ("class", "customers", "share", "ARPU", "ARPU 3m", "tenure", "data sat.", "voice sat.", "contract",
-                 "bundle", "bundle ends ≤3m", "4G+5G share", "churn next month")
+#: Short headers, so the table fits 140 columns; the title says what "ends ≤3m" and "churn" are.
+TABLE_COLUMNS = ("class", "customers", "share", "ARPU", "ARPU 3m", "tenure", "data sat", "voice sat", "contract",
+                 "bundle", "ends ≤3m", "4G+5G", "churn")
 TABLE_NUMERIC = TABLE_COLUMNS[1:]
 
 
@@ -341,9 +342,9 @@ def _table_row(label: str, f: dict[str, Any], all_customers: int) -> tuple[str, 
 
 def profile_tables(profile: Profile) -> list[tuple[str, Sequence[str], list[tuple[str, ...]]]]:
     """(title, columns, rows) of the one table people read: a row per class, then the total."""
-    churn = (f"churn next month = left by {profile.next_month}" if profile.next_month_loaded
-             else f"churn next month: {profile.next_month}'s subscribers are not loaded")
-    title = f"Profile of {profile.month} by {profile.by} ({churn})"
+    churn = (f"churn = left by {profile.next_month}" if profile.next_month_loaded
+             else f"churn: {profile.next_month}'s subscribers are not loaded")
+    title = f"Profile of {profile.month} by {profile.by} ({churn}; ends ≤3m = a bundle ending within 3 months)"
     everyone = int(profile.total["customers"])
     rows = [_table_row(label, f, everyone) for label, f in profile.classes] + [
         _table_row("total", profile.total, everyone)]

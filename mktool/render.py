@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from mktool.console import Reporter
@@ -57,10 +58,15 @@ def print_table(title: str | None, columns: Sequence[str], rows: Rows, *, numeri
 
 
 def tables_text(tables: Sequence[tuple[str, Sequence[str], Rows]], *, numeric: Sequence[str] = ()) -> str:
-    """Tables as plain text, 140 columns and no colour: a report for stdout or a file (``--out``)."""
-    console = Console(file=io.StringIO(), width=WIDE, no_color=True, highlight=False, color_system=None)
-    for title, columns, rows in tables:
-        console.print(table(title, columns, rows, numeric=numeric))
+    """Tables as plain text and no colour: a report for stdout or a file (``--out``). At least 140
+    columns, wider when a table needs it: a file or a pipe does not wrap, and a header folded to fit
+    ("custome / rs") reads worse than a long line."""
+    built = [table(title, columns, rows, numeric=numeric) for title, columns, rows in tables]
+    measuring = Console(file=io.StringIO(), width=10_000, no_color=True, highlight=False, color_system=None)
+    width = max([WIDE, *(Measurement.get(measuring, measuring.options, t).maximum for t in built)])
+    console = Console(file=io.StringIO(), width=width, no_color=True, highlight=False, color_system=None)
+    for rendered in built:
+        console.print(rendered)
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 

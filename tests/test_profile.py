@@ -256,8 +256,9 @@ def test_csv_has_one_row_per_class_and_the_total(db: Path) -> None:
 
 def test_table_shows_percentages_from_the_counts(db: Path) -> None:
     [(title, columns, rows)] = profile_tables(profile(db))
-    assert title == "Profile of 2026-10 by segment (churn next month = left by 2026-11)"
-    assert columns[0] == "class" and columns[-2:] == ("4G+5G share", "churn next month")
+    assert title == ("Profile of 2026-10 by segment (churn = left by 2026-11; ends ≤3m = a bundle ending within 3 "
+                     "months)")
+    assert columns[0] == "class" and columns[-2:] == ("4G+5G", "churn")
     assert rows[0] == ("gold", "3", "37.5%", "191.52", "191.52", "8.33", "24.63%", "37.50%", "33.3%", "66.7%",
                        "33.3%", "66.7%", "50.00%")
     assert rows[1][-1] == "" and rows[-1][0] == "total" and rows[-1][-1] == "33.33%"
