@@ -1348,6 +1348,9 @@ def report_cmd(
     check_out_file(out)
     project = run.project()
     with run.db(write=False) as db:
+        if not report.scored_customers(db, month):
+            run.reporter.warn(f"{month} is not scored (customer_view has no rows for it): every section of the "
+                              f"report says what to load or run; is --month right?")
         if out == "-":
             text = report.build_report(db, project, month, lists_dir=lists, cycle=cycle)
         else:

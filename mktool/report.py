@@ -292,6 +292,12 @@ def _month_count(db: Database, table_name: str, month: str, what: str = "count(*
     return None if row is None else int(row[0])
 
 
+def scored_customers(db: Database, month: str) -> int:
+    """How many customers ``month``'s customer view holds (0 when not scored, or no view at all):
+    a report of an unscored month is every section saying what to run, which `mktool report` warns of."""
+    return _month_count(db, VIEW_TABLE, month) or 0
+
+
 def _newest_document(db: Database, table_name: str, month: str, run_id: str | None = None) -> dict[str, Any] | None:
     """The stored document of run ``run_id`` (default: the month's newest run: created_at, then run id)."""
     if not db.table_exists(table_name):

@@ -373,6 +373,7 @@ def test_an_empty_database_still_has_every_section_each_saying_what_to_run(tmp_p
     code, page, err = _invoke("report", "--month", M, "--db", str(db), "--matrices", str(MATRICES),
                               "--lists", str(tmp_path / "out"), "--out", "-")
     assert code == 0, err
+    assert "2026-10 is not scored (customer_view has no rows for it)" in err  # a typo'd --month is noticed
     assert re.findall(r'<section id="([^"]*)">', page) == SECTION_IDS
     expected = {"provenance": "mktool run --month 2026-10", "funnels": "No funnels recorded for 2026-10",
                 "distributions": "mktool score --month 2026-10", "profile": "mktool score --month 2026-10",
