@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -304,22 +305,30 @@ def command_options(name: str) -> str:
 
 
 # -- extracts ---------------------------------------------------------------------------------------
+def _generated_for(n: int) -> dict[str, Any]:
+    """What a cached generation must have been made with: size, months, seed and the generator's hash."""
+    generator_sha = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]
+    return {"subscribers": n, "months": list(MONTHS), "seed": SEED, "generator_sha256": generator_sha}
+
+
+def _marker(marker: Path) -> dict[str, Any]:
+    """A cache marker's record ({} when it is missing or unreadable)."""
+    try:
+        return json.loads(marker.read_text()) if marker.exists() else {}
+    except ValueError:
+        return {}
+
+
 def ensure_extracts(work: Path, n: int) -> tuple[Path, float | None]:
     """``<work>/extracts-<N>``, generated once; returns (folder, generation seconds or None if cached)."""
     folder = work / f"extracts-{n}"
     marker = work / f"extracts-{n}.json"
-    import hashlib
-
-    generator_sha = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]
-    wanted = {"subscribers": n, "months": list(MONTHS), "seed": SEED, "generator_sha256": generator_sha}
+    wanted = _generated_for(n)
     if marker.exists() and folder.is_dir():
-        try:
-            done = json.loads(marker.read_text())
-        except ValueError:
-            done = {}
+        done = _marker(marker)
         if {k: done.get(k) for k in wanted} == wanted and all((folder / f).exists() for f in done.get("files", [])):
             return folder, None
-        if done.get("generator_sha256") != generator_sha:
+        if done.get("generator_sha256") != wanted["generator_sha256"]:
             print("scripts/generate_fixtures.py changed since the cached extracts were made: regenerating",
                   file=sys.stderr)
     if folder.exists():
@@ -342,18 +351,12 @@ def ensure_label_month(work: Path, n: int) -> tuple[Path, float | None]:
     The generator is deterministic, so its ``--label-month`` run over the same subscribers, months and
     seed writes the same extracts plus the next month's subscribers: only that file is kept.
     """
-    import hashlib
-
     folder = work / f"label-{n}"
     target = folder / f"subscribers_{NEXT_MONTH}.parquet"
     marker = work / f"label-{n}.json"
-    generator_sha = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]
-    wanted = {"subscribers": n, "months": list(MONTHS), "seed": SEED, "generator_sha256": generator_sha}
-    if marker.exists() and target.exists():
-        try:
-            done = json.loads(marker.read_text())
-        except ValueError:
-            done = {}
+    wanted = _generated_for(n)
+    if target.exists():
+        done = _marker(marker)
         if {k: done.get(k) for k in wanted} == wanted:
             return target, None
     if folder.exists():
