@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,13 @@ from typer.testing import CliRunner, Result
 from mktool.cli import app
 from mktool.contract import TABLES
 
+# A test run started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT
+# ignored, and so would every mktool the Ctrl-C tests start: Python installs no KeyboardInterrupt
+# handler where SIGINT is ignored at start-up, the signal does nothing and those tests fail. A
+# handler here (in each xdist worker too) makes every child start with the default disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # -- the shipped project and the month the tests run -------------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
 MATRICES = ROOT / "matrices"
@@ -31,6 +39,7 @@ M = "2026-10"
 D = "2026-11-01"  # the cycle date of most exports
 CYCLE_DATE = dt.date.fromisoformat(D)
 NEXT_DAY = "2026-11-02"  # a new cycle of the daily channels: different lists, new contacts
+
 
 
 def cycle_dir(out: Path, month: str = M, date: str | dt.date = D) -> Path:
