@@ -42,7 +42,15 @@ import duckdb
 
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
-from mktool.database import Database, command_line, ensure_funnel_cycle, funnel_has_cycle, table_columns, table_exists
+from mktool.database import (
+    Database,
+    command_line,
+    dict_rows,
+    ensure_funnel_cycle,
+    funnel_has_cycle,
+    table_columns,
+    table_exists,
+)
 from mktool.dialect import (
     Query,
     days_after,
@@ -557,9 +565,7 @@ def _balance(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, q: Query) -> list[dict[str, Any]]:
-    cur = con.execute(q.sql, q.params) if q.params else con.execute(q.sql)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    return dict_rows(con.execute(q.sql, q.params) if q.params else con.execute(q.sql))
 
 
 def _register(con: duckdb.DuckDBPyConnection, project: Project, cycles: list[str]) -> None:

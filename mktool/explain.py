@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from mktool.database import Database, step_settings, table_exists
+from mktool.database import Database, dict_rows, step_settings, table_exists
 from mktool.dialect import Query, round_half_away
 from mktool.errors import MktoolError, RuleError
 from mktool.freshness import require_fresh_view
@@ -175,8 +175,7 @@ def view_columns(ex: Explanation) -> list[str]:
 
 
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    return dict_rows(cur)
 
 
 # -- matrices --------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from mktool.database import Database
+from mktool.database import Database, dict_rows
 from mktool.dialect import Query, exact_rate, int_div
 from mktool.errors import StateError, UsageError
 from mktool.evaluate import churn_base_sql, label_params, next_month, next_month_loaded
@@ -345,9 +345,7 @@ def _require_inputs(db: Database, project: Project, month: str) -> tuple[str, li
 
 
 def _rows(db: Database, query: Query) -> list[dict[str, Any]]:
-    cur = db.c.execute(query.sql, query.params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    return dict_rows(db.c.execute(query.sql, query.params))
 
 
 def _group(factor: Factor, row: dict[str, Any]) -> Group:

@@ -37,7 +37,7 @@ from fractions import Fraction
 from typing import Any
 
 from mktool.contract import HANDSET_GENS, check_month, month_from_index, month_index
-from mktool.database import Database
+from mktool.database import Database, dict_rows
 from mktool.dialect import Query, decimal_units, div_half_away, exact_rate, fen, integer, units_decimal
 from mktool.errors import StateError, UsageError
 from mktool.evaluate import churn_base_sql, label_params, next_month, next_month_loaded
@@ -275,9 +275,7 @@ def profile_month(db: Database, project: Project, month: str, *, by: str = DEFAU
     require_fresh_view(db.c, month)
     loaded = next_month_loaded(db, month)
     query = profile_query(month, by, with_churn=loaded)
-    cur = db.c.execute(query.sql, query.params)
-    names = [d[0] for d in cur.description]
-    rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    rows = dict_rows(db.c.execute(query.sql, query.params))
     classes = tuple((NO_CLASS if r["label"] is None else str(r["label"]), r) for r in rows if not r["whole"])
     total = next(r for r in rows if r["whole"])
     return Profile(month, by, next_month(month), loaded, classes, total)

@@ -43,7 +43,7 @@ import vl_convert
 
 from mktool import campaign, evaluate, export, plan
 from mktool.contract import check_month
-from mktool.database import Database
+from mktool.database import Database, dict_rows
 from mktool.errors import MktoolError
 from mktool.factors import rank_factors
 from mktool.output import write_text_file
@@ -280,9 +280,7 @@ def default_target(month: str, cycle: Cycle) -> Path:
 
 # -- reading the database ---------------------------------------------------------------------------
 def _rows(db: Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    cur = db.c.execute(sql, list(params))
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    return dict_rows(db.c.execute(sql, list(params)))
 
 
 def _month_count(db: Database, table_name: str, month: str, what: str = "count(*)") -> int | None:
