@@ -468,13 +468,12 @@ def funnels_section(page: Page) -> str:
                        "export).")
     cycles = export.funnel_cycles(db.c, month)
     date = page.cycle.date or (cycles[-1] if cycles else None)
+    undated = export.funnel_document(db.c, month)["funnels"]  # the steps' and the response funnels
+    responses = {k: v for k, v in undated.items() if k.startswith(RESPONSE_FUNNEL_PREFIX)}
     if date is not None:
         steps = export.funnel_document(db.c, month, dt.date.fromisoformat(date))["funnels"]
     else:
-        steps = {k: v for k, v in export.funnel_document(db.c, month)["funnels"].items()
-                 if not k.startswith(RESPONSE_FUNNEL_PREFIX)}
-    responses = {k: v for k, v in export.funnel_document(db.c, month)["funnels"].items()
-                 if k.startswith(RESPONSE_FUNNEL_PREFIX)}
+        steps = {k: v for k, v in undated.items() if not k.startswith(RESPONSE_FUNNEL_PREFIX)}
     if not steps and not responses:
         return missing(f"No funnels recorded for {month}: run `mktool run --month {month}` (or matrix, plan and "
                        "export).")
@@ -527,7 +526,7 @@ def distributions_section(page: Page) -> str:
     have = set(db.columns(VIEW_TABLE))
     present = [c for c in DISTRIBUTION_COLUMNS if c in have]
     parts = [f"SELECT '{c}' AS col, CAST({quote_identifier(c)} AS VARCHAR) AS val, count(*) AS customers "
-             f"FROM {VIEW_TABLE} WHERE month = $month GROUP BY ALL" for c in present]
+             f"FROM {VIEW_TABLE} WHERE month = $month GROUP BY {quote_identifier(c)}" for c in present]
     counts: dict[str, list[tuple[str | None, int]]] = {c: [] for c in present}
     if parts:
         cur = db.c.execute(" UNION ALL ".join(parts) + " ORDER BY col, val NULLS LAST", {"month": month})
@@ -593,7 +592,7 @@ def rules_section(page: Page) -> str:
     hits: dict[tuple[str, str], int] = {}
     if db.table_exists("rule_hits"):
         for r in _rows(db, "SELECT matrix, rule_id, sum(hits) AS hits FROM rule_hits WHERE month = ? "
-                           "GROUP BY ALL ORDER BY ALL", [month]):
+                           "GROUP BY matrix, rule_id ORDER BY matrix, rule_id", [month]):
             hits[(r["matrix"], r["rule_id"])] = int(r["hits"])
     if not hits:
         return missing(f"No rule hits recorded for {month}: run `mktool matrix --month {month}`.")
