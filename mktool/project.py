@@ -39,6 +39,7 @@ from mktool.rules import (
     Problems,
     Rule,
     RuleSet,
+    Scene,
     raise_first,
     read_rule_files,
 )
@@ -378,6 +379,10 @@ class Project:
     @property
     def groups(self) -> dict[str, PolicyGroup]:
         return self.rules.groups
+
+    @property
+    def scenes(self) -> tuple[Scene, ...]:
+        return self.rules.scenes
 
     @property
     def warnings(self) -> list[Problem]:

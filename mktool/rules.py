@@ -198,6 +198,41 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Wave:
+    """One wave of a scene (issue 14): the scene fires again when an event meets a deeper
+    condition (balance < 10 yuan, then < 5), at most once per wave within the scene's once_per."""
+
+    id: str
+    when: str  # one SQL boolean expression over the event's and the customer view's columns
+    level: int  # 1-based position in the scene's waves: a deeper wave has a higher level
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One scene of matrices/scenes.yaml (场景营销, seeds 000 and 004): an event type and a SQL
+    condition turned into trigger lists in micro-batches (``mktool scene``; docs/scenes.md)."""
+
+    id: str
+    name: str
+    event_type: str  # the events' event_type it listens to (an identifier, normalised like ingest's)
+    when: str | None  # SQL boolean over value, event_time, event_type and the customer view; None: always
+    waves: tuple[Wave, ...]  # at least one; a scene without ``waves:`` has the single wave "1" (when TRUE)
+    policy: str  # a policies.yaml policy id
+    channels: tuple[str, ...]  # channels.yaml channels, in preference order (push or pop-up)
+    expires_after: dt.timedelta  # an event older than this when processed is dropped as stale
+    once_per_days: int  # at most one trigger per customer × scene × wave within this many days
+    script: str | None = None  # optional agent/SMS text; None: the policy's name
+    position: int = 0  # 1-based order of the scene across the scene files (a customer's triggers rank by it)
+    file: str = ""
+    path: str = ""  # key path in its file: scenes[2]
+    source: YamlFile | None = field(default=None, compare=False, repr=False)
+
+    def at(self, key: str = "") -> str:
+        """The location of one of this scene's keys (``scenes.yaml:12 @ scenes[2].when (scene X)``)."""
+        return _where(self.source, self.file, f"{self.path}.{key}" if key else self.path, f"scene {self.id}")
+
+
+@dataclass(frozen=True)
 class PolicyGroup:
     """A policy group (政策群, seed 001) of policies.yaml ``groups:``: the offers of one family the
     agent may choose instead of a rule's main policy, best first."""
@@ -311,6 +346,7 @@ class RuleSet:
     columns: list[str]  # customer_view columns the rules may use
     warnings: list[Problem] = field(default_factory=list)
     groups: dict[str, PolicyGroup] = field(default_factory=dict)  # policies.yaml groups: by id
+    scenes: tuple[Scene, ...] = ()  # scenes.yaml and scenes/*.yaml, in position order (issue 14)
 
     @property
     def priority(self) -> Matrix:
