@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,11 +65,12 @@ PIPELINE = ("ingest", "score", "matrix", "plan", "export")
 #: The steps measured by default: the pipeline (its total is what builds are compared by), then the
 #: campaign evaluation of the exported month, the churn factor ranking and the segment profile of the scored
 #: month (not in the total: an older build has none of them).
-DEFAULT_STEPS = (*PIPELINE, "evaluate", "factors", "profile")
+DEFAULT_STEPS = (*PIPELINE, "evaluate", "factors", "profile", "scene")
 ALL_STEPS = (*DEFAULT_STEPS, "run")
 #: step -> the steps whose output it needs (a skipped or failed prerequisite skips it).
 NEEDS = {"ingest": (), "score": ("ingest",), "matrix": ("score",), "plan": ("score",),
-         "export": ("matrix",), "evaluate": ("export",), "factors": ("score",), "profile": ("score",), "run": ()}
+         "export": ("matrix",), "evaluate": ("export",), "factors": ("score",), "profile": ("score",),
+         "scene": ("export",), "run": ()}
 #: How mktool is started: this checkout's code (``python -m mktool`` with the checkout first on
 #: PYTHONPATH), not whatever ``mktool`` on PATH was last installed from (--mktool overrides).
 MKTOOL: list[str] = [sys.executable, "-m", "mktool"]
@@ -342,6 +344,49 @@ def ensure_extracts(work: Path, n: int) -> tuple[Path, float | None]:
     files = sorted(p.name for p in folder.glob("*.parquet"))
     marker.write_text(json.dumps({**wanted, "files": files, "seconds": round(seconds, 1)}, indent=2))
     return folder, seconds
+
+
+#: The scene batch (issue 14): one event per subscriber in one hour of the month's last day, the
+#: default scenes' four event types in the fixtures' proportions, values around each scene's edge.
+SCENE_EVENTS_SQL = """
+COPY (
+    WITH s AS (SELECT msisdn, hash(msisdn || 'bench-scene') AS h FROM read_parquet('{subscribers}')),
+    e AS (
+        SELECT msisdn, h,
+               CASE h % 20 WHEN 0 THEN 'roaming_start' WHEN 1 THEN 'roaming_start' WHEN 2 THEN 'roaming_start'
+                    ELSE CASE h % 3 WHEN 0 THEN 'balance_low' WHEN 1 THEN 'data_90pct' ELSE 'data_100pct' END
+               END AS event_type
+        FROM s
+    )
+    SELECT msisdn,
+           TIMESTAMP '{day} 00:00:00' + to_seconds(CAST((h // 20) % 3600 AS BIGINT)) AS event_time,
+           event_type,
+           CAST(CASE event_type WHEN 'balance_low' THEN ((h // 7) % 1200) / 100.0
+                                WHEN 'data_90pct' THEN 90 + ((h // 7) % 100) / 10.0
+                                WHEN 'data_100pct' THEN 100 + ((h // 7) % 500) / 10.0
+                                ELSE ((h // 7) % 600) / 10.0 END AS DOUBLE) AS value
+    FROM e ORDER BY event_time, msisdn
+) TO '{out}' (FORMAT parquet)
+"""
+SCENE_DAY = "2026-10-31"
+
+
+def ensure_scene_events(work: Path, n: int, extracts: Path) -> tuple[Path, float | None]:
+    """``<work>/scene-events-<N>/events-<day>.parquet`` (one event per subscriber), made once per
+    extracts generation; returns (file, seconds or None if cached)."""
+    folder = work / f"scene-events-{n}"
+    file = folder / f"events-{SCENE_DAY}.parquet"
+    marker = work / f"scene-events-{n}.json"
+    wanted = {**_generated_for(n), "sql_sha256": hashlib.sha256(SCENE_EVENTS_SQL.encode()).hexdigest()[:16]}
+    if file.exists() and _marker(marker) == wanted:
+        return file, None
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    subscribers = extracts / f"subscribers_{MONTH}.parquet"
+    with duckdb.connect() as con:
+        con.execute(SCENE_EVENTS_SQL.format(subscribers=subscribers.as_posix(), day=SCENE_DAY, out=file.as_posix()))
+    marker.write_text(json.dumps(wanted, indent=2))
+    return file, time.perf_counter() - start
 
 
 def ensure_label_month(work: Path, n: int) -> tuple[Path, float | None]:
@@ -639,8 +684,10 @@ def ingest_paths(extracts: Path, exclude: list[str]) -> list[str]:
 
 
 def step_command(step: str, *, db: Path, extracts: Path, out_dir: Path, run_help: str,
-                 exclude: list[str]) -> list[str]:
+                 exclude: list[str], scene_events: Path | None = None) -> list[str]:
     common = ["--db", str(db), "--quiet"]
+    if step == "scene":
+        return [*MKTOOL, "scene", "--events", str(scene_events), "--out", str(out_dir), *common]
     if step == "ingest":
         return [*MKTOOL, "ingest", *ingest_paths(extracts, exclude), *common]
     if step in ("score", "matrix", "plan"):
@@ -910,9 +957,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = available_commands()
     run_help = command_options("run") if "run" in commands else ""
     steps: dict[str, Measured] = {}
+    scene_events: Path | None = None
+    if "scene" in args.steps and "scene" in commands:
+        scene_events, scene_seconds = ensure_scene_events(work, n, extracts)
+        notes.append(f"scene events {'reused from' if scene_seconds is None else 'generated into'} {scene_events}")
     for step in args.steps:
         cmd = step_command(step, db=db, extracts=extracts, out_dir=out_dir, run_help=run_help,
-                           exclude=args.ingest_exclude)
+                           exclude=args.ingest_exclude, scene_events=scene_events)
         missing = [need for need in NEEDS[step] if need in args.steps and not steps.get(need, Measured(need, [])).ok]
         if step not in commands:
             steps[step] = Measured(step, cmd, status=f"skipped: `mktool {step}` not available yet")
