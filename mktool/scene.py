@@ -634,8 +634,7 @@ FROM (
     LEFT JOIN {_DECIDED} d ON d.seq = p.seq AND d.scene_id = p.scene_id
     LEFT JOIN {_BLOCKERS} b ON b.seq = p.seq AND b.scene_id = p.scene_id
     LEFT JOIN {_WAVES} w ON w.scene_id = d.scene_id AND w.wave_level = d.wave_level
-) AS o
-ORDER BY seq, position"""),
+) AS o"""),
         Query("scene:triggers", f"""
 CREATE OR REPLACE TEMP TABLE {SCENE_TRIGGERS_TEMP} AS
 SELECT o.seq, o.msisdn, CAST(o.msisdn AS BIGINT) AS cust_id, o.scene_id, s.position, o.wave, o.wave_level,
@@ -643,8 +642,7 @@ SELECT o.seq, o.msisdn, CAST(o.msisdn AS BIGINT) AS cust_id, o.scene_id, s.posit
        CAST(row_number() OVER (PARTITION BY o.msisdn ORDER BY s.position, o.wave_level DESC, o.event_time, o.seq)
             AS INTEGER) AS rank
 FROM {SCENE_OUTCOMES_TEMP} o JOIN {_SCENES} s ON s.scene_id = o.scene_id
-WHERE o.outcome = '{FIRED}'
-ORDER BY o.msisdn, rank"""),
+WHERE o.outcome = '{FIRED}'"""),
     )
     return OutcomeQueries(
         setup=setup, round=round_, pending=Query("scene:pending", f"SELECT count(*) FROM {_NEXT}"),
