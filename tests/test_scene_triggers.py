@@ -23,8 +23,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import MATRICES, write_table
+from conftest import FIXTURES, MATRICES, write_table
+from typer.testing import CliRunner
 
+from mktool.cli import app
 from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import MktoolError, StateError
@@ -488,3 +490,75 @@ def test_a_batch_needs_a_scored_view(tmp_path, project):
     bare.execute("CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR)")
     with pytest.raises(StateError, match="run `mktool score`"):
         load_batch(bare, with_scenes(project, scene()), order_files(bare, [path])[0])
+
+
+# -- on the fixtures' Quick start database (ingest + score, built once) ------------------------------------
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("quick") / "mktool.duckdb"
+    for args in (["ingest", str(FIXTURES)], ["score", "--month", MONTH]):
+        result = CliRunner().invoke(app, [*args, "--db", str(db), "--quiet"])
+        assert result.exit_code == 0, result.output
+    return db
+
+
+def sequential(events: list[tuple[Any, ...]], customers: dict[str, tuple[str, bool | None]],
+               once_per: dt.timedelta) -> list[tuple[str, dt.datetime, str, str | None]]:
+    """An event-by-event reading of §3 for one scene (when: prepaid and churn_flag; waves below_10, below_5;
+    nothing stale, no earlier batch): (msisdn, event_time, outcome, wave)."""
+    fired: list[tuple[str, dt.datetime, int]] = []
+    out = []
+    for msisdn, when, value in sorted(events, key=lambda e: (e[1], e[0], e[2])):
+        if msisdn not in customers:
+            out.append((msisdn, when, "unknown_customer", None))
+            continue
+        payment, churn = customers[msisdn]
+        level = 2 if value < 5 else 1 if value < 10 else 0
+        if not (payment == "prepaid" and churn) or not level:
+            out.append((msisdn, when, "not_matched", None))
+            continue
+        wave = "below_5" if level == 2 else "below_10"
+        if any(m == msisdn and lv >= level and abs(when - w) < once_per for m, w, lv in fired):
+            out.append((msisdn, when, "once_per", wave))
+            continue
+        fired.append((msisdn, when, level))
+        out.append((msisdn, when, "fired", wave))
+    return out
+
+
+def test_a_batch_of_the_fixtures_events_on_the_quick_start_database(quick_start, tmp_path, project):
+    db = tmp_path / "mktool.duckdb"
+    shutil.copy(quick_start, db)
+    con = duckdb.connect(str(db))
+    events_before = con.execute("SELECT count(*) FROM events").fetchone()
+    low = scene(when="payment = 'prepaid' AND churn_flag", waves=BELOW, expires=dt.timedelta(days=60), once_per=7)
+    files = order_files(con, [FIXTURES / "events.parquet"])
+    batch = load_batch(con, with_scenes(project, low), files[0])
+    events = con.execute("SELECT msisdn, event_time, value FROM events WHERE event_type = 'balance_low'").fetchall()
+    customers = {m: (p, c) for m, p, c in con.execute(
+        "SELECT msisdn, payment, churn_flag FROM customer_view WHERE month = ?", [MONTH]).fetchall()}
+    expected = sequential(events, customers, dt.timedelta(days=7))
+    got = con.execute("SELECT msisdn, event_time, outcome, wave FROM _s_outcomes WHERE scene_id = 'low' "
+                      "ORDER BY seq").fetchall()
+    assert got == expected and len(got) == 35
+    assert {"fired", "not_matched"} <= {o for _, _, o, _ in got}
+    assert batch.counts["no_scene"] == batch.rows - 35 - batch.counts["duplicate"]
+    assert (batch.view_month, batch.cycle_date) == (MONTH, batch.last_event.date() if batch.last_event else None)
+    assert con.execute("SELECT count(*) FROM events").fetchone() == events_before
+    con.close()
+
+
+def test_a_batch_is_refused_on_a_view_older_than_a_load_it_reads(quick_start, tmp_path, project):
+    db = tmp_path / "mktool.duckdb"
+    shutil.copy(quick_start, db)
+    changed = tmp_path / "usage_2026-10.parquet"
+    table = pq.read_table(FIXTURES / "usage_2026-10.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("sms_count"), "sms_count",
+                                    pa.array([v + 1 for v in table.column("sms_count").to_pylist()],
+                                             table.schema.field("sms_count").type)), changed)
+    result = CliRunner().invoke(app, ["ingest", str(changed), "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db))
+    with pytest.raises(StateError, match="customer_view for 2026-10 is stale"):
+        load_batch(con, with_scenes(project, scene()), order_files(con, [FIXTURES / "events.parquet"])[0])
+    con.close()
