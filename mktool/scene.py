@@ -22,9 +22,9 @@ Public API (stable; the delivery, rules, cli and reference helpers build on it)
       every path with its checksum, ledger entry (processed before: skip it) or refusal (error),
       and, for a new readable file, its rows and first/last event (read under the contract).
       Sorted by (first_event, last_event, file name), files without events last: the order new
-      files are processed in. A caller checks ``ledger_entry`` again just before each batch: a
-      copy of a file processed earlier in the same call is in the ledger only once that batch
-      has committed.
+      files are processed in (``is_new``). A copy of a file earlier in the same call (same
+      checksum) is marked ``copy_of`` it: it is in the ledger (``ledger_entry``, the skip
+      message) once that file's batch has committed.
   ``load_batch(con, project, event_file) -> Batch``
       loads the file into ``_s_events`` and decides every event into ``_s_outcomes`` and
       ``_s_triggers`` (temp tables, kept for the delivery step); refuses a stale or missing view.
@@ -263,6 +263,8 @@ class EventFile:
     last_event: dt.datetime | None = None
     entry: LedgerEntry | None = None
     error: MktoolError | None = None
+    #: an earlier file of the same call with the same checksum (a copy): skipped once that one is recorded
+    copy_of: Path | None = None
     #: the file as validated under the events contract (load_batch reads it without validating again)
     source: SourceFile | None = field(default=None, repr=False, compare=False)
 
@@ -272,7 +274,8 @@ class EventFile:
 
     @property
     def is_new(self) -> bool:
-        return self.entry is None and self.error is None
+        """To be processed: not in the ledger, not refused, not a copy of an earlier file of the call."""
+        return self.entry is None and self.error is None and self.copy_of is None
 
 
 def _validated(con: duckdb.DuckDBPyConnection, path: Path) -> SourceFile:
@@ -327,7 +330,9 @@ def order_files(con: duckdb.DuckDBPyConnection, paths: Iterable[Path]) -> list[E
     """Every file with its checksum and ledger entry; the new ones read under the contract.
 
     Sorted by (first_event, last_event, name), files without events (empty, processed before
-    with none, or refused) last by name: the order new files are processed in.
+    with none, or refused) last by name: the order new files are processed in. A new file with
+    the checksum of one before it in that order is marked ``copy_of`` that one (not new): once
+    the first is processed, ``ledger_entry`` gives the message to skip the copy with.
     """
     out: list[EventFile] = []
     for path in paths:
@@ -347,7 +352,13 @@ def order_files(con: duckdb.DuckDBPyConnection, paths: Iterable[Path]) -> list[E
             else:
                 _describe(con, f)
         out.append(f)
-    return sorted(out, key=_order_key)
+    out.sort(key=_order_key)
+    first: dict[str, Path] = {}
+    for f in out:
+        if f.entry is None and f.error is None:
+            f.copy_of = first.get(f.checksum)
+            first.setdefault(f.checksum, f.path)
+    return out
 
 
 # -- the batch ----------------------------------------------------------------------------------------

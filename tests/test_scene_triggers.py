@@ -361,6 +361,16 @@ def test_a_renamed_copy_has_the_same_checksum_and_the_ledger_knows_it(tmp_path, 
     assert ledger_watermark(con) == t(5)
 
 
+def test_a_copy_within_one_call_is_marked_as_a_copy_of_the_first_in_processing_order(tmp_path, con):
+    original = events_file(tmp_path / "b.parquet", [ev(A, t(5))])
+    shutil.copy(original, tmp_path / "a.parquet")
+    events_file(tmp_path / "c.parquet", [ev(A, t(6))])
+    files = order_files(con, event_files(tmp_path))
+    assert [(f.path.name, f.is_new, f.copy_of) for f in files] == [
+        ("a.parquet", True, None), ("b.parquet", False, tmp_path / "a.parquet"), ("c.parquet", True, None)]
+    assert files[0].checksum == files[1].checksum != files[2].checksum
+
+
 def test_new_files_are_ordered_by_first_then_last_event_then_name(tmp_path, con):
     a = events_file(tmp_path / "a.parquet", [ev(A, t(3)), ev(B, t(4))])
     b = events_file(tmp_path / "b.parquet", [ev(A, t(1)), ev(B, t(5))])
