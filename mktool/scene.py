@@ -65,14 +65,20 @@ from mktool.project import Project
 from mktool.publish import file_sha256
 from mktool.rules import Policy, Scene
 from mktool.schema import (
+    EVENT_COLUMNS,
     FIRED,
+    OUTCOME_COLUMNS,
+    SCENE_EVENTS_COLUMNS,
     SCENE_EVENTS_TABLE,
     SCENE_EVENTS_TEMP,
+    SCENE_FILES_COLUMNS,
+    SCENE_FILES_KEY,
     SCENE_FILES_TABLE,
     SCENE_OUTCOMES,
     SCENE_OUTCOMES_TEMP,
     SCENE_TRIGGERS_TEMP,
     TEMPORARY_SUFFIXES,
+    TRIGGER_COLUMNS,
     VIEW_TABLE,
 )
 from mktool.sqlquote import quote_identifier, quote_literal
@@ -107,29 +113,6 @@ __all__ = [
 EVENTS_CONTRACT = "events"  # mktool/contract.py's table the event files follow
 BATCH_ID_LENGTH = 12
 US_PER_DAY = 86_400 * 1_000_000
-
-#: The ledger (scene_files): one row per processed event file, written by the publish unit.
-SCENE_FILES_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("checksum", "VARCHAR PRIMARY KEY"), ("file_name", "VARCHAR"), ("path", "VARCHAR"), ("size", "BIGINT"),
-    ("rows", "BIGINT"), ("first_event", "TIMESTAMP"), ("last_event", "TIMESTAMP"), ("batch", "VARCHAR"),
-    ("cycle_date", "DATE"), ("processed_at", "TIMESTAMP"),
-)
-#: scene_events: every event of every batch with its outcome (per listening scene) and delivery.
-SCENE_EVENTS_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("batch", "VARCHAR"), ("seq", "BIGINT"), ("msisdn", "VARCHAR"), ("event_time", "TIMESTAMP"),
-    ("event_type", "VARCHAR"), ("value", "DOUBLE"), ("scene_id", "VARCHAR"), ("wave", "VARCHAR"),
-    ("wave_level", "INTEGER"), ("outcome", "VARCHAR"), ("blocked_by_time", "TIMESTAMP"),
-    ("blocked_by_batch", "VARCHAR"), ("policy_id", "VARCHAR"), ("delivery", "VARCHAR"), ("channel", "VARCHAR"),
-    ("blocked_at", "VARCHAR"), ("held_kind", "VARCHAR"),
-)
-#: _s_events: a batch's events as loaded, seq = 1.. in the batch's order.
-EVENT_COLUMNS = ("seq", "msisdn", "event_time", "event_type", "value")
-#: _s_outcomes: one row per duplicate / no_scene event, else one per event × listening scene.
-OUTCOME_COLUMNS = ("seq", "msisdn", "event_time", "event_type", "value", "scene_id", "wave", "wave_level",
-                   "outcome", "blocked_by_time", "blocked_by_batch")
-#: _s_triggers: the fired rows, with what the contact policy needs.
-TRIGGER_COLUMNS = ("seq", "msisdn", "cust_id", "scene_id", "position", "wave", "wave_level", "policy_id",
-                   "policy_name", "script", "channels", "event_time", "event_type", "value", "rank")
 
 # the decision's own work tables (temp)
 _SCENES = "_s_scenes"  # scene_id, position, event_type, expires_us, once_per_us, policy, script, channels
@@ -198,14 +181,15 @@ def batch_id(checksum: str) -> str:
 
 
 # -- the ledger ---------------------------------------------------------------------------------------
-def _create_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
+def _create_sql(table: str, columns: Sequence[tuple[str, str]], key: str | None = None) -> str:
     cols = ", ".join(f"{quote_identifier(name)} {type_}" for name, type_ in columns)
-    return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+    primary = f", PRIMARY KEY ({quote_identifier(key)})" if key else ""
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}{primary})"
 
 
 def ensure_scene_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create scene_files and scene_events when missing (the publish unit calls it before writing)."""
-    con.execute(_create_sql(SCENE_FILES_TABLE, SCENE_FILES_COLUMNS))
+    con.execute(_create_sql(SCENE_FILES_TABLE, SCENE_FILES_COLUMNS, SCENE_FILES_KEY))
     con.execute(_create_sql(SCENE_EVENTS_TABLE, SCENE_EVENTS_COLUMNS))
 
 

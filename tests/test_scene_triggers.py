@@ -342,6 +342,20 @@ def test_event_files_of_a_folder_skip_hidden_temporary_and_other_files(tmp_path)
     assert event_files(empty) == []
 
 
+def test_the_scene_tables_have_the_definitions_columns_and_the_ledger_one_row_per_checksum(con):
+    ensure_scene_tables(con)  # again: nothing changes
+    columns = {t: [r[0] for r in con.execute(f"DESCRIBE {t}").fetchall()] for t in ("scene_files", "scene_events")}
+    assert columns == {
+        "scene_files": ["checksum", "file_name", "path", "size", "rows", "first_event", "last_event", "batch",
+                        "cycle_date", "processed_at"],
+        "scene_events": ["batch", "seq", "msisdn", "event_time", "event_type", "value", "scene_id", "wave",
+                         "wave_level", "outcome", "blocked_by_time", "blocked_by_batch", "policy_id", "delivery",
+                         "channel", "blocked_at", "held_kind"]}
+    con.execute(f"INSERT INTO {SCENE_FILES_TABLE} (checksum, batch) VALUES ('ab', 'ab')")
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute(f"INSERT INTO {SCENE_FILES_TABLE} (checksum, batch) VALUES ('ab', 'ab')")
+
+
 def test_a_renamed_copy_has_the_same_checksum_and_the_ledger_knows_it(tmp_path, con):
     first = events_file(tmp_path / "events-y.parquet", [ev(A, t(5))])
     copy = tmp_path / "events-x.parquet"
