@@ -58,7 +58,7 @@ import duckdb
 
 from mktool.database import table_exists
 from mktool.dialect import Query
-from mktool.errors import InputError, MktoolError, StateError
+from mktool.errors import InputError, MktoolError, RuleError, StateError
 from mktool.freshness import require_fresh_view
 from mktool.ingest import SourceFile, read_schema, validate
 from mktool.project import Project
@@ -463,6 +463,9 @@ class OutcomeQueries:
     pending: Query
     finish: tuple[Query, ...]
     counts: Query
+    #: per scene's query (``scene:levels:<id>``): each condition's location and a query of it alone,
+    #: run only when the scene's query fails, to name the condition in the error
+    probes: Mapping[str, tuple[tuple[str, Query], ...]] = field(default_factory=dict)
 
 
 def _micros(delta: dt.timedelta) -> int:
@@ -495,19 +498,32 @@ def _catalogue_sql(scenes: Sequence[Scene], policies: Mapping[str, Policy]) -> t
     return scenes_sql, waves_sql
 
 
-def _level_sql(scene: Scene, view: str) -> str:
-    """One scene's fresh, known pairs with the level of the deepest wave whose ``when`` is true
-    (NULL: the scene's ``when`` or no wave is true; NULL counts as false). The conditions see
+def _scene_relation(scene: Scene, view: str) -> str:
+    """One scene's fresh pairs of known customers as the relation its conditions are evaluated over:
     every column of the view and the event's value, event_time and event_type, unqualified."""
+    return (f"SELECT v.*, p.value, p.event_time, p.event_type, p.seq AS _s_seq FROM {_PAIRS} p "
+            f"JOIN {view} v ON v.msisdn = p.msisdn AND v.month = $view_month "
+            f"WHERE p.scene_id = {quote_literal(scene.id)} AND NOT p.stale AND p.known")
+
+
+def _level_sql(scene: Scene, view: str) -> str:
+    """The level of the deepest wave whose ``when`` is true for each of the scene's pairs (NULL: the
+    scene's ``when`` or no wave is true; NULL counts as false)."""
     waves = sorted(scene.waves, key=lambda w: w.level, reverse=True)
     level = "CASE " + " ".join(f"WHEN ({w.when}) THEN {int(w.level)}" for w in waves) + " END"
     if scene.when is not None:
         level = f"CASE WHEN ({scene.when}) THEN {level} END"
-    relation = (f"SELECT v.*, p.value, p.event_time, p.event_type, p.seq AS _s_seq FROM {_PAIRS} p "
-                f"JOIN {view} v ON v.msisdn = p.msisdn AND v.month = $view_month "
-                f"WHERE p.scene_id = {quote_literal(scene.id)} AND NOT p.stale AND p.known")
-    return (f"SELECT _s_seq AS seq, {quote_literal(scene.id)} AS scene_id, CAST({level} AS INTEGER) AS wave_level "
-            f"FROM ({relation}) AS ev")
+    return (f"INSERT INTO {_LEVELS} SELECT _s_seq, {quote_literal(scene.id)}, CAST({level} AS INTEGER) "
+            f"FROM ({_scene_relation(scene, view)}) AS ev")
+
+
+def _probes(scene: Scene, view: str, params: dict[str, Any]) -> tuple[tuple[str, Query], ...]:
+    """(location, query) of each of a scene's conditions alone: the one that fails is named."""
+    relation = _scene_relation(scene, view)
+    conditions = ([(scene.at("when"), scene.when)] if scene.when is not None else []) + [
+        (scene.at(f"waves[{w.level - 1}].when"), w.when) for w in scene.waves]
+    return tuple((where, Query(f"scene:probe:{scene.id}", f"SELECT count(*) FROM ({relation}) AS ev WHERE ({cond})",
+                               params)) for where, cond in conditions)
 
 
 def _blocks(trigger: str, pair: str) -> str:
@@ -534,9 +550,6 @@ def outcome_queries(scenes: Sequence[Scene], policies: Mapping[str, Policy], *, 
     scenes_sql, waves_sql = _catalogue_sql(scenes, policies)
     wm = quote_literal(watermark) if watermark is not None else "CAST(NULL AS TIMESTAMP)"
     ledger = f"(SELECT batch, msisdn, scene_id, wave_level, event_time FROM {earlier} WHERE outcome = '{FIRED}')"
-    levels = "\nUNION ALL\n".join(_level_sql(s, view) for s in scenes) if scenes else \
-        "SELECT CAST(NULL AS BIGINT) AS seq, CAST(NULL AS VARCHAR) AS scene_id, CAST(NULL AS INTEGER) AS wave_level " \
-        "WHERE false"
     setup = (
         Query("scene:catalogue", scenes_sql),
         Query("scene:waves", waves_sql),
@@ -554,7 +567,9 @@ SELECT u.seq, u.msisdn, u.event_time, u.event_type, u.value, s.scene_id, s.posit
        EXISTS (SELECT 1 FROM {view} v WHERE v.month = $view_month AND v.msisdn = u.msisdn) AS known
 FROM {_UNIQUE} u JOIN {_SCENES} s ON s.event_type = u.event_type
 WHERE NOT u.duplicate""", params),
-        Query("scene:levels", f"CREATE OR REPLACE TEMP TABLE {_LEVELS} AS\n{levels}", params if scenes else {}),
+        Query("scene:levels", f"CREATE OR REPLACE TEMP TABLE {_LEVELS} (seq BIGINT, scene_id VARCHAR, "
+                              "wave_level INTEGER)"),
+        *(Query(f"scene:levels:{s.id}", _level_sql(s, view), params) for s in scenes),
         Query("scene:open", f"""
 CREATE OR REPLACE TEMP TABLE {_OPEN} AS
 SELECT p.seq, p.msisdn, p.scene_id, p.event_time, l.wave_level, p.once_per_us
@@ -643,11 +658,27 @@ WHERE o.outcome = '{FIRED}'"""),
         setup=setup, round=round_, pending=Query("scene:pending", f"SELECT count(*) FROM {_NEXT}"),
         finish=finish + tuple(Query(f"scene:drop:{t}", f"DROP TABLE IF EXISTS {t}") for t in _WORK_TABLES),
         counts=Query("scene:counts", f"SELECT outcome, count(*) FROM {SCENE_OUTCOMES_TEMP} GROUP BY outcome"),
+        probes={f"scene:levels:{s.id}": _probes(s, view, params) for s in scenes},
     )
 
 
 def _run(con: duckdb.DuckDBPyConnection, q: Query) -> duckdb.DuckDBPyConnection:
     return con.execute(q.sql, q.params) if q.params else con.execute(q.sql)
+
+
+def _condition_error(con: duckdb.DuckDBPyConnection, probes: Sequence[tuple[str, Query]],
+                     exc: duckdb.Error) -> RuleError:
+    """A scene's query failed in DuckDB (a cast of a value that is not a number …): the error names the
+    condition that fails on its own (else the scene's first), as a rule's error does."""
+    where = probes[0][0] if probes else "scene"
+    for at, probe in probes:
+        try:
+            _run(con, probe).fetchall()
+        except duckdb.Error:
+            where = at
+            break
+    lines = str(exc).strip().splitlines()
+    return RuleError(f"{where}: DuckDB: {lines[0] if lines else type(exc).__name__}")
 
 
 def run_outcomes(con: duckdb.DuckDBPyConnection, queries: OutcomeQueries) -> dict[str, int]:
@@ -657,7 +688,12 @@ def run_outcomes(con: duckdb.DuckDBPyConnection, queries: OutcomeQueries) -> dic
     and scene), never over events.
     """
     for q in queries.setup:
-        _run(con, q)
+        try:
+            _run(con, q)
+        except duckdb.Error as exc:
+            if q.name not in queries.probes or isinstance(exc, duckdb.InterruptException):
+                raise
+            raise _condition_error(con, queries.probes[q.name], exc) from None
     while True:
         for q in queries.round:
             _run(con, q)

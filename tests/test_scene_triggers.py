@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from mktool.cli import app
 from mktool.config import Settings
 from mktool.database import Database
-from mktool.errors import MktoolError, StateError
+from mktool.errors import MktoolError, RuleError, StateError
 from mktool.ingest import ingest
 from mktool.project import Project, load_project
 from mktool.rules import Policy, Scene, Wave
@@ -304,6 +304,16 @@ def test_an_earlier_trigger_of_another_customer_or_a_refused_delivery_still_coun
     decide(con, [scene(expires=dt.timedelta(days=60))], [(A, t(2), "balance_low", 1.0), (B, t(2), "balance_low", 1.0),
                                                          (C, t(2), "balance_low", 1.0)])
     assert outcomes(con, "msisdn", "outcome") == [(A, "once_per"), (B, "once_per"), (C, "fired")]
+
+
+def test_a_condition_failing_in_duckdb_is_named_by_its_scene_file_location(con):
+    waves = (Wave("ok", "value < 10", 1), Wave("bad", "CAST(event_type AS INTEGER) > 1", 2))
+    s = dataclasses.replace(scene(waves=waves, when="payment = 'prepaid'"), file="scenes.yaml", path="scenes[0]")
+    with pytest.raises(RuleError) as err:
+        decide(con, [s], [(A, t(1), "balance_low", 1.0)])
+    assert str(err.value).startswith("scenes.yaml @ scenes[0].waves[1].when (scene low): DuckDB: Conversion Error")
+    decide(con, [s], [(B, t(1), "other", 1.0)])  # no event of its type: nothing is evaluated, nothing fails
+    assert outcomes(con, "outcome") == [("no_scene",)]
 
 
 # -- files, the ledger, loading -------------------------------------------------------------------------------
