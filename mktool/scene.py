@@ -18,6 +18,7 @@ Public API (stable; the delivery, rules, cli and reference helpers build on it)
       (:data:`SCENE_FILES_COLUMNS`, :data:`SCENE_EVENTS_COLUMNS`).
   ``ledger_entry(con, checksum) -> LedgerEntry | None``  the ledger row of a processed file.
   ``ledger_watermark(con) -> datetime | None``           max(last_event) of the ledger's batches.
+  ``ledger_query(batch, processed_at) -> Query``          the batch's ledger row, for the publish unit.
   ``order_files(con, paths) -> list[EventFile]``
       every path with its checksum, ledger entry (processed before: skip it) or refusal (error),
       and, for a new readable file, its rows and first/last event (read under the contract).
@@ -102,6 +103,7 @@ __all__ = [
     "file_checksum",
     "is_event_file_name",
     "ledger_entry",
+    "ledger_query",
     "ledger_watermark",
     "load_batch",
     "order_files",
@@ -205,14 +207,16 @@ class LedgerEntry:
     first_event: dt.datetime | None
     last_event: dt.datetime | None
     batch: str
-    cycle_date: dt.date
-    processed_at: dt.datetime
+    cycle_date: dt.date | None
+    processed_at: dt.datetime | None
 
     def skipped(self, name: str) -> str:
         """``skipped events-x.parquet: already processed as batch 3fa9c2d1e0b7 on 2026-10-05 (as events-y.parquet)``:
         the batch's cycle date; the earlier name only when it differs."""
         other = f" (as {self.file_name})" if self.file_name != name else ""
-        return f"skipped {name}: already processed as batch {self.batch} on {self.cycle_date.isoformat()}{other}"
+        day = self.cycle_date or (self.processed_at.date() if self.processed_at else None)
+        on = f" on {day.isoformat()}" if day else ""
+        return f"skipped {name}: already processed as batch {self.batch}{on}{other}"
 
 
 def ledger_entry(con: duckdb.DuckDBPyConnection, checksum: str) -> LedgerEntry | None:
@@ -366,6 +370,17 @@ class Batch:
     @property
     def fired(self) -> int:
         return self.counts.get(FIRED, 0)
+
+
+def ledger_query(batch: Batch, processed_at: dt.datetime) -> Query:
+    """The batch's ledger row (scene_files), for the publish unit that records the batch."""
+    names = [name for name, _ in SCENE_FILES_COLUMNS]
+    values = {"checksum": batch.checksum, "file_name": batch.file.name, "path": str(batch.file), "size": batch.size,
+              "rows": batch.rows, "first_event": batch.first_event, "last_event": batch.last_event,
+              "batch": batch.batch_id, "cycle_date": batch.cycle_date, "processed_at": processed_at}
+    cols = ", ".join(quote_identifier(n) for n in names)
+    typed = ", ".join(f"CAST(${n} AS {type_})" for n, type_ in SCENE_FILES_COLUMNS)
+    return Query("scene:ledger", f"INSERT INTO {SCENE_FILES_TABLE} ({cols}) VALUES ({typed})", values)
 
 
 def view_month(con: duckdb.DuckDBPyConnection) -> str:

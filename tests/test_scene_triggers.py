@@ -38,6 +38,7 @@ from mktool.scene import (
     TRIGGER_COLUMNS,
     Batch,
     EventFile,
+    LedgerEntry,
     batch_id,
     ensure_scene_tables,
     event_files,
@@ -45,6 +46,7 @@ from mktool.scene import (
     file_checksum,
     is_event_file_name,
     ledger_entry,
+    ledger_query,
     ledger_watermark,
     load_batch,
     order_files,
@@ -383,6 +385,22 @@ def test_a_renamed_copy_has_the_same_checksum_and_the_ledger_knows_it(tmp_path, 
     files = order_files(con, [copy])
     assert files[0].entry == entry and not files[0].is_new and files[0].source is None
     assert ledger_watermark(con) == t(5)
+
+
+def test_the_ledger_row_of_a_batch_is_what_ledger_entry_reads_back(tmp_path, con, project):
+    path = events_file(tmp_path / "events-7.parquet", [ev(A, t(7, 9)), ev(B, t(7, 10))])
+    batch = load_batch(con, with_scenes(project, scene()), order_files(con, [path])[0])
+    at = dt.datetime(2026, 12, 1, 23, 59, 59)
+    q = ledger_query(batch, at)
+    con.execute(q.sql, q.params)
+    checksum = file_checksum(path)
+    assert ledger_entry(con, checksum) == LedgerEntry(
+        checksum=checksum, file_name="events-7.parquet", path=str(path), size=path.stat().st_size, rows=2,
+        first_event=t(7, 9), last_event=t(7, 10), batch=checksum[:12], cycle_date=dt.date(2026, 10, 7),
+        processed_at=at)
+    assert ledger_watermark(con) == t(7, 10)
+    again = order_files(con, [path])[0]
+    assert again.entry is not None and not again.is_new and (again.rows, again.last_event) == (2, t(7, 10))
 
 
 def test_a_copy_within_one_call_is_marked_as_a_copy_of_the_first_in_processing_order(tmp_path, con):
