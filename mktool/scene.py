@@ -154,13 +154,11 @@ def event_files(path: Path) -> list[Path]:
             if not is_event_file_name(entry.name):
                 continue
             try:
-                regular = stat.S_ISREG(os.stat(entry.path).st_mode)  # follows a link to a file
+                if not stat.S_ISREG(os.stat(entry.path).st_mode):  # follows a link to a file
+                    continue  # a folder named x.parquet, a device …
             except OSError:
-                regular = False  # a dangling link: named when it is read (order_files)
-                found.append(Path(entry.path))
-                continue
-            if regular:
-                found.append(Path(entry.path))
+                pass  # a link that leads nowhere: order_files refuses it by name
+            found.append(Path(entry.path))
         return found
     if path.exists():
         return [path]
@@ -266,6 +264,13 @@ class EventFile:
         return self.entry is None and self.error is None and self.copy_of is None
 
 
+def _damaged(path: Path, exc: duckdb.Error) -> InputError:
+    """A file DuckDB fails to read past its header (a corrupt page): bad input, named, not a bug."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})", file=str(path),
+                      table=EVENTS_CONTRACT, hint="export the file again")
+
+
 def _validated(con: duckdb.DuckDBPyConnection, path: Path) -> SourceFile:
     """The file read and validated as ingest validates events.parquet (same refusals, same messages)."""
     src = SourceFile(path=path, table=EVENTS_CONTRACT)
@@ -275,9 +280,7 @@ def _validated(con: duckdb.DuckDBPyConnection, path: Path) -> SourceFile:
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})", file=str(path),
-                         table=EVENTS_CONTRACT, hint="export the file again") from None
+        raise _damaged(path, exc) from None
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror or exc})", file=str(path)) from None
     return src
@@ -301,8 +304,7 @@ def _describe(con: duckdb.DuckDBPyConnection, event_file: EventFile) -> None:
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        event_file.error = InputError(f"damaged Parquet file: DuckDB cannot read it in full ({exc})",
-                                      file=str(event_file.path), table=EVENTS_CONTRACT)
+        event_file.error = _damaged(event_file.path, exc)
         return
     assert row is not None
     event_file.source = src
@@ -444,8 +446,7 @@ def load_batch(con: duckdb.DuckDBPyConnection, project: Project, event_file: Eve
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({str(exc).splitlines()[0]})",
-                         file=str(event_file.path), table=EVENTS_CONTRACT) from None
+        raise _damaged(event_file.path, exc) from None
     watermark = ledger_watermark(con)
     queries = outcome_queries(project.scenes, project.policies, view_month=month, watermark=watermark,
                               batch=event_file.batch_id, earlier=_earlier_relation(con))
@@ -463,7 +464,7 @@ class OutcomeQueries:
     """The statements that decide a batch, run by :func:`run_outcomes`:
 
     ``setup`` the scene catalogue, duplicates, the (event × listening scene) pairs with stale and
-    known, each scene's ``when`` and waves (one SELECT per scene, UNION ALL), and the matched
+    known, each scene's ``when`` and waves (one INSERT per scene), and the matched
     pairs an earlier batch's trigger blocks (decided once_per at once: a late event cannot sneak
     in before an issued trigger);
     ``round`` one once_per round, the same statements every round: per (msisdn, scene) the first

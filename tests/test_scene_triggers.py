@@ -474,6 +474,22 @@ def test_an_unreadable_file_is_refused_naming_it(tmp_path, con):
     assert "not a readable Parquet file" in str(files[0].error) and "empty file (0 bytes)" in str(files[1].error)
 
 
+def test_a_damaged_file_or_a_dangling_link_is_refused_by_name_and_the_others_go_on(tmp_path, con):
+    rows = [ev(f"138{i:08d}", t(1) + dt.timedelta(minutes=i), value=float(i)) for i in range(5000)]
+    damaged = events_file(tmp_path / "events-1.parquet", rows)
+    data = bytearray(damaged.read_bytes())
+    data[200:400] = bytes(b ^ 0xFF for b in data[200:400])  # a data page, not the footer: the schema still reads
+    damaged.write_bytes(bytes(data))
+    os.symlink(tmp_path / "gone.parquet", tmp_path / "events-2.parquet")
+    good = events_file(tmp_path / "events-3.parquet", [ev(A, t(2))])
+    files = order_files(con, event_files(tmp_path))
+    assert [(f.path.name, f.is_new) for f in files] == [("events-3.parquet", True), ("events-1.parquet", False),
+                                                        ("events-2.parquet", False)]
+    assert files[0].path == good
+    assert str(files[1].error).startswith(f"{damaged}: table events: damaged Parquet file: DuckDB cannot read it")
+    assert str(files[2].error).startswith(f"{tmp_path / 'events-2.parquet'}: cannot read (No such file")
+
+
 def test_event_type_and_msisdn_are_normalised_exactly_as_ingest_stores_them(tmp_path, con, project):
     rows = [{**ev(" 13800000001\u3000", t(1, 10), " balance_low\t"), "value": "4"},
             {**ev(B, t(1, 11), "Balance_Low"), "value": " 2.0"}, {**ev(C, t(1, 12)), "value": "3.5"}]
