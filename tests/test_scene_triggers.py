@@ -630,3 +630,34 @@ def test_a_batch_is_refused_on_a_view_older_than_a_load_it_reads(quick_start, tm
     with pytest.raises(StateError, match="customer_view for 2026-10 is stale"):
         load_batch(con, with_scenes(project, scene()), order_files(con, [FIXTURES / "events.parquet"])[0])
     con.close()
+
+
+def record(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+    """What the delivery step's publish unit records of a batch (its ledger row and scene_events)."""
+    q = ledger_query(batch, dt.datetime(2026, 12, 1))
+    con.execute(q.sql, q.params)
+    con.execute("INSERT INTO scene_events BY NAME SELECT ? AS batch, * FROM _s_outcomes", [batch.batch_id])
+
+
+def test_a_late_file_is_judged_at_the_watermark_of_the_batches_before_it(tmp_path, con, project):
+    low = scene(waves=BELOW, expires=dt.timedelta(hours=1), once_per=30)
+    proj = with_scenes(project, low)
+    first = events_file(tmp_path / "events-10.parquet", [ev(A, t(10, 9), value=8.0), ev(B, t(10, 12), value=8.0)])
+    late = events_file(tmp_path / "events-09.parquet", [
+        ev(A, t(10, 11, 0, 1), value=3.0),  # 59 min 59 s before the watermark, a deeper wave: fires
+        ev(A, t(10, 11, 30), value=9.0),  # wave 1: blocked by both A's triggers, named by the latest (this batch's)
+        ev(B, t(10, 10, 59, 59), value=4.0),  # 1 h 1 s before the watermark: stale
+        ev(B, t(10, 12), value=8.0),  # the same key as in the first batch: duplicate
+        ev(C, t(10, 11, 59), value=1.0)])  # C's churn_flag is NULL, but no when: fires
+    b1 = load_batch(con, proj, order_files(con, [first])[0])
+    assert (b1.watermark, b1.fired) == (None, 2)
+    record(con, b1)
+    b2 = load_batch(con, proj, order_files(con, [late])[0])
+    assert (b2.watermark, b2.cycle_date, b2.first_event) == (t(10, 12), dt.date(2026, 10, 10), t(10, 10, 59, 59))
+    assert outcomes(con, "msisdn", "event_time", "wave", "outcome", "blocked_by_batch") == [
+        (B, t(10, 10, 59, 59), None, "stale", None), (A, t(10, 11, 0, 1), "below_5", "fired", None),
+        (A, t(10, 11, 30), "below_10", "once_per", b2.batch_id), (C, t(10, 11, 59), "below_5", "fired", None),
+        (B, t(10, 12), None, "duplicate", None)]
+    record(con, b2)
+    assert ledger_watermark(con) == t(10, 12)
+    assert order_files(con, [first, late])[0].entry is not None
