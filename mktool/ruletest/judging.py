@@ -699,25 +699,16 @@ def _trigger_text(row: dict[str, Any]) -> str:
 
 
 def _judge_scene(case: Case, checked: _SceneCase, actual: list[dict[str, Any]]) -> CaseResult:
-    """Fired rows must be exactly the fired expectations; each other expectation names its scene's outcome."""
-    fired = [a for a in actual if a["outcome"] == FIRED]
-    want_fired = [e for e in checked.expect if e["outcome"] == FIRED]
+    """Each expectation names its scene's outcome (and wave); no other scene in scope may fire."""
     problems: list[str] = []
-    by_scene = {a["scene"]: a for a in actual}
-    for e in want_fired:
-        got = by_scene.get(e["scene"])
-        if got is None or got["outcome"] != FIRED or ("wave" in e and got["wave"] != e["wave"]):
-            problems.append(f"expected {_trigger_text(e)}, got {_trigger_text(got) if got else 'no outcome'}")
-    expected_scenes = {e["scene"] for e in want_fired}
-    for a in fired:
-        if a["scene"] not in expected_scenes:
-            problems.append(f"expected no trigger of {a['scene']}, got {_trigger_text(a)}")
     for e in checked.expect:
-        if e["outcome"] == FIRED:
-            continue
         got = next((a for a in actual if a["scene"] == e["scene"]), None)
         if got is None or got["outcome"] != e["outcome"] or ("wave" in e and got["wave"] != e["wave"]):
             problems.append(f"expected {_trigger_text(e)}, got {_trigger_text(got) if got else 'no outcome'}")
+    named = {e["scene"] for e in checked.expect}
+    for a in actual:
+        if a["outcome"] == FIRED and a["scene"] not in named:
+            problems.append(f"expected no trigger of {a['scene']}, got {_trigger_text(a)}")
     result = CaseResult(case, "fail" if problems else "pass", expected=checked.expect, actual=actual)
     if problems:
         event = case.event
