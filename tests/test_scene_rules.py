@@ -18,7 +18,7 @@ from test_matrices import POLICIES, write_matrices
 from mktool.errors import ConfigError
 from mktool.project import load_project, validate_all
 from mktool.rules import SCENE_EVENT_COLUMNS, matrix_files, scene_files
-from mktool.ruletest import CaseResult, run_tests
+from mktool.ruletest import CaseResult, coverage_problems, result_document, run_tests
 
 # The worked example's catalogue plus two scene policies (family scene: no matrix may offer them).
 SCENE_POLICIES = POLICIES.replace("groups:", """\
@@ -470,3 +470,20 @@ def test_mktool_test_json_lists_scene_cases(cli) -> None:
     first = doc["cases"][0]
     assert first["actual"] == [{"scene": "balance_low_prepay", "wave": "below_10", "outcome": "fired",
                                 "blocked_by_time": None, "blocked_by_batch": None}]
+
+
+def test_strict_coverage_names_a_scene_without_a_non_firing_case() -> None:
+    folder = write_matrices(Path("matrices"), {"policies.yaml": SCENE_POLICIES, "scenes.yaml": GOOD})
+    (folder / "tests").mkdir()
+    (folder / "tests" / "scenes.yaml").write_text(
+        'month: "2026-10"\nscene: low_balance\ncases:\n'
+        "  - {case: fires, customer: {payment: prepaid, churn_flag: true},\n"
+        "     event: {value: 9, event_time: 2026-10-05 10:00:00}, expect: {wave: below_10}}\n", encoding="utf-8")
+    run = run_tests(folder)
+    assert [r.status for r in run.results] == ["pass"]
+    assert ("matrices/scenes.yaml", "low_balance", True, False) in [
+        (c["file"], c["scene"], c["fires"], c["does_not_fire"]) for c in result_document(run)["scene_coverage"]]
+    assert "matrices/scenes.yaml: scene low_balance: no passing test case where an event of its type does not fire " \
+           "it (expect: {scene: X, outcome: not_matched} or stale)" in coverage_problems(run)
+    shipped = result_document(run_tests(MATRICES))["scene_coverage"]
+    assert len(shipped) == 5 and all(c["fires"] and c["does_not_fire"] for c in shipped)

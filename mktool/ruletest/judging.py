@@ -79,7 +79,7 @@ class TestRun:
     results: list[CaseResult]
     rule_errors: list[str]  # validation errors of the rule files (cases then error)
     warnings: list[str]
-    coverage: list[tuple[str, str, str, bool, bool]]  # (file, matrix, rule, fires, not_fires)
+    coverage: list[tuple[str, str, str, bool, bool]]  # (file, matrix, rule, fires, not_fires); scenes: SCENES_SCOPE
     case_files: dict[str, CaseFile] = field(default_factory=dict)
 
     @property
@@ -588,6 +588,9 @@ _CASE_EVENTS = "_mk_case_events"  # the cases' events, one per case: the batch u
 _CASE_EARLIER = "_mk_case_earlier"  # the cases' earlier triggers, shaped like scene_events
 EARLIER_BATCH = "earlier"  # the batch id of a case's earlier triggers (blocked_by_batch shows it)
 TEST_BATCH = "test"  # the batch id of the cases' own batch
+#: The "matrix" of a scene's coverage entry: a scene has a passing case where it fires and one
+#: where an event of its type does not fire it (any other outcome of the scene).
+SCENES_SCOPE = "(scenes)"
 EXPECTABLE = tuple(o for o in SCENE_OUTCOMES if o != "no_scene") + ("no_scene",)
 
 
@@ -872,5 +875,10 @@ def _coverage(rules: Any, results: list[CaseResult]) -> list[tuple[str, str, str
                     continue
                 if rule.id in named or (rule.policy is not None and rule.policy in named):
                     not_fires.add((m.name, rule.id))
-    return [(m.file, m.name, rule.id, (m.name, rule.id) in fires, (m.name, rule.id) in not_fires)
-            for m in rules.matrices for rule in m.rules]
+    out = [(m.file, m.name, rule.id, (m.name, rule.id) in fires, (m.name, rule.id) in not_fires)
+           for m in rules.matrices for rule in m.rules]
+    scene_fires = {a["scene"] for r in results if r.ok and r.case.kind == "scene" for a in r.actual
+                   if a["outcome"] == FIRED}
+    scene_not = {a["scene"] for r in results if r.ok and r.case.kind == "scene" for a in r.actual
+                 if a["scene"] is not None and a["outcome"] != FIRED}
+    return out + [(s.file, SCENES_SCOPE, s.id, s.id in scene_fires, s.id in scene_not) for s in rules.scenes]
