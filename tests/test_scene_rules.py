@@ -487,3 +487,10 @@ def test_strict_coverage_names_a_scene_without_a_non_firing_case() -> None:
            "it (expect: {scene: X, outcome: not_matched} or stale)" in coverage_problems(run)
     shipped = result_document(run_tests(MATRICES))["scene_coverage"]
     assert len(shipped) == 5 and all(c["fires"] and c["does_not_fire"] for c in shipped)
+
+
+def test_check_counts_the_scenes(cli) -> None:
+    write_matrices(Path("matrices"), {"policies.yaml": SCENE_POLICIES, "scenes.yaml": GOOD})
+    result = cli("check", "--matrices", "matrices")
+    assert result.exit_code == 0, result.output
+    assert "matrices: 10 files OK: 5 matrices, 11 rules, 11 policies, 5 channels, 1 scene" in result.stderr
