@@ -413,12 +413,18 @@ def events_query(source: str) -> Query:
     return Query("scene:events", sql)
 
 
-def _earlier_relation(con: duckdb.DuckDBPyConnection) -> str:
-    """scene_events, or the same columns empty when no batch was recorded yet."""
-    if table_exists(con, SCENE_EVENTS_TABLE):
-        return SCENE_EVENTS_TABLE
-    cols = ", ".join(f"CAST(NULL AS {type_}) AS {quote_identifier(name)}" for name, type_ in SCENE_EVENTS_COLUMNS)
-    return f"(SELECT {cols} WHERE false)"
+def _earlier_relation(con: duckdb.DuckDBPyConnection, first: dt.datetime | None, last: dt.datetime | None,
+                      scenes: Sequence[Scene]) -> str:
+    """The rows of scene_events that can matter to a batch with events from ``first`` to ``last``: a
+    duplicate has an event_time in that range, a blocking trigger is less than once_per days from
+    it. The literal range lets DuckDB skip the row groups of older batches (scene_events grows by
+    every batch; it is appended in time order). The same columns, empty, before the first batch."""
+    if not table_exists(con, SCENE_EVENTS_TABLE) or first is None or last is None:
+        cols = ", ".join(f"CAST(NULL AS {type_}) AS {quote_identifier(name)}" for name, type_ in SCENE_EVENTS_COLUMNS)
+        return f"(SELECT {cols} WHERE false)"
+    reach = dt.timedelta(days=max((s.once_per_days for s in scenes), default=0))
+    return (f"(SELECT * FROM {SCENE_EVENTS_TABLE} WHERE event_time BETWEEN {quote_literal(first - reach)} "
+            f"AND {quote_literal(last + reach)})")
 
 
 def load_batch(con: duckdb.DuckDBPyConnection, project: Project, event_file: EventFile) -> Batch:
@@ -449,7 +455,9 @@ def load_batch(con: duckdb.DuckDBPyConnection, project: Project, event_file: Eve
         raise _damaged(event_file.path, exc) from None
     watermark = ledger_watermark(con)
     queries = outcome_queries(project.scenes, project.policies, view_month=month, watermark=watermark,
-                              batch=event_file.batch_id, earlier=_earlier_relation(con))
+                              batch=event_file.batch_id,
+                              earlier=_earlier_relation(con, event_file.first_event, event_file.last_event,
+                                                        project.scenes))
     counts = run_outcomes(con, queries)
     cycle_date = cycle_date_of(event_file.last_event, watermark)
     return Batch(file=event_file.path, checksum=event_file.checksum, batch_id=event_file.batch_id,

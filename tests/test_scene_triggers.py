@@ -661,3 +661,24 @@ def test_a_late_file_is_judged_at_the_watermark_of_the_batches_before_it(tmp_pat
     record(con, b2)
     assert ledger_watermark(con) == t(10, 12)
     assert order_files(con, [first, late])[0].entry is not None
+
+
+def test_load_batch_reads_every_earlier_row_that_can_matter_at_the_edges_of_its_reach(tmp_path, con, project):
+    """scene_events is read from first_event − once_per to last_event + once_per (the longest once_per of
+    the scenes): a trigger just inside either edge still blocks, a duplicate at the last event is still one."""
+    first, last = t(20, 8), t(25, 8)
+    upper = last + dt.timedelta(days=29)
+    earlier(con, {"msisdn": A, "event_time": first - dt.timedelta(days=30) + dt.timedelta(seconds=1),
+                  "scene_id": "pack", "wave_level": 1},
+            {"msisdn": B, "event_time": first - dt.timedelta(days=30), "scene_id": "pack", "wave_level": 1},
+            {"msisdn": C, "event_time": last, "outcome": "no_scene"},
+            {"msisdn": C, "event_time": upper, "scene_id": "pack", "wave_level": 1})
+    pack = scene("pack", policy="PACK", once_per=30, expires=dt.timedelta(days=60), position=2)
+    proj = with_scenes(project, scene(expires=dt.timedelta(days=60), once_per=7), pack)
+    path = events_file(tmp_path / "events-1.parquet", [ev(A, first), ev(B, first), ev(C, t(25, 7)), ev(C, last)])
+    load_batch(con, proj, order_files(con, [path])[0])
+    assert outcomes(con, "msisdn", "event_time", "scene_id", "outcome", "blocked_by_time") == [
+        (A, first, "low", "fired", None), (A, first, "pack", "once_per", first - dt.timedelta(days=30, seconds=-1)),
+        (B, first, "low", "fired", None), (B, first, "pack", "fired", None),  # exactly 30 days
+        (C, t(25, 7), "low", "fired", None), (C, t(25, 7), "pack", "once_per", upper),  # 29 days 1 hour
+        (C, last, None, "duplicate", None)]
