@@ -33,9 +33,10 @@ import contextlib
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import duckdb
 
@@ -53,6 +54,7 @@ from mktool.export import (
     contact_policy,
     rules_provenance,
 )
+from mktool.freshness import require_fresh_view
 from mktool.output import COPY_OPTIONS
 from mktool.project import Project
 from mktool.publish import (
@@ -67,14 +69,36 @@ from mktool.publish import (
     recover_folder,
 )
 from mktool.rules import Channel
-from mktool.schema import MONEY_COLUMNS, POPUP_STAGES, PUSH, PUSH_STAGES, RATE_COLUMNS
+from mktool.scene import (
+    SCENE_EVENTS_COLUMNS,
+    SCENE_FILES_COLUMNS,
+    Batch,
+    LedgerEntry,
+    ensure_scene_tables,
+    event_files,
+    ledger_entry,
+    load_batch,
+    order_files,
+    view_month,
+)
+from mktool.schema import (
+    FIRED,
+    MONEY_COLUMNS,
+    POPUP_STAGES,
+    PUSH,
+    PUSH_STAGES,
+    RATE_COLUMNS,
+    SCENE_EVENTS_TABLE,
+    SCENE_EVENTS_TEMP,
+    SCENE_FILES_TABLE,
+    SCENE_FUNNELS_TABLE,
+    SCENE_OUTCOMES_TEMP,
+    SCENE_TRIGGERS_TEMP,
+)
 from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
 
 # -- names ------------------------------------------------------------------------------------
-SCENE_FILES_TABLE = "scene_files"  # the ledger: one row per processed event file (checksum)
-SCENE_EVENTS_TABLE = "scene_events"  # every outcome of every batch, with its delivery
-SCENE_FUNNELS_TABLE = "scene_funnels"  # every batch's funnels (not funnel_counts: the months' stay apart)
 CYCLE_PREFIX = "scene:"  # a batch's cycle id: contact_history.cycle, holdouts.cycle
 SCENES_FOLDER = "scenes"  # <out>/scenes/<cycle_date>/<batch_id>/
 FUNNEL_FILE = "funnel.json"
@@ -92,45 +116,11 @@ SCENE_STAGES = ("events", "fresh", "known_customer", "matched", "fired")  # each
 #: scene_events.delivery of a fired row.
 LISTED, HELD_OUT, MERGED, BLOCKED = "listed", "held_out", "merged", "blocked"
 
-SCENE_EVENTS_DDL = f"""CREATE TABLE IF NOT EXISTS {SCENE_EVENTS_TABLE} (
-    batch VARCHAR, seq BIGINT, msisdn VARCHAR, event_time TIMESTAMP, event_type VARCHAR, value DOUBLE,
-    scene_id VARCHAR, wave VARCHAR, wave_level INTEGER, outcome VARCHAR, blocked_by_time TIMESTAMP,
-    blocked_by_batch VARCHAR, policy_id VARCHAR, delivery VARCHAR, channel VARCHAR, blocked_at VARCHAR,
-    held_kind VARCHAR)"""
 SCENE_FUNNELS_DDL = f"""CREATE TABLE IF NOT EXISTS {SCENE_FUNNELS_TABLE} (
     batch VARCHAR, month VARCHAR, cycle_date DATE, funnel VARCHAR, position INTEGER, stage VARCHAR, count BIGINT)"""
-SCENE_FILES_DDL = f"""CREATE TABLE IF NOT EXISTS {SCENE_FILES_TABLE} (
-    checksum VARCHAR PRIMARY KEY, file VARCHAR, path VARCHAR, size BIGINT, rows BIGINT, first_event TIMESTAMP,
-    last_event TIMESTAMP, batch VARCHAR, cycle_date DATE, processed_at TIMESTAMP)"""
-#: scene_events' columns, in order (the insert names them).
-SCENE_EVENT_COLUMNS = ("batch", "seq", "msisdn", "event_time", "event_type", "value", "scene_id", "wave",
-                       "wave_level", "outcome", "blocked_by_time", "blocked_by_batch", "policy_id", "delivery",
-                       "channel", "blocked_at", "held_kind")
-
-
-class BatchLike(Protocol):
-    """What delivery reads of a batch (mktool.scene.Batch; definitions §2)."""
-
-    @property
-    def file(self) -> Path: ...
-    @property
-    def checksum(self) -> str: ...
-    @property
-    def batch_id(self) -> str: ...
-    @property
-    def rows(self) -> int: ...
-    @property
-    def first_event(self) -> dt.datetime | None: ...
-    @property
-    def last_event(self) -> dt.datetime | None: ...
-    @property
-    def cycle_date(self) -> dt.date: ...
-    @property
-    def month(self) -> str: ...
-    @property
-    def view_month(self) -> str: ...
-    @property
-    def watermark(self) -> dt.datetime | None: ...
+#: scene_events' and the ledger's columns, in order (the inserts name them).
+SCENE_EVENT_COLUMNS = tuple(name for name, _ in SCENE_EVENTS_COLUMNS)
+LEDGER_COLUMNS = tuple(name for name, _ in SCENE_FILES_COLUMNS)
 
 
 @dataclass
@@ -153,7 +143,7 @@ class SceneRun:
     """What one invocation did with its event files (definitions §5)."""
 
     batches: list[BatchResult] = field(default_factory=list)
-    skipped: list[tuple[Path, Any]] = field(default_factory=list)  # (file, its ledger entry)
+    skipped: list[tuple[Path, LedgerEntry]] = field(default_factory=list)  # (file, its ledger entry)
     refused: list[tuple[Path, MktoolError]] = field(default_factory=list)
     stopped: bool = False  # stop() said so between batches: the files left were not looked at
 
@@ -175,9 +165,10 @@ def scene_channels(project: Project) -> list[str]:
 
 
 def ensure_delivery_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """The permanent tables a batch's publish writes (inside its transaction)."""
-    for ddl in (SCENE_FILES_DDL, SCENE_EVENTS_DDL, SCENE_FUNNELS_DDL):
-        con.execute(ddl)
+    """The permanent tables a batch's publish writes (inside its transaction): the trigger step's ledger
+    and scene_events, and scene_funnels."""
+    ensure_scene_tables(con)
+    con.execute(SCENE_FUNNELS_DDL)
 
 
 # -- SQL --------------------------------------------------------------------------------------
@@ -206,7 +197,7 @@ SCENE_OFFERS_SQL = """
 CREATE OR REPLACE TEMP TABLE _x_offers AS
 WITH best AS (
     SELECT t.*, row_number() OVER (PARTITION BY t.msisdn, t.policy_id ORDER BY t.rank, t.seq, t.scene_id) AS pick
-    FROM _s_triggers t
+    FROM {triggers} t
 )
 SELECT row_number() OVER (ORDER BY b.msisdn, b.rank, b.policy_id) AS offer_id,
        {offer_columns}, CAST(0 AS DOUBLE) AS value_score, CAST(b.cust_id AS BIGINT) AS cust_id,
@@ -218,7 +209,8 @@ WHERE b.pick = 1
 
 def scene_offers_query(month: str) -> Query:
     """_x_offers from _s_triggers (see SCENE_OFFERS_SQL)."""
-    sql = SCENE_OFFERS_SQL.format(offer_columns=", ".join(_offer_column(c) for c in OFFER_COLUMNS))
+    sql = SCENE_OFFERS_SQL.format(offer_columns=", ".join(_offer_column(c) for c in OFFER_COLUMNS),
+                                  triggers=SCENE_TRIGGERS_TEMP)
     return Query("scene_offers", sql, {"month": month})
 
 
@@ -278,22 +270,23 @@ SELECT CAST($batch AS VARCHAR) AS batch, o.seq, o.msisdn, o.event_time, o.event_
        CASE WHEN v.seq = o.seq AND v.scene_id = o.scene_id THEN v.channel END AS channel,
        CASE WHEN v.seq = o.seq AND v.scene_id = o.scene_id THEN v.blocked_at END AS blocked_at,
        CASE WHEN v.seq = o.seq AND v.scene_id = o.scene_id THEN v.held_kind END AS held_kind
-FROM _s_outcomes o
-LEFT JOIN _s_triggers t ON t.seq = o.seq AND t.scene_id = o.scene_id AND o.outcome = 'fired'
+FROM {outcomes} o
+LEFT JOIN {triggers} t ON t.seq = o.seq AND t.scene_id = o.scene_id AND o.outcome = '{fired}'
 LEFT JOIN _sd_scenes s ON s.scene_id = o.scene_id
 LEFT JOIN _sd_verdicts v ON v.msisdn = t.msisdn AND v.policy_id = t.policy_id
 """
 
 
 def events_query(batch_id: str) -> Query:
-    return Query("scene_events", EVENTS_SQL.format(merged=MERGED), {"batch": batch_id})
+    sql = EVENTS_SQL.format(merged=MERGED, fired=FIRED, outcomes=SCENE_OUTCOMES_TEMP, triggers=SCENE_TRIGGERS_TEMP)
+    return Query("scene_events", sql, {"batch": batch_id})
 
 
 EVENT_FUNNEL_SQL = """
 SELECT count(DISTINCT seq),
        count(DISTINCT seq) FILTER (WHERE outcome <> 'duplicate'),
        count(DISTINCT seq) FILTER (WHERE outcome NOT IN ('duplicate', 'no_scene'))
-FROM _s_outcomes
+FROM {outcomes}
 """
 
 SCENE_FUNNEL_SQL = """
@@ -302,8 +295,8 @@ SELECT scene_id, count(*),
        count_if(outcome <> 'stale'),
        count_if(outcome NOT IN ('stale', 'unknown_customer')),
        count_if(outcome NOT IN ('stale', 'unknown_customer', 'not_matched')),
-       count_if(outcome = 'fired')
-FROM _s_outcomes WHERE scene_id IS NOT NULL GROUP BY scene_id
+       count_if(outcome = '{fired}')
+FROM {outcomes} WHERE scene_id IS NOT NULL GROUP BY scene_id
 """
 
 
@@ -332,9 +325,10 @@ def _funnels(con: duckdb.DuckDBPyConnection, project: Project, config: ExportCon
              counts: dict[tuple[str, str], int]) -> dict[str, list[tuple[str, int]]]:
     """The batch's funnels in order: events, one per scene (position order), one per listed channel."""
     funnels: dict[str, list[tuple[str, int]]] = {}
-    row = con.execute(EVENT_FUNNEL_SQL).fetchone()
+    row = con.execute(EVENT_FUNNEL_SQL.format(outcomes=SCENE_OUTCOMES_TEMP)).fetchone()
     funnels["events"] = list(zip(EVENT_STAGES, (int(n) for n in (row or (0, 0, 0)))))
-    per_scene = {r[0]: [int(n) for n in r[1:]] for r in con.execute(SCENE_FUNNEL_SQL).fetchall()}
+    per_scene = {r[0]: [int(n) for n in r[1:]] for r in con.execute(
+        SCENE_FUNNEL_SQL.format(outcomes=SCENE_OUTCOMES_TEMP, fired=FIRED)).fetchall()}
     for scene in sorted(project.scenes, key=lambda s: s.position):
         funnels[f"scene:{scene.id}"] = list(zip(SCENE_STAGES, per_scene.get(scene.id, [0] * len(SCENE_STAGES))))
     for name in channels:
@@ -343,7 +337,7 @@ def _funnels(con: duckdb.DuckDBPyConnection, project: Project, config: ExportCon
     return funnels
 
 
-def _funnel_doc(batch: BatchLike, funnels: dict[str, list[tuple[str, int]]]) -> dict[str, Any]:
+def _funnel_doc(batch: Batch, funnels: dict[str, list[tuple[str, int]]]) -> dict[str, Any]:
     return {"batch": batch.batch_id, "file": Path(batch.file).name, "cycle_date": batch.cycle_date.isoformat(),
             "month": batch.month,
             "funnels": {name: [{"stage": s, "count": n} for s, n in stages] for name, stages in funnels.items()}}
@@ -353,7 +347,7 @@ def _iso(value: dt.datetime | dt.date | None) -> str | None:
     return value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat() if value else None
 
 
-def deliver_batch(db: Database, project: Project, batch: BatchLike, *, out_dir: Path,
+def deliver_batch(db: Database, project: Project, batch: Batch, *, out_dir: Path,
                   reporter: Reporter = QUIET) -> BatchResult:
     """Put one loaded batch (its ``_s_outcomes`` and ``_s_triggers``) through the contact policy and
     publish its folder with its records as one unit (see the module docstring)."""
@@ -374,8 +368,7 @@ def deliver_batch(db: Database, project: Project, batch: BatchLike, *, out_dir: 
         funnels = _funnels(con, project, config, channels, counts)
         for table in ("_x_screened", "_x_exclusion", "_x_choices", "_x_proposed", "_x_capped", "_x_placed"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
-    outcomes = {str(k): int(n) for k, n in con.execute(
-        "SELECT outcome, count(*) FROM _s_outcomes GROUP BY outcome ORDER BY outcome").fetchall()}
+    outcomes = dict(batch.counts)
     deliveries = {str(k): int(n) for k, n in con.execute(
         "SELECT delivery, count(*) FROM _sd_events WHERE delivery IS NOT NULL GROUP BY delivery "
         "ORDER BY delivery").fetchall()}
@@ -387,13 +380,10 @@ def deliver_batch(db: Database, project: Project, batch: BatchLike, *, out_dir: 
     _write(db, project, config, batch, result, channels, salts, funnels)
     for table in ("_x_drawn", "_x_offers", "_sd_verdicts", "_sd_events"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    reporter.info(f"{Path(batch.file).name} → batch {batch.batch_id}: {batch.rows} events, "
-                  f"{outcomes.get('fired', 0)} fired, listed "
-                  + (", ".join(f"{ch} {n}" for ch, n in result.lists.items()) or "nothing"))
     return result
 
 
-def _write(db: Database, project: Project, config: ExportConfig, batch: BatchLike, result: BatchResult,
+def _write(db: Database, project: Project, config: ExportConfig, batch: Batch, result: BatchResult,
            channels: list[str], salts: dict[str, str | None], funnels: dict[str, list[tuple[str, int]]]) -> None:
     """The folder and the records, one publish unit; the folder lock held (as export's cycle folder)."""
     folder = result.folder
@@ -413,7 +403,7 @@ def _write(db: Database, project: Project, config: ExportConfig, batch: BatchLik
             raise
 
 
-def _publish(db: Database, project: Project, config: ExportConfig, batch: BatchLike, result: BatchResult,
+def _publish(db: Database, project: Project, config: ExportConfig, batch: Batch, result: BatchResult,
              channels: list[str], salts: dict[str, str | None], funnels: dict[str, list[tuple[str, int]]]) -> None:
     con = db.c
     folder = result.folder
@@ -481,7 +471,7 @@ def _publish(db: Database, project: Project, config: ExportConfig, batch: BatchL
         raise
 
 
-def _record_batch(con: duckdb.DuckDBPyConnection, batch: BatchLike, funnels: dict[str, list[tuple[str, int]]]) -> None:
+def _record_batch(con: duckdb.DuckDBPyConnection, batch: Batch, funnels: dict[str, list[tuple[str, int]]]) -> None:
     """Inside the publish's transaction: the batch's scene_events, scene_funnels and its ledger row."""
     cols = ", ".join(SCENE_EVENT_COLUMNS)
     con.execute(f"INSERT INTO {SCENE_EVENTS_TABLE} ({cols}) SELECT {cols} FROM _sd_events")
@@ -490,15 +480,15 @@ def _record_batch(con: duckdb.DuckDBPyConnection, batch: BatchLike, funnels: dic
     if rows:
         con.executemany(f"INSERT INTO {SCENE_FUNNELS_TABLE} (batch, month, cycle_date, funnel, position, stage, count) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    path = Path(batch.file)
-    size = path.stat().st_size if path.is_file() else None
-    con.execute(f"INSERT INTO {SCENE_FILES_TABLE} (checksum, file, path, size, rows, first_event, last_event, batch, "
-                "cycle_date, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                [batch.checksum, path.name, str(batch.file), size, batch.rows, batch.first_event, batch.last_event,
-                 batch.batch_id, batch.cycle_date])
+    ledger = {"checksum": batch.checksum, "file_name": Path(batch.file).name, "path": str(batch.file),
+              "size": batch.size, "rows": batch.rows, "first_event": batch.first_event, "last_event": batch.last_event,
+              "batch": batch.batch_id, "cycle_date": batch.cycle_date,
+              "processed_at": dt.datetime.now().replace(microsecond=0)}  # wall clock: the ledger only
+    con.execute(f"INSERT INTO {SCENE_FILES_TABLE} ({', '.join(LEDGER_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)})", [ledger[c] for c in LEDGER_COLUMNS])
 
 
-def _manifest(project: Project, batch: BatchLike, result: BatchResult, funnel_doc: dict[str, Any],
+def _manifest(project: Project, batch: Batch, result: BatchResult, funnel_doc: dict[str, Any],
               outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What the batch folder holds and everything it was made from (export's manifest, plus the event file)."""
     root = Path(project.root)
@@ -524,3 +514,59 @@ def _manifest(project: Project, batch: BatchLike, result: BatchResult, funnel_do
         "funnels": funnel_doc["funnels"],
     }
 
+
+
+# -- an invocation ------------------------------------------------------------------------------
+def run_scene_files(db: Database, project: Project, paths: Iterable[Path], *, out_dir: Path,
+                    reporter: Reporter = QUIET, stop: Callable[[], bool] = lambda: False) -> SceneRun:
+    """Process the event files of ``paths`` not processed before, one committed batch at a time.
+
+    Files are taken in order of their events (mktool.scene.order_files); a file whose checksum
+    is in the ledger is skipped (also a copy of a file this call processed a moment ago: the
+    ledger is read again before each batch); a file that cannot be read or breaks the events
+    contract is refused and the others are still processed. ``stop()`` is asked before each
+    batch: a stop between batches leaves the files after it for the next invocation. A missing
+    or stale customer view, a missing hash salt or a failed publish stops the invocation (an
+    error for every file alike; the batches before it stay committed).
+    """
+    config = ExportConfig.of(project)
+    for name in scene_channels(project):
+        config.salt(config.channels[name])
+    con = db.c
+    run = SceneRun()
+    found: list[Path] = []
+    for path in paths:
+        try:
+            found += event_files(Path(path))
+        except MktoolError as exc:
+            run.refused.append((Path(path), exc))
+    files = order_files(con, found)
+    if any(f.is_new for f in files):
+        require_fresh_view(con, view_month(con))  # once, before any batch: it is no one file's fault
+    for f in files:
+        if f.error is not None:
+            run.refused.append((f.path, f.error))
+            continue
+        entry = f.entry or ledger_entry(con, f.checksum)
+        if entry is not None:
+            run.skipped.append((f.path, entry))
+            continue
+        if stop():
+            run.stopped = True
+            break
+        try:
+            batch = load_batch(con, project, f)
+        except MktoolError as exc:
+            run.refused.append((f.path, exc))
+            _drop_batch_tables(con)
+            continue
+        try:
+            run.batches.append(deliver_batch(db, project, batch, out_dir=out_dir, reporter=reporter))
+        finally:
+            _drop_batch_tables(con)
+    return run
+
+
+def _drop_batch_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for table in (SCENE_EVENTS_TEMP, SCENE_OUTCOMES_TEMP, SCENE_TRIGGERS_TEMP):
+        con.execute(f"DROP TABLE IF EXISTS {table}")

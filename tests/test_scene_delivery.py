@@ -26,7 +26,9 @@ from mktool.config import Settings
 from mktool.database import Database
 from mktool.project import Project, load_project
 from mktool.rules import Channel, ChannelConfig, ContactPolicy, Policy, Scene, Wave
+from mktool.scene import Batch
 from mktool.scenedelivery import batch_folder, deliver_batch, scene_cycle
+from mktool.schema import SCENE_OUTCOMES
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2026, 10, 20)  # the batch's cycle date
@@ -42,22 +44,6 @@ def c(n: int) -> str:
 def md5_draw(*parts: str) -> float:
     """export's draw, computed independently: the first 8 hex digits of md5(parts joined by '|') / 2³²."""
     return int(hashlib.md5("|".join(parts).encode()).hexdigest()[:8], 16) / 2**32
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeBatch:
-    """What mktool.scene.Batch carries (definitions §2)."""
-
-    file: Path
-    checksum: str
-    batch_id: str
-    rows: int
-    first_event: dt.datetime | None
-    last_event: dt.datetime | None
-    cycle_date: dt.date
-    month: str
-    view_month: str
-    watermark: dt.datetime | None
 
 
 # -- the project -------------------------------------------------------------------------------
@@ -209,19 +195,26 @@ def make_db(path: Path, history: list[tuple[Any, ...]] = HISTORY, dnd: list[tupl
     return path
 
 
-def make_batch(tmp: Path, rows: int = 28, batch_id: str = BATCH) -> FakeBatch:
+def make_batch(tmp: Path, rows: int = 28, batch_id: str = BATCH,
+               triggers: list[tuple[int, int, str, str, int, int]] = TRIGGERS,
+               others: list[tuple[int, int, str | None, str, int]] = OTHERS) -> Batch:
     events = tmp / "events-2026-10-20.parquet"
     events.write_bytes(b"PAR1 stand-in for the event file")
-    return FakeBatch(file=events, checksum=batch_id + "0" * 52, batch_id=batch_id, rows=rows,
-                     first_event=T0 + dt.timedelta(minutes=1), last_event=T0 + dt.timedelta(minutes=28),
-                     cycle_date=DAY, month=MONTH, view_month="2026-09", watermark=T0 - dt.timedelta(hours=2))
+    counts = {outcome: 0 for outcome in SCENE_OUTCOMES}
+    counts["fired"] = len(triggers)
+    for *_, outcome, _ in others:
+        counts[outcome] += 1
+    return Batch(file=events, checksum=batch_id + "0" * 52, batch_id=batch_id, size=events.stat().st_size, rows=rows,
+                 first_event=T0 + dt.timedelta(minutes=1), last_event=T0 + dt.timedelta(minutes=28),
+                 cycle_date=DAY, month=MONTH, view_month="2026-09", watermark=T0 - dt.timedelta(hours=2),
+                 counts=counts)
 
 
 def settings(db: Path) -> Settings:
     return Settings(db_path=db, memory_limit="1GB", threads=2)
 
 
-def deliver(db: Path, project: Project, batch: FakeBatch, out: Path, **kw: Any) -> Any:
+def deliver(db: Path, project: Project, batch: Batch, out: Path, **kw: Any) -> Any:
     with Database(settings(db), write=True) as database:
         write_batch(database.c, **kw)
         return deliver_batch(database, project, batch, out_dir=out)
@@ -346,8 +339,10 @@ def test_contacts_are_the_exported_push_rows_and_holdouts_are_recorded(world) ->
                               "kind FROM holdouts ORDER BY msisdn")
     assert held == [(MONTH, cycle, DAY, "sms", c(17), "TOPUP", 1, "scene", "s1", "universal"),
                     (MONTH, cycle, DAY, "sms", c(23), "ROAM", 1, "scene", "s5", "policy")]
-    ledger = query(world["db"], "SELECT checksum, file, rows, batch, cycle_date FROM scene_files")
-    assert ledger == [(BATCH + "0" * 52, "events-2026-10-20.parquet", 28, BATCH, DAY)]
+    ledger = query(world["db"], "SELECT checksum, file_name, path, size, rows, first_event, last_event, batch, "
+                                "cycle_date FROM scene_files")
+    assert ledger == [(BATCH + "0" * 52, "events-2026-10-20.parquet", str(world["batch"].file), 32, 28,
+                       T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=28), BATCH, DAY)]
 
 
 SMS_FUNNEL = [("candidates", 17), ("dnd", 15), ("unsubscribed", 14), ("withdrawn", 12), ("cooldown", 11),
