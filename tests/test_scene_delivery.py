@@ -15,17 +15,23 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
-from conftest import FIXTURES, MATRICES, D, M, mktool, write_table
+from conftest import ENV, FIXTURES, MATRICES, D, M, mktool, write_table
 
 from mktool.config import Settings
 from mktool.database import Database
+from mktool.errors import Interrupted, MktoolError
 from mktool.project import Project, load_project
+from mktool.publish import FAULT_POINTS
 from mktool.rules import Channel, ChannelConfig, ContactPolicy, Policy, Scene, Wave
 from mktool.scene import Batch
 from mktool.scenedelivery import SceneRun, batch_folder, deliver_batch, run_scene_files, scene_cycle
@@ -501,3 +507,109 @@ def test_stop_is_asked_between_batches_and_the_rest_waits_for_the_next_invocatio
     rest = run_files(db, project, [events], out)
     assert [b.file.name for b in rest.batches] == ["events-2026-10-31.parquet"]
     assert [p.name for p, _ in rest.skipped] == ["events-2026-10-30.parquet"]
+
+
+# == one publish unit: interrupted anywhere, finished or undone; a re-run converges ================
+def state(db: Path) -> dict[str, Any]:
+    """Every table's rows (hashed), but the ledger's wall clock (processed_at) and the event file's path (each
+    world is in its own folder), and publish_log's run ids."""
+    con = duckdb.connect(str(db))
+    try:
+        out = {}
+        for (table,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                                    "AND table_name <> 'publish_log' ORDER BY 1").fetchall():
+            cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall() if r[0] not in ("processed_at", "path")]
+            row = ", ".join(f'"{c}"' for c in cols)
+            out[table] = con.execute(f"SELECT count(*), md5(coalesce(string_agg(CAST(({row}) AS VARCHAR), chr(10) "
+                                     f"ORDER BY CAST(({row}) AS VARCHAR)), '')) FROM \"{table}\"").fetchone()
+        return out
+    finally:
+        con.close()
+
+
+def files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a final (not hidden) name, manifest.json aside (its run id and time)."""
+    if not folder.exists():
+        return {}
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+
+
+def one_file_world(quick: Path, to: Path) -> tuple[Path, Path, Path]:
+    db, out, events = quick_world(quick, to)
+    (events / "events-2026-10-31.parquet").unlink()
+    return db, out, events
+
+
+@pytest.fixture(scope="module")
+def reference(quick, tmp_path_factory, shipped) -> dict[str, Any]:
+    """Batch A nobody interrupts: (state, files) before and after."""
+    db, out, events = one_file_world(quick, tmp_path_factory.mktemp("scene_reference"))
+    before = (state(db), files(out))
+    run = run_files(db, quick_project(shipped), [events], out)
+    assert len(run.batches) == 1
+    return {"before": before, "after": (state(db), files(out)), "folder": run.batches[0].folder.relative_to(out)}
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+import test_scene_delivery as t
+from mktool.project import load_project
+t.run_files(Path(sys.argv[1]), t.quick_project(load_project(t.MATRICES)), [Path(sys.argv[3])], Path(sys.argv[2]))
+"""
+COMMITTED_AT = FAULT_POINTS.index("after_commit")
+FAULTS = [(p, k) for p in FAULT_POINTS for k in ("interrupt", "enospc")] + [
+    (p, "kill") for p in ("write_list", "journal", "before_commit", "after_commit", "between_renames")]
+
+
+@pytest.mark.parametrize(("point", "kind"), FAULTS, ids=[f"{p}-{k}" for p, k in FAULTS])
+def test_an_interrupted_batch_leaves_all_or_nothing_and_a_rerun_converges(quick, reference, shipped, tmp_path,
+                                                                           monkeypatch, point, kind) -> None:
+    db, out, events = one_file_world(quick, tmp_path)
+    project = quick_project(shipped)
+    committed = FAULT_POINTS.index(point) >= COMMITTED_AT
+    if kind == "kill":
+        env = {**ENV, "MKTOOL_FAULT": f"{point}:kill",
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), ENV.get("PYTHONPATH", "")])}
+        done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(db), str(out), str(events)], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == -signal.SIGKILL, done.stderr
+    else:
+        monkeypatch.setenv("MKTOOL_FAULT", f"{point}:{kind}")
+        expected: Any = (Interrupted if committed else KeyboardInterrupt) if kind == "interrupt" else MktoolError
+        with pytest.raises(expected) as err:
+            run_files(db, project, [events], out)
+        monkeypatch.delenv("MKTOOL_FAULT")
+        if kind == "enospc":
+            assert ("were committed" in str(err.value)) == committed
+            assert ("nothing was recorded" in str(err.value)) == (not committed)
+    with Database(settings(db), write=False):  # the next command, a reader, finishes a committed publish
+        pass
+    if committed:
+        assert (state(db), files(out)) == reference["after"]
+    else:
+        assert (state(db), files(out)) == reference["before"]
+        if kind != "kill":  # undone on the spot, no empty folder left behind either (a kill leaves hidden names)
+            assert not (out / "scenes").exists()
+    again = run_files(db, project, [events], out)
+    assert len(again.batches) == (0 if committed else 1) and len(again.skipped) == (1 if committed else 0)
+    assert (state(db), files(out)) == reference["after"]
+    folder = out / reference["folder"]  # nothing hidden left behind: no staging folder, no journal
+    assert sorted(p.name for p in folder.iterdir()) == ["funnel.json", "inbound.csv", "manifest.json", "sms.csv"]
+
+
+def test_a_rerun_into_another_folder_gives_the_same_bytes(quick, reference, shipped, tmp_path) -> None:
+    """Same database, same files: byte-identical lists and funnel.json, the same records (the ledger's clock aside)."""
+    db, out, events = one_file_world(quick, tmp_path / "a")
+    other = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", other, symlinks=True)
+    run_files(db, quick_project(shipped), [events], out)
+    run_files(other / "mk.duckdb", quick_project(shipped), [other / "events"], other / "out")
+    assert files(out) == files(other / "out") == reference["after"][1]
+    assert state(db) == state(other / "mk.duckdb")
+    first, second = (json.loads((o / reference["folder"] / "manifest.json").read_text(encoding="utf-8"))
+                     for o in (out, other / "out"))
+    assert first["outputs"] == {**second["outputs"], **{k: {**v, "run_id": first["run_id"]}
+                                                         for k, v in second["outputs"].items()}}
