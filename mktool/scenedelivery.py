@@ -88,10 +88,12 @@ from mktool.schema import (
     PUSH,
     PUSH_STAGES,
     RATE_COLUMNS,
+    SCENE_CYCLE_PREFIX,
     SCENE_EVENTS_TABLE,
     SCENE_EVENTS_TEMP,
     SCENE_FILES_TABLE,
     SCENE_FUNNELS_TABLE,
+    SCENE_MATRIX,
     SCENE_OUTCOMES_TEMP,
     SCENE_TRIGGERS_TEMP,
 )
@@ -99,7 +101,6 @@ from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
 
 # -- names ------------------------------------------------------------------------------------
-CYCLE_PREFIX = "scene:"  # a batch's cycle id: contact_history.cycle, holdouts.cycle
 SCENES_FOLDER = "scenes"  # <out>/scenes/<cycle_date>/<batch_id>/
 FUNNEL_FILE = "funnel.json"
 MANIFEST = "manifest.json"
@@ -150,7 +151,7 @@ class SceneRun:
 
 def scene_cycle(batch_id: str) -> str:
     """A batch's cycle id (contact_history.cycle, holdouts.cycle, the manifest)."""
-    return f"{CYCLE_PREFIX}{batch_id}"
+    return f"{SCENE_CYCLE_PREFIX}{batch_id}"
 
 
 def batch_folder(out_dir: Path, cycle_date: dt.date, batch_id: str) -> Path:
@@ -179,7 +180,7 @@ def _run(con: duckdb.DuckDBPyConnection, q: Query) -> duckdb.DuckDBPyConnection:
 def _offer_column(col: str) -> str:
     """One of export's offer columns as a trigger's offer has it (a scene offer has no plan or group)."""
     known = {"msisdn": "b.msisdn", "month": "CAST($month AS VARCHAR) AS month",
-             "rank": "CAST(b.rank AS INTEGER) AS rank", "matrix": "'scene' AS matrix",
+             "rank": "CAST(b.rank AS INTEGER) AS rank", "matrix": f"{quote_literal(SCENE_MATRIX)} AS matrix",
              "rule_id": "b.scene_id AS rule_id", "policy_id": "b.policy_id", "policy_name": "b.policy_name",
              "script": "b.script", "channels": "CAST(b.channels AS VARCHAR[]) AS channels"}
     if col in known:
