@@ -34,7 +34,7 @@ from mktool.project import Project, load_project
 from mktool.publish import FAULT_POINTS
 from mktool.rules import Channel, ChannelConfig, ContactPolicy, Policy, Scene, Wave
 from mktool.scene import Batch
-from mktool.scenedelivery import SceneRun, batch_folder, deliver_batch, run_scene_files, scene_cycle
+from mktool.scenedelivery import SCENE_LIST_COLUMNS, SceneRun, batch_folder, deliver_batch, run_scene_files, scene_cycle
 from mktool.schema import SCENE_OUTCOMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,13 +93,15 @@ def shipped() -> Project:
 
 
 def make_project(shipped: Project, root: Path, *, channels: dict[str, Channel] | None = None,
-                 contact: ContactPolicy | None = None, scenes: tuple[Scene, ...] = SCENES) -> Project:
+                 contact: ContactPolicy | None = None, scenes: tuple[Scene, ...] = SCENES,
+                 salts: dict[str, str] | None = None) -> Project:
     root.mkdir(parents=True, exist_ok=True)
     (root / "scenes.yaml").write_text("scenes: []\n", encoding="utf-8")  # the manifest lists the rule files
     config = ChannelConfig(channels if channels is not None else CHANNELS,
                            contact or ContactPolicy(cooldown_days=30, monthly_cap=3, universal_holdout=0.25))
     rules = dataclasses.replace(shipped.rules, channels=config, policies=POLICIES, groups={}, scenes=scenes)
-    return dataclasses.replace(shipped, root=root, rules=rules, salts={"outbound": "pepper"})
+    return dataclasses.replace(shipped, root=root, rules=rules,
+                               salts={"outbound": "pepper"} if salts is None else salts)
 
 
 # -- the database and the batch ----------------------------------------------------------------
@@ -641,7 +643,53 @@ def test_evaluate_report_funnel_and_latest_work_beside_scene_batches(quick, tmp_
     doc = json.loads(done.stdout)
     scene_rows = [r for r in doc["rows"] if r["policy_id"] == "SC_TOPUP"]
     assert [(r["matrix"], r["rule_id"], r["contacted"], r["held_out"]) for r in scene_rows] == [("scene", "low", 3, 2)]
+    why = mktool_here("explain", LISTED_A, "--month", M, "--matrices", str(MATRICES), "--db", str(db))
+    assert why.exit_code == 0 and f"scene:{a.batch_id}" in why.output
     page = mktool_here("report", "--month", M, "--out", str(tmp_path / "report.html"), "--lists", str(out),
                        "--matrices", str(MATRICES), "--db", str(db))
     assert page.exit_code == 0, page.output
     assert (tmp_path / "report.html").stat().st_size > 0
+
+
+# == edges: an empty batch, hashed numbers, a missing salt ===========================================
+def test_an_empty_batch_publishes_header_only_lists_and_its_ledger_row(tmp_path, shipped) -> None:
+    db = make_db(tmp_path / "mk.duckdb")
+    batch = dataclasses.replace(make_batch(tmp_path, rows=0, triggers=[], others=[]), first_event=None,
+                                last_event=None)
+    result = deliver(db, make_project(shipped, tmp_path / "rules"), batch, tmp_path / "out", triggers=[], others=[])
+    folder = batch_folder(tmp_path / "out", DAY, BATCH)
+    assert result.lists == {"sms": 0, "app": 0, "inbound": 0}
+    assert (folder / "sms.csv").read_text(encoding="utf-8") == ",".join(SCENE_LIST_COLUMNS) + "\n"
+    assert (folder / "app.jsonl").read_bytes() == b"" and read_list(folder / "inbound.parquet") == []
+    funnel = json.loads((folder / "funnel.json").read_text(encoding="utf-8"))["funnels"]
+    assert funnel["events"] == [{"stage": s, "count": 0} for s in ("received", "unique", "with_scene")]
+    assert all(stage["count"] == 0 for stages in funnel.values() for stage in stages)
+    assert query(db, "SELECT batch, rows, first_event FROM scene_files") == [(BATCH, 0, None)]
+    assert query(db, "SELECT count(*) FROM scene_events") == [(0,)]
+    assert query(db, "SELECT count(*) FROM contact_history WHERE cycle = ?", [scene_cycle(BATCH)]) == [(0,)]
+
+
+def test_a_hashed_channel_lists_the_salted_sha256_in_the_numbers_order(tmp_path, shipped) -> None:
+    channels = {**CHANNELS, "sms": dataclasses.replace(CHANNELS["sms"], mask="hash")}
+    project = make_project(shipped, tmp_path / "rules", channels=channels, salts={"outbound": "pepper", "sms": "salt"})
+    deliver(make_db(tmp_path / "mk.duckdb"), project, make_batch(tmp_path), tmp_path / "out")
+    sms = read_list(batch_folder(tmp_path / "out", DAY, BATCH) / "sms.csv")
+
+    def sha(n: int) -> str:
+        return hashlib.sha256(("salt" + c(n)).encode()).hexdigest()
+
+    assert [(r["msisdn"], r["policy_id"]) for r in sms] == [
+        (sha(1), "TOPUP"), (sha(10), "TOPUP"), (sha(11), "TOPUP"), (sha(12), "TOPUP"), (sha(12), "DAY"),
+        (sha(16), "ROAM")]
+
+
+def test_a_missing_salt_is_refused_before_any_work(tmp_path, shipped) -> None:
+    channels = {**CHANNELS, "app": dataclasses.replace(CHANNELS["app"], mask="hash", salt_env="APP_SALT")}
+    db = make_db(tmp_path / "mk.duckdb")
+    with Database(settings(db), write=True):  # a database mktool opened before (its bookkeeping tables)
+        pass
+    before = state(db)
+    with pytest.raises(MktoolError, match="APP_SALT"):
+        deliver(db, make_project(shipped, tmp_path / "rules", channels=channels, salts={}), make_batch(tmp_path),
+                tmp_path / "out")
+    assert state(db) == before and not (tmp_path / "out").exists()
