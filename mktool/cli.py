@@ -1374,7 +1374,9 @@ def explain_cmd(
         "The cycle whose channel stages to explain, YYYY-MM-DD [default: today, as export's]")] = None,
 ) -> None:
     """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported,
-    and for each offer × channel the contact-policy stage that kept or removed it.
+    for each offer × channel the contact-policy stage that kept or removed it, and the customer's
+    last events of the scene batches with each scene's outcome and why (stale, not matched,
+    once_per, fired: listed, held out, merged or blocked at a stage).
 
     \b
     Examples:
@@ -1433,6 +1435,19 @@ def explain_cmd(
                      [(h["cycle"], h["channel"], h["policy_id"], h.get("kind") or "policy") for h in ex.holdouts],
                      to_stdout=True)
     render_channel_verdicts(run, verdicts, cycle_date)
+    render_scene_events(run, ex)
+
+
+def render_scene_events(run: Run, ex: explain.Explanation) -> None:
+    """explain's "Events and scenes": the customer's last scene events, each scene's outcome and why."""
+    if ex.scene_note is not None:
+        Console(highlight=False).print(escape(f"Events and scenes: {ex.scene_note}"))
+        return
+    render_table(run.reporter, f"Events and scenes (the last {explain.EVENTS_SHOWN} events, newest first; one row "
+                               "per scene listening)", ["time", "type", "value", "batch", "scene", "wave", "outcome",
+                                                        "why"],
+                 [(r["event_time"], r["event_type"], explain.display(r["value"]), r["batch"], r["scene_id"] or "",
+                   r["wave"] or "", r["outcome"], r["why"]) for r in ex.scene_events], to_stdout=True)
 
 
 def render_channel_verdicts(run: Run, verdicts: list[export.ChannelVerdict], cycle_date: dt.date) -> None:
