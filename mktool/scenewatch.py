@@ -115,7 +115,7 @@ class SceneRunner(Protocol):
                  stop: Callable[[], bool]) -> RunLike: ...
 
 
-def _file_of(item: Any) -> Path:
+def file_of(item: Any) -> Path:
     """The file a runner's result item names: a BatchResult's ``file``, or the first of a (file, …) pair."""
     value = item[0] if isinstance(item, tuple) else item.file
     return value if isinstance(value, Path) else Path(str(value))
@@ -232,11 +232,11 @@ class Watcher:
         result.batches, result.skipped, result.refused = list(run.batches), list(run.skipped), list(run.refused)
         report_run(run, self.reporter)
         for item in (*result.batches, *result.skipped):
-            path = _file_of(item)
+            path = file_of(item)
             if path in listing:
                 self.handled[path] = listing[path]
         for item in result.refused:
-            path = _file_of(item)
+            path = file_of(item)
             if path in listing:
                 self.refused[path] = listing[path]
                 if not self.once:
@@ -246,7 +246,7 @@ class Watcher:
 
 def batch_line(batch: Any) -> str:
     """One line per delivered batch: file → batch id, events, fired, listed per channel."""
-    return f"{_file_of(batch).name} → batch {batch.batch_id}"
+    return f"{file_of(batch).name} → batch {batch.batch_id}"
 
 
 def report_run(run: RunLike, reporter: Reporter) -> None:
@@ -254,10 +254,10 @@ def report_run(run: RunLike, reporter: Reporter) -> None:
     for batch in run.batches:
         reporter.info(batch_line(batch))
     for item in run.skipped:
-        reporter.info(f"skipped {_file_of(item).name}: {item[1]}")
+        reporter.info(f"skipped {file_of(item).name}: {item[1]}")
     for item in run.refused:
         exc = item[1]
-        reporter.error(exc.render() if isinstance(exc, MktoolError) else f"{_file_of(item)}: {exc}")
+        reporter.error(exc.render() if isinstance(exc, MktoolError) else f"{file_of(item)}: {exc}")
 
 
 def sleep_until(deadline: float, stop: Callable[[], bool], *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -297,7 +297,7 @@ def watch(folder: Path, *, interval: float, project: Project, out_dir: Path, ope
                 result.polls += 1
                 result.batches += len(poll.batches)
                 result.skipped += len(poll.skipped)
-                result.refused += [_file_of(item) for item in poll.refused]
+                result.refused += [file_of(item) for item in poll.refused]
                 if once or (max_polls is not None and result.polls >= max_polls):
                     break
                 sleep_until(started + interval, flag)
