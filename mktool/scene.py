@@ -138,9 +138,10 @@ _UNIQUE = "_s_unique"  # _s_events + duplicate
 _PAIRS = "_s_pairs"  # non-duplicate event × listening scene: stale, known
 _LEVELS = "_s_levels"  # fresh known pairs: wave_level (NULL: not matched)
 _OPEN = "_s_open"  # matched pairs not decided yet (once_per rounds)
-_DECIDED = "_s_decided"  # matched pairs decided: fired or once_per (+ the blocking trigger)
+_DECIDED = "_s_decided"  # matched pairs decided: fired or once_per
 _NEXT = "_s_next"  # per (msisdn, scene): the pair a round fires
-_WORK_TABLES = (_SCENES, _WAVES, _UNIQUE, _PAIRS, _LEVELS, _OPEN, _DECIDED, _NEXT)
+_BLOCKERS = "_s_blockers"  # once_per pairs: the trigger named as blocking each
+_WORK_TABLES = (_SCENES, _WAVES, _UNIQUE, _PAIRS, _LEVELS, _OPEN, _DECIDED, _NEXT, _BLOCKERS)
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -458,7 +459,8 @@ class OutcomeQueries:
     ``round`` one once_per round, the same statements every round: per (msisdn, scene) the first
     undecided pair in seq order that no trigger so far blocks fires, and the undecided pairs
     before it are once_per; repeated until a round fires nothing (``pending`` counts its fires);
-    ``finish`` the pairs left (all blocked) once_per, then _s_outcomes and _s_triggers.
+    ``finish`` the pairs left (all blocked) once_per, the blocker named for each once_per pair (of
+    every earlier trigger that blocks it, the latest by event_time), then _s_outcomes and _s_triggers.
     """
 
     setup: tuple[Query, ...]
@@ -513,21 +515,12 @@ def _level_sql(scene: Scene, view: str) -> str:
             f"FROM ({relation}) AS ev")
 
 
-_BLOCKER = """
-    LEFT JOIN {blockers} t ON t.msisdn = o.msisdn AND t.scene_id = o.scene_id {earlier}
-        AND t.wave_level >= o.wave_level AND abs(epoch_us(o.event_time) - epoch_us(t.event_time)) < o.once_per_us"""
-
-
-def _blocked_insert(condition: str, batch: str | None) -> str:
-    """Open pairs (``condition``) decided once_per, with the latest-timed trigger of this batch that blocks each."""
-    blocker = _BLOCKER.format(blockers=_DECIDED, earlier=f"AND t.outcome = '{FIRED}' AND t.seq < o.seq")
-    return (f"INSERT INTO {_DECIDED}\n"
-            f"SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, 'once_per', t.event_time, "
-            f"CAST({quote_literal(batch)} AS VARCHAR)\n"
-            f"FROM {_OPEN} o{blocker}\n"
-            f"WHERE {condition}\n"
-            "QUALIFY row_number() OVER (PARTITION BY o.seq, o.scene_id ORDER BY t.event_time DESC NULLS LAST, "
-            "t.seq DESC) = 1")
+def _blocks(trigger: str, pair: str) -> str:
+    """SQL true when the trigger ``trigger`` blocks the matched pair ``pair`` of the same customer and
+    scene: a wave at least as deep, less than once_per days apart (exact microseconds)."""
+    return (f"{trigger}.msisdn = {pair}.msisdn AND {trigger}.scene_id = {pair}.scene_id "
+            f"AND {trigger}.wave_level >= {pair}.wave_level "
+            f"AND abs(epoch_us({pair}.event_time) - epoch_us({trigger}.event_time)) < {pair}.once_per_us")
 
 
 def outcome_queries(scenes: Sequence[Scene], policies: Mapping[str, Policy], *, view_month: str,
@@ -545,7 +538,11 @@ def outcome_queries(scenes: Sequence[Scene], policies: Mapping[str, Policy], *, 
     params = {"view_month": view_month}
     scenes_sql, waves_sql = _catalogue_sql(scenes, policies)
     wm = quote_literal(watermark) if watermark is not None else "CAST(NULL AS TIMESTAMP)"
-    setup: list[Query] = [
+    ledger = f"(SELECT batch, msisdn, scene_id, wave_level, event_time FROM {earlier} WHERE outcome = '{FIRED}')"
+    levels = "\nUNION ALL\n".join(_level_sql(s, view) for s in scenes) if scenes else \
+        "SELECT CAST(NULL AS BIGINT) AS seq, CAST(NULL AS VARCHAR) AS scene_id, CAST(NULL AS INTEGER) AS wave_level " \
+        "WHERE false"
+    setup = (
         Query("scene:catalogue", scenes_sql),
         Query("scene:waves", waves_sql),
         Query("scene:unique", f"""
@@ -562,51 +559,60 @@ SELECT u.seq, u.msisdn, u.event_time, u.event_type, u.value, s.scene_id, s.posit
        EXISTS (SELECT 1 FROM {view} v WHERE v.month = $view_month AND v.msisdn = u.msisdn) AS known
 FROM {_UNIQUE} u JOIN {_SCENES} s ON s.event_type = u.event_type
 WHERE NOT u.duplicate""", params),
-    ]
-    levels = "\nUNION ALL\n".join(_level_sql(s, view) for s in scenes) if scenes else \
-        "SELECT CAST(NULL AS BIGINT) AS seq, CAST(NULL AS VARCHAR) AS scene_id, CAST(NULL AS INTEGER) AS wave_level " \
-        "WHERE false"
-    setup.append(Query("scene:levels", f"CREATE OR REPLACE TEMP TABLE {_LEVELS} AS\n{levels}",
-                       params if scenes else {}))
-    ledger = _BLOCKER.format(blockers=f"(SELECT * FROM {earlier} WHERE outcome = '{FIRED}')", earlier="")
-    setup += [
+        Query("scene:levels", f"CREATE OR REPLACE TEMP TABLE {_LEVELS} AS\n{levels}", params if scenes else {}),
         Query("scene:open", f"""
 CREATE OR REPLACE TEMP TABLE {_OPEN} AS
 SELECT p.seq, p.msisdn, p.scene_id, p.event_time, l.wave_level, p.once_per_us
 FROM {_PAIRS} p JOIN {_LEVELS} l ON l.seq = p.seq AND l.scene_id = p.scene_id
 WHERE l.wave_level IS NOT NULL"""),
-        # a matched pair an earlier batch's trigger blocks: once_per, with the latest-timed blocker
+        # a trigger of an earlier batch blocks whatever its time: a late event cannot sneak in before it
         Query("scene:ledger_blocks", f"""
 CREATE OR REPLACE TEMP TABLE {_DECIDED} AS
-SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, 'once_per' AS outcome,
-       t.event_time AS blocked_by_time, t.batch AS blocked_by_batch
-FROM {_OPEN} o{ledger}
-WHERE t.msisdn IS NOT NULL
-QUALIFY row_number() OVER (PARTITION BY o.seq, o.scene_id ORDER BY t.event_time DESC, t.batch DESC) = 1"""),
-        Query("scene:open_left", f"DELETE FROM {_OPEN} o WHERE EXISTS (SELECT 1 FROM {_DECIDED} d "
+SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, o.once_per_us, 'once_per' AS outcome
+FROM {_OPEN} o WHERE EXISTS (SELECT 1 FROM {ledger} t WHERE {_blocks("t", "o")})"""),
+        Query("scene:undecided", f"DELETE FROM {_OPEN} o WHERE EXISTS (SELECT 1 FROM {_DECIDED} d "
                                  "WHERE d.seq = o.seq AND d.scene_id = o.scene_id)"),
-    ]
+    )
+    fired_before = f"t.outcome = '{FIRED}' AND t.seq < o.seq AND {_blocks('t', 'o')}"
     round_ = (
         Query("scene:next", f"""
 CREATE OR REPLACE TEMP TABLE {_NEXT} AS
 SELECT o.msisdn, o.scene_id, min(o.seq) AS seq
-FROM {_OPEN} o WHERE NOT EXISTS (
-    SELECT 1 FROM {_DECIDED} t WHERE t.msisdn = o.msisdn AND t.scene_id = o.scene_id AND t.outcome = '{FIRED}'
-        AND t.seq < o.seq AND t.wave_level >= o.wave_level
-        AND abs(epoch_us(o.event_time) - epoch_us(t.event_time)) < o.once_per_us)
+FROM {_OPEN} o WHERE NOT EXISTS (SELECT 1 FROM {_DECIDED} t WHERE {fired_before})
 GROUP BY o.msisdn, o.scene_id"""),
-        Query("scene:passed_over", _blocked_insert(
-            f"EXISTS (SELECT 1 FROM {_NEXT} n WHERE n.msisdn = o.msisdn AND n.scene_id = o.scene_id "
-            "AND o.seq < n.seq)", batch)),
+        # the undecided pairs before the one that fires are all blocked by a trigger so far
+        Query("scene:passed_over", f"""
+INSERT INTO {_DECIDED}
+SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, o.once_per_us, 'once_per'
+FROM {_OPEN} o JOIN {_NEXT} n ON n.msisdn = o.msisdn AND n.scene_id = o.scene_id AND o.seq < n.seq"""),
         Query("scene:fire", f"""
 INSERT INTO {_DECIDED}
-SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, '{FIRED}', NULL, NULL
+SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, o.once_per_us, '{FIRED}'
 FROM {_OPEN} o JOIN {_NEXT} n ON n.seq = o.seq AND n.scene_id = o.scene_id"""),
         Query("scene:close", f"DELETE FROM {_OPEN} o WHERE EXISTS (SELECT 1 FROM {_DECIDED} d "
                              "WHERE d.seq = o.seq AND d.scene_id = o.scene_id)"),
     )
+    batch_literal = f"CAST({quote_literal(batch)} AS VARCHAR)"
     finish = (
-        Query("scene:rest", _blocked_insert("true", batch)),
+        # every pair no round fired is blocked by a trigger fired before it
+        Query("scene:rest", f"""
+INSERT INTO {_DECIDED}
+SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, o.once_per_us, 'once_per' FROM {_OPEN} o"""),
+        # the trigger named as the blocker: of all that block the pair, the latest by event_time (this
+        # batch's before an earlier batch's at the same time)
+        Query("scene:blockers", f"""
+CREATE OR REPLACE TEMP TABLE {_BLOCKERS} AS
+WITH triggers AS (
+    SELECT batch, msisdn, scene_id, wave_level, event_time, 0 AS own, 0 AS seq, '{FIRED}' AS outcome FROM {ledger} l
+    UNION ALL
+    SELECT {batch_literal}, msisdn, scene_id, wave_level, event_time, 1, seq, outcome FROM {_DECIDED}
+    WHERE outcome = '{FIRED}'
+)
+SELECT o.seq, o.scene_id, t.event_time AS blocked_by_time, t.batch AS blocked_by_batch
+FROM {_DECIDED} o JOIN triggers t ON (t.own = 0 OR t.seq < o.seq) AND {_blocks("t", "o")}
+WHERE o.outcome = 'once_per'
+QUALIFY row_number() OVER (PARTITION BY o.seq, o.scene_id ORDER BY t.event_time DESC, t.own DESC, t.seq DESC,
+                           t.batch DESC) = 1"""),
         Query("scene:outcomes", f"""
 CREATE OR REPLACE TEMP TABLE {SCENE_OUTCOMES_TEMP} AS
 SELECT seq, msisdn, event_time, event_type, value, scene_id, wave, wave_level, outcome,
@@ -622,10 +628,11 @@ FROM (
     SELECT p.seq, p.msisdn, p.event_time, p.event_type, p.value, p.scene_id, p.position, w.wave, d.wave_level,
            CASE WHEN p.stale THEN 'stale' WHEN NOT p.known THEN 'unknown_customer'
                 WHEN l.wave_level IS NULL THEN 'not_matched' ELSE d.outcome END,
-           d.blocked_by_time, d.blocked_by_batch
+           b.blocked_by_time, b.blocked_by_batch
     FROM {_PAIRS} p
     LEFT JOIN {_LEVELS} l ON l.seq = p.seq AND l.scene_id = p.scene_id
     LEFT JOIN {_DECIDED} d ON d.seq = p.seq AND d.scene_id = p.scene_id
+    LEFT JOIN {_BLOCKERS} b ON b.seq = p.seq AND b.scene_id = p.scene_id
     LEFT JOIN {_WAVES} w ON w.scene_id = d.scene_id AND w.wave_level = d.wave_level
 ) AS o
 ORDER BY seq, position"""),
@@ -640,7 +647,7 @@ WHERE o.outcome = '{FIRED}'
 ORDER BY o.msisdn, rank"""),
     )
     return OutcomeQueries(
-        setup=tuple(setup), round=round_, pending=Query("scene:pending", f"SELECT count(*) FROM {_NEXT}"),
+        setup=setup, round=round_, pending=Query("scene:pending", f"SELECT count(*) FROM {_NEXT}"),
         finish=finish + tuple(Query(f"scene:drop:{t}", f"DROP TABLE IF EXISTS {t}") for t in _WORK_TABLES),
         counts=Query("scene:counts", f"SELECT outcome, count(*) FROM {SCENE_OUTCOMES_TEMP} GROUP BY outcome"),
     )
