@@ -52,6 +52,8 @@ from mktool.schema import (
     PLAN_STAGES,
     PLAN_TABLE,
     RECOMMENDATIONS_TABLE,
+    SCENE_EVENTS_TABLE,
+    SCENE_FILES_TABLE,
     VIEW_TABLE,
 )
 from mktool.sqlcheck import CheckedExpression, conjuncts
@@ -394,8 +396,6 @@ def _plan(con: duckdb.DuckDBPyConnection, month: str, config: PlanConfig,
 
 
 # -- events and scenes (issue 14) ---------------------------------------------------------------------
-SCENE_EVENTS_TABLE = "scene_events"
-SCENE_FILES_TABLE = "scene_files"
 #: How many of the customer's latest events explain shows (every scene row of each).
 EVENTS_SHOWN = 20
 #: scene_events' columns explain reads (definitions §4).

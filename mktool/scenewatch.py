@@ -31,12 +31,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Protocol
 
 import duckdb
 
@@ -44,19 +44,12 @@ from mktool.console import Reporter
 from mktool.database import Database
 from mktool.errors import Interrupted, LockedError, MktoolError
 from mktool.project import Project
+from mktool.scene import LedgerEntry, is_event_file_name
+from mktool.scenedelivery import BatchResult, SceneRun
+from mktool.schema import SCENE_FILES_TABLE
 
-#: Names that are never an event file of the folder (definitions §2): still being written or hidden.
-TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
-EVENT_SUFFIX = ".parquet"
 #: How often a sleeping loop looks at its stop flag (a SIGTERM is answered within this).
 TICK_SECONDS = 0.05
-
-
-def is_event_file_name(name: str) -> bool:
-    """An event file's name: ``*.parquet``, not hidden, not a temporary name."""
-    lowered = name.lower()
-    return (not name.startswith(".") and lowered.endswith(EVENT_SUFFIX)
-            and not lowered.endswith(TEMPORARY_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -101,24 +94,14 @@ def complete_files(listing: dict[Path, Seen], previous: dict[Path, Seen] | None,
 OpenDatabase = Callable[[], AbstractContextManager[Database]]
 
 
-class RunLike(Protocol):
-    """What the runner returns (``scenedelivery.SceneRun``): the batches delivered, the files
-    the ledger skipped and the files refused, each naming its file."""
-
-    batches: Sequence[Any]
-    skipped: Sequence[Any]
-    refused: Sequence[Any]
-
-
 class SceneRunner(Protocol):
     def __call__(self, db: Database, project: Project, paths: list[Path], *, out_dir: Path, reporter: Reporter,
-                 stop: Callable[[], bool]) -> RunLike: ...
+                 stop: Callable[[], bool]) -> SceneRun: ...
 
 
-def file_of(item: Any) -> Path:
+def file_of(item: BatchResult | tuple[Path, LedgerEntry | MktoolError]) -> Path:
     """The file a runner's result item names: a BatchResult's ``file``, or the first of a (file, …) pair."""
-    value = item[0] if isinstance(item, tuple) else item.file
-    return value if isinstance(value, Path) else Path(str(value))
+    return Path(item[0] if isinstance(item, tuple) else item.file)
 
 
 @dataclass
@@ -153,9 +136,9 @@ class Poll:
     """One poll: the files given to the runner and what became of them."""
 
     taken: list[Path] = field(default_factory=list)
-    batches: list[Any] = field(default_factory=list)
-    skipped: list[Any] = field(default_factory=list)
-    refused: list[Any] = field(default_factory=list)
+    batches: list[BatchResult] = field(default_factory=list)
+    skipped: list[tuple[Path, LedgerEntry]] = field(default_factory=list)
+    refused: list[tuple[Path, MktoolError]] = field(default_factory=list)
     busy: bool = False  # the database was locked: nothing was taken, the files stay new
 
 
@@ -216,6 +199,7 @@ class Watcher:
             with self.open_db() as db:
                 run = self.runner(db, self.project, taken, out_dir=self.out_dir, reporter=self.reporter,
                                   stop=self.stop)
+                report_run(run, self.reporter, db)
         except LockedError as exc:
             if self.once:
                 raise
@@ -230,9 +214,7 @@ class Watcher:
             self.reporter.info("database free again: processing the waiting files")
             self.busy = False
         result.batches, result.skipped, result.refused = list(run.batches), list(run.skipped), list(run.refused)
-        report_run(run, self.reporter)
-        for item in (*result.batches, *result.skipped):
-            path = file_of(item)
+        for path in [b.file for b in result.batches] + [p for p, _ in result.skipped]:
             if path in listing:
                 self.handled[path] = listing[path]
         for item in result.refused:
@@ -244,20 +226,33 @@ class Watcher:
         return result
 
 
-def batch_line(batch: Any) -> str:
-    """One line per delivered batch: file → batch id, events, fired, listed per channel."""
-    return f"{file_of(batch).name} → batch {batch.batch_id}"
+def batch_line(batch: BatchResult, events: int | None) -> str:
+    """One line per delivered batch: file → batch id, events, fired, listed (and held out) per channel."""
+    listed = ", ".join(f"{name} {n:,}" for name, n in batch.lists.items()) or "no channel"
+    held = sum(batch.held_out.values())
+    return (f"{batch.file.name} → batch {batch.batch_id} ({batch.cycle_date}): "
+            f"{'?' if events is None else f'{events:,}'} events, {batch.outcomes.get('fired', 0):,} fired; "
+            f"listed {listed}" + (f"; {held:,} held out" if held else ""))
 
 
-def report_run(run: RunLike, reporter: Reporter) -> None:
+def batch_events(db: Database | None, batch_ids: list[str]) -> dict[str, int]:
+    """The events of each batch, as the ledger recorded them (BatchResult counts outcome rows, not events)."""
+    if db is None or not batch_ids or not db.table_exists(SCENE_FILES_TABLE):
+        return {}
+    rows = db.c.execute(f"SELECT batch, rows FROM {SCENE_FILES_TABLE} WHERE list_contains($ids, batch)",
+                        {"ids": batch_ids}).fetchall()
+    return {str(b): int(n) for b, n in rows}
+
+
+def report_run(run: SceneRun, reporter: Reporter, db: Database | None = None) -> None:
     """What the runner did, on stderr: a line per batch, per file the ledger skipped, per file refused."""
+    events = batch_events(db, [b.batch_id for b in run.batches])
     for batch in run.batches:
-        reporter.info(batch_line(batch))
-    for item in run.skipped:
-        reporter.info(f"skipped {file_of(item).name}: {item[1]}")
-    for item in run.refused:
-        exc = item[1]
-        reporter.error(exc.render() if isinstance(exc, MktoolError) else f"{file_of(item)}: {exc}")
+        reporter.info(batch_line(batch, events.get(batch.batch_id)))
+    for path, entry in run.skipped:
+        reporter.info(entry.skipped(path.name))
+    for _, exc in run.refused:
+        reporter.error(exc.render())
 
 
 def sleep_until(deadline: float, stop: Callable[[], bool], *, clock: Callable[[], float] = time.monotonic) -> None:

@@ -7,10 +7,12 @@ the command's usage errors in-process; the real loop in a few short subprocesses
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
 import pytest
+from conftest import mktool_here
 
 from mktool import explain
 from mktool.rules import Scene, Wave
@@ -146,3 +148,30 @@ def test_duration_text() -> None:
     assert [explain.duration_text(d) for d in (dt.timedelta(minutes=30), dt.timedelta(hours=6),
                                                 dt.timedelta(days=2), dt.timedelta(minutes=90))] == [
         "30m", "6h", "2d", "90m"]
+
+
+# -- the command line: usage errors (exit 2) and --help -----------------------------------------------
+@pytest.mark.parametrize("args, names", [
+    ([], "'--events' / '--watch'"),
+    (["--events", "x", "--watch", "y", "--interval", "1"], "'--events' / '--watch'"),
+    (["--watch", "y"], "'--interval'"),
+    (["--watch", "y", "--interval", "0"], "'--interval'"),
+    (["--watch", "y", "--interval", "-0.5"], "'--interval'"),
+    (["--watch", "y", "--interval", "nan"], "'--interval'"),
+    (["--watch", "y", "--interval", "soon"], "'--interval'"),
+    (["--events", "x", "--interval", "1"], "'--interval'"),
+    (["--events", "x", "--once"], "'--once'"),
+])
+def test_usage_errors_exit_2_naming_the_option(args: list[str], names: str, tmp_path: Path) -> None:
+    result = mktool_here("scene", *args, "--db", str(tmp_path / "none.duckdb"))
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {names}" in result.output
+    assert not (tmp_path / "none.duckdb").exists()
+
+
+def test_help_has_examples() -> None:
+    result = mktool_here("scene", "--help")
+    assert result.exit_code == 0
+    for example in ("mktool scene --events fixtures/events/", "--watch /data/inbox --interval 30",
+                    "--interval 60 --once --quiet", "MKTOOL_OUT"):
+        assert example in result.output, example

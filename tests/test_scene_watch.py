@@ -10,6 +10,7 @@ real runner end to end.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import os
 import signal
@@ -35,12 +36,27 @@ SEC = 1_000_000_000
 class Batch:
     file: Path
     batch_id: str
+    cycle_date: dt.date = dt.date(2026, 10, 5)
+    lists: dict[str, int] = field(default_factory=lambda: {"sms": 1})
+    outcomes: dict[str, int] = field(default_factory=lambda: {"fired": 1})
+    held_out: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Entry:
+    """A ledger entry's one method the loop uses."""
+
+    batch: str
+    file_name: str
+
+    def skipped(self, name: str) -> str:
+        return f"skipped {name}: already processed as batch {self.batch} (as {self.file_name})"
 
 
 @dataclass
 class Run:
     batches: list[Batch] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, Entry]] = field(default_factory=list)
     refused: list[tuple[Path, MktoolError]] = field(default_factory=list)
 
 
@@ -67,7 +83,7 @@ class FakeRunner:
                 continue
             sha = hashlib.sha256(data).hexdigest()
             if sha in self.ledger:
-                run.skipped.append((p, f"already processed as batch {sha[:12]} (as {self.ledger[sha]})"))
+                run.skipped.append((p, Entry(sha[:12], self.ledger[sha])))
                 continue
             self.ledger[sha] = p.name
             run.batches.append(Batch(p, sha[:12]))
@@ -181,7 +197,7 @@ def test_a_malformed_file_is_named_once_and_the_loop_goes_on(inbox: Path, capsys
     err = capsys.readouterr().err
     assert err.count("a-bad.parquet: column event_time: not a TIMESTAMP") == 1
     assert "a-bad.parquet is skipped until it changes" in err
-    assert "b-good.parquet → batch" in err
+    assert "b-good.parquet → batch" in err and "(2026-10-05): ? events, 1 fired; listed sms 1" in err
     put(inbox, "a-bad.parquet", b"fixed rows", age=5)  # corrected under the same name: taken again
     third = w.poll()
     assert [b.file.name for b in third.batches] == ["a-bad.parquet"]
