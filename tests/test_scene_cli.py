@@ -316,10 +316,11 @@ def test_explain_shows_the_scene_events_of_a_batch(site: SimpleNamespace) -> Non
 class Watching:
     """``mktool scene --watch`` in a subprocess, its stderr read line by line as it comes."""
 
-    def __init__(self, site: SimpleNamespace, interval: str = "0.2") -> None:
+    def __init__(self, site: SimpleNamespace, interval: str = "0.2", fault: str | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mktool", "scene", "--watch", str(site.inbox), "--interval", interval, *site.args],
-            env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            env={**ENV, **({"MKTOOL_FAULT": fault} if fault else {})}, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -347,8 +348,10 @@ class Watching:
                 return line
         raise AssertionError(f"no line with {text!r} in {self.seen}")
 
-    def stop(self, sig: int) -> tuple[int, str]:
-        self.proc.send_signal(sig)
+    def stop(self, sig: int | None) -> tuple[int, str]:
+        """Send ``sig`` (None: none, the process ends by itself) and wait for the exit code and all of stderr."""
+        if sig is not None:
+            self.proc.send_signal(sig)
         code = self.proc.wait(timeout=60)
         time.sleep(0.1)
         while not self.lines.empty():
@@ -413,3 +416,33 @@ def test_ctrl_c_exits_130(site: SimpleNamespace) -> None:
             w.proc.kill()
     assert code == 130, err
     assert "the watch loop stopped" in err and "Traceback" not in err
+
+
+def test_ctrl_c_inside_a_batch_leaves_nothing_of_it_and_exits_130(site: SimpleNamespace) -> None:
+    low_balance(site.inbox / "e1.parquet", (PREPAID[0], "2026-10-05 10:00", 8.0))
+    contacts = fetch(site.db, "SELECT count(*) FROM contact_history")
+    w = Watching(site, fault="write_manifest:sigint")  # a real SIGINT while the batch writes its folder
+    try:
+        code, err = w.stop(None)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    assert code == 130, err
+    assert "the watch loop stopped" in err and "Traceback" not in err
+    assert ledger(site.db) == [] and delivered_folders(site.out) == set()
+    assert fetch(site.db, "SELECT count(*) FROM contact_history") == contacts
+    assert not list(site.out.glob("scenes/*/*"))  # not even an empty batch folder
+
+
+def test_an_error_about_no_file_ends_the_loop(tmp_path: Path) -> None:
+    """No scored customer view: every file would fail alike, so the loop ends (exit 1; systemd restarts it)."""
+    db = tmp_path / "empty.duckdb"
+    assert mktool_here("ingest", str(FIXTURES / "plans.parquet"), "--db", str(db), "-q").exit_code == 0
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    low_balance(inbox / "e1.parquet", (PREPAID[0], "2026-10-05 10:00", 8.0))
+    result = mktool_here("scene", "--watch", str(inbox), "--interval", "0.2", "--db", str(db),
+                         "--matrices", str(MATRICES), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output
+    assert "mktool score" in result.output
+    assert ledger(db) == []
