@@ -18,13 +18,14 @@ Public API (stable; the delivery, rules, cli and reference helpers build on it)
       (:data:`SCENE_FILES_COLUMNS`, :data:`SCENE_EVENTS_COLUMNS`).
   ``ledger_entry(con, checksum) -> LedgerEntry | None``  the ledger row of a processed file.
   ``ledger_watermark(con) -> datetime | None``           max(last_event) of the ledger's batches.
+  ``ledger_query(batch, processed_at) -> Query``          the batch's ledger row, for the publish unit.
   ``order_files(con, paths) -> list[EventFile]``
       every path with its checksum, ledger entry (processed before: skip it) or refusal (error),
       and, for a new readable file, its rows and first/last event (read under the contract).
       Sorted by (first_event, last_event, file name), files without events last: the order new
-      files are processed in. A caller checks ``ledger_entry`` again just before each batch: a
-      copy of a file processed earlier in the same call is in the ledger only once that batch
-      has committed.
+      files are processed in (``is_new``). A copy of a file earlier in the same call (same
+      checksum) is marked ``copy_of`` it: it is in the ledger (``ledger_entry``, the skip
+      message) once that file's batch has committed.
   ``load_batch(con, project, event_file) -> Batch``
       loads the file into ``_s_events`` and decides every event into ``_s_outcomes`` and
       ``_s_triggers`` (temp tables, kept for the delivery step); refuses a stale or missing view.
@@ -58,21 +59,27 @@ import duckdb
 
 from mktool.database import table_exists
 from mktool.dialect import Query
-from mktool.errors import InputError, MktoolError, StateError
+from mktool.errors import InputError, MktoolError, RuleError, StateError
 from mktool.freshness import require_fresh_view
 from mktool.ingest import SourceFile, read_schema, validate
 from mktool.project import Project
 from mktool.publish import file_sha256
 from mktool.rules import Policy, Scene
 from mktool.schema import (
+    EVENT_COLUMNS,
     FIRED,
+    OUTCOME_COLUMNS,
+    SCENE_EVENTS_COLUMNS,
     SCENE_EVENTS_TABLE,
     SCENE_EVENTS_TEMP,
+    SCENE_FILES_COLUMNS,
+    SCENE_FILES_KEY,
     SCENE_FILES_TABLE,
     SCENE_OUTCOMES,
     SCENE_OUTCOMES_TEMP,
     SCENE_TRIGGERS_TEMP,
     TEMPORARY_SUFFIXES,
+    TRIGGER_COLUMNS,
     VIEW_TABLE,
 )
 from mktool.sqlquote import quote_identifier, quote_literal
@@ -96,6 +103,7 @@ __all__ = [
     "file_checksum",
     "is_event_file_name",
     "ledger_entry",
+    "ledger_query",
     "ledger_watermark",
     "load_batch",
     "order_files",
@@ -107,29 +115,6 @@ __all__ = [
 EVENTS_CONTRACT = "events"  # mktool/contract.py's table the event files follow
 BATCH_ID_LENGTH = 12
 US_PER_DAY = 86_400 * 1_000_000
-
-#: The ledger (scene_files): one row per processed event file, written by the publish unit.
-SCENE_FILES_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("checksum", "VARCHAR PRIMARY KEY"), ("file_name", "VARCHAR"), ("path", "VARCHAR"), ("size", "BIGINT"),
-    ("rows", "BIGINT"), ("first_event", "TIMESTAMP"), ("last_event", "TIMESTAMP"), ("batch", "VARCHAR"),
-    ("cycle_date", "DATE"), ("processed_at", "TIMESTAMP"),
-)
-#: scene_events: every event of every batch with its outcome (per listening scene) and delivery.
-SCENE_EVENTS_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("batch", "VARCHAR"), ("seq", "BIGINT"), ("msisdn", "VARCHAR"), ("event_time", "TIMESTAMP"),
-    ("event_type", "VARCHAR"), ("value", "DOUBLE"), ("scene_id", "VARCHAR"), ("wave", "VARCHAR"),
-    ("wave_level", "INTEGER"), ("outcome", "VARCHAR"), ("blocked_by_time", "TIMESTAMP"),
-    ("blocked_by_batch", "VARCHAR"), ("policy_id", "VARCHAR"), ("delivery", "VARCHAR"), ("channel", "VARCHAR"),
-    ("blocked_at", "VARCHAR"), ("held_kind", "VARCHAR"),
-)
-#: _s_events: a batch's events as loaded, seq = 1.. in the batch's order.
-EVENT_COLUMNS = ("seq", "msisdn", "event_time", "event_type", "value")
-#: _s_outcomes: one row per duplicate / no_scene event, else one per event × listening scene.
-OUTCOME_COLUMNS = ("seq", "msisdn", "event_time", "event_type", "value", "scene_id", "wave", "wave_level",
-                   "outcome", "blocked_by_time", "blocked_by_batch")
-#: _s_triggers: the fired rows, with what the contact policy needs.
-TRIGGER_COLUMNS = ("seq", "msisdn", "cust_id", "scene_id", "position", "wave", "wave_level", "policy_id",
-                   "policy_name", "script", "channels", "event_time", "event_type", "value", "rank")
 
 # the decision's own work tables (temp)
 _SCENES = "_s_scenes"  # scene_id, position, event_type, expires_us, once_per_us, policy, script, channels
@@ -169,13 +154,11 @@ def event_files(path: Path) -> list[Path]:
             if not is_event_file_name(entry.name):
                 continue
             try:
-                regular = stat.S_ISREG(os.stat(entry.path).st_mode)  # follows a link to a file
+                if not stat.S_ISREG(os.stat(entry.path).st_mode):  # follows a link to a file
+                    continue  # a folder named x.parquet, a device …
             except OSError:
-                regular = False  # a dangling link: named when it is read (order_files)
-                found.append(Path(entry.path))
-                continue
-            if regular:
-                found.append(Path(entry.path))
+                pass  # a link that leads nowhere: order_files refuses it by name
+            found.append(Path(entry.path))
         return found
     if path.exists():
         return [path]
@@ -198,14 +181,15 @@ def batch_id(checksum: str) -> str:
 
 
 # -- the ledger ---------------------------------------------------------------------------------------
-def _create_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
+def _create_sql(table: str, columns: Sequence[tuple[str, str]], key: str | None = None) -> str:
     cols = ", ".join(f"{quote_identifier(name)} {type_}" for name, type_ in columns)
-    return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+    primary = f", PRIMARY KEY ({quote_identifier(key)})" if key else ""
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}{primary})"
 
 
 def ensure_scene_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create scene_files and scene_events when missing (the publish unit calls it before writing)."""
-    con.execute(_create_sql(SCENE_FILES_TABLE, SCENE_FILES_COLUMNS))
+    con.execute(_create_sql(SCENE_FILES_TABLE, SCENE_FILES_COLUMNS, SCENE_FILES_KEY))
     con.execute(_create_sql(SCENE_EVENTS_TABLE, SCENE_EVENTS_COLUMNS))
 
 
@@ -221,14 +205,16 @@ class LedgerEntry:
     first_event: dt.datetime | None
     last_event: dt.datetime | None
     batch: str
-    cycle_date: dt.date
-    processed_at: dt.datetime
+    cycle_date: dt.date | None
+    processed_at: dt.datetime | None
 
     def skipped(self, name: str) -> str:
         """``skipped events-x.parquet: already processed as batch 3fa9c2d1e0b7 on 2026-10-05 (as events-y.parquet)``:
         the batch's cycle date; the earlier name only when it differs."""
         other = f" (as {self.file_name})" if self.file_name != name else ""
-        return f"skipped {name}: already processed as batch {self.batch} on {self.cycle_date.isoformat()}{other}"
+        day = self.cycle_date or (self.processed_at.date() if self.processed_at else None)
+        on = f" on {day.isoformat()}" if day else ""
+        return f"skipped {name}: already processed as batch {self.batch}{on}{other}"
 
 
 def ledger_entry(con: duckdb.DuckDBPyConnection, checksum: str) -> LedgerEntry | None:
@@ -263,6 +249,8 @@ class EventFile:
     last_event: dt.datetime | None = None
     entry: LedgerEntry | None = None
     error: MktoolError | None = None
+    #: an earlier file of the same call with the same checksum (a copy): skipped once that one is recorded
+    copy_of: Path | None = None
     #: the file as validated under the events contract (load_batch reads it without validating again)
     source: SourceFile | None = field(default=None, repr=False, compare=False)
 
@@ -272,7 +260,15 @@ class EventFile:
 
     @property
     def is_new(self) -> bool:
-        return self.entry is None and self.error is None
+        """To be processed: not in the ledger, not refused, not a copy of an earlier file of the call."""
+        return self.entry is None and self.error is None and self.copy_of is None
+
+
+def _damaged(path: Path, exc: duckdb.Error) -> InputError:
+    """A file DuckDB fails to read past its header (a corrupt page): bad input, named, not a bug."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})", file=str(path),
+                      table=EVENTS_CONTRACT, hint="export the file again")
 
 
 def _validated(con: duckdb.DuckDBPyConnection, path: Path) -> SourceFile:
@@ -284,9 +280,7 @@ def _validated(con: duckdb.DuckDBPyConnection, path: Path) -> SourceFile:
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})", file=str(path),
-                         table=EVENTS_CONTRACT, hint="export the file again") from None
+        raise _damaged(path, exc) from None
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror or exc})", file=str(path)) from None
     return src
@@ -310,8 +304,7 @@ def _describe(con: duckdb.DuckDBPyConnection, event_file: EventFile) -> None:
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        event_file.error = InputError(f"damaged Parquet file: DuckDB cannot read it in full ({exc})",
-                                      file=str(event_file.path), table=EVENTS_CONTRACT)
+        event_file.error = _damaged(event_file.path, exc)
         return
     assert row is not None
     event_file.source = src
@@ -327,7 +320,9 @@ def order_files(con: duckdb.DuckDBPyConnection, paths: Iterable[Path]) -> list[E
     """Every file with its checksum and ledger entry; the new ones read under the contract.
 
     Sorted by (first_event, last_event, name), files without events (empty, processed before
-    with none, or refused) last by name: the order new files are processed in.
+    with none, or refused) last by name: the order new files are processed in. A new file with
+    the checksum of one before it in that order is marked ``copy_of`` that one (not new): once
+    the first is processed, ``ledger_entry`` gives the message to skip the copy with.
     """
     out: list[EventFile] = []
     for path in paths:
@@ -347,7 +342,13 @@ def order_files(con: duckdb.DuckDBPyConnection, paths: Iterable[Path]) -> list[E
             else:
                 _describe(con, f)
         out.append(f)
-    return sorted(out, key=_order_key)
+    out.sort(key=_order_key)
+    first: dict[str, Path] = {}
+    for f in out:
+        if f.entry is None and f.error is None:
+            f.copy_of = first.get(f.checksum)
+            first.setdefault(f.checksum, f.path)
+    return out
 
 
 # -- the batch ----------------------------------------------------------------------------------------
@@ -371,6 +372,17 @@ class Batch:
     @property
     def fired(self) -> int:
         return self.counts.get(FIRED, 0)
+
+
+def ledger_query(batch: Batch, processed_at: dt.datetime) -> Query:
+    """The batch's ledger row (scene_files), for the publish unit that records the batch."""
+    names = [name for name, _ in SCENE_FILES_COLUMNS]
+    values = {"checksum": batch.checksum, "file_name": batch.file.name, "path": str(batch.file), "size": batch.size,
+              "rows": batch.rows, "first_event": batch.first_event, "last_event": batch.last_event,
+              "batch": batch.batch_id, "cycle_date": batch.cycle_date, "processed_at": processed_at}
+    cols = ", ".join(quote_identifier(n) for n in names)
+    typed = ", ".join(f"CAST(${n} AS {type_})" for n, type_ in SCENE_FILES_COLUMNS)
+    return Query("scene:ledger", f"INSERT INTO {SCENE_FILES_TABLE} ({cols}) VALUES ({typed})", values)
 
 
 def view_month(con: duckdb.DuckDBPyConnection) -> str:
@@ -401,12 +413,18 @@ def events_query(source: str) -> Query:
     return Query("scene:events", sql)
 
 
-def _earlier_relation(con: duckdb.DuckDBPyConnection) -> str:
-    """scene_events, or the same columns empty when no batch was recorded yet."""
-    if table_exists(con, SCENE_EVENTS_TABLE):
-        return SCENE_EVENTS_TABLE
-    cols = ", ".join(f"CAST(NULL AS {type_}) AS {quote_identifier(name)}" for name, type_ in SCENE_EVENTS_COLUMNS)
-    return f"(SELECT {cols} WHERE false)"
+def _earlier_relation(con: duckdb.DuckDBPyConnection, first: dt.datetime | None, last: dt.datetime | None,
+                      scenes: Sequence[Scene]) -> str:
+    """The rows of scene_events that can matter to a batch with events from ``first`` to ``last``: a
+    duplicate has an event_time in that range, a blocking trigger is less than once_per days from
+    it. The literal range lets DuckDB skip the row groups of older batches (scene_events grows by
+    every batch; it is appended in time order). The same columns, empty, before the first batch."""
+    if not table_exists(con, SCENE_EVENTS_TABLE) or first is None or last is None:
+        cols = ", ".join(f"CAST(NULL AS {type_}) AS {quote_identifier(name)}" for name, type_ in SCENE_EVENTS_COLUMNS)
+        return f"(SELECT {cols} WHERE false)"
+    reach = dt.timedelta(days=max((s.once_per_days for s in scenes), default=0))
+    return (f"(SELECT * FROM {SCENE_EVENTS_TABLE} WHERE event_time BETWEEN {quote_literal(first - reach)} "
+            f"AND {quote_literal(last + reach)})")
 
 
 def load_batch(con: duckdb.DuckDBPyConnection, project: Project, event_file: EventFile) -> Batch:
@@ -434,11 +452,12 @@ def load_batch(con: duckdb.DuckDBPyConnection, project: Project, event_file: Eve
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({str(exc).splitlines()[0]})",
-                         file=str(event_file.path), table=EVENTS_CONTRACT) from None
+        raise _damaged(event_file.path, exc) from None
     watermark = ledger_watermark(con)
     queries = outcome_queries(project.scenes, project.policies, view_month=month, watermark=watermark,
-                              batch=event_file.batch_id, earlier=_earlier_relation(con))
+                              batch=event_file.batch_id,
+                              earlier=_earlier_relation(con, event_file.first_event, event_file.last_event,
+                                                        project.scenes))
     counts = run_outcomes(con, queries)
     cycle_date = cycle_date_of(event_file.last_event, watermark)
     return Batch(file=event_file.path, checksum=event_file.checksum, batch_id=event_file.batch_id,
@@ -453,7 +472,7 @@ class OutcomeQueries:
     """The statements that decide a batch, run by :func:`run_outcomes`:
 
     ``setup`` the scene catalogue, duplicates, the (event × listening scene) pairs with stale and
-    known, each scene's ``when`` and waves (one SELECT per scene, UNION ALL), and the matched
+    known, each scene's ``when`` and waves (one INSERT per scene), and the matched
     pairs an earlier batch's trigger blocks (decided once_per at once: a late event cannot sneak
     in before an issued trigger);
     ``round`` one once_per round, the same statements every round: per (msisdn, scene) the first
@@ -468,6 +487,9 @@ class OutcomeQueries:
     pending: Query
     finish: tuple[Query, ...]
     counts: Query
+    #: per scene's query (``scene:levels:<id>``): each condition's location and a query of it alone,
+    #: run only when the scene's query fails, to name the condition in the error
+    probes: Mapping[str, tuple[tuple[str, Query], ...]] = field(default_factory=dict)
 
 
 def _micros(delta: dt.timedelta) -> int:
@@ -500,19 +522,32 @@ def _catalogue_sql(scenes: Sequence[Scene], policies: Mapping[str, Policy]) -> t
     return scenes_sql, waves_sql
 
 
-def _level_sql(scene: Scene, view: str) -> str:
-    """One scene's fresh, known pairs with the level of the deepest wave whose ``when`` is true
-    (NULL: the scene's ``when`` or no wave is true; NULL counts as false). The conditions see
+def _scene_relation(scene: Scene, view: str) -> str:
+    """One scene's fresh pairs of known customers as the relation its conditions are evaluated over:
     every column of the view and the event's value, event_time and event_type, unqualified."""
+    return (f"SELECT v.*, p.value, p.event_time, p.event_type, p.seq AS _s_seq FROM {_PAIRS} p "
+            f"JOIN {view} v ON v.msisdn = p.msisdn AND v.month = $view_month "
+            f"WHERE p.scene_id = {quote_literal(scene.id)} AND NOT p.stale AND p.known")
+
+
+def _level_sql(scene: Scene, view: str) -> str:
+    """The level of the deepest wave whose ``when`` is true for each of the scene's pairs (NULL: the
+    scene's ``when`` or no wave is true; NULL counts as false)."""
     waves = sorted(scene.waves, key=lambda w: w.level, reverse=True)
     level = "CASE " + " ".join(f"WHEN ({w.when}) THEN {int(w.level)}" for w in waves) + " END"
     if scene.when is not None:
         level = f"CASE WHEN ({scene.when}) THEN {level} END"
-    relation = (f"SELECT v.*, p.value, p.event_time, p.event_type, p.seq AS _s_seq FROM {_PAIRS} p "
-                f"JOIN {view} v ON v.msisdn = p.msisdn AND v.month = $view_month "
-                f"WHERE p.scene_id = {quote_literal(scene.id)} AND NOT p.stale AND p.known")
-    return (f"SELECT _s_seq AS seq, {quote_literal(scene.id)} AS scene_id, CAST({level} AS INTEGER) AS wave_level "
-            f"FROM ({relation}) AS ev")
+    return (f"INSERT INTO {_LEVELS} SELECT _s_seq, {quote_literal(scene.id)}, CAST({level} AS INTEGER) "
+            f"FROM ({_scene_relation(scene, view)}) AS ev")
+
+
+def _probes(scene: Scene, view: str, params: dict[str, Any]) -> tuple[tuple[str, Query], ...]:
+    """(location, query) of each of a scene's conditions alone: the one that fails is named."""
+    relation = _scene_relation(scene, view)
+    conditions = ([(scene.at("when"), scene.when)] if scene.when is not None else []) + [
+        (scene.at(f"waves[{w.level - 1}].when"), w.when) for w in scene.waves]
+    return tuple((where, Query(f"scene:probe:{scene.id}", f"SELECT count(*) FROM ({relation}) AS ev WHERE ({cond})",
+                               params)) for where, cond in conditions)
 
 
 def _blocks(trigger: str, pair: str) -> str:
@@ -539,9 +574,6 @@ def outcome_queries(scenes: Sequence[Scene], policies: Mapping[str, Policy], *, 
     scenes_sql, waves_sql = _catalogue_sql(scenes, policies)
     wm = quote_literal(watermark) if watermark is not None else "CAST(NULL AS TIMESTAMP)"
     ledger = f"(SELECT batch, msisdn, scene_id, wave_level, event_time FROM {earlier} WHERE outcome = '{FIRED}')"
-    levels = "\nUNION ALL\n".join(_level_sql(s, view) for s in scenes) if scenes else \
-        "SELECT CAST(NULL AS BIGINT) AS seq, CAST(NULL AS VARCHAR) AS scene_id, CAST(NULL AS INTEGER) AS wave_level " \
-        "WHERE false"
     setup = (
         Query("scene:catalogue", scenes_sql),
         Query("scene:waves", waves_sql),
@@ -559,7 +591,9 @@ SELECT u.seq, u.msisdn, u.event_time, u.event_type, u.value, s.scene_id, s.posit
        EXISTS (SELECT 1 FROM {view} v WHERE v.month = $view_month AND v.msisdn = u.msisdn) AS known
 FROM {_UNIQUE} u JOIN {_SCENES} s ON s.event_type = u.event_type
 WHERE NOT u.duplicate""", params),
-        Query("scene:levels", f"CREATE OR REPLACE TEMP TABLE {_LEVELS} AS\n{levels}", params if scenes else {}),
+        Query("scene:levels", f"CREATE OR REPLACE TEMP TABLE {_LEVELS} (seq BIGINT, scene_id VARCHAR, "
+                              "wave_level INTEGER)"),
+        *(Query(f"scene:levels:{s.id}", _level_sql(s, view), params) for s in scenes),
         Query("scene:open", f"""
 CREATE OR REPLACE TEMP TABLE {_OPEN} AS
 SELECT p.seq, p.msisdn, p.scene_id, p.event_time, l.wave_level, p.once_per_us
@@ -634,8 +668,7 @@ FROM (
     LEFT JOIN {_DECIDED} d ON d.seq = p.seq AND d.scene_id = p.scene_id
     LEFT JOIN {_BLOCKERS} b ON b.seq = p.seq AND b.scene_id = p.scene_id
     LEFT JOIN {_WAVES} w ON w.scene_id = d.scene_id AND w.wave_level = d.wave_level
-) AS o
-ORDER BY seq, position"""),
+) AS o"""),
         Query("scene:triggers", f"""
 CREATE OR REPLACE TEMP TABLE {SCENE_TRIGGERS_TEMP} AS
 SELECT o.seq, o.msisdn, CAST(o.msisdn AS BIGINT) AS cust_id, o.scene_id, s.position, o.wave, o.wave_level,
@@ -643,18 +676,33 @@ SELECT o.seq, o.msisdn, CAST(o.msisdn AS BIGINT) AS cust_id, o.scene_id, s.posit
        CAST(row_number() OVER (PARTITION BY o.msisdn ORDER BY s.position, o.wave_level DESC, o.event_time, o.seq)
             AS INTEGER) AS rank
 FROM {SCENE_OUTCOMES_TEMP} o JOIN {_SCENES} s ON s.scene_id = o.scene_id
-WHERE o.outcome = '{FIRED}'
-ORDER BY o.msisdn, rank"""),
+WHERE o.outcome = '{FIRED}'"""),
     )
     return OutcomeQueries(
         setup=setup, round=round_, pending=Query("scene:pending", f"SELECT count(*) FROM {_NEXT}"),
         finish=finish + tuple(Query(f"scene:drop:{t}", f"DROP TABLE IF EXISTS {t}") for t in _WORK_TABLES),
         counts=Query("scene:counts", f"SELECT outcome, count(*) FROM {SCENE_OUTCOMES_TEMP} GROUP BY outcome"),
+        probes={f"scene:levels:{s.id}": _probes(s, view, params) for s in scenes},
     )
 
 
 def _run(con: duckdb.DuckDBPyConnection, q: Query) -> duckdb.DuckDBPyConnection:
     return con.execute(q.sql, q.params) if q.params else con.execute(q.sql)
+
+
+def _condition_error(con: duckdb.DuckDBPyConnection, probes: Sequence[tuple[str, Query]],
+                     exc: duckdb.Error) -> RuleError:
+    """A scene's query failed in DuckDB (a cast of a value that is not a number …): the error names the
+    condition that fails on its own (else the scene's first), as a rule's error does."""
+    where = probes[0][0] if probes else "scene"
+    for at, probe in probes:
+        try:
+            _run(con, probe).fetchall()
+        except duckdb.Error:
+            where = at
+            break
+    lines = str(exc).strip().splitlines()
+    return RuleError(f"{where}: DuckDB: {lines[0] if lines else type(exc).__name__}")
 
 
 def run_outcomes(con: duckdb.DuckDBPyConnection, queries: OutcomeQueries) -> dict[str, int]:
@@ -664,7 +712,12 @@ def run_outcomes(con: duckdb.DuckDBPyConnection, queries: OutcomeQueries) -> dic
     and scene), never over events.
     """
     for q in queries.setup:
-        _run(con, q)
+        try:
+            _run(con, q)
+        except duckdb.Error as exc:
+            if q.name not in queries.probes or isinstance(exc, duckdb.InterruptException):
+                raise
+            raise _condition_error(con, queries.probes[q.name], exc) from None
     while True:
         for q in queries.round:
             _run(con, q)

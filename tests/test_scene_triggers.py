@@ -23,11 +23,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import MATRICES, write_table
+from conftest import FIXTURES, MATRICES, write_table
+from typer.testing import CliRunner
 
+from mktool.cli import app
 from mktool.config import Settings
 from mktool.database import Database
-from mktool.errors import MktoolError, StateError
+from mktool.errors import MktoolError, RuleError, StateError
 from mktool.ingest import ingest
 from mktool.project import Project, load_project
 from mktool.rules import Policy, Scene, Wave
@@ -36,6 +38,7 @@ from mktool.scene import (
     TRIGGER_COLUMNS,
     Batch,
     EventFile,
+    LedgerEntry,
     batch_id,
     ensure_scene_tables,
     event_files,
@@ -43,6 +46,7 @@ from mktool.scene import (
     file_checksum,
     is_event_file_name,
     ledger_entry,
+    ledger_query,
     ledger_watermark,
     load_batch,
     order_files,
@@ -304,6 +308,16 @@ def test_an_earlier_trigger_of_another_customer_or_a_refused_delivery_still_coun
     assert outcomes(con, "msisdn", "outcome") == [(A, "once_per"), (B, "once_per"), (C, "fired")]
 
 
+def test_a_condition_failing_in_duckdb_is_named_by_its_scene_file_location(con):
+    waves = (Wave("ok", "value < 10", 1), Wave("bad", "CAST(event_type AS INTEGER) > 1", 2))
+    s = dataclasses.replace(scene(waves=waves, when="payment = 'prepaid'"), file="scenes.yaml", path="scenes[0]")
+    with pytest.raises(RuleError) as err:
+        decide(con, [s], [(A, t(1), "balance_low", 1.0)])
+    assert str(err.value).startswith("scenes.yaml @ scenes[0].waves[1].when (scene low): DuckDB: Conversion Error")
+    decide(con, [s], [(B, t(1), "other", 1.0)])  # no event of its type: nothing is evaluated, nothing fails
+    assert outcomes(con, "outcome") == [("no_scene",)]
+
+
 # -- files, the ledger, loading -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def project() -> Project:
@@ -340,6 +354,20 @@ def test_event_files_of_a_folder_skip_hidden_temporary_and_other_files(tmp_path)
     assert event_files(empty) == []
 
 
+def test_the_scene_tables_have_the_definitions_columns_and_the_ledger_one_row_per_checksum(con):
+    ensure_scene_tables(con)  # again: nothing changes
+    columns = {t: [r[0] for r in con.execute(f"DESCRIBE {t}").fetchall()] for t in ("scene_files", "scene_events")}
+    assert columns == {
+        "scene_files": ["checksum", "file_name", "path", "size", "rows", "first_event", "last_event", "batch",
+                        "cycle_date", "processed_at"],
+        "scene_events": ["batch", "seq", "msisdn", "event_time", "event_type", "value", "scene_id", "wave",
+                         "wave_level", "outcome", "blocked_by_time", "blocked_by_batch", "policy_id", "delivery",
+                         "channel", "blocked_at", "held_kind"]}
+    con.execute(f"INSERT INTO {SCENE_FILES_TABLE} (checksum, batch) VALUES ('ab', 'ab')")
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute(f"INSERT INTO {SCENE_FILES_TABLE} (checksum, batch) VALUES ('ab', 'ab')")
+
+
 def test_a_renamed_copy_has_the_same_checksum_and_the_ledger_knows_it(tmp_path, con):
     first = events_file(tmp_path / "events-y.parquet", [ev(A, t(5))])
     copy = tmp_path / "events-x.parquet"
@@ -357,6 +385,32 @@ def test_a_renamed_copy_has_the_same_checksum_and_the_ledger_knows_it(tmp_path, 
     files = order_files(con, [copy])
     assert files[0].entry == entry and not files[0].is_new and files[0].source is None
     assert ledger_watermark(con) == t(5)
+
+
+def test_the_ledger_row_of_a_batch_is_what_ledger_entry_reads_back(tmp_path, con, project):
+    path = events_file(tmp_path / "events-7.parquet", [ev(A, t(7, 9)), ev(B, t(7, 10))])
+    batch = load_batch(con, with_scenes(project, scene()), order_files(con, [path])[0])
+    at = dt.datetime(2026, 12, 1, 23, 59, 59)
+    q = ledger_query(batch, at)
+    con.execute(q.sql, q.params)
+    checksum = file_checksum(path)
+    assert ledger_entry(con, checksum) == LedgerEntry(
+        checksum=checksum, file_name="events-7.parquet", path=str(path), size=path.stat().st_size, rows=2,
+        first_event=t(7, 9), last_event=t(7, 10), batch=checksum[:12], cycle_date=dt.date(2026, 10, 7),
+        processed_at=at)
+    assert ledger_watermark(con) == t(7, 10)
+    again = order_files(con, [path])[0]
+    assert again.entry is not None and not again.is_new and (again.rows, again.last_event) == (2, t(7, 10))
+
+
+def test_a_copy_within_one_call_is_marked_as_a_copy_of_the_first_in_processing_order(tmp_path, con):
+    original = events_file(tmp_path / "b.parquet", [ev(A, t(5))])
+    shutil.copy(original, tmp_path / "a.parquet")
+    events_file(tmp_path / "c.parquet", [ev(A, t(6))])
+    files = order_files(con, event_files(tmp_path))
+    assert [(f.path.name, f.is_new, f.copy_of) for f in files] == [
+        ("a.parquet", True, None), ("b.parquet", False, tmp_path / "a.parquet"), ("c.parquet", True, None)]
+    assert files[0].checksum == files[1].checksum != files[2].checksum
 
 
 def test_new_files_are_ordered_by_first_then_last_event_then_name(tmp_path, con):
@@ -418,6 +472,22 @@ def test_an_unreadable_file_is_refused_naming_it(tmp_path, con):
         assert f.error is not None and str(f.error).startswith(str(f.path)) and str(f.error) == ingest_refusal(
             tmp_path, f.path)
     assert "not a readable Parquet file" in str(files[0].error) and "empty file (0 bytes)" in str(files[1].error)
+
+
+def test_a_damaged_file_or_a_dangling_link_is_refused_by_name_and_the_others_go_on(tmp_path, con):
+    rows = [ev(f"138{i:08d}", t(1) + dt.timedelta(minutes=i), value=float(i)) for i in range(5000)]
+    damaged = events_file(tmp_path / "events-1.parquet", rows)
+    data = bytearray(damaged.read_bytes())
+    data[200:400] = bytes(b ^ 0xFF for b in data[200:400])  # a data page, not the footer: the schema still reads
+    damaged.write_bytes(bytes(data))
+    os.symlink(tmp_path / "gone.parquet", tmp_path / "events-2.parquet")
+    good = events_file(tmp_path / "events-3.parquet", [ev(A, t(2))])
+    files = order_files(con, event_files(tmp_path))
+    assert [(f.path.name, f.is_new) for f in files] == [("events-3.parquet", True), ("events-1.parquet", False),
+                                                        ("events-2.parquet", False)]
+    assert files[0].path == good
+    assert str(files[1].error).startswith(f"{damaged}: table events: damaged Parquet file: DuckDB cannot read it")
+    assert str(files[2].error).startswith(f"{tmp_path / 'events-2.parquet'}: cannot read (No such file")
 
 
 def test_event_type_and_msisdn_are_normalised_exactly_as_ingest_stores_them(tmp_path, con, project):
@@ -488,3 +558,127 @@ def test_a_batch_needs_a_scored_view(tmp_path, project):
     bare.execute("CREATE TABLE customer_view (msisdn VARCHAR, month VARCHAR)")
     with pytest.raises(StateError, match="run `mktool score`"):
         load_batch(bare, with_scenes(project, scene()), order_files(bare, [path])[0])
+
+
+# -- on the fixtures' Quick start database (ingest + score, built once) ------------------------------------
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("quick") / "mktool.duckdb"
+    for args in (["ingest", str(FIXTURES)], ["score", "--month", MONTH]):
+        result = CliRunner().invoke(app, [*args, "--db", str(db), "--quiet"])
+        assert result.exit_code == 0, result.output
+    return db
+
+
+def sequential(events: list[tuple[Any, ...]], customers: dict[str, tuple[str, bool | None]],
+               once_per: dt.timedelta) -> list[tuple[str, dt.datetime, str, str | None]]:
+    """An event-by-event reading of §3 for one scene (when: prepaid and churn_flag; waves below_10, below_5;
+    nothing stale, no earlier batch): (msisdn, event_time, outcome, wave)."""
+    fired: list[tuple[str, dt.datetime, int]] = []
+    out = []
+    for msisdn, when, value in sorted(events, key=lambda e: (e[1], e[0], e[2])):
+        if msisdn not in customers:
+            out.append((msisdn, when, "unknown_customer", None))
+            continue
+        payment, churn = customers[msisdn]
+        level = 2 if value < 5 else 1 if value < 10 else 0
+        if not (payment == "prepaid" and churn) or not level:
+            out.append((msisdn, when, "not_matched", None))
+            continue
+        wave = "below_5" if level == 2 else "below_10"
+        if any(m == msisdn and lv >= level and abs(when - w) < once_per for m, w, lv in fired):
+            out.append((msisdn, when, "once_per", wave))
+            continue
+        fired.append((msisdn, when, level))
+        out.append((msisdn, when, "fired", wave))
+    return out
+
+
+def test_a_batch_of_the_fixtures_events_on_the_quick_start_database(quick_start, tmp_path, project):
+    db = tmp_path / "mktool.duckdb"
+    shutil.copy(quick_start, db)
+    con = duckdb.connect(str(db))
+    events_before = con.execute("SELECT count(*) FROM events").fetchone()
+    low = scene(when="payment = 'prepaid' AND churn_flag", waves=BELOW, expires=dt.timedelta(days=60), once_per=7)
+    files = order_files(con, [FIXTURES / "events.parquet"])
+    batch = load_batch(con, with_scenes(project, low), files[0])
+    events = con.execute("SELECT msisdn, event_time, value FROM events WHERE event_type = 'balance_low'").fetchall()
+    customers = {m: (p, c) for m, p, c in con.execute(
+        "SELECT msisdn, payment, churn_flag FROM customer_view WHERE month = ?", [MONTH]).fetchall()}
+    expected = sequential(events, customers, dt.timedelta(days=7))
+    got = con.execute("SELECT msisdn, event_time, outcome, wave FROM _s_outcomes WHERE scene_id = 'low' "
+                      "ORDER BY seq").fetchall()
+    assert got == expected and len(got) == 35
+    assert {"fired", "not_matched"} <= {o for _, _, o, _ in got}
+    assert batch.counts["no_scene"] == batch.rows - 35 - batch.counts["duplicate"]
+    assert (batch.view_month, batch.cycle_date) == (MONTH, batch.last_event.date() if batch.last_event else None)
+    assert con.execute("SELECT count(*) FROM events").fetchone() == events_before
+    con.close()
+
+
+def test_a_batch_is_refused_on_a_view_older_than_a_load_it_reads(quick_start, tmp_path, project):
+    db = tmp_path / "mktool.duckdb"
+    shutil.copy(quick_start, db)
+    changed = tmp_path / "usage_2026-10.parquet"
+    table = pq.read_table(FIXTURES / "usage_2026-10.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("sms_count"), "sms_count",
+                                    pa.array([v + 1 for v in table.column("sms_count").to_pylist()],
+                                             table.schema.field("sms_count").type)), changed)
+    result = CliRunner().invoke(app, ["ingest", str(changed), "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db))
+    with pytest.raises(StateError, match="customer_view for 2026-10 is stale"):
+        load_batch(con, with_scenes(project, scene()), order_files(con, [FIXTURES / "events.parquet"])[0])
+    con.close()
+
+
+def record(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+    """What the delivery step's publish unit records of a batch (its ledger row and scene_events)."""
+    q = ledger_query(batch, dt.datetime(2026, 12, 1))
+    con.execute(q.sql, q.params)
+    con.execute("INSERT INTO scene_events BY NAME SELECT ? AS batch, * FROM _s_outcomes", [batch.batch_id])
+
+
+def test_a_late_file_is_judged_at_the_watermark_of_the_batches_before_it(tmp_path, con, project):
+    low = scene(waves=BELOW, expires=dt.timedelta(hours=1), once_per=30)
+    proj = with_scenes(project, low)
+    first = events_file(tmp_path / "events-10.parquet", [ev(A, t(10, 9), value=8.0), ev(B, t(10, 12), value=8.0)])
+    late = events_file(tmp_path / "events-09.parquet", [
+        ev(A, t(10, 11, 0, 1), value=3.0),  # 59 min 59 s before the watermark, a deeper wave: fires
+        ev(A, t(10, 11, 30), value=9.0),  # wave 1: blocked by both A's triggers, named by the latest (this batch's)
+        ev(B, t(10, 10, 59, 59), value=4.0),  # 1 h 1 s before the watermark: stale
+        ev(B, t(10, 12), value=8.0),  # the same key as in the first batch: duplicate
+        ev(C, t(10, 11, 59), value=1.0)])  # C's churn_flag is NULL, but no when: fires
+    b1 = load_batch(con, proj, order_files(con, [first])[0])
+    assert (b1.watermark, b1.fired) == (None, 2)
+    record(con, b1)
+    b2 = load_batch(con, proj, order_files(con, [late])[0])
+    assert (b2.watermark, b2.cycle_date, b2.first_event) == (t(10, 12), dt.date(2026, 10, 10), t(10, 10, 59, 59))
+    assert outcomes(con, "msisdn", "event_time", "wave", "outcome", "blocked_by_batch") == [
+        (B, t(10, 10, 59, 59), None, "stale", None), (A, t(10, 11, 0, 1), "below_5", "fired", None),
+        (A, t(10, 11, 30), "below_10", "once_per", b2.batch_id), (C, t(10, 11, 59), "below_5", "fired", None),
+        (B, t(10, 12), None, "duplicate", None)]
+    record(con, b2)
+    assert ledger_watermark(con) == t(10, 12)
+    assert order_files(con, [first, late])[0].entry is not None
+
+
+def test_load_batch_reads_every_earlier_row_that_can_matter_at_the_edges_of_its_reach(tmp_path, con, project):
+    """scene_events is read from first_event − once_per to last_event + once_per (the longest once_per of
+    the scenes): a trigger just inside either edge still blocks, a duplicate at the last event is still one."""
+    first, last = t(20, 8), t(25, 8)
+    upper = last + dt.timedelta(days=29)
+    earlier(con, {"msisdn": A, "event_time": first - dt.timedelta(days=30) + dt.timedelta(seconds=1),
+                  "scene_id": "pack", "wave_level": 1},
+            {"msisdn": B, "event_time": first - dt.timedelta(days=30), "scene_id": "pack", "wave_level": 1},
+            {"msisdn": C, "event_time": last, "outcome": "no_scene"},
+            {"msisdn": C, "event_time": upper, "scene_id": "pack", "wave_level": 1})
+    pack = scene("pack", policy="PACK", once_per=30, expires=dt.timedelta(days=60), position=2)
+    proj = with_scenes(project, scene(expires=dt.timedelta(days=60), once_per=7), pack)
+    path = events_file(tmp_path / "events-1.parquet", [ev(A, first), ev(B, first), ev(C, t(25, 7)), ev(C, last)])
+    load_batch(con, proj, order_files(con, [path])[0])
+    assert outcomes(con, "msisdn", "event_time", "scene_id", "outcome", "blocked_by_time") == [
+        (A, first, "low", "fired", None), (A, first, "pack", "once_per", first - dt.timedelta(days=30, seconds=-1)),
+        (B, first, "low", "fired", None), (B, first, "pack", "fired", None),  # exactly 30 days
+        (C, t(25, 7), "low", "fired", None), (C, t(25, 7), "pack", "once_per", upper),  # 29 days 1 hour
+        (C, last, None, "duplicate", None)]
