@@ -7,6 +7,7 @@ checked against the rule set when the case runs (:mod:`mktool.ruletest.judging`)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 from collections.abc import Iterable
@@ -106,6 +107,9 @@ def _mapping(value: Any, where: str, file: str) -> dict[str, Any]:
 
 def _timestamp(value: Any, where: str, file: str) -> dt.datetime:
     """A YAML timestamp (``2026-10-05 10:00:00``, quoted or not; a date is its midnight)."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = dt.datetime.fromisoformat(value.strip())
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
             raise ConfigError(f"{where}: write the wall-clock time without a time zone (the events' event_time is "
@@ -113,11 +117,6 @@ def _timestamp(value: Any, where: str, file: str) -> dt.datetime:
         return value
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day)
-    if isinstance(value, str):
-        try:
-            return dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            pass
     raise ConfigError(f"{where}: expected a timestamp such as 2026-10-05 10:00:00, got {value!r}", file=file)
 
 

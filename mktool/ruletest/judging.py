@@ -49,8 +49,8 @@ from mktool.ruletest.cases import (
     suggest,
 )
 from mktool.ruletest.customers import CustomerBuilder, MemoryDatabase, convert_value
-from mktool.scene import SCENE_EVENTS_COLUMNS, events_query, outcome_queries, run_outcomes
-from mktool.schema import FIRED, SCENE_OUTCOMES, SCENE_OUTCOMES_TEMP, VIEW_TABLE
+from mktool.scene import events_query, outcome_queries, run_outcomes
+from mktool.schema import FIRED, SCENE_EVENTS_COLUMNS, SCENE_OUTCOMES, SCENE_OUTCOMES_TEMP, VIEW_TABLE
 from mktool.scoremodel import load_score_model
 from mktool.sqlquote import quote_identifier, quote_literal
 from mktool.yamlio import unknown_keys
@@ -79,7 +79,7 @@ class TestRun:
     results: list[CaseResult]
     rule_errors: list[str]  # validation errors of the rule files (cases then error)
     warnings: list[str]
-    coverage: list[tuple[str, str, str, bool, bool]]  # (file, matrix, rule, fires, not_fires)
+    coverage: list[tuple[str, str, str, bool, bool]]  # (file, matrix, rule, fires, not_fires); scenes: SCENES_SCOPE
     case_files: dict[str, CaseFile] = field(default_factory=dict)
 
     @property
@@ -588,6 +588,9 @@ _CASE_EVENTS = "_mk_case_events"  # the cases' events, one per case: the batch u
 _CASE_EARLIER = "_mk_case_earlier"  # the cases' earlier triggers, shaped like scene_events
 EARLIER_BATCH = "earlier"  # the batch id of a case's earlier triggers (blocked_by_batch shows it)
 TEST_BATCH = "test"  # the batch id of the cases' own batch
+#: The "matrix" of a scene's coverage entry: a scene has a passing case where it fires and one
+#: where an event of its type does not fire it (any other outcome of the scene).
+SCENES_SCOPE = "(scenes)"
 EXPECTABLE = tuple(o for o in SCENE_OUTCOMES if o != "no_scene") + ("no_scene",)
 
 
@@ -699,25 +702,16 @@ def _trigger_text(row: dict[str, Any]) -> str:
 
 
 def _judge_scene(case: Case, checked: _SceneCase, actual: list[dict[str, Any]]) -> CaseResult:
-    """Fired rows must be exactly the fired expectations; each other expectation names its scene's outcome."""
-    fired = [a for a in actual if a["outcome"] == FIRED]
-    want_fired = [e for e in checked.expect if e["outcome"] == FIRED]
+    """Each expectation names its scene's outcome (and wave); no other scene in scope may fire."""
     problems: list[str] = []
-    by_scene = {a["scene"]: a for a in actual}
-    for e in want_fired:
-        got = by_scene.get(e["scene"])
-        if got is None or got["outcome"] != FIRED or ("wave" in e and got["wave"] != e["wave"]):
-            problems.append(f"expected {_trigger_text(e)}, got {_trigger_text(got) if got else 'no outcome'}")
-    expected_scenes = {e["scene"] for e in want_fired}
-    for a in fired:
-        if a["scene"] not in expected_scenes:
-            problems.append(f"expected no trigger of {a['scene']}, got {_trigger_text(a)}")
     for e in checked.expect:
-        if e["outcome"] == FIRED:
-            continue
         got = next((a for a in actual if a["scene"] == e["scene"]), None)
         if got is None or got["outcome"] != e["outcome"] or ("wave" in e and got["wave"] != e["wave"]):
             problems.append(f"expected {_trigger_text(e)}, got {_trigger_text(got) if got else 'no outcome'}")
+    named = {e["scene"] for e in checked.expect}
+    for a in actual:
+        if a["outcome"] == FIRED and a["scene"] not in named:
+            problems.append(f"expected no trigger of {a['scene']}, got {_trigger_text(a)}")
     result = CaseResult(case, "fail" if problems else "pass", expected=checked.expect, actual=actual)
     if problems:
         event = case.event
@@ -881,5 +875,10 @@ def _coverage(rules: Any, results: list[CaseResult]) -> list[tuple[str, str, str
                     continue
                 if rule.id in named or (rule.policy is not None and rule.policy in named):
                     not_fires.add((m.name, rule.id))
-    return [(m.file, m.name, rule.id, (m.name, rule.id) in fires, (m.name, rule.id) in not_fires)
-            for m in rules.matrices for rule in m.rules]
+    out = [(m.file, m.name, rule.id, (m.name, rule.id) in fires, (m.name, rule.id) in not_fires)
+           for m in rules.matrices for rule in m.rules]
+    scene_fires = {a["scene"] for r in results if r.ok and r.case.kind == "scene" for a in r.actual
+                   if a["outcome"] == FIRED}
+    scene_not = {a["scene"] for r in results if r.ok and r.case.kind == "scene" for a in r.actual
+                 if a["scene"] is not None and a["outcome"] != FIRED}
+    return out + [(s.file, SCENES_SCOPE, s.id, s.id in scene_fires, s.id in scene_not) for s in rules.scenes]
