@@ -142,7 +142,7 @@ def test_steps_do_not_reach_the_project_through_each_other() -> None:
     steps = {"ingest", "view", "matrices", "plan", "export", "explain", "evaluate", "factors", "campaign", "profile",
              "scene", "scenedelivery", "ruletest", "ruletest.cases", "ruletest.customers", "ruletest.judging",
              "ruletest.reports"}
-    above = steps | {"pipeline", "snapshot", "diff", "report", "cli", "__main__"}
+    above = steps | {"pipeline", "snapshot", "diff", "report", "scenewatch", "cli", "__main__"}
     for core in ("project", "rules", "scoremodel", "planconfig", "schema", "yamlio"):
         reach = _reachable(graph, core)
         assert not reach & above, f"{core} reaches {sorted(reach & above)}"
