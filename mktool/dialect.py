@@ -407,6 +407,17 @@ def days_after(date: str, days: str, dialect: Dialect = DUCKDB) -> str:
     return f"date_add(CAST({date} AS DATE), CAST({days} AS INT))"
 
 
+def microseconds_between(start: str, end: str, dialect: Dialect = DUCKDB) -> str:
+    """``end − start`` in whole microseconds (BIGINT), exact for two TIMESTAMPs: DuckDB's
+    ``date_diff('microsecond', …)``, which sqlglot renders as Spark's ``DATEDIFF(MICROSECOND, …)``
+    (timestampdiff). Why a helper: DuckDB's ``epoch_us`` has no Spark rendering, and subtracting
+    timestamps gives an INTERVAL on one engine and a day-time interval type on the other."""
+    _check(dialect)
+    if dialect == DUCKDB:
+        return f"date_diff('microsecond', {start}, {end})"
+    return f"timestampdiff(MICROSECOND, {start}, {end})"
+
+
 def months_before(date: str, months: int, dialect: Dialect = DUCKDB) -> str:
     """The DATE ``months`` calendar months before ``date``, clamped to the month's last day
     (2026-05-31 → 2026-02-28): DuckDB's DATE − INTERVAL cast back to DATE, Spark's ``add_months``.

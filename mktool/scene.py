@@ -58,7 +58,7 @@ from typing import Any
 import duckdb
 
 from mktool.database import table_exists
-from mktool.dialect import Query
+from mktool.dialect import Query, microseconds_between
 from mktool.errors import InputError, MktoolError, RuleError, StateError
 from mktool.freshness import require_fresh_view
 from mktool.ingest import SourceFile, read_schema, validate
@@ -555,7 +555,7 @@ def _blocks(trigger: str, pair: str) -> str:
     scene: a wave at least as deep, less than once_per days apart (exact microseconds)."""
     return (f"{trigger}.msisdn = {pair}.msisdn AND {trigger}.scene_id = {pair}.scene_id "
             f"AND {trigger}.wave_level >= {pair}.wave_level "
-            f"AND abs(epoch_us({pair}.event_time) - epoch_us({trigger}.event_time)) < {pair}.once_per_us")
+            f"AND abs({microseconds_between(f'{trigger}.event_time', f'{pair}.event_time')}) < {pair}.once_per_us")
 
 
 def outcome_queries(scenes: Sequence[Scene], policies: Mapping[str, Policy], *, view_month: str,
@@ -587,7 +587,7 @@ FROM {SCENE_EVENTS_TEMP} e"""),
         Query("scene:pairs", f"""
 CREATE OR REPLACE TEMP TABLE {_PAIRS} AS
 SELECT u.seq, u.msisdn, u.event_time, u.event_type, u.value, s.scene_id, s.position, s.once_per_us,
-       coalesce(epoch_us({wm}) - epoch_us(u.event_time) > s.expires_us, false) AS stale,
+       coalesce({microseconds_between('u.event_time', wm)} > s.expires_us, false) AS stale,
        EXISTS (SELECT 1 FROM {view} v WHERE v.month = $view_month AND v.msisdn = u.msisdn) AS known
 FROM {_UNIQUE} u JOIN {_SCENES} s ON s.event_type = u.event_type
 WHERE NOT u.duplicate""", params),
