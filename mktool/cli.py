@@ -1543,15 +1543,25 @@ def explain_cmd(
 
 
 def render_scene_events(run: Run, ex: explain.Explanation) -> None:
-    """explain's "Events and scenes": the customer's last scene events, each scene's outcome and why."""
+    """explain's "Events and scenes": the customer's last scene events, each scene's outcome and why.
+
+    One line per event and an indented line per scene listening, not a table: the reasons are
+    sentences, and eight columns left them a few characters each on an 80-column terminal."""
+    console = Console(highlight=False)
     if ex.scene_note is not None:
-        Console(highlight=False).print(escape(f"Events and scenes: {ex.scene_note}"))
+        console.print(escape(f"Events and scenes: {ex.scene_note}"))
         return
-    render_table(run.reporter, f"Events and scenes (the last {explain.EVENTS_SHOWN} events, newest first; one row "
-                               "per scene listening)", ["time", "type", "value", "batch", "scene", "wave", "outcome",
-                                                        "why"],
-                 [(r["event_time"], r["event_type"], explain.display(r["value"]), r["batch"], r["scene_id"] or "",
-                   r["wave"] or "", r["outcome"], r["why"]) for r in ex.scene_events], to_stdout=True)
+    console.print(escape(f"Events and scenes (the last {explain.EVENTS_SHOWN} events, newest first):"))
+    previous: tuple[Any, ...] | None = None
+    for r in ex.scene_events:
+        event = (r["event_time"], r["event_type"], r["value"], r["batch"])
+        if event != previous:
+            console.print(escape(f"  {r['event_time']}  {r['event_type']} {explain.display(r['value'])}"
+                                 f"  (batch {r['batch']})"))
+            previous = event
+        scene = r["scene_id"] or "no scene"
+        wave = f" (wave {r['wave']})" if r["wave"] else ""
+        console.print(escape(f"    {scene}{wave}: {r['outcome']} — {r['why']}"), soft_wrap=False)
 
 
 def render_channel_verdicts(run: Run, verdicts: list[export.ChannelVerdict], cycle_date: dt.date) -> None:

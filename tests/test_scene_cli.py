@@ -310,6 +310,11 @@ def test_explain_shows_the_scene_events_of_a_batch(site: SimpleNamespace) -> Non
     section = table.stdout[table.stdout.index("Events and scenes"):]
     assert f"in batch {b1} (once_per 30 days)" in section and "listed on sms" in section
     assert PREPAID[0] not in section
+    narrow = CliRunner().invoke(app, ["explain", PREPAID[0], "--month", M, "--db", str(site.db), "--matrices",
+                                      str(MATRICES)], env={"COLUMNS": "80"})
+    words = " ".join(narrow.stdout[narrow.stdout.index("Events and scenes"):].split())
+    assert f"once_per — blocked by the trigger of 2026-10-05 10:00:00 in batch {b1} (once_per 30 days)" in words
+    assert "fired — listed on sms" in words  # whole words on 80 columns, not folded into a narrow table cell
 
 
 # -- the loop as a real process ------------------------------------------------------------------------
