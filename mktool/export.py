@@ -95,7 +95,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,14 @@ class ExportParams:
     has_plan: bool  # plan_recommendations has rows for the month
     universal_holdout: float = 0.0  # contact_policy's universal control group (0: off)
     universal_salt: str = DEFAULT_UNIVERSAL_SALT
+    # The scene batches' differences (mktool.scenedelivery, docs/scenes.md): a trigger is a
+    # real-time message, so neither the "already made this month" rule (a scene's waves and
+    # once_per govern its repetition) nor channels.yaml capacity (the cycle lists') applies, and
+    # a push row whose key (msisdn, channel, policy, cycle date) has a contact_history row is
+    # left out at dedupe (contacts stay one row per key; export lists it and records nothing).
+    made_rule: bool = True
+    capacity: bool = True
+    recorded_key_dedupe: bool = False
 
     @classmethod
     def of(cls, config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: bool) -> ExportParams:
@@ -383,16 +391,22 @@ SELECT o.offer_id, o.cust_id, o.msisdn, o.policy_id, o.rank, o.value_score, c.ch
 FROM _x_offers o
 JOIN _x_channels c ON array_contains(o.channels, c.channel)
 LEFT JOIN restricted r ON r.policy_id = o.policy_id
-LEFT JOIN _x_policy_channels a ON a.policy_id = o.policy_id AND a.channel = c.channel
-LEFT JOIN made m ON m.msisdn = o.msisdn AND m.policy_id = o.policy_id
-LEFT JOIN retry t ON t.msisdn = o.msisdn AND t.policy_id = o.policy_id AND t.channel = c.channel
-WHERE (r.policy_id IS NULL OR a.policy_id IS NOT NULL)
-  AND (c.kind = 'popup' OR m.msisdn IS NULL OR t.msisdn IS NOT NULL)
+LEFT JOIN _x_policy_channels a ON a.policy_id = o.policy_id AND a.channel = c.channel{made_joins}
+WHERE (r.policy_id IS NULL OR a.policy_id IS NOT NULL){made_where}
 """
+_MADE_JOINS = """
+LEFT JOIN made m ON m.msisdn = o.msisdn AND m.policy_id = o.policy_id
+LEFT JOIN retry t ON t.msisdn = o.msisdn AND t.policy_id = o.policy_id AND t.channel = c.channel"""
+_MADE_WHERE = """
+  AND (c.kind = 'popup' OR m.msisdn IS NULL OR t.msisdn IS NOT NULL)"""
 
 
 def candidates_query(p: ExportParams) -> Query:
-    return Query("candidates", CANDIDATES_SQL, {"cycle_month_start": p.cycle_month_start, "cycle_date": p.cycle_date})
+    """_x_candidates; without ``made_rule`` (scene batches) the month's earlier push offers are not
+    looked at (the CTEs no join reads are never computed; DuckDB still wants their parameters)."""
+    sql = CANDIDATES_SQL.format(made_joins=_MADE_JOINS if p.made_rule else "",
+                                made_where=_MADE_WHERE if p.made_rule else "")
+    return Query("candidates", sql, {"cycle_month_start": p.cycle_month_start, "cycle_date": p.cycle_date})
 
 
 SCREEN_SQL = """
@@ -591,14 +605,21 @@ CHOICES_SQL = """
 -- Pop-ups take no part: they use no capacity and an offer may be on a pop-up and one push list.
 CREATE OR REPLACE TEMP TABLE _x_choices AS
 SELECT {columns}, row_number() OVER (PARTITION BY e.offer_id ORDER BY e.channel_pref) AS choice
-FROM _x_exclusion e WHERE e.push
+FROM _x_exclusion e WHERE e.push{recorded_key}
 """
+#: With ``recorded_key_dedupe`` (scene batches): a channel whose key (msisdn, channel, policy, cycle
+#: date) already has a contact_history row is no choice of the offer (it never reaches dedupe there).
+_RECORDED_KEY = """
+  AND NOT EXISTS (SELECT 1 FROM _x_history h WHERE h.msisdn = e.msisdn AND h.channel = e.channel
+                  AND h.policy_id = e.policy_id AND h.contact_date = CAST($cycle_date AS DATE))"""
 
 
-def allocation_setup_queries() -> list[Query]:
+def allocation_setup_queries(p: ExportParams | None = None) -> list[Query]:
     """The allocation's tables: the numbered choices, and the (empty) proposals and placements."""
+    keyed = p is not None and p.recorded_key_dedupe
+    choices = CHOICES_SQL.format(columns=_cols(CANDIDATE_COLUMNS, "e"), recorded_key=_RECORDED_KEY if keyed else "")
     return [
-        Query("choices", CHOICES_SQL.format(columns=_cols(CANDIDATE_COLUMNS, "e"))),
+        Query("choices", choices, {"cycle_date": p.cycle_date} if keyed and p is not None else {}),
         Query("proposed", "CREATE OR REPLACE TEMP TABLE _x_proposed (offer_id BIGINT, cust_id BIGINT, "
                           "channel VARCHAR)"),
         Query("capped", f"CREATE OR REPLACE TEMP TABLE _x_capped AS SELECT {_cols(CHOICE_COLUMNS)} FROM _x_choices "
@@ -1183,6 +1204,8 @@ def queries(config: ExportConfig, month: str, cycle_date: dt.date, *, has_plan: 
                           customer_responses_query("13800000000", cycle_date), customer_prior_query("13800000000"),
                           *(stage_count_query(t) for t in COUNTED_TABLES),
                           stage_count_query("_x_drawn", exported_only=True)]
+    scene = replace(p, made_rule=False, capacity=False, recorded_key_dedupe=True)  # a scene batch's variants
+    found += [candidates_query(scene), allocation_setup_queries(scene)[0]]
     if config.channels:
         found.append(held_out_query(next(iter(config.channels))))
     for channel in config.channels.values():
@@ -1224,17 +1247,19 @@ class ExportResult:
 
 
 def _register(con: duckdb.DuckDBPyConnection, config: ExportConfig, cycles: dict[str, str],
-              replaced: set[str] | None = None) -> None:
+              replaced: set[str] | None = None, *, capacity: bool = True) -> None:
     """Channel, policy and cycle settings as small temp tables the stage SQL joins to.
 
     A policy's allowed channels are rows of _x_policy_channels (none: every channel), not a
     list column: the stages then need no list functions beyond reading an offer's own channels.
+    Without ``capacity`` (scene batches) every channel is unlimited.
     """
     con.execute("CREATE OR REPLACE TEMP TABLE _x_channels (channel VARCHAR, kind VARCHAR, cycle VARCHAR, "
                 "capacity BIGINT, contact_cap BIGINT, retry_days INTEGER)")
     if config.channels:
         con.executemany("INSERT INTO _x_channels VALUES (?, ?, ?, ?, ?, ?)",
-                        [(c.name, c.kind, c.cycle, c.capacity, c.contact_cap, config.channel_retry_days(c))
+                        [(c.name, c.kind, c.cycle, c.capacity if capacity else None, c.contact_cap,
+                          config.channel_retry_days(c))
                          for c in config.channels.values()])
     con.execute("CREATE OR REPLACE TEMP TABLE _x_policies (policy_id VARCHAR, exclusive_group VARCHAR, "
                 "cooldown_days INTEGER, withdraw_days INTEGER, valid_to DATE, holdout DOUBLE)")
@@ -1365,7 +1390,7 @@ def run_export(
     written = {name for name, ch in config.channels.items()
                if only_channel in (None, name) and only_cycle in (None, ch.cycle)}
     with reporter.step(f"contact policy for {month} (cycle {cycle_date})"):
-        counts = _contact_policy(con, config, ExportParams.of(config, month, cycle_date, has_plan=has_plan), cycles,
+        counts = contact_policy(con, config, ExportParams.of(config, month, cycle_date, has_plan=has_plan), cycles,
                                  written)
 
     results: list[ChannelResult] = []
@@ -1390,18 +1415,22 @@ def run_export(
     return result
 
 
-def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: ExportParams,
-                    cycles: dict[str, str], written: set[str]) -> dict[tuple[str, str], int]:
+def contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: ExportParams,
+                   cycles: dict[str, str], written: set[str], *, offers: Query | None = None,
+                   keep: bool = False) -> dict[tuple[str, str], int]:
     """Run the stages candidates … exported into the temp tables; distinct customers per (channel, stage)
     (a pop-up's allocation stages are never counted: its funnel has none).
 
     Each filtering stage is built from the previous one's table, counted, and the previous one
     dropped. The allocation re-executes the same two round statements with the round bound.
+    ``offers`` builds _x_offers instead of the month's recommendations (a scene batch's triggers,
+    mktool.scenedelivery); ``keep`` keeps the stage tables (_x_screened, _x_exclusion, _x_choices,
+    _x_proposed, _x_capped, _x_placed) for the caller to read which stage removed each offer.
     """
-    _register(con, config, cycles, written)
+    _register(con, config, cycles, written, capacity=p.capacity)
     _register_list_tables(con, config, p.cycle_date)
     _history_view(con, p.cycle_date)
-    _run(con, offers_query(p))
+    _run(con, offers if offers is not None else offers_query(p))
     counts: dict[tuple[str, str], int] = {}
     _run(con, candidates_query(p))
     _run(con, screen_query(p))
@@ -1410,12 +1439,13 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
         for stage, n in zip(("candidates", *SCREEN_STAGES), stage_counts):
             counts[(channel, stage)] = int(n)
     _run(con, screened_query())
-    con.execute("DROP TABLE _x_screened")
+    if not keep:
+        con.execute("DROP TABLE _x_screened")
     _run(con, exclusion_query())
     counts.update(_count_stage(con, "exclusion", stage_count_query("_x_exclusion")))
     con.execute("DROP TABLE _x_no_answer")
     _run(con, prior_query(p))
-    for query in allocation_setup_queries():
+    for query in allocation_setup_queries(p):
         _run(con, query)
     rounds = _run(con, rounds_query()).fetchone()[0]  # type: ignore[index]
     for round_no in range(1, int(rounds) + 1):
@@ -1424,15 +1454,16 @@ def _contact_policy(con: duckdb.DuckDBPyConnection, config: ExportConfig, p: Exp
     counts.update(_count_stage(con, "dedupe", stage_count_query("_x_proposed")))
     counts.update(_count_stage(con, "contact_cap", stage_count_query("_x_capped")))
     counts.update(_count_stage(con, "capacity", stage_count_query("_x_placed")))
-    for table in ("_x_choices", "_x_proposed", "_x_capped", "_x_prior"):
+    for table in ("_x_prior",) if keep else ("_x_choices", "_x_proposed", "_x_capped", "_x_prior"):
         con.execute(f"DROP TABLE {table}")
     universal = universal_query(p)
     if universal is not None:
         _run(con, universal)
     _run(con, holdout_query(p))
     con.execute("DROP TABLE IF EXISTS _x_universal")
-    con.execute("DROP TABLE _x_placed")
-    con.execute("DROP TABLE _x_exclusion")
+    if not keep:
+        con.execute("DROP TABLE _x_placed")
+        con.execute("DROP TABLE _x_exclusion")
     exported = stage_count_query("_x_drawn", exported_only=True)
     after_holdout = _count_stage(con, "holdout", exported)  # what the holdout leaves is what is exported
     counts.update(after_holdout)

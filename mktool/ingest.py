@@ -459,8 +459,12 @@ def _top_level_names(con: duckdb.DuckDBPyConnection, src: SourceFile) -> list[st
     return names
 
 
-def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
-    """Fill ``src.schema`` and ``src.rows``; refuse empty or unreadable files and repeated column names."""
+def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty: bool = False) -> None:
+    """Fill ``src.schema`` and ``src.rows``; refuse empty or unreadable files and repeated column names.
+
+    ``allow_empty`` accepts a file with no rows (an event file of a quiet hour is a batch too,
+    mktool/scene.py); an extract with none is refused: it would wipe the months it should carry.
+    """
     if src.path.stat().st_size == 0:
         raise InputError("empty file (0 bytes): not a Parquet file", file=str(src.path), table=src.table)
     try:
@@ -491,7 +495,7 @@ def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile) -> None:
     by_key = {name.strip(WHITESPACE).lower(): name for name in names}
     src.reads = {c.name: ColumnRead(c, by_key[c.name], src.schema[by_key[c.name]])
                  for c in src.contract.columns if c.name in by_key}
-    if src.rows == 0:
+    if src.rows == 0 and not allow_empty:
         raise InputError("file has no rows", file=str(src.path), table=src.table,
                          hint="an empty extract would wipe the months it should carry; check the export job")
 

@@ -29,7 +29,9 @@ from mktool.errors import ConfigError
 from mktool.planconfig import PLAN_FILE, PlanConfig, load_plan_config
 from mktool.rules import (
     CHANNELS_FILE,
+    DEFAULT_WAVE_ID,
     POLICIES_FILE,
+    SCENE_EVENT_COLUMNS,
     Channel,
     ChannelConfig,
     Matrix,
@@ -77,14 +79,15 @@ class CheckReport:
 
 
 # -- binding against a typed customer_view with one row of NULLs ------------------------------------
-def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
+def _type_check(matrices: list[Matrix], model: Any, problems: Problems, scenes: Iterable[Scene] = ()) -> None:
     """Bind every expression against the real column types of customer_view: only DuckDB knows them.
 
     The view is built in memory from the input contract and scores.yaml, with one row in which
     every column is NULL (no data, no database file). Each expression — the value indicators
-    and columns of scores.yaml, each matrix's ``where`` and every rule's ``when`` — is then
-    checked by :func:`_bind_problem`. If the view cannot be built, the score expression that
-    breaks it is named (and the matrix checks are skipped: they need the view).
+    and columns of scores.yaml, each matrix's ``where``, every rule's ``when`` and every
+    scene's conditions (:func:`_type_check_scenes`) — is then checked by :func:`_bind_problem`.
+    If the view cannot be built, the score expression that breaks it is named (and the matrix
+    checks are skipped: they need the view).
     """
     con = _typed_view(model, problems)
     if con is None:
@@ -107,11 +110,47 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems) -> None:
                 if problem:
                     problems.error(f"{at}: {problem}")
                     continue
-                kind = con.execute(f"DESCRIBE SELECT ({expr.duckdb_sql}) AS x FROM customer_view").fetchall()[0][1]
-                if kind not in ("BOOLEAN", '"NULL"', "NULL"):
-                    problems.error(f"{at}: expected a boolean condition, but '{_short(expr.source)}' is {kind}")
+                _boolean_problem(con, at, expr.duckdb_sql, expr.source, problems)
+        _type_check_scenes(con, scenes, vocabularies, problems)
     finally:
         con.close()
+
+
+def _boolean_problem(con: duckdb.DuckDBPyConnection, at: str, sql: str, source: str, problems: Problems,
+                     relation: str = "customer_view") -> None:
+    """Record an expression that binds but is not a condition (``arpu_3m + 1``, ``city``)."""
+    kind = con.execute(f"DESCRIBE SELECT ({sql}) AS x FROM {relation}").fetchall()[0][1]
+    if kind not in ("BOOLEAN", '"NULL"', "NULL"):
+        problems.error(f"{at}: expected a boolean condition, but '{_short(source)}' is {kind}")
+
+
+#: The relation a scene's conditions are bound against: customer_view's row of NULLs with the
+#: event's columns (rules.SCENE_EVENT_COLUMNS), unqualified as the trigger step embeds them.
+_SCENE_ROWS = "_mk_scene_rows"
+
+
+def _type_check_scenes(con: duckdb.DuckDBPyConnection, scenes: Iterable[Scene],
+                       vocabularies: dict[str, frozenset[str]], problems: Problems) -> None:
+    """Each scene's ``when`` and its waves' bound like a rule's, over customer_view plus value,
+    event_time and event_type (a non-boolean, an impossible comparison, a value a label column
+    never holds: refused at check time rather than in the middle of a batch)."""
+    items = [(s.at("when"), s.when) for s in scenes if s.when is not None]
+    items += [(s.at(f"waves[{w.level - 1}].when"), w.when) for s in scenes if _has_waves(s) for w in s.waves]
+    if not items:
+        return
+    event = ", ".join(f"CAST(NULL AS {t}) AS {quote_identifier(c)}" for c, t in SCENE_EVENT_COLUMNS.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_SCENE_ROWS} AS SELECT *, {event} FROM customer_view")
+    for at, sql in items:
+        problem = _bind_problem(con, sql, _SCENE_ROWS) or _vocabulary_problem(sql, vocabularies)
+        if problem:
+            problems.error(f"{at}: {problem}")
+            continue
+        _boolean_problem(con, at, sql, sql, problems, _SCENE_ROWS)
+
+
+def _has_waves(scene: Scene) -> bool:
+    """True when the scene lists its waves (the default wave, TRUE, needs no check)."""
+    return not (len(scene.waves) == 1 and scene.waves[0].when == "TRUE" and scene.waves[0].id == DEFAULT_WAVE_ID)
 
 
 def _vocabularies(model: Any) -> dict[str, frozenset[str]]:
@@ -194,7 +233,7 @@ def _culprit(con: duckdb.DuckDBPyConnection, model: Any, exc: duckdb.Error) -> s
     return f"{model.path}: customer_view does not bind: DuckDB: {_first_line(exc)}"  # pragma: no cover
 
 
-def _bind_problem(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
+def _bind_problem(con: duckdb.DuckDBPyConnection, sql: str, relation: str = "customer_view") -> str | None:
     """What is wrong with ``sql`` over customer_view's types, or None.
 
     Three steps, all without data: (1) DuckDB binds it (unknown function, impossible operand
@@ -205,7 +244,7 @@ def _bind_problem(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
     the row of NULLs with the optimizer off, which evaluates its constant arguments
     (``date_trunc('mnth', ...)``, a bad regular expression, ``make_date(2026, 13, 1)``).
     """
-    query = f"SELECT ({sql}) AS x FROM customer_view"
+    query = f"SELECT ({sql}) AS x FROM {relation}"
     try:
         con.execute(f"DESCRIBE {query}")
     except duckdb.Error as exc:
@@ -304,11 +343,11 @@ def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> _Loaded
     policies, channels = read.policies, read.channels
     plan = _check_plan(matrices_dir, problems, files, policies, channels) if with_plan else None
     if model is not None:
-        _type_check(read.matrices, model, problems)
+        _type_check(read.matrices, model, problems, read.scenes)
     if problems.error_count or policies is None or channels is None or columns is None or read.groups is None:
         return _Loaded(None, files, model, plan)
     return _Loaded(RuleSet(matrices_dir, read.matrices, policies, channels, columns, problems.warnings,
-                           groups=read.groups), files, model, plan)
+                           groups=read.groups, scenes=read.scenes), files, model, plan)
 
 
 def _check_plan(matrices_dir: Path, problems: Problems, files: list[str],

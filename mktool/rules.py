@@ -11,6 +11,11 @@ line, key path and rule (:func:`mktool.errors.location`):
   the :class:`~mktool.project.Project` every step takes, raising the first error.
 * ``load_rules(matrices_dir)``: the matrices with their catalogues only (no plan.yaml), for
   callers that inspect rules; the steps take a project.
+* The scene files (issue 14; docs/scenes.md "scene files"): ``scenes.yaml`` and
+  ``scenes/*.yaml`` (:func:`scene_files`), each scene checked like a rule (unknown keys with a
+  suggestion, its policy and channels against the catalogues, the policy's allowed channels),
+  its ``when`` and its waves' through sqlcheck over customer_view's columns plus the event's
+  (:data:`SCENE_EVENT_COLUMNS`), then type-checked by mktool.project like the rules.
 
 Which files are matrices: every ``*.yaml`` / ``*.yml`` under the folder whose top level has a
 ``matrix:`` key, except the catalogue/model files (:data:`NOT_MATRICES`) and anything under a
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import difflib
+import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +73,15 @@ __all__ = [
     "load_policies",
     "matrix_files",
     "read_rule_files",
+    "scene_files",
 ]
 
 POLICIES_FILE = "policies.yaml"
 CHANNELS_FILE = "channels.yaml"
+SCENES_FILE = "scenes.yaml"  # the scenes (issue 14); more in scenes/*.yaml
+SCENES_DIR = "scenes"
 # Model / catalogue files of the matrices folder that are not matrices.
-NOT_MATRICES = frozenset({"scores.yaml", "plan.yaml", POLICIES_FILE, CHANNELS_FILE})
+NOT_MATRICES = frozenset({"scores.yaml", "plan.yaml", POLICIES_FILE, CHANNELS_FILE, SCENES_FILE})
 TESTS_DIR = "tests"
 
 PRIORITY_FAMILY = "priority"
@@ -89,6 +98,20 @@ GROUP_KEYS = {"id", "name", "policies"} | DOC_KEYS
 CHANNEL_KEYS = {"kind", "cycle", "capacity", "format", "columns", "mask", "salt_env", "contact_cap",
                 "retry_days"} | DOC_KEYS
 CONTACT_POLICY_KEYS = {"cooldown_days", "monthly_cap", "retry_days", "universal_holdout", "universal_salt"}
+SCENE_FILE_KEYS = {"scenes"} | DOC_KEYS
+SCENE_KEYS = {"id", "name", "event_type", "when", "waves", "policy", "channels", "script", "expires_after",
+              "once_per"} | DOC_KEYS
+WAVE_KEYS = {"id", "when"} | DOC_KEYS
+#: The event's columns a scene's ``when`` may use beside customer_view's, with their types (docs/scenes.md).
+SCENE_EVENT_COLUMNS = {"value": "DOUBLE", "event_time": "TIMESTAMP", "event_type": "VARCHAR"}
+#: A scene without ``waves:`` has this one wave (``when`` TRUE).
+DEFAULT_WAVE_ID = "1"
+DEFAULT_ONCE_PER_DAYS = 30
+#: expires_after / once_per beyond this are refused: no real-time offer waits a century (and a
+#: timedelta of more days overflows).
+MAX_SCENE_DAYS = 36_500
+DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+WAVE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_]*")  # below_10, or 1, 2 (the default wave is "1")
 #: The universal control group's largest share of the base: beyond half, the "control" is the campaign's majority.
 MAX_UNIVERSAL_HOLDOUT = 0.5
 #: The salt of the universal draw when channels.yaml names none (a new salt draws a new group).
@@ -680,6 +703,8 @@ def matrix_files(matrices_dir: Path) -> list[Path]:
             continue
         if len(rel.parts) == 1 and rel.name in NOT_MATRICES:
             continue
+        if len(rel.parts) > 1 and rel.parts[0] == SCENES_DIR:  # scene files (issue 14), read by _read_scenes
+            continue
         found.append(path)
     return found
 
@@ -711,6 +736,10 @@ def _read_matrix(path: Path, ctx: _Context, problems: Problems, failed_families:
     if not isinstance(raw, dict):
         return None  # not a matrix (an empty or list-shaped YAML file)
     if "matrix" not in raw:
+        if "scenes" in raw:  # a scene file the loader would never read: say where scene files go
+            problems.error(source.error("scenes", f"scenes are read from {SCENES_FILE} and {SCENES_DIR}/*.yaml of the "
+                                        "matrices folder only: move this file there").render())
+            return None
         if "rules" in raw:  # looks like a matrix with a typo in its name key
             key = next((k for k in raw if difflib.get_close_matches(str(k), ["matrix"], n=1, cutoff=0.6)), None)
             hint = f" (found '{key}': did you mean 'matrix'?)" if key else ""
@@ -920,6 +949,269 @@ def _check_policy_channels(policies: dict[str, Policy] | None, channels: Channel
                                f"{suggest(ch, channels.names)}; {CHANNELS_FILE} defines {', '.join(channels.names)}")
 
 
+# -- scenes.yaml and scenes/*.yaml (issue 14) ---------------------------------------------------------
+def scene_files(matrices_dir: Path) -> list[Path]:
+    """The scene files in position order: scenes.yaml first, then scenes/*.yaml by file name.
+
+    Both are optional (no file: no scenes); hidden files and sub-folders of scenes/ are not read.
+    """
+    out = []
+    top = Path(matrices_dir) / SCENES_FILE
+    if top.is_file():
+        out.append(top)
+    folder = Path(matrices_dir) / SCENES_DIR
+    if folder.is_dir():
+        out += sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".yaml", ".yml")
+                       and not p.name.startswith(".")), key=lambda p: p.name)
+    return out
+
+
+def scene_columns(view_columns: Collection[str]) -> list[str]:
+    """What a scene's ``when`` may use: customer_view's columns and the event's (SCENE_EVENT_COLUMNS)."""
+    return [*view_columns, *(c for c in SCENE_EVENT_COLUMNS if c not in view_columns)]
+
+
+def _read_scenes(matrices_dir: Path, ctx: _Context, problems: Problems, files: list[str]) -> tuple[Scene, ...]:
+    """The scenes of the scene files that loaded, in position order (the others' errors are in
+    ``problems``: a rule set is built only without errors, and these are still type-checked)."""
+    scenes: list[Scene] = []
+    first: dict[str, str] = {}  # scene id -> where its id is, for a duplicate's message
+    position = 0
+    for path in scene_files(matrices_dir):
+        files.append(str(path))
+        try:
+            source = read_yaml(path)
+        except ConfigError as exc:
+            problems.error(exc.render())
+            continue
+        doc = source.root
+        if doc.value is None:
+            continue  # an empty file: no scenes (yet)
+        try:
+            if not isinstance(doc.value, dict):
+                raise doc.error(f"expected a mapping with a top-level 'scenes:' list, got {short_repr(doc.value)}")
+            doc.check_keys(SCENE_FILE_KEYS)
+            if "scenes" not in doc.value:
+                raise doc.error("expected a mapping with a top-level 'scenes:' list")
+            doc.get("scenes", list)
+        except ConfigError as exc:
+            problems.error(exc.render())
+            continue
+        for node in doc.child("scenes").items():
+            position += 1
+            scene = _read_scene(node, ctx, problems, position=position, first=first)
+            if scene is not None:
+                scenes.append(scene)
+    return tuple(scenes)
+
+
+def _typos(raw: dict[Any, Any], allowed: set[str]) -> set[str]:
+    """The allowed keys that an unknown key of ``raw`` looks like a misspelling of (reported once, as unknown)."""
+    return {close for k in set(raw) - allowed for close in difflib.get_close_matches(str(k), sorted(allowed), n=1)}
+
+
+def _read_scene(node: Located, ctx: _Context, problems: Problems, *, position: int,
+                first: dict[str, str]) -> Scene | None:
+    raw = node.value
+    if not isinstance(raw, dict):
+        problems.error(node.error("expected a mapping with id, name, event_type, policy, channels, expires_after, "
+                                  f"got {short_repr(raw)}").render())
+        return None
+    before = problems.error_count
+    typos = _typos(raw, SCENE_KEYS)
+    sid: str | None = None
+    written: str | None = None  # the id as written: it names the scene in every message, even when refused
+    with problems.catch():
+        if raw.get("id") is None and "id" in typos:
+            raise _Reported()
+        written = node.text("id", required=True)
+        assert written is not None
+        at_id = node.child("id", label=f"scene {written}")
+        if not is_name(written):
+            raise at_id.error(f"'{written}': a scene id is a lower-case identifier (a letter, then letters, digits "
+                              "or _), such as balance_low_prepay")
+        if written in first:
+            raise at_id.error(f"duplicate scene id '{written}' (first at {first[written]}): scene ids are unique "
+                              "across scenes.yaml and scenes/*.yaml")
+        first[written] = at_id.where()
+        sid = written
+    node = node.labelled(f"scene {written}" if written else None)
+    with problems.catch():
+        node.check_keys(SCENE_KEYS)
+
+    def required(key: str) -> str:
+        if raw.get(key) is None and key in typos:
+            raise _Reported()
+        text = node.text(key, required=True)
+        assert text is not None
+        return text
+
+    columns = scene_columns(ctx.columns) if ctx.columns is not None else None
+    name = event_type = policy_id = None
+    with problems.catch():
+        name = required("name")
+    with problems.catch():
+        event_type = required("event_type")
+        if not is_name(event_type):
+            written, event_type = event_type, None
+            raise node.child("event_type").error(
+                f"{short_repr(written)} is not an event type: the events' event_type is compared exactly as ingest "
+                "stores it (trimmed, case kept), and the types are lower-case identifiers such as balance_low")
+    when: str | None = None
+    with problems.catch():
+        if raw.get("when") is not None:
+            when = check_expression(_sql_text(raw["when"]), location=node.child("when").where(), columns=columns,
+                                    kind="boolean").duckdb_sql
+    waves: tuple[Wave, ...] | None = (Wave(DEFAULT_WAVE_ID, "TRUE", 1),)
+    with problems.catch():
+        if node.get("waves", list) is not None:
+            waves = _read_waves(node.child("waves"), columns, problems)
+    policy: Policy | None = None
+    with problems.catch():
+        policy_id = required("policy")
+        if ctx.policies is not None:
+            policy = ctx.policies.get(policy_id)
+            if policy is None:
+                raise node.child("policy").error(f"unknown policy '{policy_id}'{suggest(policy_id, ctx.policies)}: "
+                                                 f"add it to {POLICIES_FILE}")
+    channels: tuple[str, ...] = ()
+    with problems.catch():
+        if raw.get("channels") is None and "channels" in typos:
+            raise _Reported()
+        channels = node.names("channels") or ()
+        if not channels:
+            raise node.child("channels").error("missing: the channels to deliver the scene's trigger on, in order of "
+                                               "preference (e.g. [sms] or [sms, app]; the inbound pop-up: [inbound])")
+        if ctx.channels is not None:
+            for k, ch in enumerate(channels):
+                if ch not in ctx.channels.channels:
+                    raise node.child("channels").child(k).error(
+                        f"unknown channel '{ch}'{suggest(ch, ctx.channels.names)}; "
+                        f"{CHANNELS_FILE} defines {', '.join(ctx.channels.names)}")
+        if policy is not None and policy.channels:
+            bad = [ch for ch in channels if ch not in policy.channels]
+            if bad:
+                raise node.child("channels").error(
+                    f"policy {policy.id} may not be offered on {', '.join(bad)} (its channels: "
+                    f"{', '.join(policy.channels)}; {policy.at('channels')})")
+    script = None
+    with problems.catch():
+        script = node.text("script")
+    expires_after: dt.timedelta | None = None
+    with problems.catch():
+        if raw.get("expires_after") is None and "expires_after" in typos:
+            raise _Reported()
+        expires_after = _duration(node.child("expires_after"))
+    once_per = DEFAULT_ONCE_PER_DAYS
+    with problems.catch():
+        once_per = _once_per(node.child("once_per"))
+    with problems.catch():
+        node.text("doc")
+        node.text("description")
+    if (problems.error_count != before or sid is None or name is None or event_type is None or waves is None
+            or policy_id is None or expires_after is None):
+        return None
+    return Scene(id=sid, name=name, event_type=event_type, when=when, waves=waves, policy=policy_id,
+                 channels=channels, expires_after=expires_after, once_per_days=once_per, script=script,
+                 position=position, file=node.doc.file, path=node.path, source=node.doc)
+
+
+def _read_waves(node: Located, columns: list[str] | None, problems: Problems) -> tuple[Wave, ...] | None:
+    """A scene's ``waves:``: each an id (unique in the scene) and a SQL condition; level = position."""
+    if not node.value:
+        raise node.error("an empty list: leave `waves:` out for one wave (when TRUE), or list the waves, "
+                         "shallowest first (e.g. {id: below_10, when: \"value < 10\"}, then {id: below_5, ...})")
+    waves: list[Wave] = []
+    seen: dict[str, int] = {}
+    before = problems.error_count
+    for k, item in enumerate(node.items()):
+        raw = item.value
+        if not isinstance(raw, dict):
+            problems.error(item.error(f"expected a mapping with id and when, got {short_repr(raw)}").render())
+            continue
+        typos = _typos(raw, WAVE_KEYS)
+        wid: str | None = None
+        when: CheckedExpression | None = None
+        with problems.catch():
+            item.check_keys(WAVE_KEYS)
+        with problems.catch():
+            wid = item.text("id", required=True)
+            assert wid is not None
+            if not WAVE_ID_RE.fullmatch(wid):
+                raise item.child("id").error(f"'{wid}': a wave id is a lower-case identifier (letters, digits, _), "
+                                             "such as below_10")
+            if wid in seen:
+                raise item.child("id").error(f"duplicate wave id (waves[{seen[wid]}] and waves[{k}] are both '{wid}')")
+            seen[wid] = k
+        with problems.catch():
+            if raw.get("when") is None:
+                if "when" in typos:
+                    raise _Reported()
+                raise item.child("when").error("missing required key: the wave's condition (e.g. \"value < 5\"); "
+                                               "a deeper wave comes later in the list")
+            when = check_expression(_sql_text(raw["when"]), location=item.child("when").where(), columns=columns,
+                                    kind="boolean")
+        if wid is not None and when is not None:
+            waves.append(Wave(id=wid, when=when.duckdb_sql, level=k + 1))
+    return tuple(waves) if problems.error_count == before else None
+
+
+_DURATION_RE = re.compile(r"([0-9]+)([mhd])")
+_MINUTES = {"m": 1, "h": 60, "d": 1440, "w": 7 * 1440}
+
+
+def _duration(node: Located) -> dt.timedelta:
+    """``expires_after``: ``<n>m`` | ``<n>h`` | ``<n>d``, n a whole number ≥ 1 (refusals suggest the nearest form)."""
+    value = node.value
+    form = "a whole number ≥ 1 and a unit m (minutes), h (hours) or d (days), such as 30m, 1h, 6h or 2d"
+    if value is None:
+        raise node.error(f"missing required key: how long an event stays fresh, {form}")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise node.error(f"expected {form}, got {short_repr(value)}")
+    text = str(value).strip()
+    if isinstance(value, (int, float)):
+        raise node.error(f"{text} has no unit: write {form} (e.g. {text}m for {text} minutes)")
+    m = _DURATION_RE.fullmatch(text)
+    if m is None:
+        hint = _duration_hint(text)
+        raise node.error(f"{short_repr(text)} is not a duration: write {form}" + (f" (here: {hint})" if hint else ""))
+    n, unit = int(m.group(1)), m.group(2)
+    if n < 1:
+        raise node.error(f"'{text}': the number must be at least 1 (an event is fresh for some time): write {form}")
+    if n * _MINUTES[unit] > MAX_SCENE_DAYS * 1440:
+        raise node.error(f"'{text}' is more than {MAX_SCENE_DAYS:,} days: a scene's offer answers a recent event")
+    return dt.timedelta(**{DURATION_UNITS[unit]: n})
+
+
+def _duration_hint(text: str) -> str | None:
+    """The nearest valid duration of a refused one: 1.5h → 90m, 1w → 7d, 2H → 2h."""
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([a-zA-Z]+)", text)
+    if m is None:
+        return None
+    unit = m.group(2).lower()
+    unit = {"min": "m", "mins": "m", "minute": "m", "minutes": "m", "hour": "h", "hours": "h", "day": "d",
+            "days": "d", "week": "w", "weeks": "w"}.get(unit, unit)
+    if unit not in _MINUTES:
+        return None
+    minutes = float(m.group(1)) * _MINUTES[unit]
+    if minutes < 1 or not minutes.is_integer():
+        return None
+    n = int(minutes)
+    return next(f"{n // _MINUTES[u]}{u}" for u in "dhm" if n % _MINUTES[u] == 0)
+
+
+def _once_per(node: Located) -> int:
+    """``once_per``: whole days ≥ 1 (default 30)."""
+    value = node.value
+    if value is None:
+        return DEFAULT_ONCE_PER_DAYS
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise node.error(f"expected whole days ≥ 1 (e.g. once_per: 7), got {short_repr(value)}")
+    if not 1 <= value <= MAX_SCENE_DAYS:
+        raise node.error(f"whole days, 1 ≤ once_per ≤ {MAX_SCENE_DAYS:,}, got {value}")
+    return value
+
+
 # -- the rule files together ------------------------------------------------------------------------
 @dataclass
 class RuleFiles:
@@ -929,11 +1221,12 @@ class RuleFiles:
     channels: ChannelConfig | None
     matrices: list[Matrix]
     groups: dict[str, PolicyGroup] | None = None
+    scenes: tuple[Scene, ...] = ()  # the scenes that loaded (a rule set is built only when every one did)
 
 
 def read_rule_files(matrices_dir: Path, problems: Problems, *, columns: list[str] | None,
                     files: list[str]) -> RuleFiles:
-    """Read and check policies.yaml, channels.yaml and every matrix, collecting every problem.
+    """Read and check policies.yaml, channels.yaml, every matrix and the scene files, collecting every problem.
 
     ``columns`` are the customer_view columns rule SQL may use (None when scores.yaml did not
     load: the expressions are then only parsed); each file read is appended to ``files``.
@@ -953,4 +1246,5 @@ def read_rule_files(matrices_dir: Path, problems: Problems, *, columns: list[str
             loaded.append(m)
     failed_families -= {m.family for m in loaded}
     matrices = _cross_check(loaded, matrices_dir, problems, failed_families=failed_families)
-    return RuleFiles(policies, channels, matrices, groups)
+    scenes = _read_scenes(matrices_dir, ctx, problems, files)
+    return RuleFiles(policies, channels, matrices, groups, scenes)

@@ -106,3 +106,18 @@ CHURN_BY = ("tenure_cohort",)
 EVALUATION_RATE_SCALE = 6
 #: The class of a NULL value in the evaluations' and reports' groups (a NULL tenure_cohort, segment…).
 NO_GROUP = "(none)"
+
+# -- scenes (issue 14, docs/scenes.md): event-triggered micro-batches -----------------------------
+SCENE_FILES_TABLE = "scene_files"  # the ledger: one row per event file processed (checksum → batch)
+SCENE_EVENTS_TABLE = "scene_events"  # every event of every batch with its outcome per scene
+SCENE_FUNNELS_TABLE = "scene_funnels"  # every batch's funnels (the months' funnel_counts stay apart)
+#: A batch's work tables (temp: they vanish with the connection): its events (seq-ordered),
+#: the outcome of each event per scene, and the fired triggers the contact policy works on.
+SCENE_EVENTS_TEMP = "_s_events"
+SCENE_OUTCOMES_TEMP = "_s_outcomes"
+SCENE_TRIGGERS_TEMP = "_s_triggers"
+#: What a batch decided for an event (per listening scene), in the order they are checked.
+SCENE_OUTCOMES = ("duplicate", "no_scene", "stale", "unknown_customer", "not_matched", "once_per", "fired")
+FIRED = "fired"
+#: Names of a folder's files that are not (yet) event files: hidden, or still being written.
+TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
