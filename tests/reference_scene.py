@@ -717,9 +717,9 @@ class Reference:
 # -- reading a database ---------------------------------------------------------------------------------
 def view_of(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, dict[str, Any]], pa.Schema]:
     """customer_view of its latest month, by msisdn, and the schema of a condition's row."""
-    month = con.execute("SELECT max(month) FROM customer_view").fetchone()
-    cur = con.execute("SELECT * FROM customer_view WHERE month = ?", [month[0] if month else None])
-    arrow = cur.to_arrow_table()
+    month = con.execute("SELECT max(month) FROM customer_view").fetchall()[0]
+    arrow = con.sql("SELECT * FROM customer_view WHERE month = $m",
+                    params={"m": month[0] if month else None}).to_arrow_table()
     assert arrow is not None
     rows = {r["msisdn"]: r for r in arrow.to_pylist()}
     schema = arrow.schema
