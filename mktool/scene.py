@@ -22,9 +22,9 @@ Public API (stable; the delivery, rules, cli and reference helpers build on it)
       every path with its checksum, ledger entry (processed before: skip it) or refusal (error),
       and, for a new readable file, its rows and first/last event (read under the contract).
       Sorted by (first_event, last_event, file name), files without events last: the order new
-      files are processed in. A caller checks ``ledger_entry`` again just before each batch: a
-      copy of a file processed earlier in the same call is in the ledger only once that batch
-      has committed.
+      files are processed in (``is_new``). A copy of a file earlier in the same call (same
+      checksum) is marked ``copy_of`` it: it is in the ledger (``ledger_entry``, the skip
+      message) once that file's batch has committed.
   ``load_batch(con, project, event_file) -> Batch``
       loads the file into ``_s_events`` and decides every event into ``_s_outcomes`` and
       ``_s_triggers`` (temp tables, kept for the delivery step); refuses a stale or missing view.
@@ -58,21 +58,27 @@ import duckdb
 
 from mktool.database import table_exists
 from mktool.dialect import Query
-from mktool.errors import InputError, MktoolError, StateError
+from mktool.errors import InputError, MktoolError, RuleError, StateError
 from mktool.freshness import require_fresh_view
 from mktool.ingest import SourceFile, read_schema, validate
 from mktool.project import Project
 from mktool.publish import file_sha256
 from mktool.rules import Policy, Scene
 from mktool.schema import (
+    EVENT_COLUMNS,
     FIRED,
+    OUTCOME_COLUMNS,
+    SCENE_EVENTS_COLUMNS,
     SCENE_EVENTS_TABLE,
     SCENE_EVENTS_TEMP,
+    SCENE_FILES_COLUMNS,
+    SCENE_FILES_KEY,
     SCENE_FILES_TABLE,
     SCENE_OUTCOMES,
     SCENE_OUTCOMES_TEMP,
     SCENE_TRIGGERS_TEMP,
     TEMPORARY_SUFFIXES,
+    TRIGGER_COLUMNS,
     VIEW_TABLE,
 )
 from mktool.sqlquote import quote_identifier, quote_literal
@@ -108,29 +114,6 @@ EVENTS_CONTRACT = "events"  # mktool/contract.py's table the event files follow
 BATCH_ID_LENGTH = 12
 US_PER_DAY = 86_400 * 1_000_000
 
-#: The ledger (scene_files): one row per processed event file, written by the publish unit.
-SCENE_FILES_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("checksum", "VARCHAR PRIMARY KEY"), ("file_name", "VARCHAR"), ("path", "VARCHAR"), ("size", "BIGINT"),
-    ("rows", "BIGINT"), ("first_event", "TIMESTAMP"), ("last_event", "TIMESTAMP"), ("batch", "VARCHAR"),
-    ("cycle_date", "DATE"), ("processed_at", "TIMESTAMP"),
-)
-#: scene_events: every event of every batch with its outcome (per listening scene) and delivery.
-SCENE_EVENTS_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("batch", "VARCHAR"), ("seq", "BIGINT"), ("msisdn", "VARCHAR"), ("event_time", "TIMESTAMP"),
-    ("event_type", "VARCHAR"), ("value", "DOUBLE"), ("scene_id", "VARCHAR"), ("wave", "VARCHAR"),
-    ("wave_level", "INTEGER"), ("outcome", "VARCHAR"), ("blocked_by_time", "TIMESTAMP"),
-    ("blocked_by_batch", "VARCHAR"), ("policy_id", "VARCHAR"), ("delivery", "VARCHAR"), ("channel", "VARCHAR"),
-    ("blocked_at", "VARCHAR"), ("held_kind", "VARCHAR"),
-)
-#: _s_events: a batch's events as loaded, seq = 1.. in the batch's order.
-EVENT_COLUMNS = ("seq", "msisdn", "event_time", "event_type", "value")
-#: _s_outcomes: one row per duplicate / no_scene event, else one per event × listening scene.
-OUTCOME_COLUMNS = ("seq", "msisdn", "event_time", "event_type", "value", "scene_id", "wave", "wave_level",
-                   "outcome", "blocked_by_time", "blocked_by_batch")
-#: _s_triggers: the fired rows, with what the contact policy needs.
-TRIGGER_COLUMNS = ("seq", "msisdn", "cust_id", "scene_id", "position", "wave", "wave_level", "policy_id",
-                   "policy_name", "script", "channels", "event_time", "event_type", "value", "rank")
-
 # the decision's own work tables (temp)
 _SCENES = "_s_scenes"  # scene_id, position, event_type, expires_us, once_per_us, policy, script, channels
 _WAVES = "_s_waves"  # scene_id, wave_level, wave
@@ -138,9 +121,10 @@ _UNIQUE = "_s_unique"  # _s_events + duplicate
 _PAIRS = "_s_pairs"  # non-duplicate event × listening scene: stale, known
 _LEVELS = "_s_levels"  # fresh known pairs: wave_level (NULL: not matched)
 _OPEN = "_s_open"  # matched pairs not decided yet (once_per rounds)
-_DECIDED = "_s_decided"  # matched pairs decided: fired or once_per (+ the blocking trigger)
+_DECIDED = "_s_decided"  # matched pairs decided: fired or once_per
 _NEXT = "_s_next"  # per (msisdn, scene): the pair a round fires
-_WORK_TABLES = (_SCENES, _WAVES, _UNIQUE, _PAIRS, _LEVELS, _OPEN, _DECIDED, _NEXT)
+_BLOCKERS = "_s_blockers"  # once_per pairs: the trigger named as blocking each
+_WORK_TABLES = (_SCENES, _WAVES, _UNIQUE, _PAIRS, _LEVELS, _OPEN, _DECIDED, _NEXT, _BLOCKERS)
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -197,14 +181,15 @@ def batch_id(checksum: str) -> str:
 
 
 # -- the ledger ---------------------------------------------------------------------------------------
-def _create_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
+def _create_sql(table: str, columns: Sequence[tuple[str, str]], key: str | None = None) -> str:
     cols = ", ".join(f"{quote_identifier(name)} {type_}" for name, type_ in columns)
-    return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+    primary = f", PRIMARY KEY ({quote_identifier(key)})" if key else ""
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}{primary})"
 
 
 def ensure_scene_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create scene_files and scene_events when missing (the publish unit calls it before writing)."""
-    con.execute(_create_sql(SCENE_FILES_TABLE, SCENE_FILES_COLUMNS))
+    con.execute(_create_sql(SCENE_FILES_TABLE, SCENE_FILES_COLUMNS, SCENE_FILES_KEY))
     con.execute(_create_sql(SCENE_EVENTS_TABLE, SCENE_EVENTS_COLUMNS))
 
 
@@ -262,6 +247,8 @@ class EventFile:
     last_event: dt.datetime | None = None
     entry: LedgerEntry | None = None
     error: MktoolError | None = None
+    #: an earlier file of the same call with the same checksum (a copy): skipped once that one is recorded
+    copy_of: Path | None = None
     #: the file as validated under the events contract (load_batch reads it without validating again)
     source: SourceFile | None = field(default=None, repr=False, compare=False)
 
@@ -271,7 +258,8 @@ class EventFile:
 
     @property
     def is_new(self) -> bool:
-        return self.entry is None and self.error is None
+        """To be processed: not in the ledger, not refused, not a copy of an earlier file of the call."""
+        return self.entry is None and self.error is None and self.copy_of is None
 
 
 def _validated(con: duckdb.DuckDBPyConnection, path: Path) -> SourceFile:
@@ -326,7 +314,9 @@ def order_files(con: duckdb.DuckDBPyConnection, paths: Iterable[Path]) -> list[E
     """Every file with its checksum and ledger entry; the new ones read under the contract.
 
     Sorted by (first_event, last_event, name), files without events (empty, processed before
-    with none, or refused) last by name: the order new files are processed in.
+    with none, or refused) last by name: the order new files are processed in. A new file with
+    the checksum of one before it in that order is marked ``copy_of`` that one (not new): once
+    the first is processed, ``ledger_entry`` gives the message to skip the copy with.
     """
     out: list[EventFile] = []
     for path in paths:
@@ -346,7 +336,13 @@ def order_files(con: duckdb.DuckDBPyConnection, paths: Iterable[Path]) -> list[E
             else:
                 _describe(con, f)
         out.append(f)
-    return sorted(out, key=_order_key)
+    out.sort(key=_order_key)
+    first: dict[str, Path] = {}
+    for f in out:
+        if f.entry is None and f.error is None:
+            f.copy_of = first.get(f.checksum)
+            first.setdefault(f.checksum, f.path)
+    return out
 
 
 # -- the batch ----------------------------------------------------------------------------------------
@@ -458,7 +454,8 @@ class OutcomeQueries:
     ``round`` one once_per round, the same statements every round: per (msisdn, scene) the first
     undecided pair in seq order that no trigger so far blocks fires, and the undecided pairs
     before it are once_per; repeated until a round fires nothing (``pending`` counts its fires);
-    ``finish`` the pairs left (all blocked) once_per, then _s_outcomes and _s_triggers.
+    ``finish`` the pairs left (all blocked) once_per, the blocker named for each once_per pair (of
+    every earlier trigger that blocks it, the latest by event_time), then _s_outcomes and _s_triggers.
     """
 
     setup: tuple[Query, ...]
@@ -466,6 +463,9 @@ class OutcomeQueries:
     pending: Query
     finish: tuple[Query, ...]
     counts: Query
+    #: per scene's query (``scene:levels:<id>``): each condition's location and a query of it alone,
+    #: run only when the scene's query fails, to name the condition in the error
+    probes: Mapping[str, tuple[tuple[str, Query], ...]] = field(default_factory=dict)
 
 
 def _micros(delta: dt.timedelta) -> int:
@@ -498,36 +498,40 @@ def _catalogue_sql(scenes: Sequence[Scene], policies: Mapping[str, Policy]) -> t
     return scenes_sql, waves_sql
 
 
-def _level_sql(scene: Scene, view: str) -> str:
-    """One scene's fresh, known pairs with the level of the deepest wave whose ``when`` is true
-    (NULL: the scene's ``when`` or no wave is true; NULL counts as false). The conditions see
+def _scene_relation(scene: Scene, view: str) -> str:
+    """One scene's fresh pairs of known customers as the relation its conditions are evaluated over:
     every column of the view and the event's value, event_time and event_type, unqualified."""
+    return (f"SELECT v.*, p.value, p.event_time, p.event_type, p.seq AS _s_seq FROM {_PAIRS} p "
+            f"JOIN {view} v ON v.msisdn = p.msisdn AND v.month = $view_month "
+            f"WHERE p.scene_id = {quote_literal(scene.id)} AND NOT p.stale AND p.known")
+
+
+def _level_sql(scene: Scene, view: str) -> str:
+    """The level of the deepest wave whose ``when`` is true for each of the scene's pairs (NULL: the
+    scene's ``when`` or no wave is true; NULL counts as false)."""
     waves = sorted(scene.waves, key=lambda w: w.level, reverse=True)
     level = "CASE " + " ".join(f"WHEN ({w.when}) THEN {int(w.level)}" for w in waves) + " END"
     if scene.when is not None:
         level = f"CASE WHEN ({scene.when}) THEN {level} END"
-    relation = (f"SELECT v.*, p.value, p.event_time, p.event_type, p.seq AS _s_seq FROM {_PAIRS} p "
-                f"JOIN {view} v ON v.msisdn = p.msisdn AND v.month = $view_month "
-                f"WHERE p.scene_id = {quote_literal(scene.id)} AND NOT p.stale AND p.known")
-    return (f"SELECT _s_seq AS seq, {quote_literal(scene.id)} AS scene_id, CAST({level} AS INTEGER) AS wave_level "
-            f"FROM ({relation}) AS ev")
+    return (f"INSERT INTO {_LEVELS} SELECT _s_seq, {quote_literal(scene.id)}, CAST({level} AS INTEGER) "
+            f"FROM ({_scene_relation(scene, view)}) AS ev")
 
 
-_BLOCKER = """
-    LEFT JOIN {blockers} t ON t.msisdn = o.msisdn AND t.scene_id = o.scene_id {earlier}
-        AND t.wave_level >= o.wave_level AND abs(epoch_us(o.event_time) - epoch_us(t.event_time)) < o.once_per_us"""
+def _probes(scene: Scene, view: str, params: dict[str, Any]) -> tuple[tuple[str, Query], ...]:
+    """(location, query) of each of a scene's conditions alone: the one that fails is named."""
+    relation = _scene_relation(scene, view)
+    conditions = ([(scene.at("when"), scene.when)] if scene.when is not None else []) + [
+        (scene.at(f"waves[{w.level - 1}].when"), w.when) for w in scene.waves]
+    return tuple((where, Query(f"scene:probe:{scene.id}", f"SELECT count(*) FROM ({relation}) AS ev WHERE ({cond})",
+                               params)) for where, cond in conditions)
 
 
-def _blocked_insert(condition: str, batch: str | None) -> str:
-    """Open pairs (``condition``) decided once_per, with the latest-timed trigger of this batch that blocks each."""
-    blocker = _BLOCKER.format(blockers=_DECIDED, earlier=f"AND t.outcome = '{FIRED}' AND t.seq < o.seq")
-    return (f"INSERT INTO {_DECIDED}\n"
-            f"SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, 'once_per', t.event_time, "
-            f"CAST({quote_literal(batch)} AS VARCHAR)\n"
-            f"FROM {_OPEN} o{blocker}\n"
-            f"WHERE {condition}\n"
-            "QUALIFY row_number() OVER (PARTITION BY o.seq, o.scene_id ORDER BY t.event_time DESC NULLS LAST, "
-            "t.seq DESC) = 1")
+def _blocks(trigger: str, pair: str) -> str:
+    """SQL true when the trigger ``trigger`` blocks the matched pair ``pair`` of the same customer and
+    scene: a wave at least as deep, less than once_per days apart (exact microseconds)."""
+    return (f"{trigger}.msisdn = {pair}.msisdn AND {trigger}.scene_id = {pair}.scene_id "
+            f"AND {trigger}.wave_level >= {pair}.wave_level "
+            f"AND abs(epoch_us({pair}.event_time) - epoch_us({trigger}.event_time)) < {pair}.once_per_us")
 
 
 def outcome_queries(scenes: Sequence[Scene], policies: Mapping[str, Policy], *, view_month: str,
@@ -545,7 +549,8 @@ def outcome_queries(scenes: Sequence[Scene], policies: Mapping[str, Policy], *, 
     params = {"view_month": view_month}
     scenes_sql, waves_sql = _catalogue_sql(scenes, policies)
     wm = quote_literal(watermark) if watermark is not None else "CAST(NULL AS TIMESTAMP)"
-    setup: list[Query] = [
+    ledger = f"(SELECT batch, msisdn, scene_id, wave_level, event_time FROM {earlier} WHERE outcome = '{FIRED}')"
+    setup = (
         Query("scene:catalogue", scenes_sql),
         Query("scene:waves", waves_sql),
         Query("scene:unique", f"""
@@ -562,51 +567,62 @@ SELECT u.seq, u.msisdn, u.event_time, u.event_type, u.value, s.scene_id, s.posit
        EXISTS (SELECT 1 FROM {view} v WHERE v.month = $view_month AND v.msisdn = u.msisdn) AS known
 FROM {_UNIQUE} u JOIN {_SCENES} s ON s.event_type = u.event_type
 WHERE NOT u.duplicate""", params),
-    ]
-    levels = "\nUNION ALL\n".join(_level_sql(s, view) for s in scenes) if scenes else \
-        "SELECT CAST(NULL AS BIGINT) AS seq, CAST(NULL AS VARCHAR) AS scene_id, CAST(NULL AS INTEGER) AS wave_level " \
-        "WHERE false"
-    setup.append(Query("scene:levels", f"CREATE OR REPLACE TEMP TABLE {_LEVELS} AS\n{levels}",
-                       params if scenes else {}))
-    ledger = _BLOCKER.format(blockers=f"(SELECT * FROM {earlier} WHERE outcome = '{FIRED}')", earlier="")
-    setup += [
+        Query("scene:levels", f"CREATE OR REPLACE TEMP TABLE {_LEVELS} (seq BIGINT, scene_id VARCHAR, "
+                              "wave_level INTEGER)"),
+        *(Query(f"scene:levels:{s.id}", _level_sql(s, view), params) for s in scenes),
         Query("scene:open", f"""
 CREATE OR REPLACE TEMP TABLE {_OPEN} AS
 SELECT p.seq, p.msisdn, p.scene_id, p.event_time, l.wave_level, p.once_per_us
 FROM {_PAIRS} p JOIN {_LEVELS} l ON l.seq = p.seq AND l.scene_id = p.scene_id
 WHERE l.wave_level IS NOT NULL"""),
-        # a matched pair an earlier batch's trigger blocks: once_per, with the latest-timed blocker
+        # a trigger of an earlier batch blocks whatever its time: a late event cannot sneak in before it
         Query("scene:ledger_blocks", f"""
 CREATE OR REPLACE TEMP TABLE {_DECIDED} AS
-SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, 'once_per' AS outcome,
-       t.event_time AS blocked_by_time, t.batch AS blocked_by_batch
-FROM {_OPEN} o{ledger}
-WHERE t.msisdn IS NOT NULL
-QUALIFY row_number() OVER (PARTITION BY o.seq, o.scene_id ORDER BY t.event_time DESC, t.batch DESC) = 1"""),
-        Query("scene:open_left", f"DELETE FROM {_OPEN} o WHERE EXISTS (SELECT 1 FROM {_DECIDED} d "
+SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, o.once_per_us, 'once_per' AS outcome
+FROM {_OPEN} o WHERE EXISTS (SELECT 1 FROM {ledger} t WHERE {_blocks("t", "o")})"""),
+        Query("scene:undecided", f"DELETE FROM {_OPEN} o WHERE EXISTS (SELECT 1 FROM {_DECIDED} d "
                                  "WHERE d.seq = o.seq AND d.scene_id = o.scene_id)"),
-    ]
+    )
+    fired_before = f"t.outcome = '{FIRED}' AND t.seq < o.seq AND {_blocks('t', 'o')}"
     round_ = (
         Query("scene:next", f"""
 CREATE OR REPLACE TEMP TABLE {_NEXT} AS
 SELECT o.msisdn, o.scene_id, min(o.seq) AS seq
-FROM {_OPEN} o WHERE NOT EXISTS (
-    SELECT 1 FROM {_DECIDED} t WHERE t.msisdn = o.msisdn AND t.scene_id = o.scene_id AND t.outcome = '{FIRED}'
-        AND t.seq < o.seq AND t.wave_level >= o.wave_level
-        AND abs(epoch_us(o.event_time) - epoch_us(t.event_time)) < o.once_per_us)
+FROM {_OPEN} o WHERE NOT EXISTS (SELECT 1 FROM {_DECIDED} t WHERE {fired_before})
 GROUP BY o.msisdn, o.scene_id"""),
-        Query("scene:passed_over", _blocked_insert(
-            f"EXISTS (SELECT 1 FROM {_NEXT} n WHERE n.msisdn = o.msisdn AND n.scene_id = o.scene_id "
-            "AND o.seq < n.seq)", batch)),
+        # the undecided pairs before the one that fires are all blocked by a trigger so far
+        Query("scene:passed_over", f"""
+INSERT INTO {_DECIDED}
+SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, o.once_per_us, 'once_per'
+FROM {_OPEN} o JOIN {_NEXT} n ON n.msisdn = o.msisdn AND n.scene_id = o.scene_id AND o.seq < n.seq"""),
         Query("scene:fire", f"""
 INSERT INTO {_DECIDED}
-SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, '{FIRED}', NULL, NULL
+SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, o.once_per_us, '{FIRED}'
 FROM {_OPEN} o JOIN {_NEXT} n ON n.seq = o.seq AND n.scene_id = o.scene_id"""),
         Query("scene:close", f"DELETE FROM {_OPEN} o WHERE EXISTS (SELECT 1 FROM {_DECIDED} d "
                              "WHERE d.seq = o.seq AND d.scene_id = o.scene_id)"),
     )
+    batch_literal = f"CAST({quote_literal(batch)} AS VARCHAR)"
     finish = (
-        Query("scene:rest", _blocked_insert("true", batch)),
+        # every pair no round fired is blocked by a trigger fired before it
+        Query("scene:rest", f"""
+INSERT INTO {_DECIDED}
+SELECT o.seq, o.msisdn, o.scene_id, o.event_time, o.wave_level, o.once_per_us, 'once_per' FROM {_OPEN} o"""),
+        # the trigger named as the blocker: of all that block the pair, the latest by event_time (this
+        # batch's before an earlier batch's at the same time)
+        Query("scene:blockers", f"""
+CREATE OR REPLACE TEMP TABLE {_BLOCKERS} AS
+WITH triggers AS (
+    SELECT batch, msisdn, scene_id, wave_level, event_time, 0 AS own, 0 AS seq, '{FIRED}' AS outcome FROM {ledger} l
+    UNION ALL
+    SELECT {batch_literal}, msisdn, scene_id, wave_level, event_time, 1, seq, outcome FROM {_DECIDED}
+    WHERE outcome = '{FIRED}'
+)
+SELECT o.seq, o.scene_id, t.event_time AS blocked_by_time, t.batch AS blocked_by_batch
+FROM {_DECIDED} o JOIN triggers t ON (t.own = 0 OR t.seq < o.seq) AND {_blocks("t", "o")}
+WHERE o.outcome = 'once_per'
+QUALIFY row_number() OVER (PARTITION BY o.seq, o.scene_id ORDER BY t.event_time DESC, t.own DESC, t.seq DESC,
+                           t.batch DESC) = 1"""),
         Query("scene:outcomes", f"""
 CREATE OR REPLACE TEMP TABLE {SCENE_OUTCOMES_TEMP} AS
 SELECT seq, msisdn, event_time, event_type, value, scene_id, wave, wave_level, outcome,
@@ -622,13 +638,13 @@ FROM (
     SELECT p.seq, p.msisdn, p.event_time, p.event_type, p.value, p.scene_id, p.position, w.wave, d.wave_level,
            CASE WHEN p.stale THEN 'stale' WHEN NOT p.known THEN 'unknown_customer'
                 WHEN l.wave_level IS NULL THEN 'not_matched' ELSE d.outcome END,
-           d.blocked_by_time, d.blocked_by_batch
+           b.blocked_by_time, b.blocked_by_batch
     FROM {_PAIRS} p
     LEFT JOIN {_LEVELS} l ON l.seq = p.seq AND l.scene_id = p.scene_id
     LEFT JOIN {_DECIDED} d ON d.seq = p.seq AND d.scene_id = p.scene_id
+    LEFT JOIN {_BLOCKERS} b ON b.seq = p.seq AND b.scene_id = p.scene_id
     LEFT JOIN {_WAVES} w ON w.scene_id = d.scene_id AND w.wave_level = d.wave_level
-) AS o
-ORDER BY seq, position"""),
+) AS o"""),
         Query("scene:triggers", f"""
 CREATE OR REPLACE TEMP TABLE {SCENE_TRIGGERS_TEMP} AS
 SELECT o.seq, o.msisdn, CAST(o.msisdn AS BIGINT) AS cust_id, o.scene_id, s.position, o.wave, o.wave_level,
@@ -636,18 +652,33 @@ SELECT o.seq, o.msisdn, CAST(o.msisdn AS BIGINT) AS cust_id, o.scene_id, s.posit
        CAST(row_number() OVER (PARTITION BY o.msisdn ORDER BY s.position, o.wave_level DESC, o.event_time, o.seq)
             AS INTEGER) AS rank
 FROM {SCENE_OUTCOMES_TEMP} o JOIN {_SCENES} s ON s.scene_id = o.scene_id
-WHERE o.outcome = '{FIRED}'
-ORDER BY o.msisdn, rank"""),
+WHERE o.outcome = '{FIRED}'"""),
     )
     return OutcomeQueries(
-        setup=tuple(setup), round=round_, pending=Query("scene:pending", f"SELECT count(*) FROM {_NEXT}"),
+        setup=setup, round=round_, pending=Query("scene:pending", f"SELECT count(*) FROM {_NEXT}"),
         finish=finish + tuple(Query(f"scene:drop:{t}", f"DROP TABLE IF EXISTS {t}") for t in _WORK_TABLES),
         counts=Query("scene:counts", f"SELECT outcome, count(*) FROM {SCENE_OUTCOMES_TEMP} GROUP BY outcome"),
+        probes={f"scene:levels:{s.id}": _probes(s, view, params) for s in scenes},
     )
 
 
 def _run(con: duckdb.DuckDBPyConnection, q: Query) -> duckdb.DuckDBPyConnection:
     return con.execute(q.sql, q.params) if q.params else con.execute(q.sql)
+
+
+def _condition_error(con: duckdb.DuckDBPyConnection, probes: Sequence[tuple[str, Query]],
+                     exc: duckdb.Error) -> RuleError:
+    """A scene's query failed in DuckDB (a cast of a value that is not a number …): the error names the
+    condition that fails on its own (else the scene's first), as a rule's error does."""
+    where = probes[0][0] if probes else "scene"
+    for at, probe in probes:
+        try:
+            _run(con, probe).fetchall()
+        except duckdb.Error:
+            where = at
+            break
+    lines = str(exc).strip().splitlines()
+    return RuleError(f"{where}: DuckDB: {lines[0] if lines else type(exc).__name__}")
 
 
 def run_outcomes(con: duckdb.DuckDBPyConnection, queries: OutcomeQueries) -> dict[str, int]:
@@ -657,7 +688,12 @@ def run_outcomes(con: duckdb.DuckDBPyConnection, queries: OutcomeQueries) -> dic
     and scene), never over events.
     """
     for q in queries.setup:
-        _run(con, q)
+        try:
+            _run(con, q)
+        except duckdb.Error as exc:
+            if q.name not in queries.probes or isinstance(exc, duckdb.InterruptException):
+                raise
+            raise _condition_error(con, queries.probes[q.name], exc) from None
     while True:
         for q in queries.round:
             _run(con, q)

@@ -119,5 +119,28 @@ SCENE_TRIGGERS_TEMP = "_s_triggers"
 #: What a batch decided for an event (per listening scene), in the order they are checked.
 SCENE_OUTCOMES = ("duplicate", "no_scene", "stale", "unknown_customer", "not_matched", "once_per", "fired")
 FIRED = "fired"
+#: The ledger (scene_files): one row per processed event file (key: checksum), written by the publish unit.
+SCENE_FILES_KEY = "checksum"
+SCENE_FILES_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("checksum", "VARCHAR"), ("file_name", "VARCHAR"), ("path", "VARCHAR"), ("size", "BIGINT"),
+    ("rows", "BIGINT"), ("first_event", "TIMESTAMP"), ("last_event", "TIMESTAMP"), ("batch", "VARCHAR"),
+    ("cycle_date", "DATE"), ("processed_at", "TIMESTAMP"),
+)
+#: scene_events: every event of every batch with its outcome (per listening scene) and delivery.
+SCENE_EVENTS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("batch", "VARCHAR"), ("seq", "BIGINT"), ("msisdn", "VARCHAR"), ("event_time", "TIMESTAMP"),
+    ("event_type", "VARCHAR"), ("value", "DOUBLE"), ("scene_id", "VARCHAR"), ("wave", "VARCHAR"),
+    ("wave_level", "INTEGER"), ("outcome", "VARCHAR"), ("blocked_by_time", "TIMESTAMP"),
+    ("blocked_by_batch", "VARCHAR"), ("policy_id", "VARCHAR"), ("delivery", "VARCHAR"), ("channel", "VARCHAR"),
+    ("blocked_at", "VARCHAR"), ("held_kind", "VARCHAR"),
+)
+#: _s_events: a batch's events as loaded, seq = 1.. in the batch's order.
+EVENT_COLUMNS = ("seq", "msisdn", "event_time", "event_type", "value")
+#: _s_outcomes: one row per duplicate / no_scene event, else one per event × listening scene.
+OUTCOME_COLUMNS = ("seq", "msisdn", "event_time", "event_type", "value", "scene_id", "wave", "wave_level",
+                   "outcome", "blocked_by_time", "blocked_by_batch")
+#: _s_triggers: the fired rows, with what the contact policy needs.
+TRIGGER_COLUMNS = ("seq", "msisdn", "cust_id", "scene_id", "position", "wave", "wave_level", "policy_id",
+                   "policy_name", "script", "channels", "event_time", "event_type", "value", "rank")
 #: Names of a folder's files that are not (yet) event files: hidden, or still being written.
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
