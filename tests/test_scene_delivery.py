@@ -15,19 +15,26 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
-from conftest import MATRICES
+from conftest import ENV, FIXTURES, MATRICES, D, M, mktool, write_table
 
 from mktool.config import Settings
 from mktool.database import Database
+from mktool.errors import Interrupted, MktoolError
 from mktool.project import Project, load_project
+from mktool.publish import FAULT_POINTS
 from mktool.rules import Channel, ChannelConfig, ContactPolicy, Policy, Scene, Wave
 from mktool.scene import Batch
-from mktool.scenedelivery import batch_folder, deliver_batch, scene_cycle
+from mktool.scenedelivery import SceneRun, batch_folder, deliver_batch, run_scene_files, scene_cycle
 from mktool.schema import SCENE_OUTCOMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -389,3 +396,220 @@ def test_manifest_names_the_lists_the_event_file_and_the_rules(world) -> None:
     assert "scenes.yaml" in manifest["rule_files"] and "duckdb" in manifest["engines"]
     funnel = json.loads((folder / "funnel.json").read_text(encoding="utf-8"))
     assert manifest["funnels"] == funnel["funnels"]
+
+
+# == a real batch on the fixtures' Quick start database (run_scene_files) ==========================
+SCENE_POLICIES = {
+    "SC_TOPUP": Policy("SC_TOPUP", "预存送费 充50送10", "scene", holdout=0.5),
+    "SC_MIN": Policy("SC_MIN", "保底消费", "scene", channels=("inbound",)),
+}
+QUICK_SCENES = (
+    dataclasses.replace(SCENES[0], id="low", policy="SC_TOPUP", position=1),
+    dataclasses.replace(SCENES[3], id="hot", policy="SC_MIN", position=2),
+)
+# Customers of the view (no dnd, no October contact); draws of md5 below (hand-checked in a test):
+LISTED_A, LISTED_B, HELD, UNIVERSAL, CALLER = "13800000022", "13800000033", "13800000004", "13800000069", "13800000041"
+FILE_A = [  # balance_low of four customers on 2026-10-30 (wave below_10)
+    {"msisdn": m, "event_time": dt.datetime(2026, 10, 30, 10, i), "event_type": "balance_low", "value": 8.0}
+    for i, m in enumerate((LISTED_A, LISTED_B, HELD, UNIVERSAL))]
+FILE_B = [  # the next day: LISTED_A's balance falls below 5 (wave below_5), CALLER calls the hotline
+    {"msisdn": LISTED_A, "event_time": dt.datetime(2026, 10, 31, 8, 0), "event_type": "balance_low", "value": 4.0},
+    {"msisdn": CALLER, "event_time": dt.datetime(2026, 10, 31, 9, 0), "event_type": "hotline_call", "value": 1.0},
+]
+
+
+def quick_project(shipped: Project) -> Project:
+    rules = dataclasses.replace(shipped.rules, policies={**shipped.policies, **SCENE_POLICIES}, scenes=QUICK_SCENES)
+    return dataclasses.replace(shipped, rules=rules)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> Path:
+    """The fixtures through `mktool run` (cycle 2026-11-01): a scored view, contacts, lists."""
+    root = tmp_path_factory.mktemp("scene_quick")
+    done = mktool("run", "--month", M, "--ingest", str(FIXTURES), "--date", D, "--out", str(root / "out"),
+                  "--matrices", str(MATRICES), "--db", str(root / "mk.duckdb"), "--quiet", "--no-report")
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def quick_world(quick: Path, to: Path) -> tuple[Path, Path, Path]:
+    """A copy of the Quick start database and lists, and a folder of event files A and B."""
+    to.mkdir(parents=True, exist_ok=True)
+    shutil.copy(quick / "mk.duckdb", to / "mk.duckdb")
+    shutil.copytree(quick / "out", to / "out", symlinks=True)
+    events = to / "events"
+    write_table(events / "events-2026-10-30.parquet", "events", FILE_A)
+    write_table(events / "events-2026-10-31.parquet", "events", FILE_B)
+    return to / "mk.duckdb", to / "out", events
+
+
+def run_files(db: Path, project: Project, paths: list[Path], out: Path, **kw: Any) -> SceneRun:
+    with Database(settings(db), write=True) as database:
+        return run_scene_files(database, project, paths, out_dir=out, **kw)
+
+
+def test_the_quick_start_customers_draws() -> None:
+    assert md5_draw(HELD, "SC_TOPUP", MONTH) < 0.5 <= min(md5_draw(LISTED_A, "SC_TOPUP", MONTH),
+                                                          md5_draw(LISTED_B, "SC_TOPUP", MONTH))
+    assert md5_draw(UNIVERSAL, "mktool-universal") < 0.02  # the shipped universal_holdout
+    assert all(md5_draw(m, "mktool-universal") >= 0.02 for m in (LISTED_A, LISTED_B, HELD, CALLER))
+
+
+def test_new_files_in_event_order_skipped_copies_refused_files_and_the_others_processed(quick, tmp_path,
+                                                                                          shipped) -> None:
+    db, out, events = quick_world(quick, tmp_path)
+    project = quick_project(shipped)
+    shutil.copy(events / "events-2026-10-31.parquet", events / "late-copy.parquet")  # same bytes, another name
+    (events / "broken.parquet").write_bytes(b"not parquet at all")
+    (events / ".hidden.parquet").write_bytes(b"ignored")
+    run = run_files(db, project, [events], out)
+    assert [b.file.name for b in run.batches] == ["events-2026-10-30.parquet", "events-2026-10-31.parquet"]
+    assert [(p.name, e.file_name) for p, e in run.skipped] == [("late-copy.parquet", "events-2026-10-31.parquet")]
+    assert [p.name for p, _ in run.refused] == ["broken.parquet"] and "broken.parquet" in str(run.refused[0][1])
+    a, b = run.batches
+    assert (a.lists, a.held_out) == ({"sms": 2, "inbound": 0}, {"sms": 2, "inbound": 0})
+    # LISTED_A's wave below_5 fires, but batch A's sms contact used the shipped sms contact_cap (1)
+    assert (b.lists, b.cycle_date, b.outcomes["fired"]) == ({"sms": 0, "inbound": 1}, dt.date(2026, 10, 31), 2)
+    assert a.folder == out / "scenes" / "2026-10-30" / a.batch_id and (a.folder / "manifest.json").is_file()
+    assert query(db, "SELECT wave, delivery, blocked_at FROM scene_events WHERE batch = ? AND msisdn = ?",
+                 [b.batch_id, LISTED_A]) == [("below_5", "blocked", "contact_cap")]
+    sms_a = read_list(a.folder / "sms.csv")  # the scene list's fixed columns, not the channel's `columns:`
+    assert [(r["msisdn"], r["wave"], r["event_value"], r["event_time"]) for r in sms_a] == [
+        (LISTED_A, "below_10", "8.0", "2026-10-30 10:00:00"), (LISTED_B, "below_10", "8.0", "2026-10-30 10:01:00")]
+    inbound_b = read_list(b.folder / "inbound.csv")
+    assert [(r["msisdn"], r["policy_id"], r["scene_id"]) for r in inbound_b] == [(CALLER, "SC_MIN", "hot")]
+    assert read_list(a.folder / "inbound.csv") == [] and (a.folder / "inbound.csv").read_text().startswith("msisdn,")
+    sent = query(db, "SELECT msisdn, contact_date, channel, policy_id, cycle FROM contact_history "
+                     "WHERE cycle LIKE 'scene:%' ORDER BY contact_date, msisdn")
+    assert sent == [(LISTED_A, dt.date(2026, 10, 30), "sms", "SC_TOPUP", f"scene:{a.batch_id}"),
+                    (LISTED_B, dt.date(2026, 10, 30), "sms", "SC_TOPUP", f"scene:{a.batch_id}")]
+    assert query(db, "SELECT msisdn, kind, cycle FROM holdouts WHERE cycle LIKE 'scene:%' ORDER BY msisdn") == [
+        (HELD, "policy", f"scene:{a.batch_id}"), (UNIVERSAL, "universal", f"scene:{a.batch_id}")]
+    assert query(db, "SELECT batch, file_name FROM scene_files ORDER BY first_event") == [
+        (a.batch_id, "events-2026-10-30.parquet"), (b.batch_id, "events-2026-10-31.parquet")]
+    again = run_files(db, project, [events], out)  # everything is in the ledger now
+    assert again.batches == [] and len(again.skipped) == 3 and [p.name for p, _ in again.refused] == ["broken.parquet"]
+
+
+def test_stop_is_asked_between_batches_and_the_rest_waits_for_the_next_invocation(quick, tmp_path, shipped) -> None:
+    db, out, events = quick_world(quick, tmp_path)
+    project = quick_project(shipped)
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 1  # a SIGTERM during the first batch
+
+    first = run_files(db, project, [events], out, stop=stop)
+    assert [b.file.name for b in first.batches] == ["events-2026-10-30.parquet"] and first.stopped
+    assert query(db, "SELECT count(*) FROM scene_files") == [(1,)]
+    rest = run_files(db, project, [events], out)
+    assert [b.file.name for b in rest.batches] == ["events-2026-10-31.parquet"]
+    assert [p.name for p, _ in rest.skipped] == ["events-2026-10-30.parquet"]
+
+
+# == one publish unit: interrupted anywhere, finished or undone; a re-run converges ================
+def state(db: Path) -> dict[str, Any]:
+    """Every table's rows (hashed), but the ledger's wall clock (processed_at) and the event file's path (each
+    world is in its own folder), and publish_log's run ids."""
+    con = duckdb.connect(str(db))
+    try:
+        out = {}
+        for (table,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                                    "AND table_name <> 'publish_log' ORDER BY 1").fetchall():
+            cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall() if r[0] not in ("processed_at", "path")]
+            row = ", ".join(f'"{c}"' for c in cols)
+            out[table] = con.execute(f"SELECT count(*), md5(coalesce(string_agg(CAST(({row}) AS VARCHAR), chr(10) "
+                                     f"ORDER BY CAST(({row}) AS VARCHAR)), '')) FROM \"{table}\"").fetchone()
+        return out
+    finally:
+        con.close()
+
+
+def files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a final (not hidden) name, manifest.json aside (its run id and time)."""
+    if not folder.exists():
+        return {}
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+
+
+def one_file_world(quick: Path, to: Path) -> tuple[Path, Path, Path]:
+    db, out, events = quick_world(quick, to)
+    (events / "events-2026-10-31.parquet").unlink()
+    return db, out, events
+
+
+@pytest.fixture(scope="module")
+def reference(quick, tmp_path_factory, shipped) -> dict[str, Any]:
+    """Batch A nobody interrupts: (state, files) before and after."""
+    db, out, events = one_file_world(quick, tmp_path_factory.mktemp("scene_reference"))
+    before = (state(db), files(out))
+    run = run_files(db, quick_project(shipped), [events], out)
+    assert len(run.batches) == 1
+    return {"before": before, "after": (state(db), files(out)), "folder": run.batches[0].folder.relative_to(out)}
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+import test_scene_delivery as t
+from mktool.project import load_project
+t.run_files(Path(sys.argv[1]), t.quick_project(load_project(t.MATRICES)), [Path(sys.argv[3])], Path(sys.argv[2]))
+"""
+COMMITTED_AT = FAULT_POINTS.index("after_commit")
+FAULTS = [(p, k) for p in FAULT_POINTS for k in ("interrupt", "enospc")] + [
+    (p, "kill") for p in ("write_list", "journal", "before_commit", "after_commit", "between_renames")]
+
+
+@pytest.mark.parametrize(("point", "kind"), FAULTS, ids=[f"{p}-{k}" for p, k in FAULTS])
+def test_an_interrupted_batch_leaves_all_or_nothing_and_a_rerun_converges(quick, reference, shipped, tmp_path,
+                                                                           monkeypatch, point, kind) -> None:
+    db, out, events = one_file_world(quick, tmp_path)
+    project = quick_project(shipped)
+    committed = FAULT_POINTS.index(point) >= COMMITTED_AT
+    if kind == "kill":
+        env = {**ENV, "MKTOOL_FAULT": f"{point}:kill",
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), ENV.get("PYTHONPATH", "")])}
+        done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(db), str(out), str(events)], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == -signal.SIGKILL, done.stderr
+    else:
+        monkeypatch.setenv("MKTOOL_FAULT", f"{point}:{kind}")
+        expected: Any = (Interrupted if committed else KeyboardInterrupt) if kind == "interrupt" else MktoolError
+        with pytest.raises(expected) as err:
+            run_files(db, project, [events], out)
+        monkeypatch.delenv("MKTOOL_FAULT")
+        if kind == "enospc":
+            assert ("were committed" in str(err.value)) == committed
+            assert ("nothing was recorded" in str(err.value)) == (not committed)
+    with Database(settings(db), write=False):  # the next command, a reader, finishes a committed publish
+        pass
+    if committed:
+        assert (state(db), files(out)) == reference["after"]
+    else:
+        assert (state(db), files(out)) == reference["before"]
+        if kind != "kill":  # undone on the spot, no empty folder left behind either (a kill leaves hidden names)
+            assert not (out / "scenes").exists()
+    again = run_files(db, project, [events], out)
+    assert len(again.batches) == (0 if committed else 1) and len(again.skipped) == (1 if committed else 0)
+    assert (state(db), files(out)) == reference["after"]
+    folder = out / reference["folder"]  # nothing hidden left behind: no staging folder, no journal
+    assert sorted(p.name for p in folder.iterdir()) == ["funnel.json", "inbound.csv", "manifest.json", "sms.csv"]
+
+
+def test_a_rerun_into_another_folder_gives_the_same_bytes(quick, reference, shipped, tmp_path) -> None:
+    """Same database, same files: byte-identical lists and funnel.json, the same records (the ledger's clock aside)."""
+    db, out, events = one_file_world(quick, tmp_path / "a")
+    other = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", other, symlinks=True)
+    run_files(db, quick_project(shipped), [events], out)
+    run_files(other / "mk.duckdb", quick_project(shipped), [other / "events"], other / "out")
+    assert files(out) == files(other / "out") == reference["after"][1]
+    assert state(db) == state(other / "mk.duckdb")
+    first, second = (json.loads((o / reference["folder"] / "manifest.json").read_text(encoding="utf-8"))
+                     for o in (out, other / "out"))
+    assert first["outputs"] == {**second["outputs"], **{k: {**v, "run_id": first["run_id"]}
+                                                         for k, v in second["outputs"].items()}}
