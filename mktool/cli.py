@@ -1158,7 +1158,8 @@ def check_cmd(
 ) -> None:
     """Validate every rule and model file of the matrices folder, reporting all problems.
 
-    scores.yaml, plan.yaml, policies.yaml, channels.yaml and every matrix: YAML syntax,
+    scores.yaml, plan.yaml, policies.yaml, channels.yaml, every matrix and the scene files
+    (scenes.yaml, scenes/*.yaml): YAML syntax,
     unknown keys, SQL (columns, types, forbidden constructs), policy and channel references,
     duplicates. Exit 1 on errors; warnings exit 0 unless --strict (exit 5).
 
@@ -1194,6 +1195,8 @@ def check_cmd(
                           f"{len(report.rules.matrices)} matrices, "
                           f"{n_rules} rules, {len(report.rules.policies)} policies, "
                           f"{len(report.rules.channels.channels)} channels"
+                          + (f", {len(report.rules.scenes)} scene{'s' if len(report.rules.scenes) != 1 else ''}"
+                             if report.rules.scenes else "")
                           + (f"; {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""))
     if warnings and strict:
         raise CheckFailed(f"check found {len(warnings)} warning{'s' if len(warnings) != 1 else ''} (--strict)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import pytest
 from conftest import MATRICES
 from test_matrices import POLICIES, write_matrices
 
+from mktool.errors import ConfigError
 from mktool.project import load_project, validate_all
 from mktool.rules import SCENE_EVENT_COLUMNS, matrix_files, scene_files
+from mktool.ruletest import CaseResult, coverage_problems, result_document, run_tests
 
 # The worked example's catalogue plus two scene policies (family scene: no matrix may offer them).
 SCENE_POLICIES = POLICIES.replace("groups:", """\
@@ -343,3 +346,151 @@ def test_scene_policy_family_stays_out_of_matrices() -> None:
         """)
     error = one({"retention.yaml": retention_with_scene_policy})
     assert "'SC_TOPUP' is a scene policy in policies.yaml, but matrix 'retention' is family retention" in error
+
+
+# -- mktool test: scene cases through the trigger step's own queries ----------------------------------------
+def scene_run(folder: Path) -> dict[str, CaseResult]:
+    run = run_tests(folder, pattern="scenes")
+    results = {r.case.name: r for r in run.results}
+    assert len(results) == len(run.results)  # case names are unique
+    return results
+
+
+def test_shipped_scene_cases_pass_and_cover_every_default_scene() -> None:
+    results = scene_run(MATRICES)
+    assert len(results) >= 30 and all(r.ok for r in results.values()), [
+        (n, r.message) for n, r in results.items() if not r.ok]
+    fires: set[str] = set()
+    does_not: set[str] = set()
+    outcomes: dict[str, set[str]] = {}
+    for r in results.values():
+        for a in r.actual:
+            (fires if a["outcome"] == "fired" else does_not).add(a["scene"])
+            outcomes.setdefault(a["scene"], set()).add(a["outcome"])
+    ids = {s.id for s in load_project(MATRICES).scenes}
+    assert ids <= fires and ids <= does_not
+    for sid in ids:  # every scene: the edge of expires_after and of once_per
+        assert {"fired", "stale", "once_per"} <= outcomes[sid], (sid, outcomes[sid])
+    assert {"not_matched"} <= outcomes["balance_low_prepay"]
+    wave2 = results["wave below_5 fires after wave below_10, within once_per"]
+    assert wave2.actual == [{"scene": "balance_low_prepay", "wave": "below_5", "outcome": "fired",
+                             "blocked_by_time": None, "blocked_by_batch": None}]
+    blocked = results["below_10 again within 30 days of a below_10 trigger is once_per"]
+    assert blocked.actual[0]["blocked_by_time"] == dt.datetime(2026, 10, 1, 10, 0)
+    assert blocked.actual[0]["blocked_by_batch"] == "earlier"
+
+
+def test_a_changed_scene_fails_exactly_the_cases_at_its_edges(tmp_path: Path) -> None:
+    folder = tmp_path / "rules"
+    shutil.copytree(MATRICES, folder)
+    text = (folder / "scenes.yaml").read_text(encoding="utf-8")
+    text = text.replace('{id: below_5, when: "value < 5"}', '{id: below_5, when: "value <= 5"}')
+    text = text.replace("    expires_after: 6h\n", "    expires_after: 7h\n")  # data_90pct_pack
+    text = text.replace("    expires_after: 1h\n    once_per: 7\n\n  # 漫游", "    expires_after: 1h\n    once_per: 8\n"
+                        "\n  # 漫游")  # data_100pct_daypack: once_per 8
+    (folder / "scenes.yaml").write_text(text, encoding="utf-8")
+    failed = {n: r for n, r in scene_run(folder).items() if not r.ok}
+    assert set(failed) == {"exactly 5 yuan is still wave below_10",
+                           "6 hours and 1 second behind the watermark is stale",
+                           "fires again exactly 7 days after the last day pack trigger"}, failed
+    assert failed["exactly 5 yuan is still wave below_10"].message == (
+        "scene balance_low_prepay, event balance_low value 5 at 2026-10-05 10:00:00: expected balance_low_prepay "
+        "fired wave below_10, got balance_low_prepay fired wave below_5")
+    assert failed["6 hours and 1 second behind the watermark is stale"].message.endswith(
+        "watermark 2026-10-13 00:30:01: expected data_90pct_pack stale, got data_90pct_pack fired wave 1")
+    assert failed["fires again exactly 7 days after the last day pack trigger"].message.endswith(
+        "expected data_100pct_daypack fired wave 1, got data_100pct_daypack once_per wave 1 (blocked by the trigger "
+        "of 2026-10-13 21:15:00, batch earlier)")
+    assert all(r.status == "fail" for r in failed.values())
+
+
+def test_scene_case_mistakes_are_errors_naming_the_case() -> None:
+    cases = """\
+        month: "2026-10"
+        scene: low_balance
+        cases:
+          - {case: unknown scene, scene: low_balanse, event: {value: 1, event_time: 2026-10-05 10:00:00},
+             expect: no trigger}
+          - {case: unknown wave, event: {value: 1, event_time: 2026-10-05 10:00:00}, expect: {wave: below_1}}
+          - {case: bad outcome, event: {value: 1, event_time: 2026-10-05 10:00:00}, expect: {outcome: stail}}
+          - case: earlier without its wave
+            event: {value: 1, event_time: 2026-10-05 10:00:00}
+            earlier: [{event_time: 2026-10-04 10:00:00}]
+            expect: no trigger
+          - {case: unknown column, customer: {arpu3m: 1}, event: {value: 1, event_time: 2026-10-05 10:00:00},
+             expect: no trigger}
+          - {case: fine, customer: {payment: prepaid, churn_flag: true},
+             event: {value: 1, event_time: 2026-10-05 10:00:00}, expect: {wave: below_5}}
+        """
+    folder = write_matrices(Path("matrices"), {"policies.yaml": SCENE_POLICIES, "scenes.yaml": GOOD})
+    (folder / "tests").mkdir()
+    (folder / "tests" / "scenes.yaml").write_text(textwrap.dedent(cases), encoding="utf-8")
+    results = {r.case.name: r for r in run_tests(folder).results}
+    f = "matrices/tests/scenes.yaml"
+    assert {n: (r.status, r.message) for n, r in results.items()} == {
+        "unknown scene": ("error", f"{f}: case \"unknown scene\": scene: unknown scene 'low_balanse' (did you mean "
+                                   "'low_balance'?) (scenes: low_balance)"),
+        "unknown wave": ("error", f"{f}: case \"unknown wave\": expect[0]: wave: 'below_1' is not a wave of scene "
+                                  "low_balance (did you mean 'below_10'?) (waves: below_10, below_5)"),
+        "bad outcome": ("error", f"{f}: case \"bad outcome\": expect[0]: outcome: 'stail' is not an outcome (did you "
+                                 "mean 'stale'?) (outcomes: duplicate, stale, unknown_customer, not_matched, once_per, "
+                                 "fired, no_scene)"),
+        "earlier without its wave": ("error", f"{f}: case \"earlier without its wave\": earlier[0]: wave: missing: "
+                                              "scene low_balance has waves below_10, below_5"),
+        "unknown column": ("error", f"{f}: case \"unknown column\": customer: arpu3m: unknown customer_view column "
+                                    "(did you mean 'arpu_3m'?)"),
+        "fine": ("pass", ""),
+    }
+
+
+def test_scene_case_file_refusals() -> None:
+    folder = write_matrices(Path("matrices"), {"policies.yaml": SCENE_POLICIES, "scenes.yaml": GOOD})
+    (folder / "tests").mkdir()
+    bad = folder / "tests" / "scenes.yaml"
+    bad.write_text("scene: low_balance\ncases:\n  - {case: no time, event: {value: 1}, expect: no trigger}\n",
+                   encoding="utf-8")
+    with pytest.raises(ConfigError, match=r'matrices/tests/scenes.yaml: case "no time": event: event_time: missing'):
+        run_tests(folder)
+    bad.write_text("scene: low_balance\ncases:\n  - {case: typo, event: {value: 1, event_tme: 2026-10-01}, "
+                   "expect: no trigger}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"unknown key 'event_tme' \(did you mean 'event_time'\?\)"):
+        run_tests(folder)
+    bad.write_text("scene: low_balance\ncases:\n  - {case: zone, event: {value: 1, event_time: "
+                   "'2026-10-01 10:00:00+08:00'}, expect: no trigger}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="without a time zone"):
+        run_tests(folder)
+
+
+def test_mktool_test_json_lists_scene_cases(cli) -> None:
+    result = cli("test", "balance_low", "--matrices", str(MATRICES), "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    scopes = {c["scope"] for c in doc["cases"]}
+    assert scopes == {"scene balance_low_prepay"} and doc["failed"] == 0 and doc["passed"] >= 10
+    first = doc["cases"][0]
+    assert first["actual"] == [{"scene": "balance_low_prepay", "wave": "below_10", "outcome": "fired",
+                                "blocked_by_time": None, "blocked_by_batch": None}]
+
+
+def test_strict_coverage_names_a_scene_without_a_non_firing_case() -> None:
+    folder = write_matrices(Path("matrices"), {"policies.yaml": SCENE_POLICIES, "scenes.yaml": GOOD})
+    (folder / "tests").mkdir()
+    (folder / "tests" / "scenes.yaml").write_text(
+        'month: "2026-10"\nscene: low_balance\ncases:\n'
+        "  - {case: fires, customer: {payment: prepaid, churn_flag: true},\n"
+        "     event: {value: 9, event_time: 2026-10-05 10:00:00}, expect: {wave: below_10}}\n", encoding="utf-8")
+    run = run_tests(folder)
+    assert [r.status for r in run.results] == ["pass"]
+    assert ("matrices/scenes.yaml", "low_balance", True, False) in [
+        (c["file"], c["scene"], c["fires"], c["does_not_fire"]) for c in result_document(run)["scene_coverage"]]
+    assert "matrices/scenes.yaml: scene low_balance: no passing test case where an event of its type does not fire " \
+           "it (expect: {scene: X, outcome: not_matched} or stale)" in coverage_problems(run)
+    shipped = result_document(run_tests(MATRICES))["scene_coverage"]
+    assert len(shipped) == 5 and all(c["fires"] and c["does_not_fire"] for c in shipped)
+
+
+def test_check_counts_the_scenes(cli) -> None:
+    write_matrices(Path("matrices"), {"policies.yaml": SCENE_POLICIES, "scenes.yaml": GOOD})
+    result = cli("check", "--matrices", "matrices")
+    assert result.exit_code == 0, result.output
+    assert "matrices: 10 files OK: 5 matrices, 11 rules, 11 policies, 5 channels, 1 scene" in result.stderr

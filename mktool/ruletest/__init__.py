@@ -42,6 +42,21 @@ Case files (keys; everything but ``cases`` / ``plan_cases`` is optional)::
         expect: {plan_id: ZX158, new_total: 228.00, total_fee_change: 1.0364, rental_change: "123%"}
         # or expect: no plan, with stage: data_ge_min (the funnel stage the customer fails)
 
+Scene cases (issue 14; docs/scenes.md): a case with an ``event:`` (or any case of a file with a
+file-level ``scene:``) is one event of one case customer, decided by the trigger step's own
+queries (:func:`mktool.scene.outcome_queries` / :func:`~mktool.scene.run_outcomes`) over the case
+customers as customer_view and their earlier triggers as scene_events::
+
+    scene: balance_low_prepay     # default scope of the file's scene cases (optional)
+    cases:
+      - case: wave below_5 fires after wave below_10
+        scene: balance_low_prepay   # the scene under test; leave out to see every scene of the event's type
+        customer: {payment: prepaid, churn_flag: true}
+        event: {value: 4, event_time: 2026-10-05 20:00:00}    # event_type: the scene's unless given
+        earlier: [{wave: below_10, event_time: 2026-10-05 08:00:00}]  # fired in an earlier batch
+        watermark: 2026-10-05 20:30:00   # the batch's clock (stale); default: none, nothing is stale
+        expect: {wave: below_5}     # or [{scene, wave}, ...], `no trigger`, {outcome: stale}, ...
+
 A matrix file may one day carry its own ``tests:`` list (same case keys, scope: that matrix);
 :func:`discover` reads it, but mktool.rules does not accept the key yet.
 
@@ -50,8 +65,8 @@ The package, by role (each module imports only the ones listed before it):
 * :mod:`~mktool.ruletest.cases`: reading test files into :class:`Case` / :class:`CaseFile`;
 * :mod:`~mktool.ruletest.customers`: the synthetic customer view (:class:`CustomerBuilder`)
   in a private in-memory database (:class:`MemoryDatabase`);
-* :mod:`~mktool.ruletest.judging`: running cases against the matrices and the plan, judging
-  the outcome (:func:`run_tests`, :class:`TestRun`);
+* :mod:`~mktool.ruletest.judging`: running cases against the matrices, the plan and the scenes,
+  judging the outcome (:func:`run_tests`, :class:`TestRun`);
 * :mod:`~mktool.ruletest.reports`: the run as data (JSON document, JUnit XML, coverage gaps).
 
 What ``mktool test`` prints is rendered by :mod:`mktool.render`.

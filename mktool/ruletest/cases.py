@@ -7,6 +7,7 @@ checked against the rule set when the case runs (:mod:`mktool.ruletest.judging`)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 from collections.abc import Iterable
@@ -23,8 +24,16 @@ from mktool.yamlio import load_yaml, unknown_keys
 ALL = "all"  # matrix scope: the full ranked recommendation of every matrix
 NO_OFFER = ("no offer", "no offers", "none", "nothing")
 NO_PLAN = ("no plan", "none", "nothing")
-FILE_KEYS = {"month", "matrix", "customer", "cases", "plans", "plans_file", "plan_cases", "doc", "description"}
+FILE_KEYS = {"month", "matrix", "scene", "customer", "cases", "plans", "plans_file", "plan_cases", "doc",
+             "description"}
 CASE_KEYS = {"case", "rule", "matrix", "customer", "expect", "includes", "excludes", "doc", "description"}
+# Scene cases (issue 14 §7): an event, a partial customer, earlier triggers, the expected trigger.
+SCENE_CASE_KEYS = {"case", "scene", "customer", "event", "earlier", "watermark", "expect", "doc", "description"}
+EVENT_KEYS = {"event_type", "value", "event_time"}
+EARLIER_KEYS = {"scene", "wave", "event_time"}
+TRIGGER_KEYS = {"scene", "wave", "outcome"}
+NO_TRIGGER = ("no trigger", "no triggers", "none", "nothing")
+ALL_SCENES = "all scenes"
 PLAN_CASE_KEYS = {"case", "customer", "config", "expect", "stage", "doc", "description"}
 OFFER_KEYS = {"policy", "rule", "rank", "group", "matrix", "script"}
 PRIORITY_KEYS = {"rule", "order"}
@@ -49,6 +58,10 @@ class Case:
     excludes: Any = None
     config: dict[str, Any] = field(default_factory=dict)  # plan overrides
     stage: str | None = None  # plan: the stage a `no plan` customer fails
+    scene: str | None = None  # scene cases: the scene under test (None: every scene of the event's type)
+    event: dict[str, Any] = field(default_factory=dict)  # scene cases: event_type, value, event_time
+    earlier: list[dict[str, Any]] = field(default_factory=list)  # scene cases: earlier triggers {scene, wave, time}
+    watermark: dt.datetime | None = None  # scene cases: the clock of the batch (None: no earlier batch)
 
     @property
     def msisdn(self) -> str:
@@ -62,6 +75,8 @@ class Case:
     def scope(self) -> str:
         if self.kind == "plan":
             return "plan"
+        if self.kind == "scene":
+            return f"scene {self.scene}" if self.scene else ALL_SCENES
         return "all matrices" if self.matrix == ALL else f"matrix {self.matrix}"
 
 
@@ -90,7 +105,63 @@ def _mapping(value: Any, where: str, file: str) -> dict[str, Any]:
     return {str(k): v for k, v in value.items()}
 
 
-def _read_cases(raw: Any, *, file: str, default_matrix: str | None, start: int, where: str) -> list[Case]:
+def _timestamp(value: Any, where: str, file: str) -> dt.datetime:
+    """A YAML timestamp (``2026-10-05 10:00:00``, quoted or not; a date is its midnight)."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = dt.datetime.fromisoformat(value.strip())
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            raise ConfigError(f"{where}: write the wall-clock time without a time zone (the events' event_time is "
+                              f"China Standard Time), got {value.isoformat()}", file=file)
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    raise ConfigError(f"{where}: expected a timestamp such as 2026-10-05 10:00:00, got {value!r}", file=file)
+
+
+def _read_scene_case(rc: dict[str, Any], *, name: str, file: str, default_scene: str | None, no: int) -> Case:
+    """A scene case: ``event`` (event_type: the scene's by default), ``earlier`` triggers, ``watermark``."""
+    at = f'case "{name}"'
+    unknown_keys(rc, SCENE_CASE_KEYS, file=Path(file), at=at)
+    if rc.get("expect") is None:
+        raise ConfigError(f"{at}: expect: missing: the trigger(s) ({{scene: X, wave: W}}), or `no trigger`",
+                          file=file)
+    event = _mapping(rc.get("event"), f"{at}: event", file)
+    unknown_keys(event, EVENT_KEYS, file=Path(file), at=f"{at}: event")
+    if event.get("event_time") is None:
+        raise ConfigError(f"{at}: event: event_time: missing (e.g. event_time: 2026-10-05 10:00:00)", file=file)
+    event["event_time"] = _timestamp(event["event_time"], f"{at}: event: event_time", file)
+    value = event.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{at}: event: value: expected a number (or leave it out: NULL), got {value!r}", file=file)
+    if event.get("event_type") is not None:
+        event["event_type"] = str(event["event_type"]).strip()
+    raw_earlier = rc.get("earlier") or []
+    if not isinstance(raw_earlier, list):
+        raise ConfigError(f"{at}: earlier: expected a list of earlier triggers {{wave, event_time}}", file=file)
+    earlier = []
+    for i, item in enumerate(raw_earlier):
+        where = f"{at}: earlier[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a mapping with wave and event_time, got {item!r}", file=file)
+        unknown_keys(item, EARLIER_KEYS, file=Path(file), at=where)
+        if item.get("event_time") is None:
+            raise ConfigError(f"{where}: event_time: missing: when the earlier trigger's event happened", file=file)
+        earlier.append({"scene": str(item["scene"]) if item.get("scene") is not None else None,
+                        "wave": str(item["wave"]) if item.get("wave") is not None else None,
+                        "event_time": _timestamp(item["event_time"], f"{where}: event_time", file)})
+    watermark = rc.get("watermark")
+    scene = rc.get("scene", default_scene)
+    return Case(file=file, no=no, name=name, kind="scene",
+                customer=_mapping(rc.get("customer"), f"{at}: customer", file),
+                scene=str(scene) if scene is not None else None, event=event, earlier=earlier,
+                watermark=_timestamp(watermark, f"{at}: watermark", file) if watermark is not None else None,
+                expect=rc["expect"])
+
+
+def _read_cases(raw: Any, *, file: str, default_matrix: str | None, start: int, where: str,
+                default_scene: str | None = None) -> list[Case]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -104,6 +175,10 @@ def _read_cases(raw: Any, *, file: str, default_matrix: str | None, start: int, 
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{at}: case: give every case a name (case: what it checks)", file=file)
         at = f'case "{name}"'
+        if "event" in rc or (default_scene is not None and "matrix" not in rc):
+            cases.append(_read_scene_case(rc, name=name.strip(), file=file, default_scene=default_scene,
+                                          no=start + len(cases) + 1))
+            continue
         unknown_keys(rc, CASE_KEYS, file=Path(file), at=at)
         if all(rc.get(k) is None for k in ("expect", "includes", "excludes")):
             raise ConfigError(f"{at}: nothing to check: give expect (the offers in rank order, or `no offer`), "
@@ -159,8 +234,9 @@ def read_case_file(path: Path) -> CaseFile:
         if not MONTH_RE.match(month):
             raise ConfigError(f"month: expected YYYY-MM (quote it: \"2026-10\"), got {doc['month']!r}", file=file)
     default_matrix = doc.get("matrix")
+    default_scene = doc.get("scene")
     cases = _read_cases(doc.get("cases"), file=file, default_matrix=str(default_matrix) if default_matrix else None,
-                        start=0, where="cases")
+                        start=0, where="cases", default_scene=str(default_scene) if default_scene else None)
     cases += _read_plan_cases(doc.get("plan_cases"), file=file, start=len(cases))
     plans = doc.get("plans")
     if plans is not None and (not isinstance(plans, list) or not all(isinstance(p, dict) for p in plans)):

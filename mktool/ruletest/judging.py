@@ -3,9 +3,11 @@
 Matrix cases of one file run together: their customers become one in-memory customer_view
 and :func:`mktool.matrices.evaluate` runs on it (the full ranking only when a case looks at
 it, one dry run per matrix under test); plan cases run :func:`mktool.plan.recommend_query`
-and the plan funnel. Each case's expectation is checked against the rule set first (unknown
-matrix, rule or policy: an error naming the case), then compared with the outcome: a failure
-says what was expected and what came, rank by rank.
+and the plan funnel; scene cases run the trigger step's outcome queries
+(:func:`mktool.scene.outcome_queries`), one batch per distinct watermark. Each case's
+expectation is checked against the rule set first (unknown matrix, rule, policy, scene or
+wave: an error naming the case), then compared with the outcome: a failure says what was
+expected and what came, rank by rank (a scene case: outcome by outcome).
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ from mktool.matrices import PREVIEW_TABLE, evaluate
 from mktool.plan import CANDIDATES_SQL, STAGES, funnel_query, recommend_query
 from mktool.planconfig import PlanConfig, load_plan_config
 from mktool.project import Project, project_from_report, validate_all
-from mktool.rules import matrix_files_by_name
+from mktool.rules import Scene, matrix_files_by_name
 from mktool.ruletest.cases import (
     ALL,
     MONEY,
     NO_OFFER,
     NO_PLAN,
+    NO_TRIGGER,
     OFFER_KEYS,
     PLAN_KEYS,
     PRIORITY_KEYS,
     RATES,
+    TRIGGER_KEYS,
     Case,
     CaseFile,
     current_month,
@@ -45,8 +49,10 @@ from mktool.ruletest.cases import (
     suggest,
 )
 from mktool.ruletest.customers import CustomerBuilder, MemoryDatabase, convert_value
+from mktool.scene import SCENE_EVENTS_COLUMNS, events_query, outcome_queries, run_outcomes
+from mktool.schema import FIRED, SCENE_OUTCOMES, SCENE_OUTCOMES_TEMP, VIEW_TABLE
 from mktool.scoremodel import load_score_model
-from mktool.sqlquote import quote_literal
+from mktool.sqlquote import quote_identifier, quote_literal
 from mktool.yamlio import unknown_keys
 
 
@@ -73,7 +79,7 @@ class TestRun:
     results: list[CaseResult]
     rule_errors: list[str]  # validation errors of the rule files (cases then error)
     warnings: list[str]
-    coverage: list[tuple[str, str, str, bool, bool]]  # (file, matrix, rule, fires, not_fires)
+    coverage: list[tuple[str, str, str, bool, bool]]  # (file, matrix, rule, fires, not_fires); scenes: SCENES_SCOPE
     case_files: dict[str, CaseFile] = field(default_factory=dict)
 
     @property
@@ -576,13 +582,205 @@ def _run_plan_file(cf: CaseFile, cases: list[Case], month: str, matrices_dir: Pa
             results[c.no] = result
     return [results[c.no] for c in cases]
 
+
+# -- scene cases (issue 14 §7): an event through the trigger step's own outcome queries ---------------------
+_CASE_EVENTS = "_mk_case_events"  # the cases' events, one per case: the batch under test
+_CASE_EARLIER = "_mk_case_earlier"  # the cases' earlier triggers, shaped like scene_events
+EARLIER_BATCH = "earlier"  # the batch id of a case's earlier triggers (blocked_by_batch shows it)
+TEST_BATCH = "test"  # the batch id of the cases' own batch
+#: The "matrix" of a scene's coverage entry: a scene has a passing case where it fires and one
+#: where an event of its type does not fire it (any other outcome of the scene).
+SCENES_SCOPE = "(scenes)"
+EXPECTABLE = tuple(o for o in SCENE_OUTCOMES if o != "no_scene") + ("no_scene",)
+
+
+@dataclass
+class _SceneCase:
+    """A scene case checked against the project: its event's type, earlier rows and expectation."""
+
+    event_type: str
+    earlier: list[tuple[Any, ...]]  # rows of _CASE_EARLIER
+    expect: list[dict[str, Any]]  # {scene, outcome, wave?}; [] = no trigger
+
+
+def _scene_named(case: Case, sid: Any, scenes: dict[str, Scene], where: str) -> Scene:
+    if sid is None:
+        raise ConfigError(f'case "{case.name}": {where}: scene: missing (the case names no scene, and the file '
+                          "none: give scene: <id>)", file=case.file)
+    scene = scenes.get(str(sid))
+    if scene is None:
+        known = ", ".join(scenes) or "none: add matrices/scenes.yaml"
+        raise ConfigError(f'case "{case.name}": {where}: unknown scene \'{sid}\'{suggest(str(sid), scenes)} '
+                          f"(scenes: {known})", file=case.file)
+    return scene
+
+
+def _wave_named(case: Case, scene: Scene, wave: Any, where: str) -> int:
+    """The level of ``wave`` of ``scene`` (a scene with one wave: that one when none is named)."""
+    if wave is None:
+        if len(scene.waves) == 1:
+            return scene.waves[0].level
+        raise ConfigError(f'case "{case.name}": {where}: wave: missing: scene {scene.id} has waves '
+                          f"{', '.join(w.id for w in scene.waves)}", file=case.file)
+    for w in scene.waves:
+        if w.id == str(wave):
+            return w.level
+    ids = [w.id for w in scene.waves]
+    raise ConfigError(f'case "{case.name}": {where}: wave: \'{wave}\' is not a wave of scene {scene.id}'
+                      f"{suggest(str(wave), ids)} (waves: {', '.join(ids)})", file=case.file)
+
+
+def _check_scene_case(case: Case, scenes: dict[str, Scene]) -> _SceneCase:
+    """Validate a scene case against the project's scenes (unknown scene, wave or outcome: an error naming the case)."""
+    scope = _scene_named(case, case.scene, scenes, "scene") if case.scene is not None else None
+    event_type = case.event.get("event_type") or (scope.event_type if scope else None)
+    if not event_type:
+        raise ConfigError(f'case "{case.name}": event: event_type: missing (the case names no scene to take it from)',
+                          file=case.file)
+    earlier = []
+    for i, item in enumerate(case.earlier):
+        where = f"earlier[{i}]"
+        scene = _scene_named(case, item["scene"] or case.scene, scenes, where)
+        level = _wave_named(case, scene, item["wave"], where)
+        wave = next(w.id for w in scene.waves if w.level == level)
+        row = {"batch": EARLIER_BATCH, "seq": i + 1, "msisdn": case.msisdn, "event_time": item["event_time"],
+               "event_type": scene.event_type, "scene_id": scene.id, "wave": wave, "wave_level": level,
+               "outcome": FIRED, "policy_id": scene.policy}
+        earlier.append(tuple(row.get(name) for name, _ in SCENE_EVENTS_COLUMNS))
+    raw = case.expect
+    where = f'case "{case.name}": expect'
+    if isinstance(raw, str) and raw.strip().lower() in NO_TRIGGER:
+        return _SceneCase(event_type, earlier, [])
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw or not all(isinstance(r, dict) for r in raw):
+        raise ConfigError(f"{where}: expected the trigger ({{scene: X, wave: W}}), a list of them, an outcome "
+                          f"({{scene: X, outcome: stale}}) or `no trigger`, got {raw!r}", file=case.file)
+    expect: list[dict[str, Any]] = []
+    for i, item in enumerate(raw):
+        at = f"expect[{i}]"
+        unknown_keys(item, TRIGGER_KEYS, file=Path(case.file), at=f'case "{case.name}": {at}')
+        outcome = str(item.get("outcome", FIRED))
+        if outcome not in SCENE_OUTCOMES:
+            raise ConfigError(f'case "{case.name}": {at}: outcome: \'{outcome}\' is not an outcome'
+                              f"{suggest(outcome, SCENE_OUTCOMES)} (outcomes: {', '.join(EXPECTABLE)})",
+                              file=case.file)
+        sid = item.get("scene", case.scene)
+        if outcome in ("duplicate", "no_scene"):  # an event's outcome before any scene: it has none
+            expect.append({"scene": None, "outcome": outcome})
+            continue
+        scene = _scene_named(case, sid, scenes, at)
+        if scope is not None and scene.id != scope.id:
+            raise ConfigError(f'case "{case.name}": {at}: scene {scene.id} is outside the case\'s scope (scene '
+                              f"{scope.id}): leave the case's scene out to see every scene", file=case.file)
+        if scene.event_type != event_type:
+            raise ConfigError(f'case "{case.name}": {at}: scene {scene.id} listens to {scene.event_type}, not to '
+                              f"the case's event {event_type}", file=case.file)
+        entry = {"scene": scene.id, "outcome": outcome}
+        if item.get("wave") is not None:
+            if outcome not in (FIRED, "once_per"):
+                raise ConfigError(f'case "{case.name}": {at}: wave: only a fired or once_per event has a wave',
+                                  file=case.file)
+            entry["wave"] = next(w.id for w in scene.waves
+                                 if w.level == _wave_named(case, scene, item["wave"], at))
+        if any(e["scene"] == scene.id for e in expect):
+            raise ConfigError(f'case "{case.name}": {at}: scene {scene.id} is expected twice (one event decides '
+                              "once per scene)", file=case.file)
+        expect.append(entry)
+    return _SceneCase(event_type, earlier, expect)
+
+
+def _trigger_text(row: dict[str, Any]) -> str:
+    if not row:
+        return "-"
+    outcome = row.get("outcome", FIRED)
+    head = f"{row['scene']}" if row.get("scene") else "(no scene)"
+    text = f"{head} {outcome}" + (f" wave {row['wave']}" if row.get("wave") else "")
+    if row.get("blocked_by_time") is not None:
+        text += f" (blocked by the trigger of {row['blocked_by_time']}, batch {row.get('blocked_by_batch')})"
+    return text
+
+
+def _judge_scene(case: Case, checked: _SceneCase, actual: list[dict[str, Any]]) -> CaseResult:
+    """Each expectation names its scene's outcome (and wave); no other scene in scope may fire."""
+    problems: list[str] = []
+    for e in checked.expect:
+        got = next((a for a in actual if a["scene"] == e["scene"]), None)
+        if got is None or got["outcome"] != e["outcome"] or ("wave" in e and got["wave"] != e["wave"]):
+            problems.append(f"expected {_trigger_text(e)}, got {_trigger_text(got) if got else 'no outcome'}")
+    named = {e["scene"] for e in checked.expect}
+    for a in actual:
+        if a["outcome"] == FIRED and a["scene"] not in named:
+            problems.append(f"expected no trigger of {a['scene']}, got {_trigger_text(a)}")
+    result = CaseResult(case, "fail" if problems else "pass", expected=checked.expect, actual=actual)
+    if problems:
+        event = case.event
+        result.message = (f"{case.scope}, event {checked.event_type} value {event.get('value')} at "
+                          f"{event['event_time']}" + (f", watermark {case.watermark}" if case.watermark else "")
+                          + f": {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        result.details = ["    expected: " + ("; ".join(_trigger_text(e) for e in checked.expect) or "no trigger"),
+                          "    actual:   " + ("; ".join(_trigger_text(a) for a in actual) or "no outcome")]
+    return result
+
+
+def _run_scene_file(cf: CaseFile, cases: list[Case], month: str, project: Project,
+                    builder: CustomerBuilder) -> list[CaseResult]:
+    """The file's scene cases as batches of the trigger step (one per distinct watermark) on an in-memory
+    database: the case customers as customer_view, their earlier triggers as scene_events, and
+    mktool.scene's own outcome queries deciding every event."""
+    results: dict[int, CaseResult] = {}
+    scenes = {s.id: s for s in project.scenes}
+    customers: list[tuple[str, dict[str, Any]]] = []
+    checked: dict[int, _SceneCase] = {}
+    for case in cases:
+        try:
+            given = builder.check(case, {**cf.customer, **case.customer})
+            checked[case.no] = _check_scene_case(case, scenes)
+            customers.append((case.msisdn, given))
+        except ConfigError as exc:
+            results[case.no] = _error(case, exc.render())
+    runnable = [c for c in cases if c.no not in results]
+    if not runnable:
+        return [results[c.no] for c in cases]
+    with MemoryDatabase() as db:
+        con = db.c
+        builder.create(con, month, customers, table=VIEW_TABLE)
+        cols = ", ".join(f"{quote_identifier(name)} {type_}" for name, type_ in SCENE_EVENTS_COLUMNS)
+        con.execute(f"CREATE TEMP TABLE {_CASE_EARLIER} ({cols})")
+        earlier = [row for c in runnable for row in checked[c.no].earlier]
+        if earlier:
+            con.executemany(f"INSERT INTO {_CASE_EARLIER} VALUES ({', '.join('?' * len(SCENE_EVENTS_COLUMNS))})",
+                            earlier)
+        batches: dict[Any, list[Case]] = {}
+        for c in runnable:
+            batches.setdefault(c.watermark, []).append(c)
+        for watermark, batch in batches.items():
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {_CASE_EVENTS} (msisdn VARCHAR, event_time TIMESTAMP, "
+                        "event_type VARCHAR, value DOUBLE)")
+            con.executemany(f"INSERT INTO {_CASE_EVENTS} VALUES (?, ?, ?, ?)",
+                            [(c.msisdn, c.event["event_time"], checked[c.no].event_type, c.event.get("value"))
+                             for c in batch])
+            con.execute(events_query(f"SELECT msisdn, event_time, event_type, value FROM {_CASE_EVENTS}").sql)
+            run_outcomes(con, outcome_queries(project.scenes, project.policies, view_month=month, watermark=watermark,
+                                              batch=TEST_BATCH, earlier=_CASE_EARLIER, view=VIEW_TABLE))
+            rows = con.execute(f"SELECT msisdn, scene_id, wave, outcome, blocked_by_time, blocked_by_batch "
+                               f"FROM {SCENE_OUTCOMES_TEMP} ORDER BY seq").fetchall()
+            for c in batch:
+                actual = [{"scene": sid, "wave": wave, "outcome": outcome, "blocked_by_time": blocked_time,
+                           "blocked_by_batch": blocked_batch}
+                          for msisdn, sid, wave, outcome, blocked_time, blocked_batch in rows
+                          if msisdn == c.msisdn and (c.scene is None or sid in (c.scene, None))]
+                results[c.no] = _judge_scene(c, checked[c.no], actual)
+    return [results[c.no] for c in cases]
+
+
 # -- the run ---------------------------------------------------------------------------------------
 def _selected(case: Case, pattern: str | None) -> bool:
     if not pattern:
         return True
     p = pattern.lower()
     fields = [case.file, Path(case.file).name, Path(case.file).stem, case.name, case.matrix or "", case.rule or "",
-              case.kind]
+              case.kind, case.scene or ""]
     if any(ch in p for ch in "*?["):
         return any(fnmatch.fnmatch(f.lower(), p) for f in fields)
     return any(p in f.lower() for f in fields)
@@ -617,6 +815,7 @@ def run_tests(matrices_dir: Path, *, pattern: str | None = None, month: str | No
         m = cf.month or month or current_month()  # a file that pins its month keeps it
         matrix_cases = [c for c in cases if c.kind == "matrix"]
         plan_cases = [c for c in cases if c.kind == "plan"]
+        scene_cases = [c for c in cases if c.kind == "scene"]
         with reporter.step(f"testing {cf.path.name}"):
             if matrix_cases:
                 if builder is None:
@@ -630,6 +829,13 @@ def run_tests(matrices_dir: Path, *, pattern: str | None = None, month: str | No
                     results += [_error(c, f"plan: cannot build the customer: {model_error}") for c in plan_cases]
                 else:
                     results += _run_plan_file(cf, plan_cases, m, matrices_dir, builder, report.plan)
+            if scene_cases:
+                if builder is None:
+                    results += [_error(c, f"{c.scope}: cannot build the customer: {model_error}") for c in scene_cases]
+                elif project is None:
+                    results += [_error(c, _scene_rule_error(c, rule_errors)) for c in scene_cases]
+                else:
+                    results += _run_scene_file(cf, scene_cases, m, project, builder)
     coverage = _coverage(rules, results) if rules is not None and not pattern else []
     return TestRun(matrices_dir, [cf.path for cf, _ in selected], results, rule_errors, warnings, coverage,
                    {str(cf.path): cf for cf, _ in selected})
@@ -639,6 +845,13 @@ def _rule_error_for(case: Case, errors: list[str], matrix_file: dict[str, str]) 
     """The validation error that stops this case: its matrix's first error, else the folder's first."""
     mine = matrix_file.get(case.matrix or "")
     chosen = (next((e for e in errors if mine and e.startswith(mine)), None)
+              or (errors[0] if errors else "rules do not load"))
+    return f"{case.scope}: the rules do not load: {chosen}"
+
+
+def _scene_rule_error(case: Case, errors: list[str]) -> str:
+    """The validation error that stops a scene case: the first in a scene file, else the folder's first."""
+    chosen = (next((e for e in errors if "scenes" in e.split(":", 1)[0]), None)
               or (errors[0] if errors else "rules do not load"))
     return f"{case.scope}: the rules do not load: {chosen}"
 
@@ -662,5 +875,10 @@ def _coverage(rules: Any, results: list[CaseResult]) -> list[tuple[str, str, str
                     continue
                 if rule.id in named or (rule.policy is not None and rule.policy in named):
                     not_fires.add((m.name, rule.id))
-    return [(m.file, m.name, rule.id, (m.name, rule.id) in fires, (m.name, rule.id) in not_fires)
-            for m in rules.matrices for rule in m.rules]
+    out = [(m.file, m.name, rule.id, (m.name, rule.id) in fires, (m.name, rule.id) in not_fires)
+           for m in rules.matrices for rule in m.rules]
+    scene_fires = {a["scene"] for r in results if r.ok and r.case.kind == "scene" for a in r.actual
+                   if a["outcome"] == FIRED}
+    scene_not = {a["scene"] for r in results if r.ok and r.case.kind == "scene" for a in r.actual
+                 if a["scene"] is not None and a["outcome"] != FIRED}
+    return out + [(s.file, SCENES_SCOPE, s.id, s.id in scene_fires, s.id in scene_not) for s in rules.scenes]

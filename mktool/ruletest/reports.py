@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from decimal import Decimal
 from typing import Any
 
-from mktool.ruletest.judging import CaseResult, TestRun
+from mktool.ruletest.judging import SCENES_SCOPE, CaseResult, TestRun
 
 
 # -- JUnit XML (for CI test reports) -----------------------------------------------------------------
@@ -50,7 +50,9 @@ def result_document(run: TestRun) -> dict[str, Any]:
                    "actual": [{k: _json_value(v) for k, v in a.items() if k != "msisdn"} for a in r.actual]}
                   for r in run.results],
         "coverage": [{"file": f, "matrix": m, "rule": rid, "fires": a, "does_not_fire": b}
-                     for f, m, rid, a, b in run.coverage],
+                     for f, m, rid, a, b in run.coverage if m != SCENES_SCOPE],
+        "scene_coverage": [{"file": f, "scene": sid, "fires": a, "does_not_fire": b}
+                           for f, m, sid, a, b in run.coverage if m == SCENES_SCOPE],
     }
 
 
@@ -59,7 +61,12 @@ def coverage_problems(run: TestRun) -> list[str]:
     if run.failed:
         return []  # a failing case is the message; missing coverage would only repeat it
     out = []
-    for file, _matrix, rule, fires, not_fires in run.uncovered:
+    for file, matrix, rule, fires, not_fires in run.uncovered:
+        if matrix == SCENES_SCOPE:
+            hint = "where an event of its type does not fire it (expect: {scene: X, outcome: not_matched} or stale)"
+            gaps = ([] if fires else ["where it fires"]) + ([] if not_fires else [hint])
+            out.append(f"{file}: scene {rule}: no passing test case " + " and none ".join(gaps))
+            continue
         hint = "where it does not fire (name the rule in the case's `rule:` or `excludes:`)"
         gaps = ([] if fires else ["where it fires"]) + ([] if not_fires else [hint])
         out.append(f"{file}: rule {rule}: no passing test case " + " and none ".join(gaps))
