@@ -36,7 +36,20 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mktool import __version__, campaign, evaluate, explain, export, ingest, matrices, pipeline, plan, report, view
+from mktool import (
+    __version__,
+    campaign,
+    evaluate,
+    explain,
+    export,
+    ingest,
+    matrices,
+    pipeline,
+    plan,
+    report,
+    scenewatch,
+    view,
+)
 from mktool.config import DECIMAL_RE, ENV, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
 from mktool.console import Reporter
 from mktool.contract import TABLES, check_month
@@ -55,6 +68,7 @@ from mktool.render import print_table, render_table, render_test_report, tables_
 from mktool.ruletest.customers import default_customer_rows
 from mktool.ruletest.judging import run_tests
 from mktool.ruletest.reports import coverage_problems, junit_xml, result_document
+from mktool.scenedelivery import run_scene_files
 from mktool.schema import (
     CAMPAIGN_BY,
     CAMPAIGN_EVALUATION_TABLE,
@@ -205,6 +219,16 @@ def parse_param(value: str) -> str:
     if not sep or not name.strip():
         raise _bad(f"expected name=value, got {value!r}")
     return value
+
+
+def positive_seconds(value: str | float) -> float:
+    """``--interval``: a finite number of seconds above 0 (0.2 is fine; 0, -1, nan and inf are not)."""
+    if isinstance(value, str) and not DECIMAL_RE.match(value):
+        raise _bad(f"expected a number of seconds above 0 such as 30 or 0.5, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _bad(f"expected a number of seconds above 0 such as 30 or 0.5, got {value!r}")
+    return seconds
 
 
 MONTHS_HELP = "YYYY-MM"
@@ -786,6 +810,83 @@ def export_cmd(
         written = [ch for ch in result.channels if ch.path is not None]
         run.reporter.info(f"wrote {len(written)} list(s) to {result.folder}: "
                           + ", ".join(f"{ch.path.name} ({ch.rows:,})" for ch in written if ch.path))
+
+
+@command("scene")
+def scene_cmd(
+    run: Run,
+    events: Annotated[Path | None, typer.Option(
+        "--events", "-e", metavar="PATH",
+        help="A Parquet event file, or a folder of them (its *.parquet, not recursive): each new file is one "
+             "batch")] = None,
+    watch: Annotated[Path | None, typer.Option(
+        "--watch", "-w", metavar="DIR",
+        help="Watch DIR: every --interval, process its new complete event files, until SIGTERM or Ctrl-C")] = None,
+    interval: Annotated[float | None, typer.Option(
+        "--interval", metavar="SECONDS", parser=positive_seconds,
+        help="With --watch (required): seconds between polls; a file is complete when its modification time "
+             "is this old or it did not change since the previous poll")] = None,
+    once: Annotated[bool, typer.Option(
+        "--once", help="With --watch: one poll, then exit (cron); takes only files one --interval old")] = False,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", envvar=ENV["out_dir"], metavar="DIR",
+        help="Output folder: each batch goes to <out>/scenes/<cycle-date>/<batch>/")] = Path("out"),
+) -> None:
+    """Turn event files into trigger lists: one micro-batch per new file, under export's contact policy.
+
+    Each file is processed exactly once (by its sha256, recorded in the scene_files ledger): a file
+    seen before, or a renamed copy, is skipped and said so. New files go earliest events first, one
+    committed batch at a time; each batch's lists, funnel.json and manifest.json are written to
+    <out>/scenes/<cycle-date>/<batch>/ in the same unit as its ledger row and contacts. A file that
+    cannot be read or breaks the events contract is refused (named, nothing of it recorded) and the
+    others are still processed: exit 1 at the end. Hidden files and names ending .tmp, .part or
+    .partial are never read (write a file under such a name, then rename it).
+
+    --watch DIR --interval SECONDS keeps polling DIR, opening the database only while it processes
+    (a locked database: busy, retried at the next poll). SIGTERM lets the batch running finish, then
+    exits 0; Ctrl-C abandons it (nothing of it recorded) and exits 130. --once polls once, for cron.
+    See docs/scenes.md.
+
+    \b
+    Examples:
+      mktool scene --events fixtures/events/
+      mktool scene --events /data/inbox/events-2026-10-05.parquet --out /data/lists
+      mktool scene --watch /data/inbox --interval 30                   # under systemd
+      mktool scene --watch /data/inbox --interval 60 --once --quiet    # cron, every minute
+    """
+    if (events is None) == (watch is None):
+        raise run.usage_error(["--events", "--watch"], "give one of --events PATH (process the files once) or "
+                                                       "--watch DIR --interval SECONDS (keep watching a folder)")
+    if watch is None:
+        for given, name in ((interval, "--interval"), (once or None, "--once")):
+            if given is not None:
+                raise run.usage_error(name, f"{name} only applies with --watch DIR")
+    elif interval is None:
+        raise run.usage_error("--interval", "--watch needs --interval SECONDS (how often to look at the folder)")
+    project = run.project()
+    check_out_folder(out)
+    if events is not None:
+        with run.db(write=True, must_exist=True) as db:
+            result = run_scene_files(db, project, [events], out_dir=out, reporter=run.reporter)
+            scenewatch.report_run(result, run.reporter, db)
+        _raise_if_refused([scenewatch.file_of(item) for item in result.refused], len(result.batches))
+        return
+    assert watch is not None and interval is not None
+    settings = run.settings
+    watched = scenewatch.watch(
+        watch, interval=interval, project=project, out_dir=out, once=once, runner=run_scene_files,
+        open_db=lambda: Database(settings, write=True, must_exist=True), reporter=run.reporter)
+    if once:
+        _raise_if_refused(watched.refused, watched.batches)
+
+
+def _raise_if_refused(refused: list[Path], delivered: int) -> None:
+    """Exit 1 after the other files were processed when any was refused (each was named above)."""
+    if refused:
+        raise MktoolError(f"{len(refused)} event file{'s' if len(refused) != 1 else ''} refused "
+                          f"({', '.join(p.name for p in refused)}); {delivered} batch"
+                          f"{'es' if delivered != 1 else ''} delivered",
+                          hint="fix or replace the refused files and run again: the delivered ones are skipped")
 
 
 @command("funnel")
@@ -1377,7 +1478,9 @@ def explain_cmd(
         "The cycle whose channel stages to explain, YYYY-MM-DD [default: today, as export's]")] = None,
 ) -> None:
     """Explain one customer: view and scores, every rule matched or not, plan bills, what was exported,
-    and for each offer × channel the contact-policy stage that kept or removed it.
+    for each offer × channel the contact-policy stage that kept or removed it, and the customer's
+    last events of the scene batches with each scene's outcome and why (stale, not matched,
+    once_per, fired: listed, held out, merged or blocked at a stage).
 
     \b
     Examples:
@@ -1436,6 +1539,19 @@ def explain_cmd(
                      [(h["cycle"], h["channel"], h["policy_id"], h.get("kind") or "policy") for h in ex.holdouts],
                      to_stdout=True)
     render_channel_verdicts(run, verdicts, cycle_date)
+    render_scene_events(run, ex)
+
+
+def render_scene_events(run: Run, ex: explain.Explanation) -> None:
+    """explain's "Events and scenes": the customer's last scene events, each scene's outcome and why."""
+    if ex.scene_note is not None:
+        Console(highlight=False).print(escape(f"Events and scenes: {ex.scene_note}"))
+        return
+    render_table(run.reporter, f"Events and scenes (the last {explain.EVENTS_SHOWN} events, newest first; one row "
+                               "per scene listening)", ["time", "type", "value", "batch", "scene", "wave", "outcome",
+                                                        "why"],
+                 [(r["event_time"], r["event_type"], explain.display(r["value"]), r["batch"], r["scene_id"] or "",
+                   r["wave"] or "", r["outcome"], r["why"]) for r in ex.scene_events], to_stdout=True)
 
 
 def render_channel_verdicts(run: Run, verdicts: list[export.ChannelVerdict], cycle_date: dt.date) -> None:

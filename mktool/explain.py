@@ -16,6 +16,7 @@ This is what a front-desk agent or an analyst reads before trusting a recommenda
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -42,7 +43,7 @@ from mktool.plan import (
 )
 from mktool.planconfig import PlanConfig
 from mktool.project import Project
-from mktool.rules import Matrix, Rule, RuleSet
+from mktool.rules import Matrix, Rule, RuleSet, Scene
 from mktool.schema import (
     CONTACT_HISTORY_TABLE,
     CUSTOMER_PARAM,
@@ -51,6 +52,8 @@ from mktool.schema import (
     PLAN_STAGES,
     PLAN_TABLE,
     RECOMMENDATIONS_TABLE,
+    SCENE_EVENTS_TABLE,
+    SCENE_FILES_TABLE,
     VIEW_TABLE,
 )
 from mktool.sqlcheck import CheckedExpression, conjuncts
@@ -111,6 +114,10 @@ class Explanation:
     contacts: list[dict[str, Any]]
     holdouts: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)  # where the stored rows differ from this evaluation, and why
+    # "Events and scenes": the customer's last EVENTS_SHOWN events of the scene batches, newest first, one row
+    # per scene_events row (an event × each scene listening to it) with ``why``; scene_note when there are none.
+    scene_events: list[dict[str, Any]] = field(default_factory=list)
+    scene_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -388,6 +395,134 @@ def _plan(con: duckdb.DuckDBPyConnection, month: str, config: PlanConfig,
     return stages, pairs, notes
 
 
+# -- events and scenes (issue 14) ---------------------------------------------------------------------
+#: How many of the customer's latest events explain shows (every scene row of each).
+EVENTS_SHOWN = 20
+#: scene_events' columns explain reads (definitions §4).
+SCENE_EVENT_COLUMNS = ("batch", "seq", "event_time", "event_type", "value", "scene_id", "wave", "wave_level",
+                       "outcome", "blocked_by_time", "blocked_by_batch", "policy_id", "delivery", "channel",
+                       "blocked_at", "held_kind")
+
+
+def duration_text(value: dt.timedelta) -> str:
+    """expires_after as the scene files write it: 30m, 6h, 2d (the largest whole unit)."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return str(value)
+
+
+def _recent_events_sql() -> str:
+    """The customer's last EVENTS_SHOWN events (batch, seq), newest first: every scene row of each is kept."""
+    return (f"SELECT batch, seq, max(event_time) AS event_time FROM {SCENE_EVENTS_TABLE} WHERE msisdn = $msisdn "
+            f"GROUP BY batch, seq ORDER BY event_time DESC, seq DESC LIMIT {EVENTS_SHOWN}")
+
+
+def _watermarks(con: duckdb.DuckDBPyConnection, batches: set[str]) -> dict[str, Any]:
+    """Each batch's watermark: the newest last_event of the ledger's batches processed before it."""
+    if not batches or not table_exists(con, SCENE_FILES_TABLE):
+        return {}
+    rows = con.execute(
+        f"SELECT f.batch, (SELECT max(e.last_event) FROM {SCENE_FILES_TABLE} AS e "
+        f"WHERE e.processed_at < f.processed_at) FROM {SCENE_FILES_TABLE} AS f WHERE list_contains($batches, f.batch)",
+        {"batches": sorted(batches)}).fetchall()
+    return {b: w for b, w in rows}
+
+
+def _not_matched_reasons(con: duckdb.DuckDBPyConnection, scene: Scene, month: str,
+                         msisdn: str) -> dict[tuple[str, int], str]:
+    """Why each of the customer's not_matched events of ``scene`` (among the recent ones) did not match:
+    its ``when`` and each wave's ``when`` evaluated again, on the relation the trigger step builds (the
+    customer view's columns and the event's value, event_time and event_type, unqualified; NULL is false)."""
+    waves = ", ".join(f"coalesce(({w.when}), false) AS wave_{w.level}" for w in scene.waves)
+    sql = (f"SELECT __batch, __seq, coalesce(({scene.when or 'TRUE'}), false) AS scene_ok, {waves} FROM ("
+           f"SELECT v.*, s.value, s.event_time, s.event_type, s.batch AS __batch, s.seq AS __seq "
+           f"FROM {SCENE_EVENTS_TABLE} AS s JOIN ({_recent_events_sql()}) AS r ON r.batch = s.batch AND r.seq = s.seq "
+           f"JOIN {VIEW_TABLE} AS v ON v.msisdn = s.msisdn AND v.month = $month "
+           f"WHERE s.msisdn = $msisdn AND s.scene_id = $scene AND s.outcome = 'not_matched') AS relation")
+    try:
+        rows = con.execute(sql, {"msisdn": msisdn, "month": month, "scene": scene.id}).fetchall()
+    except duckdb.Error as exc:
+        raise RuleError(f"{scene.at('when')}: DuckDB, evaluating the scene for one customer: "
+                        f"{str(exc).strip().splitlines()[0]}") from None
+    out = {}
+    for batch, seq, scene_ok, *wave_ok in rows:
+        if not scene_ok:
+            out[(batch, seq)] = f"the scene's when is false: {scene.when}"
+        elif not any(wave_ok):
+            out[(batch, seq)] = "no wave's when holds: " + "; ".join(f"{w.id}: {w.when}" for w in scene.waves)
+        else:
+            held = next(w.id for w, ok in zip(reversed(scene.waves), reversed(wave_ok)) if ok)
+            out[(batch, seq)] = (f"the scene's when and wave {held} hold on the customer view of {month} now: "
+                                 "the view or the scene changed since the batch")
+    return out
+
+
+def scene_why(row: dict[str, Any], scene: Scene | None, watermark: Any, not_matched: str | None) -> str:
+    """The "why" of one scene_events row, in the words of definitions §3–4."""
+    outcome = row["outcome"]
+    if outcome == "duplicate":
+        return "an event with the same type and time was processed before (an earlier batch, or earlier in its own)"
+    if outcome == "no_scene":
+        return f"no scene listens to {row['event_type']}"
+    if scene is None:
+        return f"scene {row['scene_id']} is no longer in the scene files"
+    if outcome == "stale":
+        limit = duration_text(scene.expires_after)
+        if watermark is None:
+            return f"older than the batch's watermark by more than expires_after {limit}"
+        return f"{watermark - row['event_time']} older than the watermark {watermark} (expires_after {limit})"
+    if outcome == "unknown_customer":
+        return "not in the customer view the batch read"
+    if outcome == "not_matched":
+        return not_matched or f"no customer_view row to evaluate {scene.id}'s conditions on"
+    if outcome == "once_per":
+        return (f"blocked by the trigger of {row['blocked_by_time']} in batch {row['blocked_by_batch']} "
+                f"(once_per {scene.once_per_days} days)")
+    if outcome == "fired":
+        delivery = row.get("delivery")
+        if delivery == "listed":
+            return f"listed on {row['channel']}"
+        if delivery == "held_out":
+            return f"held out ({row.get('held_kind') or 'policy'} control group)"
+        if delivery == "merged":
+            return f"merged: a better-ranked trigger of policy {row['policy_id']} in the batch carries the offer"
+        if delivery == "blocked":
+            return f"blocked by the contact policy at {row['blocked_at']}"
+        return "fired"
+    return outcome
+
+
+def scene_events(con: duckdb.DuckDBPyConnection, project: Project, month: str,
+                 msisdn: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The customer's last events of the scene batches with each scene's outcome and why, or a note why none."""
+    if not table_exists(con, SCENE_EVENTS_TABLE):
+        return [], "no scene batch was processed (`mktool scene --events PATH` has not run on this database)"
+    columns = ", ".join(f"s.{c}" for c in SCENE_EVENT_COLUMNS)
+    rows = _rows(con.execute(
+        f"SELECT {columns} FROM {SCENE_EVENTS_TABLE} AS s JOIN ({_recent_events_sql()}) AS r "
+        "ON r.batch = s.batch AND r.seq = s.seq WHERE s.msisdn = $msisdn", {"msisdn": msisdn}))
+    if not rows:
+        n = con.execute(f"SELECT count(DISTINCT batch) FROM {SCENE_EVENTS_TABLE}").fetchone()
+        return [], f"no event of this customer in the {n[0] if n else 0} scene batch(es) processed"
+    scenes = {s.id: s for s in project.scenes}
+    marks = _watermarks(con, {r["batch"] for r in rows if r["outcome"] == "stale"})
+    reasons: dict[tuple[str, str, int], str] = {}
+    for scene_id in sorted({r["scene_id"] for r in rows if r["outcome"] == "not_matched" and r["scene_id"] in scenes}):
+        for (batch, seq), text in _not_matched_reasons(con, scenes[scene_id], month, msisdn).items():
+            reasons[(scene_id, batch, seq)] = text
+    # Newest first; an event's scene rows in the scenes' order (a scene no longer in the files last).
+    rows.sort(key=lambda r: scenes[r["scene_id"]].position if r["scene_id"] in scenes else 1 << 30)
+    rows.sort(key=lambda r: (r["event_time"], r["seq"]), reverse=True)
+    out = []
+    for r in rows:
+        scene = scenes.get(r["scene_id"]) if r["scene_id"] else None
+        out.append({**r, "why": scene_why(r, scene, marks.get(r["batch"]),
+                                          reasons.get((r["scene_id"], r["batch"], r["seq"])))})
+    return out, None
+
+
 # -- the step ---------------------------------------------------------------------------------------
 def explain(db: Database, project: Project, month: str, msisdn: str) -> Explanation:
     """One customer through matrix and plan, beside what was stored, contacted and held out."""
@@ -422,4 +557,6 @@ def explain(db: Database, project: Project, month: str, msisdn: str) -> Explanat
     holdouts = (_rows(con.execute(f"SELECT * FROM {HOLDOUTS_TABLE} WHERE month = ? AND msisdn = ? "
                                   "ORDER BY cycle, channel", [month, msisdn]))
                 if table_exists(con, HOLDOUTS_TABLE) else [])
-    return Explanation(msisdn, month, view, outcomes, where, recs, stages, pairs, contacts, holdouts, notes)
+    events, scene_note = scene_events(con, project, month, msisdn)
+    return Explanation(msisdn, month, view, outcomes, where, recs, stages, pairs, contacts, holdouts, notes,
+                       scene_events=events, scene_note=scene_note)
