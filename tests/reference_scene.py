@@ -28,6 +28,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,6 @@ POPUP_STAGES = ("dnd", "unsubscribed", "withdrawn", "cooldown", "exclusion")
 DEFAULT_WITHDRAW_DAYS = 180
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial")
 MSISDN_RE = re.compile(r"^[0-9]{11}$")
-IDENT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 UNIVERSAL = "universal"
 POLICY = "policy"
 
@@ -226,9 +226,10 @@ class Refused(Exception):
     """A file the events contract refuses (the reference's own, simple reading of it)."""
 
 
-def read_events(path: Path) -> list[Event]:
-    """The file's rows under the events contract: msisdn 11 digits, event_time a timestamp,
-    event_type an identifier (trimmed, lower-cased), value a number; no NULLs."""
+def read_events(path: Path, *, lower: bool = False) -> list[Event]:
+    """The file's rows under the events contract as ingest reads it (docs/contract.md): msisdn 11
+    digits, event_time a timestamp (or a text that is one), event_type a non-empty text, trimmed and
+    compared as given (ingest keeps its case), value a finite number; no NULLs."""
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused
@@ -240,15 +241,22 @@ def read_events(path: Path) -> list[Event]:
     out = []
     for r in table.to_pylist():
         ms, t, et, v = r["msisdn"], r["event_time"], r["event_type"], r["value"]
+        if isinstance(ms, str):
+            ms = ms.strip()
         if not isinstance(ms, str) or not MSISDN_RE.match(ms):
             raise Refused(f"{path.name}: msisdn {ms!r}")
+        if isinstance(t, str):
+            try:
+                t = dt.datetime.fromisoformat(t.strip())
+            except ValueError as exc:
+                raise Refused(f"{path.name}: event_time {t!r}") from exc
         if not isinstance(t, dt.datetime):
             raise Refused(f"{path.name}: event_time {t!r}")
-        if not isinstance(et, str) or not IDENT_RE.match(et.strip().lower()):
+        if not isinstance(et, str) or not et.strip():
             raise Refused(f"{path.name}: event_type {et!r}")
-        if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+        if v is None or isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise Refused(f"{path.name}: value {v!r}")
-        out.append(Event(ms, t.replace(tzinfo=None), et.strip().lower(), float(v)))
+        out.append(Event(ms, t.replace(tzinfo=None), et.strip().lower() if lower else et.strip(), float(v)))
     return out
 
 
@@ -381,6 +389,7 @@ class Mistakes:
     cap_ignores_history: bool = False  # monthly_cap counts only this batch's placements
     dnd_ignores_star: bool = False  # dnd '*' does not cover every channel
     no_universal: bool = False  # the universal control group is not drawn
+    lower_event_type: bool = False  # event_type case-folded on load (ingest only trims it)
 
 
 class Reference:
@@ -418,7 +427,7 @@ class Reference:
                 run.skipped.append((f.name, self.ledger[digest].batch_id))
                 continue
             try:
-                events = read_events(f)
+                events = read_events(f, lower=self.m.lower_event_type)
             except Refused:
                 run.refused.append(f.name)
                 continue
