@@ -390,6 +390,7 @@ class Mistakes:
     dnd_ignores_star: bool = False  # dnd '*' does not cover every channel
     no_universal: bool = False  # the universal control group is not drawn
     lower_event_type: bool = False  # event_type case-folded on load (ingest only trims it)
+    no_dedupe: bool = False  # a contact already recorded on the key (msisdn, channel, policy, day) is listed again
 
 
 class Reference:
@@ -596,7 +597,8 @@ class Reference:
             if (offers[pair].rank or 0) != best_in_group.get((pair[0], pol.exclusive_group)):
                 rows[pair] = [(c, f if f is not None else "exclusion") for c, f in screened]
         # dedupe: a contact_history row on (msisdn, channel, policy_id, cycle date)
-        on_day = {(c.msisdn, c.channel, c.policy_id) for c in self.history if c.contact_date == b.cycle_date}
+        on_day = {(c.msisdn, c.channel, c.policy_id) for c in self.history
+                  if c.contact_date == b.cycle_date and not self.m.no_dedupe}
         for pair, screened in rows.items():
             rows[pair] = [(c, "dedupe" if f is None and st.push(c) and (pair[0], c, pair[1]) in on_day else f)
                           for c, f in screened]
