@@ -18,6 +18,7 @@ Public API (stable; the delivery, rules, cli and reference helpers build on it)
       (:data:`SCENE_FILES_COLUMNS`, :data:`SCENE_EVENTS_COLUMNS`).
   ``ledger_entry(con, checksum) -> LedgerEntry | None``  the ledger row of a processed file.
   ``ledger_watermark(con) -> datetime | None``           max(last_event) of the ledger's batches.
+  ``ledger_query(batch, processed_at) -> Query``          the batch's ledger row, for the publish unit.
   ``order_files(con, paths) -> list[EventFile]``
       every path with its checksum, ledger entry (processed before: skip it) or refusal (error),
       and, for a new readable file, its rows and first/last event (read under the contract).
@@ -102,6 +103,7 @@ __all__ = [
     "file_checksum",
     "is_event_file_name",
     "ledger_entry",
+    "ledger_query",
     "ledger_watermark",
     "load_batch",
     "order_files",
@@ -152,13 +154,11 @@ def event_files(path: Path) -> list[Path]:
             if not is_event_file_name(entry.name):
                 continue
             try:
-                regular = stat.S_ISREG(os.stat(entry.path).st_mode)  # follows a link to a file
+                if not stat.S_ISREG(os.stat(entry.path).st_mode):  # follows a link to a file
+                    continue  # a folder named x.parquet, a device …
             except OSError:
-                regular = False  # a dangling link: named when it is read (order_files)
-                found.append(Path(entry.path))
-                continue
-            if regular:
-                found.append(Path(entry.path))
+                pass  # a link that leads nowhere: order_files refuses it by name
+            found.append(Path(entry.path))
         return found
     if path.exists():
         return [path]
@@ -205,14 +205,16 @@ class LedgerEntry:
     first_event: dt.datetime | None
     last_event: dt.datetime | None
     batch: str
-    cycle_date: dt.date
-    processed_at: dt.datetime
+    cycle_date: dt.date | None
+    processed_at: dt.datetime | None
 
     def skipped(self, name: str) -> str:
         """``skipped events-x.parquet: already processed as batch 3fa9c2d1e0b7 on 2026-10-05 (as events-y.parquet)``:
         the batch's cycle date; the earlier name only when it differs."""
         other = f" (as {self.file_name})" if self.file_name != name else ""
-        return f"skipped {name}: already processed as batch {self.batch} on {self.cycle_date.isoformat()}{other}"
+        day = self.cycle_date or (self.processed_at.date() if self.processed_at else None)
+        on = f" on {day.isoformat()}" if day else ""
+        return f"skipped {name}: already processed as batch {self.batch}{on}{other}"
 
 
 def ledger_entry(con: duckdb.DuckDBPyConnection, checksum: str) -> LedgerEntry | None:
@@ -262,6 +264,13 @@ class EventFile:
         return self.entry is None and self.error is None and self.copy_of is None
 
 
+def _damaged(path: Path, exc: duckdb.Error) -> InputError:
+    """A file DuckDB fails to read past its header (a corrupt page): bad input, named, not a bug."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})", file=str(path),
+                      table=EVENTS_CONTRACT, hint="export the file again")
+
+
 def _validated(con: duckdb.DuckDBPyConnection, path: Path) -> SourceFile:
     """The file read and validated as ingest validates events.parquet (same refusals, same messages)."""
     src = SourceFile(path=path, table=EVENTS_CONTRACT)
@@ -271,9 +280,7 @@ def _validated(con: duckdb.DuckDBPyConnection, path: Path) -> SourceFile:
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})", file=str(path),
-                         table=EVENTS_CONTRACT, hint="export the file again") from None
+        raise _damaged(path, exc) from None
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror or exc})", file=str(path)) from None
     return src
@@ -297,8 +304,7 @@ def _describe(con: duckdb.DuckDBPyConnection, event_file: EventFile) -> None:
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        event_file.error = InputError(f"damaged Parquet file: DuckDB cannot read it in full ({exc})",
-                                      file=str(event_file.path), table=EVENTS_CONTRACT)
+        event_file.error = _damaged(event_file.path, exc)
         return
     assert row is not None
     event_file.source = src
@@ -368,6 +374,17 @@ class Batch:
         return self.counts.get(FIRED, 0)
 
 
+def ledger_query(batch: Batch, processed_at: dt.datetime) -> Query:
+    """The batch's ledger row (scene_files), for the publish unit that records the batch."""
+    names = [name for name, _ in SCENE_FILES_COLUMNS]
+    values = {"checksum": batch.checksum, "file_name": batch.file.name, "path": str(batch.file), "size": batch.size,
+              "rows": batch.rows, "first_event": batch.first_event, "last_event": batch.last_event,
+              "batch": batch.batch_id, "cycle_date": batch.cycle_date, "processed_at": processed_at}
+    cols = ", ".join(quote_identifier(n) for n in names)
+    typed = ", ".join(f"CAST(${n} AS {type_})" for n, type_ in SCENE_FILES_COLUMNS)
+    return Query("scene:ledger", f"INSERT INTO {SCENE_FILES_TABLE} ({cols}) VALUES ({typed})", values)
+
+
 def view_month(con: duckdb.DuckDBPyConnection) -> str:
     """The latest scored month (max(month) of customer_view); refused when none was scored."""
     row = con.execute(f"SELECT max(month) FROM {VIEW_TABLE}").fetchone() if table_exists(con, VIEW_TABLE) else None
@@ -396,12 +413,18 @@ def events_query(source: str) -> Query:
     return Query("scene:events", sql)
 
 
-def _earlier_relation(con: duckdb.DuckDBPyConnection) -> str:
-    """scene_events, or the same columns empty when no batch was recorded yet."""
-    if table_exists(con, SCENE_EVENTS_TABLE):
-        return SCENE_EVENTS_TABLE
-    cols = ", ".join(f"CAST(NULL AS {type_}) AS {quote_identifier(name)}" for name, type_ in SCENE_EVENTS_COLUMNS)
-    return f"(SELECT {cols} WHERE false)"
+def _earlier_relation(con: duckdb.DuckDBPyConnection, first: dt.datetime | None, last: dt.datetime | None,
+                      scenes: Sequence[Scene]) -> str:
+    """The rows of scene_events that can matter to a batch with events from ``first`` to ``last``: a
+    duplicate has an event_time in that range, a blocking trigger is less than once_per days from
+    it. The literal range lets DuckDB skip the row groups of older batches (scene_events grows by
+    every batch; it is appended in time order). The same columns, empty, before the first batch."""
+    if not table_exists(con, SCENE_EVENTS_TABLE) or first is None or last is None:
+        cols = ", ".join(f"CAST(NULL AS {type_}) AS {quote_identifier(name)}" for name, type_ in SCENE_EVENTS_COLUMNS)
+        return f"(SELECT {cols} WHERE false)"
+    reach = dt.timedelta(days=max((s.once_per_days for s in scenes), default=0))
+    return (f"(SELECT * FROM {SCENE_EVENTS_TABLE} WHERE event_time BETWEEN {quote_literal(first - reach)} "
+            f"AND {quote_literal(last + reach)})")
 
 
 def load_batch(con: duckdb.DuckDBPyConnection, project: Project, event_file: EventFile) -> Batch:
@@ -429,11 +452,12 @@ def load_batch(con: duckdb.DuckDBPyConnection, project: Project, event_file: Eve
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.InterruptException):
             raise
-        raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({str(exc).splitlines()[0]})",
-                         file=str(event_file.path), table=EVENTS_CONTRACT) from None
+        raise _damaged(event_file.path, exc) from None
     watermark = ledger_watermark(con)
     queries = outcome_queries(project.scenes, project.policies, view_month=month, watermark=watermark,
-                              batch=event_file.batch_id, earlier=_earlier_relation(con))
+                              batch=event_file.batch_id,
+                              earlier=_earlier_relation(con, event_file.first_event, event_file.last_event,
+                                                        project.scenes))
     counts = run_outcomes(con, queries)
     cycle_date = cycle_date_of(event_file.last_event, watermark)
     return Batch(file=event_file.path, checksum=event_file.checksum, batch_id=event_file.batch_id,
@@ -448,7 +472,7 @@ class OutcomeQueries:
     """The statements that decide a batch, run by :func:`run_outcomes`:
 
     ``setup`` the scene catalogue, duplicates, the (event × listening scene) pairs with stale and
-    known, each scene's ``when`` and waves (one SELECT per scene, UNION ALL), and the matched
+    known, each scene's ``when`` and waves (one INSERT per scene), and the matched
     pairs an earlier batch's trigger blocks (decided once_per at once: a late event cannot sneak
     in before an issued trigger);
     ``round`` one once_per round, the same statements every round: per (msisdn, scene) the first

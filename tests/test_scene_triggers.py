@@ -38,6 +38,7 @@ from mktool.scene import (
     TRIGGER_COLUMNS,
     Batch,
     EventFile,
+    LedgerEntry,
     batch_id,
     ensure_scene_tables,
     event_files,
@@ -45,6 +46,7 @@ from mktool.scene import (
     file_checksum,
     is_event_file_name,
     ledger_entry,
+    ledger_query,
     ledger_watermark,
     load_batch,
     order_files,
@@ -385,6 +387,22 @@ def test_a_renamed_copy_has_the_same_checksum_and_the_ledger_knows_it(tmp_path, 
     assert ledger_watermark(con) == t(5)
 
 
+def test_the_ledger_row_of_a_batch_is_what_ledger_entry_reads_back(tmp_path, con, project):
+    path = events_file(tmp_path / "events-7.parquet", [ev(A, t(7, 9)), ev(B, t(7, 10))])
+    batch = load_batch(con, with_scenes(project, scene()), order_files(con, [path])[0])
+    at = dt.datetime(2026, 12, 1, 23, 59, 59)
+    q = ledger_query(batch, at)
+    con.execute(q.sql, q.params)
+    checksum = file_checksum(path)
+    assert ledger_entry(con, checksum) == LedgerEntry(
+        checksum=checksum, file_name="events-7.parquet", path=str(path), size=path.stat().st_size, rows=2,
+        first_event=t(7, 9), last_event=t(7, 10), batch=checksum[:12], cycle_date=dt.date(2026, 10, 7),
+        processed_at=at)
+    assert ledger_watermark(con) == t(7, 10)
+    again = order_files(con, [path])[0]
+    assert again.entry is not None and not again.is_new and (again.rows, again.last_event) == (2, t(7, 10))
+
+
 def test_a_copy_within_one_call_is_marked_as_a_copy_of_the_first_in_processing_order(tmp_path, con):
     original = events_file(tmp_path / "b.parquet", [ev(A, t(5))])
     shutil.copy(original, tmp_path / "a.parquet")
@@ -454,6 +472,22 @@ def test_an_unreadable_file_is_refused_naming_it(tmp_path, con):
         assert f.error is not None and str(f.error).startswith(str(f.path)) and str(f.error) == ingest_refusal(
             tmp_path, f.path)
     assert "not a readable Parquet file" in str(files[0].error) and "empty file (0 bytes)" in str(files[1].error)
+
+
+def test_a_damaged_file_or_a_dangling_link_is_refused_by_name_and_the_others_go_on(tmp_path, con):
+    rows = [ev(f"138{i:08d}", t(1) + dt.timedelta(minutes=i), value=float(i)) for i in range(5000)]
+    damaged = events_file(tmp_path / "events-1.parquet", rows)
+    data = bytearray(damaged.read_bytes())
+    data[200:400] = bytes(b ^ 0xFF for b in data[200:400])  # a data page, not the footer: the schema still reads
+    damaged.write_bytes(bytes(data))
+    os.symlink(tmp_path / "gone.parquet", tmp_path / "events-2.parquet")
+    good = events_file(tmp_path / "events-3.parquet", [ev(A, t(2))])
+    files = order_files(con, event_files(tmp_path))
+    assert [(f.path.name, f.is_new) for f in files] == [("events-3.parquet", True), ("events-1.parquet", False),
+                                                        ("events-2.parquet", False)]
+    assert files[0].path == good
+    assert str(files[1].error).startswith(f"{damaged}: table events: damaged Parquet file: DuckDB cannot read it")
+    assert str(files[2].error).startswith(f"{tmp_path / 'events-2.parquet'}: cannot read (No such file")
 
 
 def test_event_type_and_msisdn_are_normalised_exactly_as_ingest_stores_them(tmp_path, con, project):
@@ -596,3 +630,55 @@ def test_a_batch_is_refused_on_a_view_older_than_a_load_it_reads(quick_start, tm
     with pytest.raises(StateError, match="customer_view for 2026-10 is stale"):
         load_batch(con, with_scenes(project, scene()), order_files(con, [FIXTURES / "events.parquet"])[0])
     con.close()
+
+
+def record(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+    """What the delivery step's publish unit records of a batch (its ledger row and scene_events)."""
+    q = ledger_query(batch, dt.datetime(2026, 12, 1))
+    con.execute(q.sql, q.params)
+    con.execute("INSERT INTO scene_events BY NAME SELECT ? AS batch, * FROM _s_outcomes", [batch.batch_id])
+
+
+def test_a_late_file_is_judged_at_the_watermark_of_the_batches_before_it(tmp_path, con, project):
+    low = scene(waves=BELOW, expires=dt.timedelta(hours=1), once_per=30)
+    proj = with_scenes(project, low)
+    first = events_file(tmp_path / "events-10.parquet", [ev(A, t(10, 9), value=8.0), ev(B, t(10, 12), value=8.0)])
+    late = events_file(tmp_path / "events-09.parquet", [
+        ev(A, t(10, 11, 0, 1), value=3.0),  # 59 min 59 s before the watermark, a deeper wave: fires
+        ev(A, t(10, 11, 30), value=9.0),  # wave 1: blocked by both A's triggers, named by the latest (this batch's)
+        ev(B, t(10, 10, 59, 59), value=4.0),  # 1 h 1 s before the watermark: stale
+        ev(B, t(10, 12), value=8.0),  # the same key as in the first batch: duplicate
+        ev(C, t(10, 11, 59), value=1.0)])  # C's churn_flag is NULL, but no when: fires
+    b1 = load_batch(con, proj, order_files(con, [first])[0])
+    assert (b1.watermark, b1.fired) == (None, 2)
+    record(con, b1)
+    b2 = load_batch(con, proj, order_files(con, [late])[0])
+    assert (b2.watermark, b2.cycle_date, b2.first_event) == (t(10, 12), dt.date(2026, 10, 10), t(10, 10, 59, 59))
+    assert outcomes(con, "msisdn", "event_time", "wave", "outcome", "blocked_by_batch") == [
+        (B, t(10, 10, 59, 59), None, "stale", None), (A, t(10, 11, 0, 1), "below_5", "fired", None),
+        (A, t(10, 11, 30), "below_10", "once_per", b2.batch_id), (C, t(10, 11, 59), "below_5", "fired", None),
+        (B, t(10, 12), None, "duplicate", None)]
+    record(con, b2)
+    assert ledger_watermark(con) == t(10, 12)
+    assert order_files(con, [first, late])[0].entry is not None
+
+
+def test_load_batch_reads_every_earlier_row_that_can_matter_at_the_edges_of_its_reach(tmp_path, con, project):
+    """scene_events is read from first_event − once_per to last_event + once_per (the longest once_per of
+    the scenes): a trigger just inside either edge still blocks, a duplicate at the last event is still one."""
+    first, last = t(20, 8), t(25, 8)
+    upper = last + dt.timedelta(days=29)
+    earlier(con, {"msisdn": A, "event_time": first - dt.timedelta(days=30) + dt.timedelta(seconds=1),
+                  "scene_id": "pack", "wave_level": 1},
+            {"msisdn": B, "event_time": first - dt.timedelta(days=30), "scene_id": "pack", "wave_level": 1},
+            {"msisdn": C, "event_time": last, "outcome": "no_scene"},
+            {"msisdn": C, "event_time": upper, "scene_id": "pack", "wave_level": 1})
+    pack = scene("pack", policy="PACK", once_per=30, expires=dt.timedelta(days=60), position=2)
+    proj = with_scenes(project, scene(expires=dt.timedelta(days=60), once_per=7), pack)
+    path = events_file(tmp_path / "events-1.parquet", [ev(A, first), ev(B, first), ev(C, t(25, 7)), ev(C, last)])
+    load_batch(con, proj, order_files(con, [path])[0])
+    assert outcomes(con, "msisdn", "event_time", "scene_id", "outcome", "blocked_by_time") == [
+        (A, first, "low", "fired", None), (A, first, "pack", "once_per", first - dt.timedelta(days=30, seconds=-1)),
+        (B, first, "low", "fired", None), (B, first, "pack", "fired", None),  # exactly 30 days
+        (C, t(25, 7), "low", "fired", None), (C, t(25, 7), "pack", "once_per", upper),  # 29 days 1 hour
+        (C, last, None, "duplicate", None)]
