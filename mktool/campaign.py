@@ -83,6 +83,10 @@ from mktool.schema import (
     RECORDED_BY,
     RESPONSE_FUNNEL_PREFIX,
     RESPONSE_STAGES,
+    SCENE_CYCLE_PREFIX,
+    SCENE_EVENTS_TABLE,
+    SCENE_FILES_TABLE,
+    SCENE_MATRIX,
     VIEW_TABLE,
 )
 
@@ -128,6 +132,7 @@ class Shape:
     view: bool = False  # customer_view exists
     view_columns: tuple[str, ...] = ()  # of segment, value_tier, arpu_3m: those customer_view has
     funnel_cycle: bool = False  # funnel_counts.cycle
+    scenes: bool = False  # scene batches were recorded (scene_files, scene_events)
 
     @classmethod
     def of(cls, con: duckdb.DuckDBPyConnection) -> Shape:
@@ -141,11 +146,20 @@ class Shape:
             orders=table_exists(con, ORDERS_TABLE), recommendations=table_exists(con, RECOMMENDATIONS_TABLE),
             plan=table_exists(con, PLAN_TABLE),
             view=bool(view), view_columns=tuple(c for c in ("segment", "value_tier", "arpu_3m") if c in view),
-            funnel_cycle=funnel_has_cycle(con))
+            funnel_cycle=funnel_has_cycle(con),
+            scenes=table_exists(con, SCENE_FILES_TABLE) and table_exists(con, SCENE_EVENTS_TABLE))
 
 
 def _empty(columns: str) -> str:
     return f"SELECT {columns} WHERE false"
+
+
+def _unless_recommended(shape: Shape, month: str) -> str:
+    """A scene pair's condition: no matrix recommended the same pair that month (its row is the recommendation's)."""
+    if not shape.recommendations:
+        return ""
+    return (f"\n      AND NOT EXISTS (SELECT 1 FROM {RECOMMENDATIONS_TABLE} r WHERE r.msisdn = e.msisdn "
+            f"AND r.policy_id = e.policy_id AND r.month = {month})")
 
 
 def source_queries(shape: Shape) -> list[Query]:
@@ -180,6 +194,21 @@ def source_queries(shape: Shape) -> list[Query]:
             _empty("CAST(NULL AS VARCHAR) AS msisdn, CAST(NULL AS VARCHAR) AS month, CAST(NULL AS INTEGER) AS rank, "
                    "CAST(NULL AS VARCHAR) AS matrix, CAST(NULL AS VARCHAR) AS rule_id, CAST(NULL AS VARCHAR) AS "
                    "policy_id"))
+    if shape.scenes:
+        # a scene batch's listed pair: matrix 'scene', rule_id its scene (as its held-out twin has in holdouts), month
+        # the batch's (its cycle date's); one row per pair and month (its first listing), none where a matrix
+        # recommended the same pair that month
+        rec_month = "strftime(f.cycle_date, '%Y-%m')"
+        recs += f"""
+UNION ALL
+SELECT msisdn, month, rank, matrix, rule_id, policy_id FROM (
+    SELECT e.msisdn, {rec_month} AS month, CAST(NULL AS INTEGER) AS rank, '{SCENE_MATRIX}' AS matrix,
+           e.scene_id AS rule_id, e.policy_id,
+           row_number() OVER (PARTITION BY e.msisdn, {rec_month}, e.policy_id
+                              ORDER BY f.cycle_date, e.event_time, e.seq, e.scene_id) AS pos
+    FROM {SCENE_EVENTS_TABLE} e JOIN {SCENE_FILES_TABLE} f ON f.batch = e.batch
+    WHERE e.delivery = 'listed'{_unless_recommended(shape, rec_month)}) AS s
+WHERE pos = 1"""
 
     # a plan change's offer: each customer's best plan rank of the month (export lists it as
     # matrix 'plan', rule 'plan_rank_<rank>'; recommendations has no row for it)
@@ -207,6 +236,9 @@ def cycles_query(shape: Shape, month: str) -> Query:
                      "AND cycle IS NOT NULL")
     if shape.holdouts:
         parts.append(f"SELECT cycle FROM {HOLDOUTS_TABLE} WHERE month = $month AND cycle IS NOT NULL")
+    if shape.scenes:  # the scene batches of M (by cycle date), whether or not they held anything out
+        parts.append(f"SELECT '{SCENE_CYCLE_PREFIX}' || batch AS cycle FROM {SCENE_FILES_TABLE} "
+                     "WHERE strftime(cycle_date, '%Y-%m') = $month")
     if not parts:
         return Query("campaign:cycles", "SELECT CAST(NULL AS VARCHAR) AS cycle WHERE false")
     return Query("campaign:cycles", f"SELECT DISTINCT cycle FROM ({' UNION ALL '.join(parts)}) AS c ORDER BY cycle",
@@ -477,7 +509,8 @@ def forget_funnels_query(month: str) -> Query:
 
 def queries(month: str) -> dict[str, Query]:
     """Every query the campaign evaluation runs, by name (tests/test_spark_render.py renders each for Spark)."""
-    full = Shape(True, True, True, True, True, True, True, True, True, ("segment", "value_tier", "arpu_3m"), True)
+    full = Shape(True, True, True, True, True, True, True, True, True, ("segment", "value_tier", "arpu_3m"), True,
+                 scenes=True)
     found = [*source_queries(full), cycles_query(full, month),
              pairs_query(month, DEFAULT_WINDOW_DAYS, (dt.date(2026, 11, 1), dt.date(2026, 11, 30)), "PLAN_CHANGE"),
              figures_query(("policy_id",)), figures_query(("channel", "segment")), funnel_query(), balance_query(),

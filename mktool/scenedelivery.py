@@ -71,12 +71,12 @@ from mktool.publish import (
 from mktool.rules import Channel
 from mktool.scene import (
     SCENE_EVENTS_COLUMNS,
-    SCENE_FILES_COLUMNS,
     Batch,
     LedgerEntry,
     ensure_scene_tables,
     event_files,
     ledger_entry,
+    ledger_query,
     load_batch,
     order_files,
     view_month,
@@ -88,10 +88,11 @@ from mktool.schema import (
     PUSH,
     PUSH_STAGES,
     RATE_COLUMNS,
+    SCENE_CYCLE_PREFIX,
     SCENE_EVENTS_TABLE,
     SCENE_EVENTS_TEMP,
-    SCENE_FILES_TABLE,
     SCENE_FUNNELS_TABLE,
+    SCENE_MATRIX,
     SCENE_OUTCOMES_TEMP,
     SCENE_TRIGGERS_TEMP,
 )
@@ -99,7 +100,6 @@ from mktool.sqlquote import quote_literal
 from mktool.versions import engine_versions
 
 # -- names ------------------------------------------------------------------------------------
-CYCLE_PREFIX = "scene:"  # a batch's cycle id: contact_history.cycle, holdouts.cycle
 SCENES_FOLDER = "scenes"  # <out>/scenes/<cycle_date>/<batch_id>/
 FUNNEL_FILE = "funnel.json"
 MANIFEST = "manifest.json"
@@ -120,7 +120,6 @@ SCENE_FUNNELS_DDL = f"""CREATE TABLE IF NOT EXISTS {SCENE_FUNNELS_TABLE} (
     batch VARCHAR, month VARCHAR, cycle_date DATE, funnel VARCHAR, position INTEGER, stage VARCHAR, count BIGINT)"""
 #: scene_events' and the ledger's columns, in order (the inserts name them).
 SCENE_EVENT_COLUMNS = tuple(name for name, _ in SCENE_EVENTS_COLUMNS)
-LEDGER_COLUMNS = tuple(name for name, _ in SCENE_FILES_COLUMNS)
 
 
 @dataclass
@@ -150,7 +149,7 @@ class SceneRun:
 
 def scene_cycle(batch_id: str) -> str:
     """A batch's cycle id (contact_history.cycle, holdouts.cycle, the manifest)."""
-    return f"{CYCLE_PREFIX}{batch_id}"
+    return f"{SCENE_CYCLE_PREFIX}{batch_id}"
 
 
 def batch_folder(out_dir: Path, cycle_date: dt.date, batch_id: str) -> Path:
@@ -179,7 +178,7 @@ def _run(con: duckdb.DuckDBPyConnection, q: Query) -> duckdb.DuckDBPyConnection:
 def _offer_column(col: str) -> str:
     """One of export's offer columns as a trigger's offer has it (a scene offer has no plan or group)."""
     known = {"msisdn": "b.msisdn", "month": "CAST($month AS VARCHAR) AS month",
-             "rank": "CAST(b.rank AS INTEGER) AS rank", "matrix": "'scene' AS matrix",
+             "rank": "CAST(b.rank AS INTEGER) AS rank", "matrix": f"{quote_literal(SCENE_MATRIX)} AS matrix",
              "rule_id": "b.scene_id AS rule_id", "policy_id": "b.policy_id", "policy_name": "b.policy_name",
              "script": "b.script", "channels": "CAST(b.channels AS VARCHAR[]) AS channels"}
     if col in known:
@@ -480,12 +479,8 @@ def _record_batch(con: duckdb.DuckDBPyConnection, batch: Batch, funnels: dict[st
     if rows:
         con.executemany(f"INSERT INTO {SCENE_FUNNELS_TABLE} (batch, month, cycle_date, funnel, position, stage, count) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    ledger = {"checksum": batch.checksum, "file_name": Path(batch.file).name, "path": str(batch.file),
-              "size": batch.size, "rows": batch.rows, "first_event": batch.first_event, "last_event": batch.last_event,
-              "batch": batch.batch_id, "cycle_date": batch.cycle_date,
-              "processed_at": dt.datetime.now().replace(microsecond=0)}  # wall clock: the ledger only
-    con.execute(f"INSERT INTO {SCENE_FILES_TABLE} ({', '.join(LEDGER_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)})", [ledger[c] for c in LEDGER_COLUMNS])
+    q = ledger_query(batch, dt.datetime.now().replace(microsecond=0))  # wall clock: the ledger only
+    con.execute(q.sql, q.params)
 
 
 def _manifest(project: Project, batch: Batch, result: BatchResult, funnel_doc: dict[str, Any],

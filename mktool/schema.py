@@ -111,6 +111,10 @@ NO_GROUP = "(none)"
 SCENE_FILES_TABLE = "scene_files"  # the ledger: one row per event file processed (checksum → batch)
 SCENE_EVENTS_TABLE = "scene_events"  # every event of every batch with its outcome per scene
 SCENE_FUNNELS_TABLE = "scene_funnels"  # every batch's funnels (the months' funnel_counts stay apart)
+#: A scene batch's cycle id (contact_history.cycle, holdouts.cycle) is this prefix and its batch id;
+#: its offers' matrix (holdouts.matrix; their rule_id is the scene id).
+SCENE_CYCLE_PREFIX = "scene:"
+SCENE_MATRIX = "scene"
 #: A batch's work tables (temp: they vanish with the connection): its events (seq-ordered),
 #: the outcome of each event per scene, and the fired triggers the contact policy works on.
 SCENE_EVENTS_TEMP = "_s_events"

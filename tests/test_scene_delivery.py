@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import ENV, FIXTURES, MATRICES, D, M, mktool, write_table
+from conftest import ENV, FIXTURES, MATRICES, D, M, mktool, mktool_here, write_table
 
 from mktool.config import Settings
 from mktool.database import Database
@@ -34,7 +34,7 @@ from mktool.project import Project, load_project
 from mktool.publish import FAULT_POINTS
 from mktool.rules import Channel, ChannelConfig, ContactPolicy, Policy, Scene, Wave
 from mktool.scene import Batch
-from mktool.scenedelivery import SceneRun, batch_folder, deliver_batch, run_scene_files, scene_cycle
+from mktool.scenedelivery import SCENE_LIST_COLUMNS, SceneRun, batch_folder, deliver_batch, run_scene_files, scene_cycle
 from mktool.schema import SCENE_OUTCOMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,13 +93,15 @@ def shipped() -> Project:
 
 
 def make_project(shipped: Project, root: Path, *, channels: dict[str, Channel] | None = None,
-                 contact: ContactPolicy | None = None, scenes: tuple[Scene, ...] = SCENES) -> Project:
+                 contact: ContactPolicy | None = None, scenes: tuple[Scene, ...] = SCENES,
+                 salts: dict[str, str] | None = None) -> Project:
     root.mkdir(parents=True, exist_ok=True)
     (root / "scenes.yaml").write_text("scenes: []\n", encoding="utf-8")  # the manifest lists the rule files
     config = ChannelConfig(channels if channels is not None else CHANNELS,
                            contact or ContactPolicy(cooldown_days=30, monthly_cap=3, universal_holdout=0.25))
     rules = dataclasses.replace(shipped.rules, channels=config, policies=POLICIES, groups={}, scenes=scenes)
-    return dataclasses.replace(shipped, root=root, rules=rules, salts={"outbound": "pepper"})
+    return dataclasses.replace(shipped, root=root, rules=rules,
+                               salts={"outbound": "pepper"} if salts is None else salts)
 
 
 # -- the database and the batch ----------------------------------------------------------------
@@ -409,11 +411,13 @@ QUICK_SCENES = (
 )
 # Customers of the view (no dnd, no October contact); draws of md5 below (hand-checked in a test):
 LISTED_A, LISTED_B, HELD, UNIVERSAL, CALLER = "13800000022", "13800000033", "13800000004", "13800000069", "13800000041"
+LISTED_C = "13800000097"
 FILE_A = [  # balance_low of four customers on 2026-10-30 (wave below_10)
     {"msisdn": m, "event_time": dt.datetime(2026, 10, 30, 10, i), "event_type": "balance_low", "value": 8.0}
     for i, m in enumerate((LISTED_A, LISTED_B, HELD, UNIVERSAL))]
-FILE_B = [  # the next day: LISTED_A's balance falls below 5 (wave below_5), CALLER calls the hotline
+FILE_B = [  # the next day: LISTED_A's balance falls below 5 (wave below_5), LISTED_C's below 10, CALLER calls
     {"msisdn": LISTED_A, "event_time": dt.datetime(2026, 10, 31, 8, 0), "event_type": "balance_low", "value": 4.0},
+    {"msisdn": LISTED_C, "event_time": dt.datetime(2026, 10, 31, 8, 30), "event_type": "balance_low", "value": 8.0},
     {"msisdn": CALLER, "event_time": dt.datetime(2026, 10, 31, 9, 0), "event_type": "hotline_call", "value": 1.0},
 ]
 
@@ -450,10 +454,10 @@ def run_files(db: Path, project: Project, paths: list[Path], out: Path, **kw: An
 
 
 def test_the_quick_start_customers_draws() -> None:
-    assert md5_draw(HELD, "SC_TOPUP", MONTH) < 0.5 <= min(md5_draw(LISTED_A, "SC_TOPUP", MONTH),
-                                                          md5_draw(LISTED_B, "SC_TOPUP", MONTH))
+    assert md5_draw(HELD, "SC_TOPUP", MONTH) < 0.5 <= min(md5_draw(m, "SC_TOPUP", MONTH)
+                                                          for m in (LISTED_A, LISTED_B, LISTED_C))
     assert md5_draw(UNIVERSAL, "mktool-universal") < 0.02  # the shipped universal_holdout
-    assert all(md5_draw(m, "mktool-universal") >= 0.02 for m in (LISTED_A, LISTED_B, HELD, CALLER))
+    assert all(md5_draw(m, "mktool-universal") >= 0.02 for m in (LISTED_A, LISTED_B, LISTED_C, HELD, CALLER))
 
 
 def test_new_files_in_event_order_skipped_copies_refused_files_and_the_others_processed(quick, tmp_path,
@@ -470,7 +474,7 @@ def test_new_files_in_event_order_skipped_copies_refused_files_and_the_others_pr
     a, b = run.batches
     assert (a.lists, a.held_out) == ({"sms": 2, "inbound": 0}, {"sms": 2, "inbound": 0})
     # LISTED_A's wave below_5 fires, but batch A's sms contact used the shipped sms contact_cap (1)
-    assert (b.lists, b.cycle_date, b.outcomes["fired"]) == ({"sms": 0, "inbound": 1}, dt.date(2026, 10, 31), 2)
+    assert (b.lists, b.cycle_date, b.outcomes["fired"]) == ({"sms": 1, "inbound": 1}, dt.date(2026, 10, 31), 3)
     assert a.folder == out / "scenes" / "2026-10-30" / a.batch_id and (a.folder / "manifest.json").is_file()
     assert query(db, "SELECT wave, delivery, blocked_at FROM scene_events WHERE batch = ? AND msisdn = ?",
                  [b.batch_id, LISTED_A]) == [("below_5", "blocked", "contact_cap")]
@@ -483,7 +487,8 @@ def test_new_files_in_event_order_skipped_copies_refused_files_and_the_others_pr
     sent = query(db, "SELECT msisdn, contact_date, channel, policy_id, cycle FROM contact_history "
                      "WHERE cycle LIKE 'scene:%' ORDER BY contact_date, msisdn")
     assert sent == [(LISTED_A, dt.date(2026, 10, 30), "sms", "SC_TOPUP", f"scene:{a.batch_id}"),
-                    (LISTED_B, dt.date(2026, 10, 30), "sms", "SC_TOPUP", f"scene:{a.batch_id}")]
+                    (LISTED_B, dt.date(2026, 10, 30), "sms", "SC_TOPUP", f"scene:{a.batch_id}"),
+                    (LISTED_C, dt.date(2026, 10, 31), "sms", "SC_TOPUP", f"scene:{b.batch_id}")]
     assert query(db, "SELECT msisdn, kind, cycle FROM holdouts WHERE cycle LIKE 'scene:%' ORDER BY msisdn") == [
         (HELD, "policy", f"scene:{a.batch_id}"), (UNIVERSAL, "universal", f"scene:{a.batch_id}")]
     assert query(db, "SELECT batch, file_name FROM scene_files ORDER BY first_event") == [
@@ -613,3 +618,78 @@ def test_a_rerun_into_another_folder_gives_the_same_bytes(quick, reference, ship
                      for o in (out, other / "out"))
     assert first["outputs"] == {**second["outputs"], **{k: {**v, "run_id": first["run_id"]}
                                                          for k, v in second["outputs"].items()}}
+
+
+# == the month's commands on a database holding scene batches =====================================
+def test_evaluate_report_funnel_and_latest_work_beside_scene_batches(quick, tmp_path, shipped) -> None:
+    db, out, events = quick_world(quick, tmp_path)
+    funnel_before = mktool_here("funnel", "--month", M, "--db", str(db))
+    assert funnel_before.exit_code == 0, funnel_before.output
+    run = run_files(db, quick_project(shipped), [events], out)
+    assert len(run.batches) == 2
+    a, b = run.batches
+    assert query(db, "SELECT count(*) FROM holdouts WHERE cycle = ?", [scene_cycle(b.batch_id)]) == [(0,)]
+    # the monthly funnels (funnel_counts) are as they were: a batch's funnels are scene_funnels'
+    funnel_after = mktool_here("funnel", "--month", M, "--db", str(db))
+    assert funnel_after.exit_code == 0 and funnel_after.output == funnel_before.output
+    # the newest monthly list is still the cycle's: the scenes folder holds no cycle folders
+    latest = mktool_here("latest", "--channel", "sms", "--out", str(out), "--db", str(db))
+    assert latest.exit_code == 0 and latest.output.strip() == str(out / M / D / "sms.csv")
+    # evaluate: every batch of the month is a cycle of it, the one that held nothing out too (b): its contact
+    # counts beside its month's hold-outs, under the scene's matrix and rule like its held-out twins
+    done = mktool_here("evaluate", "--month", M, "--by", "policy_id,matrix,rule_id", "--format", "json",
+                       "--db", str(db))
+    assert done.exit_code == 0, done.output
+    doc = json.loads(done.stdout)
+    scene_rows = [r for r in doc["rows"] if r["policy_id"] == "SC_TOPUP"]
+    assert [(r["matrix"], r["rule_id"], r["contacted"], r["held_out"]) for r in scene_rows] == [("scene", "low", 3, 2)]
+    why = mktool_here("explain", LISTED_A, "--month", M, "--matrices", str(MATRICES), "--db", str(db))
+    assert why.exit_code == 0 and f"scene:{a.batch_id}" in why.output
+    page = mktool_here("report", "--month", M, "--out", str(tmp_path / "report.html"), "--lists", str(out),
+                       "--matrices", str(MATRICES), "--db", str(db))
+    assert page.exit_code == 0, page.output
+    assert (tmp_path / "report.html").stat().st_size > 0
+
+
+# == edges: an empty batch, hashed numbers, a missing salt ===========================================
+def test_an_empty_batch_publishes_header_only_lists_and_its_ledger_row(tmp_path, shipped) -> None:
+    db = make_db(tmp_path / "mk.duckdb")
+    batch = dataclasses.replace(make_batch(tmp_path, rows=0, triggers=[], others=[]), first_event=None,
+                                last_event=None)
+    result = deliver(db, make_project(shipped, tmp_path / "rules"), batch, tmp_path / "out", triggers=[], others=[])
+    folder = batch_folder(tmp_path / "out", DAY, BATCH)
+    assert result.lists == {"sms": 0, "app": 0, "inbound": 0}
+    assert (folder / "sms.csv").read_text(encoding="utf-8") == ",".join(SCENE_LIST_COLUMNS) + "\n"
+    assert (folder / "app.jsonl").read_bytes() == b"" and read_list(folder / "inbound.parquet") == []
+    funnel = json.loads((folder / "funnel.json").read_text(encoding="utf-8"))["funnels"]
+    assert funnel["events"] == [{"stage": s, "count": 0} for s in ("received", "unique", "with_scene")]
+    assert all(stage["count"] == 0 for stages in funnel.values() for stage in stages)
+    assert query(db, "SELECT batch, rows, first_event FROM scene_files") == [(BATCH, 0, None)]
+    assert query(db, "SELECT count(*) FROM scene_events") == [(0,)]
+    assert query(db, "SELECT count(*) FROM contact_history WHERE cycle = ?", [scene_cycle(BATCH)]) == [(0,)]
+
+
+def test_a_hashed_channel_lists_the_salted_sha256_in_the_numbers_order(tmp_path, shipped) -> None:
+    channels = {**CHANNELS, "sms": dataclasses.replace(CHANNELS["sms"], mask="hash")}
+    project = make_project(shipped, tmp_path / "rules", channels=channels, salts={"outbound": "pepper", "sms": "salt"})
+    deliver(make_db(tmp_path / "mk.duckdb"), project, make_batch(tmp_path), tmp_path / "out")
+    sms = read_list(batch_folder(tmp_path / "out", DAY, BATCH) / "sms.csv")
+
+    def sha(n: int) -> str:
+        return hashlib.sha256(("salt" + c(n)).encode()).hexdigest()
+
+    assert [(r["msisdn"], r["policy_id"]) for r in sms] == [
+        (sha(1), "TOPUP"), (sha(10), "TOPUP"), (sha(11), "TOPUP"), (sha(12), "TOPUP"), (sha(12), "DAY"),
+        (sha(16), "ROAM")]
+
+
+def test_a_missing_salt_is_refused_before_any_work(tmp_path, shipped) -> None:
+    channels = {**CHANNELS, "app": dataclasses.replace(CHANNELS["app"], mask="hash", salt_env="APP_SALT")}
+    db = make_db(tmp_path / "mk.duckdb")
+    with Database(settings(db), write=True):  # a database mktool opened before (its bookkeeping tables)
+        pass
+    before = state(db)
+    with pytest.raises(MktoolError, match="APP_SALT"):
+        deliver(db, make_project(shipped, tmp_path / "rules", channels=channels, salts={}), make_batch(tmp_path),
+                tmp_path / "out")
+    assert state(db) == before and not (tmp_path / "out").exists()
