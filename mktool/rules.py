@@ -1002,6 +1002,11 @@ def _read_scenes(matrices_dir: Path, ctx: _Context, problems: Problems, files: l
             scene = _read_scene(node, ctx, problems, position=position, first=first)
             if scene is not None:
                 scenes.append(scene)
+    clash = [c for c in SCENE_EVENT_COLUMNS if c in (ctx.columns or ())]
+    if scenes and clash:  # `value` in a scene's when would mean two things: refuse rather than guess
+        problems.error(f"{scenes[0].at()}: customer_view has a column named {', '.join(clash)} (scores.yaml), "
+                       f"which is also the event's: rename the score column, a scene's when reads "
+                       f"{', '.join(SCENE_EVENT_COLUMNS)} as the event's")
     return tuple(scenes)
 
 

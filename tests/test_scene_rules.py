@@ -494,3 +494,14 @@ def test_check_counts_the_scenes(cli) -> None:
     result = cli("check", "--matrices", "matrices")
     assert result.exit_code == 0, result.output
     assert "matrices: 10 files OK: 5 matrices, 11 rules, 11 policies, 5 channels, 1 scene" in result.stderr
+
+
+def test_a_score_column_named_like_an_event_column_is_refused() -> None:
+    write_matrices(Path("matrices"), {"policies.yaml": SCENE_POLICIES, "scenes.yaml": GOOD})
+    scores = Path("matrices/scores.yaml")
+    scores.write_text(scores.read_text(encoding="utf-8").replace(
+        "columns:\n", "columns:\n  - name: value\n    expr: arpu_3m * 2\n", 1), encoding="utf-8")
+    assert [p.text for p in validate_all(Path("matrices")).errors] == [
+        "matrices/scenes.yaml:2 @ scenes[0] (scene low_balance): customer_view has a column named value "
+        "(scores.yaml), which is also the event's: rename the score column, a scene's when reads value, event_time, "
+        "event_type as the event's"]

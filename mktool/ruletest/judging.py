@@ -49,8 +49,8 @@ from mktool.ruletest.cases import (
     suggest,
 )
 from mktool.ruletest.customers import CustomerBuilder, MemoryDatabase, convert_value
-from mktool.scene import SCENE_EVENTS_COLUMNS, events_query, outcome_queries, run_outcomes
-from mktool.schema import FIRED, SCENE_OUTCOMES, SCENE_OUTCOMES_TEMP, VIEW_TABLE
+from mktool.scene import events_query, outcome_queries, run_outcomes
+from mktool.schema import FIRED, SCENE_EVENTS_COLUMNS, SCENE_OUTCOMES, SCENE_OUTCOMES_TEMP, VIEW_TABLE
 from mktool.scoremodel import load_score_model
 from mktool.sqlquote import quote_identifier, quote_literal
 from mktool.yamlio import unknown_keys
