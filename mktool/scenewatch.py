@@ -197,6 +197,9 @@ class Watcher:
             return result
         try:
             with self.open_db() as db:
+                if self.busy:
+                    self.reporter.info("database free again: processing the waiting files")
+                    self.busy = False
                 run = self.runner(db, self.project, taken, out_dir=self.out_dir, reporter=self.reporter,
                                   stop=self.stop)
                 report_run(run, self.reporter, db)
@@ -210,9 +213,6 @@ class Watcher:
             self.busy = True
             result.busy = True
             return result
-        if self.busy:
-            self.reporter.info("database free again: processing the waiting files")
-            self.busy = False
         result.batches, result.skipped, result.refused = list(run.batches), list(run.skipped), list(run.refused)
         for path in [b.file for b in result.batches] + [p for p, _ in result.skipped]:
             if path in listing:
@@ -231,7 +231,8 @@ def batch_line(batch: BatchResult, events: int | None) -> str:
     listed = ", ".join(f"{name} {n:,}" for name, n in batch.lists.items()) or "no channel"
     held = sum(batch.held_out.values())
     return (f"{batch.file.name} → batch {batch.batch_id} ({batch.cycle_date}): "
-            f"{'?' if events is None else f'{events:,}'} events, {batch.outcomes.get('fired', 0):,} fired; "
+            f"{'?' if events is None else f'{events:,}'} event{'' if events == 1 else 's'}, "
+            f"{batch.outcomes.get('fired', 0):,} fired; "
             f"listed {listed}" + (f"; {held:,} held out" if held else ""))
 
 

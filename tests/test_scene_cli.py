@@ -7,14 +7,27 @@ the command's usage errors in-process; the real loop in a few short subprocesses
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
 import pytest
-from conftest import mktool_here
+from conftest import ENV, FIXTURES, MATRICES, M, fetch, mktool_here, write_table
+from typer.testing import CliRunner
 
 from mktool import explain
+from mktool.cli import app
+from mktool.database import RunLock
 from mktool.rules import Scene, Wave
 
 T = dt.datetime.fromisoformat
@@ -175,3 +188,261 @@ def test_help_has_examples() -> None:
     for example in ("mktool scene --events fixtures/events/", "--watch /data/inbox --interval 30",
                     "--interval 60 --once --quiet", "MKTOOL_OUT"):
         assert example in result.output, example
+
+
+# -- end to end on the fixtures' Quick start database ------------------------------------------------
+PREPAID = ("13800000022", "13800000026")  # prepaid, churn_flag in the fixtures' October view: balance_low fires
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Quick start database (ingest the fixtures, score October), built once for the module."""
+    db = tmp_path_factory.mktemp("quickstart") / "qs.duckdb"
+    assert mktool_here("ingest", str(FIXTURES), "--db", str(db), "-q").exit_code == 0
+    assert mktool_here("score", "--month", M, "--db", str(db), "--matrices", str(MATRICES), "-q").exit_code == 0
+    rows = fetch(db, "SELECT msisdn FROM customer_view WHERE month = ? AND payment = 'prepaid' AND churn_flag "
+                     "AND list_contains(?, msisdn)", [M, list(PREPAID)])
+    assert sorted(r[0] for r in rows) == sorted(PREPAID)  # the scene's when holds for them
+    return db
+
+
+@pytest.fixture
+def site(quickstart: Path, tmp_path: Path) -> SimpleNamespace:
+    """A private copy of the Quick start database, an inbox and an output folder."""
+    db = tmp_path / "mk.duckdb"
+    shutil.copy(quickstart, db)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    out = tmp_path / "out"
+    return SimpleNamespace(db=db, inbox=inbox, out=out,
+                           args=["--db", str(db), "--matrices", str(MATRICES), "--out", str(out)])
+
+
+def low_balance(path: Path, *events: tuple[str, str, float], age: float = 60) -> Path:
+    """An event file of balance_low events (msisdn, time, value), its mtime ``age`` seconds ago."""
+    write_table(path, "events", [dict(msisdn=m, event_time=T(t), event_type="balance_low", value=v)
+                                 for m, t, v in events])
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def batch_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def ledger(db: Path) -> list[tuple[str, str]]:
+    """The ledger's (batch, file name) rows in processing order; none before the first batch made the table."""
+    if not fetch(db, "SELECT 1 FROM information_schema.tables WHERE table_name = 'scene_files'"):
+        return []
+    return fetch(db, "SELECT batch, file_name FROM scene_files ORDER BY processed_at")
+
+
+def delivered_folders(out: Path) -> set[str]:
+    """Batch folders published under <out>/scenes/ (each with its manifest)."""
+    root = out / "scenes"
+    return {f.name for f in root.glob("*/*") if (f / "manifest.json").exists()} if root.exists() else set()
+
+
+def test_events_the_same_file_twice_and_a_renamed_copy(site: SimpleNamespace, tmp_path: Path) -> None:
+    e1 = low_balance(site.inbox / "e1.parquet", (PREPAID[0], "2026-10-05 10:00", 8.0),
+                     (PREPAID[1], "2026-10-05 10:05", 4.0))
+    first = mktool_here("scene", "--events", str(site.inbox), *site.args)
+    assert first.exit_code == 0, first.output
+    b1 = batch_of(e1)
+    assert f"e1.parquet → batch {b1} (2026-10-05): 2 events, 2 fired; listed " in first.output
+    assert "sms 2" in first.output
+    assert delivered_folders(site.out) == {b1}
+    again = mktool_here("scene", "--events", str(site.inbox), *site.args)
+    assert again.exit_code == 0
+    assert f"skipped e1.parquet: already processed as batch {b1} on 2026-10-05" in again.output
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copy(e1, other / "renamed.parquet")
+    copy = mktool_here("scene", "--events", str(other / "renamed.parquet"), *site.args)
+    assert copy.exit_code == 0
+    assert f"skipped renamed.parquet: already processed as batch {b1} on 2026-10-05 (as e1.parquet)" in copy.output
+    assert ledger(site.db) == [(b1, "e1.parquet")]
+
+
+def test_events_a_refused_file_exits_1_after_the_others(site: SimpleNamespace) -> None:
+    (site.inbox / "a-broken.parquet").write_bytes(b"not parquet at all")
+    good = low_balance(site.inbox / "b-good.parquet", (PREPAID[0], "2026-10-06 09:00", 9.0))
+    result = mktool_here("scene", "--events", str(site.inbox), *site.args)
+    assert result.exit_code == 1, result.output
+    assert "a-broken.parquet: table events: not a readable Parquet file" in result.output
+    assert "1 event file refused (a-broken.parquet); 1 batch delivered" in result.output
+    assert ledger(site.db) == [(batch_of(good), "b-good.parquet")]
+
+
+def test_watch_once_exit_codes(site: SimpleNamespace) -> None:
+    once = ["scene", "--watch", str(site.inbox), "--interval", "30", "--once", *site.args]
+    young = low_balance(site.inbox / "young.parquet", (PREPAID[0], "2026-10-07 09:00", 9.0), age=1)
+    result = mktool_here(*once)
+    assert result.exit_code == 0 and ledger(site.db) == []  # younger than one interval: left for the next run
+    os.utime(young, (time.time() - 60, time.time() - 60))
+    with RunLock(site.db, exclusive=True, wait=0):  # the monthly run holds the database
+        locked = mktool_here(*once)
+    assert locked.exit_code == 3 and "database is locked" in locked.output and ledger(site.db) == []
+    (site.inbox / "broken.parquet").write_bytes(b"PAR1 nonsense")
+    os.utime(site.inbox / "broken.parquet", (time.time() - 60, time.time() - 60))
+    refused = mktool_here(*once)
+    assert refused.exit_code == 1 and "broken.parquet" in refused.output
+    assert ledger(site.db) == [(batch_of(young), "young.parquet")]
+    assert mktool_here(*once).exit_code == 1  # --once has no memory: the broken file is refused again
+
+
+def test_explain_shows_the_scene_events_of_a_batch(site: SimpleNamespace) -> None:
+    low_balance(site.inbox / "e1.parquet", (PREPAID[0], "2026-10-05 10:00", 8.0))
+    low_balance(site.inbox / "e2.parquet", (PREPAID[0], "2026-10-05 10:30", 9.0))  # wave 1 again: once_per
+    assert mktool_here("scene", "--events", str(site.inbox), *site.args).exit_code == 0
+    shown = mktool_here("explain", PREPAID[0], "--month", M, "--format", "json", "--db", str(site.db),
+                        "--matrices", str(MATRICES))
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.stdout)
+    b1 = batch_of(site.inbox / "e1.parquet")
+    assert [(r["event_time"], r["outcome"], r["why"]) for r in doc["scene_events"]] == [
+        ("2026-10-05 10:30:00", "once_per",
+         f"blocked by the trigger of 2026-10-05 10:00:00 in batch {b1} (once_per 30 days)"),
+        ("2026-10-05 10:00:00", "fired", "listed on sms")]
+    table = CliRunner().invoke(app, ["explain", PREPAID[0], "--month", M, "--db", str(site.db), "--matrices",
+                                     str(MATRICES)], env={"COLUMNS": "250"})
+    section = table.stdout[table.stdout.index("Events and scenes"):]
+    assert f"in batch {b1} (once_per 30 days)" in section and "listed on sms" in section
+    assert PREPAID[0] not in section
+
+
+# -- the loop as a real process ------------------------------------------------------------------------
+class Watching:
+    """``mktool scene --watch`` in a subprocess, its stderr read line by line as it comes."""
+
+    def __init__(self, site: SimpleNamespace, interval: str = "0.2", fault: str | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mktool", "scene", "--watch", str(site.inbox), "--interval", interval, *site.args],
+            env={**ENV, **({"MKTOOL_FAULT": fault} if fault else {})}, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def expect(self, text: str, timeout: float = 60) -> str:
+        """The first line with ``text``, seen already or coming within ``timeout`` seconds."""
+        for line in self.seen:
+            if text in line:
+                return line
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} in {self.seen}")
+
+    def stop(self, sig: int | None) -> tuple[int, str]:
+        """Send ``sig`` (None: none, the process ends by itself) and wait for the exit code and all of stderr."""
+        if sig is not None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        time.sleep(0.1)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return code, "".join(self.seen)
+
+
+def test_watch_survives_a_lock_and_a_malformed_file_takes_a_renamed_tmp_and_stops_on_sigterm(
+        site: SimpleNamespace) -> None:
+    w = Watching(site)
+    try:
+        w.expect("watching")
+        with RunLock(site.db, exclusive=True, wait=0):  # the monthly run holds the database
+            (site.inbox / "a-broken.parquet").write_bytes(b"not parquet")
+            os.utime(site.inbox / "a-broken.parquet", (time.time() - 60, time.time() - 60))
+            good = low_balance(site.inbox / "b-good.parquet", (PREPAID[0], "2026-10-05 10:00", 8.0))
+            w.expect("database busy")
+        w.expect("database free again")
+        w.expect("a-broken.parquet: table events: not a readable Parquet file")
+        w.expect(f"b-good.parquet → batch {batch_of(good)}")
+        tmp = low_balance(site.inbox / "c-late.parquet.tmp", (PREPAID[1], "2026-10-05 11:00", 4.0), age=0)
+        time.sleep(0.6)  # polls see the .tmp and leave it alone
+        late = tmp.rename(site.inbox / "c-late.parquet")
+        w.expect(f"c-late.parquet → batch {batch_of(late)}")
+        time.sleep(0.6)  # more polls: neither the broken file nor the delivered ones come back
+        code, err = w.stop(signal.SIGTERM)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    assert code == 0, err
+    assert "SIGTERM: stopped watching" in err
+    assert err.count("a-broken.parquet: table events") == 1 and err.count("b-good.parquet → batch") == 1
+    assert "Traceback" not in err
+    assert [f for _, f in ledger(site.db)] == ["b-good.parquet", "c-late.parquet"]
+
+
+def test_sigterm_during_batches_leaves_each_batch_whole(site: SimpleNamespace) -> None:
+    files = [low_balance(site.inbox / f"e{i}.parquet", (PREPAID[i % 2], f"2026-10-0{i + 1} 10:00", 8.0 - i))
+             for i in range(4)]
+    w = Watching(site)
+    try:
+        w.expect("→ batch")  # the first batch is delivered; the next one is running or about to
+        code, err = w.stop(signal.SIGTERM)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    assert code == 0, err
+    recorded = {b for b, _ in ledger(site.db)}
+    assert 1 <= len(recorded) <= len(files)
+    assert recorded == delivered_folders(site.out)  # every batch recorded has its folder, and no other
+    assert recorded <= {batch_of(f) for f in files}
+    assert not list(site.out.glob("scenes/*/.*"))  # no staging left beside the batch folders
+
+
+def test_ctrl_c_exits_130(site: SimpleNamespace) -> None:
+    w = Watching(site)
+    try:
+        w.expect("watching")
+        code, err = w.stop(signal.SIGINT)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    assert code == 130, err
+    assert "the watch loop stopped" in err and "Traceback" not in err
+
+
+def test_ctrl_c_inside_a_batch_leaves_nothing_of_it_and_exits_130(site: SimpleNamespace) -> None:
+    low_balance(site.inbox / "e1.parquet", (PREPAID[0], "2026-10-05 10:00", 8.0))
+    contacts = fetch(site.db, "SELECT count(*) FROM contact_history")
+    w = Watching(site, fault="write_manifest:sigint")  # a real SIGINT while the batch writes its folder
+    try:
+        code, err = w.stop(None)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    assert code == 130, err
+    assert "the watch loop stopped" in err and "Traceback" not in err
+    assert ledger(site.db) == [] and delivered_folders(site.out) == set()
+    assert fetch(site.db, "SELECT count(*) FROM contact_history") == contacts
+    assert not list(site.out.glob("scenes/*/*"))  # not even an empty batch folder
+
+
+def test_an_error_about_no_file_ends_the_loop(tmp_path: Path) -> None:
+    """No scored customer view: every file would fail alike, so the loop ends (exit 1; systemd restarts it)."""
+    db = tmp_path / "empty.duckdb"
+    assert mktool_here("ingest", str(FIXTURES / "plans.parquet"), "--db", str(db), "-q").exit_code == 0
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    low_balance(inbox / "e1.parquet", (PREPAID[0], "2026-10-05 10:00", 8.0))
+    result = mktool_here("scene", "--watch", str(inbox), "--interval", "0.2", "--db", str(db),
+                         "--matrices", str(MATRICES), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output
+    assert "mktool score" in result.output
+    assert ledger(db) == []
