@@ -52,7 +52,10 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Quickstart, An
         history, dnd = ref.history_of(con), ref.dnd_of(con)
     finally:
         con.close()
-    scenes = yaml.safe_load((MATRICES / "scenes.yaml").read_text(encoding="utf-8"))["scenes"]
+    scenes = []  # definitions §1: scenes.yaml first, then scenes/*.yaml by file name, each in list order
+    for path in [MATRICES / "scenes.yaml", *sorted((MATRICES / "scenes").glob("*.yaml"))]:
+        if path.exists():
+            scenes += yaml.safe_load(path.read_text(encoding="utf-8")).get("scenes") or []
     reference = ref.Reference([ref.scene_of(s, n) for n, s in enumerate(scenes, start=1)], view,
                               ref.settings_from(MATRICES), dnd=dnd, history=history, sql=ref.SqlConditions(schema))
     want = reference.run([EVENTS])
