@@ -135,6 +135,7 @@ class BatchResult:
     held_out: dict[str, int] = field(default_factory=dict)  # channel → rows held out
     deliveries: dict[str, int] = field(default_factory=dict)  # delivery → fired rows
     run_id: str = ""
+    events: int = 0  # the event file's rows
 
 
 @dataclass
@@ -375,7 +376,7 @@ def deliver_batch(db: Database, project: Project, batch: Batch, *, out_dir: Path
         "SELECT channel, count(*) FROM _x_drawn WHERE held_out GROUP BY channel").fetchall()}
     result = BatchResult(batch.batch_id, Path(batch.file), batch_folder(out_dir, batch.cycle_date, batch.batch_id),
                          batch.cycle_date, {}, outcomes, {name: held.get(name, 0) for name in channels}, deliveries,
-                         run_id=uuid.uuid4().hex[:12])
+                         run_id=uuid.uuid4().hex[:12], events=batch.rows)
     _write(db, project, config, batch, result, channels, salts, funnels)
     for table in ("_x_drawn", "_x_offers", "_sd_verdicts", "_sd_events"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
@@ -386,7 +387,7 @@ def _write(db: Database, project: Project, config: ExportConfig, batch: Batch, r
            channels: list[str], salts: dict[str, str | None], funnels: dict[str, list[tuple[str, int]]]) -> None:
     """The folder and the records, one publish unit; the folder lock held (as export's cycle folder)."""
     folder = result.folder
-    made = [f for f in (folder.parent.parent, folder.parent, folder) if not f.exists()]
+    made = [f for f in (folder, *folder.parents) if not f.exists()]  # what this publish creates, innermost first
     with contextlib.ExitStack() as held:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -396,7 +397,7 @@ def _write(db: Database, project: Project, config: ExportConfig, batch: Batch, r
         try:
             _publish(db, project, config, batch, result, channels, salts, funnels)
         except BaseException:
-            for f in reversed(made):  # undone before its commit: no empty folder left behind
+            for f in made:  # undone before its commit: no empty folder left behind
                 with contextlib.suppress(OSError):
                     f.rmdir()
             raise

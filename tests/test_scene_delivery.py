@@ -474,7 +474,8 @@ def test_new_files_in_event_order_skipped_copies_refused_files_and_the_others_pr
     a, b = run.batches
     assert (a.lists, a.held_out) == ({"sms": 2, "inbound": 0}, {"sms": 2, "inbound": 0})
     # LISTED_A's wave below_5 fires, but batch A's sms contact used the shipped sms contact_cap (1)
-    assert (b.lists, b.cycle_date, b.outcomes["fired"]) == ({"sms": 1, "inbound": 1}, dt.date(2026, 10, 31), 3)
+    assert (b.lists, b.cycle_date, b.outcomes["fired"], b.events) == ({"sms": 1, "inbound": 1},
+                                                                     dt.date(2026, 10, 31), 3, 3)
     assert a.folder == out / "scenes" / "2026-10-30" / a.batch_id and (a.folder / "manifest.json").is_file()
     assert query(db, "SELECT wave, delivery, blocked_at FROM scene_events WHERE batch = ? AND msisdn = ?",
                  [b.batch_id, LISTED_A]) == [("below_5", "blocked", "contact_cap")]
