@@ -1058,9 +1058,9 @@ def _read_scene(node: Located, ctx: _Context, problems: Problems, *, position: i
     with problems.catch():
         event_type = required("event_type")
         if not is_name(event_type):
-            written, event_type = event_type, None
+            given, event_type = event_type, None
             raise node.child("event_type").error(
-                f"{short_repr(written)} is not an event type: the events' event_type is compared exactly as ingest "
+                f"{short_repr(given)} is not an event type: the events' event_type is compared exactly as ingest "
                 "stores it (trimmed, case kept), and the types are lower-case identifiers such as balance_low")
     when: str | None = None
     with problems.catch():
