@@ -283,10 +283,10 @@ def watch(folder: Path, *, interval: float, project: Project, out_dir: Path, ope
     watcher = Watcher(folder, interval=interval, project=project, out_dir=out_dir, open_db=open_db, runner=runner,
                       reporter=reporter, stop=flag, once=once)
     result = WatchResult()
-    if not once:
-        reporter.info(f"watching {folder} every {interval:g} s (SIGTERM or Ctrl-C stops)")
     try:
         with sigterm_stops(flag):
+            if not once:  # inside: a Ctrl-C right after this line is the loop's, and says so
+                reporter.info(f"watching {folder} every {interval:g} s (SIGTERM or Ctrl-C stops)")
             while not flag():
                 started = time.monotonic()
                 poll = watcher.poll()

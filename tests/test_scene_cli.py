@@ -376,7 +376,12 @@ def test_watch_survives_a_lock_and_a_malformed_file_takes_a_renamed_tmp_and_stop
         time.sleep(0.6)  # polls see the .tmp and leave it alone
         late = tmp.rename(site.inbox / "c-late.parquet")
         w.expect(f"c-late.parquet → batch {batch_of(late)}")
-        time.sleep(0.6)  # more polls: neither the broken file nor the delivered ones come back
+        copy = site.inbox / "d-copy.parquet"
+        shutil.copy(good, copy)  # a renamed copy of a processed file: the ledger skips it, and says so
+        os.utime(copy, (time.time() - 60, time.time() - 60))
+        w.expect(f"skipped d-copy.parquet: already processed as batch {batch_of(good)} on 2026-10-05 "
+                 "(as b-good.parquet)")
+        time.sleep(0.6)  # more polls: neither the broken file, the copy nor the delivered ones come back
         code, err = w.stop(signal.SIGTERM)
     finally:
         if w.proc.poll() is None:
@@ -384,6 +389,7 @@ def test_watch_survives_a_lock_and_a_malformed_file_takes_a_renamed_tmp_and_stop
     assert code == 0, err
     assert "SIGTERM: stopped watching" in err
     assert err.count("a-broken.parquet: table events") == 1 and err.count("b-good.parquet → batch") == 1
+    assert err.count("skipped d-copy.parquet") == 1
     assert "Traceback" not in err
     assert [f for _, f in ledger(site.db)] == ["b-good.parquet", "c-late.parquet"]
 
