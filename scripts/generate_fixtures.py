@@ -477,6 +477,80 @@ def _copy(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path) -> int:
     return int(_one_row(con, f"COPY ({select_sql}) TO {_lit(path)} (FORMAT parquet, COMPRESSION zstd)")[0])
 
 
+DAILY_EVENTS_PREFIX = "events-"
+HOTLINE_SHARE = 0.006  # customers calling the hotline in the month (~12 of 2,000)
+
+
+def _write_daily_events(con: duckdb.DuckDBPyConnection, events_file: Path, folder: Path,
+                        mstart: Any, mend: Any) -> dict[str, int]:
+    """The month's events as the feed `mktool scene` reads: one file per day with events
+    (``events-YYYY-MM-DD.parquet``, the day of event_time), the events of events.parquet plus
+
+    - ``hotline_call`` events (value: the call's minutes, 08:00–20:00) of ~0.6% of the month's customers, for
+      the minimum-spend scene on the inbound pop-up (they are not in events.parquet, which stays
+      as ingest's fixture);
+    - one duplicate within a file: an event repeated in its day's file with another value (the
+      key msisdn, event_type, event_time is the event's identity, so it stays a duplicate);
+    - one duplicate across two files: the last event of a day repeated in the next event day's
+      file (a feed re-sending its boundary event), which keeps the files' order by event time.
+
+    Rows within a file are ordered by msisdn, event_time, event_type, value; the file of a day is
+    the same bytes for the same arguments."""
+    folder.mkdir()
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE ev_month AS
+        SELECT msisdn, event_time, event_type, value, CAST(event_time AS DATE) AS day
+        FROM read_parquet({_lit(events_file)})
+        UNION ALL
+        SELECT msisdn(i), TIMESTAMP '{mstart.isoformat()} 08:00:00'
+                   + to_days(floor(u1(i, 'ev_hot_d') * {(mend - mstart).days + 1})::INTEGER)
+                   + to_seconds(floor(u1(i, 'ev_hot_t') * 12 * 3600)::BIGINT),
+               'hotline_call', round(1 + 14 * u1(i, 'ev_hot_v'), 1),
+               NULL
+        FROM cm WHERE u1(i, 'ev_hot') < {HOTLINE_SHARE}
+    """)
+    con.execute("UPDATE ev_month SET day = CAST(event_time AS DATE) WHERE day IS NULL")
+    # the within-file duplicate: one data_90pct event by hash, the same key with value + 1
+    con.execute("""
+        INSERT INTO ev_month
+        SELECT msisdn, event_time, event_type, value + 1, day FROM ev_month
+        WHERE event_type = 'data_90pct'
+        ORDER BY hash(msisdn, event_time, 'ev_dup_in'), msisdn LIMIT 1
+    """)
+    # the across-file duplicate: the last event of the first event day from the 10th that has a
+    # later event day, repeated (same row) in that later day's file
+    con.execute("""
+        INSERT INTO ev_month
+        WITH days AS (SELECT DISTINCT day FROM ev_month),
+        d AS (SELECT min(day) AS day FROM days
+              WHERE day >= (SELECT min(day) + 9 FROM days) AND day < (SELECT max(day) FROM days)),
+        nxt AS (SELECT min(day) AS day FROM days WHERE day > (SELECT day FROM d))
+        SELECT e.msisdn, e.event_time, e.event_type, e.value, (SELECT day FROM nxt)
+        FROM ev_month e WHERE e.day = (SELECT day FROM d)
+        ORDER BY e.event_time DESC, e.event_type, e.msisdn LIMIT 1
+    """)
+    rows: dict[str, int] = {}
+    for (day,) in con.execute("SELECT DISTINCT day FROM ev_month ORDER BY day").fetchall():
+        name = f"{DAILY_EVENTS_PREFIX}{day.isoformat()}.parquet"
+        rows[name] = _copy(con, f"""
+            SELECT msisdn, event_time, event_type, value::DOUBLE AS value FROM ev_month
+            WHERE day = DATE '{day.isoformat()}' ORDER BY msisdn, event_time, event_type, value
+        """, folder / name)
+    con.execute("DROP TABLE ev_month")
+    return rows
+
+
+def _replace_daily_events(staged: Path, folder: Path, names: list[str]) -> None:
+    """Move the staged daily files into ``folder``, removing daily files of an earlier
+    generation that this one does not write (another month, another seed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(f"{DAILY_EVENTS_PREFIX}*.parquet"):
+        if old.name not in names:
+            old.unlink()
+    for name in names:
+        os.replace(staged / name, folder / name)
+
+
 def _month_after(month: str) -> str:
     y, m = int(month[:4]), int(month[5:7])
     return f"{y + m // 12:04d}-{m % 12 + 1:02d}"
@@ -600,11 +674,14 @@ def _orders_sql(policy_channels: str, next_month: str) -> str:
 
 
 def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
-             plans_csv: Path = PLANS_4G_SEED, label_month: bool = False) -> dict[str, int]:
+             plans_csv: Path = PLANS_4G_SEED, label_month: bool = False,
+             events_dir: Path | None = None) -> dict[str, int]:
     """Write the synthetic extracts into out_dir; return {file name: rows written}.
 
     ``label_month`` also writes the subscribers of the month after the last one (no usage or
     bills): the churn label of `mktool evaluate churn` for the last month.
+    ``events_dir`` also writes the last month's events as the daily event files `mktool scene`
+    reads (``events-YYYY-MM-DD.parquet``, see :func:`_write_daily_events`) into that folder.
     """
     out_dir = Path(out_dir)
     months = _parse_months(list(months))
@@ -705,6 +782,9 @@ def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
                     SELECT msisdn(i) AS msisdn, event_time, event_type, value::DOUBLE AS value
                     FROM t ORDER BY i, event_time, event_type
                 """, staging / "events.parquet")
+                if events_dir is not None:
+                    rows.update(_write_daily_events(con, staging / "events.parquet", staging / "events",
+                                                    mstart, mend))
         con.execute("DROP TABLE IF EXISTS cm")
 
         policy_channels = ", ".join(f"('{pol}', '{ch}', {n})" for n, (pol, chans) in
@@ -781,7 +861,12 @@ def generate(out_dir: Path, subscribers: int, months: list[str], seed: int = 7,
         con.close()
 
         for name in rows:
+            if name.startswith(DAILY_EVENTS_PREFIX):
+                continue
             os.replace(staging / name, out_dir / name)
+        if events_dir is not None:
+            _replace_daily_events(staging / "events", Path(events_dir),
+                                  [n for n in rows if n.startswith(DAILY_EVENTS_PREFIX)])
     finally:
         try:
             con.close()
@@ -802,11 +887,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7, help="seed (default 7)")
     ap.add_argument("--label-month", action="store_true",
                     help="also write the subscribers of the month after the last (the churn label)")
+    ap.add_argument("--events-out", type=Path, default=None,
+                    help="also write the last month's events as daily files events-YYYY-MM-DD.parquet "
+                         "into this folder (the feed of `mktool scene`)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     try:
         rows = generate(args.out, args.subscribers, args.months.split(","), args.seed,
-                        label_month=args.label_month)
+                        label_month=args.label_month, events_dir=args.events_out)
     except ValueError as exc:
         print(f"generate_fixtures: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+from collections import Counter
 
 import duckdb
 import pytest
@@ -432,3 +433,76 @@ def test_committed_fixture_churn_label_against_the_churn_flag(cli):
         con.close()
     assert rates[True] > 3 * rates[False], rates
     assert 0.02 <= overall <= 0.09, overall
+
+
+# -- the daily event files of `mktool scene` (issue 14, fixtures/events/) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def daily(tmp_path_factory):
+    out = tmp_path_factory.mktemp("daily")
+    rows = gf.generate(out / "extracts", N, MONTHS, seed=7, events_dir=out / "events")
+    return out, rows
+
+
+def _read_daily(folder):
+    return duckdb.connect().execute(f"""
+        SELECT regexp_extract(filename, '[^/]+$') AS file, msisdn, event_time, event_type, value
+        FROM read_parquet('{(folder / "*.parquet").as_posix()}', filename = true)
+    """).fetchall()
+
+
+def test_daily_events_are_deterministic_files_of_days_with_events(daily, tmp_path):
+    out, rows = daily
+    names = sorted(p.name for p in (out / "events").iterdir())
+    assert names == sorted(n for n in rows if n.startswith("events-")) and len(names) >= 2
+    assert {p.name for p in (out / "extracts").iterdir()} == {n for n in rows if not n.startswith("events-")}
+    assert all(rows[n] > 0 for n in names)
+    gf.generate(tmp_path / "extracts", N, MONTHS, seed=7, events_dir=tmp_path / "events")
+    for name in names:
+        assert (tmp_path / "events" / name).read_bytes() == (out / "events" / name).read_bytes(), name
+    # a later generation with fewer days removes the daily files it no longer writes
+    (tmp_path / "events" / "events-2026-09-30.parquet").write_bytes(b"stale")
+    gf.generate(tmp_path / "extracts2", N, MONTHS, seed=7, events_dir=tmp_path / "events")
+    assert sorted(p.name for p in (tmp_path / "events").iterdir()) == names
+
+
+def test_daily_events_hold_the_months_events_plus_hotline_calls_and_two_duplicates(daily):
+    out, _ = daily
+    got = _read_daily(out / "events")
+    base = duckdb.connect().execute(
+        f"SELECT msisdn, event_time, event_type, value FROM '{(out / 'extracts' / 'events.parquet').as_posix()}'"
+    ).fetchall()
+    rows = [r[1:] for r in got]
+    # every event of events.parquet, once per key, and nothing of ingest's file changed
+    keys = Counter((m, t, e) for m, t, e, _ in rows)
+    assert all(keys[(m, t, e)] >= 1 for m, t, e, _ in base)
+    hotline = [r for r in rows if r[2] == "hotline_call"]
+    assert 1 <= len(hotline) <= 0.03 * N and not any(r[2] == "hotline_call" for r in base)
+    assert all(8 <= r[1].hour < 20 for r in hotline)
+    assert len(rows) == len(base) + len(hotline) + 2
+    dupes = [k for k, n in keys.items() if n > 1]
+    assert len(dupes) == 2 and all(keys[k] == 2 for k in dupes)
+    files_of = {k: sorted(f for f, m, t, e, _ in got if (m, t, e) == k) for k in dupes}
+    within = [k for k in dupes if len(set(files_of[k])) == 1]
+    across = [k for k in dupes if len(set(files_of[k])) == 2]
+    assert len(within) == 1 and len(across) == 1
+    values = sorted(v for f, m, t, e, v in got if (m, t, e) == within[0])
+    assert values[1] == values[0] + 1  # same key, another value: still the same event
+    # every event is in its day's file, except the across-file copy, in the next event day's file
+    days = sorted({f for f, *_ in got})
+    for f, m, t, e, _ in got:
+        if (m, t, e) == across[0] and f != f"events-{t.date().isoformat()}.parquet":
+            assert days.index(f) == days.index(f"events-{t.date().isoformat()}.parquet") + 1
+            # the copy is the last event of its own day, so the files' order by event time is kept
+            assert t == max(tt for ff, _, tt, *_ in got if ff == f"events-{t.date().isoformat()}.parquet")
+        else:
+            assert f == f"events-{t.date().isoformat()}.parquet", (f, t)
+
+
+def test_committed_daily_events_are_the_generators(tmp_path):
+    """fixtures/events holds what the generator writes for the committed fixture (2,000, seed 7)."""
+    gf.generate(tmp_path / "extracts", 2000, MONTHS, seed=7, label_month=True, events_dir=tmp_path / "events")
+    committed = ROOT / "fixtures" / "events"
+    assert sorted(p.name for p in committed.iterdir()) == sorted(p.name for p in (tmp_path / "events").iterdir())
+    assert sorted(_read_daily(committed)) == sorted(_read_daily(tmp_path / "events"))
