@@ -267,7 +267,10 @@ TABLES: dict[str, TableContract] = {
         ),
         TableContract(
             "events",
-            (MSISDN, _c("event_time", T), _id("event_type"), _c("value", F)),
+            (MSISDN, _c("event_time", T),
+             _id("event_type", "balance_low, data_90pct, hotline_call, … (what the scenes listen to; an open list)",
+                 case="lower"),
+             _c("value", F)),
             key=("msisdn", "event_time", "event_type"), monthly=False, required=False, reload="upsert",
         ),
         TableContract(
@@ -342,7 +345,8 @@ CONTRACT_INTRO = (
     "case-folded (lower case; `handset_gen` upper case) and refused unless the result is in the vocabulary. Letters "
     "that only look alike "
     "(full-width `ＳＭＳ`) are refused, not guessed. `vas.service` is an open list (`newspaper`, `crbt`, …) but is "
-    "lower-cased too, because the customer view looks its codes up in lower case.\n"
+    "lower-cased too, because the customer view looks its codes up in lower case; so is `events.event_type` (an open "
+    "list too), because the scenes name their event types in lower case.\n"
     "- **Patterns**: `msisdn` must be exactly 11 ASCII digits after trimming, `month` exactly `YYYY-MM`.\n"
     "- **Identifiers** (`plan_id`, `policy_id`, `service`, `event_type`: compared as keys or join keys) may not hold a "
     "control or invisible character inside once trimmed (a zero-width space, BOM, soft hyphen, direction mark, tab, "

@@ -1061,7 +1061,7 @@ def _read_scene(node: Located, ctx: _Context, problems: Problems, *, position: i
             given, event_type = event_type, None
             raise node.child("event_type").error(
                 f"{short_repr(given)} is not an event type: the events' event_type is compared exactly as ingest "
-                "stores it (trimmed, case kept), and the types are lower-case identifiers such as balance_low")
+                "stores it (trimmed and lower-cased), and the types are lower-case identifiers such as balance_low")
     when: str | None = None
     with problems.catch():
         if raw.get("when") is not None:

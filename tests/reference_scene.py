@@ -229,7 +229,8 @@ class Refused(Exception):
 def read_events(path: Path, *, lower: bool = False) -> list[Event]:
     """The file's rows under the events contract as ingest reads it (docs/contract.md): msisdn 11
     digits, event_time a timestamp (or a text that is one), event_type a non-empty text, trimmed and
-    compared as given (ingest keeps its case), value a finite number; no NULLs."""
+    lower-cased (as ingest normalises it; a scene's event_type is a lower-case identifier), value a finite
+    number; no NULLs."""
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused
@@ -389,7 +390,7 @@ class Mistakes:
     cap_ignores_history: bool = False  # monthly_cap counts only this batch's placements
     dnd_ignores_star: bool = False  # dnd '*' does not cover every channel
     no_universal: bool = False  # the universal control group is not drawn
-    lower_event_type: bool = False  # event_type case-folded on load (ingest only trims it)
+    case_kept_event_type: bool = False  # event_type only trimmed on load (ingest trims and lower-cases it)
     no_dedupe: bool = False  # a contact already recorded on the key (msisdn, channel, policy, day) is listed again
 
 
@@ -428,7 +429,7 @@ class Reference:
                 run.skipped.append((f.name, self.ledger[digest].batch_id))
                 continue
             try:
-                events = read_events(f, lower=self.m.lower_event_type)
+                events = read_events(f, lower=not self.m.case_kept_event_type)
             except Refused:
                 run.refused.append(f.name)
                 continue

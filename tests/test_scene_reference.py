@@ -285,8 +285,8 @@ def make_stream(seed: int, base: Base, folder: Path) -> Stream:
     d = events_in(T0 + dt.timedelta(days=3), 48, rng.randint(14, 24))
     e = events_in(T0 + dt.timedelta(days=5), 48, rng.randint(10, 18))
     files = {"A": a, "B": b, "D": d, "E": e}
-    # event_type as a feed may send it: padded (trimmed on load, as ingest does) and in capitals (kept:
-    # ingest keeps an identifier's case, so it listens to no scene)
+    # event_type as a feed may send it: padded and in capitals (ingest trims and lower-cases it, so both
+    # reach their scene)
     x = rng.choice(files["B"])
     files["B"] += [dataclasses.replace(x, event_type=f" {x.event_type} ", event_time=x.event_time + SECOND * 7),
                    dataclasses.replace(x, event_type=x.event_type.upper(), event_time=x.event_time + SECOND * 9)]
