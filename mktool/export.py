@@ -136,9 +136,9 @@ from mktool.publish import (
     fault,
     file_sha256,
     folder_lock,
-    is_committed,
     os_error_text,
     point_latest,
+    raise_publish_failure,
     record_commit,
     recover_folder,
 )
@@ -1682,26 +1682,14 @@ def _publish(db: Database, result: ExportResult, selected: list[ChannelResult], 
     except Interrupted:
         raise
     except BaseException as exc:
-        try:
-            committed: bool | None = is_committed(con, result.run_id)
-        except duckdb.Error:
-            committed = None  # the connection is gone: the next command decides from the journal
-        if committed is False:
-            pub.abandon()
-            if isinstance(exc, (OSError, duckdb.IOException)):  # a full disk while DuckDB writes a list, too
-                detail = os_error_text(exc)
-                raise MktoolError(f"cannot write the lists: {detail}; nothing was recorded (contacts, funnels) and "
-                                  "no list changed", file=str(final_dir)) from None
-            raise
-        if committed is None:
-            raise
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"Interrupted after the export had committed the contacts of run {result.run_id}; "
-                              f"its lists are put in place in {final_dir} by the next mktool command on this "
-                              "database (e.g. `mktool status`).") from None
-        if isinstance(exc, (OSError, duckdb.Error)):  # a rename, or the CHECKPOINT after the COMMIT
-            raise _unfinished_error(result.run_id, final_dir, exc) from None
-        raise
+        raise_publish_failure(
+            con, pub, result.run_id, exc, final_dir,
+            unwritten=lambda detail: (f"cannot write the lists: {detail}; nothing was recorded (contacts, funnels) "
+                                      "and no list changed"),
+            interrupted=(f"Interrupted after the export had committed the contacts of run {result.run_id}; its lists "
+                         f"are put in place in {final_dir} by the next mktool command on this database "
+                         "(e.g. `mktool status`)."),
+            unplaced=lambda error: _unfinished_error(result.run_id, final_dir, error))
 
 
 def _unfinished_error(run_id: str, folder: Path, exc: BaseException) -> MktoolError:

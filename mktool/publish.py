@@ -42,9 +42,10 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import duckdb
 
@@ -498,6 +499,30 @@ class Publication:
         fault("after_commit")
         roll_forward(self.journal)
         mark_published(con, self.run_id)
+
+
+def raise_publish_failure(con: duckdb.DuckDBPyConnection, pub: Publication, run_id: str, exc: BaseException,
+                          folder: Path, *, unwritten: Callable[[str], str], interrupted: str,
+                          unplaced: Callable[[BaseException], MktoolError]) -> NoReturn:
+    """What a publish that failed with ``exc`` raises, from whether its commit happened (export's
+    cycles and the scene batches alike): not committed — the staging is abandoned and a disk error
+    says ``unwritten(detail)`` (nothing recorded, nothing changed); committed — a Ctrl-C is
+    ``interrupted`` and a disk error ``unplaced(exc)`` (the next command puts the files in place);
+    unknown (the connection is gone) or anything else — ``exc`` itself."""
+    try:
+        committed: bool | None = is_committed(con, run_id)
+    except duckdb.Error:
+        committed = None  # the connection is gone: the next command decides from the journal
+    if committed is False:
+        pub.abandon()
+        if isinstance(exc, (OSError, duckdb.IOException)):  # a full disk while DuckDB writes a list, too
+            raise MktoolError(unwritten(os_error_text(exc)), file=str(folder)) from None
+        raise exc
+    if committed and isinstance(exc, KeyboardInterrupt):
+        raise Interrupted(interrupted) from None
+    if committed and isinstance(exc, (OSError, duckdb.Error)):  # a rename, or the CHECKPOINT after the COMMIT
+        raise unplaced(exc) from None
+    raise exc
 
 
 @contextlib.contextmanager

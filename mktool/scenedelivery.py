@@ -63,8 +63,8 @@ from mktool.publish import (
     fault,
     file_sha256,
     folder_lock,
-    is_committed,
     os_error_text,
+    raise_publish_failure,
     record_commit,
     recover_folder,
 )
@@ -446,29 +446,17 @@ def _publish(db: Database, project: Project, config: ExportConfig, batch: Batch,
     except Interrupted:
         raise
     except BaseException as exc:
-        try:
-            committed: bool | None = is_committed(con, result.run_id)
-        except duckdb.Error:
-            committed = None
-        if committed is False:
-            pub.abandon()
-            if isinstance(exc, (OSError, duckdb.IOException)):
-                raise MktoolError(f"cannot write the scene lists of batch {batch.batch_id}: {os_error_text(exc)}; "
-                                  "nothing was recorded (ledger, contacts, scene events) and no list changed",
-                                  file=str(folder)) from None
-            raise
-        if committed is None:
-            raise
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"Interrupted after batch {batch.batch_id} had committed its contacts; its lists are "
-                              f"put in place in {folder} by the next mktool command on this database "
-                              "(e.g. `mktool status`).") from None
-        if isinstance(exc, (OSError, duckdb.Error)):
-            raise MktoolError(f"the records of batch {batch.batch_id} were committed but its lists could not all be "
-                              f"put in place ({os_error_text(exc)})", file=str(folder),
-                              hint="fix the folder (space, permissions), then run any mktool command on this "
-                                   "database (e.g. `mktool status`): it puts them in place") from None
-        raise
+        raise_publish_failure(
+            con, pub, result.run_id, exc, folder,
+            unwritten=lambda detail: (f"cannot write the scene lists of batch {batch.batch_id}: {detail}; nothing "
+                                      "was recorded (ledger, contacts, scene events) and no list changed"),
+            interrupted=(f"Interrupted after batch {batch.batch_id} had committed its contacts; its lists are put in "
+                         f"place in {folder} by the next mktool command on this database (e.g. `mktool status`)."),
+            unplaced=lambda error: MktoolError(
+                f"the records of batch {batch.batch_id} were committed but its lists could not all be put in place "
+                f"({os_error_text(error)})", file=str(folder),
+                hint="fix the folder (space, permissions), then run any mktool command on this database "
+                     "(e.g. `mktool status`): it puts them in place"))
 
 
 def _record_batch(con: duckdb.DuckDBPyConnection, batch: Batch, funnels: dict[str, list[tuple[str, int]]]) -> None:
