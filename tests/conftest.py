@@ -169,3 +169,40 @@ def matrices(tmp_path: Path) -> Path:
     target = tmp_path / "matrices"
     shutil.copytree(MATRICES, target)
     return target
+
+
+# -- Spark (issue 16) ----------------------------------------------------------------------------------
+# Every test that takes the `spark` fixture is marked `spark` (below): `pytest -m "not spark"` skips
+# them on a laptop without Java. Without PySpark or Java they skip, except in CI (CI set), where a
+# missing runtime is a failure: the parity suite must never pass by not running.
+SPARK_MASTER = "local[2]"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+
+
+def _spark_missing() -> str | None:
+    import importlib.util
+    if importlib.util.find_spec("pyspark") is None:
+        return 'PySpark is not installed (pip install -e ".[spark]")'
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        return "no Java runtime (apt-get install openjdk-17-jre-headless)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The test process's SparkSession (one per xdist worker: a session costs 20–40 s to start),
+    built as ``--engine spark`` builds it, on local[2] with two shuffle partitions."""
+    from mktool.spark import SparkOptions, open_session
+    missing = _spark_missing()
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the Spark parity tests must run in CI: {missing}")
+        pytest.skip(missing)
+    session = open_session(SparkOptions(master=SPARK_MASTER, conf=(("spark.sql.shuffle.partitions", "2"),)))
+    yield session
+    session.stop()

@@ -138,10 +138,9 @@ def test_query_renders_per_dialect() -> None:
         q.render("oracle")  # type: ignore[arg-type]
 
 
-def test_spark_renderings_run_on_spark() -> None:
+def test_spark_renderings_run_on_spark(spark: Any) -> None:
     """Runs where pyspark (and Java) are installed; the DuckDB values are checked above."""
-    pyspark_sql = pytest.importorskip("pyspark.sql")
-    session = pyspark_sql.SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+    session = spark
     for parts, n in DRAWS:
         native = session.sql(f"SELECT {dialect.draw(parts, 'spark')}").collect()[0][0]
         rendered = session.sql(dialect.render(f"SELECT {dialect.draw(parts)}", "spark")).collect()[0][0]

@@ -311,22 +311,18 @@ SPARK_VECTORS = [
 ]
 
 
-def spark_session() -> Any:
-    """The test session's SparkSession (one per process: getOrCreate); skips without pyspark."""
-    pyspark_sql = pytest.importorskip("pyspark.sql")
-    return pyspark_sql.SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
-
-
-def test_spark_rendering_gives_the_same_results_on_spark():
-    """Runs where pyspark (and Java) are installed; the DuckDB half always runs."""
+def test_duckdb_rendering_gives_the_vectors_results():
     con = duckdb.connect()
     assert [sql_value(con, duck) for duck, _, _ in SPARK_VECTORS] == [want for _, _, want in SPARK_VECTORS]
-    session = spark_session()
+
+
+def test_spark_rendering_gives_the_same_results_on_spark(spark):
+    session = spark
     got = [session.sql(f"SELECT {spark}").collect()[0][0] for _, spark, _ in SPARK_VECTORS]
     assert got == [want for _, _, want in SPARK_VECTORS]
 
 
-def test_duckdb_units_text_rendered_for_spark_gives_the_same_results_on_spark():
+def test_duckdb_units_text_rendered_for_spark_gives_the_same_results_on_spark(spark):
     """What a Spark run of the plan step executes: units_decimal's DuckDB text through render()."""
     vectors = [(dialect.units_decimal("758860381861", 12), Decimal("0.758860381861")),
                (dialect.units_decimal("-333333333333", 12), Decimal("-0.333333333333")),
@@ -335,23 +331,23 @@ def test_duckdb_units_text_rendered_for_spark_gives_the_same_results_on_spark():
                (dialect.units_decimal(f"-{N38}", 6), Decimal("-" + N38[:-6] + "." + N38[-6:]))]
     con = duckdb.connect()
     assert [sql_value(con, duck) for duck, _ in vectors] == [want for _, want in vectors]
-    session = spark_session()
+    session = spark
     got = [session.sql(dialect.render(f"SELECT {duck}", "spark")).collect()[0][0] for duck, _ in vectors]
     assert got == [want for _, want in vectors]
 
 
-def test_duckdb_rendering_through_render_gives_the_same_results_on_spark():
+def test_duckdb_rendering_through_render_gives_the_same_results_on_spark(spark):
     """Every vector's DuckDB text, rendered by render() as a Spark run of a step renders it, gives the
     expected value on Spark too (10³¹ and 10³²−1 quotients: DIV would have wrapped them)."""
-    session = spark_session()
+    session = spark
     got = [session.sql(dialect.render(f"SELECT {duck}", "spark")).collect()[0][0] for duck, _, _ in SPARK_VECTORS]
     assert got == [want for _, _, want in SPARK_VECTORS]
 
 
-def test_spark_refuses_a_count_beyond_its_exact_range():
+def test_spark_refuses_a_count_beyond_its_exact_range(spark):
     """10²⁴ pico units (10¹² at 12 decimals) do not fit the DECIMAL(24,0) Spark reads them into: an
     error (Spark's default ANSI mode), never a rounded value."""
-    session = spark_session()
+    session = spark
     assert session.conf.get("spark.sql.ansi.enabled") == "true"
     with pytest.raises(Exception, match="NUMERIC_VALUE_OUT_OF_RANGE"):
         session.sql(f"SELECT {dialect.units_decimal('1' + '0' * 24, 12, 'spark')}").collect()

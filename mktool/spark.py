@@ -1,0 +1,120 @@
+"""The Spark session mktool runs on with ``--engine spark`` (issue 16): how it is built, and the
+settings every mktool session has whatever the user passes.
+
+PySpark is an optional extra (``pip install "mktool[spark]"``) and needs a Java 17+ runtime, so
+it is imported only when a Spark session is asked for; without it the error says what to install.
+
+The fixed settings are the ones mktool's semantics rest on (docs/design/spark-audit.md):
+
+- ``spark.sql.ansi.enabled=true``: an overflowing cast or sum raises instead of giving NULL or
+  wrapping (Spark 4's default; set so that a cluster's older default cannot change a result).
+- ``spark.sql.decimalOperations.allowPrecisionLoss=true`` (Spark's default): mktool.dialect's exact
+  forms are built for it. Its integer quotients divide DECIMAL(38,0) by DECIMAL(38,0), typed
+  decimal(38,6) under this setting and decimal(38,18) without it, where 10³⁷ overflows; its
+  12-decimal units are read as DECIMAL(24,0) so that no product is cut (docs/money.md).
+- ``spark.sql.session.timeZone=UTC``: timestamps are wall-clock values in the extracts (DuckDB's
+  TIMESTAMP has no zone); a cluster in Asia/Shanghai must not shift them.
+- ``spark.sql.sources.partitionColumnTypeInference.enabled=false``: a warehouse partition
+  ``month=2026-10`` is read back as the text it was written from.
+- ``spark.sql.sources.partitionOverwriteMode=dynamic``: an overwrite replaces only the months
+  it writes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mktool.errors import MktoolError, UsageError
+
+DEFAULT_MASTER = "local[*]"
+
+#: What mktool's results depend on: set on every session, after the user's --spark-conf.
+FIXED_CONF: dict[str, str] = {
+    "spark.sql.ansi.enabled": "true",
+    "spark.sql.decimalOperations.allowPrecisionLoss": "true",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+}
+
+#: Defaults a user may override with --spark-conf (a laptop-sized local session).
+DEFAULT_CONF: dict[str, str] = {
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+}
+
+INSTALL_HINT = 'install the Spark extra: pip install "mktool[spark]" (it needs a Java 17 runtime)'
+
+
+class SparkUnavailable(MktoolError):
+    """PySpark or Java is missing: the user installs them (exit 1, like any missing prerequisite)."""
+
+
+@dataclass(frozen=True)
+class SparkOptions:
+    """Where the session runs: a master URL (local[*], yarn, spark://…) or a Spark Connect server."""
+
+    master: str = DEFAULT_MASTER
+    remote: str | None = None
+    conf: tuple[tuple[str, str], ...] = ()
+    app_name: str = "mktool"
+
+    def __post_init__(self) -> None:
+        for key, _ in self.conf:
+            if key in FIXED_CONF:
+                raise UsageError(f"--spark-conf {key}: mktool sets it to {FIXED_CONF[key]} (its results depend on it)")
+
+
+def parse_conf(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` pairs of --spark-conf, in the order given (a later one wins, as in spark-submit)."""
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--spark-conf {item!r}: expected KEY=VALUE, e.g. spark.executor.memory=8g")
+        pairs.append((key.strip(), value))
+    return tuple(pairs)
+
+
+def session_conf(options: SparkOptions) -> dict[str, str]:
+    """The settings a session is built with: defaults, then the user's, then the fixed ones."""
+    return {**DEFAULT_CONF, **dict(options.conf), **FIXED_CONF}
+
+
+def _pyspark_sql() -> Any:
+    try:
+        import pyspark.sql  # noqa: PLC0415 - optional extra (~450 MB): imported only for --engine spark
+    except ImportError as exc:
+        raise SparkUnavailable(f"--engine spark: PySpark is not installed ({exc})", hint=INSTALL_HINT) from exc
+    return pyspark.sql
+
+
+def open_session(options: SparkOptions) -> Any:
+    """A SparkSession (``getOrCreate``: the process's session if one exists) with mktool's settings.
+
+    With a master URL the JVM starts here and needs ``java`` (JAVA_HOME or PATH); with
+    ``remote`` the session is a Spark Connect client and the cluster's Java is what counts.
+    """
+    pyspark_sql = _pyspark_sql()
+    if options.remote is None and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise SparkUnavailable("--engine spark: no Java runtime (neither JAVA_HOME nor java on PATH)",
+                               hint="install Java 17, e.g. apt-get install openjdk-17-jre-headless")
+    builder = pyspark_sql.SparkSession.builder.appName(options.app_name)
+    builder = builder.remote(options.remote) if options.remote is not None else builder.master(options.master)
+    for key, value in session_conf(options).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    # getOrCreate returns an existing session as it is: the fixed settings are set on it too.
+    for key, value in FIXED_CONF.items():
+        session.conf.set(key, value)
+    return session
+
+
+def engine_version(session: Any) -> str:
+    """What manifest.json names: ``spark <version>``."""
+    return f"spark {session.version}"
