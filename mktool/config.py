@@ -27,6 +27,10 @@ from typing import Any
 from mktool.errors import UsageError
 
 DEFAULT_DB = Path("mktool.duckdb")
+ENGINES = ("duckdb", "spark")
+DEFAULT_SPARK_MASTER = "local[*]"
+#: Where ``--engine spark`` keeps its state tables when --warehouse is not given (docs/spark.md).
+DEFAULT_WAREHOUSE = "mktool-warehouse"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -51,6 +55,10 @@ ENV: Mapping[str, str] = {
     "temp_dir": "MKTOOL_TEMP_DIR",
     "lock_wait": "MKTOOL_LOCK_WAIT",
     "out_dir": "MKTOOL_OUT",
+    "engine": "MKTOOL_ENGINE",
+    "spark_master": "MKTOOL_SPARK_MASTER",
+    "spark_remote": "MKTOOL_SPARK_REMOTE",
+    "warehouse": "MKTOOL_WAREHOUSE",
 }
 
 
@@ -135,6 +143,17 @@ def check_lock_wait(value: object, *, where: str = "lock wait") -> float:
     return number
 
 
+@dataclass(frozen=True)
+class SparkOptions:
+    """Where ``--engine spark`` runs: a master URL (local[*], yarn, spark://…) or a Spark Connect
+    server (``remote``), and the user's --spark-conf pairs (mktool.spark builds the session)."""
+
+    master: str = DEFAULT_SPARK_MASTER
+    remote: str | None = None
+    conf: tuple[tuple[str, str], ...] = ()
+    app_name: str = "mktool"
+
+
 @dataclass
 class Settings:
     """Everything a library call needs to know about its environment."""
@@ -145,8 +164,13 @@ class Settings:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     temp_dir: Path | None = None  # None: "<db>.tmp" beside the database
     lock_wait: float = 0.0  # seconds to wait for another run's lock before refusing
+    engine: str = "duckdb"  # "duckdb" (the database file) or "spark" (the warehouse, issue 16)
+    spark: SparkOptions = field(default_factory=SparkOptions)
+    warehouse: str = DEFAULT_WAREHOUSE  # a folder or a Hadoop URI (hdfs://, s3a://) of Parquet tables
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         self.memory_limit = check_memory_limit(self.memory_limit)
         self.threads = check_threads(self.threads)
         self.lock_wait = check_lock_wait(self.lock_wait)
@@ -164,6 +188,9 @@ class Settings:
         threads: int | None = None,
         temp_dir: Path | None = None,
         lock_wait: float | None = None,
+        engine: str | None = None,
+        spark: SparkOptions | None = None,
+        warehouse: str | None = None,
     ) -> Settings:
         """The values given (on the command line: an option or its environment twin), defaults for the rest.
 
@@ -172,5 +199,6 @@ class Settings:
         well, or a value the first reading refused naming the option).
         """
         given: dict[str, Any] = {"db_path": db, "matrices_dir": matrices, "memory_limit": memory_limit,
-                                 "threads": threads, "temp_dir": temp_dir, "lock_wait": lock_wait}
+                                 "threads": threads, "temp_dir": temp_dir, "lock_wait": lock_wait,
+                                 "engine": engine, "spark": spark, "warehouse": warehouse}
         return cls(**{name: value for name, value in given.items() if value is not None})

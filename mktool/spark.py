@@ -25,12 +25,10 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from mktool.config import SparkOptions
 from mktool.errors import MktoolError, UsageError
-
-DEFAULT_MASTER = "local[*]"
 
 #: What mktool's results depend on: set on every session, after the user's --spark-conf.
 FIXED_CONF: dict[str, str] = {
@@ -55,21 +53,6 @@ class SparkUnavailable(MktoolError):
     """PySpark or Java is missing: the user installs them (exit 1, like any missing prerequisite)."""
 
 
-@dataclass(frozen=True)
-class SparkOptions:
-    """Where the session runs: a master URL (local[*], yarn, spark://…) or a Spark Connect server."""
-
-    master: str = DEFAULT_MASTER
-    remote: str | None = None
-    conf: tuple[tuple[str, str], ...] = ()
-    app_name: str = "mktool"
-
-    def __post_init__(self) -> None:
-        for key, _ in self.conf:
-            if key in FIXED_CONF:
-                raise UsageError(f"--spark-conf {key}: mktool sets it to {FIXED_CONF[key]} (its results depend on it)")
-
-
 def parse_conf(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """``KEY=VALUE`` pairs of --spark-conf, in the order given (a later one wins, as in spark-submit)."""
     pairs: list[tuple[str, str]] = []
@@ -77,12 +60,16 @@ def parse_conf(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--spark-conf {item!r}: expected KEY=VALUE, e.g. spark.executor.memory=8g")
+        if key.strip() in FIXED_CONF:
+            raise UsageError(f"--spark-conf {key.strip()}: mktool sets it to {FIXED_CONF[key.strip()]} "
+                             "(its results depend on it)")
         pairs.append((key.strip(), value))
     return tuple(pairs)
 
 
 def session_conf(options: SparkOptions) -> dict[str, str]:
-    """The settings a session is built with: defaults, then the user's, then the fixed ones."""
+    """The settings a session is built with: defaults, then the user's, then the fixed ones (a fixed
+    key among the user's is refused by parse_conf on the command line, and overridden here)."""
     return {**DEFAULT_CONF, **dict(options.conf), **FIXED_CONF}
 
 
