@@ -164,7 +164,6 @@ class HadoopFS:
         self.conf = jsc.hadoopConfiguration()
         self.root = root
         self.fs = self.path(root).getFileSystem(self.conf)
-        self.fc = self.jvm.org.apache.hadoop.fs.FileContext.getFileContext(self.fs.getUri(), self.conf)
 
     def path(self, uri: str) -> Any:
         return self.jvm.org.apache.hadoop.fs.Path(uri)
@@ -217,10 +216,19 @@ class HadoopFS:
             stream.close()
 
     def replace(self, src: str, dst: str) -> None:
-        """Rename ``src`` over the file ``dst`` in one step (FileContext's OVERWRITE rename)."""
-        options = self.gateway.new_array(self.jvm.org.apache.hadoop.fs.Options.Rename, 1)
-        options[0] = self.jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
-        self.fc.rename(self.path(src), self.path(dst), options)
+        """Rename ``src`` over the file ``dst``: in one step with FileContext's OVERWRITE rename (local
+        folders, HDFS); where the file system has no FileContext, delete then rename (every caller
+        does it under a journal, which redoes both after a crash)."""
+        hadoop = self.jvm.org.apache.hadoop.fs
+        try:
+            context = hadoop.FileContext.getFileContext(self.fs.getUri(), self.conf)
+        except Exception:  # noqa: BLE001 - py4j's error for UnsupportedFileSystemException
+            self.delete(dst)
+            self.rename(src, dst)
+            return
+        options = self.gateway.new_array(hadoop.Options.Rename, 1)
+        options[0] = hadoop.Options.Rename.OVERWRITE
+        context.rename(self.path(src), self.path(dst), options)
 
 
 def parent(uri: str) -> str:
@@ -349,10 +357,11 @@ class Warehouse:
         """Finish every committed publish (its journal is in place), then delete what no journal names:
         uncommitted staging, half-written journals, trash of finished runs. Safe to run any number of
         times, and at any point of an interrupted recovery."""
-        journals = self.fs.listdir(f"{self.root}/{JOURNAL}")
-        committed = sorted(n.removesuffix(".json") for n in journals if n.endswith(".json"))
-        for run in committed:  # run ids start with their time: oldest first
-            self._publish(run, json.loads(self.fs.read_text(self._journal_uri(run))))
+        names = self.fs.listdir(f"{self.root}/{JOURNAL}")
+        committed = [(run, json.loads(self.fs.read_text(self._journal_uri(run))))
+                     for run in (n.removesuffix(".json") for n in names if n.endswith(".json"))]
+        for run, journal in sorted(committed, key=lambda c: (c[1]["created_at"], c[0])):  # oldest first
+            self._publish(run, journal)
         for name in self.fs.listdir(f"{self.root}/{JOURNAL}"):
             if not name.endswith(".json"):  # a journal whose write a crash cut off: never committed
                 self.fs.delete(f"{self.root}/{JOURNAL}/{name}")
