@@ -55,6 +55,10 @@ _RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PART_VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # what Spark writes unescaped in month=<M>
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
+#: (root, run id) of every transaction open in this process: recovery leaves their staging alone, so
+#: a second Warehouse on the same root (another connection, a reader) cannot delete a writer's work.
+_OPEN: set[tuple[str, str]] = set()
+
 
 class WarehouseError(MktoolError):
     """The warehouse is not as a call needs it (no such table, rows outside the partitions put, a Spark
@@ -349,7 +353,8 @@ class Warehouse:
         run = run_id or f"{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         if not _RUN_RE.match(run):
             raise WarehouseError(f"run id {run!r}: letters, digits, '.', '_' and '-' only")
-        if self.fs.exists(self._staging_uri(run)) or self.fs.exists(self._journal_uri(run)):
+        if (self.root, run) in _OPEN or self.fs.exists(self._staging_uri(run)) \
+                or self.fs.exists(self._journal_uri(run)):
             raise WarehouseError(f"run id {run!r} is already in use in the warehouse {self.root}")
         return Transaction(self, run)
 
@@ -367,7 +372,8 @@ class Warehouse:
                 self.fs.delete(f"{self.root}/{JOURNAL}/{name}")
         for folder in (STAGING, TRASH):
             for run in self.fs.listdir(f"{self.root}/{folder}"):
-                self.fs.delete(f"{self.root}/{folder}/{run}")
+                if (self.root, run) not in _OPEN:
+                    self.fs.delete(f"{self.root}/{folder}/{run}")
 
     def _publish(self, run: str, journal: dict[str, Any]) -> None:
         """Carry out a committed journal; every step checks whether it is done already."""
@@ -425,6 +431,11 @@ class Transaction:
         self.pending: dict[str, _Pending] = {}
         self.state = "open"  # open → committed | rolled back
         self._puts = 0
+        _OPEN.add((warehouse.root, run_id))
+
+    def _close(self, state: str) -> None:
+        self.state = state
+        _OPEN.discard((self.warehouse.root, self.run_id))
 
     def _open(self) -> None:
         if self.state != "open":
@@ -447,8 +458,8 @@ class Transaction:
         return list(change.columns)
 
     def partitions(self, table: str) -> list[str]:
-        name = _table_name(table)
-        return sorted(_partition_value(d) for d in self._visible(name)[0] | self._visible(name)[1])
+        kept, staged = self._visible(_table_name(table))
+        return sorted(_partition_value(d) for d in kept | staged)
 
     def _visible(self, table: str) -> tuple[set[str], set[str]]:
         """(committed partition folders still visible, staged partition folders) of a table."""
@@ -529,7 +540,7 @@ class Transaction:
             raise WarehouseError(f"put into {table}: partitions is a list of months, not the text {partitions!r}")
         values = sorted(set(partitions))
         if not partitioned:
-            if values not in ([], [DATA]):
+            if values != [DATA]:
                 raise WarehouseError(f"put into {table}: a table without a month column has one partition "
                                      f"'data', not {values}", table=table)
             return None  # its one partition is the whole table
@@ -601,11 +612,11 @@ class Transaction:
                 fault("warehouse_journal")
                 self.fs.rename(partial, final)
         except BaseException:
-            self.state = "rolled back"
+            self._close("rolled back")
             self.fs.delete(partial)
             self.fs.delete(self.staging)
             raise
-        self.state = "committed"
+        self._close("committed")
         if not journal["tables"]:
             self.fs.delete(self.staging)
             return
@@ -616,7 +627,7 @@ class Transaction:
         """Forget this transaction: its staging goes; the warehouse is as before ``begin``."""
         if self.state == "committed":
             raise WarehouseError(f"warehouse transaction {self.run_id} is committed: it cannot be rolled back")
-        self.state = "rolled back"
+        self._close("rolled back")
         self.fs.delete(self.staging)
 
     def __enter__(self) -> Transaction:

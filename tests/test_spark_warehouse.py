@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mktool import warehouse
 from mktool.warehouse import Warehouse
 
 USAGE = [("msisdn", "VARCHAR"), ("month", "VARCHAR"), ("fee", "DECIMAL(18,2)"), ("sms", "BIGINT")]
@@ -324,6 +327,7 @@ def test_a_killed_transaction_leaves_staging_and_a_cut_journal_that_recovery_del
     tx = wh.begin("killed")
     tx.put("usage", usage_df(spark, NEW), USAGE, partitions=MONTHS)
     (root / "_journal" / "killed.json.partial").write_text('{"run_id": "killed", "tab')  # cut by the kill
+    warehouse._OPEN.discard((wh.root, "killed"))  # the process that had it open is gone
     assert rows(wh.read("usage")) == OLD_ROWS  # readers never look at staging
     again = Warehouse(spark, str(root))
     assert files(root) == before and leftovers(root) == [] and rows(again.read("usage")) == OLD_ROWS
@@ -382,3 +386,66 @@ def test_a_dropped_table_crashed_after_the_commit_point_is_gone_after_recovery(
     monkeypatch.delenv("MKTOOL_FAULT")
     again = Warehouse(spark, str(root))
     assert again.tables() == ["plans"] and rows(again.read("plans")) == [("P1",)] and leftovers(root) == []
+
+
+def test_a_second_warehouse_in_the_process_leaves_an_open_transaction_alone(spark: Any, tmp_path: Path) -> None:
+    root = tmp_path / "wh"
+    wh = seeded(spark, root)
+    tx = wh.begin("open")
+    tx.put("usage", usage_df(spark, NEW), USAGE, partitions=MONTHS)
+    reader = Warehouse(spark, str(root))  # its recovery must not take the writer's staging
+    assert rows(reader.read("usage")) == OLD_ROWS
+    tx.commit()
+    assert rows(reader.read("usage")) == NEW_ROWS and leftovers(root) == []
+
+
+def test_the_same_rows_give_the_same_file_contents(spark: Any, tmp_path: Path) -> None:
+    contents = []
+    for name in ("a", "b"):
+        wh = Warehouse(spark, str(tmp_path / name))
+        with wh.begin() as tx:
+            tx.put("usage", usage_df(spark, NEW), USAGE, partitions=MONTHS)
+        contents.append(sorted(p.read_bytes() for p in (tmp_path / name / "usage").rglob("part-*.parquet")))
+    assert len(contents[0]) >= 3 and contents[0] == contents[1]
+
+
+def test_a_table_without_month_takes_no_month_partitions(spark: Any, tmp_path: Path) -> None:
+    from mktool.warehouse import WarehouseError
+
+    wh = Warehouse(spark, str(tmp_path / "wh"))
+    tx = wh.begin()
+    with pytest.raises(WarehouseError, match="one partition 'data'"):
+        tx.put("plans", spark.createDataFrame([("P",)], "plan_id string"), [("plan_id", "VARCHAR")],
+               partitions=["2026-10"])
+    tx.put("plans", spark.createDataFrame([("P",)], "plan_id string"), [("plan_id", "VARCHAR")], partitions=["data"])
+    tx.commit()
+    assert wh.partitions("plans") == ["data"] and rows(wh.read("plans")) == [("P",)]
+
+
+KILLED_CHILD = """
+import sys
+from mktool.spark import SparkOptions, open_session
+from mktool.warehouse import Warehouse
+session = open_session(SparkOptions(master="local[1]"))
+wh = Warehouse(session, sys.argv[1])
+tx = wh.begin("killed")
+tx.put("usage", session.createDataFrame(%r, "msisdn string, month string, fee string, sms bigint"),
+       %r, partitions=%r)
+tx.commit()
+"""
+
+
+def test_a_real_kill_between_the_two_renames_is_finished_by_the_next_warehouse(spark: Any, tmp_path: Path) -> None:
+    """SIGKILL (no finally block, no atexit; the child's JVM goes with it) at the worst point: October's
+    old folder is in the trash and the new one still in staging, so October is missing."""
+    from conftest import ENV
+
+    root = tmp_path / "wh"
+    seeded(spark, root)
+    child = subprocess.run([sys.executable, "-c", KILLED_CHILD % (NEW, USAGE, MONTHS), str(root)],
+                           env={**ENV, "MKTOOL_FAULT": "warehouse_between_renames:kill"},
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, child.stderr[-2000:]
+    assert sorted(p.name for p in (root / "usage").glob("month=*")) == ["month=2026-11"]
+    again = Warehouse(spark, str(root))
+    assert rows(again.read("usage")) == NEW_ROWS and again.version("usage") == 2 and leftovers(root) == []
