@@ -82,12 +82,50 @@ _ALIASES = {
 _DECIMAL_RE = re.compile(r"^(?:DECIMAL|NUMERIC)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?$")
 
 
+def _split_top(text: str) -> list[str]:
+    """``a INTEGER, b DECIMAL(18,2)`` split at the commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "(<") - (char in ")>")
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return [*parts, text[start:].strip()]
+
+
+def _inside(text: str, opening: str) -> str | None:
+    """What ``NAME(…)`` / ``name<…>`` holds when ``text`` is one (case-insensitively), else None."""
+    closing = ")" if opening.endswith("(") else ">"
+    if text[: len(opening)].upper() == opening.upper() and text.endswith(closing):
+        return text[len(opening):-1]
+    return None
+
+
+def _struct_fields(body: str, sep: str) -> list[tuple[str, str]]:
+    """(name, type) of ``a INTEGER, b VARCHAR`` (DuckDB, sep " ") or ``a:int,b:string`` (Spark, sep ":")."""
+    fields = []
+    for part in _split_top(body):
+        name, _, type_ = part.partition(sep)
+        name = name.strip().strip('"`')
+        if not name or not type_.strip():
+            raise WarehouseError(f"struct field {part!r} has no name or no type")
+        fields.append((name, type_.strip()))
+    return fields
+
+
 def normal_type(duckdb_type: str) -> str:
     """A DuckDB type in the spelling DESCRIBE lists (``decimal(18, 2)`` → ``DECIMAL(18,2)``, ``TEXT[]`` →
-    ``VARCHAR[]``): _table.json keeps what DuckDB would show."""
-    text = " ".join(duckdb_type.strip().upper().split())
+    ``VARCHAR[]``, ``map(text, int)`` → ``MAP(VARCHAR, INTEGER)``): _table.json keeps what DuckDB shows."""
+    text = " ".join(duckdb_type.strip().split())
     if text.endswith("[]"):
         return normal_type(text[:-2]) + "[]"
+    body = _inside(text, "STRUCT(")
+    if body is not None:
+        return "STRUCT(" + ", ".join(f"{n} {normal_type(t)}" for n, t in _struct_fields(body, " ")) + ")"
+    body = _inside(text, "MAP(")
+    if body is not None and len(_split_top(body)) == 2:
+        return "MAP(" + ", ".join(normal_type(t) for t in _split_top(body)) + ")"
+    text = text.upper()
     m = _DECIMAL_RE.match(text)
     if m:
         precision = int(m.group(1) or 18)
@@ -97,42 +135,64 @@ def normal_type(duckdb_type: str) -> str:
     text = _ALIASES.get(text, text)
     if text not in _TO_SPARK:
         raise WarehouseError(f"type {duckdb_type!r} has no Spark counterpart in the warehouse",
-                             hint=f"use one of {', '.join(_TO_SPARK)}, DECIMAL(p,s) or a list T[]")
+                             hint=f"use one of {', '.join(_TO_SPARK)}, DECIMAL(p,s), a list T[], "
+                                  "STRUCT(name T, …) or MAP(K, V)")
     return text
 
 
 def spark_type(duckdb_type: str) -> str:
     """The Spark SQL type (DDL spelling) a DuckDB column type is stored as. DuckDB's TIMESTAMP has no
-    zone, so it is Spark's ``timestamp_ntz`` (Arrow and Parquet then carry no zone either)."""
+    zone, so it is Spark's ``timestamp_ntz`` (Arrow and Parquet then carry no zone either); HUGEINT
+    is ``decimal(38,0)``, as mktool.dialect renders it."""
     text = normal_type(duckdb_type)
     if text.endswith("[]"):
         return f"array<{spark_type(text[:-2])}>"
+    body = _inside(text, "STRUCT(")
+    if body is not None:
+        return "struct<" + ",".join(f"{_quote(n)}:{spark_type(t)}" for n, t in _struct_fields(body, " ")) + ">"
+    body = _inside(text, "MAP(")
+    if body is not None:
+        key, value = _split_top(body)
+        return f"map<{spark_type(key)},{spark_type(value)}>"
     m = _DECIMAL_RE.match(text)
     if m:
         return f"decimal({m.group(1)},{m.group(2)})"
     return _TO_SPARK[text]
 
 
+_FROM_SPARK = {"string": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER", "integer": "INTEGER",
+               "smallint": "SMALLINT", "tinyint": "TINYINT", "double": "DOUBLE", "float": "FLOAT",
+               "date": "DATE", "timestamp_ntz": "TIMESTAMP", "timestamp": "TIMESTAMP", "boolean": "BOOLEAN",
+               "binary": "BLOB", "void": "INTEGER", "decimal": "DECIMAL(10,0)"}
+
+
 def duckdb_type(spark_datatype: Any) -> str:
-    """The DuckDB spelling (as DESCRIBE lists it) of a pyspark ``DataType`` or a Spark DDL type string.
+    """The DuckDB spelling (as DESCRIBE lists it) of a pyspark ``DataType`` or a Spark type string
+    (``simpleString()``: string → VARCHAR, array<string> → VARCHAR[], struct<a:int> → STRUCT(a INTEGER)).
 
     Spark's zoned ``timestamp`` maps to ``TIMESTAMP`` too: mktool's SQL is DuckDB's, and its
     ``CAST(… AS TIMESTAMP)`` renders as Spark's zoned type under the session's fixed UTC zone.
     ``void`` (an untyped NULL) is ``INTEGER``, as DuckDB types ``SELECT NULL``."""
     name = spark_datatype if isinstance(spark_datatype, str) else spark_datatype.simpleString()
-    text = name.strip().lower().replace(" ", "")
-    if text.startswith("array<") and text.endswith(">"):
-        return duckdb_type(text[6:-1]) + "[]"
-    m = re.match(r"^decimal\((\d+),(\d+)\)$", text)
+    text = name.strip()
+    for opening, build in (("array<", None), ("struct<", "STRUCT"), ("map<", "MAP")):
+        body = _inside(text, opening)
+        if body is None:
+            continue
+        if build is None:
+            return duckdb_type(body) + "[]"
+        if build == "STRUCT":
+            return "STRUCT(" + ", ".join(f"{n} {duckdb_type(t)}" for n, t in _struct_fields(body, ":")) + ")"
+        parts = _split_top(body)
+        if len(parts) == 2:
+            return f"MAP({duckdb_type(parts[0])}, {duckdb_type(parts[1])})"
+    lowered = text.lower().replace(" ", "")
+    m = re.match(r"^decimal\((\d+),(\d+)\)$", lowered)
     if m:
         return f"DECIMAL({m.group(1)},{m.group(2)})"
-    simple = {"string": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER", "integer": "INTEGER",
-              "smallint": "SMALLINT", "tinyint": "TINYINT", "double": "DOUBLE", "float": "FLOAT",
-              "date": "DATE", "timestamp_ntz": "TIMESTAMP", "timestamp": "TIMESTAMP", "boolean": "BOOLEAN",
-              "binary": "BLOB", "void": "INTEGER", "decimal": "DECIMAL(10,0)"}
-    if text in simple:
-        return simple[text]
-    if re.match(r"^(var)?char\(\d+\)$", text):
+    if lowered in _FROM_SPARK:
+        return _FROM_SPARK[lowered]
+    if re.match(r"^(var)?char\(\d+\)$", lowered):
         return "VARCHAR"
     raise WarehouseError(f"Spark type {name!r} has no DuckDB counterpart mktool uses")
 
@@ -323,7 +383,10 @@ class Warehouse:
                 if _is_partition_dir(d, partitioned)]
 
     def read(self, table: str) -> Any:
-        """The committed rows as a DataFrame, columns in _table.json order and typed as it says."""
+        """The committed rows as a DataFrame, columns in _table.json order and typed as it says.
+
+        Spark lists a DataFrame's files when it is made: one held across a commit that replaced its
+        partitions reads files that went to the trash, so read again after each commit."""
         name = _table_name(table)
         columns = self.columns(name)
         return self._read_parts(columns, [(self._table_uri(name), self._partition_dirs(name))])

@@ -252,7 +252,13 @@ def test_type_spellings_are_normalised_as_duckdb_lists_them() -> None:
     with pytest.raises(WarehouseError, match="no Spark counterpart"):
         spark_type("UNION(a INTEGER)")
     with pytest.raises(WarehouseError, match="no DuckDB counterpart"):
-        duckdb_type("map<string,int>")
+        duckdb_type("variant")
+    # nested types, field names keeping their case (DuckDB's DESCRIBE spelling)
+    assert normal_type("struct(a integer, B text[])") == "STRUCT(a INTEGER, B VARCHAR[])"
+    assert spark_type("STRUCT(a INTEGER, B VARCHAR[])") == "struct<`a`:int,`B`:array<string>>"
+    assert duckdb_type("struct<a:int,B:array<string>>") == "STRUCT(a INTEGER, B VARCHAR[])"
+    assert spark_type("map(text, decimal(18, 2))") == "map<string,decimal(18,2)>"
+    assert duckdb_type("map<string,decimal(18,2)>") == "MAP(VARCHAR, DECIMAL(18,2))"
 
 
 def test_every_type_and_the_column_order_survive_a_roundtrip(spark: Any, tmp_path: Path) -> None:
@@ -260,10 +266,12 @@ def test_every_type_and_the_column_order_survive_a_roundtrip(spark: Any, tmp_pat
 
     columns = [("z_text", "VARCHAR"), ("month", "VARCHAR"), ("a_big", "BIGINT"), ("m_int", "INTEGER"),
                ("d", "DOUBLE"), ("fen", "DECIMAL(18,2)"), ("rate", "DECIMAL(18,6)"), ("day", "DATE"),
-               ("at", "TIMESTAMP"), ("flag", "BOOLEAN"), ("tags", "VARCHAR[]")]
+               ("at", "TIMESTAMP"), ("flag", "BOOLEAN"), ("tags", "VARCHAR[]"),
+               ("kv", "MAP(VARCHAR, BIGINT)"), ("pair", "STRUCT(k VARCHAR, n INTEGER)")]
     df = spark.sql("SELECT '杭州' AS z_text, 9007199254740993 AS a_big, 7 AS m_int, 0.1D AS d, "
                    "'191.515' AS fen, 0.758861 AS rate, DATE'2026-10-31' AS day, "
                    "TIMESTAMP_NTZ'2026-11-01 08:00:00' AS at, true AS flag, array('x', 'y') AS tags, "
+                   "map('a', 1) AS kv, named_struct('k', 'z', 'n', 2) AS pair, "
                    "'2026-10' AS month")  # columns in another order than the table's, fen as text
     wh = Warehouse(spark, str(tmp_path / "wh"))
     with wh.begin() as tx:
@@ -273,7 +281,7 @@ def test_every_type_and_the_column_order_survive_a_roundtrip(spark: Any, tmp_pat
     assert wh.columns("every") == columns
     assert [tuple(r) for r in got.collect()] == [
         ("杭州", "2026-10", 9007199254740993, 7, 0.1, Decimal("191.52"), Decimal("0.758861"), dt.date(2026, 10, 31),
-         dt.datetime(2026, 11, 1, 8, 0), True, ["x", "y"])]
+         dt.datetime(2026, 11, 1, 8, 0), True, ["x", "y"], {"a": 1}, ("z", 2))]
 
 
 def test_a_spark_connect_session_is_refused_clearly(tmp_path: Path) -> None:
