@@ -219,11 +219,11 @@ class HadoopFS:
             gateway = session.sparkContext._gateway
         except Exception as exc:  # noqa: BLE001 - Spark Connect raises its own attribute errors
             raise WarehouseError(
-                "--engine spark: the warehouse needs a classic Spark session (a JVM on this side); "
-                "Spark Connect sessions (--spark-remote) are not supported this round",
-                hint="run with --spark-master instead of --spark-remote") from exc
+                "the Spark warehouse needs a classic Spark session (a JVM on this side): "
+                "Spark Connect sessions are not supported this round",
+                hint="run Spark with a master URL (--spark-master) instead of a Spark Connect remote") from exc
         if self.jvm is None or jsc is None:
-            raise WarehouseError("--engine spark: the Spark session has been stopped (no JVM)")
+            raise WarehouseError("the Spark warehouse: the Spark session has been stopped (no JVM)")
         self.gateway = gateway
         self.conf = jsc.hadoopConfiguration()
         self.root = root
