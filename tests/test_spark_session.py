@@ -50,14 +50,14 @@ def test_parse_conf_refuses_what_is_not_key_equals_value(item: str) -> None:
     with pytest.raises(UsageError) as caught:
         parse_conf(["spark.ui.enabled=false", item])
     assert caught.value.exit_code == EXIT_USAGE
-    assert caught.value.message == f"--spark-conf {item!r}: expected KEY=VALUE, e.g. spark.executor.memory=8g"
+    assert caught.value.message == f"expected KEY=VALUE such as spark.executor.memory=8g, got {item!r}"
 
 
 @pytest.mark.parametrize("key", sorted(FIXED_CONF))
 def test_parse_conf_refuses_every_key_mktool_fixes(key: str) -> None:
     with pytest.raises(UsageError) as caught:
         parse_conf([f"{key}=whatever"])
-    assert caught.value.message == f"--spark-conf {key}: mktool sets it to {FIXED_CONF[key]} (its results depend on it)"
+    assert caught.value.message == f"{key} is set by mktool to {FIXED_CONF[key]} (its results depend on it)"
     with pytest.raises(UsageError):  # the key is compared stripped: a space does not get it through
         parse_conf([f" {key} =whatever"])
 
@@ -92,7 +92,7 @@ def test_open_session_without_pyspark_says_what_to_install(monkeypatch: pytest.M
     with pytest.raises(SparkUnavailable) as caught:
         open_session(SparkOptions())
     assert caught.value.exit_code == EXIT_BAD_INPUT
-    assert caught.value.message.startswith("--engine spark: PySpark is not installed (")
+    assert caught.value.message.startswith("the Spark engine needs PySpark, which is not installed (")
     assert caught.value.hint == INSTALL_HINT
     assert 'pip install "mktool[spark]"' in INSTALL_HINT and "Java 17" in INSTALL_HINT
 
@@ -132,7 +132,7 @@ def test_open_session_without_java_says_so_before_starting_anything(monkeypatch:
     with pytest.raises(SparkUnavailable) as caught:
         open_session(SparkOptions(master="local[2]"))
     assert caught.value.exit_code == EXIT_BAD_INPUT
-    assert caught.value.message == "--engine spark: no Java runtime (neither JAVA_HOME nor java on PATH)"
+    assert caught.value.message == "the Spark engine needs a Java runtime: neither JAVA_HOME nor java on PATH"
     assert caught.value.hint == "install Java 17, e.g. apt-get install openjdk-17-jre-headless"
     assert builder.calls == []  # no JVM was asked for
 
