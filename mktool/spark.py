@@ -107,5 +107,6 @@ def open_session(options: SparkOptions) -> Any:
 
 
 def engine_version(session: Any) -> str:
-    """What manifest.json names: ``spark <version>``."""
-    return f"spark {session.version}"
+    """The Spark release ``session`` runs on (``4.3.0``): manifest.json's engine.version beside name "spark",
+    as a DuckDB run records duckdb.__version__ (mktool.versions.engine_info)."""
+    return str(session.version)
