@@ -50,7 +50,19 @@ from mktool import (
     scenewatch,
     view,
 )
-from mktool.config import DECIMAL_RE, ENV, WHOLE_RE, Settings, check_lock_wait, check_memory_limit, check_threads
+from mktool.config import (
+    DECIMAL_RE,
+    DEFAULT_SPARK_MASTER,
+    DEFAULT_WAREHOUSE,
+    ENGINES,
+    ENV,
+    WHOLE_RE,
+    Settings,
+    SparkOptions,
+    check_lock_wait,
+    check_memory_limit,
+    check_threads,
+)
 from mktool.console import Reporter
 from mktool.contract import TABLES, check_month
 from mktool.database import Database
@@ -87,11 +99,21 @@ from mktool.schema import (
 from mktool.snapshot import DEFAULT_FIXTURES, change_rows, dumps, raise_if_moved, record
 from mktool.snapshot import check as snapshot_check
 from mktool.snapshot import write as snapshot_write
+from mktool.spark import parse_conf
 
 app = typer.Typer(
     name="mktool",
     help="Batch engine for telecom stock-customer precision marketing.\n\n"
-    "ingest → score → matrix → plan → export, or all of it with `mktool run`.",
+    "ingest → score → matrix → plan → export, or all of it with `mktool run`.\n\n"
+    "The engine options go before the command (docs/spark.md). --engine spark keeps the state "
+    "tables as Parquet under --warehouse and runs on Spark (being built: see docs/spark.md for "
+    "what works today); --spark-master, --spark-remote, --spark-conf and --warehouse are refused "
+    "with --engine duckdb when given on the command line, and ignored when they come from the "
+    "environment. `check` and `test` never start an engine.\n\n"
+    "\b\nExamples:\n"
+    "  mktool run --month 2026-10 --ingest fixtures/extracts\n"
+    "  mktool --engine spark --warehouse hdfs:///mk run --month 2026-10 --ingest hdfs:///extracts\n"
+    "  mktool --engine spark --spark-master yarn --spark-conf spark.executor.memory=8g score --month 2026-10",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -371,9 +393,12 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 return typer.Exit(EXIT_INTERRUPTED)
 
             try:
+                root = common["ctx"].find_root().obj if common["ctx"] is not None else None
+                engine = root if isinstance(root, EngineOptions) else EngineOptions()
                 settings = Settings.from_options(
                     db=common["db"], matrices=common["matrices"], memory_limit=common["memory_limit"],
                     threads=common["threads"], temp_dir=common["temp_dir"], lock_wait=common["wait"],
+                    engine=engine.engine, spark=engine.spark, warehouse=engine.warehouse,
                 )
                 run = Run(settings, reporter, verbose, common["ctx"])
                 return fn(run, **kwargs)
@@ -414,16 +439,112 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def parse_spark_conf(value: str) -> str:
+    """``--spark-conf KEY=VALUE``: mktool.spark's own check (pairs, no key mktool fixes), as a usage error."""
+    try:
+        parse_conf([value])
+    except MktoolError as exc:
+        raise _bad(exc.message) from None
+    return value
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The global options (before the command): which engine, and where Spark and its warehouse are.
+
+    None: not given (Settings' default then). The command's wrapper hands them to Settings.from_options.
+    """
+
+    engine: str | None = None
+    spark: SparkOptions | None = None
+    warehouse: str | None = None
+
+
+#: The options that mean something only with --engine spark (option name → parameter name).
+SPARK_ONLY = {"--spark-master": "spark_master", "--spark-remote": "spark_remote", "--spark-conf": "spark_conf",
+              "--warehouse": "warehouse"}
+
+
+def _source(ctx: typer.Context, name: str) -> str:
+    """Where a global option's value came from: COMMANDLINE, ENVIRONMENT or DEFAULT (click's names)."""
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else "DEFAULT"
+
+
+def engine_options(ctx: typer.Context, engine: str | None, spark_master: str | None, spark_remote: str | None,
+                   spark_conf: list[str] | None, warehouse: str | None) -> EngineOptions:
+    """The global options checked together (each value is checked by its parser already).
+
+    With --engine duckdb an option of Spark's typed on the command line is a usage error: the user
+    meant Spark and forgot --engine, and a run that then silently writes the DuckDB file instead of
+    the warehouse is worse for cron than one that stops. The same settings from the environment
+    are ignored: a profile may export MKTOOL_WAREHOUSE for the Spark jobs of a machine that runs
+    DuckDB jobs too. --spark-master and --spark-remote name two different places to run: both on
+    the command line (or both in the environment) is a usage error; one on the command line wins
+    over the other from the environment, as an option wins over its twin.
+    """
+    given = {flag: _source(ctx, name) for flag, name in SPARK_ONLY.items()
+             if {"spark_master": spark_master, "spark_remote": spark_remote, "spark_conf": spark_conf,
+                 "warehouse": warehouse}[name]}
+    if (engine or "duckdb") != "spark":
+        typed = [flag for flag, source in given.items() if source == "COMMANDLINE"]
+        if typed:
+            origin = f" (from {ENV['engine']})" if _source(ctx, "engine") == "ENVIRONMENT" else ""
+            raise typer.BadParameter(
+                f"only with --engine spark, and the engine is {engine or 'duckdb'}{origin}: add --engine spark "
+                f"before the command, or drop {'it' if len(typed) == 1 else 'them'}", ctx=ctx, param_hint=typed)
+        return EngineOptions(engine=engine)
+    master_from, remote_from = given.get("--spark-master"), given.get("--spark-remote")
+    if master_from and remote_from:
+        if master_from == remote_from:
+            where = "both on the command line" if master_from == "COMMANDLINE" else (
+                f"{ENV['spark_master']} and {ENV['spark_remote']} are both set")
+            raise typer.BadParameter(
+                f"give one, not both ({where}): --spark-master starts Spark from here (local[*], yarn, "
+                "spark://…), --spark-remote connects to a running Spark Connect server",
+                ctx=ctx, param_hint=["--spark-master", "--spark-remote"])
+        if master_from == "COMMANDLINE":
+            spark_remote = None
+        else:
+            spark_master = None
+    options = SparkOptions(master=spark_master or DEFAULT_SPARK_MASTER, remote=spark_remote,
+                           conf=parse_conf(spark_conf or []))
+    return EngineOptions(engine=engine, spark=options, warehouse=warehouse)
+
+
 @app.callback()
 def main_callback(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", envvar=ENV["engine"], parser=choice(*ENGINES), metavar=metavar(*ENGINES),
+        help="Where the month is computed: duckdb (the --db file) or spark (Parquet under --warehouse) "
+             "[default: duckdb]", rich_help_panel="Engine")] = None,
+    spark_master: Annotated[str | None, typer.Option(
+        "--spark-master", envvar=ENV["spark_master"], metavar="URL",
+        help="--engine spark: the master to start on, e.g. yarn or spark://host:7077 "
+             f"[default: {DEFAULT_SPARK_MASTER}]",
+        rich_help_panel="Engine")] = None,
+    spark_remote: Annotated[str | None, typer.Option(
+        "--spark-remote", envvar=ENV["spark_remote"], metavar="sc://HOST:PORT",
+        help="--engine spark: a Spark Connect server to use instead of a master", rich_help_panel="Engine")] = None,
+    spark_conf: Annotated[list[str] | None, typer.Option(
+        "--spark-conf", parser=parse_spark_conf, metavar="KEY=VALUE",
+        help="--engine spark: a Spark setting, e.g. spark.executor.memory=8g (repeatable; a later one wins; "
+             "the settings mktool's results rest on are refused)", rich_help_panel="Engine")] = None,
+    warehouse: Annotated[str | None, typer.Option(
+        "--warehouse", envvar=ENV["warehouse"], metavar="PATH",
+        help="--engine spark: the folder or URI (hdfs://, s3a://) of the state tables "
+             f"[default: ./{DEFAULT_WAREHOUSE}]",
+        rich_help_panel="Engine")] = None,
 ) -> None:
     """Batch engine for telecom stock-customer precision marketing.
 
     Exit codes: 0 ok · 1 bad input, rule, missing step or an OS error (path named) · 2 bad usage ·
     3 database locked · 4 internal error · 5 a check found differences · 130 interrupted (Ctrl-C).
     """
+    ctx.obj = engine_options(ctx, engine, spark_master, spark_remote, spark_conf, warehouse)
 
 
 # -- small rendering helpers ----------------------------------------------------------------
@@ -1270,6 +1391,11 @@ def check_cmd(
       mktool check --month 2026-10 --strict
       mktool check --format json | jq '.errors'
     """
+    if month is not None and run.settings.engine != "duckdb":
+        # check validates files and never starts an engine; --month reads the month's customer_view.
+        raise run.usage_error("--month", f"check --month reads the month's customer_view, and check never "
+                                         f"starts Spark: with --engine {run.settings.engine}, check the files "
+                                         "without --month")
     report = validate_all(run.settings.matrices_dir)
     problems = list(report.problems)
     if month is not None and report.rules is not None:

@@ -165,7 +165,7 @@ from mktool.schema import (
     UNIVERSAL_HOLDOUT,
 )
 from mktool.sqlquote import quote_literal
-from mktool.versions import engine_versions
+from mktool.versions import engine_info, engine_versions
 
 DEFAULT_COOLDOWN_DAYS = 30
 DEFAULT_RETRY_DAYS = 7  # a push channel's wait after a no_answer
@@ -1856,6 +1856,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, result: ExportResult, selected: li
         "cycle_date": result.cycle_date.isoformat(),
         "mktool_version": __version__,
         "created_at": dt.datetime.now().replace(microsecond=0).isoformat(),
+        "engine": engine_info(con),
         "engines": engine_versions(),
         "command_line": command_line(),
         "export": options,

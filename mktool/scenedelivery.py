@@ -97,7 +97,7 @@ from mktool.schema import (
     SCENE_TRIGGERS_TEMP,
 )
 from mktool.sqlquote import quote_literal
-from mktool.versions import engine_versions
+from mktool.versions import engine_info, engine_versions
 
 # -- names ------------------------------------------------------------------------------------
 SCENES_FOLDER = "scenes"  # <out>/scenes/<cycle_date>/<batch_id>/
@@ -436,7 +436,7 @@ def _publish(db: Database, project: Project, config: ExportConfig, batch: Batch,
                 funnel_doc = _funnel_doc(batch, funnels)
                 pub.write_text(FUNNEL_FILE, json.dumps(funnel_doc, ensure_ascii=False, indent=2) + "\n")
                 fault("write_funnel")
-                manifest = _manifest(project, batch, result, funnel_doc, outputs)
+                manifest = _manifest(project, batch, result, funnel_doc, outputs, engine_info(con))
                 pub.write_text(MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=2, default=str) + "\n")
                 fault("write_manifest")
                 critical.enter_context(deferred_interrupt(published))  # from here the publish finishes
@@ -473,8 +473,9 @@ def _record_batch(con: duckdb.DuckDBPyConnection, batch: Batch, funnels: dict[st
 
 
 def _manifest(project: Project, batch: Batch, result: BatchResult, funnel_doc: dict[str, Any],
-              outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What the batch folder holds and everything it was made from (export's manifest, plus the event file)."""
+              outputs: dict[str, dict[str, Any]], engine: dict[str, str]) -> dict[str, Any]:
+    """What the batch folder holds and everything it was made from (export's manifest, plus the event file);
+    ``engine`` is versions.engine_info of the connection the lists came from."""
     root = Path(project.root)
     rule_files = sorted(p for p in root.rglob("*.yaml") if p.is_file())
     return {
@@ -490,6 +491,7 @@ def _manifest(project: Project, batch: Batch, result: BatchResult, funnel_doc: d
                        "last_event": _iso(batch.last_event)},
         "mktool_version": __version__,
         "created_at": dt.datetime.now().replace(microsecond=0).isoformat(),
+        "engine": engine,
         "engines": engine_versions(),
         "command_line": command_line(),
         "rules": rules_provenance(root),

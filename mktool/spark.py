@@ -54,14 +54,17 @@ class SparkUnavailable(MktoolError):
 
 
 def parse_conf(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """``KEY=VALUE`` pairs of --spark-conf, in the order given (a later one wins, as in spark-submit)."""
+    """``KEY=VALUE`` pairs of --spark-conf, in the order given (a later one wins, as in spark-submit).
+
+    The messages speak of the value (the command line adds the option's name); a key of FIXED_CONF
+    is refused rather than silently overridden, so that a user learns it has no effect."""
     pairs: list[tuple[str, str]] = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--spark-conf {item!r}: expected KEY=VALUE, e.g. spark.executor.memory=8g")
+            raise UsageError(f"expected KEY=VALUE such as spark.executor.memory=8g, got {item!r}")
         if key.strip() in FIXED_CONF:
-            raise UsageError(f"--spark-conf {key.strip()}: mktool sets it to {FIXED_CONF[key.strip()]} "
+            raise UsageError(f"{key.strip()} is set by mktool to {FIXED_CONF[key.strip()]} "
                              "(its results depend on it)")
         pairs.append((key.strip(), value))
     return tuple(pairs)
@@ -77,7 +80,8 @@ def _pyspark_sql() -> Any:
     try:
         import pyspark.sql  # noqa: PLC0415 - optional extra (~450 MB): imported only for --engine spark
     except ImportError as exc:
-        raise SparkUnavailable(f"--engine spark: PySpark is not installed ({exc})", hint=INSTALL_HINT) from exc
+        raise SparkUnavailable(f"the Spark engine needs PySpark, which is not installed ({exc})",
+                               hint=INSTALL_HINT) from exc
     return pyspark.sql
 
 
@@ -89,7 +93,7 @@ def open_session(options: SparkOptions) -> Any:
     """
     pyspark_sql = _pyspark_sql()
     if options.remote is None and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
-        raise SparkUnavailable("--engine spark: no Java runtime (neither JAVA_HOME nor java on PATH)",
+        raise SparkUnavailable("the Spark engine needs a Java runtime: neither JAVA_HOME nor java on PATH",
                                hint="install Java 17, e.g. apt-get install openjdk-17-jre-headless")
     builder = pyspark_sql.SparkSession.builder.appName(options.app_name)
     builder = builder.remote(options.remote) if options.remote is not None else builder.master(options.master)
@@ -103,5 +107,6 @@ def open_session(options: SparkOptions) -> Any:
 
 
 def engine_version(session: Any) -> str:
-    """What manifest.json names: ``spark <version>``."""
-    return f"spark {session.version}"
+    """The Spark release ``session`` runs on (``4.3.0``): manifest.json's engine.version beside name "spark",
+    as a DuckDB run records duckdb.__version__ (mktool.versions.engine_info)."""
+    return str(session.version)

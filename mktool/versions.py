@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
+from typing import Any
+
+import duckdb
 
 from mktool import __version__
 
-__all__ = ["ENGINE_PACKAGES", "engine_versions", "version_changes"]
+__all__ = ["ENGINE_PACKAGES", "engine_info", "engine_versions", "version_changes"]
 
 #: The libraries whose release can change what mktool computes or writes.
 ENGINE_PACKAGES = ("duckdb", "sqlglot", "pyarrow")
@@ -27,6 +30,19 @@ def engine_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def engine_info(con: Any) -> dict[str, str]:
+    """manifest.json's ``engine``: which engine computed the lists on ``con``, and its release.
+
+    ``engines`` lists the libraries installed; this names the one the result came from, which
+    ``--engine`` chooses (issue 16). The one place that tells connections apart: the Spark
+    connection (mktool.sparkdb) is added here as {"name": "spark", "version": spark.engine_version(…)}.
+    An unknown connection is a bug, never a guess written into a manifest.
+    """
+    if isinstance(con, duckdb.DuckDBPyConnection):
+        return {"name": "duckdb", "version": duckdb.__version__}
+    raise TypeError(f"engine_info: no engine known for a {type(con).__name__} connection")
 
 
 def version_changes(recorded: dict[str, str] | None, current: dict[str, str]) -> list[str]:

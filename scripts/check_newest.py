@@ -7,7 +7,8 @@ a result (DuckDB 2.0.1 rounded a DOUBLE differently from 2.0.0) every new machin
 while CI stays green. This script is the second check that finds such a drift first:
 
 1. a fresh virtual environment in a temporary folder, ``pip install --upgrade`` of this
-   checkout with its ``test`` and ``lint`` extras and no constraints (what a new user gets);
+   checkout with its ``test``, ``lint`` and ``spark`` extras and no constraints (what a new user
+   gets; CI has Java, so the suite there runs the Spark tests on the newest PySpark too);
 2. the releases that differ from constraints.txt are listed (library: locked → newest);
    when none differ, the locked run of CI already covered them and the script stops here;
 3. otherwise the test suite, ``mktool test --strict``, ``mktool snapshot --check``, ``ruff check``
@@ -29,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
-HEADER = ("# The exact releases CI installs (.ci/run: pip install -c constraints.txt -e \".[test,lint]\").\n"
+HEADER = ("# The exact releases CI installs (.ci/run: pip install -c constraints.txt -e \".[test,lint,spark]\").\n"
           "# Regenerate after a tested upgrade: python scripts/check_newest.py --write-constraints\n")
 
 
@@ -81,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         quiet = ["--quiet", "--disable-pip-version-check"]
         run([py, "-m", "pip", "install", *quiet, "--upgrade", "pip"], env=env, what="upgrading pip")
         # Not editable: the way a user installs it, so packaging (the shipped matrices) is checked too.
-        run([py, "-m", "pip", "install", *quiet, "--upgrade", "--upgrade-strategy", "eager", f"{ROOT}[test,lint]"],
-            env=env, what="installing the newest releases the ranges allow")
+        # The spark extra too: a PySpark release within its range is a drift like any other (CI runs the
+        # Spark parity tests, so the suite below runs them on it).
+        run([py, "-m", "pip", "install", *quiet, "--upgrade", "--upgrade-strategy", "eager",
+             f"{ROOT}[test,lint,spark]"], env=env, what="installing the newest releases the ranges allow")
         frozen = subprocess.run([py, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True,
                                 check=True, env=env).stdout
         newest = {k: v for k, v in read_pins(frozen).items() if k != "mktool"}

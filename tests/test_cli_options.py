@@ -298,10 +298,16 @@ def test_every_environment_twin_is_declared_on_the_common_options() -> None:
     """The variable names live in config.ENV; every command's option reads exactly that one."""
     options = {"db_path": "--db", "matrices_dir": "--matrices", "memory_limit": "--memory-limit",
                "threads": "--threads", "temp_dir": "--temp-dir", "lock_wait": "--wait"}
-    assert set(options) | {"out_dir"} == set(ENV)
+    # The engine's, given before the command (mktool --engine spark run …): options of the app itself.
+    engine = {"engine": "--engine", "spark_master": "--spark-master", "spark_remote": "--spark-remote",
+              "warehouse": "--warehouse"}
+    assert set(options) | set(engine) | {"out_dir"} == set(ENV)
     for name, command in COMMANDS.items():
         for field, flag in options.items():
             assert _option(command, flag).envvar == ENV[field], (name, flag)
+        assert not any(_option(command, flag) for flag in engine.values()), name
+    for field, flag in engine.items():
+        assert _option(GROUP, flag).envvar == ENV[field], flag
     # The output folder of the commands that publish lists (diff's and plan's --out is a file: no twin).
     for name in ("export", "run", "latest"):
         assert _option(COMMANDS[name], "--out").envvar == ENV["out_dir"], name

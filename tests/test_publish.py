@@ -39,6 +39,7 @@ from test_safety import db_state, files_state, without_manifest
 
 from mktool.publish import FAULT_POINTS, JOURNAL_PREFIX, STAGING_PREFIX
 from mktool.rules import load_channels
+from mktool.versions import engine_info
 
 COMMITTED_AT = FAULT_POINTS.index("after_commit")  # points from here on come after the commit
 
@@ -429,6 +430,16 @@ def git(folder: Path, *args: str) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
+def test_engine_info_names_the_connections_engine_and_refuses_to_guess() -> None:
+    con = duckdb.connect()
+    try:
+        assert engine_info(con) == {"name": "duckdb", "version": duckdb.__version__}
+    finally:
+        con.close()
+    with pytest.raises(TypeError, match="engine_info: no engine known for a object connection"):
+        engine_info(object())
+
+
 def test_the_manifest_names_engines_command_line_overrides_and_the_rules_commit(tmp_path):
     rules = tmp_path / "repo" / "rules"
     shutil.copytree(MATRICES, rules)
@@ -449,6 +460,7 @@ def test_the_manifest_names_engines_command_line_overrides_and_the_rules_commit(
     assert manifest["engines"] == {"mktool": manifest["mktool_version"], "python": platform.python_version(),
                                    "duckdb": duckdb.__version__, "sqlglot": sqlglot.__version__,
                                    "pyarrow": pyarrow.__version__}
+    assert manifest["engine"] == {"name": "duckdb", "version": duckdb.__version__}  # the one the lists came from
     assert manifest["command_line"] == ["mktool", *export]
     assert manifest["overrides"] == {"score": {"--param": {"churn_flag_at": 40}},
                                      "plan": {"--top": "2", "--total-change": "0.7:1.3"}}

@@ -396,6 +396,7 @@ def test_manifest_names_the_lists_the_event_file_and_the_rules(world) -> None:
         assert len(read_list(folder / name)) == entry["rows"]
     assert manifest["outputs"]["sms.csv"]["held_out"] == 2
     assert "scenes.yaml" in manifest["rule_files"] and "duckdb" in manifest["engines"]
+    assert manifest["engine"] == {"name": "duckdb", "version": manifest["engines"]["duckdb"]}
     funnel = json.loads((folder / "funnel.json").read_text(encoding="utf-8"))
     assert manifest["funnels"] == funnel["funnels"]
 

@@ -300,7 +300,8 @@ def test_check_newest_reads_pins_and_normalises_names() -> None:
     pins = module.read_pins("# comment\nduckdb==2.0.1\ntyping_extensions==4.16.0  # why\n-e file:///x\nPyYAML==6.0.4\n")
     assert pins == {"duckdb": "2.0.1", "typing-extensions": "4.16.0", "pyyaml": "6.0.4"}
     locked = module.read_pins((ROOT / "constraints.txt").read_text())
-    assert {"duckdb", "sqlglot", "pyarrow", "typer", "rich", "pyyaml", "polars", "pytest"} <= set(locked)
+    assert {"duckdb", "sqlglot", "pyarrow", "typer", "rich", "pyyaml", "polars", "pytest", "pyspark",
+            "py4j"} <= set(locked)
 
 
 def test_the_lock_satisfies_the_ranges_and_every_range_is_bounded() -> None:
@@ -316,7 +317,7 @@ def test_the_lock_satisfies_the_ranges_and_every_range_is_bounded() -> None:
     locked = module.read_pins((ROOT / "constraints.txt").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    for text in [*project["dependencies"], *extras["test"], *extras["lint"]]:
+    for text in [*project["dependencies"], *extras["test"], *extras["lint"], *extras["spark"]]:
         req = Requirement(text)
         name = req.name.lower().replace("_", "-")
         assert any(s.operator in ("<", "<=", "~=", "==") for s in req.specifier), f"{text}: no upper bound"

@@ -1,0 +1,193 @@
+"""mktool.spark: --spark-conf parsing, the order a session's settings are applied in, what a user
+without PySpark or Java is told, and that every setting mktool's results rest on is in force.
+
+Only the last tests take the `spark` fixture (a real local session); the others stand in for the
+missing pieces (sys.modules, PATH, JAVA_HOME) so that they run on a machine without Spark too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import types
+from typing import Any
+
+import pytest
+from conftest import ENV
+
+from mktool.config import SparkOptions
+from mktool.errors import EXIT_BAD_INPUT, EXIT_USAGE, UsageError
+from mktool.spark import (
+    DEFAULT_CONF,
+    FIXED_CONF,
+    INSTALL_HINT,
+    SparkUnavailable,
+    open_session,
+    parse_conf,
+    session_conf,
+)
+
+
+# -- parse_conf ---------------------------------------------------------------------------------------
+def test_parse_conf_keeps_the_pairs_in_the_order_given() -> None:
+    pairs = parse_conf(["spark.executor.memory=8g", "spark.sql.shuffle.partitions=200", "spark.executor.memory=4g"])
+    # A repeated key stays twice: the later one wins when the pairs become a dict (as in spark-submit).
+    assert pairs == (("spark.executor.memory", "8g"), ("spark.sql.shuffle.partitions", "200"),
+                     ("spark.executor.memory", "4g"))
+    assert parse_conf([]) == ()
+
+
+def test_parse_conf_splits_at_the_first_equals_sign_and_strips_only_the_key() -> None:
+    # A JVM option is itself KEY=VALUE: only the first "=" separates.
+    assert parse_conf(["spark.driver.extraJavaOptions=-Dfile.encoding=UTF-8"]) == (
+        ("spark.driver.extraJavaOptions", "-Dfile.encoding=UTF-8"),)
+    assert parse_conf([" spark.app.name =mk"]) == (("spark.app.name", "mk"),)
+
+
+@pytest.mark.parametrize("item", ["spark.executor.memory", "=8g", "  =8g", ""])
+def test_parse_conf_refuses_what_is_not_key_equals_value(item: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_conf(["spark.ui.enabled=false", item])
+    assert caught.value.exit_code == EXIT_USAGE
+    assert caught.value.message == f"expected KEY=VALUE such as spark.executor.memory=8g, got {item!r}"
+
+
+@pytest.mark.parametrize("key", sorted(FIXED_CONF))
+def test_parse_conf_refuses_every_key_mktool_fixes(key: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_conf([f"{key}=whatever"])
+    assert caught.value.message == f"{key} is set by mktool to {FIXED_CONF[key]} (its results depend on it)"
+    with pytest.raises(UsageError):  # the key is compared stripped: a space does not get it through
+        parse_conf([f" {key} =whatever"])
+
+
+# -- session_conf -------------------------------------------------------------------------------------
+def test_session_conf_is_defaults_then_the_users_then_the_fixed_settings() -> None:
+    options = SparkOptions(conf=(("spark.sql.shuffle.partitions", "200"), ("spark.executor.memory", "8g"),
+                                 # a library caller bypassing parse_conf: the fixed value wins anyway
+                                 ("spark.sql.session.timeZone", "Asia/Shanghai")))
+    conf = session_conf(options)
+    assert conf["spark.sql.shuffle.partitions"] == "200"  # the user's over the default 8
+    assert conf["spark.ui.enabled"] == "false"  # a default nobody overrode
+    assert conf["spark.executor.memory"] == "8g"
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert {k: conf[k] for k in FIXED_CONF} == FIXED_CONF
+    # Keys in the order they first appear: the defaults, the user's new ones, the other fixed ones.
+    assert list(conf) == [*DEFAULT_CONF, "spark.executor.memory", "spark.sql.session.timeZone",
+                          *[k for k in FIXED_CONF if k != "spark.sql.session.timeZone"]]
+    assert session_conf(SparkOptions()) == {**DEFAULT_CONF, **FIXED_CONF}
+
+
+def test_session_conf_later_user_pair_wins() -> None:
+    conf = session_conf(SparkOptions(conf=parse_conf(["spark.executor.memory=8g", "spark.executor.memory=4g"])))
+    assert conf["spark.executor.memory"] == "4g"
+
+
+# -- open_session without PySpark, without Java --------------------------------------------------------
+def test_open_session_without_pyspark_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules makes `import pyspark.sql` raise ImportError, as on a machine without it.
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    monkeypatch.setitem(sys.modules, "pyspark.sql", None)
+    with pytest.raises(SparkUnavailable) as caught:
+        open_session(SparkOptions())
+    assert caught.value.exit_code == EXIT_BAD_INPUT
+    assert caught.value.message.startswith("the Spark engine needs PySpark, which is not installed (")
+    assert caught.value.hint == INSTALL_HINT
+    assert 'pip install "mktool[spark]"' in INSTALL_HINT and "Java 17" in INSTALL_HINT
+
+
+class Recorder:
+    """A stand-in for pyspark.sql's SparkSession.builder: records what open_session asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.session = types.SimpleNamespace(conf=types.SimpleNamespace(set=self._set))
+
+    def _set(self, key: str, value: str) -> None:
+        self.calls.append(("conf.set", key, value))
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: str) -> Any:
+            self.calls.append((name, *args))
+            return self.session if name == "getOrCreate" else self
+        return call
+
+
+def _pyspark_stand_in(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    builder = Recorder()
+    sql = types.ModuleType("pyspark.sql")
+    sql.SparkSession = types.SimpleNamespace(builder=builder)  # type: ignore[attr-defined]
+    root = types.ModuleType("pyspark")
+    root.sql = sql  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pyspark", root)
+    monkeypatch.setitem(sys.modules, "pyspark.sql", sql)
+    return builder
+
+
+def test_open_session_without_java_says_so_before_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    builder = _pyspark_stand_in(monkeypatch)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    with pytest.raises(SparkUnavailable) as caught:
+        open_session(SparkOptions(master="local[2]"))
+    assert caught.value.exit_code == EXIT_BAD_INPUT
+    assert caught.value.message == "the Spark engine needs a Java runtime: neither JAVA_HOME nor java on PATH"
+    assert caught.value.hint == "install Java 17, e.g. apt-get install openjdk-17-jre-headless"
+    assert builder.calls == []  # no JVM was asked for
+
+
+def test_open_session_with_java_home_only_builds_with_mktools_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    builder = _pyspark_stand_in(monkeypatch)
+    monkeypatch.setenv("JAVA_HOME", "/opt/jdk17")
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    options = SparkOptions(master="yarn", conf=(("spark.executor.memory", "8g"),))
+    session = open_session(options)
+    assert session is builder.session
+    expected_conf = [("config", k, v) for k, v in session_conf(options).items()]
+    assert builder.calls == [("appName", "mktool"), ("master", "yarn"), *expected_conf, ("getOrCreate",),
+                             *[("conf.set", k, v) for k, v in FIXED_CONF.items()]]
+
+
+def test_open_session_on_spark_connect_needs_no_local_java(monkeypatch: pytest.MonkeyPatch) -> None:
+    builder = _pyspark_stand_in(monkeypatch)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    open_session(SparkOptions(remote="sc://spark.example:15002"))
+    assert builder.calls[:2] == [("appName", "mktool"), ("remote", "sc://spark.example:15002")]
+    assert ("master", "local[*]") not in builder.calls
+
+
+def test_importing_mktool_does_not_load_pyspark() -> None:
+    # PySpark takes ~1 s to import and may be absent: the CLI and mktool.spark load it only for a session.
+    code = "import sys, mktool.cli, mktool.spark; print(sorted(m for m in sys.modules if m.startswith('py4j') " \
+           "or m.startswith('pyspark')))"
+    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# -- on a real session ----------------------------------------------------------------------------------
+def test_every_fixed_setting_is_in_force(spark: Any) -> None:
+    for key, value in FIXED_CONF.items():
+        assert spark.conf.get(key) == value, key
+    # The fixture's own --spark-conf is applied over the default 8.
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
+    assert spark.sql("SELECT current_timezone() AS tz").collect()[0].tz == "UTC"
+    # ANSI: a cast that cannot hold the value raises instead of giving NULL.
+    with pytest.raises(Exception, match="CAST_INVALID_INPUT|cannot be cast"):
+        spark.sql("SELECT CAST('x' AS INT)").collect()
+
+
+def test_an_existing_session_gets_the_fixed_settings_back(spark: Any) -> None:
+    # getOrCreate returns the process's session as it is: open_session sets the fixed values on it again.
+    spark.conf.set("spark.sql.session.timeZone", "Asia/Shanghai")
+    spark.conf.set("spark.sql.ansi.enabled", "false")
+    try:
+        again = open_session(SparkOptions(master="local[2]"))
+        assert again is spark
+        assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+        assert spark.conf.get("spark.sql.ansi.enabled") == "true"
+    finally:
+        for key, value in FIXED_CONF.items():
+            spark.conf.set(key, value)
