@@ -319,7 +319,8 @@ def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, s
             v, d, exact = (f"TRY_CAST({text} AS BIGINT)", f"TRY_CAST({text} AS DOUBLE)",
                            f"TRY_CAST({text} AS DECIMAL(38,9))")
             fraction = f"{d} <> CAST({v} AS DOUBLE) OR coalesce({exact} <> {v}, false)"
-            return [(lossy, f"{text} IS NOT NULL AND ({v} IS NULL OR {d} IS NULL OR NOT {is_finite(d, 'DOUBLE')} OR {fraction})")]
+            finite = is_finite(d, "DOUBLE")
+            return [(lossy, f"{text} IS NOT NULL AND ({v} IS NULL OR {d} IS NULL OR NOT {finite} OR {fraction})")]
         return [("!", "")]
     if col.scale is not None:  # DECIMAL(18, scale): money and unit prices
         scale, dec = col.scale, f"TRY_CAST({{v}} AS {target})"
