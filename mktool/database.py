@@ -30,7 +30,7 @@ from mktool.publish import finish_pending
 BOOKKEEPING_DDL = (
     """CREATE TABLE IF NOT EXISTS ingest_log (
         load_id VARCHAR, table_name VARCHAR, file VARCHAR, sha256 VARCHAR,
-        rows BIGINT, months VARCHAR[], loaded_at TIMESTAMP)""",
+        rows BIGINT, months VARCHAR[], loaded_at TIMESTAMP, seq BIGINT)""",
     """CREATE TABLE IF NOT EXISTS funnel_counts (
         month VARCHAR, funnel VARCHAR, stage_no INTEGER, stage VARCHAR, count BIGINT, cycle VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS rule_hits (
@@ -320,6 +320,32 @@ def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 def table_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
     return [r[0] for r in con.execute(f'DESCRIBE "{name}"').fetchall()]
+
+
+#: ingest_log's load order: each logged file's position among all files ever loaded (1, 2, …).
+#: Why a column: ``loaded_at`` has one-second resolution, and DuckDB's rowid has no Spark meaning.
+LOAD_SEQ = "seq"
+
+
+def ensure_load_seq(con: duckdb.DuckDBPyConnection) -> None:
+    """Give an ingest_log written before it had ``seq`` the column, numbered in the order the rows
+    were appended (DuckDB's rowid); a no-op once it has one. Call inside the writer's transaction.
+
+    DuckDB-only code: only a DuckDB database can predate the column (a Spark warehouse's
+    ingest_log is created with it), and rowid exists only there.
+    """
+    if not table_exists(con, "ingest_log") or LOAD_SEQ in table_columns(con, "ingest_log"):
+        return
+    con.execute(f"ALTER TABLE ingest_log ADD COLUMN {LOAD_SEQ} BIGINT")
+    con.execute(f"UPDATE ingest_log SET {LOAD_SEQ} = o.n FROM (SELECT rowid AS r, row_number() OVER (ORDER BY rowid) "
+                f"AS n FROM ingest_log) AS o WHERE ingest_log.rowid = o.r")
+
+
+def load_order(con: duckdb.DuckDBPyConnection) -> str:
+    """The column ingest_log's rows are ordered by as loaded: ``seq``; in a DuckDB database from
+    before it that nothing has written to since (a reader), rowid, the order ``seq`` is given in
+    on its next load (:func:`ensure_load_seq`)."""
+    return LOAD_SEQ if LOAD_SEQ in table_columns(con, "ingest_log") else "rowid"
 
 
 def replace_month(con: duckdb.DuckDBPyConnection, table: str, month: str, select_sql: str,

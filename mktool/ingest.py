@@ -24,7 +24,7 @@ import duckdb
 
 from mktool.console import QUIET, Reporter
 from mktool.contract import INVISIBLE, MONTH_RE, TABLES, TIME_ZONE, WHITESPACE, Column, TableContract, table_for_file
-from mktool.database import Database, table_columns, table_exists
+from mktool.database import LOAD_SEQ, Database, ensure_load_seq, table_columns, table_exists
 from mktool.dialect import is_finite, last_character
 from mktool.errors import InputError
 from mktool.publish import file_sha256
@@ -906,9 +906,13 @@ def _ingest_files(db: Database, files: list[SourceFile], *, reporter: Reporter,
                 keys.result()
                 for src, sha in zip(files, checksums):
                     src.sha256 = sha.result()
+                ensure_load_seq(con)
+                (last,) = con.execute(f"SELECT coalesce(max({LOAD_SEQ}), 0) FROM ingest_log").fetchone()  # type: ignore[misc]
                 con.executemany(
-                    "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now) for f in files],
+                    "INSERT INTO ingest_log (load_id, table_name, file, sha256, rows, months, loaded_at, "
+                    f"{LOAD_SEQ}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now, int(last) + i)
+                     for i, f in enumerate(files, 1)],
                 )
         except BaseException:
             # A failed load or Ctrl-C must not wait for the key scan to finish on its own.
