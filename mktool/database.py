@@ -367,20 +367,34 @@ def replace_month(con: duckdb.DuckDBPyConnection, table: str, month: str, select
         con.execute(f'DELETE FROM "{table}" WHERE month = ?', [month])
         con.execute(f'INSERT INTO "{table}" {select_sql}', args)
     else:
-        new_types = dict(new_described)
-        old_select = ", ".join(
-            f'CAST("{name}" AS {new_types[name]}) AS "{name}"'
-            if name in new_types and new_types[name] != type_ and _numeric(type_) and _numeric(new_types[name])
-            else f'"{name}"'
-            for name, type_ in old_described)
+        new_select, old_select = _union_by_name(old_described, new_described)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _mk_new AS {select_sql}", args)
         con.execute(
             f'CREATE OR REPLACE TABLE "{table}" AS '
-            f'SELECT * FROM _mk_new UNION ALL BY NAME SELECT {old_select} FROM "{table}" WHERE month <> ?',
+            f'SELECT {new_select} FROM _mk_new UNION ALL SELECT {old_select} FROM "{table}" WHERE month <> ?',
             [month],
         )
         con.execute("DROP TABLE _mk_new")
     return _month_rows(con, table, month)
+
+
+def _union_by_name(old: Sequence[tuple[str, str]], new: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """The two select lists of the rebuilt table: the new rows' columns in their order, then the
+    old table's other columns; a column a side lacks is NULL there, and an old numeric column is
+    cast to its new numeric type. What DuckDB's ``UNION ALL BY NAME`` gives (names matched
+    case-insensitively), written out: Spark cannot parse BY NAME."""
+    new_types = dict(new)
+    old_values = {
+        name.lower(): f'CAST("{name}" AS {new_types[name]})'
+        if name in new_types and new_types[name] != type_ and _numeric(type_) and _numeric(new_types[name])
+        else f'"{name}"'
+        for name, type_ in old}
+    new_keys = {name.lower() for name, _ in new}
+    old_only = [name for name, _ in old if name.lower() not in new_keys]
+    new_select = [f'"{name}"' for name, _ in new] + [f'NULL AS "{name}"' for name in old_only]
+    old_select = [f'{old_values.get(name.lower(), "NULL")} AS "{name}"' for name, _ in new]
+    old_select += [f'{old_values[name.lower()]} AS "{name}"' for name in old_only]
+    return ", ".join(new_select), ", ".join(old_select)
 
 
 def _month_rows(con: duckdb.DuckDBPyConnection, table: str, month: str) -> int:
