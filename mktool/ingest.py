@@ -25,7 +25,7 @@ import duckdb
 from mktool.console import QUIET, Reporter
 from mktool.contract import INVISIBLE, MONTH_RE, TABLES, TIME_ZONE, WHITESPACE, Column, TableContract, table_for_file
 from mktool.database import LOAD_SEQ, Database, ensure_load_seq, table_columns, table_exists
-from mktool.dialect import is_finite, last_character
+from mktool.dialect import Query, is_finite, last_character
 from mktool.errors import InputError
 from mktool.publish import file_sha256
 from mktool.rules import load_channels
@@ -430,14 +430,20 @@ def _describe_problem(col: Column, channel_names: Sequence[str]) -> tuple[str, s
     return problem, ", ".join(_lit(v) for v in allowed)
 
 
+def example_query(src: SourceFile, condition: str) -> Query:
+    """The first row of the file for which ``condition`` holds: the example a refusal shows.
+
+    Zoned times are shown as text: turning them into Python objects needs pytz on some DuckDB
+    releases (2.0.0), and an example row must never turn a refusal into an internal error.
+    """
+    zoned = {name for name, type_ in src.schema.items() if "WITH TIME ZONE" in str(type_).upper()}
+    select = "*" if not zoned else ", ".join(
+        f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}" if name in zoned else _q(name) for name in src.schema)
+    return Query("example", f"SELECT {select} FROM {src.scan} WHERE {condition} LIMIT 1")
+
+
 def _example_row(con: duckdb.DuckDBPyConnection, src: SourceFile, condition: str) -> dict[str, Any] | None:
-    # Zoned times are shown as text: turning them into Python objects needs pytz on some DuckDB
-    # releases (2.0.0), and an example row must never turn a refusal into an internal error.
-    types = {r[0]: str(r[1]) for r in con.execute(f"DESCRIBE SELECT * FROM {src.scan}").fetchall()}
-    zoned = [name for name, type_ in types.items() if "WITH TIME ZONE" in type_.upper()]
-    select = "*" if not zoned else "* REPLACE (" + ", ".join(
-        f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}" for name in zoned) + ")"
-    cur = con.execute(f"SELECT {select} FROM {src.scan} WHERE {condition} LIMIT 1")
+    cur = con.execute(example_query(src, condition).sql)
     row = cur.fetchone()
     if row is None:
         return None
@@ -463,6 +469,10 @@ def _top_level_names(con: duckdb.DuckDBPyConnection, src: SourceFile) -> list[st
     return names
 
 
+def rows_query(src: SourceFile) -> Query:
+    return Query("rows", f"SELECT count(*) FROM {src.scan}")
+
+
 def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty: bool = False) -> None:
     """Fill ``src.schema`` and ``src.rows``; refuse empty or unreadable files and repeated column names.
 
@@ -478,7 +488,7 @@ def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty:
                              file=str(src.path), table=src.table, hint="rename the file without * ? [ ]")
         names = _top_level_names(con, src)
         src.schema = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src.scan}").fetchall()}
-        src.rows = int(con.execute(f"SELECT count(*) FROM {src.scan}").fetchone()[0])  # type: ignore[index]
+        src.rows = int(con.execute(rows_query(src).sql).fetchone()[0])  # type: ignore[index]
     except duckdb.Error as exc:
         reason = str(exc).splitlines()[0]
         reason = reason.split("Error: ", 1)[-1]
@@ -504,6 +514,13 @@ def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty:
                          hint="an empty extract would wipe the months it should carry; check the export job")
 
 
+def count_query(src: SourceFile, checks: Sequence[tuple[str, str, str]], flags: Sequence[tuple[str, str]] = (),
+                name: str = "counts") -> Query:
+    """One scan of the file counting the rows of every check's condition, then of every flag's."""
+    aggregates = [f"count_if({cond})" for _, _, cond in checks] + [f"count_if({cond})" for _, cond in flags]
+    return Query(name, f"SELECT {', '.join(aggregates)} FROM {src.scan}")
+
+
 def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: list[tuple[str, str, str]],
                      flags: list[tuple[str, str]] = ()) -> list[int]:  # type: ignore[assignment]
     """Count every (column, problem, condition) in one scan of the file; refuse the first that matches.
@@ -512,9 +529,7 @@ def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: li
     """
     if not checks and not flags:
         return []
-    aggregates = ", ".join(f"count_if({cond})" for _, _, cond in checks)
-    aggregates = ", ".join(a for a in (aggregates, ", ".join(f"count_if({cond})" for _, cond in flags)) if a)
-    counts = con.execute(f"SELECT {aggregates} FROM {src.scan}").fetchone()
+    counts = con.execute(count_query(src, checks, flags).sql).fetchone()
     assert counts is not None
     for (column, problem, cond), bad in zip(checks, counts):
         if bad:
@@ -528,34 +543,42 @@ def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: li
     return list(counts[len(checks):])
 
 
-def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Sequence[str] = ()) -> None:
-    """Check one file against its contract in one aggregate scan; raise InputError naming file,
-    table, column and an example row.
+@dataclass
+class Validation:
+    """What :func:`validate` counts in one file, built from its schema alone (no data read).
 
-    The same scan counts, per text column, the values that trimming or case-folding would
-    change: a file with none loads the column as it is (normalising costs a trim per row).
+    ``checks`` (column, problem, SQL true for a bad row) are refused when any row matches;
+    ``flags`` (column, SQL true for a value that normalising changes, or that is not already in
+    its vocabulary or pattern) are counted in the same scan; ``recheck`` holds, per flagged
+    vocabulary or pattern column, the full checks a second scan runs when its flag counted any.
     """
+
+    checks: list[tuple[str, str, str]]
+    flags: list[tuple[str, str]]
+    recheck: dict[str, list[tuple[str, str, str]]]
+
+    def second_checks(self, counts: Sequence[int]) -> list[tuple[str, str, str]]:
+        """The second scan's checks, given the first scan's flag counts."""
+        return [c for (name, _), n in zip(self.flags, counts) if n and name in self.recheck for c in self.recheck[name]]
+
+
+def month_query(month: ColumnRead, src: SourceFile) -> Query:
+    """The file's distinct month values as written (all exact YYYY-MM: its per-row month checks are skipped)."""
+    return Query("months", f"SELECT DISTINCT {month.ref} FROM {src.scan}")
+
+
+def stored_months_query(src: SourceFile) -> Query:
+    """The file's months as they will be stored (trimmed), when some were not exact YYYY-MM as written."""
+    return Query("stored_months", f"SELECT DISTINCT {src.stored('month')} AS m FROM {src.scan} ORDER BY m")
+
+
+def validation(src: SourceFile, channel_names: Sequence[str] = (), *, months_clean: bool = False) -> Validation:
+    """The checks and flags of one file (read_schema filled its schema); refuses a column whose type
+    can never be read as the contract's. ``months_clean``: its distinct months are exact YYYY-MM."""
     contract = src.contract
-    missing = [c.name for c in contract.columns if c.name not in src.reads and not c.nullable]
-    if missing:
-        raise InputError(
-            f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
-            file=str(src.path), table=src.table,
-            hint=f"columns found: {', '.join(src.schema)}",
-        )
     checks: list[tuple[str, str, str]] = []  # (column, problem, SQL condition for a bad row)
     flags: list[tuple[str, str]] = []  # (column, SQL true for a value that normalising changes)
     recheck: dict[str, list[tuple[str, str, str]]] = {}  # column → its full checks, run when its flag counted any
-    # A file carries one or a few months: when its distinct months are all exact YYYY-MM (the
-    # usual case), the per-row month checks are skipped (a regexp per row is a tenth of the scan).
-    months_clean = False
-    month = src.reads.get("month")
-    if contract.monthly and month is not None and _base_type(month.source_type or "") in TEXT_TYPES:
-        distinct = [m for (m,) in con.execute(f"SELECT DISTINCT {month.ref} FROM {src.scan}").fetchall()]
-        months_clean = all(isinstance(m, str) and MONTH_RE.match(m) for m in distinct)
-        if months_clean:
-            src.months = sorted(distinct)
-            month.normalise = False
     for read in src.reads.values():
         col = read.column
         source = read.source_type or ""
@@ -611,14 +634,41 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Seq
         flag = _needs_normalising(read)
         if flag is not None:
             flags.append((col.name, flag))
-    counts = _refuse_bad_rows(con, src, checks, flags)
-    for (name, _), n in zip(flags, counts):
+    return Validation(checks, flags, recheck)
+
+
+def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Sequence[str] = ()) -> None:
+    """Check one file against its contract in one aggregate scan; raise InputError naming file,
+    table, column and an example row.
+
+    The same scan counts, per text column, the values that trimming or case-folding would
+    change: a file with none loads the column as it is (normalising costs a trim per row).
+    """
+    contract = src.contract
+    missing = [c.name for c in contract.columns if c.name not in src.reads and not c.nullable]
+    if missing:
+        raise InputError(
+            f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+            file=str(src.path), table=src.table,
+            hint=f"columns found: {', '.join(src.schema)}",
+        )
+    # A file carries one or a few months: when its distinct months are all exact YYYY-MM (the
+    # usual case), the per-row month checks are skipped (a regexp per row is a tenth of the scan).
+    months_clean = False
+    month = src.reads.get("month")
+    if contract.monthly and month is not None and _base_type(month.source_type or "") in TEXT_TYPES:
+        distinct = [m for (m,) in con.execute(month_query(month, src).sql).fetchall()]
+        months_clean = all(isinstance(m, str) and MONTH_RE.match(m) for m in distinct)
+        if months_clean:
+            src.months = sorted(distinct)
+            month.normalise = False
+    plan = validation(src, channel_names, months_clean=months_clean)
+    counts = _refuse_bad_rows(con, src, plan.checks, plan.flags)
+    for (name, _), n in zip(plan.flags, counts):
         src.reads[name].normalise = bool(n)
-    _refuse_bad_rows(con, src, [c for (name, _), n in zip(flags, counts) if n and name in recheck
-                                for c in recheck[name]])
+    _refuse_bad_rows(con, src, plan.second_checks(counts))
     if contract.monthly and not months_clean:
-        src.months = [m for (m,) in con.execute(
-            f"SELECT DISTINCT {src.stored('month')} AS m FROM {src.scan} ORDER BY m").fetchall()]
+        src.months = [m for (m,) in con.execute(stored_months_query(src).sql).fetchall()]
     assert all(MONTH_RE.match(m) for m in src.months)  # every refusal above has been raised
 
 
@@ -633,10 +683,10 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
     (a check after the insert passed silently at scale).
     Keys are compared as stored (trimmed, case-folded, cast): '13800000007' and '13800000007 '
     are one key. NULL or blank keys were refused by validate().
-    The fast pass sorts one 64-bit hash per row and looks for equal neighbours (about 3× cheaper
-    than grouping the string keys); distinct hashes prove distinct keys. Only when two hashes
-    are equal does the exact grouped check run, which names the key (a hash collision without
-    a duplicate passes), and then the files are checked one by one to name the culprit.
+    One grouped scan of the keys themselves finds the smallest duplicate key (then the files are
+    checked one by one to name the culprit). Why not a hash pass first (sort one 64-bit hash per
+    row, compare neighbours): it saved ~30% on DuckDB, but a window over the whole input runs in
+    one task on Spark, whose hash() is a 32-bit murmur3 that collides all the time at 60M rows.
     """
     contract = TABLES[table]
     if not contract.key:
@@ -645,19 +695,7 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
         for src in files:  # across files the later one wins (see _upsert); within one, refuse
             check_keys(con, table, [src])
         return
-    key = ", ".join(_q(k) for k in contract.key)
-    union = " UNION ALL ".join(
-        f"SELECT {', '.join(f'{src.stored(k)} AS {_q(k)}' for k in contract.key)} FROM {src.scan}" for src in files
-    )
-    (equal_hashes,) = con.execute(
-        f"SELECT count_if(h = prev) FROM (SELECT h, lag(h) OVER (ORDER BY h) AS prev "
-        f"FROM (SELECT hash({key}) AS h FROM ({union}) AS loaded) AS hashed) AS pairs"
-    ).fetchone()  # type: ignore[misc]
-    if not equal_hashes:
-        return
-    dup = con.execute(
-        f"SELECT {key}, count(*) FROM ({union}) AS loaded GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
-    ).fetchone()
+    dup = con.execute(duplicate_key_query(files).sql).fetchone()
     if dup is None:
         return
     for src in files:
@@ -670,6 +708,19 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
         f"appears in more than one of the files loaded together: {names}",
         table=table, column=", ".join(contract.key),
     )
+
+
+def duplicate_key_query(files: Sequence[SourceFile]) -> Query:
+    """The smallest key (as stored) that the rows of ``files`` (one table's) hold more than once,
+    with its count; no row when the keys are unique."""
+    contract = files[0].contract
+    key = ", ".join(_q(k) for k in contract.key)
+    union = " UNION ALL ".join(
+        f"SELECT {', '.join(f'{src.stored(k)} AS {_q(k)}' for k in contract.key)} FROM {src.scan}" for src in files
+    )
+    positions = ", ".join(str(i) for i in range(1, len(contract.key) + 1))
+    return Query("duplicate_key", f"SELECT {key}, count(*) AS n FROM ({union}) AS loaded GROUP BY {key} "
+                                  f"HAVING count(*) > 1 ORDER BY {positions} LIMIT 1")
 
 
 def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[SourceFile]],
@@ -685,16 +736,21 @@ def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[
         cursor.close()
 
 
+def duplicate_in_file_query(src: SourceFile) -> Query:
+    """The smallest key (as stored) that one file holds more than once, with its count."""
+    key = ", ".join(f"{src.stored(k)} AS {_q(k)}" for k in src.contract.key)
+    positions = ", ".join(str(i) for i in range(1, len(src.contract.key) + 1))
+    return Query("duplicate_in_file", f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY {positions} "
+                                      f"HAVING count(*) > 1 ORDER BY {positions} LIMIT 1")
+
+
 def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputError | None:
     """The first duplicate key inside one file, as the error to raise (None when its keys are unique)."""
     contract = src.contract
     # Keys as they will be stored (trimmed, after the lossless cast): '2026-10-3' and
     # '2026-10-03' are one contact_date, 'sms' and ' SMS' one channel.
     stored = {k: src.stored(k) for k in contract.key}
-    key = ", ".join(f"{expr} AS {_q(k)}" for k, expr in stored.items())
-    dup = con.execute(
-        f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
-    ).fetchone()
+    dup = con.execute(duplicate_in_file_query(src).sql).fetchone()
     if dup is None:
         return None
     where = " AND ".join(f"{expr} = ?" for expr in stored.values())
@@ -704,6 +760,38 @@ def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputE
         f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) appears {dup[-1]} times",
         file=str(src.path), table=src.table, column=", ".join(contract.key), row=row,
     )
+
+
+def queries(src: SourceFile, channel_names: Sequence[str] = (), *, months_clean: bool = False) -> dict[str, Query]:
+    """The statements ingest runs over one file's rows, named, in DuckDB's dialect (read_schema has
+    filled ``src``'s schema): the row count, the distinct months, the refusal and normalisation
+    scans (the second as if every flag had counted), one example-row query per check, the stored
+    months, the key checks and the load's SELECT. ``months_clean`` as validate finds it.
+
+    Not here, because they read no rows or carry a parameter: the file listing (``glob(?)``),
+    ``parquet_schema('path')``, ``DESCRIBE SELECT * FROM read_parquet(…)`` and the duplicate's
+    example row (``WHERE key = ?``); the connection answers those (mktool.sparkdb on Spark).
+    """
+    contract = src.contract
+    plan = validation(src, channel_names, months_clean=months_clean)
+    out = {"rows": rows_query(src)}
+    month = src.reads.get("month")
+    if contract.monthly and month is not None and _base_type(month.source_type or "") in TEXT_TYPES:
+        out["months"] = month_query(month, src)
+    if plan.checks or plan.flags:
+        out["counts"] = count_query(src, plan.checks, plan.flags)
+    second = plan.second_checks([1] * len(plan.flags))
+    if second:
+        out["recheck"] = count_query(src, second, name="recheck")
+    for i, (column, _, condition) in enumerate([*plan.checks, *second]):
+        out[f"example:{column}:{i}"] = example_query(src, condition)
+    if contract.monthly and not months_clean:
+        out["stored_months"] = stored_months_query(src)
+    if contract.key:
+        out["duplicate_key"] = duplicate_key_query([src])
+        out["duplicate_in_file"] = duplicate_in_file_query(src)
+    out["load"] = Query("load", _select_for(src))
+    return {name: Query(name, q.sql, q.params) for name, q in out.items()}
 
 
 # -- loading --------------------------------------------------------------------------------
