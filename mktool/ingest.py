@@ -516,8 +516,13 @@ def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty:
 
 def count_query(src: SourceFile, checks: Sequence[tuple[str, str, str]], flags: Sequence[tuple[str, str]] = (),
                 name: str = "counts") -> Query:
-    """One scan of the file counting the rows of every check's condition, then of every flag's."""
-    aggregates = [f"count_if({cond})" for _, _, cond in checks] + [f"count_if({cond})" for _, cond in flags]
+    """One scan of the file counting the rows of every check's condition, then of every flag's.
+
+    coalesce: DuckDB 2.0.1's count_if is NULL when the condition is NULL on every row (an all-NULL
+    text column's flag), Spark's is 0; both mean none.
+    """
+    conditions = [cond for _, _, cond in checks] + [cond for _, cond in flags]
+    aggregates = [f"coalesce(count_if({cond}), 0)" for cond in conditions]
     return Query(name, f"SELECT {', '.join(aggregates)} FROM {src.scan}")
 
 
