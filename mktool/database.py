@@ -30,7 +30,7 @@ from mktool.publish import finish_pending
 BOOKKEEPING_DDL = (
     """CREATE TABLE IF NOT EXISTS ingest_log (
         load_id VARCHAR, table_name VARCHAR, file VARCHAR, sha256 VARCHAR,
-        rows BIGINT, months VARCHAR[], loaded_at TIMESTAMP)""",
+        rows BIGINT, months VARCHAR[], loaded_at TIMESTAMP, seq BIGINT)""",
     """CREATE TABLE IF NOT EXISTS funnel_counts (
         month VARCHAR, funnel VARCHAR, stage_no INTEGER, stage VARCHAR, count BIGINT, cycle VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS rule_hits (
@@ -322,6 +322,32 @@ def table_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
     return [r[0] for r in con.execute(f'DESCRIBE "{name}"').fetchall()]
 
 
+#: ingest_log's load order: each logged file's position among all files ever loaded (1, 2, …).
+#: Why a column: ``loaded_at`` has one-second resolution, and DuckDB's rowid has no Spark meaning.
+LOAD_SEQ = "seq"
+
+
+def ensure_load_seq(con: duckdb.DuckDBPyConnection) -> None:
+    """Give an ingest_log written before it had ``seq`` the column, numbered in the order the rows
+    were appended (DuckDB's rowid); a no-op once it has one. Call inside the writer's transaction.
+
+    DuckDB-only code: only a DuckDB database can predate the column (a Spark warehouse's
+    ingest_log is created with it), and rowid exists only there.
+    """
+    if not table_exists(con, "ingest_log") or LOAD_SEQ in table_columns(con, "ingest_log"):
+        return
+    con.execute(f"ALTER TABLE ingest_log ADD COLUMN {LOAD_SEQ} BIGINT")
+    con.execute(f"UPDATE ingest_log SET {LOAD_SEQ} = o.n FROM (SELECT rowid AS r, row_number() OVER (ORDER BY rowid) "
+                f"AS n FROM ingest_log) AS o WHERE ingest_log.rowid = o.r")
+
+
+def load_order(con: duckdb.DuckDBPyConnection) -> str:
+    """The column ingest_log's rows are ordered by as loaded: ``seq``; in a DuckDB database from
+    before it that nothing has written to since (a reader), rowid, the order ``seq`` is given in
+    on its next load (:func:`ensure_load_seq`)."""
+    return LOAD_SEQ if LOAD_SEQ in table_columns(con, "ingest_log") else "rowid"
+
+
 def replace_month(con: duckdb.DuckDBPyConnection, table: str, month: str, select_sql: str,
                   params: Sequence[Any] | dict[str, Any] = ()) -> int:
     """Replace ``table``'s rows for ``month`` with the rows of ``select_sql``; returns rows written.
@@ -341,20 +367,34 @@ def replace_month(con: duckdb.DuckDBPyConnection, table: str, month: str, select
         con.execute(f'DELETE FROM "{table}" WHERE month = ?', [month])
         con.execute(f'INSERT INTO "{table}" {select_sql}', args)
     else:
-        new_types = dict(new_described)
-        old_select = ", ".join(
-            f'CAST("{name}" AS {new_types[name]}) AS "{name}"'
-            if name in new_types and new_types[name] != type_ and _numeric(type_) and _numeric(new_types[name])
-            else f'"{name}"'
-            for name, type_ in old_described)
+        new_select, old_select = _union_by_name(old_described, new_described)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _mk_new AS {select_sql}", args)
         con.execute(
             f'CREATE OR REPLACE TABLE "{table}" AS '
-            f'SELECT * FROM _mk_new UNION ALL BY NAME SELECT {old_select} FROM "{table}" WHERE month <> ?',
+            f'SELECT {new_select} FROM _mk_new UNION ALL SELECT {old_select} FROM "{table}" WHERE month <> ?',
             [month],
         )
         con.execute("DROP TABLE _mk_new")
     return _month_rows(con, table, month)
+
+
+def _union_by_name(old: Sequence[tuple[str, str]], new: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """The two select lists of the rebuilt table: the new rows' columns in their order, then the
+    old table's other columns; a column a side lacks is NULL there, and an old numeric column is
+    cast to its new numeric type. What DuckDB's ``UNION ALL BY NAME`` gives (names matched
+    case-insensitively), written out: Spark cannot parse BY NAME."""
+    new_types = dict(new)
+    old_values = {
+        name.lower(): f'CAST("{name}" AS {new_types[name]})'
+        if name in new_types and new_types[name] != type_ and _numeric(type_) and _numeric(new_types[name])
+        else f'"{name}"'
+        for name, type_ in old}
+    new_keys = {name.lower() for name, _ in new}
+    old_only = [name for name, _ in old if name.lower() not in new_keys]
+    new_select = [f'"{name}"' for name, _ in new] + [f'NULL AS "{name}"' for name in old_only]
+    old_select = [f'{old_values.get(name.lower(), "NULL")} AS "{name}"' for name, _ in new]
+    old_select += [f'{old_values[name.lower()]} AS "{name}"' for name in old_only]
+    return ", ".join(new_select), ", ".join(old_select)
 
 
 def _month_rows(con: duckdb.DuckDBPyConnection, table: str, month: str) -> int:

@@ -519,19 +519,127 @@ def _spark_exact_integers(tree: exp.Expr) -> exp.Expr:
     return tree
 
 
+# -- ingest's pieces: finiteness, full regexp matches, last characters, Parquet scans ------------
+#: DuckDB types whose values may be NaN or ±infinity (Spark's too: isnan / Infinity).
+_FLOATING = (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT)
+#: DuckDB types with ±infinity values (DuckDB's 'infinity' dates); Spark's dates and times are always finite.
+_TEMPORAL = (exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPNTZ,
+             exp.DataType.Type.TIMESTAMP_S, exp.DataType.Type.TIMESTAMP_MS, exp.DataType.Type.TIMESTAMP_NS,
+             exp.DataType.Type.DATETIME)
+
+
+def _finite_kind(duckdb_type: str) -> str:
+    """'float' or 'temporal' for a type :func:`is_finite` reads; ValueError for any other."""
+    data_type = exp.DataType.build(duckdb_type, dialect="duckdb")
+    if data_type.is_type(*_FLOATING):
+        return "float"
+    if data_type.is_type(*_TEMPORAL):
+        return "temporal"
+    raise ValueError(f"is_finite reads a DOUBLE, FLOAT, DATE or TIMESTAMP, not {duckdb_type}")
+
+
+def is_finite(expr: str, duckdb_type: str, dialect: Dialect = DUCKDB) -> str:
+    """SQL true when ``expr`` (of DuckDB type ``duckdb_type``) is neither NaN nor ±infinity; NULL for NULL.
+
+    Why type-aware: Spark has no isfinite(); a DOUBLE is finite when it is not NaN and its
+    absolute value is not Infinity, and Spark's dates and times have no infinite values (its
+    isnan refuses them), so there it is TRUE. The DuckDB text casts ``expr`` to its own type
+    (a no-op) so that :func:`render` reads the type from the tree and gives the Spark form.
+    """
+    _check(dialect)
+    kind = _finite_kind(duckdb_type)
+    if dialect == DUCKDB:
+        return f"isfinite(CAST({expr} AS {duckdb_type}))"
+    if kind == "temporal":
+        return "TRUE"
+    return f"(NOT isnan({expr}) AND abs({expr}) <> CAST('Infinity' AS DOUBLE))"
+
+
+def last_character(expr: str, dialect: Dialect = DUCKDB) -> str:
+    """The last character of a text ('' for ''): ``substr(expr, -1, 1)`` on both engines.
+
+    Why not DuckDB's ``expr[-1]``: sqlglot renders a subscript as an array index shifted to
+    0-based (``expr[-2]``), which Spark refuses on a string; substr counts characters from the
+    end on both, and costs DuckDB what the subscript does (right() is ~8x slower).
+    """
+    _check(dialect)
+    return f"substr({expr}, -1, 1)"
+
+
+def full_match_pattern(pattern: str) -> str:
+    """A regular expression that RLIKE (Java's find: a match anywhere) matches only as a whole.
+
+    ``\\z``, not ``$``: Java's ``$`` also matches before a final line terminator, so
+    '13800000000\\n' would match an 11-digit pattern that DuckDB's regexp_full_match refuses.
+    """
+    return f"^(?:{pattern})\\z"
+
+
+def _spark_ingest_pieces(node: exp.Expr) -> exp.Expr:
+    """DuckDB-only constructs of ingest's SQL as Spark's: see :func:`is_finite`,
+    :func:`full_match_pattern` and ``read_parquet('path', hive_partitioning = false)`` → ``parquet.`path```."""
+    if isinstance(node, exp.Anonymous) and node.name.lower() == "isfinite":
+        [arg] = node.expressions
+        if not isinstance(arg, (exp.Cast, exp.TryCast)):
+            raise sqlglot.errors.UnsupportedError(
+                "isfinite() of an expression of unknown type: write it with mktool.dialect.is_finite")
+        inner = arg.this
+        if _finite_kind(arg.to.sql("duckdb")) == "temporal":
+            return exp.true()
+        return exp.paren(exp.and_(exp.not_(exp.Anonymous(this="isnan", expressions=[inner.copy()])),
+                                  exp.NEQ(this=exp.Abs(this=inner.copy()),
+                                          expression=exp.cast(exp.Literal.string("Infinity"), "DOUBLE"))))
+    if isinstance(node, exp.RegexpFullMatch):
+        pattern = node.expression
+        if isinstance(pattern, exp.Literal) and pattern.is_string:
+            regex: exp.Expr = exp.Literal.string(full_match_pattern(pattern.this))
+        else:
+            regex = exp.Concat(expressions=[exp.Literal.string("^(?:"), pattern.copy(), exp.Literal.string(")\\z")])
+        return exp.RegexpLike(this=node.this.copy(), expression=regex)
+    if isinstance(node, exp.Table) and isinstance(node.this, exp.ReadParquet):
+        return _spark_parquet_scan(node)
+    return node
+
+
+def _spark_parquet_scan(node: exp.Table) -> exp.Table:
+    """``read_parquet('path'[, hive_partitioning = false])`` as Spark's ``parquet.`path```: the one
+    file (or glob) read with the types it was written with. A ``?`` path has no Spark text (the
+    connection reads it), nor has any other option (hive_partitioning = true, union_by_name …)."""
+    path, *options = node.this.expressions
+    if not (isinstance(path, exp.Literal) and path.is_string):
+        raise sqlglot.errors.UnsupportedError(
+            f"read_parquet({path.sql('duckdb')}): only a literal path renders for Spark (parquet.`path`)")
+    for option in options:
+        if not (isinstance(option, exp.EQ) and isinstance(option.this, exp.Column)
+                and option.this.name.lower() == "hive_partitioning" and isinstance(option.expression, exp.Boolean)
+                and not option.expression.this):
+            raise sqlglot.errors.UnsupportedError(
+                f"read_parquet option {option.sql('duckdb')}: only hive_partitioning = false renders for Spark")
+    table = exp.Table(this=exp.to_identifier(path.this, quoted=True), db=exp.to_identifier("parquet"))
+    if node.args.get("alias") is not None:
+        table.set("alias", node.args["alias"].copy())
+    return table
+
+
+def spark_trees(sql: str) -> list[exp.Expr]:
+    """DuckDB-dialect SQL parsed, with every Spark rewrite of :func:`render` applied (not yet generated)."""
+    return [_spark_exact_integers(tree.transform(_spark_exact_units).transform(_spark_ingest_pieces))
+            for tree in sqlglot.parse(sql, read="duckdb") if tree is not None]
+
+
 def render(sql: str, dialect: Dialect = DUCKDB, *, pretty: bool = False) -> str:
     """DuckDB-dialect SQL as ``dialect`` runs it; raises when sqlglot has no rendering for a construct.
 
     For Spark, the helpers' DuckDB text keeps its exact meaning (the steps build their SQL in
     DuckDB's dialect): :func:`units_decimal`'s product gets the Spark rendering's width, HUGEINT
-    becomes DECIMAL(38,0) and its ``//`` the exact quotient (:func:`_spark_exact_integers`)."""
+    becomes DECIMAL(38,0) and its ``//`` the exact quotient (:func:`_spark_exact_integers`);
+    ingest's isfinite, regexp_full_match and read_parquet scans their Spark twins
+    (:func:`_spark_ingest_pieces`)."""
     _check(dialect)
     if dialect == DUCKDB:
         return sql
-    trees = [_spark_exact_integers(tree.transform(_spark_exact_units)) if tree is not None else None
-             for tree in sqlglot.parse(sql, read="duckdb")]
     return ";\n".join(tree.sql(dialect="spark", unsupported_level=ErrorLevel.RAISE, pretty=pretty)
-                       for tree in trees if tree is not None)
+                       for tree in spark_trees(sql))
 
 
 # -- the same rules in Python (parameters, tests, messages) ------------------------------------

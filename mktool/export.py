@@ -109,6 +109,7 @@ from mktool.database import (
     command_line,
     ensure_funnel_cycle,
     funnel_has_cycle,
+    load_order,
     record_funnel,
     step_settings,
     table_columns,
@@ -1770,7 +1771,7 @@ def _live_loads(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     A file loaded again is listed once, as last loaded.
     """
     rows = con.execute("SELECT load_id, table_name, file, sha256, rows, months FROM ingest_log "
-                       "ORDER BY loaded_at, rowid").fetchall()
+                       f"ORDER BY loaded_at, {load_order(con)}").fetchall()
     latest_load: dict[tuple[str, str | None], str] = {}  # (table, month or None) → the load that last replaced it
     for load_id, table, _, _, _, months in rows:
         reload = TABLES[table].reload if table in TABLES else "upsert"

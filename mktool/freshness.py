@@ -27,7 +27,7 @@ import datetime as dt
 import duckdb
 
 from mktool.contract import window
-from mktool.database import table_exists
+from mktool.database import load_order, table_exists
 from mktool.errors import StateError
 
 __all__ = ["require_built_on_view", "require_fresh_view", "view_build_id", "view_inputs"]
@@ -48,17 +48,18 @@ def _loads(con: duckdb.DuckDBPyConnection, month: str) -> list[tuple[str, str, s
     """
     if not table_exists(con, "ingest_log"):
         return []
+    order = load_order(con)
     rows = con.execute(
-        """
+        f"""
         WITH monthly AS (
-            SELECT load_id, table_name, file, sha256, loaded_at, unnest(months) AS m, rowid AS seq
+            SELECT load_id, table_name, file, sha256, loaded_at, unnest(months) AS m, {order} AS load_seq
             FROM ingest_log WHERE list_contains(?, table_name)),
         latest_monthly AS (
             SELECT table_name, m, load_id FROM monthly WHERE list_contains(?, m)
-            QUALIFY row_number() OVER (PARTITION BY table_name, m ORDER BY loaded_at DESC, seq DESC) = 1),
+            QUALIFY row_number() OVER (PARTITION BY table_name, m ORDER BY loaded_at DESC, load_seq DESC) = 1),
         latest_snapshot AS (
             SELECT table_name, load_id FROM ingest_log WHERE list_contains(?, table_name)
-            QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY loaded_at DESC, rowid DESC) = 1)
+            QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY loaded_at DESC, {order} DESC) = 1)
         SELECT mo.table_name, mo.m, mo.file, mo.sha256, mo.loaded_at
         FROM monthly mo JOIN latest_monthly l USING (table_name, m, load_id)
         UNION ALL

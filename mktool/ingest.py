@@ -24,7 +24,8 @@ import duckdb
 
 from mktool.console import QUIET, Reporter
 from mktool.contract import INVISIBLE, MONTH_RE, TABLES, TIME_ZONE, WHITESPACE, Column, TableContract, table_for_file
-from mktool.database import Database, table_columns, table_exists
+from mktool.database import LOAD_SEQ, Database, ensure_load_seq, table_columns, table_exists
+from mktool.dialect import Query, is_finite, last_character
 from mktool.errors import InputError
 from mktool.publish import file_sha256
 from mktool.rules import load_channels
@@ -291,12 +292,12 @@ def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, s
         if src in TEXT_TYPES:
             d = f"TRY_CAST({text} AS DOUBLE)"
             wide = f"TRY_CAST({text} AS HUGEINT)"
-            above_2_53 = (f"isfinite({d}) AND abs({d}) >= 9007199254740992 AND {wide} IS NOT NULL "
+            above_2_53 = (f"{is_finite(d, 'DOUBLE')} AND abs({d}) >= 9007199254740992 AND {wide} IS NOT NULL "
                           f"AND TRY_CAST({d} AS HUGEINT) IS DISTINCT FROM {wide}")
             return [(lossy, f"{text} IS NOT NULL AND ({d} IS NULL OR ({above_2_53}))"),
-                    (not_finite[0], f"NOT isfinite({d})")]
+                    (not_finite[0], f"NOT {is_finite(d, 'DOUBLE')}")]
         if src in FLOAT_TYPES:
-            return [(not_finite[0], f"NOT isfinite({c})")]
+            return [(not_finite[0], f"NOT {is_finite(c, src)}")]
         if src in WIDE_INTEGER_TYPES:
             return [(lossy, f"abs({c}) > 9007199254740992 "
                             f"AND TRY_CAST(CAST({c} AS DOUBLE) AS HUGEINT) IS DISTINCT FROM {c}")]
@@ -308,8 +309,8 @@ def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, s
             return [] if src in {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"} else \
                 [(lossy, f"{c} IS NOT NULL AND TRY_CAST({c} AS BIGINT) IS NULL")]
         if src in FLOAT_TYPES:
-            return [(not_finite[0], f"NOT isfinite({c})"),
-                    (lossy, f"isfinite({c}) AND ({c} <> round({c}) OR TRY_CAST({c} AS BIGINT) IS NULL)")]
+            return [(not_finite[0], f"NOT {is_finite(c, src)}"),
+                    (lossy, f"{is_finite(c, src)} AND ({c} <> round({c}) OR TRY_CAST({c} AS BIGINT) IS NULL)")]
         if src == "DECIMAL":
             return [(lossy, f"{c} IS NOT NULL AND ({c} <> round({c}) OR TRY_CAST({c} AS BIGINT) IS NULL)")]
         if src in TEXT_TYPES:
@@ -318,7 +319,8 @@ def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, s
             v, d, exact = (f"TRY_CAST({text} AS BIGINT)", f"TRY_CAST({text} AS DOUBLE)",
                            f"TRY_CAST({text} AS DECIMAL(38,9))")
             fraction = f"{d} <> CAST({v} AS DOUBLE) OR coalesce({exact} <> {v}, false)"
-            return [(lossy, f"{text} IS NOT NULL AND ({v} IS NULL OR {d} IS NULL OR NOT isfinite({d}) OR {fraction})")]
+            finite = is_finite(d, "DOUBLE")
+            return [(lossy, f"{text} IS NOT NULL AND ({v} IS NULL OR {d} IS NULL OR NOT {finite} OR {fraction})")]
         return [("!", "")]
     if col.scale is not None:  # DECIMAL(18, scale): money and unit prices
         scale, dec = col.scale, f"TRY_CAST({{v}} AS {target})"
@@ -330,6 +332,7 @@ def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, s
             return [(lossy, f"{c} IS NOT NULL AND ({dec.format(v=c)} IS NULL OR {dec.format(v=c)} <> {c})")]
         if src in FLOAT_TYPES | TEXT_TYPES:
             d = c if src in FLOAT_TYPES else f"TRY_CAST({text} AS DOUBLE)"
+            finite = is_finite(d, src if src in FLOAT_TYPES else "DOUBLE")
             checks = [(lossy, f"{text} IS NOT NULL AND {d} IS NULL")] if src in TEXT_TYPES else []
             if src in {"FLOAT", "REAL"}:
                 # float32 holds ~7 digits: it is a whole fen when it is the float nearest to one
@@ -337,28 +340,28 @@ def _type_checks(read: ColumnRead, text: str | None = None) -> list[tuple[str, s
                 whole = f"CAST(round(CAST({c} AS DOUBLE) * {units}) / {units} AS FLOAT) = {c}"
             else:
                 whole = _whole_units(d, scale)
-            return checks + [(not_finite[0], f"NOT isfinite({d})"),
-                             (lossy, f"isfinite({d}) AND {dec.format(v=d)} IS NULL"),
-                             (places, f"isfinite({d}) AND NOT ({whole})")]
+            return checks + [(not_finite[0], f"NOT {finite}"),
+                             (lossy, f"{finite} AND {dec.format(v=d)} IS NULL"),
+                             (places, f"{finite} AND NOT ({whole})")]
         return [("!", "")]
     if target == "DATE":
         if src.startswith("TIMESTAMP"):
             return [("value is a time, not a date: reading it as a date would drop the time",
                      f"{c} IS NOT NULL AND TRY_CAST({c} AS TIMESTAMP) <> TRY_CAST(TRY_CAST({c} AS DATE) AS TIMESTAMP)")]
         if src == "DATE":
-            return [("value is not a finite date", f"NOT isfinite({c})")]
+            return [("value is not a finite date", f"NOT {is_finite(c, 'DATE')}")]
         if src in TEXT_TYPES:
             d, ts = f"TRY_CAST({text} AS DATE)", f"TRY_CAST({text} AS TIMESTAMP)"
-            return [(lossy, f"{text} IS NOT NULL AND ({d} IS NULL OR NOT isfinite({d}))"),
+            return [(lossy, f"{text} IS NOT NULL AND ({d} IS NULL OR NOT {is_finite(d, 'DATE')})"),
                     ("value is a time, not a date: reading it as a date would drop the time",
-                     f"{ts} IS NOT NULL AND isfinite({d}) AND {ts} <> TRY_CAST({d} AS TIMESTAMP)")]
+                     f"{ts} IS NOT NULL AND {is_finite(d, 'DATE')} AND {ts} <> TRY_CAST({d} AS TIMESTAMP)")]
         return [("!", "")]
     if target == "TIMESTAMP":
         if src.startswith("TIMESTAMP") or src == "DATE":
-            return [("value is not a finite time", f"NOT isfinite({c})")]
+            return [("value is not a finite time", f"NOT {is_finite(c, src)}")]
         if src in TEXT_TYPES:
             ts = f"TRY_CAST({text} AS TIMESTAMP)"
-            return [(lossy, f"{text} IS NOT NULL AND ({ts} IS NULL OR NOT isfinite({ts}))")]
+            return [(lossy, f"{text} IS NOT NULL AND ({ts} IS NULL OR NOT {is_finite(ts, 'TIMESTAMP')})")]
         return [("!", "")]
     if target == "BOOLEAN":
         if src == "BOOLEAN":
@@ -409,8 +412,9 @@ def _needs_normalising(read: ColumnRead) -> str | None:
     c = read.ref
     if col.is_vocabulary or col.pattern:
         return None  # validate() counts the values not already in the vocabulary or pattern
-    # c[-1] (the last character) is ~8x cheaper than right(c, 1) on dictionary-encoded columns
-    edge = f"{c} < '!' OR {c} >= chr(128) OR {c}[-1] < '!' OR {c}[-1] >= chr(128)"
+    # its last character is ~8x cheaper than right(c, 1) on dictionary-encoded columns
+    last = last_character(c)
+    edge = f"{c} < '!' OR {c} >= chr(128) OR {last} < '!' OR {last} >= chr(128)"
     flag = f"CASE WHEN {edge} THEN trim({c}, {WS}) <> {c} ELSE {c} = '' END"
     return f"{flag} OR {col.case}({c}) <> {c}" if col.case else flag
 
@@ -426,14 +430,20 @@ def _describe_problem(col: Column, channel_names: Sequence[str]) -> tuple[str, s
     return problem, ", ".join(_lit(v) for v in allowed)
 
 
+def example_query(src: SourceFile, condition: str) -> Query:
+    """The first row of the file for which ``condition`` holds: the example a refusal shows.
+
+    Zoned times are shown as text: turning them into Python objects needs pytz on some DuckDB
+    releases (2.0.0), and an example row must never turn a refusal into an internal error.
+    """
+    zoned = {name for name, type_ in src.schema.items() if "WITH TIME ZONE" in str(type_).upper()}
+    select = "*" if not zoned else ", ".join(
+        f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}" if name in zoned else _q(name) for name in src.schema)
+    return Query("example", f"SELECT {select} FROM {src.scan} WHERE {condition} LIMIT 1")
+
+
 def _example_row(con: duckdb.DuckDBPyConnection, src: SourceFile, condition: str) -> dict[str, Any] | None:
-    # Zoned times are shown as text: turning them into Python objects needs pytz on some DuckDB
-    # releases (2.0.0), and an example row must never turn a refusal into an internal error.
-    types = {r[0]: str(r[1]) for r in con.execute(f"DESCRIBE SELECT * FROM {src.scan}").fetchall()}
-    zoned = [name for name, type_ in types.items() if "WITH TIME ZONE" in type_.upper()]
-    select = "*" if not zoned else "* REPLACE (" + ", ".join(
-        f"CAST({_q(name)} AS VARCHAR) AS {_q(name)}" for name in zoned) + ")"
-    cur = con.execute(f"SELECT {select} FROM {src.scan} WHERE {condition} LIMIT 1")
+    cur = con.execute(example_query(src, condition).sql)
     row = cur.fetchone()
     if row is None:
         return None
@@ -459,6 +469,10 @@ def _top_level_names(con: duckdb.DuckDBPyConnection, src: SourceFile) -> list[st
     return names
 
 
+def rows_query(src: SourceFile) -> Query:
+    return Query("rows", f"SELECT count(*) FROM {src.scan}")
+
+
 def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty: bool = False) -> None:
     """Fill ``src.schema`` and ``src.rows``; refuse empty or unreadable files and repeated column names.
 
@@ -474,7 +488,7 @@ def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty:
                              file=str(src.path), table=src.table, hint="rename the file without * ? [ ]")
         names = _top_level_names(con, src)
         src.schema = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src.scan}").fetchall()}
-        src.rows = int(con.execute(f"SELECT count(*) FROM {src.scan}").fetchone()[0])  # type: ignore[index]
+        src.rows = int(con.execute(rows_query(src).sql).fetchone()[0])  # type: ignore[index]
     except duckdb.Error as exc:
         reason = str(exc).splitlines()[0]
         reason = reason.split("Error: ", 1)[-1]
@@ -500,6 +514,18 @@ def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty:
                          hint="an empty extract would wipe the months it should carry; check the export job")
 
 
+def count_query(src: SourceFile, checks: Sequence[tuple[str, str, str]], flags: Sequence[tuple[str, str]] = (),
+                name: str = "counts") -> Query:
+    """One scan of the file counting the rows of every check's condition, then of every flag's.
+
+    coalesce: DuckDB 2.0.1's count_if is NULL when the condition is NULL on every row (an all-NULL
+    text column's flag), Spark's is 0; both mean none.
+    """
+    conditions = [cond for _, _, cond in checks] + [cond for _, cond in flags]
+    aggregates = [f"coalesce(count_if({cond}), 0)" for cond in conditions]
+    return Query(name, f"SELECT {', '.join(aggregates)} FROM {src.scan}")
+
+
 def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: list[tuple[str, str, str]],
                      flags: list[tuple[str, str]] = ()) -> list[int]:  # type: ignore[assignment]
     """Count every (column, problem, condition) in one scan of the file; refuse the first that matches.
@@ -508,9 +534,7 @@ def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: li
     """
     if not checks and not flags:
         return []
-    aggregates = ", ".join(f"count_if({cond})" for _, _, cond in checks)
-    aggregates = ", ".join(a for a in (aggregates, ", ".join(f"count_if({cond})" for _, cond in flags)) if a)
-    counts = con.execute(f"SELECT {aggregates} FROM {src.scan}").fetchone()
+    counts = con.execute(count_query(src, checks, flags).sql).fetchone()
     assert counts is not None
     for (column, problem, cond), bad in zip(checks, counts):
         if bad:
@@ -524,34 +548,42 @@ def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: li
     return list(counts[len(checks):])
 
 
-def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Sequence[str] = ()) -> None:
-    """Check one file against its contract in one aggregate scan; raise InputError naming file,
-    table, column and an example row.
+@dataclass
+class Validation:
+    """What :func:`validate` counts in one file, built from its schema alone (no data read).
 
-    The same scan counts, per text column, the values that trimming or case-folding would
-    change: a file with none loads the column as it is (normalising costs a trim per row).
+    ``checks`` (column, problem, SQL true for a bad row) are refused when any row matches;
+    ``flags`` (column, SQL true for a value that normalising changes, or that is not already in
+    its vocabulary or pattern) are counted in the same scan; ``recheck`` holds, per flagged
+    vocabulary or pattern column, the full checks a second scan runs when its flag counted any.
     """
+
+    checks: list[tuple[str, str, str]]
+    flags: list[tuple[str, str]]
+    recheck: dict[str, list[tuple[str, str, str]]]
+
+    def second_checks(self, counts: Sequence[int]) -> list[tuple[str, str, str]]:
+        """The second scan's checks, given the first scan's flag counts."""
+        return [c for (name, _), n in zip(self.flags, counts) if n and name in self.recheck for c in self.recheck[name]]
+
+
+def month_query(month: ColumnRead, src: SourceFile) -> Query:
+    """The file's distinct month values as written (all exact YYYY-MM: its per-row month checks are skipped)."""
+    return Query("months", f"SELECT DISTINCT {month.ref} FROM {src.scan}")
+
+
+def stored_months_query(src: SourceFile) -> Query:
+    """The file's months as they will be stored (trimmed), when some were not exact YYYY-MM as written."""
+    return Query("stored_months", f"SELECT DISTINCT {src.stored('month')} AS m FROM {src.scan} ORDER BY m")
+
+
+def validation(src: SourceFile, channel_names: Sequence[str] = (), *, months_clean: bool = False) -> Validation:
+    """The checks and flags of one file (read_schema filled its schema); refuses a column whose type
+    can never be read as the contract's. ``months_clean``: its distinct months are exact YYYY-MM."""
     contract = src.contract
-    missing = [c.name for c in contract.columns if c.name not in src.reads and not c.nullable]
-    if missing:
-        raise InputError(
-            f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
-            file=str(src.path), table=src.table,
-            hint=f"columns found: {', '.join(src.schema)}",
-        )
     checks: list[tuple[str, str, str]] = []  # (column, problem, SQL condition for a bad row)
     flags: list[tuple[str, str]] = []  # (column, SQL true for a value that normalising changes)
     recheck: dict[str, list[tuple[str, str, str]]] = {}  # column → its full checks, run when its flag counted any
-    # A file carries one or a few months: when its distinct months are all exact YYYY-MM (the
-    # usual case), the per-row month checks are skipped (a regexp per row is a tenth of the scan).
-    months_clean = False
-    month = src.reads.get("month")
-    if contract.monthly and month is not None and _base_type(month.source_type or "") in TEXT_TYPES:
-        distinct = [m for (m,) in con.execute(f"SELECT DISTINCT {month.ref} FROM {src.scan}").fetchall()]
-        months_clean = all(isinstance(m, str) and MONTH_RE.match(m) for m in distinct)
-        if months_clean:
-            src.months = sorted(distinct)
-            month.normalise = False
     for read in src.reads.values():
         col = read.column
         source = read.source_type or ""
@@ -607,14 +639,41 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Seq
         flag = _needs_normalising(read)
         if flag is not None:
             flags.append((col.name, flag))
-    counts = _refuse_bad_rows(con, src, checks, flags)
-    for (name, _), n in zip(flags, counts):
+    return Validation(checks, flags, recheck)
+
+
+def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Sequence[str] = ()) -> None:
+    """Check one file against its contract in one aggregate scan; raise InputError naming file,
+    table, column and an example row.
+
+    The same scan counts, per text column, the values that trimming or case-folding would
+    change: a file with none loads the column as it is (normalising costs a trim per row).
+    """
+    contract = src.contract
+    missing = [c.name for c in contract.columns if c.name not in src.reads and not c.nullable]
+    if missing:
+        raise InputError(
+            f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+            file=str(src.path), table=src.table,
+            hint=f"columns found: {', '.join(src.schema)}",
+        )
+    # A file carries one or a few months: when its distinct months are all exact YYYY-MM (the
+    # usual case), the per-row month checks are skipped (a regexp per row is a tenth of the scan).
+    months_clean = False
+    month = src.reads.get("month")
+    if contract.monthly and month is not None and _base_type(month.source_type or "") in TEXT_TYPES:
+        distinct = [m for (m,) in con.execute(month_query(month, src).sql).fetchall()]
+        months_clean = all(isinstance(m, str) and MONTH_RE.match(m) for m in distinct)
+        if months_clean:
+            src.months = sorted(distinct)
+            month.normalise = False
+    plan = validation(src, channel_names, months_clean=months_clean)
+    counts = _refuse_bad_rows(con, src, plan.checks, plan.flags)
+    for (name, _), n in zip(plan.flags, counts):
         src.reads[name].normalise = bool(n)
-    _refuse_bad_rows(con, src, [c for (name, _), n in zip(flags, counts) if n and name in recheck
-                                for c in recheck[name]])
+    _refuse_bad_rows(con, src, plan.second_checks(counts))
     if contract.monthly and not months_clean:
-        src.months = [m for (m,) in con.execute(
-            f"SELECT DISTINCT {src.stored('month')} AS m FROM {src.scan} ORDER BY m").fetchall()]
+        src.months = [m for (m,) in con.execute(stored_months_query(src).sql).fetchall()]
     assert all(MONTH_RE.match(m) for m in src.months)  # every refusal above has been raised
 
 
@@ -629,10 +688,10 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
     (a check after the insert passed silently at scale).
     Keys are compared as stored (trimmed, case-folded, cast): '13800000007' and '13800000007 '
     are one key. NULL or blank keys were refused by validate().
-    The fast pass sorts one 64-bit hash per row and looks for equal neighbours (about 3× cheaper
-    than grouping the string keys); distinct hashes prove distinct keys. Only when two hashes
-    are equal does the exact grouped check run, which names the key (a hash collision without
-    a duplicate passes), and then the files are checked one by one to name the culprit.
+    One grouped scan of the keys themselves finds the smallest duplicate key (then the files are
+    checked one by one to name the culprit). Why not a hash pass first (sort one 64-bit hash per
+    row, compare neighbours): it saved ~30% on DuckDB, but a window over the whole input runs in
+    one task on Spark, whose hash() is a 32-bit murmur3 that collides all the time at 60M rows.
     """
     contract = TABLES[table]
     if not contract.key:
@@ -641,19 +700,7 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
         for src in files:  # across files the later one wins (see _upsert); within one, refuse
             check_keys(con, table, [src])
         return
-    key = ", ".join(_q(k) for k in contract.key)
-    union = " UNION ALL ".join(
-        f"SELECT {', '.join(f'{src.stored(k)} AS {_q(k)}' for k in contract.key)} FROM {src.scan}" for src in files
-    )
-    (equal_hashes,) = con.execute(
-        f"SELECT count_if(h = prev) FROM (SELECT h, lag(h) OVER (ORDER BY h) AS prev "
-        f"FROM (SELECT hash({key}) AS h FROM ({union}) AS loaded) AS hashed) AS pairs"
-    ).fetchone()  # type: ignore[misc]
-    if not equal_hashes:
-        return
-    dup = con.execute(
-        f"SELECT {key}, count(*) FROM ({union}) AS loaded GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
-    ).fetchone()
+    dup = con.execute(duplicate_key_query(files).sql).fetchone()
     if dup is None:
         return
     for src in files:
@@ -666,6 +713,19 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
         f"appears in more than one of the files loaded together: {names}",
         table=table, column=", ".join(contract.key),
     )
+
+
+def duplicate_key_query(files: Sequence[SourceFile]) -> Query:
+    """The smallest key (as stored) that the rows of ``files`` (one table's) hold more than once,
+    with its count; no row when the keys are unique."""
+    contract = files[0].contract
+    key = ", ".join(_q(k) for k in contract.key)
+    union = " UNION ALL ".join(
+        f"SELECT {', '.join(f'{src.stored(k)} AS {_q(k)}' for k in contract.key)} FROM {src.scan}" for src in files
+    )
+    positions = ", ".join(str(i) for i in range(1, len(contract.key) + 1))
+    return Query("duplicate_key", f"SELECT {key}, count(*) AS n FROM ({union}) AS loaded GROUP BY {key} "
+                                  f"HAVING count(*) > 1 ORDER BY {positions} LIMIT 1")
 
 
 def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[SourceFile]],
@@ -681,16 +741,21 @@ def _check_all_keys(cursor: duckdb.DuckDBPyConnection, by_table: dict[str, list[
         cursor.close()
 
 
+def duplicate_in_file_query(src: SourceFile) -> Query:
+    """The smallest key (as stored) that one file holds more than once, with its count."""
+    key = ", ".join(f"{src.stored(k)} AS {_q(k)}" for k in src.contract.key)
+    positions = ", ".join(str(i) for i in range(1, len(src.contract.key) + 1))
+    return Query("duplicate_in_file", f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY {positions} "
+                                      f"HAVING count(*) > 1 ORDER BY {positions} LIMIT 1")
+
+
 def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputError | None:
     """The first duplicate key inside one file, as the error to raise (None when its keys are unique)."""
     contract = src.contract
     # Keys as they will be stored (trimmed, after the lossless cast): '2026-10-3' and
     # '2026-10-03' are one contact_date, 'sms' and ' SMS' one channel.
     stored = {k: src.stored(k) for k in contract.key}
-    key = ", ".join(f"{expr} AS {_q(k)}" for k, expr in stored.items())
-    dup = con.execute(
-        f"SELECT {key}, count(*) AS n FROM {src.scan} GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
-    ).fetchone()
+    dup = con.execute(duplicate_in_file_query(src).sql).fetchone()
     if dup is None:
         return None
     where = " AND ".join(f"{expr} = ?" for expr in stored.values())
@@ -700,6 +765,38 @@ def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputE
         f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) appears {dup[-1]} times",
         file=str(src.path), table=src.table, column=", ".join(contract.key), row=row,
     )
+
+
+def queries(src: SourceFile, channel_names: Sequence[str] = (), *, months_clean: bool = False) -> dict[str, Query]:
+    """The statements ingest runs over one file's rows, named, in DuckDB's dialect (read_schema has
+    filled ``src``'s schema): the row count, the distinct months, the refusal and normalisation
+    scans (the second as if every flag had counted), one example-row query per check, the stored
+    months, the key checks and the load's SELECT. ``months_clean`` as validate finds it.
+
+    Not here, because they read no rows or carry a parameter: the file listing (``glob(?)``),
+    ``parquet_schema('path')``, ``DESCRIBE SELECT * FROM read_parquet(…)`` and the duplicate's
+    example row (``WHERE key = ?``); the connection answers those (mktool.sparkdb on Spark).
+    """
+    contract = src.contract
+    plan = validation(src, channel_names, months_clean=months_clean)
+    out = {"rows": rows_query(src)}
+    month = src.reads.get("month")
+    if contract.monthly and month is not None and _base_type(month.source_type or "") in TEXT_TYPES:
+        out["months"] = month_query(month, src)
+    if plan.checks or plan.flags:
+        out["counts"] = count_query(src, plan.checks, plan.flags)
+    second = plan.second_checks([1] * len(plan.flags))
+    if second:
+        out["recheck"] = count_query(src, second, name="recheck")
+    for i, (column, _, condition) in enumerate([*plan.checks, *second]):
+        out[f"example:{column}:{i}"] = example_query(src, condition)
+    if contract.monthly and not months_clean:
+        out["stored_months"] = stored_months_query(src)
+    if contract.key:
+        out["duplicate_key"] = duplicate_key_query([src])
+        out["duplicate_in_file"] = duplicate_in_file_query(src)
+    out["load"] = Query("load", _select_for(src))
+    return {name: Query(name, q.sql, q.params) for name, q in out.items()}
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -902,9 +999,13 @@ def _ingest_files(db: Database, files: list[SourceFile], *, reporter: Reporter,
                 keys.result()
                 for src, sha in zip(files, checksums):
                     src.sha256 = sha.result()
+                ensure_load_seq(con)
+                (last,) = con.execute(f"SELECT coalesce(max({LOAD_SEQ}), 0) FROM ingest_log").fetchone()  # type: ignore[misc]
                 con.executemany(
-                    "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now) for f in files],
+                    "INSERT INTO ingest_log (load_id, table_name, file, sha256, rows, months, loaded_at, "
+                    f"{LOAD_SEQ}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now, int(last) + i)
+                     for i, f in enumerate(files, 1)],
                 )
         except BaseException:
             # A failed load or Ctrl-C must not wait for the key scan to finish on its own.

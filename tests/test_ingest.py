@@ -10,7 +10,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-from conftest import M, write_table
+from conftest import M, fetch, write_table
+
+from mktool import export, freshness
 
 
 def good_extracts(folder: Path) -> Path:
@@ -337,3 +339,54 @@ def test_keys_equal_after_the_lossless_cast_are_named_as_a_duplicate_of_the_file
     assert result.exit_code == 1
     assert "contact_history.parquet" in result.stderr and "appears 2 times" in result.stderr
     assert "more than one of the files" not in result.stderr
+
+
+# -- ingest_log's load order: an explicit seq, never DuckDB's rowid --------------------------------------
+def _subscribers(folder: Path, msisdn: str) -> Path:
+    return write_table(folder / f"subscribers_{M}.parquet", "subscribers", [{"msisdn": msisdn, "month": M}])
+
+
+def test_ingest_log_numbers_every_file_in_load_order(cli, tmp_path):
+    assert cli("ingest", str(good_extracts(tmp_path / "x"))).exit_code == 0  # 4 files in name order
+    assert cli("ingest", str(_subscribers(tmp_path / "y", "13800000009"))).exit_code == 0
+    rows = fetch(cli.db, "SELECT seq, table_name FROM ingest_log ORDER BY seq")
+    assert rows == [(1, "billing"), (2, "plans"), (3, "subscribers"), (4, "usage"), (5, "subscribers")]
+
+
+def test_old_ingest_log_is_read_in_rowid_order_and_numbered_on_the_next_load(cli, tmp_path):
+    """A database from before seq: readers order by rowid; the next ingest adds seq in rowid order, once."""
+    first, second = _subscribers(tmp_path / "a", "13800000001"), _subscribers(tmp_path / "b", "13800000002")
+    assert cli("ingest", str(first)).exit_code == 0
+    assert cli("ingest", str(second)).exit_code == 0
+    con = duckdb.connect(str(cli.db))
+    # the old shape, with both loads in the same second: only the append order tells them apart
+    con.execute("ALTER TABLE ingest_log DROP COLUMN seq")
+    con.execute("UPDATE ingest_log SET loaded_at = TIMESTAMP '2026-11-01 08:00:00'")
+    sha_second = con.execute("SELECT sha256 FROM ingest_log WHERE file = ?", [str(second.resolve())]).fetchone()[0]
+    con.close()
+    con = duckdb.connect(str(cli.db), read_only=True)
+    assert freshness.view_inputs(con, M) == f"subscribers/{M}/{sha_second}"
+    assert [r[1] for r in export._live_loads(con)] == [str(second.resolve())]
+    con.close()
+    assert "seq" not in [r[0] for r in fetch(cli.db, "DESCRIBE ingest_log")]  # readers change nothing
+    third = write_table(tmp_path / "c" / "plans.parquet", "plans", [{"plan_id": "ZX128"}])
+    assert cli("ingest", str(third)).exit_code == 0
+    assert fetch(cli.db, "SELECT seq, file FROM ingest_log ORDER BY rowid") == [
+        (1, str(first.resolve())), (2, str(second.resolve())), (3, str(third.resolve()))]
+    con = duckdb.connect(str(cli.db), read_only=True)
+    plans_sha = con.execute("SELECT sha256 FROM ingest_log WHERE seq = 3").fetchone()[0]
+    assert freshness.view_inputs(con, M) == f"plans//{plans_sha},subscribers/{M}/{sha_second}"
+    con.close()
+
+
+def test_a_refused_load_leaves_an_old_ingest_log_unnumbered(cli, tmp_path):
+    assert cli("ingest", str(_subscribers(tmp_path / "a", "13800000001"))).exit_code == 0
+    con = duckdb.connect(str(cli.db))
+    con.execute("ALTER TABLE ingest_log DROP COLUMN seq")
+    con.close()
+    # a duplicate key is refused inside the load transaction, after ingest_log was given seq
+    bad = write_table(tmp_path / "b" / f"subscribers_{M}.parquet", "subscribers",
+                      [{"msisdn": "13800000002", "month": M}, {"msisdn": "13800000002", "month": M}])
+    result = cli("ingest", str(bad))
+    assert result.exit_code == 1 and "duplicate key" in result.output
+    assert "seq" not in [r[0] for r in fetch(cli.db, "DESCRIBE ingest_log")]

@@ -596,3 +596,32 @@ def test_fast_and_exact_6_decimal_rates_agree():
     # 1.0000025 → 1.000003
     assert half == [("13911110001", Decimal("1.000001"), Decimal(1)), ("13911110002", Decimal("1.000001"), Decimal(1)),
                     ("13911110003", Decimal(1), Decimal(1)), ("13911110004", Decimal("1.000003"), Decimal(1))]
+
+
+@pytest.mark.parametrize("old_columns", [
+    "'2026-09' AS month, 1.5 AS gone, CAST(7 AS INTEGER) AS N, 'x' AS label",  # a dropped column, N as n
+    "'x' AS label, '2026-09' AS month",  # another order, n missing
+])
+def test_a_month_rebuilt_with_other_columns_keeps_older_months_by_name(old_columns: str) -> None:
+    """The rebuild's explicit column lists give what DuckDB's UNION ALL BY NAME gives: the new columns
+    first in their order, then the old table's other ones, NULL where a side lacks a column."""
+    new = "SELECT '2026-10' AS month, CAST(2 AS BIGINT) AS n, 'new' AS score, 'y' AS label"
+    results = []
+    for explicit in (True, False):
+        con = duckdb.connect()
+        con.execute(f"CREATE TABLE t AS SELECT {old_columns}")
+        if explicit:
+            assert replace_month(con, "t", "2026-10", new) == 1
+        else:
+            con.execute(f"CREATE TABLE u AS {new} UNION ALL BY NAME SELECT * FROM t WHERE month <> '2026-10'")
+            con.execute("DROP TABLE t")
+            con.execute("ALTER TABLE u RENAME TO t")
+        results.append((con.execute("DESCRIBE t").fetchall(), con.execute("SELECT * FROM t ORDER BY month").fetchall()))
+    assert results[0] == results[1]
+    names = [r[0] for r in results[0][0]]
+    if "gone" in old_columns:
+        assert names == ["month", "n", "score", "label", "gone"]
+        assert results[0][1] == [("2026-09", 7, None, "x", Decimal("1.5")), ("2026-10", 2, "new", "y", None)]
+    else:
+        assert names == ["month", "n", "score", "label"]
+        assert results[0][1] == [("2026-09", None, None, "x"), ("2026-10", 2, "new", "y")]

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import re
 
+import duckdb
 import pytest
 import sqlglot
-from conftest import CYCLE_DATE, MATRICES, M
+from conftest import CYCLE_DATE, FIXTURES, MATRICES, M
 from sqlglot import exp
 
-from mktool import campaign, evaluate, export, factors, plan, view
+from mktool import campaign, dialect, evaluate, export, factors, ingest, plan, view
 from mktool.dialect import Query
 from mktool.export import ExportConfig
 from mktool.matrices import generated_sql
 from mktool.project import load_project
+from mktool.rules import load_channels
 from mktool.scoremodel import base_sql, view_sql
 
 #: Functions of DuckDB that sqlglot passes through by name although Spark has no such function
@@ -54,19 +56,19 @@ PROJECT = load_project(MATRICES)
 def spark_problems(sql: str) -> list[str]:
     """Why ``sql`` (DuckDB dialect) has no faithful Spark rendering; [] when it has one."""
     try:
-        spark = sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=sqlglot.ErrorLevel.RAISE,
-                                  comments=False)
+        trees = dialect.spark_trees(sql)  # the DuckDB tree with render()'s Spark rewrites applied
+        spark = [tree.sql(dialect="spark", unsupported_level=sqlglot.ErrorLevel.RAISE, comments=False)
+                 for tree in trees]
     except sqlglot.errors.SqlglotError as exc:
         return [f"sqlglot cannot render it for Spark: {str(exc).splitlines()[0]}"]
     problems = []
-    for tree in sqlglot.parse(sql, read="duckdb"):
-        if tree is None:
-            continue
+    for tree in trees:
         for node in tree.walk():
             if isinstance(node, exp.Star) and (node.args.get("except") or node.args.get("exclude")):
                 problems.append("* EXCLUDE: not Spark SQL; list the columns")
             if isinstance(node, exp.Bracket) and not all(isinstance(e, exp.Literal) for e in node.expressions):
-                problems.append("a list subscript with a computed index: DuckDB counts from 1, Spark from 0")
+                problems.append("a subscript with a computed or negative index: DuckDB counts from 1 (or from the "
+                                "end), Spark from 0; for a text use mktool.dialect.last_character / substr")
             elif isinstance(node, (exp.Anonymous, exp.Func)) and not isinstance(node, exp.Cast):
                 name = node.name.upper() if isinstance(node, exp.Anonymous) else node.sql_name().upper()
                 if name in NO_SPARK_TWIN:
@@ -109,6 +111,13 @@ def step_queries() -> dict[str, str]:
         out[f"evaluate:{name}"] = cq.sql
     for name, fq in factors.queries(M).items():
         out[f"factors:{name}"] = fq.sql
+    channels = load_channels(MATRICES).names
+    with duckdb.connect() as con:
+        for src in ingest.discover([FIXTURES]):
+            ingest.read_schema(con, src)
+            for months_clean in (True, False):
+                for name, iq in ingest.queries(src, channels, months_clean=months_clean).items():
+                    out[f"ingest:{src.path.stem}:{name}:{'clean' if months_clean else 'unclean'}"] = iq.sql
     return out
 
 
@@ -117,7 +126,7 @@ QUERIES = step_queries()
 
 def test_every_step_is_listed() -> None:
     steps = {name.split(":")[0] for name in QUERIES}
-    assert steps == {"export", "score", "matrix", "plan", "evaluate", "factors"}
+    assert steps == {"export", "score", "matrix", "plan", "evaluate", "factors", "ingest"}
     exported = {name.split(":", 1)[1].rsplit(":", 1)[0] for name in QUERIES if name.startswith("export:")}
     # every stage of the contact policy, the allocation round, the draw and the lists are among them
     assert {"offers", "candidates", "screen", "contact_cap", "exclusion", "choices", "propose", "place", "holdout",
@@ -177,6 +186,13 @@ BAD_QUERIES = {
     "group_by_all": "SELECT a, count(*) AS n FROM t GROUP BY ALL",
     "len_of_a_column": "SELECT len(a) AS n FROM t",
     "materialized_cte": "WITH b AS MATERIALIZED (SELECT 1 AS a) SELECT a FROM b UNION ALL SELECT a FROM b",
+    "last_character_subscript": "SELECT count_if(a[-1] < '!') AS n FROM t",
+    "isfinite_of_unknown_type": "SELECT count_if(NOT isfinite(a)) AS n FROM t",
+    "read_parquet_parameter": "SELECT count(*) AS n FROM read_parquet(?, hive_partitioning = false)",
+    "read_parquet_hive": "SELECT count(*) AS n FROM read_parquet('/x/y.parquet', hive_partitioning = true)",
+    "hash": "SELECT hash(a, b) AS h FROM t",
+    "union_by_name": "SELECT a FROM t UNION ALL BY NAME SELECT a FROM u",
+    "rowid_order": "SELECT a FROM ingest_log ORDER BY loaded_at, rowid",
 }
 
 
@@ -191,6 +207,9 @@ def test_check_refuses_a_duckdb_only_construct(name: str) -> None:
     "SELECT length(a) AS n, sha256(a) AS h FROM t GROUP BY a",
     "SELECT a FROM t QUALIFY row_number() OVER (PARTITION BY a ORDER BY b) = 1",  # sqlglot writes a subquery
     "SELECT a FROM t -- len(l) in a comment is no call\nWHERE a = 'len(x)'",
+    "SELECT count(*) AS n FROM read_parquet('/x/month=2026-10/y.parquet', hive_partitioning = false) AS f",
+    "SELECT count_if(NOT regexp_full_match(a, '[0-9]{11}')) AS n, count_if(NOT isfinite(CAST(d AS DOUBLE))) AS m "
+    "FROM t",
 ])
 def test_check_accepts_constructs_with_a_spark_twin(sql: str) -> None:
     assert spark_problems(sql) == []
