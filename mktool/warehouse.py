@@ -1,0 +1,632 @@
+"""mktool's state on ``--engine spark`` (issue 16): every table as Parquet under one root path, and
+transactions that publish a set of partition replacements with one commit point.
+
+Layout under ``root`` (a local folder or any Hadoop URI: ``hdfs://``, ``s3a://``, ``file:/``)::
+
+    <root>/<table>/_table.json              {"columns": [[name, duckdb_type], ...],
+                                             "partitioned_by": "month" | null, "version": n}
+    <root>/<table>/month=<M>/part-*.parquet a table with a ``month`` column (hive style, month not in the files)
+    <root>/<table>/data/part-*.parquet      every other table
+    <root>/_staging/<run>/<table>/<part>/   what a transaction wrote, invisible to readers
+    <root>/_journal/<run>.json              the publish journal: its rename into place is the commit point
+    <root>/_trash/<run>/<table>/<part>/     the partitions a publish replaced, deleted once it has finished
+
+Why a journal and not a rename per table: Hadoop's ``rename`` onto an existing directory moves the
+source *into* it, so replacing a partition takes two renames (old → trash, staged → place) and no
+single rename can switch several tables or months at once. The journal names every rename a
+transaction makes; once it is in place the transaction is committed and :meth:`Warehouse.recover`
+(run by every ``Warehouse(...)``) finishes the renames, each step skipped when already done. Before
+it, the staging is all there is, readers never look there, and recovery deletes it.
+
+A partition with no rows is still a directory with one zero-row Parquet file carrying the schema, so
+that "this month was computed and is empty" differs from "this month was never computed".
+
+One writer at a time: ``recover()`` deletes staging that no journal names, so a second process's
+transaction in flight would lose its staging (sparkdb holds the run's lock, as DuckDB's file lock does).
+
+All file operations go through the Hadoop FileSystem of the session's JVM (:class:`HadoopFS`), so the
+same code runs on a local folder, HDFS and S3A. A Spark Connect session has no JVM on this side:
+such sessions are refused this round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mktool.errors import MktoolError
+from mktool.publish import fault
+
+TABLE_FILE = "_table.json"
+STAGING = "_staging"
+JOURNAL = "_journal"
+TRASH = "_trash"
+DATA = "data"  # the one partition of a table without a month column
+MONTH = "month"
+_TMP = "_put"  # per-put scratch under _staging/<run>/ (a name no table can have)
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PART_VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # what Spark writes unescaped in month=<M>
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+class WarehouseError(MktoolError):
+    """The warehouse is not as a call needs it (no such table, rows outside the partitions put, a Spark
+    Connect session): the message names the table and what to do."""
+
+
+# -- the DuckDB ⇄ Spark type map (sparkdb's DESCRIBE uses it too) ------------------------------------
+_TO_SPARK = {
+    "VARCHAR": "string", "BIGINT": "bigint", "INTEGER": "int", "SMALLINT": "smallint", "TINYINT": "tinyint",
+    "DOUBLE": "double", "FLOAT": "float", "DATE": "date", "TIMESTAMP": "timestamp_ntz",
+    "TIMESTAMP WITH TIME ZONE": "timestamp", "BOOLEAN": "boolean", "BLOB": "binary", "HUGEINT": "decimal(38,0)",
+}
+#: DuckDB's aliases → the spelling its DESCRIBE lists.
+_ALIASES = {
+    "TEXT": "VARCHAR", "STRING": "VARCHAR", "CHAR": "VARCHAR", "BPCHAR": "VARCHAR", "INT": "INTEGER",
+    "INT4": "INTEGER", "SIGNED": "INTEGER", "INT8": "BIGINT", "LONG": "BIGINT", "INT2": "SMALLINT",
+    "SHORT": "SMALLINT", "INT1": "TINYINT", "FLOAT8": "DOUBLE", "FLOAT4": "FLOAT", "REAL": "FLOAT",
+    "BOOL": "BOOLEAN", "LOGICAL": "BOOLEAN", "TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE",
+    "DATETIME": "TIMESTAMP", "BYTEA": "BLOB", "INT128": "HUGEINT", "NUMERIC": "DECIMAL",
+}
+_DECIMAL_RE = re.compile(r"^(?:DECIMAL|NUMERIC)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?$")
+
+
+def normal_type(duckdb_type: str) -> str:
+    """A DuckDB type in the spelling DESCRIBE lists (``decimal(18, 2)`` → ``DECIMAL(18,2)``, ``TEXT[]`` →
+    ``VARCHAR[]``): _table.json keeps what DuckDB would show."""
+    text = " ".join(duckdb_type.strip().upper().split())
+    if text.endswith("[]"):
+        return normal_type(text[:-2]) + "[]"
+    m = _DECIMAL_RE.match(text)
+    if m:
+        precision = int(m.group(1) or 18)
+        scale = int(m.group(2) or (3 if m.group(1) is None else 0))
+        return f"DECIMAL({precision},{scale})"
+    text = re.sub(r"^VARCHAR\s*\(\s*\d+\s*\)$", "VARCHAR", text)
+    text = _ALIASES.get(text, text)
+    if text not in _TO_SPARK:
+        raise WarehouseError(f"type {duckdb_type!r} has no Spark counterpart in the warehouse",
+                             hint=f"use one of {', '.join(_TO_SPARK)}, DECIMAL(p,s) or a list T[]")
+    return text
+
+
+def spark_type(duckdb_type: str) -> str:
+    """The Spark SQL type (DDL spelling) a DuckDB column type is stored as. DuckDB's TIMESTAMP has no
+    zone, so it is Spark's ``timestamp_ntz`` (Arrow and Parquet then carry no zone either)."""
+    text = normal_type(duckdb_type)
+    if text.endswith("[]"):
+        return f"array<{spark_type(text[:-2])}>"
+    m = _DECIMAL_RE.match(text)
+    if m:
+        return f"decimal({m.group(1)},{m.group(2)})"
+    return _TO_SPARK[text]
+
+
+def duckdb_type(spark_datatype: Any) -> str:
+    """The DuckDB spelling (as DESCRIBE lists it) of a pyspark ``DataType`` or a Spark DDL type string.
+
+    Spark's zoned ``timestamp`` maps to ``TIMESTAMP`` too: mktool's SQL is DuckDB's, and its
+    ``CAST(… AS TIMESTAMP)`` renders as Spark's zoned type under the session's fixed UTC zone.
+    ``void`` (an untyped NULL) is ``INTEGER``, as DuckDB types ``SELECT NULL``."""
+    name = spark_datatype if isinstance(spark_datatype, str) else spark_datatype.simpleString()
+    text = name.strip().lower().replace(" ", "")
+    if text.startswith("array<") and text.endswith(">"):
+        return duckdb_type(text[6:-1]) + "[]"
+    m = re.match(r"^decimal\((\d+),(\d+)\)$", text)
+    if m:
+        return f"DECIMAL({m.group(1)},{m.group(2)})"
+    simple = {"string": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER", "integer": "INTEGER",
+              "smallint": "SMALLINT", "tinyint": "TINYINT", "double": "DOUBLE", "float": "FLOAT",
+              "date": "DATE", "timestamp_ntz": "TIMESTAMP", "timestamp": "TIMESTAMP", "boolean": "BOOLEAN",
+              "binary": "BLOB", "void": "INTEGER", "decimal": "DECIMAL(10,0)"}
+    if text in simple:
+        return simple[text]
+    if re.match(r"^(var)?char\(\d+\)$", text):
+        return "VARCHAR"
+    raise WarehouseError(f"Spark type {name!r} has no DuckDB counterpart mktool uses")
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _ddl(columns: Sequence[tuple[str, str]]) -> str:
+    """A Spark DDL schema string (``spark.read.schema`` and ``createDataFrame`` take it)."""
+    return ", ".join(f"{_quote(n)} {spark_type(t)}" for n, t in columns)
+
+
+# -- file operations --------------------------------------------------------------------------------
+class HadoopFS:
+    """The few file operations the warehouse makes, on the Hadoop FileSystem of the session's JVM
+    (file:, hdfs:, s3a: alike). ``rename`` raises instead of returning False: a rename that did not
+    happen must never look like one that did."""
+
+    def __init__(self, session: Any, root: str) -> None:
+        try:
+            self.jvm = session._jvm
+            jsc = session._jsc
+            gateway = session.sparkContext._gateway
+        except Exception as exc:  # noqa: BLE001 - Spark Connect raises its own attribute errors
+            raise WarehouseError(
+                "--engine spark: the warehouse needs a classic Spark session (a JVM on this side); "
+                "Spark Connect sessions (--spark-remote) are not supported this round",
+                hint="run with --spark-master instead of --spark-remote") from exc
+        if self.jvm is None or jsc is None:
+            raise WarehouseError("--engine spark: the Spark session has been stopped (no JVM)")
+        self.gateway = gateway
+        self.conf = jsc.hadoopConfiguration()
+        self.root = root
+        self.fs = self.path(root).getFileSystem(self.conf)
+
+    def path(self, uri: str) -> Any:
+        return self.jvm.org.apache.hadoop.fs.Path(uri)
+
+    def exists(self, uri: str) -> bool:
+        return bool(self.fs.exists(self.path(uri)))
+
+    def mkdirs(self, uri: str) -> None:
+        if not self.fs.mkdirs(self.path(uri)):
+            raise OSError(f"could not create {uri}")
+
+    def delete(self, uri: str) -> None:
+        """Remove a file or a folder with everything in it (nothing when it is not there)."""
+        self.fs.delete(self.path(uri), True)
+
+    def listdir(self, uri: str) -> list[str]:
+        """The names in a folder, sorted (none when it does not exist)."""
+        p = self.path(uri)
+        if not self.fs.exists(p):
+            return []
+        return sorted(str(s.getPath().getName()) for s in self.fs.listStatus(p))
+
+    def list_dirs(self, uri: str) -> list[str]:
+        p = self.path(uri)
+        if not self.fs.exists(p):
+            return []
+        return sorted(str(s.getPath().getName()) for s in self.fs.listStatus(p) if s.isDirectory())
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst``, which must not exist (Hadoop would move src *into* it)."""
+        self.mkdirs(parent(dst))
+        if not self.fs.rename(self.path(src), self.path(dst)):
+            raise OSError(f"could not rename {src} to {dst}")
+
+    def read_text(self, uri: str) -> str:
+        stream = self.fs.open(self.path(uri))
+        try:
+            data = self.jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+        finally:
+            stream.close()
+        return bytes(data).decode("utf-8")
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Write a small file (overwriting); hsync so that a journal is on disk before its rename."""
+        stream = self.fs.create(self.path(uri), True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+            stream.hsync()
+        finally:
+            stream.close()
+
+    def replace(self, src: str, dst: str) -> None:
+        """Rename ``src`` over the file ``dst``: in one step with FileContext's OVERWRITE rename (local
+        folders, HDFS); where the file system has no FileContext, delete then rename (every caller
+        does it under a journal, which redoes both after a crash)."""
+        hadoop = self.jvm.org.apache.hadoop.fs
+        try:
+            context = hadoop.FileContext.getFileContext(self.fs.getUri(), self.conf)
+        except Exception:  # noqa: BLE001 - py4j's error for UnsupportedFileSystemException
+            self.delete(dst)
+            self.rename(src, dst)
+            return
+        options = self.gateway.new_array(hadoop.Options.Rename, 1)
+        options[0] = hadoop.Options.Rename.OVERWRITE
+        context.rename(self.path(src), self.path(dst), options)
+
+
+def parent(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def _root_uri(root: str) -> str:
+    """A Hadoop URI for ``root``: a URI as given, a plain path made absolute as ``file:/…``."""
+    root = str(root)
+    if _SCHEME_RE.match(root) and not re.match(r"^[A-Za-z]:[\\/]", root):
+        return root.rstrip("/") or root
+    return "file:" + os.path.abspath(root)
+
+
+# -- what a transaction holds and what its journal records ------------------------------------------
+@dataclass
+class _Pending:
+    """One table's change in a transaction: dropped, or put (staged partitions; ``whole`` = every old
+    partition goes)."""
+
+    columns: list[tuple[str, str]] | None = None  # None: dropped
+    staged: set[str] = field(default_factory=set)  # partition folder names: month=M or data
+    whole: bool = False
+
+
+def _partition_dir(value: str) -> str:
+    return DATA if value == DATA else f"{MONTH}={value}"
+
+
+def _partition_value(name: str) -> str:
+    return name.removeprefix(f"{MONTH}=")
+
+
+def _is_partition_dir(name: str, partitioned: bool) -> bool:
+    return name.startswith(f"{MONTH}=") if partitioned else name == DATA
+
+
+class Warehouse:
+    """The committed tables under ``root`` (see the module docstring); ``begin()`` starts a change."""
+
+    def __init__(self, session: Any, root: str) -> None:
+        self.session = session
+        self.root = _root_uri(root)
+        self.fs = HadoopFS(session, self.root)
+        self.fs.mkdirs(self.root)
+        self.recover()
+
+    # -- paths
+    def _table_uri(self, table: str) -> str:
+        return f"{self.root}/{table}"
+
+    def _staging_uri(self, run_id: str) -> str:
+        return f"{self.root}/{STAGING}/{run_id}"
+
+    def _journal_uri(self, run_id: str) -> str:
+        return f"{self.root}/{JOURNAL}/{run_id}.json"
+
+    def _trash_uri(self, run_id: str) -> str:
+        return f"{self.root}/{TRASH}/{run_id}"
+
+    # -- reading the committed state
+    def tables(self) -> list[str]:
+        return [name for name in self.fs.list_dirs(self.root)
+                if not name.startswith(("_", ".")) and self.fs.exists(f"{self._table_uri(name)}/{TABLE_FILE}")]
+
+    def exists(self, table: str) -> bool:
+        return self.fs.exists(f"{self._table_uri(_table_name(table))}/{TABLE_FILE}")
+
+    def _meta(self, table: str) -> dict[str, Any]:
+        name = _table_name(table)
+        uri = f"{self._table_uri(name)}/{TABLE_FILE}"
+        if not self.fs.exists(uri):
+            raise WarehouseError(f"no table {name} in the warehouse {self.root}", table=name)
+        meta: dict[str, Any] = json.loads(self.fs.read_text(uri))
+        return meta
+
+    def columns(self, table: str) -> list[tuple[str, str]]:
+        return [(str(n), str(t)) for n, t in self._meta(table)["columns"]]
+
+    def version(self, table: str) -> int:
+        return int(self._meta(table)["version"])
+
+    def partitions(self, table: str) -> list[str]:
+        """The months of a monthly table ("2026-10", sorted), or ["data"]; only those that are in place."""
+        name = _table_name(table)
+        partitioned = self._meta(name)["partitioned_by"] == MONTH
+        return [_partition_value(d) for d in self.fs.list_dirs(self._table_uri(name))
+                if _is_partition_dir(d, partitioned)]
+
+    def read(self, table: str) -> Any:
+        """The committed rows as a DataFrame, columns in _table.json order and typed as it says."""
+        name = _table_name(table)
+        columns = self.columns(name)
+        return self._read_parts(columns, [(self._table_uri(name), self._partition_dirs(name))])
+
+    def _partition_dirs(self, table: str) -> list[str]:
+        """The committed partition folders of a table (none when it does not exist)."""
+        return [_partition_dir(p) for p in self.partitions(table)] if self.exists(table) else []
+
+    def _read_parts(self, columns: list[tuple[str, str]], sources: list[tuple[str, list[str]]]) -> Any:
+        """One DataFrame over partition folders of one or more bases (the table, a staging folder):
+        the schema is given, so nothing is inferred and ``month`` comes back as the text of its folder."""
+        names = [n for n, _ in columns]
+        frames = []
+        for base, dirs in sources:
+            if dirs:
+                reader = self.session.read.schema(_ddl(columns)).option("basePath", base)
+                frames.append(reader.parquet(*[f"{base}/{d}" for d in dirs]).select(*[_quote(n) for n in names]))
+        if not frames:
+            return self.session.createDataFrame([], _ddl(columns))
+        out = frames[0]
+        for other in frames[1:]:
+            out = out.unionByName(other)
+        return out
+
+    # -- transactions
+    def begin(self, run_id: str | None = None) -> Transaction:
+        run = run_id or f"{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        if not _RUN_RE.match(run):
+            raise WarehouseError(f"run id {run!r}: letters, digits, '.', '_' and '-' only")
+        if self.fs.exists(self._staging_uri(run)) or self.fs.exists(self._journal_uri(run)):
+            raise WarehouseError(f"run id {run!r} is already in use in the warehouse {self.root}")
+        return Transaction(self, run)
+
+    def recover(self) -> None:
+        """Finish every committed publish (its journal is in place), then delete what no journal names:
+        uncommitted staging, half-written journals, trash of finished runs. Safe to run any number of
+        times, and at any point of an interrupted recovery."""
+        names = self.fs.listdir(f"{self.root}/{JOURNAL}")
+        committed = [(run, json.loads(self.fs.read_text(self._journal_uri(run))))
+                     for run in (n.removesuffix(".json") for n in names if n.endswith(".json"))]
+        for run, journal in sorted(committed, key=lambda c: (c[1]["created_at"], c[0])):  # oldest first
+            self._publish(run, journal)
+        for name in self.fs.listdir(f"{self.root}/{JOURNAL}"):
+            if not name.endswith(".json"):  # a journal whose write a crash cut off: never committed
+                self.fs.delete(f"{self.root}/{JOURNAL}/{name}")
+        for folder in (STAGING, TRASH):
+            for run in self.fs.listdir(f"{self.root}/{folder}"):
+                self.fs.delete(f"{self.root}/{folder}/{run}")
+
+    def _publish(self, run: str, journal: dict[str, Any]) -> None:
+        """Carry out a committed journal; every step checks whether it is done already."""
+        staging, trash = self._staging_uri(run), self._trash_uri(run)
+        for table, change in journal["tables"].items():
+            target = self._table_uri(table)
+            if change["action"] == "drop":
+                if self.fs.exists(target):
+                    self.fs.rename(target, f"{trash}/{table}")
+                continue
+            for part in change["place"]:
+                staged, placed = f"{staging}/{table}/{part}", f"{target}/{part}"
+                if not self.fs.exists(staged):
+                    continue  # placed by an earlier attempt
+                if self.fs.exists(placed):
+                    self._to_trash(placed, f"{trash}/{table}/{part}")
+                    fault("warehouse_between_renames")
+                self.fs.rename(staged, placed)
+                fault("warehouse_after_partition")
+            for part in change["remove"]:
+                if self.fs.exists(f"{target}/{part}"):
+                    self._to_trash(f"{target}/{part}", f"{trash}/{table}/{part}")
+            meta = {"columns": change["columns"], "partitioned_by": change["partitioned_by"],
+                    "version": change["version"]}
+            tmp = f"{target}/{TABLE_FILE}.{run}"
+            self.fs.write_text(tmp, json.dumps(meta, ensure_ascii=False) + "\n")
+            self.fs.replace(tmp, f"{target}/{TABLE_FILE}")
+        fault("warehouse_before_cleanup")
+        self.fs.delete(staging)
+        self.fs.delete(trash)
+        self.fs.delete(self._journal_uri(run))
+
+    def _to_trash(self, src: str, dst: str) -> None:
+        if self.fs.exists(dst):  # cannot happen within one run; never move a folder into another
+            self.fs.delete(dst)
+        self.fs.rename(src, dst)
+
+
+def _table_name(table: str) -> str:
+    """Table names as DuckDB compares them (case-insensitively): stored lower-case."""
+    name = table.lower()
+    if not _NAME_RE.match(name):
+        raise WarehouseError(f"table name {table!r}: a letter, then letters, digits and '_' only", table=table)
+    return name
+
+
+class Transaction:
+    """A set of table replacements and drops, staged at once and published together by ``commit``."""
+
+    def __init__(self, warehouse: Warehouse, run_id: str) -> None:
+        self.warehouse = warehouse
+        self.run_id = run_id
+        self.fs = warehouse.fs
+        self.staging = warehouse._staging_uri(run_id)
+        self.pending: dict[str, _Pending] = {}
+        self.state = "open"  # open → committed | rolled back
+        self._puts = 0
+
+    def _open(self) -> None:
+        if self.state != "open":
+            raise WarehouseError(f"warehouse transaction {self.run_id} is {self.state}: begin a new one")
+
+    # -- reading, with this transaction's own writes
+    def exists(self, table: str) -> bool:
+        name = _table_name(table)
+        if name in self.pending:
+            return self.pending[name].columns is not None
+        return self.warehouse.exists(name)
+
+    def columns(self, table: str) -> list[tuple[str, str]]:
+        name = _table_name(table)
+        change = self.pending.get(name)
+        if change is None:
+            return self.warehouse.columns(name)
+        if change.columns is None:
+            raise WarehouseError(f"no table {name}: this transaction dropped it", table=name)
+        return list(change.columns)
+
+    def partitions(self, table: str) -> list[str]:
+        name = _table_name(table)
+        return sorted(_partition_value(d) for d in self._visible(name)[0] | self._visible(name)[1])
+
+    def _visible(self, table: str) -> tuple[set[str], set[str]]:
+        """(committed partition folders still visible, staged partition folders) of a table."""
+        change = self.pending.get(table)
+        if change is None:
+            return set(self.warehouse._partition_dirs(table)), set()
+        if change.columns is None:
+            raise WarehouseError(f"no table {table}: this transaction dropped it", table=table)
+        kept = set() if change.whole else set(self.warehouse._partition_dirs(table)) - change.staged
+        return kept, set(change.staged)
+
+    def read(self, table: str) -> Any:
+        name = _table_name(table)
+        columns = self.columns(name)
+        kept, staged = self._visible(name)
+        return self.warehouse._read_parts(columns, [(self.warehouse._table_uri(name), sorted(kept)),
+                                                    (f"{self.staging}/{name}", sorted(staged))])
+
+    # -- writing
+    def put(self, table: str, df: Any, columns: list[tuple[str, str]], *,
+            partitions: Sequence[str] | None) -> None:
+        """Replace these partitions of ``table`` (None: the whole table) with ``df``'s rows, written to
+        staging now. ``df`` has exactly the table's columns (cast to their types here); a row whose
+        month is not among ``partitions`` is an error (nothing of this put is kept then)."""
+        self._open()
+        name = _table_name(table)
+        cols = [(str(n), normal_type(t)) for n, t in columns]
+        names = [n for n, _ in cols]
+        if len({n.lower() for n in names}) != len(names) or not names:
+            raise WarehouseError(f"put into {name}: column names must be unique and at least one", table=name)
+        partitioned = MONTH in names
+        if partitioned and dict(cols)[MONTH] != "VARCHAR":
+            raise WarehouseError(f"put into {name}: the month column must be VARCHAR (YYYY-MM text), "
+                                 f"not {dict(cols)[MONTH]}", table=name, column=MONTH)
+        wanted = self._wanted(name, partitioned, partitions)
+        if wanted is not None and self.exists(name) and self.columns(name) != cols:
+            raise WarehouseError(f"put into {name}: the columns differ from the table's; replacing only "
+                                 "some partitions would mix two schemas (replace the whole table)", table=name)
+        have = {c.lower(): c for c in df.columns}
+        missing = [n for n in names if n.lower() not in have]
+        extra = sorted(set(have) - {n.lower() for n in names})
+        if missing or extra:
+            raise WarehouseError(f"put into {name}: the rows' columns are not the table's "
+                                 f"(missing {missing or 'none'}, extra {extra or 'none'})", table=name)
+        typed = df.select(*[df[_quote(have[n.lower()])].cast(spark_type(t)).alias(n) for n, t in cols])
+        self._puts += 1
+        scratch = f"{self.staging}/{_TMP}{self._puts}"
+        try:
+            written = self._write(typed, cols, scratch, partitioned, wanted)
+            allowed = {_partition_dir(p) for p in wanted} if wanted is not None else None
+            outside = sorted(d for d in written if (allowed is not None and d not in allowed)
+                             or (partitioned and not _PART_VALUE_RE.match(_partition_value(d))))
+            if outside:
+                raise WarehouseError(f"put into {name}: rows outside the partitions put "
+                                     f"({', '.join(_partition_value(d) for d in outside)}; put "
+                                     f"{', '.join(wanted) if wanted is not None else 'any month'})",
+                                     table=name, hint="a NULL month is written as __HIVE_DEFAULT_PARTITION__")
+            change = self.pending.get(name)
+            if change is None or change.columns is None or wanted is None:
+                # a new change; a dropped table or a whole put replaces every old partition
+                for old in (change.staged if change is not None else ()):
+                    self.fs.delete(f"{self.staging}/{name}/{old}")
+                change = _Pending(columns=cols, whole=wanted is None or change is not None)
+                self.pending[name] = change
+            for part in sorted(written):
+                dst = f"{self.staging}/{name}/{part}"
+                self.fs.delete(dst)
+                self.fs.rename(f"{scratch}/{part}", dst)
+                change.staged.add(part)
+        finally:
+            self.fs.delete(scratch)
+
+    def _wanted(self, table: str, partitioned: bool, partitions: Sequence[str] | None) -> list[str] | None:
+        """The partition values a put names (months, or ["data"]), checked; None = the whole table."""
+        if partitions is None:
+            return None
+        if isinstance(partitions, str):
+            raise WarehouseError(f"put into {table}: partitions is a list of months, not the text {partitions!r}")
+        values = sorted(set(partitions))
+        if not partitioned:
+            if values not in ([], [DATA]):
+                raise WarehouseError(f"put into {table}: a table without a month column has one partition "
+                                     f"'data', not {values}", table=table)
+            return None  # its one partition is the whole table
+        bad = [v for v in values if not _PART_VALUE_RE.match(v) or v == DATA]
+        if bad:
+            raise WarehouseError(f"put into {table}: partition value(s) {bad} cannot be folder names "
+                                 "(letters, digits, '.', '_', '-')", table=table)
+        return values
+
+    def _write(self, df: Any, columns: list[tuple[str, str]], scratch: str, partitioned: bool,
+               wanted: list[str] | None) -> set[str]:
+        """Write ``df`` under ``scratch`` as partition folders; a named partition without rows gets
+        one zero-row file. Returns the partition folder names written."""
+        if not partitioned:
+            df.write.mode("errorifexists").parquet(f"{scratch}/{DATA}")
+            return {DATA}
+        df.write.mode("errorifexists").partitionBy(MONTH).parquet(scratch)
+        written = {d for d in self.fs.list_dirs(scratch) if d.startswith(f"{MONTH}=")}
+        data_columns = [c for c in columns if c[0] != MONTH]
+        for value in wanted or []:
+            if _partition_dir(value) not in written:
+                empty = self.warehouse.session.createDataFrame([], _ddl(data_columns)).coalesce(1)
+                empty.write.mode("errorifexists").parquet(f"{scratch}/{_partition_dir(value)}")
+                written.add(_partition_dir(value))
+        return written
+
+    def drop(self, table: str) -> None:
+        """Drop ``table`` (its folder goes at commit); dropping a table that is not there is an error."""
+        self._open()
+        name = _table_name(table)
+        if not self.exists(name):
+            raise WarehouseError(f"drop: no table {name} in the warehouse", table=name)
+        change = self.pending.get(name)
+        for old in (change.staged if change is not None else ()):
+            self.fs.delete(f"{self.staging}/{name}/{old}")
+        self.pending[name] = _Pending(columns=None)
+
+    def journal(self) -> dict[str, Any]:
+        """What commit writes: per table, the renames to make and its new _table.json."""
+        tables: dict[str, Any] = {}
+        for name, change in sorted(self.pending.items()):
+            existing = self.warehouse._partition_dirs(name)
+            if change.columns is None:
+                if self.warehouse.exists(name):
+                    tables[name] = {"action": "drop"}
+                continue
+            version = self.warehouse.version(name) + 1 if self.warehouse.exists(name) else 1
+            place = sorted(change.staged)
+            remove = sorted(set(existing) - set(place)) if change.whole else []
+            tables[name] = {"action": "put", "place": place, "remove": remove,
+                            "columns": [list(c) for c in change.columns],
+                            "partitioned_by": MONTH if any(n == MONTH for n, _ in change.columns) else None,
+                            "version": version}
+        return {"run_id": self.run_id, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "tables": tables}
+
+    def commit(self) -> None:
+        """Write the journal (temp file + rename: the commit point), then publish it. A failure before
+        the commit point leaves the previous state and removes this transaction's traces; after it,
+        the next ``Warehouse(...)`` (or ``recover()``) finishes the publish."""
+        self._open()
+        journal = self.journal()
+        final = self.warehouse._journal_uri(self.run_id)
+        partial = f"{final}.partial"
+        try:
+            fault("warehouse_before_journal")
+            if journal["tables"]:
+                self.fs.write_text(partial, json.dumps(journal, ensure_ascii=False, indent=1) + "\n")
+                fault("warehouse_journal")
+                self.fs.rename(partial, final)
+        except BaseException:
+            self.state = "rolled back"
+            self.fs.delete(partial)
+            self.fs.delete(self.staging)
+            raise
+        self.state = "committed"
+        if not journal["tables"]:
+            self.fs.delete(self.staging)
+            return
+        fault("warehouse_after_journal")
+        self.warehouse._publish(self.run_id, journal)
+
+    def rollback(self) -> None:
+        """Forget this transaction: its staging goes; the warehouse is as before ``begin``."""
+        if self.state == "committed":
+            raise WarehouseError(f"warehouse transaction {self.run_id} is committed: it cannot be rolled back")
+        self.state = "rolled back"
+        self.fs.delete(self.staging)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if self.state != "open":
+            return
+        if kind is None:
+            self.commit()
+        else:
+            self.rollback()
+
