@@ -37,6 +37,7 @@ import sqlglot
 from sqlglot import exp
 
 from mktool.config import Settings
+from mktool.database import register_engine
 from mktool.dialect import SPARK, render
 from mktool.errors import MktoolError
 from mktool.spark import open_session
@@ -253,23 +254,23 @@ class SparkConnection:
         """``INSERT INTO t [(cols)] VALUES (?, …)`` for many rows at once: the rows are typed by an
         in-memory DuckDB table of the target's columns (DuckDB's own coercions) and appended as one
         DataFrame. Any other statement is executed once per row."""
-        rows = [tuple(r) for r in rows]
+        rows_ = [tuple(r) for r in rows]
         tree = sqlglot.parse_one(sql, read="duckdb")
         values = tree.expression if isinstance(tree, exp.Insert) else None
-        if (isinstance(values, exp.Values) and len(values.expressions) == 1
+        if (isinstance(tree, exp.Insert) and isinstance(values, exp.Values) and len(values.expressions) == 1
                 and all(isinstance(v, exp.Placeholder) and v.this is None for v in values.expressions[0].expressions)):
             target, names = _insert_target(tree)
             self._require_exists(target)
             table_cols = self._columns(target)
             types = dict(table_cols)
             chosen = [(n, types[n]) for n in names] if names else table_cols
-            if not rows:
+            if not rows_:
                 return self
-            df = self._typed_rows(chosen, rows)
+            df = self._typed_rows(chosen, rows_)
             self._insert(target, df, [n for n, _ in chosen], by_name=True)
             self._result([], None)
             return self
-        for row in rows:
+        for row in rows_:
             self.execute(sql, row)
         return self
 
@@ -502,7 +503,8 @@ class SparkConnection:
 
     def _create(self, tree: exp.Create, args: dict[str, Any]) -> None:
         kind = str(tree.args.get("kind") or "").upper()
-        temporary = any(isinstance(p, exp.TemporaryProperty) for p in (tree.args.get("properties") or exp.Properties()).expressions)
+        properties = tree.args.get("properties") or exp.Properties()
+        temporary = any(isinstance(p, exp.TemporaryProperty) for p in properties.expressions)
         schema = tree.this
         table = schema.this if isinstance(schema, exp.Schema) else schema
         if not isinstance(table, exp.Table):
@@ -571,7 +573,8 @@ class SparkConnection:
             known = {n.lower(): n for n, _ in table_cols}
             unknown = [c for c in chosen if c.lower() not in known]
             if unknown:
-                raise SparkQueryError(f"Binder Error: Table \"{target}\" does not have a column with name \"{unknown[0]}\"")
+                raise SparkQueryError(f"Binder Error: Table \"{target}\" does not have a column with name "
+                                      f"\"{unknown[0]}\"")
             source = {known[c.lower()]: incoming[i] for i, c in enumerate(chosen)}
         else:
             if len(incoming) != len(table_cols):
@@ -713,7 +716,8 @@ class SparkConnection:
         name = table.name
         self._require_exists(name)
         actions = tree.args.get("actions") or []
-        if str(tree.args.get("kind") or "").upper() != "TABLE" or not all(isinstance(a, exp.ColumnDef) for a in actions):
+        if (str(tree.args.get("kind") or "").upper() != "TABLE"
+                or not all(isinstance(a, exp.ColumnDef) for a in actions)):
             raise InternalError("statement kind ALTER TABLE (other than ADD COLUMN) is not supported on Spark")
         columns = self._columns(name)
         df = self._read(name)
@@ -903,3 +907,6 @@ def _update_join(old: Any, matched: Any, names: Sequence[str], set_names: Sequen
     return joined.select(*(
         F.when(F.col("_mk_hit"), F.col(f"_mk_set{position[n]}")).otherwise(old[n]).alias(n) if n in position
         else old[n].alias(n) for n in names))
+
+
+register_engine("spark", connect)

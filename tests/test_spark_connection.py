@@ -83,7 +83,8 @@ def test_describe_spells_duckdb_types(pair) -> None:
     assert [(r[0], r[1]) for r in con.execute('DESCRIBE "cv"').fetchall()] == expected
     # Expressions' result types are each engine's own (DuckDB types fee * 2 DECIMAL(18,2), Spark
     # DECIMAL(20,2)); columns and casts must be spelled alike.
-    query = "SELECT msisdn, CAST(fee AS DECIMAL(18,6)) AS fee6, n, CAST(n AS INTEGER) AS i, tags, day, ts, ok, x FROM cv"
+    query = ("SELECT msisdn, CAST(fee AS DECIMAL(18,6)) AS fee6, n, CAST(n AS INTEGER) AS i, tags, day, ts, ok, x "
+             "FROM cv")
     assert [(r[0], r[1]) for r in con.execute(f"DESCRIBE {query}").fetchall()] == \
         [(r[0], r[1]) for r in duck.execute(f"DESCRIBE {query}").fetchall()]
     assert con.description is not None and con.description[0][0] == "column_name"
