@@ -13,8 +13,15 @@ from typing import Any
 
 import duckdb
 import pytest
+from conftest import FIXTURES, MATRICES, M
+from typer.testing import CliRunner
 
-from mktool import sparkdb
+from mktool import matrices, sparkdb, view
+from mktool.cli import app
+from mktool.config import Settings
+from mktool.database import Database
+from mktool.errors import LockedError, StateError
+from mktool.project import load_project
 from mktool.warehouse import Warehouse
 
 
@@ -199,3 +206,68 @@ def test_spark_type_map() -> None:
     assert sparkdb.duckdb_type("timestamp_ntz") == "TIMESTAMP"
     assert sparkdb.spark_type("HUGEINT") == "DECIMAL(38, 0)"
     assert sparkdb.spark_type("VARCHAR[]") == "ARRAY<STRING>"
+
+
+# -- the fixtures' month: score and matrix on Spark give DuckDB's tables --------------------------
+def _sorted_rows(con: Any, table: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    cur = con.execute(f"SELECT * FROM {table}")
+    names = [d[0] for d in cur.description]
+    return names, sorted(cur.fetchall(), key=_key)
+
+
+@pytest.mark.xfail(strict=True, raises=duckdb.Error,
+                   reason="freshness._loads orders ingest_log by rowid, which Spark lacks (UNRESOLVED_COLUMN); "
+                          "ingest_log.seq replaces it on branch wt-sparkrender: drop this mark when it is merged")
+def test_fixtures_month_score_and_matrix_on_spark(spark, tmp_path: Path) -> None:
+    db = tmp_path / "mk.duckdb"
+    result = CliRunner().invoke(app, ["ingest", str(FIXTURES), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    root = str(tmp_path / "wh")
+    warehouse = Warehouse(spark, root)
+    with duckdb.connect(str(db), read_only=True) as duck:  # the loaded contract tables, as they are
+        tables = [r[0] for r in duck.execute("SELECT table_name FROM information_schema.tables "
+                                             "WHERE table_schema = 'main' ORDER BY 1").fetchall()]
+        tx = warehouse.begin()
+        for table in tables:
+            columns = [(r[0], r[1]) for r in duck.execute(f'DESCRIBE "{table}"').fetchall()]
+            tx.put(table, spark.createDataFrame(duck.sql(f'SELECT * FROM "{table}"').to_arrow_table()), columns,
+                   partitions=None)
+        tx.commit()
+    project = load_project(MATRICES)
+    duck_settings = Settings(db_path=db, memory_limit="1GB", threads=2)
+    spark_settings = Settings(db_path=tmp_path / "unused.duckdb", engine="spark", warehouse=root)
+    for settings in (duck_settings, spark_settings):
+        with Database(settings, write=True) as database:
+            scored = view.score(database, project, M)
+            assert scored.rows == 2000
+    for settings in (duck_settings, spark_settings):
+        with Database(settings, write=True) as database:
+            matrices.evaluate(database, project, M)
+    with Database(duck_settings, write=False) as d, Database(spark_settings, write=False) as s:
+        for table in ("customer_view", "recommendations", "customer_priority", "rule_hits", "funnel_counts"):
+            assert s.columns(table) == d.columns(table), table
+            names, expected = _sorted_rows(d.c, table)
+            got_names, got = _sorted_rows(s.c, table)
+            assert got_names == names
+            assert len(got) == len(expected), table
+            for a, b in zip(got, expected):
+                assert a == b, (table, dict(zip(names, a)), dict(zip(names, b)))
+
+
+def test_database_on_spark_locks_in_the_warehouse_and_needs_no_duckdb_file(spark, tmp_path: Path) -> None:
+    root = tmp_path / "wh"
+    settings = Settings(db_path=tmp_path / "never.duckdb", engine="spark", warehouse=str(root), lock_wait=0)
+    with pytest.raises(StateError, match="no tables in the warehouse"):
+        with Database(settings, write=False):
+            pass
+    with Database(settings, write=True) as db:
+        assert (root / "_mktool.lock").exists()
+        with pytest.raises(LockedError), Database(settings, write=True):
+            pass
+        with db.transaction() as con:  # no CHECKPOINT, no .wal: the warehouse commit is the publish
+            con.execute("CREATE TABLE t AS SELECT 'x' AS a")
+        assert db.table_exists("ingest_log") and db.table_exists("t")
+        assert db.columns("funnel_counts") == ["month", "funnel", "stage_no", "stage", "count", "cycle"]
+    assert not (tmp_path / "never.duckdb").exists()
+    with Database(settings, write=False) as db:
+        assert db.c.execute("SELECT a FROM t").fetchall() == [("x",)]
