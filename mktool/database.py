@@ -238,7 +238,7 @@ class Database:
             # duck-typed: the connection speaks the part of DuckDB's API mktool uses
             connect = _ENGINES.get("spark")
             if connect is None:
-                raise MktoolError("--engine spark: mktool.sparkdb is not loaded (import mktool.sparkdb first)")
+                raise MktoolError("engine spark: mktool.sparkdb is not loaded (import mktool.sparkdb first)")
             self.con = cast(duckdb.DuckDBPyConnection, connect(self.settings))
             if self.must_exist and not self.con.execute("SELECT 1 FROM information_schema.tables LIMIT 1").fetchall():
                 raise StateError(f"no tables in the warehouse at {self.settings.warehouse}",
