@@ -48,6 +48,7 @@ from mktool import (
     plan,
     report,
     scenewatch,
+    sparkdb,  # noqa: F401 - registers the "spark" engine with database.Database
     view,
 )
 from mktool.config import (

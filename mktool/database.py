@@ -16,14 +16,14 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 
 from mktool.config import Settings, check_memory_limit, check_threads
-from mktool.errors import InputError, LockedError, StateError
+from mktool.errors import InputError, LockedError, MktoolError, StateError
 from mktool.publish import finish_pending
 
 # Bookkeeping tables, created on first write. Names say what they hold.
@@ -36,6 +36,17 @@ BOOKKEEPING_DDL = (
     """CREATE TABLE IF NOT EXISTS rule_hits (
         month VARCHAR, matrix VARCHAR, rule_no INTEGER, rule_id VARCHAR, policy_id VARCHAR, hits BIGINT)""",
 )
+
+
+#: Connection factories of the engines other than DuckDB, by Settings.engine. mktool.sparkdb
+#: registers "spark" when imported (the CLI imports it): database must not import the Spark
+#: stack itself, which would lengthen every import chain through it (tests/test_architecture.py).
+_ENGINES: dict[str, Callable[[Settings], Any]] = {}
+
+
+def register_engine(name: str, connect: Callable[[Settings], Any]) -> None:
+    """Make ``Database`` open ``connect(settings)`` when ``settings.engine == name``."""
+    _ENGINES[name] = connect
 
 
 class RunLock:
@@ -96,6 +107,15 @@ class RunLock:
             self._fh = None
 
 
+def _local_lock_base(root: str) -> Path | None:
+    """Where a local warehouse's run lock lives (``<root>/_mktool.lock``); None for a Hadoop URI root."""
+    if root.startswith("file:"):
+        root = "/" + root[len("file:"):].lstrip("/")
+    elif "://" in root:
+        return None
+    return Path(root) / "_mktool"
+
+
 def _read_only_fs(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
@@ -145,7 +165,9 @@ class Database:
         self.write = write
         self.must_exist = must_exist or not write  # a reader, or a writer of results about existing data
         self.path = settings.db_path
-        self._lock = RunLock(self.path, exclusive=write, wait=settings.lock_wait)
+        self.spark = settings.engine == "spark"  # the warehouse through mktool.sparkdb, not the DuckDB file
+        lock_at = self.path if not self.spark else _local_lock_base(settings.warehouse)
+        self._lock = RunLock(lock_at, exclusive=write, wait=settings.lock_wait) if lock_at is not None else None
         self.con: duckdb.DuckDBPyConnection | None = None
         self._created = False  # this command made the database file …
         self._committed = False  # … and has not committed anything to it yet
@@ -167,6 +189,8 @@ class Database:
     def __enter__(self) -> Database:
         if self._wrapped:
             return self
+        if self.spark:
+            return self._enter_spark()
         if self.path.is_dir():
             raise InputError("is a folder, not a DuckDB database file", file=str(self.path),
                              hint="point --db / MKTOOL_DB at a file such as mktool.duckdb")
@@ -175,6 +199,7 @@ class Database:
                 f"no database at {self.path}",
                 hint="run `mktool ingest PATH...` first, or point --db / MKTOOL_DB at an existing database",
             )
+        assert self._lock is not None
         self._lock.__enter__()
         try:
             self._created = self.write and not self.path.exists()
@@ -197,6 +222,38 @@ class Database:
             if self._created:  # e.g. an unwritable spill folder: leave no empty database behind
                 self._remove_created()
             self._lock.__exit__()
+            raise
+        return self
+
+    def _enter_spark(self) -> Database:
+        """``--engine spark``: the warehouse's tables through a :class:`mktool.sparkdb.SparkConnection`.
+
+        What is the DuckDB file's own does not apply: no memory/spill SET statements (the session's
+        conf is mktool.spark's), no write-ahead log. The run lock is a file in a local warehouse;
+        a Hadoop root (hdfs://, s3a://) has no advisory locks, and runs on it are not serialised yet.
+        """
+        if self._lock is not None:
+            self._lock.__enter__()
+        try:
+            # duck-typed: the connection speaks the part of DuckDB's API mktool uses
+            connect = _ENGINES.get("spark")
+            if connect is None:
+                raise MktoolError("engine spark: mktool.sparkdb is not loaded (import mktool.sparkdb first)")
+            self.con = cast(duckdb.DuckDBPyConnection, connect(self.settings))
+            if self.must_exist and not self.con.execute("SELECT 1 FROM information_schema.tables LIMIT 1").fetchall():
+                raise StateError(f"no tables in the warehouse at {self.settings.warehouse}",
+                                 hint="run `mktool --engine spark ingest PATH...` first, or point --warehouse / "
+                                      "MKTOOL_WAREHOUSE at an existing warehouse")
+            if self.write:
+                for ddl in BOOKKEEPING_DDL:
+                    self.con.execute(ddl)
+            finish_pending(self.con, writable=self.write)
+        except BaseException:
+            if self.con is not None:
+                self.con.close()
+                self.con = None
+            if self._lock is not None:
+                self._lock.__exit__()
             raise
         return self
 
@@ -226,7 +283,8 @@ class Database:
             # A command refused before anything was committed: leave no half-made database
             # behind (the folder is as it was, and the next command starts clean).
             self._remove_created()
-        self._lock.__exit__()
+        if self._lock is not None:
+            self._lock.__exit__()
 
     def _remove_created(self) -> None:
         for leftover in (self.path, self.path.with_name(self.path.name + ".wal")):
@@ -270,6 +328,8 @@ class Database:
             raise
         con.execute("COMMIT")
         self._committed = True
+        if self.spark:
+            return  # the warehouse's commit is its publish; there is no log to fold into a file
         try:
             con.execute("CHECKPOINT")
         except duckdb.Error as exc:

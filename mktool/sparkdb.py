@@ -1,0 +1,912 @@
+"""The DuckDB-shaped connection of ``--engine spark`` (issue 16): mktool's steps keep their SQL.
+
+Every step builds DuckDB-dialect SQL and hands it to ``con.execute``. On Spark, ``con`` is a
+:class:`SparkConnection`: it parses each statement with sqlglot (read="duckdb") and carries it
+out by kind (docs/design/spark-audit.md lists every kind the fixtures' month runs):
+
+- queries are rendered by :func:`mktool.dialect.render` and run by ``session.sql(text, args=…)``;
+  ``?`` and ``$name`` become named Spark parameters (``:_p0``, ``:name``), so a statement rebuilt
+  from its parts (a DELETE's kept rows) keeps its bindings whatever the order of the parts;
+- persistent tables live in :class:`mktool.warehouse.Warehouse` (Parquet, partitioned by month):
+  a write computes the new rows of the partitions it touches and replaces those partitions in a
+  Warehouse transaction (BEGIN … COMMIT, or one of its own per statement), because Parquet has no
+  DELETE/UPDATE;
+- TEMP tables are materialised DataFrames (``localCheckpoint``: computed once, lineage cut)
+  registered as Spark temp views, as DuckDB's temp tables are read many times;
+- DESCRIBE answers in DuckDB's type spellings (a persistent table's come from its _table.json);
+- ``information_schema.tables`` is a small view of the warehouse's and the session's tables;
+- COPY collects the rows as Arrow on the driver and lets an in-memory DuckDB write them with
+  the statement's own options, so lists are byte for byte DuckDB's;
+- SET and CHECKPOINT are DuckDB storage settings with no Spark meaning: named no-ops.
+
+Anything else raises :class:`InternalError` naming the statement kind (never a silent no-op).
+Spark's own errors are raised as :class:`SparkQueryError`, a ``duckdb.Error``: mktool's callers
+already turn DuckDB's errors into their messages (a matrix's failing rule, a refused extract).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from mktool.config import Settings
+from mktool.database import register_engine
+from mktool.dialect import SPARK, render
+from mktool.errors import MktoolError
+from mktool.spark import open_session
+from mktool.warehouse import Transaction, Warehouse
+
+Columns = list[tuple[str, str]]
+
+#: Qualifiers that name the session's own catalogs in DuckDB text (``temp.t``, ``main.t``).
+_LOCAL_SCHEMAS = frozenset({"temp", "main", "memory"})
+_INFO_VIEW = "_mk_information_schema_tables"
+_MONTH = "month"
+#: DuckDB statements about its own storage and session (memory_limit, threads, temp_directory,
+#: the write-ahead log): nothing to do on Spark, where the session's conf is mktool.spark's.
+_NO_OPS = ("CHECKPOINT", "SET", "RESET")
+
+
+class InternalError(MktoolError):
+    """A statement the Spark connection cannot carry out: a gap in mktool, not in the user's input."""
+
+    exit_code = 4  # errors.EXIT_INTERNAL: a bug or an unexpected engine failure
+
+
+class SparkQueryError(duckdb.Error):
+    """Spark refused or failed a statement. A ``duckdb.Error`` so that mktool's handlers, written
+    for DuckDB, give the same messages (e.g. matrices pins a failing query on its rule)."""
+
+
+# -- types -------------------------------------------------------------------------------------
+_SPARK_TO_DUCKDB = {
+    "string": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER", "smallint": "SMALLINT", "tinyint": "TINYINT",
+    "double": "DOUBLE", "float": "FLOAT", "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMP",
+    "timestamp_ntz": "TIMESTAMP", "binary": "BLOB", "void": "INTEGER",
+}
+
+
+def duckdb_type(spark_type: str) -> str:
+    """A Spark type (``DataType.simpleString()``) as DuckDB's DESCRIBE spells it: string → VARCHAR,
+    decimal(18,2) → DECIMAL(18,2), array<string> → VARCHAR[], struct<a:int> → STRUCT(a INTEGER)."""
+    text = spark_type.strip()
+    lowered = text.lower()
+    if lowered in _SPARK_TO_DUCKDB:
+        return _SPARK_TO_DUCKDB[lowered]
+    if lowered.startswith("decimal("):
+        precision, scale = (part.strip() for part in lowered[len("decimal("):-1].split(","))
+        return f"DECIMAL({precision},{scale})"
+    if lowered.startswith("array<") and lowered.endswith(">"):
+        return duckdb_type(text[len("array<"):-1]) + "[]"
+    if lowered.startswith("map<") and lowered.endswith(">"):
+        key, value = _split_top(text[len("map<"):-1])
+        return f"MAP({duckdb_type(key)}, {duckdb_type(value)})"
+    if lowered.startswith("struct<") and lowered.endswith(">"):
+        fields = []
+        for part in _split_top(text[len("struct<"):-1]):
+            name, _, type_ = part.partition(":")
+            fields.append(f"{name} {duckdb_type(type_)}")
+        return f"STRUCT({', '.join(fields)})"
+    raise InternalError(f"Spark type {spark_type} has no DuckDB spelling in mktool.sparkdb")
+
+
+def _split_top(text: str) -> list[str]:
+    """``a:int,b:array<string>`` split at the commas outside angle brackets."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "<(":
+            depth += 1
+        elif char in ">)":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def spark_type(duck_type: str) -> str:
+    """A DuckDB column type as Spark's DDL type (HUGEINT as DECIMAL(38,0), TIMESTAMP as TIMESTAMP_NTZ,
+    as mktool.dialect renders them)."""
+    built = exp.DataType.build(duck_type, dialect="duckdb")
+    if built.is_type(exp.DataType.Type.INT128):
+        return "DECIMAL(38, 0)"
+    for node in list(built.find_all(exp.DataType)):
+        if node.is_type(exp.DataType.Type.INT128):
+            node.replace(exp.DataType.build("DECIMAL(38,0)"))
+    return built.sql("spark")
+
+
+def schema_columns(df: Any) -> Columns:
+    """A DataFrame's columns as (name, DuckDB type)."""
+    return [(f.name, duckdb_type(f.dataType.simpleString())) for f in df.schema.fields]
+
+
+def _ddl(columns: Columns) -> str:
+    return ", ".join(f"`{name}` {spark_type(type_)}" for name, type_ in columns)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# -- shared state --------------------------------------------------------------------------------
+@dataclass
+class _Temp:
+    df: Any
+    columns: Columns
+    materialised: bool
+
+
+@dataclass
+class _State:
+    """What every cursor of one connection shares: the session, the warehouse, the open transaction,
+    the session's temp tables and the views registered for the persistent tables."""
+
+    session: Any
+    warehouse: Warehouse
+    temps: dict[str, _Temp] = field(default_factory=dict)
+    tx: Transaction | None = None
+    created: set[str] = field(default_factory=set)  # created by the open transaction
+    dropped: set[str] = field(default_factory=set)  # dropped by it
+    views: dict[str, Any] = field(default_factory=dict)  # persistent table -> its registered DataFrame
+    duck: duckdb.DuckDBPyConnection = field(default_factory=lambda: duckdb.connect(":memory:"))
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+
+def connect(settings: Settings) -> SparkConnection:
+    """A connection over the session built from ``settings.spark`` and the warehouse at ``settings.warehouse``."""
+    session = open_session(settings.spark)
+    return SparkConnection(_State(session, Warehouse(session, settings.warehouse)))
+
+
+def connect_session(session: Any, warehouse: Warehouse) -> SparkConnection:
+    """A connection over an existing session and warehouse (tests; an embedding application)."""
+    return SparkConnection(_State(session, warehouse))
+
+
+class SparkConnection:
+    """DuckDB's Python connection API as mktool uses it, carried out on Spark (see the module doc)."""
+
+    def __init__(self, state: _State) -> None:
+        self._s = state
+        self._rows: list[tuple[Any, ...]] = []
+        self._pos = 0
+        self._description: list[tuple[Any, ...]] | None = None
+
+    # -- the DuckDB cursor API ------------------------------------------------------------------
+    @property
+    def session(self) -> Any:
+        return self._s.session
+
+    @property
+    def warehouse(self) -> Warehouse:
+        return self._s.warehouse
+
+    @property
+    def description(self) -> list[tuple[Any, ...]] | None:
+        return self._description
+
+    def cursor(self) -> SparkConnection:
+        """Another cursor on the same state (DuckDB's cursors share the database)."""
+        return SparkConnection(self._s)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        if self._pos >= len(self._rows):
+            return None
+        self._pos += 1
+        return self._rows[self._pos - 1]
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rows, self._pos = self._rows[self._pos:], len(self._rows)
+        return rows
+
+    def fetchmany(self, size: int = 1) -> list[tuple[Any, ...]]:
+        rows = self._rows[self._pos:self._pos + size]
+        self._pos += len(rows)
+        return rows
+
+    def close(self) -> None:
+        """Roll back an open transaction and drop the session's views of this connection."""
+        s = self._s
+        if s.tx is not None:
+            s.tx.rollback()
+            s.tx = None
+        for name in [*s.temps, *s.views]:
+            s.session.catalog.dropTempView(name)
+        s.session.catalog.dropTempView(_INFO_VIEW)
+        s.temps.clear()
+        s.views.clear()
+
+    def register(self, name: str, table: Any) -> SparkConnection:
+        """An Arrow table (or anything createDataFrame takes) as a temp view ``name``."""
+        df = self._spark_call(lambda: self._s.session.createDataFrame(table))
+        self._set_temp(name, df, materialise=False)
+        return self
+
+    def unregister(self, name: str) -> SparkConnection:
+        if self._s.temps.pop(name, None) is not None:
+            self._s.session.catalog.dropTempView(name)
+        return self
+
+    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] | None = None) -> SparkConnection:
+        """Carry out one statement (DuckDB dialect) with DuckDB's parameter conventions."""
+        try:
+            trees = [t for t in sqlglot.parse(sql, read="duckdb") if t is not None] if not _keyword_only(sql) else []
+        except sqlglot.errors.ParseError as exc:
+            raise InternalError(f"statement kind {_first_keyword(sql)} is not supported on Spark (sqlglot cannot "
+                                f"parse it: {str(exc).splitlines()[0]})") from None
+        if len(trees) > 1:
+            raise InternalError(f"several statements in one execute are not supported on Spark: {sql[:80]}")
+        tree, args = _bind(trees[0], parameters) if trees else (None, {})
+        self._result([], None)
+        self._dispatch(sql, tree, args)
+        return self
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> SparkConnection:
+        """``INSERT INTO t [(cols)] VALUES (?, …)`` for many rows at once: the rows are typed by an
+        in-memory DuckDB table of the target's columns (DuckDB's own coercions) and appended as one
+        DataFrame. Any other statement is executed once per row."""
+        rows_ = [tuple(r) for r in rows]
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        values = tree.expression if isinstance(tree, exp.Insert) else None
+        if (isinstance(tree, exp.Insert) and isinstance(values, exp.Values) and len(values.expressions) == 1
+                and all(isinstance(v, exp.Placeholder) and v.this is None for v in values.expressions[0].expressions)):
+            target, names = _insert_target(tree)
+            self._require_exists(target)
+            table_cols = self._columns(target)
+            types = dict(table_cols)
+            chosen = [(n, types[n]) for n in names] if names else table_cols
+            if not rows_:
+                return self
+            df = self._typed_rows(chosen, rows_)
+            self._insert(target, df, [n for n, _ in chosen], by_name=True)
+            self._result([], None)
+            return self
+        for row in rows_:
+            self.execute(sql, row)
+        return self
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def _dispatch(self, sql: str, tree: exp.Expr | None, args: dict[str, Any]) -> None:
+        keyword = _first_keyword(sql)
+        if tree is None:
+            if keyword in _NO_OPS:
+                return  # DuckDB storage/session settings: no Spark meaning (see the module doc)
+            raise InternalError(f"statement kind {keyword} is not supported on Spark: {sql[:80]}")
+        if isinstance(tree, exp.Transaction):
+            self._begin()
+        elif isinstance(tree, exp.Commit):
+            self._commit()
+        elif isinstance(tree, exp.Rollback):
+            self._rollback()
+        elif isinstance(tree, exp.Query):
+            df = self._query_df(tree, args)
+            self._result_df(df)
+        elif isinstance(tree, exp.Describe):
+            self._describe(tree, args)
+        elif isinstance(tree, exp.Create):
+            self._create(tree, args)
+        elif isinstance(tree, exp.Insert):
+            target, names = _insert_target(tree)
+            self._require_exists(target)
+            df = self._query_df(tree.expression, args)
+            self._insert(target, df, names, by_name=bool(tree.args.get("by_name")))
+        elif isinstance(tree, exp.Delete):
+            self._delete(tree, args)
+        elif isinstance(tree, exp.Update):
+            self._update(tree, args)
+        elif isinstance(tree, exp.Alter):
+            self._alter(tree)
+        elif isinstance(tree, exp.Drop):
+            self._drop(tree)
+        elif isinstance(tree, exp.Copy):
+            self._copy(tree, args)
+        else:
+            raise InternalError(f"statement kind {type(tree).__name__.upper()} is not supported on Spark: {sql[:80]}")
+
+    # -- results --------------------------------------------------------------------------------
+    def _result(self, rows: list[tuple[Any, ...]], names: Sequence[str] | None,
+                types: Sequence[str] | None = None) -> None:
+        self._rows, self._pos = rows, 0
+        self._description = None if names is None else [
+            (n, (types[i] if types else None), None, None, None, None, None) for i, n in enumerate(names)]
+
+    def _count(self, rows: int) -> None:
+        """A write's answer as DuckDB gives it: one row with the number of rows affected."""
+        self._result([(int(rows),)], ["Count"], ["BIGINT"])
+
+    def _result_df(self, df: Any) -> None:
+        table = self._arrow(df)
+        columns = [c.to_pylist() for c in table.columns]
+        rows = list(zip(*columns)) if columns else []
+        self._result(rows, table.column_names, [t for _, t in schema_columns(df)])
+
+    def _arrow(self, df: Any) -> pa.Table:
+        """The rows on the driver as Arrow, timestamps as DuckDB's zone-less values (the session is UTC)."""
+        table = self._spark_call(df.toArrow)
+        fields = [pa.field(f.name, _naive(f.type)) for f in table.schema]
+        return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
+
+    # -- reading --------------------------------------------------------------------------------
+    def _query_df(self, query: exp.Expr, args: dict[str, Any]) -> Any:
+        """A DataFrame of a DuckDB-dialect query tree, every table it names registered first."""
+        query = self._prepare(query.copy())
+        text = self._render(query)
+        used = {p.this for p in query.find_all(exp.Placeholder)}
+        bound = {k: v for k, v in args.items() if k in used}
+        return self._spark_call(lambda: self._s.session.sql(text, args=bound) if bound else self._s.session.sql(text))
+
+    def _render(self, tree: exp.Expr) -> str:
+        try:
+            return render(tree.sql(dialect="duckdb"), SPARK)
+        except sqlglot.errors.SqlglotError as exc:
+            raise InternalError(f"no Spark rendering for {type(tree).__name__.upper()}: {exc}") from None
+
+    def _prepare(self, tree: exp.Expr) -> exp.Expr:
+        """Register the tables ``tree`` reads; strip ``temp.``/``main.``; information_schema.tables → its view."""
+        ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+        for table in list(tree.find_all(exp.Table)):
+            if not isinstance(table.this, exp.Identifier):
+                if isinstance(table.this, exp.Anonymous | exp.Func):
+                    self._refuse_table_function(table)
+                continue
+            name, db = table.name, table.db
+            if db.lower() == "information_schema":
+                if name.lower() != "tables":
+                    raise InternalError(f"information_schema.{name} is not available on Spark")
+                self._register_information_schema()
+                table.set("this", exp.to_identifier(_INFO_VIEW))
+                table.set("db", None)
+                if not table.alias:
+                    table.set("alias", exp.TableAlias(this=exp.to_identifier("tables")))
+                continue
+            if db and db.lower() in _LOCAL_SCHEMAS:
+                table.set("db", None)
+            elif db:
+                raise InternalError(f"table {db}.{name}: only the session's tables exist on Spark")
+            if name in ctes:
+                continue
+            self._ensure_view(name)
+        return tree
+
+    def _refuse_table_function(self, table: exp.Table) -> None:
+        raise InternalError(f"table function {table.this.sql('duckdb')[:60]} is not supported by mktool.sparkdb yet")
+
+    def _ensure_view(self, name: str) -> None:
+        s = self._s
+        if name in s.temps or name in s.views:
+            return
+        if not self._exists(name):
+            return  # Spark reports the missing table itself (TABLE_OR_VIEW_NOT_FOUND)
+        df = self._read(name)
+        df.createOrReplaceTempView(name)
+        s.views[name] = df
+
+    def _invalidate(self, name: str | None = None) -> None:
+        """Forget the registered views of persistent tables (all, or ``name``'s): they read old files."""
+        s = self._s
+        for view in [name] if name is not None else list(s.views):
+            if s.views.pop(view, None) is not None and view not in s.temps:
+                s.session.catalog.dropTempView(view)
+
+    def _register_information_schema(self) -> None:
+        s = self._s
+        rows = [("temp", "main", name, "LOCAL TEMPORARY") for name in s.temps]
+        rows += [("mktool", "main", name, "BASE TABLE") for name in self._persistent_tables() if name not in s.temps]
+        df = s.session.createDataFrame(
+            rows, "table_catalog STRING, table_schema STRING, table_name STRING, table_type STRING")
+        df.createOrReplaceTempView(_INFO_VIEW)
+
+    def _persistent_tables(self) -> list[str]:
+        s = self._s
+        names = set(s.warehouse.tables())
+        if s.tx is not None:
+            names = (names | s.created) - s.dropped
+        return sorted(names)
+
+    def _exists(self, name: str) -> bool:
+        s = self._s
+        if name in s.temps:
+            return True
+        return s.tx.exists(name) if s.tx is not None else s.warehouse.exists(name)
+
+    def _is_temp(self, name: str) -> bool:
+        return name in self._s.temps
+
+    def _require_exists(self, name: str) -> None:
+        if not self._exists(name):
+            raise SparkQueryError(f"Catalog Error: Table with name {name} does not exist!")
+
+    def _columns(self, name: str) -> Columns:
+        s = self._s
+        if name in s.temps:
+            return list(s.temps[name].columns)
+        return s.tx.columns(name) if s.tx is not None else s.warehouse.columns(name)
+
+    def _read(self, name: str) -> Any:
+        s = self._s
+        if name in s.temps:
+            return s.temps[name].df
+        return s.tx.read(name) if s.tx is not None else s.warehouse.read(name)
+
+    def _partitioned(self, name: str) -> bool:
+        return not self._is_temp(name) and _MONTH in [n for n, _ in self._columns(name)]
+
+    # -- writing --------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        s = self._s
+        if s.tx is not None:
+            raise SparkQueryError("TransactionContext Error: cannot start a transaction within a transaction")
+        s.tx = s.warehouse.begin()
+        s.created, s.dropped = set(), set()
+        self._invalidate()
+
+    def _commit(self) -> None:
+        s = self._s
+        if s.tx is None:
+            raise SparkQueryError("TransactionContext Error: cannot commit - no transaction is active")
+        tx, s.tx = s.tx, None
+        self._invalidate()
+        tx.commit()
+
+    def _rollback(self) -> None:
+        s = self._s
+        if s.tx is None:
+            raise SparkQueryError("TransactionContext Error: cannot rollback - no transaction is active")
+        tx, s.tx = s.tx, None
+        self._invalidate()
+        tx.rollback()
+
+    def _write(self, name: str, df: Any, columns: Columns, partitions: Sequence[str] | None) -> None:
+        """Replace ``partitions`` of persistent ``name`` (None: all of it) with ``df``'s rows, inside the
+        open transaction or one of its own."""
+        s = self._s
+        own = s.tx is None
+        tx = s.warehouse.begin() if own else s.tx
+        assert tx is not None
+        try:
+            self._spark_call(lambda: tx.put(name, _conform(df, columns), columns, partitions=partitions))
+        except BaseException:
+            if own:
+                tx.rollback()
+            raise
+        self._invalidate(name)
+        if own:
+            tx.commit()
+        else:
+            s.created.add(name)
+            s.dropped.discard(name)
+
+    def _set_temp(self, name: str, df: Any, *, materialise: bool, columns: Columns | None = None) -> None:
+        s = self._s
+        cols = columns if columns is not None else schema_columns(df)
+        if materialise:
+            df = _conform(df, cols).cache()
+            self._spark_call(df.count)
+        s.views.pop(name, None)
+        df.createOrReplaceTempView(name)
+        s.temps[name] = _Temp(df, cols, materialise)
+
+    def _replace(self, name: str, df: Any, columns: Columns, partitions: Sequence[str] | None) -> None:
+        if self._is_temp(name):
+            self._set_temp(name, df, materialise=True, columns=columns)
+        else:
+            self._write(name, df, columns, partitions)
+
+    def _create(self, tree: exp.Create, args: dict[str, Any]) -> None:
+        kind = str(tree.args.get("kind") or "").upper()
+        properties = tree.args.get("properties") or exp.Properties()
+        temporary = any(isinstance(p, exp.TemporaryProperty) for p in properties.expressions)
+        schema = tree.this
+        table = schema.this if isinstance(schema, exp.Schema) else schema
+        if not isinstance(table, exp.Table):
+            raise InternalError(f"CREATE {kind} of {type(table).__name__} is not supported on Spark")
+        name = table.name
+        if table.db and table.db.lower() not in _LOCAL_SCHEMAS:
+            raise InternalError(f"CREATE {kind} {table.db}.{name}: only the session's tables exist on Spark")
+        temporary = temporary or table.db.lower() == "temp"
+        if kind not in ("TABLE", "VIEW"):
+            raise InternalError(f"statement kind CREATE {kind} is not supported on Spark")
+        if kind == "VIEW" and not temporary:
+            raise InternalError("CREATE VIEW (persistent) is not supported on Spark: mktool keeps tables only")
+        exists = (name in self._s.temps) if temporary else (not self._is_temp(name) and self._exists(name))
+        if exists and tree.args.get("exists"):
+            return
+        if exists and not tree.args.get("replace"):
+            raise SparkQueryError(f"Catalog Error: Table with name \"{name}\" already exists!")
+        query = tree.expression
+        if query is not None:
+            df = self._query_df(query, args)
+            columns = schema_columns(df)
+        elif isinstance(schema, exp.Schema):
+            columns = [(c.name, self._duck_spelling(c.args["kind"])) for c in schema.expressions
+                       if isinstance(c, exp.ColumnDef)]
+            df = self._s.session.createDataFrame([], _ddl(columns))
+        else:
+            raise InternalError(f"CREATE {kind} {name} without columns or a query")
+        if kind == "VIEW":
+            self._set_temp(name, df, materialise=False)
+            return
+        if temporary:
+            self._set_temp(name, df, materialise=True, columns=columns)
+        else:
+            self._write(name, df, columns, partitions=None)
+        if query is not None:  # DuckDB answers a CREATE … AS with the rows it stored
+            self._count(int(self._spark_call(self._read(name).count)))
+
+    def _duck_spelling(self, type_: exp.Expr) -> str:
+        """A column type of a DDL statement as DuckDB's DESCRIBE spells it (TEXT → VARCHAR, INT → INTEGER)."""
+        described = self._s.duck.execute(f"DESCRIBE SELECT CAST(NULL AS {type_.sql('duckdb')}) AS x").fetchall()
+        return str(described[0][1])
+
+    def _typed_rows(self, columns: Columns, rows: list[tuple[Any, ...]]) -> Any:
+        """Python rows as a DataFrame typed as DuckDB would type them in these columns."""
+        duck = self._s.duck
+        scratch = f"_mk_rows_{next(self._s.counter)}"
+        duck.execute(f"CREATE TEMP TABLE {scratch} ({', '.join(f'{_q(n)} {t}' for n, t in columns)})")
+        try:
+            duck.executemany(f"INSERT INTO {scratch} VALUES ({', '.join('?' * len(columns))})", rows)
+            table = duck.sql(f"SELECT * FROM {scratch}").to_arrow_table()
+        finally:
+            duck.execute(f"DROP TABLE {scratch}")
+        df = self._spark_call(lambda: self._s.session.createDataFrame(table, schema=_ddl(columns)))
+        return _conform(df, columns)
+
+    def _insert(self, target: str, df: Any, names: Sequence[str] | None, *, by_name: bool) -> None:
+        """Append ``df``'s rows to ``target``: by name, by the listed columns, or by position, cast
+        to the table's types (DuckDB's implicit casts); the months they fall in are rewritten."""
+        table_cols = self._columns(target)
+        incoming = list(df.columns)
+        if by_name or names:
+            chosen = list(names) if names else incoming
+            if names and len(names) != len(incoming):
+                raise SparkQueryError(f"Binder Error: table {target} has {len(names)} columns listed but "
+                                      f"{len(incoming)} values were supplied")
+            known = {n.lower(): n for n, _ in table_cols}
+            unknown = [c for c in chosen if c.lower() not in known]
+            if unknown:
+                raise SparkQueryError(f"Binder Error: Table \"{target}\" does not have a column with name "
+                                      f"\"{unknown[0]}\"")
+            source = {known[c.lower()]: incoming[i] for i, c in enumerate(chosen)}
+        else:
+            if len(incoming) != len(table_cols):
+                raise SparkQueryError(f"Binder Error: table {target} has {len(table_cols)} columns but "
+                                      f"{len(incoming)} values were supplied")
+            source = {name: incoming[i] for i, (name, _) in enumerate(table_cols)}
+        renamed = df.toDF(*[f"_mk_in{i}" for i in range(len(incoming))])
+        position = {c: f"_mk_in{i}" for i, c in enumerate(incoming)}
+        exprs = [f"CAST(`{position[source[n]]}` AS {spark_type(t)}) AS `{n}`" if n in source
+                 else f"CAST(NULL AS {spark_type(t)}) AS `{n}`" for n, t in table_cols]
+        new = self._spark_call(lambda: renamed.selectExpr(*exprs)).cache()
+        added = int(self._spark_call(new.count))
+        self._count(added)
+        if not added:
+            return
+        if self._is_temp(target):
+            self._replace(target, self._read(target).unionByName(new), table_cols, None)
+            return
+        if self._partitioned(target):
+            months = self._months_of(new)
+            old = self._read(target).where(_month_in(months))
+            self._write(target, old.unionByName(new), table_cols, months)
+        else:
+            self._write(target, self._read(target).unionByName(new), table_cols, None)
+
+    def _months_of(self, df: Any) -> list[str]:
+        rows = self._spark_call(lambda: df.select(_MONTH).distinct().collect())
+        months = sorted(r[0] for r in rows if r[0] is not None)
+        if len(months) != len(rows):
+            raise InternalError("a row with a NULL month cannot be stored in a month-partitioned warehouse table")
+        return months
+
+    def _affected_months(self, target: exp.Table, sources: Sequence[exp.Expr], where: exp.Expr | None,
+                         args: dict[str, Any]) -> list[str] | None:
+        """The months a DELETE/UPDATE touches (a cheap DISTINCT month query), or None for the whole table."""
+        name = target.name
+        if not self._partitioned(name):
+            return None
+        ref = target.alias_or_name
+        query = exp.select(exp.column(_MONTH, table=ref)).distinct().from_(_plain(target))
+        for source in sources:
+            query = query.join(source.copy(), join_type="CROSS")
+        if where is not None:
+            query = query.where(where.copy())
+        return self._months_of(self._query_df(query, args).toDF(_MONTH))
+
+    def _delete(self, tree: exp.Delete, args: dict[str, Any]) -> None:
+        target = tree.this
+        if not isinstance(target, exp.Table):
+            raise InternalError("DELETE of something other than a table is not supported on Spark")
+        name = target.name
+        target = _plain(target)
+        self._require_exists(name)
+        where = tree.args.get("where")
+        cond = where.this if where is not None else None
+        using = list(tree.args.get("using") or [])
+        columns = self._columns(name)
+        months = self._affected_months(target, using, cond, args)
+        if months is not None and not months:
+            self._count(0)
+            return
+        if cond is None:
+            kept = self._read(name).limit(0)
+        elif not using:
+            query = exp.select("*").from_(target.copy()).where(
+                exp.not_(exp.func("COALESCE", exp.paren(cond.copy()), exp.false())))
+            kept = self._query_df(query, args)
+        else:
+            query = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier(target.alias_or_name)))
+            query = query.from_(target.copy())
+            for source in using:
+                query = query.join(source.copy(), join_type="CROSS")
+            matched = self._query_df(query.where(cond.copy()).distinct(), args)
+            kept = _anti_join(self._read(name), matched, [n for n, _ in columns])
+        scope = self._read(name)
+        if months is not None:
+            kept, scope = kept.where(_month_in(months)), scope.where(_month_in(months))
+        kept = kept.cache()
+        self._count(int(self._spark_call(scope.count)) - int(self._spark_call(kept.count)))
+        self._replace(name, kept, columns, months)
+
+    def _update(self, tree: exp.Update, args: dict[str, Any]) -> None:
+        target = tree.this
+        if not isinstance(target, exp.Table):
+            raise InternalError("UPDATE of something other than a table is not supported on Spark")
+        name = target.name
+        target = _plain(target)
+        self._require_exists(name)
+        columns = self._columns(name)
+        known = {n.lower(): n for n, _ in columns}
+        sets: dict[str, exp.Expr] = {}
+        for assignment in tree.expressions:
+            column = known.get(assignment.this.name.lower())
+            if column is None:
+                raise SparkQueryError(f"Binder Error: Table \"{name}\" does not have a column with name "
+                                      f"\"{assignment.this.name}\"")
+            sets[column] = assignment.expression
+        if self._partitioned(name) and _MONTH in sets:
+            raise InternalError("UPDATE … SET month is not supported on Spark (it moves rows between partitions)")
+        where = tree.args.get("where")
+        cond = where.this if where is not None else None
+        from_ = tree.args.get("from_")
+        sources = [from_.this, *(j.this for j in tree.args.get("joins") or [])] if from_ is not None else []
+        months = self._affected_months(target, sources, cond, args)
+        if months is not None and not months:
+            self._count(0)
+            return
+        ref = target.alias_or_name
+        types = dict(columns)
+        if not sources:
+            counted = exp.select(exp.func("count", exp.Star())).from_(target.copy())
+            self._count(self._query_df(counted.where(cond.copy()) if cond is not None else counted, args).first()[0])
+            hit = exp.func("COALESCE", exp.paren(cond.copy()), exp.false()) if cond is not None else exp.true()
+            select = [exp.alias_(exp.Case(ifs=[exp.If(this=hit.copy(), true=exp.cast(sets[n].copy(), types[n]))],
+                                          default=exp.column(n, table=ref)), n, quoted=True)
+                      if n in sets else exp.column(n, table=ref, quoted=True) for n, _ in columns]
+            query = exp.select(*select).from_(target.copy())
+            if months is not None:
+                query = query.where(exp.column(_MONTH, table=ref).isin(*months))
+            self._replace(name, self._query_df(query, args), columns, months)
+            return
+        set_names = [n for n, _ in columns if n in sets]
+        query = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier(ref)),
+                           *(exp.alias_(exp.cast(sets[n].copy(), types[n]), f"_mk_set{i}")
+                             for i, n in enumerate(set_names))).from_(target.copy())
+        for source in sources:
+            query = query.join(source.copy(), join_type="CROSS")
+        if cond is not None:
+            query = query.where(cond.copy())
+        matched = self._query_df(query.distinct(), args).cache()
+        self._count(int(self._spark_call(matched.count)))
+        old = self._read(name)
+        if months is not None:
+            old = old.where(_month_in(months))
+        self._replace(name, _update_join(old, matched, [n for n, _ in columns], set_names), columns, months)
+
+    def _alter(self, tree: exp.Alter) -> None:
+        table = tree.this
+        name = table.name
+        self._require_exists(name)
+        actions = tree.args.get("actions") or []
+        if (str(tree.args.get("kind") or "").upper() != "TABLE"
+                or not all(isinstance(a, exp.ColumnDef) for a in actions)):
+            raise InternalError("statement kind ALTER TABLE (other than ADD COLUMN) is not supported on Spark")
+        columns = self._columns(name)
+        df = self._read(name)
+        for action in actions:
+            column, type_ = action.name, self._duck_spelling(action.args["kind"])
+            if column.lower() in {n.lower() for n, _ in columns}:
+                raise SparkQueryError(f"Catalog Error: Column with name {column} already exists!")
+            columns = [*columns, (column, type_)]
+            df = df.selectExpr("*", f"CAST(NULL AS {spark_type(type_)}) AS `{column}`")
+        self._replace(name, df, columns, None)
+
+    def _drop(self, tree: exp.Drop) -> None:
+        kind = str(tree.args.get("kind") or "").upper()
+        if kind not in ("TABLE", "VIEW"):
+            raise InternalError(f"statement kind DROP {kind} is not supported on Spark")
+        s = self._s
+        for table in tree.args.get("expressions") or tree.args.get("tables") or [tree.this]:
+            name = table.name
+            if name in s.temps:
+                del s.temps[name]
+                s.session.catalog.dropTempView(name)
+                continue
+            if table.db and table.db.lower() == "temp" or kind == "VIEW" or not self._exists(name):
+                if tree.args.get("exists"):
+                    continue
+                raise SparkQueryError(f"Catalog Error: Table with name {name} does not exist!")
+            own = s.tx is None
+            tx = s.warehouse.begin() if own else s.tx
+            assert tx is not None
+            tx.drop(name)
+            self._invalidate(name)
+            if own:
+                tx.commit()
+            else:
+                s.dropped.add(name)
+                s.created.discard(name)
+
+    def _describe(self, tree: exp.Describe, args: dict[str, Any]) -> None:
+        subject = tree.this
+        if isinstance(subject, exp.Table) and isinstance(subject.this, exp.Identifier):
+            name = subject.name
+            if not (subject.db and subject.db.lower() == "information_schema"):
+                self._require_exists(name)
+                columns = self._columns(name)
+            else:
+                columns = schema_columns(self._query_df(exp.select("*").from_(subject), args))
+        elif isinstance(subject, exp.Query):
+            columns = schema_columns(self._query_df(subject, args))
+        else:
+            raise InternalError(f"DESCRIBE of {type(subject).__name__} is not supported on Spark")
+        names = ["column_name", "column_type", "null", "key", "default", "extra"]
+        self._result([(n, t, "YES", None, None, None) for n, t in columns], names)
+
+    def _copy(self, tree: exp.Copy, args: dict[str, Any]) -> None:
+        if tree.args.get("kind") is not False and tree.args.get("kind") is not None:
+            raise InternalError("COPY … FROM is not supported on Spark (mktool reads files with read_parquet)")
+        source = tree.this
+        query = source.this if isinstance(source, exp.Subquery) else exp.select("*").from_(source)
+        table = self._arrow(self._query_df(query, args))
+        scratch = f"_mk_copy_{next(self._s.counter)}"
+        statement = tree.copy()
+        statement.set("this", exp.Subquery(this=exp.select("*").from_(scratch)))
+        duck = self._s.duck
+        duck.register(scratch, table)
+        try:
+            rows = duck.execute(statement.sql(dialect="duckdb")).fetchall()
+        finally:
+            duck.unregister(scratch)
+        self._result([tuple(r) for r in rows], ["Count"])
+
+    def _spark_call(self, call: Any) -> Any:
+        """Run a Spark call; Spark's errors become :class:`SparkQueryError` with Spark's first line."""
+        try:
+            return call()
+        except MktoolError:
+            raise
+        except duckdb.Error:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("pyspark", "py4j")):
+                text = str(exc).strip().splitlines()
+                raise SparkQueryError(f"Spark: {text[0] if text else type(exc).__name__}") from exc
+            raise
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _naive(type_: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(type_) and type_.tz is not None:
+        return pa.timestamp(type_.unit)
+    if pa.types.is_list(type_):
+        return pa.list_(_naive(type_.value_type))
+    return type_
+
+
+def _keyword_only(sql: str) -> bool:
+    return _first_keyword(sql) in _NO_OPS
+
+
+def _first_keyword(sql: str) -> str:
+    stripped = sql.lstrip(" \t\r\n(")
+    word = ""
+    for char in stripped:
+        if not (char.isalpha() or char == "_"):
+            break
+        word += char
+    return word.upper()
+
+
+def _bind(tree: exp.Expr, parameters: Sequence[Any] | dict[str, Any] | None) -> tuple[exp.Expr, dict[str, Any]]:
+    """``?`` → ``$_p<i>`` and ``$name`` kept, with the values by name: Spark binds ``:name``."""
+    args: dict[str, Any] = {}
+    positional = list(parameters) if parameters is not None and not isinstance(parameters, dict) else []
+    named = dict(parameters) if isinstance(parameters, dict) else {}
+    index = 0
+    for placeholder in list(tree.find_all(exp.Placeholder)):
+        if placeholder.this is None:
+            if index >= len(positional):
+                raise SparkQueryError(f"Invalid Input Error: expected at least {index + 1} parameters, "
+                                      f"got {len(positional)}")
+            key = f"_p{index}"
+            args[key] = positional[index]
+            placeholder.set("this", key)
+            index += 1
+        else:
+            key = str(placeholder.this)
+            if key not in named:
+                raise SparkQueryError(f"Invalid Input Error: no value for parameter ${key}")
+            args[key] = named[key]
+    if index < len(positional):
+        raise SparkQueryError(f"Invalid Input Error: {len(positional)} parameters given, the statement has {index}")
+    return tree, args
+
+
+def _insert_target(tree: exp.Insert) -> tuple[str, list[str] | None]:
+    target = tree.this
+    names = None
+    if isinstance(target, exp.Schema):
+        names = [c.name for c in target.expressions]
+        target = target.this
+    if not isinstance(target, exp.Table):
+        raise InternalError("INSERT into something other than a table is not supported on Spark")
+    return target.name, names
+
+
+def _plain(table: exp.Table) -> exp.Table:
+    """A table reference without its ``temp.``/``main.`` qualifier (the session's names are flat)."""
+    plain = table.copy()
+    if plain.db and plain.db.lower() in _LOCAL_SCHEMAS:
+        plain.set("db", None)
+    return plain
+
+
+def _month_in(months: Sequence[str]) -> str:
+    return f"`{_MONTH}` IN ({', '.join(exp.Literal.string(m).sql('spark') for m in months)})"
+
+
+def _conform(df: Any, columns: Columns) -> Any:
+    """``df`` with exactly ``columns`` (names, order, Spark types of the DuckDB types)."""
+    if list(df.columns) == [n for n, _ in columns] and schema_columns(df) == columns:
+        return df
+    return df.selectExpr(*(f"CAST(`{n}` AS {spark_type(t)}) AS `{n}`" for n, t in columns))
+
+
+def _null_safe_on(left: Any, right: Any, names: Sequence[str], prefix: str) -> Any:
+    cond = None
+    for i, n in enumerate(names):
+        part = left[n].eqNullSafe(right[f"{prefix}{i}"])
+        cond = part if cond is None else cond & part
+    return cond
+
+
+def _anti_join(old: Any, matched: Any, names: Sequence[str]) -> Any:
+    """The rows of ``old`` equal (NULL-safe, every column) to no row of ``matched``: DELETE … USING's kept rows."""
+    right = matched.toDF(*[f"_mk_m{i}" for i in range(len(names))])
+    return old.join(right, _null_safe_on(old, right, names, "_mk_m"), "left_anti")
+
+
+def _update_join(old: Any, matched: Any, names: Sequence[str], set_names: Sequence[str]) -> Any:
+    """UPDATE … FROM: each row of ``old`` with its new values where ``matched`` (old row + new values) has it."""
+    from pyspark.sql import functions as F  # noqa: N812, PLC0415 - optional extra
+
+    width = len(names)
+    right = matched.toDF(*[f"_mk_m{i}" for i in range(width)], *[f"_mk_set{i}" for i in range(len(set_names))])
+    right = right.withColumn("_mk_hit", F.lit(True))
+    joined = old.join(right, _null_safe_on(old, right, names, "_mk_m"), "left")
+    position = {n: i for i, n in enumerate(set_names)}
+    return joined.select(*(
+        F.when(F.col("_mk_hit"), F.col(f"_mk_set{position[n]}")).otherwise(old[n]).alias(n) if n in position
+        else old[n].alias(n) for n in names))
+
+
+register_engine("spark", connect)
