@@ -40,7 +40,7 @@ from mktool.config import Settings
 from mktool.database import register_engine
 from mktool.dialect import SPARK, render
 from mktool.errors import MktoolError
-from mktool.spark import open_session
+from mktool.spark import engine_version, open_session
 from mktool.warehouse import Transaction, Warehouse
 
 Columns = list[tuple[str, str]]
@@ -180,6 +180,13 @@ class SparkConnection:
         self._rows: list[tuple[Any, ...]] = []
         self._pos = 0
         self._description: list[tuple[Any, ...]] | None = None
+
+    #: What manifest.json names as the engine (versions.engine_info reads it: versions sits below sparkdb).
+    engine_name = "spark"
+
+    @property
+    def engine_version(self) -> str:
+        return engine_version(self._s.session)
 
     # -- the DuckDB cursor API ------------------------------------------------------------------
     @property

@@ -42,6 +42,8 @@ def engine_info(con: Any) -> dict[str, str]:
     """
     if isinstance(con, duckdb.DuckDBPyConnection):
         return {"name": "duckdb", "version": duckdb.__version__}
+    if getattr(con, "engine_name", None) == "spark":  # mktool.sparkdb.SparkConnection
+        return {"name": "spark", "version": str(con.engine_version)}
     raise TypeError(f"engine_info: no engine known for a {type(con).__name__} connection")
 
 

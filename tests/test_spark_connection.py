@@ -215,9 +215,6 @@ def _sorted_rows(con: Any, table: str) -> tuple[list[str], list[tuple[Any, ...]]
     return names, sorted(cur.fetchall(), key=_key)
 
 
-@pytest.mark.xfail(strict=True, raises=duckdb.Error,
-                   reason="freshness._loads orders ingest_log by rowid, which Spark lacks (UNRESOLVED_COLUMN); "
-                          "ingest_log.seq replaces it on branch wt-sparkrender: drop this mark when it is merged")
 def test_fixtures_month_score_matrix_and_plan_on_spark(spark, tmp_path: Path) -> None:
     db = tmp_path / "mk.duckdb"
     result = CliRunner().invoke(app, ["ingest", str(FIXTURES), "--db", str(db)])
