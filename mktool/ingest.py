@@ -984,6 +984,8 @@ def _name_damaged_file(files: list[SourceFile], threads: int, memory_limit: str)
     with no file in the message, which would read as a bug (exit 4). Only on that failure
     path, each extract is read in full, alone; the first one DuckDB cannot read is bad input
     (exit 1) and named. When every file reads, the caller re-raises the original error.
+    On Spark too the probe is DuckDB's (a Spark failure is a ``duckdb.Error`` as well): ingest
+    reads extracts from the local file system only (``discover``), so there is no hdfs:// file to probe.
     """
     with contextlib.closing(duckdb.connect()) as probe:
         probe.execute("SET threads = ?", [threads])
