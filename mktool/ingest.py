@@ -863,17 +863,20 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
     contract = TABLES[table]
     t = _q(table)
     key = ", ".join(_q(k) for k in contract.key)
+    columns = _loaded_columns(files)
     if len(files) == 1:
         latest = _select_for(files[0])
     else:
+        # Plain SQL both engines run (DuckDB, Spark): the files' columns aligned by name (what UNION ALL
+        # BY NAME did), the latest file's row per key by a ranked subquery (what QUALIFY did).
         files = sorted(files, key=lambda f: (f.path.name, str(f.path)))
-        file_no = "_mk_file_no"  # a helper column no extract carries
-        while any(file_no in f.schema for f in files):
-            file_no += "_"
-        union = " UNION ALL BY NAME ".join(
-            f"SELECT *, {i} AS {file_no} FROM ({_select_for(src)}) AS f{i}" for i, src in enumerate(files))
-        latest = (f"SELECT * EXCLUDE ({file_no}) FROM ({union}) AS loaded "
-                  f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {file_no} DESC) = 1")
+        file_no, rank = _helper_name(files, "_mk_file_no"), _helper_name(files, "_mk_rank")
+        union = " UNION ALL ".join(
+            f"SELECT {', '.join(_aligned(src, f'f{i}', columns))}, {i} AS {file_no} FROM ({_select_for(src)}) AS f{i}"
+            for i, src in enumerate(files))
+        names = ", ".join(_q(n) for n, _ in columns)
+        ranked = f"row_number() OVER (PARTITION BY {key} ORDER BY {file_no} DESC) AS {rank}"
+        latest = f"SELECT {names} FROM (SELECT {names}, {ranked} FROM ({union}) AS loaded) AS ranked WHERE {rank} = 1"
     match = " AND ".join(f"{t}.{_q(k)} = s.{_q(k)}" for k in contract.key)
     kept = _kept_bookkeeping(con, table)
     try:
@@ -881,13 +884,41 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
             _save_bookkeeping(con, table, latest, match, kept)
         con.execute(f"DELETE FROM {t} USING ({latest}) AS s WHERE {match}")
         if kept:
-            con.execute(f"INSERT INTO {t} BY NAME {_with_bookkeeping(table, files, latest, kept)}")
+            con.execute(f"INSERT INTO {t} BY NAME {_with_bookkeeping(table, files, latest, kept, columns)}")
             con.execute(f"DROP TABLE {KEPT_TABLE}")
         else:
             con.execute(f"INSERT INTO {t} BY NAME {latest}")
     except duckdb.Error as exc:
         names = ", ".join(str(f.path) for f in files)
         raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=names, table=table) from None
+
+
+def _loaded_columns(files: Sequence[SourceFile]) -> list[tuple[str, str]]:
+    """(name, type) of the rows an upsert loads: the contract's columns, then every file's extra
+    columns in order of first appearance (a name matched case-insensitively, spelled as first seen)."""
+    contract = files[0].contract
+    out = [(c.name, c.type) for c in contract.columns]
+    seen = {n.lower() for n, _ in out}
+    for src in files:
+        for name in src.extra_columns:
+            if name.lower() not in seen:
+                seen.add(name.lower())
+                out.append((name, src.schema[name]))
+    return out
+
+
+def _aligned(src: SourceFile, alias: str, columns: Sequence[tuple[str, str]]) -> list[str]:
+    """``src``'s loaded columns in ``columns``' order, a NULL of the column's type where it lacks one."""
+    have = {name.lower(): name for name in [*(c.name for c in src.contract.columns), *src.extra_columns]}
+    return [f"{alias}.{_q(have[n.lower()])} AS {_q(n)}" if n.lower() in have else f"CAST(NULL AS {t}) AS {_q(n)}"
+            for n, t in columns]
+
+
+def _helper_name(files: Sequence[SourceFile], name: str) -> str:
+    """A helper column's name that no file carries."""
+    while any(name.lower() in {c.lower() for c in f.schema} for f in files):
+        name += "_"
+    return name
 
 
 #: The replaced rows' bookkeeping, saved between the upsert's DELETE and INSERT.
@@ -911,17 +942,20 @@ def _save_bookkeeping(con: duckdb.DuckDBPyConnection, table: str, latest: str, m
     cols = ", ".join(f"{t}.{_q(c)}" for c in kept)
     some = " OR ".join(f"{t}.{_q(c)} IS NOT NULL" for c in kept)
     order = ", ".join(f"{t}.{_q(c)} IS NULL, {t}.{_q(c)} DESC" for c in reversed(kept))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {KEPT_TABLE} AS SELECT {keys}, {cols} FROM {t} "
-                f"JOIN ({latest}) AS s ON {match} WHERE {some} "
-                f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1")
+    names = ", ".join(_q(c) for c in [*contract.key, *kept])
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {KEPT_TABLE} AS SELECT {names} FROM (SELECT {keys}, {cols}, "
+                f"row_number() OVER (PARTITION BY {keys} ORDER BY {order}) AS _mk_rank FROM {t} "
+                f"JOIN ({latest}) AS s ON {match} WHERE {some}) AS ranked WHERE _mk_rank = 1")
 
 
-def _with_bookkeeping(table: str, files: list[SourceFile], latest: str, kept: list[str]) -> str:
-    """The loaded rows with the replaced rows' bookkeeping (the file's own value first, when it has the column)."""
+def _with_bookkeeping(table: str, files: list[SourceFile], latest: str, kept: list[str],
+                      columns: Sequence[tuple[str, str]]) -> str:
+    """The loaded rows (``columns``) with the replaced rows' bookkeeping (the file's own value first,
+    when it has the column)."""
     contract = TABLES[table]
     carried = {name.lower() for f in files for name in f.extra_columns}
     own = [c for c in kept if c in carried]
-    rows = f"s.* EXCLUDE ({', '.join(_q(c) for c in own)})" if own else "s.*"
+    rows = ", ".join(f"s.{_q(n)}" for n, _ in columns if n.lower() not in {c.lower() for c in own})
     values = [f"coalesce(s.{_q(c)}, k.{_q(c)}) AS {_q(c)}" if c in own else f"k.{_q(c)} AS {_q(c)}" for c in kept]
     match = " AND ".join(f"k.{_q(k)} = s.{_q(k)}" for k in contract.key)
     return f"SELECT {rows}, {', '.join(values)} FROM ({latest}) AS s LEFT JOIN {KEPT_TABLE} k ON {match}"
@@ -950,6 +984,8 @@ def _name_damaged_file(files: list[SourceFile], threads: int, memory_limit: str)
     with no file in the message, which would read as a bug (exit 4). Only on that failure
     path, each extract is read in full, alone; the first one DuckDB cannot read is bad input
     (exit 1) and named. When every file reads, the caller re-raises the original error.
+    On Spark too the probe is DuckDB's (a Spark failure is a ``duckdb.Error`` as well): ingest
+    reads extracts from the local file system only (``discover``), so there is no hdfs:// file to probe.
     """
     with contextlib.closing(duckdb.connect()) as probe:
         probe.execute("SET threads = ?", [threads])

@@ -33,6 +33,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
 
@@ -159,6 +160,7 @@ class _State:
     views: dict[str, Any] = field(default_factory=dict)  # persistent table -> its registered DataFrame
     duck: duckdb.DuckDBPyConnection = field(default_factory=lambda: duckdb.connect(":memory:"))
     counter: itertools.count[int] = field(default_factory=itertools.count)
+    scratch: list[str] = field(default_factory=list)  # views of table-function rows (glob, parquet_schema)
 
 
 def connect(settings: Settings) -> SparkConnection:
@@ -175,8 +177,9 @@ def connect_session(session: Any, warehouse: Warehouse) -> SparkConnection:
 class SparkConnection:
     """DuckDB's Python connection API as mktool uses it, carried out on Spark (see the module doc)."""
 
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: _State, *, owner: bool = True) -> None:
         self._s = state
+        self._owner = owner  # the connection (not one of its cursors): its close ends the shared state
         self._rows: list[tuple[Any, ...]] = []
         self._pos = 0
         self._description: list[tuple[Any, ...]] | None = None
@@ -203,7 +206,7 @@ class SparkConnection:
 
     def cursor(self) -> SparkConnection:
         """Another cursor on the same state (DuckDB's cursors share the database)."""
-        return SparkConnection(self._s)
+        return SparkConnection(self._s, owner=False)
 
     def fetchone(self) -> tuple[Any, ...] | None:
         if self._pos >= len(self._rows):
@@ -221,13 +224,19 @@ class SparkConnection:
         return rows
 
     def close(self) -> None:
-        """Roll back an open transaction and drop the session's views of this connection."""
+        """Roll back an open transaction and drop the session's views of this connection. A cursor's
+        close only forgets its rows (as DuckDB's: ingest's key-check cursor closes while the load's
+        transaction, shared with it, is still open)."""
         s = self._s
+        self._result([], None)
+        if not self._owner:
+            return
         if s.tx is not None:
             s.tx.rollback()
             s.tx = None
-        for name in [*s.temps, *s.views]:
+        for name in [*s.temps, *s.views, *s.scratch]:
             s.session.catalog.dropTempView(name)
+        s.scratch.clear()
         s.session.catalog.dropTempView(_INFO_VIEW)
         s.temps.clear()
         s.views.clear()
@@ -345,7 +354,7 @@ class SparkConnection:
     # -- reading --------------------------------------------------------------------------------
     def _query_df(self, query: exp.Expr, args: dict[str, Any]) -> Any:
         """A DataFrame of a DuckDB-dialect query tree, every table it names registered first."""
-        query = self._prepare(query.copy())
+        query = self._prepare(query.copy(), args)
         text = self._render(query)
         used = {p.this for p in query.find_all(exp.Placeholder)}
         bound = {k: v for k, v in args.items() if k in used}
@@ -357,13 +366,16 @@ class SparkConnection:
         except sqlglot.errors.SqlglotError as exc:
             raise InternalError(f"no Spark rendering for {type(tree).__name__.upper()}: {exc}") from None
 
-    def _prepare(self, tree: exp.Expr) -> exp.Expr:
-        """Register the tables ``tree`` reads; strip ``temp.``/``main.``; information_schema.tables → its view."""
+    def _prepare(self, tree: exp.Expr, args: dict[str, Any]) -> exp.Expr:
+        """Register the tables ``tree`` reads; strip ``temp.``/``main.``; information_schema.tables → its view;
+        the table functions ``glob``/``parquet_schema`` → views of their rows (``read_parquet`` renders itself)."""
         ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
         for table in list(tree.find_all(exp.Table)):
             if not isinstance(table.this, exp.Identifier):
+                if isinstance(table.this, exp.ReadParquet):
+                    continue  # dialect.render writes it as parquet.`path`
                 if isinstance(table.this, exp.Anonymous | exp.Func):
-                    self._refuse_table_function(table)
+                    self._table_function(table, args)
                 continue
             name, db = table.name, table.db
             if db.lower() == "information_schema":
@@ -384,8 +396,60 @@ class SparkConnection:
             self._ensure_view(name)
         return tree
 
-    def _refuse_table_function(self, table: exp.Table) -> None:
-        raise InternalError(f"table function {table.this.sql('duckdb')[:60]} is not supported by mktool.sparkdb yet")
+    def _table_function(self, table: exp.Table, args: dict[str, Any]) -> None:
+        """``glob(pattern)`` and ``parquet_schema(pattern)`` as DuckDB answers them, computed on the driver
+        and put in the query as a temp view; any other table function is refused."""
+        call = table.this
+        name = call.name.lower() if isinstance(call, exp.Anonymous) else ""
+        if name not in ("glob", "parquet_schema") or len(call.expressions) != 1:
+            raise InternalError(f"table function {call.sql('duckdb')[:60]} is not supported by mktool.sparkdb")
+        pattern = _string_argument(call.expressions[0], args, name)
+        files = self._glob(pattern)
+        if name == "glob":
+            rows: list[tuple[Any, ...]] = [(f,) for f in files]
+            schema = "file STRING"
+        else:
+            if not files:
+                raise SparkQueryError(f'IO Error: No files found that match the pattern "{pattern}"')
+            rows = [(f, n, c) for f in files for n, c in self._parquet_tree(f)]
+            schema = "file_name STRING, name STRING, num_children BIGINT"
+        view = f"_mk_{name}_{next(self._s.counter)}"
+        df = self._spark_call(lambda: self._s.session.createDataFrame(rows, schema))
+        df.createOrReplaceTempView(view)
+        self._s.scratch.append(view)
+        if not table.alias:
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(name)))
+        table.set("this", exp.to_identifier(view))
+
+    def _glob(self, pattern: str) -> list[str]:
+        """DuckDB's ``glob``: the matching files, sorted; a local pattern's matches as local paths."""
+        found = self._s.warehouse.fs.glob(pattern)
+        if _has_scheme(pattern):
+            return found
+        return sorted(_local_path(f) for f in found)
+
+    def _parquet_tree(self, file: str) -> list[tuple[str, int | None]]:
+        """(name, num_children) of each node of a Parquet file's schema, root first, depth first (the
+        rows of DuckDB's ``parquet_schema`` ingest reads): from the footer with pyarrow for a local
+        file, from Spark's reader elsewhere (hdfs://, s3a://)."""
+        if not _has_scheme(file) or file.startswith("file:"):
+            local = _local_path(file)
+            try:
+                metadata = pq.read_metadata(local)
+            except (OSError, pa.ArrowException) as exc:
+                raise SparkQueryError(f"Invalid Input Error: {local}: {exc}") from None
+            # pyarrow prints the tree; its first group line is the root: "required group field_id=-1 NAME {"
+            root = next(line for line in str(metadata.schema).splitlines() if line.rstrip().endswith("{")).split()[-2]
+            arrow = metadata.schema.to_arrow_schema()
+        else:
+            from pyspark.sql.pandas.types import to_arrow_schema  # noqa: PLC0415 - optional extra
+
+            schema = self._spark_call(lambda: self._s.session.read.parquet(file).schema)
+            root, arrow = "spark_schema", to_arrow_schema(schema)
+        out: list[tuple[str, int | None]] = [(root, len(arrow))]
+        for f in arrow:
+            out += _parquet_nodes(f.name, f.type)
+        return out
 
     def _ensure_view(self, name: str) -> None:
         s = self._s
@@ -856,6 +920,46 @@ def _bind(tree: exp.Expr, parameters: Sequence[Any] | dict[str, Any] | None) -> 
     if index < len(positional):
         raise SparkQueryError(f"Invalid Input Error: {len(positional)} parameters given, the statement has {index}")
     return tree, args
+
+
+def _string_argument(node: exp.Expr, args: dict[str, Any], function: str) -> str:
+    """A table function's one text argument: a string literal or a bound parameter."""
+    if isinstance(node, exp.Placeholder) and node.this in args and isinstance(args[node.this], str):
+        return str(args[node.this])
+    if isinstance(node, exp.Literal) and node.is_string:
+        return str(node.this)
+    raise InternalError(f"{function}({node.sql('duckdb')}): only a text literal or parameter is supported on Spark")
+
+
+def _has_scheme(path: str) -> bool:
+    """``hdfs://…``, ``s3a://…``, ``file:/…``: a URI rather than a local path."""
+    head, sep, _ = path.partition(":")
+    return bool(sep) and len(head) > 1 and head.replace("+", "").replace("-", "").replace(".", "").isalnum()
+
+
+def _local_path(uri: str) -> str:
+    """``file:/a/b`` or ``file:///a/b`` → ``/a/b`` (a plain path as it is)."""
+    if uri.startswith("file:"):
+        rest = uri[len("file:"):]
+        return "/" + rest.lstrip("/") if rest.startswith("/") else rest
+    return uri
+
+
+def _parquet_nodes(name: str, type_: pa.DataType) -> list[tuple[str, int | None]]:
+    """The Parquet schema nodes of one Arrow field: a group per struct/list/map (lists and maps with
+    Parquet's standard ``list``/``element`` and ``key_value``/``key``/``value`` levels), a leaf otherwise."""
+    if pa.types.is_struct(type_):
+        out: list[tuple[str, int | None]] = [(name, type_.num_fields)]
+        for i in range(type_.num_fields):
+            child = type_.field(i)
+            out += _parquet_nodes(child.name, child.type)
+        return out
+    if pa.types.is_map(type_):
+        return [(name, 1), ("key_value", 2), *_parquet_nodes("key", type_.key_type),
+                *_parquet_nodes("value", type_.item_type)]
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+        return [(name, 1), ("list", 1), *_parquet_nodes(type_.value_field.name, type_.value_type)]
+    return [(name, None)]
 
 
 def _insert_target(tree: exp.Insert) -> tuple[str, list[str] | None]:

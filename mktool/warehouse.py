@@ -256,6 +256,15 @@ class HadoopFS:
             return []
         return sorted(str(s.getPath().getName()) for s in self.fs.listStatus(p) if s.isDirectory())
 
+    def glob(self, pattern: str) -> list[str]:
+        """The files (not folders) matching a glob pattern, as full URIs, sorted: Hadoop's
+        ``globStatus`` (``*``, ``?``, ``[set]``, also ``{a,b}``), on the pattern's own file system."""
+        p = self.path(pattern)
+        statuses = p.getFileSystem(self.conf).globStatus(p)
+        if statuses is None:  # no match on a pattern without glob characters
+            return []
+        return sorted(str(s.getPath().toString()) for s in statuses if s.isFile())
+
     def rename(self, src: str, dst: str) -> None:
         """Move ``src`` to ``dst``, which must not exist (Hadoop would move src *into* it)."""
         self.mkdirs(parent(dst))

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
-from conftest import MATRICES, M, write_table
+import pyarrow.parquet as pq
+import pytest
+from conftest import FIXTURES, MATRICES, M, write_table
+from typer.testing import CliRunner
 
-from mktool import dialect, ingest
+from mktool import dialect, ingest, sparkdb
+from mktool.cli import app
+from mktool.config import Settings
+from mktool.contract import TABLES
+from mktool.database import Database
 from mktool.rules import load_channels
+from mktool.warehouse import Warehouse
 
 CHANNELS = load_channels(MATRICES).names
 
@@ -202,3 +211,93 @@ def test_ingest_pieces_mean_the_same_on_duckdb_and_spark(spark: Any, tmp_path: P
     scan = f"SELECT * FROM read_parquet('{path}', hive_partitioning = false) AS f"
     duck_rows = _duckdb(duckdb.connect(), scan)
     assert "month" not in duck_rows[0] and _spark(spark, scan) == duck_rows
+
+
+# -- the table functions ingest asks the connection for -------------------------------------------
+def test_glob_and_parquet_schema_answer_as_duckdb_does(spark: Any, tmp_path: Path) -> None:
+    """glob(?) lists files (not folders) sorted, a ``[*]`` matching only a star; parquet_schema gives
+    the Parquet tree (a list's list/element levels, a map's key_value) with DuckDB's num_children."""
+    table = pa.table({"a": [1], "s": pa.array([{"x": 1, "y": [2]}]), "m": pa.array([[("k", 1)]],
+                      pa.map_(pa.string(), pa.int64())), "l": [["z"]]})
+    pq.write_table(table, tmp_path / "star_*.parquet")
+    pq.write_table(table, tmp_path / "star_1.parquet")
+    (tmp_path / "star_dir.parquet").mkdir()
+    duck = duckdb.connect()
+    con = sparkdb.connect_session(spark, Warehouse(spark, str(tmp_path / "wh")))
+    try:
+        for pattern in (f"{tmp_path}/star_*", f"{tmp_path}/star_[*].parquet", f"{tmp_path}/none*"):
+            sql = "SELECT file FROM glob(?)"
+            assert con.execute(sql, [pattern]).fetchall() == duck.execute(sql, [pattern]).fetchall(), pattern
+        assert con.execute("SELECT file FROM glob(?)", [f"{tmp_path}/star_*"]).fetchall() == [
+            (f"{tmp_path}/star_*.parquet",), (f"{tmp_path}/star_1.parquet",)]  # not the folder
+        sql = f"SELECT name, num_children FROM parquet_schema('{tmp_path}/star_[*].parquet')"
+        want = [("schema", 4), ("a", None), ("s", 2), ("x", None), ("y", 1), ("list", 1), ("element", None),
+                ("m", 1), ("key_value", 2), ("key", None), ("value", None), ("l", 1), ("list", 1), ("element", None)]
+        assert duck.execute(sql).fetchall() == want
+        assert con.execute(sql).fetchall() == want
+        with pytest.raises(sparkdb.InternalError, match="table function"):
+            con.execute("SELECT * FROM range(3)")
+    finally:
+        con.close()
+
+
+# -- `mktool --engine spark ingest fixtures/extracts`: DuckDB's tables in the warehouse -------------
+@pytest.fixture(scope="module")
+def ingested(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Settings, float]:
+    """The fixtures' folder ingested by the CLI once on each engine: (DuckDB's, Spark's settings, Spark seconds)."""
+    tmp = tmp_path_factory.mktemp("ingest")
+    db, root = tmp / "mk.duckdb", str(tmp / "wh")
+    result = CliRunner().invoke(app, ["ingest", str(FIXTURES), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["--engine", "spark", "--warehouse", root, "ingest", str(FIXTURES)])
+    seconds = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    return (Settings(db_path=db, memory_limit="1GB", threads=2),
+            Settings(db_path=tmp / "unused.duckdb", engine="spark", warehouse=root), seconds)
+
+
+def _rows(con: Any, table: str, skip: tuple[str, ...] = ()) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
+    """(DESCRIBE's (name, type) pairs, the rows sorted) of a table, without the ``skip`` columns."""
+    described = [(r[0], r[1]) for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
+    keep = [i for i, (n, _) in enumerate(described) if n not in skip]
+    rows = [tuple(row[i] for i in keep) for row in con.execute(f'SELECT * FROM "{table}"').fetchall()]
+    return [described[i] for i in keep], sorted(rows, key=repr)
+
+
+def test_fixtures_ingest_on_spark_gives_duckdbs_tables(ingested: tuple[Settings, Settings, float]) -> None:
+    duck_settings, spark_settings, seconds = ingested
+    print(f"Spark ingest of the fixtures: {seconds:.0f} s")
+    with Database(duck_settings, write=False) as d, Database(spark_settings, write=False) as s:
+        tables = [r[0] for r in d.c.execute("SELECT table_name FROM information_schema.tables "
+                                            "WHERE table_schema = 'main' ORDER BY 1").fetchall()]
+        assert {"billing", "contact_history", "events", "orders", "subscribers", "ingest_log"} <= set(tables)
+        assert sorted(s.c.warehouse.tables()) == tables
+        for table in tables:
+            skip = ("load_id", "loaded_at") if table == "ingest_log" else ()  # a new id and clock per run
+            columns, rows = _rows(d.c, table, skip)
+            got_columns, got = _rows(s.c, table, skip)
+            assert got_columns == columns, table
+            assert len(got) == len(rows), table
+            assert rows or table not in TABLES, table  # the steps' output tables are made empty on open
+            for a, b in zip(got, rows):
+                assert a == b, (table, a, b)
+        assert s.c.execute("SELECT count(DISTINCT load_id) FROM ingest_log").fetchone() == (1,)
+
+
+def test_one_bad_extract_is_refused_alike_on_both_engines(spark: Any, tmp_path: Path) -> None:
+    """The same message (file, column, example row) and exit 1; the warehouse gets no table."""
+    write_table(tmp_path / "in" / f"usage_{M}.parquet", "usage", [
+        {"msisdn": "13800000001", "month": M, "sms_count": 3.0},
+        {"msisdn": "13800000002", "month": M, "sms_count": 3.5},  # a fraction of an SMS
+    ], types={"sms_count": pa.float64()})
+    folder = str(tmp_path / "in")
+    duck = CliRunner().invoke(app, ["ingest", folder, "--db", str(tmp_path / "mk.duckdb")])
+    root = tmp_path / "wh"
+    on_spark = CliRunner().invoke(app, ["--engine", "spark", "--warehouse", str(root), "ingest", folder])
+    assert duck.exit_code == on_spark.exit_code == 1, (duck.output, on_spark.output)
+    assert "sms_count" in duck.output and "13800000002" in duck.output and f"usage_{M}.parquet" in duck.output
+    assert on_spark.output == duck.output
+    assert not (tmp_path / "mk.duckdb").exists()  # DuckDB refused before making its file
+    # the warehouse keeps the empty tables Database makes on open (ingest_log, the outputs'), no extract's
+    assert not set(Warehouse(spark, str(root)).tables()) & set(TABLES)
