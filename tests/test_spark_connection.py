@@ -7,13 +7,14 @@ SparkConnection over a fresh warehouse, then compares what a query reads back, r
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
-from conftest import FIXTURES, MATRICES, M
+from conftest import FIXTURES, MATRICES, D, M
 from typer.testing import CliRunner
 
 from mktool import matrices, plan, sparkdb, view
@@ -21,6 +22,7 @@ from mktool.cli import app
 from mktool.config import Settings
 from mktool.database import Database
 from mktool.errors import LockedError, StateError
+from mktool.export import run_export
 from mktool.project import load_project
 from mktool.warehouse import Warehouse
 
@@ -112,6 +114,26 @@ def test_temp_tables_executemany_and_information_schema(pair) -> None:
     assert table_rows(pair, "_x") == [("m1", 2), ("m2", 1), ("m3", 2)]
     same(pair, "DROP TABLE IF EXISTS temp._x")
     assert same(pair, exists, ["_x"]) == []
+
+
+def test_temp_tables_start_a_fresh_plan_and_count_when_asked(pair) -> None:
+    """A TEMP table is read back from its own files: the next statement's plan does not carry the
+    query that made it (a chain of cached views grew until Spark ran out of heap)."""
+    duck, con = pair
+    setup(pair)
+    assert same(pair, "CREATE TEMP TABLE a1 AS SELECT msisdn, n FROM cv WHERE n > 1") == [(2,)]
+    assert same(pair, "CREATE TEMP TABLE a2 AS SELECT x.msisdn, x.n + y.n AS n FROM a1 x JOIN a1 y "
+                      "ON x.msisdn = y.msisdn") == [(2,)]
+    plan = con._s.temps["a2"].df._jdf.queryExecution().analyzed().toString()
+    assert "Join" not in plan and "Filter" not in plan and "parquet" in plan.lower(), plan
+    assert same(pair, "INSERT INTO a2 SELECT msisdn, n FROM a1 WHERE n = 3") == [(1,)]
+    assert same(pair, "DELETE FROM a2 WHERE n = 4") == [(1,)]
+    assert same(pair, "SELECT msisdn, n FROM a2") == [("c", 3), ("c", 6)]
+    con.execute("CREATE TEMP TABLE a3 AS SELECT * FROM a2")  # its count is never fetched: no job for it
+    scratch = con._s.scratch
+    assert con.warehouse.fs.exists(scratch)
+    con.close()
+    assert not con.warehouse.fs.exists(scratch)  # the connection's temp files go with it
 
 
 def test_create_insert_by_name_and_columns(pair) -> None:
@@ -215,7 +237,24 @@ def _sorted_rows(con: Any, table: str) -> tuple[list[str], list[tuple[Any, ...]]
     return names, sorted(cur.fetchall(), key=_key)
 
 
-def test_fixtures_month_score_matrix_and_plan_on_spark(spark, tmp_path: Path) -> None:
+#: What two manifests of the same lists may differ in: when and by which engine they were made, the
+#: run's random id (also in each output's entry), the output folder and when each step was recorded.
+_MANIFEST_VARIES = ("run_id", "created_at", "engine")
+
+
+def _comparable_manifest(folder: Path) -> dict[str, Any]:
+    doc = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    for key in _MANIFEST_VARIES:
+        assert doc.pop(key), key
+    doc["export"].pop("out")
+    for entry in doc["outputs"].values():
+        entry.pop("run_id")
+    for step in doc["steps"].values():  # when score/matrix/plan ran: each engine ran them in turn
+        step.pop("recorded_at")
+    return dict(doc)
+
+
+def test_fixtures_month_score_matrix_plan_and_export_on_spark(spark, tmp_path: Path) -> None:
     db = tmp_path / "mk.duckdb"
     result = CliRunner().invoke(app, ["ingest", str(FIXTURES), "--db", str(db)])
     assert result.exit_code == 0, result.output
@@ -243,9 +282,25 @@ def test_fixtures_month_score_matrix_and_plan_on_spark(spark, tmp_path: Path) ->
     for settings in (duck_settings, spark_settings):
         with Database(settings, write=True) as database:
             plan.plan(database, project, M)
+    folders = {}
+    for settings in (duck_settings, spark_settings):
+        with Database(settings, write=True) as database:
+            result = run_export(database, project, M, out_dir=tmp_path / f"out-{settings.engine}",
+                                cycle_date=dt.date.fromisoformat(D))
+            assert result.folder is not None
+            folders[settings.engine] = result.folder
+    duck_files = sorted(p.name for p in folders["duckdb"].iterdir())
+    assert sorted(p.name for p in folders["spark"].iterdir()) == duck_files
+    lists = [name for name in duck_files if name != "manifest.json"]
+    assert "funnel.json" in lists and len(lists) >= 3, duck_files  # funnel.json and at least two channels' lists
+    for name in lists:
+        assert (folders["spark"] / name).read_bytes() == (folders["duckdb"] / name).read_bytes(), name
+    spark_manifest = json.loads((folders["spark"] / "manifest.json").read_text(encoding="utf-8"))
+    assert spark_manifest["engine"]["name"] == "spark"
+    assert _comparable_manifest(folders["spark"]) == _comparable_manifest(folders["duckdb"])
     with Database(duck_settings, write=False) as d, Database(spark_settings, write=False) as s:
         for table in ("customer_view", "recommendations", "customer_priority", "rule_hits", "funnel_counts",
-                      "plan_recommendations"):
+                      "plan_recommendations", "contact_history", "holdouts"):
             assert s.columns(table) == d.columns(table), table
             names, expected = _sorted_rows(d.c, table)
             got_names, got = _sorted_rows(s.c, table)
