@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,8 @@ FIXED_CONF: dict[str, str] = {
 #: Defaults a user may override with --spark-conf (a laptop-sized local session).
 DEFAULT_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
+    # stderr is mktool's progress and errors: no JVM stage bars between them (a cron log stays readable)
+    "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
@@ -77,6 +80,9 @@ def session_conf(options: SparkOptions) -> dict[str, str]:
 
 
 def _pyspark_sql() -> Any:
+    # PySpark 4.3 warns at import that it "does not yet fully support pandas >= 3": mktool hands
+    # Spark no pandas objects (Arrow and SQL only), so the warning is noise on every command.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     try:
         import pyspark.sql  # noqa: PLC0415 - optional extra (~450 MB): imported only for --engine spark
     except ImportError as exc:
@@ -100,6 +106,8 @@ def open_session(options: SparkOptions) -> Any:
     for key, value in session_conf(options).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
+    if options.remote is None:
+        session.sparkContext.setLogLevel("ERROR")  # Spark's WARN lines are not the user's to act on
     # getOrCreate returns an existing session as it is: the fixed settings are set on it too.
     for key, value in FIXED_CONF.items():
         session.conf.set(key, value)

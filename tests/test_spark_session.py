@@ -102,10 +102,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
-        self.session = types.SimpleNamespace(conf=types.SimpleNamespace(set=self._set))
+        self.session = types.SimpleNamespace(conf=types.SimpleNamespace(set=self._set),
+                                             sparkContext=types.SimpleNamespace(setLogLevel=self._level))
 
     def _set(self, key: str, value: str) -> None:
         self.calls.append(("conf.set", key, value))
+
+    def _level(self, level: str) -> None:
+        self.calls.append(("setLogLevel", level))
 
     def __getattr__(self, name: str) -> Any:
         def call(*args: str) -> Any:
@@ -146,7 +150,7 @@ def test_open_session_with_java_home_only_builds_with_mktools_settings(monkeypat
     assert session is builder.session
     expected_conf = [("config", k, v) for k, v in session_conf(options).items()]
     assert builder.calls == [("appName", "mktool"), ("master", "yarn"), *expected_conf, ("getOrCreate",),
-                             *[("conf.set", k, v) for k, v in FIXED_CONF.items()]]
+                             ("setLogLevel", "ERROR"), *[("conf.set", k, v) for k, v in FIXED_CONF.items()]]
 
 
 def test_open_session_on_spark_connect_needs_no_local_java(monkeypatch: pytest.MonkeyPatch) -> None:
