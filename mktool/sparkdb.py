@@ -29,6 +29,7 @@ already turn DuckDB's errors into their messages (a matrix's failing rule, a ref
 from __future__ import annotations
 
 import itertools
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from mktool.database import register_engine
 from mktool.dialect import SPARK, render
 from mktool.errors import MktoolError
 from mktool.spark import engine_version, open_session
-from mktool.warehouse import Transaction, Warehouse
+from mktool.warehouse import Transaction, Warehouse, duckdb_type, spark_type
 
 Columns = list[tuple[str, str]]
 
@@ -55,6 +56,7 @@ _INFO_VIEW = "_mk_information_schema_tables"
 _UNCACHED = "\0uncached"  # in a query's reads: rows made for this statement alone (see _query_df)
 _INFO_SCHEMA = "table_catalog STRING, table_schema STRING, table_name STRING, table_type STRING"
 _MONTH = "month"
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # the folder Spark writes NULL partition values to
 #: DuckDB statements about its own storage and session (memory_limit, threads, temp_directory,
 #: the write-ahead log): nothing to do on Spark, where the session's conf is mktool.spark's.
 _NO_OPS = ("CHECKPOINT", "SET", "RESET")
@@ -81,68 +83,10 @@ class SparkQueryError(duckdb.Error):
     for DuckDB, give the same messages (e.g. matrices pins a failing query on its rule)."""
 
 
-# -- types -------------------------------------------------------------------------------------
-_SPARK_TO_DUCKDB = {
-    "string": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER", "smallint": "SMALLINT", "tinyint": "TINYINT",
-    "double": "DOUBLE", "float": "FLOAT", "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMP",
-    "timestamp_ntz": "TIMESTAMP", "binary": "BLOB", "void": "INTEGER",
-}
-
-
-def duckdb_type(spark_type: str) -> str:
-    """A Spark type (``DataType.simpleString()``) as DuckDB's DESCRIBE spells it: string → VARCHAR,
-    decimal(18,2) → DECIMAL(18,2), array<string> → VARCHAR[], struct<a:int> → STRUCT(a INTEGER)."""
-    text = spark_type.strip()
-    lowered = text.lower()
-    if lowered in _SPARK_TO_DUCKDB:
-        return _SPARK_TO_DUCKDB[lowered]
-    if lowered.startswith("decimal("):
-        precision, scale = (part.strip() for part in lowered[len("decimal("):-1].split(","))
-        return f"DECIMAL({precision},{scale})"
-    if lowered.startswith("array<") and lowered.endswith(">"):
-        return duckdb_type(text[len("array<"):-1]) + "[]"
-    if lowered.startswith("map<") and lowered.endswith(">"):
-        key, value = _split_top(text[len("map<"):-1])
-        return f"MAP({duckdb_type(key)}, {duckdb_type(value)})"
-    if lowered.startswith("struct<") and lowered.endswith(">"):
-        fields = []
-        for part in _split_top(text[len("struct<"):-1]):
-            name, _, type_ = part.partition(":")
-            fields.append(f"{name} {duckdb_type(type_)}")
-        return f"STRUCT({', '.join(fields)})"
-    raise InternalError(f"Spark type {spark_type} has no DuckDB spelling in mktool.sparkdb")
-
-
-def _split_top(text: str) -> list[str]:
-    """``a:int,b:array<string>`` split at the commas outside angle brackets."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        if char in "<(":
-            depth += 1
-        elif char in ">)":
-            depth -= 1
-        if char == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts]
-
-
-def spark_type(duck_type: str) -> str:
-    """A DuckDB column type as Spark's DDL type (HUGEINT as DECIMAL(38,0), TIMESTAMP as TIMESTAMP_NTZ,
-    as mktool.dialect renders them)."""
-    built = exp.DataType.build(duck_type, dialect="duckdb")
-    if built.is_type(exp.DataType.Type.INT128):
-        return "DECIMAL(38, 0)"
-    for node in list(built.find_all(exp.DataType)):
-        if node.is_type(exp.DataType.Type.INT128):
-            node.replace(exp.DataType.build("DECIMAL(38,0)"))
-    return built.sql("spark")
-
-
+# -- types: one map, mktool.warehouse's (duckdb_type, spark_type), for DESCRIBE, casts and DDL ------------
 def schema_columns(df: Any) -> Columns:
     """A DataFrame's columns as (name, DuckDB type)."""
-    return [(f.name, duckdb_type(f.dataType.simpleString())) for f in df.schema.fields]
+    return [(f.name, duckdb_type(f.dataType)) for f in df.schema.fields]
 
 
 def _ddl(columns: Columns) -> str:
@@ -430,8 +374,9 @@ class SparkConnection:
         if name is None:
             s.plans.clear()
             return
-        for key in [k for k, (_, reads) in s.plans.items() if name.lower() in reads]:
-            del s.plans[key]
+        for key, (_, reads) in list(s.plans.items()):  # a snapshot: a cursor on another thread may add one
+            if name.lower() in reads:
+                s.plans.pop(key, None)
 
     def _render(self, tree: exp.Expr) -> str:
         try:
@@ -595,16 +540,16 @@ class SparkConnection:
         names = ("table_catalog", "table_schema", "table_name", "table_type")
         rows = self._information_rows()
         info = pa.table({n: pa.array([r[i] for r in rows], pa.string()) for i, n in enumerate(names)})
-        duck = self._s.duck
-        duck.register(_INFO_VIEW, info)
+        duck = self._s.duck.cursor()  # a connection of its own: ingest checks keys on a second thread
         try:
+            duck.register(_INFO_VIEW, info)
             relation = duck.sql(query.sql(dialect="duckdb"), params=args or None)
             types = [str(t) for t in relation.types]
             self._result([tuple(r) for r in relation.fetchall()], relation.columns, types)
         except duckdb.Error as exc:
             raise SparkQueryError(str(exc)) from None
         finally:
-            duck.unregister(_INFO_VIEW)
+            duck.close()
         return True
 
     def _persistent_tables(self) -> list[str]:
@@ -852,23 +797,32 @@ class SparkConnection:
             elif added:
                 self._write(target, self._read(target).unionByName(new), table_cols, None)
             return
-        new = new.cache()
-        if self._partitioned(target):  # the months and the count in one job
-            per_month = self._spark_call(lambda: new.groupBy(_MONTH).count().collect())
-            months = sorted(r[0] for r in per_month if r[0] is not None)
-            if len(months) != len(per_month):
+        # The new rows are computed once, into the scratch (one job, no shuffle to count them): their months
+        # are its folders, their count its files' footers; then the months they fall in are rewritten.
+        s = self._s
+        path = f"{s.scratch}/t{next(s.counter)}"
+        partitioned = self._partitioned(target)
+        writer = _conform(new, table_cols).write.mode("errorifexists")
+        self._spark_call(lambda: (writer.partitionBy(_MONTH) if partitioned else writer).parquet(path))
+        try:
+            added = self._file_rows([path])
+            self._count(added)
+            if not added:
+                return
+            reader = s.session.read.schema(_ddl(table_cols))
+            if not partitioned:
+                self._write(target, self._read(target).unionByName(reader.parquet(path)), table_cols, None)
+                return
+            dirs = [d for d in s.warehouse.fs.list_dirs(path) if d.startswith(f"{_MONTH}=")]
+            months = sorted(urllib.parse.unquote(d.removeprefix(f"{_MONTH}=")) for d in dirs)
+            if _NULL_PARTITION in months:
                 raise InternalError("a row with a NULL month cannot be stored in a month-partitioned warehouse table")
-            added = sum(int(r[1]) for r in per_month)
-            self._count(added)
-            if added:
-                old = self._read(target).where(_month_in(months))
-                self._write(target, old.unionByName(new), table_cols, months)
-        else:
-            added = int(self._spark_call(new.count))
-            self._count(added)
-            if added:
-                self._write(target, self._read(target).unionByName(new), table_cols, None)
-        new.unpersist()
+            rows = reader.option("basePath", path).parquet(*[f"{path}/{d}" for d in dirs]).select(
+                *[f"`{n}`" for n, _ in table_cols])
+            old = self._read(target).where(_month_in(months))
+            self._write(target, old.unionByName(rows), table_cols, months)
+        finally:
+            s.warehouse.fs.delete(path)  # the rows are in the staging now (or refused)
 
     def _months_of(self, df: Any) -> list[str]:
         rows = self._spark_call(lambda: df.select(_MONTH).distinct().collect())

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +57,17 @@ class Record:
     analyse: float = 0.0  # session.sql: Spark's parser and analyser (no job)
 
 
-@dataclass
-class Profile:
-    records: list[Record] = field(default_factory=list)
-    stack: list[Record] = field(default_factory=list)
-    outside_fs_ops: int = 0
-    groups: int = 0
-    timing: bool = False
+class Profile(threading.local):
+    """Per thread (ingest checks keys on a second thread, on a cursor of the same connection): the
+    statement being measured; shared by all threads: the records."""
+
+    records: list[Record] = []  # noqa: RUF012 - one list for every thread, on purpose
+    outside_fs_ops = 0
+    groups = 0
+
+    def __init__(self) -> None:
+        self.stack: list[Record] = []
+        self.timing = False
 
 
 PROFILE = Profile()
@@ -87,8 +93,8 @@ def _instrument(method: Callable[..., Any], many: bool) -> Callable[..., Any]:
             return method(self, sql, *args, **kwargs)
         record = Record(_kind(self, sql, many), " ".join(sql.split())[:160])
         sc = self.session.sparkContext
-        PROFILE.groups += 1
-        group = f"mk-profile-{PROFILE.groups}"
+        Profile.groups += 1
+        group = f"mk-profile-{Profile.groups}"
         sc.setJobGroup(group, record.kind)
         PROFILE.stack.append(record)
         started = time.perf_counter()
@@ -110,7 +116,7 @@ def _count_fs(method: Callable[..., Any]) -> Callable[..., Any]:
         if PROFILE.stack:
             PROFILE.stack[-1].fs_ops += 1
         else:
-            PROFILE.outside_fs_ops += 1
+            Profile.outside_fs_ops += 1
         return method(self, *args, **kwargs)
     return wrapper
 
@@ -166,6 +172,21 @@ def install() -> None:
     sparkdb.sqlglot.parse_one = _timed(sparkdb.sqlglot.parse_one, "parse")  # type: ignore[assignment]
 
 
+def jvm_cpu_seconds() -> float | None:
+    """The CPU time (user + system) the Spark JVM has used so far: on a shared machine steadier than wall time."""
+    from pyspark import SparkContext  # noqa: PLC0415 - optional extra
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return None
+    pid = int(gateway.jvm.java.lang.ProcessHandle.current().pid())
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(total: float, top: int) -> str:
     by_kind: dict[str, list[Record]] = defaultdict(list)
     for r in PROFILE.records:
@@ -186,6 +207,9 @@ def report(total: float, top: int) -> str:
     lines.append(f"{'outside statements':34} {'':6} {total - in_sql:8.1f} {'':6} {'':6} {'':6} "
                  f"{PROFILE.outside_fs_ops:7d}")
     lines.append(f"{'step total (session start incl.)':34} {'':6} {total:8.1f}")
+    jvm = jvm_cpu_seconds()
+    lines.append(f"CPU seconds: JVM {jvm if jvm is not None else float('nan'):.1f}, Python {time.process_time():.1f}; "
+                 f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     lines.append("")
     lines.append(f"slowest {top} statements:")
     for r in sorted(recs, key=lambda r: -r.seconds)[:top]:
