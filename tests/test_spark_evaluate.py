@@ -41,7 +41,7 @@ REFUSED = {
     "campaign_no_cycle": ("evaluate", "campaign", "--month", "2026-08"),
     "churn_no_next_month": ("evaluate", "churn", "--month", "2026-11"),
 }
-#: What two runs of one evaluation may differ in: which run, when, on which build of the view, typed how.
+#: What two runs of one evaluation may differ in: which run, when, on which build of the view, started how.
 _RUN_COLUMNS = ("run_id", "created_at", "view_build", "command_line")
 
 
@@ -116,7 +116,7 @@ def test_the_stored_evaluations_and_response_funnels_are_the_same(runs: Runs) ->
 
 
 #: What two reports of the same month may differ in, each masked where it appears (and nowhere else):
-#: the export's and the evaluations' run ids (16 hex digits) and the times they were made, the command
+#: the export's and the evaluations' run ids and the times they were made, the command
 #: line that made the cycle (a --db or a --warehouse), the engine's name and version in "versions",
 #: and the engine's folder (see spark_month.Site.mask).
 def masked_report(site: spark_month.Site, engine: str, html: str, ids: set[str], times: set[str]) -> str:

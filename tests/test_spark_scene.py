@@ -2,13 +2,14 @@
 export (tests/spark_month.py, built once).
 
 On each engine, on a private copy of the month: two of the fixtures' daily event files as one
-invocation (a hold-out, a deeper wave, conditions not met, sms lists), then a second invocation over a
-folder holding those two again, a renamed copy of one (skipped by the ledger, said so) and a crafted late file with every
-outcome and path the fixtures' days lack: a duplicate of an earlier batch's key, a stale event, once_per
-against an earlier batch's trigger and inside the batch (the rounds), a deeper wave firing within
-once_per, an unknown customer and an event no scene listens to. Then ``evaluate`` counts the scene
-batches' contacts with the month's. The tests compare the lists and funnel.json byte for byte, the
-manifests but for the run's id, time, command line and engine, and the ledger, scene_events,
+invocation (a hold-out, a deeper wave, conditions not met, sms lists), then a second invocation over
+a folder holding those two again, a renamed copy of one (skipped by the ledger, said so) and a
+crafted late file with every outcome and path the fixtures' days lack: a duplicate of an earlier
+batch's key, a stale event, once_per against an earlier batch's trigger and inside the batch (the
+rounds), a deeper wave firing within once_per, a trigger blocked at the sms cap, an unknown
+customer and an event no scene listens to. Then ``evaluate`` counts the scene batches' contacts with
+the month's. The tests compare the lists and funnel.json byte for byte, the manifests but for the
+run's id, time, command line and engine, and the ledger (but for processed_at), scene_events,
 scene_funnels, the scene contacts and hold-outs row for row.
 """
 
