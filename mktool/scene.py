@@ -496,14 +496,16 @@ def _micros(delta: dt.timedelta) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _catalogue_sql(scenes: Sequence[Scene], policies: Mapping[str, Policy]) -> tuple[str, str]:
-    """_s_scenes and _s_waves as literal rows (every value through sqlquote.quote_literal)."""
+def _catalogue_sql(scenes: Sequence[Scene], policies: Mapping[str, Policy]) -> tuple[Query, ...]:
+    """_s_scenes and _s_waves as literal rows (every value through sqlquote.quote_literal): one
+    statement per Query, as every engine executes them (Spark runs one statement per call)."""
     scene_cols = ("scene_id VARCHAR, position INTEGER, event_type VARCHAR, expires_us BIGINT, once_per_us BIGINT, "
                   "policy_id VARCHAR, policy_name VARCHAR, script VARCHAR, channels VARCHAR[]")
     wave_cols = "scene_id VARCHAR, wave_level INTEGER, wave VARCHAR"
+    tables = (Query("scene:catalogue", f"CREATE OR REPLACE TEMP TABLE {_SCENES} ({scene_cols})"),
+              Query("scene:waves", f"CREATE OR REPLACE TEMP TABLE {_WAVES} ({wave_cols})"))
     if not scenes:
-        return (f"CREATE OR REPLACE TEMP TABLE {_SCENES} ({scene_cols})",
-                f"CREATE OR REPLACE TEMP TABLE {_WAVES} ({wave_cols})")
+        return tables
     rows = []
     for s in scenes:
         policy = policies.get(s.policy)
@@ -514,12 +516,12 @@ def _catalogue_sql(scenes: Sequence[Scene], policies: Mapping[str, Policy]) -> t
             str(int(s.once_per_days) * US_PER_DAY), quote_literal(s.policy), quote_literal(name),
             quote_literal(s.script if s.script is not None else name), channels]) + ")")
     names = [c.split()[0] for c in scene_cols.split(", ")]
-    scenes_sql = (f"CREATE OR REPLACE TEMP TABLE {_SCENES} ({scene_cols});\n"
-                  f"INSERT INTO {_SCENES} ({', '.join(names)}) VALUES\n  " + ",\n  ".join(rows))
+    inserts = [Query("scene:catalogue_rows", f"INSERT INTO {_SCENES} ({', '.join(names)}) VALUES\n  "
+                     + ",\n  ".join(rows))]
     waves = [f"({quote_literal(s.id)}, {int(w.level)}, {quote_literal(w.id)})" for s in scenes for w in s.waves]
-    waves_sql = (f"CREATE OR REPLACE TEMP TABLE {_WAVES} ({wave_cols});\n"
-                 + (f"INSERT INTO {_WAVES} VALUES\n  " + ",\n  ".join(waves) if waves else ""))
-    return scenes_sql, waves_sql
+    if waves:
+        inserts.append(Query("scene:wave_rows", f"INSERT INTO {_WAVES} VALUES\n  " + ",\n  ".join(waves)))
+    return (*tables, *inserts)
 
 
 def _scene_relation(scene: Scene, view: str) -> str:
@@ -571,12 +573,10 @@ def outcome_queries(scenes: Sequence[Scene], policies: Mapping[str, Policy], *, 
     ``scenes``' ``when`` texts are embedded as validated by the scene files' loader.
     """
     params = {"view_month": view_month}
-    scenes_sql, waves_sql = _catalogue_sql(scenes, policies)
     wm = quote_literal(watermark) if watermark is not None else "CAST(NULL AS TIMESTAMP)"
     ledger = f"(SELECT batch, msisdn, scene_id, wave_level, event_time FROM {earlier} WHERE outcome = '{FIRED}')"
     setup = (
-        Query("scene:catalogue", scenes_sql),
-        Query("scene:waves", waves_sql),
+        *_catalogue_sql(scenes, policies),
         Query("scene:unique", f"""
 CREATE OR REPLACE TEMP TABLE {_UNIQUE} AS
 SELECT e.seq, e.msisdn, e.event_time, e.event_type, e.value,
