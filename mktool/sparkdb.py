@@ -29,6 +29,7 @@ already turn DuckDB's errors into their messages (a matrix's failing rule, a ref
 from __future__ import annotations
 
 import itertools
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,14 +46,17 @@ from mktool.database import register_engine
 from mktool.dialect import SPARK, render
 from mktool.errors import MktoolError
 from mktool.spark import engine_version, open_session
-from mktool.warehouse import Transaction, Warehouse
+from mktool.warehouse import Transaction, Warehouse, duckdb_type, spark_type
 
 Columns = list[tuple[str, str]]
 
 #: Qualifiers that name the session's own catalogs in DuckDB text (``temp.t``, ``main.t``).
 _LOCAL_SCHEMAS = frozenset({"temp", "main", "memory"})
 _INFO_VIEW = "_mk_information_schema_tables"
+_UNCACHED = "\0uncached"  # in a query's reads: rows made for this statement alone (see _query_df)
+_INFO_SCHEMA = "table_catalog STRING, table_schema STRING, table_name STRING, table_type STRING"
 _MONTH = "month"
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # the folder Spark writes NULL partition values to
 #: DuckDB statements about its own storage and session (memory_limit, threads, temp_directory,
 #: the write-ahead log): nothing to do on Spark, where the session's conf is mktool.spark's.
 _NO_OPS = ("CHECKPOINT", "SET", "RESET")
@@ -79,68 +83,10 @@ class SparkQueryError(duckdb.Error):
     for DuckDB, give the same messages (e.g. matrices pins a failing query on its rule)."""
 
 
-# -- types -------------------------------------------------------------------------------------
-_SPARK_TO_DUCKDB = {
-    "string": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER", "smallint": "SMALLINT", "tinyint": "TINYINT",
-    "double": "DOUBLE", "float": "FLOAT", "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMP",
-    "timestamp_ntz": "TIMESTAMP", "binary": "BLOB", "void": "INTEGER",
-}
-
-
-def duckdb_type(spark_type: str) -> str:
-    """A Spark type (``DataType.simpleString()``) as DuckDB's DESCRIBE spells it: string → VARCHAR,
-    decimal(18,2) → DECIMAL(18,2), array<string> → VARCHAR[], struct<a:int> → STRUCT(a INTEGER)."""
-    text = spark_type.strip()
-    lowered = text.lower()
-    if lowered in _SPARK_TO_DUCKDB:
-        return _SPARK_TO_DUCKDB[lowered]
-    if lowered.startswith("decimal("):
-        precision, scale = (part.strip() for part in lowered[len("decimal("):-1].split(","))
-        return f"DECIMAL({precision},{scale})"
-    if lowered.startswith("array<") and lowered.endswith(">"):
-        return duckdb_type(text[len("array<"):-1]) + "[]"
-    if lowered.startswith("map<") and lowered.endswith(">"):
-        key, value = _split_top(text[len("map<"):-1])
-        return f"MAP({duckdb_type(key)}, {duckdb_type(value)})"
-    if lowered.startswith("struct<") and lowered.endswith(">"):
-        fields = []
-        for part in _split_top(text[len("struct<"):-1]):
-            name, _, type_ = part.partition(":")
-            fields.append(f"{name} {duckdb_type(type_)}")
-        return f"STRUCT({', '.join(fields)})"
-    raise InternalError(f"Spark type {spark_type} has no DuckDB spelling in mktool.sparkdb")
-
-
-def _split_top(text: str) -> list[str]:
-    """``a:int,b:array<string>`` split at the commas outside angle brackets."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        if char in "<(":
-            depth += 1
-        elif char in ">)":
-            depth -= 1
-        if char == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts]
-
-
-def spark_type(duck_type: str) -> str:
-    """A DuckDB column type as Spark's DDL type (HUGEINT as DECIMAL(38,0), TIMESTAMP as TIMESTAMP_NTZ,
-    as mktool.dialect renders them)."""
-    built = exp.DataType.build(duck_type, dialect="duckdb")
-    if built.is_type(exp.DataType.Type.INT128):
-        return "DECIMAL(38, 0)"
-    for node in list(built.find_all(exp.DataType)):
-        if node.is_type(exp.DataType.Type.INT128):
-            node.replace(exp.DataType.build("DECIMAL(38,0)"))
-    return built.sql("spark")
-
-
+# -- types: one map, mktool.warehouse's (duckdb_type, spark_type), for DESCRIBE, casts and DDL ------------
 def schema_columns(df: Any) -> Columns:
     """A DataFrame's columns as (name, DuckDB type)."""
-    return [(f.name, duckdb_type(f.dataType.simpleString())) for f in df.schema.fields]
+    return [(f.name, duckdb_type(f.dataType)) for f in df.schema.fields]
 
 
 def _ddl(columns: Columns) -> str:
@@ -157,6 +103,7 @@ class _Temp:
     df: Any
     columns: Columns
     materialised: bool
+    parts: list[str] | None = None  # its Parquet folders under the scratch (TEMP_STORE "parquet"), oldest first
 
 
 @dataclass
@@ -174,6 +121,8 @@ class _State:
     duck: duckdb.DuckDBPyConnection = field(default_factory=lambda: duckdb.connect(":memory:"))
     counter: itertools.count[int] = field(default_factory=itertools.count)
     function_views: list[str] = field(default_factory=list)  # views of table-function rows (glob, parquet_schema)
+    parquet_views: dict[str, str] = field(default_factory=dict)  # read_parquet path -> its view
+    plans: dict[tuple[str, str], tuple[Any, frozenset[str]]] = field(default_factory=dict)  # see _query_df
     scratch: str = ""  # <warehouse>/_scratch/<id>: this connection's materialised TEMP tables
 
     def __post_init__(self) -> None:
@@ -268,6 +217,8 @@ class SparkConnection:
         s.session.catalog.dropTempView(_INFO_VIEW)
         s.temps.clear()
         s.views.clear()
+        s.parquet_views.clear()
+        s.plans.clear()
         s.warehouse.fs.delete(s.scratch)
 
     def register(self, name: str, table: Any) -> SparkConnection:
@@ -277,6 +228,7 @@ class SparkConnection:
         return self
 
     def unregister(self, name: str) -> SparkConnection:
+        self._forget_plans(name)
         if self._s.temps.pop(name, None) is not None:
             self._s.session.catalog.dropTempView(name)
         return self
@@ -311,8 +263,17 @@ class SparkConnection:
             chosen = [(n, types[n]) for n in names] if names else table_cols
             if not rows_:
                 return self
-            df = self._typed_rows(chosen, rows_)
-            self._insert(target, df, [n for n, _ in chosen], by_name=True)
+            df, table = self._typed_rows(chosen, rows_)
+            counted = None
+            if self._partitioned(target) and _MONTH in table.column_names:
+                months = set(table.column(_MONTH).to_pylist())
+                if None in months:
+                    raise InternalError("a row with a NULL month cannot be stored in a month-partitioned "
+                                        "warehouse table")
+                counted = (len(rows_), sorted(months))
+            elif not self._partitioned(target):
+                counted = (len(rows_), [])
+            self._insert(target, df, [n for n, _ in chosen], by_name=True, counted=counted)
             self._result([], None)
             return self
         for row in rows_:
@@ -333,8 +294,8 @@ class SparkConnection:
         elif isinstance(tree, exp.Rollback):
             self._rollback()
         elif isinstance(tree, exp.Query):
-            df = self._query_df(tree, args)
-            self._result_df(df)
+            if not self._answer_locally(tree, args):
+                self._result_df(self._query_df(tree, args))
         elif isinstance(tree, exp.Describe):
             self._describe(tree, args)
         elif isinstance(tree, exp.Create):
@@ -388,12 +349,34 @@ class SparkConnection:
 
     # -- reading --------------------------------------------------------------------------------
     def _query_df(self, query: exp.Expr, args: dict[str, Any]) -> Any:
-        """A DataFrame of a DuckDB-dialect query tree, every table it names registered first."""
-        query = self._prepare(query.copy(), args)
+        """A DataFrame of a DuckDB-dialect query tree, every table it names registered first.
+
+        Spark's analysis of a long query takes seconds (the customer view's: 3–9 s), and the steps
+        ask for the same query twice (``DESCRIBE q`` then ``CREATE TABLE t AS q``, replace_month):
+        the analysed DataFrame is kept until a table it reads is written (see :meth:`_forget_plans`)."""
+        reads: set[str] = set()
+        query = self._prepare(query.copy(), args, reads)
         text = self._render(query)
         used = {p.this for p in query.find_all(exp.Placeholder)}
         bound = {k: v for k, v in args.items() if k in used}
-        return self._spark_call(lambda: self._s.session.sql(text, args=bound) if bound else self._s.session.sql(text))
+        key = (text, repr(sorted(bound.items())))
+        s = self._s
+        if _UNCACHED not in reads and key in s.plans:
+            return s.plans[key][0]
+        df = self._spark_call(lambda: s.session.sql(text, args=bound) if bound else s.session.sql(text))
+        if _UNCACHED not in reads:
+            s.plans[key] = (df, frozenset(reads))
+        return df
+
+    def _forget_plans(self, name: str | None = None) -> None:
+        """Drop the kept DataFrames that read ``name`` (all of them for None): they read its old rows."""
+        s = self._s
+        if name is None:
+            s.plans.clear()
+            return
+        for key, (_, reads) in list(s.plans.items()):  # a snapshot: a cursor on another thread may add one
+            if name.lower() in reads:
+                s.plans.pop(key, None)
 
     def _render(self, tree: exp.Expr) -> str:
         try:
@@ -401,21 +384,26 @@ class SparkConnection:
         except sqlglot.errors.SqlglotError as exc:
             raise InternalError(f"no Spark rendering for {type(tree).__name__.upper()}: {exc}") from None
 
-    def _prepare(self, tree: exp.Expr, args: dict[str, Any]) -> exp.Expr:
+    def _prepare(self, tree: exp.Expr, args: dict[str, Any], reads: set[str] | None = None) -> exp.Expr:
         """Register the tables ``tree`` reads; strip ``temp.``/``main.``; information_schema.tables → its view;
-        the table functions ``glob``/``parquet_schema`` → views of their rows (``read_parquet`` renders itself)."""
+        the table functions ``glob``/``parquet_schema`` → views of their rows; ``read_parquet`` → a view
+        of the file (its schema read once per connection). ``reads`` gets the names read (and
+        ``_UNCACHED`` when the query reads rows made for this one statement)."""
+        reads = reads if reads is not None else set()
         ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
         for table in list(tree.find_all(exp.Table)):
             if not isinstance(table.this, exp.Identifier):
                 if isinstance(table.this, exp.ReadParquet):
-                    continue  # dialect.render writes it as parquet.`path`
-                if isinstance(table.this, exp.Anonymous | exp.Func):
+                    self._parquet_view(table)
+                elif isinstance(table.this, exp.Anonymous | exp.Func):
                     self._table_function(table, args)
+                    reads.add(_UNCACHED)
                 continue
             name, db = table.name, table.db
             if db.lower() == "information_schema":
                 if name.lower() != "tables":
                     raise InternalError(f"information_schema.{name} is not available on Spark")
+                reads.add(_UNCACHED)
                 self._register_information_schema()
                 table.set("this", exp.to_identifier(_INFO_VIEW))
                 table.set("db", None)
@@ -428,8 +416,29 @@ class SparkConnection:
                 raise InternalError(f"table {db}.{name}: only the session's tables exist on Spark")
             if name in ctes:
                 continue
+            reads.add(name.lower())
             self._ensure_view(name)
         return tree
+
+    def _parquet_view(self, table: exp.Table) -> None:
+        """``read_parquet('path'[, hive_partitioning = false])`` → a view of ``session.read.parquet(path)``,
+        made once per path and connection. Spark reads a file's schema with a job of its own each time
+        ``parquet.`path``` is analysed; ingest reads each extract a dozen times. Any other form is left
+        to :func:`mktool.dialect.render` (which renders or refuses it)."""
+        path, *options = table.this.expressions
+        if not (isinstance(path, exp.Literal) and path.is_string) or not all(
+                isinstance(o, exp.EQ) and isinstance(o.this, exp.Column) and o.this.name.lower() == "hive_partitioning"
+                and isinstance(o.expression, exp.Boolean) and not o.expression.this for o in options):
+            return
+        s = self._s
+        view = s.parquet_views.get(path.this)
+        if view is None:
+            view = f"_mk_parquet_{next(s.counter)}"
+            df = self._spark_call(lambda: s.session.read.parquet(path.this))
+            df.createOrReplaceTempView(view)
+            s.function_views.append(view)
+            s.parquet_views[path.this] = view
+        table.set("this", exp.to_identifier(view))
 
     def _table_function(self, table: exp.Table, args: dict[str, Any]) -> None:
         """``glob(pattern)`` and ``parquet_schema(pattern)`` as DuckDB answers them, computed on the driver
@@ -499,17 +508,49 @@ class SparkConnection:
     def _invalidate(self, name: str | None = None) -> None:
         """Forget the registered views of persistent tables (all, or ``name``'s): they read old files."""
         s = self._s
+        self._forget_plans(name)
         for view in [name] if name is not None else list(s.views):
             if s.views.pop(view, None) is not None and view not in s.temps:
                 s.session.catalog.dropTempView(view)
 
-    def _register_information_schema(self) -> None:
+    def _information_rows(self) -> list[tuple[str, str, str, str]]:
         s = self._s
         rows = [("temp", "main", name, "LOCAL TEMPORARY") for name in s.temps]
         rows += [("mktool", "main", name, "BASE TABLE") for name in self._persistent_tables() if name not in s.temps]
-        df = s.session.createDataFrame(
-            rows, "table_catalog STRING, table_schema STRING, table_name STRING, table_type STRING")
+        return rows
+
+    def _register_information_schema(self) -> None:
+        s = self._s
+        df = s.session.createDataFrame(self._information_rows(), _INFO_SCHEMA)
         df.createOrReplaceTempView(_INFO_VIEW)
+
+    def _answer_locally(self, tree: exp.Expr, args: dict[str, Any]) -> bool:
+        """A query that reads information_schema.tables alone (``table_exists``: a dozen a step) is answered
+        by the in-memory DuckDB from the names sparkdb knows: the same answer without a Spark job."""
+        tables = list(tree.find_all(exp.Table))
+        if not tables or not all(isinstance(t.this, exp.Identifier) and t.db.lower() == "information_schema"
+                                 and t.name.lower() == "tables" for t in tables):
+            return False
+        query = tree.copy()
+        for table in list(query.find_all(exp.Table)):
+            if not table.alias:
+                table.set("alias", exp.TableAlias(this=exp.to_identifier("tables")))
+            table.set("this", exp.to_identifier(_INFO_VIEW))
+            table.set("db", None)
+        names = ("table_catalog", "table_schema", "table_name", "table_type")
+        rows = self._information_rows()
+        info = pa.table({n: pa.array([r[i] for r in rows], pa.string()) for i, n in enumerate(names)})
+        duck = self._s.duck.cursor()  # a connection of its own: ingest checks keys on a second thread
+        try:
+            duck.register(_INFO_VIEW, info)
+            relation = duck.sql(query.sql(dialect="duckdb"), params=args or None)
+            types = [str(t) for t in relation.types]
+            self._result([tuple(r) for r in relation.fetchall()], relation.columns, types)
+        except duckdb.Error as exc:
+            raise SparkQueryError(str(exc)) from None
+        finally:
+            duck.close()
+        return True
 
     def _persistent_tables(self) -> list[str]:
         s = self._s
@@ -591,22 +632,52 @@ class SparkConnection:
             s.created.add(name)
             s.dropped.discard(name)
 
-    def _set_temp(self, name: str, df: Any, *, materialise: bool, columns: Columns | None = None) -> None:
+    def _set_temp(self, name: str, df: Any, *, materialise: bool, columns: Columns | None = None,
+                  parts: list[str] | None = None) -> None:
+        """Register temp table ``name``: ``df`` as it is, ``df`` materialised, or the Parquet folders ``parts``."""
         s = self._s
+        self._forget_plans(name)
         cols = columns if columns is not None else schema_columns(df)
         if materialise:
-            df = self._materialise(_conform(df, cols), cols)
+            if TEMP_STORE == "checkpoint":
+                df = self._spark_call(lambda: _conform(df, cols).localCheckpoint(eager=True))
+            else:
+                parts = [self._write_scratch(_conform(df, cols))]
+        if parts is not None:
+            df = self._spark_call(lambda: s.session.read.schema(_ddl(cols)).parquet(*parts))
+            materialise = True
         s.views.pop(name, None)
         df.createOrReplaceTempView(name)
-        s.temps[name] = _Temp(df, cols, materialise)
+        s.temps[name] = _Temp(df, cols, materialise, parts)
 
-    def _materialise(self, df: Any, columns: Columns) -> Any:
-        """``df`` computed once (one Spark job) and read back as a fresh plan without lineage."""
-        if TEMP_STORE == "checkpoint":
-            return self._spark_call(lambda: df.localCheckpoint(eager=True))
+    def _write_scratch(self, df: Any) -> str:
+        """``df`` computed once (one Spark job) into a new folder of this connection's scratch: read back,
+        it is a fresh plan without lineage. A small result is one file (no more files than rows)."""
         path = f"{self._s.scratch}/t{next(self._s.counter)}"
         self._spark_call(lambda: df.write.mode("errorifexists").parquet(path))
-        return self._spark_call(lambda: self._s.session.read.schema(_ddl(columns)).parquet(path))
+        return path
+
+    def _file_rows(self, folders: Sequence[str]) -> int:
+        """The rows of the Parquet files under ``folders``, from their footers: no Spark job."""
+        s = self._s
+        jvm = s.session._jvm
+        conf = s.session._jsc.hadoopConfiguration()
+        hadoop, parquet = jvm.org.apache.hadoop.fs, jvm.org.apache.parquet.hadoop
+        total = 0
+        for folder in folders:
+            path = hadoop.Path(folder)
+            files = path.getFileSystem(conf).listFiles(path, True)
+            while files.hasNext():
+                status = files.next()
+                name = str(status.getPath().getName())
+                if name.startswith(("_", ".")) or not name.endswith(".parquet"):
+                    continue
+                reader = parquet.ParquetFileReader.open(parquet.util.HadoopInputFile.fromStatus(status, conf))
+                try:
+                    total += int(reader.getRecordCount())
+                finally:
+                    reader.close()
+        return total
 
     def _replace(self, name: str, df: Any, columns: Columns, partitions: Sequence[str] | None) -> None:
         if self._is_temp(name):
@@ -651,19 +722,21 @@ class SparkConnection:
         if temporary:
             self._set_temp(name, df, materialise=True, columns=columns)
             if query is not None:  # DuckDB answers a CREATE … AS with the rows it stored
-                self._count_later(self._s.temps[name].df.count)
+                stored = self._s.temps[name]
+                self._count_later(lambda: self._file_rows(stored.parts) if stored.parts is not None
+                                  else stored.df.count())
             return
         self._write(name, df, columns, partitions=None)
-        if query is not None:
-            self._count(int(self._spark_call(self._read(name).count)))
+        if query is not None:  # the rows stored, from the written files' footers (no job)
+            self._count(self._file_rows(self._spark_call(self._read(name).inputFiles)))
 
     def _duck_spelling(self, type_: exp.Expr) -> str:
         """A column type of a DDL statement as DuckDB's DESCRIBE spells it (TEXT → VARCHAR, INT → INTEGER)."""
         described = self._s.duck.execute(f"DESCRIBE SELECT CAST(NULL AS {type_.sql('duckdb')}) AS x").fetchall()
         return str(described[0][1])
 
-    def _typed_rows(self, columns: Columns, rows: list[tuple[Any, ...]]) -> Any:
-        """Python rows as a DataFrame typed as DuckDB would type them in these columns."""
+    def _typed_rows(self, columns: Columns, rows: list[tuple[Any, ...]]) -> tuple[Any, pa.Table]:
+        """Python rows as a DataFrame typed as DuckDB would type them in these columns (and as Arrow)."""
         duck = self._s.duck
         scratch = f"_mk_rows_{next(self._s.counter)}"
         duck.execute(f"CREATE TEMP TABLE {scratch} ({', '.join(f'{_q(n)} {t}' for n, t in columns)})")
@@ -673,11 +746,13 @@ class SparkConnection:
         finally:
             duck.execute(f"DROP TABLE {scratch}")
         df = self._spark_call(lambda: self._s.session.createDataFrame(table, schema=_ddl(columns)))
-        return _conform(df, columns)
+        return _conform(df, columns), table
 
-    def _insert(self, target: str, df: Any, names: Sequence[str] | None, *, by_name: bool) -> None:
+    def _insert(self, target: str, df: Any, names: Sequence[str] | None, *, by_name: bool,
+                counted: tuple[int, list[str]] | None = None) -> None:
         """Append ``df``'s rows to ``target``: by name, by the listed columns, or by position, cast
-        to the table's types (DuckDB's implicit casts); the months they fall in are rewritten."""
+        to the table's types (DuckDB's implicit casts); the months they fall in are rewritten.
+        ``counted`` is (rows, months) when the caller has them (executemany's Python rows): no job counts them."""
         table_cols = self._columns(target)
         incoming = list(df.columns)
         if by_name or names:
@@ -701,29 +776,53 @@ class SparkConnection:
         exprs = [f"CAST(`{position[source[n]]}` AS {spark_type(t)}) AS `{n}`" if n in source
                  else f"CAST(NULL AS {spark_type(t)}) AS `{n}`" for n, t in table_cols]
         new = self._spark_call(lambda: renamed.selectExpr(*exprs))
+        temp = self._s.temps.get(target)
+        if temp is not None and temp.parts is not None:  # one job: the new rows' files beside the old ones
+            path = self._write_scratch(_conform(new, table_cols))
+            self._set_temp(target, None, materialise=False, columns=table_cols, parts=[*temp.parts, path])
+            self._count_later(lambda: self._file_rows([path]))
+            return
         if self._is_temp(target):  # one job (the materialisation); the count only if it is fetched
             old = self._read(target)
             self._replace(target, old.unionByName(new), table_cols, None)
             merged = self._read(target)
             self._count_later(lambda: merged.count() - old.count())
             return
-        new = new.cache()
-        if self._partitioned(target):  # the months and the count in one job
-            per_month = self._spark_call(lambda: new.groupBy(_MONTH).count().collect())
-            months = sorted(r[0] for r in per_month if r[0] is not None)
-            if len(months) != len(per_month):
-                raise InternalError("a row with a NULL month cannot be stored in a month-partitioned warehouse table")
-            added = sum(int(r[1]) for r in per_month)
+        if counted is not None:  # the rows and their months are known: no job to count them
+            added, months = counted
             self._count(added)
-            if added:
+            if added and months:
                 old = self._read(target).where(_month_in(months))
                 self._write(target, old.unionByName(new), table_cols, months)
-        else:
-            added = int(self._spark_call(new.count))
-            self._count(added)
-            if added:
+            elif added:
                 self._write(target, self._read(target).unionByName(new), table_cols, None)
-        new.unpersist()
+            return
+        # The new rows are computed once, into the scratch (one job, no shuffle to count them): their months
+        # are its folders, their count its files' footers; then the months they fall in are rewritten.
+        s = self._s
+        path = f"{s.scratch}/t{next(s.counter)}"
+        partitioned = self._partitioned(target)
+        writer = _conform(new, table_cols).write.mode("errorifexists")
+        self._spark_call(lambda: (writer.partitionBy(_MONTH) if partitioned else writer).parquet(path))
+        try:
+            added = self._file_rows([path])
+            self._count(added)
+            if not added:
+                return
+            reader = s.session.read.schema(_ddl(table_cols))
+            if not partitioned:
+                self._write(target, self._read(target).unionByName(reader.parquet(path)), table_cols, None)
+                return
+            dirs = [d for d in s.warehouse.fs.list_dirs(path) if d.startswith(f"{_MONTH}=")]
+            months = sorted(urllib.parse.unquote(d.removeprefix(f"{_MONTH}=")) for d in dirs)
+            if _NULL_PARTITION in months:
+                raise InternalError("a row with a NULL month cannot be stored in a month-partitioned warehouse table")
+            rows = reader.option("basePath", path).parquet(*[f"{path}/{d}" for d in dirs]).select(
+                *[f"`{n}`" for n, _ in table_cols])
+            old = self._read(target).where(_month_in(months))
+            self._write(target, old.unionByName(rows), table_cols, months)
+        finally:
+            s.warehouse.fs.delete(path)  # the rows are in the staging now (or refused)
 
     def _months_of(self, df: Any) -> list[str]:
         rows = self._spark_call(lambda: df.select(_MONTH).distinct().collect())
@@ -797,9 +896,14 @@ class SparkConnection:
         if months is not None:
             kept, scope = kept.where(_month_in(months)), scope.where(_month_in(months))
         if temp:  # both sides materialised: count only if the answer is fetched
+            before = self._s.temps[name].parts
             self._replace(name, kept, columns, None)
             after = self._read(name)
-            self._count_later(lambda: scope.count() - after.count())
+            parts = self._s.temps[name].parts
+            if before is not None and parts is not None:
+                self._count_later(lambda: self._file_rows(before) - self._file_rows(parts))
+            else:
+                self._count_later(lambda: scope.count() - after.count())
             return
         if deleted is not None:
             self._count(deleted)
@@ -900,6 +1004,7 @@ class SparkConnection:
             name = table.name
             if name in s.temps:
                 del s.temps[name]
+                self._forget_plans(name)
                 s.session.catalog.dropTempView(name)
                 continue
             if table.db and table.db.lower() == "temp" or kind == "VIEW" or not self._exists(name):

@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from mktool.cli import app
+from mktool.config import Settings
 from mktool.contract import TABLES
+from mktool.database import Database
 
 # A test run started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT
 # ignored, and so would every mktool the Ctrl-C tests start: Python installs no KeyboardInterrupt
@@ -206,3 +210,52 @@ def spark():
     session = open_session(SparkOptions(master=SPARK_MASTER, conf=(("spark.sql.shuffle.partitions", "2"),)))
     yield session
     session.stop()
+
+
+@dataclass
+class MonthRun:
+    """The fixtures' month run once per test session on each engine (ingest → score → matrix → plan →
+    export, by the CLI in this process): the Spark parity tests read its results and never run a
+    pipeline of their own (a Spark run of the month takes minutes, DuckDB's seconds)."""
+
+    duckdb: Settings
+    spark: Settings
+    folders: dict[str, Path]  # engine → the export cycle's folder
+    #: engine → table → (columns, sorted rows) right after the ingest
+    ingested: dict[str, dict[str, tuple[list[tuple[str, str]], list[tuple[Any, ...]]]]]
+    seconds: dict[str, float]  # "spark ingest" … : the Spark steps' wall time
+
+
+def table_snapshot(con: Any, table: str) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
+    """(DESCRIBE's (name, type) pairs, the rows sorted) of one table."""
+    described = [(r[0], r[1]) for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
+    rows = con.execute(f'SELECT * FROM "{table}"').fetchall()
+    return described, sorted((tuple(r) for r in rows), key=repr)
+
+
+@pytest.fixture(scope="session")
+def fixtures_month(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> MonthRun:
+    """:class:`MonthRun` of the shipped fixtures (month M, cycle date D), built on first use."""
+    tmp = tmp_path_factory.mktemp("fixtures-month")
+    duck = Settings(db_path=tmp / "mk.duckdb", memory_limit="1GB", threads=2)
+    on_spark = Settings(db_path=tmp / "unused.duckdb", engine="spark", warehouse=str(tmp / "wh"))
+    engine_args = {"duckdb": ["--db", str(duck.db_path)], "spark": []}
+    prefix = {"duckdb": [], "spark": ["--engine", "spark", "--warehouse", str(on_spark.warehouse)]}
+    steps = [("ingest", [str(FIXTURES)]), ("score", ["--month", M]), ("matrix", ["--month", M]),
+             ("plan", ["--month", M]), ("export", ["--month", M, "--date", D])]
+    seconds: dict[str, float] = {}
+    ingested: dict[str, dict[str, Any]] = {}
+    for step, args in steps:
+        for engine, settings in (("duckdb", duck), ("spark", on_spark)):
+            extra = ["--out", str(tmp / f"out-{engine}")] if step == "export" else []
+            started = time.monotonic()
+            result = CliRunner().invoke(app, [*prefix[engine], step, *args, *extra, *engine_args[engine]])
+            seconds[f"{engine} {step}"] = time.monotonic() - started
+            assert result.exit_code == 0, (engine, step, result.output)
+            if step == "ingest":
+                with Database(settings, write=False) as database:
+                    tables = [r[0] for r in database.c.execute(
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()]
+                    ingested[engine] = {t: table_snapshot(database.c, t) for t in tables}
+    print("fixtures month:", ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    return MonthRun(duck, on_spark, {e: cycle_dir(tmp / f"out-{e}") for e in ("duckdb", "spark")}, ingested, seconds)

@@ -14,16 +14,13 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import FIXTURES, MATRICES, D, M
-from typer.testing import CliRunner
+from conftest import M, MonthRun
 
-from mktool import matrices, plan, sparkdb, view
-from mktool.cli import app
+from mktool import sparkdb, warehouse
 from mktool.config import Settings
+from mktool.contract import TABLES
 from mktool.database import Database
 from mktool.errors import LockedError, StateError
-from mktool.export import run_export
-from mktool.project import load_project
 from mktool.warehouse import Warehouse
 
 
@@ -221,13 +218,12 @@ def test_no_ops_and_refusals(pair) -> None:
         con.execute("SELECT no_such_column FROM (SELECT 1 AS a)")
 
 
-def test_spark_type_map() -> None:
-    assert sparkdb.duckdb_type("decimal(18,2)") == "DECIMAL(18,2)"
-    assert sparkdb.duckdb_type("array<string>") == "VARCHAR[]"
-    assert sparkdb.duckdb_type("struct<a:int,b:array<bigint>>") == "STRUCT(a INTEGER, b BIGINT[])"
-    assert sparkdb.duckdb_type("timestamp_ntz") == "TIMESTAMP"
-    assert sparkdb.spark_type("HUGEINT") == "DECIMAL(38, 0)"
-    assert sparkdb.spark_type("VARCHAR[]") == "ARRAY<STRING>"
+def test_sparkdb_uses_the_warehouses_type_map() -> None:
+    """One DuckDB ⇄ Spark type map (mktool.warehouse's, tested in test_spark_warehouse.py): DESCRIBE's
+    spellings, the casts and the temp tables' DDL all come from it."""
+    assert sparkdb.duckdb_type is warehouse.duckdb_type and sparkdb.spark_type is warehouse.spark_type
+    assert sparkdb._ddl([("h", "HUGEINT"), ("t", "VARCHAR[]"), ("ts", "TIMESTAMP")]) == \
+        "`h` decimal(38,0), `t` array<string>, `ts` timestamp_ntz"
 
 
 # -- the fixtures' month: score and matrix on Spark give DuckDB's tables --------------------------
@@ -254,41 +250,32 @@ def _comparable_manifest(folder: Path) -> dict[str, Any]:
     return dict(doc)
 
 
-def test_fixtures_month_score_matrix_plan_and_export_on_spark(spark, tmp_path: Path) -> None:
-    db = tmp_path / "mk.duckdb"
-    result = CliRunner().invoke(app, ["ingest", str(FIXTURES), "--db", str(db)])
-    assert result.exit_code == 0, result.output
-    root = str(tmp_path / "wh")
-    warehouse = Warehouse(spark, root)
-    with duckdb.connect(str(db), read_only=True) as duck:  # the loaded contract tables, as they are
-        tables = [r[0] for r in duck.execute("SELECT table_name FROM information_schema.tables "
-                                             "WHERE table_schema = 'main' ORDER BY 1").fetchall()]
-        tx = warehouse.begin()
-        for table in tables:
-            columns = [(r[0], r[1]) for r in duck.execute(f'DESCRIBE "{table}"').fetchall()]
-            tx.put(table, spark.createDataFrame(duck.sql(f'SELECT * FROM "{table}"').to_arrow_table()), columns,
-                   partitions=None)
-        tx.commit()
-    project = load_project(MATRICES)
-    duck_settings = Settings(db_path=db, memory_limit="1GB", threads=2)
-    spark_settings = Settings(db_path=tmp_path / "unused.duckdb", engine="spark", warehouse=root)
-    for settings in (duck_settings, spark_settings):
-        with Database(settings, write=True) as database:
-            scored = view.score(database, project, M)
-            assert scored.rows == 2000
-    for settings in (duck_settings, spark_settings):
-        with Database(settings, write=True) as database:
-            matrices.evaluate(database, project, M)
-    for settings in (duck_settings, spark_settings):
-        with Database(settings, write=True) as database:
-            plan.plan(database, project, M)
-    folders = {}
-    for settings in (duck_settings, spark_settings):
-        with Database(settings, write=True) as database:
-            result = run_export(database, project, M, out_dir=tmp_path / f"out-{settings.engine}",
-                                cycle_date=dt.date.fromisoformat(D))
-            assert result.folder is not None
-            folders[settings.engine] = result.folder
+def test_fixtures_ingest_on_spark_gives_duckdbs_tables(fixtures_month: MonthRun) -> None:
+    """`mktool --engine spark ingest fixtures/extracts`: DuckDB's tables in the warehouse, row for row
+    (as they were right after the ingest: export appends to contact_history)."""
+    duck, on_spark = fixtures_month.ingested["duckdb"], fixtures_month.ingested["spark"]
+    print(f"Spark ingest of the fixtures: {fixtures_month.seconds['spark ingest']:.0f} s")
+    assert {"billing", "contact_history", "events", "orders", "subscribers", "ingest_log"} <= set(duck)
+    assert sorted(on_spark) == sorted(duck)
+    for table in sorted(duck):
+        (columns, rows), (got_columns, got) = duck[table], on_spark[table]
+        assert got_columns == columns, table
+        if table == "ingest_log":  # a new id and clock per run
+            keep = [i for i, (n, _) in enumerate(columns) if n not in ("load_id", "loaded_at")]
+            rows, got = ([tuple(r[i] for i in keep) for r in x] for x in (rows, got))
+            rows, got = sorted(rows, key=repr), sorted(got, key=repr)
+            load_id = [n for n, _ in columns].index("load_id")
+            assert len({r[load_id] for r in on_spark[table][1]}) == 1  # one load of the folder
+        assert len(got) == len(rows), table
+        assert rows or table not in TABLES, table  # the steps' output tables are made empty on open
+        for a, b in zip(got, rows):
+            assert a == b, (table, a, b)
+
+
+def test_fixtures_month_score_matrix_plan_and_export_on_spark(fixtures_month: MonthRun) -> None:
+    """score → matrix → plan → export on Spark after the Spark ingest: DuckDB's lists byte for byte,
+    its manifest but for ids, times and engine, and its tables row for row."""
+    folders = fixtures_month.folders
     duck_files = sorted(p.name for p in folders["duckdb"].iterdir())
     assert sorted(p.name for p in folders["spark"].iterdir()) == duck_files
     lists = [name for name in duck_files if name != "manifest.json"]
@@ -298,7 +285,8 @@ def test_fixtures_month_score_matrix_plan_and_export_on_spark(spark, tmp_path: P
     spark_manifest = json.loads((folders["spark"] / "manifest.json").read_text(encoding="utf-8"))
     assert spark_manifest["engine"]["name"] == "spark"
     assert _comparable_manifest(folders["spark"]) == _comparable_manifest(folders["duckdb"])
-    with Database(duck_settings, write=False) as d, Database(spark_settings, write=False) as s:
+    with Database(fixtures_month.duckdb, write=False) as d, Database(fixtures_month.spark, write=False) as s:
+        assert s.c.execute("SELECT count(*) FROM customer_view WHERE month = ?", [M]).fetchone() == (2000,)
         for table in ("customer_view", "recommendations", "customer_priority", "rule_hits", "funnel_counts",
                       "plan_recommendations", "contact_history", "holdouts"):
             assert s.columns(table) == d.columns(table), table

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, MATRICES, M, write_table
+from conftest import MATRICES, M, write_table
 from typer.testing import CliRunner
 
 from mktool import dialect, ingest, sparkdb
 from mktool.cli import app
-from mktool.config import Settings
 from mktool.contract import TABLES
-from mktool.database import Database
 from mktool.rules import load_channels
 from mktool.warehouse import Warehouse
 
@@ -239,50 +236,6 @@ def test_glob_and_parquet_schema_answer_as_duckdb_does(spark: Any, tmp_path: Pat
             con.execute("SELECT * FROM range(3)")
     finally:
         con.close()
-
-
-# -- `mktool --engine spark ingest fixtures/extracts`: DuckDB's tables in the warehouse -------------
-@pytest.fixture(scope="module")
-def ingested(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Settings, float]:
-    """The fixtures' folder ingested by the CLI once on each engine: (DuckDB's, Spark's settings, Spark seconds)."""
-    tmp = tmp_path_factory.mktemp("ingest")
-    db, root = tmp / "mk.duckdb", str(tmp / "wh")
-    result = CliRunner().invoke(app, ["ingest", str(FIXTURES), "--db", str(db)])
-    assert result.exit_code == 0, result.output
-    started = time.monotonic()
-    result = CliRunner().invoke(app, ["--engine", "spark", "--warehouse", root, "ingest", str(FIXTURES)])
-    seconds = time.monotonic() - started
-    assert result.exit_code == 0, result.output
-    return (Settings(db_path=db, memory_limit="1GB", threads=2),
-            Settings(db_path=tmp / "unused.duckdb", engine="spark", warehouse=root), seconds)
-
-
-def _rows(con: Any, table: str, skip: tuple[str, ...] = ()) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
-    """(DESCRIBE's (name, type) pairs, the rows sorted) of a table, without the ``skip`` columns."""
-    described = [(r[0], r[1]) for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
-    keep = [i for i, (n, _) in enumerate(described) if n not in skip]
-    rows = [tuple(row[i] for i in keep) for row in con.execute(f'SELECT * FROM "{table}"').fetchall()]
-    return [described[i] for i in keep], sorted(rows, key=repr)
-
-
-def test_fixtures_ingest_on_spark_gives_duckdbs_tables(ingested: tuple[Settings, Settings, float]) -> None:
-    duck_settings, spark_settings, seconds = ingested
-    print(f"Spark ingest of the fixtures: {seconds:.0f} s")
-    with Database(duck_settings, write=False) as d, Database(spark_settings, write=False) as s:
-        tables = [r[0] for r in d.c.execute("SELECT table_name FROM information_schema.tables "
-                                            "WHERE table_schema = 'main' ORDER BY 1").fetchall()]
-        assert {"billing", "contact_history", "events", "orders", "subscribers", "ingest_log"} <= set(tables)
-        assert sorted(s.c.warehouse.tables()) == tables
-        for table in tables:
-            skip = ("load_id", "loaded_at") if table == "ingest_log" else ()  # a new id and clock per run
-            columns, rows = _rows(d.c, table, skip)
-            got_columns, got = _rows(s.c, table, skip)
-            assert got_columns == columns, table
-            assert len(got) == len(rows), table
-            assert rows or table not in TABLES, table  # the steps' output tables are made empty on open
-            for a, b in zip(got, rows):
-                assert a == b, (table, a, b)
-        assert s.c.execute("SELECT count(DISTINCT load_id) FROM ingest_log").fetchone() == (1,)
 
 
 def test_one_bad_extract_is_refused_alike_on_both_engines(spark: Any, tmp_path: Path) -> None:
