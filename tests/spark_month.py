@@ -1,12 +1,10 @@
-"""The fixtures' month on both engines, computed once per test process and shared by the Spark parity
-tests of the commands that come after export (tests/test_spark_evaluate.py, tests/test_spark_scene.py).
+"""The fixtures' month on both engines as one folder per engine, for the Spark parity tests of the
+commands that come after export (tests/test_spark_evaluate.py, tests/test_spark_scene.py).
 
-Not a conftest fixture: a helper module the tests import (issue 16; tests/test_spark_connection.py keeps
-its own month). :func:`fixtures_month` builds it the first time it is asked for, in one process-wide
-folder: DuckDB ingests the fixtures, the warehouse gets the very same contract tables (ingest's parity
-is tested by tests/test_spark_ingest.py), then ``score``, ``matrix``, ``plan`` and ``export --date D``
-run through the CLI on each engine. A test module takes :func:`copy_of` it, so that what its commands
-write (evaluations, scene batches, contacts) is its own whatever the order the modules run in.
+Not a conftest fixture: a helper module the tests import (issue 16). :func:`fixtures_month` lays out
+the session's one run of the month (tests/conftest.py's ``fixtures_month``: ingest → export by the CLI
+on each engine); a test module takes :func:`copy_of` it, so that what its commands write
+(evaluations, scene batches, contacts) is its own whatever the order the modules run in.
 """
 
 from __future__ import annotations
@@ -14,15 +12,12 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import duckdb
 import pytest
-from conftest import FIXTURES, MATRICES, SPARK_MASTER, D, M
+from conftest import MATRICES, SPARK_MASTER, MonthRun
 from typer.testing import CliRunner, Result
 
 from mktool.cli import app
-from mktool.warehouse import Warehouse
 
 ENGINES = ("duckdb", "spark")
 
@@ -69,40 +64,18 @@ class Site:
         return text.replace(str(self.home(engine)), "<home>")
 
 
-_MONTHS: dict[str, Site] = {}
-
-
-def fixtures_month(spark: Any, factory: pytest.TempPathFactory) -> Site:
-    """The fixtures' month through export on both engines (see the module doc), built once."""
-    if "month" in _MONTHS:
-        return _MONTHS["month"]
+def fixtures_month(run: MonthRun, factory: pytest.TempPathFactory) -> Site:
+    """The fixtures' month through export on both engines as a :class:`Site`: the very run of
+    tests/conftest.py's ``fixtures_month`` (ingest → export by the CLI, once per test session), laid out
+    in one folder per engine. A Spark month costs minutes: the parity tests never build a second one."""
     site = Site(factory.mktemp("spark-month"))
     for engine in ENGINES:
         site.home(engine).mkdir(parents=True)
-    loaded = site.mktool("duckdb", "ingest", str(FIXTURES))
-    assert loaded.exit_code == 0, loaded.output
-    _copy_contract_tables(spark, site.db(), site.warehouse())
-    for step in (("score", "--month", M), ("matrix", "--month", M), ("plan", "--month", M)):
-        site.both(*step, "-q")
-    for engine in ENGINES:
-        result = site.mktool(engine, "export", "--month", M, "--date", D, "--out", str(site.out(engine)), "-q")
-        assert result.exit_code == 0, (engine, result.output)
-    _MONTHS["month"] = site
+        # run.folders[engine] is <out>/<month>/<date>: the export's --out is two levels up
+        shutil.copytree(run.folders[engine].parent.parent, site.out(engine))
+    shutil.copy2(run.duckdb.db_path, site.db())
+    shutil.copytree(run.spark.warehouse, site.warehouse(), ignore=shutil.ignore_patterns("_scratch"))
     return site
-
-
-def _copy_contract_tables(spark: Any, db: Path, root: Path) -> None:
-    """Every table DuckDB's ingest wrote, as it is, into the warehouse (one transaction)."""
-    warehouse = Warehouse(spark, str(root))
-    with duckdb.connect(str(db), read_only=True) as duck:
-        tables = [r[0] for r in duck.execute("SELECT table_name FROM information_schema.tables "
-                                             "WHERE table_schema = 'main' ORDER BY 1").fetchall()]
-        tx = warehouse.begin()
-        for table in tables:
-            columns = [(r[0], r[1]) for r in duck.execute(f'DESCRIBE "{table}"').fetchall()]
-            tx.put(table, spark.createDataFrame(duck.sql(f'SELECT * FROM "{table}"').to_arrow_table()), columns,
-                   partitions=None)
-        tx.commit()
 
 
 def copy_of(site: Site, dest: Path) -> Site:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import spark_month
-from conftest import M
+from conftest import M, MonthRun
 from typer.testing import Result
 
 from mktool.campaign import CAMPAIGN_EVALUATION_TABLE
@@ -55,8 +55,8 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    month = spark_month.fixtures_month(spark, tmp_path_factory)
+def runs(fixtures_month: MonthRun, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    month = spark_month.fixtures_month(fixtures_month, tmp_path_factory)
     site = spark_month.copy_of(month, tmp_path_factory.mktemp("spark-evaluate") / "site")
     out = Runs(site)
     for name, args in COMMANDS.items():

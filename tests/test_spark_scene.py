@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import spark_month
-from conftest import ROOT, M
+from conftest import ROOT, M, MonthRun
 from typer.testing import Result
 
 from mktool.config import Settings
@@ -82,8 +82,8 @@ def _late_file(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    month = spark_month.fixtures_month(spark, tmp_path_factory)
+def runs(fixtures_month: MonthRun, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    month = spark_month.fixtures_month(fixtures_month, tmp_path_factory)
     root = tmp_path_factory.mktemp("spark-scene")
     site = spark_month.copy_of(month, root / "site")
     inbox1, inbox2 = root / "inbox1", root / "inbox2"
