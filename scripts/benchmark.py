@@ -965,7 +965,8 @@ def warehouse_facts(warehouse: Path, month: str) -> dict[str, Any]:
     con = duckdb.connect()
     try:
         if part.is_dir():
-            row = con.execute("SELECT count(DISTINCT msisdn) FROM read_parquet(?)", [str(part / "*.parquet")]).fetchone()
+            row = con.execute("SELECT count(DISTINCT msisdn) FROM read_parquet(?)",
+                              [str(part / "*.parquet")]).fetchone()
             facts["plan_customers"] = row[0] if row else None
         funnel = warehouse / "funnel_counts" / f"month={month}"
         if funnel.is_dir():
