@@ -4,6 +4,8 @@
     python scripts/benchmark.py --subscribers 1000000 [--work /tmp/mkbench] [--steps ...]
                                 [--repeat 3] [--skip-pandas] [--json results.json]
     python scripts/benchmark.py --subscribers 10000000 --steps run --skip-pandas
+    python scripts/benchmark.py -n 1000000 --engine both --spark-master 'local[2]' \
+                                --spark-conf spark.driver.memory=8g      # DuckDB and Spark side by side
 
 What it does (docs/benchmark.md explains every figure):
 
@@ -27,6 +29,10 @@ What it does (docs/benchmark.md explains every figure):
    on the number of targeted customers.
 4. Prints the table (step, seconds, peak RSS MB) and the target ratios, and with
    ``--json`` writes all the figures.
+5. With ``--engine spark`` or ``both``, runs the steps (``--spark-steps``) as ``mktool --engine spark
+   --spark-master M --warehouse W <step>`` on a fresh warehouse, measured the same way (the peak RSS is
+   the process tree's: the Python driver and the JVM child, each kind's own peak kept too), and prints
+   DuckDB and Spark side by side with the ``uptime`` load at the end of every step.
 
 This is a script, not a test: it never fails on a missed target (exit status 0 unless
 something could not run at all); it prints MISS beside the figure instead.
