@@ -23,8 +23,9 @@ what names the run (ids, times, command line, engine). This script checks exactl
      the rows are the same in another order, how many rows differ and which columns;
    * ``manifest.json``: equal after masking (removing) the keys ``MANIFEST_MASKED`` names, at any depth,
      and ``export.out`` (each engine wrote to its own folder); the masked values are printed;
-   * ``report.html``: equal after replacing, in both, every string the masked manifest keys hold, 12-hex
-     run ids and ISO date-times (evaluate's run id and time are in the page too) by placeholders.
+   * ``report.html``: equal after replacing, in both, the provenance cells (run id, created at, command,
+     versions, engine), every string the masked manifest keys hold, 12-hex run ids and ISO date-times
+     (evaluate's run id and time are in the page too) by placeholders.
 
 Exit status 0 when everything matches, 1 on any difference, 2 when a run failed.
 """
@@ -57,6 +58,8 @@ LIST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 #: recorded, the command that started it and the engine (and the software versions) that computed it.
 MANIFEST_MASKED = ("run_id", "created_at", "recorded_at", "command_line", "engine", "engines")
 HEX_ID = re.compile(r"\b[0-9a-f]{12}\b")
+#: the report's provenance cells that show the masked manifest keys (command line, versions, ids, times)
+PROVENANCE = re.compile(r"(<td>(?:run id|created at|command|versions|engine)</td><td>)[^<]*(</td>)")
 DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?")
 
 
@@ -176,16 +179,18 @@ def mask_manifest(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _strings(x: Any) -> list[str]:
+    """The texts a masked manifest value shows as on the report page (a command line: joined by spaces)."""
     if isinstance(x, dict):
         return [s for v in x.values() for s in _strings(v)]
     if isinstance(x, list):
-        return [s for v in x for s in _strings(v)] + ([" ".join(map(str, x))] if all(
-            isinstance(v, str) for v in x) and x else [])
+        return [" ".join(map(str, x))] if x and all(isinstance(v, str) for v in x) else \
+            [s for v in x for s in _strings(v)]
     return [str(x)] if x is not None and not isinstance(x, bool) and len(str(x)) >= 3 else []
 
 
 def mask_report(html: str, masked: dict[str, Any]) -> str:
     """The report page with the run's ids, times, command line and engine replaced by placeholders."""
+    html = PROVENANCE.sub(r"\1«masked»\2", html)
     for s in sorted({s for v in masked.values() for s in _strings(v)}, key=len, reverse=True):
         html = html.replace(s, "«masked»")
     return DATETIME.sub("«time»", HEX_ID.sub("«id»", html))
