@@ -88,6 +88,8 @@ MKTOOL_ENV: dict[str, str] = {
     "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
 }
 POLL_SECONDS = 0.02
+#: the parts of a step's process tree whose peaks are kept apart (:func:`process_kind`)
+PARTS = ("driver", "jvm", "workers")
 MB = 1024 * 1024
 
 # Targets (docs/benchmark.md says where they come from).
@@ -121,22 +123,26 @@ def _tree_rss(proc: psutil.Process) -> int:
     return sum(_tree_rss_by_kind(proc).values())
 
 
-def process_kind(p: psutil.Process) -> str:
-    """``jvm`` for a Java process (Spark's driver JVM, a child of mktool's Python), else ``python``.
+def process_kind(p: psutil.Process, root: psutil.Process) -> str:
+    """Which part of a step's process tree ``p`` is: ``driver``, ``jvm`` or ``workers``.
 
-    A Spark run's memory is two processes: the Python driver (mktool, PySpark's client) and the JVM
-    that PySpark starts as its child (``spark-submit`` execs ``java``); both are counted.
+    A Spark step is several processes: the Python driver (mktool and PySpark's client, the process
+    started), the JVM that PySpark starts as its child (``spark-submit`` execs ``java``), and the
+    Python workers the JVM forks (``pyspark.daemon``) when it hands rows to Python. A DuckDB step is
+    the driver alone.
     """
+    if p.pid == root.pid:
+        return "driver"
     try:
         name = p.name()
     except psutil.Error:
-        return "python"
-    return "jvm" if name == "java" or name.startswith("java") else "python"
+        return "workers"
+    return "jvm" if name.startswith("java") else "workers"
 
 
 def _tree_rss_by_kind(proc: psutil.Process) -> dict[str, int]:
     """RSS of the process and its descendants, summed by :func:`process_kind`."""
-    out = {"python": 0, "jvm": 0}
+    out = {"driver": 0, "jvm": 0, "workers": 0}
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
@@ -146,7 +152,7 @@ def _tree_rss_by_kind(proc: psutil.Process) -> dict[str, int]:
             rss = p.memory_info().rss
         except psutil.Error:
             continue
-        out[process_kind(p)] += rss
+        out[process_kind(p, proc)] += rss
     return out
 
 
@@ -171,7 +177,7 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=cwd)
         peak = 0
-        peak_by_kind = {"python": 0, "jvm": 0}
+        peak_by_kind = {"driver": 0, "jvm": 0, "workers": 0}
         done = threading.Event()
 
         def poll() -> None:
@@ -198,9 +204,9 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
     result.seconds = seconds
     result.runs = [seconds]
     result.polled_tree_rss_mb = peak / MB
-    if peak_by_kind["jvm"]:  # each kind's own peak (they need not peak at the same poll)
-        result.extra["peak_python_rss_mb"] = peak_by_kind["python"] / MB
-        result.extra["peak_jvm_rss_mb"] = peak_by_kind["jvm"] / MB
+    if peak_by_kind["jvm"]:  # each part's own peak (they need not peak at the same poll)
+        for kind, rss in peak_by_kind.items():
+            result.extra[f"peak_{kind}_rss_mb"] = rss / MB
     result.hiwater_rss_mb = usage.ru_maxrss * 1024 / MB  # ru_maxrss is in KiB on Linux
     result.peak_rss_mb = max(result.polled_tree_rss_mb, result.hiwater_rss_mb)
     result.cpu_seconds = usage.ru_utime + usage.ru_stime
@@ -998,8 +1004,8 @@ def side_by_side(duck: dict[str, Measured], spark: dict[str, Measured]) -> list[
             row[f"{engine}_peak_rss_mb"] = m.peak_rss_mb if m and m.ok else None
             row[f"{engine}_cpu_seconds"] = m.cpu_seconds if m and m.ok else None
             row[f"{engine}_load"] = m.extra.get("load_average") if m else None
-        row["spark_python_rss_mb"] = k.extra.get("peak_python_rss_mb") if k and k.ok else None
-        row["spark_jvm_rss_mb"] = k.extra.get("peak_jvm_rss_mb") if k and k.ok else None
+        for kind in PARTS:
+            row[f"spark_{kind}_rss_mb"] = k.extra.get(f"peak_{kind}_rss_mb") if k and k.ok else None
         ds, ks = row["duckdb_seconds"], row["spark_seconds"]
         row["spark_over_duckdb"] = ks / ds if ds and ks else None
         rows.append(row)
@@ -1013,9 +1019,9 @@ def side_by_side(duck: dict[str, Measured], spark: dict[str, Measured]) -> list[
             total[f"{engine}_peak_rss_mb"] = max(r[f"{engine}_peak_rss_mb"] for r in both) if ok else None
             total[f"{engine}_cpu_seconds"] = sum(r[f"{engine}_cpu_seconds"] for r in both) if ok else None
             total[f"{engine}_load"] = None
-        sp = [r for r in both if r["spark_python_rss_mb"] is not None]
-        total["spark_python_rss_mb"] = max((r["spark_python_rss_mb"] for r in sp), default=None)
-        total["spark_jvm_rss_mb"] = max((r["spark_jvm_rss_mb"] for r in sp), default=None)
+        for kind in PARTS:
+            total[f"spark_{kind}_rss_mb"] = max((r[f"spark_{kind}_rss_mb"] for r in both
+                                                 if r[f"spark_{kind}_rss_mb"] is not None), default=None)
         ds, ks = total["duckdb_seconds"], total["spark_seconds"]
         total["spark_over_duckdb"] = ks / ds if ds and ks else None
         rows.append(total)
@@ -1025,10 +1031,12 @@ def side_by_side(duck: dict[str, Measured], spark: dict[str, Measured]) -> list[
 def print_side_by_side(rows: list[dict[str, Any]], master: str, conf: list[str]) -> None:
     print(f"  DuckDB and Spark side by side (Spark master {master}"
           + (f", --spark-conf {' '.join(conf)}" if conf else "")
-          + "; Spark's peak RSS is its process tree: the Python driver and the JVM, each kind's own peak shown too)")
+          + "; Spark's peak RSS is its process tree: the Python driver, the JVM and the Python workers it forks, "
+            "each part's own peak shown too)")
     w = max(len(r["step"]) for r in rows)
     header = (f"  {'step':<{w}}  {'duckdb s':>9}  {'duckdb MB':>9}  {'spark s':>9}  {'spark MB':>9}  "
-              f"{'python MB':>9}  {'JVM MB':>8}  {'spark/duckdb':>12}  load at the end (duckdb | spark)")
+              f"{'driver MB':>9}  {'JVM MB':>8}  {'workers MB':>10}  {'spark/duckdb':>12}"
+              "  load at the end (duckdb | spark)")
     print(header)
     print("  " + "-" * (len(header) - 2))
     def cell(r: dict[str, Any], engine: str, key: str, fmt: Any) -> str:
@@ -1040,7 +1048,8 @@ def print_side_by_side(rows: list[dict[str, Any]], master: str, conf: list[str])
         print(f"  {r['step']:<{w}}  {cell(r, 'duckdb', 'seconds', fmt_s):>9}  "
               f"{cell(r, 'duckdb', 'peak_rss_mb', fmt_mb):>9}  "
               f"{cell(r, 'spark', 'seconds', fmt_s):>9}  {cell(r, 'spark', 'peak_rss_mb', fmt_mb):>9}  "
-              f"{fmt_mb(r['spark_python_rss_mb']):>9}  {fmt_mb(r['spark_jvm_rss_mb']):>8}  {ratio:>12}  "
+              f"{fmt_mb(r['spark_driver_rss_mb']):>9}  {fmt_mb(r['spark_jvm_rss_mb']):>8}  "
+              f"{fmt_mb(r['spark_workers_rss_mb']):>10}  {ratio:>12}  "
               f"{r['duckdb_load'] or '-'} | {r['spark_load'] or '-'}")
     failed = [f"{r['step']} ({e}): {r[f'{e}_status']}" for r in rows for e in ("duckdb", "spark")
               if r[f"{e}_status"] not in ("ok", "not run", "incomplete")]

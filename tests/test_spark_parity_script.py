@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,8 @@ def _m(name: str, seconds: float, rss: float, **extra: Any) -> Any:
 
 def test_side_by_side_rows_ratio_and_pipeline_total() -> None:
     duck = {s: _m(s, 2.0, 100.0) for s in benchmark.PIPELINE}
-    spark = {s: _m(s, 10.0, 900.0, peak_python_rss_mb=200.0, peak_jvm_rss_mb=700.0) for s in benchmark.PIPELINE}
+    spark = {s: _m(s, 10.0, 900.0, peak_driver_rss_mb=200.0, peak_jvm_rss_mb=700.0,
+                    peak_workers_rss_mb=0.0) for s in benchmark.PIPELINE}
     spark["export"] = benchmark.Measured("export", [], status="failed (exit 1)")
     rows = benchmark.side_by_side(duck, spark)
     by = {r["step"]: r for r in rows}
@@ -157,3 +159,15 @@ def test_engine_option_selects_the_steps_of_each_engine() -> None:
     args = benchmark.parse_args(["--engine", "spark", "--steps", "run"])
     assert args.steps == [] and args.spark_steps == ["run"]
     assert benchmark.parse_args([]).spark_steps == []  # the default stays DuckDB only
+
+
+def test_measure_splits_a_process_tree_into_driver_jvm_and_workers(tmp_path: Path) -> None:
+    java = tmp_path / "java"  # a child named like the JVM (a copy of sleep), and a grandchild of it
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", java)
+    script = ("import subprocess, sys; j = subprocess.Popen([sys.argv[1], '1.0']); "
+              "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1.0)']); j.wait(); w.wait()")
+    m = benchmark.measure("tree", [sys.executable, "-c", script, str(java)], log_dir=tmp_path / "logs")
+    assert m.ok, m.extra
+    assert m.extra["peak_driver_rss_mb"] > 1 and m.extra["peak_jvm_rss_mb"] > 0
+    assert m.extra["peak_workers_rss_mb"] > 1  # the second Python child
+    assert m.polled_tree_rss_mb >= m.extra["peak_driver_rss_mb"]
