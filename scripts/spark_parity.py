@@ -12,7 +12,9 @@ what names the run (ids, times, command line, engine). This script checks exactl
    --label-month`` once into ``<work>/extracts-N/`` (every extract ``mktool run`` reads, as in
    ``fixtures/``; a marker file records N, seed and the generator's checksum; reused while they match).
 2. ``mktool run --month 2026-10 --ingest <extracts> --date 2026-11-01`` on a fresh DuckDB file, then the
-   same with ``--engine spark --spark-master local[2] --warehouse <fresh folder>``; each run is one
+   same with ``--engine spark --spark-master local[2] --warehouse <fresh folder>``, both reading one copy
+   of the rules folder (``<work>/rules``, outside git, so that the manifest's rules commit cannot move
+   between the two runs); each run is one
    subprocess measured like scripts/benchmark.py measures a step (wall time, peak RSS of the process
    tree: Python and the JVM it starts).
 3. Compares the two cycle folders ``<out>/2026-10/2026-11-01/``:
@@ -288,7 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     extracts, gen_seconds = ensure_extracts(work, n)
     env = {**benchmark.MKTOOL_ENV, "MKTOOL_THREADS": str(args.threads)}
-    env.setdefault("MKTOOL_MATRICES", str(ROOT / "matrices"))
+    # Both runs read one copy of the rules, outside git: the manifest records the rules folder's git
+    # commit, and a checkout that moves between the two runs (a commit made meanwhile) must not look
+    # like an engine difference.
+    rules = work / "rules"
+    if not args.compare_only:
+        shutil.rmtree(rules, ignore_errors=True)
+        shutil.copytree(Path(os.environ.get("MKTOOL_MATRICES") or ROOT / "matrices"), rules)
+    env["MKTOOL_MATRICES"] = str(rules)
     for var in ("MKTOOL_DB", "MKTOOL_ENGINE", "MKTOOL_WAREHOUSE", "MKTOOL_SPARK_MASTER", "MKTOOL_SPARK_REMOTE",
                 "MKTOOL_OUT"):
         env.pop(var, None)
