@@ -193,7 +193,9 @@ def _strings(x: Any) -> list[str]:
 def mask_report(html: str, masked: dict[str, Any]) -> str:
     """The report page with the run's ids, times, command line and engine replaced by placeholders."""
     html = PROVENANCE.sub(r"\1«masked»\2", html)
-    for s in sorted({s for v in masked.values() for s in _strings(v)}, key=len, reverse=True):
+    # Only long values (ids, times, paths, command lines) are replaced as text: a short one such as the
+    # engine's name "spark" also occurs inside other words and paths (a worktree named wt-sparkbench).
+    for s in sorted({s for v in masked.values() for s in _strings(v) if len(s) >= 8}, key=len, reverse=True):
         html = html.replace(s, "«masked»")
     return DATETIME.sub("«time»", HEX_ID.sub("«id»", html))
 
