@@ -33,7 +33,8 @@ MANIFEST = {"run_id": "aa464b7da591", "created_at": "2026-12-02T13:39:25", "mont
             "export": {"out": "/tmp/a", "date": "2026-11-01"},
             "outputs": {"sms.csv": {"rows": 2, "sha256": "x", "run_id": "aa464b7da591"}},
             "steps": {"score": {"recorded_at": "2026-12-02T13:39:22.951025", "settings": {"top": 1}}}}
-REPORT = ("<p>run aa464b7da591, created 2026-12-02 13:39:25, engine duckdb 2.0.1</p>\n<td>1,158</td>\n"
+REPORT = ("<p>run aa464b7da591, created 2026-12-02 13:39:25</p>\n<td>1,158</td>\n"
+          "<tr><td>versions</td><td>mktool 0.1.0, duckdb 2.0.1</td></tr><p>wt-sparkbench</p>\n"
           "<tr><td>command</td><td>mktool run --month 2026-10 --db /tmp/x.duckdb</td></tr>\n")
 
 
@@ -58,7 +59,7 @@ def _folders(tmp_path: Path, spark_files: dict[str, str]) -> tuple[Path, Path]:
     for name, text in files.items():
         (duck / name).write_text(text, encoding="utf-8")
     spark_report = REPORT.replace("aa464b7da591", "0123456789ab").replace("13:39:25", "14:01:00") \
-        .replace("duckdb 2.0.1", "spark 4.3.0").replace("mktool run", "mktool --engine spark run")
+        .replace("duckdb 2.0.1</td>", "spark 4.3.0</td>").replace("mktool run", "mktool --engine spark run")
     defaults = {**files, "manifest.json": json.dumps(_spark_manifest()), "report.html": spark_report}
     for name, text in {**defaults, **spark_files}.items():
         (spark / name).write_text(text, encoding="utf-8")
