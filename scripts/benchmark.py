@@ -140,8 +140,9 @@ def process_kind(p: psutil.Process, root: psutil.Process) -> str:
     return "jvm" if name.startswith("java") else "workers"
 
 
-def _tree_rss_by_kind(proc: psutil.Process) -> dict[str, int]:
-    """RSS of the process and its descendants, summed by :func:`process_kind`."""
+def _tree_rss_by_kind(proc: psutil.Process, cpu: dict[int, float] | None = None) -> dict[str, int]:
+    """RSS of the process and its descendants, summed by :func:`process_kind`; each one's CPU seconds
+    so far into ``cpu`` (the JVM is never waited for, so ``wait4`` does not count its CPU)."""
     out = {"driver": 0, "jvm": 0, "workers": 0}
     try:
         procs = [proc, *proc.children(recursive=True)]
@@ -150,6 +151,9 @@ def _tree_rss_by_kind(proc: psutil.Process) -> dict[str, int]:
     for p in procs:
         try:
             rss = p.memory_info().rss
+            if cpu is not None:
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system
         except psutil.Error:
             continue
         out[process_kind(p, proc)] += rss
@@ -178,6 +182,7 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=cwd)
         peak = 0
         peak_by_kind = {"driver": 0, "jvm": 0, "workers": 0}
+        tree_cpu: dict[int, float] = {}  # pid -> its user + system seconds, last seen
         done = threading.Event()
 
         def poll() -> None:
@@ -187,7 +192,7 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
             except psutil.Error:
                 return
             while not done.is_set():
-                by_kind = _tree_rss_by_kind(ps)
+                by_kind = _tree_rss_by_kind(ps, tree_cpu)
                 peak = max(peak, sum(by_kind.values()))
                 for kind, rss in by_kind.items():
                     peak_by_kind[kind] = max(peak_by_kind[kind], rss)
@@ -205,6 +210,8 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
     result.runs = [seconds]
     result.polled_tree_rss_mb = peak / MB
     if peak_by_kind["jvm"]:  # each part's own peak (they need not peak at the same poll)
+        # the whole tree's CPU as last polled (up to 20 ms short per process), JVM included
+        result.extra["tree_cpu_seconds"] = sum(tree_cpu.values())
         for kind, rss in peak_by_kind.items():
             result.extra[f"peak_{kind}_rss_mb"] = rss / MB
     result.hiwater_rss_mb = usage.ru_maxrss * 1024 / MB  # ru_maxrss is in KiB on Linux
@@ -1006,6 +1013,7 @@ def side_by_side(duck: dict[str, Measured], spark: dict[str, Measured]) -> list[
             row[f"{engine}_load"] = m.extra.get("load_average") if m else None
         for kind in PARTS:
             row[f"spark_{kind}_rss_mb"] = k.extra.get(f"peak_{kind}_rss_mb") if k and k.ok else None
+        row["spark_tree_cpu_seconds"] = k.extra.get("tree_cpu_seconds") if k and k.ok else None
         ds, ks = row["duckdb_seconds"], row["spark_seconds"]
         row["spark_over_duckdb"] = ks / ds if ds and ks else None
         rows.append(row)

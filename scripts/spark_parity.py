@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  extracts {extracts} ({'reused' if gen_seconds is None else f'generated in {gen_seconds:.1f} s'})")
     for engine, m in runs.items():
         print(f"  {engine:<7} {m.seconds:8.1f} s  peak RSS {m.peak_rss_mb:7,.0f} MB  CPU {m.cpu_seconds:7.1f} s  "
+              f"(tree, JVM included: {m.extra.get('tree_cpu_seconds', m.cpu_seconds):.1f} s)  "
               f"other load {m.other_load_cores:.2f} cores  ({m.extra['load_after']} at the end)")
     width = max(len(r.name) for r in results)
     for r in results:
@@ -348,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         doc = {"subscribers": n, "month": MONTH, "date": DATE, "spark_master": args.spark_master,
                "runs": {e: {"seconds": m.seconds, "peak_rss_mb": m.peak_rss_mb, "cpu_seconds": m.cpu_seconds,
+                            "tree_cpu_seconds": m.extra.get("tree_cpu_seconds"),
                             "other_load_cores": m.other_load_cores, "load_after": m.extra.get("load_after"),
                             "command": m.command} for e, m in runs.items()},
                "files": [{"name": r.name, "verdict": r.verdict, "detail": r.detail} for r in results],

@@ -172,3 +172,4 @@ def test_measure_splits_a_process_tree_into_driver_jvm_and_workers(tmp_path: Pat
     assert m.extra["peak_driver_rss_mb"] > 1 and m.extra["peak_jvm_rss_mb"] > 0
     assert m.extra["peak_workers_rss_mb"] > 1  # the second Python child
     assert m.polled_tree_rss_mb >= m.extra["peak_driver_rss_mb"]
+    assert m.extra["tree_cpu_seconds"] >= 0.0
