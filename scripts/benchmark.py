@@ -4,6 +4,8 @@
     python scripts/benchmark.py --subscribers 1000000 [--work /tmp/mkbench] [--steps ...]
                                 [--repeat 3] [--skip-pandas] [--json results.json]
     python scripts/benchmark.py --subscribers 10000000 --steps run --skip-pandas
+    python scripts/benchmark.py -n 1000000 --engine both --spark-master 'local[2]' \
+                                --spark-conf spark.driver.memory=8g      # DuckDB and Spark side by side
 
 What it does (docs/benchmark.md explains every figure):
 
@@ -27,6 +29,10 @@ What it does (docs/benchmark.md explains every figure):
    on the number of targeted customers.
 4. Prints the table (step, seconds, peak RSS MB) and the target ratios, and with
    ``--json`` writes all the figures.
+5. With ``--engine spark`` or ``both``, runs the steps (``--spark-steps``) as ``mktool --engine spark
+   --spark-master M --warehouse W <step>`` on a fresh warehouse, measured the same way (the peak RSS is
+   the process tree's: the Python driver and the JVM child, each kind's own peak kept too), and prints
+   DuckDB and Spark side by side with the ``uptime`` load at the end of every step.
 
 This is a script, not a test: it never fails on a missed target (exit status 0 unless
 something could not run at all); it prints MISS beside the figure instead.
@@ -67,6 +73,9 @@ PIPELINE = ("ingest", "score", "matrix", "plan", "export")
 #: month (not in the total: an older build has none of them).
 DEFAULT_STEPS = (*PIPELINE, "evaluate", "factors", "profile", "scene")
 ALL_STEPS = (*DEFAULT_STEPS, "run")
+#: The steps a Spark run takes by default: those that compute on Spark today (docs/spark.md); the others
+#: (evaluate, factors, profile, scene) only with --spark-steps.
+SPARK_STEPS = (*PIPELINE, "run")
 #: step -> the steps whose output it needs (a skipped or failed prerequisite skips it).
 NEEDS = {"ingest": (), "score": ("ingest",), "matrix": ("score",), "plan": ("score",),
          "export": ("matrix",), "evaluate": ("export",), "factors": ("score",), "profile": ("score",),
@@ -79,6 +88,8 @@ MKTOOL_ENV: dict[str, str] = {
     "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
 }
 POLL_SECONDS = 0.02
+#: the parts of a step's process tree whose peaks are kept apart (:func:`process_kind`)
+PARTS = ("driver", "jvm", "workers")
 MB = 1024 * 1024
 
 # Targets (docs/benchmark.md says where they come from).
@@ -109,17 +120,44 @@ class Measured:
 
 
 def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
+    return sum(_tree_rss_by_kind(proc).values())
+
+
+def process_kind(p: psutil.Process, root: psutil.Process) -> str:
+    """Which part of a step's process tree ``p`` is: ``driver``, ``jvm`` or ``workers``.
+
+    A Spark step is several processes: the Python driver (mktool and PySpark's client, the process
+    started), the JVM that PySpark starts as its child (``spark-submit`` execs ``java``), and the
+    Python workers the JVM forks (``pyspark.daemon``) when it hands rows to Python. A DuckDB step is
+    the driver alone.
+    """
+    if p.pid == root.pid:
+        return "driver"
+    try:
+        name = p.name()
+    except psutil.Error:
+        return "workers"
+    return "jvm" if name.startswith("java") else "workers"
+
+
+def _tree_rss_by_kind(proc: psutil.Process, cpu: dict[int, float] | None = None) -> dict[str, int]:
+    """RSS of the process and its descendants, summed by :func:`process_kind`; each one's CPU seconds
+    so far into ``cpu`` (the JVM is never waited for, so ``wait4`` does not count its CPU)."""
+    out = {"driver": 0, "jvm": 0, "workers": 0}
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return out
     for p in procs:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
+            if cpu is not None:
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system
         except psutil.Error:
-            pass
-    return total
+            continue
+        out[process_kind(p, proc)] += rss
+    return out
 
 
 def _busy(t: Any) -> float:
@@ -143,6 +181,8 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=cwd)
         peak = 0
+        peak_by_kind = {"driver": 0, "jvm": 0, "workers": 0}
+        tree_cpu: dict[int, float] = {}  # pid -> its user + system seconds, last seen
         done = threading.Event()
 
         def poll() -> None:
@@ -152,7 +192,10 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
             except psutil.Error:
                 return
             while not done.is_set():
-                peak = max(peak, _tree_rss(ps))
+                by_kind = _tree_rss_by_kind(ps, tree_cpu)
+                peak = max(peak, sum(by_kind.values()))
+                for kind, rss in by_kind.items():
+                    peak_by_kind[kind] = max(peak_by_kind[kind], rss)
                 done.wait(POLL_SECONDS)
 
         poller = threading.Thread(target=poll, daemon=True)
@@ -166,6 +209,11 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
     result.seconds = seconds
     result.runs = [seconds]
     result.polled_tree_rss_mb = peak / MB
+    if peak_by_kind["jvm"]:  # each part's own peak (they need not peak at the same poll)
+        # the whole tree's CPU as last polled (up to 20 ms short per process), JVM included
+        result.extra["tree_cpu_seconds"] = sum(tree_cpu.values())
+        for kind, rss in peak_by_kind.items():
+            result.extra[f"peak_{kind}_rss_mb"] = rss / MB
     result.hiwater_rss_mb = usage.ru_maxrss * 1024 / MB  # ru_maxrss is in KiB on Linux
     result.peak_rss_mb = max(result.polled_tree_rss_mb, result.hiwater_rss_mb)
     result.cpu_seconds = usage.ru_utime + usage.ru_stime
@@ -425,16 +473,16 @@ def ensure_label_month(work: Path, n: int) -> tuple[Path, float | None]:
 
 
 def ingest_label_month(work: Path, n: int, db: Path, env: dict[str, str], log_dir: Path,
-                       notes: list[str]) -> str | None:
+                       notes: list[str], engine_opts: list[str] | None = None) -> str | None:
     """Before the factors step (untimed): ingest the churn label, M+1's subscribers; a failure's status or None."""
     label, seconds = ensure_label_month(work, n)
     log_dir.mkdir(parents=True, exist_ok=True)
     notes.append(f"churn label for factors: {label} ({'reused' if seconds is None else f'generated in {seconds:.1f} s'}"
                  "), ingested before the factors step, outside its time")
     print(f"ingesting the churn label {label.name} (not timed)", file=sys.stderr, flush=True)
-    done = subprocess.run([*MKTOOL, "ingest", str(label), "--db", str(db), "--quiet"], env=env, capture_output=True,
-                          text=True, check=False)
-    (log_dir / "mktool_ingest_label.stderr").write_text(done.stderr, encoding="utf-8")
+    done = subprocess.run([*MKTOOL, *(engine_opts or []), "ingest", str(label), "--db", str(db), "--quiet"], env=env,
+                          capture_output=True, text=True, check=False)
+    (log_dir / f"mktool_ingest_label{'_spark' if engine_opts else ''}.stderr").write_text(done.stderr, encoding="utf-8")
     return None if done.returncode == 0 else f"failed: ingest of the churn label exited {done.returncode}"
 
 
@@ -716,6 +764,60 @@ def step_command(step: str, *, db: Path, extracts: Path, out_dir: Path, run_help
     raise ValueError(step)
 
 
+def spark_engine_options(master: str, warehouse: Path, conf: list[str]) -> list[str]:
+    """mktool's global options for the Spark runs (they go before the command)."""
+    opts = ["--engine", "spark", "--spark-master", master, "--warehouse", str(warehouse)]
+    for item in conf:
+        opts += ["--spark-conf", item]
+    return opts
+
+
+def fresh_warehouse(warehouse: Path) -> None:
+    """An empty warehouse folder for the Spark run, as the DuckDB run gets a fresh database."""
+    if warehouse.exists():
+        shutil.rmtree(warehouse)
+
+
+def run_steps(step_names: list[str], *, engine: str, engine_opts: list[str], commands: set[str], run_help: str,
+              db: Path, extracts: Path, out_dir: Path, exclude: list[str], scene_events: Path | None, work: Path,
+              n: int, env: dict[str, str], log_dir: Path, notes: list[str], repeat: int) -> dict[str, Measured]:
+    """Each step as its own measured ``mktool`` process on one engine, in order (a failed need skips)."""
+    steps: dict[str, Measured] = {}
+    tag = "" if engine == "duckdb" else f"_{engine}"
+    for step in step_names:
+        cmd = step_command(step, db=db, extracts=extracts, out_dir=out_dir, run_help=run_help,
+                           exclude=exclude, scene_events=scene_events)
+        cmd = [*cmd[:len(MKTOOL)], *engine_opts, *cmd[len(MKTOOL):]]
+        missing = [need for need in NEEDS[step] if need in step_names and not steps.get(need, Measured(need, [])).ok]
+        if step not in commands:
+            steps[step] = Measured(step, cmd, status=f"skipped: `mktool {step}` not available yet")
+        elif missing:
+            steps[step] = Measured(step, cmd, status=f"skipped: needs {', '.join(missing)}")
+        elif step == "factors" and (problem := ingest_label_month(work, n, db, env, log_dir, notes,
+                                                                   engine_opts or None)):
+            steps[step] = Measured(step, cmd, status=problem)
+        else:
+            shown = ["mktool", *cmd[len(MKTOOL):]]
+            if len(shown) > 16:
+                shown = [*shown[:3 + len(engine_opts)], f"… ({len(shown) - 3 - len(engine_opts)} more arguments)"]
+            print(f"[{time.strftime('%H:%M:%S')}] running {' '.join(shown)} ({load_average()})", file=sys.stderr,
+                  flush=True)
+            reps = repeat if step == "plan" else 1
+            steps[step] = best_of([measure(f"mktool_{step}{tag}", cmd, log_dir=log_dir, env=env) for _ in range(reps)])
+            steps[step].name = step
+            steps[step].extra["load_average"] = load_average()
+        if not steps[step].ok:
+            print(f"  {step} ({engine}): {steps[step].status}", file=sys.stderr, flush=True)
+            for line in steps[step].extra.get("stderr_tail", []):
+                print(f"    {line}", file=sys.stderr)
+    return steps
+
+
+def load_average() -> str:
+    """``uptime``'s 1/5/15-minute load, recorded with every figure (the machine may be shared)."""
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def db_facts(db: Path, month: str) -> dict[str, Any]:
     """After the run: targeted customers, the plan funnel, table sizes (read-only, outside the timing)."""
     import duckdb
@@ -872,6 +974,98 @@ def print_report(facts: dict[str, Any], n: int, data: dict[str, Any], rows: list
     print()
 
 
+def warehouse_facts(warehouse: Path, month: str) -> dict[str, Any]:
+    """After the Spark run: targeted customers and the plan funnel, read from the warehouse's Parquet."""
+    facts: dict[str, Any] = {}
+    if not warehouse.is_dir():
+        return facts
+    facts["warehouse_mb"] = round(sum(p.stat().st_size for p in warehouse.rglob("*") if p.is_file()) / MB, 1)
+    part = warehouse / "plan_recommendations" / f"month={month}"
+    con = duckdb.connect()
+    try:
+        if part.is_dir():
+            row = con.execute("SELECT count(DISTINCT msisdn) FROM read_parquet(?)",
+                              [str(part / "*.parquet")]).fetchone()
+            facts["plan_customers"] = row[0] if row else None
+        funnel = warehouse / "funnel_counts" / f"month={month}"
+        if funnel.is_dir():
+            facts["plan_funnel"] = dict(con.execute(
+                "SELECT stage, count FROM read_parquet(?) WHERE funnel = 'plan' ORDER BY stage_no",
+                [str(funnel / "*.parquet")]).fetchall())
+    except duckdb.Error as exc:
+        facts["error"] = str(exc).splitlines()[0]
+    finally:
+        con.close()
+    return facts
+
+
+def side_by_side(duck: dict[str, Measured], spark: dict[str, Measured]) -> list[dict[str, Any]]:
+    """One row per step on either engine: seconds, peak RSS (Spark: Python driver + JVM) and the ratio."""
+    rows: list[dict[str, Any]] = []
+    for name in [*duck, *(s for s in spark if s not in duck)]:
+        d, k = duck.get(name), spark.get(name)
+        row: dict[str, Any] = {"step": name}
+        for engine, m in (("duckdb", d), ("spark", k)):
+            row[f"{engine}_status"] = m.status if m else "not run"
+            row[f"{engine}_seconds"] = m.seconds if m and m.ok else None
+            row[f"{engine}_peak_rss_mb"] = m.peak_rss_mb if m and m.ok else None
+            row[f"{engine}_cpu_seconds"] = m.cpu_seconds if m and m.ok else None
+            row[f"{engine}_load"] = m.extra.get("load_average") if m else None
+        for kind in PARTS:
+            row[f"spark_{kind}_rss_mb"] = k.extra.get(f"peak_{kind}_rss_mb") if k and k.ok else None
+        row["spark_tree_cpu_seconds"] = k.extra.get("tree_cpu_seconds") if k and k.ok else None
+        ds, ks = row["duckdb_seconds"], row["spark_seconds"]
+        row["spark_over_duckdb"] = ks / ds if ds and ks else None
+        rows.append(row)
+    both = [r for r in rows if r["step"] in PIPELINE]
+    if len(both) == len(PIPELINE):
+        total: dict[str, Any] = {"step": "pipeline total"}
+        for engine in ("duckdb", "spark"):
+            ok = all(r[f"{engine}_seconds"] is not None for r in both)
+            total[f"{engine}_status"] = "ok" if ok else "incomplete"
+            total[f"{engine}_seconds"] = sum(r[f"{engine}_seconds"] for r in both) if ok else None
+            total[f"{engine}_peak_rss_mb"] = max(r[f"{engine}_peak_rss_mb"] for r in both) if ok else None
+            total[f"{engine}_cpu_seconds"] = sum(r[f"{engine}_cpu_seconds"] for r in both) if ok else None
+            total[f"{engine}_load"] = None
+        for kind in PARTS:
+            total[f"spark_{kind}_rss_mb"] = max((r[f"spark_{kind}_rss_mb"] for r in both
+                                                 if r[f"spark_{kind}_rss_mb"] is not None), default=None)
+        ds, ks = total["duckdb_seconds"], total["spark_seconds"]
+        total["spark_over_duckdb"] = ks / ds if ds and ks else None
+        rows.append(total)
+    return rows
+
+
+def print_side_by_side(rows: list[dict[str, Any]], master: str, conf: list[str]) -> None:
+    print(f"  DuckDB and Spark side by side (Spark master {master}"
+          + (f", --spark-conf {' '.join(conf)}" if conf else "")
+          + "; Spark's peak RSS is its process tree: the Python driver, the JVM and the Python workers it forks, "
+            "each part's own peak shown too)")
+    w = max(len(r["step"]) for r in rows)
+    header = (f"  {'step':<{w}}  {'duckdb s':>9}  {'duckdb MB':>9}  {'spark s':>9}  {'spark MB':>9}  "
+              f"{'driver MB':>9}  {'JVM MB':>8}  {'workers MB':>10}  {'spark/duckdb':>12}"
+              "  load at the end (duckdb | spark)")
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    def cell(r: dict[str, Any], engine: str, key: str, fmt: Any) -> str:
+        v = r[f"{engine}_{key}"]
+        return fmt(v) if v is not None else ("-" if r[f"{engine}_status"] in ("ok", "not run") else "FAIL")
+
+    for r in rows:
+        ratio = f"{r['spark_over_duckdb']:.1f}×" if r["spark_over_duckdb"] else "-"
+        print(f"  {r['step']:<{w}}  {cell(r, 'duckdb', 'seconds', fmt_s):>9}  "
+              f"{cell(r, 'duckdb', 'peak_rss_mb', fmt_mb):>9}  "
+              f"{cell(r, 'spark', 'seconds', fmt_s):>9}  {cell(r, 'spark', 'peak_rss_mb', fmt_mb):>9}  "
+              f"{fmt_mb(r['spark_driver_rss_mb']):>9}  {fmt_mb(r['spark_jvm_rss_mb']):>8}  "
+              f"{fmt_mb(r['spark_workers_rss_mb']):>10}  {ratio:>12}  "
+              f"{r['duckdb_load'] or '-'} | {r['spark_load'] or '-'}")
+    failed = [f"{r['step']} ({e}): {r[f'{e}_status']}" for r in rows for e in ("duckdb", "spark")
+              if r[f"{e}_status"] not in ("ok", "not run", "incomplete")]
+    for line in failed:
+        print(f"    {line}")
+    print()
+
+
 # -- main -------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -905,14 +1099,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mktool", default=None, metavar="CMD",
                    help="how to start mktool, e.g. 'mktool' for the one on PATH [this checkout: "
                         "python -m mktool with it first on PYTHONPATH]")
+    p.add_argument("--engine", choices=("duckdb", "spark", "both"), default="duckdb",
+                   help="which engine the mktool steps run on; 'both' runs every step on DuckDB, then on Spark, "
+                        "and prints them side by side [duckdb]")
+    p.add_argument("--spark-steps", default=None,
+                   help="the steps of the Spark run [--steps less those not yet run on Spark: "
+                        f"{', '.join(s for s in ALL_STEPS if s not in SPARK_STEPS)}]")
+    p.add_argument("--spark-master", default="local[*]", help="Spark master for the Spark steps [local[*]]")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="repeatable: passed to mktool's --spark-conf, e.g. spark.driver.memory=8g")
+    p.add_argument("--warehouse", type=Path, default=None,
+                   help="the Spark run's warehouse, emptied first [<work>/warehouse-<N>]")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     args = p.parse_args(argv)
+    args.engines = ["duckdb", "spark"] if args.engine == "both" else [args.engine]
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     args.ingest_exclude = [t.strip() for t in args.ingest_exclude.split(",") if t.strip()]
-    bad = [s for s in args.steps if s not in ALL_STEPS]
+    if args.spark_steps is None:
+        args.spark_steps = [s for s in args.steps if s in SPARK_STEPS]
+    else:
+        args.spark_steps = [s.strip() for s in args.spark_steps.split(",") if s.strip()]
+    if "duckdb" not in args.engines:
+        args.steps = []
+    if "spark" not in args.engines:
+        args.spark_steps = []
+    bad = [s for s in [*args.steps, *args.spark_steps] if s not in ALL_STEPS]
     if bad:
         p.error(f"unknown step(s) {', '.join(bad)}; choose from {', '.join(ALL_STEPS)}")
-    if "run" in args.steps and len(args.steps) > 1:
+    if any("run" in st and len(st) > 1 for st in (args.steps, args.spark_steps)):
         p.error("--steps run measures `mktool run` alone; do not combine it with single steps")
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
@@ -956,33 +1170,25 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = available_commands()
     run_help = command_options("run") if "run" in commands else ""
-    steps: dict[str, Measured] = {}
     scene_events: Path | None = None
     if "scene" in args.steps and "scene" in commands:
         scene_events, scene_seconds = ensure_scene_events(work, n, extracts)
         notes.append(f"scene events {'reused from' if scene_seconds is None else 'generated into'} {scene_events}")
-    for step in args.steps:
-        cmd = step_command(step, db=db, extracts=extracts, out_dir=out_dir, run_help=run_help,
-                           exclude=args.ingest_exclude, scene_events=scene_events)
-        missing = [need for need in NEEDS[step] if need in args.steps and not steps.get(need, Measured(need, [])).ok]
-        if step not in commands:
-            steps[step] = Measured(step, cmd, status=f"skipped: `mktool {step}` not available yet")
-        elif missing:
-            steps[step] = Measured(step, cmd, status=f"skipped: needs {', '.join(missing)}")
-        elif step == "factors" and (problem := ingest_label_month(work, n, db, env, log_dir, notes)):
-            steps[step] = Measured(step, cmd, status=problem)
-        else:
-            shown = ["mktool", *cmd[len(MKTOOL):]]
-            if len(shown) > 16:
-                shown = [*shown[:3], f"… ({len(shown) - 3} more arguments)"]
-            print(f"running {' '.join(shown)}", file=sys.stderr, flush=True)
-            reps = args.repeat if step == "plan" else 1
-            steps[step] = best_of([measure(f"mktool_{step}", cmd, log_dir=log_dir, env=env) for _ in range(reps)])
-            steps[step].name = step
-        if not steps[step].ok:
-            print(f"  {step}: {steps[step].status}", file=sys.stderr, flush=True)
-            for line in steps[step].extra.get("stderr_tail", []):
-                print(f"    {line}", file=sys.stderr)
+    steps: dict[str, Measured] = {}
+    spark_steps: dict[str, Measured] = {}
+    warehouse = args.warehouse.resolve() if args.warehouse else work / f"warehouse-{n}"
+    spark_opts = spark_engine_options(args.spark_master, warehouse, args.spark_conf)
+    for engine in args.engines:
+        opts = spark_opts if engine == "spark" else []
+        if engine == "spark":
+            fresh_warehouse(warehouse)
+            shutil.rmtree(work / f"out-{n}-spark", ignore_errors=True)
+        measured = spark_steps if engine == "spark" else steps
+        measured.update(run_steps(args.spark_steps if engine == "spark" else args.steps, engine=engine,
+                                  engine_opts=opts, commands=commands, run_help=run_help, db=db, extracts=extracts,
+                                  out_dir=out_dir if engine == "duckdb" else work / f"out-{n}-spark",
+                                  exclude=args.ingest_exclude, scene_events=scene_events, work=work, n=n, env=env,
+                                  log_dir=log_dir, notes=notes, repeat=args.repeat))
     after = db_facts(db, MONTH)
     if args.explain and steps.get("plan") and steps["plan"].ok:
         problem = explain_plan(db, log_dir / "explain_plan.txt")
@@ -1025,6 +1231,11 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int | None] = {}
     if "plan_customers" in after or "plan" in steps or "run" in steps:
         counts["mktool"] = after.get("plan_customers")
+    spark_after: dict[str, Any] = {}
+    if spark_steps:
+        spark_after = warehouse_facts(warehouse, MONTH)
+        if "plan" in spark_steps or "run" in spark_steps:
+            counts["mktool_spark"] = spark_after.get("plan_customers")
     if sql_m is not None:
         counts["duckdb_sql"] = sql_m.extra.get("customers") if sql_m.ok else None
     if pandas_m is not None:
@@ -1039,7 +1250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(warning, file=sys.stderr)
         notes.append(warning)
 
-    busy = [m.name for m in [*steps.values(), sql_m, pandas_m, polars_m]
+    busy = [m.name for m in [*steps.values(), *spark_steps.values(), sql_m, pandas_m, polars_m]
             if m is not None and m.ok and (m.other_load_cores or 0) > 0.25]
     if busy:
         notes.append("WARNING: other processes used > 0.25 cores during " + ", ".join(busy)
@@ -1054,6 +1265,9 @@ def main(argv: list[str] | None = None) -> int:
     rows += [m for m in (sql_m, pandas_m, polars_m) if m is not None]
     ratios = compute_ratios(steps, sql_m, pandas_m, polars_m)
     print_report(facts, n, data, rows, ratios, counts, notes)
+    side = side_by_side(steps, spark_steps) if spark_steps else []
+    if side:
+        print_side_by_side(side, args.spark_master, args.spark_conf)
 
     if args.json:
         doc = {
@@ -1061,6 +1275,11 @@ def main(argv: list[str] | None = None) -> int:
             "steps": [asdict(m) for m in steps.values()],
             "baselines": [asdict(m) for m in (sql_m, pandas_m, polars_m) if m is not None],
             "pipeline_seconds": total.seconds if total else None,
+            "engines": args.engines,
+            "spark": {"master": args.spark_master, "conf": args.spark_conf, "warehouse": str(warehouse),
+                      "steps": [asdict(m) for m in spark_steps.values()], "warehouse_facts": spark_after}
+            if spark_steps else None,
+            "side_by_side": side,
             "ratios": ratios, "targeted_customers": counts, "counts_agree": agree, "database": after,
             "notes": notes,
         }
