@@ -355,18 +355,23 @@ class HadoopFS:
 
     def create_new(self, uri: str, text: str) -> bool:
         """Create the file ``uri`` holding ``text`` only if nothing is there: False when something is.
-        ``FileSystem.create(path, overwrite=false)`` is atomic on HDFS and local folders (see
-        :class:`HadoopLock` for object stores)."""
+        Atomic on HDFS (``create(path, overwrite=false)`` is one NameNode call) and on a local disk
+        (O_EXCL); not on S3A (see :class:`HadoopLock`)."""
         p, fs = self._on(uri)
         if str(fs.getUri().getScheme()) == "file":
             # Hadoop's local create checks, then opens: two processes can both pass the check.
             # open(O_CREAT | O_EXCL) is the one atomic "create if absent" of a local file system.
             local = _file_path(str(fs.makeQualified(p).toString()))
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            try:
-                fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return False
+            for attempt in range(3):  # a reader's release may remove the empty folder meanwhile
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                try:
+                    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    break
+                except FileExistsError:
+                    return False
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
@@ -375,7 +380,8 @@ class HadoopFS:
         try:
             stream = fs.create(p, False)
         except Exception as exc:  # noqa: BLE001 - py4j's error for FileAlreadyExistsException
-            if "FileAlreadyExists" in str(exc) or "already exists" in str(exc):
+            text = str(exc)
+            if "FileAlreadyExists" in text or "AlreadyBeingCreated" in text or "already exists" in text:
                 return False
             raise
         try:
