@@ -93,6 +93,14 @@ def test_a_file_uri_lists_the_files_a_local_folder_does(spark: Any, tmp_path: Pa
         with pytest.raises(InputError) as through_hadoop:
             ingest.discover([_uri(tmp_path / missing)], fs=fs)
         assert str(through_hadoop.value) == str(on_disk.value)
+    (tmp_path / "zero").mkdir()
+    (tmp_path / "zero" / "plans.parquet").write_bytes(b"")  # sizes: a 0-byte extract, listed either way
+    refusals = []
+    for src in (*ingest.discover([tmp_path / "zero"]), *ingest.discover([_uri(tmp_path / "zero")], fs=fs)):
+        with pytest.raises(InputError) as refused:
+            ingest.read_schema(duckdb.connect(), src)
+        refusals.append(str(refused.value))
+    assert len(refusals) == 2 and refusals[0] == refusals[1] and "empty file (0 bytes)" in refusals[0]
     with pytest.raises(InputError, match="a URI is read through Spark: DuckDB reads local files only"):
         ingest.discover([_uri(folder)])  # DuckDB has no Hadoop file system: a URI is refused, never guessed
 
