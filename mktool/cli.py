@@ -623,7 +623,9 @@ def require_rules_folder(folder: Path, option: str) -> None:
 @command("ingest")
 def ingest_cmd(
     run: Run,
-    paths: Annotated[list[Path], typer.Argument(help="Parquet files or folders of them")],
+    paths: Annotated[list[str], typer.Argument(
+        help="Parquet files or folders of them: local paths, or with --engine spark any URI Spark reads "
+             "(hdfs://, s3a://, file:/)")],
     table: Annotated[str | None, typer.Option(
         "--table", "-t", parser=choice(*TABLES), metavar="TABLE",
         help=f"Load every file into this table: {', '.join(TABLES)} (default: from each file name)")] = None,
@@ -1434,8 +1436,9 @@ def check_cmd(
 def run_cmd(
     run: Run,
     month: MonthOpt,
-    ingest_dir: Annotated[list[Path] | None, typer.Option(
-        "--ingest", "-i", help="Load these Parquet files/folders first (repeatable)")] = None,
+    ingest_dir: Annotated[list[str] | None, typer.Option(
+        "--ingest", "-i", help="Load these Parquet files/folders first (repeatable; with --engine spark also "
+                               "hdfs://, s3a://, file:/ URIs)")] = None,
     out: Annotated[Path, typer.Option(
         "--out", "-o", envvar=ENV["out_dir"],
         help="Output folder: the lists go to <out>/<month>/<cycle-date>/")] = Path("out"),

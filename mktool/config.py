@@ -24,13 +24,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mktool.errors import UsageError
+from mktool.errors import StateError, UsageError
 
 DEFAULT_DB = Path("mktool.duckdb")
 ENGINES = ("duckdb", "spark")
 DEFAULT_SPARK_MASTER = "local[*]"
 #: Where ``--engine spark`` keeps its state tables when --warehouse is not given (docs/spark.md).
 DEFAULT_WAREHOUSE = "mktool-warehouse"
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def is_uri(location: str) -> bool:
+    """A warehouse or an input named by a URI (``hdfs://…``, ``s3a://…``, ``file:/…``): read through
+    Spark's Hadoop file system, where a local path is this machine's (a ``C:\\`` drive is a path)."""
+    text = str(location)
+    return bool(_SCHEME_RE.match(text)) and not re.match(r"^[A-Za-z]:[\\/]", text)
+
+
+def no_warehouse(root: str) -> StateError:
+    """A read-only command's refusal of a warehouse that is not there (it creates nothing)."""
+    return StateError(f"no warehouse at {root}",
+                      hint="run `mktool --engine spark ingest PATH...` first, or point --warehouse / "
+                           "MKTOOL_WAREHOUSE at an existing warehouse")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 

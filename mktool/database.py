@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Any, cast
 
 import duckdb
 
-from mktool.config import Settings, check_memory_limit, check_threads
+from mktool.config import Settings, check_memory_limit, check_threads, is_uri, no_warehouse
 from mktool.errors import InputError, LockedError, MktoolError, StateError
 from mktool.publish import finish_pending
 
@@ -38,14 +39,16 @@ BOOKKEEPING_DDL = (
 )
 
 
+BOOKKEEPING_TABLES = ("ingest_log", "funnel_counts", "rule_hits")
+
 #: Connection factories of the engines other than DuckDB, by Settings.engine. mktool.sparkdb
 #: registers "spark" when imported (the CLI imports it): database must not import the Spark
 #: stack itself, which would lengthen every import chain through it (tests/test_architecture.py).
-_ENGINES: dict[str, Callable[[Settings], Any]] = {}
+_ENGINES: dict[str, Callable[..., Any]] = {}
 
 
-def register_engine(name: str, connect: Callable[[Settings], Any]) -> None:
-    """Make ``Database`` open ``connect(settings)`` when ``settings.engine == name``."""
+def register_engine(name: str, connect: Callable[..., Any]) -> None:
+    """Make ``Database`` open ``connect(settings, write=…, must_exist=…)`` when ``settings.engine == name``."""
     _ENGINES[name] = connect
 
 
@@ -108,10 +111,10 @@ class RunLock:
 
 
 def _local_lock_base(root: str) -> Path | None:
-    """Where a local warehouse's run lock lives (``<root>/_mktool.lock``); None for a Hadoop URI root."""
-    if root.startswith("file:"):
-        root = "/" + root[len("file:"):].lstrip("/")
-    elif "://" in root:
+    """Where a local warehouse's run lock lives (``<root>/_mktool.lock``, an advisory lock of this
+    machine's kernel); None for a URI root (``hdfs://``, ``s3a://``, ``file:``), whose lock is a file
+    made through Hadoop's file system (mktool.warehouse.HadoopLock)."""
+    if is_uri(root):
         return None
     return Path(root) / "_mktool"
 
@@ -172,6 +175,7 @@ class Database:
         self._created = False  # this command made the database file …
         self._committed = False  # … and has not committed anything to it yet
         self._wrapped = False  # the connection is the caller's: no lock, no open, no close
+        self._bookkeeping = False  # Spark: the bookkeeping tables are still to be made, in the first transaction
 
     @classmethod
     def wrap(cls, con: duckdb.DuckDBPyConnection, settings: Settings, *, write: bool = True) -> Database:
@@ -216,44 +220,59 @@ class Database:
             # reads or writes (readers too, so `mktool status` finishes it); see mktool.publish.
             finish_pending(self.con, writable=self.write)
         except BaseException:
-            if self.con is not None:
-                self.con.close()
-                self.con = None
-            if self._created:  # e.g. an unwritable spill folder: leave no empty database behind
-                self._remove_created()
-            self._lock.__exit__()
+            self._abandon()  # e.g. an unwritable spill folder: leave no empty database behind
             raise
         return self
+
+    def _abandon(self) -> None:
+        """Undo a failed open, or end a command that failed: close the connection, remove what this
+        command made and never committed to (the database file, the warehouse folder), release the lock."""
+        if self.con is not None:
+            con, self.con = self.con, None
+            warehouse = getattr(con, "warehouse", None)  # Spark: its close gives back a URI root's lock
+            con.close()
+            if self._created and not self._committed and warehouse is not None and self._lock is None:
+                warehouse.remove_created()
+        if self._created and not self._committed:
+            self._remove_created()
+        if self._lock is not None:
+            self._lock.__exit__()
 
     def _enter_spark(self) -> Database:
         """``--engine spark``: the warehouse's tables through a :class:`mktool.sparkdb.SparkConnection`.
 
         What is the DuckDB file's own does not apply: no memory/spill SET statements (the session's
-        conf is mktool.spark's), no write-ahead log. The run lock is a file in a local warehouse;
-        a Hadoop root (hdfs://, s3a://) has no advisory locks, and runs on it are not serialised yet.
+        conf is mktool.spark's), no write-ahead log. The run lock of a local warehouse folder is taken
+        here, before Spark starts; a URI root's (hdfs://, s3a://, file:) by the connection, through the
+        session's Hadoop file system (mktool.warehouse.HadoopLock). A read-only command on a warehouse
+        that is not there is refused and creates nothing. A writer's bookkeeping tables are made in its
+        first transaction, not here, so that a refused command leaves the warehouse as it was.
         """
+        local = _local_lock_base(self.settings.warehouse)
+        absent = local is not None and not local.parent.exists()
+        if self.must_exist and absent:
+            raise no_warehouse(self.settings.warehouse)
         if self._lock is not None:
             self._lock.__enter__()
         try:
-            # duck-typed: the connection speaks the part of DuckDB's API mktool uses
             connect = _ENGINES.get("spark")
             if connect is None:
                 raise MktoolError("engine spark: mktool.sparkdb is not loaded (import mktool.sparkdb first)")
-            self.con = cast(duckdb.DuckDBPyConnection, connect(self.settings))
+            # duck-typed: the connection speaks the part of DuckDB's API mktool uses
+            self.con = cast(duckdb.DuckDBPyConnection, connect(self.settings, write=self.write,
+                                                               must_exist=self.must_exist))
+            warehouse = getattr(self.con, "warehouse", None)
+            self._created = self.write and (absent if local is not None else bool(getattr(warehouse, "created", False)))
+            self._created = self._created and bool(getattr(warehouse, "empty_at_open", True))
             if self.must_exist and not self.con.execute("SELECT 1 FROM information_schema.tables LIMIT 1").fetchall():
                 raise StateError(f"no tables in the warehouse at {self.settings.warehouse}",
                                  hint="run `mktool --engine spark ingest PATH...` first, or point --warehouse / "
                                       "MKTOOL_WAREHOUSE at an existing warehouse")
-            if self.write:
-                for ddl in BOOKKEEPING_DDL:
-                    self.con.execute(ddl)
+            exists = warehouse.exists if warehouse is not None else (lambda t: table_exists(self.c, t))
+            self._bookkeeping = self.write and not all(exists(t) for t in BOOKKEEPING_TABLES)
             finish_pending(self.con, writable=self.write)
         except BaseException:
-            if self.con is not None:
-                self.con.close()
-                self.con = None
-            if self._lock is not None:
-                self._lock.__exit__()
+            self._abandon()
             raise
         return self
 
@@ -276,17 +295,18 @@ class Database:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if self._wrapped:
             return
-        if self.con is not None:
-            self.con.close()
-            self.con = None
-        if exc_type is not None and self._created and not self._committed:
-            # A command refused before anything was committed: leave no half-made database
-            # behind (the folder is as it was, and the next command starts clean).
-            self._remove_created()
-        if self._lock is not None:
-            self._lock.__exit__()
+        if exc_type is None:
+            self._created = False  # a command that succeeded keeps what it made, committed or not
+        # A command refused before anything was committed leaves no half-made database or
+        # warehouse behind (the folder is as it was, and the next command starts clean).
+        self._abandon()
 
     def _remove_created(self) -> None:
+        if self.spark:
+            local = _local_lock_base(self.settings.warehouse)
+            if local is not None:  # the lock file inside goes too: this run made the folder and holds it
+                shutil.rmtree(local.parent, ignore_errors=True)
+            return
         for leftover in (self.path, self.path.with_name(self.path.name + ".wal")):
             with contextlib.suppress(OSError):
                 leftover.unlink(missing_ok=True)
@@ -294,6 +314,13 @@ class Database:
             self.settings.spill_dir.rmdir()  # only when empty
 
     # -- small helpers -----------------------------------------------------------------
+    @property
+    def input_fs(self) -> Any:
+        """The file system ingest lists and reads extracts named by a URI through (``hdfs://``,
+        ``s3a://``, ``file:``): the Spark session's Hadoop file system; None on DuckDB, which reads
+        local paths only."""
+        return getattr(self.c, "input_fs", None) if self.spark else None
+
     @property
     def committed(self) -> bool:
         """Whether a transaction of this connection committed (what an interrupt message may claim)."""
@@ -322,12 +349,16 @@ class Database:
         con = self.c
         con.execute("BEGIN TRANSACTION")
         try:
+            if self._bookkeeping:  # Spark: made with the step's first commit, or not at all
+                for ddl in BOOKKEEPING_DDL:
+                    con.execute(ddl)
             yield con
         except BaseException:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
         self._committed = True
+        self._bookkeeping = False
         if self.spark:
             return  # the warehouse's commit is its publish; there is no log to fold into a file
         try:

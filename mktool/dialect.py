@@ -615,10 +615,37 @@ def _spark_parquet_scan(node: exp.Table) -> exp.Table:
                 and not option.expression.this):
             raise sqlglot.errors.UnsupportedError(
                 f"read_parquet option {option.sql('duckdb')}: only hive_partitioning = false renders for Spark")
-    table = exp.Table(this=exp.to_identifier(path.this, quoted=True), db=exp.to_identifier("parquet"))
+    table = exp.Table(this=exp.to_identifier(hadoop_path(path.this), quoted=True), db=exp.to_identifier("parquet"))
     if node.args.get("alias") is not None:
         table.set("alias", node.args["alias"].copy())
     return table
+
+
+#: What Hadoop's glob (FileSystem.globStatus, Spark's file reader) reads specially beyond DuckDB's ``* ? [``.
+_HADOOP_ONLY = "\\{},"
+_GLOB = "*?[]"
+
+
+def hadoop_path(pattern: str) -> str:
+    """A DuckDB path or glob pattern (``read_parquet``'s, ``glob``'s) as Hadoop reads it, matching the
+    same files: Spark globs every path it reads, with ``{a,b}`` alternatives and ``\\`` escapes that
+    DuckDB reads as plain characters. Those are escaped with ``\\``; a one-character set ``[c]`` (how
+    mktool.ingest writes a literal ``*``, ``?`` or ``[``) becomes ``\\c``, since a Hadoop set cannot
+    hold ``[``. An absolute local path becomes a ``file:`` URI: DuckDB reads this machine's files,
+    where a cluster's Spark would resolve ``/a/b`` on its default file system (HDFS)."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "[" and i + 2 < len(pattern) and pattern[i + 2] == "]" and pattern[i + 1] not in "!^":
+            literal = pattern[i + 1]
+            out.append("\\" + literal if literal in _GLOB + _HADOOP_ONLY else literal)
+            i += 3
+            continue
+        out.append("\\" + ch if ch in _HADOOP_ONLY else ch)
+        i += 1
+    text = "".join(out)
+    return "file:" + text if text.startswith("/") else text
 
 
 def spark_trees(sql: str) -> list[exp.Expr]:

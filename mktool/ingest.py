@@ -17,11 +17,12 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 import duckdb
 
+from mktool.config import is_uri
 from mktool.console import QUIET, Reporter
 from mktool.contract import INVISIBLE, MONTH_RE, TABLES, TIME_ZONE, WHITESPACE, Column, TableContract, table_for_file
 from mktool.database import LOAD_SEQ, Database, ensure_load_seq, table_columns, table_exists
@@ -77,7 +78,39 @@ def _scan_path(path: Path) -> str:
     one-character set (``[*]``), which matches only itself. Absolute, so that no prefix such
     as ``~`` or ``s3:`` is interpreted either.
     """
-    return "".join(f"[{ch}]" if ch in GLOB_CHARACTERS else ch for ch in os.path.abspath(path))
+    return _literal_pattern(os.path.abspath(path))
+
+
+def _literal_pattern(text: str) -> str:
+    """``text`` with each glob character as a one-character set, a pattern matching only itself
+    (dialect.hadoop_path spells it for Hadoop, whose glob also reads ``{ } , \\``)."""
+    return "".join(f"[{ch}]" if ch in GLOB_CHARACTERS else ch for ch in text)
+
+
+def _uri_path(uri: str) -> str:
+    """The path part of a URI: ``hdfs://nn:8020/a/b`` → ``/a/b``, ``file:/a/b`` → ``/a/b``."""
+    rest = uri.split(":", 1)[1]
+    if rest.startswith("//"):
+        slash = rest.find("/", 2)
+        rest = rest[slash:] if slash >= 0 else "/"
+    return rest
+
+
+
+class _Listed(Protocol):
+    uri: str
+    is_dir: bool
+    size: int
+
+
+class InputFS(Protocol):
+    """What ingest asks of the file system that extracts named by a URI live on (mktool.warehouse.HadoopFS)."""
+
+    def info(self, uri: str) -> _Listed | None: ...
+
+    def files_under(self, uri: str) -> Sequence[_Listed]: ...
+
+    def sha256(self, uri: str) -> str: ...
 
 
 @dataclass
@@ -138,6 +171,10 @@ class ColumnRead:
 
 @dataclass
 class SourceFile:
+    """One extract to load. A local file has ``path``; a file named by a URI (``hdfs://``, ``s3a://``,
+    ``file:``, read through the Spark session's Hadoop file system) has ``uri`` too, its ``size`` as
+    listed, and as ``path`` its URI's path (for the name and the table it is for)."""
+
     path: Path
     table: str
     sha256: str = ""
@@ -145,14 +182,38 @@ class SourceFile:
     months: list[str] = field(default_factory=list)
     schema: dict[str, str] = field(default_factory=dict)  # column → DuckDB type as read
     reads: dict[str, ColumnRead] = field(default_factory=dict)  # contract column → how it is read
+    uri: str = ""  # the file as its Hadoop file system names it; "" for a local file
+    size: int | None = None  # bytes, as listed (a URI's); a local file's is read when needed
 
     @property
     def contract(self) -> TableContract:
         return TABLES[self.table]
 
     @property
+    def local(self) -> bool:
+        """On this machine's file system: a local path, or a ``file:`` URI (then ``path`` is the file)."""
+        return not self.uri or self.uri.startswith("file:")
+
+    @property
+    def where(self) -> str:
+        """The file as messages name it: its path (a ``file:`` URI's too, as DuckDB's refusal of the
+        same file names it), else its URI."""
+        return str(self.path) if self.local else self.uri
+
+    @property
+    def recorded(self) -> str:
+        """The file as ingest_log records it: a local file's resolved path on both engines (``file:``
+        URIs too), else its URI."""
+        return str(self.path.resolve()) if self.local else self.uri
+
+    @property
+    def pattern(self) -> str:
+        """A glob pattern matching only this file (``glob(?)``, ``read_parquet``)."""
+        return _literal_pattern(self.uri) if self.uri else _scan_path(self.path)
+
+    @property
     def sql_path(self) -> str:
-        return _scan_path(self.path).replace("'", "''")
+        return self.pattern.replace("'", "''")
 
     @property
     def scan(self) -> str:
@@ -223,12 +284,19 @@ def _parquet_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def discover(paths: list[Path], table: str | None = None) -> list[SourceFile]:
-    """Files and folders → the Parquet files to load, each with its table. Sorted for determinism."""
+def discover(paths: Sequence[Path | str], table: str | None = None, fs: InputFS | None = None) -> list[SourceFile]:
+    """Files and folders → the Parquet files to load, each with its table. Sorted for determinism.
+
+    A path given as a URI (``hdfs://…``, ``s3a://…``, ``file:/…``) is listed through ``fs``, the Spark
+    session's Hadoop file system; DuckDB (no ``fs``) reads local paths only and refuses a URI."""
     if table is not None and table not in TABLES:
         raise InputError(f"unknown table '{table}' (known tables: {', '.join(TABLES)})")
     found: list[SourceFile] = []
-    for path in paths:
+    for given in paths:
+        if isinstance(given, str) and is_uri(given):
+            found += _discover_uri(given, table, fs)
+            continue
+        path = Path(given)
         if path.is_dir():
             files = _parquet_files(path)
             if not files:
@@ -239,17 +307,45 @@ def discover(paths: list[Path], table: str | None = None) -> list[SourceFile]:
             raise InputError("symbolic link leads nowhere", file=str(path))
         else:
             raise InputError("no such file or folder", file=str(path))
-        for f in files:
-            name = table or table_for_file(f.stem)
-            if name is None:
-                raise InputError(
-                    "cannot tell which table this file is for",
-                    file=str(f),
-                    hint=f"name it after its table (e.g. usage_2026-10.parquet) or pass --table; "
-                    f"known tables: {', '.join(TABLES)}",
-                )
-            found.append(SourceFile(path=f, table=name))
+        found += [SourceFile(path=f, table=_table_of(f, f, table)) for f in files]
     return found
+
+
+def _table_of(path: Path | PurePosixPath, where: Path | str, table: str | None) -> str:
+    name = table or table_for_file(path.stem)
+    if name is None:
+        raise InputError(
+            "cannot tell which table this file is for",
+            file=str(where),
+            hint=f"name it after its table (e.g. usage_2026-10.parquet) or pass --table; "
+            f"known tables: {', '.join(TABLES)}",
+        )
+    return name
+
+
+def _discover_uri(uri: str, table: str | None, fs: InputFS | None) -> list[SourceFile]:
+    """A file or folder named by a URI, listed through Hadoop: the files as :func:`discover` finds them
+    in a local folder (every ``*.parquet`` below it, suffix in any case, in path order)."""
+    shown = _uri_path(uri) if uri.startswith("file:") else uri
+    if fs is None:
+        raise InputError("a URI is read through Spark: DuckDB reads local files only", file=uri,
+                         hint="pass a local path, or run with --engine spark")
+    info = fs.info(uri)
+    if info is None:
+        raise InputError("no such file or folder", file=shown)
+    if info.is_dir:
+        files = [f for f in fs.files_under(uri) if f.uri.lower().endswith(".parquet")]
+        if not files:
+            raise InputError("folder holds no .parquet files", file=shown)
+    else:
+        files = [info]
+    out = []
+    for f in sorted(files, key=lambda f: PurePosixPath(_uri_path(f.uri))):
+        path = Path(_uri_path(f.uri))
+        src = SourceFile(path=path, table="", uri=f.uri, size=f.size)
+        src.table = _table_of(path, src.where, table)
+        out.append(src)
+    return out
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -479,20 +575,20 @@ def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty:
     ``allow_empty`` accepts a file with no rows (an event file of a quiet hour is a batch too,
     mktool/scene.py); an extract with none is refused: it would wipe the months it should carry.
     """
-    if src.path.stat().st_size == 0:
-        raise InputError("empty file (0 bytes): not a Parquet file", file=str(src.path), table=src.table)
+    if (src.size if src.uri else src.path.stat().st_size) == 0:
+        raise InputError("empty file (0 bytes): not a Parquet file", file=src.where, table=src.table)
     try:
-        matched = [r[0] for r in con.execute("SELECT file FROM glob(?)", [_scan_path(src.path)]).fetchall()]
+        matched = [r[0] for r in con.execute("SELECT file FROM glob(?)", [src.pattern]).fetchall()]
         if len(matched) != 1:  # the escaping must leave exactly this file
             raise InputError(f"the file name reads as a pattern matching {len(matched)} files",
-                             file=str(src.path), table=src.table, hint="rename the file without * ? [ ]")
+                             file=src.where, table=src.table, hint="rename the file without * ? [ ]")
         names = _top_level_names(con, src)
         src.schema = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src.scan}").fetchall()}
         src.rows = int(con.execute(rows_query(src).sql).fetchone()[0])  # type: ignore[index]
     except duckdb.Error as exc:
         reason = str(exc).splitlines()[0]
         reason = reason.split("Error: ", 1)[-1]
-        raise InputError(f"not a readable Parquet file ({reason})", file=str(src.path), table=src.table) from None
+        raise InputError(f"not a readable Parquet file ({reason})", file=src.where, table=src.table) from None
     seen: dict[str, str] = {}
     for name in names:
         key = name.strip(WHITESPACE).lower()
@@ -500,17 +596,17 @@ def read_schema(con: duckdb.DuckDBPyConnection, src: SourceFile, *, allow_empty:
             raise InputError(
                 f"column name {seen[key]!r} appears twice (as {seen[key]!r} and {name!r}; names are compared "
                 "trimmed and case-insensitively): which one is meant cannot be told",
-                file=str(src.path), table=src.table, column=key,
+                file=src.where, table=src.table, column=key,
                 hint="drop or rename one of them in the extract")
         seen[key] = name
     if list(src.schema) != names:  # cannot happen once names are unique; never read a renamed column
-        raise InputError(f"column names read back differently ({', '.join(src.schema)})", file=str(src.path),
+        raise InputError(f"column names read back differently ({', '.join(src.schema)})", file=src.where,
                          table=src.table)
     by_key = {name.strip(WHITESPACE).lower(): name for name in names}
     src.reads = {c.name: ColumnRead(c, by_key[c.name], src.schema[by_key[c.name]])
                  for c in src.contract.columns if c.name in by_key}
     if src.rows == 0 and not allow_empty:
-        raise InputError("file has no rows", file=str(src.path), table=src.table,
+        raise InputError("file has no rows", file=src.where, table=src.table,
                          hint="an empty extract would wipe the months it should carry; check the export job")
 
 
@@ -543,7 +639,7 @@ def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, src: SourceFile, checks: li
             value = row.get(read.source if read and read.source else column) if row else None
             raise InputError(
                 f"{problem} ({bad} row{'s' if bad > 1 else ''}; e.g. {value!r})",
-                file=str(src.path), table=src.table, column=column, row=row,
+                file=src.where, table=src.table, column=column, row=row,
             )
     return list(counts[len(checks):])
 
@@ -590,7 +686,7 @@ def validation(src: SourceFile, channel_names: Sequence[str] = (), *, months_cle
         if col.name == "msisdn" and _base_type(source) not in TEXT_TYPES | BINARY_TYPES | {NULL_TYPE}:
             raise InputError(
                 f"msisdn must be a string column, got {source}: numbers lose leading digits and formatting",
-                file=str(src.path), table=src.table, column="msisdn",
+                file=src.where, table=src.table, column="msisdn",
                 hint="export msisdn as VARCHAR / string in the warehouse extract",
             )
         if col.name == "month" and months_clean:
@@ -606,7 +702,7 @@ def validation(src: SourceFile, channel_names: Sequence[str] = (), *, months_cle
             if col.is_text:
                 hint = ("export it as a string: a number has no single text form (58, 58.0 and 058 are one "
                         "plan to a person and three to the engine)")
-            raise InputError(f"type {source} cannot be read as {col.type}", file=str(src.path), table=src.table,
+            raise InputError(f"type {source} cannot be read as {col.type}", file=src.where, table=src.table,
                              column=col.name, hint=hint)
         checks += [(col.name, problem, cond) for problem, cond in type_checks]
         # Vocabulary and pattern columns: the scan counts the values that are not already in
@@ -654,7 +750,7 @@ def validate(con: duckdb.DuckDBPyConnection, src: SourceFile, channel_names: Seq
     if missing:
         raise InputError(
             f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
-            file=str(src.path), table=src.table,
+            file=src.where, table=src.table,
             hint=f"columns found: {', '.join(src.schema)}",
         )
     # A file carries one or a few months: when its distinct months are all exact YYYY-MM (the
@@ -707,7 +803,7 @@ def check_keys(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFil
         problem = duplicate_in_file(con, src)
         if problem is not None:
             raise problem
-    names = ", ".join(str(f.path) for f in files)
+    names = ", ".join(f.where for f in files)
     raise InputError(
         f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) "
         f"appears in more than one of the files loaded together: {names}",
@@ -763,7 +859,7 @@ def duplicate_in_file(con: duckdb.DuckDBPyConnection, src: SourceFile) -> InputE
     row = dict(zip([d[0] for d in cur.description], cur.fetchone() or ()))
     return InputError(
         f"duplicate key ({', '.join(contract.key)}) = ({', '.join(map(str, dup[:-1]))}) appears {dup[-1]} times",
-        file=str(src.path), table=src.table, column=", ".join(contract.key), row=row,
+        file=src.where, table=src.table, column=", ".join(contract.key), row=row,
     )
 
 
@@ -841,7 +937,7 @@ def _load_table(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFi
         try:
             con.execute(f"INSERT INTO {t} BY NAME {_select_for(src)}")
         except duckdb.Error as exc:
-            raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=str(src.path), table=table) from None
+            raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=src.where, table=table) from None
 
 
 #: contact_history's bookkeeping columns (export adds them): which cycle and tool wrote a row.
@@ -869,7 +965,7 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
     else:
         # Plain SQL both engines run (DuckDB, Spark): the files' columns aligned by name (what UNION ALL
         # BY NAME did), the latest file's row per key by a ranked subquery (what QUALIFY did).
-        files = sorted(files, key=lambda f: (f.path.name, str(f.path)))
+        files = sorted(files, key=lambda f: (f.path.name, f.where))
         file_no, rank = _helper_name(files, "_mk_file_no"), _helper_name(files, "_mk_rank")
         union = " UNION ALL ".join(
             f"SELECT {', '.join(_aligned(src, f'f{i}', columns))}, {i} AS {file_no} FROM ({_select_for(src)}) AS f{i}"
@@ -889,7 +985,7 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, files: list[SourceFile])
         else:
             con.execute(f"INSERT INTO {t} BY NAME {latest}")
     except duckdb.Error as exc:
-        names = ", ".join(str(f.path) for f in files)
+        names = ", ".join(f.where for f in files)
         raise InputError(f"could not load: {str(exc).splitlines()[0]}", file=names, table=table) from None
 
 
@@ -961,16 +1057,17 @@ def _with_bookkeeping(table: str, files: list[SourceFile], latest: str, kept: li
     return f"SELECT {rows}, {', '.join(values)} FROM ({latest}) AS s LEFT JOIN {KEPT_TABLE} k ON {match}"
 
 
-def ingest(db: Database, paths: list[Path], *, table: str | None = None, reporter: Reporter = QUIET,
+def ingest(db: Database, paths: Sequence[Path | str], *, table: str | None = None, reporter: Reporter = QUIET,
            channel_names: Sequence[str] | None = None) -> IngestResult:
     """Validate every file, then load them all in one transaction (all or nothing).
 
     ``channel_names`` are the vocabulary of the channel columns (contact_history, dnd); by
     default the channels of the rules folder's channels.yaml, read only when such a file is loaded.
     """
-    files = discover(paths, table)
+    fs = db.input_fs
+    files = discover(paths, table, fs)
     try:
-        return _ingest_files(db, files, reporter=reporter, channel_names=channel_names)
+        return _ingest_files(db, files, fs, reporter=reporter, channel_names=channel_names)
     except duckdb.Error as exc:
         if not isinstance(exc, (duckdb.InterruptException, duckdb.IOException, duckdb.OutOfMemoryException)):
             _name_damaged_file(files, db.settings.threads, db.settings.memory_limit)
@@ -984,23 +1081,35 @@ def _name_damaged_file(files: list[SourceFile], threads: int, memory_limit: str)
     with no file in the message, which would read as a bug (exit 4). Only on that failure
     path, each extract is read in full, alone; the first one DuckDB cannot read is bad input
     (exit 1) and named. When every file reads, the caller re-raises the original error.
-    On Spark too the probe is DuckDB's (a Spark failure is a ``duckdb.Error`` as well): ingest
-    reads extracts from the local file system only (``discover``), so there is no hdfs:// file to probe.
+    On Spark too the probe is DuckDB's (a Spark failure is a ``duckdb.Error`` as well), for the
+    files on this machine (local paths, ``file:`` URIs); an hdfs:// or s3a:// file keeps Spark's message.
     """
     with contextlib.closing(duckdb.connect()) as probe:
         probe.execute("SET threads = ?", [threads])
         probe.execute("SET memory_limit = ?", [memory_limit])
         for src in files:
+            if not src.local:
+                continue  # DuckDB cannot read hdfs:// or s3a://: Spark's own message stands
             try:
                 # the path as stored, globs literal
-                probe.execute(f"SELECT max(hash(COLUMNS(*))) FROM {src.scan}").fetchall()
+                scan = src.scan if not src.uri else \
+                    f"read_parquet('{_scan_path(src.path).replace(chr(39), chr(39) * 2)}', hive_partitioning = false)"
+                probe.execute(f"SELECT max(hash(COLUMNS(*))) FROM {scan}").fetchall()
             except duckdb.Error as unreadable:
                 reason = str(unreadable).splitlines()[0] if str(unreadable) else type(unreadable).__name__
                 raise InputError(f"damaged Parquet file: DuckDB cannot read it in full ({reason})",
-                                 file=str(src.path), hint="export the extract again") from None
+                                 file=src.where, hint="export the extract again") from None
 
 
-def _ingest_files(db: Database, files: list[SourceFile], *, reporter: Reporter,
+def _checksum(src: SourceFile, fs: InputFS | None) -> str:
+    """A file's sha256: read here for a local path, in the JVM for a URI (the same digest)."""
+    if src.uri:
+        assert fs is not None, "a URI file without a file system to read it"
+        return fs.sha256(src.uri)
+    return file_sha256(src.path)
+
+
+def _ingest_files(db: Database, files: list[SourceFile], fs: InputFS | None, *, reporter: Reporter,
                   channel_names: Sequence[str] | None) -> IngestResult:
     con = db.c
     if channel_names is None and any(c.channels for f in files for c in f.contract.columns):
@@ -1016,7 +1125,7 @@ def _ingest_files(db: Database, files: list[SourceFile], *, reporter: Reporter,
     checking = ThreadPoolExecutor(max_workers=1)
     stop = threading.Event()
     try:
-        checksums = [hashing.submit(file_sha256, src.path) for src in files]
+        checksums = [hashing.submit(_checksum, src, fs) for src in files]
         with reporter.progress("validating", len(files)) as bar:
             for src in files:
                 read_schema(con, src)
@@ -1040,7 +1149,7 @@ def _ingest_files(db: Database, files: list[SourceFile], *, reporter: Reporter,
                 con.executemany(
                     "INSERT INTO ingest_log (load_id, table_name, file, sha256, rows, months, loaded_at, "
                     f"{LOAD_SEQ}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(load_id, f.table, str(f.path.resolve()), f.sha256, f.rows, f.months, now, int(last) + i)
+                    [(load_id, f.table, f.recorded, f.sha256, f.rows, f.months, now, int(last) + i)
                      for i, f in enumerate(files, 1)],
                 )
         except BaseException:
@@ -1071,7 +1180,7 @@ def status(db: Database) -> list[dict[str, Any]]:
         month_expr = "month" if contract.monthly else "NULL"
         rows = con.execute(
             f"""WITH counts AS (SELECT {month_expr} AS month, count(*) AS rows FROM {_q(name)} GROUP BY ALL),
-                all_loads AS (SELECT unnest(CASE WHEN len(months) = 0 THEN [NULL] ELSE months END) AS month,
+                all_loads AS (SELECT unnest(CASE WHEN array_length(months) = 0 THEN [NULL] ELSE months END) AS month,
                                      file, sha256, loaded_at
                               FROM ingest_log WHERE table_name = ?),
                 loads AS (SELECT * FROM all_loads

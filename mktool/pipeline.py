@@ -20,7 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -99,7 +99,7 @@ def run_pipeline(
     project: Project,
     month: str,
     *,
-    ingest_paths: list[Path] | None,
+    ingest_paths: Sequence[Path | str] | None,
     cycle_date: dt.date,
     out_dir: Path,
     fmt: str | None = None,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import urllib.parse
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,10 +42,11 @@ from sqlglot import exp
 
 from mktool.config import Settings
 from mktool.database import register_engine
-from mktool.dialect import SPARK, render
+from mktool.dialect import SPARK, hadoop_path, render
 from mktool.errors import MktoolError
 from mktool.spark import engine_version, open_session
-from mktool.warehouse import Transaction, Warehouse, duckdb_type, spark_type
+from mktool.warehouse import SCRATCH as WAREHOUSE_SCRATCH
+from mktool.warehouse import HadoopFS, Transaction, Warehouse, duckdb_type, spark_type
 
 Columns = list[tuple[str, str]]
 
@@ -69,7 +69,7 @@ _NO_OPS = ("CHECKPOINT", "SET", "RESET")
 #: default all the same: its rows stay on disk, not in the executors' (in local mode the driver's)
 #: heap, and survive a lost executor. The files go when the connection closes.
 TEMP_STORE = "parquet"
-SCRATCH = "_scratch"
+SCRATCH = WAREHOUSE_SCRATCH  # mktool.warehouse names it: a writer taking the lock removes stale scratch
 
 
 class InternalError(MktoolError):
@@ -127,13 +127,17 @@ class _State:
 
     def __post_init__(self) -> None:
         if not self.scratch:
-            self.scratch = f"{self.warehouse.root}/{SCRATCH}/{uuid.uuid4().hex[:12]}"
+            self.scratch = self.warehouse.new_scratch()
 
 
-def connect(settings: Settings) -> SparkConnection:
-    """A connection over the session built from ``settings.spark`` and the warehouse at ``settings.warehouse``."""
+def connect(settings: Settings, *, write: bool = True, must_exist: bool = False) -> SparkConnection:
+    """A connection over the session built from ``settings.spark`` and the warehouse at ``settings.warehouse``,
+    holding the warehouse's run lock (a URI root's; a local folder's is mktool.database's) until it closes.
+    ``must_exist``: refuse a warehouse that is not there, creating nothing."""
     session = open_session(settings.spark)
-    return SparkConnection(_State(session, Warehouse(session, settings.warehouse)))
+    warehouse = Warehouse(session, settings.warehouse, access="write" if write else "read",
+                          wait=settings.lock_wait, must_exist=must_exist)
+    return SparkConnection(_State(session, warehouse))
 
 
 def connect_session(session: Any, warehouse: Warehouse) -> SparkConnection:
@@ -167,6 +171,11 @@ class SparkConnection:
     @property
     def warehouse(self) -> Warehouse:
         return self._s.warehouse
+
+    @property
+    def input_fs(self) -> HadoopFS:
+        """The file system ingest reads extracts named by a URI through (hdfs://, s3a://, file:)."""
+        return self._s.warehouse.fs
 
     @property
     def description(self) -> list[tuple[Any, ...]] | None:
@@ -219,7 +228,8 @@ class SparkConnection:
         s.views.clear()
         s.parquet_views.clear()
         s.plans.clear()
-        s.warehouse.fs.delete(s.scratch)
+        s.warehouse.drop_scratch(s.scratch)
+        s.warehouse.release()
 
     def register(self, name: str, table: Any) -> SparkConnection:
         """An Arrow table (or anything createDataFrame takes) as a temp view ``name``."""
@@ -467,29 +477,32 @@ class SparkConnection:
 
     def _glob(self, pattern: str) -> list[str]:
         """DuckDB's ``glob``: the matching files, sorted; a local pattern's matches as local paths."""
-        found = self._s.warehouse.fs.glob(pattern)
+        found = self._s.warehouse.fs.glob(hadoop_path(pattern))
         if _has_scheme(pattern):
             return found
         return sorted(_local_path(f) for f in found)
 
     def _parquet_tree(self, file: str) -> list[tuple[str, int | None]]:
         """(name, num_children) of each node of a Parquet file's schema, root first, depth first (the
-        rows of DuckDB's ``parquet_schema`` ingest reads): from the footer with pyarrow for a local
-        file, from Spark's reader elsewhere (hdfs://, s3a://)."""
-        if not _has_scheme(file) or file.startswith("file:"):
-            local = _local_path(file)
-            try:
-                metadata = pq.read_metadata(local)
-            except (OSError, pa.ArrowException) as exc:
-                raise SparkQueryError(f"Invalid Input Error: {local}: {exc}") from None
-            # pyarrow prints the tree; its first group line is the root: "required group field_id=-1 NAME {"
-            root = next(line for line in str(metadata.schema).splitlines() if line.rstrip().endswith("{")).split()[-2]
-            arrow = metadata.schema.to_arrow_schema()
-        else:
-            from pyspark.sql.pandas.types import to_arrow_schema  # noqa: PLC0415 - optional extra
-
-            schema = self._spark_call(lambda: self._s.session.read.parquet(file).schema)
-            root, arrow = "spark_schema", to_arrow_schema(schema)
+        rows of DuckDB's ``parquet_schema`` ingest reads), from the file's footer with pyarrow: read
+        from the local file system for a local path, through the session's Hadoop file system for a
+        URI (hdfs://, s3a://, file:), so both give the same tree."""
+        try:
+            if _has_scheme(file):
+                with self._s.warehouse.fs.open_input(file) as stream:
+                    metadata = pq.read_metadata(stream)
+            else:
+                metadata = pq.read_metadata(file)
+        except (OSError, pa.ArrowException) as exc:
+            raise SparkQueryError(f"Invalid Input Error: {_local_path(file)}: {exc}") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("py4j"):
+                text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise SparkQueryError(f"Invalid Input Error: {file}: {text}") from None
+            raise
+        # pyarrow prints the tree; its first group line is the root: "required group field_id=-1 NAME {"
+        root = next(line for line in str(metadata.schema).splitlines() if line.rstrip().endswith("{")).split()[-2]
+        arrow = metadata.schema.to_arrow_schema()
         out: list[tuple[str, int | None]] = [(root, len(arrow))]
         for f in arrow:
             out += _parquet_nodes(f.name, f.type)

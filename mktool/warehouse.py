@@ -32,15 +32,20 @@ such sessions are refused this round.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import re
+import socket
+import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mktool.errors import MktoolError
+from mktool.config import is_uri, no_warehouse
+from mktool.errors import LockedError, MktoolError
 from mktool.publish import fault
 
 TABLE_FILE = "_table.json"
@@ -49,6 +54,10 @@ JOURNAL = "_journal"
 TRASH = "_trash"
 DATA = "data"  # the one partition of a table without a month column
 MONTH = "month"
+SCRATCH = "_scratch"  # <root>/_scratch/<connection>/: mktool.sparkdb's materialised TEMP tables
+LOCK_FILE = "_mktool.lock"  # <root>/_mktool.lock: the writer's (or first reader's) lock on a URI root
+READERS = "_mktool.readers"  # <root>/_mktool.readers/<holder>: one file per reader of a URI root
+_LOCK_NAMES = (LOCK_FILE, READERS, f"{LOCK_FILE}.break")
 _TMP = "_put"  # per-put scratch under _staging/<run>/ (a name no table can have)
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -58,6 +67,8 @@ _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 #: (root, run id) of every transaction open in this process: recovery leaves their staging alone, so
 #: a second Warehouse on the same root (another connection, a reader) cannot delete a writer's work.
 _OPEN: set[tuple[str, str]] = set()
+#: The scratch folders (``<root>/_scratch/<id>``) of the connections open in this process.
+_SCRATCH_OPEN: set[str] = set()
 
 
 class WarehouseError(MktoolError):
@@ -303,6 +314,146 @@ class HadoopFS:
         options[0] = hadoop.Options.Rename.OVERWRITE
         context.rename(self.path(src), self.path(dst), options)
 
+    # -- inputs and the lock: on the file system of each URI (an extract on hdfs://, a warehouse on file:)
+    def _on(self, uri: str) -> tuple[Any, Any]:
+        """(Hadoop Path, its FileSystem) of any URI: inputs need not live where the warehouse does."""
+        p = self.path(uri)
+        return p, p.getFileSystem(self.conf)
+
+    def info(self, uri: str) -> FileInfo | None:
+        """What is at ``uri`` (qualified URI, folder or file, size), or None when nothing is."""
+        p, fs = self._on(uri)
+        if not fs.exists(p):
+            return None
+        status = fs.getFileStatus(p)
+        return FileInfo(str(fs.makeQualified(p).toString()), bool(status.isDirectory()), int(status.getLen()))
+
+    def files_under(self, uri: str) -> list[FileInfo]:
+        """Every file below a folder (recursively), sorted by URI."""
+        p, fs = self._on(uri)
+        found = []
+        listing = fs.listFiles(p, True)
+        while listing.hasNext():
+            status = listing.next()
+            found.append(FileInfo(str(status.getPath().toString()), False, int(status.getLen())))
+        return sorted(found, key=lambda f: f.uri)
+
+    def sha256(self, uri: str) -> str:
+        """The SHA-256 of a file's bytes, computed in the JVM as the file streams past (no bytes cross
+        to Python): the same digest mktool.publish.file_sha256 gives a local copy of the file."""
+        p, fs = self._on(uri)
+        stream = fs.open(p)
+        try:
+            return str(self.jvm.org.apache.commons.codec.digest.DigestUtils.sha256Hex(stream))
+        finally:
+            stream.close()
+
+    def open_input(self, uri: str) -> HadoopInput:
+        """A seekable binary reader of one file (pyarrow reads a Parquet footer through it)."""
+        p, fs = self._on(uri)
+        return HadoopInput(self.jvm, fs.open(p), int(fs.getFileStatus(p).getLen()))
+
+    def create_new(self, uri: str, text: str) -> bool:
+        """Create the file ``uri`` holding ``text`` only if nothing is there: False when something is.
+        Atomic on HDFS (``create(path, overwrite=false)`` is one NameNode call) and on a local disk
+        (O_EXCL); not on S3A (see :class:`HadoopLock`)."""
+        p, fs = self._on(uri)
+        if str(fs.getUri().getScheme()) == "file":
+            # Hadoop's local create checks, then opens: two processes can both pass the check.
+            # open(O_CREAT | O_EXCL) is the one atomic "create if absent" of a local file system.
+            local = _file_path(str(fs.makeQualified(p).toString()))
+            for attempt in range(3):  # a reader's release may remove the empty folder meanwhile
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                try:
+                    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    break
+                except FileExistsError:
+                    return False
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
+        try:
+            stream = fs.create(p, False)
+        except Exception as exc:  # noqa: BLE001 - py4j's error for FileAlreadyExistsException
+            text = str(exc)
+            if "FileAlreadyExists" in text or "AlreadyBeingCreated" in text or "already exists" in text:
+                return False
+            raise
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+            stream.hsync()
+        finally:
+            stream.close()
+        return True
+
+    def delete_if_empty(self, uri: str) -> None:
+        """Remove a folder only when nothing is in it (a run's parent folders: no empty leftovers)."""
+        p, fs = self._on(uri)
+        try:
+            if fs.exists(p) and fs.getFileStatus(p).isDirectory() and not list(fs.listStatus(p)):
+                fs.delete(p, False)
+        except Exception:  # noqa: BLE001 - another run wrote into it meanwhile: it stays
+            return
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One path as a Hadoop file system reports it."""
+
+    uri: str  # qualified: file:/a/b, hdfs://nn:8020/a/b
+    is_dir: bool
+    size: int
+
+
+class HadoopInput(io.RawIOBase):
+    """A read-only, seekable Python file over a Hadoop input stream (pyarrow.parquet takes it): each
+    read is one positioned read in the JVM, so a Parquet footer costs a few calls, not the file."""
+
+    def __init__(self, jvm: Any, stream: Any, size: int) -> None:
+        super().__init__()
+        self._jvm, self._stream, self._size, self._pos = jvm, stream, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        n = self._size - self._pos if size is None or size < 0 else min(size, self._size - self._pos)
+        if n <= 0:
+            return b""
+        self._stream.seek(self._pos)
+        data = bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(self._stream, n))
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
 
 def parent(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0]
@@ -314,6 +465,156 @@ def _root_uri(root: str) -> str:
     if _SCHEME_RE.match(root) and not re.match(r"^[A-Za-z]:[\\/]", root):
         return root.rstrip("/") or root
     return "file:" + os.path.abspath(root)
+
+
+def _file_path(uri: str) -> str:
+    """``file:/a/b`` or ``file:///a/b`` → ``/a/b``."""
+    rest = uri[len("file:"):]
+    return "/" + rest.lstrip("/") if rest.startswith("/") else rest
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} since {holder.get('since', '?')}"
+            + (f": {holder['command']}" if holder.get("command") else ""))
+
+
+class HadoopLock:
+    """The run lock of a warehouse named by a URI (hdfs://, s3a://, file:), which has no advisory locks:
+    a writer holds ``<root>/_mktool.lock``, created only if absent; each reader holds a file of its own
+    under ``<root>/_mktool.readers/``. A writer waits until no reader is left, a reader while a writer
+    holds the lock, as the local lock's exclusive and shared modes do. Every file names its holder (host,
+    pid, time, command) for the "locked by" message.
+
+    Stale locks: a holder on this host whose process is gone (a killed run) is removed when found (a
+    writer's lock under ``_mktool.lock.break``, taken the same way, so that two runs never both remove
+    it). A holder on another host cannot be checked from here: the message names it and the file to
+    remove once that run is known to be gone. Atomicity: HDFS creates a file only if absent in one
+    step, and so does a local folder (O_EXCL); S3A's create checks, then writes, so on S3 two runs
+    starting in the same second are not reliably kept apart.
+    """
+
+    def __init__(self, fs: HadoopFS, root: str, *, exclusive: bool, wait: float) -> None:
+        self.fs = fs
+        self.root = root
+        self.exclusive = exclusive
+        self.wait = wait
+        self.uri = f"{root}/{LOCK_FILE}"
+        self.readers = f"{root}/{READERS}"
+        self.held: str | None = None  # the file this lock created
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:12],
+                      "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      "command": " ".join(["mktool", *sys.argv[1:]])[:300]}
+
+    def _text(self) -> str:
+        return json.dumps(self.owner, ensure_ascii=False) + "\n"
+
+    def _read(self, uri: str) -> dict[str, Any] | None:
+        try:
+            holder = json.loads(self.fs.read_text(uri))
+        except Exception:  # noqa: BLE001 - gone meanwhile, or cut off by a crash: judged on the next try
+            return None
+        return holder if isinstance(holder, dict) else {}
+
+    def _dead_here(self, holder: dict[str, Any]) -> bool:
+        """A holder on this host whose process no longer runs (a killed or crashed run)."""
+        pid = holder.get("pid")
+        if holder.get("host") != self.owner["host"] or not isinstance(pid, int) or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # someone else's live process
+        return False
+
+    def acquire(self) -> HadoopLock:
+        deadline = time.monotonic() + self.wait
+        while True:
+            holder = self._try()
+            if holder is None:
+                return self
+            if time.monotonic() >= deadline:
+                where = self.uri if holder.get("_file") in (None, self.uri) else holder["_file"]
+                raise LockedError(
+                    f"warehouse is locked by another mktool run ({_holder_text(holder)})", file=self.root,
+                    hint=f"wait for it to finish, or pass --wait SECONDS (env MKTOOL_LOCK_WAIT) to queue behind it; "
+                         f"if that run is gone (its machine crashed), remove {where}")
+            time.sleep(0.5)
+
+    def _try(self) -> dict[str, Any] | None:
+        """One attempt: None when the lock is now held, else the holder that keeps it."""
+        if self.exclusive:
+            if not self.fs.create_new(self.uri, self._text()):
+                holder = self._read(self.uri)
+                if holder is not None and self._dead_here(holder):
+                    self._break(holder)
+                    return self._try()
+                return holder or {}
+            self.held = self.uri
+            reader = self._live_reader()
+            if reader is not None:
+                self.release()
+                return reader
+            return None
+        holder = self._writer()
+        if holder is not None:
+            return holder
+        mine = f"{self.readers}/{self.owner['host']}-{self.owner['pid']}-{self.owner['id']}"
+        if not self.fs.create_new(mine, self._text()):
+            raise WarehouseError(f"lock file {mine} exists already (a reader with this process's id)")
+        self.held = mine
+        holder = self._writer()  # a writer that took the lock between the look and the create
+        if holder is not None:
+            self.release()
+            return holder
+        return None
+
+    def _writer(self) -> dict[str, Any] | None:
+        if not self.fs.exists(self.uri):
+            return None
+        holder = self._read(self.uri)
+        if holder is not None and self._dead_here(holder):
+            self._break(holder)
+            return self._writer()
+        return holder or {}
+
+    def _live_reader(self) -> dict[str, Any] | None:
+        for name in self.fs.listdir(self.readers):
+            uri = f"{self.readers}/{name}"
+            holder = self._read(uri)
+            if holder is None:
+                continue
+            if self._dead_here(holder):
+                self.fs.delete(uri)  # a reader's file is its own: no other run writes that name
+                continue
+            return {**holder, "_file": uri}
+        return None
+
+    def _break(self, dead: dict[str, Any]) -> None:
+        """Remove a dead holder's lock, under ``_mktool.lock.break`` so that one run removes it (and a
+        second cannot remove the fresh lock of a third that took over meanwhile)."""
+        breaker = f"{self.uri}.break"
+        if not self.fs.create_new(breaker, self._text()):
+            other = self._read(breaker)
+            if other is not None and self._dead_here(other):
+                self.fs.delete(breaker)
+            time.sleep(0.1)
+            return
+        try:
+            if self._read(self.uri) == dead:
+                self.fs.delete(self.uri)
+        finally:
+            self.fs.delete(breaker)
+
+    def release(self) -> None:
+        if self.held is not None:
+            held, self.held = self.held, None
+            if held == self.uri and self._read(held) not in (None, self.owner):
+                return  # never remove another run's lock (ours was removed as stale by mistake)
+            self.fs.delete(held)
+            if held != self.uri:
+                self.fs.delete_if_empty(self.readers)
 
 
 # -- what a transaction holds and what its journal records ------------------------------------------
@@ -342,12 +643,74 @@ def _is_partition_dir(name: str, partitioned: bool) -> bool:
 class Warehouse:
     """The committed tables under ``root`` (see the module docstring); ``begin()`` starts a change."""
 
-    def __init__(self, session: Any, root: str) -> None:
+    def __init__(self, session: Any, root: str, *, access: str | None = None, wait: float = 0.0,
+                 must_exist: bool = False) -> None:
+        """Open the warehouse at ``root`` and finish any interrupted publish (:meth:`recover`).
+
+        ``access`` ("read" or "write") takes the run lock of a URI root (:class:`HadoopLock`, waiting up to
+        ``wait`` seconds) before anything else, and a writer removes the scratch of runs that are gone
+        (:meth:`clean_scratch`): a local folder's lock is mktool.database's, taken before the session
+        starts, and its holder passes ``access`` too. ``must_exist``: a missing root is refused, and
+        nothing is created (a read-only command)."""
         self.session = session
         self.root = _root_uri(root)
         self.fs = HadoopFS(session, self.root)
-        self.fs.mkdirs(self.root)
-        self.recover()
+        self.lock: HadoopLock | None = None
+        absent = self.fs.info(self.root) is None
+        if must_exist and absent:
+            raise no_warehouse(str(root))
+        if access is not None and is_uri(str(root)):
+            self.lock = HadoopLock(self.fs, self.root, exclusive=access == "write", wait=wait).acquire()
+        try:
+            #: nothing but lock files under the root once the lock is held (judged under the lock: a
+            #: run that waited behind the one that made the warehouse finds its tables)
+            self.empty_at_open = not [n for n in self.fs.listdir(self.root)
+                                      if n not in _LOCK_NAMES and not n.startswith(".")]
+            #: this open made the root: a command that then commits nothing removes it (mktool.database)
+            self.created = absent and self.empty_at_open
+            self.fs.mkdirs(self.root)
+            self.recover()
+            if access == "write":
+                self.clean_scratch()
+        except BaseException:
+            self.release()
+            raise
+
+    def remove_created(self) -> None:
+        """Remove the root this open made (``created``) once the lock is given back: a command refused
+        before it committed anything leaves no warehouse behind. Kept when another run took the lock
+        meanwhile (its lock file is there)."""
+        if self.created and not self.fs.exists(f"{self.root}/{LOCK_FILE}"):
+            self.fs.delete(self.root)
+
+    def release(self) -> None:
+        """Give back the run lock (a no-op without one); the connection's close calls it."""
+        if self.lock is not None:
+            lock, self.lock = self.lock, None
+            lock.release()
+
+    def new_scratch(self) -> str:
+        """A scratch folder for one connection's TEMP tables (``<root>/_scratch/<id>``), kept from
+        :meth:`clean_scratch` while it is open in this process."""
+        uri = f"{self.root}/{SCRATCH}/{uuid.uuid4().hex[:12]}"
+        _SCRATCH_OPEN.add(uri)
+        return uri
+
+    def drop_scratch(self, uri: str) -> None:
+        """Delete a connection's scratch folder, and ``_scratch`` itself once empty."""
+        _SCRATCH_OPEN.discard(uri)
+        self.fs.delete(uri)
+        self.fs.delete_if_empty(f"{self.root}/{SCRATCH}")
+
+    def clean_scratch(self) -> None:
+        """Delete the scratch of every connection that is not open in this process: a run that crashed
+        or was killed never reached the close that deletes its own. Only under the exclusive lock, when
+        no other run's connection can be open."""
+        base = f"{self.root}/{SCRATCH}"
+        for name in self.fs.listdir(base):
+            if f"{base}/{name}" not in _SCRATCH_OPEN:
+                self.fs.delete(f"{base}/{name}")
+        self.fs.delete_if_empty(base)
 
     # -- paths
     def _table_uri(self, table: str) -> str:
