@@ -28,7 +28,9 @@ already turn DuckDB's errors into their messages (a matrix's failing rule, a ref
 
 from __future__ import annotations
 
+import glob
 import itertools
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +71,8 @@ _NO_OPS = ("CHECKPOINT", "SET", "RESET")
 #: default all the same: its rows stay on disk, not in the executors' (in local mode the driver's)
 #: heap, and survive a lost executor. The files go when the connection closes.
 TEMP_STORE = "parquet"
+#: The column a COPY's rows carry through the scratch Parquet: Spark's order, for DuckDB to write them in.
+_COPY_POSITION = "_mk_copy_position"
 SCRATCH = WAREHOUSE_SCRATCH  # mktool.warehouse names it: a writer taking the lock removes stale scratch
 
 
@@ -1052,21 +1056,60 @@ class SparkConnection:
         self._result([(n, t, "YES", None, None, None) for n, t in columns], names)
 
     def _copy(self, tree: exp.Copy, args: dict[str, Any]) -> None:
+        """COPY (query) TO file: Spark computes the rows into this connection's scratch as Parquet, in
+        parallel and with a position column that keeps Spark's row order; an in-memory DuckDB reads them
+        back in that order and writes the file with the statement's own options, so a list is byte for
+        byte DuckDB's. The rows never gather on the driver's JVM heap (``toArrow`` of a 200k-row list
+        lost its task result under the default driver memory)."""
         if tree.args.get("kind") is not False and tree.args.get("kind") is not None:
             raise InternalError("COPY … FROM is not supported on Spark (mktool reads files with read_parquet)")
         source = tree.this
         query = source.this if isinstance(source, exp.Subquery) else exp.select("*").from_(source)
-        table = self._arrow(self._query_df(query, args))
-        scratch = f"_mk_copy_{next(self._s.counter)}"
-        statement = tree.copy()
-        statement.set("this", exp.Subquery(this=exp.select("*").from_(scratch)))
-        duck = self._s.duck
-        duck.register(scratch, table)
-        try:
-            rows = duck.execute(statement.sql(dialect="duckdb")).fetchall()
-        finally:
-            duck.unregister(scratch)
+        df = self._query_df(query, args)
+        folder = f"{self._s.scratch}/copy{next(self._s.counter)}"
+        positioned = df.selectExpr("*", f"monotonically_increasing_id() AS {_COPY_POSITION}")
+        self._spark_call(lambda: positioned.write.mode("overwrite").parquet(folder))
+        with tempfile.TemporaryDirectory(prefix="mktool-copy-") as tmp:
+            local = _local_path(folder)
+            if _has_scheme(local):  # a warehouse on hdfs:// or s3a://: the rows come to this machine
+                local = f"{tmp}/rows"
+                self._s.warehouse.fs.copy_to_local(folder, local)
+            files = sorted(glob.glob(f"{glob.escape(local)}/*.parquet"))
+            if not files:  # no part file at all: an empty result, as Arrow
+                table = self._arrow(df)
+                scratch = f"_mk_copy_{next(self._s.counter)}"
+                inner: exp.Expr = exp.select("*").from_(scratch)
+            else:
+                table, scratch = None, ""
+                inner = self._positioned_rows(files)
+            statement = tree.copy()
+            statement.set("this", exp.Subquery(this=inner))
+            duck = self._s.duck
+            if table is not None:
+                duck.register(scratch, table)
+            try:
+                rows = duck.execute(statement.sql(dialect="duckdb")).fetchall()
+            finally:
+                if table is not None:
+                    duck.unregister(scratch)
+        self._s.warehouse.fs.delete(folder)
         self._result([tuple(r) for r in rows], ["Count"])
+
+    def _positioned_rows(self, files: list[str]) -> exp.Expr:
+        """``SELECT <columns> FROM read_parquet(files) ORDER BY position`` for the in-memory DuckDB:
+        Spark's timestamps (UTC instants in Parquet) read back as the zone-less values they were."""
+        listing = "[" + ", ".join(exp.Literal.string(f).sql(dialect="duckdb") for f in files) + "]"
+        scan = f"read_parquet({listing})"
+        described = self._s.duck.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()
+        columns = []
+        for name, type_, *_ in described:
+            if name == _COPY_POSITION:
+                continue
+            quoted = exp.to_identifier(name, quoted=True).sql(dialect="duckdb")
+            columns.append(f"timezone('UTC', {quoted}) AS {quoted}" if type_ == "TIMESTAMP WITH TIME ZONE"
+                           else quoted)
+        return sqlglot.parse_one(f"SELECT {', '.join(columns)} FROM {scan} ORDER BY {_COPY_POSITION}",
+                                 read="duckdb")
 
     def _spark_call(self, call: Any) -> Any:
         """Run a Spark call; Spark's errors become :class:`SparkQueryError` with Spark's first line."""

@@ -282,6 +282,10 @@ class HadoopFS:
         if not self.fs.rename(self.path(src), self.path(dst)):
             raise OSError(f"could not rename {src} to {dst}")
 
+    def copy_to_local(self, uri: str, local: str) -> None:
+        """Copy a file or folder to a path on this machine (no .crc files): what DuckDB reads."""
+        self.fs.copyToLocalFile(False, self.path(uri), self.path(f"file:{local}"), True)
+
     def read_text(self, uri: str) -> str:
         stream = self.fs.open(self.path(uri))
         try:

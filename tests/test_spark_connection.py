@@ -206,6 +206,33 @@ def test_copy_writes_duckdb_bytes(pair, tmp_path: Path) -> None:
         assert b.read_bytes() == a.read_bytes()
 
 
+def test_copy_keeps_a_sort_across_many_partitions_and_writes_empty_results(pair, tmp_path: Path) -> None:
+    """COPY's rows go through Parquet in the scratch, not the driver's heap: Spark's sort order must
+    survive the partitions it was computed in, and an empty result still writes DuckDB's header."""
+    duck, con = pair
+    start = dt.datetime(2026, 10, 1)
+    rows = [(str(13800000000 + (i * 7919) % 5000), Decimal(i % 97) / 4, start + dt.timedelta(seconds=i))
+            for i in range(5000)]
+    for c in (duck, con):
+        c.execute("CREATE TABLE big (msisdn VARCHAR, fee DECIMAL(18,2), ts TIMESTAMP)")
+        c.executemany("INSERT INTO big VALUES (?, ?, ?)", rows)
+    conf = {"spark.sql.shuffle.partitions": "7", "spark.sql.adaptive.coalescePartitions.enabled": "false"}
+    before = {key: con.session.conf.get(key) for key in conf}
+    for key, value in conf.items():
+        con.session.conf.set(key, value)
+    try:
+        for where, expected in (("", 5000), ("WHERE fee < 0", 0)):
+            query = f"SELECT * FROM big {where} ORDER BY fee DESC, msisdn"
+            a, b = tmp_path / f"duck{expected}.csv", tmp_path / f"spark{expected}.csv"
+            assert duck.execute(f"COPY ({query}) TO '{a}' (FORMAT csv, HEADER true)").fetchall() == [(expected,)]
+            assert con.execute(f"COPY ({query}) TO '{b}' (FORMAT csv, HEADER true)").fetchall() == [(expected,)]
+            assert b.read_bytes() == a.read_bytes()
+    finally:
+        for key, value in before.items():
+            con.session.conf.set(key, value)
+    assert not list(Path(con.warehouse.root, "_scratch").glob("*/copy*")), "COPY leaves no rows in the scratch"
+
+
 def test_no_ops_and_refusals(pair) -> None:
     _, con = pair
     con.execute("SET memory_limit = ?", ["1GB"]).execute("SET threads = 2").execute("CHECKPOINT")
