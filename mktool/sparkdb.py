@@ -29,6 +29,7 @@ already turn DuckDB's errors into their messages (a matrix's failing rule, a ref
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from mktool.database import register_engine
 from mktool.dialect import SPARK, render
 from mktool.errors import MktoolError
 from mktool.spark import engine_version, open_session
-from mktool.warehouse import Transaction, Warehouse
+from mktool.warehouse import Transaction, Warehouse, has_jvm
 
 Columns = list[tuple[str, str]]
 
@@ -175,10 +176,13 @@ class _State:
     counter: itertools.count[int] = field(default_factory=itertools.count)
     function_views: list[str] = field(default_factory=list)  # views of table-function rows (glob, parquet_schema)
     scratch: str = ""  # <warehouse>/_scratch/<id>: this connection's materialised TEMP tables
+    #: A Spark Connect session: a query's tables are bound when it is sent (see SparkConnection._bind_refs)
+    remote: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if not self.scratch:
             self.scratch = f"{self.warehouse.root}/{SCRATCH}/{uuid.uuid4().hex[:12]}"
+        self.remote = not has_jvm(self.session)
 
 
 def connect(settings: Settings) -> SparkConnection:
@@ -390,10 +394,40 @@ class SparkConnection:
     def _query_df(self, query: exp.Expr, args: dict[str, Any]) -> Any:
         """A DataFrame of a DuckDB-dialect query tree, every table it names registered first."""
         query = self._prepare(query.copy(), args)
+        refs = self._bind_refs(query) if self._s.remote else {}
         text = self._render(query)
         used = {p.this for p in query.find_all(exp.Placeholder)}
         bound = {k: v for k, v in args.items() if k in used}
-        return self._spark_call(lambda: self._s.session.sql(text, args=bound) if bound else self._s.session.sql(text))
+        if refs:  # {_mk_refN} placeholders for pyspark's SQL formatter; every other brace is text
+            text = _REF_RE.sub(r"{\1}", text.replace("{", "{{").replace("}", "}}"))
+        return self._spark_call(lambda: self._s.session.sql(text, args=bound or None, **refs))
+
+    def _bind_refs(self, query: exp.Expr) -> dict[str, Any]:
+        """On Spark Connect, the session's tables a query reads, bound to it by their DataFrames.
+
+        A classic ``session.sql`` analyses the query at once: the DataFrame holds the plans its temp
+        views had then. A Connect DataFrame holds the SQL text, analysed on the server each time it
+        is used, so a view dropped or replaced since (a commit invalidates them all) would be
+        missing or read other rows. Each registered table is therefore passed as a DataFrame
+        (pyspark's ``{name}`` form: the server binds its plan to this query only), as a classic
+        session would have bound it."""
+        s = self._s
+        ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
+        refs: dict[str, Any] = {}
+        keys: dict[str, str] = {}
+        for table in list(query.find_all(exp.Table)):
+            if not isinstance(table.this, exp.Identifier) or table.db or table.name in ctes:
+                continue
+            name = table.name
+            frame = s.temps[name].df if name in s.temps else s.views.get(name)
+            if frame is None:
+                continue
+            key = keys.setdefault(name, f"_mk_ref{len(keys)}")
+            refs[key] = frame
+            if not table.alias:  # columns qualified by the table's name still resolve
+                table.set("alias", exp.TableAlias(this=exp.to_identifier(name)))
+            table.set("this", exp.to_identifier(key))
+        return refs
 
     def _render(self, tree: exp.Expr) -> str:
         try:
@@ -605,7 +639,7 @@ class SparkConnection:
         if TEMP_STORE == "checkpoint":
             return self._spark_call(lambda: df.localCheckpoint(eager=True))
         path = f"{self._s.scratch}/t{next(self._s.counter)}"
-        self._spark_call(lambda: df.write.mode("errorifexists").parquet(path))
+        self._spark_call(lambda: df.write.mode("error").parquet(path))
         return self._spark_call(lambda: self._s.session.read.schema(_ddl(columns)).parquet(path))
 
     def _replace(self, name: str, df: Any, columns: Columns, partitions: Sequence[str] | None) -> None:
@@ -966,6 +1000,9 @@ class SparkConnection:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+_REF_RE = re.compile(r"`?\b(_mk_ref\d+)\b`?")
+
+
 def _naive(type_: pa.DataType) -> pa.DataType:
     if pa.types.is_timestamp(type_) and type_.tz is not None:
         return pa.timestamp(type_.unit)

@@ -24,17 +24,21 @@ that "this month was computed and is empty" differs from "this month was never c
 One writer at a time: ``recover()`` deletes staging that no journal names, so a second process's
 transaction in flight would lose its staging (sparkdb holds the run's lock, as DuckDB's file lock does).
 
-All file operations go through the Hadoop FileSystem of the session's JVM (:class:`HadoopFS`), so the
-same code runs on a local folder, HDFS and S3A. A Spark Connect session has no JVM on this side:
-such sessions are refused this round.
+File operations go through the Hadoop FileSystem of the session's JVM (:class:`HadoopFS`), so the
+same code runs on a local folder, HDFS and S3A. A Spark Connect session has no JVM on this side: its
+warehouse must be a folder this process reaches as a local path (:class:`LocalFS`, Python's own file
+calls), which the Connect server and its executors must reach at the same path (the same machine, or
+a shared mount); a Hadoop URI over Spark Connect is refused (:func:`open_fs`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob as globbing
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -304,6 +308,133 @@ class HadoopFS:
         context.rename(self.path(src), self.path(dst), options)
 
 
+class LocalFS:
+    """The same file operations as :class:`HadoopFS` on a local folder with Python's own calls: the
+    backend of a session with no JVM on this side (Spark Connect). It takes and returns the same
+    ``file:`` URIs, so the warehouse's paths are the ones Spark (on the server) reads and writes.
+
+    Hadoop's local file system keeps a checksum beside each file it writes (``.NAME.crc``) and
+    checks it when it reads the file: a file this backend writes or moves loses its stale checksum
+    (a missing one is not checked), so that a warehouse used over Spark Connect stays readable by a
+    classic session, and checksum files are never listed, as Hadoop lists none."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    @staticmethod
+    def local(uri: str) -> str:
+        """``file:/a/b`` or ``file:///a/b`` → ``/a/b``; a plain path as it is."""
+        if uri.startswith("file:"):
+            rest = uri[len("file:"):]
+            return "/" + rest.lstrip("/") if rest.startswith("/") else rest
+        return uri
+
+    @staticmethod
+    def _uri(path: str) -> str:
+        return "file:" + os.path.abspath(path)
+
+    @staticmethod
+    def _hidden(name: str) -> bool:
+        return name.startswith(".") and name.endswith(".crc")
+
+    def _drop_checksum(self, path: str) -> None:
+        head, name = os.path.split(path)
+        try:
+            os.remove(os.path.join(head, f".{name}.crc"))
+        except FileNotFoundError:
+            pass
+
+    def exists(self, uri: str) -> bool:
+        return os.path.lexists(self.local(uri))
+
+    def mkdirs(self, uri: str) -> None:
+        os.makedirs(self.local(uri), exist_ok=True)
+
+    def delete(self, uri: str) -> None:
+        """Remove a file or a folder with everything in it (nothing when it is not there)."""
+        path = self.local(uri)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+            self._drop_checksum(path)
+
+    def listdir(self, uri: str) -> list[str]:
+        """The names in a folder, sorted (none when it does not exist), checksum files left out."""
+        path = self.local(uri)
+        if not os.path.isdir(path):
+            return []
+        return sorted(n for n in os.listdir(path) if not self._hidden(n))
+
+    def list_dirs(self, uri: str) -> list[str]:
+        path = self.local(uri)
+        return [n for n in self.listdir(uri) if os.path.isdir(os.path.join(path, n))]
+
+    def glob(self, pattern: str) -> list[str]:
+        """The files (not folders) matching a glob pattern (``*``, ``?``, ``[set]``; no ``{a,b}``), as
+        ``file:`` URIs, sorted."""
+        found = globbing.glob(self.local(pattern), include_hidden=True)
+        return sorted(self._uri(f) for f in found if os.path.isfile(f) and not self._hidden(os.path.basename(f)))
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst``, which must not exist (as HadoopFS: never into a folder)."""
+        source, target = self.local(src), self.local(dst)
+        if os.path.lexists(target):
+            raise OSError(f"could not rename {src} to {dst}: {dst} exists")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(source, target)
+        if os.path.isfile(target):
+            self._drop_checksum(source)
+            self._drop_checksum(target)
+
+    def read_text(self, uri: str) -> str:
+        with open(self.local(uri), encoding="utf-8") as fh:
+            return fh.read()
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Write a small file (overwriting); fsync so that a journal is on disk before its rename."""
+        path = self.local(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._drop_checksum(path)
+
+    def replace(self, src: str, dst: str) -> None:
+        """Rename ``src`` over the file ``dst`` in one step (``os.replace``)."""
+        source, target = self.local(src), self.local(dst)
+        os.replace(source, target)
+        self._drop_checksum(source)
+        self._drop_checksum(target)
+
+
+def has_jvm(session: Any) -> bool:
+    """Whether ``session`` has a JVM on this side: a classic session does (even a stopped one, whose
+    ``_jvm`` is None), a Spark Connect session raises on ``_jvm``."""
+    try:
+        session._jvm  # noqa: B018 - the attribute access is the test
+    except Exception:  # noqa: BLE001 - Spark Connect raises its own attribute error
+        return False
+    return True
+
+
+def open_fs(session: Any, root: str) -> HadoopFS | LocalFS:
+    """The file operations for a warehouse at ``root`` (a URI, see :func:`_root_uri`): Hadoop's with a
+    classic session; Python's on a local folder with a Spark Connect session, which has no Hadoop
+    FileSystem on this side; a Hadoop URI over Spark Connect is refused, saying what to do."""
+    if has_jvm(session):
+        return HadoopFS(session, root)
+    if root.startswith("file:"):
+        return LocalFS(root)
+    raise WarehouseError(
+        f"the warehouse {root} is a Hadoop URI, and a Spark Connect session has no Hadoop FileSystem on "
+        "this side to publish it with (mktool's commit renames folders and writes its journal itself)",
+        hint="give --warehouse a local folder that this machine and the Connect server's driver and "
+             "executors all reach at the same path (the same machine, or a shared mount), or run on the "
+             "cluster with spark-submit or --spark-master instead of --spark-remote (docs/spark.md)")
+
+
 def parent(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0]
 
@@ -345,7 +476,7 @@ class Warehouse:
     def __init__(self, session: Any, root: str) -> None:
         self.session = session
         self.root = _root_uri(root)
-        self.fs = HadoopFS(session, self.root)
+        self.fs = open_fs(session, self.root)
         self.fs.mkdirs(self.root)
         self.recover()
 
@@ -627,15 +758,15 @@ class Transaction:
         """Write ``df`` under ``scratch`` as partition folders; a named partition without rows gets
         one zero-row file. Returns the partition folder names written."""
         if not partitioned:
-            df.write.mode("errorifexists").parquet(f"{scratch}/{DATA}")
+            df.write.mode("error").parquet(f"{scratch}/{DATA}")
             return {DATA}
-        df.write.mode("errorifexists").partitionBy(MONTH).parquet(scratch)
+        df.write.mode("error").partitionBy(MONTH).parquet(scratch)
         written = {d for d in self.fs.list_dirs(scratch) if d.startswith(f"{MONTH}=")}
         data_columns = [c for c in columns if c[0] != MONTH]
         for value in wanted or []:
             if _partition_dir(value) not in written:
                 empty = self.warehouse.session.createDataFrame([], _ddl(data_columns)).coalesce(1)
-                empty.write.mode("errorifexists").parquet(f"{scratch}/{_partition_dir(value)}")
+                empty.write.mode("error").parquet(f"{scratch}/{_partition_dir(value)}")
                 written.add(_partition_dir(value))
         return written
 
