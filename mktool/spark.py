@@ -163,7 +163,7 @@ def _connect_session(pyspark_sql: Any, options: SparkOptions) -> Any:
     partitions), so only the user's --spark-conf and the fixed settings are set, as session conf; a
     key the server will not change for a session (a static one: spark.executor.memory) is an error
     naming it, not a warning lost in the output."""
-    session = pyspark_sql.SparkSession.builder.remote(options.remote).appName(options.app_name).getOrCreate()
+    session = pyspark_sql.SparkSession.builder.appName(options.app_name).remote(options.remote).getOrCreate()
     for key, value in options.conf:
         try:
             session.conf.set(key, value)

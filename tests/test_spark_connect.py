@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,9 @@ def _connect_missing() -> str | None:
     try:
         from pyspark.sql.connect.utils import check_dependencies
 
-        check_dependencies()
+        with warnings.catch_warnings():  # "does not yet fully support pandas >= 3": mktool filters it too
+            warnings.simplefilter("ignore", FutureWarning)
+            check_dependencies()
     except ImportError as exc:
         return f"the Spark Connect client's packages are missing ({exc}): pip install -e \".[spark]\""
     return None
