@@ -160,6 +160,7 @@ def _parquet_rows(warehouse: Path, table: str, columns: list[str]) -> list[tuple
     return sorted(rows, key=repr)
 
 
+@pytest.mark.spark
 def test_ingest_and_score_over_spark_connect_give_duckdbs_tables(connect_server: str, tmp_path: Path) -> None:
     warehouse = tmp_path / "wh"
     started = time.monotonic()
@@ -201,6 +202,7 @@ def same_as_duckdb(warehouse: Path, db: Path) -> int:
     return compared
 
 
+@pytest.mark.spark
 def test_a_hadoop_warehouse_over_spark_connect_is_refused_saying_what_to_do(connect_server: str) -> None:
     done = mktool(connect_server, "hdfs://namenode:8020/mk", "status")
     assert done.returncode == 1, done.stderr
