@@ -140,8 +140,8 @@ def open_session(options: SparkOptions) -> Any:
     if submitted():
         master = preset.get("spark.master", options.master)
         if options.master not in (DEFAULT_SPARK_MASTER, master):
-            raise UsageError(f"--spark-master {options.master}: this process was started by spark-submit with "
-                             f"master {master}, which it keeps",
+            raise UsageError(f"Spark master {options.master} asked for, but spark-submit started this process "
+                             f"with master {master}, which it keeps",
                              hint="give the master to spark-submit (--master), not to mktool")
         if "spark.app.name" not in preset:
             builder = builder.appName(options.app_name)
@@ -169,7 +169,7 @@ def _connect_session(pyspark_sql: Any, options: SparkOptions) -> Any:
             session.conf.set(key, value)
         except Exception as exc:  # noqa: BLE001 - the server's refusal, in Spark Connect's own exception types
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"--spark-conf {key}: the Spark Connect server at {options.remote} does not let a "
+            raise UsageError(f"Spark setting {key}: the Spark Connect server at {options.remote} does not let a "
                              f"session set it ({reason})",
                              hint="set it where the Connect server is started (start-connect-server.sh --conf)") \
                 from None

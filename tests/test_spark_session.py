@@ -197,7 +197,7 @@ def test_a_conf_the_connect_server_refuses_is_a_usage_error_naming_it(monkeypatc
     builder.session.conf.set = refuse
     with pytest.raises(UsageError) as caught:
         open_session(SparkOptions(remote="sc://h:15002", conf=(("spark.executor.memory", "8g"),)))
-    assert caught.value.message.startswith("--spark-conf spark.executor.memory: the Spark Connect server at "
+    assert caught.value.message.startswith("Spark setting spark.executor.memory: the Spark Connect server at "
                                            "sc://h:15002 does not let a session set it ([CANNOT_MODIFY_CONFIG]")
     assert "start-connect-server.sh --conf" in (caught.value.hint or "")
 
@@ -223,8 +223,8 @@ def test_under_spark_submit_another_spark_master_is_refused(monkeypatch: pytest.
     monkeypatch.setenv(GATEWAY_ENV, "40123")
     with pytest.raises(UsageError) as caught:
         open_session(SparkOptions(master="yarn"))
-    assert caught.value.message == ("--spark-master yarn: this process was started by spark-submit with master "
-                                    "local[2], which it keeps")
+    assert caught.value.message == ("Spark master yarn asked for, but spark-submit started this process with "
+                                    "master local[2], which it keeps")
     assert builder.calls == []
     open_session(SparkOptions(master="local[2]"))  # the same master, said twice, is fine
 
