@@ -5,7 +5,17 @@ would otherwise print a KeyboardInterrupt traceback and kill Python by signal. N
 been committed before the CLI was even imported.
 """
 
+import os
 import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file, not with -m: spark-submit takes a .py path (docs/spark.md, "spark-submit"), and
+    # Python then puts mktool's own folder first on sys.path, where mktool/profile.py would shadow the
+    # standard library's profile (which cProfile, and so PySpark, imports). The folder above it goes
+    # there instead, so that `import mktool` finds this very copy.
+    _HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+    sys.path.insert(0, os.path.dirname(_HERE))
 
 #: mktool.errors.EXIT_INTERRUPTED, written out: importing it is already inside the window a
 #: Ctrl-C may hit (tests/test_probe_outputs.py checks the two agree).

@@ -25,10 +25,10 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mktool.config import SparkOptions
+from mktool.config import DEFAULT_SPARK_MASTER, SparkOptions
 from mktool.errors import MktoolError, UsageError
 
 #: What mktool's results depend on: set on every session, after the user's --spark-conf.
@@ -40,7 +40,8 @@ FIXED_CONF: dict[str, str] = {
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
 }
 
-#: Defaults a user may override with --spark-conf (a laptop-sized local session).
+#: Defaults a user may override with --spark-conf, and that a session's launcher may have set already
+#: (spark-submit --conf, spark-defaults.conf): a value set there is kept, as a data engineer expects.
 DEFAULT_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
     # stderr is mktool's progress and errors: no JVM stage bars between them (a cron log stays readable)
@@ -48,6 +49,13 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
+#: The defaults for a laptop-sized session only: on a cluster (yarn, spark://, k8s://) the web UI is how a
+#: job is watched, and 8 shuffle partitions would make each one of a 60M-subscriber month far too big.
+LOCAL_ONLY = frozenset({"spark.ui.enabled", "spark.sql.shuffle.partitions"})
+
+#: Set by spark-submit (and pyspark's own shells) for the Python driver it starts: the JVM is up
+#: already, with spark-submit's --master and --conf, and a session built here must join it as it is.
+GATEWAY_ENV = "PYSPARK_GATEWAY_PORT"
 
 INSTALL_HINT = 'install the Spark extra: pip install "mktool[spark]" (it needs a Java 17 runtime)'
 
@@ -73,10 +81,26 @@ def parse_conf(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def session_conf(options: SparkOptions) -> dict[str, str]:
-    """The settings a session is built with: defaults, then the user's, then the fixed ones (a fixed
-    key among the user's is refused by parse_conf on the command line, and overridden here)."""
-    return {**DEFAULT_CONF, **dict(options.conf), **FIXED_CONF}
+def session_conf(options: SparkOptions, preset: Mapping[str, str] | None = None, *,
+                 master: str | None = None) -> dict[str, str]:
+    """The settings a session is built with: the defaults not ``preset`` (by spark-submit or
+    spark-defaults.conf; on a cluster ``master`` only those of DEFAULT_CONF not LOCAL_ONLY), then the
+    user's, then the fixed ones (a fixed key among the user's is refused by parse_conf on the command
+    line, and overridden here)."""
+    where = options.master if master is None else master
+    defaults = {k: v for k, v in DEFAULT_CONF.items()
+                if k not in (preset or {}) and (where.startswith("local") or k not in LOCAL_ONLY)}
+    return {**defaults, **dict(options.conf), **FIXED_CONF}
+
+
+def launched_conf() -> dict[str, str]:
+    """The conf the JVM was launched with (spark-submit's --master and --conf, spark-defaults.conf,
+    PYSPARK_SUBMIT_ARGS): what a SparkConf loads from the JVM's system properties."""
+    _pyspark_sql()  # PySpark there, or the error that says what to install
+    import pyspark  # noqa: PLC0415 - optional extra, as in _pyspark_sql
+
+    pyspark.SparkContext._ensure_initialized()  # the gateway getOrCreate would start anyway
+    return {str(k): str(v) for k, v in pyspark.SparkConf().getAll()}
 
 
 def _pyspark_sql() -> Any:
@@ -91,24 +115,64 @@ def _pyspark_sql() -> Any:
     return pyspark.sql
 
 
+def submitted() -> bool:
+    """Whether this process is a driver that spark-submit started (the JVM is there, configured)."""
+    return GATEWAY_ENV in os.environ
+
+
 def open_session(options: SparkOptions) -> Any:
     """A SparkSession (``getOrCreate``: the process's session if one exists) with mktool's settings.
 
     With a master URL the JVM starts here and needs ``java`` (JAVA_HOME or PATH); with
     ``remote`` the session is a Spark Connect client and the cluster's Java is what counts.
+    Under spark-submit the master and conf are spark-submit's: mktool adds its fixed settings, the
+    user's --spark-conf and only the defaults spark-submit did not set (a --spark-master other than
+    spark-submit's is refused: the session could not move to it).
     """
     pyspark_sql = _pyspark_sql()
-    if options.remote is None and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+    if options.remote is not None:
+        return _connect_session(pyspark_sql, options)
+    if not submitted() and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         raise SparkUnavailable("the Spark engine needs a Java runtime: neither JAVA_HOME nor java on PATH",
                                hint="install Java 17, e.g. apt-get install openjdk-17-jre-headless")
-    builder = pyspark_sql.SparkSession.builder.appName(options.app_name)
-    builder = builder.remote(options.remote) if options.remote is not None else builder.master(options.master)
-    for key, value in session_conf(options).items():
+    preset = launched_conf()
+    builder = pyspark_sql.SparkSession.builder
+    if submitted():
+        master = preset.get("spark.master", options.master)
+        if options.master not in (DEFAULT_SPARK_MASTER, master):
+            raise UsageError(f"Spark master {options.master} asked for, but spark-submit started this process "
+                             f"with master {master}, which it keeps",
+                             hint="give the master to spark-submit (--master), not to mktool")
+        if "spark.app.name" not in preset:
+            builder = builder.appName(options.app_name)
+    else:
+        master = options.master
+        builder = builder.appName(options.app_name).master(master)
+    for key, value in session_conf(options, preset, master=master).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    if options.remote is None:
-        session.sparkContext.setLogLevel("ERROR")  # Spark's WARN lines are not the user's to act on
+    session.sparkContext.setLogLevel("ERROR")  # Spark's WARN lines are not the user's to act on
     # getOrCreate returns an existing session as it is: the fixed settings are set on it too.
+    for key, value in FIXED_CONF.items():
+        session.conf.set(key, value)
+    return session
+
+
+def _connect_session(pyspark_sql: Any, options: SparkOptions) -> Any:
+    """A Spark Connect session: the server was started with its own conf (executors, UI, shuffle
+    partitions), so only the user's --spark-conf and the fixed settings are set, as session conf; a
+    key the server will not change for a session (a static one: spark.executor.memory) is an error
+    naming it, not a warning lost in the output."""
+    session = pyspark_sql.SparkSession.builder.appName(options.app_name).remote(options.remote).getOrCreate()
+    for key, value in options.conf:
+        try:
+            session.conf.set(key, value)
+        except Exception as exc:  # noqa: BLE001 - the server's refusal, in Spark Connect's own exception types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"Spark setting {key}: the Spark Connect server at {options.remote} does not let a "
+                             f"session set it ({reason})",
+                             hint="set it where the Connect server is started (start-connect-server.sh --conf)") \
+                from None
     for key, value in FIXED_CONF.items():
         session.conf.set(key, value)
     return session

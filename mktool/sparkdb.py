@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import glob
 import itertools
+import os
+import re
 import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
@@ -48,7 +50,7 @@ from mktool.dialect import SPARK, hadoop_path, render
 from mktool.errors import MktoolError
 from mktool.spark import engine_version, open_session
 from mktool.warehouse import SCRATCH as WAREHOUSE_SCRATCH
-from mktool.warehouse import HadoopFS, Transaction, Warehouse, duckdb_type, spark_type
+from mktool.warehouse import FileSystem, Transaction, Warehouse, duckdb_type, has_jvm, spark_type
 
 Columns = list[tuple[str, str]]
 
@@ -128,10 +130,13 @@ class _State:
     parquet_views: dict[str, str] = field(default_factory=dict)  # read_parquet path -> its view
     plans: dict[tuple[str, str], tuple[Any, frozenset[str]]] = field(default_factory=dict)  # see _query_df
     scratch: str = ""  # <warehouse>/_scratch/<id>: this connection's materialised TEMP tables
+    #: A Spark Connect session: a query's tables are bound when it is sent (see SparkConnection._bind_refs)
+    remote: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if not self.scratch:
             self.scratch = self.warehouse.new_scratch()
+        self.remote = not has_jvm(self.session)
 
 
 def connect(settings: Settings, *, write: bool = True, must_exist: bool = False) -> SparkConnection:
@@ -177,7 +182,7 @@ class SparkConnection:
         return self._s.warehouse
 
     @property
-    def input_fs(self) -> HadoopFS:
+    def input_fs(self) -> FileSystem:
         """The file system ingest reads extracts named by a URI through (hdfs://, s3a://, file:)."""
         return self._s.warehouse.fs
 
@@ -370,14 +375,17 @@ class SparkConnection:
         the analysed DataFrame is kept until a table it reads is written (see :meth:`_forget_plans`)."""
         reads: set[str] = set()
         query = self._prepare(query.copy(), args, reads)
+        refs = self._bind_refs(query) if self._s.remote else {}
         text = self._render(query)
         used = {p.this for p in query.find_all(exp.Placeholder)}
         bound = {k: v for k, v in args.items() if k in used}
+        if refs:  # {_mk_refN} placeholders for pyspark's SQL formatter; every other brace is text
+            text = _REF_RE.sub(r"{\1}", text.replace("{", "{{").replace("}", "}}"))
         key = (text, repr(sorted(bound.items())))
         s = self._s
         if _UNCACHED not in reads and key in s.plans:
             return s.plans[key][0]
-        df = self._spark_call(lambda: s.session.sql(text, args=bound) if bound else s.session.sql(text))
+        df = self._spark_call(lambda: s.session.sql(text, args=bound or None, **refs))
         if _UNCACHED not in reads:
             s.plans[key] = (df, frozenset(reads))
         return df
@@ -391,6 +399,33 @@ class SparkConnection:
         for key, (_, reads) in list(s.plans.items()):  # a snapshot: a cursor on another thread may add one
             if name.lower() in reads:
                 s.plans.pop(key, None)
+
+    def _bind_refs(self, query: exp.Expr) -> dict[str, Any]:
+        """On Spark Connect, the session's tables a query reads, bound to it by their DataFrames.
+
+        A classic ``session.sql`` analyses the query at once: the DataFrame holds the plans its temp
+        views had then. A Connect DataFrame holds the SQL text, analysed on the server each time it
+        is used, so a view dropped or replaced since (a commit invalidates them all) would be
+        missing or read other rows. Each registered table is therefore passed as a DataFrame
+        (pyspark's ``{name}`` form: the server binds its plan to this query only), as a classic
+        session would have bound it."""
+        s = self._s
+        ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
+        refs: dict[str, Any] = {}
+        keys: dict[str, str] = {}
+        for table in list(query.find_all(exp.Table)):
+            if not isinstance(table.this, exp.Identifier) or table.db or table.name in ctes:
+                continue
+            name = table.name
+            frame = s.temps[name].df if name in s.temps else s.views.get(name)
+            if frame is None:
+                continue
+            key = keys.setdefault(name, f"_mk_ref{len(keys)}")
+            refs[key] = frame
+            if not table.alias:  # columns qualified by the table's name still resolve
+                table.set("alias", exp.TableAlias(this=exp.to_identifier(name)))
+            table.set("this", exp.to_identifier(key))
+        return refs
 
     def _render(self, tree: exp.Expr) -> str:
         try:
@@ -671,12 +706,14 @@ class SparkConnection:
         """``df`` computed once (one Spark job) into a new folder of this connection's scratch: read back,
         it is a fresh plan without lineage. A small result is one file (no more files than rows)."""
         path = f"{self._s.scratch}/t{next(self._s.counter)}"
-        self._spark_call(lambda: df.write.mode("errorifexists").parquet(path))
+        self._spark_call(lambda: df.write.mode("error").parquet(path))
         return path
 
     def _file_rows(self, folders: Sequence[str]) -> int:
         """The rows of the Parquet files under ``folders``, from their footers: no Spark job."""
         s = self._s
+        if s.remote:  # Spark Connect: no JVM here, and the warehouse is a local folder (warehouse.LocalFS)
+            return sum(pq.ParquetFile(f).metadata.num_rows for folder in folders for f in _parquet_files(folder))
         jvm = s.session._jvm
         conf = s.session._jsc.hadoopConfiguration()
         hadoop, parquet = jvm.org.apache.hadoop.fs, jvm.org.apache.parquet.hadoop
@@ -819,7 +856,7 @@ class SparkConnection:
         s = self._s
         path = f"{s.scratch}/t{next(s.counter)}"
         partitioned = self._partitioned(target)
-        writer = _conform(new, table_cols).write.mode("errorifexists")
+        writer = _conform(new, table_cols).write.mode("error")
         self._spark_call(lambda: (writer.partitionBy(_MONTH) if partitioned else writer).parquet(path))
         try:
             added = self._file_rows([path])
@@ -1127,6 +1164,19 @@ class SparkConnection:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+_REF_RE = re.compile(r"`?\b(_mk_ref\d+)\b`?")
+
+
+def _parquet_files(folder: str) -> list[str]:
+    """The data files under a local folder (or file: URI), at any depth: not ``_SUCCESS`` or ``.crc``."""
+    found = []
+    for base, dirs, files in os.walk(_local_path(folder)):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
+        found += [os.path.join(base, f) for f in sorted(files)
+                  if f.endswith(".parquet") and not f.startswith(("_", "."))]
+    return found
+
+
 def _naive(type_: pa.DataType) -> pa.DataType:
     if pa.types.is_timestamp(type_) and type_.tz is not None:
         return pa.timestamp(type_.unit)

@@ -24,18 +24,23 @@ that "this month was computed and is empty" differs from "this month was never c
 One writer at a time: ``recover()`` deletes staging that no journal names, so a second process's
 transaction in flight would lose its staging (sparkdb holds the run's lock, as DuckDB's file lock does).
 
-All file operations go through the Hadoop FileSystem of the session's JVM (:class:`HadoopFS`), so the
-same code runs on a local folder, HDFS and S3A. A Spark Connect session has no JVM on this side:
-such sessions are refused this round.
+File operations go through the Hadoop FileSystem of the session's JVM (:class:`HadoopFS`), so the
+same code runs on a local folder, HDFS and S3A. A Spark Connect session has no JVM on this side: its
+warehouse must be a folder this process reaches as a local path (:class:`LocalFS`, Python's own file
+calls), which the Connect server and its executors must reach at the same path (the same machine, or
+a shared mount); a Hadoop URI over Spark Connect is refused (:func:`open_fs`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob as globbing
+import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -459,6 +464,193 @@ class HadoopInput(io.RawIOBase):
         super().close()
 
 
+class LocalFS:
+    """The same file operations as :class:`HadoopFS` on a local folder with Python's own calls: the
+    backend of a session with no JVM on this side (Spark Connect). It takes and returns the same
+    ``file:`` URIs, so the warehouse's paths are the ones Spark (on the server) reads and writes.
+
+    Hadoop's local file system keeps a checksum beside each file it writes (``.NAME.crc``) and
+    checks it when it reads the file: a file this backend writes or moves loses its stale checksum
+    (a missing one is not checked), so that a warehouse used over Spark Connect stays readable by a
+    classic session, and checksum files are never listed, as Hadoop lists none."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    @staticmethod
+    def local(uri: str) -> str:
+        """``file:/a/b`` or ``file:///a/b`` → ``/a/b``; a plain path as it is."""
+        if uri.startswith("file:"):
+            rest = uri[len("file:"):]
+            return "/" + rest.lstrip("/") if rest.startswith("/") else rest
+        return uri
+
+    @staticmethod
+    def _uri(path: str) -> str:
+        return "file:" + os.path.abspath(path)
+
+    @staticmethod
+    def _hidden(name: str) -> bool:
+        return name.startswith(".") and name.endswith(".crc")
+
+    def _drop_checksum(self, path: str) -> None:
+        head, name = os.path.split(path)
+        try:
+            os.remove(os.path.join(head, f".{name}.crc"))
+        except FileNotFoundError:
+            pass
+
+    def exists(self, uri: str) -> bool:
+        return os.path.lexists(self.local(uri))
+
+    def mkdirs(self, uri: str) -> None:
+        os.makedirs(self.local(uri), exist_ok=True)
+
+    def delete(self, uri: str) -> None:
+        """Remove a file or a folder with everything in it (nothing when it is not there)."""
+        path = self.local(uri)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+            self._drop_checksum(path)
+
+    def listdir(self, uri: str) -> list[str]:
+        """The names in a folder, sorted (none when it does not exist), checksum files left out."""
+        path = self.local(uri)
+        if not os.path.isdir(path):
+            return []
+        return sorted(n for n in os.listdir(path) if not self._hidden(n))
+
+    def list_dirs(self, uri: str) -> list[str]:
+        path = self.local(uri)
+        return [n for n in self.listdir(uri) if os.path.isdir(os.path.join(path, n))]
+
+    def glob(self, pattern: str) -> list[str]:
+        """The files (not folders) matching a glob pattern (``*``, ``?``, ``[set]``; no ``{a,b}``), as
+        ``file:`` URIs, sorted."""
+        found = globbing.glob(self.local(pattern), include_hidden=True)
+        return sorted(self._uri(f) for f in found if os.path.isfile(f) and not self._hidden(os.path.basename(f)))
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst``, which must not exist (as HadoopFS: never into a folder)."""
+        source, target = self.local(src), self.local(dst)
+        if os.path.lexists(target):
+            raise OSError(f"could not rename {src} to {dst}: {dst} exists")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(source, target)
+        if os.path.isfile(target):
+            self._drop_checksum(source)
+            self._drop_checksum(target)
+
+    def read_text(self, uri: str) -> str:
+        with open(self.local(uri), encoding="utf-8") as fh:
+            return fh.read()
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Write a small file (overwriting); fsync so that a journal is on disk before its rename."""
+        path = self.local(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._drop_checksum(path)
+
+    def replace(self, src: str, dst: str) -> None:
+        """Rename ``src`` over the file ``dst`` in one step (``os.replace``)."""
+        source, target = self.local(src), self.local(dst)
+        os.replace(source, target)
+        self._drop_checksum(source)
+        self._drop_checksum(target)
+
+
+    def info(self, uri: str) -> FileInfo | None:
+        """What is at ``uri`` (as :meth:`HadoopFS.info`), or None when nothing is."""
+        path = self.local(uri)
+        if not os.path.lexists(path):
+            return None
+        is_dir = os.path.isdir(path)
+        return FileInfo(self._uri(path), is_dir, 0 if is_dir else os.path.getsize(path))
+
+    def files_under(self, uri: str) -> list[FileInfo]:
+        """Every file below a folder (recursively), sorted by URI, checksum files left out."""
+        found = []
+        for base, _, files in os.walk(self.local(uri)):
+            found += [FileInfo(self._uri(os.path.join(base, f)), False, os.path.getsize(os.path.join(base, f)))
+                      for f in files if not self._hidden(f)]
+        return sorted(found, key=lambda f: f.uri)
+
+    def sha256(self, uri: str) -> str:
+        digest = hashlib.sha256()
+        with open(self.local(uri), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def open_input(self, uri: str) -> io.BufferedReader:
+        return open(self.local(uri), "rb")
+
+    def create_new(self, uri: str, text: str) -> bool:
+        """Create the file ``uri`` holding ``text`` only if nothing is there (O_EXCL): False when something is."""
+        path = self.local(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+
+    def delete_if_empty(self, uri: str) -> None:
+        """Remove a folder only when nothing is in it."""
+        try:
+            os.rmdir(self.local(uri))
+        except OSError:  # not empty, not there, or not a folder: it stays
+            return
+
+    def copy_to_local(self, uri: str, local: str) -> None:
+        """Copy a file or folder to a path on this machine (already local: a plain copy)."""
+        source = self.local(uri)
+        if os.path.isdir(source):
+            shutil.copytree(source, local, ignore=shutil.ignore_patterns(".*.crc"))
+        else:
+            shutil.copy2(source, local)
+
+
+def has_jvm(session: Any) -> bool:
+    """Whether ``session`` has a JVM on this side: a classic session does (even a stopped one, whose
+    ``_jvm`` is None), a Spark Connect session raises on ``_jvm``."""
+    try:
+        session._jvm  # noqa: B018 - the attribute access is the test
+    except Exception:  # noqa: BLE001 - Spark Connect raises its own attribute error
+        return False
+    return True
+
+
+#: The warehouse's file operations: Hadoop's (a classic session) or Python's (Spark Connect, a local folder).
+FileSystem = HadoopFS | LocalFS
+
+
+def open_fs(session: Any, root: str) -> FileSystem:
+    """The file operations for a warehouse at ``root`` (a URI, see :func:`_root_uri`): Hadoop's with a
+    classic session; Python's on a local folder with a Spark Connect session, which has no Hadoop
+    FileSystem on this side; a Hadoop URI over Spark Connect is refused, saying what to do."""
+    if has_jvm(session):
+        return HadoopFS(session, root)
+    if root.startswith("file:"):
+        return LocalFS(root)
+    raise WarehouseError(
+        f"the warehouse {root} is a Hadoop URI, and a Spark Connect session has no Hadoop FileSystem on "
+        "this side to publish it with (mktool's commit renames folders and writes its journal itself)",
+        hint="give --warehouse a local folder that this machine and the Connect server's driver and "
+             "executors all reach at the same path (the same machine, or a shared mount), or run on the "
+             "cluster with spark-submit or --spark-master instead of --spark-remote (docs/spark.md)")
+
+
 def parent(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0]
 
@@ -497,7 +689,7 @@ class HadoopLock:
     starting in the same second are not reliably kept apart.
     """
 
-    def __init__(self, fs: HadoopFS, root: str, *, exclusive: bool, wait: float) -> None:
+    def __init__(self, fs: FileSystem, root: str, *, exclusive: bool, wait: float) -> None:
         self.fs = fs
         self.root = root
         self.exclusive = exclusive
@@ -658,7 +850,7 @@ class Warehouse:
         nothing is created (a read-only command)."""
         self.session = session
         self.root = _root_uri(root)
-        self.fs = HadoopFS(session, self.root)
+        self.fs = open_fs(session, self.root)
         self.lock: HadoopLock | None = None
         absent = self.fs.info(self.root) is None
         if must_exist and absent:
@@ -994,15 +1186,15 @@ class Transaction:
         """Write ``df`` under ``scratch`` as partition folders; a named partition without rows gets
         one zero-row file. Returns the partition folder names written."""
         if not partitioned:
-            df.write.mode("errorifexists").parquet(f"{scratch}/{DATA}")
+            df.write.mode("error").parquet(f"{scratch}/{DATA}")
             return {DATA}
-        df.write.mode("errorifexists").partitionBy(MONTH).parquet(scratch)
+        df.write.mode("error").partitionBy(MONTH).parquet(scratch)
         written = {d for d in self.fs.list_dirs(scratch) if d.startswith(f"{MONTH}=")}
         data_columns = [c for c in columns if c[0] != MONTH]
         for value in wanted or []:
             if _partition_dir(value) not in written:
                 empty = self.warehouse.session.createDataFrame([], _ddl(data_columns)).coalesce(1)
-                empty.write.mode("errorifexists").parquet(f"{scratch}/{_partition_dir(value)}")
+                empty.write.mode("error").parquet(f"{scratch}/{_partition_dir(value)}")
                 written.add(_partition_dir(value))
         return written
 

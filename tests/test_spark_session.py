@@ -16,12 +16,15 @@ from typing import Any
 import pytest
 from conftest import ENV
 
+import mktool.spark
 from mktool.config import SparkOptions
 from mktool.errors import EXIT_BAD_INPUT, EXIT_USAGE, UsageError
 from mktool.spark import (
     DEFAULT_CONF,
     FIXED_CONF,
+    GATEWAY_ENV,
     INSTALL_HINT,
+    LOCAL_ONLY,
     SparkUnavailable,
     open_session,
     parse_conf,
@@ -79,6 +82,17 @@ def test_session_conf_is_defaults_then_the_users_then_the_fixed_settings() -> No
     assert session_conf(SparkOptions()) == {**DEFAULT_CONF, **FIXED_CONF}
 
 
+def test_session_conf_on_a_cluster_keeps_the_clusters_ui_and_shuffle_partitions() -> None:
+    # yarn/spark:///k8s://: the web UI is how a job is watched, and 8 shuffle partitions are a laptop's.
+    conf = session_conf(SparkOptions(master="yarn"))
+    assert not LOCAL_ONLY & set(conf)
+    assert conf == {**{k: v for k, v in DEFAULT_CONF.items() if k not in LOCAL_ONLY}, **FIXED_CONF}
+    # what spark-submit --conf or spark-defaults.conf set already is not overridden by a default
+    preset = session_conf(SparkOptions(), {"spark.sql.shuffle.partitions": "400", "spark.ui.enabled": "true"})
+    assert "spark.sql.shuffle.partitions" not in preset and "spark.ui.enabled" not in preset
+    assert preset["spark.ui.showConsoleProgress"] == "false"
+
+
 def test_session_conf_later_user_pair_wins() -> None:
     conf = session_conf(SparkOptions(conf=parse_conf(["spark.executor.memory=8g", "spark.executor.memory=4g"])))
     assert conf["spark.executor.memory"] == "4g"
@@ -118,8 +132,11 @@ class Recorder:
         return call
 
 
-def _pyspark_stand_in(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+def _pyspark_stand_in(monkeypatch: pytest.MonkeyPatch, launched: dict[str, str] | None = None) -> Recorder:
     builder = Recorder()
+    # the JVM's launch conf (spark-submit's --master/--conf): none unless a test says so
+    monkeypatch.setattr(mktool.spark, "launched_conf", lambda: dict(launched or {}))
+    monkeypatch.delenv(GATEWAY_ENV, raising=False)
     sql = types.ModuleType("pyspark.sql")
     sql.SparkSession = types.SimpleNamespace(builder=builder)  # type: ignore[attr-defined]
     root = types.ModuleType("pyspark")
@@ -160,6 +177,56 @@ def test_open_session_on_spark_connect_needs_no_local_java(monkeypatch: pytest.M
     open_session(SparkOptions(remote="sc://spark.example:15002"))
     assert builder.calls[:2] == [("appName", "mktool"), ("remote", "sc://spark.example:15002")]
     assert ("master", "local[*]") not in builder.calls
+
+
+def test_open_session_on_spark_connect_sets_only_the_users_and_the_fixed_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server was started with its own executors, UI and shuffle partitions: no laptop defaults.
+    builder = _pyspark_stand_in(monkeypatch)
+    open_session(SparkOptions(remote="sc://h:15002", conf=(("spark.sql.shuffle.partitions", "64"),)))
+    assert builder.calls == [("appName", "mktool"), ("remote", "sc://h:15002"), ("getOrCreate",),
+                             ("conf.set", "spark.sql.shuffle.partitions", "64"),
+                             *[("conf.set", k, v) for k, v in FIXED_CONF.items()]]
+
+
+def test_a_conf_the_connect_server_refuses_is_a_usage_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    builder = _pyspark_stand_in(monkeypatch)
+
+    def refuse(key: str, value: str) -> None:
+        raise RuntimeError(f'[CANNOT_MODIFY_CONFIG] Cannot modify the value of the Spark config: "{key}".')
+
+    builder.session.conf.set = refuse
+    with pytest.raises(UsageError) as caught:
+        open_session(SparkOptions(remote="sc://h:15002", conf=(("spark.executor.memory", "8g"),)))
+    assert caught.value.message.startswith("Spark setting spark.executor.memory: the Spark Connect server at "
+                                           "sc://h:15002 does not let a session set it ([CANNOT_MODIFY_CONFIG]")
+    assert "start-connect-server.sh --conf" in (caught.value.hint or "")
+
+
+def test_under_spark_submit_the_master_and_conf_are_spark_submits(monkeypatch: pytest.MonkeyPatch) -> None:
+    launched = {"spark.master": "yarn", "spark.app.name": "mk-october", "spark.sql.shuffle.partitions": "400"}
+    builder = _pyspark_stand_in(monkeypatch, launched)
+    monkeypatch.setenv(GATEWAY_ENV, "40123")  # what spark-submit sets for the Python driver it starts
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)  # the JVM is up already: no java needed
+    options = SparkOptions(conf=(("spark.executor.memory", "8g"),))
+    open_session(options)
+    configs = [c for c in builder.calls if c[0] == "config"]
+    assert not [c for c in builder.calls if c[0] in ("master", "appName")]
+    assert configs == [("config", k, v) for k, v in session_conf(options, launched, master="yarn").items()]
+    assert ("config", "spark.executor.memory", "8g") in configs
+    assert not [c for c in configs if c[1] in LOCAL_ONLY]  # not on yarn, and 400 was set by spark-submit
+    assert [c for c in builder.calls if c[0] == "conf.set"] == [("conf.set", k, v) for k, v in FIXED_CONF.items()]
+
+
+def test_under_spark_submit_another_spark_master_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    builder = _pyspark_stand_in(monkeypatch, {"spark.master": "local[2]"})
+    monkeypatch.setenv(GATEWAY_ENV, "40123")
+    with pytest.raises(UsageError) as caught:
+        open_session(SparkOptions(master="yarn"))
+    assert caught.value.message == ("Spark master yarn asked for, but spark-submit started this process with "
+                                    "master local[2], which it keeps")
+    assert builder.calls == []
+    open_session(SparkOptions(master="local[2]"))  # the same master, said twice, is fine
 
 
 def test_importing_mktool_does_not_load_pyspark() -> None:

@@ -284,16 +284,20 @@ def test_every_type_and_the_column_order_survive_a_roundtrip(spark: Any, tmp_pat
          dt.datetime(2026, 11, 1, 8, 0), True, ["x", "y"], {"a": 1}, ("z", 2))]
 
 
-def test_a_spark_connect_session_is_refused_clearly(tmp_path: Path) -> None:
-    from mktool.warehouse import WarehouseError
+def test_a_spark_connect_session_gets_a_local_folder_and_a_hadoop_uri_is_refused_clearly(tmp_path: Path) -> None:
+    from mktool.warehouse import LocalFS, WarehouseError
 
     class ConnectSession:  # what a Spark Connect session lacks: a JVM on the client's side
         @property
         def _jvm(self) -> Any:
             raise AttributeError("[JVM_ATTRIBUTE_NOT_SUPPORTED] Attribute `_jvm` is not supported in Spark Connect")
 
-    with pytest.raises(WarehouseError, match="Spark Connect sessions are not supported this round"):
-        Warehouse(ConnectSession(), str(tmp_path / "wh"))
+    wh = Warehouse(ConnectSession(), str(tmp_path / "wh"))
+    assert isinstance(wh.fs, LocalFS) and (tmp_path / "wh").is_dir()
+    with pytest.raises(WarehouseError, match="a Spark Connect session has no Hadoop FileSystem") as caught:
+        Warehouse(ConnectSession(), "hdfs://namenode/mk")
+    assert "hdfs://namenode/mk" in caught.value.message
+    assert "spark-submit or --spark-master instead of --spark-remote" in (caught.value.hint or "")
 
 
 # -- crashes at each publish point ----------------------------------------------------------------------
