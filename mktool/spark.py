@@ -148,7 +148,13 @@ def open_session(options: SparkOptions) -> Any:
     else:
         master = options.master
         builder = builder.appName(options.app_name).master(master)
-    for key, value in session_conf(options, preset, master=master).items():
+    conf = session_conf(options, preset, master=master)
+    if pyspark_sql.SparkSession.getActiveSession() is not None:
+        # getOrCreate sets a builder's settings on the running session: mktool's defaults must not
+        # undo what that session's owner (a notebook, a test, an embedding job) chose for it.
+        given = {key for key, _ in options.conf}
+        conf = {key: value for key, value in conf.items() if key not in DEFAULT_CONF or key in given}
+    for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")  # Spark's WARN lines are not the user's to act on

@@ -483,7 +483,7 @@ class SparkConnection:
         view = s.parquet_views.get(path.this)
         if view is None:
             view = f"_mk_parquet_{next(s.counter)}"
-            df = self._spark_call(lambda: s.session.read.parquet(path.this))
+            df = self._spark_call(lambda: s.session.read.parquet(hadoop_path(path.this)))
             df.createOrReplaceTempView(view)
             s.function_views.append(view)
             s.parquet_views[path.this] = view

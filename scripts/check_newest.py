@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet = ["--quiet", "--disable-pip-version-check"]
         run([py, "-m", "pip", "install", *quiet, "--upgrade", "pip"], env=env, what="upgrading pip")
         # Not editable: the way a user installs it, so packaging (the shipped matrices) is checked too.
-        # The spark extra too: a PySpark release within its range is a drift like any other (CI runs the
-        # Spark parity tests, so the suite below runs them on it).
+        # The spark extra too: a PySpark release within its range is a drift like any other, and so is
+        # a sqlglot that renders Spark SQL differently: on any drift the Spark parity suite runs too.
         run([py, "-m", "pip", "install", *quiet, "--upgrade", "--upgrade-strategy", "eager",
              f"{ROOT}[test,lint,spark]"], env=env, what="installing the newest releases the ranges allow")
         frozen = subprocess.run([py, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True,
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         log("newer than constraints.txt: " + ("; ".join(moved) if moved else "nothing (--always)"))
         try:
             run([py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"], env=env, what="the test suite")
+            run([py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "spark", "-n", "0"], env=env,
+                what="the Spark parity suite")
             run([str(venv / "bin" / "mktool"), "test", "--strict", "--quiet"], env=env, what="mktool test --strict")
             run([str(venv / "bin" / "mktool"), "snapshot", "--check"], env=env, what="mktool snapshot --check")
             run([str(venv / "bin" / "ruff"), "check", "--quiet", "."], env=env, what="ruff check")
