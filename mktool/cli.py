@@ -68,7 +68,15 @@ from mktool.console import Reporter
 from mktool.contract import TABLES, check_month
 from mktool.database import Database
 from mktool.diff import compare_folders, compare_rules, headline, render_csv, render_json, render_markdown, sections
-from mktool.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CheckFailed, ConfigError, MktoolError
+from mktool.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    CheckFailed,
+    ConfigError,
+    MktoolError,
+    engine_said,
+)
 from mktool.factors import DEFAULT_BINS, DEFAULT_TOP, MAX_BINS, MIN_BINS, factors_csv, factors_tables, rank_factors
 from mktool.output import infer_format, write_query, write_text_file
 from mktool.planconfig import parse_window as plan_window
@@ -418,7 +426,8 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 if "interrupted" in first.lower():
                     raise interrupted() from None
                 code = _duckdb_error_code(exc)
-                raise fail(f"DuckDB: {first}" if code != EXIT_INTERNAL else f"internal error: DuckDB: {first}", code,
+                said = engine_said(first)
+                raise fail(said if code != EXIT_INTERNAL else f"internal error: {said}", code,
                            hint=None if code != EXIT_INTERNAL or verbose else BUG_HINT) from None
             except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 4
                 if isinstance(exc, RuntimeError) and "interrupted" in str(exc).lower():

@@ -41,6 +41,12 @@ def _shorten(value: Any, width: int = 300) -> str:
     return short_repr(value, width)
 
 
+def engine_said(first_line: str) -> str:
+    """An engine's error line as mktool quotes it: ``DuckDB: …``, or as it is when the Spark engine
+    already named itself (mktool.sparkdb raises its errors as ``Spark: …``)."""
+    return first_line if first_line.startswith("Spark: ") else f"DuckDB: {first_line}"
+
+
 class MktoolError(Exception):
     """Base class of every error a user can fix without reading the code."""
 

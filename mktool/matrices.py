@@ -44,7 +44,7 @@ from mktool import dialect
 from mktool.console import QUIET, Reporter
 from mktool.contract import check_month
 from mktool.database import Database, record_funnel, record_step, replace_month, table_exists
-from mktool.errors import ConfigError, MktoolError, RuleError, StateError
+from mktool.errors import ConfigError, MktoolError, RuleError, StateError, engine_said
 from mktool.freshness import require_built_on_view, require_fresh_view, view_build_id
 from mktool.project import Project
 from mktool.publish import file_sha256
@@ -366,7 +366,7 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, matrix: Matrix, rules: Se
         culprit = _find_failing_rule(con, matrix, rules, month)
         where = (culprit.at("when") if culprit else matrix.at("where") if matrix.where is not None
                  else matrix.at("matrix"))
-        raise RuleError(f"{where}: DuckDB: {_first_line(exc)}") from None
+        raise RuleError(f"{where}: {engine_said(_first_line(exc))}") from None
 
 
 def _find_failing_rule(con: duckdb.DuckDBPyConnection, matrix: Matrix, rules: Sequence[Rule],

@@ -59,7 +59,7 @@ import duckdb
 
 from mktool.database import table_exists
 from mktool.dialect import Query, microseconds_between
-from mktool.errors import InputError, MktoolError, RuleError, StateError
+from mktool.errors import InputError, MktoolError, RuleError, StateError, engine_said
 from mktool.freshness import require_fresh_view
 from mktool.ingest import SourceFile, read_schema, validate
 from mktool.project import Project
@@ -702,7 +702,7 @@ def _condition_error(con: duckdb.DuckDBPyConnection, probes: Sequence[tuple[str,
             where = at
             break
     lines = str(exc).strip().splitlines()
-    return RuleError(f"{where}: DuckDB: {lines[0] if lines else type(exc).__name__}")
+    return RuleError(f"{where}: {engine_said(lines[0] if lines else type(exc).__name__)}")
 
 
 def run_outcomes(con: duckdb.DuckDBPyConnection, queries: OutcomeQueries) -> dict[str, int]:

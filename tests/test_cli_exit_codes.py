@@ -640,3 +640,10 @@ def test_no_space_left_for_an_out_file_leaves_no_part_of_it(cli, tmp_path: Path)
         assert "No space left on device" in line and str(full) in line
         no_traceback(result)
         assert list(full.iterdir()) == []
+
+
+def test_an_engine_error_names_the_engine_once() -> None:
+    """A Spark error (mktool.sparkdb's ``Spark: …``) is quoted as it is; a DuckDB one gets its name."""
+    from mktool.errors import engine_said
+    assert engine_said("Spark: TaskResultLost") == "Spark: TaskResultLost"
+    assert engine_said("Binder Error: column x") == "DuckDB: Binder Error: column x"
