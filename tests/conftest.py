@@ -188,6 +188,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.spark)
 
 
+def require(missing: str | None, what: str = "the Spark parity tests") -> None:
+    """Skip a test whose runtime is ``missing`` (a laptop without Java), but fail it under CI: the
+    parity tests must never pass by not running."""
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} must run in CI: {missing}")
+        pytest.skip(missing)
+
+
 def _spark_missing() -> str | None:
     import importlib.util
     if importlib.util.find_spec("pyspark") is None:
@@ -202,11 +211,7 @@ def spark():
     """The test process's SparkSession (one per xdist worker: a session costs 20–40 s to start),
     built as ``--engine spark`` builds it, on local[2] with two shuffle partitions."""
     from mktool.spark import SparkOptions, open_session
-    missing = _spark_missing()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the Spark parity tests must run in CI: {missing}")
-        pytest.skip(missing)
+    require(_spark_missing())
     session = open_session(SparkOptions(master=SPARK_MASTER, conf=(("spark.sql.shuffle.partitions", "2"),)))
     yield session
     session.stop()

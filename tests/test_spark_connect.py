@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import ENV, FIXTURES, MATRICES, M, _spark_missing
+from conftest import ENV, FIXTURES, MATRICES, M, _spark_missing, require
 from typer.testing import CliRunner
 
 from mktool.cli import app
@@ -102,11 +102,7 @@ def _listening(port: int) -> bool:
 @pytest.fixture(scope="module")
 def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``sc://127.0.0.1:PORT`` of a Spark Connect server on local[2] (2 shuffle partitions), stopped after."""
-    missing = _connect_missing()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the Spark Connect tests must run in CI: {missing}")
-        pytest.skip(missing)
+    require(_connect_missing(), "the Spark Connect tests")
     from pyspark.find_spark_home import _find_spark_home
 
     home = _find_spark_home()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import ENV, FIXTURES, MATRICES, _spark_missing
+from conftest import ENV, FIXTURES, MATRICES, _spark_missing, require
 from typer.testing import CliRunner
 
 import mktool.__main__
@@ -28,11 +28,7 @@ pytestmark = pytest.mark.spark
 
 
 def test_spark_submit_runs_mktools_entry_script_on_its_master(tmp_path: Path) -> None:
-    missing = _spark_missing()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the Spark tests must run in CI: {missing}")
-        pytest.skip(missing)
+    require(_spark_missing(), "the spark-submit test")
     from pyspark.find_spark_home import _find_spark_home
 
     home = _find_spark_home()
