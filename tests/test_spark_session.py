@@ -132,13 +132,15 @@ class Recorder:
         return call
 
 
-def _pyspark_stand_in(monkeypatch: pytest.MonkeyPatch, launched: dict[str, str] | None = None) -> Recorder:
+def _pyspark_stand_in(monkeypatch: pytest.MonkeyPatch, launched: dict[str, str] | None = None,
+                      running: bool = False) -> Recorder:
     builder = Recorder()
     # the JVM's launch conf (spark-submit's --master/--conf): none unless a test says so
     monkeypatch.setattr(mktool.spark, "launched_conf", lambda: dict(launched or {}))
     monkeypatch.delenv(GATEWAY_ENV, raising=False)
     sql = types.ModuleType("pyspark.sql")
-    sql.SparkSession = types.SimpleNamespace(builder=builder)  # type: ignore[attr-defined]
+    sql.SparkSession = types.SimpleNamespace(  # type: ignore[attr-defined]
+        builder=builder, getActiveSession=lambda: builder.session if running else None)
     root = types.ModuleType("pyspark")
     root.sql = sql  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "pyspark", root)
@@ -262,3 +264,16 @@ def test_an_existing_session_gets_the_fixed_settings_back(spark: Any) -> None:
     finally:
         for key, value in FIXED_CONF.items():
             spark.conf.set(key, value)
+
+
+def test_a_running_session_keeps_its_own_settings_over_mktools_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """getOrCreate sets a builder's settings on the session already running (a notebook's, the tests'):
+    mktool's defaults stay off it, the user's --spark-conf and the fixed settings do not."""
+    builder = _pyspark_stand_in(monkeypatch, running=True)
+    monkeypatch.setenv("JAVA_HOME", "/opt/jdk17")
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    open_session(SparkOptions(master="local[2]", conf=(("spark.sql.shuffle.partitions", "3"),)))
+    configured = {call[1]: call[2] for call in builder.calls if call[0] == "config"}
+    assert configured.get("spark.sql.shuffle.partitions") == "3"
+    assert not set(configured) & (set(mktool.spark.DEFAULT_CONF) - {"spark.sql.shuffle.partitions"})
+    assert {k: v for k, v in configured.items() if k in FIXED_CONF} == FIXED_CONF
