@@ -53,6 +53,9 @@ DEFAULT_CONF: dict[str, str] = {
 #: job is watched, and 8 shuffle partitions would make each one of a 60M-subscriber month far too big.
 LOCAL_ONLY = frozenset({"spark.ui.enabled", "spark.sql.shuffle.partitions"})
 
+#: What PySpark's launcher sets for an interactive shell when a plain Python process starts the JVM.
+_SHELL_LAUNCHER_CONF = frozenset({"spark.ui.showConsoleProgress"})
+
 #: Set by spark-submit (and pyspark's own shells) for the Python driver it starts: the JVM is up
 #: already, with spark-submit's --master and --conf, and a session built here must join it as it is.
 GATEWAY_ENV = "PYSPARK_GATEWAY_PORT"
@@ -136,6 +139,11 @@ def open_session(options: SparkOptions) -> Any:
         raise SparkUnavailable("the Spark engine needs a Java runtime: neither JAVA_HOME nor java on PATH",
                                hint="install Java 17, e.g. apt-get install openjdk-17-jre-headless")
     preset = launched_conf()
+    if not submitted():
+        # PySpark's own launcher (the "pyspark-shell" gateway a plain python process starts) turns the
+        # console progress bars on for its shells: that is not a user's choice to keep, and the bars
+        # would fill mktool's stderr between its own lines.
+        preset = {k: v for k, v in preset.items() if k not in _SHELL_LAUNCHER_CONF}
     builder = pyspark_sql.SparkSession.builder
     if submitted():
         master = preset.get("spark.master", options.master)
