@@ -277,3 +277,15 @@ def test_a_running_session_keeps_its_own_settings_over_mktools_defaults(monkeypa
     assert configured.get("spark.sql.shuffle.partitions") == "3"
     assert not set(configured) & (set(mktool.spark.DEFAULT_CONF) - {"spark.sql.shuffle.partitions"})
     assert {k: v for k, v in configured.items() if k in FIXED_CONF} == FIXED_CONF
+
+
+def test_pysparks_shell_launcher_does_not_turn_the_stage_bars_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain python process's gateway comes up with spark.ui.showConsoleProgress=true (PySpark's
+    "pyspark-shell" launch): that is not a user's setting, and mktool's default (false) still applies."""
+    builder = _pyspark_stand_in(monkeypatch, launched={"spark.ui.showConsoleProgress": "true",
+                                                       "spark.app.name": "pyspark-shell"})
+    monkeypatch.setenv("JAVA_HOME", "/opt/jdk17")
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    open_session(SparkOptions(master="local[2]"))
+    configured = {call[1]: call[2] for call in builder.calls if call[0] == "config"}
+    assert configured["spark.ui.showConsoleProgress"] == "false"
