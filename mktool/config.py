@@ -41,6 +41,15 @@ def is_uri(location: str) -> bool:
     return bool(_SCHEME_RE.match(text)) and not re.match(r"^[A-Za-z]:[\\/]", text)
 
 
+def local_path(location: str) -> str:
+    """``file:/a/b`` or ``file:///a/b`` → ``/a/b``; a plain path as it is (what Python and DuckDB open)."""
+    text = str(location)
+    if text.startswith("file:"):
+        rest = text[len("file:"):]
+        return "/" + rest.lstrip("/") if rest.startswith("/") else rest
+    return text
+
+
 def no_warehouse(root: str) -> StateError:
     """A read-only command's refusal of a warehouse that is not there (it creates nothing)."""
     return StateError(f"no warehouse at {root}",

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import os
 import re
 import tempfile
 import urllib.parse
@@ -44,7 +43,7 @@ import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
 
-from mktool.config import Settings
+from mktool.config import Settings, is_uri, local_path
 from mktool.database import register_engine
 from mktool.dialect import SPARK, hadoop_path, render
 from mktool.errors import MktoolError
@@ -517,9 +516,9 @@ class SparkConnection:
     def _glob(self, pattern: str) -> list[str]:
         """DuckDB's ``glob``: the matching files, sorted; a local pattern's matches as local paths."""
         found = self._s.warehouse.fs.glob(hadoop_path(pattern))
-        if _has_scheme(pattern):
+        if is_uri(pattern):
             return found
-        return sorted(_local_path(f) for f in found)
+        return sorted(local_path(f) for f in found)
 
     def _parquet_tree(self, file: str) -> list[tuple[str, int | None]]:
         """(name, num_children) of each node of a Parquet file's schema, root first, depth first (the
@@ -527,13 +526,13 @@ class SparkConnection:
         from the local file system for a local path, through the session's Hadoop file system for a
         URI (hdfs://, s3a://, file:), so both give the same tree."""
         try:
-            if _has_scheme(file):
+            if is_uri(file):
                 with self._s.warehouse.fs.open_input(file) as stream:
                     metadata = pq.read_metadata(stream)
             else:
                 metadata = pq.read_metadata(file)
         except (OSError, pa.ArrowException) as exc:
-            raise SparkQueryError(f"Invalid Input Error: {_local_path(file)}: {exc}") from None
+            raise SparkQueryError(f"Invalid Input Error: {local_path(file)}: {exc}") from None
         except Exception as exc:
             if type(exc).__module__.startswith("py4j"):
                 text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -713,7 +712,8 @@ class SparkConnection:
         """The rows of the Parquet files under ``folders``, from their footers: no Spark job."""
         s = self._s
         if s.remote:  # Spark Connect: no JVM here, and the warehouse is a local folder (warehouse.LocalFS)
-            return sum(pq.ParquetFile(f).metadata.num_rows for folder in folders for f in _parquet_files(folder))
+            return sum(pq.ParquetFile(local_path(f.uri)).metadata.num_rows for folder in folders
+                       for f in s.warehouse.fs.files_under(folder) if _is_data_file(f.uri))
         jvm = s.session._jvm
         conf = s.session._jsc.hadoopConfiguration()
         hadoop, parquet = jvm.org.apache.hadoop.fs, jvm.org.apache.parquet.hadoop
@@ -723,8 +723,7 @@ class SparkConnection:
             files = path.getFileSystem(conf).listFiles(path, True)
             while files.hasNext():
                 status = files.next()
-                name = str(status.getPath().getName())
-                if name.startswith(("_", ".")) or not name.endswith(".parquet"):
+                if not _is_data_file(str(status.getPath().getName())):
                     continue
                 reader = parquet.ParquetFileReader.open(parquet.util.HadoopInputFile.fromStatus(status, conf))
                 try:
@@ -1107,8 +1106,8 @@ class SparkConnection:
         positioned = df.selectExpr("*", f"monotonically_increasing_id() AS {_COPY_POSITION}")
         self._spark_call(lambda: positioned.write.mode("overwrite").parquet(folder))
         with tempfile.TemporaryDirectory(prefix="mktool-copy-") as tmp:
-            local = _local_path(folder)
-            if _has_scheme(local):  # a warehouse on hdfs:// or s3a://: the rows come to this machine
+            local = local_path(folder)
+            if is_uri(local):  # a warehouse on hdfs:// or s3a://: the rows come to this machine
                 local = f"{tmp}/rows"
                 self._s.warehouse.fs.copy_to_local(folder, local)
             files = sorted(glob.glob(f"{glob.escape(local)}/*.parquet"))
@@ -1167,14 +1166,10 @@ class SparkConnection:
 _REF_RE = re.compile(r"`?\b(_mk_ref\d+)\b`?")
 
 
-def _parquet_files(folder: str) -> list[str]:
-    """The data files under a local folder (or file: URI), at any depth: not ``_SUCCESS`` or ``.crc``."""
-    found = []
-    for base, dirs, files in os.walk(_local_path(folder)):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
-        found += [os.path.join(base, f) for f in sorted(files)
-                  if f.endswith(".parquet") and not f.startswith(("_", "."))]
-    return found
+def _is_data_file(path: str) -> bool:
+    """A Parquet part file Spark wrote, not ``_SUCCESS``, a ``.crc`` or a hidden file."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".parquet") and not name.startswith(("_", "."))
 
 
 def _naive(type_: pa.DataType) -> pa.DataType:
@@ -1231,20 +1226,6 @@ def _string_argument(node: exp.Expr, args: dict[str, Any], function: str) -> str
     if isinstance(node, exp.Literal) and node.is_string:
         return str(node.this)
     raise InternalError(f"{function}({node.sql('duckdb')}): only a text literal or parameter is supported on Spark")
-
-
-def _has_scheme(path: str) -> bool:
-    """``hdfs://…``, ``s3a://…``, ``file:/…``: a URI rather than a local path."""
-    head, sep, _ = path.partition(":")
-    return bool(sep) and len(head) > 1 and head.replace("+", "").replace("-", "").replace(".", "").isalnum()
-
-
-def _local_path(uri: str) -> str:
-    """``file:/a/b`` or ``file:///a/b`` → ``/a/b`` (a plain path as it is)."""
-    if uri.startswith("file:"):
-        rest = uri[len("file:"):]
-        return "/" + rest.lstrip("/") if rest.startswith("/") else rest
-    return uri
 
 
 def _parquet_nodes(name: str, type_: pa.DataType) -> list[tuple[str, int | None]]:

@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mktool.config import is_uri, no_warehouse
+from mktool.config import is_uri, local_path, no_warehouse
 from mktool.errors import LockedError, MktoolError
 from mktool.publish import fault
 
@@ -67,7 +67,6 @@ _TMP = "_put"  # per-put scratch under _staging/<run>/ (a name no table can have
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PART_VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # what Spark writes unescaped in month=<M>
-_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 #: (root, run id) of every transaction open in this process: recovery leaves their staging alone, so
 #: a second Warehouse on the same root (another connection, a reader) cannot delete a writer's work.
@@ -370,7 +369,7 @@ class HadoopFS:
         if str(fs.getUri().getScheme()) == "file":
             # Hadoop's local create checks, then opens: two processes can both pass the check.
             # open(O_CREAT | O_EXCL) is the one atomic "create if absent" of a local file system.
-            local = _file_path(str(fs.makeQualified(p).toString()))
+            local = local_path(str(fs.makeQualified(p).toString()))
             for attempt in range(3):  # a reader's release may remove the empty folder meanwhile
                 os.makedirs(os.path.dirname(local), exist_ok=True)
                 try:
@@ -477,13 +476,7 @@ class LocalFS:
     def __init__(self, root: str) -> None:
         self.root = root
 
-    @staticmethod
-    def local(uri: str) -> str:
-        """``file:/a/b`` or ``file:///a/b`` → ``/a/b``; a plain path as it is."""
-        if uri.startswith("file:"):
-            rest = uri[len("file:"):]
-            return "/" + rest.lstrip("/") if rest.startswith("/") else rest
-        return uri
+    local = staticmethod(local_path)
 
     @staticmethod
     def _uri(path: str) -> str:
@@ -658,15 +651,9 @@ def parent(uri: str) -> str:
 def _root_uri(root: str) -> str:
     """A Hadoop URI for ``root``: a URI as given, a plain path made absolute as ``file:/…``."""
     root = str(root)
-    if _SCHEME_RE.match(root) and not re.match(r"^[A-Za-z]:[\\/]", root):
+    if is_uri(root):
         return root.rstrip("/") or root
     return "file:" + os.path.abspath(root)
-
-
-def _file_path(uri: str) -> str:
-    """``file:/a/b`` or ``file:///a/b`` → ``/a/b``."""
-    rest = uri[len("file:"):]
-    return "/" + rest.lstrip("/") if rest.startswith("/") else rest
 
 
 def _holder_text(holder: dict[str, Any]) -> str:
