@@ -26,9 +26,10 @@ import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from mktool.config import DEFAULT_SPARK_MASTER, SparkOptions
+from mktool.config import DEFAULT_SPARK_MASTER, PACKAGE_DIR, SparkOptions
 from mktool.errors import MktoolError, UsageError
 
 #: What mktool's results depend on: set on every session, after the user's --spark-conf.
@@ -59,6 +60,11 @@ _SHELL_LAUNCHER_CONF = frozenset({"spark.ui.showConsoleProgress"})
 #: Set by spark-submit (and pyspark's own shells) for the Python driver it starts: the JVM is up
 #: already, with spark-submit's --master and --conf, and a session built here must join it as it is.
 GATEWAY_ENV = "PYSPARK_GATEWAY_PORT"
+
+#: Log4j 2's own setting for its configuration file (it reads the environment as well as -D properties).
+LOG4J_ENV = "LOG4J_CONFIGURATION_FILE"
+#: mktool's log setup for a driver JVM it starts: errors only, on stderr (the file says why).
+LOG4J_PROPERTIES = "spark_log4j2.properties"
 
 INSTALL_HINT = 'install the Spark extra: pip install "mktool[spark]" (it needs a Java 17 runtime)'
 
@@ -96,13 +102,19 @@ def session_conf(options: SparkOptions, preset: Mapping[str, str] | None = None,
     return {**defaults, **dict(options.conf), **FIXED_CONF}
 
 
-def launched_conf() -> dict[str, str]:
+def launched_conf(launch: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
     """The conf the JVM was launched with (spark-submit's --master and --conf, spark-defaults.conf,
-    PYSPARK_SUBMIT_ARGS): what a SparkConf loads from the JVM's system properties."""
+    PYSPARK_SUBMIT_ARGS): what a SparkConf loads from the JVM's system properties.
+
+    A JVM not yet running is started here with ``launch`` (the user's --spark-conf) as spark-submit
+    --conf pairs: a setting read only when the driver starts (spark.driver.memory, its Java options)
+    has its effect only that way, as with ``pyspark --conf``. Under spark-submit, or once the process's
+    JVM is up, ``launch`` changes nothing here (the builder then sets what a running JVM can take)."""
     _pyspark_sql()  # PySpark there, or the error that says what to install
     import pyspark  # noqa: PLC0415 - optional extra, as in _pyspark_sql
 
-    pyspark.SparkContext._ensure_initialized()  # the gateway getOrCreate would start anyway
+    # the gateway getOrCreate would start anyway, but with the user's driver settings
+    pyspark.SparkContext._ensure_initialized(conf=pyspark.SparkConf(loadDefaults=False).setAll(list(launch)))
     return {str(k): str(v) for k, v in pyspark.SparkConf().getAll()}
 
 
@@ -123,6 +135,32 @@ def submitted() -> bool:
     return GATEWAY_ENV in os.environ
 
 
+def user_log4j_setup() -> bool:
+    """Whether the user has a log4j2 setup a JVM started here would use: LOG4J_CONFIGURATION_FILE, a
+    -Dlog4j... option in PYSPARK_SUBMIT_ARGS or SPARK_SUBMIT_OPTS, or a log4j2 file in Spark's conf folder
+    (SPARK_CONF_DIR, else SPARK_HOME/conf). Theirs is kept: mktool's quiet default is only a default."""
+    env = os.environ
+    if env.get(LOG4J_ENV):
+        return True
+    if any("log4j" in env.get(name, "") for name in ("PYSPARK_SUBMIT_ARGS", "SPARK_SUBMIT_OPTS")):
+        return True
+    conf_dirs = [env["SPARK_CONF_DIR"]] if env.get("SPARK_CONF_DIR") else []
+    if env.get("SPARK_HOME"):
+        conf_dirs.append(str(Path(env["SPARK_HOME"]) / "conf"))
+    return any((Path(folder) / name).is_file() for folder in conf_dirs
+               for name in ("log4j2.properties", "log4j2.xml", "log4j2.yaml", "log4j2.json"))
+
+
+def quiet_jvm_logging() -> None:
+    """Give the driver JVM about to start here mktool's log setup (errors only, on stderr), unless the
+    user has one. Spark's default profile prints a banner and WARN lines on stderr before any session
+    setting can lower the level (setLogLevel comes after the JVM is up); Log4j 2 reads its file from the
+    environment the JVM inherits. Under spark-submit the JVM is up already: nothing is changed."""
+    if submitted() or user_log4j_setup():
+        return
+    os.environ[LOG4J_ENV] = str(PACKAGE_DIR / LOG4J_PROPERTIES)
+
+
 def open_session(options: SparkOptions) -> Any:
     """A SparkSession (``getOrCreate``: the process's session if one exists) with mktool's settings.
 
@@ -138,7 +176,8 @@ def open_session(options: SparkOptions) -> Any:
     if not submitted() and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         raise SparkUnavailable("the Spark engine needs a Java runtime: neither JAVA_HOME nor java on PATH",
                                hint="install Java 17, e.g. apt-get install openjdk-17-jre-headless")
-    preset = launched_conf()
+    quiet_jvm_logging()
+    preset = launched_conf(options.conf)
     if not submitted():
         # PySpark's own launcher (the "pyspark-shell" gateway a plain python process starts) turns the
         # console progress bars on for its shells: that is not a user's choice to keep, and the bars

@@ -7,14 +7,16 @@ missing pieces (sys.modules, PATH, JAVA_HOME) so that they run on a machine with
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ENV
+from conftest import ENV, SPARK_MASTER, _spark_missing, require
 
 import mktool.spark
 from mktool.config import SparkOptions
@@ -25,11 +27,17 @@ from mktool.spark import (
     GATEWAY_ENV,
     INSTALL_HINT,
     LOCAL_ONLY,
+    LOG4J_ENV,
     SparkUnavailable,
     open_session,
     parse_conf,
+    quiet_jvm_logging,
     session_conf,
+    user_log4j_setup,
 )
+
+#: What tells a JVM started here which log4j2 setup to use (user_log4j_setup looks at each).
+LOG4J_SOURCES = (LOG4J_ENV, "PYSPARK_SUBMIT_ARGS", "SPARK_SUBMIT_OPTS", "SPARK_CONF_DIR", "SPARK_HOME")
 
 
 # -- parse_conf ---------------------------------------------------------------------------------------
@@ -132,11 +140,20 @@ class Recorder:
         return call
 
 
+def _no_log4j_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of LOG4J_SOURCES set, and whatever open_session sets among them undone after the test
+    (setenv first: monkeypatch restores only what it saw, and a variable absent at delenv goes unrecorded)."""
+    for name in LOG4J_SOURCES:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
 def _pyspark_stand_in(monkeypatch: pytest.MonkeyPatch, launched: dict[str, str] | None = None,
                       running: bool = False) -> Recorder:
     builder = Recorder()
+    _no_log4j_setup(monkeypatch)
     # the JVM's launch conf (spark-submit's --master/--conf): none unless a test says so
-    monkeypatch.setattr(mktool.spark, "launched_conf", lambda: dict(launched or {}))
+    monkeypatch.setattr(mktool.spark, "launched_conf", lambda launch=(): dict(launched or {}))
     monkeypatch.delenv(GATEWAY_ENV, raising=False)
     sql = types.ModuleType("pyspark.sql")
     sql.SparkSession = types.SimpleNamespace(  # type: ignore[attr-defined]
@@ -229,6 +246,80 @@ def test_under_spark_submit_another_spark_master_is_refused(monkeypatch: pytest.
                                     "master local[2], which it keeps")
     assert builder.calls == []
     open_session(SparkOptions(master="local[2]"))  # the same master, said twice, is fine
+
+
+# -- the driver JVM's log setup ------------------------------------------------------------------------
+def test_a_jvm_started_here_gets_mktools_quiet_log_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    _pyspark_stand_in(monkeypatch)
+    monkeypatch.setenv("JAVA_HOME", "/opt/jdk17")
+    open_session(SparkOptions(master="local[2]"))
+    shipped = Path(os.environ[LOG4J_ENV])
+    assert shipped == Path(mktool.spark.__file__).with_name("spark_log4j2.properties") and shipped.is_file()
+    lines = dict(line.split(" = ", 1) for line in shipped.read_text().splitlines() if " = " in line)
+    assert lines["rootLogger.level"] == "error"
+    assert lines["appender.console.target"] == "SYSTEM_ERR"  # stdout is data (--out -), never the JVM's logs
+
+
+@pytest.mark.parametrize("name, value", [(LOG4J_ENV, "/etc/spark/mine.properties"),
+                                         ("PYSPARK_SUBMIT_ARGS", "--driver-java-options -Dlog4j2.configurationFile=x "
+                                                                 "pyspark-shell"),
+                                         ("SPARK_SUBMIT_OPTS", "-Dlog4j.configurationFile=x")])
+def test_the_users_own_log_setup_is_kept(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    _no_log4j_setup(monkeypatch)
+    monkeypatch.setenv(name, value)
+    quiet_jvm_logging()
+    assert os.environ.get(LOG4J_ENV) == (value if name == LOG4J_ENV else None)
+
+
+@pytest.mark.parametrize("variable, folder", [("SPARK_CONF_DIR", "."), ("SPARK_HOME", "conf")])
+def test_a_log4j2_file_in_sparks_conf_folder_is_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     variable: str, folder: str) -> None:
+    _no_log4j_setup(monkeypatch)
+    monkeypatch.setenv(variable, str(tmp_path))
+    assert not user_log4j_setup()  # the folder without a log4j2 file: mktool's setup still applies
+    (tmp_path / folder).mkdir(exist_ok=True)
+    (tmp_path / folder / "log4j2.properties").write_text("rootLogger.level = info\n")
+    assert user_log4j_setup()
+    quiet_jvm_logging()
+    assert LOG4J_ENV not in os.environ
+
+
+def test_under_spark_submit_the_log_setup_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_log4j_setup(monkeypatch)
+    monkeypatch.setenv(GATEWAY_ENV, "40123")  # the JVM is up, with spark-submit's own log setup
+    quiet_jvm_logging()
+    assert LOG4J_ENV not in os.environ
+
+
+def test_the_launch_carries_the_users_spark_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    launches: list[Any] = []
+    _pyspark_stand_in(monkeypatch)
+    monkeypatch.setattr(mktool.spark, "launched_conf", lambda launch=(): launches.append(launch) or {})
+    monkeypatch.setenv("JAVA_HOME", "/opt/jdk17")
+    conf = (("spark.driver.memory", "6g"), ("spark.sql.shuffle.partitions", "3"))
+    open_session(SparkOptions(master="local[2]", conf=conf))
+    assert launches == [conf]
+
+
+@pytest.mark.spark
+def test_a_driver_jvm_started_by_mktool_has_the_users_driver_memory_and_a_quiet_stderr() -> None:
+    """spark.driver.memory is read only when the driver's JVM starts: --spark-conf must reach that
+    start (it used to be set on the builder after it, where Spark ignores it, and the driver kept 1 GB).
+    The JVM's log4j banner and WARN lines stay off stderr."""
+    require(_spark_missing())
+    code = ("from mktool.spark import SparkOptions, open_session\n"
+            f"s = open_session(SparkOptions(master={SPARK_MASTER!r}, conf=(('spark.driver.memory', '1536m'),)))\n"
+            "print(s.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())\n"
+            "print(s.conf.get('spark.driver.memory'))\n")
+    plain = {k: v for k, v in ENV.items() if k not in LOG4J_SOURCES}
+    done = subprocess.run([sys.executable, "-c", code], env=plain, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    max_heap, setting = done.stdout.split()
+    assert setting == "1536m"
+    assert 1_200 * 2**20 < int(max_heap) <= 1536 * 2**20  # the default 1g would give < 1024 MiB
+    noise = [line for line in done.stderr.splitlines()
+             if "log4j" in line or "Setting default log level" in line or " WARN " in line]
+    assert noise == [], done.stderr
 
 
 def test_importing_mktool_does_not_load_pyspark() -> None:
