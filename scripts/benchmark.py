@@ -217,10 +217,13 @@ def measure(name: str, command: list[str], *, log_dir: Path, env: dict[str, str]
     result.hiwater_rss_mb = usage.ru_maxrss * 1024 / MB  # ru_maxrss is in KiB on Linux
     result.peak_rss_mb = max(result.polled_tree_rss_mb, result.hiwater_rss_mb)
     result.cpu_seconds = usage.ru_utime + usage.ru_stime
-    # Busy CPU of the whole machine minus this step's and the poller's: other people's load.
+    # Busy CPU of the whole machine minus this step's and the poller's: other people's load. A Spark
+    # step's own CPU is its whole tree's: wait4 counts only the driver, never the JVM it starts
+    # (the JVM's two busy cores were reported as other load before).
     busy = _busy(sys_after) - _busy(sys_before)
     mine = (me_after.user + me_after.system) - (me_before.user + me_before.system)
-    result.other_load_cores = max(0.0, busy - result.cpu_seconds - mine) / seconds if seconds > 0 else 0.0
+    step_cpu = max(result.cpu_seconds, result.extra.get("tree_cpu_seconds", 0.0))
+    result.other_load_cores = max(0.0, busy - step_cpu - mine) / seconds if seconds > 0 else 0.0
     if proc.returncode != 0:
         tail = err_path.read_text(errors="replace").strip().splitlines()[-3:]
         result.status = f"failed (exit {proc.returncode})"
