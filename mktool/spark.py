@@ -65,6 +65,10 @@ GATEWAY_ENV = "PYSPARK_GATEWAY_PORT"
 LOG4J_ENV = "LOG4J_CONFIGURATION_FILE"
 #: mktool's log setup for a driver JVM it starts: errors only, on stderr (the file says why).
 LOG4J_PROPERTIES = "spark_log4j2.properties"
+#: Where a launch's -D options are given (a -Dlog4j... among them is the user's log setup).
+_SUBMIT_OPTION_VARS = ("PYSPARK_SUBMIT_ARGS", "SPARK_SUBMIT_OPTS")
+#: Every variable user_log4j_setup reads: what tells a JVM started here which log4j2 setup to use.
+LOG4J_SOURCES = (LOG4J_ENV, *_SUBMIT_OPTION_VARS, "SPARK_CONF_DIR", "SPARK_HOME")
 
 INSTALL_HINT = 'install the Spark extra: pip install "mktool[spark]" (it needs a Java 17 runtime)'
 
@@ -142,7 +146,7 @@ def user_log4j_setup() -> bool:
     env = os.environ
     if env.get(LOG4J_ENV):
         return True
-    if any("log4j" in env.get(name, "") for name in ("PYSPARK_SUBMIT_ARGS", "SPARK_SUBMIT_OPTS")):
+    if any("log4j" in env.get(name, "") for name in _SUBMIT_OPTION_VARS):
         return True
     conf_dirs = [env["SPARK_CONF_DIR"]] if env.get("SPARK_CONF_DIR") else []
     if env.get("SPARK_HOME"):

@@ -27,6 +27,7 @@ from mktool.cli import app
 from mktool.config import Settings
 from mktool.contract import TABLES
 from mktool.database import Database
+from mktool.spark import LOG4J_SOURCES
 
 # A test run started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT
 # ignored, and so would every mktool the Ctrl-C tests start: Python installs no KeyboardInterrupt
@@ -195,6 +196,18 @@ def require(missing: str | None, what: str = "the Spark parity tests") -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{what} must run in CI: {missing}")
         pytest.skip(missing)
+
+
+def plain_jvm_env() -> dict[str, str]:
+    """ENV less every log4j2 setup a user may have (mktool.spark.LOG4J_SOURCES): a JVM mktool starts
+    with it gets mktool's own quiet setup."""
+    return {k: v for k, v in ENV.items() if k not in LOG4J_SOURCES}
+
+
+def jvm_noise(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that Spark's default log4j profile prints (banner, WARN lines)."""
+    return [line for line in stderr.splitlines()
+            if "log4j" in line or "Setting default log level" in line or " WARN " in line]
 
 
 def _spark_missing() -> str | None:

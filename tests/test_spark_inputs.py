@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from conftest import ENV, ROOT, M, write_table
+from conftest import ENV, ROOT, M, jvm_noise, plain_jvm_env, write_table
 from typer.testing import CliRunner
 
 from mktool import ingest, sparkdb
@@ -269,12 +269,8 @@ def test_two_processes_on_one_file_uri_warehouse(loaded: dict[str, Any], spark: 
     assert f"pid {os.getpid()} on host {socket.gethostname()}" in " ".join(child.stderr.split())
     assert [e for e in _listing(wh) if e[0] != LOCK_FILE] == [e for e in before if e[0] != LOCK_FILE]
     # A user without a log4j2 setup of their own: the driver JVM's banner and WARN lines stay off stderr.
-    own_setup = ("LOG4J_CONFIGURATION_FILE", "PYSPARK_SUBMIT_ARGS", "SPARK_SUBMIT_OPTS", "SPARK_CONF_DIR", "SPARK_HOME")
-    plain = {k: v for k, v in ENV.items() if k not in own_setup}
-    child = subprocess.run(command, env=plain, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    child = subprocess.run(command, env=plain_jvm_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr
-    jvm_lines = [line for line in child.stderr.splitlines()
-                 if "log4j" in line or "Setting default log level" in line or " WARN " in line]
-    assert jvm_lines == [], child.stderr
+    assert jvm_noise(child.stderr) == [], child.stderr
     with Database(_spark_settings(_uri(wh)), write=False) as db:
         assert db.c.execute("SELECT count(DISTINCT load_id) FROM ingest_log").fetchone() == (2,)

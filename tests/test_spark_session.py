@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ENV, SPARK_MASTER, _spark_missing, require
+from conftest import ENV, SPARK_MASTER, _spark_missing, jvm_noise, plain_jvm_env, require
 
 import mktool.spark
 from mktool.config import SparkOptions
@@ -28,6 +28,7 @@ from mktool.spark import (
     INSTALL_HINT,
     LOCAL_ONLY,
     LOG4J_ENV,
+    LOG4J_SOURCES,
     SparkUnavailable,
     open_session,
     parse_conf,
@@ -35,9 +36,6 @@ from mktool.spark import (
     session_conf,
     user_log4j_setup,
 )
-
-#: What tells a JVM started here which log4j2 setup to use (user_log4j_setup looks at each).
-LOG4J_SOURCES = (LOG4J_ENV, "PYSPARK_SUBMIT_ARGS", "SPARK_SUBMIT_OPTS", "SPARK_CONF_DIR", "SPARK_HOME")
 
 
 # -- parse_conf ---------------------------------------------------------------------------------------
@@ -311,15 +309,13 @@ def test_a_driver_jvm_started_by_mktool_has_the_users_driver_memory_and_a_quiet_
             f"s = open_session(SparkOptions(master={SPARK_MASTER!r}, conf=(('spark.driver.memory', '1536m'),)))\n"
             "print(s.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())\n"
             "print(s.conf.get('spark.driver.memory'))\n")
-    plain = {k: v for k, v in ENV.items() if k not in LOG4J_SOURCES}
-    done = subprocess.run([sys.executable, "-c", code], env=plain, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], env=plain_jvm_env(), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     max_heap, setting = done.stdout.split()
     assert setting == "1536m"
     assert 1_200 * 2**20 < int(max_heap) <= 1536 * 2**20  # the default 1g would give < 1024 MiB
-    noise = [line for line in done.stderr.splitlines()
-             if "log4j" in line or "Setting default log level" in line or " WARN " in line]
-    assert noise == [], done.stderr
+    assert jvm_noise(done.stderr) == [], done.stderr
 
 
 def test_importing_mktool_does_not_load_pyspark() -> None:
