@@ -73,8 +73,9 @@ PIPELINE = ("ingest", "score", "matrix", "plan", "export")
 #: month (not in the total: an older build has none of them).
 DEFAULT_STEPS = (*PIPELINE, "evaluate", "factors", "profile", "scene")
 ALL_STEPS = (*DEFAULT_STEPS, "run")
-#: The steps a Spark run takes by default: those that compute on Spark today (docs/spark.md); the others
-#: (evaluate, factors, profile, scene) only with --spark-steps.
+#: The steps a Spark run takes by default: the pipeline, which the README's side-by-side table compares.
+#: evaluate and scene run on Spark too (docs/spark.md) but only with --spark-steps: scene's 31 batches take
+#: minutes each there, whatever the data's size.
 SPARK_STEPS = (*PIPELINE, "run")
 #: step -> the steps whose output it needs (a skipped or failed prerequisite skips it).
 NEEDS = {"ingest": (), "score": ("ingest",), "matrix": ("score",), "plan": ("score",),
@@ -1106,7 +1107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="which engine the mktool steps run on; 'both' runs every step on DuckDB, then on Spark, "
                         "and prints them side by side [duckdb]")
     p.add_argument("--spark-steps", default=None,
-                   help="the steps of the Spark run [--steps less those not yet run on Spark: "
+                   help="the steps of the Spark run, e.g. ingest,score,evaluate [--steps less "
                         f"{', '.join(s for s in ALL_STEPS if s not in SPARK_STEPS)}]")
     p.add_argument("--spark-master", default="local[*]", help="Spark master for the Spark steps [local[*]]")
     p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
