@@ -176,6 +176,23 @@ def matrices(tmp_path: Path) -> Path:
     return target
 
 
+# -- slow: in CI, not in the default run -----------------------------------------------------------
+def slow_beyond(values: Any, fast: int | set[Any], ids: Any = None) -> list[Any]:
+    """``values`` as parameters of which the ``fast`` ones (the first ``fast``, or those in the set) run
+    by default, and the rest are marked ``slow``.
+
+    The many-case sweeps (a fault at every publish point and of every kind, a reference comparison
+    on many random databases) keep a few cases in the default run, which a developer runs on every
+    change (about 10 minutes on 2 cores is its budget), and the whole sweep in CI (.ci/run runs
+    ``pytest -m slow`` as a stage of its own)."""
+    values = list(values)
+    names = list(ids) if ids is not None else [None] * len(values)
+    kept = [i < fast if isinstance(fast, int) else v in fast for i, v in enumerate(values)]
+    return [pytest.param(*(v if isinstance(v, tuple) else (v,)), id=name,
+                         marks=() if keep else (pytest.mark.slow,))
+            for v, name, keep in zip(values, names, kept, strict=True)]
+
+
 # -- Spark (issue 16) ----------------------------------------------------------------------------------
 # Every test that takes the `spark` fixture is marked `spark` (below): `pytest -m "not spark"` skips
 # them on a laptop without Java. Without PySpark or Java they skip, except in CI (CI set), where a

@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import ENV, FIXTURES, MATRICES, D, M, mktool, mktool_here, write_table
+from conftest import ENV, FIXTURES, MATRICES, D, M, mktool, mktool_here, slow_beyond, write_table
 
 from mktool.config import Settings
 from mktool.database import Database
@@ -571,7 +571,11 @@ FAULTS = [(p, k) for p in FAULT_POINTS for k in ("interrupt", "enospc")] + [
     (p, "kill") for p in ("write_list", "journal", "before_commit", "after_commit", "between_renames")]
 
 
-@pytest.mark.parametrize(("point", "kind"), FAULTS, ids=[f"{p}-{k}" for p, k in FAULTS])
+#: The default run's cases: killed before the commit, interrupted after it (CI runs the whole sweep, `slow`).
+FAST_FAULTS = {("before_commit", "kill"), ("after_commit", "interrupt")}
+
+
+@pytest.mark.parametrize(("point", "kind"), slow_beyond(FAULTS, FAST_FAULTS, ids=[f"{p}-{k}" for p, k in FAULTS]))
 def test_an_interrupted_batch_leaves_all_or_nothing_and_a_rerun_converges(quick, reference, shipped, tmp_path,
                                                                            monkeypatch, point, kind) -> None:
     db, out, events = one_file_world(quick, tmp_path)
