@@ -187,6 +187,7 @@ def slow_beyond(values: Any, fast: int | set[Any], ids: Any = None) -> list[Any]
     ``pytest -m slow`` as a stage of its own)."""
     values = list(values)
     names = list(ids) if ids is not None else [None] * len(values)
+    assert isinstance(fast, int) or fast <= set(values), f"not a case of the sweep: {fast - set(values)}"
     kept = [i < fast if isinstance(fast, int) else v in fast for i, v in enumerate(values)]
     return [pytest.param(*(v if isinstance(v, tuple) else (v,)), id=name,
                          marks=() if keep else (pytest.mark.slow,))
