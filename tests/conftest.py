@@ -177,21 +177,23 @@ def matrices(tmp_path: Path) -> Path:
 
 
 # -- slow: in CI, not in the default run -----------------------------------------------------------
-def slow_beyond(values: Any, fast: int | set[Any], ids: Any = None) -> list[Any]:
+def slow_beyond(values: Any, fast: int | set[Any]) -> list[Any]:
     """``values`` as parameters of which the ``fast`` ones (the first ``fast``, or those in the set) run
-    by default, and the rest are marked ``slow``.
+    by default, and the rest are marked ``slow``; a tuple is one case of several arguments, its id
+    the values joined by ``-``.
 
     The many-case sweeps (a fault at every publish point and of every kind, a reference comparison
     on many random databases) keep a few cases in the default run, which a developer runs on every
     change (about 10 minutes on 2 cores is its budget), and the whole sweep in CI (.ci/run runs
     ``pytest -m slow`` as a stage of its own)."""
     values = list(values)
-    names = list(ids) if ids is not None else [None] * len(values)
     assert isinstance(fast, int) or fast <= set(values), f"not a case of the sweep: {fast - set(values)}"
-    kept = [i < fast if isinstance(fast, int) else v in fast for i, v in enumerate(values)]
-    return [pytest.param(*(v if isinstance(v, tuple) else (v,)), id=name,
-                         marks=() if keep else (pytest.mark.slow,))
-            for v, name, keep in zip(values, names, kept, strict=True)]
+    params = []
+    for i, v in enumerate(values):
+        marks = () if (i < fast if isinstance(fast, int) else v in fast) else (pytest.mark.slow,)
+        args, name = (v, "-".join(map(str, v))) if isinstance(v, tuple) else ((v,), None)
+        params.append(pytest.param(*args, id=name, marks=marks))
+    return params
 
 
 # -- Spark (issue 16) ----------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ CASES = [(point, kind) for point in FAULT_POINTS for kind in KINDS] + [("fsync",
 FAST_CASES = {("before_commit", "kill"), ("after_commit", "kill"), ("between_renames", "eio")}
 
 
-@pytest.mark.parametrize(("point", "kind"), slow_beyond(CASES, FAST_CASES, ids=[f"{p}-{k}" for p, k in CASES]))
+@pytest.mark.parametrize(("point", "kind"), slow_beyond(CASES, FAST_CASES))
 def test_an_interrupted_publish_is_finished_or_undone_and_a_rerun_converges(base, reference, tmp_path, point, kind):
     db, out = copy_world(base, tmp_path)
     folder = cycle_dir(out, M, NEXT_DAY)

@@ -575,7 +575,7 @@ FAULTS = [(p, k) for p in FAULT_POINTS for k in ("interrupt", "enospc")] + [
 FAST_FAULTS = {("before_commit", "kill"), ("after_commit", "interrupt")}
 
 
-@pytest.mark.parametrize(("point", "kind"), slow_beyond(FAULTS, FAST_FAULTS, ids=[f"{p}-{k}" for p, k in FAULTS]))
+@pytest.mark.parametrize(("point", "kind"), slow_beyond(FAULTS, FAST_FAULTS))
 def test_an_interrupted_batch_leaves_all_or_nothing_and_a_rerun_converges(quick, reference, shipped, tmp_path,
                                                                            monkeypatch, point, kind) -> None:
     db, out, events = one_file_world(quick, tmp_path)
