@@ -276,6 +276,68 @@ def test_the_start_up_exit_code_is_the_documented_one() -> None:
     assert entry.EXIT_INTERRUPTED == errors.EXIT_INTERRUPTED == 130
 
 
+#: Importing the CLI with a Ctrl-C landing in the middle of it, deterministically: the import of
+#: mktool.cli signals the process itself while it runs Python code for a native module that, like
+#: DuckDB's (nanobind, defining its enums), aborts the process if that code raises.
+CTRL_C_DURING_IMPORT = """
+import builtins, os, signal, sys, time
+import mktool.__main__ as entry
+real_import = builtins.__import__
+def import_interrupted(name, *args, **kw):
+    if name == "mktool.cli":
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(50):
+                time.sleep(0.01)
+        except BaseException:
+            os.write(2, b"Critical nanobind error: enum_append\\n")
+            os.abort()
+        sys.stderr.write("imported on\\n")
+    return real_import(name, *args, **kw)
+builtins.__import__ = import_interrupted
+sys.argv = ["mktool", "status", "--db", "none.duckdb"]
+entry.main()
+"""
+
+
+def test_a_ctrl_c_while_the_cli_imports_ends_at_once_with_130_and_one_line(tmp_path: Path) -> None:
+    """Seen in CI: a Ctrl-C raised as KeyboardInterrupt while DuckDB's native module defined its
+    enums aborted Python ("Critical nanobind error", SIGABRT) with a traceback. During the import
+    the handler ends mktool itself; no exception is raised anywhere."""
+    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_IMPORT], cwd=tmp_path, env=PLAIN_ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (EXIT_INTERRUPTED, "Interrupted; nothing was committed.\n")
+
+
+def test_a_process_started_deaf_to_ctrl_c_stays_deaf_while_the_cli_imports(tmp_path: Path) -> None:
+    """``cmd &`` from a script starts mktool with SIGINT ignored; the import guard must not make it
+    interruptible (it would end a background job that the shell meant to shield)."""
+    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_IMPORT], cwd=tmp_path, env=PLAIN_ENV,
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 1, done.stderr  # status went on and said "no database"
+    assert done.stderr.startswith("imported on\n") and "no database" in done.stderr
+
+
+def test_the_import_guard_gives_python_its_ctrl_c_back_for_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mktool.__main__ as entry
+
+    during: list[object] = []
+    monkeypatch.setattr(cli, "main", lambda: during.append(("command", signal.getsignal(signal.SIGINT))))
+    import builtins
+
+    real_import = builtins.__import__
+
+    def watching_import(name: str, *args: object, **kw: object) -> object:
+        if name == "mktool.cli":
+            during.append(("import", signal.getsignal(signal.SIGINT)))
+        return real_import(name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", watching_import)
+    entry.main()
+    assert during == [("import", entry._end_at_once), ("command", signal.default_int_handler)]
+
+
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_a_ctrl_c_that_python_wraps_while_importing_is_still_an_interrupt(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], wrapped: bool) -> None:
