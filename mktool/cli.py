@@ -48,7 +48,6 @@ from mktool import (
     plan,
     report,
     scenewatch,
-    sparkdb,  # noqa: F401 - registers the "spark" engine with database.Database
     view,
 )
 from mktool.config import (
@@ -409,6 +408,8 @@ def command(name: str | None = None) -> Callable[[F], F]:
                     threads=common["threads"], temp_dir=common["temp_dir"], lock_wait=common["wait"],
                     engine=engine.engine, spark=engine.spark, warehouse=engine.warehouse,
                 )
+                if settings.engine == "spark":
+                    load_spark_engine()
                 run = Run(settings, reporter, verbose, common["ctx"])
                 return fn(run, **kwargs)
             except (typer.Exit, typer.Abort, typer.TyperException):
@@ -520,6 +521,13 @@ def engine_options(ctx: typer.Context, engine: str | None, spark_master: str | N
     options = SparkOptions(master=spark_master or DEFAULT_SPARK_MASTER, remote=spark_remote,
                            conf=parse_conf(spark_conf or []))
     return EngineOptions(engine=engine, spark=options, warehouse=warehouse)
+
+
+def load_spark_engine() -> None:
+    """Register the Spark engine with database.Database (importing mktool.sparkdb does), for
+    ``--engine spark`` only: its stack (pyarrow, the warehouse's Parquet layer) was a sixth of
+    every DuckDB command's start-up."""
+    from mktool import sparkdb  # noqa: F401, PLC0415 - loaded only when the engine is chosen (see above)
 
 
 @app.callback()
