@@ -19,8 +19,10 @@ import duckdb
 import pytest
 import sqlglot
 from conftest import cycle_dir, month_rows, write_table
+from typer.testing import CliRunner
 
 from mktool import dialect
+from mktool.cli import app
 from mktool.config import shipped_matrices_dir
 from mktool.contract import TABLES
 from mktool.database import replace_month
@@ -411,18 +413,25 @@ def uncapped_matrices(tmp_path: Path) -> Path:
     return target
 
 
-@pytest.fixture
-def month_lists(cli, tmp_path):
+@pytest.fixture(scope="module")
+def month_lists(tmp_path_factory):
     """ingest → score → matrix → plan → export of the four customers; (view rows, inbound plan rows).
 
-    Plan recommendations go to the inbound pop-up first (plan.yaml, seed 003), with every standard column."""
+    Plan recommendations go to the inbound pop-up first (plan.yaml, seed 003), with every standard column.
+    Built once for the module: the tests only read what it returns."""
+    tmp_path = tmp_path_factory.mktemp("money-month")
+    db, runner = tmp_path / "test.duckdb", CliRunner()
+
+    def cli(*args: str):
+        return runner.invoke(app, [*args, "--db", str(db)])
+
     assert cli("ingest", str(extracts(tmp_path / "x"))).exit_code == 0
     out, rules = tmp_path / "out", str(uncapped_matrices(tmp_path))
     for step in (("score", "--month", M), ("matrix", "--month", M), ("plan", "--month", M),
                  ("export", "--month", M, "--date", "2026-11-01", "--out", str(out))):
         result = cli(*step, "--matrices", rules)
         assert result.exit_code == 0, (step, result.output)
-    con = duckdb.connect(str(cli.db), read_only=True)
+    con = duckdb.connect(str(db), read_only=True)
     cur = con.execute("SELECT * FROM customer_view")
     names = [d[0] for d in cur.description]
     view = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
