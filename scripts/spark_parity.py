@@ -2,7 +2,7 @@
 """Run one generated month through ``mktool run`` on DuckDB and on Spark and compare every output file.
 
     python scripts/spark_parity.py --subscribers 200000 [--work /tmp/mkparity] [--spark-master 'local[2]']
-                                   [--json parity.json] [--keep]
+                                   [--seed 7] [--json parity.json] [--compare-only]
 
 Issue 16's "Done means": on a generated data set, ``mktool run`` on Spark ``local[2]`` writes the same
 target lists and funnel.json as on DuckDB, byte for byte, and the manifest and report differ only in
@@ -11,6 +11,7 @@ what names the run (ids, times, command line, engine). This script checks exactl
 1. Generates ``scripts/generate_fixtures.py --subscribers N --months 2026-08,2026-09,2026-10 --seed 7
    --label-month`` once into ``<work>/extracts-N/`` (every extract ``mktool run`` reads, as in
    ``fixtures/``; a marker file records N, seed and the generator's checksum; reused while they match).
+   ``--seed S`` generates another data set, into ``<work>/extracts-N-seedS/``.
 2. ``mktool run --month 2026-10 --ingest <extracts> --date 2026-11-01`` on a fresh DuckDB file, then the
    same with ``--engine spark --spark-master local[2] --warehouse <fresh folder>``, both reading one copy
    of the rules folder (``<work>/rules``, outside git, so that the manifest's rules commit cannot move
@@ -248,10 +249,12 @@ def compare_folders(duck: Path, spark: Path) -> list[FileResult]:
 
 
 # -- running ---------------------------------------------------------------------------------------
-def ensure_extracts(work: Path, n: int) -> tuple[Path, float | None]:
-    """``<work>/extracts-N`` (with the churn label month), generated once; (folder, seconds or None)."""
-    folder, marker = work / f"extracts-{n}", work / f"extracts-{n}.json"
-    wanted = {"subscribers": n, "months": list(MONTHS), "seed": SEED, "label_month": True,
+def ensure_extracts(work: Path, n: int, seed: int = SEED) -> tuple[Path, float | None]:
+    """``<work>/extracts-N`` (``extracts-N-seedS`` for another seed than the benchmark's), with the churn
+    label month, generated once; (folder, seconds or None)."""
+    name = f"extracts-{n}" if seed == SEED else f"extracts-{n}-seed{seed}"
+    folder, marker = work / name, work / f"{name}.json"
+    wanted = {"subscribers": n, "months": list(MONTHS), "seed": seed, "label_month": True,
               "generator_sha256": hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]}
     if folder.is_dir() and benchmark._marker(marker) == wanted:
         return folder, None
@@ -259,7 +262,7 @@ def ensure_extracts(work: Path, n: int) -> tuple[Path, float | None]:
     print(f"generating {n:,} subscribers into {folder} …", file=sys.stderr, flush=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, str(GENERATOR), "--subscribers", str(n), "--months", ",".join(MONTHS),
-                    "--seed", str(SEED), "--label-month", "--out", str(folder)], check=True,
+                    "--seed", str(seed), "--label-month", "--out", str(folder)], check=True,
                    stdout=subprocess.DEVNULL)
     marker.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
     return folder, time.perf_counter() - start
@@ -284,13 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/mkparity"), help="work folder [/tmp/mkparity]")
     p.add_argument("--spark-master", default="local[2]", help="Spark master for the Spark run [local[2]]")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads (MKTOOL_THREADS) [2]")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help=f"the generator's seed: another seed is another data set, for parity beyond the one "
+                        f"the benchmark measures [{SEED}]")
     p.add_argument("--compare-only", action="store_true",
                    help="do not run: compare the output folders an earlier run of this script left")
     p.add_argument("--json", type=Path, default=None, help="write the summary to this JSON file")
     args = p.parse_args(argv)
     n, work = args.subscribers, args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    extracts, gen_seconds = ensure_extracts(work, n)
+    extracts, gen_seconds = ensure_extracts(work, n, args.seed)
     env = {**benchmark.MKTOOL_ENV, "MKTOOL_THREADS": str(args.threads)}
     # Both runs read one copy of the rules, outside git: the manifest records the rules folder's git
     # commit, and a checkout that moves between the two runs (a commit made meanwhile) must not look
@@ -331,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = compare_folders(folders["duckdb"], folders["spark"])
     print()
-    print(f"spark parity — {n:,} subscribers, mktool run --month {MONTH} --date {DATE}, "
+    print(f"spark parity — {n:,} subscribers (seed {args.seed}), mktool run --month {MONTH} --date {DATE}, "
           f"spark {args.spark_master} against duckdb (threads {args.threads})")
     print(f"  extracts {extracts} ({'reused' if gen_seconds is None else f'generated in {gen_seconds:.1f} s'})")
     for engine, m in runs.items():
