@@ -601,6 +601,106 @@ def _spark_ingest_pieces(node: exp.Expr) -> exp.Expr:
     return node
 
 
+# -- rule expressions: what sqlglot writes for Spark with another meaning ------------------------------
+#: DuckDB's date_part specifiers of the weekday: 0 (Sunday) to 6, and ISO's 1 (Monday) to 7.
+_WEEKDAY_PARTS = frozenset({"dow", "dayofweek", "weekday"})
+_ISO_WEEKDAY_PARTS = frozenset({"isodow"})
+
+
+def _spark_weekday(day: exp.Expr, *, iso: bool) -> exp.Expr:
+    """DuckDB's weekday of ``day`` from Spark's DAYOFWEEK, which is 1 (Sunday) to 7."""
+    spark_day = exp.DayOfWeek(this=day.copy())
+    if not iso:
+        return exp.paren(exp.Sub(this=spark_day, expression=exp.Literal.number(1)))
+    shifted = exp.Mod(this=exp.paren(exp.Add(this=spark_day, expression=exp.Literal.number(5))),
+                      expression=exp.Literal.number(7))
+    return exp.paren(exp.Add(this=exp.paren(shifted), expression=exp.Literal.number(1)))
+
+
+def _weekday_part(node: exp.Expr) -> tuple[exp.Expr, bool] | None:
+    """(the date, ISO?) when ``node`` is a weekday of DuckDB's: dayofweek, isodow, date_part or extract."""
+    if isinstance(node, exp.DayOfWeekIso):
+        return node.this, True
+    if isinstance(node, exp.DayOfWeek):
+        return node.this, False
+    if isinstance(node, exp.Extract) and isinstance(node.this, exp.Var):
+        part = node.this.name.lower()
+    elif (isinstance(node, exp.Anonymous) and node.name.lower() == "date_part" and len(node.expressions) == 2
+          and isinstance(node.expressions[0], exp.Literal) and node.expressions[0].is_string):
+        part = node.expressions[0].this.lower()
+    else:
+        return None
+    date = node.expression if isinstance(node, exp.Extract) else node.expressions[1]
+    if part in _WEEKDAY_PARTS or part in _ISO_WEEKDAY_PARTS:
+        return date, part in _ISO_WEEKDAY_PARTS
+    return None
+
+
+def _one_based_index(lam: exp.Lambda) -> exp.Lambda:
+    """``lambda x, i: …`` with DuckDB's 1-based ``i`` read from Spark's 0-based index (``i + 1``)."""
+    params = lam.expressions
+    if len(params) != 2:
+        return lam
+    index = params[1].name
+
+    def shift(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Identifier | exp.Column) and node.name == index and not node.args.get("table") \
+                and not isinstance(node.parent, exp.Column | exp.Lambda):
+            return exp.paren(exp.Add(this=node.copy(), expression=exp.Literal.number(1)))
+        return node
+
+    body = lam.this.copy()
+    nested = [inner for inner in body.find_all(exp.Lambda) if any(p.name == index for p in inner.expressions)]
+    if nested:  # the name is bound again inside: leave it to a reader, not a guess
+        raise sqlglot.errors.UnsupportedError(f"a lambda that binds {index!r} twice")
+    return exp.Lambda(this=body.transform(shift), expressions=[p.copy() for p in params])
+
+
+def _not_positive_log(value: exp.Expr, log: exp.Expr) -> exp.Expr:
+    """DuckDB's ln / log of a value ≤ 0 (NaN below 0, −infinity at 0); Spark's is NULL."""
+    return exp.Case(ifs=[
+        exp.If(this=exp.LT(this=value.copy(), expression=exp.Literal.number(0)),
+               true=exp.cast(exp.Literal.string("NaN"), "DOUBLE")),
+        exp.If(this=exp.EQ(this=value.copy(), expression=exp.Literal.number(0)),
+               true=exp.cast(exp.Literal.string("-Infinity"), "DOUBLE")),
+    ], default=log)
+
+
+def _spark_rule_function(node: exp.Expr) -> exp.Expr:
+    """One node of :func:`_spark_rule_functions` as Spark's equivalent, or the node itself."""
+    weekday = _weekday_part(node)
+    if weekday is not None:
+        return _spark_weekday(weekday[0], iso=weekday[1])
+    if isinstance(node, exp.Transform | exp.ArrayFilter) and isinstance(node.expression, exp.Lambda):
+        return node.__class__(this=node.this.copy(), expression=_one_based_index(node.expression))
+    if isinstance(node, exp.IsNan):
+        return exp.Case(ifs=[exp.If(this=exp.Is(this=node.this.copy(), expression=exp.null()), true=exp.null())],
+                        default=node.copy())
+    if isinstance(node, exp.Ln):
+        return _not_positive_log(node.this, node.copy())
+    if isinstance(node, exp.Log) and node.args.get("expression") is not None:
+        base = node.this
+        if isinstance(base, exp.Literal) and not base.is_string and float(str(base.this)) > 1:
+            return _not_positive_log(node.expression, node.copy())
+    return node
+
+
+def _spark_rule_functions(tree: exp.Expr) -> exp.Expr:
+    """The functions a rule may call whose Spark spelling means something else, as Spark's
+    equivalent: the weekday (Spark's DAYOFWEEK is 1 for Sunday, DuckDB's 0; ISO's 1 is Monday on
+    both), a lambda's index (1-based in DuckDB, 0-based in Spark), ``isnan`` of NULL (NULL in
+    DuckDB, false in Spark), ``ln`` and ``log`` (with a base above 1) of a value ≤ 0 (NaN or
+    −infinity in DuckDB, NULL in Spark). The innermost first, so that one nests in another. What
+    cannot be carried over is refused on Spark by :func:`mktool.sqlcheck.spark_divergences`."""
+    for node in reversed(list(tree.walk(bfs=False))):
+        new = _spark_rule_function(node)
+        if new is not node:
+            if node is tree:
+                return new
+            node.replace(new)
+    return tree
+
+
 def _spark_parquet_scan(node: exp.Table) -> exp.Table:
     """``read_parquet('path'[, hive_partitioning = false])`` as Spark's ``parquet.`path```: the one
     file (or glob) read with the types it was written with. A ``?`` path has no Spark text (the
@@ -650,7 +750,8 @@ def hadoop_path(pattern: str) -> str:
 
 def spark_trees(sql: str) -> list[exp.Expr]:
     """DuckDB-dialect SQL parsed, with every Spark rewrite of :func:`render` applied (not yet generated)."""
-    return [_spark_exact_integers(tree.transform(_spark_exact_units).transform(_spark_ingest_pieces))
+    return [_spark_exact_integers(_spark_rule_functions(tree.transform(_spark_exact_units)
+                                                        .transform(_spark_ingest_pieces)))
             for tree in sqlglot.parse(sql, read="duckdb") if tree is not None]
 
 

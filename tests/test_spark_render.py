@@ -222,3 +222,35 @@ def test_churn_evaluation_renders_integer_division_and_bound_months_for_spark() 
     spark = query.render("spark")
     assert " DIV " in spark.upper() and ":month" in spark and ":next_month" in spark
     assert evaluate.figures_query("2027-01").sql == evaluate.figures_query(M).sql
+
+
+# -- rule functions whose Spark spelling means something else (tests/test_spark_functions.py runs them) --
+@pytest.mark.parametrize(("duckdb_sql", "spark_sql"), [
+    # Spark's DAYOFWEEK is 1 (Sunday) … 7; DuckDB's dayofweek 0 (Sunday) … 6, isodow 1 (Monday) … 7.
+    ("SELECT dayofweek(d) = 0 FROM t", "SELECT (DAYOFWEEK(d) - 1) = 0 FROM t"),
+    ("SELECT isodow(d) FROM t", "SELECT (((DAYOFWEEK(d) + 5) % 7) + 1) FROM t"),
+    ("SELECT date_part('dow', d), date_part('ISODOW', d) FROM t",
+     "SELECT (DAYOFWEEK(d) - 1), (((DAYOFWEEK(d) + 5) % 7) + 1) FROM t"),
+    ("SELECT extract(dow FROM d), date_part('year', d) FROM t",
+     "SELECT (DAYOFWEEK(d) - 1), DATE_PART('year', d) FROM t"),
+    # A lambda's index is 1-based in DuckDB, 0-based in Spark; also inside a nested lambda.
+    ("SELECT list_transform(l, lambda x, i: x * i) FROM t", "SELECT TRANSFORM(l, (x, i) -> x * (i + 1)) FROM t"),
+    ("SELECT list_filter(l, lambda x, i: i > 1) FROM t", "SELECT FILTER(l, (x, i) -> (i + 1) > 1) FROM t"),
+    ("SELECT list_transform(l, lambda x, i: list_transform(m, lambda y: y + i)) FROM t",
+     "SELECT TRANSFORM(l, (x, i) -> TRANSFORM(m, y -> y + (i + 1))) FROM t"),
+    ("SELECT list_transform(l, lambda x: x + 1) FROM t", "SELECT TRANSFORM(l, x -> x + 1) FROM t"),
+    # isnan(NULL) is NULL in DuckDB, false in Spark; ln / log of a value ≤ 0 NaN or −infinity, not NULL.
+    ("SELECT isnan(a) FROM t", "SELECT CASE WHEN a IS NULL THEN NULL ELSE ISNAN(a) END FROM t"),
+    ("SELECT ln(a) FROM t", "SELECT CASE WHEN a < 0 THEN CAST('NaN' AS DOUBLE) WHEN a = 0 THEN "
+                            "CAST('-Infinity' AS DOUBLE) ELSE LN(a) END FROM t"),
+    ("SELECT log(10, a) FROM t", "SELECT CASE WHEN a < 0 THEN CAST('NaN' AS DOUBLE) WHEN a = 0 THEN "
+                                 "CAST('-Infinity' AS DOUBLE) ELSE LOG(10, a) END FROM t"),
+    ("SELECT log(0.5, a) FROM t", "SELECT LOG(0.5, a) FROM t"),  # +infinity at 0: left to spark_divergences' note
+])
+def test_rule_functions_render_with_duckdbs_meaning(duckdb_sql: str, spark_sql: str) -> None:
+    assert dialect.render(duckdb_sql, dialect.SPARK) == spark_sql
+
+
+def test_a_lambda_that_binds_its_index_name_twice_has_no_rendering() -> None:
+    with pytest.raises(sqlglot.errors.UnsupportedError, match="binds 'i' twice"):
+        dialect.render("SELECT list_transform(l, lambda x, i: list_transform(m, lambda i: i)) FROM t", dialect.SPARK)
