@@ -47,6 +47,7 @@ from mktool.rules import (
 )
 from mktool.scoremodel import SCORES_FILE, ScoreModel, load_score_model, view_params, view_sql
 from mktool.sqlcheck import CheckedExpression, text_results, vocabulary_mismatches
+from mktool.sqlcheck import spark_divergences as expression_spark_divergences
 from mktool.sqlquote import quote_identifier
 from mktool.yamlio import YamlFile, suggest
 
@@ -105,15 +106,8 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems, scenes: 
     if con is None:
         return
     vocabularies = _vocabularies(model)
-    items = [_Bound(at, sql, sql) for at, sql in _score_expressions(model)]
-    for m in matrices:
-        written: list[tuple[str, Rule | None, CheckedExpression | None]] = (
-            [("where", None, m.where)] if m.where is not None else [])
-        written += [("when", r, r.when) for r in m.rules]
-        items += [_Bound(rule.at(what) if rule else m.at(what), expr.duckdb_sql, expr.source, condition=True)
-                  for what, rule, expr in written if expr is not None]
     try:
-        items += _scene_expressions(con, scenes)
+        items = _expressions(con, matrices, model, scenes)
         kinds = _bind_all(con, items)
         for item in items:
             problem = (None if kinds is not None else _bind_problem(con, item.sql, item.relation)) \
@@ -125,6 +119,43 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems, scenes: 
                 kind = kinds[item] if kinds is not None else _kind(con, item)
                 if kind not in ("BOOLEAN", '"NULL"', "NULL"):
                     problems.error(f"{item.at}: expected a boolean condition, but '{_short(item.source)}' is {kind}")
+    finally:
+        con.close()
+
+
+def _expressions(con: duckdb.DuckDBPyConnection, matrices: Iterable[Matrix], model: Any,
+                 scenes: Iterable[Scene]) -> list[_Bound]:
+    """Every expression of the folder, where it is written and what it is bound against: the value
+    indicators and columns of scores.yaml, each matrix's ``where``, every rule's ``when`` and every
+    scene's conditions."""
+    items = [_Bound(at, sql, sql) for at, sql in _score_expressions(model)]
+    for m in matrices:
+        written: list[tuple[str, Rule | None, CheckedExpression | None]] = (
+            [("where", None, m.where)] if m.where is not None else [])
+        written += [("when", r, r.when) for r in m.rules]
+        items += [_Bound(rule.at(what) if rule else m.at(what), expr.duckdb_sql, expr.source, condition=True)
+                  for what, rule, expr in written if expr is not None]
+    return items + _scene_expressions(con, scenes)
+
+
+def spark_divergences(matrices: Iterable[Matrix], model: Any, scenes: Iterable[Scene] = ()) -> list[str]:
+    """Each expression of a valid folder that would mean something else, or nothing, on
+    ``--engine spark`` (:func:`mktool.sqlcheck.spark_divergences`), as ``<where>: <what> <why>``.
+    Asked for by a Spark run (which refuses them) and by ``mktool check`` (which warns), not by
+    every command: it builds the typed view again (~0.1 s)."""
+    con = _typed_view(model, Problems())
+    if con is None:
+        return []
+    try:
+        found = []
+        for item in _expressions(con, matrices, model, scenes):
+            def type_of(sql: str, relation: str = item.relation) -> str | None:
+                try:
+                    return str(con.execute(f"DESCRIBE SELECT ({sql}) AS x FROM {relation}").fetchall()[0][1])
+                except duckdb.Error:  # a lambda's variable alone, say
+                    return None
+            found += [f"{item.at}: {why}" for why in expression_spark_divergences(item.sql, type_of)]
+        return found
     finally:
         con.close()
 
@@ -468,6 +499,12 @@ class Project:
         if not salt:
             raise _missing_salt(channel)
         return salt
+
+    def require_spark_portable(self) -> None:
+        """Refuse, before any work on ``--engine spark``, a rule expression that would mean something
+        else there (:func:`spark_divergences`): the lists would differ from DuckDB's without a word."""
+        raise_first([Problem("error", text) for text in spark_divergences(self.rules.matrices, self.scores,
+                                                                           self.scenes)])
 
     def require_salts(self, channels: Iterable[str] | None = None) -> None:
         """Refuse, before any work, a ``mask: hash`` channel (of ``channels``; default all) without its salt."""

@@ -28,7 +28,10 @@ The Spark SQL is sqlglot's translation, to be reviewed rather than trusted: sqlg
 functions it does not know through unchanged, and some translations run but mean something
 else. :data:`DUCKDB_ONLY` names the allow-listed functions whose Spark form is missing or
 differs, with the reason (``date_diff('month')`` counts month boundaries in DuckDB, whole
-months in Spark; ``log(x)`` is base 10 in DuckDB, natural in Spark; ...).
+months in Spark; ``log(x)`` is base 10 in DuckDB, natural in Spark; ...). What runs on Spark is
+:func:`mktool.dialect.render`'s rendering, which carries some over exactly (the weekday, a
+lambda's index); :func:`spark_divergences` names the rest in one expression, which a Spark run
+refuses and ``mktool check`` warns about (docs/spark.md, "Rules").
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import fnmatch
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, NoReturn
@@ -62,6 +65,7 @@ __all__ = [
     "check_expression",
     "conjuncts",
     "referenced_columns",
+    "spark_divergences",
 ]
 
 DIALECT = "duckdb"
@@ -280,7 +284,7 @@ ALLOWED_FUNCTIONS: dict[str, tuple[str, ...]] = {
 ALLOWED_FUNCTION_NAMES: frozenset[str] = frozenset(n for names in ALLOWED_FUNCTIONS.values() for n in names)
 
 # Allow-listed functions that have no faithful Spark SQL through sqlglot, and why. The rule
-# still runs in DuckDB; whoever ports the rule to Spark must rewrite these by hand.
+# still runs in DuckDB; on --engine spark it is refused (spark_divergences) until rewritten.
 DUCKDB_ONLY: dict[str, str] = {
     "log": "log(x) is base 10 in DuckDB but natural in Spark (sqlglot keeps LOG(x)); write log(10, x) or ln(x)",
     "date_diff": "date_diff('month', a, b) counts month boundaries in DuckDB, Spark's DATEDIFF(MONTH) whole months",
@@ -381,6 +385,141 @@ def _check(
         spark_sql=spark_sql,
         columns=frozenset(name for name, _ in used),
     )
+
+
+# -- the same meaning on --engine spark ---------------------------------------------------------------
+#: DuckDB's integer types: a CAST of a fractional number to one rounds in DuckDB and truncates in Spark.
+_INTEGER_TYPES = frozenset({
+    exp.DataType.Type.TINYINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.INT, exp.DataType.Type.BIGINT,
+    exp.DataType.Type.INT128, exp.DataType.Type.UTINYINT, exp.DataType.Type.USMALLINT, exp.DataType.Type.UINT,
+    exp.DataType.Type.UBIGINT, exp.DataType.Type.UINT128,
+})
+#: How DuckDB spells the types that are fractional (DESCRIBE's names: DECIMAL(18,2), DOUBLE, FLOAT).
+_FRACTIONAL = ("DECIMAL", "DOUBLE", "FLOAT", "REAL")
+#: date_diff units that mean the same on both engines (days between two dates).
+_DAY_UNITS = frozenset({"DAY", "DAYS", "D"})
+
+
+#: strftime codes whose Spark rendering (sqlglot's DATE_FORMAT pattern) gives DuckDB's text, and the
+#: characters that may stand between them (an ASCII letter or a quote is a pattern letter in Spark's).
+_PORTABLE_STRFTIME_CODES = frozenset({"Y", "y", "m", "d", "H", "M", "S", "a", "A", "b", "B", "p", "I", "-d", "-m"})
+_PORTABLE_STRFTIME_TEXT = frozenset(" -/:.,_")
+
+
+def _portable_strftime(format_: exp.Expr | None) -> bool:
+    """True when a strftime format is a text literal that DATE_FORMAT writes the same."""
+    if not (isinstance(format_, exp.Literal) and format_.is_string):
+        return False
+    text, i = str(format_.this), 0
+    while i < len(text):
+        if text[i] == "%":
+            code = text[i + 1: i + 3] if text[i + 1: i + 2] == "-" else text[i + 1: i + 2]
+            if code not in _PORTABLE_STRFTIME_CODES:
+                return False
+            i += 1 + len(code)
+        elif text[i] in _PORTABLE_STRFTIME_TEXT or not text[i].isascii():
+            i += 1
+        else:
+            return False
+    return True
+
+
+def _literal_int(node: exp.Expr | None) -> int | None:
+    """The value of an integer literal (``2``, ``-2``), else None (a column, an expression)."""
+    if isinstance(node, exp.Neg):
+        inner = _literal_int(node.this)
+        return None if inner is None else -inner
+    if isinstance(node, exp.Paren):
+        return _literal_int(node.this)
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            return int(str(node.this))
+        except ValueError:
+            return None
+    return None
+
+
+def spark_divergences(duckdb_sql: str, type_of: Callable[[str], str | None]) -> list[str]:
+    """What in one checked rule expression would mean something else, or nothing, on ``--engine spark``.
+
+    The rules are written in DuckDB's dialect and run on Spark through sqlglot and
+    :func:`mktool.dialect.render`, which carries over exactly what it can (the weekday functions,
+    a lambda's index, ``isnan`` and ``ln`` of edge values). What remains is named here, with the
+    rewrite that means the same on both engines, so that a rule is refused on Spark (and
+    ``mktool check`` warns) instead of giving other lists. ``type_of`` gives the DuckDB type of a
+    sub-expression (asked only for casts to integers, subtractions and ``date_diff``), or None
+    when it cannot be told alone (a lambda's variable)."""
+    with _quiet_sqlglot():
+        tree = sqlglot.parse_one(duckdb_sql, read=DIALECT)
+    found: list[str] = []
+
+    def say(node: exp.Expr, reason: str) -> None:
+        text = f"'{_snippet(node)}' means something else on --engine spark: {reason}"
+        if text not in found:
+            found.append(text)
+
+    def fractional(node: exp.Expr) -> bool:
+        """A number with a fraction: of a fractional type, and not already made whole (trunc, floor …)."""
+        node = node.unnest()
+        if isinstance(node, exp.Trunc | exp.Floor | exp.Ceil) and node.args.get("decimals") is None:
+            return False
+        if isinstance(node, exp.Round) and (node.args.get("decimals") is None
+                                            or _literal_int(node.args.get("decimals")) == 0):
+            return False
+        kind = type_of(node.sql(dialect=DIALECT))
+        return kind is not None and kind.upper().startswith(_FRACTIONAL)
+
+    for node in tree.walk():
+        if isinstance(node, exp.Log) and node.args.get("expression") is None:
+            say(node, DUCKDB_ONLY["log"])
+        elif isinstance(node, exp.DateDiff):
+            unit = node.args.get("unit")
+            if unit is None or unit.name.upper() not in _DAY_UNITS:
+                say(node, DUCKDB_ONLY["date_diff"])
+            elif any(type_of(side.sql(dialect=DIALECT)) != "DATE" for side in (node.this, node.expression)):
+                say(node, "date_diff('day', a, b) of times counts midnights in DuckDB and whole days in Spark: "
+                          "compare dates, date_diff('day', CAST(a AS DATE), CAST(b AS DATE))")
+        elif isinstance(node, exp.RegexpLike) and node.args.get("flag") is not None:
+            say(node, DUCKDB_ONLY["regexp_matches"])
+        elif isinstance(node, exp.Week):
+            say(node, DUCKDB_ONLY["week"])
+        elif isinstance(node, exp.IsInf):
+            say(node, DUCKDB_ONLY["isinf"])
+        elif isinstance(node, exp.Anonymous) and node.name.lower() in ("isfinite", "list_has_all"):
+            say(node, DUCKDB_ONLY[node.name.lower()])
+        elif isinstance(node, exp.ArrayOverlaps):
+            say(node, DUCKDB_ONLY["&&"])
+        elif isinstance(node, exp.ArrayContainsAll):
+            say(node, DUCKDB_ONLY["@>"])
+        elif isinstance(node, exp.ArrayContainedBy):
+            say(node, DUCKDB_ONLY["<@"])
+        elif isinstance(node, exp.RegexpReplace):
+            modifiers = node.args.get("modifiers")
+            if modifiers is None:
+                say(node, "regexp_replace(s, p, r) replaces the first match in DuckDB and every match in Spark "
+                          "(which has no first-match form): write regexp_replace(s, p, r, 'g') for every match")
+            elif not (isinstance(modifiers, exp.Literal) and modifiers.is_string and modifiers.this == "g"):
+                say(node, "regexp_replace's options other than 'g' are lost in Spark: write the pattern without "
+                          "them (e.g. [Aa] for a case-insensitive letter) and the option 'g'")
+        elif isinstance(node, exp.Substring) and _literal_int(node.args.get("start")) == 0:
+            say(node, "substring from position 0 is one character shorter in DuckDB than in Spark: "
+                      "start at 1 (the first character)")
+        elif isinstance(node, exp.Left | exp.Right):
+            count = _literal_int(node.expression)
+            if count is not None and count < 0:
+                say(node, "left/right with a negative length drop characters in DuckDB and give '' in Spark: "
+                          "write substring(s, 1, length(s) - n) or substring(s, n + 1)")
+        elif isinstance(node, exp.Cast | exp.TryCast) and node.to.this in _INTEGER_TYPES and fractional(node.this):
+            say(node, "a fractional number cast to an integer is rounded in DuckDB and truncated in Spark: "
+                      "say which, CAST(trunc(x) AS INTEGER) or CAST(round(x) AS INTEGER)")
+        elif isinstance(node, exp.TimeToStr) and not _portable_strftime(node.args.get("format")):
+            say(node, "Spark writes this strftime format otherwise: use a text literal of %Y %y %m %d %H %M %S "
+                      "%a %A %b %B %p %I %-d %-m, with spaces, - / : . , _ or Chinese text between them")
+        elif (isinstance(node, exp.Sub) and type_of(node.this.sql(dialect=DIALECT)) == "DATE"
+              and type_of(node.expression.sql(dialect=DIALECT)) == "DATE"):
+            say(node, "date - date is a number of days in DuckDB and an interval in Spark: "
+                      "write date_diff('day', b, a)")
+    return found
 
 
 def referenced_columns(sql: str, *, location: str = "expression") -> frozenset[str]:

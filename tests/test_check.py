@@ -414,3 +414,34 @@ def test_matrix_files_skip_catalogues_and_tests(in_tmp: Path) -> None:
     names = [p.relative_to(folder).as_posix() for p in matrix_files(folder)]
     assert names == ["addon.yaml", "extra/more.yml", "new_service.yaml", "priority.yaml", "retention.yaml",
                      "traffic.yaml"]
+
+
+# -- the same rules on Spark (issue 16) -------------------------------------------------------------
+NOT_PORTABLE = RETENTION.replace("when: arpu_3m >= 50,", "when: CAST(arpu_3m AS INTEGER) >= 50,")
+
+
+def test_a_rule_that_spark_computes_otherwise_is_a_warning_of_check(cli, in_tmp: Path) -> None:
+    """DuckDB rounds arpu_3m (a DECIMAL) to the nearest integer, Spark truncates: 49.6 is a hit on one
+    engine and not on the other. check says so on either engine; --strict fails."""
+    result = check(cli, files={"retention.yaml": NOT_PORTABLE})
+    assert result.exit_code == 0, result.output
+    assert warnings_of(result) == [
+        "matrices/retention.yaml:7 @ rules[1].when (rule R2): 'CAST(arpu_3m AS INT)' means something else on "
+        "--engine spark: a fractional number cast to an integer is rounded in DuckDB and truncated in Spark: say "
+        "which, CAST(trunc(x) AS INTEGER) or CAST(round(x) AS INTEGER)"]
+    assert cli("check", "--matrices", "matrices", "--strict").exit_code == 5
+    fixed = check(cli, files={"retention.yaml": NOT_PORTABLE.replace("CAST(arpu_3m AS", "CAST(trunc(arpu_3m) AS")})
+    assert fixed.exit_code == 0 and warnings_of(fixed) == [], fixed.output
+
+
+def test_a_spark_run_refuses_such_a_rule_before_any_work(cli, in_tmp: Path) -> None:
+    """On --engine spark the rule is refused when the folder is loaded, before Spark starts (this test
+    needs no Java) and before the warehouse is made; on DuckDB it runs."""
+    write_matrices(Path("matrices"), {"retention.yaml": NOT_PORTABLE})
+    result = cli("--engine", "spark", "--warehouse", str(in_tmp / "wh"), "matrix", "--month", M,
+                 "--matrices", "matrices")
+    assert result.exit_code == 1, result.output  # a rule file's error (the README's exit codes)
+    assert errors_of(result) == [] and result.stderr.startswith(
+        "Error: matrices/retention.yaml:7 @ rules[1].when (rule R2): 'CAST(arpu_3m AS INT)' means something else "
+        "on --engine spark: "), result.stderr
+    assert not (in_tmp / "wh").exists()

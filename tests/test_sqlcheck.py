@@ -24,6 +24,7 @@ from mktool.sqlcheck import (
     check_expression,
     conjuncts,
     referenced_columns,
+    spark_divergences,
 )
 
 LOC = "matrices/retention.yaml: rule R6: when"
@@ -825,3 +826,73 @@ def test_an_arrow_outside_a_list_function_is_json_extract_and_refused():
                  "which is not on the reviewed allow-list of rule functions"):
         check("json_extract(info, 'a') IS NULL")
     assert check("list_filter(l, x -> x > 1) = []").columns == {"l"}
+
+
+# --------------------------------------------------------------------------- the same on Spark
+def _type_of(con: duckdb.DuckDBPyConnection):
+    def type_of(sql: str) -> str | None:
+        try:
+            return str(con.execute(f"DESCRIBE SELECT ({sql}) AS x FROM customer_view").fetchall()[0][1])
+        except duckdb.Error:
+            return None
+    return type_of
+
+
+# What a rule may write on DuckDB but means something else on Spark, and the start of the reason
+# (tests/test_spark_functions.py runs these on both engines).
+NOT_ON_SPARK = [
+    ("log(arpu) > 1", "log(x) is base 10 in DuckDB but natural in Spark"),
+    ("date_diff('month', join_date, DATE '2026-10-01') > 12", "date_diff('month', a, b) counts month boundaries"),
+    ("regexp_matches(city, 'h', 'i')", "regexp_matches(x, p, 'i') loses its flag"),
+    ("week(join_date) = 1", "Spark has no WEEK"),
+    ("regexp_replace(city, 'a', 'b') = 'x'", "regexp_replace(s, p, r) replaces the first match in DuckDB"),
+    ("regexp_replace(city, 'a', 'b', 'gi') = 'x'", "regexp_replace's options other than 'g' are lost"),
+    ("substring(city, 0, 2) = 'H'", "substring from position 0 is one character shorter"),
+    ("left(city, -2) = 'x'", "left/right with a negative length"),
+    ("right(msisdn, -(2)) = 'x'", "left/right with a negative length"),
+    ("CAST(arpu AS INTEGER) > 100", "a fractional number cast to an integer is rounded in DuckDB"),
+    ("CAST(round(arpu, 1) AS INTEGER) > 100", "a fractional number cast to an integer"),
+    ("TRY_CAST(return_rate / 3 AS BIGINT) = 30", "a fractional number cast to an integer"),
+    ("DATE '2026-10-01' - join_date > 30", "date - date is a number of days in DuckDB and an interval in Spark"),
+    ("strftime(join_date, '%j') = '001'", "Spark writes this strftime format otherwise"),
+    ("strftime(join_date, 'Q%m') = 'Q01'", "Spark writes this strftime format otherwise"),
+    ("list_has_all(channels, ['sms'])", "Spark has no LIST_HAS_ALL"),
+]
+
+SAME_ON_SPARK = [
+    SEED, "log(10, arpu) > 1", "ln(arpu) > 0", "date_diff('day', join_date, DATE '2026-10-01') > 30",
+    "regexp_matches(city, '^H')", "regexp_replace(city, 'a', 'b', 'g') = 'x'", "substring(msisdn, 1, 3) = '138'",
+    "substring(city, -2) = 'ou'", "left(msisdn, 3) = '138'", "CAST(tenure_months AS BIGINT) > 1",
+    "CAST(trunc(arpu) AS INTEGER) > 100", "CAST(round(arpu) AS INTEGER) > 100",
+    "join_date - INTERVAL 3 DAY > DATE '2026-01-01'",
+    "strftime(join_date, '%Y年%m月') = '2026年10月'", "strftime(join_date, '%Y-%m-%d %H:%M') > '2026'",
+    "dayofweek(join_date) = 0", "isodow(join_date) IN (6, 7)", "list_transform(l, lambda x, i: x * i) = [1]",
+    "isnan(arpu)", "tenure_months // 12 > 1",
+]
+
+
+@pytest.mark.parametrize(("sql", "reason"), NOT_ON_SPARK, ids=[s for s, _ in NOT_ON_SPARK])
+def test_spark_divergences_names_the_construct_and_the_rewrite(con, sql, reason):
+    checked = check(sql)
+    [found] = spark_divergences(checked.duckdb_sql, _type_of(con))
+    assert found.startswith("'") and " means something else on --engine spark: " in found
+    assert found.split(" means something else on --engine spark: ", 1)[1].startswith(reason), found
+
+
+@pytest.mark.parametrize("sql", SAME_ON_SPARK)
+def test_spark_divergences_passes_what_spark_computes_alike(con, sql):
+    assert spark_divergences(check(sql).duckdb_sql, _type_of(con)) == []
+
+
+def test_spark_divergences_asks_the_type_only_where_it_matters(con):
+    asked: list[str] = []
+
+    def type_of(sql: str) -> str | None:
+        asked.append(sql)
+        return _type_of(con)(sql)
+
+    assert spark_divergences(check("CAST(tenure_months AS INTEGER) > 1 AND arpu - 1 > 0").duckdb_sql, type_of) == []
+    assert asked == ["tenure_months", "arpu"]  # the cast's operand; the left of the subtraction (not a date)
+    # An operand that cannot be typed alone (a lambda's variable) is not taken for a date or a fraction.
+    assert spark_divergences(check("list_transform(l, lambda x: CAST(x AS INTEGER)) = [1]").duckdb_sql,
+                             _type_of(con)) == []
