@@ -46,7 +46,7 @@ from mktool.rules import (
     read_rule_files,
 )
 from mktool.scoremodel import SCORES_FILE, ScoreModel, load_score_model, view_params, view_sql
-from mktool.sqlcheck import CheckedExpression, text_results, vocabulary_mismatches
+from mktool.sqlcheck import CheckedExpression, duckdb_type_of, text_results, vocabulary_mismatches
 from mktool.sqlcheck import spark_divergences as expression_spark_divergences
 from mktool.sqlquote import quote_identifier
 from mktool.yamlio import YamlFile, suggest
@@ -147,15 +147,8 @@ def spark_divergences(matrices: Iterable[Matrix], model: Any, scenes: Iterable[S
     if con is None:
         return []
     try:
-        found = []
-        for item in _expressions(con, matrices, model, scenes):
-            def type_of(sql: str, relation: str = item.relation) -> str | None:
-                try:
-                    return str(con.execute(f"DESCRIBE SELECT ({sql}) AS x FROM {relation}").fetchall()[0][1])
-                except duckdb.Error:  # a lambda's variable alone, say
-                    return None
-            found += [f"{item.at}: {why}" for why in expression_spark_divergences(item.sql, type_of)]
-        return found
+        return [f"{item.at}: {why}" for item in _expressions(con, matrices, model, scenes)
+                for why in expression_spark_divergences(item.sql, duckdb_type_of(con, item.relation))]
     finally:
         con.close()
 

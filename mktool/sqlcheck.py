@@ -64,6 +64,7 @@ __all__ = [
     "CheckedExpression",
     "check_expression",
     "conjuncts",
+    "duckdb_type_of",
     "referenced_columns",
     "spark_divergences",
 ]
@@ -437,6 +438,17 @@ def _literal_int(node: exp.Expr | None) -> int | None:
         except ValueError:
             return None
     return None
+
+
+def duckdb_type_of(con: duckdb.DuckDBPyConnection, relation: str) -> Callable[[str], str | None]:
+    """:func:`spark_divergences`' ``type_of`` over the columns of ``relation`` (a trusted name): the
+    DuckDB type of a sub-expression, or None when it does not bind alone (a lambda's variable)."""
+    def type_of(sql: str) -> str | None:
+        try:
+            return str(con.execute(f"DESCRIBE SELECT ({sql}) AS x FROM {relation}").fetchall()[0][1])
+        except duckdb.Error:
+            return None
+    return type_of
 
 
 def spark_divergences(duckdb_sql: str, type_of: Callable[[str], str | None]) -> list[str]:

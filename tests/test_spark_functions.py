@@ -20,7 +20,7 @@ import pytest
 from test_sqlcheck import COLUMNS, EXAMPLES
 
 from mktool.dialect import SPARK, render
-from mktool.sqlcheck import DUCKDB_ONLY, check_expression, spark_divergences
+from mktool.sqlcheck import DUCKDB_ONLY, check_expression, duckdb_type_of, spark_divergences
 
 ROWS = """
 CREATE TABLE customer_view AS SELECT * FROM (VALUES
@@ -97,15 +97,6 @@ def engines(spark: Any) -> Any:
     duck.close()
 
 
-def _type_of(duck: duckdb.DuckDBPyConnection) -> Any:
-    def type_of(sql: str) -> str | None:
-        try:
-            return str(duck.execute(f"DESCRIBE SELECT ({sql}) AS x FROM customer_view").fetchall()[0][1])
-        except duckdb.Error:
-            return None
-    return type_of
-
-
 CASES = {**{f"example {k}": v for k, v in EXAMPLES.items() if k not in DUCKDB_ONLY}, **EDGES}
 
 
@@ -114,7 +105,7 @@ def test_every_rule_function_gives_duckdbs_values_on_spark_or_is_refused_there(e
     differ, refused_alike, failures = [], [], []
     for name, source in CASES.items():
         checked = check_expression(source, location=name, columns=COLUMNS, kind="scalar")
-        refused = spark_divergences(checked.duckdb_sql, _type_of(duck))
+        refused = spark_divergences(checked.duckdb_sql, duckdb_type_of(duck, "customer_view"))
         query = f"SELECT ({checked.duckdb_sql}) AS v FROM customer_view ORDER BY msisdn"
         expected = [_same(r[0]) for r in duck.execute(query).fetchall()]
         try:

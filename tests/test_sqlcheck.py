@@ -23,6 +23,7 @@ from mktool.sqlcheck import (
     CheckedExpression,
     check_expression,
     conjuncts,
+    duckdb_type_of,
     referenced_columns,
     spark_divergences,
 )
@@ -829,13 +830,6 @@ def test_an_arrow_outside_a_list_function_is_json_extract_and_refused():
 
 
 # --------------------------------------------------------------------------- the same on Spark
-def _type_of(con: duckdb.DuckDBPyConnection):
-    def type_of(sql: str) -> str | None:
-        try:
-            return str(con.execute(f"DESCRIBE SELECT ({sql}) AS x FROM customer_view").fetchall()[0][1])
-        except duckdb.Error:
-            return None
-    return type_of
 
 
 # What a rule may write on DuckDB but means something else on Spark, and the start of the reason
@@ -874,14 +868,14 @@ SAME_ON_SPARK = [
 @pytest.mark.parametrize(("sql", "reason"), NOT_ON_SPARK, ids=[s for s, _ in NOT_ON_SPARK])
 def test_spark_divergences_names_the_construct_and_the_rewrite(con, sql, reason):
     checked = check(sql)
-    [found] = spark_divergences(checked.duckdb_sql, _type_of(con))
+    [found] = spark_divergences(checked.duckdb_sql, duckdb_type_of(con, "customer_view"))
     assert found.startswith("'") and " means something else on --engine spark: " in found
     assert found.split(" means something else on --engine spark: ", 1)[1].startswith(reason), found
 
 
 @pytest.mark.parametrize("sql", SAME_ON_SPARK)
 def test_spark_divergences_passes_what_spark_computes_alike(con, sql):
-    assert spark_divergences(check(sql).duckdb_sql, _type_of(con)) == []
+    assert spark_divergences(check(sql).duckdb_sql, duckdb_type_of(con, "customer_view")) == []
 
 
 def test_spark_divergences_asks_the_type_only_where_it_matters(con):
@@ -889,10 +883,10 @@ def test_spark_divergences_asks_the_type_only_where_it_matters(con):
 
     def type_of(sql: str) -> str | None:
         asked.append(sql)
-        return _type_of(con)(sql)
+        return duckdb_type_of(con, "customer_view")(sql)
 
     assert spark_divergences(check("CAST(tenure_months AS INTEGER) > 1 AND arpu - 1 > 0").duckdb_sql, type_of) == []
     assert asked == ["tenure_months", "arpu"]  # the cast's operand; the left of the subtraction (not a date)
     # An operand that cannot be typed alone (a lambda's variable) is not taken for a date or a fraction.
     assert spark_divergences(check("list_transform(l, lambda x: CAST(x AS INTEGER)) = [1]").duckdb_sql,
-                             _type_of(con)) == []
+                             duckdb_type_of(con, "customer_view")) == []
