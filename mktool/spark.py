@@ -122,6 +122,10 @@ def launched_conf(launch: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
     return {str(k): str(v) for k, v in pyspark.SparkConf().getAll()}
 
 
+#: PySpark's loggers of a failed query (pyspark.errors.exceptions.base, PySparkException._log_exception).
+_QUERY_CONTEXT_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
+
+
 def _pyspark_sql() -> Any:
     # PySpark 4.3 warns at import that it "does not yet fully support pandas >= 3": mktool hands
     # Spark no pandas objects (Arrow and SQL only), so the warning is noise on every command.
@@ -131,7 +135,19 @@ def _pyspark_sql() -> Any:
     except ImportError as exc:
         raise SparkUnavailable(f"the Spark engine needs PySpark, which is not installed ({exc})",
                                hint=INSTALL_HINT) from exc
+    _quiet_query_context_loggers()
     return pyspark.sql
+
+
+def _quiet_query_context_loggers() -> None:
+    """PySpark 4 logs every SQL error it raises, as JSON with the JVM's whole stack, on stderr: mktool
+    reports the error itself (one Error line naming the rule or table; the traceback with --verbose)."""
+    try:
+        from pyspark.logger import PySparkLogger  # noqa: PLC0415 - as pyspark.sql
+    except ImportError:  # a PySpark that has no such logger logs nothing of the kind
+        return
+    for name in _QUERY_CONTEXT_LOGGERS:
+        PySparkLogger.getLogger(name).disabled = True
 
 
 def submitted() -> bool:

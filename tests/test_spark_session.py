@@ -255,6 +255,8 @@ def test_a_jvm_started_here_gets_mktools_quiet_log_setup(monkeypatch: pytest.Mon
     assert shipped == Path(mktool.spark.__file__).with_name("spark_log4j2.properties") and shipped.is_file()
     lines = dict(line.split(" = ", 1) for line in shipped.read_text().splitlines() if " = " in line)
     assert lines["rootLogger.level"] == "error"
+    # a failed task's and job's ERROR lines repeat the error mktool reports in one line
+    assert {lines[f"logger.{name}.level"] for name in ("tasks", "executor", "utils", "writer")} == {"fatal"}
     assert lines["appender.console.target"] == "SYSTEM_ERR"  # stdout is data (--out -), never the JVM's logs
 
 
