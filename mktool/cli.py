@@ -82,7 +82,7 @@ from mktool.planconfig import parse_window as plan_window
 from mktool.profile import DEFAULT_BY as DEFAULT_PROFILE_BY
 from mktool.profile import TABLE_NUMERIC as PROFILE_TABLE_NUMERIC
 from mktool.profile import profile_csv, profile_month, profile_tables
-from mktool.project import Project, load_project, project_from_report, spark_divergences, validate_all
+from mktool.project import Project, load_project, project_from_report, validate_all
 from mktool.publish import newest_list
 from mktool.render import print_table, render_table, render_test_report, tables_text
 from mktool.rules import Problem
@@ -338,8 +338,9 @@ class Run:
     def project(self) -> Project:
         """The matrices folder, loaded and validated once for this command."""
         if self.loaded is None:
-            loaded = load_project(self.settings.matrices_dir)
-            if self.settings.engine == "spark":
+            spark = self.settings.engine == "spark"
+            loaded = load_project(self.settings.matrices_dir, spark=spark)
+            if spark:
                 loaded.require_spark_portable()
             self.loaded = loaded
         return self.loaded
@@ -1420,13 +1421,10 @@ def check_cmd(
         raise run.usage_error("--month", f"check --month reads the month's customer_view, and check never "
                                          f"starts Spark: with --engine {run.settings.engine}, check the files "
                                          "without --month")
-    report = validate_all(run.settings.matrices_dir)
-    problems = list(report.problems)
-    if not report.errors and report.rules is not None and report.scores is not None:
-        # The same rules run on Spark (issue 16): what would mean something else there is refused
-        # by a Spark run, and said here as a warning on either engine.
-        problems += [Problem("warning", text) for text in
-                     spark_divergences(report.rules.matrices, report.scores, report.rules.scenes)]
+    # The same rules run on Spark (issue 16): what would mean something else there is refused by a
+    # Spark run, and said here as a warning on either engine.
+    report = validate_all(run.settings.matrices_dir, spark=True)
+    problems = [*report.problems, *(Problem("warning", text) for text in report.spark_divergences or ())]
     if month is not None and report.rules is not None:
         with run.db(write=False) as db:
             problems += matrices.diagnose(db, project_from_report(report), month, reporter=run.reporter)

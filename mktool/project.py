@@ -46,8 +46,7 @@ from mktool.rules import (
     read_rule_files,
 )
 from mktool.scoremodel import SCORES_FILE, ScoreModel, load_score_model, view_params, view_sql
-from mktool.sqlcheck import CheckedExpression, duckdb_type_of, text_results, vocabulary_mismatches
-from mktool.sqlcheck import spark_divergences as expression_spark_divergences
+from mktool.sqlcheck import CheckedExpression, duckdb_type_of, spark_divergences, text_results, vocabulary_mismatches
 from mktool.sqlquote import quote_identifier
 from mktool.yamlio import YamlFile, suggest
 
@@ -63,6 +62,8 @@ class CheckReport:
     files: list[str]
     scores: ScoreModel | None = None  # scores.yaml, when it loaded
     plan: PlanConfig | None = None  # plan.yaml, when it loaded
+    #: what would mean something else on --engine spark (asked for: ``validate_all(spark=True)``), else None
+    spark_divergences: list[str] | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -92,7 +93,8 @@ class _Bound:
     condition: bool = False
 
 
-def _type_check(matrices: list[Matrix], model: Any, problems: Problems, scenes: Iterable[Scene] = ()) -> None:
+def _type_check(matrices: list[Matrix], model: Any, problems: Problems, scenes: Iterable[Scene] = (),
+                spark: list[str] | None = None) -> None:
     """Bind every expression against the real column types of customer_view: only DuckDB knows them.
 
     The view is built in memory from the input contract and scores.yaml, with one row in which
@@ -100,7 +102,9 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems, scenes: 
     and columns of scores.yaml, each matrix's ``where``, every rule's ``when`` and every
     scene's conditions (:func:`_scene_expressions`) — is then checked by :func:`_bind_problem`.
     If the view cannot be built, the score expression that breaks it is named (and the matrix
-    checks are skipped: they need the view).
+    checks are skipped: they need the view). With ``spark`` (a list), a folder without errors gets
+    each expression's :func:`mktool.sqlcheck.spark_divergences` appended to it, as
+    ``<where>: <what> <why>``: typed on the same view.
     """
     con = _typed_view(model, problems)
     if con is None:
@@ -119,6 +123,9 @@ def _type_check(matrices: list[Matrix], model: Any, problems: Problems, scenes: 
                 kind = kinds[item] if kinds is not None else _kind(con, item)
                 if kind not in ("BOOLEAN", '"NULL"', "NULL"):
                     problems.error(f"{item.at}: expected a boolean condition, but '{_short(item.source)}' is {kind}")
+        if spark is not None and not problems.error_count:
+            spark += [f"{item.at}: {why}" for item in items
+                      for why in spark_divergences(item.sql, duckdb_type_of(con, item.relation))]
     finally:
         con.close()
 
@@ -138,24 +145,9 @@ def _expressions(con: duckdb.DuckDBPyConnection, matrices: Iterable[Matrix], mod
     return items + _scene_expressions(con, scenes)
 
 
-def spark_divergences(matrices: Iterable[Matrix], model: Any, scenes: Iterable[Scene] = ()) -> list[str]:
-    """Each expression of a valid folder that would mean something else, or nothing, on
-    ``--engine spark`` (:func:`mktool.sqlcheck.spark_divergences`), as ``<where>: <what> <why>``.
-    Asked for by a Spark run (which refuses them) and by ``mktool check`` (which warns), not by
-    every command: it builds the typed view again (~0.1 s)."""
-    con = _typed_view(model, Problems())
-    if con is None:
-        return []
-    try:
-        return [f"{item.at}: {why}" for item in _expressions(con, matrices, model, scenes)
-                for why in expression_spark_divergences(item.sql, duckdb_type_of(con, item.relation))]
-    finally:
-        con.close()
-
-
 def _kind(con: duckdb.DuckDBPyConnection, item: _Bound) -> str:
     """The SQL type of one expression that binds (``arpu_3m + 1`` is DECIMAL, a condition BOOLEAN)."""
-    return str(con.execute(f"DESCRIBE SELECT ({item.sql}) AS x FROM {item.relation}").fetchall()[0][1])
+    return duckdb_type_of(con, item.relation)(item.sql) or "unknown"  # bound already: always known
 
 
 #: The column names of the one query that binds every expression of a relation at once. An
@@ -380,7 +372,7 @@ class _Loaded:
     plan: PlanConfig | None = None
 
 
-def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> _Loaded:
+def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool, spark: list[str] | None = None) -> _Loaded:
     matrices_dir = Path(matrices_dir)
     files: list[str] = []
     if not matrices_dir.is_dir():
@@ -396,7 +388,7 @@ def _load(matrices_dir: Path, problems: Problems, *, with_plan: bool) -> _Loaded
     policies, channels = read.policies, read.channels
     plan = _check_plan(matrices_dir, problems, files, policies, channels) if with_plan else None
     if model is not None:
-        _type_check(read.matrices, model, problems, read.scenes)
+        _type_check(read.matrices, model, problems, read.scenes, spark)
     if problems.error_count or policies is None or channels is None or columns is None or read.groups is None:
         return _Loaded(None, files, model, plan)
     return _Loaded(RuleSet(matrices_dir, read.matrices, policies, channels, columns, problems.warnings,
@@ -428,11 +420,14 @@ def _check_plan(matrices_dir: Path, problems: Problems, files: list[str],
     return config
 
 
-def validate_all(matrices_dir: Path) -> CheckReport:
-    """Check every YAML of the matrices folder; collect every problem rather than stop at one."""
+def validate_all(matrices_dir: Path, *, spark: bool = False) -> CheckReport:
+    """Check every YAML of the matrices folder; collect every problem rather than stop at one.
+    ``spark``: also name what would mean something else on ``--engine spark`` (``spark_divergences``)."""
     problems = Problems()
-    loaded = _load(Path(matrices_dir), problems, with_plan=True)
-    return CheckReport(Path(matrices_dir), problems.items, loaded.rules, loaded.files, loaded.scores, loaded.plan)
+    divergences: list[str] | None = [] if spark else None
+    loaded = _load(Path(matrices_dir), problems, with_plan=True, spark=divergences)
+    return CheckReport(Path(matrices_dir), problems.items, loaded.rules, loaded.files, loaded.scores, loaded.plan,
+                       divergences)
 
 
 def load_rules(matrices_dir: Path) -> RuleSet:
@@ -459,6 +454,8 @@ class Project:
     #: channel -> salt, for the ``mask: hash`` channels whose salt variable is set (never shown)
     salts: Mapping[str, str] = field(default_factory=dict, repr=False)
     files: tuple[str, ...] = ()
+    #: what would mean something else on --engine spark (``load_project(spark=True)``), else None
+    spark_divergences: tuple[str, ...] | None = None
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -495,9 +492,11 @@ class Project:
 
     def require_spark_portable(self) -> None:
         """Refuse, before any work on ``--engine spark``, a rule expression that would mean something
-        else there (:func:`spark_divergences`): the lists would differ from DuckDB's without a word."""
-        raise_first([Problem("error", text) for text in spark_divergences(self.rules.matrices, self.scores,
-                                                                           self.scenes)])
+        else there (:func:`mktool.sqlcheck.spark_divergences`): the lists would differ from DuckDB's
+        without a word. Needs a project loaded with ``spark=True``."""
+        if self.spark_divergences is None:
+            raise RuntimeError("require_spark_portable: the project was loaded without spark=True")
+        raise_first([Problem("error", text) for text in self.spark_divergences])
 
     def require_salts(self, channels: Iterable[str] | None = None) -> None:
         """Refuse, before any work, a ``mask: hash`` channel (of ``channels``; default all) without its salt."""
@@ -530,10 +529,13 @@ def project_from_report(report: CheckReport, environ: Mapping[str, str] | None =
     """The project of a ``validate_all`` report; raises its first error (with a count of the rest)."""
     report.raise_for_errors()
     assert report.rules is not None and report.scores is not None and report.plan is not None
+    divergences = report.spark_divergences
     return Project(root=Path(report.matrices_dir), scores=report.scores, rules=report.rules, plan=report.plan,
-                   salts=read_salts(report.rules.channels, environ), files=tuple(report.files))
+                   salts=read_salts(report.rules.channels, environ), files=tuple(report.files),
+                   spark_divergences=None if divergences is None else tuple(divergences))
 
 
-def load_project(root: Path, environ: Mapping[str, str] | None = None) -> Project:
-    """Load and validate the whole matrices folder once; raises the first problem found."""
-    return project_from_report(validate_all(Path(root)), environ)
+def load_project(root: Path, environ: Mapping[str, str] | None = None, *, spark: bool = False) -> Project:
+    """Load and validate the whole matrices folder once; raises the first problem found. ``spark``:
+    also find what :meth:`Project.require_spark_portable` refuses."""
+    return project_from_report(validate_all(Path(root), spark=spark), environ)
